@@ -1,0 +1,358 @@
+"""THE activation-store schema: create, open, validate, fill by region, completeness.
+
+An activation store is a Zarr v3 group written through xarray. Layout (format 1)::
+
+    dims        checkpoint, sample, class, image_y, image_x, rgb, chunk,
+                and per layer variable V: V_channel, V_y, V_x
+    coords      checkpoint (int epoch), sample (int id), label (sample, int),
+                image_path (sample, str), class (class, str: class names)
+    data_vars   images   (sample, image_y, image_x, rgb) uint8   probe images after
+                         resize/crop, before normalization
+                V        (checkpoint, sample, V_channel, V_y, V_x) float16|float32
+                         ReLU activations of one layer; attrs: layer, layer_index,
+                         receptive_field {size, jump, start} (y, x) in input pixels
+                complete (checkpoint, chunk) uint8   1 once region (checkpoint,
+                         sample chunk) is written for every layer
+    attrs       ftdyn_store_format, ftdyn_version, architecture, model, dataset,
+                num_classes, input_size, normalization, dtype, samples_per_chunk,
+                layers (module names, shallow -> deep), layer_variables
+                {module: variable}, receptive_fields {module: {...}},
+                checkpoints [{epoch, file, sha256}], probe {...}, manifest (the
+                training manifest when the series came from ``ftdyn train``)
+
+Activations are chunked (1 checkpoint, ``samples_per_chunk`` samples, all
+channels, whole maps). A region is one (checkpoint, sample-chunk) pair; a writer
+fills all layers of a region, then sets its ``complete`` mark. A chunk that was
+never written reads back as NaN, so completeness is never inferred from data.
+The store is created under a temporary name and renamed when its metadata and
+images are in place: a crash during creation leaves no half-made store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from ._version import __version__
+from .errors import FtdynError
+
+STORE_FORMAT = 1
+COMPLETE = "complete"
+IMAGES = "images"
+REQUIRED_ATTRS = ("ftdyn_store_format", "ftdyn_version", "architecture", "model", "dataset", "layers",
+                  "layer_variables", "receptive_fields", "checkpoints", "samples_per_chunk", "dtype",
+                  "input_size", "normalization", "probe")
+DTYPES = ("float16", "float32")
+CODECS = ("zstd", "lz4")
+_TARGET_CHUNK_BYTES = 32 * 2**20  # design.md §4: 8-64 MB per chunk
+
+
+def layer_var(layer: str) -> str:
+    """Variable name of a layer: the module name with non-alphanumerics as '_'."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", layer).strip("_") or "input"
+
+
+def layer_dims(var: str) -> tuple[str, str, str, str, str]:
+    """Dims of a layer variable; per-layer names because sizes differ between layers."""
+    return ("checkpoint", "sample", f"{var}_channel", f"{var}_y", f"{var}_x")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    channels: int
+    height: int
+    width: int
+    receptive_field: dict[str, Any] | None = None
+
+    @property
+    def var(self) -> str:
+        return layer_var(self.name)
+
+
+@dataclass
+class StoreSpec:
+    """Everything needed to pre-allocate a store; the activations come later, by region."""
+
+    architecture: str
+    layers: list[LayerSpec]
+    checkpoints: list[dict[str, Any]]  # [{epoch, file, sha256}] in epoch order
+    images: np.ndarray  # (n, H, W, 3) uint8
+    labels: np.ndarray  # (n,) int
+    class_names: list[str]
+    image_paths: list[str]
+    input_size: int
+    normalization: dict[str, list[float]]
+    probe: dict[str, Any]
+    model: str | None = None
+    dataset: str | None = None
+    num_classes: int | None = None
+    dtype: str = "float16"
+    codec: str = "zstd"
+    samples_per_chunk: int | None = None
+    manifest: dict[str, Any] | None = None
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def chunk_samples(self) -> int:
+        """Samples per chunk: the largest layer's chunk near 32 MB unless set."""
+        n = len(self.labels)
+        if self.samples_per_chunk:
+            return max(1, min(self.samples_per_chunk, n))
+        itemsize = np.dtype(self.dtype).itemsize
+        per_sample = max(l.channels * l.height * l.width for l in self.layers) * itemsize
+        return max(1, min(n, _TARGET_CHUNK_BYTES // per_sample))
+
+
+def _compressors(codec: str) -> list:
+    if codec not in CODECS:
+        raise FtdynError(f"--codec: unknown codec '{codec}'; choose from {', '.join(CODECS)}.")
+    return [zarr.codecs.BloscCodec(cname=codec, clevel=3 if codec == "zstd" else 5, shuffle="shuffle")]
+
+
+def _validate_spec(spec: StoreSpec) -> None:
+    n = len(spec.labels)
+    if spec.dtype not in DTYPES:
+        raise FtdynError(f"--dtype: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}.")
+    if spec.images.dtype != np.uint8 or spec.images.ndim != 4 or spec.images.shape[0] != n or spec.images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 (n, H, W, 3) with n={n}, got {spec.images.dtype} {spec.images.shape}")
+    if len(spec.image_paths) != n or n == 0:
+        raise ValueError("one image path and label per sample, at least one sample")
+    if not spec.layers or not spec.checkpoints:
+        raise ValueError("a store needs at least one layer and one checkpoint")
+    epochs = [c["epoch"] for c in spec.checkpoints]
+    if epochs != sorted(set(epochs)):
+        raise ValueError(f"checkpoint epochs must be unique and increasing, got {epochs}")
+    vars_ = [l.var for l in spec.layers]
+    if len(set(vars_)) != len(vars_) or {IMAGES, COMPLETE} & set(vars_):
+        raise FtdynError(f"--layer: layer names {', '.join(l.name for l in spec.layers)} collide as store variables.")
+
+
+def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
+    attrs = {
+        "ftdyn_store_format": STORE_FORMAT,
+        "ftdyn_version": __version__,
+        "architecture": spec.architecture,
+        "model": spec.model or spec.architecture,
+        "dataset": spec.dataset or "probe",
+        "num_classes": spec.num_classes,
+        "input_size": spec.input_size,
+        "normalization": spec.normalization,
+        "dtype": spec.dtype,
+        "codec": spec.codec,
+        "samples_per_chunk": samples_per_chunk,
+        "layers": [l.name for l in spec.layers],
+        "layer_variables": {l.name: l.var for l in spec.layers},
+        "receptive_fields": {l.name: l.receptive_field for l in spec.layers},
+        "checkpoints": [dict(c) for c in spec.checkpoints],
+        "probe": spec.probe,
+        "manifest": spec.manifest,
+        **spec.extra_attrs,
+    }
+    return json.loads(json.dumps(attrs))  # fail early on anything not JSON-able
+
+
+def create_store(path: str | Path, spec: StoreSpec) -> Path:
+    """Pre-allocate a store at ``path`` (must not exist): metadata, coords and images.
+
+    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`.
+    """
+    import dask.array as da
+
+    path = Path(path)
+    if path.exists():
+        raise FtdynError(f"{path}: already exists; open it to resume, or remove it.")
+    _validate_spec(spec)
+    n = len(spec.labels)
+    spc = spec.chunk_samples()
+    n_chunks = math.ceil(n / spc)
+    n_ckpt = len(spec.checkpoints)
+    compressors = _compressors(spec.codec)
+
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, Any] = {}
+    for index, layer in enumerate(spec.layers):
+        shape = (n_ckpt, n, layer.channels, layer.height, layer.width)
+        chunks = (1, spc, layer.channels, layer.height, layer.width)
+        data_vars[layer.var] = xr.Variable(
+            layer_dims(layer.var), da.zeros(shape, chunks=chunks, dtype=spec.dtype),
+            attrs={"layer": layer.name, "layer_index": index,
+                   "receptive_field": json.loads(json.dumps(layer.receptive_field))})
+        encoding[layer.var] = {"chunks": chunks, "compressors": compressors}
+    data_vars[COMPLETE] = xr.Variable(("checkpoint", "chunk"), da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
+                                      attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"})
+    encoding[COMPLETE] = {"chunks": (1, 1)}
+    data_vars[IMAGES] = xr.Variable(("sample", "image_y", "image_x", "rgb"), spec.images,
+                                    attrs={"description": "probe images, RGB, after resize/crop, before normalization"})
+    encoding[IMAGES] = {"chunks": (spc, *spec.images.shape[1:]), "compressors": compressors}
+
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "checkpoint": ("checkpoint", np.array([c["epoch"] for c in spec.checkpoints], dtype=np.int64),
+                           {"description": "epoch of the checkpoint (0 = source model)"}),
+            "sample": ("sample", np.arange(n, dtype=np.int64)),
+            "label": ("sample", np.asarray(spec.labels, dtype=np.int64)),
+            "image_path": ("sample", np.array(spec.image_paths, dtype=object)),
+            "class": ("class", np.array(spec.class_names, dtype=object)),
+        },
+        attrs=_attrs(spec, spc),
+    )
+    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _open_group(path: Path, mode: str = "r") -> zarr.Group:
+    if not (path / "zarr.json").is_file():
+        raise FtdynError(f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn extract`.")
+    try:
+        group = zarr.open_group(path, mode=mode, zarr_format=3)
+    except Exception as exc:  # zarr raises many types for unreadable metadata
+        raise FtdynError(f"{path}: not a readable Zarr v3 store ({type(exc).__name__}: {exc}).") from None
+    _validate_attrs(path, dict(group.attrs))
+    return group
+
+
+def _validate_attrs(path: Path, attrs: dict[str, Any]) -> None:
+    if "ftdyn_store_format" not in attrs:
+        raise FtdynError(f"{path}: a Zarr store, but not an ftdyn activation store (no ftdyn attributes).")
+    if attrs["ftdyn_store_format"] != STORE_FORMAT:
+        raise FtdynError(f"{path}: written in ftdyn store format {attrs['ftdyn_store_format']} by ftdyn "
+                         f"{attrs.get('ftdyn_version', '?')}; this ftdyn {__version__} reads format {STORE_FORMAT}. "
+                         "Re-extract it with this version.")
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise FtdynError(f"{path}: damaged ftdyn store, attributes missing: {', '.join(missing)}.")
+
+
+def completeness(path: str | Path) -> np.ndarray:
+    """Boolean (checkpoint, chunk) array: which regions are fully written."""
+    return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
+
+
+def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
+    """Open and validate a store as a Dask-backed xarray Dataset (nothing is loaded).
+
+    An incomplete store raises unless ``allow_partial``; then only the checkpoints
+    whose every region is complete are kept.
+    """
+    path = Path(path)
+    group = _open_group(path)
+    done = np.asarray(group[COMPLETE][...]).astype(bool)
+    ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+    for layer, var in ds.attrs["layer_variables"].items():
+        if var not in ds or ds[var].dims != layer_dims(var):
+            raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or misshapen.")
+    for var in (IMAGES, COMPLETE):
+        if var not in ds:
+            raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' missing.")
+    full = done.all(axis=1)
+    if not full.all():
+        missing = [int(e) for e in ds["checkpoint"].values[~full]]
+        if not allow_partial:
+            raise FtdynError(f"{path}: incomplete; checkpoints {', '.join(map(str, missing))} are not fully extracted. "
+                             "Run `ftdyn extract` again to finish, or pass --allow-partial to use the complete ones.")
+        if not full.any():
+            raise FtdynError(f"{path}: no checkpoint is fully extracted yet; run `ftdyn extract` to fill it.")
+        ds = ds.isel(checkpoint=np.flatnonzero(full))
+    return ds
+
+
+def store_layers(ds: xr.Dataset) -> list[tuple[str, str]]:
+    """(module name, variable) pairs, shallow to deep."""
+    return [(layer, ds.attrs["layer_variables"][layer]) for layer in ds.attrs["layers"]]
+
+
+class StoreWriter:
+    """Fills regions of an existing store. Safe to share between threads that
+    write different regions (each region is its own set of chunks)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.group = _open_group(self.path, mode="r+")
+        self.attrs = dict(self.group.attrs)
+        self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
+        self.n_samples = int(self.group["sample"].shape[0])
+        self.arrays = {layer: self.group[var] for layer, var in self.attrs["layer_variables"].items()}
+        self.complete = self.group[COMPLETE]
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_samples / self.samples_per_chunk)
+
+    def chunk_slice(self, chunk: int) -> slice:
+        start = chunk * self.samples_per_chunk
+        return slice(start, min(start + self.samples_per_chunk, self.n_samples))
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.complete[...]).astype(bool)
+
+    def write_region(self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]) -> None:
+        """Write every layer of one region, then mark it complete (marks come last)."""
+        if set(activations) != set(self.arrays):
+            raise ValueError(f"region needs exactly the layers {sorted(self.arrays)}, got {sorted(activations)}")
+        rows = self.chunk_slice(chunk)
+        for layer, values in activations.items():
+            target = self.arrays[layer]
+            expected = (rows.stop - rows.start, *target.shape[2:])
+            if tuple(values.shape) != expected:
+                raise ValueError(f"layer {layer}: region shape {tuple(values.shape)} != {expected}")
+            target[checkpoint_index, rows] = np.asarray(values, dtype=target.dtype)
+        self.complete[checkpoint_index, chunk] = 1
+
+    def append_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
+        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete)."""
+        known = self.attrs["checkpoints"]
+        last = known[-1]["epoch"]
+        if any(c["epoch"] <= last for c in checkpoints):
+            raise FtdynError(f"{self.path}: new checkpoints must come after epoch {last}; "
+                             "an earlier epoch cannot be inserted, extract into a new store.")
+        n_old, n_new = len(known), len(known) + len(checkpoints)
+        for array in [*self.arrays.values(), self.complete]:
+            array.resize((n_new, *array.shape[1:]))
+        coord = self.group["checkpoint"]
+        coord.resize((n_new,))
+        coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
+        self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
+        self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
+        self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
+
+
+def info(path: str | Path) -> dict[str, Any]:
+    """What ``ftdyn info`` prints: layers, shapes, checkpoints, size on disk, completeness."""
+    path = Path(path)
+    group = _open_group(path)
+    attrs = dict(group.attrs)
+    done = np.asarray(group[COMPLETE][...]).astype(bool)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {
+        "path": str(path),
+        "architecture": attrs["architecture"],
+        "model": attrs["model"],
+        "dataset": attrs["dataset"],
+        "samples": int(group["sample"].shape[0]),
+        "classes": [str(c) for c in group["class"][...]],
+        "dtype": attrs["dtype"],
+        "layers": [{"layer": layer, "variable": var, "shape": list(group[var].shape[2:])}
+                   for layer, var in attrs["layer_variables"].items()],
+        "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
+                         "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],
+        "complete": bool(done.all()),
+        "bytes_on_disk": size,
+    }
