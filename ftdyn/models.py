@@ -28,6 +28,7 @@ _PAPER_LAYERS = {
     "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
     "vgg19_bn": ["features.5", "features.12", "features.25", "features.38", "features.51"],
 }
+_WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU)
 
 
@@ -71,36 +72,46 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def build_model(arch: str, num_classes: int | None = None, weights: str | Path | None = None) -> nn.Module:
+def build_model(arch: str, num_classes: int | None = None, weights: str | Path | None = None, *,
+                trust: bool = False) -> nn.Module:
     """Build ``arch`` with source ``weights`` and (optionally) a new head for ``num_classes``.
 
     ``weights`` is ``None``/``"none"`` (random init), a torchvision weights name such
     as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (downloaded the usual torchvision way),
-    or a path to a local weights/checkpoint file in any format ftdyn reads.
+    or a path to a local weights/checkpoint file in any format ftdyn reads
+    (pickles that need more than tensors are refused unless ``trust``).
     """
     arch = canonical_arch(arch)
     if weights is None or str(weights).lower() == "none":
         model = torchvision.models.get_model(arch, weights=None)
-    elif Path(weights).suffix or Path(weights).exists():
+    elif Path(weights).exists() or Path(weights).suffix.lower() in _WEIGHT_FILE_SUFFIXES:
         from .checkpoints import load_into_model
 
+        if not Path(weights).is_file():
+            raise FtdynError(f"--weights: file {weights} does not exist.")
         model = torchvision.models.get_model(arch, weights=None)
-        load_into_model(model, Path(weights), adapt_head=True)
+        load_into_model(model, Path(weights), trust=trust, adapt_head=True, arch=arch)
     else:
-        try:
-            enum = torchvision.models.get_model_weights(arch)
-            resolved = enum[str(weights)] if str(weights) != "DEFAULT" else enum.DEFAULT
-        except (KeyError, ValueError):
-            valid = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
-            raise FtdynError(f"--weights: '{weights}' is neither a file nor a weights name of {arch} ({valid}, none).") from None
+        resolved = resolve_weights(arch, str(weights))
         try:
             model = torchvision.models.get_model(arch, weights=resolved)
-        except (OSError, RuntimeError) as exc:  # no internet, corrupt cache
-            raise FtdynError(f"--weights {weights}: could not download or read the torchvision weights ({exc}). "
-                             "Use a local file with --weights PATH.") from None
+        except (OSError, RuntimeError) as exc:  # no internet, corrupt download cache
+            raise FtdynError(f"--weights {weights}: could not download or read the torchvision weights "
+                             f"({type(exc).__name__}: {exc}); pass a local file with --weights PATH.") from None
     if num_classes is not None:
         replace_head(model, num_classes)
     return model
+
+
+def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
+    """A torchvision weights enum member from ``IMAGENET1K_V1``, ``DEFAULT`` or ``ResNet50_Weights.IMAGENET1K_V2``."""
+    enum = torchvision.models.get_model_weights(arch)
+    member = name.rpartition(".")[2]
+    try:
+        return enum.DEFAULT if member == "DEFAULT" else enum[member]
+    except KeyError:
+        valid = ", ".join(w.name for w in enum)
+        raise FtdynError(f"--weights: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
 
 
 def _blocks_output_layers(model: nn.Module) -> list[str] | None:

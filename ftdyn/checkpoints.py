@@ -1,0 +1,780 @@
+"""Find, order, verify and safely load checkpoint series (design.md §4–5).
+
+Writing side (used by training):
+
+* :func:`save_checkpoint` writes ``{"format": "ftdyn-checkpoint", "format_version": 1,
+  "epoch": E, "state_dict": {...}, **extra}`` atomically (temporary file in the same
+  folder, flush + fsync, ``os.replace``) and returns its SHA-256. Everything in it
+  loads with ``torch.load(weights_only=True)``; :func:`to_weights_only` converts numpy
+  arrays / tuples / numpy scalars in ``extra`` (e.g. RNG states) to loadable types.
+* :func:`write_manifest` / :func:`read_manifest`: the series manifest
+  (``manifest.json``), validated against :data:`MANIFEST_REQUIRED_KEYS`.
+
+Loading side (used by ``ftdyn extract`` and ``build_model(weights=PATH)``):
+
+* :func:`load_state_dict` reads any supported format (plain state dict, dicts holding
+  ``state_dict`` / ``model_state_dict`` / ``model``, ftdyn checkpoints, Lightning
+  ``.ckpt``, ``.safetensors``) into a clean state dict. **Security**: pickles are only
+  ever read with ``weights_only=True``; a file that needs more is refused with the
+  globals it would import (listed without executing anything) unless ``trust=True``
+  (``--trust-checkpoint``).
+* :func:`load_into_model` loads strictly, resolving arbitrary attribute prefixes
+  (Lightning ``model.``/``net.``) against the model's own keys, and explains mismatches.
+* :func:`discover_series` returns the ordered :class:`CheckpointEntry` list of a
+  folder (from its manifest, or from third-party files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import struct
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FtdynError
+
+MANIFEST_NAME = "manifest.json"
+CHECKPOINT_FORMAT = "ftdyn-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+SERIES_FORMAT = "ftdyn-series"
+SERIES_FORMAT_VERSION = 1
+#: File names of an ftdyn series: ``epoch_003.pt``.
+CHECKPOINT_PATTERN = "epoch_{epoch:03d}.pt"
+CHECKPOINT_REGEX = re.compile(r"^epoch_(\d{3,})\.pt$")
+#: Suffixes recognised as checkpoint files in a third-party folder.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+#: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
+#: per-epoch metrics, ...) are written by training and passed through unchanged.
+MANIFEST_REQUIRED_KEYS = (
+    "format", "format_version", "architecture", "num_classes", "classes", "input_size",
+    "normalization", "epochs", "ftdyn_version", "torch_version",
+)
+
+
+def checkpoint_filename(epoch: int) -> str:
+    """``epoch_003.pt`` for ``epoch=3`` (zero padded to 3 digits)."""
+    if int(epoch) < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return CHECKPOINT_PATTERN.format(epoch=int(epoch))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_weights_only(obj: Any) -> Any:
+    """Convert ``obj`` to types ``torch.load(weights_only=True)`` accepts.
+
+    Tensors are detached and moved to CPU, numpy arrays become (nested) lists, numpy
+    scalars Python scalars, tuples lists, dtypes/devices strings; dicts, lists, str,
+    int, float, bool, bytes and None pass through. Anything else raises ``TypeError``.
+    """
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_weights_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_weights_only(v) for v in obj]
+    if np is not None:
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, np.generic):
+            return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, torch.dtype) or isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in an ftdyn checkpoint (weights_only)")
+
+
+def rng_states() -> dict:
+    """The python, numpy and torch (CPU + CUDA) RNG states, weights_only-loadable."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    states = {
+        "python": to_weights_only(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` returned (after a weights_only load)."""
+    import random
+
+    import numpy as np
+
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    if "numpy" in states:
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = states["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(fh)`` on a temp file next to ``path``, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, *, epoch: int, extra: dict | None = None) -> str:
+    """Atomically write an ftdyn checkpoint and return its hex SHA-256.
+
+    Content: ``{"format": "ftdyn-checkpoint", "format_version": 1, "epoch": epoch,
+    "state_dict": {k: cpu tensor}, **extra}``. ``extra`` (optimizer state, RNG states,
+    metrics, ...) is passed through :func:`to_weights_only`, so the file always loads
+    with ``weights_only=True``. A failure mid-write leaves nothing at ``path``.
+    """
+    extra = dict(extra or {})
+    clash = {"format", "format_version", "epoch", "state_dict"} & extra.keys()
+    if clash:
+        raise ValueError(f"extra may not override {sorted(clash)}")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "epoch": int(epoch),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **to_weights_only(extra),
+    }
+    path = Path(path)
+    _atomic_write(path, lambda fh: torch.save(payload, fh))
+    return sha256_file(path)
+
+
+def load_checkpoint_payload(path: str | os.PathLike) -> dict:
+    """The whole dict of an ftdyn checkpoint (``weights_only=True``), e.g. for resume."""
+    path = Path(path)
+    payload = _torch_load(path, trust=False)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise FtdynError(f"{path}: not an ftdyn checkpoint (no 'format': '{CHECKPOINT_FORMAT}'); "
+                         "remove it or re-run training with --overwrite.")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise FtdynError(f"{path}: ftdyn checkpoint format_version {version!r} is not supported "
+                         f"(this ftdyn reads {CHECKPOINT_FORMAT_VERSION}); upgrade ftdyn.")
+    return payload
+
+
+# -------------------------------------------------------------------------- manifest
+
+
+def validate_manifest(manifest: Any, where: str | os.PathLike = MANIFEST_NAME) -> dict:
+    """Check required keys and basic types; raise a one-line FtdynError naming ``where``."""
+    if not isinstance(manifest, dict):
+        raise FtdynError(f"{where}: a manifest must be a JSON object; re-run training or remove the file.")
+    missing = [k for k in MANIFEST_REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise FtdynError(f"{where}: manifest lacks required key(s) {', '.join(missing)}; "
+                         "re-run training or fix the file.")
+    if manifest["format"] != SERIES_FORMAT:
+        raise FtdynError(f"{where}: 'format' is {manifest['format']!r}, expected '{SERIES_FORMAT}'.")
+    if manifest["format_version"] != SERIES_FORMAT_VERSION:
+        raise FtdynError(f"{where}: manifest format_version {manifest['format_version']!r} is not supported "
+                         f"(this ftdyn reads {SERIES_FORMAT_VERSION}); upgrade ftdyn.")
+    norm = manifest["normalization"]
+    if not (isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(norm.get("std"), list)):
+        raise FtdynError(f"{where}: 'normalization' must be {{\"mean\": [...], \"std\": [...]}}.")
+    if not isinstance(manifest["classes"], list):
+        raise FtdynError(f"{where}: 'classes' must be a list of class names.")
+    epochs = manifest["epochs"]
+    if not isinstance(epochs, list):
+        raise FtdynError(f"{where}: 'epochs' must be a list of {{\"epoch\", \"file\", \"sha256\"}} entries.")
+    seen = set()
+    for i, entry in enumerate(epochs):
+        if not (isinstance(entry, dict) and all(k in entry for k in ("epoch", "file", "sha256"))):
+            raise FtdynError(f"{where}: epochs[{i}] must hold 'epoch', 'file' and 'sha256'.")
+        if not isinstance(entry["epoch"], int) or entry["epoch"] in seen:
+            raise FtdynError(f"{where}: epochs[{i}] has an invalid or duplicate epoch {entry['epoch']!r}.")
+        seen.add(entry["epoch"])
+    return manifest
+
+
+def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
+    """Validate and atomically write ``folder/manifest.json`` (indent 2); returns its path."""
+    path = Path(folder) / MANIFEST_NAME
+    validate_manifest(manifest, path)
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    return path
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The validated manifest of ``folder``, or ``None`` when there is none."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FtdynError(f"{path}: unreadable manifest ({_short(exc)}); re-run training or remove the file.") from None
+    return validate_manifest(manifest, path)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- loading
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+_UNSAFE_HINT = "If you trust this file, pass --trust-checkpoint."
+
+
+def _unreadable(path: Path, exc: BaseException | str) -> FtdynError:
+    if isinstance(exc, str):
+        why = exc
+    else:
+        text = " ".join(str(exc).split()).split(". ")[0]  # torch's first sentence says what broke
+        why = f"{type(exc).__name__}: {_short(Exception(text))}" if text else type(exc).__name__
+    return FtdynError(f"{path}: not a readable checkpoint ({why}); re-download or re-create it.")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FtdynError(f"{path}: no such checkpoint file; check the path.")
+    if not path.is_file():
+        raise FtdynError(f"{path}: is not a file; pass a checkpoint file.")
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "empty file")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """By suffix, or by sniffing the header (u64 little-endian length, then '{')."""
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    """The ``__metadata__`` of a safetensors file, reading only its header."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(path.stat().st_size - 8, 100 * 1024 * 1024):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, f"safetensors header: {_short(exc)}") from None
+    if not isinstance(header, dict):
+        raise _unreadable(path, "safetensors header is not a JSON object")
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise _unreadable(path, "safetensors header lacks valid data_offsets") from None
+    if 8 + n + end != path.stat().st_size:
+        raise _unreadable(path, f"safetensors data is {path.stat().st_size - 8 - n} bytes, header says {end}; "
+                                "truncated or padded")
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
+    """Globals a pickle would import, listed without executing anything."""
+    names: list[str] = []
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # legacy (non-zip) files are not supported by that helper
+        pass
+    if not names:
+        names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        names += re.findall(r"Unsupported global: ([\w.]+)", str(exc))
+    return list(dict.fromkeys(names))
+
+
+def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
+    """``torch.load`` on CPU; ``weights_only=True`` unless ``trust``. One-line errors."""
+    _check_file(path)
+    if trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise FtdynError(f"{path}: could not be loaded even with --trust-checkpoint "
+                             f"({type(exc).__name__}: {_short(exc)}).") from None
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not magic.startswith(b"PK\x03\x04") and not magic.startswith(b"\x80"):
+        raise _unreadable(path, "unknown format: not a PyTorch zip, pickle or safetensors file")
+    try:
+        # mmap reads only what is touched (discovery needs just the epoch); zip format only
+        use_mmap = mmap and zipfile.is_zipfile(path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise _unreadable(path, exc) from None
+        names = _unsafe_globals(path, exc)
+        if names:
+            needs = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise FtdynError(f"{path}: refusing to unpickle; it needs {needs}. {_UNSAFE_HINT}") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", str(exc), re.S)
+        why = f" ({_short(Exception(detail.group(1)), 100)})" if detail else ""
+        raise FtdynError(f"{path}: refusing to unpickle; the weights-only loader rejects it{why}. "
+                         f"{_UNSAFE_HINT}") from None
+    except Exception as exc:  # weights_only loading executes nothing: any error is a bad file
+        raise _unreadable(path, exc) from None
+
+
+def _strip_wrappers(key: str) -> str:
+    """Remove leading ``module.`` / ``_orig_mod.`` (repeatedly, in any order)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict) and depth < 4:
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            return tensors
+        for key in _NESTED_KEYS:
+            if key in obj and isinstance(obj[key], (dict, nn.Module)):
+                return _find_state_dict(obj[key], path, depth + 1)
+        if tensors and len(tensors) >= 0.5 * len(obj):  # a state dict with a few extra entries
+            return tensors
+        keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
+        raise FtdynError(f"{path}: no state dict found (keys: {keys}); expected tensors or a "
+                         f"'{_NESTED_KEYS[0]}' / '{_NESTED_KEYS[1]}' / '{_NESTED_KEYS[2]}' entry.")
+    raise FtdynError(f"{path}: holds a {type(obj).__name__}, not a state dict or model.")
+
+
+def _stored_epoch(obj: Any) -> int | None:
+    if isinstance(obj, dict):
+        epoch = obj.get("epoch")
+        if isinstance(epoch, bool):
+            return None
+        if isinstance(epoch, int):
+            return epoch
+        if isinstance(epoch, torch.Tensor) and epoch.numel() == 1 and not epoch.is_floating_point():
+            return int(epoch.item())
+        if isinstance(epoch, str) and epoch.strip().isdigit():
+            return int(epoch)
+    return None
+
+
+def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Read any supported checkpoint file into ``(state_dict, stored_epoch_or_None)``.
+
+    Formats: a plain state dict; a dict holding it under ``state_dict`` /
+    ``model_state_dict`` / ``model`` (nested up to a few levels; the value may be a
+    pickled ``nn.Module``, which only loads with ``trust``); ftdyn checkpoints;
+    Lightning ``.ckpt`` (its attribute prefix, e.g. ``model.``, is resolved later by
+    :func:`load_into_model` against the model's keys); ``.safetensors`` (epoch from
+    the ``epoch`` metadata entry). Leading ``module.`` and ``_orig_mod.`` are stripped
+    from every key; non-tensor entries are dropped; tensors are on CPU.
+
+    Pickles load with ``weights_only=True``; one that needs other globals raises an
+    FtdynError naming them and ``--trust-checkpoint`` unless ``trust=True``.
+    """
+    path = Path(path)
+    _check_file(path)
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        meta = _safetensors_metadata(path)
+        try:
+            raw = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise _unreadable(path, exc) from None
+        epoch = _stored_epoch(meta)
+    else:
+        obj = _torch_load(path, trust=trust)
+        raw = _find_state_dict(obj, path)
+        epoch = _stored_epoch(obj)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        clean = _strip_wrappers(key)
+        if clean in state:
+            raise FtdynError(f"{path}: key '{clean}' appears twice after removing module./_orig_mod. prefixes.")
+        state[clean] = value
+    if not state:
+        raise FtdynError(f"{path}: holds no tensors; it is not a model checkpoint.")
+    return state, epoch
+
+
+def _candidate_prefixes(keys) -> list[str]:
+    found = set()
+    for key in keys:
+        parts = key.split(".")
+        for i in range(1, min(4, len(parts))):
+            found.add(".".join(parts[:i]) + ".")
+    return sorted(found, key=lambda p: (p.count("."), len(p), p))
+
+
+def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
+
+    Keys are used as they are when they already name the model's parameters and
+    buffers. Otherwise the shortest leading prefix (up to three dotted components,
+    e.g. Lightning's ``model.`` or ``net.backbone.``) whose removal makes the keys
+    that start with it equal the model's keys is stripped, and keys outside it
+    (e.g. a loss module's buffers) are dropped. Without an exact match the prefix
+    with the largest overlap is used, so the strict load reports the rest.
+    """
+    target = set(model.state_dict().keys())
+    if set(state_dict) == target:
+        return dict(state_dict), ""
+    best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
+    for prefix in _candidate_prefixes(state_dict):
+        sub = {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
+        if set(sub) == target:
+            return sub, prefix
+        overlap = len(target & set(sub))
+        if overlap > best_overlap:
+            best, best_prefix, best_overlap = sub, prefix, overlap
+    return best, best_prefix
+
+
+def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> int:
+    """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
+    from .models import head_name
+
+    head = head_name(model)
+    mapped, _ = match_keys(state_dict, model)
+    weight = mapped.get(f"{head}.weight")
+    if weight is None or weight.dim() != 2:
+        raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
+                         "check --arch.")
+    return int(weight.shape[0])
+
+
+def _summary(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
+
+
+def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
+                    arch: str | None = None) -> int | None:
+    """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
+
+    Keys are mapped with :func:`match_keys`. With ``adapt_head=True`` a classifier
+    head whose class count differs from the checkpoint's is replaced first
+    (``models.replace_head``). Missing ``num_batches_tracked`` buffers (old BatchNorm
+    checkpoints) are kept from the model. Any other mismatch raises one FtdynError
+    naming the file, the architecture (``arch`` or the model's class name) and a
+    summary of missing / unexpected keys and shape mismatches.
+    """
+    path = Path(path)
+    state, epoch = load_state_dict(path, trust=trust)
+    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch)
+    return epoch
+
+
+def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
+                          arch: str | None = None) -> None:
+    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
+    from .models import head_name, replace_head
+
+    name = arch or type(model).__name__
+    mapped, prefix = match_keys(state, model)
+    if adapt_head:
+        head = head_name(model)
+        weight = mapped.get(f"{head}.weight")
+        current = model.get_submodule(head)
+        if weight is not None and weight.dim() == 2 and weight.shape[1] == current.in_features \
+                and weight.shape[0] != current.out_features:
+            replace_head(model, int(weight.shape[0]))
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    if missing and all(k.endswith("num_batches_tracked") for k in missing):
+        mapped = {**mapped, **{k: own[k] for k in missing}}
+        missing = []
+    unexpected = [k for k in mapped if k not in own]
+    shapes = [f"{k}: file {list(mapped[k].shape)} vs model {list(own[k].shape)}"
+              for k in own if k in mapped and mapped[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_summary(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_summary(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_summary(shapes, 2)}")
+        hint = "check --arch or the file"
+        try:
+            head = head_name(model)
+            if shapes and all(s.startswith(f"{head}.") for s in shapes) and not missing and not unexpected:
+                hint = (f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]} classes, "
+                        f"model: {own[f'{head}.weight'].shape[0]}); build the model with the file's class count")
+        except FtdynError:
+            pass
+        via = f" (after stripping prefix '{prefix}')" if prefix else ""
+        raise FtdynError(f"{source}: does not fit {name}{via}: {'; '.join(parts)}; {hint}.")
+    try:
+        model.load_state_dict(mapped, strict=True)
+    except RuntimeError as exc:  # pragma: no cover - caught above in practice
+        raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check --arch or the file.") from None
+
+
+def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
+                        adapt_head: bool = True) -> int | None:
+    """Load a series entry (a file, or a torchvision weights name) into ``model``."""
+    if entry.path is not None:
+        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch)
+    import torchvision
+
+    from .models import canonical_arch
+
+    arch = canonical_arch(arch)
+    enum = torchvision.models.get_model_weights(arch)
+    try:
+        weights = enum.DEFAULT if entry.weights_name == "DEFAULT" else enum[entry.weights_name]
+    except KeyError:
+        valid = ", ".join(w.name for w in enum)
+        raise FtdynError(f"--source: '{entry.weights_name}' is not a weights name of {arch} ({valid}).") from None
+    try:
+        state = weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as exc:
+        raise FtdynError(f"--source {entry.weights_name}: could not download or read the torchvision weights "
+                         f"({_short(exc)}); pass a local file with --source PATH.") from None
+    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch)
+    return entry.epoch
+
+
+# ---------------------------------------------------------------------- series discovery
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint of a series.
+
+    ``path`` is the file; it is ``None`` for a torchvision weights name used as the
+    source (``weights_name``, e.g. ``"IMAGENET1K_V1"``), which has no file and no
+    ``sha256`` (``None``). Load either kind with :func:`load_source_weights`.
+    """
+
+    epoch: int
+    path: Path | None
+    sha256: str | None
+    weights_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """File name, or ``torchvision:<weights name>``."""
+        return self.path.name if self.path is not None else f"torchvision:{self.weights_name}"
+
+
+_EPOCH_IN_NAME = re.compile(r"epoch[^0-9a-zA-Z]{0,2}(\d+)", re.IGNORECASE)
+
+
+def _number_in_name(path: Path) -> int | None:
+    """The number after ``epoch`` in the file stem, else its last integer."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    match = _EPOCH_IN_NAME.search(stem)
+    if match:
+        return int(match.group(1))
+    numbers = re.findall(r"\d+", stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | None:
+    """The epoch stored inside a checkpoint file, or None (safetensors: header only)."""
+    path = Path(path)
+    _check_file(path)
+    if _is_safetensors(path):
+        return _stored_epoch(_safetensors_metadata(path))
+    return _stored_epoch(_torch_load(path, trust=trust, mmap=True))
+
+
+def _listing(paths, limit: int = 6) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
+    text = str(source)
+    path = Path(text)
+    if path.exists() or path.suffix in CHECKPOINT_SUFFIXES or os.sep in text or "/" in text:
+        _check_file(path)
+        return CheckpointEntry(0, path, sha256_file(path))
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
+        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a torchvision weights name "
+                         "(e.g. IMAGENET1K_V1).")
+    if arch is not None:
+        import torchvision
+
+        from .models import canonical_arch
+
+        arch = canonical_arch(arch)
+        names = [w.name for w in torchvision.models.get_model_weights(arch)]
+        if text != "DEFAULT" and text not in names:
+            raise FtdynError(f"--source: '{text}' is neither an existing file nor a weights name of {arch} "
+                             f"({', '.join(names)}).")
+    return CheckpointEntry(0, None, None, weights_name=text)
+
+
+def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[CheckpointEntry]:
+    entries = []
+    for item in sorted(manifest["epochs"], key=lambda e: e["epoch"]):
+        path = folder / item["file"]
+        if not path.is_file():
+            raise FtdynError(f"{path}: listed in {folder / MANIFEST_NAME} but missing; "
+                             "re-run training (--resume) or remove it from the manifest.")
+        if verify and sha256_file(path) != item["sha256"]:
+            raise FtdynError(f"{path}: changed since training (SHA-256 differs from {MANIFEST_NAME}); "
+                             "re-run training or remove it from the manifest.")
+        entries.append(CheckpointEntry(int(item["epoch"]), path, item["sha256"]))
+    if not entries:
+        raise FtdynError(f"{folder / MANIFEST_NAME}: lists no checkpoints; re-run training.")
+    return entries
+
+
+def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
+                    arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
+    """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
+
+    **ftdyn series** (``folder/manifest.json`` exists): the manifest's entries; each
+    file must exist and (``verify``) match its SHA-256. Epoch 0 is the source model
+    written by training, so ``source`` is refused.
+
+    **Third-party folder**: every ``.pt/.pth/.bin/.ckpt/.safetensors`` file (hidden
+    files and other suffixes are ignored). Ordering rule:
+
+    1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
+       metadata), those numbers are used;
+    2. otherwise each file's number is the integer after ``epoch`` in its name
+       (``epoch_3``, ``epoch=3-step=99``), else the last integer in its name; files
+       that do store an epoch must agree with their name's number.
+
+    Duplicate numbers, files without a number or disagreeing stored/name numbers
+    raise an FtdynError listing the files.
+
+    **Source / epoch 0**: ``source`` (a checkpoint file, or a torchvision weights
+    name such as ``IMAGENET1K_V1`` given as an entry with ``path=None`` and
+    ``weights_name`` set) becomes epoch 0. A source file that is also in the folder
+    (same path or same bytes) is taken out of the files. If a remaining file has
+    number 0 too (0-based counters such as Lightning's ``epoch=0`` after the first
+    epoch), all files are shifted by +1 so they follow the source. Without
+    ``source`` the numbers are kept and the smallest-numbered file is the reference.
+    ``arch`` (optional) validates a weights name early.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        if source is not None:
+            raise FtdynError(f"--source: {folder} is an ftdyn series whose epoch 0 already is the source model; "
+                             "drop --source.")
+        return _series_from_manifest(folder, manifest, verify)
+
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in {folder}.")
+    src = _resolve_source(source, arch) if source is not None else None
+    if src is not None and src.path is not None:
+        same = [p for p in files if p.resolve() == src.path.resolve()
+                or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
+        files = [p for p in files if p not in same]
+        if not files:
+            raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
+
+    stored = {p: read_stored_epoch(p, trust=trust) for p in files}
+    if all(e is not None for e in stored.values()):
+        numbers, how = stored, "stored epoch"
+    else:
+        named = {p: _number_in_name(p) for p in files}
+        nameless = [p for p, n in named.items() if n is None]
+        if nameless:
+            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless)} store no epoch and have "
+                             "no number in the file name; rename them (e.g. epoch_3.pt).")
+        disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
+        if disagree:
+            raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
+                             f"{_listing(disagree)} store an epoch different from the number in the name; "
+                             "rename them to match their epochs.")
+        numbers, how = named, "number in the file name"
+    by_number: dict[int, list[Path]] = {}
+    for p, n in numbers.items():
+        by_number.setdefault(n, []).append(p)
+    dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
+    if dupes:
+        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes)} have the same {how}; "
+                         "remove or rename the duplicates.")
+    if any(n < 0 for n in numbers.values()):
+        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0])}.")
+    shift = 1 if src is not None and 0 in by_number else 0
+    entries = [CheckpointEntry(n + shift, p, sha256_file(p)) for n, p in sorted((n, p) for p, n in numbers.items())]
+    return ([src] if src is not None else []) + entries

@@ -1,0 +1,525 @@
+"""Checkpoint writing, manifest, safe loading of every supported format, and series discovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from ftdyn import checkpoints as ck
+from ftdyn.errors import FtdynError
+
+ARCH = "shufflenet_v2_x0_5"  # small (0.35M params with 5 classes), nn.Linear head "fc"
+
+
+def _model(num_classes: int = 5, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.get_model(ARCH, weights=None, num_classes=num_classes)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = _model()
+    with torch.no_grad():  # make BatchNorm buffers non-default so they are checked too
+        for name, buf in model.named_buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same(model: torch.nn.Module, reference: dict) -> None:
+    state = model.state_dict()
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(state[key], value), key
+
+
+def _prefixed(sd: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_checkpoint_filename():
+    assert ck.checkpoint_filename(3) == "epoch_003.pt"
+    assert ck.checkpoint_filename(0) == "epoch_000.pt"
+    assert ck.checkpoint_filename(1234) == "epoch_1234.pt"
+    assert ck.CHECKPOINT_REGEX.match(ck.checkpoint_filename(12))
+    assert ck.MANIFEST_NAME == "manifest.json"
+
+
+def test_save_checkpoint_atomic_and_hash(tmp_path, reference):
+    target = tmp_path / ck.checkpoint_filename(2)
+    digest = ck.save_checkpoint(target, reference, epoch=2, extra={"val_acc": 0.5})
+    assert digest == ck.sha256_file(target)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_002.pt"]  # no temp file left behind
+    payload = torch.load(target, weights_only=True)
+    assert payload["format"] == "ftdyn-checkpoint" and payload["format_version"] == 1
+    assert payload["epoch"] == 2 and payload["val_acc"] == 0.5
+
+
+def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch):
+    target = tmp_path / "epoch_001.pt"
+
+    def broken_save(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(target, reference, epoch=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_checkpoint_failure_keeps_previous_file(tmp_path, reference, monkeypatch):
+    target = tmp_path / "epoch_001.pt"
+    digest = ck.save_checkpoint(target, reference, epoch=1)
+
+    def broken_save(obj, fh, *args, **kwargs):
+        fh.write(b"garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(target, {"x": torch.zeros(1)}, epoch=1)
+    assert ck.sha256_file(target) == digest
+    assert os.listdir(tmp_path) == ["epoch_001.pt"]
+
+
+def test_payload_with_optimizer_and_rng_loads_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    states = ck.rng_states()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    path = tmp_path / "epoch_001.pt"
+    ck.save_checkpoint(path, model.state_dict(), epoch=1,
+                       extra={"optimizer": opt.state_dict(), "rng": states, "np_value": np.float32(1.5),
+                              "history": [{"epoch": 1, "loss": 0.25}]})
+    payload = ck.load_checkpoint_payload(path)  # weights_only=True inside
+    assert payload["epoch"] == 1 and payload["np_value"] == 1.5
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    opt2.load_state_dict(payload["optimizer"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ck.set_rng_states(payload["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_load_checkpoint_payload_rejects_foreign_file(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(FtdynError, match="not an ftdyn checkpoint"):
+        ck.load_checkpoint_payload(path)
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def _manifest(**overrides) -> dict:
+    manifest = {
+        "format": "ftdyn-series", "format_version": 1, "architecture": ARCH, "num_classes": 2,
+        "classes": ["a", "b"], "input_size": 32,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "epochs": [], "ftdyn_version": "0.1.0", "torch_version": torch.__version__,
+        "seed": 0, "hyperparameters": {"lr": 1e-4},
+    }
+    manifest.update(overrides)
+    return manifest
+
+
+def test_manifest_round_trip(tmp_path):
+    assert ck.read_manifest(tmp_path) is None
+    manifest = _manifest(epochs=[{"epoch": 0, "file": "epoch_000.pt", "sha256": "ab", "val_acc": 0.1}])
+    ck.write_manifest(tmp_path, manifest)
+    assert ck.read_manifest(tmp_path) == manifest
+    assert (tmp_path / "manifest.json").read_text().startswith('{\n  "format"')
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "unreadable manifest"),
+    (json.dumps({k: v for k, v in _manifest().items() if k != "classes"}), "required key(s) classes"),
+    (json.dumps(_manifest(format="other")), "'format' is 'other'"),
+    (json.dumps(_manifest(format_version=99)), "format_version 99"),
+    (json.dumps(_manifest(normalization=[0.5])), "'normalization' must be"),
+    (json.dumps(_manifest(epochs=[{"epoch": 0}])), "epochs[0] must hold"),
+    (json.dumps([1, 2]), "must be a JSON object"),
+])
+def test_manifest_validation_errors(tmp_path, text, message):
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(FtdynError) as info:
+        ck.read_manifest(tmp_path)
+    assert message in str(info.value)
+    assert "manifest.json" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_write_manifest_validates(tmp_path):
+    with pytest.raises(FtdynError, match="architecture"):
+        ck.write_manifest(tmp_path, {k: v for k, v in _manifest().items() if k != "architecture"})
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def _ftdyn_series(folder, epochs=3):
+    entries = []
+    for epoch in range(epochs):
+        name = ck.checkpoint_filename(epoch)
+        digest = ck.save_checkpoint(folder / name, {"w": torch.full((2,), float(epoch))}, epoch=epoch)
+        entries.append({"epoch": epoch, "file": name, "sha256": digest, "val_loss": 1.0 / (epoch + 1)})
+    ck.write_manifest(folder, _manifest(epochs=entries))
+
+
+def test_discover_series_from_manifest(tmp_path):
+    _ftdyn_series(tmp_path)
+    entries = ck.discover_series(tmp_path)
+    assert [e.epoch for e in entries] == [0, 1, 2]
+    assert [e.path.name for e in entries] == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
+    assert all(e.sha256 == ck.sha256_file(e.path) for e in entries)
+    with pytest.raises(FtdynError, match="drop --source"):
+        ck.discover_series(tmp_path, source="IMAGENET1K_V1")
+
+
+def test_discover_series_detects_modified_file(tmp_path):
+    _ftdyn_series(tmp_path)
+    torch.save({"format": "ftdyn-checkpoint", "format_version": 1, "epoch": 1,
+                "state_dict": {"w": torch.full((2,), 7.0)}}, tmp_path / "epoch_001.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert "epoch_001.pt" in str(info.value) and "changed since training" in str(info.value)
+    (tmp_path / "epoch_002.pt").unlink()
+    with pytest.raises(FtdynError, match="epoch_001.pt|epoch_002.pt"):
+        ck.discover_series(tmp_path)
+
+
+def test_discover_series_missing_file(tmp_path):
+    _ftdyn_series(tmp_path)
+    (tmp_path / "epoch_002.pt").unlink()
+    with pytest.raises(FtdynError, match="epoch_002.pt: listed in .* but missing"):
+        ck.discover_series(tmp_path)
+
+
+# ---------------------------------------------------------------------- every format
+
+
+FORMATS = {
+    "plain_pt": ("w.pt", lambda sd: sd),
+    "plain_bin": ("pytorch_model.bin", lambda sd: sd),
+    "state_dict": ("w.pth", lambda sd: {"state_dict": sd, "epoch": 4, "best_acc": 0.9}),
+    "model_state_dict": ("w.pth", lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 4}),
+    "model": ("w.pth", lambda sd: {"model": sd, "epoch": 4}),
+    "nested": ("w.pth", lambda sd: {"model": {"state_dict": sd}, "epoch": 4}),
+    "dataparallel": ("w.pt", lambda sd: _prefixed(sd, "module.")),
+    "compiled": ("w.pt", lambda sd: _prefixed(sd, "_orig_mod.")),
+    "ddp_compiled": ("w.pt", lambda sd: {"state_dict": _prefixed(sd, "_orig_mod.module.")}),
+    "lightning": ("epoch=4-step=50.ckpt", lambda sd: {
+        "epoch": 4, "global_step": 50, "pytorch-lightning_version": "2.4.0",
+        "state_dict": _prefixed(sd, "model."), "optimizer_states": [], "lr_schedulers": []}),
+    "lightning_nested_compiled": ("last.ckpt", lambda sd: {
+        "epoch": 4, "global_step": 50,
+        "state_dict": {**_prefixed(sd, "net.backbone._orig_mod."), "criterion.weight": torch.ones(5)}}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORMATS))
+def test_every_format_loads_same_weights(tmp_path, reference, kind):
+    name, wrap = FORMATS[kind]
+    path = tmp_path / name
+    torch.save(wrap(dict(reference)), path)
+    model = _model(seed=1)
+    epoch = ck.load_into_model(model, path)
+    _assert_same(model, reference)
+    expected_epoch = 4 if kind not in {"plain_pt", "plain_bin", "dataparallel", "compiled", "ddp_compiled"} else None
+    assert epoch == expected_epoch
+
+
+def test_legacy_serialization_loads(tmp_path, reference):
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": reference, "epoch": 2}, path, _use_new_zipfile_serialization=False)
+    model = _model(seed=1)
+    assert ck.load_into_model(model, path) == 2
+    _assert_same(model, reference)
+    assert ck.read_stored_epoch(path) == 2
+
+
+def test_safetensors_loads_with_epoch_metadata(tmp_path, reference):
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in _prefixed(reference, "module.").items()}, str(path),
+              metadata={"epoch": "6"})
+    model = _model(seed=1)
+    assert ck.load_into_model(model, path) == 6
+    _assert_same(model, reference)
+    nometa = tmp_path / "nometa.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(nometa))
+    assert ck.load_state_dict(nometa)[1] is None
+
+
+def test_ftdyn_checkpoint_loads(tmp_path, reference):
+    path = tmp_path / ck.checkpoint_filename(3)
+    ck.save_checkpoint(path, reference, epoch=3, extra={"optimizer": {"state": {}, "param_groups": []}})
+    model = _model(seed=1)
+    assert ck.load_into_model(model, path) == 3
+    _assert_same(model, reference)
+
+
+def test_pickled_module_needs_trust(tmp_path, reference):
+    model = _model(seed=1)
+    model.load_state_dict(reference)
+    path = tmp_path / "whole.pt"
+    torch.save({"model": model, "epoch": 1}, path)
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_dict(path)
+    message = str(info.value)
+    assert "refusing to unpickle" in message and "ShuffleNetV2" in message and "--trust-checkpoint" in message
+    target = _model(seed=2)
+    assert ck.load_into_model(target, path, trust=True) == 1
+    _assert_same(target, reference)
+
+
+class _Malicious:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, reference, suffix):
+    target = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    torch.save({"state_dict": reference, "epoch": 1, "payload": _Malicious(target)}, path)
+    assert not target.exists()
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(_model(), path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "refusing to unpickle" in message
+    assert "pathlib" in message and "--trust-checkpoint" in message and "\n" not in message
+    assert not target.exists()
+    # discovery reads the epoch of every file: it must refuse too, without running it
+    with pytest.raises(FtdynError, match="--trust-checkpoint"):
+        ck.discover_series(tmp_path)
+    with pytest.raises(FtdynError, match="refusing"):
+        ck.read_stored_epoch(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "junk", "truncated_safetensors", "bad_header_safetensors"])
+def test_corrupt_files(tmp_path, reference, kind):
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": reference, "epoch": 1}, good)
+    data = good.read_bytes()
+    if kind == "truncated":
+        path, content = tmp_path / "cut.pt", data[: len(data) // 2]
+    elif kind == "empty":
+        path, content = tmp_path / "empty.pth", b""
+    elif kind == "junk":
+        path, content = tmp_path / "junk.bin", b"this is not a checkpoint\n" * 20
+    else:
+        st = tmp_path / "good.safetensors"
+        save_file({k: v.contiguous() for k, v in reference.items()}, str(st))
+        raw = st.read_bytes()
+        path = tmp_path / "bad.safetensors"
+        content = raw[: len(raw) // 2] if kind == "truncated_safetensors" else b"\xff" * 8 + raw[8:]
+    path.write_bytes(content)
+    for call in (lambda: ck.load_into_model(_model(), path), lambda: ck.read_stored_epoch(path)):
+        with pytest.raises(FtdynError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable checkpoint (") and "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FtdynError, match="no such checkpoint file"):
+        ck.load_state_dict(tmp_path / "nope.pt")
+
+
+# --------------------------------------------------------------------- mismatches
+
+
+def test_wrong_architecture(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), path)
+    vgg = torchvision.models.vgg11(weights=None, num_classes=3)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(vgg, path, arch="vgg11")
+    message = str(info.value)
+    assert message.startswith(f"{path}: does not fit vgg11")
+    assert "missing keys" in message and "unexpected keys" in message and "check --arch" in message
+    assert "\n" not in message and len(message) < 600
+
+
+def test_missing_keys(tmp_path, reference):
+    state = dict(reference)
+    dropped = [k for k in state if k.startswith("conv5.")]
+    for key in dropped:
+        del state[key]
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(_model(), path)
+    message = str(info.value)
+    assert f"missing keys {len(dropped)} (conv5." in message and "unexpected" not in message
+
+
+def test_missing_num_batches_tracked_is_tolerated(tmp_path, reference):
+    path = tmp_path / "old.pt"
+    torch.save({k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}, path)
+    model = _model(seed=1)
+    ck.load_into_model(model, path)
+    for key, value in reference.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(model.state_dict()[key], value)
+
+
+def test_head_mismatch_and_adapt_head(tmp_path, reference):
+    path = tmp_path / "five.pt"
+    torch.save({"state_dict": _prefixed(reference, "model.")}, path)
+    model = _model(num_classes=7)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(model, path)
+    assert "fc.weight: file [5, " in str(info.value) and "classifier head" in str(info.value)
+    state, _ = ck.load_state_dict(path)
+    assert ck.infer_num_classes(state, model) == 5
+    ck.load_into_model(model, path, adapt_head=True)
+    assert model.fc.out_features == 5
+    _assert_same(model, reference)
+
+
+def test_infer_num_classes_without_head(reference):
+    with pytest.raises(FtdynError, match="fc.weight"):
+        ck.infer_num_classes({"x": torch.zeros(1)}, _model())
+
+
+# ------------------------------------------------------------------ third-party series
+
+
+def _tiny(path, epoch=None, value=0.0, wrap="state_dict"):
+    sd = {"w": torch.full((2,), float(value))}
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path), metadata={"epoch": str(epoch)} if epoch is not None else None)
+    elif epoch is None:
+        torch.save(sd, path)
+    else:
+        torch.save({wrap: sd, "epoch": epoch}, path)
+
+
+def test_order_by_stored_epoch(tmp_path):
+    # names deliberately contradict the stored epochs
+    _tiny(tmp_path / "b_9.ckpt", epoch=0)
+    _tiny(tmp_path / "a_1.pth", epoch=2)
+    _tiny(tmp_path / "c.safetensors", epoch=1)
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / ".hidden.pt.tmp").write_bytes(b"ignored")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.path.name) for e in entries] == [(0, "b_9.ckpt"), (1, "c.safetensors"), (2, "a_1.pth")]
+    assert all(e.sha256 == ck.sha256_file(e.path) and e.weights_name is None for e in entries)
+
+
+def test_order_by_file_name(tmp_path):
+    for n in (10, 2, 0, 1):
+        _tiny(tmp_path / f"resnet50_run3_epoch{n}.pt")
+    _tiny(tmp_path / "model-epoch=3-step=400.pt")  # the number after 'epoch' wins over the last one
+    entries = ck.discover_series(tmp_path)
+    assert [e.epoch for e in entries] == [0, 1, 2, 3, 10]
+    assert entries[3].path.name == "model-epoch=3-step=400.pt"
+
+
+def test_ambiguous_duplicate_epochs(tmp_path):
+    _tiny(tmp_path / "x.pt", epoch=1)
+    _tiny(tmp_path / "y.pt", epoch=1)
+    _tiny(tmp_path / "z.pt", epoch=2)
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    message = str(info.value)
+    assert "ambiguous order" in message and "x.pt" in message and "y.pt" in message and "z.pt" not in message
+
+
+def test_ambiguous_duplicate_names(tmp_path):
+    _tiny(tmp_path / "epoch_1.pt")
+    _tiny(tmp_path / "epoch_01.pth")
+    with pytest.raises(FtdynError, match=r"ambiguous order: .*epoch_01.pth.*epoch_1.pt"):
+        ck.discover_series(tmp_path)
+
+
+def test_files_without_number(tmp_path):
+    _tiny(tmp_path / "epoch_1.pt")
+    _tiny(tmp_path / "final.pt")
+    _tiny(tmp_path / "best.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    message = str(info.value)
+    assert "cannot order" in message and "best.pt" in message and "final.pt" in message
+    assert "epoch_1.pt" not in message
+
+
+def test_mixed_stored_and_named(tmp_path):
+    _tiny(tmp_path / "epoch_1.pt")
+    _tiny(tmp_path / "epoch_2.pt", epoch=2)
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [1, 2]
+    _tiny(tmp_path / "epoch_3.pt", epoch=7)
+    with pytest.raises(FtdynError, match=r"ambiguous order.*epoch_3.pt"):
+        ck.discover_series(tmp_path)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "readme.md").write_text("no checkpoints")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert "no checkpoint files (.pt, .pth, .bin, .ckpt, .safetensors)" in str(info.value)
+    with pytest.raises(FtdynError, match="no such checkpoint folder"):
+        ck.discover_series(tmp_path / "missing")
+
+
+def test_source_weights_name(tmp_path):
+    for n in (1, 2):
+        _tiny(tmp_path / f"epoch_{n}.pt")
+    entries = ck.discover_series(tmp_path, source="IMAGENET1K_V1", arch="resnet18")
+    assert entries[0] == ck.CheckpointEntry(0, None, None, weights_name="IMAGENET1K_V1")
+    assert entries[0].label == "torchvision:IMAGENET1K_V1"
+    assert [e.epoch for e in entries] == [0, 1, 2]
+    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither an existing file"):
+        ck.discover_series(tmp_path, source="IMAGENET9K", arch="resnet18")
+    with pytest.raises(FtdynError, match="no such checkpoint file"):
+        ck.discover_series(tmp_path, source=str(tmp_path / "absent.pt"))
+
+
+def test_source_file_shifts_zero_based_epochs(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    for n in (0, 1, 2):  # Lightning counts epochs from 0: epoch=0 is after the first epoch
+        _tiny(series / f"epoch={n}-step={10 * (n + 1)}.ckpt", epoch=n, value=n + 1)
+    source = tmp_path / "pretrained.pth"
+    _tiny(source, value=0.0)
+    entries = ck.discover_series(series, source=source)
+    assert [e.epoch for e in entries] == [0, 1, 2, 3]
+    assert entries[0].path == source and entries[0].sha256 == ck.sha256_file(source)
+    assert entries[1].path.name == "epoch=0-step=10.ckpt"
+    # without a source the files keep their numbers; the smallest is the reference
+    assert [e.epoch for e in ck.discover_series(series)] == [0, 1, 2]
+
+
+def test_source_file_inside_folder_is_not_duplicated(tmp_path):
+    for n in (0, 1, 2):
+        _tiny(tmp_path / f"epoch_{n}.pt", value=n)
+    entries = ck.discover_series(tmp_path, source=tmp_path / "epoch_0.pt")
+    assert [(e.epoch, e.path.name) for e in entries] == [(0, "epoch_0.pt"), (1, "epoch_1.pt"), (2, "epoch_2.pt")]
+
+
+def test_load_source_weights_file_entry(tmp_path, reference):
+    path = tmp_path / "src.pt"
+    torch.save(reference, path)
+    entry = ck.CheckpointEntry(0, path, ck.sha256_file(path))
+    model = _model(seed=1)
+    ck.load_source_weights(model, entry, arch=ARCH)
+    _assert_same(model, reference)
