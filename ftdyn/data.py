@@ -1,0 +1,479 @@
+"""Image folders, transforms, data loaders and probe-set selection.
+
+* :func:`scan_image_folder` reads an ImageFolder layout (``root/<class>/<image>``),
+  checks every image once and skips unreadable ones (counted in
+  ``ImageFolderData.skipped``); :func:`resolve_splits` turns a dataset folder into
+  train and validation sets (``train/`` + ``val/`` subfolders, or one folder and a
+  stratified, seeded ``val_split``).
+* Transforms return **uint8** CHW tensors; :func:`normalize` converts a uint8 batch to
+  normalized float32 on the device, so stores can keep the images un-normalized.
+* Randomness is explicit: the training augmentation of sample ``i`` in epoch ``e``
+  depends only on ``(seed, e, i)`` and the shuffling only on ``(seed, e)``, never on the
+  number of workers or on how many epochs ran before in the process. This is what
+  makes ``ftdyn train --resume`` reproduce an uninterrupted run exactly on CPU.
+* :func:`select_probe` / :func:`load_images` pick and load the probe images of the
+  extract stage (deterministic, eval transform).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import FtdynError
+
+#: File suffixes read as images (the torchvision ImageFolder list), case-insensitive.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Names accepted for the validation subfolder next to ``train/``.
+VAL_FOLDER_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class ImageFolderData:
+    """A labelled list of image files.
+
+    ``paths[i]`` has label ``labels[i]`` (an index into ``classes``). ``skipped``
+    lists the files that were found but could not be read (they are not in
+    ``paths``). ``root`` is the folder the data came from.
+    """
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    root: Path | None = None
+    skipped: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> "ImageFolderData":
+        """The samples at ``indices`` (in that order), same classes, no skipped files."""
+        return ImageFolderData([self.paths[i] for i in indices], [self.labels[i] for i in indices],
+                               list(self.classes), self.root, [])
+
+    def class_counts(self) -> list[int]:
+        counts = [0] * len(self.classes)
+        for label in self.labels:
+            counts[label] += 1
+        return counts
+
+
+# ----------------------------------------------------------------------- scanning
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _readable(path: Path) -> bool:
+    """Open the file and let PIL verify it (headers + checksums, no full decode).
+
+    ``verify`` does not decode JPEG data, so a JPEG that does not end with its EOI
+    marker (typically a truncated download) is fully decoded once as well.
+    """
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(path) - 64))
+                tail = fh.read()
+            if not tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+                with Image.open(path) as img:
+                    img.load()
+        return True
+    except Exception:  # PIL raises many types for broken files
+        return False
+
+
+def _check_folder(root: Path, flag: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FtdynError(f"{flag}: folder '{root}' does not exist.")
+    if not root.is_dir():
+        raise FtdynError(f"{flag}: '{root}' is not a folder; give a folder with one subfolder of images per class.")
+    if not any(not p.name.startswith(".") for p in root.iterdir()):
+        raise FtdynError(f"{flag}: folder '{root}' is empty; it needs one subfolder of images per class.")
+    return root
+
+
+def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify: bool = True,
+                      workers: int | None = None) -> ImageFolderData:
+    """Read an ImageFolder layout: ``root/<class name>/**/<image>``.
+
+    Classes are the non-hidden subfolders, sorted by name (label = position). Image
+    files are found recursively and sorted. With ``verify`` every image is opened
+    once (``PIL.Image.verify``); unreadable ones are left out and listed in
+    ``skipped`` — the caller reports them. Raises :class:`FtdynError` (naming
+    ``flag``) for a missing/empty folder, no class subfolders, a class folder
+    without images, or a folder where no image is readable.
+    """
+    root = _check_folder(root, flag)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FtdynError(f"{flag}: '{root}' has no class subfolders; expected {root}/<class name>/<image files>.")
+    found: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(Path(dirpath) / f for f in filenames if _is_image(f))
+        if not files:
+            raise FtdynError(f"{flag}: class folder '{root / name}' has no images "
+                             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder.")
+        found.extend((p, label) for p in sorted(files))
+    if verify:
+        n_threads = workers or min(8, os.cpu_count() or 1)
+        if n_threads > 1 and len(found) > 64:
+            with ThreadPoolExecutor(n_threads) as pool:
+                ok = list(pool.map(_readable, (p for p, _ in found), chunksize=32))
+        else:
+            ok = [_readable(p) for p, _ in found]
+    else:
+        ok = [True] * len(found)
+    skipped = [p for (p, _), good in zip(found, ok) if not good]
+    kept = [(p, lab) for (p, lab), good in zip(found, ok) if good]
+    if not kept:
+        raise FtdynError(f"{flag}: none of the {len(found)} images in '{root}' can be read "
+                         f"(first: {skipped[0]}); check the files.")
+    present = {lab for _, lab in kept}
+    for label, name in enumerate(classes):
+        if label not in present:
+            raise FtdynError(f"{flag}: class folder '{root / name}' has no readable images "
+                             "(all are unreadable); fix or remove them.")
+    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped)
+
+
+def skipped_message(skipped: Sequence[Path]) -> str | None:
+    """The one-line report about unreadable images, or None when there were none."""
+    if not skipped:
+        return None
+    noun = "image" if len(skipped) == 1 else "images"
+    return f"skipped {len(skipped)} unreadable {noun} (first: {skipped[0]})"
+
+
+def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: int = 0,
+                   ) -> tuple[ImageFolderData, ImageFolderData]:
+    """Train and validation sets of ``data_dir``.
+
+    * ``data_dir/train`` and ``data_dir/val`` (or ``valid``/``validation``): used as
+      they are; their class lists must match. ``val_split`` must then be None.
+    * otherwise ``data_dir`` (or ``data_dir/train`` when there is no val folder) is one
+      ImageFolder split by ``val_split`` (fraction in (0, 1)), stratified per class and
+      seeded: every class with at least 2 images gives ``max(1, round(f·n))`` of them to
+      validation and keeps at least one for training.
+
+    The unreadable files found are reported in ``train.skipped`` and ``val.skipped``
+    (for a split, all of them in ``train.skipped``).
+    """
+    root = _check_folder(data_dir, "DATA_DIR")
+    if val_split is not None and not (0.0 < float(val_split) < 1.0):
+        raise FtdynError(f"--val-split: {val_split} is not a fraction between 0 and 1 (e.g. 0.2).")
+    train_dir = root / "train"
+    val_dirs = [root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()]
+    if train_dir.is_dir() and val_dirs:
+        if val_split is not None:
+            raise FtdynError(f"--val-split: '{root}' already has train/ and {val_dirs[0].name}/ folders; "
+                             "drop --val-split or point DATA_DIR at a single image folder.")
+        train = scan_image_folder(train_dir, flag="DATA_DIR")
+        val = scan_image_folder(val_dirs[0], flag="DATA_DIR")
+        if train.classes != val.classes:
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            parts = []
+            if only_train:
+                parts.append(f"only in train/: {', '.join(only_train[:5])}")
+            if only_val:
+                parts.append(f"only in {val_dirs[0].name}/: {', '.join(only_val[:5])}")
+            raise FtdynError(f"DATA_DIR: the class folders of '{train_dir}' and '{val_dirs[0]}' differ "
+                             f"({'; '.join(parts)}); both need the same classes.")
+        return train, val
+    source = train_dir if train_dir.is_dir() else root
+    if val_split is None:
+        raise FtdynError(f"--val-split: '{root}' has no train/ and val/ subfolders; pass --val-split 0.2 "
+                         "to hold out a fraction of each class for validation.")
+    data = scan_image_folder(source, flag="DATA_DIR")
+    train_idx, val_idx = stratified_split(data.labels, float(val_split), seed)
+    if not val_idx:
+        raise FtdynError(f"--val-split {val_split}: no class of '{source}' has 2 images, so nothing is left "
+                         "for validation; add images or use train/ and val/ folders.")
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    train.skipped = list(data.skipped)
+    return train, val
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded per-class split of indices into (train, val), each sorted."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    train, val = [], []
+    for label, idx in sorted(by_class.items()):
+        n = len(idx)
+        n_val = 0 if n < 2 else min(n - 1, max(1, round(fraction * n)))
+        rng = np.random.default_rng([int(seed), label, 0x5E1])
+        order = rng.permutation(n)
+        val.extend(idx[j] for j in order[:n_val])
+        train.extend(idx[j] for j in order[n_val:])
+    return sorted(train), sorted(val)
+
+
+# --------------------------------------------------------------------- transforms
+
+
+def _pil_rgb(path: str | os.PathLike) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def eval_resize_size(input_size: int) -> int:
+    """Shorter-side size before the centre crop: the ImageNet 256/224 ratio."""
+    return int(round(input_size * 256 / 224))
+
+
+class EvalTransform:
+    """Resize the shorter side to ``round(input_size·256/224)``, centre crop ``input_size``.
+
+    PIL image → uint8 tensor (3, input_size, input_size). Deterministic.
+    """
+
+    def __init__(self, input_size: int):
+        self.input_size = int(input_size)
+        self.resize = eval_resize_size(self.input_size)
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = img.convert("RGB")
+        w, h = img.size  # as torchvision Resize(int): shorter side -> resize, longer truncated
+        if w <= h:
+            new_w, new_h = self.resize, int(self.resize * h / w)
+        else:
+            new_w, new_h = int(self.resize * w / h), self.resize
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+        s = self.input_size
+        top = int(round((new_h - s) / 2.0))
+        left = int(round((new_w - s) / 2.0))
+        img = img.crop((left, top, left + s, top + s))
+        return _to_uint8_chw(img)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(resize={self.resize}, crop={self.input_size})"
+
+
+class TrainTransform:
+    """Random resized crop (scale 0.08–1, ratio 3/4–4/3) + horizontal flip → uint8 CHW.
+
+    Randomness comes from ``generator`` when given (the dataset passes one seeded with
+    (seed, epoch, index)), else from the global torch RNG.
+    """
+
+    def __init__(self, input_size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True):
+        self.input_size = int(input_size)
+        self.scale = scale
+        self.ratio = ratio
+        self.flip = flip
+
+    def crop_box(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        """(left, top, w, h) as torchvision's RandomResizedCrop.get_params, with ``generator``."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
+            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+                return left, top, w, h
+        in_ratio = width / height  # fallback: central crop
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        img = img.convert("RGB")
+        left, top, w, h = self.crop_box(*img.size, generator=generator)
+        s = self.input_size
+        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
+        if self.flip and torch.rand(1, generator=generator).item() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return _to_uint8_chw(img)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(size={self.input_size}, scale={self.scale}, flip={self.flip})"
+
+
+def eval_transform(input_size: int) -> EvalTransform:
+    """The ImageNet evaluation recipe scaled to ``input_size`` (see :class:`EvalTransform`)."""
+    return EvalTransform(input_size)
+
+
+def train_transform(input_size: int) -> TrainTransform:
+    """Random resized crop + horizontal flip at ``input_size`` (see :class:`TrainTransform`)."""
+    return TrainTransform(input_size)
+
+
+def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) → float32 ``(x/255 − mean)/std`` on ``batch``'s device."""
+    x = batch.to(torch.float32).div_(255.0)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+# ------------------------------------------------------------ datasets and loaders
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on the integers ``parts`` (SeedSequence mixing)."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """``(uint8 CHW tensor, label)`` for each sample of an :class:`ImageFolderData`.
+
+    With ``seed`` set, the transform of sample ``i`` gets a ``torch.Generator`` seeded
+    from ``(seed, epoch, i)`` (call :meth:`set_epoch` before each epoch), so random
+    augmentations do not depend on worker count or process history.
+    """
+
+    def __init__(self, data: ImageFolderData, transform: Callable, *, seed: int | None = None):
+        self.data = data
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.data.paths[index]
+        try:
+            img = _pil_rgb(path)
+        except Exception as exc:
+            raise FtdynError(f"{path}: unreadable image ({' '.join(str(exc).split())}); remove or fix it.") from None
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
+        return self.transform(img, generator), int(self.data.labels[index])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and python from the worker's torch seed."""
+    base = torch.initial_seed() % 2**32
+    np.random.seed(base)
+    random.seed(base)
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
+                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
+                ) -> torch.utils.data.DataLoader:
+    """A DataLoader whose order depends only on ``(seed, epoch)``.
+
+    The sampler and the workers' base seeds come from a ``torch.Generator`` seeded with
+    ``derive_seed(seed, epoch)``; ``dataset.set_epoch(epoch)`` is called here.
+    """
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0x10AD))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+        generator=generator, worker_init_fn=seed_worker if num_workers > 0 else None,
+        pin_memory=pin_memory, persistent_workers=False,
+    )
+
+
+# ------------------------------------------------------------------- probe sets
+
+
+def select_probe(data: ImageFolderData, *, per_class: int | None = None, max_samples: int | None = None,
+                 seed: int = 0) -> ImageFolderData:
+    """A deterministic, class-balanced subset of ``data`` for the extract stage.
+
+    Per class, the paths are sorted and shuffled by a generator seeded with
+    ``(seed, label)``; ``per_class`` keeps the first ``per_class`` of that order (all
+    when None). ``max_samples`` then takes samples round-robin over the classes (first
+    of each class, then second, ...) until the limit, keeping classes balanced. The
+    result is sorted by (label, path). Larger limits give supersets of smaller ones.
+    """
+    if per_class is not None and per_class < 1:
+        raise FtdynError(f"--per-class: must be at least 1 (got {per_class}).")
+    if max_samples is not None and max_samples < 1:
+        raise FtdynError(f"--max-samples: must be at least 1 (got {max_samples}).")
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(data.labels):
+        by_class.setdefault(int(label), []).append(i)
+    orders: list[list[int]] = []
+    for label in sorted(by_class):
+        idx = sorted(by_class[label], key=lambda i: str(data.paths[i]))
+        rng = np.random.default_rng([int(seed), label, 0x960BE])
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        orders.append(idx[:per_class] if per_class is not None else idx)
+    if max_samples is not None:
+        chosen: list[int] = []
+        depth = 0
+        while len(chosen) < max_samples and any(depth < len(o) for o in orders):
+            for o in orders:
+                if depth < len(o) and len(chosen) < max_samples:
+                    chosen.append(o[depth])
+            depth += 1
+    else:
+        chosen = [i for o in orders for i in o]
+    chosen.sort(key=lambda i: (data.labels[i], str(data.paths[i])))
+    return data.subset(chosen)
+
+
+def load_images(data: ImageFolderData, input_size: int, *, num_workers: int = 0, batch_size: int = 64) -> np.ndarray:
+    """All images of ``data`` through :func:`eval_transform`: uint8 array (n, H, W, 3)."""
+    out = np.empty((len(data), int(input_size), int(input_size), 3), dtype=np.uint8)
+    if len(data) == 0:
+        return out
+    dataset = ImageDataset(data, eval_transform(input_size))
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    start = 0
+    for images, _ in iter_batches(loader):
+        n = images.shape[0]
+        out[start:start + n] = images.permute(0, 2, 3, 1).numpy()
+        start += n
+    return out
+
+
+def iter_batches(loader: torch.utils.data.DataLoader):
+    """Iterate ``loader``; an FtdynError raised inside a worker comes back as one line."""
+    try:
+        yield from loader
+    except FtdynError as exc:
+        raise FtdynError(_last_error_line(str(exc))) from None
+
+
+def _last_error_line(message: str) -> str:
+    """DataLoader workers re-raise with the worker traceback in the message: keep the error line."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return message
+    last = lines[-1]
+    prefix = "ftdyn.errors.FtdynError: "
+    return last[len(prefix):] if last.startswith(prefix) else last
