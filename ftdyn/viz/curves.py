@@ -1,0 +1,275 @@
+"""Distance curves (paper Figs. 2–4) and checkpoint x checkpoint matrices, from results.
+
+* :func:`plot_curves` — ``distance_curves.{png,svg}``: one row per experiment, one
+  panel per metric (y shared per metric so experiments compare), distance from the
+  reference epoch vs epoch, one line per layer coloured shallow (dark) -> deep
+  (light) with viridis, bootstrap bands when computed.
+* :func:`plot_by_layer` — ``distance_by_layer.{png,svg}``: one panel per metric,
+  distance at the last epoch vs layer depth, one line per experiment (tab10).
+* :func:`plot_trajectory` — ``trajectory_<experiment>_<metric>.png``: the
+  checkpoint x checkpoint distance matrix of every layer, one shared colour scale
+  per figure.
+* :func:`plot_all` — all three, recorded with captions in ``figures.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import record, save_figure, slug
+
+LAYER_CMAP = "viridis"
+MATRIX_CMAP = "viridis"
+EXPERIMENT_CMAP = "tab10"
+MAX_MATRIX_COLUMNS = 6
+
+
+def _names(values) -> list[str]:
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def metric_label(results, metric: str) -> str:
+    """``"pwsm (alpha=0, view channels)"``-style description of a metric."""
+    view = str(results["view"].sel(metric=metric).values)
+    alpha = float(results["alpha"].sel(metric=metric).values)
+    extra = [] if math.isnan(alpha) else [f"alpha={alpha:g}"]
+    return f"{metric} ({', '.join(extra + [f'view {view}'])})"
+
+
+def experiment_layers(results, experiment: str) -> list[tuple[int, str]]:
+    """(layer_index, layer name) of an experiment, shallow -> deep (padding excluded)."""
+    names = _names(results["layer"].sel(experiment=experiment).values)
+    return [(int(i), n) for i, n in zip(results["layer_index"].values, names) if n]
+
+
+def layer_colors(n: int) -> np.ndarray:
+    import matplotlib
+
+    return matplotlib.colormaps[LAYER_CMAP](np.linspace(0.0, 0.85, max(n, 1)))[:n]
+
+
+def _settings(results) -> str:
+    a = results.attrs
+    boot = a.get("bootstrap")
+    boot_txt = (f"shaded bands: bootstrap intervals over probe images ({boot} resamples)"
+                if boot not in (None, 0, False, "0", "none") else "no bootstrap (no intervals)")
+    return f"Reference epoch {a.get('reference_epoch')}; preset {a.get('preset')}; {boot_txt}."
+
+
+def plot_curves(results, out: str | Path) -> list[Path]:
+    """Distance vs epoch, rows = experiments, columns = metrics, lines = layers. PNG + SVG."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    exps = _names(results["experiment"].values)
+    metrics = _names(results["metric"].values)
+    epochs = np.asarray(results["epoch"].values)
+    ref = results.attrs.get("reference_epoch")
+    R, M = len(exps), len(metrics)
+    fig = Figure(figsize=(1.8 + 3.6 * M, 0.8 + 2.6 * R), layout="constrained")
+    axes = fig.subplots(R, M, squeeze=False, sharex=True, sharey="col")
+    for r, exp in enumerate(exps):
+        layers = experiment_layers(results, exp)
+        colors = layer_colors(len(layers))
+        for m, metric in enumerate(metrics):
+            ax = axes[r, m]
+            d = results["distance"].sel(experiment=exp, metric=metric)
+            lo = results["ci_low"].sel(experiment=exp, metric=metric)
+            hi = results["ci_high"].sel(experiment=exp, metric=metric)
+            for (li, name), color in zip(layers, colors):
+                y = np.asarray(d.sel(layer_index=li).values, dtype=float)
+                ok = np.isfinite(y)
+                if not ok.any():
+                    continue
+                ax.plot(epochs[ok], y[ok], marker="o", markersize=2.5, linewidth=1.4, color=color, label=name)
+                yl = np.asarray(lo.sel(layer_index=li).values, dtype=float)
+                yh = np.asarray(hi.sel(layer_index=li).values, dtype=float)
+                band = ok & np.isfinite(yl) & np.isfinite(yh)
+                if band.any():
+                    ax.fill_between(epochs[band], yl[band], yh[band], color=color, alpha=0.2, linewidth=0)
+            ax.grid(True, linewidth=0.4, alpha=0.5)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == 0:
+                ax.set_title(metric_label(results, metric), fontsize=9)
+            if r == R - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+            if m == 0:
+                ax.set_ylabel(f"{exp}\ndistance from epoch {ref}", fontsize=8)
+        if layers:
+            axes[r, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                               title="layer (shallow → deep)", title_fontsize=7)
+    fig.suptitle("Distance from the reference checkpoint during fine-tuning", fontsize=10)
+    out = Path(out)
+    return [save_figure(fig, out / "distance_curves.png"), save_figure(fig, out / "distance_curves.svg")]
+
+
+def _last_finite(values: np.ndarray) -> int | None:
+    idx = np.flatnonzero(np.isfinite(values))
+    return int(idx[-1]) if len(idx) else None
+
+
+def plot_by_layer(results, out: str | Path) -> list[Path]:
+    """Distance at each experiment's last epoch vs layer depth, one panel per metric. PNG + SVG."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    exps = _names(results["experiment"].values)
+    metrics = _names(results["metric"].values)
+    epochs = np.asarray(results["epoch"].values)
+    layer_lists = {e: experiment_layers(results, e) for e in exps}
+    same = len({tuple(n for _, n in v) for v in layer_lists.values()}) == 1
+    colors = matplotlib.colormaps[EXPERIMENT_CMAP](np.arange(len(exps)) % 10)
+    M = len(metrics)
+    fig = Figure(figsize=(1.5 + 3.8 * M, 3.6 if same else 3.2), layout="constrained")
+    axes = fig.subplots(1, M, squeeze=False)[0]
+    for m, metric in enumerate(metrics):
+        ax = axes[m]
+        for e, exp in enumerate(exps):
+            layers = layer_lists[exp]
+            if not layers:
+                continue
+            d = results["distance"].sel(experiment=exp, metric=metric)
+            xs, ys, los, his, last = [], [], [], [], []
+            for k, (li, _) in enumerate(layers):
+                y = np.asarray(d.sel(layer_index=li).values, dtype=float)
+                t = _last_finite(y)
+                if t is None:
+                    continue
+                xs.append(k if same else (k / max(len(layers) - 1, 1)))
+                ys.append(y[t])
+                los.append(float(results["ci_low"].sel(experiment=exp, metric=metric, layer_index=li).values[t]))
+                his.append(float(results["ci_high"].sel(experiment=exp, metric=metric, layer_index=li).values[t]))
+                last.append(int(epochs[t]))
+            if not xs:
+                continue
+            ep = sorted(set(last))
+            ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, color=colors[e],
+                    label=f"{exp} (epoch {'/'.join(map(str, ep))})")
+            los, his = np.array(los), np.array(his)
+            band = np.isfinite(los) & np.isfinite(his)
+            if band.any():
+                ax.fill_between(np.array(xs)[band], los[band], his[band], color=colors[e], alpha=0.2, linewidth=0)
+        ax.set_title(metric_label(results, metric), fontsize=9)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.tick_params(labelsize=8)
+        if same and exps:
+            names = [n for _, n in layer_lists[exps[0]]]
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+            ax.set_xlabel("layer (shallow → deep)", fontsize=8)
+        else:
+            ax.set_xlabel("relative depth (0 = shallowest layer, 1 = deepest)", fontsize=8)
+        if m == 0:
+            ax.set_ylabel(f"distance from epoch {results.attrs.get('reference_epoch')}", fontsize=8)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="experiment",
+                    title_fontsize=7)
+    fig.suptitle("Distance at the last epoch, by layer depth", fontsize=10)
+    out = Path(out)
+    return [save_figure(fig, out / "distance_by_layer.png"), save_figure(fig, out / "distance_by_layer.svg")]
+
+
+def trajectory_matrices(results, experiment: str, metric: str) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray]:
+    """(matrices (L, T, T), layers, epochs) of one experiment and metric, restricted to
+    the epochs that have values; layers without any value are left out."""
+    t = results["trajectory"].sel(experiment=experiment, metric=metric)
+    epochs = np.asarray(results["epoch"].values)
+    layers, mats = [], []
+    for li, name in experiment_layers(results, experiment):
+        mat = np.asarray(t.sel(layer_index=li).values, dtype=float)
+        if np.isfinite(mat).any():
+            layers.append((li, name))
+            mats.append(mat)
+    if not mats:
+        return np.zeros((0, 0, 0)), [], epochs[:0]
+    stack = np.stack(mats)
+    keep = np.isfinite(stack).any(axis=(0, 2)) | np.isfinite(stack).any(axis=(0, 1))
+    return stack[:, keep][:, :, keep], layers, epochs[keep]
+
+
+def plot_trajectory(results, experiment: str, metric: str, out: str | Path, *, svg: bool = False) -> list[Path]:
+    """The checkpoint x checkpoint matrices of every layer of one experiment and metric (PNG; + SVG if ``svg``)."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    mats, layers, epochs = trajectory_matrices(results, experiment, metric)
+    if not layers:
+        return []
+    L = len(layers)
+    cols = min(L, MAX_MATRIX_COLUMNS)
+    rows = math.ceil(L / cols)
+    fig = Figure(figsize=(1.2 + 2.3 * cols, 0.9 + 2.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    vmax = float(np.nanmax(mats)) if np.isfinite(mats).any() else 1.0
+    norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+    cmap = matplotlib.colormaps[MATRIX_CMAP].with_extremes(bad="0.85")
+    step = max(1, math.ceil(len(epochs) / 6))
+    image = None
+    for k, ax in enumerate(axes.flat):
+        if k >= L:
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(np.ma.masked_invalid(mats[k]), cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(layers[k][1], fontsize=8)
+        ticks = np.arange(0, len(epochs), step)
+        ax.set_xticks(ticks, [str(int(epochs[i])) for i in ticks], fontsize=7)
+        ax.set_yticks(ticks, [str(int(epochs[i])) for i in ticks], fontsize=7)
+        if k % cols == 0:
+            ax.set_ylabel("epoch", fontsize=8)
+        if k // cols == rows - 1 or k + cols >= L:
+            ax.set_xlabel("epoch", fontsize=8)
+    cb = fig.colorbar(image, ax=axes, shrink=0.8, aspect=25)
+    cb.set_label("distance", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    fig.suptitle(f"{experiment}: checkpoint × checkpoint distance, {metric_label(results, metric)}", fontsize=10)
+    stem = f"trajectory_{slug(experiment)}_{slug(metric)}"
+    paths = [save_figure(fig, Path(out) / f"{stem}.png")]
+    if svg:
+        paths.append(save_figure(fig, Path(out) / f"{stem}.svg"))
+    return paths
+
+
+def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Path]:
+    """Curves, by-layer plot and trajectory matrices, recorded with captions in ``out/figures.json``."""
+    out = Path(out)
+    written: list[Path] = []
+    entries = []
+    settings = _settings(results)
+    metrics = _names(results["metric"].values)
+    mdesc = "; ".join(metric_label(results, m) for m in metrics)
+    paths = plot_curves(results, out)
+    written += paths
+    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "curves",
+                    "title": "Distance from the reference checkpoint, per layer and epoch",
+                    "caption": (f"Each panel: the distance between every layer's activations at an epoch and at the "
+                                f"reference checkpoint, on the same probe images, for one experiment (row) and one "
+                                f"metric (column; lower = more similar). Lines: layers, coloured from shallow (dark) "
+                                f"to deep (light, {LAYER_CMAP}). Metrics: {mdesc}. {settings} Expect early layers "
+                                "to stay closer to the source than deep ones and distances to grow over epochs.")})
+    paths = plot_by_layer(results, out)
+    written += paths
+    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "by_layer",
+                    "title": "Distance at the last epoch by layer depth",
+                    "caption": (f"Per metric, the distance from the reference checkpoint at each experiment's last "
+                                f"computed epoch (named in the legend), against layer depth; one line per experiment. "
+                                f"Metrics: {mdesc}. {settings}")})
+    for exp in _names(results["experiment"].values):
+        for metric in metrics:
+            paths = plot_trajectory(results, exp, metric, out, svg=svg_matrices)
+            if not paths:
+                continue
+            written += paths
+            entries.append({"file": paths[0].name, "formats": [p.name for p in paths[1:]], "kind": "trajectory",
+                            "experiment": exp, "metric": metric,
+                            "title": f"Trajectory matrices: {exp}, {metric}",
+                            "caption": (f"{exp}: for every layer, the distance ({metric_label(results, metric)}) "
+                                        "between the activations of every pair of checkpoints (row epoch vs "
+                                        "column epoch; the diagonal is 0). One colour scale for all layers of the "
+                                        f"figure ({MATRIX_CMAP}, 0 to the largest value); grey = not computed. "
+                                        f"{settings}")})
+    record(out, entries)
+    return written

@@ -1,0 +1,382 @@
+"""Figures: class-based crops, sample heatmaps, curves, filter choice, the visualize CLI."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from ftdyn import __version__
+from ftdyn.errors import FtdynError
+from ftdyn.receptive import ReceptiveField
+from ftdyn.results import validate_results
+from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store, open_store
+from ftdyn.viz import default_figures, read_index, visualize
+from ftdyn.viz import curves, heatmaps, patches
+
+# A non-square image, a non-square map and a non-square field, so that swapped
+# (h, w), square-map argmax decoding or transposed crops all show up.
+IMAGE_HW = (24, 30)
+MAP_HW = (6, 15)
+RF = {"size": [9, 5], "jump": [4, 2], "start": [2, 1]}  # unit (u, v) centred at (2 + 4u, 1 + 2v)
+EPOCHS = (0, 1, 2)
+# planted argmax of filter 1: class -> epoch -> (u, v); class 1 sits on the image corner (field leaves it)
+PLANTED = {0: {0: (3, 10), 1: (1, 4), 2: (4, 12)}, 1: {0: (0, 14), 1: (5, 0), 2: (0, 14)}}
+N_PER_CLASS = 4
+
+
+def planted_activations(n, labels, epoch_index, rng):
+    """(n, 4, h, w) maps: filter 0 constant over epochs, 1 planted and moving, 2 slightly scaled, 3 dead."""
+    h, w = MAP_HW
+    base = np.random.default_rng(123).uniform(0, 0.5, size=(n, 4, h, w)).astype(np.float32)
+    acts = base.copy()
+    acts[:, 2] *= 1.0 + 0.1 * epoch_index
+    acts[:, 3] = 0.0
+    for i in range(n):
+        u, v = PLANTED[int(labels[i])][epoch_index]
+        acts[i, 1, u, v] = 1.0 + 0.25 * i  # the weight of image i
+    return acts
+
+
+def make_store(path, *, rf=RF, manifest=True, epochs=EPOCHS):
+    n = 2 * N_PER_CLASS
+    labels = np.repeat([0, 1], N_PER_CLASS)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, *IMAGE_HW, 3), dtype=np.uint8)
+    man = None
+    if manifest:
+        man = {"architecture": "toy", "epochs": [
+            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64,
+             "train_loss": None if e == 0 else 1.0 / (e + 1), "train_acc": None if e == 0 else 0.5 + 0.1 * e,
+             "val_loss": 1.2 / (e + 1), "val_acc": 0.4 + 0.1 * e} for e in epochs]}
+    spec = StoreSpec(
+        architecture="toy", model="toynet", dataset="shapes",
+        layers=[LayerSpec("features.3", 4, *MAP_HW, rf), LayerSpec("features.8", 4, *MAP_HW, rf)],
+        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64} for e in epochs],
+        images=images, labels=labels, class_names=["circle", "square"],
+        image_paths=[f"img/{i}.png" for i in range(n)], input_size=IMAGE_HW[0],
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3}, probe={"seed": 0}, dtype="float32",
+        samples_per_chunk=3, manifest=man)
+    create_store(path, spec)
+    writer = StoreWriter(path)
+    for ci, _ in enumerate(epochs):
+        acts = planted_activations(n, labels, ci, rng)
+        for chunk in range(writer.n_chunks):
+            rows = writer.chunk_slice(chunk)
+            writer.write_region(ci, chunk, {"features.3": acts[rows], "features.8": acts[rows] * 2})
+    return path, images, labels
+
+
+def expected_crop(images, labels, cls, epoch_index, weight_scale=1.0):
+    """The weighted average of the planted units' fields, computed independently of ftdyn."""
+    rf = RF
+    rows = np.flatnonzero(labels == cls)
+    (h_size, w_size), H, W = rf["size"], *IMAGE_HW
+    acc = np.zeros((h_size, w_size, 3))
+    cov = np.zeros((h_size, w_size))
+    u, v = PLANTED[cls][epoch_index]
+    cy, cx = rf["start"][0] + u * rf["jump"][0], rf["start"][1] + v * rf["jump"][1]
+    y0, x0 = cy - (h_size - 1) // 2, cx - (w_size - 1) // 2
+    for i in rows:
+        wgt = (1.0 + 0.25 * i) * weight_scale
+        for dy in range(h_size):
+            for dx in range(w_size):
+                y, x = y0 + dy, x0 + dx
+                if 0 <= y < H and 0 <= x < W:
+                    acc[dy, dx] += wgt * images[i, y, x]
+                    cov[dy, dx] += wgt
+    with np.errstate(invalid="ignore"):
+        return np.where(cov[..., None] > 0, acc / cov[..., None], np.nan)
+
+
+EXPERIMENTS = [("toynet", "shapes"), ("toynet", "fruits")]
+METRICS = [("procrustes", "channels", np.nan), ("pwsm", "channels", 0.0), ("cka", "filter", np.nan)]
+
+
+def make_results(store_paths=("", ""), *, epochs=(0, 1, 2, 3), bootstrap=200, layers=("features.3", "features.8"),
+                 experiments=EXPERIMENTS, metrics=METRICS):
+    """A small results Dataset that passes validate_results (the second experiment has one layer less)."""
+    E, M, L, T, Fn = len(experiments), len(metrics), len(layers), len(epochs), 4
+    ep = np.asarray(epochs, dtype=float)
+    dist = np.full((E, M, L, T), np.nan)
+    traj = np.full((E, M, L, T, T), np.nan)
+    fdist = np.full((E, M, L, T, Fn), np.nan)
+    layer_names = np.array([list(layers), list(layers[:-1]) + [""]][:E], dtype=object)
+    for e in range(E):
+        for m in range(M):
+            for li in range(L):
+                if not layer_names[e, li]:
+                    continue
+                f = 0.05 * (li + 1) * (1 + e) * np.sqrt(ep) * (1 + 0.2 * m)
+                dist[e, m, li] = f
+                traj[e, m, li] = np.abs(f[:, None] - f[None, :])
+                if metrics[m][1] == "filter":
+                    fdist[e, m, li, :, :3] = f[:, None] * np.array([0.1, 0.2, 0.9])[None]  # filter 3: dead (NaN)
+    ci = 0.01 if bootstrap else np.nan
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # padding layers: mean of nothing is NaN
+        layer_mean = np.nanmean(dist[..., 1:], axis=-1)
+        reuse = np.nanmean(layer_mean, axis=-1)
+    r = np.ones((E, L, M, M))
+    for (a, b), value in {(0, 1): 0.9, (0, 2): 0.7, (1, 2): 0.8}.items():
+        if b < M:
+            r[:, :, a, b] = r[:, :, b, a] = value
+    dims4 = ("experiment", "metric", "layer_index", "epoch")
+    ds = xr.Dataset(
+        {
+            "distance": (dims4, dist),
+            "ci_low": (dims4, dist - ci),
+            "ci_high": (dims4, dist + ci),
+            "n_filters": (("experiment", "metric", "layer_index"), np.full((E, M, L), 4)),
+            "n_nan": (dims4, np.zeros((E, M, L, T), dtype=int)),
+            "filter_distance": ((*dims4, "filter"), fdist),
+            "trajectory": ((*dims4, "epoch_other"), traj),
+            "reusability_mean": (("experiment", "metric"), reuse),
+            "reusability_std": (("experiment", "metric"), np.full((E, M), 0.02)),
+            "layer_reusability_mean": (("experiment", "metric", "layer_index"), layer_mean),
+            "layer_reusability_std": (("experiment", "metric", "layer_index"), np.full((E, M, L), 0.01)),
+            "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), r),
+        },
+        coords={
+            "experiment": [f"{m}/{d}" for m, d in experiments],
+            "model": ("experiment", [m for m, _ in experiments]),
+            "dataset": ("experiment", [d for _, d in experiments]),
+            "store": ("experiment", [str(s) for s in store_paths][:E]),
+            "metric": [m for m, _, _ in metrics],
+            "view": ("metric", [v for _, v, _ in metrics]),
+            "alpha": ("metric", [a for _, _, a in metrics]),
+            "layer_index": np.arange(L),
+            "layer": (("experiment", "layer_index"), layer_names.astype(str)),
+            "epoch": list(epochs),
+            "epoch_other": list(epochs),
+            "filter": np.arange(Fn),
+            "metric_other": [m for m, _, _ in metrics],
+        },
+        attrs={"ftdyn_results_format": 1, "ftdyn_version": __version__, "reference_epoch": 0, "preset": "paper",
+               "bootstrap": bootstrap, "seed": 0, "arguments": json.dumps({"metrics": "all"}),
+               "created": "2025-01-01T00:00:00"},
+    )
+    return validate_results(ds)
+
+
+def png_shape(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path).shape
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_argmax_decodes_non_square_maps():
+    maps = np.zeros((2, 6, 15))
+    maps[0, 3, 10] = 5
+    maps[1, 5, 0] = 2
+    u, v, value = patches.argmax_locations(maps)
+    assert u.tolist() == [3, 5] and v.tolist() == [10, 0] and value.tolist() == [5, 2]
+
+
+def test_average_crops_is_exactly_the_planted_region():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(3, *IMAGE_HW, 3), dtype=np.uint8)
+    maps = np.zeros((3, *MAP_HW))
+    weights = [1.0, 2.0, 5.0]
+    for i, wgt in enumerate(weights):
+        maps[i, 3, 10] = wgt
+    rf = ReceptiveField.from_dict(RF)
+    avg = patches.average_crops(images, maps, rf)
+    # unit (3, 10): centre (14, 21), field 9 x 5 -> rows 10..18, columns 19..23
+    region = images[:, 10:19, 19:24].astype(float)
+    expected = np.tensordot(weights, region, axes=1) / sum(weights)
+    assert avg.mean.shape == (9, 5, 3)
+    np.testing.assert_allclose(avg.mean, expected, rtol=1e-12)
+    assert avg.total_weight == pytest.approx(8.0)
+
+
+def test_average_crops_pads_where_the_field_leaves_the_image():
+    images = np.full((1, *IMAGE_HW, 3), 200, dtype=np.uint8)
+    maps = np.zeros((1, *MAP_HW))
+    maps[0, 0, 14] = 1.0  # centre (2, 29): rows -2..6, columns 27..31 of a 24 x 30 image
+    avg = patches.average_crops(images, maps, ReceptiveField.from_dict(RF))
+    assert avg.mean.shape == (9, 5, 3)  # the crop keeps the field's shape: padded, not resized
+    assert np.isnan(avg.mean[:2]).all() and np.isnan(avg.mean[:, 3:]).all()
+    np.testing.assert_array_equal(avg.mean[2:, :3], 200.0)
+
+
+def test_upsampling_keeps_the_argmax_location():
+    rf = ReceptiveField(size=(11, 11), jump=(4, 4), start=(3, 1))
+    fmap = np.zeros((8, 8))
+    fmap[2, 5] = 1.0
+    fmap[6, 1] = 0.5
+    heat = heatmaps.upsample_maps(fmap, rf, (32, 32))
+    assert heat.shape == (32, 32)
+    assert np.unravel_index(heat.argmax(), heat.shape) == rf.center(2, 5) == (11.0, 21.0)
+    assert heat[int(rf.center(6, 1)[0]), int(rf.center(6, 1)[1])] == pytest.approx(0.5)
+    # a plain resize (cell centres at (u + 0.5) * 4 - 0.5) would put the peak at (9.5, 21.5)
+    assert heat[9, 21] < heat[11, 21]
+
+
+def test_shared_scale_is_per_filter_across_epochs():
+    maps = np.zeros((2, 3, 4, 4))
+    maps[0, 1, 0, 0] = 7.0
+    maps[0, 2, 1, 1] = 3.0
+    assert heatmaps.shared_scale(maps).tolist() == [7.0, 1.0]  # filter 1 dead -> 1, no divide by 0
+
+
+# ----------------------------------------------------------------------------- from a store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "toy.zarr")
+
+
+def test_class_based_grid_from_store_matches_planted_regions(store):
+    path, images, labels = store
+    ds = open_store(path)
+    rf = ReceptiveField.from_dict(RF)
+    grid = patches.class_based(ds, "features_3", "features.3", rf, filters=[1], classes=[0, 1],
+                               epoch_positions=[0, 1, 2])
+    assert grid.crops.shape == (2, 1, 3, 9, 5, 3)
+    assert grid.map_size == MAP_HW and grid.image_size == IMAGE_HW
+    for cls in (0, 1):
+        for e in range(3):
+            np.testing.assert_allclose(grid.crops[cls, 0, e], expected_crop(images, labels, cls, e), rtol=1e-5)
+    # the deeper layer has maps x2: same crops (weights scale out)
+    grid2 = patches.class_based(ds, "features_8", "features.8", rf, filters=[1], classes=[1], epoch_positions=[1])
+    np.testing.assert_allclose(grid2.crops[0, 0, 0], expected_crop(images, labels, 1, 1), rtol=1e-5)
+
+
+def test_filters_chosen_from_activations_and_from_results(store, tmp_path):
+    path, _, _ = store
+    ds = open_store(path)
+    chosen, why = patches.choose_filters(ds, "features_3", "features.3", 3, sample_positions=np.arange(8),
+                                         epoch_positions=[0, 2])
+    assert chosen == [1, 2, 0] and "changed most between epoch 0 and epoch 2" in why  # dead filter 3 last
+    res = make_results(store_paths=(path, ""))
+    chosen, why = patches.choose_filters(ds, "features_3", "features.3", 4, results=res, experiment="toynet/shapes")
+    assert chosen == [2, 1, 0]  # filter_distance 0.9, 0.2, 0.1, NaN (dead)
+    assert "cka" in why and "epoch 3" in why
+
+
+def test_sample_based_places_the_argmax_with_the_receptive_field(store):
+    path, images, labels = store
+    ds = open_store(path)
+    rf = ReceptiveField.from_dict(RF)
+    grid = heatmaps.sample_based(ds, "features_3", "features.3", rf, sample_position=2, filters=[1, 3],
+                                 epoch_positions=[0, 1, 2])
+    assert grid.heat.shape == (2, 3, *IMAGE_HW) and grid.class_name == "circle"
+    np.testing.assert_array_equal(grid.image, images[2])
+    for e in range(3):
+        peak = np.unravel_index(grid.heat[0, e].argmax(), IMAGE_HW)
+        assert peak == tuple(int(c) for c in rf.center(*PLANTED[0][e]))
+    assert grid.vmax[0] == pytest.approx(1.5) and grid.vmax[1] == 1.0  # shared over epochs; dead filter -> 1
+
+
+def test_visualize_writes_grids_with_captions(store, tmp_path):
+    path, _, _ = store
+    out = tmp_path / "figs"
+    written = visualize(path, layer="features.3", out=out, n_filters=2)
+    names = [p.name for p in written]
+    assert names[0] == "class_toy_features_3.png"
+    assert len(names) == 3 and all(n.startswith("sample_toy_features_3_s") for n in names[1:])
+    for p in written:
+        assert p.stat().st_size > 2000
+    # rows = 2 classes x 2 filters, columns = 3 epochs: taller than wide
+    h, w, _ = png_shape(written[0])
+    assert h > w
+    index = {e["file"]: e for e in read_index(out)}
+    cap = index[names[0]]["caption"]
+    assert "auto-chosen" in cap and "Filters 1, 2" in cap and "padded" in cap
+    assert index[names[1]]["kind"] == "sample" and "shared by all epochs" in index[names[1]]["caption"]
+    # explicit choices, by variable name / negative index
+    written = visualize(path, layer=-1, filters=[0], classes=["square"], samples=[0, 5], epochs=[0, 2], out=out)
+    assert [p.name for p in written] == ["class_toy_features_8.png", "sample_toy_features_8_s0.png",
+                                         "sample_toy_features_8_s5.png"]
+    assert "chosen by the user" in {e["file"]: e for e in read_index(out)}["class_toy_features_8.png"]["caption"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"layer": "nope"}, "not a layer of this store"),
+    ({"layer": 5}, "has 2 layers"),
+    ({"layer": 0, "filters": [9]}, "has 4 filters"),
+    ({"layer": 0, "classes": ["dog"]}, "not a class"),
+    ({"layer": 0, "epochs": [7]}, "available epochs: 0, 1, 2"),
+    ({"layer": 0, "samples": [99]}, "no such sample"),
+])
+def test_visualize_user_errors(store, tmp_path, kwargs, match):
+    with pytest.raises(FtdynError, match=match):
+        visualize(store[0], out=tmp_path, **kwargs)
+
+
+def test_store_without_receptive_field_fails_clearly(tmp_path):
+    path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
+    with pytest.raises(FtdynError, match="no receptive-field geometry"):
+        visualize(path, layer=0, out=tmp_path / "o")
+    # default_figures skips it with a note instead of failing the whole run
+    assert default_figures(None, [path], tmp_path / "o") == []
+    assert "no receptive-field geometry" in read_index(tmp_path / "o")[0]["caption"]
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def test_curves_by_layer_and_trajectories_are_written(tmp_path):
+    res = make_results()
+    written = curves.plot_all(res, tmp_path)
+    names = sorted(p.name for p in written)
+    assert {"distance_curves.png", "distance_curves.svg", "distance_by_layer.png", "distance_by_layer.svg"} <= set(names)
+    assert sum(n.startswith("trajectory_") and n.endswith(".png") for n in names) == 6  # 2 experiments x 3 metrics
+    for p in written:
+        assert p.stat().st_size > 3000
+    h, w, _ = png_shape(tmp_path / "distance_curves.png")
+    assert w > h  # 2 rows (experiments) x 3 metric panels
+    svg = (tmp_path / "distance_curves.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    mats, layers, epochs = curves.trajectory_matrices(res, "toynet/fruits", "pwsm")
+    assert mats.shape == (1, 4, 4) and [n for _, n in layers] == ["features.3"] and epochs.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(np.diagonal(mats[0]), 0.0)
+    entries = {e["file"]: e for e in read_index(tmp_path)}
+    assert "bootstrap intervals" in entries["distance_curves.png"]["caption"]
+    assert "pwsm (alpha=0, view channels)" in entries["distance_curves.png"]["caption"]
+    assert entries["trajectory_toynet_shapes_cka.png"]["kind"] == "trajectory"
+
+
+def test_curves_without_bootstrap_or_with_missing_values(tmp_path):
+    res = make_results(bootstrap=0, metrics=METRICS[:1])
+    res["distance"][0, 0, 1] = np.nan  # a layer never computed
+    res["trajectory"][1] = np.nan  # no trajectories for one experiment
+    assert [p.suffix for p in curves.plot_curves(res, tmp_path)] == [".png", ".svg"]
+    assert curves.plot_trajectory(res, "toynet/fruits", "procrustes", tmp_path) == []
+    assert "no bootstrap" in curves._settings(res)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_visualize(store, tmp_path):
+    from ftdyn.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "features.3", "--filter", "1",
+                                 "--filter", "2", "--class", "circle", "--sample", "1", "--epoch", "0",
+                                 "--epoch", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "class_toy_features_3.png").is_file() and (out / "sample_toy_features_3_s1.png").is_file()
+    assert str(out / "class_toy_features_3.png") in result.output
+    result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "features.99", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "ftdyn: error: --layer features.99" in result.output
+
+
+def test_display_window_trims_only_never_covered_padding():
+    cov = np.zeros((2, 3, 100, 80))
+    cov[0, 1, 40:60, 30:50] = 1.0
+    cov[1, 2, 45:70, 20:40] = 2.0
+    rows, cols = patches.display_window(cov, margin=0.0)
+    assert (rows, cols) == (slice(40, 70), slice(20, 50))
+    rows, cols = patches.display_window(np.ones((1, 9, 5)))
+    assert (rows, cols) == (slice(0, 9), slice(0, 5))
