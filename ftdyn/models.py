@@ -28,6 +28,7 @@ _PAPER_LAYERS = {
     "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
     "vgg19_bn": ["features.5", "features.12", "features.25", "features.38", "features.51"],
 }
+_ACTIVATION_NAMES = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "Mish", "LeakyReLU"}
 _WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU)
 
@@ -143,10 +144,14 @@ class LayerInfo:
     shape: tuple[int, ...]  # (channels, height, width) for a single image
 
 
-def candidate_layers(model: nn.Module, input_size: int = 224) -> list[LayerInfo]:
-    """Activation modules and residual stages with their output shapes, in forward order."""
-    wanted = {name for name, m in model.named_modules()
-              if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))}
+def candidate_layers(model: nn.Module, input_size: int = 224, *, top_level: bool = False) -> list[LayerInfo]:
+    """Activation modules and residual stages (or, with ``top_level``, the model's direct
+    children) with their spatial output shapes, in forward order."""
+    if top_level:
+        wanted = {name for name, _ in model.named_children()}
+    else:
+        wanted = {name for name, m in model.named_modules()
+                  if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))}
     shapes: dict[str, tuple[int, ...]] = {}
     order: list[str] = []
 
@@ -186,7 +191,11 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
         layers = rule(model)
         if layers:
             return layers
-    acts = [info for info in candidate_layers(model, input_size) if info.kind != "Sequential" and info.kind not in {"BasicBlock", "Bottleneck"}]
+    acts = [info for info in candidate_layers(model, input_size) if info.kind in _ACTIVATION_NAMES]
+    if not acts:  # activations called as functions (GoogLeNet, Inception): use the top-level blocks
+        acts = candidate_layers(model, input_size, top_level=True)
+    # 1x1 outputs are pooled context (squeeze-and-excitation, global pooling), not feature maps
+    acts = [info for info in acts if info.shape[1] * info.shape[2] > 1]
     if not acts:
         raise FtdynError(f"--arch {arch}: no activation layers with spatial output found; name layers with --layer.")
     chosen = [a.name for a, b in zip(acts, acts[1:]) if b.shape[1] < a.shape[1]]

@@ -1,0 +1,59 @@
+"""Model registry and layer selection: the paper's hook points and the CLI listing."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ftdyn.cli import app
+from ftdyn.errors import FtdynError
+from ftdyn.models import LayerCapture, build_model, canonical_arch, default_layers, head_name
+
+
+@pytest.mark.parametrize("arch, expected", [
+    ("vgg19", ["features.3", "features.8", "features.17", "features.26", "features.35"]),
+    ("resnet50", ["relu", "layer1", "layer2", "layer3", "layer4"]),
+    ("densenet121", ["features.denseblock1.denselayer6.relu2", "features.transition1.relu",
+                     "features.denseblock2.denselayer12.relu2", "features.transition2.relu",
+                     "features.denseblock3.denselayer24.relu2", "features.transition3.relu",
+                     "features.denseblock4.denselayer16.relu2"]),
+])
+def test_paper_layers(arch, expected):
+    model = build_model(arch, num_classes=7)
+    assert default_layers(model, arch, 64) == expected
+    assert model.get_submodule(head_name(model)).out_features == 7
+
+
+def test_generic_rule_picks_last_activation_before_each_downsampling():
+    model = build_model("mobilenet_v3_small")
+    layers = default_layers(model, "mobilenet_v3_small", 224)
+    with LayerCapture(model, layers) as capture:
+        model.eval()(torch.zeros(1, 3, 224, 224))
+        sizes = [t.shape[-1] for t in capture.pop().values()]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes) and min(sizes) > 1
+
+
+def test_capture_keeps_block_output_of_a_reused_relu():
+    model = build_model("resnet18").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with LayerCapture(model, ["layer1.0.relu", "layer1.0"]) as capture:
+        model(x)
+        out = capture.pop()
+    torch.testing.assert_close(out["layer1.0.relu"], out["layer1.0"])
+    assert (out["layer1.0"] >= 0).all()
+
+
+def test_unknown_names_are_one_line_errors():
+    with pytest.raises(FtdynError, match="Did you mean resnet50"):
+        canonical_arch("resnet5O")
+    with pytest.raises(FtdynError, match="--layer: 'layer9' is not a module"):
+        LayerCapture(build_model("resnet18"), ["layer9"])
+    with pytest.raises(FtdynError, match="neither a file nor a weights name"):
+        build_model("resnet18", weights="IMAGENET9K")
+
+
+def test_layers_command_lists_defaults_with_shapes():
+    result = CliRunner().invoke(app, ["layers", "resnet18", "--input-size", "64"])
+    assert result.exit_code == 0
+    assert "* layer4" in result.output and "512x2x2" in result.output
+    bad = CliRunner().invoke(app, ["layers", "nosuchnet"])
+    assert bad.exit_code == 2 and "unknown architecture" in bad.output and "Traceback" not in bad.output
