@@ -334,7 +334,7 @@ class _Tracer(fx.Tracer):
             return out
         # the last graph node at return time: the output's geometry is read right after it
         # (later in-place ops on the same tensor do not change what a hook copied)
-        self.module_outputs[name] = (out, next(reversed(self.graph.nodes), None))
+        self.module_outputs[name] = (out, next(iter(reversed(self.graph.nodes)), None))
         return out
 
 

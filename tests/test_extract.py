@@ -1,0 +1,470 @@
+"""The extract stage: checkpoint series -> activation store (values, formats, safety, resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from ftdyn import checkpoints as ck
+from ftdyn.cli import app
+from ftdyn.data import load_images, normalize, scan_image_folder, select_probe
+from ftdyn.errors import FtdynError
+from ftdyn.extraction import batch_plan, extract
+from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD
+from ftdyn.store import completeness, info, open_store
+
+from conftest import write_image_folder
+
+SIZE = 32
+CLASSES = ["circle", "square", "stripes"]
+NORM = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: fast on a shared 2-core machine and bit-reproducible across processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory) -> Path:
+    """3 classes x 4 images of 40x40 (resized/cropped to 32 by the eval transform)."""
+    return write_image_folder(tmp_path_factory.mktemp("probe") / "val", 4, size=40, seed=3)
+
+
+def _model(arch: str, num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    with torch.no_grad():  # non-default BatchNorm statistics, so eval mode matters
+        for name, buf in model.named_buffers():
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5) if name.endswith("running_var") else buf.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _drift(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen) * p.abs().mean())
+
+
+def make_series(folder: Path, arch: str, epochs: int, *, seed: int = 0) -> list[dict]:
+    """An ftdyn series (checkpoints + manifest) written directly; returns the state dicts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _model(arch, seed=seed)
+    states, entries = [], []
+    for epoch in range(epochs):
+        if epoch:
+            _drift(model, seed * 100 + epoch)
+        name = ck.checkpoint_filename(epoch)
+        sha = ck.save_checkpoint(folder / name, model.state_dict(), epoch=epoch)
+        entries.append({"epoch": epoch, "file": name, "sha256": sha, "val_acc": 0.3 + 0.1 * epoch})
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    write_series_manifest(folder, arch, entries)
+    return states
+
+
+def write_series_manifest(folder: Path, arch: str, entries: list[dict]) -> None:
+    ck.write_manifest(folder, {
+        "format": "ftdyn-series", "format_version": 1, "architecture": arch, "num_classes": 3,
+        "classes": CLASSES, "input_size": SIZE, "normalization": NORM, "epochs": entries,
+        "ftdyn_version": "0.1.0", "torch_version": torch.__version__, "dataset": {"path": "/data/shapes"}})
+
+
+def add_epoch(folder: Path, arch: str, states: list[dict], epoch: int) -> None:
+    model = _model(arch)
+    model.load_state_dict(states[-1])
+    _drift(model, 1000 + epoch)
+    sha = ck.save_checkpoint(folder / ck.checkpoint_filename(epoch), model.state_dict(), epoch=epoch)
+    states.append({k: v.clone() for k, v in model.state_dict().items()})
+    manifest = ck.read_manifest(folder)
+    write_series_manifest(folder, arch, manifest["epochs"] + [{"epoch": epoch, "file": ck.checkpoint_filename(epoch),
+                                                              "sha256": sha}])
+
+
+def probe_images(probe_dir: Path, **kw) -> np.ndarray:
+    return load_images(select_probe(scan_image_folder(probe_dir), **kw), SIZE)
+
+
+def direct(arch: str, state: dict, images: np.ndarray, modules: list[str], num_classes: int = 3) -> dict:
+    """Reference: a plain forward pass with the test's own hooks (last call, cloned)."""
+    with torch.device("meta"):  # no random init: every tensor comes from ``state``
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    model.load_state_dict(state, assign=True)
+    model.eval()
+    outs, handles = {}, []
+    for name in modules:
+        def hook(_m, _i, o, name=name):
+            outs[name] = o.detach().clone()
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2), NORM["mean"], NORM["std"])
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return {k: v.numpy() for k, v in outs.items()}
+
+
+def assert_close16(stored: np.ndarray, reference: np.ndarray) -> None:
+    assert stored.shape == reference.shape
+    scale = float(np.abs(reference).max()) or 1.0
+    np.testing.assert_allclose(stored.astype(np.float32), reference, rtol=2e-3, atol=2e-3 * scale)
+
+
+def layer(ds, name: str) -> np.ndarray:
+    return ds[ds.attrs["layer_variables"][name]].values
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_batch_plan_aligns_with_chunks():
+    plan = batch_plan(10, 3, 7)  # 2 whole chunks per batch
+    assert [(b.start, b.stop, b.chunks) for b in plan] == [(0, 6, (0, 1)), (6, 10, (2, 3))]
+    plan = batch_plan(10, 4, 3)  # chunks cut into batches
+    assert [(b.start, b.stop, b.chunks) for b in plan] == [(0, 3, (0,)), (3, 4, (0,)), (4, 7, (1,)), (7, 8, (1,)),
+                                                           (8, 10, (2,))]
+
+
+def test_resnet_default_layers_match_direct_forward(tmp_path, probe_dir, capsys):
+    states = make_series(tmp_path / "ckpts", "resnet18", 2)
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", samples_per_chunk=5, batch_size=4,
+                  progress=False)
+    ds = open_store(out)
+    defaults = ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert ds.attrs["layers"] == defaults
+    images = probe_images(probe_dir)
+    np.testing.assert_array_equal(ds["images"].values, images)
+    assert list(ds["class"].values) == CLASSES and list(ds["label"].values) == [0] * 4 + [1] * 4 + [2] * 4
+    assert list(ds["checkpoint"].values) == [0, 1]
+    assert ds["layer1"].data.chunks[1] == (5, 5, 2) and ds["layer1"].data.chunks[0] == (1, 1)
+    assert [c["sha256"] for c in ds.attrs["checkpoints"]] == \
+        [ck.sha256_file(tmp_path / "ckpts" / ck.checkpoint_filename(e)) for e in (0, 1)]
+    assert ds.attrs["manifest"]["epochs"][1]["val_acc"] == pytest.approx(0.4)
+    assert ds.attrs["num_classes"] == 3 and ds.attrs["dataset"] == "shapes" and ds.attrs["dtype"] == "float16"
+    assert ds.attrs["probe"]["seed"] == 0 and len(ds.attrs["probe"]["fingerprint"]) == 64
+    assert ds.attrs["receptive_fields"]["relu"]["size"] == [7.0, 7.0]
+    assert ds["layer4"].attrs["receptive_field"]["jump"] == [32.0, 32.0]
+    for i, state in enumerate(states):
+        ref = direct("resnet18", state, images, defaults)
+        for name in defaults:
+            assert_close16(layer(ds, name)[i], ref[name])
+    # the two checkpoints really differ, and float16 is what is stored
+    assert ds["layer4"].dtype == np.float16
+    assert not np.allclose(layer(ds, "layer4")[0], layer(ds, "layer4")[1])
+    assert "2 checkpoint(s) written" in capsys.readouterr().out
+
+
+def test_resnet_block_relu_is_the_block_output(tmp_path, probe_dir):
+    states = make_series(tmp_path / "ckpts", "resnet18", 1)
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", layers=["layer1.0.relu", "layer2.1.relu"],
+                  dtype="float32", batch_size=5, progress=False)
+    ds = open_store(out)
+    images = probe_images(probe_dir)
+    ref = direct("resnet18", states[0], images, ["layer1.0", "layer1.0.bn1", "layer2.1"])
+    np.testing.assert_allclose(layer(ds, "layer1.0.relu")[0], ref["layer1.0"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer(ds, "layer2.1.relu")[0], ref["layer2.1"], rtol=1e-5, atol=1e-5)
+    first_relu = np.maximum(ref["layer1.0.bn1"], 0)  # what a hook keeping the FIRST call would give
+    assert not np.allclose(layer(ds, "layer1.0.relu")[0], first_relu, atol=1e-3)
+
+
+def test_vgg_layers_match_direct_forward(tmp_path, probe_dir):
+    states = make_series(tmp_path / "ckpts", "vgg11", 1)
+    layers = ["features.1", "features.4", "features.9", "features.19"]
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", layers=layers, max_samples=6,
+                  progress=False)
+    ds = open_store(out)
+    images = probe_images(probe_dir, max_samples=6)
+    assert ds.sizes["sample"] == 6 and list(ds["label"].values) == [0, 0, 1, 1, 2, 2]
+    ref = direct("vgg11", states[0], images, layers)
+    for name in layers:
+        assert_close16(layer(ds, name)[0], ref[name])
+    assert ds.attrs["receptive_fields"]["features.4"]["size"] == [8.0, 8.0]  # conv3, pool2, conv3
+
+
+def test_densenet_layers_match_direct_forward(tmp_path, probe_dir):
+    states = make_series(tmp_path / "ckpts", "densenet121", 2)
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", per_class=2, batch_size=3,
+                  progress=False)
+    ds = open_store(out)
+    layers = ds.attrs["layers"]
+    assert layers[:2] == ["features.denseblock1.denselayer6.relu2", "features.transition1.relu"] and len(layers) == 7
+    images = probe_images(probe_dir, per_class=2)
+    for i, state in enumerate(states):
+        ref = direct("densenet121", state, images, layers)
+        for name in layers:
+            assert_close16(layer(ds, name)[i], ref[name])
+
+
+# -------------------------------------------------------------- third-party series
+
+
+class _Malicious:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.target,))
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def test_third_party_series_with_source(tmp_path, probe_dir):
+    source = _model("resnet18", num_classes=1000, seed=5)
+    torch.save(source.state_dict(), tmp_path / "imagenet_resnet18.pth")
+    tuned = _model("resnet18", num_classes=3, seed=5)
+    tuned.load_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}, strict=False)
+    folder = tmp_path / "lightning"
+    folder.mkdir()
+    states = []
+    for epoch in range(3):  # Lightning counts from 0: epoch=0 is after the first epoch
+        _drift(tuned, 50 + epoch)
+        sd = {k: v.clone() for k, v in tuned.state_dict().items()}
+        states.append(sd)
+        if epoch < 2:
+            torch.save({"epoch": epoch, "global_step": 10 * (epoch + 1), "pytorch-lightning_version": "2.4.0",
+                        "state_dict": _prefixed(sd, "model."), "optimizer_states": [], "lr_schedulers": []},
+                       folder / f"epoch={epoch}-step={10 * (epoch + 1)}.ckpt")
+        else:
+            save_file(_prefixed(sd, "module."), str(folder / "last.safetensors"), metadata={"epoch": "2"})
+    out = tmp_path / "tp.zarr"
+    result = CliRunner().invoke(app, ["extract", str(folder), "--data", str(probe_dir), "--out", str(out),
+                                      "--arch", "ResNet18", "--source", str(tmp_path / "imagenet_resnet18.pth"),
+                                      "--layer", "layer2", "--layer", "layer4", "--no-progress",
+                                      "--model-name", "my-resnet", "--dataset-name", "shapes3"])
+    assert result.exit_code == 0, result.output
+    ds = open_store(out)
+    assert [(c["epoch"], c["file"]) for c in ds.attrs["checkpoints"]] == [
+        (0, "imagenet_resnet18.pth"), (1, "epoch=0-step=10.ckpt"), (2, "epoch=1-step=20.ckpt"), (3, "last.safetensors")]
+    assert ds.attrs["num_classes"] == 3 and ds.attrs["manifest"] is None
+    assert ds.attrs["model"] == "my-resnet" and ds.attrs["dataset"] == "shapes3"
+    assert ds.attrs["normalization"] == NORM and ds.attrs["input_size"] == 224
+    images = ds["images"].values
+    assert images.shape == (12, 224, 224, 3)
+    ref0 = direct("resnet18", source.state_dict(), images, ["layer4"], num_classes=1000)
+    assert_close16(layer(ds, "layer4")[0], ref0["layer4"])
+    ref3 = direct("resnet18", states[2], images, ["layer2"])
+    assert_close16(layer(ds, "layer2")[3], ref3["layer2"])
+
+
+def test_ambiguous_order_is_refused(tmp_path, probe_dir):
+    state = _model("resnet18").state_dict()
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    torch.save({"state_dict": state, "epoch": 1}, folder / "a.pt")
+    torch.save({"state_dict": state, "epoch": 1}, folder / "b.pt")
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(app, ["extract", str(folder), "--data", str(probe_dir), "--out", str(out),
+                                      "--arch", "resnet18"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and "ambiguous order" in line and "a.pt" in line and "b.pt" in line
+    assert not out.exists()
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
+    state = _model("resnet18").state_dict()
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    target = tmp_path / "pwned"
+    torch.save({"state_dict": state, "epoch": 0}, folder / "epoch_0.pt")
+    torch.save({"state_dict": state, "epoch": 1, "payload": _Malicious(target)}, folder / "epoch_1.pt")
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(app, ["extract", str(folder), "--data", str(probe_dir), "--out", str(out),
+                                      "--arch", "resnet18"])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and "epoch_1.pt" in line and "refusing to unpickle" in line
+    assert "--trust-checkpoint" in line
+    assert not target.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing_data", "empty_folder", "no_arch", "unknown_layer", "bad_dtype",
+                                  "wrong_arch", "not_a_store", "source_with_manifest"])
+def test_bad_input_is_one_line(tmp_path, probe_dir, case):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(tmp_path / "s.zarr")]
+    if case in ("no_arch", "unknown_layer", "bad_dtype", "wrong_arch", "not_a_store"):
+        torch.save(_model("resnet18").state_dict(), folder / "epoch_1.pt")
+    expected = {
+        "missing_data": "--data: folder", "empty_folder": "no checkpoint files", "no_arch": "--arch:",
+        "unknown_layer": "--layer: 'layer9' is not a module", "bad_dtype": "--dtype",
+        "wrong_arch": "does not fit resnet34", "not_a_store": "not an ftdyn activation store",
+        "source_with_manifest": "--source",
+    }[case]
+    if case == "missing_data":
+        args[3] = str(tmp_path / "nope")
+    elif case in ("unknown_layer", "bad_dtype", "not_a_store"):
+        args += ["--arch", "resnet18"]
+        args += {"unknown_layer": ["--layer", "layer9"], "bad_dtype": ["--dtype", "float64"],
+                 "not_a_store": []}[case]
+        if case == "not_a_store":
+            (tmp_path / "s.zarr").mkdir()
+            (tmp_path / "s.zarr" / "notes.txt").write_text("mine")
+    elif case == "wrong_arch":
+        args += ["--arch", "resnet34"]
+    elif case == "source_with_manifest":
+        make_series(folder, "resnet18", 1)
+        args += ["--source", "IMAGENET1K_V1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.startswith("ftdyn: error:") and "\n" not in line and expected in line, line
+    if case != "not_a_store":
+        assert not (tmp_path / "s.zarr").exists()
+    else:
+        assert sorted(os.listdir(tmp_path / "s.zarr")) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------- resume, extend
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time, torch, zarr
+    torch.set_num_threads(1)
+    original = zarr.Array.__setitem__
+    def slow(self, key, value):  # make every array write slow so the kill lands mid-run
+        time.sleep(0.04)
+        original(self, key, value)
+        time.sleep(0.04)
+    zarr.Array.__setitem__ = slow
+    from ftdyn.cli import app
+    sys.argv = ["ftdyn"] + sys.argv[1:]
+    app()
+""")
+
+
+def _marks(store: Path) -> int:
+    folder = store / "complete" / "c"
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def _snapshot(store: Path) -> dict:
+    return {str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+
+
+def test_killed_run_resumes_to_identical_store_then_extends(tmp_path, probe_dir):
+    series = tmp_path / "ckpts"
+    states = make_series(series, "resnet18", 4)
+    common = ["--data", str(probe_dir), "--chunk-samples", "2", "--batch-size", "2", "--no-progress"]
+    # the uninterrupted reference
+    reference = extract(series, data=probe_dir, out=tmp_path / "ref.zarr", samples_per_chunk=2, batch_size=2,
+                        progress=False)
+    # a real process, killed with SIGKILL once some regions are marked
+    out = tmp_path / "killed.zarr"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, "extract", str(series), "--out", str(out), *common],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 90
+    while _marks(out) < 5 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, child.stdout.read().decode()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = completeness(out)
+    assert 5 <= done.sum() < done.size  # killed mid-run
+    text = CliRunner().invoke(app, ["info", str(out)]).output
+    assert "complete:    no" in text and "regions" in text
+    with pytest.raises(FtdynError, match="incomplete"):
+        open_store(out)
+
+    result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common])
+    assert result.exit_code == 0, result.output
+    assert completeness(out).all()
+    a, b = open_store(reference), open_store(out)
+    for name, var in a.attrs["layer_variables"].items():
+        np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=name)
+    np.testing.assert_array_equal(a["images"].values, b["images"].values)
+    assert a.attrs["checkpoints"] == b.attrs["checkpoints"]
+
+    # complete: a re-run does nothing and touches nothing
+    before = _snapshot(out)
+    result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common])
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    assert _snapshot(out) == before
+    result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common, "--codec", "lz4"])
+    assert result.exit_code == 0 and "--codec lz4 ignored" in result.output and "nothing to do" in result.output
+    assert len(open_store(out).attrs["runs"]) == 1  # the resumed run's record; the killed run wrote none
+
+    # incompatible calls are refused, naming what differs
+    for extra, message in ((["--dtype", "float32"], "dtype float16, this call float32"),
+                           (["--per-class", "2"], "--per-class all, this call 2"),
+                           (["--layer", "layer1"], "existing store has layers relu, layer1"),
+                           (["--seed", "1"], "--seed 0, this call 1")):
+        result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common, *extra])
+        assert result.exit_code == 2 and message in result.output and "--out" in result.output, result.output
+
+    # a new, later checkpoint extends the store
+    add_epoch(series, "resnet18", states, 4)
+    result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common])
+    assert result.exit_code == 0, result.output
+    assert "extending with 1 new checkpoint" in result.output
+    ds = open_store(out)
+    assert list(ds["checkpoint"].values) == [0, 1, 2, 3, 4] and completeness(out).all()
+    assert ds.attrs["manifest"]["epochs"][-1]["epoch"] == 4
+    ref = direct("resnet18", states[4], ds["images"].values, ["layer3"])
+    assert_close16(layer(ds, "layer3")[4], ref["layer3"])
+    np.testing.assert_array_equal(layer(ds, "layer3")[:4], layer(a, "layer3"))
+
+    # a changed checkpoint is refused
+    (series / ck.checkpoint_filename(1)).unlink()
+    ck.save_checkpoint(series / ck.checkpoint_filename(1), states[0], epoch=1)
+    manifest = ck.read_manifest(series)
+    manifest["epochs"][1]["sha256"] = ck.sha256_file(series / ck.checkpoint_filename(1))
+    ck.write_manifest(series, manifest)
+    result = CliRunner().invoke(app, ["extract", str(series), "--out", str(out), *common])
+    assert result.exit_code == 2 and "epoch 1 is epoch_001.pt" in result.output
+
+
+def test_earlier_checkpoint_cannot_be_inserted(tmp_path, probe_dir):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    model = _model("resnet18")
+    for epoch in (1, 3):
+        torch.save({"state_dict": model.state_dict(), "epoch": epoch}, folder / f"epoch_{epoch}.pt")
+    args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(tmp_path / "s.zarr"), "--arch", "resnet18",
+            "--input-size", "32", "--layer", "layer4", "--no-progress"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    torch.save({"state_dict": model.state_dict(), "epoch": 2}, folder / "epoch_2.pt")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "epoch 2 (epoch_2.pt) would have to be inserted before the store's last epoch 3" in result.output
+
+
+def test_info_output(tmp_path, probe_dir):
+    make_series(tmp_path / "ckpts", "resnet18", 2)
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", layers=["relu", "layer2"],
+                  progress=False)
+    result = CliRunner().invoke(app, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "resnet18" in text and "12 images, 3 classes" in text and "float16" in text
+    assert "relu    64x16x16" in text and "layer2  128x4x4" in text
+    assert "epoch   0  epoch_000.pt" in text and "complete:    yes (2/2 regions)" in text
+    assert "KiB on disk" in text or "MiB on disk" in text
+    result = CliRunner().invoke(app, ["info", str(out), "--json"])
+    details = json.loads(result.output)
+    assert details["layers"][1] == {"layer": "layer2", "variable": "layer2", "shape": [128, 4, 4]}
+    assert details["complete"] and details["bytes_on_disk"] > 0 and len(details["checkpoints"]) == 2
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "missing.zarr")])
+    assert result.exit_code == 2 and "no such store" in result.output
