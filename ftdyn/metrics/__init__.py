@@ -1,0 +1,56 @@
+"""ftdyn.metrics: the similarity metric engine (pure numpy/torch/scipy, no I/O).
+
+Metrics (design.md §2), on matrices or stacks of matrices (..., rows, cols):
+
+* :func:`pwsm` (radians, netrep convention), :func:`procrustes` (∈ [0, 1]),
+  :func:`linear_cka` (similarity; ``debiased=True``), :func:`cka_distance` (1 − CKA).
+
+The same metrics from streamed sufficient statistics (design.md §3):
+
+* row side (rows ≥ cols): :class:`RowStats`, :func:`row_stats`, :func:`merge`,
+  :func:`pwsm_from_row_stats`, :func:`procrustes_from_row_stats`, :func:`cka_from_row_stats`;
+* Gram side (cols > rows): :class:`GramStats`, :func:`gram`, :func:`gram_stats`,
+  :func:`merge`, :func:`pwsm_from_gram`, :func:`procrustes_from_gram`, :func:`cka_from_gram`;
+  per-model decompositions for cheap pairs: :func:`gram_eig`, :func:`pwsm_from_gram_eig`,
+  :func:`procrustes_from_gram_eig`, :func:`cka_from_gram_eig`;
+* :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`.
+
+Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
+(all registered metrics are distances: lower = more similar).
+"""
+
+from ._linalg import EIG_CLIP
+from .direct import cka_distance, linear_cka, procrustes, pwsm
+from .registry import METRICS, MetricInfo, get_metric
+from .stats import (
+    GramEig,
+    GramStats,
+    RowStats,
+    choose_side,
+    cka_from_gram,
+    cka_from_gram_eig,
+    cka_from_row_stats,
+    count_dead,
+    dead_mask,
+    gram,
+    gram_eig,
+    gram_stats,
+    merge,
+    procrustes_from_gram,
+    procrustes_from_gram_eig,
+    procrustes_from_row_stats,
+    pwsm_from_gram,
+    pwsm_from_gram_eig,
+    pwsm_from_row_stats,
+    row_stats,
+)
+
+__all__ = [
+    "pwsm", "procrustes", "linear_cka", "cka_distance",
+    "RowStats", "GramStats", "GramEig", "row_stats", "gram", "gram_stats", "gram_eig", "merge",
+    "pwsm_from_row_stats", "procrustes_from_row_stats", "cka_from_row_stats",
+    "pwsm_from_gram", "procrustes_from_gram", "cka_from_gram",
+    "pwsm_from_gram_eig", "procrustes_from_gram_eig", "cka_from_gram_eig",
+    "choose_side", "dead_mask", "count_dead",
+    "METRICS", "MetricInfo", "get_metric", "EIG_CLIP",
+]

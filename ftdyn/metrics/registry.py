@@ -1,0 +1,95 @@
+"""Metrics by name, for the CLI and the analysis stage.
+
+Every registered metric is a *distance*: lower = more similar, 0 on identical
+input (``lower_is_more_similar`` is True for all of them, so results can be
+compared and averaged without sign flips). Each entry gives the same number from
+the matrices (``direct``), from row statistics (``from_row_stats``) and from Gram
+statistics (``from_gram``); extra keyword parameters (``params``, with defaults)
+are passed to all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from . import direct as _d
+from . import stats as _s
+
+__all__ = ["MetricInfo", "METRICS", "get_metric"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    description: str
+    range: str
+    lower_is_more_similar: bool
+    direct: Callable[..., Any]
+    from_row_stats: Callable[..., Any]
+    from_gram: Callable[..., Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, X, Y, **params):
+        """Same as ``self.direct(X, Y, **params)``."""
+        return self.direct(X, Y, **params)
+
+
+def _cka_dist_row(s):
+    return 1.0 - _s.cka_from_row_stats(s)
+
+
+def _cka_dist_gram(g):
+    return 1.0 - _s.cka_from_gram(g)
+
+
+def _cka_dist_direct(X, Y):
+    return _d.cka_distance(X, Y)
+
+
+METRICS: Mapping[str, MetricInfo] = MappingProxyType({
+    "pwsm": MetricInfo(
+        name="pwsm",
+        description=("Partial-whitening shape metric (Williams et al. 2021), angular form, in radians; "
+                     "alpha=0 full whitening (CCA-like, the paper's setting), alpha=1 angular Procrustes. "
+                     "netrep LinearMetric(alpha, center_columns=True, score_method='angular') convention: "
+                     "unnormalized covariance, eigenvalues clipped at 1e-7, so 0<alpha<1 depends on the "
+                     "activation scale."),
+        range="[0, pi/2] radians",
+        lower_is_more_similar=True,
+        direct=_d.pwsm,
+        from_row_stats=_s.pwsm_from_row_stats,
+        from_gram=_s.pwsm_from_gram,
+        params=MappingProxyType({"alpha": 0.0}),
+    ),
+    "procrustes": MetricInfo(
+        name="procrustes",
+        description=("Orthogonal Procrustes distance 1 - ||X^T Y||_* on centered, unit-Frobenius-norm "
+                     "matrices (Ding et al. 2021, halved to the paper's range [0, 1])."),
+        range="[0, 1]",
+        lower_is_more_similar=True,
+        direct=_d.procrustes,
+        from_row_stats=_s.procrustes_from_row_stats,
+        from_gram=_s.procrustes_from_gram,
+    ),
+    "cka": MetricInfo(
+        name="cka",
+        description=("Linear CKA *distance* 1 - CKA (Kornblith et al. 2019, biased HSIC estimator); "
+                     "registered as a distance like the others: 0 = identical up to rotation and scale. "
+                     "The similarity itself is ftdyn.metrics.linear_cka (debiased=True for few rows)."),
+        range="[0, 1]",
+        lower_is_more_similar=True,
+        direct=_cka_dist_direct,
+        from_row_stats=_cka_dist_row,
+        from_gram=_cka_dist_gram,
+    ),
+})
+
+
+def get_metric(name: str) -> MetricInfo:
+    """The registered metric called ``name``; ValueError naming the choices otherwise."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}") from None
