@@ -77,3 +77,284 @@ def layers(
             mark = "*" if info.name in defaults else " "
             shape = "x".join(map(str, info.shape))
             typer.echo(f"{mark} {info.name:<50} {info.kind:<12} {shape}")
+
+
+@app.command()
+@user_errors
+def extract(
+    ckpts_dir: Annotated[Path, typer.Argument(help="Checkpoint series: a folder written by `ftdyn train`, or a folder "
+                                                   "of third-party checkpoints (.pt/.pth/.bin/.ckpt/.safetensors) "
+                                                   "with --arch.")],
+    data: Annotated[Path, typer.Option(help="Probe images: an ImageFolder (<class>/<image>), e.g. the target's "
+                                            "validation split.")],
+    out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
+                                           "resumed/extended when it exists.")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of third-party checkpoints, e.g. resnet50 "
+                                                     "(an ftdyn series names it in manifest.json).")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Epoch 0 of a third-party series: a checkpoint file or a "
+                                                       "torchvision weights name (IMAGENET1K_V1).")] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Module to capture (repeat the option; "
+                                                                       "default: the paper's layers, see "
+                                                                       "`ftdyn layers ARCH`).")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="At most N probe images per class (default: all).")] = None,
+    max_samples: Annotated[Optional[int], typer.Option(help="At most N probe images in all, balanced over "
+                                                            "classes.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the probe-image selection.")] = 0,
+    input_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the series' size, "
+                                                           "else 224).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    dtype: Annotated[str, typer.Option(help="Stored activation type: float16 or float32.")] = "float16",
+    codec: Annotated[str, typer.Option(help="Compression: zstd (smaller) or lz4 (faster).")] = "zstd",
+    chunk_samples: Annotated[Optional[int], typer.Option(help="Samples per store chunk (default: ~32 MB chunks "
+                                                              "of the largest layer).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
+                                                                              "objects from checkpoint files "
+                                                                              "(only for files you trust).")] = False,
+    model_name: Annotated[Optional[str], typer.Option(help="Model name shown in reports (default: the "
+                                                           "architecture).")] = None,
+    dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name shown in reports (default: from the "
+                                                             "series or the --data folder).")] = None,
+    writers: Annotated[Optional[int], typer.Option(help="Threads compressing and writing regions (default: one "
+                                                        "per CPU core but one, 2 to 16).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
+
+    Re-running the same command resumes a killed run and extends the store with
+    checkpoints added since; a complete store is left as it is.
+    """
+    from .extraction import extract as run_extract
+
+    run_extract(ckpts_dir, data=data, out=out, arch=arch, source=source, layers=layer or None,
+                per_class=per_class, max_samples=max_samples, probe_seed=seed, input_size=input_size,
+                batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
+                trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
+                writers=writers, progress=not no_progress)
+
+
+@app.command()
+@user_errors
+def analyze(
+    stores: Annotated[list[Path], typer.Argument(help="Activation stores written by `ftdyn extract` (one experiment "
+                                                      "each; several are analyzed together).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: results.zarr, distances.csv, "
+                                                          "reusability.csv, agreement.csv, agreement_summary.csv.")]
+    = Path("results"),
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka. "
+                                                                         "Default: the preset's (default preset: all "
+                                                                         "three; paper-code: pwsm, procrustes).")]
+    = None,
+    view: Annotated[Optional[list[str]], typer.Option("--view", help="View for every metric (channels, flat, pooled, "
+                                                                     "filter, map) or METRIC=VIEW (repeatable). "
+                                                                     "Default preset: pwsm=channels, procrustes=filter, "
+                                                                     "cka=filter.")] = None,
+    alpha: Annotated[float, typer.Option(help="PWSM alpha in [0, 1]: 0 = full whitening (the paper's setting, scale "
+                                              "free), 1 = angular Procrustes; 0<alpha<1 depends on the activation "
+                                              "scale (netrep convention).")] = 0.0,
+    reference: Annotated[int, typer.Option(help="Epoch every checkpoint is compared with (0 = source model).")] = 0,
+    preset: Annotated[str, typer.Option(help="default: pwsm on channels, procrustes and cka on filter (per-filter "
+                                             "distances, NaN-aware mean, dead filters counted). paper-code: the "
+                                             "published code's choices: pwsm (alpha 0) on channels, procrustes on map "
+                                             "averaged per class, then over classes and filters.")] = "default",
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer to analyze (module or store variable "
+                                                                       "name; repeatable). Default: all.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over images for 95% intervals (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws.")] = 0,
+    name: Annotated[Optional[list[str]], typer.Option("--name", help="Experiment label per store, in order "
+                                                                     "(default: model/dataset from the store).")]
+    = None,
+    trajectory: Annotated[str, typer.Option(help="Checkpoint x checkpoint matrix: auto (all pairs for Gram-side "
+                                                 "views when cheap, else the reference row only), all (every pair, "
+                                                 "every view: O(T^2) work on the row side and map view), or "
+                                                 "reference.")] = "auto",
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Analyze the complete checkpoints of an "
+                                                                        "incompletely extracted store.")] = False,
+    memory_limit: Annotated[Optional[str], typer.Option(help="Memory for data and statistics, e.g. 1GB "
+                                                             "(default: half the RAM). Bounds concurrent tasks.")]
+    = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads (default: CPU count; lowered to fit "
+                                                        "--memory-limit).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT "
+                                                          "(stores must be readable by the workers).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results of other arguments in --out.")]
+    = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Distances between the reference checkpoint and every checkpoint, per layer and metric, out-of-core.
+
+    Also the checkpoint x checkpoint trajectory, bootstrap intervals, the Pearson agreement
+    between metrics and the reusability table (mean +- std over epochs). Re-running with the
+    same arguments on unchanged stores reuses the results ("up to date").
+    """
+    from .analysis import analyze as run_analyze
+
+    ds = run_analyze(stores, out=out, metrics=metric or None, views=view or None, alpha=alpha, reference=reference,
+                     preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
+                     experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
+                     workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
+                     trajectory=trajectory)
+    typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
+               f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
+               "reusability.csv, agreement.csv, agreement_summary.csv")
+
+
+@app.command()
+@user_errors
+def visualize(
+    store: Annotated[Path, typer.Argument(help="Activation store written by `ftdyn extract` (store.zarr).")],
+    layer: Annotated[str, typer.Option(help="Layer: module name (features.35), store variable (features_35) "
+                                            "or index (0 = shallowest, -1 = deepest).")],
+    out: Annotated[Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")],
+    filter_: Annotated[Optional[list[int]], typer.Option("--filter", help="Filter index (repeatable). Default: "
+                                                                          "the --n-filters whose distance changed "
+                                                                          "most.")] = None,
+    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index (repeatable). "
+                                                                        "Default: the first 3 classes.")] = None,
+    sample: Annotated[Optional[list[int]], typer.Option("--sample", help="Sample id for a sample-based figure "
+                                                                         "(repeatable). Default: per shown class "
+                                                                         "(up to 2) the image the filters respond "
+                                                                         "to most.")] = None,
+    epoch: Annotated[Optional[list[int]], typer.Option("--epoch", help="Epoch to show (repeatable). Default: "
+                                                                       "all, or 8 evenly spaced.")] = None,
+    results: Annotated[Optional[Path], typer.Option(help="Results folder of `ftdyn analyze`: rank filters by "
+                                                         "their per-filter distance.")] = None,
+    n_filters: Annotated[int, typer.Option(help="Filters to choose when no --filter is given.")] = 4,
+) -> None:
+    """Class-based (receptive-field averages) and sample-based (heatmap) figures of one layer."""
+    from .viz import visualize as run_visualize
+
+    paths = run_visualize(store, layer=layer, filters=filter_, classes=class_, samples=sample, results=results,
+                          out=out, epochs=epoch, n_filters=n_filters)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def report(
+    results_dir: Annotated[Path, typer.Argument(help="Results folder written by `ftdyn analyze`.")],
+    store: Annotated[Optional[list[Path]], typer.Option("--store", help="Activation store (repeatable): its "
+                                                                        "manifest gives the accuracy table and "
+                                                                        "its default class/sample figures are "
+                                                                        "(re)made. Default: the stores named in "
+                                                                        "the results, where they exist.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for report.html and figures/ "
+                                                     "(default: RESULTS_DIR).")] = None,
+) -> None:
+    """Write report.html: experiments, accuracies, reusability, metric agreement, curves and figures."""
+    from .reporting import report as run_report
+
+    typer.echo(str(run_report(results_dir, stores=store, out=out)))
+
+
+@app.command()
+@user_errors
+def info(
+    store: Annotated[Path, typer.Argument(help="Activation store written by `ftdyn extract`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the information as JSON.")] = False,
+) -> None:
+    """Show a store's layers and shapes, checkpoints and their completeness, and size on disk."""
+    import json
+
+    from .extraction import human_bytes
+    from .store import info as store_info
+
+    if not store.exists():
+        raise FtdynError(f"{store}: no such store; create one with `ftdyn extract`.")
+    details = store_info(store)
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+        return
+    ckpts = details["checkpoints"]
+    done = sum(c["regions_done"] for c in ckpts)
+    total = sum(c["regions"] for c in ckpts)
+    typer.echo(f"store:       {details['path']}")
+    typer.echo(f"model:       {details['model']} ({details['architecture']}), dataset {details['dataset']}")
+    typer.echo(f"probe:       {details['samples']} images, {len(details['classes'])} classes, stored as "
+               f"{details['dtype']}")
+    typer.echo(f"size:        {human_bytes(details['bytes_on_disk'])} on disk")
+    typer.echo(f"complete:    {'yes' if details['complete'] else 'no'} ({done}/{total} regions)")
+    typer.echo(f"layers ({len(details['layers'])}):")
+    width = max(len(lay["layer"]) for lay in details["layers"])
+    for lay in details["layers"]:
+        typer.echo(f"  {lay['layer']:<{width}}  {'x'.join(map(str, lay['shape']))}")
+    typer.echo(f"checkpoints ({len(ckpts)}):")
+    width = max(len(str(c["file"])) for c in ckpts)
+    for c in ckpts:
+        state = "complete" if c["complete"] else f"{c['regions_done']}/{c['regions']} regions"
+        sha = (c.get("sha256") or "-")[:12]
+        typer.echo(f"  epoch {c['epoch']:>3}  {c['file']:<{width}}  {sha:<12}  {state}")
+
+
+@app.command()
+@user_errors
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
+                                                  "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split.")],
+    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model), "
+                                           "e.g. vgg19, resnet50, densenet121.")],
+    out: Annotated[Path, typer.Option(help="Output folder for the checkpoint series (epoch_000.pt ... "
+                                           "and manifest.json).")],
+    weights: Annotated[str, typer.Option(help="Source weights: a torchvision weights name (IMAGENET1K_V1, "
+                                              "DEFAULT), a local weights file, or none (random init).")] = "none",
+    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint file instead (e.g. a model "
+                                                      "pre-trained elsewhere or by `ftdyn train`); its head is "
+                                                      "replaced.")] = None,
+    epochs: Annotated[int, typer.Option(help="Number of fine-tuning epochs T (paper: 10-15).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size (paper: 196).")] = 196,
+    lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-4; 1e-3 for Fruits).")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(help="adam (paper), adamw or sgd (momentum 0.9).")] = "adam",
+    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction of each class for "
+                                                             "validation when DATA_DIR has no train/ and val/ "
+                                                             "folders (e.g. 0.2).")] = None,
+    input_size: Annotated[int, typer.Option(help="Input size in pixels (paper: 224).")] = 224,
+    seed: Annotated[int, typer.Option(help="Random seed: head init, data order, augmentation, split.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N or mps.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes (results do not depend on it; "
+                                              "use 4-8 on a GPU machine).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last complete "
+                                                          "epoch (same arguments; --epochs may be larger).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out (only epoch_*.pt and "
+                                                                "manifest.json) and start over.")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
+                                                                              "objects from --init/--weights "
+                                                                              "files (only for files you "
+                                                                              "trust).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")] = False,
+) -> None:
+    """Fine-tune ARCH on DATA_DIR (every layer, new head) and save one checkpoint per epoch.
+
+    Paper defaults: Adam, batch size 196, lr 1e-4, input 224. epoch_000.pt is the
+    source model with its new head before any update.
+    """
+    from .checkpoints import read_manifest
+    from .training import train as run_training
+
+    folder = run_training(data_dir, arch=arch, out=out, weights=weights, init=init, epochs=epochs,
+                          batch_size=batch_size, lr=lr, optimizer=optimizer, val_split=val_split,
+                          input_size=input_size, seed=seed, device=device, num_workers=workers, resume=resume,
+                          overwrite=overwrite, trust_checkpoint=trust_checkpoint, progress=not no_progress)
+    manifest = read_manifest(folder) or {"epochs": []}
+    entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    typer.echo(f"checkpoint series: {folder} ({len(entries)} checkpoints + manifest.json)")
+    typer.echo(f"{'epoch':>5}  {'train_loss':>10}  {'train_acc':>9}  {'val_loss':>8}  {'val_acc':>7}")
+    for e in entries:
+        typer.echo(f"{e['epoch']:>5}  {fmt(e.get('train_loss')):>10}  {fmt(e.get('train_acc')):>9}  "
+                   f"{fmt(e.get('val_loss')):>8}  {fmt(e.get('val_acc')):>7}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Argument(help="Output folder (data, checkpoint series, stores, results, report).")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run for tests (seconds instead of minutes).")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for the generated data and training.")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Run the whole pipeline on built-in generated domains and write a report (a few minutes on a CPU)."""
+    from .demos import demo as run_demo
+
+    run_demo(out, quick=quick, device=device, seed=seed, progress=not no_progress)

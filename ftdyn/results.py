@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from ._version import __version__
@@ -100,3 +101,106 @@ def open_results(path: str | Path) -> xr.Dataset:
         raise FtdynError(f"{path}: no ftdyn results here (expected {RESULTS_STORE}); run `ftdyn analyze` first.")
     ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
     return validate_results(ds, str(path))
+
+
+# ------------------------------------------------------------------ CSV tables
+def _cell(value) -> str:
+    """One CSV cell: floats at full precision, NaN as an empty cell."""
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else repr(float(value))
+    if isinstance(value, (np.integer,)):
+        return str(int(value))
+    return str(value)
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row[c]) for c in columns])
+
+
+def _has_epoch(ds: xr.Dataset) -> np.ndarray:
+    if "has_epoch" in ds:
+        return np.asarray(ds["has_epoch"].values, dtype=bool)
+    return np.isfinite(ds["distance"].values).any(axis=(1, 2))  # (experiment, epoch)
+
+
+def distance_rows(ds: xr.Dataset):
+    """Rows of ``distances.csv`` (dicts keyed by :data:`DISTANCE_COLUMNS`): one per
+    experiment, layer, epoch of that experiment and metric; padding is skipped."""
+    has = _has_epoch(ds)
+    dist, lo, hi = ds["distance"].values, ds["ci_low"].values, ds["ci_high"].values
+    nf, nn = ds["n_filters"].values, ds["n_nan"].values
+    layers = ds["layer"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        for l, index in enumerate(ds["layer_index"].values):
+            if not str(layers[e, l]):
+                continue
+            for k, epoch in enumerate(ds["epoch"].values):
+                if not has[e, k]:
+                    continue
+                for m, metric in enumerate(ds["metric"].values):
+                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
+                           "layer": layers[e, l], "layer_index": int(index), "epoch": int(epoch), "metric": metric,
+                           "view": ds["view"].values[m], "value": float(dist[e, m, l, k]),
+                           "ci_low": float(lo[e, m, l, k]), "ci_high": float(hi[e, m, l, k]),
+                           "n_filters": int(nf[e, m, l]), "n_nan": int(nn[e, m, l, k])}
+
+
+def reusability_rows(ds: xr.Dataset):
+    for e, exp in enumerate(ds["experiment"].values):
+        for m, metric in enumerate(ds["metric"].values):
+            yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
+                   "metric": metric, "mean": float(ds["reusability_mean"].values[e, m]),
+                   "std": float(ds["reusability_std"].values[e, m])}
+
+
+def agreement_rows(ds: xr.Dataset):
+    """One row per experiment, layer and pair of distinct metrics (metric order)."""
+    r = ds["agreement_r"].values
+    n = ds["agreement_n"].values if "agreement_n" in ds else None
+    metrics = list(ds["metric"].values)
+    layers = ds["layer"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        for l, index in enumerate(ds["layer_index"].values):
+            if not str(layers[e, l]):
+                continue
+            for a in range(len(metrics)):
+                for b in range(a + 1, len(metrics)):
+                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
+                           "layer": layers[e, l], "layer_index": int(index), "metric_a": metrics[a],
+                           "metric_b": metrics[b], "r": float(r[e, l, a, b]),
+                           "n_epochs": int(n[e, l, a, b]) if n is not None else ""}
+
+
+def agreement_summary_rows(ds: xr.Dataset):
+    """Mean ± std (ddof=0) of the finite r over all layers and experiments, per metric pair."""
+    r = ds["agreement_r"].values
+    metrics = list(ds["metric"].values)
+    for a in range(len(metrics)):
+        for b in range(a + 1, len(metrics)):
+            vals = r[:, :, a, b]
+            vals = vals[np.isfinite(vals)]
+            yield {"metric_a": metrics[a], "metric_b": metrics[b],
+                   "mean_r": float(vals.mean()) if vals.size else float("nan"),
+                   "std_r": float(vals.std()) if vals.size else float("nan"), "n": int(vals.size)}
+
+
+def write_tables(ds: xr.Dataset, out_dir: str | Path) -> list[Path]:
+    """Write ``distances.csv``, ``reusability.csv``, ``agreement.csv`` and
+    ``agreement_summary.csv`` (columns exactly as the tuples above; empty cell = NaN,
+    e.g. no bootstrap interval) into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    tables = [("distances.csv", DISTANCE_COLUMNS, distance_rows),
+              ("reusability.csv", REUSABILITY_COLUMNS, reusability_rows),
+              ("agreement.csv", AGREEMENT_COLUMNS, agreement_rows),
+              ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS, agreement_summary_rows)]
+    paths = []
+    for name, columns, rows in tables:
+        _write_csv(out_dir / name, columns, rows(ds))
+        paths.append(out_dir / name)
+    return paths

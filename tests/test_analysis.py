@@ -1,0 +1,332 @@
+"""The analyze stage: out-of-core results equal in-memory metrics; outputs, reuse, errors, clusters."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import ftdyn
+import ftdyn.analysis as A
+from ftdyn import metrics as M
+from ftdyn import views as V
+from ftdyn.cli import app
+from ftdyn.errors import FtdynError
+from ftdyn.results import (AGREEMENT_COLUMNS, AGREEMENT_SUMMARY_COLUMNS, DISTANCE_COLUMNS, REUSABILITY_COLUMNS,
+                           open_results, validate_results)
+from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store
+
+N = 12  # images: layer "features.3" has h*w = 36 > N (Gram side for filter), "layer2.relu" 9 < N (row side)
+LAYERS = [LayerSpec("features.3", 4, 6, 6), LayerSpec("layer2.relu", 6, 3, 3)]
+NOISE = (0.0, 0.1, 0.3, 1.0)  # checkpoint e = source + NOISE[e] * noise
+
+
+def make_store(path, *, noise=NOISE, dead_filter=None, complete=None, model="resnet18", dataset="toy", seed=0,
+               dtype="float32", spc=5):
+    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e). Returns (path, data)."""
+    rng = np.random.default_rng(seed)
+    epochs = tuple(range(len(noise)))
+    spec = StoreSpec(
+        architecture="resnet18", layers=LAYERS,
+        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs],
+        images=rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8), labels=np.arange(N) % 3,
+        class_names=["a", "b", "c"], image_paths=[f"img/{i}.png" for i in range(N)], input_size=8,
+        normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype=dtype,
+        samples_per_chunk=spc, model=model, dataset=dataset)
+    path = create_store(path, spec)
+    writer = StoreWriter(path)
+    base = {l.name: rng.normal(size=(N, l.channels, l.height, l.width)) + 0.5 for l in LAYERS}
+    data = {}
+    for i, e in enumerate(epochs):
+        acts = {}
+        for name, b in base.items():
+            a = np.maximum(b + noise[i] * rng.normal(size=b.shape), 0).astype(dtype)
+            if dead_filter is not None:
+                a[:, dead_filter] = 0
+            acts[name] = a
+        data[e] = acts
+        for c in range(writer.n_chunks):
+            if complete is not None and not complete(i, c):
+                continue
+            rows = writer.chunk_slice(c)
+            writer.write_region(i, c, {k: v[rows] for k, v in acts.items()})
+    return path, data
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("planted") / "s.zarr")
+
+
+def expected(data, layer, view, metric, a=0, b=None, average="images", labels=None):
+    """In-memory reference: the metric on the whole layer's matrices; per-filter views -> vector."""
+    X, Y = data[a][layer], data[b][layer]
+    fn = {"pwsm": lambda x, y: M.pwsm(x, y, 0.0), "procrustes": M.procrustes, "cka": M.cka_distance}[metric]
+    if view == "map":
+        vals = np.asarray(fn(V.map_(X), V.map_(Y)))  # (n, C)
+        if average == "class":
+            per_class = np.stack([np.nanmean(vals[labels == c], axis=0) for c in np.unique(labels)])
+            return np.nanmean(per_class, axis=0)
+        return np.nanmean(vals, axis=0)
+    return np.asarray(fn(V.to_matrices(view, X), V.to_matrices(view, Y)))
+
+
+@pytest.mark.parametrize("view", V.VIEWS)
+def test_results_equal_in_memory_metrics(planted, tmp_path, view):
+    path, data = planted
+    ds = ftdyn.analyze(path, out=tmp_path / "r", views=view, trajectory="all", progress=False, workers=2)
+    validate_results(ds)
+    assert list(ds["metric"].values) == ["pwsm", "procrustes", "cka"]
+    assert set(ds["view"].values) == {view}
+    for l, spec in enumerate(LAYERS):
+        for mi, metric in enumerate(ds["metric"].values):
+            for e in range(len(NOISE)):
+                want = expected(data, spec.name, view, metric, 0, e)
+                got = ds["distance"].values[0, mi, l, e]
+                if V.is_per_filter(view):
+                    np.testing.assert_allclose(ds["filter_distance"].values[0, mi, l, e, :spec.channels], want,
+                                               atol=1e-6, err_msg=f"{view} {metric} {spec.name} {e}")
+                    want = np.nanmean(want)
+                assert got == pytest.approx(float(want), abs=1e-6), (view, metric, spec.name, e)
+                for b in range(len(NOISE)):  # every pair of checkpoints
+                    pair = expected(data, spec.name, view, metric, e, b)
+                    pair = np.nanmean(pair) if pair.ndim else pair
+                    assert ds["trajectory"].values[0, mi, l, e, b] == pytest.approx(float(pair), abs=1e-6)
+
+
+def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):
+    """Defaults: pwsm/channels, procrustes+cka/filter; forcing 1-chunk Gram panels and 1-filter
+    groups (several passes) gives the same numbers."""
+    path, data = planted
+    ds = ftdyn.analyze(path, out=tmp_path / "a", progress=False)
+    assert dict(zip(ds["metric"].values, ds["view"].values)) == {"pwsm": "channels", "procrustes": "filter",
+                                                                 "cka": "filter"}
+    plan = json.loads(ds.attrs["plan"])
+    sides = {(p["layer"], p["view"]): p["side"] for p in plan}
+    assert sides[("features.3", "filter")] == "gram" and sides[("layer2.relu", "filter")] == "row"
+    monkeypatch.setattr(A, "MAX_PANEL_CHUNKS", 1)
+    monkeypatch.setattr(A, "MAX_FILTER_GROUP", 1)
+    ds2 = ftdyn.analyze(path, out=tmp_path / "b", progress=False, workers=1)
+    plan2 = json.loads(ds2.attrs["plan"])
+    assert max(p["gram_panels"] or 0 for p in plan2) == 3 and max(p["filter_groups"] for p in plan2) == 6
+    for var in ("distance", "filter_distance", "trajectory"):
+        np.testing.assert_allclose(ds2[var].values, ds[var].values, atol=1e-9, equal_nan=True)
+    monkeypatch.setattr(A, "MAX_CHECKPOINTS_PER_PASS", 2)  # reference + 2 checkpoints per pass, with bootstrap
+    ds3 = ftdyn.analyze(path, out=tmp_path / "c", progress=False, trajectory="reference", bootstrap=4)
+    assert max(p["checkpoint_passes"] or 0 for p in json.loads(ds3.attrs["plan"])) == 2
+    np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)  # arccos near 1: ~1e-8
+    assert np.isfinite(ds3["ci_low"].values).all()
+    for e in range(len(NOISE)):
+        assert ds["distance"].sel(metric="pwsm").values[0, 0, e] == pytest.approx(
+            expected(data, "features.3", "channels", "pwsm", 0, e), abs=1e-6)
+
+
+def test_paper_code_preset_map_class_average(planted, tmp_path):
+    path, data = planted
+    labels = np.arange(N) % 3
+    ds = ftdyn.analyze(path, out=tmp_path / "p", preset="paper-code", progress=False)
+    assert list(ds["metric"].values) == ["pwsm", "procrustes"]
+    assert list(ds["view"].values) == ["channels", "map"]
+    assert ds.attrs["preset"] == "paper-code" and float(ds["alpha"].values[0]) == 0.0
+    for l, spec in enumerate(LAYERS):
+        for e in range(len(NOISE)):
+            want = expected(data, spec.name, "map", "procrustes", 0, e, average="class", labels=labels)
+            np.testing.assert_allclose(ds["filter_distance"].values[0, 1, l, e, :spec.channels], want, atol=1e-6)
+            assert ds["distance"].values[0, 1, l, e] == pytest.approx(np.nanmean(want), abs=1e-6)
+
+
+def test_zero_for_identical_and_growing_with_perturbation(tmp_path):
+    path, _ = make_store(tmp_path / "s.zarr", noise=(0.0, 0.0, 0.05, 0.2, 0.8))
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
+    d = ds["distance"].values[0]  # (metric, layer, epoch)
+    np.testing.assert_allclose(d[:, :, :2], 0.0, atol=1e-6)  # epoch 1 is identical to the source
+    assert (np.diff(d[:, :, 1:], axis=-1) > 0).all()  # strictly growing with the noise level
+    # identical checkpoints give an exactly symmetric, zero-diagonal trajectory
+    traj = ds["trajectory"].values[0]
+    np.testing.assert_allclose(traj, np.swapaxes(traj, -1, -2), atol=1e-12, equal_nan=True)
+
+
+def test_dead_filters_are_nan_and_counted(tmp_path):
+    path, data = make_store(tmp_path / "s.zarr", dead_filter=2)
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
+    filt = ds["filter_distance"].sel(metric="procrustes").values[0]  # (layer, epoch, filter)
+    assert np.isnan(filt[:, 1:, 2]).all() and np.isfinite(filt[0, 1:, :2]).all()
+    n_nan = ds["n_nan"].sel(metric="procrustes").values[0]
+    assert (n_nan == 1).all()
+    assert ds["distance"].sel(metric="procrustes").values[0, 1, 3] == pytest.approx(
+        np.nanmean(expected(data, "layer2.relu", "filter", "procrustes", 0, 3)), abs=1e-6)
+    with open(tmp_path / "r" / "distances.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "procrustes"]
+    assert {r["n_nan"] for r in rows} == {"1"} and {r["n_filters"] for r in rows} == {"4", "6"}
+
+
+def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
+    path, _ = planted
+    out = tmp_path / "r"
+    ds = ftdyn.analyze(path, out=out, progress=False)
+    for name, cols in [("distances.csv", DISTANCE_COLUMNS), ("reusability.csv", REUSABILITY_COLUMNS),
+                       ("agreement.csv", AGREEMENT_COLUMNS), ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS)]:
+        with open(out / name) as f:
+            header = next(csv.reader(f))
+        assert tuple(header) == cols
+    assert ",".join(DISTANCE_COLUMNS) == ("experiment,model,dataset,layer,layer_index,epoch,metric,view,value,"
+                                          "ci_low,ci_high,n_filters,n_nan")
+    with open(out / "distances.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 4 * 3 and all(r["ci_low"] == "" and r["ci_high"] == "" for r in rows)
+    assert {r["experiment"] for r in rows} == {"resnet18/toy"}
+    r = next(r for r in rows if r["layer"] == "layer2.relu" and r["epoch"] == "2" and r["metric"] == "cka")
+    assert float(r["value"]) == pytest.approx(float(ds["distance"].sel(metric="cka").values[0, 1, 2]), abs=1e-12)
+    with open(out / "reusability.csv") as f:
+        reu = list(csv.DictReader(f))
+    d = ds["distance"].values[0]
+    want = d[:, :, 1:].mean(axis=1)  # layer-averaged, reference excluded
+    assert [float(x["mean"]) for x in reu] == pytest.approx(list(want.mean(-1)), abs=1e-12)
+    assert [float(x["std"]) for x in reu] == pytest.approx(list(want.std(-1)), abs=1e-12)
+    r_pc = np.corrcoef(d[0, 0, 1:], d[1, 0, 1:])[0, 1]
+    assert float(ds["agreement_r"].values[0, 0, 0, 1]) == pytest.approx(r_pc, abs=1e-9)
+
+    boot = ftdyn.analyze(path, out=tmp_path / "b", progress=False, bootstrap=30, seed=1)
+    lo, hi = boot["ci_low"].values[0], boot["ci_high"].values[0]
+    assert np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi + 1e-12).all()
+    assert (hi[:, :, 1:] > lo[:, :, 1:]).all()  # non-degenerate away from the reference
+    np.testing.assert_allclose(boot["distance"].values, ds["distance"].values, atol=1e-12)
+    again = ftdyn.analyze(path, out=tmp_path / "b2", progress=False, bootstrap=30, seed=1)
+    np.testing.assert_array_equal(again["ci_low"].values[0], lo)  # seeded: reproducible
+    with open(tmp_path / "b" / "distances.csv") as f:
+        assert all(r["ci_low"] != "" for r in csv.DictReader(f))
+
+
+def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys):
+    path, _ = planted
+    out = tmp_path / "r"
+    ftdyn.analyze(path, out=out, progress=False, layers=["layer2.relu"])
+    stamp = (out / "results.zarr" / "zarr.json").stat().st_mtime_ns
+    capsys.readouterr()
+    again = ftdyn.analyze(path, out=out, progress=False, layers=["layer2_relu"], workers=1)  # same analysis
+    assert "up to date" in capsys.readouterr().err
+    assert (out / "results.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+    assert list(again["layer"].values[0]) == ["layer2.relu"]
+    with pytest.raises(FtdynError, match="--overwrite"):
+        ftdyn.analyze(path, out=out, progress=False, metrics=["cka"])
+    ds = ftdyn.analyze(path, out=out, progress=False, metrics=["cka"], overwrite=True)
+    assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == ["features.3", "layer2.relu"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["results.zarr", "distances.csv", "reusability.csv",
+                                                             "agreement.csv", "agreement_summary.csv"])
+
+
+def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
+    path, _ = planted
+    out = tmp_path / "r"
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "write_tables", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ftdyn.analyze(path, out=out, progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_incomplete_store_and_allow_partial(tmp_path):
+    path, data = make_store(tmp_path / "s.zarr", complete=lambda i, c: not (i == 2 and c == 1))
+    with pytest.raises(FtdynError, match="checkpoints 2 are not fully extracted.*--allow-partial"):
+        ftdyn.analyze(path, out=tmp_path / "r", progress=False)
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, allow_partial=True, metrics=["pwsm"])
+    assert list(ds["epoch"].values) == [0, 1, 3]
+    assert ds["distance"].values[0, 0, 0, 2] == pytest.approx(
+        expected(data, "features.3", "channels", "pwsm", 0, 3), abs=1e-6)
+
+
+def test_several_stores_and_names(tmp_path):
+    p1, _ = make_store(tmp_path / "a.zarr", dataset="awa2", seed=1)
+    p2, _ = make_store(tmp_path / "b.zarr", noise=(0.0, 0.5, 1.0), dataset="fruits", seed=2)
+    ds = ftdyn.analyze([p1, p2], out=tmp_path / "r", progress=False, reference=0)
+    assert list(ds["experiment"].values) == ["resnet18/awa2", "resnet18/fruits"]
+    assert list(ds["dataset"].values) == ["awa2", "fruits"]
+    assert bool(ds["has_epoch"].values[1, 3]) is False and np.isnan(ds["distance"].values[1, :, :, 3]).all()
+    with open(tmp_path / "r" / "distances.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 * (4 + 3)
+    with open(tmp_path / "r" / "agreement_summary.csv") as f:
+        summ = list(csv.DictReader(f))
+    assert [(r["metric_a"], r["metric_b"]) for r in summ] == [("pwsm", "procrustes"), ("pwsm", "cka"),
+                                                              ("procrustes", "cka")]
+    assert all(int(r["n"]) == 2 for r in summ)  # 2 layers of the first; the second has only 2 epochs (< 3)
+    named = ftdyn.analyze([p1, p2], out=tmp_path / "n", progress=False, experiment_names=["A", "B"],
+                          metrics=["cka"])
+    assert list(named["experiment"].values) == ["A", "B"]
+    with pytest.raises(FtdynError, match="distinct --name"):
+        ftdyn.analyze([p1, p1], out=tmp_path / "d", progress=False)
+
+
+def test_local_cluster_equals_threads(planted, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    path, _ = planted
+    threaded = ftdyn.analyze(path, out=tmp_path / "t", progress=False, bootstrap=5)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        clustered = ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=5, scheduler=cl.scheduler_address)
+    for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high", "agreement_r"):
+        np.testing.assert_allclose(clustered[var].values, threaded[var].values, atol=1e-12, equal_nan=True)
+
+
+def test_memory_limit_parsing_and_threads(planted, tmp_path):
+    assert A.parse_memory("1GB") == 10**9 and A.parse_memory("2GiB") == 2 * 2**30 and A.parse_memory(None) is None
+    with pytest.raises(FtdynError, match="--memory-limit"):
+        A.parse_memory("lots")
+    with pytest.raises(FtdynError, match="too small"):
+        A.parse_memory("1MB")
+    path, _ = planted
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, memory_limit="100MB", workers=64)
+    assert ds.attrs["memory_limit"] == 10**8 and 1 <= ds.attrs["threads"] < 64  # threads lowered to fit
+    assert all(p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8 for p in json.loads(ds.attrs["plan"]))
+
+
+def _one_line_error(args):
+    result = CliRunner().invoke(app, args)
+    text = result.stderr if hasattr(result, "stderr") else result.output
+    assert result.exit_code == 2, (args, result.output)
+    assert "Traceback" not in result.output and "Traceback" not in text
+    lines = [l for l in text.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ftdyn: error:"), lines
+    return lines[0]
+
+
+def test_bad_inputs_one_line(planted, tmp_path):
+    path, _ = planted
+    out = ["--out", str(tmp_path / "r"), "--no-progress"]
+    assert "not an ftdyn activation store" in _one_line_error(["analyze", str(tmp_path), *out])
+    assert "no such store" in _one_line_error(["analyze", str(tmp_path / "missing.zarr"), *out])
+    assert "unknown metric 'euclid'" in _one_line_error(["analyze", str(path), "--metric", "euclid", *out])
+    assert "unknown view 'pixels'" in _one_line_error(["analyze", str(path), "--view", "pixels", *out])
+    assert "unknown view" in _one_line_error(["analyze", str(path), "--view", "cka=pixels", *out])
+    assert "'conv9' is not a layer" in _one_line_error(["analyze", str(path), "--layer", "conv9", *out])
+    assert "outside [0, 1]" in _one_line_error(["analyze", str(path), "--alpha", "1.5", *out])
+    assert "epoch 7 is not in the store" in _one_line_error(["analyze", str(path), "--reference", "7", *out])
+    assert "unknown preset" in _one_line_error(["analyze", str(path), "--preset", "paper", *out])
+    assert "--memory-limit" in _one_line_error(["analyze", str(path), "--memory-limit", "x", *out])
+    bad = tmp_path / "old.zarr"
+    import shutil
+
+    shutil.copytree(path, bad)
+    meta = json.loads((bad / "zarr.json").read_text())
+    meta["attributes"]["ftdyn_store_format"] = 99
+    (bad / "zarr.json").write_text(json.dumps(meta))
+    assert "store format 99" in _one_line_error(["analyze", str(bad), *out])
+    part, _ = make_store(tmp_path / "part.zarr", complete=lambda i, c: i < 3)
+    assert "checkpoints 3 are not fully extracted" in _one_line_error(["analyze", str(part), *out])
+
+
+def test_cli_runs_and_reports(planted, tmp_path):
+    path, _ = planted
+    result = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
+                                      "--metric", "cka", "--view", "pooled", "--name", "mine"])
+    assert result.exit_code == 0, result.output
+    ds = open_results(tmp_path / "r")
+    assert list(ds["experiment"].values) == ["mine"] and list(ds["view"].values) == ["pooled"]
+    again = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
+                                     "--metric", "cka", "--view", "pooled", "--name", "mine"])
+    assert again.exit_code == 0 and "up to date" in (again.stderr if hasattr(again, "stderr") else again.output)
