@@ -372,7 +372,7 @@ def _open_experiments(stores: Sequence, args: Args) -> list[Experiment]:
 
     if isinstance(stores, (str, os.PathLike)):
         stores = [stores]
-    stores = [Path(s) for s in stores]
+    stores = [Path(s).expanduser().resolve() for s in stores]
     if not stores:
         raise FtdynError("analyze: give at least one activation store.")
     if args.experiment_names is not None and len(args.experiment_names) != len(stores):
@@ -995,6 +995,20 @@ def _row_cols(src: Source, view: str) -> int:
             "filter": src.height * src.width}[view]
 
 
+def _row_count(src: Source, view: str) -> int:
+    return src.n * src.height * src.width if view == "channels" else src.n
+
+
+def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[str]:
+    """'experiment:layer' where PWSM with alpha < 1 cannot tell checkpoints apart: with
+    rows - 1 <= columns both whitened matrices span the same centered row space."""
+    view = args.views.get("pwsm")
+    if "pwsm" not in args.metrics or args.alpha >= 1 or view == "map":
+        return []
+    return [f"{exp.name}:{layer}" for exp in exps for layer, src in exp.layers
+            if _row_count(src, view) - 1 <= _row_cols(src, view)]
+
+
 def _tree(items: list, combine, name: str, ordered: bool = False):
     import dask
 
@@ -1388,6 +1402,11 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         raise error
     _, threads, jobs = best
 
+    degenerate = _pwsm_degenerate(exps, args)
+    if degenerate:
+        print(f"ftdyn analyze: warning: PWSM with alpha={args.alpha} is degenerate (0 whatever the checkpoints) "
+              f"where a view has no more rows than columns: {', '.join(degenerate)}; use more probe images "
+              "or --alpha 1 there.", file=sys.stderr)
     outputs = _build_graph(exps, args, jobs, inplace=scheduler is None)
     results = _compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
     _trim()
@@ -1412,6 +1431,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "analysis_key": key,
         "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
         "plan": json.dumps(plan),
+        "pwsm_degenerate": json.dumps(degenerate),
         "threads": int(threads),
         "memory_limit": int(limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -180,6 +180,8 @@ def analyze(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results of other arguments in --out.")]
     = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    write_report: Annotated[bool, typer.Option("--report/--no-report",
+                                               help="Also draw the default figures and write report.html.")] = True,
 ) -> None:
     """Distances between the reference checkpoint and every checkpoint, per layer and metric, out-of-core.
 
@@ -197,6 +199,10 @@ def analyze(
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")
+    if write_report:
+        from .reporting import report as write
+
+        typer.echo(f"report: {write(out, stores=stores)}")
 
 
 @app.command()

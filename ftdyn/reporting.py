@@ -427,8 +427,14 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
          + block("sample", "store_label")),
         ("method", "How these numbers were computed", _method_section(res)),
     ]
-    if notes or figs.missing:
+    degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))
+    if notes or figs.missing or degenerate:
         items = [f"<li>{_e(n.get('caption'))}</li>" for n in notes]
+        if degenerate:
+            items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has no more rows "
+                         "than columns (both whitened matrices span the same space, so the angle is 0 whatever the "
+                         f"checkpoints): {_e(', '.join(degenerate))}. Read those PWSM values as undefined; more "
+                         "probe images or α = 1 avoid it.</li>")
         items += [f"<li>figure file missing, left out: {_e(m)}</li>" for m in figs.missing]
         sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(items)}</ul>"))
 

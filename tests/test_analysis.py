@@ -327,6 +327,20 @@ def test_cli_runs_and_reports(planted, tmp_path):
     assert result.exit_code == 0, result.output
     ds = open_results(tmp_path / "r")
     assert list(ds["experiment"].values) == ["mine"] and list(ds["view"].values) == ["pooled"]
+    assert (tmp_path / "r" / "report.html").stat().st_size > 0 and "report.html" in result.output
     again = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
-                                     "--metric", "cka", "--view", "pooled", "--name", "mine"])
+                                     "--metric", "cka", "--view", "pooled", "--name", "mine", "--no-report"])
     assert again.exit_code == 0 and "up to date" in (again.stderr if hasattr(again, "stderr") else again.output)
+
+
+def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
+    """With alpha=0 and rows <= columns (flat view: 12 images x 144 columns) PWSM is 0 for any
+    checkpoints; analyze says so instead of reporting a silent "no change"."""
+    path, _ = planted
+    ds = ftdyn.analyze([path], out=tmp_path / "r", metrics=["pwsm"], views="flat", progress=False)
+    assert "degenerate" in capsys.readouterr().err
+    assert json.loads(ds.attrs["pwsm_degenerate"]) == ["resnet18/toy:features.3", "resnet18/toy:layer2.relu"]
+    np.testing.assert_allclose(ds["distance"].sel(metric="pwsm").values, 0, atol=1e-6)
+    fine = ftdyn.analyze([path], out=tmp_path / "c", metrics=["pwsm"], views="channels", progress=False)
+    assert json.loads(fine.attrs["pwsm_degenerate"]) == []
+    assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()
