@@ -1328,7 +1328,12 @@ def _write(ds: xr.Dataset, out: Path) -> None:
     trash = out / f".analyze-{uuid.uuid4().hex[:8]}.old"
     tmp.mkdir()
     try:
-        ds.to_zarr(tmp / RESULTS_STORE, mode="w-", zarr_format=3, consolidated=False)
+        # fixed-width numpy strings have no Zarr v3 spec; variable-length ones do
+        on_disk = ds.copy()
+        for name, var in ds.variables.items():
+            if var.dtype.kind == "U":
+                on_disk[name] = var.copy(data=var.values.astype(object))
+        on_disk.to_zarr(tmp / RESULTS_STORE, mode="w-", zarr_format=3, consolidated=False)
         write_tables(ds, tmp)
         trash.mkdir()
         for name in _PRODUCTS:  # results.zarr last: it holds the key that marks a finished run

@@ -44,8 +44,10 @@ class DemoSize:
 
 #: the default size finishes in a few minutes on 2 CPU cores; ``quick`` is for tests
 SIZES = {
-    "default": DemoSize(n_classes=6, n_train=60, n_val=12, image_size=64, source_epochs=8, target_epochs=6,
-                        batch_size=32, probe_per_class=12),
+    # 40 probe images per class: the deepest ResNet18 layer (512 channels, 2x2 at 64 px) then has
+    # 960 rows in the channels view, so PWSM's full whitening is not degenerate (needs rows > columns)
+    "default": DemoSize(n_classes=6, n_train=60, n_val=40, image_size=64, source_epochs=8, target_epochs=6,
+                        batch_size=32, probe_per_class=40),
     "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, source_epochs=1, target_epochs=2,
                       batch_size=8, probe_per_class=4),
 }
