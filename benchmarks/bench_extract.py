@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 import ftdyn
 from ftdyn import checkpoints as ck
 from ftdyn.data import normalize
 from ftdyn.extraction import DTYPES, default_writers, dir_size, full_precision, human_bytes
-from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD, LayerCapture, build_model, default_layers, replace_head
+from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD, LayerCapture, build_model, replace_head
 
 
 def make_probe(root: Path, n: int, size: int, classes: int = 4, seed: int = 0) -> Path:

@@ -521,7 +521,6 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
         others = [t for t in range(T) if t != ref]
         for u, sel in _unit_rows(u_of, n_img):
             n_sel = n_img if isinstance(sel, slice) else len(sel)
-            sel_raws = None
             for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
                 imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
                 if mode == "all":
@@ -932,7 +931,6 @@ def _build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: b
     import dask
 
     delayed = dask.delayed
-    rng = np.random.default_rng(args.seed)
     graph_outputs = []
     for job in jobs:
         exp = exps[job.exp]

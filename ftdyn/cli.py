@@ -7,7 +7,6 @@ turns an :class:`~ftdyn.errors.FtdynError` into one line on stderr with exit cod
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -310,6 +309,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="Number of fine-tuning epochs T (paper: 10-15).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Batch size (paper: 196).")] = 196,
     lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-4; 1e-3 for Fruits).")] = 1e-4,
+    crop_scale: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop "
+                                                   "(0.08 = the ImageNet recipe; larger keeps small objects).")] = 0.08,
     optimizer: Annotated[str, typer.Option(help="adam (paper), adamw or sgd (momentum 0.9).")] = "adam",
     val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction of each class for "
                                                              "validation when DATA_DIR has no train/ and val/ "
@@ -340,7 +341,8 @@ def train(
     folder = run_training(data_dir, arch=arch, out=out, weights=weights, init=init, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, val_split=val_split,
                           input_size=input_size, seed=seed, device=device, num_workers=workers, resume=resume,
-                          overwrite=overwrite, trust_checkpoint=trust_checkpoint, progress=not no_progress)
+                          overwrite=overwrite, trust_checkpoint=trust_checkpoint, progress=not no_progress,
+                          crop_scale=crop_scale)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

@@ -328,9 +328,12 @@ def eval_transform(input_size: int) -> EvalTransform:
     return EvalTransform(input_size)
 
 
-def train_transform(input_size: int) -> TrainTransform:
-    """Random resized crop + horizontal flip at ``input_size`` (see :class:`TrainTransform`)."""
-    return TrainTransform(input_size)
+def train_transform(input_size: int, crop_scale: float = 0.08) -> TrainTransform:
+    """Random resized crop (area fraction ``crop_scale``..1) + horizontal flip at ``input_size``
+    (see :class:`TrainTransform`)."""
+    if not 0 < crop_scale <= 1:
+        raise FtdynError(f"--crop-scale: {crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
+    return TrainTransform(input_size, scale=(crop_scale, 1.0))
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -230,7 +230,7 @@ def _check_same(flag: str, recorded, given) -> None:
 def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, weights_sha: str | None,
                    init_sha: str | None,
                    batch_size: int, lr: float, optimizer: str, val_split, input_size: int, seed: int,
-                   epochs: int) -> None:
+                   epochs: int, crop_scale: float) -> None:
     hp = manifest.get("hyperparameters", {})
     init = manifest.get("init", {})
     _check_same("--arch", manifest["architecture"], arch)
@@ -246,6 +246,7 @@ def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, w
     _check_same("--optimizer", hp.get("optimizer"), optimizer)
     _check_same("--lr", hp.get("lr"), lr)
     _check_same("--batch-size", hp.get("batch_size"), batch_size)
+    _check_same("--crop-scale", hp.get("crop_scale", 0.08), crop_scale)
     _check_same("--input-size", manifest["input_size"], input_size)
     _check_same("--seed", manifest.get("seed"), seed)
     _check_same("--val-split", manifest.get("dataset", {}).get("val_split"), val_split)
@@ -266,7 +267,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
           init: str | os.PathLike | None = None, epochs: int = 10, batch_size: int = 196, lr: float = 1e-4,
           optimizer: str = "adam", val_split: float | None = None, input_size: int = 224, seed: int = 0,
           device: str = "auto", num_workers: int = 0, resume: bool = False, overwrite: bool = False,
-          trust_checkpoint: bool = False, progress: bool = True) -> Path:
+          trust_checkpoint: bool = False, progress: bool = True, crop_scale: float = 0.08) -> Path:
     """Fine-tune ``arch`` on ``data_dir`` and write a checkpoint series to ``out``.
 
     Parameters mirror ``ftdyn train`` (paper defaults: Adam, batch size 196, lr 1e-4,
@@ -350,7 +351,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         _verify_resume(manifest_old, data_path=data_path, arch=arch, weights=weights, weights_sha=weights_sha,
                        init_sha=init_sha,
                        batch_size=batch_size, lr=lr, optimizer=opt_name, val_split=val_split,
-                       input_size=input_size, seed=seed, epochs=epochs)
+                       input_size=input_size, seed=seed, epochs=epochs, crop_scale=crop_scale)
         if manifest_old["classes"] != classes:
             raise FtdynError(f"DATA_DIR: the classes of '{data_path}' changed since the run started; "
                              "resume with the same data or start over with --overwrite.")
@@ -367,7 +368,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     opt = _make_optimizer(opt_name, model.parameters(), lr)
     mean, std = list(models.IMAGENET_MEAN), list(models.IMAGENET_STD)
 
-    train_set = D.ImageDataset(train_data, D.train_transform(input_size), seed=seed)
+    train_set = D.ImageDataset(train_data, D.train_transform(input_size, crop_scale), seed=seed)
     val_set = D.ImageDataset(val_data, D.eval_transform(input_size))
     pin = dev.type == "cuda"
     drop_last = len(train_data) % batch_size == 1 and len(train_data) > batch_size
@@ -428,7 +429,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
                 "skipped_first": str(skipped[0]) if skipped else None,
             },
             "hyperparameters": {"optimizer": opt_name, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                                "trainable": "all", "head": "new", "augmentation": repr(train_set.transform),
+                                "crop_scale": crop_scale, "trainable": "all", "head": "new", "augmentation": repr(train_set.transform),
                                 "eval_transform": repr(val_set.transform)},
             "seed": seed,
             "init": {"weights": weights, "weights_sha256": weights_sha,

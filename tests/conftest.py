@@ -95,3 +95,16 @@ def tiny_series(image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_series") / "ckpts"
     return ftdyn.train(image_folder, arch="resnet18", out=out, epochs=2, batch_size=8, input_size=32, seed=0,
                        device="cpu", progress=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for the whole suite: tiny tensors run faster on a shared 2-core machine
+    (OpenMP barriers stall under load), and in-process and subprocess runs (resume tests) must use
+    the same thread count to be bit-identical."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

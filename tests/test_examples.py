@@ -40,14 +40,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy_datasets(tmp_path_factory) -> dict[str, Path]:
     """Two ImageFolders with train/ (3 classes x 4) and val/ (3 x 2), 32 px."""

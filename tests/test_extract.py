@@ -25,22 +25,13 @@ from ftdyn.data import load_images, normalize, scan_image_folder, select_probe
 from ftdyn.errors import FtdynError
 from ftdyn.extraction import batch_plan, extract
 from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD
-from ftdyn.store import completeness, info, open_store
+from ftdyn.store import completeness, open_store
 
 from conftest import write_image_folder
 
 SIZE = 32
 CLASSES = ["circle", "square", "stripes"]
 NORM = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: fast on a shared 2-core machine and bit-reproducible across processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

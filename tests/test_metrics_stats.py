@@ -25,13 +25,6 @@ FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthChe
 ALPHAS = (0.0, 0.35, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny batched ops: one intra-op thread avoids OpenMP barrier stalls on a loaded machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def metrics_direct(X, Y):

@@ -5,7 +5,6 @@ Random-init models at 32 px on the tiny generated image folders of conftest.py.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -27,16 +25,6 @@ from ftdyn.cli import app
 
 runner = CliRunner()
 FAST = ["--input-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: much faster on small shared CI machines, and the in-process and
-    subprocess runs of the resume test must use the same thread count to be bit-identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(*args):
