@@ -33,7 +33,8 @@ from .errors import FtdynError
 @dataclass(frozen=True)
 class DemoSize:
     n_classes: int
-    n_train: int  # images per class
+    n_source_train: int  # images per class of the source domain (pre-training from scratch needs more)
+    n_train: int  # images per class of each target
     n_val: int
     image_size: int
     source_epochs: int
@@ -46,13 +47,16 @@ class DemoSize:
 SIZES = {
     # 40 probe images per class: the deepest ResNet18 layer (512 channels, 2x2 at 64 px) then has
     # 960 rows in the channels view, so PWSM's full whitening is not degenerate (needs rows > columns)
-    "default": DemoSize(n_classes=6, n_train=60, n_val=40, image_size=64, source_epochs=8, target_epochs=6,
+    "default": DemoSize(n_classes=6, n_source_train=150, n_train=60, n_val=40, image_size=64, source_epochs=12,
+                        target_epochs=6,
                         batch_size=32, probe_per_class=40),
-    "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, source_epochs=1, target_epochs=2,
+    "quick": DemoSize(n_classes=3, n_source_train=8, n_train=8, n_val=4, image_size=32, source_epochs=1, target_epochs=2,
                       batch_size=8, probe_per_class=4),
 }
 ARCH = "resnet18"
 SOURCE_LR = 1e-3  # from random init the source needs a larger step than fine-tuning
+# the ImageNet crop (down to 8 % of the area) often cuts the small objects out of 64 px images
+CROP_SCALE = 0.5
 TARGET_LR = 1e-4  # the paper's fine-tuning learning rate
 
 
@@ -77,11 +81,12 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
 
     step(f"generating the built-in domains into {data}")
     for name in (SOURCE, *TARGETS):
-        generate_domain(name, data / name, n_train_per_class=size.n_train, n_val_per_class=size.n_val,
+        n_train = size.n_source_train if name == SOURCE else size.n_train
+        generate_domain(name, data / name, n_train_per_class=n_train, n_val_per_class=size.n_val,
                         image_size=size.image_size, seed=seed, n_classes=size.n_classes)
 
     common = dict(arch=arch, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
-                  progress=progress, resume=True)
+                  progress=progress, resume=True, crop_scale=CROP_SCALE)
     step(f"pre-training the source model ({arch}, random init) on '{SOURCE}'")
     source_series = train(data / SOURCE, out=series / SOURCE, weights="none", epochs=size.source_epochs,
                           lr=SOURCE_LR, **common)
