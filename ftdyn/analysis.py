@@ -121,7 +121,8 @@ from . import stats as S
 from . import views as V
 from ._version import __version__
 from .errors import FtdynError
-from .results import RESULTS_FORMAT, RESULTS_STORE, open_results, validate_results, write_tables
+from .results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
+                      write_tables)
 
 F64 = torch.float64
 METRIC_NAMES = tuple(M.METRICS)
@@ -1326,12 +1327,7 @@ def _write(ds: xr.Dataset, out: Path) -> None:
     trash = out / f".analyze-{uuid.uuid4().hex[:8]}.old"
     tmp.mkdir()
     try:
-        # fixed-width numpy strings have no Zarr v3 spec; variable-length ones do
-        on_disk = ds.copy()
-        for name, var in ds.variables.items():
-            if var.dtype.kind == "U":
-                on_disk[name] = var.copy(data=var.values.astype(object))
-        on_disk.to_zarr(tmp / RESULTS_STORE, mode="w-", zarr_format=3, consolidated=False)
+        save_results_store(ds, tmp / RESULTS_STORE)
         write_tables(ds, tmp)
         trash.mkdir()
         for name in _PRODUCTS:  # results.zarr last: it holds the key that marks a finished run

@@ -93,6 +93,16 @@ def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
     return ds
 
 
+def save_results_store(ds: xr.Dataset, path: str | Path) -> None:
+    """Write ``ds`` as a new Zarr v3 results store at ``path``; strings are stored as
+    variable-length (fixed-width numpy strings have no Zarr v3 specification)."""
+    on_disk = ds.copy()
+    for name, var in ds.variables.items():
+        if var.dtype.kind == "U":
+            on_disk[name] = var.copy(data=var.values.astype(object))
+    on_disk.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
+
+
 def open_results(path: str | Path) -> xr.Dataset:
     """Open the results of ``ftdyn analyze`` (the output folder or its results.zarr), loaded in memory."""
     path = Path(path)

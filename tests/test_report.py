@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
+from ftdyn.results import save_results_store
 from ftdyn.reporting import CSP, report
 from ftdyn.viz import read_index
 from test_viz import EXPERIMENTS, METRICS, make_results, make_store, png_shape
@@ -21,7 +22,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     store, _, _ = make_store(root / "toy.zarr")
     results_dir = root / "results"
-    make_results(store_paths=(store, "")).to_zarr(results_dir / "results.zarr", zarr_format=3, consolidated=False)
+    save_results_store(make_results(store_paths=(store, "")), results_dir / "results.zarr")
     with (results_dir / "agreement_summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric_a", "metric_b", "mean_r", "std_r", "n"])
@@ -113,8 +114,8 @@ def test_report_without_stores_elsewhere_via_cli(tmp_path):
     from ftdyn.cli import app
 
     results_dir = tmp_path / "results"
-    make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:2], bootstrap=0).to_zarr(
-        results_dir / "results.zarr", zarr_format=3, consolidated=False)
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:2], bootstrap=0),
+                       results_dir / "results.zarr")
     runner = CliRunner()
     result = runner.invoke(app, ["report", str(results_dir), "--out", str(tmp_path / "site")])
     assert result.exit_code == 0, result.output
