@@ -613,6 +613,18 @@ def _metric_from_rows(metric: str, st: M.RowStats, alpha: float) -> np.ndarray:
     return np.asarray(info.from_row_stats(st, **kw), dtype=np.float64)
 
 
+def _trajectory(reference_values: np.ndarray, ref: int, pair) -> np.ndarray:
+    """Symmetric checkpoint x checkpoint matrix: the reference row/column from the
+    already computed distances, every other pair from ``pair(a, b)``."""
+    T = len(reference_values)
+    traj = np.full((T, T) + reference_values.shape[1:], np.nan)
+    for a in range(T):
+        for b in range(a, T):
+            v = reference_values[b] if a == ref else reference_values[a] if b == ref else pair(a, b)
+            traj[a, b] = traj[b, a] = v
+    return traj
+
+
 def _row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
                 counts: np.ndarray | None) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates."""
@@ -622,18 +634,8 @@ def _row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p
                                      for t in range(T)])
     if mode == "all":
         for m in metrics:
-            first = out["values"][m]
-            traj = np.full((T, T) + first.shape[1:], np.nan)
-            for a in range(T):
-                for b in range(a, T):
-                    if a == ref:
-                        v = first[b]
-                    elif b == ref:
-                        v = first[a]
-                    else:
-                        v = _metric_from_rows(m, _row_stats_of(acc, a, b, ref, p), alpha)
-                    traj[a, b] = traj[b, a] = v
-            out["traj"][m] = traj
+            out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _metric_from_rows(
+                m, _row_stats_of(acc, a, b, ref, p), alpha))
     if counts is not None and len(counts):
         for m in metrics:
             reps = [np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, w), alpha)
@@ -703,14 +705,8 @@ def _gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx
         out["values"][m] = np.stack(vals[m])
     if mode == "all":
         for m in metrics:
-            first = out["values"][m]
-            traj = np.full((T, T) + first.shape[1:], np.nan)
-            for a in range(T):
-                for b in range(a, T):
-                    v = first[b] if a == ref else first[a] if b == ref else \
-                        _gram_pair(m, Ks[a], Ks[b], eigs[a], eigs[b], alpha)
-                    traj[a, b] = traj[b, a] = v
-            out["traj"][m] = traj
+            out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
+                m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
     if boot_idx is not None and len(boot_idx):
         reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in metrics}
         for b, idx in enumerate(boot_idx):
