@@ -37,7 +37,8 @@ import torch
 import ftdyn
 from ftdyn import checkpoints as ck
 from ftdyn.data import normalize
-from ftdyn.extraction import DTYPES, default_writers, dir_size, full_precision, human_bytes
+from ftdyn.extraction import DTYPES, default_writers, full_precision, human_bytes
+from ftdyn.store import dir_size
 from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD, LayerCapture, build_model, replace_head
 
 

@@ -77,11 +77,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def dir_size(path: str | os.PathLike) -> int:
-    """Bytes of all files below ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def probe_fingerprint(images: np.ndarray, labels, class_names) -> str:
     """SHA-256 of the probe: image bytes (uint8, n×H×W×3), labels (int64 LE) and class names."""
     digest = hashlib.sha256(b"ftdyn-probe-v1")
@@ -410,7 +405,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     """
     from . import data as data_mod
     from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_layers, replace_head, validate_layers
-    from .store import CODECS, LayerSpec, StoreSpec, StoreWriter, create_store
+    from .store import CODECS, LayerSpec, StoreSpec, StoreWriter, create_store, dir_size
 
     started = time.perf_counter()
     series, data_dir, out = Path(series), Path(data), Path(out)

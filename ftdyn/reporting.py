@@ -35,6 +35,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import FtdynError
+from .viz.curves import as_strings
 
 REPORT_NAME = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -128,10 +129,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int =
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _names(values) -> list[str]:
-    return [str(v) for v in np.asarray(values).tolist()]
-
-
 # ----------------------------------------------------------------------------- data for the tables
 
 
@@ -158,7 +155,7 @@ def _experiments_section(res) -> str:
     from .viz.curves import experiment_layers
 
     rows = []
-    for exp in _names(res["experiment"].values):
+    for exp in as_strings(res["experiment"].values):
         layers = experiment_layers(res, exp)
         d = res["distance"].sel(experiment=exp).values
         ep = [int(e) for e, ok in zip(res["epoch"].values, np.isfinite(d).any(axis=(0, 1))) if ok]
@@ -166,7 +163,7 @@ def _experiments_section(res) -> str:
                      f"{len(layers)}: {layers[0][1]} … {layers[-1][1]}" if layers else "—",
                      f"{ep[0]}–{ep[-1]} ({len(ep)})" if ep else "—", str(res["store"].sel(experiment=exp).values) or "—"])
     metrics = [[m, str(res["view"].sel(metric=m).values), _num(res["alpha"].sel(metric=m).values, 2)]
-               for m in _names(res["metric"].values)]
+               for m in as_strings(res["metric"].values)]
     a = res.attrs
     return (_table(["experiment", "model", "dataset", "layers (shallow … deep)", "epochs", "store"], rows, left=4)
             + "<h3>Metrics</h3>" + _table(["metric", "view", "alpha"], metrics, left=2)
@@ -212,9 +209,9 @@ def _accuracy_section(summaries: list[dict[str, Any]]) -> str:
 def _reusability_section(res) -> str:
     from .viz.curves import experiment_layers
 
-    metrics = _names(res["metric"].values)
+    metrics = as_strings(res["metric"].values)
     rows = []
-    for exp in _names(res["experiment"].values):
+    for exp in as_strings(res["experiment"].values):
         row = [exp, str(res["model"].sel(experiment=exp).values), str(res["dataset"].sel(experiment=exp).values)]
         for m in metrics:
             mean = res["reusability_mean"].sel(experiment=exp, metric=m).values
@@ -222,7 +219,7 @@ def _reusability_section(res) -> str:
             row.append("—" if not np.isfinite(mean) else f"{_num(mean)} ± {_num(std)}")
         rows.append(row)
     layer_rows = []
-    for exp in _names(res["experiment"].values):
+    for exp in as_strings(res["experiment"].values):
         for li, name in experiment_layers(res, exp):
             layer_rows.append([exp, name] + [
                 "—" if not np.isfinite(res["layer_reusability_mean"].sel(experiment=exp, metric=m, layer_index=li))
@@ -248,12 +245,12 @@ def _read_csv(path: Path) -> list[dict[str, str]] | None:
 def _agreement_section(res, results_dir: Path) -> str:
     from .viz.curves import experiment_layers
 
-    metrics = _names(res["metric"].values)
+    metrics = as_strings(res["metric"].values)
     pairs = [(a, b) for i, a in enumerate(metrics) for b in metrics[i + 1:]]
     if not pairs:
         return '<p class="empty">Only one metric was computed: nothing to compare.</p>'
     per_layer, values = [], {p: [] for p in pairs}
-    for exp in _names(res["experiment"].values):
+    for exp in as_strings(res["experiment"].values):
         for li, name in experiment_layers(res, exp):
             row = [exp, name]
             for a, b in pairs:
@@ -281,7 +278,7 @@ def _agreement_section(res, results_dir: Path) -> str:
 
 def _method_section(res) -> str:
     items = []
-    for m in _names(res["metric"].values):
+    for m in as_strings(res["metric"].values):
         view = str(res["view"].sel(metric=m).values)
         note = METRIC_NOTES.get(m, "")
         items.append(f"<li><b>{_e(m)}</b>, view <i>{_e(view)}</i> ({_e(VIEW_NOTES.get(view, 'see the README'))}). "
@@ -380,7 +377,7 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
                 raise FtdynError(f"--store {s}: no such store.")
         todo = store_paths
     else:
-        store_paths = [Path(s) for s in dict.fromkeys(_names(res["store"].values)) if s and Path(s).exists()]
+        store_paths = [Path(s) for s in dict.fromkeys(as_strings(res["store"].values)) if s and Path(s).exists()]
         indexed = ({e.get("store") for e in read_index(figdir)}
                    | {e.get("store") for e in read_index(results_dir / FIGURES_DIR)})
         todo = [s for s in store_paths if not any(_same_path(s, i) for i in indexed)]
@@ -438,7 +435,7 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         items += [f"<li>figure file missing, left out: {_e(m)}</li>" for m in figs.missing]
         sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(items)}</ul>"))
 
-    exps = _names(res["experiment"].values)
+    exps = as_strings(res["experiment"].values)
     created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     toc = "".join(f'<li><a href="#{sid}">{_e(title)}</a></li>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{i}. {_e(title)}</h2>{content}</section>'

@@ -340,13 +340,17 @@ class StoreWriter:
         self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
 
 
+def dir_size(path: str | Path) -> int:
+    """Bytes of all files under ``path`` (a store's size on disk)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def info(path: str | Path) -> dict[str, Any]:
     """What ``ftdyn info`` prints: layers, shapes, checkpoints, size on disk, completeness."""
     path = Path(path)
     group = _open_group(path)
     attrs = dict(group.attrs)
     done = np.asarray(group[COMPLETE][...]).astype(bool)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {
         "path": str(path),
         "architecture": attrs["architecture"],
@@ -360,5 +364,5 @@ def info(path: str | Path) -> dict[str, Any]:
         "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
                          "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],
         "complete": bool(done.all()),
-        "bytes_on_disk": size,
+        "bytes_on_disk": dir_size(path),
     }

@@ -27,7 +27,8 @@ EXPERIMENT_CMAP = "tab10"
 MAX_MATRIX_COLUMNS = 6
 
 
-def _names(values) -> list[str]:
+def as_strings(values) -> list[str]:
+    """Coordinate values (numpy strings or objects) as a list of Python strings."""
     return [str(v) for v in np.asarray(values).tolist()]
 
 
@@ -41,7 +42,7 @@ def metric_label(results, metric: str) -> str:
 
 def experiment_layers(results, experiment: str) -> list[tuple[int, str]]:
     """(layer_index, layer name) of an experiment, shallow -> deep (padding excluded)."""
-    names = _names(results["layer"].sel(experiment=experiment).values)
+    names = as_strings(results["layer"].sel(experiment=experiment).values)
     return [(int(i), n) for i, n in zip(results["layer_index"].values, names) if n]
 
 
@@ -64,8 +65,8 @@ def plot_curves(results, out: str | Path) -> list[Path]:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    exps = _names(results["experiment"].values)
-    metrics = _names(results["metric"].values)
+    exps = as_strings(results["experiment"].values)
+    metrics = as_strings(results["metric"].values)
     epochs = np.asarray(results["epoch"].values)
     ref = results.attrs.get("reference_epoch")
     R, M = len(exps), len(metrics)
@@ -117,8 +118,8 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
     import matplotlib
     from matplotlib.figure import Figure
 
-    exps = _names(results["experiment"].values)
-    metrics = _names(results["metric"].values)
+    exps = as_strings(results["experiment"].values)
+    metrics = as_strings(results["metric"].values)
     epochs = np.asarray(results["epoch"].values)
     layer_lists = {e: experiment_layers(results, e) for e in exps}
     same = len({tuple(n for _, n in v) for v in layer_lists.values()}) == 1
@@ -239,7 +240,7 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
     written: list[Path] = []
     entries = []
     settings = _settings(results)
-    metrics = _names(results["metric"].values)
+    metrics = as_strings(results["metric"].values)
     mdesc = "; ".join(metric_label(results, m) for m in metrics)
     paths = plot_curves(results, out)
     written += paths
@@ -257,7 +258,7 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
                     "caption": (f"Per metric, the distance from the reference checkpoint at each experiment's last "
                                 f"computed epoch (named in the legend), against layer depth; one line per experiment. "
                                 f"Metrics: {mdesc}. {settings}")})
-    for exp in _names(results["experiment"].values):
+    for exp in as_strings(results["experiment"].values):
         for metric in metrics:
             paths = plot_trajectory(results, exp, metric, out, svg=svg_matrices)
             if not paths:
