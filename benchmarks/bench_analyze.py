@@ -15,6 +15,7 @@ the parent also reports getrusage(RUSAGE_CHILDREN), the max over all children).
 Throughput = uncompressed activation bytes / wall time.
 
     python benchmarks/bench_analyze.py --size-gb 2 --memory-limit 512MB [--json out.json]
+    python benchmarks/bench_analyze.py --size-gb 4 --memory-limit 1GB --device cuda   # statistics on the GPU
 """
 
 from __future__ import annotations
@@ -108,13 +109,16 @@ READ = CHILD_PRELUDE + textwrap.dedent("""
 
 ANALYZE = CHILD_PRELUDE + textwrap.dedent("""
     import ftdyn
-    store, out, view, metrics, limit, workers = {args!r}
+    import torch
+    store, out, view, metrics, limit, workers, device = {args!r}
     t0 = time.perf_counter()
     ds = ftdyn.analyze(store, out=out, views=view, metrics=metrics, memory_limit=limit, workers=workers,
-                       progress=False, overwrite=True)
+                       progress=False, overwrite=True, device=device)
     seconds = time.perf_counter() - t0
+    gpu = torch.cuda.max_memory_allocated() if ds.attrs["device"].startswith("cuda") else None
     report(kind="analyze", view=view, seconds=seconds, plan=json.loads(ds.attrs["plan"]),
-           threads=int(ds.attrs["threads"]), distance=ds["distance"].values.tolist())
+           threads=int(ds.attrs["threads"]), device=ds.attrs["device"], gpu_peak_bytes=gpu,
+           distance=ds["distance"].values.tolist())
 """)
 
 
@@ -136,6 +140,8 @@ def main(argv=None) -> dict:
     p.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
     p.add_argument("--views", default="channels,filter")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="analyze --device (cpu, cuda, auto); the read-once floor is "
+                                                   "always measured on the CPU (decode only)")
     p.add_argument("--dir", default=None, help="where to put the store (default: a temp folder, removed)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.add_argument("--reuse", action="store_true", help="reuse the store already in --dir (same options)")
@@ -183,7 +189,7 @@ def main(argv=None) -> dict:
         for view in a.views.split(","):
             shutil.rmtree(tmp / f"out-{view}", ignore_errors=True)  # never time an "up to date" re-run
             r = run_child(ANALYZE.format(root=str(ROOT), args=(str(store), str(tmp / f"out-{view}"), view,
-                                                               metrics[view], limit, workers)))
+                                                               metrics[view], limit, workers, a.device)))
             r["gb_per_s"] = gb / r["seconds"]
             r["fraction_of_read_rate"] = r["gb_per_s"] / read_rate
             r["peak_minus_baseline_bytes"] = r["maxrss_bytes"] - base["maxrss_bytes"]
@@ -192,7 +198,8 @@ def main(argv=None) -> dict:
             print(f"analyze {view}: {r['seconds']:.1f} s, {r['gb_per_s']:.3f} GB/s "
                   f"({100 * r['fraction_of_read_rate']:.0f}% of read-once), peak RSS "
                   f"{r['maxrss_bytes'] / 1e9:.2f} GB (baseline {base['maxrss_bytes'] / 1e9:.2f} GB), "
-                  f"threads {r['threads']}", file=sys.stderr)
+                  f"threads {r['threads']}, device {r['device']}"
+                  + (f", GPU peak {r['gpu_peak_bytes'] / 1e9:.2f} GB" if r["gpu_peak_bytes"] else ""), file=sys.stderr)
         result = {"store": info, "memory_limit": limit, "workers": workers, "cpu_count": os.cpu_count(),
                   "load_average": os.getloadavg(),
                   "baseline_maxrss_bytes": base["maxrss_bytes"], "read_once_s": read["seconds"],

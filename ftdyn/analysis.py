@@ -84,6 +84,15 @@ Memory (``memory_limit=``, default 50 % of RAM; ``workers=``, default CPU count)
     With a ``distributed`` scheduler the cluster's threads run the same graph; the limit
     then sizes tasks and each worker's memory is the cluster's business.
 
+Device (``device=``, default "auto": CUDA when present)
+    Chunks are read and decoded on the CPU, copied to the device in their stored dtype,
+    and everything after that (float64 conversion, statistics, merges, decompositions)
+    runs there; only the metric values come back. On a CPU the float64 products bound
+    the throughput (above); on a GPU they are cheap and reading the store is the bound.
+    ``memory_limit`` then bounds what tasks hold in host memory (raw chunks, decode
+    buffers), and 80 % of the GPU's memory bounds the float64 blocks, statistics and
+    decompositions, so the plan can keep far more statistics at once (fewer passes).
+
 Scheduling: threaded Dask by default; ``scheduler="tcp://HOST:PORT"`` submits the same
 graph to ``dask.distributed.Client(address)`` (the stores must be readable from the
 workers at the same paths); a ``distributed.Client`` object is accepted as well.
@@ -120,6 +129,7 @@ from . import metrics as M
 from . import stats as S
 from . import views as V
 from ._version import __version__
+from .devices import resolve_device
 from .errors import FtdynError
 from .results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
                       write_tables)
@@ -144,6 +154,8 @@ READ_OVERHEAD = 2.5
 #: per-thread rates used only to compare plans (decode + float64 conversion; float64 GEMM on CPU)
 READ_RATE = 0.3e9
 FLOP_RATE = 15e9
+#: float64 rate of one GPU on these batched problems (well under an H100's ~50 TFLOP/s peak), shared by all threads
+GPU_FLOP_RATE = 5e12
 
 
 @dataclass(frozen=True)
@@ -292,6 +304,7 @@ class Source:
     height: int
     width: int
     itemsize: int
+    device: str = "cpu"  # where the statistics are computed: every tensor of a task lives there
 
     @property
     def n_chunks(self) -> int:
@@ -342,9 +355,10 @@ def _array(path: str, var: str):
 
 
 def _read(src: Source, ckpt: int, chunk: int) -> torch.Tensor:
-    """One (checkpoint, sample chunk) block as stored (float16/32), as a CPU tensor."""
+    """One (checkpoint, sample chunk) block as stored (float16/32), on the analysis device
+    (copied in the stored dtype: the float64 conversion happens there)."""
     block = np.asarray(_array(src.path, src.var)[ckpt, src.rows(chunk)])
-    return torch.from_numpy(np.ascontiguousarray(block))
+    return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
 
 
 def _fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
@@ -368,7 +382,7 @@ def _store_layers(ds):
     return store_layers(ds)
 
 
-def _open_experiments(stores: Sequence, args: Args) -> list[Experiment]:
+def _open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[Experiment]:
     from .store import open_store
 
     if isinstance(stores, (str, os.PathLike)):
@@ -410,7 +424,7 @@ def _open_experiments(stores: Sequence, args: Args) -> list[Experiment]:
         for module, var in chosen:
             _, _, c, h, w = ds[var].shape
             layers.append((module, Source(str(path.resolve()), var, spc, n, int(c), int(h), int(w),
-                                          int(ds[var].dtype.itemsize))))
+                                          int(ds[var].dtype.itemsize), device)))
         model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
         name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
         exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
@@ -425,13 +439,13 @@ def _open_experiments(stores: Sequence, args: Args) -> list[Experiment]:
 
 
 # ===================================================================== accumulation
-def _unit_rows(units: np.ndarray | None, n_rows: int):
+def _unit_rows(units: np.ndarray | None, n_rows: int, device: str):
     """(unit, image indices of one chunk): all images (unit 0) or one group per bootstrap unit."""
     if units is None:
         yield 0, slice(0, n_rows)
         return
     for u in np.unique(units):
-        yield int(u), torch.from_numpy(np.flatnonzero(units == u))
+        yield int(u), torch.from_numpy(np.flatnonzero(units == u)).to(device)
 
 
 def _blocks(n_img: int, batch: int, per_img_filter_bytes: int, sub_bytes: int):
@@ -494,7 +508,7 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
                 shape = (T,) + ((batch,) if per_filter else ()) + tuple(value.shape[2 if per_filter else 1:])
             if key == "n":
                 shape = ()
-            acc[key] = torch.zeros(prefix + shape, dtype=F64)
+            acc[key] = torch.zeros(prefix + shape, dtype=F64, device=src.device)
         target = acc[key] if index is None else acc[key][index]
         if per_filter and bsl is not None:
             if key == "s" and mode == "all":
@@ -520,7 +534,7 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
         else:
             raws = {ref: _read(src, ckpts[ref], c)}
         others = [t for t in range(T) if t != ref]
-        for u, sel in _unit_rows(u_of, n_img):
+        for u, sel in _unit_rows(u_of, n_img, src.device):
             n_sel = n_img if isinstance(sel, slice) else len(sel)
             for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
                 imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
@@ -530,7 +544,7 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
                     G = _at_b(Z, Z)
                     add("G", None, G, bsl)
                     if bsl.start == 0:
-                        add("n", u, torch.tensor(float(Z.shape[-2]), dtype=F64), None)
+                        add("n", u, torch.tensor(float(Z.shape[-2]), dtype=F64, device=src.device), None)
                     sums = Z.sum(-2)  # (*b, T·p)
                     add("s", u, torch.movedim(sums.reshape(*sums.shape[:-1], T, p), -2, 0), bsl)
                     if n_units > 1:
@@ -545,11 +559,11 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
                 add("xx", u, _at_b(X, X), bsl)
                 add("s", (u, ref), X.sum(-2), bsl)
                 if bsl.start == 0:
-                    add("n", u, torch.tensor(float(X.shape[-2]), dtype=F64), None)
+                    add("n", u, torch.tensor(float(X.shape[-2]), dtype=F64, device=src.device), None)
         if mode != "all":
             for t in others:
                 raw_t = _read(src, ckpts[t], c)
-                for u, sel in _unit_rows(u_of, n_img):
+                for u, sel in _unit_rows(u_of, n_img, src.device):
                     n_sel = n_img if isinstance(sel, slice) else len(sel)
                     for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
                         imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
@@ -585,7 +599,7 @@ def _row_stats_of(acc: dict, a: int, b: int, ref: int, p: int, counts: np.ndarra
     def tot(x):
         if counts is None:
             return x.sum(0)
-        return torch.einsum("u,u...->...", torch.as_tensor(counts, dtype=F64), x)
+        return torch.einsum("u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x)
 
     n = int(round(float(tot(acc["n"]))))
     s = tot(acc["s"])
@@ -659,7 +673,7 @@ def _gram_panel(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int],
 
 def _gram_assemble(n: int, *blocks) -> torch.Tensor:
     batch = blocks[0][1].shape[:-2]
-    K = torch.empty(batch + (n, n), dtype=F64)
+    K = torch.empty(batch + (n, n), dtype=F64, device=blocks[0][1].device)
     for r0, block in blocks:
         r1 = r0 + block.shape[-2]
         K[..., r0:r1, r0:] = block
@@ -710,7 +724,7 @@ def _gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx
     if boot_idx is not None and len(boot_idx):
         reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in metrics}
         for b, idx in enumerate(boot_idx):
-            ii = torch.from_numpy(idx)
+            ii = torch.from_numpy(idx).to(Ks[ref].device)
 
             def resample(K):
                 return K.index_select(-1, ii).index_select(-2, ii)
@@ -797,17 +811,32 @@ def _chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
 
 
 def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str], T: int, ref_pos: int,
-              args: Args, threads: int, total_budget: int) -> Job:
-    """Choose side, pair mode, filter groups, bootstrap groups and task sizes for one job."""
+              args: Args, threads: int, total_budget: int, device_budget: int | None = None) -> Job:
+    """Choose side, pair mode, filter groups, bootstrap groups and task sizes for one job.
+
+    ``total_budget``: host memory for all concurrent tasks. ``device_budget``: GPU memory for
+    them when the statistics run on a GPU (then raw chunks count against the host budget
+    and float64 blocks, statistics and decompositions against the GPU's); None: one pool.
+    """
     task_budget = total_budget // max(1, threads)
-    sub = int(max(2**20, min(SUB_BLOCK_BYTES, task_budget // 16)))  # float64 row blocks: small when memory is
+    stats_total = total_budget if device_budget is None else device_budget
+    stats_budget = stats_total // max(1, threads)
+
+    def fits(host: float, dev: float) -> bool:
+        return host + dev <= task_budget if device_budget is None else host <= task_budget and dev <= stats_budget
+
+    def host_part(host: float, dev: float) -> int:  # what a task holds in host memory
+        return int(host + dev if device_budget is None else host)
+
+    sub = int(max(2**20, min(SUB_BLOCK_BYTES, stats_budget // 16)))  # float64 row blocks: small when memory is
     C, H, W, n = src.channels, src.height, src.width, src.n
     hw = H * W
     f8 = 8
     widen = 1 + f8 // src.itemsize  # a raw chunk plus its float64 copy
     if view == "map":
         mode = "all" if args.trajectory == "all" else "ref"
-        resident = ((T if mode == "all" else 2) * widen + READ_OVERHEAD) * src.chunk_bytes
+        held = T if mode == "all" else 2  # raw chunks (host) and their float64 copies
+        resident = host_part((held + READ_OVERHEAD) * src.chunk_bytes, held * (widen - 1) * src.chunk_bytes)
         slab = src.n * src.image_bytes
         return Job(exp_i, layer_i, view, metrics, "map", mode, [slice(None)], C, task_bytes=resident,
                    leaves=max(1, min(src.n_chunks, 4 * threads)), read_bytes=T * slab,
@@ -842,18 +871,20 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
                 # every checkpoint's K is a Dask result until the finishing task, which adds
                 # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries
                 held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
-                if held <= total_budget:
+                if held <= stats_total:
                     break
-            if held <= total_budget:
+            if held <= stats_total:
                 break
-        if held > total_budget:
+        if held > stats_total:
             raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about {held / 1e9:.1f} GB for the "
                              f"Gram matrices of {n} images; raise the limit or use fewer probe images.")
         per_img = g * cols_per_filter * f8
-        fixed = src.chunk_bytes * (widen + READ_OVERHEAD) + 2 * sub
+        host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
+        dev_fixed = src.chunk_bytes * (widen - 1) + 2 * sub  # its float64 copy, product blocks
         per_chunk = src.spc * (per_img + g * n * f8)  # float64 panel rows + their output block
-        k = int(min(src.n_chunks, max(1, (task_budget - fixed) // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
-        task = fixed + k * per_chunk
+        room = task_budget - host_fixed - dev_fixed if device_budget is None else stats_budget - dev_fixed
+        k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
+        task = host_part(host_fixed, dev_fixed + k * per_chunk)
         panels = math.ceil(src.n_chunks / k)
         slab = src.n * src.image_bytes
         return Job(exp_i, layer_i, view, metrics, "gram", mode, groups_of(g), g, panels=panels, task_bytes=task,
@@ -868,7 +899,8 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
     others = [t for t in range(T) if t != ref_pos]
 
     def estimate(g, mode, units, k):
-        """(task bytes, accumulator bytes) for g filters and k checkpoints (+ reference) per pass."""
+        """(host bytes, statistics-side bytes, accumulator bytes) of one task: g filters and k
+        checkpoints (+ reference) per pass."""
         block = g * p * p * f8
         m = T if mode == "all" else k + 1
         all_bytes = (m * p) ** 2 * g * f8
@@ -877,7 +909,9 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
         resident = ((m if mode == "all" else 2) + READ_OVERHEAD) * src.chunk_bytes  # + zarr's decode buffers
         temps = 4 * sub + (all_bytes if mode == "all" else 3 * block)  # float64 views and their copies
         finish = acc + 10 * block  # the metrics: centered/symmetrized copies, decompositions, workspace
-        return max(resident + 2 * acc + temps, finish), acc
+        if device_budget is None:
+            return max(resident + 2 * acc + temps, finish), 0, acc
+        return resident, max(2 * acc + temps, finish), acc
 
     def reads(g, k):  # slabs read: per filter group, the reference once per pass + every checkpoint once
         passes = math.ceil(max(1, len(others)) / max(1, k))
@@ -897,11 +931,12 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
                     candidates.append((reads(g, k), -units, len(candidates), g, "ref", k))
     best = None
     for _, neg_units, _, g, mode, k in sorted(candidates, key=lambda c: (c[1] != -unit_options[0], c[0], c[1], c[2])):
-        task, acc = estimate(g, mode, -neg_units, k)
-        if best is None or task < best[0]:
-            best = (task, acc)
-        if task <= task_budget:
-            leaves = max(1, min(src.n_chunks, 4 * threads, int(total_budget // (4 * max(1, acc)))))
+        host, dev, acc = estimate(g, mode, -neg_units, k)
+        if best is None or host + dev < best[0]:
+            best = (host + dev, acc)
+        if fits(host, dev):
+            task = host_part(host, dev)
+            leaves = max(1, min(src.n_chunks, 4 * threads, int(stats_total // (4 * max(1, acc)))))
             cgroups = [None] if mode == "all" else [others[i:i + k] for i in range(0, len(others), k)] or [[]]
             slab = src.n * src.image_bytes
             rows_per_byte = (hw if view == "channels" else 1) / src.image_bytes * (C if per_filter else 1)
@@ -909,9 +944,11 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
             return Job(exp_i, layer_i, view, metrics, "row", mode, groups_of(g), g, units=-neg_units, leaves=leaves,
                        task_bytes=task, ckpt_groups=cgroups, sub_bytes=sub,
                        read_bytes=reads(g, k if mode == "ref" else len(others)) * slab, flops=pairs_flops)
+    gpu = "" if device_budget is None else f" (and {stats_budget / 1e9:.2f} GB of GPU memory)"
     raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about {best[0] / 1e9:.2f} GB per task "
                      f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
-                     f"{task_budget / 1e9:.2f} GB are available per thread; raise --memory-limit or lower --workers.")
+                     f"{task_budget / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
+                     "--workers.")
 
 
 def _filter_group_sizes(c: int) -> list[int]:
@@ -1340,7 +1377,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
             reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
             seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
             memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
-            overwrite: bool = False, trajectory: str | bool = "auto") -> xr.Dataset:
+            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto") -> xr.Dataset:
     """Analyze activation stores into ``out`` and return the results Dataset.
 
     ``stores``: one path or several (one experiment each, labeled "model/dataset" or
@@ -1352,11 +1389,16 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     replicates (0 = off). ``memory_limit``: bytes or "1GB". ``workers``: threads.
     ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
     ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
-    results of *different* arguments already in ``out``.
+    results of *different* arguments already in ``out``. ``device``: where the float64
+    statistics and decompositions run: "auto" (CUDA when present; CPU with a
+    ``scheduler``), "cpu", "cuda", "cuda:N". Not part of the arguments that decide
+    whether results are up to date (devices agree to rounding).
     """
     args = _resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
                          allow_partial, trajectory)
-    exps = _open_experiments(stores, args)
+    dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
+        resolve_device(device, float64=True)
+    exps = _open_experiments(stores, args, str(dev))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FtdynError(f"--out: {out} is a file; give a folder for the results.")
@@ -1372,6 +1414,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
 
     limit = parse_memory(memory_limit) or _default_memory()
     budget = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
+    # on a GPU the float64 blocks and statistics live in its memory, not under --memory-limit
+    device_budget = int(0.8 * torch.cuda.get_device_properties(dev).total_memory) if dev.type == "cuda" else None
     want = int(workers) if workers else (os.cpu_count() or 1)
     if want < 1:
         raise FtdynError(f"--workers: must be at least 1, got {workers}.")
@@ -1381,11 +1425,14 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     while True:
         try:
             plan_jobs = [_plan_job(e, l, src, view, [m for m in args.metrics if args.views[m] == view],
-                                   len(exp.epochs), exp.ref, args, threads, budget)
+                                   len(exp.epochs), exp.ref, args, threads, budget, device_budget)
                          for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
                          for view in dict.fromkeys(args.views[m] for m in args.metrics)]
             used = max(1, min(threads, int(budget // max(1, max(j.task_bytes for j in plan_jobs)))))
-            cost = sum(j.read_bytes / READ_RATE + j.flops / FLOP_RATE for j in plan_jobs) / used
+            reading = sum(j.read_bytes for j in plan_jobs) / READ_RATE
+            flops = sum(j.flops for j in plan_jobs)
+            # CPU: every thread computes; CUDA: the threads share one GPU
+            cost = (reading + flops / FLOP_RATE) / used if dev.type == "cpu" else reading / used + flops / GPU_FLOP_RATE
             if best is None or cost < best[0] * 0.95:
                 best = (cost, used, plan_jobs)
         except FtdynError as exc:
@@ -1405,6 +1452,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     outputs = _build_graph(exps, args, jobs, inplace=scheduler is None)
     results = _compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
     _trim()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
     recs = _collect(exps, args, jobs, list(results))
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
@@ -1428,6 +1477,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "plan": json.dumps(plan),
         "pwsm_degenerate": json.dumps(degenerate),
         "threads": int(threads),
+        "device": str(dev),
         "memory_limit": int(limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

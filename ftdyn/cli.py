@@ -174,6 +174,8 @@ def analyze(
     = None,
     workers: Annotated[Optional[int], typer.Option(help="Threads (default: CPU count; lowered to fit "
                                                         "--memory-limit).")] = None,
+    device: Annotated[str, typer.Option(help="Where the float64 statistics run: auto (CUDA when present; cpu with "
+                                             "--scheduler), cpu, cuda or cuda:N.")] = "auto",
     scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT "
                                                           "(stores must be readable by the workers).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results of other arguments in --out.")]
@@ -194,7 +196,7 @@ def analyze(
                      preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
                      experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
                      workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
-                     trajectory=trajectory)
+                     trajectory=trajectory, device=device)
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from .devices import resolve_device
 from .errors import FtdynError
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -423,8 +424,6 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         raise FtdynError(f"--input-size: {input_size} is too small (at least 8 pixels).")
     if not data_dir.exists():
         raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
-    from .training import resolve_device
-
     dev = resolve_device(device)
 
     # -- the series and the model ------------------------------------------------------

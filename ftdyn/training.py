@@ -31,6 +31,7 @@ from . import checkpoints as ckpt
 from . import data as D
 from . import models
 from ._version import __version__
+from .devices import resolve_device
 from .errors import FtdynError
 
 #: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
@@ -40,28 +41,6 @@ PAPER_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "batch_size": 196}
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; otherwise the named device (checked)."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise FtdynError(f"--device: '{device}' is not a device (use auto, cpu, cuda, cuda:1, mps).") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FtdynError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FtdynError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present.")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise FtdynError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto.")
-    elif dev.type != "cpu":
-        raise FtdynError(f"--device: '{device}' is not supported (use auto, cpu, cuda, cuda:N, mps).")
-    return dev
 
 
 # --------------------------------------------------------------------- output folder

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import ftdyn
@@ -95,6 +96,20 @@ def test_results_equal_in_memory_metrics(planted, tmp_path, view):
                     pair = expected(data, spec.name, view, metric, e, b)
                     pair = np.nanmean(pair) if pair.ndim else pair
                     assert ds["trajectory"].values[0, mi, l, e, b] == pytest.approx(float(pair), abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_equals_cpu(planted, tmp_path):
+    """Every side (row, Gram, map), all pairs and bootstrap on the GPU give the CPU's numbers."""
+    path, _ = planted
+    for views in ("channels", "filter", "map", "flat"):
+        kw = dict(views=views, trajectory="all", bootstrap=3, progress=False, workers=2)
+        cpu = ftdyn.analyze(path, out=tmp_path / f"cpu-{views}", device="cpu", **kw)
+        gpu = ftdyn.analyze(path, out=tmp_path / f"gpu-{views}", device="cuda", **kw)
+        assert cpu.attrs["device"] == "cpu" and gpu.attrs["device"].startswith("cuda")
+        for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
+            np.testing.assert_allclose(gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True,
+                                       err_msg=f"{views} {var}")
 
 
 def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):
@@ -285,6 +300,24 @@ def test_memory_limit_parsing_and_threads(planted, tmp_path):
     assert all(p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8 for p in json.loads(ds.attrs["plan"]))
 
 
+def test_plan_with_gpu_memory_reads_the_store_once():
+    """A 4 GB layer (4982 images, 128 filters of 28x28) within 1 GB: on the CPU the per-filter
+    statistics (128 x 7 x 784^2 float64 = 4.4 GB) need many filter groups, each re-reading the
+    store; with the statistics in (64 GB of) GPU memory the plan reads every chunk once and the
+    limit bounds only what tasks hold in host memory."""
+    src = A.Source("unused.zarr", "features_26", 167, 4982, 128, 28, 28, 2)
+    args = A._resolve_args(["procrustes", "cka"], "filter", 0.0, 0, "default", None, 0, 0, None, False, "auto")
+    budget = 10**9 - A.RESERVE
+    cpu = A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget)
+    gpu = A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=64 * 10**9)
+    slab = src.n * src.image_bytes
+    assert cpu.side == gpu.side == "row" and len(cpu.groups) >= 16 and cpu.task_bytes * 2 <= budget
+    assert len(gpu.groups) == 1 and gpu.ckpt_groups == [[1, 2, 3]] and gpu.read_bytes == 4 * slab
+    assert gpu.task_bytes * 2 <= budget  # host part only: raw chunks and decode buffers
+    with pytest.raises(FtdynError, match="GPU memory"):  # statistics of one filter exceed a tiny GPU
+        A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=10**6)
+
+
 def _one_line_error(args):
     result = CliRunner().invoke(app, args)
     text = result.stderr if hasattr(result, "stderr") else result.output
@@ -308,6 +341,10 @@ def test_bad_inputs_one_line(planted, tmp_path):
     assert "epoch 7 is not in the store" in _one_line_error(["analyze", str(path), "--reference", "7", *out])
     assert "unknown preset" in _one_line_error(["analyze", str(path), "--preset", "paper", *out])
     assert "--memory-limit" in _one_line_error(["analyze", str(path), "--memory-limit", "x", *out])
+    assert "MPS does not support" in _one_line_error(["analyze", str(path), "--device", "mps", *out])
+    assert "not a device" in _one_line_error(["analyze", str(path), "--device", "gpu0", *out])
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _one_line_error(["analyze", str(path), "--device", "cuda", *out])
     bad = tmp_path / "old.zarr"
     import shutil
 
