@@ -33,8 +33,10 @@ How each view is computed ("side", chosen per layer)
     accumulates XᵀX, YᵀY, XᵀY and column sums in float64 (torch matmul); tasks are
     tree-reduced (fan-in 4, summed in place; copied on a distributed cluster). When the statistics of all checkpoints
     do not fit a task, passes cover groups of checkpoints (the reference is re-read
-    per pass) and, for per-filter views, groups of filters (everything re-read per
-    group); the plan with the fewest reads that fits is used and recorded in
+    per pass) and, for per-filter views, groups of filters (each group reads only its
+    channels, which decodes only their inner chunks in a sharded store, see
+    :mod:`ftdyn.store`; all channels in older stores); the plan with the fewest decoded
+    bytes that fits is used and recorded in
     ``attrs["plan"]``. Gram side: each checkpoint's n×n Gram (per filter) is built by
     *panels*: a task keeps a panel of sample chunks (float64) and streams the following
     chunks past it, so a (layer, checkpoint) slab is read ≈ (p+1)/2 times with p =
@@ -305,6 +307,12 @@ class Source:
     width: int
     itemsize: int
     device: str = "cpu"  # where the statistics are computed: every tensor of a task lives there
+    channel_block: int = 0  # channels per inner chunk (sharded store); 0: every read decodes all channels
+
+    def decoded_fraction(self, group: int) -> float:
+        """Part of a chunk decoded to read ``group`` consecutive channels (block-aligned groups)."""
+        block = self.channel_block or self.channels
+        return min(1.0, math.ceil(group / block) * block / self.channels)
 
     @property
     def n_chunks(self) -> int:
@@ -354,10 +362,11 @@ def _array(path: str, var: str):
     return arr
 
 
-def _read(src: Source, ckpt: int, chunk: int) -> torch.Tensor:
+def _read(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)) -> torch.Tensor:
     """One (checkpoint, sample chunk) block as stored (float16/32), on the analysis device
-    (copied in the stored dtype: the float64 conversion happens there)."""
-    block = np.asarray(_array(src.path, src.var)[ckpt, src.rows(chunk)])
+    (copied in the stored dtype: the float64 conversion happens there). ``channels``: a
+    filter group; in a sharded store only the inner chunks holding it are decoded."""
+    block = np.asarray(_array(src.path, src.var)[ckpt, src.rows(chunk), channels])
     return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
 
 
@@ -423,8 +432,9 @@ def _open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list
         layers = []
         for module, var in chosen:
             _, _, c, h, w = ds[var].shape
+            block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
             layers.append((module, Source(str(path.resolve()), var, spc, n, int(c), int(h), int(w),
-                                          int(ds[var].dtype.itemsize), device)))
+                                          int(ds[var].dtype.itemsize), device, block)))
         model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
         name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
         exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
@@ -472,9 +482,9 @@ def _blocks(n_img: int, batch: int, per_img_filter_bytes: int, sub_bytes: int):
             yield slice(s, min(s + step, n_img)), slice(f, f + 1)
 
 
-def _mat(raw: torch.Tensor, view: str, fsl: slice) -> torch.Tensor:
-    """View matrices (batch..., rows, cols) in float64 of a raw block (filters sliced)."""
-    return V.to_matrices(view, raw[:, fsl], dtype=F64)
+def _mat(raw: torch.Tensor, view: str) -> torch.Tensor:
+    """View matrices (batch..., rows, cols) in float64 of a raw block."""
+    return V.to_matrices(view, raw, dtype=F64)
 
 
 def _at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -520,8 +530,7 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
 
     def view_of(raw, imgs, bsl):
         """float64 view of some images and filters; slices are views, so only they are copied."""
-        fs = slice(f0 + bsl.start, f0 + bsl.stop) if per_filter else fsl
-        part = raw[:, fs]
+        part = raw[:, bsl] if per_filter else raw  # raw holds the group's channels only
         part = part[imgs] if isinstance(imgs, slice) else part.index_select(0, imgs)
         return V.to_matrices(view, part, dtype=F64)
 
@@ -530,9 +539,9 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
         u_of = None if units is None else units[rows]
         n_img = rows.stop - rows.start
         if mode == "all":
-            raws = [_read(src, k, c) for k in ckpts]
+            raws = [_read(src, k, c, fsl) for k in ckpts]
         else:
-            raws = {ref: _read(src, ckpts[ref], c)}
+            raws = {ref: _read(src, ckpts[ref], c, fsl)}
         others = [t for t in range(T) if t != ref]
         for u, sel in _unit_rows(u_of, n_img, src.device):
             n_sel = n_img if isinstance(sel, slice) else len(sel)
@@ -562,7 +571,7 @@ def _row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: 
                     add("n", u, torch.tensor(float(X.shape[-2]), dtype=F64, device=src.device), None)
         if mode != "all":
             for t in others:
-                raw_t = _read(src, ckpts[t], c)
+                raw_t = _read(src, ckpts[t], c, fsl)
                 for u, sel in _unit_rows(u_of, n_img, src.device):
                     n_sel = n_img if isinstance(sel, slice) else len(sel)
                     for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
@@ -662,10 +671,10 @@ def _row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p
 def _gram_panel(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], stream: list[int]):
     """Rows of one checkpoint's raw Gram for the images of ``panel`` against themselves
     and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest))."""
-    P = torch.cat([_mat(_read(src, ckpt, c), view, fsl) for c in panel], dim=-2)
+    P = torch.cat([_mat(_read(src, ckpt, c, fsl), view) for c in panel], dim=-2)
     parts = [torch.matmul(P, P.mT)]
     for c in stream:
-        Q = _mat(_read(src, ckpt, c), view, fsl)
+        Q = _mat(_read(src, ckpt, c, fsl), view)
         parts.append(torch.matmul(P, Q.mT))
         del Q
     return src.rows(panel[0]).start, torch.cat(parts, dim=-1)
@@ -753,13 +762,13 @@ def _map_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, metric
         need = sorted({k for pair in pairs for k in pair})
         mats = {}
         if mode == "all":
-            mats = {k: _mat(_read(src, ckpts[k], c), "map", fsl) for k in need}
+            mats = {k: _mat(_read(src, ckpts[k], c, fsl), "map") for k in need}
         else:
-            mats[ref] = _mat(_read(src, ckpts[ref], c), "map", fsl)
+            mats[ref] = _mat(_read(src, ckpts[ref], c, fsl), "map")
         rows = {m: [] for m in metrics}
         for a, b in pairs:
             if b not in mats:
-                mats = {ref: mats[ref], b: _mat(_read(src, ckpts[b], c), "map", fsl)}
+                mats = {ref: mats[ref], b: _mat(_read(src, ckpts[b], c, fsl), "map")}
             X, Y = mats[a], mats[b]
             for m in metrics:
                 info = M.get_metric(m)
@@ -888,7 +897,8 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
         panels = math.ceil(src.n_chunks / k)
         slab = src.n * src.image_bytes
         return Job(exp_i, layer_i, view, metrics, "gram", mode, groups_of(g), g, panels=panels, task_bytes=task,
-                   read_bytes=T * slab * (panels + 1) / 2 * len(groups_of(g)),
+                   read_bytes=T * slab * (panels + 1) / 2 * len(groups_of(g)) * (src.decoded_fraction(g) if per_filter
+                                                                                  else 1.0),
                    flops=T * n * n * cols_per_filter * (C if per_filter else 1) + T * 10 * n ** 3 * (C if per_filter else 1))
 
     # row side
@@ -913,9 +923,10 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
             return max(resident + 2 * acc + temps, finish), 0, acc
         return resident, max(2 * acc + temps, finish), acc
 
-    def reads(g, k):  # slabs read: per filter group, the reference once per pass + every checkpoint once
+    def reads(g, k):  # slabs decoded: per filter group, the reference once per pass + every checkpoint once
         passes = math.ceil(max(1, len(others)) / max(1, k))
-        return math.ceil(C / g if per_filter else 1) * (passes + len(others))
+        groups = math.ceil(C / g) if per_filter else 1
+        return groups * (src.decoded_fraction(g) if per_filter else 1.0) * (passes + len(others))
 
     candidates = []  # (reads, -units, order, g, mode, k)
     ks = sorted({max(1, math.ceil(len(others) / q)) for q in range(1, max(1, len(others)) + 1)

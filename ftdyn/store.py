@@ -55,6 +55,11 @@ REQUIRED_ATTRS = ("ftdyn_store_format", "ftdyn_version", "architecture", "model"
 DTYPES = ("float16", "float32")
 CODECS = ("zstd", "lz4")
 _TARGET_CHUNK_BYTES = 32 * 2**20  # design.md §4: 8-64 MB per chunk
+#: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
+#: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
+#: those; the region is still written whole (one shard), so extraction is unchanged
+_CHANNEL_BLOCKS = 16
+_MIN_INNER_CHUNK_BYTES = 2**20
 
 
 def layer_var(layer: str) -> str:
@@ -111,6 +116,15 @@ class StoreSpec:
         itemsize = np.dtype(self.dtype).itemsize
         per_sample = max(l.channels * l.height * l.width for l in self.layers) * itemsize
         return max(1, min(n, _TARGET_CHUNK_BYTES // per_sample))
+
+
+def channel_block(channels: int, samples: int, height: int, width: int, itemsize: int) -> int:
+    """Channels per inner chunk of a layer's shards (``channels``: no inner split): the
+    smallest divisor of ``channels`` (Zarr needs inner chunks to tile the shard) that is at
+    least 1/16 of them and gives inner chunks of at least 1 MB."""
+    per_channel = max(1, samples * height * width * itemsize)
+    want = max(math.ceil(channels / _CHANNEL_BLOCKS), math.ceil(_MIN_INNER_CHUNK_BYTES / per_channel))
+    return next(b for b in range(min(channels, want), channels + 1) if channels % b == 0)
 
 
 def _compressors(codec: str) -> list:
@@ -184,12 +198,15 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
     encoding: dict[str, Any] = {}
     for index, layer in enumerate(spec.layers):
         shape = (n_ckpt, n, layer.channels, layer.height, layer.width)
-        chunks = (1, spc, layer.channels, layer.height, layer.width)
+        region = (1, spc, layer.channels, layer.height, layer.width)
+        block = channel_block(layer.channels, spc, layer.height, layer.width, np.dtype(spec.dtype).itemsize)
         data_vars[layer.var] = xr.Variable(
-            layer_dims(layer.var), da.zeros(shape, chunks=chunks, dtype=spec.dtype),
+            layer_dims(layer.var), da.zeros(shape, chunks=region, dtype=spec.dtype),
             attrs={"layer": layer.name, "layer_index": index,
                    "receptive_field": json.loads(json.dumps(layer.receptive_field))})
-        encoding[layer.var] = {"chunks": chunks, "compressors": compressors}
+        encoding[layer.var] = {"chunks": region, "compressors": compressors}
+        if block < layer.channels:
+            encoding[layer.var].update(chunks=(1, spc, block, layer.height, layer.width), shards=region)
     data_vars[COMPLETE] = xr.Variable(("checkpoint", "chunk"), da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
                                       attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"})
     encoding[COMPLETE] = {"chunks": (1, 1)}

@@ -300,6 +300,30 @@ def test_memory_limit_parsing_and_threads(planted, tmp_path):
     assert all(p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8 for p in json.loads(ds.attrs["plan"]))
 
 
+def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
+    """A store whose regions are shards of 1-channel inner chunks (what large layers get):
+    filter groups decode only their channels, the numbers do not change."""
+    import zarr
+
+    import ftdyn.store as S
+
+    path, _ = planted
+    monkeypatch.setattr(S, "_MIN_INNER_CHUNK_BYTES", 0)  # toy layers are small: force the inner split
+    sharded, _ = make_store(tmp_path / "sharded.zarr")
+    arr = zarr.open_group(str(sharded), mode="r")["features_3"]
+    assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)
+    monkeypatch.setattr(A, "MAX_FILTER_GROUP", 2)
+    for views in ("filter", "map", "channels"):
+        kw = dict(views=views, trajectory="all", progress=False, workers=2)
+        want = ftdyn.analyze(path, out=tmp_path / f"plain-{views}", **kw)
+        got = ftdyn.analyze(sharded, out=tmp_path / f"sharded-{views}", **kw)
+        for var in ("distance", "filter_distance", "trajectory"):
+            np.testing.assert_allclose(got[var].values, want[var].values, atol=1e-12, equal_nan=True)
+    src = A._open_experiments([sharded], A._resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False,
+                                                         "auto"))[0].layers[0][1]
+    assert src.channel_block == 1 and src.decoded_fraction(2) == 0.5
+
+
 def test_plan_with_gpu_memory_reads_the_store_once():
     """A 4 GB layer (4982 images, 128 filters of 28x28) within 1 GB: on the CPU the per-filter
     statistics (128 x 7 x 784^2 float64 = 4.4 GB) need many filter groups, each re-reading the
