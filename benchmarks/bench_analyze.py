@@ -3,8 +3,9 @@
 Generates a synthetic float16 store (one layer, planted checkpoints: relu(base + s_t·noise)),
 larger than the memory the analysis may use, then in fresh subprocesses:
 
-1. ``baseline``: imports ftdyn.analysis (torch, dask, zarr) and nothing else: the
-   interpreter's own peak RSS, which the memory limit does not cover;
+1. ``baseline``: imports ftdyn.analysis (torch, dask, zarr) and nothing else (with a CUDA
+   ``--device``: also starts CUDA, cuBLAS and cuSOLVER): the process's own peak RSS,
+   which the memory limit does not cover;
 2. ``read``: reads every (checkpoint, sample chunk) block of the layer once with the same
    number of threads and the same zarr calls as the analysis: the I/O + decompression floor;
 3. ``analyze`` per view (``channels``: pwsm; ``filter``: procrustes + cka, the default preset),
@@ -89,6 +90,12 @@ CHILD_PRELUDE = textwrap.dedent("""
 
 BASELINE = CHILD_PRELUDE + textwrap.dedent("""
     import ftdyn, ftdyn.analysis, torch, dask, zarr, xarray  # noqa: what analyze imports
+    device = {device!r}
+    if device.startswith("cuda") or device == "auto" and torch.cuda.is_available():
+        # the CUDA context and the cuBLAS/cuSOLVER libraries are not data either
+        a = torch.eye(8, dtype=torch.float64, device="cuda" if device == "auto" else device)
+        torch.linalg.eigh(a @ a)
+        torch.cuda.synchronize()
     report(kind="baseline")
 """)
 
@@ -176,7 +183,7 @@ def main(argv=None) -> dict:
             info = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
             saved.write_text(json.dumps(info))
         print(f"store: {info}", file=sys.stderr)
-        base = run_child(BASELINE.format(root=str(ROOT)))
+        base = run_child(BASELINE.format(root=str(ROOT), device=a.device))
         read = run_child(READ.format(root=str(ROOT), args=(str(store), "features_26", info["samples"],
                                                            info["samples_per_chunk"], *shape, a.checkpoints,
                                                            workers)))

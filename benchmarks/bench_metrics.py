@@ -326,7 +326,7 @@ def main(argv=None):
         print(" | ".join(f"{k}={fmt(r[k])}" for k in keys if k in r))
     print("\nbaseline_s_extrapolated = baseline time per filter (timed on baseline_filters_timed filters) x filters;"
           " all answers asserted equal.\nstats_s = the float64 products alone (row_stats); speedup_ceiling = "
-          "baseline / stats_s: no exact float64 method beats it on this device.")
+          "baseline / stats_s: the most that ftdyn's float64 products leave room for on this device.")
     if args.json:
         args.json.write_text(json.dumps({"device": dev_name, "load_average": list(os.getloadavg()),
                                          "quick": args.quick, "rows": rows}, indent=2))

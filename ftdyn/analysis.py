@@ -668,9 +668,11 @@ def _row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p
 
 
 # ------------------------------------------------------------------------ Gram side
-def _gram_panel(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], stream: list[int]):
+def _gram_panel(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], stream: list[int], after=None):
     """Rows of one checkpoint's raw Gram for the images of ``panel`` against themselves
-    and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest))."""
+    and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest)).
+    ``after``: the previous filter group's result, only so that Dask builds one group's
+    Gram matrices at a time (the plan budgets one group)."""
     P = torch.cat([_mat(_read(src, ckpt, c, fsl), view) for c in panel], dim=-2)
     parts = [torch.matmul(P, P.mT)]
     for c in stream:
@@ -873,25 +875,30 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
         # auto: all pairs if their work (an n×n product + nuclear norm, ~20 n³ per filter, or n² for
         # cka alone) is at most the work of building the Grams (T·n²·cols per filter)
         cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter_of(view)
-        for g in sizes:
-            k_bytes = g * n * n * f8
-            modes = {"all": ["all"], "reference": ["ref"]}.get(args.trajectory, ["all", "ref"] if cheap else ["ref"])
-            for mode in modes:
-                # every checkpoint's K is a Dask result until the finishing task, which adds
-                # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries
-                held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
-                if held <= stats_total:
-                    break
-            if held <= stats_total:
-                break
-        if held > stats_total:
-            raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about {held / 1e9:.1f} GB for the "
-                             f"Gram matrices of {n} images; raise the limit or use fewer probe images.")
-        per_img = g * cols_per_filter * f8
         host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
         dev_fixed = src.chunk_bytes * (widen - 1) + 2 * sub  # its float64 copy, product blocks
-        per_chunk = src.spc * (per_img + g * n * f8)  # float64 panel rows + their output block
-        room = task_budget - host_fixed - dev_fixed if device_budget is None else stats_budget - dev_fixed
+        fixed = dev_fixed + (host_fixed if device_budget is None else 0)
+        modes = {"all": ["all"], "reference": ["ref"]}.get(args.trajectory, ["all", "ref"] if cheap else ["ref"])
+        plan = None
+        for g in sizes:
+            k_bytes = g * n * n * f8
+            per_chunk = src.spc * (g * cols_per_filter * f8 + g * n * f8)  # float64 panel rows + their output block
+            for mode in modes:
+                # every checkpoint's K is a Dask result until the finishing task, which adds
+                # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
+                # while the panels run, the Ks built so far (+ one being assembled) sit beside them
+                held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
+                room = (stats_total - (T + 1) * k_bytes) // max(1, threads) - fixed  # per panel task
+                if held <= stats_total and room >= per_chunk and host_fixed <= task_budget:
+                    plan = (g, mode, per_chunk, room)
+                    break
+            if plan:
+                break
+        if plan is None:
+            raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about "
+                             f"{(T + 3) * n * n * f8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
+                             "beside its reads; raise the limit or use fewer probe images.")
+        g, mode, per_chunk, room = plan
         k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
         task = host_part(host_fixed, dev_fixed + k * per_chunk)
         panels = math.ceil(src.n_chunks / k)
@@ -1012,12 +1019,13 @@ def _build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: b
                 continue
             elif job.side == "gram":
                 panels = _chunk_groups(src.n_chunks, job.panels)
+                previous = job.outputs[-1] if job.outputs else None
                 Ks = []
                 for t, k in enumerate(exp.ckpt_index):
                     blocks = []
                     for pi, panel in enumerate(panels):
                         stream = list(range(panel[-1] + 1, src.n_chunks))
-                        blocks.append(delayed(_gram_panel, pure=True)(src, k, job.view, fsl, panel, stream,
+                        blocks.append(delayed(_gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
                                                                       dask_key_name=f"gram-{gtag}-{t}-{pi}"))
                     Ks.append(delayed(_gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
                 boot = S.bootstrap_indices(src.n, args.bootstrap, job_rng) if args.bootstrap else None
