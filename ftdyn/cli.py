@@ -285,7 +285,10 @@ def info(
     typer.echo(f"layers ({len(details['layers'])}):")
     width = max(len(lay["layer"]) for lay in details["layers"])
     for lay in details["layers"]:
-        typer.echo(f"  {lay['layer']:<{width}}  {'x'.join(map(str, lay['shape']))}")
+        shape = 'x'.join(map(str, lay['shape']))
+        blocks = lay["shape"][0] // lay["channel_block"]
+        line = f"  {lay['layer']:<{width}}  {shape:<12}" + (f"  stored in {blocks} channel blocks" if blocks > 1 else "")
+        typer.echo(line.rstrip())
     typer.echo(f"checkpoints ({len(ckpts)}):")
     width = max(len(str(c["file"])) for c in ckpts)
     for c in ckpts:

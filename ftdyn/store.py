@@ -376,7 +376,9 @@ def info(path: str | Path) -> dict[str, Any]:
         "samples": int(group["sample"].shape[0]),
         "classes": [str(c) for c in group["class"][...]],
         "dtype": attrs["dtype"],
-        "layers": [{"layer": layer, "variable": var, "shape": list(group[var].shape[2:])}
+        # channel_block: channels per inner chunk, what a per-filter read decodes at least
+        "layers": [{"layer": layer, "variable": var, "shape": list(group[var].shape[2:]),
+                    "channel_block": int(group[var].chunks[2])}
                    for layer, var in attrs["layer_variables"].items()],
         "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
                          "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],

@@ -442,7 +442,10 @@ def test_earlier_checkpoint_cannot_be_inserted(tmp_path, probe_dir):
     assert "epoch 2 (epoch_2.pt) would have to be inserted before the store's last epoch 3" in result.output
 
 
-def test_info_output(tmp_path, probe_dir):
+def test_info_output(tmp_path, probe_dir, monkeypatch):
+    import ftdyn.store
+
+    monkeypatch.setattr(ftdyn.store, "_MIN_INNER_CHUNK_BYTES", 0)  # split even these small layers in 16 blocks
     make_series(tmp_path / "ckpts", "resnet18", 2)
     out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", layers=["relu", "layer2"],
                   progress=False)
@@ -450,12 +453,13 @@ def test_info_output(tmp_path, probe_dir):
     assert result.exit_code == 0, result.output
     text = result.output
     assert "resnet18" in text and "12 images, 3 classes" in text and "float16" in text
-    assert "relu    64x16x16" in text and "layer2  128x4x4" in text
+    assert "relu    64x16x16      stored in 16 channel blocks" in text and "layer2  128x4x4" in text
     assert "epoch   0  epoch_000.pt" in text and "complete:    yes (2/2 regions)" in text
     assert "KiB on disk" in text or "MiB on disk" in text
     result = CliRunner().invoke(app, ["info", str(out), "--json"])
     details = json.loads(result.output)
-    assert details["layers"][1] == {"layer": "layer2", "variable": "layer2", "shape": [128, 4, 4]}
+    assert details["layers"][1] == {"layer": "layer2", "variable": "layer2", "shape": [128, 4, 4],
+                                   "channel_block": 8}
     assert details["complete"] and details["bytes_on_disk"] > 0 and len(details["checkpoints"]) == 2
     result = CliRunner().invoke(app, ["info", str(tmp_path / "missing.zarr")])
     assert result.exit_code == 2 and "no such store" in result.output

@@ -114,7 +114,8 @@ def test_info_reports_shapes_and_progress(tmp_path):
     path = create_store(tmp_path / "s.zarr", spec)
     fill(StoreWriter(path), spec, 0, seed=0)
     summary = info(path)
-    assert summary["layers"][0] == {"layer": "layer1.0.relu", "variable": "layer1_0_relu", "shape": [4, 6, 6]}
+    assert summary["layers"][0] == {"layer": "layer1.0.relu", "variable": "layer1_0_relu", "shape": [4, 6, 6],
+                                      "channel_block": 4}
     assert [c["complete"] for c in summary["checkpoints"]] == [True, False, False]
     assert summary["complete"] is False and summary["bytes_on_disk"] > 0
     assert not list(tmp_path.glob(".s.zarr.creating-*"))
