@@ -1391,6 +1391,14 @@ def _write(ds: xr.Dataset, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _device_budget(dev: torch.device) -> int | None:
+    """GPU memory for the float64 blocks and statistics (80 % of the card; they are not under
+    --memory-limit), or None on the CPU, where they share the host budget."""
+    if dev.type != "cuda":
+        return None
+    return int(0.8 * torch.cuda.get_device_properties(dev).total_memory)
+
+
 # ============================================================================ API
 def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, alpha: float = DEFAULT_ALPHA,
             reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
@@ -1433,8 +1441,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
 
     limit = parse_memory(memory_limit) or _default_memory()
     budget = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
-    # on a GPU the float64 blocks and statistics live in its memory, not under --memory-limit
-    device_budget = int(0.8 * torch.cuda.get_device_properties(dev).total_memory) if dev.type == "cuda" else None
+    device_budget = _device_budget(dev)
     want = int(workers) if workers else (os.cpu_count() or 1)
     if want < 1:
         raise FtdynError(f"--workers: must be at least 1, got {workers}.")

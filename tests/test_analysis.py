@@ -324,6 +324,20 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     assert src.channel_block == 1 and src.decoded_fraction(2) == 0.5
 
 
+def test_split_memory_plan_gives_the_same_results(planted, tmp_path, monkeypatch):
+    """The GPU plan (host budget for chunks, a separate pool for the statistics) run end to end,
+    here with the CPU as the statistics device: same numbers, tasks sized to the host limit."""
+    path, _ = planted
+    kw = dict(trajectory="all", bootstrap=3, progress=False, workers=2)
+    want = {v: ftdyn.analyze(path, out=tmp_path / f"one-{v}", views=v, **kw) for v in ("channels", "filter", "map")}
+    monkeypatch.setattr(A, "_device_budget", lambda dev: 10**9)
+    for view, ds in want.items():
+        got = ftdyn.analyze(path, out=tmp_path / f"split-{view}", views=view, memory_limit="100MB", **kw)
+        assert all(p["task_bytes_estimate"] * got.attrs["threads"] <= 10**8 for p in json.loads(got.attrs["plan"]))
+        for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
+            np.testing.assert_allclose(got[var].values, ds[var].values, atol=1e-9, equal_nan=True)
+
+
 def test_plan_with_gpu_memory_reads_the_store_once():
     """A 4 GB layer (4982 images, 128 filters of 28x28) within 1 GB: on the CPU the per-filter
     statistics (128 x 7 x 784^2 float64 = 4.4 GB) need many filter groups, each re-reading the
