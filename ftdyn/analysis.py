@@ -865,16 +865,13 @@ def _plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[st
     def groups_of(g):
         return [slice(s, min(s + g, C)) for s in range(0, C, g)] if per_filter else [slice(None)]
 
-    def cols_per_filter_of(_view):
-        return hw if per_filter else C * hw
-
     if side == "gram":
         cols_per_filter = hw if per_filter else C * hw
         extra_pairs = T * (T - 1) // 2 - (T - 1)
         decomposed = any(m != "cka" for m in metrics)
         # auto: all pairs if their work (an n×n product + nuclear norm, ~20 n³ per filter, or n² for
         # cka alone) is at most the work of building the Grams (T·n²·cols per filter)
-        cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter_of(view)
+        cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
         host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
         dev_fixed = src.chunk_bytes * (widen - 1) + 2 * sub  # its float64 copy, product blocks
         fixed = dev_fixed + (host_fixed if device_budget is None else 0)
