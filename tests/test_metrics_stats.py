@@ -40,6 +40,16 @@ def metrics_gram(g):
     return [M.pwsm_from_gram(g, a) for a in ALPHAS] + [M.procrustes_from_gram(g), M.cka_from_gram(g)]
 
 
+def assert_same_metrics(got, want, n, p):
+    """Lists from metrics_direct/_rows/_gram agree to 1e-9; the α=0 PWSM (first entry) is
+    compared through cos θ where it is degenerate (n - 1 ≤ p: angle ~0, arccos magnifies rounding)."""
+    for j, (a, b) in enumerate(zip(got, want)):
+        if j == 0 and n - 1 <= p:
+            np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
+        else:
+            np.testing.assert_allclose(a, b, atol=1e-9)
+
+
 def random_splits(rng, length, k):
     cuts = np.sort(rng.choice(np.arange(1, length), size=min(k, length - 1), replace=False))
     return np.split(np.arange(length), cuts)
@@ -72,12 +82,7 @@ def test_row_stats_any_chunking_equals_direct(seed, n, p, k):
     parts = [M.row_stats(X[:, idx], Y[:, idx]) for idx in random_splits(rng, n, k)]
     s = random_tree_merge(rng, parts)
     assert s.n == n
-    degenerate = n - 1 <= p  # α=0 angle ~0: compare cosines there
-    for j, (a, b) in enumerate(zip(metrics_rows(s), direct)):
-        if j == 0 and degenerate:
-            np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
-        else:
-            np.testing.assert_allclose(a, b, atol=1e-9)
+    assert_same_metrics(metrics_rows(s), direct, n, p)
 
 
 def test_row_stats_fields_and_kinds():
@@ -116,12 +121,7 @@ def test_gram_stats_any_column_chunking_equals_direct(seed, n, p, k):
     direct = metrics_direct(X, Y)
     parts = [M.gram_stats(X[..., idx], Y[..., idx]) for idx in random_splits(rng, p, k)]
     g = random_tree_merge(rng, parts)
-    degenerate = n - 1 <= p
-    for j, (a, b) in enumerate(zip(metrics_gram(g), direct)):
-        if j == 0 and degenerate:
-            np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
-        else:
-            np.testing.assert_allclose(a, b, atol=1e-9)
+    assert_same_metrics(metrics_gram(g), direct, n, p)
 
 
 def test_gram_pwsm_formula_against_netrep_rank_deficient():
@@ -167,11 +167,7 @@ def test_row_side_and_gram_side_agree(n, p):
     X, Y = data(rng, (4,), n, p)
     rows = metrics_rows(M.row_stats(X, Y))
     grams = metrics_gram(M.gram_stats(X, Y))
-    for j, (a, b) in enumerate(zip(rows, grams)):
-        if j == 0 and n - 1 <= p:
-            np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
-        else:
-            np.testing.assert_allclose(a, b, atol=1e-9)
+    assert_same_metrics(rows, grams, n, p)
     assert M.choose_side(n, p) == ("row" if n >= p else "gram")
 
 
