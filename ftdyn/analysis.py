@@ -1189,6 +1189,14 @@ def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict
     return out
 
 
+def _gather(parts: list[dict], key: str, metric: str, lead: tuple[int, ...], per_filter: bool) -> np.ndarray:
+    """One metric's ``key`` array from the results of every filter group: shape (*lead, filters),
+    groups joined along filters, for per-filter views; (*lead) otherwise (a single group)."""
+    if not per_filter:
+        return np.asarray(parts[0][key][metric]).reshape(lead)
+    return np.concatenate([np.asarray(p[key][metric]).reshape(*lead, -1) for p in parts], axis=-1)
+
+
 def _collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) -> dict:
     """Per (experiment, metric, layer) arrays in each experiment's own epoch order."""
     out: dict[tuple[int, str, int], dict] = {}
@@ -1223,22 +1231,17 @@ def _collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list)
                                                               axis=1), axis=-1) for ii in idx])
                     rec["ci"] = S.percentile_interval(reps, axis=0)
             else:
-                values = np.concatenate([np.asarray(p["values"][m]).reshape(T, -1) for p in parts], axis=-1) \
-                    if per_filter else np.asarray(parts[0]["values"][m]).reshape(T)
+                values = _gather(parts, "values", m, (T,), per_filter)
                 filt = values if per_filter else None
                 if parts[0]["traj"]:
-                    tr = np.concatenate([np.asarray(p["traj"][m]).reshape(T, T, -1) for p in parts], axis=-1) \
-                        if per_filter else np.asarray(parts[0]["traj"][m]).reshape(T, T)
-                    traj = _layer_values(tr, per_filter)[0]
+                    traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[0]
                 else:
                     traj = np.full((T, T), np.nan)
                     lv = _layer_values(values, per_filter)[0]
                     traj[ref, :] = lv
                     traj[:, ref] = lv
                 if parts[0]["reps"]:
-                    B = len(parts[0]["reps"][m])
-                    reps = np.concatenate([np.asarray(p["reps"][m]).reshape(B, T, -1) for p in parts], axis=-1) \
-                        if per_filter else np.asarray(parts[0]["reps"][m]).reshape(B, T)
+                    reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
                     rec["ci"] = S.percentile_interval(_layer_values(reps, per_filter)[0], axis=0)
             if filt is not None:
                 layer_val, n_nan = _layer_values(filt, True)
