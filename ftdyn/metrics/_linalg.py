@@ -167,6 +167,11 @@ def blocked(X: torch.Tensor, Y: torch.Tensor | None, fn, n_units: int, bytes_per
     return tuple(r[0] for r in res) if not bshape else res
 
 
+def f64_copy(chunk: torch.Tensor) -> torch.Tensor:
+    """A contiguous float64 copy of a chunk (safe to modify in place: inputs are never written)."""
+    return chunk.to(F64, copy=True, memory_format=torch.contiguous_format)
+
+
 def finish(t: torch.Tensor):
     """0-d -> python float; else numpy float64 array of the batch shape."""
     t = t.to(F64)

@@ -58,7 +58,7 @@ def _means(T: torch.Tensor, name: str, full: torch.Tensor) -> torch.Tensor:
 
 def _shifted(chunk: torch.Tensor, shift: torch.Tensor | None, name: str, full: torch.Tensor):
     """(float64 copy of a row chunk minus ``shift``, shift); shift=None: the chunk's own mean."""
-    out = chunk.to(F64, copy=True, memory_format=torch.contiguous_format)
+    out = L.f64_copy(chunk)
     if shift is None:
         shift = out.mean(-2)
         L.check_finite(full, name, shift)
@@ -125,7 +125,7 @@ def _centered_gram(T: torch.Tensor, name: str):
         K = None
         raw = 0.0
         for a in range(0, p, c):
-            x = Tb[..., :, a:a + c].to(F64, copy=True, memory_format=torch.contiguous_format)
+            x = L.f64_copy(Tb[..., :, a:a + c])
             m = x.mean(-2, keepdim=True)
             L.check_finite(T, name, m)
             xc = x.sub_(m)

@@ -116,10 +116,6 @@ def choose_side(rows: int, cols: int) -> str:
 
 
 # ---------------------------------------------------------------- accumulation
-def _f64(chunk: torch.Tensor) -> torch.Tensor:
-    return chunk.to(F64, copy=True, memory_format=torch.contiguous_format)
-
-
 def row_stats(X, Y) -> RowStats:
     """Row-side statistics of one chunk of rows (X: (..., n, p), Y: (..., n, q))."""
     Xt, Yt = L.as_tensor(X, "X"), L.as_tensor(Y, "Y")
@@ -129,7 +125,7 @@ def row_stats(X, Y) -> RowStats:
     def block(Xb, Yb, c):
         sx = sy = xx = yy = xy = None
         for s in range(0, n, c):
-            xc, yc = _f64(Xb[..., s:s + c, :]), _f64(Yb[..., s:s + c, :])
+            xc, yc = L.f64_copy(Xb[..., s:s + c, :]), L.f64_copy(Yb[..., s:s + c, :])
             parts = (xc.sum(-2), yc.sum(-2), L.at_b(xc, xc), L.at_b(yc, yc), L.at_b(xc, yc))
             if xx is None:
                 sx, sy, xx, yy, xy = parts
@@ -152,7 +148,7 @@ def gram(X) -> Array:
     def block(Xb, _, c):
         K = None
         for a in range(0, p, c):
-            xc = _f64(Xb[..., :, a:a + c])
+            xc = L.f64_copy(Xb[..., :, a:a + c])
             L.check_finite(Xt, "X", xc.sum((-2, -1)))
             part = L.a_bt(xc, xc)
             K = part if K is None else K + part
@@ -306,7 +302,7 @@ def _dead_of_matrix(X, name: str) -> torch.Tensor:
         L.check_finite(Xt, name, mx)
         cen = torch.zeros(Xb.shape[:-2], dtype=F64, device=Xb.device)
         for s in range(0, n, c):
-            xc = _f64(Xb[..., s:s + c, :]).sub_(mx[..., None, :])
+            xc = L.f64_copy(Xb[..., s:s + c, :]).sub_(mx[..., None, :])
             cen = cen + (xc * xc).sum((-2, -1))
         return (cen <= L.DEAD_RTOL * (cen + n * (mx * mx).sum(-1)),)
 
