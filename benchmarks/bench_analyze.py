@@ -102,13 +102,14 @@ BASELINE = CHILD_PRELUDE + textwrap.dedent("""
 READ = CHILD_PRELUDE + textwrap.dedent("""
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
-    from ftdyn.analysis import Source, _read
+    from ftdyn.analysis.inputs import Source
+    from ftdyn.analysis.tasks import read_block
     path, var, n, spc, C, H, W, T, threads = {args!r}
     src = Source(path, var, spc, n, C, H, W, 2)
     t0 = time.perf_counter()
     def one(job):
         t, c = job
-        return int(_read(src, t, c).numel())
+        return int(read_block(src, t, c).numel())
     with ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(one, [(t, c) for c in range(src.n_chunks) for t in range(T)]))
     report(kind="read", seconds=time.perf_counter() - t0, values=total)

@@ -12,6 +12,9 @@ from typer.testing import CliRunner
 
 import ftdyn
 import ftdyn.analysis as A
+from ftdyn.analysis import inputs as AI
+from ftdyn.analysis import plan as AP
+from ftdyn.analysis import run as AR
 from ftdyn import metrics as M
 from ftdyn import views as V
 from ftdyn.cli import app
@@ -122,14 +125,14 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     plan = json.loads(ds.attrs["plan"])
     sides = {(p["layer"], p["view"]): p["side"] for p in plan}
     assert sides[("features.3", "filter")] == "gram" and sides[("layer2.relu", "filter")] == "row"
-    monkeypatch.setattr(A, "MAX_PANEL_CHUNKS", 1)
-    monkeypatch.setattr(A, "MAX_FILTER_GROUP", 1)
+    monkeypatch.setattr(AP, "MAX_PANEL_CHUNKS", 1)
+    monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 1)
     ds2 = ftdyn.analyze(path, out=tmp_path / "b", progress=False, workers=1)
     plan2 = json.loads(ds2.attrs["plan"])
     assert max(p["gram_panels"] or 0 for p in plan2) == 3 and max(p["filter_groups"] for p in plan2) == 6
     for var in ("distance", "filter_distance", "trajectory"):
         np.testing.assert_allclose(ds2[var].values, ds[var].values, atol=1e-9, equal_nan=True)
-    monkeypatch.setattr(A, "MAX_CHECKPOINTS_PER_PASS", 2)  # reference + 2 checkpoints per pass, with bootstrap
+    monkeypatch.setattr(AP, "MAX_CHECKPOINTS_PER_PASS", 2)  # reference + 2 checkpoints per pass, with bootstrap
     ds3 = ftdyn.analyze(path, out=tmp_path / "c", progress=False, trajectory="reference", bootstrap=4)
     assert max(p["checkpoint_passes"] or 0 for p in json.loads(ds3.attrs["plan"])) == 2
     np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)  # arccos near 1: ~1e-8
@@ -240,7 +243,7 @@ def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "write_tables", boom)
+    monkeypatch.setattr(AR, "write_tables", boom)
     with pytest.raises(KeyboardInterrupt):
         ftdyn.analyze(path, out=out, progress=False)
     assert list(out.iterdir()) == []
@@ -312,14 +315,14 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     sharded, _ = make_store(tmp_path / "sharded.zarr")
     arr = zarr.open_group(str(sharded), mode="r")["features_3"]
     assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)
-    monkeypatch.setattr(A, "MAX_FILTER_GROUP", 2)
+    monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
     for views in ("filter", "map", "channels"):
         kw = dict(views=views, trajectory="all", progress=False, workers=2)
         want = ftdyn.analyze(path, out=tmp_path / f"plain-{views}", **kw)
         got = ftdyn.analyze(sharded, out=tmp_path / f"sharded-{views}", **kw)
         for var in ("distance", "filter_distance", "trajectory"):
             np.testing.assert_allclose(got[var].values, want[var].values, atol=1e-12, equal_nan=True)
-    src = A._open_experiments([sharded], A._resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False,
+    src = AI.open_experiments([sharded], AI.resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False,
                                                          "auto"))[0].layers[0][1]
     assert src.channel_block == 1 and src.decoded_fraction(2) == 0.5
 
@@ -330,7 +333,7 @@ def test_split_memory_plan_gives_the_same_results(planted, tmp_path, monkeypatch
     path, _ = planted
     kw = dict(trajectory="all", bootstrap=3, progress=False, workers=2)
     want = {v: ftdyn.analyze(path, out=tmp_path / f"one-{v}", views=v, **kw) for v in ("channels", "filter", "map")}
-    monkeypatch.setattr(A, "_device_budget", lambda dev: 10**9)
+    monkeypatch.setattr(AP, "device_budget", lambda dev: 10**9)
     for view, ds in want.items():
         got = ftdyn.analyze(path, out=tmp_path / f"split-{view}", views=view, memory_limit="100MB", **kw)
         assert all(p["task_bytes_estimate"] * got.attrs["threads"] <= 10**8 for p in json.loads(got.attrs["plan"]))
@@ -343,17 +346,17 @@ def test_plan_with_gpu_memory_reads_the_store_once():
     statistics (128 x 7 x 784^2 float64 = 4.4 GB) need many filter groups, each re-reading the
     store; with the statistics in (64 GB of) GPU memory the plan reads every chunk once and the
     limit bounds only what tasks hold in host memory."""
-    src = A.Source("unused.zarr", "features_26", 167, 4982, 128, 28, 28, 2)
-    args = A._resolve_args(["procrustes", "cka"], "filter", 0.0, 0, "default", None, 0, 0, None, False, "auto")
-    budget = 10**9 - A.RESERVE
-    cpu = A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget)
-    gpu = A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=64 * 10**9)
+    src = AI.Source("unused.zarr", "features_26", 167, 4982, 128, 28, 28, 2)
+    args = AI.resolve_args(["procrustes", "cka"], "filter", 0.0, 0, "default", None, 0, 0, None, False, "auto")
+    budget = 10**9 - AP.RESERVE
+    cpu = AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget)
+    gpu = AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=64 * 10**9)
     slab = src.n * src.image_bytes
     assert cpu.side == gpu.side == "row" and len(cpu.groups) >= 16 and cpu.task_bytes * 2 <= budget
     assert len(gpu.groups) == 1 and gpu.ckpt_groups == [[1, 2, 3]] and gpu.read_bytes == 4 * slab
     assert gpu.task_bytes * 2 <= budget  # host part only: raw chunks and decode buffers
     with pytest.raises(FtdynError, match="GPU memory"):  # statistics of one filter exceed a tiny GPU
-        A._plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=10**6)
+        AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=10**6)
 
 
 def _one_line_error(args):

@@ -1,0 +1,132 @@
+"""The Dask graph of a plan (tree-reduced statistics per job) and its computation."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .. import stats as S
+from .. import views as V
+from ..errors import FtdynError
+from .inputs import Args, Experiment
+from .plan import Job, chunk_groups
+from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
+                    row_cols, row_finish, row_leaf)
+
+#: children per merge task of the tree reductions
+FAN_IN = 4
+
+
+def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bool = True):
+    import dask
+
+    delayed = dask.delayed
+    graph_outputs = []
+    for job in jobs:
+        exp = exps[job.exp]
+        module, src = exp.layers[job.layer]
+        T, ref = len(exp.epochs), exp.ref
+        tag = f"{job.exp}-{job.layer}-{job.view}"
+        # bootstrap draws (seeded per job, independent of scheduling)
+        job_rng = np.random.default_rng([args.seed, job.exp, job.layer, V.VIEWS.index(job.view)])
+        for gi, fsl in enumerate(job.groups):
+            gtag = f"{tag}-{gi}"
+            if job.side == "row":
+                if gi == 0:
+                    units = counts = None
+                    if job.units > 1:
+                        perm = np.random.default_rng([args.seed, job.exp, 7]).permutation(src.n)
+                        units = np.empty(src.n, dtype=np.int64)
+                        units[perm] = np.arange(src.n) % job.units
+                        counts = S.bootstrap_counts(job.units, args.bootstrap, job_rng)
+                p = row_cols(src, job.view)
+                for ci, cg in enumerate(job.ckpt_groups):
+                    # a pass over the reference and the checkpoints of group cg (all of them: cg None)
+                    pos = list(range(T)) if cg is None else [ref, *cg]
+                    sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(ref)
+                    ctag = f"{gtag}-{ci}"
+                    leaves = [delayed(row_leaf, pure=True)(src, grp, sub, sub_ref, job.view, fsl, job.mode,
+                                                            units, job.units, job.sub_bytes,
+                                                            dask_key_name=f"stats-{ctag}-{i}")
+                              for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
+                    merged = _tree(leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}")
+                    out = delayed(row_finish, pure=True)(merged, job.metrics, args.alpha, len(sub), sub_ref, p,
+                                                          job.mode, counts, dask_key_name=f"metrics-{ctag}")
+                    job.outputs.append(out)
+                    graph_outputs.append(out)
+                continue
+            elif job.side == "gram":
+                panels = chunk_groups(src.n_chunks, job.panels)
+                previous = job.outputs[-1] if job.outputs else None
+                Ks = []
+                for t, k in enumerate(exp.ckpt_index):
+                    blocks = []
+                    for pi, panel in enumerate(panels):
+                        stream = list(range(panel[-1] + 1, src.n_chunks))
+                        blocks.append(delayed(gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
+                                                                      dask_key_name=f"gram-{gtag}-{t}-{pi}"))
+                    Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
+                boot = S.bootstrap_indices(src.n, args.bootstrap, job_rng) if args.bootstrap else None
+                out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
+                                                       dask_key_name=f"metrics-{gtag}")
+            else:  # map
+                leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,
+                                                        job.mode, dask_key_name=f"maps-{gtag}-{i}")
+                          for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
+                out = _tree(leaves, concat_map, f"concat-{gtag}", ordered=True)
+            job.outputs.append(out)
+            graph_outputs.append(out)
+    return graph_outputs
+
+
+def _tree(items: list, combine, name: str, ordered: bool = False):
+    import dask
+
+    level = 0
+    while len(items) > 1:
+        nxt = []
+        for i in range(0, len(items), FAN_IN):
+            group = items[i:i + FAN_IN]
+            nxt.append(group[0] if len(group) == 1 else
+                       dask.delayed(combine, pure=True)(*group, dask_key_name=f"{name}-{level}-{i}"))
+        items, level = nxt, level + 1
+    return items[0]
+
+
+def compute(outputs: list, *, threads: int, scheduler, progress: bool):
+    import dask
+
+    if scheduler is not None:
+        from distributed import Client
+
+        own = isinstance(scheduler, str)
+        try:
+            client = Client(scheduler, timeout="10s") if own else scheduler
+        except Exception as exc:  # noqa: BLE001 - any connection failure is a user error
+            raise FtdynError(f"--scheduler: cannot connect to {scheduler} ({type(exc).__name__}: {exc}).") from None
+        try:
+            futures = client.compute(outputs)
+            if progress:
+                from distributed import progress as dprogress
+
+                dprogress(futures)
+            return client.gather(futures)
+        finally:
+            if own:
+                client.close()
+    from dask.diagnostics import ProgressBar
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, threads)))
+    try:
+        if progress:
+            with ProgressBar(out=sys.stderr):
+                return dask.compute(*outputs, scheduler="threads", num_workers=threads)
+        return dask.compute(*outputs, scheduler="threads", num_workers=threads)
+    finally:
+        torch.set_num_threads(old)
+
+

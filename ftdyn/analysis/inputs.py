@@ -1,0 +1,292 @@
+"""What to analyze: presets, resolved arguments, and the experiments opened from stores.
+
+Everything here runs in the calling process before any Dask task: it validates the
+user's choices (one clear :class:`~ftdyn.errors.FtdynError` each) and describes each
+selected layer by a picklable :class:`Source` that the tasks of
+:mod:`ftdyn.analysis.tasks` read from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from .. import metrics as M
+from .. import views as V
+from ..errors import FtdynError
+
+METRIC_NAMES = tuple(M.METRICS)
+DEFAULT_ALPHA = 0.0
+TRAJECTORY_MODES = ("auto", "all", "reference")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    metrics: tuple[str, ...]
+    views: Mapping[str, str]
+    map_average: str  # "images" | "class"
+    description: str
+
+
+PRESETS = {
+    "default": Preset("default", ("pwsm", "procrustes", "cka"),
+                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter"}, "images",
+                      "pwsm on channels; procrustes and cka on filter (per-filter vector, NaN-aware mean)"),
+    "paper-code": Preset("paper-code", ("pwsm", "procrustes"),
+                         {"pwsm": "channels", "procrustes": "map", "cka": "map"}, "class",
+                         "the published code: pwsm (alpha 0) on channels; procrustes on map, "
+                         "averaged per class, then over classes and filters"),
+}
+
+
+# ============================================================================ inputs
+def parse_memory(value) -> int | None:
+    """'1GB', '512MB', '2GiB', '1e9' or an int -> bytes (decimal units; *iB binary)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+                 "TB": 1e12, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "B": 1}
+        factor = 1.0
+        for suffix, f in units.items():
+            if text.endswith(suffix):
+                text, factor = text[: -len(suffix)], f
+                break
+        try:
+            n = float(text) * factor
+        except ValueError:
+            raise FtdynError(f"--memory-limit: cannot read '{value}'; write e.g. 1GB, 512MB or 2GiB.") from None
+    if not math.isfinite(n) or n < 64 * 2**20:
+        raise FtdynError(f"--memory-limit: {value} is too small; give at least 64MB.")
+    return int(n)
+
+
+def default_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, str]:
+    chosen = {m: preset.views[m] for m in metrics}
+    if views is None:
+        return chosen
+    if isinstance(views, str):
+        views = [views]
+    if isinstance(views, Mapping):
+        items = [f"{k}={v}" for k, v in views.items()]
+    else:
+        items = list(views)
+    for item in items:
+        if "=" in item:
+            metric, view = (x.strip() for x in item.split("=", 1))
+            if metric not in METRIC_NAMES:
+                raise FtdynError(f"--view: unknown metric '{metric}' in '{item}'; choose from {', '.join(METRIC_NAMES)}.")
+            if metric not in chosen:
+                raise FtdynError(f"--view: '{item}' names metric '{metric}', which is not analyzed; add --metric {metric}.")
+            chosen[metric] = V.check_view(view)
+        else:
+            view = V.check_view(item.strip())
+            chosen = {m: view for m in chosen}
+    return chosen
+
+
+@dataclass
+class Args:
+    metrics: list[str]
+    views: dict[str, str]
+    alpha: float
+    reference: int
+    preset: str
+    layers: list[str] | None
+    bootstrap: int
+    seed: int
+    experiment_names: list[str] | None
+    allow_partial: bool
+    trajectory: str
+    map_average: str
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
+                  allow_partial, trajectory) -> Args:
+    if preset not in PRESETS:
+        raise FtdynError(f"--preset: unknown preset '{preset}'; choose from {', '.join(PRESETS)}.")
+    p = PRESETS[preset]
+    if metrics is None or len(metrics) == 0:
+        metrics = list(p.metrics)
+    elif isinstance(metrics, str):
+        metrics = [metrics]
+    metrics = [str(m).strip().lower() for m in metrics]
+    for m in metrics:
+        if m not in METRIC_NAMES:
+            raise FtdynError(f"--metric: unknown metric '{m}'; choose from {', '.join(METRIC_NAMES)}.")
+    metrics = list(dict.fromkeys(metrics))
+    try:
+        a = float(DEFAULT_ALPHA if alpha is None else alpha)
+    except (TypeError, ValueError):
+        raise FtdynError(f"--alpha: '{alpha}' is not a number; give a value in [0, 1].") from None
+    if not 0.0 <= a <= 1.0:
+        raise FtdynError(f"--alpha: {alpha} is outside [0, 1] (0 = full whitening, 1 = angular Procrustes).")
+    if bootstrap is None or int(bootstrap) < 0:
+        raise FtdynError(f"--bootstrap: must be 0 (off) or a number of replicates, got {bootstrap}.")
+    if trajectory is True:
+        trajectory = "all"
+    elif trajectory is False:
+        trajectory = "reference"
+    if trajectory not in TRAJECTORY_MODES:
+        raise FtdynError(f"--trajectory: unknown mode '{trajectory}'; choose from {', '.join(TRAJECTORY_MODES)}.")
+    if isinstance(layers, str):
+        layers = [layers]
+    if isinstance(experiment_names, str):
+        experiment_names = [experiment_names]
+    return Args(metrics=metrics, views=_resolve_views(metrics, views, p), alpha=a, reference=int(reference),
+                preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=int(seed),
+                experiment_names=list(experiment_names) if experiment_names else None,
+                allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average)
+
+
+# =========================================================================== stores
+@dataclass(frozen=True)
+class Source:
+    """Everything a task needs to read one layer of one store (picklable)."""
+
+    path: str
+    var: str
+    spc: int
+    n: int
+    channels: int
+    height: int
+    width: int
+    itemsize: int
+    device: str = "cpu"  # where the statistics are computed: every tensor of a task lives there
+    channel_block: int = 0  # channels per inner chunk (sharded store); 0: every read decodes all channels
+
+    def decoded_fraction(self, group: int) -> float:
+        """Part of a chunk decoded to read ``group`` consecutive channels (block-aligned groups)."""
+        block = self.channel_block or self.channels
+        return min(1.0, math.ceil(group / block) * block / self.channels)
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n / self.spc)
+
+    def rows(self, chunk: int) -> slice:
+        return slice(chunk * self.spc, min((chunk + 1) * self.spc, self.n))
+
+    @property
+    def image_bytes(self) -> int:
+        return self.channels * self.height * self.width * self.itemsize
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.spc * self.image_bytes
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    model: str
+    dataset: str
+    epochs: list[int]  # analyzed (complete) epochs
+    ckpt_index: list[int]  # their positions in the store's checkpoint axis
+    ref: int  # position of the reference in ``epochs``
+    labels: np.ndarray
+    layers: list[tuple[str, Source]]  # (module name, source), shallow -> deep
+    fingerprint: dict[str, Any]
+
+
+def _fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
+    from ..store import completeness
+
+    done = completeness(path)
+    payload = {
+        "checkpoints": ds.attrs.get("checkpoints"),
+        "probe": ds.attrs.get("probe"),
+        "layers": {var: list(ds[var].shape[1:]) for _, var in _store_layers(ds)},
+        "completeness": hashlib.sha256(np.packbits(done).tobytes() + str(done.shape).encode()).hexdigest(),
+        "format": ds.attrs.get("ftdyn_store_format"),
+    }
+    return {"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest(),
+            "path": str(path)}
+
+
+def _store_layers(ds):
+    from ..store import store_layers
+
+    return store_layers(ds)
+
+
+def open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[Experiment]:
+    from ..store import open_store
+
+    if isinstance(stores, (str, os.PathLike)):
+        stores = [stores]
+    stores = [Path(s).expanduser().resolve() for s in stores]
+    if not stores:
+        raise FtdynError("analyze: give at least one activation store.")
+    if args.experiment_names is not None and len(args.experiment_names) != len(stores):
+        raise FtdynError(f"--name: {len(args.experiment_names)} name(s) for {len(stores)} store(s); "
+                         "give one --name per store, in the same order.")
+    exps = []
+    for i, path in enumerate(stores):
+        if not path.exists():
+            raise FtdynError(f"{path}: no such store.")
+        ds = open_store(path, allow_partial=args.allow_partial)
+        epochs = [int(e) for e in ds["checkpoint"].values]
+        all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
+        if args.reference not in epochs:
+            where = "is not complete" if args.reference in all_epochs else "is not in the store"
+            raise FtdynError(f"--reference: epoch {args.reference} {where} ({path}: epochs "
+                             f"{', '.join(map(str, epochs))}).")
+        ckpt_index = [all_epochs.index(e) for e in epochs]
+        available = _store_layers(ds)
+        if args.layers:
+            chosen = []
+            for name in args.layers:
+                match = [(m, v) for m, v in available if name in (m, v)]
+                if not match:
+                    raise FtdynError(f"--layer: '{name}' is not a layer of {path}; it has "
+                                     f"{', '.join(m for m, _ in available)}.")
+                chosen.append(match[0])
+            order = {m: k for k, (m, _) in enumerate(available)}
+            chosen = sorted(dict.fromkeys(chosen), key=lambda mv: order[mv[0]])
+        else:
+            chosen = available
+        n = int(ds.sizes["sample"])
+        spc = int(ds.attrs["samples_per_chunk"])
+        layers = []
+        for module, var in chosen:
+            _, _, c, h, w = ds[var].shape
+            block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
+            layers.append((module, Source(str(path.resolve()), var, spc, n, int(c), int(h), int(w),
+                                          int(ds[var].dtype.itemsize), device, block)))
+        model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
+        name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
+        exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
+                               ckpt_index=ckpt_index, ref=epochs.index(args.reference),
+                               labels=np.asarray(ds["label"].values, dtype=np.int64), layers=layers,
+                               fingerprint=_fingerprint(path, ds)))
+    names = [e.name for e in exps]
+    dup = sorted({x for x in names if names.count(x) > 1})
+    if dup:
+        raise FtdynError(f"analyze: several stores are labeled '{dup[0]}'; give each a distinct --name.")
+    return exps
+
+

@@ -1,0 +1,162 @@
+"""``analyze()``: resolve, plan, compute, collect and write the results atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import xarray as xr
+
+from .._version import __version__
+from ..devices import resolve_device
+from ..errors import FtdynError
+from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
+                       write_tables)
+from .collect import collect, to_dataset
+from .graph import build_graph, compute
+from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
+from .plan import plan_analysis
+from .tasks import row_cols, row_count, trim
+
+
+def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[str]:
+    """'experiment:layer' where PWSM with alpha < 1 cannot tell checkpoints apart: with
+    rows - 1 <= columns both whitened matrices span the same centered row space."""
+    view = args.views.get("pwsm")
+    if "pwsm" not in args.metrics or args.alpha >= 1 or view == "map":
+        return []
+    return [f"{exp.name}:{layer}" for exp in exps for layer, src in exp.layers
+            if row_count(src, view) - 1 <= row_cols(src, view)]
+
+
+# ========================================================================= output
+def _analysis_key(args: Args, exps: list[Experiment]) -> str:
+    key = args.key()
+    key["layers"] = [[module for module, _ in e.layers] for e in exps]  # resolved: names or variables alike
+    payload = {"args": key, "stores": [e.fingerprint["sha256"] for e in exps],
+               "format": RESULTS_FORMAT, "version": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _existing_key(out: Path) -> str | None:
+    meta = out / RESULTS_STORE / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("attributes", {}).get("analysis_key")
+    except (OSError, ValueError):
+        return None
+
+
+_PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", RESULTS_STORE)
+
+
+def _write(ds: xr.Dataset, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".analyze-{uuid.uuid4().hex[:8]}.tmp"
+    trash = out / f".analyze-{uuid.uuid4().hex[:8]}.old"
+    tmp.mkdir()
+    try:
+        save_results_store(ds, tmp / RESULTS_STORE)
+        write_tables(ds, tmp)
+        trash.mkdir()
+        for name in _PRODUCTS:  # results.zarr last: it holds the key that marks a finished run
+            if (out / name).exists():
+                (out / name).rename(trash / name)
+            (tmp / name).rename(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# ============================================================================ API
+def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, alpha: float = DEFAULT_ALPHA,
+            reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
+            seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
+            memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
+            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto") -> xr.Dataset:
+    """Analyze activation stores into ``out`` and return the results Dataset.
+
+    ``stores``: one path or several (one experiment each, labeled "model/dataset" or
+    by ``experiment_names``). ``metrics``: names from :data:`ftdyn.metrics.METRICS`
+    (default: the preset's). ``views``: one view for all metrics, or ``{metric: view}``
+    / ``["metric=view", ...]``. ``alpha``: PWSM α in [0, 1]. ``reference``: the epoch
+    every checkpoint is compared with. ``preset``: "default" or "paper-code" (module
+    doc). ``layers``: module or variable names (default all). ``bootstrap``: number of
+    replicates (0 = off). ``memory_limit``: bytes or "1GB". ``workers``: threads.
+    ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
+    ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
+    results of *different* arguments already in ``out``. ``device``: where the float64
+    statistics and decompositions run: "auto" (CUDA when present; CPU with a
+    ``scheduler``), "cpu", "cuda", "cuda:N". Not part of the arguments that decide
+    whether results are up to date (devices agree to rounding).
+    """
+    args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
+                         allow_partial, trajectory)
+    dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
+        resolve_device(device, float64=True)
+    exps = open_experiments(stores, args, str(dev))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FtdynError(f"--out: {out} is a file; give a folder for the results.")
+    key = _analysis_key(args, exps)
+    old = _existing_key(out)
+    if old is not None:
+        if old == key:
+            print(f"ftdyn analyze: {out} is up to date (same arguments and stores); nothing to do.", file=sys.stderr)
+            return open_results(out)
+        if not overwrite:
+            raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
+                             "replace them, or choose another folder.")
+
+    limit = parse_memory(memory_limit) or default_memory()
+    threads, jobs = plan_analysis(exps, args, dev, limit, workers)
+
+    degenerate = _pwsm_degenerate(exps, args)
+    if degenerate:
+        print(f"ftdyn analyze: warning: PWSM with alpha={args.alpha} is degenerate (0 whatever the checkpoints) "
+              f"where a view has no more rows than columns: {', '.join(degenerate)}; use more probe images "
+              "or --alpha 1 there.", file=sys.stderr)
+    outputs = build_graph(exps, args, jobs, inplace=scheduler is None)
+    results = compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
+    trim()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
+    recs = collect(exps, args, jobs, list(results))
+    plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
+             "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
+             "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
+             "bootstrap_units": (j.units if j.side == "row" else "images")
+             if args.bootstrap else None, "gram_panels": j.panels if j.side == "gram" else None,
+             "task_bytes_estimate": int(j.task_bytes)} for j in jobs]
+    attrs = {
+        "ftdyn_results_format": RESULTS_FORMAT,
+        "ftdyn_version": __version__,
+        "reference_epoch": args.reference,
+        "preset": args.preset,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "map_average": args.map_average,
+        "trajectory": args.trajectory,
+        "arguments": json.dumps(args.key(), sort_keys=True),
+        "analysis_key": key,
+        "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
+        "plan": json.dumps(plan),
+        "pwsm_degenerate": json.dumps(degenerate),
+        "threads": int(threads),
+        "device": str(dev),
+        "memory_limit": int(limit),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    ds = validate_results(to_dataset(exps, args, recs, attrs), "analyze")
+    _write(ds, out)
+    return open_results(out)
+
