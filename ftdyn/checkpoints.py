@@ -508,12 +508,12 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[d
 
 def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
-    from .models import head_name
+    from .models import fits_head, head_name
 
     head = head_name(model)
     mapped, _ = match_keys(state_dict, model)
     weight = mapped.get(f"{head}.weight")
-    if weight is None or weight.dim() != 2:
+    if weight is None or not fits_head(model, weight):
         raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
                          "check --arch.")
     return int(weight.shape[0])
@@ -544,16 +544,13 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
 def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
                           arch: str | None = None) -> None:
     """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
-    from .models import head_name, replace_head
+    from .models import fits_head, head_name, num_classes_of, replace_head
 
     name = arch or type(model).__name__
     mapped, prefix = match_keys(state, model)
     if adapt_head:
-        head = head_name(model)
-        weight = mapped.get(f"{head}.weight")
-        current = model.get_submodule(head)
-        if weight is not None and weight.dim() == 2 and weight.shape[1] == current.in_features \
-                and weight.shape[0] != current.out_features:
+        weight = mapped.get(f"{head_name(model)}.weight")
+        if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
             replace_head(model, int(weight.shape[0]))
     own = model.state_dict()
     missing = [k for k in own if k not in mapped]

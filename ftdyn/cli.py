@@ -63,7 +63,8 @@ def layers(
     all_layers: Annotated[bool, typer.Option("--all", help="List every candidate, not only the defaults.")] = False,
     list_archs: Annotated[bool, typer.Option("--list", help="List all supported architectures.")] = False,
 ) -> None:
-    """List the layers of ARCH that can be captured (defaults marked with *), with output shapes."""
+    """List the layers of ARCH that can be captured (defaults marked with *), with output shapes
+    channels x height x width (as stored; channels-last outputs are transposed)."""
     from . import models
 
     if list_archs or arch is None:
@@ -71,7 +72,7 @@ def layers(
         return
     model = models.build_model(arch)
     defaults = models.default_layers(model, arch, input_size)
-    for info in models.candidate_layers(model, input_size):
+    for info in models.candidate_layers(model, input_size, include=tuple(defaults)):
         if all_layers or info.name in defaults:
             mark = "*" if info.name in defaults else " "
             shape = "x".join(map(str, info.shape))

@@ -217,13 +217,14 @@ def _apply_state(model, entry, state, *, arch: str, trust: bool, adapt_head: boo
         load_state_into_model(model, state, source=str(entry.path), adapt_head=adapt_head, arch=arch)
 
 
-def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int) -> dict[str, tuple[int, int, int]]:
+def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
+                  channels_last: frozenset[str]) -> dict[str, tuple[int, int, int]]:
     from .models import LayerCapture
 
     was_training = model.training
     model.eval()
     try:
-        with LayerCapture(model, layers) as capture, torch.inference_mode():
+        with LayerCapture(model, layers, channels_last=channels_last) as capture, torch.inference_mode():
             model(torch.zeros(1, 3, input_size, input_size))
             outputs = capture.pop()
     finally:
@@ -405,7 +406,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     store with no new checkpoint is left untouched. Returns the store path.
     """
     from . import data as data_mod
-    from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, default_layers, replace_head, validate_layers
+    from .models import (IMAGENET_MEAN, IMAGENET_STD, build_model, channels_last_layers, default_layers,
+                         replace_head, validate_layers)
     from .store import CODECS, LayerSpec, StoreSpec, StoreWriter, create_store, dir_size
 
     started = time.perf_counter()
@@ -441,7 +443,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     if num_classes is not None:
         replace_head(model, num_classes)
     layer_names = validate_layers(model, list(layers) if layers else default_layers(model, arch, size))
-    shapes = _layer_shapes(model, layer_names, size)
+    channels_last = channels_last_layers(model, layer_names, size)
+    shapes = _layer_shapes(model, layer_names, size, channels_last)
 
     # -- the probe set ---------------------------------------------------------------
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
@@ -527,8 +530,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                   f"{', '.join(f'epoch {e.epoch}' for e in new)}.", flush=True)
 
         stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
-                     layers=layer_names, dev=dev, dtype_t=dtype_t, batch_size=int(batch_size),
-                     n_writers=int(writers), arch=arch, trust=trust_checkpoint, adapt_head=adapt_head,
+                     layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
+                     batch_size=int(batch_size), n_writers=int(writers), arch=arch, trust=trust_checkpoint, adapt_head=adapt_head,
                      progress=progress)
         rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
         run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(dev), "torch": torch.__version__,
@@ -544,9 +547,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     return out
 
 
-def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers, dev: torch.device,
-         dtype_t: torch.dtype, batch_size: int, n_writers: int, arch: str, trust: bool, adapt_head: bool,
-         progress: bool) -> dict[str, float]:
+def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers,
+         channels_last: frozenset[str], dev: torch.device, dtype_t: torch.dtype, batch_size: int, n_writers: int,
+         arch: str, trust: bool, adapt_head: bool, progress: bool) -> dict[str, float]:
     """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
     from .data import normalize
     from .models import LayerCapture
@@ -590,7 +593,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
 
     forwarded = 0
     inflight: list = []  # CUDA: batches whose device->host copies are still running
-    capture = LayerCapture(model, layers, dtype=dtype_t)
+    capture = LayerCapture(model, layers, dtype=dtype_t, channels_last=channels_last)
     ok = False
     t0 = time.perf_counter()
     try:

@@ -9,6 +9,7 @@ the outputs of named modules during a forward pass.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,27 +51,49 @@ def canonical_arch(name: str) -> str:
 
 
 def head_name(model: nn.Module) -> str:
-    """Module name of the classifier head: the last ``nn.Linear`` in the model."""
-    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise FtdynError(f"{type(model).__name__}: no nn.Linear classifier head found; ftdyn supports CNNs with a linear head.")
-    return linear[-1]
+    """Module name of the classifier head: the last ``nn.Linear``, or in a fully convolutional
+    classifier without one (SqueezeNet) the last ``nn.Conv2d``."""
+    for kind in (nn.Linear, nn.Conv2d):
+        found = [name for name, m in model.named_modules() if isinstance(m, kind)]
+        if found:
+            return found[-1]
+    raise FtdynError(f"{type(model).__name__}: no nn.Linear or nn.Conv2d classifier head found; "
+                     "ftdyn supports CNN classifiers.")
 
 
 def num_classes_of(model: nn.Module) -> int:
-    return model.get_submodule(head_name(model)).out_features
+    return int(model.get_submodule(head_name(model)).weight.shape[0])
+
+
+def fits_head(model: nn.Module, weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is a classifier-head weight for ``model`` (any class count): same
+    inputs per class (and kernel, for a convolutional head)."""
+    own = model.get_submodule(head_name(model)).weight
+    return weight.dim() == own.dim() and tuple(weight.shape[1:]) == tuple(own.shape[1:])
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace the classifier head by a fresh ``nn.Linear`` with ``num_classes`` outputs."""
+    """Replace the classifier head by a fresh layer of the same kind with ``num_classes`` outputs."""
     name = head_name(model)
     old = model.get_submodule(name)
-    if old.out_features == num_classes:
+    if num_classes_of(model) == num_classes:
         return model
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+    setattr(parent, attr, new)
     return model
+
+
+def _random_init(arch: str) -> nn.Module:
+    with warnings.catch_warnings():
+        # GoogLeNet/Inception announce a future change of their default init on every build
+        warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+        return torchvision.models.get_model(arch, weights=None)
 
 
 def build_model(arch: str, num_classes: int | None = None, weights: str | Path | None = None, *,
@@ -84,13 +107,13 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | Path |
     """
     arch = canonical_arch(arch)
     if weights is None or str(weights).lower() == "none":
-        model = torchvision.models.get_model(arch, weights=None)
+        model = _random_init(arch)
     elif Path(weights).exists() or Path(weights).suffix.lower() in _WEIGHT_FILE_SUFFIXES:
         from .checkpoints import load_into_model
 
         if not Path(weights).is_file():
             raise FtdynError(f"--weights: file {weights} does not exist.")
-        model = torchvision.models.get_model(arch, weights=None)
+        model = _random_init(arch)
         load_into_model(model, Path(weights), trust=trust, adapt_head=True, arch=arch)
     else:
         resolved = resolve_weights(arch, str(weights))
@@ -142,29 +165,22 @@ class LayerInfo:
     name: str
     kind: str
     shape: tuple[int, ...]  # (channels, height, width) for a single image
+    channels_last: bool = False  # the module returns (batch, y, x, channel); captures are transposed
 
 
-def candidate_layers(model: nn.Module, input_size: int = 224, *, top_level: bool = False) -> list[LayerInfo]:
-    """Activation modules and residual stages (or, with ``top_level``, the model's direct
-    children) with their spatial output shapes, in forward order."""
-    if top_level:
-        wanted = {name for name, _ in model.named_children()}
-    else:
-        wanted = {name for name, m in model.named_modules()
-                  if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))}
+def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[int, ...]]:
+    """Per-image shapes of the 4-D outputs of the named modules in one forward pass of a
+    blank image, in the order the modules first ran (the last call's shape is kept)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    order: list[str] = []
 
     def hook(name):
         def record(_module, _inputs, output):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
-                if name not in shapes:
-                    order.append(name)
                 shapes[name] = tuple(output.shape[1:])
         return record
 
     modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(hook(n)) for n in wanted]
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     was_training = model.training
     try:
         model.eval()
@@ -174,7 +190,44 @@ def candidate_layers(model: nn.Module, input_size: int = 224, *, top_level: bool
         model.train(was_training)
         for h in handles:
             h.remove()
-    return [LayerInfo(n, type(modules[n]).__name__, shapes[n]) for n in order]
+    return shapes
+
+
+def _layouts(model: nn.Module, names, input_size: int) -> dict[str, tuple[tuple[int, int, int], bool]]:
+    """name -> ((channels, height, width), channels_last) for modules with 4-D outputs.
+
+    Some models compute in (batch, y, x, channel) (ConvNeXt's block MLPs, Swin, MaxViT), which one
+    output shape cannot tell apart from (batch, channel, y, x); a second pass 32 pixels larger
+    can: the spatial axes grow with the input (any stride up to 32), the channel axis does not.
+    """
+    small = _output_shapes(model, names, input_size)
+    large = _output_shapes(model, names, input_size + 32)
+    out = {}
+    for name, (a, b, c) in small.items():
+        channels_last = name in large and large[name][2] == c and large[name][0] != a
+        out[name] = ((c, a, b), True) if channels_last else ((a, b, c), False)
+    return out
+
+
+def channels_last_layers(model: nn.Module, layers: list[str], input_size: int = 224) -> frozenset[str]:
+    """The layers among ``layers`` whose outputs are (batch, y, x, channel) (see :func:`_layouts`)."""
+    return frozenset(name for name, (_, last) in _layouts(model, layers, input_size).items() if last)
+
+
+def candidate_layers(model: nn.Module, input_size: int = 224, *, top_level: bool = False,
+                     include: tuple[str, ...] = ()) -> list[LayerInfo]:
+    """Activation modules and residual stages (or, with ``top_level``, the model's direct
+    children), plus the modules named in ``include``, with their (channel, y, x) output
+    shapes, in forward order."""
+    if top_level:
+        wanted = {name for name, _ in model.named_children()}
+    else:
+        wanted = {name for name, m in model.named_modules()
+                  if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))}
+    modules = dict(model.named_modules())
+    wanted |= {name for name in include if name in modules}
+    layouts = _layouts(model, wanted, input_size)
+    return [LayerInfo(n, type(modules[n]).__name__, shape, last) for n, (shape, last) in layouts.items()]
 
 
 def _is_block(name: str, module: nn.Module) -> bool:
@@ -194,6 +247,10 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
     acts = [info for info in candidate_layers(model, input_size) if info.kind in _ACTIVATION_NAMES]
     if not acts:  # activations called as functions (GoogLeNet, Inception): use the top-level blocks
         acts = candidate_layers(model, input_size, top_level=True)
+    # the classifier's own modules (SqueezeNet's head is a Conv2d + ReLU) are replaced by fine-tuning
+    classifier = head_name(model).rpartition(".")[0]
+    if classifier:
+        acts = [info for info in acts if not info.name.startswith(classifier + ".")]
     # 1x1 outputs are pooled context (squeeze-and-excitation, global pooling), not feature maps
     acts = [info for info in acts if info.shape[1] * info.shape[2] > 1]
     if not acts:
@@ -219,22 +276,32 @@ def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
 class LayerCapture:
     """Record the outputs of named modules during forward passes.
 
-    A module called several times in one forward (ResNet's block ``relu`` is
-    called three times) keeps its *last* call, which for a residual block is the
+    Outputs are (batch, channel, y, x): the layers in ``channels_last``
+    (:func:`channels_last_layers`) are transposed to that order. A module called
+    several times in one forward (ResNet's block ``relu`` is called three times)
+    keeps its *last* call, which for a residual block is the
     block output. Tensors are copied inside the hook because later in-place
     operations (``inplace=True`` ReLUs, ``out += identity``) would otherwise change
     what was captured.
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, layers: list[str], dtype: torch.dtype | None = None,
+                 channels_last: frozenset[str] = frozenset()):
         self.layers = validate_layers(model, layers)
         self.dtype = dtype
+        self.channels_last = channels_last  # layers whose (batch, y, x, channel) outputs are transposed
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in self.layers]
 
     def _hook(self, name: str):
+        transpose = name in self.channels_last
+
         def record(_module, _inputs, output):
-            self.outputs[name] = output.detach().to(dtype=self.dtype or output.dtype, copy=True)
+            out = output.detach()
+            if transpose:
+                out = out.permute(0, 3, 1, 2)
+            self.outputs[name] = out.to(dtype=self.dtype or output.dtype, memory_format=torch.contiguous_format,
+                                        copy=True)
         return record
 
     def pop(self) -> dict[str, torch.Tensor]:

@@ -76,9 +76,8 @@ def _inspect_out(out: Path) -> tuple[list[Path], list[Path]]:
 
 def _new_head(model: nn.Module, num_classes: int) -> None:
     """Give ``model`` a freshly initialised head with ``num_classes`` outputs."""
-    head = model.get_submodule(models.head_name(model))
-    if head.out_features == num_classes:
-        head.reset_parameters()  # same RNG use as constructing a new nn.Linear
+    if models.num_classes_of(model) == num_classes:
+        model.get_submodule(models.head_name(model)).reset_parameters()  # same RNG use as constructing a new head
     else:
         models.replace_head(model, num_classes)
 

@@ -205,6 +205,20 @@ def test_densenet_layers_match_direct_forward(tmp_path, probe_dir):
             assert_close16(layer(ds, name)[i], ref[name])
 
 
+def test_channels_last_layers_are_stored_channel_first(tmp_path, probe_dir):
+    """ConvNeXt's block MLPs compute in (batch, y, x, channel): the store still holds
+    (channel, y, x), matching the receptive fields' map size."""
+    states = make_series(tmp_path / "ckpts", "convnext_tiny", 1)
+    out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", max_samples=3, progress=False)
+    ds = open_store(out)
+    layers = ds.attrs["layers"]
+    assert layers and all(name.endswith("block.4") for name in layers)  # the GELUs: channels-last modules
+    ref = direct("convnext_tiny", states[0], probe_images(probe_dir, max_samples=3), layers)
+    for name in layers:
+        assert_close16(layer(ds, name)[0], ref[name].transpose(0, 3, 1, 2))
+        assert list(layer(ds, name).shape[-2:]) == ds.attrs["receptive_fields"][name]["map_size"]
+
+
 # -------------------------------------------------------------- third-party series
 
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ftdyn.checkpoints import load_state_into_model
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
-from ftdyn.models import LayerCapture, build_model, canonical_arch, default_layers, head_name
+from ftdyn.models import (LayerCapture, build_model, canonical_arch, channels_last_layers, default_layers,
+                          head_name, num_classes_of)
 
 
 @pytest.mark.parametrize("arch, expected", [
@@ -55,5 +57,32 @@ def test_layers_command_lists_defaults_with_shapes():
     result = CliRunner().invoke(app, ["layers", "resnet18", "--input-size", "64"])
     assert result.exit_code == 0
     assert "* layer4" in result.output and "512x2x2" in result.output
+    # GoogLeNet's defaults are its top-level blocks (its ReLUs are functions, not modules): listed too
+    google = CliRunner().invoke(app, ["layers", "googlenet", "--input-size", "64"])
+    assert google.exit_code == 0 and "* inception5b" in google.output and "1024x2x2" in google.output
     bad = CliRunner().invoke(app, ["layers", "nosuchnet"])
     assert bad.exit_code == 2 and "unknown architecture" in bad.output and "Traceback" not in bad.output
+
+
+def test_convolutional_head_is_replaced_and_not_a_default_layer():
+    """SqueezeNet classifies with a Conv2d + ReLU: that head gets the target's classes, adapts to a
+    checkpoint's class count, and its ReLU is not among the feature layers."""
+    model = build_model("squeezenet1_0", num_classes=3).eval()
+    assert head_name(model) == "classifier.1" and model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
+    assert not [name for name in default_layers(model, "squeezenet1_0", 64) if name.startswith("classifier")]
+    five = build_model("squeezenet1_0", num_classes=5).state_dict()
+    load_state_into_model(model, five, source="five.pt", adapt_head=True)
+    assert num_classes_of(model) == 5
+
+
+def test_channels_last_outputs_are_detected_and_transposed():
+    model = build_model("convnext_tiny").eval()
+    gelu, stage = "features.1.0.block.4", "features.1"
+    assert channels_last_layers(model, [gelu, stage], 64) == {gelu}
+    raw = {}
+    model.get_submodule(gelu).register_forward_hook(lambda m, i, o: raw.setdefault("gelu", o.clone()))
+    with LayerCapture(model, [gelu, stage], channels_last=frozenset({gelu})) as capture:
+        model(torch.randn(1, 3, 64, 64))
+        out = capture.pop()
+    torch.testing.assert_close(out[gelu], raw["gelu"].permute(0, 3, 1, 2))
+    assert out[gelu].shape[-2:] == out[stage].shape[-2:] == (16, 16) and out[gelu].is_contiguous()
