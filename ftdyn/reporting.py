@@ -430,7 +430,7 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         if degenerate:
             items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has no more rows "
                          "than columns (both whitened matrices span the same space, so the angle is 0 whatever the "
-                         f"checkpoints): {_e(', '.join(degenerate))}. Read those PWSM values as undefined; more "
+                         f"checkpoints): {_e(', '.join(degenerate))}. Those PWSM values are left undefined (NaN); more "
                          "probe images or α = 1 avoid it.</li>")
         items += [f"<li>figure file missing, left out: {_e(m)}</li>" for m in figs.missing]
         sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(items)}</ul>"))

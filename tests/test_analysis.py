@@ -413,12 +413,14 @@ def test_cli_runs_and_reports(planted, tmp_path):
 
 def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
     """With alpha=0 and rows <= columns (flat view: 12 images x 144 columns) PWSM is 0 for any
-    checkpoints; analyze says so instead of reporting a silent "no change"."""
+    checkpoints; analyze says so and leaves those values undefined instead of a silent "no change"."""
     path, _ = planted
     ds = ftdyn.analyze([path], out=tmp_path / "r", metrics=["pwsm"], views="flat", progress=False)
     assert "degenerate" in capsys.readouterr().err
     assert json.loads(ds.attrs["pwsm_degenerate"]) == ["resnet18/toy:features.3", "resnet18/toy:layer2.relu"]
-    np.testing.assert_allclose(ds["distance"].sel(metric="pwsm").values, 0, atol=1e-6)
+    pwsm = ds.sel(metric="pwsm")
+    assert np.isnan(pwsm["distance"].values).all() and (pwsm["n_nan"].values == 1).all()
+    assert np.isnan(pwsm["trajectory"].values).all() and np.isnan(pwsm["reusability_mean"].values).all()
     fine = ftdyn.analyze([path], out=tmp_path / "c", metrics=["pwsm"], views="channels", progress=False)
     assert json.loads(fine.attrs["pwsm_degenerate"]) == []
     assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()

@@ -289,13 +289,14 @@ def test_bad_model_arguments(image_folder, tmp_path):
 
 def test_init_from_a_trained_series_checkpoint(image_folder, tmp_path):
     source = tmp_path / "source"
-    assert run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST).exit_code == 0
+    scratch = run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST)
+    assert scratch.exit_code == 0 and "randomly initialized, not pre-trained" in scratch.output
     # a 2-class target: the 3-class head of the source is adapted on load, then replaced
     target_data = write_image_folder(tmp_path / "target", 6, classes=("circle", "square"))
     out = tmp_path / "target_ckpts"
     result = run_cli("train", target_data, "--arch", "resnet18", "--epochs", 0, "--val-split", 0.5,
                      "--init", source / "epoch_000.pt", "--out", out, *FAST)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "not pre-trained" not in result.output, result.output
     manifest = ckpt.read_manifest(out)
     assert manifest["init"]["checkpoint_sha256"] == ckpt.sha256_file(source / "epoch_000.pt")
     src, tgt = state_of(source / "epoch_000.pt"), state_of(out / "epoch_000.pt")

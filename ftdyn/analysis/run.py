@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -26,14 +27,23 @@ from .plan import plan_analysis
 from .tasks import row_cols, row_count, trim
 
 
-def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[str]:
-    """'experiment:layer' where PWSM with alpha < 1 cannot tell checkpoints apart: with
-    rows - 1 <= columns both whitened matrices span the same centered row space."""
+def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[tuple[int, int]]:
+    """(experiment, layer) positions where PWSM with alpha < 1 cannot tell checkpoints apart:
+    with rows - 1 <= columns both whitened matrices span the same centered row space."""
     view = args.views.get("pwsm")
     if "pwsm" not in args.metrics or args.alpha >= 1 or view == "map":
         return []
-    return [f"{exp.name}:{layer}" for exp in exps for layer, src in exp.layers
+    return [(e, l) for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
             if row_count(src, view) - 1 <= row_cols(src, view)]
+
+
+def _undefined(rec: dict) -> None:
+    """Blank a record whose values carry no information (NaN, counted in n_nan), so that a
+    degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
+    for key in ("value", "traj", "filter", "ci"):
+        if key in rec:
+            rec[key] = np.full(np.shape(rec[key]), np.nan)
+    rec["n_nan"] = np.full(np.shape(rec["n_nan"]), rec["n_filters"] if "filter" in rec else 1)
 
 
 # ========================================================================= output
@@ -120,16 +130,19 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     threads, jobs = plan_analysis(exps, args, dev, limit, workers)
 
     degenerate = _pwsm_degenerate(exps, args)
+    degenerate_names = [f"{exps[e].name}:{exps[e].layers[l][0]}" for e, l in degenerate]
     if degenerate:
         print(f"ftdyn analyze: warning: PWSM with alpha={args.alpha} is degenerate (0 whatever the checkpoints) "
-              f"where a view has no more rows than columns: {', '.join(degenerate)}; use more probe images "
-              "or --alpha 1 there.", file=sys.stderr)
+              f"where a view has no more rows than columns: {', '.join(degenerate_names)}; its values there are "
+              "left undefined (NaN). Use more probe images or --alpha 1.", file=sys.stderr)
     outputs = build_graph(exps, args, jobs, inplace=scheduler is None)
     results = compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
     trim()
     if dev.type == "cuda":
         torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
     recs = collect(exps, args, jobs, list(results))
+    for e, l in degenerate:
+        _undefined(recs[(e, "pwsm", l)])
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
              "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
@@ -150,7 +163,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "analysis_key": key,
         "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
         "plan": json.dumps(plan),
-        "pwsm_degenerate": json.dumps(degenerate),
+        "pwsm_degenerate": json.dumps(degenerate_names),
         "threads": int(threads),
         "device": str(dev),
         "memory_limit": int(limit),
