@@ -1,8 +1,19 @@
 """ftdyn: feature dynamics of CNNs during fine-tuning.
 
-The same names as the command line: ``ftdyn.train``, ``ftdyn.extract``,
-``ftdyn.analyze``, ``ftdyn.visualize``, ``ftdyn.demo``. Heavy modules are imported
-on first use so ``import ftdyn`` stays fast.
+The same names as the command line (``help(ftdyn.NAME)`` for each):
+
+* ``train(data_dir, arch=, out=, ...)``: fine-tune; per-epoch checkpoints + manifest.
+* ``extract(series, data=, out=, ...)``: activations of every checkpoint -> Zarr store.
+* ``analyze(stores, out=, ...)``: distances, agreement, reusability -> results Dataset.
+* ``report(results)``: figures and ``report.html`` from the results.
+* ``visualize(store, ...)``: class- and sample-based figures of one layer.
+* ``info(store)``: a store's layers, checkpoints, completeness and size.
+* ``demo(out)``: the whole pipeline on built-in generated domains.
+* ``open_store(path)`` / ``open_results(path)``: validated xarray Datasets.
+
+Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,
+``ftdyn.checkpoints``, ``ftdyn.stats``, ... Heavy modules are imported on first use
+so ``import ftdyn`` stays fast.
 """
 
 from ._version import __version__
