@@ -219,16 +219,11 @@ def _apply_state(model, entry, state, *, arch: str, trust: bool, adapt_head: boo
 
 def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
                   channels_last: frozenset[str]) -> dict[str, tuple[int, int, int]]:
-    from .models import LayerCapture
+    from .models import LayerCapture, blank_forward
 
-    was_training = model.training
-    model.eval()
-    try:
-        with LayerCapture(model, layers, channels_last=channels_last) as capture, torch.inference_mode():
-            model(torch.zeros(1, 3, input_size, input_size))
-            outputs = capture.pop()
-    finally:
-        model.train(was_training)
+    with LayerCapture(model, layers, channels_last=channels_last) as capture:
+        blank_forward(model, input_size)
+        outputs = capture.pop()
     shapes = {}
     for name, out in outputs.items():
         if out.dim() != 4:
@@ -292,9 +287,10 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
                          f"images in --data {probe['data_dir']} or changed files); use the same --data, or choose "
                          "a new --out.")
 
-    known = attrs["checkpoints"]
+    known = [dict(rec) for rec in attrs["checkpoints"]]
     index = {int(c["epoch"]): i for i, c in enumerate(known)}
     by_epoch = {int(e.epoch): e for e in entries}
+    replaced = []
     for i, rec in enumerate(known):
         epoch = int(rec["epoch"])
         entry = by_epoch.get(epoch)
@@ -304,9 +300,18 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
                                  f"is no longer in {series}; restore the file, or choose a new --out.")
             continue
         if entry.sha256 != rec.get("sha256") or (entry.sha256 is None and entry.label != rec.get("file")):
+            if not done[i].any():  # nothing of it stored yet (e.g. the file was broken and has been fixed)
+                known[i] = _entry_record(entry)
+                replaced.append(entry.label)
+                continue
             raise FtdynError(f"--out {out}: epoch {epoch} is {entry.label} (sha256 {str(entry.sha256)[:12]}) but the "
                              f"store holds {rec['file']} (sha256 {str(rec.get('sha256'))[:12]}) for it; pass the same "
                              "series and --source, or choose a new --out.")
+    if replaced:
+        _warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
+              "activations were written; using the new file(s).")
+        writer.group.attrs["checkpoints"] = known
+        writer.attrs["checkpoints"] = known
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]
     early = [e for e in new if int(e.epoch) < last]
@@ -529,10 +534,14 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             print(f"{out}: extending with {len(new)} new checkpoint(s): "
                   f"{', '.join(f'epoch {e.epoch}' for e in new)}.", flush=True)
 
-        stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
-                     layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
-                     batch_size=int(batch_size), n_writers=int(writers), arch=arch, trust=trust_checkpoint, adapt_head=adapt_head,
-                     progress=progress)
+        try:
+            stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
+                         layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
+                         batch_size=int(batch_size), n_writers=int(writers), arch=arch, trust=trust_checkpoint,
+                         adapt_head=adapt_head, progress=progress)
+        except FtdynError as exc:
+            raise FtdynError(f"{exc} ({out} keeps the checkpoints finished so far; fix the cause and re-run the same "
+                             "command to resume.)") from None
         rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
         run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(dev), "torch": torch.__version__,
                "ftdyn": __version__, "regions": stats["regions"], "images": stats["images"],

@@ -181,16 +181,31 @@ def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[
 
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        blank_forward(model, input_size)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
+    """One eval-mode forward pass of a blank ``input_size`` image (for shapes and hooks), or a
+    one-line error when the model cannot take that size (too small for its poolings, or a model
+    with a fixed input size such as ViT)."""
+    if int(input_size) < 1:
+        raise FtdynError(f"--input-size {input_size}: give the image size in pixels (e.g. 224).")
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
+            return model(torch.zeros(1, 3, input_size, input_size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FtdynError(f"--input-size {input_size}: {type(model).__name__} cannot run on {input_size}x{input_size} "
+                         f"images ({reason}); choose another --input-size (224 fits every torchvision model).") from None
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return shapes
 
 
 def _layouts(model: nn.Module, names, input_size: int) -> dict[str, tuple[tuple[int, int, int], bool]]:

@@ -287,6 +287,34 @@ def test_ambiguous_order_is_refused(tmp_path, probe_dir):
     assert not out.exists()
 
 
+def test_broken_checkpoint_mid_series_stops_then_resumes_once_fixed(tmp_path, probe_dir):
+    """A file that turns out unreadable when its turn comes stops the run in one line; the store
+    keeps what is finished, and once the file is fixed the same command completes it."""
+    model = _model("resnet18")
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    states = []
+    for epoch in range(3):
+        _drift(model, 70 + epoch)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        torch.save(states[-1], folder / f"epoch_{epoch}.pt")
+    torch.save({"epoch": 1, "optimizer": {"lr": 0.1}}, folder / "epoch_1.pt")  # no weights in it
+    out = tmp_path / "s.zarr"
+    args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(out), "--arch", "resnet18",
+            "--layer", "layer3", "--input-size", "32", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "epoch_1.pt" in result.output and "re-run the same command to resume" in result.output
+    torch.save(states[1], folder / "epoch_1.pt")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "changed since the store was created" in result.output, result.output
+    ds = open_store(out)
+    assert completeness(out).all() and [c["file"] for c in ds.attrs["checkpoints"]][1] == "epoch_1.pt"
+    images = ds["images"].values
+    for epoch in range(3):
+        assert_close16(layer(ds, "layer3")[epoch], direct("resnet18", states[epoch], images, ["layer3"])["layer3"])
+
+
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
     state = _model("resnet18").state_dict()
     folder = tmp_path / "ck"

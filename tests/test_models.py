@@ -62,6 +62,9 @@ def test_layers_command_lists_defaults_with_shapes():
     assert google.exit_code == 0 and "* inception5b" in google.output and "1024x2x2" in google.output
     bad = CliRunner().invoke(app, ["layers", "nosuchnet"])
     assert bad.exit_code == 2 and "unknown architecture" in bad.output and "Traceback" not in bad.output
+    small = CliRunner().invoke(app, ["layers", "densenet121", "--input-size", "16"])  # too small for its poolings
+    assert small.exit_code == 2 and "Traceback" not in small.output
+    assert small.output.startswith("ftdyn: error: --input-size 16: DenseNet cannot run on 16x16 images")
 
 
 def test_convolutional_head_is_replaced_and_not_a_default_layer():
