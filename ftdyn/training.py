@@ -94,10 +94,6 @@ def _build_source(arch: str, weights: str, init: Path | None, num_classes: int, 
             raise FtdynError(f"--weights {exc}") from None
     else:
         model = models.build_model(arch, weights=weights)
-    if init is None and weights_file is None and weights.lower() == "none":
-        print("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
-              "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
-              "to fine-tune a pre-trained model.", file=sys.stderr, flush=True)
     if init is not None:
         try:
             ckpt.load_into_model(model, init, trust=trust, adapt_head=True, arch=arch)
@@ -392,6 +388,10 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
                 p.unlink(missing_ok=True)
         elif resume and progress:
             _say(f"ftdyn: nothing to resume in '{out}'; starting a new run")
+        if init_path is None and weights.lower() == "none":  # nothing pre-trained anywhere
+            print("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
+                  "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
+                  "to fine-tune a pre-trained model.", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": ckpt.SERIES_FORMAT,
