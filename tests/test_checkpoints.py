@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
 import random
 
 import numpy as np
@@ -523,3 +524,49 @@ def test_load_source_weights_file_entry(tmp_path, reference):
     model = _model(seed=1)
     ck.load_source_weights(model, entry, arch=ARCH)
     _assert_same(model, reference)
+
+
+def test_flipped_bytes_in_zip_checkpoint_are_refused(tmp_path, reference):
+    path = tmp_path / "epoch_1.pt"
+    torch.save({"state_dict": reference, "epoch": 1}, path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the tensor data, which is most of the file
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+    for call in (lambda: ck.load_state_dict(path), lambda: ck.read_stored_epoch(path),
+                 lambda: ck.load_state_dict(path, trust=True), lambda: ck.discover_series(tmp_path)):
+        with pytest.raises(FtdynError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable checkpoint (damaged data: CRC check failed for ")
+        assert "re-download" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("epoch, expected", [
+    (3.0, 3), (2.5, None), (np.int64(3), 3), (np.int32(4), 4), (np.float64(5.0), 5), (torch.tensor(6), 6),
+    (True, None), ("7", 7),
+])
+def test_stored_epoch_types(tmp_path, reference, epoch, expected):
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": reference, "epoch": epoch, "best_acc": np.float64(0.9)}, path)
+    assert ck.read_stored_epoch(path) == expected
+    state, stored = ck.load_state_dict(path)
+    assert stored == expected and type(stored) is (int if expected is not None else type(None))
+    assert state.keys() == reference.keys()
+
+
+def test_numpy_scalars_allowed_only_inside_checkpoint_loads(tmp_path, reference):
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": reference, "epoch": np.int64(2)}, path)
+    assert ck.load_state_dict(path)[1] == 2
+    with pytest.raises(pickle.UnpicklingError):  # no global registration left behind
+        torch.load(path, weights_only=True)
+
+
+def test_numpy_1_scalar_name_loads(tmp_path, reference):
+    # files written under numpy 1 name the scalar constructor numpy.core.multiarray.scalar
+    path = tmp_path / "old_numpy.pth"
+    torch.save({"state_dict": reference, "epoch": np.int64(3)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    assert ck.load_state_dict(path)[1] == 3
