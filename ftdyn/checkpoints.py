@@ -509,36 +509,69 @@ def _candidate_prefixes(keys) -> list[str]:
     return sorted(found, key=lambda p: (p.count("."), len(p), p))
 
 
-def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+def _under_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose key starts with ``prefix``, keyed without it (and without wrappers)."""
+    return {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _fits(keys: set[str], target: set[str]) -> bool:
+    """``keys`` name all of ``target``, missing at most BatchNorm counters (the load restores those)."""
+    return keys <= target and all(k.endswith("num_batches_tracked") for k in target - keys)
+
+
+def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None,
+               source: str = "checkpoint", arch: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
 
-    Keys are used as they are when they already name the model's parameters and
-    buffers. Otherwise the shortest leading prefix (up to three dotted components,
-    e.g. Lightning's ``model.`` or ``net.backbone.``) whose removal makes the keys
-    that start with it equal the model's keys is stripped, and keys outside it
-    (e.g. a loss module's buffers) are dropped. Without an exact match the prefix
-    with the largest overlap is used, so the strict load reports the rest.
+    Keys are used as they are when they already name exactly the model's parameters
+    and buffers, whatever ``state_prefix`` says (so a plain ``--source`` file loads
+    next to prefixed series files). Else ``state_prefix`` (e.g. ``"model."``,
+    ``"ema.module."``; a missing final dot is added), when given, picks the copy to
+    load; without it the leading prefix (up to three dotted components, e.g. Lightning's ``model.`` or
+    ``net.backbone.``) whose removal makes the keys that start with it name the
+    whole model is stripped, and keys outside it (e.g. a loss module's buffers) are
+    dropped. Several such prefixes selecting different keys (a model and its EMA or
+    teacher copy) raise an FtdynError naming them, since picking one would be a
+    guess. Without a complete copy the prefix with the largest overlap is used, so
+    the strict load reports the rest. ``source`` and ``arch`` name the file and the
+    model in errors.
     """
     target = set(model.state_dict().keys())
-    if set(state_dict) == target:
+    if _fits(set(state_dict), target):
         return dict(state_dict), ""
+    if state_prefix is not None:
+        prefix = state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
+        mapped = _under_prefix(state_dict, prefix)
+        if not mapped:
+            tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
+            raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
+                             f"{_summary(tops, 6)}); pass one of those or drop --state-prefix.")
+        return mapped, prefix
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
+    copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
     for prefix in _candidate_prefixes(state_dict):
-        sub = {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
-        if set(sub) == target:
-            return sub, prefix
+        sub = _under_prefix(state_dict, prefix)
+        if _fits(set(sub), target):
+            copies[frozenset(k for k in state_dict if k.startswith(prefix))] = prefix
         overlap = len(target & set(sub))
         if overlap > best_overlap:
             best, best_prefix, best_overlap = sub, prefix, overlap
+    if len(copies) > 1:
+        names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
+        raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
+                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+    if copies:
+        prefix = next(iter(copies.values()))
+        return _under_prefix(state_dict, prefix), prefix
     return best, best_prefix
 
 
-def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> int:
+def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
     from .models import fits_head, head_name
 
     head = head_name(model)
-    mapped, _ = match_keys(state_dict, model)
+    mapped, _ = match_keys(state_dict, model, state_prefix=state_prefix)
     weight = mapped.get(f"{head}.weight")
     if weight is None or not fits_head(model, weight):
         raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
@@ -552,10 +585,11 @@ def _summary(names: list[str], limit: int = 3) -> str:
 
 
 def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
-                    arch: str | None = None) -> int | None:
+                    arch: str | None = None, state_prefix: str | None = None) -> int | None:
     """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
 
-    Keys are mapped with :func:`match_keys`. With ``adapt_head=True`` a classifier
+    Keys are mapped with :func:`match_keys` (``state_prefix`` picks one of several
+    complete copies, e.g. ``"ema.module."``). With ``adapt_head=True`` a classifier
     head whose class count differs from the checkpoint's is replaced first
     (``models.replace_head``). Missing ``num_batches_tracked`` buffers (old BatchNorm
     checkpoints) are kept from the model. Any other mismatch raises one FtdynError
@@ -564,17 +598,17 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
     """
     path = Path(path)
     state, epoch = load_state_dict(path, trust=trust)
-    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch)
+    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch, state_prefix=state_prefix)
     return epoch
 
 
 def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
-                          arch: str | None = None) -> None:
+                          arch: str | None = None, state_prefix: str | None = None) -> None:
     """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
     from .models import fits_head, head_name, num_classes_of, replace_head
 
     name = arch or type(model).__name__
-    mapped, prefix = match_keys(state, model)
+    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name)
     if adapt_head:
         weight = mapped.get(f"{head_name(model)}.weight")
         if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
@@ -612,10 +646,12 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
 
 
 def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
-                        adapt_head: bool = True) -> int | None:
-    """Load a series entry (a file, or a torchvision weights name) into ``model``."""
+                        adapt_head: bool = True, state_prefix: str | None = None) -> int | None:
+    """Load a series entry (a file, or a torchvision weights name) into ``model``; ``state_prefix``:
+    see :func:`match_keys`."""
     if entry.path is not None:
-        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch)
+        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch,
+                               state_prefix=state_prefix)
     import torchvision
 
     from .models import canonical_arch
@@ -632,7 +668,8 @@ def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str
     except (OSError, RuntimeError) as exc:
         raise FtdynError(f"--source {entry.weights_name}: could not download or read the torchvision weights "
                          f"({_short(exc)}); pass a local file with --source PATH.") from None
-    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch)
+    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch,
+                          state_prefix=state_prefix)
     return entry.epoch
 
 

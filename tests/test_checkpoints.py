@@ -570,3 +570,45 @@ def test_numpy_1_scalar_name_loads(tmp_path, reference):
     path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     assert b"numpy.core.multiarray" in path.read_bytes()
     assert ck.load_state_dict(path)[1] == 3
+
+
+# ----------------------------------------------------------- several copies (EMA, teacher)
+
+
+def _resnet18_state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return dict(torchvision.models.resnet18(weights=None, num_classes=3).state_dict())
+
+
+def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
+    live, ema = _resnet18_state(0), _resnet18_state(1)
+    path = tmp_path / "epoch=1-step=10.ckpt"
+    torch.save({"epoch": 1, "state_dict": {**_prefixed(live, "model."), **_prefixed(ema, "ema.module.")}}, path)
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(resnet, path, arch="resnet18")
+    assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
+                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+    state, _ = ck.load_state_dict(path)
+    with pytest.raises(FtdynError, match="several complete copies"):
+        ck.infer_num_classes(state, resnet)
+    for prefix, expected in (("model.", live), ("model", live), ("ema.module.", ema), ("ema.", ema)):
+        ck.load_into_model(resnet, path, state_prefix=prefix)
+        _assert_same(resnet, expected)
+    assert ck.infer_num_classes(state, resnet, state_prefix="ema.") == 3
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(resnet, path, state_prefix="teacher.")
+    assert str(info.value) == (f"{path}: no key starts with --state-prefix 'teacher.' (its keys start with "
+                               "2 (ema., model.)); pass one of those or drop --state-prefix.")
+
+
+def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
+    live = _resnet18_state(0)
+    plain, lightning = tmp_path / "source.pth", tmp_path / "epoch=1.ckpt"
+    torch.save(live, plain)
+    torch.save({"state_dict": {**_prefixed(live, "model."), "criterion.weight": torch.ones(3)}}, lightning)
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    ck.load_source_weights(resnet, ck.CheckpointEntry(0, plain, None), arch="resnet18", state_prefix="model.")
+    _assert_same(resnet, live)
+    ck.load_into_model(resnet, lightning)  # one complete copy: found without a prefix, as before
+    _assert_same(resnet, live)
