@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import tempfile
 import threading
 import warnings
@@ -54,8 +55,8 @@ SERIES_FORMAT_VERSION = 1
 #: File names of an ftdyn series: ``epoch_003.pt``.
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.pt"
 CHECKPOINT_REGEX = re.compile(r"^epoch_(\d{3,})\.pt$")
-#: Suffixes recognised as checkpoint files in a third-party folder.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+#: Suffixes recognised (in any case) as checkpoint files in a third-party folder.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
 
 #: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
 #: per-epoch metrics, ...) are written by training and passed through unchanged.
@@ -305,7 +306,7 @@ def _check_file(path: Path) -> None:
 
 def _is_safetensors(path: Path) -> bool:
     """By suffix, or by sniffing the header (u64 little-endian length, then '{')."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return True
     try:
         with open(path, "rb") as fh:
@@ -683,30 +684,70 @@ class CheckpointEntry:
     ``path`` is the file; it is ``None`` for a torchvision weights name used as the
     source (``weights_name``, e.g. ``"IMAGENET1K_V1"``), which has no file and no
     ``sha256`` (``None``). Load either kind with :func:`load_source_weights`.
+    ``subfolder`` names the folder holding the file in a Hugging Face Trainer layout
+    (``checkpoint-500``), where every file has the same name.
     """
 
     epoch: int
     path: Path | None
     sha256: str | None
     weights_name: str | None = None
+    subfolder: str | None = None
 
     @property
     def label(self) -> str:
-        """File name, or ``torchvision:<weights name>``."""
-        return self.path.name if self.path is not None else f"torchvision:{self.weights_name}"
+        """File name (``checkpoint-500/pytorch_model.bin`` in a subfolder), or ``torchvision:<weights name>``."""
+        if self.path is None:
+            return f"torchvision:{self.weights_name}"
+        return f"{self.subfolder}/{self.path.name}" if self.subfolder else self.path.name
 
 
-_EPOCH_IN_NAME = re.compile(r"epoch[^0-9a-zA-Z]{0,2}(\d+)", re.IGNORECASE)
+def _checkpoint_stem(name: str) -> str | None:
+    """``name`` without its checkpoint suffix (any case; ``.pth.tar`` is one), or None if it has none."""
+    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
-def _number_in_name(path: Path) -> int | None:
-    """The number after ``epoch`` in the file stem, else its last integer."""
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    match = _EPOCH_IN_NAME.search(stem)
-    if match:
-        return int(match.group(1))
-    numbers = re.findall(r"\d+", stem)
-    return int(numbers[-1]) if numbers else None
+# Metric values in names are not epochs: decimals (acc0.91, loss-0.5421, v1.2.3) and
+# exponents with a sign (lr1e-4).
+_NOT_EPOCH = re.compile(r"\d+(?:\.\d+)+(?:e[-+]?\d+)?|\d+e[-+]\d+", re.IGNORECASE)
+# 'epoch', 'ep' or 'e' starting a word (so not the 'e' of 'resnet50'), then at most one
+# separator and the number; tried in this order, the first marker found wins.
+_EPOCH_MARKERS = tuple(re.compile(rf"(?<![a-z]){marker}[=_-]?(\d+)", re.IGNORECASE) for marker in ("epoch", "ep", "e"))
+
+
+def _read_name(name: str) -> tuple[int | None, tuple[int, ...], str]:
+    """``(number after an epoch marker or None, the integers otherwise, the name with them as '#')``."""
+    text = _NOT_EPOCH.sub(" ", name)
+    for marker in _EPOCH_MARKERS:
+        match = marker.search(text)
+        if match:
+            return int(match.group(1)), (), ""
+    return None, tuple(int(n) for n in re.findall(r"\d+", text)), re.sub(r"\d+", "#", text)
+
+
+def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | None]:
+    """Each file's number from its name (``names``: file -> name without suffix).
+
+    The number after an epoch marker (``epoch_3``, ``ep3``, ``e3``, ``epoch=3-step=99``),
+    else the last integer, ignoring decimals. Unmarked names of the same pattern whose
+    integers differ in more than one place (``m_12_loss_035``, ``m_13_loss_030``) leave
+    the epoch a guess and raise an FtdynError.
+    """
+    parsed = {p: _read_name(name) for p, name in names.items()}
+    patterns: dict[str, list[Path]] = {}
+    for p, (marked, numbers, pattern) in parsed.items():
+        if marked is None and numbers:
+            patterns.setdefault(pattern, []).append(p)
+    for paths in patterns.values():
+        varying = sum(len(set(column)) > 1 for column in zip(*(parsed[p][1] for p in paths)))
+        if varying > 1:
+            raise FtdynError(f"{folder}: cannot tell which number in the file names is the epoch: "
+                             f"{_listing(sorted(paths), folder)}; rename the files, e.g. epoch_3.pt.")
+    return {p: marked if marked is not None else (numbers[-1] if numbers else None)
+            for p, (marked, numbers, _) in parsed.items()}
 
 
 def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | None:
@@ -718,15 +759,15 @@ def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | 
     return _stored_epoch(_torch_load(path, trust=trust, mmap=True))
 
 
-def _listing(paths, limit: int = 6) -> str:
-    names = [p.name for p in paths]
+def _listing(paths, folder: Path, limit: int = 6) -> str:
+    names = [p.relative_to(folder).as_posix() for p in paths]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
-    if path.exists() or path.suffix in CHECKPOINT_SUFFIXES or os.sep in text or "/" in text:
+    if path.exists() or _checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
@@ -761,6 +802,56 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
     return entries
 
 
+# Lightning's save_last copy or link of the newest checkpoint ('last-v1.ckpt' when re-run).
+# Only .ckpt: Lightning writes nothing else, and another 'last' file may be a real epoch.
+_LIGHTNING_LAST = re.compile(r"last(-v\d+)?\.ckpt", re.IGNORECASE)
+# Hugging Face Trainer checkpoint folders: the weights under these names, beside training state.
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and _checkpoint_stem(p.name) is not None)
+
+
+def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
+    """``files`` without Lightning's ``last.ckpt`` and links to other files of the series, noted on stderr."""
+    targets = {p.resolve() for p in files if not p.is_symlink()}
+    kept, skipped = [], []
+    for p in files:
+        if _LIGHTNING_LAST.fullmatch(p.name):
+            skipped.append(f"{p.name} (Lightning's copy of the newest checkpoint)")
+        elif p.is_symlink() and p.resolve() in targets:
+            skipped.append(f"{p.name} (a link to {p.resolve().name})")
+        else:
+            kept.append(p)
+    if skipped:
+        print(f"ftdyn: note: {folder}: skipping {', '.join(skipped)}.", file=sys.stderr, flush=True)
+    return kept
+
+
+def _subfolder_weights(folder: Path) -> list[Path]:
+    """One weights file per subfolder (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin``).
+
+    A subfolder holding ``model.safetensors`` or ``pytorch_model.bin`` gives that file
+    (the first when both); otherwise its single checkpoint file that is not training
+    state (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``, ...). Subfolders
+    without one are skipped; several candidates raise an FtdynError.
+    """
+    found = []
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
+        weights = preferred[:1] or [p for p in _checkpoint_files(sub)
+                                    if not _TRAINING_STATE.fullmatch(_checkpoint_stem(p.name))]
+        if len(weights) > 1:
+            raise FtdynError(f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
+                             "checkpoint folder, or name it pytorch_model.bin or model.safetensors.")
+        found += weights
+    return found
+
+
 def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
                     arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
     """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
@@ -769,17 +860,22 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     file must exist and (``verify``) match its SHA-256. Epoch 0 is the source model
     written by training, so ``source`` is refused.
 
-    **Third-party folder**: every ``.pt/.pth/.bin/.ckpt/.safetensors`` file (hidden
-    files and other suffixes are ignored). Ordering rule:
+    **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
+    (suffix in any case; hidden files and other suffixes are ignored). Lightning's
+    ``last.ckpt`` (save_last) and links to other files of the folder are skipped with a note on
+    stderr. A folder without such files but with subfolders each holding one weights
+    file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
+    ``model.safetensors``, beside optimizer state) uses those, named by their folder.
+    Ordering rule:
 
     1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
        metadata), those numbers are used;
-    2. otherwise each file's number is the integer after ``epoch`` in its name
-       (``epoch_3``, ``epoch=3-step=99``), else the last integer in its name; files
-       that do store an epoch must agree with their name's number.
+    2. otherwise each file's number comes from its name (see
+       :func:`_numbers_in_names`: the number after ``epoch``/``ep``/``e``, else the
+       last integer, decimals ignored); files that do store an epoch must agree with it.
 
-    Duplicate numbers, files without a number or disagreeing stored/name numbers
-    raise an FtdynError listing the files.
+    Duplicate numbers, files without a number, names with several varying numbers or
+    disagreeing stored/name numbers raise an FtdynError listing the files.
 
     **Source / epoch 0**: ``source`` (a checkpoint file, or a torchvision weights
     name such as ``IMAGENET1K_V1`` given as an entry with ``path=None`` and
@@ -791,6 +887,9 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     ``arch`` (optional) validates a weights name early.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
+                         f"(e.g. {folder.parent}).")
     if not folder.is_dir():
         raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
     manifest = read_manifest(folder)
@@ -800,10 +899,16 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
                              "drop --source.")
         return _series_from_manifest(folder, manifest, verify)
 
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not p.name.startswith("."))
+    files = _skip_copies(folder, _checkpoint_files(folder))
+    names = {p: _checkpoint_stem(p.name) for p in files}
     if not files:
-        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in {folder}.")
+        files = _subfolder_weights(folder)
+        names = {p: p.parent.name for p in files}
+    if not files:
+        subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
+                  "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
+        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}.")
     src = _resolve_source(source, arch) if source is not None else None
     if src is not None and src.path is not None:
         same = [p for p in files if p.resolve() == src.path.resolve()
@@ -816,15 +921,15 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     if all(e is not None for e in stored.values()):
         numbers, how = stored, "stored epoch"
     else:
-        named = {p: _number_in_name(p) for p in files}
+        named = _numbers_in_names(folder, {p: names[p] for p in files})
         nameless = [p for p, n in named.items() if n is None]
         if nameless:
-            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless)} store no epoch and have "
-                             "no number in the file name; rename them (e.g. epoch_3.pt).")
+            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no epoch "
+                             "and have no number in the file name; rename them (e.g. epoch_3.pt).")
         disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
         if disagree:
             raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
-                             f"{_listing(disagree)} store an epoch different from the number in the name; "
+                             f"{_listing(disagree, folder)} store an epoch different from the number in the name; "
                              "rename them to match their epochs.")
         numbers, how = named, "number in the file name"
     by_number: dict[int, list[Path]] = {}
@@ -832,10 +937,11 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         by_number.setdefault(n, []).append(p)
     dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
     if dupes:
-        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes)} have the same {how}; "
+        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
                          "remove or rename the duplicates.")
     if any(n < 0 for n in numbers.values()):
-        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0])}.")
+        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
     shift = 1 if src is not None and 0 in by_number else 0
-    entries = [CheckpointEntry(n + shift, p, sha256_file(p)) for n, p in sorted((n, p) for p, n in numbers.items())]
+    entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
+               for n, p in sorted((n, p) for p, n in numbers.items())]
     return ([src] if src is not None else []) + entries

@@ -407,7 +407,7 @@ def test_infer_num_classes_without_head(reference):
 
 def _tiny(path, epoch=None, value=0.0, wrap="state_dict"):
     sd = {"w": torch.full((2,), float(value))}
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         save_file(sd, str(path), metadata={"epoch": str(epoch)} if epoch is not None else None)
     elif epoch is None:
         torch.save(sd, path)
@@ -477,7 +477,7 @@ def test_empty_folder(tmp_path):
     (tmp_path / "readme.md").write_text("no checkpoints")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert "no checkpoint files (.pt, .pth, .bin, .ckpt, .safetensors)" in str(info.value)
+    assert str(info.value) == f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors)."
     with pytest.raises(FtdynError, match="no such checkpoint folder"):
         ck.discover_series(tmp_path / "missing")
 
@@ -612,3 +612,111 @@ def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
     _assert_same(resnet, live)
     ck.load_into_model(resnet, lightning)  # one complete copy: found without a prefix, as before
     _assert_same(resnet, live)
+
+
+# ------------------------------------------------------------- numbers in third-party names
+
+
+@pytest.mark.parametrize("names, epochs", [
+    (["model_ep1_acc0.91.pth", "model_ep2_acc0.87.pth", "model_ep3_acc0.95.pth"], [1, 2, 3]),
+    (["weights-0001-0.5421.pth", "weights-0002-0.4312.pth", "weights-0010-0.3999.pth"], [1, 2, 10]),
+    (["resnet50_1.pth", "resnet50_2.pth", "resnet50_3.pth"], [1, 2, 3]),
+    (["checkpoint-500.pt", "checkpoint-1000.pt"], [500, 1000]),
+    (["resnet18_E4.pt", "resnet18_e12.pt"], [4, 12]),  # markers in any case; 'e' of 'resnet' is no marker
+    (["run2_lr1e-4_Epoch=5.pt", "run2_lr1e-4_Epoch=6.pt"], [5, 6]),
+    (["run_lr1e-4_7.pt", "run_lr1e-4_8.pt"], [7, 8]),  # the learning rate is no number either
+])
+def test_epoch_from_file_names(tmp_path, names, epochs):
+    for name in names:
+        _tiny(tmp_path / name)
+    entries = ck.discover_series(tmp_path)
+    assert [e.epoch for e in entries] == epochs
+    assert sorted(e.path.name for e in entries) == sorted(names)
+
+
+def test_several_varying_numbers_in_names_are_refused(tmp_path):
+    for name in ("m_12_loss_035.pth", "m_13_loss_030.pth", "m_14_loss_030.pth"):
+        _tiny(tmp_path / name)
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: cannot tell which number in the file names is the epoch: "
+                               "m_12_loss_035.pth, m_13_loss_030.pth, m_14_loss_030.pth; rename the files, "
+                               "e.g. epoch_3.pt.")
+
+
+def test_suffixes_in_any_case_and_pth_tar(tmp_path, reference):
+    _tiny(tmp_path / "epoch_1.PT")
+    _tiny(tmp_path / "epoch_2.Pth")
+    torch.save({"state_dict": reference, "best_acc1": torch.tensor(0.5)}, tmp_path / "checkpoint_epoch3.pth.tar")
+    _tiny(tmp_path / "epoch_4.SAFETENSORS")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (1, "epoch_1.PT"), (2, "epoch_2.Pth"), (3, "checkpoint_epoch3.pth.tar"), (4, "epoch_4.SAFETENSORS")]
+    model = _model(seed=1)
+    ck.load_into_model(model, entries[2].path)
+    _assert_same(model, reference)
+
+
+def test_lightning_last_and_links_are_skipped(tmp_path, capsys):
+    for n in (0, 1, 2):
+        _tiny(tmp_path / f"epoch={n}-step={10 * (n + 1)}.ckpt", epoch=n, value=n)
+    _tiny(tmp_path / "last.ckpt", epoch=2, value=2)  # save_last=True: a copy of the newest
+    (tmp_path / "best.ckpt").symlink_to(tmp_path / "epoch=1-step=20.ckpt")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (0, "epoch=0-step=10.ckpt"), (1, "epoch=1-step=20.ckpt"), (2, "epoch=2-step=30.ckpt")]
+    err = capsys.readouterr().err
+    assert err == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
+                   "(Lightning's copy of the newest checkpoint).\n")
+    (tmp_path / "last.ckpt").unlink()
+    (tmp_path / "last.ckpt").symlink_to("epoch=2-step=30.ckpt")  # save_last="link"
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [0, 1, 2]
+
+
+def test_series_path_is_a_file(tmp_path):
+    _tiny(tmp_path / "epoch_1.pth")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path / "epoch_1.pth")
+    assert str(info.value) == (f"{tmp_path / 'epoch_1.pth'}: is a file, not a checkpoint folder; pass the folder "
+                               f"holding the series (e.g. {tmp_path}).")
+
+
+# ------------------------------------------------------------ Hugging Face Trainer layout
+
+
+def _trainer_checkpoint(folder, weights, value):
+    folder.mkdir(parents=True)
+    _tiny(folder / weights, value=value)
+    for state in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        _tiny(folder / state, value=-1.0)
+    (folder / "trainer_state.json").write_text("{}")
+
+
+def test_hugging_face_trainer_folders(tmp_path):
+    _trainer_checkpoint(tmp_path / "checkpoint-500", "pytorch_model.bin", 1.0)
+    _trainer_checkpoint(tmp_path / "checkpoint-1000", "model.safetensors", 2.0)
+    _trainer_checkpoint(tmp_path / "checkpoint-1500", "weights.pth", 3.0)
+    (tmp_path / "runs").mkdir()  # TensorBoard logs: no weights, ignored
+    (tmp_path / "runs" / "events.out.tfevents.1").write_bytes(b"x")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.label) for e in entries] == [
+        (500, "checkpoint-500/pytorch_model.bin"), (1000, "checkpoint-1000/model.safetensors"),
+        (1500, "checkpoint-1500/weights.pth")]
+    assert [ck.load_state_dict(e.path)[0]["w"][0].item() for e in entries] == [1.0, 2.0, 3.0]
+    _tiny(tmp_path / "checkpoint-1500" / "other.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'checkpoint-1500'}: holds several weights files "
+                               "(checkpoint-1500/other.pt, checkpoint-1500/weights.pth); keep one per checkpoint "
+                               "folder, or name it pytorch_model.bin or model.safetensors.")
+
+
+def test_subfolders_without_weights(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "checkpoint-500").mkdir()
+    _tiny(tmp_path / "checkpoint-500" / "optimizer.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors); "
+                               "none of its 2 subfolders holds one either (expected e.g. "
+                               "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors).")
