@@ -32,13 +32,16 @@ import os
 import pickle
 import re
 import struct
+import sys
 import tempfile
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,8 +55,8 @@ SERIES_FORMAT_VERSION = 1
 #: File names of an ftdyn series: ``epoch_003.pt``.
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.pt"
 CHECKPOINT_REGEX = re.compile(r"^epoch_(\d{3,})\.pt$")
-#: Suffixes recognised as checkpoint files in a third-party folder.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+#: Suffixes recognised (in any case) as checkpoint files in a third-party folder.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
 
 #: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
 #: per-epoch metrics, ...) are written by training and passed through unchanged.
@@ -89,21 +92,16 @@ def to_weights_only(obj: Any) -> Any:
     scalars Python scalars, tuples lists, dtypes/devices strings; dicts, lists, str,
     int, float, bool, bytes and None pass through. Anything else raises ``TypeError``.
     """
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
         return {k: to_weights_only(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_weights_only(v) for v in obj]
-    if np is not None:
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, np.generic):
-            return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
     if isinstance(obj, torch.dtype) or isinstance(obj, torch.device):
@@ -114,8 +112,6 @@ def to_weights_only(obj: Any) -> Any:
 def rng_states() -> dict:
     """The python, numpy and torch (CPU + CUDA) RNG states, weights_only-loadable."""
     import random
-
-    import numpy as np
 
     np_state = np.random.get_state()
     states = {
@@ -131,8 +127,6 @@ def rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     """Restore what :func:`rng_states` returned (after a weights_only load)."""
     import random
-
-    import numpy as np
 
     if "python" in states:
         version, internal, gauss = states["python"]
@@ -280,6 +274,16 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _UNSAFE_HINT = "If you trust this file, pass --trust-checkpoint."
+# numpy bool/int/float scalars (an ``"epoch": np.int64(3)`` or a metric) unpickle through
+# numpy's scalar constructor, np.dtype and the numeric dtype classes, which only build
+# numbers. Allowed in this module's loads only, under the constructor's numpy 2 name and
+# the numpy 1 name that older files carry.
+_NUMPY_SCALAR = np.int64(0).__reduce__()[0]
+_NUMPY_SCALAR_GLOBALS = [_NUMPY_SCALAR, (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+                         *{type(np.dtype(c)) for c in "?" + np.typecodes["AllInteger"] + np.typecodes["Float"]}]
+# safe_globals edits a process-wide set and removes its entries on exit, so overlapping
+# loads (extraction prefetches in a thread) must not interleave their enter/exit.
+_NUMPY_SCALARS_LOCK = threading.Lock()
 
 
 def _unreadable(path: Path, exc: BaseException | str) -> FtdynError:
@@ -302,7 +306,7 @@ def _check_file(path: Path) -> None:
 
 def _is_safetensors(path: Path) -> bool:
     """By suffix, or by sniffing the header (u64 little-endian length, then '{')."""
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         return True
     try:
         with open(path, "rb") as fh:
@@ -353,9 +357,27 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _check_zip_crcs(path: Path) -> None:
+    """Refuse a zip-format torch file whose members fail their CRC-32.
+
+    ``torch.load`` does not check CRCs, so flipped bytes in tensor data would load as
+    silently wrong weights. Costs one sequential read (about 10 ms for a 47 MB resnet18 file).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # testzip only reads: any failure means a damaged file
+        raise _unreadable(path, exc) from None
+    if bad is not None:
+        raise _unreadable(path, f"damaged data: CRC check failed for {bad}")
+
+
 def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
     """``torch.load`` on CPU; ``weights_only=True`` unless ``trust``. One-line errors."""
     _check_file(path)
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_crcs(path)
     if trust:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -367,11 +389,10 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
     if not magic.startswith(b"PK\x03\x04") and not magic.startswith(b"\x80"):
         raise _unreadable(path, "unknown format: not a PyTorch zip, pickle or safetensors file")
     try:
-        # mmap reads only what is touched (discovery needs just the epoch); zip format only
-        use_mmap = mmap and zipfile.is_zipfile(path)
-        with warnings.catch_warnings():
+        # mmap materialises only what is touched (discovery needs just the epoch); zip format only
+        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise _unreadable(path, exc) from None
@@ -417,16 +438,23 @@ def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> dict[str, torch.Te
 
 
 def _stored_epoch(obj: Any) -> int | None:
-    if isinstance(obj, dict):
-        epoch = obj.get("epoch")
-        if isinstance(epoch, bool):
-            return None
-        if isinstance(epoch, int):
-            return epoch
-        if isinstance(epoch, torch.Tensor) and epoch.numel() == 1 and not epoch.is_floating_point():
-            return int(epoch.item())
-        if isinstance(epoch, str) and epoch.strip().isdigit():
-            return int(epoch)
+    """The ``"epoch"`` entry as an int: ints, whole-number floats (``3.0``), numpy scalars,
+    one-element tensors and digit strings; anything else (``2.5``, a bool) counts as absent."""
+    if not isinstance(obj, dict):
+        return None
+    epoch = obj.get("epoch")
+    if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
+        epoch = epoch.item()
+    elif isinstance(epoch, np.generic):
+        epoch = epoch.item()
+    elif isinstance(epoch, str) and epoch.strip().isdigit():
+        epoch = int(epoch)
+    if isinstance(epoch, bool):
+        return None
+    if isinstance(epoch, int):
+        return epoch
+    if isinstance(epoch, float) and epoch.is_integer():
+        return int(epoch)
     return None
 
 
@@ -482,36 +510,69 @@ def _candidate_prefixes(keys) -> list[str]:
     return sorted(found, key=lambda p: (p.count("."), len(p), p))
 
 
-def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+def _under_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose key starts with ``prefix``, keyed without it (and without wrappers)."""
+    return {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _fits(keys: set[str], target: set[str]) -> bool:
+    """``keys`` name all of ``target``, missing at most BatchNorm counters (the load restores those)."""
+    return keys <= target and all(k.endswith("num_batches_tracked") for k in target - keys)
+
+
+def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None,
+               source: str = "checkpoint", arch: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
 
-    Keys are used as they are when they already name the model's parameters and
-    buffers. Otherwise the shortest leading prefix (up to three dotted components,
-    e.g. Lightning's ``model.`` or ``net.backbone.``) whose removal makes the keys
-    that start with it equal the model's keys is stripped, and keys outside it
-    (e.g. a loss module's buffers) are dropped. Without an exact match the prefix
-    with the largest overlap is used, so the strict load reports the rest.
+    Keys are used as they are when they already name exactly the model's parameters
+    and buffers, whatever ``state_prefix`` says (so a plain ``--source`` file loads
+    next to prefixed series files). Else ``state_prefix`` (e.g. ``"model."``,
+    ``"ema.module."``; a missing final dot is added), when given, picks the copy to
+    load; without it the leading prefix (up to three dotted components, e.g. Lightning's ``model.`` or
+    ``net.backbone.``) whose removal makes the keys that start with it name the
+    whole model is stripped, and keys outside it (e.g. a loss module's buffers) are
+    dropped. Several such prefixes selecting different keys (a model and its EMA or
+    teacher copy) raise an FtdynError naming them, since picking one would be a
+    guess. Without a complete copy the prefix with the largest overlap is used, so
+    the strict load reports the rest. ``source`` and ``arch`` name the file and the
+    model in errors.
     """
     target = set(model.state_dict().keys())
-    if set(state_dict) == target:
+    if _fits(set(state_dict), target):
         return dict(state_dict), ""
+    if state_prefix is not None:
+        prefix = state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
+        mapped = _under_prefix(state_dict, prefix)
+        if not mapped:
+            tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
+            raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
+                             f"{_summary(tops, 6)}); pass one of those or drop --state-prefix.")
+        return mapped, prefix
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
+    copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
     for prefix in _candidate_prefixes(state_dict):
-        sub = {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
-        if set(sub) == target:
-            return sub, prefix
+        sub = _under_prefix(state_dict, prefix)
+        if _fits(set(sub), target):
+            copies[frozenset(k for k in state_dict if k.startswith(prefix))] = prefix
         overlap = len(target & set(sub))
         if overlap > best_overlap:
             best, best_prefix, best_overlap = sub, prefix, overlap
+    if len(copies) > 1:
+        names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
+        raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
+                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+    if copies:
+        prefix = next(iter(copies.values()))
+        return _under_prefix(state_dict, prefix), prefix
     return best, best_prefix
 
 
-def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> int:
+def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
     from .models import fits_head, head_name
 
     head = head_name(model)
-    mapped, _ = match_keys(state_dict, model)
+    mapped, _ = match_keys(state_dict, model, state_prefix=state_prefix)
     weight = mapped.get(f"{head}.weight")
     if weight is None or not fits_head(model, weight):
         raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
@@ -525,10 +586,11 @@ def _summary(names: list[str], limit: int = 3) -> str:
 
 
 def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
-                    arch: str | None = None) -> int | None:
+                    arch: str | None = None, state_prefix: str | None = None) -> int | None:
     """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
 
-    Keys are mapped with :func:`match_keys`. With ``adapt_head=True`` a classifier
+    Keys are mapped with :func:`match_keys` (``state_prefix`` picks one of several
+    complete copies, e.g. ``"ema.module."``). With ``adapt_head=True`` a classifier
     head whose class count differs from the checkpoint's is replaced first
     (``models.replace_head``). Missing ``num_batches_tracked`` buffers (old BatchNorm
     checkpoints) are kept from the model. Any other mismatch raises one FtdynError
@@ -537,17 +599,17 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
     """
     path = Path(path)
     state, epoch = load_state_dict(path, trust=trust)
-    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch)
+    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch, state_prefix=state_prefix)
     return epoch
 
 
 def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
-                          arch: str | None = None) -> None:
+                          arch: str | None = None, state_prefix: str | None = None) -> None:
     """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
     from .models import fits_head, head_name, num_classes_of, replace_head
 
     name = arch or type(model).__name__
-    mapped, prefix = match_keys(state, model)
+    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name)
     if adapt_head:
         weight = mapped.get(f"{head_name(model)}.weight")
         if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
@@ -585,10 +647,12 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
 
 
 def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
-                        adapt_head: bool = True) -> int | None:
-    """Load a series entry (a file, or a torchvision weights name) into ``model``."""
+                        adapt_head: bool = True, state_prefix: str | None = None) -> int | None:
+    """Load a series entry (a file, or a torchvision weights name) into ``model``; ``state_prefix``:
+    see :func:`match_keys`."""
     if entry.path is not None:
-        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch)
+        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch,
+                               state_prefix=state_prefix)
     import torchvision
 
     from .models import canonical_arch
@@ -605,7 +669,8 @@ def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str
     except (OSError, RuntimeError) as exc:
         raise FtdynError(f"--source {entry.weights_name}: could not download or read the torchvision weights "
                          f"({_short(exc)}); pass a local file with --source PATH.") from None
-    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch)
+    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch,
+                          state_prefix=state_prefix)
     return entry.epoch
 
 
@@ -619,30 +684,70 @@ class CheckpointEntry:
     ``path`` is the file; it is ``None`` for a torchvision weights name used as the
     source (``weights_name``, e.g. ``"IMAGENET1K_V1"``), which has no file and no
     ``sha256`` (``None``). Load either kind with :func:`load_source_weights`.
+    ``subfolder`` names the folder holding the file in a Hugging Face Trainer layout
+    (``checkpoint-500``), where every file has the same name.
     """
 
     epoch: int
     path: Path | None
     sha256: str | None
     weights_name: str | None = None
+    subfolder: str | None = None
 
     @property
     def label(self) -> str:
-        """File name, or ``torchvision:<weights name>``."""
-        return self.path.name if self.path is not None else f"torchvision:{self.weights_name}"
+        """File name (``checkpoint-500/pytorch_model.bin`` in a subfolder), or ``torchvision:<weights name>``."""
+        if self.path is None:
+            return f"torchvision:{self.weights_name}"
+        return f"{self.subfolder}/{self.path.name}" if self.subfolder else self.path.name
 
 
-_EPOCH_IN_NAME = re.compile(r"epoch[^0-9a-zA-Z]{0,2}(\d+)", re.IGNORECASE)
+def _checkpoint_stem(name: str) -> str | None:
+    """``name`` without its checkpoint suffix (any case; ``.pth.tar`` is one), or None if it has none."""
+    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
 
 
-def _number_in_name(path: Path) -> int | None:
-    """The number after ``epoch`` in the file stem, else its last integer."""
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    match = _EPOCH_IN_NAME.search(stem)
-    if match:
-        return int(match.group(1))
-    numbers = re.findall(r"\d+", stem)
-    return int(numbers[-1]) if numbers else None
+# Metric values in names are not epochs: decimals (acc0.91, loss-0.5421, v1.2.3) and
+# exponents with a sign (lr1e-4).
+_NOT_EPOCH = re.compile(r"\d+(?:\.\d+)+(?:e[-+]?\d+)?|\d+e[-+]\d+", re.IGNORECASE)
+# 'epoch', 'ep' or 'e' starting a word (so not the 'e' of 'resnet50'), then at most one
+# separator and the number; tried in this order, the first marker found wins.
+_EPOCH_MARKERS = tuple(re.compile(rf"(?<![a-z]){marker}[=_-]?(\d+)", re.IGNORECASE) for marker in ("epoch", "ep", "e"))
+
+
+def _read_name(name: str) -> tuple[int | None, tuple[int, ...], str]:
+    """``(number after an epoch marker or None, the integers otherwise, the name with them as '#')``."""
+    text = _NOT_EPOCH.sub(" ", name)
+    for marker in _EPOCH_MARKERS:
+        match = marker.search(text)
+        if match:
+            return int(match.group(1)), (), ""
+    return None, tuple(int(n) for n in re.findall(r"\d+", text)), re.sub(r"\d+", "#", text)
+
+
+def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | None]:
+    """Each file's number from its name (``names``: file -> name without suffix).
+
+    The number after an epoch marker (``epoch_3``, ``ep3``, ``e3``, ``epoch=3-step=99``),
+    else the last integer, ignoring decimals. Unmarked names of the same pattern whose
+    integers differ in more than one place (``m_12_loss_035``, ``m_13_loss_030``) leave
+    the epoch a guess and raise an FtdynError.
+    """
+    parsed = {p: _read_name(name) for p, name in names.items()}
+    patterns: dict[str, list[Path]] = {}
+    for p, (marked, numbers, pattern) in parsed.items():
+        if marked is None and numbers:
+            patterns.setdefault(pattern, []).append(p)
+    for paths in patterns.values():
+        varying = sum(len(set(column)) > 1 for column in zip(*(parsed[p][1] for p in paths)))
+        if varying > 1:
+            raise FtdynError(f"{folder}: cannot tell which number in the file names is the epoch: "
+                             f"{_listing(sorted(paths), folder)}; rename the files, e.g. epoch_3.pt.")
+    return {p: marked if marked is not None else (numbers[-1] if numbers else None)
+            for p, (marked, numbers, _) in parsed.items()}
 
 
 def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | None:
@@ -654,15 +759,15 @@ def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | 
     return _stored_epoch(_torch_load(path, trust=trust, mmap=True))
 
 
-def _listing(paths, limit: int = 6) -> str:
-    names = [p.name for p in paths]
+def _listing(paths, folder: Path, limit: int = 6) -> str:
+    names = [p.relative_to(folder).as_posix() for p in paths]
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
-    if path.exists() or path.suffix in CHECKPOINT_SUFFIXES or os.sep in text or "/" in text:
+    if path.exists() or _checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
@@ -697,6 +802,56 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
     return entries
 
 
+# Lightning's save_last copy or link of the newest checkpoint ('last-v1.ckpt' when re-run).
+# Only .ckpt: Lightning writes nothing else, and another 'last' file may be a real epoch.
+_LIGHTNING_LAST = re.compile(r"last(-v\d+)?\.ckpt", re.IGNORECASE)
+# Hugging Face Trainer checkpoint folders: the weights under these names, beside training state.
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and _checkpoint_stem(p.name) is not None)
+
+
+def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
+    """``files`` without Lightning's ``last.ckpt`` and links to other files of the series, noted on stderr."""
+    targets = {p.resolve() for p in files if not p.is_symlink()}
+    kept, skipped = [], []
+    for p in files:
+        if _LIGHTNING_LAST.fullmatch(p.name):
+            skipped.append(f"{p.name} (Lightning's copy of the newest checkpoint)")
+        elif p.is_symlink() and p.resolve() in targets:
+            skipped.append(f"{p.name} (a link to {p.resolve().name})")
+        else:
+            kept.append(p)
+    if skipped:
+        print(f"ftdyn: note: {folder}: skipping {', '.join(skipped)}.", file=sys.stderr, flush=True)
+    return kept
+
+
+def _subfolder_weights(folder: Path) -> list[Path]:
+    """One weights file per subfolder (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin``).
+
+    A subfolder holding ``model.safetensors`` or ``pytorch_model.bin`` gives that file
+    (the first when both); otherwise its single checkpoint file that is not training
+    state (``optimizer.pt``, ``scheduler.pt``, ``rng_state*.pth``, ...). Subfolders
+    without one are skipped; several candidates raise an FtdynError.
+    """
+    found = []
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
+        weights = preferred[:1] or [p for p in _checkpoint_files(sub)
+                                    if not _TRAINING_STATE.fullmatch(_checkpoint_stem(p.name))]
+        if len(weights) > 1:
+            raise FtdynError(f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
+                             "checkpoint folder, or name it pytorch_model.bin or model.safetensors.")
+        found += weights
+    return found
+
+
 def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
                     arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
     """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
@@ -705,17 +860,22 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     file must exist and (``verify``) match its SHA-256. Epoch 0 is the source model
     written by training, so ``source`` is refused.
 
-    **Third-party folder**: every ``.pt/.pth/.bin/.ckpt/.safetensors`` file (hidden
-    files and other suffixes are ignored). Ordering rule:
+    **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
+    (suffix in any case; hidden files and other suffixes are ignored). Lightning's
+    ``last.ckpt`` (save_last) and links to other files of the folder are skipped with a note on
+    stderr. A folder without such files but with subfolders each holding one weights
+    file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
+    ``model.safetensors``, beside optimizer state) uses those, named by their folder.
+    Ordering rule:
 
     1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
        metadata), those numbers are used;
-    2. otherwise each file's number is the integer after ``epoch`` in its name
-       (``epoch_3``, ``epoch=3-step=99``), else the last integer in its name; files
-       that do store an epoch must agree with their name's number.
+    2. otherwise each file's number comes from its name (see
+       :func:`_numbers_in_names`: the number after ``epoch``/``ep``/``e``, else the
+       last integer, decimals ignored); files that do store an epoch must agree with it.
 
-    Duplicate numbers, files without a number or disagreeing stored/name numbers
-    raise an FtdynError listing the files.
+    Duplicate numbers, files without a number, names with several varying numbers or
+    disagreeing stored/name numbers raise an FtdynError listing the files.
 
     **Source / epoch 0**: ``source`` (a checkpoint file, or a torchvision weights
     name such as ``IMAGENET1K_V1`` given as an entry with ``path=None`` and
@@ -727,6 +887,9 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     ``arch`` (optional) validates a weights name early.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
+                         f"(e.g. {folder.parent}).")
     if not folder.is_dir():
         raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
     manifest = read_manifest(folder)
@@ -736,10 +899,16 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
                              "drop --source.")
         return _series_from_manifest(folder, manifest, verify)
 
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not p.name.startswith("."))
+    files = _skip_copies(folder, _checkpoint_files(folder))
+    names = {p: _checkpoint_stem(p.name) for p in files}
     if not files:
-        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in {folder}.")
+        files = _subfolder_weights(folder)
+        names = {p: p.parent.name for p in files}
+    if not files:
+        subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
+                  "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
+        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}.")
     src = _resolve_source(source, arch) if source is not None else None
     if src is not None and src.path is not None:
         same = [p for p in files if p.resolve() == src.path.resolve()
@@ -752,15 +921,15 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     if all(e is not None for e in stored.values()):
         numbers, how = stored, "stored epoch"
     else:
-        named = {p: _number_in_name(p) for p in files}
+        named = _numbers_in_names(folder, {p: names[p] for p in files})
         nameless = [p for p, n in named.items() if n is None]
         if nameless:
-            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless)} store no epoch and have "
-                             "no number in the file name; rename them (e.g. epoch_3.pt).")
+            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no epoch "
+                             "and have no number in the file name; rename them (e.g. epoch_3.pt).")
         disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
         if disagree:
             raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
-                             f"{_listing(disagree)} store an epoch different from the number in the name; "
+                             f"{_listing(disagree, folder)} store an epoch different from the number in the name; "
                              "rename them to match their epochs.")
         numbers, how = named, "number in the file name"
     by_number: dict[int, list[Path]] = {}
@@ -768,10 +937,11 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         by_number.setdefault(n, []).append(p)
     dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
     if dupes:
-        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes)} have the same {how}; "
+        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
                          "remove or rename the duplicates.")
     if any(n < 0 for n in numbers.values()):
-        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0])}.")
+        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
     shift = 1 if src is not None and 0 in by_number else 0
-    entries = [CheckpointEntry(n + shift, p, sha256_file(p)) for n, p in sorted((n, p) for p, n in numbers.items())]
+    entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
+               for n, p in sorted((n, p) for p, n in numbers.items())]
     return ([src] if src is not None else []) + entries

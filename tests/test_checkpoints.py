@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
 import random
 
 import numpy as np
@@ -406,7 +407,7 @@ def test_infer_num_classes_without_head(reference):
 
 def _tiny(path, epoch=None, value=0.0, wrap="state_dict"):
     sd = {"w": torch.full((2,), float(value))}
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         save_file(sd, str(path), metadata={"epoch": str(epoch)} if epoch is not None else None)
     elif epoch is None:
         torch.save(sd, path)
@@ -476,7 +477,7 @@ def test_empty_folder(tmp_path):
     (tmp_path / "readme.md").write_text("no checkpoints")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert "no checkpoint files (.pt, .pth, .bin, .ckpt, .safetensors)" in str(info.value)
+    assert str(info.value) == f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors)."
     with pytest.raises(FtdynError, match="no such checkpoint folder"):
         ck.discover_series(tmp_path / "missing")
 
@@ -523,3 +524,199 @@ def test_load_source_weights_file_entry(tmp_path, reference):
     model = _model(seed=1)
     ck.load_source_weights(model, entry, arch=ARCH)
     _assert_same(model, reference)
+
+
+def test_flipped_bytes_in_zip_checkpoint_are_refused(tmp_path, reference):
+    path = tmp_path / "epoch_1.pt"
+    torch.save({"state_dict": reference, "epoch": 1}, path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2  # inside the tensor data, which is most of the file
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+    for call in (lambda: ck.load_state_dict(path), lambda: ck.read_stored_epoch(path),
+                 lambda: ck.load_state_dict(path, trust=True), lambda: ck.discover_series(tmp_path)):
+        with pytest.raises(FtdynError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable checkpoint (damaged data: CRC check failed for ")
+        assert "re-download" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("epoch, expected", [
+    (3.0, 3), (2.5, None), (np.int64(3), 3), (np.int32(4), 4), (np.float64(5.0), 5), (torch.tensor(6), 6),
+    (True, None), ("7", 7),
+])
+def test_stored_epoch_types(tmp_path, reference, epoch, expected):
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": reference, "epoch": epoch, "best_acc": np.float64(0.9)}, path)
+    assert ck.read_stored_epoch(path) == expected
+    state, stored = ck.load_state_dict(path)
+    assert stored == expected and type(stored) is (int if expected is not None else type(None))
+    assert state.keys() == reference.keys()
+
+
+def test_numpy_scalars_allowed_only_inside_checkpoint_loads(tmp_path, reference):
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": reference, "epoch": np.int64(2)}, path)
+    assert ck.load_state_dict(path)[1] == 2
+    with pytest.raises(pickle.UnpicklingError):  # no global registration left behind
+        torch.load(path, weights_only=True)
+
+
+def test_numpy_1_scalar_name_loads(tmp_path, reference):
+    # files written under numpy 1 name the scalar constructor numpy.core.multiarray.scalar
+    path = tmp_path / "old_numpy.pth"
+    torch.save({"state_dict": reference, "epoch": np.int64(3)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    assert ck.load_state_dict(path)[1] == 3
+
+
+# ----------------------------------------------------------- several copies (EMA, teacher)
+
+
+def _resnet18_state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    return dict(torchvision.models.resnet18(weights=None, num_classes=3).state_dict())
+
+
+def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
+    live, ema = _resnet18_state(0), _resnet18_state(1)
+    path = tmp_path / "epoch=1-step=10.ckpt"
+    torch.save({"epoch": 1, "state_dict": {**_prefixed(live, "model."), **_prefixed(ema, "ema.module.")}}, path)
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(resnet, path, arch="resnet18")
+    assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
+                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+    state, _ = ck.load_state_dict(path)
+    with pytest.raises(FtdynError, match="several complete copies"):
+        ck.infer_num_classes(state, resnet)
+    for prefix, expected in (("model.", live), ("model", live), ("ema.module.", ema), ("ema.", ema)):
+        ck.load_into_model(resnet, path, state_prefix=prefix)
+        _assert_same(resnet, expected)
+    assert ck.infer_num_classes(state, resnet, state_prefix="ema.") == 3
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(resnet, path, state_prefix="teacher.")
+    assert str(info.value) == (f"{path}: no key starts with --state-prefix 'teacher.' (its keys start with "
+                               "2 (ema., model.)); pass one of those or drop --state-prefix.")
+
+
+def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
+    live = _resnet18_state(0)
+    plain, lightning = tmp_path / "source.pth", tmp_path / "epoch=1.ckpt"
+    torch.save(live, plain)
+    torch.save({"state_dict": {**_prefixed(live, "model."), "criterion.weight": torch.ones(3)}}, lightning)
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    ck.load_source_weights(resnet, ck.CheckpointEntry(0, plain, None), arch="resnet18", state_prefix="model.")
+    _assert_same(resnet, live)
+    ck.load_into_model(resnet, lightning)  # one complete copy: found without a prefix, as before
+    _assert_same(resnet, live)
+
+
+# ------------------------------------------------------------- numbers in third-party names
+
+
+@pytest.mark.parametrize("names, epochs", [
+    (["model_ep1_acc0.91.pth", "model_ep2_acc0.87.pth", "model_ep3_acc0.95.pth"], [1, 2, 3]),
+    (["weights-0001-0.5421.pth", "weights-0002-0.4312.pth", "weights-0010-0.3999.pth"], [1, 2, 10]),
+    (["resnet50_1.pth", "resnet50_2.pth", "resnet50_3.pth"], [1, 2, 3]),
+    (["checkpoint-500.pt", "checkpoint-1000.pt"], [500, 1000]),
+    (["resnet18_E4.pt", "resnet18_e12.pt"], [4, 12]),  # markers in any case; 'e' of 'resnet' is no marker
+    (["run2_lr1e-4_Epoch=5.pt", "run2_lr1e-4_Epoch=6.pt"], [5, 6]),
+    (["run_lr1e-4_7.pt", "run_lr1e-4_8.pt"], [7, 8]),  # the learning rate is no number either
+])
+def test_epoch_from_file_names(tmp_path, names, epochs):
+    for name in names:
+        _tiny(tmp_path / name)
+    entries = ck.discover_series(tmp_path)
+    assert [e.epoch for e in entries] == epochs
+    assert sorted(e.path.name for e in entries) == sorted(names)
+
+
+def test_several_varying_numbers_in_names_are_refused(tmp_path):
+    for name in ("m_12_loss_035.pth", "m_13_loss_030.pth", "m_14_loss_030.pth"):
+        _tiny(tmp_path / name)
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: cannot tell which number in the file names is the epoch: "
+                               "m_12_loss_035.pth, m_13_loss_030.pth, m_14_loss_030.pth; rename the files, "
+                               "e.g. epoch_3.pt.")
+
+
+def test_suffixes_in_any_case_and_pth_tar(tmp_path, reference):
+    _tiny(tmp_path / "epoch_1.PT")
+    _tiny(tmp_path / "epoch_2.Pth")
+    torch.save({"state_dict": reference, "best_acc1": torch.tensor(0.5)}, tmp_path / "checkpoint_epoch3.pth.tar")
+    _tiny(tmp_path / "epoch_4.SAFETENSORS")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (1, "epoch_1.PT"), (2, "epoch_2.Pth"), (3, "checkpoint_epoch3.pth.tar"), (4, "epoch_4.SAFETENSORS")]
+    model = _model(seed=1)
+    ck.load_into_model(model, entries[2].path)
+    _assert_same(model, reference)
+
+
+def test_lightning_last_and_links_are_skipped(tmp_path, capsys):
+    for n in (0, 1, 2):
+        _tiny(tmp_path / f"epoch={n}-step={10 * (n + 1)}.ckpt", epoch=n, value=n)
+    _tiny(tmp_path / "last.ckpt", epoch=2, value=2)  # save_last=True: a copy of the newest
+    (tmp_path / "best.ckpt").symlink_to(tmp_path / "epoch=1-step=20.ckpt")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (0, "epoch=0-step=10.ckpt"), (1, "epoch=1-step=20.ckpt"), (2, "epoch=2-step=30.ckpt")]
+    err = capsys.readouterr().err
+    assert err == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
+                   "(Lightning's copy of the newest checkpoint).\n")
+    (tmp_path / "last.ckpt").unlink()
+    (tmp_path / "last.ckpt").symlink_to("epoch=2-step=30.ckpt")  # save_last="link"
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [0, 1, 2]
+
+
+def test_series_path_is_a_file(tmp_path):
+    _tiny(tmp_path / "epoch_1.pth")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path / "epoch_1.pth")
+    assert str(info.value) == (f"{tmp_path / 'epoch_1.pth'}: is a file, not a checkpoint folder; pass the folder "
+                               f"holding the series (e.g. {tmp_path}).")
+
+
+# ------------------------------------------------------------ Hugging Face Trainer layout
+
+
+def _trainer_checkpoint(folder, weights, value):
+    folder.mkdir(parents=True)
+    _tiny(folder / weights, value=value)
+    for state in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        _tiny(folder / state, value=-1.0)
+    (folder / "trainer_state.json").write_text("{}")
+
+
+def test_hugging_face_trainer_folders(tmp_path):
+    _trainer_checkpoint(tmp_path / "checkpoint-500", "pytorch_model.bin", 1.0)
+    _trainer_checkpoint(tmp_path / "checkpoint-1000", "model.safetensors", 2.0)
+    _trainer_checkpoint(tmp_path / "checkpoint-1500", "weights.pth", 3.0)
+    (tmp_path / "runs").mkdir()  # TensorBoard logs: no weights, ignored
+    (tmp_path / "runs" / "events.out.tfevents.1").write_bytes(b"x")
+    entries = ck.discover_series(tmp_path)
+    assert [(e.epoch, e.label) for e in entries] == [
+        (500, "checkpoint-500/pytorch_model.bin"), (1000, "checkpoint-1000/model.safetensors"),
+        (1500, "checkpoint-1500/weights.pth")]
+    assert [ck.load_state_dict(e.path)[0]["w"][0].item() for e in entries] == [1.0, 2.0, 3.0]
+    _tiny(tmp_path / "checkpoint-1500" / "other.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'checkpoint-1500'}: holds several weights files "
+                               "(checkpoint-1500/other.pt, checkpoint-1500/weights.pth); keep one per checkpoint "
+                               "folder, or name it pytorch_model.bin or model.safetensors.")
+
+
+def test_subfolders_without_weights(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "checkpoint-500").mkdir()
+    _tiny(tmp_path / "checkpoint-500" / "optimizer.pt")
+    with pytest.raises(FtdynError) as info:
+        ck.discover_series(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors); "
+                               "none of its 2 subfolders holds one either (expected e.g. "
+                               "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors).")
