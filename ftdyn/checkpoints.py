@@ -702,7 +702,7 @@ class CheckpointEntry:
         return f"{self.subfolder}/{self.path.name}" if self.subfolder else self.path.name
 
 
-def _checkpoint_stem(name: str) -> str | None:
+def checkpoint_stem(name: str) -> str | None:
     """``name`` without its checkpoint suffix (any case; ``.pth.tar`` is one), or None if it has none."""
     for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix) and len(name) > len(suffix):
@@ -767,7 +767,7 @@ def _listing(paths, folder: Path, limit: int = 6) -> str:
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
-    if path.exists() or _checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
+    if path.exists() or checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
@@ -813,7 +813,7 @@ _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_stat
 def _checkpoint_files(folder: Path) -> list[Path]:
     """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and _checkpoint_stem(p.name) is not None)
+                  if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None)
 
 
 def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
@@ -844,7 +844,7 @@ def _subfolder_weights(folder: Path) -> list[Path]:
     for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
         preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
         weights = preferred[:1] or [p for p in _checkpoint_files(sub)
-                                    if not _TRAINING_STATE.fullmatch(_checkpoint_stem(p.name))]
+                                    if not _TRAINING_STATE.fullmatch(checkpoint_stem(p.name))]
         if len(weights) > 1:
             raise FtdynError(f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
                              "checkpoint folder, or name it pytorch_model.bin or model.safetensors.")
@@ -900,7 +900,7 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         return _series_from_manifest(folder, manifest, verify)
 
     files = _skip_copies(folder, _checkpoint_files(folder))
-    names = {p: _checkpoint_stem(p.name) for p in files}
+    names = {p: checkpoint_stem(p.name) for p in files}
     if not files:
         files = _subfolder_weights(folder)
         names = {p: p.parent.name for p in files}

@@ -83,8 +83,8 @@ def layers(
 @user_errors
 def extract(
     ckpts_dir: Annotated[Path, typer.Argument(help="Checkpoint series: a folder written by `ftdyn train`, or a folder "
-                                                   "of third-party checkpoints (.pt/.pth/.bin/.ckpt/.safetensors) "
-                                                   "with --arch.")],
+                                                   "of third-party checkpoints (.pt/.pth/.pth.tar/.bin/.ckpt/"
+                                                   ".safetensors, or Trainer checkpoint-N/ subfolders) with --arch.")],
     data: Annotated[Path, typer.Option(help="Probe images: an ImageFolder (<class>/<image>), e.g. the target's "
                                             "validation split.")],
     out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
@@ -111,6 +111,9 @@ def extract(
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
                                                                               "objects from checkpoint files "
                                                                               "(only for files you trust).")] = False,
+    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix of the model copy to load from files "
+                                                             "holding several (e.g. ema.module. for an EMA copy).")
+                            ] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Model name shown in reports (default: the "
                                                            "architecture).")] = None,
     dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name shown in reports (default: from the "
@@ -130,7 +133,7 @@ def extract(
                 per_class=per_class, max_samples=max_samples, probe_seed=seed, input_size=input_size,
                 batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
                 trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
-                writers=writers, progress=not no_progress)
+                writers=writers, state_prefix=state_prefix, progress=not no_progress)
 
 
 @app.command()
@@ -334,6 +337,9 @@ def train(
                                                                               "objects from --init/--weights "
                                                                               "files (only for files you "
                                                                               "trust).")] = False,
+    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix of the model copy to load from "
+                                                             "--init/--weights files holding several (e.g. "
+                                                             "ema.module.).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")] = False,
 ) -> None:
     """Fine-tune ARCH on DATA_DIR (every layer, new head) and save one checkpoint per epoch.
@@ -348,7 +354,7 @@ def train(
                           batch_size=batch_size, lr=lr, optimizer=optimizer, val_split=val_split,
                           input_size=input_size, seed=seed, device=device, num_workers=workers, resume=resume,
                           overwrite=overwrite, trust_checkpoint=trust_checkpoint, progress=not no_progress,
-                          crop_scale=crop_scale)
+                          crop_scale=crop_scale, state_prefix=state_prefix)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

@@ -175,13 +175,13 @@ def _store_lock(path: Path) -> Iterator[None]:
 
 
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
-    from .checkpoints import CHECKPOINT_SUFFIXES, discover_series, read_manifest
+    from .checkpoints import checkpoint_stem, discover_series, read_manifest
     from .models import canonical_arch
 
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
         if series.is_dir() and arch is None and any(
-                p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and not p.name.startswith(".")
+                p.is_file() and checkpoint_stem(p.name) is not None and not p.name.startswith(".")
                 for p in series.iterdir()):
             raise FtdynError(f"--arch: {series} is not an ftdyn series (no manifest.json); name the architecture "
                              "of its checkpoints with --arch (e.g. --arch resnet50).")
@@ -199,22 +199,36 @@ def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     return series_arch, manifest, entries
 
 
-def _load_state(entry, trust: bool):
+@dataclass(frozen=True)
+class _Loading:
+    """How checkpoints become model weights: the architecture (named in errors), whether
+    full pickles are trusted, whether a head of another class count is adapted (third-party
+    series), and which copy of the model a file holding several is read from."""
+
+    arch: str
+    trust: bool
+    adapt_head: bool
+    state_prefix: str | None = None
+
+
+def _load_state(entry, loading: _Loading):
     """State dict of a file entry (None for a torchvision weights name, loaded later)."""
     from .checkpoints import load_state_dict
 
     if entry.path is None:
         return None
-    return load_state_dict(entry.path, trust=trust)[0]
+    return load_state_dict(entry.path, trust=loading.trust)[0]
 
 
-def _apply_state(model, entry, state, *, arch: str, trust: bool, adapt_head: bool) -> None:
+def _apply_state(model, entry, state, loading: _Loading) -> None:
     from .checkpoints import load_source_weights, load_state_into_model
 
     if state is None:
-        load_source_weights(model, entry, arch=arch, trust=trust, adapt_head=adapt_head)
+        load_source_weights(model, entry, arch=loading.arch, trust=loading.trust, adapt_head=loading.adapt_head,
+                            state_prefix=loading.state_prefix)
     else:
-        load_state_into_model(model, state, source=str(entry.path), adapt_head=adapt_head, arch=arch)
+        load_state_into_model(model, state, source=str(entry.path), adapt_head=loading.adapt_head,
+                              arch=loading.arch, state_prefix=loading.state_prefix)
 
 
 def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
@@ -389,7 +403,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             input_size: int | None = None, batch_size: int = 64, dtype: str = "float16", codec: str = "zstd",
             samples_per_chunk: int | None = None, device: str = "auto", trust_checkpoint: bool = False,
             model_name: str | None = None, dataset_name: str | None = None, writers: int | None = None,
-            progress: bool = True) -> Path:
+            state_prefix: str | None = None, progress: bool = True) -> Path:
     """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
 
     ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
@@ -404,7 +418,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     zstd|lz4 of the stored activations; ``samples_per_chunk`` (default: ~32 MB chunks
     of the largest layer). ``device``: auto (CUDA when present), cpu, cuda, cuda:N.
     ``trust_checkpoint`` allows unpickling arbitrary objects (only for trusted files).
-    ``writers``: threads compressing and writing regions (default :func:`default_writers`:
+    ``state_prefix``: the key prefix of the copy to load from files holding several
+    complete copies of the model (e.g. ``"ema.module."``; see
+    :func:`ftdyn.checkpoints.match_keys`). ``writers``: threads compressing and writing regions (default :func:`default_writers`:
     one per CPU core but one, 2 to 16).
 
     If ``out`` exists it is resumed/extended (see the module docstring); a complete
@@ -469,11 +485,11 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
              "fingerprint": probe_fingerprint(images, labels, probe_data.classes)}
 
     # -- first checkpoint: validates --arch before anything is written -------------------
-    adapt_head = manifest is None
+    loading = _Loading(arch, trust_checkpoint, adapt_head=manifest is None, state_prefix=state_prefix)
     cache: dict[int, Any] = {}
     first = entries[0]
-    cache[0] = _load_state(first, trust_checkpoint)
-    _apply_state(model, first, cache[0], arch=arch, trust=trust_checkpoint, adapt_head=adapt_head)
+    cache[0] = _load_state(first, loading)
+    _apply_state(model, first, cache[0], loading)
 
     # -- create, or check and extend, the store ------------------------------------------
     dtype_t = DTYPES[dtype]
@@ -484,8 +500,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
 
             last = len(entries) - 1
             if last not in cache:
-                cache[last] = _load_state(entries[last], trust_checkpoint)
-            num_classes = infer_num_classes(cache[last], model) if cache[last] is not None else None
+                cache[last] = _load_state(entries[last], loading)
+            num_classes = (infer_num_classes(cache[last], model, state_prefix=state_prefix)
+                           if cache[last] is not None else None)
         fields = _receptive_fields(model, layer_names, size)
         spec = StoreSpec(
             architecture=arch,
@@ -537,8 +554,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         try:
             stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
                          layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
-                         batch_size=int(batch_size), n_writers=int(writers), arch=arch, trust=trust_checkpoint,
-                         adapt_head=adapt_head, progress=progress)
+                         batch_size=int(batch_size), n_writers=int(writers), loading=loading, progress=progress)
         except FtdynError as exc:
             raise FtdynError(f"{exc} ({out} keeps the checkpoints finished so far; fix the cause and re-run the same "
                              "command to resume.)") from None
@@ -558,7 +574,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
 
 def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers,
          channels_last: frozenset[str], dev: torch.device, dtype_t: torch.dtype, batch_size: int, n_writers: int,
-         arch: str, trust: bool, adapt_head: bool, progress: bool) -> dict[str, float]:
+         loading: _Loading, progress: bool) -> dict[str, float]:
     """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
     from .data import normalize
     from .models import LayerCapture
@@ -598,7 +614,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
         if k < len(todo):
             pos = todo[k][0]
             if pos not in cache and pos not in prefetch:
-                prefetch[pos] = loader.submit(_load_state, entries[pos], trust)
+                prefetch[pos] = loader.submit(_load_state, entries[pos], loading)
 
     forwarded = 0
     inflight: list = []  # CUDA: batches whose device->host copies are still running
@@ -613,7 +629,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
                 entry = entries[pos]
                 state = cache.pop(pos) if pos in cache else prefetch.pop(pos).result()
                 if not (k == 0 and pos == 0):  # entry 0 was loaded into the model during setup
-                    _apply_state(model, entry, state, arch=arch, trust=trust, adapt_head=adapt_head)
+                    _apply_state(model, entry, state, loading)
                 del state
                 model.to(dev).eval()  # a replaced head is created on the CPU
                 pending_set = set(pending)

@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .checkpoints import checkpoint_stem, load_into_model
 from .errors import FtdynError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,7 +31,6 @@ _PAPER_LAYERS = {
     "vgg19_bn": ["features.5", "features.12", "features.25", "features.38", "features.51"],
 }
 _ACTIVATION_NAMES = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "Mish", "LeakyReLU"}
-_WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU)
 
 
@@ -108,9 +108,7 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | Path |
     arch = canonical_arch(arch)
     if weights is None or str(weights).lower() == "none":
         model = _random_init(arch)
-    elif Path(weights).exists() or Path(weights).suffix.lower() in _WEIGHT_FILE_SUFFIXES:
-        from .checkpoints import load_into_model
-
+    elif Path(weights).exists() or checkpoint_stem(Path(weights).name) is not None:
         if not Path(weights).is_file():
             raise FtdynError(f"--weights: file {weights} does not exist.")
         model = _random_init(arch)

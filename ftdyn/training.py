@@ -83,20 +83,21 @@ def _new_head(model: nn.Module, num_classes: int) -> None:
 
 
 def _build_source(arch: str, weights: str, init: Path | None, num_classes: int, seed: int,
-                  trust: bool) -> nn.Module:
+                  trust: bool, state_prefix: str | None) -> nn.Module:
     torch.manual_seed(seed)
     weights_file = _weights_file(weights)
     if weights_file is not None:  # loaded here so that --trust-checkpoint applies and errors name the flag
         model = models.build_model(arch, weights="none")
         try:
-            ckpt.load_into_model(model, weights_file, trust=trust, adapt_head=True, arch=arch)
+            ckpt.load_into_model(model, weights_file, trust=trust, adapt_head=True, arch=arch,
+                                 state_prefix=state_prefix)
         except FtdynError as exc:
             raise FtdynError(f"--weights {exc}") from None
     else:
         model = models.build_model(arch, weights=weights)
     if init is not None:
         try:
-            ckpt.load_into_model(model, init, trust=trust, adapt_head=True, arch=arch)
+            ckpt.load_into_model(model, init, trust=trust, adapt_head=True, arch=arch, state_prefix=state_prefix)
         except FtdynError as exc:
             raise FtdynError(f"--init {exc}") from None
     _new_head(model, num_classes)
@@ -112,7 +113,7 @@ def _weights_file(weights: str) -> Path | None:
     path = Path(weights).expanduser()
     if path.is_file():
         return path
-    if path.suffix in ckpt.CHECKPOINT_SUFFIXES or "/" in weights or os.sep in weights:
+    if ckpt.checkpoint_stem(path.name) is not None or "/" in weights or os.sep in weights:
         raise FtdynError(f"--weights: '{weights}' does not exist; give a weights file, a torchvision weights "
                          "name (e.g. IMAGENET1K_V1) or none.")
     return None
@@ -245,7 +246,8 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
           init: str | os.PathLike | None = None, epochs: int = 10, batch_size: int = 196, lr: float = 1e-4,
           optimizer: str = "adam", val_split: float | None = None, input_size: int = 224, seed: int = 0,
           device: str = "auto", num_workers: int = 0, resume: bool = False, overwrite: bool = False,
-          trust_checkpoint: bool = False, progress: bool = True, crop_scale: float = 0.08) -> Path:
+          trust_checkpoint: bool = False, progress: bool = True, crop_scale: float = 0.08,
+          state_prefix: str | None = None) -> Path:
     """Fine-tune ``arch`` on ``data_dir`` and write a checkpoint series to ``out``.
 
     Parameters mirror ``ftdyn train`` (paper defaults: Adam, batch size 196, lr 1e-4,
@@ -255,7 +257,8 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     class when ``data_dir`` has no ``train/``+``val/`` subfolders. ``resume``: continue
     the run in ``out`` from its last complete epoch (arguments must match the
     manifest; ``epochs`` may be larger to extend it). ``overwrite``: delete ftdyn's
-    files in ``out`` (``epoch_*.pt``, ``manifest.json``) and start over.
+    files in ``out`` (``epoch_*.pt``, ``manifest.json``) and start over. ``state_prefix``:
+    the copy to load from ``weights``/``init`` files holding several (e.g. ``"ema.module."``).
 
     Side effect: re-seeds the global torch RNG (from ``seed``, then per epoch).
     Returns the output folder. Raises :class:`FtdynError` for bad input.
@@ -340,7 +343,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
                              "same data or start over with --overwrite.")
 
     # -- model ---------------------------------------------------------------------
-    model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint)
+    model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint, state_prefix)
     _check_input_size(model, input_size, arch)
     model.to(dev)
     opt = _make_optimizer(opt_name, model.parameters(), lr)

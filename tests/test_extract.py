@@ -315,6 +315,34 @@ def test_broken_checkpoint_mid_series_stops_then_resumes_once_fixed(tmp_path, pr
         assert_close16(layer(ds, "layer3")[epoch], direct("resnet18", states[epoch], images, ["layer3"])["layer3"])
 
 
+def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
+    """Lightning files holding the model and an EMA copy: refused in one line naming both
+    prefixes, then --state-prefix chooses which copy every checkpoint loads."""
+    model, ema = _model("resnet18"), _model("resnet18", seed=9)
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    states = []
+    for epoch in range(2):
+        _drift(model, 90 + epoch)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        torch.save({"epoch": epoch, "state_dict": {**_prefixed(states[-1], "model."),
+                                                   **_prefixed(ema.state_dict(), "ema.module.")}},
+                   folder / f"epoch={epoch}-step={epoch + 1}.ckpt")
+    out = tmp_path / "s.zarr"
+    args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(out), "--arch", "resnet18",
+            "--layer", "layer2", "--input-size", "32", "--no-progress"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output and not out.exists()
+    assert "several complete copies" in refused.output and "'ema.module.'" in refused.output
+    assert "'model.'" in refused.output
+    result = CliRunner().invoke(app, args + ["--state-prefix", "model."])
+    assert result.exit_code == 0, result.output
+    ds = open_store(out)
+    for epoch in range(2):
+        assert_close16(layer(ds, "layer2")[epoch], direct("resnet18", states[epoch], ds["images"].values,
+                                                         ["layer2"])["layer2"])
+
+
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
     state = _model("resnet18").state_dict()
     folder = tmp_path / "ck"
