@@ -34,8 +34,15 @@ def user_errors(func):
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # the file system refused (read-only, full, permissions): not a bug of ours
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"ftdyn: error: {where}{exc.strerror or exc}; check that the path is writable and the disk "
+                       "has room, then re-run the same command (finished work is kept).", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("ftdyn: interrupted; finished work is kept and a re-run resumes it.", err=True)
+            resume = " with --resume" if func.__name__ == "train" else ""
+            typer.echo(f"ftdyn: interrupted; finished work is kept and re-running the same command{resume} "
+                       "continues it.", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -50,7 +50,7 @@ import torch
 
 from ._version import __version__
 from .devices import resolve_device
-from .errors import FtdynError
+from .errors import FtdynError, check_output_folder
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
@@ -447,6 +447,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         raise FtdynError(f"--input-size: {input_size} is too small (at least 8 pixels).")
     if not data_dir.exists():
         raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
+    check_output_folder(out, inputs=[data_dir, series])
     dev = resolve_device(device)
 
     # -- the series and the model ------------------------------------------------------
@@ -494,6 +495,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     # -- create, or check and extend, the store ------------------------------------------
     dtype_t = DTYPES[dtype]
     records = [_entry_record(e) for e in entries]
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder made for the store: create the store in its place
     if not out.exists():
         if num_classes is None:  # third-party: the class count of the fine-tuned (last) checkpoint
             from .checkpoints import infer_num_classes

@@ -212,9 +212,13 @@ def _layouts(model: nn.Module, names, input_size: int) -> dict[str, tuple[tuple[
     Some models compute in (batch, y, x, channel) (ConvNeXt's block MLPs, Swin, MaxViT), which one
     output shape cannot tell apart from (batch, channel, y, x); a second pass 32 pixels larger
     can: the spatial axes grow with the input (any stride up to 32), the channel axis does not.
+    A model that takes only one input size (ViT) cannot tell either way: channels first.
     """
     small = _output_shapes(model, names, input_size)
-    large = _output_shapes(model, names, input_size + 32)
+    try:
+        large = _output_shapes(model, names, input_size + 32)
+    except FtdynError:
+        large = {}
     out = {}
     for name, (a, b, c) in small.items():
         channels_last = name in large and large[name][2] == c and large[name][0] != a

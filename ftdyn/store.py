@@ -244,7 +244,12 @@ def _open_group(path: Path, mode: str = "r") -> zarr.Group:
         group = zarr.open_group(path, mode=mode, zarr_format=3)
     except Exception as exc:  # zarr raises many types for unreadable metadata
         raise FtdynError(f"{path}: not a readable Zarr v3 store ({type(exc).__name__}: {exc}).") from None
-    _validate_attrs(path, dict(group.attrs))
+    attrs = dict(group.attrs)
+    _validate_attrs(path, attrs)
+    missing = [var for var in (*attrs["layer_variables"].values(), IMAGES, COMPLETE) if var not in group]
+    if missing:
+        raise FtdynError(f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
+                         "into a new --out.")
     return group
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,6 +400,31 @@ def test_bad_inputs_one_line(planted, tmp_path):
     assert "store format 99" in _one_line_error(["analyze", str(bad), *out])
     part, _ = make_store(tmp_path / "part.zarr", complete=lambda i, c: i < 3)
     assert "checkpoints 3 are not fully extracted" in _one_line_error(["analyze", str(part), *out])
+    lone, _ = make_store(tmp_path / "lone.zarr", complete=lambda i, c: i < 1)
+    assert "nothing to compare" in _one_line_error(["analyze", str(lone), "--allow-partial", *out])
+    assert "--workers" in _one_line_error(["analyze", str(path), "--workers", "0", *out])
+    assert "--bootstrap" in _one_line_error(["analyze", str(path), "--bootstrap", "1", *out])
+    assert "a view twice" in _one_line_error(["analyze", str(path), "--view", "cka=filter", "--view", "cka=map", *out])
+    assert "inside the input" in _one_line_error(["analyze", str(path), "--out", str(path / "results")])
+    assert not (path / "results").exists()
+
+
+def test_damaged_stores_are_one_line(planted, tmp_path):
+    """Chunk files lost, altered or a whole array gone after extraction: one line naming the store."""
+    import shutil
+
+    path, _ = planted
+    out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
+    cases = {"missing": lambda f: f.unlink(), "truncated": lambda f: f.write_bytes(f.read_bytes()[:40])}
+    for name, damage in cases.items():
+        bad = Path(shutil.copytree(path, tmp_path / f"{name}.zarr"))
+        damage(next(f for f in sorted((bad / "features_3" / "c").rglob("*")) if f.is_file()))
+        line = _one_line_error(["analyze", str(bad), *out])
+        assert str(bad) in line and "features_3" in line and "re-extract" in line, line
+    gone = Path(shutil.copytree(path, tmp_path / "gone.zarr"))
+    shutil.rmtree(gone / "layer2_relu")
+    assert "layer2_relu missing" in _one_line_error(["analyze", str(gone), *out])
+    assert "layer2_relu missing" in _one_line_error(["info", str(gone)])
 
 
 def test_cli_runs_and_reports(planted, tmp_path):

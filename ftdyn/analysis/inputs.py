@@ -90,6 +90,7 @@ def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, s
         items = [f"{k}={v}" for k, v in views.items()]
     else:
         items = list(views)
+    named: set[str] = set()
     for item in items:
         if "=" in item:
             metric, view = (x.strip() for x in item.split("=", 1))
@@ -97,6 +98,9 @@ def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, s
                 raise FtdynError(f"--view: unknown metric '{metric}' in '{item}'; choose from {', '.join(METRIC_NAMES)}.")
             if metric not in chosen:
                 raise FtdynError(f"--view: '{item}' names metric '{metric}', which is not analyzed; add --metric {metric}.")
+            if metric in named:
+                raise FtdynError(f"--view: metric '{metric}' is given a view twice; give one --view {metric}=VIEW.")
+            named.add(metric)
             chosen[metric] = V.check_view(view)
         else:
             view = V.check_view(item.strip())
@@ -143,8 +147,9 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
         raise FtdynError(f"--alpha: '{alpha}' is not a number; give a value in [0, 1].") from None
     if not 0.0 <= a <= 1.0:
         raise FtdynError(f"--alpha: {alpha} is outside [0, 1] (0 = full whitening, 1 = angular Procrustes).")
-    if bootstrap is None or int(bootstrap) < 0:
-        raise FtdynError(f"--bootstrap: must be 0 (off) or a number of replicates, got {bootstrap}.")
+    if bootstrap is None or int(bootstrap) < 0 or int(bootstrap) == 1:
+        raise FtdynError(f"--bootstrap: must be 0 (off) or a number of replicates of at least 2 (a few hundred for "
+                         f"stable 95 % intervals), got {bootstrap}.")
     if trajectory is True:
         trajectory = "all"
     elif trajectory is False:
@@ -253,8 +258,12 @@ def open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[
         all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
         if args.reference not in epochs:
             where = "is not complete" if args.reference in all_epochs else "is not in the store"
-            raise FtdynError(f"--reference: epoch {args.reference} {where} ({path}: epochs "
-                             f"{', '.join(map(str, epochs))}).")
+            raise FtdynError(f"--reference: epoch {args.reference} {where} ({path}: complete epochs "
+                             f"{', '.join(map(str, epochs))}); pass --reference with one of them, or extract the "
+                             "source model as epoch 0 (ftdyn extract --source).")
+        if len(epochs) < 2:
+            raise FtdynError(f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract more "
+                             "checkpoints (or finish the extraction) first.")
         ckpt_index = [all_epochs.index(e) for e in epochs]
         available = _store_layers(ds)
         if args.layers:

@@ -239,7 +239,7 @@ def plan_analysis(exps: list[Experiment], args: Args, dev: torch.device, limit: 
     """
     budget = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
     gpu_budget = device_budget(dev)
-    want = int(workers) if workers else (os.cpu_count() or 1)
+    want = (os.cpu_count() or 1) if workers is None else int(workers)
     if want < 1:
         raise FtdynError(f"--workers: must be at least 1, got {workers}.")
     best, error, threads = None, None, want

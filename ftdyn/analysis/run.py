@@ -17,7 +17,7 @@ import xarray as xr
 
 from .._version import __version__
 from ..devices import resolve_device
-from ..errors import FtdynError
+from ..errors import FtdynError, check_output_folder
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
                        write_tables)
 from .collect import collect, to_dataset
@@ -114,8 +114,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         resolve_device(device, float64=True)
     exps = open_experiments(stores, args, str(dev))
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FtdynError(f"--out: {out} is a file; give a folder for the results.")
+    check_output_folder(out, inputs=[e.path for e in exps])
     key = _analysis_key(args, exps)
     old = _existing_key(out)
     if old is not None:
