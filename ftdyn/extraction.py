@@ -231,6 +231,19 @@ def _apply_state(model, entry, state, loading: _Loading) -> None:
                               arch=loading.arch, state_prefix=loading.state_prefix)
 
 
+def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -> None:
+    """Load the checkpoints at ``positions`` into a scratch copy of ``model`` before the store
+    is created or extended, so that a file that does not fit (another architecture, missing
+    keys, no weights at all) stops the run before anything is written, not half-way.
+    Costs one more read of each file; states already in ``cache`` are reused."""
+    import copy
+
+    scratch = copy.deepcopy(model)
+    for pos in positions:
+        state = cache[pos] if pos in cache else _load_state(entries[pos], loading)
+        _apply_state(scratch, entries[pos], state, loading)
+
+
 def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
                   channels_last: frozenset[str]) -> dict[str, tuple[int, int, int]]:
     from .models import LayerCapture, blank_forward
@@ -506,6 +519,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                 cache[last] = _load_state(entries[last], loading)
             num_classes = (infer_num_classes(cache[last], model, state_prefix=state_prefix)
                            if cache[last] is not None else None)
+        _check_loadable(model, entries, range(1, len(entries)), cache, loading)
         fields = _receptive_fields(model, layer_names, size)
         spec = StoreSpec(
             architecture=arch,
@@ -528,6 +542,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                                 normalization=normalization, dtype=dtype, codec=codec,
                                 samples_per_chunk=samples_per_chunk, entries=entries, done=done, series=series)
         if new:
+            _check_loadable(model, entries, [entries.index(e) for e in new], cache, loading)
             writer.append_checkpoints([_entry_record(e) for e in new])
             if manifest is not None:
                 writer.group.attrs["manifest"] = manifest

@@ -287,9 +287,12 @@ def test_ambiguous_order_is_refused(tmp_path, probe_dir):
     assert not out.exists()
 
 
-def test_broken_checkpoint_mid_series_stops_then_resumes_once_fixed(tmp_path, probe_dir):
-    """A file that turns out unreadable when its turn comes stops the run in one line; the store
-    keeps what is finished, and once the file is fixed the same command completes it."""
+def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir, monkeypatch):
+    """Every checkpoint is loaded once before the store is created: a file without weights in
+    the middle of the series stops the run with nothing written. A file changed after the store
+    was created but before any of its activations were written is taken as it is now."""
+    import ftdyn.extraction as extraction
+
     model = _model("resnet18")
     folder = tmp_path / "ck"
     folder.mkdir()
@@ -303,16 +306,26 @@ def test_broken_checkpoint_mid_series_stops_then_resumes_once_fixed(tmp_path, pr
     args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(out), "--arch", "resnet18",
             "--layer", "layer3", "--input-size", "32", "--no-progress"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "epoch_1.pt" in result.output and "re-run the same command to resume" in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output and "epoch_1.pt" in result.output
+    assert not out.exists()
     torch.save(states[1], folder / "epoch_1.pt")
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "_run", interrupted)
+    assert CliRunner().invoke(app, args).exit_code == 130 and not completeness(out).any()
+    monkeypatch.undo()
+    _drift(model, 99)
+    states[1] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(states[1], folder / "epoch_1.pt")  # replaced before any of it was extracted
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "changed since the store was created" in result.output, result.output
     ds = open_store(out)
-    assert completeness(out).all() and [c["file"] for c in ds.attrs["checkpoints"]][1] == "epoch_1.pt"
-    images = ds["images"].values
+    assert completeness(out).all()
     for epoch in range(3):
-        assert_close16(layer(ds, "layer3")[epoch], direct("resnet18", states[epoch], images, ["layer3"])["layer3"])
+        assert_close16(layer(ds, "layer3")[epoch], direct("resnet18", states[epoch], ds["images"].values,
+                                                         ["layer3"])["layer3"])
 
 
 def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
