@@ -310,6 +310,11 @@ class StoreWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.group = _open_group(self.path, mode="r+")
+        # zarr writes a chunk to '<key>.<random>.partial' and renames it; a run killed in between
+        # leaves that file behind, referenced by nothing (writers hold the store's lock, so no
+        # other run is writing one now)
+        for leftover in self.path.rglob("*.partial"):
+            leftover.unlink(missing_ok=True)
         self.attrs = dict(self.group.attrs)
         self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
         self.n_samples = int(self.group["sample"].shape[0])
