@@ -482,11 +482,18 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     shapes = _layer_shapes(model, layer_names, size, channels_last)
 
     # -- the probe set ---------------------------------------------------------------
+    splits = [s for s in ("val", "test", "train") if (data_dir / s).is_dir()]
+    if len(splits) >= 2:  # a dataset root: its splits would be taken for classes
+        raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; pass one of them, "
+                         f"e.g. --data {data_dir / splits[0]}.")
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
     if folder.skipped:
         _warn(f"--data: {data_mod.skipped_message(folder.skipped)}")
     probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)
     n = len(probe_data)
+    if n < 2:  # one image has no variance: every distance would be undefined
+        raise FtdynError(f"--data/--per-class/--max-samples: the probe set has {n} image; the similarity metrics "
+                         "need at least 2 (hundreds for stable values).")
     workers_io = min(8, os.cpu_count() or 1) if n >= 512 else 0
     images = data_mod.load_images(probe_data, size, num_workers=workers_io)
     labels = np.asarray(probe_data.labels, dtype=np.int64)
