@@ -484,8 +484,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     # -- the probe set ---------------------------------------------------------------
     splits = [s for s in ("val", "test", "train") if (data_dir / s).is_dir()]
     if len(splits) >= 2:  # a dataset root: its splits would be taken for classes
-        raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; pass one of them, "
-                         f"e.g. --data {data_dir / splits[0]}.")
+        raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
+                         f"pass one of them, e.g. --data {data_dir / splits[0]}.")
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
     if folder.skipped:
         _warn(f"--data: {data_mod.skipped_message(folder.skipped)}")
