@@ -77,7 +77,7 @@ def layers(
     if list_archs or arch is None:
         typer.echo("\n".join(models.available_architectures()))
         return
-    model = models.build_model(arch)
+    model = models.build_model(models.canonical_arch(arch, flag="ARCH"))
     defaults = models.default_layers(model, arch, input_size)
     for info in models.candidate_layers(model, input_size, include=tuple(defaults)):
         if all_layers or info.name in defaults:

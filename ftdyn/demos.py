@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FtdynError
+from .devices import resolve_device
+from .errors import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     from .training import train
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FtdynError(f"OUT_DIR: {out} is a file; give a folder for the demo output.")
+    check_output_folder(out, flag="OUT_DIR")
+    resolve_device(device)  # a bad --device fails now, not after the data is generated
     size = SIZES["quick" if quick else "default"]
     started = time.perf_counter()
     data, series, stores = out / "data", out / "series", out / "stores"

@@ -39,15 +39,15 @@ def available_architectures() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def canonical_arch(name: str) -> str:
-    """Return the torchvision name for ``name`` (case-insensitive) or raise FtdynError."""
+def canonical_arch(name: str, flag: str = "--arch") -> str:
+    """Return the torchvision name for ``name`` (case-insensitive) or raise FtdynError naming ``flag``."""
     names = available_architectures()
     key = name.strip().lower()
     if key in names:
         return key
     close = difflib.get_close_matches(key, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers --list` to see all."
-    raise FtdynError(f"--arch: unknown architecture '{name}'.{hint}")
+    raise FtdynError(f"{flag}: unknown architecture '{name}'.{hint}")
 
 
 def head_name(model: nn.Module) -> str:
