@@ -409,6 +409,20 @@ def test_bad_inputs_one_line(planted, tmp_path):
     assert not (path / "results").exists()
 
 
+def test_file_system_errors_are_one_line(planted, tmp_path, monkeypatch):
+    """A disk that fills up or turns read-only mid-run is the user's to fix: one line, no traceback."""
+    import errno
+
+    path, _ = planted
+
+    def full(ds, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "distances.csv"))
+
+    monkeypatch.setattr(AR, "_write", full)
+    line = _one_line_error(["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert "distances.csv: No space left on device" in line and "re-run the same command" in line
+
+
 def test_damaged_stores_are_one_line(planted, tmp_path):
     """Chunk files lost, altered or a whole array gone after extraction: one line naming the store."""
     import shutil
