@@ -276,12 +276,11 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         raise FtdynError(f"--input-size: must be at least 8 pixels (got {input_size}).")
     if int(num_workers) < 0:
         raise FtdynError(f"--workers: must be 0 or more (got {num_workers}).")
-    if int(seed) < 0:
-        raise FtdynError(f"--seed: must be 0 or more (got {seed}).")
+    seed = D.check_seed(seed)
     opt_name = str(optimizer).strip().lower()
     if opt_name not in OPTIMIZERS:
         raise FtdynError(f"--optimizer: '{optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
-    epochs, batch_size, lr, input_size, seed = int(epochs), int(batch_size), float(lr), int(input_size), int(seed)
+    epochs, batch_size, lr, input_size = int(epochs), int(batch_size), float(lr), int(input_size)
     val_split = None if val_split is None else float(val_split)
     weights = "none" if weights is None else str(weights)
     arch = models.canonical_arch(arch)

@@ -329,3 +329,14 @@ def test_existing_output_folder(image_folder, tmp_path):
 
     # --resume with a different seed on the (complete) run is refused by name
     assert_one_line_error(run_cli(*args, "--resume", "--seed", 5), "--seed")
+
+
+def test_seed_out_of_numpy_range(image_folder, tmp_path):
+    out = tmp_path / "out"
+    base = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST]
+    for seed in ("99999999999999999999", "4294967296", "-1"):
+        assert_one_line_error(run_cli(*base, "--seed", seed), "--seed", seed, "4294967295")
+    assert not out.exists()
+    result = run_cli(*base, "--seed", 2**32 - 1)  # the largest seed numpy takes
+    assert result.exit_code == 0, result.output
+    assert ckpt.read_manifest(out)["seed"] == 2**32 - 1
