@@ -127,16 +127,6 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
 
 
-def _check_input_size(model: nn.Module, input_size: int, arch: str) -> None:
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
-    except (RuntimeError, ValueError) as exc:
-        msg = " ".join(str(exc).split())[:120]
-        raise FtdynError(f"--input-size {input_size}: too small for {arch} ({msg}); use a larger size.") from None
-
-
 # ------------------------------------------------------------------------ epochs
 
 
@@ -343,7 +333,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
 
     # -- model ---------------------------------------------------------------------
     model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint, state_prefix)
-    _check_input_size(model, input_size, arch)
+    models.blank_forward(model, input_size)  # a one-line --input-size error for sizes the model cannot take
     model.to(dev)
     opt = _make_optimizer(opt_name, model.parameters(), lr)
     mean, std = list(models.IMAGENET_MEAN), list(models.IMAGENET_STD)

@@ -340,3 +340,14 @@ def test_seed_out_of_numpy_range(image_folder, tmp_path):
     result = run_cli(*base, "--seed", 2**32 - 1)  # the largest seed numpy takes
     assert result.exit_code == 0, result.output
     assert ckpt.read_manifest(out)["seed"] == 2**32 - 1
+
+
+def test_input_size_the_model_cannot_take(image_folder, tmp_path):
+    out = tmp_path / "out"
+    base = ["train", image_folder, "--epochs", 0, "--out", out, *FAST]
+    # ViT asserts its fixed 224 px; DenseNet's poolings run out of pixels below 32
+    assert_one_line_error(run_cli(*base, "--arch", "vit_b_16"), "--input-size 32", "cannot run on 32x32",
+                          "Wrong image height", "choose another --input-size")
+    assert_one_line_error(run_cli(*base, "--arch", "densenet121", "--input-size", 16), "--input-size 16",
+                          "cannot run on 16x16")
+    assert not out.exists()
