@@ -106,6 +106,19 @@ def _build_source(arch: str, weights: str, init: Path | None, num_classes: int, 
     return model
 
 
+def _check_two_classes(train_data: D.ImageFolderData, val_data: D.ImageFolderData, data_dir, val_split) -> None:
+    """Refuse splits with images of fewer than 2 classes (each split has at least one): one
+    class trains to loss 0 and accuracy 1 without learning anything, and validates nothing."""
+    for split, part in (("training", train_data), ("validation", val_data)):
+        present = sorted({part.classes[label] for label in part.labels})
+        if len(present) >= 2:
+            continue
+        hint = ("; with --val-split only classes of 2 or more images give validation images"
+                if split == "validation" and val_split is not None else "")
+        raise FtdynError(f"DATA_DIR: the {split} images of '{data_dir}' hold only class '{present[0]}'; fine-tuning "
+                         f"a classifier needs at least 2 classes (one subfolder of images per class){hint}.")
+
+
 def _weights_file(weights: str) -> Path | None:
     """``weights`` as a local file, or None for ``none`` / a torchvision weights name."""
     if weights.lower() == "none":
@@ -309,8 +322,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     note = D.skipped_message(skipped)
     if note:
         _say(f"ftdyn: warning: {note}")
-    if len(train_data) < 2:
-        raise FtdynError(f"DATA_DIR: only {len(train_data)} training image; training needs at least 2.")
+    _check_two_classes(train_data, val_data, data_dir, val_split)
     data_path = str(Path(data_dir).expanduser().resolve())
     classes = list(train_data.classes)
     num_classes = len(classes)

@@ -351,3 +351,21 @@ def test_input_size_the_model_cannot_take(image_folder, tmp_path):
     assert_one_line_error(run_cli(*base, "--arch", "densenet121", "--input-size", 16), "--input-size 16",
                           "cannot run on 16x16")
     assert not out.exists()
+
+
+def test_fewer_than_two_classes(tmp_path):
+    out = tmp_path / "out"
+    base = ["--arch", "resnet18", "--epochs", 1, "--out", out, *FAST]
+    one = write_image_folder(tmp_path / "one", 6, classes=("circle",))
+    assert_one_line_error(run_cli("train", one, *base, "--val-split", 0.5), "DATA_DIR", str(one),
+                          "only class 'circle'", "at least 2 classes")
+    write_image_folder(tmp_path / "split" / "train", 4, classes=("square",))
+    write_image_folder(tmp_path / "split" / "val", 2, classes=("square",))
+    assert_one_line_error(run_cli("train", tmp_path / "split", *base), "DATA_DIR", "training images",
+                          "only class 'square'")
+    # 'square' has one image: it trains, but validation would only see 'circle'
+    lopsided = write_image_folder(tmp_path / "lopsided", 4, classes=("circle",))
+    write_image_folder(lopsided, 1, classes=("square",))
+    assert_one_line_error(run_cli("train", lopsided, *base, "--val-split", 0.5), "DATA_DIR", "validation images",
+                          "only class 'circle'", "--val-split")
+    assert not out.exists()
