@@ -319,9 +319,10 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     # -- data ----------------------------------------------------------------------
     train_data, val_data = D.resolve_splits(data_dir, val_split, seed)
     skipped = list(train_data.skipped) + list(val_data.skipped)
-    note = D.skipped_message(skipped)
-    if note:
-        _say(f"ftdyn: warning: {note}")
+    rescaled = list(train_data.rescaled) + list(val_data.rescaled)
+    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled)):
+        if note:
+            _say(f"ftdyn: warning: {note}")
     _check_two_classes(train_data, val_data, data_dir, val_split)
     data_path = str(Path(data_dir).expanduser().resolve())
     classes = list(train_data.classes)
@@ -413,6 +414,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
                 "class_counts": {"train": train_data.class_counts(), "val": val_data.class_counts()},
                 "skipped_unreadable": len(skipped),
                 "skipped_first": str(skipped[0]) if skipped else None,
+                "min_max_rescaled": len(rescaled),
             },
             "hyperparameters": {"optimizer": opt_name, "lr": lr, "batch_size": batch_size, "epochs": epochs,
                                 "crop_scale": crop_scale, "trainable": "all", "head": "new", "augmentation": repr(train_set.transform),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import CLASSES, write_image_folder
@@ -369,3 +370,22 @@ def test_fewer_than_two_classes(tmp_path):
     assert_one_line_error(run_cli("train", lopsided, *base, "--val-split", 0.5), "DATA_DIR", "validation images",
                           "only class 'circle'", "--val-split")
     assert not out.exists()
+
+
+def test_16_bit_and_float_images_train_and_rescaling_is_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    (data / "deep").mkdir(parents=True)
+    (data / "float").mkdir()
+    for i in range(3):
+        Image.fromarray((rng.random((40, 40)) * 65535).astype(np.uint16)).save(data / "deep" / f"{i}.png")
+        Image.fromarray(rng.random((40, 40)).astype(np.float32)).save(data / "float" / f"{i}.tif")
+    Image.fromarray((rng.random((40, 40)) * 1e4).astype(np.float32)).save(data / "float" / "wide.tif")
+    out = tmp_path / "out"
+    result = run_cli("train", data, "--arch", "resnet18", "--epochs", 1, "--val-split", 0.3, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    warning = [ln for ln in result.output.splitlines() if "warning:" in ln]
+    assert warning == [f"ftdyn: warning: min-max rescaled 1 32-bit/float image to 0..255, each on its own "
+                       f"(values outside 0..65535 for integers, 0..1 and 0..255 for floats; first: "
+                       f"{data / 'float' / 'wide.tif'})"]
+    assert ckpt.read_manifest(out)["dataset"]["min_max_rescaled"] == 1
