@@ -389,3 +389,17 @@ def test_16_bit_and_float_images_train_and_rescaling_is_reported(tmp_path):
                        f"(values outside 0..65535 for integers, 0..1 and 0..255 for floats; first: "
                        f"{data / 'float' / 'wide.tif'})"]
     assert ckpt.read_manifest(out)["dataset"]["min_max_rescaled"] == 1
+
+
+def test_full_disk_is_one_line(image_folder, tmp_path, monkeypatch):
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "out"
+    result = run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == (f"ftdyn: error: cannot write {out / 'epoch_000.pt'}: [Errno 28] "
+                                              "No space left on device (disk full or not writable?)")
+    assert os.listdir(out) == []  # no temp file, no manifest
