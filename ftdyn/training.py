@@ -242,6 +242,26 @@ def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, w
                          f"pass --epochs {done} or more.")
 
 
+def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, list[str]]:
+    """The newest manifest entry whose file is intact and holds optimizer and RNG state, its
+    payload, and why each newer entry is unusable. A damaged or deleted last checkpoint (full
+    disk, copying, cleaning up) then costs only the epochs after the intact one, not the run."""
+    dropped = []
+    for entry in reversed(entries):
+        path = out / entry["file"]
+        if not path.is_file():
+            dropped.append(f"{entry['file']} is missing")
+        elif ckpt.sha256_file(path) != entry["sha256"]:
+            dropped.append(f"{entry['file']} changed since it was written (SHA-256 differs from {ckpt.MANIFEST_NAME})")
+        else:
+            payload = ckpt.load_checkpoint_payload(path)
+            if "optimizer" in payload and "rng" in payload:
+                return entry, payload, dropped
+            dropped.append(f"{entry['file']} holds no optimizer/RNG state")
+    raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
+                     f"({'; '.join(dropped[-2:])}); start over with --overwrite.")
+
+
 # ------------------------------------------------------------------------- train
 
 
@@ -364,23 +384,20 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     if manifest_old is not None:
         manifest = manifest_old
         entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-        last = entries[-1]
-        last_path = out / last["file"]
-        if not last_path.is_file():
-            raise FtdynError(f"--resume: '{last_path}' is listed in {ckpt.MANIFEST_NAME} but missing; "
-                             "start over with --overwrite.")
-        if ckpt.sha256_file(last_path) != last["sha256"]:
-            raise FtdynError(f"--resume: '{last_path}' changed since it was written (SHA-256 differs from "
-                             f"{ckpt.MANIFEST_NAME}); start over with --overwrite.")
-        payload = ckpt.load_checkpoint_payload(last_path)
-        if "optimizer" not in payload or "rng" not in payload:
-            raise FtdynError(f"--resume: '{last_path}' holds no optimizer/RNG state; start over with --overwrite.")
+        last, payload, dropped = _resume_point(out, entries)
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
         ckpt.set_rng_states(payload["rng"])
         start = int(last["epoch"]) + 1
-        manifest["epochs"] = entries
+        manifest["epochs"] = [e for e in entries if e["epoch"] < start]
         manifest["hyperparameters"]["epochs"] = epochs
+        if dropped:  # the manifest must not list the files removed below
+            manifest["complete"] = False
+            ckpt.write_manifest(out, manifest)
+            end = entries[-1]["epoch"]
+            redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
+            why = "; ".join(dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
+            _say(f"ftdyn: note: --resume: {why}; redoing {redo} from {last['file']}")
         for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
             m = ckpt.CHECKPOINT_REGEX.match(p.name)
             if m and int(m.group(1)) >= start:

@@ -111,18 +111,30 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     payload = ckpt.load_checkpoint_payload(out / "epoch_002.pt")
     assert payload["epoch"] == 2 and "optimizer" in payload and "rng" in payload
 
-    # killed after writing epoch_002.pt but before the manifest listed it: resume redoes epoch 2
+    # killed after writing epoch_002.pt but before the manifest listed it, and epoch_001.pt damaged
+    # since: resume goes back to the intact epoch 0 and redoes epochs 1 and 2 exactly
+    epoch1 = state_of(out / "epoch_001.pt")
     manifest["epochs"], manifest["complete"] = manifest["epochs"][:2], False
     ckpt.write_manifest(out, manifest)
     (out / "epoch_002.pt").write_bytes(b"half-written")
     good = (out / "epoch_001.pt").read_bytes()
     (out / "epoch_001.pt").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    assert_one_line_error(run_cli(*args, "--resume"), "--resume", "epoch_001.pt", "SHA-256")
-    (out / "epoch_001.pt").write_bytes(good)
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
+    assert "ftdyn: note: --resume: epoch_001.pt changed since it was written (SHA-256 differs from manifest.json); " \
+           "redoing epoch 1 from epoch_000.pt" in result.output
+    assert_same_state(state_of(out / "epoch_001.pt"), epoch1)
     assert_same_state(state_of(out / "epoch_002.pt"), epoch2)
     assert ckpt.read_manifest(out)["complete"] is True
+
+    # no listed checkpoint left to resume from: a clear error, nothing deleted
+    (out / "epoch_000.pt").write_bytes(b"damaged")
+    manifest = ckpt.read_manifest(out)
+    manifest["epochs"] = manifest["epochs"][:1]
+    ckpt.write_manifest(out, manifest)
+    assert_one_line_error(run_cli(*args, "--resume"), "--resume", "no checkpoint", "epoch_000.pt changed",
+                          "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "manifest.json"]
 
 
 def test_val_split_and_epochs_zero(flat_image_folder, tmp_path):
@@ -210,6 +222,36 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert run_cli(*common, "--out", killed, "--resume").exit_code == 0
     bad = [a if a != 1e-3 else 1e-2 for a in common]
     assert_one_line_error(run_cli(*bad, "--out", killed, "--resume"), "--lr")
+
+
+def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp_path):
+    common = ["train", image_folder, "--arch", "resnet18", "--epochs", 4, "--seed", 5, "--lr", 1e-3, *FAST]
+    reference = tmp_path / "reference"
+    assert run_cli(*common, "--out", reference).exit_code == 0
+    ref = ckpt.read_manifest(reference)
+
+    def damaged(name: str, damage) -> Path:
+        out = Path(shutil.copytree(reference, tmp_path / name))
+        damage(out)
+        return out
+
+    truncated = damaged("truncated", lambda out: os.truncate(out / "epoch_004.pt", 1000))
+    deleted = damaged("deleted", lambda out: [(out / f"epoch_00{e}.pt").unlink() for e in (3, 4)])
+    for out, note in ((truncated, "epoch_004.pt changed since it was written (SHA-256 differs from manifest.json); "
+                                  "redoing epoch 4 from epoch_003.pt"),
+                      (deleted, "epoch_004.pt is missing; epoch_003.pt is missing; redoing epochs 3-4 from "
+                                "epoch_002.pt")):
+        result = run_cli(*common, "--out", out, "--resume")
+        assert result.exit_code == 0, result.output
+        assert [ln for ln in result.output.splitlines() if "note:" in ln] == [f"ftdyn: note: --resume: {note}"]
+        resumed = ckpt.read_manifest(out)
+        assert resumed["complete"] is True
+        # bit-exact on CPU: the same files, metrics and weights as the uninterrupted run
+        assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
+        for a, b in zip(resumed["epochs"], ref["epochs"]):
+            assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
+            assert ckpt.sha256_file(out / a["file"]) == a["sha256"]
+            assert_same_state(state_of(out / a["file"]), state_of(reference / b["file"]))
 
 
 # ------------------------------------------------------------------ bad input
