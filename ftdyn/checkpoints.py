@@ -33,7 +33,6 @@ import pickle
 import re
 import struct
 import sys
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -143,21 +142,36 @@ def set_rng_states(states: dict) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fh)`` on a temp file next to ``path``, fsync, then ``os.replace``."""
+    """Call ``write(fh)`` on a temp file next to ``path``, fsync, then ``os.replace``.
+
+    The file gets the permissions of any new file (``0o666`` less the umask, default
+    ACLs), not mkstemp's private ``0o600``, so a series can be shared. A write that
+    fails for lack of space or permission leaves no temp file and raises a one-line
+    :class:`FtdynError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # os.open applies the umask itself: reading it (os.umask) would briefly change it for every thread.
+    # 64 random bits make a clash with a leftover temp file negligible, so O_EXCL needs no retry loop.
+    tmp = path.parent / f".{path.name}.{os.urandom(8).hex()}.tmp"
+    created = False
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        created = True
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if created:
+            tmp.unlink(missing_ok=True)
+        # torch's zip writer reports a failed write of the file object as a RuntimeError from C++
+        torch_writer = isinstance(exc, RuntimeError) and ("inline_container" in str(exc)
+                                                          or "PytorchStreamWriter" in str(exc))
+        if isinstance(exc, OSError) or torch_writer:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise FtdynError(f"cannot write {path}: {reason} (disk full or not writable?)") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

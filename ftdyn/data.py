@@ -5,6 +5,8 @@
   ``ImageFolderData.skipped``); :func:`resolve_splits` turns a dataset folder into
   train and validation sets (``train/`` + ``val/`` subfolders, or one folder and a
   stratified, seeded ``val_split``).
+* Images are decoded to 8-bit RGB by :func:`to_rgb`, which scales 16-bit, 32-bit and float
+  images instead of clipping them (the scan lists those it min-max rescales).
 * Transforms return **uint8** CHW tensors; :func:`normalize` converts a uint8 batch to
   normalized float32 on the device, so stores can keep the images un-normalized.
 * Randomness is explicit: the training augmentation of sample ``i`` in epoch ``e``
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +46,8 @@ class ImageFolderData:
 
     ``paths[i]`` has label ``labels[i]`` (an index into ``classes``). ``skipped``
     lists the files that were found but could not be read (they are not in
-    ``paths``). ``root`` is the folder the data came from.
+    ``paths``). ``root`` is the folder the data came from. ``rescaled`` lists the images
+    of ``paths`` whose pixel values are min-max rescaled when decoded (see :func:`to_rgb`).
     """
 
     paths: list[Path]
@@ -51,14 +55,17 @@ class ImageFolderData:
     classes: list[str]
     root: Path | None = None
     skipped: list[Path] = field(default_factory=list)
+    rescaled: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, indices: Sequence[int]) -> "ImageFolderData":
         """The samples at ``indices`` (in that order), same classes, no skipped files."""
-        return ImageFolderData([self.paths[i] for i in indices], [self.labels[i] for i in indices],
-                               list(self.classes), self.root, [])
+        paths = [self.paths[i] for i in indices]
+        chosen = set(paths)
+        return ImageFolderData(paths, [self.labels[i] for i in indices], list(self.classes), self.root, [],
+                               [p for p in self.rescaled if p in chosen])
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.classes)
@@ -74,15 +81,17 @@ def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _readable(path: Path) -> bool:
-    """Open the file and let PIL verify it (headers + checksums, no full decode).
+def _check_image(path: Path) -> bool | None:
+    """None when the file is unreadable, else whether decoding it min-max rescales its values.
 
-    ``verify`` does not decode JPEG data, so a JPEG that does not end with its EOI
-    marker (typically a truncated download) is fully decoded once as well.
+    PIL verifies the file (headers + checksums, no full decode). ``verify`` does not
+    decode JPEG data, so a JPEG that does not end with its EOI marker (typically a
+    truncated download) is fully decoded once as well; so are the rare 32-bit integer
+    and float images, whose value range decides how they are scaled (:func:`to_rgb`).
     """
     try:
         with Image.open(path) as img:
-            fmt = img.format
+            fmt, mode = img.format, img.mode
             img.verify()
         if fmt == "JPEG":
             with open(path, "rb") as fh:
@@ -91,9 +100,12 @@ def _readable(path: Path) -> bool:
             if not tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
                 with Image.open(path) as img:
                     img.load()
-        return True
-    except Exception:  # PIL raises many types for broken files
+        if mode in ("I", "F"):
+            with Image.open(path) as img:
+                return to_rgb(img)[1]
         return False
+    except Exception:  # PIL raises many types for broken files
+        return None
 
 
 def _check_folder(root: Path, flag: str) -> Path:
@@ -136,13 +148,14 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
         n_threads = workers or min(8, os.cpu_count() or 1)
         if n_threads > 1 and len(found) > 64:
             with ThreadPoolExecutor(n_threads) as pool:
-                ok = list(pool.map(_readable, (p for p, _ in found), chunksize=32))
+                status = list(pool.map(_check_image, (p for p, _ in found), chunksize=32))
         else:
-            ok = [_readable(p) for p, _ in found]
+            status = [_check_image(p) for p, _ in found]
     else:
-        ok = [True] * len(found)
-    skipped = [p for (p, _), good in zip(found, ok) if not good]
-    kept = [(p, lab) for (p, lab), good in zip(found, ok) if good]
+        status = [False] * len(found)
+    skipped = [p for (p, _), st in zip(found, status) if st is None]
+    kept = [(p, lab) for (p, lab), st in zip(found, status) if st is not None]
+    rescaled = [p for (p, _), st in zip(found, status) if st]
     if not kept:
         raise FtdynError(f"{flag}: none of the {len(found)} images in '{root}' can be read "
                          f"(first: {skipped[0]}); check the files.")
@@ -151,7 +164,16 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
         if label not in present:
             raise FtdynError(f"{flag}: class folder '{root / name}' has no readable images "
                              "(all are unreadable); fix or remove them.")
-    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped)
+    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped, rescaled)
+
+
+def rescaled_message(rescaled: Sequence[Path]) -> str | None:
+    """The one-line report about min-max rescaled images, or None when there were none."""
+    if not rescaled:
+        return None
+    noun = "image" if len(rescaled) == 1 else "images"
+    return (f"min-max rescaled {len(rescaled)} 32-bit/float {noun} to 0..255, each on its own (values outside "
+            f"0..65535 for integers, 0..1 and 0..255 for floats; first: {rescaled[0]})")
 
 
 def skipped_message(skipped: Sequence[Path]) -> str | None:
@@ -231,9 +253,40 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 # --------------------------------------------------------------------- transforms
 
 
+def to_rgb(img: Image.Image) -> tuple[Image.Image, bool]:
+    """``img`` as 8-bit RGB, and whether its values were min-max rescaled to do so.
+
+    PIL's own ``convert("RGB")`` clips wide grey images at 255, so 16-bit images come
+    out nearly white and float images in [0, 1] black. These modes are scaled here:
+
+    * ``I;16*`` (16-bit) and ``I`` (32-bit int; PIL opens many 16-bit files so): by the
+      16-bit depth, 65535 → 255;
+    * ``F`` (float): values within [0, 1] × 255, values within [0, 255] kept;
+    * ``I`` or ``F`` values outside those ranges: min-max rescaled per image to 0..255
+      (the ``True`` case; NaN counts as the minimum, ±inf as the extremes).
+    """
+    mode = img.mode
+    if not (mode == "F" or mode == "I" or mode.startswith("I;16")):
+        return img.convert("RGB"), False  # loads the pixels: callers close the file
+    arr = np.asarray(img, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+    rescaled = False
+    if mode != "F" and lo >= 0 and hi <= 65535:
+        arr = arr * (255 / 65535)
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        arr = arr * 255
+    elif not (mode == "F" and lo >= 0 and hi <= 255):
+        arr = (arr - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        rescaled = True
+    grey = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+    return grey.convert("RGB"), rescaled
+
+
 def _pil_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)[0]
 
 
 def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
@@ -257,7 +310,7 @@ class EvalTransform:
         self.resize = eval_resize_size(self.input_size)
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = img.convert("RGB")
+        img = to_rgb(img)[0]
         w, h = img.size  # as torchvision Resize(int): shorter side -> resize, longer truncated
         if w <= h:
             new_w, new_h = self.resize, int(self.resize * h / w)
@@ -311,7 +364,7 @@ class TrainTransform:
         return (width - w) // 2, (height - h) // 2, w, h
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = img.convert("RGB")
+        img = to_rgb(img)[0]
         left, top, w, h = self.crop_box(*img.size, generator=generator)
         s = self.input_size
         img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
@@ -345,6 +398,25 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 
 
 # ------------------------------------------------------------ datasets and loaders
+
+
+#: Seeds must fit numpy's legacy seeding (``np.random.seed``), the narrowest RNG ftdyn seeds.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed, flag: str = "--seed") -> int:
+    """``seed`` as an int in ``[0, 2**32)``, or a one-line :class:`FtdynError` naming ``flag``.
+
+    Checked once up front: torch, numpy and python RNGs each fail differently (and
+    deep inside a run) on seeds they cannot take.
+    """
+    try:
+        value = operator.index(seed)  # ints and numpy integers, not 1.5 or "3"
+    except TypeError:
+        raise FtdynError(f"{flag}: {seed!r} is not a whole number; give one from 0 to {SEED_LIMIT - 1}.") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise FtdynError(f"{flag}: {value} is out of range; give a whole number from 0 to {SEED_LIMIT - 1}.")
+    return value
 
 
 def derive_seed(*parts: int) -> int:

@@ -106,6 +106,19 @@ def _build_source(arch: str, weights: str, init: Path | None, num_classes: int, 
     return model
 
 
+def _check_two_classes(train_data: D.ImageFolderData, val_data: D.ImageFolderData, data_dir, val_split) -> None:
+    """Refuse splits with images of fewer than 2 classes (each split has at least one): one
+    class trains to loss 0 and accuracy 1 without learning anything, and validates nothing."""
+    for split, part in (("training", train_data), ("validation", val_data)):
+        present = sorted({part.classes[label] for label in part.labels})
+        if len(present) >= 2:
+            continue
+        hint = ("; with --val-split only classes of 2 or more images give validation images"
+                if split == "validation" and val_split is not None else "")
+        raise FtdynError(f"DATA_DIR: the {split} images of '{data_dir}' hold only class '{present[0]}'; fine-tuning "
+                         f"a classifier needs at least 2 classes (one subfolder of images per class){hint}.")
+
+
 def _weights_file(weights: str) -> Path | None:
     """``weights`` as a local file, or None for ``none`` / a torchvision weights name."""
     if weights.lower() == "none":
@@ -125,16 +138,6 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, momentum=0.9)
-
-
-def _check_input_size(model: nn.Module, input_size: int, arch: str) -> None:
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
-    except (RuntimeError, ValueError) as exc:
-        msg = " ".join(str(exc).split())[:120]
-        raise FtdynError(f"--input-size {input_size}: too small for {arch} ({msg}); use a larger size.") from None
 
 
 # ------------------------------------------------------------------------ epochs
@@ -239,6 +242,26 @@ def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, w
                          f"pass --epochs {done} or more.")
 
 
+def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, list[str]]:
+    """The newest manifest entry whose file is intact and holds optimizer and RNG state, its
+    payload, and why each newer entry is unusable. A damaged or deleted last checkpoint (full
+    disk, copying, cleaning up) then costs only the epochs after the intact one, not the run."""
+    dropped = []
+    for entry in reversed(entries):
+        path = out / entry["file"]
+        if not path.is_file():
+            dropped.append(f"{entry['file']} is missing")
+        elif ckpt.sha256_file(path) != entry["sha256"]:
+            dropped.append(f"{entry['file']} changed since it was written (SHA-256 differs from {ckpt.MANIFEST_NAME})")
+        else:
+            payload = ckpt.load_checkpoint_payload(path)
+            if "optimizer" in payload and "rng" in payload:
+                return entry, payload, dropped
+            dropped.append(f"{entry['file']} holds no optimizer/RNG state")
+    raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
+                     f"({'; '.join(dropped[-2:])}); start over with --overwrite.")
+
+
 # ------------------------------------------------------------------------- train
 
 
@@ -276,12 +299,11 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         raise FtdynError(f"--input-size: must be at least 8 pixels (got {input_size}).")
     if int(num_workers) < 0:
         raise FtdynError(f"--workers: must be 0 or more (got {num_workers}).")
-    if int(seed) < 0:
-        raise FtdynError(f"--seed: must be 0 or more (got {seed}).")
+    seed = D.check_seed(seed)
     opt_name = str(optimizer).strip().lower()
     if opt_name not in OPTIMIZERS:
         raise FtdynError(f"--optimizer: '{optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
-    epochs, batch_size, lr, input_size, seed = int(epochs), int(batch_size), float(lr), int(input_size), int(seed)
+    epochs, batch_size, lr, input_size = int(epochs), int(batch_size), float(lr), int(input_size)
     val_split = None if val_split is None else float(val_split)
     weights = "none" if weights is None else str(weights)
     arch = models.canonical_arch(arch)
@@ -317,11 +339,11 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     # -- data ----------------------------------------------------------------------
     train_data, val_data = D.resolve_splits(data_dir, val_split, seed)
     skipped = list(train_data.skipped) + list(val_data.skipped)
-    note = D.skipped_message(skipped)
-    if note:
-        _say(f"ftdyn: warning: {note}")
-    if len(train_data) < 2:
-        raise FtdynError(f"DATA_DIR: only {len(train_data)} training image; training needs at least 2.")
+    rescaled = list(train_data.rescaled) + list(val_data.rescaled)
+    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled)):
+        if note:
+            _say(f"ftdyn: warning: {note}")
+    _check_two_classes(train_data, val_data, data_dir, val_split)
     data_path = str(Path(data_dir).expanduser().resolve())
     classes = list(train_data.classes)
     num_classes = len(classes)
@@ -344,7 +366,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
 
     # -- model ---------------------------------------------------------------------
     model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint, state_prefix)
-    _check_input_size(model, input_size, arch)
+    models.blank_forward(model, input_size)  # a one-line --input-size error for sizes the model cannot take
     model.to(dev)
     opt = _make_optimizer(opt_name, model.parameters(), lr)
     mean, std = list(models.IMAGENET_MEAN), list(models.IMAGENET_STD)
@@ -362,23 +384,20 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     if manifest_old is not None:
         manifest = manifest_old
         entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-        last = entries[-1]
-        last_path = out / last["file"]
-        if not last_path.is_file():
-            raise FtdynError(f"--resume: '{last_path}' is listed in {ckpt.MANIFEST_NAME} but missing; "
-                             "start over with --overwrite.")
-        if ckpt.sha256_file(last_path) != last["sha256"]:
-            raise FtdynError(f"--resume: '{last_path}' changed since it was written (SHA-256 differs from "
-                             f"{ckpt.MANIFEST_NAME}); start over with --overwrite.")
-        payload = ckpt.load_checkpoint_payload(last_path)
-        if "optimizer" not in payload or "rng" not in payload:
-            raise FtdynError(f"--resume: '{last_path}' holds no optimizer/RNG state; start over with --overwrite.")
+        last, payload, dropped = _resume_point(out, entries)
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
         ckpt.set_rng_states(payload["rng"])
         start = int(last["epoch"]) + 1
-        manifest["epochs"] = entries
+        manifest["epochs"] = [e for e in entries if e["epoch"] < start]
         manifest["hyperparameters"]["epochs"] = epochs
+        if dropped:  # the manifest must not list the files removed below
+            manifest["complete"] = False
+            ckpt.write_manifest(out, manifest)
+            end = entries[-1]["epoch"]
+            redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
+            why = "; ".join(dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
+            _say(f"ftdyn: note: --resume: {why}; redoing {redo} from {last['file']}")
         for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
             m = ckpt.CHECKPOINT_REGEX.match(p.name)
             if m and int(m.group(1)) >= start:
@@ -412,6 +431,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
                 "class_counts": {"train": train_data.class_counts(), "val": val_data.class_counts()},
                 "skipped_unreadable": len(skipped),
                 "skipped_first": str(skipped[0]) if skipped else None,
+                "min_max_rescaled": len(rescaled),
             },
             "hyperparameters": {"optimizer": opt_name, "lr": lr, "batch_size": batch_size, "epochs": epochs,
                                 "crop_scale": crop_scale, "trainable": "all", "head": "new", "augmentation": repr(train_set.transform),

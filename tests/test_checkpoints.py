@@ -67,17 +67,48 @@ def test_save_checkpoint_atomic_and_hash(tmp_path, reference):
     assert payload["epoch"] == 2 and payload["val_acc"] == 0.5
 
 
-def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch):
+@pytest.mark.parametrize("error, reason", [
+    (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
+    # what torch's zip writer raises when the file object stops taking bytes
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+     "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+])
+def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch, error, reason):
     target = tmp_path / "epoch_001.pt"
 
     def broken_save(obj, fh, *args, **kwargs):
         fh.write(b"PK\x03\x04 partial bytes")
-        raise OSError("disk full")
+        raise error
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FtdynError) as info:
         ck.save_checkpoint(target, reference, epoch=1)
+    assert str(info.value) == f"cannot write {target}: {reason} (disk full or not writable?)"
     assert os.listdir(tmp_path) == []
+
+
+def test_save_checkpoint_other_errors_stay_bugs(tmp_path, reference, monkeypatch):
+    def broken_save(obj, fh, *args, **kwargs):
+        raise RuntimeError("something unrelated")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="something unrelated"):
+        ck.save_checkpoint(tmp_path / "epoch_001.pt", reference, epoch=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Checkpoints and manifests are 0o666 less the umask, like any new file (mkstemp gives 0o600)."""
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        folder = tmp_path / f"umask_{umask:03o}"
+        old = os.umask(umask)
+        try:
+            ck.save_checkpoint(folder / "epoch_000.pt", {"w": torch.zeros(2)}, epoch=0)
+            ck.write_manifest(folder, _manifest())
+        finally:
+            os.umask(old)
+        for name in ("epoch_000.pt", ck.MANIFEST_NAME):
+            assert (folder / name).stat().st_mode & 0o777 == mode, (name, oct(umask))
 
 
 def test_save_checkpoint_failure_keeps_previous_file(tmp_path, reference, monkeypatch):

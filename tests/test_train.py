@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import CLASSES, write_image_folder
@@ -110,18 +111,30 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     payload = ckpt.load_checkpoint_payload(out / "epoch_002.pt")
     assert payload["epoch"] == 2 and "optimizer" in payload and "rng" in payload
 
-    # killed after writing epoch_002.pt but before the manifest listed it: resume redoes epoch 2
+    # killed after writing epoch_002.pt but before the manifest listed it, and epoch_001.pt damaged
+    # since: resume goes back to the intact epoch 0 and redoes epochs 1 and 2 exactly
+    epoch1 = state_of(out / "epoch_001.pt")
     manifest["epochs"], manifest["complete"] = manifest["epochs"][:2], False
     ckpt.write_manifest(out, manifest)
     (out / "epoch_002.pt").write_bytes(b"half-written")
     good = (out / "epoch_001.pt").read_bytes()
     (out / "epoch_001.pt").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    assert_one_line_error(run_cli(*args, "--resume"), "--resume", "epoch_001.pt", "SHA-256")
-    (out / "epoch_001.pt").write_bytes(good)
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
+    assert "ftdyn: note: --resume: epoch_001.pt changed since it was written (SHA-256 differs from manifest.json); " \
+           "redoing epoch 1 from epoch_000.pt" in result.output
+    assert_same_state(state_of(out / "epoch_001.pt"), epoch1)
     assert_same_state(state_of(out / "epoch_002.pt"), epoch2)
     assert ckpt.read_manifest(out)["complete"] is True
+
+    # no listed checkpoint left to resume from: a clear error, nothing deleted
+    (out / "epoch_000.pt").write_bytes(b"damaged")
+    manifest = ckpt.read_manifest(out)
+    manifest["epochs"] = manifest["epochs"][:1]
+    ckpt.write_manifest(out, manifest)
+    assert_one_line_error(run_cli(*args, "--resume"), "--resume", "no checkpoint", "epoch_000.pt changed",
+                          "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "manifest.json"]
 
 
 def test_val_split_and_epochs_zero(flat_image_folder, tmp_path):
@@ -209,6 +222,36 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert run_cli(*common, "--out", killed, "--resume").exit_code == 0
     bad = [a if a != 1e-3 else 1e-2 for a in common]
     assert_one_line_error(run_cli(*bad, "--out", killed, "--resume"), "--lr")
+
+
+def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp_path):
+    common = ["train", image_folder, "--arch", "resnet18", "--epochs", 4, "--seed", 5, "--lr", 1e-3, *FAST]
+    reference = tmp_path / "reference"
+    assert run_cli(*common, "--out", reference).exit_code == 0
+    ref = ckpt.read_manifest(reference)
+
+    def damaged(name: str, damage) -> Path:
+        out = Path(shutil.copytree(reference, tmp_path / name))
+        damage(out)
+        return out
+
+    truncated = damaged("truncated", lambda out: os.truncate(out / "epoch_004.pt", 1000))
+    deleted = damaged("deleted", lambda out: [(out / f"epoch_00{e}.pt").unlink() for e in (3, 4)])
+    for out, note in ((truncated, "epoch_004.pt changed since it was written (SHA-256 differs from manifest.json); "
+                                  "redoing epoch 4 from epoch_003.pt"),
+                      (deleted, "epoch_004.pt is missing; epoch_003.pt is missing; redoing epochs 3-4 from "
+                                "epoch_002.pt")):
+        result = run_cli(*common, "--out", out, "--resume")
+        assert result.exit_code == 0, result.output
+        assert [ln for ln in result.output.splitlines() if "note:" in ln] == [f"ftdyn: note: --resume: {note}"]
+        resumed = ckpt.read_manifest(out)
+        assert resumed["complete"] is True
+        # bit-exact on CPU: the same files, metrics and weights as the uninterrupted run
+        assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
+        for a, b in zip(resumed["epochs"], ref["epochs"]):
+            assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
+            assert ckpt.sha256_file(out / a["file"]) == a["sha256"]
+            assert_same_state(state_of(out / a["file"]), state_of(reference / b["file"]))
 
 
 # ------------------------------------------------------------------ bad input
@@ -329,3 +372,76 @@ def test_existing_output_folder(image_folder, tmp_path):
 
     # --resume with a different seed on the (complete) run is refused by name
     assert_one_line_error(run_cli(*args, "--resume", "--seed", 5), "--seed")
+
+
+def test_seed_out_of_numpy_range(image_folder, tmp_path):
+    out = tmp_path / "out"
+    base = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST]
+    for seed in ("99999999999999999999", "4294967296", "-1"):
+        assert_one_line_error(run_cli(*base, "--seed", seed), "--seed", seed, "4294967295")
+    assert not out.exists()
+    result = run_cli(*base, "--seed", 2**32 - 1)  # the largest seed numpy takes
+    assert result.exit_code == 0, result.output
+    assert ckpt.read_manifest(out)["seed"] == 2**32 - 1
+
+
+def test_input_size_the_model_cannot_take(image_folder, tmp_path):
+    out = tmp_path / "out"
+    base = ["train", image_folder, "--epochs", 0, "--out", out, *FAST]
+    # ViT asserts its fixed 224 px; DenseNet's poolings run out of pixels below 32
+    assert_one_line_error(run_cli(*base, "--arch", "vit_b_16"), "--input-size 32", "cannot run on 32x32",
+                          "Wrong image height", "choose another --input-size")
+    assert_one_line_error(run_cli(*base, "--arch", "densenet121", "--input-size", 16), "--input-size 16",
+                          "cannot run on 16x16")
+    assert not out.exists()
+
+
+def test_fewer_than_two_classes(tmp_path):
+    out = tmp_path / "out"
+    base = ["--arch", "resnet18", "--epochs", 1, "--out", out, *FAST]
+    one = write_image_folder(tmp_path / "one", 6, classes=("circle",))
+    assert_one_line_error(run_cli("train", one, *base, "--val-split", 0.5), "DATA_DIR", str(one),
+                          "only class 'circle'", "at least 2 classes")
+    write_image_folder(tmp_path / "split" / "train", 4, classes=("square",))
+    write_image_folder(tmp_path / "split" / "val", 2, classes=("square",))
+    assert_one_line_error(run_cli("train", tmp_path / "split", *base), "DATA_DIR", "training images",
+                          "only class 'square'")
+    # 'square' has one image: it trains, but validation would only see 'circle'
+    lopsided = write_image_folder(tmp_path / "lopsided", 4, classes=("circle",))
+    write_image_folder(lopsided, 1, classes=("square",))
+    assert_one_line_error(run_cli("train", lopsided, *base, "--val-split", 0.5), "DATA_DIR", "validation images",
+                          "only class 'circle'", "--val-split")
+    assert not out.exists()
+
+
+def test_16_bit_and_float_images_train_and_rescaling_is_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    (data / "deep").mkdir(parents=True)
+    (data / "float").mkdir()
+    for i in range(3):
+        Image.fromarray((rng.random((40, 40)) * 65535).astype(np.uint16)).save(data / "deep" / f"{i}.png")
+        Image.fromarray(rng.random((40, 40)).astype(np.float32)).save(data / "float" / f"{i}.tif")
+    Image.fromarray((rng.random((40, 40)) * 1e4).astype(np.float32)).save(data / "float" / "wide.tif")
+    out = tmp_path / "out"
+    result = run_cli("train", data, "--arch", "resnet18", "--epochs", 1, "--val-split", 0.3, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    warning = [ln for ln in result.output.splitlines() if "warning:" in ln]
+    assert warning == [f"ftdyn: warning: min-max rescaled 1 32-bit/float image to 0..255, each on its own "
+                       f"(values outside 0..65535 for integers, 0..1 and 0..255 for floats; first: "
+                       f"{data / 'float' / 'wide.tif'})"]
+    assert ckpt.read_manifest(out)["dataset"]["min_max_rescaled"] == 1
+
+
+def test_full_disk_is_one_line(image_folder, tmp_path, monkeypatch):
+    def full_disk(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "out"
+    result = run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1] == (f"ftdyn: error: cannot write {out / 'epoch_000.pt'}: [Errno 28] "
+                                              "No space left on device (disk full or not writable?)")
+    assert os.listdir(out) == []  # no temp file, no manifest
