@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import check_seed
 from .devices import resolve_device
 from .errors import check_output_folder
 
@@ -72,7 +73,8 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
 
     out = Path(out)
     check_output_folder(out, flag="OUT_DIR")
-    resolve_device(device)  # a bad --device fails now, not after the data is generated
+    resolve_device(device)  # a bad --device or --seed fails now, not after the data is generated
+    seed = check_seed(seed)
     size = SIZES["quick" if quick else "default"]
     started = time.perf_counter()
     data, series, stores = out / "data", out / "series", out / "stores"

@@ -460,6 +460,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         raise FtdynError(f"--input-size: {input_size} is too small (at least 8 pixels).")
     if not data_dir.exists():
         raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
+    probe_seed = data_mod.check_seed(probe_seed)
     check_output_folder(out, inputs=[data_dir, series])
     dev = resolve_device(device)
 
@@ -489,6 +490,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
     if folder.skipped:
         _warn(f"--data: {data_mod.skipped_message(folder.skipped)}")
+    if folder.rescaled:
+        _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
     probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)
     n = len(probe_data)
     if n < 2:  # one image has no variance: every distance would be undefined

@@ -403,6 +403,7 @@ def test_bad_inputs_one_line(planted, tmp_path):
     lone, _ = make_store(tmp_path / "lone.zarr", complete=lambda i, c: i < 1)
     assert "nothing to compare" in _one_line_error(["analyze", str(lone), "--allow-partial", *out])
     assert "--workers" in _one_line_error(["analyze", str(path), "--workers", "0", *out])
+    assert "--seed" in _one_line_error(["analyze", str(path), "--seed", "-1", "--bootstrap", "2", *out])
     assert "--bootstrap" in _one_line_error(["analyze", str(path), "--bootstrap", "1", *out])
     assert "a view twice" in _one_line_error(["analyze", str(path), "--view", "cka=filter", "--view", "cka=map", *out])
     assert "inside the input" in _one_line_error(["analyze", str(path), "--out", str(path / "results")])

@@ -375,20 +375,20 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
 
 @pytest.mark.parametrize("case", ["missing_data", "empty_folder", "no_arch", "unknown_layer", "bad_dtype",
                                   "wrong_arch", "not_a_store", "source_with_manifest", "dataset_root",
-                                  "one_image", "out_in_data"])
+                                  "one_image", "out_in_data", "bad_seed"])
 def test_bad_input_is_one_line(tmp_path, probe_dir, case):
     folder = tmp_path / "ck"
     folder.mkdir()
     args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(tmp_path / "s.zarr")]
     if case in ("no_arch", "unknown_layer", "bad_dtype", "wrong_arch", "not_a_store", "dataset_root", "one_image",
-                "out_in_data"):
+                "out_in_data", "bad_seed"):
         torch.save(_model("resnet18").state_dict(), folder / "epoch_1.pt")
     expected = {
         "missing_data": "--data: folder", "empty_folder": "no checkpoint files", "no_arch": "--arch:",
         "unknown_layer": "--layer: 'layer9' is not a module", "bad_dtype": "--dtype",
         "wrong_arch": "does not fit resnet34", "not_a_store": "not an ftdyn activation store",
         "source_with_manifest": "--source", "dataset_root": "holds the splits val/, train/",
-        "one_image": "the probe set has 1 image", "out_in_data": "is inside the input",
+        "one_image": "the probe set has 1 image", "out_in_data": "is inside the input", "bad_seed": "--seed",
     }[case]
     if case == "missing_data":
         args[3] = str(tmp_path / "nope")
@@ -405,6 +405,8 @@ def test_bad_input_is_one_line(tmp_path, probe_dir, case):
         args[3] = str(write_image_folder(tmp_path / "root" / "train", 2).parent)
         (tmp_path / "root" / "val").mkdir()
         args += ["--arch", "resnet18"]
+    elif case == "bad_seed":
+        args += ["--arch", "resnet18", "--seed", "-1"]
     elif case == "one_image":
         args += ["--arch", "resnet18", "--max-samples", "1"]
     elif case == "out_in_data":

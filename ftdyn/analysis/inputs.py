@@ -21,6 +21,7 @@ import xarray as xr
 
 from .. import metrics as M
 from .. import views as V
+from ..data import check_seed
 from ..errors import FtdynError
 
 METRIC_NAMES = tuple(M.METRICS)
@@ -161,7 +162,7 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
     if isinstance(experiment_names, str):
         experiment_names = [experiment_names]
     return Args(metrics=metrics, views=_resolve_views(metrics, views, p), alpha=a, reference=int(reference),
-                preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=int(seed),
+                preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
                 allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average)
 
