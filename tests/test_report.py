@@ -129,3 +129,22 @@ def test_report_without_stores_elsewhere_via_cli(tmp_path):
     assert result.exit_code == 2 and "ftdyn: error: --store" in result.output
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "run `ftdyn analyze` first" in result.output
+
+
+@pytest.mark.parametrize("damage", ["index", "chunk"])
+def test_report_on_damaged_results_is_one_line(tmp_path, damage):
+    """A corrupt results index or chunk: one line naming the folder and saying to re-run analyze, no traceback."""
+    from ftdyn.cli import app
+
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1]), results_dir / "results.zarr")
+    if damage == "index":
+        (results_dir / "results.zarr" / "zarr.json").write_text("garbage\n")
+    else:
+        chunk = next(p for p in (results_dir / "results.zarr" / "distance" / "c").rglob("*") if p.is_file())
+        chunk.write_bytes(b"xx")
+    result = CliRunner().invoke(app, ["report", str(results_dir)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: {results_dir}: damaged results")
+    assert "re-run `ftdyn analyze`" in result.output
+    assert not (results_dir / "report.html").exists() and not (results_dir / "figures").exists()
