@@ -356,19 +356,21 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     """Write ``report.html`` (and its figures in ``figures/``) and return its path.
 
     ``results_dir``: the folder of ``ftdyn analyze`` (holding results.zarr and the
-    CSV tables). ``stores``: activation stores whose manifests give Table 1 and
+    CSV tables), or its results.zarr. ``stores``: activation stores whose manifests give Table 1 and
     whose default class/sample figures are (re)made; default: the stores named in
     the results that exist, whose figures are made only when the figure index
     does not already have them. ``out``: output folder (default ``results_dir``).
     Curves and trajectory matrices are always redrawn from the results.
     """
     from .results import open_results
-    from .viz import FIGURES_DIR, default_figures, read_index
+    from .viz import FIGURES_DIR, check_out, default_figures, read_index
 
     results_dir = Path(results_dir)
     res = open_results(results_dir)
+    if (results_dir / "zarr.json").is_file():  # given results.zarr itself: the tables and figures are beside it
+        results_dir = results_dir.parent
     out = Path(out) if out is not None else results_dir
-    figdir = out / FIGURES_DIR
+    figdir = check_out(out / FIGURES_DIR, what=f"--out {out}")
 
     if stores is not None:
         store_paths = [Path(s) for s in stores]

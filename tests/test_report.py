@@ -148,3 +148,32 @@ def test_report_on_damaged_results_is_one_line(tmp_path, damage):
     assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: {results_dir}: damaged results")
     assert "re-run `ftdyn analyze`" in result.output
     assert not (results_dir / "report.html").exists() and not (results_dir / "figures").exists()
+
+
+def test_report_out_must_be_a_folder_outside_zarr_stores(tmp_path):
+    """--out an existing file, or inside an activation or results store: one line, nothing written anywhere."""
+    from ftdyn.cli import app
+
+    store, _, _ = make_store(tmp_path / "toy.zarr")
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
+                       results_dir / "results.zarr")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    runner = CliRunner()
+    for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "site", f"{afile} is a file"),
+                      (store, f"inside the Zarr store {store}"), (store / "site", f"inside the Zarr store {store}"),
+                      (results_dir / "results.zarr", "inside the Zarr store")]:
+        result = runner.invoke(app, ["report", str(results_dir), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")
+        assert says in result.output
+    assert sorted(tmp_path.rglob("*")) == before and afile.read_text() == "x"
+    # given results.zarr itself, the report goes beside it, not into the store
+    result = runner.invoke(app, ["report", str(results_dir / "results.zarr")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(results_dir / "report.html")
+    assert (results_dir / "figures" / "figures.json").is_file()
+    assert sorted(p.name for p in (results_dir / "results.zarr").iterdir()) == sorted(
+        p.name for p in before if p.parent == results_dir / "results.zarr")

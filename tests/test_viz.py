@@ -372,6 +372,23 @@ def test_cli_visualize(store, tmp_path):
     assert result.output.strip().count("\n") == 0 and "ftdyn: error: --layer features.99" in result.output
 
 
+def test_cli_visualize_out_must_be_a_folder_outside_zarr_stores(store, tmp_path):
+    from ftdyn.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    in_store = sorted(store[0].rglob("*"))
+    runner = CliRunner()
+    for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "figs", f"{afile} is a file"),
+                      (store[0], f"inside the Zarr store {store[0]}"),
+                      (store[0] / "figs", f"inside the Zarr store {store[0]}")]:
+        result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "0", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")
+        assert says in result.output
+    assert afile.read_text() == "x" and sorted(store[0].rglob("*")) == in_store
+
+
 def test_display_window_trims_only_never_covered_padding():
     cov = np.zeros((2, 3, 100, 80))
     cov[0, 1, 40:60, 30:50] = 1.0

@@ -67,6 +67,23 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
     return path
 
 
+def check_out(out: str | Path, *, what: str | None = None) -> Path:
+    """``out`` as a Path, once it is known that figures can be written there: no part of
+    it is a file, and it is not inside a Zarr store (files written there would become
+    part of the store). ``what`` names the flag in the error (default ``--out OUT``)."""
+    out = Path(out)
+    what = what or f"--out {out}"
+    for folder in (out.resolve(), *out.resolve().parents):
+        if folder.exists() and not folder.is_dir():
+            raise FtdynError(f"{what}: {folder} is a file, not a folder; give a folder path (it is created if "
+                             "missing).")
+        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
+        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
+            raise FtdynError(f"{what}: inside the Zarr store {folder}; writing there would add files to the store. "
+                             "Give a folder outside it.")
+    return out
+
+
 def read_index(folder: str | Path) -> list[dict[str, Any]]:
     """Entries of ``folder/figures.json`` (``[]`` when there is none)."""
     index = Path(folder) / INDEX_NAME
@@ -287,7 +304,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
 
     ds, path = open_any_store(store)
     res = open_any_results(results)
-    out = Path(out)
+    out = check_out(out)
     name, var, index = resolve_layer(ds, layer)
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, classes)
