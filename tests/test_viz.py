@@ -311,6 +311,33 @@ def test_visualize_user_errors(store, tmp_path, kwargs, match):
         visualize(store[0], out=tmp_path, **kwargs)
 
 
+def test_visualize_checks_every_flag_before_drawing(store, tmp_path):
+    from ftdyn.cli import app
+
+    out = tmp_path / "figs" / "h"
+    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "features.3", "--sample", "999",
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and "ftdyn: error: --sample 999: no such sample id" in result.output
+    assert list(tmp_path.iterdir()) == []  # no figure, no folder
+
+
+def test_visualize_interrupted_while_drawing_leaves_no_partial_set(store, tmp_path, monkeypatch):
+    out = tmp_path / "figs"
+    visualize(store[0], layer=0, filters=[1], samples=[0], out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heatmaps, "plot_sample_grid", interrupted)  # after the class grid is drawn
+    with pytest.raises(KeyboardInterrupt):
+        visualize(store[0], layer=1, filters=[1], samples=[0], out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing left behind
+    with pytest.raises(KeyboardInterrupt):
+        visualize(store[0], layer=1, filters=[1], samples=[0], out=tmp_path / "new" / "figs")
+    assert not (tmp_path / "new").exists()
+
+
 def test_store_without_receptive_field_fails_clearly(tmp_path):
     path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
     with pytest.raises(FtdynError, match="no receptive-field geometry"):

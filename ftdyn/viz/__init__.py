@@ -23,8 +23,12 @@ GUI backend).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -82,6 +86,32 @@ def check_out(out: str | Path, *, what: str | None = None) -> Path:
             raise FtdynError(f"{what}: inside the Zarr store {folder}; writing there would add files to the store. "
                              "Give a folder outside it.")
     return out
+
+
+@contextmanager
+def staging(out: Path, *, what: str | None = None):
+    """A fresh hidden folder inside ``out`` to draw into, removed on exit whatever happens.
+
+    The caller moves the finished files into ``out`` only once all are drawn, so an
+    error or an interrupt midway leaves no partial set (and no folder this call made)."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".ftdyn-drawing-", dir=out))
+    except OSError as exc:
+        raise FtdynError(f"{what or f'--out {out}'}: cannot write there ({exc.strerror or exc}).") from None
+    finished = False
+    try:
+        yield tmp
+        finished = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not finished:
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else is in it now
+                    break
 
 
 def read_index(folder: str | Path) -> list[dict[str, Any]]:
@@ -302,6 +332,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     """
     from . import heatmaps, patches
 
+    # every flag is checked before anything is read in bulk or drawn
     ds, path = open_any_store(store)
     res = open_any_results(results)
     out = check_out(out)
@@ -309,6 +340,10 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, classes)
     epoch_pos = resolve_epochs(ds, epochs)
+    chosen = resolve_filters(ds, var, filters) if filters is not None and len(filters) > 0 else None
+    if chosen is None and n_filters < 1:
+        raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
+    sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
     label = store_label(ds, path)
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
@@ -316,44 +351,39 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     labels = np.asarray(ds["label"].values)
     class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
-    if filters is not None and len(filters) > 0:
-        chosen = resolve_filters(ds, var, filters)
+    if chosen is not None:
         why = "filters chosen by the user"
     else:
-        if n_filters < 1:
-            raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
         chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=context["experiment"],
                                              sample_positions=class_samples, epoch_positions=epoch_pos)
-
     grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
-    written: list[Path] = []
-    entries = []
-    cls_path = out / f"class_{slug(label)}_{slug(var)}.png"
-    patches.plot_class_grid(grid, cls_path, title=f"{label} · {name}: class-based receptive-field averages")
-    written.append(cls_path)
-    entries.append({**context, "file": cls_path.name, "formats": [], "kind": "class",
-                    "title": f"Class-based: {label}, layer {name}",
-                    "caption": patches.caption(grid, rf, why=why, label=label)})
-
-    if samples is not None and len(samples) > 0:
-        sample_pos = resolve_samples(ds, samples)
+    if sample_pos is not None:
         sample_why = "samples chosen by the user"
     else:
         sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
         sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
                       "respond most (sum of their map maxima at the last shown epoch)")
-    for pos in sample_pos:
-        sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
-                                      epoch_positions=epoch_pos)
-        spath = out / f"sample_{slug(label)}_{slug(var)}_s{sgrid.sample_id}.png"
-        heatmaps.plot_sample_grid(sgrid, spath, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                      f"({sgrid.class_name})")
-        written.append(spath)
-        entries.append({**context, "file": spath.name, "formats": [], "kind": "sample",
-                        "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                        "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+
+    entries = []
+    with staging(out) as tmp:
+        cls_name = f"class_{slug(label)}_{slug(var)}.png"
+        patches.plot_class_grid(grid, tmp / cls_name, title=f"{label} · {name}: class-based receptive-field averages")
+        entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
+                        "title": f"Class-based: {label}, layer {name}",
+                        "caption": patches.caption(grid, rf, why=why, label=label)})
+        for pos in sample_pos:
+            sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
+                                          epoch_positions=epoch_pos)
+            sname = f"sample_{slug(label)}_{slug(var)}_s{sgrid.sample_id}.png"
+            heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
+                                                                f"({sgrid.class_name})")
+            entries.append({**context, "file": sname, "formats": [], "kind": "sample",
+                            "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                            "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+        for e in entries:
+            os.replace(tmp / e["file"], out / e["file"])
     record(out, entries)
-    return written
+    return [out / e["file"] for e in entries]
 
 
 def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_filters: int = 4) -> list[Path]:
