@@ -338,6 +338,30 @@ def test_visualize_interrupted_while_drawing_leaves_no_partial_set(store, tmp_pa
     assert not (tmp_path / "new").exists()
 
 
+def test_figure_size_is_bounded(store, tmp_path, monkeypatch):
+    from ftdyn import viz
+    from ftdyn.cli import app
+
+    runner = CliRunner()
+    args = ["visualize", str(store[0]), "--layer", "0", "--sample", "0", "--out", str(tmp_path / "figs")]
+    result = runner.invoke(app, [*args, "--n-filters", "10000"])
+    assert result.exit_code == 0, result.output
+    assert "ftdyn: note: --n-filters 10000 capped at 4: layer features.3 has 4 filters" in result.output
+    assert "Filters 1, 2, 0, 3" in read_index(tmp_path / "figs")[0]["caption"]
+    monkeypatch.setattr(viz, "MAX_GRID_ROWS", 4)  # 2 classes: at most 2 filters
+    monkeypatch.setattr(viz, "MAX_EPOCHS", 2)
+    result = runner.invoke(app, [*args, "--n-filters", "3"])
+    assert result.exit_code == 0 and "capped at 2" in result.output
+    for extra, says in [(["--filter", "0", "--filter", "1", "--filter", "2"], "--filter: 3 filters with 2 classes"),
+                        (["--epoch", "0", "--epoch", "1", "--epoch", "2"], "--epoch: 3 epochs"),
+                        (["--n-filters", "0"], "--n-filters 0: must be at least 1")]:
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and result.output.startswith(f"ftdyn: error: {says}"), result.output
+    monkeypatch.setattr(viz, "MAX_GRID_ROWS", 1)
+    result = runner.invoke(app, [*args, "--class", "0", "--class", "1"])
+    assert result.exit_code == 2 and result.output.startswith("ftdyn: error: --class: 2 classes"), result.output
+
+
 def test_store_without_receptive_field_fails_clearly(tmp_path):
     path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
     with pytest.raises(FtdynError, match="no receptive-field geometry"):

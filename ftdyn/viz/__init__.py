@@ -48,6 +48,11 @@ MAX_DEFAULT_EPOCHS = 8
 DEFAULT_CLASSES = 3
 #: Sample figures made by default.
 DEFAULT_SAMPLES = 2
+#: Bounds of one figure. Drawing time grows faster than the number of cells (about
+#: 15 s for 48 rows x 16 columns), so a layer's hundreds of filters cannot all be shown.
+MAX_FILTERS = 16
+MAX_GRID_ROWS = 48  # class x filter rows of the class-based grid
+MAX_EPOCHS = 16
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -239,7 +244,11 @@ def resolve_classes(ds, classes) -> list[int]:
             raise FtdynError(f"--class {c}: not a class of this store; choose from {', '.join(names)}.")
         if not np.any(labels == out[-1]):
             raise FtdynError(f"--class {c}: no probe image of this class in the store.")
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    if len(out) > MAX_GRID_ROWS:
+        raise FtdynError(f"--class: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class x filter "
+                         "rows). Pass fewer and run visualize again for the rest.")
+    return out
 
 
 def resolve_epochs(ds, epochs) -> list[int]:
@@ -254,7 +263,11 @@ def resolve_epochs(ds, epochs) -> list[int]:
         if int(e) not in available:
             raise FtdynError(f"--epoch {e}: not in the store; available epochs: {', '.join(map(str, available))}.")
         out.append(available.index(int(e)))
-    return sorted(set(out))
+    out = sorted(set(out))
+    if len(out) > MAX_EPOCHS:
+        raise FtdynError(f"--epoch: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer and run "
+                         "visualize again for the rest.")
+    return out
 
 
 def resolve_filters(ds, var: str, filters) -> list[int]:
@@ -324,6 +337,9 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     sample-based figures (default: per shown class, up to 2, the image on which
     the shown filters respond most at the last epoch). ``epochs``: epochs to show
     (default all, or 8 evenly spaced incl. source and last). ``out``: folder.
+    One figure shows at most :data:`MAX_FILTERS` filters, :data:`MAX_GRID_ROWS`
+    class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit choices are an
+    error, a larger ``n_filters`` is capped (with a note on stderr).
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
@@ -341,8 +357,20 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     class_idx = resolve_classes(ds, classes)
     epoch_pos = resolve_epochs(ds, epochs)
     chosen = resolve_filters(ds, var, filters) if filters is not None and len(filters) > 0 else None
-    if chosen is None and n_filters < 1:
-        raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
+    n_channels = int(ds.sizes[f"{var}_channel"])
+    limit = min(MAX_FILTERS, MAX_GRID_ROWS // len(class_idx))
+    if chosen is not None and len(chosen) > limit:
+        raise FtdynError(f"--filter: {len(chosen)} filters with {len(class_idx)} classes; one figure shows at most "
+                         f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer --filter or "
+                         "--class and run visualize again for the rest.")
+    if chosen is None:
+        if n_filters < 1:
+            raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
+        if n_filters > min(n_channels, limit):
+            _say(f"note: --n-filters {n_filters} capped at {min(n_channels, limit)}: layer {name} has {n_channels} "
+                 f"filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter "
+                 "rows.")
+            n_filters = min(n_channels, limit)
     sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
     label = store_label(ds, path)
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
