@@ -342,13 +342,6 @@ def _collect(folders: Sequence[Path]) -> list[tuple[dict[str, Any], Path]]:
     return out
 
 
-def _same_path(a, b) -> bool:
-    try:
-        return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -363,7 +356,8 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     Curves and trajectory matrices are always redrawn from the results.
     """
     from .results import open_results
-    from .viz import FIGURES_DIR, check_out, default_figures, read_index
+    from .store import open_store
+    from .viz import FIGURES_DIR, check_out, default_figures, match_experiment, read_index, results_stores, same_path
 
     results_dir = Path(results_dir)
     res = open_results(results_dir)
@@ -377,16 +371,19 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         for s in store_paths:
             if not s.exists():
                 raise FtdynError(f"--store {s}: no such store.")
+            if match_experiment(res, open_store(s, allow_partial=True), s) is None:
+                raise FtdynError(f"--store {s}: not among the experiments of {results_dir} [{results_stores(res)}]; "
+                                 "give one of their stores, or run `ftdyn analyze` with this store first.")
         todo = store_paths
     else:
         store_paths = [Path(s) for s in dict.fromkeys(as_strings(res["store"].values)) if s and Path(s).exists()]
         indexed = ({e.get("store") for e in read_index(figdir)}
                    | {e.get("store") for e in read_index(results_dir / FIGURES_DIR)})
-        todo = [s for s in store_paths if not any(_same_path(s, i) for i in indexed)]
+        todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
     default_figures(res, todo, figdir)  # curves and matrices always; class/sample figures for `todo`
     summaries = _store_summaries(res, store_paths)
 
-    folders = [figdir] + ([results_dir / FIGURES_DIR] if not _same_path(figdir, results_dir / FIGURES_DIR) else [])
+    folders = [figdir] + ([results_dir / FIGURES_DIR] if not same_path(figdir, results_dir / FIGURES_DIR) else [])
     entries = _collect(folders)
     figs = _Figures(out)
 

@@ -177,3 +177,22 @@ def test_report_out_must_be_a_folder_outside_zarr_stores(tmp_path):
     assert (results_dir / "figures" / "figures.json").is_file()
     assert sorted(p.name for p in (results_dir / "results.zarr").iterdir()) == sorted(
         p.name for p in before if p.parent == results_dir / "results.zarr")
+
+
+def test_report_refuses_a_store_not_among_the_results(tmp_path):
+    from ftdyn.cli import app
+
+    store, _, _ = make_store(tmp_path / "toy.zarr")
+    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
+                       results_dir / "results.zarr")
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(results_dir), "--store", str(store), "--store", str(other)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"ftdyn: error: --store {other}: not among the experiments of {results_dir} "
+                                    f"[toynet/shapes ({store})]")
+    assert sorted(p.name for p in results_dir.iterdir()) == ["results.zarr"]
+    result = runner.invoke(app, ["report", str(results_dir), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert {e["store"] for e in read_index(results_dir / "figures") if e["kind"] == "class"} == {str(store)}

@@ -362,6 +362,33 @@ def test_figure_size_is_bounded(store, tmp_path, monkeypatch):
     assert result.exit_code == 2 and result.output.startswith("ftdyn: error: --class: 2 classes"), result.output
 
 
+def test_visualize_uses_only_results_of_this_store(store, tmp_path):
+    """--results of another store is refused; a moved copy of the analyzed store is found by its fingerprint."""
+    import shutil
+
+    from ftdyn.analysis.inputs import _fingerprint
+    from ftdyn.cli import app
+    from ftdyn.results import save_results_store
+
+    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    save_results_store(make_results(store_paths=(other, "")), tmp_path / "r_other" / "results.zarr")
+    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "0", "--results",
+                                      str(tmp_path / "r_other"), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"ftdyn: error: --results {tmp_path / 'r_other'}: the store {store[0]} is not "
+                                    f"among its experiments [toynet/shapes ({other}), toynet/fruits (no store")
+    assert not (tmp_path / "figs").exists()
+
+    moved = shutil.copytree(store[0], tmp_path / "moved.zarr")
+    res = make_results(store_paths=(tmp_path / "gone.zarr", other))
+    res.attrs["store_fingerprints"] = json.dumps([{**_fingerprint(store[0], open_store(store[0])),
+                                                   "path": str(tmp_path / "gone.zarr")},
+                                                  _fingerprint(other, open_store(other))])
+    visualize(moved, layer=0, results=res, samples=[0], out=tmp_path / "figs")
+    entry = read_index(tmp_path / "figs")[0]
+    assert entry["experiment"] == "toynet/shapes" and "from the results" in entry["caption"]
+
+
 def test_store_without_receptive_field_fails_clearly(tmp_path):
     path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
     with pytest.raises(FtdynError, match="no receptive-field geometry"):

@@ -292,22 +292,41 @@ def resolve_samples(ds, samples) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def same_path(a, b) -> bool:
+    """Whether two (possibly relative) paths name the same file; False when either is empty."""
+    try:
+        return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def match_experiment(results, ds, path: Path | None) -> str | None:
-    """The results experiment computed from this store: same store path, else same model and dataset."""
-    if results is None:
+    """The results experiment computed from this store: the one whose recorded store has the
+    same resolved path, else (a moved or copied store) the same fingerprint, when the results
+    record fingerprints (``store_fingerprints``, as ``ftdyn analyze`` writes). None otherwise:
+    the store is not one of the results' experiments."""
+    if results is None or path is None:
         return None
     exps = [str(e) for e in results["experiment"].values]
-    stores = [str(s) for s in results["store"].values]
-    if path is not None:
-        for e, s in zip(exps, stores):
-            try:
-                if s and Path(s).resolve() == Path(path).resolve():
-                    return e
-            except OSError:
-                pass
-    same = [e for e, m, d in zip(exps, results["model"].values, results["dataset"].values)
-            if str(m) == str(ds.attrs.get("model")) and str(d) == str(ds.attrs.get("dataset"))]
-    return same[0] if len(same) == 1 else None
+    for e, s in zip(exps, results["store"].values):
+        if same_path(str(s), path):
+            return e
+    try:
+        prints = json.loads(results.attrs.get("store_fingerprints") or "[]")
+    except ValueError:  # unreadable: only the paths can tell
+        return None
+    if len(prints) != len(exps) or not Path(path).is_dir():
+        return None
+    from ..analysis.inputs import _fingerprint
+
+    mine = _fingerprint(Path(path), ds)["sha256"]
+    return next((e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine), None)
+
+
+def results_stores(results) -> str:
+    """``experiment (store), ...`` of the results, for messages."""
+    return ", ".join(f"{e} ({s or 'no store recorded'})" for e, s in
+                     zip((str(x) for x in results["experiment"].values), (str(x) for x in results["store"].values)))
 
 
 def results_layer_index(results, experiment: str, layer: str) -> int | None:
@@ -372,17 +391,23 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
                  "rows.")
             n_filters = min(n_channels, limit)
     sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
+    experiment = match_experiment(res, ds, path)
+    if res is not None and experiment is None:  # another store's distances would rank the filters
+        raise FtdynError(f"--results {'(a Dataset)' if res is results else results}: the store "
+                         f"{path or '(a Dataset without a path)'} is not among its experiments "
+                         f"[{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave "
+                         "--results out.")
     label = store_label(ds, path)
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
-               "experiment": match_experiment(res, ds, path)}
+               "experiment": experiment}
     labels = np.asarray(ds["label"].values)
     class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
     if chosen is not None:
         why = "filters chosen by the user"
     else:
-        chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=context["experiment"],
+        chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
                                              sample_positions=class_samples, epoch_positions=epoch_pos)
     grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
     if sample_pos is not None:
