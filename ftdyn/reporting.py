@@ -417,10 +417,10 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
          "far from the start they end.</p>" + block("trajectory", "experiment")),
         ("class-based", "Class-based visualizations",
          '<p class="lead">What a filter looks at for a class, and how that changes during fine-tuning.</p>'
-         + block("class", "store_label")),
+         + block("class", "experiment")),
         ("sample-based", "Sample-based visualizations",
          '<p class="lead">Where on one image a filter responds, epoch by epoch.</p>'
-         + block("sample", "store_label")),
+         + block("sample", "experiment")),
         ("method", "How these numbers were computed", _method_section(res)),
     ]
     degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))

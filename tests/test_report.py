@@ -196,3 +196,27 @@ def test_report_refuses_a_store_not_among_the_results(tmp_path):
     result = runner.invoke(app, ["report", str(results_dir), "--store", str(store)])
     assert result.exit_code == 0, result.output
     assert {e["store"] for e in read_index(results_dir / "figures") if e["kind"] == "class"} == {str(store)}
+
+
+def test_stores_with_the_same_folder_name_keep_their_own_figures(tmp_path):
+    """sA/s.zarr and sB/s.zarr: distinct figure files, both experiments' figures in the report."""
+    sa, _, _ = make_store(tmp_path / "sA" / "s.zarr")
+    sb, _, _ = make_store(tmp_path / "sB" / "s.zarr", epochs=(0, 1))
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(metrics=METRICS[:1], store_paths=(sa, sb)), results_dir / "results.zarr")
+    page = report(results_dir).read_text()
+    entries = [e for e in read_index(results_dir / "figures") if e["kind"] in ("class", "sample")]
+    assert {(e["experiment"], e["store"]) for e in entries} == {("toynet/shapes", str(sa)), ("toynet/fruits", str(sb))}
+    files = [e["file"] for e in entries if e["kind"] == "class"]
+    assert len(files) == len(set(files)) == 4 and "class_s_features_3.png" in files
+    assert all((results_dir / "figures" / f).is_file() for f in files)
+    for kind in ("class-based", "sample-based"):
+        section = page[page.index(f'<section id="{kind}">'):]
+        section = section[:section.index("</section>")]
+        assert "<summary>toynet/shapes (" in section and "<summary>toynet/fruits (" in section
+    assert page.count("<img ") == len(read_index(results_dir / "figures")) - sum(
+        e["kind"] == "note" for e in read_index(results_dir / "figures"))
+    # re-made for one store: the same files are replaced, none added
+    before = sorted(p.name for p in (results_dir / "figures").iterdir())
+    report(results_dir, stores=[sb])
+    assert sorted(p.name for p in (results_dir / "figures").iterdir()) == before

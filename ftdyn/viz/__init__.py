@@ -22,6 +22,7 @@ GUI backend).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -187,6 +188,18 @@ def store_label(ds, path: Path | None) -> str:
         name = path.name
         return name[:-5] if name.endswith(".zarr") else name
     return f"{ds.attrs.get('model', 'model')}-{ds.attrs.get('dataset', 'data')}"
+
+
+def figure_stem(out: Path, label: str, path: Path | None) -> str:
+    """The store part of the figure file names in ``out``: the store's label, plus a short
+    hash of its resolved path when ``out`` already holds figures of another store whose label
+    gives the same name (``sA/s.zarr`` and ``sB/s.zarr``), so that neither overwrites the other."""
+    taken = any(e.get("kind") in ("class", "sample") and slug(e.get("store_label") or "") == slug(label)
+                and not same_path(e.get("store"), path) for e in read_index(out))
+    if not taken:
+        return slug(label)
+    digest = hashlib.sha256(str(Path(path).resolve() if path is not None else "").encode()).hexdigest()[:8]
+    return f"{slug(label)}-{digest}"
 
 
 def resolve_layer(ds, layer) -> tuple[str, str, int]:
@@ -362,7 +375,8 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
-    epochs), records them with captions in ``out/figures.json`` and returns their
+    epochs; ``<store>`` is the folder stem, with a hash suffix when ``out`` holds
+    figures of another store of that stem: :func:`figure_stem`), records them with captions in ``out/figures.json`` and returns their
     paths. Only the needed slices of the store are read.
     """
     from . import heatmaps, patches
@@ -401,6 +415,9 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
                "experiment": experiment}
+    stem = f"{figure_stem(out, label, path)}_{slug(var)}"
+    if experiment is not None:  # stores of several experiments may share a folder name
+        label = f"{experiment} ({label})"
     labels = np.asarray(ds["label"].values)
     class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
@@ -419,7 +436,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
 
     entries = []
     with staging(out) as tmp:
-        cls_name = f"class_{slug(label)}_{slug(var)}.png"
+        cls_name = f"class_{stem}.png"
         patches.plot_class_grid(grid, tmp / cls_name, title=f"{label} · {name}: class-based receptive-field averages")
         entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
                         "title": f"Class-based: {label}, layer {name}",
@@ -427,7 +444,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
         for pos in sample_pos:
             sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
                                           epoch_positions=epoch_pos)
-            sname = f"sample_{slug(label)}_{slug(var)}_s{sgrid.sample_id}.png"
+            sname = f"sample_{stem}_s{sgrid.sample_id}.png"
             heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
                                                                 f"({sgrid.class_name})")
             entries.append({**context, "file": sname, "formats": [], "kind": "sample",
