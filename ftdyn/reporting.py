@@ -349,10 +349,11 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     """Write ``report.html`` (and its figures in ``figures/``) and return its path.
 
     ``results_dir``: the folder of ``ftdyn analyze`` (holding results.zarr and the
-    CSV tables), or its results.zarr. ``stores``: activation stores whose manifests give Table 1 and
-    whose default class/sample figures are (re)made; default: the stores named in
-    the results that exist, whose figures are made only when the figure index
-    does not already have them. ``out``: output folder (default ``results_dir``).
+    CSV tables), or its results.zarr. ``stores``: activation stores whose manifests
+    give Table 1 and whose default class/sample figures are (re)made, each one of the
+    results' experiments; default: the stores named in the results that exist, whose
+    figures are made only when the figure index does not already have them. ``out``:
+    output folder (default ``results_dir``; not inside a Zarr store).
     Curves and trajectory matrices are always redrawn from the results.
     """
     from .results import open_results

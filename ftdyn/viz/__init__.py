@@ -83,7 +83,8 @@ def check_out(out: str | Path, *, what: str | None = None) -> Path:
     part of the store). ``what`` names the flag in the error (default ``--out OUT``)."""
     out = Path(out)
     what = what or f"--out {out}"
-    for folder in (out.resolve(), *out.resolve().parents):
+    full = out.resolve()
+    for folder in (full, *full.parents):
         if folder.exists() and not folder.is_dir():
             raise FtdynError(f"{what}: {folder} is a file, not a folder; give a folder path (it is created if "
                              "missing).")
@@ -95,7 +96,7 @@ def check_out(out: str | Path, *, what: str | None = None) -> Path:
 
 
 @contextmanager
-def staging(out: Path, *, what: str | None = None):
+def staging(out: Path):
     """A fresh hidden folder inside ``out`` to draw into, removed on exit whatever happens.
 
     The caller moves the finished files into ``out`` only once all are drawn, so an
@@ -105,7 +106,7 @@ def staging(out: Path, *, what: str | None = None):
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ftdyn-drawing-", dir=out))
     except OSError as exc:
-        raise FtdynError(f"{what or f'--out {out}'}: cannot write there ({exc.strerror or exc}).") from None
+        raise FtdynError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
     finished = False
     try:
         yield tmp
@@ -376,8 +377,10 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
     epochs; ``<store>`` is the folder stem, with a hash suffix when ``out`` holds
-    figures of another store of that stem: :func:`figure_stem`), records them with captions in ``out/figures.json`` and returns their
-    paths. Only the needed slices of the store are read.
+    figures of another store of that stem: :func:`figure_stem`), records them with
+    captions in ``out/figures.json`` and returns their paths. Only the needed slices
+    of the store are read; nothing is drawn before every argument is checked, and
+    the figures appear in ``out`` together once all are drawn.
     """
     from . import heatmaps, patches
 
