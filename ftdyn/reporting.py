@@ -342,13 +342,6 @@ def _collect(folders: Sequence[Path]) -> list[tuple[dict[str, Any], Path]]:
     return out
 
 
-def _same_path(a, b) -> bool:
-    try:
-        return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -356,35 +349,42 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     """Write ``report.html`` (and its figures in ``figures/``) and return its path.
 
     ``results_dir``: the folder of ``ftdyn analyze`` (holding results.zarr and the
-    CSV tables). ``stores``: activation stores whose manifests give Table 1 and
-    whose default class/sample figures are (re)made; default: the stores named in
-    the results that exist, whose figures are made only when the figure index
-    does not already have them. ``out``: output folder (default ``results_dir``).
+    CSV tables), or its results.zarr. ``stores``: activation stores whose manifests
+    give Table 1 and whose default class/sample figures are (re)made, each one of the
+    results' experiments; default: the stores named in the results that exist, whose
+    figures are made only when the figure index does not already have them. ``out``:
+    output folder (default ``results_dir``; not inside a Zarr store).
     Curves and trajectory matrices are always redrawn from the results.
     """
     from .results import open_results
-    from .viz import FIGURES_DIR, default_figures, read_index
+    from .store import open_store
+    from .viz import FIGURES_DIR, check_out, default_figures, match_experiment, read_index, results_stores, same_path
 
     results_dir = Path(results_dir)
     res = open_results(results_dir)
+    if (results_dir / "zarr.json").is_file():  # given results.zarr itself: the tables and figures are beside it
+        results_dir = results_dir.parent
     out = Path(out) if out is not None else results_dir
-    figdir = out / FIGURES_DIR
+    figdir = check_out(out / FIGURES_DIR, what=f"--out {out}")
 
     if stores is not None:
         store_paths = [Path(s) for s in stores]
         for s in store_paths:
             if not s.exists():
                 raise FtdynError(f"--store {s}: no such store.")
+            if match_experiment(res, open_store(s, allow_partial=True), s) is None:
+                raise FtdynError(f"--store {s}: not among the experiments of {results_dir} [{results_stores(res)}]; "
+                                 "give one of their stores, or run `ftdyn analyze` with this store first.")
         todo = store_paths
     else:
         store_paths = [Path(s) for s in dict.fromkeys(as_strings(res["store"].values)) if s and Path(s).exists()]
         indexed = ({e.get("store") for e in read_index(figdir)}
                    | {e.get("store") for e in read_index(results_dir / FIGURES_DIR)})
-        todo = [s for s in store_paths if not any(_same_path(s, i) for i in indexed)]
+        todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
     default_figures(res, todo, figdir)  # curves and matrices always; class/sample figures for `todo`
     summaries = _store_summaries(res, store_paths)
 
-    folders = [figdir] + ([results_dir / FIGURES_DIR] if not _same_path(figdir, results_dir / FIGURES_DIR) else [])
+    folders = [figdir] + ([results_dir / FIGURES_DIR] if not same_path(figdir, results_dir / FIGURES_DIR) else [])
     entries = _collect(folders)
     figs = _Figures(out)
 
@@ -418,10 +418,10 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
          "far from the start they end.</p>" + block("trajectory", "experiment")),
         ("class-based", "Class-based visualizations",
          '<p class="lead">What a filter looks at for a class, and how that changes during fine-tuning.</p>'
-         + block("class", "store_label")),
+         + block("class", "experiment")),
         ("sample-based", "Sample-based visualizations",
          '<p class="lead">Where on one image a filter responds, epoch by epoch.</p>'
-         + block("sample", "store_label")),
+         + block("sample", "experiment")),
         ("method", "How these numbers were computed", _method_section(res)),
     ]
     degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))

@@ -79,17 +79,19 @@ def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
     """Check a results Dataset against the schema above; raise FtdynError naming what is wrong."""
     missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
-        raise FtdynError(f"{source}: not ftdyn results (attributes missing: {', '.join(missing)}).")
+        raise FtdynError(f"{source}: not ftdyn results (attributes missing: {', '.join(missing)}); re-run "
+                         "`ftdyn analyze` to write them.")
     if ds.attrs["ftdyn_results_format"] != RESULTS_FORMAT:
         raise FtdynError(f"{source}: results format {ds.attrs['ftdyn_results_format']} from ftdyn "
                          f"{ds.attrs['ftdyn_version']}; this ftdyn {__version__} reads format {RESULTS_FORMAT}. "
                          "Re-run `ftdyn analyze`.")
     for name in REQUIRED_COORDS:
         if name not in ds.coords:
-            raise FtdynError(f"{source}: damaged results, coordinate '{name}' missing.")
+            raise FtdynError(f"{source}: damaged results, coordinate '{name}' missing; re-run `ftdyn analyze`.")
     for name, dims in REQUIRED_VARS.items():
         if name not in ds.data_vars or ds[name].dims != dims:
-            raise FtdynError(f"{source}: damaged results, variable '{name}' missing or not {dims}.")
+            raise FtdynError(f"{source}: damaged results, variable '{name}' missing or not {dims}; re-run "
+                             "`ftdyn analyze`.")
     return ds
 
 
@@ -109,8 +111,15 @@ def open_results(path: str | Path) -> xr.Dataset:
     store = path / RESULTS_STORE if (path / RESULTS_STORE).exists() else path
     if not (store / "zarr.json").is_file():
         raise FtdynError(f"{path}: no ftdyn results here (expected {RESULTS_STORE}); run `ftdyn analyze` first.")
-    ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
-    return validate_results(ds, str(path))
+    try:
+        ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
+        return validate_results(ds, str(path))
+    except FtdynError:
+        raise
+    except Exception as exc:  # any damage (bad JSON, missing or corrupt chunks, odd attributes) reads the same
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FtdynError(f"{path}: damaged results, cannot be read ({type(exc).__name__}: {detail}); re-run "
+                         "`ftdyn analyze` to rewrite them.") from None
 
 
 # ------------------------------------------------------------------ CSV tables

@@ -129,3 +129,94 @@ def test_report_without_stores_elsewhere_via_cli(tmp_path):
     assert result.exit_code == 2 and "ftdyn: error: --store" in result.output
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "run `ftdyn analyze` first" in result.output
+
+
+@pytest.mark.parametrize("damage", ["index", "chunk"])
+def test_report_on_damaged_results_is_one_line(tmp_path, damage):
+    """A corrupt results index or chunk: one line naming the folder and saying to re-run analyze, no traceback."""
+    from ftdyn.cli import app
+
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1]), results_dir / "results.zarr")
+    if damage == "index":
+        (results_dir / "results.zarr" / "zarr.json").write_text("garbage\n")
+    else:
+        chunk = next(p for p in (results_dir / "results.zarr" / "distance" / "c").rglob("*") if p.is_file())
+        chunk.write_bytes(b"xx")
+    result = CliRunner().invoke(app, ["report", str(results_dir)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: {results_dir}: damaged results")
+    assert "re-run `ftdyn analyze`" in result.output
+    assert not (results_dir / "report.html").exists() and not (results_dir / "figures").exists()
+
+
+def test_report_out_must_be_a_folder_outside_zarr_stores(tmp_path):
+    """--out an existing file, or inside an activation or results store: one line, nothing written anywhere."""
+    from ftdyn.cli import app
+
+    store, _, _ = make_store(tmp_path / "toy.zarr")
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
+                       results_dir / "results.zarr")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    runner = CliRunner()
+    for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "site", f"{afile} is a file"),
+                      (store, f"inside the Zarr store {store}"), (store / "site", f"inside the Zarr store {store}"),
+                      (results_dir / "results.zarr", "inside the Zarr store")]:
+        result = runner.invoke(app, ["report", str(results_dir), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")
+        assert says in result.output
+    assert sorted(tmp_path.rglob("*")) == before and afile.read_text() == "x"
+    # given results.zarr itself, the report goes beside it, not into the store
+    result = runner.invoke(app, ["report", str(results_dir / "results.zarr")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(results_dir / "report.html")
+    assert (results_dir / "figures" / "figures.json").is_file()
+    assert sorted(p.name for p in (results_dir / "results.zarr").iterdir()) == sorted(
+        p.name for p in before if p.parent == results_dir / "results.zarr")
+
+
+def test_report_refuses_a_store_not_among_the_results(tmp_path):
+    from ftdyn.cli import app
+
+    store, _, _ = make_store(tmp_path / "toy.zarr")
+    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
+                       results_dir / "results.zarr")
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(results_dir), "--store", str(store), "--store", str(other)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"ftdyn: error: --store {other}: not among the experiments of {results_dir} "
+                                    f"[toynet/shapes ({store})]")
+    assert sorted(p.name for p in results_dir.iterdir()) == ["results.zarr"]
+    result = runner.invoke(app, ["report", str(results_dir), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert {e["store"] for e in read_index(results_dir / "figures") if e["kind"] == "class"} == {str(store)}
+
+
+def test_stores_with_the_same_folder_name_keep_their_own_figures(tmp_path):
+    """sA/s.zarr and sB/s.zarr: distinct figure files, both experiments' figures in the report."""
+    sa, _, _ = make_store(tmp_path / "sA" / "s.zarr")
+    sb, _, _ = make_store(tmp_path / "sB" / "s.zarr", epochs=(0, 1))
+    results_dir = tmp_path / "results"
+    save_results_store(make_results(metrics=METRICS[:1], store_paths=(sa, sb)), results_dir / "results.zarr")
+    page = report(results_dir).read_text()
+    entries = [e for e in read_index(results_dir / "figures") if e["kind"] in ("class", "sample")]
+    assert {(e["experiment"], e["store"]) for e in entries} == {("toynet/shapes", str(sa)), ("toynet/fruits", str(sb))}
+    files = [e["file"] for e in entries if e["kind"] == "class"]
+    assert len(files) == len(set(files)) == 4 and "class_s_features_3.png" in files
+    assert all((results_dir / "figures" / f).is_file() for f in files)
+    for kind in ("class-based", "sample-based"):
+        section = page[page.index(f'<section id="{kind}">'):]
+        section = section[:section.index("</section>")]
+        assert "<summary>toynet/shapes (" in section and "<summary>toynet/fruits (" in section
+    assert page.count("<img ") == len(read_index(results_dir / "figures")) - sum(
+        e["kind"] == "note" for e in read_index(results_dir / "figures"))
+    # re-made for one store: the same files are replaced, none added
+    before = sorted(p.name for p in (results_dir / "figures").iterdir())
+    report(results_dir, stores=[sb])
+    assert sorted(p.name for p in (results_dir / "figures").iterdir()) == before

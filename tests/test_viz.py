@@ -311,6 +311,84 @@ def test_visualize_user_errors(store, tmp_path, kwargs, match):
         visualize(store[0], out=tmp_path, **kwargs)
 
 
+def test_visualize_checks_every_flag_before_drawing(store, tmp_path):
+    from ftdyn.cli import app
+
+    out = tmp_path / "figs" / "h"
+    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "features.3", "--sample", "999",
+                                      "--out", str(out)])
+    assert result.exit_code == 2 and "ftdyn: error: --sample 999: no such sample id" in result.output
+    assert list(tmp_path.iterdir()) == []  # no figure, no folder
+
+
+def test_visualize_interrupted_while_drawing_leaves_no_partial_set(store, tmp_path, monkeypatch):
+    out = tmp_path / "figs"
+    visualize(store[0], layer=0, filters=[1], samples=[0], out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heatmaps, "plot_sample_grid", interrupted)  # after the class grid is drawn
+    with pytest.raises(KeyboardInterrupt):
+        visualize(store[0], layer=1, filters=[1], samples=[0], out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing left behind
+    with pytest.raises(KeyboardInterrupt):
+        visualize(store[0], layer=1, filters=[1], samples=[0], out=tmp_path / "new" / "figs")
+    assert not (tmp_path / "new").exists()
+
+
+def test_figure_size_is_bounded(store, tmp_path, monkeypatch):
+    from ftdyn import viz
+    from ftdyn.cli import app
+
+    runner = CliRunner()
+    args = ["visualize", str(store[0]), "--layer", "0", "--sample", "0", "--out", str(tmp_path / "figs")]
+    result = runner.invoke(app, [*args, "--n-filters", "10000"])
+    assert result.exit_code == 0, result.output
+    assert "ftdyn: note: --n-filters 10000 capped at 4: layer features.3 has 4 filters" in result.output
+    assert "Filters 1, 2, 0, 3" in read_index(tmp_path / "figs")[0]["caption"]
+    monkeypatch.setattr(viz, "MAX_GRID_ROWS", 4)  # 2 classes: at most 2 filters
+    monkeypatch.setattr(viz, "MAX_EPOCHS", 2)
+    result = runner.invoke(app, [*args, "--n-filters", "3"])
+    assert result.exit_code == 0 and "capped at 2" in result.output
+    for extra, says in [(["--filter", "0", "--filter", "1", "--filter", "2"], "--filter: 3 filters with 2 classes"),
+                        (["--epoch", "0", "--epoch", "1", "--epoch", "2"], "--epoch: 3 epochs"),
+                        (["--n-filters", "0"], "--n-filters 0: must be at least 1")]:
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and result.output.startswith(f"ftdyn: error: {says}"), result.output
+    monkeypatch.setattr(viz, "MAX_GRID_ROWS", 1)
+    result = runner.invoke(app, [*args, "--class", "0", "--class", "1"])
+    assert result.exit_code == 2 and result.output.startswith("ftdyn: error: --class: 2 classes"), result.output
+
+
+def test_visualize_uses_only_results_of_this_store(store, tmp_path):
+    """--results of another store is refused; a moved copy of the analyzed store is found by its fingerprint."""
+    import shutil
+
+    from ftdyn.analysis.inputs import _fingerprint
+    from ftdyn.cli import app
+    from ftdyn.results import save_results_store
+
+    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    save_results_store(make_results(store_paths=(other, "")), tmp_path / "r_other" / "results.zarr")
+    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "0", "--results",
+                                      str(tmp_path / "r_other"), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"ftdyn: error: --results {tmp_path / 'r_other'}: the store {store[0]} is not "
+                                    f"among its experiments [toynet/shapes ({other}), toynet/fruits (no store")
+    assert not (tmp_path / "figs").exists()
+
+    moved = shutil.copytree(store[0], tmp_path / "moved.zarr")
+    res = make_results(store_paths=(tmp_path / "gone.zarr", other))
+    res.attrs["store_fingerprints"] = json.dumps([{**_fingerprint(store[0], open_store(store[0])),
+                                                   "path": str(tmp_path / "gone.zarr")},
+                                                  _fingerprint(other, open_store(other))])
+    visualize(moved, layer=0, results=res, samples=[0], out=tmp_path / "figs")
+    entry = read_index(tmp_path / "figs")[0]
+    assert entry["experiment"] == "toynet/shapes" and "from the results" in entry["caption"]
+
+
 def test_store_without_receptive_field_fails_clearly(tmp_path):
     path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
     with pytest.raises(FtdynError, match="no receptive-field geometry"):
@@ -370,6 +448,23 @@ def test_cli_visualize(store, tmp_path):
     result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "features.99", "--out", str(out)])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "ftdyn: error: --layer features.99" in result.output
+
+
+def test_cli_visualize_out_must_be_a_folder_outside_zarr_stores(store, tmp_path):
+    from ftdyn.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    in_store = sorted(store[0].rglob("*"))
+    runner = CliRunner()
+    for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "figs", f"{afile} is a file"),
+                      (store[0], f"inside the Zarr store {store[0]}"),
+                      (store[0] / "figs", f"inside the Zarr store {store[0]}")]:
+        result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "0", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")
+        assert says in result.output
+    assert afile.read_text() == "x" and sorted(store[0].rglob("*")) == in_store
 
 
 def test_display_window_trims_only_never_covered_padding():

@@ -22,9 +22,14 @@ GUI backend).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -44,6 +49,11 @@ MAX_DEFAULT_EPOCHS = 8
 DEFAULT_CLASSES = 3
 #: Sample figures made by default.
 DEFAULT_SAMPLES = 2
+#: Bounds of one figure. Drawing time grows faster than the number of cells (about
+#: 15 s for 48 rows x 16 columns), so a layer's hundreds of filters cannot all be shown.
+MAX_FILTERS = 16
+MAX_GRID_ROWS = 48  # class x filter rows of the class-based grid
+MAX_EPOCHS = 16
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -65,6 +75,50 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
     metadata = {"Date": None} if path.suffix == ".svg" else {"Software": None} if path.suffix == ".png" else None
     fig.savefig(path, dpi=dpi, metadata=metadata)
     return path
+
+
+def check_out(out: str | Path, *, what: str | None = None) -> Path:
+    """``out`` as a Path, once it is known that figures can be written there: no part of
+    it is a file, and it is not inside a Zarr store (files written there would become
+    part of the store). ``what`` names the flag in the error (default ``--out OUT``)."""
+    out = Path(out)
+    what = what or f"--out {out}"
+    full = out.resolve()
+    for folder in (full, *full.parents):
+        if folder.exists() and not folder.is_dir():
+            raise FtdynError(f"{what}: {folder} is a file, not a folder; give a folder path (it is created if "
+                             "missing).")
+        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
+        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
+            raise FtdynError(f"{what}: inside the Zarr store {folder}; writing there would add files to the store. "
+                             "Give a folder outside it.")
+    return out
+
+
+@contextmanager
+def staging(out: Path):
+    """A fresh hidden folder inside ``out`` to draw into, removed on exit whatever happens.
+
+    The caller moves the finished files into ``out`` only once all are drawn, so an
+    error or an interrupt midway leaves no partial set (and no folder this call made)."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".ftdyn-drawing-", dir=out))
+    except OSError as exc:
+        raise FtdynError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
+    finished = False
+    try:
+        yield tmp
+        finished = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not finished:
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: something else is in it now
+                    break
 
 
 def read_index(folder: str | Path) -> list[dict[str, Any]]:
@@ -137,6 +191,18 @@ def store_label(ds, path: Path | None) -> str:
     return f"{ds.attrs.get('model', 'model')}-{ds.attrs.get('dataset', 'data')}"
 
 
+def figure_stem(out: Path, label: str, path: Path | None) -> str:
+    """The store part of the figure file names in ``out``: the store's label, plus a short
+    hash of its resolved path when ``out`` already holds figures of another store whose label
+    gives the same name (``sA/s.zarr`` and ``sB/s.zarr``), so that neither overwrites the other."""
+    taken = any(e.get("kind") in ("class", "sample") and slug(e.get("store_label") or "") == slug(label)
+                and not same_path(e.get("store"), path) for e in read_index(out))
+    if not taken:
+        return slug(label)
+    digest = hashlib.sha256(str(Path(path).resolve() if path is not None else "").encode()).hexdigest()[:8]
+    return f"{slug(label)}-{digest}"
+
+
 def resolve_layer(ds, layer) -> tuple[str, str, int]:
     """(module name, variable, index shallow->deep) of ``layer`` given as module name,
     variable name or (possibly negative) index; FtdynError listing the choices otherwise."""
@@ -192,7 +258,11 @@ def resolve_classes(ds, classes) -> list[int]:
             raise FtdynError(f"--class {c}: not a class of this store; choose from {', '.join(names)}.")
         if not np.any(labels == out[-1]):
             raise FtdynError(f"--class {c}: no probe image of this class in the store.")
-    return list(dict.fromkeys(out))
+    out = list(dict.fromkeys(out))
+    if len(out) > MAX_GRID_ROWS:
+        raise FtdynError(f"--class: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class x filter "
+                         "rows). Pass fewer and run visualize again for the rest.")
+    return out
 
 
 def resolve_epochs(ds, epochs) -> list[int]:
@@ -207,7 +277,11 @@ def resolve_epochs(ds, epochs) -> list[int]:
         if int(e) not in available:
             raise FtdynError(f"--epoch {e}: not in the store; available epochs: {', '.join(map(str, available))}.")
         out.append(available.index(int(e)))
-    return sorted(set(out))
+    out = sorted(set(out))
+    if len(out) > MAX_EPOCHS:
+        raise FtdynError(f"--epoch: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer and run "
+                         "visualize again for the rest.")
+    return out
 
 
 def resolve_filters(ds, var: str, filters) -> list[int]:
@@ -232,22 +306,41 @@ def resolve_samples(ds, samples) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def same_path(a, b) -> bool:
+    """Whether two (possibly relative) paths name the same file; False when either is empty."""
+    try:
+        return bool(a) and bool(b) and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def match_experiment(results, ds, path: Path | None) -> str | None:
-    """The results experiment computed from this store: same store path, else same model and dataset."""
-    if results is None:
+    """The results experiment computed from this store: the one whose recorded store has the
+    same resolved path, else (a moved or copied store) the same fingerprint, when the results
+    record fingerprints (``store_fingerprints``, as ``ftdyn analyze`` writes). None otherwise:
+    the store is not one of the results' experiments."""
+    if results is None or path is None:
         return None
     exps = [str(e) for e in results["experiment"].values]
-    stores = [str(s) for s in results["store"].values]
-    if path is not None:
-        for e, s in zip(exps, stores):
-            try:
-                if s and Path(s).resolve() == Path(path).resolve():
-                    return e
-            except OSError:
-                pass
-    same = [e for e, m, d in zip(exps, results["model"].values, results["dataset"].values)
-            if str(m) == str(ds.attrs.get("model")) and str(d) == str(ds.attrs.get("dataset"))]
-    return same[0] if len(same) == 1 else None
+    for e, s in zip(exps, results["store"].values):
+        if same_path(str(s), path):
+            return e
+    try:
+        prints = json.loads(results.attrs.get("store_fingerprints") or "[]")
+    except ValueError:  # unreadable: only the paths can tell
+        return None
+    if len(prints) != len(exps) or not Path(path).is_dir():
+        return None
+    from ..analysis.inputs import _fingerprint
+
+    mine = _fingerprint(Path(path), ds)["sha256"]
+    return next((e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine), None)
+
+
+def results_stores(results) -> str:
+    """``experiment (store), ...`` of the results, for messages."""
+    return ", ".join(f"{e} ({s or 'no store recorded'})" for e, s in
+                     zip((str(x) for x in results["experiment"].values), (str(x) for x in results["store"].values)))
 
 
 def results_layer_index(results, experiment: str, layer: str) -> int | None:
@@ -277,66 +370,93 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     sample-based figures (default: per shown class, up to 2, the image on which
     the shown filters respond most at the last epoch). ``epochs``: epochs to show
     (default all, or 8 evenly spaced incl. source and last). ``out``: folder.
+    One figure shows at most :data:`MAX_FILTERS` filters, :data:`MAX_GRID_ROWS`
+    class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit choices are an
+    error, a larger ``n_filters`` is capped (with a note on stderr).
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
-    epochs), records them with captions in ``out/figures.json`` and returns their
-    paths. Only the needed slices of the store are read.
+    epochs; ``<store>`` is the folder stem, with a hash suffix when ``out`` holds
+    figures of another store of that stem: :func:`figure_stem`), records them with
+    captions in ``out/figures.json`` and returns their paths. Only the needed slices
+    of the store are read; nothing is drawn before every argument is checked, and
+    the figures appear in ``out`` together once all are drawn.
     """
     from . import heatmaps, patches
 
+    # every flag is checked before anything is read in bulk or drawn
     ds, path = open_any_store(store)
     res = open_any_results(results)
-    out = Path(out)
+    out = check_out(out)
     name, var, index = resolve_layer(ds, layer)
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, classes)
     epoch_pos = resolve_epochs(ds, epochs)
+    chosen = resolve_filters(ds, var, filters) if filters is not None and len(filters) > 0 else None
+    n_channels = int(ds.sizes[f"{var}_channel"])
+    limit = min(MAX_FILTERS, MAX_GRID_ROWS // len(class_idx))
+    if chosen is not None and len(chosen) > limit:
+        raise FtdynError(f"--filter: {len(chosen)} filters with {len(class_idx)} classes; one figure shows at most "
+                         f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer --filter or "
+                         "--class and run visualize again for the rest.")
+    if chosen is None:
+        if n_filters < 1:
+            raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
+        if n_filters > min(n_channels, limit):
+            _say(f"note: --n-filters {n_filters} capped at {min(n_channels, limit)}: layer {name} has {n_channels} "
+                 f"filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter "
+                 "rows.")
+            n_filters = min(n_channels, limit)
+    sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
+    experiment = match_experiment(res, ds, path)
+    if res is not None and experiment is None:  # another store's distances would rank the filters
+        raise FtdynError(f"--results {'(a Dataset)' if res is results else results}: the store "
+                         f"{path or '(a Dataset without a path)'} is not among its experiments "
+                         f"[{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave "
+                         "--results out.")
     label = store_label(ds, path)
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
-               "experiment": match_experiment(res, ds, path)}
+               "experiment": experiment}
+    stem = f"{figure_stem(out, label, path)}_{slug(var)}"
+    if experiment is not None:  # stores of several experiments may share a folder name
+        label = f"{experiment} ({label})"
     labels = np.asarray(ds["label"].values)
     class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
-    if filters is not None and len(filters) > 0:
-        chosen = resolve_filters(ds, var, filters)
+    if chosen is not None:
         why = "filters chosen by the user"
     else:
-        if n_filters < 1:
-            raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
-        chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=context["experiment"],
+        chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
                                              sample_positions=class_samples, epoch_positions=epoch_pos)
-
     grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
-    written: list[Path] = []
-    entries = []
-    cls_path = out / f"class_{slug(label)}_{slug(var)}.png"
-    patches.plot_class_grid(grid, cls_path, title=f"{label} · {name}: class-based receptive-field averages")
-    written.append(cls_path)
-    entries.append({**context, "file": cls_path.name, "formats": [], "kind": "class",
-                    "title": f"Class-based: {label}, layer {name}",
-                    "caption": patches.caption(grid, rf, why=why, label=label)})
-
-    if samples is not None and len(samples) > 0:
-        sample_pos = resolve_samples(ds, samples)
+    if sample_pos is not None:
         sample_why = "samples chosen by the user"
     else:
         sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
         sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
                       "respond most (sum of their map maxima at the last shown epoch)")
-    for pos in sample_pos:
-        sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
-                                      epoch_positions=epoch_pos)
-        spath = out / f"sample_{slug(label)}_{slug(var)}_s{sgrid.sample_id}.png"
-        heatmaps.plot_sample_grid(sgrid, spath, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                      f"({sgrid.class_name})")
-        written.append(spath)
-        entries.append({**context, "file": spath.name, "formats": [], "kind": "sample",
-                        "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                        "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+
+    entries = []
+    with staging(out) as tmp:
+        cls_name = f"class_{stem}.png"
+        patches.plot_class_grid(grid, tmp / cls_name, title=f"{label} · {name}: class-based receptive-field averages")
+        entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
+                        "title": f"Class-based: {label}, layer {name}",
+                        "caption": patches.caption(grid, rf, why=why, label=label)})
+        for pos in sample_pos:
+            sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
+                                          epoch_positions=epoch_pos)
+            sname = f"sample_{stem}_s{sgrid.sample_id}.png"
+            heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
+                                                                f"({sgrid.class_name})")
+            entries.append({**context, "file": sname, "formats": [], "kind": "sample",
+                            "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                            "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+        for e in entries:
+            os.replace(tmp / e["file"], out / e["file"])
     record(out, entries)
-    return written
+    return [out / e["file"] for e in entries]
 
 
 def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_filters: int = 4) -> list[Path]:
