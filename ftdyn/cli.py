@@ -226,18 +226,20 @@ def visualize(
     out: Annotated[Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")],
     filter_: Annotated[Optional[list[int]], typer.Option("--filter", help="Filter index (repeatable). Default: "
                                                                           "the --n-filters whose distance changed "
-                                                                          "most.")] = None,
+                                                                          "most. At most 16.")] = None,
     class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index (repeatable). "
-                                                                        "Default: the first 3 classes.")] = None,
+                                                                        "Default: the first 3 classes. At most "
+                                                                        "48 class x filter rows.")] = None,
     sample: Annotated[Optional[list[int]], typer.Option("--sample", help="Sample id for a sample-based figure "
                                                                          "(repeatable). Default: per shown class "
                                                                          "(up to 2) the image the filters respond "
                                                                          "to most.")] = None,
     epoch: Annotated[Optional[list[int]], typer.Option("--epoch", help="Epoch to show (repeatable). Default: "
-                                                                       "all, or 8 evenly spaced.")] = None,
-    results: Annotated[Optional[Path], typer.Option(help="Results folder of `ftdyn analyze`: rank filters by "
-                                                         "their per-filter distance.")] = None,
-    n_filters: Annotated[int, typer.Option(help="Filters to choose when no --filter is given.")] = 4,
+                                                                       "all, or 8 evenly spaced. At most 16.")] = None,
+    results: Annotated[Optional[Path], typer.Option(help="Results folder of `ftdyn analyze` that includes this "
+                                                         "store: rank filters by their per-filter distance.")] = None,
+    n_filters: Annotated[int, typer.Option(help="Filters to choose when no --filter is given (capped at 16 and "
+                                                "at the layer's filters).")] = 4,
 ) -> None:
     """Class-based (receptive-field averages) and sample-based (heatmap) figures of one layer."""
     from .viz import visualize as run_visualize

@@ -218,7 +218,7 @@ class Experiment:
     fingerprint: dict[str, Any]
 
 
-def _fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
+def store_fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
     from ..store import completeness
 
     done = completeness(path)
@@ -292,7 +292,7 @@ def open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[
         exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
                                ckpt_index=ckpt_index, ref=epochs.index(args.reference),
                                labels=np.asarray(ds["label"].values, dtype=np.int64), layers=layers,
-                               fingerprint=_fingerprint(path, ds)))
+                               fingerprint=store_fingerprint(path, ds)))
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:

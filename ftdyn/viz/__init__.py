@@ -331,9 +331,9 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     if len(prints) != len(exps) or not Path(path).is_dir():
         return None
-    from ..analysis.inputs import _fingerprint
+    from ..analysis.inputs import store_fingerprint
 
-    mine = _fingerprint(Path(path), ds)["sha256"]
+    mine = store_fingerprint(Path(path), ds)["sha256"]
     return next((e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine), None)
 
 
