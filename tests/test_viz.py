@@ -366,7 +366,7 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
     """--results of another store is refused; a moved copy of the analyzed store is found by its fingerprint."""
     import shutil
 
-    from ftdyn.analysis.inputs import _fingerprint
+    from ftdyn.analysis.inputs import store_fingerprint
     from ftdyn.cli import app
     from ftdyn.results import save_results_store
 
@@ -381,9 +381,9 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
 
     moved = shutil.copytree(store[0], tmp_path / "moved.zarr")
     res = make_results(store_paths=(tmp_path / "gone.zarr", other))
-    res.attrs["store_fingerprints"] = json.dumps([{**_fingerprint(store[0], open_store(store[0])),
+    res.attrs["store_fingerprints"] = json.dumps([{**store_fingerprint(store[0], open_store(store[0])),
                                                    "path": str(tmp_path / "gone.zarr")},
-                                                  _fingerprint(other, open_store(other))])
+                                                  store_fingerprint(other, open_store(other))])
     visualize(moved, layer=0, results=res, samples=[0], out=tmp_path / "figs")
     entry = read_index(tmp_path / "figs")[0]
     assert entry["experiment"] == "toynet/shapes" and "from the results" in entry["caption"]
