@@ -243,23 +243,29 @@ def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, w
 
 
 def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, list[str]]:
-    """The newest manifest entry whose file is intact and holds optimizer and RNG state, its
-    payload, and why each newer entry is unusable. A damaged or deleted last checkpoint (full
-    disk, copying, cleaning up) then costs only the epochs after the intact one, not the run."""
-    dropped = []
-    for entry in reversed(entries):
+    """Where to resume: the newest checkpoint before the first unusable one (missing, changed
+    since it was written, or without optimizer/RNG state), its payload, and why the entries
+    after it are redone. A damaged checkpoint (full disk, copying, cleaning up) then costs the
+    epochs from it on, not the run; training is deterministic, so they come out the same."""
+    good, payload, problems = None, None, []
+    for entry in entries:
         path = out / entry["file"]
         if not path.is_file():
-            dropped.append(f"{entry['file']} is missing")
+            problems.append(f"{entry['file']} is missing")
         elif ckpt.sha256_file(path) != entry["sha256"]:
-            dropped.append(f"{entry['file']} changed since it was written (SHA-256 differs from {ckpt.MANIFEST_NAME})")
+            problems.append(f"{entry['file']} changed since it was written (SHA-256 differs from "
+                            f"{ckpt.MANIFEST_NAME})")
         else:
-            payload = ckpt.load_checkpoint_payload(path)
-            if "optimizer" in payload and "rng" in payload:
-                return entry, payload, dropped
-            dropped.append(f"{entry['file']} holds no optimizer/RNG state")
-    raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
-                     f"({'; '.join(dropped[-2:])}); start over with --overwrite.")
+            state = ckpt.load_checkpoint_payload(path)
+            if "optimizer" not in state or "rng" not in state:
+                problems.append(f"{entry['file']} holds no optimizer/RNG state")
+        if problems:
+            break
+        good, payload = entry, state
+    if good is None:
+        raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
+                         f"({problems[0]}); start over with --overwrite.")
+    return good, payload, problems
 
 
 # ------------------------------------------------------------------------- train

@@ -237,10 +237,12 @@ def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp
 
     truncated = damaged("truncated", lambda out: os.truncate(out / "epoch_004.pt", 1000))
     deleted = damaged("deleted", lambda out: [(out / f"epoch_00{e}.pt").unlink() for e in (3, 4)])
+    middle = damaged("middle", lambda out: os.truncate(out / "epoch_002.pt", 5000))  # later files intact
     for out, note in ((truncated, "epoch_004.pt changed since it was written (SHA-256 differs from manifest.json); "
                                   "redoing epoch 4 from epoch_003.pt"),
-                      (deleted, "epoch_004.pt is missing; epoch_003.pt is missing; redoing epochs 3-4 from "
-                                "epoch_002.pt")):
+                      (deleted, "epoch_003.pt is missing; redoing epochs 3-4 from epoch_002.pt"),
+                      (middle, "epoch_002.pt changed since it was written (SHA-256 differs from manifest.json); "
+                               "redoing epochs 2-4 from epoch_001.pt")):
         result = run_cli(*common, "--out", out, "--resume")
         assert result.exit_code == 0, result.output
         assert [ln for ln in result.output.splitlines() if "note:" in ln] == [f"ftdyn: note: --resume: {note}"]
