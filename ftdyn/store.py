@@ -30,6 +30,7 @@ images are in place: a crash during creation leaves no half-made store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -204,7 +205,8 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
             layer_dims(layer.var), da.zeros(shape, chunks=region, dtype=spec.dtype),
             attrs={"layer": layer.name, "layer_index": index,
                    "receptive_field": json.loads(json.dumps(layer.receptive_field))})
-        encoding[layer.var] = {"chunks": region, "compressors": compressors}
+        # a CRC-32C per chunk: an altered chunk file fails to decode instead of reading as other numbers
+        encoding[layer.var] = {"chunks": region, "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
         if block < layer.channels:
             encoding[layer.var].update(chunks=(1, spc, block, layer.height, layer.width), shards=region)
     data_vars[COMPLETE] = xr.Variable(("checkpoint", "chunk"), da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
@@ -265,6 +267,50 @@ def _validate_attrs(path: Path, attrs: dict[str, Any]) -> None:
         raise FtdynError(f"{path}: damaged ftdyn store, attributes missing: {', '.join(missing)}.")
 
 
+def _regions_on_disk(path: Path, attrs: dict[str, Any], marked: np.ndarray) -> np.ndarray:
+    """``marked`` (checkpoint, chunk) without the regions whose chunk file is gone for some layer
+    (deleted or lost after extraction): each region of a layer is one file,
+    ``<variable>/c/<checkpoint>/<chunk>/0/0/0`` (a shard when the layer is split into channel blocks)."""
+    present = marked.copy()
+    for k, c in np.argwhere(marked):
+        present[k, c] = all((path / var / "c" / str(k) / str(c) / "0" / "0" / "0").is_file()
+                            for var in attrs["layer_variables"].values())
+    return present
+
+
+def _check_regions_on_disk(path: Path, group: zarr.Group, marked: np.ndarray) -> None:
+    lost = marked & ~_regions_on_disk(path, dict(group.attrs), marked)
+    if lost.any():
+        epochs = [int(c["epoch"]) for c in group.attrs["checkpoints"]]
+        which = sorted({epochs[k] for k, _ in np.argwhere(lost)})
+        raise FtdynError(f"{path}: damaged store, chunk files of {int(lost.sum())} finished region(s) are missing "
+                         f"(checkpoints {', '.join(map(str, which))}); run the same `ftdyn extract` again to "
+                         "rewrite them.")
+
+
+def _raised_in_codecs(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(("zarr", "numcodecs")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def decoding(path: str | Path, what: str = "a chunk"):
+    """Reads inside this block that fail in Zarr's codecs (a truncated chunk file, or one whose
+    CRC-32C no longer matches) raise a one-line FtdynError; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, FtdynError) or not _raised_in_codecs(exc):
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise FtdynError(f"{path}: {what} cannot be decoded ({type(exc).__name__}: {detail}); the store is "
+                         "damaged: re-extract it into a new --out.") from None
+
+
 def completeness(path: str | Path) -> np.ndarray:
     """Boolean (checkpoint, chunk) array: which regions are fully written."""
     return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
@@ -279,6 +325,7 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     path = Path(path)
     group = _open_group(path)
     done = np.asarray(group[COMPLETE][...]).astype(bool)
+    _check_regions_on_disk(path, group, done)
     ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
@@ -332,7 +379,8 @@ class StoreWriter:
         return slice(start, min(start + self.samples_per_chunk, self.n_samples))
 
     def done(self) -> np.ndarray:
-        return np.asarray(self.complete[...]).astype(bool)
+        """Regions written, marked complete, and still on disk (a lost file is written again)."""
+        return _regions_on_disk(self.path, self.attrs, np.asarray(self.complete[...]).astype(bool))
 
     def write_region(self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]) -> None:
         """Write every layer of one region, then mark it complete (marks come last)."""
@@ -378,6 +426,7 @@ def info(path: str | Path) -> dict[str, Any]:
     group = _open_group(path)
     attrs = dict(group.attrs)
     done = np.asarray(group[COMPLETE][...]).astype(bool)
+    _check_regions_on_disk(path, group, done)
     return {
         "path": str(path),
         "architecture": attrs["architecture"],

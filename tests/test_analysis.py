@@ -430,12 +430,22 @@ def test_damaged_stores_are_one_line(planted, tmp_path):
 
     path, _ = planted
     out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
-    cases = {"missing": lambda f: f.unlink(), "truncated": lambda f: f.write_bytes(f.read_bytes()[:40])}
-    for name, damage in cases.items():
+    def flip(f):
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+
+    cases = {"missing": (lambda f: f.unlink(), "chunk files of 1 finished region(s) are missing"),
+             "truncated": (lambda f: f.write_bytes(f.read_bytes()[:40]), "cannot be decoded"),
+             "flipped": (flip, "cannot be decoded")}  # caught by the chunks' CRC-32C
+    for name, (damage, expected) in cases.items():
         bad = Path(shutil.copytree(path, tmp_path / f"{name}.zarr"))
         damage(next(f for f in sorted((bad / "features_3" / "c").rglob("*")) if f.is_file()))
         line = _one_line_error(["analyze", str(bad), *out])
-        assert str(bad) in line and "features_3" in line and "re-extract" in line, line
+        assert str(bad) in line and expected in line, line
+        if name != "missing":
+            assert "features_3" in line and "re-extract" in line, line
+    assert "are missing" in _one_line_error(["info", str(tmp_path / "missing.zarr")])
     gone = Path(shutil.copytree(path, tmp_path / "gone.zarr"))
     shutil.rmtree(gone / "layer2_relu")
     assert "layer2_relu missing" in _one_line_error(["analyze", str(gone), *out])

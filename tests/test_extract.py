@@ -356,6 +356,32 @@ def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
                                                          ["layer2"])["layer2"])
 
 
+def test_lost_chunk_files_are_reported_and_rewritten(tmp_path, probe_dir):
+    """A region file deleted after extraction: every reader says so in one line, and the same
+    extract command writes it again; an altered file is caught by its checksum."""
+    states = make_series(tmp_path / "ckpts", "resnet18", 2)
+    args = ["extract", str(tmp_path / "ckpts"), "--data", str(probe_dir), "--out", str(tmp_path / "s.zarr"),
+            "--layer", "layer1", "--layer", "layer3", "--no-progress"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    store = tmp_path / "s.zarr"
+    region = store / "layer3" / "c" / "1" / "0" / "0" / "0" / "0"
+    intact = region.read_bytes()
+    region.unlink()
+    for cmd in (["info", str(store)], ["visualize", str(store), "--layer", "layer3", "--out", str(tmp_path / "f")]):
+        result = CliRunner().invoke(app, cmd)
+        assert result.exit_code == 2 and "region(s) are missing (checkpoints 1)" in result.output, result.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and region.is_file(), result.output
+    ds = open_store(store)
+    assert_close16(layer(ds, "layer3")[1], direct("resnet18", states[1], ds["images"].values, ["layer3"])["layer3"])
+    altered = bytearray(intact)
+    altered[len(altered) // 2] ^= 0xFF
+    region.write_bytes(bytes(altered))
+    result = CliRunner().invoke(app, ["visualize", str(store), "--layer", "layer3", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "cannot be decoded" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "f").exists() or not any((tmp_path / "f").glob("*.png"))
+
+
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
     state = _model("resnet18").state_dict()
     folder = tmp_path / "ck"

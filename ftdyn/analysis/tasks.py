@@ -16,6 +16,7 @@ import torch
 from .. import metrics as M
 from .. import views as V
 from ..errors import FtdynError
+from ..store import decoding
 from .inputs import Source
 
 F64 = torch.float64
@@ -42,17 +43,15 @@ def read_block(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)
     """One (checkpoint, sample chunk) block as stored (float16/32), on the analysis device
     (copied in the stored dtype: the float64 conversion happens there). ``channels``: a
     filter group; in a sharded store only the inner chunks holding it are decoded."""
-    where = f"{src.path}: layer array {src.var}, checkpoint {ckpt}, samples {src.rows(chunk).start}-"
-    try:
-        block = np.asarray(_array(src.path, src.var)[ckpt, src.rows(chunk), channels])
-    except Exception as exc:  # noqa: BLE001 - truncated or altered chunk files fail in the codecs, any type
-        raise FtdynError(f"{where}{src.rows(chunk).stop - 1} cannot be decoded ({type(exc).__name__}: {exc}); the "
-                         "store is damaged: re-extract it into a new --out.") from None
-    # a chunk file that is missing reads as the fill value (NaN) in all of it, so the first
+    rows = src.rows(chunk)
+    where = f"layer array {src.var}, checkpoint {ckpt}, samples {rows.start}-{rows.stop - 1}"
+    with decoding(src.path, where):
+        block = np.asarray(_array(src.path, src.var)[ckpt, rows, channels])
+    # a chunk file lost while this runs reads as the fill value (NaN) in all of it, so the first
     # image's corner of every channel shows it without scanning the data
     if not np.isfinite(block[0, :, 0, 0]).all():
-        raise FtdynError(f"{where}{src.rows(chunk).stop - 1} hold no data (chunk files missing); the store is "
-                         "damaged: re-extract it into a new --out.")
+        raise FtdynError(f"{src.path}: {where} hold no data (chunk files missing); the store is damaged: "
+                         "re-extract it into a new --out.")
     return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
 
 

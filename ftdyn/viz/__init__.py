@@ -382,6 +382,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     of the store are read; nothing is drawn before every argument is checked, and
     the figures appear in ``out`` together once all are drawn.
     """
+    from ..store import decoding
     from . import heatmaps, patches
 
     # every flag is checked before anything is read in bulk or drawn
@@ -421,40 +422,42 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     stem = f"{figure_stem(out, label, path)}_{slug(var)}"
     if experiment is not None:  # stores of several experiments may share a folder name
         label = f"{experiment} ({label})"
-    labels = np.asarray(ds["label"].values)
-    class_samples = np.flatnonzero(np.isin(labels, class_idx))
+    with decoding(path or "store", f"layer {name}"):  # a damaged chunk: one line, nothing half-drawn
+        labels = np.asarray(ds["label"].values)
+        class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
-    if chosen is not None:
-        why = "filters chosen by the user"
-    else:
-        chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
-                                             sample_positions=class_samples, epoch_positions=epoch_pos)
-    grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
-    if sample_pos is not None:
-        sample_why = "samples chosen by the user"
-    else:
-        sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
-        sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
-                      "respond most (sum of their map maxima at the last shown epoch)")
+        if chosen is not None:
+            why = "filters chosen by the user"
+        else:
+            chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
+                                                 sample_positions=class_samples, epoch_positions=epoch_pos)
+        grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
+        if sample_pos is not None:
+            sample_why = "samples chosen by the user"
+        else:
+            sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
+            sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
+                          "respond most (sum of their map maxima at the last shown epoch)")
 
-    entries = []
-    with staging(out) as tmp:
-        cls_name = f"class_{stem}.png"
-        patches.plot_class_grid(grid, tmp / cls_name, title=f"{label} · {name}: class-based receptive-field averages")
-        entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
-                        "title": f"Class-based: {label}, layer {name}",
-                        "caption": patches.caption(grid, rf, why=why, label=label)})
-        for pos in sample_pos:
-            sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
-                                          epoch_positions=epoch_pos)
-            sname = f"sample_{stem}_s{sgrid.sample_id}.png"
-            heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                                f"({sgrid.class_name})")
-            entries.append({**context, "file": sname, "formats": [], "kind": "sample",
-                            "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                            "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
-        for e in entries:
-            os.replace(tmp / e["file"], out / e["file"])
+        entries = []
+        with staging(out) as tmp:
+            cls_name = f"class_{stem}.png"
+            patches.plot_class_grid(grid, tmp / cls_name,
+                                    title=f"{label} · {name}: class-based receptive-field averages")
+            entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
+                            "title": f"Class-based: {label}, layer {name}",
+                            "caption": patches.caption(grid, rf, why=why, label=label)})
+            for pos in sample_pos:
+                sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
+                                              epoch_positions=epoch_pos)
+                sname = f"sample_{stem}_s{sgrid.sample_id}.png"
+                heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
+                                                                    f"({sgrid.class_name})")
+                entries.append({**context, "file": sname, "formats": [], "kind": "sample",
+                                "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                                "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+            for e in entries:
+                os.replace(tmp / e["file"], out / e["file"])
     record(out, entries)
     return [out / e["file"] for e in entries]
 
