@@ -560,7 +560,7 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
         if not mapped:
             tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
             raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
-                             f"{_summary(tops, 6)}); pass one of those or drop --state-prefix.")
+                             f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop --state-prefix.")
         return mapped, prefix
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
     copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
@@ -913,6 +913,9 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
                              "drop --source.")
         return _series_from_manifest(folder, manifest, verify)
 
+    if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
+        raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
+                         f"({folder.parent}).")
     files = _skip_copies(folder, _checkpoint_files(folder))
     names = {p: checkpoint_stem(p.name) for p in files}
     if not files:

@@ -7,6 +7,8 @@ turns an :class:`~ftdyn.errors.FtdynError` into one line on stderr with exit cod
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,6 +36,12 @@ def user_errors(func):
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except BrokenPipeError:  # the reader went away (`ftdyn info ... | head`): nothing left to say
+            try:  # Python would report the pipe again when it flushes stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout is not a file (captured)
+                pass
+            raise typer.Exit(141) from None
         except OSError as exc:  # the file system refused (read-only, full, permissions): not a bug of ours
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"ftdyn: error: {where}{exc.strerror or exc}; check that the path is writable and the disk "

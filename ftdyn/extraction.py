@@ -461,7 +461,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     if not data_dir.exists():
         raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
     probe_seed = data_mod.check_seed(probe_seed)
-    check_output_folder(out, inputs=[data_dir, series])
+    check_output_folder(out, inputs=[data_dir, series], may_be_store=True)
     dev = resolve_device(device)
 
     # -- the series and the model ------------------------------------------------------

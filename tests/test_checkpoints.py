@@ -630,7 +630,7 @@ def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, state_prefix="teacher.")
     assert str(info.value) == (f"{path}: no key starts with --state-prefix 'teacher.' (its keys start with "
-                               "2 (ema., model.)); pass one of those or drop --state-prefix.")
+                               "'ema.', 'model.'); pass one of those or drop --state-prefix.")
 
 
 def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
@@ -734,6 +734,9 @@ def test_hugging_face_trainer_folders(tmp_path):
         (500, "checkpoint-500/pytorch_model.bin"), (1000, "checkpoint-1000/model.safetensors"),
         (1500, "checkpoint-1500/weights.pth")]
     assert [ck.load_state_dict(e.path)[0]["w"][0].item() for e in entries] == [1.0, 2.0, 3.0]
+    with pytest.raises(FtdynError, match=f"is one Hugging Face Trainer checkpoint; pass the folder holding all of "
+                                         f"them \\({tmp_path}\\)"):
+        ck.discover_series(tmp_path / "checkpoint-500")
     _tiny(tmp_path / "checkpoint-1500" / "other.pt")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)

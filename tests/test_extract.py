@@ -401,13 +401,13 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, probe_dir):
 
 @pytest.mark.parametrize("case", ["missing_data", "empty_folder", "no_arch", "unknown_layer", "bad_dtype",
                                   "wrong_arch", "not_a_store", "source_with_manifest", "dataset_root",
-                                  "one_image", "out_in_data", "bad_seed"])
+                                  "one_image", "out_in_data", "bad_seed", "out_in_store"])
 def test_bad_input_is_one_line(tmp_path, probe_dir, case):
     folder = tmp_path / "ck"
     folder.mkdir()
     args = ["extract", str(folder), "--data", str(probe_dir), "--out", str(tmp_path / "s.zarr")]
     if case in ("no_arch", "unknown_layer", "bad_dtype", "wrong_arch", "not_a_store", "dataset_root", "one_image",
-                "out_in_data", "bad_seed"):
+                "out_in_data", "bad_seed", "out_in_store"):
         torch.save(_model("resnet18").state_dict(), folder / "epoch_1.pt")
     expected = {
         "missing_data": "--data: folder", "empty_folder": "no checkpoint files", "no_arch": "--arch:",
@@ -415,6 +415,7 @@ def test_bad_input_is_one_line(tmp_path, probe_dir, case):
         "wrong_arch": "does not fit resnet34", "not_a_store": "not an ftdyn activation store",
         "source_with_manifest": "--source", "dataset_root": "holds the splits val/, train/",
         "one_image": "the probe set has 1 image", "out_in_data": "is inside the input", "bad_seed": "--seed",
+        "out_in_store": "inside the Zarr store",
     }[case]
     if case == "missing_data":
         args[3] = str(tmp_path / "nope")
@@ -430,6 +431,11 @@ def test_bad_input_is_one_line(tmp_path, probe_dir, case):
     elif case == "dataset_root":
         args[3] = str(write_image_folder(tmp_path / "root" / "train", 2).parent)
         (tmp_path / "root" / "val").mkdir()
+        args += ["--arch", "resnet18"]
+    elif case == "out_in_store":
+        (tmp_path / "outer.zarr").mkdir()
+        (tmp_path / "outer.zarr" / "zarr.json").write_text("{}")
+        args[5] = str(tmp_path / "outer.zarr" / "s.zarr")
         args += ["--arch", "resnet18"]
     elif case == "bad_seed":
         args += ["--arch", "resnet18", "--seed", "-1"]

@@ -89,3 +89,15 @@ def test_channels_last_outputs_are_detected_and_transposed():
         out = capture.pop()
     torch.testing.assert_close(out[gelu], raw["gelu"].permute(0, 3, 1, 2))
     assert out[gelu].shape[-2:] == out[stage].shape[-2:] == (16, 16) and out[gelu].is_contiguous()
+
+
+def test_closed_pipe_exits_quietly(monkeypatch):
+    """`ftdyn layers --list | head`: the reader leaving is no error to report."""
+    import ftdyn.models as models
+
+    def closed():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(models, "available_architectures", closed)
+    result = CliRunner().invoke(app, ["layers", "--list"])
+    assert result.exit_code == 141 and "error" not in result.output

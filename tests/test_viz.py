@@ -458,8 +458,8 @@ def test_cli_visualize_out_must_be_a_folder_outside_zarr_stores(store, tmp_path)
     in_store = sorted(store[0].rglob("*"))
     runner = CliRunner()
     for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "figs", f"{afile} is a file"),
-                      (store[0], f"inside the Zarr store {store[0]}"),
-                      (store[0] / "figs", f"inside the Zarr store {store[0]}")]:
+                      (store[0], f"is inside the input {store[0]}"),
+                      (store[0] / "figs", f"is inside the input {store[0]}")]:
         result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "0", "--out", str(out)])
         assert result.exit_code == 2, result.output
         assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")

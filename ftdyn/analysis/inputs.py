@@ -216,6 +216,7 @@ class Experiment:
     labels: np.ndarray
     layers: list[tuple[str, Source]]  # (module name, source), shallow -> deep
     fingerprint: dict[str, Any]
+    probe_dir: str | None = None  # where the probe images came from (outputs must not land there)
 
 
 def store_fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
@@ -292,7 +293,8 @@ def open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[
         exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
                                ckpt_index=ckpt_index, ref=epochs.index(args.reference),
                                labels=np.asarray(ds["label"].values, dtype=np.int64), layers=layers,
-                               fingerprint=store_fingerprint(path, ds)))
+                               fingerprint=store_fingerprint(path, ds),
+                               probe_dir=(ds.attrs.get("probe") or {}).get("data_dir")))
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:

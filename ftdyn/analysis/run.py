@@ -114,7 +114,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         resolve_device(device, float64=True)
     exps = open_experiments(stores, args, str(dev))
     out = Path(out)
-    check_output_folder(out, inputs=[e.path for e in exps])
+    check_output_folder(out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir])
     key = _analysis_key(args, exps)
     old = _existing_key(out)
     if old is not None:

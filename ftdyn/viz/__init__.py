@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import FtdynError
+from ..errors import FtdynError, check_output_folder
 
 __all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
 
@@ -77,22 +77,12 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
     return path
 
 
-def check_out(out: str | Path, *, what: str | None = None) -> Path:
-    """``out`` as a Path, once it is known that figures can be written there: no part of
-    it is a file, and it is not inside a Zarr store (files written there would become
-    part of the store). ``what`` names the flag in the error (default ``--out OUT``)."""
-    out = Path(out)
-    what = what or f"--out {out}"
-    full = out.resolve()
-    for folder in (full, *full.parents):
-        if folder.exists() and not folder.is_dir():
-            raise FtdynError(f"{what}: {folder} is a file, not a folder; give a folder path (it is created if "
-                             "missing).")
-        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
-        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
-            raise FtdynError(f"{what}: inside the Zarr store {folder}; writing there would add files to the store. "
-                             "Give a folder outside it.")
-    return out
+def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
+    """``out`` as a Path, once it is known that figures can be written there
+    (:func:`ftdyn.errors.check_output_folder`). ``what`` names the flag in the error
+    (default ``--out OUT``); ``inputs``: folders it must not be inside."""
+    check_output_folder(out, flag=what or f"--out {out}", inputs=inputs)
+    return Path(out)
 
 
 @contextmanager
@@ -388,7 +378,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     # every flag is checked before anything is read in bulk or drawn
     ds, path = open_any_store(store)
     res = open_any_results(results)
-    out = check_out(out)
+    out = check_out(out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p])
     name, var, index = resolve_layer(ds, layer)
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, classes)

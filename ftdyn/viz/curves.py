@@ -27,6 +27,14 @@ EXPERIMENT_CMAP = "tab10"
 MAX_MATRIX_COLUMNS = 6
 
 
+def _legend(ax, title: str) -> None:
+    """A legend right of ``ax``, when it has labeled lines (all-NaN curves, e.g. an undefined
+    metric, draw none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title=title,
+                  title_fontsize=7)
+
+
 def as_strings(values) -> list[str]:
     """Coordinate values (numpy strings or objects) as a list of Python strings."""
     return [str(v) for v in np.asarray(values).tolist()]
@@ -101,8 +109,7 @@ def plot_curves(results, out: str | Path) -> list[Path]:
             if m == 0:
                 ax.set_ylabel(f"{exp}\ndistance from epoch {ref}", fontsize=8)
         if layers:
-            axes[r, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
-                               title="layer (shallow → deep)", title_fontsize=7)
+            _legend(axes[r, -1], "layer (shallow → deep)")
     fig.suptitle("Distance from the reference checkpoint during fine-tuning", fontsize=10)
     out = Path(out)
     return [save_figure(fig, out / "distance_curves.png"), save_figure(fig, out / "distance_curves.svg")]
@@ -166,8 +173,7 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
             ax.set_xlabel("relative depth (0 = shallowest layer, 1 = deepest)", fontsize=8)
         if m == 0:
             ax.set_ylabel(f"distance from epoch {results.attrs.get('reference_epoch')}", fontsize=8)
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="experiment",
-                    title_fontsize=7)
+    _legend(axes[-1], "experiment")
     fig.suptitle("Distance at the last epoch, by layer depth", fontsize=10)
     out = Path(out)
     return [save_figure(fig, out / "distance_by_layer.png"), save_figure(fig, out / "distance_by_layer.svg")]
