@@ -824,7 +824,7 @@ _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
 
 
-def _checkpoint_files(folder: Path) -> list[Path]:
+def checkpoint_files(folder: Path) -> list[Path]:
     """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None)
@@ -857,7 +857,7 @@ def _subfolder_weights(folder: Path) -> list[Path]:
     found = []
     for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
         preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
-        weights = preferred[:1] or [p for p in _checkpoint_files(sub)
+        weights = preferred[:1] or [p for p in checkpoint_files(sub)
                                     if not _TRAINING_STATE.fullmatch(checkpoint_stem(p.name))]
         if len(weights) > 1:
             raise FtdynError(f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
@@ -916,7 +916,7 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
         raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
                          f"({folder.parent}).")
-    files = _skip_copies(folder, _checkpoint_files(folder))
+    files = _skip_copies(folder, checkpoint_files(folder))
     names = {p: checkpoint_stem(p.name) for p in files}
     if not files:
         files = _subfolder_weights(folder)

@@ -6,6 +6,9 @@ what to do. The CLI prints that line and exits with code 2; anything else is a b
 and keeps its traceback.
 """
 
+import os
+from pathlib import Path
+
 
 class FtdynError(Exception):
     """A user-facing error whose message is a single actionable line."""
@@ -17,9 +20,6 @@ def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bo
     whose contents it would change) or inside any Zarr store (its files would become part of
     the store; the folder itself may be one with ``may_be_store``, as extract's --out is);
     a location that cannot be written."""
-    import os
-    from pathlib import Path
-
     out = Path(out).expanduser().resolve()
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():

@@ -175,14 +175,12 @@ def _store_lock(path: Path) -> Iterator[None]:
 
 
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
-    from .checkpoints import checkpoint_stem, discover_series, read_manifest
+    from .checkpoints import checkpoint_files, discover_series, read_manifest
     from .models import canonical_arch
 
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
-        if series.is_dir() and arch is None and any(
-                p.is_file() and checkpoint_stem(p.name) is not None and not p.name.startswith(".")
-                for p in series.iterdir()):
+        if series.is_dir() and arch is None and checkpoint_files(series):
             raise FtdynError(f"--arch: {series} is not an ftdyn series (no manifest.json); name the architecture "
                              "of its checkpoints with --arch (e.g. --arch resnet50).")
         if arch is not None:

@@ -278,7 +278,10 @@ def _regions_on_disk(path: Path, attrs: dict[str, Any], marked: np.ndarray) -> n
     return present
 
 
-def _check_regions_on_disk(path: Path, group: zarr.Group, marked: np.ndarray) -> None:
+def _finished_regions(path: Path, group: zarr.Group) -> np.ndarray:
+    """The (checkpoint, chunk) regions marked complete, after checking that their files are all
+    on disk (a one-line error naming the checkpoints otherwise)."""
+    marked = np.asarray(group[COMPLETE][...]).astype(bool)
     lost = marked & ~_regions_on_disk(path, dict(group.attrs), marked)
     if lost.any():
         epochs = [int(c["epoch"]) for c in group.attrs["checkpoints"]]
@@ -286,6 +289,7 @@ def _check_regions_on_disk(path: Path, group: zarr.Group, marked: np.ndarray) ->
         raise FtdynError(f"{path}: damaged store, chunk files of {int(lost.sum())} finished region(s) are missing "
                          f"(checkpoints {', '.join(map(str, which))}); run the same `ftdyn extract` again to "
                          "rewrite them.")
+    return marked
 
 
 def _raised_in_codecs(exc: BaseException) -> bool:
@@ -324,8 +328,7 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     group = _open_group(path)
-    done = np.asarray(group[COMPLETE][...]).astype(bool)
-    _check_regions_on_disk(path, group, done)
+    done = _finished_regions(path, group)
     ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
@@ -425,8 +428,7 @@ def info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     group = _open_group(path)
     attrs = dict(group.attrs)
-    done = np.asarray(group[COMPLETE][...]).astype(bool)
-    _check_regions_on_disk(path, group, done)
+    done = _finished_regions(path, group)
     return {
         "path": str(path),
         "architecture": attrs["architecture"],

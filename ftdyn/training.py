@@ -242,30 +242,29 @@ def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, w
                          f"pass --epochs {done} or more.")
 
 
-def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, list[str]]:
-    """Where to resume: the newest checkpoint before the first unusable one (missing, changed
-    since it was written, or without optimizer/RNG state), its payload, and why the entries
-    after it are redone. A damaged checkpoint (full disk, copying, cleaning up) then costs the
-    epochs from it on, not the run; training is deterministic, so they come out the same."""
-    good, payload, problems = None, None, []
+def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, str | None]:
+    """Where to resume: the newest checkpoint before the first unusable one (missing, or changed
+    since it was written) that holds optimizer and RNG state, its payload, and why the entries
+    after it are redone (None: nothing is). A damaged checkpoint (full disk, copying, cleaning
+    up) then costs the epochs from it on, not the run; training is deterministic, so they come
+    out the same. Only the resume point's payload is loaded."""
+    intact, problem = [], None
     for entry in entries:
         path = out / entry["file"]
         if not path.is_file():
-            problems.append(f"{entry['file']} is missing")
+            problem = f"{entry['file']} is missing"
         elif ckpt.sha256_file(path) != entry["sha256"]:
-            problems.append(f"{entry['file']} changed since it was written (SHA-256 differs from "
-                            f"{ckpt.MANIFEST_NAME})")
-        else:
-            state = ckpt.load_checkpoint_payload(path)
-            if "optimizer" not in state or "rng" not in state:
-                problems.append(f"{entry['file']} holds no optimizer/RNG state")
-        if problems:
+            problem = f"{entry['file']} changed since it was written (SHA-256 differs from {ckpt.MANIFEST_NAME})"
+        if problem:
             break
-        good, payload = entry, state
-    if good is None:
-        raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
-                         f"({problems[0]}); start over with --overwrite.")
-    return good, payload, problems
+        intact.append(entry)
+    for entry in reversed(intact):
+        payload = ckpt.load_checkpoint_payload(out / entry["file"])
+        if "optimizer" in payload and "rng" in payload:
+            return entry, payload, problem
+        problem = f"{entry['file']} holds no optimizer/RNG state"
+    raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
+                     f"({problem}); start over with --overwrite.")
 
 
 # ------------------------------------------------------------------------- train
@@ -390,20 +389,19 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     if manifest_old is not None:
         manifest = manifest_old
         entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-        last, payload, dropped = _resume_point(out, entries)
+        last, payload, problem = _resume_point(out, entries)
         model.load_state_dict(payload["state_dict"])
         opt.load_state_dict(payload["optimizer"])
         ckpt.set_rng_states(payload["rng"])
         start = int(last["epoch"]) + 1
         manifest["epochs"] = [e for e in entries if e["epoch"] < start]
         manifest["hyperparameters"]["epochs"] = epochs
-        if dropped:  # the manifest must not list the files removed below
+        if problem:  # the manifest must not list the files removed below
             manifest["complete"] = False
             ckpt.write_manifest(out, manifest)
             end = entries[-1]["epoch"]
             redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
-            why = "; ".join(dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
-            _say(f"ftdyn: note: --resume: {why}; redoing {redo} from {last['file']}")
+            _say(f"ftdyn: note: --resume: {problem}; redoing {redo} from {last['file']}")
         for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
             m = ckpt.CHECKPOINT_REGEX.match(p.name)
             if m and int(m.group(1)) >= start:
@@ -417,9 +415,9 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         elif resume and progress:
             _say(f"ftdyn: nothing to resume in '{out}'; starting a new run")
         if init_path is None and weights.lower() == "none":  # nothing pre-trained anywhere
-            print("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
-                  "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
-                  "to fine-tune a pre-trained model.", file=sys.stderr, flush=True)
+            _say("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
+                 "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
+                 "to fine-tune a pre-trained model.")
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": ckpt.SERIES_FORMAT,
