@@ -50,11 +50,18 @@ def _model(arch: str, num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _drift(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
+def _state(model: torch.nn.Module) -> dict:
+    """A copy of the model's state dict (later drifts do not change it)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _drift(model: torch.nn.Module, seed: int, scale: float = 0.02) -> dict:
+    """Perturb the weights like an epoch of fine-tuning; returns the new state (a copy)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen) * p.abs().mean())
+    return _state(model)
 
 
 def make_series(folder: Path, arch: str, epochs: int, *, seed: int = 0) -> list[dict]:
@@ -68,7 +75,7 @@ def make_series(folder: Path, arch: str, epochs: int, *, seed: int = 0) -> list[
         name = ck.checkpoint_filename(epoch)
         sha = ck.save_checkpoint(folder / name, model.state_dict(), epoch=epoch)
         entries.append({"epoch": epoch, "file": name, "sha256": sha, "val_acc": 0.3 + 0.1 * epoch})
-        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        states.append(_state(model))
     write_series_manifest(folder, arch, entries)
     return states
 
@@ -83,9 +90,8 @@ def write_series_manifest(folder: Path, arch: str, entries: list[dict]) -> None:
 def add_epoch(folder: Path, arch: str, states: list[dict], epoch: int) -> None:
     model = _model(arch)
     model.load_state_dict(states[-1])
-    _drift(model, 1000 + epoch)
-    sha = ck.save_checkpoint(folder / ck.checkpoint_filename(epoch), model.state_dict(), epoch=epoch)
-    states.append({k: v.clone() for k, v in model.state_dict().items()})
+    states.append(_drift(model, 1000 + epoch))
+    sha = ck.save_checkpoint(folder / ck.checkpoint_filename(epoch), states[-1], epoch=epoch)
     manifest = ck.read_manifest(folder)
     write_series_manifest(folder, arch, manifest["epochs"] + [{"epoch": epoch, "file": ck.checkpoint_filename(epoch),
                                                               "sha256": sha}])
@@ -243,8 +249,7 @@ def test_third_party_series_with_source(tmp_path, probe_dir):
     folder.mkdir()
     states = []
     for epoch in range(3):  # Lightning counts from 0: epoch=0 is after the first epoch
-        _drift(tuned, 50 + epoch)
-        sd = {k: v.clone() for k, v in tuned.state_dict().items()}
+        sd = _drift(tuned, 50 + epoch)
         states.append(sd)
         if epoch < 2:
             torch.save({"epoch": epoch, "global_step": 10 * (epoch + 1), "pytorch-lightning_version": "2.4.0",
@@ -298,8 +303,7 @@ def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir
     folder.mkdir()
     states = []
     for epoch in range(3):
-        _drift(model, 70 + epoch)
-        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        states.append(_drift(model, 70 + epoch))
         torch.save(states[-1], folder / f"epoch_{epoch}.pt")
     torch.save({"epoch": 1, "optimizer": {"lr": 0.1}}, folder / "epoch_1.pt")  # no weights in it
     out = tmp_path / "s.zarr"
@@ -316,8 +320,7 @@ def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir
     monkeypatch.setattr(extraction, "_run", interrupted)
     assert CliRunner().invoke(app, args).exit_code == 130 and not completeness(out).any()
     monkeypatch.undo()
-    _drift(model, 99)
-    states[1] = {k: v.clone() for k, v in model.state_dict().items()}
+    states[1] = _drift(model, 99)
     torch.save(states[1], folder / "epoch_1.pt")  # replaced before any of it was extracted
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0 and "changed since the store was created" in result.output, result.output
@@ -336,8 +339,7 @@ def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
     folder.mkdir()
     states = []
     for epoch in range(2):
-        _drift(model, 90 + epoch)
-        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        states.append(_drift(model, 90 + epoch))
         torch.save({"epoch": epoch, "state_dict": {**_prefixed(states[-1], "model."),
                                                    **_prefixed(ema.state_dict(), "ema.module.")}},
                    folder / f"epoch={epoch}-step={epoch + 1}.ckpt")
