@@ -30,25 +30,26 @@ NOISE = (0.0, 0.1, 0.3, 1.0)  # checkpoint e = source + NOISE[e] * noise
 
 
 def make_store(path, *, noise=NOISE, dead_filter=None, complete=None, model="resnet18", dataset="toy", seed=0,
-               dtype="float32", spc=5):
-    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e). Returns (path, data)."""
+               dtype="float32", spc=5, layers=None, n=N, scale=1.0):
+    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e) * scale. Returns (path, data)."""
+    layers = layers or LAYERS
     rng = np.random.default_rng(seed)
     epochs = tuple(range(len(noise)))
     spec = StoreSpec(
-        architecture="resnet18", layers=LAYERS,
+        architecture="resnet18", layers=layers,
         checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs],
-        images=rng.integers(0, 256, (N, 8, 8, 3), dtype=np.uint8), labels=np.arange(N) % 3,
-        class_names=["a", "b", "c"], image_paths=[f"img/{i}.png" for i in range(N)], input_size=8,
+        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=np.arange(n) % 3,
+        class_names=["a", "b", "c"], image_paths=[f"img/{i}.png" for i in range(n)], input_size=8,
         normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype=dtype,
         samples_per_chunk=spc, model=model, dataset=dataset)
     path = create_store(path, spec)
     writer = StoreWriter(path)
-    base = {l.name: rng.normal(size=(N, l.channels, l.height, l.width)) + 0.5 for l in LAYERS}
+    base = {l.name: rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5 for l in layers}
     data = {}
     for i, e in enumerate(epochs):
         acts = {}
         for name, b in base.items():
-            a = np.maximum(b + noise[i] * rng.normal(size=b.shape), 0).astype(dtype)
+            a = (np.maximum(b + noise[i] * rng.normal(size=b.shape), 0) * scale).astype(dtype)
             if dead_filter is not None:
                 a[:, dead_filter] = 0
             acts[name] = a
@@ -70,6 +71,9 @@ def expected(data, layer, view, metric, a=0, b=None, average="images", labels=No
     """In-memory reference: the metric on the whole layer's matrices; per-filter views -> vector."""
     X, Y = data[a][layer], data[b][layer]
     fn = {"pwsm": lambda x, y: M.pwsm(x, y, 0.0), "procrustes": M.procrustes, "cka": M.cka_distance}[metric]
+    _, rows, cols = V.matrix_shape(view, *X.shape)
+    if rows - 1 <= 1 or (metric == "pwsm" and rows - 1 <= cols):  # degenerate (0 for any pair): left undefined
+        return np.full((X.shape[1],) if V.is_per_filter(view) else (), np.nan)
     if view == "map":
         vals = np.asarray(fn(V.map_(X), V.map_(Y)))  # (n, C)
         if average == "class":
@@ -77,8 +81,6 @@ def expected(data, layer, view, metric, a=0, b=None, average="images", labels=No
             return np.nanmean(per_class, axis=0)
         return np.nanmean(vals, axis=0)
     mx, my = V.to_matrices(view, X), V.to_matrices(view, Y)
-    if metric == "pwsm" and mx.shape[-2] - 1 <= mx.shape[-1]:  # degenerate (0 for any pair): left undefined
-        return np.full(mx.shape[:-2], np.nan)
     return np.asarray(fn(mx, my))
 
 
@@ -478,3 +480,34 @@ def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
     fine = ftdyn.analyze([path], out=tmp_path / "c", metrics=["pwsm"], views="channels", progress=False)
     assert json.loads(fine.attrs["pwsm_degenerate"]) == []
     assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()
+
+
+def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys):
+    """2-pixel-high maps (map view) and 2 images (filter view): Procrustes and CKA would be 0
+    whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
+    layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
+    path, data = make_store(tmp_path / "s.zarr", layers=layers)
+    assert M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12  # the trap
+    ds = ftdyn.analyze(path, out=tmp_path / "m", metrics=["procrustes", "cka"], views="map", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "features.3" in err and "layer2.relu" not in err
+    for m in ("procrustes", "cka"):
+        assert json.loads(ds.attrs[f"{m}_degenerate"]) == ["resnet18/toy:features.3"]
+        d = ds.sel(metric=m)
+        assert np.isnan(d["distance"].values[0, 0]).all() and (d["n_nan"].values[0, 0] == 3).all()
+        assert (d["distance"].values[0, 1, 1:] > 1e-3).all()  # 3 rows: a real value
+    two = make_store(tmp_path / "two.zarr", n=2, spc=1)[0]
+    ds = ftdyn.analyze(two, out=tmp_path / "f", progress=False)  # default: procrustes, cka on filter
+    for m in ("procrustes", "cka"):
+        assert np.isnan(ds["distance"].sel(metric=m).values).all()
+        assert (ds["n_nan"].sel(metric=m).values == np.array([4, 6])[:, None]).all()
+        assert len(json.loads(ds.attrs[f"{m}_degenerate"])) == 2
+
+
+def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys):
+    """alpha=0.3 on the flat view (12 rows x 144 columns) is informative; only alpha=0 is degenerate."""
+    path, data = planted
+    ds = ftdyn.analyze(path, out=tmp_path / "r", metrics=["pwsm"], views="flat", alpha=0.3, progress=False)
+    assert "warning" not in capsys.readouterr().err and json.loads(ds.attrs["pwsm_degenerate"]) == []
+    want = M.pwsm(V.flat(data[0]["features.3"]), V.flat(data[3]["features.3"]), 0.3)
+    assert want > 0.1 and ds["distance"].values[0, 0, 0, 3] == pytest.approx(want, abs=1e-7)

@@ -391,6 +391,24 @@ def test_rows_less_than_cols_alpha0_is_degenerate():
     assert M.pwsm(X, Y, 0.5) > 0.01
 
 
+def test_degenerate_shapes_documented_and_named():
+    """2 rows: rank 1 after centering, Procrustes 0 and CKA 1 for any pair (the functions return
+    the number; degenerate_reason names the condition). Partial whitening (0 < alpha < 1) on
+    20 x 30 is informative and matches netrep; only alpha = 0 is degenerate there."""
+    rng = np.random.default_rng(12)
+    X, Y = rng.random((2, 7)), rng.random((2, 7))
+    assert M.procrustes(X, Y) < 1e-12 and M.cka_distance(X, Y) < 1e-12
+    for m in ("procrustes", "cka", "pwsm"):
+        assert M.degenerate_reason(m, 2, 7, alpha=0.5) is not None
+        assert M.degenerate_reason(m, 3, 2, alpha=0.5) is None
+    assert M.degenerate_reason("procrustes", 2, 7, center="rows") is None  # rows centered: 2 free rows
+    assert M.degenerate_reason("procrustes", 1, 7, center="rows") is not None
+    X, Y = rand_pair(rng, 20, 30, noise=1.0)
+    assert M.degenerate_reason("pwsm", 20, 30, alpha=0.0) is not None
+    assert M.degenerate_reason("pwsm", 20, 30, alpha=0.3) is None
+    assert M.pwsm(X, Y, 0.3) == pytest.approx(ref_pwsm(X, Y, 0.3), abs=1e-7) and M.pwsm(X, Y, 0.3) > 0.1
+
+
 def test_clip_binds_like_netrep():
     """Tiny-variance directions (λ < 1e-7 but not null) are whitened with the clipped weight."""
     rng = np.random.default_rng(11)

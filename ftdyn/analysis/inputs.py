@@ -36,6 +36,7 @@ class Preset:
     views: Mapping[str, str]
     map_average: str  # "images" | "class"
     description: str
+    map_center: str = "columns"  # "columns" | "rows": how procrustes and cka center each map
 
 
 PRESETS = {
@@ -45,7 +46,7 @@ PRESETS = {
     "paper-code": Preset("paper-code", ("pwsm", "procrustes"),
                          {"pwsm": "channels", "procrustes": "map", "cka": "map"}, "class",
                          "the published code: pwsm (alpha 0) on channels; procrustes on map, "
-                         "averaged per class, then over classes and filters"),
+                         "averaged per class, then over classes and filters", map_center="rows"),
 }
 
 
@@ -123,6 +124,7 @@ class Args:
     allow_partial: bool
     trajectory: str
     map_average: str
+    map_center: str = "columns"
 
     def key(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +166,8 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
     return Args(metrics=metrics, views=_resolve_views(metrics, views, p), alpha=a, reference=int(reference),
                 preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
-                allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average)
+                allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average,
+                map_center=p.map_center)
 
 
 # =========================================================================== stores

@@ -16,6 +16,8 @@ import torch
 import xarray as xr
 
 from .._version import __version__
+from .. import metrics as M
+from .. import views as V
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
@@ -24,17 +26,37 @@ from .collect import collect, to_dataset
 from .graph import build_graph, compute
 from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
-from .tasks import row_cols, row_count, trim
+from .tasks import trim
 
 
-def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[tuple[int, int]]:
-    """(experiment, layer) positions where PWSM with alpha < 1 cannot tell checkpoints apart:
-    with rows - 1 <= columns both whitened matrices span the same centered row space."""
-    view = args.views.get("pwsm")
-    if "pwsm" not in args.metrics or args.alpha >= 1 or view == "map":
-        return []
-    return [(e, l) for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
-            if row_count(src, view) - 1 <= row_cols(src, view)]
+def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int], str]:
+    """(experiment, metric, layer) -> why the metric is 0 for any pair of checkpoints there,
+    decided from each view's matrix shape (:func:`ftdyn.metrics.degenerate_reason`)."""
+    out = {}
+    for e, exp in enumerate(exps):
+        for l, (_, src) in enumerate(exp.layers):
+            for m in args.metrics:
+                view = args.views[m]
+                _, rows, cols = V.matrix_shape(view, src.n, src.channels, src.height, src.width)
+                center = args.map_center if view == "map" and m != "pwsm" else "columns"
+                reason = M.degenerate_reason(m, rows, cols, args.alpha, center)
+                if reason:
+                    out[(e, m, l)] = reason
+    return out
+
+
+def _warn_degenerate(exps: list[Experiment], args: Args, degenerate: dict) -> dict[str, list[str]]:
+    """One warning line per layer; returns {metric: ["experiment:layer", ...]} for the attrs."""
+    names = {m: [] for m in args.metrics}
+    layers: dict[tuple[int, int], list[str]] = {}
+    for (e, m, l), reason in degenerate.items():
+        names[m].append(f"{exps[e].name}:{exps[e].layers[l][0]}")
+        layers.setdefault((e, l), []).append(f"{m} on {args.views[m]} ({reason})")
+    for (e, l), what in layers.items():
+        print(f"ftdyn analyze: warning: {exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
+              f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
+              f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", file=sys.stderr)
+    return names
 
 
 def _undefined(rec: dict) -> None:
@@ -128,20 +150,16 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     limit = parse_memory(memory_limit) or default_memory()
     threads, jobs = plan_analysis(exps, args, dev, limit, workers)
 
-    degenerate = _pwsm_degenerate(exps, args)
-    degenerate_names = [f"{exps[e].name}:{exps[e].layers[l][0]}" for e, l in degenerate]
-    if degenerate:
-        print(f"ftdyn analyze: warning: PWSM with alpha={args.alpha} is degenerate (0 whatever the checkpoints) "
-              f"where a view has no more rows than columns: {', '.join(degenerate_names)}; its values there are "
-              "left undefined (NaN). Use more probe images or --alpha 1.", file=sys.stderr)
+    degenerate = _degenerate(exps, args)
+    degenerate_names = _warn_degenerate(exps, args, degenerate)
     outputs = build_graph(exps, args, jobs, inplace=scheduler is None)
     results = compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
     trim()
     if dev.type == "cuda":
         torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
     recs = collect(exps, args, jobs, list(results))
-    for e, l in degenerate:
-        _undefined(recs[(e, "pwsm", l)])
+    for e, m, l in degenerate:
+        _undefined(recs[(e, m, l)])
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
              "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
@@ -157,12 +175,13 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "seed": args.seed,
         "alpha": args.alpha,
         "map_average": args.map_average,
+        "map_center": args.map_center,
         "trajectory": args.trajectory,
         "arguments": json.dumps(args.key(), sort_keys=True),
         "analysis_key": key,
         "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
         "plan": json.dumps(plan),
-        "pwsm_degenerate": json.dumps(degenerate_names),
+        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in M.METRICS},
         "threads": int(threads),
         "device": str(dev),
         "memory_limit": int(limit),

@@ -13,7 +13,8 @@ The same metrics from streamed sufficient statistics (design.md §3):
   :func:`merge`, :func:`pwsm_from_gram`, :func:`procrustes_from_gram`, :func:`cka_from_gram`;
   per-model decompositions for cheap pairs: :func:`gram_eig`, :func:`pwsm_from_gram_eig`,
   :func:`procrustes_from_gram_eig`, :func:`cka_from_gram_eig`;
-* :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`.
+* :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`;
+  shapes where a metric is 0 for any pair: :func:`degenerate_reason`.
 
 Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
 (all registered metrics are distances: lower = more similar).
@@ -21,7 +22,7 @@ Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
 
 from ._linalg import EIG_CLIP
 from .direct import cka_distance, linear_cka, procrustes, pwsm
-from .registry import METRICS, MetricInfo, get_metric
+from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
 from .stats import (
     GramEig,
     GramStats,
@@ -52,5 +53,5 @@ __all__ = [
     "pwsm_from_gram", "procrustes_from_gram", "cka_from_gram",
     "pwsm_from_gram_eig", "procrustes_from_gram_eig", "cka_from_gram_eig",
     "choose_side", "dead_mask", "count_dead",
-    "METRICS", "MetricInfo", "get_metric", "EIG_CLIP",
+    "METRICS", "MetricInfo", "get_metric", "degenerate_reason", "EIG_CLIP",
 ]

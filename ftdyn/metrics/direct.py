@@ -21,8 +21,14 @@ Conventions
   ``XᵀX`` (not divided by the row count) with eigenvalues clipped at 1e-7, so for
   ``0 < α < 1`` the value depends on the scale of the activations (only α = 0 and
   α = 1 are scale free). repsim divides by n and floors at 1e-9: for 0 < α < 1 its
-  numbers differ from these. When rows ≤ cols, α = 0 is degenerate (both whitened
-  matrices span the same centered row space): the angle is 0 up to the clip.
+  numbers differ from these. When rows − 1 ≤ cols, α = 0 is degenerate (both whitened
+  matrices span the same centered row space): the angle is 0 up to the clip. Only
+  α = 0 is: for 0 < α < 1 the angle stays informative.
+* Degenerate shapes: with ≤ 2 rows the centered matrices have rank ≤ 1 and share their
+  left singular vector, so every metric here is 0 (CKA similarity 1) for *any* pair.
+  The functions still return that number for the caller to judge;
+  :func:`ftdyn.metrics.degenerate_reason` names the condition and ``ftdyn analyze``
+  reports such values as NaN (counted, warned, listed in its attrs).
 * ``procrustes`` is the paper's range-[0, 1] distance 1 − ‖X̂ᵀŶ‖_* (half of Ding
   et al.'s squared distance).
 * ``linear_cka`` is a *similarity* (1 = identical); :func:`cka_distance` = 1 − CKA.
@@ -162,7 +168,11 @@ def pwsm(X, Y, alpha: float = 0.0):
 
 
 def procrustes(X, Y):
-    """Orthogonal Procrustes distance 1 − ‖X̂ᵀŶ‖_* ∈ [0, 1] (X̂, Ŷ centered, unit Frobenius norm)."""
+    """Orthogonal Procrustes distance 1 − ‖X̂ᵀŶ‖_* ∈ [0, 1] (X̂, Ŷ centered, unit Frobenius norm).
+
+    With ≤ 2 rows (rank ≤ 1 after centering) the value is 0 for any pair: see
+    :func:`ftdyn.metrics.degenerate_reason`.
+    """
     return L.finish(_core(X, Y).procrustes())
 
 
@@ -171,7 +181,8 @@ def linear_cka(X, Y, debiased: bool = False):
 
     ``debiased=True``: the unbiased HSIC estimator (Song et al. 2012, as in Kornblith
     et al. 2019), better for few rows; needs rows ≥ 4 (else NaN) and may be slightly
-    negative.
+    negative. The biased estimator is 1 for any pair with ≤ 2 rows (rank ≤ 1 after
+    centering): see :func:`ftdyn.metrics.degenerate_reason`.
     """
     return L.finish(_core(X, Y, debiased).cka_debiased() if debiased else _core(X, Y).cka())
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from . import direct as _d
 from . import stats as _s
 
-__all__ = ["MetricInfo", "METRICS", "get_metric"]
+__all__ = ["MetricInfo", "METRICS", "get_metric", "degenerate_reason"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,26 @@ def get_metric(name: str) -> MetricInfo:
         return METRICS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}") from None
+
+
+def degenerate_reason(metric: str, rows: int, cols: int, alpha: float = 0.0, center: str = "columns") -> str | None:
+    """Why ``metric`` cannot tell *any* two (rows × cols) matrices apart, or None.
+
+    Decided from the effective sample, not from the data: after centering, the
+    left singular vectors of X̃ live in a space of dimension ``rows − 1`` (columns
+    centered) or ``rows`` (``center="rows"``, the published code's map view). When
+    that dimension is ≤ 1 (≤ 2 rows with column centering: rank ≤ 1 after centering),
+    both matrices share their only left singular vector and Procrustes, CKA and PWSM
+    (any α) give 0 for any pair. PWSM with α = 0 (full whitening) is degenerate as soon
+    as the centered rows are spanned by both whitened matrices: ``rows − 1 ≤ cols``
+    (column centering), ``rows ≤ cols`` (row centering). With 0 < α < 1 the partial
+    whitening keeps the spectrum's shape and the angle is informative (netrep agrees).
+    The metric functions themselves still return their number (0 up to rounding).
+    """
+    get_metric(metric)
+    space = rows - 1 if center == "columns" else rows
+    if space <= 1:
+        return f"{rows} row(s) per matrix: rank <= 1 after centering"
+    if metric == "pwsm" and float(alpha) == 0.0 and space <= cols:
+        return f"alpha=0 with {rows} rows <= {cols} columns + 1: full whitening spans the same row space"
+    return None
