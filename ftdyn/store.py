@@ -273,9 +273,13 @@ def _regions_on_disk(path: Path, attrs: dict[str, Any], marked: np.ndarray) -> n
     ``<variable>/c/<checkpoint>/<chunk>/0/0/0`` (a shard when the layer is split into channel blocks)."""
     present = marked.copy()
     for k, c in np.argwhere(marked):
-        present[k, c] = all((path / var / "c" / str(k) / str(c) / "0" / "0" / "0").is_file()
-                            for var in attrs["layer_variables"].values())
+        present[k, c] = all(chunk_on_disk(path, var, k, c) for var in attrs["layer_variables"].values())
     return present
+
+
+def chunk_on_disk(path: str | Path, var: str, checkpoint_index: int, chunk: int) -> bool:
+    """Whether the file of one region of a layer array exists (a missing one reads as NaN)."""
+    return (Path(path) / var / "c" / str(int(checkpoint_index)) / str(int(chunk)) / "0" / "0" / "0").is_file()
 
 
 def _finished_regions(path: Path, group: zarr.Group) -> np.ndarray:

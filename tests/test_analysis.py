@@ -16,6 +16,7 @@ import ftdyn.analysis as A
 from ftdyn.analysis import inputs as AI
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
+from ftdyn.analysis import tasks as AT
 from ftdyn import metrics as M
 from ftdyn import views as V
 from ftdyn.cli import app
@@ -30,11 +31,11 @@ NOISE = (0.0, 0.1, 0.3, 1.0)  # checkpoint e = source + NOISE[e] * noise
 
 
 def make_store(path, *, noise=NOISE, dead_filter=None, complete=None, model="resnet18", dataset="toy", seed=0,
-               dtype="float32", spc=5, layers=None, n=N, scale=1.0):
+               dtype="float32", spc=5, layers=None, n=N, scale=1.0, epochs=None):
     """A planted store: activations of epoch e are relu(base + noise[e] * eps_e) * scale. Returns (path, data)."""
     layers = layers or LAYERS
     rng = np.random.default_rng(seed)
-    epochs = tuple(range(len(noise)))
+    epochs = tuple(epochs or range(len(noise)))
     spec = StoreSpec(
         architecture="resnet18", layers=layers,
         checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs],
@@ -511,3 +512,39 @@ def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err and json.loads(ds.attrs["pwsm_degenerate"]) == []
     want = M.pwsm(V.flat(data[0]["features.3"]), V.flat(data[3]["features.3"]), 0.3)
     assert want > 0.1 and ds["distance"].values[0, 0, 0, 3] == pytest.approx(want, abs=1e-7)
+
+
+def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
+    """A deleted chunk file and a chunk holding inf/NaN (float16 overflow, a diverged checkpoint)
+    give different one-line errors naming layer and *epoch* (store position 2 is epoch 5); no
+    traceback, no results written."""
+    import shutil
+
+    path, data = make_store(tmp_path / "s.zarr", dtype="float16", epochs=(0, 2, 5), noise=(0.0, 0.1, 0.3))
+    out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
+    hot = Path(shutil.copytree(path, tmp_path / "hot.zarr"))
+    rows = slice(5, 10)
+    over = {k: v[rows].copy() for k, v in data[5].items()}
+    over["layer2.relu"][0, 1, 0, 0] = 7e4  # beyond float16's 65504: stored as inf
+    StoreWriter(hot).write_region(2, 1, over)
+    line = _one_line_error(["analyze", str(hot), *out])
+    assert "layer layer2.relu" in line and "epoch 5" in line and "samples 5-9" in line, line
+    assert "1 infinite and 0 NaN" in line and "--dtype float32" in line and "file is missing" not in line, line
+    nan = Path(shutil.copytree(path, tmp_path / "nan.zarr"))
+    bad = {k: v[rows].copy() for k, v in data[2].items()}
+    bad["features.3"][2, 0] = np.nan
+    StoreWriter(nan).write_region(1, 1, bad)
+    line = _one_line_error(["analyze", str(nan), "--metric", "procrustes", "--view", "map", *out])
+    assert "layer features.3" in line and "epoch 2" in line and "36 NaN" in line and "diverged" in line, line
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    gone = Path(shutil.copytree(path, tmp_path / "gone.zarr"))
+    (gone / "layer2_relu" / "c" / "2" / "1" / "0" / "0" / "0").unlink()
+    line = _one_line_error(["analyze", str(gone), *out])
+    assert "missing" in line and "checkpoints 5" in line and "infinite" not in line, line
+    # removed while an analysis runs (after the store was opened): the read names it too
+    exp = AI.open_experiments(path, AI.resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False, "auto"))[0]
+    src = dict(exp.layers)["layer2.relu"]
+    (path / "layer2_relu" / "c" / "2" / "1" / "0" / "0" / "0").unlink()
+    with pytest.raises(FtdynError, match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "
+                                         r"file is missing"):
+        AT.read_block(src, 2, 1)

@@ -185,6 +185,15 @@ class Source:
     itemsize: int
     device: str = "cpu"  # where the statistics are computed: every tensor of a task lives there
     channel_block: int = 0  # channels per inner chunk (sharded store); 0: every read decodes all channels
+    layer: str = ""  # the module name, for messages
+    epochs: tuple[int, ...] = ()  # epoch of each position of the store's checkpoint axis, for messages
+
+    def where(self, ckpt: int, chunk: int) -> str:
+        """'layer L (array V), epoch E, samples a-b': how messages name a block (never by index)."""
+        rows = self.rows(chunk)
+        epoch = self.epochs[ckpt] if ckpt < len(self.epochs) else f"#{ckpt}"
+        return (f"layer {self.layer or self.var} (array {self.var}), epoch {epoch}, "
+                f"samples {rows.start}-{rows.stop - 1}")
 
     def decoded_fraction(self, group: int) -> float:
         """Part of a chunk decoded to read ``group`` consecutive channels (block-aligned groups)."""
@@ -290,7 +299,8 @@ def open_experiments(stores: Sequence, args: Args, device: str = "cpu") -> list[
             _, _, c, h, w = ds[var].shape
             block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
             layers.append((module, Source(str(path.resolve()), var, spc, n, int(c), int(h), int(w),
-                                          int(ds[var].dtype.itemsize), device, block)))
+                                          int(ds[var].dtype.itemsize), device, block, module,
+                                          tuple(all_epochs))))
         model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
         name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
         exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
