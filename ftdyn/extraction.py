@@ -210,12 +210,56 @@ class _Loading:
 
 
 def _load_state(entry, loading: _Loading):
-    """State dict of a file entry (None for a torchvision weights name, loaded later)."""
+    """State dict of a file entry (None for a torchvision weights name, loaded later);
+    a file holding NaN/inf weights is refused here, before anything is extracted from it."""
     from .checkpoints import load_state_dict
 
     if entry.path is None:
         return None
-    return load_state_dict(entry.path, trust=loading.trust)[0]
+    state = load_state_dict(entry.path, trust=loading.trust)[0]
+    _check_finite_weights(state, entry.path)
+    return state
+
+
+def _check_finite_weights(state, path) -> None:
+    """One line naming the file and the first tensor with NaN/inf values (a diverged run)."""
+    for name, tensor in (state or {}).items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FtdynError(f"{path}: tensor '{name}' holds {bad} NaN/inf value(s) of {tensor.numel()} (a diverged "
+                             "checkpoint); its activations would be meaningless: leave this file out of the series "
+                             "(or end the series before it).")
+
+
+class NonFiniteActivations(FtdynError):
+    """A region whose activations are not all finite: it is never written or marked complete."""
+
+
+def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a region holding NaN/inf (float16 overflow, or NaN from the network) before it is
+    written; naming the layer, the epoch, the samples, the largest finite magnitude and the fix."""
+    for layer, arr in arrays.items():
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        epoch = writer.attrs["checkpoints"][ci]["epoch"]
+        rows = writer.chunk_slice(chunk)
+        n_inf = int(np.isinf(arr).sum())
+        largest = float(np.abs(arr[finite]).max()) if finite.any() else float("nan")
+        where = f"--out {writer.path}: layer {layer}, epoch {epoch}, samples {rows.start}-{rows.stop - 1}"
+        if n_inf and arr.dtype == np.float16:
+            raise NonFiniteActivations(
+                f"{where}: {n_inf} activation(s) exceed float16's range (|x| > 65504; largest finite magnitude "
+                f"{largest:.4g}); store this series in float32: run again with --dtype float32 and a new --out "
+                "(this store is float16).")
+        raise NonFiniteActivations(
+            f"{where}: the network produced {arr.size - int(finite.sum())} NaN/inf activation(s) (largest finite "
+            f"magnitude {largest:.4g}; a diverged checkpoint?); leave that checkpoint out of the series.")
+
+
+def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
+    _check_region(writer, ci, chunk, arrays)
+    writer.write_region(ci, chunk, arrays)
 
 
 def _apply_state(model, entry, state, loading: _Loading) -> None:
@@ -365,7 +409,7 @@ class _Writers:
         self.raise_if_failed()
         self.slots.acquire()
         try:
-            future = self.pool.submit(self.writer.write_region, ci, chunk, arrays)
+            future = self.pool.submit(_write_checked, self.writer, ci, chunk, arrays)
         except BaseException:
             self.slots.release()
             raise
@@ -581,6 +625,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
                          layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
                          batch_size=int(batch_size), n_writers=int(writers), loading=loading, progress=progress)
+        except NonFiniteActivations as exc:  # the same command would meet them again
+            raise FtdynError(f"{exc} ({out} keeps the regions finished so far.)") from None
         except FtdynError as exc:
             raise FtdynError(f"{exc} ({out} keeps the checkpoints finished so far; fix the cause and re-run the same "
                              "command to resume.)") from None

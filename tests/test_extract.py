@@ -594,3 +594,55 @@ def test_info_output(tmp_path, probe_dir, monkeypatch):
     assert details["complete"] and details["bytes_on_disk"] > 0 and len(details["checkpoints"]) == 2
     result = CliRunner().invoke(app, ["info", str(tmp_path / "missing.zarr")])
     assert result.exit_code == 2 and "no such store" in result.output
+
+
+def _series_of(folder: Path, states: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for epoch, state in enumerate(states):
+        sha = ck.save_checkpoint(folder / ck.checkpoint_filename(epoch), state, epoch=epoch)
+        entries.append({"epoch": epoch, "file": ck.checkpoint_filename(epoch), "sha256": sha})
+    write_series_manifest(folder, "resnet18", entries)
+
+
+def test_float16_overflow_is_refused_never_stored(tmp_path, probe_dir):
+    """A checkpoint whose layer3 exceeds float16's 65504 (a diverging run) stops float16 extraction
+    in one line naming layer, epoch and the --dtype float32 fix; no region of it is marked complete,
+    nothing stored is inf; float32 then stores the true values."""
+    model = _model("resnet18")
+    states = [_state(model), _drift(model, 1)]
+    big = dict(states[1])
+    big["layer3.1.bn2.weight"] = big["layer3.1.bn2.weight"] * 1e6  # the block output grows past 65504
+    states.append(big)
+    _series_of(tmp_path / "ck", states)
+    out = tmp_path / "s.zarr"
+    args = ["extract", str(tmp_path / "ck"), "--data", str(probe_dir), "--layer", "layer2", "--layer", "layer3",
+            "--no-progress", "--chunk-samples", "4"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    lines = [l for l in result.output.splitlines() if "error" in l]
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(lines) == 1, result.output
+    assert "layer layer3, epoch 2" in lines[0] and "65504" in lines[0] and "--dtype float32" in lines[0], lines[0]
+    done = completeness(out)
+    assert not done[2].any()
+    ds = open_store(out, allow_partial=True)
+    for name in ("layer2", "layer3"):
+        assert np.isfinite(layer(ds, name)).all()  # every complete region is finite
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "f32.zarr"), "--dtype", "float32"])
+    assert result.exit_code == 0, result.output
+    values = layer(open_store(tmp_path / "f32.zarr"), "layer3")
+    assert np.isfinite(values).all() and np.abs(values[2]).max() > 65504 > np.abs(values[:2]).max()
+
+
+def test_nan_weight_checkpoint_is_refused_up_front(tmp_path, probe_dir):
+    """A NaN weight in the middle of the series: refused with file and tensor name before the
+    store exists."""
+    model = _model("resnet18")
+    states = [_state(model), _drift(model, 1), _drift(model, 2)]
+    states[1]["layer1.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    _series_of(tmp_path / "ck", states)
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(app, ["extract", str(tmp_path / "ck"), "--data", str(probe_dir), "--out", str(out),
+                                      "--layer", "layer2", "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "epoch_001" in result.output and "'layer1.0.conv2.weight'" in result.output and "1 NaN/inf" in result.output
+    assert not out.exists()
