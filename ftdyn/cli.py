@@ -161,7 +161,7 @@ def analyze(
     = Path("results"),
     metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka. "
                                                                          "Default: the preset's (default preset: all "
-                                                                         "three; paper-code: pwsm, procrustes).")]
+                                                                         "three; paper-code: the same three).")]
     = None,
     view: Annotated[Optional[list[str]], typer.Option("--view", help="View for every metric (channels, flat, pooled, "
                                                                      "filter, map) or METRIC=VIEW (repeatable). "
@@ -173,8 +173,9 @@ def analyze(
     reference: Annotated[int, typer.Option(help="Epoch every checkpoint is compared with (0 = source model).")] = 0,
     preset: Annotated[str, typer.Option(help="default: pwsm on channels, procrustes and cka on filter (per-filter "
                                              "distances, NaN-aware mean, dead filters counted). paper-code: the "
-                                             "published code's choices: pwsm (alpha 0) on channels, procrustes on map "
-                                             "averaged per class, then over classes and filters.")] = "default",
+                                             "published code's numbers: pwsm (alpha 0) on channels, procrustes and "
+                                             "cka on map with rows centered, per class then over all (class, filter) "
+                                             "cells, and its Pearson agreement across filters.")] = "default",
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer to analyze (module or store variable "
                                                                        "name; repeatable). Default: all.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over images for 95% intervals (0 = off).")] = 0,

@@ -7,7 +7,9 @@ Pure numpy, NaN-aware, no I/O. Conventions (documented for the README):
   finite count (``n_epochs``); NaN when fewer than 3 such epochs remain or a curve is
   constant (r is undefined or trivially ±1 with 2 points).
 * **Agreement summary** — mean ± std (population std, ``ddof=0``) of the finite r over
-  all layers and experiments (the paper's "r = 0.83 ± 0.43").
+  all layers and experiments. This is *not* the paper's "r = 0.83 ± 0.43": the
+  published code correlated the metrics across filters per (epoch, layer, class) and
+  took a plain mean (:func:`pearson_plain`; ``--preset paper-code`` reproduces it).
 * **Reusability** — per experiment and metric: the layer-averaged distance at every
   epoch (NaN-aware mean over layers), then mean ± std (``ddof=0``) over the epochs,
   reference excluded (the paper's Table 2). Per layer: the same over that layer's curve.
@@ -58,6 +60,18 @@ def pearson(a, b, min_points: int = MIN_AGREEMENT_EPOCHS) -> tuple[float, int]:
     if den <= (1e-12 * scale) ** 2 * n:  # a constant curve (up to rounding)
         return float("nan"), n
     return float(np.clip((x * y).sum() / den, -1.0, 1.0)), n
+
+
+def pearson_plain(a, b, axis: int = -1) -> np.ndarray:
+    """Pearson r along ``axis`` computed as the published code did: no NaN handling (any NaN
+    makes r NaN), NaN where either series is constant (0/0)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    x = a - a.mean(axis=axis, keepdims=True)
+    y = b - b.mean(axis=axis, keepdims=True)
+    den = np.sqrt((x * x).sum(axis=axis) * (y * y).sum(axis=axis))
+    num = (x * y).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, np.clip(num / np.where(den > 0, den, 1.0), -1.0, 1.0), np.nan)
 
 
 def agreement(curves: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -149,18 +149,101 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
             expected(data, "features.3", "channels", "pwsm", 0, e), abs=1e-6)
 
 
-def test_paper_code_preset_map_class_average(planted, tmp_path):
+def published_maps(M1, M2):
+    """The published code's per-(image, filter) similarities, written from its formulas: each
+    (h, w) map centered by its *row* means, scaled to unit Frobenius norm; Procrustes
+    ||A^T B||_*, linear CKA ||A^T B||_F^2 / (||A^T A||_F ||B^T B||_F). A dead map is 0/0 = NaN."""
+    n, C = M1.shape[:2]
+    proc, cka = np.full((n, C), np.nan), np.full((n, C), np.nan)
+    for i in range(n):
+        for f in range(C):
+            A = M1[i, f] - M1[i, f].mean(axis=1, keepdims=True)
+            B = M2[i, f] - M2[i, f].mean(axis=1, keepdims=True)
+            if np.linalg.norm(A) == 0 or np.linalg.norm(B) == 0:
+                continue
+            A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
+            proc[i, f] = np.linalg.svd(A.T @ B, compute_uv=False).sum()
+            cka[i, f] = np.linalg.norm(A.T @ B) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B))
+    return proc, cka
+
+
+def published_layer(sim, labels):
+    """Per class the NaN-aware mean over its images of each filter -> (class, filter) cells;
+    the layer's similarity is the NaN-aware mean over all cells. Returns (cells, 1 - layer)."""
+    cells = np.array([[np.nanmean(sim[labels == c, f]) if np.isfinite(sim[labels == c, f]).any() else np.nan
+                       for f in range(sim.shape[1])] for c in np.unique(labels)])
+    return cells, 1.0 - np.nanmean(cells)
+
+
+def published_agreement(data, layers, labels, epochs):
+    """Pearson r of CKA vs Procrustes across filters per (epoch, layer, class): np.corrcoef, no
+    NaN handling; its summary a plain mean."""
+    r = {}
+    for e in epochs[1:]:
+        for name in layers:
+            proc, cka = published_maps(data[0][name].astype(np.float64), data[e][name].astype(np.float64))
+            pc, cc = published_layer(proc, labels)[0], published_layer(cka, labels)[0]
+            for k in range(len(pc)):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r[(e, name, k)] = np.corrcoef(cc[k], pc[k])[0, 1]
+    return r
+
+
+def _dead_class_maps(path, data, tmp_path):
+    """A copy of the planted store where filter 1 of features.3 is dead in every image of class 0
+    (whole (class, filter) cells NaN) and image 1's filter 2 is dead at epoch 2 only."""
+    import shutil
+
+    out = Path(shutil.copytree(path, tmp_path / "dead.zarr"))
+    labels = np.arange(N) % 3
+    new = {e: {k: v.copy() for k, v in acts.items()} for e, acts in data.items()}
+    for e in new:
+        new[e]["features.3"][labels == 0, 1] = 0
+    new[2]["features.3"][1, 2] = 0
+    writer = StoreWriter(out)
+    for e in new:
+        for c in range(writer.n_chunks):
+            rows = writer.chunk_slice(c)
+            writer.write_region(e, c, {k: v[rows] for k, v in new[e].items()})
+    return out, new
+
+
+def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
+    """paper-code equals an independent implementation of the published code (row centering,
+    per-class cells then the mean over all cells, Pearson across filters with NaN propagation),
+    to 1e-4 in float64 (here ~1e-12); ftdyn's default column centering gives other numbers."""
     path, data = planted
     labels = np.arange(N) % 3
-    ds = ftdyn.analyze(path, out=tmp_path / "p", preset="paper-code", progress=False)
-    assert list(ds["metric"].values) == ["pwsm", "procrustes"]
-    assert list(ds["view"].values) == ["channels", "map"]
-    assert ds.attrs["preset"] == "paper-code" and float(ds["alpha"].values[0]) == 0.0
-    for l, spec in enumerate(LAYERS):
-        for e in range(len(NOISE)):
-            want = expected(data, spec.name, "map", "procrustes", 0, e, average="class", labels=labels)
-            np.testing.assert_allclose(ds["filter_distance"].values[0, 1, l, e, :spec.channels], want, atol=1e-6)
-            assert ds["distance"].values[0, 1, l, e] == pytest.approx(np.nanmean(want), abs=1e-6)
+    names = [l.name for l in LAYERS]
+    for store, acts, finite_summary in ((path, data, True), (*_dead_class_maps(path, data, tmp_path), False)):
+        ds = ftdyn.analyze(store, out=tmp_path / f"p{finite_summary}", preset="paper-code", progress=False)
+        assert list(ds["metric"].values) == ["pwsm", "procrustes", "cka"]
+        assert list(ds["view"].values) == ["channels", "map", "map"] and ds.attrs["map_center"] == "rows"
+        for l, name in enumerate(names):
+            for e in range(1, len(NOISE)):
+                proc, cka = published_maps(acts[0][name].astype(np.float64), acts[e][name].astype(np.float64))
+                for metric, sim in (("procrustes", proc), ("cka", cka)):
+                    cells, want = published_layer(sim, labels)
+                    got = ds["distance"].sel(metric=metric).values[0, l, e]
+                    assert got == pytest.approx(want, abs=1e-10), (metric, name, e)
+                    per_filter = 1.0 - np.nanmean(cells, axis=0)  # per filter: mean over classes
+                    np.testing.assert_allclose(ds["filter_distance"].sel(metric=metric).values[0, l, e, :len(cells[0])],
+                                               per_filter, atol=1e-10)
+                    if metric == "procrustes":  # row vs column centering: not the same metric
+                        column = np.nanmean(np.asarray(M.procrustes(V.map_(acts[0][name]), V.map_(acts[e][name]))))
+                        assert abs(column - want) > 1e-3
+        ref = published_agreement(acts, names, labels, list(range(len(NOISE))))
+        got = ds["agreement_paper_code"].values[0]
+        for (e, name, k), r in ref.items():
+            assert got[names.index(name), e, k] == pytest.approx(r, abs=1e-10, nan_ok=True), (e, name, k)
+        assert np.isnan(got[:, 0]).all()  # the reference epoch is not part of it
+        summary = float(ds["agreement_paper_code_mean"].values[0])
+        assert np.isfinite(summary) == finite_summary
+        assert summary == pytest.approx(np.mean(list(ref.values())), abs=1e-10, nan_ok=True)
+    dead = ds["distance"].sel(metric="procrustes").values[0, 0, 2]
+    cells, _ = published_layer(published_maps(acts[0]["features.3"].astype(np.float64),
+                                              acts[2]["features.3"].astype(np.float64))[0], labels)
+    assert abs(dead - (1 - np.nanmean(np.nanmean(cells, axis=0)))) > 1e-6  # the aggregation order matters here
 
 
 def test_zero_for_identical_and_growing_with_perturbation(tmp_path):

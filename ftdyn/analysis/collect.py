@@ -21,11 +21,19 @@ def _layer_values(values: np.ndarray, per_filter: bool) -> tuple[np.ndarray, np.
     return S.nanmean(values, axis=-1), np.isnan(values).sum(-1)
 
 
-def _aggregate_map(vals: np.ndarray, labels: np.ndarray, how: str, axis: int) -> np.ndarray:
-    """Per-filter value from per-image map distances along ``axis`` (images)."""
+def _aggregate_map(vals: np.ndarray, labels: np.ndarray, how: str):
+    """Per-filter and layer values from per-(image, filter) map distances ``vals`` (P, n, C).
+
+    ``images``: NaN-aware mean over images per filter, then over filters. ``class`` (the
+    published code's order): per class, the NaN-aware mean over its images of each filter
+    -> cells (P, classes, C); per filter the NaN-aware mean over classes, and the layer
+    value the NaN-aware mean over *all* (class, filter) cells (which differs from the mean
+    of the per-filter values when some cells are NaN). Returns (per_filter, layer, cells)."""
     if how == "class":
-        return S.class_balanced_mean(vals, labels, axis=axis)
-    return S.nanmean(vals, axis=axis)
+        cells = np.stack([S.nanmean(vals[:, labels == c], axis=1) for c in np.unique(labels)], axis=1)
+        return S.nanmean(cells, axis=1), S.nanmean(cells.reshape(*cells.shape[:-2], -1), axis=-1), cells
+    per_filter = S.nanmean(vals, axis=1)
+    return per_filter, S.nanmean(per_filter, axis=-1), None
 
 
 def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict:
@@ -76,20 +84,22 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
             if job.side == "map":
                 vals = np.concatenate([p[m] for p in parts], axis=-1)  # (P, n, C)
                 pairs = map_pairs(T, ref, job.mode)
-                per_filter_vals = _aggregate_map(vals, exp.labels, args.map_average, axis=1)  # (P, C)
+                per_filter_vals, layer_pair, cells = _aggregate_map(vals, exp.labels, args.map_average)
                 ref_rows = [pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref)) for t in range(T)]
                 filt = per_filter_vals[ref_rows]
+                rec["layer_value"] = layer_pair[ref_rows]
+                if cells is not None:
+                    rec["cells"] = cells[ref_rows]  # (T, classes, C): the published agreement's input
                 rec["n_nan_maps"] = np.isnan(vals[ref_rows]).sum(axis=(1, 2))
                 traj = np.full((T, T), np.nan)
-                layer_pair = S.nanmean(per_filter_vals, axis=-1)
                 for i, (a, b) in enumerate(pairs):
                     traj[a, b] = traj[b, a] = layer_pair[i]
                 if args.bootstrap:
                     idx = S.bootstrap_indices(len(exp.labels), args.bootstrap,
                                               np.random.default_rng([args.seed, job.exp, job.layer, 99]))
                     ref_vals = vals[ref_rows]  # (T, n, C)
-                    reps = np.stack([S.nanmean(_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average,
-                                                              axis=1), axis=-1) for ii in idx])
+                    reps = np.stack([_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
+                                     for ii in idx])
                     rec["ci"] = S.percentile_interval(reps, axis=0)
             else:
                 values = _gather(parts, "values", m, (T,), per_filter)
@@ -106,6 +116,7 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
                     rec["ci"] = S.percentile_interval(_layer_values(reps, per_filter)[0], axis=0)
             if filt is not None:
                 layer_val, n_nan = _layer_values(filt, True)
+                layer_val = rec.pop("layer_value", layer_val)
                 rec["filter"] = filt
                 rec["n_filters"] = filt.shape[-1]
             else:
@@ -165,6 +176,7 @@ def to_dataset(exps: list[Experiment], args: Args, recs: dict, attrs: dict) -> x
         reu_mean[e], reu_std[e], lreu_mean[e, :, :L], lreu_std[e, :, :L] = a, b, c, d
         r, cnt = S.agreement(curves, keep)
         agree[e, :L], agree_n[e, :L] = r, cnt
+    paper = _paper_code_agreement(exps, args, recs, epochs, Lmax)
     views = [args.views[m] for m in args.metrics]
     alphas = [args.alpha if m == "pwsm" else np.nan for m in args.metrics]
     le = ("experiment", "metric", "layer_index", "epoch")
@@ -209,6 +221,39 @@ def to_dataset(exps: list[Experiment], args: Args, recs: dict, attrs: dict) -> x
         },
         attrs=attrs,
     )
-    return ds
+    return ds.assign(paper) if paper else ds
+
+
+def _paper_code_agreement(exps: list[Experiment], args: Args, recs: dict, epochs: list[int], Lmax: int) -> dict:
+    """The published code's agreement (with ``--preset paper-code``, CKA and Procrustes on the
+    map view): per (epoch, layer, class), Pearson r across filters between the two metrics'
+    per-class filter values, summarized per experiment by a plain mean and std over layers,
+    epochs (reference excluded) and classes — one NaN makes the summary NaN, as it did there."""
+    if args.map_average != "class" or any(m not in args.metrics or args.views[m] != "map"
+                                          for m in ("procrustes", "cka")):
+        return {}
+    K = max(len(np.unique(e.labels)) for e in exps)
+    E, Ep = len(exps), len(epochs)
+    r = np.full((E, Lmax, Ep, K), np.nan)
+    mean, std = np.full(E, np.nan), np.full(E, np.nan)
+    for e, exp in enumerate(exps):
+        cols = [epochs.index(ep) for ep in exp.epochs]
+        k = len(np.unique(exp.labels))
+        for l in range(len(exp.layers)):
+            r[e, l][np.ix_(cols, range(k))] = S.pearson_plain(recs[(e, "cka", l)]["cells"],
+                                                              recs[(e, "procrustes", l)]["cells"], axis=-1)
+        r[e, :, epochs.index(args.reference)] = np.nan  # self-comparison: rounding noise, not a correlation
+        kept = r[e, :len(exp.layers)][:, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k]
+        mean[e], std[e] = (float(kept.mean()), float(kept.std())) if kept.size else (np.nan, np.nan)
+    dims = ("experiment", "layer_index", "epoch", "class_index")
+    return {
+        "agreement_paper_code": (dims, r, {"description": "published code: Pearson r between CKA and Procrustes "
+                                           "across filters, per (epoch, layer, class; class_index = k-th label "
+                                           "present); NaN if any filter value is NaN or a vector is constant, and at the "
+                                           "reference epoch"}),
+        "agreement_paper_code_mean": ("experiment", mean, {"description": "plain mean of agreement_paper_code over "
+                                                           "layers, epochs (reference excluded) and classes"}),
+        "agreement_paper_code_std": ("experiment", std, {"description": "plain population std, same cells"}),
+    }
 
 

@@ -74,7 +74,7 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                                                        dask_key_name=f"metrics-{gtag}")
             else:  # map
                 leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,
-                                                        job.mode, dask_key_name=f"maps-{gtag}-{i}")
+                                                        job.mode, args.map_center, dask_key_name=f"maps-{gtag}-{i}")
                           for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
                 out = _tree(leaves, concat_map, f"concat-{gtag}", ordered=True)
             job.outputs.append(out)

@@ -43,10 +43,11 @@ PRESETS = {
     "default": Preset("default", ("pwsm", "procrustes", "cka"),
                       {"pwsm": "channels", "procrustes": "filter", "cka": "filter"}, "images",
                       "pwsm on channels; procrustes and cka on filter (per-filter vector, NaN-aware mean)"),
-    "paper-code": Preset("paper-code", ("pwsm", "procrustes"),
+    "paper-code": Preset("paper-code", ("pwsm", "procrustes", "cka"),
                          {"pwsm": "channels", "procrustes": "map", "cka": "map"}, "class",
-                         "the published code: pwsm (alpha 0) on channels; procrustes on map, "
-                         "averaged per class, then over classes and filters", map_center="rows"),
+                         "the published code: pwsm (alpha 0) on channels; procrustes and cka on map with "
+                         "rows centered, per class then over all (class, filter) cells; Pearson agreement "
+                         "across filters", map_center="rows"),
 }
 
 

@@ -62,7 +62,7 @@ def _warn_degenerate(exps: list[Experiment], args: Args, degenerate: dict) -> di
 def _undefined(rec: dict) -> None:
     """Blank a record whose values carry no information (NaN, counted in n_nan), so that a
     degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
-    for key in ("value", "traj", "filter", "ci"):
+    for key in ("value", "traj", "filter", "ci", "cells"):
         if key in rec:
             rec[key] = np.full(np.shape(rec[key]), np.nan)
     rec["n_nan"] = np.full(np.shape(rec["n_nan"]), rec["n_filters"] if "filter" in rec else 1)

@@ -376,13 +376,24 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
 
 
 # ------------------------------------------------------------------------- map view
+def _map_function(metric: str, alpha: float, center: str):
+    """The per-map distance: the registry's (columns centered) or, with ``center="rows"``,
+    the published code's row-centered Procrustes/CKA (:mod:`ftdyn.metrics.paper_code`)."""
+    if center == "rows" and metric in M.ROW_CENTERED:
+        return M.ROW_CENTERED[metric]
+    info = M.get_metric(metric)
+    kw = {"alpha": alpha} if "alpha" in info.params else {}
+    return lambda X, Y: info.direct(X, Y, **kw)
+
+
 def map_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, metrics: list[str], alpha: float,
-              fsl: slice, mode: str) -> dict:
+              fsl: slice, mode: str, center: str = "columns") -> dict:
     """Per-(image, filter) distances of the map view for a group of chunks.
 
     Returns {metric: (P, n_images, filters)} for the pairs of :func:`map_pairs`."""
     T = len(ckpts)
     pairs = map_pairs(T, ref, mode)
+    funcs = {m: _map_function(m, alpha, center) for m in metrics}
     out = {m: [] for m in metrics}
     for c in chunks:
         need = sorted({k for pair in pairs for k in pair})
@@ -397,9 +408,7 @@ def map_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, metrics
                 mats = {ref: mats[ref], b: _mat(read_block(src, ckpts[b], c, fsl), "map")}
             X, Y = mats[a], mats[b]
             for m in metrics:
-                info = M.get_metric(m)
-                kw = {"alpha": alpha} if "alpha" in info.params else {}
-                rows[m].append(np.asarray(info.direct(X, Y, **kw), dtype=np.float64).reshape(X.shape[:2]))
+                rows[m].append(np.asarray(funcs[m](X, Y), dtype=np.float64).reshape(X.shape[:2]))
         for m in metrics:
             out[m].append(np.stack(rows[m]))
     return {m: np.concatenate(v, axis=1) for m, v in out.items()}

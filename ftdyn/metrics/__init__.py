@@ -16,12 +16,16 @@ The same metrics from streamed sufficient statistics (design.md §3):
 * :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`;
   shapes where a metric is 0 for any pair: :func:`degenerate_reason`.
 
+The published code's row-centered map metrics (``--preset paper-code``):
+:func:`procrustes_rows`, :func:`cka_distance_rows`, :data:`ROW_CENTERED`.
+
 Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
 (all registered metrics are distances: lower = more similar).
 """
 
 from ._linalg import EIG_CLIP
 from .direct import cka_distance, linear_cka, procrustes, pwsm
+from .paper_code import ROW_CENTERED, cka_distance_rows, procrustes_rows
 from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
 from .stats import (
     GramEig,
@@ -53,5 +57,6 @@ __all__ = [
     "pwsm_from_gram", "procrustes_from_gram", "cka_from_gram",
     "pwsm_from_gram_eig", "procrustes_from_gram_eig", "cka_from_gram_eig",
     "choose_side", "dead_mask", "count_dead",
+    "procrustes_rows", "cka_distance_rows", "ROW_CENTERED",
     "METRICS", "MetricInfo", "get_metric", "degenerate_reason", "EIG_CLIP",
 ]
