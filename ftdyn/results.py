@@ -31,8 +31,17 @@ xarray Dataset, format 1::
       layer_reusability_mean, layer_reusability_std (experiment, metric, layer_index)
       agreement_r    (experiment, layer_index, metric, metric_other) Pearson r
                      between two metrics across epochs (reference excluded)
+    optional (``--preset paper-code`` with procrustes and cka on the map view)
+      agreement_paper_code (experiment, layer_index, epoch, class_index) the published
+                     code's Pearson r between CKA and Procrustes across filters per
+                     (epoch, layer, class); NaN at the reference epoch
+      agreement_paper_code_mean, agreement_paper_code_std (experiment) its plain
+                     mean/std over layers, epochs and classes (any NaN -> NaN)
     attrs     ftdyn_results_format, ftdyn_version, reference_epoch, preset,
-              bootstrap, seed, arguments (JSON), created
+              bootstrap, seed, arguments (JSON), created; pwsm_degenerate,
+              procrustes_degenerate, cka_degenerate (JSON lists "experiment:layer"
+              whose values are NaN because the view's shape makes the metric 0 for
+              any pair), map_center ("columns" | "rows")
 
 CSV tables beside it (columns are part of the contract, documented in the README):
 ``distances.csv``, ``reusability.csv``, ``agreement.csv``, ``agreement_summary.csv``.
@@ -70,6 +79,12 @@ REQUIRED_VARS = {
     "layer_reusability_std": ("experiment", "metric", "layer_index"),
     "agreement_r": ("experiment", "layer_index", "metric", "metric_other"),
 }
+#: present only when computed (see the module doc); checked when present
+OPTIONAL_VARS = {
+    "agreement_paper_code": ("experiment", "layer_index", "epoch", "class_index"),
+    "agreement_paper_code_mean": ("experiment",),
+    "agreement_paper_code_std": ("experiment",),
+}
 REQUIRED_COORDS = ("experiment", "model", "dataset", "store", "metric", "view", "alpha", "layer_index", "layer",
                    "epoch", "epoch_other")
 REQUIRED_ATTRS = ("ftdyn_results_format", "ftdyn_version", "reference_epoch", "preset", "bootstrap", "arguments")
@@ -92,6 +107,9 @@ def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
         if name not in ds.data_vars or ds[name].dims != dims:
             raise FtdynError(f"{source}: damaged results, variable '{name}' missing or not {dims}; re-run "
                              "`ftdyn analyze`.")
+    for name, dims in OPTIONAL_VARS.items():
+        if name in ds.data_vars and ds[name].dims != dims:
+            raise FtdynError(f"{source}: damaged results, variable '{name}' is not {dims}; re-run `ftdyn analyze`.")
     return ds
 
 

@@ -13,14 +13,23 @@ Presets (``preset=``; ``metrics=``/``views=`` override them)
                     distance per filter, NaN-aware mean over filters, dead filters
                     counted); a ``map`` view, if asked for, is averaged over all
                     (image, filter) values per filter, then over filters.
-    ``paper-code``  the published code's choices: pwsm on ``channels``; procrustes
-                    (and cka, if asked for) on ``map``, averaged per class, then
-                    over classes and filters. Metrics default to pwsm + procrustes.
+    ``paper-code``  the published code's numbers: pwsm on ``channels``; procrustes
+                    and cka on ``map`` with each map's *rows* centered
+                    (:mod:`ftdyn.metrics.paper_code`); per class the NaN-aware mean
+                    over its images of each filter, the layer value the NaN-aware
+                    mean over all (class, filter) cells; plus the published Pearson
+                    agreement across filters per (epoch, layer, class), summarized
+                    by a plain mean (``agreement_paper_code*``).
     ``alpha`` (PWSM) defaults to 0 in both: the paper's setting, and the only value
     besides 1 that does not depend on the activation scale in netrep's convention.
 
 Distances (all: lower = more similar, 0 for identical activations)
     pwsm radians in [0, π/2]; procrustes 1 − ‖X̂ᵀŶ‖_* in [0, 1]; cka 1 − linear CKA.
+    Where a view's shape makes a metric 0 for any pair (:func:`ftdyn.metrics.degenerate_reason`:
+    ≤ 2 rows; PWSM α = 0 with rows − 1 ≤ cols) its values are NaN, counted in ``n_nan``,
+    warned about once per layer and listed in ``attrs["<metric>_degenerate"]``.
+    Every block read is checked: NaN/inf (or a chunk file gone) is a one-line error naming
+    the layer and the epoch, before anything is written.
 
 How each view is computed ("side", chosen per layer)
     ``channels``/``pooled``: row side (C×C statistics per pair of checkpoints).
