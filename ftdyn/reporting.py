@@ -425,13 +425,19 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         ("method", "How these numbers were computed", _method_section(res)),
     ]
     degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))
-    if notes or figs.missing or degenerate:
+    others = {m: json.loads(res.attrs.get(f"{m}_degenerate", "[]")) for m in ("procrustes", "cka")}
+    if notes or figs.missing or degenerate or any(others.values()):
         items = [f"<li>{_e(n.get('caption'))}</li>" for n in notes]
         if degenerate:
-            items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has no more rows "
-                         "than columns (both whitened matrices span the same space, so the angle is 0 whatever the "
-                         f"checkpoints): {_e(', '.join(degenerate))}. Those PWSM values are left undefined (NaN); more "
-                         "probe images or α = 1 avoid it.</li>")
+            items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has too few rows "
+                         "(α = 0: no more rows than columns + 1; any α: 2 rows), so the angle is 0 whatever the "
+                         f"checkpoints: {_e(', '.join(degenerate))}. Those PWSM values are left undefined (NaN); more "
+                         "probe images avoid it.</li>")
+        for m, where in others.items():
+            if where:
+                items.append(f"<li>{_e(m)} is degenerate where its view has 2 rows or fewer per matrix (rank ≤ 1 "
+                             f"after centering: 0 whatever the checkpoints): {_e(', '.join(where))}. Those values "
+                             "are left undefined (NaN).</li>")
         items += [f"<li>figure file missing, left out: {_e(m)}</li>" for m in figs.missing]
         sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(items)}</ul>"))
 

@@ -120,6 +120,11 @@ def test_cuda_equals_cpu(planted, tmp_path):
         for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
             np.testing.assert_allclose(gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True,
                                        err_msg=f"{views} {var}")
+    kw = dict(preset="paper-code", progress=False, workers=2)  # row-centered map metrics on the GPU
+    cpu = ftdyn.analyze(path, out=tmp_path / "cpu-paper", device="cpu", **kw)
+    gpu = ftdyn.analyze(path, out=tmp_path / "gpu-paper", device="cuda", **kw)
+    for var in ("distance", "filter_distance", "agreement_paper_code"):
+        np.testing.assert_allclose(gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True, err_msg=var)
 
 
 def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):

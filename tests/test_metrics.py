@@ -409,6 +409,32 @@ def test_degenerate_shapes_documented_and_named():
     assert M.pwsm(X, Y, 0.3) == pytest.approx(ref_pwsm(X, Y, 0.3), abs=1e-7) and M.pwsm(X, Y, 0.3) > 0.1
 
 
+def test_row_centered_map_metrics_match_their_formulas():
+    """The published code's map metrics: rows centered, then Procrustes ||A^T B||_* and CKA on
+    the unit-norm maps (scipy's orthogonal_procrustes scale is the nuclear norm); batched,
+    torch input, both CKA routes (h < w and h >= w), dead maps NaN; they differ from ftdyn's
+    column-centered metrics."""
+    rng = np.random.default_rng(13)
+    for h, w in ((5, 8), (8, 5)):
+        X = rng.random((3, 2, h, w))
+        Y = X + 0.4 * rng.random(X.shape)
+        X[1, 0] = 2.0  # a constant map: dead
+        got_p, got_c = M.procrustes_rows(X, Y), M.cka_distance_rows(torch.from_numpy(X), torch.from_numpy(Y))
+        for i in range(3):
+            for f in range(2):
+                A = X[i, f] - X[i, f].mean(1, keepdims=True)
+                B = Y[i, f] - Y[i, f].mean(1, keepdims=True)
+                if (i, f) == (1, 0):
+                    assert np.isnan(got_p[i, f]) and np.isnan(got_c[i, f])
+                    continue
+                A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
+                scale = scipy.linalg.orthogonal_procrustes(A, B)[1]
+                assert got_p[i, f] == pytest.approx(1 - scale, abs=1e-12)
+                cka = np.linalg.norm(A.T @ B) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B))
+                assert got_c[i, f] == pytest.approx(1 - cka, abs=1e-12)
+        assert abs(M.procrustes_rows(X[0, 0], Y[0, 0]) - M.procrustes(X[0, 0], Y[0, 0])) > 1e-3
+
+
 def test_clip_binds_like_netrep():
     """Tiny-variance directions (λ < 1e-7 but not null) are whitened with the clipped weight."""
     rng = np.random.default_rng(11)
