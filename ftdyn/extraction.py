@@ -29,6 +29,13 @@ Pipeline (design.md §4)::
   regions are computed; checkpoints newer than the store's last epoch are appended;
   an earlier new epoch cannot be inserted.
 * **Precision**: TF32 is switched off during extraction (:func:`full_precision`).
+* **Non-finite values are never stored**: a checkpoint with NaN/inf weights is refused
+  when it is loaded (file and tensor named), before the store is created; every region
+  is checked in the writer thread before it is written (:func:`_check_region`). A float16
+  overflow (|x| > 65504) or NaN/inf from the network *stops* the run with one line naming
+  layer, epoch, samples, the largest finite magnitude and the fix (``--dtype float32``
+  into a new ``--out``); finished regions stay complete. ftdyn does not switch one layer
+  to float32 on its own: a store keeps one dtype, which every reader may rely on.
 """
 
 from __future__ import annotations
