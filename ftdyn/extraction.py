@@ -33,8 +33,9 @@ Pipeline (design.md §4)::
   when it is loaded (file and tensor named), before the store is created; every region
   is checked in the writer thread before it is written (:func:`_check_region`). A float16
   overflow (|x| > 65504) or NaN/inf from the network *stops* the run with one line naming
-  layer, epoch, samples, the largest finite magnitude and the fix (``--dtype float32``
-  into a new ``--out``); finished regions stay complete. ftdyn does not switch one layer
+  layer, epoch, samples, the largest magnitude (for an overflow: measured by running that
+  region once more in float32) and the fix (``--dtype float32`` into a new ``--out``);
+  finished regions stay complete. ftdyn does not switch one layer
   to float32 on its own: a store keeps one dtype, which every reader may rely on.
 """
 
@@ -239,12 +240,27 @@ def _check_finite_weights(state, path) -> None:
 
 
 class NonFiniteActivations(FtdynError):
-    """A region whose activations are not all finite: it is never written or marked complete."""
+    """A region whose activations are not all finite: it is never written or marked complete.
+    ``text(peak)`` adds the true largest magnitude once it has been measured in float32."""
+
+    def __init__(self, where: str, layer: str, ci: int, rows: slice, n_bad: int, largest: float, overflow: bool):
+        self.where, self.layer, self.ci, self.rows = where, layer, ci, rows
+        self.n_bad, self.largest, self.overflow = n_bad, largest, overflow
+        super().__init__(self.text())
+
+    def text(self, peak: float | None = None) -> str:
+        if self.overflow:
+            seen = (f"largest magnitude {peak:.4g}, measured in float32" if peak is not None
+                    else f"largest finite magnitude {self.largest:.4g}")
+            return (f"{self.where}: {self.n_bad} activation(s) exceed float16's range (|x| > 65504; {seen}); store "
+                    "this series in float32: run again with --dtype float32 and a new --out (this store is float16).")
+        return (f"{self.where}: the network produced {self.n_bad} NaN/inf activation(s) (largest finite magnitude "
+                f"{self.largest:.4g}; a diverged checkpoint?); leave that checkpoint out of the series.")
 
 
 def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
     """Refuse a region holding NaN/inf (float16 overflow, or NaN from the network) before it is
-    written; naming the layer, the epoch, the samples, the largest finite magnitude and the fix."""
+    written, naming the layer, the epoch and the samples."""
     for layer, arr in arrays.items():
         finite = np.isfinite(arr)
         if finite.all():
@@ -254,14 +270,33 @@ def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) ->
         n_inf = int(np.isinf(arr).sum())
         largest = float(np.abs(arr[finite]).max()) if finite.any() else float("nan")
         where = f"--out {writer.path}: layer {layer}, epoch {epoch}, samples {rows.start}-{rows.stop - 1}"
-        if n_inf and arr.dtype == np.float16:
-            raise NonFiniteActivations(
-                f"{where}: {n_inf} activation(s) exceed float16's range (|x| > 65504; largest finite magnitude "
-                f"{largest:.4g}); store this series in float32: run again with --dtype float32 and a new --out "
-                "(this store is float16).")
-        raise NonFiniteActivations(
-            f"{where}: the network produced {arr.size - int(finite.sum())} NaN/inf activation(s) (largest finite "
-            f"magnitude {largest:.4g}; a diverged checkpoint?); leave that checkpoint out of the series.")
+        overflow = bool(n_inf) and arr.dtype == np.float16
+        raise NonFiniteActivations(where, layer, ci, rows, n_inf if overflow else arr.size - int(finite.sum()),
+                                   largest, overflow)
+
+
+def _float32_peak(model, entry, loading: _Loading, exc: NonFiniteActivations, images: np.ndarray,
+                  normalization, channels_last: frozenset[str], dev: torch.device, batch_size: int) -> float | None:
+    """The true largest |activation| of the region that overflowed float16: the checkpoint is
+    loaded again and that region's images run once more with the layer captured in float32.
+    Only to complete the error message: any failure here gives None (the message then says
+    the largest finite float16 value)."""
+    from .data import normalize
+    from .models import LayerCapture
+
+    try:
+        _apply_state(model, entry, _load_state(entry, loading), loading)
+        model.to(dev).eval()
+        peak = 0.0
+        with LayerCapture(model, [exc.layer], dtype=torch.float32, channels_last=channels_last) as capture, \
+                torch.inference_mode(), full_precision():
+            for start in range(exc.rows.start, exc.rows.stop, batch_size):
+                batch = torch.from_numpy(images[start:min(start + batch_size, exc.rows.stop)]).permute(0, 3, 1, 2)
+                model(normalize(batch.to(dev), normalization["mean"], normalization["std"]))
+                peak = max(peak, float(capture.pop()[exc.layer].abs().amax()))
+        return peak
+    except Exception:  # noqa: BLE001 - a best-effort detail of an error already being reported
+        return None
 
 
 def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
@@ -633,7 +668,10 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                          layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
                          batch_size=int(batch_size), n_writers=int(writers), loading=loading, progress=progress)
         except NonFiniteActivations as exc:  # the same command would meet them again
-            raise FtdynError(f"{exc} ({out} keeps the regions finished so far.)") from None
+            epoch = writer.attrs["checkpoints"][exc.ci]["epoch"]
+            peak = _float32_peak(model, next(e for e in entries if int(e.epoch) == epoch), loading, exc, images,
+                                 normalization, channels_last, dev, int(batch_size)) if exc.overflow else None
+            raise FtdynError(f"{exc.text(peak)} ({out} keeps the regions finished so far.)") from None
         except FtdynError as exc:
             raise FtdynError(f"{exc} ({out} keeps the checkpoints finished so far; fix the cause and re-run the same "
                              "command to resume.)") from None

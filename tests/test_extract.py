@@ -631,6 +631,11 @@ def test_float16_overflow_is_refused_never_stored(tmp_path, probe_dir):
     assert result.exit_code == 0, result.output
     values = layer(open_store(tmp_path / "f32.zarr"), "layer3")
     assert np.isfinite(values).all() and np.abs(values[2]).max() > 65504 > np.abs(values[:2]).max()
+    import re
+
+    first, last, peak = re.search(r"samples (\d+)-(\d+): .*largest magnitude ([0-9.e+]+), measured in float32",
+                                  lines[0]).groups()
+    assert float(peak) == pytest.approx(np.abs(values[2, int(first):int(last) + 1]).max(), rel=1e-3)
 
 
 def test_nan_weight_checkpoint_is_refused_up_front(tmp_path, probe_dir):
