@@ -261,10 +261,12 @@ class NonFiniteActivations(FtdynError):
 def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
     """Refuse a region holding NaN/inf (float16 overflow, or NaN from the network) before it is
     written, naming the layer, the epoch and the samples."""
+    from .store import all_finite
+
     for layer, arr in arrays.items():
-        finite = np.isfinite(arr)
-        if finite.all():
+        if all_finite(arr):
             continue
+        finite = np.isfinite(arr)
         epoch = writer.attrs["checkpoints"][ci]["epoch"]
         rows = writer.chunk_slice(chunk)
         n_inf = int(np.isinf(arr).sum())

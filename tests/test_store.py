@@ -123,3 +123,19 @@ def test_info_reports_shapes_and_progress(tmp_path):
     assert [c["complete"] for c in summary["checkpoints"]] == [True, False, False]
     assert summary["complete"] is False and summary["bytes_on_disk"] > 0
     assert not list(tmp_path.glob(".s.zarr.creating-*"))
+
+
+def test_all_finite_reads_the_exponent_bits():
+    """inf, -inf and NaN anywhere are found in float16/32/64; the extremes and subnormals are finite."""
+    from ftdyn.store import all_finite
+
+    for dt in (np.float16, np.float32, np.float64):
+        a = np.ones((3, 4), dt)
+        assert all_finite(a) and all_finite(a[:, ::2]) and all_finite(a[:0])
+        for v in (np.inf, -np.inf, np.nan):
+            b = a.copy()
+            b[1, 2] = v
+            assert not all_finite(b) and not all_finite(b[:, ::2])
+        b = a.copy()
+        b[0, 0], b[0, 1], b[0, 2] = np.finfo(dt).max, -np.finfo(dt).max, np.finfo(dt).tiny / 4
+        assert all_finite(b)

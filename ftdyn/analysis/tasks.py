@@ -16,7 +16,7 @@ import torch
 from .. import metrics as M
 from .. import views as V
 from ..errors import FtdynError
-from ..store import chunk_on_disk, decoding
+from ..store import all_finite, chunk_on_disk, decoding
 from .inputs import Source
 
 F64 = torch.float64
@@ -47,7 +47,7 @@ def read_block(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)
     rows = src.rows(chunk)
     with decoding(src.path, src.where(ckpt, chunk)):
         block = np.asarray(_array(src.path, src.var)[ckpt, rows, channels])
-    if not np.isfinite(block).all():  # ~1.6 GB/s on float16: small beside decoding
+    if not all_finite(block):
         raise nonfinite_error(src, ckpt, chunk, block)
     return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
 
