@@ -282,9 +282,9 @@ _EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (n
 
 
 def all_finite(block: np.ndarray) -> bool:
-    """No NaN/inf in ``block``: one pass over the exponent bits (float16: ~3 GB/s on one core,
-    about 5 % of decoding a chunk; np.isfinite takes twice as long). Used by extraction
-    before a region is written and by analysis on every block it reads."""
+    """No NaN/inf in ``block``: one pass over the exponent bits (float16: 26 MB in 11 ms here,
+    7 % of decoding that chunk; np.isfinite takes twice as long). Used by extraction before
+    a region is written and by analysis on every block it reads."""
     if block.dtype in _EXPONENT and block.flags.c_contiguous:
         view, bits = _EXPONENT[block.dtype]
         return block.size == 0 or int((block.view(view) & bits).max()) != bits
