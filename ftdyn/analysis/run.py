@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .._version import __version__
 from .. import metrics as M
 from .. import views as V
+from .._version import __version__
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
