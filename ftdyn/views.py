@@ -17,6 +17,12 @@ map        (n, C), H, W              one matrix per (image, filter), rows = y,
                                      averaged per class, then classes, filters)
 ========== ========================= ============================================
 
+The metrics center each matrix's columns; ``--preset paper-code`` centers the rows
+of each ``map`` matrix instead, as the published code did
+(:mod:`ftdyn.metrics.paper_code`). With ≤ 2 rows per matrix every metric is 0 for
+any pair (:func:`ftdyn.metrics.degenerate_reason`): a ``map`` view of 2-pixel-high
+maps, or ``filter``/``flat``/``pooled`` with 2 images.
+
 All functions are pure, work on any sample block (so a store chunk can be
 transformed on its own) and return arrays of ``dtype`` (float64 by default:
 statistics are accumulated in float64, design.md §2 "Precision"). They accept a
