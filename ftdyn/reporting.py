@@ -270,10 +270,25 @@ def _agreement_section(res, results_dir: Path) -> str:
         source = "the per-layer values below (mean and standard deviation over experiments and layers)"
     return (_table(["metric a", "metric b", "mean r", "std r", "n"], summary, left=2)
             + f'<p class="note">Pearson correlation between two metrics\' distances across epochs (reference '
-              f"excluded), per experiment and layer; summarized from {_e(source)}. The paper reports a mean "
-              "r = 0.83 ± 0.43 between PWSM and Procrustes.</p>"
+              f"excluded), per experiment and layer; summarized from {_e(source)}. The paper's r = 0.83 ± 0.43 "
+              "is another statistic: its code correlates CKA with Procrustes across filters per (epoch, layer, "
+              "class) and takes a plain mean (--preset paper-code computes it).</p>"
+            + _paper_code_agreement(res)
             + "<details><summary>Per layer</summary>"
             + _table(["experiment", "layer", *[f"r({a}, {b})" for a, b in pairs]], per_layer, left=2) + "</details>")
+
+
+def _paper_code_agreement(res) -> str:
+    """The published code's agreement (mean ± std per experiment), when the results hold it."""
+    if "agreement_paper_code_mean" not in res:
+        return ""
+    rows = [[exp, _num(float(res["agreement_paper_code_mean"].values[i])),
+             _num(float(res["agreement_paper_code_std"].values[i]))]
+            for i, exp in enumerate(as_strings(res["experiment"].values))]
+    return (_table(["experiment", "published r(cka, procrustes) mean", "std"], rows, left=1)
+            + '<p class="note">As the published code computes it: Pearson r across filters per (epoch, layer, '
+              "class), plain mean and std over them (one undefined cell, e.g. a filter dead in every image of a "
+              "class, makes it undefined).</p>")
 
 
 def _method_section(res) -> str:

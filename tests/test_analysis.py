@@ -245,6 +245,10 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
         summary = float(ds["agreement_paper_code_mean"].values[0])
         assert np.isfinite(summary) == finite_summary
         assert summary == pytest.approx(np.mean(list(ref.values())), abs=1e-10, nan_ok=True)
+        from ftdyn import reporting
+
+        html = reporting._agreement_section(ds, tmp_path / f"p{finite_summary}")
+        assert "published r(cka, procrustes)" in html and (f"{summary:.3f}" if finite_summary else "—") in html
     dead = ds["distance"].sel(metric="procrustes").values[0, 0, 2]
     cells, _ = published_layer(published_maps(acts[0]["features.3"].astype(np.float64),
                                               acts[2]["features.3"].astype(np.float64))[0], labels)
