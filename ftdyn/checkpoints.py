@@ -26,6 +26,7 @@ Loading side (used by ``ftdyn extract`` and ``build_model(weights=PATH)``):
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -45,6 +46,8 @@ import torch
 from torch import nn
 
 from .errors import FtdynError
+from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
+                     num_classes_of, replace_head, zoo_state_dict)
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "ftdyn-checkpoint"
@@ -55,7 +58,7 @@ SERIES_FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.pt"
 CHECKPOINT_REGEX = re.compile(r"^epoch_(\d{3,})\.pt$")
 #: Suffixes recognised (in any case) as checkpoint files in a third-party folder.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
+CHECKPOINT_SUFFIXES = WEIGHTS_SUFFIXES
 
 #: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
 #: per-epoch metrics, ...) are written by training and passed through unchanged.
@@ -298,6 +301,10 @@ _NUMPY_SCALAR_GLOBALS = [_NUMPY_SCALAR, (_NUMPY_SCALAR, "numpy.core.multiarray.s
 # safe_globals edits a process-wide set and removes its entries on exit, so overlapping
 # loads (extraction prefetches in a thread) must not interleave their enter/exit.
 _NUMPY_SCALARS_LOCK = threading.Lock()
+# timm's CheckpointSaver and torchvision's reference scripts store their command-line ``args`` as an
+# argparse.Namespace, a plain attribute holder (timm's own loader allows it for weights-only loads).
+# Lightning's ModelCheckpoint stores nothing beyond tensors and plain containers.
+_SAFE_GLOBALS = [*_NUMPY_SCALAR_GLOBALS, argparse.Namespace]
 
 
 def _unreadable(path: Path, exc: BaseException | str) -> FtdynError:
@@ -404,7 +411,7 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         raise _unreadable(path, "unknown format: not a PyTorch zip, pickle or safetensors file")
     try:
         # mmap materialises only what is touched (discovery needs just the epoch); zip format only
-        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_SAFE_GLOBALS):
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
@@ -433,22 +440,76 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> dict[str, torch.Tensor]:
+# Top-level keys under which training tools store a second, averaged copy of the model: timm's
+# CheckpointSaver ``state_dict_ema``, torchvision's reference scripts ``model_ema`` (an AveragedModel:
+# ``module.`` keys and an ``n_averaged`` counter), and names other scripts use.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "model_ema_state_dict", "ema", "ema_model")
+# Key prefixes of an EMA copy kept inside the main state dict (a LightningModule's ``self.ema``).
+EMA_PREFIXES = ("ema.module.", "model_ema.module.", "ema_model.module.", "ema_model.", "model_ema.", "ema.")
+#: ``--weights-copy`` values: the model's own weights, or its EMA copy.
+WEIGHTS_COPIES = ("main", "ema")
+_AVERAGED_COUNTER = "n_averaged"  # torch.optim.swa_utils.AveragedModel's buffer: not a model weight
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One file's weights: the clean ``state`` dict, its stored ``epoch`` (or None), ``key``: the
+    top-level entry they came from (``""`` for a plain state dict or safetensors file), and
+    ``prefix``: the key prefix still to select inside them (an EMA copy in the main state dict, or
+    the ``--state-prefix``), or None to let :func:`match_keys` find the model's keys."""
+
+    state: dict[str, torch.Tensor]
+    epoch: int | None
+    key: str = ""
+    prefix: str | None = None
+
+
+def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, the top-level key it was under or "")``."""
     if isinstance(obj, nn.Module):
-        return obj.state_dict()
+        return obj.state_dict(), ""
     if isinstance(obj, dict) and depth < 4:
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         if tensors and len(tensors) == len(obj):
-            return tensors
+            return tensors, ""
         for key in _NESTED_KEYS:
             if key in obj and isinstance(obj[key], (dict, nn.Module)):
-                return _find_state_dict(obj[key], path, depth + 1)
+                return _find_state_dict(obj[key], path, depth + 1)[0], key
         if tensors and len(tensors) >= 0.5 * len(obj):  # a state dict with a few extra entries
-            return tensors
+            return tensors, ""
         keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
         raise FtdynError(f"{path}: no state dict found (keys: {keys}); expected tensors or a "
                          f"'{_NESTED_KEYS[0]}' / '{_NESTED_KEYS[1]}' / '{_NESTED_KEYS[2]}' entry.")
     raise FtdynError(f"{path}: holds a {type(obj).__name__}, not a state dict or model.")
+
+
+def _top_level_copy(obj: Any, key: str) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get(key), (dict, nn.Module))
+
+
+def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[dict, str, str | None]:
+    """``(raw state dict, its top-level key, prefix left to select)`` for ``--weights-copy`` /
+    ``--state-prefix``: a ``state_prefix`` naming a top-level entry (``state_dict_ema``) picks it."""
+    if copy not in WEIGHTS_COPIES:
+        raise FtdynError(f"--weights-copy: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}.")
+    key = state_prefix.rstrip(".") if state_prefix else None
+    if key and _top_level_copy(obj, key):
+        return _find_state_dict(obj[key], path, 1)[0], key, None
+    if copy == "ema" and state_prefix is None:
+        for key in EMA_KEYS:
+            if _top_level_copy(obj, key):
+                return _find_state_dict(obj[key], path, 1)[0], key, None
+        raw, key = _find_state_dict(obj, path)
+        clean = [_strip_wrappers(k) for k in raw]
+        prefix = next((p for p in EMA_PREFIXES if any(k.startswith(p) for k in clean)), None)
+        if prefix is None:
+            tops = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+            raise FtdynError(f"--weights-copy ema: {path} holds no EMA copy (no top-level {' / '.join(EMA_KEYS[:3])} "
+                             f"entry, no {' / '.join(EMA_PREFIXES[:2])} keys; it holds {tops}); drop "
+                             "--weights-copy or name the copy with --state-prefix.")
+        return raw, key, prefix
+    raw, key = _find_state_dict(obj, path)
+    return raw, key, state_prefix
 
 
 def _stored_epoch(obj: Any) -> int | None:
@@ -472,19 +533,24 @@ def _stored_epoch(obj: Any) -> int | None:
     return None
 
 
-def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Read any supported checkpoint file into ``(state_dict, stored_epoch_or_None)``.
+def read_weights(path: str | os.PathLike, *, trust: bool = False, copy: str = "main",
+                 state_prefix: str | None = None) -> Weights:
+    """Read any supported checkpoint file into :class:`Weights`.
 
     Formats: a plain state dict; a dict holding it under ``state_dict`` /
     ``model_state_dict`` / ``model`` (nested up to a few levels; the value may be a
     pickled ``nn.Module``, which only loads with ``trust``); ftdyn checkpoints;
     Lightning ``.ckpt`` (its attribute prefix, e.g. ``model.``, is resolved later by
-    :func:`load_into_model` against the model's keys); ``.safetensors`` (epoch from
-    the ``epoch`` metadata entry). Leading ``module.`` and ``_orig_mod.`` are stripped
-    from every key; non-tensor entries are dropped; tensors are on CPU.
+    :func:`match_keys` against the model's keys); ``.safetensors`` (epoch from the
+    ``epoch`` metadata entry). ``copy="ema"`` reads the EMA copy (:data:`EMA_KEYS`
+    top-level entries, else :data:`EMA_PREFIXES` keys) and refuses a file without one;
+    a ``state_prefix`` that names a top-level entry (``state_dict_ema``, ``model_ema``)
+    reads that entry. Leading ``module.`` and ``_orig_mod.`` are stripped from every
+    key; non-tensor entries are dropped; tensors are on CPU.
 
-    Pickles load with ``weights_only=True``; one that needs other globals raises an
-    FtdynError naming them and ``--trust-checkpoint`` unless ``trust=True``.
+    Pickles load with ``weights_only=True`` (plus numpy scalars and ``argparse.Namespace``);
+    one that needs other globals raises an FtdynError naming them and
+    ``--trust-checkpoint`` unless ``trust=True``.
     """
     path = Path(path)
     _check_file(path)
@@ -494,25 +560,31 @@ def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[di
 
         meta = _safetensors_metadata(path)
         try:
-            raw = load_file(str(path), device="cpu")
+            obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise _unreadable(path, exc) from None
         epoch = _stored_epoch(meta)
     else:
         obj = _torch_load(path, trust=trust)
-        raw = _find_state_dict(obj, path)
         epoch = _stored_epoch(obj)
+    raw, key, prefix = _select(obj, path, copy, state_prefix)
     state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
+    for name, value in raw.items():
         if not isinstance(value, torch.Tensor):
             continue
-        clean = _strip_wrappers(key)
+        clean = _strip_wrappers(name)
         if clean in state:
             raise FtdynError(f"{path}: key '{clean}' appears twice after removing module./_orig_mod. prefixes.")
         state[clean] = value
     if not state:
         raise FtdynError(f"{path}: holds no tensors; it is not a model checkpoint.")
-    return state, epoch
+    return Weights(state, epoch, key, prefix)
+
+
+def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
+    """``(state_dict, stored_epoch_or_None)`` of the main copy in a file (see :func:`read_weights`)."""
+    weights = read_weights(path, trust=trust)
+    return weights.state, weights.epoch
 
 
 def _candidate_prefixes(keys) -> list[str]:
@@ -535,33 +607,39 @@ def _fits(keys: set[str], target: set[str]) -> bool:
 
 
 def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None,
-               source: str = "checkpoint", arch: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+               source: str = "checkpoint", arch: str | None = None,
+               optional_prefix: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
 
-    Keys are used as they are when they already name exactly the model's parameters
-    and buffers, whatever ``state_prefix`` says (so a plain ``--source`` file loads
-    next to prefixed series files). Else ``state_prefix`` (e.g. ``"model."``,
-    ``"ema.module."``; a missing final dot is added), when given, picks the copy to
-    load; without it the leading prefix (up to three dotted components, e.g. Lightning's ``model.`` or
-    ``net.backbone.``) whose removal makes the keys that start with it name the
-    whole model is stripped, and keys outside it (e.g. a loss module's buffers) are
-    dropped. Several such prefixes selecting different keys (a model and its EMA or
-    teacher copy) raise an FtdynError naming them, since picking one would be a
-    guess. Without a complete copy the prefix with the largest overlap is used, so
-    the strict load reports the rest. ``source`` and ``arch`` name the file and the
-    model in errors.
+    ``state_prefix`` (e.g. ``"model."``, ``"ema.module."``; a missing final dot is
+    added), when given, picks the copy to load; a prefix no key starts with is an
+    FtdynError, never ignored, except with ``optional_prefix`` (a plain ``--source``
+    file next to prefixed series files) when the keys already name the model's.
+    Without it, keys are used as they are when they already name exactly the model's
+    parameters and buffers; else the leading prefix (up to three dotted components,
+    e.g. Lightning's ``model.`` or ``net.backbone.``) whose removal makes the keys that
+    start with it name the whole model is stripped, and keys outside it (e.g. a loss
+    module's buffers) are dropped. Several such prefixes selecting different keys (a
+    model and its EMA or teacher copy) raise an FtdynError naming them, since picking
+    one would be a guess. Without a complete copy the prefix with the largest overlap
+    is used, so the strict load reports the rest. An AveragedModel's ``n_averaged``
+    counter is dropped. ``source`` and ``arch`` name the file and the model in errors.
     """
     target = set(model.state_dict().keys())
-    if _fits(set(state_dict), target):
-        return dict(state_dict), ""
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in target or not (k == _AVERAGED_COUNTER or k.endswith("." + _AVERAGED_COUNTER))}
     if state_prefix is not None:
         prefix = state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
         mapped = _under_prefix(state_dict, prefix)
+        if not mapped and optional_prefix and _fits(set(state_dict), target):
+            return dict(state_dict), ""
         if not mapped:
             tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
             raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
                              f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop --state-prefix.")
         return mapped, prefix
+    if _fits(set(state_dict), target):
+        return dict(state_dict), ""
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
     copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
     for prefix in _candidate_prefixes(state_dict):
@@ -574,7 +652,8 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
     if len(copies) > 1:
         names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
         raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
-                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
+                         "(or --weights-copy ema).")
     if copies:
         prefix = next(iter(copies.values()))
         return _under_prefix(state_dict, prefix), prefix
@@ -583,8 +662,6 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
 
 def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
-    from .models import fits_head, head_name
-
     head = head_name(model)
     mapped, _ = match_keys(state_dict, model, state_prefix=state_prefix)
     weight = mapped.get(f"{head}.weight")
@@ -600,11 +677,11 @@ def _summary(names: list[str], limit: int = 3) -> str:
 
 
 def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
-                    arch: str | None = None, state_prefix: str | None = None) -> int | None:
+                    arch: str | None = None, state_prefix: str | None = None, copy: str = "main") -> int | None:
     """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
 
-    Keys are mapped with :func:`match_keys` (``state_prefix`` picks one of several
-    complete copies, e.g. ``"ema.module."``). With ``adapt_head=True`` a classifier
+    ``copy`` / ``state_prefix`` pick the copy of the model to read (:func:`read_weights`,
+    :func:`match_keys`, e.g. ``"ema"`` or ``"ema.module."``). With ``adapt_head=True`` a classifier
     head whose class count differs from the checkpoint's is replaced first
     (``models.replace_head``). Missing ``num_batches_tracked`` buffers (old BatchNorm
     checkpoints) are kept from the model. Any other mismatch raises one FtdynError
@@ -612,18 +689,20 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
     summary of missing / unexpected keys and shape mismatches.
     """
     path = Path(path)
-    state, epoch = load_state_dict(path, trust=trust)
-    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch, state_prefix=state_prefix)
-    return epoch
+    weights = read_weights(path, trust=trust, copy=copy, state_prefix=state_prefix)
+    load_state_into_model(model, weights.state, source=str(path), adapt_head=adapt_head, arch=arch,
+                          state_prefix=weights.prefix)
+    return weights.epoch
 
 
 def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
-                          arch: str | None = None, state_prefix: str | None = None) -> None:
-    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
-    from .models import fits_head, head_name, num_classes_of, replace_head
-
+                          arch: str | None = None, state_prefix: str | None = None,
+                          optional_prefix: bool = False) -> str:
+    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors.
+    Returns the key prefix that was stripped (``""`` for none)."""
     name = arch or type(model).__name__
-    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name)
+    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name,
+                                optional_prefix=optional_prefix)
     if adapt_head:
         weight = mapped.get(f"{head_name(model)}.weight")
         if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
@@ -658,33 +737,22 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice
         raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check --arch or the file.") from None
+    return prefix
 
 
 def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
                         adapt_head: bool = True, state_prefix: str | None = None) -> int | None:
-    """Load a series entry (a file, or a torchvision weights name) into ``model``; ``state_prefix``:
-    see :func:`match_keys`."""
+    """Load a source entry (a file, or a zoo weights name) into ``model``: the main copy, or the one
+    ``state_prefix`` names (see :func:`load_into_model`; a plain source file ignores a prefix none of
+    its keys has, so it loads next to prefixed series files)."""
     if entry.path is not None:
-        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch,
-                               state_prefix=state_prefix)
-    import torchvision
-
-    from .models import canonical_arch
-
-    arch = canonical_arch(arch)
-    enum = torchvision.models.get_model_weights(arch)
-    try:
-        weights = enum.DEFAULT if entry.weights_name == "DEFAULT" else enum[entry.weights_name]
-    except KeyError:
-        valid = ", ".join(w.name for w in enum)
-        raise FtdynError(f"--source: '{entry.weights_name}' is not a weights name of {arch} ({valid}).") from None
-    try:
-        state = weights.get_state_dict(progress=False)
-    except (OSError, RuntimeError) as exc:
-        raise FtdynError(f"--source {entry.weights_name}: could not download or read the torchvision weights "
-                         f"({_short(exc)}); pass a local file with --source PATH.") from None
+        weights = read_weights(entry.path, trust=trust, state_prefix=state_prefix)
+        load_state_into_model(model, weights.state, source=str(entry.path), adapt_head=adapt_head, arch=arch,
+                              state_prefix=weights.prefix, optional_prefix=True)
+        return weights.epoch
+    state = zoo_state_dict(arch, entry.weights_name)
     load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch,
-                          state_prefix=state_prefix)
+                          state_prefix=state_prefix, optional_prefix=True)
     return entry.epoch
 
 
@@ -781,22 +849,14 @@ def _listing(paths, folder: Path, limit: int = 6) -> str:
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
-    if path.exists() or checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
+    if looks_like_file(text):
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
-        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a torchvision weights name "
+        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a zoo weights name "
                          "(e.g. IMAGENET1K_V1).")
     if arch is not None:
-        import torchvision
-
-        from .models import canonical_arch
-
-        arch = canonical_arch(arch)
-        names = [w.name for w in torchvision.models.get_model_weights(arch)]
-        if text != "DEFAULT" and text not in names:
-            raise FtdynError(f"--source: '{text}' is neither an existing file nor a weights name of {arch} "
-                             f"({', '.join(names)}).")
+        check_weights_name(canonical_arch(arch), text, "--source")
     return CheckpointEntry(0, None, None, weights_name=text)
 
 

@@ -520,7 +520,7 @@ def test_source_weights_name(tmp_path):
     assert entries[0] == ck.CheckpointEntry(0, None, None, weights_name="IMAGENET1K_V1")
     assert entries[0].label == "torchvision:IMAGENET1K_V1"
     assert [e.epoch for e in entries] == [0, 1, 2]
-    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither an existing file"):
+    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither a file nor a weights name of resnet18"):
         ck.discover_series(tmp_path, source="IMAGENET9K", arch="resnet18")
     with pytest.raises(FtdynError, match="no such checkpoint file"):
         ck.discover_series(tmp_path, source=str(tmp_path / "absent.pt"))
@@ -619,7 +619,8 @@ def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, arch="resnet18")
     assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
-                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
+                               "(or --weights-copy ema).")
     state, _ = ck.load_state_dict(path)
     with pytest.raises(FtdynError, match="several complete copies"):
         ck.infer_num_classes(state, resnet)
