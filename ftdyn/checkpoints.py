@@ -375,7 +375,8 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         names += re.findall(r"Unsupported global: ([\w.]+)", str(exc))
-    return list(dict.fromkeys(names))
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
+    return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
 def _check_zip_crcs(path: Path) -> None:
@@ -890,8 +891,27 @@ def checkpoint_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None)
 
 
-def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
-    """``files`` without Lightning's ``last.ckpt`` and links to other files of the series, noted on stderr."""
+# Copies training tools write beside the epoch files, skipped when another file holds the same epoch:
+# timm's CheckpointSaver 'last' / 'model_best' (hard links to, or copies of, an epoch file) and
+# 'milestone-N' (N = epochs completed), torchvision's reference scripts' 'checkpoint.pth' (the newest
+# epoch, saved twice), Lightning-style 'last-v1'.
+_TOOL_COPIES = re.compile(r"(last|model_best)(-v\d+)?|checkpoint|milestone-\d+", re.IGNORECASE)
+# timm's mid-epoch 'recovery-E-B' states and the 'tmp' / 'recovery_tmp' file being written: no epoch's weights.
+_PARTIAL_STATES = re.compile(r"recovery-\d+-\d+|(recovery_)?tmp", re.IGNORECASE)
+
+
+def _note(message: str) -> None:
+    print(f"ftdyn: note: {message}", file=sys.stderr, flush=True)
+
+
+def _is_tool_copy(path: Path) -> bool:
+    return bool(_TOOL_COPIES.fullmatch(checkpoint_stem(path.name) or path.name))
+
+
+def _skip_copies(folder: Path, files: list[Path]) -> tuple[list[Path], list[str]]:
+    """``files`` without Lightning's ``last.ckpt``, links (symbolic or hard) to another file of the
+    series (the one with an epoch-like name is kept) and timm's partial states (while other files
+    remain); returns ``(kept, what was skipped and why)``."""
     targets = {p.resolve() for p in files if not p.is_symlink()}
     kept, skipped = [], []
     for p in files:
@@ -901,9 +921,37 @@ def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
             skipped.append(f"{p.name} (a link to {p.resolve().name})")
         else:
             kept.append(p)
-    if skipped:
-        print(f"ftdyn: note: {folder}: skipping {', '.join(skipped)}.", file=sys.stderr, flush=True)
-    return kept
+    inodes: dict[tuple[int, int], list[Path]] = {}
+    for p in kept:
+        inodes.setdefault((p.stat().st_dev, p.stat().st_ino), []).append(p)
+    for group in inodes.values():  # hard links: one file under several names
+        ranked = sorted(group, key=lambda p: (_is_tool_copy(p), p.name))
+        skipped += [f"{p.name} (the same file as {ranked[0].name})" for p in ranked[1:]]
+        kept = [p for p in kept if p not in ranked[1:]]
+    partial = [p for p in kept if _PARTIAL_STATES.fullmatch(checkpoint_stem(p.name) or "")]
+    if partial and len(partial) < len(kept):
+        skipped += [f"{p.name} (timm's mid-epoch or unfinished state)" for p in partial]
+        kept = [p for p in kept if p not in partial]
+    return kept, skipped
+
+
+def _skip_epoch_copies(stored: dict[Path, int | None]) -> tuple[dict[Path, int | None], list[str]]:
+    """Without the tool copies (:data:`_TOOL_COPIES`) of an epoch that another file stores too
+    (an epoch file, else the first of the copies is kept)."""
+    by_epoch: dict[int, list[Path]] = {}
+    for p, e in stored.items():
+        if e is not None:
+            by_epoch.setdefault(e, []).append(p)
+    dropped, skipped = set(), []
+    for epoch, paths in by_epoch.items():
+        copies = sorted((p for p in paths if _is_tool_copy(p)), key=lambda p: p.name)
+        if len(paths) < 2 or not copies:
+            continue
+        extra = copies if len(copies) < len(paths) else copies[1:]
+        keep = next(p for p in sorted(paths, key=lambda p: (_is_tool_copy(p), p.name)) if p not in extra)
+        dropped.update(extra)
+        skipped += [f"{p.name} (a copy of epoch {epoch}, {keep.name})" for p in extra]
+    return {p: e for p, e in stored.items() if p not in dropped}, skipped
 
 
 def _subfolder_weights(folder: Path) -> list[Path]:
@@ -976,7 +1024,7 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
         raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
                          f"({folder.parent}).")
-    files = _skip_copies(folder, checkpoint_files(folder))
+    files, skipped = _skip_copies(folder, checkpoint_files(folder))
     names = {p: checkpoint_stem(p.name) for p in files}
     if not files:
         files = _subfolder_weights(folder)
@@ -985,7 +1033,9 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
         inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
                   "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
-        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}.")
+        project = (f"; it looks like an accelerate project folder: pass {folder / 'checkpoints'}"
+                   if (folder / "checkpoints").is_dir() else "")
+        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}{project}.")
     src = _resolve_source(source, arch) if source is not None else None
     if src is not None and src.path is not None:
         same = [p for p in files if p.resolve() == src.path.resolve()
@@ -994,7 +1044,10 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         if not files:
             raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
 
-    stored = {p: read_stored_epoch(p, trust=trust) for p in files}
+    stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
+    files = list(stored)
+    if skipped + copies:
+        _note(f"{folder}: skipping {', '.join(skipped + copies)}.")
     if all(e is not None for e in stored.values()):
         numbers, how = stored, "stored epoch"
     else:
@@ -1018,7 +1071,12 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
                          "remove or rename the duplicates.")
     if any(n < 0 for n in numbers.values()):
         raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
-    shift = 1 if src is not None and 0 in by_number else 0
+    shift = 1 if 0 in by_number else 0
+    if src is None and shift:
+        first = by_number[0][0]
+        _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "
+              f"numbered 1-{max(by_number) + 1} and the series has no source model (epoch 0): pass --source (a file "
+              f"or weights name) for one, or choose another epoch with analyze --reference.")
     entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
                for n, p in sorted((n, p) for p, n in numbers.items())]
     return ([src] if src is not None else []) + entries

@@ -454,7 +454,8 @@ def test_order_by_stored_epoch(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden.pt.tmp").write_bytes(b"ignored")
     entries = ck.discover_series(tmp_path)
-    assert [(e.epoch, e.path.name) for e in entries] == [(0, "b_9.ckpt"), (1, "c.safetensors"), (2, "a_1.pth")]
+    # 0-based stored epochs: numbered from 1 (no file is the source model)
+    assert [(e.epoch, e.path.name) for e in entries] == [(1, "b_9.ckpt"), (2, "c.safetensors"), (3, "a_1.pth")]
     assert all(e.sha256 == ck.sha256_file(e.path) and e.weights_name is None for e in entries)
 
 
@@ -463,7 +464,7 @@ def test_order_by_file_name(tmp_path):
         _tiny(tmp_path / f"resnet50_run3_epoch{n}.pt")
     _tiny(tmp_path / "model-epoch=3-step=400.pt")  # the number after 'epoch' wins over the last one
     entries = ck.discover_series(tmp_path)
-    assert [e.epoch for e in entries] == [0, 1, 2, 3, 10]
+    assert [e.epoch for e in entries] == [1, 2, 3, 4, 11]
     assert entries[3].path.name == "model-epoch=3-step=400.pt"
 
 
@@ -537,8 +538,8 @@ def test_source_file_shifts_zero_based_epochs(tmp_path):
     assert [e.epoch for e in entries] == [0, 1, 2, 3]
     assert entries[0].path == source and entries[0].sha256 == ck.sha256_file(source)
     assert entries[1].path.name == "epoch=0-step=10.ckpt"
-    # without a source the files keep their numbers; the smallest is the reference
-    assert [e.epoch for e in ck.discover_series(series)] == [0, 1, 2]
+    # without a source they are numbered from 1 too, with a note: no trained file is taken for the source
+    assert [e.epoch for e in ck.discover_series(series)] == [1, 2, 3]
 
 
 def test_source_file_inside_folder_is_not_duplicated(tmp_path):
@@ -696,13 +697,14 @@ def test_lightning_last_and_links_are_skipped(tmp_path, capsys):
     (tmp_path / "best.ckpt").symlink_to(tmp_path / "epoch=1-step=20.ckpt")
     entries = ck.discover_series(tmp_path)
     assert [(e.epoch, e.path.name) for e in entries] == [
-        (0, "epoch=0-step=10.ckpt"), (1, "epoch=1-step=20.ckpt"), (2, "epoch=2-step=30.ckpt")]
-    err = capsys.readouterr().err
-    assert err == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
-                   "(Lightning's copy of the newest checkpoint).\n")
+        (1, "epoch=0-step=10.ckpt"), (2, "epoch=1-step=20.ckpt"), (3, "epoch=2-step=30.ckpt")]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
+                      "(Lightning's copy of the newest checkpoint).")
+    assert err[1].startswith(f"ftdyn: note: {tmp_path}: epochs count from 0") and len(err) == 2
     (tmp_path / "last.ckpt").unlink()
     (tmp_path / "last.ckpt").symlink_to("epoch=2-step=30.ckpt")  # save_last="link"
-    assert [e.epoch for e in ck.discover_series(tmp_path)] == [0, 1, 2]
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [1, 2, 3]
 
 
 def test_series_path_is_a_file(tmp_path):
