@@ -304,7 +304,8 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
     except ReceptiveFieldError as exc:
-        _warn(f"receptive fields not recorded ({exc}); class-based patches will be unavailable for this store.")
+        _warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
+              "them, only class-based patches will be unavailable for this store.")
         return {name: None for name in layers}
 
 

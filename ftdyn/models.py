@@ -168,7 +168,7 @@ def zoo_state_dict(arch: str, name: str, flag: str = "--source") -> dict[str, to
     """The state dict of the zoo weights ``name`` of ``arch`` (a torchvision weights name or a timm tag)."""
     arch = canonical_arch(arch)
     if is_timm(arch):
-        return zoo_timm.create(arch, name).state_dict()
+        return zoo_timm.create(arch, name, flag).state_dict()
     weights = resolve_weights(arch, name, flag)
     try:
         return weights.get_state_dict(progress=False)

@@ -64,8 +64,9 @@ def suggest(name: str) -> str | None:
     return PREFIX + base if base in set(_timm().list_models()) else None
 
 
-def create(arch: str, tag: str | None = None) -> nn.Module:
-    """A timm model: random init (``tag`` None), or timm's pretrained weights ``tag`` from the hub."""
+def create(arch: str, tag: str | None = None, flag: str = "--weights") -> nn.Module:
+    """A timm model: random init (``tag`` None), or timm's pretrained weights ``tag`` from the hub
+    (``flag`` names the option in errors)."""
     timm = _timm()
     name = arch[len(PREFIX):]
     if tag is None:
@@ -75,9 +76,9 @@ def create(arch: str, tag: str | None = None) -> nn.Module:
         return timm.create_model(full, pretrained=True)
     except Exception as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise FtdynError(f"--weights {tag}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
+        raise FtdynError(f"{flag} {tag}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
                          f"could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local weights "
-                         "file with --weights FILE (or --source FILE).") from None
+                         f"file with {flag} FILE.") from None
 
 
 def normalization(model: nn.Module) -> dict[str, list[float]] | None:

@@ -137,6 +137,18 @@ def test_timm_pretrained_tags_need_the_hub(monkeypatch):
     assert "\n" not in text and "Hugging Face hub" in text and "--weights FILE" in text
 
 
+def test_receptive_fields_where_fx_traces_else_not_available(capsys):
+    from ftdyn.extraction import _receptive_fields
+
+    model = build_model("timm/convnext_atto")
+    fields = _receptive_fields(model, ["stages.0", "stages.3"], 64)
+    assert fields["stages.0"]["jump"] == [4.0, 4.0] and fields["stages.3"]["jump"] == [32.0, 32.0]
+    model = build_model("timm/resnest14d")  # split attention: a softmax the receptive-field trace cannot follow
+    assert _receptive_fields(model, ["layer1", "layer4"], 64) == {"layer1": None, "layer4": None}
+    err = capsys.readouterr().err
+    assert "receptive fields are not available for this model" in err and len(err.strip().splitlines()) == 1
+
+
 def test_parse_normalize():
     assert parse_normalize("0.5,0.25") == {"mean": [0.5] * 3, "std": [0.25] * 3}
     assert parse_normalize("0.1,0.2,0.3,1,2,3") == {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}
