@@ -130,7 +130,9 @@ def test_layers_command_lists_both_zoos():
 
 
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 would: no waiting on the network
     with pytest.raises(FtdynError) as info:
         build_model("timm/resnet18", weights="a1_in1k")
     text = str(info.value)
@@ -181,6 +183,7 @@ def _timm_saver_folder(folder: Path, name: str, epochs: int) -> tuple[list[dict]
     return mains, emas
 
 
+@pytest.mark.slow
 def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
     folder = tmp_path / "output" / "train"
     mains, emas = _timm_saver_folder(folder, "convnext_atto", 3)
@@ -243,6 +246,7 @@ def test_timm_args_namespace_needs_no_trust_but_other_objects_do(tmp_path):
 # ------------------------------------------------------------- torchvision reference scripts
 
 
+@pytest.mark.slow
 def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
     """references/classification/train.py: model_{epoch}.pth and checkpoint.pth (the same dict), args a
     Namespace, model_ema an ExponentialMovingAverage (AveragedModel: module. keys and n_averaged)."""
