@@ -12,14 +12,18 @@ Writing side (used by training):
 
 Loading side (used by ``ftdyn extract`` and ``build_model(weights=PATH)``):
 
-* :func:`load_state_dict` reads any supported format (plain state dict, dicts holding
+* :func:`read_weights` (and :func:`load_state_dict`) reads any supported format (plain state dict, dicts holding
   ``state_dict`` / ``model_state_dict`` / ``model``, ftdyn checkpoints, Lightning
   ``.ckpt``, ``.safetensors``) into a clean state dict. **Security**: pickles are only
   ever read with ``weights_only=True``; a file that needs more is refused with the
   globals it would import (listed without executing anything) unless ``trust=True``
   (``--trust-checkpoint``).
 * :func:`load_into_model` loads strictly, resolving arbitrary attribute prefixes
-  (Lightning ``model.``/``net.``) against the model's own keys, and explains mismatches.
+  (Lightning ``model.``/``net.``) against the model's own keys, and explains mismatches;
+  ``copy="ema"`` / a ``state_prefix`` pick an EMA or other copy (:func:`read_weights`).
+
+This layer imports the model zoo (:mod:`ftdyn.models`) for architecture names, heads and
+zoo weights; the zoo imports nothing from it.
 * :func:`discover_series` returns the ordered :class:`CheckpointEntry` list of a
   folder (from its manifest, or from third-party files).
 """
@@ -983,9 +987,11 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     written by training, so ``source`` is refused.
 
     **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
-    (suffix in any case; hidden files and other suffixes are ignored). Lightning's
-    ``last.ckpt`` (save_last) and links to other files of the folder are skipped with a note on
-    stderr. A folder without such files but with subfolders each holding one weights
+    (suffix in any case; hidden files and other suffixes are ignored). Copies the
+    training tools write are skipped with one note on stderr (:func:`_skip_copies`,
+    :func:`_skip_epoch_copies`): Lightning's ``last.ckpt``, links (symbolic or hard) to
+    another file, timm's ``last`` / ``model_best`` / ``milestone-N`` and torchvision's
+    ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder without such files but with subfolders each holding one weights
     file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
     ``model.safetensors``, beside optimizer state) uses those, named by their folder.
     Ordering rule:
@@ -1004,9 +1010,10 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     ``weights_name`` set) becomes epoch 0. A source file that is also in the folder
     (same path or same bytes) is taken out of the files. If a remaining file has
     number 0 too (0-based counters such as Lightning's ``epoch=0`` after the first
-    epoch), all files are shifted by +1 so they follow the source. Without
-    ``source`` the numbers are kept and the smallest-numbered file is the reference.
-    ``arch`` (optional) validates a weights name early.
+    epoch), all files are shifted by +1 so they follow the source. Without ``source``
+    such a 0-based series is shifted too, with a note: a trained file is never epoch 0,
+    the untouched source (the series then has no epoch 0). ``arch`` (optional)
+    validates a weights name early.
     """
     folder = Path(folder)
     if folder.is_file():
