@@ -107,7 +107,8 @@ def extract(
     out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
                                            "resumed/extended when it exists.")],
     arch: Annotated[Optional[str], typer.Option(help="Architecture of third-party checkpoints, e.g. resnet50 "
-                                                     "(an ftdyn series names it in manifest.json).")] = None,
+                                                     "or timm/convnext_atto (an ftdyn series names it in "
+                                                     "manifest.json).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Epoch 0 of a third-party series: a checkpoint file or a "
                                                        "torchvision weights name (IMAGENET1K_V1).")] = None,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Module to capture (repeat the option; "
@@ -332,8 +333,8 @@ def info(
 def train(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
                                                   "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split.")],
-    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model), "
-                                           "e.g. vgg19, resnet50, densenet121.")],
+    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model, "
+                                           "or timm/NAME), e.g. vgg19, resnet50, densenet121.")],
     out: Annotated[Path, typer.Option(help="Output folder for the checkpoint series (epoch_000.pt ... "
                                            "and manifest.json).")],
     weights: Annotated[str, typer.Option(help="Source weights: a torchvision weights name (IMAGENET1K_V1, "
