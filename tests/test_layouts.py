@@ -268,6 +268,12 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
         mains.append(_copy(model.state_dict()))
         emas.append(_copy(ema.module.state_dict()))
     assert "n_averaged" in ema.state_dict() and "module.conv1.weight" in ema.state_dict()
+    for how in ({"copy": "ema"}, {"state_prefix": "model_ema"}):  # the flag, or the top-level key by name
+        weights = ck.read_weights(folder / "model_1.pth", **how)
+        assert weights.key == "model_ema" and "n_averaged" in weights.state
+        model = torchvision.models.resnet18(num_classes=3)
+        assert ck.load_state_into_model(model, weights.state, source="model_1.pth", state_prefix=weights.prefix) == ""
+        torch.testing.assert_close(model.state_dict()["layer4.1.conv2.weight"], emas[1]["layer4.1.conv2.weight"])
 
     out = tmp_path / "s.zarr"
     result = run_extract(folder, probe_dir, out, "--arch", "resnet18", "--layer", "layer2", "--layer", "layer4")
