@@ -51,7 +51,7 @@ from torch import nn
 
 from .errors import FtdynError
 from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
-                     num_classes_of, replace_head, zoo_state_dict)
+                     num_classes_of, replace_head, timm_twin, zoo_state_dict)
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "ftdyn-checkpoint"
@@ -728,7 +728,9 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
             parts.append(f"unexpected keys {_summary(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches {_summary(shapes, 2)}")
-        hint = "check --arch or the file"
+        twin = timm_twin(arch) if arch and (missing or unexpected) else None
+        hint = (f"check --arch or the file (timm weights? they fit {twin}, not torchvision's {arch})" if twin
+                else "check --arch or the file")
         try:
             head = head_name(model)
             if shapes and all(s.startswith(f"{head}.") for s in shapes) and not missing and not unexpected:

@@ -71,6 +71,12 @@ def canonical_arch(name: str, flag: str = "--arch") -> str:
     raise FtdynError(f"{flag}: unknown architecture '{name}'.{hint}")
 
 
+def timm_twin(arch: str) -> str | None:
+    """``timm/NAME`` when timm also has a model named like torchvision's ``arch`` (a different network
+    with other key names: a hint when a file does not fit), else None."""
+    return None if is_timm(arch) else zoo_timm.suggest(arch)
+
+
 def default_normalization(model: nn.Module, arch: str) -> dict[str, list[float]]:
     """mean/std the model's source weights expect: a timm model's pretrained config, else ImageNet's."""
     norm = zoo_timm.normalization(model) if is_timm(arch) else None

@@ -129,6 +129,17 @@ def test_layers_command_lists_both_zoos():
     assert "368x2x2" in result.output  # s4: 368 channels, 64 / 32 = 2
 
 
+def test_timm_weights_under_a_torchvision_name_get_a_hint(tmp_path):
+    path = tmp_path / "effnet_timm.pth"
+    torch.save(timm.create_model("efficientnet_b0", num_classes=3).state_dict(), path)
+    with pytest.raises(FtdynError) as info:
+        ck.load_into_model(torchvision.models.efficientnet_b0(num_classes=3), path, arch="efficientnet_b0")
+    text = str(info.value)
+    assert "missing keys" in text and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
+    model = build_model("timm/efficientnet_b0", num_classes=3)
+    ck.load_into_model(model, path, arch="timm/efficientnet_b0")  # the same file under the timm name loads
+
+
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):
     from huggingface_hub import constants
 
