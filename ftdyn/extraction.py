@@ -522,9 +522,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     else:
         num_classes = None
         size = int(input_size or 224)
-        normalization = parse_normalize(normalize) if normalize else default_normalization(model, arch)
-        normalized_by = "--normalize" if normalize else ("timm pretrained config" if arch.startswith("timm/")
-                                                         else "ImageNet (default)")
+        normalization, normalized_by = ((parse_normalize(normalize), "--normalize") if normalize
+                                        else default_normalization(model, arch, origin=True))
     if num_classes is not None:
         replace_head(model, num_classes)
     layer_names = validate_layers(model, list(layers) if layers else default_layers(model, arch, size))

@@ -77,10 +77,13 @@ def timm_twin(arch: str) -> str | None:
     return None if is_timm(arch) else zoo_timm.suggest(arch)
 
 
-def default_normalization(model: nn.Module, arch: str) -> dict[str, list[float]]:
-    """mean/std the model's source weights expect: a timm model's pretrained config, else ImageNet's."""
+def default_normalization(model: nn.Module, arch: str, *, origin: bool = False):
+    """mean/std the model's source weights expect: a timm model's pretrained config, else ImageNet's;
+    with ``origin`` a pair ``(normalization, where it came from)``."""
     norm = zoo_timm.normalization(model) if is_timm(arch) else None
-    return norm or {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    found = (norm, "timm pretrained config") if norm else (
+        {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "ImageNet (default)")
+    return found if origin else found[0]
 
 
 def head_name(model: nn.Module) -> str:
