@@ -839,6 +839,14 @@ def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | 
             for p, (marked, numbers, _) in parsed.items()}
 
 
+def _written_by_ftdyn(path: Path, trust: bool) -> bool:
+    """Whether ``path`` is an ftdyn checkpoint (its epoch 0 is the source model before any update)."""
+    if _is_safetensors(path):
+        return False
+    obj = _torch_load(path, trust=trust, mmap=True)
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
 def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | None:
     """The epoch stored inside a checkpoint file, or None (safetensors: header only)."""
     path = Path(path)
@@ -1081,6 +1089,8 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     if any(n < 0 for n in numbers.values()):
         raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
     shift = 1 if 0 in by_number else 0
+    if src is None and shift and _written_by_ftdyn(by_number[0][0], trust):
+        shift = 0  # ftdyn's own epoch 0 (a series without its manifest) is the source model
     if src is None and shift:
         first = by_number[0][0]
         _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "

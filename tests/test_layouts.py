@@ -305,6 +305,14 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
     assert_stored(ds, 1, forward(build, emas[1], ds["images"].values, ["layer4"]))
 
 
+def test_ftdyn_epoch_0_without_its_manifest_stays_the_source(tmp_path, capsys):
+    state = torchvision.models.resnet18(num_classes=3).state_dict()
+    for epoch in (0, 1):
+        ck.save_checkpoint(tmp_path / ck.checkpoint_filename(epoch), state, epoch=epoch)
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [0, 1]
+    assert "epochs count from 0" not in capsys.readouterr().err
+
+
 def test_ema_prefix_inside_the_state_dict_and_missing_ema(tmp_path):
     model = torchvision.models.resnet18(num_classes=3)
     live, ema = _copy(model.state_dict()), {k: v + 1 if v.is_floating_point() else v
