@@ -988,6 +988,50 @@ def _subfolder_weights(folder: Path) -> list[Path]:
     return found
 
 
+def _epoch_numbers(folder: Path, stored: dict[Path, int | None], names: dict[Path, str]) -> dict[Path, int]:
+    """Each file's epoch number: the stored epochs when every file has one, else the numbers in the
+    names (which stored epochs must agree with); unorderable, duplicate or negative numbers raise."""
+    files = list(stored)
+    if all(e is not None for e in stored.values()):
+        numbers, how = stored, "stored epoch"
+    else:
+        named = _numbers_in_names(folder, {p: names[p] for p in files})
+        nameless = [p for p, n in named.items() if n is None]
+        if nameless:
+            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no epoch "
+                             "and have no number in the file name; rename them (e.g. epoch_3.pt).")
+        disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
+        if disagree:
+            raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
+                             f"{_listing(disagree, folder)} store an epoch different from the number in the name; "
+                             "rename them to match their epochs.")
+        numbers, how = named, "number in the file name"
+    by_number: dict[int, list[Path]] = {}
+    for p, n in numbers.items():
+        by_number.setdefault(n, []).append(p)
+    dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
+    if dupes:
+        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
+                         "remove or rename the duplicates.")
+    if any(n < 0 for n in numbers.values()):
+        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
+    return numbers
+
+
+def _zero_based_shift(folder: Path, numbers: dict[Path, int], *, has_source: bool, trust: bool) -> int:
+    """1 when the files count from 0 (0-based counters save *after* the first epoch, so no file is the
+    untouched source), else 0. An ftdyn checkpoint's epoch 0 is the source and stays. Without a
+    source the shift is noted: the series then has no epoch 0."""
+    first = next((p for p, n in numbers.items() if n == 0), None)
+    if first is None or (not has_source and _written_by_ftdyn(first, trust)):
+        return 0
+    if not has_source:
+        _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "
+              f"numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass --source "
+              "(a file or weights name) for one, or choose another epoch with analyze --reference.")
+    return 1
+
+
 def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
                     arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
     """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
@@ -1065,37 +1109,8 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     files = list(stored)
     if skipped + copies:
         _note(f"{folder}: skipping {', '.join(skipped + copies)}.")
-    if all(e is not None for e in stored.values()):
-        numbers, how = stored, "stored epoch"
-    else:
-        named = _numbers_in_names(folder, {p: names[p] for p in files})
-        nameless = [p for p, n in named.items() if n is None]
-        if nameless:
-            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no epoch "
-                             "and have no number in the file name; rename them (e.g. epoch_3.pt).")
-        disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
-        if disagree:
-            raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
-                             f"{_listing(disagree, folder)} store an epoch different from the number in the name; "
-                             "rename them to match their epochs.")
-        numbers, how = named, "number in the file name"
-    by_number: dict[int, list[Path]] = {}
-    for p, n in numbers.items():
-        by_number.setdefault(n, []).append(p)
-    dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
-    if dupes:
-        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
-                         "remove or rename the duplicates.")
-    if any(n < 0 for n in numbers.values()):
-        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
-    shift = 1 if 0 in by_number else 0
-    if src is None and shift and _written_by_ftdyn(by_number[0][0], trust):
-        shift = 0  # ftdyn's own epoch 0 (a series without its manifest) is the source model
-    if src is None and shift:
-        first = by_number[0][0]
-        _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "
-              f"numbered 1-{max(by_number) + 1} and the series has no source model (epoch 0): pass --source (a file "
-              f"or weights name) for one, or choose another epoch with analyze --reference.")
+    numbers = _epoch_numbers(folder, stored, names)
+    shift = _zero_based_shift(folder, numbers, has_source=src is not None, trust=trust)
     entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
                for n, p in sorted((n, p) for p, n in numbers.items())]
     return ([src] if src is not None else []) + entries
