@@ -41,8 +41,9 @@ Epoch 0 (``--source``)
 Safety
     Pickled checkpoints are loaded with ``torch.load(weights_only=True)``: tensors,
     numbers, strings and containers only, so a file cannot run code. A checkpoint
-    that holds other objects (e.g. ``hyper_parameters`` as an ``argparse.Namespace``
-    or your own config class) is refused with the names of the globals it would
+    that holds other objects (e.g. your own config class or a ``datetime``; the
+    ``argparse.Namespace`` that timm and torchvision store as ``args`` is allowed) is
+    refused with the names of the globals it would
     import. If you trust the files, pass ``--trust-checkpoint`` (passed through to
     ``ftdyn.extract``; never use it on files from strangers). ``.safetensors`` files
     need no trust.

@@ -12,20 +12,25 @@ Writing side (used by training):
 
 Loading side (used by ``ftdyn extract`` and ``build_model(weights=PATH)``):
 
-* :func:`load_state_dict` reads any supported format (plain state dict, dicts holding
+* :func:`read_weights` (and :func:`load_state_dict`) reads any supported format (plain state dict, dicts holding
   ``state_dict`` / ``model_state_dict`` / ``model``, ftdyn checkpoints, Lightning
   ``.ckpt``, ``.safetensors``) into a clean state dict. **Security**: pickles are only
   ever read with ``weights_only=True``; a file that needs more is refused with the
   globals it would import (listed without executing anything) unless ``trust=True``
   (``--trust-checkpoint``).
 * :func:`load_into_model` loads strictly, resolving arbitrary attribute prefixes
-  (Lightning ``model.``/``net.``) against the model's own keys, and explains mismatches.
+  (Lightning ``model.``/``net.``) against the model's own keys, and explains mismatches;
+  ``copy="ema"`` / a ``state_prefix`` pick an EMA or other copy (:func:`read_weights`).
+
+This layer imports the model zoo (:mod:`ftdyn.models`) for architecture names, heads and
+zoo weights; the zoo imports nothing from it.
 * :func:`discover_series` returns the ordered :class:`CheckpointEntry` list of a
   folder (from its manifest, or from third-party files).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -45,6 +50,8 @@ import torch
 from torch import nn
 
 from .errors import FtdynError
+from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
+                     num_classes_of, replace_head, timm_twin, zoo_state_dict)
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "ftdyn-checkpoint"
@@ -55,7 +62,7 @@ SERIES_FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.pt"
 CHECKPOINT_REGEX = re.compile(r"^epoch_(\d{3,})\.pt$")
 #: Suffixes recognised (in any case) as checkpoint files in a third-party folder.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
+CHECKPOINT_SUFFIXES = WEIGHTS_SUFFIXES
 
 #: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
 #: per-epoch metrics, ...) are written by training and passed through unchanged.
@@ -298,6 +305,10 @@ _NUMPY_SCALAR_GLOBALS = [_NUMPY_SCALAR, (_NUMPY_SCALAR, "numpy.core.multiarray.s
 # safe_globals edits a process-wide set and removes its entries on exit, so overlapping
 # loads (extraction prefetches in a thread) must not interleave their enter/exit.
 _NUMPY_SCALARS_LOCK = threading.Lock()
+# timm's CheckpointSaver and torchvision's reference scripts store their command-line ``args`` as an
+# argparse.Namespace, a plain attribute holder (timm's own loader allows it for weights-only loads).
+# Lightning's ModelCheckpoint stores nothing beyond tensors and plain containers.
+_SAFE_GLOBALS = [*_NUMPY_SCALAR_GLOBALS, argparse.Namespace]
 
 
 def _unreadable(path: Path, exc: BaseException | str) -> FtdynError:
@@ -368,7 +379,8 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         names += re.findall(r"Unsupported global: ([\w.]+)", str(exc))
-    return list(dict.fromkeys(names))
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
+    return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
 def _check_zip_crcs(path: Path) -> None:
@@ -404,7 +416,7 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         raise _unreadable(path, "unknown format: not a PyTorch zip, pickle or safetensors file")
     try:
         # mmap materialises only what is touched (discovery needs just the epoch); zip format only
-        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_SAFE_GLOBALS):
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
@@ -433,22 +445,76 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> dict[str, torch.Tensor]:
+# Top-level keys under which training tools store a second, averaged copy of the model: timm's
+# CheckpointSaver ``state_dict_ema``, torchvision's reference scripts ``model_ema`` (an AveragedModel:
+# ``module.`` keys and an ``n_averaged`` counter), and names other scripts use.
+EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "model_ema_state_dict", "ema", "ema_model")
+# Key prefixes of an EMA copy kept inside the main state dict (a LightningModule's ``self.ema``).
+EMA_PREFIXES = ("ema.module.", "model_ema.module.", "ema_model.module.", "ema_model.", "model_ema.", "ema.")
+#: ``--weights-copy`` values: the model's own weights, or its EMA copy.
+WEIGHTS_COPIES = ("main", "ema")
+_AVERAGED_COUNTER = "n_averaged"  # torch.optim.swa_utils.AveragedModel's buffer: not a model weight
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One file's weights: the clean ``state`` dict, its stored ``epoch`` (or None), ``key``: the
+    top-level entry they came from (``""`` for a plain state dict or safetensors file), and
+    ``prefix``: the key prefix still to select inside them (an EMA copy in the main state dict, or
+    the ``--state-prefix``), or None to let :func:`match_keys` find the model's keys."""
+
+    state: dict[str, torch.Tensor]
+    epoch: int | None
+    key: str = ""
+    prefix: str | None = None
+
+
+def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, the top-level key it was under or "")``."""
     if isinstance(obj, nn.Module):
-        return obj.state_dict()
+        return obj.state_dict(), ""
     if isinstance(obj, dict) and depth < 4:
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         if tensors and len(tensors) == len(obj):
-            return tensors
+            return tensors, ""
         for key in _NESTED_KEYS:
             if key in obj and isinstance(obj[key], (dict, nn.Module)):
-                return _find_state_dict(obj[key], path, depth + 1)
+                return _find_state_dict(obj[key], path, depth + 1)[0], key
         if tensors and len(tensors) >= 0.5 * len(obj):  # a state dict with a few extra entries
-            return tensors
+            return tensors, ""
         keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
         raise FtdynError(f"{path}: no state dict found (keys: {keys}); expected tensors or a "
                          f"'{_NESTED_KEYS[0]}' / '{_NESTED_KEYS[1]}' / '{_NESTED_KEYS[2]}' entry.")
     raise FtdynError(f"{path}: holds a {type(obj).__name__}, not a state dict or model.")
+
+
+def _top_level_copy(obj: Any, key: str) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get(key), (dict, nn.Module))
+
+
+def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[dict, str, str | None]:
+    """``(raw state dict, its top-level key, prefix left to select)`` for ``--weights-copy`` /
+    ``--state-prefix``: a ``state_prefix`` naming a top-level entry (``state_dict_ema``) picks it."""
+    if copy not in WEIGHTS_COPIES:
+        raise FtdynError(f"--weights-copy: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}.")
+    key = state_prefix.rstrip(".") if state_prefix else None
+    if key and _top_level_copy(obj, key):
+        return _find_state_dict(obj[key], path, 1)[0], key, None
+    if copy == "ema" and state_prefix is None:
+        for key in EMA_KEYS:
+            if _top_level_copy(obj, key):
+                return _find_state_dict(obj[key], path, 1)[0], key, None
+        raw, key = _find_state_dict(obj, path)
+        clean = [_strip_wrappers(k) for k in raw]
+        prefix = next((p for p in EMA_PREFIXES if any(k.startswith(p) for k in clean)), None)
+        if prefix is None:
+            tops = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+            raise FtdynError(f"--weights-copy ema: {path} holds no EMA copy (no top-level {' / '.join(EMA_KEYS[:3])} "
+                             f"entry, no {' / '.join(EMA_PREFIXES[:2])} keys; it holds {tops}); drop "
+                             "--weights-copy or name the copy with --state-prefix.")
+        return raw, key, prefix
+    raw, key = _find_state_dict(obj, path)
+    return raw, key, state_prefix
 
 
 def _stored_epoch(obj: Any) -> int | None:
@@ -472,19 +538,24 @@ def _stored_epoch(obj: Any) -> int | None:
     return None
 
 
-def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Read any supported checkpoint file into ``(state_dict, stored_epoch_or_None)``.
+def read_weights(path: str | os.PathLike, *, trust: bool = False, copy: str = "main",
+                 state_prefix: str | None = None) -> Weights:
+    """Read any supported checkpoint file into :class:`Weights`.
 
     Formats: a plain state dict; a dict holding it under ``state_dict`` /
     ``model_state_dict`` / ``model`` (nested up to a few levels; the value may be a
     pickled ``nn.Module``, which only loads with ``trust``); ftdyn checkpoints;
     Lightning ``.ckpt`` (its attribute prefix, e.g. ``model.``, is resolved later by
-    :func:`load_into_model` against the model's keys); ``.safetensors`` (epoch from
-    the ``epoch`` metadata entry). Leading ``module.`` and ``_orig_mod.`` are stripped
-    from every key; non-tensor entries are dropped; tensors are on CPU.
+    :func:`match_keys` against the model's keys); ``.safetensors`` (epoch from the
+    ``epoch`` metadata entry). ``copy="ema"`` reads the EMA copy (:data:`EMA_KEYS`
+    top-level entries, else :data:`EMA_PREFIXES` keys) and refuses a file without one;
+    a ``state_prefix`` that names a top-level entry (``state_dict_ema``, ``model_ema``)
+    reads that entry. Leading ``module.`` and ``_orig_mod.`` are stripped from every
+    key; non-tensor entries are dropped; tensors are on CPU.
 
-    Pickles load with ``weights_only=True``; one that needs other globals raises an
-    FtdynError naming them and ``--trust-checkpoint`` unless ``trust=True``.
+    Pickles load with ``weights_only=True`` (plus numpy scalars and ``argparse.Namespace``);
+    one that needs other globals raises an FtdynError naming them and
+    ``--trust-checkpoint`` unless ``trust=True``.
     """
     path = Path(path)
     _check_file(path)
@@ -494,25 +565,31 @@ def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[di
 
         meta = _safetensors_metadata(path)
         try:
-            raw = load_file(str(path), device="cpu")
+            obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise _unreadable(path, exc) from None
         epoch = _stored_epoch(meta)
     else:
         obj = _torch_load(path, trust=trust)
-        raw = _find_state_dict(obj, path)
         epoch = _stored_epoch(obj)
+    raw, key, prefix = _select(obj, path, copy, state_prefix)
     state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
+    for name, value in raw.items():
         if not isinstance(value, torch.Tensor):
             continue
-        clean = _strip_wrappers(key)
+        clean = _strip_wrappers(name)
         if clean in state:
             raise FtdynError(f"{path}: key '{clean}' appears twice after removing module./_orig_mod. prefixes.")
         state[clean] = value
     if not state:
         raise FtdynError(f"{path}: holds no tensors; it is not a model checkpoint.")
-    return state, epoch
+    return Weights(state, epoch, key, prefix)
+
+
+def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
+    """``(state_dict, stored_epoch_or_None)`` of the main copy in a file (see :func:`read_weights`)."""
+    weights = read_weights(path, trust=trust)
+    return weights.state, weights.epoch
 
 
 def _candidate_prefixes(keys) -> list[str]:
@@ -535,33 +612,39 @@ def _fits(keys: set[str], target: set[str]) -> bool:
 
 
 def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None,
-               source: str = "checkpoint", arch: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+               source: str = "checkpoint", arch: str | None = None,
+               optional_prefix: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
 
-    Keys are used as they are when they already name exactly the model's parameters
-    and buffers, whatever ``state_prefix`` says (so a plain ``--source`` file loads
-    next to prefixed series files). Else ``state_prefix`` (e.g. ``"model."``,
-    ``"ema.module."``; a missing final dot is added), when given, picks the copy to
-    load; without it the leading prefix (up to three dotted components, e.g. Lightning's ``model.`` or
-    ``net.backbone.``) whose removal makes the keys that start with it name the
-    whole model is stripped, and keys outside it (e.g. a loss module's buffers) are
-    dropped. Several such prefixes selecting different keys (a model and its EMA or
-    teacher copy) raise an FtdynError naming them, since picking one would be a
-    guess. Without a complete copy the prefix with the largest overlap is used, so
-    the strict load reports the rest. ``source`` and ``arch`` name the file and the
-    model in errors.
+    ``state_prefix`` (e.g. ``"model."``, ``"ema.module."``; a missing final dot is
+    added), when given, picks the copy to load; a prefix no key starts with is an
+    FtdynError, never ignored, except with ``optional_prefix`` (a plain ``--source``
+    file next to prefixed series files) when the keys already name the model's.
+    Without it, keys are used as they are when they already name exactly the model's
+    parameters and buffers; else the leading prefix (up to three dotted components,
+    e.g. Lightning's ``model.`` or ``net.backbone.``) whose removal makes the keys that
+    start with it name the whole model is stripped, and keys outside it (e.g. a loss
+    module's buffers) are dropped. Several such prefixes selecting different keys (a
+    model and its EMA or teacher copy) raise an FtdynError naming them, since picking
+    one would be a guess. Without a complete copy the prefix with the largest overlap
+    is used, so the strict load reports the rest. An AveragedModel's ``n_averaged``
+    counter is dropped. ``source`` and ``arch`` name the file and the model in errors.
     """
     target = set(model.state_dict().keys())
-    if _fits(set(state_dict), target):
-        return dict(state_dict), ""
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in target or not (k == _AVERAGED_COUNTER or k.endswith("." + _AVERAGED_COUNTER))}
     if state_prefix is not None:
         prefix = state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
         mapped = _under_prefix(state_dict, prefix)
+        if not mapped and optional_prefix and _fits(set(state_dict), target):
+            return dict(state_dict), ""
         if not mapped:
             tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
             raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
                              f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop --state-prefix.")
         return mapped, prefix
+    if _fits(set(state_dict), target):
+        return dict(state_dict), ""
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
     copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
     for prefix in _candidate_prefixes(state_dict):
@@ -574,7 +657,8 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
     if len(copies) > 1:
         names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
         raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
-                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
+                         "(or --weights-copy ema).")
     if copies:
         prefix = next(iter(copies.values()))
         return _under_prefix(state_dict, prefix), prefix
@@ -583,8 +667,6 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
 
 def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
-    from .models import fits_head, head_name
-
     head = head_name(model)
     mapped, _ = match_keys(state_dict, model, state_prefix=state_prefix)
     weight = mapped.get(f"{head}.weight")
@@ -600,11 +682,11 @@ def _summary(names: list[str], limit: int = 3) -> str:
 
 
 def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
-                    arch: str | None = None, state_prefix: str | None = None) -> int | None:
+                    arch: str | None = None, state_prefix: str | None = None, copy: str = "main") -> int | None:
     """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
 
-    Keys are mapped with :func:`match_keys` (``state_prefix`` picks one of several
-    complete copies, e.g. ``"ema.module."``). With ``adapt_head=True`` a classifier
+    ``copy`` / ``state_prefix`` pick the copy of the model to read (:func:`read_weights`,
+    :func:`match_keys`, e.g. ``"ema"`` or ``"ema.module."``). With ``adapt_head=True`` a classifier
     head whose class count differs from the checkpoint's is replaced first
     (``models.replace_head``). Missing ``num_batches_tracked`` buffers (old BatchNorm
     checkpoints) are kept from the model. Any other mismatch raises one FtdynError
@@ -612,18 +694,20 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
     summary of missing / unexpected keys and shape mismatches.
     """
     path = Path(path)
-    state, epoch = load_state_dict(path, trust=trust)
-    load_state_into_model(model, state, source=str(path), adapt_head=adapt_head, arch=arch, state_prefix=state_prefix)
-    return epoch
+    weights = read_weights(path, trust=trust, copy=copy, state_prefix=state_prefix)
+    load_state_into_model(model, weights.state, source=str(path), adapt_head=adapt_head, arch=arch,
+                          state_prefix=weights.prefix)
+    return weights.epoch
 
 
 def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
-                          arch: str | None = None, state_prefix: str | None = None) -> None:
-    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors."""
-    from .models import fits_head, head_name, num_classes_of, replace_head
-
+                          arch: str | None = None, state_prefix: str | None = None,
+                          optional_prefix: bool = False) -> str:
+    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors.
+    Returns the key prefix that was stripped (``""`` for none)."""
     name = arch or type(model).__name__
-    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name)
+    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name,
+                                optional_prefix=optional_prefix)
     if adapt_head:
         weight = mapped.get(f"{head_name(model)}.weight")
         if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
@@ -644,7 +728,9 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
             parts.append(f"unexpected keys {_summary(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches {_summary(shapes, 2)}")
-        hint = "check --arch or the file"
+        twin = timm_twin(arch) if arch and (missing or unexpected) else None
+        hint = (f"check --arch or the file (timm weights? they fit {twin}, not torchvision's {arch})" if twin
+                else "check --arch or the file")
         try:
             head = head_name(model)
             if shapes and all(s.startswith(f"{head}.") for s in shapes) and not missing and not unexpected:
@@ -658,33 +744,22 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice
         raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check --arch or the file.") from None
+    return prefix
 
 
 def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
                         adapt_head: bool = True, state_prefix: str | None = None) -> int | None:
-    """Load a series entry (a file, or a torchvision weights name) into ``model``; ``state_prefix``:
-    see :func:`match_keys`."""
+    """Load a source entry (a file, or a zoo weights name) into ``model``: the main copy, or the one
+    ``state_prefix`` names (see :func:`load_into_model`; a plain source file ignores a prefix none of
+    its keys has, so it loads next to prefixed series files)."""
     if entry.path is not None:
-        return load_into_model(model, entry.path, trust=trust, adapt_head=adapt_head, arch=arch,
-                               state_prefix=state_prefix)
-    import torchvision
-
-    from .models import canonical_arch
-
-    arch = canonical_arch(arch)
-    enum = torchvision.models.get_model_weights(arch)
-    try:
-        weights = enum.DEFAULT if entry.weights_name == "DEFAULT" else enum[entry.weights_name]
-    except KeyError:
-        valid = ", ".join(w.name for w in enum)
-        raise FtdynError(f"--source: '{entry.weights_name}' is not a weights name of {arch} ({valid}).") from None
-    try:
-        state = weights.get_state_dict(progress=False)
-    except (OSError, RuntimeError) as exc:
-        raise FtdynError(f"--source {entry.weights_name}: could not download or read the torchvision weights "
-                         f"({_short(exc)}); pass a local file with --source PATH.") from None
+        weights = read_weights(entry.path, trust=trust, state_prefix=state_prefix)
+        load_state_into_model(model, weights.state, source=str(entry.path), adapt_head=adapt_head, arch=arch,
+                              state_prefix=weights.prefix, optional_prefix=True)
+        return weights.epoch
+    state = zoo_state_dict(arch, entry.weights_name)
     load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch,
-                          state_prefix=state_prefix)
+                          state_prefix=state_prefix, optional_prefix=True)
     return entry.epoch
 
 
@@ -764,6 +839,14 @@ def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | 
             for p, (marked, numbers, _) in parsed.items()}
 
 
+def _written_by_ftdyn(path: Path, trust: bool) -> bool:
+    """Whether ``path`` is an ftdyn checkpoint (its epoch 0 is the source model before any update)."""
+    if _is_safetensors(path):
+        return False
+    obj = _torch_load(path, trust=trust, mmap=True)
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
 def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | None:
     """The epoch stored inside a checkpoint file, or None (safetensors: header only)."""
     path = Path(path)
@@ -781,22 +864,14 @@ def _listing(paths, folder: Path, limit: int = 6) -> str:
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
-    if path.exists() or checkpoint_stem(path.name) is not None or os.sep in text or "/" in text:
+    if looks_like_file(text):
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
-        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a torchvision weights name "
+        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a zoo weights name "
                          "(e.g. IMAGENET1K_V1).")
     if arch is not None:
-        import torchvision
-
-        from .models import canonical_arch
-
-        arch = canonical_arch(arch)
-        names = [w.name for w in torchvision.models.get_model_weights(arch)]
-        if text != "DEFAULT" and text not in names:
-            raise FtdynError(f"--source: '{text}' is neither an existing file nor a weights name of {arch} "
-                             f"({', '.join(names)}).")
+        check_weights_name(canonical_arch(arch), text, "--source")
     return CheckpointEntry(0, None, None, weights_name=text)
 
 
@@ -830,8 +905,27 @@ def checkpoint_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None)
 
 
-def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
-    """``files`` without Lightning's ``last.ckpt`` and links to other files of the series, noted on stderr."""
+# Copies training tools write beside the epoch files, skipped when another file holds the same epoch:
+# timm's CheckpointSaver 'last' / 'model_best' (hard links to, or copies of, an epoch file) and
+# 'milestone-N' (N = epochs completed), torchvision's reference scripts' 'checkpoint.pth' (the newest
+# epoch, saved twice), Lightning-style 'last-v1'.
+_TOOL_COPIES = re.compile(r"(last|model_best)(-v\d+)?|checkpoint|milestone-\d+", re.IGNORECASE)
+# timm's mid-epoch 'recovery-E-B' states and the 'tmp' / 'recovery_tmp' file being written: no epoch's weights.
+_PARTIAL_STATES = re.compile(r"recovery-\d+-\d+|(recovery_)?tmp", re.IGNORECASE)
+
+
+def _note(message: str) -> None:
+    print(f"ftdyn: note: {message}", file=sys.stderr, flush=True)
+
+
+def _is_tool_copy(path: Path) -> bool:
+    return bool(_TOOL_COPIES.fullmatch(checkpoint_stem(path.name) or path.name))
+
+
+def _skip_copies(folder: Path, files: list[Path]) -> tuple[list[Path], list[str]]:
+    """``files`` without Lightning's ``last.ckpt``, links (symbolic or hard) to another file of the
+    series (the one with an epoch-like name is kept) and timm's partial states (while other files
+    remain); returns ``(kept, what was skipped and why)``."""
     targets = {p.resolve() for p in files if not p.is_symlink()}
     kept, skipped = [], []
     for p in files:
@@ -841,9 +935,37 @@ def _skip_copies(folder: Path, files: list[Path]) -> list[Path]:
             skipped.append(f"{p.name} (a link to {p.resolve().name})")
         else:
             kept.append(p)
-    if skipped:
-        print(f"ftdyn: note: {folder}: skipping {', '.join(skipped)}.", file=sys.stderr, flush=True)
-    return kept
+    inodes: dict[tuple[int, int], list[Path]] = {}
+    for p in kept:
+        inodes.setdefault((p.stat().st_dev, p.stat().st_ino), []).append(p)
+    for group in inodes.values():  # hard links: one file under several names
+        ranked = sorted(group, key=lambda p: (_is_tool_copy(p), p.name))
+        skipped += [f"{p.name} (the same file as {ranked[0].name})" for p in ranked[1:]]
+        kept = [p for p in kept if p not in ranked[1:]]
+    partial = [p for p in kept if _PARTIAL_STATES.fullmatch(checkpoint_stem(p.name) or "")]
+    if partial and len(partial) < len(kept):
+        skipped += [f"{p.name} (timm's mid-epoch or unfinished state)" for p in partial]
+        kept = [p for p in kept if p not in partial]
+    return kept, skipped
+
+
+def _skip_epoch_copies(stored: dict[Path, int | None]) -> tuple[dict[Path, int | None], list[str]]:
+    """Without the tool copies (:data:`_TOOL_COPIES`) of an epoch that another file stores too
+    (an epoch file, else the first of the copies is kept)."""
+    by_epoch: dict[int, list[Path]] = {}
+    for p, e in stored.items():
+        if e is not None:
+            by_epoch.setdefault(e, []).append(p)
+    dropped, skipped = set(), []
+    for epoch, paths in by_epoch.items():
+        copies = sorted((p for p in paths if _is_tool_copy(p)), key=lambda p: p.name)
+        if len(paths) < 2 or not copies:
+            continue
+        extra = copies if len(copies) < len(paths) else copies[1:]
+        keep = next(p for p in sorted(paths, key=lambda p: (_is_tool_copy(p), p.name)) if p not in extra)
+        dropped.update(extra)
+        skipped += [f"{p.name} (a copy of epoch {epoch}, {keep.name})" for p in extra]
+    return {p: e for p, e in stored.items() if p not in dropped}, skipped
 
 
 def _subfolder_weights(folder: Path) -> list[Path]:
@@ -866,75 +988,10 @@ def _subfolder_weights(folder: Path) -> list[Path]:
     return found
 
 
-def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
-                    arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
-    """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
-
-    **ftdyn series** (``folder/manifest.json`` exists): the manifest's entries; each
-    file must exist and (``verify``) match its SHA-256. Epoch 0 is the source model
-    written by training, so ``source`` is refused.
-
-    **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
-    (suffix in any case; hidden files and other suffixes are ignored). Lightning's
-    ``last.ckpt`` (save_last) and links to other files of the folder are skipped with a note on
-    stderr. A folder without such files but with subfolders each holding one weights
-    file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
-    ``model.safetensors``, beside optimizer state) uses those, named by their folder.
-    Ordering rule:
-
-    1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
-       metadata), those numbers are used;
-    2. otherwise each file's number comes from its name (see
-       :func:`_numbers_in_names`: the number after ``epoch``/``ep``/``e``, else the
-       last integer, decimals ignored); files that do store an epoch must agree with it.
-
-    Duplicate numbers, files without a number, names with several varying numbers or
-    disagreeing stored/name numbers raise an FtdynError listing the files.
-
-    **Source / epoch 0**: ``source`` (a checkpoint file, or a torchvision weights
-    name such as ``IMAGENET1K_V1`` given as an entry with ``path=None`` and
-    ``weights_name`` set) becomes epoch 0. A source file that is also in the folder
-    (same path or same bytes) is taken out of the files. If a remaining file has
-    number 0 too (0-based counters such as Lightning's ``epoch=0`` after the first
-    epoch), all files are shifted by +1 so they follow the source. Without
-    ``source`` the numbers are kept and the smallest-numbered file is the reference.
-    ``arch`` (optional) validates a weights name early.
-    """
-    folder = Path(folder)
-    if folder.is_file():
-        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
-                         f"(e.g. {folder.parent}).")
-    if not folder.is_dir():
-        raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        if source is not None:
-            raise FtdynError(f"--source: {folder} is an ftdyn series whose epoch 0 already is the source model; "
-                             "drop --source.")
-        return _series_from_manifest(folder, manifest, verify)
-
-    if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
-        raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
-                         f"({folder.parent}).")
-    files = _skip_copies(folder, checkpoint_files(folder))
-    names = {p: checkpoint_stem(p.name) for p in files}
-    if not files:
-        files = _subfolder_weights(folder)
-        names = {p: p.parent.name for p in files}
-    if not files:
-        subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
-                  "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
-        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}.")
-    src = _resolve_source(source, arch) if source is not None else None
-    if src is not None and src.path is not None:
-        same = [p for p in files if p.resolve() == src.path.resolve()
-                or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
-        files = [p for p in files if p not in same]
-        if not files:
-            raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
-
-    stored = {p: read_stored_epoch(p, trust=trust) for p in files}
+def _epoch_numbers(folder: Path, stored: dict[Path, int | None], names: dict[Path, str]) -> dict[Path, int]:
+    """Each file's epoch number: the stored epochs when every file has one, else the numbers in the
+    names (which stored epochs must agree with); unorderable, duplicate or negative numbers raise."""
+    files = list(stored)
     if all(e is not None for e in stored.values()):
         numbers, how = stored, "stored epoch"
     else:
@@ -958,7 +1015,102 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
                          "remove or rename the duplicates.")
     if any(n < 0 for n in numbers.values()):
         raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
-    shift = 1 if src is not None and 0 in by_number else 0
+    return numbers
+
+
+def _zero_based_shift(folder: Path, numbers: dict[Path, int], *, has_source: bool, trust: bool) -> int:
+    """1 when the files count from 0 (0-based counters save *after* the first epoch, so no file is the
+    untouched source), else 0. An ftdyn checkpoint's epoch 0 is the source and stays. Without a
+    source the shift is noted: the series then has no epoch 0."""
+    first = next((p for p, n in numbers.items() if n == 0), None)
+    if first is None or (not has_source and _written_by_ftdyn(first, trust)):
+        return 0
+    if not has_source:
+        _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "
+              f"numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass --source "
+              "(a file or weights name) for one, or choose another epoch with analyze --reference.")
+    return 1
+
+
+def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
+                    arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
+    """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
+
+    **ftdyn series** (``folder/manifest.json`` exists): the manifest's entries; each
+    file must exist and (``verify``) match its SHA-256. Epoch 0 is the source model
+    written by training, so ``source`` is refused.
+
+    **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
+    (suffix in any case; hidden files and other suffixes are ignored). Copies the
+    training tools write are skipped with one note on stderr (:func:`_skip_copies`,
+    :func:`_skip_epoch_copies`): Lightning's ``last.ckpt``, links (symbolic or hard) to
+    another file, timm's ``last`` / ``model_best`` / ``milestone-N`` and torchvision's
+    ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder without such files but with subfolders each holding one weights
+    file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
+    ``model.safetensors``, beside optimizer state) uses those, named by their folder.
+    Ordering rule:
+
+    1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
+       metadata), those numbers are used;
+    2. otherwise each file's number comes from its name (see
+       :func:`_numbers_in_names`: the number after ``epoch``/``ep``/``e``, else the
+       last integer, decimals ignored); files that do store an epoch must agree with it.
+
+    Duplicate numbers, files without a number, names with several varying numbers or
+    disagreeing stored/name numbers raise an FtdynError listing the files.
+
+    **Source / epoch 0**: ``source`` (a checkpoint file, or a torchvision weights
+    name such as ``IMAGENET1K_V1`` given as an entry with ``path=None`` and
+    ``weights_name`` set) becomes epoch 0. A source file that is also in the folder
+    (same path or same bytes) is taken out of the files. If a remaining file has
+    number 0 too (0-based counters such as Lightning's ``epoch=0`` after the first
+    epoch), all files are shifted by +1 so they follow the source. Without ``source``
+    such a 0-based series is shifted too, with a note: a trained file is never epoch 0,
+    the untouched source (the series then has no epoch 0). ``arch`` (optional)
+    validates a weights name early.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
+                         f"(e.g. {folder.parent}).")
+    if not folder.is_dir():
+        raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        if source is not None:
+            raise FtdynError(f"--source: {folder} is an ftdyn series whose epoch 0 already is the source model; "
+                             "drop --source.")
+        return _series_from_manifest(folder, manifest, verify)
+
+    if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
+        raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
+                         f"({folder.parent}).")
+    files, skipped = _skip_copies(folder, checkpoint_files(folder))
+    names = {p: checkpoint_stem(p.name) for p in files}
+    if not files:
+        files = _subfolder_weights(folder)
+        names = {p: p.parent.name for p in files}
+    if not files:
+        subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
+                  "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
+        project = (f"; it looks like an accelerate project folder: pass {folder / 'checkpoints'}"
+                   if (folder / "checkpoints").is_dir() else "")
+        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}{project}.")
+    src = _resolve_source(source, arch) if source is not None else None
+    if src is not None and src.path is not None:
+        same = [p for p in files if p.resolve() == src.path.resolve()
+                or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
+        files = [p for p in files if p not in same]
+        if not files:
+            raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
+
+    stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
+    files = list(stored)
+    if skipped + copies:
+        _note(f"{folder}: skipping {', '.join(skipped + copies)}.")
+    numbers = _epoch_numbers(folder, stored, names)
+    shift = _zero_based_shift(folder, numbers, has_source=src is not None, trust=trust)
     entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
                for n, p in sorted((n, p) for p, n in numbers.items())]
     return ([src] if src is not None else []) + entries

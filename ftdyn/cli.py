@@ -73,10 +73,12 @@ def main(
 @app.command()
 @user_errors
 def layers(
-    arch: Annotated[Optional[str], typer.Argument(help="Architecture name, e.g. resnet50.")] = None,
+    arch: Annotated[Optional[str], typer.Argument(help="Architecture name, e.g. resnet50 or timm/convnext_atto.")
+                    ] = None,
     input_size: Annotated[int, typer.Option(help="Input size in pixels used to compute output shapes.")] = 224,
     all_layers: Annotated[bool, typer.Option("--all", help="List every candidate, not only the defaults.")] = False,
-    list_archs: Annotated[bool, typer.Option("--list", help="List all supported architectures.")] = False,
+    list_archs: Annotated[bool, typer.Option("--list", help="List all supported architectures (torchvision's, "
+                                                            "then timm's as timm/NAME).")] = False,
 ) -> None:
     """List the layers of ARCH that can be captured (defaults marked with *), with output shapes
     channels x height x width (as stored; channels-last outputs are transposed)."""
@@ -105,7 +107,8 @@ def extract(
     out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
                                            "resumed/extended when it exists.")],
     arch: Annotated[Optional[str], typer.Option(help="Architecture of third-party checkpoints, e.g. resnet50 "
-                                                     "(an ftdyn series names it in manifest.json).")] = None,
+                                                     "or timm/convnext_atto (an ftdyn series names it in "
+                                                     "manifest.json).")] = None,
     source: Annotated[Optional[str], typer.Option(help="Epoch 0 of a third-party series: a checkpoint file or a "
                                                        "torchvision weights name (IMAGENET1K_V1).")] = None,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Module to capture (repeat the option; "
@@ -126,9 +129,15 @@ def extract(
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
                                                                               "objects from checkpoint files "
                                                                               "(only for files you trust).")] = False,
-    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix of the model copy to load from files "
-                                                             "holding several (e.g. ema.module. for an EMA copy).")
-                            ] = None,
+    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix (ema.module.) or top-level entry "
+                                                             "(state_dict_ema, model_ema) of the model copy to load "
+                                                             "from files holding several.")] = None,
+    weights_copy: Annotated[str, typer.Option(help="main (the model's weights) or ema (its EMA copy: timm's "
+                                                   "state_dict_ema, torchvision's model_ema, ema.module. keys).")
+                            ] = "main",
+    normalize: Annotated[Optional[str], typer.Option(help="MEAN,STD (or three means, three stds) the model expects "
+                                                          "(default: the timm model's pretrained config, else "
+                                                          "ImageNet's).")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Model name shown in reports (default: the "
                                                            "architecture).")] = None,
     dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name shown in reports (default: from the "
@@ -148,7 +157,8 @@ def extract(
                 per_class=per_class, max_samples=max_samples, probe_seed=seed, input_size=input_size,
                 batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
                 trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
-                writers=writers, state_prefix=state_prefix, progress=not no_progress)
+                writers=writers, state_prefix=state_prefix, weights_copy=weights_copy, normalize=normalize,
+                progress=not no_progress)
 
 
 @app.command()
@@ -324,8 +334,8 @@ def info(
 def train(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
                                                   "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split.")],
-    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model), "
-                                           "e.g. vgg19, resnet50, densenet121.")],
+    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model, "
+                                           "or timm/NAME), e.g. vgg19, resnet50, densenet121.")],
     out: Annotated[Path, typer.Option(help="Output folder for the checkpoint series (epoch_000.pt ... "
                                            "and manifest.json).")],
     weights: Annotated[str, typer.Option(help="Source weights: a torchvision weights name (IMAGENET1K_V1, "

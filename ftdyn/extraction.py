@@ -123,8 +123,9 @@ def batch_plan(n_samples: int, samples_per_chunk: int, batch_size: int) -> list[
     return plan
 
 
-def _entry_record(entry) -> dict[str, Any]:
-    return {"epoch": int(entry.epoch), "file": entry.label, "sha256": entry.sha256}
+def _entry_record(entry, copy: dict[str, str] | None = None) -> dict[str, Any]:
+    """The store's record of a checkpoint; ``copy``: which weights of the file were read (:func:`_apply_state`)."""
+    return {"epoch": int(entry.epoch), "file": entry.label, "sha256": entry.sha256, **(copy or {})}
 
 
 def _dataset_name(manifest: dict | None, data_dir: Path) -> str:
@@ -182,6 +183,21 @@ def _store_lock(path: Path) -> Iterator[None]:
 # ----------------------------------------------------------------------- the setup
 
 
+def parse_normalize(text: str) -> dict[str, list[float]]:
+    """``--normalize MEAN,STD`` (one value each for all three channels) or six values
+    ``M1,M2,M3,S1,S2,S3`` -> ``{"mean": [...], "std": [...]}``; a one-line error otherwise."""
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 2:
+        values = [values[0]] * 3 + [values[1]] * 3
+    if len(values) != 6 or not all(math.isfinite(v) for v in values) or min(values[3:]) <= 0:
+        raise FtdynError(f"--normalize {text}: give MEAN,STD (e.g. 0.5,0.5) or three means and three stds "
+                         "(e.g. 0.485,0.456,0.406,0.229,0.224,0.225); stds must be positive.")
+    return {"mean": values[:3], "std": values[3:]}
+
+
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     from .checkpoints import checkpoint_files, discover_series, read_manifest
     from .models import canonical_arch
@@ -215,19 +231,25 @@ class _Loading:
     trust: bool
     adapt_head: bool
     state_prefix: str | None = None
+    weights_copy: str = "main"  # --weights-copy: the model's own weights or its EMA copy
+    has_source: bool = False  # epoch 0 is a --source (read as its main copy, a --state-prefix optional)
+
+
+def _is_source(entry, loading: _Loading) -> bool:
+    return loading.has_source and int(entry.epoch) == 0
 
 
 def _load_state(entry, loading: _Loading):
-    """State dict of a file entry (None for a torchvision weights name, loaded later);
+    """:class:`~ftdyn.checkpoints.Weights` of a file entry (None for a zoo weights name, loaded later);
     a file holding NaN/inf weights is refused here, before anything is extracted from it."""
-    from .checkpoints import load_state_dict
+    from .checkpoints import read_weights
 
     if entry.path is None:
         return None
-    state = load_state_dict(entry.path, trust=loading.trust)[0]
-    _check_finite_weights(state, entry.path)
-    return state
-
+    copy = "main" if _is_source(entry, loading) else loading.weights_copy
+    weights = read_weights(entry.path, trust=loading.trust, copy=copy, state_prefix=loading.state_prefix)
+    _check_finite_weights(weights.state, entry.path)
+    return weights
 
 def _check_finite_weights(state, path) -> None:
     """One line naming the file and the first tensor with NaN/inf values (a diverged run)."""
@@ -306,28 +328,44 @@ def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -
     writer.write_region(ci, chunk, arrays)
 
 
-def _apply_state(model, entry, state, loading: _Loading) -> None:
+def _apply_state(model, entry, weights, loading: _Loading) -> dict[str, str]:
+    """Load an entry into ``model``; returns which copy it gave: ``{"weights": top-level key or "file",
+    "key_prefix": the prefix stripped from its keys}`` (recorded in the store)."""
     from .checkpoints import load_source_weights, load_state_into_model
 
-    if state is None:
+    if weights is None:
         load_source_weights(model, entry, arch=loading.arch, trust=loading.trust, adapt_head=loading.adapt_head,
                             state_prefix=loading.state_prefix)
-    else:
-        load_state_into_model(model, state, source=str(entry.path), adapt_head=loading.adapt_head,
-                              arch=loading.arch, state_prefix=loading.state_prefix)
+        return {"weights": "zoo", "key_prefix": ""}
+    prefix = load_state_into_model(model, weights.state, source=str(entry.path), adapt_head=loading.adapt_head,
+                                   arch=loading.arch, state_prefix=weights.prefix,
+                                   optional_prefix=_is_source(entry, loading))
+    return {"weights": weights.key or "file", "key_prefix": prefix}
 
 
-def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -> None:
+def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -> dict[int, dict[str, str]]:
     """Load the checkpoints at ``positions`` into a scratch copy of ``model`` before the store
     is created or extended, so that a file that does not fit (another architecture, missing
     keys, no weights at all) stops the run before anything is written, not half-way.
-    Costs one more read of each file; states already in ``cache`` are reused."""
+    Costs one more read of each file; states already in ``cache`` are reused. Returns which
+    copy each gave (:func:`_apply_state`) and notes a classifier head whose class count changes
+    inside the series (the source's own head aside)."""
     import copy
 
+    from .models import num_classes_of
+
     scratch = copy.deepcopy(model)
+    copies, classes = {}, {}
     for pos in positions:
         state = cache[pos] if pos in cache else _load_state(entries[pos], loading)
-        _apply_state(scratch, entries[pos], state, loading)
+        copies[pos] = _apply_state(scratch, entries[pos], state, loading)
+        if not _is_source(entries[pos], loading):
+            classes[int(entries[pos].epoch)] = num_classes_of(scratch)
+    if loading.adapt_head and len(set(classes.values())) > 1:
+        shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
+        print(f"ftdyn: note: the classifier head changes its class count inside the series ({shown} classes); "
+              "each checkpoint is loaded with its own head (heads are not captured).", file=sys.stderr, flush=True)
+    return copies
 
 
 def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
@@ -353,7 +391,8 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
     except ReceptiveFieldError as exc:
-        _warn(f"receptive fields not recorded ({exc}); class-based patches will be unavailable for this store.")
+        _warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
+              "them, only class-based patches will be unavailable for this store.")
         return {name: None for name in layers}
 
 
@@ -502,7 +541,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             input_size: int | None = None, batch_size: int = 64, dtype: str = "float16", codec: str = "zstd",
             samples_per_chunk: int | None = None, device: str = "auto", trust_checkpoint: bool = False,
             model_name: str | None = None, dataset_name: str | None = None, writers: int | None = None,
-            state_prefix: str | None = None, progress: bool = True) -> Path:
+            state_prefix: str | None = None, weights_copy: str = "main", normalize: str | None = None,
+            progress: bool = True) -> Path:
     """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
 
     ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
@@ -517,17 +557,21 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     zstd|lz4 of the stored activations; ``samples_per_chunk`` (default: ~32 MB chunks
     of the largest layer). ``device``: auto (CUDA when present), cpu, cuda, cuda:N.
     ``trust_checkpoint`` allows unpickling arbitrary objects (only for trusted files).
-    ``state_prefix``: the key prefix of the copy to load from files holding several
-    complete copies of the model (e.g. ``"ema.module."``; see
-    :func:`ftdyn.checkpoints.match_keys`). ``writers``: threads compressing and writing regions (default :func:`default_writers`:
+    ``state_prefix``: the key prefix (``"ema.module."``) or top-level entry (``"state_dict_ema"``)
+    of the copy to load from files holding several copies of the model; ``weights_copy``
+    ``"ema"`` reads every series file's EMA copy (see :func:`ftdyn.checkpoints.read_weights`);
+    the store's ``checkpoints`` records say which copy each file gave. ``normalize``:
+    ``"MEAN,STD"`` (one value each for all channels) or six values (three means, three
+    stds) for a third-party series (default: the timm model's pretrained config, else
+    ImageNet's), recorded in the store. ``writers``: threads compressing and writing regions (default :func:`default_writers`:
     one per CPU core but one, 2 to 16).
 
     If ``out`` exists it is resumed/extended (see the module docstring); a complete
     store with no new checkpoint is left untouched. Returns the store path.
     """
     from . import data as data_mod
-    from .models import (IMAGENET_MEAN, IMAGENET_STD, build_model, channels_last_layers, default_layers,
-                         replace_head, validate_layers)
+    from .models import build_model, channels_last_layers, default_layers, default_normalization, \
+        replace_head, validate_layers
     from .store import CODECS, LayerSpec, StoreSpec, StoreWriter, create_store, dir_size
 
     started = time.perf_counter()
@@ -552,16 +596,21 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
 
     # -- the series and the model ------------------------------------------------------
     arch, manifest, entries = _resolve_series(series, arch, source, trust_checkpoint)
+    model = build_model(arch)
     if manifest is not None:
+        if normalize is not None:
+            raise FtdynError(f"--normalize: {series} is an ftdyn series whose manifest.json records its normalization; "
+                             "drop --normalize.")
         num_classes = int(manifest["num_classes"])
         size = int(input_size or manifest["input_size"])
         normalization = {"mean": [float(v) for v in manifest["normalization"]["mean"]],
                          "std": [float(v) for v in manifest["normalization"]["std"]]}
+        normalized_by = "manifest.json"
     else:
         num_classes = None
         size = int(input_size or 224)
-        normalization = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    model = build_model(arch)
+        normalization, normalized_by = ((parse_normalize(normalize), "--normalize") if normalize
+                                        else default_normalization(model, arch, origin=True))
     if num_classes is not None:
         replace_head(model, num_classes)
     layer_names = validate_layers(model, list(layers) if layers else default_layers(model, arch, size))
@@ -595,7 +644,8 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
              "fingerprint": probe_fingerprint(images, labels, probe_data.classes)}
 
     # -- first checkpoint: validates --arch before anything is written -------------------
-    loading = _Loading(arch, trust_checkpoint, adapt_head=manifest is None, state_prefix=state_prefix)
+    loading = _Loading(arch, trust_checkpoint, adapt_head=manifest is None, state_prefix=state_prefix,
+                       weights_copy=weights_copy, has_source=source is not None)
     cache: dict[int, Any] = {}
     first = entries[0]
     cache[0] = _load_state(first, loading)
@@ -603,7 +653,6 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
 
     # -- create, or check and extend, the store ------------------------------------------
     dtype_t = DTYPES[dtype]
-    records = [_entry_record(e) for e in entries]
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder made for the store: create the store in its place
     if not out.exists():
@@ -613,9 +662,10 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             last = len(entries) - 1
             if last not in cache:
                 cache[last] = _load_state(entries[last], loading)
-            num_classes = (infer_num_classes(cache[last], model, state_prefix=state_prefix)
+            num_classes = (infer_num_classes(cache[last].state, model, state_prefix=cache[last].prefix)
                            if cache[last] is not None else None)
-        _check_loadable(model, entries, range(1, len(entries)), cache, loading)
+        copies = _check_loadable(model, entries, range(len(entries)), cache, loading)
+        records = [_entry_record(e, copies[i]) for i, e in enumerate(entries)]
         fields = _receptive_fields(model, layer_names, size)
         spec = StoreSpec(
             architecture=arch,
@@ -626,7 +676,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             dataset=dataset_name or _dataset_name(manifest, data_dir), num_classes=num_classes, dtype=dtype,
             codec=codec, samples_per_chunk=samples_per_chunk, manifest=manifest,
             extra_attrs={"series": str(series.resolve()), "source": None if source is None else str(source),
-                         "runs": []})
+                         "normalization_from": normalized_by, "weights_copy": weights_copy, "runs": []})
         create_store(out, spec)
     elif not out.is_dir():
         raise FtdynError(f"--out {out}: exists and is not a store folder; choose another --out.")
@@ -638,8 +688,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                                 normalization=normalization, dtype=dtype, codec=codec,
                                 samples_per_chunk=samples_per_chunk, entries=entries, done=done, series=series)
         if new:
-            _check_loadable(model, entries, [entries.index(e) for e in new], cache, loading)
-            writer.append_checkpoints([_entry_record(e) for e in new])
+            positions = [entries.index(e) for e in new]
+            copies = _check_loadable(model, entries, positions, cache, loading)
+            writer.append_checkpoints([_entry_record(entries[p], copies[p]) for p in positions])
             if manifest is not None:
                 writer.group.attrs["manifest"] = manifest
                 writer.attrs["manifest"] = manifest

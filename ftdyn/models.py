@@ -1,14 +1,19 @@
-"""Architectures by name, classifier-head replacement, and layer selection/capture.
+"""The model zoo: architectures by name, classifier-head replacement, and layer selection/capture.
 
-Any torchvision classification model can be built by name. ``default_layers``
-returns the paper's hook points for VGG19/ResNet/DenseNet and "the last
-activation before each downsampling" for any other CNN. ``LayerCapture`` records
-the outputs of named modules during a forward pass.
+One interface for two zoos: every torchvision classification model (``resnet50``)
+and, when timm is installed, every timm model (``timm/convnext_atto``, see
+:mod:`ftdyn.zoo_timm`). :func:`build_model` makes a model from its name and a zoo
+weights name; local weights files are read by :mod:`ftdyn.checkpoints`, the
+loading layer above this one (this module imports nothing from it).
+``default_layers`` returns the paper's hook points for VGG19/ResNet/DenseNet, timm's
+stage outputs, and "the last activation before each downsampling" for any other
+CNN. ``LayerCapture`` records the outputs of named modules during a forward pass.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .checkpoints import checkpoint_stem, load_into_model
+from . import zoo_timm
 from .errors import FtdynError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,20 +39,51 @@ _ACTIVATION_NAMES = {"ReLU", "ReLU6", "SiLU", "GELU", "Hardswish", "Mish", "Leak
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU)
 
 
-def available_architectures() -> list[str]:
+def torchvision_architectures() -> list[str]:
     """Names of all torchvision classification models."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def available_architectures() -> list[str]:
+    """Every architecture name: torchvision's, then timm's as ``timm/NAME`` (when timm is installed)."""
+    return torchvision_architectures() + zoo_timm.names()
+
+
+def is_timm(arch: str) -> bool:
+    """Whether a canonical architecture name is timm's (``timm/NAME``)."""
+    return arch.startswith(zoo_timm.PREFIX)
+
+
 def canonical_arch(name: str, flag: str = "--arch") -> str:
-    """Return the torchvision name for ``name`` (case-insensitive) or raise FtdynError naming ``flag``."""
-    names = available_architectures()
+    """The canonical name for ``name``: a torchvision name (case-insensitive) or ``timm/NAME``;
+    else a one-line FtdynError naming ``flag``."""
+    if name.strip().lower().startswith(zoo_timm.PREFIX):
+        return zoo_timm.canonical(name.strip()[len(zoo_timm.PREFIX):], flag)
+    names = torchvision_architectures()
     key = name.strip().lower()
     if key in names:
         return key
+    timm_name = zoo_timm.suggest(key)
+    if timm_name is not None:
+        raise FtdynError(f"{flag}: '{name}' is not a torchvision architecture but a timm one; pass {flag} {timm_name}.")
     close = difflib.get_close_matches(key, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers --list` to see all."
     raise FtdynError(f"{flag}: unknown architecture '{name}'.{hint}")
+
+
+def timm_twin(arch: str) -> str | None:
+    """``timm/NAME`` when timm also has a model named like torchvision's ``arch`` (a different network
+    with other key names: a hint when a file does not fit), else None."""
+    return None if is_timm(arch) else zoo_timm.suggest(arch)
+
+
+def default_normalization(model: nn.Module, arch: str, *, origin: bool = False):
+    """mean/std the model's source weights expect: a timm model's pretrained config, else ImageNet's;
+    with ``origin`` a pair ``(normalization, where it came from)``."""
+    norm = zoo_timm.normalization(model) if is_timm(arch) else None
+    found = (norm, "timm pretrained config") if norm else (
+        {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "ImageNet (default)")
+    return found if origin else found[0]
 
 
 def head_name(model: nn.Module) -> str:
@@ -90,29 +126,41 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def _random_init(arch: str) -> nn.Module:
+    if is_timm(arch):
+        return zoo_timm.create(arch)
     with warnings.catch_warnings():
         # GoogLeNet/Inception announce a future change of their default init on every build
         warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
         return torchvision.models.get_model(arch, weights=None)
 
 
-def build_model(arch: str, num_classes: int | None = None, weights: str | Path | None = None, *,
-                trust: bool = False) -> nn.Module:
-    """Build ``arch`` with source ``weights`` and (optionally) a new head for ``num_classes``.
+#: Suffixes recognised (in any case) as weights/checkpoint files.
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
+
+
+def looks_like_file(weights: str) -> bool:
+    """Whether a ``--weights``/``--source`` value names a file rather than a zoo weights name."""
+    text = str(weights)
+    return (Path(text).exists() or "/" in text or os.sep in text
+            or any(text.lower().endswith(suffix) for suffix in WEIGHTS_SUFFIXES))
+
+
+def build_model(arch: str, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
+    """Build ``arch`` with zoo ``weights`` and (optionally) a new head for ``num_classes``.
 
     ``weights`` is ``None``/``"none"`` (random init), a torchvision weights name such
-    as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (downloaded the usual torchvision way),
-    or a path to a local weights/checkpoint file in any format ftdyn reads
-    (pickles that need more than tensors are refused unless ``trust``).
+    as ``"IMAGENET1K_V1"`` or ``"DEFAULT"`` (downloaded the usual torchvision way), or
+    for timm a pretrained tag (``"a1_in1k"``, ``"DEFAULT"``; from the hub). Local
+    weights files are loaded into the built model by :mod:`ftdyn.checkpoints`.
     """
     arch = canonical_arch(arch)
     if weights is None or str(weights).lower() == "none":
         model = _random_init(arch)
-    elif Path(weights).exists() or checkpoint_stem(Path(weights).name) is not None:
-        if not Path(weights).is_file():
-            raise FtdynError(f"--weights: file {weights} does not exist.")
-        model = _random_init(arch)
-        load_into_model(model, Path(weights), trust=trust, adapt_head=True, arch=arch)
+    elif looks_like_file(str(weights)):
+        raise FtdynError(f"--weights: file {weights} does not exist." if not Path(weights).exists() else
+                         f"--weights {weights}: a weights file is loaded with ftdyn.checkpoints.load_into_model.")
+    elif is_timm(arch):
+        model = zoo_timm.create(arch, str(weights))
     else:
         resolved = resolve_weights(arch, str(weights))
         try:
@@ -125,7 +173,28 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | Path |
     return model
 
 
-def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
+def zoo_state_dict(arch: str, name: str, flag: str = "--source") -> dict[str, torch.Tensor]:
+    """The state dict of the zoo weights ``name`` of ``arch`` (a torchvision weights name or a timm tag)."""
+    arch = canonical_arch(arch)
+    if is_timm(arch):
+        return zoo_timm.create(arch, name, flag).state_dict()
+    weights = resolve_weights(arch, name, flag)
+    try:
+        return weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise FtdynError(f"{flag} {name}: could not download or read the torchvision weights "
+                         f"({reason}); pass a local file with {flag} PATH.") from None
+
+
+def check_weights_name(arch: str, name: str, flag: str = "--source") -> None:
+    """Refuse a name that is no weights name of ``arch`` (torchvision); timm tags are checked when loaded."""
+    arch = canonical_arch(arch)
+    if not is_timm(arch):
+        resolve_weights(arch, name, flag)
+
+
+def resolve_weights(arch: str, name: str, flag: str = "--weights") -> torchvision.models.WeightsEnum:
     """A torchvision weights enum member from ``IMAGENET1K_V1``, ``DEFAULT`` or ``ResNet50_Weights.IMAGENET1K_V2``."""
     enum = torchvision.models.get_model_weights(arch)
     member = name.rpartition(".")[2]
@@ -133,7 +202,7 @@ def resolve_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
         return enum.DEFAULT if member == "DEFAULT" else enum[member]
     except KeyError:
         valid = ", ".join(w.name for w in enum)
-        raise FtdynError(f"--weights: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
+        raise FtdynError(f"{flag}: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
 
 
 def _blocks_output_layers(model: nn.Module) -> list[str] | None:
@@ -257,7 +326,7 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
     arch = canonical_arch(arch)
     if arch in _PAPER_LAYERS:
         return list(_PAPER_LAYERS[arch])
-    for rule in (_blocks_output_layers, _densenet_layers):
+    for rule in (_blocks_output_layers, _densenet_layers, zoo_timm.stage_layers):
         layers = rule(model)
         if layers:
             return layers

@@ -374,7 +374,8 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     models.blank_forward(model, input_size)  # a one-line --input-size error for sizes the model cannot take
     model.to(dev)
     opt = _make_optimizer(opt_name, model.parameters(), lr)
-    mean, std = list(models.IMAGENET_MEAN), list(models.IMAGENET_STD)
+    norm = models.default_normalization(model, arch)  # ImageNet's, or a timm model's pretrained config
+    mean, std = norm["mean"], norm["std"]
 
     train_set = D.ImageDataset(train_data, D.train_transform(input_size, crop_scale), seed=seed)
     val_set = D.ImageDataset(val_data, D.eval_transform(input_size))

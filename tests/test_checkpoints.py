@@ -454,7 +454,8 @@ def test_order_by_stored_epoch(tmp_path):
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden.pt.tmp").write_bytes(b"ignored")
     entries = ck.discover_series(tmp_path)
-    assert [(e.epoch, e.path.name) for e in entries] == [(0, "b_9.ckpt"), (1, "c.safetensors"), (2, "a_1.pth")]
+    # 0-based stored epochs: numbered from 1 (no file is the source model)
+    assert [(e.epoch, e.path.name) for e in entries] == [(1, "b_9.ckpt"), (2, "c.safetensors"), (3, "a_1.pth")]
     assert all(e.sha256 == ck.sha256_file(e.path) and e.weights_name is None for e in entries)
 
 
@@ -463,7 +464,7 @@ def test_order_by_file_name(tmp_path):
         _tiny(tmp_path / f"resnet50_run3_epoch{n}.pt")
     _tiny(tmp_path / "model-epoch=3-step=400.pt")  # the number after 'epoch' wins over the last one
     entries = ck.discover_series(tmp_path)
-    assert [e.epoch for e in entries] == [0, 1, 2, 3, 10]
+    assert [e.epoch for e in entries] == [1, 2, 3, 4, 11]
     assert entries[3].path.name == "model-epoch=3-step=400.pt"
 
 
@@ -520,7 +521,7 @@ def test_source_weights_name(tmp_path):
     assert entries[0] == ck.CheckpointEntry(0, None, None, weights_name="IMAGENET1K_V1")
     assert entries[0].label == "torchvision:IMAGENET1K_V1"
     assert [e.epoch for e in entries] == [0, 1, 2]
-    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither an existing file"):
+    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither a file nor a weights name of resnet18"):
         ck.discover_series(tmp_path, source="IMAGENET9K", arch="resnet18")
     with pytest.raises(FtdynError, match="no such checkpoint file"):
         ck.discover_series(tmp_path, source=str(tmp_path / "absent.pt"))
@@ -537,8 +538,8 @@ def test_source_file_shifts_zero_based_epochs(tmp_path):
     assert [e.epoch for e in entries] == [0, 1, 2, 3]
     assert entries[0].path == source and entries[0].sha256 == ck.sha256_file(source)
     assert entries[1].path.name == "epoch=0-step=10.ckpt"
-    # without a source the files keep their numbers; the smallest is the reference
-    assert [e.epoch for e in ck.discover_series(series)] == [0, 1, 2]
+    # without a source they are numbered from 1 too, with a note: no trained file is taken for the source
+    assert [e.epoch for e in ck.discover_series(series)] == [1, 2, 3]
 
 
 def test_source_file_inside_folder_is_not_duplicated(tmp_path):
@@ -619,7 +620,8 @@ def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, arch="resnet18")
     assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
-                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX.")
+                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
+                               "(or --weights-copy ema).")
     state, _ = ck.load_state_dict(path)
     with pytest.raises(FtdynError, match="several complete copies"):
         ck.infer_num_classes(state, resnet)
@@ -695,13 +697,14 @@ def test_lightning_last_and_links_are_skipped(tmp_path, capsys):
     (tmp_path / "best.ckpt").symlink_to(tmp_path / "epoch=1-step=20.ckpt")
     entries = ck.discover_series(tmp_path)
     assert [(e.epoch, e.path.name) for e in entries] == [
-        (0, "epoch=0-step=10.ckpt"), (1, "epoch=1-step=20.ckpt"), (2, "epoch=2-step=30.ckpt")]
-    err = capsys.readouterr().err
-    assert err == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
-                   "(Lightning's copy of the newest checkpoint).\n")
+        (1, "epoch=0-step=10.ckpt"), (2, "epoch=1-step=20.ckpt"), (3, "epoch=2-step=30.ckpt")]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
+                      "(Lightning's copy of the newest checkpoint).")
+    assert err[1].startswith(f"ftdyn: note: {tmp_path}: epochs count from 0") and len(err) == 2
     (tmp_path / "last.ckpt").unlink()
     (tmp_path / "last.ckpt").symlink_to("epoch=2-step=30.ckpt")  # save_last="link"
-    assert [e.epoch for e in ck.discover_series(tmp_path)] == [0, 1, 2]
+    assert [e.epoch for e in ck.discover_series(tmp_path)] == [1, 2, 3]
 
 
 def test_series_path_is_a_file(tmp_path):

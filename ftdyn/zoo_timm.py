@@ -1,0 +1,104 @@
+"""The timm half of the model zoo (``--arch timm/NAME``); timm is optional (``pip install 'ftdyn[timm]'``).
+
+timm is imported on first use only: it takes seconds to import and most runs use
+torchvision models. Names follow timm's own hub ids (``timm/convnext_atto``); a
+pretrained tag (``a1_in1k``, ``DEFAULT``) needs the Hugging Face hub, so offline the
+weights are given as a local file (``--weights FILE`` / ``--source FILE``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from types import ModuleType
+
+from torch import nn
+
+from .errors import FtdynError
+
+PREFIX = "timm/"
+_INSTALL = "timm is not installed; pip install 'ftdyn[timm]' (or timm>=1.0) to use timm/ architectures."
+
+
+def _timm() -> ModuleType:
+    try:
+        import timm
+    except ImportError:
+        raise FtdynError(_INSTALL) from None
+    return timm
+
+
+def installed() -> bool:
+    try:
+        _timm()
+    except FtdynError:
+        return False
+    return True
+
+
+def names() -> list[str]:
+    """All timm architectures as ``timm/NAME`` (empty when timm is not installed)."""
+    if not installed():
+        return []
+    return [PREFIX + n for n in _timm().list_models()]
+
+
+def canonical(name: str, flag: str) -> str:
+    """``timm/NAME`` for ``NAME`` (case-insensitive, a pretrained tag ``.tag`` is dropped) or a one-line error."""
+    timm = _timm()
+    base = name.strip().split(".")[0]
+    known = timm.list_models()
+    lower = {n.lower(): n for n in known}
+    if base.lower() in lower:
+        return PREFIX + lower[base.lower()]
+    close = difflib.get_close_matches(base.lower(), list(lower), n=3)
+    hint = f" Did you mean {', '.join(PREFIX + lower[c] for c in close)}?" if close else \
+        " Run `ftdyn layers --list` to see all."
+    raise FtdynError(f"{flag}: unknown timm architecture '{name}'.{hint}")
+
+
+def suggest(name: str) -> str | None:
+    """``timm/NAME`` when ``name`` is a timm architecture (for errors about a torchvision name)."""
+    if not installed():
+        return None
+    base = name.strip().lower()
+    return PREFIX + base if base in set(_timm().list_models()) else None
+
+
+def create(arch: str, tag: str | None = None, flag: str = "--weights") -> nn.Module:
+    """A timm model: random init (``tag`` None), or timm's pretrained weights ``tag`` from the hub
+    (``flag`` names the option in errors)."""
+    timm = _timm()
+    name = arch[len(PREFIX):]
+    if tag is None:
+        return timm.create_model(name, pretrained=False)
+    full = name if tag.upper() == "DEFAULT" else f"{name}.{tag}"
+    try:
+        return timm.create_model(full, pretrained=True)
+    except Exception as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise FtdynError(f"{flag} {tag}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
+                         f"could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local weights "
+                         f"file with {flag} FILE.") from None
+
+
+def normalization(model: nn.Module) -> dict[str, list[float]] | None:
+    """mean/std of the model's pretrained config (what its weights were trained with), if it names them."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return None
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def stage_layers(model: nn.Module) -> list[str] | None:
+    """timm's ``feature_info`` modules: the stem activation and each stage's output, i.e. the last
+    activation before each downsampling (for ResNets and ConvNeXts the stage outputs)."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        return None
+    modules = dict(model.named_modules())
+    try:
+        layers = [str(d["module"]) for d in info]
+    except (TypeError, KeyError):
+        return None
+    return layers if layers and all(name in modules for name in layers) else None
