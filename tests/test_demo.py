@@ -43,6 +43,8 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path):
     again = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "up to date" in again.output
+    html = (out / "results" / "report.html").read_text()
+    assert html.count('id="demo-findings"') == 1 and "probe, epoch 0" in html
 
 
 def test_data_only_prepares_the_targets_and_stops(tmp_path, monkeypatch):
