@@ -22,10 +22,13 @@ from pathlib import Path
 from ftdyn.demos import demo
 
 
-def run_seed(out: Path, seed: int, device: str) -> dict:
+def run_seed(out: Path, seed: int, device: str, reuse: bool) -> dict:
+    path = out / f"seed{seed}" / "results" / "findings.json"
+    if reuse and path.is_file():  # a finished demo run of this seed, e.g. copied from an earlier measurement
+        return json.loads(path.read_text())
     t0 = time.perf_counter()
     demo(out / f"seed{seed}", seed=seed, device=device, progress=False)
-    found = json.loads((out / f"seed{seed}" / "results" / "findings.json").read_text())
+    found = json.loads(path.read_text())
     found["wall_s"] = round(time.perf_counter() - t0, 1)
     return found
 
@@ -51,8 +54,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("seeds-out"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--device", default="auto")
+    p.add_argument("--reuse", action="store_true", help="take OUT/seedN/results/findings.json when it exists")
     args = p.parse_args()
-    per_seed = {seed: run_seed(args.out, seed, args.device) for seed in args.seeds}
+    per_seed = {seed: run_seed(args.out, seed, args.device, args.reuse) for seed in args.seeds}
     for seed, found in per_seed.items():
         for name, info in found["targets"].items():
             deepest = list(info["linear_probe"])[-1]

@@ -78,6 +78,7 @@ SIZES = {
 TARGETS = (("photos", "similar"), ("fashion", "dissimilar"), ("digits", "scene"))
 CROP_SCALE = 0.5  # the ImageNet crop (down to 8 % of the area) often cuts the object out of small images
 TARGET_LR = 1e-4  # the paper's fine-tuning learning rate
+ANALYZE_MEMORY = "1GB"  # bounds the analysis tasks, so the whole demo stays within 3 GB
 
 
 def source_weights(say: Callable[[str], None]) -> str:
@@ -144,7 +145,7 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
 
     step("analyzing the three stores together")
     results_dir = out / "results"
-    results = analyze(store_paths, out=results_dir, progress=progress)
+    results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress)
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)
     table = findings(results)
