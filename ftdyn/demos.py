@@ -38,7 +38,7 @@ from .checkpoints import read_manifest
 from .data import check_seed
 from .datasets import SourceMissing, prepare_dataset, source_classes
 from .devices import resolve_device
-from .domains import generate_domain
+from .domains import domain_classes, generate_domain
 from .errors import check_output_folder
 from .extraction import extract
 from .metrics.probe import linear_probe
@@ -105,7 +105,7 @@ def prepare_targets(data: Path, size: DemoSize, seed: int, say: Callable[[str], 
             say(f"note: {exc} Using the generated '{standin}' domain as the '{source}' target instead.")
             folders[name] = generate_domain(standin, data / name, n_train_per_class=size.n_train,
                                             n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
-                                            n_classes=n_classes)
+                                            n_classes=min(n_classes, len(domain_classes(standin))))
     return folders
 
 

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from ftdyn import demos
 from ftdyn.cli import app
+from ftdyn.datasets import SourceMissing
 from ftdyn.errors import FtdynError
 from ftdyn.offline import FASHION_MNIST_ENV, MOBILENET_V2_SHA256, fashion_mnist_dir, installed_weights_file
 from ftdyn.results import open_results
@@ -62,6 +63,20 @@ def test_data_only_prepares_the_targets_and_stops(tmp_path, monkeypatch):
             counts = [len(list(c.iterdir())) for c in (folder / split).iterdir()]
             assert counts == [n] * 3
     assert not (out / "series").exists()
+
+
+def test_every_missing_source_gets_its_generated_stand_in(tmp_path, monkeypatch):
+    def missing(name, *args, **kwargs):
+        raise SourceMissing(f"{name} is not installed; install it.")
+
+    monkeypatch.setattr(demos, "prepare_dataset", missing)
+    notes = []
+    size = demos.DemoSize(n_classes=8, n_train=2, n_val=1, image_size=16, epochs=1, batch_size=2, probe_per_class=1)
+    folders = demos.prepare_targets(tmp_path, size, 0, notes.append)
+    assert sorted(folders) == ["dissimilar-generated", "scene-generated", "similar-generated"]
+    assert len(notes) == 3 and all("Using the generated" in n and "\n" not in n for n in notes)
+    # the scene domain has only 6 classes: the stand-in takes what it has
+    assert [len(list((folders[k] / "train").iterdir())) for k in sorted(folders)] == [8, 6, 8]
 
 
 def test_missing_weights_fall_back_to_random_init_with_a_note(monkeypatch, capsys):
