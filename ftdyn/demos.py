@@ -133,8 +133,10 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     common = dict(arch=ARCH, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
                   progress=progress, resume=True, crop_scale=CROP_SCALE)
     store_paths, targets_info = [], {}
-    for name, folder in targets.items():
-        step(f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on '{name}'")
+    for target, folder in targets.items():
+        # a random-init run gets its own folders, so installing the weights later needs no fresh OUT_DIR
+        name = target if weights != "none" else f"{target}-random-init"
+        step(f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on '{target}'")
         target_series = train(folder, out=series / name, weights=weights, epochs=size.epochs, lr=TARGET_LR, **common)
         step(f"extracting activations of '{name}'")
         store = extract(target_series, data=folder / "val", out=stores / f"{name}.zarr", per_class=size.probe_per_class,
@@ -144,7 +146,7 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
         targets_info[name] = {**target_accuracy(target_series), "linear_probe": probe_layers(store)}
 
     step("analyzing the three stores together")
-    results_dir = out / "results"
+    results_dir = out / ("results" if weights != "none" else "results-random-init")
     results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress)
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)

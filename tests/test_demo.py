@@ -17,35 +17,46 @@ REAL = installed_weights_file() is not None
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path):
+def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert f"open {out / 'results' / 'report.html'}" in result.output
-    results = open_results(out / "results")
+    folder = out / ("results" if REAL else "results-random-init")
+    assert f"open {folder / 'report.html'}" in result.output
+    results = open_results(folder)
     expected = ["digits", "fashion" if fashion_mnist_dir() else "dissimilar-generated", "photos"]
+    expected = expected if REAL else [f"{name}-random-init" for name in expected]
     assert sorted(results["dataset"].values) == sorted(expected)
     assert set(results["metric"].values) == {"pwsm", "procrustes", "cka"}
     # the source model is epoch 0 of every target series: distance 0 there
     assert float(abs(results["distance"].sel(epoch=0)).max()) < 1e-6
-    report = json.loads((out / "results" / "findings.json").read_text())
+    report = json.loads((folder / "findings.json").read_text())
     assert len(report["findings"]) == 9 and all(len(row["layers"]) >= 3 for row in report["findings"])
     for name, info in report["targets"].items():
         assert info["chance"] == pytest.approx(1 / 3) and 0 <= info["val_acc"] <= 1
         assert all(0 <= p["epoch0"] <= 1 for p in info["linear_probe"].values())
         assert info["weights_sha256"] == (MOBILENET_V2_SHA256 if REAL else None)
     # the ImageNet file's hash is recorded in the store's attrs (the training manifest kept there)
-    attrs = xr.open_zarr(out / "stores" / "digits.zarr", consolidated=False).attrs
+    attrs = xr.open_zarr(out / "stores" / f"{expected[0]}.zarr", consolidated=False).attrs
     assert attrs["manifest"]["init"]["weights_sha256"] == (MOBILENET_V2_SHA256 if REAL else None)
     assert ("random-init MobileNetV2" in result.output) != REAL
-    html = (out / "results" / "report.html").read_text()
+    html = (folder / "report.html").read_text()
     assert "Table 1" in html and "Reusability" in html and html.count("data:image/png;base64") >= 3
 
     again = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert "up to date" in again.output
-    html = (out / "results" / "report.html").read_text()
+    html = (folder / "report.html").read_text()
     assert html.count('id="demo-findings"') == 1 and "probe, epoch 0" in html
+
+    if REAL:  # the other source model in the same folder: its own series and stores, no clash with the first
+        monkeypatch.setattr(demos, "installed_weights_file", lambda: None)
+        other = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
+        assert other.exit_code == 0, other.output
+        assert "random-init MobileNetV2" in other.output
+        names = json.loads((out / "results-random-init" / "findings.json").read_text())["targets"]
+        assert sorted(names) == sorted(f"{name}-random-init" for name in expected)
+        assert all(info["weights_sha256"] is None for info in names.values())
 
 
 def test_data_only_prepares_the_targets_and_stops(tmp_path, monkeypatch):
