@@ -20,7 +20,7 @@ Three sources span the paper's scenarios from close to ImageNet to far from it:
 (stratified, without replacement, from a seeded permutation), upsizes each to
 ``image_size`` (bicubic) and writes ``out/train/<class>/<id>.png``, ``out/val/<class>/<id>.png``
 and ``out/dataset.json`` (source, classes, counts and the source ids of every split, so
-disjointness can be checked). The same arguments give byte-identical files; preparing again
+disjointness can be checked; ``complete`` turns true once every image is written). The same arguments give byte-identical files; preparing again
 into a folder this module wrote replaces it, any other content is refused. ``ftdyn demo
 --data-only`` runs this for the demo's targets.
 
@@ -188,7 +188,6 @@ def _clear(out: Path) -> None:
                          "or new folder.")
     for folder in existing:
         shutil.rmtree(folder)
-    (out / META_FILE).unlink(missing_ok=True)
 
 
 def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val_per_class: int,
@@ -210,13 +209,16 @@ def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val
     meta_path = out / META_FILE
     if meta_path.is_file():
         try:
-            if {k: v for k, v in json.loads(meta_path.read_text()).items() if k in request} == request:
+            found = json.loads(meta_path.read_text())
+            if found.get("complete") and {k: v for k, v in found.items() if k in request} == request:
                 return out
         except (OSError, ValueError):
             pass
     drawn = _draw(load_source(name), len(classes), counts, int(seed), name)
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
+    # written first, so a tree interrupted while its images are written is still known as ours
+    meta_path.write_text(json.dumps({**request, "complete": False}) + "\n")
     ids: dict[str, dict[str, list[int]]] = {}
     for split, items in drawn.items():
         ids[split] = {c: [] for c in classes}
@@ -226,6 +228,6 @@ def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val
             _to_png(image, int(image_size)).save(out / split / classes[label] / f"{image_id:05d}.png",
                                                  format="PNG", compress_level=6)
             ids[split][classes[label]].append(image_id)
-    meta = {**request, "description": SOURCES[name], "ids": ids}
+    meta = {**request, "complete": True, "description": SOURCES[name], "ids": ids}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")  # last: marks the tree complete
     return out

@@ -96,6 +96,21 @@ def test_rerun_keeps_the_tree_and_new_arguments_replace_it(tmp_path):
     assert sum(_counts(out, "train").values()) == 2
 
 
+def test_an_interrupted_tree_is_prepared_again(tmp_path, monkeypatch):
+    kw = dict(n_train_per_class=3, n_val_per_class=2, image_size=16, n_classes=2)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "_to_png", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("digits", tmp_path, **kw)
+    assert json.loads((tmp_path / "dataset.json").read_text())["complete"] is False
+    monkeypatch.undo()
+    prepare_dataset("digits", tmp_path, **kw)
+    assert _counts(tmp_path, "train") == {"digit-0": 3, "digit-1": 3}
+
+
 def test_foreign_folder_and_bad_sizes_are_refused(tmp_path):
     (tmp_path / "train" / "x").mkdir(parents=True)
     with pytest.raises(FtdynError, match="did not prepare"):
