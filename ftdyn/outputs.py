@@ -140,7 +140,7 @@ def remove_stale(out: str | Path) -> None:
     for entry in (sets.iterdir() if sets.is_dir() else ()):
         if entry.name not in keep:
             _remove(entry)
-    for entry in [*out.glob(".analyze-*.tmp"), *out.glob(".analyze-*.old")]:
+    for entry in [*out.glob(".analyze-*.tmp"), *out.glob(".analyze-*.old"), *out.glob(".*.link-*")]:
         _remove(entry)
 
 
@@ -191,11 +191,11 @@ def write_result_set(out: str | Path, fill: Callable[[Path], None], *, products:
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
         _step("seal")
         partial.rename(sealed)
+        for name in products:  # fixed links: they show the old set until the swap, the new one after
+            _relink(out, name)
         os.symlink(new_id, pointer)
         _step("swap")
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
-        for name in products:
-            _relink(out, name)
         _step("delete old")
         remove_stale(out)
     finally:

@@ -16,7 +16,7 @@ import xarray as xr
 from .._version import __version__
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
-from ..outputs import current_set, folder_lock, write_result_set
+from ..outputs import current_set, folder_lock, remove_stale, write_result_set
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
                        write_tables)
 from .collect import collect, to_dataset
@@ -120,6 +120,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
 
 def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, progress, overwrite) -> xr.Dataset:
     key = _analysis_key(args, exps)
+    remove_stale(out)  # what a killed run left: unfinished or replaced sets, older versions' temporaries
     old, problem = _existing(out)
     if old is not None and old != key and not overwrite:
         raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
