@@ -486,8 +486,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
                          f"pass one of them, e.g. --data {data_dir / splits[0]}.")
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
-    if folder.skipped:
-        _warn(f"--data: {data_mod.skipped_message(folder.skipped)}")
+    for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
+        if note:
+            _warn(f"--data: {note}")
     if folder.rescaled:
         _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
     probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)

@@ -32,7 +32,7 @@ from . import data as D
 from . import models
 from ._version import __version__
 from .devices import resolve_device
-from .errors import FtdynError
+from .errors import FtdynError, check_output_folder
 
 #: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -325,6 +325,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
 
     # -- output folder (read-only checks first) -------------------------------------
     out = Path(out).expanduser()
+    check_output_folder(out, inputs=[data_dir])  # inside the data folder it would become a class folder
     own, other = _inspect_out(out)
     manifest_old = None
     if own:
@@ -345,7 +346,8 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     train_data, val_data = D.resolve_splits(data_dir, val_split, seed)
     skipped = list(train_data.skipped) + list(val_data.skipped)
     rescaled = list(train_data.rescaled) + list(val_data.rescaled)
-    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled)):
+    ignored = list(dict.fromkeys([*train_data.ignored, *val_data.ignored]))
+    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled), D.ignored_message(ignored)):
         if note:
             _say(f"ftdyn: warning: {note}")
     _check_two_classes(train_data, val_data, data_dir, val_split)
