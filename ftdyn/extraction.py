@@ -465,6 +465,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     # -- the series and the model ------------------------------------------------------
     arch, manifest, entries = _resolve_series(series, arch, source, trust_checkpoint)
     if manifest is not None:
+        if input_size is not None and int(input_size) != int(manifest["input_size"]):
+            raise FtdynError(f"--input-size {input_size}: the series {series} was trained at {manifest['input_size']} "
+                             "px; extract at that size (leave --input-size out).")
         num_classes = int(manifest["num_classes"])
         size = int(input_size or manifest["input_size"])
         normalization = {"mean": [float(v) for v in manifest["normalization"]["mean"]],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.util
+import os
 import json
 import sys
 from pathlib import Path
@@ -24,6 +26,14 @@ from .graph import build_graph, compute
 from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import row_cols, row_count, trim
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _pwsm_degenerate(exps: list[Experiment], args: Args) -> list[tuple[int, int]]:
@@ -85,6 +95,17 @@ def _write(ds: xr.Dataset, out: Path) -> None:
     write_result_set(out, fill, products=_PRODUCTS, info=info)
 
 
+def _check_flags(scheduler, memory_limit) -> None:
+    """Refused up front: a cluster without its optional package, more memory than the machine has."""
+    if isinstance(scheduler, str) and importlib.util.find_spec("distributed") is None:
+        raise FtdynError("--scheduler: running on a Dask cluster needs the optional package 'distributed'; install "
+                         "it with `pip install 'ftdyn[distributed]'` (or `pip install distributed`).")
+    limit, total = parse_memory(memory_limit), physical_memory()
+    if limit is not None and total is not None and limit > total:
+        raise FtdynError(f"--memory-limit {memory_limit}: more than this machine's {total / 1e9:.1f} GB of memory; "
+                         "give at most that (default: half of it).")
+
+
 # ============================================================================ API
 def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, alpha: float = DEFAULT_ALPHA,
             reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
@@ -107,6 +128,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     ``scheduler``), "cpu", "cuda", "cuda:N". Not part of the arguments that decide
     whether results are up to date (devices agree to rounding).
     """
+    _check_flags(scheduler, memory_limit)
     args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
                          allow_partial, trajectory)
     dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
