@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import uuid
@@ -362,6 +363,25 @@ def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False
     _layer_arrays(path, group, attrs, n, spc)
 
 
+@contextlib.contextmanager
+def metadata_lock(path: Path, *, exclusive: bool):
+    """Readers (shared) and a writer changing array shapes (exclusive) take turns on the store's
+    metadata, so a reader never sees a checkpoint extension half done. The lock is a ``flock`` on
+    the ``complete`` array's folder (always there; the store root is locked for whole extract
+    runs); where it cannot be taken (no such folder, no flock) the store is read unlocked."""
+    try:
+        import fcntl
+        fd = os.open(path / COMPLETE, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _open_group(path: Path, mode: str = "r") -> zarr.Group:
     if not (path / "zarr.json").is_file():
         raise FtdynError(f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn extract`.")
@@ -443,7 +463,8 @@ def decoding(path: str | Path, what: str = "a chunk"):
 
 def completeness(path: str | Path) -> np.ndarray:
     """Boolean (checkpoint, chunk) array: which regions are fully written."""
-    return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
+    with metadata_lock(Path(path), exclusive=False):
+        return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
 
 
 def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
@@ -453,9 +474,10 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     whose every region is complete are kept.
     """
     path = Path(path)
-    group = _open_group(path)
-    done = _finished_regions(path, group)
-    ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+    with metadata_lock(path, exclusive=False):  # a checkpoint extension in progress finishes first
+        group = _open_group(path)
+        done = _finished_regions(path, group)
+        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
             raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or misshapen.")
@@ -485,7 +507,8 @@ class StoreWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.group = _open_group(self.path, mode="r+")
+        with metadata_lock(self.path, exclusive=True):  # it may undo an extension cut short
+            self.group = _open_group(self.path, mode="r+")
         # zarr writes a chunk to '<key>.<random>.partial' and renames it; a run killed in between
         # leaves that file behind, referenced by nothing (writers hold the store's lock, so no
         # other run is writing one now)
@@ -534,14 +557,15 @@ class StoreWriter:
             raise FtdynError(f"{self.path}: new checkpoints must come after epoch {last}; "
                              "an earlier epoch cannot be inserted, extract into a new store.")
         n_old, n_new = len(known), len(known) + len(checkpoints)
-        for array in [*self.arrays.values(), self.complete]:
-            array.resize((n_new, *array.shape[1:]))
-        coord = self.group["checkpoint"]
-        coord.resize((n_new,))
-        coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
-        self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
-        self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
-        self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
+        with metadata_lock(self.path, exclusive=True):  # readers see the store before or after, never between
+            for array in [*self.arrays.values(), self.complete]:
+                array.resize((n_new, *array.shape[1:]))
+            coord = self.group["checkpoint"]
+            coord.resize((n_new,))
+            coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
+            self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
+            self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
+            self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
 
 
 def dir_size(path: str | Path) -> int:
@@ -552,9 +576,10 @@ def dir_size(path: str | Path) -> int:
 def info(path: str | Path) -> dict[str, Any]:
     """What ``ftdyn info`` prints: layers, shapes, checkpoints, size on disk, completeness."""
     path = Path(path)
-    group = _open_group(path)
-    attrs = dict(group.attrs)
-    done = _finished_regions(path, group)
+    with metadata_lock(path, exclusive=False):
+        group = _open_group(path)
+        attrs = dict(group.attrs)
+        done = _finished_regions(path, group)
     return {
         "path": str(path),
         "architecture": attrs["architecture"],

@@ -124,3 +124,32 @@ def test_extension_cut_short_is_named_and_undone_by_the_writer(pristine, tmp_pat
     writer.append_checkpoints([{"epoch": 4, "file": "epoch_004.pt", "sha256": "4" * 64}])
     ds = open_store(path, allow_partial=True)  # the new checkpoint is not filled: left out
     assert list(ds["checkpoint"].values) == [0, 1, 2, 3]
+
+
+def test_reader_waits_for_an_extension_in_progress(pristine, tmp_path):
+    """`analyze --allow-partial` while extract adds checkpoints: the reader opens the store
+    before or after the extension, never between (no 'conflicting sizes'), and gets the
+    complete checkpoints."""
+    import threading
+
+    from ftdyn.store import metadata_lock
+
+    path = Path(shutil.copytree(pristine, tmp_path / "s.zarr"))
+    writer = StoreWriter(path)
+    seen: list = []
+    with metadata_lock(path, exclusive=True):  # the writer is inside append_checkpoints
+        group = zarr.open_group(path, mode="r+", zarr_format=3)
+        for name in ("features_3", "complete"):  # half of the arrays grown so far
+            group[name].resize((5, *group[name].shape[1:]))
+        reader = threading.Thread(target=lambda: seen.append(open_store(path, allow_partial=True)))
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not seen  # waiting, not reading a half-extended store
+        for name in ("layer2_relu", "checkpoint"):
+            group[name].resize((5, *group[name].shape[1:]))
+        group["checkpoint"][4] = 4
+        group["complete"][4:] = 0
+        group.attrs["checkpoints"] = [*writer.attrs["checkpoints"], {"epoch": 4, "file": "e4.pt", "sha256": "4" * 64}]
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    assert list(seen[0]["checkpoint"].values) == [0, 1, 2, 3]  # epoch 4 is not filled yet: left out
