@@ -124,6 +124,8 @@ def _step(name: str) -> None:
 
 
 def _current_id(out: Path) -> str | None:
+    """The folder name the ``current`` link points to; None when there is no link (also when a
+    copy without links, e.g. ``shutil.copytree``, turned it into a folder: nothing verifies)."""
     link = out / SETS / CURRENT
     try:
         return os.readlink(link)
@@ -194,6 +196,9 @@ def write_result_set(out: str | Path, fill: Callable[[Path], None], *, products:
         for name in products:  # fixed links: they show the old set until the swap, the new one after
             _relink(out, name)
         os.symlink(new_id, pointer)
+        current = sets / CURRENT
+        if current.is_dir() and not current.is_symlink():  # a copy that turned the links into folders
+            current.rename(sets / f".replaced-{uuid.uuid4().hex[:8]}-{CURRENT}")
         _step("swap")
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
         _step("delete old")

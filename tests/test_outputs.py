@@ -282,3 +282,17 @@ def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     assert sorted(statuses) == [0, 2], statuses
     which = _assert_one_whole_set(out)
     assert which == ("pwsm" if statuses[0] == 0 else "cka")
+
+
+def test_a_copy_without_links_is_recomputed_not_trusted(store, with_a, tmp_path, capsys):
+    """shutil.copytree (and some sync tools) turn the links into folders and files: nothing
+    verifies, the same arguments recompute, and the copy becomes a proper set again."""
+    base, _ = with_a["set"]
+    out = tmp_path / "copy"
+    shutil.copytree(base, out)  # symlinks=False: links become real files and folders
+    assert not (out / SETS / "current").is_symlink()
+    capsys.readouterr()
+    ftdyn.analyze(store, out=out, progress=False, **A)
+    assert "cannot be reused" in capsys.readouterr().err
+    assert _assert_one_whole_set(out) == "pwsm"
+    assert (out / SETS / "current").is_symlink() and len(list((out / SETS).iterdir())) == 2

@@ -77,7 +77,7 @@ def _existing(out: Path) -> tuple[str | None, str | None]:
         key = json.loads(meta.read_text()).get("attributes", {}).get("analysis_key")
     except (OSError, ValueError, AttributeError):
         key = None
-    return key, "they were written by an older ftdyn without checksums"
+    return key, "no manifest vouches for them: written by an older ftdyn, or copied without their links"
 
 
 _PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", RESULTS_STORE)
