@@ -299,9 +299,6 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         raise FtdynError("--resume and --overwrite exclude each other; pick one.")
     if int(epochs) < 0:
         raise FtdynError(f"--epochs: must be 0 or more (got {epochs}).")
-    if int(epochs) == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
-        _say("ftdyn train: note: --epochs 0 saves only epoch 0 (the source model with its new head); `ftdyn "
-             "analyze` needs at least one fine-tuned epoch to compare it with.")
     if int(batch_size) < 1:
         raise FtdynError(f"--batch-size: must be at least 1 (got {batch_size}).")
     if not (float(lr) > 0 and math.isfinite(float(lr))):
@@ -514,6 +511,9 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
             ckpt.write_manifest(out, manifest)
         if progress:
             _say(f"ftdyn: '{out}' is already complete ({epochs} epochs); nothing to do")
+    if epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
+        _say("ftdyn train: note: --epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
+             "analyze` needs at least one fine-tuned epoch to compare it with.")
     return out
 
 
