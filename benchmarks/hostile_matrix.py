@@ -50,9 +50,13 @@ from typer.testing import CliRunner
 from ftdyn.cli import app
 from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store
 
+import ftdyn
+
 try:
     from ftdyn import outputs
     from ftdyn.outputs import SETS, current_set
+    if Path(outputs.__file__).parent != Path(ftdyn.__file__).parent:  # found in an installed copy, not this one
+        raise ImportError
 except ImportError:  # an ftdyn from before result sets (to count the matrix on older code)
     outputs, current_set, SETS = None, None, ".ftdyn-sets"
 
