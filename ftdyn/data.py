@@ -23,6 +23,7 @@ import math
 import operator
 import os
 import random
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class ImageFolderData:
     lists the files that were found but could not be read (they are not in
     ``paths``). ``root`` is the folder the data came from. ``rescaled`` lists the images
     of ``paths`` whose pixel values are min-max rescaled when decoded (see :func:`to_rgb`).
+    ``ignored`` lists the entries left out without being opened (not regular files, symlinks
+    leading out of the folder or in a loop), each with the reason.
     """
 
     paths: list[Path]
@@ -56,6 +59,7 @@ class ImageFolderData:
     root: Path | None = None
     skipped: list[Path] = field(default_factory=list)
     rescaled: list[Path] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)  # (path, why), never opened
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -119,6 +123,67 @@ def _check_folder(root: Path, flag: str) -> Path:
     return root
 
 
+def _class_files(folder: Path, root: Path, ignored: list[tuple[Path, str]]) -> list[Path]:
+    """The image files under one class folder, sorted. Only regular files are taken: FIFOs,
+    devices and sockets are never opened (reading a FIFO would wait forever); symlinks are
+    followed only to files inside ``root`` (or the class folder's target, when it is itself a
+    link) and to folders inside ``folder`` not yet walked
+    (a link to a parent would loop, or pull other classes' images into this one). What is
+    left out goes to ``ignored`` as (path, reason)."""
+    top, inside = folder.resolve(), root.resolve()
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            info = here.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                ignored.append((here, "a symlink loop"))
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(here), key=lambda e: e.name)
+        except OSError as exc:
+            ignored.append((here, f"unreadable folder ({exc.strerror or exc})"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            real = Path(os.path.realpath(path)) if entry.is_symlink() else None
+            try:
+                mode = path.stat().st_mode  # follows a symlink; never opens the file
+            except OSError:
+                ignored.append((path, "a broken symlink" if real is not None else "unreadable"))
+                continue
+            if stat.S_ISDIR(mode):
+                if real is not None and not real.is_relative_to(top):
+                    ignored.append((path, "a symlink to a folder outside its class folder"))
+                else:
+                    stack.append(path)
+            elif not _is_image(entry.name):
+                continue
+            elif not stat.S_ISREG(mode):
+                ignored.append((path, "not a regular file (FIFO, device or socket)"))
+            elif real is not None and not (real.is_relative_to(inside) or real.is_relative_to(top)):
+                ignored.append((path, "a symlink to a file outside the data folder"))
+            else:
+                files.append(path)
+    return sorted(files)
+
+
+def ignored_message(ignored: Sequence[tuple[Path, str]]) -> str | None:
+    """The one-line report about entries left out unopened, or None when there were none."""
+    if not ignored:
+        return None
+    counts: dict[str, int] = {}
+    for _, why in ignored:
+        counts[why] = counts.get(why, 0) + 1
+    kinds = "; ".join(f"{n} {why}" for why, n in counts.items())
+    return f"ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} without opening them ({kinds}; " \
+           f"first: {ignored[0][0]})"
+
+
 def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify: bool = True,
                       workers: int | None = None) -> ImageFolderData:
     """Read an ImageFolder layout: ``root/<class name>/**/<image>``.
@@ -135,11 +200,9 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
     if not classes:
         raise FtdynError(f"{flag}: '{root}' has no class subfolders; expected {root}/<class name>/<image files>.")
     found: list[tuple[Path, int]] = []
+    ignored: list[tuple[Path, str]] = []
     for label, name in enumerate(classes):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath) / f for f in filenames if _is_image(f))
+        files = _class_files(root / name, root, ignored)
         if not files:
             raise FtdynError(f"{flag}: class folder '{root / name}' has no images "
                              f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder.")
@@ -164,7 +227,8 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
         if label not in present:
             raise FtdynError(f"{flag}: class folder '{root / name}' has no readable images "
                              "(all are unreadable); fix or remove them.")
-    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped, rescaled)
+    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped, rescaled,
+                           ignored)
 
 
 def rescaled_message(rescaled: Sequence[Path]) -> str | None:
@@ -196,7 +260,8 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
       validation and keeps at least one for training.
 
     The unreadable files found are reported in ``train.skipped`` and ``val.skipped``
-    (for a split, all of them in ``train.skipped``).
+    (for a split, all of them in ``train.skipped``), the entries left unopened likewise
+    in ``ignored``.
     """
     root = _check_folder(data_dir, "DATA_DIR")
     if val_split is not None and not (0.0 < float(val_split) < 1.0):
@@ -230,7 +295,7 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
         raise FtdynError(f"--val-split {val_split}: no class of '{source}' has 2 images, so nothing is left "
                          "for validation; add images or use train/ and val/ folders.")
     train, val = data.subset(train_idx), data.subset(val_idx)
-    train.skipped = list(data.skipped)
+    train.skipped, train.ignored = list(data.skipped), list(data.ignored)
     return train, val
 
 

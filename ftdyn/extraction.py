@@ -601,6 +601,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         if normalize is not None:
             raise FtdynError(f"--normalize: {series} is an ftdyn series whose manifest.json records its normalization; "
                              "drop --normalize.")
+        if input_size is not None and int(input_size) != int(manifest["input_size"]):
+            raise FtdynError(f"--input-size {input_size}: the series {series} was trained at {manifest['input_size']} "
+                             "px; extract at that size (leave --input-size out).")
         num_classes = int(manifest["num_classes"])
         size = int(input_size or manifest["input_size"])
         normalization = {"mean": [float(v) for v in manifest["normalization"]["mean"]],
@@ -623,8 +626,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
                          f"pass one of them, e.g. --data {data_dir / splits[0]}.")
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
-    if folder.skipped:
-        _warn(f"--data: {data_mod.skipped_message(folder.skipped)}")
+    for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
+        if note:
+            _warn(f"--data: {note}")
     if folder.rescaled:
         _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
     probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)

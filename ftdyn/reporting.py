@@ -35,6 +35,8 @@ import numpy as np
 
 from ._version import __version__
 from .errors import FtdynError
+from .outputs import folder_lock
+from .results import open_results
 from .viz.curves import as_strings
 
 REPORT_NAME = "report.html"
@@ -371,9 +373,8 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     output folder (default ``results_dir``; not inside a Zarr store).
     Curves and trajectory matrices are always redrawn from the results.
     """
-    from .results import open_results
     from .store import open_store
-    from .viz import FIGURES_DIR, check_out, default_figures, match_experiment, read_index, results_stores, same_path
+    from .viz import FIGURES_DIR, check_out, match_experiment, read_index, results_stores, same_path
 
     results_dir = Path(results_dir)
     res = open_results(results_dir)
@@ -381,7 +382,6 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         results_dir = results_dir.parent
     out = Path(out) if out is not None else results_dir
     figdir = check_out(out / FIGURES_DIR, what=f"--out {out}")
-
     if stores is not None:
         store_paths = [Path(s) for s in stores]
         for s in store_paths:
@@ -396,6 +396,13 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
         indexed = ({e.get("store") for e in read_index(figdir)}
                    | {e.get("store") for e in read_index(results_dir / FIGURES_DIR)})
         todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
+    with folder_lock(out):  # a second report (or analyze) into this folder is refused, naming this run
+        return _write_report(res, results_dir, out, figdir, store_paths, todo)
+
+
+def _write_report(res, results_dir: Path, out: Path, figdir: Path, store_paths: list[Path], todo: list[Path]) -> Path:
+    from .viz import FIGURES_DIR, default_figures, same_path
+
     default_figures(res, todo, figdir)  # curves and matrices always; class/sample figures for `todo`
     summaries = _store_summaries(res, store_paths)
 

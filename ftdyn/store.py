@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import uuid
@@ -211,10 +212,12 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
             encoding[layer.var].update(chunks=(1, spc, block, layer.height, layer.width), shards=region)
     data_vars[COMPLETE] = xr.Variable(("checkpoint", "chunk"), da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
                                       attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"})
-    encoding[COMPLETE] = {"chunks": (1, 1)}
+    encoding[COMPLETE] = {"chunks": (1, 1), "compressors": [zarr.codecs.Crc32cCodec()]}
     data_vars[IMAGES] = xr.Variable(("sample", "image_y", "image_x", "rgb"), spec.images,
                                     attrs={"description": "probe images, RGB, after resize/crop, before normalization"})
-    encoding[IMAGES] = {"chunks": (spc, *spec.images.shape[1:]), "compressors": compressors}
+    encoding[IMAGES] = {"chunks": (spc, *spec.images.shape[1:]), "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
+    for coord in ("checkpoint", "sample", "label", "image_path", "class"):  # a flipped byte fails its CRC on open
+        encoding[coord] = {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}
 
     ds = xr.Dataset(
         data_vars,
@@ -239,6 +242,146 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
     return path
 
 
+_COORDS = ("checkpoint", "sample", "label", "image_path", "class")
+
+
+def _damaged(path: Path, what: str) -> FtdynError:
+    return FtdynError(f"{path}: damaged ftdyn store, {what}; re-extract it into a new --out.")
+
+
+def _array(path: Path, group: zarr.Group, name: str):
+    """``group[name]`` with its metadata parsed: an unreadable one (bad fill value, codec or
+    shape) is a one-line error naming the array."""
+    try:
+        array = group[name]
+        array.shape, array.dtype, array.chunks, array.shards  # noqa: B018 - parse all of it now
+        return array
+    except Exception as exc:  # zarr raises many types for damaged metadata
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise _damaged(path, f"array '{name}' has unreadable metadata ({type(exc).__name__}: {detail})") from None
+
+
+def _small(path: Path, array, name: str) -> np.ndarray:
+    """The values of a small array (coordinates), decoded and CRC-checked."""
+    with decoding(path, f"array '{name}'"):
+        return np.asarray(array[...])
+
+
+def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], repair: bool) -> None:
+    """The root attribute ``checkpoints`` (strictly increasing epochs) against the
+    ``checkpoint`` coordinate and the checkpoint axis of every array. Arrays longer than the
+    attribute are a store caught while ``extract`` added checkpoints: a writer shrinks them
+    back (its extension is redone), a reader gets one line."""
+    try:
+        epochs = [int(c["epoch"]) for c in attrs["checkpoints"]]
+    except (TypeError, KeyError, ValueError):
+        raise _damaged(path, "root attribute 'checkpoints' is not a list of {epoch, file, sha256}") from None
+    if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise _damaged(path, f"root attribute 'checkpoints' lists epochs {epochs}, not strictly increasing")
+    names = [*attrs["layer_variables"].values(), COMPLETE, "checkpoint"]
+    lengths = {name: _array(path, group, name).shape[0] for name in names}
+    longer = {name: k for name, k in lengths.items() if k > len(epochs)}
+    if longer and repair:
+        for name in longer:
+            array = group[name]
+            array.resize((len(epochs), *array.shape[1:]))
+    elif longer:
+        raise FtdynError(f"{path}: caught while `ftdyn extract` was adding checkpoints (array '{next(iter(longer))}' "
+                         f"has {max(longer.values())} checkpoints, the root attribute lists {len(epochs)}); run the "
+                         "same `ftdyn extract` again to finish, then re-run this command.")
+    shorter = [name for name, k in lengths.items() if k < len(epochs)]
+    if shorter:
+        raise _damaged(path, f"array '{shorter[0]}' has {lengths[shorter[0]]} checkpoints, the root attribute "
+                             f"'checkpoints' lists {len(epochs)}")
+    coord = [int(e) for e in _small(path, group["checkpoint"], "checkpoint")]
+    if coord != epochs:
+        raise _damaged(path, f"coordinate 'checkpoint' is {coord} but the root attribute 'checkpoints' lists epochs "
+                             f"{epochs}")
+
+
+def _sample_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> tuple[int, int]:
+    """Sample-axis lengths, image layout, labels within the classes and the completeness
+    marks' shape (checked before anything reads them); returns (samples, samples per chunk)."""
+    n = _array(path, group, "sample").shape[0]
+    spc = attrs["samples_per_chunk"]
+    if not isinstance(spc, int) or isinstance(spc, bool) or spc < 1:
+        raise _damaged(path, f"root attribute 'samples_per_chunk' is {spc!r}, not a positive integer")
+    for name in ("label", "image_path"):
+        if _array(path, group, name).shape != (n,):
+            raise _damaged(path, f"array '{name}' has shape {group[name].shape}, expected ({n},) (one per sample)")
+    images = _array(path, group, IMAGES)
+    if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[0] != n or images.shape[3] != 3:
+        raise _damaged(path, f"array '{IMAGES}' is {images.dtype} {images.shape}, expected uint8 ({n}, H, W, 3)")
+    complete = _array(path, group, COMPLETE)
+    expected = (len(attrs["checkpoints"]), math.ceil(n / spc))
+    if complete.shape != expected or complete.dtype != np.uint8 or complete.chunks != (1, 1):
+        raise _damaged(path, f"array '{COMPLETE}' is {complete.dtype} {complete.shape} in chunks {complete.chunks}, "
+                             f"expected uint8 {expected} in chunks (1, 1)")
+    n_classes = _array(path, group, "class").shape[0]
+    labels = _small(path, group["label"], "label")
+    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= n_classes)):
+        raise _damaged(path, f"array 'label' holds {labels.dtype} values outside the {n_classes} classes")
+    _small(path, group["image_path"], "image_path")
+    _small(path, group["class"], "class")
+    return n, spc
+
+
+def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, spc: int) -> None:
+    """Each layer's type, dimensions, sample axis and region layout (one region = one
+    checkpoint, ``samples_per_chunk`` samples, all channels, the whole map)."""
+    if attrs["dtype"] not in DTYPES:
+        raise _damaged(path, f"root attribute 'dtype' is {attrs['dtype']!r}, not one of {', '.join(DTYPES)}")
+    if list(attrs["layer_variables"]) != list(attrs["layers"]):
+        raise _damaged(path, "root attributes 'layers' and 'layer_variables' name different layers")
+    for layer, var in attrs["layer_variables"].items():
+        array = _array(path, group, var)
+        if str(array.dtype) != attrs["dtype"]:
+            raise _damaged(path, f"array '{var}' (layer {layer}) is {array.dtype}, the store records {attrs['dtype']}")
+        dims = tuple(array.metadata.dimension_names or ())
+        if len(array.shape) != 5 or dims != layer_dims(var):
+            raise _damaged(path, f"array '{var}' (layer {layer}) has dimensions {dims}, expected {layer_dims(var)}")
+        if array.shape[1] != n:
+            raise _damaged(path, f"array '{var}' (layer {layer}) has {array.shape[1]} samples, the store has {n}")
+        region = (1, min(spc, n), *array.shape[2:])
+        outer = array.shards or array.chunks
+        if tuple(outer) != region or array.shape[2] % array.chunks[2] or tuple(array.chunks[3:]) != region[3:]:
+            raise _damaged(path, f"array '{var}' (layer {layer}) has shape {array.shape} stored in regions {outer}, "
+                                 f"expected regions {region} (a changed map size or channel count)")
+
+
+def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False) -> None:
+    """Check a store against itself before anything large is read or allocated: the root
+    attributes against the arrays' metadata, coordinates and checksummed small arrays. Every
+    inconsistency is one FtdynError naming the array and what differs. ``repair`` (writers
+    only) undoes a checkpoint extension that was cut short."""
+    path = Path(path)
+    attrs = dict(group.attrs)
+    if not isinstance(attrs["layer_variables"], dict) or not isinstance(attrs["layers"], list):
+        raise _damaged(path, "root attributes 'layers'/'layer_variables' are not a list and a mapping")
+    _checkpoint_arrays(path, group, attrs, repair)
+    n, spc = _sample_arrays(path, group, attrs)
+    _layer_arrays(path, group, attrs, n, spc)
+
+
+@contextlib.contextmanager
+def metadata_lock(path: Path, *, exclusive: bool):
+    """Readers (shared) and a writer changing array shapes (exclusive) take turns on the store's
+    metadata, so a reader never sees a checkpoint extension half done. The lock is a ``flock`` on
+    the ``complete`` array's folder (always there; the store root is locked for whole extract
+    runs); where it cannot be taken (no such folder, no flock) the store is read unlocked."""
+    try:
+        import fcntl
+        fd = os.open(path / COMPLETE, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _open_group(path: Path, mode: str = "r") -> zarr.Group:
     if not (path / "zarr.json").is_file():
         raise FtdynError(f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn extract`.")
@@ -248,10 +391,12 @@ def _open_group(path: Path, mode: str = "r") -> zarr.Group:
         raise FtdynError(f"{path}: not a readable Zarr v3 store ({type(exc).__name__}: {exc}).") from None
     attrs = dict(group.attrs)
     _validate_attrs(path, attrs)
-    missing = [var for var in (*attrs["layer_variables"].values(), IMAGES, COMPLETE) if var not in group]
+    missing = [var for var in (*attrs["layer_variables"].values(), IMAGES, COMPLETE, *_COORDS)
+               if not (path / var / "zarr.json").is_file()]  # (membership would parse, and fail on, its metadata)
     if missing:
         raise FtdynError(f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
                          "into a new --out.")
+    validate_layout(path, group, repair=mode != "r")
     return group
 
 
@@ -299,7 +444,8 @@ def chunk_on_disk(path: str | Path, var: str, checkpoint_index: int, chunk: int)
 def _finished_regions(path: Path, group: zarr.Group) -> np.ndarray:
     """The (checkpoint, chunk) regions marked complete, after checking that their files are all
     on disk (a one-line error naming the checkpoints otherwise)."""
-    marked = np.asarray(group[COMPLETE][...]).astype(bool)
+    with decoding(path, f"array '{COMPLETE}'"):
+        marked = np.asarray(group[COMPLETE][...]).astype(bool)
     lost = marked & ~_regions_on_disk(path, dict(group.attrs), marked)
     if lost.any():
         epochs = [int(c["epoch"]) for c in group.attrs["checkpoints"]]
@@ -335,7 +481,8 @@ def decoding(path: str | Path, what: str = "a chunk"):
 
 def completeness(path: str | Path) -> np.ndarray:
     """Boolean (checkpoint, chunk) array: which regions are fully written."""
-    return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
+    with metadata_lock(Path(path), exclusive=False):
+        return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
 
 
 def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
@@ -345,9 +492,10 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     whose every region is complete are kept.
     """
     path = Path(path)
-    group = _open_group(path)
-    done = _finished_regions(path, group)
-    ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+    with metadata_lock(path, exclusive=False):  # a checkpoint extension in progress finishes first
+        group = _open_group(path)
+        done = _finished_regions(path, group)
+        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
             raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or misshapen.")
@@ -377,7 +525,8 @@ class StoreWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.group = _open_group(self.path, mode="r+")
+        with metadata_lock(self.path, exclusive=True):  # it may undo an extension cut short
+            self.group = _open_group(self.path, mode="r+")
         # zarr writes a chunk to '<key>.<random>.partial' and renames it; a run killed in between
         # leaves that file behind, referenced by nothing (writers hold the store's lock, so no
         # other run is writing one now)
@@ -426,14 +575,15 @@ class StoreWriter:
             raise FtdynError(f"{self.path}: new checkpoints must come after epoch {last}; "
                              "an earlier epoch cannot be inserted, extract into a new store.")
         n_old, n_new = len(known), len(known) + len(checkpoints)
-        for array in [*self.arrays.values(), self.complete]:
-            array.resize((n_new, *array.shape[1:]))
-        coord = self.group["checkpoint"]
-        coord.resize((n_new,))
-        coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
-        self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
-        self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
-        self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
+        with metadata_lock(self.path, exclusive=True):  # readers see the store before or after, never between
+            for array in [*self.arrays.values(), self.complete]:
+                array.resize((n_new, *array.shape[1:]))
+            coord = self.group["checkpoint"]
+            coord.resize((n_new,))
+            coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
+            self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
+            self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
+            self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
 
 
 def dir_size(path: str | Path) -> int:
@@ -444,9 +594,10 @@ def dir_size(path: str | Path) -> int:
 def info(path: str | Path) -> dict[str, Any]:
     """What ``ftdyn info`` prints: layers, shapes, checkpoints, size on disk, completeness."""
     path = Path(path)
-    group = _open_group(path)
-    attrs = dict(group.attrs)
-    done = _finished_regions(path, group)
+    with metadata_lock(path, exclusive=False):
+        group = _open_group(path)
+        attrs = dict(group.attrs)
+        done = _finished_regions(path, group)
     return {
         "path": str(path),
         "architecture": attrs["architecture"],

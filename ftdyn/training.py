@@ -32,7 +32,7 @@ from . import data as D
 from . import models
 from ._version import __version__
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError
+from .errors import FtdynError, check_output_folder
 
 #: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -57,14 +57,17 @@ def _is_ftdyn_file(name: str) -> bool:
 
 
 def _inspect_out(out: Path) -> tuple[list[Path], list[Path]]:
-    """(ftdyn's own files, other non-hidden entries) in ``out``; refuses a file path."""
+    """(ftdyn's own files, other non-hidden entries) in ``out``; refuses a file path. Removes
+    the temporaries of a save that was killed (three times the model's size each)."""
     if out.exists() and not out.is_dir():
         raise FtdynError(f"--out: '{out}' is a file; give a folder for the checkpoint series.")
     if not out.exists():
         return [], []
     own, other = [], []
     for p in sorted(out.iterdir()):
-        if p.is_file() and _is_ftdyn_file(p.name):
+        if p.is_file() and p.name.startswith(".") and _is_ftdyn_file(p.name):
+            p.unlink(missing_ok=True)  # a temporary of a killed save: never part of a finished run
+        elif p.is_file() and _is_ftdyn_file(p.name):
             own.append(p)
         elif not p.name.startswith("."):
             other.append(p)
@@ -325,14 +328,15 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
 
     # -- output folder (read-only checks first) -------------------------------------
     out = Path(out).expanduser()
+    check_output_folder(out, inputs=[data_dir])  # inside the data folder it would become a class folder
     own, other = _inspect_out(out)
     manifest_old = None
+    restart = False
     if own:
         if resume:
             manifest_old = ckpt.read_manifest(out)
-            if manifest_old is None or not manifest_old["epochs"]:
-                raise FtdynError(f"--resume: '{out}' has checkpoint files but no complete epoch in "
-                                 f"{ckpt.MANIFEST_NAME}; start over with --overwrite.")
+            if manifest_old is None or not manifest_old["epochs"]:  # stopped before epoch 0 was saved
+                manifest_old, restart = None, True
         elif not overwrite:
             what = ckpt.MANIFEST_NAME if (out / ckpt.MANIFEST_NAME).exists() else f"{len(own)} checkpoint file(s)"
             raise FtdynError(f"--out: '{out}' already holds an ftdyn run ({what}); pass --resume to continue it, "
@@ -345,7 +349,8 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     train_data, val_data = D.resolve_splits(data_dir, val_split, seed)
     skipped = list(train_data.skipped) + list(val_data.skipped)
     rescaled = list(train_data.rescaled) + list(val_data.rescaled)
-    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled)):
+    ignored = list(dict.fromkeys([*train_data.ignored, *val_data.ignored]))
+    for note in (D.skipped_message(skipped), D.rescaled_message(rescaled), D.ignored_message(ignored)):
         if note:
             _say(f"ftdyn: warning: {note}")
     _check_two_classes(train_data, val_data, data_dir, val_split)
@@ -410,9 +415,12 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
         if progress:
             _say(f"ftdyn: resuming '{out}' after epoch {start - 1} of {epochs}")
     else:
-        if overwrite:
+        if overwrite or restart:
             for p in own:
                 p.unlink(missing_ok=True)
+        if restart:
+            _say(f"ftdyn: note: --resume: no epoch of '{out}' was finished (stopped while saving epoch 0); "
+                 "starting the run over")
         elif resume and progress:
             _say(f"ftdyn: nothing to resume in '{out}'; starting a new run")
         if init_path is None and weights.lower() == "none":  # nothing pre-trained anywhere
@@ -504,6 +512,9 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
             ckpt.write_manifest(out, manifest)
         if progress:
             _say(f"ftdyn: '{out}' is already complete ({epochs} epochs); nothing to do")
+    if epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
+        _say("ftdyn train: note: --epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
+             "analyze` needs at least one fine-tuned epoch to compare it with.")
     return out
 
 

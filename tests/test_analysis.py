@@ -331,8 +331,10 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys):
         ftdyn.analyze(path, out=out, progress=False, metrics=["cka"])
     ds = ftdyn.analyze(path, out=out, progress=False, metrics=["cka"], overwrite=True)
     assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == ["features.3", "layer2.relu"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["results.zarr", "distances.csv", "reusability.csv",
-                                                             "agreement.csv", "agreement_summary.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([".ftdyn-sets", ".ftdyn.lock", "results.zarr", "distances.csv",
+                                                             "reusability.csv", "agreement.csv",
+                                                             "agreement_summary.csv"])
+    assert len(list((out / ".ftdyn-sets").iterdir())) == 2  # the current link and the one set: the old one is gone
 
 
 def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
@@ -345,7 +347,7 @@ def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
     monkeypatch.setattr(AR, "write_tables", boom)
     with pytest.raises(KeyboardInterrupt):
         ftdyn.analyze(path, out=out, progress=False)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # no product, no half-written set, no folder
 
 
 def test_incomplete_store_and_allow_partial(tmp_path):

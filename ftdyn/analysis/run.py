@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.util
+import os
 import json
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +20,7 @@ from .. import views as V
 from .._version import __version__
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
+from ..outputs import current_set, folder_lock, remove_stale, write_result_set
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
                        write_tables)
 from .collect import collect, to_dataset
@@ -27,6 +28,15 @@ from .graph import build_graph, compute
 from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import trim
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
 
 
 def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int], str]:
@@ -77,35 +87,46 @@ def _analysis_key(args: Args, exps: list[Experiment]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _existing_key(out: Path) -> str | None:
-    meta = out / RESULTS_STORE / "zarr.json"
-    if not meta.is_file():
-        return None
+def _existing(out: Path) -> tuple[str | None, str | None]:
+    """(analysis key, problem) of the results in ``out``: the key from the current set's
+    manifest, with the first file that fails verification; (None, None) when there are none."""
+    manifest, problem = current_set(out)
+    if manifest is not None or problem is not None:
+        return (manifest or {}).get("analysis_key"), problem
+    meta = out / RESULTS_STORE / "zarr.json"  # written in place by an older ftdyn: nothing vouches for the CSVs
+    if out.joinpath(RESULTS_STORE).is_symlink() or not meta.is_file():
+        return None, None
     try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("analysis_key")
-    except (OSError, ValueError):
-        return None
+        key = json.loads(meta.read_text()).get("attributes", {}).get("analysis_key")
+    except (OSError, ValueError, AttributeError):
+        key = None
+    return key, "no manifest vouches for them: written by an older ftdyn, or copied without their links"
 
 
 _PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", RESULTS_STORE)
 
 
 def _write(ds: xr.Dataset, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".analyze-{uuid.uuid4().hex[:8]}.tmp"
-    trash = out / f".analyze-{uuid.uuid4().hex[:8]}.old"
-    tmp.mkdir()
-    try:
-        save_results_store(ds, tmp / RESULTS_STORE)
-        write_tables(ds, tmp)
-        trash.mkdir()
-        for name in _PRODUCTS:  # results.zarr last: it holds the key that marks a finished run
-            if (out / name).exists():
-                (out / name).rename(trash / name)
-            (tmp / name).rename(out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(trash, ignore_errors=True)
+    """Make ``ds`` (results.zarr and the CSV tables) the current result set of ``out`` in one step."""
+    def fill(folder: Path) -> None:
+        save_results_store(ds, folder / RESULTS_STORE)
+        write_tables(ds, folder)
+
+    info = {"analysis_key": ds.attrs["analysis_key"], "arguments": json.loads(ds.attrs["arguments"]),
+            "stores": json.loads(ds.attrs["store_fingerprints"]), "ftdyn_version": __version__,
+            "created": ds.attrs["created"]}
+    write_result_set(out, fill, products=_PRODUCTS, info=info)
+
+
+def _check_flags(scheduler, memory_limit) -> None:
+    """Refused up front: a cluster without its optional package, more memory than the machine has."""
+    if isinstance(scheduler, str) and importlib.util.find_spec("distributed") is None:
+        raise FtdynError("--scheduler: running on a Dask cluster needs the optional package 'distributed'; install "
+                         "it with `pip install 'ftdyn[distributed]'` (or `pip install distributed`).")
+    limit, total = parse_memory(memory_limit), physical_memory()
+    if limit is not None and total is not None and limit > total:
+        raise FtdynError(f"--memory-limit {memory_limit}: more than this machine's {total / 1e9:.1f} GB of memory; "
+                         "give at most that (default: half of it).")
 
 
 # ============================================================================ API
@@ -130,6 +151,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     ``scheduler``), "cpu", "cuda", "cuda:N". Not part of the arguments that decide
     whether results are up to date (devices agree to rounding).
     """
+    _check_flags(scheduler, memory_limit)
     args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
                          allow_partial, trajectory)
     dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
@@ -137,15 +159,24 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     exps = open_experiments(stores, args, str(dev))
     out = Path(out)
     check_output_folder(out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir])
+    with folder_lock(out):  # held from the "up to date" check until the new set is current
+        return _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, progress, overwrite)
+
+
+def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, progress, overwrite) -> xr.Dataset:
     key = _analysis_key(args, exps)
-    old = _existing_key(out)
-    if old is not None:
-        if old == key:
-            print(f"ftdyn analyze: {out} is up to date (same arguments and stores); nothing to do.", file=sys.stderr)
-            return open_results(out)
-        if not overwrite:
-            raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
-                             "replace them, or choose another folder.")
+    remove_stale(out)  # what a killed run left: unfinished or replaced sets, older versions' temporaries
+    old, problem = _existing(out)
+    if old is not None and old != key and not overwrite:
+        raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
+                         "replace them, or choose another folder.")
+    if old == key and problem is None:
+        print(f"ftdyn analyze: {out} is up to date (same arguments and stores; every file verified); "
+              "nothing to do.", file=sys.stderr)
+        return open_results(out)
+    if problem is not None:
+        print(f"ftdyn analyze: note: the results in {out} cannot be reused ({problem}); computing them again.",
+              file=sys.stderr)
 
     limit = parse_memory(memory_limit) or default_memory()
     threads, jobs = plan_analysis(exps, args, dev, limit, workers)

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import FtdynError, check_output_folder
+from ..outputs import folder_lock
 
 __all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
 
@@ -412,7 +413,8 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     stem = f"{figure_stem(out, label, path)}_{slug(var)}"
     if experiment is not None:  # stores of several experiments may share a folder name
         label = f"{experiment} ({label})"
-    with decoding(path or "store", f"layer {name}"):  # a damaged chunk: one line, nothing half-drawn
+    # the folder lock: a second visualize or report into it is refused; a damaged chunk: one line
+    with folder_lock(out), decoding(path or "store", f"layer {name}"):
         labels = np.asarray(ds["label"].values)
         class_samples = np.flatnonzero(np.isin(labels, class_idx))
 
@@ -448,7 +450,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
                                 "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
             for e in entries:
                 os.replace(tmp / e["file"], out / e["file"])
-    record(out, entries)
+        record(out, entries)
     return [out / e["file"] for e in entries]
 
 

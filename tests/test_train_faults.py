@@ -1,0 +1,77 @@
+"""`ftdyn train` stopped before its first epoch was recorded: a resume starts over instead of
+refusing, the temporaries of a killed save are removed, and the result equals an
+uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ftdyn import checkpoints as ckpt
+from test_train import FAST, _cli_cmd, assert_same_state, run_cli, state_of
+
+COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST]
+
+
+@pytest.fixture(scope="module")
+def reference(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "series"
+    result = run_cli("train", image_folder, *COMMON, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _same_run(out: Path, reference: Path) -> None:
+    manifest, ref = ckpt.read_manifest(out), ckpt.read_manifest(reference)
+    assert manifest["complete"] is True and [e["epoch"] for e in manifest["epochs"]] == [0, 1]
+    for a, b in zip(manifest["epochs"], ref["epochs"]):
+        assert_same_state(state_of(out / a["file"]), state_of(reference / b["file"]))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_killed_while_saving_epoch_0_leaves_nothing_that_blocks(image_folder, reference, tmp_path):
+    out = tmp_path / "series"
+    out.mkdir()
+    (out / ".epoch_000.pt.0123456789abcdef.tmp").write_bytes(b"\0" * 4096)  # a save cut short
+    result = run_cli("train", image_folder, *COMMON, "--out", out)
+    assert result.exit_code == 0, result.output
+    _same_run(out, reference)
+
+
+def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_path):
+    out = tmp_path / "series"
+    out.mkdir()
+    (out / "epoch_000.pt").write_bytes((reference / "epoch_000.pt").read_bytes())  # killed before the manifest
+    (out / ".manifest.json.0123.tmp").write_text("{")
+    result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "no epoch of" in result.output and "starting the run over" in result.output
+    _same_run(out, reference)
+
+
+def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, tmp_path):
+    out = tmp_path / "series"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(_cli_cmd("train", image_folder, *COMMON, "--out", out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while not (out.is_dir() and any(out.iterdir())):  # the first file of epoch 0 (its temporary, or it)
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "hang: no file within 120 s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    _same_run(out, reference)
