@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .config import TrainConfig, default, help_text
 from .errors import FtdynError
 
 app = typer.Typer(
@@ -329,46 +330,39 @@ def info(
         typer.echo(f"  epoch {c['epoch']:>3}  {c['file']:<{width}}  {sha:<12}  {state}")
 
 
+def _train_option(name: str, **kwargs):
+    """The `ftdyn train` option of TrainConfig field ``name``: its help text comes from the config."""
+    return typer.Option(*kwargs.pop("decls", ()), help=help_text(TrainConfig, name), **kwargs)
+
+
 @app.command()
 @user_errors
 def train(
     data_dir: Annotated[Path, typer.Argument(help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
                                                   "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split.")],
-    arch: Annotated[str, typer.Option(help="Architecture (any torchvision classification model, "
-                                           "or timm/NAME), e.g. vgg19, resnet50, densenet121.")],
+    arch: Annotated[str, _train_option("arch")],
     out: Annotated[Path, typer.Option(help="Output folder for the checkpoint series (epoch_000.pt ... "
                                            "and manifest.json).")],
-    weights: Annotated[str, typer.Option(help="Source weights: a torchvision weights name (IMAGENET1K_V1, "
-                                              "DEFAULT), a local weights file, or none (random init).")] = "none",
-    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint file instead (e.g. a model "
-                                                      "pre-trained elsewhere or by `ftdyn train`); its head is "
-                                                      "replaced.")] = None,
-    epochs: Annotated[int, typer.Option(help="Number of fine-tuning epochs T (paper: 10-15).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size (paper: 196).")] = 196,
-    lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-4; 1e-3 for Fruits).")] = 1e-4,
-    crop_scale: Annotated[float, typer.Option(help="Smallest area fraction of the random resized crop "
-                                                   "(0.08 = the ImageNet recipe; larger keeps small objects).")] = 0.08,
-    optimizer: Annotated[str, typer.Option(help="adam (paper), adamw or sgd (momentum 0.9).")] = "adam",
-    val_split: Annotated[Optional[float], typer.Option(help="Hold out this fraction of each class for "
-                                                             "validation when DATA_DIR has no train/ and val/ "
-                                                             "folders (e.g. 0.2).")] = None,
-    input_size: Annotated[int, typer.Option(help="Input size in pixels (paper: 224).")] = 224,
-    seed: Annotated[int, typer.Option(help="Random seed: head init, data order, augmentation, split.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N or mps.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes (results do not depend on it; "
-                                              "use 4-8 on a GPU machine).")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last complete "
-                                                          "epoch (same arguments; --epochs may be larger).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete the run in --out (only epoch_*.pt and "
-                                                                "manifest.json) and start over.")] = False,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
-                                                                              "objects from --init/--weights "
-                                                                              "files (only for files you "
-                                                                              "trust).")] = False,
-    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix of the model copy to load from "
-                                                             "--init/--weights files holding several (e.g. "
-                                                             "ema.module.).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")] = False,
+    weights: Annotated[str, _train_option("weights")] = default(TrainConfig, "weights"),
+    init: Annotated[Optional[Path], _train_option("init")] = default(TrainConfig, "init"),
+    epochs: Annotated[int, _train_option("epochs")] = default(TrainConfig, "epochs"),
+    batch_size: Annotated[int, _train_option("batch_size")] = default(TrainConfig, "batch_size"),
+    lr: Annotated[float, _train_option("lr")] = default(TrainConfig, "lr"),
+    crop_scale: Annotated[float, _train_option("crop_scale")] = default(TrainConfig, "crop_scale"),
+    optimizer: Annotated[str, _train_option("optimizer")] = default(TrainConfig, "optimizer"),
+    val_split: Annotated[Optional[float], _train_option("val_split")] = default(TrainConfig, "val_split"),
+    input_size: Annotated[int, _train_option("input_size")] = default(TrainConfig, "input_size"),
+    seed: Annotated[int, _train_option("seed")] = default(TrainConfig, "seed"),
+    device: Annotated[str, _train_option("device")] = default(TrainConfig, "device"),
+    workers: Annotated[int, _train_option("num_workers")] = default(TrainConfig, "num_workers"),
+    resume: Annotated[bool, _train_option("resume", decls=("--resume",))] = default(TrainConfig, "resume"),
+    overwrite: Annotated[bool, _train_option("overwrite", decls=("--overwrite",))] = default(TrainConfig,
+                                                                                             "overwrite"),
+    trust_checkpoint: Annotated[bool, _train_option("trust_checkpoint", decls=("--trust-checkpoint",))
+                                ] = default(TrainConfig, "trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _train_option("state_prefix")] = default(TrainConfig, "state_prefix"),
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")
+                           ] = not default(TrainConfig, "progress"),
 ) -> None:
     """Fine-tune ARCH on DATA_DIR (every layer, new head) and save one checkpoint per epoch.
 
@@ -378,11 +372,11 @@ def train(
     from .checkpoints import read_manifest
     from .training import train as run_training
 
-    folder = run_training(data_dir, arch=arch, out=out, weights=weights, init=init, epochs=epochs,
-                          batch_size=batch_size, lr=lr, optimizer=optimizer, val_split=val_split,
-                          input_size=input_size, seed=seed, device=device, num_workers=workers, resume=resume,
-                          overwrite=overwrite, trust_checkpoint=trust_checkpoint, progress=not no_progress,
-                          crop_scale=crop_scale, state_prefix=state_prefix)
+    config = TrainConfig(arch=arch, weights=weights, init=init, epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer, val_split=val_split, input_size=input_size, seed=seed, device=device,
+                         num_workers=workers, resume=resume, overwrite=overwrite, trust_checkpoint=trust_checkpoint,
+                         progress=not no_progress, crop_scale=crop_scale, state_prefix=state_prefix)
+    folder = run_training(data_dir, out=out, config=config)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731

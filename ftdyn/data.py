@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import math
-import operator
 import os
 import random
 import stat
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import SEED_LIMIT, check_seed  # noqa: F401  (re-exported: D.check_seed)
 from .errors import FtdynError
 
 #: File suffixes read as images (the torchvision ImageFolder list), case-insensitive.
@@ -465,23 +465,6 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 # ------------------------------------------------------------ datasets and loaders
 
 
-#: Seeds must fit numpy's legacy seeding (``np.random.seed``), the narrowest RNG ftdyn seeds.
-SEED_LIMIT = 2**32
-
-
-def check_seed(seed, flag: str = "--seed") -> int:
-    """``seed`` as an int in ``[0, 2**32)``, or a one-line :class:`FtdynError` naming ``flag``.
-
-    Checked once up front: torch, numpy and python RNGs each fail differently (and
-    deep inside a run) on seeds they cannot take.
-    """
-    try:
-        value = operator.index(seed)  # ints and numpy integers, not 1.5 or "3"
-    except TypeError:
-        raise FtdynError(f"{flag}: {seed!r} is not a whole number; give one from 0 to {SEED_LIMIT - 1}.") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise FtdynError(f"{flag}: {value} is out of range; give a whole number from 0 to {SEED_LIMIT - 1}.")
-    return value
 
 
 def derive_seed(*parts: int) -> int:

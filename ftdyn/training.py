@@ -31,12 +31,11 @@ from . import checkpoints as ckpt
 from . import data as D
 from . import models
 from ._version import __version__
+from .config import OPTIMIZERS, TrainConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, check_output_folder
 
-#: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
-OPTIMIZERS = ("adam", "adamw", "sgd")
-PAPER_DEFAULTS = {"optimizer": "adam", "lr": 1e-4, "batch_size": 196}
+__all__ = ["OPTIMIZERS", "TrainConfig", "train"]
 
 
 def _say(message: str) -> None:
@@ -212,36 +211,51 @@ def _check_same(flag: str, recorded, given) -> None:
                          f"{fix}, or start a new run with --overwrite or another --out.")
 
 
-def _verify_resume(manifest: dict, *, data_path: str, arch: str, weights: str, weights_sha: str | None,
-                   init_sha: str | None,
-                   batch_size: int, lr: float, optimizer: str, val_split, input_size: int, seed: int,
-                   epochs: int, crop_scale: float) -> None:
-    hp = manifest.get("hyperparameters", {})
+#: Where the manifest records each identity field of :class:`TrainConfig` (keys, outermost first).
+_MANIFEST_IDENTITY = {
+    "arch": ("architecture",), "weights": ("init", "weights"), "optimizer": ("hyperparameters", "optimizer"),
+    "lr": ("hyperparameters", "lr"), "batch_size": ("hyperparameters", "batch_size"),
+    "crop_scale": ("hyperparameters", "crop_scale"), "input_size": ("input_size",), "seed": ("seed",),
+    "val_split": ("dataset", "val_split"),
+}
+#: Values of fields that older manifests do not record: the value those runs used (not today's default).
+_UNRECORDED = {"crop_scale": 0.08}
+_MISSING = object()
+
+
+def recorded_identity(manifest: dict) -> dict[str, Any]:
+    """The identity fields of the run ``manifest`` describes, named like :meth:`TrainConfig.identity`."""
+    recorded = {}
+    for name, keys in _MANIFEST_IDENTITY.items():
+        value: Any = manifest
+        for key in keys:
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        recorded[name] = _UNRECORDED.get(name) if value is _MISSING else value
+    return recorded
+
+
+def _verify_resume(manifest: dict, config: TrainConfig, *, data_path: str, weights_sha: str | None,
+                   init_sha: str | None) -> None:
+    """Refuse to resume ``manifest``'s run with a config whose identity differs (one line naming the flag)."""
+    recorded, given = recorded_identity(manifest), config.identity()
     init = manifest.get("init", {})
-    _check_same("--arch", manifest["architecture"], arch)
-    if weights_sha is not None or init.get("weights_sha256") is not None:
-        if init.get("weights_sha256") != weights_sha:
-            raise FtdynError(f"--weights: the source weights differ from the run being resumed "
-                             f"({init.get('weights')}); pass the same --weights.")
-    else:
-        _check_same("--weights", init.get("weights"), weights)
-    if init.get("checkpoint_sha256") != init_sha:
-        raise FtdynError(f"--init: the initial checkpoint differs from the run being resumed "
-                         f"({init.get('checkpoint') or 'none'}); pass the same --init file.")
-    _check_same("--optimizer", hp.get("optimizer"), optimizer)
-    _check_same("--lr", hp.get("lr"), lr)
-    _check_same("--batch-size", hp.get("batch_size"), batch_size)
-    _check_same("--crop-scale", hp.get("crop_scale", 0.08), crop_scale)
-    _check_same("--input-size", manifest["input_size"], input_size)
-    _check_same("--seed", manifest.get("seed"), seed)
-    _check_same("--val-split", manifest.get("dataset", {}).get("val_split"), val_split)
+    for name, value in given.items():
+        if name == "weights" and (weights_sha is not None or init.get("weights_sha256") is not None):
+            if init.get("weights_sha256") != weights_sha:  # a weights file: same content, wherever it lies
+                raise FtdynError(f"--weights: the source weights differ from the run being resumed "
+                                 f"({init.get('weights')}); pass the same --weights.")
+        else:
+            _check_same(flag_of(TrainConfig, name), recorded[name], value)
+        if name == "weights" and init.get("checkpoint_sha256") != init_sha:  # --init: by content too
+            raise FtdynError(f"--init: the initial checkpoint differs from the run being resumed "
+                             f"({init.get('checkpoint') or 'none'}); pass the same --init file.")
     recorded_path = manifest.get("dataset", {}).get("path")
     if recorded_path != data_path:
         raise FtdynError(f"DATA_DIR: '{data_path}' is not the dataset of the run being resumed "
                          f"('{recorded_path}'); pass that folder.")
     done = max(e["epoch"] for e in manifest["epochs"])
-    if epochs < done:
-        raise FtdynError(f"--epochs {epochs}: the run being resumed already has {done} epochs; "
+    if config.epochs < done:
+        raise FtdynError(f"--epochs {config.epochs}: the run being resumed already has {done} epochs; "
                          f"pass --epochs {done} or more.")
 
 
@@ -273,54 +287,39 @@ def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, str | Non
 # ------------------------------------------------------------------------- train
 
 
-def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, weights: str = "none",
-          init: str | os.PathLike | None = None, epochs: int = 10, batch_size: int = 196, lr: float = 1e-4,
-          optimizer: str = "adam", val_split: float | None = None, input_size: int = 224, seed: int = 0,
-          device: str = "auto", num_workers: int = 0, resume: bool = False, overwrite: bool = False,
-          trust_checkpoint: bool = False, progress: bool = True, crop_scale: float = 0.08,
-          state_prefix: str | None = None) -> Path:
+def make_config(config: TrainConfig | None = None, **options: Any) -> TrainConfig:
+    """``config`` with ``options`` applied, or a new :class:`TrainConfig` from ``options``."""
+    return TrainConfig(**options) if config is None else config.replace(**options) if options else config
+
+
+def train(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainConfig | None = None,
+          **options: Any) -> Path:
     """Fine-tune ``arch`` on ``data_dir`` and write a checkpoint series to ``out``.
 
-    Parameters mirror ``ftdyn train`` (paper defaults: Adam, batch size 196, lr 1e-4,
-    every layer trainable). ``weights``: a torchvision weights name (``IMAGENET1K_V1``),
-    a weights file, or ``"none"``; ``init``: any checkpoint file to start from instead
-    (its head is adapted, then replaced). ``val_split``: hold out this fraction of each
-    class when ``data_dir`` has no ``train/``+``val/`` subfolders. ``resume``: continue
-    the run in ``out`` from its last complete epoch (arguments must match the
-    manifest; ``epochs`` may be larger to extend it). ``overwrite``: delete ftdyn's
-    files in ``out`` (``epoch_*.pt``, ``manifest.json``) and start over. ``state_prefix``:
-    the copy to load from ``weights``/``init`` files holding several (e.g. ``"ema.module."``).
+    The options are the fields of :class:`~ftdyn.config.TrainConfig` (listed below), given
+    as keyword arguments (``train(d, arch="resnet18", out=o, epochs=3)``) or as ``config=``
+    (keyword arguments then override its fields). They mirror ``ftdyn train`` (paper
+    defaults: Adam, batch size 196, lr 1e-4, every layer trainable). ``weights``: a
+    torchvision weights name (``IMAGENET1K_V1``), a weights file, or ``"none"``; ``init``:
+    any checkpoint file to start from instead (its head is adapted, then replaced).
+    ``resume``: continue the run in ``out`` from its last complete epoch (the identity
+    fields must match the manifest; ``epochs`` may be larger to extend it). ``overwrite``:
+    delete ftdyn's files in ``out`` (``epoch_*.pt``, ``manifest.json``) and start over.
 
     Side effect: re-seeds the global torch RNG (from ``seed``, then per epoch).
     Returns the output folder. Raises :class:`FtdynError` for bad input.
     """
-    # -- arguments -----------------------------------------------------------------
-    if resume and overwrite:
-        raise FtdynError("--resume and --overwrite exclude each other; pick one.")
-    if int(epochs) < 0:
-        raise FtdynError(f"--epochs: must be 0 or more (got {epochs}).")
-    if int(batch_size) < 1:
-        raise FtdynError(f"--batch-size: must be at least 1 (got {batch_size}).")
-    if not (float(lr) > 0 and math.isfinite(float(lr))):
-        raise FtdynError(f"--lr: must be a positive number (got {lr}).")
-    if int(input_size) < 8:
-        raise FtdynError(f"--input-size: must be at least 8 pixels (got {input_size}).")
-    if int(num_workers) < 0:
-        raise FtdynError(f"--workers: must be 0 or more (got {num_workers}).")
-    seed = D.check_seed(seed)
-    opt_name = str(optimizer).strip().lower()
-    if opt_name not in OPTIMIZERS:
-        raise FtdynError(f"--optimizer: '{optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
-    epochs, batch_size, lr, input_size = int(epochs), int(batch_size), float(lr), int(input_size)
-    val_split = None if val_split is None else float(val_split)
-    weights = "none" if weights is None else str(weights)
-    arch = models.canonical_arch(arch)
+    config = make_config(config, **options)
+    config = config.replace(arch=models.canonical_arch(config.arch))
+    arch, weights, init, epochs, batch_size, lr, opt_name, val_split, input_size, seed = (
+        config.arch, config.weights, config.init, config.epochs, config.batch_size, config.lr, config.optimizer,
+        config.val_split, config.input_size, config.seed)
+    crop_scale, device, num_workers, resume, overwrite = (
+        config.crop_scale, config.device, config.num_workers, config.resume, config.overwrite)
+    trust_checkpoint, progress, state_prefix = config.trust_checkpoint, config.progress, config.state_prefix
     init_path = None
     if init is not None:
         init_path = Path(init).expanduser()
-        if weights.lower() != "none":
-            raise FtdynError("--init and --weights exclude each other: --init loads every weight from the "
-                             "checkpoint; drop --weights.")
         if not init_path.is_file():
             raise FtdynError(f"--init: '{init_path}' is not a file; give a checkpoint file.")
     weights_file = _weights_file(weights)
@@ -361,10 +360,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     weights_sha = ckpt.sha256_file(weights_file) if weights_file is not None else None
 
     if manifest_old is not None:
-        _verify_resume(manifest_old, data_path=data_path, arch=arch, weights=weights, weights_sha=weights_sha,
-                       init_sha=init_sha,
-                       batch_size=batch_size, lr=lr, optimizer=opt_name, val_split=val_split,
-                       input_size=input_size, seed=seed, epochs=epochs, crop_scale=crop_scale)
+        _verify_resume(manifest_old, config, data_path=data_path, weights_sha=weights_sha, init_sha=init_sha)
         if manifest_old["classes"] != classes:
             raise FtdynError(f"DATA_DIR: the classes of '{data_path}' changed since the run started; "
                              "resume with the same data or start over with --overwrite.")
@@ -529,3 +525,7 @@ def _torchvision_version() -> str:
     import torchvision
 
     return torchvision.__version__
+
+
+train.__doc__ += "\n    Options (:class:`~ftdyn.config.TrainConfig`):\n\n" + "\n".join(
+    f"    * {line}" for line in describe(TrainConfig).splitlines())
