@@ -21,8 +21,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from .config import OPTIMIZERS, TrainConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, check_output_folder
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "train"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "TrainPlan", "execute", "make_plan", "train"]
 
 
 def _say(message: str) -> None:
@@ -292,6 +293,43 @@ def make_config(config: TrainConfig | None = None, **options: Any) -> TrainConfi
     return TrainConfig(**options) if config is None else config.replace(**options) if options else config
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What :func:`execute` will do, decided before any model is built or file written.
+
+    ``mode`` is ``"new"`` (a fresh run; ``delete`` lists the files of the run it replaces),
+    ``"resume"`` (continue ``resumed``, the manifest read from ``out``) or ``"restart"`` (a
+    ``--resume`` of a run stopped before epoch 0 was saved: its files are deleted, then new).
+    """
+
+    config: TrainConfig  # validated; ``arch`` canonical
+    data_dir: Path
+    out: Path
+    device: torch.device
+    train_data: D.ImageFolderData
+    val_data: D.ImageFolderData
+    init_path: Path | None
+    weights_sha: str | None
+    init_sha: str | None
+    mode: Literal["new", "resume", "restart"]
+    delete: tuple[Path, ...] = ()
+    resumed: dict | None = None
+
+    @property
+    def data_path(self) -> str:
+        return str(self.data_dir.expanduser().resolve())
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.train_data.classes)
+
+    @property
+    def drop_last(self) -> bool:
+        """Drop a last training batch of one image (BatchNorm cannot train on it)."""
+        n, b = len(self.train_data), self.config.batch_size
+        return n % b == 1 and n > b
+
+
 def train(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainConfig | None = None,
           **options: Any) -> Path:
     """Fine-tune ``arch`` on ``data_dir`` and write a checkpoint series to ``out``.
@@ -306,212 +344,299 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainC
     fields must match the manifest; ``epochs`` may be larger to extend it). ``overwrite``:
     delete ftdyn's files in ``out`` (``epoch_*.pt``, ``manifest.json``) and start over.
 
+    Same as ``execute(make_plan(data_dir, out=out, ...))``.
     Side effect: re-seeds the global torch RNG (from ``seed``, then per epoch).
     Returns the output folder. Raises :class:`FtdynError` for bad input.
     """
-    config = make_config(config, **options)
+    return execute(make_plan(data_dir, out=out, config=config, **options))
+
+
+# -------------------------------------------------------------- validate and plan
+
+
+def _validate(config: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
+    """Checks that need the model zoo or the file system: (config with the canonical arch,
+    the ``init`` file, the ``weights`` file)."""
     config = config.replace(arch=models.canonical_arch(config.arch))
-    arch, weights, init, epochs, batch_size, lr, opt_name, val_split, input_size, seed = (
-        config.arch, config.weights, config.init, config.epochs, config.batch_size, config.lr, config.optimizer,
-        config.val_split, config.input_size, config.seed)
-    crop_scale, device, num_workers, resume, overwrite = (
-        config.crop_scale, config.device, config.num_workers, config.resume, config.overwrite)
-    trust_checkpoint, progress, state_prefix = config.trust_checkpoint, config.progress, config.state_prefix
     init_path = None
-    if init is not None:
-        init_path = Path(init).expanduser()
+    if config.init is not None:
+        init_path = Path(config.init).expanduser()
         if not init_path.is_file():
             raise FtdynError(f"--init: '{init_path}' is not a file; give a checkpoint file.")
-    weights_file = _weights_file(weights)
-    dev = resolve_device(device)
+    return config, init_path, _weights_file(config.weights)
 
-    # -- output folder (read-only checks first) -------------------------------------
-    out = Path(out).expanduser()
-    check_output_folder(out, inputs=[data_dir])  # inside the data folder it would become a class folder
+
+def _plan_output(out: Path, config: TrainConfig) -> tuple[str, tuple[Path, ...], dict | None]:
+    """(mode, files to delete, manifest to resume) for the folder ``out``."""
     own, other = _inspect_out(out)
-    manifest_old = None
-    restart = False
     if own:
-        if resume:
-            manifest_old = ckpt.read_manifest(out)
-            if manifest_old is None or not manifest_old["epochs"]:  # stopped before epoch 0 was saved
-                manifest_old, restart = None, True
-        elif not overwrite:
+        if config.resume:
+            manifest = ckpt.read_manifest(out)
+            if manifest is None or not manifest["epochs"]:  # stopped before epoch 0 was saved
+                return "restart", tuple(own), None
+            return "resume", (), manifest
+        if not config.overwrite:
             what = ckpt.MANIFEST_NAME if (out / ckpt.MANIFEST_NAME).exists() else f"{len(own)} checkpoint file(s)"
             raise FtdynError(f"--out: '{out}' already holds an ftdyn run ({what}); pass --resume to continue it, "
                              "--overwrite to replace it, or choose another folder.")
-    elif other:
+        return "new", tuple(own), None
+    if other:
         raise FtdynError(f"--out: '{out}' is not empty and holds no ftdyn run ({other[0].name}, ...); "
                          "choose an empty or new folder.")
+    return "new", (), None
 
-    # -- data ----------------------------------------------------------------------
-    train_data, val_data = D.resolve_splits(data_dir, val_split, seed)
+
+def _read_data(data_dir, config: TrainConfig) -> tuple[D.ImageFolderData, D.ImageFolderData]:
+    """The training and validation splits; prints what was skipped, rescaled or ignored."""
+    train_data, val_data = D.resolve_splits(data_dir, config.val_split, config.seed)
     skipped = list(train_data.skipped) + list(val_data.skipped)
     rescaled = list(train_data.rescaled) + list(val_data.rescaled)
     ignored = list(dict.fromkeys([*train_data.ignored, *val_data.ignored]))
     for note in (D.skipped_message(skipped), D.rescaled_message(rescaled), D.ignored_message(ignored)):
         if note:
             _say(f"ftdyn: warning: {note}")
-    _check_two_classes(train_data, val_data, data_dir, val_split)
-    data_path = str(Path(data_dir).expanduser().resolve())
-    classes = list(train_data.classes)
-    num_classes = len(classes)
-    init_sha = ckpt.sha256_file(init_path) if init_path is not None else None
-    weights_sha = ckpt.sha256_file(weights_file) if weights_file is not None else None
+    _check_two_classes(train_data, val_data, data_dir, config.val_split)
+    return train_data, val_data
 
-    if manifest_old is not None:
-        _verify_resume(manifest_old, config, data_path=data_path, weights_sha=weights_sha, init_sha=init_sha)
-        if manifest_old["classes"] != classes:
-            raise FtdynError(f"DATA_DIR: the classes of '{data_path}' changed since the run started; "
-                             "resume with the same data or start over with --overwrite.")
-        ds = manifest_old.get("dataset", {})
-        if (ds.get("train_size"), ds.get("val_size")) != (len(train_data), len(val_data)):
-            raise FtdynError(f"DATA_DIR: '{data_path}' now has {len(train_data)} train / {len(val_data)} val images, "
-                             f"the run started with {ds.get('train_size')} / {ds.get('val_size')}; resume with the "
-                             "same data or start over with --overwrite.")
 
-    # -- model ---------------------------------------------------------------------
-    model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint, state_prefix)
-    models.blank_forward(model, input_size)  # a one-line --input-size error for sizes the model cannot take
-    model.to(dev, memory_format=fastest_memory_format(model, dev))
-    opt = _make_optimizer(opt_name, model.parameters(), lr)
-    norm = models.default_normalization(model, arch)  # ImageNet's, or a timm model's pretrained config
-    mean, std = norm["mean"], norm["std"]
+def _verify_resume_data(plan: TrainPlan) -> None:
+    """Refuse to resume on data whose classes or split sizes changed since the run started."""
+    manifest, data_path = plan.resumed, plan.data_path
+    if manifest["classes"] != plan.classes:
+        raise FtdynError(f"DATA_DIR: the classes of '{data_path}' changed since the run started; "
+                         "resume with the same data or start over with --overwrite.")
+    ds = manifest.get("dataset", {})
+    n_train, n_val = len(plan.train_data), len(plan.val_data)
+    if (ds.get("train_size"), ds.get("val_size")) != (n_train, n_val):
+        raise FtdynError(f"DATA_DIR: '{data_path}' now has {n_train} train / {n_val} val images, "
+                         f"the run started with {ds.get('train_size')} / {ds.get('val_size')}; resume with the "
+                         "same data or start over with --overwrite.")
 
-    train_set = D.ImageDataset(train_data, D.train_transform(input_size, crop_scale), seed=seed)
-    val_set = D.ImageDataset(val_data, D.eval_transform(input_size))
-    pin = dev.type == "cuda"
-    drop_last = len(train_data) % batch_size == 1 and len(train_data) > batch_size
 
-    def val_loader():
-        return D.make_loader(val_set, batch_size=batch_size, shuffle=False, seed=seed, num_workers=num_workers,
-                             pin_memory=pin)
+def make_plan(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainConfig | None = None,
+         **options: Any) -> TrainPlan:
+    """Validate the arguments of :func:`train`, read the output folder and the dataset, and
+    return what :func:`execute` will do. Builds no model and writes nothing (it only removes
+    the temporary files of a killed save in ``out``, never part of a finished run)."""
+    config, init_path, weights_file = _validate(make_config(config, **options))
+    device = resolve_device(config.device)
+    out = Path(out).expanduser()
+    check_output_folder(out, inputs=[data_dir])  # inside the data folder it would become a class folder
+    mode, delete, resumed = _plan_output(out, config)
+    train_data, val_data = _read_data(data_dir, config)
+    result = TrainPlan(config=config, data_dir=Path(data_dir), out=out, device=device, train_data=train_data,
+                       val_data=val_data, init_path=init_path,
+                       weights_sha=ckpt.sha256_file(weights_file) if weights_file is not None else None,
+                       init_sha=ckpt.sha256_file(init_path) if init_path is not None else None,
+                       mode=mode, delete=delete, resumed=resumed)
+    if resumed is not None:
+        _verify_resume(resumed, config, data_path=result.data_path, weights_sha=result.weights_sha,
+                       init_sha=result.init_sha)
+        _verify_resume_data(result)
+    return result
 
-    # -- start or resume -------------------------------------------------------------
-    if manifest_old is not None:
-        manifest = manifest_old
-        entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-        last, payload, problem = _resume_point(out, entries)
-        model.load_state_dict(payload["state_dict"])
-        opt.load_state_dict(payload["optimizer"])
-        ckpt.set_rng_states(payload["rng"])
-        start = int(last["epoch"]) + 1
-        manifest["epochs"] = [e for e in entries if e["epoch"] < start]
-        manifest["hyperparameters"]["epochs"] = epochs
-        if problem:  # the manifest must not list the files removed below
-            manifest["complete"] = False
-            ckpt.write_manifest(out, manifest)
-            end = entries[-1]["epoch"]
-            redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
-            _say(f"ftdyn: note: --resume: {problem}; redoing {redo} from {last['file']}")
-        for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
-            m = ckpt.CHECKPOINT_REGEX.match(p.name)
-            if m and int(m.group(1)) >= start:
-                p.unlink()
-        if progress:
-            _say(f"ftdyn: resuming '{out}' after epoch {start - 1} of {epochs}")
-    else:
-        if overwrite or restart:
-            for p in own:
-                p.unlink(missing_ok=True)
-        if restart:
-            _say(f"ftdyn: note: --resume: no epoch of '{out}' was finished (stopped while saving epoch 0); "
-                 "starting the run over")
-        elif resume and progress:
-            _say(f"ftdyn: nothing to resume in '{out}'; starting a new run")
-        if init_path is None and weights.lower() == "none":  # nothing pre-trained anywhere
-            _say("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
-                 "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
-                 "to fine-tune a pre-trained model.")
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format": ckpt.SERIES_FORMAT,
-            "format_version": ckpt.SERIES_FORMAT_VERSION,
-            "architecture": arch,
-            "num_classes": num_classes,
-            "classes": classes,
-            "input_size": input_size,
-            "normalization": {"mean": mean, "std": std},
-            "dataset": {
-                "path": data_path,
-                "train_size": len(train_data),
-                "val_size": len(val_data),
-                "val_split": val_split,
-                "class_counts": {"train": train_data.class_counts(), "val": val_data.class_counts()},
-                "skipped_unreadable": len(skipped),
-                "skipped_first": str(skipped[0]) if skipped else None,
-                "min_max_rescaled": len(rescaled),
-            },
-            "hyperparameters": {"optimizer": opt_name, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                                "crop_scale": crop_scale, "trainable": "all", "head": "new", "augmentation": repr(train_set.transform),
-                                "eval_transform": repr(val_set.transform)},
-            "seed": seed,
-            "init": {"weights": weights, "weights_sha256": weights_sha,
-                     "checkpoint": str(init_path.resolve()) if init_path is not None else None,
-                     "checkpoint_sha256": init_sha},
-            "epochs": [],
-            "complete": False,
-            "ftdyn_version": __version__,
-            "torch_version": torch.__version__,
-            "torchvision_version": _torchvision_version(),
-            "device": str(dev),
-            "created": _now(),
-        }
-        start = 1
 
-    bar, live = _progress_bar(progress)
-    meta = {"architecture": arch, "classes": classes, "num_classes": num_classes, "input_size": input_size,
-            "normalization": {"mean": mean, "std": std}, "seed": seed}
+# ------------------------------------------------------------------------ execute
 
-    def save(epoch: int, metrics: dict[str, Any], seconds: float) -> None:
-        name = ckpt.checkpoint_filename(epoch)
-        sha = ckpt.save_checkpoint(out / name, model.state_dict(), epoch=epoch,
-                                   extra={**meta, "metrics": metrics, **_state_for_resume(opt)})
-        manifest["epochs"] = [e for e in manifest["epochs"] if e["epoch"] != epoch]
-        manifest["epochs"].append({"epoch": epoch, "file": name, "sha256": sha, **metrics,
-                                   "seconds": round(seconds, 3)})
-        manifest["complete"] = epoch >= epochs
-        manifest["updated"] = _now()
+
+@dataclass
+class _Run:
+    """The state :func:`execute` builds from a plan and the epoch loop updates."""
+
+    plan: TrainPlan
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    mean: list[float]
+    std: list[float]
+    train_set: D.ImageDataset
+    val_set: D.ImageDataset
+    manifest: dict = field(default_factory=dict)
+    start: int = 1
+
+    @property
+    def pin(self) -> bool:
+        return self.plan.device.type == "cuda"
+
+    def val_loader(self):
+        c = self.plan.config
+        return D.make_loader(self.val_set, batch_size=c.batch_size, shuffle=False, seed=c.seed,
+                             num_workers=c.num_workers, pin_memory=self.pin)
+
+    def train_loader(self, epoch: int):
+        c = self.plan.config
+        return D.make_loader(self.train_set, batch_size=c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
+                             num_workers=c.num_workers, drop_last=self.plan.drop_last, pin_memory=self.pin)
+
+
+def _prepare(plan: TrainPlan) -> _Run:
+    """The source model on its device, its optimizer and the two datasets."""
+    c = plan.config
+    model = _build_source(c.arch, c.weights, plan.init_path, len(plan.classes), c.seed, c.trust_checkpoint,
+                          c.state_prefix)
+    models.blank_forward(model, c.input_size)  # a one-line --input-size error for sizes the model cannot take
+    model.to(plan.device, memory_format=fastest_memory_format(model, plan.device))
+    opt = _make_optimizer(c.optimizer, model.parameters(), c.lr)
+    norm = models.default_normalization(model, c.arch)  # ImageNet's, or a timm model's pretrained config
+    train_set = D.ImageDataset(plan.train_data, D.train_transform(c.input_size, c.crop_scale), seed=c.seed)
+    val_set = D.ImageDataset(plan.val_data, D.eval_transform(c.input_size))
+    return _Run(plan, model, opt, norm["mean"], norm["std"], train_set, val_set)
+
+
+def _start_resumed(run: _Run) -> None:
+    """Load the resume point into the model, optimizer and RNGs; drop what comes after it."""
+    plan, out = run.plan, run.plan.out
+    manifest = run.manifest = plan.resumed
+    entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
+    last, payload, problem = _resume_point(out, entries)
+    run.model.load_state_dict(payload["state_dict"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    ckpt.set_rng_states(payload["rng"])
+    start = run.start = int(last["epoch"]) + 1
+    manifest["epochs"] = [e for e in entries if e["epoch"] < start]
+    manifest["hyperparameters"]["epochs"] = plan.config.epochs
+    if problem:  # the manifest must not list the files removed below
+        manifest["complete"] = False
         ckpt.write_manifest(out, manifest)
+        end = entries[-1]["epoch"]
+        redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
+        _say(f"ftdyn: note: --resume: {problem}; redoing {redo} from {last['file']}")
+    for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
+        m = ckpt.CHECKPOINT_REGEX.match(p.name)
+        if m and int(m.group(1)) >= start:
+            p.unlink()
+    if plan.config.progress:
+        _say(f"ftdyn: resuming '{out}' after epoch {start - 1} of {plan.config.epochs}")
 
+
+def _start_new(run: _Run) -> None:
+    """Delete the run being replaced, say what kind of source model this is, create the manifest."""
+    plan, c = run.plan, run.plan.config
+    for p in plan.delete:
+        p.unlink(missing_ok=True)
+    if plan.mode == "restart":
+        _say(f"ftdyn: note: --resume: no epoch of '{plan.out}' was finished (stopped while saving epoch 0); "
+             "starting the run over")
+    elif c.resume and c.progress:
+        _say(f"ftdyn: nothing to resume in '{plan.out}'; starting a new run")
+    if plan.init_path is None and c.weights.lower() == "none":  # nothing pre-trained anywhere
+        _say("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
+             "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
+             "to fine-tune a pre-trained model.")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    run.manifest, run.start = _new_manifest(run), 1
+
+
+def _new_manifest(run: _Run) -> dict[str, Any]:
+    plan, c = run.plan, run.plan.config
+    train_data, val_data = plan.train_data, plan.val_data
+    skipped = list(train_data.skipped) + list(val_data.skipped)
+    rescaled = list(train_data.rescaled) + list(val_data.rescaled)
+    return {
+        "format": ckpt.SERIES_FORMAT,
+        "format_version": ckpt.SERIES_FORMAT_VERSION,
+        "architecture": c.arch,
+        "num_classes": len(plan.classes),
+        "classes": plan.classes,
+        "input_size": c.input_size,
+        "normalization": {"mean": run.mean, "std": run.std},
+        "dataset": {
+            "path": plan.data_path,
+            "train_size": len(train_data),
+            "val_size": len(val_data),
+            "val_split": c.val_split,
+            "class_counts": {"train": train_data.class_counts(), "val": val_data.class_counts()},
+            "skipped_unreadable": len(skipped),
+            "skipped_first": str(skipped[0]) if skipped else None,
+            "min_max_rescaled": len(rescaled),
+        },
+        "hyperparameters": {"optimizer": c.optimizer, "lr": c.lr, "batch_size": c.batch_size, "epochs": c.epochs,
+                            "crop_scale": c.crop_scale, "trainable": "all", "head": "new",
+                            "augmentation": repr(run.train_set.transform),
+                            "eval_transform": repr(run.val_set.transform)},
+        "seed": c.seed,
+        "init": {"weights": c.weights, "weights_sha256": plan.weights_sha,
+                 "checkpoint": str(plan.init_path.resolve()) if plan.init_path is not None else None,
+                 "checkpoint_sha256": plan.init_sha},
+        "epochs": [],
+        "complete": False,
+        "ftdyn_version": __version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": _torchvision_version(),
+        "device": str(plan.device),
+        "created": _now(),
+    }
+
+
+def _save(run: _Run, epoch: int, metrics: dict[str, Any], seconds: float) -> None:
+    """Write epoch ``epoch``'s checkpoint, then the manifest listing it."""
+    c, out, manifest = run.plan.config, run.plan.out, run.manifest
+    meta = {"architecture": c.arch, "classes": run.plan.classes, "num_classes": len(run.plan.classes),
+            "input_size": c.input_size, "normalization": {"mean": run.mean, "std": run.std}, "seed": c.seed}
+    name = ckpt.checkpoint_filename(epoch)
+    sha = ckpt.save_checkpoint(out / name, run.model.state_dict(), epoch=epoch,
+                               extra={**meta, "metrics": metrics, **_state_for_resume(run.optimizer)})
+    manifest["epochs"] = [e for e in manifest["epochs"] if e["epoch"] != epoch]
+    manifest["epochs"].append({"epoch": epoch, "file": name, "sha256": sha, **metrics,
+                               "seconds": round(seconds, 3)})
+    manifest["complete"] = epoch >= c.epochs
+    manifest["updated"] = _now()
+    ckpt.write_manifest(out, manifest)
+
+
+def _source_epoch(run: _Run, bar, live: bool) -> None:
+    """Epoch 0: validate the source model with its new head and save it."""
+    c, t0 = run.plan.config, time.perf_counter()
+    loader = run.val_loader()
+    task = bar.add_task(f"epoch 0/{c.epochs} (source)", total=len(loader))
+    val_loss, val_acc = _run_epoch(run.model, loader, device=run.plan.device, mean=run.mean, std=run.std,
+                                   progress=bar if live else None, task=task)
+    metrics = {"train_loss": None, "train_acc": None, "val_loss": val_loss, "val_acc": val_acc}
+    _save(run, 0, metrics, time.perf_counter() - t0)
+    if c.progress:
+        _line(bar, live, f"epoch 0/{c.epochs}: source model with new head: val loss {_fmt(val_loss)} "
+                         f"acc {_fmt(val_acc)}")
+
+
+def _fine_tune_epoch(run: _Run, epoch: int, bar, live: bool) -> None:
+    """One epoch of fine-tuning, its validation, its checkpoint."""
+    c, t0 = run.plan.config, time.perf_counter()
+    torch.manual_seed(D.derive_seed(c.seed, epoch, 0xD209))  # dropout etc.: depends on (seed, epoch) only
+    loader, vloader = run.train_loader(epoch), run.val_loader()
+    task = bar.add_task(f"epoch {epoch}/{c.epochs}", total=len(loader) + len(vloader))
+    shared = dict(device=run.plan.device, mean=run.mean, std=run.std, progress=bar if live else None, task=task)
+    train_loss, train_acc = _run_epoch(run.model, loader, optimizer=run.optimizer, **shared)
+    val_loss, val_acc = _run_epoch(run.model, vloader, **shared)
+    metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+    _save(run, epoch, metrics, time.perf_counter() - t0)
+    if c.progress:
+        _line(bar, live, f"epoch {epoch}/{c.epochs}: train loss {_fmt(train_loss)} acc {_fmt(train_acc)} | "
+                         f"val loss {_fmt(val_loss)} acc {_fmt(val_acc)} ({time.perf_counter() - t0:.1f} s)")
+
+
+def execute(plan: TrainPlan) -> Path:
+    """Carry out ``plan`` (from :func:`make_plan`): build the model, start or resume, train, save."""
+    run = _prepare(plan)
+    if plan.mode == "resume":
+        _start_resumed(run)
+    else:
+        _start_new(run)
+    c = plan.config
+    bar, live = _progress_bar(c.progress)
     with bar:
-        if start == 1 and not manifest["epochs"]:
-            t0 = time.perf_counter()
-            loader = val_loader()
-            task = bar.add_task(f"epoch 0/{epochs} (source)", total=len(loader))
-            val_loss, val_acc = _run_epoch(model, loader, device=dev, mean=mean, std=std,
-                                           progress=bar if live else None, task=task)
-            metrics = {"train_loss": None, "train_acc": None, "val_loss": val_loss, "val_acc": val_acc}
-            save(0, metrics, time.perf_counter() - t0)
-            if progress:
-                _line(bar, live, f"epoch 0/{epochs}: source model with new head: val loss {_fmt(val_loss)} "
-                                 f"acc {_fmt(val_acc)}")
-        for epoch in range(start, epochs + 1):
-            t0 = time.perf_counter()
-            torch.manual_seed(D.derive_seed(seed, epoch, 0xD209))  # dropout etc.: depends on (seed, epoch) only
-            loader = D.make_loader(train_set, batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                   num_workers=num_workers, drop_last=drop_last, pin_memory=pin)
-            vloader = val_loader()
-            task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(loader) + len(vloader))
-            train_loss, train_acc = _run_epoch(model, loader, device=dev, mean=mean, std=std, optimizer=opt,
-                                               progress=bar if live else None, task=task)
-            val_loss, val_acc = _run_epoch(model, vloader, device=dev, mean=mean, std=std,
-                                           progress=bar if live else None, task=task)
-            metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
-            save(epoch, metrics, time.perf_counter() - t0)
-            if progress:
-                _line(bar, live, f"epoch {epoch}/{epochs}: train loss {_fmt(train_loss)} acc {_fmt(train_acc)} | "
-                                 f"val loss {_fmt(val_loss)} acc {_fmt(val_acc)} ({time.perf_counter() - t0:.1f} s)")
-    if manifest_old is not None and start > epochs:
-        if not manifest.get("complete"):
-            manifest["complete"] = True
-            ckpt.write_manifest(out, manifest)
-        if progress:
-            _say(f"ftdyn: '{out}' is already complete ({epochs} epochs); nothing to do")
-    if epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
+        if run.start == 1 and not run.manifest["epochs"]:
+            _source_epoch(run, bar, live)
+        for epoch in range(run.start, c.epochs + 1):
+            _fine_tune_epoch(run, epoch, bar, live)
+    if plan.mode == "resume" and run.start > c.epochs:
+        if not run.manifest.get("complete"):
+            run.manifest["complete"] = True
+            ckpt.write_manifest(plan.out, run.manifest)
+        if c.progress:
+            _say(f"ftdyn: '{plan.out}' is already complete ({c.epochs} epochs); nothing to do")
+    if c.epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
         _say("ftdyn train: note: --epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
              "analyze` needs at least one fine-tuned epoch to compare it with.")
-    return out
+    return plan.out
 
 
 def _line(bar, live: bool, text: str) -> None:
