@@ -1,4 +1,5 @@
-"""Find, order, verify and safely load checkpoint series (design.md §4–5).
+"""Find, order, verify and safely load checkpoint series (README, "Walk-through on your
+own data" and "Checkpoints from elsewhere").
 
 Writing side (used by training):
 

@@ -1,7 +1,9 @@
-"""Command line: a thin Typer layer over :mod:`ftdyn.api`.
+"""Command line: a thin Typer layer over the Python API (``ftdyn.train``, ``ftdyn.extract``, ...).
 
-Each command parses its options, calls the API function of the same name and
-turns an :class:`~ftdyn.errors.FtdynError` into one line on stderr with exit code 2.
+Each command parses its options, calls the API function of the same name (see
+``ftdyn.__init__`` for the module behind each) and turns an
+:class:`~ftdyn.errors.FtdynError` into one line on stderr with exit code 2. Options of
+commands with a typed config (:mod:`ftdyn.config`) take their defaults and help from it.
 """
 
 from __future__ import annotations

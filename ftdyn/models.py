@@ -28,9 +28,9 @@ from .errors import FtdynError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The published code's hook points (design.md §1); ResNet block outputs are the
-# final ReLU of each stage, DenseNet the last bottleneck ReLU of each block and
-# each transition ReLU.
+# The published code's hook points (README, "Walk-through on your own data", **Layers**);
+# ResNet block outputs are the final ReLU of each stage, DenseNet the last bottleneck
+# ReLU of each block and each transition ReLU.
 _PAPER_LAYERS = {
     "vgg19": ["features.3", "features.8", "features.17", "features.26", "features.35"],
     "vgg19_bn": ["features.5", "features.12", "features.25", "features.38", "features.51"],

@@ -1,4 +1,4 @@
-"""Activation tensor -> matrices, one function per *view* (design.md §2).
+"""Activation tensor -> matrices, one function per *view* (README, "Metrics", **Views**).
 
 A layer's activations for a block of ``n`` images are ``A`` of shape
 ``(n, C, H, W)`` (C filters, H×W maps). A *view* says which matrices X (rows ×
@@ -25,7 +25,7 @@ maps, or ``filter``/``flat``/``pooled`` with 2 images.
 
 All functions are pure, work on any sample block (so a store chunk can be
 transformed on its own) and return arrays of ``dtype`` (float64 by default:
-statistics are accumulated in float64, design.md §2 "Precision"). They accept a
+statistics are accumulated in float64: README, "Metrics"). They accept a
 numpy array (-> C-contiguous numpy array) or a torch tensor (-> torch tensor of
 ``torch.float64``/the given torch dtype; the analysis uses this route: torch casts
 float16 -> float64 ~20× faster than numpy on CPU).

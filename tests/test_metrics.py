@@ -9,7 +9,7 @@ References written here, independent of the package code:
   the nuclear norm ‖X̂ᵀŶ‖_*);
 * :func:`ref_cka` — Kornblith et al.'s Gram-based code (``center_gram``/``cka``,
   biased and debiased) transcribed;
-* the cross-library values of design.md §2.
+* the cross-library values in the README's "Metrics" section (netrep/repsim agree).
 
 Statistics-based routes are in test_metrics_stats.py.
 """

@@ -1,11 +1,12 @@
 """ftdyn.metrics: the similarity metric engine (pure numpy/torch/scipy, no I/O).
 
-Metrics (design.md §2), on matrices or stacks of matrices (..., rows, cols):
+Metrics (paper §3.1, Eqs. 1-2; exact definitions with the paper's typos corrected
+in the README's "Metrics" section), on matrices or stacks of matrices (..., rows, cols):
 
 * :func:`pwsm` (radians, netrep convention), :func:`procrustes` (∈ [0, 1]),
   :func:`linear_cka` (similarity; ``debiased=True``), :func:`cka_distance` (1 − CKA).
 
-The same metrics from streamed sufficient statistics (design.md §3):
+The same metrics from streamed sufficient statistics (README, "Metrics", **Out-of-core**):
 
 * row side (rows ≥ cols): :class:`RowStats`, :func:`row_stats`, :func:`merge`,
   :func:`pwsm_from_row_stats`, :func:`procrustes_from_row_stats`, :func:`cka_from_row_stats`;

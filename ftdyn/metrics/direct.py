@@ -1,4 +1,5 @@
-"""Metrics on matrices: PWSM, orthogonal Procrustes, linear CKA (design.md §2).
+"""Metrics on matrices: PWSM, orthogonal Procrustes, linear CKA (paper §3.1;
+definitions in the README's "Metrics" section).
 
 ``X`` and ``Y`` are (rows × cols) matrices of the source and the fine-tuned model
 for the same inputs in the same row order, or stacks ``(..., rows, cols)`` (one

@@ -1,7 +1,7 @@
 """Sufficient statistics: accumulate chunk by chunk, merge (associative), metrics.
 
 Every metric depends on X and Y only through small float64 accumulations, so a
-layer can be streamed once and never held in memory (design.md §3).
+layer can be streamed once and never held in memory (README, "Metrics", **Out-of-core**).
 
 Row side — rows ≫ cols (``channels``, ``pooled``, ``filter`` in deep layers)
     :class:`RowStats` ``(n, sum_x, sum_y, xx, yy, xy)`` with ``xx = XᵀX``,
