@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -97,7 +98,7 @@ class TrainConfig:
                                         "e.g. vgg19, resnet50, densenet121.", "flag": None, "identity": True})
     weights: str = _option("none", "Source weights: a torchvision weights name (IMAGENET1K_V1, DEFAULT), a local "
                                    "weights file, or none (random init).", identity=True)
-    init: Any = _option(None, "Start from this checkpoint file instead (e.g. a model pre-trained elsewhere or by "
+    init: str | os.PathLike | None = _option(None, "Start from this checkpoint file instead (e.g. a model pre-trained elsewhere or by "
                               "`ftdyn train`); its head is replaced.")
     epochs: int = _option(10, "Number of fine-tuning epochs T (paper: 10-15).")
     optimizer: Optimizer = _option("adam", "adam (paper), adamw or sgd (momentum 0.9).", identity=True)
@@ -119,8 +120,7 @@ class TrainConfig:
                                             "for files you trust).")
     state_prefix: str | None = _option(None, "Key prefix of the model copy to load from --init/--weights files "
                                              "holding several (e.g. ema.module.).")
-    progress: bool = _option(True, "Progress bars and per-epoch lines on stderr (CLI: --no-progress turns them "
-                                   "off).", flag="--no-progress")
+    progress: bool = _option(True, "Progress bars and per-epoch lines on stderr.", flag="--no-progress")
 
     def __post_init__(self) -> None:
         # The order of the checks is the order of the errors a user meets; keep it stable.
