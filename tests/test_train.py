@@ -171,6 +171,28 @@ def _cli_cmd(*args) -> list[str]:
     return [sys.executable, "-c", "from ftdyn.cli import app; app()", *map(str, args)]
 
 
+def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
+    """Run the CLI with ``args`` in a subprocess (one thread, this checkout first on the path),
+    SIGKILL it as soon as ``ready()`` holds, and return its exit code; fails (never hangs) if
+    it ends first or ``what`` does not appear within ``timeout`` seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, f"hang: {what} never appeared"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
 def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     # mobilenet_v3_small has dropout, so this also checks that the global RNG is restored per epoch
     common = ["train", image_folder, "--arch", "mobilenet_v3_small", "--epochs", 4, "--seed", 7,
@@ -180,24 +202,8 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert result.exit_code == 0, result.output
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(_cli_cmd(*common, "--out", killed), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 120
-    try:
-        while not (killed / "epoch_001.pt").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "epoch_001.pt never appeared"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    code = kill_cli_when([*common, "--out", killed], (killed / "epoch_001.pt").exists, "epoch_001.pt")
+    assert code == -signal.SIGKILL
     manifest = ckpt.read_manifest(killed)
     assert manifest is not None and manifest["complete"] is False
     assert max(e["epoch"] for e in manifest["epochs"]) < 4

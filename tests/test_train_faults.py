@@ -4,16 +4,13 @@ uninterrupted run."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ftdyn import checkpoints as ckpt
-from test_train import FAST, _cli_cmd, assert_same_state, run_cli, state_of
+from test_train import FAST, assert_same_state, kill_cli_when, run_cli, state_of
 
 COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST]
 
@@ -56,22 +53,11 @@ def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_
 
 def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, tmp_path):
     out = tmp_path / "series"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(_cli_cmd("train", image_folder, *COMMON, "--out", out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    try:
-        while not (out.is_dir() and any(out.iterdir())):  # the first file of epoch 0 (its temporary, or it)
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "hang: no file within 120 s"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def started() -> bool:  # the first file of epoch 0 (its temporary, or it)
+        return out.is_dir() and any(out.iterdir())
+
+    assert kill_cli_when(["train", image_folder, *COMMON, "--out", out], started, "a file of epoch 0") == -signal.SIGKILL
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     _same_run(out, reference)
