@@ -145,6 +145,11 @@ def extract(
     writers: Annotated[Optional[int], typer.Option(help="Threads compressing and writing regions (default: one "
                                                         "per CPU core but one, 2 to 16).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    random_init_baseline: Annotated[bool, typer.Option(
+        "--random-init-baseline", help="Also extract a seeded randomly initialized model of the same architecture "
+                                       "on the same images (not an epoch): the ceiling of `analyze`'s "
+                                       "relative_distance.")] = False,
+    random_init_seed: Annotated[int, typer.Option(help="Seed of the random-init baseline.")] = 0,
 ) -> None:
     """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
 
@@ -158,7 +163,8 @@ def extract(
                 batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
                 trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
                 writers=writers, state_prefix=state_prefix, weights_copy=weights_copy, normalize=normalize,
-                progress=not no_progress)
+                progress=not no_progress, random_init_baseline=random_init_baseline,
+                random_init_seed=random_init_seed)
 
 
 @app.command()

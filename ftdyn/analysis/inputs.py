@@ -27,6 +27,8 @@ from ..errors import FtdynError
 METRIC_NAMES = tuple(M.METRICS)
 DEFAULT_ALPHA = 0.0
 TRAJECTORY_MODES = ("auto", "all", "reference")
+#: checkpoint position that reads the store's random-init baseline instead of an epoch
+BASELINE = -1
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ class Source:
     def where(self, ckpt: int, chunk: int) -> str:
         """'layer L (array V), epoch E, samples a-b': how messages name a block (never by index)."""
         rows = self.rows(chunk)
+        if ckpt == BASELINE:
+            return f"layer {self.layer or self.var} (array {self.var}), random-init baseline, samples {rows.start}-{rows.stop - 1}"
         epoch = self.epochs[ckpt] if ckpt < len(self.epochs) else f"#{ckpt}"
         return (f"layer {self.layer or self.var} (array {self.var}), epoch {epoch}, "
                 f"samples {rows.start}-{rows.stop - 1}")
@@ -233,10 +237,11 @@ class Experiment:
 
 
 def store_fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
-    from ..store import completeness
+    from ..store import RANDOM_INIT, completeness, has_random_init
 
     done = completeness(path)
     payload = {
+        "random_init": [ds.attrs.get(RANDOM_INIT), has_random_init(path)],
         "checkpoints": ds.attrs.get("checkpoints"),
         "probe": ds.attrs.get("probe"),
         "layers": {var: list(ds[var].shape[1:]) for _, var in _store_layers(ds)},

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from .. import stats as S
 from ..errors import FtdynError
 from .inputs import Args, Experiment, Source
 from .tasks import map_pairs
@@ -211,6 +212,14 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
                      f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
                      f"{task_budget / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
                      "--workers.")
+
+
+def shared_boot_indices(n: int, n_boot: int, seed: int, experiment: int) -> list[np.ndarray]:
+    """Image indices of the experiment's shared replicates (the row side's units at their
+    unlimited number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
+    n_units = min(MAX_UNITS, n)
+    return S.shared_indices(S.shared_units(n, n_units, seed, experiment),
+                            S.shared_counts(n_units, n_boot, seed, experiment))
 
 
 def _filter_group_sizes(c: int) -> list[int]:

@@ -24,6 +24,7 @@ from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results
                        write_tables)
 from .collect import collect, to_dataset
 from .graph import build_graph, compute
+from .interpret import ceilings, interpretation
 from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import trim
@@ -87,7 +88,8 @@ def _existing_key(out: Path) -> str | None:
         return None
 
 
-_PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", RESULTS_STORE)
+_PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "relative_distances.csv",
+             "probes.csv", "layer_order.csv", RESULTS_STORE)
 
 
 def _write(ds: xr.Dataset, out: Path) -> None:
@@ -102,7 +104,8 @@ def _write(ds: xr.Dataset, out: Path) -> None:
         for name in _PRODUCTS:  # results.zarr last: it holds the key that marks a finished run
             if (out / name).exists():
                 (out / name).rename(trash / name)
-            (tmp / name).rename(out / name)
+            if (tmp / name).exists():  # interpretation tables are optional (results.write_tables)
+                (tmp / name).rename(out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(trash, ignore_errors=True)
@@ -160,6 +163,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     recs = collect(exps, args, jobs, list(results))
     for e, m, l in degenerate:
         _undefined(recs[(e, m, l)])
+    ceiling, no_baseline = ceilings(exps, args, dev, limit, workers, scheduler, progress, degenerate)
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
              "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
@@ -187,7 +191,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "memory_limit": int(limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    ds = validate_results(to_dataset(exps, args, recs, attrs), "analyze")
+    ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, ceiling,
+                                         no_baseline), "analyze")
     _write(ds, out)
     return open_results(out)
 
