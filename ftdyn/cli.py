@@ -175,7 +175,8 @@ def analyze(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: results.zarr, distances.csv, "
                                                           "reusability.csv, agreement.csv, agreement_summary.csv.")]
     = Path("results"),
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka. "
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka, "
+                                                                         "cka_debiased (filter, flat or map view). "
                                                                          "Default: the preset's (default preset: all "
                                                                          "three; paper-code: the same three).")]
     = None,

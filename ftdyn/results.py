@@ -68,6 +68,8 @@ RELATIVE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "e
                     "relative_distance", "ceiling", "delta_ci_low", "delta_ci_high")
 PROBE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "probe_accuracy",
                  "probe_accuracy_random_init", "probe_chance")
+CONVERGENCE_COLUMNS = ("experiment", "metric", "layer", "layer_index", "fraction", "distance", "converged",
+                       "images_needed")
 LAYER_ORDER_COLUMNS = ("experiment", "metric", "layer", "layer_index", "layer_other", "layer_index_other",
                        "distance", "distance_other", "p")
 
@@ -101,6 +103,9 @@ OPTIONAL_VARS = {
     "probe_accuracy": ("experiment", "layer_index", "epoch"),
     "probe_accuracy_random_init": ("experiment", "layer_index"),
     "probe_chance": ("experiment",),
+    "convergence": ("experiment", "metric", "layer_index", "fraction"),
+    "converged": ("experiment", "metric", "layer_index"),
+    "images_needed": ("experiment", "metric", "layer_index"),
 }
 REQUIRED_COORDS = ("experiment", "model", "dataset", "store", "metric", "view", "alpha", "layer_index", "layer",
                    "epoch", "epoch_other")
@@ -293,10 +298,26 @@ def layer_order_rows(ds: xr.Dataset):
                                "p": float(p[e, m, a, b])}
 
 
+def convergence_rows(ds: xr.Dataset):
+    """Rows of ``convergence.csv``: the last epoch's distance per nested image fraction."""
+    conv, ok, need, layers = ds["convergence"].values, ds["converged"].values, ds["images_needed"].values, \
+        ds["layer"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        for m, metric in enumerate(ds["metric"].values):
+            for l in range(layers.shape[1]):
+                if not str(layers[e, l]):
+                    continue
+                for f, fraction in enumerate(ds["fraction"].values):
+                    yield {"experiment": exp, "metric": metric, "layer": layers[e, l], "layer_index": l,
+                           "fraction": float(fraction), "distance": float(conv[e, m, l, f]),
+                           "converged": bool(ok[e, m, l]), "images_needed": float(need[e, m, l])}
+
+
 #: the interpretation tables, written when the results hold their variables
 INTERPRETATION_TABLES = (("relative_distances.csv", RELATIVE_COLUMNS, relative_rows, "relative_distance"),
                          ("probes.csv", PROBE_COLUMNS, probe_rows, "probe_accuracy"),
-                         ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows, "layer_order_p"))
+                         ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows, "layer_order_p"),
+                         ("convergence.csv", CONVERGENCE_COLUMNS, convergence_rows, "convergence"))
 
 
 def write_tables(ds: xr.Dataset, out_dir: str | Path) -> list[Path]:

@@ -177,3 +177,33 @@ def test_open_store_ignores_the_baseline_as_an_epoch(tmp_path):
     assert ds.attrs["random_init_baseline"]["seed"] == 3
     with pytest.raises(ftdyn.FtdynError, match="seed 3"):
         add_random_init(path, seed=4, architecture="resnet18", init="test")
+
+
+def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(tmp_path, capsys):
+    """n = 768 images: 'narrow' has 4 columns per filter (plenty of images), 'wide' 784 (fewer images than
+    columns: the biased estimators still drift with n); the debiased CKA converges on both."""
+    rng = np.random.default_rng(7)
+    n = 768
+    src = {"narrow": np.maximum(rng.normal(size=(n, 2, 2, 2)) + 0.5, 0).astype("float32"),
+           "wide": np.maximum(rng.normal(size=(n, 2, 28, 28)) + 0.5, 0).astype("float32")}
+    last = {k: np.maximum(v + rng.normal(size=v.shape), 0).astype("float32") for k, v in src.items()}
+    path = make_store(tmp_path / "s.zarr", [src, last], labels=np.arange(n) % 3, spc=128)
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, metrics=["cka", "procrustes", "cka_debiased"],
+                       bootstrap=4)
+    ok = ds["converged"].values[0]  # (metric, layer)
+    assert ok[:, 0].all() and not ok[0, 1] and not ok[1, 1] and ok[2, 1]
+    conv = ds["convergence"].values[0]
+    np.testing.assert_allclose(conv[..., -1], ds["distance"].values[0][..., -1], rtol=1e-9)  # all images
+    need = ds["images_needed"].values[0]
+    assert np.isnan(need[:, 0]).all() and (need[:2, 1] > n).all()
+    err = capsys.readouterr().err
+    assert err.count("not converged") == 1 and "wide cka" in err and "narrow" not in err
+    # the debiased estimator against the direct metric on the pooled per-filter matrices
+    x, y = src["narrow"].astype(np.float64), last["narrow"].astype(np.float64)
+    per_filter = [float(M.cka_distance(x[:, c].reshape(n, -1), y[:, c].reshape(n, -1), debiased=True))
+                  for c in range(2)]
+    assert float(ds["distance"].sel(metric="cka_debiased").values[0, 0, 1]) == pytest.approx(np.mean(per_filter),
+                                                                                           abs=1e-9)
+    with open(tmp_path / "r" / "convergence.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 2 * 3 and {r["converged"] for r in rows} == {"True", "False"}

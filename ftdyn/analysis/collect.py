@@ -95,7 +95,7 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
                 for i, (a, b) in enumerate(pairs):
                     traj[a, b] = traj[b, a] = layer_pair[i]
                 if args.bootstrap:
-                    idx = shared_boot_indices(len(exp.labels), args.bootstrap, args.seed, job.exp)
+                    idx = shared_boot_indices(len(exp.labels), args, job.exp)
                     ref_vals = vals[ref_rows]  # (T, n, C)
                     reps = np.stack([_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
                                      for ii in idx])

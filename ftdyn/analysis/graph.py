@@ -10,7 +10,7 @@ import torch
 from .. import stats as S
 from ..errors import FtdynError
 from .inputs import Args, Experiment
-from .plan import Job, chunk_groups, shared_boot_indices
+from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices
 from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
                     row_cols, row_finish, row_leaf)
 
@@ -35,7 +35,7 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                     units = counts = None
                     if job.units > 1:  # one resample per replicate for every job of the experiment
                         units = S.shared_units(src.n, job.units, args.seed, job.exp)
-                        counts = S.shared_counts(job.units, args.bootstrap, args.seed, job.exp)
+                        counts = replicate_counts(args, job.units, job.exp)
                 p = row_cols(src, job.view)
                 for ci, cg in enumerate(job.ckpt_groups):
                     # a pass over the reference and the checkpoints of group cg (all of them: cg None)
@@ -63,7 +63,7 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                         blocks.append(delayed(gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
                                                                       dask_key_name=f"gram-{gtag}-{t}-{pi}"))
                     Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
-                boot = shared_boot_indices(src.n, args.bootstrap, args.seed, job.exp) if args.bootstrap else None
+                boot = shared_boot_indices(src.n, args, job.exp) if args.bootstrap else None
                 out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
                                                        dask_key_name=f"metrics-{gtag}")
             else:  # map

@@ -24,7 +24,10 @@ from .. import views as V
 from ..data import check_seed
 from ..errors import FtdynError
 
-METRIC_NAMES = tuple(M.METRICS)
+#: debiased linear CKA distance (1 − CKA with U-centered Grams; Murphy et al. 2024): an analysis
+#: metric beside the registry's, computed on the Gram side (per-filter/flat/map views only)
+DEBIASED_CKA = "cka_debiased"
+METRIC_NAMES = (*M.METRICS, DEBIASED_CKA)
 DEFAULT_ALPHA = 0.0
 TRAJECTORY_MODES = ("auto", "all", "reference")
 #: checkpoint position that reads the store's random-init baseline instead of an epoch
@@ -43,10 +46,10 @@ class Preset:
 
 PRESETS = {
     "default": Preset("default", ("pwsm", "procrustes", "cka"),
-                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter"}, "images",
+                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter", DEBIASED_CKA: "filter"}, "images",
                       "pwsm on channels; procrustes and cka on filter (per-filter vector, NaN-aware mean)"),
     "paper-code": Preset("paper-code", ("pwsm", "procrustes", "cka"),
-                         {"pwsm": "channels", "procrustes": "map", "cka": "map"}, "class",
+                         {"pwsm": "channels", "procrustes": "map", "cka": "map", DEBIASED_CKA: "map"}, "class",
                          "the published code: pwsm (alpha 0) on channels; procrustes and cka on map with "
                          "rows centered, per class then over all (class, filter) cells; Pearson agreement "
                          "across filters", map_center="rows"),
@@ -128,9 +131,14 @@ class Args:
     trajectory: str
     map_average: str
     map_center: str = "columns"
+    #: replicates are the nested image subsets of the convergence check (analysis.interpret), not
+    #: bootstrap draws; set only on the internal convergence run
+    nested: bool = False
 
     def key(self) -> dict[str, Any]:
-        return asdict(self)
+        key = asdict(self)
+        key.pop("nested")  # internal; keeps the analysis key of a plain analysis as it was
+        return key
 
 
 def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
@@ -166,7 +174,11 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
         layers = [layers]
     if isinstance(experiment_names, str):
         experiment_names = [experiment_names]
-    return Args(metrics=metrics, views=_resolve_views(metrics, views, p), alpha=a, reference=int(reference),
+    chosen_views = _resolve_views(metrics, views, p)
+    if chosen_views.get(DEBIASED_CKA) in ("channels", "pooled"):
+        raise FtdynError(f"--view: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, flat or "
+                         f"map view (--view {DEBIASED_CKA}=filter).")
+    return Args(metrics=metrics, views=chosen_views, alpha=a, reference=int(reference),
                 preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
                 allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average,

@@ -6,6 +6,13 @@
   same engine, views and plan as the distances (one more pair per layer).
   ``relative_distance`` = distance / ceiling: 0 = unchanged, 1 = as far as an untrained
   network. NaN (with ``attrs["relative_note"]``) when the store has no baseline.
+* **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
+  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first units of
+  the seeded unit order of :func:`ftdyn.stats.shared_units`, from the same streamed
+  statistics), ``converged`` when the relative change from 1/2 to all is below
+  :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning names them,
+  :func:`warn_unconverged`). Computed
+  in the same extra run as the ceiling.
 * **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
   evaluates every epoch and layer on that resample (:func:`ftdyn.stats.shared_resample`), so
   ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of
@@ -23,6 +30,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 
 import numpy as np
 import xarray as xr
@@ -33,8 +42,10 @@ from ..store import baseline_var, has_random_init, open_store
 from .collect import collect
 from .graph import build_graph, compute
 from .inputs import BASELINE, Args, Experiment
-from .plan import plan_analysis
+from .plan import NESTED_FRACTIONS, plan_analysis
 
+#: a distance is converged when its relative change from half the images to all is below this
+CONVERGENCE_TOL = 0.05
 #: folds and ridge of the linear probes (features standardized on the training folds)
 PROBE_FOLDS = 5
 PROBE_RIDGE = 1.0
@@ -45,29 +56,78 @@ NO_BASELINE_NOTE = ("no random-init baseline in {stores}: ceiling and relative_d
                     "`ftdyn extract ... --random-init-baseline` (same command as before) and analyze again")
 
 
-# ------------------------------------------------------------------------ ceiling
-def ceilings(exps: list[Experiment], args: Args, dev, limit: int, workers, scheduler, progress: bool,
-             degenerate: dict) -> tuple[np.ndarray, list[str]]:
-    """(experiment, metric, layer) distance reference -> random-init baseline (NaN without a
-    baseline or where the metric is degenerate) and the stores that have none."""
-    Lmax = max(len(e.layers) for e in exps)
-    out = np.full((len(exps), len(args.metrics), Lmax), np.nan)
-    with_base = [i for i, e in enumerate(exps) if has_random_init(e.path)]
-    missing = [str(e.path) for i, e in enumerate(exps) if i not in with_base]
-    if not with_base:
-        return out, missing
-    pair = [dataclasses.replace(exps[i], epochs=[exps[i].epochs[exps[i].ref], BASELINE],
-                                ckpt_index=[exps[i].ckpt_index[exps[i].ref], BASELINE], ref=0) for i in with_base]
-    pargs = dataclasses.replace(args, bootstrap=0, trajectory="reference")
+# ------------------------------------------------------- ceiling and convergence
+def _last(exp: Experiment) -> int:
+    """Position of the last epoch that is not the reference."""
+    return max(t for t in range(len(exp.epochs)) if t != exp.ref)
+
+
+def extra_pairs(exps: list[Experiment], args: Args, dev, limit: int, workers, scheduler, progress: bool,
+                degenerate: dict) -> dict:
+    """One more run of the engine on (reference, last epoch[, random-init baseline]) per
+    experiment, its replicates the nested image subsets of :data:`NESTED_FRACTIONS`:
+
+    ``ceiling`` (experiment, metric, layer): distance reference -> baseline (NaN without one);
+    ``convergence`` (experiment, metric, layer, fraction): the last epoch's distance on the
+    subsets (the last fraction is all images: the distance itself); ``missing``: stores
+    without a baseline. Degenerate (experiment, metric, layer) stay NaN."""
+    E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
+    ceiling = np.full((E, Mn, Lmax), np.nan)
+    conv = np.full((E, Mn, Lmax, len(NESTED_FRACTIONS)), np.nan)
+    base = [has_random_init(e.path) for e in exps]
+    pair = []
+    for e, exp in enumerate(exps):
+        pos = [exp.ref, _last(exp)]
+        pair.append(dataclasses.replace(exp, epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
+                                        ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
+                                        ref=0))
+    pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference")
     threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
     results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
                       scheduler=scheduler, progress=progress)
-    recs = collect(pair, pargs, jobs, list(results))
-    for (j, m, l), rec in recs.items():
-        e = with_base[j]
-        if (e, m, l) not in degenerate:
-            out[e, args.metrics.index(m), l] = float(np.asarray(rec["value"])[1])
-    return out, missing
+    for (e, m, l), rec in collect(pair, pargs, jobs, list(results)).items():
+        if (e, m, l) in degenerate:
+            continue
+        mi = args.metrics.index(m)
+        if base[e]:
+            ceiling[e, mi, l] = float(np.asarray(rec["value"])[2])
+        if rec.get("reps") is not None:
+            conv[e, mi, l] = np.asarray(rec["reps"])[:, 1]
+    return {"ceiling": ceiling, "convergence": conv,
+            "missing": [str(e.path) for e, b in zip(exps, base) if not b]}
+
+
+def converged(conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """(converged, images needed) from ``conv`` (..., fraction) and the images of each experiment
+    (first axis). Converged: |d(all) − d(half)| / |d(all)| < ``tol``. Needed, where not: the
+    estimate's error taken as c/n (the order of these estimators' bias), so the relative change
+    from n/2 to n falls below ``tol`` at n·change/tol images; NaN where converged or undefined."""
+    full, half = conv[..., -1], conv[..., -2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = np.abs(full - half) / np.abs(full)
+    ok = np.isfinite(change) & (change < tol)
+    n = np.asarray(n_images, dtype=np.float64).reshape((-1,) + (1,) * (conv.ndim - 2))
+    need = np.where(np.isfinite(change) & ~ok, np.ceil(n * change / tol), np.nan)
+    return ok, need
+
+
+def unconverged(exps: list[Experiment], args: Args, need: np.ndarray) -> list[str]:
+    """"experiment:layer:metric" of the distances that have not converged."""
+    return [f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}" for e, m, l in zip(*np.nonzero(np.isfinite(need)))]
+
+
+def warn_unconverged(ds: xr.Dataset) -> None:
+    """The one warning line (after the results are written, so an error stays the only line of a
+    failed run): the layers whose distance has not converged and the images they would need."""
+    need, layers = ds["images_needed"].values, ds["layer"].values
+    hits = list(zip(*np.nonzero(np.isfinite(need))))
+    if not hits:
+        return
+    parts = [f"{layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)" for e, m, l in hits]
+    # worded apart from the "warning:" lines of degenerate/invalid values: the numbers are valid, only imprecise
+    print(f"ftdyn analyze: probe set too small, not converged (distance at the last epoch changes by >= "
+          f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
+          "Extract more probe images (--per-class) for these; see convergence.csv.", file=sys.stderr)
 
 
 def relative(distance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
@@ -152,9 +212,11 @@ def probes(exps: list[Experiment], args: Args, epochs: list[int]) -> dict[str, n
 
 
 # --------------------------------------------------------------------- dataset
-def interpretation(exps: list[Experiment], args: Args, ds: xr.Dataset, recs: dict, ceiling: np.ndarray,
-                   missing: list[str]) -> xr.Dataset:
-    """``ds`` with the quantities of the module doc added (dims as named there)."""
+def interpretation(exps: list[Experiment], args: Args, ds: xr.Dataset, recs: dict, extra: dict) -> xr.Dataset:
+    """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
+    :func:`extra_pairs`."""
+    ceiling, missing = extra["ceiling"], extra["missing"]
+    ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
     epochs = [int(x) for x in ds["epoch"].values]
     rel = relative(ds["distance"].values, ceiling)
     keep = np.array([ep != args.reference for ep in epochs])
@@ -182,8 +244,16 @@ def interpretation(exps: list[Experiment], args: Args, ds: xr.Dataset, recs: dic
                                            "pooled, standardized activations"}),
         "probe_accuracy_random_init": (("experiment", "layer_index"), pr["probe_accuracy_random_init"]),
         "probe_chance": (("experiment",), pr["probe_chance"], {"description": "most frequent class's share"}),
+        "convergence": (eml + ("fraction",), extra["convergence"],
+                        {"description": "distance at the last epoch on nested seeded image subsets"}),
+        "converged": (eml, ok, {"description": f"|d(all) - d(half)| / |d(all)| < {CONVERGENCE_TOL}"}),
+        "images_needed": (eml, need, {"description": "images at which the change from half to all would fall "
+                                                      "below the tolerance (error ~ 1/n); NaN where converged"}),
     }
-    out = ds.assign(new).assign_coords(layer_index_other=("layer_index_other", ds["layer_index"].values))
+    out = ds.assign(new).assign_coords(layer_index_other=("layer_index_other", ds["layer_index"].values),
+                                       fraction=("fraction", np.array(NESTED_FRACTIONS)))
+    out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
+    out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
     out.attrs["relative_note"] = NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
     # the interpretation tables are written when there is something to interpret beyond the probes:
     # a baseline or paired replicates (a plain analysis keeps its four tables)

@@ -18,7 +18,7 @@ import torch
 from .. import metrics as M
 from .. import stats as S
 from ..errors import FtdynError
-from .inputs import Args, Experiment, Source
+from .inputs import DEBIASED_CKA, Args, Experiment, Source
 from .tasks import map_pairs
 
 MAX_UNITS = 32
@@ -106,6 +106,8 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
         side, per_filter, p = M.choose_side(n, C * hw), False, C * hw
     else:  # filter
         side, per_filter, p = M.choose_side(n, hw), True, hw
+    if DEBIASED_CKA in metrics:  # U-centering needs the per-image Grams
+        side = "gram"
     sizes = _filter_group_sizes(C if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
@@ -116,7 +118,7 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
     if side == "gram":
         cols_per_filter = hw if per_filter else C * hw
         extra_pairs = T * (T - 1) // 2 - (T - 1)
-        decomposed = any(m != "cka" for m in metrics)
+        decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
         # auto: all pairs if their work (an n×n product + nuclear norm, ~20 n³ per filter, or n² for
         # cka alone) is at most the work of building the Grams (T·n²·cols per filter)
         cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
@@ -214,12 +216,30 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
                      "--workers.")
 
 
-def shared_boot_indices(n: int, n_boot: int, seed: int, experiment: int) -> list[np.ndarray]:
-    """Image indices of the experiment's shared replicates (the row side's units at their
-    unlimited number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
+#: image fractions of the convergence check's nested subsets (analysis.interpret)
+NESTED_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def nested_counts(n_units: int) -> np.ndarray:
+    """(fractions, n_units) 0/1 counts: the first ⌈f·U⌉ units of the seeded unit order, nested."""
+    return np.array([[1 if u < math.ceil(f * n_units) else 0 for u in range(n_units)] for f in NESTED_FRACTIONS],
+                    dtype=np.int64)
+
+
+def replicate_counts(args: Args, n_units: int, experiment: int) -> np.ndarray:
+    """Unit counts of every replicate: the experiment's shared bootstrap draws, or the nested
+    subsets of the convergence run."""
+    if args.nested:
+        return nested_counts(n_units)
+    return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
+
+
+def shared_boot_indices(n: int, args: Args, experiment: int) -> list[np.ndarray]:
+    """Image indices of the experiment's replicates (the row side's units at their unlimited
+    number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
     n_units = min(MAX_UNITS, n)
-    return S.shared_indices(S.shared_units(n, n_units, seed, experiment),
-                            S.shared_counts(n_units, n_boot, seed, experiment))
+    return S.shared_indices(S.shared_units(n, n_units, args.seed, experiment),
+                            replicate_counts(args, n_units, experiment))
 
 
 def _filter_group_sizes(c: int) -> list[int]:

@@ -24,8 +24,8 @@ from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results
                        write_tables)
 from .collect import collect, to_dataset
 from .graph import build_graph, compute
-from .interpret import ceilings, interpretation
-from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
+from .interpret import extra_pairs, interpretation, warn_unconverged
+from .inputs import DEBIASED_CKA, DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import trim
 
@@ -40,7 +40,9 @@ def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int]
                 view = args.views[m]
                 _, rows, cols = V.matrix_shape(view, src.n, src.channels, src.height, src.width)
                 center = args.map_center if view == "map" and m != "pwsm" else "columns"
-                reason = M.degenerate_reason(m, rows, cols, args.alpha, center)
+                reason = M.degenerate_reason("cka" if m == DEBIASED_CKA else m, rows, cols, args.alpha, center)
+                if m == DEBIASED_CKA and rows < 4:
+                    reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
                 if reason:
                     out[(e, m, l)] = reason
     return out
@@ -89,7 +91,7 @@ def _existing_key(out: Path) -> str | None:
 
 
 _PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "relative_distances.csv",
-             "probes.csv", "layer_order.csv", RESULTS_STORE)
+             "probes.csv", "layer_order.csv", "convergence.csv", RESULTS_STORE)
 
 
 def _write(ds: xr.Dataset, out: Path) -> None:
@@ -163,7 +165,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     recs = collect(exps, args, jobs, list(results))
     for e, m, l in degenerate:
         _undefined(recs[(e, m, l)])
-    ceiling, no_baseline = ceilings(exps, args, dev, limit, workers, scheduler, progress, degenerate)
+    extra = extra_pairs(exps, args, dev, limit, workers, scheduler, progress, degenerate)
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
              "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
@@ -185,14 +187,15 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
         "analysis_key": key,
         "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
         "plan": json.dumps(plan),
-        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in M.METRICS},
+        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in dict.fromkeys([*M.METRICS, *args.metrics])},
         "threads": int(threads),
         "device": str(dev),
         "memory_limit": int(limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, ceiling,
-                                         no_baseline), "analyze")
+    ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, extra),
+                          "analyze")
     _write(ds, out)
+    warn_unconverged(ds)
     return open_results(out)
 

@@ -17,7 +17,7 @@ from .. import metrics as M
 from .. import views as V
 from ..errors import FtdynError
 from ..store import all_finite, baseline_var, chunk_on_disk, decoding
-from .inputs import BASELINE, Source
+from .inputs import BASELINE, DEBIASED_CKA, Source
 
 F64 = torch.float64
 
@@ -329,8 +329,9 @@ def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
 
 def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
     """One metric of a checkpoint pair from raw Grams (cka: O(n²), no decomposition) or decompositions."""
-    if metric == "cka":
-        return 1.0 - np.asarray(M.cka_from_gram(M.GramStats(Ka, Kb)), dtype=np.float64)
+    if metric in ("cka", DEBIASED_CKA):
+        return 1.0 - np.asarray(M.cka_from_gram(M.GramStats(Ka, Kb), debiased=metric == DEBIASED_CKA),
+                                dtype=np.float64)
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
@@ -338,7 +339,7 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
-    need_eig = any(m != "cka" for m in metrics)
+    need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
 
     def eig(K):
         return M.gram_eig(K) if need_eig else None
@@ -383,6 +384,8 @@ def _map_function(metric: str, alpha: float, center: str):
     the published code's row-centered Procrustes/CKA (:mod:`ftdyn.metrics.paper_code`)."""
     if center == "rows" and metric in M.ROW_CENTERED:
         return M.ROW_CENTERED[metric]
+    if metric == DEBIASED_CKA:
+        return lambda X, Y: M.cka_distance(X, Y, debiased=True)
     info = M.get_metric(metric)
     kw = {"alpha": alpha} if "alpha" in info.params else {}
     return lambda X, Y: info.direct(X, Y, **kw)
