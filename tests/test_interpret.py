@@ -207,3 +207,28 @@ def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(tmp_path,
     with open(tmp_path / "r" / "convergence.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2 * 3 and {r["converged"] for r in rows} == {"True", "False"}
+
+
+def test_report_shows_relative_curves_probes_convergence_and_significance(tmp_path):
+    from ftdyn.reporting import flat_steps, layer_order_findings, report
+    from ftdyn.viz import read_index
+
+    rng = np.random.default_rng(8)
+    n = 48
+    src = _acts(rng, n=n)
+    e1 = {"features.3": src["features.3"], "layer2.relu": _drift(src, rng, 0.8)["layer2.relu"]}
+    path = make_store(tmp_path / "s.zarr", [src, src, e1], labels=np.arange(n) % 3, baseline=_acts(rng, n=n))
+    ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=30, metrics=["pwsm", "cka"])
+    page = report(tmp_path / "r").read_text()
+    assert "Interpreting the distances" in page and "relative_distance = distance / ceiling" in page
+    kinds = {e["kind"]: e for e in read_index(tmp_path / "r" / "figures")}
+    for kind, stem in (("relative", "relative_curves"), ("probes", "probe_accuracy"), ("convergence", "convergence")):
+        assert kinds[kind]["file"] == f"{stem}.png" and (tmp_path / "r" / "figures" / f"{stem}.png").stat().st_size
+        assert f"{stem}.png" in page
+    res = ftdyn.open_results(tmp_path / "r")
+    found = layer_order_findings(res)
+    # features.3 never moved, layer2.relu moved a lot: "early < deep" is significant for both metrics
+    assert {(f["metric"], f["significant"]) for f in found} == {("pwsm", True), ("cka", True)}
+    flat = flat_steps(res)  # epoch 1 equals epoch 0 everywhere; epoch 2 equals it for features.3
+    assert {(f["layer"], f["epoch"]) for f in flat} >= {("features.3", 1), ("layer2.relu", 1), ("features.3", 2)}
+    assert ("layer2.relu", 2) not in {(f["layer"], f["epoch"]) for f in flat}
