@@ -19,6 +19,12 @@ from . import record, save_figure
 from .curves import _legend, as_strings, experiment_layers, layer_colors, metric_label
 
 
+def _integer_epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _grid(rows: int, cols: int, sharey: str | bool = False):
     from matplotlib.figure import Figure
 
@@ -51,6 +57,7 @@ def plot_relative(results, out: Path) -> list[Path]:
                 ax.plot(epochs[ok & ~flat], y[ok & ~flat], "o", markersize=3, color=color)
                 ax.plot(epochs[flat], y[flat], "o", markersize=4, markerfacecolor="white", color=color)
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            _integer_epochs(ax)
             ax.grid(True, linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
             if r == 0:
@@ -85,6 +92,7 @@ def plot_probes(results, out: Path) -> list[Path]:
         ax.set_title(exp, fontsize=9)
         ax.set_xlabel("epoch (x: random init)", fontsize=8)
         ax.set_ylim(0, 1.02)
+        _integer_epochs(ax)
         ax.grid(True, linewidth=0.4, alpha=0.5)
         ax.tick_params(labelsize=8)
         _legend(ax, "layer (shallow → deep)")
