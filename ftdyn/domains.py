@@ -1,4 +1,4 @@
-"""Built-in synthetic image domains for the demo: no downloads, deterministic by seed.
+"""Built-in synthetic image domains: the demo's stand-ins for a missing dataset; no downloads, deterministic by seed.
 
 Four small ImageFolder datasets that mirror the paper's transfer scenarios in
 miniature (numpy rendering, PIL for the PNG files):

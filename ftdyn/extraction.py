@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .devices import resolve_device
+from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, check_output_folder
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -829,7 +829,8 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
         if finished:
             bars.advance(ck_task)
 
-    model.to(dev).eval()
+    memory_format = fastest_memory_format(model, dev)
+    model.to(dev, memory_format=memory_format).eval()
     pool = _Writers(writer, n_writers, region_done)
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftdyn-ckpt")
     prefetch: dict[int, Future] = {}
@@ -855,7 +856,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
                 if not (k == 0 and pos == 0):  # entry 0 was loaded into the model during setup
                     _apply_state(model, entry, state, loading)
                 del state
-                model.to(dev).eval()  # a replaced head is created on the CPU
+                model.to(dev, memory_format=memory_format).eval()  # a replaced head is created on the CPU
                 pending_set = set(pending)
                 partial: dict[int, dict[str, np.ndarray]] = {}
                 filled: dict[int, int] = {}

@@ -31,7 +31,7 @@ from . import checkpoints as ckpt
 from . import data as D
 from . import models
 from ._version import __version__
-from .devices import resolve_device
+from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError
 
 #: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
@@ -372,7 +372,7 @@ def train(data_dir: str | os.PathLike, *, arch: str, out: str | os.PathLike, wei
     # -- model ---------------------------------------------------------------------
     model = _build_source(arch, weights, init_path, num_classes, seed, trust_checkpoint, state_prefix)
     models.blank_forward(model, input_size)  # a one-line --input-size error for sizes the model cannot take
-    model.to(dev)
+    model.to(dev, memory_format=fastest_memory_format(model, dev))
     opt = _make_optimizer(opt_name, model.parameters(), lr)
     norm = models.default_normalization(model, arch)  # ImageNet's, or a timm model's pretrained config
     mean, std = norm["mean"], norm["std"]
