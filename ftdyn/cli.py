@@ -197,6 +197,9 @@ def analyze(
                                                                        "name; repeatable). Default: all.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over images for 95% intervals (0 = off).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws.")] = 0,
+    bootstrap_metric: Annotated[Optional[list[str]], typer.Option(
+        "--bootstrap-metric", help="Bootstrap only these metrics (repeatable; default all; cka is the cheapest)."
+    )] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Experiment label per store, in order "
                                                                      "(default: model/dataset from the store).")]
     = None,
@@ -233,7 +236,7 @@ def analyze(
                      preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
                      experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
                      workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
-                     trajectory=trajectory, device=device)
+                     trajectory=trajectory, device=device, bootstrap_metrics=bootstrap_metric or None)
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")

@@ -114,6 +114,13 @@ def test_layer_order_p_separates_a_drifting_layer_from_a_stable_one(tmp_path):
     p = ds["layer_order_p"].values[0]  # (metric, layer, layer_other)
     assert (p[:, 0, 1] < 0.05).all() and (p[:, 1, 0] < 0.05).all()
     assert np.isnan(p[:, 0, 0]).all()
+    # replicates of cka only: the same cka numbers (shared draws), nothing for pwsm
+    only = ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=50, metrics=["pwsm", "cka"],
+                         bootstrap_metrics=["cka"])
+    np.testing.assert_array_equal(only["layer_order_p"].values[0, 1], p[1])
+    np.testing.assert_array_equal(only["ci_low"].values[0, 1], ds["ci_low"].values[0, 1])
+    assert np.isnan(only["layer_order_p"].values[0, 0]).all() and np.isnan(only["ci_low"].values[0, 0]).all()
+    assert np.isfinite(only["convergence"].values[0]).all()  # convergence is for every metric
 
 
 def test_paired_intervals_are_narrower_than_unpaired_on_correlated_epochs(tmp_path):

@@ -48,7 +48,8 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                               for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
                     merged = _tree(leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}")
                     out = delayed(row_finish, pure=True)(merged, job.metrics, args.alpha, len(sub), sub_ref, p,
-                                                          job.mode, counts, dask_key_name=f"metrics-{ctag}")
+                                                          job.mode, counts, args.bootstrap_metrics,
+                                                          dask_key_name=f"metrics-{ctag}")
                     job.outputs.append(out)
                     graph_outputs.append(out)
                 continue
@@ -65,6 +66,7 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                     Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
                 boot = shared_boot_indices(src.n, args, job.exp) if args.bootstrap else None
                 out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
+                                                       boot_metrics=args.bootstrap_metrics,
                                                        dask_key_name=f"metrics-{gtag}")
             else:  # map
                 leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,

@@ -134,15 +134,19 @@ class Args:
     #: replicates are the nested image subsets of the convergence check (analysis.interpret), not
     #: bootstrap draws; set only on the internal convergence run
     nested: bool = False
+    #: metrics with bootstrap replicates (None: all); CKA's need no decomposition, the cheap choice
+    bootstrap_metrics: list[str] | None = None
 
     def key(self) -> dict[str, Any]:
         key = asdict(self)
         key.pop("nested")  # internal; keeps the analysis key of a plain analysis as it was
+        if key["bootstrap_metrics"] is None:
+            key.pop("bootstrap_metrics")
         return key
 
 
 def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                  allow_partial, trajectory) -> Args:
+                  allow_partial, trajectory, bootstrap_metrics=None) -> Args:
     if preset not in PRESETS:
         raise FtdynError(f"--preset: unknown preset '{preset}'; choose from {', '.join(PRESETS)}.")
     p = PRESETS[preset]
@@ -175,6 +179,13 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
     if isinstance(experiment_names, str):
         experiment_names = [experiment_names]
     chosen_views = _resolve_views(metrics, views, p)
+    if isinstance(bootstrap_metrics, str):
+        bootstrap_metrics = [bootstrap_metrics]
+    if bootstrap_metrics:
+        bootstrap_metrics = list(dict.fromkeys(str(m).strip().lower() for m in bootstrap_metrics))
+        stray = [m for m in bootstrap_metrics if m not in metrics]
+        if stray:
+            raise FtdynError(f"--bootstrap-metric: '{stray[0]}' is not analyzed; choose from {', '.join(metrics)}.")
     if chosen_views.get(DEBIASED_CKA) in ("channels", "pooled"):
         raise FtdynError(f"--view: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, flat or "
                          f"map view (--view {DEBIASED_CKA}=filter).")
@@ -182,7 +193,7 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
                 preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
                 allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average,
-                map_center=p.map_center)
+                map_center=p.map_center, bootstrap_metrics=bootstrap_metrics or None)
 
 
 # =========================================================================== stores

@@ -81,7 +81,8 @@ def extra_pairs(exps: list[Experiment], args: Args, dev, limit: int, workers, sc
         pair.append(dataclasses.replace(exp, epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
                                         ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
                                         ref=0))
-    pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference")
+    pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference",
+                                bootstrap_metrics=None)
     threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
     results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
                       scheduler=scheduler, progress=progress)

@@ -118,7 +118,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
             reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
             seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
             memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
-            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto") -> xr.Dataset:
+            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto",
+            bootstrap_metrics: Sequence[str] | None = None) -> xr.Dataset:
     """Analyze activation stores into ``out`` and return the results Dataset.
 
     ``stores``: one path or several (one experiment each, labeled "model/dataset" or
@@ -127,7 +128,10 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     / ``["metric=view", ...]``. ``alpha``: PWSM α in [0, 1]. ``reference``: the epoch
     every checkpoint is compared with. ``preset``: "default" or "paper-code" (module
     doc). ``layers``: module or variable names (default all). ``bootstrap``: number of
-    replicates (0 = off). ``memory_limit``: bytes or "1GB". ``workers``: threads.
+    replicates (0 = off), one image resample each shared by every epoch, layer and view
+    (paired: ``delta_ci_low/high``, ``layer_order_p``); ``bootstrap_metrics``: the metrics
+    that get replicates (default all; "cka" alone needs no decompositions, the cheap
+    choice on a CPU). ``memory_limit``: bytes or "1GB". ``workers``: threads.
     ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
     ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
     results of *different* arguments already in ``out``. ``device``: where the float64
@@ -136,7 +140,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     whether results are up to date (devices agree to rounding).
     """
     args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                         allow_partial, trajectory)
+                         allow_partial, trajectory, bootstrap_metrics)
     dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
         resolve_device(device, float64=True)
     exps = open_experiments(stores, args, str(dev))

@@ -275,8 +275,9 @@ def _trajectory(reference_values: np.ndarray, ref: int, pair) -> np.ndarray:
 
 
 def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
-                counts: np.ndarray | None) -> dict:
-    """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates."""
+                counts: np.ndarray | None, boot_metrics: list[str] | None = None) -> dict:
+    """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
+    (of ``boot_metrics``, default all)."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     for m in metrics:
         out["values"][m] = np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha)
@@ -286,7 +287,7 @@ def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _metric_from_rows(
                 m, _row_stats_of(acc, a, b, ref, p), alpha))
     if counts is not None and len(counts):
-        for m in metrics:
+        for m in (metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]):
             reps = [np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, w), alpha)
                               for t in range(T)]) for w in counts]
             out["reps"][m] = np.stack(reps)
@@ -335,8 +336,10 @@ def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
-def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx: np.ndarray | None, *Ks) -> dict:
-    """Metrics of Gram-side views from every checkpoint's raw Gram matrix."""
+def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx, *Ks,
+                boot_metrics: list[str] | None = None) -> dict:
+    """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
+    ``boot_metrics`` (default all) for the image index arrays ``boot_idx``."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
@@ -360,7 +363,13 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
                 m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
     if boot_idx is not None and len(boot_idx):
-        reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in metrics}
+        boot = metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]
+        boot_eig = any(m not in ("cka", DEBIASED_CKA) for m in boot)
+
+        def boot_eig_of(K):  # replicates decompose only for the metrics that need it
+            return M.gram_eig(K) if boot_eig else None
+
+        reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in boot}
         for b, idx in enumerate(boot_idx):
             ii = torch.from_numpy(idx).to(Ks[ref].device)
 
@@ -368,11 +377,11 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
                 return K.index_select(-1, ii).index_select(-2, ii)
 
             kb_ref = resample(Ks[ref])
-            eb_ref = eig(kb_ref)
+            eb_ref = boot_eig_of(kb_ref)
             for t in range(T):
                 kb_t = kb_ref if t == ref else resample(Ks[t])
-                eb_t = eb_ref if t == ref else eig(kb_t)
-                for m in metrics:
+                eb_t = eb_ref if t == ref else boot_eig_of(kb_t)
+                for m in boot:
                     reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
         out["reps"] = reps
     return out
