@@ -239,3 +239,25 @@ def test_report_shows_relative_curves_probes_convergence_and_significance(tmp_pa
     flat = flat_steps(res)  # epoch 1 equals epoch 0 everywhere; epoch 2 equals it for features.3
     assert {(f["layer"], f["epoch"]) for f in flat} >= {("features.3", 1), ("layer2.relu", 1), ("features.3", 2)}
     assert ("layer2.relu", 2) not in {(f["layer"], f["epoch"]) for f in flat}
+
+
+def test_demo_findings_carry_relative_drift_significance_and_convergence(tmp_path):
+    from ftdyn import demos
+
+    rng = np.random.default_rng(9)
+    n = 48
+    src = _acts(rng, n=n)
+    moved = {"features.3": src["features.3"], "layer2.relu": _drift(src, rng, 0.8)["layer2.relu"]}
+    path = make_store(tmp_path / "s.zarr", [src, src, moved], labels=np.arange(n) % 3, baseline=_acts(rng, n=n))
+    res = ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=30, bootstrap_metrics=["cka"])
+    rows = {r["metric"]: r for r in demos.findings(res)}
+    cka, pwsm = rows["cka"], rows["pwsm"]
+    assert cka["early_closer_than_deep_significant"] and cka["early_closer_than_deep_p"] < 0.05
+    assert pwsm["early_closer_than_deep_p"] is None and not pwsm["early_closer_than_deep_significant"]
+    rel = res["relative_distance"].sel(metric="cka", epoch=2).values[0]
+    assert cka["relative"] == {"features.3": pytest.approx(rel[0]), "layer2.relu": pytest.approx(rel[1])}
+    assert {"layer": "features.3", "epoch": 1} in cka["steps_not_distinguishable_from_0"]
+    assert {"layer": "layer2.relu", "epoch": 2} not in cka["steps_not_distinguishable_from_0"]
+    assert set(cka["not_converged"]) <= {"features.3", "layer2.relu"}
+    text = demos.format_findings(list(rows.values()))
+    assert "relative" in text and "0.000" in text  # the p of a significant order is printed

@@ -124,7 +124,9 @@ def warn_unconverged(ds: xr.Dataset) -> None:
     hits = list(zip(*np.nonzero(np.isfinite(need))))
     if not hits:
         return
-    parts = [f"{layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)" for e, m, l in hits]
+    exps = ds["experiment"].values
+    parts = [f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
+             for e, m, l in hits]
     # worded apart from the "warning:" lines of degenerate/invalid values: the numbers are valid, only imprecise
     print(f"ftdyn analyze: probe set too small, not converged (distance at the last epoch changes by >= "
           f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
