@@ -324,6 +324,10 @@ def info(
                f"{details['dtype']}")
     typer.echo(f"size:        {human_bytes(details['bytes_on_disk'])} on disk")
     typer.echo(f"complete:    {'yes' if details['complete'] else 'no'} ({done}/{total} regions)")
+    base = details["random_init_baseline"]
+    if base:
+        typer.echo(f"random init: seed {base['seed']} (not an epoch; the ceiling of relative distances), "
+                   f"{'complete' if base['complete'] else 'incomplete: run the same extract again'}")
     typer.echo(f"layers ({len(details['layers'])}):")
     width = max(len(lay["layer"]) for lay in details["layers"])
     for lay in details["layers"]:

@@ -543,5 +543,7 @@ def info(path: str | Path) -> dict[str, Any]:
         "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
                          "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],
         "complete": bool(done.all()),
+        "random_init_baseline": ({**attrs[RANDOM_INIT], "complete": has_random_init(path)}
+                                 if RANDOM_INIT in attrs else None),
         "bytes_on_disk": dir_size(path),
     }

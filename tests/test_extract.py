@@ -673,3 +673,5 @@ def test_random_init_baseline_is_a_seeded_fresh_model_not_an_epoch(tmp_path, pro
                                      "--layer", "layer1", "--layer", "layer4", "--no-progress",
                                      "--random-init-baseline", "--random-init-seed", "8"])
     assert again.exit_code == 2 and "seed 7" in again.output
+    shown = CliRunner().invoke(app, ["info", str(out)])
+    assert "random init: seed 7" in shown.output and "complete" in shown.output
