@@ -49,6 +49,8 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                     merged = _tree(leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}")
                     out = delayed(row_finish, pure=True)(merged, job.metrics, args.alpha, len(sub), sub_ref, p,
                                                           job.mode, counts, args.bootstrap_metrics,
+                                                          tuple(i for i, t in enumerate(pos)
+                                                                if exp.epochs[t] in args.skip_replicates),
                                                           dask_key_name=f"metrics-{ctag}")
                     job.outputs.append(out)
                     graph_outputs.append(out)
@@ -67,6 +69,8 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                 boot = shared_boot_indices(src.n, args, job.exp) if args.bootstrap else None
                 out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
                                                        boot_metrics=args.bootstrap_metrics,
+                                                       skip=tuple(t for t, ep in enumerate(exp.epochs)
+                                                                  if ep in args.skip_replicates),
                                                        dask_key_name=f"metrics-{gtag}")
             else:  # map
                 leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,

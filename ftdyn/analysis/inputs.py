@@ -136,10 +136,13 @@ class Args:
     nested: bool = False
     #: metrics with bootstrap replicates (None: all); CKA's need no decomposition, the cheap choice
     bootstrap_metrics: list[str] | None = None
+    #: epochs whose replicates are not needed (internal: the convergence run skips its baseline)
+    skip_replicates: tuple[int, ...] = ()
 
     def key(self) -> dict[str, Any]:
         key = asdict(self)
         key.pop("nested")  # internal; keeps the analysis key of a plain analysis as it was
+        key.pop("skip_replicates")
         if key["bootstrap_metrics"] is None:
             key.pop("bootstrap_metrics")
         return key

@@ -7,8 +7,8 @@
   ``relative_distance`` = distance / ceiling: 0 = unchanged, 1 = as far as an untrained
   network. NaN (with ``attrs["relative_note"]``) when the store has no baseline.
 * **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
-  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first units of
-  the seeded unit order of :func:`ftdyn.stats.shared_units`, from the same streamed
+  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first 1, 2, 4
+  of 4 seeded groups of :func:`ftdyn.stats.shared_units`, from the same streamed
   statistics), ``converged`` when the relative change from 1/2 to all is below
   :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning names them,
   :func:`warn_unconverged`). Computed
@@ -82,7 +82,7 @@ def extra_pairs(exps: list[Experiment], args: Args, dev, limit: int, workers, sc
                                         ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
                                         ref=0))
     pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference",
-                                bootstrap_metrics=None)
+                                bootstrap_metrics=None, skip_replicates=(BASELINE,))
     threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
     results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
                       scheduler=scheduler, progress=progress)

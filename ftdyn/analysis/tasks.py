@@ -274,10 +274,26 @@ def _trajectory(reference_values: np.ndarray, ref: int, pair) -> np.ndarray:
     return traj
 
 
+def _replicated(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
+    """Positions whose replicates are computed: not the reference (a checkpoint against itself:
+    its replicates are its value, about 0) nor the positions in ``skip``."""
+    return [t for t in range(T) if t != ref and t not in skip]
+
+
+def _replicates(values: np.ndarray, n: int, ts: list[int], one) -> np.ndarray:
+    """(n, T, ...) replicates: ``one(b, t)`` at the positions ``ts``, the point value elsewhere
+    (the reference; the caller blanks skipped ones)."""
+    reps = np.repeat(np.asarray(values, dtype=np.float64)[None], n, axis=0)
+    for b in range(n):
+        for t in ts:
+            reps[b, t] = one(b, t)
+    return reps
+
+
 def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
-                counts: np.ndarray | None, boot_metrics: list[str] | None = None) -> dict:
+                counts: np.ndarray | None, boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
-    (of ``boot_metrics``, default all)."""
+    (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN)."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     for m in metrics:
         out["values"][m] = np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha)
@@ -287,10 +303,12 @@ def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _metric_from_rows(
                 m, _row_stats_of(acc, a, b, ref, p), alpha))
     if counts is not None and len(counts):
+        ts = _replicated(T, ref, skip)
         for m in (metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]):
-            reps = [np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, w), alpha)
-                              for t in range(T)]) for w in counts]
-            out["reps"][m] = np.stack(reps)
+            reps = _replicates(out["values"][m], len(counts), ts, lambda b, t, m=m: _metric_from_rows(
+                m, _row_stats_of(acc, ref, t, ref, p, counts[b]), alpha))
+            reps[:, list(skip)] = np.nan
+            out["reps"][m] = reps
     return out
 
 
@@ -337,7 +355,7 @@ def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
 
 
 def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx, *Ks,
-                boot_metrics: list[str] | None = None) -> dict:
+                boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
     ``boot_metrics`` (default all) for the image index arrays ``boot_idx``."""
     T = len(Ks)
@@ -369,7 +387,9 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx,
         def boot_eig_of(K):  # replicates decompose only for the metrics that need it
             return M.gram_eig(K) if boot_eig else None
 
-        reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in boot}
+        ts = _replicated(T, ref, skip)
+        reps = {m: np.repeat(np.asarray(out["values"][m], dtype=np.float64)[None], len(boot_idx), axis=0)
+                for m in boot}
         for b, idx in enumerate(boot_idx):
             ii = torch.from_numpy(idx).to(Ks[ref].device)
 
@@ -378,11 +398,13 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx,
 
             kb_ref = resample(Ks[ref])
             eb_ref = boot_eig_of(kb_ref)
-            for t in range(T):
-                kb_t = kb_ref if t == ref else resample(Ks[t])
-                eb_t = eb_ref if t == ref else boot_eig_of(kb_t)
+            for t in ts:
+                kb_t = resample(Ks[t])
+                eb_t = boot_eig_of(kb_t)
                 for m in boot:
                     reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
+        for m in boot:
+            reps[m][:, list(skip)] = np.nan
         out["reps"] = reps
     return out
 
