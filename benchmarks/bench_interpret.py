@@ -28,6 +28,7 @@ from pathlib import Path
 
 import ftdyn
 from ftdyn.analysis import interpret as AI
+from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
 
 
@@ -70,17 +71,23 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=100)
     ap.add_argument("--bootstrap-metric", action="append", default=None, help="default: cka (the demo's)")
     ap.add_argument("--memory-limit", default="1GB")
+    ap.add_argument("--max-units", type=int, default=None, help="bootstrap groups of images (default: ftdyn's 32)")
+    ap.add_argument("--skip-plain", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     try:
         load = os.getloadavg()
-        plain = run(a.stores, tmp / "plain", memory_limit=a.memory_limit)
+        if a.max_units:
+            AP.MAX_UNITS = a.max_units
+        plain = {"core_s": float("nan"), "total_s": float("nan")} if a.skip_plain else \
+            run(a.stores, tmp / "plain", memory_limit=a.memory_limit)
+        print("plain:", json.dumps(plain), flush=True)
         full = run(a.stores, tmp / "interpreted", memory_limit=a.memory_limit, bootstrap=a.bootstrap,
                    bootstrap_metrics=a.bootstrap_metric or ["cka"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"stores": a.stores, "bootstrap": a.bootstrap, "bootstrap_metrics": a.bootstrap_metric or ["cka"],
+    result = {"stores": a.stores, "bootstrap": a.bootstrap, "max_units": a.max_units or AP.MAX_UNITS, "bootstrap_metrics": a.bootstrap_metric or ["cka"],
               "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load],
               "plain": plain, "interpreted": full,
               "ratio_interpreted_over_plain": round(full["total_s"] / plain["core_s"], 2),

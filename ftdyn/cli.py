@@ -200,6 +200,8 @@ def analyze(
     bootstrap_metric: Annotated[Optional[list[str]], typer.Option(
         "--bootstrap-metric", help="Bootstrap only these metrics (repeatable; default all; cka is the cheapest)."
     )] = None,
+    bootstrap_groups: Annotated[Optional[int], typer.Option(
+        help="Groups of images the bootstrap resamples (default 32; fewer: cheaper, coarser).")] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Experiment label per store, in order "
                                                                      "(default: model/dataset from the store).")]
     = None,
@@ -236,7 +238,8 @@ def analyze(
                      preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
                      experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
                      workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
-                     trajectory=trajectory, device=device, bootstrap_metrics=bootstrap_metric or None)
+                     trajectory=trajectory, device=device, bootstrap_metrics=bootstrap_metric or None,
+                     bootstrap_groups=bootstrap_groups)
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")

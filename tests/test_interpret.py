@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -261,3 +262,19 @@ def test_demo_findings_carry_relative_drift_significance_and_convergence(tmp_pat
     assert set(cka["not_converged"]) <= {"features.3", "layer2.relu"}
     text = demos.format_findings(list(rows.values()))
     assert "relative" in text and "0.000" in text  # the p of a significant order is printed
+
+
+def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
+    """8 groups: the Gram-side layer (features.3: 36 columns > 24 images) and the row-side one resample
+    the same images, so their replicates are paired; the point values do not change."""
+    rng = np.random.default_rng(10)
+    src = _acts(rng)
+    path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)])
+    a = ftdyn.analyze(path, out=tmp_path / "a", progress=False, bootstrap=20, bootstrap_groups=8, metrics=["cka"])
+    b = ftdyn.analyze(path, out=tmp_path / "b", progress=False, metrics=["cka"])
+    np.testing.assert_allclose(a["distance"].values, b["distance"].values, atol=1e-12)  # summed per group
+    assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"  # Gram side: resamples single images
+    assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 8
+    assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
+    with pytest.raises(ftdyn.FtdynError, match="--bootstrap-groups"):
+        ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=20, bootstrap_groups=1)

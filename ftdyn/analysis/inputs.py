@@ -136,6 +136,9 @@ class Args:
     nested: bool = False
     #: metrics with bootstrap replicates (None: all); CKA's need no decomposition, the cheap choice
     bootstrap_metrics: list[str] | None = None
+    #: groups of images the bootstrap resamples (None: MAX_UNITS of analysis.plan, 32); fewer groups
+    #: keep fewer statistics (cheaper on a CPU) for a coarser resample
+    bootstrap_groups: int | None = None
     #: epochs whose replicates are not needed (internal: the convergence run skips its baseline)
     skip_replicates: tuple[int, ...] = ()
 
@@ -143,13 +146,14 @@ class Args:
         key = asdict(self)
         key.pop("nested")  # internal; keeps the analysis key of a plain analysis as it was
         key.pop("skip_replicates")
-        if key["bootstrap_metrics"] is None:
-            key.pop("bootstrap_metrics")
+        for name in ("bootstrap_metrics", "bootstrap_groups"):
+            if key[name] is None:
+                key.pop(name)
         return key
 
 
 def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                  allow_partial, trajectory, bootstrap_metrics=None) -> Args:
+                  allow_partial, trajectory, bootstrap_metrics=None, bootstrap_groups=None) -> Args:
     if preset not in PRESETS:
         raise FtdynError(f"--preset: unknown preset '{preset}'; choose from {', '.join(PRESETS)}.")
     p = PRESETS[preset]
@@ -182,6 +186,8 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
     if isinstance(experiment_names, str):
         experiment_names = [experiment_names]
     chosen_views = _resolve_views(metrics, views, p)
+    if bootstrap_groups is not None and not 2 <= int(bootstrap_groups):
+        raise FtdynError(f"--bootstrap-groups: at least 2 groups of images, got {bootstrap_groups}.")
     if isinstance(bootstrap_metrics, str):
         bootstrap_metrics = [bootstrap_metrics]
     if bootstrap_metrics:
@@ -196,7 +202,8 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
                 preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
                 allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average,
-                map_center=p.map_center, bootstrap_metrics=bootstrap_metrics or None)
+                map_center=p.map_center, bootstrap_metrics=bootstrap_metrics or None,
+                bootstrap_groups=None if bootstrap_groups is None else int(bootstrap_groups))
 
 
 # =========================================================================== stores

@@ -159,9 +159,9 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
     # replicates only for jobs with a bootstrapped metric (--bootstrap-metric): the others keep one
     # accumulator instead of one per group of images
     boot = args.bootstrap and (args.bootstrap_metrics is None or bool(set(metrics) & set(args.bootstrap_metrics)))
-    units_wanted = (min(NESTED_UNITS, n) if args.nested else min(MAX_UNITS, n)) if boot else 1
+    units_wanted = (min(NESTED_UNITS, n) if args.nested else min(args.bootstrap_groups or MAX_UNITS, n)) if boot else 1
     unit_options = [units_wanted]
-    while unit_options[-1] > MIN_UNITS:
+    while unit_options[-1] > MIN_UNITS and not args.nested:
         unit_options.append(max(MIN_UNITS, unit_options[-1] // 2))
     others = [t for t in range(T) if t != ref_pos]
 
@@ -242,7 +242,7 @@ def replicate_counts(args: Args, n_units: int, experiment: int) -> np.ndarray:
 def shared_boot_indices(n: int, args: Args, experiment: int) -> list[np.ndarray]:
     """Image indices of the experiment's replicates (the row side's units at their unlimited
     number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
-    n_units = min(NESTED_UNITS if args.nested else MAX_UNITS, n)
+    n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
     return S.shared_indices(S.shared_units(n, n_units, args.seed, experiment),
                             replicate_counts(args, n_units, experiment))
 

@@ -119,7 +119,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
             seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
             memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
             overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto",
-            bootstrap_metrics: Sequence[str] | None = None) -> xr.Dataset:
+            bootstrap_metrics: Sequence[str] | None = None, bootstrap_groups: int | None = None) -> xr.Dataset:
     """Analyze activation stores into ``out`` and return the results Dataset.
 
     ``stores``: one path or several (one experiment each, labeled "model/dataset" or
@@ -131,7 +131,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     replicates (0 = off), one image resample each shared by every epoch, layer and view
     (paired: ``delta_ci_low/high``, ``layer_order_p``); ``bootstrap_metrics``: the metrics
     that get replicates (default all; "cka" alone needs no decompositions, the cheap
-    choice on a CPU). ``memory_limit``: bytes or "1GB". ``workers``: threads.
+    choice on a CPU); ``bootstrap_groups``: groups of images resampled (default 32; fewer
+    keep fewer statistics). ``memory_limit``: bytes or "1GB". ``workers``: threads.
     ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
     ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
     results of *different* arguments already in ``out``. ``device``: where the float64
@@ -140,7 +141,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     whether results are up to date (devices agree to rounding).
     """
     args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                         allow_partial, trajectory, bootstrap_metrics)
+                         allow_partial, trajectory, bootstrap_metrics, bootstrap_groups)
     dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
         resolve_device(device, float64=True)
     exps = open_experiments(stores, args, str(dev))
