@@ -78,8 +78,8 @@ SIZES = {
 }
 #: the demo's bootstrap: CKA only, whose replicates need no decomposition (Procrustes and PWSM would
 #: add an eigendecomposition per filter, epoch and replicate, minutes on 2 cores), over 8 groups of
-#: images (32 groups made the analysis of the demo stores take over 8 minutes on 2 shared cores:
-#: the per-group statistics of the 16x16 layer split it into 72 filter groups x 3 passes)
+#: images (with 32 groups the analysis of the demo stores ran over 7 minutes on 2 shared cores: the
+#: per-group statistics of the 16x16 layer split it into 72 filter groups x 3 passes)
 BOOTSTRAP_METRICS = ("cka",)
 BOOTSTRAP_GROUPS = 8
 #: significance level of the demo's findings

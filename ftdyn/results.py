@@ -37,6 +37,13 @@ xarray Dataset, format 1::
                      (epoch, layer, class); NaN at the reference epoch
       agreement_paper_code_mean, agreement_paper_code_std (experiment) its plain
                      mean/std over layers, epochs and classes (any NaN -> NaN)
+    interpretation (:mod:`ftdyn.analysis.interpret`; absent in older results)
+      ceiling (experiment, metric, layer_index), relative_distance (… , epoch),
+      relative_reusability_mean/std (experiment, metric), delta_ci_low/high (… , epoch),
+      layer_order_p (experiment, metric, layer_index, layer_index_other),
+      convergence (experiment, metric, layer_index, fraction), converged, images_needed
+      (experiment, metric, layer_index), probe_accuracy (experiment, layer_index, epoch),
+      probe_accuracy_random_init (experiment, layer_index), probe_chance (experiment)
     attrs     ftdyn_results_format, ftdyn_version, reference_epoch, preset,
               bootstrap, seed, arguments (JSON), created; pwsm_degenerate,
               procrustes_degenerate, cka_degenerate (JSON lists "experiment:layer"
