@@ -148,6 +148,11 @@ def extract(
     writers: Annotated[Optional[int], typer.Option(help="Threads compressing and writing regions (default: one "
                                                         "per CPU core but one, 2 to 16).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    random_init_baseline: Annotated[bool, typer.Option(
+        "--random-init-baseline", help="Also extract a seeded randomly initialized model of the same architecture "
+                                       "on the same images (not an epoch): the ceiling of `analyze`'s "
+                                       "relative_distance.")] = False,
+    random_init_seed: Annotated[int, typer.Option(help="Seed of the random-init baseline.")] = 0,
 ) -> None:
     """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
 
@@ -161,7 +166,8 @@ def extract(
                 batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
                 trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
                 writers=writers, state_prefix=state_prefix, weights_copy=weights_copy, normalize=normalize,
-                progress=not no_progress)
+                progress=not no_progress, random_init_baseline=random_init_baseline,
+                random_init_seed=random_init_seed)
 
 
 @app.command()
@@ -172,7 +178,8 @@ def analyze(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: results.zarr, distances.csv, "
                                                           "reusability.csv, agreement.csv, agreement_summary.csv.")]
     = Path("results"),
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka. "
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka, "
+                                                                         "cka_debiased (filter, flat or map view). "
                                                                          "Default: the preset's (default preset: all "
                                                                          "three; paper-code: the same three).")]
     = None,
@@ -193,6 +200,11 @@ def analyze(
                                                                        "name; repeatable). Default: all.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over images for 95% intervals (0 = off).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws.")] = 0,
+    bootstrap_metric: Annotated[Optional[list[str]], typer.Option(
+        "--bootstrap-metric", help="Bootstrap only these metrics (repeatable; default all; cka is the cheapest)."
+    )] = None,
+    bootstrap_groups: Annotated[Optional[int], typer.Option(
+        help="Groups of images the bootstrap resamples (default 32; fewer: cheaper, coarser).")] = None,
     name: Annotated[Optional[list[str]], typer.Option("--name", help="Experiment label per store, in order "
                                                                      "(default: model/dataset from the store).")]
     = None,
@@ -229,7 +241,8 @@ def analyze(
                      preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
                      experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
                      workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
-                     trajectory=trajectory, device=device)
+                     trajectory=trajectory, device=device, bootstrap_metrics=bootstrap_metric or None,
+                     bootstrap_groups=bootstrap_groups)
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")
@@ -317,6 +330,10 @@ def info(
                f"{details['dtype']}")
     typer.echo(f"size:        {human_bytes(details['bytes_on_disk'])} on disk")
     typer.echo(f"complete:    {'yes' if details['complete'] else 'no'} ({done}/{total} regions)")
+    base = details["random_init_baseline"]
+    if base:
+        typer.echo(f"random init: seed {base['seed']} (not an epoch; the ceiling of relative distances), "
+                   f"{'complete' if base['complete'] else 'incomplete: run the same extract again'}")
     typer.echo(f"layers ({len(details['layers'])}):")
     width = max(len(lay["layer"]) for lay in details["layers"])
     for lay in details["layers"]:

@@ -60,6 +60,7 @@ class DemoSize:
     batch_size: int
     probe_per_class: int
     layers: tuple[str, ...] | None = None  # None: the architecture's default layers
+    bootstrap: int = 100  # paired bootstrap replicates (of BOOTSTRAP_METRICS)
 
 
 #: the default size finishes in a few minutes on 2 CPU cores; ``quick`` is for tests
@@ -72,8 +73,17 @@ SIZES = {
     "default": DemoSize(n_classes=8, n_train=75, n_val=42, image_size=64, epochs=3, batch_size=32,
                         probe_per_class=42, layers=("features.0.2", "features.4.conv.0.2", "features.7.conv.0.2",
                                                     "features.14.conv.0.2", "features.18.2")),
-    "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, epochs=2, batch_size=8, probe_per_class=4),
+    "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, epochs=2, batch_size=8, probe_per_class=4,
+                      bootstrap=20),
 }
+#: the demo's bootstrap: CKA only, whose replicates need no decomposition (Procrustes and PWSM would
+#: add an eigendecomposition per filter, epoch and replicate, minutes on 2 cores), over 8 groups of
+#: images (with 32 groups the analysis of the demo stores ran over 7 minutes on 2 shared cores: the
+#: per-group statistics of the 16x16 layer split it into 72 filter groups x 3 passes)
+BOOTSTRAP_METRICS = ("cka",)
+BOOTSTRAP_GROUPS = 8
+#: significance level of the demo's findings
+ALPHA_LEVEL = 0.05
 #: (real source, generated stand-in used when the source is not installed), similar -> dissimilar to ImageNet
 TARGETS = (("photos", "similar"), ("fashion", "dissimilar"), ("digits", "scene"))
 CROP_SCALE = 0.5  # the ImageNet crop (down to 8 % of the area) often cuts the object out of small images
@@ -141,13 +151,15 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
         step(f"extracting activations of '{name}'")
         store = extract(target_series, data=folder / "val", out=stores / f"{name}.zarr", per_class=size.probe_per_class,
                         layers=list(size.layers) if size.layers else None, device=device, model_name=ARCH,
-                        dataset_name=name, progress=progress)
+                        dataset_name=name, progress=progress, random_init_baseline=True, random_init_seed=seed)
         store_paths.append(store)
         targets_info[name] = {**target_accuracy(target_series), "linear_probe": probe_layers(store)}
 
     step("analyzing the three stores together")
     results_dir = out / ("results" if weights != "none" else "results-random-init")
-    results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress)
+    results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress,
+                      bootstrap=size.bootstrap, bootstrap_metrics=list(BOOTSTRAP_METRICS),
+                      bootstrap_groups=BOOTSTRAP_GROUPS, seed=seed)
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)
     table = findings(results)
@@ -212,8 +224,37 @@ def findings(results) -> list[dict]:
                 "increasing_with_depth": bool(np.all(np.diff(finite) >= 0)),
                 "reusability_mean": float(results["reusability_mean"].sel(experiment=experiment, metric=metric)),
                 "reusability_std": float(results["reusability_std"].sel(experiment=experiment, metric=metric)),
+                **interpreted(results, str(experiment), str(metric), layers, int(last["epoch"].values)),
             })
     return rows
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def interpreted(results, experiment: str, metric: str, layers: list[str], epoch: int) -> dict:
+    """Relative drift (distance / random-init ceiling), whether "early < deep" is significant
+    (paired bootstrap), the steps not distinguishable from 0, and convergence, of one row."""
+    sel = dict(experiment=experiment, metric=metric)
+    rel = results["relative_distance"].sel(**sel, epoch=epoch).values[:len(layers)]
+    p = results["layer_order_p"].sel(**sel).values
+    lo, hi = results["delta_ci_low"].sel(**sel).values, results["delta_ci_high"].sel(**sel).values
+    epochs = [int(e) for e in results["epoch"].values]
+    flat = [{"layer": layers[l], "epoch": epochs[k]} for l in range(len(layers))
+            for k in np.flatnonzero(np.isfinite(lo[l]) & (lo[l] <= 0) & (hi[l] >= 0))]
+    p_ends = _num(p[0, len(layers) - 1])
+    d = results["distance"].sel(**sel, epoch=epoch).values
+    return {
+        "relative": {layer: _num(v) for layer, v in zip(layers, rel)},
+        "ceiling": {layer: _num(v) for layer, v in zip(layers, results["ceiling"].sel(**sel).values)},
+        "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
+        "early_closer_than_deep_p": p_ends,
+        "early_closer_than_deep_significant": bool(p_ends is not None and p_ends < ALPHA_LEVEL and d[0] < d[-1]),
+        "steps_not_distinguishable_from_0": flat,
+        "not_converged": [layer for layer, ok in zip(layers, results["converged"].sel(**sel).values) if not ok],
+    }
 
 
 def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
@@ -225,11 +266,15 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
                      f"{_pct(info['chance'])}); frozen ImageNet features, linear probe at epoch 0: "
                      + ", ".join(f"{layer} {_pct(p['epoch0'])}" for layer, p in probe.items())
                      + f" (after fine-tuning {deepest} {_pct(probe[deepest]['last'])})")
-    lines.append(f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'reusability':>16}")
+    lines.append(f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'p':>6} "
+                 f"{'reusability':>16} {'relative':>9}")
     for r in rows:
+        p = r.get("early_closer_than_deep_p")
+        rel = r.get("relative_reusability_mean")
         lines.append(f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f} "
                      f"{r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10} "
-                     f"{r['reusability_mean']:9.4f}±{r['reusability_std']:.4f}")
+                     f"{'n/a' if p is None else f'{p:.3f}':>6} "
+                     f"{r['reusability_mean']:9.4f}±{r['reusability_std']:.4f} {'n/a' if rel is None else f'{rel:.3f}':>9}")
     for metric in dict.fromkeys(r["metric"] for r in rows):
         ranked = sorted((r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"])
         lines.append(f"{metric}: most drift -> least: " + ", ".join(r["experiment"] for r in ranked))
@@ -249,12 +294,19 @@ def findings_html(rows: list[dict], targets_info: dict) -> str:
         for i, (layer, p) in enumerate(info["linear_probe"].items()):
             head = (cell(name) + cell(info["val_acc"]) + cell(info["chance"])) if i == 0 else "<td></td>" * 3
             parts.append(f"<tr>{head}{cell(layer)}{cell(p['epoch0'])}{cell(p['last'])}</tr>")
-    parts.append("</table><p>Layer-wise drift: distance from epoch 0 at the last epoch, shallow to deep.</p>"
-                 "<table><tr><th>experiment</th><th>metric</th><th>distances by layer</th><th>reusability</th></tr>")
+    parts.append("</table><p>Layer-wise drift: distance from epoch 0 at the last epoch, shallow to deep; relative: "
+                 "divided by the distance to a random-init network (1 = as far as an untrained one); p: paired "
+                 f"bootstrap p-value of shallowest vs deepest ({', '.join(BOOTSTRAP_METRICS)} only).</p>"
+                 "<table><tr><th>experiment</th><th>metric</th><th>distances by layer</th><th>relative</th>"
+                 "<th>early &lt; deep, p</th><th>reusability</th></tr>")
     for r in rows:
         drift = ", ".join(f"{layer} {d:.3f}" for layer, d in r["layers"].items())
+        rel = ", ".join(_pct(v) for v in r.get("relative", {}).values())
+        p = r.get("early_closer_than_deep_p")
+        sig = f"{r['early_closer_than_deep']} ({'n/a' if p is None else f'{p:.3f}'})"
         reuse = f"{r['reusability_mean']:.3f} ± {r['reusability_std']:.3f}"
-        parts.append(f"<tr>{cell(r['experiment'])}{cell(r['metric'])}{cell(drift)}{cell(reuse)}</tr>")
+        parts.append(f"<tr>{cell(r['experiment'])}{cell(r['metric'])}{cell(drift)}{cell(rel)}{cell(sig)}"
+                     f"{cell(reuse)}</tr>")
     parts.append("</table>")
     return f'<section id="demo-findings">{"".join(parts)}</section>'
 

@@ -542,7 +542,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             samples_per_chunk: int | None = None, device: str = "auto", trust_checkpoint: bool = False,
             model_name: str | None = None, dataset_name: str | None = None, writers: int | None = None,
             state_prefix: str | None = None, weights_copy: str = "main", normalize: str | None = None,
-            progress: bool = True) -> Path:
+            progress: bool = True, random_init_baseline: bool = False, random_init_seed: int = 0) -> Path:
     """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
 
     ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
@@ -563,7 +563,11 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     the store's ``checkpoints`` records say which copy each file gave. ``normalize``:
     ``"MEAN,STD"`` (one value each for all channels) or six values (three means, three
     stds) for a third-party series (default: the timm model's pretrained config, else
-    ImageNet's), recorded in the store. ``writers``: threads compressing and writing regions (default :func:`default_writers`:
+    ImageNet's), recorded in the store. ``random_init_baseline``: also extract a randomly
+    initialized model of the same architecture (``torch.manual_seed(random_init_seed)``, then
+    the architecture's default constructor, its head then resized to the store's classes) on the same probe images, stored beside the checkpoints and not as
+    an epoch (:func:`ftdyn.store.add_random_init`): the ceiling of ``ftdyn analyze``'s relative
+    distances. ``writers``: threads compressing and writing regions (default :func:`default_writers`:
     one per CPU core but one, 2 to 16).
 
     If ``out`` exists it is resumed/extended (see the module docstring); a complete
@@ -709,6 +713,10 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
         for pos in [p for p in cache if p not in {t[0] for t in todo}]:
             del cache[pos]  # loaded during setup but already extracted
         if not todo:
+            if random_init_baseline:
+                _extract_random_init(out, writer, arch=arch, layers=layer_names, images=images,
+                                     normalization=normalization, channels_last=channels_last, dev=dev,
+                                     dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
             print(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {n} samples); nothing to do.",
                   flush=True)
             return out
@@ -738,12 +746,58 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                "seconds": round(stats["seconds"], 3), "images_per_s": round(rate, 2), "batch_size": int(batch_size),
                "writers": int(writers)}
         writer.group.attrs["runs"] = list(writer.attrs.get("runs") or []) + [run]  # provenance: which device wrote
+        if random_init_baseline:
+            _extract_random_init(out, writer, arch=arch, layers=layer_names, images=images,
+                                 normalization=normalization, channels_last=channels_last, dev=dev,
+                                 dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
     elapsed = time.perf_counter() - started
     size_on_disk = dir_size(out)
     print(f"{out}: {stats['regions']} regions of {len(todo)} checkpoint(s) written, {n} samples x "
           f"{len(layer_names)} layers; {human_bytes(size_on_disk)} on disk; {rate:.1f} images/s on {dev} "
           f"({elapsed:.1f} s in all).", flush=True)
     return out
+
+
+def _extract_random_init(out: Path, writer, *, arch: str, layers: list[str], images: np.ndarray, normalization,
+                         channels_last: frozenset[str], dev: torch.device, dtype_t: torch.dtype, batch_size: int,
+                         seed: int) -> None:
+    """The random-init baseline: a seeded fresh ``arch`` (head sized like the store's) replayed on
+    the probe images; chunks already written by an interrupted run are kept."""
+    from .data import check_seed, normalize
+    from .models import LayerCapture, build_model
+    from .store import add_random_init, all_finite, write_random_init
+
+    seed = check_seed(seed)
+    done = add_random_init(out, seed=seed, architecture=arch,
+                           init=f"torch.manual_seed({seed}); the architecture's default constructor (own init)")
+    if done.all():
+        return
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(seed)
+        model = build_model(arch, num_classes=writer.attrs.get("num_classes"))
+    model.to(dev).eval()
+    capture = LayerCapture(model, layers, dtype=dtype_t, channels_last=channels_last)
+    mean, std = normalization["mean"], normalization["std"]
+    try:
+        with torch.inference_mode(), full_precision():
+            for chunk in np.flatnonzero(~done):
+                rows = writer.chunk_slice(int(chunk))
+                parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+                for start in range(rows.start, rows.stop, batch_size):
+                    stop = min(start + batch_size, rows.stop)
+                    x = torch.from_numpy(images[start:stop]).permute(0, 3, 1, 2).to(dev)
+                    model(normalize(x, mean, std))
+                    for name, t in capture.pop().items():
+                        parts[name].append(t.cpu().numpy())
+                arrays = {name: np.concatenate(p) for name, p in parts.items()}
+                bad = [name for name, a in arrays.items() if not all_finite(a)]
+                if bad:
+                    raise FtdynError(f"--random-init-baseline: the random network gave non-finite activations at "
+                                     f"{', '.join(bad)} (float16 overflow?); re-extract with --dtype float32.")
+                write_random_init(out, int(chunk), arrays)
+    finally:
+        capture.close()
+    print(f"{out}: random-init baseline (seed {seed}) written.", flush=True)
 
 
 def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers,

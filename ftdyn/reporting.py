@@ -37,7 +37,7 @@ from ._version import __version__
 from .errors import FtdynError
 from .outputs import folder_lock
 from .results import open_results
-from .viz.curves import as_strings
+from .viz.curves import as_strings, experiment_layers
 
 REPORT_NAME = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -235,6 +235,81 @@ def _reusability_section(res) -> str:
               "the source is reused.</p>"
             + "<details><summary>Per layer</summary>" + _table(["experiment", "layer", *metrics], layer_rows, left=2)
             + "</details>")
+
+
+#: significance level of the report's statements on paired bootstrap results
+ALPHA_LEVEL = 0.05
+
+
+def layer_order_findings(res) -> list[dict[str, Any]]:
+    """Every (experiment, metric, shallower layer a, deeper layer b) with a bootstrap p-value:
+    the last-epoch distances, p and whether "a moved less than b" is significant."""
+    out = []
+    for exp in as_strings(res["experiment"].values):
+        layers = experiment_layers(res, exp)
+        last = int(np.flatnonzero(np.isfinite(res["distance"].sel(experiment=exp).values).any(axis=(0, 1)))[-1])
+        for m in as_strings(res["metric"].values):
+            d = res["distance"].sel(experiment=exp, metric=m).values[:, last]
+            p = res["layer_order_p"].sel(experiment=exp, metric=m).values
+            for i, (a, na) in enumerate(layers):
+                for b, nb in layers[i + 1:]:
+                    if np.isfinite(p[a, b]):
+                        out.append({"experiment": exp, "metric": m, "early": na, "deep": nb,
+                                    "d_early": float(d[a]), "d_deep": float(d[b]), "p": float(p[a, b]),
+                                    "significant": bool(p[a, b] < ALPHA_LEVEL and d[a] < d[b])})
+    return out
+
+
+def flat_steps(res) -> list[dict[str, Any]]:
+    """(experiment, metric, layer, epoch) whose step from the previous epoch has a paired
+    interval containing 0 (not distinguishable from no change)."""
+    lo, hi, epochs = res["delta_ci_low"], res["delta_ci_high"], [int(e) for e in res["epoch"].values]
+    out = []
+    for exp in as_strings(res["experiment"].values):
+        for m in as_strings(res["metric"].values):
+            for li, name in experiment_layers(res, exp):
+                a = lo.sel(experiment=exp, metric=m, layer_index=li).values
+                b = hi.sel(experiment=exp, metric=m, layer_index=li).values
+                out += [{"experiment": exp, "metric": m, "layer": name, "epoch": epochs[k]}
+                        for k in np.flatnonzero(np.isfinite(a) & (a <= 0) & (b >= 0))]
+    return out
+
+
+def _interpretation_section(res, block) -> str:
+    """Relative drift, paired significance, probes and convergence (ftdyn.analysis.interpret)."""
+    if "relative_distance" not in res:
+        return '<p class="empty">These results predate the interpretation variables; re-run `ftdyn analyze`.</p>'
+    metrics = as_strings(res["metric"].values)
+    rows = [[exp] + ["—" if not np.isfinite(res["relative_reusability_mean"].sel(experiment=exp, metric=m))
+                     else f"{_num(res['relative_reusability_mean'].sel(experiment=exp, metric=m).values)} ± "
+                          f"{_num(res['relative_reusability_std'].sel(experiment=exp, metric=m).values)}"
+                     for m in metrics] for exp in as_strings(res["experiment"].values)]
+    parts = ['<p class="lead">Is a distance large? Is it more than the noise of the probe set? Did the layer lose '
+             "or gain target-class information?</p>",
+             f'<p class="note">{_e(res.attrs.get("relative_note", ""))}.</p>',
+             _table(["experiment", *[f"relative {m}" for m in metrics]], rows),
+             '<p class="note">Relative reusability: Table 2 on relative distances (mean ± std over epochs of the '
+             "layer-averaged distance / ceiling).</p>", block("relative")]
+    if int(res.attrs.get("bootstrap") or 0):
+        found = layer_order_findings(res)
+        sig = [f for f in found if f["significant"]]
+        flat = flat_steps(res)
+        items = [f"<li>{_e(f['experiment'])} {_e(f['metric'])}: {_e(f['early'])} ({_num(f['d_early'])}) &lt; "
+                 f"{_e(f['deep'])} ({_num(f['d_deep'])}), p = {_num(f['p'])}</li>" for f in sig]
+        parts.append(f'<p class="note">Paired bootstrap ({_e(res.attrs.get("bootstrap"))} resamples of the images, '
+                     "each shared by every epoch and layer). At the last epoch, "
+                     f"{len(sig)} of {len(found)} 'early &lt; deep' comparisons are significant "
+                     f"(p &lt; {ALPHA_LEVEL}):</p><ul>{''.join(items) or '<li>none</li>'}</ul>"
+                     f'<p class="note">{len(flat)} epoch step(s) are not distinguishable from 0 (their paired 95 % '
+                     "interval contains 0; hollow markers in the figure).</p>")
+    else:
+        parts.append('<p class="note">No bootstrap: epoch steps and layer orders are not tested; analyze with '
+                     "--bootstrap N (e.g. 100).</p>")
+    parts += ["<h3>Linear probes</h3>", block("probes"), "<h3>Convergence</h3>"]
+    bad = json.loads(res.attrs.get("not_converged", "[]"))
+    parts.append(f'<p class="note">Not converged (tolerance {_pct(res.attrs.get("convergence_tolerance"))}): '
+                 f"{_e(', '.join(bad)) if bad else 'none'}.</p>" + block("convergence"))
+    return "".join(parts)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]] | None:
@@ -438,6 +513,7 @@ def _write_report(res, results_dir: Path, out: Path, figdir: Path, store_paths: 
         ("trajectories", "Checkpoint × checkpoint distances",
          '<p class="lead">Every pair of checkpoints compared, per layer: how the features travel, not only how '
          "far from the start they end.</p>" + block("trajectory", "experiment")),
+        ("interpretation", "Interpreting the distances", _interpretation_section(res, block)),
         ("class-based", "Class-based visualizations",
          '<p class="lead">What a filter looks at for a class, and how that changes during fine-tuning.</p>'
          + block("class", "experiment")),

@@ -37,6 +37,13 @@ xarray Dataset, format 1::
                      (epoch, layer, class); NaN at the reference epoch
       agreement_paper_code_mean, agreement_paper_code_std (experiment) its plain
                      mean/std over layers, epochs and classes (any NaN -> NaN)
+    interpretation (:mod:`ftdyn.analysis.interpret`; absent in older results)
+      ceiling (experiment, metric, layer_index), relative_distance (… , epoch),
+      relative_reusability_mean/std (experiment, metric), delta_ci_low/high (… , epoch),
+      layer_order_p (experiment, metric, layer_index, layer_index_other),
+      convergence (experiment, metric, layer_index, fraction), converged, images_needed
+      (experiment, metric, layer_index), probe_accuracy (experiment, layer_index, epoch),
+      probe_accuracy_random_init (experiment, layer_index), probe_chance (experiment)
     attrs     ftdyn_results_format, ftdyn_version, reference_epoch, preset,
               bootstrap, seed, arguments (JSON), created; pwsm_degenerate,
               procrustes_degenerate, cka_degenerate (JSON lists "experiment:layer"
@@ -64,6 +71,14 @@ DISTANCE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "e
 REUSABILITY_COLUMNS = ("experiment", "model", "dataset", "metric", "mean", "std")
 AGREEMENT_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "metric_a", "metric_b", "r", "n_epochs")
 AGREEMENT_SUMMARY_COLUMNS = ("metric_a", "metric_b", "mean_r", "std_r", "n")
+RELATIVE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "metric", "view",
+                    "relative_distance", "ceiling", "delta_ci_low", "delta_ci_high")
+PROBE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "probe_accuracy",
+                 "probe_accuracy_random_init", "probe_chance")
+CONVERGENCE_COLUMNS = ("experiment", "metric", "layer", "layer_index", "fraction", "distance", "converged",
+                       "images_needed")
+LAYER_ORDER_COLUMNS = ("experiment", "metric", "layer", "layer_index", "layer_other", "layer_index_other",
+                       "distance", "distance_other", "p")
 
 REQUIRED_VARS = {
     "distance": ("experiment", "metric", "layer_index", "epoch"),
@@ -84,6 +99,20 @@ OPTIONAL_VARS = {
     "agreement_paper_code": ("experiment", "layer_index", "epoch", "class_index"),
     "agreement_paper_code_mean": ("experiment",),
     "agreement_paper_code_std": ("experiment",),
+    # interpretation (ftdyn.analysis.interpret); absent in results written before it
+    "ceiling": ("experiment", "metric", "layer_index"),
+    "relative_distance": ("experiment", "metric", "layer_index", "epoch"),
+    "relative_reusability_mean": ("experiment", "metric"),
+    "relative_reusability_std": ("experiment", "metric"),
+    "delta_ci_low": ("experiment", "metric", "layer_index", "epoch"),
+    "delta_ci_high": ("experiment", "metric", "layer_index", "epoch"),
+    "layer_order_p": ("experiment", "metric", "layer_index", "layer_index_other"),
+    "probe_accuracy": ("experiment", "layer_index", "epoch"),
+    "probe_accuracy_random_init": ("experiment", "layer_index"),
+    "probe_chance": ("experiment",),
+    "convergence": ("experiment", "metric", "layer_index", "fraction"),
+    "converged": ("experiment", "metric", "layer_index"),
+    "images_needed": ("experiment", "metric", "layer_index"),
 }
 REQUIRED_COORDS = ("experiment", "model", "dataset", "store", "metric", "view", "alpha", "layer_index", "layer",
                    "epoch", "epoch_other")
@@ -227,17 +256,91 @@ def agreement_summary_rows(ds: xr.Dataset):
                    "std_r": float(vals.std()) if vals.size else float("nan"), "n": int(vals.size)}
 
 
+def relative_rows(ds: xr.Dataset):
+    """Rows of ``relative_distances.csv``: like distances.csv (same rows), relative values."""
+    rel, ceil = ds["relative_distance"].values, ds["ceiling"].values
+    dlo, dhi = ds["delta_ci_low"].values, ds["delta_ci_high"].values
+    index = {int(e): k for k, e in enumerate(ds["epoch"].values)}
+    metrics = list(ds["metric"].values)
+    for row in distance_rows(ds):
+        e = list(ds["experiment"].values).index(row["experiment"])
+        m, l, k = metrics.index(row["metric"]), row["layer_index"], index[row["epoch"]]
+        yield {**row, "relative_distance": float(rel[e, m, l, k]), "ceiling": float(ceil[e, m, l]),
+               "delta_ci_low": float(dlo[e, m, l, k]), "delta_ci_high": float(dhi[e, m, l, k])}
+
+
+def probe_rows(ds: xr.Dataset):
+    """Rows of ``probes.csv``: one per experiment, layer and epoch of that experiment."""
+    has, layers = _has_epoch(ds), ds["layer"].values
+    acc, rand, chance = ds["probe_accuracy"].values, ds["probe_accuracy_random_init"].values, ds["probe_chance"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        for l, index in enumerate(ds["layer_index"].values):
+            if not str(layers[e, l]):
+                continue
+            for k, epoch in enumerate(ds["epoch"].values):
+                if has[e, k]:
+                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
+                           "layer": layers[e, l], "layer_index": int(index), "epoch": int(epoch),
+                           "probe_accuracy": float(acc[e, l, k]), "probe_accuracy_random_init": float(rand[e, l]),
+                           "probe_chance": float(chance[e])}
+
+
+def _last_epoch(ds: xr.Dataset, e: int) -> int:
+    return int(np.flatnonzero(_has_epoch(ds)[e])[-1])
+
+
+def layer_order_rows(ds: xr.Dataset):
+    """Rows of ``layer_order.csv``: every ordered pair of distinct layers, last-epoch distances and
+    the paired bootstrap p-value (empty without --bootstrap)."""
+    p, dist, layers = ds["layer_order_p"].values, ds["distance"].values, ds["layer"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        k = _last_epoch(ds, e)
+        for m, metric in enumerate(ds["metric"].values):
+            for a in range(layers.shape[1]):
+                for b in range(layers.shape[1]):
+                    if a != b and str(layers[e, a]) and str(layers[e, b]):
+                        yield {"experiment": exp, "metric": metric, "layer": layers[e, a], "layer_index": a,
+                               "layer_other": layers[e, b], "layer_index_other": b,
+                               "distance": float(dist[e, m, a, k]), "distance_other": float(dist[e, m, b, k]),
+                               "p": float(p[e, m, a, b])}
+
+
+def convergence_rows(ds: xr.Dataset):
+    """Rows of ``convergence.csv``: the last epoch's distance per nested image fraction."""
+    conv, ok, need, layers = ds["convergence"].values, ds["converged"].values, ds["images_needed"].values, \
+        ds["layer"].values
+    for e, exp in enumerate(ds["experiment"].values):
+        for m, metric in enumerate(ds["metric"].values):
+            for l in range(layers.shape[1]):
+                if not str(layers[e, l]):
+                    continue
+                for f, fraction in enumerate(ds["fraction"].values):
+                    yield {"experiment": exp, "metric": metric, "layer": layers[e, l], "layer_index": l,
+                           "fraction": float(fraction), "distance": float(conv[e, m, l, f]),
+                           "converged": bool(ok[e, m, l]), "images_needed": float(need[e, m, l])}
+
+
+#: the interpretation tables, written when the results hold their variables
+#: Every CSV table of a result set: (file name, columns, row builder). The analysis writes
+#: all of them, always (a quantity that was not computed, e.g. no random-init baseline in
+#: the store or no bootstrap, is an empty cell = NaN).
+TABLES = (("distances.csv", DISTANCE_COLUMNS, distance_rows),
+          ("reusability.csv", REUSABILITY_COLUMNS, reusability_rows),
+          ("agreement.csv", AGREEMENT_COLUMNS, agreement_rows),
+          ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS, agreement_summary_rows),
+          ("relative_distances.csv", RELATIVE_COLUMNS, relative_rows),
+          ("probes.csv", PROBE_COLUMNS, probe_rows),
+          ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows),
+          ("convergence.csv", CONVERGENCE_COLUMNS, convergence_rows))
+TABLE_NAMES = tuple(name for name, _, _ in TABLES)
+
+
 def write_tables(ds: xr.Dataset, out_dir: str | Path) -> list[Path]:
-    """Write ``distances.csv``, ``reusability.csv``, ``agreement.csv`` and
-    ``agreement_summary.csv`` (columns exactly as the tuples above; empty cell = NaN,
-    e.g. no bootstrap interval) into ``out_dir``; returns their paths."""
+    """Write every table of :data:`TABLES` into ``out_dir`` (columns exactly as the tuples
+    above; empty cell = NaN, e.g. no bootstrap interval); returns their paths."""
     out_dir = Path(out_dir)
-    tables = [("distances.csv", DISTANCE_COLUMNS, distance_rows),
-              ("reusability.csv", REUSABILITY_COLUMNS, reusability_rows),
-              ("agreement.csv", AGREEMENT_COLUMNS, agreement_rows),
-              ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS, agreement_summary_rows)]
     paths = []
-    for name, columns, rows in tables:
+    for name, columns, rows in TABLES:
         _write_csv(out_dir / name, columns, rows(ds))
         paths.append(out_dir / name)
     return paths

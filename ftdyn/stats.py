@@ -126,6 +126,28 @@ def bootstrap_indices(n_items: int, n_boot: int, rng: np.random.Generator) -> np
     return rng.integers(0, n_items, size=(n_boot, n_items))
 
 
+def shared_units(n_items: int, n_units: int, seed: int, experiment: int) -> np.ndarray:
+    """Bootstrap unit (0..n_units-1) of every image: a seeded permutation dealt round-robin, so
+    units mix classes (stores are class-sorted). The same for every layer, view and epoch of
+    an experiment: replicates built from it are paired across all of them."""
+    units = np.empty(n_items, dtype=np.int64)
+    units[np.random.default_rng([seed, experiment, 7]).permutation(n_items)] = np.arange(n_items) % n_units
+    return units
+
+
+def shared_counts(n_units: int, n_boot: int, seed: int, experiment: int) -> np.ndarray:
+    """(n_boot, n_units) counts of :func:`bootstrap_counts`, the same draws for every job of an
+    experiment that uses ``n_units`` units (one image resample per replicate)."""
+    return bootstrap_counts(n_units, n_boot, np.random.default_rng([seed, experiment, 8, n_units]))
+
+
+def shared_indices(units: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Image indices of each replicate: every image of unit u repeated counts[b, u] times (the
+    same resample as the unit counts, for views that resample single images exactly)."""
+    members = [np.flatnonzero(units == u) for u in range(counts.shape[1])]
+    return [np.concatenate([np.tile(members[u], int(c)) for u, c in enumerate(row) if c]) for row in counts]
+
+
 def percentile_interval(replicates, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware percentile interval of ``replicates`` along ``axis``."""
     tail = 100.0 * (1.0 - level) / 2.0

@@ -19,6 +19,12 @@ An activation store is a Zarr v3 group written through xarray. Layout (format 1)
                 {module: variable}, receptive_fields {module: {...}},
                 checkpoints [{epoch, file, sha256}], probe {...}, manifest (the
                 training manifest when the series came from ``ftdyn train``)
+    optional    the random-init baseline (``ftdyn extract --random-init-baseline``), NOT an
+                epoch: per layer ``random_init__V`` (random_init, sample, V_channel, V_y, V_x)
+                with random_init of size 1, ``random_init_complete`` (random_init, chunk)
+                uint8, and attrs ``random_init_baseline`` {seed, architecture, init}; a
+                randomly initialized model of the same architecture (seeded) on the same
+                probe images, the ceiling of relative distances (see :func:`add_random_init`)
 
 Activations are chunked (1 checkpoint, ``samples_per_chunk`` samples, all
 channels, whole maps). A region is one (checkpoint, sample-chunk) pair; a writer
@@ -62,6 +68,18 @@ _TARGET_CHUNK_BYTES = 32 * 2**20  # design.md §4: 8-64 MB per chunk
 #: those; the region is still written whole (one shard), so extraction is unchanged
 _CHANNEL_BLOCKS = 16
 _MIN_INNER_CHUNK_BYTES = 2**20
+
+
+#: the random-init baseline (module doc): attr key, dimension, completeness marks, variable prefix
+RANDOM_INIT = "random_init_baseline"
+RANDOM_INIT_DIM = "random_init"
+RANDOM_INIT_COMPLETE = "random_init_complete"
+_RANDOM_INIT_PREFIX = "random_init__"
+
+
+def baseline_var(var: str) -> str:
+    """Store variable of a layer's random-init baseline activations."""
+    return _RANDOM_INIT_PREFIX + var
 
 
 def layer_var(layer: str) -> str:
@@ -586,6 +604,69 @@ class StoreWriter:
             self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
 
 
+def has_random_init(path: str | Path) -> bool:
+    """Whether the store holds a complete random-init baseline (every chunk written)."""
+    group = _open_group(Path(path))
+    attrs = dict(group.attrs)
+    if RANDOM_INIT not in attrs or RANDOM_INIT_COMPLETE not in group:
+        return False
+    if any(baseline_var(v) not in group for v in attrs["layer_variables"].values()):
+        return False
+    return bool(np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool).all())
+
+
+def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:
+    """Allocate the random-init baseline arrays of an existing store (module doc), once; returns
+    its (chunk,) completeness marks so an interrupted run writes only what is missing. A
+    baseline recorded with another seed is an error (it would mix two random networks)."""
+    import dask.array as da
+
+    path = Path(path)
+    group = _open_group(path, mode="r+")
+    attrs = dict(group.attrs)
+    record = {"seed": int(seed), "architecture": architecture, "init": init}
+    if RANDOM_INIT in attrs:
+        old = attrs[RANDOM_INIT]
+        if int(old.get("seed", -1)) != int(seed):
+            raise FtdynError(f"--random-init-seed: {path} already holds a random-init baseline with seed "
+                             f"{old.get('seed')}; pass that seed, or extract into a new --out.")
+        return np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool)[0]
+    spc = int(attrs["samples_per_chunk"])
+    n = int(group["sample"].shape[0])
+    n_chunks = math.ceil(n / spc)
+    data_vars, encoding = {}, {}
+    for layer, var in attrs["layer_variables"].items():
+        arr = group[var]
+        _, _, c, h, w = arr.shape
+        region = (1, spc, c, h, w)
+        dims = (RANDOM_INIT_DIM, *layer_dims(var)[1:])
+        data_vars[baseline_var(var)] = xr.Variable(dims, da.zeros((1, n, c, h, w), chunks=region, dtype=arr.dtype),
+                                                   attrs={"layer": layer, "random_init_of": var})
+        encoding[baseline_var(var)] = {"chunks": region,
+                                       "compressors": [*_compressors(attrs.get("codec", "zstd")),
+                                                       zarr.codecs.Crc32cCodec()]}
+    data_vars[RANDOM_INIT_COMPLETE] = xr.Variable((RANDOM_INIT_DIM, "chunk"),
+                                                  da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8"))
+    encoding[RANDOM_INIT_COMPLETE] = {"chunks": (1, 1)}
+    # xarray's append mode rewrites the group's attributes with the Dataset's: pass them unchanged
+    xr.Dataset(data_vars, attrs=attrs).to_zarr(path, mode="a", compute=False, zarr_format=3, consolidated=False,
+                                  encoding=encoding)
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs[RANDOM_INIT] = record  # last: marks it allocated
+    return np.zeros(n_chunks, dtype=bool)
+
+
+def write_random_init(path: str | Path, chunk: int, activations: dict[str, np.ndarray]) -> None:
+    """Write one sample chunk of every layer's baseline, then mark it complete."""
+    group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
+    attrs = dict(group.attrs)
+    spc, n = int(attrs["samples_per_chunk"]), int(group["sample"].shape[0])
+    rows = slice(chunk * spc, min((chunk + 1) * spc, n))
+    for layer, var in attrs["layer_variables"].items():
+        target = group[baseline_var(var)]
+        target[0:1, rows] = np.asarray(activations[layer], dtype=target.dtype)[None]
+    group[RANDOM_INIT_COMPLETE][0, chunk] = 1
+
+
 def dir_size(path: str | Path) -> int:
     """Bytes of all files under ``path`` (a store's size on disk)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
@@ -613,5 +694,7 @@ def info(path: str | Path) -> dict[str, Any]:
         "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
                          "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],
         "complete": bool(done.all()),
+        "random_init_baseline": ({**attrs[RANDOM_INIT], "complete": has_random_init(path)}
+                                 if RANDOM_INIT in attrs else None),
         "bytes_on_disk": dir_size(path),
     }

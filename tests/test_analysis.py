@@ -333,7 +333,8 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys):
     assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == ["features.3", "layer2.relu"]
     assert sorted(p.name for p in out.iterdir()) == sorted([".ftdyn-sets", ".ftdyn.lock", "results.zarr", "distances.csv",
                                                              "reusability.csv", "agreement.csv",
-                                                             "agreement_summary.csv"])
+                                                             "agreement_summary.csv", "relative_distances.csv",
+                                                             "probes.csv", "layer_order.csv", "convergence.csv"])
     assert len(list((out / ".ftdyn-sets").iterdir())) == 2  # the current link and the one set: the old one is gone
 
 

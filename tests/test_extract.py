@@ -651,3 +651,27 @@ def test_nan_weight_checkpoint_is_refused_up_front(tmp_path, probe_dir):
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "epoch_001" in result.output and "'layer1.0.conv2.weight'" in result.output and "1 NaN/inf" in result.output
     assert not out.exists()
+
+
+def test_random_init_baseline_is_a_seeded_fresh_model_not_an_epoch(tmp_path, probe_dir, capsys):
+    make_series(tmp_path / "ckpts", "resnet18", 2)
+    out = tmp_path / "s.zarr"
+    result = CliRunner().invoke(app, ["extract", str(tmp_path / "ckpts"), "--data", str(probe_dir), "--out", str(out),
+                                      "--layer", "layer1", "--layer", "layer4", "--no-progress",
+                                      "--random-init-baseline", "--random-init-seed", "7"])
+    assert result.exit_code == 0, result.output
+    ds = open_store(out)
+    assert list(ds["checkpoint"].values) == [0, 1]  # not an epoch
+    assert ds.attrs["random_init_baseline"]["seed"] == 7
+    torch.manual_seed(7)  # the documented recipe: the seed, then the architecture's default constructor
+    fresh = torchvision.models.get_model("resnet18", weights=None)
+    ref = direct("resnet18", fresh.state_dict(), probe_images(probe_dir), ["layer1", "layer4"], num_classes=1000)
+    for name in ("layer1", "layer4"):
+        assert_close16(ds["random_init__" + ds.attrs["layer_variables"][name]].values[0], ref[name])
+    # the same command again: nothing to do, the baseline kept; another seed is refused
+    again = CliRunner().invoke(app, ["extract", str(tmp_path / "ckpts"), "--data", str(probe_dir), "--out", str(out),
+                                     "--layer", "layer1", "--layer", "layer4", "--no-progress",
+                                     "--random-init-baseline", "--random-init-seed", "8"])
+    assert again.exit_code == 2 and "seed 7" in again.output
+    shown = CliRunner().invoke(app, ["info", str(out)])
+    assert "random init: seed 7" in shown.output and "complete" in shown.output

@@ -28,7 +28,8 @@ from test_analysis import make_store
 DEADLINE = 120  # seconds for one forked run; a tiny analysis takes about one
 A = {"metrics": ["pwsm"], "layers": ["layer2.relu"]}
 B = {"metrics": ["cka"], "layers": ["layer2.relu"], "overwrite": True}
-PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "results.zarr")
+PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "relative_distances.csv",
+            "probes.csv", "layer_order.csv", "convergence.csv", "results.zarr")
 
 
 @pytest.fixture(scope="module")

@@ -69,15 +69,18 @@ Trajectory (``trajectory=``)
     ``"reference"``: the reference row/column only.
 
 Bootstrap (``bootstrap=N``, percentile 95 % interval into ci_low/ci_high)
-    Resampling unit = images. Gram-side and map views resample single images
-    exactly (rows/columns of the Gram matrices; per-image map distances). Row-side
-    views cannot split per-image statistics cheaply, so images are dealt into
-    U = min(32, n) random groups (a seeded permutation, so groups mix classes even
-    though stores are class-sorted), each group's statistics are accumulated
-    separately, and replicates re-sum U groups drawn with replacement (a grouped
-    bootstrap; U is lowered to ≥ 8 when the statistics would not fit the memory
-    limit). Replicate statistics are pooled per filter then averaged like the
-    point estimate. Cost: N metric evaluations per (layer, checkpoint).
+    Resampling unit = groups of images: images are dealt into U = min(32, n)
+    (``bootstrap_groups``) seeded groups (a permutation, so groups mix classes even
+    though stores are class-sorted) and each replicate draws U groups with replacement,
+    ONE draw per replicate shared by every epoch, layer and view of an experiment, so
+    differences between epochs and layers are paired (:mod:`ftdyn.analysis.interpret`).
+    Row-side views accumulate each group's statistics separately and re-sum them
+    (U is lowered to ≥ 8 when they would not fit the memory limit; that layer's
+    replicates are then not paired with the others); Gram-side and map views take
+    exactly the drawn groups' images (rows/columns of the Gram matrices; per-image map
+    distances). Replicate statistics are pooled per filter then averaged like the point
+    estimate. ``bootstrap_metrics`` limits replicates to some metrics (jobs without one
+    keep a single accumulator). Cost: N metric evaluations per (layer, checkpoint).
 
 Memory (``memory_limit=``, default 50 % of RAM; ``workers=``, default CPU count)
     The limit bounds the data and statistics held by concurrently running tasks, from

@@ -10,7 +10,7 @@ import xarray as xr
 from .. import stats as S
 from .. import views as V
 from .inputs import Args, Experiment
-from .plan import Job
+from .plan import Job, shared_boot_indices
 from .tasks import map_pairs
 
 
@@ -48,7 +48,7 @@ def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict
         for part, cg in zip(parts, groups):
             vals[cg] = np.asarray(part["values"][m])[1:]
         out["values"][m] = vals
-        if parts[0]["reps"]:
+        if m in parts[0]["reps"]:
             r0 = np.asarray(parts[0]["reps"][m])
             reps = np.empty((r0.shape[0], T) + r0.shape[2:])
             reps[:, ref] = r0[:, 0]
@@ -94,13 +94,13 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
                 traj = np.full((T, T), np.nan)
                 for i, (a, b) in enumerate(pairs):
                     traj[a, b] = traj[b, a] = layer_pair[i]
-                if args.bootstrap:
-                    idx = S.bootstrap_indices(len(exp.labels), args.bootstrap,
-                                              np.random.default_rng([args.seed, job.exp, job.layer, 99]))
+                if args.bootstrap and (args.bootstrap_metrics is None or m in args.bootstrap_metrics):
+                    idx = shared_boot_indices(len(exp.labels), args, job.exp)
                     ref_vals = vals[ref_rows]  # (T, n, C)
                     reps = np.stack([_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
                                      for ii in idx])
                     rec["ci"] = S.percentile_interval(reps, axis=0)
+                    rec["reps"] = reps  # (N, T) layer values, paired across layers (interpret)
             else:
                 values = _gather(parts, "values", m, (T,), per_filter)
                 filt = values if per_filter else None
@@ -111,9 +111,10 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
                     lv = _layer_values(values, per_filter)[0]
                     traj[ref, :] = lv
                     traj[:, ref] = lv
-                if parts[0]["reps"]:
+                if m in parts[0]["reps"]:
                     reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
-                    rec["ci"] = S.percentile_interval(_layer_values(reps, per_filter)[0], axis=0)
+                    rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
+                    rec["ci"] = S.percentile_interval(rec["reps"], axis=0)
             if filt is not None:
                 layer_val, n_nan = _layer_values(filt, True)
                 layer_val = rec.pop("layer_value", layer_val)

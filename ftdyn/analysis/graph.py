@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import torch
 
 from .. import stats as S
-from .. import views as V
 from ..errors import FtdynError
 from .inputs import Args, Experiment
-from .plan import Job, chunk_groups
+from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices
 from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
                     row_cols, row_finish, row_leaf)
 
@@ -30,18 +28,14 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
         module, src = exp.layers[job.layer]
         T, ref = len(exp.epochs), exp.ref
         tag = f"{job.exp}-{job.layer}-{job.view}"
-        # bootstrap draws (seeded per job, independent of scheduling)
-        job_rng = np.random.default_rng([args.seed, job.exp, job.layer, V.VIEWS.index(job.view)])
         for gi, fsl in enumerate(job.groups):
             gtag = f"{tag}-{gi}"
             if job.side == "row":
                 if gi == 0:
                     units = counts = None
-                    if job.units > 1:
-                        perm = np.random.default_rng([args.seed, job.exp, 7]).permutation(src.n)
-                        units = np.empty(src.n, dtype=np.int64)
-                        units[perm] = np.arange(src.n) % job.units
-                        counts = S.bootstrap_counts(job.units, args.bootstrap, job_rng)
+                    if job.units > 1:  # one resample per replicate for every job of the experiment
+                        units = S.shared_units(src.n, job.units, args.seed, job.exp)
+                        counts = replicate_counts(args, job.units, job.exp)
                 p = row_cols(src, job.view)
                 for ci, cg in enumerate(job.ckpt_groups):
                     # a pass over the reference and the checkpoints of group cg (all of them: cg None)
@@ -54,7 +48,10 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                               for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
                     merged = _tree(leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}")
                     out = delayed(row_finish, pure=True)(merged, job.metrics, args.alpha, len(sub), sub_ref, p,
-                                                          job.mode, counts, dask_key_name=f"metrics-{ctag}")
+                                                          job.mode, counts, args.bootstrap_metrics,
+                                                          tuple(i for i, t in enumerate(pos)
+                                                                if exp.epochs[t] in args.skip_replicates),
+                                                          dask_key_name=f"metrics-{ctag}")
                     job.outputs.append(out)
                     graph_outputs.append(out)
                 continue
@@ -69,8 +66,11 @@ def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bo
                         blocks.append(delayed(gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
                                                                       dask_key_name=f"gram-{gtag}-{t}-{pi}"))
                     Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
-                boot = S.bootstrap_indices(src.n, args.bootstrap, job_rng) if args.bootstrap else None
+                boot = shared_boot_indices(src.n, args, job.exp) if args.bootstrap else None
                 out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
+                                                       boot_metrics=args.bootstrap_metrics,
+                                                       skip=tuple(t for t, ep in enumerate(exp.epochs)
+                                                                  if ep in args.skip_replicates),
                                                        dask_key_name=f"metrics-{gtag}")
             else:  # map
                 leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,

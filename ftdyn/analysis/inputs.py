@@ -24,9 +24,14 @@ from .. import views as V
 from ..data import check_seed
 from ..errors import FtdynError
 
-METRIC_NAMES = tuple(M.METRICS)
+#: debiased linear CKA distance (1 − CKA with U-centered Grams; Murphy et al. 2024): an analysis
+#: metric beside the registry's, computed on the Gram side (per-filter/flat/map views only)
+DEBIASED_CKA = "cka_debiased"
+METRIC_NAMES = (*M.METRICS, DEBIASED_CKA)
 DEFAULT_ALPHA = 0.0
 TRAJECTORY_MODES = ("auto", "all", "reference")
+#: checkpoint position that reads the store's random-init baseline instead of an epoch
+BASELINE = -1
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,10 @@ class Preset:
 
 PRESETS = {
     "default": Preset("default", ("pwsm", "procrustes", "cka"),
-                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter"}, "images",
+                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter", DEBIASED_CKA: "filter"}, "images",
                       "pwsm on channels; procrustes and cka on filter (per-filter vector, NaN-aware mean)"),
     "paper-code": Preset("paper-code", ("pwsm", "procrustes", "cka"),
-                         {"pwsm": "channels", "procrustes": "map", "cka": "map"}, "class",
+                         {"pwsm": "channels", "procrustes": "map", "cka": "map", DEBIASED_CKA: "map"}, "class",
                          "the published code: pwsm (alpha 0) on channels; procrustes and cka on map with "
                          "rows centered, per class then over all (class, filter) cells; Pearson agreement "
                          "across filters", map_center="rows"),
@@ -126,13 +131,29 @@ class Args:
     trajectory: str
     map_average: str
     map_center: str = "columns"
+    #: replicates are the nested image subsets of the convergence check (analysis.interpret), not
+    #: bootstrap draws; set only on the internal convergence run
+    nested: bool = False
+    #: metrics with bootstrap replicates (None: all); CKA's need no decomposition, the cheap choice
+    bootstrap_metrics: list[str] | None = None
+    #: groups of images the bootstrap resamples (None: MAX_UNITS of analysis.plan, 32); fewer groups
+    #: keep fewer statistics (cheaper on a CPU) for a coarser resample
+    bootstrap_groups: int | None = None
+    #: epochs whose replicates are not needed (internal: the convergence run skips its baseline)
+    skip_replicates: tuple[int, ...] = ()
 
     def key(self) -> dict[str, Any]:
-        return asdict(self)
+        key = asdict(self)
+        key.pop("nested")  # internal; keeps the analysis key of a plain analysis as it was
+        key.pop("skip_replicates")
+        for name in ("bootstrap_metrics", "bootstrap_groups"):
+            if key[name] is None:
+                key.pop(name)
+        return key
 
 
 def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                  allow_partial, trajectory) -> Args:
+                  allow_partial, trajectory, bootstrap_metrics=None, bootstrap_groups=None) -> Args:
     if preset not in PRESETS:
         raise FtdynError(f"--preset: unknown preset '{preset}'; choose from {', '.join(PRESETS)}.")
     p = PRESETS[preset]
@@ -164,11 +185,25 @@ def resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, se
         layers = [layers]
     if isinstance(experiment_names, str):
         experiment_names = [experiment_names]
-    return Args(metrics=metrics, views=_resolve_views(metrics, views, p), alpha=a, reference=int(reference),
+    chosen_views = _resolve_views(metrics, views, p)
+    if bootstrap_groups is not None and not 2 <= int(bootstrap_groups):
+        raise FtdynError(f"--bootstrap-groups: at least 2 groups of images, got {bootstrap_groups}.")
+    if isinstance(bootstrap_metrics, str):
+        bootstrap_metrics = [bootstrap_metrics]
+    if bootstrap_metrics:
+        bootstrap_metrics = list(dict.fromkeys(str(m).strip().lower() for m in bootstrap_metrics))
+        stray = [m for m in bootstrap_metrics if m not in metrics]
+        if stray:
+            raise FtdynError(f"--bootstrap-metric: '{stray[0]}' is not analyzed; choose from {', '.join(metrics)}.")
+    if chosen_views.get(DEBIASED_CKA) in ("channels", "pooled"):
+        raise FtdynError(f"--view: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, flat or "
+                         f"map view (--view {DEBIASED_CKA}=filter).")
+    return Args(metrics=metrics, views=chosen_views, alpha=a, reference=int(reference),
                 preset=preset, layers=list(layers) if layers else None, bootstrap=int(bootstrap), seed=check_seed(seed),
                 experiment_names=list(experiment_names) if experiment_names else None,
                 allow_partial=bool(allow_partial), trajectory=trajectory, map_average=p.map_average,
-                map_center=p.map_center)
+                map_center=p.map_center, bootstrap_metrics=bootstrap_metrics or None,
+                bootstrap_groups=None if bootstrap_groups is None else int(bootstrap_groups))
 
 
 # =========================================================================== stores
@@ -192,6 +227,8 @@ class Source:
     def where(self, ckpt: int, chunk: int) -> str:
         """'layer L (array V), epoch E, samples a-b': how messages name a block (never by index)."""
         rows = self.rows(chunk)
+        if ckpt == BASELINE:
+            return f"layer {self.layer or self.var} (array {self.var}), random-init baseline, samples {rows.start}-{rows.stop - 1}"
         epoch = self.epochs[ckpt] if ckpt < len(self.epochs) else f"#{ckpt}"
         return (f"layer {self.layer or self.var} (array {self.var}), epoch {epoch}, "
                 f"samples {rows.start}-{rows.stop - 1}")
@@ -233,10 +270,11 @@ class Experiment:
 
 
 def store_fingerprint(path: Path, ds: xr.Dataset) -> dict[str, Any]:
-    from ..store import completeness
+    from ..store import RANDOM_INIT, completeness, has_random_init
 
     done = completeness(path)
     payload = {
+        "random_init": [ds.attrs.get(RANDOM_INIT), has_random_init(path)],
         "checkpoints": ds.attrs.get("checkpoints"),
         "probe": ds.attrs.get("probe"),
         "layers": {var: list(ds[var].shape[1:]) for _, var in _store_layers(ds)},

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from .. import stats as S
 from ..errors import FtdynError
-from .inputs import Args, Experiment, Source
+from .inputs import DEBIASED_CKA, Args, Experiment, Source
 from .tasks import map_pairs
 
 MAX_UNITS = 32
@@ -105,6 +106,8 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
         side, per_filter, p = M.choose_side(n, C * hw), False, C * hw
     else:  # filter
         side, per_filter, p = M.choose_side(n, hw), True, hw
+    if DEBIASED_CKA in metrics:  # U-centering needs the per-image Grams
+        side = "gram"
     sizes = _filter_group_sizes(C if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
@@ -115,7 +118,7 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
     if side == "gram":
         cols_per_filter = hw if per_filter else C * hw
         extra_pairs = T * (T - 1) // 2 - (T - 1)
-        decomposed = any(m != "cka" for m in metrics)
+        decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
         # auto: all pairs if their work (an n×n product + nuclear norm, ~20 n³ per filter, or n² for
         # cka alone) is at most the work of building the Grams (T·n²·cols per filter)
         cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
@@ -153,9 +156,12 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
                    flops=T * n * n * cols_per_filter * (C if per_filter else 1) + T * 10 * n ** 3 * (C if per_filter else 1))
 
     # row side
-    units_wanted = min(MAX_UNITS, n) if args.bootstrap else 1
+    # replicates only for jobs with a bootstrapped metric (--bootstrap-metric): the others keep one
+    # accumulator instead of one per group of images
+    boot = args.bootstrap and (args.bootstrap_metrics is None or bool(set(metrics) & set(args.bootstrap_metrics)))
+    units_wanted = (min(NESTED_UNITS, n) if args.nested else min(args.bootstrap_groups or MAX_UNITS, n)) if boot else 1
     unit_options = [units_wanted]
-    while unit_options[-1] > MIN_UNITS:
+    while unit_options[-1] > MIN_UNITS and not args.nested:
         unit_options.append(max(MIN_UNITS, unit_options[-1] // 2))
     others = [t for t in range(T) if t != ref_pos]
 
@@ -211,6 +217,34 @@ def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str
                      f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
                      f"{task_budget / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
                      "--workers.")
+
+
+#: image fractions of the convergence check's nested subsets (analysis.interpret), made of
+#: NESTED_UNITS seeded groups of images (quarters: the statistics of 4 groups, not 32)
+NESTED_FRACTIONS = (0.25, 0.5, 1.0)
+NESTED_UNITS = 4
+
+
+def nested_counts(n_units: int) -> np.ndarray:
+    """(fractions, n_units) 0/1 counts: the first ⌈f·U⌉ units of the seeded unit order, nested."""
+    return np.array([[1 if u < math.ceil(f * n_units) else 0 for u in range(n_units)] for f in NESTED_FRACTIONS],
+                    dtype=np.int64)
+
+
+def replicate_counts(args: Args, n_units: int, experiment: int) -> np.ndarray:
+    """Unit counts of every replicate: the experiment's shared bootstrap draws, or the nested
+    subsets of the convergence run."""
+    if args.nested:
+        return nested_counts(n_units)
+    return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
+
+
+def shared_boot_indices(n: int, args: Args, experiment: int) -> list[np.ndarray]:
+    """Image indices of the experiment's replicates (the row side's units at their unlimited
+    number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
+    n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
+    return S.shared_indices(S.shared_units(n, n_units, args.seed, experiment),
+                            replicate_counts(args, n_units, experiment))
 
 
 def _filter_group_sizes(c: int) -> list[int]:

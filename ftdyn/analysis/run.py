@@ -21,11 +21,12 @@ from .._version import __version__
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
 from ..outputs import current_set, folder_lock, remove_stale, write_result_set
-from ..results import (RESULTS_FORMAT, RESULTS_STORE, open_results, save_results_store, validate_results,
-                       write_tables)
+from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
+                       validate_results, write_tables)
 from .collect import collect, to_dataset
 from .graph import build_graph, compute
-from .inputs import DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
+from .interpret import extra_pairs, interpretation, warn_unconverged
+from .inputs import DEBIASED_CKA, DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import trim
 
@@ -49,7 +50,9 @@ def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int]
                 view = args.views[m]
                 _, rows, cols = V.matrix_shape(view, src.n, src.channels, src.height, src.width)
                 center = args.map_center if view == "map" and m != "pwsm" else "columns"
-                reason = M.degenerate_reason(m, rows, cols, args.alpha, center)
+                reason = M.degenerate_reason("cka" if m == DEBIASED_CKA else m, rows, cols, args.alpha, center)
+                if m == DEBIASED_CKA and rows < 4:
+                    reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
                 if reason:
                     out[(e, m, l)] = reason
     return out
@@ -103,7 +106,7 @@ def _existing(out: Path) -> tuple[str | None, str | None]:
     return key, "no manifest vouches for them: written by an older ftdyn, or copied without their links"
 
 
-_PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", RESULTS_STORE)
+_PRODUCTS = (*TABLE_NAMES, RESULTS_STORE)
 
 
 def _write(ds: xr.Dataset, out: Path) -> None:
@@ -134,7 +137,8 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
             reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
             seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
             memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
-            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto") -> xr.Dataset:
+            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto",
+            bootstrap_metrics: Sequence[str] | None = None, bootstrap_groups: int | None = None) -> xr.Dataset:
     """Analyze activation stores into ``out`` and return the results Dataset.
 
     ``stores``: one path or several (one experiment each, labeled "model/dataset" or
@@ -143,7 +147,11 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     / ``["metric=view", ...]``. ``alpha``: PWSM α in [0, 1]. ``reference``: the epoch
     every checkpoint is compared with. ``preset``: "default" or "paper-code" (module
     doc). ``layers``: module or variable names (default all). ``bootstrap``: number of
-    replicates (0 = off). ``memory_limit``: bytes or "1GB". ``workers``: threads.
+    replicates (0 = off), one image resample each shared by every epoch, layer and view
+    (paired: ``delta_ci_low/high``, ``layer_order_p``); ``bootstrap_metrics``: the metrics
+    that get replicates (default all; "cka" alone needs no decompositions, the cheap
+    choice on a CPU); ``bootstrap_groups``: groups of images resampled (default 32; fewer
+    keep fewer statistics). ``memory_limit``: bytes or "1GB". ``workers``: threads.
     ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
     ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
     results of *different* arguments already in ``out``. ``device``: where the float64
@@ -153,7 +161,7 @@ def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, al
     """
     _check_flags(scheduler, memory_limit)
     args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                         allow_partial, trajectory)
+                         allow_partial, trajectory, bootstrap_metrics, bootstrap_groups)
     dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
         resolve_device(device, float64=True)
     exps = open_experiments(stores, args, str(dev))
@@ -191,6 +199,7 @@ def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, prog
     recs = collect(exps, args, jobs, list(results))
     for e, m, l in degenerate:
         _undefined(recs[(e, m, l)])
+    extra = extra_pairs(exps, args, dev, limit, workers, scheduler, progress, degenerate)
     plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
              "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
              "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
@@ -212,13 +221,15 @@ def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, prog
         "analysis_key": key,
         "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
         "plan": json.dumps(plan),
-        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in M.METRICS},
+        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in dict.fromkeys([*M.METRICS, *args.metrics])},
         "threads": int(threads),
         "device": str(dev),
         "memory_limit": int(limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    ds = validate_results(to_dataset(exps, args, recs, attrs), "analyze")
+    ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, extra),
+                          "analyze")
     _write(ds, out)
+    warn_unconverged(ds)
     return open_results(out)
 

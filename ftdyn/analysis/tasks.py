@@ -16,8 +16,8 @@ import torch
 from .. import metrics as M
 from .. import views as V
 from ..errors import FtdynError
-from ..store import all_finite, chunk_on_disk, decoding
-from .inputs import Source
+from ..store import all_finite, baseline_var, chunk_on_disk, decoding
+from .inputs import BASELINE, DEBIASED_CKA, Source
 
 F64 = torch.float64
 
@@ -45,8 +45,9 @@ def read_block(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)
     filter group; in a sharded store only the inner chunks holding it are decoded.
     A block with any NaN/inf raises a one-line FtdynError (:func:`nonfinite_error`)."""
     rows = src.rows(chunk)
+    var, index = (baseline_var(src.var), 0) if ckpt == BASELINE else (src.var, ckpt)
     with decoding(src.path, src.where(ckpt, chunk)):
-        block = np.asarray(_array(src.path, src.var)[ckpt, rows, channels])
+        block = np.asarray(_array(src.path, var)[index, rows, channels])
     if not all_finite(block):
         raise nonfinite_error(src, ckpt, chunk, block)
     return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
@@ -55,7 +56,8 @@ def read_block(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)
 def nonfinite_error(src: Source, ckpt: int, chunk: int, block: np.ndarray) -> FtdynError:
     """Tell a chunk file that is gone (it reads as the fill value, NaN) from stored NaN/inf."""
     where = f"{src.path}: {src.where(ckpt, chunk)}"
-    if not chunk_on_disk(src.path, src.var, ckpt, chunk):
+    var, index = (baseline_var(src.var), 0) if ckpt == BASELINE else (src.var, ckpt)
+    if not chunk_on_disk(src.path, var, index, chunk):
         return FtdynError(f"{where}: the chunk file is missing (removed after extraction, it reads as empty); "
                           "the store is damaged: run the same `ftdyn extract` again to rewrite it.")
     finite = np.isfinite(block)
@@ -272,9 +274,26 @@ def _trajectory(reference_values: np.ndarray, ref: int, pair) -> np.ndarray:
     return traj
 
 
+def _replicated(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
+    """Positions whose replicates are computed: not the reference (a checkpoint against itself:
+    its replicates are its value, about 0) nor the positions in ``skip``."""
+    return [t for t in range(T) if t != ref and t not in skip]
+
+
+def _replicates(values: np.ndarray, n: int, ts: list[int], one) -> np.ndarray:
+    """(n, T, ...) replicates: ``one(b, t)`` at the positions ``ts``, the point value elsewhere
+    (the reference; the caller blanks skipped ones)."""
+    reps = np.repeat(np.asarray(values, dtype=np.float64)[None], n, axis=0)
+    for b in range(n):
+        for t in ts:
+            reps[b, t] = one(b, t)
+    return reps
+
+
 def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
-                counts: np.ndarray | None) -> dict:
-    """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates."""
+                counts: np.ndarray | None, boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
+    """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
+    (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN)."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     for m in metrics:
         out["values"][m] = np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha)
@@ -284,10 +303,12 @@ def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _metric_from_rows(
                 m, _row_stats_of(acc, a, b, ref, p), alpha))
     if counts is not None and len(counts):
-        for m in metrics:
-            reps = [np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, w), alpha)
-                              for t in range(T)]) for w in counts]
-            out["reps"][m] = np.stack(reps)
+        ts = _replicated(T, ref, skip)
+        for m in (metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]):
+            reps = _replicates(out["values"][m], len(counts), ts, lambda b, t, m=m: _metric_from_rows(
+                m, _row_stats_of(acc, ref, t, ref, p, counts[b]), alpha))
+            reps[:, list(skip)] = np.nan
+            out["reps"][m] = reps
     return out
 
 
@@ -327,16 +348,19 @@ def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
 
 def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
     """One metric of a checkpoint pair from raw Grams (cka: O(n²), no decomposition) or decompositions."""
-    if metric == "cka":
-        return 1.0 - np.asarray(M.cka_from_gram(M.GramStats(Ka, Kb)), dtype=np.float64)
+    if metric in ("cka", DEBIASED_CKA):
+        return 1.0 - np.asarray(M.cka_from_gram(M.GramStats(Ka, Kb), debiased=metric == DEBIASED_CKA),
+                                dtype=np.float64)
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
-def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx: np.ndarray | None, *Ks) -> dict:
-    """Metrics of Gram-side views from every checkpoint's raw Gram matrix."""
+def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx, *Ks,
+                boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
+    """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
+    ``boot_metrics`` (default all) for the image index arrays ``boot_idx``."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
-    need_eig = any(m != "cka" for m in metrics)
+    need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
 
     def eig(K):
         return M.gram_eig(K) if need_eig else None
@@ -357,7 +381,15 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
                 m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
     if boot_idx is not None and len(boot_idx):
-        reps = {m: np.empty((len(boot_idx), T) + out["values"][m].shape[1:]) for m in metrics}
+        boot = metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]
+        boot_eig = any(m not in ("cka", DEBIASED_CKA) for m in boot)
+
+        def boot_eig_of(K):  # replicates decompose only for the metrics that need it
+            return M.gram_eig(K) if boot_eig else None
+
+        ts = _replicated(T, ref, skip)
+        reps = {m: np.repeat(np.asarray(out["values"][m], dtype=np.float64)[None], len(boot_idx), axis=0)
+                for m in boot}
         for b, idx in enumerate(boot_idx):
             ii = torch.from_numpy(idx).to(Ks[ref].device)
 
@@ -365,12 +397,14 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx:
                 return K.index_select(-1, ii).index_select(-2, ii)
 
             kb_ref = resample(Ks[ref])
-            eb_ref = eig(kb_ref)
-            for t in range(T):
-                kb_t = kb_ref if t == ref else resample(Ks[t])
-                eb_t = eb_ref if t == ref else eig(kb_t)
-                for m in metrics:
+            eb_ref = boot_eig_of(kb_ref)
+            for t in ts:
+                kb_t = resample(Ks[t])
+                eb_t = boot_eig_of(kb_t)
+                for m in boot:
                     reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
+        for m in boot:
+            reps[m][:, list(skip)] = np.nan
         out["reps"] = reps
     return out
 
@@ -381,6 +415,8 @@ def _map_function(metric: str, alpha: float, center: str):
     the published code's row-centered Procrustes/CKA (:mod:`ftdyn.metrics.paper_code`)."""
     if center == "rows" and metric in M.ROW_CENTERED:
         return M.ROW_CENTERED[metric]
+    if metric == DEBIASED_CKA:
+        return lambda X, Y: M.cka_distance(X, Y, debiased=True)
     info = M.get_metric(metric)
     kw = {"alpha": alpha} if "alpha" in info.params else {}
     return lambda X, Y: info.direct(X, Y, **kw)

@@ -466,6 +466,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
     rest is still made. Returns the written PNG/SVG paths.
     """
     from . import curves
+    from . import interpret as interpret_figures
     from ..store import store_layers
 
     out = Path(out)
@@ -473,6 +474,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
     written: list[Path] = []
     if res is not None:
         written += curves.plot_all(res, out)
+        written += interpret_figures.plot_all(res, out)  # relative curves, probes, convergence (when computed)
     for store in stores or []:
         try:
             ds, path = open_any_store(store)

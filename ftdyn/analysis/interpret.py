@@ -1,0 +1,261 @@
+"""What makes a distance interpretable: a ceiling, paired significance and linear probes.
+
+* **Ceiling** ``ceiling`` (experiment, metric, layer_index): the distance between the
+  reference and the store's random-init baseline (``ftdyn extract --random-init-baseline``,
+  a seeded untrained network of the same architecture on the same images), computed by the
+  same engine, views and plan as the distances (one more pair per layer).
+  ``relative_distance`` = distance / ceiling: 0 = unchanged, 1 = as far as an untrained
+  network. NaN (with ``attrs["relative_note"]``) when the store has no baseline.
+* **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
+  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first 1, 2, 4
+  of 4 seeded groups of :func:`ftdyn.stats.shared_units`, from the same streamed
+  statistics), ``converged`` when the relative change from 1/2 to all is below
+  :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning names them,
+  :func:`warn_unconverged`). Computed
+  in the same extra run as the ceiling.
+* **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
+  evaluates every epoch and layer on that resample (:func:`ftdyn.stats.shared_resample`), so
+  ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of
+  distance(t) − distance(t−1), and ``layer_order_p`` (experiment, metric, layer_index,
+  layer_index_other), the two-sided bootstrap p-value of "the last-epoch distances of the two
+  layers differ", are paired differences.
+* **Linear probes** ``probe_accuracy`` (experiment, layer_index, epoch): stratified 5-fold
+  (seeded) accuracy of a ridge classifier of the probe labels from the layer's spatially
+  pooled activations (images × channels, standardized; :func:`ftdyn.metrics.probe.linear_probe`),
+  ``probe_accuracy_random_init`` (experiment, layer_index) the same on the baseline, and
+  ``probe_chance`` (experiment): the most frequent class's share. Pooling is a Dask
+  reduction over the store's chunks (a layer is never loaded whole).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import xarray as xr
+
+from .. import stats as S
+from ..metrics.probe import linear_probe
+from ..store import baseline_var, has_random_init, open_store
+from .collect import collect
+from .graph import build_graph, compute
+from .inputs import BASELINE, Args, Experiment
+from .plan import NESTED_FRACTIONS, plan_analysis
+
+#: a distance is converged when its relative change from half the images to all is below this
+CONVERGENCE_TOL = 0.05
+#: folds and ridge of the linear probes (features standardized on the training folds)
+PROBE_FOLDS = 5
+PROBE_RIDGE = 1.0
+#: how relative values are computed (results attrs; the report prints it)
+RELATIVE_NOTE = ("relative_distance = distance / ceiling; ceiling = distance(reference, a seeded random-init "
+                 "network of the same architecture) on the same probe images, metric and view")
+NO_BASELINE_NOTE = ("no random-init baseline in {stores}: ceiling and relative_distance are NaN; add one with "
+                    "`ftdyn extract ... --random-init-baseline` (same command as before) and analyze again")
+
+
+# ------------------------------------------------------- ceiling and convergence
+def _last(exp: Experiment) -> int:
+    """Position of the last epoch that is not the reference."""
+    return max(t for t in range(len(exp.epochs)) if t != exp.ref)
+
+
+def extra_pairs(exps: list[Experiment], args: Args, dev, limit: int, workers, scheduler, progress: bool,
+                degenerate: dict) -> dict:
+    """One more run of the engine on (reference, last epoch[, random-init baseline]) per
+    experiment, its replicates the nested image subsets of :data:`NESTED_FRACTIONS`:
+
+    ``ceiling`` (experiment, metric, layer): distance reference -> baseline (NaN without one);
+    ``convergence`` (experiment, metric, layer, fraction): the last epoch's distance on the
+    subsets (the last fraction is all images: the distance itself); ``missing``: stores
+    without a baseline. Degenerate (experiment, metric, layer) stay NaN."""
+    E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
+    ceiling = np.full((E, Mn, Lmax), np.nan)
+    conv = np.full((E, Mn, Lmax, len(NESTED_FRACTIONS)), np.nan)
+    base = [has_random_init(e.path) for e in exps]
+    pair = []
+    for e, exp in enumerate(exps):
+        pos = [exp.ref, _last(exp)]
+        pair.append(dataclasses.replace(exp, epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
+                                        ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
+                                        ref=0))
+    pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference",
+                                bootstrap_metrics=None, skip_replicates=(BASELINE,))
+    threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
+    results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
+                      scheduler=scheduler, progress=progress)
+    for (e, m, l), rec in collect(pair, pargs, jobs, list(results)).items():
+        if (e, m, l) in degenerate:
+            continue
+        mi = args.metrics.index(m)
+        if base[e]:
+            ceiling[e, mi, l] = float(np.asarray(rec["value"])[2])
+        if rec.get("reps") is not None:
+            conv[e, mi, l] = np.asarray(rec["reps"])[:, 1]
+    return {"ceiling": ceiling, "convergence": conv,
+            "missing": [str(e.path) for e, b in zip(exps, base) if not b]}
+
+
+def converged(conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """(converged, images needed) from ``conv`` (..., fraction) and the images of each experiment
+    (first axis). Converged: |d(all) − d(half)| / |d(all)| < ``tol``. Needed, where not: the
+    estimate's error taken as c/n (the order of these estimators' bias), so the relative change
+    from n/2 to n falls below ``tol`` at n·change/tol images; NaN where converged or undefined."""
+    full, half = conv[..., -1], conv[..., -2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = np.abs(full - half) / np.abs(full)
+    ok = np.isfinite(change) & (change < tol)
+    n = np.asarray(n_images, dtype=np.float64).reshape((-1,) + (1,) * (conv.ndim - 2))
+    need = np.where(np.isfinite(change) & ~ok, np.ceil(n * change / tol), np.nan)
+    return ok, need
+
+
+def unconverged(exps: list[Experiment], args: Args, need: np.ndarray) -> list[str]:
+    """"experiment:layer:metric" of the distances that have not converged."""
+    return [f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}" for e, m, l in zip(*np.nonzero(np.isfinite(need)))]
+
+
+def warn_unconverged(ds: xr.Dataset) -> None:
+    """The one warning line (after the results are written, so an error stays the only line of a
+    failed run): the layers whose distance has not converged and the images they would need."""
+    need, layers = ds["images_needed"].values, ds["layer"].values
+    hits = list(zip(*np.nonzero(np.isfinite(need))))
+    if not hits:
+        return
+    exps = ds["experiment"].values
+    parts = [f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
+             for e, m, l in hits]
+    # worded apart from the "warning:" lines of degenerate/invalid values: the numbers are valid, only imprecise
+    print(f"ftdyn analyze: probe set too small, not converged (distance at the last epoch changes by >= "
+          f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
+          "Extract more probe images (--per-class) for these; see convergence.csv.", file=sys.stderr)
+
+
+def relative(distance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """distance / ceiling along the epoch axis; NaN where the ceiling is NaN or not positive."""
+    c = np.where(np.isfinite(ceiling) & (ceiling > 0), ceiling, np.nan)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return distance / c
+
+
+# ----------------------------------------------------------------- paired bootstrap
+def paired_deltas(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of distance(t) − distance(t−1) from replicates (N, T) that share
+    one resample across epochs; NaN at t = 0."""
+    lo = np.full(reps.shape[1], np.nan)
+    hi = lo.copy()
+    if reps.shape[1] > 1:
+        lo[1:], hi[1:] = S.percentile_interval(np.diff(reps, axis=1), level, axis=0)
+    return lo, hi
+
+
+def order_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a ≠ b from paired replicates (NaN without finite pairs)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return float("nan")
+    return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
+
+
+def significance(exps: list[Experiment], args: Args, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
+    """``delta_ci_low/high`` and ``layer_order_p`` from the replicates kept by collect (NaN
+    without bootstrap)."""
+    E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
+    lo, hi = np.full((E, Mn, Lmax, Ep), np.nan), np.full((E, Mn, Lmax, Ep), np.nan)
+    p = np.full((E, Mn, Lmax, Lmax), np.nan)
+    for e, exp in enumerate(exps):
+        cols = [epochs.index(ep) for ep in exp.epochs]
+        for mi, m in enumerate(args.metrics):
+            last = {}
+            for l in range(len(exp.layers)):
+                reps = recs[(e, m, l)].get("reps")
+                if reps is None or not np.isfinite(recs[(e, m, l)]["value"]).any():
+                    continue
+                lo[e, mi, l, cols], hi[e, mi, l, cols] = paired_deltas(reps)
+                last[l] = reps[:, -1]
+            for a in last:
+                for b in last:
+                    if a != b:
+                        p[e, mi, a, b] = order_p(last[a], last[b])
+    return {"delta_ci_low": lo, "delta_ci_high": hi, "layer_order_p": p}
+
+
+# ---------------------------------------------------------------------- probes
+def _pooled(path, var: str, dim: str, index) -> np.ndarray:
+    """(positions, images, channels) spatial means in float64, streamed chunk by chunk by Dask."""
+    arr = open_store(path, allow_partial=True)[var] if dim == "checkpoint" else \
+        xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={})[var]
+    sel = arr.isel({dim: index})
+    return sel.astype(np.float64).mean(dim=[sel.dims[-2], sel.dims[-1]]).values
+
+
+def probes(exps: list[Experiment], args: Args, epochs: list[int]) -> dict[str, np.ndarray]:
+    """Linear-probe accuracy per (experiment, layer, epoch), on the baseline, and chance."""
+    E, Lmax, Ep = len(exps), max(len(e.layers) for e in exps), len(epochs)
+    acc = np.full((E, Lmax, Ep), np.nan)
+    acc_rand = np.full((E, Lmax), np.nan)
+    chance = np.full(E, np.nan)
+    for e, exp in enumerate(exps):
+        base = has_random_init(exp.path)
+        full = [int(c) for c in open_store(exp.path, allow_partial=True)["checkpoint"].values]
+        for l, (_, src) in enumerate(exp.layers):
+            pooled = _pooled(exp.path, src.var, "checkpoint", [full.index(ep) for ep in exp.epochs])
+            for t, ep in enumerate(exp.epochs):
+                res = linear_probe(pooled[t], exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed)
+                acc[e, l, epochs.index(ep)] = res.accuracy
+                chance[e] = res.chance
+            if base:
+                feats = _pooled(exp.path, baseline_var(src.var), "random_init", [0])[0]
+                acc_rand[e, l] = linear_probe(feats, exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE,
+                                              seed=args.seed).accuracy
+    return {"probe_accuracy": acc, "probe_accuracy_random_init": acc_rand, "probe_chance": chance}
+
+
+# --------------------------------------------------------------------- dataset
+def interpretation(exps: list[Experiment], args: Args, ds: xr.Dataset, recs: dict, extra: dict) -> xr.Dataset:
+    """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
+    :func:`extra_pairs`."""
+    ceiling, missing = extra["ceiling"], extra["missing"]
+    ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
+    epochs = [int(x) for x in ds["epoch"].values]
+    rel = relative(ds["distance"].values, ceiling)
+    keep = np.array([ep != args.reference for ep in epochs])
+    E, Mn = rel.shape[:2]
+    r_mean, r_std = np.full((E, Mn), np.nan), np.full((E, Mn), np.nan)
+    for e, exp in enumerate(exps):
+        a, b, _, _ = S.reusability(rel[e, :, :len(exp.layers)], keep & np.isin(epochs, exp.epochs))
+        r_mean[e], r_std[e] = a, b
+    sig = significance(exps, args, recs, epochs)
+    pr = probes(exps, args, epochs)
+    eml, le = ("experiment", "metric", "layer_index"), ("experiment", "metric", "layer_index", "epoch")
+    new = {
+        "ceiling": (eml, ceiling, {"description": "distance(reference, random-init baseline); NaN without one"}),
+        "relative_distance": (le, rel, {"description": "distance / ceiling: 0 unchanged, 1 as far as an "
+                                                       "untrained network"}),
+        "relative_reusability_mean": (("experiment", "metric"), r_mean),
+        "relative_reusability_std": (("experiment", "metric"), r_std),
+        "delta_ci_low": (le, sig["delta_ci_low"], {"description": "paired bootstrap 95 % interval of "
+                                                                  "distance(t) - distance(t-1), lower"}),
+        "delta_ci_high": (le, sig["delta_ci_high"]),
+        "layer_order_p": (eml + ("layer_index_other",), sig["layer_order_p"],
+                          {"description": "paired bootstrap p-value: last-epoch distances of the two layers differ"}),
+        "probe_accuracy": (("experiment", "layer_index", "epoch"), pr["probe_accuracy"],
+                           {"description": f"{PROBE_FOLDS}-fold stratified ridge-classifier accuracy on spatially "
+                                           "pooled, standardized activations"}),
+        "probe_accuracy_random_init": (("experiment", "layer_index"), pr["probe_accuracy_random_init"]),
+        "probe_chance": (("experiment",), pr["probe_chance"], {"description": "most frequent class's share"}),
+        "convergence": (eml + ("fraction",), extra["convergence"],
+                        {"description": "distance at the last epoch on nested seeded image subsets"}),
+        "converged": (eml, ok, {"description": f"|d(all) - d(half)| / |d(all)| < {CONVERGENCE_TOL}"}),
+        "images_needed": (eml, need, {"description": "images at which the change from half to all would fall "
+                                                      "below the tolerance (error ~ 1/n); NaN where converged"}),
+    }
+    out = ds.assign(new).assign_coords(layer_index_other=("layer_index_other", ds["layer_index"].values),
+                                       fraction=("fraction", np.array(NESTED_FRACTIONS)))
+    out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
+    out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
+    out.attrs["relative_note"] = NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
+    return out
