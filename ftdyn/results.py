@@ -51,7 +51,8 @@ xarray Dataset, format 1::
               any pair), map_center ("columns" | "rows")
 
 CSV tables beside it (columns are part of the contract, documented in the README):
-``distances.csv``, ``reusability.csv``, ``agreement.csv``, ``agreement_summary.csv``.
+:data:`TABLES` (distances, reusability, agreement, agreement summary, relative distances,
+probes, layer order, convergence).
 """
 
 from __future__ import annotations
