@@ -4,7 +4,7 @@
 model instance, runs the same probe images through it and writes the chosen
 layers' activations into the Zarr store defined by :mod:`ftdyn.store`.
 
-Pipeline (design.md §4)::
+Pipeline (README "The activation store")::
 
     probe images (uint8, loaded once) --normalize on device--> model + LayerCapture
       --(CUDA: non-blocking copy into pinned memory)--> host arrays

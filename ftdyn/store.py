@@ -62,7 +62,7 @@ REQUIRED_ATTRS = ("ftdyn_store_format", "ftdyn_version", "architecture", "model"
                   "input_size", "normalization", "probe")
 DTYPES = ("float16", "float32")
 CODECS = ("zstd", "lz4")
-_TARGET_CHUNK_BYTES = 32 * 2**20  # design.md §4: 8-64 MB per chunk
+_TARGET_CHUNK_BYTES = 32 * 2**20  # 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
 #: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
 #: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
 #: those; the region is still written whole (one shard), so extraction is unchanged

@@ -6,7 +6,7 @@ between the *reference* checkpoint (epoch 0 = the source model unless
 the checkpoint × checkpoint *trajectory*, bootstrap intervals, the Pearson
 agreement between metrics and the reusability table. Out-of-core with Dask: the
 store is streamed chunk by chunk into float64 sufficient statistics
-(:mod:`ftdyn.metrics`, design.md §3); a layer is never loaded whole.
+(:mod:`ftdyn.metrics`, README "Metrics"); a layer is never loaded whole.
 
 Presets (``preset=``; ``metrics=``/``views=`` override them)
     ``default``     pwsm on ``channels``; procrustes and cka on ``filter`` (one
