@@ -138,38 +138,33 @@ def plot_all(results, out: str | Path) -> list[Path]:
     out = Path(out)
     tol = results.attrs.get("convergence_tolerance", 0.05)
     boot = results.attrs.get("bootstrap") or 0
+    relative = ("Distance from the reference divided by the distance between the reference and a randomly "
+                "initialized network of the same architecture on the same probe images, metric and view (ftdyn "
+                "extract --random-init-baseline): 0 = unchanged, 1 (dashed) = as far as a network that learned "
+                "nothing. "
+                + (f"Hollow markers: the step from the previous epoch is not distinguishable from 0 (paired "
+                   f"bootstrap, {boot} resamples of the images shared by every epoch and layer; 95 % interval "
+                   "contains 0)." if boot else "No bootstrap: steps are not tested (analyze with --bootstrap N).")
+                + f" {results.attrs.get('relative_note', '')}.")
+    probes = ("Cross-validated accuracy (stratified 5-fold by image, seeded) of a ridge classifier of the probe "
+              "images' class labels from each layer's spatially pooled, standardized activations (images × "
+              "channels). Dotted: chance (the most frequent class's share); crosses: the random-init network. "
+              "Read it beside the distance curves: a layer that drifts while its accuracy rises re-shapes its "
+              "features toward the target classes; a drifting layer whose accuracy stays flat only re-weights them.")
+    convergence = ("The distance between the reference and the last epoch on nested, seeded subsets of the probe "
+                   "images (1/4, 1/2, all; the same streamed statistics). A flat curve: the probe set is large "
+                   f"enough. Dashed: not converged (relative change from 1/2 to all >= {tol:.0%}); convergence.csv "
+                   "gives the images such a layer would need, taking the estimate's error as proportional to "
+                   "1/images.")
+    figures = ((plot_relative, "relative", "Relative distance to a random-init ceiling", relative),
+               (plot_probes, "probes", "Linear-probe accuracy per layer and epoch", probes),
+               (plot_convergence, "convergence", "Convergence of the distances with the number of probe images",
+                convergence))
     written, entries = [], []
-    paths = plot_relative(results, out)
-    written += paths
-    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "relative",
-                    "title": "Relative distance to a random-init ceiling",
-                    "caption": ("Distance from the reference divided by the distance between the reference and a "
-                                "randomly initialized network of the same architecture on the same probe images, "
-                                "metric and view (ftdyn extract --random-init-baseline): 0 = unchanged, 1 (dashed) "
-                                "= as far as a network that learned nothing. "
-                                + (f"Hollow markers: the step from the previous epoch is not distinguishable from 0 "
-                                   f"(paired bootstrap, {boot} resamples of the images shared by every epoch and "
-                                   "layer; 95 % interval contains 0)." if boot else
-                                   "No bootstrap: steps are not tested (analyze with --bootstrap N).")
-                                + f" {results.attrs.get('relative_note', '')}.")})
-    paths = plot_probes(results, out)
-    written += paths
-    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "probes",
-                    "title": "Linear-probe accuracy per layer and epoch",
-                    "caption": ("Cross-validated accuracy (stratified 5-fold by image, seeded) of a ridge classifier "
-                                "of the probe images' class labels from each layer's spatially pooled, standardized "
-                                "activations (images × channels). Dotted: chance (the most frequent class's share); "
-                                "crosses: the random-init network. Read it beside the distance curves: a layer that "
-                                "drifts while its accuracy rises re-shapes its features toward the target classes; "
-                                "a drifting layer whose accuracy stays flat only re-weights them.")})
-    paths = plot_convergence(results, out)
-    written += paths
-    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "convergence",
-                    "title": "Convergence of the distances with the number of probe images",
-                    "caption": ("The distance between the reference and the last epoch on nested, seeded subsets of "
-                                "the probe images (1/4, 1/2, all; the same streamed statistics). A flat curve: the "
-                                f"probe set is large enough. Dashed: not converged (relative change from 1/2 to all "
-                                f">= {tol:.0%}); convergence.csv gives the images such a layer would need, taking the "
-                                "estimate's error as proportional to 1/images.")})
+    for plot, kind, title, caption in figures:
+        paths = plot(results, out)
+        written += paths
+        entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": kind, "title": title,
+                        "caption": caption})
     record(out, entries)
     return written
