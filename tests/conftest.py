@@ -108,3 +108,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def hooked_forward(model, images: np.ndarray, modules: list[str], norm: dict) -> dict[str, np.ndarray]:
+    """Independent reference for stored activations: a plain forward pass of ``model`` (eval mode)
+    on uint8 NHWC ``images`` normalized as ``(x/255 - mean)/std``, with the test's own hooks
+    recording each module's last output."""
+    import torch
+
+    model.eval()
+    outs, handles = {}, []
+    for name in modules:
+        def hook(_m, _i, o, name=name):
+            outs[name] = o.detach().clone()
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v.numpy() for k, v in outs.items()}

@@ -21,13 +21,13 @@ from typer.testing import CliRunner
 
 from ftdyn import checkpoints as ck
 from ftdyn.cli import app
-from ftdyn.data import load_images, normalize, scan_image_folder, select_probe
+from ftdyn.data import load_images, scan_image_folder, select_probe
 from ftdyn.errors import FtdynError
 from ftdyn.extraction import batch_plan, extract
 from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD
 from ftdyn.store import completeness, open_store
 
-from conftest import write_image_folder
+from conftest import hooked_forward, write_image_folder
 
 SIZE = 32
 CLASSES = ["circle", "square", "stripes"]
@@ -106,18 +106,7 @@ def direct(arch: str, state: dict, images: np.ndarray, modules: list[str], num_c
     with torch.device("meta"):  # no random init: every tensor comes from ``state``
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     model.load_state_dict(state, assign=True)
-    model.eval()
-    outs, handles = {}, []
-    for name in modules:
-        def hook(_m, _i, o, name=name):
-            outs[name] = o.detach().clone()
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    x = normalize(torch.from_numpy(images).permute(0, 3, 1, 2), NORM["mean"], NORM["std"])
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return {k: v.numpy() for k, v in outs.items()}
+    return hooked_forward(model, images, modules, NORM)
 
 
 def assert_close16(stored: np.ndarray, reference: np.ndarray) -> None:

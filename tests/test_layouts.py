@@ -28,7 +28,7 @@ from ftdyn.extraction import parse_normalize
 from ftdyn.models import build_model, canonical_arch, default_layers
 from ftdyn.store import open_store
 
-from conftest import write_image_folder
+from conftest import hooked_forward, write_image_folder
 
 timm = pytest.importorskip("timm")
 
@@ -67,19 +67,7 @@ def forward(build, state: dict, images: np.ndarray, modules: list[str], norm=IMA
     """Independent reference: ``build()`` gives the bare model, the test's own hooks record the modules."""
     model = build()
     model.load_state_dict(state)
-    model.eval()
-    outs, handles = {}, []
-    for name in modules:
-        def hook(_m, _i, o, name=name):
-            outs[name] = o.detach().clone()
-        handles.append(model.get_submodule(name).register_forward_hook(hook))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return {k: v.numpy() for k, v in outs.items()}
+    return hooked_forward(model, images, modules, norm)
 
 
 def assert_stored(ds, epoch_index: int, reference: dict[str, np.ndarray]) -> None:
