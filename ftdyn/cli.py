@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import TrainConfig, default, help_text
+from .config import AnalyzeConfig, TrainConfig, VisualizeConfig, default, help_text
 from .errors import FtdynError
 
 app = typer.Typer(
@@ -170,6 +170,20 @@ def extract(
                 random_init_seed=random_init_seed)
 
 
+def _option(config_type: type, name: str, *decls: str, **kwargs):
+    """The option of ``config_type``'s field ``name``: its help text comes from the config
+    (``decls``: the flag's spellings when they are not ``--field-name``)."""
+    return typer.Option(*decls, help=help_text(config_type, name), **kwargs)
+
+
+def _analyze(name: str, *decls: str):
+    return _option(AnalyzeConfig, name, *decls)
+
+
+def _default(name: str):
+    return default(AnalyzeConfig, name)
+
+
 @app.command()
 @user_errors
 def analyze(
@@ -178,54 +192,26 @@ def analyze(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: results.zarr, distances.csv, "
                                                           "reusability.csv, agreement.csv, agreement_summary.csv.")]
     = Path("results"),
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metric (repeatable): pwsm, procrustes, cka, "
-                                                                         "cka_debiased (filter, flat or map view). "
-                                                                         "Default: the preset's (default preset: all "
-                                                                         "three; paper-code: the same three).")]
-    = None,
-    view: Annotated[Optional[list[str]], typer.Option("--view", help="View for every metric (channels, flat, pooled, "
-                                                                     "filter, map) or METRIC=VIEW (repeatable). "
-                                                                     "Default preset: pwsm=channels, procrustes=filter, "
-                                                                     "cka=filter.")] = None,
-    alpha: Annotated[float, typer.Option(help="PWSM alpha in [0, 1]: 0 = full whitening (the paper's setting, scale "
-                                              "free), 1 = angular Procrustes; 0<alpha<1 depends on the activation "
-                                              "scale (netrep convention).")] = 0.0,
-    reference: Annotated[int, typer.Option(help="Epoch every checkpoint is compared with (0 = source model).")] = 0,
-    preset: Annotated[str, typer.Option(help="default: pwsm on channels, procrustes and cka on filter (per-filter "
-                                             "distances, NaN-aware mean, dead filters counted). paper-code: the "
-                                             "published code's numbers: pwsm (alpha 0) on channels, procrustes and "
-                                             "cka on map with rows centered, per class then over all (class, filter) "
-                                             "cells, and its Pearson agreement across filters.")] = "default",
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Layer to analyze (module or store variable "
-                                                                       "name; repeatable). Default: all.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates over images for 95% intervals (0 = off).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap draws.")] = 0,
-    bootstrap_metric: Annotated[Optional[list[str]], typer.Option(
-        "--bootstrap-metric", help="Bootstrap only these metrics (repeatable; default all; cka is the cheapest)."
-    )] = None,
-    bootstrap_groups: Annotated[Optional[int], typer.Option(
-        help="Groups of images the bootstrap resamples (default 32; fewer: cheaper, coarser).")] = None,
-    name: Annotated[Optional[list[str]], typer.Option("--name", help="Experiment label per store, in order "
-                                                                     "(default: model/dataset from the store).")]
-    = None,
-    trajectory: Annotated[str, typer.Option(help="Checkpoint x checkpoint matrix: auto (all pairs for Gram-side "
-                                                 "views when cheap, else the reference row only), all (every pair, "
-                                                 "every view: O(T^2) work on the row side and map view), or "
-                                                 "reference.")] = "auto",
-    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Analyze the complete checkpoints of an "
-                                                                        "incompletely extracted store.")] = False,
-    memory_limit: Annotated[Optional[str], typer.Option(help="Memory for data and statistics, e.g. 1GB "
-                                                             "(default: half the RAM). Bounds concurrent tasks.")]
-    = None,
-    workers: Annotated[Optional[int], typer.Option(help="Threads (default: CPU count; lowered to fit "
-                                                        "--memory-limit).")] = None,
-    device: Annotated[str, typer.Option(help="Where the float64 statistics run: auto (CUDA when present; cpu with "
-                                             "--scheduler), cpu, cuda or cuda:N.")] = "auto",
-    scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster: tcp://HOST:PORT "
-                                                          "(stores must be readable by the workers).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results of other arguments in --out.")]
-    = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    metric: Annotated[Optional[list[str]], _analyze("metrics", "--metric")] = _default("metrics"),
+    view: Annotated[Optional[list[str]], _analyze("views", "--view")] = _default("views"),
+    alpha: Annotated[float, _analyze("alpha")] = _default("alpha"),
+    reference: Annotated[int, _analyze("reference")] = _default("reference"),
+    preset: Annotated[str, _analyze("preset")] = _default("preset"),
+    layer: Annotated[Optional[list[str]], _analyze("layers", "--layer")] = _default("layers"),
+    bootstrap: Annotated[int, _analyze("bootstrap")] = _default("bootstrap"),
+    seed: Annotated[int, _analyze("seed")] = _default("seed"),
+    bootstrap_metric: Annotated[Optional[list[str]], _analyze("bootstrap_metrics", "--bootstrap-metric")
+                                ] = _default("bootstrap_metrics"),
+    bootstrap_groups: Annotated[Optional[int], _analyze("bootstrap_groups")] = _default("bootstrap_groups"),
+    name: Annotated[Optional[list[str]], _analyze("experiment_names", "--name")] = _default("experiment_names"),
+    trajectory: Annotated[str, _analyze("trajectory")] = _default("trajectory"),
+    allow_partial: Annotated[bool, _analyze("allow_partial", "--allow-partial")] = _default("allow_partial"),
+    memory_limit: Annotated[Optional[str], _analyze("memory_limit")] = _default("memory_limit"),
+    workers: Annotated[Optional[int], _analyze("workers")] = _default("workers"),
+    device: Annotated[str, _analyze("device")] = _default("device"),
+    scheduler: Annotated[Optional[str], _analyze("scheduler")] = _default("scheduler"),
+    overwrite: Annotated[bool, _analyze("overwrite", "--overwrite")] = _default("overwrite"),
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = not _default("progress"),
     write_report: Annotated[bool, typer.Option("--report/--no-report",
                                                help="Also draw the default figures and write report.html.")] = True,
 ) -> None:
@@ -237,12 +223,12 @@ def analyze(
     """
     from .analysis import analyze as run_analyze
 
-    ds = run_analyze(stores, out=out, metrics=metric or None, views=view or None, alpha=alpha, reference=reference,
-                     preset=preset, layers=layer or None, bootstrap=bootstrap, seed=seed,
-                     experiment_names=name or None, allow_partial=allow_partial, memory_limit=memory_limit,
-                     workers=workers, scheduler=scheduler, progress=not no_progress, overwrite=overwrite,
-                     trajectory=trajectory, device=device, bootstrap_metrics=bootstrap_metric or None,
-                     bootstrap_groups=bootstrap_groups)
+    config = AnalyzeConfig(metrics=metric, views=view, alpha=alpha, reference=reference, preset=preset, layers=layer,
+                           bootstrap=bootstrap, seed=seed, bootstrap_metrics=bootstrap_metric,
+                           bootstrap_groups=bootstrap_groups, experiment_names=name, trajectory=trajectory,
+                           allow_partial=allow_partial, memory_limit=memory_limit, workers=workers, device=device,
+                           scheduler=scheduler, overwrite=overwrite, progress=not no_progress)
+    ds = run_analyze(stores, out=out, config=config)
     typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
                f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
                "reusability.csv, agreement.csv, agreement_summary.csv")
@@ -252,36 +238,29 @@ def analyze(
         typer.echo(f"report: {write(out, stores=stores)}")
 
 
+def _visualize(name: str, *decls: str):
+    return _option(VisualizeConfig, name, *decls)
+
+
 @app.command()
 @user_errors
 def visualize(
     store: Annotated[Path, typer.Argument(help="Activation store written by `ftdyn extract` (store.zarr).")],
-    layer: Annotated[str, typer.Option(help="Layer: module name (features.35), store variable (features_35) "
-                                            "or index (0 = shallowest, -1 = deepest).")],
+    layer: Annotated[str, _visualize("layer")],
     out: Annotated[Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")],
-    filter_: Annotated[Optional[list[int]], typer.Option("--filter", help="Filter index (repeatable). Default: "
-                                                                          "the --n-filters whose distance changed "
-                                                                          "most. At most 16.")] = None,
-    class_: Annotated[Optional[list[str]], typer.Option("--class", help="Class name or index (repeatable). "
-                                                                        "Default: the first 3 classes. At most "
-                                                                        "48 class x filter rows.")] = None,
-    sample: Annotated[Optional[list[int]], typer.Option("--sample", help="Sample id for a sample-based figure "
-                                                                         "(repeatable). Default: per shown class "
-                                                                         "(up to 2) the image the filters respond "
-                                                                         "to most.")] = None,
-    epoch: Annotated[Optional[list[int]], typer.Option("--epoch", help="Epoch to show (repeatable). Default: "
-                                                                       "all, or 8 evenly spaced. At most 16.")] = None,
-    results: Annotated[Optional[Path], typer.Option(help="Results folder of `ftdyn analyze` that includes this "
-                                                         "store: rank filters by their per-filter distance.")] = None,
-    n_filters: Annotated[int, typer.Option(help="Filters to choose when no --filter is given (capped at 16 and "
-                                                "at the layer's filters).")] = 4,
+    filter_: Annotated[Optional[list[int]], _visualize("filters", "--filter")] = default(VisualizeConfig, "filters"),
+    class_: Annotated[Optional[list[str]], _visualize("classes", "--class")] = default(VisualizeConfig, "classes"),
+    sample: Annotated[Optional[list[int]], _visualize("samples", "--sample")] = default(VisualizeConfig, "samples"),
+    epoch: Annotated[Optional[list[int]], _visualize("epochs", "--epoch")] = default(VisualizeConfig, "epochs"),
+    results: Annotated[Optional[Path], _visualize("results")] = default(VisualizeConfig, "results"),
+    n_filters: Annotated[int, _visualize("n_filters")] = default(VisualizeConfig, "n_filters"),
 ) -> None:
     """Class-based (receptive-field averages) and sample-based (heatmap) figures of one layer."""
     from .viz import visualize as run_visualize
 
-    paths = run_visualize(store, layer=layer, filters=filter_, classes=class_, samples=sample, results=results,
-                          out=out, epochs=epoch, n_filters=n_filters)
-    for path in paths:
+    config = VisualizeConfig(layer=layer, filters=filter_, classes=class_, samples=sample, epochs=epoch,
+                             results=results, n_filters=n_filters)
+    for path in run_visualize(store, out=out, config=config):
         typer.echo(str(path))
 
 

@@ -7,7 +7,7 @@ the command line refuse the same inputs with the same one-line :class:`FtdynErro
 reads its option defaults and help from here (:func:`default`, :func:`help_text`), and a test
 asserts that every CLI default equals the config default.
 
-Only :class:`TrainConfig` exists so far; the other commands follow the same pattern.
+So far: :class:`TrainConfig`, :class:`AnalyzeConfig` and :class:`VisualizeConfig`.
 
 This module imports nothing heavy (no torch), so the CLI can use it at import time.
 """
@@ -19,7 +19,7 @@ import math
 import operator
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Mapping, Sequence, get_args
 
 from .errors import FtdynError
 
@@ -72,9 +72,21 @@ def describe(config_type: type) -> str:
     """One line per field: name, default and help (for docstrings and ``help()``)."""
     lines = []
     for f in dataclasses.fields(config_type):
+        if f.metadata.get("internal"):
+            continue
         shown = "required" if f.default is dataclasses.MISSING else f"default {f.default!r}"
         lines.append(f"{f.name} ({shown}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def build(config_type: type, config: Any = None, **options: Any) -> Any:
+    """``config`` with ``options`` applied, or a new ``config_type`` from ``options`` (how the
+    Python API takes either keyword arguments or a config)."""
+    if config is None:
+        return config_type(**options)
+    if not isinstance(config, config_type):
+        raise FtdynError(f"config: a {config_type.__name__} is needed, got {type(config).__name__}.")
+    return config.replace(**options) if options else config
 
 
 def _field(config_type: type, name: str) -> dataclasses.Field:
@@ -159,5 +171,319 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity")}
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (checked like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------ analyze
+
+Metric = Literal["pwsm", "procrustes", "cka", "cka_debiased"]
+#: Metrics ``analyze`` computes: the registry's (:data:`ftdyn.metrics.METRICS`, same order), then
+#: debiased linear CKA (1 − CKA with U-centered Grams; Murphy et al. 2024), computed on the Gram
+#: side (per-filter/flat/map views only).
+METRIC_NAMES: tuple[str, ...] = get_args(Metric)
+DEBIASED_CKA = "cka_debiased"
+View = Literal["channels", "flat", "pooled", "filter", "map"]
+#: How a layer's activations become the matrices a metric compares (:mod:`ftdyn.views`).
+VIEWS: tuple[str, ...] = get_args(View)
+Trajectory = Literal["auto", "all", "reference"]
+#: Which checkpoint pairs the checkpoint x checkpoint matrix holds (:mod:`ftdyn.analysis`, "Trajectory").
+TRAJECTORY_MODES: tuple[str, ...] = get_args(Trajectory)
+PresetName = Literal["default", "paper-code"]
+
+
+def check_view(name: str) -> str:
+    """Return ``name`` if it is a known view, else raise FtdynError."""
+    if name not in VIEWS:
+        raise FtdynError(f"--view: unknown view '{name}'; choose from {', '.join(VIEWS)}.")
+    return name
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of analysis choices: metrics, their views, and how map-view values are averaged."""
+
+    name: PresetName
+    metrics: tuple[Metric, ...]
+    views: Mapping[str, View]
+    map_average: Literal["images", "class"]
+    description: str
+    map_center: Literal["columns", "rows"] = "columns"  # how procrustes and cka center each map
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("default", ("pwsm", "procrustes", "cka"),
+                      {"pwsm": "channels", "procrustes": "filter", "cka": "filter", DEBIASED_CKA: "filter"}, "images",
+                      "pwsm on channels; procrustes and cka on filter (per-filter vector, NaN-aware mean)"),
+    "paper-code": Preset("paper-code", ("pwsm", "procrustes", "cka"),
+                         {"pwsm": "channels", "procrustes": "map", "cka": "map", DEBIASED_CKA: "map"}, "class",
+                         "the published code: pwsm (alpha 0) on channels; procrustes and cka on map with "
+                         "rows centered, per class then over all (class, filter) cells; Pearson agreement "
+                         "across filters", map_center="rows"),
+}
+
+
+def parse_memory(value) -> int | None:
+    """'1GB', '512MB', '2GiB', '1e9' or an int -> bytes (decimal units; *iB binary)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 1e3, "MB": 1e6, "GB": 1e9,
+                 "TB": 1e12, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "B": 1}
+        factor = 1.0
+        for suffix, f in units.items():
+            if text.endswith(suffix):
+                text, factor = text[: -len(suffix)], f
+                break
+        try:
+            n = float(text) * factor
+        except ValueError:
+            raise FtdynError(f"--memory-limit: cannot read '{value}'; write e.g. 1GB, 512MB or 2GiB.") from None
+    if not math.isfinite(n) or n < 64 * 2**20:
+        raise FtdynError(f"--memory-limit: {value} is too small; give at least 64MB.")
+    return int(n)
+
+
+def _names(value) -> tuple[str, ...] | None:
+    """One name or several as a tuple; None for none (``None`` or empty)."""
+    if value is None or len(value) == 0:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _internal(default: Any, help: str) -> Any:
+    """A config field set by ftdyn itself (no command-line flag), e.g. for its convergence run."""
+    return field(default=default, metadata={"help": help, "flag": None, "identity": False, "internal": True})
+
+
+def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, str]:
+    """{metric: view}: the preset's, changed by ``views`` (one view for all, ``"metric=view"``
+    items, or a mapping)."""
+    chosen = {m: preset.views[m] for m in metrics}
+    if views is None:
+        return chosen
+    if isinstance(views, str):
+        views = [views]
+    items = [f"{k}={v}" for k, v in views.items()] if isinstance(views, Mapping) else list(views)
+    named: set[str] = set()
+    for item in items:
+        if "=" not in item:
+            view = check_view(item.strip())
+            chosen = {m: view for m in chosen}
+            continue
+        metric, view = (x.strip() for x in item.split("=", 1))
+        if metric not in METRIC_NAMES:
+            raise FtdynError(f"--view: unknown metric '{metric}' in '{item}'; choose from {', '.join(METRIC_NAMES)}.")
+        if metric not in chosen:
+            raise FtdynError(f"--view: '{item}' names metric '{metric}', which is not analyzed; add --metric {metric}.")
+        if metric in named:
+            raise FtdynError(f"--view: metric '{metric}' is given a view twice; give one --view {metric}=VIEW.")
+        named.add(metric)
+        chosen[metric] = check_view(view)
+    return chosen
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Everything ``ftdyn analyze`` / :func:`ftdyn.analyze` takes besides the stores and the output folder.
+
+    Construction resolves the preset: ``metrics`` becomes the analyzed metrics (the preset's when
+    none are given) and ``views`` the view of each (``{metric: view}``). Fields marked ``identity``
+    decide whether saved results are up to date: :meth:`identity` is the results' ``arguments``.
+    """
+
+    metrics: tuple[Metric, ...] | None = _option(
+        None, "Metric (repeatable): pwsm, procrustes, cka, cka_debiased (filter, flat or map view). Default: the "
+              "preset's (default preset: all three; paper-code: the same three).", flag="--metric", identity=True)
+    views: Mapping[str, View] | Sequence[str] | str | None = _option(
+        None, "View for every metric (channels, flat, pooled, filter, map) or METRIC=VIEW (repeatable). Default "
+              "preset: pwsm=channels, procrustes=filter, cka=filter.", flag="--view", identity=True)
+    alpha: float = _option(0.0, "PWSM alpha in [0, 1]: 0 = full whitening (the paper's setting, scale free), 1 = "
+                                "angular Procrustes; 0<alpha<1 depends on the activation scale (netrep "
+                                "convention).", identity=True)
+    reference: int = _option(0, "Epoch every checkpoint is compared with (0 = source model).", identity=True)
+    preset: PresetName = _option(
+        "default", "default: pwsm on channels, procrustes and cka on filter (per-filter distances, NaN-aware mean, "
+                   "dead filters counted). paper-code: the published code's numbers: pwsm (alpha 0) on channels, "
+                   "procrustes and cka on map with rows centered, per class then over all (class, filter) cells, "
+                   "and its Pearson agreement across filters.", identity=True)
+    layers: tuple[str, ...] | None = _option(None, "Layer to analyze (module or store variable name; repeatable). "
+                                                   "Default: all.", flag="--layer", identity=True)
+    bootstrap: int = _option(0, "Bootstrap replicates over images for 95% intervals (0 = off).", identity=True)
+    seed: int = _option(0, "Seed of the bootstrap draws.", identity=True)
+    bootstrap_metrics: tuple[Metric, ...] | None = _option(
+        None, "Bootstrap only these metrics (repeatable; default all; cka is the cheapest).",
+        flag="--bootstrap-metric", identity=True)
+    bootstrap_groups: int | None = _option(None, "Groups of images the bootstrap resamples (default 32; fewer: "
+                                                 "cheaper, coarser).", identity=True)
+    experiment_names: tuple[str, ...] | None = _option(None, "Experiment label per store, in order (default: "
+                                                             "model/dataset from the store).", flag="--name",
+                                                       identity=True)
+    trajectory: Trajectory | bool = _option(
+        "auto", "Checkpoint x checkpoint matrix: auto (all pairs for Gram-side views when cheap, else the reference "
+                "row only), all (every pair, every view: O(T^2) work on the row side and map view), or reference.",
+        identity=True)
+    allow_partial: bool = _option(False, "Analyze the complete checkpoints of an incompletely extracted store.",
+                                  identity=True)
+    memory_limit: str | int | None = _option(None, "Memory for data and statistics, e.g. 1GB (default: half the "
+                                                    "RAM). Bounds concurrent tasks.")
+    workers: int | None = _option(None, "Threads (default: CPU count; lowered to fit --memory-limit).")
+    device: str = _option("auto", "Where the float64 statistics run: auto (CUDA when present; cpu with "
+                                  "--scheduler), cpu, cuda or cuda:N.")
+    scheduler: Any = _option(None, "Run on an existing Dask cluster: tcp://HOST:PORT (stores must be readable by "
+                                   "the workers).")
+    overwrite: bool = _option(False, "Replace results of other arguments in --out.")
+    progress: bool = _option(True, "A progress bar on stderr.", flag="--no-progress")
+    nested: bool = _internal(False, "Replicates are the nested image subsets of the convergence check "
+                                    "(analysis.interpret), not bootstrap draws.")
+    skip_replicates: tuple[int, ...] = _internal((), "Epochs whose replicates are not needed (the convergence run "
+                                                     "skips its baseline).")
+
+    def __post_init__(self) -> None:
+        # The order of the checks is the order of the errors a user meets; keep it stable.
+        preset = self.preset_choices()
+        metrics = [str(m).strip().lower() for m in _names(self.metrics) or preset.metrics]
+        for m in metrics:
+            if m not in METRIC_NAMES:
+                raise FtdynError(f"--metric: unknown metric '{m}'; choose from {', '.join(METRIC_NAMES)}.")
+        metrics = list(dict.fromkeys(metrics))
+        try:
+            alpha = float(default(AnalyzeConfig, "alpha") if self.alpha is None else self.alpha)
+        except (TypeError, ValueError):
+            raise FtdynError(f"--alpha: '{self.alpha}' is not a number; give a value in [0, 1].") from None
+        if not 0.0 <= alpha <= 1.0:
+            raise FtdynError(f"--alpha: {self.alpha} is outside [0, 1] (0 = full whitening, 1 = angular Procrustes).")
+        if self.bootstrap is None or int(self.bootstrap) < 0 or int(self.bootstrap) == 1:
+            raise FtdynError(f"--bootstrap: must be 0 (off) or a number of replicates of at least 2 (a few hundred "
+                             f"for stable 95 % intervals), got {self.bootstrap}.")
+        trajectory = self.trajectory
+        if isinstance(trajectory, bool):  # the Python API's yes/no
+            trajectory = "all" if trajectory else "reference"
+        if trajectory not in TRAJECTORY_MODES:
+            raise FtdynError(f"--trajectory: unknown mode '{trajectory}'; choose from {', '.join(TRAJECTORY_MODES)}.")
+        views = _resolve_views(metrics, self.views, preset)
+        normalized = {"metrics": tuple(metrics), "views": views, "alpha": alpha, "trajectory": trajectory,
+                      "bootstrap": int(self.bootstrap), **self._bootstrap_choices(metrics, views),
+                      "reference": int(self.reference), "seed": check_seed(self.seed),
+                      "layers": _names(self.layers), "experiment_names": _names(self.experiment_names),
+                      "allow_partial": bool(self.allow_partial), "skip_replicates": tuple(self.skip_replicates)}
+        parse_memory(self.memory_limit)
+        if self.workers is not None and int(self.workers) < 1:
+            raise FtdynError(f"--workers: must be at least 1, got {self.workers}.")
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)  # frozen: normalize once, here
+
+    def preset_choices(self) -> Preset:
+        """The :class:`Preset` named by ``preset``."""
+        if self.preset not in PRESETS:
+            raise FtdynError(f"--preset: unknown preset '{self.preset}'; choose from {', '.join(PRESETS)}.")
+        return PRESETS[self.preset]
+
+    def _bootstrap_choices(self, metrics: list[str], views: dict[str, str]) -> dict[str, Any]:
+        """The normalized ``bootstrap_groups`` and ``bootstrap_metrics`` (and the check of the
+        debiased CKA's view, whose error users met after these)."""
+        groups = self.bootstrap_groups
+        if groups is not None and not 2 <= int(groups):
+            raise FtdynError(f"--bootstrap-groups: at least 2 groups of images, got {groups}.")
+        chosen = _names(self.bootstrap_metrics)
+        if chosen:
+            chosen = tuple(dict.fromkeys(str(m).strip().lower() for m in chosen))
+            stray = [m for m in chosen if m not in metrics]
+            if stray:
+                raise FtdynError(f"--bootstrap-metric: '{stray[0]}' is not analyzed; choose from {', '.join(metrics)}.")
+        if views.get(DEBIASED_CKA) in ("channels", "pooled"):
+            raise FtdynError(f"--view: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, "
+                             f"flat or map view (--view {DEBIASED_CKA}=filter).")
+        return {"bootstrap_groups": None if groups is None else int(groups), "bootstrap_metrics": chosen or None}
+
+    @property
+    def map_average(self) -> str:
+        """How map-view values are averaged: ``images`` or per ``class`` (the preset's)."""
+        return self.preset_choices().map_average
+
+    @property
+    def map_center(self) -> str:
+        """How procrustes and cka center each map: ``columns`` or ``rows`` (the preset's)."""
+        return self.preset_choices().map_center
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """``memory_limit`` in bytes (None: not given)."""
+        return parse_memory(self.memory_limit)
+
+    def metrics_on(self, view: str) -> list[str]:
+        """The analyzed metrics computed on ``view``, in order."""
+        return [m for m in self.metrics if self.views[m] == view]
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved choices that define the results (their ``arguments`` attr): the identity
+        fields plus the preset's map averaging and centering; bootstrap options left at their
+        defaults are omitted, as results written before they existed record them."""
+        key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("identity")}
+        key = {name: list(value) if isinstance(value, tuple) else value for name, value in key.items()}
+        key.update(views=dict(self.views), map_average=self.map_average, map_center=self.map_center)
+        for name in ("bootstrap_metrics", "bootstrap_groups"):
+            if key[name] is None:
+                del key[name]
+        return key
+
+    def replace(self, **changes: Any) -> AnalyzeConfig:
+        """A copy with ``changes`` (checked like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------- visualize
+
+#: Bounds of one ``visualize`` figure. Drawing time grows faster than the number of cells (about
+#: 15 s for 48 rows x 16 columns), so a layer's hundreds of filters cannot all be shown.
+MAX_FILTERS = 16
+MAX_GRID_ROWS = 48  # class x filter rows of the class-based grid
+MAX_EPOCHS = 16
+#: Columns shown by default when a store has more checkpoints than this.
+MAX_DEFAULT_EPOCHS = 8
+#: Classes shown by default in the class-based grid.
+DEFAULT_CLASSES = 3
+#: Sample figures made by default.
+DEFAULT_SAMPLES = 2
+
+
+@dataclass(frozen=True)
+class VisualizeConfig:
+    """Everything ``ftdyn visualize`` / :func:`ftdyn.visualize` takes besides the store and the output folder.
+
+    Lists left empty mean "choose automatically" and are stored as None; the choices are checked
+    against the store when the figures are planned (:func:`ftdyn.viz.make_plan`).
+    """
+
+    layer: str | int = field(metadata={"help": "Layer: module name (features.35), store variable (features_35) "
+                                               "or index (0 = shallowest, -1 = deepest).", "flag": None})
+    filters: tuple[int, ...] | None = _option(
+        None, f"Filter index (repeatable). Default: the --n-filters whose distance changed most. At most "
+              f"{MAX_FILTERS}.", flag="--filter")
+    classes: tuple[str | int, ...] | None = _option(
+        None, f"Class name or index (repeatable). Default: the first {DEFAULT_CLASSES} classes. At most "
+              f"{MAX_GRID_ROWS} class x filter rows.", flag="--class")
+    samples: tuple[int, ...] | None = _option(
+        None, f"Sample id for a sample-based figure (repeatable). Default: per shown class (up to "
+              f"{DEFAULT_SAMPLES}) the image the filters respond to most.", flag="--sample")
+    epochs: tuple[int, ...] | None = _option(
+        None, f"Epoch to show (repeatable). Default: all, or {MAX_DEFAULT_EPOCHS} evenly spaced. At most "
+              f"{MAX_EPOCHS}.", flag="--epoch")
+    results: Any = _option(None, "Results folder of `ftdyn analyze` that includes this store: rank filters by "
+                                 "their per-filter distance.")
+    n_filters: int = _option(4, f"Filters to choose when no --filter is given (capped at {MAX_FILTERS} and at the "
+                                "layer's filters).")
+
+    def __post_init__(self) -> None:
+        chosen = {name: _names(getattr(self, name)) for name in ("filters", "classes", "samples", "epochs")}
+        if chosen["filters"] is None and int(self.n_filters) < 1:
+            raise FtdynError(f"--n-filters {self.n_filters}: must be at least 1.")
+        for name, value in {**chosen, "n_filters": int(self.n_filters)}.items():
+            object.__setattr__(self, name, value)  # frozen: normalize once, here
+
+    def replace(self, **changes: Any) -> VisualizeConfig:
         """A copy with ``changes`` (checked like a new config)."""
         return dataclasses.replace(self, **changes)

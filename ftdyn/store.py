@@ -37,6 +37,7 @@ images are in place: a crash during creation leaves no half-made store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -613,6 +614,23 @@ def has_random_init(path: str | Path) -> bool:
     if any(baseline_var(v) not in group for v in attrs["layer_variables"].values()):
         return False
     return bool(np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool).all())
+
+
+def store_fingerprint(path: str | Path, ds: xr.Dataset) -> dict[str, Any]:
+    """``{"sha256", "path"}``: a hash of what an analysis reads from the store at ``path`` (opened
+    as ``ds``): checkpoints and their hashes, probe, random-init baseline, layer shapes,
+    completeness and format. Equal hashes: the same activations, wherever the store lies."""
+    done = completeness(path)
+    payload = {
+        "random_init": [ds.attrs.get(RANDOM_INIT), has_random_init(path)],
+        "checkpoints": ds.attrs.get("checkpoints"),
+        "probe": ds.attrs.get("probe"),
+        "layers": {var: list(ds[var].shape[1:]) for _, var in store_layers(ds)},
+        "completeness": hashlib.sha256(np.packbits(done).tobytes() + str(done.shape).encode()).hexdigest(),
+        "format": ds.attrs.get("ftdyn_store_format"),
+    }
+    return {"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest(),
+            "path": str(path)}
 
 
 def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:

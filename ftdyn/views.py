@@ -39,9 +39,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import FtdynError
+from .config import VIEWS, check_view  # noqa: F401  (VIEWS: the views by name, V.VIEWS)
 
-VIEWS = ("channels", "flat", "pooled", "filter", "map")
 PER_FILTER_VIEWS = ("filter", "map")
 
 DESCRIPTIONS = {
@@ -51,13 +50,6 @@ DESCRIPTIONS = {
     "filter": "one matrix per filter, rows = images (n), cols = h*w; d distances, NaN-aware mean",
     "map": "one matrix per (image, filter), rows = h, cols = w; averaged over images then filters",
 }
-
-
-def check_view(name: str) -> str:
-    """Return ``name`` if it is a known view, else raise FtdynError."""
-    if name not in VIEWS:
-        raise FtdynError(f"--view: unknown view '{name}'; choose from {', '.join(VIEWS)}.")
-    return name
 
 
 def is_per_filter(view: str) -> bool:

@@ -20,6 +20,7 @@ from ftdyn.analysis import tasks as AT
 from ftdyn import metrics as M
 from ftdyn import views as V
 from ftdyn.cli import app
+from ftdyn.config import AnalyzeConfig
 from ftdyn.errors import FtdynError
 from ftdyn.results import (AGREEMENT_COLUMNS, AGREEMENT_SUMMARY_COLUMNS, DISTANCE_COLUMNS, REUSABILITY_COLUMNS,
                            open_results, validate_results)
@@ -424,8 +425,7 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
         got = ftdyn.analyze(sharded, out=tmp_path / f"sharded-{views}", **kw)
         for var in ("distance", "filter_distance", "trajectory"):
             np.testing.assert_allclose(got[var].values, want[var].values, atol=1e-12, equal_nan=True)
-    src = AI.open_experiments([sharded], AI.resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False,
-                                                         "auto"))[0].layers[0][1]
+    src = AI.open_experiments([sharded], AnalyzeConfig())[0].layers[0][1]
     assert src.channel_block == 1 and src.decoded_fraction(2) == 0.5
 
 
@@ -449,16 +449,17 @@ def test_plan_with_gpu_memory_reads_the_store_once():
     store; with the statistics in (64 GB of) GPU memory the plan reads every chunk once and the
     limit bounds only what tasks hold in host memory."""
     src = AI.Source("unused.zarr", "features_26", 167, 4982, 128, 28, 28, 2)
-    args = AI.resolve_args(["procrustes", "cka"], "filter", 0.0, 0, "default", None, 0, 0, None, False, "auto")
+    args = AnalyzeConfig(metrics=["procrustes", "cka"], views="filter")
     budget = 10**9 - AP.RESERVE
-    cpu = AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget)
-    gpu = AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=64 * 10**9)
+    spec = AP.JobSpec(0, 0, src, "filter", epochs=4, ref=0)
+    cpu = AP.plan_job(args, spec, AP.Budget(budget, threads=2))
+    gpu = AP.plan_job(args, spec, AP.Budget(budget, threads=2, device=64 * 10**9))
     slab = src.n * src.image_bytes
     assert cpu.side == gpu.side == "row" and len(cpu.groups) >= 16 and cpu.task_bytes * 2 <= budget
     assert len(gpu.groups) == 1 and gpu.ckpt_groups == [[1, 2, 3]] and gpu.read_bytes == 4 * slab
     assert gpu.task_bytes * 2 <= budget  # host part only: raw chunks and decode buffers
     with pytest.raises(FtdynError, match="GPU memory"):  # statistics of one filter exceed a tiny GPU
-        AP.plan_job(0, 0, src, "filter", args.metrics, 4, 0, args, 2, budget, device_budget=10**6)
+        AP.plan_job(args, spec, AP.Budget(budget, threads=2, device=10**6))
 
 
 def _one_line_error(args):
@@ -637,7 +638,7 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     line = _one_line_error(["analyze", str(gone), *out])
     assert "missing" in line and "checkpoints 5" in line and "infinite" not in line, line
     # removed while an analysis runs (after the store was opened): the read names it too
-    exp = AI.open_experiments(path, AI.resolve_args(None, None, 0.0, 0, "default", None, 0, 0, None, False, "auto"))[0]
+    exp = AI.open_experiments(path, AnalyzeConfig())[0]
     src = dict(exp.layers)["layer2.relu"]
     (path / "layer2_relu" / "c" / "2" / "1" / "0" / "0" / "0").unlink()
     with pytest.raises(FtdynError, match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "

@@ -9,12 +9,16 @@ import pytest
 import typer.main
 
 from ftdyn import cli, config
-from ftdyn.config import OPTIMIZERS, TrainConfig
+from ftdyn import metrics as M
+from ftdyn.analysis import plan as AP
+from ftdyn.analysis.inputs import Source
+from ftdyn.config import (DEBIASED_CKA, METRIC_NAMES, OPTIMIZERS, PRESETS, VIEWS, AnalyzeConfig, TrainConfig,
+                          VisualizeConfig)
 from ftdyn.errors import FtdynError
 from ftdyn.training import recorded_identity
 
 #: Command -> its config type. Add a row when a command gets its config.
-CONFIGS = {"train": TrainConfig}
+CONFIGS = {"train": TrainConfig, "analyze": AnalyzeConfig, "visualize": VisualizeConfig}
 
 
 def _cli_params(command: str):
@@ -36,6 +40,8 @@ def test_every_cli_default_is_the_config_default(command):
     config_type = CONFIGS[command]
     params = _cli_params(command)
     for f in dataclasses.fields(config_type):
+        if f.metadata.get("internal"):  # set by ftdyn itself, never a flag
+            continue
         param, negated = _param_of(params, config_type, f.name)
         if f.default is dataclasses.MISSING:
             assert param.required, f.name
@@ -70,3 +76,77 @@ def test_recorded_identity_reads_the_fields_the_manifest_records(tmp_path):
     assert recorded_identity(manifest) == c.identity()
     del manifest["hyperparameters"]["crop_scale"]  # a manifest written before crop_scale was recorded
     assert recorded_identity(manifest)["crop_scale"] == 0.08
+
+
+def test_analyze_config_resolves_the_preset_and_validates_in_one_place():
+    c = AnalyzeConfig(metrics=["CKA", "pwsm", "cka"], views=["filter", "pwsm=channels"], alpha="0.5", trajectory=True,
+                      layers="conv1", bootstrap_metrics="cka")
+    assert c.metrics == ("cka", "pwsm") and c.views == {"cka": "filter", "pwsm": "channels"}
+    assert (c.alpha, c.trajectory, c.layers, c.bootstrap_metrics) == (0.5, "all", ("conv1",), ("cka",))
+    paper = AnalyzeConfig(preset="paper-code")
+    assert paper.views == {"pwsm": "channels", "procrustes": "map", "cka": "map"}
+    assert (paper.map_average, paper.map_center) == ("class", "rows")
+    assert paper.metrics_on("map") == ["procrustes", "cka"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.alpha = 1.0
+    bad = {"--preset": dict(preset="paper"), "--metric": dict(metrics=["l2"]), "--alpha": dict(alpha=1.5),
+           "--bootstrap": dict(bootstrap=1), "--trajectory": dict(trajectory="some"), "--view": dict(views="pixels"),
+           "--bootstrap-groups": dict(bootstrap_groups=1), "--bootstrap-metric": dict(metrics=["cka"],
+                                                                                    bootstrap_metrics=["pwsm"]),
+           "--seed": dict(seed=-1), "--memory-limit": dict(memory_limit="lots"), "--workers": dict(workers=0)}
+    for flag, kwargs in bad.items():
+        with pytest.raises(FtdynError, match=f"^{flag}"):
+            AnalyzeConfig(**kwargs)
+    with pytest.raises(FtdynError, match="a view twice"):
+        AnalyzeConfig(views=["cka=filter", "cka=map"])
+    with pytest.raises(FtdynError, match="per-image Gram"):
+        AnalyzeConfig(metrics=[DEBIASED_CKA], views="channels")
+
+
+def test_analyze_identity_is_the_recorded_arguments():
+    """The results' ``arguments``: resolved choices only, so equivalent spellings are the same
+    analysis; execution options (memory, threads, device) are not part of it."""
+    plain = AnalyzeConfig().identity()
+    assert plain == {"metrics": ["pwsm", "procrustes", "cka"],
+                     "views": {"pwsm": "channels", "procrustes": "filter", "cka": "filter"}, "alpha": 0.0,
+                     "reference": 0, "preset": "default", "layers": None, "bootstrap": 0, "seed": 0,
+                     "experiment_names": None, "trajectory": "auto", "allow_partial": False,
+                     "map_average": "images", "map_center": "columns"}
+    spelled = AnalyzeConfig(metrics=["pwsm", "procrustes", "cka"], views=["pwsm=channels"], layers=[],
+                            memory_limit="1GB", workers=2, device="cpu", progress=False, overwrite=True)
+    assert spelled.identity() == plain
+    boot = AnalyzeConfig(bootstrap=10, bootstrap_groups=8).identity()
+    assert (boot["bootstrap"], boot["bootstrap_groups"]) == (10, 8) and "bootstrap_metrics" not in boot
+    assert json.loads(json.dumps(boot)) == boot
+
+
+def test_valid_names_are_defined_once():
+    """The metric registry, the views and the presets agree with the config's names."""
+    assert METRIC_NAMES == (*M.METRICS, DEBIASED_CKA)
+    from ftdyn import views as V
+
+    assert V.VIEWS is VIEWS and V.check_view is config.check_view
+    assert all(set(p.views) == set(METRIC_NAMES) and set(p.views.values()) <= set(VIEWS) for p in PRESETS.values())
+    assert set(PRESETS) == set(config.get_args(config.PresetName))
+
+
+def test_plan_job_is_inspectable_without_reading():
+    """plan_job is pure: a layer that is never opened gets a plan from its shape alone."""
+    src = Source("never-opened.zarr", "layer", spc=10, n=40, channels=4, height=3, width=3, itemsize=2)
+    spec = AP.JobSpec(exp=0, layer=0, src=src, view="channels", epochs=3, ref=0)
+    job = AP.plan_job(AnalyzeConfig(), spec, AP.Budget(host=10**9, threads=1))
+    assert (job.side, job.mode, job.metrics, job.ckpt_groups) == ("row", "ref", ["pwsm"], [[1, 2]])
+    assert job.read_bytes == 3 * src.n * src.image_bytes  # the reference once, every other checkpoint once
+    everything = AP.plan_job(AnalyzeConfig(trajectory="all"), spec, AP.Budget(host=10**9, threads=1))
+    assert (everything.mode, everything.ckpt_groups) == ("all", [None])
+    mapped = AP.plan_job(AnalyzeConfig(preset="paper-code"), AP.JobSpec(0, 0, src, "map", 3, 0),
+                         AP.Budget(host=10**9, threads=1))
+    assert (mapped.side, mapped.metrics) == ("map", ["procrustes", "cka"])
+
+
+def test_visualize_config_normalizes_choices():
+    c = VisualizeConfig(layer=0, filters=[], classes="cat", epochs=(0, 2))
+    assert (c.filters, c.classes, c.samples, c.epochs, c.n_filters) == (None, ("cat",), None, (0, 2), 4)
+    with pytest.raises(FtdynError, match="--n-filters 0: must be at least 1"):
+        VisualizeConfig(layer=0, n_filters=0)
+    assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)  # n_filters unused then

@@ -12,7 +12,7 @@ from ftdyn import __version__
 from ftdyn.errors import FtdynError
 from ftdyn.receptive import ReceptiveField
 from ftdyn.results import validate_results
-from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store, open_store
+from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store, open_store, store_fingerprint
 from ftdyn.viz import default_figures, read_index, visualize
 from ftdyn.viz import curves, heatmaps, patches
 
@@ -366,7 +366,6 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
     """--results of another store is refused; a moved copy of the analyzed store is found by its fingerprint."""
     import shutil
 
-    from ftdyn.analysis.inputs import store_fingerprint
     from ftdyn.cli import app
     from ftdyn.results import save_results_store
 

@@ -119,15 +119,16 @@ half-written file. The arguments and each store's fingerprint (checkpoint hashes
 probe, completeness, shapes) are hashed into the results' attrs: re-running with the
 same arguments on the same stores prints "up to date" and returns the saved results.
 
-Modules: :mod:`~ftdyn.analysis.inputs` (presets, arguments, stores opened as
-experiments), :mod:`~ftdyn.analysis.plan` (the memory planner),
+Arguments: :class:`ftdyn.config.AnalyzeConfig` (presets, metrics, views, defaults).
+Modules: :mod:`~ftdyn.analysis.inputs` (stores opened as experiments),
+:mod:`~ftdyn.analysis.plan` (the memory planner),
 :mod:`~ftdyn.analysis.tasks` (what each Dask task computes),
 :mod:`~ftdyn.analysis.graph` (the graph and its scheduler),
 :mod:`~ftdyn.analysis.collect` (task results -> the results Dataset),
-:mod:`~ftdyn.analysis.run` (:func:`analyze`).
+:mod:`~ftdyn.analysis.run` (:func:`analyze` = ``execute(make_plan(...))``).
 """
 
-from .inputs import DEFAULT_ALPHA, METRIC_NAMES, PRESETS, parse_memory
-from .run import analyze
+from ..config import METRIC_NAMES, PRESETS, parse_memory
+from .run import AnalysisPlan, analyze, execute, make_plan
 
-__all__ = ["analyze", "parse_memory", "PRESETS", "METRIC_NAMES", "DEFAULT_ALPHA"]
+__all__ = ["analyze", "make_plan", "execute", "AnalysisPlan", "parse_memory", "PRESETS", "METRIC_NAMES"]

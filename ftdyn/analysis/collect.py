@@ -9,7 +9,8 @@ import xarray as xr
 
 from .. import stats as S
 from .. import views as V
-from .inputs import Args, Experiment
+from ..config import AnalyzeConfig
+from .inputs import Experiment
 from .plan import Job, shared_boot_indices
 from .tasks import map_pairs
 
@@ -66,7 +67,7 @@ def _gather(parts: list[dict], key: str, metric: str, lead: tuple[int, ...], per
     return np.concatenate([np.asarray(p[key][metric]).reshape(*lead, -1) for p in parts], axis=-1)
 
 
-def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) -> dict:
+def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> dict:
     """Per (experiment, metric, layer) arrays in each experiment's own epoch order."""
     out: dict[tuple[int, str, int], dict] = {}
     it = iter(results)
@@ -128,104 +129,124 @@ def collect(exps: list[Experiment], args: Args, jobs: list[Job], results: list) 
     return out
 
 
-def to_dataset(exps: list[Experiment], args: Args, recs: dict, attrs: dict) -> xr.Dataset:
-    E, Mn = len(exps), len(args.metrics)
-    Lmax = max(len(e.layers) for e in exps)
-    epochs = sorted({ep for e in exps for ep in e.epochs})
-    Ep = len(epochs)
-    epos = {ep: i for i, ep in enumerate(epochs)}
+def _place(arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: list[int], rec: dict) -> None:
+    """Put one (experiment, metric, layer) record into the result arrays at ``index``,
+    its epochs at positions ``cols`` of the common epoch axis."""
+    e, mi, l = index
+    arrays["distance"][e, mi, l, cols] = rec["value"]
+    arrays["n_nan"][e, mi, l, cols] = rec["n_nan"]
+    if "n_nan_maps" in rec:
+        arrays["n_nan_maps"][e, mi, l, cols] = rec["n_nan_maps"]
+    arrays["n_filters"][e, mi, l] = rec["n_filters"]
+    if "filter" in rec:
+        arrays["filter_distance"][e, mi, l][cols, : rec["filter"].shape[-1]] = rec["filter"]
+    arrays["trajectory"][e, mi, l][np.ix_(cols, cols)] = rec["traj"]
+    if "ci" in rec:
+        arrays["ci_low"][e, mi, l, cols], arrays["ci_high"][e, mi, l, cols] = rec["ci"]
+
+
+def _record_arrays(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
+    """The records as arrays over (experiment, metric, layer_index, epoch[, filter | epoch_other]),
+    NaN (0 for counts) where an experiment has no such layer or epoch; plus ``layer`` names and
+    ``has_epoch``."""
+    E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
     Fmax = max([r["filter"].shape[-1] for r in recs.values() if "filter" in r] + [1])
-    dist = np.full((E, Mn, Lmax, Ep), np.nan)
-    ci_lo, ci_hi = dist.copy(), dist.copy()
-    n_nan = np.zeros((E, Mn, Lmax, Ep), dtype=np.int64)
-    n_nan_maps = np.zeros((E, Mn, Lmax, Ep), dtype=np.int64)
-    n_filters = np.zeros((E, Mn, Lmax), dtype=np.int64)
-    filt = np.full((E, Mn, Lmax, Ep, Fmax), np.nan)
-    traj = np.full((E, Mn, Lmax, Ep, Ep), np.nan)
-    layer_names = np.full((E, Lmax), "", dtype=object)
-    has_epoch = np.zeros((E, Ep), dtype=bool)
+    shape = (E, Mn, Lmax, Ep)
+    arrays = {"distance": np.full(shape, np.nan), "ci_low": np.full(shape, np.nan), "ci_high": np.full(shape, np.nan),
+              "n_nan": np.zeros(shape, dtype=np.int64), "n_nan_maps": np.zeros(shape, dtype=np.int64),
+              "n_filters": np.zeros((E, Mn, Lmax), dtype=np.int64),
+              "filter_distance": np.full(shape + (Fmax,), np.nan), "trajectory": np.full(shape + (Ep,), np.nan),
+              "layer": np.full((E, Lmax), "", dtype=object), "has_epoch": np.zeros((E, Ep), dtype=bool)}
+    epos = {ep: i for i, ep in enumerate(epochs)}
     for e, exp in enumerate(exps):
         cols = [epos[ep] for ep in exp.epochs]
-        has_epoch[e, cols] = True
+        arrays["has_epoch"][e, cols] = True
         for l, (module, _) in enumerate(exp.layers):
-            layer_names[e, l] = module
+            arrays["layer"][e, l] = module
             for mi, m in enumerate(args.metrics):
-                r = recs[(e, m, l)]
-                dist[e, mi, l, cols] = r["value"]
-                n_nan[e, mi, l, cols] = r["n_nan"]
-                if "n_nan_maps" in r:
-                    n_nan_maps[e, mi, l, cols] = r["n_nan_maps"]
-                n_filters[e, mi, l] = r["n_filters"]
-                if "filter" in r:
-                    filt[e, mi, l][cols, : r["filter"].shape[-1]] = r["filter"]
-                traj[e, mi, l][np.ix_(cols, cols)] = r["traj"]
-                if "ci" in r:
-                    ci_lo[e, mi, l, cols], ci_hi[e, mi, l, cols] = r["ci"]
-    # statistics (reference excluded)
+                _place(arrays, (e, mi, l), cols, recs[(e, m, l)])
+    return arrays
+
+
+def _summaries(exps: list[Experiment], args: AnalyzeConfig, dist: np.ndarray, epochs: list[int]) -> dict[str, np.ndarray]:
+    """Reusability (mean ± std over epochs, per experiment and per layer) and the Pearson
+    agreement between metrics, the reference epoch excluded."""
+    E, Mn, Lmax = dist.shape[:3]
+    out = {"reusability_mean": np.full((E, Mn), np.nan), "reusability_std": np.full((E, Mn), np.nan),
+           "layer_reusability_mean": np.full((E, Mn, Lmax), np.nan),
+           "layer_reusability_std": np.full((E, Mn, Lmax), np.nan),
+           "agreement_r": np.full((E, Lmax, Mn, Mn), np.nan), "agreement_n": np.zeros((E, Lmax, Mn, Mn), dtype=np.int64)}
     keep_all = np.array([ep != args.reference for ep in epochs])
-    reu_mean = np.full((E, Mn), np.nan)
-    reu_std = reu_mean.copy()
-    lreu_mean = np.full((E, Mn, Lmax), np.nan)
-    lreu_std = lreu_mean.copy()
-    agree = np.full((E, Lmax, Mn, Mn), np.nan)
-    agree_n = np.zeros((E, Lmax, Mn, Mn), dtype=np.int64)
     for e, exp in enumerate(exps):
         L = len(exp.layers)
         curves = dist[e, :, :L]
         keep = keep_all & np.isin(epochs, exp.epochs)
         a, b, c, d = S.reusability(curves, keep)
-        reu_mean[e], reu_std[e], lreu_mean[e, :, :L], lreu_std[e, :, :L] = a, b, c, d
-        r, cnt = S.agreement(curves, keep)
-        agree[e, :L], agree_n[e, :L] = r, cnt
-    paper = _paper_code_agreement(exps, args, recs, epochs, Lmax)
-    views = [args.views[m] for m in args.metrics]
-    alphas = [args.alpha if m == "pwsm" else np.nan for m in args.metrics]
-    le = ("experiment", "metric", "layer_index", "epoch")
-    ds = xr.Dataset(
-        {
-            "distance": (le, dist, {"description": "distance from the reference checkpoint (per-filter views: "
-                                                   "NaN-aware mean over filters)"}),
-            "ci_low": (le, ci_lo, {"description": "bootstrap percentile interval, lower bound (NaN without bootstrap)"}),
-            "ci_high": (le, ci_hi, {"description": "bootstrap percentile interval, upper bound"}),
-            "n_filters": (("experiment", "metric", "layer_index"), n_filters),
-            "n_nan": (le, n_nan, {"description": "undefined values: dead filters (per-filter views), filters dead in "
-                                                 "every image (map), 1 if a whole-layer value is NaN"}),
-            "n_nan_maps": (le, n_nan_maps, {"description": "map view: undefined (image, filter) maps ignored by the "
-                                                           "means; 0 for other views"}),
-            "filter_distance": (le + ("filter",), filt),
-            "trajectory": (le + ("epoch_other",), traj, {"description": "checkpoint x checkpoint distances (NaN "
-                                                                        "where not computed, see attrs.plan)"}),
-            "reusability_mean": (("experiment", "metric"), reu_mean),
-            "reusability_std": (("experiment", "metric"), reu_std),
-            "layer_reusability_mean": (("experiment", "metric", "layer_index"), lreu_mean),
-            "layer_reusability_std": (("experiment", "metric", "layer_index"), lreu_std),
-            "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), agree),
-            "agreement_n": (("experiment", "layer_index", "metric", "metric_other"), agree_n,
-                            {"description": "epochs both curves have a finite value at (reference excluded)"}),
-            "has_epoch": (("experiment", "epoch"), has_epoch,
-                          {"description": "the experiment's store has this (complete) checkpoint"}),
-        },
-        coords={
-            "experiment": ("experiment", np.array([e.name for e in exps], dtype=object)),
-            "model": ("experiment", np.array([e.model for e in exps], dtype=object)),
-            "dataset": ("experiment", np.array([e.dataset for e in exps], dtype=object)),
-            "store": ("experiment", np.array([str(e.path) for e in exps], dtype=object)),
-            "metric": ("metric", np.array(args.metrics, dtype=object)),
-            "view": ("metric", np.array(views, dtype=object)),
-            "alpha": ("metric", np.array(alphas, dtype=np.float64)),
-            "layer_index": ("layer_index", np.arange(Lmax, dtype=np.int64)),
-            "layer": (("experiment", "layer_index"), layer_names),
-            "epoch": ("epoch", np.array(epochs, dtype=np.int64)),
-            "epoch_other": ("epoch_other", np.array(epochs, dtype=np.int64)),
-            "filter": ("filter", np.arange(Fmax, dtype=np.int64)),
-            "metric_other": ("metric_other", np.array(args.metrics, dtype=object)),
-        },
-        attrs=attrs,
-    )
+        out["reusability_mean"][e], out["reusability_std"][e] = a, b
+        out["layer_reusability_mean"][e, :, :L], out["layer_reusability_std"][e, :, :L] = c, d
+        out["agreement_r"][e, :L], out["agreement_n"][e, :L] = S.agreement(curves, keep)
+    return out
+
+
+_LE = ("experiment", "metric", "layer_index", "epoch")
+#: (dims, description or None) of each data variable, in the order of the Dataset
+_VARIABLES = {
+    "distance": (_LE, "distance from the reference checkpoint (per-filter views: NaN-aware mean over filters)"),
+    "ci_low": (_LE, "bootstrap percentile interval, lower bound (NaN without bootstrap)"),
+    "ci_high": (_LE, "bootstrap percentile interval, upper bound"),
+    "n_filters": (("experiment", "metric", "layer_index"), None),
+    "n_nan": (_LE, "undefined values: dead filters (per-filter views), filters dead in every image (map), 1 if a "
+                   "whole-layer value is NaN"),
+    "n_nan_maps": (_LE, "map view: undefined (image, filter) maps ignored by the means; 0 for other views"),
+    "filter_distance": (_LE + ("filter",), None),
+    "trajectory": (_LE + ("epoch_other",), "checkpoint x checkpoint distances (NaN where not computed, see "
+                                           "attrs.plan)"),
+    "reusability_mean": (("experiment", "metric"), None),
+    "reusability_std": (("experiment", "metric"), None),
+    "layer_reusability_mean": (("experiment", "metric", "layer_index"), None),
+    "layer_reusability_std": (("experiment", "metric", "layer_index"), None),
+    "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), None),
+    "agreement_n": (("experiment", "layer_index", "metric", "metric_other"),
+                    "epochs both curves have a finite value at (reference excluded)"),
+    "has_epoch": (("experiment", "epoch"), "the experiment's store has this (complete) checkpoint"),
+}
+
+
+def _coords(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int], layer_names: np.ndarray,
+            n_filter_columns: int) -> dict[str, tuple]:
+    strings = lambda values: np.array(list(values), dtype=object)  # noqa: E731
+    return {
+        "experiment": ("experiment", strings(e.name for e in exps)),
+        "model": ("experiment", strings(e.model for e in exps)),
+        "dataset": ("experiment", strings(e.dataset for e in exps)),
+        "store": ("experiment", strings(str(e.path) for e in exps)),
+        "metric": ("metric", strings(args.metrics)),
+        "view": ("metric", strings(args.views[m] for m in args.metrics)),
+        "alpha": ("metric", np.array([args.alpha if m == "pwsm" else np.nan for m in args.metrics], dtype=np.float64)),
+        "layer_index": ("layer_index", np.arange(layer_names.shape[1], dtype=np.int64)),
+        "layer": (("experiment", "layer_index"), layer_names),
+        "epoch": ("epoch", np.array(epochs, dtype=np.int64)),
+        "epoch_other": ("epoch_other", np.array(epochs, dtype=np.int64)),
+        "filter": ("filter", np.arange(n_filter_columns, dtype=np.int64)),
+        "metric_other": ("metric_other", strings(args.metrics)),
+    }
+
+
+def to_dataset(exps: list[Experiment], args: AnalyzeConfig, recs: dict, attrs: dict) -> xr.Dataset:
+    """The labeled results Dataset (:mod:`ftdyn.results`) from the records of :func:`collect`."""
+    epochs = sorted({ep for e in exps for ep in e.epochs})
+    arrays = _record_arrays(exps, args, recs, epochs)
+    arrays.update(_summaries(exps, args, arrays["distance"], epochs))
+    layer_names = arrays.pop("layer")
+    data = {name: (dims, arrays[name]) if about is None else (dims, arrays[name], {"description": about})
+            for name, (dims, about) in _VARIABLES.items()}
+    coords = _coords(exps, args, epochs, layer_names, arrays["filter_distance"].shape[-1])
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    paper = _paper_code_agreement(exps, args, recs, epochs, layer_names.shape[1])
     return ds.assign(paper) if paper else ds
 
 
-def _paper_code_agreement(exps: list[Experiment], args: Args, recs: dict, epochs: list[int], Lmax: int) -> dict:
+def _paper_code_agreement(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int], Lmax: int) -> dict:
     """The published code's agreement (with ``--preset paper-code``, CKA and Procrustes on the
     map view): per (epoch, layer, class), Pearson r across filters between the two metrics'
     per-class filter values, summarized per experiment by a plain mean and std over layers,

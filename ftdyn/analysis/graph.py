@@ -8,8 +8,9 @@ import sys
 import torch
 
 from .. import stats as S
+from ..config import AnalyzeConfig
 from ..errors import FtdynError
-from .inputs import Args, Experiment
+from .inputs import Experiment
 from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices
 from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
                     row_cols, row_finish, row_leaf)
@@ -18,7 +19,7 @@ from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf
 FAN_IN = 4
 
 
-def build_graph(exps: list[Experiment], args: Args, jobs: list[Job], inplace: bool = True):
+def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], inplace: bool = True):
     import dask
 
     delayed = dask.delayed

@@ -37,11 +37,12 @@ import numpy as np
 import xarray as xr
 
 from .. import stats as S
+from ..config import AnalyzeConfig
 from ..metrics.probe import linear_probe
 from ..store import baseline_var, has_random_init, open_store
 from .collect import collect
 from .graph import build_graph, compute
-from .inputs import BASELINE, Args, Experiment
+from .inputs import BASELINE, Experiment
 from .plan import NESTED_FRACTIONS, plan_analysis
 
 #: a distance is converged when its relative change from half the images to all is below this
@@ -62,7 +63,7 @@ def _last(exp: Experiment) -> int:
     return max(t for t in range(len(exp.epochs)) if t != exp.ref)
 
 
-def extra_pairs(exps: list[Experiment], args: Args, dev, limit: int, workers, scheduler, progress: bool,
+def extra_pairs(exps: list[Experiment], args: AnalyzeConfig, dev, limit: int, workers, scheduler, progress: bool,
                 degenerate: dict) -> dict:
     """One more run of the engine on (reference, last epoch[, random-init baseline]) per
     experiment, its replicates the nested image subsets of :data:`NESTED_FRACTIONS`:
@@ -112,7 +113,7 @@ def converged(conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_T
     return ok, need
 
 
-def unconverged(exps: list[Experiment], args: Args, need: np.ndarray) -> list[str]:
+def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -> list[str]:
     """"experiment:layer:metric" of the distances that have not converged."""
     return [f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}" for e, m, l in zip(*np.nonzero(np.isfinite(need)))]
 
@@ -160,7 +161,7 @@ def order_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
 
 
-def significance(exps: list[Experiment], args: Args, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
+def significance(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
     """``delta_ci_low/high`` and ``layer_order_p`` from the replicates kept by collect (NaN
     without bootstrap)."""
     E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
@@ -192,7 +193,7 @@ def _pooled(path, var: str, dim: str, index) -> np.ndarray:
     return sel.astype(np.float64).mean(dim=[sel.dims[-2], sel.dims[-1]]).values
 
 
-def probes(exps: list[Experiment], args: Args, epochs: list[int]) -> dict[str, np.ndarray]:
+def probes(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int]) -> dict[str, np.ndarray]:
     """Linear-probe accuracy per (experiment, layer, epoch), on the baseline, and chance."""
     E, Lmax, Ep = len(exps), max(len(e.layers) for e in exps), len(epochs)
     acc = np.full((E, Lmax, Ep), np.nan)
@@ -215,7 +216,7 @@ def probes(exps: list[Experiment], args: Args, epochs: list[int]) -> dict[str, n
 
 
 # --------------------------------------------------------------------- dataset
-def interpretation(exps: list[Experiment], args: Args, ds: xr.Dataset, recs: dict, extra: dict) -> xr.Dataset:
+def interpretation(exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict) -> xr.Dataset:
     """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
     :func:`extra_pairs`."""
     ceiling, missing = extra["ceiling"], extra["missing"]

@@ -17,13 +17,16 @@ import torch
 
 from .. import metrics as M
 from .. import stats as S
+from ..config import DEBIASED_CKA, AnalyzeConfig
 from ..errors import FtdynError
-from .inputs import DEBIASED_CKA, Args, Experiment, Source
+from .inputs import Experiment, Source
 from .tasks import map_pairs
 
 MAX_UNITS = 32
 MIN_UNITS = 8
 SUB_BLOCK_BYTES = 32 * 2**20
+#: bytes of a float64
+F8 = 8
 #: caps for tests and tuning: at most this many chunks per Gram panel / filters per group (None = by memory)
 MAX_PANEL_CHUNKS: int | None = None
 MAX_FILTER_GROUP: int | None = None
@@ -69,154 +72,273 @@ def chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(n_groups) if bounds[i + 1] > bounds[i]]
 
 
-def plan_job(exp_i: int, layer_i: int, src: Source, view: str, metrics: list[str], T: int, ref_pos: int,
-              args: Args, threads: int, total_budget: int, device_budget: int | None = None) -> Job:
-    """Choose side, pair mode, filter groups, bootstrap groups and task sizes for one job.
+@dataclass(frozen=True)
+class JobSpec:
+    """One (experiment, layer, view) to plan: the layer's :class:`Source`, the number of analyzed
+    checkpoints and the position of the reference among them."""
 
-    ``total_budget``: host memory for all concurrent tasks. ``device_budget``: GPU memory for
-    them when the statistics run on a GPU (then raw chunks count against the host budget
-    and float64 blocks, statistics and decompositions against the GPU's); None: one pool.
-    """
-    task_budget = total_budget // max(1, threads)
-    stats_total = total_budget if device_budget is None else device_budget
-    stats_budget = stats_total // max(1, threads)
+    exp: int
+    layer: int
+    src: Source
+    view: str
+    epochs: int
+    ref: int
 
-    def fits(host: float, dev: float) -> bool:
-        return host + dev <= task_budget if device_budget is None else host <= task_budget and dev <= stats_budget
 
-    def host_part(host: float, dev: float) -> int:  # what a task holds in host memory
-        return int(host + dev if device_budget is None else host)
+@dataclass(frozen=True)
+class Budget:
+    """Memory for the concurrently running tasks of a plan: ``host`` bytes of host memory for
+    all ``threads`` of them and, when the statistics run on a GPU, ``device`` bytes of its
+    memory (raw chunks then count against the host budget; float64 blocks, statistics and
+    decompositions against the GPU's). ``device`` None: one pool."""
 
-    sub = int(max(2**20, min(SUB_BLOCK_BYTES, stats_budget // 16)))  # float64 row blocks: small when memory is
-    C, H, W, n = src.channels, src.height, src.width, src.n
-    hw = H * W
-    f8 = 8
-    widen = 1 + f8 // src.itemsize  # a raw chunk plus its float64 copy
-    if view == "map":
-        mode = "all" if args.trajectory == "all" else "ref"
-        held = T if mode == "all" else 2  # raw chunks (host) and their float64 copies
-        resident = host_part((held + READ_OVERHEAD) * src.chunk_bytes, held * (widen - 1) * src.chunk_bytes)
-        slab = src.n * src.image_bytes
-        return Job(exp_i, layer_i, view, metrics, "map", mode, [slice(None)], C, task_bytes=resident,
-                   leaves=max(1, min(src.n_chunks, 4 * threads)), read_bytes=T * slab,
-                   flops=len(map_pairs(T, 0, mode)) * n * C * 30 * max(H, W) ** 3)
-    if view in ("channels", "pooled"):
-        side, per_filter, p = "row", False, C
-    elif view == "flat":
-        side, per_filter, p = M.choose_side(n, C * hw), False, C * hw
-    else:  # filter
-        side, per_filter, p = M.choose_side(n, hw), True, hw
-    if DEBIASED_CKA in metrics:  # U-centering needs the per-image Grams
-        side = "gram"
-    sizes = _filter_group_sizes(C if per_filter else 1)
+    host: int
+    threads: int
+    device: int | None = None
+
+    @property
+    def task(self) -> int:
+        """Host bytes per task."""
+        return self.host // max(1, self.threads)
+
+    @property
+    def stats_total(self) -> int:
+        """Bytes for the statistics of all tasks (the host's or the GPU's)."""
+        return self.host if self.device is None else self.device
+
+    @property
+    def stats(self) -> int:
+        """Bytes for the statistics of one task."""
+        return self.stats_total // max(1, self.threads)
+
+    @property
+    def sub_block(self) -> int:
+        """Bytes of one float64 row block: small when memory is tight."""
+        return int(max(2**20, min(SUB_BLOCK_BYTES, self.stats // 16)))
+
+    def fits(self, host: float, dev: float) -> bool:
+        """Whether a task holding ``host`` bytes of raw data and ``dev`` bytes of statistics fits."""
+        return host + dev <= self.task if self.device is None else host <= self.task and dev <= self.stats
+
+    def host_part(self, host: float, dev: float) -> int:
+        """What such a task holds in host memory."""
+        return int(host + dev if self.device is None else host)
+
+
+def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
+    """Choose side, pair mode, filter groups, bootstrap groups and task sizes for one job
+    within ``budget`` (pure: reads nothing)."""
+    if spec.view == "map":
+        return _plan_map(config, spec, budget)
+    side, per_filter, cols = _side(spec, config.metrics_on(spec.view))
+    sizes = _filter_group_sizes(spec.src.channels if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
-
-    def groups_of(g):
-        return [slice(s, min(s + g, C)) for s in range(0, C, g)] if per_filter else [slice(None)]
-
     if side == "gram":
-        cols_per_filter = hw if per_filter else C * hw
-        extra_pairs = T * (T - 1) // 2 - (T - 1)
-        decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
-        # auto: all pairs if their work (an n×n product + nuclear norm, ~20 n³ per filter, or n² for
-        # cka alone) is at most the work of building the Grams (T·n²·cols per filter)
-        cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
-        host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
-        dev_fixed = src.chunk_bytes * (widen - 1) + 2 * sub  # its float64 copy, product blocks
-        fixed = dev_fixed + (host_fixed if device_budget is None else 0)
-        modes = {"all": ["all"], "reference": ["ref"]}.get(args.trajectory, ["all", "ref"] if cheap else ["ref"])
-        plan = None
-        for g in sizes:
-            k_bytes = g * n * n * f8
-            per_chunk = src.spc * (g * cols_per_filter * f8 + g * n * f8)  # float64 panel rows + their output block
-            for mode in modes:
-                # every checkpoint's K is a Dask result until the finishing task, which adds
-                # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
-                # while the panels run, the Ks built so far (+ one being assembled) sit beside them
-                held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
-                room = (stats_total - (T + 1) * k_bytes) // max(1, threads) - fixed  # per panel task
-                if held <= stats_total and room >= per_chunk and host_fixed <= task_budget:
-                    plan = (g, mode, per_chunk, room)
-                    break
-            if plan:
-                break
-        if plan is None:
-            raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about "
-                             f"{(T + 3) * n * n * f8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
-                             "beside its reads; raise the limit or use fewer probe images.")
-        g, mode, per_chunk, room = plan
-        k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
-        task = host_part(host_fixed, dev_fixed + k * per_chunk)
-        panels = math.ceil(src.n_chunks / k)
-        slab = src.n * src.image_bytes
-        return Job(exp_i, layer_i, view, metrics, "gram", mode, groups_of(g), g, panels=panels, task_bytes=task,
-                   read_bytes=T * slab * (panels + 1) / 2 * len(groups_of(g)) * (src.decoded_fraction(g) if per_filter
-                                                                                  else 1.0),
-                   flops=T * n * n * cols_per_filter * (C if per_filter else 1) + T * 10 * n ** 3 * (C if per_filter else 1))
+        return _plan_gram(config, spec, budget, per_filter, sizes)
+    return _plan_row(config, spec, budget, _RowCosts(spec, cols, per_filter, budget), sizes)
 
-    # row side
-    # replicates only for jobs with a bootstrapped metric (--bootstrap-metric): the others keep one
-    # accumulator instead of one per group of images
-    boot = args.bootstrap and (args.bootstrap_metrics is None or bool(set(metrics) & set(args.bootstrap_metrics)))
-    units_wanted = (min(NESTED_UNITS, n) if args.nested else min(args.bootstrap_groups or MAX_UNITS, n)) if boot else 1
-    unit_options = [units_wanted]
-    while unit_options[-1] > MIN_UNITS and not args.nested:
-        unit_options.append(max(MIN_UNITS, unit_options[-1] // 2))
-    others = [t for t in range(T) if t != ref_pos]
 
-    def estimate(g, mode, units, k):
+def _side(spec: JobSpec, metrics: list[str]) -> tuple[str, bool, int]:
+    """(side, per-filter view, columns of one matrix) of a row- or Gram-side view."""
+    src, view = spec.src, spec.view
+    hw = src.height * src.width
+    if view in ("channels", "pooled"):
+        side, per_filter, cols = "row", False, src.channels
+    elif view == "flat":
+        side, per_filter, cols = M.choose_side(src.n, src.channels * hw), False, src.channels * hw
+    else:  # filter
+        side, per_filter, cols = M.choose_side(src.n, hw), True, hw
+    if DEBIASED_CKA in metrics:  # U-centering needs the per-image Grams
+        side = "gram"
+    return side, per_filter, cols
+
+
+def _widen(src: Source) -> int:
+    """Bytes held per raw byte once a chunk is converted: the raw chunk plus its float64 copy."""
+    return 1 + F8 // src.itemsize
+
+
+def _groups_of(channels: int, g: int, per_filter: bool) -> list[slice]:
+    return [slice(s, min(s + g, channels)) for s in range(0, channels, g)] if per_filter else [slice(None)]
+
+
+def _plan_map(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
+    """The map view: computed per (image, filter) chunk by chunk."""
+    src, T = spec.src, spec.epochs
+    mode = "all" if config.trajectory == "all" else "ref"
+    held = T if mode == "all" else 2  # raw chunks (host) and their float64 copies
+    resident = budget.host_part((held + READ_OVERHEAD) * src.chunk_bytes,
+                                held * (_widen(src) - 1) * src.chunk_bytes)
+    slab = src.n * src.image_bytes
+    return Job(spec.exp, spec.layer, spec.view, config.metrics_on(spec.view), "map", mode, [slice(None)],
+               src.channels, task_bytes=resident, leaves=max(1, min(src.n_chunks, 4 * budget.threads)),
+               read_bytes=T * slab,
+               flops=len(map_pairs(T, 0, mode)) * src.n * src.channels * 30 * max(src.height, src.width) ** 3)
+
+
+def _gram_modes(config: AnalyzeConfig, spec: JobSpec, metrics: list[str], cols_per_filter: int) -> list[str]:
+    """Pair modes to try, preferred first. auto: all pairs if their work (an n×n product +
+    nuclear norm, ~20 n³ per filter, or n² for cka alone) is at most the work of building the
+    Grams (T·n²·cols per filter)."""
+    T, n = spec.epochs, spec.src.n
+    extra_pairs = T * (T - 1) // 2 - (T - 1)
+    decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
+    cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
+    return {"all": ["all"], "reference": ["ref"]}.get(config.trajectory, ["all", "ref"] if cheap else ["ref"])
+
+
+def _gram_choice(spec: JobSpec, budget: Budget, sizes: list[int], modes: list[str], cols_per_filter: int,
+                 fixed: float, host_fixed: float) -> tuple[int, str, int, float] | None:
+    """(filters per group, pair mode, bytes per panel chunk, room per panel task) of the first
+    (largest group, preferred mode) that fits; None when none does."""
+    src, T, n = spec.src, spec.epochs, spec.src.n
+    for g in sizes:
+        k_bytes = g * n * n * F8
+        per_chunk = src.spc * (g * cols_per_filter * F8 + g * n * F8)  # float64 panel rows + their output block
+        for mode in modes:
+            # every checkpoint's K is a Dask result until the finishing task, which adds
+            # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
+            # while the panels run, the Ks built so far (+ one being assembled) sit beside them
+            held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
+            room = (budget.stats_total - (T + 1) * k_bytes) // max(1, budget.threads) - fixed  # per panel task
+            if held <= budget.stats_total and room >= per_chunk and host_fixed <= budget.task:
+                return g, mode, per_chunk, room
+    return None
+
+
+def _plan_gram(config: AnalyzeConfig, spec: JobSpec, budget: Budget, per_filter: bool, sizes: list[int]) -> Job:
+    """Gram side: each checkpoint's n×n Gram per filter, built by panels of sample chunks."""
+    src, T, n, C = spec.src, spec.epochs, spec.src.n, spec.src.channels
+    metrics = config.metrics_on(spec.view)
+    cols_per_filter = src.height * src.width if per_filter else C * src.height * src.width
+    host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
+    dev_fixed = src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block  # its float64 copy, product blocks
+    fixed = dev_fixed + (host_fixed if budget.device is None else 0)
+    choice = _gram_choice(spec, budget, sizes, _gram_modes(config, spec, metrics, cols_per_filter),
+                          cols_per_filter, fixed, host_fixed)
+    if choice is None:
+        raise FtdynError(f"--memory-limit: layer {src.var} view {spec.view} needs about "
+                         f"{(T + 3) * n * n * F8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
+                         "beside its reads; raise the limit or use fewer probe images.")
+    g, mode, per_chunk, room = choice
+    k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
+    panels = math.ceil(src.n_chunks / k)
+    groups = _groups_of(C, g, per_filter)
+    slab = src.n * src.image_bytes
+    filters = C if per_filter else 1
+    return Job(spec.exp, spec.layer, spec.view, metrics, "gram", mode, groups, g, panels=panels,
+               task_bytes=budget.host_part(host_fixed, dev_fixed + k * per_chunk),
+               read_bytes=T * slab * (panels + 1) / 2 * len(groups) * (src.decoded_fraction(g) if per_filter
+                                                                         else 1.0),
+               flops=T * n * n * cols_per_filter * filters + T * 10 * n ** 3 * filters)
+
+
+@dataclass(frozen=True)
+class _RowCosts:
+    """Per-task memory and store reads of the row-side plans of one job."""
+
+    spec: JobSpec
+    cols: int  # columns of one matrix (p)
+    per_filter: bool
+    budget: Budget
+
+    @property
+    def others(self) -> list[int]:
+        """Checkpoint positions besides the reference."""
+        return [t for t in range(self.spec.epochs) if t != self.spec.ref]
+
+    def memory(self, g: int, mode: str, units: int, k: int) -> tuple[float, float, float]:
         """(host bytes, statistics-side bytes, accumulator bytes) of one task: g filters and k
         checkpoints (+ reference) per pass."""
-        block = g * p * p * f8
+        src, T, p, sub = self.spec.src, self.spec.epochs, self.cols, self.budget.sub_block
+        block = g * p * p * F8
         m = T if mode == "all" else k + 1
-        all_bytes = (m * p) ** 2 * g * f8
+        all_bytes = (m * p) ** 2 * g * F8
         ref_blocks = (2 * m - 1) * block * units if (mode == "ref" or units > 1) else 0
-        acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * f8
+        acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * F8
         resident = ((m if mode == "all" else 2) + READ_OVERHEAD) * src.chunk_bytes  # + zarr's decode buffers
         temps = 4 * sub + (all_bytes if mode == "all" else 3 * block)  # float64 views and their copies
         finish = acc + 10 * block  # the metrics: centered/symmetrized copies, decompositions, workspace
-        if device_budget is None:
+        if self.budget.device is None:
             return max(resident + 2 * acc + temps, finish), 0, acc
         return resident, max(2 * acc + temps, finish), acc
 
-    def reads(g, k):  # slabs decoded: per filter group, the reference once per pass + every checkpoint once
+    def reads(self, g: int, k: int) -> float:
+        """Slabs decoded: per filter group, the reference once per pass + every checkpoint once."""
+        src, others = self.spec.src, self.others
         passes = math.ceil(max(1, len(others)) / max(1, k))
-        groups = math.ceil(C / g) if per_filter else 1
-        return groups * (src.decoded_fraction(g) if per_filter else 1.0) * (passes + len(others))
+        groups = math.ceil(src.channels / g) if self.per_filter else 1
+        return groups * (src.decoded_fraction(g) if self.per_filter else 1.0) * (passes + len(others))
 
-    candidates = []  # (reads, -units, order, g, mode, k)
+
+def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
+    """Bootstrap groups of images to try, most first. Replicates only for jobs with a
+    bootstrapped metric (--bootstrap-metric): the others keep one accumulator instead of one
+    per group of images."""
+    metrics, n = config.metrics_on(spec.view), spec.src.n
+    boot = config.bootstrap and (config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics)))
+    wanted = (min(NESTED_UNITS, n) if config.nested else min(config.bootstrap_groups or MAX_UNITS, n)) if boot else 1
+    options = [wanted]
+    while options[-1] > MIN_UNITS and not config.nested:
+        options.append(max(MIN_UNITS, options[-1] // 2))
+    return options
+
+
+def _row_candidates(config: AnalyzeConfig, costs: _RowCosts, sizes: list[int],
+                    unit_options: list[int]) -> list[tuple[float, int, int, int, str, int]]:
+    """(reads, -units, order, filters per group, mode, checkpoints per pass), best first: the
+    wanted bootstrap groups, then fewest reads, then most groups. auto: reference pairs only on
+    the row side (all pairs cost ≈T/3 more)."""
+    others = costs.others
     ks = sorted({max(1, math.ceil(len(others) / q)) for q in range(1, max(1, len(others)) + 1)
                  if math.ceil(len(others) / q) <= (MAX_CHECKPOINTS_PER_PASS or len(others) or 1)}, reverse=True)
-    if args.trajectory == "all":  # auto: reference pairs only on the row side (all pairs cost ≈T/3 more)
+    candidates: list[tuple[float, int, int, int, str, int]] = []
+    if config.trajectory == "all":
         for g in sizes:
             for units in unit_options:
-                candidates.append((reads(g, len(others)) - 0.5, -units, len(candidates), g, "all", len(others)))
-    if args.trajectory != "all":
+                candidates.append((costs.reads(g, len(others)) - 0.5, -units, len(candidates), g, "all", len(others)))
+    else:
         for g in sizes:
             for k in ks:
                 for units in unit_options:
-                    candidates.append((reads(g, k), -units, len(candidates), g, "ref", k))
+                    candidates.append((costs.reads(g, k), -units, len(candidates), g, "ref", k))
+    return sorted(candidates, key=lambda c: (c[1] != -unit_options[0], c[0], c[1], c[2]))
+
+
+def _plan_row(config: AnalyzeConfig, spec: JobSpec, budget: Budget, costs: _RowCosts, sizes: list[int]) -> Job:
+    """Row side: C×C (or per-filter h·w × h·w) statistics per pair, in passes over the store;
+    the candidate with the fewest decoded bytes that fits."""
     best = None
-    for _, neg_units, _, g, mode, k in sorted(candidates, key=lambda c: (c[1] != -unit_options[0], c[0], c[1], c[2])):
-        host, dev, acc = estimate(g, mode, -neg_units, k)
+    for _, neg_units, _, g, mode, k in _row_candidates(config, costs, sizes, _unit_options(config, spec)):
+        host, dev, acc = costs.memory(g, mode, -neg_units, k)
         if best is None or host + dev < best[0]:
             best = (host + dev, acc)
-        if fits(host, dev):
-            task = host_part(host, dev)
-            leaves = max(1, min(src.n_chunks, 4 * threads, int(stats_total // (4 * max(1, acc)))))
-            cgroups = [None] if mode == "all" else [others[i:i + k] for i in range(0, len(others), k)] or [[]]
-            slab = src.n * src.image_bytes
-            rows_per_byte = (hw if view == "channels" else 1) / src.image_bytes * (C if per_filter else 1)
-            pairs_flops = (T * T / 2 if mode == "all" else 2 * (T - 1) + 1) * 2 * p * p * rows_per_byte * slab
-            return Job(exp_i, layer_i, view, metrics, "row", mode, groups_of(g), g, units=-neg_units, leaves=leaves,
-                       task_bytes=task, ckpt_groups=cgroups, sub_bytes=sub,
-                       read_bytes=reads(g, k if mode == "ref" else len(others)) * slab, flops=pairs_flops)
-    gpu = "" if device_budget is None else f" (and {stats_budget / 1e9:.2f} GB of GPU memory)"
-    raise FtdynError(f"--memory-limit: layer {src.var} view {view} needs about {best[0] / 1e9:.2f} GB per task "
+        if budget.fits(host, dev):
+            return _row_job(config, costs, g, mode, -neg_units, k, budget.host_part(host, dev), acc)
+    src = spec.src
+    gpu = "" if budget.device is None else f" (and {budget.stats / 1e9:.2f} GB of GPU memory)"
+    raise FtdynError(f"--memory-limit: layer {src.var} view {spec.view} needs about {best[0] / 1e9:.2f} GB per task "
                      f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
-                     f"{task_budget / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
+                     f"{budget.task / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
                      "--workers.")
+
+
+def _row_job(config: AnalyzeConfig, costs: _RowCosts, g: int, mode: str, units: int, k: int, task: int,
+             acc: float) -> Job:
+    """The row-side job of a chosen candidate."""
+    spec, budget, others = costs.spec, costs.budget, costs.others
+    src, T, p, C = spec.src, spec.epochs, costs.cols, spec.src.channels
+    leaves = max(1, min(src.n_chunks, 4 * budget.threads, int(budget.stats_total // (4 * max(1, acc)))))
+    cgroups = [None] if mode == "all" else [others[i:i + k] for i in range(0, len(others), k)] or [[]]
+    slab = src.n * src.image_bytes
+    rows_per_byte = (src.height * src.width if spec.view == "channels" else 1) / src.image_bytes * \
+        (C if costs.per_filter else 1)
+    pairs_flops = (T * T / 2 if mode == "all" else 2 * (T - 1) + 1) * 2 * p * p * rows_per_byte * slab
+    return Job(spec.exp, spec.layer, spec.view, config.metrics_on(spec.view), "row", mode,
+               _groups_of(C, g, costs.per_filter), g, units=units, leaves=leaves, task_bytes=task,
+               ckpt_groups=cgroups, sub_bytes=budget.sub_block,
+               read_bytes=costs.reads(g, k if mode == "ref" else len(others)) * slab, flops=pairs_flops)
 
 
 #: image fractions of the convergence check's nested subsets (analysis.interpret), made of
@@ -231,7 +353,7 @@ def nested_counts(n_units: int) -> np.ndarray:
                     dtype=np.int64)
 
 
-def replicate_counts(args: Args, n_units: int, experiment: int) -> np.ndarray:
+def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.ndarray:
     """Unit counts of every replicate: the experiment's shared bootstrap draws, or the nested
     subsets of the convergence run."""
     if args.nested:
@@ -239,7 +361,7 @@ def replicate_counts(args: Args, n_units: int, experiment: int) -> np.ndarray:
     return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
-def shared_boot_indices(n: int, args: Args, experiment: int) -> list[np.ndarray]:
+def shared_boot_indices(n: int, args: AnalyzeConfig, experiment: int) -> list[np.ndarray]:
     """Image indices of the experiment's replicates (the row side's units at their unlimited
     number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
     n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
@@ -264,30 +386,24 @@ def device_budget(dev: torch.device) -> int | None:
     return int(0.8 * torch.cuda.get_device_properties(dev).total_memory)
 
 
-def plan_analysis(exps: list[Experiment], args: Args, dev: torch.device, limit: int,
+def plan_analysis(exps: list[Experiment], args: AnalyzeConfig, dev: torch.device, limit: int,
                   workers: int | None) -> tuple[int, list[Job]]:
     """(threads, jobs): a plan for every (experiment, layer, view) within ``limit`` bytes of host memory.
 
     Plans for ``workers``, workers/2, ..., 1 threads (fewer threads leave more memory per task:
     fewer passes over the store) and keeps the one with the smallest estimated time.
     """
-    budget = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
-    gpu_budget = device_budget(dev)
-    want = (os.cpu_count() or 1) if workers is None else int(workers)
-    if want < 1:
-        raise FtdynError(f"--workers: must be at least 1, got {workers}.")
-    best, error, threads = None, None, want
+    host = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
+    gpu = device_budget(dev)
+    specs = [JobSpec(e, l, src, view, len(exp.epochs), exp.ref)
+             for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
+             for view in dict.fromkeys(args.views[m] for m in args.metrics)]
+    best, error, threads = None, None, (os.cpu_count() or 1) if workers is None else int(workers)
     while True:
         try:
-            jobs = [plan_job(e, l, src, view, [m for m in args.metrics if args.views[m] == view],
-                             len(exp.epochs), exp.ref, args, threads, budget, gpu_budget)
-                    for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
-                    for view in dict.fromkeys(args.views[m] for m in args.metrics)]
-            used = max(1, min(threads, int(budget // max(1, max(j.task_bytes for j in jobs)))))
-            reading = sum(j.read_bytes for j in jobs) / READ_RATE
-            flops = sum(j.flops for j in jobs)
-            # estimated seconds (decode + float64 FLOPs): on a CPU every thread computes, on CUDA they share one GPU
-            cost = (reading + flops / FLOP_RATE) / used if dev.type == "cpu" else reading / used + flops / GPU_FLOP_RATE
+            jobs = [plan_job(args, spec, Budget(host, threads, gpu)) for spec in specs]
+            used = max(1, min(threads, int(host // max(1, max(j.task_bytes for j in jobs)))))
+            cost = _estimated_seconds(jobs, used, dev)
             if best is None or cost < best[0] * 0.95:
                 best = (cost, used, jobs)
         except FtdynError as exc:
@@ -298,3 +414,10 @@ def plan_analysis(exps: list[Experiment], args: Args, dev: torch.device, limit: 
     if best is None:
         raise error
     return best[1], best[2]
+
+
+def _estimated_seconds(jobs: list[Job], threads: int, dev: torch.device) -> float:
+    """Decode + float64 FLOPs: on a CPU every thread computes, on CUDA they share one GPU."""
+    reading = sum(j.read_bytes for j in jobs) / READ_RATE
+    flops = sum(j.flops for j in jobs)
+    return (reading + flops / FLOP_RATE) / threads if dev.type == "cpu" else reading / threads + flops / GPU_FLOP_RATE

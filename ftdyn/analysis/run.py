@@ -1,15 +1,21 @@
-"""``analyze()``: resolve, plan, compute, collect and write the results atomically."""
+"""``analyze()``: validate → plan → execute, the results written atomically.
+
+:func:`make_plan` checks the arguments (an :class:`~ftdyn.config.AnalyzeConfig`), the machine,
+the stores and the output folder, and decides the memory plan, without reading a chunk;
+:func:`execute` carries the plan out: the "up to date" check, the Dask computation, the
+results Dataset and its atomic write.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import importlib.util
-import os
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +24,7 @@ import xarray as xr
 from .. import metrics as M
 from .. import views as V
 from .._version import __version__
+from ..config import DEBIASED_CKA, AnalyzeConfig, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, check_output_folder
 from ..outputs import current_set, folder_lock, remove_stale, write_result_set
@@ -26,21 +33,12 @@ from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results,
 from .collect import collect, to_dataset
 from .graph import build_graph, compute
 from .interpret import extra_pairs, interpretation, warn_unconverged
-from .inputs import DEBIASED_CKA, DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
-from .plan import plan_analysis
+from .inputs import Experiment, default_memory, open_experiments, physical_memory
+from .plan import Job, plan_analysis
 from .tasks import trim
 
 
-def physical_memory() -> int | None:
-    """Bytes of memory of this machine (None where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-
-def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int], str]:
+def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, str, int], str]:
     """(experiment, metric, layer) -> why the metric is 0 for any pair of checkpoints there,
     decided from each view's matrix shape (:func:`ftdyn.metrics.degenerate_reason`)."""
     out = {}
@@ -58,7 +56,7 @@ def _degenerate(exps: list[Experiment], args: Args) -> dict[tuple[int, str, int]
     return out
 
 
-def _warn_degenerate(exps: list[Experiment], args: Args, degenerate: dict) -> dict[str, list[str]]:
+def _warn_degenerate(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) -> dict[str, list[str]]:
     """One warning line per layer; returns {metric: ["experiment:layer", ...]} for the attrs."""
     names = {m: [] for m in args.metrics}
     layers: dict[tuple[int, int], list[str]] = {}
@@ -82,8 +80,10 @@ def _undefined(rec: dict) -> None:
 
 
 # ========================================================================= output
-def _analysis_key(args: Args, exps: list[Experiment]) -> str:
-    key = args.key()
+def _analysis_key(args: AnalyzeConfig, exps: list[Experiment]) -> str:
+    """The hash that decides whether saved results are up to date: the config's identity (with
+    the layers as resolved), the stores' fingerprints, the results format and ftdyn's version."""
+    key = args.identity()
     key["layers"] = [[module for module, _ in e.layers] for e in exps]  # resolved: names or variables alike
     payload = {"args": key, "stores": [e.fingerprint["sha256"] for e in exps],
                "format": RESULTS_FORMAT, "version": __version__}
@@ -121,115 +121,163 @@ def _write(ds: xr.Dataset, out: Path) -> None:
     write_result_set(out, fill, products=_PRODUCTS, info=info)
 
 
-def _check_flags(scheduler, memory_limit) -> None:
+def _check_machine(config: AnalyzeConfig) -> None:
     """Refused up front: a cluster without its optional package, more memory than the machine has."""
-    if isinstance(scheduler, str) and importlib.util.find_spec("distributed") is None:
+    if isinstance(config.scheduler, str) and importlib.util.find_spec("distributed") is None:
         raise FtdynError("--scheduler: running on a Dask cluster needs the optional package 'distributed'; install "
                          "it with `pip install 'ftdyn[distributed]'` (or `pip install distributed`).")
-    limit, total = parse_memory(memory_limit), physical_memory()
+    limit, total = config.memory_bytes, physical_memory()
     if limit is not None and total is not None and limit > total:
-        raise FtdynError(f"--memory-limit {memory_limit}: more than this machine's {total / 1e9:.1f} GB of memory; "
-                         "give at most that (default: half of it).")
+        raise FtdynError(f"--memory-limit {config.memory_limit}: more than this machine's {total / 1e9:.1f} GB of "
+                         "memory; give at most that (default: half of it).")
 
 
 # ============================================================================ API
-def analyze(stores, *, out, metrics: Sequence[str] | None = None, views=None, alpha: float = DEFAULT_ALPHA,
-            reference: int = 0, preset: str = "default", layers: Sequence[str] | None = None, bootstrap: int = 0,
-            seed: int = 0, experiment_names: Sequence[str] | None = None, allow_partial: bool = False,
-            memory_limit=None, workers: int | None = None, scheduler=None, progress: bool = True,
-            overwrite: bool = False, trajectory: str | bool = "auto", device: str = "auto",
-            bootstrap_metrics: Sequence[str] | None = None, bootstrap_groups: int | None = None) -> xr.Dataset:
+def analyze(stores, *, out, config: AnalyzeConfig | None = None, **options: Any) -> xr.Dataset:
     """Analyze activation stores into ``out`` and return the results Dataset.
 
     ``stores``: one path or several (one experiment each, labeled "model/dataset" or
-    by ``experiment_names``). ``metrics``: names from :data:`ftdyn.metrics.METRICS`
-    (default: the preset's). ``views``: one view for all metrics, or ``{metric: view}``
-    / ``["metric=view", ...]``. ``alpha``: PWSM α in [0, 1]. ``reference``: the epoch
-    every checkpoint is compared with. ``preset``: "default" or "paper-code" (module
-    doc). ``layers``: module or variable names (default all). ``bootstrap``: number of
-    replicates (0 = off), one image resample each shared by every epoch, layer and view
-    (paired: ``delta_ci_low/high``, ``layer_order_p``); ``bootstrap_metrics``: the metrics
-    that get replicates (default all; "cka" alone needs no decompositions, the cheap
-    choice on a CPU); ``bootstrap_groups``: groups of images resampled (default 32; fewer
-    keep fewer statistics). ``memory_limit``: bytes or "1GB". ``workers``: threads.
-    ``scheduler``: None (threads), "tcp://host:port" or a ``distributed.Client``.
-    ``trajectory``: "auto" | "all" | "reference" (module doc). ``overwrite``: replace
-    results of *different* arguments already in ``out``. ``device``: where the float64
-    statistics and decompositions run: "auto" (CUDA when present; CPU with a
-    ``scheduler``), "cpu", "cuda", "cuda:N". Not part of the arguments that decide
-    whether results are up to date (devices agree to rounding).
+    by ``experiment_names``). The options are the fields of :class:`~ftdyn.config.AnalyzeConfig`
+    (listed below), given as keyword arguments (``analyze(s, out=o, metrics=["cka"])``) or as
+    ``config=`` (keyword arguments then override its fields); they mirror ``ftdyn analyze``.
+    ``metrics``: names from :data:`ftdyn.config.METRIC_NAMES` (default: the preset's).
+    ``views``: one view for all metrics, or ``{metric: view}`` / ``["metric=view", ...]``.
+    ``preset``: "default" or "paper-code" (module doc of :mod:`ftdyn.analysis`).
+    ``bootstrap``: number of replicates (0 = off), one image resample each shared by every
+    epoch, layer and view (paired: ``delta_ci_low/high``, ``layer_order_p``).
+    ``memory_limit``: bytes or "1GB". ``scheduler``: None (threads), "tcp://host:port" or a
+    ``distributed.Client``. ``trajectory``: "auto" | "all" | "reference" (or True/False).
+    ``overwrite``: replace results of *different* arguments already in ``out``. ``device`` is
+    not part of the arguments that decide whether results are up to date (devices agree to
+    rounding).
+
+    Same as ``execute(make_plan(stores, out=out, ...))``.
     """
-    _check_flags(scheduler, memory_limit)
-    args = resolve_args(metrics, views, alpha, reference, preset, layers, bootstrap, seed, experiment_names,
-                         allow_partial, trajectory, bootstrap_metrics, bootstrap_groups)
-    dev = torch.device("cpu") if scheduler is not None and str(device).lower() == "auto" else \
-        resolve_device(device, float64=True)
-    exps = open_experiments(stores, args, str(dev))
+    return execute(make_plan(stores, out=out, config=config, **options))
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """What :func:`execute` will do, decided before any chunk is read: the experiments, the
+    device, the memory plan (``threads`` and one :class:`~ftdyn.analysis.plan.Job` per
+    (experiment, layer, view)), the degenerate (experiment, metric, layer) and the analysis
+    ``key`` that says whether results already in ``out`` are these."""
+
+    config: AnalyzeConfig
+    experiments: list[Experiment]
+    out: Path
+    device: torch.device
+    memory_limit: int  # bytes
+    threads: int
+    jobs: list[Job]
+    degenerate: dict[tuple[int, str, int], str]
+    key: str
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One line per job, as the results record it (``attrs["plan"]``)."""
+        exps, bootstrap = self.experiments, self.config.bootstrap
+        return [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
+                 "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
+                 "filter_groups": len(j.groups),
+                 "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
+                 "bootstrap_units": (j.units if j.side == "row" else "images") if bootstrap else None,
+                 "gram_panels": j.panels if j.side == "gram" else None,
+                 "task_bytes_estimate": int(j.task_bytes)} for j in self.jobs]
+
+
+def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: Any) -> AnalysisPlan:
+    """Validate the arguments of :func:`analyze`, open the stores and plan the computation.
+    Reads the stores' metadata only and writes nothing."""
+    config = build(AnalyzeConfig, config, **options)
+    _check_machine(config)
+    dev = torch.device("cpu") if config.scheduler is not None and str(config.device).lower() == "auto" else \
+        resolve_device(config.device, float64=True)
+    exps = open_experiments(stores, config, str(dev))
     out = Path(out)
     check_output_folder(out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir])
-    with folder_lock(out):  # held from the "up to date" check until the new set is current
-        return _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, progress, overwrite)
+    limit = config.memory_bytes or default_memory()
+    threads, jobs = plan_analysis(exps, config, dev, limit, config.workers)
+    return AnalysisPlan(config=config, experiments=exps, out=out, device=dev, memory_limit=limit, threads=threads,
+                        jobs=jobs, degenerate=_degenerate(exps, config), key=_analysis_key(config, exps))
 
 
-def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, progress, overwrite) -> xr.Dataset:
-    key = _analysis_key(args, exps)
+def execute(plan: AnalysisPlan) -> xr.Dataset:
+    """Carry out ``plan``: reuse the results in ``plan.out`` when they are up to date, else
+    compute them and make them the folder's current set in one step. Returns the results."""
+    with folder_lock(plan.out):  # held from the "up to date" check until the new set is current
+        if _up_to_date(plan):
+            return open_results(plan.out)
+        ds = _compute(plan)
+        _write(ds, plan.out)
+        warn_unconverged(ds)
+        return open_results(plan.out)
+
+
+def _up_to_date(plan: AnalysisPlan) -> bool:
+    """Whether ``plan.out`` holds these results, every file verified; refuses results of other
+    arguments or stores unless ``overwrite``."""
+    out = plan.out
     remove_stale(out)  # what a killed run left: unfinished or replaced sets, older versions' temporaries
     old, problem = _existing(out)
-    if old is not None and old != key and not overwrite:
+    if old is not None and old != plan.key and not plan.config.overwrite:
         raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
                          "replace them, or choose another folder.")
-    if old == key and problem is None:
+    if old == plan.key and problem is None:
         print(f"ftdyn analyze: {out} is up to date (same arguments and stores; every file verified); "
               "nothing to do.", file=sys.stderr)
-        return open_results(out)
+        return True
     if problem is not None:
         print(f"ftdyn analyze: note: the results in {out} cannot be reused ({problem}); computing them again.",
               file=sys.stderr)
+    return False
 
-    limit = parse_memory(memory_limit) or default_memory()
-    threads, jobs = plan_analysis(exps, args, dev, limit, workers)
 
-    degenerate = _degenerate(exps, args)
-    degenerate_names = _warn_degenerate(exps, args, degenerate)
-    outputs = build_graph(exps, args, jobs, inplace=scheduler is None)
-    results = compute(outputs, threads=threads, scheduler=scheduler, progress=progress)
+def _compute(plan: AnalysisPlan) -> xr.Dataset:
+    """The results Dataset of ``plan``: the Dask computation, the degenerate values blanked,
+    the ceiling and convergence run, the tables and the interpretation."""
+    config, exps = plan.config, plan.experiments
+    degenerate_names = _warn_degenerate(exps, config, plan.degenerate)
+    outputs = build_graph(exps, config, plan.jobs, inplace=config.scheduler is None)
+    results = compute(outputs, threads=plan.threads, scheduler=config.scheduler, progress=config.progress)
     trim()
-    if dev.type == "cuda":
+    if plan.device.type == "cuda":
         torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
-    recs = collect(exps, args, jobs, list(results))
-    for e, m, l in degenerate:
+    recs = collect(exps, config, plan.jobs, list(results))
+    for e, m, l in plan.degenerate:
         _undefined(recs[(e, m, l)])
-    extra = extra_pairs(exps, args, dev, limit, workers, scheduler, progress, degenerate)
-    plan = [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
-             "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
-             "filter_groups": len(j.groups), "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
-             "bootstrap_units": (j.units if j.side == "row" else "images")
-             if args.bootstrap else None, "gram_panels": j.panels if j.side == "gram" else None,
-             "task_bytes_estimate": int(j.task_bytes)} for j in jobs]
-    attrs = {
+    extra = extra_pairs(exps, config, plan.device, plan.memory_limit, config.workers, config.scheduler,
+                        config.progress, plan.degenerate)
+    ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
+    return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
+
+
+def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[str, Any]:
+    """The results' attrs: format, arguments (the config's identity), analysis key, store
+    fingerprints, the plan and where it ran."""
+    config = plan.config
+    return {
         "ftdyn_results_format": RESULTS_FORMAT,
         "ftdyn_version": __version__,
-        "reference_epoch": args.reference,
-        "preset": args.preset,
-        "bootstrap": args.bootstrap,
-        "seed": args.seed,
-        "alpha": args.alpha,
-        "map_average": args.map_average,
-        "map_center": args.map_center,
-        "trajectory": args.trajectory,
-        "arguments": json.dumps(args.key(), sort_keys=True),
-        "analysis_key": key,
-        "store_fingerprints": json.dumps([e.fingerprint for e in exps]),
-        "plan": json.dumps(plan),
-        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, [])) for m in dict.fromkeys([*M.METRICS, *args.metrics])},
-        "threads": int(threads),
-        "device": str(dev),
-        "memory_limit": int(limit),
+        "reference_epoch": config.reference,
+        "preset": config.preset,
+        "bootstrap": config.bootstrap,
+        "seed": config.seed,
+        "alpha": config.alpha,
+        "map_average": config.map_average,
+        "map_center": config.map_center,
+        "trajectory": config.trajectory,
+        "arguments": json.dumps(config.identity(), sort_keys=True),
+        "analysis_key": plan.key,
+        "store_fingerprints": json.dumps([e.fingerprint for e in plan.experiments]),
+        "plan": json.dumps(plan.summary()),
+        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, []))
+           for m in dict.fromkeys([*M.METRICS, *config.metrics])},
+        "threads": int(plan.threads),
+        "device": str(plan.device),
+        "memory_limit": int(plan.memory_limit),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, extra),
-                          "analyze")
-    _write(ds, out)
-    warn_unconverged(ds)
-    return open_results(out)
 
+
+analyze.__doc__ += "\n    Options (:class:`~ftdyn.config.AnalyzeConfig`):\n\n" + "\n".join(
+    f"    * {line}" for line in describe(AnalyzeConfig).splitlines())

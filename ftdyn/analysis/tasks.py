@@ -15,9 +15,10 @@ import torch
 
 from .. import metrics as M
 from .. import views as V
+from ..config import DEBIASED_CKA
 from ..errors import FtdynError
 from ..store import all_finite, baseline_var, chunk_on_disk, decoding
-from .inputs import BASELINE, DEBIASED_CKA, Source
+from .inputs import BASELINE, Source
 
 F64 = torch.float64
 

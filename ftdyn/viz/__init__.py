@@ -30,32 +30,24 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..config import (DEFAULT_CLASSES, DEFAULT_SAMPLES, MAX_DEFAULT_EPOCHS, MAX_EPOCHS, MAX_FILTERS, MAX_GRID_ROWS,
+                      VisualizeConfig, build, default, describe)
 from ..errors import FtdynError, check_output_folder
 from ..outputs import folder_lock
 
-__all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
+__all__ = ["visualize", "make_plan", "execute", "FigurePlan", "default_figures", "read_index", "FIGURES_DIR",
+           "INDEX_NAME"]
 
 #: Folder under a results/report folder that holds the figures (what ``report`` reads).
 FIGURES_DIR = "figures"
 #: Index of the figures in a folder, with captions.
 INDEX_NAME = "figures.json"
-#: Columns shown by default when a store has more checkpoints than this.
-MAX_DEFAULT_EPOCHS = 8
-#: Classes shown by default in the class-based grid.
-DEFAULT_CLASSES = 3
-#: Sample figures made by default.
-DEFAULT_SAMPLES = 2
-#: Bounds of one figure. Drawing time grows faster than the number of cells (about
-#: 15 s for 48 rows x 16 columns), so a layer's hundreds of filters cannot all be shown.
-MAX_FILTERS = 16
-MAX_GRID_ROWS = 48  # class x filter rows of the class-based grid
-MAX_EPOCHS = 16
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -322,7 +314,7 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     if len(prints) != len(exps) or not Path(path).is_dir():
         return None
-    from ..analysis.inputs import store_fingerprint
+    from ..store import store_fingerprint
 
     mine = store_fingerprint(Path(path), ds)["sha256"]
     return next((e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine), None)
@@ -346,24 +338,22 @@ def _say(message: str) -> None:
 # ----------------------------------------------------------------------------- API
 
 
-def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Sequence[str | int] | None = None,
-              samples: Sequence[int] | None = None, results=None, out, epochs: Sequence[int] | None = None,
-              n_filters: int = 4) -> list[Path]:
+def visualize(store, *, out, config: VisualizeConfig | None = None, **options: Any) -> list[Path]:
     """Class-based and sample-based figures of one layer of an activation store.
 
-    ``store``: a store path (or an opened store Dataset). ``layer``: module name,
-    variable name or index (negative counts from the deepest). ``filters``: filter
-    indices; default: the ``n_filters`` whose distance changed most — from the
-    per-filter distances of ``results`` (a results folder or Dataset) when they
-    cover this store and layer, else from the activations (relative L2 change of
-    the filter's mean map between the first and last shown epoch). ``classes``:
-    names or indices (default: the first 3). ``samples``: sample ids for the
-    sample-based figures (default: per shown class, up to 2, the image on which
-    the shown filters respond most at the last epoch). ``epochs``: epochs to show
-    (default all, or 8 evenly spaced incl. source and last). ``out``: folder.
-    One figure shows at most :data:`MAX_FILTERS` filters, :data:`MAX_GRID_ROWS`
-    class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit choices are an
-    error, a larger ``n_filters`` is capped (with a note on stderr).
+    ``store``: a store path (or an opened store Dataset). The options are the fields of
+    :class:`~ftdyn.config.VisualizeConfig` (listed below), given as keyword arguments or as
+    ``config=``. ``layer``: module name, variable name or index (negative counts from the
+    deepest). ``filters``: filter indices; default: the ``n_filters`` whose distance changed
+    most — from the per-filter distances of ``results`` (a results folder or Dataset) when
+    they cover this store and layer, else from the activations (relative L2 change of the
+    filter's mean map between the first and last shown epoch). ``classes``: names or indices
+    (default: the first 3). ``samples``: sample ids for the sample-based figures (default: per
+    shown class, up to 2, the image on which the shown filters respond most at the last
+    epoch). ``epochs``: epochs to show (default all, or 8 evenly spaced incl. source and
+    last). ``out``: folder. One figure shows at most :data:`MAX_FILTERS` filters,
+    :data:`MAX_GRID_ROWS` class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit
+    choices are an error, a larger ``n_filters`` is capped (with a note on stderr).
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
@@ -372,37 +362,53 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     captions in ``out/figures.json`` and returns their paths. Only the needed slices
     of the store are read; nothing is drawn before every argument is checked, and
     the figures appear in ``out`` together once all are drawn.
-    """
-    from ..store import decoding
-    from . import heatmaps, patches
 
-    # every flag is checked before anything is read in bulk or drawn
+    Same as ``execute(make_plan(store, out=out, ...))``.
+    """
+    return execute(make_plan(store, out=out, config=config, **options))
+
+
+@dataclass(frozen=True)
+class FigurePlan:
+    """What :func:`execute` draws, decided from the store's metadata before any activation is read:
+    the layer, the classes, epochs and (when given) filters and samples as positions in the
+    store, and where the figures go under which names."""
+
+    ds: Any  # the opened store (xarray Dataset)
+    path: Path | None  # the store's folder (None: a Dataset without one)
+    out: Path
+    layer: str  # module name
+    var: str  # store variable
+    rf: Any  # the layer's receptive field (ftdyn.receptive.ReceptiveField)
+    classes: list[int]
+    epochs: list[int]  # positions along ``checkpoint``
+    filters: list[int] | None  # None: choose ``n_filters``
+    n_filters: int
+    samples: list[int] | None  # positions along ``sample``; None: the strongest
+    results: Any  # results Dataset ranking the filters, or None
+    experiment: str | None  # the results' experiment of this store
+    label: str  # how titles and captions name the store
+    stem: str  # file names: class_<stem>.png, sample_<stem>_s<id>.png
+    context: dict[str, Any]  # recorded with each figure in figures.json
+
+
+def make_plan(store, *, out, config: VisualizeConfig | None = None, **options: Any) -> FigurePlan:
+    """Check every argument of :func:`visualize` against the store (and the results) before
+    anything is read in bulk or drawn, and return the plan."""
+    config = build(VisualizeConfig, config, **options)
     ds, path = open_any_store(store)
-    res = open_any_results(results)
+    res = open_any_results(config.results)
     out = check_out(out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p])
-    name, var, index = resolve_layer(ds, layer)
+    name, var, index = resolve_layer(ds, config.layer)
     rf = receptive_field_of(ds, var, name)
-    class_idx = resolve_classes(ds, classes)
-    epoch_pos = resolve_epochs(ds, epochs)
-    chosen = resolve_filters(ds, var, filters) if filters is not None and len(filters) > 0 else None
-    n_channels = int(ds.sizes[f"{var}_channel"])
-    limit = min(MAX_FILTERS, MAX_GRID_ROWS // len(class_idx))
-    if chosen is not None and len(chosen) > limit:
-        raise FtdynError(f"--filter: {len(chosen)} filters with {len(class_idx)} classes; one figure shows at most "
-                         f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer --filter or "
-                         "--class and run visualize again for the rest.")
-    if chosen is None:
-        if n_filters < 1:
-            raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
-        if n_filters > min(n_channels, limit):
-            _say(f"note: --n-filters {n_filters} capped at {min(n_channels, limit)}: layer {name} has {n_channels} "
-                 f"filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter "
-                 "rows.")
-            n_filters = min(n_channels, limit)
-    sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
+    class_idx = resolve_classes(ds, config.classes)
+    epoch_pos = resolve_epochs(ds, config.epochs)
+    chosen = resolve_filters(ds, var, config.filters) if config.filters is not None else None
+    n_filters = _filter_count(config, chosen, len(class_idx), int(ds.sizes[f"{var}_channel"]), name)
+    sample_pos = resolve_samples(ds, config.samples) if config.samples is not None else None
     experiment = match_experiment(res, ds, path)
     if res is not None and experiment is None:  # another store's distances would rank the filters
-        raise FtdynError(f"--results {'(a Dataset)' if res is results else results}: the store "
+        raise FtdynError(f"--results {'(a Dataset)' if res is config.results else config.results}: the store "
                          f"{path or '(a Dataset without a path)'} is not among its experiments "
                          f"[{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave "
                          "--results out.")
@@ -413,48 +419,104 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     stem = f"{figure_stem(out, label, path)}_{slug(var)}"
     if experiment is not None:  # stores of several experiments may share a folder name
         label = f"{experiment} ({label})"
+    return FigurePlan(ds=ds, path=path, out=out, layer=name, var=var, rf=rf, classes=class_idx, epochs=epoch_pos,
+                      filters=chosen, n_filters=n_filters, samples=sample_pos, results=res, experiment=experiment,
+                      label=label, stem=stem, context=context)
+
+
+def _filter_count(config: VisualizeConfig, chosen: list[int] | None, n_classes: int, n_channels: int,
+                  layer: str) -> int:
+    """How many filters to choose: ``n_filters`` capped at one figure's bounds (with a note);
+    explicit filters beyond them are an error."""
+    limit = min(MAX_FILTERS, MAX_GRID_ROWS // n_classes)
+    if chosen is not None:
+        if len(chosen) > limit:
+            raise FtdynError(f"--filter: {len(chosen)} filters with {n_classes} classes; one figure shows at most "
+                             f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer --filter or "
+                             "--class and run visualize again for the rest.")
+        return len(chosen)
+    if config.n_filters > min(n_channels, limit):
+        _say(f"note: --n-filters {config.n_filters} capped at {min(n_channels, limit)}: layer {layer} has "
+             f"{n_channels} filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x "
+             "filter rows.")
+        return min(n_channels, limit)
+    return config.n_filters
+
+
+@dataclass
+class _Figures:
+    """What :func:`execute` computed from the store: the class-based grid, the sample-based
+    grids, and why these filters and samples were shown."""
+
+    grid: Any
+    samples: list[Any]
+    why: str
+    sample_why: str
+
+
+def execute(plan: FigurePlan) -> list[Path]:
+    """Read the activations ``plan`` needs, draw the figures and write them into ``plan.out``."""
+    from ..store import decoding
+
     # the folder lock: a second visualize or report into it is refused; a damaged chunk: one line
-    with folder_lock(out), decoding(path or "store", f"layer {name}"):
-        labels = np.asarray(ds["label"].values)
-        class_samples = np.flatnonzero(np.isin(labels, class_idx))
+    with folder_lock(plan.out), decoding(plan.path or "store", f"layer {plan.layer}"):
+        return _write_figures(plan, _compute_figures(plan))
 
-        if chosen is not None:
-            why = "filters chosen by the user"
-        else:
-            chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
-                                                 sample_positions=class_samples, epoch_positions=epoch_pos)
-        grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
-        if sample_pos is not None:
-            sample_why = "samples chosen by the user"
-        else:
-            sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
-            sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
-                          "respond most (sum of their map maxima at the last shown epoch)")
 
-        entries = []
-        with staging(out) as tmp:
-            cls_name = f"class_{stem}.png"
-            patches.plot_class_grid(grid, tmp / cls_name,
-                                    title=f"{label} · {name}: class-based receptive-field averages")
-            entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
-                            "title": f"Class-based: {label}, layer {name}",
-                            "caption": patches.caption(grid, rf, why=why, label=label)})
-            for pos in sample_pos:
-                sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
-                                              epoch_positions=epoch_pos)
-                sname = f"sample_{stem}_s{sgrid.sample_id}.png"
-                heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                                    f"({sgrid.class_name})")
-                entries.append({**context, "file": sname, "formats": [], "kind": "sample",
-                                "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                                "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
-            for e in entries:
-                os.replace(tmp / e["file"], out / e["file"])
-        record(out, entries)
+def _compute_figures(plan: FigurePlan) -> _Figures:
+    """The grids of ``plan``: filters chosen (unless given), the class-based grid, the samples
+    chosen (unless given) and their sample-based grids."""
+    from . import heatmaps, patches
+
+    ds, var, name = plan.ds, plan.var, plan.layer
+    chosen, why = plan.filters, "filters chosen by the user"
+    if chosen is None:
+        class_samples = np.flatnonzero(np.isin(np.asarray(ds["label"].values), plan.classes))
+        chosen, why = patches.choose_filters(ds, var, name, plan.n_filters, results=plan.results,
+                                             experiment=plan.experiment, sample_positions=class_samples,
+                                             epoch_positions=plan.epochs)
+    grid = patches.class_based(ds, var, name, plan.rf, filters=chosen, classes=plan.classes,
+                               epoch_positions=plan.epochs)
+    sample_pos, sample_why = plan.samples, "samples chosen by the user"
+    if sample_pos is None:
+        sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
+        sample_why = (f"auto-chosen: for each shown class (up to {DEFAULT_SAMPLES}) the probe image on which the "
+                      "shown filters respond most (sum of their map maxima at the last shown epoch)")
+    samples = [heatmaps.sample_based(ds, var, name, plan.rf, sample_position=pos, filters=chosen,
+                                     epoch_positions=plan.epochs) for pos in sample_pos]
+    return _Figures(grid=grid, samples=samples, why=why, sample_why=sample_why)
+
+
+def _write_figures(plan: FigurePlan, figures: _Figures) -> list[Path]:
+    """Draw the figures into a staging folder, move them into ``plan.out`` together once all
+    are drawn and record them with captions in its index; returns their paths."""
+    from . import heatmaps, patches
+
+    out, label, name, rf = plan.out, plan.label, plan.layer, plan.rf
+    entries = []
+    with staging(out) as tmp:
+        cls_name = f"class_{plan.stem}.png"
+        patches.plot_class_grid(figures.grid, tmp / cls_name,
+                                title=f"{label} · {name}: class-based receptive-field averages")
+        entries.append({**plan.context, "file": cls_name, "formats": [], "kind": "class",
+                        "title": f"Class-based: {label}, layer {name}",
+                        "caption": patches.caption(figures.grid, rf, why=figures.why, label=label)})
+        for sgrid in figures.samples:
+            sname = f"sample_{plan.stem}_s{sgrid.sample_id}.png"
+            heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
+                                                                f"({sgrid.class_name})")
+            entries.append({**plan.context, "file": sname, "formats": [], "kind": "sample",
+                            "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                            "caption": heatmaps.caption(sgrid, rf, why=figures.why, sample_why=figures.sample_why,
+                                                        label=label)})
+        for e in entries:
+            os.replace(tmp / e["file"], out / e["file"])
+    record(out, entries)
     return [out / e["file"] for e in entries]
 
 
-def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_filters: int = 4) -> list[Path]:
+def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
+                    n_filters: int = default(VisualizeConfig, "n_filters")) -> list[Path]:
     """The default figure set into ``out`` (e.g. ``<results>/figures``).
 
     From the results in ``results_dir`` (a folder, results.zarr or Dataset; may be
@@ -488,3 +550,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
             record(out, [{"file": None, "kind": "note", "store": str(store),
                           "caption": f"No class/sample figures for {store}: {exc}"}])
     return written
+
+
+visualize.__doc__ += "\n    Options (:class:`~ftdyn.config.VisualizeConfig`):\n\n" + "\n".join(
+    f"    * {line}" for line in describe(VisualizeConfig).splitlines())
