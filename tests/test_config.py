@@ -150,3 +150,24 @@ def test_visualize_config_normalizes_choices():
     with pytest.raises(FtdynError, match="--n-filters 0: must be at least 1"):
         VisualizeConfig(layer=0, n_filters=0)
     assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)  # n_filters unused then
+
+
+def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
+    """make_plan opens the stores' metadata and decides everything; nothing is computed or written."""
+    import test_analysis
+    import test_viz
+    from ftdyn.analysis import make_plan as plan_analysis
+    from ftdyn.viz import make_plan as plan_figures
+
+    store, _ = test_analysis.make_store(tmp_path / "s.zarr")
+    plan = plan_analysis(store, out=tmp_path / "r", metrics=["cka"], memory_limit="1GB", workers=1)
+    assert plan.config.metrics == ("cka",) and plan.threads == 1 and plan.memory_limit == 10**9
+    assert [(row["layer"], row["view"]) for row in plan.summary()] == [(m, "filter") for m, _ in
+                                                                       plan.experiments[0].layers]
+    assert plan.key == plan_analysis(store, out=tmp_path / "r", metrics=["cka"], workers=2).key  # not an identity field
+    assert not (tmp_path / "r").exists()
+
+    vstore, _, _ = test_viz.make_store(tmp_path / "v.zarr")
+    figures = plan_figures(vstore, out=tmp_path / "figs", layer=-1, classes=["square"], epochs=[0, 2])
+    assert (figures.classes, figures.epochs, figures.filters, figures.samples) == ([1], [0, 2], None, None)
+    assert figures.stem.startswith("v_") and not (tmp_path / "figs").exists()
