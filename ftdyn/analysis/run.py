@@ -19,8 +19,8 @@ from .. import metrics as M
 from .. import views as V
 from .._version import __version__
 from ..devices import resolve_device
-from ..errors import FtdynError, check_output_folder
-from ..outputs import current_set, folder_lock, remove_stale, write_result_set
+from ..errors import FtdynError
+from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
                        validate_results, write_tables)
 from .collect import collect, to_dataset

@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import FtdynError, check_output_folder
-from ..outputs import folder_lock
+from ..errors import FtdynError
+from ..outputs import check_output_folder, folder_lock
 
 __all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
 
@@ -80,36 +77,10 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
 
 def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
     """``out`` as a Path, once it is known that figures can be written there
-    (:func:`ftdyn.errors.check_output_folder`). ``what`` names the flag in the error
+    (:func:`ftdyn.outputs.check_output_folder`). ``what`` names the flag in the error
     (default ``--out OUT``); ``inputs``: folders it must not be inside."""
     check_output_folder(out, flag=what or f"--out {out}", inputs=inputs)
     return Path(out)
-
-
-@contextmanager
-def staging(out: Path):
-    """A fresh hidden folder inside ``out`` to draw into, removed on exit whatever happens.
-
-    The caller moves the finished files into ``out`` only once all are drawn, so an
-    error or an interrupt midway leaves no partial set (and no folder this call made)."""
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ftdyn-drawing-", dir=out))
-    except OSError as exc:
-        raise FtdynError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
-    finished = False
-    try:
-        yield tmp
-        finished = True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not finished:
-            for folder in made:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: something else is in it now
-                    break
 
 
 def read_index(folder: str | Path) -> list[dict[str, Any]]:
@@ -346,6 +317,25 @@ def _say(message: str) -> None:
 # ----------------------------------------------------------------------------- API
 
 
+@dataclass(frozen=True)
+class _LayerFigures:
+    """What :func:`visualize` draws for one layer, every flag resolved and checked."""
+
+    ds: Any
+    path: Path | None
+    results: Any
+    name: str
+    var: str
+    rf: Any
+    classes: list[int]
+    epochs: list[int]
+    filters: list[int] | None  # None: chosen from the results or the activations
+    n_filters: int
+    samples: list[int] | None  # None: the strongest per shown class
+    label: str
+    context: dict[str, Any]
+
+
 def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Sequence[str | int] | None = None,
               samples: Sequence[int] | None = None, results=None, out, epochs: Sequence[int] | None = None,
               n_filters: int = 4) -> list[Path]:
@@ -370,16 +360,38 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     epochs; ``<store>`` is the folder stem, with a hash suffix when ``out`` holds
     figures of another store of that stem: :func:`figure_stem`), records them with
     captions in ``out/figures.json`` and returns their paths. Only the needed slices
-    of the store are read; nothing is drawn before every argument is checked, and
-    the figures appear in ``out`` together once all are drawn.
+    of the store are read; nothing is drawn before every argument is checked. The
+    figures of ``out`` are a result set (:mod:`ftdyn.outputs`): the new ones and those
+    already there appear together in one atomic step, or (killed, interrupted, disk
+    full) none of the new ones do.
     """
+    from ..outputs import update_result_set
     from ..store import decoding
-    from . import heatmaps, patches
 
-    # every flag is checked before anything is read in bulk or drawn
     ds, path = open_any_store(store)
-    res = open_any_results(results)
     out = check_out(out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p])
+    plan = _plan_layer(ds, path, results, layer, filters, classes, samples, epochs, n_filters)
+    entries: list[dict[str, Any]] = []
+
+    def draw(folder: Path) -> list[str]:
+        entries.extend(_draw_layer(plan, folder))
+        return [INDEX_NAME, *(e["file"] for e in entries)]
+
+    # the folder lock: a second visualize or report into it is refused; a damaged chunk: one line
+    with folder_lock(out), decoding(path or "store", f"layer {plan.name}"):
+        update_result_set(out, draw, carry=[INDEX_NAME, *_indexed_files(out)])
+    return [out / e["file"] for e in entries]
+
+
+def _indexed_files(folder: Path) -> list[str]:
+    """Every file the figure index of ``folder`` lists (the figure and its other formats)."""
+    return [name for e in read_index(folder) if e.get("file") for name in [e["file"], *e.get("formats", [])]]
+
+
+def _plan_layer(ds, path: Path | None, results, layer, filters, classes, samples, epochs,
+                n_filters: int) -> _LayerFigures:
+    """Every flag of :func:`visualize` checked before anything is read in bulk or drawn."""
+    res = open_any_results(results)
     name, var, index = resolve_layer(ds, layer)
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, classes)
@@ -410,52 +422,51 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
                "experiment": experiment}
-    stem = f"{figure_stem(out, label, path)}_{slug(var)}"
-    if experiment is not None:  # stores of several experiments may share a folder name
-        label = f"{experiment} ({label})"
-    # the folder lock: a second visualize or report into it is refused; a damaged chunk: one line
-    with folder_lock(out), decoding(path or "store", f"layer {name}"):
-        labels = np.asarray(ds["label"].values)
-        class_samples = np.flatnonzero(np.isin(labels, class_idx))
+    return _LayerFigures(ds, path, res, name, var, rf, class_idx, epoch_pos, chosen, n_filters, sample_pos, label,
+                         context)
 
-        if chosen is not None:
-            why = "filters chosen by the user"
-        else:
-            chosen, why = patches.choose_filters(ds, var, name, n_filters, results=res, experiment=experiment,
-                                                 sample_positions=class_samples, epoch_positions=epoch_pos)
-        grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=class_idx, epoch_positions=epoch_pos)
-        if sample_pos is not None:
-            sample_why = "samples chosen by the user"
-        else:
-            sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
-            sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
-                          "respond most (sum of their map maxima at the last shown epoch)")
 
-        entries = []
-        with staging(out) as tmp:
-            cls_name = f"class_{stem}.png"
-            patches.plot_class_grid(grid, tmp / cls_name,
-                                    title=f"{label} · {name}: class-based receptive-field averages")
-            entries.append({**context, "file": cls_name, "formats": [], "kind": "class",
-                            "title": f"Class-based: {label}, layer {name}",
-                            "caption": patches.caption(grid, rf, why=why, label=label)})
-            for pos in sample_pos:
-                sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
-                                              epoch_positions=epoch_pos)
-                sname = f"sample_{stem}_s{sgrid.sample_id}.png"
-                heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                                    f"({sgrid.class_name})")
-                entries.append({**context, "file": sname, "formats": [], "kind": "sample",
-                                "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                                "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
-            for e in entries:
-                os.replace(tmp / e["file"], out / e["file"])
-        record(out, entries)
-    return [out / e["file"] for e in entries]
+def _draw_layer(plan: _LayerFigures, folder: Path) -> list[dict[str, Any]]:
+    """Draw the class-based grid and the sample-based grids of ``plan`` into ``folder`` and
+    record them in its index; returns their index entries."""
+    from . import heatmaps, patches
+
+    ds, var, name, rf = plan.ds, plan.var, plan.name, plan.rf
+    stem = f"{figure_stem(folder, plan.label, plan.path)}_{slug(var)}"
+    label = f"{plan.context['experiment']} ({plan.label})" if plan.context["experiment"] is not None else plan.label
+    class_samples = np.flatnonzero(np.isin(np.asarray(ds["label"].values), plan.classes))
+    chosen, why = plan.filters, "filters chosen by the user"
+    if chosen is None:
+        chosen, why = patches.choose_filters(ds, var, name, plan.n_filters, results=plan.results,
+                                             experiment=plan.context["experiment"], sample_positions=class_samples,
+                                             epoch_positions=plan.epochs)
+    grid = patches.class_based(ds, var, name, rf, filters=chosen, classes=plan.classes, epoch_positions=plan.epochs)
+    sample_pos, sample_why = plan.samples, "samples chosen by the user"
+    if sample_pos is None:
+        sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
+        sample_why = ("auto-chosen: for each shown class (up to 2) the probe image on which the shown filters "
+                      "respond most (sum of their map maxima at the last shown epoch)")
+    cls_name = f"class_{stem}.png"
+    patches.plot_class_grid(grid, folder / cls_name, title=f"{label} · {name}: class-based receptive-field averages")
+    entries = [{**plan.context, "file": cls_name, "formats": [], "kind": "class",
+                "title": f"Class-based: {label}, layer {name}",
+                "caption": patches.caption(grid, rf, why=why, label=label)}]
+    for pos in sample_pos:
+        sgrid = heatmaps.sample_based(ds, var, name, rf, sample_position=pos, filters=chosen,
+                                      epoch_positions=plan.epochs)
+        sname = f"sample_{stem}_s{sgrid.sample_id}.png"
+        heatmaps.plot_sample_grid(sgrid, folder / sname,
+                                  title=f"{label} · {name}: sample {sgrid.sample_id} ({sgrid.class_name})")
+        entries.append({**plan.context, "file": sname, "formats": [], "kind": "sample",
+                        "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                        "caption": heatmaps.caption(sgrid, rf, why=why, sample_why=sample_why, label=label)})
+    record(folder, entries)
+    return entries
 
 
 def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_filters: int = 4) -> list[Path]:
-    """The default figure set into ``out`` (e.g. ``<results>/figures``).
+    """The default figure set, drawn into the folder ``out`` (the report draws it into the
+    ``figures/`` of its new result set; ``out`` is written in place, not as a set).
 
     From the results in ``results_dir`` (a folder, results.zarr or Dataset; may be
     None): distance curves per metric and experiment, distance vs layer depth,
@@ -467,7 +478,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
     """
     from . import curves
     from . import interpret as interpret_figures
-    from ..store import store_layers
+    from ..store import decoding, store_layers
 
     out = Path(out)
     res = open_any_results(results_dir)
@@ -479,10 +490,10 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
         try:
             ds, path = open_any_store(store)
             layers = [p[0] for p in store_layers(ds)]
-            picks = list(dict.fromkeys([layers[0], layers[-1]]))
-            for layer in picks:
-                written += visualize(ds if path is None else path, layer=layer, results=res, out=out,
-                                     n_filters=n_filters)
+            for layer in dict.fromkeys([layers[0], layers[-1]]):
+                plan = _plan_layer(ds, path, res, layer, None, None, None, None, n_filters)
+                with decoding(path or "store", f"layer {plan.name}"):
+                    written += [out / e["file"] for e in _draw_layer(plan, out)]
         except FtdynError as exc:
             _say(f"skipped class/sample figures for {store}: {exc}")
             record(out, [{"file": None, "kind": "note", "store": str(store),
