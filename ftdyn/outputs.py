@@ -273,10 +273,8 @@ def write_result_set(out: str | Path, fill: Callable[[Path], Iterable[str] | Non
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
         _step("delete old")
         remove_stale(out)
-    finally:
-        for leftover in (partial, pointer):
-            if leftover.exists() or leftover.is_symlink():
-                _remove(leftover)
+    finally:  # an error or interrupt: this run's unfinished or unswapped set and its new links go too
+        remove_stale(out)
         with contextlib.suppress(OSError):
             sets.rmdir()  # only when empty: no set was ever made current here
 
