@@ -215,7 +215,8 @@ def analyze(
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Analyze the complete checkpoints of an "
                                                                         "incompletely extracted store.")] = False,
     memory_limit: Annotated[Optional[str], typer.Option(help="Memory for data and statistics, e.g. 1GB "
-                                                             "(default: half the RAM). Bounds concurrent tasks.")]
+                                                             "(default: half the RAM; at most the RAM). Bounds concurrent tasks: "
+                                                             "approximate, not a hard cap on resident memory.")]
     = None,
     workers: Annotated[Optional[int], typer.Option(help="Threads (default: CPU count; lowered to fit "
                                                         "--memory-limit).")] = None,
