@@ -14,7 +14,7 @@ Usage::
 
     python benchmarks/hostile_matrix.py [--work DIR] [--deadline 120] [--json out.json]
 
-Needs no GPU, no network; about 2-4 minutes on 2 CPU cores. Prints one line per case and
+Needs no GPU, no network; about 3-6 minutes on 2 CPU cores. Prints one line per case and
 the counts (the README's reliability section quotes them).
 """
 
@@ -127,6 +127,10 @@ class World:
         self.series = work / "series"
         res = invoke(["train", self.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
                       "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", self.series])
+        assert res["code"] == 0, res["output"]
+        self.real_store = work / "real.zarr"  # extracted: has the receptive fields visualize needs
+        res = invoke(["extract", self.series, "--data", self.data / "val", "--out", self.real_store, "--layer",
+                      "layer4", "--layer", "layer1", "--no-progress", "--device", "cpu"])
         assert res["code"] == 0, res["output"]
         self.results_a = work / "results_a"
         res = invoke(self.analyze_args(self.results_a, "pwsm"))
@@ -315,6 +319,164 @@ def _report_locked(world: World) -> str:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return verdict(res, one_line_error(res) and f"PID {pid}" in res["output"])
+
+
+def _fault_hook(step: str, how: str):
+    """Install (in the child) a hook that kills or interrupts the run at ``step`` of a swap."""
+    def fault() -> None:
+        def hook(name: str) -> None:
+            if name == step:
+                if how == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise KeyboardInterrupt
+        outputs._step = hook
+    return fault
+
+
+def _stopped(res: dict, how: str) -> bool:
+    return res.get("killed") == signal.SIGKILL if how == "kill" else res.get("code") == 130
+
+
+def _report_fault(world: World, step: str, how: str) -> str:
+    """report (figures/ and report.html join analyze's set) stopped at ``step``: the set is whole,
+    with or without them; analyze stays up to date; a second report completes."""
+    needs(getattr(outputs, "update_result_set", None))
+    out = world.fresh(f"report-{how}-{step.replace(' ', '_')}") / "r"
+    shutil.copytree(world.results_a, out, symlinks=True)
+    res = forked(["report", out], before=_fault_hook(step, how))
+    if res.get("hang") or res.get("traceback"):
+        return verdict(res, False)
+    manifest, problem = current_set(out)
+    whole = problem is None and manifest is not None and whole_set(out) == "pwsm"
+    report_in = manifest is not None and "report.html" in manifest["products"]
+    consistent = report_in == (out / "report.html").is_file()
+    again = invoke(world.analyze_args(out, "pwsm"))
+    redo = invoke(["report", out])
+    ok = (_stopped(res, how) and whole and consistent and "up to date" in again["output"] and redo["code"] == 0
+          and current_set(out)[1] is None and (out / "figures" / "figures.json").is_file())
+    return verdict(redo if redo.get("traceback") else again, ok)
+
+
+def _visualize_fault(world: World, step: str, how: str) -> str:
+    """visualize into a folder that holds figures, stopped at ``step``: the old figures or all
+    of them, every listed file present and verified."""
+    needs(getattr(outputs, "update_result_set", None))
+    out = world.fresh(f"viz-{how}-{step.replace(' ', '_')}") / "figs"
+    args = ["visualize", world.real_store, "--out", out, "--filter", "0"]
+    first = invoke([*args, "--layer", "0"])
+    res = forked([*args, "--layer", "-1"], before=_fault_hook(step, how))
+    if res.get("hang") or res.get("traceback") or first["code"] != 0:
+        return verdict(res, False)
+    from ftdyn.viz import read_index
+
+    files = [e["file"] for e in read_index(out)]
+    ok = _stopped(res, how) and current_set(out)[1] is None and all((out / f).is_file() for f in files)
+    redo = invoke([*args, "--layer", "-1"])  # completes the job
+    ok = ok and redo["code"] == 0 and current_set(out)[1] is None and len(read_index(out)) >= len(files)
+    return verdict(redo, ok)
+
+
+def _register_figure_cases() -> None:
+    for step in ("fill", "link figures", "swap", "delete old"):
+        for how in ("kill", "interrupt"):
+            case(f"report {how} at swap step '{step}'")(lambda w, s=step, h=how: _report_fault(w, s, h))
+    for step in ("fill", "swap"):
+        for how in ("kill", "interrupt"):
+            case(f"visualize {how} at swap step '{step}'")(lambda w, s=step, h=how: _visualize_fault(w, s, h))
+
+
+_register_figure_cases()
+
+
+def _hold_lock(out: Path) -> tuple[int, object]:
+    from ftdyn.outputs import folder_lock
+
+    read, write = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        with folder_lock(out):
+            os.write(write, b"1")
+            os.read(go_r, 1)
+        os._exit(0)
+    os.read(read, 1)
+
+    def release() -> None:
+        os.write(go_w, b"1")
+        os.waitpid(pid, 0)
+    return pid, release
+
+
+def _locked_case(world: World, name: str, args_for) -> str:
+    needs(getattr(outputs, "update_result_set", None))
+    out = world.fresh(name) / "o"
+    if name == "extract":
+        shutil.copytree(world.real_store, out)
+    pid, release = _hold_lock(out)
+    try:
+        res = forked(args_for(world, out), deadline=180)
+    finally:
+        release()
+    return verdict(res, one_line_error(res) and f"PID {pid}" in res["output"])
+
+
+for _name, _args_for in {
+    "train": lambda w, o: ["train", w.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
+                           "--device", "cpu", "--no-progress", "--out", o],
+    "extract": lambda w, o: ["extract", w.series, "--data", w.data / "val", "--out", o, "--layer", "layer4",
+                             "--no-progress", "--device", "cpu"],
+    "visualize": lambda w, o: ["visualize", w.real_store, "--layer", "0", "--out", o],
+}.items():
+    case(f"{_name} into a folder another run holds")(lambda w, n=_name, a=_args_for: _locked_case(w, n, a))
+
+
+def _disk_full(world: World, command: str) -> str:
+    """The disk fills (a write() with no file name, as the system reports it) while the new set is
+    written: one line naming the folder, the previous set still current."""
+    needs(getattr(outputs, "update_result_set", None))
+    import errno
+
+    out = world.fresh(f"full-{command}") / "r"
+    shutil.copytree(world.results_a, out, symlinks=True)
+
+    def full() -> None:
+        def hook(name: str) -> None:
+            if name == "manifest":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        outputs._step = hook
+
+    args = {"analyze": world.analyze_args(out, "cka", "--overwrite"), "report": ["report", out],
+            "visualize": ["visualize", world.real_store, "--layer", "0", "--out", out]}[command]
+    res = forked(args, before=full)
+    errors = [ln for ln in res.get("output", "").splitlines() if ln.startswith("ftdyn: error:")]
+    ok = (res.get("code") == 2 and len(errors) == 1 and str(out.resolve()) in errors[0]
+          and "No space left" in errors[0] and whole_set(out) == "pwsm" and not (out / "report.html").exists())
+    return verdict(res, ok)
+
+
+for _command in ("analyze", "report", "visualize"):
+    case(f"disk full while {_command} writes its set")(lambda w, c=_command: _disk_full(w, c))
+
+
+@case("visualize --out into the figures/ of a result set")
+def _into_set(world: World) -> str:
+    needs(getattr(outputs, "update_result_set", None))
+    out = world.fresh("into-set") / "r"
+    shutil.copytree(world.results_a, out, symlinks=True)
+    assert invoke(["report", out])["code"] == 0
+    before = current_set(out)
+    res = forked(["visualize", world.real_store, "--layer", "0", "--out", out / "figures"])
+    return verdict(res, one_line_error(res) and current_set(out) == before and before[1] is None)
+
+
+@case("report after a file of the result set was edited")
+def _report_tampered(world: World) -> str:
+    needs(getattr(outputs, "update_result_set", None))
+    out = world.fresh("report-tampered") / "r"
+    shutil.copytree(world.results_a, out, symlinks=True)
+    (out / "distances.csv").write_text("experiment,metric\nx,pwsm\n")
+    res = forked(["report", out])
+    return verdict(res, one_line_error(res) and not (out / "report.html").exists())
 
 
 def _tamper(world: World, name: str, spoil) -> str:

@@ -329,7 +329,8 @@ class AnalyzeConfig:
     allow_partial: bool = _option(False, "Analyze the complete checkpoints of an incompletely extracted store.",
                                   identity=True)
     memory_limit: str | int | None = _option(None, "Memory for data and statistics, e.g. 1GB (default: half the "
-                                                    "RAM). Bounds concurrent tasks.")
+                                                    "RAM; at most the RAM). Bounds concurrent tasks: approximate, not "
+                                                    "a hard cap on resident memory.")
     workers: int | None = _option(None, "Threads (default: CPU count; lowered to fit --memory-limit).")
     device: str = _option("auto", "Where the float64 statistics run: auto (CUDA when present; cpu with "
                                   "--scheduler), cpu, cuda or cuda:N.")

@@ -39,7 +39,7 @@ from .data import check_seed
 from .datasets import SourceMissing, prepare_dataset, source_classes
 from .devices import resolve_device
 from .domains import domain_classes, generate_domain
-from .errors import check_output_folder
+from .outputs import check_output_folder, folder_lock, update_result_set
 from .extraction import extract
 from .metrics.probe import linear_probe
 from .offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
@@ -163,11 +163,17 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)
     table = findings(results)
-    (results_dir / "findings.json").write_text(json.dumps(
-        {"size": asdict(size), "arch": ARCH, "weights": Path(weights).name if weights != "none" else "none",
-         "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None, "seed": seed,
-         "seconds": round(time.perf_counter() - started, 1), "targets": targets_info, "findings": table}, indent=2))
-    add_to_report(page, findings_html(table, targets_info))
+    summary = {"size": asdict(size), "arch": ARCH, "weights": Path(weights).name if weights != "none" else "none",
+               "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None, "seed": seed,
+               "seconds": round(time.perf_counter() - started, 1), "targets": targets_info, "findings": table}
+
+    def add_findings(folder: Path) -> list[str]:  # a new version of the result set: findings.json, report.html
+        (folder / "findings.json").write_text(json.dumps(summary, indent=2))
+        add_to_report(folder / page.name, findings_html(table, targets_info))
+        return ["findings.json", page.name]
+
+    with folder_lock(results_dir):
+        update_result_set(results_dir, add_findings)
     print(format_findings(table, targets_info))
     step(f"done; open {page}")
     return page

@@ -6,34 +6,6 @@ what to do. The CLI prints that line and exits with code 2; anything else is a b
 and keeps its traceback.
 """
 
-import os
-from pathlib import Path
-
 
 class FtdynError(Exception):
     """A user-facing error whose message is a single actionable line."""
-
-
-def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bool = False) -> None:
-    """Refuse an output folder before any work is done (so nothing is computed only to fail at
-    the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,
-    whose contents it would change) or inside any Zarr store (its files would become part of
-    the store; the folder itself may be one with ``may_be_store``, as extract's --out is);
-    a location that cannot be written."""
-    out = Path(out).expanduser().resolve()
-    for folder in (out, *out.parents):
-        if folder.exists() and not folder.is_dir():
-            raise FtdynError(f"{flag}: {folder} is a file, not a folder; give a folder path (it is created if "
-                             "missing).")
-    for item in inputs:
-        item = Path(item).expanduser().resolve()
-        if out == item or item in out.parents:
-            raise FtdynError(f"{flag}: {out} is inside the input {item}; write the output elsewhere.")
-    for folder in (out.parents if may_be_store else (out, *out.parents)):
-        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
-        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
-            raise FtdynError(f"{flag}: inside the Zarr store {folder}; writing there would add files to the store. "
-                             "Give a folder outside it.")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise FtdynError(f"{flag}: cannot write to {existing} (read-only or no permission); choose another folder.")

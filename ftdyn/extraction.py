@@ -58,7 +58,8 @@ import torch
 
 from ._version import __version__
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError, check_output_folder
+from .errors import FtdynError
+from .outputs import check_output_folder, folder_lock
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
@@ -158,26 +159,6 @@ def full_precision() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-
-
-@contextmanager
-def _store_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on the store folder, so two runs never fill one store."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FtdynError(f"--out {path}: another `ftdyn extract` is writing to this store; "
-                             "wait for it to finish or choose another --out.") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------- the setup
@@ -689,7 +670,7 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     elif not out.is_dir():
         raise FtdynError(f"--out {out}: exists and is not a store folder; choose another --out.")
 
-    with _store_lock(out):
+    with folder_lock(out):
         writer = StoreWriter(out)
         done = writer.done()
         new, index = _reconcile(out, writer, arch=arch, layers=layer_names, probe=probe, input_size=size,

@@ -1,13 +1,19 @@
-"""Output folders that survive crashes, concurrent runs and tampering.
+"""Output folders that survive crashes, concurrent runs, full disks and tampering.
 
-Two mechanisms, used by ``analyze``, ``report`` and ``visualize``:
+The I/O helpers every command that writes uses:
 
-* :func:`folder_lock`: an exclusive advisory lock (``flock``, as extract locks its
-  store) on ``<out>/.ftdyn.lock``, which holds the PID of the run writing the
-  folder, so a second run into the same folder is refused with one line naming it.
+* :func:`check_output_folder`: refuses, before any work, an output folder that could
+  not or must not be written (through a file, inside an input or a Zarr store or a
+  result set, read-only).
+* :func:`folder_lock`: an exclusive advisory lock (``flock``) on ``<out>/.ftdyn.lock``,
+  which holds the PID of the run writing the folder, so a second run into the same
+  folder (train, extract, analyze, report, visualize) is refused with one line naming
+  it. Inside it a full disk, a quota or a read-only file system is one line naming
+  the file or folder that could not be written.
 * :func:`write_result_set`: the complete new set of results (results.zarr, the CSV
-  tables and ``manifest.json``, which lists the arguments and a SHA-256 of every
-  file) is written into its own folder and made current by ONE atomic rename::
+  tables, figures, report.html and ``manifest.json``, which lists the arguments and a
+  SHA-256 of every file) is written into its own folder and made current by ONE
+  atomic rename::
 
       out/.ftdyn-sets/<id>/                      one complete result set
       out/.ftdyn-sets/current -> <id>            replaced by one rename (the swap)
@@ -17,20 +23,24 @@ Two mechanisms, used by ``analyze``, ``report`` and ``visualize``:
   A run killed or interrupted anywhere leaves either the old set or the new one
   current, never a mix; the old set is deleted only after the swap, and leftovers
   (unfinished sets, old sets, temporaries of older ftdyn versions) are removed by
-  the next run into the folder. :func:`current_set` verifies every listed file.
+  the next run into the folder. :func:`current_set` verifies every listed file, and
+  :func:`update_result_set` makes a new version of the current set with files added
+  or redrawn (``report`` adds figures/ and report.html to analyze's set, ``visualize``
+  adds its figures to the set of its folder).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import FtdynError
 
@@ -39,6 +49,55 @@ SETS = ".ftdyn-sets"
 CURRENT = "current"
 MANIFEST = "manifest.json"
 _held: dict[Path, int] = {}  # folders this process has locked (re-entry: analyze then report in one command)
+
+
+# ---------------------------------------------------------------- folder policy
+def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bool = False) -> None:
+    """Refuse an output folder before any work is done (so nothing is computed only to fail at
+    the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,
+    whose contents it would change), inside any Zarr store (its files would become part of
+    the store; the folder itself may be one with ``may_be_store``, as extract's --out is) or
+    inside a result set (its checksums would fail); a location that cannot be written."""
+    out = Path(out).expanduser().resolve()
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise FtdynError(f"{flag}: {folder} is a file, not a folder; give a folder path (it is created if "
+                             "missing).")
+    for item in inputs:
+        item = Path(item).expanduser().resolve()
+        if out == item or item in out.parents:
+            raise FtdynError(f"{flag}: {out} is inside the input {item}; write the output elsewhere.")
+    for folder in (out.parents if may_be_store else (out, *out.parents)):
+        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
+        if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
+            raise FtdynError(f"{flag}: inside the Zarr store {folder}; writing there would add files to the store. "
+                             "Give a folder outside it.")
+    sets = next((f for f in (out, *out.parents) if f.name == SETS), None)
+    if sets is not None:
+        raise FtdynError(f"{flag}: inside the result set of {sets.parent} (e.g. its figures/ link), whose files are "
+                         "checksummed; give a folder outside it.")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FtdynError(f"{flag}: cannot write to {existing} (read-only or no permission); choose another folder.")
+
+
+#: errors of the file system rather than of ftdyn: full disk, quota, read-only mount
+DISK_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
+
+
+@contextlib.contextmanager
+def disk_errors(out: str | Path, flag: str = "--out") -> Iterator[None]:
+    """A full disk, exceeded quota or read-only file system inside the block is one FtdynError
+    line naming the file (or, when the system does not say, the folder) that could not be
+    written; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or f"a file in {out}"
+        raise FtdynError(f"{flag} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
+                         "or choose a writable folder, then re-run the same command (finished work is kept).") from None
 
 
 # ------------------------------------------------------------------------- lock
@@ -53,8 +112,15 @@ def _read_pid(fd: int) -> str:
 @contextlib.contextmanager
 def folder_lock(out: str | Path, flag: str = "--out") -> Iterator[None]:
     """Hold the lock of output folder ``out`` (created if missing) for the block; a folder
-    locked by another process is an FtdynError naming that process."""
+    locked by another process is an FtdynError naming that process. Disk errors inside the
+    block are one line (:func:`disk_errors`)."""
     out = Path(out).expanduser().resolve()
+    with disk_errors(out, flag), _locked(out, flag):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(out: Path, flag: str) -> Iterator[None]:
     if out in _held:
         _held[out] += 1
         try:
@@ -144,6 +210,9 @@ def remove_stale(out: str | Path) -> None:
             _remove(entry)
     for entry in [*out.glob(".analyze-*.tmp"), *out.glob(".analyze-*.old"), *out.glob(".*.link-*")]:
         _remove(entry)
+    for link in (p for p in out.iterdir() if p.is_symlink()) if out.is_dir() else ():
+        if os.readlink(link).startswith(f"{SETS}/{CURRENT}/") and not link.exists():
+            link.unlink()  # a product the current set does not have (an older set's figures, a run cut short)
 
 
 def _remove(entry: Path) -> None:
@@ -168,11 +237,12 @@ def _relink(out: Path, name: str) -> None:
     os.replace(tmp, path)
 
 
-def write_result_set(out: str | Path, fill: Callable[[Path], None], *, products: Sequence[str],
+def write_result_set(out: str | Path, fill: Callable[[Path], Iterable[str] | None], *, products: Sequence[str],
                      info: dict[str, Any]) -> None:
-    """Write a complete result set with ``fill(folder)`` (which must create ``products``),
-    seal it with a manifest (``info`` plus a SHA-256 of every file) and make it current in
-    one atomic step; the previous set is deleted afterwards. Hold :func:`folder_lock`."""
+    """Write a complete result set with ``fill(folder)`` (which must create ``products``, and
+    may return the names of more products it made), seal it with a manifest (``info`` plus a
+    SHA-256 of every file) and make it current in one atomic step; the previous set is deleted
+    afterwards. Hold :func:`folder_lock`."""
     out = Path(out)
     sets = out / SETS
     sets.mkdir(parents=True, exist_ok=True)
@@ -184,7 +254,7 @@ def write_result_set(out: str | Path, fill: Callable[[Path], None], *, products:
     partial.mkdir()
     try:
         _step("fill")
-        fill(partial)
+        products = list(dict.fromkeys([*products, *(fill(partial) or ())]))
         missing = [p for p in products if not (partial / p).exists()]
         if missing:
             raise RuntimeError(f"result set lacks {missing}")  # a bug of ours, not the user's
@@ -203,12 +273,35 @@ def write_result_set(out: str | Path, fill: Callable[[Path], None], *, products:
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
         _step("delete old")
         remove_stale(out)
-    finally:
-        for leftover in (partial, pointer):
-            if leftover.exists() or leftover.is_symlink():
-                _remove(leftover)
+    finally:  # an error or interrupt: this run's unfinished or unswapped set and its new links go too
+        remove_stale(out)
         with contextlib.suppress(OSError):
             sets.rmdir()  # only when empty: no set was ever made current here
+
+
+def update_result_set(out: str | Path, fill: Callable[[Path], Iterable[str]], *, carry: Iterable[str] = ()) -> None:
+    """A new version of the current result set of ``out``: a copy of its products (checked
+    first: a set that fails verification is an FtdynError, never sealed again with new
+    checksums) plus what ``fill(folder)`` draws there (it returns the product names it
+    adds or replaces). ``carry``: names of an older layout's real files in ``out`` to take
+    over when they exist (figures drawn before result sets). Hold :func:`folder_lock`."""
+    out = Path(out)
+    remove_stale(out)
+    manifest, problem = current_set(out)
+    if problem is not None:
+        raise FtdynError(f"{out}: {problem}; nothing was written. Re-run `ftdyn analyze` into it (which recomputes "
+                         "the results), or choose another folder.")
+    manifest = manifest or {}
+    kept = [*manifest.get("products", []), *(n for n in carry if (out / n).exists() and not (out / n).is_symlink())]
+    info = {k: v for k, v in manifest.items() if k not in ("files", "products")}
+
+    def fill_all(folder: Path) -> Iterable[str]:
+        for name in dict.fromkeys(kept):
+            source = out / name
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)  # copies: no shared inode
+        return fill(folder)
+
+    write_result_set(out, fill_all, products=list(dict.fromkeys(kept)), info=info)
 
 
 # ---------------------------------------------------------------------- verify

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import FtdynError
-from .outputs import folder_lock
+from .outputs import folder_lock, update_result_set
 from .results import open_results
 from .viz.curves import as_strings, experiment_layers
 
@@ -446,7 +446,10 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     results' experiments; default: the stores named in the results that exist, whose
     figures are made only when the figure index does not already have them. ``out``:
     output folder (default ``results_dir``; not inside a Zarr store).
-    Curves and trajectory matrices are always redrawn from the results.
+    Curves and trajectory matrices are always redrawn from the results. ``figures/`` and
+    report.html join the result set of ``out`` (:mod:`ftdyn.outputs`) as its new version,
+    made current in one atomic step: a killed or interrupted report leaves the previous
+    version whole.
     """
     from .store import open_store
     from .viz import FIGURES_DIR, check_out, match_experiment, read_index, results_stores, same_path
@@ -456,7 +459,8 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     if (results_dir / "zarr.json").is_file():  # given results.zarr itself: the tables and figures are beside it
         results_dir = results_dir.parent
     out = Path(out) if out is not None else results_dir
-    figdir = check_out(out / FIGURES_DIR, what=f"--out {out}")
+    check_out(out, what=f"--out {out}")
+    figdir = out / FIGURES_DIR
     if stores is not None:
         store_paths = [Path(s) for s in stores]
         for s in store_paths:
@@ -472,17 +476,23 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
                    | {e.get("store") for e in read_index(results_dir / FIGURES_DIR)})
         todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
     with folder_lock(out):  # a second report (or analyze) into this folder is refused, naming this run
-        return _write_report(res, results_dir, out, figdir, store_paths, todo)
+        update_result_set(out, lambda folder: _write_report(res, results_dir, folder, store_paths, todo,
+                                                            elsewhere=not same_path(out, results_dir)),
+                          carry=[FIGURES_DIR, REPORT_NAME])
+    return out / REPORT_NAME
 
 
-def _write_report(res, results_dir: Path, out: Path, figdir: Path, store_paths: list[Path], todo: list[Path]) -> Path:
-    from .viz import FIGURES_DIR, default_figures, same_path
+def _write_report(res, results_dir: Path, out: Path, store_paths: list[Path], todo: list[Path], *,
+                  elsewhere: bool) -> list[str]:
+    """Draw ``out/figures`` and write ``out/report.html`` (``out``: the new result set's folder);
+    ``elsewhere``: the results folder is not ``out``, and its figures are shown too."""
+    from .viz import FIGURES_DIR, default_figures
 
+    figdir = out / FIGURES_DIR
     default_figures(res, todo, figdir)  # curves and matrices always; class/sample figures for `todo`
     summaries = _store_summaries(res, store_paths)
 
-    folders = [figdir] + ([results_dir / FIGURES_DIR] if not same_path(figdir, results_dir / FIGURES_DIR) else [])
-    entries = _collect(folders)
+    entries = _collect([figdir] + ([results_dir / FIGURES_DIR] if elsewhere else []))
     figs = _Figures(out)
 
     def block(kind: str, group_by: str | None = None, open_first: bool = True) -> str:
@@ -557,9 +567,5 @@ def _write_report(res, results_dir: Path, out: Path, figdir: Path, store_paths: 
         f"<main><nav><ol>{toc}</ol></nav>{body}</main>"
         f"<footer>Results: {_e(results_dir)} · {figs.count} figures · the PNG/SVG files are in "
         f"{_e(Path(os.path.relpath(figdir, out)).as_posix())}/</footer></body></html>\n")
-    path = out / REPORT_NAME
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (REPORT_NAME + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    (out / REPORT_NAME).write_text(page, encoding="utf-8")
+    return [FIGURES_DIR, REPORT_NAME]

@@ -34,7 +34,8 @@ from . import models
 from ._version import __version__
 from .config import OPTIMIZERS, TrainConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError, check_output_folder
+from .errors import FtdynError
+from .outputs import check_output_folder, folder_lock
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainPlan", "execute", "make_plan", "train"]
 
@@ -57,21 +58,26 @@ def _is_ftdyn_file(name: str) -> bool:
 
 
 def _inspect_out(out: Path) -> tuple[list[Path], list[Path]]:
-    """(ftdyn's own files, other non-hidden entries) in ``out``; refuses a file path. Removes
-    the temporaries of a save that was killed (three times the model's size each)."""
+    """(ftdyn's own files, other non-hidden entries) in ``out``; refuses a file path."""
     if out.exists() and not out.is_dir():
         raise FtdynError(f"--out: '{out}' is a file; give a folder for the checkpoint series.")
     if not out.exists():
         return [], []
     own, other = [], []
     for p in sorted(out.iterdir()):
-        if p.is_file() and p.name.startswith(".") and _is_ftdyn_file(p.name):
-            p.unlink(missing_ok=True)  # a temporary of a killed save: never part of a finished run
-        elif p.is_file() and _is_ftdyn_file(p.name):
+        if p.is_file() and not p.name.startswith(".") and _is_ftdyn_file(p.name):
             own.append(p)
         elif not p.name.startswith("."):
             other.append(p)
     return own, other
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporaries of a save that was killed (three times the model's size each;
+    never part of a finished run). Only with the folder's lock held: a running save owns its own."""
+    for p in (out.iterdir() if out.is_dir() else ()):
+        if p.is_file() and p.name.startswith(".") and _is_ftdyn_file(p.name):
+            p.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- model
@@ -348,7 +354,9 @@ def train(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainC
     Side effect: re-seeds the global torch RNG (from ``seed``, then per epoch).
     Returns the output folder. Raises :class:`FtdynError` for bad input.
     """
-    return execute(make_plan(data_dir, out=out, config=config, **options))
+    check_output_folder(out, inputs=[data_dir])  # before the lock creates the folder
+    with folder_lock(out):  # from reading the folder to the last save (a concurrent run is refused)
+        return execute(make_plan(data_dir, out=out, config=config, **options))
 
 
 # -------------------------------------------------------------- validate and plan
@@ -416,8 +424,7 @@ def _verify_resume_data(plan: TrainPlan) -> None:
 def make_plan(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainConfig | None = None,
          **options: Any) -> TrainPlan:
     """Validate the arguments of :func:`train`, read the output folder and the dataset, and
-    return what :func:`execute` will do. Builds no model and writes nothing (it only removes
-    the temporary files of a killed save in ``out``, never part of a finished run)."""
+    return what :func:`execute` will do. Builds no model and writes nothing."""
     config, init_path, weights_file = _validate(make_config(config, **options))
     device = resolve_device(config.device)
     out = Path(out).expanduser()
@@ -614,7 +621,18 @@ def _fine_tune_epoch(run: _Run, epoch: int, bar, live: bool) -> None:
 
 
 def execute(plan: TrainPlan) -> Path:
-    """Carry out ``plan`` (from :func:`make_plan`): build the model, start or resume, train, save."""
+    """Carry out ``plan`` (from :func:`make_plan`): build the model, start or resume, train, save.
+    The output folder is locked throughout, so a second train into it is refused naming this
+    run's PID; a folder changed since the plan was made is refused too."""
+    with folder_lock(plan.out):
+        if _plan_output(plan.out, plan.config) != (plan.mode, plan.delete, plan.resumed):
+            raise FtdynError(f"--out: '{plan.out}' changed since this run was planned (another ftdyn train "
+                             "finished there?); run the command again.")
+        _remove_temporaries(plan.out)
+        return _execute_locked(plan)
+
+
+def _execute_locked(plan: TrainPlan) -> Path:
     run = _prepare(plan)
     if plan.mode == "resume":
         _start_resumed(run)

@@ -297,3 +297,167 @@ def test_a_copy_without_links_is_recomputed_not_trusted(store, with_a, tmp_path,
     assert "cannot be reused" in capsys.readouterr().err
     assert _assert_one_whole_set(out) == "pwsm"
     assert (out / SETS / "current").is_symlink() and len(list((out / SETS).iterdir())) == 2
+
+
+# ------------------------------------------------------- figures and report.html in the set
+def _steps_of(run, out: Path, scratch: Path) -> list[str]:
+    """The steps ``run(copy)`` goes through in a copy of ``out`` (made in ``scratch``)."""
+    copy = scratch / "steps" / out.name
+    shutil.copytree(out, copy, symlinks=True)
+    steps: list[str] = []
+    original = outputs._step
+    outputs._step = steps.append
+    try:
+        run(copy)
+    finally:
+        outputs._step = original
+    return steps
+
+
+def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypatch, mode: str):
+    """Yield (step, out, swapped) after ``run(out)`` was killed or interrupted at ``step``
+    in a fresh copy ``out`` of ``base``."""
+    for step in steps:
+        out = tmp_path / step.replace(" ", "_") / "r"
+        shutil.copytree(base, out, symlinks=True)
+        monkeypatch.setattr(outputs, "_step", _fault_at(step, _sigkill if mode == "kill" else _interrupt))
+        if mode == "kill":
+            assert _run_forked(lambda: run(out)) == -signal.SIGKILL, step
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                run(out)
+        monkeypatch.setattr(outputs, "_step", lambda name: None)
+        yield step, out, steps.index(step) > steps.index("swap")
+
+
+@pytest.mark.parametrize("mode", ["kill", "interrupt"])
+def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkeypatch, mode):
+    """report adds figures/ and report.html to analyze's set as its new version: killed or
+    interrupted anywhere, the folder holds the set without them or with all of them, verified;
+    analyze with the same arguments stays up to date; the next report cleans the leftovers."""
+    base, _ = with_a["set"]
+    run = lambda out: ftdyn.report(out, stores=[])  # noqa: E731 - curves only: fast
+    steps = _steps_of(run, base, tmp_path)
+    assert steps == ["fill", "manifest", "seal", "link figures", "link report.html", "swap", "delete old"]
+    for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
+        manifest, problem = current_set(out)
+        assert problem is None and manifest is not None, (step, problem)
+        has_report = {"figures", "report.html"} <= set(manifest["products"])
+        assert has_report == swapped, step
+        assert (out / "report.html").is_file() == swapped and (out / "figures").exists() == swapped, step
+        assert _assert_one_whole_set(out) == "pwsm"
+        seen: list[str] = []
+        monkeypatch.setattr(outputs, "_step", seen.append)
+        ftdyn.analyze(store, out=out, progress=False, **A)
+        assert seen == [], (step, "the current set must be reused as up to date")
+        monkeypatch.setattr(outputs, "_step", lambda name: None)
+        ftdyn.report(out, stores=[])
+        assert current_set(out)[1] is None and (out / "figures" / "figures.json").is_file()
+        assert len(list((out / SETS).iterdir())) == 2 and not list(out.glob(".*.link-*"))
+
+
+@pytest.fixture(scope="module")
+def viz_store(tmp_path_factory):
+    from test_viz import make_store as make_viz_store
+
+    return make_viz_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
+
+
+@pytest.mark.parametrize("mode", ["kill", "interrupt"])
+def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(viz_store, tmp_path, monkeypatch, mode):
+    from ftdyn.viz import read_index
+
+    base = tmp_path / "base"
+    ftdyn.visualize(viz_store, layer=0, filters=[1], samples=[0], out=base)
+    old = sorted(e["file"] for e in read_index(base))
+    run = lambda out: ftdyn.visualize(viz_store, layer=1, filters=[0], samples=[1], out=out)  # noqa: E731
+    steps = _steps_of(run, base, tmp_path)
+    assert steps[:3] == ["fill", "manifest", "seal"] and steps[-2:] == ["swap", "delete old"]
+    assert steps[3:-2] == ["link class_toy_features_8.png", "link sample_toy_features_8_s1.png"]
+    for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
+        manifest, problem = current_set(out)
+        assert problem is None, (step, problem)
+        files = sorted(e["file"] for e in read_index(out))
+        new = [s.removeprefix("link ") for s in steps[3:-2]]
+        assert files == (sorted([*old, *new]) if swapped else old), (step, files)
+        assert all((out / f).is_file() for f in files)
+        visible = [p for p in out.iterdir() if not p.name.startswith(".")]
+        assert sorted(p.name for p in visible if p.exists()) == sorted([*files, "figures.json"])
+        if mode == "interrupt":  # a killed run's dangling links are removed by the next run
+            assert all(p.exists() for p in visible), step
+        run(out)  # finishes the job, cleans the leftovers
+        assert current_set(out)[1] is None and len(read_index(out)) == len(old) + 2
+        assert len(list((out / SETS).iterdir())) == 2 and not list(out.glob(".*.link-*"))
+
+
+def test_report_refuses_to_reseal_a_tampered_set(with_a, tmp_path):
+    """A changed file of the current set is never copied into a new version with fresh checksums."""
+    base, _ = with_a["set"]
+    out = tmp_path / "r"
+    shutil.copytree(base, out, symlinks=True)
+    (out / "distances.csv").write_text("experiment,metric\nx,pwsm\n")
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "distances.csv of the current result set was changed" in result.output and "nothing was written" in \
+        result.output
+    assert not (out / "report.html").exists() and current_set(out)[1] is not None
+
+
+# ------------------------------------------------------------------- one lock, disk errors
+def _hold_lock(out: Path):
+    """A forked child holding ``out``'s lock until the returned release() is called; (pid, release)."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            with folder_lock(out):
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    assert os.read(ready_r, 1) == b"1"
+
+    def release() -> None:
+        os.write(go_w, b"1")
+        os.waitpid(pid, 0)
+    return pid, release
+
+
+def test_train_and_visualize_into_a_locked_folder_are_refused_naming_the_pid(viz_store, tmp_path):
+    series, figs = tmp_path / "series", tmp_path / "figs"
+    for out, cmd in ((series, ["train", str(tmp_path / "data"), "--arch", "resnet18", "--out", str(series)]),
+                     (figs, ["visualize", str(viz_store), "--layer", "0", "--out", str(figs)])):
+        pid, release = _hold_lock(out)
+        try:
+            result = CliRunner().invoke(app, cmd)
+        finally:
+            release()
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert f"another ftdyn run (PID {pid}) is writing to this folder" in result.output, result.output
+
+
+def test_disk_errors_name_the_folder_and_keep_the_old_set(store, with_a, viz_store, tmp_path, monkeypatch):
+    """A write that fails for lack of space, quota or a read-only mount (no file name given by
+    the system, as a failing write() reports it) is one line naming the folder; the previous
+    set stays current and no unfinished set is left."""
+    import errno
+
+    base, _ = with_a["set"]
+    out = tmp_path / "r"
+    shutil.copytree(base, out, symlinks=True)
+    runner = CliRunner()
+    for code, cmd in (("ENOSPC", ["report", str(out)]),
+                      ("EDQUOT", ["analyze", str(store), "--out", str(out), "--metric", "cka", "--layer",
+                                  "layer2.relu", "--overwrite", "--no-progress", "--no-report"]),
+                      ("EROFS", ["visualize", str(viz_store), "--layer", "0", "--out", str(out)])):
+        number = getattr(errno, code)
+        monkeypatch.setattr(outputs, "_step", _fault_at("manifest", lambda: (_ for _ in ()).throw(
+            OSError(number, os.strerror(number)))))
+        result = runner.invoke(app, cmd)
+        errors = [line for line in result.output.splitlines() if line.startswith("ftdyn: error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, (cmd, result.output)
+        assert f"--out {out.resolve()}: cannot write a file in {out.resolve()} ({os.strerror(number)})" \
+            in result.output, result.output
+        assert _assert_one_whole_set(out) == "pwsm" and not (out / "report.html").exists()
+        assert not list((out / SETS).glob(".*"))

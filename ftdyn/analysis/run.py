@@ -26,8 +26,8 @@ from .. import views as V
 from .._version import __version__
 from ..config import DEBIASED_CKA, AnalyzeConfig, build, describe
 from ..devices import resolve_device
-from ..errors import FtdynError, check_output_folder
-from ..outputs import current_set, folder_lock, remove_stale, write_result_set
+from ..errors import FtdynError
+from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
                        validate_results, write_tables)
 from .collect import collect, to_dataset

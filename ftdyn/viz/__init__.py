@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -38,8 +34,8 @@ import numpy as np
 
 from ..config import (DEFAULT_CLASSES, DEFAULT_SAMPLES, MAX_DEFAULT_EPOCHS, MAX_EPOCHS, MAX_FILTERS, MAX_GRID_ROWS,
                       VisualizeConfig, build, default, describe)
-from ..errors import FtdynError, check_output_folder
-from ..outputs import folder_lock
+from ..errors import FtdynError
+from ..outputs import check_output_folder, folder_lock, update_result_set
 
 __all__ = ["visualize", "make_plan", "execute", "FigurePlan", "default_figures", "read_index", "FIGURES_DIR",
            "INDEX_NAME"]
@@ -72,36 +68,10 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
 
 def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
     """``out`` as a Path, once it is known that figures can be written there
-    (:func:`ftdyn.errors.check_output_folder`). ``what`` names the flag in the error
+    (:func:`ftdyn.outputs.check_output_folder`). ``what`` names the flag in the error
     (default ``--out OUT``); ``inputs``: folders it must not be inside."""
     check_output_folder(out, flag=what or f"--out {out}", inputs=inputs)
     return Path(out)
-
-
-@contextmanager
-def staging(out: Path):
-    """A fresh hidden folder inside ``out`` to draw into, removed on exit whatever happens.
-
-    The caller moves the finished files into ``out`` only once all are drawn, so an
-    error or an interrupt midway leaves no partial set (and no folder this call made)."""
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ftdyn-drawing-", dir=out))
-    except OSError as exc:
-        raise FtdynError(f"--out {out}: cannot write there ({exc.strerror or exc}).") from None
-    finished = False
-    try:
-        yield tmp
-        finished = True
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not finished:
-            for folder in made:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: something else is in it now
-                    break
 
 
 def read_index(folder: str | Path) -> list[dict[str, Any]]:
@@ -360,8 +330,10 @@ def visualize(store, *, out, config: VisualizeConfig | None = None, **options: A
     epochs; ``<store>`` is the folder stem, with a hash suffix when ``out`` holds
     figures of another store of that stem: :func:`figure_stem`), records them with
     captions in ``out/figures.json`` and returns their paths. Only the needed slices
-    of the store are read; nothing is drawn before every argument is checked, and
-    the figures appear in ``out`` together once all are drawn.
+    of the store are read; nothing is drawn before every argument is checked. The
+    figures of ``out`` are a result set (:mod:`ftdyn.outputs`): the new ones and those
+    already there appear together in one atomic step, or (killed, interrupted, disk
+    full) none of the new ones do.
 
     Same as ``execute(make_plan(store, out=out, ...))``.
     """
@@ -399,6 +371,11 @@ def make_plan(store, *, out, config: VisualizeConfig | None = None, **options: A
     ds, path = open_any_store(store)
     res = open_any_results(config.results)
     out = check_out(out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p])
+    return _plan(ds, path, res, config, out)
+
+
+def _plan(ds, path: Path | None, res, config: VisualizeConfig, out: Path) -> FigurePlan:
+    """The plan of one layer of the opened store ``ds``, its figures going to ``out`` (checked)."""
     name, var, index = resolve_layer(ds, config.layer)
     rf = receptive_field_of(ds, var, name)
     class_idx = resolve_classes(ds, config.classes)
@@ -455,12 +432,21 @@ class _Figures:
 
 
 def execute(plan: FigurePlan) -> list[Path]:
-    """Read the activations ``plan`` needs, draw the figures and write them into ``plan.out``."""
+    """Read the activations ``plan`` needs, draw the figures and make them current in ``plan.out``
+    together with the figures already there (one atomic step)."""
     from ..store import decoding
+
+    entries: list[dict[str, Any]] = []
+
+    def draw(folder: Path) -> list[str]:
+        entries.extend(_write_figures(plan, figures, folder))
+        return [INDEX_NAME, *(e["file"] for e in entries)]
 
     # the folder lock: a second visualize or report into it is refused; a damaged chunk: one line
     with folder_lock(plan.out), decoding(plan.path or "store", f"layer {plan.layer}"):
-        return _write_figures(plan, _compute_figures(plan))
+        figures = _compute_figures(plan)
+        update_result_set(plan.out, draw, carry=[INDEX_NAME, *_indexed_files(plan.out)])
+    return [plan.out / e["file"] for e in entries]
 
 
 def _compute_figures(plan: FigurePlan) -> _Figures:
@@ -487,37 +473,39 @@ def _compute_figures(plan: FigurePlan) -> _Figures:
     return _Figures(grid=grid, samples=samples, why=why, sample_why=sample_why)
 
 
-def _write_figures(plan: FigurePlan, figures: _Figures) -> list[Path]:
-    """Draw the figures into a staging folder, move them into ``plan.out`` together once all
-    are drawn and record them with captions in its index; returns their paths."""
+def _write_figures(plan: FigurePlan, figures: _Figures, folder: Path) -> list[dict[str, Any]]:
+    """Draw the figures into ``folder`` and record them with captions in its index; returns
+    their index entries."""
     from . import heatmaps, patches
 
-    out, label, name, rf = plan.out, plan.label, plan.layer, plan.rf
-    entries = []
-    with staging(out) as tmp:
-        cls_name = f"class_{plan.stem}.png"
-        patches.plot_class_grid(figures.grid, tmp / cls_name,
-                                title=f"{label} · {name}: class-based receptive-field averages")
-        entries.append({**plan.context, "file": cls_name, "formats": [], "kind": "class",
-                        "title": f"Class-based: {label}, layer {name}",
-                        "caption": patches.caption(figures.grid, rf, why=figures.why, label=label)})
-        for sgrid in figures.samples:
-            sname = f"sample_{plan.stem}_s{sgrid.sample_id}.png"
-            heatmaps.plot_sample_grid(sgrid, tmp / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                                f"({sgrid.class_name})")
-            entries.append({**plan.context, "file": sname, "formats": [], "kind": "sample",
-                            "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                            "caption": heatmaps.caption(sgrid, rf, why=figures.why, sample_why=figures.sample_why,
-                                                        label=label)})
-        for e in entries:
-            os.replace(tmp / e["file"], out / e["file"])
-    record(out, entries)
-    return [out / e["file"] for e in entries]
+    label, name, rf = plan.label, plan.layer, plan.rf
+    cls_name = f"class_{plan.stem}.png"
+    patches.plot_class_grid(figures.grid, folder / cls_name,
+                            title=f"{label} · {name}: class-based receptive-field averages")
+    entries = [{**plan.context, "file": cls_name, "formats": [], "kind": "class",
+                "title": f"Class-based: {label}, layer {name}",
+                "caption": patches.caption(figures.grid, rf, why=figures.why, label=label)}]
+    for sgrid in figures.samples:
+        sname = f"sample_{plan.stem}_s{sgrid.sample_id}.png"
+        heatmaps.plot_sample_grid(sgrid, folder / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
+                                                               f"({sgrid.class_name})")
+        entries.append({**plan.context, "file": sname, "formats": [], "kind": "sample",
+                        "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                        "caption": heatmaps.caption(sgrid, rf, why=figures.why, sample_why=figures.sample_why,
+                                                    label=label)})
+    record(folder, entries)
+    return entries
+
+
+def _indexed_files(folder: Path) -> list[str]:
+    """Every file the figure index of ``folder`` lists (the figure and its other formats)."""
+    return [name for e in read_index(folder) if e.get("file") for name in [e["file"], *e.get("formats", [])]]
 
 
 def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
                     n_filters: int = default(VisualizeConfig, "n_filters")) -> list[Path]:
-    """The default figure set into ``out`` (e.g. ``<results>/figures``).
+    """The default figure set, drawn into the folder ``out`` (the report draws it into the
+    ``figures/`` of its new result set; ``out`` is written in place, not as a set).
 
     From the results in ``results_dir`` (a folder, results.zarr or Dataset; may be
     None): distance curves per metric and experiment, distance vs layer depth,
@@ -529,7 +517,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
     """
     from . import curves
     from . import interpret as interpret_figures
-    from ..store import store_layers
+    from ..store import decoding, store_layers
 
     out = Path(out)
     res = open_any_results(results_dir)
@@ -541,10 +529,10 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
         try:
             ds, path = open_any_store(store)
             layers = [p[0] for p in store_layers(ds)]
-            picks = list(dict.fromkeys([layers[0], layers[-1]]))
-            for layer in picks:
-                written += visualize(ds if path is None else path, layer=layer, results=res, out=out,
-                                     n_filters=n_filters)
+            for layer in dict.fromkeys([layers[0], layers[-1]]):
+                plan = _plan(ds, path, res, VisualizeConfig(layer=layer, results=res, n_filters=n_filters), out)
+                with decoding(path or "store", f"layer {plan.layer}"):
+                    written += [out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)]
         except FtdynError as exc:
             _say(f"skipped class/sample figures for {store}: {exc}")
             record(out, [{"file": None, "kind": "note", "store": str(store),
