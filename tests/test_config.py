@@ -9,12 +9,13 @@ import pytest
 import typer.main
 
 from ftdyn import cli, config
-from ftdyn.config import OPTIMIZERS, TrainConfig
+from ftdyn.config import CODECS, OPTIMIZERS, STORE_DTYPES, ExtractConfig, TrainConfig
 from ftdyn.errors import FtdynError
+from ftdyn.extraction import recorded_identity as store_identity
 from ftdyn.training import recorded_identity
 
 #: Command -> its config type. Add a row when a command gets its config.
-CONFIGS = {"train": TrainConfig}
+CONFIGS = {"train": TrainConfig, "extract": ExtractConfig}
 
 
 def _cli_params(command: str):
@@ -70,3 +71,33 @@ def test_recorded_identity_reads_the_fields_the_manifest_records(tmp_path):
     assert recorded_identity(manifest) == c.identity()
     del manifest["hyperparameters"]["crop_scale"]  # a manifest written before crop_scale was recorded
     assert recorded_identity(manifest)["crop_scale"] == 0.08
+
+
+def test_extract_config_normalizes_and_validates_in_one_place():
+    c = ExtractConfig(batch_size="8", layers=["layer3", "layer4"], input_size="32", probe_seed=3, writers="2")
+    assert (c.batch_size, c.layers, c.input_size, c.probe_seed, c.writers) == (8, ("layer3", "layer4"), 32, 3, 2)
+    assert ExtractConfig(layers="layer3").layers == ("layer3",) and ExtractConfig(layers=[]).layers is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.dtype = "float32"
+    bad = {"--dtype": dict(dtype="float64"), "--codec": dict(codec="gzip"), "--batch-size": dict(batch_size=0),
+           "--writers": dict(writers=0), "--chunk-samples": dict(samples_per_chunk=0), "--input-size": dict(input_size=4),
+           "--seed": dict(probe_seed=-1), "--random-init-seed": dict(random_init_seed=1.5)}
+    for flag, kwargs in bad.items():
+        with pytest.raises(FtdynError, match=f"^{flag}: "):
+            ExtractConfig(**kwargs)
+    assert (STORE_DTYPES, CODECS) == (("float16", "float32"), ("zstd", "lz4"))
+    assert c.replace(dtype="float32").dtype == "float32" and c.dtype == "float16"
+
+
+def test_store_identity_reads_the_fields_the_store_records():
+    """A store's root attributes give back every identity field of ExtractConfig, by name."""
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    attrs = {"architecture": "resnet18", "layers": ["layer3"], "input_size": 32, "normalization": norm,
+             "dtype": "float32", "samples_per_chunk": 4, "codec": "lz4",
+             "probe": {"seed": 2, "per_class": 3, "max_samples": None, "fingerprint": "0" * 64}}
+    attrs = json.loads(json.dumps(attrs))  # as read back from the store
+    recorded = store_identity(attrs)
+    assert set(recorded) == set(ExtractConfig().identity())
+    assert recorded == {"arch": "resnet18", "layers": ["layer3"], "input_size": 32, "normalize": norm,
+                        "dtype": "float32", "samples_per_chunk": 4, "probe_seed": 2, "per_class": 3,
+                        "max_samples": None}
