@@ -2,7 +2,11 @@
 
 :func:`extract` (``ftdyn extract``) loads every checkpoint of a series into *one*
 model instance, runs the same probe images through it and writes the chosen
-layers' activations into the Zarr store defined by :mod:`ftdyn.store`.
+layers' activations into the Zarr store defined by :mod:`ftdyn.store`. It is
+``execute(make_plan(...))``: :func:`make_plan` validates the options
+(:class:`~ftdyn.config.ExtractConfig`), reads the series, the probe images and an existing
+store, and returns an :class:`ExtractPlan` (checkpoints and regions to compute, layers, store
+layout, batches) without writing anything; :func:`execute` carries it out.
 
 Pipeline (README "The activation store")::
 
