@@ -559,7 +559,7 @@ def _progress(enabled: bool):
 # ------------------------------------------------------------------------ the plan
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Network:
     """The model side of a plan: the series, the model built for it and the layers it captures.
 
@@ -581,7 +581,7 @@ class Network:
     shapes: dict[str, tuple[int, int, int]]  # layer -> (channels, height, width)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probe:
     """The probe set: images after resize/crop (uint8, n×H×W×3), labels (n,), class names and
     image files, and ``record``, the store's ``probe`` attribute (how they were chosen, fingerprint)."""
@@ -607,7 +607,7 @@ class Replay:
     chunks: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExtractPlan:
     """What :func:`execute` will do, decided before anything is written.
 
@@ -638,7 +638,7 @@ class ExtractPlan:
     replays: tuple[Replay, ...]
     batches: tuple[Batch, ...]
     writers: int
-    states: dict[int, Any] = field(default_factory=dict, compare=False)
+    states: dict[int, Any] = field(default_factory=dict)
 
     @property
     def new_records(self) -> tuple[dict, ...]:
@@ -723,8 +723,10 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
     return Probe(images, labels, list(chosen.classes), [str(p) for p in chosen.paths], record)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _StorePlan:
+    """The store side of a plan (the fields of the same names in :class:`ExtractPlan`)."""
+
     spec: StoreSpec | None
     stored: tuple[dict, ...]
     records: tuple[dict, ...]
