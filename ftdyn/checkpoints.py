@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import WEIGHTS_COPIES
 from .errors import FtdynError
 from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
                      num_classes_of, replace_head, timm_twin, zoo_state_dict)
@@ -452,8 +453,6 @@ def _strip_wrappers(key: str) -> str:
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "model_ema_state_dict", "ema", "ema_model")
 # Key prefixes of an EMA copy kept inside the main state dict (a LightningModule's ``self.ema``).
 EMA_PREFIXES = ("ema.module.", "model_ema.module.", "ema_model.module.", "ema_model.", "model_ema.", "ema.")
-#: ``--weights-copy`` values: the model's own weights, or its EMA copy.
-WEIGHTS_COPIES = ("main", "ema")
 _AVERAGED_COUNTER = "n_averaged"  # torch.optim.swa_utils.AveragedModel's buffer: not a model weight
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import AnalyzeConfig, TrainConfig, VisualizeConfig, default, help_text
+from .config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig, default, help_text
 from .errors import FtdynError
 
 app = typer.Typer(
@@ -99,6 +99,11 @@ def layers(
             typer.echo(f"{mark} {info.name:<50} {info.kind:<12} {shape}")
 
 
+def _extract_option(name: str, **kwargs):
+    """The `ftdyn extract` option of ExtractConfig field ``name``: its help text comes from the config."""
+    return typer.Option(*kwargs.pop("decls", ()), help=help_text(ExtractConfig, name), **kwargs)
+
+
 @app.command()
 @user_errors
 def extract(
@@ -109,50 +114,33 @@ def extract(
                                             "validation split.")],
     out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
                                            "resumed/extended when it exists.")],
-    arch: Annotated[Optional[str], typer.Option(help="Architecture of third-party checkpoints, e.g. resnet50 "
-                                                     "or timm/convnext_atto (an ftdyn series names it in "
-                                                     "manifest.json).")] = None,
-    source: Annotated[Optional[str], typer.Option(help="Epoch 0 of a third-party series: a checkpoint file or a "
-                                                       "torchvision weights name (IMAGENET1K_V1).")] = None,
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="Module to capture (repeat the option; "
-                                                                       "default: the paper's layers, see "
-                                                                       "`ftdyn layers ARCH`).")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="At most N probe images per class (default: all).")] = None,
-    max_samples: Annotated[Optional[int], typer.Option(help="At most N probe images in all, balanced over "
-                                                            "classes.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the probe-image selection.")] = 0,
-    input_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the series' size, "
-                                                           "else 224).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    dtype: Annotated[str, typer.Option(help="Stored activation type: float16 or float32.")] = "float16",
-    codec: Annotated[str, typer.Option(help="Compression: zstd (smaller) or lz4 (faster).")] = "zstd",
-    chunk_samples: Annotated[Optional[int], typer.Option(help="Samples per store chunk (default: ~32 MB chunks "
-                                                              "of the largest layer).")] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary "
-                                                                              "objects from checkpoint files "
-                                                                              "(only for files you trust).")] = False,
-    state_prefix: Annotated[Optional[str], typer.Option(help="Key prefix (ema.module.) or top-level entry "
-                                                             "(state_dict_ema, model_ema) of the model copy to load "
-                                                             "from files holding several.")] = None,
-    weights_copy: Annotated[str, typer.Option(help="main (the model's weights) or ema (its EMA copy: timm's "
-                                                   "state_dict_ema, torchvision's model_ema, ema.module. keys).")
-                            ] = "main",
-    normalize: Annotated[Optional[str], typer.Option(help="MEAN,STD (or three means, three stds) the model expects "
-                                                          "(default: the timm model's pretrained config, else "
-                                                          "ImageNet's).")] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="Model name shown in reports (default: the "
-                                                           "architecture).")] = None,
-    dataset_name: Annotated[Optional[str], typer.Option(help="Dataset name shown in reports (default: from the "
-                                                             "series or the --data folder).")] = None,
-    writers: Annotated[Optional[int], typer.Option(help="Threads compressing and writing regions (default: one "
-                                                        "per CPU core but one, 2 to 16).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
-    random_init_baseline: Annotated[bool, typer.Option(
-        "--random-init-baseline", help="Also extract a seeded randomly initialized model of the same architecture "
-                                       "on the same images (not an epoch): the ceiling of `analyze`'s "
-                                       "relative_distance.")] = False,
-    random_init_seed: Annotated[int, typer.Option(help="Seed of the random-init baseline.")] = 0,
+    arch: Annotated[Optional[str], _extract_option("arch")] = default(ExtractConfig, "arch"),
+    source: Annotated[Optional[str], _extract_option("source")] = default(ExtractConfig, "source"),
+    layer: Annotated[Optional[list[str]], _extract_option("layers", decls=("--layer",))
+                     ] = default(ExtractConfig, "layers"),
+    per_class: Annotated[Optional[int], _extract_option("per_class")] = default(ExtractConfig, "per_class"),
+    max_samples: Annotated[Optional[int], _extract_option("max_samples")] = default(ExtractConfig, "max_samples"),
+    seed: Annotated[int, _extract_option("probe_seed")] = default(ExtractConfig, "probe_seed"),
+    input_size: Annotated[Optional[int], _extract_option("input_size")] = default(ExtractConfig, "input_size"),
+    batch_size: Annotated[int, _extract_option("batch_size")] = default(ExtractConfig, "batch_size"),
+    dtype: Annotated[str, _extract_option("dtype")] = default(ExtractConfig, "dtype"),
+    codec: Annotated[str, _extract_option("codec")] = default(ExtractConfig, "codec"),
+    chunk_samples: Annotated[Optional[int], _extract_option("samples_per_chunk")
+                             ] = default(ExtractConfig, "samples_per_chunk"),
+    device: Annotated[str, _extract_option("device")] = default(ExtractConfig, "device"),
+    trust_checkpoint: Annotated[bool, _extract_option("trust_checkpoint", decls=("--trust-checkpoint",))
+                                ] = default(ExtractConfig, "trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _extract_option("state_prefix")] = default(ExtractConfig, "state_prefix"),
+    weights_copy: Annotated[str, _extract_option("weights_copy")] = default(ExtractConfig, "weights_copy"),
+    normalize: Annotated[Optional[str], _extract_option("normalize")] = default(ExtractConfig, "normalize"),
+    model_name: Annotated[Optional[str], _extract_option("model_name")] = default(ExtractConfig, "model_name"),
+    dataset_name: Annotated[Optional[str], _extract_option("dataset_name")] = default(ExtractConfig, "dataset_name"),
+    writers: Annotated[Optional[int], _extract_option("writers")] = default(ExtractConfig, "writers"),
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")
+                           ] = not default(ExtractConfig, "progress"),
+    random_init_baseline: Annotated[bool, _extract_option("random_init_baseline", decls=("--random-init-baseline",))
+                                    ] = default(ExtractConfig, "random_init_baseline"),
+    random_init_seed: Annotated[int, _extract_option("random_init_seed")] = default(ExtractConfig, "random_init_seed"),
 ) -> None:
     """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
 
@@ -161,13 +149,14 @@ def extract(
     """
     from .extraction import extract as run_extract
 
-    run_extract(ckpts_dir, data=data, out=out, arch=arch, source=source, layers=layer or None,
-                per_class=per_class, max_samples=max_samples, probe_seed=seed, input_size=input_size,
-                batch_size=batch_size, dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
-                trust_checkpoint=trust_checkpoint, model_name=model_name, dataset_name=dataset_name,
-                writers=writers, state_prefix=state_prefix, weights_copy=weights_copy, normalize=normalize,
-                progress=not no_progress, random_init_baseline=random_init_baseline,
-                random_init_seed=random_init_seed)
+    config = ExtractConfig(arch=arch, source=source, layers=layer or None, per_class=per_class,
+                           max_samples=max_samples, probe_seed=seed, input_size=input_size, batch_size=batch_size,
+                           dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
+                           trust_checkpoint=trust_checkpoint, state_prefix=state_prefix, weights_copy=weights_copy,
+                           normalize=normalize, model_name=model_name, dataset_name=dataset_name, writers=writers,
+                           progress=not no_progress, random_init_baseline=random_init_baseline,
+                           random_init_seed=random_init_seed)
+    run_extract(ckpts_dir, data=data, out=out, config=config)
 
 
 def _option(config_type: type, name: str, *decls: str, **kwargs):

@@ -2,7 +2,11 @@
 
 :func:`extract` (``ftdyn extract``) loads every checkpoint of a series into *one*
 model instance, runs the same probe images through it and writes the chosen
-layers' activations into the Zarr store defined by :mod:`ftdyn.store`.
+layers' activations into the Zarr store defined by :mod:`ftdyn.store`. It is
+``execute(make_plan(...))``: :func:`make_plan` validates the options
+(:class:`~ftdyn.config.ExtractConfig`), reads the series, the probe images and an existing
+store, and returns an :class:`ExtractPlan` (checkpoints and regions to compute, layers, store
+layout, batches) without writing anything; :func:`execute` carries it out.
 
 Pipeline (README "The activation store")::
 
@@ -41,6 +45,7 @@ Pipeline (README "The activation store")::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -49,19 +54,31 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from . import data as data_mod
 from ._version import __version__
+from .checkpoints import (checkpoint_files, discover_series, infer_num_classes, load_source_weights,
+                          load_state_into_model, read_manifest, read_weights)
+from .config import STORE_DTYPES, ExtractConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError
 from .outputs import check_output_folder, folder_lock
+from .models import (LayerCapture, blank_forward, build_model, canonical_arch, channels_last_layers, default_layers,
+                     default_normalization, num_classes_of, replace_head, validate_layers)
+from .receptive import ReceptiveFieldError, receptive_fields
+from .store import (LayerSpec, StoreSpec, StoreWriter, add_random_init, all_finite, create_store, dir_size,
+                    planned_regions, write_random_init)
 
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
+#: Stored activation type -> the torch type activations are captured in.
+DTYPES = {name: getattr(torch, name) for name in STORE_DTYPES}
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
 
 
@@ -180,9 +197,6 @@ def parse_normalize(text: str) -> dict[str, list[float]]:
 
 
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
-    from .checkpoints import checkpoint_files, discover_series, read_manifest
-    from .models import canonical_arch
-
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
         if series.is_dir() and arch is None and checkpoint_files(series):
@@ -223,8 +237,6 @@ def _is_source(entry, loading: _Loading) -> bool:
 def _load_state(entry, loading: _Loading):
     """:class:`~ftdyn.checkpoints.Weights` of a file entry (None for a zoo weights name, loaded later);
     a file holding NaN/inf weights is refused here, before anything is extracted from it."""
-    from .checkpoints import read_weights
-
     if entry.path is None:
         return None
     copy = "main" if _is_source(entry, loading) else loading.weights_copy
@@ -264,8 +276,6 @@ class NonFiniteActivations(FtdynError):
 def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
     """Refuse a region holding NaN/inf (float16 overflow, or NaN from the network) before it is
     written, naming the layer, the epoch and the samples."""
-    from .store import all_finite
-
     for layer, arr in arrays.items():
         if all_finite(arr):
             continue
@@ -286,9 +296,6 @@ def _float32_peak(model, entry, loading: _Loading, exc: NonFiniteActivations, im
     loaded again and that region's images run once more with the layer captured in float32.
     Only to complete the error message: any failure here gives None (the message then says
     the largest finite float16 value)."""
-    from .data import normalize
-    from .models import LayerCapture
-
     try:
         _apply_state(model, entry, _load_state(entry, loading), loading)
         model.to(dev).eval()
@@ -297,7 +304,7 @@ def _float32_peak(model, entry, loading: _Loading, exc: NonFiniteActivations, im
                 torch.inference_mode(), full_precision():
             for start in range(exc.rows.start, exc.rows.stop, batch_size):
                 batch = torch.from_numpy(images[start:min(start + batch_size, exc.rows.stop)]).permute(0, 3, 1, 2)
-                model(normalize(batch.to(dev), normalization["mean"], normalization["std"]))
+                model(data_mod.normalize(batch.to(dev), normalization["mean"], normalization["std"]))
                 peak = max(peak, float(capture.pop()[exc.layer].abs().amax()))
         return peak
     except Exception:  # noqa: BLE001 - a best-effort detail of an error already being reported
@@ -312,8 +319,6 @@ def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -
 def _apply_state(model, entry, weights, loading: _Loading) -> dict[str, str]:
     """Load an entry into ``model``; returns which copy it gave: ``{"weights": top-level key or "file",
     "key_prefix": the prefix stripped from its keys}`` (recorded in the store)."""
-    from .checkpoints import load_source_weights, load_state_into_model
-
     if weights is None:
         load_source_weights(model, entry, arch=loading.arch, trust=loading.trust, adapt_head=loading.adapt_head,
                             state_prefix=loading.state_prefix)
@@ -331,10 +336,6 @@ def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -
     Costs one more read of each file; states already in ``cache`` are reused. Returns which
     copy each gave (:func:`_apply_state`) and notes a classifier head whose class count changes
     inside the series (the source's own head aside)."""
-    import copy
-
-    from .models import num_classes_of
-
     scratch = copy.deepcopy(model)
     copies, classes = {}, {}
     for pos in positions:
@@ -351,8 +352,6 @@ def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -
 
 def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
                   channels_last: frozenset[str]) -> dict[str, tuple[int, int, int]]:
-    from .models import LayerCapture, blank_forward
-
     with LayerCapture(model, layers, channels_last=channels_last) as capture:
         blank_forward(model, input_size)
         outputs = capture.pop()
@@ -366,8 +365,6 @@ def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
 
 
 def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, dict | None]:
-    from .receptive import ReceptiveFieldError, receptive_fields
-
     try:
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
@@ -384,42 +381,75 @@ def _warn(message: str) -> None:
 # ------------------------------------------------------------------- resume checks
 
 
-def _check_same(out: Path, what: str, store_value, call_value, hint: str) -> None:
-    if store_value != call_value:
-        raise FtdynError(f"--out {out}: existing store has {what} {store_value}, this call {call_value}; "
-                         f"{hint}, or choose a new --out.")
+#: Where a store records each identity field of :class:`ExtractConfig` (attribute keys, outermost
+#: first), in the order a call that resumes or extends the store is checked against them.
+_STORE_IDENTITY = {
+    "arch": ("architecture",), "layers": ("layers",), "input_size": ("input_size",),
+    "normalize": ("normalization",), "dtype": ("dtype",), "samples_per_chunk": ("samples_per_chunk",),
+    "probe_seed": ("probe", "seed"), "per_class": ("probe", "per_class"), "max_samples": ("probe", "max_samples"),
+}
 
 
-def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, input_size: int,
-               normalization: dict, dtype: str, codec: str, samples_per_chunk: int | None,
-               entries: list, done: np.ndarray, series: Path) -> tuple[list, dict[int, int]]:
-    """Check that this call matches the store; return (new entries to append, epoch -> store index)."""
-    attrs = writer.attrs
-    _check_same(out, "architecture", attrs["architecture"], arch, "pass the same series/--arch")
-    if list(attrs["layers"]) != list(layers):
-        raise FtdynError(f"--out {out}: existing store has layers {', '.join(attrs['layers'])}, this call "
-                         f"{', '.join(layers)}; pass the same --layer options, or choose a new --out.")
-    _check_same(out, "input size", attrs["input_size"], input_size, f"pass --input-size {attrs['input_size']}")
-    norm = {k: [float(v) for v in normalization[k]] for k in ("mean", "std")}
-    stored_norm = {k: [float(v) for v in attrs["normalization"][k]] for k in ("mean", "std")}
-    _check_same(out, "normalization", stored_norm, norm, "use the same series")
-    _check_same(out, "dtype", attrs["dtype"], dtype, f"pass --dtype {attrs['dtype']}")
-    if attrs.get("codec", "zstd") != codec:  # values do not depend on it: keep the store's
-        _warn(f"--codec {codec} ignored: the existing store {out} is compressed with {attrs.get('codec', 'zstd')}.")
-    if samples_per_chunk is not None and int(attrs["samples_per_chunk"]) != min(samples_per_chunk, probe["n_samples"]):
-        raise FtdynError(f"--chunk-samples {samples_per_chunk}: the existing store {out} has "
-                         f"{attrs['samples_per_chunk']} samples per chunk; drop --chunk-samples or choose a new --out.")
-    old = attrs["probe"]
-    for key, flag in (("seed", "--seed"), ("per_class", "--per-class"), ("max_samples", "--max-samples")):
-        if old.get(key) != probe[key]:
-            shown = "all" if old.get(key) is None else old.get(key)
-            raise FtdynError(f"--out {out}: existing store was extracted with {flag} {shown}, this call "
-                             f"{'all' if probe[key] is None else probe[key]}; pass the same {flag}, or choose a new --out.")
-    if old.get("fingerprint") != probe["fingerprint"]:
+def _float_normalization(values: dict) -> dict[str, list[float]]:
+    return {k: [float(v) for v in values[k]] for k in ("mean", "std")}
+
+
+def recorded_identity(attrs: dict) -> dict[str, Any]:
+    """The identity fields of the store whose root attributes are ``attrs``, named like
+    :meth:`ExtractConfig.identity` (``normalize``: the ``{"mean", "std"}`` the store records)."""
+    recorded: dict[str, Any] = {}
+    for name, keys in _STORE_IDENTITY.items():
+        value: Any = attrs
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        recorded[name] = value
+    recorded["layers"] = list(recorded["layers"])
+    recorded["normalize"] = _float_normalization(recorded["normalize"])
+    recorded["samples_per_chunk"] = int(recorded["samples_per_chunk"])
+    return recorded
+
+
+def _mismatch(out: Path, name: str, stored, given, config: ExtractConfig) -> str:
+    """The one-line refusal of a call whose identity field ``name`` differs from the store's."""
+    flag = flag_of(ExtractConfig, name)
+    if name == "layers":
+        return (f"--out {out}: existing store has layers {', '.join(stored)}, this call {', '.join(given)}; "
+                "pass the same --layer options, or choose a new --out.")
+    if name == "samples_per_chunk":
+        return (f"--chunk-samples {config.samples_per_chunk}: the existing store {out} has {stored} samples per "
+                "chunk; drop --chunk-samples or choose a new --out.")
+    if name in ("probe_seed", "per_class", "max_samples"):
+        shown, now = ("all" if v is None else v for v in (stored, given))
+        return (f"--out {out}: existing store was extracted with {flag} {shown}, this call {now}; pass the same "
+                f"{flag}, or choose a new --out.")
+    what, hint = {"arch": ("architecture", "pass the same series/--arch"),
+                  "input_size": ("input size", f"pass --input-size {stored}"),
+                  "normalize": ("normalization", "use the same series"),
+                  "dtype": ("dtype", f"pass --dtype {stored}")}[name]
+    return f"--out {out}: existing store has {what} {stored}, this call {given}; {hint}, or choose a new --out."
+
+
+def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractConfig, probe: dict) -> None:
+    """Refuse a call that does not describe the store ``out`` (identity fields in :data:`_STORE_IDENTITY`
+    order, then the probe images); ``samples_per_chunk`` left None takes the store's."""
+    recorded = recorded_identity(attrs)
+    for name in _STORE_IDENTITY:
+        if name == "samples_per_chunk" and given[name] is None:
+            continue
+        if recorded[name] != given[name]:
+            raise FtdynError(_mismatch(out, name, recorded[name], given[name], config))
+    if attrs["probe"].get("fingerprint") != probe["fingerprint"]:
         raise FtdynError(f"--out {out}: the probe images differ from the store's (fingerprint mismatch: other "
                          f"images in --data {probe['data_dir']} or changed files); use the same --data, or choose "
                          "a new --out.")
+    if attrs.get("codec", "zstd") != config.codec:  # values do not depend on it: keep the store's
+        _warn(f"--codec {config.codec} ignored: the existing store {out} is compressed with "
+              f"{attrs.get('codec', 'zstd')}.")
 
+
+def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: Path) -> tuple[list[dict], list]:
+    """Match the series with the store's checkpoints: (the store's records, where a file changed
+    before any of its activations were written is taken as it is now; the entries to append)."""
     known = [dict(rec) for rec in attrs["checkpoints"]]
     index = {int(c["epoch"]): i for i, c in enumerate(known)}
     by_epoch = {int(e.epoch): e for e in entries}
@@ -443,8 +473,6 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
     if replaced:
         _warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
               "activations were written; using the new file(s).")
-        writer.group.attrs["checkpoints"] = known
-        writer.attrs["checkpoints"] = known
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]
     early = [e for e in new if int(e.epoch) < last]
@@ -452,7 +480,7 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
         names = ", ".join(f"epoch {e.epoch} ({e.label})" for e in early[:4])
         raise FtdynError(f"--out {out}: {names} would have to be inserted before the store's last epoch {last}; "
                          "a store can only be extended with later epochs: choose a new --out.")
-    return new, index
+    return known, new
 
 
 # ------------------------------------------------------------------------ writing
@@ -504,108 +532,148 @@ class _Writers:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     return Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
                     disable=not enabled, transient=False)
 
 
-# ------------------------------------------------------------------------ the API
+# ------------------------------------------------------------------------ the plan
 
 
-def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os.PathLike,
-            arch: str | None = None, source: str | os.PathLike | None = None, layers: list[str] | None = None,
-            per_class: int | None = None, max_samples: int | None = None, probe_seed: int = 0,
-            input_size: int | None = None, batch_size: int = 64, dtype: str = "float16", codec: str = "zstd",
-            samples_per_chunk: int | None = None, device: str = "auto", trust_checkpoint: bool = False,
-            model_name: str | None = None, dataset_name: str | None = None, writers: int | None = None,
-            state_prefix: str | None = None, weights_copy: str = "main", normalize: str | None = None,
-            progress: bool = True, random_init_baseline: bool = False, random_init_seed: int = 0) -> Path:
-    """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
+@dataclass(frozen=True, eq=False)
+class Network:
+    """The model side of a plan: the series, the model built for it and the layers it captures.
 
-    ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
-    architecture, classes, input size and normalization, and is kept in the store's
-    attrs), or a folder of third-party checkpoints (``.pt/.pth/.bin/.ckpt/.safetensors``;
-    ``arch`` required; ``source`` = a checkpoint file or torchvision weights name that
-    becomes epoch 0; input size 224 and ImageNet normalization unless given).
-
-    ``data``: an ImageFolder; ``per_class`` / ``max_samples`` / ``probe_seed`` pick the
-    probe set (:func:`ftdyn.data.select_probe`). ``layers``: module names (default:
-    :func:`ftdyn.models.default_layers`). ``dtype`` float16|float32 and ``codec``
-    zstd|lz4 of the stored activations; ``samples_per_chunk`` (default: ~32 MB chunks
-    of the largest layer). ``device``: auto (CUDA when present), cpu, cuda, cuda:N.
-    ``trust_checkpoint`` allows unpickling arbitrary objects (only for trusted files).
-    ``state_prefix``: the key prefix (``"ema.module."``) or top-level entry (``"state_dict_ema"``)
-    of the copy to load from files holding several copies of the model; ``weights_copy``
-    ``"ema"`` reads every series file's EMA copy (see :func:`ftdyn.checkpoints.read_weights`);
-    the store's ``checkpoints`` records say which copy each file gave. ``normalize``:
-    ``"MEAN,STD"`` (one value each for all channels) or six values (three means, three
-    stds) for a third-party series (default: the timm model's pretrained config, else
-    ImageNet's), recorded in the store. ``random_init_baseline``: also extract a randomly
-    initialized model of the same architecture (``torch.manual_seed(random_init_seed)``, then
-    the architecture's default constructor, its head then resized to the store's classes) on the same probe images, stored beside the checkpoints and not as
-    an epoch (:func:`ftdyn.store.add_random_init`): the ceiling of ``ftdyn analyze``'s relative
-    distances. ``writers``: threads compressing and writing regions (default :func:`default_writers`:
-    one per CPU core but one, 2 to 16).
-
-    If ``out`` exists it is resumed/extended (see the module docstring); a complete
-    store with no new checkpoint is left untouched. Returns the store path.
+    ``model`` holds the first checkpoint (loaded while planning, so a wrong ``--arch`` stops the
+    run before anything is written); ``num_classes`` is None for a third-party series until the
+    store's class count is read from its last checkpoint.
     """
-    from . import data as data_mod
-    from .models import build_model, channels_last_layers, default_layers, default_normalization, \
-        replace_head, validate_layers
-    from .store import CODECS, LayerSpec, StoreSpec, StoreWriter, create_store, dir_size
 
-    started = time.perf_counter()
-    series, data_dir, out = Path(series), Path(data), Path(out)
-    if dtype not in DTYPES:
-        raise FtdynError(f"--dtype: '{dtype}' is not supported; choose float16 or float32.")
-    if codec not in CODECS:
-        raise FtdynError(f"--codec: unknown codec '{codec}'; choose from {', '.join(CODECS)}.")
-    writers = default_writers() if writers is None else writers
-    for flag, value in (("--batch-size", batch_size), ("--writers", writers)):
-        if int(value) < 1:
-            raise FtdynError(f"{flag}: must be at least 1 (got {value}).")
-    if samples_per_chunk is not None and samples_per_chunk < 1:
-        raise FtdynError(f"--chunk-samples: must be at least 1 (got {samples_per_chunk}).")
-    if input_size is not None and input_size < 8:
-        raise FtdynError(f"--input-size: {input_size} is too small (at least 8 pixels).")
-    if not data_dir.exists():
-        raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
-    probe_seed = data_mod.check_seed(probe_seed)
-    check_output_folder(out, inputs=[data_dir, series], may_be_store=True)
-    dev = resolve_device(device)
+    arch: str  # canonical
+    manifest: dict | None  # the series' manifest.json (None: a third-party series)
+    entries: tuple  # the series' checkpoints (:class:`~ftdyn.checkpoints.CheckpointEntry`), epoch order
+    model: torch.nn.Module
+    num_classes: int | None
+    input_size: int
+    normalization: dict[str, list[float]]
+    normalized_by: str  # where the normalization comes from (recorded in the store)
+    layers: tuple[str, ...]
+    channels_last: frozenset[str]  # layers whose outputs are transposed to channels-first when captured
+    shapes: dict[str, tuple[int, int, int]]  # layer -> (channels, height, width)
 
-    # -- the series and the model ------------------------------------------------------
-    arch, manifest, entries = _resolve_series(series, arch, source, trust_checkpoint)
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """The probe set: images after resize/crop (uint8, n×H×W×3), labels (n,), class names and
+    image files, and ``record``, the store's ``probe`` attribute (how they were chosen, fingerprint)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    paths: list[str]
+    record: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One checkpoint to run: its position in the series, its index in the store and the sample
+    chunks of the store it still lacks (its regions to write)."""
+
+    position: int
+    index: int
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ExtractPlan:
+    """What :func:`execute` will do, decided before anything is written.
+
+    ``spec`` is the store to create (None: ``out`` is an existing store, resumed or extended).
+    ``stored`` are the store's checkpoint records when :func:`execute` opens it (for a new store:
+    all of ``records``), ``records`` the records once this run has replaced files changed before
+    any of their activations were written and appended new, later epochs. ``done`` marks the
+    (checkpoint, chunk) regions already complete (rows of ``records``); ``replays`` are the
+    checkpoints with regions left to write, ``batches`` the fixed partition of the probe images
+    into forward passes, ``writers`` the writer threads (at most ``writers + 2`` regions in
+    flight). ``states``: checkpoint weights read while planning, by series position (``execute``
+    uses them up, so a plan is carried out once).
+    """
+
+    config: ExtractConfig  # validated, as given
+    series: Path
+    data_dir: Path
+    out: Path
+    device: torch.device
+    network: Network
+    probe: Probe
+    loading: _Loading
+    spec: StoreSpec | None
+    stored: tuple[dict, ...]
+    records: tuple[dict, ...]
+    samples_per_chunk: int
+    done: np.ndarray
+    replays: tuple[Replay, ...]
+    batches: tuple[Batch, ...]
+    writers: int
+    states: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def new_records(self) -> tuple[dict, ...]:
+        """Records of the checkpoints this run appends to an existing store."""
+        return self.records[len(self.stored):]
+
+    def identity(self) -> dict[str, Any]:
+        """The config's identity with the values the plan resolved from the series, model and probe."""
+        return _identity(self.config, self.network, self.probe)
+
+
+def _identity(config: ExtractConfig, network: Network, probe: Probe) -> dict[str, Any]:
+    given = config.samples_per_chunk
+    return {**config.identity(), "arch": network.arch, "layers": list(network.layers),
+            "input_size": network.input_size, "normalize": _float_normalization(network.normalization),
+            "samples_per_chunk": None if given is None else min(given, probe.n)}
+
+
+def make_config(config: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
+    """``config`` with ``options`` applied, or a new :class:`ExtractConfig` from ``options``."""
+    return ExtractConfig(**options) if config is None else config.replace(**options) if options else config
+
+
+def _plan_network(series: Path, config: ExtractConfig) -> Network:
+    """The series, its architecture, input size and normalization, and the layers' shapes."""
+    arch, manifest, entries = _resolve_series(series, config.arch, config.source, config.trust_checkpoint)
     model = build_model(arch)
     if manifest is not None:
-        if normalize is not None:
+        if config.normalize is not None:
             raise FtdynError(f"--normalize: {series} is an ftdyn series whose manifest.json records its normalization; "
                              "drop --normalize.")
-        if input_size is not None and int(input_size) != int(manifest["input_size"]):
-            raise FtdynError(f"--input-size {input_size}: the series {series} was trained at {manifest['input_size']} "
-                             "px; extract at that size (leave --input-size out).")
+        if config.input_size is not None and config.input_size != int(manifest["input_size"]):
+            raise FtdynError(f"--input-size {config.input_size}: the series {series} was trained at "
+                             f"{manifest['input_size']} px; extract at that size (leave --input-size out).")
         num_classes = int(manifest["num_classes"])
-        size = int(input_size or manifest["input_size"])
-        normalization = {"mean": [float(v) for v in manifest["normalization"]["mean"]],
-                         "std": [float(v) for v in manifest["normalization"]["std"]]}
+        size = int(config.input_size or manifest["input_size"])
+        normalization = _float_normalization(manifest["normalization"])
         normalized_by = "manifest.json"
     else:
         num_classes = None
-        size = int(input_size or 224)
-        normalization, normalized_by = ((parse_normalize(normalize), "--normalize") if normalize
+        size = int(config.input_size or 224)
+        normalization, normalized_by = ((parse_normalize(config.normalize), "--normalize") if config.normalize
                                         else default_normalization(model, arch, origin=True))
     if num_classes is not None:
         replace_head(model, num_classes)
-    layer_names = validate_layers(model, list(layers) if layers else default_layers(model, arch, size))
-    channels_last = channels_last_layers(model, layer_names, size)
-    shapes = _layer_shapes(model, layer_names, size, channels_last)
+    layers = validate_layers(model, list(config.layers) if config.layers else default_layers(model, arch, size))
+    channels_last = channels_last_layers(model, layers, size)
+    shapes = _layer_shapes(model, layers, size, channels_last)
+    return Network(arch, manifest, tuple(entries), model, num_classes, size, normalization, normalized_by,
+                   tuple(layers), channels_last, shapes)
 
-    # -- the probe set ---------------------------------------------------------------
+
+def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Probe:
+    """The probe images (loaded and resized once), with notes on what was skipped or rescaled."""
     splits = [s for s in ("val", "test", "train") if (data_dir / s).is_dir()]
     if len(splits) >= 2:  # a dataset root: its splits would be taken for classes
         raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
@@ -616,149 +684,262 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
             _warn(f"--data: {note}")
     if folder.rescaled:
         _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
-    probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)
-    n = len(probe_data)
+    chosen = data_mod.select_probe(folder, per_class=config.per_class, max_samples=config.max_samples,
+                                   seed=config.probe_seed)
+    n = len(chosen)
     if n < 2:  # one image has no variance: every distance would be undefined
         raise FtdynError(f"--data/--per-class/--max-samples: the probe set has {n} image; the similarity metrics "
                          "need at least 2 (hundreds for stable values).")
     workers_io = min(8, os.cpu_count() or 1) if n >= 512 else 0
-    images = data_mod.load_images(probe_data, size, num_workers=workers_io)
-    labels = np.asarray(probe_data.labels, dtype=np.int64)
-    if manifest is not None and list(manifest["classes"]) != list(probe_data.classes):
-        _warn(f"--data: its classes ({', '.join(probe_data.classes[:5])}...) differ from the series' classes "
+    images = data_mod.load_images(chosen, network.input_size, num_workers=workers_io)
+    labels = np.asarray(chosen.labels, dtype=np.int64)
+    manifest = network.manifest
+    if manifest is not None and list(manifest["classes"]) != list(chosen.classes):
+        _warn(f"--data: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
               f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.")
-    probe = {"seed": int(probe_seed), "per_class": per_class, "max_samples": max_samples,
-             "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(probe_data.classes),
-             "skipped_unreadable": len(folder.skipped),
-             "fingerprint": probe_fingerprint(images, labels, probe_data.classes)}
+    record = {"seed": config.probe_seed, "per_class": config.per_class, "max_samples": config.max_samples,
+              "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(chosen.classes),
+              "skipped_unreadable": len(folder.skipped),
+              "fingerprint": probe_fingerprint(images, labels, chosen.classes)}
+    return Probe(images, labels, list(chosen.classes), [str(p) for p in chosen.paths], record)
 
-    # -- first checkpoint: validates --arch before anything is written -------------------
-    loading = _Loading(arch, trust_checkpoint, adapt_head=manifest is None, state_prefix=state_prefix,
-                       weights_copy=weights_copy, has_source=source is not None)
-    cache: dict[int, Any] = {}
-    first = entries[0]
-    cache[0] = _load_state(first, loading)
-    _apply_state(model, first, cache[0], loading)
 
-    # -- create, or check and extend, the store ------------------------------------------
-    dtype_t = DTYPES[dtype]
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # an empty folder made for the store: create the store in its place
-    if not out.exists():
-        if num_classes is None:  # third-party: the class count of the fine-tuned (last) checkpoint
-            from .checkpoints import infer_num_classes
+@dataclass(frozen=True, eq=False)
+class _StorePlan:
+    """The store side of a plan (the fields of the same names in :class:`ExtractPlan`)."""
 
-            last = len(entries) - 1
-            if last not in cache:
-                cache[last] = _load_state(entries[last], loading)
-            num_classes = (infer_num_classes(cache[last].state, model, state_prefix=cache[last].prefix)
-                           if cache[last] is not None else None)
-        copies = _check_loadable(model, entries, range(len(entries)), cache, loading)
-        records = [_entry_record(e, copies[i]) for i, e in enumerate(entries)]
-        fields = _receptive_fields(model, layer_names, size)
-        spec = StoreSpec(
-            architecture=arch,
-            layers=[LayerSpec(name, *shapes[name], receptive_field=fields[name]) for name in layer_names],
-            checkpoints=records, images=images, labels=labels, class_names=list(probe_data.classes),
-            image_paths=[str(p) for p in probe_data.paths], input_size=size, normalization=normalization,
-            probe=probe, model=model_name or (manifest or {}).get("model_name") or arch,
-            dataset=dataset_name or _dataset_name(manifest, data_dir), num_classes=num_classes, dtype=dtype,
-            codec=codec, samples_per_chunk=samples_per_chunk, manifest=manifest,
-            extra_attrs={"series": str(series.resolve()), "source": None if source is None else str(source),
-                         "normalization_from": normalized_by, "weights_copy": weights_copy, "runs": []})
-        create_store(out, spec)
+    spec: StoreSpec | None
+    stored: tuple[dict, ...]
+    records: tuple[dict, ...]
+    samples_per_chunk: int
+    done: np.ndarray
+
+
+def _plan_new_store(config: ExtractConfig, series: Path, data_dir: Path, network: Network, probe: Probe,
+                    loading: _Loading, states: dict[int, Any]) -> _StorePlan:
+    """The store to create: every checkpoint is loaded once first (a file that does not fit stops
+    the run before anything is written)."""
+    model, entries, num_classes = network.model, list(network.entries), network.num_classes
+    if num_classes is None:  # third-party: the class count of the fine-tuned (last) checkpoint
+        last = len(entries) - 1
+        if last not in states:
+            states[last] = _load_state(entries[last], loading)
+        num_classes = (infer_num_classes(states[last].state, model, state_prefix=states[last].prefix)
+                       if states[last] is not None else None)
+    copies = _check_loadable(model, entries, range(len(entries)), states, loading)
+    records = [_entry_record(e, copies[i]) for i, e in enumerate(entries)]
+    fields = _receptive_fields(model, list(network.layers), network.input_size)
+    manifest = network.manifest
+    spec = StoreSpec(
+        architecture=network.arch,
+        layers=[LayerSpec(name, *network.shapes[name], receptive_field=fields[name]) for name in network.layers],
+        checkpoints=records, images=probe.images, labels=probe.labels, class_names=probe.class_names,
+        image_paths=probe.paths, input_size=network.input_size, normalization=network.normalization,
+        probe=probe.record, model=config.model_name or (manifest or {}).get("model_name") or network.arch,
+        dataset=config.dataset_name or _dataset_name(manifest, data_dir), num_classes=num_classes,
+        dtype=config.dtype, codec=config.codec, samples_per_chunk=config.samples_per_chunk, manifest=manifest,
+        extra_attrs={"series": str(series.resolve()), "source": None if config.source is None else str(config.source),
+                     "normalization_from": network.normalized_by, "weights_copy": config.weights_copy, "runs": []})
+    spc = spec.chunk_samples()
+    done = np.zeros((len(records), math.ceil(probe.n / spc)), dtype=bool)
+    return _StorePlan(spec, tuple(records), tuple(records), spc, done)
+
+
+def _plan_existing_store(config: ExtractConfig, series: Path, out: Path, network: Network, probe: Probe,
+                         loading: _Loading, states: dict[int, Any]) -> _StorePlan:
+    """The store ``out`` as it is (read only): the call must describe it; new, later checkpoints
+    are loaded once before they are appended."""
+    attrs, done = planned_regions(out)
+    _check_store(out, attrs, _identity(config, network, probe), config, probe.record)
+    entries = list(network.entries)
+    known, new = _reconcile(out, attrs, done, entries, series)
+    if new:
+        positions = [entries.index(e) for e in new]
+        copies = _check_loadable(network.model, entries, positions, states, loading)
+        known += [_entry_record(entries[p], copies[p]) for p in positions]
+        done = np.concatenate([done, np.zeros((len(new), done.shape[1]), dtype=bool)])
+    stored = tuple(dict(c) for c in attrs["checkpoints"])
+    return _StorePlan(None, stored, tuple(known), int(attrs["samples_per_chunk"]), done)
+
+
+def _replays(entries, records, done: np.ndarray) -> tuple[Replay, ...]:
+    """The checkpoints of the series with regions not yet done, in series order."""
+    index = {int(r["epoch"]): i for i, r in enumerate(records)}
+    replays = []
+    for position, entry in enumerate(entries):
+        ci = index[int(entry.epoch)]
+        chunks = tuple(int(c) for c in np.flatnonzero(~done[ci]))
+        if chunks:
+            replays.append(Replay(position, ci, chunks))
+    return tuple(replays)
+
+
+def make_plan(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os.PathLike,
+              config: ExtractConfig | None = None, **options: Any) -> ExtractPlan:
+    """Validate the arguments of :func:`extract`, read the series, the probe images and the store
+    ``out`` if it exists, and return what :func:`execute` will do. Writes nothing; builds the
+    model and loads the checkpoints that must be checked before a store is created or extended."""
+    config = make_config(config, **options)
+    series, data_dir, out = Path(series), Path(data), Path(out)
+    if not data_dir.exists():
+        raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
+    check_output_folder(out, inputs=[data_dir, series], may_be_store=True)
+    device = resolve_device(config.device)
+    network = _plan_network(series, config)
+    probe = _plan_probe(data_dir, config, network)
+    loading = _Loading(network.arch, config.trust_checkpoint, adapt_head=network.manifest is None,
+                       state_prefix=config.state_prefix, weights_copy=config.weights_copy,
+                       has_source=config.source is not None)
+    first = network.entries[0]  # loaded now: validates --arch before anything is written
+    states: dict[int, Any] = {0: _load_state(first, loading)}
+    _apply_state(network.model, first, states[0], loading)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):  # an empty folder: made for the store
+        store = _plan_new_store(config, series, data_dir, network, probe, loading, states)
     elif not out.is_dir():
         raise FtdynError(f"--out {out}: exists and is not a store folder; choose another --out.")
+    else:
+        store = _plan_existing_store(config, series, out, network, probe, loading, states)
+    replays = _replays(network.entries, store.records, store.done)
+    needed = {r.position for r in replays}
+    return ExtractPlan(
+        config=config, series=series, data_dir=data_dir, out=out, device=device, network=network, probe=probe,
+        loading=loading, spec=store.spec, stored=store.stored, records=store.records,
+        samples_per_chunk=store.samples_per_chunk, done=store.done, replays=replays,
+        batches=tuple(batch_plan(probe.n, store.samples_per_chunk, config.batch_size)),
+        writers=default_writers() if config.writers is None else config.writers,
+        states={p: s for p, s in states.items() if p in needed})  # loaded while planning, needed again
 
+
+# ------------------------------------------------------------------------ execute
+
+
+def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os.PathLike,
+            config: ExtractConfig | None = None, **options: Any) -> Path:
+    """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
+
+    ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
+    architecture, classes, input size and normalization, and is kept in the store's
+    attrs), or a folder of third-party checkpoints (``.pt/.pth/.bin/.ckpt/.safetensors``;
+    ``arch`` required; ``source`` = a checkpoint file or torchvision weights name that
+    becomes epoch 0; input size 224 and ImageNet normalization unless given).
+    ``data``: an ImageFolder; ``per_class`` / ``max_samples`` / ``probe_seed`` pick the
+    probe set (:func:`ftdyn.data.select_probe`).
+
+    The options are the fields of :class:`~ftdyn.config.ExtractConfig` (listed below), given as
+    keyword arguments (``extract(s, data=d, out=o, layers=["layer3"])``) or as ``config=``
+    (keyword arguments then override its fields); they mirror ``ftdyn extract``. The store's
+    ``checkpoints`` records say which copy of the model each file gave (``state_prefix``,
+    ``weights_copy``: see :func:`ftdyn.checkpoints.read_weights`). ``random_init_baseline``
+    stores a randomly initialized model of the same architecture (``torch.manual_seed(
+    random_init_seed)``, then the architecture's default constructor, its head resized to the
+    store's classes) beside the checkpoints, not as an epoch (:func:`ftdyn.store.add_random_init`):
+    the ceiling of ``ftdyn analyze``'s relative distances.
+
+    If ``out`` exists it is resumed/extended (see the module docstring); a complete
+    store with no new checkpoint is left untouched. Same as ``execute(make_plan(series,
+    data=data, out=out, ...))``. Returns the store path.
+    """
+    return execute(make_plan(series, data=data, out=out, config=config, **options))
+
+
+def execute(plan: ExtractPlan) -> Path:
+    """Carry out ``plan`` (from :func:`make_plan`): create or extend the store, replay the
+    checkpoints whose regions are missing, record the run, add the random-init baseline."""
+    started, out, config = time.perf_counter(), plan.out, plan.config
+    if plan.spec is not None:
+        if out.exists():
+            out.rmdir()  # an empty folder made for the store: create the store in its place
+        create_store(out, plan.spec)
     with folder_lock(out):
         writer = StoreWriter(out)
-        done = writer.done()
-        new, index = _reconcile(out, writer, arch=arch, layers=layer_names, probe=probe, input_size=size,
-                                normalization=normalization, dtype=dtype, codec=codec,
-                                samples_per_chunk=samples_per_chunk, entries=entries, done=done, series=series)
-        if new:
-            positions = [entries.index(e) for e in new]
-            copies = _check_loadable(model, entries, positions, cache, loading)
-            writer.append_checkpoints([_entry_record(entries[p], copies[p]) for p in positions])
-            if manifest is not None:
-                writer.group.attrs["manifest"] = manifest
-                writer.attrs["manifest"] = manifest
-            index = {int(c["epoch"]): i for i, c in enumerate(writer.attrs["checkpoints"])}
-            done = writer.done()
-        todo = []  # (entry position, store index, pending chunks)
-        for pos, entry in enumerate(entries):
-            ci = index[int(entry.epoch)]
-            pending = [c for c in range(writer.n_chunks) if not done[ci, c]]
-            if pending:
-                todo.append((pos, ci, pending))
-        for pos in [p for p in cache if p not in {t[0] for t in todo}]:
-            del cache[pos]  # loaded during setup but already extracted
-        if not todo:
-            if random_init_baseline:
-                _extract_random_init(out, writer, arch=arch, layers=layer_names, images=images,
-                                     normalization=normalization, channels_last=channels_last, dev=dev,
-                                     dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
-            print(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {n} samples); nothing to do.",
-                  flush=True)
+        replays = _update_store(plan, writer)
+        if not replays:
+            if config.random_init_baseline:
+                _extract_random_init(plan, writer)
+            print(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {plan.probe.n} samples); "
+                  "nothing to do.", flush=True)
             return out
         devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
-        if devices - {dev.type}:
-            _warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on {dev.type}; "
-                  "the last bits of the values may differ between devices.")
-        if new:
-            print(f"{out}: extending with {len(new)} new checkpoint(s): "
-                  f"{', '.join(f'epoch {e.epoch}' for e in new)}.", flush=True)
-
-        try:
-            stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
-                         layers=layer_names, channels_last=channels_last, dev=dev, dtype_t=dtype_t,
-                         batch_size=int(batch_size), n_writers=int(writers), loading=loading, progress=progress)
-        except NonFiniteActivations as exc:  # the same command would meet them again
-            epoch = writer.attrs["checkpoints"][exc.ci]["epoch"]
-            peak = _float32_peak(model, next(e for e in entries if int(e.epoch) == epoch), loading, exc, images,
-                                 normalization, channels_last, dev, int(batch_size)) if exc.overflow else None
-            raise FtdynError(f"{exc.text(peak)} ({out} keeps the regions finished so far.)") from None
-        except FtdynError as exc:
-            raise FtdynError(f"{exc} ({out} keeps the checkpoints finished so far; fix the cause and re-run the same "
-                             "command to resume.)") from None
-        rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
-        run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(dev), "torch": torch.__version__,
-               "ftdyn": __version__, "regions": stats["regions"], "images": stats["images"],
-               "seconds": round(stats["seconds"], 3), "images_per_s": round(rate, 2), "batch_size": int(batch_size),
-               "writers": int(writers)}
-        writer.group.attrs["runs"] = list(writer.attrs.get("runs") or []) + [run]  # provenance: which device wrote
-        if random_init_baseline:
-            _extract_random_init(out, writer, arch=arch, layers=layer_names, images=images,
-                                 normalization=normalization, channels_last=channels_last, dev=dev,
-                                 dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
+        if devices - {plan.device.type}:
+            _warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
+                  f"{plan.device.type}; the last bits of the values may differ between devices.")
+        if plan.new_records:
+            epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
+            print(f"{out}: extending with {len(plan.new_records)} new checkpoint(s): {epochs}.", flush=True)
+        stats = _replay(plan, writer, replays)
+        rate = _record_run(plan, writer, stats)
+        if config.random_init_baseline:
+            _extract_random_init(plan, writer)
     elapsed = time.perf_counter() - started
-    size_on_disk = dir_size(out)
-    print(f"{out}: {stats['regions']} regions of {len(todo)} checkpoint(s) written, {n} samples x "
-          f"{len(layer_names)} layers; {human_bytes(size_on_disk)} on disk; {rate:.1f} images/s on {dev} "
-          f"({elapsed:.1f} s in all).", flush=True)
+    print(f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n} samples x "
+          f"{len(plan.network.layers)} layers; {human_bytes(dir_size(out))} on disk; {rate:.1f} images/s on "
+          f"{plan.device} ({elapsed:.1f} s in all).", flush=True)
     return out
 
 
-def _extract_random_init(out: Path, writer, *, arch: str, layers: list[str], images: np.ndarray, normalization,
-                         channels_last: frozenset[str], dev: torch.device, dtype_t: torch.dtype, batch_size: int,
-                         seed: int) -> None:
-    """The random-init baseline: a seeded fresh ``arch`` (head sized like the store's) replayed on
-    the probe images; chunks already written by an interrupted run are kept."""
-    from .data import check_seed, normalize
-    from .models import LayerCapture, build_model
-    from .store import add_random_init, all_finite, write_random_init
+def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
+    """Give the store the plan's checkpoint records (files replaced, later epochs appended) and
+    return the plan's replays without regions another run finished since it was planned."""
+    if [dict(c) for c in writer.attrs["checkpoints"]] != list(plan.stored):
+        raise FtdynError(f"--out {plan.out}: another `ftdyn extract` changed this store while this one was "
+                         "starting; re-run the same command.")
+    known = [dict(r) for r in plan.records[:len(plan.stored)]]
+    if known != list(plan.stored):
+        writer.group.attrs["checkpoints"] = known
+        writer.attrs["checkpoints"] = known
+    if plan.new_records:
+        writer.append_checkpoints([dict(r) for r in plan.new_records])
+        if plan.network.manifest is not None:
+            writer.group.attrs["manifest"] = plan.network.manifest
+            writer.attrs["manifest"] = plan.network.manifest
+    done = writer.done()
+    replays = [Replay(r.position, r.index, tuple(c for c in r.chunks if not done[r.index, c])) for r in plan.replays]
+    return tuple(r for r in replays if r.chunks)
 
-    seed = check_seed(seed)
-    done = add_random_init(out, seed=seed, architecture=arch,
+
+def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, float]) -> float:
+    """Append this run's provenance (which device wrote, how fast) to the store; returns images/s."""
+    rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
+    run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(plan.device), "torch": torch.__version__,
+           "ftdyn": __version__, "regions": stats["regions"], "images": stats["images"],
+           "seconds": round(stats["seconds"], 3), "images_per_s": round(rate, 2),
+           "batch_size": plan.config.batch_size, "writers": plan.writers}
+    writer.group.attrs["runs"] = list(writer.attrs.get("runs") or []) + [run]
+    return rate
+
+
+def _replay(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, float]:
+    """:func:`_run`, with its errors in one line that says the store keeps what was finished."""
+    try:
+        return _run(plan, writer, replays)
+    except NonFiniteActivations as exc:  # the same command would meet them again
+        epoch = writer.attrs["checkpoints"][exc.ci]["epoch"]
+        entry = next(e for e in plan.network.entries if int(e.epoch) == epoch)
+        peak = _float32_peak(plan.network.model, entry, plan.loading, exc, plan.probe.images,
+                             plan.network.normalization, plan.network.channels_last, plan.device,
+                             plan.config.batch_size) if exc.overflow else None
+        raise FtdynError(f"{exc.text(peak)} ({plan.out} keeps the regions finished so far.)") from None
+    except FtdynError as exc:
+        raise FtdynError(f"{exc} ({plan.out} keeps the checkpoints finished so far; fix the cause and re-run the "
+                         "same command to resume.)") from None
+
+
+def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
+    """The random-init baseline: a seeded fresh architecture (head sized like the store's) replayed
+    on the probe images; chunks already written by an interrupted run are kept."""
+    out, seed, network = plan.out, plan.config.random_init_seed, plan.network
+    done = add_random_init(out, seed=seed, architecture=network.arch,
                            init=f"torch.manual_seed({seed}); the architecture's default constructor (own init)")
     if done.all():
         return
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         torch.manual_seed(seed)
-        model = build_model(arch, num_classes=writer.attrs.get("num_classes"))
-    model.to(dev).eval()
-    capture = LayerCapture(model, layers, dtype=dtype_t, channels_last=channels_last)
-    mean, std = normalization["mean"], normalization["std"]
+        model = build_model(network.arch, num_classes=writer.attrs.get("num_classes"))
+    model.to(plan.device).eval()
+    layers = list(network.layers)
+    capture = LayerCapture(model, layers, dtype=DTYPES[plan.config.dtype], channels_last=network.channels_last)
+    mean, std = network.normalization["mean"], network.normalization["std"]
+    images, batch_size = plan.probe.images, plan.config.batch_size
     try:
         with torch.inference_mode(), full_precision():
             for chunk in np.flatnonzero(~done):
@@ -766,8 +947,8 @@ def _extract_random_init(out: Path, writer, *, arch: str, layers: list[str], ima
                 parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
                 for start in range(rows.start, rows.stop, batch_size):
                     stop = min(start + batch_size, rows.stop)
-                    x = torch.from_numpy(images[start:stop]).permute(0, 3, 1, 2).to(dev)
-                    model(normalize(x, mean, std))
+                    x = torch.from_numpy(images[start:stop]).permute(0, 3, 1, 2).to(plan.device)
+                    model(data_mod.normalize(x, mean, std))
                     for name, t in capture.pop().items():
                         parts[name].append(t.cpu().numpy())
                 arrays = {name: np.concatenate(p) for name, p in parts.items()}
@@ -781,27 +962,59 @@ def _extract_random_init(out: Path, writer, *, arch: str, layers: list[str], ima
     print(f"{out}: random-init baseline (seed {seed}) written.", flush=True)
 
 
-def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers,
-         channels_last: frozenset[str], dev: torch.device, dtype_t: torch.dtype, batch_size: int, n_writers: int,
-         loading: _Loading, progress: bool) -> dict[str, float]:
-    """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
-    from .data import normalize
-    from .models import LayerCapture
+class _Forward:
+    """Runs the probe batches through the model, checkpoint after checkpoint, and hands the
+    regions to the writers: on CUDA through pinned host memory, with one batch kept in flight
+    on the GPU while the host hands the previous one over."""
 
-    cuda = dev.type == "cuda"
-    n = images.shape[0]
-    spc = writer.samples_per_chunk
-    plan = batch_plan(n, spc, batch_size)
-    images_t = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 NCHW view
-    if cuda:
-        images_t = images_t.contiguous().pin_memory()
-    mean, std = normalization["mean"], normalization["std"]
+    def __init__(self, plan: ExtractPlan, writer: StoreWriter, pool: _Writers, capture: LayerCapture):
+        self.plan, self.writer, self.pool, self.capture = plan, writer, pool, capture
+        self.cuda = plan.device.type == "cuda"
+        images = torch.from_numpy(plan.probe.images).permute(0, 3, 1, 2)  # uint8 NCHW view
+        self.images = images.contiguous().pin_memory() if self.cuda else images
+        self.inflight: list = []  # CUDA: batches whose device->host copies are still running
+        self.forwarded = 0
 
-    total_regions = sum(len(p) for _, _, p in todo)
-    remaining = {ci: len(p) for _, ci, p in todo}
-    bars = _progress(progress)
-    ck_task = bars.add_task("checkpoints", total=len(todo))
-    rg_task = bars.add_task("regions", total=total_regions)
+    def checkpoint(self, ci: int, chunks: tuple[int, ...]) -> None:
+        """Forward the batches covering ``chunks`` and hand each finished region to the writers."""
+        dev, norm = self.plan.device, self.plan.network.normalization
+        pending = set(chunks)
+        partial: dict[int, dict[str, np.ndarray]] = {}
+        filled: dict[int, int] = {}
+        for batch in self.plan.batches:
+            if not pending.intersection(batch.chunks):
+                continue
+            with torch.inference_mode():
+                x = data_mod.normalize(self.images[batch.start:batch.stop].to(dev, non_blocking=True),
+                                       norm["mean"], norm["std"])
+                self.plan.network.model(x)
+                outs = self.capture.pop()
+                if self.cuda:
+                    host = {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in outs.items()}
+                    for name, t in outs.items():
+                        host[name].copy_(t, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    self.inflight.append((event, outs, host, ci, batch, pending, partial, filled))
+                else:  # the hook already copied to host memory
+                    _distribute(self.pool, ci, batch, {name: t.numpy() for name, t in outs.items()},
+                                pending, partial, filled, self.writer)
+            self.forwarded += batch.stop - batch.start
+            while len(self.inflight) > 1 or (self.inflight and self.inflight[0][0].query()):
+                _drain(self.pool, self.inflight.pop(0), self.writer)
+            self.pool.raise_if_failed()
+
+    def finish(self) -> None:
+        while self.inflight:
+            _drain(self.pool, self.inflight.pop(0), self.writer)
+
+
+def _region_counter(bars, replays: tuple[Replay, ...]):
+    """(the writers' callback for a finished region, the count of finished regions): the callback
+    advances the region and checkpoint bars and the count."""
+    ck_task = bars.add_task("checkpoints", total=len(replays))
+    rg_task = bars.add_task("regions", total=sum(len(r.chunks) for r in replays))
+    remaining = {r.index: len(r.chunks) for r in replays}
     lock = threading.Lock()
     counts = {"regions": 0}
 
@@ -814,62 +1027,44 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
         if finished:
             bars.advance(ck_task)
 
+    return region_done, counts
+
+
+def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, float]:
+    """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
+    model, network, dev = plan.network.model, plan.network, plan.device
+    bars = _progress(plan.config.progress)
+    region_done, counts = _region_counter(bars, replays)
     memory_format = fastest_memory_format(model, dev)
     model.to(dev, memory_format=memory_format).eval()
-    pool = _Writers(writer, n_writers, region_done)
+    pool = _Writers(writer, plan.writers, region_done)
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftdyn-ckpt")
     prefetch: dict[int, Future] = {}
 
     def want(k: int) -> None:
-        if k < len(todo):
-            pos = todo[k][0]
-            if pos not in cache and pos not in prefetch:
-                prefetch[pos] = loader.submit(_load_state, entries[pos], loading)
+        if k < len(replays):
+            pos = replays[k].position
+            if pos not in plan.states and pos not in prefetch:
+                prefetch[pos] = loader.submit(_load_state, network.entries[pos], plan.loading)
 
-    forwarded = 0
-    inflight: list = []  # CUDA: batches whose device->host copies are still running
-    capture = LayerCapture(model, layers, dtype=dtype_t, channels_last=channels_last)
+    capture = LayerCapture(model, list(network.layers), dtype=DTYPES[plan.config.dtype],
+                           channels_last=network.channels_last)
+    forward = _Forward(plan, writer, pool, capture)
     ok = False
     t0 = time.perf_counter()
     try:
         with bars, full_precision():
             want(0)
-            for k, (pos, ci, pending) in enumerate(todo):
+            for k, replay in enumerate(replays):
                 want(k + 1)  # read the next checkpoint file while this one runs
-                entry = entries[pos]
-                state = cache.pop(pos) if pos in cache else prefetch.pop(pos).result()
-                if not (k == 0 and pos == 0):  # entry 0 was loaded into the model during setup
-                    _apply_state(model, entry, state, loading)
+                pos = replay.position
+                state = plan.states.pop(pos) if pos in plan.states else prefetch.pop(pos).result()
+                if not (k == 0 and pos == 0):  # entry 0 was loaded into the model while planning
+                    _apply_state(model, network.entries[pos], state, plan.loading)
                 del state
                 model.to(dev, memory_format=memory_format).eval()  # a replaced head is created on the CPU
-                pending_set = set(pending)
-                partial: dict[int, dict[str, np.ndarray]] = {}
-                filled: dict[int, int] = {}
-                for batch in plan:
-                    if not pending_set.intersection(batch.chunks):
-                        continue
-                    with torch.inference_mode():
-                        x = normalize(images_t[batch.start:batch.stop].to(dev, non_blocking=True), mean, std)
-                        model(x)
-                        outs = capture.pop()
-                        if cuda:
-                            host = {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                                    for name, t in outs.items()}
-                            for name, t in outs.items():
-                                host[name].copy_(t, non_blocking=True)
-                            event = torch.cuda.Event()
-                            event.record()
-                            inflight.append((event, outs, host, ci, batch, pending_set, partial, filled))
-                        else:  # the hook already copied to host memory
-                            _distribute(pool, ci, batch, {name: t.numpy() for name, t in outs.items()},
-                                        pending_set, partial, filled, writer)
-                    forwarded += batch.stop - batch.start
-                    # keep one batch in flight on the GPU while the host hands the previous one over
-                    while len(inflight) > 1 or (inflight and inflight[0][0].query()):
-                        _drain(pool, inflight.pop(0), writer)
-                    pool.raise_if_failed()
-            while inflight:
-                _drain(pool, inflight.pop(0), writer)
+                forward.checkpoint(replay.index, replay.chunks)
+            forward.finish()
             pool.close(cancel=False)
             pool.raise_if_failed()
             ok = True
@@ -880,8 +1075,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
         for future in prefetch.values():
             future.cancel()
         loader.shutdown(wait=True, cancel_futures=True)
-    seconds = time.perf_counter() - t0
-    return {"images": forwarded, "seconds": seconds, "regions": counts["regions"]}
+    return {"images": forward.forwarded, "seconds": time.perf_counter() - t0, "regions": counts["regions"]}
 
 
 def _drain(pool: _Writers, item, writer) -> None:
@@ -914,3 +1108,7 @@ def _distribute(pool: _Writers, ci: int, batch: Batch, arrays: dict[str, np.ndar
         if filled[chunk] == rows.stop - rows.start:
             pool.submit(ci, chunk, partial.pop(chunk))
             del filled[chunk]
+
+
+extract.__doc__ += "\n    Options (:class:`~ftdyn.config.ExtractConfig`):\n\n" + "\n".join(
+    f"    * {line}" for line in describe(ExtractConfig).splitlines())

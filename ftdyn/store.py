@@ -53,6 +53,7 @@ import xarray as xr
 import zarr
 
 from ._version import __version__
+from .config import CODECS, STORE_DTYPES as DTYPES
 from .errors import FtdynError
 
 STORE_FORMAT = 1
@@ -61,8 +62,6 @@ IMAGES = "images"
 REQUIRED_ATTRS = ("ftdyn_store_format", "ftdyn_version", "architecture", "model", "dataset", "layers",
                   "layer_variables", "receptive_fields", "checkpoints", "samples_per_chunk", "dtype",
                   "input_size", "normalization", "probe")
-DTYPES = ("float16", "float32")
-CODECS = ("zstd", "lz4")
 _TARGET_CHUNK_BYTES = 32 * 2**20  # 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
 #: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
 #: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
@@ -286,11 +285,13 @@ def _small(path: Path, array, name: str) -> np.ndarray:
         return np.asarray(array[...])
 
 
-def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], repair: bool) -> None:
+def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], repair: bool,
+                       ignore_extension: bool = False) -> int:
     """The root attribute ``checkpoints`` (strictly increasing epochs) against the
     ``checkpoint`` coordinate and the checkpoint axis of every array. Arrays longer than the
     attribute are a store caught while ``extract`` added checkpoints: a writer shrinks them
-    back (its extension is redone), a reader gets one line."""
+    back (its extension is redone), a reader gets one line, a writer planning its run
+    (``ignore_extension``) reads the store as it was before. Returns the arrays' length."""
     try:
         epochs = [int(c["epoch"]) for c in attrs["checkpoints"]]
     except (TypeError, KeyError, ValueError):
@@ -304,7 +305,8 @@ def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], rep
         for name in longer:
             array = group[name]
             array.resize((len(epochs), *array.shape[1:]))
-    elif longer:
+        lengths.update(dict.fromkeys(longer, len(epochs)))
+    elif longer and not ignore_extension:
         raise FtdynError(f"{path}: caught while `ftdyn extract` was adding checkpoints (array '{next(iter(longer))}' "
                          f"has {max(longer.values())} checkpoints, the root attribute lists {len(epochs)}); run the "
                          "same `ftdyn extract` again to finish, then re-run this command.")
@@ -312,15 +314,17 @@ def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], rep
     if shorter:
         raise _damaged(path, f"array '{shorter[0]}' has {lengths[shorter[0]]} checkpoints, the root attribute "
                              f"'checkpoints' lists {len(epochs)}")
-    coord = [int(e) for e in _small(path, group["checkpoint"], "checkpoint")]
+    coord = [int(e) for e in _small(path, group["checkpoint"], "checkpoint")][:len(epochs)]
     if coord != epochs:
         raise _damaged(path, f"coordinate 'checkpoint' is {coord} but the root attribute 'checkpoints' lists epochs "
                              f"{epochs}")
+    return lengths[COMPLETE]
 
 
-def _sample_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> tuple[int, int]:
+def _sample_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n_checkpoints: int) -> tuple[int, int]:
     """Sample-axis lengths, image layout, labels within the classes and the completeness
-    marks' shape (checked before anything reads them); returns (samples, samples per chunk)."""
+    marks' shape (``n_checkpoints`` rows; checked before anything reads them); returns
+    (samples, samples per chunk)."""
     n = _array(path, group, "sample").shape[0]
     spc = attrs["samples_per_chunk"]
     if not isinstance(spc, int) or isinstance(spc, bool) or spc < 1:
@@ -332,7 +336,7 @@ def _sample_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> tupl
     if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[0] != n or images.shape[3] != 3:
         raise _damaged(path, f"array '{IMAGES}' is {images.dtype} {images.shape}, expected uint8 ({n}, H, W, 3)")
     complete = _array(path, group, COMPLETE)
-    expected = (len(attrs["checkpoints"]), math.ceil(n / spc))
+    expected = (n_checkpoints, math.ceil(n / spc))
     if complete.shape != expected or complete.dtype != np.uint8 or complete.chunks != (1, 1):
         raise _damaged(path, f"array '{COMPLETE}' is {complete.dtype} {complete.shape} in chunks {complete.chunks}, "
                              f"expected uint8 {expected} in chunks (1, 1)")
@@ -368,17 +372,19 @@ def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, 
                                  f"expected regions {region} (a changed map size or channel count)")
 
 
-def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False) -> None:
+def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False,
+                    ignore_extension: bool = False) -> None:
     """Check a store against itself before anything large is read or allocated: the root
     attributes against the arrays' metadata, coordinates and checksummed small arrays. Every
     inconsistency is one FtdynError naming the array and what differs. ``repair`` (writers
-    only) undoes a checkpoint extension that was cut short."""
+    only) undoes a checkpoint extension that was cut short; ``ignore_extension`` (a writer
+    planning its run, reading only) leaves it for the writer to undo."""
     path = Path(path)
     attrs = dict(group.attrs)
     if not isinstance(attrs["layer_variables"], dict) or not isinstance(attrs["layers"], list):
         raise _damaged(path, "root attributes 'layers'/'layer_variables' are not a list and a mapping")
-    _checkpoint_arrays(path, group, attrs, repair)
-    n, spc = _sample_arrays(path, group, attrs)
+    n_checkpoints = _checkpoint_arrays(path, group, attrs, repair, ignore_extension)
+    n, spc = _sample_arrays(path, group, attrs, n_checkpoints)
     _layer_arrays(path, group, attrs, n, spc)
 
 
@@ -401,7 +407,7 @@ def metadata_lock(path: Path, *, exclusive: bool):
         os.close(fd)
 
 
-def _open_group(path: Path, mode: str = "r") -> zarr.Group:
+def _open_group(path: Path, mode: str = "r", *, ignore_extension: bool = False) -> zarr.Group:
     if not (path / "zarr.json").is_file():
         raise FtdynError(f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn extract`.")
     try:
@@ -415,7 +421,7 @@ def _open_group(path: Path, mode: str = "r") -> zarr.Group:
     if missing:
         raise FtdynError(f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
                          "into a new --out.")
-    validate_layout(path, group, repair=mode != "r")
+    validate_layout(path, group, repair=mode != "r", ignore_extension=ignore_extension)
     return group
 
 
@@ -496,6 +502,18 @@ def decoding(path: str | Path, what: str = "a chunk"):
         detail = (str(exc).strip().splitlines() or [""])[0][:160]
         raise FtdynError(f"{path}: {what} cannot be decoded ({type(exc).__name__}: {detail}); the store is "
                          "damaged: re-extract it into a new --out.") from None
+
+
+def planned_regions(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
+    """(root attributes, regions done as :meth:`StoreWriter.done` counts them) of the store at
+    ``path``, read only, for planning a run that will write it: a checkpoint extension cut
+    short reads as the store before it (the writer undoes it when it opens the store)."""
+    path = Path(path)
+    with metadata_lock(path, exclusive=False):
+        group = _open_group(path, ignore_extension=True)
+        attrs = dict(group.attrs)
+        marked = np.asarray(group[COMPLETE][:len(attrs["checkpoints"])]).astype(bool)
+    return attrs, _regions_on_disk(path, attrs, marked)
 
 
 def completeness(path: str | Path) -> np.ndarray:

@@ -12,13 +12,14 @@ from ftdyn import cli, config
 from ftdyn import metrics as M
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis.inputs import Source
-from ftdyn.config import (DEBIASED_CKA, METRIC_NAMES, OPTIMIZERS, PRESETS, VIEWS, AnalyzeConfig, TrainConfig,
-                          VisualizeConfig)
+from ftdyn.config import (CODECS, DEBIASED_CKA, METRIC_NAMES, OPTIMIZERS, PRESETS, STORE_DTYPES, VIEWS, AnalyzeConfig,
+                          ExtractConfig, TrainConfig, VisualizeConfig)
 from ftdyn.errors import FtdynError
+from ftdyn.extraction import recorded_identity as store_identity
 from ftdyn.training import recorded_identity
 
 #: Command -> its config type. Add a row when a command gets its config.
-CONFIGS = {"train": TrainConfig, "analyze": AnalyzeConfig, "visualize": VisualizeConfig}
+CONFIGS = {"train": TrainConfig, "extract": ExtractConfig, "analyze": AnalyzeConfig, "visualize": VisualizeConfig}
 
 
 def _cli_params(command: str):
@@ -171,3 +172,33 @@ def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
     figures = plan_figures(vstore, out=tmp_path / "figs", layer=-1, classes=["square"], epochs=[0, 2])
     assert (figures.classes, figures.epochs, figures.filters, figures.samples) == ([1], [0, 2], None, None)
     assert figures.stem.startswith("v_") and not (tmp_path / "figs").exists()
+
+
+def test_extract_config_normalizes_and_validates_in_one_place():
+    c = ExtractConfig(batch_size="8", layers=["layer3", "layer4"], input_size="32", probe_seed=3, writers="2")
+    assert (c.batch_size, c.layers, c.input_size, c.probe_seed, c.writers) == (8, ("layer3", "layer4"), 32, 3, 2)
+    assert ExtractConfig(layers="layer3").layers == ("layer3",) and ExtractConfig(layers=[]).layers is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.dtype = "float32"
+    bad = {"--dtype": dict(dtype="float64"), "--codec": dict(codec="gzip"), "--batch-size": dict(batch_size=0),
+           "--writers": dict(writers=0), "--chunk-samples": dict(samples_per_chunk=0), "--input-size": dict(input_size=4),
+           "--seed": dict(probe_seed=-1), "--random-init-seed": dict(random_init_seed=1.5)}
+    for flag, kwargs in bad.items():
+        with pytest.raises(FtdynError, match=f"^{flag}: "):
+            ExtractConfig(**kwargs)
+    assert (STORE_DTYPES, CODECS) == (("float16", "float32"), ("zstd", "lz4"))
+    assert c.replace(dtype="float32").dtype == "float32" and c.dtype == "float16"
+
+
+def test_store_identity_reads_the_fields_the_store_records():
+    """A store's root attributes give back every identity field of ExtractConfig, by name."""
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    attrs = {"architecture": "resnet18", "layers": ["layer3"], "input_size": 32, "normalization": norm,
+             "dtype": "float32", "samples_per_chunk": 4, "codec": "lz4",
+             "probe": {"seed": 2, "per_class": 3, "max_samples": None, "fingerprint": "0" * 64}}
+    attrs = json.loads(json.dumps(attrs))  # as read back from the store
+    recorded = store_identity(attrs)
+    assert set(recorded) == set(ExtractConfig().identity())
+    assert recorded == {"arch": "resnet18", "layers": ["layer3"], "input_size": 32, "normalize": norm,
+                        "dtype": "float32", "samples_per_chunk": 4, "probe_seed": 2, "per_class": 3,
+                        "max_samples": None}

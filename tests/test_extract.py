@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import zarr
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ from ftdyn import checkpoints as ck
 from ftdyn.cli import app
 from ftdyn.data import load_images, scan_image_folder, select_probe
 from ftdyn.errors import FtdynError
-from ftdyn.extraction import batch_plan, extract
+from ftdyn.extraction import batch_plan, execute, extract, make_plan, recorded_identity
 from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD
 from ftdyn.store import completeness, open_store
 
@@ -560,6 +561,41 @@ def test_earlier_checkpoint_cannot_be_inserted(tmp_path, probe_dir):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "epoch 2 (epoch_2.pt) would have to be inserted before the store's last epoch 3" in result.output
+
+
+def test_resume_plan_holds_only_the_missing_regions_and_writes_nothing(tmp_path, probe_dir):
+    """make_plan reads series, probe and store without writing; on a store with regions unmarked
+    (a killed run) and a newer checkpoint in the series it plans exactly those regions and the
+    new epoch, appended after the store's checkpoints; execute then completes the store."""
+    series = tmp_path / "ckpts"
+    states = make_series(series, "resnet18", 3)
+    out = tmp_path / "s.zarr"
+    options = dict(data=probe_dir, out=out, layers=["layer3"], samples_per_chunk=4, batch_size=3, progress=False)
+    plan = make_plan(series, **options)
+    assert not out.exists() and plan.spec is not None and plan.samples_per_chunk == 4  # 12 images: 3 chunks
+    assert [(r.position, r.index, r.chunks) for r in plan.replays] == [(i, i, (0, 1, 2)) for i in range(3)]
+    assert [(b.start, b.stop) for b in plan.batches] == [(0, 3), (3, 4), (4, 7), (7, 8), (8, 11), (11, 12)]
+    execute(plan)
+    group = zarr.open_group(out, mode="r+", zarr_format=3)
+    group["complete"][1, 0] = 0  # as a run killed before these regions were marked
+    group["complete"][2, 1:] = 0
+    add_epoch(series, "resnet18", states, 3)
+    before = _snapshot(out)
+    plan = make_plan(series, **options)
+    assert _snapshot(out) == before and plan.spec is None
+    assert [r["epoch"] for r in plan.stored] == [0, 1, 2] and [r["epoch"] for r in plan.new_records] == [3]
+    assert [(r.position, r.index, r.chunks) for r in plan.replays] == [(1, 1, (0,)), (2, 2, (1, 2)),
+                                                                       (3, 3, (0, 1, 2))]
+    assert plan.done.tolist() == [[True] * 3, [False, True, True], [True, False, False], [False] * 3]
+    assert set(plan.states) <= {1, 2, 3}  # weights read while planning are kept only where they are used
+    assert plan.identity() == recorded_identity(dict(group.attrs))
+    with pytest.raises(FtdynError, match="dtype float16, this call float32"):
+        make_plan(series, **options, dtype="float32")
+    execute(plan)
+    assert completeness(out).all()
+    ds = open_store(out)
+    assert list(ds["checkpoint"].values) == [0, 1, 2, 3]
+    assert_close16(layer(ds, "layer3")[3], direct("resnet18", states[3], ds["images"].values, ["layer3"])["layer3"])
 
 
 def test_info_output(tmp_path, probe_dir, monkeypatch):
