@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import logging
 import os
-import sys
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,10 +59,12 @@ import torch
 
 from ._version import __version__
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError, check_output_folder
+from .errors import FtdynError, FtdynWarning, check_output_folder
+from .progress import progress_bar, stage
 
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -363,8 +366,8 @@ def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
         shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
-        print(f"ftdyn: note: the classifier head changes its class count inside the series ({shown} classes); "
-              "each checkpoint is loaded with its own head (heads are not captured).", file=sys.stderr, flush=True)
+        log.info(f"the classifier head changes its class count inside the series ({shown} classes); "
+                 "each checkpoint is loaded with its own head (heads are not captured).")
     return copies
 
 
@@ -391,13 +394,9 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
     except ReceptiveFieldError as exc:
-        _warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
-              "them, only class-based patches will be unavailable for this store.")
+        warnings.warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do "
+                      "not need them, only class-based patches will be unavailable for this store.", FtdynWarning)
         return {name: None for name in layers}
-
-
-def _warn(message: str) -> None:
-    print(f"ftdyn: warning: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------- resume checks
@@ -424,7 +423,8 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
     _check_same(out, "normalization", stored_norm, norm, "use the same series")
     _check_same(out, "dtype", attrs["dtype"], dtype, f"pass --dtype {attrs['dtype']}")
     if attrs.get("codec", "zstd") != codec:  # values do not depend on it: keep the store's
-        _warn(f"--codec {codec} ignored: the existing store {out} is compressed with {attrs.get('codec', 'zstd')}.")
+        warnings.warn(f"--codec {codec} ignored: the existing store {out} is compressed with "
+                      f"{attrs.get('codec', 'zstd')}.", FtdynWarning)
     if samples_per_chunk is not None and int(attrs["samples_per_chunk"]) != min(samples_per_chunk, probe["n_samples"]):
         raise FtdynError(f"--chunk-samples {samples_per_chunk}: the existing store {out} has "
                          f"{attrs['samples_per_chunk']} samples per chunk; drop --chunk-samples or choose a new --out.")
@@ -460,8 +460,8 @@ def _reconcile(out: Path, writer, *, arch: str, layers: list[str], probe: dict, 
                              f"store holds {rec['file']} (sha256 {str(rec.get('sha256'))[:12]}) for it; pass the same "
                              "series and --source, or choose a new --out.")
     if replaced:
-        _warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
-              "activations were written; using the new file(s).")
+        warnings.warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
+                      "activations were written; using the new file(s).", FtdynWarning)
         writer.group.attrs["checkpoints"] = known
         writer.attrs["checkpoints"] = known
     last = max(index)
@@ -520,16 +520,6 @@ class _Writers:
 
     def close(self, *, cancel: bool) -> None:
         self.pool.shutdown(wait=True, cancel_futures=cancel)
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled, transient=False)
 
 
 # ------------------------------------------------------------------------ the API
@@ -632,9 +622,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
     for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
         if note:
-            _warn(f"--data: {note}")
+            warnings.warn(f"--data: {note}", FtdynWarning)
     if folder.rescaled:
-        _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
+        warnings.warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
     probe_data = data_mod.select_probe(folder, per_class=per_class, max_samples=max_samples, seed=probe_seed)
     n = len(probe_data)
     if n < 2:  # one image has no variance: every distance would be undefined
@@ -644,8 +634,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
     images = data_mod.load_images(probe_data, size, num_workers=workers_io)
     labels = np.asarray(probe_data.labels, dtype=np.int64)
     if manifest is not None and list(manifest["classes"]) != list(probe_data.classes):
-        _warn(f"--data: its classes ({', '.join(probe_data.classes[:5])}...) differ from the series' classes "
-              f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.")
+        warnings.warn(f"--data: its classes ({', '.join(probe_data.classes[:5])}...) differ from the series' classes "
+                      f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.",
+                      FtdynWarning)
     probe = {"seed": int(probe_seed), "per_class": per_class, "max_samples": max_samples,
              "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(probe_data.classes),
              "skipped_unreadable": len(folder.skipped),
@@ -717,16 +708,15 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                 _extract_random_init(out, writer, arch=arch, layers=layer_names, images=images,
                                      normalization=normalization, channels_last=channels_last, dev=dev,
                                      dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
-            print(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {n} samples); nothing to do.",
-                  flush=True)
+            stage(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {n} samples); nothing to do.")
             return out
         devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
         if devices - {dev.type}:
-            _warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on {dev.type}; "
-                  "the last bits of the values may differ between devices.")
+            warnings.warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
+                          f"{dev.type}; the last bits of the values may differ between devices.", FtdynWarning)
         if new:
-            print(f"{out}: extending with {len(new)} new checkpoint(s): "
-                  f"{', '.join(f'epoch {e.epoch}' for e in new)}.", flush=True)
+            stage(f"{out}: extending with {len(new)} new checkpoint(s): "
+                  f"{', '.join(f'epoch {e.epoch}' for e in new)}.")
 
         try:
             stats = _run(model, entries, todo, cache, writer=writer, images=images, normalization=normalization,
@@ -752,9 +742,9 @@ def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os
                                  dtype_t=dtype_t, batch_size=int(batch_size), seed=random_init_seed)
     elapsed = time.perf_counter() - started
     size_on_disk = dir_size(out)
-    print(f"{out}: {stats['regions']} regions of {len(todo)} checkpoint(s) written, {n} samples x "
+    stage(f"{out}: {stats['regions']} regions of {len(todo)} checkpoint(s) written, {n} samples x "
           f"{len(layer_names)} layers; {human_bytes(size_on_disk)} on disk; {rate:.1f} images/s on {dev} "
-          f"({elapsed:.1f} s in all).", flush=True)
+          f"({elapsed:.1f} s in all).")
     return out
 
 
@@ -797,7 +787,7 @@ def _extract_random_init(out: Path, writer, *, arch: str, layers: list[str], ima
                 write_random_init(out, int(chunk), arrays)
     finally:
         capture.close()
-    print(f"{out}: random-init baseline (seed {seed}) written.", flush=True)
+    stage(f"{out}: random-init baseline (seed {seed}) written.")
 
 
 def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalization, layers,
@@ -818,7 +808,7 @@ def _run(model, entries, todo, cache, *, writer, images: np.ndarray, normalizati
 
     total_regions = sum(len(p) for _, _, p in todo)
     remaining = {ci: len(p) for _, ci, p in todo}
-    bars = _progress(progress)
+    bars = progress_bar(progress)
     ck_task = bars.add_task("checkpoints", total=len(todo))
     rg_task = bars.add_task("regions", total=total_regions)
     lock = threading.Lock()

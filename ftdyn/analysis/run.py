@@ -7,7 +7,8 @@ import hashlib
 import importlib.util
 import os
 import json
-import sys
+import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +20,9 @@ from .. import metrics as M
 from .. import views as V
 from .._version import __version__
 from ..devices import resolve_device
-from ..errors import FtdynError, check_output_folder
+from ..errors import FtdynError, FtdynWarning, check_output_folder
 from ..outputs import current_set, folder_lock, remove_stale, write_result_set
+from ..progress import stage
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
                        validate_results, write_tables)
 from .collect import collect, to_dataset
@@ -29,6 +31,8 @@ from .interpret import extra_pairs, interpretation, warn_unconverged
 from .inputs import DEBIASED_CKA, DEFAULT_ALPHA, Args, Experiment, default_memory, open_experiments, parse_memory, resolve_args
 from .plan import plan_analysis
 from .tasks import trim
+
+log = logging.getLogger(__name__)
 
 
 def physical_memory() -> int | None:
@@ -66,9 +70,9 @@ def _warn_degenerate(exps: list[Experiment], args: Args, degenerate: dict) -> di
         names[m].append(f"{exps[e].name}:{exps[e].layers[l][0]}")
         layers.setdefault((e, l), []).append(f"{m} on {args.views[m]} ({reason})")
     for (e, l), what in layers.items():
-        print(f"ftdyn analyze: warning: {exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
-              f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
-              f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", file=sys.stderr)
+        warnings.warn(f"{exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
+                      f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
+                      f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", FtdynWarning)
     return names
 
 
@@ -179,12 +183,10 @@ def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, prog
         raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
                          "replace them, or choose another folder.")
     if old == key and problem is None:
-        print(f"ftdyn analyze: {out} is up to date (same arguments and stores; every file verified); "
-              "nothing to do.", file=sys.stderr)
+        stage(f"{out} is up to date (same arguments and stores; every file verified); nothing to do.")
         return open_results(out)
     if problem is not None:
-        print(f"ftdyn analyze: note: the results in {out} cannot be reused ({problem}); computing them again.",
-              file=sys.stderr)
+        log.info(f"the results in {out} cannot be reused ({problem}); computing them again.")
 
     limit = parse_memory(memory_limit) or default_memory()
     threads, jobs = plan_analysis(exps, args, dev, limit, workers)
@@ -230,6 +232,8 @@ def _analyze_locked(exps, args, dev, out, memory_limit, workers, scheduler, prog
     ds = validate_results(interpretation(exps, args, to_dataset(exps, args, recs, attrs), recs, extra),
                           "analyze")
     _write(ds, out)
+    if progress:
+        stage(f"results written to {out}")
     warn_unconverged(ds)
     return open_results(out)
 

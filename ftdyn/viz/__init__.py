@@ -26,19 +26,23 @@ import hashlib
 import json
 import os
 import re
+import logging
 import shutil
-import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import FtdynError, check_output_folder
+from ..errors import FtdynError, FtdynWarning, check_output_folder
 from ..outputs import folder_lock
+from ..progress import stage, track
 
 __all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
+
+log = logging.getLogger(__name__)
 
 #: Folder under a results/report folder that holds the figures (what ``report`` reads).
 FIGURES_DIR = "figures"
@@ -339,10 +343,6 @@ def results_layer_index(results, experiment: str, layer: str) -> int | None:
     return names.index(layer) if layer in names else None
 
 
-def _say(message: str) -> None:
-    print(f"ftdyn: {message}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- API
 
 
@@ -363,7 +363,7 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
     (default all, or 8 evenly spaced incl. source and last). ``out``: folder.
     One figure shows at most :data:`MAX_FILTERS` filters, :data:`MAX_GRID_ROWS`
     class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit choices are an
-    error, a larger ``n_filters`` is capped (with a note on stderr).
+    error, a larger ``n_filters`` is capped (with a logged note).
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
@@ -395,9 +395,9 @@ def visualize(store, *, layer, filters: Sequence[int] | None = None, classes: Se
         if n_filters < 1:
             raise FtdynError(f"--n-filters {n_filters}: must be at least 1.")
         if n_filters > min(n_channels, limit):
-            _say(f"note: --n-filters {n_filters} capped at {min(n_channels, limit)}: layer {name} has {n_channels} "
-                 f"filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter "
-                 "rows.")
+            log.info(f"--n-filters {n_filters} capped at {min(n_channels, limit)}: layer {name} has {n_channels} "
+                     f"filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter "
+                     "rows.")
             n_filters = min(n_channels, limit)
     sample_pos = resolve_samples(ds, samples) if samples is not None and len(samples) > 0 else None
     experiment = match_experiment(res, ds, path)
@@ -462,7 +462,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
     and the checkpoint x checkpoint matrices. For each store: the class-based and
     sample-based grids of its shallowest and deepest layer with auto-chosen
     filters. A store that cannot be visualized (e.g. no receptive-field geometry)
-    is skipped with a one-line message on stderr and a note in the index, so the
+    is skipped with an :class:`~ftdyn.errors.FtdynWarning` and a note in the index, so the
     rest is still made. Returns the written PNG/SVG paths.
     """
     from . import curves
@@ -475,7 +475,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
     if res is not None:
         written += curves.plot_all(res, out)
         written += interpret_figures.plot_all(res, out)  # relative curves, probes, convergence (when computed)
-    for store in stores or []:
+    for store in track(stores or [], "class/sample figures"):
         try:
             ds, path = open_any_store(store)
             layers = [p[0] for p in store_layers(ds)]
@@ -483,8 +483,9 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
             for layer in picks:
                 written += visualize(ds if path is None else path, layer=layer, results=res, out=out,
                                      n_filters=n_filters)
+            stage(f"class/sample figures of {store} drawn (layers {', '.join(picks)})")
         except FtdynError as exc:
-            _say(f"skipped class/sample figures for {store}: {exc}")
+            warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
             record(out, [{"file": None, "kind": "note", "store": str(store),
                           "caption": f"No class/sample figures for {store}: {exc}"}])
     return written
