@@ -21,6 +21,11 @@ class FtdynWarning(UserWarning):
     silences them."""
 
 
+class ConvergenceWarning(FtdynWarning):
+    """Layers whose distance has not converged on the probe set: their numbers are valid, only
+    imprecise, so the command line words this apart from the ``warning:`` lines."""
+
+
 def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bool = False) -> None:
     """Refuse an output folder before any work is done (so nothing is computed only to fail at
     the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,

@@ -24,7 +24,7 @@ import sys
 import warnings
 from typing import Iterable, Iterator, TypeVar
 
-from .errors import FtdynWarning
+from .errors import ConvergenceWarning, FtdynWarning
 
 __all__ = ["console", "dask_progress", "progress_bar", "stage", "track"]
 
@@ -89,7 +89,7 @@ _LABELS = {logging.INFO: "note: ", logging.WARNING: "warning: ", logging.ERROR: 
 
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        label = "" if record.name == _stages.name else _LABELS.get(record.levelno, "")
+        label = getattr(record, "label", "" if record.name == _stages.name else _LABELS.get(record.levelno, ""))
         return f"ftdyn: {label}{record.getMessage()}"
 
 
@@ -126,7 +126,8 @@ def console() -> Iterator[None]:
 
             def show(message, category, filename, lineno, file=None, line=None):
                 if issubclass(category, FtdynWarning):
-                    logger.warning("%s", message)
+                    logger.warning("%s", message, extra={"label": "" if issubclass(category, ConvergenceWarning)
+                                                         else _LABELS[logging.WARNING]})
                 else:
                     shown_elsewhere(message, category, filename, lineno, file, line)
 

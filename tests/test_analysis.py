@@ -317,7 +317,7 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
         assert all(r["ci_low"] != "" for r in csv.DictReader(f))
 
 
-def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys):
+def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
     path, _ = planted
     out = tmp_path / "r"
     ftdyn.analyze(path, out=out, progress=False, layers=["layer2.relu"])
@@ -563,7 +563,7 @@ def test_cli_runs_and_reports(planted, tmp_path):
     assert again.exit_code == 0 and "up to date" in (again.stderr if hasattr(again, "stderr") else again.output)
 
 
-def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
+def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys, cli_console):
     """With alpha=0 and rows <= columns (flat view: 12 images x 144 columns) PWSM is 0 for any
     checkpoints; analyze says so and leaves those values undefined instead of a silent "no change"."""
     path, _ = planted
@@ -578,7 +578,7 @@ def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
     assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()
 
 
-def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys):
+def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
     """2-pixel-high maps (map view) and 2 images (filter view): Procrustes and CKA would be 0
     whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
     layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
@@ -600,7 +600,7 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys):
         assert len(json.loads(ds.attrs[f"{m}_degenerate"])) == 2
 
 
-def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys):
+def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys, cli_console):
     """alpha=0.3 on the flat view (12 rows x 144 columns) is informative; only alpha=0 is degenerate."""
     path, data = planted
     ds = ftdyn.analyze(path, out=tmp_path / "r", metrics=["pwsm"], views="flat", alpha=0.3, progress=False)

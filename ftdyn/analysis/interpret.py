@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from .. import stats as S
-from ..errors import FtdynWarning
+from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import baseline_var, has_random_init, open_store
 from .collect import collect
@@ -130,7 +130,7 @@ def warn_unconverged(ds: xr.Dataset) -> None:
              for e, m, l in hits]
     warnings.warn(f"probe set too small, not converged (distance at the last epoch changes by >= "
                   f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
-                  "Extract more probe images (--per-class) for these; see convergence.csv.", FtdynWarning)
+                  "Extract more probe images (--per-class) for these; see convergence.csv.", ConvergenceWarning)
 
 
 def relative(distance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
