@@ -643,3 +643,75 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     with pytest.raises(FtdynError, match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "
                                          r"file is missing"):
         AT.read_block(src, 2, 1)
+
+
+def _not_a_terminal(monkeypatch):
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # rich would take stderr for a terminal
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_path, monkeypatch):
+    """`ftdyn analyze ... 2> log`: one line per finished stage and each caveat once, no carriage
+    returns (Dask's bar wrote thousands of updates onto one line)."""
+    import subprocess
+    import sys
+
+    _not_a_terminal(monkeypatch)
+    path, _ = planted
+    out = tmp_path / "r"
+    command = [sys.executable, "-m", "ftdyn", "analyze", str(path), "--out", str(out), "--metric", "pwsm",
+               "--view", "flat", "--no-report"]
+    log = tmp_path / "log"
+    for _ in range(2):  # computed, then up to date
+        with open(log, "a") as f:
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=f)
+        assert done.returncode == 0, log.read_text()
+    text = log.read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "\x1b" not in text and all(line.startswith("ftdyn: ") for line in lines), text
+    stages = [line for line in lines if "warning" not in line and "not converged" not in line]
+    assert stages[0].startswith("ftdyn: distances computed (2 jobs, ")
+    assert stages[1].startswith("ftdyn: convergence and random-init ceiling computed (")
+    assert stages[2:] == [f"ftdyn: results written to {out}",
+                          f"ftdyn: {out} is up to date (same arguments and stores; every file verified); nothing to do."]
+    degenerate = [line for line in lines if line.startswith("ftdyn: warning: ")]
+    assert len(degenerate) == 2 and all("degenerate (0 whatever the checkpoints)" in line for line in degenerate)
+
+
+def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(planted, tmp_path, monkeypatch, caplog, capsys):
+    """The library prints nothing itself: notes and stage lines go to the `ftdyn` loggers (seen with
+    logging, silenced by level), caveats are FtdynWarnings (silenced with a warnings filter)."""
+    import logging
+    import warnings
+
+    from ftdyn.errors import FtdynWarning
+
+    _not_a_terminal(monkeypatch)
+    path, _ = planted
+    args = dict(metrics=["pwsm"], views="flat")
+    with caplog.at_level(logging.INFO, logger="ftdyn"), pytest.warns(FtdynWarning, match="degenerate"):
+        ftdyn.analyze(path, out=tmp_path / "r", **args)
+    assert [r.getMessage() for r in caplog.records][-1] == f"results written to {tmp_path / 'r'}"
+    assert capsys.readouterr().err == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftdyn"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=FtdynWarning)
+        ftdyn.analyze(path, out=tmp_path / "s", **args)
+    assert caplog.records == [] and [w for w in seen if issubclass(w.category, FtdynWarning)] == []
+    assert capsys.readouterr().err == "" and json.loads(open_results(tmp_path / "s").attrs["pwsm_degenerate"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_dask_progress_is_a_rich_bar_on_a_terminal_only(terminal, monkeypatch, capsys):
+    import dask
+
+    from ftdyn.progress import dask_progress
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    with dask_progress("squares"):
+        squares = dask.compute(*[dask.delayed(lambda x: x * x)(i) for i in range(5)], scheduler="threads")
+    assert squares == (0, 1, 4, 9, 16)
+    err = capsys.readouterr().err
+    assert ("squares" in err and "5/5" in err) if terminal else err == ""
