@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import FtdynError, FtdynWarning, check_output_folder
 from ..outputs import folder_lock
-from ..progress import stage, track
+from ..progress import track
 
 __all__ = ["visualize", "default_figures", "read_index", "FIGURES_DIR", "INDEX_NAME"]
 
@@ -483,7 +483,6 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *, n_
             for layer in picks:
                 written += visualize(ds if path is None else path, layer=layer, results=res, out=out,
                                      n_filters=n_filters)
-            stage(f"class/sample figures of {store} drawn (layers {', '.join(picks)})")
         except FtdynError as exc:
             warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
             record(out, [{"file": None, "kind": "note", "store": str(store),
