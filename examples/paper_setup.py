@@ -38,6 +38,7 @@ Toy run (random init, tiny images, a minute on a CPU)::
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -193,4 +194,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # ftdyn's notes and stage lines
     sys.exit(main())

@@ -54,6 +54,7 @@ Toy run: ``--input-size 32 --per-class 2 --batch-size 8`` (see tests/test_exampl
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -135,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # ftdyn's notes and stage lines
     sys.exit(main())

@@ -16,8 +16,10 @@ Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,
 so ``import ftdyn`` stays fast.
 """
 
+import logging
+
 from ._version import __version__
-from .errors import FtdynError
+from .errors import FtdynError, FtdynWarning
 
 # API name -> module. Modules are not named like the functions because importing a
 # submodule ``ftdyn.train`` would replace the attribute ``ftdyn.train``.
@@ -25,7 +27,9 @@ _API = {"train": "training", "extract": "extraction", "analyze": "analysis", "vi
         "report": "reporting", "demo": "demos", "open_store": "store", "open_results": "results",
         "info": "store"}
 
-__all__ = ["__version__", "FtdynError", *_API]
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # notes: shown only where the caller asks
+
+__all__ = ["__version__", "FtdynError", "FtdynWarning", *_API]
 
 
 def __getattr__(name: str):

@@ -37,8 +37,8 @@ import json
 import os
 import pickle
 import re
+import logging
 import struct
-import sys
 import threading
 import warnings
 import zipfile
@@ -54,6 +54,8 @@ from .config import WEIGHTS_COPIES
 from .errors import FtdynError
 from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
                      num_classes_of, replace_head, timm_twin, zoo_state_dict)
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 CHECKPOINT_FORMAT = "ftdyn-checkpoint"
@@ -914,10 +916,6 @@ _TOOL_COPIES = re.compile(r"(last|model_best)(-v\d+)?|checkpoint|milestone-\d+",
 _PARTIAL_STATES = re.compile(r"recovery-\d+-\d+|(recovery_)?tmp", re.IGNORECASE)
 
 
-def _note(message: str) -> None:
-    print(f"ftdyn: note: {message}", file=sys.stderr, flush=True)
-
-
 def _is_tool_copy(path: Path) -> bool:
     return bool(_TOOL_COPIES.fullmatch(checkpoint_stem(path.name) or path.name))
 
@@ -1026,9 +1024,9 @@ def _zero_based_shift(folder: Path, numbers: dict[Path, int], *, has_source: boo
     if first is None or (not has_source and _written_by_ftdyn(first, trust)):
         return 0
     if not has_source:
-        _note(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they are "
-              f"numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass --source "
-              "(a file or weights name) for one, or choose another epoch with analyze --reference.")
+        log.info(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they "
+                 f"are numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass "
+                 "--source (a file or weights name) for one, or choose another epoch with analyze --reference.")
     return 1
 
 
@@ -1108,7 +1106,7 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
     files = list(stored)
     if skipped + copies:
-        _note(f"{folder}: skipping {', '.join(skipped + copies)}.")
+        log.info(f"{folder}: skipping {', '.join(skipped + copies)}.")
     numbers = _epoch_numbers(folder, stored, names)
     shift = _zero_based_shift(folder, numbers, has_source=src is not None, trust=trust)
     entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)

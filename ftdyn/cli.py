@@ -19,6 +19,7 @@ import typer
 from . import __version__
 from .config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig, default, help_text
 from .errors import FtdynError
+from .progress import console
 
 app = typer.Typer(
     name="ftdyn",
@@ -30,12 +31,14 @@ app = typer.Typer(
 
 
 def user_errors(func):
-    """Print an FtdynError as one line (no traceback) and exit with code 2."""
+    """Print an FtdynError as one line (no traceback) and exit with code 2; notes, stage lines and
+    caveats as one line each (:func:`ftdyn.progress.console`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with console():
+                return func(*args, **kwargs)
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
             raise typer.Exit(2) from None

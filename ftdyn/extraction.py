@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
-import sys
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,8 +61,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import data as data_mod
 from ._version import __version__
@@ -69,8 +68,9 @@ from .checkpoints import (checkpoint_files, discover_series, infer_num_classes, 
                           load_state_into_model, read_manifest, read_weights)
 from .config import STORE_DTYPES, ExtractConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError
+from .errors import FtdynError, FtdynWarning
 from .outputs import check_output_folder, folder_lock
+from .progress import progress_bar, stage
 from .models import (LayerCapture, blank_forward, build_model, canonical_arch, channels_last_layers, default_layers,
                      default_normalization, num_classes_of, replace_head, validate_layers)
 from .receptive import ReceptiveFieldError, receptive_fields
@@ -80,6 +80,7 @@ from .store import (LayerSpec, StoreSpec, StoreWriter, add_random_init, all_fini
 #: Stored activation type -> the torch type activations are captured in.
 DTYPES = {name: getattr(torch, name) for name in STORE_DTYPES}
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -345,8 +346,8 @@ def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
         shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
-        print(f"ftdyn: note: the classifier head changes its class count inside the series ({shown} classes); "
-              "each checkpoint is loaded with its own head (heads are not captured).", file=sys.stderr, flush=True)
+        log.info(f"the classifier head changes its class count inside the series ({shown} classes); "
+              "each checkpoint is loaded with its own head (heads are not captured).")
     return copies
 
 
@@ -369,13 +370,9 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
     except ReceptiveFieldError as exc:
-        _warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
-              "them, only class-based patches will be unavailable for this store.")
+        warnings.warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
+              "them, only class-based patches will be unavailable for this store.", FtdynWarning)
         return {name: None for name in layers}
-
-
-def _warn(message: str) -> None:
-    print(f"ftdyn: warning: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------- resume checks
@@ -443,8 +440,8 @@ def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractC
                          f"images in --data {probe['data_dir']} or changed files); use the same --data, or choose "
                          "a new --out.")
     if attrs.get("codec", "zstd") != config.codec:  # values do not depend on it: keep the store's
-        _warn(f"--codec {config.codec} ignored: the existing store {out} is compressed with "
-              f"{attrs.get('codec', 'zstd')}.")
+        warnings.warn(f"--codec {config.codec} ignored: the existing store {out} is compressed with "
+              f"{attrs.get('codec', 'zstd')}.", FtdynWarning)
 
 
 def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: Path) -> tuple[list[dict], list]:
@@ -471,8 +468,8 @@ def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: 
                              f"store holds {rec['file']} (sha256 {str(rec.get('sha256'))[:12]}) for it; pass the same "
                              "series and --source, or choose a new --out.")
     if replaced:
-        _warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
-              "activations were written; using the new file(s).")
+        warnings.warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
+              "activations were written; using the new file(s).", FtdynWarning)
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]
     early = [e for e in new if int(e.epoch) < last]
@@ -529,12 +526,6 @@ class _Writers:
 
     def close(self, *, cancel: bool) -> None:
         self.pool.shutdown(wait=True, cancel_futures=cancel)
-
-
-def _progress(enabled: bool):
-    return Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled, transient=False)
 
 
 # ------------------------------------------------------------------------ the plan
@@ -681,9 +672,9 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
     folder = data_mod.scan_image_folder(data_dir, flag="--data")
     for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
         if note:
-            _warn(f"--data: {note}")
+            warnings.warn(f"--data: {note}", FtdynWarning)
     if folder.rescaled:
-        _warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}")
+        warnings.warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
     chosen = data_mod.select_probe(folder, per_class=config.per_class, max_samples=config.max_samples,
                                    seed=config.probe_seed)
     n = len(chosen)
@@ -695,8 +686,8 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
     labels = np.asarray(chosen.labels, dtype=np.int64)
     manifest = network.manifest
     if manifest is not None and list(manifest["classes"]) != list(chosen.classes):
-        _warn(f"--data: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
-              f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.")
+        warnings.warn(f"--data: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
+              f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.", FtdynWarning)
     record = {"seed": config.probe_seed, "per_class": config.per_class, "max_samples": config.max_samples,
               "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(chosen.classes),
               "skipped_unreadable": len(folder.skipped),
@@ -856,24 +847,24 @@ def execute(plan: ExtractPlan) -> Path:
         if not replays:
             if config.random_init_baseline:
                 _extract_random_init(plan, writer)
-            print(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {plan.probe.n} samples); "
-                  "nothing to do.", flush=True)
+            stage(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {plan.probe.n} samples); "
+                  "nothing to do.")
             return out
         devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
         if devices - {plan.device.type}:
-            _warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
-                  f"{plan.device.type}; the last bits of the values may differ between devices.")
+            warnings.warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
+                  f"{plan.device.type}; the last bits of the values may differ between devices.", FtdynWarning)
         if plan.new_records:
             epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
-            print(f"{out}: extending with {len(plan.new_records)} new checkpoint(s): {epochs}.", flush=True)
+            stage(f"{out}: extending with {len(plan.new_records)} new checkpoint(s): {epochs}.")
         stats = _replay(plan, writer, replays)
         rate = _record_run(plan, writer, stats)
         if config.random_init_baseline:
             _extract_random_init(plan, writer)
     elapsed = time.perf_counter() - started
-    print(f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n} samples x "
+    stage(f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n} samples x "
           f"{len(plan.network.layers)} layers; {human_bytes(dir_size(out))} on disk; {rate:.1f} images/s on "
-          f"{plan.device} ({elapsed:.1f} s in all).", flush=True)
+          f"{plan.device} ({elapsed:.1f} s in all).")
     return out
 
 
@@ -959,7 +950,7 @@ def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
                 write_random_init(out, int(chunk), arrays)
     finally:
         capture.close()
-    print(f"{out}: random-init baseline (seed {seed}) written.", flush=True)
+    stage(f"{out}: random-init baseline (seed {seed}) written.")
 
 
 class _Forward:
@@ -1033,7 +1024,7 @@ def _region_counter(bars, replays: tuple[Replay, ...]):
 def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, float]:
     """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
     model, network, dev = plan.network.model, plan.network, plan.device
-    bars = _progress(plan.config.progress)
+    bars = progress_bar(plan.config.progress)
     region_done, counts = _region_counter(bars, replays)
     memory_format = fastest_memory_format(model, dev)
     model.to(dev, memory_format=memory_format).eval()

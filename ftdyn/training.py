@@ -17,10 +17,11 @@ seed (same machine and thread count); on GPU, cuDNN kernels may differ slightly.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,14 +35,13 @@ from . import models
 from ._version import __version__
 from .config import OPTIMIZERS, TrainConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
-from .errors import FtdynError
+from .errors import FtdynError, FtdynWarning
 from .outputs import check_output_folder, folder_lock
+from .progress import progress_bar, stage
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "TrainPlan", "execute", "make_plan", "train"]
 
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------- output folder
@@ -183,17 +183,6 @@ def _run_epoch(model, loader, *, device, mean, std, optimizer=None, progress=Non
         raise FtdynError(f"--lr: the {'training' if training else 'validation'} loss became {loss_sum} "
                          "(diverged); use a smaller learning rate.")
     return loss_sum / max(total, 1), correct / max(total, 1)
-
-
-def _progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    live = enabled and console.is_terminal
-    bar = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, disable=not live)
-    return bar, live
 
 
 def _state_for_resume(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -402,7 +391,7 @@ def _read_data(data_dir, config: TrainConfig) -> tuple[D.ImageFolderData, D.Imag
     ignored = list(dict.fromkeys([*train_data.ignored, *val_data.ignored]))
     for note in (D.skipped_message(skipped), D.rescaled_message(rescaled), D.ignored_message(ignored)):
         if note:
-            _say(f"ftdyn: warning: {note}")
+            warnings.warn(note, FtdynWarning)
     _check_two_classes(train_data, val_data, data_dir, config.val_split)
     return train_data, val_data
 
@@ -506,13 +495,13 @@ def _start_resumed(run: _Run) -> None:
         ckpt.write_manifest(out, manifest)
         end = entries[-1]["epoch"]
         redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
-        _say(f"ftdyn: note: --resume: {problem}; redoing {redo} from {last['file']}")
+        log.info(f"--resume: {problem}; redoing {redo} from {last['file']}")
     for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
         m = ckpt.CHECKPOINT_REGEX.match(p.name)
         if m and int(m.group(1)) >= start:
             p.unlink()
     if plan.config.progress:
-        _say(f"ftdyn: resuming '{out}' after epoch {start - 1} of {plan.config.epochs}")
+        stage(f"resuming '{out}' after epoch {start - 1} of {plan.config.epochs}")
 
 
 def _start_new(run: _Run) -> None:
@@ -521,14 +510,14 @@ def _start_new(run: _Run) -> None:
     for p in plan.delete:
         p.unlink(missing_ok=True)
     if plan.mode == "restart":
-        _say(f"ftdyn: note: --resume: no epoch of '{plan.out}' was finished (stopped while saving epoch 0); "
-             "starting the run over")
+        log.info(f"--resume: no epoch of '{plan.out}' was finished (stopped while saving epoch 0); "
+                 "starting the run over")
     elif c.resume and c.progress:
-        _say(f"ftdyn: nothing to resume in '{plan.out}'; starting a new run")
+        stage(f"nothing to resume in '{plan.out}'; starting a new run")
     if plan.init_path is None and c.weights.lower() == "none":  # nothing pre-trained anywhere
-        _say("ftdyn train: note: --weights none and no --init, so epoch 0 (the source model) is randomly "
-             "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
-             "to fine-tune a pre-trained model.")
+        log.info("--weights none and no --init, so epoch 0 (the source model) is randomly "
+                 "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
+                 "to fine-tune a pre-trained model.")
     plan.out.mkdir(parents=True, exist_ok=True)
     run.manifest, run.start = _new_manifest(run), 1
 
@@ -600,8 +589,8 @@ def _source_epoch(run: _Run, bar, live: bool) -> None:
     metrics = {"train_loss": None, "train_acc": None, "val_loss": val_loss, "val_acc": val_acc}
     _save(run, 0, metrics, time.perf_counter() - t0)
     if c.progress:
-        _line(bar, live, f"epoch 0/{c.epochs}: source model with new head: val loss {_fmt(val_loss)} "
-                         f"acc {_fmt(val_acc)}")
+        stage(f"epoch 0/{c.epochs}: source model with new head: val loss {_fmt(val_loss)} "
+              f"acc {_fmt(val_acc)}")
 
 
 def _fine_tune_epoch(run: _Run, epoch: int, bar, live: bool) -> None:
@@ -616,8 +605,8 @@ def _fine_tune_epoch(run: _Run, epoch: int, bar, live: bool) -> None:
     metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
     _save(run, epoch, metrics, time.perf_counter() - t0)
     if c.progress:
-        _line(bar, live, f"epoch {epoch}/{c.epochs}: train loss {_fmt(train_loss)} acc {_fmt(train_acc)} | "
-                         f"val loss {_fmt(val_loss)} acc {_fmt(val_acc)} ({time.perf_counter() - t0:.1f} s)")
+        stage(f"epoch {epoch}/{c.epochs}: train loss {_fmt(train_loss)} acc {_fmt(train_acc)} | "
+              f"val loss {_fmt(val_loss)} acc {_fmt(val_acc)} ({time.perf_counter() - t0:.1f} s)")
 
 
 def execute(plan: TrainPlan) -> Path:
@@ -639,7 +628,8 @@ def _execute_locked(plan: TrainPlan) -> Path:
     else:
         _start_new(run)
     c = plan.config
-    bar, live = _progress_bar(c.progress)
+    bar = progress_bar(c.progress)
+    live = not bar.disable
     with bar:
         if run.start == 1 and not run.manifest["epochs"]:
             _source_epoch(run, bar, live)
@@ -650,18 +640,11 @@ def _execute_locked(plan: TrainPlan) -> Path:
             run.manifest["complete"] = True
             ckpt.write_manifest(plan.out, run.manifest)
         if c.progress:
-            _say(f"ftdyn: '{plan.out}' is already complete ({c.epochs} epochs); nothing to do")
+            stage(f"'{plan.out}' is already complete ({c.epochs} epochs); nothing to do")
     if c.epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
-        _say("ftdyn train: note: --epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
-             "analyze` needs at least one fine-tuned epoch to compare it with.")
+        log.info("--epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
+                 "analyze` needs at least one fine-tuned epoch to compare it with.")
     return plan.out
-
-
-def _line(bar, live: bool, text: str) -> None:
-    if live:
-        bar.console.print(text, highlight=False, markup=False)
-    else:
-        _say(text)
 
 
 def _torchvision_version() -> str:

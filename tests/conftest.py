@@ -97,6 +97,16 @@ def tiny_series(image_folder, tmp_path_factory) -> Path:
                        device="cpu", progress=False)
 
 
+@pytest.fixture
+def cli_console():
+    """ftdyn's notes, stage lines and caveats printed on stderr as the command line prints them
+    (for tests that call the Python API and read stderr)."""
+    from ftdyn.progress import console
+
+    with console():
+        yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """One intra-op thread for the whole suite: tiny tensors run faster on a shared 2-core machine

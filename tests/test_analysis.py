@@ -318,7 +318,7 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
         assert all(r["ci_low"] != "" for r in csv.DictReader(f))
 
 
-def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys):
+def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
     path, _ = planted
     out = tmp_path / "r"
     ftdyn.analyze(path, out=out, progress=False, layers=["layer2.relu"])
@@ -564,7 +564,7 @@ def test_cli_runs_and_reports(planted, tmp_path):
     assert again.exit_code == 0 and "up to date" in (again.stderr if hasattr(again, "stderr") else again.output)
 
 
-def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
+def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys, cli_console):
     """With alpha=0 and rows <= columns (flat view: 12 images x 144 columns) PWSM is 0 for any
     checkpoints; analyze says so and leaves those values undefined instead of a silent "no change"."""
     path, _ = planted
@@ -579,7 +579,7 @@ def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys):
     assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()
 
 
-def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys):
+def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
     """2-pixel-high maps (map view) and 2 images (filter view): Procrustes and CKA would be 0
     whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
     layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
@@ -601,7 +601,7 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys):
         assert len(json.loads(ds.attrs[f"{m}_degenerate"])) == 2
 
 
-def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys):
+def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys, cli_console):
     """alpha=0.3 on the flat view (12 rows x 144 columns) is informative; only alpha=0 is degenerate."""
     path, data = planted
     ds = ftdyn.analyze(path, out=tmp_path / "r", metrics=["pwsm"], views="flat", alpha=0.3, progress=False)
@@ -644,3 +644,75 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     with pytest.raises(FtdynError, match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "
                                          r"file is missing"):
         AT.read_block(src, 2, 1)
+
+
+def _not_a_terminal(monkeypatch):
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # rich would take stderr for a terminal
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_path, monkeypatch):
+    """`ftdyn analyze ... 2> log`: one line per finished stage and each caveat once, no carriage
+    returns (Dask's bar wrote thousands of updates onto one line)."""
+    import subprocess
+    import sys
+
+    _not_a_terminal(monkeypatch)
+    path, _ = planted
+    out = tmp_path / "r"
+    command = [sys.executable, "-m", "ftdyn", "analyze", str(path), "--out", str(out), "--metric", "pwsm",
+               "--view", "flat", "--no-report"]
+    log = tmp_path / "log"
+    for _ in range(2):  # computed, then up to date
+        with open(log, "a") as f:
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=f)
+        assert done.returncode == 0, log.read_text()
+    text = log.read_text()
+    lines = text.splitlines()
+    assert "\r" not in text and "\x1b" not in text and all(line.startswith("ftdyn: ") for line in lines), text
+    stages = [line for line in lines if "warning" not in line and "not converged" not in line]
+    assert stages[0].startswith("ftdyn: distances computed (2 jobs, ")
+    assert stages[1].startswith("ftdyn: convergence and random-init ceiling computed (")
+    assert stages[2:] == [f"ftdyn: results written to {out}",
+                          f"ftdyn: {out} is up to date (same arguments and stores; every file verified); nothing to do."]
+    degenerate = [line for line in lines if line.startswith("ftdyn: warning: ")]
+    assert len(degenerate) == 2 and all("degenerate (0 whatever the checkpoints)" in line for line in degenerate)
+
+
+def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(planted, tmp_path, monkeypatch, caplog, capsys):
+    """The library prints nothing itself: notes and stage lines go to the `ftdyn` loggers (seen with
+    logging, silenced by level), caveats are FtdynWarnings (silenced with a warnings filter)."""
+    import logging
+    import warnings
+
+    from ftdyn.errors import FtdynWarning
+
+    _not_a_terminal(monkeypatch)
+    path, _ = planted
+    args = dict(metrics=["pwsm"], views="flat")
+    with caplog.at_level(logging.INFO, logger="ftdyn"), pytest.warns(FtdynWarning, match="degenerate"):
+        ftdyn.analyze(path, out=tmp_path / "r", **args)
+    assert [r.getMessage() for r in caplog.records][-1] == f"results written to {tmp_path / 'r'}"
+    assert capsys.readouterr().err == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftdyn"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=FtdynWarning)
+        ftdyn.analyze(path, out=tmp_path / "s", **args)
+    assert caplog.records == [] and [w for w in seen if issubclass(w.category, FtdynWarning)] == []
+    assert capsys.readouterr().err == "" and json.loads(open_results(tmp_path / "s").attrs["pwsm_degenerate"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_dask_progress_is_a_rich_bar_on_a_terminal_only(terminal, monkeypatch, capsys):
+    import dask
+
+    from ftdyn.progress import dask_progress
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    with dask_progress("squares"):
+        squares = dask.compute(*[dask.delayed(lambda x: x * x)(i) for i in range(5)], scheduler="threads")
+    assert squares == (0, 1, 4, 9, 16)
+    err = capsys.readouterr().err
+    assert ("squares" in err and "5/5" in err) if terminal else err == ""

@@ -690,7 +690,7 @@ def test_suffixes_in_any_case_and_pth_tar(tmp_path, reference):
     _assert_same(model, reference)
 
 
-def test_lightning_last_and_links_are_skipped(tmp_path, capsys):
+def test_lightning_last_and_links_are_skipped(tmp_path, capsys, cli_console):
     for n in (0, 1, 2):
         _tiny(tmp_path / f"epoch={n}-step={10 * (n + 1)}.ckpt", epoch=n, value=n)
     _tiny(tmp_path / "last.ckpt", epoch=2, value=2)  # save_last=True: a copy of the newest

@@ -131,7 +131,7 @@ def test_batch_plan_aligns_with_chunks():
                                                            (8, 10, (2,))]
 
 
-def test_resnet_default_layers_match_direct_forward(tmp_path, probe_dir, capsys):
+def test_resnet_default_layers_match_direct_forward(tmp_path, probe_dir, capsys, cli_console):
     states = make_series(tmp_path / "ckpts", "resnet18", 2)
     out = extract(tmp_path / "ckpts", data=probe_dir, out=tmp_path / "s.zarr", samples_per_chunk=5, batch_size=4,
                   progress=False)
@@ -157,7 +157,7 @@ def test_resnet_default_layers_match_direct_forward(tmp_path, probe_dir, capsys)
     # the two checkpoints really differ, and float16 is what is stored
     assert ds["layer4"].dtype == np.float16
     assert not np.allclose(layer(ds, "layer4")[0], layer(ds, "layer4")[1])
-    assert "2 checkpoint(s) written" in capsys.readouterr().out
+    assert "2 checkpoint(s) written" in capsys.readouterr().err
 
 
 def test_resnet_block_relu_is_the_block_output(tmp_path, probe_dir):

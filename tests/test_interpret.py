@@ -187,7 +187,7 @@ def test_open_store_ignores_the_baseline_as_an_epoch(tmp_path):
         add_random_init(path, seed=4, architecture="resnet18", init="test")
 
 
-def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(tmp_path, capsys):
+def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(tmp_path, capsys, cli_console):
     """n = 768 images: 'narrow' has 4 columns per filter (plenty of images), 'wide' 784 (fewer images than
     columns: the biased estimators still drift with n); the debiased CKA converges on both."""
     rng = np.random.default_rng(7)

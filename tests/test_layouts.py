@@ -138,7 +138,7 @@ def test_timm_pretrained_tags_need_the_hub(monkeypatch):
     assert "\n" not in text and "Hugging Face hub" in text and "--weights FILE" in text
 
 
-def test_receptive_fields_where_fx_traces_else_not_available(capsys):
+def test_receptive_fields_where_fx_traces_else_not_available(capsys, cli_console):
     from ftdyn.extraction import _receptive_fields
 
     model = build_model("timm/convnext_atto")
@@ -293,7 +293,7 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
     assert_stored(ds, 1, forward(build, emas[1], ds["images"].values, ["layer4"]))
 
 
-def test_ftdyn_epoch_0_without_its_manifest_stays_the_source(tmp_path, capsys):
+def test_ftdyn_epoch_0_without_its_manifest_stays_the_source(tmp_path, capsys, cli_console):
     state = torchvision.models.resnet18(num_classes=3).state_dict()
     for epoch in (0, 1):
         ck.save_checkpoint(tmp_path / ck.checkpoint_filename(epoch), state, epoch=epoch)

@@ -186,7 +186,7 @@ def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkey
             assert not list(out.glob(".*.link-*")) and not list(out.glob(".analyze-*"))
 
 
-def test_tampered_or_missing_file_is_never_up_to_date(store, with_a, tmp_path, capsys):
+def test_tampered_or_missing_file_is_never_up_to_date(store, with_a, tmp_path, capsys, cli_console):
     base, _ = with_a["set"]
     damage = {
         "edited": lambda out: (out / "distances.csv").write_text("experiment,metric\nx,pwsm\n"),
@@ -285,7 +285,7 @@ def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     assert which == ("pwsm" if statuses[0] == 0 else "cka")
 
 
-def test_a_copy_without_links_is_recomputed_not_trusted(store, with_a, tmp_path, capsys):
+def test_a_copy_without_links_is_recomputed_not_trusted(store, with_a, tmp_path, capsys, cli_console):
     """shutil.copytree (and some sync tools) turn the links into folders and files: nothing
     verifies, the same arguments recompute, and the copy becomes a proper set again."""
     base, _ = with_a["set"]

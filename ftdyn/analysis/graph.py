@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
+import time
 
 import torch
 
 from .. import stats as S
 from ..config import AnalyzeConfig
 from ..errors import FtdynError
+from ..progress import dask_progress, stage, track
 from .inputs import Experiment
 from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices
 from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
@@ -97,11 +98,21 @@ def _tree(items: list, combine, name: str, ordered: bool = False):
     return items[0]
 
 
-def compute(outputs: list, *, threads: int, scheduler, progress: bool):
+def compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str = "distances"):
+    """The results of ``outputs`` (one per job); with ``progress`` a bar on a terminal and one line
+    when done, naming ``what`` was computed."""
+    started = time.perf_counter()
+    results = _compute(outputs, threads=threads, scheduler=scheduler, progress=progress, what=what)
+    if progress:
+        stage(f"{what} computed ({len(outputs)} jobs, {time.perf_counter() - started:.1f} s)")
+    return results
+
+
+def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str):
     import dask
 
     if scheduler is not None:
-        from distributed import Client
+        from distributed import Client, as_completed
 
         own = isinstance(scheduler, str)
         try:
@@ -110,23 +121,17 @@ def compute(outputs: list, *, threads: int, scheduler, progress: bool):
             raise FtdynError(f"--scheduler: cannot connect to {scheduler} ({type(exc).__name__}: {exc}).") from None
         try:
             futures = client.compute(outputs)
-            if progress:
-                from distributed import progress as dprogress
-
-                dprogress(futures)
+            for _ in track(as_completed(futures), what, total=len(futures), enabled=progress):
+                pass
             return client.gather(futures)
         finally:
             if own:
                 client.close()
-    from dask.diagnostics import ProgressBar
-
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, threads)))
     try:
-        if progress:
-            with ProgressBar(out=sys.stderr):
-                return dask.compute(*outputs, scheduler="threads", num_workers=threads)
-        return dask.compute(*outputs, scheduler="threads", num_workers=threads)
+        with dask_progress(what, progress):
+            return dask.compute(*outputs, scheduler="threads", num_workers=threads)
     finally:
         torch.set_num_threads(old)
 

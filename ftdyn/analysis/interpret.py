@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import warnings
 
 import numpy as np
 import xarray as xr
 
 from .. import stats as S
 from ..config import AnalyzeConfig
+from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import baseline_var, has_random_init, open_store
 from .collect import collect
@@ -86,7 +87,7 @@ def extra_pairs(exps: list[Experiment], args: AnalyzeConfig, dev, limit: int, wo
                                 bootstrap_metrics=None, skip_replicates=(BASELINE,))
     threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
     results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
-                      scheduler=scheduler, progress=progress)
+                      scheduler=scheduler, progress=progress, what="convergence and random-init ceiling")
     for (e, m, l), rec in collect(pair, pargs, jobs, list(results)).items():
         if (e, m, l) in degenerate:
             continue
@@ -128,10 +129,9 @@ def warn_unconverged(ds: xr.Dataset) -> None:
     exps = ds["experiment"].values
     parts = [f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
              for e, m, l in hits]
-    # worded apart from the "warning:" lines of degenerate/invalid values: the numbers are valid, only imprecise
-    print(f"ftdyn analyze: probe set too small, not converged (distance at the last epoch changes by >= "
-          f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
-          "Extract more probe images (--per-class) for these; see convergence.csv.", file=sys.stderr)
+    warnings.warn(f"probe set too small, not converged (distance at the last epoch changes by >= "
+                  f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
+                  "Extract more probe images (--per-class) for these; see convergence.csv.", ConvergenceWarning)
 
 
 def relative(distance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ import datetime as _dt
 import hashlib
 import importlib.util
 import json
-import sys
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from .. import views as V
 from .._version import __version__
 from ..config import DEBIASED_CKA, AnalyzeConfig, build, describe
 from ..devices import resolve_device
-from ..errors import FtdynError
+from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
+from ..progress import stage
 from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
                        validate_results, write_tables)
 from .collect import collect, to_dataset
@@ -36,6 +38,8 @@ from .interpret import extra_pairs, interpretation, warn_unconverged
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .plan import Job, plan_analysis
 from .tasks import trim
+
+log = logging.getLogger(__name__)
 
 
 def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, str, int], str]:
@@ -64,9 +68,9 @@ def _warn_degenerate(exps: list[Experiment], args: AnalyzeConfig, degenerate: di
         names[m].append(f"{exps[e].name}:{exps[e].layers[l][0]}")
         layers.setdefault((e, l), []).append(f"{m} on {args.views[m]} ({reason})")
     for (e, l), what in layers.items():
-        print(f"ftdyn analyze: warning: {exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
-              f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
-              f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", file=sys.stderr)
+        warnings.warn(f"{exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
+                      f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
+                      f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", FtdynWarning)
     return names
 
 
@@ -209,6 +213,8 @@ def execute(plan: AnalysisPlan) -> xr.Dataset:
             return open_results(plan.out)
         ds = _compute(plan)
         _write(ds, plan.out)
+        if plan.config.progress:
+            stage(f"results written to {plan.out}")
         warn_unconverged(ds)
         return open_results(plan.out)
 
@@ -223,12 +229,10 @@ def _up_to_date(plan: AnalysisPlan) -> bool:
         raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
                          "replace them, or choose another folder.")
     if old == plan.key and problem is None:
-        print(f"ftdyn analyze: {out} is up to date (same arguments and stores; every file verified); "
-              "nothing to do.", file=sys.stderr)
+        stage(f"{out} is up to date (same arguments and stores; every file verified); nothing to do.")
         return True
     if problem is not None:
-        print(f"ftdyn analyze: note: the results in {out} cannot be reused ({problem}); computing them again.",
-              file=sys.stderr)
+        log.info(f"the results in {out} cannot be reused ({problem}); computing them again.")
     return False
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -34,11 +35,14 @@ import numpy as np
 
 from ..config import (DEFAULT_CLASSES, DEFAULT_SAMPLES, MAX_DEFAULT_EPOCHS, MAX_EPOCHS, MAX_FILTERS, MAX_GRID_ROWS,
                       VisualizeConfig, build, default, describe)
-from ..errors import FtdynError
+from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, folder_lock, update_result_set
+from ..progress import track
 
 __all__ = ["visualize", "make_plan", "execute", "FigurePlan", "default_figures", "read_index", "FIGURES_DIR",
            "INDEX_NAME"]
+
+log = logging.getLogger(__name__)
 
 #: Folder under a results/report folder that holds the figures (what ``report`` reads).
 FIGURES_DIR = "figures"
@@ -301,10 +305,6 @@ def results_layer_index(results, experiment: str, layer: str) -> int | None:
     return names.index(layer) if layer in names else None
 
 
-def _say(message: str) -> None:
-    print(f"ftdyn: {message}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- API
 
 
@@ -323,7 +323,7 @@ def visualize(store, *, out, config: VisualizeConfig | None = None, **options: A
     epoch). ``epochs``: epochs to show (default all, or 8 evenly spaced incl. source and
     last). ``out``: folder. One figure shows at most :data:`MAX_FILTERS` filters,
     :data:`MAX_GRID_ROWS` class x filter rows and :data:`MAX_EPOCHS` epochs: more explicit
-    choices are an error, a larger ``n_filters`` is capped (with a note on stderr).
+    choices are an error, a larger ``n_filters`` is capped (with a logged note).
 
     Writes ``class_<store>_<layer>.png`` (rows = (class, filter), columns = epochs)
     and ``sample_<store>_<layer>_s<id>.png`` (rows = filters, columns = image +
@@ -413,7 +413,7 @@ def _filter_count(config: VisualizeConfig, chosen: list[int] | None, n_classes: 
                              "--class and run visualize again for the rest.")
         return len(chosen)
     if config.n_filters > min(n_channels, limit):
-        _say(f"note: --n-filters {config.n_filters} capped at {min(n_channels, limit)}: layer {layer} has "
+        log.info(f"--n-filters {config.n_filters} capped at {min(n_channels, limit)}: layer {layer} has "
              f"{n_channels} filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x "
              "filter rows.")
         return min(n_channels, limit)
@@ -512,7 +512,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
     and the checkpoint x checkpoint matrices. For each store: the class-based and
     sample-based grids of its shallowest and deepest layer with auto-chosen
     filters. A store that cannot be visualized (e.g. no receptive-field geometry)
-    is skipped with a one-line message on stderr and a note in the index, so the
+    is skipped with an :class:`~ftdyn.errors.FtdynWarning` and a note in the index, so the
     rest is still made. Returns the written PNG/SVG paths.
     """
     from . import curves
@@ -525,7 +525,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
     if res is not None:
         written += curves.plot_all(res, out)
         written += interpret_figures.plot_all(res, out)  # relative curves, probes, convergence (when computed)
-    for store in stores or []:
+    for store in track(stores or [], "class/sample figures"):
         try:
             ds, path = open_any_store(store)
             layers = [p[0] for p in store_layers(ds)]
@@ -534,7 +534,7 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
                 with decoding(path or "store", f"layer {plan.layer}"):
                     written += [out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)]
         except FtdynError as exc:
-            _say(f"skipped class/sample figures for {store}: {exc}")
+            warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
             record(out, [{"file": None, "kind": "note", "store": str(store),
                           "caption": f"No class/sample figures for {store}: {exc}"}])
     return written
