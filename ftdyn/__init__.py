@@ -12,7 +12,7 @@ The same names as the command line (``help(ftdyn.NAME)`` for each):
 * ``open_store(path)`` / ``open_results(path)``: validated xarray Datasets.
 
 Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,
-``ftdyn.checkpoints``, ``ftdyn.stats``, ... Heavy modules are imported on first use
+``ftdyn.checkpoints``, ``ftdyn.summary``, ... Heavy modules are imported on first use
 so ``import ftdyn`` stays fast.
 """
 

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .. import stats as S
+from .. import summary as S
 from ..errors import FtdynError
 from .inputs import Args, Experiment
 from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from .. import stats as S
+from .. import summary as S
 from ..errors import FtdynError
 from .inputs import DEBIASED_CKA, Args, Experiment, Source
 from .tasks import map_pairs
