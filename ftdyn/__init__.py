@@ -16,6 +16,8 @@ Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,
 so ``import ftdyn`` stays fast.
 """
 
+import importlib
+
 from ._version import __version__
 from .errors import FtdynError
 
@@ -29,8 +31,8 @@ __all__ = ["__version__", "FtdynError", *_API]
 
 
 def __getattr__(name: str):
+    # Imported on first use (PEP 562): the API modules pull in torch, dask and xarray,
+    # which would make ``import ftdyn`` and ``ftdyn --help`` take seconds.
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'ftdyn' has no attribute {name!r}")
