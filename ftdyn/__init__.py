@@ -12,10 +12,11 @@ The same names as the command line (``help(ftdyn.NAME)`` for each):
 * ``open_store(path)`` / ``open_results(path)``: validated xarray Datasets.
 
 Submodules: ``ftdyn.metrics`` (pure metric functions), ``ftdyn.models``,
-``ftdyn.checkpoints``, ``ftdyn.stats``, ... Heavy modules are imported on first use
+``ftdyn.checkpoints``, ``ftdyn.summary``, ... Heavy modules are imported on first use
 so ``import ftdyn`` stays fast.
 """
 
+import importlib
 import logging
 
 from ._version import __version__
@@ -33,8 +34,8 @@ __all__ = ["__version__", "FtdynError", "FtdynWarning", *_API]
 
 
 def __getattr__(name: str):
+    # Imported on first use (PEP 562): the API modules pull in torch, dask and xarray,
+    # which would make ``import ftdyn`` and ``ftdyn --help`` take seconds.
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module 'ftdyn' has no attribute {name!r}")

@@ -1040,7 +1040,7 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
 
     **Third-party folder**: every ``.pt/.pth/.pth.tar/.bin/.ckpt/.safetensors`` file
     (suffix in any case; hidden files and other suffixes are ignored). Copies the
-    training tools write are skipped with one note on stderr (:func:`_skip_copies`,
+    training tools write are skipped with one logged note (:func:`_skip_copies`,
     :func:`_skip_epoch_copies`): Lightning's ``last.ckpt``, links (symbolic or hard) to
     another file, timm's ``last`` / ``model_best`` / ``milestone-N`` and torchvision's
     ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder without such files but with subfolders each holding one weights
@@ -1067,19 +1067,37 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     the untouched source (the series then has no epoch 0). ``arch`` (optional)
     validates a weights name early.
     """
-    folder = Path(folder)
-    if folder.is_file():
-        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
-                         f"(e.g. {folder.parent}).")
-    if not folder.is_dir():
-        raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
+    folder = _checked_folder(Path(folder))
     manifest = read_manifest(folder)
     if manifest is not None:
         if source is not None:
             raise FtdynError(f"--source: {folder} is an ftdyn series whose epoch 0 already is the source model; "
                              "drop --source.")
         return _series_from_manifest(folder, manifest, verify)
+    files, names, skipped = _weight_files(folder)
+    src = _resolve_source(source, arch) if source is not None else None
+    if src is not None and src.path is not None:
+        files = _without_source(folder, files, src)
+    stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
+    if skipped + copies:
+        log.info(f"{folder}: skipping {', '.join(skipped + copies)}.")
+    entries = _ordered_entries(folder, stored, names, has_source=src is not None, trust=trust)
+    return ([src] if src is not None else []) + entries
 
+
+def _checked_folder(folder: Path) -> Path:
+    """``folder`` if it is a directory, else an FtdynError saying what to pass instead."""
+    if folder.is_file():
+        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
+                         f"(e.g. {folder.parent}).")
+    if not folder.is_dir():
+        raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
+    return folder
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], dict[Path, str], list[str]]:
+    """The third-party folder's weights files, each one's name for numbering (file stem, or the
+    Hugging Face subfolder's name) and the tool copies skipped; an FtdynError when there are none."""
     if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
         raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
                          f"({folder.parent}).")
@@ -1095,20 +1113,24 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
         project = (f"; it looks like an accelerate project folder: pass {folder / 'checkpoints'}"
                    if (folder / "checkpoints").is_dir() else "")
         raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}{project}.")
-    src = _resolve_source(source, arch) if source is not None else None
-    if src is not None and src.path is not None:
-        same = [p for p in files if p.resolve() == src.path.resolve()
-                or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
-        files = [p for p in files if p not in same]
-        if not files:
-            raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
+    return files, names, skipped
 
-    stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
-    files = list(stored)
-    if skipped + copies:
-        log.info(f"{folder}: skipping {', '.join(skipped + copies)}.")
+
+def _without_source(folder: Path, files: list[Path], src: CheckpointEntry) -> list[Path]:
+    """``files`` less the source checkpoint (same path or same bytes); an FtdynError if nothing is left."""
+    same = [p for p in files if p.resolve() == src.path.resolve()
+            or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
+    files = [p for p in files if p not in same]
+    if not files:
+        raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
+    return files
+
+
+def _ordered_entries(folder: Path, stored: dict[Path, int | None], names: dict[Path, str], *,
+                     has_source: bool, trust: bool) -> list[CheckpointEntry]:
+    """One entry per file in epoch order, numbered by :func:`_epoch_numbers` and shifted by
+    :func:`_zero_based_shift`; a file in a subfolder records that subfolder."""
     numbers = _epoch_numbers(folder, stored, names)
-    shift = _zero_based_shift(folder, numbers, has_source=src is not None, trust=trust)
-    entries = [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
-               for n, p in sorted((n, p) for p, n in numbers.items())]
-    return ([src] if src is not None else []) + entries
+    shift = _zero_based_shift(folder, numbers, has_source=has_source, trust=trust)
+    return [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
+            for n, p in sorted((n, p) for p, n in numbers.items())]

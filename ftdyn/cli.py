@@ -4,6 +4,8 @@ Each command parses its options, calls the API function of the same name (see
 ``ftdyn.__init__`` for the module behind each) and turns an
 :class:`~ftdyn.errors.FtdynError` into one line on stderr with exit code 2. Options of
 commands with a typed config (:mod:`ftdyn.config`) take their defaults and help from it.
+Each command imports its API module inside the function, for start-up speed: ``ftdyn
+--help`` and every command load only the heavy libraries (torch, dask, ...) they use.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -386,15 +387,14 @@ _POINTWISE_METHODS = {
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "__len__", "get_device"}
 
 
-class _Propagator:
-    def __init__(self, gm: fx.GraphModule, meta: dict):
-        self.gm = gm
-        self.meta = meta
-        self.modules = dict(gm.named_modules())
-        self.state: dict[fx.Node, Any] = {}
-        self.input_seen = False
+class _States:
+    """What the propagation knows about the graph's nodes: ``state`` (the geometry state of each
+    node visited so far) and ``meta`` (values and shapes recorded by :class:`_ShapeRecorder`)."""
 
-    # helpers -------------------------------------------------------------------
+    def __init__(self, meta: dict):
+        self.meta = meta
+        self.state: dict[fx.Node, Any] = {}
+
     def st(self, a):
         """State of an argument (node, nested container, or constant)."""
         if isinstance(a, fx.Node):
@@ -415,31 +415,9 @@ class _Propagator:
         v = self.val(a)
         return v.shape if isinstance(v, _TMeta) else None
 
-    @staticmethod
-    def _flat_states(s):
-        if isinstance(s, (list, tuple)):
-            for x in s:
-                yield from _Propagator._flat_states(x)
-        elif isinstance(s, dict):
-            for x in s.values():
-                yield from _Propagator._flat_states(x)
-        elif s is not None:
-            yield s
-
-    def _first_bad(self, states):
-        for s in states:
-            if isinstance(s, _Unknown):
-                return s
-        return None
-
-    def unsupported(self, node, desc, inputs):
-        states = list(self._flat_states(inputs))
-        bad = self._first_bad(states)
-        if bad is not None:
-            return bad
-        if not states:
-            return None  # computation on constants only
-        return _Unknown(f"unsupported operation {desc} (fx node '{node.name}')")
+    def operand(self, a) -> tuple[Any, Any]:
+        """(state, shape) of an operand, as :func:`_merge` takes them."""
+        return self.st(a), self.shape(a)
 
     def out_spatial(self, node, geo: _Geo):
         sh = self.shape(node)
@@ -447,342 +425,451 @@ class _Propagator:
             return None
         return (sh[geo.dims[0]], sh[geo.dims[1]])
 
-    # merges ----------------------------------------------------------------------
-    def merge(self, node, operands: list, out_shape) -> Any:
-        """Combine states of operands of an elementwise op / concatenation."""
-        flat = []
-        for s, sh in operands:
-            if isinstance(s, (list, tuple)):
-                return _Unknown(f"container operand in '{node.name}'")
-            if s is not None:
-                flat.append((s, sh))
-        if not flat:
-            return None
-        bad = self._first_bad([s for s, _ in flat])
-        if bad is not None:
-            return bad
-        geos = [(s, sh) for s, sh in flat if isinstance(s, _Geo)]
-        if not geos:
-            return flat[0][0]  # only _Ended operands
-        ctx = any(isinstance(s, _Ended) for s, _ in flat)
-        full = []
-        for g, sh in geos:
-            ctx = ctx or g.ctx
-            if out_shape is not None and sh is not None and len(sh) == len(out_shape):
-                gs = (sh[g.dims[0]], sh[g.dims[1]])
-                os_ = (out_shape[g.dims[0]], out_shape[g.dims[1]])
-                if gs != os_:
-                    if gs == (1, 1):
-                        ctx = True  # broadcast global context (SE gating)
-                        continue
-                    return _Unknown(f"spatial broadcast {gs}->{os_} in '{node.name}'")
-            elif out_shape is not None and sh is not None and len(sh) != len(out_shape):
-                return _Unknown(f"rank-changing broadcast in '{node.name}'")
-            full.append(g)
-        if not full:
-            return _Ended(f"only broadcast operands in '{node.name}'")
-        dims = {g.dims for g in full}
-        if len(dims) > 1:
-            return _Unknown(f"operands with different spatial dims in '{node.name}'")
-        y, x = full[0].y, full[0].x
-        for g in full[1:]:
-            for a, b in ((y, g.y), (x, g.x)):
-                if not math.isclose(a.j, b.j):
-                    raise ReceptiveFieldError(
-                        f"paths merged in '{node.name}' have different jumps ({a.j} vs {b.j}); cannot combine fields")
-            y = _union(y, g.y)
-            x = _union(x, g.x)
-        return _Geo(y, x, full[0].dims, ctx)
 
-    # per-op rules ------------------------------------------------------------------
-    def conv_like(self, node, inp, k, s, p, d, what):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"{what} on a container in '{node.name}'")
-        sh = self.shape(inp)
-        if sh is None or g.dims != (len(sh) - 2, len(sh) - 1):
-            return _Unknown(f"{what} '{node.name}' applied to non-trailing spatial dims")
-        k, s, d = _pair_int(k), _pair_int(s), _pair_int(d)
-        if isinstance(p, str):
-            if p == "valid":
-                p = (0, 0)
-            elif p == "same":
-                p = tuple((d[i] * (k[i] - 1)) // 2 for i in range(2))
-            else:
-                return _Unknown(f"padding={p!r} in '{node.name}'")
-        p = _pair_int(p)
-        return g.with_(y=g.y.layer(k[0], s[0], p[0], d[0]), x=g.x.layer(k[1], s[1], p[1], d[1]))
+def _flat_states(s):
+    if isinstance(s, (list, tuple)):
+        for x in s:
+            yield from _flat_states(x)
+    elif isinstance(s, dict):
+        for x in s.values():
+            yield from _flat_states(x)
+    elif s is not None:
+        yield s
 
-    def adaptive_pool(self, node, inp):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"pool on a container in '{node.name}'")
-        isz, osz = self.shape(inp), self.shape(node)
-        if isz is None or osz is None:
-            return _Unknown(f"no shape for '{node.name}'")
-        hin, win = isz[-2], isz[-1]
-        hout, wout = osz[-2], osz[-1]
-        if (hin, win) == (hout, wout):
-            return g
-        if (hout, wout) == (1, 1):
-            return _Ended(f"global pooling '{node.name}'")
-        if hin % hout == 0 and win % wout == 0:
-            ky, kx = hin // hout, win // wout
-            return g.with_(y=g.y.layer(ky, ky, 0), x=g.x.layer(kx, kx, 0))
-        return _Ended(f"adaptive pooling {hin}x{win}->{hout}x{wout} in '{node.name}' is not a regular grid")
 
-    def flatten(self, node, inp, start, end):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"flatten of a container in '{node.name}'")
-        sh = self.shape(inp)
-        n = len(sh)
-        start, end = start % n, end % n
-        if start <= g.dims[0] <= end or start <= g.dims[1] <= end:
-            if sh[g.dims[0]] == 1 and sh[g.dims[1]] == 1:
-                return _Ended(f"flatten '{node.name}'")
-            return _Ended(f"flatten of spatial dims '{node.name}'")
-        if end < g.dims[0]:
-            shift = end - start
-            return g.with_(dims=(g.dims[0] - shift, g.dims[1] - shift))
-        return g
+def _first_unknown(states):
+    return next((s for s in states if isinstance(s, _Unknown)), None)
 
-    def reshape(self, node, inp):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"reshape of a container in '{node.name}'")
-        isz, osz = self.shape(inp), self.shape(node)
-        if isz is None or osz is None:
-            return _Unknown(f"no shape for '{node.name}'")
-        n = len(isz)
-        if g.dims == (n - 2, n - 1) and len(osz) >= 2 and tuple(osz[-2:]) == tuple(isz[-2:]) \
-                and math.prod(osz[:-2]) == math.prod(isz[:-2]):
-            return g.with_(dims=(len(osz) - 2, len(osz) - 1))
-        return _Ended(f"reshape {tuple(isz)}->{tuple(osz)} mixes spatial dims in '{node.name}'")
 
-    def reduce(self, node, inp, dims, keepdim):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"reduction of a container in '{node.name}'")
-        n = len(self.shape(inp))
-        if dims is None:
-            return _Ended(f"full reduction '{node.name}'")
-        dims = [dims] if isinstance(dims, int) else list(dims)
-        dims = {d % n for d in dims}
-        if g.dims[0] in dims or g.dims[1] in dims:
-            return _Ended(f"spatial reduction '{node.name}'")
-        if keepdim:
-            return g
-        return g.with_(dims=tuple(d - sum(1 for r in dims if r < d) for d in g.dims))
+def _unsupported(node, desc, inputs):
+    """State after an op no rule knows: unknown if it touches the image, None on constants only."""
+    states = list(_flat_states(inputs))
+    bad = _first_unknown(states)
+    if bad is not None:
+        return bad
+    if not states:
+        return None  # computation on constants only
+    return _Unknown(f"unsupported operation {desc} (fx node '{node.name}')")
 
-    def permute(self, node, inp, order):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"permute of a container in '{node.name}'")
-        n = len(self.shape(inp))
-        order = [o % n for o in order]
-        return g.with_(dims=(order.index(g.dims[0]), order.index(g.dims[1])))
 
-    def transpose(self, node, inp, a, b):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"transpose of a container in '{node.name}'")
-        n = len(self.shape(inp))
-        a, b = a % n, b % n
-        swap = {a: b, b: a}
-        return g.with_(dims=(swap.get(g.dims[0], g.dims[0]), swap.get(g.dims[1], g.dims[1])))
+# --------------------------------------------------------------------------- #
+# Geometry of each kind of op
+# --------------------------------------------------------------------------- #
 
-    def split(self, node, inp, dim):
-        g = self.st(inp)
-        out = self.val(node)
-        if not isinstance(g, _Geo) or not isinstance(out, (list, tuple)):
-            return g if not isinstance(g, _Geo) else _Unknown(f"split '{node.name}'")
-        n = len(self.shape(inp))
-        if dim % n in g.dims:
-            return _Unknown(f"split along a spatial dim in '{node.name}'")
-        return tuple(g for _ in out)
 
-    def linear_like(self, node, inp):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"linear on a container in '{node.name}'")
-        n = len(self.shape(inp))
-        if (n - 1) in g.dims:
-            return _Ended(f"linear over a spatial dim in '{node.name}'")
-        return g
-
-    def layer_norm(self, node, inp, normalized_shape):
-        g = self.st(inp)
-        if not isinstance(g, _Geo):
-            return g if not isinstance(g, (list, tuple)) else _Unknown(f"layer_norm on a container in '{node.name}'")
-        n = len(self.shape(inp))
-        k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-        normed = set(range(n - k, n))
-        if g.dims[0] in normed or g.dims[1] in normed:
-            return g.with_(ctx=True)
-        return g
-
-    def getitem(self, node, obj, idx):
-        s = self.st(obj)
+def _merge(node, operands: list, out_shape) -> Any:
+    """Combine states of operands of an elementwise op / concatenation."""
+    flat = []
+    for s, sh in operands:
         if isinstance(s, (list, tuple)):
-            if isinstance(idx, int):
-                return s[idx]
-            if isinstance(idx, slice):
-                return type(s)(s[idx])
-            return _Unknown(f"getitem '{node.name}'")
-        if not isinstance(s, _Geo):
-            return s
-        # tensor indexing: allow only full slices on spatial dims
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, list, torch.Tensor)) for i in idx):
-            return _Unknown(f"tensor indexing '{node.name}'")
-        removed = 0
-        for pos, i in enumerate(idx):
-            if pos in s.dims:
-                if not (isinstance(i, slice) and i == slice(None)):
-                    return _Unknown(f"indexing a spatial dim in '{node.name}'")
-            elif isinstance(i, int) and pos < s.dims[0]:
-                removed += 1
-        return s.with_(dims=(s.dims[0] - removed, s.dims[1] - removed))
-
-    # main dispatch -------------------------------------------------------------------
-    def visit(self, node: fx.Node):
-        op = node.op
-        if op == "placeholder":
-            sh = self.shape(node)
-            if not self.input_seen and sh is not None and len(sh) == 4:
-                self.input_seen = True
-                return _Geo(_Axis(1.0, 1.0, 0.0), _Axis(1.0, 1.0, 0.0), (2, 3))
-            return None
-        if op == "get_attr" or op == "output":
-            return None
-        args, kwargs = node.args, node.kwargs
-        if op == "call_module":
-            m = self.modules[node.target]
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            if isinstance(m, _POINTWISE_MODULES):
-                return self.merge(node, [(self.st(x), self.shape(x))], self.shape(node))
-            if isinstance(m, nn.Conv2d):
-                return self.conv_like(node, x, m.kernel_size, m.stride, m.padding, m.dilation, "conv")
-            if isinstance(m, nn.MaxPool2d):
-                if m.return_indices:
-                    return _Unknown(f"max pool with indices '{node.name}'")
-                return self.conv_like(node, x, m.kernel_size, m.stride, m.padding, m.dilation, "pool")
-            if isinstance(m, nn.AvgPool2d):
-                return self.conv_like(node, x, m.kernel_size, m.stride or m.kernel_size, m.padding, 1, "pool")
-            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                return self.adaptive_pool(node, x)
-            if isinstance(m, nn.Flatten):
-                return self.flatten(node, x, m.start_dim, m.end_dim)
-            if isinstance(m, nn.Linear):
-                return self.linear_like(node, x)
-            if isinstance(m, nn.LayerNorm):
-                return self.layer_norm(node, x, m.normalized_shape)
-            if isinstance(m, (nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm)):
-                s = self.st(x)
-                if isinstance(m, nn.LocalResponseNorm) or not isinstance(s, _Geo):
-                    return s
-                return s.with_(ctx=True)  # statistics over space
-            return self.unsupported(node, f"module {type(m).__name__} '{node.target}'", [self.st(a) for a in args])
-        if op == "call_function":
-            return self.call_function(node, node.target, args, kwargs)
-        if op == "call_method":
-            return self.call_method(node, node.target, args, kwargs)
+            return _Unknown(f"container operand in '{node.name}'")
+        if s is not None:
+            flat.append((s, sh))
+    if not flat:
         return None
+    bad = _first_unknown([s for s, _ in flat])
+    if bad is not None:
+        return bad
+    if not any(isinstance(s, _Geo) for s, _ in flat):
+        return flat[0][0]  # only _Ended operands
+    full, ctx = _full_size_operands(node, flat, out_shape)
+    if isinstance(full, _Unknown):
+        return full
+    if not full:
+        return _Ended(f"only broadcast operands in '{node.name}'")
+    if len({g.dims for g in full}) > 1:
+        return _Unknown(f"operands with different spatial dims in '{node.name}'")
+    y, x = full[0].y, full[0].x
+    for g in full[1:]:
+        for a, b in ((y, g.y), (x, g.x)):
+            if not math.isclose(a.j, b.j):
+                raise ReceptiveFieldError(f"paths merged in '{node.name}' have different jumps "
+                                          f"({a.j} vs {b.j}); cannot combine fields")
+        y = _union(y, g.y)
+        x = _union(x, g.x)
+    return _Geo(y, x, full[0].dims, ctx)
 
-    def call_function(self, node, fn, args, kwargs):
-        name = getattr(fn, "__name__", repr(fn))
-        if fn is getattr or fn is len:
-            return None
-        if fn is operator.getitem:
-            return self.getitem(node, args[0], args[1])
-        if fn is _stochastic_depth:  # identity in eval, per-sample scaling in training
-            return self.merge(node, [(self.st(args[0]), self.shape(args[0]))], self.shape(node))
-        if fn in _POINTWISE_FUNCS:
-            ops = [(self.st(a), self.shape(a)) for a in list(args) + list(kwargs.values())
-                   if isinstance(a, fx.Node)]
-            return self.merge(node, ops, self.shape(node))
-        if fn in (torch.cat, torch.concat, torch.concatenate):
-            tensors = args[0] if args else kwargs.get("tensors")
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            ops = [(self.st(t), self.shape(t)) for t in tensors]
-            out = self.shape(node)
-            for s, _ in ops:
-                if isinstance(s, _Geo) and out is not None and dim % len(out) in s.dims:
-                    return _Unknown(f"concatenation along a spatial dim in '{node.name}'")
-            return self.merge(node, ops, out)
-        if fn in (torch.flatten,):
-            b = _bind(lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim), args, kwargs)
-            return self.flatten(node, *b)
-        if fn in (torch.reshape,):
-            return self.reshape(node, args[0])
-        if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
-            b = _bind(lambda input, dim=None, keepdim=False, **_: (input, dim, keepdim), args, kwargs)
-            return self.reduce(node, *b)
-        if fn is torch.permute:
-            b = _bind(lambda input, dims: (input, dims), args, kwargs)
-            return self.permute(node, *b)
-        if fn in (torch.transpose, torch.swapaxes):
-            return self.transpose(node, args[0], args[1], args[2])
-        if fn in (torch.chunk, torch.split, torch.tensor_split):
-            b = _bind(lambda input, x, dim=0: (input, dim), args, kwargs)
-            return self.split(node, *b)
-        if fn in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-            return self.adaptive_pool(node, args[0])
-        if fn is F.max_pool2d or name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices"):
-            b = _bind(lambda input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                      return_indices=False: (input, kernel_size, stride or kernel_size, padding, dilation,
-                                             return_indices), args, kwargs)
-            if b[5]:
-                return _Unknown(f"max pool with indices '{node.name}'")
-            return self.conv_like(node, b[0], b[1], b[2], b[3], b[4], "pool")
-        if fn is F.avg_pool2d:
-            b = _bind(lambda input, kernel_size, stride=None, padding=0, *_, **__:
-                      (input, kernel_size, stride or kernel_size, padding), args, kwargs)
-            return self.conv_like(node, b[0], b[1], b[2], b[3], 1, "pool")
-        if fn is F.conv2d:
-            b = _bind(lambda input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1:
-                      (input, weight, stride, padding, dilation), args, kwargs)
-            wsh = self.shape(b[1])
-            if wsh is None or self.st(b[1]) is not None:
-                return _Unknown(f"conv2d with a computed weight '{node.name}'")
-            return self.conv_like(node, b[0], tuple(wsh[-2:]), b[2], b[3], b[4], "conv")
-        if fn is F.linear:
-            return self.linear_like(node, args[0])
-        if fn is F.layer_norm:
-            b = _bind(lambda input, normalized_shape, *_, **__: (input, normalized_shape), args, kwargs)
-            return self.layer_norm(node, *b)
-        if fn in (F.group_norm, F.instance_norm):
-            s = self.st(args[0])
-            return s.with_(ctx=True) if isinstance(s, _Geo) else s
-        return self.unsupported(node, f"function {name}", [self.st(a) for a in list(args) + list(kwargs.values())])
 
-    def call_method(self, node, meth, args, kwargs):
-        if meth in _NON_TENSOR_METHODS:
-            return None
-        if meth in _POINTWISE_METHODS:
-            ops = [(self.st(a), self.shape(a)) for a in list(args) + list(kwargs.values())
-                   if isinstance(a, fx.Node)]
-            return self.merge(node, ops, self.shape(node))
-        if meth in ("expand", "expand_as"):  # depends on self only; broadcasting 1x1 -> HxW ends geometry
-            return self.merge(node, [(self.st(args[0]), self.shape(args[0]))], self.shape(node))
-        if meth in ("view", "reshape"):
-            return self.reshape(node, args[0])
-        if meth == "flatten":
-            b = _bind(lambda self_, start_dim=0, end_dim=-1: (self_, start_dim, end_dim), args, kwargs)
-            return self.flatten(node, *b)
-        if meth in ("mean", "sum", "amax", "amin"):
-            b = _bind(lambda self_, dim=None, keepdim=False, **_: (self_, dim, keepdim), args, kwargs)
-            return self.reduce(node, *b)
-        if meth == "permute":
-            order = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-            return self.permute(node, args[0], list(self.val(order)))
-        if meth in ("transpose", "swapaxes"):
-            return self.transpose(node, args[0], args[1], args[2])
-        if meth in ("chunk", "split", "tensor_split"):
-            b = _bind(lambda self_, x, dim=0: (self_, dim), args, kwargs)
-            return self.split(node, *b)
-        return self.unsupported(node, f"method .{meth}()", [self.st(a) for a in list(args) + list(kwargs.values())])
+def _full_size_operands(node, flat: list, out_shape) -> tuple[list[_Geo] | _Unknown, bool]:
+    """The spatial operands of a merge that are not broadcast, and whether the result sees
+    global context (an _Ended or context operand, or a 1x1 operand broadcast over space as in
+    SE gating)."""
+    ctx = any(isinstance(s, _Ended) for s, _ in flat)
+    full = []
+    for g, sh in flat:
+        if not isinstance(g, _Geo):
+            continue
+        ctx = ctx or g.ctx
+        if out_shape is not None and sh is not None and len(sh) == len(out_shape):
+            gs = (sh[g.dims[0]], sh[g.dims[1]])
+            os_ = (out_shape[g.dims[0]], out_shape[g.dims[1]])
+            if gs != os_:
+                if gs == (1, 1):
+                    ctx = True  # broadcast global context (SE gating)
+                    continue
+                return _Unknown(f"spatial broadcast {gs}->{os_} in '{node.name}'"), ctx
+        elif out_shape is not None and sh is not None and len(sh) != len(out_shape):
+            return _Unknown(f"rank-changing broadcast in '{node.name}'"), ctx
+        full.append(g)
+    return full, ctx
+
+
+def _spatial_input(env: _States, node, inp, what: str):
+    """(geometry, None) when ``inp`` has spatial geometry, else (None, the state to return)."""
+    g = env.st(inp)
+    if isinstance(g, _Geo):
+        return g, None
+    return None, g if not isinstance(g, (list, tuple)) else _Unknown(f"{what} '{node.name}'")
+
+
+def _conv_like(env: _States, node, inp, k, s, p, d, what):
+    g, other = _spatial_input(env, node, inp, f"{what} on a container in")
+    if g is None:
+        return other
+    sh = env.shape(inp)
+    if sh is None or g.dims != (len(sh) - 2, len(sh) - 1):
+        return _Unknown(f"{what} '{node.name}' applied to non-trailing spatial dims")
+    k, s, d = _pair_int(k), _pair_int(s), _pair_int(d)
+    if isinstance(p, str):
+        if p == "valid":
+            p = (0, 0)
+        elif p == "same":
+            p = tuple((d[i] * (k[i] - 1)) // 2 for i in range(2))
+        else:
+            return _Unknown(f"padding={p!r} in '{node.name}'")
+    p = _pair_int(p)
+    return g.with_(y=g.y.layer(k[0], s[0], p[0], d[0]), x=g.x.layer(k[1], s[1], p[1], d[1]))
+
+
+def _adaptive_pool(env: _States, node, inp):
+    g, other = _spatial_input(env, node, inp, "pool on a container in")
+    if g is None:
+        return other
+    isz, osz = env.shape(inp), env.shape(node)
+    if isz is None or osz is None:
+        return _Unknown(f"no shape for '{node.name}'")
+    hin, win = isz[-2], isz[-1]
+    hout, wout = osz[-2], osz[-1]
+    if (hin, win) == (hout, wout):
+        return g
+    if (hout, wout) == (1, 1):
+        return _Ended(f"global pooling '{node.name}'")
+    if hin % hout == 0 and win % wout == 0:
+        ky, kx = hin // hout, win // wout
+        return g.with_(y=g.y.layer(ky, ky, 0), x=g.x.layer(kx, kx, 0))
+    return _Ended(f"adaptive pooling {hin}x{win}->{hout}x{wout} in '{node.name}' is not a regular grid")
+
+
+def _flatten(env: _States, node, inp, start, end):
+    g, other = _spatial_input(env, node, inp, "flatten of a container in")
+    if g is None:
+        return other
+    sh = env.shape(inp)
+    n = len(sh)
+    start, end = start % n, end % n
+    if start <= g.dims[0] <= end or start <= g.dims[1] <= end:
+        if sh[g.dims[0]] == 1 and sh[g.dims[1]] == 1:
+            return _Ended(f"flatten '{node.name}'")
+        return _Ended(f"flatten of spatial dims '{node.name}'")
+    if end < g.dims[0]:
+        shift = end - start
+        return g.with_(dims=(g.dims[0] - shift, g.dims[1] - shift))
+    return g
+
+
+def _reshape(env: _States, node, inp):
+    g, other = _spatial_input(env, node, inp, "reshape of a container in")
+    if g is None:
+        return other
+    isz, osz = env.shape(inp), env.shape(node)
+    if isz is None or osz is None:
+        return _Unknown(f"no shape for '{node.name}'")
+    n = len(isz)
+    if g.dims == (n - 2, n - 1) and len(osz) >= 2 and tuple(osz[-2:]) == tuple(isz[-2:]) \
+            and math.prod(osz[:-2]) == math.prod(isz[:-2]):
+        return g.with_(dims=(len(osz) - 2, len(osz) - 1))
+    return _Ended(f"reshape {tuple(isz)}->{tuple(osz)} mixes spatial dims in '{node.name}'")
+
+
+def _reduce(env: _States, node, inp, dims, keepdim):
+    g, other = _spatial_input(env, node, inp, "reduction of a container in")
+    if g is None:
+        return other
+    n = len(env.shape(inp))
+    if dims is None:
+        return _Ended(f"full reduction '{node.name}'")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {d % n for d in dims}
+    if g.dims[0] in dims or g.dims[1] in dims:
+        return _Ended(f"spatial reduction '{node.name}'")
+    if keepdim:
+        return g
+    return g.with_(dims=tuple(d - sum(1 for r in dims if r < d) for d in g.dims))
+
+
+def _permute(env: _States, node, inp, order):
+    g, other = _spatial_input(env, node, inp, "permute of a container in")
+    if g is None:
+        return other
+    n = len(env.shape(inp))
+    order = [o % n for o in order]
+    return g.with_(dims=(order.index(g.dims[0]), order.index(g.dims[1])))
+
+
+def _transpose(env: _States, node, inp, a, b):
+    g, other = _spatial_input(env, node, inp, "transpose of a container in")
+    if g is None:
+        return other
+    n = len(env.shape(inp))
+    a, b = a % n, b % n
+    swap = {a: b, b: a}
+    return g.with_(dims=(swap.get(g.dims[0], g.dims[0]), swap.get(g.dims[1], g.dims[1])))
+
+
+def _split(env: _States, node, inp, dim):
+    g = env.st(inp)
+    out = env.val(node)
+    if not isinstance(g, _Geo) or not isinstance(out, (list, tuple)):
+        return g if not isinstance(g, _Geo) else _Unknown(f"split '{node.name}'")
+    n = len(env.shape(inp))
+    if dim % n in g.dims:
+        return _Unknown(f"split along a spatial dim in '{node.name}'")
+    return tuple(g for _ in out)
+
+
+def _linear_like(env: _States, node, inp):
+    g, other = _spatial_input(env, node, inp, "linear on a container in")
+    if g is None:
+        return other
+    n = len(env.shape(inp))
+    if (n - 1) in g.dims:
+        return _Ended(f"linear over a spatial dim in '{node.name}'")
+    return g
+
+
+def _layer_norm(env: _States, node, inp, normalized_shape):
+    g, other = _spatial_input(env, node, inp, "layer_norm on a container in")
+    if g is None:
+        return other
+    n = len(env.shape(inp))
+    k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    normed = set(range(n - k, n))
+    if g.dims[0] in normed or g.dims[1] in normed:
+        return g.with_(ctx=True)
+    return g
+
+
+def _spatial_norm(env: _States, inp):
+    """GroupNorm / InstanceNorm: statistics over space, so every unit sees global context."""
+    s = env.st(inp)
+    return s.with_(ctx=True) if isinstance(s, _Geo) else s
+
+
+def _getitem(env: _States, node, obj, idx):
+    s = env.st(obj)
+    if isinstance(s, (list, tuple)):
+        if isinstance(idx, int):
+            return s[idx]
+        if isinstance(idx, slice):
+            return type(s)(s[idx])
+        return _Unknown(f"getitem '{node.name}'")
+    if not isinstance(s, _Geo):
+        return s
+    # tensor indexing: allow only full slices on spatial dims
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(i is Ellipsis or i is None or isinstance(i, (fx.Node, list, torch.Tensor)) for i in idx):
+        return _Unknown(f"tensor indexing '{node.name}'")
+    removed = 0
+    for pos, i in enumerate(idx):
+        if pos in s.dims:
+            if not (isinstance(i, slice) and i == slice(None)):
+                return _Unknown(f"indexing a spatial dim in '{node.name}'")
+        elif isinstance(i, int) and pos < s.dims[0]:
+            removed += 1
+    return s.with_(dims=(s.dims[0] - removed, s.dims[1] - removed))
+
+
+def _concat(env: _States, node, args, kwargs):
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    ops = [env.operand(t) for t in tensors]
+    out = env.shape(node)
+    for s, _ in ops:
+        if isinstance(s, _Geo) and out is not None and dim % len(out) in s.dims:
+            return _Unknown(f"concatenation along a spatial dim in '{node.name}'")
+    return _merge(node, ops, out)
+
+
+# --------------------------------------------------------------------------- #
+# Rule tables: which geometry each module, function and method has
+# --------------------------------------------------------------------------- #
+
+
+def _pointwise(env: _States, node, args, kwargs):
+    """Elementwise op: the merge of all its tensor operands."""
+    operands = [env.operand(a) for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
+    return _merge(node, operands, env.shape(node))
+
+
+def _first_operand_only(env: _States, node, args, kwargs):
+    return _merge(node, [env.operand(args[0])], env.shape(node))
+
+
+def _max_pool_module(env: _States, node, m, x):
+    if m.return_indices:
+        return _Unknown(f"max pool with indices '{node.name}'")
+    return _conv_like(env, node, x, m.kernel_size, m.stride, m.padding, m.dilation, "pool")
+
+
+def _norm_module(env: _States, node, m, x):
+    if isinstance(m, nn.LocalResponseNorm):  # over channels only
+        return env.st(x)
+    return _spatial_norm(env, x)
+
+
+# (module types, rule(env, node, module, input)); the first matching entry applies
+_MODULE_RULES = (
+    (_POINTWISE_MODULES, lambda env, node, m, x: _merge(node, [env.operand(x)], env.shape(node))),
+    (nn.Conv2d, lambda env, node, m, x: _conv_like(env, node, x, m.kernel_size, m.stride, m.padding,
+                                                   m.dilation, "conv")),
+    (nn.MaxPool2d, _max_pool_module),
+    (nn.AvgPool2d, lambda env, node, m, x: _conv_like(env, node, x, m.kernel_size,
+                                                      m.stride or m.kernel_size, m.padding, 1, "pool")),
+    ((nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
+     lambda env, node, m, x: _adaptive_pool(env, node, x)),
+    (nn.Flatten, lambda env, node, m, x: _flatten(env, node, x, m.start_dim, m.end_dim)),
+    (nn.Linear, lambda env, node, m, x: _linear_like(env, node, x)),
+    (nn.LayerNorm, lambda env, node, m, x: _layer_norm(env, node, x, m.normalized_shape)),
+    ((nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm), _norm_module),
+)
+
+
+def _max_pool_function(env: _States, node, args, kwargs):
+    b = _bind(lambda input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              return_indices=False: (input, kernel_size, stride or kernel_size, padding, dilation,
+                                     return_indices), args, kwargs)
+    if b[5]:
+        return _Unknown(f"max pool with indices '{node.name}'")
+    return _conv_like(env, node, b[0], b[1], b[2], b[3], b[4], "pool")
+
+
+def _avg_pool_function(env: _States, node, args, kwargs):
+    b = _bind(lambda input, kernel_size, stride=None, padding=0, *_, **__:
+              (input, kernel_size, stride or kernel_size, padding), args, kwargs)
+    return _conv_like(env, node, b[0], b[1], b[2], b[3], 1, "pool")
+
+
+def _conv_function(env: _States, node, args, kwargs):
+    b = _bind(lambda input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1:
+              (input, weight, stride, padding, dilation), args, kwargs)
+    wsh = env.shape(b[1])
+    if wsh is None or env.st(b[1]) is not None:
+        return _Unknown(f"conv2d with a computed weight '{node.name}'")
+    return _conv_like(env, node, b[0], tuple(wsh[-2:]), b[2], b[3], b[4], "conv")
+
+
+def _flatten_call(env: _States, node, args, kwargs):  # torch.flatten(input, ...), input.flatten(...)
+    bound = _bind(lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim), args, kwargs)
+    return _flatten(env, node, *bound)
+
+
+def _reduce_call(env: _States, node, args, kwargs):  # torch.mean(input, ...) and input.mean(...)
+    bound = _bind(lambda input, dim=None, keepdim=False, **_: (input, dim, keepdim), args, kwargs)
+    return _reduce(env, node, *bound)
+
+
+def _split_call(env: _States, node, args, kwargs):  # torch.chunk(input, ...) and input.chunk(...)
+    return _split(env, node, *_bind(lambda input, x, dim=0: (input, dim), args, kwargs))
+
+
+def _transpose_call(env: _States, node, args, kwargs):
+    return _transpose(env, node, args[0], args[1], args[2])
+
+
+def _permute_method(env: _States, node, args, kwargs):
+    order = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+    return _permute(env, node, args[0], list(env.val(order)))
+
+
+def _rules(*groups) -> dict:
+    """{op: rule} from (ops, rule) pairs; an op listed twice is a mistake in the tables."""
+    table: dict = {}
+    for ops, rule in groups:
+        for op in ops:
+            assert op not in table, op
+            table[op] = rule
+    return table
+
+
+def _no_image(env: _States, node, args, kwargs):  # sizes, counts, attributes
+    return None
+
+
+# rule(env, node, args, kwargs) of each function, by identity
+_FUNCTION_RULES = _rules(
+    ((getattr, len), _no_image),
+    ((operator.getitem,), lambda env, node, args, kwargs: _getitem(env, node, args[0], args[1])),
+    # stochastic depth: identity in eval, per-sample scaling in training
+    ((_stochastic_depth,) if _stochastic_depth is not None else (), _first_operand_only),
+    (_POINTWISE_FUNCS, _pointwise),
+    ((torch.cat, torch.concat, torch.concatenate), _concat),
+    ((torch.flatten,), _flatten_call),
+    ((torch.reshape,), lambda env, node, args, kwargs: _reshape(env, node, args[0])),
+    ((torch.mean, torch.sum, torch.amax, torch.amin), _reduce_call),
+    ((torch.permute,), lambda env, node, args, kwargs: _permute(
+        env, node, *_bind(lambda input, dims: (input, dims), args, kwargs))),
+    ((torch.transpose, torch.swapaxes), _transpose_call),
+    ((torch.chunk, torch.split, torch.tensor_split), _split_call),
+    ((F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
+     lambda env, node, args, kwargs: _adaptive_pool(env, node, args[0])),
+    ((F.max_pool2d,), _max_pool_function),
+    ((F.avg_pool2d,), _avg_pool_function),
+    ((F.conv2d,), _conv_function),
+    ((F.linear,), lambda env, node, args, kwargs: _linear_like(env, node, args[0])),
+    ((F.layer_norm,), lambda env, node, args, kwargs: _layer_norm(
+        env, node, *_bind(lambda input, normalized_shape, *_, **__: (input, normalized_shape), args,
+                          kwargs))),
+    ((F.group_norm, F.instance_norm), lambda env, node, args, kwargs: _spatial_norm(env, args[0])),
+)
+# the max-pool variants torch dispatches to, by name (``F.max_pool2d`` may be any of them)
+_FUNCTION_RULES_BY_NAME = {name: _max_pool_function for name in ("max_pool2d", "_max_pool2d",
+                                                                  "max_pool2d_with_indices")}
+
+# rule(env, node, args, kwargs) of each tensor method, by name
+_METHOD_RULES = _rules(
+    (_NON_TENSOR_METHODS, _no_image),
+    (_POINTWISE_METHODS, _pointwise),
+    # expand depends on self only; broadcasting 1x1 -> HxW ends geometry
+    (("expand", "expand_as"), _first_operand_only),
+    (("view", "reshape"), lambda env, node, args, kwargs: _reshape(env, node, args[0])),
+    (("flatten",), _flatten_call),
+    (("mean", "sum", "amax", "amin"), _reduce_call),
+    (("permute",), _permute_method),
+    (("transpose", "swapaxes"), _transpose_call),
+    (("chunk", "split", "tensor_split"), _split_call),
+)
+
+
+def _rule_result(env: _States, modules: dict, node: fx.Node):
+    """State of a call node's output, from the rule tables (unknown when no rule applies)."""
+    args, kwargs = node.args, node.kwargs
+    if node.op == "call_module":
+        m = modules[node.target]
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        rule = next((rule for types, rule in _MODULE_RULES if isinstance(m, types)), None)
+        if rule is not None:
+            return rule(env, node, m, x)
+        desc = f"module {type(m).__name__} '{node.target}'"
+        return _unsupported(node, desc, [env.st(a) for a in args])
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", repr(node.target))
+        rule = _FUNCTION_RULES.get(node.target) or _FUNCTION_RULES_BY_NAME.get(name)
+        desc = f"function {name}"
+    else:
+        rule, desc = _METHOD_RULES.get(node.target), f"method .{node.target}()"
+    if rule is None:
+        return _unsupported(node, desc, [env.st(a) for a in list(args) + list(kwargs.values())])
+    return rule(env, node, args, kwargs)
 
 
 _INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, _F.relu_,
@@ -813,6 +900,36 @@ def _pair_int(v) -> tuple[int, int]:
 def _union(a: _Axis, b: _Axis) -> _Axis:
     lo, hi = min(a.lo, b.lo), max(a.hi, b.hi)
     return _Axis(hi - lo + 1, a.j, (lo + hi) / 2)
+
+
+# --------------------------------------------------------------------------- #
+# Graph walk
+# --------------------------------------------------------------------------- #
+
+
+def _propagate(gm: fx.GraphModule, env: _States,
+               wanted: dict[fx.Node, list[tuple[str, fx.Node]]]) -> dict[str, Any]:
+    """Visit the graph in order, filling ``env.state``; returns the state of each wanted layer's
+    output right after its node in ``wanted`` (its module's return: later in-place ops do not
+    change what a hook copied)."""
+    modules = dict(gm.named_modules())
+    image = next((n for n in gm.graph.nodes if n.op == "placeholder" and env.shape(n) is not None
+                  and len(env.shape(n)) == 4), None)  # the first 4-d input is the image
+    at_return: dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            unit = _Axis(1.0, 1.0, 0.0)  # one pixel
+            env.state[node] = _Geo(unit, unit, (2, 3)) if node is image else None
+        elif node.op in ("call_module", "call_function", "call_method"):
+            env.state[node] = _rule_result(env, modules, node)
+        else:  # get_attr, output
+            env.state[node] = None
+        if _is_inplace(node) and node.args and isinstance(node.args[0], fx.Node):
+            # x.add_(y) mutates x: users of x after this point see the merged geometry
+            env.state[node.args[0]] = env.state[node]
+        for layer, output in wanted.get(node, ()):
+            at_return[layer] = env.state.get(output)
+    return at_return
 
 
 # --------------------------------------------------------------------------- #
@@ -858,7 +975,22 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
             raise ReceptiveFieldError(f"{arch}: '{layer}' is not a module name of the model")
     if not layers:
         return {}
+    with _traceable(model):
+        outputs, gm = _trace(model, arch, layers)
+        env = _States(_feature_map_sizes(gm, model, arch, input_size, in_channels))
+    wanted: dict[fx.Node, list[tuple[str, fx.Node]]] = {}
+    for layer in layers:
+        if layer in outputs and isinstance(outputs[layer][0], fx.Proxy):
+            wanted.setdefault(outputs[layer][1], []).append((layer, outputs[layer][0].node))
+    at_return = _propagate(gm, env, wanted)
+    return {layer: _field(arch, layer, outputs, at_return.get(layer), env, input_size)
+            for layer in layers}
 
+
+@contextmanager
+def _traceable(model: nn.Module):
+    """The model in eval mode, without user forward hooks and DenseNet's memory-efficient
+    checkpointing; its hooks, flags and train/eval modes are restored on exit."""
     flags = {m: m.training for m in model.modules()}
     mem_eff = [m for m in model.modules() if getattr(m, "memory_efficient", False) is True]
     # fx tracing calls modules through Module.__call__, which would run user hooks (e.g.
@@ -870,29 +1002,7 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
         model.eval()
         for m in mem_eff:  # DenseNet checkpointing branches on requires_grad; same geometry
             m.memory_efficient = False
-        tracer = _Tracer()
-        try:
-            graph = tracer.trace(model)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-            raise ReceptiveFieldError(
-                f"{arch}: torch.fx cannot trace the model, so receptive fields of {layers} cannot be computed "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-        gm = fx.GraphModule(tracer.root, graph)
-        try:
-            p = next(model.parameters())
-            dtype, device = p.dtype, p.device
-        except StopIteration:
-            dtype, device = torch.float32, torch.device("cpu")
-        c = in_channels if in_channels is not None else _first_in_channels(model)
-        x = torch.zeros(1, c, *input_size, dtype=dtype, device=device)
-        rec = _ShapeRecorder(gm)
-        try:
-            with torch.no_grad():
-                rec.run(x)
-        except Exception as exc:  # noqa: BLE001
-            raise ReceptiveFieldError(
-                f"{arch}: forward pass at input size {input_size} failed while measuring feature maps "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        yield
     finally:
         for m, (fwd, pre) in hooks.items():
             m._forward_hooks, m._forward_pre_hooks = fwd, pre
@@ -901,36 +1011,56 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
         for m, t in flags.items():
             m.training = t
 
-    prop = _Propagator(gm, rec.meta)
-    wanted: dict[fx.Node, list[str]] = {}
-    for layer in layers:
-        if layer in tracer.module_outputs and isinstance(tracer.module_outputs[layer][0], fx.Proxy):
-            wanted.setdefault(tracer.module_outputs[layer][1], []).append(layer)
-    at_return: dict[str, Any] = {}  # state of each layer's output when its module returned
-    for node in gm.graph.nodes:
-        prop.state[node] = prop.visit(node)
-        if _is_inplace(node) and node.args and isinstance(node.args[0], fx.Node):
-            # x.add_(y) mutates x: users of x after this point see the merged geometry
-            prop.state[node.args[0]] = prop.state[node]
-        for layer in wanted.get(node, ()):
-            at_return[layer] = prop.state.get(tracer.module_outputs[layer][0].node)
 
-    out: dict[str, ReceptiveField] = {}
-    for layer in layers:
-        if layer not in tracer.module_outputs:
-            raise ReceptiveFieldError(
-                f"{arch}: module '{layer}' is not called in the traced forward pass (or lies inside a leaf module)")
-        proxy = tracer.module_outputs[layer][0]
-        if not isinstance(proxy, fx.Proxy):
-            raise ReceptiveFieldError(f"{arch}: module '{layer}' does not return a single tensor")
-        s = at_return.get(layer)
-        if isinstance(s, _Unknown):
-            raise ReceptiveFieldError(f"{arch}: receptive field of '{layer}' cannot be computed: {s.why}")
-        if isinstance(s, _Ended):
-            raise ReceptiveFieldError(f"{arch}: '{layer}' has no spatial receptive field ({s.why})")
-        if not isinstance(s, _Geo):
-            raise ReceptiveFieldError(f"{arch}: '{layer}' does not depend on the input image spatially")
-        ms = prop.out_spatial(proxy.node, s)
-        out[layer] = ReceptiveField(size=(s.y.r, s.x.r), jump=(s.y.j, s.x.j), start=(s.y.s, s.x.s),
-                                    map_size=ms, input_size=input_size, global_context=s.ctx)
-    return out
+def _trace(model: nn.Module, arch: str, layers: list[str]) -> tuple[dict[str, Any], fx.GraphModule]:
+    """The traced graph and, per module name, (output proxy, graph node at its last return)."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+        raise ReceptiveFieldError(
+            f"{arch}: torch.fx cannot trace the model, so receptive fields of {layers} cannot be computed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return tracer.module_outputs, fx.GraphModule(tracer.root, graph)
+
+
+def _feature_map_sizes(gm: fx.GraphModule, model: nn.Module, arch: str, input_size: tuple[int, int],
+                       in_channels: int | None) -> dict:
+    """Per graph node, the shapes/values of one forward pass of a zero image (batch 1) on the
+    device and dtype of the model's first parameter."""
+    try:
+        p = next(model.parameters())
+        dtype, device = p.dtype, p.device
+    except StopIteration:
+        dtype, device = torch.float32, torch.device("cpu")
+    c = in_channels if in_channels is not None else _first_in_channels(model)
+    x = torch.zeros(1, c, *input_size, dtype=dtype, device=device)
+    rec = _ShapeRecorder(gm)
+    try:
+        with torch.no_grad():
+            rec.run(x)
+    except Exception as exc:  # noqa: BLE001
+        raise ReceptiveFieldError(
+            f"{arch}: forward pass at input size {input_size} failed while measuring feature maps "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    return rec.meta
+
+
+def _field(arch: str, layer: str, outputs: dict[str, Any], s, env: _States,
+           input_size: tuple[int, int]) -> ReceptiveField:
+    """``layer``'s field from ``s``, the state of its output; an error when it has none."""
+    if layer not in outputs:
+        raise ReceptiveFieldError(
+            f"{arch}: module '{layer}' is not called in the traced forward pass (or lies inside a leaf module)")
+    proxy = outputs[layer][0]
+    if not isinstance(proxy, fx.Proxy):
+        raise ReceptiveFieldError(f"{arch}: module '{layer}' does not return a single tensor")
+    if isinstance(s, _Unknown):
+        raise ReceptiveFieldError(f"{arch}: receptive field of '{layer}' cannot be computed: {s.why}")
+    if isinstance(s, _Ended):
+        raise ReceptiveFieldError(f"{arch}: '{layer}' has no spatial receptive field ({s.why})")
+    if not isinstance(s, _Geo):
+        raise ReceptiveFieldError(f"{arch}: '{layer}' does not depend on the input image spatially")
+    return ReceptiveField(size=(s.y.r, s.x.r), jump=(s.y.j, s.x.j), start=(s.y.s, s.x.s),
+                          map_size=env.out_spatial(proxy.node, s), input_size=input_size,
+                          global_context=s.ctx)

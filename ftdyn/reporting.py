@@ -37,6 +37,9 @@ from ._version import __version__
 from .errors import FtdynError
 from .outputs import folder_lock, update_result_set
 from .results import open_results
+from .store import open_store
+from .viz import (FIGURES_DIR, check_out, default_figures, match_experiment, read_index, results_stores, same_path,
+                  store_label)
 from .viz.curves import as_strings, experiment_layers
 
 REPORT_NAME = "report.html"
@@ -136,9 +139,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int =
 
 def _store_summaries(res, stores: Sequence[Path]) -> list[dict[str, Any]]:
     """For each store: its path, label, matched experiment, model, dataset, manifest (or an error)."""
-    from .store import open_store
-    from .viz import match_experiment, store_label
-
     out = []
     for path in stores:
         try:
@@ -154,8 +154,6 @@ def _store_summaries(res, stores: Sequence[Path]) -> list[dict[str, Any]]:
 
 
 def _experiments_section(res) -> str:
-    from .viz.curves import experiment_layers
-
     rows = []
     for exp in as_strings(res["experiment"].values):
         layers = experiment_layers(res, exp)
@@ -209,8 +207,6 @@ def _accuracy_section(summaries: list[dict[str, Any]]) -> str:
 
 
 def _reusability_section(res) -> str:
-    from .viz.curves import experiment_layers
-
     metrics = as_strings(res["metric"].values)
     rows = []
     for exp in as_strings(res["experiment"].values):
@@ -320,8 +316,6 @@ def _read_csv(path: Path) -> list[dict[str, str]] | None:
 
 
 def _agreement_section(res, results_dir: Path) -> str:
-    from .viz.curves import experiment_layers
-
     metrics = as_strings(res["metric"].values)
     pairs = [(a, b) for i, a in enumerate(metrics) for b in metrics[i + 1:]]
     if not pairs:
@@ -398,10 +392,12 @@ def _method_section(res) -> str:
 
 
 class _Figures:
-    """Numbers figures and renders them as <figure> elements with embedded PNGs."""
+    """Numbers figures and renders them as <figure> elements with embedded PNGs; ``entries`` are the
+    index entries (with their folders) that :meth:`block` chooses from."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, entries: list[tuple[dict[str, Any], Path]]):
         self.out = out
+        self.entries = entries
         self.count = 0
         self.missing: list[str] = []
 
@@ -419,10 +415,25 @@ class _Figures:
                 f"<figcaption><b>Figure {self.count}. {_e(title)}.</b> {_e(entry.get('caption', ''))}"
                 f'<span class="files">[{" · ".join(links)}]</span></figcaption></figure>')
 
+    def block(self, kind: str, group_by: str | None = None, open_first: bool = True) -> str:
+        """The figures of ``kind``, in one collapsible group per value of ``group_by`` when given."""
+        chosen = [(e, f) for e, f in self.entries if e.get("kind") == kind]
+        if not chosen:
+            return '<p class="empty">None.</p>'
+        if group_by is None:
+            return "".join(self.render(e, f) for e, f in chosen)
+        groups: dict[str, list] = {}
+        for e, f in chosen:
+            groups.setdefault(str(e.get(group_by) or e.get("store_label") or "other"), []).append((e, f))
+        parts = []
+        for i, (name, items) in enumerate(groups.items()):
+            opened = " open" if (open_first and i == 0) else ""
+            parts.append(f"<details{opened}><summary>{_e(name)} ({len(items)} figure{'s' if len(items) > 1 else ''})"
+                         f"</summary>{''.join(self.render(e, f) for e, f in items)}</details>")
+        return "".join(parts)
+
 
 def _collect(folders: Sequence[Path]) -> list[tuple[dict[str, Any], Path]]:
-    from .viz import read_index
-
     seen, out = set(), []
     for folder in folders:
         for entry in read_index(folder):
@@ -451,9 +462,6 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     made current in one atomic step: a killed or interrupted report leaves the previous
     version whole.
     """
-    from .store import open_store
-    from .viz import FIGURES_DIR, check_out, match_experiment, read_index, results_stores, same_path
-
     results_dir = Path(results_dir)
     res = open_results(results_dir)
     if (results_dir / "zarr.json").is_file():  # given results.zarr itself: the tables and figures are beside it
@@ -485,34 +493,26 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
 def _write_report(res, results_dir: Path, out: Path, store_paths: list[Path], todo: list[Path], *,
                   elsewhere: bool) -> list[str]:
     """Draw ``out/figures`` and write ``out/report.html`` (``out``: the new result set's folder);
-    ``elsewhere``: the results folder is not ``out``, and its figures are shown too."""
-    from .viz import FIGURES_DIR, default_figures
-
+    ``elsewhere``: the results folder is not ``out``, and its figures are shown too. Returns the
+    names written."""
     figdir = out / FIGURES_DIR
     default_figures(res, todo, figdir)  # curves and matrices always; class/sample figures for `todo`
     summaries = _store_summaries(res, store_paths)
-
     entries = _collect([figdir] + ([results_dir / FIGURES_DIR] if elsewhere else []))
-    figs = _Figures(out)
+    figs = _Figures(out, entries)
+    sections = _sections(res, results_dir, summaries, figs.block)
+    notes = _notes(res, [e for e, _ in entries if e.get("kind") == "note"], figs.missing)
+    if notes:
+        sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(notes)}</ul>"))
+    page = _page(res, sections, footer=f"Results: {_e(results_dir)} · {figs.count} figures · the PNG/SVG files are "
+                                       f"in {_e(Path(os.path.relpath(figdir, out)).as_posix())}/")
+    (out / REPORT_NAME).write_text(page, encoding="utf-8")
+    return [FIGURES_DIR, REPORT_NAME]
 
-    def block(kind: str, group_by: str | None = None, open_first: bool = True) -> str:
-        chosen = [(e, f) for e, f in entries if e.get("kind") == kind]
-        if not chosen:
-            return '<p class="empty">None.</p>'
-        if group_by is None:
-            return "".join(figs.render(e, f) for e, f in chosen)
-        groups: dict[str, list] = {}
-        for e, f in chosen:
-            groups.setdefault(str(e.get(group_by) or e.get("store_label") or "other"), []).append((e, f))
-        parts = []
-        for i, (name, items) in enumerate(groups.items()):
-            opened = " open" if (open_first and i == 0) else ""
-            parts.append(f"<details{opened}><summary>{_e(name)} ({len(items)} figure{'s' if len(items) > 1 else ''})"
-                         f"</summary>{''.join(figs.render(e, f) for e, f in items)}</details>")
-        return "".join(parts)
 
-    notes = [e for e, _ in entries if e.get("kind") == "note"]
-    sections = [
+def _sections(res, results_dir: Path, summaries: list[dict[str, Any]], block) -> list[tuple[str, str, str]]:
+    """(id, title, HTML) of every section in page order; ``block(kind, group_by)`` renders figures."""
+    return [
         ("experiments", "Experiments", _experiments_section(res)),
         ("accuracy", "Table 1 · Accuracy per epoch", _accuracy_section(summaries)),
         ("reusability", "Table 2 · Reusability", _reusability_section(res)),
@@ -532,29 +532,34 @@ def _write_report(res, results_dir: Path, out: Path, store_paths: list[Path], to
          + block("sample", "experiment")),
         ("method", "How these numbers were computed", _method_section(res)),
     ]
+
+
+def _notes(res, notes: list[dict[str, Any]], missing: list[str]) -> list[str]:
+    """<li> items of the Notes section: figure notes, degenerate estimators, missing figure files."""
     degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))
     others = {m: json.loads(res.attrs.get(f"{m}_degenerate", "[]")) for m in ("procrustes", "cka")}
-    if notes or figs.missing or degenerate or any(others.values()):
-        items = [f"<li>{_e(n.get('caption'))}</li>" for n in notes]
-        if degenerate:
-            items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has too few rows "
-                         "(α = 0: no more rows than columns + 1; any α: 2 rows), so the angle is 0 whatever the "
-                         f"checkpoints: {_e(', '.join(degenerate))}. Those PWSM values are left undefined (NaN); more "
-                         "probe images avoid it.</li>")
-        for m, where in others.items():
-            if where:
-                items.append(f"<li>{_e(m)} is degenerate where its view has 2 rows or fewer per matrix (rank ≤ 1 "
-                             f"after centering: 0 whatever the checkpoints): {_e(', '.join(where))}. Those values "
-                             "are left undefined (NaN).</li>")
-        items += [f"<li>figure file missing, left out: {_e(m)}</li>" for m in figs.missing]
-        sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(items)}</ul>"))
+    items = [f"<li>{_e(n.get('caption'))}</li>" for n in notes]
+    if degenerate:
+        items.append(f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has too few rows "
+                     "(α = 0: no more rows than columns + 1; any α: 2 rows), so the angle is 0 whatever the "
+                     f"checkpoints: {_e(', '.join(degenerate))}. Those PWSM values are left undefined (NaN); more "
+                     "probe images avoid it.</li>")
+    for m, where in others.items():
+        if where:
+            items.append(f"<li>{_e(m)} is degenerate where its view has 2 rows or fewer per matrix (rank ≤ 1 "
+                         f"after centering: 0 whatever the checkpoints): {_e(', '.join(where))}. Those values "
+                         "are left undefined (NaN).</li>")
+    return items + [f"<li>figure file missing, left out: {_e(m)}</li>" for m in missing]
 
+
+def _page(res, sections: list[tuple[str, str, str]], *, footer: str) -> str:
+    """The whole HTML page: header, table of contents, numbered sections, ``footer`` (HTML)."""
     exps = as_strings(res["experiment"].values)
     created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     toc = "".join(f'<li><a href="#{sid}">{_e(title)}</a></li>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{i}. {_e(title)}</h2>{content}</section>'
                    for i, (sid, title, content) in enumerate(sections, 1))
-    page = (
+    return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -565,7 +570,4 @@ def _write_report(res, results_dir: Path, out: Path, store_paths: list[Path], to
         f"{_e(res.attrs.get('reference_epoch'))} · preset {_e(res.attrs.get('preset'))} · generated {_e(created)} by "
         f"ftdyn {_e(__version__)}</p></header>"
         f"<main><nav><ol>{toc}</ol></nav>{body}</main>"
-        f"<footer>Results: {_e(results_dir)} · {figs.count} figures · the PNG/SVG files are in "
-        f"{_e(Path(os.path.relpath(figdir, out)).as_posix())}/</footer></body></html>\n")
-    (out / REPORT_NAME).write_text(page, encoding="utf-8")
-    return [FIGURES_DIR, REPORT_NAME]
+        f"<footer>{footer}</footer></body></html>\n")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftdyn import stats as S
+from ftdyn import summary as S
 from ftdyn import views as V
 from ftdyn.errors import FtdynError
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import stats as S
+from .. import summary as S
 from .. import views as V
 from ..config import AnalyzeConfig
 from .inputs import Experiment

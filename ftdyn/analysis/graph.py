@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .. import stats as S
+from .. import summary as S
 from ..config import AnalyzeConfig
 from ..errors import FtdynError
 from ..progress import dask_progress, stage, track

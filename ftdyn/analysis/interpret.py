@@ -8,13 +8,13 @@
   network. NaN (with ``attrs["relative_note"]``) when the store has no baseline.
 * **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
   at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first 1, 2, 4
-  of 4 seeded groups of :func:`ftdyn.stats.shared_units`, from the same streamed
+  of 4 seeded groups of :func:`ftdyn.summary.shared_units`, from the same streamed
   statistics), ``converged`` when the relative change from 1/2 to all is below
   :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning names them,
   :func:`warn_unconverged`). Computed
   in the same extra run as the ceiling.
 * **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
-  evaluates every epoch and layer on that resample (:func:`ftdyn.stats.shared_resample`), so
+  evaluates every epoch and layer on that resample (:func:`ftdyn.summary.shared_resample`), so
   ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of
   distance(t) − distance(t−1), and ``layer_order_p`` (experiment, metric, layer_index,
   layer_index_other), the two-sided bootstrap p-value of "the last-epoch distances of the two
@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from .. import stats as S
+from .. import summary as S
 from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from .. import stats as S
+from .. import summary as S
 from ..config import DEBIASED_CKA, AnalyzeConfig
 from ..errors import FtdynError
 from .inputs import Experiment, Source
