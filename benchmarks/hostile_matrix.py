@@ -424,7 +424,7 @@ for _name, _args_for in {
     "train": lambda w, o: ["train", w.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
                            "--device", "cpu", "--no-progress", "--out", o],
     "extract": lambda w, o: ["extract", w.series, "--data", w.data / "val", "--out", o, "--layer", "layer4",
-                             "--no-progress", "--device", "cpu"],
+                             "--layer", "layer1", "--no-progress", "--device", "cpu"],  # the copied store's layers
     "visualize": lambda w, o: ["visualize", w.real_store, "--layer", "0", "--out", o],
 }.items():
     case(f"{_name} into a folder another run holds")(lambda w, n=_name, a=_args_for: _locked_case(w, n, a))

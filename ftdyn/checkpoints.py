@@ -182,7 +182,8 @@ def _atomic_write(path: Path, write) -> None:
                                                           or "PytorchStreamWriter" in str(exc))
         if isinstance(exc, OSError) or torch_writer:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise FtdynError(f"cannot write {path}: {reason} (disk full or not writable?)") from None
+            raise FtdynError(f"cannot write {path}: {reason}; free space or make the folder writable, then re-run "
+                             "(a stopped `ftdyn train` continues with --resume).") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

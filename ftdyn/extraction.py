@@ -69,7 +69,7 @@ from .checkpoints import (checkpoint_files, discover_series, infer_num_classes, 
 from .config import STORE_DTYPES, ExtractConfig, describe, flag_of
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, FtdynWarning
-from .outputs import check_output_folder, folder_lock
+from .outputs import DISK_ERRORS, check_output_folder, folder_lock
 from .progress import progress_bar, stage
 from .models import (LayerCapture, blank_forward, build_model, canonical_arch, channels_last_layers, default_layers,
                      default_normalization, num_classes_of, replace_head, validate_layers)
@@ -518,8 +518,8 @@ class _Writers:
     def raise_if_failed(self) -> None:
         if self.errors:
             exc = self.errors[0]
-            if isinstance(exc, FtdynError):
-                raise exc
+            if isinstance(exc, FtdynError) or isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+                raise exc  # a full disk: folder_lock's disk_errors names the file that could not be written
             raise FtdynError(f"--out {self.writer.path}: writing a region failed ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:200]}); fix the cause (disk space?) and re-run to "
                              "resume.") from exc

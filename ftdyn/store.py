@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ import zarr
 from ._version import __version__
 from .config import CODECS, STORE_DTYPES as DTYPES
 from .errors import FtdynError
+from .outputs import LOCK_FILE
 
 STORE_FORMAT = 1
 COMPLETE = "complete"
@@ -522,6 +524,22 @@ def completeness(path: str | Path) -> np.ndarray:
         return np.asarray(_open_group(Path(path))[COMPLETE][...]).astype(bool)
 
 
+@contextlib.contextmanager
+def _lock_file_ignored():
+    """Zarr warns about every file of a group folder that is not part of the hierarchy; the
+    lock file extract leaves in its store (outputs.folder_lock) is expected there, so that
+    warning (and only that one) is not shown to the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f"Object at {re.escape(LOCK_FILE)} is not recognized")
+        yield
+
+
+def open_dataset(path: str | Path) -> xr.Dataset:
+    """The store as a lazy xarray Dataset exactly as written (no checks: :func:`open_store`)."""
+    with _lock_file_ignored():
+        return xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+
+
 def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     """Open and validate a store as a Dask-backed xarray Dataset (nothing is loaded).
 
@@ -532,7 +550,7 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     with metadata_lock(path, exclusive=False):  # a checkpoint extension in progress finishes first
         group = _open_group(path)
         done = _finished_regions(path, group)
-        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+        ds = open_dataset(path)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
             raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or misshapen.")
@@ -685,8 +703,9 @@ def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str
                                                   da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8"))
     encoding[RANDOM_INIT_COMPLETE] = {"chunks": (1, 1)}
     # xarray's append mode rewrites the group's attributes with the Dataset's: pass them unchanged
-    xr.Dataset(data_vars, attrs=attrs).to_zarr(path, mode="a", compute=False, zarr_format=3, consolidated=False,
-                                  encoding=encoding)
+    with _lock_file_ignored():
+        xr.Dataset(data_vars, attrs=attrs).to_zarr(path, mode="a", compute=False, zarr_format=3, consolidated=False,
+                                                   encoding=encoding)
     zarr.open_group(path, mode="r+", zarr_format=3).attrs[RANDOM_INIT] = record  # last: marks it allocated
     return np.zeros(n_chunks, dtype=bool)
 

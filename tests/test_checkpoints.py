@@ -83,7 +83,8 @@ def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(FtdynError) as info:
         ck.save_checkpoint(target, reference, epoch=1)
-    assert str(info.value) == f"cannot write {target}: {reason} (disk full or not writable?)"
+    assert str(info.value) == (f"cannot write {target}: {reason}; free space or make the folder writable, then "
+                              "re-run (a stopped `ftdyn train` continues with --resume).")
     assert os.listdir(tmp_path) == []
 
 

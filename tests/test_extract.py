@@ -700,3 +700,39 @@ def test_random_init_baseline_is_a_seeded_fresh_model_not_an_epoch(tmp_path, pro
     assert again.exit_code == 2 and "seed 7" in again.output
     shown = CliRunner().invoke(app, ["info", str(out)])
     assert "random init: seed 7" in shown.output and "complete" in shown.output
+
+
+def test_full_disk_in_a_writer_thread_is_one_line_and_resumes(tmp_path, probe_dir, monkeypatch):
+    """The disk fills while a writer thread stores a region's chunk (Zarr's file write fails):
+    one line naming the file and the way on; the store keeps its finished regions and the
+    same command then completes it, equal to an uninterrupted run."""
+    import errno
+
+    from zarr.storage import _local
+
+    series = tmp_path / "ckpts"
+    make_series(series, "resnet18", 2)
+    args = ["extract", str(series), "--data", str(probe_dir), "--layer", "layer1", "--chunk-samples", "4",
+            "--batch-size", "4", "--no-progress", "--device", "cpu"]
+    reference = extract(series, data=probe_dir, out=tmp_path / "ref.zarr", layers=["layer1"], samples_per_chunk=4,
+                        batch_size=4, progress=False, device="cpu")
+    out, put, written = tmp_path / "s.zarr", _local._put, []
+
+    def full_disk(path, value, *rest, **kwargs):
+        if "/layer1/c/" in Path(path).as_posix():
+            if len(written) >= 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            written.append(path)
+        return put(path, value, *rest, **kwargs)
+
+    monkeypatch.setattr(_local, "_put", full_disk)
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(lines) == 1, result.output
+    assert lines[0].startswith(f"ftdyn: error: --out {out}: cannot write {out}/layer1/c/") and \
+        "(No space left on device); free space" in lines[0] and "re-run the same command" in lines[0], lines[0]
+    assert 0 < completeness(out).sum() < completeness(out).size
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(open_store(out)["layer1"].values, open_store(reference)["layer1"].values)

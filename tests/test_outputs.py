@@ -403,6 +403,21 @@ def test_report_refuses_to_reseal_a_tampered_set(with_a, tmp_path):
     assert not (out / "report.html").exists() and current_set(out)[1] is not None
 
 
+def test_visualize_into_the_figures_of_a_result_set_is_refused(with_a, viz_store, tmp_path):
+    """figures/ of a result set is a link into the checksummed set: visualize refuses it up front
+    (one line) and the set stays current and unchanged."""
+    base, _ = with_a["set"]
+    out = tmp_path / "r"
+    shutil.copytree(base, out, symlinks=True)
+    assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
+    before = current_set(out)
+    assert before[1] is None and (out / "figures").is_symlink()
+    result = CliRunner().invoke(app, ["visualize", str(viz_store), "--layer", "0", "--out", str(out / "figures")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"inside the result set of {out.resolve()}" in result.output, result.output
+    assert current_set(out) == before
+
+
 # ------------------------------------------------------------------- one lock, disk errors
 def _hold_lock(out: Path):
     """A forked child holding ``out``'s lock until the returned release() is called; (pid, release)."""

@@ -1,12 +1,14 @@
 """The activation-store contract: create, fill by region, completeness, validation."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import zarr
 
 from ftdyn.errors import FtdynError
+from ftdyn.outputs import LOCK_FILE, folder_lock
 from ftdyn.store import (LayerSpec, StoreSpec, StoreWriter, completeness, create_store, info, layer_dims,
                          open_store, store_layers)
 
@@ -61,6 +63,23 @@ def test_create_fill_open_roundtrip(tmp_path):
     assert list(ds["label"].values) == [0, 1, 0, 1, 0]
     assert ds["layer1_0_relu"].attrs["receptive_field"]["size"] == [3, 3]
     assert ds.attrs["checkpoints"][2]["epoch"] == 2
+
+
+def test_the_lock_file_extract_leaves_in_its_store_raises_no_warning(tmp_path):
+    """extract holds its store folder's lock (outputs.folder_lock), whose file stays in the store;
+    Zarr would warn about it on every open, a line the user of analyze/visualize must not see."""
+    spec = make_spec(epochs=(0,))
+    path = create_store(tmp_path / "s.zarr", spec)
+    fill(StoreWriter(path), spec, 0, seed=0)
+    with folder_lock(path):
+        pass
+    assert (path / LOCK_FILE).is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(open_store(path)["checkpoint"].values) == [0]
+    (path / "notes.txt").write_text("a file the user put there")
+    with pytest.warns(UserWarning, match="notes.txt"):  # any other stray file is still reported
+        open_store(path)
 
 
 def test_incomplete_store_is_refused_then_partial(tmp_path):

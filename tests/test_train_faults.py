@@ -4,6 +4,8 @@ uninterrupted run."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from pathlib import Path
 
@@ -58,6 +60,31 @@ def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, t
         return out.is_dir() and any(out.iterdir())
 
     assert kill_cli_when(["train", image_folder, *COMMON, "--out", out], started, "a file of epoch 0") == -signal.SIGKILL
+    result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    _same_run(out, reference)
+
+
+@pytest.mark.parametrize("victim", ["epoch_001.pt", "manifest.json"])
+def test_full_disk_after_epoch_0_is_one_line_and_resumes(image_folder, reference, tmp_path, monkeypatch, victim):
+    """The disk fills when epoch 1's checkpoint, or the manifest listing it, is made final
+    (the rename of its finished temporary): one line naming the file and the way on;
+    --resume then ends as an uninterrupted run."""
+    out, rename = tmp_path / "series", os.replace
+
+    def full_disk(src, dst, *args, **kwargs):
+        if Path(dst).name == victim and (victim != "manifest.json" or (out / "epoch_001.pt").exists()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    result = run_cli("train", image_folder, *COMMON, "--out", out)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert lines[-1].startswith(f"ftdyn: error: cannot write {out / victim}: [Errno {errno.ENOSPC}]") \
+        and lines[-1].endswith("continues with --resume)."), result.output
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     _same_run(out, reference)

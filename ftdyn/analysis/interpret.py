@@ -40,7 +40,7 @@ from .. import summary as S
 from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
-from ..store import baseline_var, has_random_init, open_store
+from ..store import baseline_var, has_random_init, open_dataset, open_store
 from .collect import collect
 from .graph import build_graph, compute
 from .inputs import BASELINE, Experiment
@@ -188,7 +188,7 @@ def significance(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs
 def _pooled(path, var: str, dim: str, index) -> np.ndarray:
     """(positions, images, channels) spatial means in float64, streamed chunk by chunk by Dask."""
     arr = open_store(path, allow_partial=True)[var] if dim == "checkpoint" else \
-        xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={})[var]
+        open_dataset(path)[var]
     sel = arr.isel({dim: index})
     return sel.astype(np.float64).mean(dim=[sel.dims[-2], sel.dims[-1]]).values
 
