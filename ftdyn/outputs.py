@@ -42,6 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .config import arg
 from .errors import FtdynError
 
 LOCK_FILE = ".ftdyn.lock"
@@ -52,12 +53,14 @@ _held: dict[Path, int] = {}  # folders this process has locked (re-entry: analyz
 
 
 # ---------------------------------------------------------------- folder policy
-def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bool = False) -> None:
+def check_output_folder(out, *, flag: str | None = None, inputs=(), may_be_store: bool = False) -> None:
     """Refuse an output folder before any work is done (so nothing is computed only to fail at
     the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,
     whose contents it would change), inside any Zarr store (its files would become part of
     the store; the folder itself may be one with ``may_be_store``, as extract's --out is) or
-    inside a result set (its checksums would fail); a location that cannot be written."""
+    inside a result set (its checksums would fail); a location that cannot be written. ``flag``:
+    how errors name the folder (default: the ``out`` parameter, :func:`ftdyn.config.arg`)."""
+    flag = flag or arg("out")
     out = Path(out).expanduser().resolve()
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
@@ -86,7 +89,7 @@ DISK_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "E
 
 
 @contextlib.contextmanager
-def disk_errors(out: str | Path, flag: str = "--out") -> Iterator[None]:
+def disk_errors(out: str | Path, flag: str | None = None) -> Iterator[None]:
     """A full disk, exceeded quota or read-only file system inside the block is one FtdynError
     line naming the file (or, when the system does not say, the folder) that could not be
     written; other errors pass unchanged."""
@@ -96,7 +99,7 @@ def disk_errors(out: str | Path, flag: str = "--out") -> Iterator[None]:
         if exc.errno not in DISK_ERRORS:
             raise
         where = exc.filename or f"a file in {out}"
-        raise FtdynError(f"{flag} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
+        raise FtdynError(f"{flag or arg('out')} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
                          "or choose a writable folder, then re-run the same command (finished work is kept).") from None
 
 
@@ -110,11 +113,11 @@ def _read_pid(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(out: str | Path, flag: str = "--out") -> Iterator[None]:
+def folder_lock(out: str | Path, flag: str | None = None) -> Iterator[None]:
     """Hold the lock of output folder ``out`` (created if missing) for the block; a folder
     locked by another process is an FtdynError naming that process. Disk errors inside the
     block are one line (:func:`disk_errors`)."""
-    out = Path(out).expanduser().resolve()
+    out, flag = Path(out).expanduser().resolve(), flag or arg("out")
     with disk_errors(out, flag), _locked(out, flag):
         yield
 
