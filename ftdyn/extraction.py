@@ -652,7 +652,7 @@ def _plan_network(series: Path, config: ExtractConfig) -> Network:
     else:
         num_classes = None
         size = int(config.input_size or 224)
-        normalization, normalized_by = ((parse_normalize(config.normalize), f"{arg('normalize')}") if config.normalize
+        normalization, normalized_by = ((parse_normalize(config.normalize), "--normalize") if config.normalize
                                         else default_normalization(model, arch, origin=True))
     if num_classes is not None:
         replace_head(model, num_classes)

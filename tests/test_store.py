@@ -70,7 +70,7 @@ def test_incomplete_store_is_refused_then_partial(tmp_path):
     fill(writer, spec, 0, seed=0)
     writer.write_region(1, 0, {l.name: np.zeros((2, l.channels, l.height, l.width)) for l in spec.layers})
     assert completeness(path).tolist() == [[True] * 3, [True, False, False], [False] * 3]
-    with pytest.raises(FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*--allow-partial"):
+    with pytest.raises(FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*allow_partial"):
         open_store(path)
     assert list(open_store(path, allow_partial=True)["checkpoint"].values) == [0]
 
