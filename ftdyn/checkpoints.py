@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import WEIGHTS_COPIES
+from .config import WEIGHTS_COPIES, arg
 from .errors import FtdynError
 from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
                      num_classes_of, replace_head, timm_twin, zoo_state_dict)
@@ -227,7 +227,7 @@ def load_checkpoint_payload(path: str | os.PathLike) -> dict:
     payload = _torch_load(path, trust=False)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise FtdynError(f"{path}: not an ftdyn checkpoint (no 'format': '{CHECKPOINT_FORMAT}'); "
-                         "remove it or re-run training with --overwrite.")
+                         f"remove it or re-run training with {arg('overwrite')}.")
     version = payload.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise FtdynError(f"{path}: ftdyn checkpoint format_version {version!r} is not supported "
@@ -299,7 +299,6 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
-_UNSAFE_HINT = "If you trust this file, pass --trust-checkpoint."
 # numpy bool/int/float scalars (an ``"epoch": np.int64(3)`` or a metric) unpickle through
 # numpy's scalar constructor, np.dtype and the numeric dtype classes, which only build
 # numbers. Allowed in this module's loads only, under the constructor's numpy 2 name and
@@ -413,7 +412,7 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise FtdynError(f"{path}: could not be loaded even with --trust-checkpoint "
+            raise FtdynError(f"{path}: could not be loaded even with {arg('trust_checkpoint')} "
                              f"({type(exc).__name__}: {_short(exc)}).") from None
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -430,11 +429,11 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         names = _unsafe_globals(path, exc)
         if names:
             needs = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-            raise FtdynError(f"{path}: refusing to unpickle; it needs {needs}. {_UNSAFE_HINT}") from None
+            raise FtdynError(f"{path}: refusing to unpickle; it needs {needs}. If you trust this file, pass {arg('trust_checkpoint')}.") from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", str(exc), re.S)
         why = f" ({_short(Exception(detail.group(1)), 100)})" if detail else ""
         raise FtdynError(f"{path}: refusing to unpickle; the weights-only loader rejects it{why}. "
-                         f"{_UNSAFE_HINT}") from None
+                         f"If you trust this file, pass {arg('trust_checkpoint')}.") from None
     except Exception as exc:  # weights_only loading executes nothing: any error is a bad file
         raise _unreadable(path, exc) from None
 
@@ -499,7 +498,7 @@ def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[
     """``(raw state dict, its top-level key, prefix left to select)`` for ``--weights-copy`` /
     ``--state-prefix``: a ``state_prefix`` naming a top-level entry (``state_dict_ema``) picks it."""
     if copy not in WEIGHTS_COPIES:
-        raise FtdynError(f"--weights-copy: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}.")
+        raise FtdynError(f"{arg('weights_copy')}: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}.")
     key = state_prefix.rstrip(".") if state_prefix else None
     if key and _top_level_copy(obj, key):
         return _find_state_dict(obj[key], path, 1)[0], key, None
@@ -512,9 +511,9 @@ def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[
         prefix = next((p for p in EMA_PREFIXES if any(k.startswith(p) for k in clean)), None)
         if prefix is None:
             tops = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
-            raise FtdynError(f"--weights-copy ema: {path} holds no EMA copy (no top-level {' / '.join(EMA_KEYS[:3])} "
+            raise FtdynError(f"{arg('weights_copy')} ema: {path} holds no EMA copy (no top-level {' / '.join(EMA_KEYS[:3])} "
                              f"entry, no {' / '.join(EMA_PREFIXES[:2])} keys; it holds {tops}); drop "
-                             "--weights-copy or name the copy with --state-prefix.")
+                             f"{arg('weights_copy')} or name the copy with {arg('state_prefix')}.")
         return raw, key, prefix
     raw, key = _find_state_dict(obj, path)
     return raw, key, state_prefix
@@ -643,8 +642,8 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
             return dict(state_dict), ""
         if not mapped:
             tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
-            raise FtdynError(f"{source}: no key starts with --state-prefix '{state_prefix}' (its keys start with "
-                             f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop --state-prefix.")
+            raise FtdynError(f"{source}: no key starts with {arg('state_prefix')} '{state_prefix}' (its keys start with "
+                             f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop {arg('state_prefix')}.")
         return mapped, prefix
     if _fits(set(state_dict), target):
         return dict(state_dict), ""
@@ -660,8 +659,8 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
     if len(copies) > 1:
         names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
         raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
-                         "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
-                         "(or --weights-copy ema).")
+                         f"(e.g. the model and its EMA or teacher); choose one with {arg('state_prefix')} PREFIX "
+                         f"(or {arg('weights_copy')} ema).")
     if copies:
         prefix = next(iter(copies.values()))
         return _under_prefix(state_dict, prefix), prefix
@@ -675,7 +674,7 @@ def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, 
     weight = mapped.get(f"{head}.weight")
     if weight is None or not fits_head(model, weight):
         raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
-                         "check --arch.")
+                         f"check {arg('arch')}.")
     return int(weight.shape[0])
 
 
@@ -732,8 +731,8 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
         if shapes:
             parts.append(f"shape mismatches {_summary(shapes, 2)}")
         twin = timm_twin(arch) if arch and (missing or unexpected) else None
-        hint = (f"check --arch or the file (timm weights? they fit {twin}, not torchvision's {arch})" if twin
-                else "check --arch or the file")
+        hint = (f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's {arch})" if twin
+                else f"check {arg('arch')} or the file")
         try:
             head = head_name(model)
             if shapes and all(s.startswith(f"{head}.") for s in shapes) and not missing and not unexpected:
@@ -746,7 +745,7 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice
-        raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check --arch or the file.") from None
+        raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check {arg('arch')} or the file.") from None
     return prefix
 
 
@@ -761,7 +760,7 @@ def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str
                               state_prefix=weights.prefix, optional_prefix=True)
         return weights.epoch
     state = zoo_state_dict(arch, entry.weights_name)
-    load_state_into_model(model, state, source=f"--source {entry.weights_name}", adapt_head=adapt_head, arch=arch,
+    load_state_into_model(model, state, source=arg('source', entry.weights_name), adapt_head=adapt_head, arch=arch,
                           state_prefix=state_prefix, optional_prefix=True)
     return entry.epoch
 
@@ -871,10 +870,10 @@ def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEn
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
-        raise FtdynError(f"--source: '{text}' is neither a checkpoint file nor a zoo weights name "
+        raise FtdynError(f"{arg('source')}: '{text}' is neither a checkpoint file nor a zoo weights name "
                          "(e.g. IMAGENET1K_V1).")
     if arch is not None:
-        check_weights_name(canonical_arch(arch), text, "--source")
+        check_weights_name(canonical_arch(arch), text, "source")
     return CheckpointEntry(0, None, None, weights_name=text)
 
 
@@ -884,7 +883,7 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
         path = folder / item["file"]
         if not path.is_file():
             raise FtdynError(f"{path}: listed in {folder / MANIFEST_NAME} but missing; "
-                             "re-run training (--resume) or remove it from the manifest.")
+                             f"re-run training ({arg('resume')}) or remove it from the manifest.")
         if verify and sha256_file(path) != item["sha256"]:
             raise FtdynError(f"{path}: changed since training (SHA-256 differs from {MANIFEST_NAME}); "
                              "re-run training or remove it from the manifest.")
@@ -1027,7 +1026,7 @@ def _zero_based_shift(folder: Path, numbers: dict[Path, int], *, has_source: boo
     if not has_source:
         log.info(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they "
                  f"are numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass "
-                 "--source (a file or weights name) for one, or choose another epoch with analyze --reference.")
+                 f"{arg('source')} (a file or weights name) for one, or choose another epoch with analyze --reference.")
     return 1
 
 
@@ -1072,8 +1071,8 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     manifest = read_manifest(folder)
     if manifest is not None:
         if source is not None:
-            raise FtdynError(f"--source: {folder} is an ftdyn series whose epoch 0 already is the source model; "
-                             "drop --source.")
+            raise FtdynError(f"{arg('source')}: {folder} is an ftdyn series whose epoch 0 already is the source model; "
+                             f"drop {arg('source')}.")
         return _series_from_manifest(folder, manifest, verify)
     files, names, skipped = _weight_files(folder)
     src = _resolve_source(source, arch) if source is not None else None

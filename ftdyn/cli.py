@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig, default, help_text
+from .config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig, cli_names, default, help_text
 from .errors import FtdynError
 from .progress import console
 
@@ -34,12 +34,13 @@ app = typer.Typer(
 
 def user_errors(func):
     """Print an FtdynError as one line (no traceback) and exit with code 2; notes, stage lines and
-    caveats as one line each (:func:`ftdyn.progress.console`)."""
+    caveats as one line each (:func:`ftdyn.progress.console`); messages name the command's flags
+    (:func:`ftdyn.config.cli_names`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            with console():
+            with console(), cli_names(func.__name__):
                 return func(*args, **kwargs)
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
@@ -95,7 +96,7 @@ def layers(
     if list_archs or arch is None:
         typer.echo("\n".join(models.available_architectures()))
         return
-    model = models.build_model(models.canonical_arch(arch, flag="ARCH"))
+    model = models.build_model(models.canonical_arch(arch))
     defaults = models.default_layers(model, arch, input_size)
     for info in models.candidate_layers(model, input_size, include=tuple(defaults)):
         if all_layers or info.name in defaults:

@@ -7,6 +7,10 @@ the command line refuse the same inputs with the same one-line :class:`FtdynErro
 reads its option defaults and help from here (:func:`default`, :func:`help_text`), and a test
 asserts that every CLI default equals the config default.
 
+Messages name a parameter with :func:`arg`: its Python name (``memory_limit``) for a Python
+caller, its flag (``--memory-limit``) under the command line (:func:`cli_names`), looked up in
+:func:`command_flags`, the one table from parameter to flag.
+
 :class:`TrainConfig`, :class:`ExtractConfig`, :class:`AnalyzeConfig` and :class:`VisualizeConfig`.
 
 This module imports nothing heavy (no torch), so the CLI can use it at import time.
@@ -14,12 +18,13 @@ This module imports nothing heavy (no torch), so the CLI can use it at import ti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import operator
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 
 from .errors import FtdynError
 
@@ -31,8 +36,8 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
-def check_seed(seed, flag: str = "--seed") -> int:
-    """``seed`` as an int in ``[0, 2**32)``, or a one-line :class:`FtdynError` naming ``flag``.
+def check_seed(seed, param: str = "seed") -> int:
+    """``seed`` as an int in ``[0, 2**32)``, or a one-line :class:`FtdynError` naming ``param``.
 
     Checked once up front: torch, numpy and python RNGs each fail differently (and
     deep inside a run) on seeds they cannot take.
@@ -40,9 +45,9 @@ def check_seed(seed, flag: str = "--seed") -> int:
     try:
         value = operator.index(seed)  # ints and numpy integers, not 1.5 or "3"
     except TypeError:
-        raise FtdynError(f"{flag}: {seed!r} is not a whole number; give one from 0 to {SEED_LIMIT - 1}.") from None
+        raise FtdynError(f"{arg(param)}: {seed!r} is not a whole number; give one from 0 to {SEED_LIMIT - 1}.") from None
     if not 0 <= value < SEED_LIMIT:
-        raise FtdynError(f"{flag}: {value} is out of range; give a whole number from 0 to {SEED_LIMIT - 1}.")
+        raise FtdynError(f"{arg(param)}: {value} is out of range; give a whole number from 0 to {SEED_LIMIT - 1}.")
     return value
 
 
@@ -137,27 +142,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # The order of the checks is the order of the errors a user meets; keep it stable.
         if self.resume and self.overwrite:
-            raise FtdynError("--resume and --overwrite exclude each other; pick one.")
+            raise FtdynError(f"{arg('resume')} and {arg('overwrite')} exclude each other; pick one.")
         if int(self.epochs) < 0:
-            raise FtdynError(f"--epochs: must be 0 or more (got {self.epochs}).")
+            raise FtdynError(f"{arg('epochs')}: must be 0 or more (got {self.epochs}).")
         if int(self.batch_size) < 1:
-            raise FtdynError(f"--batch-size: must be at least 1 (got {self.batch_size}).")
+            raise FtdynError(f"{arg('batch_size')}: must be at least 1 (got {self.batch_size}).")
         if not (float(self.lr) > 0 and math.isfinite(float(self.lr))):
-            raise FtdynError(f"--lr: must be a positive number (got {self.lr}).")
+            raise FtdynError(f"{arg('lr')}: must be a positive number (got {self.lr}).")
         if not 0 < float(self.crop_scale) <= 1:
-            raise FtdynError(f"--crop-scale: {self.crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
+            raise FtdynError(f"{arg('crop_scale')}: {self.crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
         if int(self.input_size) < 8:
-            raise FtdynError(f"--input-size: must be at least 8 pixels (got {self.input_size}).")
+            raise FtdynError(f"{arg('input_size')}: must be at least 8 pixels (got {self.input_size}).")
         if int(self.num_workers) < 0:
-            raise FtdynError(f"--workers: must be 0 or more (got {self.num_workers}).")
+            raise FtdynError(f"{arg('num_workers')}: must be 0 or more (got {self.num_workers}).")
         seed = check_seed(self.seed)
         optimizer = str(self.optimizer).strip().lower()
         if optimizer not in OPTIMIZERS:
-            raise FtdynError(f"--optimizer: '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
+            raise FtdynError(f"{arg('optimizer')}: '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}.")
         weights = "none" if self.weights is None else str(self.weights)
         if self.init is not None and weights.lower() != "none":
-            raise FtdynError("--init and --weights exclude each other: --init loads every weight from the "
-                             "checkpoint; drop --weights.")
+            raise FtdynError(f"{arg('init')} and {arg('weights')} exclude each other: {arg('init')} loads every weight from the "
+                             f"checkpoint; drop {arg('weights')}.")
         normalized = {"epochs": int(self.epochs), "batch_size": int(self.batch_size), "lr": float(self.lr),
                       "crop_scale": float(self.crop_scale),
                       "input_size": int(self.input_size), "num_workers": int(self.num_workers), "seed": seed,
@@ -195,7 +200,7 @@ PresetName = Literal["default", "paper-code"]
 def check_view(name: str) -> str:
     """Return ``name`` if it is a known view, else raise FtdynError."""
     if name not in VIEWS:
-        raise FtdynError(f"--view: unknown view '{name}'; choose from {', '.join(VIEWS)}.")
+        raise FtdynError(f"{arg('views')}: unknown view '{name}'; choose from {', '.join(VIEWS)}.")
     return name
 
 
@@ -241,9 +246,9 @@ def parse_memory(value) -> int | None:
         try:
             n = float(text) * factor
         except ValueError:
-            raise FtdynError(f"--memory-limit: cannot read '{value}'; write e.g. 1GB, 512MB or 2GiB.") from None
+            raise FtdynError(f"{arg('memory_limit')}: cannot read '{value}'; write e.g. 1GB, 512MB or 2GiB.") from None
     if not math.isfinite(n) or n < 64 * 2**20:
-        raise FtdynError(f"--memory-limit: {value} is too small; give at least 64MB.")
+        raise FtdynError(f"{arg('memory_limit')}: {value} is too small; give at least 64MB.")
     return int(n)
 
 
@@ -276,11 +281,11 @@ def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, s
             continue
         metric, view = (x.strip() for x in item.split("=", 1))
         if metric not in METRIC_NAMES:
-            raise FtdynError(f"--view: unknown metric '{metric}' in '{item}'; choose from {', '.join(METRIC_NAMES)}.")
+            raise FtdynError(f"{arg('views')}: unknown metric '{metric}' in '{item}'; choose from {', '.join(METRIC_NAMES)}.")
         if metric not in chosen:
-            raise FtdynError(f"--view: '{item}' names metric '{metric}', which is not analyzed; add --metric {metric}.")
+            raise FtdynError(f"{arg('views')}: '{item}' names metric '{metric}', which is not analyzed; add {arg('metrics', metric)}.")
         if metric in named:
-            raise FtdynError(f"--view: metric '{metric}' is given a view twice; give one --view {metric}=VIEW.")
+            raise FtdynError(f"{arg('views')}: metric '{metric}' is given a view twice; give one {arg('views')} {metric}=VIEW.")
         named.add(metric)
         chosen[metric] = check_view(view)
     return chosen
@@ -350,22 +355,22 @@ class AnalyzeConfig:
         metrics = [str(m).strip().lower() for m in _names(self.metrics) or preset.metrics]
         for m in metrics:
             if m not in METRIC_NAMES:
-                raise FtdynError(f"--metric: unknown metric '{m}'; choose from {', '.join(METRIC_NAMES)}.")
+                raise FtdynError(f"{arg('metrics')}: unknown metric '{m}'; choose from {', '.join(METRIC_NAMES)}.")
         metrics = list(dict.fromkeys(metrics))
         try:
             alpha = float(default(AnalyzeConfig, "alpha") if self.alpha is None else self.alpha)
         except (TypeError, ValueError):
-            raise FtdynError(f"--alpha: '{self.alpha}' is not a number; give a value in [0, 1].") from None
+            raise FtdynError(f"{arg('alpha')}: '{self.alpha}' is not a number; give a value in [0, 1].") from None
         if not 0.0 <= alpha <= 1.0:
-            raise FtdynError(f"--alpha: {self.alpha} is outside [0, 1] (0 = full whitening, 1 = angular Procrustes).")
+            raise FtdynError(f"{arg('alpha')}: {self.alpha} is outside [0, 1] (0 = full whitening, 1 = angular Procrustes).")
         if self.bootstrap is None or int(self.bootstrap) < 0 or int(self.bootstrap) == 1:
-            raise FtdynError(f"--bootstrap: must be 0 (off) or a number of replicates of at least 2 (a few hundred "
+            raise FtdynError(f"{arg('bootstrap')}: must be 0 (off) or a number of replicates of at least 2 (a few hundred "
                              f"for stable 95 % intervals), got {self.bootstrap}.")
         trajectory = self.trajectory
         if isinstance(trajectory, bool):  # the Python API's yes/no
             trajectory = "all" if trajectory else "reference"
         if trajectory not in TRAJECTORY_MODES:
-            raise FtdynError(f"--trajectory: unknown mode '{trajectory}'; choose from {', '.join(TRAJECTORY_MODES)}.")
+            raise FtdynError(f"{arg('trajectory')}: unknown mode '{trajectory}'; choose from {', '.join(TRAJECTORY_MODES)}.")
         views = _resolve_views(metrics, self.views, preset)
         normalized = {"metrics": tuple(metrics), "views": views, "alpha": alpha, "trajectory": trajectory,
                       "bootstrap": int(self.bootstrap), **self._bootstrap_choices(metrics, views),
@@ -374,14 +379,14 @@ class AnalyzeConfig:
                       "allow_partial": bool(self.allow_partial), "skip_replicates": tuple(self.skip_replicates)}
         parse_memory(self.memory_limit)
         if self.workers is not None and int(self.workers) < 1:
-            raise FtdynError(f"--workers: must be at least 1, got {self.workers}.")
+            raise FtdynError(f"{arg('workers')}: must be at least 1, got {self.workers}.")
         for name, value in normalized.items():
             object.__setattr__(self, name, value)  # frozen: normalize once, here
 
     def preset_choices(self) -> Preset:
         """The :class:`Preset` named by ``preset``."""
         if self.preset not in PRESETS:
-            raise FtdynError(f"--preset: unknown preset '{self.preset}'; choose from {', '.join(PRESETS)}.")
+            raise FtdynError(f"{arg('preset')}: unknown preset '{self.preset}'; choose from {', '.join(PRESETS)}.")
         return PRESETS[self.preset]
 
     def _bootstrap_choices(self, metrics: list[str], views: dict[str, str]) -> dict[str, Any]:
@@ -389,16 +394,16 @@ class AnalyzeConfig:
         debiased CKA's view, whose error users met after these)."""
         groups = self.bootstrap_groups
         if groups is not None and not 2 <= int(groups):
-            raise FtdynError(f"--bootstrap-groups: at least 2 groups of images, got {groups}.")
+            raise FtdynError(f"{arg('bootstrap_groups')}: at least 2 groups of images, got {groups}.")
         chosen = _names(self.bootstrap_metrics)
         if chosen:
             chosen = tuple(dict.fromkeys(str(m).strip().lower() for m in chosen))
             stray = [m for m in chosen if m not in metrics]
             if stray:
-                raise FtdynError(f"--bootstrap-metric: '{stray[0]}' is not analyzed; choose from {', '.join(metrics)}.")
+                raise FtdynError(f"{arg('bootstrap_metrics')}: '{stray[0]}' is not analyzed; choose from {', '.join(metrics)}.")
         if views.get(DEBIASED_CKA) in ("channels", "pooled"):
-            raise FtdynError(f"--view: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, "
-                             f"flat or map view (--view {DEBIASED_CKA}=filter).")
+            raise FtdynError(f"{arg('views')}: {DEBIASED_CKA} is computed from per-image Gram matrices; give it a filter, "
+                             f"flat or map view ({arg('views')} {DEBIASED_CKA}=filter).")
         return {"bootstrap_groups": None if groups is None else int(groups), "bootstrap_metrics": chosen or None}
 
     @property
@@ -482,7 +487,7 @@ class VisualizeConfig:
     def __post_init__(self) -> None:
         chosen = {name: _names(getattr(self, name)) for name in ("filters", "classes", "samples", "epochs")}
         if chosen["filters"] is None and int(self.n_filters) < 1:
-            raise FtdynError(f"--n-filters {self.n_filters}: must be at least 1.")
+            raise FtdynError(f"{arg('n_filters', self.n_filters)}: must be at least 1.")
         for name, value in {**chosen, "n_filters": int(self.n_filters)}.items():
             object.__setattr__(self, name, value)  # frozen: normalize once, here
 
@@ -553,17 +558,17 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         # The order of the checks is the order of the errors a user meets; keep it stable.
         if self.dtype not in STORE_DTYPES:
-            raise FtdynError(f"--dtype: '{self.dtype}' is not supported; choose {' or '.join(STORE_DTYPES)}.")
+            raise FtdynError(f"{arg('dtype')}: '{self.dtype}' is not supported; choose {' or '.join(STORE_DTYPES)}.")
         if self.codec not in CODECS:
-            raise FtdynError(f"--codec: unknown codec '{self.codec}'; choose from {', '.join(CODECS)}.")
+            raise FtdynError(f"{arg('codec')}: unknown codec '{self.codec}'; choose from {', '.join(CODECS)}.")
         for name in ("batch_size", "writers", "samples_per_chunk"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
-                raise FtdynError(f"{flag_of(ExtractConfig, name)}: must be at least 1 (got {value}).")
+                raise FtdynError(f"{arg(name)}: must be at least 1 (got {value}).")
         if self.input_size is not None and int(self.input_size) < 8:
-            raise FtdynError(f"--input-size: {self.input_size} is too small (at least 8 pixels).")
-        normalized = {"probe_seed": check_seed(self.probe_seed),
-                      "random_init_seed": check_seed(self.random_init_seed, flag_of(ExtractConfig, "random_init_seed")),
+            raise FtdynError(f"{arg('input_size')}: {self.input_size} is too small (at least 8 pixels).")
+        normalized = {"probe_seed": check_seed(self.probe_seed, "probe_seed"),
+                      "random_init_seed": check_seed(self.random_init_seed, "random_init_seed"),
                       "batch_size": int(self.batch_size),
                       "layers": (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ()) or None}
         for name in ("writers", "samples_per_chunk", "input_size"):
@@ -579,3 +584,56 @@ class ExtractConfig:
     def replace(self, **changes: Any) -> ExtractConfig:
         """A copy with ``changes`` (checked like a new config)."""
         return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------- parameter names in messages
+
+#: Each command's config: its fields are the command's options.
+COMMAND_CONFIGS: dict[str, type] = {"train": TrainConfig, "extract": ExtractConfig, "analyze": AnalyzeConfig,
+                                    "visualize": VisualizeConfig}
+#: Parameters of the Python API that are not config fields: {command: {Python name: CLI flag or argument}}.
+OTHER_PARAMETERS: dict[str, dict[str, str]] = {
+    "train": {"data_dir": "DATA_DIR", "out": "--out"},
+    "extract": {"series": "CKPTS_DIR", "data": "--data", "out": "--out"},
+    "analyze": {"stores": "STORES", "out": "--out"},
+    "visualize": {"store": "STORE", "out": "--out"},
+    "report": {"results_dir": "RESULTS_DIR", "stores": "--store", "out": "--out"},
+    "demo": {"out": "OUT_DIR", "device": "--device", "seed": "--seed"},
+    "layers": {"arch": "ARCH", "input_size": "--input-size"},
+    "info": {"store": "STORE"},
+}
+
+#: The command whose flags messages name; None: a Python caller, who gets parameter names. One
+#: per process, not a ContextVar, because errors are also raised in worker threads (extraction's
+#: writers, Dask's), which would not see a context set by the CLI.
+_cli_command: str | None = None
+_NO_VALUE = object()
+
+
+def command_flags(command: str) -> dict[str, str]:
+    """{Python parameter name: CLI flag or argument} of ``command`` (``probe_seed`` -> ``--seed``
+    for extract; ``epochs`` -> ``--epoch`` for visualize, ``--epochs`` for train)."""
+    config_type = COMMAND_CONFIGS.get(command)
+    fields = dataclasses.fields(config_type) if config_type else ()
+    flags = {f.name: flag_of(config_type, f.name) for f in fields if not f.metadata.get("internal")}
+    return {**flags, **OTHER_PARAMETERS[command]}
+
+
+@contextlib.contextmanager
+def cli_names(command: str) -> Iterator[None]:
+    """While running ``ftdyn COMMAND``: :func:`arg` names flags instead of Python parameters."""
+    global _cli_command
+    previous, _cli_command = _cli_command, command
+    try:
+        yield
+    finally:
+        _cli_command = previous
+
+
+def arg(param: str, value: Any = _NO_VALUE) -> str:
+    """Parameter ``param`` as a message names it: ``memory_limit`` from Python, ``--memory-limit``
+    under the command line; with ``value``: ``memory_limit=2GB`` / ``--memory-limit 2GB``."""
+    if _cli_command is None:
+        return param if value is _NO_VALUE else f"{param}={value}"
+    flag = command_flags(_cli_command).get(param) or "--" + param.replace("_", "-")
+    return flag if value is _NO_VALUE else f"{flag} {value}"

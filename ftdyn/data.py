@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import SEED_LIMIT, check_seed  # noqa: F401  (re-exported: D.check_seed)
+from .config import SEED_LIMIT, arg, check_seed  # noqa: F401  (re-exported: D.check_seed)
 from .errors import FtdynError
 
 #: File suffixes read as images (the torchvision ImageFolder list), case-insensitive.
@@ -263,17 +263,17 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
     (for a split, all of them in ``train.skipped``), the entries left unopened likewise
     in ``ignored``.
     """
-    root = _check_folder(data_dir, "DATA_DIR")
+    root = _check_folder(data_dir, arg("data_dir"))
     if val_split is not None and not (0.0 < float(val_split) < 1.0):
-        raise FtdynError(f"--val-split: {val_split} is not a fraction between 0 and 1 (e.g. 0.2).")
+        raise FtdynError(f"{arg('val_split')}: {val_split} is not a fraction between 0 and 1 (e.g. 0.2).")
     train_dir = root / "train"
     val_dirs = [root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()]
     if train_dir.is_dir() and val_dirs:
         if val_split is not None:
-            raise FtdynError(f"--val-split: '{root}' already has train/ and {val_dirs[0].name}/ folders; "
-                             "drop --val-split or point DATA_DIR at a single image folder.")
-        train = scan_image_folder(train_dir, flag="DATA_DIR")
-        val = scan_image_folder(val_dirs[0], flag="DATA_DIR")
+            raise FtdynError(f"{arg('val_split')}: '{root}' already has train/ and {val_dirs[0].name}/ folders; "
+                             f"drop {arg('val_split')} or point {arg('data_dir')} at a single image folder.")
+        train = scan_image_folder(train_dir, flag=arg("data_dir"))
+        val = scan_image_folder(val_dirs[0], flag=arg("data_dir"))
         if train.classes != val.classes:
             only_train = sorted(set(train.classes) - set(val.classes))
             only_val = sorted(set(val.classes) - set(train.classes))
@@ -287,12 +287,12 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
         return train, val
     source = train_dir if train_dir.is_dir() else root
     if val_split is None:
-        raise FtdynError(f"--val-split: '{root}' has no train/ and val/ subfolders; pass --val-split 0.2 "
+        raise FtdynError(f"{arg('val_split')}: '{root}' has no train/ and val/ subfolders; pass {arg('val_split')} 0.2 "
                          "to hold out a fraction of each class for validation.")
-    data = scan_image_folder(source, flag="DATA_DIR")
+    data = scan_image_folder(source, flag=arg("data_dir"))
     train_idx, val_idx = stratified_split(data.labels, float(val_split), seed)
     if not val_idx:
-        raise FtdynError(f"--val-split {val_split}: no class of '{source}' has 2 images, so nothing is left "
+        raise FtdynError(f"{arg('val_split', val_split)}: no class of '{source}' has 2 images, so nothing is left "
                          "for validation; add images or use train/ and val/ folders.")
     train, val = data.subset(train_idx), data.subset(val_idx)
     train.skipped, train.ignored = list(data.skipped), list(data.ignored)
@@ -450,7 +450,7 @@ def train_transform(input_size: int, crop_scale: float = 0.08) -> TrainTransform
     """Random resized crop (area fraction ``crop_scale``..1) + horizontal flip at ``input_size``
     (see :class:`TrainTransform`)."""
     if not 0 < crop_scale <= 1:
-        raise FtdynError(f"--crop-scale: {crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
+        raise FtdynError(f"{arg('crop_scale')}: {crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
     return TrainTransform(input_size, scale=(crop_scale, 1.0))
 
 
@@ -543,9 +543,9 @@ def select_probe(data: ImageFolderData, *, per_class: int | None = None, max_sam
     result is sorted by (label, path). Larger limits give supersets of smaller ones.
     """
     if per_class is not None and per_class < 1:
-        raise FtdynError(f"--per-class: must be at least 1 (got {per_class}).")
+        raise FtdynError(f"{arg('per_class')}: must be at least 1 (got {per_class}).")
     if max_samples is not None and max_samples < 1:
-        raise FtdynError(f"--max-samples: must be at least 1 (got {max_samples}).")
+        raise FtdynError(f"{arg('max_samples')}: must be at least 1 (got {max_samples}).")
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(data.labels):
         by_class.setdefault(int(label), []).append(i)

@@ -36,6 +36,7 @@ import numpy as np
 
 from .analysis import analyze
 from .checkpoints import read_manifest
+from .config import arg
 from .data import check_seed
 from .datasets import SourceMissing, prepare_dataset, source_classes
 from .devices import resolve_device
@@ -127,7 +128,7 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
          data_only: bool = False, progress: bool = True) -> Path:
     """Run the demo into ``out``; returns the path of ``report.html`` (``data_only``: of the data folder)."""
     out = Path(out)
-    check_output_folder(out, flag="OUT_DIR")
+    check_output_folder(out, flag=arg("out"))
     resolve_device(device)  # a bad --device or --seed fails now, not after the data is prepared
     seed = check_seed(seed)
     size = SIZES["quick" if quick else "default"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .config import arg
 from .errors import FtdynError
 
 
@@ -19,21 +20,21 @@ def resolve_device(device: str, *, float64: bool = False) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise FtdynError(f"--device: '{device}' is not a device (use auto, cpu, cuda, cuda:1"
+        raise FtdynError(f"{arg('device')}: '{device}' is not a device (use auto, cpu, cuda, cuda:1"
                          f"{'' if float64 else ', mps'}).") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise FtdynError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto.")
+            raise FtdynError(f"{arg('device', device)}: CUDA is not available on this machine; use {arg('device')} cpu or auto.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FtdynError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present.")
+            raise FtdynError(f"{arg('device', device)}: only {torch.cuda.device_count()} CUDA device(s) present.")
     elif dev.type == "mps":
         if float64:
-            raise FtdynError(f"--device {device}: the analysis computes in float64, which MPS does not support; "
-                             "use --device cpu.")
+            raise FtdynError(f"{arg('device', device)}: the analysis computes in float64, which MPS does not support; "
+                             f"use {arg('device')} cpu.")
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise FtdynError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto.")
+            raise FtdynError(f"{arg('device', device)}: MPS is not available on this machine; use {arg('device')} cpu or auto.")
     elif dev.type != "cpu":
-        raise FtdynError(f"--device: '{device}' is not supported (use auto, cpu, cuda, cuda:N"
+        raise FtdynError(f"{arg('device')}: '{device}' is not supported (use auto, cpu, cuda, cuda:N"
                          f"{'' if float64 else ', mps'}).")
     return dev
 

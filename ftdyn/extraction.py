@@ -66,7 +66,7 @@ from . import data as data_mod
 from ._version import __version__
 from .checkpoints import (checkpoint_files, discover_series, infer_num_classes, load_source_weights,
                           load_state_into_model, read_manifest, read_weights)
-from .config import STORE_DTYPES, ExtractConfig, describe, flag_of
+from .config import STORE_DTYPES, ExtractConfig, arg, describe
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, FtdynWarning
 from .outputs import DISK_ERRORS, check_output_folder, folder_lock
@@ -192,7 +192,7 @@ def parse_normalize(text: str) -> dict[str, list[float]]:
     if len(values) == 2:
         values = [values[0]] * 3 + [values[1]] * 3
     if len(values) != 6 or not all(math.isfinite(v) for v in values) or min(values[3:]) <= 0:
-        raise FtdynError(f"--normalize {text}: give MEAN,STD (e.g. 0.5,0.5) or three means and three stds "
+        raise FtdynError(f"{arg('normalize', text)}: give MEAN,STD (e.g. 0.5,0.5) or three means and three stds "
                          "(e.g. 0.485,0.456,0.406,0.229,0.224,0.225); stds must be positive.")
     return {"mean": values[:3], "std": values[3:]}
 
@@ -201,18 +201,18 @@ def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
         if series.is_dir() and arch is None and checkpoint_files(series):
-            raise FtdynError(f"--arch: {series} is not an ftdyn series (no manifest.json); name the architecture "
-                             "of its checkpoints with --arch (e.g. --arch resnet50).")
+            raise FtdynError(f"{arg('arch')}: {series} is not an ftdyn series (no manifest.json); name the architecture "
+                             f"of its checkpoints with {arg('arch')} (e.g. {arg('arch')} resnet50).")
         if arch is not None:
             arch = canonical_arch(arch)
         entries = discover_series(series, source=source, trust=trust, arch=arch)
         if arch is None:  # pragma: no cover - discover_series raised for an empty folder
-            raise FtdynError(f"--arch: {series} has no manifest.json; pass --arch.")
+            raise FtdynError(f"{arg('arch')}: {series} has no manifest.json; pass {arg('arch')}.")
         return arch, None, entries
     series_arch = canonical_arch(manifest["architecture"])
     if arch is not None and canonical_arch(arch) != series_arch:
-        raise FtdynError(f"--arch {arch}: the series {series} was trained as {series_arch} (manifest.json); "
-                         "drop --arch.")
+        raise FtdynError(f"{arg('arch', arch)}: the series {series} was trained as {series_arch} (manifest.json); "
+                         f"drop {arg('arch')}.")
     entries = discover_series(series, source=source, trust=trust)
     return series_arch, manifest, entries
 
@@ -269,7 +269,7 @@ class NonFiniteActivations(FtdynError):
             seen = (f"largest magnitude {peak:.4g}, measured in float32" if peak is not None
                     else f"largest finite magnitude {self.largest:.4g}")
             return (f"{self.where}: {self.n_bad} activation(s) exceed float16's range (|x| > 65504; {seen}); store "
-                    "this series in float32: run again with --dtype float32 and a new --out (this store is float16).")
+                    f"this series in float32: run again with {arg('dtype')} float32 and a new {arg('out')} (this store is float16).")
         return (f"{self.where}: the network produced {self.n_bad} NaN/inf activation(s) (largest finite magnitude "
                 f"{self.largest:.4g}; a diverged checkpoint?); leave that checkpoint out of the series.")
 
@@ -285,7 +285,7 @@ def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) ->
         rows = writer.chunk_slice(chunk)
         n_inf = int(np.isinf(arr).sum())
         largest = float(np.abs(arr[finite]).max()) if finite.any() else float("nan")
-        where = f"--out {writer.path}: layer {layer}, epoch {epoch}, samples {rows.start}-{rows.stop - 1}"
+        where = f"{arg('out', writer.path)}: layer {layer}, epoch {epoch}, samples {rows.start}-{rows.stop - 1}"
         overflow = bool(n_inf) and arr.dtype == np.float16
         raise NonFiniteActivations(where, layer, ci, rows, n_inf if overflow else arr.size - int(finite.sum()),
                                    largest, overflow)
@@ -359,7 +359,7 @@ def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
     shapes = {}
     for name, out in outputs.items():
         if out.dim() != 4:
-            raise FtdynError(f"--layer {name}: its output has shape {tuple(out.shape)}, not (batch, channel, y, x); "
+            raise FtdynError(f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, not (batch, channel, y, x); "
                              "choose a convolutional layer (see `ftdyn layers ARCH`).")
         shapes[name] = tuple(int(s) for s in out.shape[1:])
     return shapes
@@ -408,22 +408,22 @@ def recorded_identity(attrs: dict) -> dict[str, Any]:
 
 def _mismatch(out: Path, name: str, stored, given, config: ExtractConfig) -> str:
     """The one-line refusal of a call whose identity field ``name`` differs from the store's."""
-    flag = flag_of(ExtractConfig, name)
+    flag = arg(name)
     if name == "layers":
-        return (f"--out {out}: existing store has layers {', '.join(stored)}, this call {', '.join(given)}; "
-                "pass the same --layer options, or choose a new --out.")
+        return (f"{arg('out', out)}: existing store has layers {', '.join(stored)}, this call {', '.join(given)}; "
+                f"pass the same {arg('layers')} options, or choose a new {arg('out')}.")
     if name == "samples_per_chunk":
-        return (f"--chunk-samples {config.samples_per_chunk}: the existing store {out} has {stored} samples per "
-                "chunk; drop --chunk-samples or choose a new --out.")
+        return (f"{arg('samples_per_chunk', config.samples_per_chunk)}: the existing store {out} has {stored} samples per "
+                f"chunk; drop {arg('samples_per_chunk')} or choose a new {arg('out')}.")
     if name in ("probe_seed", "per_class", "max_samples"):
         shown, now = ("all" if v is None else v for v in (stored, given))
-        return (f"--out {out}: existing store was extracted with {flag} {shown}, this call {now}; pass the same "
-                f"{flag}, or choose a new --out.")
-    what, hint = {"arch": ("architecture", "pass the same series/--arch"),
-                  "input_size": ("input size", f"pass --input-size {stored}"),
+        return (f"{arg('out', out)}: existing store was extracted with {flag} {shown}, this call {now}; pass the same "
+                f"{flag}, or choose a new {arg('out')}.")
+    what, hint = {"arch": ("architecture", f"pass the same series/{arg('arch')}"),
+                  "input_size": ("input size", f"pass {arg('input_size', stored)}"),
                   "normalize": ("normalization", "use the same series"),
-                  "dtype": ("dtype", f"pass --dtype {stored}")}[name]
-    return f"--out {out}: existing store has {what} {stored}, this call {given}; {hint}, or choose a new --out."
+                  "dtype": ("dtype", f"pass {arg('dtype', stored)}")}[name]
+    return f"{arg('out', out)}: existing store has {what} {stored}, this call {given}; {hint}, or choose a new {arg('out')}."
 
 
 def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractConfig, probe: dict) -> None:
@@ -436,11 +436,11 @@ def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractC
         if recorded[name] != given[name]:
             raise FtdynError(_mismatch(out, name, recorded[name], given[name], config))
     if attrs["probe"].get("fingerprint") != probe["fingerprint"]:
-        raise FtdynError(f"--out {out}: the probe images differ from the store's (fingerprint mismatch: other "
-                         f"images in --data {probe['data_dir']} or changed files); use the same --data, or choose "
-                         "a new --out.")
+        raise FtdynError(f"{arg('out', out)}: the probe images differ from the store's (fingerprint mismatch: other "
+                         f"images in {arg('data', probe['data_dir'])} or changed files); use the same {arg('data')}, or choose "
+                         f"a new {arg('out')}.")
     if attrs.get("codec", "zstd") != config.codec:  # values do not depend on it: keep the store's
-        warnings.warn(f"--codec {config.codec} ignored: the existing store {out} is compressed with "
+        warnings.warn(f"{arg('codec', config.codec)} ignored: the existing store {out} is compressed with "
               f"{attrs.get('codec', 'zstd')}.", FtdynWarning)
 
 
@@ -456,27 +456,27 @@ def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: 
         entry = by_epoch.get(epoch)
         if entry is None:
             if not done[i].all():
-                raise FtdynError(f"--out {out}: checkpoint epoch {epoch} ({rec['file']}) is not fully extracted and "
-                                 f"is no longer in {series}; restore the file, or choose a new --out.")
+                raise FtdynError(f"{arg('out', out)}: checkpoint epoch {epoch} ({rec['file']}) is not fully extracted and "
+                                 f"is no longer in {series}; restore the file, or choose a new {arg('out')}.")
             continue
         if entry.sha256 != rec.get("sha256") or (entry.sha256 is None and entry.label != rec.get("file")):
             if not done[i].any():  # nothing of it stored yet (e.g. the file was broken and has been fixed)
                 known[i] = _entry_record(entry)
                 replaced.append(entry.label)
                 continue
-            raise FtdynError(f"--out {out}: epoch {epoch} is {entry.label} (sha256 {str(entry.sha256)[:12]}) but the "
+            raise FtdynError(f"{arg('out', out)}: epoch {epoch} is {entry.label} (sha256 {str(entry.sha256)[:12]}) but the "
                              f"store holds {rec['file']} (sha256 {str(rec.get('sha256'))[:12]}) for it; pass the same "
-                             "series and --source, or choose a new --out.")
+                             f"series and {arg('source')}, or choose a new {arg('out')}.")
     if replaced:
-        warnings.warn(f"--out {out}: {', '.join(replaced)} changed since the store was created, before any of its "
+        warnings.warn(f"{arg('out', out)}: {', '.join(replaced)} changed since the store was created, before any of its "
               "activations were written; using the new file(s).", FtdynWarning)
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]
     early = [e for e in new if int(e.epoch) < last]
     if early:
         names = ", ".join(f"epoch {e.epoch} ({e.label})" for e in early[:4])
-        raise FtdynError(f"--out {out}: {names} would have to be inserted before the store's last epoch {last}; "
-                         "a store can only be extended with later epochs: choose a new --out.")
+        raise FtdynError(f"{arg('out', out)}: {names} would have to be inserted before the store's last epoch {last}; "
+                         f"a store can only be extended with later epochs: choose a new {arg('out')}.")
     return known, new
 
 
@@ -520,7 +520,7 @@ class _Writers:
             exc = self.errors[0]
             if isinstance(exc, FtdynError) or isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
                 raise exc  # a full disk: folder_lock's disk_errors names the file that could not be written
-            raise FtdynError(f"--out {self.writer.path}: writing a region failed ({type(exc).__name__}: "
+            raise FtdynError(f"{arg('out', self.writer.path)}: writing a region failed ({type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:200]}); fix the cause (disk space?) and re-run to "
                              "resume.") from exc
 
@@ -640,11 +640,11 @@ def _plan_network(series: Path, config: ExtractConfig) -> Network:
     model = build_model(arch)
     if manifest is not None:
         if config.normalize is not None:
-            raise FtdynError(f"--normalize: {series} is an ftdyn series whose manifest.json records its normalization; "
-                             "drop --normalize.")
+            raise FtdynError(f"{arg('normalize')}: {series} is an ftdyn series whose manifest.json records its normalization; "
+                             f"drop {arg('normalize')}.")
         if config.input_size is not None and config.input_size != int(manifest["input_size"]):
-            raise FtdynError(f"--input-size {config.input_size}: the series {series} was trained at "
-                             f"{manifest['input_size']} px; extract at that size (leave --input-size out).")
+            raise FtdynError(f"{arg('input_size', config.input_size)}: the series {series} was trained at "
+                             f"{manifest['input_size']} px; extract at that size (leave {arg('input_size')} out).")
         num_classes = int(manifest["num_classes"])
         size = int(config.input_size or manifest["input_size"])
         normalization = _float_normalization(manifest["normalization"])
@@ -667,26 +667,26 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
     """The probe images (loaded and resized once), with notes on what was skipped or rescaled."""
     splits = [s for s in ("val", "test", "train") if (data_dir / s).is_dir()]
     if len(splits) >= 2:  # a dataset root: its splits would be taken for classes
-        raise FtdynError(f"--data: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
-                         f"pass one of them, e.g. --data {data_dir / splits[0]}.")
-    folder = data_mod.scan_image_folder(data_dir, flag="--data")
+        raise FtdynError(f"{arg('data')}: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
+                         f"pass one of them, e.g. {arg('data')} {data_dir / splits[0]}.")
+    folder = data_mod.scan_image_folder(data_dir, flag=arg("data"))
     for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
         if note:
-            warnings.warn(f"--data: {note}", FtdynWarning)
+            warnings.warn(f"{arg('data')}: {note}", FtdynWarning)
     if folder.rescaled:
-        warnings.warn(f"--data: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
+        warnings.warn(f"{arg('data')}: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
     chosen = data_mod.select_probe(folder, per_class=config.per_class, max_samples=config.max_samples,
                                    seed=config.probe_seed)
     n = len(chosen)
     if n < 2:  # one image has no variance: every distance would be undefined
-        raise FtdynError(f"--data/--per-class/--max-samples: the probe set has {n} image; the similarity metrics "
+        raise FtdynError(f"{arg('data')}/{arg('per_class')}/{arg('max_samples')}: the probe set has {n} image; the similarity metrics "
                          "need at least 2 (hundreds for stable values).")
     workers_io = min(8, os.cpu_count() or 1) if n >= 512 else 0
     images = data_mod.load_images(chosen, network.input_size, num_workers=workers_io)
     labels = np.asarray(chosen.labels, dtype=np.int64)
     manifest = network.manifest
     if manifest is not None and list(manifest["classes"]) != list(chosen.classes):
-        warnings.warn(f"--data: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
+        warnings.warn(f"{arg('data')}: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
               f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.", FtdynWarning)
     record = {"seed": config.probe_seed, "per_class": config.per_class, "max_samples": config.max_samples,
               "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(chosen.classes),
@@ -773,7 +773,7 @@ def make_plan(series: str | os.PathLike, *, data: str | os.PathLike, out: str | 
     config = make_config(config, **options)
     series, data_dir, out = Path(series), Path(data), Path(out)
     if not data_dir.exists():
-        raise FtdynError(f"--data: folder '{data_dir}' does not exist.")
+        raise FtdynError(f"{arg('data')}: folder '{data_dir}' does not exist.")
     check_output_folder(out, inputs=[data_dir, series], may_be_store=True)
     device = resolve_device(config.device)
     network = _plan_network(series, config)
@@ -787,7 +787,7 @@ def make_plan(series: str | os.PathLike, *, data: str | os.PathLike, out: str | 
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):  # an empty folder: made for the store
         store = _plan_new_store(config, series, data_dir, network, probe, loading, states)
     elif not out.is_dir():
-        raise FtdynError(f"--out {out}: exists and is not a store folder; choose another --out.")
+        raise FtdynError(f"{arg('out', out)}: exists and is not a store folder; choose another {arg('out')}.")
     else:
         store = _plan_existing_store(config, series, out, network, probe, loading, states)
     replays = _replays(network.entries, store.records, store.done)
@@ -852,7 +852,7 @@ def execute(plan: ExtractPlan) -> Path:
             return out
         devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
         if devices - {plan.device.type}:
-            warnings.warn(f"--out {out}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
+            warnings.warn(f"{arg('out', out)}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
                   f"{plan.device.type}; the last bits of the values may differ between devices.", FtdynWarning)
         if plan.new_records:
             epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
@@ -872,7 +872,7 @@ def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
     """Give the store the plan's checkpoint records (files replaced, later epochs appended) and
     return the plan's replays without regions another run finished since it was planned."""
     if [dict(c) for c in writer.attrs["checkpoints"]] != list(plan.stored):
-        raise FtdynError(f"--out {plan.out}: another `ftdyn extract` changed this store while this one was "
+        raise FtdynError(f"{arg('out', plan.out)}: another `ftdyn extract` changed this store while this one was "
                          "starting; re-run the same command.")
     known = [dict(r) for r in plan.records[:len(plan.stored)]]
     if known != list(plan.stored):
@@ -945,8 +945,8 @@ def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
                 arrays = {name: np.concatenate(p) for name, p in parts.items()}
                 bad = [name for name, a in arrays.items() if not all_finite(a)]
                 if bad:
-                    raise FtdynError(f"--random-init-baseline: the random network gave non-finite activations at "
-                                     f"{', '.join(bad)} (float16 overflow?); re-extract with --dtype float32.")
+                    raise FtdynError(f"{arg('random_init_baseline')}: the random network gave non-finite activations at "
+                                     f"{', '.join(bad)} (float16 overflow?); re-extract with {arg('dtype')} float32.")
                 write_random_init(out, int(chunk), arrays)
     finally:
         capture.close()

@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 
 from . import zoo_timm
+from .config import arg
 from .errors import FtdynError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,21 +55,21 @@ def is_timm(arch: str) -> bool:
     return arch.startswith(zoo_timm.PREFIX)
 
 
-def canonical_arch(name: str, flag: str = "--arch") -> str:
+def canonical_arch(name: str, param: str = "arch") -> str:
     """The canonical name for ``name``: a torchvision name (case-insensitive) or ``timm/NAME``;
-    else a one-line FtdynError naming ``flag``."""
+    else a one-line FtdynError naming parameter ``param``."""
     if name.strip().lower().startswith(zoo_timm.PREFIX):
-        return zoo_timm.canonical(name.strip()[len(zoo_timm.PREFIX):], flag)
+        return zoo_timm.canonical(name.strip()[len(zoo_timm.PREFIX):], param)
     names = torchvision_architectures()
     key = name.strip().lower()
     if key in names:
         return key
     timm_name = zoo_timm.suggest(key)
     if timm_name is not None:
-        raise FtdynError(f"{flag}: '{name}' is not a torchvision architecture but a timm one; pass {flag} {timm_name}.")
+        raise FtdynError(f"{arg(param)}: '{name}' is not a torchvision architecture but a timm one; pass {arg(param, timm_name)}.")
     close = difflib.get_close_matches(key, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers --list` to see all."
-    raise FtdynError(f"{flag}: unknown architecture '{name}'.{hint}")
+    raise FtdynError(f"{arg(param)}: unknown architecture '{name}'.{hint}")
 
 
 def timm_twin(arch: str) -> str | None:
@@ -157,8 +158,8 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
     if weights is None or str(weights).lower() == "none":
         model = _random_init(arch)
     elif looks_like_file(str(weights)):
-        raise FtdynError(f"--weights: file {weights} does not exist." if not Path(weights).exists() else
-                         f"--weights {weights}: a weights file is loaded with ftdyn.checkpoints.load_into_model.")
+        raise FtdynError(f"{arg('weights')}: file {weights} does not exist." if not Path(weights).exists() else
+                         f"{arg('weights', weights)}: a weights file is loaded with ftdyn.checkpoints.load_into_model.")
     elif is_timm(arch):
         model = zoo_timm.create(arch, str(weights))
     else:
@@ -166,35 +167,35 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
         try:
             model = torchvision.models.get_model(arch, weights=resolved)
         except (OSError, RuntimeError) as exc:  # no internet, corrupt download cache
-            raise FtdynError(f"--weights {weights}: could not download or read the torchvision weights "
-                             f"({type(exc).__name__}: {exc}); pass a local file with --weights PATH.") from None
+            raise FtdynError(f"{arg('weights', weights)}: could not download or read the torchvision weights "
+                             f"({type(exc).__name__}: {exc}); pass a local file with {arg('weights')} PATH.") from None
     if num_classes is not None:
         replace_head(model, num_classes)
     return model
 
 
-def zoo_state_dict(arch: str, name: str, flag: str = "--source") -> dict[str, torch.Tensor]:
+def zoo_state_dict(arch: str, name: str, param: str = "source") -> dict[str, torch.Tensor]:
     """The state dict of the zoo weights ``name`` of ``arch`` (a torchvision weights name or a timm tag)."""
     arch = canonical_arch(arch)
     if is_timm(arch):
-        return zoo_timm.create(arch, name, flag).state_dict()
-    weights = resolve_weights(arch, name, flag)
+        return zoo_timm.create(arch, name, param).state_dict()
+    weights = resolve_weights(arch, name, param)
     try:
         return weights.get_state_dict(progress=False)
     except (OSError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())[:160]
-        raise FtdynError(f"{flag} {name}: could not download or read the torchvision weights "
-                         f"({reason}); pass a local file with {flag} PATH.") from None
+        raise FtdynError(f"{arg(param, name)}: could not download or read the torchvision weights "
+                         f"({reason}); pass a local file with {arg(param)} PATH.") from None
 
 
-def check_weights_name(arch: str, name: str, flag: str = "--source") -> None:
+def check_weights_name(arch: str, name: str, param: str = "source") -> None:
     """Refuse a name that is no weights name of ``arch`` (torchvision); timm tags are checked when loaded."""
     arch = canonical_arch(arch)
     if not is_timm(arch):
-        resolve_weights(arch, name, flag)
+        resolve_weights(arch, name, param)
 
 
-def resolve_weights(arch: str, name: str, flag: str = "--weights") -> torchvision.models.WeightsEnum:
+def resolve_weights(arch: str, name: str, param: str = "weights") -> torchvision.models.WeightsEnum:
     """A torchvision weights enum member from ``IMAGENET1K_V1``, ``DEFAULT`` or ``ResNet50_Weights.IMAGENET1K_V2``."""
     enum = torchvision.models.get_model_weights(arch)
     member = name.rpartition(".")[2]
@@ -202,7 +203,7 @@ def resolve_weights(arch: str, name: str, flag: str = "--weights") -> torchvisio
         return enum.DEFAULT if member == "DEFAULT" else enum[member]
     except KeyError:
         valid = ", ".join(w.name for w in enum)
-        raise FtdynError(f"{flag}: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
+        raise FtdynError(f"{arg(param)}: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
 
 
 def _blocks_output_layers(model: nn.Module) -> list[str] | None:
@@ -261,7 +262,7 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
     one-line error when the model cannot take that size (too small for its poolings, or a model
     with a fixed input size such as ViT)."""
     if int(input_size) < 1:
-        raise FtdynError(f"--input-size {input_size}: give the image size in pixels (e.g. 224).")
+        raise FtdynError(f"{arg('input_size', input_size)}: give the image size in pixels (e.g. 224).")
     was_training = model.training
     try:
         model.eval()
@@ -269,8 +270,8 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
             return model(torch.zeros(1, 3, input_size, input_size))
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FtdynError(f"--input-size {input_size}: {type(model).__name__} cannot run on {input_size}x{input_size} "
-                         f"images ({reason}); choose another --input-size (224 fits every torchvision model).") from None
+        raise FtdynError(f"{arg('input_size', input_size)}: {type(model).__name__} cannot run on {input_size}x{input_size} "
+                         f"images ({reason}); choose another {arg('input_size')} (224 fits every torchvision model).") from None
     finally:
         model.train(was_training)
 
@@ -340,7 +341,7 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
     # 1x1 outputs are pooled context (squeeze-and-excitation, global pooling), not feature maps
     acts = [info for info in acts if info.shape[1] * info.shape[2] > 1]
     if not acts:
-        raise FtdynError(f"--arch {arch}: no activation layers with spatial output found; name layers with --layer.")
+        raise FtdynError(f"{arg('arch', arch)}: no activation layers with spatial output found; name layers with {arg('layers')}.")
     chosen = [a.name for a, b in zip(acts, acts[1:]) if b.shape[1] < a.shape[1]]
     return chosen + [acts[-1].name]
 
@@ -353,9 +354,9 @@ def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers ARCH` to list them."
-            raise FtdynError(f"--layer: '{layer}' is not a module of {type(model).__name__}.{hint}")
+            raise FtdynError(f"{arg('layers')}: '{layer}' is not a module of {type(model).__name__}.{hint}")
     if len(set(layers)) != len(layers):
-        raise FtdynError("--layer: a layer is named twice.")
+        raise FtdynError(f"{arg('layers')}: a layer is named twice.")
     return list(layers)
 
 
@@ -394,7 +395,7 @@ class LayerCapture:
         """The outputs of the last forward pass, in layer order; clears the buffer."""
         missing = [n for n in self.layers if n not in self.outputs]
         if missing:
-            raise FtdynError(f"--layer: {', '.join(missing)} produced no output in the forward pass (module not used by forward).")
+            raise FtdynError(f"{arg('layers')}: {', '.join(missing)} produced no output in the forward pass (module not used by forward).")
         outputs = {n: self.outputs[n] for n in self.layers}
         self.outputs = {}
         return outputs

@@ -8,7 +8,8 @@ The I/O helpers every command that writes uses:
 * :func:`folder_lock`: an exclusive advisory lock (``flock``) on ``<out>/.ftdyn.lock``,
   which holds the PID of the run writing the folder, so a second run into the same
   folder (train, extract, analyze, report, visualize) is refused with one line naming
-  it. Inside it a full disk, a quota or a read-only file system is one line naming
+  it; the file is removed when the run ends (a killed run leaves it, harmless: the lock
+  dies with the process). Inside it a full disk, a quota or a read-only file system is one line naming
   the file or folder that could not be written.
 * :func:`write_result_set`: the complete new set of results (results.zarr, the CSV
   tables, figures, report.html and ``manifest.json``, which lists the arguments and a
@@ -42,7 +43,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from .config import arg
 from .errors import FtdynError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None
 
 LOCK_FILE = ".ftdyn.lock"
 SETS = ".ftdyn-sets"
@@ -52,12 +59,14 @@ _held: dict[Path, int] = {}  # folders this process has locked (re-entry: analyz
 
 
 # ---------------------------------------------------------------- folder policy
-def check_output_folder(out, *, flag: str = "--out", inputs=(), may_be_store: bool = False) -> None:
+def check_output_folder(out, *, flag: str | None = None, inputs=(), may_be_store: bool = False) -> None:
     """Refuse an output folder before any work is done (so nothing is computed only to fail at
     the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,
     whose contents it would change), inside any Zarr store (its files would become part of
     the store; the folder itself may be one with ``may_be_store``, as extract's --out is) or
-    inside a result set (its checksums would fail); a location that cannot be written."""
+    inside a result set (its checksums would fail); a location that cannot be written. ``flag``:
+    how errors name the folder (default: the ``out`` parameter, :func:`ftdyn.config.arg`)."""
+    flag = flag or arg("out")
     out = Path(out).expanduser().resolve()
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
@@ -86,7 +95,7 @@ DISK_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "E
 
 
 @contextlib.contextmanager
-def disk_errors(out: str | Path, flag: str = "--out") -> Iterator[None]:
+def disk_errors(out: str | Path, flag: str | None = None) -> Iterator[None]:
     """A full disk, exceeded quota or read-only file system inside the block is one FtdynError
     line naming the file (or, when the system does not say, the folder) that could not be
     written; other errors pass unchanged."""
@@ -96,7 +105,7 @@ def disk_errors(out: str | Path, flag: str = "--out") -> Iterator[None]:
         if exc.errno not in DISK_ERRORS:
             raise
         where = exc.filename or f"a file in {out}"
-        raise FtdynError(f"{flag} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
+        raise FtdynError(f"{flag or arg('out')} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
                          "or choose a writable folder, then re-run the same command (finished work is kept).") from None
 
 
@@ -110,11 +119,11 @@ def _read_pid(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(out: str | Path, flag: str = "--out") -> Iterator[None]:
+def folder_lock(out: str | Path, flag: str | None = None) -> Iterator[None]:
     """Hold the lock of output folder ``out`` (created if missing) for the block; a folder
     locked by another process is an FtdynError naming that process. Disk errors inside the
     block are one line (:func:`disk_errors`)."""
-    out = Path(out).expanduser().resolve()
+    out, flag = Path(out).expanduser().resolve(), flag or arg("out")
     with disk_errors(out, flag), _locked(out, flag):
         yield
 
@@ -128,20 +137,13 @@ def _locked(out: Path, flag: str) -> Iterator[None]:
         finally:
             _held[out] -= 1
         return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
+    if fcntl is None:  # pragma: no cover - Windows: no lock
         yield
         return
     created = next((f for f in reversed([out, *out.parents]) if not f.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(out / LOCK_FILE, flag, out)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FtdynError(f"{flag} {out}: another ftdyn run (PID {_read_pid(fd)}) is writing to this folder; "
-                             f"wait for it to finish or choose another {flag}.") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _held[out] = 1
@@ -149,18 +151,41 @@ def _locked(out: Path, flag: str) -> Iterator[None]:
             yield
         finally:
             del _held[out]
+            # removed while still held, so the run leaves the folder as it found it; a run that
+            # opened this file meanwhile sees it is gone once it gets the lock, and starts over
+            (out / LOCK_FILE).unlink(missing_ok=True)
             if created is not None:
                 _unmake(out, created)
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting run)
+        os.close(fd)  # releases the lock
+
+
+def _acquire(path: Path, flag: str, out: Path) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock, or an FtdynError naming the
+    process that holds it. A lock taken on a file that was removed meanwhile (its holder
+    finished) is dropped and taken again on the file now at ``path``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise FtdynError(f"{flag} {out}: another ftdyn run (PID {pid}) is writing to this folder; "
+                             f"wait for it to finish or choose another {flag}.") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _unmake(out: Path, created: Path) -> None:
-    """A run that made ``out`` (from ``created`` down) and left nothing in it but the lock
-    file leaves no folder behind (an interrupted or refused run changes nothing)."""
-    if [p.name for p in out.iterdir()] != [LOCK_FILE]:
+    """A run that made ``out`` (from ``created`` down) and left nothing in it leaves no folder
+    behind (an interrupted or refused run changes nothing)."""
+    if any(out.iterdir()):
         return
-    (out / LOCK_FILE).unlink(missing_ok=True)
     for folder in [out, *out.parents]:
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._version import __version__
+from .config import arg
 from .errors import FtdynError
 from .outputs import folder_lock, update_result_set
 from .results import open_results
@@ -467,15 +468,15 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     if (results_dir / "zarr.json").is_file():  # given results.zarr itself: the tables and figures are beside it
         results_dir = results_dir.parent
     out = Path(out) if out is not None else results_dir
-    check_out(out, what=f"--out {out}")
+    check_out(out, what=arg("out", out))
     figdir = out / FIGURES_DIR
     if stores is not None:
         store_paths = [Path(s) for s in stores]
         for s in store_paths:
             if not s.exists():
-                raise FtdynError(f"--store {s}: no such store.")
+                raise FtdynError(f"{arg('stores', s)}: no such store.")
             if match_experiment(res, open_store(s, allow_partial=True), s) is None:
-                raise FtdynError(f"--store {s}: not among the experiments of {results_dir} [{results_stores(res)}]; "
+                raise FtdynError(f"{arg('stores', s)}: not among the experiments of {results_dir} [{results_stores(res)}]; "
                                  "give one of their stores, or run `ftdyn analyze` with this store first.")
         todo = store_paths
     else:

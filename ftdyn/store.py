@@ -54,7 +54,7 @@ import xarray as xr
 import zarr
 
 from ._version import __version__
-from .config import CODECS, STORE_DTYPES as DTYPES
+from .config import CODECS, STORE_DTYPES as DTYPES, arg
 from .errors import FtdynError
 from .outputs import LOCK_FILE
 
@@ -151,7 +151,7 @@ def channel_block(channels: int, samples: int, height: int, width: int, itemsize
 
 def _compressors(codec: str) -> list:
     if codec not in CODECS:
-        raise FtdynError(f"--codec: unknown codec '{codec}'; choose from {', '.join(CODECS)}.")
+        raise FtdynError(f"{arg('codec')}: unknown codec '{codec}'; choose from {', '.join(CODECS)}.")
     # zstd clevel 1: on ResNet50 float16 ReLU maps 2.5x faster than clevel 3 (235 vs 94 MB/s per
     # core) for a 4% larger store (ratio 1.64 vs 1.70); compression bounds extraction on a GPU
     return [zarr.codecs.BloscCodec(cname=codec, clevel=1 if codec == "zstd" else 5, shuffle="shuffle")]
@@ -160,7 +160,7 @@ def _compressors(codec: str) -> list:
 def _validate_spec(spec: StoreSpec) -> None:
     n = len(spec.labels)
     if spec.dtype not in DTYPES:
-        raise FtdynError(f"--dtype: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}.")
+        raise FtdynError(f"{arg('dtype')}: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}.")
     if spec.images.dtype != np.uint8 or spec.images.ndim != 4 or spec.images.shape[0] != n or spec.images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 (n, H, W, 3) with n={n}, got {spec.images.dtype} {spec.images.shape}")
     if len(spec.image_paths) != n or n == 0:
@@ -172,7 +172,7 @@ def _validate_spec(spec: StoreSpec) -> None:
         raise ValueError(f"checkpoint epochs must be unique and increasing, got {epochs}")
     vars_ = [l.var for l in spec.layers]
     if len(set(vars_)) != len(vars_) or {IMAGES, COMPLETE} & set(vars_):
-        raise FtdynError(f"--layer: layer names {', '.join(l.name for l in spec.layers)} collide as store variables.")
+        raise FtdynError(f"{arg('layers')}: layer names {', '.join(l.name for l in spec.layers)} collide as store variables.")
 
 
 def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
@@ -562,7 +562,7 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
         missing = [int(e) for e in ds["checkpoint"].values[~full]]
         if not allow_partial:
             raise FtdynError(f"{path}: incomplete; checkpoints {', '.join(map(str, missing))} are not fully extracted. "
-                             "Run `ftdyn extract` again to finish, or pass --allow-partial to use the complete ones.")
+                             f"Run `ftdyn extract` again to finish, or pass {arg('allow_partial')} to use the complete ones.")
         if not full.any():
             raise FtdynError(f"{path}: no checkpoint is fully extracted yet; run `ftdyn extract` to fill it.")
         ds = ds.isel(checkpoint=np.flatnonzero(full))
@@ -682,8 +682,8 @@ def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str
     if RANDOM_INIT in attrs:
         old = attrs[RANDOM_INIT]
         if int(old.get("seed", -1)) != int(seed):
-            raise FtdynError(f"--random-init-seed: {path} already holds a random-init baseline with seed "
-                             f"{old.get('seed')}; pass that seed, or extract into a new --out.")
+            raise FtdynError(f"{arg('random_init_seed')}: {path} already holds a random-init baseline with seed "
+                             f"{old.get('seed')}; pass that seed, or extract into a new {arg('out')}.")
         return np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool)[0]
     spc = int(attrs["samples_per_chunk"])
     n = int(group["sample"].shape[0])

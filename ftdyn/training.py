@@ -33,7 +33,7 @@ from . import checkpoints as ckpt
 from . import data as D
 from . import models
 from ._version import __version__
-from .config import OPTIMIZERS, TrainConfig, describe, flag_of
+from .config import OPTIMIZERS, TrainConfig, arg, describe
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, FtdynWarning
 from .outputs import check_output_folder, folder_lock
@@ -60,7 +60,7 @@ def _is_ftdyn_file(name: str) -> bool:
 def _inspect_out(out: Path) -> tuple[list[Path], list[Path]]:
     """(ftdyn's own files, other non-hidden entries) in ``out``; refuses a file path."""
     if out.exists() and not out.is_dir():
-        raise FtdynError(f"--out: '{out}' is a file; give a folder for the checkpoint series.")
+        raise FtdynError(f"{arg('out')}: '{out}' is a file; give a folder for the checkpoint series.")
     if not out.exists():
         return [], []
     own, other = [], []
@@ -101,14 +101,14 @@ def _build_source(arch: str, weights: str, init: Path | None, num_classes: int, 
             ckpt.load_into_model(model, weights_file, trust=trust, adapt_head=True, arch=arch,
                                  state_prefix=state_prefix)
         except FtdynError as exc:
-            raise FtdynError(f"--weights {exc}") from None
+            raise FtdynError(f"{arg('weights')} {exc}") from None
     else:
         model = models.build_model(arch, weights=weights)
     if init is not None:
         try:
             ckpt.load_into_model(model, init, trust=trust, adapt_head=True, arch=arch, state_prefix=state_prefix)
         except FtdynError as exc:
-            raise FtdynError(f"--init {exc}") from None
+            raise FtdynError(f"{arg('init')} {exc}") from None
     _new_head(model, num_classes)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -122,7 +122,7 @@ def _check_two_classes(train_data: D.ImageFolderData, val_data: D.ImageFolderDat
         present = sorted({part.classes[label] for label in part.labels})
         if len(present) >= 2:
             continue
-        hint = ("; with --val-split only classes of 2 or more images give validation images"
+        hint = (f"; with {arg('val_split')} only classes of 2 or more images give validation images"
                 if split == "validation" and val_split is not None else "")
         raise FtdynError(f"DATA_DIR: the {split} images of '{data_dir}' hold only class '{present[0]}'; fine-tuning "
                          f"a classifier needs at least 2 classes (one subfolder of images per class){hint}.")
@@ -136,7 +136,7 @@ def _weights_file(weights: str) -> Path | None:
     if path.is_file():
         return path
     if ckpt.checkpoint_stem(path.name) is not None or "/" in weights or os.sep in weights:
-        raise FtdynError(f"--weights: '{weights}' does not exist; give a weights file, a torchvision weights "
+        raise FtdynError(f"{arg('weights')}: '{weights}' does not exist; give a weights file, a torchvision weights "
                          "name (e.g. IMAGENET1K_V1) or none.")
     return None
 
@@ -166,8 +166,8 @@ def _run_epoch(model, loader, *, device, mean, std, optimizer=None, progress=Non
                 logits = model(x)
             except ValueError as exc:  # BatchNorm on a single value per channel
                 if "more than 1 value per channel" in str(exc):
-                    raise FtdynError(f"--batch-size: a batch of {x.shape[0]} image(s) is too small for "
-                                     "BatchNorm at this --input-size; use a larger batch or input size.") from None
+                    raise FtdynError(f"{arg('batch_size')}: a batch of {x.shape[0]} image(s) is too small for "
+                                     f"BatchNorm at this {arg('input_size')}; use a larger batch or input size.") from None
                 raise
             loss = loss_fn(logits, y)
             if training:
@@ -180,7 +180,7 @@ def _run_epoch(model, loader, *, device, mean, std, optimizer=None, progress=Non
             if progress is not None:
                 progress.advance(task)
     if not math.isfinite(loss_sum):
-        raise FtdynError(f"--lr: the {'training' if training else 'validation'} loss became {loss_sum} "
+        raise FtdynError(f"{arg('lr')}: the {'training' if training else 'validation'} loss became {loss_sum} "
                          "(diverged); use a smaller learning rate.")
     return loss_sum / max(total, 1), correct / max(total, 1)
 
@@ -204,7 +204,7 @@ def _check_same(flag: str, recorded, given) -> None:
     if recorded != given:
         fix = f"drop {flag}" if recorded is None else f"pass {flag} {recorded}"
         raise FtdynError(f"{flag}: {given} does not match the run being resumed ({recorded}); "
-                         f"{fix}, or start a new run with --overwrite or another --out.")
+                         f"{fix}, or start a new run with {arg('overwrite')} or another {arg('out')}.")
 
 
 #: Where the manifest records each identity field of :class:`TrainConfig` (keys, outermost first).
@@ -238,21 +238,21 @@ def _verify_resume(manifest: dict, config: TrainConfig, *, data_path: str, weigh
     for name, value in given.items():
         if name == "weights" and (weights_sha is not None or init.get("weights_sha256") is not None):
             if init.get("weights_sha256") != weights_sha:  # a weights file: same content, wherever it lies
-                raise FtdynError(f"--weights: the source weights differ from the run being resumed "
-                                 f"({init.get('weights')}); pass the same --weights.")
+                raise FtdynError(f"{arg('weights')}: the source weights differ from the run being resumed "
+                                 f"({init.get('weights')}); pass the same {arg('weights')}.")
         else:
-            _check_same(flag_of(TrainConfig, name), recorded[name], value)
+            _check_same(arg(name), recorded[name], value)
         if name == "weights" and init.get("checkpoint_sha256") != init_sha:  # --init: by content too
-            raise FtdynError(f"--init: the initial checkpoint differs from the run being resumed "
-                             f"({init.get('checkpoint') or 'none'}); pass the same --init file.")
+            raise FtdynError(f"{arg('init')}: the initial checkpoint differs from the run being resumed "
+                             f"({init.get('checkpoint') or 'none'}); pass the same {arg('init')} file.")
     recorded_path = manifest.get("dataset", {}).get("path")
     if recorded_path != data_path:
         raise FtdynError(f"DATA_DIR: '{data_path}' is not the dataset of the run being resumed "
                          f"('{recorded_path}'); pass that folder.")
     done = max(e["epoch"] for e in manifest["epochs"])
     if config.epochs < done:
-        raise FtdynError(f"--epochs {config.epochs}: the run being resumed already has {done} epochs; "
-                         f"pass --epochs {done} or more.")
+        raise FtdynError(f"{arg('epochs', config.epochs)}: the run being resumed already has {done} epochs; "
+                         f"pass {arg('epochs', done)} or more.")
 
 
 def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, str | None]:
@@ -276,8 +276,8 @@ def _resume_point(out: Path, entries: list[dict]) -> tuple[dict, dict, str | Non
         if "optimizer" in payload and "rng" in payload:
             return entry, payload, problem
         problem = f"{entry['file']} holds no optimizer/RNG state"
-    raise FtdynError(f"--resume: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
-                     f"({problem}); start over with --overwrite.")
+    raise FtdynError(f"{arg('resume')}: no checkpoint listed in {ckpt.MANIFEST_NAME} of '{out}' can be resumed from "
+                     f"({problem}); start over with {arg('overwrite')}.")
 
 
 # ------------------------------------------------------------------------- train
@@ -359,7 +359,7 @@ def _validate(config: TrainConfig) -> tuple[TrainConfig, Path | None, Path | Non
     if config.init is not None:
         init_path = Path(config.init).expanduser()
         if not init_path.is_file():
-            raise FtdynError(f"--init: '{init_path}' is not a file; give a checkpoint file.")
+            raise FtdynError(f"{arg('init')}: '{init_path}' is not a file; give a checkpoint file.")
     return config, init_path, _weights_file(config.weights)
 
 
@@ -374,11 +374,11 @@ def _plan_output(out: Path, config: TrainConfig) -> tuple[str, tuple[Path, ...],
             return "resume", (), manifest
         if not config.overwrite:
             what = ckpt.MANIFEST_NAME if (out / ckpt.MANIFEST_NAME).exists() else f"{len(own)} checkpoint file(s)"
-            raise FtdynError(f"--out: '{out}' already holds an ftdyn run ({what}); pass --resume to continue it, "
-                             "--overwrite to replace it, or choose another folder.")
+            raise FtdynError(f"{arg('out')}: '{out}' already holds an ftdyn run ({what}); pass {arg('resume')} to continue it, "
+                             f"{arg('overwrite')} to replace it, or choose another folder.")
         return "new", tuple(own), None
     if other:
-        raise FtdynError(f"--out: '{out}' is not empty and holds no ftdyn run ({other[0].name}, ...); "
+        raise FtdynError(f"{arg('out')}: '{out}' is not empty and holds no ftdyn run ({other[0].name}, ...); "
                          "choose an empty or new folder.")
     return "new", (), None
 
@@ -401,13 +401,13 @@ def _verify_resume_data(plan: TrainPlan) -> None:
     manifest, data_path = plan.resumed, plan.data_path
     if manifest["classes"] != plan.classes:
         raise FtdynError(f"DATA_DIR: the classes of '{data_path}' changed since the run started; "
-                         "resume with the same data or start over with --overwrite.")
+                         f"resume with the same data or start over with {arg('overwrite')}.")
     ds = manifest.get("dataset", {})
     n_train, n_val = len(plan.train_data), len(plan.val_data)
     if (ds.get("train_size"), ds.get("val_size")) != (n_train, n_val):
         raise FtdynError(f"DATA_DIR: '{data_path}' now has {n_train} train / {n_val} val images, "
                          f"the run started with {ds.get('train_size')} / {ds.get('val_size')}; resume with the "
-                         "same data or start over with --overwrite.")
+                         f"same data or start over with {arg('overwrite')}.")
 
 
 def make_plan(data_dir: str | os.PathLike, *, out: str | os.PathLike, config: TrainConfig | None = None,
@@ -495,7 +495,7 @@ def _start_resumed(run: _Run) -> None:
         ckpt.write_manifest(out, manifest)
         end = entries[-1]["epoch"]
         redo = f"epoch {start}" if start == end else f"epochs {start}-{end}"
-        log.info(f"--resume: {problem}; redoing {redo} from {last['file']}")
+        log.info(f"{arg('resume')}: {problem}; redoing {redo} from {last['file']}")
     for p in out.iterdir():  # checkpoints of an epoch that never reached the manifest
         m = ckpt.CHECKPOINT_REGEX.match(p.name)
         if m and int(m.group(1)) >= start:
@@ -510,13 +510,13 @@ def _start_new(run: _Run) -> None:
     for p in plan.delete:
         p.unlink(missing_ok=True)
     if plan.mode == "restart":
-        log.info(f"--resume: no epoch of '{plan.out}' was finished (stopped while saving epoch 0); "
+        log.info(f"{arg('resume')}: no epoch of '{plan.out}' was finished (stopped while saving epoch 0); "
                  "starting the run over")
     elif c.resume and c.progress:
         stage(f"nothing to resume in '{plan.out}'; starting a new run")
     if plan.init_path is None and c.weights.lower() == "none":  # nothing pre-trained anywhere
-        log.info("--weights none and no --init, so epoch 0 (the source model) is randomly "
-                 "initialized, not pre-trained; pass --weights IMAGENET1K_V1 (or a weights file) or --init CKPT "
+        log.info(f"{arg('weights')} none and no {arg('init')}, so epoch 0 (the source model) is randomly "
+                 f"initialized, not pre-trained; pass {arg('weights')} IMAGENET1K_V1 (or a weights file) or {arg('init')} CKPT "
                  "to fine-tune a pre-trained model.")
     plan.out.mkdir(parents=True, exist_ok=True)
     run.manifest, run.start = _new_manifest(run), 1
@@ -615,7 +615,7 @@ def execute(plan: TrainPlan) -> Path:
     run's PID; a folder changed since the plan was made is refused too."""
     with folder_lock(plan.out):
         if _plan_output(plan.out, plan.config) != (plan.mode, plan.delete, plan.resumed):
-            raise FtdynError(f"--out: '{plan.out}' changed since this run was planned (another ftdyn train "
+            raise FtdynError(f"{arg('out')}: '{plan.out}' changed since this run was planned (another ftdyn train "
                              "finished there?); run the command again.")
         _remove_temporaries(plan.out)
         return _execute_locked(plan)
@@ -642,7 +642,7 @@ def _execute_locked(plan: TrainPlan) -> Path:
         if c.progress:
             stage(f"'{plan.out}' is already complete ({c.epochs} epochs); nothing to do")
     if c.epochs == 0:  # a source checkpoint for --init elsewhere: fine, but nothing to analyze here
-        log.info("--epochs 0 saved only epoch 0 (the source model with its new head); `ftdyn "
+        log.info(f"{arg('epochs')} 0 saved only epoch 0 (the source model with its new head); `ftdyn "
                  "analyze` needs at least one fine-tuned epoch to compare it with.")
     return plan.out
 

@@ -13,6 +13,7 @@ from types import ModuleType
 
 from torch import nn
 
+from .config import arg
 from .errors import FtdynError
 
 PREFIX = "timm/"
@@ -42,7 +43,7 @@ def names() -> list[str]:
     return [PREFIX + n for n in _timm().list_models()]
 
 
-def canonical(name: str, flag: str) -> str:
+def canonical(name: str, param: str) -> str:
     """``timm/NAME`` for ``NAME`` (case-insensitive, a pretrained tag ``.tag`` is dropped) or a one-line error."""
     timm = _timm()
     base = name.strip().split(".")[0]
@@ -53,7 +54,7 @@ def canonical(name: str, flag: str) -> str:
     close = difflib.get_close_matches(base.lower(), list(lower), n=3)
     hint = f" Did you mean {', '.join(PREFIX + lower[c] for c in close)}?" if close else \
         " Run `ftdyn layers --list` to see all."
-    raise FtdynError(f"{flag}: unknown timm architecture '{name}'.{hint}")
+    raise FtdynError(f"{arg(param)}: unknown timm architecture '{name}'.{hint}")
 
 
 def suggest(name: str) -> str | None:
@@ -64,9 +65,9 @@ def suggest(name: str) -> str | None:
     return PREFIX + base if base in set(_timm().list_models()) else None
 
 
-def create(arch: str, tag: str | None = None, flag: str = "--weights") -> nn.Module:
+def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Module:
     """A timm model: random init (``tag`` None), or timm's pretrained weights ``tag`` from the hub
-    (``flag`` names the option in errors)."""
+    (errors name parameter ``param``)."""
     timm = _timm()
     name = arch[len(PREFIX):]
     if tag is None:
@@ -76,9 +77,9 @@ def create(arch: str, tag: str | None = None, flag: str = "--weights") -> nn.Mod
         return timm.create_model(full, pretrained=True)
     except Exception as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise FtdynError(f"{flag} {tag}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
+        raise FtdynError(f"{arg(param, tag)}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
                          f"could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local weights "
-                         f"file with {flag} FILE.") from None
+                         f"file with {arg(param)} FILE.") from None
 
 
 def normalization(model: nn.Module) -> dict[str, list[float]] | None:

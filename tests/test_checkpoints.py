@@ -218,7 +218,7 @@ def test_discover_series_from_manifest(tmp_path):
     assert [e.epoch for e in entries] == [0, 1, 2]
     assert [e.path.name for e in entries] == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
     assert all(e.sha256 == ck.sha256_file(e.path) for e in entries)
-    with pytest.raises(FtdynError, match="drop --source"):
+    with pytest.raises(FtdynError, match="drop source"):
         ck.discover_series(tmp_path, source="IMAGENET1K_V1")
 
 
@@ -312,7 +312,7 @@ def test_pickled_module_needs_trust(tmp_path, reference):
     with pytest.raises(FtdynError) as info:
         ck.load_state_dict(path)
     message = str(info.value)
-    assert "refusing to unpickle" in message and "ShuffleNetV2" in message and "--trust-checkpoint" in message
+    assert "refusing to unpickle" in message and "ShuffleNetV2" in message and "trust_checkpoint" in message
     target = _model(seed=2)
     assert ck.load_into_model(target, path, trust=True) == 1
     _assert_same(target, reference)
@@ -336,10 +336,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, reference, suffix)
         ck.load_into_model(_model(), path)
     message = str(info.value)
     assert message.startswith(str(path)) and "refusing to unpickle" in message
-    assert "pathlib" in message and "--trust-checkpoint" in message and "\n" not in message
+    assert "pathlib" in message and "trust_checkpoint" in message and "\n" not in message
     assert not target.exists()
     # discovery reads the epoch of every file: it must refuse too, without running it
-    with pytest.raises(FtdynError, match="--trust-checkpoint"):
+    with pytest.raises(FtdynError, match="trust_checkpoint"):
         ck.discover_series(tmp_path)
     with pytest.raises(FtdynError, match="refusing"):
         ck.read_stored_epoch(path)
@@ -388,7 +388,7 @@ def test_wrong_architecture(tmp_path):
         ck.load_into_model(vgg, path, arch="vgg11")
     message = str(info.value)
     assert message.startswith(f"{path}: does not fit vgg11")
-    assert "missing keys" in message and "unexpected keys" in message and "check --arch" in message
+    assert "missing keys" in message and "unexpected keys" in message and "check arch" in message
     assert "\n" not in message and len(message) < 600
 
 
@@ -621,8 +621,8 @@ def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, arch="resnet18")
     assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
-                               "(e.g. the model and its EMA or teacher); choose one with --state-prefix PREFIX "
-                               "(or --weights-copy ema).")
+                               "(e.g. the model and its EMA or teacher); choose one with state_prefix PREFIX "
+                               "(or weights_copy ema).")
     state, _ = ck.load_state_dict(path)
     with pytest.raises(FtdynError, match="several complete copies"):
         ck.infer_num_classes(state, resnet)
@@ -632,8 +632,8 @@ def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     assert ck.infer_num_classes(state, resnet, state_prefix="ema.") == 3
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, state_prefix="teacher.")
-    assert str(info.value) == (f"{path}: no key starts with --state-prefix 'teacher.' (its keys start with "
-                               "'ema.', 'model.'); pass one of those or drop --state-prefix.")
+    assert str(info.value) == (f"{path}: no key starts with state_prefix 'teacher.' (its keys start with "
+                               "'ema.', 'model.'); pass one of those or drop state_prefix.")
 
 
 def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):

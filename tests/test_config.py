@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -90,13 +92,13 @@ def test_analyze_config_resolves_the_preset_and_validates_in_one_place():
     assert paper.metrics_on("map") == ["procrustes", "cka"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.alpha = 1.0
-    bad = {"--preset": dict(preset="paper"), "--metric": dict(metrics=["l2"]), "--alpha": dict(alpha=1.5),
-           "--bootstrap": dict(bootstrap=1), "--trajectory": dict(trajectory="some"), "--view": dict(views="pixels"),
-           "--bootstrap-groups": dict(bootstrap_groups=1), "--bootstrap-metric": dict(metrics=["cka"],
-                                                                                    bootstrap_metrics=["pwsm"]),
-           "--seed": dict(seed=-1), "--memory-limit": dict(memory_limit="lots"), "--workers": dict(workers=0)}
-    for flag, kwargs in bad.items():
-        with pytest.raises(FtdynError, match=f"^{flag}"):
+    bad = {"preset": dict(preset="paper"), "metrics": dict(metrics=["l2"]), "alpha": dict(alpha=1.5),
+           "bootstrap": dict(bootstrap=1), "trajectory": dict(trajectory="some"), "views": dict(views="pixels"),
+           "bootstrap_groups": dict(bootstrap_groups=1), "bootstrap_metrics": dict(metrics=["cka"],
+                                                                                  bootstrap_metrics=["pwsm"]),
+           "seed": dict(seed=-1), "memory_limit": dict(memory_limit="lots"), "workers": dict(workers=0)}
+    for param, kwargs in bad.items():
+        with pytest.raises(FtdynError, match=f"^{param}: "):
             AnalyzeConfig(**kwargs)
     with pytest.raises(FtdynError, match="a view twice"):
         AnalyzeConfig(views=["cka=filter", "cka=map"])
@@ -148,7 +150,7 @@ def test_plan_job_is_inspectable_without_reading():
 def test_visualize_config_normalizes_choices():
     c = VisualizeConfig(layer=0, filters=[], classes="cat", epochs=(0, 2))
     assert (c.filters, c.classes, c.samples, c.epochs, c.n_filters) == (None, ("cat",), None, (0, 2), 4)
-    with pytest.raises(FtdynError, match="--n-filters 0: must be at least 1"):
+    with pytest.raises(FtdynError, match="^n_filters=0: must be at least 1"):
         VisualizeConfig(layer=0, n_filters=0)
     assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)  # n_filters unused then
 
@@ -180,11 +182,11 @@ def test_extract_config_normalizes_and_validates_in_one_place():
     assert ExtractConfig(layers="layer3").layers == ("layer3",) and ExtractConfig(layers=[]).layers is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.dtype = "float32"
-    bad = {"--dtype": dict(dtype="float64"), "--codec": dict(codec="gzip"), "--batch-size": dict(batch_size=0),
-           "--writers": dict(writers=0), "--chunk-samples": dict(samples_per_chunk=0), "--input-size": dict(input_size=4),
-           "--seed": dict(probe_seed=-1), "--random-init-seed": dict(random_init_seed=1.5)}
-    for flag, kwargs in bad.items():
-        with pytest.raises(FtdynError, match=f"^{flag}: "):
+    bad = {"dtype": dict(dtype="float64"), "codec": dict(codec="gzip"), "batch_size": dict(batch_size=0),
+           "writers": dict(writers=0), "samples_per_chunk": dict(samples_per_chunk=0), "input_size": dict(input_size=4),
+           "probe_seed": dict(probe_seed=-1), "random_init_seed": dict(random_init_seed=1.5)}
+    for param, kwargs in bad.items():
+        with pytest.raises(FtdynError, match=f"^{param}: "):
             ExtractConfig(**kwargs)
     assert (STORE_DTYPES, CODECS) == (("float16", "float32"), ("zstd", "lz4"))
     assert c.replace(dtype="float32").dtype == "float32" and c.dtype == "float16"
@@ -202,3 +204,26 @@ def test_store_identity_reads_the_fields_the_store_records():
     assert recorded == {"arch": "resnet18", "layers": ["layer3"], "input_size": 32, "normalize": norm,
                         "dtype": "float32", "samples_per_chunk": 4, "probe_seed": 2, "per_class": 3,
                         "max_samples": None}
+
+
+def test_one_table_maps_parameters_to_flags_per_command():
+    assert config.command_flags("extract")["probe_seed"] == "--seed" and "seed" not in config.command_flags("extract")
+    assert (config.command_flags("train")["epochs"], config.command_flags("visualize")["epochs"]) == ("--epochs",
+                                                                                                      "--epoch")
+    assert config.command_flags("train")["num_workers"] == "--workers"
+    assert config.command_flags("analyze")["layers"] == config.command_flags("extract")["layers"] == "--layer"
+    assert config.command_flags("report")["stores"] == "--store" and config.command_flags("train")["data_dir"] == "DATA_DIR"
+    assert "nested" not in config.command_flags("analyze")  # internal fields have no flag
+    assert (config.arg("memory_limit"), config.arg("memory_limit", "2GB")) == ("memory_limit", "memory_limit=2GB")
+    with config.cli_names("analyze"):
+        assert (config.arg("memory_limit"), config.arg("memory_limit", "2GB")) == ("--memory-limit",
+                                                                                  "--memory-limit 2GB")
+    assert config.arg("probe_seed") == "probe_seed"  # back to Python names after the command
+
+
+def test_every_parameter_a_message_names_is_in_the_table():
+    """A misspelt ``arg("...")`` would silently print an invented flag on the command line."""
+    known = set().union(*(config.command_flags(c) for c in config.OTHER_PARAMETERS))
+    source = Path(config.__file__).parent
+    named = {m for path in source.rglob("*.py") for m in re.findall(r"""\barg\(['"](\w+)['"]""", path.read_text())}
+    assert named and named <= known, sorted(named - known)

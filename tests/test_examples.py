@@ -188,7 +188,7 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
             "--out", str(tmp_path / "o"), "--input-size", "32", "--device", "cpu", "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--trust-checkpoint" in err and "datetime" in err and "Namespace" not in err
+    assert "trust_checkpoint" in err and "datetime" in err and "Namespace" not in err
     assert not (tmp_path / "o").exists()
 
 

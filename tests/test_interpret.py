@@ -276,5 +276,5 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
     assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"  # Gram side: resamples single images
     assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 8
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
-    with pytest.raises(ftdyn.FtdynError, match="--bootstrap-groups"):
+    with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):
         ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=20, bootstrap_groups=1)

@@ -65,18 +65,19 @@ def test_create_fill_open_roundtrip(tmp_path):
     assert ds.attrs["checkpoints"][2]["epoch"] == 2
 
 
-def test_the_lock_file_extract_leaves_in_its_store_raises_no_warning(tmp_path):
-    """extract holds its store folder's lock (outputs.folder_lock), whose file stays in the store;
-    Zarr would warn about it on every open, a line the user of analyze/visualize must not see."""
+def test_the_lock_file_of_a_running_extract_raises_no_warning(tmp_path):
+    """extract holds its store folder's lock (outputs.folder_lock), whose file is in the store while
+    it runs (and after a killed run); Zarr would warn about it on every open, a line the user of
+    analyze/visualize must not see. A finished run removes it."""
     spec = make_spec(epochs=(0,))
     path = create_store(tmp_path / "s.zarr", spec)
     fill(StoreWriter(path), spec, 0, seed=0)
     with folder_lock(path):
-        pass
-    assert (path / LOCK_FILE).is_file()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert list(open_store(path)["checkpoint"].values) == [0]
+        assert (path / LOCK_FILE).is_file()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert list(open_store(path)["checkpoint"].values) == [0]
+    assert not (path / LOCK_FILE).exists()
     (path / "notes.txt").write_text("a file the user put there")
     with pytest.warns(UserWarning, match="notes.txt"):  # any other stray file is still reported
         open_store(path)
@@ -89,7 +90,7 @@ def test_incomplete_store_is_refused_then_partial(tmp_path):
     fill(writer, spec, 0, seed=0)
     writer.write_region(1, 0, {l.name: np.zeros((2, l.channels, l.height, l.width)) for l in spec.layers})
     assert completeness(path).tolist() == [[True] * 3, [True, False, False], [False] * 3]
-    with pytest.raises(FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*--allow-partial"):
+    with pytest.raises(FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*allow_partial"):
         open_store(path)
     assert list(open_store(path, allow_partial=True)["checkpoint"].values) == [0]
 

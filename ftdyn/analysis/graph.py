@@ -8,7 +8,7 @@ import time
 import torch
 
 from .. import summary as S
-from ..config import AnalyzeConfig
+from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
 from ..progress import dask_progress, stage, track
 from .inputs import Experiment
@@ -118,7 +118,7 @@ def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: st
         try:
             client = Client(scheduler, timeout="10s") if own else scheduler
         except Exception as exc:  # noqa: BLE001 - any connection failure is a user error
-            raise FtdynError(f"--scheduler: cannot connect to {scheduler} ({type(exc).__name__}: {exc}).") from None
+            raise FtdynError(f"{arg('scheduler')}: cannot connect to {scheduler} ({type(exc).__name__}: {exc}).") from None
         try:
             futures = client.compute(outputs)
             for _ in track(as_completed(futures), what, total=len(futures), enabled=progress):

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import AnalyzeConfig
+from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
 from ..store import open_store, store_fingerprint, store_layers
 
@@ -112,8 +112,8 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
     if not stores:
         raise FtdynError("analyze: give at least one activation store.")
     if args.experiment_names is not None and len(args.experiment_names) != len(stores):
-        raise FtdynError(f"--name: {len(args.experiment_names)} name(s) for {len(stores)} store(s); "
-                         "give one --name per store, in the same order.")
+        raise FtdynError(f"{arg('experiment_names')}: {len(args.experiment_names)} name(s) for {len(stores)} store(s); "
+                         f"give one {arg('experiment_names')} per store, in the same order.")
     exps = []
     for i, path in enumerate(stores):
         if not path.exists():
@@ -123,8 +123,8 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
         all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
         if args.reference not in epochs:
             where = "is not complete" if args.reference in all_epochs else "is not in the store"
-            raise FtdynError(f"--reference: epoch {args.reference} {where} ({path}: complete epochs "
-                             f"{', '.join(map(str, epochs))}); pass --reference with one of them, or extract the "
+            raise FtdynError(f"{arg('reference')}: epoch {args.reference} {where} ({path}: complete epochs "
+                             f"{', '.join(map(str, epochs))}); pass {arg('reference')} with one of them, or extract the "
                              "source model as epoch 0 (ftdyn extract --source).")
         if len(epochs) < 2:
             raise FtdynError(f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract more "
@@ -136,7 +136,7 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
             for name in args.layers:
                 match = [(m, v) for m, v in available if name in (m, v)]
                 if not match:
-                    raise FtdynError(f"--layer: '{name}' is not a layer of {path}; it has "
+                    raise FtdynError(f"{arg('layers')}: '{name}' is not a layer of {path}; it has "
                                      f"{', '.join(m for m, _ in available)}.")
                 chosen.append(match[0])
             order = {m: k for k, (m, _) in enumerate(available)}
@@ -162,7 +162,7 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
-        raise FtdynError(f"analyze: several stores are labeled '{dup[0]}'; give each a distinct --name.")
+        raise FtdynError(f"analyze: several stores are labeled '{dup[0]}'; give each a distinct {arg('experiment_names')}.")
     return exps
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .. import metrics as M
 from .. import summary as S
-from ..config import DEBIASED_CKA, AnalyzeConfig
+from ..config import DEBIASED_CKA, AnalyzeConfig, arg
 from ..errors import FtdynError
 from .inputs import Experiment, Source
 from .tasks import map_pairs
@@ -218,7 +218,7 @@ def _plan_gram(config: AnalyzeConfig, spec: JobSpec, budget: Budget, per_filter:
     choice = _gram_choice(spec, budget, sizes, _gram_modes(config, spec, metrics, cols_per_filter),
                           cols_per_filter, fixed, host_fixed)
     if choice is None:
-        raise FtdynError(f"--memory-limit: layer {src.var} view {spec.view} needs about "
+        raise FtdynError(f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about "
                          f"{(T + 3) * n * n * F8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
                          "beside its reads; raise the limit or use fewer probe images.")
     g, mode, per_chunk, room = choice
@@ -318,10 +318,10 @@ def _plan_row(config: AnalyzeConfig, spec: JobSpec, budget: Budget, costs: _RowC
             return _row_job(config, costs, g, mode, -neg_units, k, budget.host_part(host, dev), acc)
     src = spec.src
     gpu = "" if budget.device is None else f" (and {budget.stats / 1e9:.2f} GB of GPU memory)"
-    raise FtdynError(f"--memory-limit: layer {src.var} view {spec.view} needs about {best[0] / 1e9:.2f} GB per task "
+    raise FtdynError(f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about {best[0] / 1e9:.2f} GB per task "
                      f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
-                     f"{budget.task / 1e9:.2f} GB{gpu} are available per thread; raise --memory-limit or lower "
-                     "--workers.")
+                     f"{budget.task / 1e9:.2f} GB{gpu} are available per thread; raise {arg('memory_limit')} or lower "
+                     f"{arg('workers')}.")
 
 
 def _row_job(config: AnalyzeConfig, costs: _RowCosts, g: int, mode: str, units: int, k: int, task: int,

@@ -25,7 +25,7 @@ import xarray as xr
 from .. import metrics as M
 from .. import views as V
 from .._version import __version__
-from ..config import DEBIASED_CKA, AnalyzeConfig, build, describe
+from ..config import DEBIASED_CKA, AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
@@ -69,8 +69,8 @@ def _warn_degenerate(exps: list[Experiment], args: AnalyzeConfig, degenerate: di
         layers.setdefault((e, l), []).append(f"{m} on {args.views[m]} ({reason})")
     for (e, l), what in layers.items():
         warnings.warn(f"{exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
-                      f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another --view"
-                      f"{' or --alpha 1' if any('alpha=0' in w for w in what) else ''}.", FtdynWarning)
+                      f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another {arg('views')}"
+                      f"{' or ' + arg('alpha', 1) if any('alpha=0' in w for w in what) else ''}.", FtdynWarning)
     return names
 
 
@@ -128,11 +128,11 @@ def _write(ds: xr.Dataset, out: Path) -> None:
 def _check_machine(config: AnalyzeConfig) -> None:
     """Refused up front: a cluster without its optional package, more memory than the machine has."""
     if isinstance(config.scheduler, str) and importlib.util.find_spec("distributed") is None:
-        raise FtdynError("--scheduler: running on a Dask cluster needs the optional package 'distributed'; install "
+        raise FtdynError(f"{arg('scheduler')}: running on a Dask cluster needs the optional package 'distributed'; install "
                          "it with `pip install 'ftdyn[distributed]'` (or `pip install distributed`).")
     limit, total = config.memory_bytes, physical_memory()
     if limit is not None and total is not None and limit > total:
-        raise FtdynError(f"--memory-limit {config.memory_limit}: more than this machine's {total / 1e9:.1f} GB of "
+        raise FtdynError(f"{arg('memory_limit', config.memory_limit)}: more than this machine's {total / 1e9:.1f} GB of "
                          "memory; give at most that (default: half of it).")
 
 
@@ -226,7 +226,7 @@ def _up_to_date(plan: AnalysisPlan) -> bool:
     remove_stale(out)  # what a killed run left: unfinished or replaced sets, older versions' temporaries
     old, problem = _existing(out)
     if old is not None and old != plan.key and not plan.config.overwrite:
-        raise FtdynError(f"--out: {out} holds results of other arguments or stores; pass --overwrite to "
+        raise FtdynError(f"{arg('out')}: {out} holds results of other arguments or stores; pass {arg('overwrite')} to "
                          "replace them, or choose another folder.")
     if old == plan.key and problem is None:
         stage(f"{out} is up to date (same arguments and stores; every file verified); nothing to do.")

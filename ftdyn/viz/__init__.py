@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..config import (DEFAULT_CLASSES, DEFAULT_SAMPLES, MAX_DEFAULT_EPOCHS, MAX_EPOCHS, MAX_FILTERS, MAX_GRID_ROWS,
-                      VisualizeConfig, build, default, describe)
+                      VisualizeConfig, arg, build, default, describe)
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, folder_lock, update_result_set
 from ..progress import track
@@ -74,7 +74,7 @@ def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
     """``out`` as a Path, once it is known that figures can be written there
     (:func:`ftdyn.outputs.check_output_folder`). ``what`` names the flag in the error
     (default ``--out OUT``); ``inputs``: folders it must not be inside."""
-    check_output_folder(out, flag=what or f"--out {out}", inputs=inputs)
+    check_output_folder(out, flag=what or arg("out", out), inputs=inputs)
     return Path(out)
 
 
@@ -170,13 +170,13 @@ def resolve_layer(ds, layer) -> tuple[str, str, int]:
     if isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and re.fullmatch(r"-?\d+", layer.strip())):
         i = int(layer)
         if not -len(pairs) <= i < len(pairs):
-            raise FtdynError(f"--layer {layer}: the store has {len(pairs)} layers (index 0..{len(pairs) - 1}).")
+            raise FtdynError(f"{arg('layer', layer)}: the store has {len(pairs)} layers (index 0..{len(pairs) - 1}).")
         i %= len(pairs)
         return pairs[i][0], pairs[i][1], i
     for i, (name, var) in enumerate(pairs):
         if layer in (name, var):
             return name, var, i
-    raise FtdynError(f"--layer {layer}: not a layer of this store; choose from {', '.join(names)} (or an index).")
+    raise FtdynError(f"{arg('layer', layer)}: not a layer of this store; choose from {', '.join(names)} (or an index).")
 
 
 def receptive_field_of(ds, var: str, layer: str):
@@ -208,16 +208,16 @@ def resolve_classes(ds, classes) -> list[int]:
         elif isinstance(c, (int, np.integer)) or (isinstance(c, str) and re.fullmatch(r"\d+", c)):
             i = int(c)
             if not 0 <= i < len(names):
-                raise FtdynError(f"--class {c}: only {len(names)} classes (0..{len(names) - 1}: "
+                raise FtdynError(f"{arg('classes', c)}: only {len(names)} classes (0..{len(names) - 1}: "
                                  f"{', '.join(names)}).")
             out.append(i)
         else:
-            raise FtdynError(f"--class {c}: not a class of this store; choose from {', '.join(names)}.")
+            raise FtdynError(f"{arg('classes', c)}: not a class of this store; choose from {', '.join(names)}.")
         if not np.any(labels == out[-1]):
-            raise FtdynError(f"--class {c}: no probe image of this class in the store.")
+            raise FtdynError(f"{arg('classes', c)}: no probe image of this class in the store.")
     out = list(dict.fromkeys(out))
     if len(out) > MAX_GRID_ROWS:
-        raise FtdynError(f"--class: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class x filter "
+        raise FtdynError(f"{arg('classes')}: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class x filter "
                          "rows). Pass fewer and run visualize again for the rest.")
     return out
 
@@ -232,11 +232,11 @@ def resolve_epochs(ds, epochs) -> list[int]:
     out = []
     for e in epochs:
         if int(e) not in available:
-            raise FtdynError(f"--epoch {e}: not in the store; available epochs: {', '.join(map(str, available))}.")
+            raise FtdynError(f"{arg('epochs', e)}: not in the store; available epochs: {', '.join(map(str, available))}.")
         out.append(available.index(int(e)))
     out = sorted(set(out))
     if len(out) > MAX_EPOCHS:
-        raise FtdynError(f"--epoch: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer and run "
+        raise FtdynError(f"{arg('epochs')}: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer and run "
                          "visualize again for the rest.")
     return out
 
@@ -246,7 +246,7 @@ def resolve_filters(ds, var: str, filters) -> list[int]:
     out = []
     for f in filters:
         if not 0 <= int(f) < n:
-            raise FtdynError(f"--filter {f}: the layer has {n} filters (0..{n - 1}).")
+            raise FtdynError(f"{arg('filters', f)}: the layer has {n} filters (0..{n - 1}).")
         out.append(int(f))
     return list(dict.fromkeys(out))
 
@@ -258,7 +258,7 @@ def resolve_samples(ds, samples) -> list[int]:
     out = []
     for s in samples:
         if int(s) not in lookup:
-            raise FtdynError(f"--sample {s}: no such sample id (ids {ids[0]}..{ids[-1]}).")
+            raise FtdynError(f"{arg('samples', s)}: no such sample id (ids {ids[0]}..{ids[-1]}).")
         out.append(lookup[int(s)])
     return list(dict.fromkeys(out))
 
@@ -385,10 +385,10 @@ def _plan(ds, path: Path | None, res, config: VisualizeConfig, out: Path) -> Fig
     sample_pos = resolve_samples(ds, config.samples) if config.samples is not None else None
     experiment = match_experiment(res, ds, path)
     if res is not None and experiment is None:  # another store's distances would rank the filters
-        raise FtdynError(f"--results {'(a Dataset)' if res is config.results else config.results}: the store "
+        raise FtdynError(f"{arg('results')} {'(a Dataset)' if res is config.results else config.results}: the store "
                          f"{path or '(a Dataset without a path)'} is not among its experiments "
                          f"[{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave "
-                         "--results out.")
+                         f"{arg('results')} out.")
     label = store_label(ds, path)
     context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
                "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
@@ -408,12 +408,12 @@ def _filter_count(config: VisualizeConfig, chosen: list[int] | None, n_classes: 
     limit = min(MAX_FILTERS, MAX_GRID_ROWS // n_classes)
     if chosen is not None:
         if len(chosen) > limit:
-            raise FtdynError(f"--filter: {len(chosen)} filters with {n_classes} classes; one figure shows at most "
-                             f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer --filter or "
-                             "--class and run visualize again for the rest.")
+            raise FtdynError(f"{arg('filters')}: {len(chosen)} filters with {n_classes} classes; one figure shows at most "
+                             f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer {arg('filters')} or "
+                             f"{arg('classes')} and run visualize again for the rest.")
         return len(chosen)
     if config.n_filters > min(n_channels, limit):
-        log.info(f"--n-filters {config.n_filters} capped at {min(n_channels, limit)}: layer {layer} has "
+        log.info(f"{arg('n_filters', config.n_filters)} capped at {min(n_channels, limit)}: layer {layer} has "
              f"{n_channels} filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x "
              "filter rows.")
         return min(n_channels, limit)
