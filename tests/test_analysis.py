@@ -332,7 +332,7 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
         ftdyn.analyze(path, out=out, progress=False, metrics=["cka"])
     ds = ftdyn.analyze(path, out=out, progress=False, metrics=["cka"], overwrite=True)
     assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == ["features.3", "layer2.relu"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([".ftdyn-sets", ".ftdyn.lock", "results.zarr", "distances.csv",
+    assert sorted(p.name for p in out.iterdir()) == sorted([".ftdyn-sets", "results.zarr", "distances.csv",
                                                              "reusability.csv", "agreement.csv",
                                                              "agreement_summary.csv", "relative_distances.csv",
                                                              "probes.csv", "layer_order.csv", "convergence.csv"])
