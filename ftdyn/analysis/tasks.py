@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from .. import stats as S
 from .. import views as V
 from ..errors import FtdynError
-from ..metrics._linalg import DEAD_RTOL
+from ..metrics._linalg import DEAD_RTOL, double_center
 from ..store import all_finite, baseline_var, chunk_on_disk, decoding
 from .inputs import BASELINE, DEBIASED_CKA, Source
 
@@ -346,6 +347,14 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
              "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b)}
     raw_x = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
     raw_y = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
+    return _cka_of_counts(counts, n_u, quads, raw_x, raw_y).reshape(len(counts), *batch)
+
+
+def _cka_of_counts(counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: torch.Tensor,
+                   raw_y: torch.Tensor) -> np.ndarray:
+    """(N, B) CKA distances of the replicates' unit counts (N, U), the units holding ``n_u``
+    rows: ``quads`` of the pair ("xy") and of each side ("xx", "yy"), ``raw_x``/``raw_y`` (U, B)
+    the units' raw traces (the dead test of :class:`ftdyn.metrics.RowStats` and Gram CKA)."""
     c = torch.as_tensor(counts, dtype=F64, device=n_u.device)
     n = torch.round(c @ n_u)[:, None]
 
@@ -355,8 +364,7 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
     dead = (trace_of(quads["xx"]) <= DEAD_RTOL * (c @ raw_x)) | (trace_of(quads["yy"]) <= DEAD_RTOL * (c @ raw_y))
     norms = _sq_norm(quads["xx"], c, n).clamp(min=0.0).sqrt() * _sq_norm(quads["yy"], c, n).clamp(min=0.0).sqrt()
     sim = torch.clamp(_sq_norm(quads["xy"], c, n) / norms, 0.0, 1.0)
-    dist = 1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)
-    return dist.reshape(len(counts), *batch).cpu().numpy()
+    return (1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)).cpu().numpy()
 
 
 def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
@@ -428,10 +436,47 @@ def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
-def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx, *Ks,
+def _gram_unit_quadratics(K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`_unit_quadratics` of the Gram side: for centered Grams K, L (B, n, n) and the
+    images' unit indicator ``ind`` (n, U), the coefficients that give the weighted (resampled)
+    ⟨K̃, L̃⟩ = wᵀ(K∘L)w − 2/n(c) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/n(c)², w = ind·c,
+    where K̃ is K of the resampled images centered again (K̃w = 0 kills the other terms)."""
+    KU, LU = torch.matmul(K, ind), torch.matmul(L, ind)  # (B, n, U)
+    G = torch.matmul(ind.T, torch.matmul(K * L, ind))
+    Q = torch.einsum("iu,biv,biw->buvw", ind, KU, LU)
+    tr = torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind) if K is L else None
+    return G, Q, torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr
+
+
+def _gram_cka_replicates(K_ref: torch.Tensor, Ks: dict, units: np.ndarray, counts: np.ndarray) -> dict:
+    """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
+    from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
+    (``K[idx][:, idx]`` of :func:`ftdyn.stats.shared_indices`), O(n²·U) per checkpoint and
+    O(U³) per replicate instead of O(n²) per replicate (the expansion of
+    :func:`_gram_unit_quadratics` about the all-image centering, which leaves the resampled
+    centering unchanged and avoids cancelling the mean's large raw moments)."""
+    n, batch = K_ref.shape[-1], K_ref.shape[:-2]
+    ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=K_ref.device, dtype=F64)
+    n_u = ind.sum(0)
+
+    def prepared(K):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
+        K = K.reshape(-1, n, n)
+        Kc = double_center(K)
+        return Kc, _gram_unit_quadratics(Kc, Kc, ind), torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind).T
+
+    ref_c, ref_quad, ref_raw = prepared(K_ref)
+    out = {}
+    for t, K in Ks.items():
+        Kc, quad, raw = prepared(K)
+        quads = {"xy": _gram_unit_quadratics(ref_c, Kc, ind), "xx": ref_quad, "yy": quad}
+        out[t] = _cka_of_counts(counts, n_u, quads, ref_raw, raw).reshape(len(counts), *batch)
+    return out
+
+
+def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot, *Ks,
                 boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
-    ``boot_metrics`` (default all) for the image index arrays ``boot_idx``."""
+    ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U))."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
@@ -454,33 +499,44 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx,
         for m in metrics:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
                 m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
-    if boot_idx is not None and len(boot_idx):
-        boot = metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]
-        boot_eig = any(m not in ("cka", DEBIASED_CKA) for m in boot)
-
-        def boot_eig_of(K):  # replicates decompose only for the metrics that need it
-            return M.gram_eig(K) if boot_eig else None
-
-        ts = _replicated(T, ref, skip)
-        reps = {m: np.repeat(np.asarray(out["values"][m], dtype=np.float64)[None], len(boot_idx), axis=0)
-                for m in boot}
-        for b, idx in enumerate(boot_idx):
-            ii = torch.from_numpy(idx).to(Ks[ref].device)
-
-            def resample(K):
-                return K.index_select(-1, ii).index_select(-2, ii)
-
-            kb_ref = resample(Ks[ref])
-            eb_ref = boot_eig_of(kb_ref)
-            for t in ts:
-                kb_t = resample(Ks[t])
-                eb_t = boot_eig_of(kb_t)
-                for m in boot:
-                    reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
-        for m in boot:
-            reps[m][:, list(skip)] = np.nan
-        out["reps"] = reps
+    if boot is not None and len(boot[1]):
+        out["reps"] = _gram_replicates(metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics],
+                                       out["values"], alpha, ref, boot, Ks, _replicated(T, ref, skip), skip)
     return out
+
+
+def _gram_replicates(boot: list[str], values: dict, alpha: float, ref: int, units_counts, Ks, ts: list[int],
+                     skip: tuple[int, ...]) -> dict:
+    """Replicates (N, T, ...) of the metrics ``boot`` at the positions ``ts`` (the point value
+    elsewhere, NaN at ``skip``): CKA from unit-level coefficients, the others by resampling
+    the Grams' images and decomposing them."""
+    units, counts = units_counts
+    reps = {m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0) for m in boot}
+    if "cka" in boot:
+        for t, r in _gram_cka_replicates(Ks[ref], {t: Ks[t] for t in ts}, units, counts).items():
+            reps["cka"][:, t] = r
+    resampled = [m for m in boot if m != "cka"]
+    boot_eig = any(m != DEBIASED_CKA for m in resampled)
+
+    def boot_eig_of(K):  # replicates decompose only for the metrics that need it
+        return M.gram_eig(K) if boot_eig else None
+
+    for b, idx in enumerate(S.shared_indices(units, counts) if resampled else []):
+        ii = torch.from_numpy(idx).to(Ks[ref].device)
+
+        def resample(K):
+            return K.index_select(-1, ii).index_select(-2, ii)
+
+        kb_ref = resample(Ks[ref])
+        eb_ref = boot_eig_of(kb_ref)
+        for t in ts:
+            kb_t = resample(Ks[t])
+            eb_t = boot_eig_of(kb_t)
+            for m in resampled:
+                reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
+    for m in boot:
+        reps[m][:, list(skip)] = np.nan
+    return reps
 
 
 # ------------------------------------------------------------------------- map view
