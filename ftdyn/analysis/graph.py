@@ -12,7 +12,7 @@ from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
 from ..progress import dask_progress, stage, track
 from .inputs import Experiment
-from .plan import Job, chunk_groups, replicate_counts, shared_boot_indices
+from .plan import Job, chunk_groups, replicate_counts, shared_boot
 from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
                     row_cols, row_finish, row_leaf)
 
@@ -68,7 +68,7 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
                         blocks.append(delayed(gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
                                                                       dask_key_name=f"gram-{gtag}-{t}-{pi}"))
                     Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
-                boot = shared_boot_indices(src.n, args, job.exp) if args.bootstrap else None
+                boot = shared_boot(src.n, args, job.exp) if args.bootstrap else None
                 out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
                                                        boot_metrics=args.bootstrap_metrics,
                                                        skip=tuple(t for t, ep in enumerate(exp.epochs)

@@ -361,12 +361,17 @@ def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.n
     return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
-def shared_boot_indices(n: int, args: AnalyzeConfig, experiment: int) -> list[np.ndarray]:
-    """Image indices of the experiment's replicates (the row side's units at their unlimited
-    number, min(MAX_UNITS, n)): Gram-side and map views resample the same images."""
+def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit of every image, unit counts (N, U)) of the experiment's replicates, the row side's
+    units at their unlimited number, min(MAX_UNITS, n): Gram-side and map views resample the
+    same images."""
     n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
-    return S.shared_indices(S.shared_units(n, n_units, args.seed, experiment),
-                            replicate_counts(args, n_units, experiment))
+    return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(args, n_units, experiment)
+
+
+def shared_boot_indices(n: int, args: AnalyzeConfig, experiment: int) -> list[np.ndarray]:
+    """Image indices of the experiment's replicates (:func:`shared_boot`)."""
+    return S.shared_indices(*shared_boot(n, args, experiment))
 
 
 def _filter_group_sizes(c: int) -> list[int]:

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from .. import summary as S
 from .. import views as V
 from ..config import DEBIASED_CKA
 from ..errors import FtdynError
+from ..metrics._linalg import DEAD_RTOL, double_center
 from ..store import all_finite, baseline_var, chunk_on_disk, decoding
 from .inputs import BASELINE, Source
 
@@ -281,14 +283,89 @@ def _replicated(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
     return [t for t in range(T) if t != ref and t not in skip]
 
 
-def _replicates(values: np.ndarray, n: int, ts: list[int], one) -> np.ndarray:
-    """(n, T, ...) replicates: ``one(b, t)`` at the positions ``ts``, the point value elsewhere
-    (the reference; the caller blanks skipped ones)."""
+def _replicates(values: np.ndarray, n: int, ts: list[int], of_position) -> np.ndarray:
+    """(n, T, ...) replicates: ``of_position(t)`` (all n of position t) at the positions ``ts``,
+    the point value elsewhere (the reference; the caller blanks skipped ones)."""
     reps = np.repeat(np.asarray(values, dtype=np.float64)[None], n, axis=0)
-    for b in range(n):
-        for t in ts:
-            reps[b, t] = one(b, t)
+    for t in ts:
+        reps[:, t] = of_position(t)
     return reps
+
+
+def _unit_quadratics(A: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The unit-level inner products that give ‖Σ_u c_u A_u − a(c) b(c)ᵀ/n(c)‖_F² for any counts c
+    (a(c) = Σ_u c_u a_u): ``G`` (B, U, U) = ⟨A_u, A_v⟩, ``Q`` (B, U, U, U) = a_vᵀ A_u b_w,
+    ``aa``/``bb`` (B, U, U) = a_u·a_v, b_u·b_v and ``tr`` (B, U) = trace A_u.
+    ``A`` (U, B, p, q), ``a`` (U, B, p), ``b`` (U, B, q)."""
+    flat = A.flatten(-2).movedim(0, 1)  # (B, U, p·q)
+    G = torch.matmul(flat, flat.mT)
+    Ab = torch.matmul(A, b.permute(1, 2, 0))  # (U, B, p, U): A_u b_w
+    Q = torch.einsum("vbi,ubiw->buvw", a, Ab)
+    at, bt = a.movedim(0, 1), b.movedim(0, 1)
+    tr = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).movedim(0, 1) if A.shape[-1] == A.shape[-2] else None
+    return G, Q, torch.matmul(at, at.mT), torch.matmul(bt, bt.mT), tr
+
+
+def _sq_norm(quad: tuple, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """(N, B) ‖C(c)‖_F² of every replicate's counts c (N, U) from :func:`_unit_quadratics`."""
+    G, Q, aa, bb, _ = quad
+    cgc = torch.einsum("nu,buv,nv->nb", c, G, c)
+    cubic = torch.einsum("nu,nv,nw,buvw->nb", c, c, c, Q)
+    a2, b2 = torch.einsum("nu,buv,nv->nb", c, aa, c), torch.einsum("nu,buv,nv->nb", c, bb, c)
+    return cgc - 2.0 * cubic / n + a2 * b2 / n ** 2
+
+
+def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarray:
+    """CKA distance of the pair (reference, t) for every replicate's unit counts (N, U) at once.
+
+    The same numbers (to rounding) as re-summing the units' statistics per replicate
+    (:func:`_row_stats_of` + :class:`ftdyn.metrics.RowStats` CKA), but the centered
+    covariance of a resample, C(c) = Σ_u c_u A_u − a(c) b(c)ᵀ/n(c), enters CKA only through
+    squared Frobenius norms, which are polynomials in c: their unit-level coefficients are
+    computed once (O(U²·p²) per filter) and each replicate then costs O(U³) per filter
+    instead of O(U·p²). The units' statistics are first centered at the overall mean (C is
+    shift-invariant), so the expansion does not cancel the mean's large raw moments.
+    """
+    n_u = acc["n"]
+    units = n_u.shape[0]
+    s_x, s_y = acc["s"][:, ref], acc["s"][:, t]
+    batch = s_x.shape[1:-1]
+    s_x, s_y = s_x.reshape(units, -1, s_x.shape[-1]), s_y.reshape(units, -1, s_y.shape[-1])
+    total = n_u.sum()
+    m_x, m_y = s_x.sum(0) / total, s_y.sum(0) / total
+    nn = n_u[:, None, None]
+    a, b = s_x - nn * m_x, s_y - nn * m_y  # unit sums about the overall mean
+
+    def centered(M, sa, ma, mb, b_u):  # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
+        M = M.reshape(units, -1, *M.shape[-2:])
+        left = torch.stack([sa, ma.expand_as(sa)], dim=-1)  # (U, B, p, 2)
+        right = torch.stack([mb.expand_as(b_u), b_u], dim=-2)  # (U, B, 2, q)
+        return torch.baddbmm(M.flatten(0, 1), left.flatten(0, 1), right.flatten(0, 1), alpha=-1.0).view(M.shape)
+
+    xx, yy = acc["xx"], acc["yy"][:, t]
+    quads = {"xy": _unit_quadratics(centered(acc["xy"][:, t], s_x, m_x, m_y, b), a, b),
+             "xx": _unit_quadratics(centered(xx, s_x, m_x, m_x, a), a, a),
+             "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b)}
+    raw_x = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
+    raw_y = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
+    return _cka_of_counts(counts, n_u, quads, raw_x, raw_y).reshape(len(counts), *batch)
+
+
+def _cka_of_counts(counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: torch.Tensor,
+                   raw_y: torch.Tensor) -> np.ndarray:
+    """(N, B) CKA distances of the replicates' unit counts (N, U), the units holding ``n_u``
+    rows: ``quads`` of the pair ("xy") and of each side ("xx", "yy"), ``raw_x``/``raw_y`` (U, B)
+    the units' raw traces (the dead test of :class:`ftdyn.metrics.RowStats` and Gram CKA)."""
+    c = torch.as_tensor(counts, dtype=F64, device=n_u.device)
+    n = torch.round(c @ n_u)[:, None]
+
+    def trace_of(quad):  # trace C(c) = Σ_u c_u tr A_u − ‖a(c)‖²/n(c), at least 0 like RowCore's
+        return (c @ quad[4].T - torch.einsum("nu,buv,nv->nb", c, quad[2], c) / n).clamp(min=0.0)
+
+    dead = (trace_of(quads["xx"]) <= DEAD_RTOL * (c @ raw_x)) | (trace_of(quads["yy"]) <= DEAD_RTOL * (c @ raw_y))
+    norms = _sq_norm(quads["xx"], c, n).clamp(min=0.0).sqrt() * _sq_norm(quads["yy"], c, n).clamp(min=0.0).sqrt()
+    sim = torch.clamp(_sq_norm(quads["xy"], c, n) / norms, 0.0, 1.0)
+    return (1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)).cpu().numpy()
 
 
 def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
@@ -305,9 +382,14 @@ def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p:
                 m, _row_stats_of(acc, a, b, ref, p), alpha))
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
+
+        def of_position(m, t):  # CKA needs no per-replicate re-summing of the statistics
+            if m == "cka":
+                return _cka_replicates(acc, ref, t, counts)
+            return np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, c), alpha) for c in counts])
+
         for m in (metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]):
-            reps = _replicates(out["values"][m], len(counts), ts, lambda b, t, m=m: _metric_from_rows(
-                m, _row_stats_of(acc, ref, t, ref, p, counts[b]), alpha))
+            reps = _replicates(out["values"][m], len(counts), ts, lambda t, m=m: of_position(m, t))
             reps[:, list(skip)] = np.nan
             out["reps"][m] = reps
     return out
@@ -355,10 +437,47 @@ def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
-def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx, *Ks,
+def _gram_unit_quadratics(K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`_unit_quadratics` of the Gram side: for centered Grams K, L (B, n, n) and the
+    images' unit indicator ``ind`` (n, U), the coefficients that give the weighted (resampled)
+    ⟨K̃, L̃⟩ = wᵀ(K∘L)w − 2/n(c) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/n(c)², w = ind·c,
+    where K̃ is K of the resampled images centered again (K̃w = 0 kills the other terms)."""
+    KU, LU = torch.matmul(K, ind), torch.matmul(L, ind)  # (B, n, U)
+    G = torch.matmul(ind.T, torch.matmul(K * L, ind))
+    Q = torch.einsum("iu,biv,biw->buvw", ind, KU, LU)
+    tr = torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind) if K is L else None
+    return G, Q, torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr
+
+
+def _gram_cka_replicates(K_ref: torch.Tensor, Ks: dict, units: np.ndarray, counts: np.ndarray) -> dict:
+    """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
+    from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
+    (``K[idx][:, idx]`` of :func:`ftdyn.summary.shared_indices`), O(n²·U) per checkpoint and
+    O(U³) per replicate instead of O(n²) per replicate (the expansion of
+    :func:`_gram_unit_quadratics` about the all-image centering, which leaves the resampled
+    centering unchanged and avoids cancelling the mean's large raw moments)."""
+    n, batch = K_ref.shape[-1], K_ref.shape[:-2]
+    ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=K_ref.device, dtype=F64)
+    n_u = ind.sum(0)
+
+    def prepared(K):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
+        K = K.reshape(-1, n, n)
+        Kc = double_center(K)
+        return Kc, _gram_unit_quadratics(Kc, Kc, ind), torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind).T
+
+    ref_c, ref_quad, ref_raw = prepared(K_ref)
+    out = {}
+    for t, K in Ks.items():
+        Kc, quad, raw = prepared(K)
+        quads = {"xy": _gram_unit_quadratics(ref_c, Kc, ind), "xx": ref_quad, "yy": quad}
+        out[t] = _cka_of_counts(counts, n_u, quads, ref_raw, raw).reshape(len(counts), *batch)
+    return out
+
+
+def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot, *Ks,
                 boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
-    ``boot_metrics`` (default all) for the image index arrays ``boot_idx``."""
+    ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U))."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
@@ -381,33 +500,44 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot_idx,
         for m in metrics:
             out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
                 m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
-    if boot_idx is not None and len(boot_idx):
-        boot = metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]
-        boot_eig = any(m not in ("cka", DEBIASED_CKA) for m in boot)
-
-        def boot_eig_of(K):  # replicates decompose only for the metrics that need it
-            return M.gram_eig(K) if boot_eig else None
-
-        ts = _replicated(T, ref, skip)
-        reps = {m: np.repeat(np.asarray(out["values"][m], dtype=np.float64)[None], len(boot_idx), axis=0)
-                for m in boot}
-        for b, idx in enumerate(boot_idx):
-            ii = torch.from_numpy(idx).to(Ks[ref].device)
-
-            def resample(K):
-                return K.index_select(-1, ii).index_select(-2, ii)
-
-            kb_ref = resample(Ks[ref])
-            eb_ref = boot_eig_of(kb_ref)
-            for t in ts:
-                kb_t = resample(Ks[t])
-                eb_t = boot_eig_of(kb_t)
-                for m in boot:
-                    reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
-        for m in boot:
-            reps[m][:, list(skip)] = np.nan
-        out["reps"] = reps
+    if boot is not None and len(boot[1]):
+        out["reps"] = _gram_replicates(metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics],
+                                       out["values"], alpha, ref, boot, Ks, _replicated(T, ref, skip), skip)
     return out
+
+
+def _gram_replicates(boot: list[str], values: dict, alpha: float, ref: int, units_counts, Ks, ts: list[int],
+                     skip: tuple[int, ...]) -> dict:
+    """Replicates (N, T, ...) of the metrics ``boot`` at the positions ``ts`` (the point value
+    elsewhere, NaN at ``skip``): CKA from unit-level coefficients, the others by resampling
+    the Grams' images and decomposing them."""
+    units, counts = units_counts
+    reps = {m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0) for m in boot}
+    if "cka" in boot:
+        for t, r in _gram_cka_replicates(Ks[ref], {t: Ks[t] for t in ts}, units, counts).items():
+            reps["cka"][:, t] = r
+    resampled = [m for m in boot if m != "cka"]
+    boot_eig = any(m != DEBIASED_CKA for m in resampled)
+
+    def boot_eig_of(K):  # replicates decompose only for the metrics that need it
+        return M.gram_eig(K) if boot_eig else None
+
+    for b, idx in enumerate(S.shared_indices(units, counts) if resampled else []):
+        ii = torch.from_numpy(idx).to(Ks[ref].device)
+
+        def resample(K):
+            return K.index_select(-1, ii).index_select(-2, ii)
+
+        kb_ref = resample(Ks[ref])
+        eb_ref = boot_eig_of(kb_ref)
+        for t in ts:
+            kb_t = resample(Ks[t])
+            eb_t = boot_eig_of(kb_t)
+            for m in resampled:
+                reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
+    for m in boot:
+        reps[m][:, list(skip)] = np.nan
+    return reps
 
 
 # ------------------------------------------------------------------------- map view
