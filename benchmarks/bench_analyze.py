@@ -16,7 +16,8 @@ the parent also reports getrusage(RUSAGE_CHILDREN), the max over all children).
 Throughput = uncompressed activation bytes / wall time.
 
     python benchmarks/bench_analyze.py --size-gb 2 --memory-limit 512MB [--json out.json]
-    python benchmarks/bench_analyze.py --size-gb 4 --memory-limit 1GB --device cuda   # statistics on the GPU
+    # statistics on the GPU:
+    python benchmarks/bench_analyze.py --size-gb 4 --memory-limit 1GB --device cuda
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_store(path: Path, size_gb: float, shape: tuple[int, int, int], T: int, spc: int | None, codec: str,
-               seed: int = 0) -> dict:
+def make_store(
+    path: Path,
+    size_gb: float,
+    shape: tuple[int, int, int],
+    T: int,
+    spc: int | None,
+    codec: str,
+    seed: int = 0,
+) -> dict:
     import numpy as np
     import torch
 
@@ -47,12 +55,24 @@ def make_store(path: Path, size_gb: float, shape: tuple[int, int, int], T: int, 
     per_image = C * H * W * 2
     n = max(8, int(size_gb * 1e9 / (T * per_image)))
     spec = StoreSpec(
-        architecture="vgg19", layers=[LayerSpec("features.26", C, H, W)],
-        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in range(T)],
-        images=np.zeros((n, 4, 4, 3), dtype=np.uint8), labels=np.arange(n) % 10,
-        class_names=[f"c{i}" for i in range(10)], image_paths=[f"{i}.png" for i in range(n)], input_size=4,
-        normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype="float16", codec=codec,
-        samples_per_chunk=spc, model="synthetic", dataset="bench")
+        architecture="vgg19",
+        layers=[LayerSpec("features.26", C, H, W)],
+        checkpoints=[
+            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in range(T)
+        ],
+        images=np.zeros((n, 4, 4, 3), dtype=np.uint8),
+        labels=np.arange(n) % 10,
+        class_names=[f"c{i}" for i in range(10)],
+        image_paths=[f"{i}.png" for i in range(n)],
+        input_size=4,
+        normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
+        probe={"seed": seed},
+        dtype="float16",
+        codec=codec,
+        samples_per_chunk=spc,
+        model="synthetic",
+        dataset="bench",
+    )
     t0 = time.perf_counter()
     create_store(path, spec)
     writer = StoreWriter(path)
@@ -75,9 +95,17 @@ def make_store(path: Path, size_gb: float, shape: tuple[int, int, int], T: int, 
         for f in futures:
             f.result()
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return {"samples": n, "checkpoints": T, "shape": list(shape), "samples_per_chunk": writer.samples_per_chunk,
-            "chunks": writer.n_chunks, "activation_bytes": n * T * per_image, "bytes_on_disk": disk, "codec": codec,
-            "generate_s": time.perf_counter() - t0}
+    return {
+        "samples": n,
+        "checkpoints": T,
+        "shape": list(shape),
+        "samples_per_chunk": writer.samples_per_chunk,
+        "chunks": writer.n_chunks,
+        "activation_bytes": n * T * per_image,
+        "bytes_on_disk": disk,
+        "codec": codec,
+        "generate_s": time.perf_counter() - t0,
+    }
 
 
 CHILD_PRELUDE = textwrap.dedent("""
@@ -120,7 +148,8 @@ ANALYZE = CHILD_PRELUDE + textwrap.dedent("""
     import torch
     store, out, view, metrics, limit, workers, device = {args!r}
     t0 = time.perf_counter()
-    ds = ftdyn.analyze(store, out=out, views=view, metrics=metrics, memory_limit=limit, workers=workers,
+    ds = ftdyn.analyze(store, out=out, views=view, metrics=metrics, memory_limit=limit,
+                       workers=workers,
                        progress=False, overwrite=True, device=device)
     seconds = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated() if ds.attrs["device"].startswith("cuda") else None
@@ -135,31 +164,63 @@ def run_child(code: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size-gb", type=float, default=2.0, help="uncompressed float16 activations (all checkpoints)")
-    p.add_argument("--memory-limit", default=None, help="analyze --memory-limit (default: size / 4)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size-gb",
+        type=float,
+        default=2.0,
+        help="uncompressed float16 activations (all checkpoints)",
+    )
+    p.add_argument(
+        "--memory-limit", default=None, help="analyze --memory-limit (default: size / 4)"
+    )
     p.add_argument("--shape", default="128,28,28", help="layer C,H,W")
     p.add_argument("--checkpoints", type=int, default=4)
     p.add_argument("--samples-per-chunk", type=int, default=None, help="default: ~32 MB chunks")
     p.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
     p.add_argument("--views", default="channels,filter")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="analyze --device (cpu, cuda, auto); the read-once floor is "
-                                                   "always measured on the CPU (decode only)")
-    p.add_argument("--dir", default=None, help="where to put the store (default: a temp folder, removed)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help=(
+            "analyze --device (cpu, cuda, auto); the read-once floor is "
+            "always measured on the CPU (decode only)"
+        ),
+    )
+    p.add_argument(
+        "--dir", default=None, help="where to put the store (default: a temp folder, removed)"
+    )
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
-    p.add_argument("--reuse", action="store_true", help="reuse the store already in --dir (same options)")
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse the store already in --dir (same options)"
+    )
     p.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     shape = tuple(int(x) for x in a.shape.split(","))
-    if a.generate_only:  # child: keeps the parent's RSS (inherited by later children's ru_maxrss) small
+    if (
+        a.generate_only
+    ):  # child: keeps the parent's RSS (inherited by later children's ru_maxrss) small
         sys.path.insert(0, str(ROOT))
-        print("RESULT " + json.dumps(make_store(Path(a.dir) / "bench.zarr", a.size_gb, shape, a.checkpoints,
-                                                a.samples_per_chunk, a.codec)))
+        print(
+            "RESULT "
+            + json.dumps(
+                make_store(
+                    Path(a.dir) / "bench.zarr",
+                    a.size_gb,
+                    shape,
+                    a.checkpoints,
+                    a.samples_per_chunk,
+                    a.codec,
+                )
+            )
+        )
         return {}
     workers = a.workers or os.cpu_count() or 1
     limit = a.memory_limit or f"{int(a.size_gb * 1e9 / 4)}"
@@ -171,8 +232,21 @@ def main(argv=None) -> dict:
         reuse = a.reuse and saved.exists() and store.exists()
         if not reuse and store.exists():
             shutil.rmtree(store)
-        gen = [sys.executable, __file__, "--generate-only", "--dir", str(tmp), "--size-gb", str(a.size_gb),
-               "--shape", a.shape, "--checkpoints", str(a.checkpoints), "--codec", a.codec]
+        gen = [
+            sys.executable,
+            __file__,
+            "--generate-only",
+            "--dir",
+            str(tmp),
+            "--size-gb",
+            str(a.size_gb),
+            "--shape",
+            a.shape,
+            "--checkpoints",
+            str(a.checkpoints),
+            "--codec",
+            a.codec,
+        ]
         if a.samples_per_chunk:
             gen += ["--samples-per-chunk", str(a.samples_per_chunk)]
         if reuse:
@@ -181,38 +255,81 @@ def main(argv=None) -> dict:
             proc = subprocess.run(gen, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"store generation failed:\n{proc.stderr[-3000:]}")
-            info = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+            info = json.loads(
+                [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][7:]
+            )
             saved.write_text(json.dumps(info))
         print(f"store: {info}", file=sys.stderr)
         base = run_child(BASELINE.format(root=str(ROOT), device=a.device))
-        read = run_child(READ.format(root=str(ROOT), args=(str(store), "features_26", info["samples"],
-                                                           info["samples_per_chunk"], *shape, a.checkpoints,
-                                                           workers)))
+        read = run_child(
+            READ.format(
+                root=str(ROOT),
+                args=(
+                    str(store),
+                    "features_26",
+                    info["samples"],
+                    info["samples_per_chunk"],
+                    *shape,
+                    a.checkpoints,
+                    workers,
+                ),
+            )
+        )
         gb = info["activation_bytes"] / 1e9
         read_rate = gb / read["seconds"]
         print(f"read once: {read['seconds']:.1f} s, {read_rate:.3f} GB/s", file=sys.stderr)
         runs = []
-        metrics = {"channels": ["pwsm"], "filter": ["procrustes", "cka"], "flat": ["cka"], "pooled": ["pwsm"],
-                   "map": ["procrustes"]}
+        metrics = {
+            "channels": ["pwsm"],
+            "filter": ["procrustes", "cka"],
+            "flat": ["cka"],
+            "pooled": ["pwsm"],
+            "map": ["procrustes"],
+        }
         for view in a.views.split(","):
-            shutil.rmtree(tmp / f"out-{view}", ignore_errors=True)  # never time an "up to date" re-run
-            r = run_child(ANALYZE.format(root=str(ROOT), args=(str(store), str(tmp / f"out-{view}"), view,
-                                                               metrics[view], limit, workers, a.device)))
+            shutil.rmtree(
+                tmp / f"out-{view}", ignore_errors=True
+            )  # never time an "up to date" re-run
+            r = run_child(
+                ANALYZE.format(
+                    root=str(ROOT),
+                    args=(
+                        str(store),
+                        str(tmp / f"out-{view}"),
+                        view,
+                        metrics[view],
+                        limit,
+                        workers,
+                        a.device,
+                    ),
+                )
+            )
             r["gb_per_s"] = gb / r["seconds"]
             r["fraction_of_read_rate"] = r["gb_per_s"] / read_rate
             r["peak_minus_baseline_bytes"] = r["maxrss_bytes"] - base["maxrss_bytes"]
             r.pop("distance", None)
             runs.append(r)
-            print(f"analyze {view}: {r['seconds']:.1f} s, {r['gb_per_s']:.3f} GB/s "
-                  f"({100 * r['fraction_of_read_rate']:.0f}% of read-once), peak RSS "
-                  f"{r['maxrss_bytes'] / 1e9:.2f} GB (baseline {base['maxrss_bytes'] / 1e9:.2f} GB), "
-                  f"threads {r['threads']}, device {r['device']}"
-                  + (f", GPU peak {r['gpu_peak_bytes'] / 1e9:.2f} GB" if r["gpu_peak_bytes"] else ""), file=sys.stderr)
-        result = {"store": info, "memory_limit": limit, "workers": workers, "cpu_count": os.cpu_count(),
-                  "load_average": os.getloadavg(),
-                  "baseline_maxrss_bytes": base["maxrss_bytes"], "read_once_s": read["seconds"],
-                  "read_once_gb_per_s": read_rate, "read_maxrss_bytes": read["maxrss_bytes"], "analyze": runs,
-                  "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+            print(
+                f"analyze {view}: {r['seconds']:.1f} s, {r['gb_per_s']:.3f} GB/s "
+                f"({100 * r['fraction_of_read_rate']:.0f}% of read-once), peak RSS "
+                f"{r['maxrss_bytes'] / 1e9:.2f} GB (baseline {base['maxrss_bytes'] / 1e9:.2f} GB), "
+                f"threads {r['threads']}, device {r['device']}"
+                + (f", GPU peak {r['gpu_peak_bytes'] / 1e9:.2f} GB" if r["gpu_peak_bytes"] else ""),
+                file=sys.stderr,
+            )
+        result = {
+            "store": info,
+            "memory_limit": limit,
+            "workers": workers,
+            "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "baseline_maxrss_bytes": base["maxrss_bytes"],
+            "read_once_s": read["seconds"],
+            "read_once_gb_per_s": read_rate,
+            "read_maxrss_bytes": read["maxrss_bytes"],
+            "analyze": runs,
+            "children_maxrss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+        }
         if a.json:
             Path(a.json).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

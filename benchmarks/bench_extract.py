@@ -16,7 +16,8 @@ Examples::
     # CPU, small resolution (the 2-core development machine)
     python benchmarks/bench_extract.py --arch resnet50 --size 64 --images 128 --device cpu
     # the GPU target: ResNet50 at 224 px, default layers (goal: ratio >= 0.5)
-    python benchmarks/bench_extract.py --arch resnet50 --size 224 --images 2048 --device cuda --json bench.json
+    python benchmarks/bench_extract.py --arch resnet50 --size 224 --images 2048 --device cuda --json
+    bench.json
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import ftdyn
 from ftdyn import checkpoints as ck
 from ftdyn.data import normalize
 from ftdyn.extraction import DTYPES, default_writers, full_precision, human_bytes
-from ftdyn.store import dir_size
 from ftdyn.models import IMAGENET_MEAN, IMAGENET_STD, LayerCapture, build_model, replace_head
+from ftdyn.store import dir_size
 
 
 def make_probe(root: Path, n: int, size: int, classes: int = 4, seed: int = 0) -> Path:
@@ -58,7 +59,9 @@ def make_probe(root: Path, n: int, size: int, classes: int = 4, seed: int = 0) -
     return root
 
 
-def make_series(folder: Path, arch: str, epochs: int, size: int, classes: int = 4, seed: int = 0) -> None:
+def make_series(
+    folder: Path, arch: str, epochs: int, size: int, classes: int = 4, seed: int = 0
+) -> None:
     torch.manual_seed(seed)
     model = build_model(arch)
     replace_head(model, classes)
@@ -71,15 +74,35 @@ def make_series(folder: Path, arch: str, epochs: int, size: int, classes: int = 
         name = ck.checkpoint_filename(epoch)
         sha = ck.save_checkpoint(folder / name, model.state_dict(), epoch=epoch)
         entries.append({"epoch": epoch, "file": name, "sha256": sha})
-    ck.write_manifest(folder, {
-        "format": "ftdyn-series", "format_version": 1, "architecture": arch, "num_classes": classes,
-        "classes": [f"class_{i}" for i in range(classes)], "input_size": size,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "epochs": entries,
-        "ftdyn_version": ftdyn.__version__, "torch_version": torch.__version__, "dataset": {"path": "synthetic"}})
+    ck.write_manifest(
+        folder,
+        {
+            "format": "ftdyn-series",
+            "format_version": 1,
+            "architecture": arch,
+            "num_classes": classes,
+            "classes": [f"class_{i}" for i in range(classes)],
+            "input_size": size,
+            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "epochs": entries,
+            "ftdyn_version": ftdyn.__version__,
+            "torch_version": torch.__version__,
+            "dataset": {"path": "synthetic"},
+        },
+    )
 
 
-def hooked_forward_rate(arch: str, size: int, images: np.ndarray, layers: list[str], batch_size: int,
-                        dtype: torch.dtype, device: torch.device, copies: bool, repeats: int) -> float:
+def hooked_forward_rate(
+    arch: str,
+    size: int,
+    images: np.ndarray,
+    layers: list[str],
+    batch_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    copies: bool,
+    repeats: int,
+) -> float:
     """Images/s of forward passes with all layers captured (and copied to pinned host memory)."""
     model = build_model(arch).to(device).eval()
     capture = LayerCapture(model, layers, dtype=dtype)
@@ -92,13 +115,18 @@ def hooked_forward_rate(arch: str, size: int, images: np.ndarray, layers: list[s
     def one_pass() -> None:
         for start in range(0, n, batch_size):
             with torch.inference_mode():
-                x = normalize(x_all[start:start + batch_size].to(device, non_blocking=True), IMAGENET_MEAN,
-                              IMAGENET_STD)
+                x = normalize(
+                    x_all[start : start + batch_size].to(device, non_blocking=True),
+                    IMAGENET_MEAN,
+                    IMAGENET_STD,
+                )
                 model(x)
                 outs = capture.pop()
                 if copies and cuda:
                     for t in outs.values():
-                        torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                        torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                            t, non_blocking=True
+                        )
         if cuda:
             torch.cuda.synchronize()
 
@@ -132,7 +160,8 @@ def disk_write_bandwidth(folder: Path, total_bytes: int, file_bytes: int, fsync:
 
 
 def compression(store: Path) -> dict:
-    """Single-thread Blosc encode speed (MB/s of raw input) and ratio on the first stored chunk of each
+    """Single-thread Blosc encode speed (MB/s of raw input) and ratio on the first stored chunk of
+    each
     layer, for the store's codec settings and alternatives."""
     import zarr
     from numcodecs import Blosc
@@ -144,13 +173,19 @@ def compression(store: Path) -> dict:
         chunks.append(np.ascontiguousarray(arr[0, : arr.chunks[1]]))
     raw = sum(c.nbytes for c in chunks)
     table = {}
-    for name, codec in (("zstd_clevel1", Blosc("zstd", 1, Blosc.SHUFFLE)), ("zstd_clevel3", Blosc("zstd", 3, Blosc.SHUFFLE)),
-                        ("lz4_clevel5", Blosc("lz4", 5, Blosc.SHUFFLE))):
+    for name, codec in (
+        ("zstd_clevel1", Blosc("zstd", 1, Blosc.SHUFFLE)),
+        ("zstd_clevel3", Blosc("zstd", 3, Blosc.SHUFFLE)),
+        ("lz4_clevel5", Blosc("lz4", 5, Blosc.SHUFFLE)),
+    ):
         codec.encode(chunks[0])  # warm-up
         t0 = time.perf_counter()
         encoded = sum(len(codec.encode(c)) for c in chunks)
         seconds = time.perf_counter() - t0
-        table[name] = {"encode_MBps_1thread": round(raw / seconds / 1e6, 1), "ratio": round(raw / encoded, 3)}
+        table[name] = {
+            "encode_MBps_1thread": round(raw / seconds / 1e6, 1),
+            "ratio": round(raw / encoded, 3),
+        }
     return table
 
 
@@ -169,14 +204,20 @@ def write_path_rate(store: Path, work: Path, writers: int, codec: str, regions: 
     for var in ds.attrs["layer_variables"].values():
         src = zarr.open_array(store / var, mode="r")
         chunk = np.ascontiguousarray(src[0:1, : src.chunks[1]])
-        dst = group.create_array(var, shape=(regions, *chunk.shape[1:]), chunks=chunk.shape, dtype=chunk.dtype,
-                                 compressors=_compressors(codec), fill_value=np.nan)
+        dst = group.create_array(
+            var,
+            shape=(regions, *chunk.shape[1:]),
+            chunks=chunk.shape,
+            dtype=chunk.dtype,
+            compressors=_compressors(codec),
+            fill_value=np.nan,
+        )
         dst = dst.with_config({"write_empty_chunks": True})
         jobs += [(dst, i, chunk) for i in range(regions)]
 
     def put(job):
         dst, i, chunk = job
-        dst[i:i + 1] = chunk
+        dst[i : i + 1] = chunk
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(writers) as pool:
@@ -196,14 +237,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     parser.add_argument("--codec", default="zstd", choices=["zstd", "lz4"])
-    parser.add_argument("--writers", type=int, default=None, help=f"default: {default_writers()} here")
+    parser.add_argument(
+        "--writers", type=int, default=None, help=f"default: {default_writers()} here"
+    )
     parser.add_argument("--chunk-samples", type=int, default=None)
-    parser.add_argument("--layer", action="append", default=None, help="default: the architecture's defaults")
+    parser.add_argument(
+        "--layer", action="append", default=None, help="default: the architecture's defaults"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes of the hooked-forward ceiling")
-    parser.add_argument("--fsync", action="store_true", help="fsync in the disk test (zarr does not)")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder (removed)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed passes of the hooked-forward ceiling"
+    )
+    parser.add_argument(
+        "--fsync", action="store_true", help="fsync in the disk test (zarr does not)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="default: a temporary folder (removed)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -223,9 +274,19 @@ def main(argv=None) -> dict:
 
         store = work / "store.zarr"
         t0 = time.perf_counter()
-        ftdyn.extract(series, data=probe, out=store, layers=args.layer, batch_size=args.batch_size,
-                      dtype=args.dtype, codec=args.codec, samples_per_chunk=args.chunk_samples, device=str(device),
-                      writers=args.writers, progress=False)
+        ftdyn.extract(
+            series,
+            data=probe,
+            out=store,
+            layers=args.layer,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            codec=args.codec,
+            samples_per_chunk=args.chunk_samples,
+            device=str(device),
+            writers=args.writers,
+            progress=False,
+        )
         end_to_end = time.perf_counter() - t0
         ds = ftdyn.open_store(store)
         run = ds.attrs["runs"][-1]
@@ -234,60 +295,119 @@ def main(argv=None) -> dict:
         processed = args.images * args.checkpoints
         act_bytes = sum(dir_size(store / var) for var in ds.attrs["layer_variables"].values())
         stored_per_image = act_bytes / processed
-        raw_per_image = sum(int(np.prod(ds[v].shape[2:])) for v in ds.attrs["layer_variables"].values()) \
+        raw_per_image = (
+            sum(int(np.prod(ds[v].shape[2:])) for v in ds.attrs["layer_variables"].values())
             * np.dtype(args.dtype).itemsize
+        )
         comp = compression(store)
         store_codec = ds.attrs.get("codec", args.codec)
         used = comp["zstd_clevel1" if store_codec == "zstd" else "lz4_clevel5"]
 
         dtype_t = DTYPES[args.dtype]
-        fwd_copy = hooked_forward_rate(args.arch, args.size, images, layers, args.batch_size, dtype_t, device,
-                                       copies=True, repeats=args.repeats)
-        fwd_bare = hooked_forward_rate(args.arch, args.size, images, layers, args.batch_size, dtype_t, device,
-                                       copies=False, repeats=args.repeats) if device.type == "cuda" else fwd_copy
-        write_path = {w: write_path_rate(store, work, w, args.codec, regions=max(2 * w, 8))
-                      for w in sorted({1, run["writers"]})}
+        fwd_copy = hooked_forward_rate(
+            args.arch,
+            args.size,
+            images,
+            layers,
+            args.batch_size,
+            dtype_t,
+            device,
+            copies=True,
+            repeats=args.repeats,
+        )
+        fwd_bare = (
+            hooked_forward_rate(
+                args.arch,
+                args.size,
+                images,
+                layers,
+                args.batch_size,
+                dtype_t,
+                device,
+                copies=False,
+                repeats=args.repeats,
+            )
+            if device.type == "cuda"
+            else fwd_copy
+        )
+        write_path = {
+            w: write_path_rate(store, work, w, args.codec, regions=max(2 * w, 8))
+            for w in sorted({1, run["writers"]})
+        }
         disk_total = int(min(max(act_bytes, 64 * 2**20), 2 * 2**30))
-        chunk_bytes = int(min(32 * 2**20, max(2**20, stored_per_image * (ds.attrs["samples_per_chunk"]))))
+        chunk_bytes = int(
+            min(32 * 2**20, max(2**20, stored_per_image * (ds.attrs["samples_per_chunk"])))
+        )
         disk_bw = disk_write_bandwidth(work / "disktest", disk_total, chunk_bytes, args.fsync)
         disk_rate = disk_bw / stored_per_image
         ceiling = min(fwd_copy, disk_rate)
         result = {
-            "arch": args.arch, "size": args.size, "images": args.images, "checkpoints": args.checkpoints,
-            "batch_size": args.batch_size, "dtype": args.dtype, "codec": args.codec, "layers": layers,
-            "writers": run["writers"], "device": str(device),
+            "arch": args.arch,
+            "size": args.size,
+            "images": args.images,
+            "checkpoints": args.checkpoints,
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "codec": args.codec,
+            "layers": layers,
+            "writers": run["writers"],
+            "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "samples_per_chunk": ds.attrs["samples_per_chunk"],
             "extract_images_per_s": run["images_per_s"],
             "extract_end_to_end_images_per_s": processed / end_to_end,
             "hooked_forward_with_copies_images_per_s": fwd_copy,
             "hooked_forward_no_copies_images_per_s": fwd_bare,
-            "disk_write_MBps": disk_bw / 1e6, "disk_fsync": args.fsync,
-            "raw_MB_per_image": raw_per_image / 1e6, "stored_MB_per_image": stored_per_image / 1e6,
+            "disk_write_MBps": disk_bw / 1e6,
+            "disk_fsync": args.fsync,
+            "raw_MB_per_image": raw_per_image / 1e6,
+            "stored_MB_per_image": stored_per_image / 1e6,
             "compression": comp,
             "write_path_MBps_by_writers": write_path,
             "disk_limited_images_per_s": disk_rate,
             "ceiling_images_per_s": ceiling,
             "ratio_to_ceiling": run["images_per_s"] / ceiling,
-            "store_size": human_bytes(dir_size(store)), "prep_seconds": prep,
+            "store_size": human_bytes(dir_size(store)),
+            "prep_seconds": prep,
         }
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.arch} @ {args.size}px, {args.images} images x {args.checkpoints} checkpoints, batch "
-          f"{args.batch_size}, {args.dtype}/{args.codec}, {result['writers']} writers on {result['device_name']}")
-    print(f"  extraction:                {result['extract_images_per_s']:9.1f} images/s "
-          f"(end to end incl. setup {result['extract_end_to_end_images_per_s']:.1f})")
-    print(f"  hooked forward (+copies):  {fwd_copy:9.1f} images/s"
-          + (f"  (no copies {fwd_bare:.1f})" if device.type == "cuda" else ""))
-    print(f"  disk:                      {disk_bw / 1e6:9.1f} MB/s / {stored_per_image / 1e6:.3f} MB stored per image"
-          f" ({raw_per_image / 1e6:.3f} MB raw, ratio {used['ratio']:.2f}) = {disk_rate:.1f} images/s")
+    print(
+        f"{args.arch} @ {args.size}px, {args.images} images x {args.checkpoints} checkpoints, batch"
+        f" {args.batch_size}, {args.dtype}/{args.codec}, {result['writers']} writers on"
+        f" {result['device_name']}"
+    )
+    print(
+        f"  extraction:                {result['extract_images_per_s']:9.1f} images/s "
+        f"(end to end incl. setup {result['extract_end_to_end_images_per_s']:.1f})"
+    )
+    print(
+        f"  hooked forward (+copies):  {fwd_copy:9.1f} images/s"
+        + (f"  (no copies {fwd_bare:.1f})" if device.type == "cuda" else "")
+    )
+    print(
+        f"  disk:                      {disk_bw / 1e6:9.1f} MB/s / {stored_per_image / 1e6:.3f} MB"
+        f" stored per image ({raw_per_image / 1e6:.3f} MB raw, ratio {used['ratio']:.2f}) ="
+        f" {disk_rate:.1f} images/s"
+    )
     for name, row in comp.items():
-        print(f"  codec {name:<13} 1 thread: {row['encode_MBps_1thread']:7.1f} MB/s raw, ratio {row['ratio']:.2f}")
+        print(
+            f"  codec {name:<13} 1 thread: {row['encode_MBps_1thread']:7.1f} MB/s raw, ratio"
+            f" {row['ratio']:.2f}"
+        )
     for w, mbps in write_path.items():
-        print(f"  zarr write path, {w:2d} writers: {mbps:7.1f} MB/s raw = {mbps * 1e6 / raw_per_image:.1f} images/s")
-    print(f"  ceiling:                   {ceiling:9.1f} images/s  ->  ratio {result['ratio_to_ceiling']:.2f}")
+        print(
+            f"  zarr write path, {w:2d} writers: {mbps:7.1f} MB/s raw ="
+            f" {mbps * 1e6 / raw_per_image:.1f} images/s"
+        )
+    print(
+        f"  ceiling:                   {ceiling:9.1f} images/s  ->  ratio"
+        f" {result['ratio_to_ceiling']:.2f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

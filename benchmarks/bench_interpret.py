@@ -61,17 +61,30 @@ def run(stores: list[str], out: Path, **kw) -> dict:
     finally:
         extra.restore()
         probes.restore()
-    return {"total_s": round(total, 2), "ceiling_convergence_s": round(extra.seconds, 2),
-            "probes_s": round(probes.seconds, 2), "core_s": round(total - extra.seconds - probes.seconds, 2)}
+    return {
+        "total_s": round(total, 2),
+        "ceiling_convergence_s": round(extra.seconds, 2),
+        "probes_s": round(probes.seconds, 2),
+        "core_s": round(total - extra.seconds - probes.seconds, 2),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("stores", nargs="+")
     ap.add_argument("--bootstrap", type=int, default=100)
-    ap.add_argument("--bootstrap-metric", action="append", default=None, help="default: cka (the demo's)")
+    ap.add_argument(
+        "--bootstrap-metric", action="append", default=None, help="default: cka (the demo's)"
+    )
     ap.add_argument("--memory-limit", default="1GB")
-    ap.add_argument("--max-units", type=int, default=None, help="bootstrap groups of images (default: ftdyn's 32)")
+    ap.add_argument(
+        "--max-units",
+        type=int,
+        default=None,
+        help="bootstrap groups of images (default: ftdyn's 32)",
+    )
     ap.add_argument("--skip-plain", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -80,18 +93,33 @@ def main() -> None:
         load = os.getloadavg()
         if a.max_units:
             AP.MAX_UNITS = a.max_units
-        plain = {"core_s": float("nan"), "total_s": float("nan")} if a.skip_plain else \
-            run(a.stores, tmp / "plain", memory_limit=a.memory_limit)
+        plain = (
+            {"core_s": float("nan"), "total_s": float("nan")}
+            if a.skip_plain
+            else run(a.stores, tmp / "plain", memory_limit=a.memory_limit)
+        )
         print("plain:", json.dumps(plain), flush=True)
-        full = run(a.stores, tmp / "interpreted", memory_limit=a.memory_limit, bootstrap=a.bootstrap,
-                   bootstrap_metrics=a.bootstrap_metric or ["cka"])
+        full = run(
+            a.stores,
+            tmp / "interpreted",
+            memory_limit=a.memory_limit,
+            bootstrap=a.bootstrap,
+            bootstrap_metrics=a.bootstrap_metric or ["cka"],
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"stores": a.stores, "bootstrap": a.bootstrap, "max_units": a.max_units or AP.MAX_UNITS, "bootstrap_metrics": a.bootstrap_metric or ["cka"],
-              "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load],
-              "plain": plain, "interpreted": full,
-              "ratio_interpreted_over_plain": round(full["total_s"] / plain["core_s"], 2),
-              "ratio_plain_with_interpretation_over_plain": round(plain["total_s"] / plain["core_s"], 2)}
+    result = {
+        "stores": a.stores,
+        "bootstrap": a.bootstrap,
+        "max_units": a.max_units or AP.MAX_UNITS,
+        "bootstrap_metrics": a.bootstrap_metric or ["cka"],
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load],
+        "plain": plain,
+        "interpreted": full,
+        "ratio_interpreted_over_plain": round(full["total_s"] / plain["core_s"], 2),
+        "ratio_plain_with_interpretation_over_plain": round(plain["total_s"] / plain["core_s"], 2),
+    }
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))

@@ -46,8 +46,14 @@ def measure(arch: str, fmt: torch.memory_format, *, batch: int, size: int, repea
         with torch.inference_mode():
             model(x)
 
-    return {"arch": arch, "format": str(fmt).split(".")[-1], "batch": batch, "size": size,
-            "train_step_s": round(_time(step, repeats), 4), "forward_s": round(_time(forward, repeats), 4)}
+    return {
+        "arch": arch,
+        "format": str(fmt).split(".")[-1],
+        "batch": batch,
+        "size": size,
+        "train_step_s": round(_time(step, repeats), 4),
+        "forward_s": round(_time(forward, repeats), 4),
+    }
 
 
 def main() -> None:
@@ -62,7 +68,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     for arch in args.archs:
         for fmt in (torch.contiguous_format, torch.channels_last):
-            print(json.dumps(measure(arch, fmt, batch=args.batch, size=args.size, repeats=args.repeats)), flush=True)
+            print(
+                json.dumps(
+                    measure(arch, fmt, batch=args.batch, size=args.size, repeats=args.repeats)
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

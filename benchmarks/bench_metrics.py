@@ -4,9 +4,11 @@ Usage::
 
     python benchmarks/bench_metrics.py                  # CPU, full sizes (a few minutes)
     python benchmarks/bench_metrics.py --quick          # smaller subsets, ~1 minute
-    python benchmarks/bench_metrics.py --device cuda    # ftdyn on the GPU (baseline stays numpy/CPU)
+    python benchmarks/bench_metrics.py --device cuda    # ftdyn on the GPU (baseline stays
+    numpy/CPU)
     python benchmarks/bench_metrics.py --json out.json  # also write the table as JSON
-    python benchmarks/bench_metrics.py --skip-early-baseline   # do not run the ~20-50 s/filter baseline
+    python benchmarks/bench_metrics.py --skip-early-baseline   # do not run the ~20-50 s/filter
+    baseline
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/bench_metrics.py
                                                         # steadier numbers on a shared machine
 
@@ -68,8 +70,8 @@ def _whiten(X, alpha, eigval_tol=1e-7):
         return X
     lam, V = np.linalg.eigh(X.T @ X)
     lam = np.maximum(lam, eigval_tol)
-    d = alpha + (1 - alpha) * lam ** -0.5
-    new_var = np.sum(alpha ** 2 * lam + 2 * alpha * (1 - alpha) * lam ** 0.5 + (1 - alpha) ** 2)
+    d = alpha + (1 - alpha) * lam**-0.5
+    new_var = np.sum(alpha**2 * lam + 2 * alpha * (1 - alpha) * lam**0.5 + (1 - alpha) ** 2)
     d *= np.sqrt(np.sum(lam) / new_var)
     return X @ ((V * d) @ V.T)
 
@@ -124,8 +126,14 @@ def case_early(args, rows):
     Xd, Yd = to_dev(X, dev), to_dev(Y, dev)
     M.pwsm(Xd[:2], Yd[:2], alpha)  # warm-up (CUDA context, cuSOLVER handles)
     t_ours, ours = timed(lambda: M.pwsm(Xd, Yd, alpha), dev, repeat=3)
-    row = {"case": "early per-filter", "shape": f"{n_f} x ({n}x{hw})", "metric": f"pwsm a={alpha}",
-           "device": dev, "ours_s": t_ours, "ours_per_filter_s": t_ours / n_f}
+    row = {
+        "case": "early per-filter",
+        "shape": f"{n_f} x ({n}x{hw})",
+        "metric": f"pwsm a={alpha}",
+        "device": dev,
+        "ours_s": t_ours,
+        "ours_per_filter_s": t_ours / n_f,
+    }
     if dev == "cuda":
         t_g, _ = timed(lambda: (M.gram(Xd), M.gram(Yd)), dev, repeat=5)
         flops = 2 * 2.0 * n_f * n * n * hw
@@ -134,8 +142,12 @@ def case_early(args, rows):
         k = 1 if args.quick else 2
         t_b, base = timed(lambda: [textbook_pwsm(X[i], Y[i], alpha) for i in range(k)])
         np.testing.assert_allclose(ours[:k], base, atol=1e-7)
-        row.update(baseline_filters_timed=k, baseline_per_filter_s=t_b / k,
-                   baseline_s_extrapolated=t_b / k * n_f, speedup=t_b / k * n_f / t_ours)
+        row.update(
+            baseline_filters_timed=k,
+            baseline_per_filter_s=t_b / k,
+            baseline_s_extrapolated=t_b / k * n_f,
+            speedup=t_b / k * n_f / t_ours,
+        )
     rows.append(row)
 
 
@@ -150,15 +162,26 @@ def case_deep(args, rows):
     k = 64 if args.quick else 256
     t_b, base = timed(lambda: [textbook_pwsm(X[i], Y[i], alpha) for i in range(k)])
     np.testing.assert_allclose(ours[:k], base, atol=1e-8)
-    row = {"case": "deep per-filter", "shape": f"{n_f} x ({n}x{hw})", "metric": "pwsm a=0", "device": dev,
-           "ours_s": t_ours, "ours_per_filter_s": t_ours / n_f, "baseline_filters_timed": k,
-           "baseline_per_filter_s": t_b / k, "baseline_s_extrapolated": t_b / k * n_f,
-           "speedup": t_b / k * n_f / t_ours}
+    row = {
+        "case": "deep per-filter",
+        "shape": f"{n_f} x ({n}x{hw})",
+        "metric": "pwsm a=0",
+        "device": dev,
+        "ours_s": t_ours,
+        "ours_per_filter_s": t_ours / n_f,
+        "baseline_filters_timed": k,
+        "baseline_per_filter_s": t_b / k,
+        "baseline_s_extrapolated": t_b / k * n_f,
+        "speedup": t_b / k * n_f / t_ours,
+    }
     # the float64 products alone (XᵀX, YᵀY, XᵀY and column sums of every filter): work any
     # exact method does, so baseline / stats_s bounds the speedup reachable on this device
     t_g, _ = timed(lambda: M.row_stats(Xd, Yd), dev, repeat=3)
-    row.update(stats_s=t_g, stats_tflops=3 * 2.0 * n_f * n * hw * hw / t_g / 1e12,
-               speedup_ceiling=row["baseline_s_extrapolated"] / t_g)
+    row.update(
+        stats_s=t_g,
+        stats_tflops=3 * 2.0 * n_f * n * hw * hw / t_g / 1e12,
+        speedup_ceiling=row["baseline_s_extrapolated"] / t_g,
+    )
     rows.append(row)
 
 
@@ -189,8 +212,8 @@ def channels_child(route, n_img, dev):
     W = (rng.standard_normal((cols, cols)) / np.sqrt(cols)).astype(np.float32)
     for s in range(0, rows_, 8192):  # chunked generation: no big temporaries before the measurement
         Z = rng.standard_normal((min(8192, rows_ - s), cols), dtype=np.float32)
-        X[s:s + len(Z)] = np.maximum(Z, 0)
-        Y[s:s + len(Z)] = np.maximum(Z + 0.3 * (Z @ W), 0)
+        X[s : s + len(Z)] = np.maximum(Z, 0)
+        Y[s : s + len(Z)] = np.maximum(Z + 0.3 * (Z @ W), 0)
     Xd, Yd = to_dev(X, dev), to_dev(Y, dev)
     if dev == "cuda":
         M.pwsm(Xd[:1000], Yd[:1000])
@@ -203,16 +226,21 @@ def channels_child(route, n_img, dev):
     elif route == "direct":
         t, v = timed(lambda: M.pwsm(Xd, Yd, 0.0), dev)
     else:  # streamed: statistics of 8192-row chunks merged pairwise, as a Dask reduction would
+
         def stream():
             s = None
             for a in range(0, rows_, 8192):
-                part = M.row_stats(Xd[a:a + 8192], Yd[a:a + 8192])
+                part = M.row_stats(Xd[a : a + 8192], Yd[a : a + 8192])
                 s = part if s is None else M.merge(s, part)
             return M.pwsm_from_row_stats(s, 0.0)
+
         t, v = timed(stream, dev)
-    out = {"time_s": t, "value": v,
-           "peak_extra_mb": _status_mb("VmHWM") - before,
-           "data_mb": 2 * X.nbytes / 2**20}
+    out = {
+        "time_s": t,
+        "value": v,
+        "peak_extra_mb": _status_mb("VmHWM") - before,
+        "data_mb": 2 * X.nbytes / 2**20,
+    }
     if dev == "cuda" and route != "baseline":
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         t_g, _ = timed(lambda: M.row_stats(Xd, Yd), dev, repeat=5)
@@ -225,17 +253,29 @@ def case_channels(args, rows):
     res = {}
     for route in ("baseline", "direct", "streamed"):
         dev = "cpu" if route == "baseline" else args.device
-        p = subprocess.run([sys.executable, __file__, "--_child", route, "--_n", str(n_img), "--device", dev],
-                           capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [sys.executable, __file__, "--_child", route, "--_n", str(n_img), "--device", dev],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res[route] = json.loads(p.stdout.split("RESULT ", 1)[1])
     b = res["baseline"]
     for route in ("direct", "streamed"):
         r = res[route]
         assert abs(r["value"] - b["value"]) < 1e-8, (route, r["value"], b["value"])
-        row = {"case": f"channels ({route})", "shape": f"{n_img * 784} x 256", "metric": "pwsm a=0",
-               "device": args.device, "ours_s": r["time_s"], "baseline_s": b["time_s"],
-               "speedup": b["time_s"] / r["time_s"], "ours_peak_extra_mb": r["peak_extra_mb"],
-               "baseline_peak_extra_mb": b["peak_extra_mb"], "input_data_mb": b["data_mb"]}
+        row = {
+            "case": f"channels ({route})",
+            "shape": f"{n_img * 784} x 256",
+            "metric": "pwsm a=0",
+            "device": args.device,
+            "ours_s": r["time_s"],
+            "baseline_s": b["time_s"],
+            "speedup": b["time_s"] / r["time_s"],
+            "ours_peak_extra_mb": r["peak_extra_mb"],
+            "baseline_peak_extra_mb": b["peak_extra_mb"],
+            "input_data_mb": b["data_mb"],
+        }
         for k in ("gpu_peak_mb", "stats_s", "stats_tflops"):
             if k in r:
                 row[k] = r[k]
@@ -248,8 +288,16 @@ def case_big_gram(args, rows):
     X = torch.rand(n, p, device="cuda", dtype=torch.float32)
     M.gram(X[:, :1000])
     t, _ = timed(lambda: M.gram(X), "cuda", repeat=5)
-    rows.append({"case": "Gram step, flat view", "shape": f"{n} x {p}", "metric": "K = X Xᵀ (float64)",
-                 "device": "cuda", "gram_s": t, "gram_tflops": 2.0 * n * n * p / t / 1e12})
+    rows.append(
+        {
+            "case": "Gram step, flat view",
+            "shape": f"{n} x {p}",
+            "metric": "K = X Xᵀ (float64)",
+            "device": "cuda",
+            "gram_s": t,
+            "gram_tflops": 2.0 * n * n * p / t / 1e12,
+        }
+    )
 
 
 def case_micro(args, rows):
@@ -261,9 +309,14 @@ def case_micro(args, rows):
     for shape in [(2048, 49, 49), (64, 100, 100), (1, 256, 256), (1, 2048, 2048)]:
         A = torch.randn(*shape, dtype=torch.float64, device=dev, generator=g)
         C = A @ A.mT + shape[-1] * torch.eye(shape[-1], dtype=torch.float64, device=dev)
-        ops = {"eigh": lambda: torch.linalg.eigh(C), "eigvalsh": lambda: torch.linalg.eigvalsh(C),
-               "svdvals": lambda: torch.linalg.svdvals(A), "cholesky": lambda: torch.linalg.cholesky_ex(C),
-               "nuc_eigh": lambda: _linalg.nuclear_norm(A, "eigh"), "nuc_svd": lambda: _linalg.nuclear_norm(A, "svd")}
+        ops = {
+            "eigh": lambda: torch.linalg.eigh(C),
+            "eigvalsh": lambda: torch.linalg.eigvalsh(C),
+            "svdvals": lambda: torch.linalg.svdvals(A),
+            "cholesky": lambda: torch.linalg.cholesky_ex(C),
+            "nuc_eigh": lambda: _linalg.nuclear_norm(A, "eigh"),
+            "nuc_svd": lambda: _linalg.nuclear_norm(A, "svd"),
+        }
         row = {"case": "micro", "shape": "x".join(map(str, shape)), "device": dev}
         for k, f in ops.items():
             f()
@@ -285,9 +338,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-early-baseline", action="store_true")
-    ap.add_argument("--cases", default="early,deep,channels,biggram",
-                    help="comma list from micro,early,deep,channels,biggram (biggram: CUDA only)")
-    ap.add_argument("--fp64-peak", type=float, default=55.0, help="FP64 peak in TFLOP/s for the fraction")
+    ap.add_argument(
+        "--cases",
+        default="early,deep,channels,biggram",
+        help="comma list from micro,early,deep,channels,biggram (biggram: CUDA only)",
+    )
+    ap.add_argument(
+        "--fp64-peak", type=float, default=55.0, help="FP64 peak in TFLOP/s for the fraction"
+    )
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -295,15 +353,28 @@ def main(argv=None):
         return channels_child(args._child, args._n, args.device)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device")
-    dev_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dev_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
-    load += "; " + " ".join(f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
-    print(f"ftdyn.metrics benchmark on {dev_name}{load}; torch {torch.__version__}; numpy {np.__version__}",
-          flush=True)
+    load += "; " + " ".join(
+        f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    )
+    print(
+        f"ftdyn.metrics benchmark on {dev_name}{load}; torch {torch.__version__}; numpy"
+        f" {np.__version__}",
+        flush=True,
+    )
     rows: list[dict] = []
     cases = args.cases.split(",")
-    for name, fn in (("micro", case_micro), ("early", case_early), ("deep", case_deep),
-                     ("channels", case_channels)):
+    for name, fn in (
+        ("micro", case_micro),
+        ("early", case_early),
+        ("deep", case_deep),
+        ("channels", case_channels),
+    ):
         if name in cases:
             t = time.perf_counter()
             fn(args, rows)
@@ -314,22 +385,52 @@ def main(argv=None):
             for k in ("gram_tflops", "stats_tflops"):
                 if k in r:
                     r[k.replace("tflops", "fraction_of_fp64_peak")] = r[k] / args.fp64_peak
-    keys = ["case", "shape", "metric", "device", "ours_s", "baseline_s", "baseline_s_extrapolated", "speedup",
-            "stats_s", "speedup_ceiling",
-            "ours_per_filter_s", "baseline_per_filter_s", "baseline_filters_timed", "ours_peak_extra_mb",
-            "baseline_peak_extra_mb", "input_data_mb", "gram_tflops", "stats_tflops",
-            "gram_fraction_of_fp64_peak", "stats_fraction_of_fp64_peak", "gpu_peak_mb"]
+    keys = [
+        "case",
+        "shape",
+        "metric",
+        "device",
+        "ours_s",
+        "baseline_s",
+        "baseline_s_extrapolated",
+        "speedup",
+        "stats_s",
+        "speedup_ceiling",
+        "ours_per_filter_s",
+        "baseline_per_filter_s",
+        "baseline_filters_timed",
+        "ours_peak_extra_mb",
+        "baseline_peak_extra_mb",
+        "input_data_mb",
+        "gram_tflops",
+        "stats_tflops",
+        "gram_fraction_of_fp64_peak",
+        "stats_fraction_of_fp64_peak",
+        "gpu_peak_mb",
+    ]
     print()
     for r in rows:
         if r["case"] == "micro":
             continue
         print(" | ".join(f"{k}={fmt(r[k])}" for k in keys if k in r))
-    print("\nbaseline_s_extrapolated = baseline time per filter (timed on baseline_filters_timed filters) x filters;"
-          " all answers asserted equal.\nstats_s = the float64 products alone (row_stats); speedup_ceiling = "
-          "baseline / stats_s: the most that ftdyn's float64 products leave room for on this device.")
+    print(
+        "\nbaseline_s_extrapolated = baseline time per filter (timed on baseline_filters_timed"
+        " filters) x filters; all answers asserted equal.\nstats_s = the float64 products alone"
+        " (row_stats); speedup_ceiling = baseline / stats_s: the most that ftdyn's float64 products"
+        " leave room for on this device."
+    )
     if args.json:
-        args.json.write_text(json.dumps({"device": dev_name, "load_average": list(os.getloadavg()),
-                                         "quick": args.quick, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": dev_name,
+                    "load_average": list(os.getloadavg()),
+                    "quick": args.quick,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

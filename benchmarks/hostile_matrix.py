@@ -47,15 +47,17 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
+import ftdyn
 from ftdyn.cli import app
 from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store
-
-import ftdyn
 
 try:
     from ftdyn import outputs
     from ftdyn.outputs import SETS, current_set
-    if Path(outputs.__file__).parent != Path(ftdyn.__file__).parent:  # found in an installed copy, not this one
+
+    if (
+        Path(outputs.__file__).parent != Path(ftdyn.__file__).parent
+    ):  # found in an installed copy, not this one
         raise ImportError
 except ImportError:  # an ftdyn from before result sets (to count the matrix on older code)
     outputs, current_set, SETS = None, None, ".ftdyn-sets"
@@ -69,6 +71,7 @@ def needs(obj) -> None:
     if obj is None:
         raise NotApplicable
 
+
 CLASSES = ("circle", "square", "stripes")
 CASES: list[tuple[str, object]] = []
 
@@ -77,6 +80,7 @@ def case(name: str):
     def register(fn):
         CASES.append((name, fn))
         return fn
+
     return register
 
 
@@ -86,18 +90,32 @@ def make_store(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     layers = [LayerSpec("features.3", 4, 6, 6), LayerSpec("layer2.relu", 6, 3, 3)]
     n, epochs = 12, (0, 1, 2, 3)
-    spec = StoreSpec(architecture="resnet18", layers=layers,
-                     checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs],
-                     images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=np.arange(n) % 3,
-                     class_names=list(CLASSES), image_paths=[f"img/{i}.png" for i in range(n)], input_size=8,
-                     normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype="float32",
-                     samples_per_chunk=5, model="resnet18", dataset="toy")
+    spec = StoreSpec(
+        architecture="resnet18",
+        layers=layers,
+        checkpoints=[
+            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs
+        ],
+        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(n) % 3,
+        class_names=list(CLASSES),
+        image_paths=[f"img/{i}.png" for i in range(n)],
+        input_size=8,
+        normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
+        probe={"seed": seed},
+        dtype="float32",
+        samples_per_chunk=5,
+        model="resnet18",
+        dataset="toy",
+    )
     create_store(path, spec)
     writer = StoreWriter(path)
     base = {l.name: rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5 for l in layers}
     for k, e in enumerate(epochs):
-        acts = {name: np.maximum(b + 0.3 * e * rng.normal(size=b.shape), 0).astype(np.float32)
-                for name, b in base.items()}
+        acts = {
+            name: np.maximum(b + 0.3 * e * rng.normal(size=b.shape), 0).astype(np.float32)
+            for name, b in base.items()
+        }
         for c in range(writer.n_chunks):
             rows = writer.chunk_slice(c)
             writer.write_region(k, c, {name: a[rows] for name, a in acts.items()})
@@ -125,20 +143,63 @@ class World:
         write_images(self.data / "train", 6)
         write_images(self.data / "val", 4)
         self.series = work / "series"
-        res = invoke(["train", self.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
-                      "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", self.series])
+        res = invoke(
+            [
+                "train",
+                self.data,
+                "--arch",
+                "resnet18",
+                "--epochs",
+                "1",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                self.series,
+            ]
+        )
         assert res["code"] == 0, res["output"]
         self.real_store = work / "real.zarr"  # extracted: has the receptive fields visualize needs
-        res = invoke(["extract", self.series, "--data", self.data / "val", "--out", self.real_store, "--layer",
-                      "layer4", "--layer", "layer1", "--no-progress", "--device", "cpu"])
+        res = invoke(
+            [
+                "extract",
+                self.series,
+                "--data",
+                self.data / "val",
+                "--out",
+                self.real_store,
+                "--layer",
+                "layer4",
+                "--layer",
+                "layer1",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
         assert res["code"] == 0, res["output"]
         self.results_a = work / "results_a"
         res = invoke(self.analyze_args(self.results_a, "pwsm"))
         assert res["code"] == 0, res["output"]
 
     def analyze_args(self, out: Path, metric: str, *extra) -> list:
-        return ["analyze", self.store, "--out", out, "--metric", metric, "--layer", "layer2.relu", "--no-progress",
-                "--no-report", *extra]
+        return [
+            "analyze",
+            self.store,
+            "--out",
+            out,
+            "--metric",
+            metric,
+            "--layer",
+            "layer2.relu",
+            "--no-progress",
+            "--no-report",
+            *extra,
+        ]
 
     def fresh(self, name: str) -> Path:
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
@@ -162,7 +223,11 @@ def invoke(args, before=None) -> dict:
     exc = result.exception
     tb = exc is not None and not isinstance(exc, SystemExit)
     text = result.output + ("".join(traceback.format_exception(exc)) if tb else "")
-    return {"code": result.exit_code, "output": text, "traceback": tb or "Traceback" in result.output}
+    return {
+        "code": result.exit_code,
+        "output": text,
+        "traceback": tb or "Traceback" in result.output,
+    }
 
 
 def forked(args, before=None, deadline: float = 120.0) -> dict:
@@ -177,7 +242,11 @@ def forked(args, before=None, deadline: float = 120.0) -> dict:
             _after_fork()
             payload = invoke(args, before)
         except BaseException as exc:  # noqa: BLE001 - anything that escapes is a traceback
-            payload = {"code": 1, "output": "".join(traceback.format_exception(exc)), "traceback": True}
+            payload = {
+                "code": 1,
+                "output": "".join(traceback.format_exception(exc)),
+                "traceback": True,
+            }
         finally:
             with contextlib.suppress(Exception):
                 os.write(write, json.dumps(payload).encode())
@@ -233,7 +302,9 @@ def whole_set(out: Path) -> str | None:
     """The metric of the one verified, self-consistent set current in ``out`` (None: none)."""
     if current_set is None:  # older layout: the CSV must at least agree with results.zarr
         try:
-            metrics = [str(m) for m in zarr.open_group(out / "results.zarr", mode="r")["metric"][...]]
+            metrics = [
+                str(m) for m in zarr.open_group(out / "results.zarr", mode="r")["metric"][...]
+            ]
         except Exception:  # noqa: BLE001 - unreadable: no set
             return None
         return metrics[0] if metrics_in(out) == set(metrics) else None
@@ -256,6 +327,7 @@ def _swap_fault(world: World, step: str, how: str) -> str:
                 if how == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise KeyboardInterrupt
+
         outputs._step = hook
 
     res = forked(world.analyze_args(out, "cka", "--overwrite"), before=fault)
@@ -264,14 +336,21 @@ def _swap_fault(world: World, step: str, how: str) -> str:
     stopped = res.get("killed") == signal.SIGKILL if how == "kill" else res.get("code") == 130
     first = whole_set(out)
     again = invoke(world.analyze_args(out, first or "pwsm", "--overwrite"))
-    ok = stopped and first in ("pwsm", "cka") and again["code"] == 0 and "up to date" in again["output"]
+    ok = (
+        stopped
+        and first in ("pwsm", "cka")
+        and again["code"] == 0
+        and "up to date" in again["output"]
+    )
     return verdict(again, ok)
 
 
 def _register_swap_cases() -> None:
     for step in ("fill", "manifest", "seal", "swap", "delete old"):
         for how in ("kill", "interrupt"):
-            case(f"analyze {how} at swap step '{step}'")(lambda w, s=step, h=how: _swap_fault(w, s, h))
+            case(f"analyze {how} at swap step '{step}'")(
+                lambda w, s=step, h=how: _swap_fault(w, s, h)
+            )
 
 
 _register_swap_cases()
@@ -281,14 +360,21 @@ _register_swap_cases()
 def _concurrent(world: World) -> str:
     out = world.fresh("concurrent") / "r"
 
-    def slow() -> None:  # widen the window in which both runs write (older versions: no hook, no pause)
+    def slow() -> (
+        None
+    ):  # widen the window in which both runs write (older versions: no hook, no pause)
         if outputs is not None:
             outputs._step = lambda name: time.sleep(1.0) if name == "swap" else None
 
     results: list[dict] = [{}, {}]
-    threads = [threading.Thread(target=lambda i=i, m=m: results.__setitem__(i, forked(world.analyze_args(out, m),
-                                                                                      before=slow)))
-               for i, m in enumerate(("pwsm", "cka"))]
+    threads = [
+        threading.Thread(
+            target=lambda i=i, m=m: results.__setitem__(
+                i, forked(world.analyze_args(out, m), before=slow)
+            )
+        )
+        for i, m in enumerate(("pwsm", "cka"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -323,13 +409,16 @@ def _report_locked(world: World) -> str:
 
 def _fault_hook(step: str, how: str):
     """Install (in the child) a hook that kills or interrupts the run at ``step`` of a swap."""
+
     def fault() -> None:
         def hook(name: str) -> None:
             if name == step:
                 if how == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise KeyboardInterrupt
+
         outputs._step = hook
+
     return fault
 
 
@@ -352,8 +441,15 @@ def _report_fault(world: World, step: str, how: str) -> str:
     consistent = report_in == (out / "report.html").is_file()
     again = invoke(world.analyze_args(out, "pwsm"))
     redo = invoke(["report", out])
-    ok = (_stopped(res, how) and whole and consistent and "up to date" in again["output"] and redo["code"] == 0
-          and current_set(out)[1] is None and (out / "figures" / "figures.json").is_file())
+    ok = (
+        _stopped(res, how)
+        and whole
+        and consistent
+        and "up to date" in again["output"]
+        and redo["code"] == 0
+        and current_set(out)[1] is None
+        and (out / "figures" / "figures.json").is_file()
+    )
     return verdict(redo if redo.get("traceback") else again, ok)
 
 
@@ -370,19 +466,32 @@ def _visualize_fault(world: World, step: str, how: str) -> str:
     from ftdyn.viz import read_index
 
     files = [e["file"] for e in read_index(out)]
-    ok = _stopped(res, how) and current_set(out)[1] is None and all((out / f).is_file() for f in files)
+    ok = (
+        _stopped(res, how)
+        and current_set(out)[1] is None
+        and all((out / f).is_file() for f in files)
+    )
     redo = invoke([*args, "--layer", "-1"])  # completes the job
-    ok = ok and redo["code"] == 0 and current_set(out)[1] is None and len(read_index(out)) >= len(files)
+    ok = (
+        ok
+        and redo["code"] == 0
+        and current_set(out)[1] is None
+        and len(read_index(out)) >= len(files)
+    )
     return verdict(redo, ok)
 
 
 def _register_figure_cases() -> None:
     for step in ("fill", "link figures", "swap", "delete old"):
         for how in ("kill", "interrupt"):
-            case(f"report {how} at swap step '{step}'")(lambda w, s=step, h=how: _report_fault(w, s, h))
+            case(f"report {how} at swap step '{step}'")(
+                lambda w, s=step, h=how: _report_fault(w, s, h)
+            )
     for step in ("fill", "swap"):
         for how in ("kill", "interrupt"):
-            case(f"visualize {how} at swap step '{step}'")(lambda w, s=step, h=how: _visualize_fault(w, s, h))
+            case(f"visualize {how} at swap step '{step}'")(
+                lambda w, s=step, h=how: _visualize_fault(w, s, h)
+            )
 
 
 _register_figure_cases()
@@ -404,6 +513,7 @@ def _hold_lock(out: Path) -> tuple[int, object]:
     def release() -> None:
         os.write(go_w, b"1")
         os.waitpid(pid, 0)
+
     return pid, release
 
 
@@ -421,13 +531,41 @@ def _locked_case(world: World, name: str, args_for) -> str:
 
 
 for _name, _args_for in {
-    "train": lambda w, o: ["train", w.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
-                           "--device", "cpu", "--no-progress", "--out", o],
-    "extract": lambda w, o: ["extract", w.series, "--data", w.data / "val", "--out", o, "--layer", "layer4",
-                             "--layer", "layer1", "--no-progress", "--device", "cpu"],  # the copied store's layers
+    "train": lambda w, o: [
+        "train",
+        w.data,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--input-size",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        o,
+    ],
+    "extract": lambda w, o: [
+        "extract",
+        w.series,
+        "--data",
+        w.data / "val",
+        "--out",
+        o,
+        "--layer",
+        "layer4",
+        "--layer",
+        "layer1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ],  # the copied store's layers
     "visualize": lambda w, o: ["visualize", w.real_store, "--layer", "0", "--out", o],
 }.items():
-    case(f"{_name} into a folder another run holds")(lambda w, n=_name, a=_args_for: _locked_case(w, n, a))
+    case(f"{_name} into a folder another run holds")(
+        lambda w, n=_name, a=_args_for: _locked_case(w, n, a)
+    )
 
 
 def _disk_full(world: World, command: str) -> str:
@@ -443,14 +581,24 @@ def _disk_full(world: World, command: str) -> str:
         def hook(name: str) -> None:
             if name == "manifest":
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
         outputs._step = hook
 
-    args = {"analyze": world.analyze_args(out, "cka", "--overwrite"), "report": ["report", out],
-            "visualize": ["visualize", world.real_store, "--layer", "0", "--out", out]}[command]
+    args = {
+        "analyze": world.analyze_args(out, "cka", "--overwrite"),
+        "report": ["report", out],
+        "visualize": ["visualize", world.real_store, "--layer", "0", "--out", out],
+    }[command]
     res = forked(args, before=full)
     errors = [ln for ln in res.get("output", "").splitlines() if ln.startswith("ftdyn: error:")]
-    ok = (res.get("code") == 2 and len(errors) == 1 and str(out.resolve()) in errors[0]
-          and "No space left" in errors[0] and whole_set(out) == "pwsm" and not (out / "report.html").exists())
+    ok = (
+        res.get("code") == 2
+        and len(errors) == 1
+        and str(out.resolve()) in errors[0]
+        and "No space left" in errors[0]
+        and whole_set(out) == "pwsm"
+        and not (out / "report.html").exists()
+    )
     return verdict(res, ok)
 
 
@@ -486,15 +634,24 @@ def _tamper(world: World, name: str, spoil) -> str:
     shutil.copytree(world.results_a, out, symlinks=True)
     spoil(out)
     res = forked(world.analyze_args(out, "pwsm"))
-    ok = res.get("code") == 0 and "up to date" not in res.get("output", "") and whole_set(out) == "pwsm"
+    ok = (
+        res.get("code") == 0
+        and "up to date" not in res.get("output", "")
+        and whole_set(out) == "pwsm"
+    )
     return verdict(res, ok)
 
 
 for _name, _spoil in {
-    "distances.csv edited": lambda o: (o / "distances.csv").write_text("experiment,metric\nx,pwsm\n"),
+    "distances.csv edited": (
+        lambda o: (o / "distances.csv").write_text("experiment,metric\nx,pwsm\n")
+    ),
     "reusability.csv deleted": lambda o: (o / "reusability.csv").unlink(),
-    "results.zarr chunk altered": lambda o: next(p for p in (o / "results.zarr").rglob("c/*")
-                                                 if p.is_file()).write_bytes(b"x"),
+    "results.zarr chunk altered": (
+        lambda o: next(p for p in (o / "results.zarr").rglob("c/*") if p.is_file()).write_bytes(
+            b"x"
+        )
+    ),
     "manifest damaged": lambda o: (o / SETS / "current" / "manifest.json").write_text("{"),
 }.items():
     case(f"analyze after: {_name}")(lambda w, n=_name, s=_spoil: _tamper(w, n.split()[0], s))
@@ -508,8 +665,13 @@ def _stale(world: World) -> str:
     (out / SETS / ".20260101T000000-deadbeef.partial").mkdir(parents=True, exist_ok=True)
     res = forked(world.analyze_args(out, "pwsm"))
     left = list(out.glob(".analyze-*")) + list((out / SETS).glob(".*partial"))
-    return verdict(res, res.get("code") == 0 and "up to date" in res["output"] and not left
-                   and whole_set(out) == "pwsm")
+    return verdict(
+        res,
+        res.get("code") == 0
+        and "up to date" in res["output"]
+        and not left
+        and whole_set(out) == "pwsm",
+    )
 
 
 @case("analyze over an older ftdyn's layout (real files, no manifest)")
@@ -517,7 +679,13 @@ def _legacy(world: World) -> str:
     out = world.fresh("legacy") / "r"
     shutil.copytree(world.results_a, out, symlinks=True)
     needs(outputs)  # older versions write this layout themselves
-    for p in ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "results.zarr"):
+    for p in (
+        "distances.csv",
+        "reusability.csv",
+        "agreement.csv",
+        "agreement_summary.csv",
+        "results.zarr",
+    ):
         target = (out / p).resolve()
         (out / p).unlink()
         (shutil.copytree if target.is_dir() else shutil.copy2)(target, out / p)
@@ -551,27 +719,47 @@ def _resize(names, k):
         group = zarr.open_group(p, mode="r+", zarr_format=3)
         for name in names:
             group[name].resize((k, *group[name].shape[1:]))
+
     return edit
 
 
 STORE_EDITS = {
     "root checkpoints swapped": lambda p: _meta(p, None, _swap_ckpts),
-    "layer data_type int16": lambda p: _meta(p, "features_3", lambda m: m.__setitem__("data_type", "int16")),
-    "layer x extent 6 -> 5": lambda p: _meta(p, "features_3", lambda m: m["shape"].__setitem__(4, 5)),
-    "checkpoint coord [0,1,1,3]": lambda p: zarr.open_array(p / "checkpoint", mode="r+", zarr_format=3)
-    .__setitem__(slice(None), np.array([0, 1, 1, 3])),
-    "complete shape huge": lambda p: _meta(p, "complete", lambda m: m["shape"].__setitem__(1, 10**12)),
+    "layer data_type int16": lambda p: _meta(
+        p, "features_3", lambda m: m.__setitem__("data_type", "int16")
+    ),
+    "layer x extent 6 -> 5": lambda p: _meta(
+        p, "features_3", lambda m: m["shape"].__setitem__(4, 5)
+    ),
+    "checkpoint coord [0,1,1,3]": (
+        lambda p: zarr.open_array(p / "checkpoint", mode="r+", zarr_format=3).__setitem__(
+            slice(None), np.array([0, 1, 1, 3])
+        )
+    ),
+    "complete shape huge": lambda p: _meta(
+        p, "complete", lambda m: m["shape"].__setitem__(1, 10**12)
+    ),
     "label length 11": lambda p: _meta(p, "label", lambda m: m["shape"].__setitem__(0, 11)),
     "label coord deleted": lambda p: shutil.rmtree(p / "label"),
-    "fill_value garbage": lambda p: _meta(p, "features_3", lambda m: m.__setitem__("fill_value", "zz")),
+    "fill_value garbage": lambda p: _meta(
+        p, "features_3", lambda m: m.__setitem__("fill_value", "zz")
+    ),
     "label flipped byte": lambda p: _flip(p, "label"),
     "complete flipped byte": lambda p: _flip(p, "complete"),
     "checkpoint flipped byte": lambda p: _flip(p, "checkpoint"),
-    "samples_per_chunk 4": lambda p: _meta(p, None, lambda m: m["attributes"].__setitem__("samples_per_chunk", 4)),
+    "samples_per_chunk 4": lambda p: _meta(
+        p, None, lambda m: m["attributes"].__setitem__("samples_per_chunk", 4)
+    ),
     "layers reordered": lambda p: _meta(p, None, lambda m: m["attributes"]["layers"].reverse()),
-    "dimension names": lambda p: _meta(p, "features_3", lambda m: m.__setitem__("dimension_names", list("abcde"))),
-    "label out of range": lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7),
-    "caught mid-extension (--allow-partial)": _resize(["features_3", "layer2_relu", "complete", "checkpoint"], 5),
+    "dimension names": lambda p: _meta(
+        p, "features_3", lambda m: m.__setitem__("dimension_names", list("abcde"))
+    ),
+    "label out of range": (
+        lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7)
+    ),
+    "caught mid-extension (--allow-partial)": _resize(
+        ["features_3", "layer2_relu", "complete", "checkpoint"], 5
+    ),
 }
 
 
@@ -579,7 +767,17 @@ def _store_edit(world: World, name: str) -> str:
     path = world.fresh("edit") / "s.zarr"
     shutil.copytree(world.store, path)
     STORE_EDITS[name](path)
-    res = forked(["analyze", path, "--out", path.parent / "r", "--no-progress", "--no-report", "--allow-partial"])
+    res = forked(
+        [
+            "analyze",
+            path,
+            "--out",
+            path.parent / "r",
+            "--no-progress",
+            "--no-report",
+            "--allow-partial",
+        ]
+    )
     info = forked(["info", path])
     ok = one_line_error(res) and one_line_error(info) and not (path.parent / "r").exists()
     return verdict(res if res.get("traceback") or res.get("hang") else info, ok)
@@ -600,7 +798,9 @@ def _live_extension(world: World) -> str:
     shutil.copytree(world.store, path)
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # an extension in progress: half the arrays grown, then the rest, then the attribute
+    if (
+        pid == 0
+    ):  # an extension in progress: half the arrays grown, then the rest, then the attribute
         with metadata_lock(path, exclusive=True):
             group = zarr.open_group(path, mode="r+", zarr_format=3)
             for name in ("features_3", "complete"):
@@ -610,13 +810,32 @@ def _live_extension(world: World) -> str:
             for name in ("layer2_relu", "checkpoint"):
                 group[name].resize((5, *group[name].shape[1:]))
             group["checkpoint"][4] = 4
-            group.attrs["checkpoints"] = [*group.attrs["checkpoints"], {"epoch": 4, "file": "e4.pt", "sha256": "4"}]
+            group.attrs["checkpoints"] = [
+                *group.attrs["checkpoints"],
+                {"epoch": 4, "file": "e4.pt", "sha256": "4"},
+            ]
         os._exit(0)
     os.read(read, 1)
-    res = forked(["analyze", path, "--out", path.parent / "r", "--no-progress", "--no-report", "--allow-partial"])
+    res = forked(
+        [
+            "analyze",
+            path,
+            "--out",
+            path.parent / "r",
+            "--no-progress",
+            "--no-report",
+            "--allow-partial",
+        ]
+    )
     os.waitpid(pid, 0)
-    epochs = sorted(int(e) for e in zarr.open_group(path.parent / "r" / "results.zarr", mode="r")["epoch"][...]) \
-        if res.get("code") == 0 else None
+    epochs = (
+        sorted(
+            int(e)
+            for e in zarr.open_group(path.parent / "r" / "results.zarr", mode="r")["epoch"][...]
+        )
+        if res.get("code") == 0
+        else None
+    )
     return verdict(res, res.get("code") == 0 and epochs == [0, 1, 2, 3])
 
 
@@ -627,8 +846,22 @@ def _probe_case(world: World, name: str, plant) -> str:
     expected = sum(1 for _ in data.rglob("*.png"))
     plant(data)
     out = data.parent / "s.zarr"
-    res = forked(["extract", world.series, "--data", data, "--out", out, "--layer", "layer4", "--no-progress",
-                  "--device", "cpu"], deadline=180)
+    res = forked(
+        [
+            "extract",
+            world.series,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--layer",
+            "layer4",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        deadline=180,
+    )
     n = zarr.open_group(out, mode="r").attrs["probe"]["n_samples"] if out.exists() else None
     return verdict(res, res.get("code") == 0 and n == expected)
 
@@ -642,27 +875,64 @@ for _name, _plant in {
     "FIFO named zz.png in a class folder": lambda d: os.mkfifo(d / "circle" / "zz.png"),
     "symlink loop ln -s .. class/loop": lambda d: (d / "circle" / "loop").symlink_to(".."),
     "symlink to its own class folder": lambda d: (d / "square" / "self").symlink_to("."),
-    "symlink to an image outside the folder": lambda d: (d / "circle" / "x.png").symlink_to(
-        next((d.parent.parent / "data" / "train" / "circle").iterdir()).resolve()),
-    "broken symlink named .png": lambda d: (d / "circle" / "gone.png").symlink_to(d / "nothing.png"),
+    "symlink to an image outside the folder": (
+        lambda d: (d / "circle" / "x.png").symlink_to(
+            next((d.parent.parent / "data" / "train" / "circle").iterdir()).resolve()
+        )
+    ),
+    "broken symlink named .png": (
+        lambda d: (d / "circle" / "gone.png").symlink_to(d / "nothing.png")
+    ),
     "socket named s.png": lambda d: _sock(d / "stripes" / "s.png"),
 }.items():
-    case(f"extract probe folder: {_name}")(lambda w, n=_name, p=_plant: _probe_case(w, n.split()[0], p))
+    case(f"extract probe folder: {_name}")(
+        lambda w, n=_name, p=_plant: _probe_case(w, n.split()[0], p)
+    )
 
 
 def _train(world: World, name: str, prepare, extra=()) -> dict:
     out = world.fresh(name) / "series"
     prepare(out)
-    return forked(["train", world.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
-                   "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", out, *extra], deadline=180)
+    return forked(
+        [
+            "train",
+            world.data,
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            out,
+            *extra,
+        ],
+        deadline=180,
+    )
 
 
 @case("train --out inside its data folder")
 def _train_inside(world: World) -> str:
     data = world.fresh("inside") / "data"
     shutil.copytree(world.data, data)
-    res = forked(["train", data, "--arch", "resnet18", "--epochs", "1", "--out", data / "train" / "series",
-                  "--no-progress"])
+    res = forked(
+        [
+            "train",
+            data,
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--out",
+            data / "train" / "series",
+            "--no-progress",
+        ]
+    )
     return verdict(res, one_line_error(res) and not (data / "train" / "series").exists())
 
 
@@ -671,8 +941,26 @@ def _train_fifo(world: World) -> str:
     data = world.fresh("fifo-train") / "data"
     shutil.copytree(world.data, data)
     os.mkfifo(data / "train" / "circle" / "zz.png")
-    res = forked(["train", data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32", "--batch-size", "8",
-                  "--device", "cpu", "--no-progress", "--out", data.parent / "series"], deadline=180)
+    res = forked(
+        [
+            "train",
+            data,
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            data.parent / "series",
+        ],
+        deadline=180,
+    )
     return verdict(res, res.get("code") == 0)
 
 
@@ -681,6 +969,7 @@ def _train_tmp(world: World) -> str:
     def prepare(out: Path) -> None:
         out.mkdir(parents=True)
         (out / ".epoch_000.pt.0123456789abcdef.tmp").write_bytes(b"\0" * 4096)
+
     res = _train(world, "tmp", prepare)
     return verdict(res, res.get("code") == 0)
 
@@ -690,23 +979,55 @@ def _train_resume(world: World) -> str:
     def prepare(out: Path) -> None:
         out.mkdir(parents=True)
         shutil.copy2(world.series / "epoch_000.pt", out / "epoch_000.pt")
+
     res = _train(world, "resume", prepare, ["--resume"])
     return verdict(res, res.get("code") == 0)
 
 
 # flags
 _FLAG_CASES = {
-    "analyze --memory-limit 1000TB": lambda w: w.analyze_args(w.fresh("mem") / "r", "pwsm", "--memory-limit", "1000TB"),
+    "analyze --memory-limit 1000TB": lambda w: w.analyze_args(
+        w.fresh("mem") / "r", "pwsm", "--memory-limit", "1000TB"
+    ),
     "analyze --workers 0": lambda w: w.analyze_args(w.fresh("wk") / "r", "pwsm", "--workers", "0"),
-    "analyze --reference 9": lambda w: w.analyze_args(w.fresh("ref") / "r", "pwsm", "--reference", "9"),
+    "analyze --reference 9": lambda w: w.analyze_args(
+        w.fresh("ref") / "r", "pwsm", "--reference", "9"
+    ),
     "extract --input-size 48 on a series trained at 32": lambda w: [
-        "extract", w.series, "--data", w.data / "val", "--out", w.fresh("size") / "s.zarr", "--input-size", "48",
-        "--no-progress"],
+        "extract",
+        w.series,
+        "--data",
+        w.data / "val",
+        "--out",
+        w.fresh("size") / "s.zarr",
+        "--input-size",
+        "48",
+        "--no-progress",
+    ],
     "extract --layer fc (not a feature map)": lambda w: [
-        "extract", w.series, "--data", w.data / "val", "--out", w.fresh("fc") / "s.zarr", "--layer", "fc",
-        "--no-progress", "--device", "cpu"],
-    "train --epochs -1": lambda w: ["train", w.data, "--arch", "resnet18", "--epochs", "-1", "--out",
-                                    w.fresh("ep") / "s", "--no-progress"],
+        "extract",
+        w.series,
+        "--data",
+        w.data / "val",
+        "--out",
+        w.fresh("fc") / "s.zarr",
+        "--layer",
+        "fc",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ],
+    "train --epochs -1": lambda w: [
+        "train",
+        w.data,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "-1",
+        "--out",
+        w.fresh("ep") / "s",
+        "--no-progress",
+    ],
 }
 for _name, _args in _FLAG_CASES.items():
     case(_name)(lambda w, a=_args: (lambda res: verdict(res, one_line_error(res)))(forked(a(w))))
@@ -719,19 +1040,27 @@ def _scheduler(world: World) -> str:
     real = importlib.util.find_spec
 
     def hide() -> None:
-        importlib.util.find_spec = lambda name, *a: None if name == "distributed" else real(name, *a)
+        importlib.util.find_spec = lambda name, *a: (
+            None if name == "distributed" else real(name, *a)
+        )
 
-    res = forked(world.analyze_args(world.fresh("sched") / "r", "pwsm", "--scheduler", "tcp://127.0.0.1:1"),
-                 before=hide)
+    res = forked(
+        world.analyze_args(world.fresh("sched") / "r", "pwsm", "--scheduler", "tcp://127.0.0.1:1"),
+        before=hide,
+    )
     return verdict(res, one_line_error(res) and "pip install" in res["output"])
 
 
 # -------------------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="scratch folder (default: a temporary one)"
+    )
     parser.add_argument("--deadline", type=float, default=120.0)
-    parser.add_argument("--json", type=Path, default=None, help="also write the per-case outcomes here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the per-case outcomes here"
+    )
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="ftdyn-hostile-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -751,13 +1080,19 @@ def main() -> int:
             outcome = "n/a"
         except Exception as exc:  # noqa: BLE001 - a broken case is reported, not hidden
             outcome = f"case error: {type(exc).__name__}: {exc}"
-        outcomes.append({"case": name, "outcome": outcome, "seconds": round(time.perf_counter() - t0, 1)})
+        outcomes.append(
+            {"case": name, "outcome": outcome, "seconds": round(time.perf_counter() - t0, 1)}
+        )
         print(f"{outcome:<10} {time.perf_counter() - t0:6.1f} s  {name}", flush=True)
     counts = collections.Counter(o["outcome"] for o in outcomes)
     tried = [o for o in outcomes if o["outcome"] != "n/a"]
-    summary = {"tried": len(tried), "not applicable": len(outcomes) - len(tried), **{k: counts.get(k, 0) for k in ("clean", "silent", "traceback", "hang")},
-               "case errors": sum(v for k, v in counts.items() if k.startswith("case error")),
-               "seconds": round(time.perf_counter() - started)}
+    summary = {
+        "tried": len(tried),
+        "not applicable": len(outcomes) - len(tried),
+        **{k: counts.get(k, 0) for k in ("clean", "silent", "traceback", "hang")},
+        "case errors": sum(v for k, v in counts.items() if k.startswith("case error")),
+        "seconds": round(time.perf_counter() - started),
+    }
     print(json.dumps(summary))
     if opts.json:
         opts.json.write_text(json.dumps({"summary": summary, "cases": outcomes}, indent=1))

@@ -61,10 +61,15 @@ def per_filter_metric(ds, wanted: str | None) -> str | None:
     has = [m for m in metrics if np.isfinite(ds["filter_distance"].sel(metric=m).values).any()]
     if wanted is not None:
         if wanted not in metrics:
-            raise FtdynError(f"--hist-metric: '{wanted}' is not in the results ({', '.join(metrics)}).")
+            raise FtdynError(
+                f"--hist-metric: '{wanted}' is not in the results ({', '.join(metrics)})."
+            )
         if wanted not in has:
-            raise FtdynError(f"--hist-metric: '{wanted}' has no per-filter values (its view is "
-                             f"{ds['view'].sel(metric=wanted).item()}); choose one of: {', '.join(has) or 'none'}.")
+            raise FtdynError(
+                f"--hist-metric: '{wanted}' has no per-filter values (its view is"
+                f" {ds['view'].sel(metric=wanted).item()}); choose one of:"
+                f" {', '.join(has) or 'none'}."
+            )
         return wanted
     return has[0] if has else None
 
@@ -78,7 +83,9 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
 
     experiments = [str(e) for e in ds["experiment"].values]
     colors = matplotlib.colormaps["tab10"](np.arange(len(experiments)) % 10)
-    fig, axes = plt.subplots(1, 2 if hist_metric else 1, figsize=(12 if hist_metric else 6.5, 4.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if hist_metric else 1, figsize=(12 if hist_metric else 6.5, 4.4), squeeze=False
+    )
     ax = axes[0, 0]
     dist = ds["distance"].sel(metric=metric)
     epochs = ds["epoch"].values
@@ -90,8 +97,10 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
             ax.plot(epochs[ok], y[ok], style, marker="o", ms=3, color=color, label=f"{exp}: {name}")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{metric} distance from epoch {ds.attrs.get('reference_epoch', 0)} "
-                  f"({ds['view'].sel(metric=metric).item()} view)")
+    ax.set_ylabel(
+        f"{metric} distance from epoch {ds.attrs.get('reference_epoch', 0)} "
+        f"({ds['view'].sel(metric=metric).item()} view)"
+    )
     ax.set_title("shallowest (dashed) vs deepest (solid) layer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -108,9 +117,17 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
             last = epochs[has][-1]
             values = per_epoch.sel(epoch=last).values
             values = values[np.isfinite(values)]  # padding and dead filters are NaN
-            ax.hist(values, bins=np.linspace(0, max(1e-9, np.nanmax(fd.values)), 31), histtype="step",
-                    linewidth=1.8, color=color, label=f"{exp}: {hi_name}, epoch {last}")
-        ax.set_xlabel(f"{hist_metric} distance per filter ({ds['view'].sel(metric=hist_metric).item()} view)")
+            ax.hist(
+                values,
+                bins=np.linspace(0, max(1e-9, np.nanmax(fd.values)), 31),
+                histtype="step",
+                linewidth=1.8,
+                color=color,
+                label=f"{exp}: {hi_name}, epoch {last}",
+            )
+        ax.set_xlabel(
+            f"{hist_metric} distance per filter ({ds['view'].sel(metric=hist_metric).item()} view)"
+        )
         ax.set_ylabel("filters")
         ax.set_title("deepest layer at the last epoch")
         ax.grid(alpha=0.3)
@@ -124,13 +141,19 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--results", type=Path, required=True, help="folder written by ftdyn analyze")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    p.add_argument("--metric", default=None, help="metric of the curves (default: the first in the results)")
-    p.add_argument("--hist-metric", default=None,
-                   help="per-filter metric of the histogram (default: the first one with per-filter values)")
+    p.add_argument(
+        "--metric", default=None, help="metric of the curves (default: the first in the results)"
+    )
+    p.add_argument(
+        "--hist-metric",
+        default=None,
+        help="per-filter metric of the histogram (default: the first one with per-filter values)",
+    )
     return p
 
 
@@ -152,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         if not finite.size:
             continue
         last = finite[-1]
-        print(f"{exp}: {metric} at epoch {last}: {lo_name} {d.sel(layer_index=lo, epoch=last).item():.4f}, "
-              f"{hi_name} {d.sel(layer_index=hi, epoch=last).item():.4f}")
+        print(
+            f"{exp}: {metric} at epoch {last}: {lo_name}"
+            f" {d.sel(layer_index=lo, epoch=last).item():.4f}, {hi_name}"
+            f" {d.sel(layer_index=hi, epoch=last).item():.4f}"
+        )
     print(f"figure: {path}")
     return 0
 

@@ -55,13 +55,16 @@ def _pair(text: str, what: str) -> tuple[str, str]:
     if not sep or not name or not value:
         raise FtdynError(f"{what}: '{text}' is not NAME=VALUE.")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise FtdynError(f"{what}: name '{name}' may only hold letters, digits, '_', '.' and '-' "
-                         "(it names folders).")
+        raise FtdynError(
+            f"{what}: name '{name}' may only hold letters, digits, '_', '.' and '-' "
+            "(it names folders)."
+        )
     return name, value
 
 
 def parse_datasets(items: list[str]) -> dict[str, Path]:
-    """``["awa2=/data/awa2", ...]`` -> {name: path}; checks train/ and val/ exist before any work."""
+    """``["awa2=/data/awa2", ...]`` -> {name: path}; checks train/ and val/ exist before
+    any work."""
     datasets: dict[str, Path] = {}
     for item in items:
         name, value = _pair(item, "--dataset")
@@ -70,8 +73,10 @@ def parse_datasets(items: list[str]) -> dict[str, Path]:
         path = Path(value).expanduser().resolve()
         missing = [s for s in ("train", "val") if not (path / s).is_dir()]
         if missing:
-            raise FtdynError(f"--dataset {name}: '{path}' has no {' and no '.join(s + '/' for s in missing)} "
-                             "folder; give an ImageFolder with train/<class>/ and val/<class>/.")
+            raise FtdynError(
+                f"--dataset {name}: '{path}' has no {' and no '.join(s + '/' for s in missing)} "
+                "folder; give an ImageFolder with train/<class>/ and val/<class>/."
+            )
         datasets[name] = path
     return datasets
 
@@ -81,7 +86,9 @@ def parse_lrs(items: list[str], datasets: dict[str, Path], default: float) -> di
     for item in items:
         name, value = _pair(item, "--lr-for")
         if name not in datasets:
-            raise FtdynError(f"--lr-for: '{name}' is not one of the --dataset names ({', '.join(datasets)}).")
+            raise FtdynError(
+                f"--lr-for: '{name}' is not one of the --dataset names ({', '.join(datasets)})."
+            )
         try:
             lrs[name] = float(value)
         except ValueError:
@@ -90,29 +97,77 @@ def parse_lrs(items: list[str], datasets: dict[str, Path], default: float) -> di
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", nargs="+", action="extend", required=True, metavar="NAME=PATH",
-                   help="target dataset(s): an ImageFolder with train/ and val/ (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (series/, stores/, results/)")
-    p.add_argument("--arch", nargs="+", default=list(PAPER_ARCHS),
-                   help="architectures (default: %(default)s; any torchvision CNN name works)")
-    p.add_argument("--weights", default="IMAGENET1K_V1",
-                   help="source weights: torchvision weights name, a weights file, or none (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=196, help="training batch size (paper: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="NAME=PATH",
+        help="target dataset(s): an ImageFolder with train/ and val/ (repeatable)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (series/, stores/, results/)"
+    )
+    p.add_argument(
+        "--arch",
+        nargs="+",
+        default=list(PAPER_ARCHS),
+        help="architectures (default: %(default)s; any torchvision CNN name works)",
+    )
+    p.add_argument(
+        "--weights",
+        default="IMAGENET1K_V1",
+        help=(
+            "source weights: torchvision weights name, a weights file, or none (default:"
+            " %(default)s)"
+        ),
+    )
+    p.add_argument(
+        "--epochs", type=int, default=10, help="fine-tuning epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=196, help="training batch size (paper: %(default)s)"
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: %(default)s)")
-    p.add_argument("--lr-for", nargs="+", action="extend", default=[], metavar="NAME=LR",
-                   help="learning rate for one dataset (paper: fruits=1e-3)")
-    p.add_argument("--input-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
-    p.add_argument("--per-class", type=int, default=10,
-                   help="probe images per class from val/ for extraction (default: %(default)s)")
-    p.add_argument("--preset", default="default", choices=["default", "paper-code"],
-                   help="metric/view preset of the analysis (default: %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap replicates for 95%% intervals (default: 0)")
+    p.add_argument(
+        "--lr-for",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=LR",
+        help="learning rate for one dataset (paper: fruits=1e-3)",
+    )
+    p.add_argument(
+        "--input-size", type=int, default=224, help="input size in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=10,
+        help="probe images per class from val/ for extraction (default: %(default)s)",
+    )
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "paper-code"],
+        help="metric/view preset of the analysis (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="bootstrap replicates for 95%% intervals (default: 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes for training (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="data-loading processes for training (default: 0)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -134,30 +189,66 @@ def run(args: argparse.Namespace) -> Path:
             k += 1
             tag = f"{arch}_{name}"
             series = out / "series" / tag
-            print(f"[{k}/{total}] {arch} on {name}: fine-tune {args.epochs} epoch(s) from {args.weights} "
-                  f"(lr {lrs[name]:g}) -> {series}", flush=True)
-            done = (series / "manifest.json").is_file()  # else at most a half-written epoch 0: start over
-            ftdyn.train(path, arch=arch, out=series, weights=args.weights, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=lrs[name], input_size=args.input_size, seed=args.seed,
-                        device=args.device, num_workers=args.workers, resume=done, overwrite=not done,
-                        progress=progress)
+            print(
+                f"[{k}/{total}] {arch} on {name}: fine-tune {args.epochs} epoch(s) from"
+                f" {args.weights} (lr {lrs[name]:g}) -> {series}",
+                flush=True,
+            )
+            done = (
+                series / "manifest.json"
+            ).is_file()  # else at most a half-written epoch 0: start over
+            ftdyn.train(
+                path,
+                arch=arch,
+                out=series,
+                weights=args.weights,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=lrs[name],
+                input_size=args.input_size,
+                seed=args.seed,
+                device=args.device,
+                num_workers=args.workers,
+                resume=done,
+                overwrite=not done,
+                progress=progress,
+            )
             store = out / "stores" / f"{tag}.zarr"
-            print(f"[{k}/{total}] {arch} on {name}: extract the default layers on {path / 'val'} -> {store}",
-                  flush=True)
-            ftdyn.extract(series, data=path / "val", out=store, per_class=args.per_class, device=args.device,
-                          model_name=arch, dataset_name=name, progress=progress)
+            print(
+                f"[{k}/{total}] {arch} on {name}: extract the default layers on {path / 'val'} ->"
+                f" {store}",
+                flush=True,
+            )
+            ftdyn.extract(
+                series,
+                data=path / "val",
+                out=store,
+                per_class=args.per_class,
+                device=args.device,
+                model_name=arch,
+                dataset_name=name,
+                progress=progress,
+            )
             stores.append(store)
 
     results = out / "results"
     print(f"analyze {len(stores)} store(s) together -> {results}", flush=True)
     before = _created(results)
-    # overwrite=True: results of other arguments (e.g. fewer epochs) in OUT/results are this script's own
-    ds = ftdyn.analyze(stores, out=results, preset=args.preset, bootstrap=args.bootstrap, overwrite=True,
-                       progress=progress)
+    # overwrite=True: results of other arguments (e.g. fewer epochs) in OUT/results are this
+    # script's own
+    ds = ftdyn.analyze(
+        stores,
+        out=results,
+        preset=args.preset,
+        bootstrap=args.bootstrap,
+        overwrite=True,
+        progress=progress,
+    )
     page = results / "report.html"
     if before is not None and ds.attrs.get("created") == before and page.is_file():
         print(f"{page}: up to date (analysis reused).", flush=True)
-    else:  # stores given explicitly: their class/sample figures are (re)drawn from the current stores
+    # stores given explicitly: their class/sample figures are (re)drawn from the current stores
+    else:
         page = ftdyn.report(results, stores=stores)
     print_reusability(ds)
     print(f"report: {page}", flush=True)
@@ -178,8 +269,10 @@ def print_reusability(ds) -> None:
     print("\nreusability (mean +- std over epochs; lower = features reused more)")
     print(f"{'experiment':<28}" + "".join(f"{m:>20}" for m in metrics))
     for e, exp in enumerate(ds["experiment"].values):
-        cells = [f"{ds['reusability_mean'].values[e, m]:.3f} +- {ds['reusability_std'].values[e, m]:.3f}"
-                 for m in range(len(metrics))]
+        cells = [
+            f"{ds['reusability_mean'].values[e, m]:.3f} +- {ds['reusability_std'].values[e, m]:.3f}"
+            for m in range(len(metrics))
+        ]
         print(f"{str(exp):<28}" + "".join(f"{c:>20}" for c in cells))
 
 
@@ -194,5 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # ftdyn's notes and stage lines
+    logging.basicConfig(
+        level=logging.INFO, format="%(name)s: %(message)s"
+    )  # ftdyn's notes and stage lines
     sys.exit(main())

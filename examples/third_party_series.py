@@ -64,27 +64,65 @@ from ftdyn.errors import FtdynError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpts", type=Path, required=True,
-                   help="folder of checkpoints (.ckpt/.pt/.pth/.bin/.safetensors), one per epoch")
-    p.add_argument("--arch", required=True, help="torchvision architecture of the checkpoints, e.g. resnet50")
-    p.add_argument("--source", default=None,
-                   help="epoch 0: torchvision weights name (IMAGENET1K_V1) or a checkpoint file")
-    p.add_argument("--data", type=Path, required=True,
-                   help="probe images: an ImageFolder (<class>/<image>), e.g. the target's validation split")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--ckpts",
+        type=Path,
+        required=True,
+        help="folder of checkpoints (.ckpt/.pt/.pth/.bin/.safetensors), one per epoch",
+    )
+    p.add_argument(
+        "--arch", required=True, help="torchvision architecture of the checkpoints, e.g. resnet50"
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="epoch 0: torchvision weights name (IMAGENET1K_V1) or a checkpoint file",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="probe images: an ImageFolder (<class>/<image>), e.g. the target's validation split",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (store.zarr, results/)")
-    p.add_argument("--per-class", type=int, default=None, help="at most N probe images per class (default: all)")
-    p.add_argument("--input-size", type=int, default=224, help="input size in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--layer", action="append", default=None,
-                   help="module to capture (repeatable; default: the paper's layers for --arch)")
-    p.add_argument("--name", default=None, help="dataset name shown in the report (default: from --data)")
-    p.add_argument("--preset", default="default", choices=["default", "paper-code"],
-                   help="metric/view preset of the analysis (default: %(default)s)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow unpickling arbitrary objects (only for files you trust)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="at most N probe images per class (default: all)",
+    )
+    p.add_argument(
+        "--input-size", type=int, default=224, help="input size in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)"
+    )
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="module to capture (repeatable; default: the paper's layers for --arch)",
+    )
+    p.add_argument(
+        "--name", default=None, help="dataset name shown in the report (default: from --data)"
+    )
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=["default", "paper-code"],
+        help="metric/view preset of the analysis (default: %(default)s)",
+    )
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unpickling arbitrary objects (only for files you trust)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -95,17 +133,30 @@ def run(args: argparse.Namespace) -> Path:
     progress = not args.quiet
 
     # 1. how ftdyn reads the folder: the epoch order, before any forward pass
-    entries = discover_series(args.ckpts, source=args.source, trust=args.trust_checkpoint, arch=args.arch)
+    entries = discover_series(
+        args.ckpts, source=args.source, trust=args.trust_checkpoint, arch=args.arch
+    )
     print(f"{args.ckpts}: {len(entries)} checkpoints in epoch order:")
     for entry in entries:
         print(f"  epoch {entry.epoch:>3}  {entry.label}")
 
     # 2. activations of every checkpoint on the same probe images
     store = out / "store.zarr"
-    ftdyn.extract(args.ckpts, data=args.data, out=store, arch=args.arch, source=args.source, layers=args.layer,
-                  per_class=args.per_class, input_size=args.input_size, batch_size=args.batch_size,
-                  device=args.device, trust_checkpoint=args.trust_checkpoint, dataset_name=args.name,
-                  progress=progress)
+    ftdyn.extract(
+        args.ckpts,
+        data=args.data,
+        out=store,
+        arch=args.arch,
+        source=args.source,
+        layers=args.layer,
+        per_class=args.per_class,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+        dataset_name=args.name,
+        progress=progress,
+    )
 
     # 3. distances from epoch 0, per layer and metric, then the report
     results = out / "results"
@@ -136,5 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # ftdyn's notes and stage lines
+    logging.basicConfig(
+        level=logging.INFO, format="%(name)s: %(message)s"
+    )  # ftdyn's notes and stage lines
     sys.exit(main())

@@ -24,11 +24,21 @@ from .errors import FtdynError, FtdynWarning
 
 # API name -> module. Modules are not named like the functions because importing a
 # submodule ``ftdyn.train`` would replace the attribute ``ftdyn.train``.
-_API = {"train": "training", "extract": "extraction", "analyze": "analysis", "visualize": "viz",
-        "report": "reporting", "demo": "demos", "open_store": "store", "open_results": "results",
-        "info": "store"}
+_API = {
+    "train": "training",
+    "extract": "extraction",
+    "analyze": "analysis",
+    "visualize": "viz",
+    "report": "reporting",
+    "demo": "demos",
+    "open_store": "store",
+    "open_results": "results",
+    "info": "store",
+}
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())  # notes: shown only where the caller asks
+logging.getLogger(__name__).addHandler(
+    logging.NullHandler()
+)  # notes: shown only where the caller asks
 
 __all__ = ["__version__", "FtdynError", "FtdynWarning", *_API]
 

@@ -13,7 +13,8 @@ Writing side (used by training):
 
 Loading side (used by ``ftdyn extract`` and ``build_model(weights=PATH)``):
 
-* :func:`read_weights` (and :func:`load_state_dict`) reads any supported format (plain state dict, dicts holding
+* :func:`read_weights` (and :func:`load_state_dict`) reads any supported format (plain state dict,
+  dicts holding
   ``state_dict`` / ``model_state_dict`` / ``model``, ftdyn checkpoints, Lightning
   ``.ckpt``, ``.safetensors``) into a clean state dict. **Security**: pickles are only
   ever read with ``weights_only=True``; a file that needs more is refused with the
@@ -34,10 +35,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
-import logging
 import struct
 import threading
 import warnings
@@ -52,8 +53,18 @@ from torch import nn
 
 from .config import WEIGHTS_COPIES, arg
 from .errors import FtdynError
-from .models import (WEIGHTS_SUFFIXES, canonical_arch, check_weights_name, fits_head, head_name, looks_like_file,
-                     num_classes_of, replace_head, timm_twin, zoo_state_dict)
+from .models import (
+    WEIGHTS_SUFFIXES,
+    canonical_arch,
+    check_weights_name,
+    fits_head,
+    head_name,
+    looks_like_file,
+    num_classes_of,
+    replace_head,
+    timm_twin,
+    zoo_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +82,16 @@ CHECKPOINT_SUFFIXES = WEIGHTS_SUFFIXES
 #: Keys every manifest must hold; other keys (dataset, hyper-parameters, seed, init,
 #: per-epoch metrics, ...) are written by training and passed through unchanged.
 MANIFEST_REQUIRED_KEYS = (
-    "format", "format_version", "architecture", "num_classes", "classes", "input_size",
-    "normalization", "epochs", "ftdyn_version", "torch_version",
+    "format",
+    "format_version",
+    "architecture",
+    "num_classes",
+    "classes",
+    "input_size",
+    "normalization",
+    "epochs",
+    "ftdyn_version",
+    "torch_version",
 )
 
 
@@ -126,7 +145,13 @@ def rng_states() -> dict:
     np_state = np.random.get_state()
     states = {
         "python": to_weights_only(random.getstate()),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -143,7 +168,9 @@ def set_rng_states(states: dict) -> None:
         random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     if "numpy" in states:
         name, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+        np.random.set_state(
+            (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        )
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
@@ -161,8 +188,10 @@ def _atomic_write(path: Path, write) -> None:
     :class:`FtdynError` naming ``path``.
     """
     path = Path(path)
-    # os.open applies the umask itself: reading it (os.umask) would briefly change it for every thread.
-    # 64 random bits make a clash with a leftover temp file negligible, so O_EXCL needs no retry loop.
+    # os.open applies the umask itself: reading it (os.umask) would briefly change it for every
+    # thread.
+    # 64 random bits make a clash with a leftover temp file negligible, so O_EXCL needs no retry
+    # loop.
     tmp = path.parent / f".{path.name}.{os.urandom(8).hex()}.tmp"
     created = False
     try:
@@ -178,12 +207,15 @@ def _atomic_write(path: Path, write) -> None:
         if created:
             tmp.unlink(missing_ok=True)
         # torch's zip writer reports a failed write of the file object as a RuntimeError from C++
-        torch_writer = isinstance(exc, RuntimeError) and ("inline_container" in str(exc)
-                                                          or "PytorchStreamWriter" in str(exc))
+        torch_writer = isinstance(exc, RuntimeError) and (
+            "inline_container" in str(exc) or "PytorchStreamWriter" in str(exc)
+        )
         if isinstance(exc, OSError) or torch_writer:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise FtdynError(f"cannot write {path}: {reason}; free space or make the folder writable, then re-run "
-                             "(a stopped `ftdyn train` continues with --resume).") from None
+            raise FtdynError(
+                f"cannot write {path}: {reason}; free space or make the folder writable, then"
+                " re-run (a stopped `ftdyn train` continues with --resume)."
+            ) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -197,7 +229,9 @@ def _atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict, *, epoch: int, extra: dict | None = None) -> str:
+def save_checkpoint(
+    path: str | os.PathLike, state_dict: dict, *, epoch: int, extra: dict | None = None
+) -> str:
     """Atomically write an ftdyn checkpoint and return its hex SHA-256.
 
     Content: ``{"format": "ftdyn-checkpoint", "format_version": 1, "epoch": epoch,
@@ -226,12 +260,16 @@ def load_checkpoint_payload(path: str | os.PathLike) -> dict:
     path = Path(path)
     payload = _torch_load(path, trust=False)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise FtdynError(f"{path}: not an ftdyn checkpoint (no 'format': '{CHECKPOINT_FORMAT}'); "
-                         f"remove it or re-run training with {arg('overwrite')}.")
+        raise FtdynError(
+            f"{path}: not an ftdyn checkpoint (no 'format': '{CHECKPOINT_FORMAT}'); "
+            f"remove it or re-run training with {arg('overwrite')}."
+        )
     version = payload.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
-        raise FtdynError(f"{path}: ftdyn checkpoint format_version {version!r} is not supported "
-                         f"(this ftdyn reads {CHECKPOINT_FORMAT_VERSION}); upgrade ftdyn.")
+        raise FtdynError(
+            f"{path}: ftdyn checkpoint format_version {version!r} is not supported "
+            f"(this ftdyn reads {CHECKPOINT_FORMAT_VERSION}); upgrade ftdyn."
+        )
     return payload
 
 
@@ -241,30 +279,46 @@ def load_checkpoint_payload(path: str | os.PathLike) -> dict:
 def validate_manifest(manifest: Any, where: str | os.PathLike = MANIFEST_NAME) -> dict:
     """Check required keys and basic types; raise a one-line FtdynError naming ``where``."""
     if not isinstance(manifest, dict):
-        raise FtdynError(f"{where}: a manifest must be a JSON object; re-run training or remove the file.")
+        raise FtdynError(
+            f"{where}: a manifest must be a JSON object; re-run training or remove the file."
+        )
     missing = [k for k in MANIFEST_REQUIRED_KEYS if k not in manifest]
     if missing:
-        raise FtdynError(f"{where}: manifest lacks required key(s) {', '.join(missing)}; "
-                         "re-run training or fix the file.")
+        raise FtdynError(
+            f"{where}: manifest lacks required key(s) {', '.join(missing)}; "
+            "re-run training or fix the file."
+        )
     if manifest["format"] != SERIES_FORMAT:
-        raise FtdynError(f"{where}: 'format' is {manifest['format']!r}, expected '{SERIES_FORMAT}'.")
+        raise FtdynError(
+            f"{where}: 'format' is {manifest['format']!r}, expected '{SERIES_FORMAT}'."
+        )
     if manifest["format_version"] != SERIES_FORMAT_VERSION:
-        raise FtdynError(f"{where}: manifest format_version {manifest['format_version']!r} is not supported "
-                         f"(this ftdyn reads {SERIES_FORMAT_VERSION}); upgrade ftdyn.")
+        raise FtdynError(
+            f"{where}: manifest format_version {manifest['format_version']!r} is not supported "
+            f"(this ftdyn reads {SERIES_FORMAT_VERSION}); upgrade ftdyn."
+        )
     norm = manifest["normalization"]
-    if not (isinstance(norm, dict) and isinstance(norm.get("mean"), list) and isinstance(norm.get("std"), list)):
-        raise FtdynError(f"{where}: 'normalization' must be {{\"mean\": [...], \"std\": [...]}}.")
+    if not (
+        isinstance(norm, dict)
+        and isinstance(norm.get("mean"), list)
+        and isinstance(norm.get("std"), list)
+    ):
+        raise FtdynError(f'{where}: \'normalization\' must be {{"mean": [...], "std": [...]}}.')
     if not isinstance(manifest["classes"], list):
         raise FtdynError(f"{where}: 'classes' must be a list of class names.")
     epochs = manifest["epochs"]
     if not isinstance(epochs, list):
-        raise FtdynError(f"{where}: 'epochs' must be a list of {{\"epoch\", \"file\", \"sha256\"}} entries.")
+        raise FtdynError(
+            f'{where}: \'epochs\' must be a list of {{"epoch", "file", "sha256"}} entries.'
+        )
     seen = set()
     for i, entry in enumerate(epochs):
         if not (isinstance(entry, dict) and all(k in entry for k in ("epoch", "file", "sha256"))):
             raise FtdynError(f"{where}: epochs[{i}] must hold 'epoch', 'file' and 'sha256'.")
         if not isinstance(entry["epoch"], int) or entry["epoch"] in seen:
-            raise FtdynError(f"{where}: epochs[{i}] has an invalid or duplicate epoch {entry['epoch']!r}.")
+            raise FtdynError(
+                f"{where}: epochs[{i}] has an invalid or duplicate epoch {entry['epoch']!r}."
+            )
         seen.add(entry["epoch"])
     return manifest
 
@@ -286,7 +340,9 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FtdynError(f"{path}: unreadable manifest ({_short(exc)}); re-run training or remove the file.") from None
+        raise FtdynError(
+            f"{path}: unreadable manifest ({_short(exc)}); re-run training or remove the file."
+        ) from None
     return validate_manifest(manifest, path)
 
 
@@ -304,8 +360,12 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 # numbers. Allowed in this module's loads only, under the constructor's numpy 2 name and
 # the numpy 1 name that older files carry.
 _NUMPY_SCALAR = np.int64(0).__reduce__()[0]
-_NUMPY_SCALAR_GLOBALS = [_NUMPY_SCALAR, (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
-                         *{type(np.dtype(c)) for c in "?" + np.typecodes["AllInteger"] + np.typecodes["Float"]}]
+_NUMPY_SCALAR_GLOBALS = [
+    _NUMPY_SCALAR,
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    *{type(np.dtype(c)) for c in "?" + np.typecodes["AllInteger"] + np.typecodes["Float"]},
+]
 # safe_globals edits a process-wide set and removes its entries on exit, so overlapping
 # loads (extraction prefetches in a thread) must not interleave their enter/exit.
 _NUMPY_SCALARS_LOCK = threading.Lock()
@@ -363,12 +423,17 @@ def _safetensors_metadata(path: Path) -> dict:
     if not isinstance(header, dict):
         raise _unreadable(path, "safetensors header is not a JSON object")
     try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+        )
     except (TypeError, KeyError, IndexError, ValueError):
         raise _unreadable(path, "safetensors header lacks valid data_offsets") from None
     if 8 + n + end != path.stat().st_size:
-        raise _unreadable(path, f"safetensors data is {path.stat().st_size - 8 - n} bytes, header says {end}; "
-                                "truncated or padded")
+        raise _unreadable(
+            path,
+            f"safetensors data is {path.stat().st_size - 8 - n} bytes, header says {end}; "
+            "truncated or padded",
+        )
     meta = header.get("__metadata__") or {}
     return meta if isinstance(meta, dict) else {}
 
@@ -383,7 +448,9 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         names += re.findall(r"Unsupported global: ([\w.]+)", str(exc))
-    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
+    allowed = {
+        g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS
+    }
     return [n for n in dict.fromkeys(names) if n not in allowed]
 
 
@@ -412,15 +479,21 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise FtdynError(f"{path}: could not be loaded even with {arg('trust_checkpoint')} "
-                             f"({type(exc).__name__}: {_short(exc)}).") from None
+            raise FtdynError(
+                f"{path}: could not be loaded even with {arg('trust_checkpoint')} "
+                f"({type(exc).__name__}: {_short(exc)})."
+            ) from None
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if not magic.startswith(b"PK\x03\x04") and not magic.startswith(b"\x80"):
         raise _unreadable(path, "unknown format: not a PyTorch zip, pickle or safetensors file")
     try:
         # mmap materialises only what is touched (discovery needs just the epoch); zip format only
-        with warnings.catch_warnings(), _NUMPY_SCALARS_LOCK, torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with (
+            warnings.catch_warnings(),
+            _NUMPY_SCALARS_LOCK,
+            torch.serialization.safe_globals(_SAFE_GLOBALS),
+        ):
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
@@ -429,11 +502,18 @@ def _torch_load(path: Path, *, trust: bool, mmap: bool = False) -> Any:
         names = _unsafe_globals(path, exc)
         if names:
             needs = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-            raise FtdynError(f"{path}: refusing to unpickle; it needs {needs}. If you trust this file, pass {arg('trust_checkpoint')}.") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", str(exc), re.S)
+            raise FtdynError(
+                f"{path}: refusing to unpickle; it needs {needs}. If you trust this file, pass"
+                f" {arg('trust_checkpoint')}."
+            ) from None
+        detail = re.search(
+            r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", str(exc), re.S
+        )
         why = f" ({_short(Exception(detail.group(1)), 100)})" if detail else ""
-        raise FtdynError(f"{path}: refusing to unpickle; the weights-only loader rejects it{why}. "
-                         f"If you trust this file, pass {arg('trust_checkpoint')}.") from None
+        raise FtdynError(
+            f"{path}: refusing to unpickle; the weights-only loader rejects it{why}. "
+            f"If you trust this file, pass {arg('trust_checkpoint')}."
+        ) from None
     except Exception as exc:  # weights_only loading executes nothing: any error is a bad file
         raise _unreadable(path, exc) from None
 
@@ -445,16 +525,31 @@ def _strip_wrappers(key: str) -> str:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
 # Top-level keys under which training tools store a second, averaged copy of the model: timm's
-# CheckpointSaver ``state_dict_ema``, torchvision's reference scripts ``model_ema`` (an AveragedModel:
+# CheckpointSaver ``state_dict_ema``, torchvision's reference scripts ``model_ema`` (an
+# AveragedModel:
 # ``module.`` keys and an ``n_averaged`` counter), and names other scripts use.
-EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "model_ema_state_dict", "ema", "ema_model")
+EMA_KEYS = (
+    "state_dict_ema",
+    "model_ema",
+    "ema_state_dict",
+    "model_ema_state_dict",
+    "ema",
+    "ema_model",
+)
 # Key prefixes of an EMA copy kept inside the main state dict (a LightningModule's ``self.ema``).
-EMA_PREFIXES = ("ema.module.", "model_ema.module.", "ema_model.module.", "ema_model.", "model_ema.", "ema.")
+EMA_PREFIXES = (
+    "ema.module.",
+    "model_ema.module.",
+    "ema_model.module.",
+    "ema_model.",
+    "model_ema.",
+    "ema.",
+)
 _AVERAGED_COUNTER = "n_averaged"  # torch.optim.swa_utils.AveragedModel's buffer: not a model weight
 
 
@@ -476,7 +571,9 @@ def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> tuple[dict[str, to
     if isinstance(obj, nn.Module):
         return obj.state_dict(), ""
     if isinstance(obj, dict) and depth < 4:
-        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        tensors = {
+            k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+        }
         if tensors and len(tensors) == len(obj):
             return tensors, ""
         for key in _NESTED_KEYS:
@@ -485,8 +582,10 @@ def _find_state_dict(obj: Any, path: Path, depth: int = 0) -> tuple[dict[str, to
         if tensors and len(tensors) >= 0.5 * len(obj):  # a state dict with a few extra entries
             return tensors, ""
         keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
-        raise FtdynError(f"{path}: no state dict found (keys: {keys}); expected tensors or a "
-                         f"'{_NESTED_KEYS[0]}' / '{_NESTED_KEYS[1]}' / '{_NESTED_KEYS[2]}' entry.")
+        raise FtdynError(
+            f"{path}: no state dict found (keys: {keys}); expected tensors or a "
+            f"'{_NESTED_KEYS[0]}' / '{_NESTED_KEYS[1]}' / '{_NESTED_KEYS[2]}' entry."
+        )
     raise FtdynError(f"{path}: holds a {type(obj).__name__}, not a state dict or model.")
 
 
@@ -494,11 +593,16 @@ def _top_level_copy(obj: Any, key: str) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get(key), (dict, nn.Module))
 
 
-def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[dict, str, str | None]:
+def _select(
+    obj: Any, path: Path, copy: str, state_prefix: str | None
+) -> tuple[dict, str, str | None]:
     """``(raw state dict, its top-level key, prefix left to select)`` for ``--weights-copy`` /
-    ``--state-prefix``: a ``state_prefix`` naming a top-level entry (``state_dict_ema``) picks it."""
+    ``--state-prefix``: a ``state_prefix`` naming a top-level entry (``state_dict_ema``) picks it.
+    """
     if copy not in WEIGHTS_COPIES:
-        raise FtdynError(f"{arg('weights_copy')}: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}.")
+        raise FtdynError(
+            f"{arg('weights_copy')}: '{copy}' is not one of {', '.join(WEIGHTS_COPIES)}."
+        )
     key = state_prefix.rstrip(".") if state_prefix else None
     if key and _top_level_copy(obj, key):
         return _find_state_dict(obj[key], path, 1)[0], key, None
@@ -510,10 +614,15 @@ def _select(obj: Any, path: Path, copy: str, state_prefix: str | None) -> tuple[
         clean = [_strip_wrappers(k) for k in raw]
         prefix = next((p for p in EMA_PREFIXES if any(k.startswith(p) for k in clean)), None)
         if prefix is None:
-            tops = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
-            raise FtdynError(f"{arg('weights_copy')} ema: {path} holds no EMA copy (no top-level {' / '.join(EMA_KEYS[:3])} "
-                             f"entry, no {' / '.join(EMA_PREFIXES[:2])} keys; it holds {tops}); drop "
-                             f"{arg('weights_copy')} or name the copy with {arg('state_prefix')}.")
+            tops = (
+                ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+            )
+            raise FtdynError(
+                f"{arg('weights_copy')} ema: {path} holds no EMA copy (no top-level"
+                f" {' / '.join(EMA_KEYS[:3])} entry, no {' / '.join(EMA_PREFIXES[:2])} keys; it"
+                f" holds {tops}); drop {arg('weights_copy')} or name the copy with"
+                f" {arg('state_prefix')}."
+            )
         return raw, key, prefix
     raw, key = _find_state_dict(obj, path)
     return raw, key, state_prefix
@@ -540,8 +649,13 @@ def _stored_epoch(obj: Any) -> int | None:
     return None
 
 
-def read_weights(path: str | os.PathLike, *, trust: bool = False, copy: str = "main",
-                 state_prefix: str | None = None) -> Weights:
+def read_weights(
+    path: str | os.PathLike,
+    *,
+    trust: bool = False,
+    copy: str = "main",
+    state_prefix: str | None = None,
+) -> Weights:
     """Read any supported checkpoint file into :class:`Weights`.
 
     Formats: a plain state dict; a dict holding it under ``state_dict`` /
@@ -581,15 +695,20 @@ def read_weights(path: str | os.PathLike, *, trust: bool = False, copy: str = "m
             continue
         clean = _strip_wrappers(name)
         if clean in state:
-            raise FtdynError(f"{path}: key '{clean}' appears twice after removing module./_orig_mod. prefixes.")
+            raise FtdynError(
+                f"{path}: key '{clean}' appears twice after removing module./_orig_mod. prefixes."
+            )
         state[clean] = value
     if not state:
         raise FtdynError(f"{path}: holds no tensors; it is not a model checkpoint.")
     return Weights(state, epoch, key, prefix)
 
 
-def load_state_dict(path: str | os.PathLike, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], int | None]:
-    """``(state_dict, stored_epoch_or_None)`` of the main copy in a file (see :func:`read_weights`)."""
+def load_state_dict(
+    path: str | os.PathLike, *, trust: bool = False
+) -> tuple[dict[str, torch.Tensor], int | None]:
+    """``(state_dict, stored_epoch_or_None)`` of the main copy in a file (see
+    :func:`read_weights`)."""
     weights = read_weights(path, trust=trust)
     return weights.state, weights.epoch
 
@@ -605,17 +724,26 @@ def _candidate_prefixes(keys) -> list[str]:
 
 def _under_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries whose key starts with ``prefix``, keyed without it (and without wrappers)."""
-    return {_strip_wrappers(k[len(prefix):]): v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {
+        _strip_wrappers(k[len(prefix) :]): v for k, v in state_dict.items() if k.startswith(prefix)
+    }
 
 
 def _fits(keys: set[str], target: set[str]) -> bool:
-    """``keys`` name all of ``target``, missing at most BatchNorm counters (the load restores those)."""
+    """``keys`` name all of ``target``, missing at most BatchNorm counters (the load
+    restores those)."""
     return keys <= target and all(k.endswith("num_batches_tracked") for k in target - keys)
 
 
-def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None,
-               source: str = "checkpoint", arch: str | None = None,
-               optional_prefix: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+def match_keys(
+    state_dict: dict[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    state_prefix: str | None = None,
+    source: str = "checkpoint",
+    arch: str | None = None,
+    optional_prefix: bool = False,
+) -> tuple[dict[str, torch.Tensor], str]:
     """Map ``state_dict`` onto ``model``'s key names; returns ``(mapped, stripped_prefix)``.
 
     ``state_prefix`` (e.g. ``"model."``, ``"ema.module."``; a missing final dot is
@@ -633,22 +761,32 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
     counter is dropped. ``source`` and ``arch`` name the file and the model in errors.
     """
     target = set(model.state_dict().keys())
-    state_dict = {k: v for k, v in state_dict.items()
-                  if k in target or not (k == _AVERAGED_COUNTER or k.endswith("." + _AVERAGED_COUNTER))}
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if k in target or not (k == _AVERAGED_COUNTER or k.endswith("." + _AVERAGED_COUNTER))
+    }
     if state_prefix is not None:
-        prefix = state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
+        prefix = (
+            state_prefix if not state_prefix or state_prefix.endswith(".") else state_prefix + "."
+        )
         mapped = _under_prefix(state_dict, prefix)
         if not mapped and optional_prefix and _fits(set(state_dict), target):
             return dict(state_dict), ""
         if not mapped:
             tops = sorted({k.split(".")[0] + "." for k in state_dict if "." in k})
-            raise FtdynError(f"{source}: no key starts with {arg('state_prefix')} '{state_prefix}' (its keys start with "
-                             f"{', '.join(repr(t) for t in tops[:6])}); pass one of those or drop {arg('state_prefix')}.")
+            raise FtdynError(
+                f"{source}: no key starts with {arg('state_prefix')} '{state_prefix}' (its keys"
+                f" start with {', '.join(repr(t) for t in tops[:6])}); pass one of those or drop"
+                f" {arg('state_prefix')}."
+            )
         return mapped, prefix
     if _fits(set(state_dict), target):
         return dict(state_dict), ""
     best, best_prefix, best_overlap = dict(state_dict), "", len(target & set(state_dict))
-    copies: dict[frozenset[str], str] = {}  # the file keys a complete copy uses -> its longest prefix
+    copies: dict[
+        frozenset[str], str
+    ] = {}  # the file keys a complete copy uses -> its longest prefix
     for prefix in _candidate_prefixes(state_dict):
         sub = _under_prefix(state_dict, prefix)
         if _fits(set(sub), target):
@@ -658,23 +796,29 @@ def match_keys(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_p
             best, best_prefix, best_overlap = sub, prefix, overlap
     if len(copies) > 1:
         names = ", ".join(f"'{p}'" for p in sorted(copies.values()))
-        raise FtdynError(f"{source}: holds several complete copies of {arch or type(model).__name__} under {names} "
-                         f"(e.g. the model and its EMA or teacher); choose one with {arg('state_prefix')} PREFIX "
-                         f"(or {arg('weights_copy')} ema).")
+        raise FtdynError(
+            f"{source}: holds several complete copies of {arch or type(model).__name__} under"
+            f" {names} (e.g. the model and its EMA or teacher); choose one with"
+            f" {arg('state_prefix')} PREFIX (or {arg('weights_copy')} ema)."
+        )
     if copies:
         prefix = next(iter(copies.values()))
         return _under_prefix(state_dict, prefix), prefix
     return best, best_prefix
 
 
-def infer_num_classes(state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None) -> int:
+def infer_num_classes(
+    state_dict: dict[str, torch.Tensor], model: nn.Module, *, state_prefix: str | None = None
+) -> int:
     """Class count of a checkpoint: rows of its classifier head weight (``models.head_name``)."""
     head = head_name(model)
     mapped, _ = match_keys(state_dict, model, state_prefix=state_prefix)
     weight = mapped.get(f"{head}.weight")
     if weight is None or not fits_head(model, weight):
-        raise FtdynError(f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
-                         f"check {arg('arch')}.")
+        raise FtdynError(
+            f"checkpoint has no classifier head '{head}.weight' matching {type(model).__name__}; "
+            f"check {arg('arch')}."
+        )
     return int(weight.shape[0])
 
 
@@ -683,8 +827,16 @@ def _summary(names: list[str], limit: int = 3) -> str:
     return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
 
 
-def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = False, adapt_head: bool = False,
-                    arch: str | None = None, state_prefix: str | None = None, copy: str = "main") -> int | None:
+def load_into_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    trust: bool = False,
+    adapt_head: bool = False,
+    arch: str | None = None,
+    state_prefix: str | None = None,
+    copy: str = "main",
+) -> int | None:
     """Load a checkpoint file strictly into ``model``; returns the epoch stored in it.
 
     ``copy`` / ``state_prefix`` pick the copy of the model to read (:func:`read_weights`,
@@ -697,22 +849,45 @@ def load_into_model(model: nn.Module, path: str | os.PathLike, *, trust: bool = 
     """
     path = Path(path)
     weights = read_weights(path, trust=trust, copy=copy, state_prefix=state_prefix)
-    load_state_into_model(model, weights.state, source=str(path), adapt_head=adapt_head, arch=arch,
-                          state_prefix=weights.prefix)
+    load_state_into_model(
+        model,
+        weights.state,
+        source=str(path),
+        adapt_head=adapt_head,
+        arch=arch,
+        state_prefix=weights.prefix,
+    )
     return weights.epoch
 
 
-def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, adapt_head: bool = False,
-                          arch: str | None = None, state_prefix: str | None = None,
-                          optional_prefix: bool = False) -> str:
+def load_state_into_model(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    adapt_head: bool = False,
+    arch: str | None = None,
+    state_prefix: str | None = None,
+    optional_prefix: bool = False,
+) -> str:
     """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors.
     Returns the key prefix that was stripped (``""`` for none)."""
     name = arch or type(model).__name__
-    mapped, prefix = match_keys(state, model, state_prefix=state_prefix, source=source, arch=name,
-                                optional_prefix=optional_prefix)
+    mapped, prefix = match_keys(
+        state,
+        model,
+        state_prefix=state_prefix,
+        source=source,
+        arch=name,
+        optional_prefix=optional_prefix,
+    )
     if adapt_head:
         weight = mapped.get(f"{head_name(model)}.weight")
-        if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
+        if (
+            weight is not None
+            and fits_head(model, weight)
+            and weight.shape[0] != num_classes_of(model)
+        ):
             replace_head(model, int(weight.shape[0]))
     own = model.state_dict()
     missing = [k for k in own if k not in mapped]
@@ -720,8 +895,11 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
         mapped = {**mapped, **{k: own[k] for k in missing}}
         missing = []
     unexpected = [k for k in mapped if k not in own]
-    shapes = [f"{k}: file {list(mapped[k].shape)} vs model {list(own[k].shape)}"
-              for k in own if k in mapped and mapped[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {list(mapped[k].shape)} vs model {list(own[k].shape)}"
+        for k in own
+        if k in mapped and mapped[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -731,13 +909,25 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
         if shapes:
             parts.append(f"shape mismatches {_summary(shapes, 2)}")
         twin = timm_twin(arch) if arch and (missing or unexpected) else None
-        hint = (f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's {arch})" if twin
-                else f"check {arg('arch')} or the file")
+        hint = (
+            f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's"
+            f" {arch})"
+            if twin
+            else f"check {arg('arch')} or the file"
+        )
         try:
             head = head_name(model)
-            if shapes and all(s.startswith(f"{head}.") for s in shapes) and not missing and not unexpected:
-                hint = (f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]} classes, "
-                        f"model: {own[f'{head}.weight'].shape[0]}); build the model with the file's class count")
+            if (
+                shapes
+                and all(s.startswith(f"{head}.") for s in shapes)
+                and not missing
+                and not unexpected
+            ):
+                hint = (
+                    f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]}"
+                    f" classes, model: {own[f'{head}.weight'].shape[0]}); build the model with the"
+                    " file's class count"
+                )
         except FtdynError:
             pass
         via = f" (after stripping prefix '{prefix}')" if prefix else ""
@@ -745,23 +935,47 @@ def load_state_into_model(model: nn.Module, state: dict[str, torch.Tensor], *, s
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice
-        raise FtdynError(f"{source}: does not fit {name} ({_short(exc)}); check {arg('arch')} or the file.") from None
+        raise FtdynError(
+            f"{source}: does not fit {name} ({_short(exc)}); check {arg('arch')} or the file."
+        ) from None
     return prefix
 
 
-def load_source_weights(model: nn.Module, entry: "CheckpointEntry", *, arch: str, trust: bool = False,
-                        adapt_head: bool = True, state_prefix: str | None = None) -> int | None:
+def load_source_weights(
+    model: nn.Module,
+    entry: "CheckpointEntry",
+    *,
+    arch: str,
+    trust: bool = False,
+    adapt_head: bool = True,
+    state_prefix: str | None = None,
+) -> int | None:
     """Load a source entry (a file, or a zoo weights name) into ``model``: the main copy, or the one
-    ``state_prefix`` names (see :func:`load_into_model`; a plain source file ignores a prefix none of
+    ``state_prefix`` names (see :func:`load_into_model`; a plain source file ignores a prefix none
+    of
     its keys has, so it loads next to prefixed series files)."""
     if entry.path is not None:
         weights = read_weights(entry.path, trust=trust, state_prefix=state_prefix)
-        load_state_into_model(model, weights.state, source=str(entry.path), adapt_head=adapt_head, arch=arch,
-                              state_prefix=weights.prefix, optional_prefix=True)
+        load_state_into_model(
+            model,
+            weights.state,
+            source=str(entry.path),
+            adapt_head=adapt_head,
+            arch=arch,
+            state_prefix=weights.prefix,
+            optional_prefix=True,
+        )
         return weights.epoch
     state = zoo_state_dict(arch, entry.weights_name)
-    load_state_into_model(model, state, source=arg('source', entry.weights_name), adapt_head=adapt_head, arch=arch,
-                          state_prefix=state_prefix, optional_prefix=True)
+    load_state_into_model(
+        model,
+        state,
+        source=arg("source", entry.weights_name),
+        adapt_head=adapt_head,
+        arch=arch,
+        state_prefix=state_prefix,
+        optional_prefix=True,
+    )
     return entry.epoch
 
 
@@ -787,14 +1001,16 @@ class CheckpointEntry:
 
     @property
     def label(self) -> str:
-        """File name (``checkpoint-500/pytorch_model.bin`` in a subfolder), or ``torchvision:<weights name>``."""
+        """File name (``checkpoint-500/pytorch_model.bin`` in a subfolder), or
+        ``torchvision:<weights name>``."""
         if self.path is None:
             return f"torchvision:{self.weights_name}"
         return f"{self.subfolder}/{self.path.name}" if self.subfolder else self.path.name
 
 
 def checkpoint_stem(name: str) -> str | None:
-    """``name`` without its checkpoint suffix (any case; ``.pth.tar`` is one), or None if it has none."""
+    """``name`` without its checkpoint suffix (any case; ``.pth.tar`` is one), or None if it
+    has none."""
     for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -806,11 +1022,14 @@ def checkpoint_stem(name: str) -> str | None:
 _NOT_EPOCH = re.compile(r"\d+(?:\.\d+)+(?:e[-+]?\d+)?|\d+e[-+]\d+", re.IGNORECASE)
 # 'epoch', 'ep' or 'e' starting a word (so not the 'e' of 'resnet50'), then at most one
 # separator and the number; tried in this order, the first marker found wins.
-_EPOCH_MARKERS = tuple(re.compile(rf"(?<![a-z]){marker}[=_-]?(\d+)", re.IGNORECASE) for marker in ("epoch", "ep", "e"))
+_EPOCH_MARKERS = tuple(
+    re.compile(rf"(?<![a-z]){marker}[=_-]?(\d+)", re.IGNORECASE) for marker in ("epoch", "ep", "e")
+)
 
 
 def _read_name(name: str) -> tuple[int | None, tuple[int, ...], str]:
-    """``(number after an epoch marker or None, the integers otherwise, the name with them as '#')``."""
+    """``(number after an epoch marker or None, the integers otherwise, the name with them
+    as '#')``."""
     text = _NOT_EPOCH.sub(" ", name)
     for marker in _EPOCH_MARKERS:
         match = marker.search(text)
@@ -835,14 +1054,19 @@ def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | 
     for paths in patterns.values():
         varying = sum(len(set(column)) > 1 for column in zip(*(parsed[p][1] for p in paths)))
         if varying > 1:
-            raise FtdynError(f"{folder}: cannot tell which number in the file names is the epoch: "
-                             f"{_listing(sorted(paths), folder)}; rename the files, e.g. epoch_3.pt.")
-    return {p: marked if marked is not None else (numbers[-1] if numbers else None)
-            for p, (marked, numbers, _) in parsed.items()}
+            raise FtdynError(
+                f"{folder}: cannot tell which number in the file names is the epoch: "
+                f"{_listing(sorted(paths), folder)}; rename the files, e.g. epoch_3.pt."
+            )
+    return {
+        p: marked if marked is not None else (numbers[-1] if numbers else None)
+        for p, (marked, numbers, _) in parsed.items()
+    }
 
 
 def _written_by_ftdyn(path: Path, trust: bool) -> bool:
-    """Whether ``path`` is an ftdyn checkpoint (its epoch 0 is the source model before any update)."""
+    """Whether ``path`` is an ftdyn checkpoint (its epoch 0 is the source model before any
+    update)."""
     if _is_safetensors(path):
         return False
     obj = _torch_load(path, trust=trust, mmap=True)
@@ -860,7 +1084,9 @@ def read_stored_epoch(path: str | os.PathLike, *, trust: bool = False) -> int | 
 
 def _listing(paths, folder: Path, limit: int = 6) -> str:
     names = [p.relative_to(folder).as_posix() for p in paths]
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
 
 
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
@@ -870,8 +1096,10 @@ def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEn
         _check_file(path)
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
-        raise FtdynError(f"{arg('source')}: '{text}' is neither a checkpoint file nor a zoo weights name "
-                         "(e.g. IMAGENET1K_V1).")
+        raise FtdynError(
+            f"{arg('source')}: '{text}' is neither a checkpoint file nor a zoo weights name "
+            "(e.g. IMAGENET1K_V1)."
+        )
     if arch is not None:
         check_weights_name(canonical_arch(arch), text, "source")
     return CheckpointEntry(0, None, None, weights_name=text)
@@ -882,11 +1110,15 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
     for item in sorted(manifest["epochs"], key=lambda e: e["epoch"]):
         path = folder / item["file"]
         if not path.is_file():
-            raise FtdynError(f"{path}: listed in {folder / MANIFEST_NAME} but missing; "
-                             f"re-run training ({arg('resume')}) or remove it from the manifest.")
+            raise FtdynError(
+                f"{path}: listed in {folder / MANIFEST_NAME} but missing; "
+                f"re-run training ({arg('resume')}) or remove it from the manifest."
+            )
         if verify and sha256_file(path) != item["sha256"]:
-            raise FtdynError(f"{path}: changed since training (SHA-256 differs from {MANIFEST_NAME}); "
-                             "re-run training or remove it from the manifest.")
+            raise FtdynError(
+                f"{path}: changed since training (SHA-256 differs from {MANIFEST_NAME}); "
+                "re-run training or remove it from the manifest."
+            )
         entries.append(CheckpointEntry(int(item["epoch"]), path, item["sha256"]))
     if not entries:
         raise FtdynError(f"{folder / MANIFEST_NAME}: lists no checkpoints; re-run training.")
@@ -903,16 +1135,22 @@ _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_stat
 
 def checkpoint_files(folder: Path) -> list[Path]:
     """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None
+    )
 
 
-# Copies training tools write beside the epoch files, skipped when another file holds the same epoch:
+# Copies training tools write beside the epoch files, skipped when another file holds the same
+# epoch:
 # timm's CheckpointSaver 'last' / 'model_best' (hard links to, or copies of, an epoch file) and
-# 'milestone-N' (N = epochs completed), torchvision's reference scripts' 'checkpoint.pth' (the newest
+# 'milestone-N' (N = epochs completed), torchvision's reference scripts' 'checkpoint.pth' (the
+# newest
 # epoch, saved twice), Lightning-style 'last-v1'.
 _TOOL_COPIES = re.compile(r"(last|model_best)(-v\d+)?|checkpoint|milestone-\d+", re.IGNORECASE)
-# timm's mid-epoch 'recovery-E-B' states and the 'tmp' / 'recovery_tmp' file being written: no epoch's weights.
+# timm's mid-epoch 'recovery-E-B' states and the 'tmp' / 'recovery_tmp' file being written: no
+# epoch's weights.
 _PARTIAL_STATES = re.compile(r"recovery-\d+-\d+|(recovery_)?tmp", re.IGNORECASE)
 
 
@@ -960,7 +1198,9 @@ def _skip_epoch_copies(stored: dict[Path, int | None]) -> tuple[dict[Path, int |
         if len(paths) < 2 or not copies:
             continue
         extra = copies if len(copies) < len(paths) else copies[1:]
-        keep = next(p for p in sorted(paths, key=lambda p: (_is_tool_copy(p), p.name)) if p not in extra)
+        keep = next(
+            p for p in sorted(paths, key=lambda p: (_is_tool_copy(p), p.name)) if p not in extra
+        )
         dropped.update(extra)
         skipped += [f"{p.name} (a copy of epoch {epoch}, {keep.name})" for p in extra]
     return {p: e for p, e in stored.items() if p not in dropped}, skipped
@@ -977,18 +1217,26 @@ def _subfolder_weights(folder: Path) -> list[Path]:
     found = []
     for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
         preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
-        weights = preferred[:1] or [p for p in checkpoint_files(sub)
-                                    if not _TRAINING_STATE.fullmatch(checkpoint_stem(p.name))]
+        weights = preferred[:1] or [
+            p
+            for p in checkpoint_files(sub)
+            if not _TRAINING_STATE.fullmatch(checkpoint_stem(p.name))
+        ]
         if len(weights) > 1:
-            raise FtdynError(f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
-                             "checkpoint folder, or name it pytorch_model.bin or model.safetensors.")
+            raise FtdynError(
+                f"{sub}: holds several weights files ({_listing(weights, folder)}); keep one per "
+                "checkpoint folder, or name it pytorch_model.bin or model.safetensors."
+            )
         found += weights
     return found
 
 
-def _epoch_numbers(folder: Path, stored: dict[Path, int | None], names: dict[Path, str]) -> dict[Path, int]:
+def _epoch_numbers(
+    folder: Path, stored: dict[Path, int | None], names: dict[Path, str]
+) -> dict[Path, int]:
     """Each file's epoch number: the stored epochs when every file has one, else the numbers in the
-    names (which stored epochs must agree with); unorderable, duplicate or negative numbers raise."""
+    names (which stored epochs must agree with); unorderable, duplicate or negative numbers raise.
+    """
     files = list(stored)
     if all(e is not None for e in stored.values()):
         numbers, how = stored, "stored epoch"
@@ -996,42 +1244,63 @@ def _epoch_numbers(folder: Path, stored: dict[Path, int | None], names: dict[Pat
         named = _numbers_in_names(folder, {p: names[p] for p in files})
         nameless = [p for p, n in named.items() if n is None]
         if nameless:
-            raise FtdynError(f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no epoch "
-                             "and have no number in the file name; rename them (e.g. epoch_3.pt).")
+            raise FtdynError(
+                f"{folder}: cannot order the checkpoints: {_listing(nameless, folder)} store no"
+                " epoch and have no number in the file name; rename them (e.g. epoch_3.pt)."
+            )
         disagree = [p for p in files if stored[p] is not None and stored[p] != named[p]]
         if disagree:
-            raise FtdynError(f"{folder}: ambiguous order: some files store an epoch and others do not, and "
-                             f"{_listing(disagree, folder)} store an epoch different from the number in the name; "
-                             "rename them to match their epochs.")
+            raise FtdynError(
+                f"{folder}: ambiguous order: some files store an epoch and others do not, and"
+                f" {_listing(disagree, folder)} store an epoch different from the number in the"
+                " name; rename them to match their epochs."
+            )
         numbers, how = named, "number in the file name"
     by_number: dict[int, list[Path]] = {}
     for p, n in numbers.items():
         by_number.setdefault(n, []).append(p)
     dupes = [p for ps in by_number.values() if len(ps) > 1 for p in ps]
     if dupes:
-        raise FtdynError(f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
-                         "remove or rename the duplicates.")
+        raise FtdynError(
+            f"{folder}: ambiguous order: {_listing(dupes, folder)} have the same {how}; "
+            "remove or rename the duplicates."
+        )
     if any(n < 0 for n in numbers.values()):
-        raise FtdynError(f"{folder}: negative epoch in {_listing([p for p, n in numbers.items() if n < 0], folder)}.")
+        raise FtdynError(
+            f"{folder}: negative epoch in"
+            f" {_listing([p for p, n in numbers.items() if n < 0], folder)}."
+        )
     return numbers
 
 
-def _zero_based_shift(folder: Path, numbers: dict[Path, int], *, has_source: bool, trust: bool) -> int:
-    """1 when the files count from 0 (0-based counters save *after* the first epoch, so no file is the
+def _zero_based_shift(
+    folder: Path, numbers: dict[Path, int], *, has_source: bool, trust: bool
+) -> int:
+    """1 when the files count from 0 (0-based counters save *after* the first epoch, so no file is
+    the
     untouched source), else 0. An ftdyn checkpoint's epoch 0 is the source and stays. Without a
     source the shift is noted: the series then has no epoch 0."""
     first = next((p for p, n in numbers.items() if n == 0), None)
     if first is None or (not has_source and _written_by_ftdyn(first, trust)):
         return 0
     if not has_source:
-        log.info(f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first epoch); they "
-                 f"are numbered 1-{max(numbers.values()) + 1} and the series has no source model (epoch 0): pass "
-                 f"{arg('source')} (a file or weights name) for one, or choose another epoch with analyze --reference.")
+        log.info(
+            f"{folder}: epochs count from 0 here ({first.name} holds the weights after the first"
+            f" epoch); they are numbered 1-{max(numbers.values()) + 1} and the series has no source"
+            f" model (epoch 0): pass {arg('source')} (a file or weights name) for one, or choose"
+            " another epoch with analyze --reference."
+        )
     return 1
 
 
-def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | None = None, trust: bool = False,
-                    arch: str | None = None, verify: bool = True) -> list[CheckpointEntry]:
+def discover_series(
+    folder: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    trust: bool = False,
+    arch: str | None = None,
+    verify: bool = True,
+) -> list[CheckpointEntry]:
     """The checkpoints of ``folder`` in epoch order (a list of :class:`CheckpointEntry`).
 
     **ftdyn series** (``folder/manifest.json`` exists): the manifest's entries; each
@@ -1043,7 +1312,8 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     training tools write are skipped with one logged note (:func:`_skip_copies`,
     :func:`_skip_epoch_copies`): Lightning's ``last.ckpt``, links (symbolic or hard) to
     another file, timm's ``last`` / ``model_best`` / ``milestone-N`` and torchvision's
-    ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder without such files but with subfolders each holding one weights
+    ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder
+    without such files but with subfolders each holding one weights
     file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
     ``model.safetensors``, beside optimizer state) uses those, named by their folder.
     Ordering rule:
@@ -1071,8 +1341,10 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
     manifest = read_manifest(folder)
     if manifest is not None:
         if source is not None:
-            raise FtdynError(f"{arg('source')}: {folder} is an ftdyn series whose epoch 0 already is the source model; "
-                             f"drop {arg('source')}.")
+            raise FtdynError(
+                f"{arg('source')}: {folder} is an ftdyn series whose epoch 0 already is the source"
+                f" model; drop {arg('source')}."
+            )
         return _series_from_manifest(folder, manifest, verify)
     files, names, skipped = _weight_files(folder)
     src = _resolve_source(source, arch) if source is not None else None
@@ -1088,8 +1360,10 @@ def discover_series(folder: str | os.PathLike, *, source: str | os.PathLike | No
 def _checked_folder(folder: Path) -> Path:
     """``folder`` if it is a directory, else an FtdynError saying what to pass instead."""
     if folder.is_file():
-        raise FtdynError(f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
-                         f"(e.g. {folder.parent}).")
+        raise FtdynError(
+            f"{folder}: is a file, not a checkpoint folder; pass the folder holding the series "
+            f"(e.g. {folder.parent})."
+        )
     if not folder.is_dir():
         raise FtdynError(f"{folder}: no such checkpoint folder; check the path.")
     return folder
@@ -1097,10 +1371,15 @@ def _checked_folder(folder: Path) -> Path:
 
 def _weight_files(folder: Path) -> tuple[list[Path], dict[Path, str], list[str]]:
     """The third-party folder's weights files, each one's name for numbering (file stem, or the
-    Hugging Face subfolder's name) and the tool copies skipped; an FtdynError when there are none."""
-    if re.fullmatch(r"checkpoint-\d+", folder.name) and any((folder / w).is_file() for w in _HF_WEIGHTS):
-        raise FtdynError(f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them "
-                         f"({folder.parent}).")
+    Hugging Face subfolder's name) and the tool copies skipped; an FtdynError when there are none.
+    """
+    if re.fullmatch(r"checkpoint-\d+", folder.name) and any(
+        (folder / w).is_file() for w in _HF_WEIGHTS
+    ):
+        raise FtdynError(
+            f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them"
+            f" ({folder.parent})."
+        )
     files, skipped = _skip_copies(folder, checkpoint_files(folder))
     names = {p: checkpoint_stem(p.name) for p in files}
     if not files:
@@ -1108,29 +1387,55 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[Path, str], list[str]]
         names = {p: p.parent.name for p in files}
     if not files:
         subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
-        inside = (f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
-                  "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)") if subfolders else ""
-        project = (f"; it looks like an accelerate project folder: pass {folder / 'checkpoints'}"
-                   if (folder / "checkpoints").is_dir() else "")
-        raise FtdynError(f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}{project}.")
+        inside = (
+            f"; none of its {len(subfolders)} subfolders holds one either (expected e.g. "
+            "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)"
+            if subfolders
+            else ""
+        )
+        project = (
+            f"; it looks like an accelerate project folder: pass {folder / 'checkpoints'}"
+            if (folder / "checkpoints").is_dir()
+            else ""
+        )
+        raise FtdynError(
+            f"{folder}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}){inside}{project}."
+        )
     return files, names, skipped
 
 
 def _without_source(folder: Path, files: list[Path], src: CheckpointEntry) -> list[Path]:
-    """``files`` less the source checkpoint (same path or same bytes); an FtdynError if nothing is left."""
-    same = [p for p in files if p.resolve() == src.path.resolve()
-            or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)]
+    """``files`` less the source checkpoint (same path or same bytes); an FtdynError if nothing
+    is left."""
+    same = [
+        p
+        for p in files
+        if p.resolve() == src.path.resolve()
+        or (p.stat().st_size == src.path.stat().st_size and sha256_file(p) == src.sha256)
+    ]
     files = [p for p in files if p not in same]
     if not files:
-        raise FtdynError(f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints.")
+        raise FtdynError(
+            f"{folder}: holds only the source checkpoint; add the fine-tuned checkpoints."
+        )
     return files
 
 
-def _ordered_entries(folder: Path, stored: dict[Path, int | None], names: dict[Path, str], *,
-                     has_source: bool, trust: bool) -> list[CheckpointEntry]:
+def _ordered_entries(
+    folder: Path,
+    stored: dict[Path, int | None],
+    names: dict[Path, str],
+    *,
+    has_source: bool,
+    trust: bool,
+) -> list[CheckpointEntry]:
     """One entry per file in epoch order, numbered by :func:`_epoch_numbers` and shifted by
     :func:`_zero_based_shift`; a file in a subfolder records that subfolder."""
     numbers = _epoch_numbers(folder, stored, names)
     shift = _zero_based_shift(folder, numbers, has_source=has_source, trust=trust)
-    return [CheckpointEntry(n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None)
-            for n, p in sorted((n, p) for p, n in numbers.items())]
+    return [
+        CheckpointEntry(
+            n + shift, p, sha256_file(p), subfolder=p.parent.name if p.parent != folder else None
+        )
+        for n, p in sorted((n, p) for p, n in numbers.items())
+    ]

@@ -19,7 +19,15 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig, cli_names, default, help_text
+from .config import (
+    AnalyzeConfig,
+    ExtractConfig,
+    TrainConfig,
+    VisualizeConfig,
+    cli_names,
+    default,
+    help_text,
+)
 from .errors import FtdynError
 from .progress import console
 
@@ -45,21 +53,31 @@ def user_errors(func):
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except BrokenPipeError:  # the reader went away (`ftdyn info ... | head`): nothing left to say
+        except (
+            BrokenPipeError
+        ):  # the reader went away (`ftdyn info ... | head`): nothing left to say
             try:  # Python would report the pipe again when it flushes stdout at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             except (OSError, ValueError):  # stdout is not a file (captured)
                 pass
             raise typer.Exit(141) from None
-        except OSError as exc:  # the file system refused (read-only, full, permissions): not a bug of ours
+        except (
+            OSError
+        ) as exc:  # the file system refused (read-only, full, permissions): not a bug of ours
             where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"ftdyn: error: {where}{exc.strerror or exc}; check that the path is writable and the disk "
-                       "has room, then re-run the same command (finished work is kept).", err=True)
+            typer.echo(
+                f"ftdyn: error: {where}{exc.strerror or exc}; check that the path is writable and"
+                " the disk has room, then re-run the same command (finished work is kept).",
+                err=True,
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             resume = " with --resume" if func.__name__ == "train" else ""
-            typer.echo(f"ftdyn: interrupted; finished work is kept and re-running the same command{resume} "
-                       "continues it.", err=True)
+            typer.echo(
+                f"ftdyn: interrupted; finished work is kept and re-running the same command{resume}"
+                " continues it.",
+                err=True,
+            )
             raise typer.Exit(130) from None
 
     return wrapper
@@ -73,8 +91,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Show the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = None,
 ) -> None:
     """ftdyn: what happens inside a CNN while it is fine-tuned."""
 
@@ -82,12 +104,23 @@ def main(
 @app.command()
 @user_errors
 def layers(
-    arch: Annotated[Optional[str], typer.Argument(help="Architecture name, e.g. resnet50 or timm/convnext_atto.")
-                    ] = None,
-    input_size: Annotated[int, typer.Option(help="Input size in pixels used to compute output shapes.")] = 224,
-    all_layers: Annotated[bool, typer.Option("--all", help="List every candidate, not only the defaults.")] = False,
-    list_archs: Annotated[bool, typer.Option("--list", help="List all supported architectures (torchvision's, "
-                                                            "then timm's as timm/NAME).")] = False,
+    arch: Annotated[
+        Optional[str],
+        typer.Argument(help="Architecture name, e.g. resnet50 or timm/convnext_atto."),
+    ] = None,
+    input_size: Annotated[
+        int, typer.Option(help="Input size in pixels used to compute output shapes.")
+    ] = 224,
+    all_layers: Annotated[
+        bool, typer.Option("--all", help="List every candidate, not only the defaults.")
+    ] = False,
+    list_archs: Annotated[
+        bool,
+        typer.Option(
+            "--list",
+            help="List all supported architectures (torchvision's, then timm's as timm/NAME).",
+        ),
+    ] = False,
 ) -> None:
     """List the layers of ARCH that can be captured (defaults marked with *), with output shapes
     channels x height x width (as stored; channels-last outputs are transposed)."""
@@ -106,47 +139,90 @@ def layers(
 
 
 def _extract_option(name: str, **kwargs):
-    """The `ftdyn extract` option of ExtractConfig field ``name``: its help text comes from the config."""
+    """The `ftdyn extract` option of ExtractConfig field ``name``: its help text comes from
+    the config."""
     return typer.Option(*kwargs.pop("decls", ()), help=help_text(ExtractConfig, name), **kwargs)
 
 
 @app.command()
 @user_errors
 def extract(
-    ckpts_dir: Annotated[Path, typer.Argument(help="Checkpoint series: a folder written by `ftdyn train`, or a folder "
-                                                   "of third-party checkpoints (.pt/.pth/.pth.tar/.bin/.ckpt/"
-                                                   ".safetensors, or Trainer checkpoint-N/ subfolders) with --arch.")],
-    data: Annotated[Path, typer.Option(help="Probe images: an ImageFolder (<class>/<image>), e.g. the target's "
-                                            "validation split.")],
-    out: Annotated[Path, typer.Option(help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
-                                           "resumed/extended when it exists.")],
+    ckpts_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Checkpoint series: a folder written by `ftdyn train`, or a folder "
+            "of third-party checkpoints (.pt/.pth/.pth.tar/.bin/.ckpt/"
+            ".safetensors, or Trainer checkpoint-N/ subfolders) with --arch."
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Probe images: an ImageFolder (<class>/<image>), e.g. the target's "
+            "validation split."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Activation store (Zarr v3 folder, e.g. store.zarr): created, or "
+            "resumed/extended when it exists."
+        ),
+    ],
     arch: Annotated[Optional[str], _extract_option("arch")] = default(ExtractConfig, "arch"),
     source: Annotated[Optional[str], _extract_option("source")] = default(ExtractConfig, "source"),
-    layer: Annotated[Optional[list[str]], _extract_option("layers", decls=("--layer",))
-                     ] = default(ExtractConfig, "layers"),
-    per_class: Annotated[Optional[int], _extract_option("per_class")] = default(ExtractConfig, "per_class"),
-    max_samples: Annotated[Optional[int], _extract_option("max_samples")] = default(ExtractConfig, "max_samples"),
+    layer: Annotated[Optional[list[str]], _extract_option("layers", decls=("--layer",))] = default(
+        ExtractConfig, "layers"
+    ),
+    per_class: Annotated[Optional[int], _extract_option("per_class")] = default(
+        ExtractConfig, "per_class"
+    ),
+    max_samples: Annotated[Optional[int], _extract_option("max_samples")] = default(
+        ExtractConfig, "max_samples"
+    ),
     seed: Annotated[int, _extract_option("probe_seed")] = default(ExtractConfig, "probe_seed"),
-    input_size: Annotated[Optional[int], _extract_option("input_size")] = default(ExtractConfig, "input_size"),
-    batch_size: Annotated[int, _extract_option("batch_size")] = default(ExtractConfig, "batch_size"),
+    input_size: Annotated[Optional[int], _extract_option("input_size")] = default(
+        ExtractConfig, "input_size"
+    ),
+    batch_size: Annotated[int, _extract_option("batch_size")] = default(
+        ExtractConfig, "batch_size"
+    ),
     dtype: Annotated[str, _extract_option("dtype")] = default(ExtractConfig, "dtype"),
     codec: Annotated[str, _extract_option("codec")] = default(ExtractConfig, "codec"),
-    chunk_samples: Annotated[Optional[int], _extract_option("samples_per_chunk")
-                             ] = default(ExtractConfig, "samples_per_chunk"),
+    chunk_samples: Annotated[Optional[int], _extract_option("samples_per_chunk")] = default(
+        ExtractConfig, "samples_per_chunk"
+    ),
     device: Annotated[str, _extract_option("device")] = default(ExtractConfig, "device"),
-    trust_checkpoint: Annotated[bool, _extract_option("trust_checkpoint", decls=("--trust-checkpoint",))
-                                ] = default(ExtractConfig, "trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _extract_option("state_prefix")] = default(ExtractConfig, "state_prefix"),
-    weights_copy: Annotated[str, _extract_option("weights_copy")] = default(ExtractConfig, "weights_copy"),
-    normalize: Annotated[Optional[str], _extract_option("normalize")] = default(ExtractConfig, "normalize"),
-    model_name: Annotated[Optional[str], _extract_option("model_name")] = default(ExtractConfig, "model_name"),
-    dataset_name: Annotated[Optional[str], _extract_option("dataset_name")] = default(ExtractConfig, "dataset_name"),
-    writers: Annotated[Optional[int], _extract_option("writers")] = default(ExtractConfig, "writers"),
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")
-                           ] = not default(ExtractConfig, "progress"),
-    random_init_baseline: Annotated[bool, _extract_option("random_init_baseline", decls=("--random-init-baseline",))
-                                    ] = default(ExtractConfig, "random_init_baseline"),
-    random_init_seed: Annotated[int, _extract_option("random_init_seed")] = default(ExtractConfig, "random_init_seed"),
+    trust_checkpoint: Annotated[
+        bool, _extract_option("trust_checkpoint", decls=("--trust-checkpoint",))
+    ] = default(ExtractConfig, "trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _extract_option("state_prefix")] = default(
+        ExtractConfig, "state_prefix"
+    ),
+    weights_copy: Annotated[str, _extract_option("weights_copy")] = default(
+        ExtractConfig, "weights_copy"
+    ),
+    normalize: Annotated[Optional[str], _extract_option("normalize")] = default(
+        ExtractConfig, "normalize"
+    ),
+    model_name: Annotated[Optional[str], _extract_option("model_name")] = default(
+        ExtractConfig, "model_name"
+    ),
+    dataset_name: Annotated[Optional[str], _extract_option("dataset_name")] = default(
+        ExtractConfig, "dataset_name"
+    ),
+    writers: Annotated[Optional[int], _extract_option("writers")] = default(
+        ExtractConfig, "writers"
+    ),
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bars.")
+    ] = not default(ExtractConfig, "progress"),
+    random_init_baseline: Annotated[
+        bool, _extract_option("random_init_baseline", decls=("--random-init-baseline",))
+    ] = default(ExtractConfig, "random_init_baseline"),
+    random_init_seed: Annotated[int, _extract_option("random_init_seed")] = default(
+        ExtractConfig, "random_init_seed"
+    ),
 ) -> None:
     """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
 
@@ -155,13 +231,30 @@ def extract(
     """
     from .extraction import extract as run_extract
 
-    config = ExtractConfig(arch=arch, source=source, layers=layer or None, per_class=per_class,
-                           max_samples=max_samples, probe_seed=seed, input_size=input_size, batch_size=batch_size,
-                           dtype=dtype, codec=codec, samples_per_chunk=chunk_samples, device=device,
-                           trust_checkpoint=trust_checkpoint, state_prefix=state_prefix, weights_copy=weights_copy,
-                           normalize=normalize, model_name=model_name, dataset_name=dataset_name, writers=writers,
-                           progress=not no_progress, random_init_baseline=random_init_baseline,
-                           random_init_seed=random_init_seed)
+    config = ExtractConfig(
+        arch=arch,
+        source=source,
+        layers=layer or None,
+        per_class=per_class,
+        max_samples=max_samples,
+        probe_seed=seed,
+        input_size=input_size,
+        batch_size=batch_size,
+        dtype=dtype,
+        codec=codec,
+        samples_per_chunk=chunk_samples,
+        device=device,
+        trust_checkpoint=trust_checkpoint,
+        state_prefix=state_prefix,
+        weights_copy=weights_copy,
+        normalize=normalize,
+        model_name=model_name,
+        dataset_name=dataset_name,
+        writers=writers,
+        progress=not no_progress,
+        random_init_baseline=random_init_baseline,
+        random_init_seed=random_init_seed,
+    )
     run_extract(ckpts_dir, data=data, out=out, config=config)
 
 
@@ -182,11 +275,22 @@ def _default(name: str):
 @app.command()
 @user_errors
 def analyze(
-    stores: Annotated[list[Path], typer.Argument(help="Activation stores written by `ftdyn extract` (one experiment "
-                                                      "each; several are analyzed together).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: results.zarr, distances.csv, "
-                                                          "reusability.csv, agreement.csv, agreement_summary.csv.")]
-    = Path("results"),
+    stores: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Activation stores written by `ftdyn extract` (one experiment "
+            "each; several are analyzed together)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: results.zarr, distances.csv, "
+            "reusability.csv, agreement.csv, agreement_summary.csv.",
+        ),
+    ] = Path("results"),
     metric: Annotated[Optional[list[str]], _analyze("metrics", "--metric")] = _default("metrics"),
     view: Annotated[Optional[list[str]], _analyze("views", "--view")] = _default("views"),
     alpha: Annotated[float, _analyze("alpha")] = _default("alpha"),
@@ -195,22 +299,36 @@ def analyze(
     layer: Annotated[Optional[list[str]], _analyze("layers", "--layer")] = _default("layers"),
     bootstrap: Annotated[int, _analyze("bootstrap")] = _default("bootstrap"),
     seed: Annotated[int, _analyze("seed")] = _default("seed"),
-    bootstrap_metric: Annotated[Optional[list[str]], _analyze("bootstrap_metrics", "--bootstrap-metric")
-                                ] = _default("bootstrap_metrics"),
-    bootstrap_groups: Annotated[Optional[int], _analyze("bootstrap_groups")] = _default("bootstrap_groups"),
-    name: Annotated[Optional[list[str]], _analyze("experiment_names", "--name")] = _default("experiment_names"),
+    bootstrap_metric: Annotated[
+        Optional[list[str]], _analyze("bootstrap_metrics", "--bootstrap-metric")
+    ] = _default("bootstrap_metrics"),
+    bootstrap_groups: Annotated[Optional[int], _analyze("bootstrap_groups")] = _default(
+        "bootstrap_groups"
+    ),
+    name: Annotated[Optional[list[str]], _analyze("experiment_names", "--name")] = _default(
+        "experiment_names"
+    ),
     trajectory: Annotated[str, _analyze("trajectory")] = _default("trajectory"),
-    allow_partial: Annotated[bool, _analyze("allow_partial", "--allow-partial")] = _default("allow_partial"),
+    allow_partial: Annotated[bool, _analyze("allow_partial", "--allow-partial")] = _default(
+        "allow_partial"
+    ),
     memory_limit: Annotated[Optional[str], _analyze("memory_limit")] = _default("memory_limit"),
     workers: Annotated[Optional[int], _analyze("workers")] = _default("workers"),
     device: Annotated[str, _analyze("device")] = _default("device"),
     scheduler: Annotated[Optional[str], _analyze("scheduler")] = _default("scheduler"),
     overwrite: Annotated[bool, _analyze("overwrite", "--overwrite")] = _default("overwrite"),
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = not _default("progress"),
-    write_report: Annotated[bool, typer.Option("--report/--no-report",
-                                               help="Also draw the default figures and write report.html.")] = True,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bar.")
+    ] = not _default("progress"),
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report", help="Also draw the default figures and write report.html."
+        ),
+    ] = True,
 ) -> None:
-    """Distances between the reference checkpoint and every checkpoint, per layer and metric, out-of-core.
+    """Distances between the reference checkpoint and every checkpoint, per layer and metric,
+    out-of-core.
 
     Also the checkpoint x checkpoint trajectory, bootstrap intervals, the Pearson agreement
     between metrics and the reusability table (mean +- std over epochs). Re-running with the
@@ -218,15 +336,33 @@ def analyze(
     """
     from .analysis import analyze as run_analyze
 
-    config = AnalyzeConfig(metrics=metric, views=view, alpha=alpha, reference=reference, preset=preset, layers=layer,
-                           bootstrap=bootstrap, seed=seed, bootstrap_metrics=bootstrap_metric,
-                           bootstrap_groups=bootstrap_groups, experiment_names=name, trajectory=trajectory,
-                           allow_partial=allow_partial, memory_limit=memory_limit, workers=workers, device=device,
-                           scheduler=scheduler, overwrite=overwrite, progress=not no_progress)
+    config = AnalyzeConfig(
+        metrics=metric,
+        views=view,
+        alpha=alpha,
+        reference=reference,
+        preset=preset,
+        layers=layer,
+        bootstrap=bootstrap,
+        seed=seed,
+        bootstrap_metrics=bootstrap_metric,
+        bootstrap_groups=bootstrap_groups,
+        experiment_names=name,
+        trajectory=trajectory,
+        allow_partial=allow_partial,
+        memory_limit=memory_limit,
+        workers=workers,
+        device=device,
+        scheduler=scheduler,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
     ds = run_analyze(stores, out=out, config=config)
-    typer.echo(f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s), "
-               f"{ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr, distances.csv, "
-               "reusability.csv, agreement.csv, agreement_summary.csv")
+    typer.echo(
+        f"{out}: {ds.sizes['experiment']} experiment(s), {ds.sizes['metric']} metric(s),"
+        f" {ds.sizes['layer_index']} layer(s), {ds.sizes['epoch']} epoch(s) -> results.zarr,"
+        " distances.csv, reusability.csv, agreement.csv, agreement_summary.csv"
+    )
     if write_report:
         from .reporting import report as write
 
@@ -240,21 +376,40 @@ def _visualize(name: str, *decls: str):
 @app.command()
 @user_errors
 def visualize(
-    store: Annotated[Path, typer.Argument(help="Activation store written by `ftdyn extract` (store.zarr).")],
+    store: Annotated[
+        Path, typer.Argument(help="Activation store written by `ftdyn extract` (store.zarr).")
+    ],
     layer: Annotated[str, _visualize("layer")],
-    out: Annotated[Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")],
-    filter_: Annotated[Optional[list[int]], _visualize("filters", "--filter")] = default(VisualizeConfig, "filters"),
-    class_: Annotated[Optional[list[str]], _visualize("classes", "--class")] = default(VisualizeConfig, "classes"),
-    sample: Annotated[Optional[list[int]], _visualize("samples", "--sample")] = default(VisualizeConfig, "samples"),
-    epoch: Annotated[Optional[list[int]], _visualize("epochs", "--epoch")] = default(VisualizeConfig, "epochs"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")
+    ],
+    filter_: Annotated[Optional[list[int]], _visualize("filters", "--filter")] = default(
+        VisualizeConfig, "filters"
+    ),
+    class_: Annotated[Optional[list[str]], _visualize("classes", "--class")] = default(
+        VisualizeConfig, "classes"
+    ),
+    sample: Annotated[Optional[list[int]], _visualize("samples", "--sample")] = default(
+        VisualizeConfig, "samples"
+    ),
+    epoch: Annotated[Optional[list[int]], _visualize("epochs", "--epoch")] = default(
+        VisualizeConfig, "epochs"
+    ),
     results: Annotated[Optional[Path], _visualize("results")] = default(VisualizeConfig, "results"),
     n_filters: Annotated[int, _visualize("n_filters")] = default(VisualizeConfig, "n_filters"),
 ) -> None:
     """Class-based (receptive-field averages) and sample-based (heatmap) figures of one layer."""
     from .viz import visualize as run_visualize
 
-    config = VisualizeConfig(layer=layer, filters=filter_, classes=class_, samples=sample, epochs=epoch,
-                             results=results, n_filters=n_filters)
+    config = VisualizeConfig(
+        layer=layer,
+        filters=filter_,
+        classes=class_,
+        samples=sample,
+        epochs=epoch,
+        results=results,
+        n_filters=n_filters,
+    )
     for path in run_visualize(store, out=out, config=config):
         typer.echo(str(path))
 
@@ -263,15 +418,24 @@ def visualize(
 @user_errors
 def report(
     results_dir: Annotated[Path, typer.Argument(help="Results folder written by `ftdyn analyze`.")],
-    store: Annotated[Optional[list[Path]], typer.Option("--store", help="Activation store (repeatable): its "
-                                                                        "manifest gives the accuracy table and "
-                                                                        "its default class/sample figures are "
-                                                                        "(re)made. Default: the stores named in "
-                                                                        "the results, where they exist.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder for report.html and figures/ "
-                                                     "(default: RESULTS_DIR).")] = None,
+    store: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--store",
+            help="Activation store (repeatable): its "
+            "manifest gives the accuracy table and "
+            "its default class/sample figures are "
+            "(re)made. Default: the stores named in "
+            "the results, where they exist.",
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Output folder for report.html and figures/ (default: RESULTS_DIR)."),
+    ] = None,
 ) -> None:
-    """Write report.html: experiments, accuracies, reusability, metric agreement, curves and figures."""
+    """Write report.html: experiments, accuracies, reusability, metric agreement, curves and
+    figures."""
     from .reporting import report as run_report
 
     typer.echo(str(run_report(results_dir, stores=store, out=out)))
@@ -299,21 +463,29 @@ def info(
     done = sum(c["regions_done"] for c in ckpts)
     total = sum(c["regions"] for c in ckpts)
     typer.echo(f"store:       {details['path']}")
-    typer.echo(f"model:       {details['model']} ({details['architecture']}), dataset {details['dataset']}")
-    typer.echo(f"probe:       {details['samples']} images, {len(details['classes'])} classes, stored as "
-               f"{details['dtype']}")
+    typer.echo(
+        f"model:       {details['model']} ({details['architecture']}), dataset {details['dataset']}"
+    )
+    typer.echo(
+        f"probe:       {details['samples']} images, {len(details['classes'])} classes, stored as "
+        f"{details['dtype']}"
+    )
     typer.echo(f"size:        {human_bytes(details['bytes_on_disk'])} on disk")
     typer.echo(f"complete:    {'yes' if details['complete'] else 'no'} ({done}/{total} regions)")
     base = details["random_init_baseline"]
     if base:
-        typer.echo(f"random init: seed {base['seed']} (not an epoch; the ceiling of relative distances), "
-                   f"{'complete' if base['complete'] else 'incomplete: run the same extract again'}")
+        typer.echo(
+            f"random init: seed {base['seed']} (not an epoch; the ceiling of relative distances), "
+            f"{'complete' if base['complete'] else 'incomplete: run the same extract again'}"
+        )
     typer.echo(f"layers ({len(details['layers'])}):")
     width = max(len(lay["layer"]) for lay in details["layers"])
     for lay in details["layers"]:
-        shape = 'x'.join(map(str, lay['shape']))
+        shape = "x".join(map(str, lay["shape"]))
         blocks = lay["shape"][0] // lay["channel_block"]
-        line = f"  {lay['layer']:<{width}}  {shape:<12}" + (f"  stored in {blocks} channel blocks" if blocks > 1 else "")
+        line = f"  {lay['layer']:<{width}}  {shape:<12}" + (
+            f"  stored in {blocks} channel blocks" if blocks > 1 else ""
+        )
         typer.echo(line.rstrip())
     typer.echo(f"checkpoints ({len(ckpts)}):")
     width = max(len(str(c["file"])) for c in ckpts)
@@ -324,18 +496,28 @@ def info(
 
 
 def _train_option(name: str, **kwargs):
-    """The `ftdyn train` option of TrainConfig field ``name``: its help text comes from the config."""
+    """The `ftdyn train` option of TrainConfig field ``name``: its help text comes from
+    the config."""
     return typer.Option(*kwargs.pop("decls", ()), help=help_text(TrainConfig, name), **kwargs)
 
 
 @app.command()
 @user_errors
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
-                                                  "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split.")],
+    data_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="ImageFolder dataset: DATA_DIR/train/<class>/* and "
+            "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split."
+        ),
+    ],
     arch: Annotated[str, _train_option("arch")],
-    out: Annotated[Path, typer.Option(help="Output folder for the checkpoint series (epoch_000.pt ... "
-                                           "and manifest.json).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder for the checkpoint series (epoch_000.pt ... and manifest.json)."
+        ),
+    ],
     weights: Annotated[str, _train_option("weights")] = default(TrainConfig, "weights"),
     init: Annotated[Optional[Path], _train_option("init")] = default(TrainConfig, "init"),
     epochs: Annotated[int, _train_option("epochs")] = default(TrainConfig, "epochs"),
@@ -343,19 +525,28 @@ def train(
     lr: Annotated[float, _train_option("lr")] = default(TrainConfig, "lr"),
     crop_scale: Annotated[float, _train_option("crop_scale")] = default(TrainConfig, "crop_scale"),
     optimizer: Annotated[str, _train_option("optimizer")] = default(TrainConfig, "optimizer"),
-    val_split: Annotated[Optional[float], _train_option("val_split")] = default(TrainConfig, "val_split"),
+    val_split: Annotated[Optional[float], _train_option("val_split")] = default(
+        TrainConfig, "val_split"
+    ),
     input_size: Annotated[int, _train_option("input_size")] = default(TrainConfig, "input_size"),
     seed: Annotated[int, _train_option("seed")] = default(TrainConfig, "seed"),
     device: Annotated[str, _train_option("device")] = default(TrainConfig, "device"),
     workers: Annotated[int, _train_option("num_workers")] = default(TrainConfig, "num_workers"),
-    resume: Annotated[bool, _train_option("resume", decls=("--resume",))] = default(TrainConfig, "resume"),
-    overwrite: Annotated[bool, _train_option("overwrite", decls=("--overwrite",))] = default(TrainConfig,
-                                                                                             "overwrite"),
-    trust_checkpoint: Annotated[bool, _train_option("trust_checkpoint", decls=("--trust-checkpoint",))
-                                ] = default(TrainConfig, "trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _train_option("state_prefix")] = default(TrainConfig, "state_prefix"),
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")
-                           ] = not default(TrainConfig, "progress"),
+    resume: Annotated[bool, _train_option("resume", decls=("--resume",))] = default(
+        TrainConfig, "resume"
+    ),
+    overwrite: Annotated[bool, _train_option("overwrite", decls=("--overwrite",))] = default(
+        TrainConfig, "overwrite"
+    ),
+    trust_checkpoint: Annotated[
+        bool, _train_option("trust_checkpoint", decls=("--trust-checkpoint",))
+    ] = default(TrainConfig, "trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _train_option("state_prefix")] = default(
+        TrainConfig, "state_prefix"
+    ),
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")
+    ] = not default(TrainConfig, "progress"),
 ) -> None:
     """Fine-tune ARCH on DATA_DIR (every layer, new head) and save one checkpoint per epoch.
 
@@ -365,32 +556,68 @@ def train(
     from .checkpoints import read_manifest
     from .training import train as run_training
 
-    config = TrainConfig(arch=arch, weights=weights, init=init, epochs=epochs, batch_size=batch_size, lr=lr,
-                         optimizer=optimizer, val_split=val_split, input_size=input_size, seed=seed, device=device,
-                         num_workers=workers, resume=resume, overwrite=overwrite, trust_checkpoint=trust_checkpoint,
-                         progress=not no_progress, crop_scale=crop_scale, state_prefix=state_prefix)
+    config = TrainConfig(
+        arch=arch,
+        weights=weights,
+        init=init,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        val_split=val_split,
+        input_size=input_size,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+        resume=resume,
+        overwrite=overwrite,
+        trust_checkpoint=trust_checkpoint,
+        progress=not no_progress,
+        crop_scale=crop_scale,
+        state_prefix=state_prefix,
+    )
     folder = run_training(data_dir, out=out, config=config)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     typer.echo(f"checkpoint series: {folder} ({len(entries)} checkpoints + manifest.json)")
-    typer.echo(f"{'epoch':>5}  {'train_loss':>10}  {'train_acc':>9}  {'val_loss':>8}  {'val_acc':>7}")
+    typer.echo(
+        f"{'epoch':>5}  {'train_loss':>10}  {'train_acc':>9}  {'val_loss':>8}  {'val_acc':>7}"
+    )
     for e in entries:
-        typer.echo(f"{e['epoch']:>5}  {fmt(e.get('train_loss')):>10}  {fmt(e.get('train_acc')):>9}  "
-                   f"{fmt(e.get('val_loss')):>8}  {fmt(e.get('val_acc')):>7}")
+        typer.echo(
+            f"{e['epoch']:>5}  {fmt(e.get('train_loss')):>10}  {fmt(e.get('train_acc')):>9}  "
+            f"{fmt(e.get('val_loss')):>8}  {fmt(e.get('val_acc')):>7}"
+        )
 
 
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Argument(help="Output folder (data, checkpoint series, stores, results, report).")] = Path("demo-out"),
-    quick: Annotated[bool, typer.Option("--quick", help="A tiny run for tests (seconds instead of minutes).")] = False,
+    out: Annotated[
+        Path,
+        typer.Argument(help="Output folder (data, checkpoint series, stores, results, report)."),
+    ] = Path("demo-out"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A tiny run for tests (seconds instead of minutes).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the dataset draws and training.")] = 0,
-    data_only: Annotated[bool, typer.Option("--data-only", help="Only prepare the target datasets (ImageFolder trees under OUT_DIR/data) and stop.")] = False,
+    data_only: Annotated[
+        bool,
+        typer.Option(
+            "--data-only",
+            help=(
+                "Only prepare the target datasets (ImageFolder trees under OUT_DIR/data) and stop."
+            ),
+        ),
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
-    """Fine-tune ImageNet MobileNetV2 on three real datasets and write a report (a few minutes on a CPU)."""
+    """Fine-tune ImageNet MobileNetV2 on three real datasets and write a report (a few minutes
+    on a CPU)."""
     from .demos import demo as run_demo
 
-    run_demo(out, quick=quick, device=device, seed=seed, data_only=data_only, progress=not no_progress)
+    run_demo(
+        out, quick=quick, device=device, seed=seed, data_only=data_only, progress=not no_progress
+    )

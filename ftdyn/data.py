@@ -68,8 +68,14 @@ class ImageFolderData:
         """The samples at ``indices`` (in that order), same classes, no skipped files."""
         paths = [self.paths[i] for i in indices]
         chosen = set(paths)
-        return ImageFolderData(paths, [self.labels[i] for i in indices], list(self.classes), self.root, [],
-                               [p for p in self.rescaled if p in chosen])
+        return ImageFolderData(
+            paths,
+            [self.labels[i] for i in indices],
+            list(self.classes),
+            self.root,
+            [],
+            [p for p in self.rescaled if p in chosen],
+        )
 
     def class_counts(self) -> list[int]:
         counts = [0] * len(self.classes)
@@ -117,9 +123,14 @@ def _check_folder(root: Path, flag: str) -> Path:
     if not root.exists():
         raise FtdynError(f"{flag}: folder '{root}' does not exist.")
     if not root.is_dir():
-        raise FtdynError(f"{flag}: '{root}' is not a folder; give a folder with one subfolder of images per class.")
+        raise FtdynError(
+            f"{flag}: '{root}' is not a folder; give a folder with one subfolder of images per"
+            " class."
+        )
     if not any(not p.name.startswith(".") for p in root.iterdir()):
-        raise FtdynError(f"{flag}: folder '{root}' is empty; it needs one subfolder of images per class.")
+        raise FtdynError(
+            f"{flag}: folder '{root}' is empty; it needs one subfolder of images per class."
+        )
     return root
 
 
@@ -180,12 +191,19 @@ def ignored_message(ignored: Sequence[tuple[Path, str]]) -> str | None:
     for _, why in ignored:
         counts[why] = counts.get(why, 0) + 1
     kinds = "; ".join(f"{n} {why}" for why, n in counts.items())
-    return f"ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} without opening them ({kinds}; " \
-           f"first: {ignored[0][0]})"
+    return (
+        f"ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} without opening them"
+        f" ({kinds}; first: {ignored[0][0]})"
+    )
 
 
-def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify: bool = True,
-                      workers: int | None = None) -> ImageFolderData:
+def scan_image_folder(
+    root: str | os.PathLike,
+    *,
+    flag: str = "DATA_DIR",
+    verify: bool = True,
+    workers: int | None = None,
+) -> ImageFolderData:
     """Read an ImageFolder layout: ``root/<class name>/**/<image>``.
 
     Classes are the non-hidden subfolders, sorted by name (label = position). Image
@@ -198,14 +216,18 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
     root = _check_folder(root, flag)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise FtdynError(f"{flag}: '{root}' has no class subfolders; expected {root}/<class name>/<image files>.")
+        raise FtdynError(
+            f"{flag}: '{root}' has no class subfolders; expected {root}/<class name>/<image files>."
+        )
     found: list[tuple[Path, int]] = []
     ignored: list[tuple[Path, str]] = []
     for label, name in enumerate(classes):
         files = _class_files(root / name, root, ignored)
         if not files:
-            raise FtdynError(f"{flag}: class folder '{root / name}' has no images "
-                             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder.")
+            raise FtdynError(
+                f"{flag}: class folder '{root / name}' has no images "
+                f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder."
+            )
         found.extend((p, label) for p in sorted(files))
     if verify:
         n_threads = workers or min(8, os.cpu_count() or 1)
@@ -220,15 +242,20 @@ def scan_image_folder(root: str | os.PathLike, *, flag: str = "DATA_DIR", verify
     kept = [(p, lab) for (p, lab), st in zip(found, status) if st is not None]
     rescaled = [p for (p, _), st in zip(found, status) if st]
     if not kept:
-        raise FtdynError(f"{flag}: none of the {len(found)} images in '{root}' can be read "
-                         f"(first: {skipped[0]}); check the files.")
+        raise FtdynError(
+            f"{flag}: none of the {len(found)} images in '{root}' can be read "
+            f"(first: {skipped[0]}); check the files."
+        )
     present = {lab for _, lab in kept}
     for label, name in enumerate(classes):
         if label not in present:
-            raise FtdynError(f"{flag}: class folder '{root / name}' has no readable images "
-                             "(all are unreadable); fix or remove them.")
-    return ImageFolderData([p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped, rescaled,
-                           ignored)
+            raise FtdynError(
+                f"{flag}: class folder '{root / name}' has no readable images "
+                "(all are unreadable); fix or remove them."
+            )
+    return ImageFolderData(
+        [p for p, _ in kept], [lab for _, lab in kept], classes, root, skipped, rescaled, ignored
+    )
 
 
 def rescaled_message(rescaled: Sequence[Path]) -> str | None:
@@ -236,8 +263,10 @@ def rescaled_message(rescaled: Sequence[Path]) -> str | None:
     if not rescaled:
         return None
     noun = "image" if len(rescaled) == 1 else "images"
-    return (f"min-max rescaled {len(rescaled)} 32-bit/float {noun} to 0..255, each on its own (values outside "
-            f"0..65535 for integers, 0..1 and 0..255 for floats; first: {rescaled[0]})")
+    return (
+        f"min-max rescaled {len(rescaled)} 32-bit/float {noun} to 0..255, each on its own (values"
+        f" outside 0..65535 for integers, 0..1 and 0..255 for floats; first: {rescaled[0]})"
+    )
 
 
 def skipped_message(skipped: Sequence[Path]) -> str | None:
@@ -248,8 +277,11 @@ def skipped_message(skipped: Sequence[Path]) -> str | None:
     return f"skipped {len(skipped)} unreadable {noun} (first: {skipped[0]})"
 
 
-def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: int = 0,
-                   ) -> tuple[ImageFolderData, ImageFolderData]:
+def resolve_splits(
+    data_dir: str | os.PathLike,
+    val_split: float | None,
+    seed: int = 0,
+) -> tuple[ImageFolderData, ImageFolderData]:
     """Train and validation sets of ``data_dir``.
 
     * ``data_dir/train`` and ``data_dir/val`` (or ``valid``/``validation``): used as
@@ -265,13 +297,17 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
     """
     root = _check_folder(data_dir, arg("data_dir"))
     if val_split is not None and not (0.0 < float(val_split) < 1.0):
-        raise FtdynError(f"{arg('val_split')}: {val_split} is not a fraction between 0 and 1 (e.g. 0.2).")
+        raise FtdynError(
+            f"{arg('val_split')}: {val_split} is not a fraction between 0 and 1 (e.g. 0.2)."
+        )
     train_dir = root / "train"
     val_dirs = [root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()]
     if train_dir.is_dir() and val_dirs:
         if val_split is not None:
-            raise FtdynError(f"{arg('val_split')}: '{root}' already has train/ and {val_dirs[0].name}/ folders; "
-                             f"drop {arg('val_split')} or point {arg('data_dir')} at a single image folder.")
+            raise FtdynError(
+                f"{arg('val_split')}: '{root}' already has train/ and {val_dirs[0].name}/ folders; "
+                f"drop {arg('val_split')} or point {arg('data_dir')} at a single image folder."
+            )
         train = scan_image_folder(train_dir, flag=arg("data_dir"))
         val = scan_image_folder(val_dirs[0], flag=arg("data_dir"))
         if train.classes != val.classes:
@@ -282,24 +318,32 @@ def resolve_splits(data_dir: str | os.PathLike, val_split: float | None, seed: i
                 parts.append(f"only in train/: {', '.join(only_train[:5])}")
             if only_val:
                 parts.append(f"only in {val_dirs[0].name}/: {', '.join(only_val[:5])}")
-            raise FtdynError(f"DATA_DIR: the class folders of '{train_dir}' and '{val_dirs[0]}' differ "
-                             f"({'; '.join(parts)}); both need the same classes.")
+            raise FtdynError(
+                f"DATA_DIR: the class folders of '{train_dir}' and '{val_dirs[0]}' differ "
+                f"({'; '.join(parts)}); both need the same classes."
+            )
         return train, val
     source = train_dir if train_dir.is_dir() else root
     if val_split is None:
-        raise FtdynError(f"{arg('val_split')}: '{root}' has no train/ and val/ subfolders; pass {arg('val_split')} 0.2 "
-                         "to hold out a fraction of each class for validation.")
+        raise FtdynError(
+            f"{arg('val_split')}: '{root}' has no train/ and val/ subfolders; pass"
+            f" {arg('val_split')} 0.2 to hold out a fraction of each class for validation."
+        )
     data = scan_image_folder(source, flag=arg("data_dir"))
     train_idx, val_idx = stratified_split(data.labels, float(val_split), seed)
     if not val_idx:
-        raise FtdynError(f"{arg('val_split', val_split)}: no class of '{source}' has 2 images, so nothing is left "
-                         "for validation; add images or use train/ and val/ folders.")
+        raise FtdynError(
+            f"{arg('val_split', val_split)}: no class of '{source}' has 2 images, so nothing is"
+            " left for validation; add images or use train/ and val/ folders."
+        )
     train, val = data.subset(train_idx), data.subset(val_idx)
     train.skipped, train.ignored = list(data.skipped), list(data.ignored)
     return train, val
 
 
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: Sequence[int], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Seeded per-class split of indices into (train, val), each sorted."""
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -399,20 +443,32 @@ class TrainTransform:
     (seed, epoch, index)), else from the global torch RNG.
     """
 
-    def __init__(self, input_size: int, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True):
+    def __init__(
+        self,
+        input_size: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+    ):
         self.input_size = int(input_size)
         self.scale = scale
         self.ratio = ratio
         self.flip = flip
 
-    def crop_box(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    def crop_box(
+        self, width: int, height: int, generator: torch.Generator | None = None
+    ) -> tuple[int, int, int, int]:
         """(left, top, w, h) as torchvision's RandomResizedCrop.get_params, with ``generator``."""
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+            target_area = (
+                area
+                * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=generator).item()
+            )
+            aspect = math.exp(
+                torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item()
+            )
             w = int(round(math.sqrt(target_area * aspect)))
             h = int(round(math.sqrt(target_area / aspect)))
             if 0 < w <= width and 0 < h <= height:
@@ -450,7 +506,9 @@ def train_transform(input_size: int, crop_scale: float = 0.08) -> TrainTransform
     """Random resized crop (area fraction ``crop_scale``..1) + horizontal flip at ``input_size``
     (see :class:`TrainTransform`)."""
     if not 0 < crop_scale <= 1:
-        raise FtdynError(f"{arg('crop_scale')}: {crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe.")
+        raise FtdynError(
+            f"{arg('crop_scale')}: {crop_scale} is not in (0, 1]; 0.08 is the ImageNet recipe."
+        )
     return TrainTransform(input_size, scale=(crop_scale, 1.0))
 
 
@@ -465,11 +523,11 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 # ------------------------------------------------------------ datasets and loaders
 
 
-
-
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that depends only on the integers ``parts`` (SeedSequence mixing)."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(
+        2, dtype=np.uint32
+    )
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
@@ -498,7 +556,9 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             img = _pil_rgb(path)
         except Exception as exc:
-            raise FtdynError(f"{path}: unreadable image ({' '.join(str(exc).split())}); remove or fix it.") from None
+            raise FtdynError(
+                f"{path}: unreadable image ({' '.join(str(exc).split())}); remove or fix it."
+            ) from None
         generator = None
         if self.seed is not None:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
@@ -512,9 +572,17 @@ def seed_worker(worker_id: int) -> None:
     random.seed(base)
 
 
-def make_loader(dataset: ImageDataset, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0,
-                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
-                ) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
     """A DataLoader whose order depends only on ``(seed, epoch)``.
 
     The sampler and the workers' base seeds come from a ``torch.Generator`` seeded with
@@ -523,17 +591,28 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, shuffle: bool, seed: 
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0x10AD))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-        generator=generator, worker_init_fn=seed_worker if num_workers > 0 else None,
-        pin_memory=pin_memory, persistent_workers=False,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        pin_memory=pin_memory,
+        persistent_workers=False,
     )
 
 
 # ------------------------------------------------------------------- probe sets
 
 
-def select_probe(data: ImageFolderData, *, per_class: int | None = None, max_samples: int | None = None,
-                 seed: int = 0) -> ImageFolderData:
+def select_probe(
+    data: ImageFolderData,
+    *,
+    per_class: int | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> ImageFolderData:
     """A deterministic, class-balanced subset of ``data`` for the extract stage.
 
     Per class, the paths are sorted and shuffled by a generator seeded with
@@ -569,7 +648,9 @@ def select_probe(data: ImageFolderData, *, per_class: int | None = None, max_sam
     return data.subset(chosen)
 
 
-def load_images(data: ImageFolderData, input_size: int, *, num_workers: int = 0, batch_size: int = 64) -> np.ndarray:
+def load_images(
+    data: ImageFolderData, input_size: int, *, num_workers: int = 0, batch_size: int = 64
+) -> np.ndarray:
     """All images of ``data`` through :func:`eval_transform`: uint8 array (n, H, W, 3)."""
     out = np.empty((len(data), int(input_size), int(input_size), 3), dtype=np.uint8)
     if len(data) == 0:
@@ -579,7 +660,7 @@ def load_images(data: ImageFolderData, input_size: int, *, num_workers: int = 0,
     start = 0
     for images, _ in iter_batches(loader):
         n = images.shape[0]
-        out[start:start + n] = images.permute(0, 2, 3, 1).numpy()
+        out[start : start + n] = images.permute(0, 2, 3, 1).numpy()
         start += n
     return out
 
@@ -599,4 +680,4 @@ def _last_error_line(message: str) -> str:
         return message
     last = lines[-1]
     prefix = "ftdyn.errors.FtdynError: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last

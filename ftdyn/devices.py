@@ -20,26 +20,42 @@ def resolve_device(device: str, *, float64: bool = False) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise FtdynError(f"{arg('device')}: '{device}' is not a device (use auto, cpu, cuda, cuda:1"
-                         f"{'' if float64 else ', mps'}).") from None
+        raise FtdynError(
+            f"{arg('device')}: '{device}' is not a device (use auto, cpu, cuda, cuda:1"
+            f"{'' if float64 else ', mps'})."
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise FtdynError(f"{arg('device', device)}: CUDA is not available on this machine; use {arg('device')} cpu or auto.")
+            raise FtdynError(
+                f"{arg('device', device)}: CUDA is not available on this machine; use"
+                f" {arg('device')} cpu or auto."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FtdynError(f"{arg('device', device)}: only {torch.cuda.device_count()} CUDA device(s) present.")
+            raise FtdynError(
+                f"{arg('device', device)}: only {torch.cuda.device_count()} CUDA device(s) present."
+            )
     elif dev.type == "mps":
         if float64:
-            raise FtdynError(f"{arg('device', device)}: the analysis computes in float64, which MPS does not support; "
-                             f"use {arg('device')} cpu.")
+            raise FtdynError(
+                f"{arg('device', device)}: the analysis computes in float64, which MPS does not"
+                f" support; use {arg('device')} cpu."
+            )
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise FtdynError(f"{arg('device', device)}: MPS is not available on this machine; use {arg('device')} cpu or auto.")
+            raise FtdynError(
+                f"{arg('device', device)}: MPS is not available on this machine; use"
+                f" {arg('device')} cpu or auto."
+            )
     elif dev.type != "cpu":
-        raise FtdynError(f"{arg('device')}: '{device}' is not supported (use auto, cpu, cuda, cuda:N"
-                         f"{'' if float64 else ', mps'}).")
+        raise FtdynError(
+            f"{arg('device')}: '{device}' is not supported (use auto, cpu, cuda, cuda:N"
+            f"{'' if float64 else ', mps'})."
+        )
     return dev
 
 
-def fastest_memory_format(model: torch.nn.Module, device: torch.device | str) -> torch.memory_format:
+def fastest_memory_format(
+    model: torch.nn.Module, device: torch.device | str
+) -> torch.memory_format:
     """The memory format in which ``model`` trains and runs fastest on ``device``.
 
     On CPU, ``channels_last`` pays off for networks with depthwise convolutions (MobileNet,
@@ -50,6 +66,8 @@ def fastest_memory_format(model: torch.nn.Module, device: torch.device | str) ->
     """
     if torch.device(device).type != "cpu":
         return torch.contiguous_format
-    depthwise = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-                    for m in model.modules())
+    depthwise = any(
+        isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        for m in model.modules()
+    )
     return torch.channels_last if depthwise else torch.contiguous_format

@@ -1,4 +1,5 @@
-"""Built-in synthetic image domains: the demo's stand-ins for a missing dataset; no downloads, deterministic by seed.
+"""Built-in synthetic image domains: the demo's stand-ins for a missing dataset; no downloads,
+deterministic by seed.
 
 Four small ImageFolder datasets that mirror the paper's transfer scenarios in
 miniature (numpy rendering, PIL for the PNG files):
@@ -73,20 +74,35 @@ SOURCE = "source"
 TARGETS = ("similar", "scene", "dissimilar")
 
 DOMAINS: dict[str, str] = {
-    "source": "shape objects (8 classes) on varied textured natural backgrounds; "
-              "the pre-training domain (like ImageNet)",
+    "source": (
+        "shape objects (8 classes) on varied textured natural backgrounds; "
+        "the pre-training domain (like ImageNet)"
+    ),
     "similar": "the same kind of images with 8 new object classes not in the source (like AwA2)",
-    "scene": "the same kind of images, labelled by background/scene type (6 classes) "
-             "with random distractor objects (like 15-Scene)",
-    "dissimilar": "fruit-like objects (8 classes) centred on plain white backgrounds, "
-                  "little variation (like Fruits-360)",
+    "scene": (
+        "the same kind of images, labelled by background/scene type (6 classes) "
+        "with random distractor objects (like 15-Scene)"
+    ),
+    "dissimilar": (
+        "fruit-like objects (8 classes) centred on plain white backgrounds, "
+        "little variation (like Fruits-360)"
+    ),
 }
 
 # Class names in priority order: ``n_classes=k`` keeps the first k of these (the most
 # distinct ones first). Labels follow the *alphabetical* order of the kept names, which
 # is the order torchvision's ImageFolder gives the class folders.
 SOURCE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "ellipse", "hexagon")
-SIMILAR_SHAPES = ("crescent", "arrow", "heart", "diamond", "l_shape", "trapezoid", "bolt", "semicircle")
+SIMILAR_SHAPES = (
+    "crescent",
+    "arrow",
+    "heart",
+    "diamond",
+    "l_shape",
+    "trapezoid",
+    "bolt",
+    "semicircle",
+)
 SCENES = ("sky", "grass", "water", "sand", "rock", "bricks")
 FRUITS = ("apple", "banana", "grapes", "lemon", "strawberry", "cherry", "orange", "pear")
 
@@ -113,7 +129,9 @@ class RenderedDomain(NamedTuple):
     images: np.ndarray  #: (N, H, W, 3) uint8, RGB
     labels: np.ndarray  #: (N,) int64 indices into ``classes``
     classes: list[str]  #: class names, in label order
-    masks: np.ndarray  #: (N, H, W) uint8 coverage (0-255) of the rendered objects (scene: the distractors)
+    masks: (
+        np.ndarray
+    )  #: (N, H, W) uint8 coverage (0-255) of the rendered objects (scene: the distractors)
 
 
 def _check_name(name: str) -> None:
@@ -145,7 +163,9 @@ def _stable_id(text: str) -> int:
 
 
 def _image_rng(seed: int, domain: str, split: str, cls: str, index: int) -> np.random.Generator:
-    ss = np.random.SeedSequence([int(seed), _stable_id(domain), _SPLITS[split], _stable_id(cls), int(index)])
+    ss = np.random.SeedSequence(
+        [int(seed), _stable_id(domain), _SPLITS[split], _stable_id(cls), int(index)]
+    )
     return np.random.default_rng(ss)
 
 
@@ -179,8 +199,13 @@ def _interp_matrix(size: int, cells: int) -> np.ndarray:
     return w
 
 
-def _noise(rng: np.random.Generator, size: int, cells_y: Sequence[int], cells_x: Sequence[int],
-           persistence: float = 0.55) -> np.ndarray:
+def _noise(
+    rng: np.random.Generator,
+    size: int,
+    cells_y: Sequence[int],
+    cells_x: Sequence[int],
+    persistence: float = 0.55,
+) -> np.ndarray:
     """Fractal value noise (sum of smooth lattice octaves), zero mean, unit std."""
     out = np.zeros((size, size), dtype=np.float32)
     amp = 1.0
@@ -194,8 +219,9 @@ def _noise(rng: np.random.Generator, size: int, cells_y: Sequence[int], cells_x:
     return out
 
 
-def _fractal(rng: np.random.Generator, size: int, base: int = 2, octaves: int = 5,
-             persistence: float = 0.55) -> np.ndarray:
+def _fractal(
+    rng: np.random.Generator, size: int, base: int = 2, octaves: int = 5, persistence: float = 0.55
+) -> np.ndarray:
     cells = [base * 2**k for k in range(octaves) if base * 2**k <= size]
     return _noise(rng, size, cells, cells, persistence)
 
@@ -206,8 +232,10 @@ def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))),
-                    dtype=np.float32)
+    return np.array(
+        colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))),
+        dtype=np.float32,
+    )
 
 
 def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -285,15 +313,34 @@ _POLY = {
     "triangle": _regular(3, 1.0, -np.pi / 2) + np.array([0.0, 0.2]),
     "star": _star(5, 1.0, 0.42) + np.array([0.0, 0.08]),
     "hexagon": _regular(6, 0.92, 0.0),
-    "arrow": np.array([[-0.9, -0.2], [0.15, -0.2], [0.15, -0.55], [0.95, 0.0], [0.15, 0.55],
-                       [0.15, 0.2], [-0.9, 0.2]]),
+    "arrow": np.array(
+        [
+            [-0.9, -0.2],
+            [0.15, -0.2],
+            [0.15, -0.55],
+            [0.95, 0.0],
+            [0.15, 0.55],
+            [0.15, 0.2],
+            [-0.9, 0.2],
+        ]
+    ),
     "heart": _heart(),
     "diamond": np.array([[0.0, -1.0], [0.58, 0.0], [0.0, 1.0], [-0.58, 0.0]]),
-    "l_shape": np.array([[-0.55, -0.9], [-0.12, -0.9], [-0.12, 0.45], [0.7, 0.45], [0.7, 0.88],
-                         [-0.55, 0.88]]),
+    "l_shape": np.array(
+        [[-0.55, -0.9], [-0.12, -0.9], [-0.12, 0.45], [0.7, 0.45], [0.7, 0.88], [-0.55, 0.88]]
+    ),
     "trapezoid": np.array([[-0.95, 0.5], [0.95, 0.5], [0.45, -0.5], [-0.45, -0.5]]),
-    "bolt": np.array([[0.2, -1.0], [-0.55, 0.12], [-0.05, 0.12], [-0.25, 1.0], [0.55, -0.2],
-                      [0.05, -0.2], [0.35, -1.0]]),
+    "bolt": np.array(
+        [
+            [0.2, -1.0],
+            [-0.55, 0.12],
+            [-0.05, 0.12],
+            [-0.25, 1.0],
+            [0.55, -0.2],
+            [0.05, -0.2],
+            [0.35, -1.0],
+        ]
+    ),
 }
 _POLY = {k: np.asarray(v, dtype=np.float32) for k, v in _POLY.items()}
 
@@ -328,6 +375,7 @@ def _extent(shape: str) -> float:
     y, x = np.meshgrid(c, c, indexing="ij")
     inside = _shape_sdf(shape, x, y) < 0
     return float(np.hypot(x[inside], y[inside]).max()) + 0.02
+
 
 # ----------------------------------------------------------------------------------------------
 # backgrounds: (S,S,3) float32 in ~[0,1]
@@ -420,7 +468,9 @@ def _bg_bricks(rng, g: _Grid) -> np.ndarray:
     fu = (xs / bw + 100 - col) * bw
     fv = (yr / bh + 100 - row) * bh
     m = rng.uniform(0.025, 0.05)
-    mortar = 1 - _smoothstep(m * 0.5, m, np.minimum(np.minimum(fu, bw - fu), np.minimum(fv, bh - fv)))
+    mortar = 1 - _smoothstep(
+        m * 0.5, m, np.minimum(np.minimum(fu, bw - fu), np.minimum(fv, bh - fv))
+    )
     table = rng.uniform(-1, 1, size=64).astype(np.float32)
     idx = (row * 7 + col * 13) % 64
     jit = table[idx]
@@ -434,8 +484,12 @@ def _bg_bricks(rng, g: _Grid) -> np.ndarray:
 
 
 _BACKGROUNDS: dict[str, Callable[[np.random.Generator, _Grid], np.ndarray]] = {
-    "sky": _bg_sky, "grass": _bg_grass, "water": _bg_water,
-    "sand": _bg_sand, "rock": _bg_rock, "bricks": _bg_bricks,
+    "sky": _bg_sky,
+    "grass": _bg_grass,
+    "water": _bg_water,
+    "sand": _bg_sand,
+    "rock": _bg_rock,
+    "bricks": _bg_bricks,
 }
 assert tuple(_BACKGROUNDS) == SCENES
 
@@ -479,8 +533,9 @@ def _to_pixels(sdf_obj: np.ndarray, g: _Grid, pl: _Placement) -> np.ndarray:
     return sdf_obj * (pl.scale * min(pl.sx, pl.sy) / g.px)
 
 
-def _shape_sdf_px(shape: str, g: _Grid, pl: _Placement, dx: float = 0.0, dy: float = 0.0,
-                  pad_px: float = 1.0) -> np.ndarray:
+def _shape_sdf_px(
+    shape: str, g: _Grid, pl: _Placement, dx: float = 0.0, dy: float = 0.0, pad_px: float = 1.0
+) -> np.ndarray:
     """Signed distance in pixels to a placed shape, evaluated only in a window around it.
 
     Outside the window (farther than ``pad_px`` from the shape) the value is a large
@@ -499,7 +554,9 @@ def _shape_sdf_px(shape: str, g: _Grid, pl: _Placement, dx: float = 0.0, dy: flo
     win = (span(cy), span(cx))
     if out[win].size:
         xr, yr = _rotate(g.x[win] - cx, g.y[win] - cy, pl.angle)
-        out[win] = _to_pixels(_shape_sdf(shape, xr / (pl.scale * pl.sx), yr / (pl.scale * pl.sy)), g, pl)
+        out[win] = _to_pixels(
+            _shape_sdf(shape, xr / (pl.scale * pl.sx), yr / (pl.scale * pl.sy)), g, pl
+        )
     return out
 
 
@@ -515,7 +572,9 @@ def _contrasting_colour(rng, against: np.ndarray) -> np.ndarray:
     return best
 
 
-def _paint_shape(rng, img: np.ndarray, cover: np.ndarray, g: _Grid, shape: str, pl: _Placement) -> None:
+def _paint_shape(
+    rng, img: np.ndarray, cover: np.ndarray, g: _Grid, shape: str, pl: _Placement
+) -> None:
     """Paint one shape object (random colour, surface pattern, shadow) in place."""
     S = g.size
     # soft drop shadow
@@ -560,12 +619,19 @@ def _paint_shape(rng, img: np.ndarray, cover: np.ndarray, g: _Grid, shape: str, 
 
 
 def _random_placement(rng, shape: str, lo: float, hi: float, margin: float) -> _Placement:
-    """Random size, stretch, rotation and position with the whole shape inside ``|x|, |y| <= margin``."""
+    """Random size, stretch, rotation and position with the whole shape inside ``|x|, |y| <=
+    margin``."""
     scale = float(rng.uniform(lo, hi))
     stretch = float(rng.uniform(0.85, 1.15))
     room = max(0.0, margin - scale * _extent(shape) * max(stretch, 1 / stretch))
-    return _Placement(float(rng.uniform(-room, room)), float(rng.uniform(-room, room)), scale,
-                      float(rng.uniform(0, 2 * np.pi)), stretch, 1 / stretch)
+    return _Placement(
+        float(rng.uniform(-room, room)),
+        float(rng.uniform(-room, room)),
+        scale,
+        float(rng.uniform(0, 2 * np.pi)),
+        stretch,
+        1 / stretch,
+    )
 
 
 def _render_object_scene(rng, g: _Grid, shape: str) -> tuple[np.ndarray, np.ndarray]:
@@ -598,52 +664,87 @@ def _fruit_parts(fruit: str, rng, x: np.ndarray, y: np.ndarray):
     leaf = _hsv(j(0.25, 0.33), j(0.6, 0.9), j(0.4, 0.65))
     if fruit == "apple":
         body = np.minimum(_sd_circle(x, y, 0.7, -0.27, 0.08), _sd_circle(x, y, 0.7, 0.27, 0.08))
-        col = _hsv(j(-0.02, 0.02), j(0.7, 0.95), j(0.6, 0.85)) if rng.random() < 0.8 else \
-            _hsv(j(0.18, 0.25), j(0.6, 0.8), j(0.65, 0.85))
-        parts += [(_sd_box(x, y, 0.05, 0.22, 0.02, -0.72), stem, "flat"), (body, col, "body"),
-                  (_sd_ellipse(*_rotate(x - 0.22, y + 0.78, 0.5), 0.22, 0.09), leaf, "flat")]
+        col = (
+            _hsv(j(-0.02, 0.02), j(0.7, 0.95), j(0.6, 0.85))
+            if rng.random() < 0.8
+            else _hsv(j(0.18, 0.25), j(0.6, 0.8), j(0.65, 0.85))
+        )
+        parts += [
+            (_sd_box(x, y, 0.05, 0.22, 0.02, -0.72), stem, "flat"),
+            (body, col, "body"),
+            (_sd_ellipse(*_rotate(x - 0.22, y + 0.78, 0.5), 0.22, 0.09), leaf, "flat"),
+        ]
     elif fruit == "banana":
         body = np.maximum(_sd_circle(x, y, 1.0, 0.0, -0.25), -_sd_circle(x, y, 0.95, 0.0, -0.65))
         col = _hsv(j(0.12, 0.15), j(0.7, 0.95), j(0.85, 1.0))
-        parts += [(body, col, "body"), (np.maximum(body, 0.86 - np.abs(x)), _hsv(0.08, 0.7, 0.3), "flat")]
+        parts += [
+            (body, col, "body"),
+            (np.maximum(body, 0.86 - np.abs(x)), _hsv(0.08, 0.7, 0.3), "flat"),
+        ]
     elif fruit == "grapes":
-        col = _hsv(j(0.75, 0.85), j(0.5, 0.8), j(0.3, 0.55)) if rng.random() < 0.7 else \
-            _hsv(j(0.2, 0.26), j(0.5, 0.7), j(0.6, 0.8))
+        col = (
+            _hsv(j(0.75, 0.85), j(0.5, 0.8), j(0.3, 0.55))
+            if rng.random() < 0.7
+            else _hsv(j(0.2, 0.26), j(0.5, 0.7), j(0.6, 0.8))
+        )
         parts.append((_sd_box(x, y, 0.04, 0.2, 0.0, -0.85), stem, "flat"))
         rows = [(-0.55, 4), (-0.2, 4), (0.15, 3), (0.48, 2), (0.78, 1)]
         for yy, n in rows:
             for k in range(n):
                 xx = (k - (n - 1) / 2) * 0.34 + j(-0.04, 0.04)
-                parts.append((_sd_circle(x, y, 0.2, xx, yy + j(-0.04, 0.04)),
-                              col * j(0.85, 1.1), "body"))
+                parts.append(
+                    (_sd_circle(x, y, 0.2, xx, yy + j(-0.04, 0.04)), col * j(0.85, 1.1), "body")
+                )
     elif fruit == "lemon":
         col = _hsv(j(0.13, 0.16), j(0.75, 0.95), j(0.85, 1.0))
-        tips = np.minimum(_sd_ellipse(x, y, 0.2, 0.1, 0.8, 0.0), _sd_ellipse(x, y, 0.2, 0.1, -0.8, 0.0))
+        tips = np.minimum(
+            _sd_ellipse(x, y, 0.2, 0.1, 0.8, 0.0), _sd_ellipse(x, y, 0.2, 0.1, -0.8, 0.0)
+        )
         parts.append((_smin(_sd_ellipse(x, y, 0.85, 0.62), tips, 0.15), col, "body"))
     elif fruit == "orange":
         col = _hsv(j(0.06, 0.09), j(0.85, 1.0), j(0.85, 1.0))
-        parts += [(_sd_circle(x, y, 0.88), col, "body"),
-                  (_sd_circle(x, y, 0.08, 0.0, -0.62), _hsv(0.2, 0.5, 0.4), "flat")]
+        parts += [
+            (_sd_circle(x, y, 0.88), col, "body"),
+            (_sd_circle(x, y, 0.08, 0.0, -0.62), _hsv(0.2, 0.5, 0.4), "flat"),
+        ]
     elif fruit == "pear":
         col = _hsv(j(0.17, 0.24), j(0.55, 0.8), j(0.6, 0.85))
         body = _smin(_sd_circle(x, y, 0.6, 0.0, 0.35), _sd_circle(x, y, 0.34, 0.0, -0.34), 0.45)
         parts += [(_sd_box(x, y, 0.04, 0.2, 0.04, -0.8), stem, "flat"), (body, col, "body")]
     elif fruit == "cherry":
         col = _hsv(j(0.97, 1.0), j(0.8, 1.0), j(0.45, 0.75))
-        s1 = _sd_polygon(x, y, np.array([[0.05, -0.9], [0.12, -0.9], [-0.3, 0.2], [-0.38, 0.2]], np.float32))
-        s2 = _sd_polygon(x, y, np.array([[0.05, -0.9], [0.12, -0.9], [0.42, 0.25], [0.34, 0.25]], np.float32))
-        parts += [(np.minimum(s1, s2), _hsv(0.2, 0.6, 0.4), "flat"),
-                  (_sd_circle(x, y, 0.36, -0.36, 0.45), col, "body"),
-                  (_sd_circle(x, y, 0.36, 0.4, 0.5), col * 0.9, "body")]
+        s1 = _sd_polygon(
+            x, y, np.array([[0.05, -0.9], [0.12, -0.9], [-0.3, 0.2], [-0.38, 0.2]], np.float32)
+        )
+        s2 = _sd_polygon(
+            x, y, np.array([[0.05, -0.9], [0.12, -0.9], [0.42, 0.25], [0.34, 0.25]], np.float32)
+        )
+        parts += [
+            (np.minimum(s1, s2), _hsv(0.2, 0.6, 0.4), "flat"),
+            (_sd_circle(x, y, 0.36, -0.36, 0.45), col, "body"),
+            (_sd_circle(x, y, 0.36, 0.4, 0.5), col * 0.9, "body"),
+        ]
     elif fruit == "strawberry":
         col = _hsv(j(0.97, 1.01), j(0.8, 1.0), j(0.7, 0.95))
         tri = np.array([[-0.68, -0.35], [0.68, -0.35], [0.0, 0.78]], np.float32)
         body = _sd_polygon(x, y, tri) - 0.22
-        seeds = np.sqrt(((x * 6.5 + 0.5 * (np.floor(y * 6) % 2)) % 1 - 0.5) ** 2 + ((y * 6) % 1 - 0.5) ** 2) - 0.13
-        calyx = _sd_polygon(x, y, _star(5, 0.45, 0.15) * np.array([1.0, 0.5], np.float32)
-                            + np.array([0.0, -0.55], np.float32))
-        parts += [(body, col, "body"), (np.maximum(body + 0.05, seeds), _hsv(0.14, 0.6, 0.95), "flat"),
-                  (calyx, leaf, "flat")]
+        seeds = (
+            np.sqrt(
+                ((x * 6.5 + 0.5 * (np.floor(y * 6) % 2)) % 1 - 0.5) ** 2 + ((y * 6) % 1 - 0.5) ** 2
+            )
+            - 0.13
+        )
+        calyx = _sd_polygon(
+            x,
+            y,
+            _star(5, 0.45, 0.15) * np.array([1.0, 0.5], np.float32)
+            + np.array([0.0, -0.55], np.float32),
+        )
+        parts += [
+            (body, col, "body"),
+            (np.maximum(body + 0.05, seeds), _hsv(0.14, 0.6, 0.95), "flat"),
+            (calyx, leaf, "flat"),
+        ]
     else:  # pragma: no cover - guarded by CLASSES
         raise KeyError(fruit)
     return parts
@@ -652,9 +753,14 @@ def _fruit_parts(fruit: str, rng, x: np.ndarray, y: np.ndarray):
 def _render_fruit(rng, g: _Grid, fruit: str) -> tuple[np.ndarray, np.ndarray]:
     S = g.size
     img = np.full((S, S, 3), rng.uniform(0.985, 1.0), np.float32)
-    pl = _Placement(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04)),
-                    float(rng.uniform(0.66, 0.78)), float(rng.uniform(-0.35, 0.35)),
-                    float(rng.uniform(0.95, 1.05)), 1.0)
+    pl = _Placement(
+        float(rng.uniform(-0.04, 0.04)),
+        float(rng.uniform(-0.04, 0.04)),
+        float(rng.uniform(0.66, 0.78)),
+        float(rng.uniform(-0.35, 0.35)),
+        float(rng.uniform(0.95, 1.05)),
+        1.0,
+    )
     xo, yo = _object_coords(g, pl)
     parts = _fruit_parts(fruit, rng, xo, yo)
     body = np.min(np.stack([p[0] for p in parts if p[2] == "body"]), axis=0)
@@ -670,7 +776,11 @@ def _render_fruit(rng, g: _Grid, fruit: str) -> tuple[np.ndarray, np.ndarray]:
         if kind == "body":
             depth = np.sqrt(_smoothstep(-0.5, 0.45 * pl.scale / g.px, -sd))
             spec = np.exp(-((xo - lx) ** 2 + (yo - ly) ** 2) / 0.05)
-            c = col * (0.55 + 0.45 * depth)[..., None] * (1 + 0.04 * rng.standard_normal((S, S)))[..., None]
+            c = (
+                col
+                * (0.55 + 0.45 * depth)[..., None]
+                * (1 + 0.04 * rng.standard_normal((S, S)))[..., None]
+            )
             c = _mix(c, np.ones(3, np.float32), 0.45 * spec * depth)
         else:
             c = np.broadcast_to(col, img.shape)
@@ -703,8 +813,9 @@ def _validate(name: str, split: str, n: int, image_size: int, seed: int) -> None
         raise FtdynError(f"seed must be a non-negative integer, got {seed}")
 
 
-def _iter_images(name: str, split: str, n_per_class: int, image_size: int, seed: int,
-                 classes: Sequence[str]) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+def _iter_images(
+    name: str, split: str, n_per_class: int, image_size: int, seed: int, classes: Sequence[str]
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     g = _grid(int(image_size))
     render = _RENDER[name]
     for label, cls in enumerate(classes):
@@ -714,8 +825,15 @@ def _iter_images(name: str, split: str, n_per_class: int, image_size: int, seed:
             yield label, i, img, cover
 
 
-def render_domain(name: str, n_per_class: int, *, split: str = "train", image_size: int = 64,
-                  seed: int = 0, n_classes: int | None = None) -> RenderedDomain:
+def render_domain(
+    name: str,
+    n_per_class: int,
+    *,
+    split: str = "train",
+    image_size: int = 64,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> RenderedDomain:
     """Render one split of a domain in memory.
 
     Images are ordered class by class. The images equal, pixel for pixel, the PNG files
@@ -727,7 +845,9 @@ def render_domain(name: str, n_per_class: int, *, split: str = "train", image_si
     images = np.empty((n, image_size, image_size, 3), np.uint8)
     masks = np.empty((n, image_size, image_size), np.uint8)
     labels = np.empty(n, np.int64)
-    for k, (label, _, img, cover) in enumerate(_iter_images(name, split, n_per_class, image_size, seed, classes)):
+    for k, (label, _, img, cover) in enumerate(
+        _iter_images(name, split, n_per_class, image_size, seed, classes)
+    ):
         images[k] = img
         masks[k] = np.clip(cover * 255 + 0.5, 0, 255).astype(np.uint8)
         labels[k] = label
@@ -740,14 +860,24 @@ def _prepare_dir(out: Path) -> None:
     if not existing:
         return
     if not (out / _META_FILE).is_file():
-        raise FtdynError(f"{out} already holds {existing[0].name}/ that ftdyn did not generate; "
-                         "choose an empty or new directory")
+        raise FtdynError(
+            f"{out} already holds {existing[0].name}/ that ftdyn did not generate; "
+            "choose an empty or new directory"
+        )
     for d in existing:
         shutil.rmtree(d)
 
 
-def generate_domain(name: str, out_dir: str | Path, *, n_train_per_class: int, n_val_per_class: int,
-                    image_size: int = 64, seed: int = 0, n_classes: int | None = None) -> Path:
+def generate_domain(
+    name: str,
+    out_dir: str | Path,
+    *,
+    n_train_per_class: int,
+    n_val_per_class: int,
+    image_size: int = 64,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> Path:
     """Write one domain as an ImageFolder tree and return ``out_dir``.
 
     Layout: ``out_dir/train/<class>/<i>.png``, ``out_dir/val/<class>/<i>.png`` (RGB,
@@ -769,12 +899,19 @@ def generate_domain(name: str, out_dir: str | Path, *, n_train_per_class: int, n
         for cls in classes:
             (out / split / cls).mkdir(parents=True, exist_ok=True)
         for label, i, img, _ in _iter_images(name, split, n, image_size, seed, classes):
-            Image.fromarray(img).save(out / split / classes[label] / f"{i:0{width}d}.png",
-                                                  format="PNG", compress_level=6)
+            Image.fromarray(img).save(
+                out / split / classes[label] / f"{i:0{width}d}.png", format="PNG", compress_level=6
+            )
         counts[split] = int(n)
     meta = {
-        "domain": name, "description": DOMAINS[name], "classes": classes, "image_size": int(image_size),
-        "seed": int(seed), "per_class": counts, "generator": "ftdyn.domains", "generator_version": GENERATOR_VERSION,
+        "domain": name,
+        "description": DOMAINS[name],
+        "classes": classes,
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "per_class": counts,
+        "generator": "ftdyn.domains",
+        "generator_version": GENERATOR_VERSION,
     }
     (out / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out

@@ -21,4 +21,3 @@ class FtdynWarning(UserWarning):
 class ConvergenceWarning(FtdynWarning):
     """Layers whose distance has not converged on the probe set: their numbers are valid, only
     imprecise, so the command line words this apart from the ``warning:`` lines."""
-

@@ -64,18 +64,44 @@ import torch
 
 from . import data as data_mod
 from ._version import __version__
-from .checkpoints import (checkpoint_files, discover_series, infer_num_classes, load_source_weights,
-                          load_state_into_model, read_manifest, read_weights)
+from .checkpoints import (
+    checkpoint_files,
+    discover_series,
+    infer_num_classes,
+    load_source_weights,
+    load_state_into_model,
+    read_manifest,
+    read_weights,
+)
 from .config import STORE_DTYPES, ExtractConfig, arg, describe
 from .devices import fastest_memory_format, resolve_device
 from .errors import FtdynError, FtdynWarning
+from .models import (
+    LayerCapture,
+    blank_forward,
+    build_model,
+    canonical_arch,
+    channels_last_layers,
+    default_layers,
+    default_normalization,
+    num_classes_of,
+    replace_head,
+    validate_layers,
+)
 from .outputs import DISK_ERRORS, check_output_folder, folder_lock
 from .progress import progress_bar, stage
-from .models import (LayerCapture, blank_forward, build_model, canonical_arch, channels_last_layers, default_layers,
-                     default_normalization, num_classes_of, replace_head, validate_layers)
 from .receptive import ReceptiveFieldError, receptive_fields
-from .store import (LayerSpec, StoreSpec, StoreWriter, add_random_init, all_finite, create_store, dir_size,
-                    planned_regions, write_random_init)
+from .store import (
+    LayerSpec,
+    StoreSpec,
+    StoreWriter,
+    add_random_init,
+    all_finite,
+    create_store,
+    dir_size,
+    planned_regions,
+    write_random_init,
+)
 
 #: Stored activation type -> the torch type activations are captured in.
 DTYPES = {name: getattr(torch, name) for name in STORE_DTYPES}
@@ -143,7 +169,8 @@ def batch_plan(n_samples: int, samples_per_chunk: int, batch_size: int) -> list[
 
 
 def _entry_record(entry, copy: dict[str, str] | None = None) -> dict[str, Any]:
-    """The store's record of a checkpoint; ``copy``: which weights of the file were read (:func:`_apply_state`)."""
+    """The store's record of a checkpoint; ``copy``: which weights of the file were read
+    (:func:`_apply_state`)."""
     return {"epoch": int(entry.epoch), "file": entry.label, "sha256": entry.sha256, **(copy or {})}
 
 
@@ -158,7 +185,11 @@ def _dataset_name(manifest: dict | None, data_dir: Path) -> str:
             if ds.get("path"):
                 return Path(str(ds["path"])).name
     folder = data_dir.resolve()
-    return folder.parent.name if folder.name.lower() in _VAL_NAMES and folder.parent.name else folder.name
+    return (
+        folder.parent.name
+        if folder.name.lower() in _VAL_NAMES and folder.parent.name
+        else folder.name
+    )
 
 
 @contextmanager
@@ -192,8 +223,10 @@ def parse_normalize(text: str) -> dict[str, list[float]]:
     if len(values) == 2:
         values = [values[0]] * 3 + [values[1]] * 3
     if len(values) != 6 or not all(math.isfinite(v) for v in values) or min(values[3:]) <= 0:
-        raise FtdynError(f"{arg('normalize', text)}: give MEAN,STD (e.g. 0.5,0.5) or three means and three stds "
-                         "(e.g. 0.485,0.456,0.406,0.229,0.224,0.225); stds must be positive.")
+        raise FtdynError(
+            f"{arg('normalize', text)}: give MEAN,STD (e.g. 0.5,0.5) or three means and three stds "
+            "(e.g. 0.485,0.456,0.406,0.229,0.224,0.225); stds must be positive."
+        )
     return {"mean": values[:3], "std": values[3:]}
 
 
@@ -201,8 +234,11 @@ def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
         if series.is_dir() and arch is None and checkpoint_files(series):
-            raise FtdynError(f"{arg('arch')}: {series} is not an ftdyn series (no manifest.json); name the architecture "
-                             f"of its checkpoints with {arg('arch')} (e.g. {arg('arch')} resnet50).")
+            raise FtdynError(
+                f"{arg('arch')}: {series} is not an ftdyn series (no manifest.json); name the"
+                f" architecture of its checkpoints with {arg('arch')} (e.g. {arg('arch')}"
+                " resnet50)."
+            )
         if arch is not None:
             arch = canonical_arch(arch)
         entries = discover_series(series, source=source, trust=trust, arch=arch)
@@ -211,8 +247,10 @@ def _resolve_series(series: Path, arch: str | None, source, trust: bool):
         return arch, None, entries
     series_arch = canonical_arch(manifest["architecture"])
     if arch is not None and canonical_arch(arch) != series_arch:
-        raise FtdynError(f"{arg('arch', arch)}: the series {series} was trained as {series_arch} (manifest.json); "
-                         f"drop {arg('arch')}.")
+        raise FtdynError(
+            f"{arg('arch', arch)}: the series {series} was trained as {series_arch}"
+            f" (manifest.json); drop {arg('arch')}."
+        )
     entries = discover_series(series, source=source, trust=trust)
     return series_arch, manifest, entries
 
@@ -228,7 +266,9 @@ class _Loading:
     adapt_head: bool
     state_prefix: str | None = None
     weights_copy: str = "main"  # --weights-copy: the model's own weights or its EMA copy
-    has_source: bool = False  # epoch 0 is a --source (read as its main copy, a --state-prefix optional)
+    has_source: bool = (
+        False  # epoch 0 is a --source (read as its main copy, a --state-prefix optional)
+    )
 
 
 def _is_source(entry, loading: _Loading) -> bool:
@@ -236,42 +276,70 @@ def _is_source(entry, loading: _Loading) -> bool:
 
 
 def _load_state(entry, loading: _Loading):
-    """:class:`~ftdyn.checkpoints.Weights` of a file entry (None for a zoo weights name, loaded later);
+    """:class:`~ftdyn.checkpoints.Weights` of a file entry (None for a zoo weights name, loaded
+    later);
     a file holding NaN/inf weights is refused here, before anything is extracted from it."""
     if entry.path is None:
         return None
     copy = "main" if _is_source(entry, loading) else loading.weights_copy
-    weights = read_weights(entry.path, trust=loading.trust, copy=copy, state_prefix=loading.state_prefix)
+    weights = read_weights(
+        entry.path, trust=loading.trust, copy=copy, state_prefix=loading.state_prefix
+    )
     _check_finite_weights(weights.state, entry.path)
     return weights
+
 
 def _check_finite_weights(state, path) -> None:
     """One line naming the file and the first tensor with NaN/inf values (a diverged run)."""
     for name, tensor in (state or {}).items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not torch.isfinite(tensor).all()
+        ):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise FtdynError(f"{path}: tensor '{name}' holds {bad} NaN/inf value(s) of {tensor.numel()} (a diverged "
-                             "checkpoint); its activations would be meaningless: leave this file out of the series "
-                             "(or end the series before it).")
+            raise FtdynError(
+                f"{path}: tensor '{name}' holds {bad} NaN/inf value(s) of {tensor.numel()} (a"
+                " diverged checkpoint); its activations would be meaningless: leave this file out"
+                " of the series (or end the series before it)."
+            )
 
 
 class NonFiniteActivations(FtdynError):
     """A region whose activations are not all finite: it is never written or marked complete.
     ``text(peak)`` adds the true largest magnitude once it has been measured in float32."""
 
-    def __init__(self, where: str, layer: str, ci: int, rows: slice, n_bad: int, largest: float, overflow: bool):
+    def __init__(
+        self,
+        where: str,
+        layer: str,
+        ci: int,
+        rows: slice,
+        n_bad: int,
+        largest: float,
+        overflow: bool,
+    ):
         self.where, self.layer, self.ci, self.rows = where, layer, ci, rows
         self.n_bad, self.largest, self.overflow = n_bad, largest, overflow
         super().__init__(self.text())
 
     def text(self, peak: float | None = None) -> str:
         if self.overflow:
-            seen = (f"largest magnitude {peak:.4g}, measured in float32" if peak is not None
-                    else f"largest finite magnitude {self.largest:.4g}")
-            return (f"{self.where}: {self.n_bad} activation(s) exceed float16's range (|x| > 65504; {seen}); store "
-                    f"this series in float32: run again with {arg('dtype')} float32 and a new {arg('out')} (this store is float16).")
-        return (f"{self.where}: the network produced {self.n_bad} NaN/inf activation(s) (largest finite magnitude "
-                f"{self.largest:.4g}; a diverged checkpoint?); leave that checkpoint out of the series.")
+            seen = (
+                f"largest magnitude {peak:.4g}, measured in float32"
+                if peak is not None
+                else f"largest finite magnitude {self.largest:.4g}"
+            )
+            return (
+                f"{self.where}: {self.n_bad} activation(s) exceed float16's range (|x| > 65504;"
+                f" {seen}); store this series in float32: run again with {arg('dtype')} float32 and"
+                f" a new {arg('out')} (this store is float16)."
+            )
+        return (
+            f"{self.where}: the network produced {self.n_bad} NaN/inf activation(s) (largest finite"
+            f" magnitude {self.largest:.4g}; a diverged checkpoint?); leave that checkpoint out of"
+            " the series."
+        )
 
 
 def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
@@ -285,14 +353,33 @@ def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) ->
         rows = writer.chunk_slice(chunk)
         n_inf = int(np.isinf(arr).sum())
         largest = float(np.abs(arr[finite]).max()) if finite.any() else float("nan")
-        where = f"{arg('out', writer.path)}: layer {layer}, epoch {epoch}, samples {rows.start}-{rows.stop - 1}"
+        where = (
+            f"{arg('out', writer.path)}: layer {layer}, epoch {epoch}, samples"
+            f" {rows.start}-{rows.stop - 1}"
+        )
         overflow = bool(n_inf) and arr.dtype == np.float16
-        raise NonFiniteActivations(where, layer, ci, rows, n_inf if overflow else arr.size - int(finite.sum()),
-                                   largest, overflow)
+        raise NonFiniteActivations(
+            where,
+            layer,
+            ci,
+            rows,
+            n_inf if overflow else arr.size - int(finite.sum()),
+            largest,
+            overflow,
+        )
 
 
-def _float32_peak(model, entry, loading: _Loading, exc: NonFiniteActivations, images: np.ndarray,
-                  normalization, channels_last: frozenset[str], dev: torch.device, batch_size: int) -> float | None:
+def _float32_peak(
+    model,
+    entry,
+    loading: _Loading,
+    exc: NonFiniteActivations,
+    images: np.ndarray,
+    normalization,
+    channels_last: frozenset[str],
+    dev: torch.device,
+    batch_size: int,
+) -> float | None:
     """The true largest |activation| of the region that overflowed float16: the checkpoint is
     loaded again and that region's images run once more with the layer captured in float32.
     Only to complete the error message: any failure here gives None (the message then says
@@ -301,11 +388,20 @@ def _float32_peak(model, entry, loading: _Loading, exc: NonFiniteActivations, im
         _apply_state(model, entry, _load_state(entry, loading), loading)
         model.to(dev).eval()
         peak = 0.0
-        with LayerCapture(model, [exc.layer], dtype=torch.float32, channels_last=channels_last) as capture, \
-                torch.inference_mode(), full_precision():
+        with (
+            LayerCapture(
+                model, [exc.layer], dtype=torch.float32, channels_last=channels_last
+            ) as capture,
+            torch.inference_mode(),
+            full_precision(),
+        ):
             for start in range(exc.rows.start, exc.rows.stop, batch_size):
-                batch = torch.from_numpy(images[start:min(start + batch_size, exc.rows.stop)]).permute(0, 3, 1, 2)
-                model(data_mod.normalize(batch.to(dev), normalization["mean"], normalization["std"]))
+                batch = torch.from_numpy(
+                    images[start : min(start + batch_size, exc.rows.stop)]
+                ).permute(0, 3, 1, 2)
+                model(
+                    data_mod.normalize(batch.to(dev), normalization["mean"], normalization["std"])
+                )
                 peak = max(peak, float(capture.pop()[exc.layer].abs().amax()))
         return peak
     except Exception:  # noqa: BLE001 - a best-effort detail of an error already being reported
@@ -318,19 +414,34 @@ def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -
 
 
 def _apply_state(model, entry, weights, loading: _Loading) -> dict[str, str]:
-    """Load an entry into ``model``; returns which copy it gave: ``{"weights": top-level key or "file",
+    """Load an entry into ``model``; returns which copy it gave: ``{"weights": top-level key or
+    "file",
     "key_prefix": the prefix stripped from its keys}`` (recorded in the store)."""
     if weights is None:
-        load_source_weights(model, entry, arch=loading.arch, trust=loading.trust, adapt_head=loading.adapt_head,
-                            state_prefix=loading.state_prefix)
+        load_source_weights(
+            model,
+            entry,
+            arch=loading.arch,
+            trust=loading.trust,
+            adapt_head=loading.adapt_head,
+            state_prefix=loading.state_prefix,
+        )
         return {"weights": "zoo", "key_prefix": ""}
-    prefix = load_state_into_model(model, weights.state, source=str(entry.path), adapt_head=loading.adapt_head,
-                                   arch=loading.arch, state_prefix=weights.prefix,
-                                   optional_prefix=_is_source(entry, loading))
+    prefix = load_state_into_model(
+        model,
+        weights.state,
+        source=str(entry.path),
+        adapt_head=loading.adapt_head,
+        arch=loading.arch,
+        state_prefix=weights.prefix,
+        optional_prefix=_is_source(entry, loading),
+    )
     return {"weights": weights.key or "file", "key_prefix": prefix}
 
 
-def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -> dict[int, dict[str, str]]:
+def _check_loadable(
+    model, entries, positions, cache: dict, loading: _Loading
+) -> dict[int, dict[str, str]]:
     """Load the checkpoints at ``positions`` into a scratch copy of ``model`` before the store
     is created or extended, so that a file that does not fit (another architecture, missing
     keys, no weights at all) stops the run before anything is written, not half-way.
@@ -346,21 +457,26 @@ def _check_loadable(model, entries, positions, cache: dict, loading: _Loading) -
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
         shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
-        log.info(f"the classifier head changes its class count inside the series ({shown} classes); "
-              "each checkpoint is loaded with its own head (heads are not captured).")
+        log.info(
+            f"the classifier head changes its class count inside the series ({shown} classes); "
+            "each checkpoint is loaded with its own head (heads are not captured)."
+        )
     return copies
 
 
-def _layer_shapes(model: torch.nn.Module, layers: list[str], input_size: int,
-                  channels_last: frozenset[str]) -> dict[str, tuple[int, int, int]]:
+def _layer_shapes(
+    model: torch.nn.Module, layers: list[str], input_size: int, channels_last: frozenset[str]
+) -> dict[str, tuple[int, int, int]]:
     with LayerCapture(model, layers, channels_last=channels_last) as capture:
         blank_forward(model, input_size)
         outputs = capture.pop()
     shapes = {}
     for name, out in outputs.items():
         if out.dim() != 4:
-            raise FtdynError(f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, not (batch, channel, y, x); "
-                             "choose a convolutional layer (see `ftdyn layers ARCH`).")
+            raise FtdynError(
+                f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, not (batch,"
+                " channel, y, x); choose a convolutional layer (see `ftdyn layers ARCH`)."
+            )
         shapes[name] = tuple(int(s) for s in out.shape[1:])
     return shapes
 
@@ -370,8 +486,11 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
         fields = receptive_fields(model, layers, input_size)
         return {name: fields[name].to_dict() for name in layers}
     except ReceptiveFieldError as exc:
-        warnings.warn(f"receptive fields are not available for this model ({exc}); the store and the analysis do not need "
-              "them, only class-based patches will be unavailable for this store.", FtdynWarning)
+        warnings.warn(
+            f"receptive fields are not available for this model ({exc}); the store and the analysis"
+            " do not need them, only class-based patches will be unavailable for this store.",
+            FtdynWarning,
+        )
         return {name: None for name in layers}
 
 
@@ -381,9 +500,15 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
 #: Where a store records each identity field of :class:`ExtractConfig` (attribute keys, outermost
 #: first), in the order a call that resumes or extends the store is checked against them.
 _STORE_IDENTITY = {
-    "arch": ("architecture",), "layers": ("layers",), "input_size": ("input_size",),
-    "normalize": ("normalization",), "dtype": ("dtype",), "samples_per_chunk": ("samples_per_chunk",),
-    "probe_seed": ("probe", "seed"), "per_class": ("probe", "per_class"), "max_samples": ("probe", "max_samples"),
+    "arch": ("architecture",),
+    "layers": ("layers",),
+    "input_size": ("input_size",),
+    "normalize": ("normalization",),
+    "dtype": ("dtype",),
+    "samples_per_chunk": ("samples_per_chunk",),
+    "probe_seed": ("probe", "seed"),
+    "per_class": ("probe", "per_class"),
+    "max_samples": ("probe", "max_samples"),
 }
 
 
@@ -410,24 +535,40 @@ def _mismatch(out: Path, name: str, stored, given, config: ExtractConfig) -> str
     """The one-line refusal of a call whose identity field ``name`` differs from the store's."""
     flag = arg(name)
     if name == "layers":
-        return (f"{arg('out', out)}: existing store has layers {', '.join(stored)}, this call {', '.join(given)}; "
-                f"pass the same {arg('layers')} options, or choose a new {arg('out')}.")
+        return (
+            f"{arg('out', out)}: existing store has layers {', '.join(stored)}, this call"
+            f" {', '.join(given)}; pass the same {arg('layers')} options, or choose a new"
+            f" {arg('out')}."
+        )
     if name == "samples_per_chunk":
-        return (f"{arg('samples_per_chunk', config.samples_per_chunk)}: the existing store {out} has {stored} samples per "
-                f"chunk; drop {arg('samples_per_chunk')} or choose a new {arg('out')}.")
+        return (
+            f"{arg('samples_per_chunk', config.samples_per_chunk)}: the existing store {out} has"
+            f" {stored} samples per chunk; drop {arg('samples_per_chunk')} or choose a new"
+            f" {arg('out')}."
+        )
     if name in ("probe_seed", "per_class", "max_samples"):
         shown, now = ("all" if v is None else v for v in (stored, given))
-        return (f"{arg('out', out)}: existing store was extracted with {flag} {shown}, this call {now}; pass the same "
-                f"{flag}, or choose a new {arg('out')}.")
-    what, hint = {"arch": ("architecture", f"pass the same series/{arg('arch')}"),
-                  "input_size": ("input size", f"pass {arg('input_size', stored)}"),
-                  "normalize": ("normalization", "use the same series"),
-                  "dtype": ("dtype", f"pass {arg('dtype', stored)}")}[name]
-    return f"{arg('out', out)}: existing store has {what} {stored}, this call {given}; {hint}, or choose a new {arg('out')}."
+        return (
+            f"{arg('out', out)}: existing store was extracted with {flag} {shown}, this call {now};"
+            f" pass the same {flag}, or choose a new {arg('out')}."
+        )
+    what, hint = {
+        "arch": ("architecture", f"pass the same series/{arg('arch')}"),
+        "input_size": ("input size", f"pass {arg('input_size', stored)}"),
+        "normalize": ("normalization", "use the same series"),
+        "dtype": ("dtype", f"pass {arg('dtype', stored)}"),
+    }[name]
+    return (
+        f"{arg('out', out)}: existing store has {what} {stored}, this call {given}; {hint}, or"
+        f" choose a new {arg('out')}."
+    )
 
 
-def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractConfig, probe: dict) -> None:
-    """Refuse a call that does not describe the store ``out`` (identity fields in :data:`_STORE_IDENTITY`
+def _check_store(
+    out: Path, attrs: dict, given: dict[str, Any], config: ExtractConfig, probe: dict
+) -> None:
+    """Refuse a call that does not describe the store ``out`` (identity fields in
+    :data:`_STORE_IDENTITY`
     order, then the probe images); ``samples_per_chunk`` left None takes the store's."""
     recorded = recorded_identity(attrs)
     for name in _STORE_IDENTITY:
@@ -436,15 +577,22 @@ def _check_store(out: Path, attrs: dict, given: dict[str, Any], config: ExtractC
         if recorded[name] != given[name]:
             raise FtdynError(_mismatch(out, name, recorded[name], given[name], config))
     if attrs["probe"].get("fingerprint") != probe["fingerprint"]:
-        raise FtdynError(f"{arg('out', out)}: the probe images differ from the store's (fingerprint mismatch: other "
-                         f"images in {arg('data', probe['data_dir'])} or changed files); use the same {arg('data')}, or choose "
-                         f"a new {arg('out')}.")
+        raise FtdynError(
+            f"{arg('out', out)}: the probe images differ from the store's (fingerprint mismatch:"
+            f" other images in {arg('data', probe['data_dir'])} or changed files); use the same"
+            f" {arg('data')}, or choose a new {arg('out')}."
+        )
     if attrs.get("codec", "zstd") != config.codec:  # values do not depend on it: keep the store's
-        warnings.warn(f"{arg('codec', config.codec)} ignored: the existing store {out} is compressed with "
-              f"{attrs.get('codec', 'zstd')}.", FtdynWarning)
+        warnings.warn(
+            f"{arg('codec', config.codec)} ignored: the existing store {out} is compressed with "
+            f"{attrs.get('codec', 'zstd')}.",
+            FtdynWarning,
+        )
 
 
-def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: Path) -> tuple[list[dict], list]:
+def _reconcile(
+    out: Path, attrs: dict, done: np.ndarray, entries: list, series: Path
+) -> tuple[list[dict], list]:
     """Match the series with the store's checkpoints: (the store's records, where a file changed
     before any of its activations were written is taken as it is now; the entries to append)."""
     known = [dict(rec) for rec in attrs["checkpoints"]]
@@ -456,27 +604,42 @@ def _reconcile(out: Path, attrs: dict, done: np.ndarray, entries: list, series: 
         entry = by_epoch.get(epoch)
         if entry is None:
             if not done[i].all():
-                raise FtdynError(f"{arg('out', out)}: checkpoint epoch {epoch} ({rec['file']}) is not fully extracted and "
-                                 f"is no longer in {series}; restore the file, or choose a new {arg('out')}.")
+                raise FtdynError(
+                    f"{arg('out', out)}: checkpoint epoch {epoch} ({rec['file']}) is not fully"
+                    f" extracted and is no longer in {series}; restore the file, or choose a new"
+                    f" {arg('out')}."
+                )
             continue
-        if entry.sha256 != rec.get("sha256") or (entry.sha256 is None and entry.label != rec.get("file")):
-            if not done[i].any():  # nothing of it stored yet (e.g. the file was broken and has been fixed)
+        if entry.sha256 != rec.get("sha256") or (
+            entry.sha256 is None and entry.label != rec.get("file")
+        ):
+            if not done[
+                i
+            ].any():  # nothing of it stored yet (e.g. the file was broken and has been fixed)
                 known[i] = _entry_record(entry)
                 replaced.append(entry.label)
                 continue
-            raise FtdynError(f"{arg('out', out)}: epoch {epoch} is {entry.label} (sha256 {str(entry.sha256)[:12]}) but the "
-                             f"store holds {rec['file']} (sha256 {str(rec.get('sha256'))[:12]}) for it; pass the same "
-                             f"series and {arg('source')}, or choose a new {arg('out')}.")
+            raise FtdynError(
+                f"{arg('out', out)}: epoch {epoch} is {entry.label} (sha256"
+                f" {str(entry.sha256)[:12]}) but the store holds {rec['file']} (sha256"
+                f" {str(rec.get('sha256'))[:12]}) for it; pass the same series and {arg('source')},"
+                f" or choose a new {arg('out')}."
+            )
     if replaced:
-        warnings.warn(f"{arg('out', out)}: {', '.join(replaced)} changed since the store was created, before any of its "
-              "activations were written; using the new file(s).", FtdynWarning)
+        warnings.warn(
+            f"{arg('out', out)}: {', '.join(replaced)} changed since the store was created, before"
+            " any of its activations were written; using the new file(s).",
+            FtdynWarning,
+        )
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]
     early = [e for e in new if int(e.epoch) < last]
     if early:
         names = ", ".join(f"epoch {e.epoch} ({e.label})" for e in early[:4])
-        raise FtdynError(f"{arg('out', out)}: {names} would have to be inserted before the store's last epoch {last}; "
-                         f"a store can only be extended with later epochs: choose a new {arg('out')}.")
+        raise FtdynError(
+            f"{arg('out', out)}: {names} would have to be inserted before the store's last epoch"
+            f" {last}; a store can only be extended with later epochs: choose a new {arg('out')}."
+        )
     return known, new
 
 
@@ -519,10 +682,13 @@ class _Writers:
         if self.errors:
             exc = self.errors[0]
             if isinstance(exc, FtdynError) or isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
-                raise exc  # a full disk: folder_lock's disk_errors names the file that could not be written
-            raise FtdynError(f"{arg('out', self.writer.path)}: writing a region failed ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]}); fix the cause (disk space?) and re-run to "
-                             "resume.") from exc
+                # a full disk: folder_lock's disk_errors names the file that could not be written
+                raise exc
+            raise FtdynError(
+                f"{arg('out', self.writer.path)}: writing a region failed ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); fix the cause (disk space?) and re-run to "
+                "resume."
+            ) from exc
 
     def close(self, *, cancel: bool) -> None:
         self.pool.shutdown(wait=True, cancel_futures=cancel)
@@ -542,21 +708,27 @@ class Network:
 
     arch: str  # canonical
     manifest: dict | None  # the series' manifest.json (None: a third-party series)
-    entries: tuple  # the series' checkpoints (:class:`~ftdyn.checkpoints.CheckpointEntry`), epoch order
+    entries: (
+        tuple  # the series' checkpoints (:class:`~ftdyn.checkpoints.CheckpointEntry`), epoch order
+    )
     model: torch.nn.Module
     num_classes: int | None
     input_size: int
     normalization: dict[str, list[float]]
     normalized_by: str  # where the normalization comes from (recorded in the store)
     layers: tuple[str, ...]
-    channels_last: frozenset[str]  # layers whose outputs are transposed to channels-first when captured
+    channels_last: frozenset[
+        str
+    ]  # layers whose outputs are transposed to channels-first when captured
     shapes: dict[str, tuple[int, int, int]]  # layer -> (channels, height, width)
 
 
 @dataclass(frozen=True, eq=False)
 class Probe:
     """The probe set: images after resize/crop (uint8, n×H×W×3), labels (n,), class names and
-    image files, and ``record``, the store's ``probe`` attribute (how they were chosen, fingerprint)."""
+    image files, and ``record``, the store's ``probe`` attribute (how they were chosen,
+    fingerprint).
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -615,36 +787,55 @@ class ExtractPlan:
     @property
     def new_records(self) -> tuple[dict, ...]:
         """Records of the checkpoints this run appends to an existing store."""
-        return self.records[len(self.stored):]
+        return self.records[len(self.stored) :]
 
     def identity(self) -> dict[str, Any]:
-        """The config's identity with the values the plan resolved from the series, model and probe."""
+        """The config's identity with the values the plan resolved from the series, model
+        and probe."""
         return _identity(self.config, self.network, self.probe)
 
 
 def _identity(config: ExtractConfig, network: Network, probe: Probe) -> dict[str, Any]:
     given = config.samples_per_chunk
-    return {**config.identity(), "arch": network.arch, "layers": list(network.layers),
-            "input_size": network.input_size, "normalize": _float_normalization(network.normalization),
-            "samples_per_chunk": None if given is None else min(given, probe.n)}
+    return {
+        **config.identity(),
+        "arch": network.arch,
+        "layers": list(network.layers),
+        "input_size": network.input_size,
+        "normalize": _float_normalization(network.normalization),
+        "samples_per_chunk": None if given is None else min(given, probe.n),
+    }
 
 
 def make_config(config: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
     """``config`` with ``options`` applied, or a new :class:`ExtractConfig` from ``options``."""
-    return ExtractConfig(**options) if config is None else config.replace(**options) if options else config
+    return (
+        ExtractConfig(**options)
+        if config is None
+        else config.replace(**options)
+        if options
+        else config
+    )
 
 
 def _plan_network(series: Path, config: ExtractConfig) -> Network:
     """The series, its architecture, input size and normalization, and the layers' shapes."""
-    arch, manifest, entries = _resolve_series(series, config.arch, config.source, config.trust_checkpoint)
+    arch, manifest, entries = _resolve_series(
+        series, config.arch, config.source, config.trust_checkpoint
+    )
     model = build_model(arch)
     if manifest is not None:
         if config.normalize is not None:
-            raise FtdynError(f"{arg('normalize')}: {series} is an ftdyn series whose manifest.json records its normalization; "
-                             f"drop {arg('normalize')}.")
+            raise FtdynError(
+                f"{arg('normalize')}: {series} is an ftdyn series whose manifest.json records its"
+                f" normalization; drop {arg('normalize')}."
+            )
         if config.input_size is not None and config.input_size != int(manifest["input_size"]):
-            raise FtdynError(f"{arg('input_size', config.input_size)}: the series {series} was trained at "
-                             f"{manifest['input_size']} px; extract at that size (leave {arg('input_size')} out).")
+            raise FtdynError(
+                f"{arg('input_size', config.input_size)}: the series {series} was trained at"
+                f" {manifest['input_size']} px; extract at that size (leave {arg('input_size')}"
+                " out)."
+            )
         num_classes = int(manifest["num_classes"])
         size = int(config.input_size or manifest["input_size"])
         normalization = _float_normalization(manifest["normalization"])
@@ -652,46 +843,80 @@ def _plan_network(series: Path, config: ExtractConfig) -> Network:
     else:
         num_classes = None
         size = int(config.input_size or 224)
-        normalization, normalized_by = ((parse_normalize(config.normalize), "--normalize") if config.normalize
-                                        else default_normalization(model, arch, origin=True))
+        normalization, normalized_by = (
+            (parse_normalize(config.normalize), "--normalize")
+            if config.normalize
+            else default_normalization(model, arch, origin=True)
+        )
     if num_classes is not None:
         replace_head(model, num_classes)
-    layers = validate_layers(model, list(config.layers) if config.layers else default_layers(model, arch, size))
+    layers = validate_layers(
+        model, list(config.layers) if config.layers else default_layers(model, arch, size)
+    )
     channels_last = channels_last_layers(model, layers, size)
     shapes = _layer_shapes(model, layers, size, channels_last)
-    return Network(arch, manifest, tuple(entries), model, num_classes, size, normalization, normalized_by,
-                   tuple(layers), channels_last, shapes)
+    return Network(
+        arch,
+        manifest,
+        tuple(entries),
+        model,
+        num_classes,
+        size,
+        normalization,
+        normalized_by,
+        tuple(layers),
+        channels_last,
+        shapes,
+    )
 
 
 def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Probe:
     """The probe images (loaded and resized once), with notes on what was skipped or rescaled."""
     splits = [s for s in ("val", "test", "train") if (data_dir / s).is_dir()]
     if len(splits) >= 2:  # a dataset root: its splits would be taken for classes
-        raise FtdynError(f"{arg('data')}: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a dataset; "
-                         f"pass one of them, e.g. {arg('data')} {data_dir / splits[0]}.")
+        raise FtdynError(
+            f"{arg('data')}: {data_dir} holds the splits {', '.join(s + '/' for s in splits)} of a"
+            f" dataset; pass one of them, e.g. {arg('data')} {data_dir / splits[0]}."
+        )
     folder = data_mod.scan_image_folder(data_dir, flag=arg("data"))
-    for note in (data_mod.skipped_message(folder.skipped), data_mod.ignored_message(folder.ignored)):
+    for note in (
+        data_mod.skipped_message(folder.skipped),
+        data_mod.ignored_message(folder.ignored),
+    ):
         if note:
             warnings.warn(f"{arg('data')}: {note}", FtdynWarning)
     if folder.rescaled:
         warnings.warn(f"{arg('data')}: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
-    chosen = data_mod.select_probe(folder, per_class=config.per_class, max_samples=config.max_samples,
-                                   seed=config.probe_seed)
+    chosen = data_mod.select_probe(
+        folder, per_class=config.per_class, max_samples=config.max_samples, seed=config.probe_seed
+    )
     n = len(chosen)
     if n < 2:  # one image has no variance: every distance would be undefined
-        raise FtdynError(f"{arg('data')}/{arg('per_class')}/{arg('max_samples')}: the probe set has {n} image; the similarity metrics "
-                         "need at least 2 (hundreds for stable values).")
+        raise FtdynError(
+            f"{arg('data')}/{arg('per_class')}/{arg('max_samples')}: the probe set has {n} image;"
+            " the similarity metrics need at least 2 (hundreds for stable values)."
+        )
     workers_io = min(8, os.cpu_count() or 1) if n >= 512 else 0
     images = data_mod.load_images(chosen, network.input_size, num_workers=workers_io)
     labels = np.asarray(chosen.labels, dtype=np.int64)
     manifest = network.manifest
     if manifest is not None and list(manifest["classes"]) != list(chosen.classes):
-        warnings.warn(f"{arg('data')}: its classes ({', '.join(chosen.classes[:5])}...) differ from the series' classes "
-              f"({', '.join(map(str, manifest['classes'][:5]))}...); labels are the probe folder's.", FtdynWarning)
-    record = {"seed": config.probe_seed, "per_class": config.per_class, "max_samples": config.max_samples,
-              "data_dir": str(data_dir.resolve()), "n_samples": n, "n_classes": len(chosen.classes),
-              "skipped_unreadable": len(folder.skipped),
-              "fingerprint": probe_fingerprint(images, labels, chosen.classes)}
+        warnings.warn(
+            f"{arg('data')}: its classes ({', '.join(chosen.classes[:5])}...) differ from the"
+            f" series' classes ({', '.join(map(str, manifest['classes'][:5]))}...); labels are the"
+            " probe folder's.",
+            FtdynWarning,
+        )
+    record = {
+        "seed": config.probe_seed,
+        "per_class": config.per_class,
+        "max_samples": config.max_samples,
+        "data_dir": str(data_dir.resolve()),
+        "n_samples": n,
+        "n_classes": len(chosen.classes),
+        "skipped_unreadable": len(folder.skipped),
+        "fingerprint": probe_fingerprint(images, labels, chosen.classes),
+    }
     return Probe(images, labels, list(chosen.classes), [str(p) for p in chosen.paths], record)
 
 
@@ -706,8 +931,15 @@ class _StorePlan:
     done: np.ndarray
 
 
-def _plan_new_store(config: ExtractConfig, series: Path, data_dir: Path, network: Network, probe: Probe,
-                    loading: _Loading, states: dict[int, Any]) -> _StorePlan:
+def _plan_new_store(
+    config: ExtractConfig,
+    series: Path,
+    data_dir: Path,
+    network: Network,
+    probe: Probe,
+    loading: _Loading,
+    states: dict[int, Any],
+) -> _StorePlan:
     """The store to create: every checkpoint is loaded once first (a file that does not fit stops
     the run before anything is written)."""
     model, entries, num_classes = network.model, list(network.entries), network.num_classes
@@ -715,29 +947,58 @@ def _plan_new_store(config: ExtractConfig, series: Path, data_dir: Path, network
         last = len(entries) - 1
         if last not in states:
             states[last] = _load_state(entries[last], loading)
-        num_classes = (infer_num_classes(states[last].state, model, state_prefix=states[last].prefix)
-                       if states[last] is not None else None)
+        num_classes = (
+            infer_num_classes(states[last].state, model, state_prefix=states[last].prefix)
+            if states[last] is not None
+            else None
+        )
     copies = _check_loadable(model, entries, range(len(entries)), states, loading)
     records = [_entry_record(e, copies[i]) for i, e in enumerate(entries)]
     fields = _receptive_fields(model, list(network.layers), network.input_size)
     manifest = network.manifest
     spec = StoreSpec(
         architecture=network.arch,
-        layers=[LayerSpec(name, *network.shapes[name], receptive_field=fields[name]) for name in network.layers],
-        checkpoints=records, images=probe.images, labels=probe.labels, class_names=probe.class_names,
-        image_paths=probe.paths, input_size=network.input_size, normalization=network.normalization,
-        probe=probe.record, model=config.model_name or (manifest or {}).get("model_name") or network.arch,
-        dataset=config.dataset_name or _dataset_name(manifest, data_dir), num_classes=num_classes,
-        dtype=config.dtype, codec=config.codec, samples_per_chunk=config.samples_per_chunk, manifest=manifest,
-        extra_attrs={"series": str(series.resolve()), "source": None if config.source is None else str(config.source),
-                     "normalization_from": network.normalized_by, "weights_copy": config.weights_copy, "runs": []})
+        layers=[
+            LayerSpec(name, *network.shapes[name], receptive_field=fields[name])
+            for name in network.layers
+        ],
+        checkpoints=records,
+        images=probe.images,
+        labels=probe.labels,
+        class_names=probe.class_names,
+        image_paths=probe.paths,
+        input_size=network.input_size,
+        normalization=network.normalization,
+        probe=probe.record,
+        model=config.model_name or (manifest or {}).get("model_name") or network.arch,
+        dataset=config.dataset_name or _dataset_name(manifest, data_dir),
+        num_classes=num_classes,
+        dtype=config.dtype,
+        codec=config.codec,
+        samples_per_chunk=config.samples_per_chunk,
+        manifest=manifest,
+        extra_attrs={
+            "series": str(series.resolve()),
+            "source": None if config.source is None else str(config.source),
+            "normalization_from": network.normalized_by,
+            "weights_copy": config.weights_copy,
+            "runs": [],
+        },
+    )
     spc = spec.chunk_samples()
     done = np.zeros((len(records), math.ceil(probe.n / spc)), dtype=bool)
     return _StorePlan(spec, tuple(records), tuple(records), spc, done)
 
 
-def _plan_existing_store(config: ExtractConfig, series: Path, out: Path, network: Network, probe: Probe,
-                         loading: _Loading, states: dict[int, Any]) -> _StorePlan:
+def _plan_existing_store(
+    config: ExtractConfig,
+    series: Path,
+    out: Path,
+    network: Network,
+    probe: Probe,
+    loading: _Loading,
+    states: dict[int, Any],
+) -> _StorePlan:
     """The store ``out`` as it is (read only): the call must describe it; new, later checkpoints
     are loaded once before they are appended."""
     attrs, done = planned_regions(out)
@@ -765,8 +1026,14 @@ def _replays(entries, records, done: np.ndarray) -> tuple[Replay, ...]:
     return tuple(replays)
 
 
-def make_plan(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os.PathLike,
-              config: ExtractConfig | None = None, **options: Any) -> ExtractPlan:
+def make_plan(
+    series: str | os.PathLike,
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ExtractConfig | None = None,
+    **options: Any,
+) -> ExtractPlan:
     """Validate the arguments of :func:`extract`, read the series, the probe images and the store
     ``out`` if it exists, and return what :func:`execute` will do. Writes nothing; builds the
     model and loads the checkpoints that must be checked before a store is created or extended."""
@@ -778,34 +1045,61 @@ def make_plan(series: str | os.PathLike, *, data: str | os.PathLike, out: str | 
     device = resolve_device(config.device)
     network = _plan_network(series, config)
     probe = _plan_probe(data_dir, config, network)
-    loading = _Loading(network.arch, config.trust_checkpoint, adapt_head=network.manifest is None,
-                       state_prefix=config.state_prefix, weights_copy=config.weights_copy,
-                       has_source=config.source is not None)
+    loading = _Loading(
+        network.arch,
+        config.trust_checkpoint,
+        adapt_head=network.manifest is None,
+        state_prefix=config.state_prefix,
+        weights_copy=config.weights_copy,
+        has_source=config.source is not None,
+    )
     first = network.entries[0]  # loaded now: validates --arch before anything is written
     states: dict[int, Any] = {0: _load_state(first, loading)}
     _apply_state(network.model, first, states[0], loading)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):  # an empty folder: made for the store
+    if not out.exists() or (
+        out.is_dir() and not any(out.iterdir())
+    ):  # an empty folder: made for the store
         store = _plan_new_store(config, series, data_dir, network, probe, loading, states)
     elif not out.is_dir():
-        raise FtdynError(f"{arg('out', out)}: exists and is not a store folder; choose another {arg('out')}.")
+        raise FtdynError(
+            f"{arg('out', out)}: exists and is not a store folder; choose another {arg('out')}."
+        )
     else:
         store = _plan_existing_store(config, series, out, network, probe, loading, states)
     replays = _replays(network.entries, store.records, store.done)
     needed = {r.position for r in replays}
     return ExtractPlan(
-        config=config, series=series, data_dir=data_dir, out=out, device=device, network=network, probe=probe,
-        loading=loading, spec=store.spec, stored=store.stored, records=store.records,
-        samples_per_chunk=store.samples_per_chunk, done=store.done, replays=replays,
+        config=config,
+        series=series,
+        data_dir=data_dir,
+        out=out,
+        device=device,
+        network=network,
+        probe=probe,
+        loading=loading,
+        spec=store.spec,
+        stored=store.stored,
+        records=store.records,
+        samples_per_chunk=store.samples_per_chunk,
+        done=store.done,
+        replays=replays,
         batches=tuple(batch_plan(probe.n, store.samples_per_chunk, config.batch_size)),
         writers=default_writers() if config.writers is None else config.writers,
-        states={p: s for p, s in states.items() if p in needed})  # loaded while planning, needed again
+        states={p: s for p, s in states.items() if p in needed},
+    )  # loaded while planning, needed again
 
 
 # ------------------------------------------------------------------------ execute
 
 
-def extract(series: str | os.PathLike, *, data: str | os.PathLike, out: str | os.PathLike,
-            config: ExtractConfig | None = None, **options: Any) -> Path:
+def extract(
+    series: str | os.PathLike,
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: ExtractConfig | None = None,
+    **options: Any,
+) -> Path:
     """Replay every checkpoint of ``series`` on the probe images of ``data`` into the store ``out``.
 
     ``series``: a folder written by ``ftdyn train`` (its ``manifest.json`` gives the
@@ -847,13 +1141,19 @@ def execute(plan: ExtractPlan) -> Path:
         if not replays:
             if config.random_init_baseline:
                 _extract_random_init(plan, writer)
-            stage(f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {plan.probe.n} samples); "
-                  "nothing to do.")
+            stage(
+                f"{out}: complete ({len(writer.attrs['checkpoints'])} checkpoints x {plan.probe.n}"
+                " samples); nothing to do."
+            )
             return out
         devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
         if devices - {plan.device.type}:
-            warnings.warn(f"{arg('out', out)}: earlier regions were computed on {', '.join(sorted(devices))}, these on "
-                  f"{plan.device.type}; the last bits of the values may differ between devices.", FtdynWarning)
+            warnings.warn(
+                f"{arg('out', out)}: earlier regions were computed on {', '.join(sorted(devices))},"
+                f" these on {plan.device.type}; the last bits of the values may differ between"
+                " devices.",
+                FtdynWarning,
+            )
         if plan.new_records:
             epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
             stage(f"{out}: extending with {len(plan.new_records)} new checkpoint(s): {epochs}.")
@@ -862,9 +1162,11 @@ def execute(plan: ExtractPlan) -> Path:
         if config.random_init_baseline:
             _extract_random_init(plan, writer)
     elapsed = time.perf_counter() - started
-    stage(f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n} samples x "
-          f"{len(plan.network.layers)} layers; {human_bytes(dir_size(out))} on disk; {rate:.1f} images/s on "
-          f"{plan.device} ({elapsed:.1f} s in all).")
+    stage(
+        f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n}"
+        f" samples x {len(plan.network.layers)} layers; {human_bytes(dir_size(out))} on disk;"
+        f" {rate:.1f} images/s on {plan.device} ({elapsed:.1f} s in all)."
+    )
     return out
 
 
@@ -872,9 +1174,11 @@ def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
     """Give the store the plan's checkpoint records (files replaced, later epochs appended) and
     return the plan's replays without regions another run finished since it was planned."""
     if [dict(c) for c in writer.attrs["checkpoints"]] != list(plan.stored):
-        raise FtdynError(f"{arg('out', plan.out)}: another `ftdyn extract` changed this store while this one was "
-                         "starting; re-run the same command.")
-    known = [dict(r) for r in plan.records[:len(plan.stored)]]
+        raise FtdynError(
+            f"{arg('out', plan.out)}: another `ftdyn extract` changed this store while this one was"
+            " starting; re-run the same command."
+        )
+    known = [dict(r) for r in plan.records[: len(plan.stored)]]
     if known != list(plan.stored):
         writer.group.attrs["checkpoints"] = known
         writer.attrs["checkpoints"] = known
@@ -884,43 +1188,77 @@ def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
             writer.group.attrs["manifest"] = plan.network.manifest
             writer.attrs["manifest"] = plan.network.manifest
     done = writer.done()
-    replays = [Replay(r.position, r.index, tuple(c for c in r.chunks if not done[r.index, c])) for r in plan.replays]
+    replays = [
+        Replay(r.position, r.index, tuple(c for c in r.chunks if not done[r.index, c]))
+        for r in plan.replays
+    ]
     return tuple(r for r in replays if r.chunks)
 
 
 def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, float]) -> float:
-    """Append this run's provenance (which device wrote, how fast) to the store; returns images/s."""
+    """Append this run's provenance (which device wrote, how fast) to the store; returns
+    images/s."""
     rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
-    run = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(plan.device), "torch": torch.__version__,
-           "ftdyn": __version__, "regions": stats["regions"], "images": stats["images"],
-           "seconds": round(stats["seconds"], 3), "images_per_s": round(rate, 2),
-           "batch_size": plan.config.batch_size, "writers": plan.writers}
+    run = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": str(plan.device),
+        "torch": torch.__version__,
+        "ftdyn": __version__,
+        "regions": stats["regions"],
+        "images": stats["images"],
+        "seconds": round(stats["seconds"], 3),
+        "images_per_s": round(rate, 2),
+        "batch_size": plan.config.batch_size,
+        "writers": plan.writers,
+    }
     writer.group.attrs["runs"] = list(writer.attrs.get("runs") or []) + [run]
     return rate
 
 
-def _replay(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, float]:
+def _replay(
+    plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]
+) -> dict[str, float]:
     """:func:`_run`, with its errors in one line that says the store keeps what was finished."""
     try:
         return _run(plan, writer, replays)
     except NonFiniteActivations as exc:  # the same command would meet them again
         epoch = writer.attrs["checkpoints"][exc.ci]["epoch"]
         entry = next(e for e in plan.network.entries if int(e.epoch) == epoch)
-        peak = _float32_peak(plan.network.model, entry, plan.loading, exc, plan.probe.images,
-                             plan.network.normalization, plan.network.channels_last, plan.device,
-                             plan.config.batch_size) if exc.overflow else None
-        raise FtdynError(f"{exc.text(peak)} ({plan.out} keeps the regions finished so far.)") from None
+        peak = (
+            _float32_peak(
+                plan.network.model,
+                entry,
+                plan.loading,
+                exc,
+                plan.probe.images,
+                plan.network.normalization,
+                plan.network.channels_last,
+                plan.device,
+                plan.config.batch_size,
+            )
+            if exc.overflow
+            else None
+        )
+        raise FtdynError(
+            f"{exc.text(peak)} ({plan.out} keeps the regions finished so far.)"
+        ) from None
     except FtdynError as exc:
-        raise FtdynError(f"{exc} ({plan.out} keeps the checkpoints finished so far; fix the cause and re-run the "
-                         "same command to resume.)") from None
+        raise FtdynError(
+            f"{exc} ({plan.out} keeps the checkpoints finished so far; fix the cause and re-run the"
+            " same command to resume.)"
+        ) from None
 
 
 def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
     """The random-init baseline: a seeded fresh architecture (head sized like the store's) replayed
     on the probe images; chunks already written by an interrupted run are kept."""
     out, seed, network = plan.out, plan.config.random_init_seed, plan.network
-    done = add_random_init(out, seed=seed, architecture=network.arch,
-                           init=f"torch.manual_seed({seed}); the architecture's default constructor (own init)")
+    done = add_random_init(
+        out,
+        seed=seed,
+        architecture=network.arch,
+        init=f"torch.manual_seed({seed}); the architecture's default constructor (own init)",
+    )
     if done.all():
         return
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
@@ -928,7 +1266,9 @@ def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
         model = build_model(network.arch, num_classes=writer.attrs.get("num_classes"))
     model.to(plan.device).eval()
     layers = list(network.layers)
-    capture = LayerCapture(model, layers, dtype=DTYPES[plan.config.dtype], channels_last=network.channels_last)
+    capture = LayerCapture(
+        model, layers, dtype=DTYPES[plan.config.dtype], channels_last=network.channels_last
+    )
     mean, std = network.normalization["mean"], network.normalization["std"]
     images, batch_size = plan.probe.images, plan.config.batch_size
     try:
@@ -945,8 +1285,11 @@ def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
                 arrays = {name: np.concatenate(p) for name, p in parts.items()}
                 bad = [name for name, a in arrays.items() if not all_finite(a)]
                 if bad:
-                    raise FtdynError(f"{arg('random_init_baseline')}: the random network gave non-finite activations at "
-                                     f"{', '.join(bad)} (float16 overflow?); re-extract with {arg('dtype')} float32.")
+                    raise FtdynError(
+                        f"{arg('random_init_baseline')}: the random network gave non-finite"
+                        f" activations at {', '.join(bad)} (float16 overflow?); re-extract with"
+                        f" {arg('dtype')} float32."
+                    )
                 write_random_init(out, int(chunk), arrays)
     finally:
         capture.close()
@@ -958,7 +1301,9 @@ class _Forward:
     regions to the writers: on CUDA through pinned host memory, with one batch kept in flight
     on the GPU while the host hands the previous one over."""
 
-    def __init__(self, plan: ExtractPlan, writer: StoreWriter, pool: _Writers, capture: LayerCapture):
+    def __init__(
+        self, plan: ExtractPlan, writer: StoreWriter, pool: _Writers, capture: LayerCapture
+    ):
         self.plan, self.writer, self.pool, self.capture = plan, writer, pool, capture
         self.cuda = plan.device.type == "cuda"
         images = torch.from_numpy(plan.probe.images).permute(0, 3, 1, 2)  # uint8 NCHW view
@@ -976,20 +1321,34 @@ class _Forward:
             if not pending.intersection(batch.chunks):
                 continue
             with torch.inference_mode():
-                x = data_mod.normalize(self.images[batch.start:batch.stop].to(dev, non_blocking=True),
-                                       norm["mean"], norm["std"])
+                x = data_mod.normalize(
+                    self.images[batch.start : batch.stop].to(dev, non_blocking=True),
+                    norm["mean"],
+                    norm["std"],
+                )
                 self.plan.network.model(x)
                 outs = self.capture.pop()
                 if self.cuda:
-                    host = {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in outs.items()}
+                    host = {
+                        name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                        for name, t in outs.items()
+                    }
                     for name, t in outs.items():
                         host[name].copy_(t, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
                     self.inflight.append((event, outs, host, ci, batch, pending, partial, filled))
                 else:  # the hook already copied to host memory
-                    _distribute(self.pool, ci, batch, {name: t.numpy() for name, t in outs.items()},
-                                pending, partial, filled, self.writer)
+                    _distribute(
+                        self.pool,
+                        ci,
+                        batch,
+                        {name: t.numpy() for name, t in outs.items()},
+                        pending,
+                        partial,
+                        filled,
+                        self.writer,
+                    )
             self.forwarded += batch.stop - batch.start
             while len(self.inflight) > 1 or (self.inflight and self.inflight[0][0].query()):
                 _drain(self.pool, self.inflight.pop(0), self.writer)
@@ -1038,8 +1397,12 @@ def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) ->
             if pos not in plan.states and pos not in prefetch:
                 prefetch[pos] = loader.submit(_load_state, network.entries[pos], plan.loading)
 
-    capture = LayerCapture(model, list(network.layers), dtype=DTYPES[plan.config.dtype],
-                           channels_last=network.channels_last)
+    capture = LayerCapture(
+        model,
+        list(network.layers),
+        dtype=DTYPES[plan.config.dtype],
+        channels_last=network.channels_last,
+    )
     forward = _Forward(plan, writer, pool, capture)
     ok = False
     t0 = time.perf_counter()
@@ -1053,7 +1416,9 @@ def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) ->
                 if not (k == 0 and pos == 0):  # entry 0 was loaded into the model while planning
                     _apply_state(model, network.entries[pos], state, plan.loading)
                 del state
-                model.to(dev, memory_format=memory_format).eval()  # a replaced head is created on the CPU
+                model.to(
+                    dev, memory_format=memory_format
+                ).eval()  # a replaced head is created on the CPU
                 forward.checkpoint(replay.index, replay.chunks)
             forward.finish()
             pool.close(cancel=False)
@@ -1066,17 +1431,38 @@ def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) ->
         for future in prefetch.values():
             future.cancel()
         loader.shutdown(wait=True, cancel_futures=True)
-    return {"images": forward.forwarded, "seconds": time.perf_counter() - t0, "regions": counts["regions"]}
+    return {
+        "images": forward.forwarded,
+        "seconds": time.perf_counter() - t0,
+        "regions": counts["regions"],
+    }
 
 
 def _drain(pool: _Writers, item, writer) -> None:
     event, _outs, host, ci, batch, pending_set, partial, filled = item
     event.synchronize()
-    _distribute(pool, ci, batch, {k: v.numpy() for k, v in host.items()}, pending_set, partial, filled, writer)
+    _distribute(
+        pool,
+        ci,
+        batch,
+        {k: v.numpy() for k, v in host.items()},
+        pending_set,
+        partial,
+        filled,
+        writer,
+    )
 
 
-def _distribute(pool: _Writers, ci: int, batch: Batch, arrays: dict[str, np.ndarray], pending: set,
-                partial: dict, filled: dict, writer) -> None:
+def _distribute(
+    pool: _Writers,
+    ci: int,
+    batch: Batch,
+    arrays: dict[str, np.ndarray],
+    pending: set,
+    partial: dict,
+    filled: dict,
+    writer,
+) -> None:
     """Hand the pending regions covered by ``batch`` to the writers (views when whole)."""
     for chunk in batch.chunks:
         if chunk not in pending:
@@ -1089,12 +1475,14 @@ def _distribute(pool: _Writers, ci: int, batch: Batch, arrays: dict[str, np.ndar
         buf = partial.get(chunk)
         if buf is None:
             count = rows.stop - rows.start
-            buf = partial[chunk] = {name: np.empty((count, *arr.shape[1:]), dtype=arr.dtype)
-                                    for name, arr in arrays.items()}
+            buf = partial[chunk] = {
+                name: np.empty((count, *arr.shape[1:]), dtype=arr.dtype)
+                for name, arr in arrays.items()
+            }
             filled[chunk] = 0
         lo = batch.start - rows.start
         for name, arr in arrays.items():
-            buf[name][lo:lo + arr.shape[0]] = arr
+            buf[name][lo : lo + arr.shape[0]] = arr
         filled[chunk] += batch.stop - batch.start
         if filled[chunk] == rows.stop - rows.start:
             pool.submit(ci, chunk, partial.pop(chunk))
@@ -1102,4 +1490,5 @@ def _distribute(pool: _Writers, ci: int, batch: Batch, arrays: dict[str, np.ndar
 
 
 extract.__doc__ += "\n    Options (:class:`~ftdyn.config.ExtractConfig`):\n\n" + "\n".join(
-    f"    * {line}" for line in describe(ExtractConfig).splitlines())
+    f"    * {line}" for line in describe(ExtractConfig).splitlines()
+)

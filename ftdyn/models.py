@@ -46,7 +46,8 @@ def torchvision_architectures() -> list[str]:
 
 
 def available_architectures() -> list[str]:
-    """Every architecture name: torchvision's, then timm's as ``timm/NAME`` (when timm is installed)."""
+    """Every architecture name: torchvision's, then timm's as ``timm/NAME`` (when timm is
+    installed)."""
     return torchvision_architectures() + zoo_timm.names()
 
 
@@ -59,31 +60,41 @@ def canonical_arch(name: str, param: str = "arch") -> str:
     """The canonical name for ``name``: a torchvision name (case-insensitive) or ``timm/NAME``;
     else a one-line FtdynError naming parameter ``param``."""
     if name.strip().lower().startswith(zoo_timm.PREFIX):
-        return zoo_timm.canonical(name.strip()[len(zoo_timm.PREFIX):], param)
+        return zoo_timm.canonical(name.strip()[len(zoo_timm.PREFIX) :], param)
     names = torchvision_architectures()
     key = name.strip().lower()
     if key in names:
         return key
     timm_name = zoo_timm.suggest(key)
     if timm_name is not None:
-        raise FtdynError(f"{arg(param)}: '{name}' is not a torchvision architecture but a timm one; pass {arg(param, timm_name)}.")
+        raise FtdynError(
+            f"{arg(param)}: '{name}' is not a torchvision architecture but a timm one; pass"
+            f" {arg(param, timm_name)}."
+        )
     close = difflib.get_close_matches(key, names, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers --list` to see all."
+    hint = (
+        f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers --list` to see all."
+    )
     raise FtdynError(f"{arg(param)}: unknown architecture '{name}'.{hint}")
 
 
 def timm_twin(arch: str) -> str | None:
-    """``timm/NAME`` when timm also has a model named like torchvision's ``arch`` (a different network
+    """``timm/NAME`` when timm also has a model named like torchvision's ``arch`` (a different
+    network
     with other key names: a hint when a file does not fit), else None."""
     return None if is_timm(arch) else zoo_timm.suggest(arch)
 
 
 def default_normalization(model: nn.Module, arch: str, *, origin: bool = False):
-    """mean/std the model's source weights expect: a timm model's pretrained config, else ImageNet's;
+    """mean/std the model's source weights expect: a timm model's pretrained config, else
+    ImageNet's;
     with ``origin`` a pair ``(normalization, where it came from)``."""
     norm = zoo_timm.normalization(model) if is_timm(arch) else None
-    found = (norm, "timm pretrained config") if norm else (
-        {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "ImageNet (default)")
+    found = (
+        (norm, "timm pretrained config")
+        if norm
+        else ({"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "ImageNet (default)")
+    )
     return found if origin else found[0]
 
 
@@ -94,8 +105,10 @@ def head_name(model: nn.Module) -> str:
         found = [name for name, m in model.named_modules() if isinstance(m, kind)]
         if found:
             return found[-1]
-    raise FtdynError(f"{type(model).__name__}: no nn.Linear or nn.Conv2d classifier head found; "
-                     "ftdyn supports CNN classifiers.")
+    raise FtdynError(
+        f"{type(model).__name__}: no nn.Linear or nn.Conv2d classifier head found; "
+        "ftdyn supports CNN classifiers."
+    )
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -110,7 +123,8 @@ def fits_head(model: nn.Module, weight: torch.Tensor) -> bool:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace the classifier head by a fresh layer of the same kind with ``num_classes`` outputs."""
+    """Replace the classifier head by a fresh layer of the same kind with ``num_classes``
+    outputs."""
     name = head_name(model)
     old = model.get_submodule(name)
     if num_classes_of(model) == num_classes:
@@ -120,8 +134,14 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
-                        bias=old.bias is not None)
+        new = nn.Conv2d(
+            old.in_channels,
+            num_classes,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            bias=old.bias is not None,
+        )
     setattr(parent, attr, new)
     return model
 
@@ -131,7 +151,9 @@ def _random_init(arch: str) -> nn.Module:
         return zoo_timm.create(arch)
     with warnings.catch_warnings():
         # GoogLeNet/Inception announce a future change of their default init on every build
-        warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="The default weight initialization", category=FutureWarning
+        )
         return torchvision.models.get_model(arch, weights=None)
 
 
@@ -142,8 +164,12 @@ WEIGHTS_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
 def looks_like_file(weights: str) -> bool:
     """Whether a ``--weights``/``--source`` value names a file rather than a zoo weights name."""
     text = str(weights)
-    return (Path(text).exists() or "/" in text or os.sep in text
-            or any(text.lower().endswith(suffix) for suffix in WEIGHTS_SUFFIXES))
+    return (
+        Path(text).exists()
+        or "/" in text
+        or os.sep in text
+        or any(text.lower().endswith(suffix) for suffix in WEIGHTS_SUFFIXES)
+    )
 
 
 def build_model(arch: str, num_classes: int | None = None, weights: str | None = None) -> nn.Module:
@@ -158,8 +184,14 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
     if weights is None or str(weights).lower() == "none":
         model = _random_init(arch)
     elif looks_like_file(str(weights)):
-        raise FtdynError(f"{arg('weights')}: file {weights} does not exist." if not Path(weights).exists() else
-                         f"{arg('weights', weights)}: a weights file is loaded with ftdyn.checkpoints.load_into_model.")
+        raise FtdynError(
+            f"{arg('weights')}: file {weights} does not exist."
+            if not Path(weights).exists()
+            else (
+                f"{arg('weights', weights)}: a weights file is loaded with"
+                " ftdyn.checkpoints.load_into_model."
+            )
+        )
     elif is_timm(arch):
         model = zoo_timm.create(arch, str(weights))
     else:
@@ -167,15 +199,18 @@ def build_model(arch: str, num_classes: int | None = None, weights: str | None =
         try:
             model = torchvision.models.get_model(arch, weights=resolved)
         except (OSError, RuntimeError) as exc:  # no internet, corrupt download cache
-            raise FtdynError(f"{arg('weights', weights)}: could not download or read the torchvision weights "
-                             f"({type(exc).__name__}: {exc}); pass a local file with {arg('weights')} PATH.") from None
+            raise FtdynError(
+                f"{arg('weights', weights)}: could not download or read the torchvision weights "
+                f"({type(exc).__name__}: {exc}); pass a local file with {arg('weights')} PATH."
+            ) from None
     if num_classes is not None:
         replace_head(model, num_classes)
     return model
 
 
 def zoo_state_dict(arch: str, name: str, param: str = "source") -> dict[str, torch.Tensor]:
-    """The state dict of the zoo weights ``name`` of ``arch`` (a torchvision weights name or a timm tag)."""
+    """The state dict of the zoo weights ``name`` of ``arch`` (a torchvision weights name or a
+    timm tag)."""
     arch = canonical_arch(arch)
     if is_timm(arch):
         return zoo_timm.create(arch, name, param).state_dict()
@@ -184,26 +219,33 @@ def zoo_state_dict(arch: str, name: str, param: str = "source") -> dict[str, tor
         return weights.get_state_dict(progress=False)
     except (OSError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())[:160]
-        raise FtdynError(f"{arg(param, name)}: could not download or read the torchvision weights "
-                         f"({reason}); pass a local file with {arg(param)} PATH.") from None
+        raise FtdynError(
+            f"{arg(param, name)}: could not download or read the torchvision weights "
+            f"({reason}); pass a local file with {arg(param)} PATH."
+        ) from None
 
 
 def check_weights_name(arch: str, name: str, param: str = "source") -> None:
-    """Refuse a name that is no weights name of ``arch`` (torchvision); timm tags are checked when loaded."""
+    """Refuse a name that is no weights name of ``arch`` (torchvision); timm tags are checked
+    when loaded."""
     arch = canonical_arch(arch)
     if not is_timm(arch):
         resolve_weights(arch, name, param)
 
 
 def resolve_weights(arch: str, name: str, param: str = "weights") -> torchvision.models.WeightsEnum:
-    """A torchvision weights enum member from ``IMAGENET1K_V1``, ``DEFAULT`` or ``ResNet50_Weights.IMAGENET1K_V2``."""
+    """A torchvision weights enum member from ``IMAGENET1K_V1``, ``DEFAULT`` or
+    ``ResNet50_Weights.IMAGENET1K_V2``."""
     enum = torchvision.models.get_model_weights(arch)
     member = name.rpartition(".")[2]
     try:
         return enum.DEFAULT if member == "DEFAULT" else enum[member]
     except KeyError:
         valid = ", ".join(w.name for w in enum)
-        raise FtdynError(f"{arg(param)}: '{name}' is neither a file nor a weights name of {arch} ({valid}, DEFAULT, none).") from None
+        raise FtdynError(
+            f"{arg(param)}: '{name}' is neither a file nor a weights name of {arch} ({valid},"
+            " DEFAULT, none)."
+        ) from None
 
 
 def _blocks_output_layers(model: nn.Module) -> list[str] | None:
@@ -216,7 +258,9 @@ def _blocks_output_layers(model: nn.Module) -> list[str] | None:
 
 def _densenet_layers(model: nn.Module) -> list[str] | None:
     features = getattr(model, "features", None)
-    if features is None or not any(n.startswith("denseblock") for n, _ in features.named_children()):
+    if features is None or not any(
+        n.startswith("denseblock") for n, _ in features.named_children()
+    ):
         return None
     layers = []
     for name, child in features.named_children():
@@ -233,7 +277,9 @@ class LayerInfo:
     name: str
     kind: str
     shape: tuple[int, ...]  # (channels, height, width) for a single image
-    channels_last: bool = False  # the module returns (batch, y, x, channel); captures are transposed
+    channels_last: bool = (
+        False  # the module returns (batch, y, x, channel); captures are transposed
+    )
 
 
 def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[int, ...]]:
@@ -245,6 +291,7 @@ def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[
         def record(_module, _inputs, output):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
                 shapes[name] = tuple(output.shape[1:])
+
         return record
 
     modules = dict(model.named_modules())
@@ -262,7 +309,9 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
     one-line error when the model cannot take that size (too small for its poolings, or a model
     with a fixed input size such as ViT)."""
     if int(input_size) < 1:
-        raise FtdynError(f"{arg('input_size', input_size)}: give the image size in pixels (e.g. 224).")
+        raise FtdynError(
+            f"{arg('input_size', input_size)}: give the image size in pixels (e.g. 224)."
+        )
     was_training = model.training
     try:
         model.eval()
@@ -270,13 +319,18 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
             return model(torch.zeros(1, 3, input_size, input_size))
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise FtdynError(f"{arg('input_size', input_size)}: {type(model).__name__} cannot run on {input_size}x{input_size} "
-                         f"images ({reason}); choose another {arg('input_size')} (224 fits every torchvision model).") from None
+        raise FtdynError(
+            f"{arg('input_size', input_size)}: {type(model).__name__} cannot run on"
+            f" {input_size}x{input_size} images ({reason}); choose another {arg('input_size')} (224"
+            " fits every torchvision model)."
+        ) from None
     finally:
         model.train(was_training)
 
 
-def _layouts(model: nn.Module, names, input_size: int) -> dict[str, tuple[tuple[int, int, int], bool]]:
+def _layouts(
+    model: nn.Module, names, input_size: int
+) -> dict[str, tuple[tuple[int, int, int], bool]]:
     """name -> ((channels, height, width), channels_last) for modules with 4-D outputs.
 
     Some models compute in (batch, y, x, channel) (ConvNeXt's block MLPs, Swin, MaxViT), which one
@@ -296,34 +350,51 @@ def _layouts(model: nn.Module, names, input_size: int) -> dict[str, tuple[tuple[
     return out
 
 
-def channels_last_layers(model: nn.Module, layers: list[str], input_size: int = 224) -> frozenset[str]:
-    """The layers among ``layers`` whose outputs are (batch, y, x, channel) (see :func:`_layouts`)."""
-    return frozenset(name for name, (_, last) in _layouts(model, layers, input_size).items() if last)
+def channels_last_layers(
+    model: nn.Module, layers: list[str], input_size: int = 224
+) -> frozenset[str]:
+    """The layers among ``layers`` whose outputs are (batch, y, x, channel) (see
+    :func:`_layouts`)."""
+    return frozenset(
+        name for name, (_, last) in _layouts(model, layers, input_size).items() if last
+    )
 
 
-def candidate_layers(model: nn.Module, input_size: int = 224, *, top_level: bool = False,
-                     include: tuple[str, ...] = ()) -> list[LayerInfo]:
+def candidate_layers(
+    model: nn.Module,
+    input_size: int = 224,
+    *,
+    top_level: bool = False,
+    include: tuple[str, ...] = (),
+) -> list[LayerInfo]:
     """Activation modules and residual stages (or, with ``top_level``, the model's direct
     children), plus the modules named in ``include``, with their (channel, y, x) output
     shapes, in forward order."""
     if top_level:
         wanted = {name for name, _ in model.named_children()}
     else:
-        wanted = {name for name, m in model.named_modules()
-                  if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))}
+        wanted = {
+            name
+            for name, m in model.named_modules()
+            if name and (isinstance(m, _ACTIVATIONS) or _is_block(name, m))
+        }
     modules = dict(model.named_modules())
     wanted |= {name for name in include if name in modules}
     layouts = _layouts(model, wanted, input_size)
-    return [LayerInfo(n, type(modules[n]).__name__, shape, last) for n, (shape, last) in layouts.items()]
+    return [
+        LayerInfo(n, type(modules[n]).__name__, shape, last) for n, (shape, last) in layouts.items()
+    ]
 
 
 def _is_block(name: str, module: nn.Module) -> bool:
     return type(module).__name__ in {"BasicBlock", "Bottleneck"} or (
-        name.startswith("layer") and "." not in name and isinstance(module, nn.Sequential))
+        name.startswith("layer") and "." not in name and isinstance(module, nn.Sequential)
+    )
 
 
 def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[str]:
-    """The paper's hook points where it defines them, else the last activation before each downsampling."""
+    """The paper's hook points where it defines them, else the last activation before each
+    downsampling."""
     arch = canonical_arch(arch)
     if arch in _PAPER_LAYERS:
         return list(_PAPER_LAYERS[arch])
@@ -334,14 +405,18 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
     acts = [info for info in candidate_layers(model, input_size) if info.kind in _ACTIVATION_NAMES]
     if not acts:  # activations called as functions (GoogLeNet, Inception): use the top-level blocks
         acts = candidate_layers(model, input_size, top_level=True)
-    # the classifier's own modules (SqueezeNet's head is a Conv2d + ReLU) are replaced by fine-tuning
+    # the classifier's own modules (SqueezeNet's head is a Conv2d + ReLU) are replaced by
+    # fine-tuning
     classifier = head_name(model).rpartition(".")[0]
     if classifier:
         acts = [info for info in acts if not info.name.startswith(classifier + ".")]
     # 1x1 outputs are pooled context (squeeze-and-excitation, global pooling), not feature maps
     acts = [info for info in acts if info.shape[1] * info.shape[2] > 1]
     if not acts:
-        raise FtdynError(f"{arg('arch', arch)}: no activation layers with spatial output found; name layers with {arg('layers')}.")
+        raise FtdynError(
+            f"{arg('arch', arch)}: no activation layers with spatial output found; name layers with"
+            f" {arg('layers')}."
+        )
     chosen = [a.name for a, b in zip(acts, acts[1:]) if b.shape[1] < a.shape[1]]
     return chosen + [acts[-1].name]
 
@@ -353,8 +428,14 @@ def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
     for layer in layers:
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else " Run `ftdyn layers ARCH` to list them."
-            raise FtdynError(f"{arg('layers')}: '{layer}' is not a module of {type(model).__name__}.{hint}")
+            hint = (
+                f" Did you mean {', '.join(close)}?"
+                if close
+                else " Run `ftdyn layers ARCH` to list them."
+            )
+            raise FtdynError(
+                f"{arg('layers')}: '{layer}' is not a module of {type(model).__name__}.{hint}"
+            )
     if len(set(layers)) != len(layers):
         raise FtdynError(f"{arg('layers')}: a layer is named twice.")
     return list(layers)
@@ -372,13 +453,23 @@ class LayerCapture:
     what was captured.
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], dtype: torch.dtype | None = None,
-                 channels_last: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        dtype: torch.dtype | None = None,
+        channels_last: frozenset[str] = frozenset(),
+    ):
         self.layers = validate_layers(model, layers)
         self.dtype = dtype
-        self.channels_last = channels_last  # layers whose (batch, y, x, channel) outputs are transposed
+        self.channels_last = (
+            channels_last  # layers whose (batch, y, x, channel) outputs are transposed
+        )
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in self.layers]
+        self._handles = [
+            model.get_submodule(name).register_forward_hook(self._hook(name))
+            for name in self.layers
+        ]
 
     def _hook(self, name: str):
         transpose = name in self.channels_last
@@ -387,15 +478,20 @@ class LayerCapture:
             out = output.detach()
             if transpose:
                 out = out.permute(0, 3, 1, 2)
-            self.outputs[name] = out.to(dtype=self.dtype or output.dtype, memory_format=torch.contiguous_format,
-                                        copy=True)
+            self.outputs[name] = out.to(
+                dtype=self.dtype or output.dtype, memory_format=torch.contiguous_format, copy=True
+            )
+
         return record
 
     def pop(self) -> dict[str, torch.Tensor]:
         """The outputs of the last forward pass, in layer order; clears the buffer."""
         missing = [n for n in self.layers if n not in self.outputs]
         if missing:
-            raise FtdynError(f"{arg('layers')}: {', '.join(missing)} produced no output in the forward pass (module not used by forward).")
+            raise FtdynError(
+                f"{arg('layers')}: {', '.join(missing)} produced no output in the forward pass"
+                " (module not used by forward)."
+            )
         outputs = {n: self.outputs[n] for n in self.layers}
         self.outputs = {}
         return outputs

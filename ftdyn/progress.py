@@ -34,24 +34,44 @@ _stages = logging.getLogger(__name__)
 
 
 def stage(message: str) -> None:
-    """One line for a finished stage of a long step (an epoch, a store written, the statistics computed)."""
+    """One line for a finished stage of a long step (an epoch, a store written, the statistics
+    computed)."""
     _stages.info(message)
 
 
 def progress_bar(enabled: bool = True):
-    """A rich :class:`~rich.progress.Progress` on stderr for the long steps of one command: live on a
-    terminal when ``enabled``, else switched off (``bar.disable``: it draws nothing, not even at the end).
+    """A rich :class:`~rich.progress.Progress` on stderr for the long steps of one command: live on
+    a
+    terminal when ``enabled``, else switched off (``bar.disable``: it draws nothing, not even at the
+    end).
     Lines logged while it is live appear above it."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    output = Console(stderr=True)  # a terminal: a tty, or FORCE_COLOR / TTY_COMPATIBLE=1 (rich's test)
-    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=output, disable=not (enabled and output.is_terminal))
+    output = Console(
+        stderr=True
+    )  # a terminal: a tty, or FORCE_COLOR / TTY_COMPATIBLE=1 (rich's test)
+    return Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=output,
+        disable=not (enabled and output.is_terminal),
+    )
 
 
-def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+def track(
+    items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     """``items`` one by one, with a bar over them on a terminal (``total``: their number, when
     ``items`` has no length)."""
     with progress_bar(enabled) as progress:
@@ -71,8 +91,10 @@ def dask_progress(description: str, enabled: bool = True) -> Iterator[None]:
 
     class _Tasks(Callback):
         def _start_state(self, dsk, state):
-            self.task = progress.add_task(description, total=sum(len(state[k]) for k in
-                                                                 ("ready", "waiting", "running", "finished")))
+            self.task = progress.add_task(
+                description,
+                total=sum(len(state[k]) for k in ("ready", "waiting", "running", "finished")),
+            )
 
         def _posttask(self, key, result, dsk, state, worker_id):
             progress.advance(self.task)
@@ -89,12 +111,15 @@ _LABELS = {logging.INFO: "note: ", logging.WARNING: "warning: ", logging.ERROR: 
 
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        label = getattr(record, "label", "" if record.name == _stages.name else _LABELS.get(record.levelno, ""))
+        label = getattr(
+            record, "label", "" if record.name == _stages.name else _LABELS.get(record.levelno, "")
+        )
         return f"ftdyn: {label}{record.getMessage()}"
 
 
 class _Stderr(logging.StreamHandler):
-    """Writes to the ``sys.stderr`` of the moment (a live rich bar or a test's capture replaces it)."""
+    """Writes to the ``sys.stderr`` of the moment (a live rich bar or a test's capture
+    replaces it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,8 +136,10 @@ class _Stderr(logging.StreamHandler):
 
 @contextlib.contextmanager
 def console() -> Iterator[None]:
-    """Inside the block, ftdyn's notes, stage lines and caveats are printed on stderr as one line each
-    (``ftdyn: note: ...``, ``ftdyn: ...``, ``ftdyn: warning: ...``); a caveat once per message and place.
+    """Inside the block, ftdyn's notes, stage lines and caveats are printed on stderr as one line
+    each
+    (``ftdyn: note: ...``, ``ftdyn: ...``, ``ftdyn: warning: ...``); a caveat once per message and
+    place.
     Other warnings keep Python's own display."""
     logger = logging.getLogger("ftdyn")
     handler, level, propagate = _Stderr(), logger.level, logger.propagate
@@ -126,8 +153,17 @@ def console() -> Iterator[None]:
 
             def show(message, category, filename, lineno, file=None, line=None):
                 if issubclass(category, FtdynWarning):
-                    logger.warning("%s", message, extra={"label": "" if issubclass(category, ConvergenceWarning)
-                                                         else _LABELS[logging.WARNING]})
+                    logger.warning(
+                        "%s",
+                        message,
+                        extra={
+                            "label": (
+                                ""
+                                if issubclass(category, ConvergenceWarning)
+                                else _LABELS[logging.WARNING]
+                            )
+                        },
+                    )
                 else:
                     shown_elsewhere(message, category, filename, lineno, file, line)
 

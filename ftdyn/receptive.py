@@ -187,7 +187,9 @@ class ReceptiveField:
 # --------------------------------------------------------------------------- #
 
 
-def map_to_image(rf: ReceptiveField, h: int | None = None, w: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def map_to_image(
+    rf: ReceptiveField, h: int | None = None, w: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Input pixel-index coordinates of the centres of an ``h x w`` map's cells.
 
     Returns ``(ys, xs)``: ``ys[u] = start_y + u * jump_y`` (length ``h``) and
@@ -196,7 +198,9 @@ def map_to_image(rf: ReceptiveField, h: int | None = None, w: int | None = None)
     """
     if h is None or w is None:
         if rf.map_size is None:
-            raise ReceptiveFieldError("map_to_image: give h and w (this ReceptiveField has no map_size)")
+            raise ReceptiveFieldError(
+                "map_to_image: give h and w (this ReceptiveField has no map_size)"
+            )
         h = rf.map_size[0] if h is None else h
         w = rf.map_size[1] if w is None else w
     ys = rf.start[0] + np.arange(int(h), dtype=np.float64) * rf.jump[0]
@@ -239,7 +243,11 @@ def upsample_to_image(fmap, rf: ReceptiveField, image_size: tuple[int, int] | in
     a = np.asarray(fmap, dtype=np.float64)
     if a.ndim < 2:
         raise ReceptiveFieldError("upsample_to_image: the map needs at least 2 dims (..., h, w).")
-    H, W = (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else map(int, image_size)
+    H, W = (
+        (int(image_size), int(image_size))
+        if isinstance(image_size, (int, np.integer))
+        else map(int, image_size)
+    )
     us, vs = image_to_map(rf, H, W)
     out = _interp_axis(a, us, a.ndim - 2)
     return _interp_axis(out, vs, a.ndim - 1)
@@ -266,7 +274,9 @@ class _Axis:
 
     def layer(self, k: int, s: int, p: float, d: int = 1) -> "_Axis":
         keff = d * (k - 1) + 1
-        return _Axis(self.r + (keff - 1) * self.j, self.j * s, self.s + ((keff - 1) / 2 - p) * self.j)
+        return _Axis(
+            self.r + (keff - 1) * self.j, self.j * s, self.s + ((keff - 1) / 2 - p) * self.j
+        )
 
 
 @dataclass(frozen=True)
@@ -361,28 +371,140 @@ class _ShapeRecorder(fx.Interpreter):
 # --------------------------------------------------------------------------- #
 
 _POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Threshold,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.Threshold,
 )
 _F = torch.nn.functional
 _POINTWISE_FUNCS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
-    operator.pos, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.exp, torch.abs,
-    torch.neg, torch.sqrt, torch.rsqrt, torch.pow, torch.maximum, torch.minimum, torch.where,
-    _F.relu, _F.relu_, _F.relu6, _F.hardtanh, _F.hardtanh_, _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu,
-    _F.mish, _F.hardswish, _F.hardsigmoid, _F.sigmoid, _F.tanh, _F.leaky_relu, _F.softplus,
-    _F.dropout, _F.dropout1d, _F.dropout2d, _F.alpha_dropout, _F.batch_norm, _F.threshold,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.neg,
+    operator.pos,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.pow,
+    torch.add,
+    torch.sub,
+    torch.subtract,
+    torch.mul,
+    torch.multiply,
+    torch.div,
+    torch.divide,
+    torch.relu,
+    torch.relu_,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.clip,
+    torch.exp,
+    torch.abs,
+    torch.neg,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.pow,
+    torch.maximum,
+    torch.minimum,
+    torch.where,
+    _F.relu,
+    _F.relu_,
+    _F.relu6,
+    _F.hardtanh,
+    _F.hardtanh_,
+    _F.elu,
+    _F.selu,
+    _F.celu,
+    _F.gelu,
+    _F.silu,
+    _F.mish,
+    _F.hardswish,
+    _F.hardsigmoid,
+    _F.sigmoid,
+    _F.tanh,
+    _F.leaky_relu,
+    _F.softplus,
+    _F.dropout,
+    _F.dropout1d,
+    _F.dropout2d,
+    _F.alpha_dropout,
+    _F.batch_norm,
+    _F.threshold,
 }
 _POINTWISE_METHODS = {
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "sigmoid_",
-    "tanh", "tanh_", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "neg",
-    "abs", "exp", "sqrt", "rsqrt", "pow", "contiguous", "clone", "detach", "float", "double", "half",
-    "bfloat16", "to", "type", "type_as", "requires_grad_", "__add__", "__mul__", "__radd__",
-    "__rmul__", "__sub__", "__truediv__",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_min_",
+    "clamp_max",
+    "clamp_max_",
+    "neg",
+    "abs",
+    "exp",
+    "sqrt",
+    "rsqrt",
+    "pow",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "to",
+    "type",
+    "type_as",
+    "requires_grad_",
+    "__add__",
+    "__mul__",
+    "__radd__",
+    "__rmul__",
+    "__sub__",
+    "__truediv__",
 }
 _NON_TENSOR_METHODS = {"size", "dim", "numel", "ndimension", "__len__", "get_device"}
 
@@ -400,7 +522,11 @@ class _States:
         if isinstance(a, fx.Node):
             return self.state.get(a)
         if isinstance(a, (list, tuple)):
-            return type(a)(self.st(x) for x in a) if not hasattr(a, "_fields") else tuple(self.st(x) for x in a)
+            return (
+                type(a)(self.st(x) for x in a)
+                if not hasattr(a, "_fields")
+                else tuple(self.st(x) for x in a)
+            )
         return None
 
     def val(self, a):
@@ -408,7 +534,11 @@ class _States:
         if isinstance(a, fx.Node):
             return self.meta.get(a)
         if isinstance(a, (list, tuple)):
-            return type(a)(self.val(x) for x in a) if not hasattr(a, "_fields") else tuple(self.val(x) for x in a)
+            return (
+                type(a)(self.val(x) for x in a)
+                if not hasattr(a, "_fields")
+                else tuple(self.val(x) for x in a)
+            )
         return a
 
     def shape(self, a):
@@ -483,8 +613,10 @@ def _merge(node, operands: list, out_shape) -> Any:
     for g in full[1:]:
         for a, b in ((y, g.y), (x, g.x)):
             if not math.isclose(a.j, b.j):
-                raise ReceptiveFieldError(f"paths merged in '{node.name}' have different jumps "
-                                          f"({a.j} vs {b.j}); cannot combine fields")
+                raise ReceptiveFieldError(
+                    f"paths merged in '{node.name}' have different jumps "
+                    f"({a.j} vs {b.j}); cannot combine fields"
+                )
         y = _union(y, g.y)
         x = _union(x, g.x)
     return _Geo(y, x, full[0].dims, ctx)
@@ -557,7 +689,9 @@ def _adaptive_pool(env: _States, node, inp):
     if hin % hout == 0 and win % wout == 0:
         ky, kx = hin // hout, win // wout
         return g.with_(y=g.y.layer(ky, ky, 0), x=g.x.layer(kx, kx, 0))
-    return _Ended(f"adaptive pooling {hin}x{win}->{hout}x{wout} in '{node.name}' is not a regular grid")
+    return _Ended(
+        f"adaptive pooling {hin}x{win}->{hout}x{wout} in '{node.name}' is not a regular grid"
+    )
 
 
 def _flatten(env: _States, node, inp, start, end):
@@ -585,8 +719,12 @@ def _reshape(env: _States, node, inp):
     if isz is None or osz is None:
         return _Unknown(f"no shape for '{node.name}'")
     n = len(isz)
-    if g.dims == (n - 2, n - 1) and len(osz) >= 2 and tuple(osz[-2:]) == tuple(isz[-2:]) \
-            and math.prod(osz[:-2]) == math.prod(isz[:-2]):
+    if (
+        g.dims == (n - 2, n - 1)
+        and len(osz) >= 2
+        and tuple(osz[-2:]) == tuple(isz[-2:])
+        and math.prod(osz[:-2]) == math.prod(isz[:-2])
+    ):
         return g.with_(dims=(len(osz) - 2, len(osz) - 1))
     return _Ended(f"reshape {tuple(isz)}->{tuple(osz)} mixes spatial dims in '{node.name}'")
 
@@ -707,7 +845,9 @@ def _concat(env: _States, node, args, kwargs):
 
 def _pointwise(env: _States, node, args, kwargs):
     """Elementwise op: the merge of all its tensor operands."""
-    operands = [env.operand(a) for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
+    operands = [
+        env.operand(a) for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)
+    ]
     return _merge(node, operands, env.shape(node))
 
 
@@ -730,13 +870,23 @@ def _norm_module(env: _States, node, m, x):
 # (module types, rule(env, node, module, input)); the first matching entry applies
 _MODULE_RULES = (
     (_POINTWISE_MODULES, lambda env, node, m, x: _merge(node, [env.operand(x)], env.shape(node))),
-    (nn.Conv2d, lambda env, node, m, x: _conv_like(env, node, x, m.kernel_size, m.stride, m.padding,
-                                                   m.dilation, "conv")),
+    (
+        nn.Conv2d,
+        lambda env, node, m, x: _conv_like(
+            env, node, x, m.kernel_size, m.stride, m.padding, m.dilation, "conv"
+        ),
+    ),
     (nn.MaxPool2d, _max_pool_module),
-    (nn.AvgPool2d, lambda env, node, m, x: _conv_like(env, node, x, m.kernel_size,
-                                                      m.stride or m.kernel_size, m.padding, 1, "pool")),
-    ((nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
-     lambda env, node, m, x: _adaptive_pool(env, node, x)),
+    (
+        nn.AvgPool2d,
+        lambda env, node, m, x: _conv_like(
+            env, node, x, m.kernel_size, m.stride or m.kernel_size, m.padding, 1, "pool"
+        ),
+    ),
+    (
+        (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d),
+        lambda env, node, m, x: _adaptive_pool(env, node, x),
+    ),
     (nn.Flatten, lambda env, node, m, x: _flatten(env, node, x, m.start_dim, m.end_dim)),
     (nn.Linear, lambda env, node, m, x: _linear_like(env, node, x)),
     (nn.LayerNorm, lambda env, node, m, x: _layer_norm(env, node, x, m.normalized_shape)),
@@ -744,31 +894,55 @@ _MODULE_RULES = (
 )
 
 
+def _max_pool_arguments(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    """``F.max_pool2d``'s arguments in the order :func:`_conv_like` takes them."""
+    return input, kernel_size, stride or kernel_size, padding, dilation, return_indices
+
+
 def _max_pool_function(env: _States, node, args, kwargs):
-    b = _bind(lambda input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-              return_indices=False: (input, kernel_size, stride or kernel_size, padding, dilation,
-                                     return_indices), args, kwargs)
+    b = _bind(_max_pool_arguments, args, kwargs)
     if b[5]:
         return _Unknown(f"max pool with indices '{node.name}'")
     return _conv_like(env, node, b[0], b[1], b[2], b[3], b[4], "pool")
 
 
 def _avg_pool_function(env: _States, node, args, kwargs):
-    b = _bind(lambda input, kernel_size, stride=None, padding=0, *_, **__:
-              (input, kernel_size, stride or kernel_size, padding), args, kwargs)
+    b = _bind(
+        lambda input, kernel_size, stride=None, padding=0, *_, **__: (
+            input,
+            kernel_size,
+            stride or kernel_size,
+            padding,
+        ),
+        args,
+        kwargs,
+    )
     return _conv_like(env, node, b[0], b[1], b[2], b[3], 1, "pool")
 
 
 def _conv_function(env: _States, node, args, kwargs):
-    b = _bind(lambda input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1:
-              (input, weight, stride, padding, dilation), args, kwargs)
+    b = _bind(
+        lambda input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1: (
+            input,
+            weight,
+            stride,
+            padding,
+            dilation,
+        ),
+        args,
+        kwargs,
+    )
     wsh = env.shape(b[1])
     if wsh is None or env.st(b[1]) is not None:
         return _Unknown(f"conv2d with a computed weight '{node.name}'")
     return _conv_like(env, node, b[0], tuple(wsh[-2:]), b[2], b[3], b[4], "conv")
 
 
-def _flatten_call(env: _States, node, args, kwargs):  # torch.flatten(input, ...), input.flatten(...)
+def _flatten_call(
+    env: _States, node, args, kwargs
+):  # torch.flatten(input, ...), input.flatten(...)
     bound = _bind(lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim), args, kwargs)
     return _flatten(env, node, *bound)
 
@@ -816,24 +990,38 @@ _FUNCTION_RULES = _rules(
     ((torch.flatten,), _flatten_call),
     ((torch.reshape,), lambda env, node, args, kwargs: _reshape(env, node, args[0])),
     ((torch.mean, torch.sum, torch.amax, torch.amin), _reduce_call),
-    ((torch.permute,), lambda env, node, args, kwargs: _permute(
-        env, node, *_bind(lambda input, dims: (input, dims), args, kwargs))),
+    (
+        (torch.permute,),
+        lambda env, node, args, kwargs: _permute(
+            env, node, *_bind(lambda input, dims: (input, dims), args, kwargs)
+        ),
+    ),
     ((torch.transpose, torch.swapaxes), _transpose_call),
     ((torch.chunk, torch.split, torch.tensor_split), _split_call),
-    ((F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
-     lambda env, node, args, kwargs: _adaptive_pool(env, node, args[0])),
+    (
+        (F.adaptive_avg_pool2d, F.adaptive_max_pool2d),
+        lambda env, node, args, kwargs: _adaptive_pool(env, node, args[0]),
+    ),
     ((F.max_pool2d,), _max_pool_function),
     ((F.avg_pool2d,), _avg_pool_function),
     ((F.conv2d,), _conv_function),
     ((F.linear,), lambda env, node, args, kwargs: _linear_like(env, node, args[0])),
-    ((F.layer_norm,), lambda env, node, args, kwargs: _layer_norm(
-        env, node, *_bind(lambda input, normalized_shape, *_, **__: (input, normalized_shape), args,
-                          kwargs))),
+    (
+        (F.layer_norm,),
+        lambda env, node, args, kwargs: _layer_norm(
+            env,
+            node,
+            *_bind(
+                lambda input, normalized_shape, *_, **__: (input, normalized_shape), args, kwargs
+            ),
+        ),
+    ),
     ((F.group_norm, F.instance_norm), lambda env, node, args, kwargs: _spatial_norm(env, args[0])),
 )
 # the max-pool variants torch dispatches to, by name (``F.max_pool2d`` may be any of them)
-_FUNCTION_RULES_BY_NAME = {name: _max_pool_function for name in ("max_pool2d", "_max_pool2d",
-                                                                  "max_pool2d_with_indices")}
+_FUNCTION_RULES_BY_NAME = {
+    name: _max_pool_function for name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices")
+}
 
 # rule(env, node, args, kwargs) of each tensor method, by name
 _METHOD_RULES = _rules(
@@ -872,8 +1060,15 @@ def _rule_result(env: _States, modules: dict, node: fx.Node):
     return rule(env, node, args, kwargs)
 
 
-_INPLACE_FUNCS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, _F.relu_,
-                  _F.hardtanh_}
+_INPLACE_FUNCS = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    torch.relu_,
+    _F.relu_,
+    _F.hardtanh_,
+}
 
 
 def _is_inplace(node: fx.Node) -> bool:
@@ -907,14 +1102,21 @@ def _union(a: _Axis, b: _Axis) -> _Axis:
 # --------------------------------------------------------------------------- #
 
 
-def _propagate(gm: fx.GraphModule, env: _States,
-               wanted: dict[fx.Node, list[tuple[str, fx.Node]]]) -> dict[str, Any]:
+def _propagate(
+    gm: fx.GraphModule, env: _States, wanted: dict[fx.Node, list[tuple[str, fx.Node]]]
+) -> dict[str, Any]:
     """Visit the graph in order, filling ``env.state``; returns the state of each wanted layer's
     output right after its node in ``wanted`` (its module's return: later in-place ops do not
     change what a hook copied)."""
     modules = dict(gm.named_modules())
-    image = next((n for n in gm.graph.nodes if n.op == "placeholder" and env.shape(n) is not None
-                  and len(env.shape(n)) == 4), None)  # the first 4-d input is the image
+    image = next(
+        (
+            n
+            for n in gm.graph.nodes
+            if n.op == "placeholder" and env.shape(n) is not None and len(env.shape(n)) == 4
+        ),
+        None,
+    )  # the first 4-d input is the image
     at_return: dict[str, Any] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -944,8 +1146,12 @@ def _first_in_channels(model: nn.Module) -> int:
     return 3
 
 
-def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int, int] | int = 224,
-                     in_channels: int | None = None) -> dict[str, ReceptiveField]:
+def receptive_fields(
+    model: nn.Module,
+    layers: list[str],
+    input_size: tuple[int, int] | int = 224,
+    in_channels: int | None = None,
+) -> dict[str, ReceptiveField]:
     """Receptive-field geometry of each named layer of ``model``, keyed by layer name.
 
     ``layers`` are module names from ``model.named_modules()``; a module's output on
@@ -983,8 +1189,10 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
         if layer in outputs and isinstance(outputs[layer][0], fx.Proxy):
             wanted.setdefault(outputs[layer][1], []).append((layer, outputs[layer][0].node))
     at_return = _propagate(gm, env, wanted)
-    return {layer: _field(arch, layer, outputs, at_return.get(layer), env, input_size)
-            for layer in layers}
+    return {
+        layer: _field(arch, layer, outputs, at_return.get(layer), env, input_size)
+        for layer in layers
+    }
 
 
 @contextmanager
@@ -1019,13 +1227,19 @@ def _trace(model: nn.Module, arch: str, layers: list[str]) -> tuple[dict[str, An
         graph = tracer.trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
         raise ReceptiveFieldError(
-            f"{arch}: torch.fx cannot trace the model, so receptive fields of {layers} cannot be computed "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            f"{arch}: torch.fx cannot trace the model, so receptive fields of {layers} cannot be"
+            f" computed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     return tracer.module_outputs, fx.GraphModule(tracer.root, graph)
 
 
-def _feature_map_sizes(gm: fx.GraphModule, model: nn.Module, arch: str, input_size: tuple[int, int],
-                       in_channels: int | None) -> dict:
+def _feature_map_sizes(
+    gm: fx.GraphModule,
+    model: nn.Module,
+    arch: str,
+    input_size: tuple[int, int],
+    in_channels: int | None,
+) -> dict:
     """Per graph node, the shapes/values of one forward pass of a zero image (batch 1) on the
     device and dtype of the model's first parameter."""
     try:
@@ -1042,25 +1256,36 @@ def _feature_map_sizes(gm: fx.GraphModule, model: nn.Module, arch: str, input_si
     except Exception as exc:  # noqa: BLE001
         raise ReceptiveFieldError(
             f"{arch}: forward pass at input size {input_size} failed while measuring feature maps "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     return rec.meta
 
 
-def _field(arch: str, layer: str, outputs: dict[str, Any], s, env: _States,
-           input_size: tuple[int, int]) -> ReceptiveField:
+def _field(
+    arch: str, layer: str, outputs: dict[str, Any], s, env: _States, input_size: tuple[int, int]
+) -> ReceptiveField:
     """``layer``'s field from ``s``, the state of its output; an error when it has none."""
     if layer not in outputs:
         raise ReceptiveFieldError(
-            f"{arch}: module '{layer}' is not called in the traced forward pass (or lies inside a leaf module)")
+            f"{arch}: module '{layer}' is not called in the traced forward pass (or lies inside a"
+            " leaf module)"
+        )
     proxy = outputs[layer][0]
     if not isinstance(proxy, fx.Proxy):
         raise ReceptiveFieldError(f"{arch}: module '{layer}' does not return a single tensor")
     if isinstance(s, _Unknown):
-        raise ReceptiveFieldError(f"{arch}: receptive field of '{layer}' cannot be computed: {s.why}")
+        raise ReceptiveFieldError(
+            f"{arch}: receptive field of '{layer}' cannot be computed: {s.why}"
+        )
     if isinstance(s, _Ended):
         raise ReceptiveFieldError(f"{arch}: '{layer}' has no spatial receptive field ({s.why})")
     if not isinstance(s, _Geo):
         raise ReceptiveFieldError(f"{arch}: '{layer}' does not depend on the input image spatially")
-    return ReceptiveField(size=(s.y.r, s.x.r), jump=(s.y.j, s.x.j), start=(s.y.s, s.x.s),
-                          map_size=env.out_spatial(proxy.node, s), input_size=input_size,
-                          global_context=s.ctx)
+    return ReceptiveField(
+        size=(s.y.r, s.x.r),
+        jump=(s.y.j, s.x.j),
+        start=(s.y.s, s.x.s),
+        map_size=env.out_spatial(proxy.node, s),
+        input_size=input_size,
+        global_context=s.ctx,
+    )

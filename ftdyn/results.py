@@ -67,19 +67,80 @@ from .errors import FtdynError
 
 RESULTS_FORMAT = 1
 RESULTS_STORE = "results.zarr"
-DISTANCE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "metric", "view",
-                    "value", "ci_low", "ci_high", "n_filters", "n_nan")
+DISTANCE_COLUMNS = (
+    "experiment",
+    "model",
+    "dataset",
+    "layer",
+    "layer_index",
+    "epoch",
+    "metric",
+    "view",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_filters",
+    "n_nan",
+)
 REUSABILITY_COLUMNS = ("experiment", "model", "dataset", "metric", "mean", "std")
-AGREEMENT_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "metric_a", "metric_b", "r", "n_epochs")
+AGREEMENT_COLUMNS = (
+    "experiment",
+    "model",
+    "dataset",
+    "layer",
+    "layer_index",
+    "metric_a",
+    "metric_b",
+    "r",
+    "n_epochs",
+)
 AGREEMENT_SUMMARY_COLUMNS = ("metric_a", "metric_b", "mean_r", "std_r", "n")
-RELATIVE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "metric", "view",
-                    "relative_distance", "ceiling", "delta_ci_low", "delta_ci_high")
-PROBE_COLUMNS = ("experiment", "model", "dataset", "layer", "layer_index", "epoch", "probe_accuracy",
-                 "probe_accuracy_random_init", "probe_chance")
-CONVERGENCE_COLUMNS = ("experiment", "metric", "layer", "layer_index", "fraction", "distance", "converged",
-                       "images_needed")
-LAYER_ORDER_COLUMNS = ("experiment", "metric", "layer", "layer_index", "layer_other", "layer_index_other",
-                       "distance", "distance_other", "p")
+RELATIVE_COLUMNS = (
+    "experiment",
+    "model",
+    "dataset",
+    "layer",
+    "layer_index",
+    "epoch",
+    "metric",
+    "view",
+    "relative_distance",
+    "ceiling",
+    "delta_ci_low",
+    "delta_ci_high",
+)
+PROBE_COLUMNS = (
+    "experiment",
+    "model",
+    "dataset",
+    "layer",
+    "layer_index",
+    "epoch",
+    "probe_accuracy",
+    "probe_accuracy_random_init",
+    "probe_chance",
+)
+CONVERGENCE_COLUMNS = (
+    "experiment",
+    "metric",
+    "layer",
+    "layer_index",
+    "fraction",
+    "distance",
+    "converged",
+    "images_needed",
+)
+LAYER_ORDER_COLUMNS = (
+    "experiment",
+    "metric",
+    "layer",
+    "layer_index",
+    "layer_other",
+    "layer_index_other",
+    "distance",
+    "distance_other",
+    "p",
+)
 
 REQUIRED_VARS = {
     "distance": ("experiment", "metric", "layer_index", "epoch"),
@@ -115,31 +176,60 @@ OPTIONAL_VARS = {
     "converged": ("experiment", "metric", "layer_index"),
     "images_needed": ("experiment", "metric", "layer_index"),
 }
-REQUIRED_COORDS = ("experiment", "model", "dataset", "store", "metric", "view", "alpha", "layer_index", "layer",
-                   "epoch", "epoch_other")
-REQUIRED_ATTRS = ("ftdyn_results_format", "ftdyn_version", "reference_epoch", "preset", "bootstrap", "arguments")
+REQUIRED_COORDS = (
+    "experiment",
+    "model",
+    "dataset",
+    "store",
+    "metric",
+    "view",
+    "alpha",
+    "layer_index",
+    "layer",
+    "epoch",
+    "epoch_other",
+)
+REQUIRED_ATTRS = (
+    "ftdyn_results_format",
+    "ftdyn_version",
+    "reference_epoch",
+    "preset",
+    "bootstrap",
+    "arguments",
+)
 
 
 def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
     """Check a results Dataset against the schema above; raise FtdynError naming what is wrong."""
     missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
-        raise FtdynError(f"{source}: not ftdyn results (attributes missing: {', '.join(missing)}); re-run "
-                         "`ftdyn analyze` to write them.")
+        raise FtdynError(
+            f"{source}: not ftdyn results (attributes missing: {', '.join(missing)}); re-run "
+            "`ftdyn analyze` to write them."
+        )
     if ds.attrs["ftdyn_results_format"] != RESULTS_FORMAT:
-        raise FtdynError(f"{source}: results format {ds.attrs['ftdyn_results_format']} from ftdyn "
-                         f"{ds.attrs['ftdyn_version']}; this ftdyn {__version__} reads format {RESULTS_FORMAT}. "
-                         "Re-run `ftdyn analyze`.")
+        raise FtdynError(
+            f"{source}: results format {ds.attrs['ftdyn_results_format']} from ftdyn "
+            f"{ds.attrs['ftdyn_version']}; this ftdyn {__version__} reads format {RESULTS_FORMAT}. "
+            "Re-run `ftdyn analyze`."
+        )
     for name in REQUIRED_COORDS:
         if name not in ds.coords:
-            raise FtdynError(f"{source}: damaged results, coordinate '{name}' missing; re-run `ftdyn analyze`.")
+            raise FtdynError(
+                f"{source}: damaged results, coordinate '{name}' missing; re-run `ftdyn analyze`."
+            )
     for name, dims in REQUIRED_VARS.items():
         if name not in ds.data_vars or ds[name].dims != dims:
-            raise FtdynError(f"{source}: damaged results, variable '{name}' missing or not {dims}; re-run "
-                             "`ftdyn analyze`.")
+            raise FtdynError(
+                f"{source}: damaged results, variable '{name}' missing or not {dims}; re-run "
+                "`ftdyn analyze`."
+            )
     for name, dims in OPTIONAL_VARS.items():
         if name in ds.data_vars and ds[name].dims != dims:
-            raise FtdynError(f"{source}: damaged results, variable '{name}' is not {dims}; re-run `ftdyn analyze`.")
+            raise FtdynError(
+                f"{source}: damaged results, variable '{name}' is not {dims}; re-run `ftdyn"
+                " analyze`."
+            )
     return ds
 
 
@@ -154,20 +244,27 @@ def save_results_store(ds: xr.Dataset, path: str | Path) -> None:
 
 
 def open_results(path: str | Path) -> xr.Dataset:
-    """Open the results of ``ftdyn analyze`` (the output folder or its results.zarr), loaded in memory."""
+    """Open the results of ``ftdyn analyze`` (the output folder or its results.zarr), loaded
+    in memory."""
     path = Path(path)
     store = path / RESULTS_STORE if (path / RESULTS_STORE).exists() else path
     if not (store / "zarr.json").is_file():
-        raise FtdynError(f"{path}: no ftdyn results here (expected {RESULTS_STORE}); run `ftdyn analyze` first.")
+        raise FtdynError(
+            f"{path}: no ftdyn results here (expected {RESULTS_STORE}); run `ftdyn analyze` first."
+        )
     try:
         ds = xr.open_zarr(store, zarr_format=3, consolidated=False).load()
         return validate_results(ds, str(path))
     except FtdynError:
         raise
-    except Exception as exc:  # any damage (bad JSON, missing or corrupt chunks, odd attributes) reads the same
+    except (
+        Exception
+    ) as exc:  # any damage (bad JSON, missing or corrupt chunks, odd attributes) reads the same
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise FtdynError(f"{path}: damaged results, cannot be read ({type(exc).__name__}: {detail}); re-run "
-                         "`ftdyn analyze` to rewrite them.") from None
+        raise FtdynError(
+            f"{path}: damaged results, cannot be read ({type(exc).__name__}: {detail}); re-run "
+            "`ftdyn analyze` to rewrite them."
+        ) from None
 
 
 # ------------------------------------------------------------------ CSV tables
@@ -211,19 +308,34 @@ def distance_rows(ds: xr.Dataset):
                 if not has[e, k]:
                     continue
                 for m, metric in enumerate(ds["metric"].values):
-                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
-                           "layer": layers[e, l], "layer_index": int(index), "epoch": int(epoch), "metric": metric,
-                           "view": ds["view"].values[m], "value": float(dist[e, m, l, k]),
-                           "ci_low": float(lo[e, m, l, k]), "ci_high": float(hi[e, m, l, k]),
-                           "n_filters": int(nf[e, m, l]), "n_nan": int(nn[e, m, l, k])}
+                    yield {
+                        "experiment": exp,
+                        "model": ds["model"].values[e],
+                        "dataset": ds["dataset"].values[e],
+                        "layer": layers[e, l],
+                        "layer_index": int(index),
+                        "epoch": int(epoch),
+                        "metric": metric,
+                        "view": ds["view"].values[m],
+                        "value": float(dist[e, m, l, k]),
+                        "ci_low": float(lo[e, m, l, k]),
+                        "ci_high": float(hi[e, m, l, k]),
+                        "n_filters": int(nf[e, m, l]),
+                        "n_nan": int(nn[e, m, l, k]),
+                    }
 
 
 def reusability_rows(ds: xr.Dataset):
     for e, exp in enumerate(ds["experiment"].values):
         for m, metric in enumerate(ds["metric"].values):
-            yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
-                   "metric": metric, "mean": float(ds["reusability_mean"].values[e, m]),
-                   "std": float(ds["reusability_std"].values[e, m])}
+            yield {
+                "experiment": exp,
+                "model": ds["model"].values[e],
+                "dataset": ds["dataset"].values[e],
+                "metric": metric,
+                "mean": float(ds["reusability_mean"].values[e, m]),
+                "std": float(ds["reusability_std"].values[e, m]),
+            }
 
 
 def agreement_rows(ds: xr.Dataset):
@@ -238,10 +350,17 @@ def agreement_rows(ds: xr.Dataset):
                 continue
             for a in range(len(metrics)):
                 for b in range(a + 1, len(metrics)):
-                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
-                           "layer": layers[e, l], "layer_index": int(index), "metric_a": metrics[a],
-                           "metric_b": metrics[b], "r": float(r[e, l, a, b]),
-                           "n_epochs": int(n[e, l, a, b]) if n is not None else ""}
+                    yield {
+                        "experiment": exp,
+                        "model": ds["model"].values[e],
+                        "dataset": ds["dataset"].values[e],
+                        "layer": layers[e, l],
+                        "layer_index": int(index),
+                        "metric_a": metrics[a],
+                        "metric_b": metrics[b],
+                        "r": float(r[e, l, a, b]),
+                        "n_epochs": int(n[e, l, a, b]) if n is not None else "",
+                    }
 
 
 def agreement_summary_rows(ds: xr.Dataset):
@@ -252,9 +371,13 @@ def agreement_summary_rows(ds: xr.Dataset):
         for b in range(a + 1, len(metrics)):
             vals = r[:, :, a, b]
             vals = vals[np.isfinite(vals)]
-            yield {"metric_a": metrics[a], "metric_b": metrics[b],
-                   "mean_r": float(vals.mean()) if vals.size else float("nan"),
-                   "std_r": float(vals.std()) if vals.size else float("nan"), "n": int(vals.size)}
+            yield {
+                "metric_a": metrics[a],
+                "metric_b": metrics[b],
+                "mean_r": float(vals.mean()) if vals.size else float("nan"),
+                "std_r": float(vals.std()) if vals.size else float("nan"),
+                "n": int(vals.size),
+            }
 
 
 def relative_rows(ds: xr.Dataset):
@@ -266,24 +389,40 @@ def relative_rows(ds: xr.Dataset):
     for row in distance_rows(ds):
         e = list(ds["experiment"].values).index(row["experiment"])
         m, l, k = metrics.index(row["metric"]), row["layer_index"], index[row["epoch"]]
-        yield {**row, "relative_distance": float(rel[e, m, l, k]), "ceiling": float(ceil[e, m, l]),
-               "delta_ci_low": float(dlo[e, m, l, k]), "delta_ci_high": float(dhi[e, m, l, k])}
+        yield {
+            **row,
+            "relative_distance": float(rel[e, m, l, k]),
+            "ceiling": float(ceil[e, m, l]),
+            "delta_ci_low": float(dlo[e, m, l, k]),
+            "delta_ci_high": float(dhi[e, m, l, k]),
+        }
 
 
 def probe_rows(ds: xr.Dataset):
     """Rows of ``probes.csv``: one per experiment, layer and epoch of that experiment."""
     has, layers = _has_epoch(ds), ds["layer"].values
-    acc, rand, chance = ds["probe_accuracy"].values, ds["probe_accuracy_random_init"].values, ds["probe_chance"].values
+    acc, rand, chance = (
+        ds["probe_accuracy"].values,
+        ds["probe_accuracy_random_init"].values,
+        ds["probe_chance"].values,
+    )
     for e, exp in enumerate(ds["experiment"].values):
         for l, index in enumerate(ds["layer_index"].values):
             if not str(layers[e, l]):
                 continue
             for k, epoch in enumerate(ds["epoch"].values):
                 if has[e, k]:
-                    yield {"experiment": exp, "model": ds["model"].values[e], "dataset": ds["dataset"].values[e],
-                           "layer": layers[e, l], "layer_index": int(index), "epoch": int(epoch),
-                           "probe_accuracy": float(acc[e, l, k]), "probe_accuracy_random_init": float(rand[e, l]),
-                           "probe_chance": float(chance[e])}
+                    yield {
+                        "experiment": exp,
+                        "model": ds["model"].values[e],
+                        "dataset": ds["dataset"].values[e],
+                        "layer": layers[e, l],
+                        "layer_index": int(index),
+                        "epoch": int(epoch),
+                        "probe_accuracy": float(acc[e, l, k]),
+                        "probe_accuracy_random_init": float(rand[e, l]),
+                        "probe_chance": float(chance[e]),
+                    }
 
 
 def _last_epoch(ds: xr.Dataset, e: int) -> int:
@@ -300,39 +439,59 @@ def layer_order_rows(ds: xr.Dataset):
             for a in range(layers.shape[1]):
                 for b in range(layers.shape[1]):
                     if a != b and str(layers[e, a]) and str(layers[e, b]):
-                        yield {"experiment": exp, "metric": metric, "layer": layers[e, a], "layer_index": a,
-                               "layer_other": layers[e, b], "layer_index_other": b,
-                               "distance": float(dist[e, m, a, k]), "distance_other": float(dist[e, m, b, k]),
-                               "p": float(p[e, m, a, b])}
+                        yield {
+                            "experiment": exp,
+                            "metric": metric,
+                            "layer": layers[e, a],
+                            "layer_index": a,
+                            "layer_other": layers[e, b],
+                            "layer_index_other": b,
+                            "distance": float(dist[e, m, a, k]),
+                            "distance_other": float(dist[e, m, b, k]),
+                            "p": float(p[e, m, a, b]),
+                        }
 
 
 def convergence_rows(ds: xr.Dataset):
     """Rows of ``convergence.csv``: the last epoch's distance per nested image fraction."""
-    conv, ok, need, layers = ds["convergence"].values, ds["converged"].values, ds["images_needed"].values, \
-        ds["layer"].values
+    conv, ok, need, layers = (
+        ds["convergence"].values,
+        ds["converged"].values,
+        ds["images_needed"].values,
+        ds["layer"].values,
+    )
     for e, exp in enumerate(ds["experiment"].values):
         for m, metric in enumerate(ds["metric"].values):
             for l in range(layers.shape[1]):
                 if not str(layers[e, l]):
                     continue
                 for f, fraction in enumerate(ds["fraction"].values):
-                    yield {"experiment": exp, "metric": metric, "layer": layers[e, l], "layer_index": l,
-                           "fraction": float(fraction), "distance": float(conv[e, m, l, f]),
-                           "converged": bool(ok[e, m, l]), "images_needed": float(need[e, m, l])}
+                    yield {
+                        "experiment": exp,
+                        "metric": metric,
+                        "layer": layers[e, l],
+                        "layer_index": l,
+                        "fraction": float(fraction),
+                        "distance": float(conv[e, m, l, f]),
+                        "converged": bool(ok[e, m, l]),
+                        "images_needed": float(need[e, m, l]),
+                    }
 
 
 #: the interpretation tables, written when the results hold their variables
 #: Every CSV table of a result set: (file name, columns, row builder). The analysis writes
 #: all of them, always (a quantity that was not computed, e.g. no random-init baseline in
 #: the store or no bootstrap, is an empty cell = NaN).
-TABLES = (("distances.csv", DISTANCE_COLUMNS, distance_rows),
-          ("reusability.csv", REUSABILITY_COLUMNS, reusability_rows),
-          ("agreement.csv", AGREEMENT_COLUMNS, agreement_rows),
-          ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS, agreement_summary_rows),
-          ("relative_distances.csv", RELATIVE_COLUMNS, relative_rows),
-          ("probes.csv", PROBE_COLUMNS, probe_rows),
-          ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows),
-          ("convergence.csv", CONVERGENCE_COLUMNS, convergence_rows))
+TABLES = (
+    ("distances.csv", DISTANCE_COLUMNS, distance_rows),
+    ("reusability.csv", REUSABILITY_COLUMNS, reusability_rows),
+    ("agreement.csv", AGREEMENT_COLUMNS, agreement_rows),
+    ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS, agreement_summary_rows),
+    ("relative_distances.csv", RELATIVE_COLUMNS, relative_rows),
+    ("probes.csv", PROBE_COLUMNS, probe_rows),
+    ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows),
+    ("convergence.csv", CONVERGENCE_COLUMNS, convergence_rows),
+)
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)
 
 

@@ -54,17 +54,33 @@ import xarray as xr
 import zarr
 
 from ._version import __version__
-from .config import CODECS, STORE_DTYPES as DTYPES, arg
+from .config import CODECS, arg
+from .config import STORE_DTYPES as DTYPES
 from .errors import FtdynError
 from .outputs import LOCK_FILE
 
 STORE_FORMAT = 1
 COMPLETE = "complete"
 IMAGES = "images"
-REQUIRED_ATTRS = ("ftdyn_store_format", "ftdyn_version", "architecture", "model", "dataset", "layers",
-                  "layer_variables", "receptive_fields", "checkpoints", "samples_per_chunk", "dtype",
-                  "input_size", "normalization", "probe")
-_TARGET_CHUNK_BYTES = 32 * 2**20  # 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
+REQUIRED_ATTRS = (
+    "ftdyn_store_format",
+    "ftdyn_version",
+    "architecture",
+    "model",
+    "dataset",
+    "layers",
+    "layer_variables",
+    "receptive_fields",
+    "checkpoints",
+    "samples_per_chunk",
+    "dtype",
+    "input_size",
+    "normalization",
+    "probe",
+)
+_TARGET_CHUNK_BYTES = (
+    32 * 2**20
+)  # 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
 #: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
 #: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
 #: those; the region is still written whole (one shard), so extraction is unchanged
@@ -145,24 +161,40 @@ def channel_block(channels: int, samples: int, height: int, width: int, itemsize
     smallest divisor of ``channels`` (Zarr needs inner chunks to tile the shard) that is at
     least 1/16 of them and gives inner chunks of at least 1 MB."""
     per_channel = max(1, samples * height * width * itemsize)
-    want = max(math.ceil(channels / _CHANNEL_BLOCKS), math.ceil(_MIN_INNER_CHUNK_BYTES / per_channel))
+    want = max(
+        math.ceil(channels / _CHANNEL_BLOCKS), math.ceil(_MIN_INNER_CHUNK_BYTES / per_channel)
+    )
     return next(b for b in range(min(channels, want), channels + 1) if channels % b == 0)
 
 
 def _compressors(codec: str) -> list:
     if codec not in CODECS:
-        raise FtdynError(f"{arg('codec')}: unknown codec '{codec}'; choose from {', '.join(CODECS)}.")
+        raise FtdynError(
+            f"{arg('codec')}: unknown codec '{codec}'; choose from {', '.join(CODECS)}."
+        )
     # zstd clevel 1: on ResNet50 float16 ReLU maps 2.5x faster than clevel 3 (235 vs 94 MB/s per
     # core) for a 4% larger store (ratio 1.64 vs 1.70); compression bounds extraction on a GPU
-    return [zarr.codecs.BloscCodec(cname=codec, clevel=1 if codec == "zstd" else 5, shuffle="shuffle")]
+    return [
+        zarr.codecs.BloscCodec(cname=codec, clevel=1 if codec == "zstd" else 5, shuffle="shuffle")
+    ]
 
 
 def _validate_spec(spec: StoreSpec) -> None:
     n = len(spec.labels)
     if spec.dtype not in DTYPES:
-        raise FtdynError(f"{arg('dtype')}: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}.")
-    if spec.images.dtype != np.uint8 or spec.images.ndim != 4 or spec.images.shape[0] != n or spec.images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (n, H, W, 3) with n={n}, got {spec.images.dtype} {spec.images.shape}")
+        raise FtdynError(
+            f"{arg('dtype')}: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}."
+        )
+    if (
+        spec.images.dtype != np.uint8
+        or spec.images.ndim != 4
+        or spec.images.shape[0] != n
+        or spec.images.shape[-1] != 3
+    ):
+        raise ValueError(
+            f"images must be uint8 (n, H, W, 3) with n={n}, got {spec.images.dtype}"
+            f" {spec.images.shape}"
+        )
     if len(spec.image_paths) != n or n == 0:
         raise ValueError("one image path and label per sample, at least one sample")
     if not spec.layers or not spec.checkpoints:
@@ -172,7 +204,10 @@ def _validate_spec(spec: StoreSpec) -> None:
         raise ValueError(f"checkpoint epochs must be unique and increasing, got {epochs}")
     vars_ = [l.var for l in spec.layers]
     if len(set(vars_)) != len(vars_) or {IMAGES, COMPLETE} & set(vars_):
-        raise FtdynError(f"{arg('layers')}: layer names {', '.join(l.name for l in spec.layers)} collide as store variables.")
+        raise FtdynError(
+            f"{arg('layers')}: layer names {', '.join(l.name for l in spec.layers)} collide as"
+            " store variables."
+        )
 
 
 def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
@@ -221,29 +256,60 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
     for index, layer in enumerate(spec.layers):
         shape = (n_ckpt, n, layer.channels, layer.height, layer.width)
         region = (1, spc, layer.channels, layer.height, layer.width)
-        block = channel_block(layer.channels, spc, layer.height, layer.width, np.dtype(spec.dtype).itemsize)
+        block = channel_block(
+            layer.channels, spc, layer.height, layer.width, np.dtype(spec.dtype).itemsize
+        )
         data_vars[layer.var] = xr.Variable(
-            layer_dims(layer.var), da.zeros(shape, chunks=region, dtype=spec.dtype),
-            attrs={"layer": layer.name, "layer_index": index,
-                   "receptive_field": json.loads(json.dumps(layer.receptive_field))})
-        # a CRC-32C per chunk: an altered chunk file fails to decode instead of reading as other numbers
-        encoding[layer.var] = {"chunks": region, "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
+            layer_dims(layer.var),
+            da.zeros(shape, chunks=region, dtype=spec.dtype),
+            attrs={
+                "layer": layer.name,
+                "layer_index": index,
+                "receptive_field": json.loads(json.dumps(layer.receptive_field)),
+            },
+        )
+        # a CRC-32C per chunk: an altered chunk file fails to decode instead of reading as other
+        # numbers
+        encoding[layer.var] = {
+            "chunks": region,
+            "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
+        }
         if block < layer.channels:
-            encoding[layer.var].update(chunks=(1, spc, block, layer.height, layer.width), shards=region)
-    data_vars[COMPLETE] = xr.Variable(("checkpoint", "chunk"), da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
-                                      attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"})
+            encoding[layer.var].update(
+                chunks=(1, spc, block, layer.height, layer.width), shards=region
+            )
+    data_vars[COMPLETE] = xr.Variable(
+        ("checkpoint", "chunk"),
+        da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
+        attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"},
+    )
     encoding[COMPLETE] = {"chunks": (1, 1), "compressors": [zarr.codecs.Crc32cCodec()]}
-    data_vars[IMAGES] = xr.Variable(("sample", "image_y", "image_x", "rgb"), spec.images,
-                                    attrs={"description": "probe images, RGB, after resize/crop, before normalization"})
-    encoding[IMAGES] = {"chunks": (spc, *spec.images.shape[1:]), "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
-    for coord in ("checkpoint", "sample", "label", "image_path", "class"):  # a flipped byte fails its CRC on open
+    data_vars[IMAGES] = xr.Variable(
+        ("sample", "image_y", "image_x", "rgb"),
+        spec.images,
+        attrs={"description": "probe images, RGB, after resize/crop, before normalization"},
+    )
+    encoding[IMAGES] = {
+        "chunks": (spc, *spec.images.shape[1:]),
+        "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
+    }
+    for coord in (
+        "checkpoint",
+        "sample",
+        "label",
+        "image_path",
+        "class",
+    ):  # a flipped byte fails its CRC on open
         encoding[coord] = {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}
 
     ds = xr.Dataset(
         data_vars,
         coords={
-            "checkpoint": ("checkpoint", np.array([c["epoch"] for c in spec.checkpoints], dtype=np.int64),
-                           {"description": "epoch of the checkpoint (0 = source model)"}),
+            "checkpoint": (
+                "checkpoint",
+                np.array([c["epoch"] for c in spec.checkpoints], dtype=np.int64),
+                {"description": "epoch of the checkpoint (0 = source model)"},
+            ),
             "sample": ("sample", np.arange(n, dtype=np.int64)),
             "label": ("sample", np.asarray(spec.labels, dtype=np.int64)),
             "image_path": ("sample", np.array(spec.image_paths, dtype=object)),
@@ -254,7 +320,9 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        ds.to_zarr(tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        ds.to_zarr(
+            tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        )
         tmp.rename(path)
     finally:
         if tmp.exists():
@@ -278,7 +346,9 @@ def _array(path: Path, group: zarr.Group, name: str):
         return array
     except Exception as exc:  # zarr raises many types for damaged metadata
         detail = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise _damaged(path, f"array '{name}' has unreadable metadata ({type(exc).__name__}: {detail})") from None
+        raise _damaged(
+            path, f"array '{name}' has unreadable metadata ({type(exc).__name__}: {detail})"
+        ) from None
 
 
 def _small(path: Path, array, name: str) -> np.ndarray:
@@ -287,8 +357,13 @@ def _small(path: Path, array, name: str) -> np.ndarray:
         return np.asarray(array[...])
 
 
-def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], repair: bool,
-                       ignore_extension: bool = False) -> int:
+def _checkpoint_arrays(
+    path: Path,
+    group: zarr.Group,
+    attrs: dict[str, Any],
+    repair: bool,
+    ignore_extension: bool = False,
+) -> int:
     """The root attribute ``checkpoints`` (strictly increasing epochs) against the
     ``checkpoint`` coordinate and the checkpoint axis of every array. Arrays longer than the
     attribute are a store caught while ``extract`` added checkpoints: a writer shrinks them
@@ -297,9 +372,13 @@ def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], rep
     try:
         epochs = [int(c["epoch"]) for c in attrs["checkpoints"]]
     except (TypeError, KeyError, ValueError):
-        raise _damaged(path, "root attribute 'checkpoints' is not a list of {epoch, file, sha256}") from None
+        raise _damaged(
+            path, "root attribute 'checkpoints' is not a list of {epoch, file, sha256}"
+        ) from None
     if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise _damaged(path, f"root attribute 'checkpoints' lists epochs {epochs}, not strictly increasing")
+        raise _damaged(
+            path, f"root attribute 'checkpoints' lists epochs {epochs}, not strictly increasing"
+        )
     names = [*attrs["layer_variables"].values(), COMPLETE, "checkpoint"]
     lengths = {name: _array(path, group, name).shape[0] for name in names}
     longer = {name: k for name, k in lengths.items() if k > len(epochs)}
@@ -309,43 +388,74 @@ def _checkpoint_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], rep
             array.resize((len(epochs), *array.shape[1:]))
         lengths.update(dict.fromkeys(longer, len(epochs)))
     elif longer and not ignore_extension:
-        raise FtdynError(f"{path}: caught while `ftdyn extract` was adding checkpoints (array '{next(iter(longer))}' "
-                         f"has {max(longer.values())} checkpoints, the root attribute lists {len(epochs)}); run the "
-                         "same `ftdyn extract` again to finish, then re-run this command.")
+        raise FtdynError(
+            f"{path}: caught while `ftdyn extract` was adding checkpoints (array"
+            f" '{next(iter(longer))}' has {max(longer.values())} checkpoints, the root attribute"
+            f" lists {len(epochs)}); run the same `ftdyn extract` again to finish, then re-run this"
+            " command."
+        )
     shorter = [name for name, k in lengths.items() if k < len(epochs)]
     if shorter:
-        raise _damaged(path, f"array '{shorter[0]}' has {lengths[shorter[0]]} checkpoints, the root attribute "
-                             f"'checkpoints' lists {len(epochs)}")
-    coord = [int(e) for e in _small(path, group["checkpoint"], "checkpoint")][:len(epochs)]
+        raise _damaged(
+            path,
+            f"array '{shorter[0]}' has {lengths[shorter[0]]} checkpoints, the root attribute "
+            f"'checkpoints' lists {len(epochs)}",
+        )
+    coord = [int(e) for e in _small(path, group["checkpoint"], "checkpoint")][: len(epochs)]
     if coord != epochs:
-        raise _damaged(path, f"coordinate 'checkpoint' is {coord} but the root attribute 'checkpoints' lists epochs "
-                             f"{epochs}")
+        raise _damaged(
+            path,
+            f"coordinate 'checkpoint' is {coord} but the root attribute 'checkpoints' lists epochs "
+            f"{epochs}",
+        )
     return lengths[COMPLETE]
 
 
-def _sample_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n_checkpoints: int) -> tuple[int, int]:
+def _sample_arrays(
+    path: Path, group: zarr.Group, attrs: dict[str, Any], n_checkpoints: int
+) -> tuple[int, int]:
     """Sample-axis lengths, image layout, labels within the classes and the completeness
     marks' shape (``n_checkpoints`` rows; checked before anything reads them); returns
     (samples, samples per chunk)."""
     n = _array(path, group, "sample").shape[0]
     spc = attrs["samples_per_chunk"]
     if not isinstance(spc, int) or isinstance(spc, bool) or spc < 1:
-        raise _damaged(path, f"root attribute 'samples_per_chunk' is {spc!r}, not a positive integer")
+        raise _damaged(
+            path, f"root attribute 'samples_per_chunk' is {spc!r}, not a positive integer"
+        )
     for name in ("label", "image_path"):
         if _array(path, group, name).shape != (n,):
-            raise _damaged(path, f"array '{name}' has shape {group[name].shape}, expected ({n},) (one per sample)")
+            raise _damaged(
+                path,
+                f"array '{name}' has shape {group[name].shape}, expected ({n},) (one per sample)",
+            )
     images = _array(path, group, IMAGES)
-    if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[0] != n or images.shape[3] != 3:
-        raise _damaged(path, f"array '{IMAGES}' is {images.dtype} {images.shape}, expected uint8 ({n}, H, W, 3)")
+    if (
+        images.dtype != np.uint8
+        or len(images.shape) != 4
+        or images.shape[0] != n
+        or images.shape[3] != 3
+    ):
+        raise _damaged(
+            path,
+            f"array '{IMAGES}' is {images.dtype} {images.shape}, expected uint8 ({n}, H, W, 3)",
+        )
     complete = _array(path, group, COMPLETE)
     expected = (n_checkpoints, math.ceil(n / spc))
     if complete.shape != expected or complete.dtype != np.uint8 or complete.chunks != (1, 1):
-        raise _damaged(path, f"array '{COMPLETE}' is {complete.dtype} {complete.shape} in chunks {complete.chunks}, "
-                             f"expected uint8 {expected} in chunks (1, 1)")
+        raise _damaged(
+            path,
+            f"array '{COMPLETE}' is {complete.dtype} {complete.shape} in chunks {complete.chunks}, "
+            f"expected uint8 {expected} in chunks (1, 1)",
+        )
     n_classes = _array(path, group, "class").shape[0]
     labels = _small(path, group["label"], "label")
-    if labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= n_classes)):
-        raise _damaged(path, f"array 'label' holds {labels.dtype} values outside the {n_classes} classes")
+    if labels.dtype.kind not in "iu" or (
+        labels.size and (labels.min() < 0 or labels.max() >= n_classes)
+    ):
+        raise _damaged(
+            path, f"array 'label' holds {labels.dtype} values outside the {n_classes} classes"
+        )
     _small(path, group["image_path"], "image_path")
     _small(path, group["class"], "class")
     return n, spc
@@ -355,27 +465,47 @@ def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, 
     """Each layer's type, dimensions, sample axis and region layout (one region = one
     checkpoint, ``samples_per_chunk`` samples, all channels, the whole map)."""
     if attrs["dtype"] not in DTYPES:
-        raise _damaged(path, f"root attribute 'dtype' is {attrs['dtype']!r}, not one of {', '.join(DTYPES)}")
+        raise _damaged(
+            path, f"root attribute 'dtype' is {attrs['dtype']!r}, not one of {', '.join(DTYPES)}"
+        )
     if list(attrs["layer_variables"]) != list(attrs["layers"]):
         raise _damaged(path, "root attributes 'layers' and 'layer_variables' name different layers")
     for layer, var in attrs["layer_variables"].items():
         array = _array(path, group, var)
         if str(array.dtype) != attrs["dtype"]:
-            raise _damaged(path, f"array '{var}' (layer {layer}) is {array.dtype}, the store records {attrs['dtype']}")
+            raise _damaged(
+                path,
+                f"array '{var}' (layer {layer}) is {array.dtype}, the store records"
+                f" {attrs['dtype']}",
+            )
         dims = tuple(array.metadata.dimension_names or ())
         if len(array.shape) != 5 or dims != layer_dims(var):
-            raise _damaged(path, f"array '{var}' (layer {layer}) has dimensions {dims}, expected {layer_dims(var)}")
+            raise _damaged(
+                path,
+                f"array '{var}' (layer {layer}) has dimensions {dims}, expected {layer_dims(var)}",
+            )
         if array.shape[1] != n:
-            raise _damaged(path, f"array '{var}' (layer {layer}) has {array.shape[1]} samples, the store has {n}")
+            raise _damaged(
+                path,
+                f"array '{var}' (layer {layer}) has {array.shape[1]} samples, the store has {n}",
+            )
         region = (1, min(spc, n), *array.shape[2:])
         outer = array.shards or array.chunks
-        if tuple(outer) != region or array.shape[2] % array.chunks[2] or tuple(array.chunks[3:]) != region[3:]:
-            raise _damaged(path, f"array '{var}' (layer {layer}) has shape {array.shape} stored in regions {outer}, "
-                                 f"expected regions {region} (a changed map size or channel count)")
+        if (
+            tuple(outer) != region
+            or array.shape[2] % array.chunks[2]
+            or tuple(array.chunks[3:]) != region[3:]
+        ):
+            raise _damaged(
+                path,
+                f"array '{var}' (layer {layer}) has shape {array.shape} stored in regions {outer}, "
+                f"expected regions {region} (a changed map size or channel count)",
+            )
 
 
-def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False,
-                    ignore_extension: bool = False) -> None:
+def validate_layout(
+    path: str | Path, group: zarr.Group, *, repair: bool = False, ignore_extension: bool = False
+) -> None:
     """Check a store against itself before anything large is read or allocated: the root
     attributes against the arrays' metadata, coordinates and checksummed small arrays. Every
     inconsistency is one FtdynError naming the array and what differs. ``repair`` (writers
@@ -384,7 +514,9 @@ def validate_layout(path: str | Path, group: zarr.Group, *, repair: bool = False
     path = Path(path)
     attrs = dict(group.attrs)
     if not isinstance(attrs["layer_variables"], dict) or not isinstance(attrs["layers"], list):
-        raise _damaged(path, "root attributes 'layers'/'layer_variables' are not a list and a mapping")
+        raise _damaged(
+            path, "root attributes 'layers'/'layer_variables' are not a list and a mapping"
+        )
     n_checkpoints = _checkpoint_arrays(path, group, attrs, repair, ignore_extension)
     n, spc = _sample_arrays(path, group, attrs, n_checkpoints)
     _layer_arrays(path, group, attrs, n, spc)
@@ -398,6 +530,7 @@ def metadata_lock(path: Path, *, exclusive: bool):
     runs); where it cannot be taken (no such folder, no flock) the store is read unlocked."""
     try:
         import fcntl
+
         fd = os.open(path / COMPLETE, os.O_RDONLY)
     except (ImportError, OSError):
         yield
@@ -411,29 +544,43 @@ def metadata_lock(path: Path, *, exclusive: bool):
 
 def _open_group(path: Path, mode: str = "r", *, ignore_extension: bool = False) -> zarr.Group:
     if not (path / "zarr.json").is_file():
-        raise FtdynError(f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn extract`.")
+        raise FtdynError(
+            f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn"
+            " extract`."
+        )
     try:
         group = zarr.open_group(path, mode=mode, zarr_format=3)
     except Exception as exc:  # zarr raises many types for unreadable metadata
-        raise FtdynError(f"{path}: not a readable Zarr v3 store ({type(exc).__name__}: {exc}).") from None
+        raise FtdynError(
+            f"{path}: not a readable Zarr v3 store ({type(exc).__name__}: {exc})."
+        ) from None
     attrs = dict(group.attrs)
     _validate_attrs(path, attrs)
-    missing = [var for var in (*attrs["layer_variables"].values(), IMAGES, COMPLETE, *_COORDS)
-               if not (path / var / "zarr.json").is_file()]  # (membership would parse, and fail on, its metadata)
+    missing = [
+        var
+        for var in (*attrs["layer_variables"].values(), IMAGES, COMPLETE, *_COORDS)
+        if not (path / var / "zarr.json").is_file()
+    ]  # (membership would parse, and fail on, its metadata)
     if missing:
-        raise FtdynError(f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
-                         "into a new --out.")
+        raise FtdynError(
+            f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
+            "into a new --out."
+        )
     validate_layout(path, group, repair=mode != "r", ignore_extension=ignore_extension)
     return group
 
 
 def _validate_attrs(path: Path, attrs: dict[str, Any]) -> None:
     if "ftdyn_store_format" not in attrs:
-        raise FtdynError(f"{path}: a Zarr store, but not an ftdyn activation store (no ftdyn attributes).")
+        raise FtdynError(
+            f"{path}: a Zarr store, but not an ftdyn activation store (no ftdyn attributes)."
+        )
     if attrs["ftdyn_store_format"] != STORE_FORMAT:
-        raise FtdynError(f"{path}: written in ftdyn store format {attrs['ftdyn_store_format']} by ftdyn "
-                         f"{attrs.get('ftdyn_version', '?')}; this ftdyn {__version__} reads format {STORE_FORMAT}. "
-                         "Re-extract it with this version.")
+        raise FtdynError(
+            f"{path}: written in ftdyn store format {attrs['ftdyn_store_format']} by ftdyn"
+            f" {attrs.get('ftdyn_version', '?')}; this ftdyn {__version__} reads format"
+            f" {STORE_FORMAT}. Re-extract it with this version."
+        )
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     if missing:
         raise FtdynError(f"{path}: damaged ftdyn store, attributes missing: {', '.join(missing)}.")
@@ -442,15 +589,22 @@ def _validate_attrs(path: Path, attrs: dict[str, Any]) -> None:
 def _regions_on_disk(path: Path, attrs: dict[str, Any], marked: np.ndarray) -> np.ndarray:
     """``marked`` (checkpoint, chunk) without the regions whose chunk file is gone for some layer
     (deleted or lost after extraction): each region of a layer is one file,
-    ``<variable>/c/<checkpoint>/<chunk>/0/0/0`` (a shard when the layer is split into channel blocks)."""
+    ``<variable>/c/<checkpoint>/<chunk>/0/0/0`` (a shard when the layer is split into channel
+    blocks).
+    """
     present = marked.copy()
     for k, c in np.argwhere(marked):
-        present[k, c] = all(chunk_on_disk(path, var, k, c) for var in attrs["layer_variables"].values())
+        present[k, c] = all(
+            chunk_on_disk(path, var, k, c) for var in attrs["layer_variables"].values()
+        )
     return present
 
 
 #: (unsigned view, exponent bits) of the stored float types: all exponent bits set = inf or NaN
-_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+_EXPONENT = {
+    np.dtype(np.float16): (np.uint16, 0x7C00),
+    np.dtype(np.float32): (np.uint32, 0x7F800000),
+}
 
 
 def all_finite(block: np.ndarray) -> bool:
@@ -465,7 +619,9 @@ def all_finite(block: np.ndarray) -> bool:
 
 def chunk_on_disk(path: str | Path, var: str, checkpoint_index: int, chunk: int) -> bool:
     """Whether the file of one region of a layer array exists (a missing one reads as NaN)."""
-    return (Path(path) / var / "c" / str(int(checkpoint_index)) / str(int(chunk)) / "0" / "0" / "0").is_file()
+    return (
+        Path(path) / var / "c" / str(int(checkpoint_index)) / str(int(chunk)) / "0" / "0" / "0"
+    ).is_file()
 
 
 def _finished_regions(path: Path, group: zarr.Group) -> np.ndarray:
@@ -477,9 +633,11 @@ def _finished_regions(path: Path, group: zarr.Group) -> np.ndarray:
     if lost.any():
         epochs = [int(c["epoch"]) for c in group.attrs["checkpoints"]]
         which = sorted({epochs[k] for k, _ in np.argwhere(lost)})
-        raise FtdynError(f"{path}: damaged store, chunk files of {int(lost.sum())} finished region(s) are missing "
-                         f"(checkpoints {', '.join(map(str, which))}); run the same `ftdyn extract` again to "
-                         "rewrite them.")
+        raise FtdynError(
+            f"{path}: damaged store, chunk files of {int(lost.sum())} finished region(s) are"
+            f" missing (checkpoints {', '.join(map(str, which))}); run the same `ftdyn extract`"
+            " again to rewrite them."
+        )
     return marked
 
 
@@ -502,8 +660,10 @@ def decoding(path: str | Path, what: str = "a chunk"):
         if isinstance(exc, FtdynError) or not _raised_in_codecs(exc):
             raise
         detail = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise FtdynError(f"{path}: {what} cannot be decoded ({type(exc).__name__}: {detail}); the store is "
-                         "damaged: re-extract it into a new --out.") from None
+        raise FtdynError(
+            f"{path}: {what} cannot be decoded ({type(exc).__name__}: {detail}); the store is "
+            "damaged: re-extract it into a new --out."
+        ) from None
 
 
 def planned_regions(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
@@ -514,7 +674,7 @@ def planned_regions(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     with metadata_lock(path, exclusive=False):
         group = _open_group(path, ignore_extension=True)
         attrs = dict(group.attrs)
-        marked = np.asarray(group[COMPLETE][:len(attrs["checkpoints"])]).astype(bool)
+        marked = np.asarray(group[COMPLETE][: len(attrs["checkpoints"])]).astype(bool)
     return attrs, _regions_on_disk(path, attrs, marked)
 
 
@@ -530,14 +690,18 @@ def _lock_file_ignored():
     lock file extract leaves in its store (outputs.folder_lock) is expected there, so that
     warning (and only that one) is not shown to the user."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=f"Object at {re.escape(LOCK_FILE)} is not recognized")
+        warnings.filterwarnings(
+            "ignore", message=f"Object at {re.escape(LOCK_FILE)} is not recognized"
+        )
         yield
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:
     """The store as a lazy xarray Dataset exactly as written (no checks: :func:`open_store`)."""
     with _lock_file_ignored():
-        return xr.open_zarr(path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False)
+        return xr.open_zarr(
+            path, zarr_format=3, consolidated=False, chunks={}, mask_and_scale=False
+        )
 
 
 def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
@@ -553,7 +717,10 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
         ds = open_dataset(path)
     for layer, var in ds.attrs["layer_variables"].items():
         if var not in ds or ds[var].dims != layer_dims(var):
-            raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or misshapen.")
+            raise FtdynError(
+                f"{path}: damaged ftdyn store, variable '{var}' of layer {layer} missing or"
+                " misshapen."
+            )
     for var in (IMAGES, COMPLETE):
         if var not in ds:
             raise FtdynError(f"{path}: damaged ftdyn store, variable '{var}' missing.")
@@ -561,10 +728,15 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     if not full.all():
         missing = [int(e) for e in ds["checkpoint"].values[~full]]
         if not allow_partial:
-            raise FtdynError(f"{path}: incomplete; checkpoints {', '.join(map(str, missing))} are not fully extracted. "
-                             f"Run `ftdyn extract` again to finish, or pass {arg('allow_partial')} to use the complete ones.")
+            raise FtdynError(
+                f"{path}: incomplete; checkpoints {', '.join(map(str, missing))} are not fully"
+                f" extracted. Run `ftdyn extract` again to finish, or pass {arg('allow_partial')}"
+                " to use the complete ones."
+            )
         if not full.any():
-            raise FtdynError(f"{path}: no checkpoint is fully extracted yet; run `ftdyn extract` to fill it.")
+            raise FtdynError(
+                f"{path}: no checkpoint is fully extracted yet; run `ftdyn extract` to fill it."
+            )
         ds = ds.isel(checkpoint=np.flatnonzero(full))
     return ds
 
@@ -591,8 +763,10 @@ class StoreWriter:
         self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
         self.n_samples = int(self.group["sample"].shape[0])
         # write_empty_chunks: skip zarr's per-chunk "all fill value?" scan (slow on float16)
-        self.arrays = {layer: self.group[var].with_config({"write_empty_chunks": True})
-                       for layer, var in self.attrs["layer_variables"].items()}
+        self.arrays = {
+            layer: self.group[var].with_config({"write_empty_chunks": True})
+            for layer, var in self.attrs["layer_variables"].items()
+        }
         self.complete = self.group[COMPLETE]
 
     @property
@@ -607,10 +781,14 @@ class StoreWriter:
         """Regions written, marked complete, and still on disk (a lost file is written again)."""
         return _regions_on_disk(self.path, self.attrs, np.asarray(self.complete[...]).astype(bool))
 
-    def write_region(self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]) -> None:
+    def write_region(
+        self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]
+    ) -> None:
         """Write every layer of one region, then mark it complete (marks come last)."""
         if set(activations) != set(self.arrays):
-            raise ValueError(f"region needs exactly the layers {sorted(self.arrays)}, got {sorted(activations)}")
+            raise ValueError(
+                f"region needs exactly the layers {sorted(self.arrays)}, got {sorted(activations)}"
+            )
         rows = self.chunk_slice(chunk)
         for layer, values in activations.items():
             target = self.arrays[layer]
@@ -619,7 +797,9 @@ class StoreWriter:
                 raise ValueError(f"layer {layer}: region shape {tuple(values.shape)} != {expected}")
             # a chunk-shaped value (leading checkpoint axis kept) is encoded as is; an integer
             # index makes zarr copy it into a fill-value buffer first
-            target[checkpoint_index:checkpoint_index + 1, rows] = np.asarray(values, dtype=target.dtype)[None]
+            target[checkpoint_index : checkpoint_index + 1, rows] = np.asarray(
+                values, dtype=target.dtype
+            )[None]
         self.complete[checkpoint_index, chunk] = 1
 
     def append_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
@@ -627,10 +807,14 @@ class StoreWriter:
         known = self.attrs["checkpoints"]
         last = known[-1]["epoch"]
         if any(c["epoch"] <= last for c in checkpoints):
-            raise FtdynError(f"{self.path}: new checkpoints must come after epoch {last}; "
-                             "an earlier epoch cannot be inserted, extract into a new store.")
+            raise FtdynError(
+                f"{self.path}: new checkpoints must come after epoch {last}; "
+                "an earlier epoch cannot be inserted, extract into a new store."
+            )
         n_old, n_new = len(known), len(known) + len(checkpoints)
-        with metadata_lock(self.path, exclusive=True):  # readers see the store before or after, never between
+        with metadata_lock(
+            self.path, exclusive=True
+        ):  # readers see the store before or after, never between
             for array in [*self.arrays.values(), self.complete]:
                 array.resize((n_new, *array.shape[1:]))
             coord = self.group["checkpoint"]
@@ -662,11 +846,17 @@ def store_fingerprint(path: str | Path, ds: xr.Dataset) -> dict[str, Any]:
         "checkpoints": ds.attrs.get("checkpoints"),
         "probe": ds.attrs.get("probe"),
         "layers": {var: list(ds[var].shape[1:]) for _, var in store_layers(ds)},
-        "completeness": hashlib.sha256(np.packbits(done).tobytes() + str(done.shape).encode()).hexdigest(),
+        "completeness": (
+            hashlib.sha256(np.packbits(done).tobytes() + str(done.shape).encode()).hexdigest()
+        ),
         "format": ds.attrs.get("ftdyn_store_format"),
     }
-    return {"sha256": hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest(),
-            "path": str(path)}
+    return {
+        "sha256": (
+            hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        ),
+        "path": str(path),
+    }
 
 
 def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:
@@ -682,8 +872,10 @@ def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str
     if RANDOM_INIT in attrs:
         old = attrs[RANDOM_INIT]
         if int(old.get("seed", -1)) != int(seed):
-            raise FtdynError(f"{arg('random_init_seed')}: {path} already holds a random-init baseline with seed "
-                             f"{old.get('seed')}; pass that seed, or extract into a new {arg('out')}.")
+            raise FtdynError(
+                f"{arg('random_init_seed')}: {path} already holds a random-init baseline with seed "
+                f"{old.get('seed')}; pass that seed, or extract into a new {arg('out')}."
+            )
         return np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool)[0]
     spc = int(attrs["samples_per_chunk"])
     n = int(group["sample"].shape[0])
@@ -694,19 +886,27 @@ def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str
         _, _, c, h, w = arr.shape
         region = (1, spc, c, h, w)
         dims = (RANDOM_INIT_DIM, *layer_dims(var)[1:])
-        data_vars[baseline_var(var)] = xr.Variable(dims, da.zeros((1, n, c, h, w), chunks=region, dtype=arr.dtype),
-                                                   attrs={"layer": layer, "random_init_of": var})
-        encoding[baseline_var(var)] = {"chunks": region,
-                                       "compressors": [*_compressors(attrs.get("codec", "zstd")),
-                                                       zarr.codecs.Crc32cCodec()]}
-    data_vars[RANDOM_INIT_COMPLETE] = xr.Variable((RANDOM_INIT_DIM, "chunk"),
-                                                  da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8"))
+        data_vars[baseline_var(var)] = xr.Variable(
+            dims,
+            da.zeros((1, n, c, h, w), chunks=region, dtype=arr.dtype),
+            attrs={"layer": layer, "random_init_of": var},
+        )
+        encoding[baseline_var(var)] = {
+            "chunks": region,
+            "compressors": [*_compressors(attrs.get("codec", "zstd")), zarr.codecs.Crc32cCodec()],
+        }
+    data_vars[RANDOM_INIT_COMPLETE] = xr.Variable(
+        (RANDOM_INIT_DIM, "chunk"), da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8")
+    )
     encoding[RANDOM_INIT_COMPLETE] = {"chunks": (1, 1)}
     # xarray's append mode rewrites the group's attributes with the Dataset's: pass them unchanged
     with _lock_file_ignored():
-        xr.Dataset(data_vars, attrs=attrs).to_zarr(path, mode="a", compute=False, zarr_format=3, consolidated=False,
-                                                   encoding=encoding)
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs[RANDOM_INIT] = record  # last: marks it allocated
+        xr.Dataset(data_vars, attrs=attrs).to_zarr(
+            path, mode="a", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        )
+    zarr.open_group(path, mode="r+", zarr_format=3).attrs[RANDOM_INIT] = (
+        record  # last: marks it allocated
+    )
     return np.zeros(n_chunks, dtype=bool)
 
 
@@ -743,13 +943,29 @@ def info(path: str | Path) -> dict[str, Any]:
         "classes": [str(c) for c in group["class"][...]],
         "dtype": attrs["dtype"],
         # channel_block: channels per inner chunk, what a per-filter read decodes at least
-        "layers": [{"layer": layer, "variable": var, "shape": list(group[var].shape[2:]),
-                    "channel_block": int(group[var].chunks[2])}
-                   for layer, var in attrs["layer_variables"].items()],
-        "checkpoints": [{**c, "complete": bool(done[i].all()), "regions_done": int(done[i].sum()),
-                         "regions": int(done.shape[1])} for i, c in enumerate(attrs["checkpoints"])],
+        "layers": [
+            {
+                "layer": layer,
+                "variable": var,
+                "shape": list(group[var].shape[2:]),
+                "channel_block": int(group[var].chunks[2]),
+            }
+            for layer, var in attrs["layer_variables"].items()
+        ],
+        "checkpoints": [
+            {
+                **c,
+                "complete": bool(done[i].all()),
+                "regions_done": int(done[i].sum()),
+                "regions": int(done.shape[1]),
+            }
+            for i, c in enumerate(attrs["checkpoints"])
+        ],
         "complete": bool(done.all()),
-        "random_init_baseline": ({**attrs[RANDOM_INIT], "complete": has_random_init(path)}
-                                 if RANDOM_INIT in attrs else None),
+        "random_init_baseline": (
+            {**attrs[RANDOM_INIT], "complete": has_random_init(path)}
+            if RANDOM_INIT in attrs
+            else None
+        ),
         "bytes_on_disk": dir_size(path),
     }

@@ -103,7 +103,9 @@ def agreement_summary(r: np.ndarray) -> tuple[float, float, int]:
     return float(finite.mean()), float(finite.std()), int(finite.size)
 
 
-def reusability(curves: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def reusability(
+    curves: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reusability from ``curves`` (metric, layer, epoch) and ``keep`` (epoch,) bool.
 
     Returns (mean, std) of shape (metric,) — over kept epochs of the layer-averaged
@@ -111,11 +113,17 @@ def reusability(curves: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     curves = np.asarray(curves, dtype=np.float64)[..., np.asarray(keep, dtype=bool)]
     layer_avg = nanmean(curves, axis=1)  # (metric, epoch)
-    return nanmean(layer_avg, axis=-1), nanstd(layer_avg, axis=-1), nanmean(curves, axis=-1), nanstd(curves, axis=-1)
+    return (
+        nanmean(layer_avg, axis=-1),
+        nanstd(layer_avg, axis=-1),
+        nanmean(curves, axis=-1),
+        nanstd(curves, axis=-1),
+    )
 
 
 def bootstrap_counts(n_units: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_units) int multinomial counts: unit u is drawn counts[b, u] times in replicate b."""
+    """(n_boot, n_units) int multinomial counts: unit u is drawn counts[b, u] times in
+    replicate b."""
     if n_units < 1 or n_boot < 1:
         return np.zeros((max(n_boot, 0), max(n_units, 0)), dtype=np.int64)
     return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot).astype(np.int64)
@@ -131,7 +139,9 @@ def shared_units(n_items: int, n_units: int, seed: int, experiment: int) -> np.n
     units mix classes (stores are class-sorted). The same for every layer, view and epoch of
     an experiment: replicates built from it are paired across all of them."""
     units = np.empty(n_items, dtype=np.int64)
-    units[np.random.default_rng([seed, experiment, 7]).permutation(n_items)] = np.arange(n_items) % n_units
+    units[np.random.default_rng([seed, experiment, 7]).permutation(n_items)] = (
+        np.arange(n_items) % n_units
+    )
     return units
 
 
@@ -145,10 +155,15 @@ def shared_indices(units: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """Image indices of each replicate: every image of unit u repeated counts[b, u] times (the
     same resample as the unit counts, for views that resample single images exactly)."""
     members = [np.flatnonzero(units == u) for u in range(counts.shape[1])]
-    return [np.concatenate([np.tile(members[u], int(c)) for u, c in enumerate(row) if c]) for row in counts]
+    return [
+        np.concatenate([np.tile(members[u], int(c)) for u, c in enumerate(row) if c])
+        for row in counts
+    ]
 
 
-def percentile_interval(replicates, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(
+    replicates, level: float = 0.95, axis: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware percentile interval of ``replicates`` along ``axis``."""
     tail = 100.0 * (1.0 - level) / 2.0
     reps = np.asarray(replicates, dtype=np.float64)

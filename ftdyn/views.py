@@ -79,8 +79,11 @@ def matrix_shape(view: str, n: int, c: int, h: int, w: int) -> tuple[tuple[int, 
 def _torch_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    return {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32,
-            np.dtype(np.float16): torch.float16}[np.dtype(dtype)]
+    return {
+        np.dtype(np.float64): torch.float64,
+        np.dtype(np.float32): torch.float32,
+        np.dtype(np.float16): torch.float16,
+    }[np.dtype(dtype)]
 
 
 def _check(block):

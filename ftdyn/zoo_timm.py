@@ -1,4 +1,5 @@
-"""The timm half of the model zoo (``--arch timm/NAME``); timm is optional (``pip install 'ftdyn[timm]'``).
+"""The timm half of the model zoo (``--arch timm/NAME``); timm is optional (``pip install
+'ftdyn[timm]'``).
 
 timm is imported on first use only: it takes seconds to import and most runs use
 torchvision models. Names follow timm's own hub ids (``timm/convnext_atto``); a
@@ -17,7 +18,9 @@ from .config import arg
 from .errors import FtdynError
 
 PREFIX = "timm/"
-_INSTALL = "timm is not installed; pip install 'ftdyn[timm]' (or timm>=1.0) to use timm/ architectures."
+_INSTALL = (
+    "timm is not installed; pip install 'ftdyn[timm]' (or timm>=1.0) to use timm/ architectures."
+)
 
 
 def _timm() -> ModuleType:
@@ -44,7 +47,8 @@ def names() -> list[str]:
 
 
 def canonical(name: str, param: str) -> str:
-    """``timm/NAME`` for ``NAME`` (case-insensitive, a pretrained tag ``.tag`` is dropped) or a one-line error."""
+    """``timm/NAME`` for ``NAME`` (case-insensitive, a pretrained tag ``.tag`` is dropped) or a
+    one-line error."""
     timm = _timm()
     base = name.strip().split(".")[0]
     known = timm.list_models()
@@ -52,8 +56,11 @@ def canonical(name: str, param: str) -> str:
     if base.lower() in lower:
         return PREFIX + lower[base.lower()]
     close = difflib.get_close_matches(base.lower(), list(lower), n=3)
-    hint = f" Did you mean {', '.join(PREFIX + lower[c] for c in close)}?" if close else \
-        " Run `ftdyn layers --list` to see all."
+    hint = (
+        f" Did you mean {', '.join(PREFIX + lower[c] for c in close)}?"
+        if close
+        else " Run `ftdyn layers --list` to see all."
+    )
     raise FtdynError(f"{arg(param)}: unknown timm architecture '{name}'.{hint}")
 
 
@@ -69,21 +76,26 @@ def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Modu
     """A timm model: random init (``tag`` None), or timm's pretrained weights ``tag`` from the hub
     (errors name parameter ``param``)."""
     timm = _timm()
-    name = arch[len(PREFIX):]
+    name = arch[len(PREFIX) :]
     if tag is None:
         return timm.create_model(name, pretrained=False)
     full = name if tag.upper() == "DEFAULT" else f"{name}.{tag}"
     try:
         return timm.create_model(full, pretrained=True)
-    except Exception as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
+    except (
+        Exception
+    ) as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
         reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise FtdynError(f"{arg(param, tag)}: timm's pretrained weights for {arch} come from the Hugging Face hub and "
-                         f"could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local weights "
-                         f"file with {arg(param)} FILE.") from None
+        raise FtdynError(
+            f"{arg(param, tag)}: timm's pretrained weights for {arch} come from the Hugging Face"
+            f" hub and could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local"
+            f" weights file with {arg(param)} FILE."
+        ) from None
 
 
 def normalization(model: nn.Module) -> dict[str, list[float]] | None:
-    """mean/std of the model's pretrained config (what its weights were trained with), if it names them."""
+    """mean/std of the model's pretrained config (what its weights were trained with), if it
+    names them."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = cfg.get("mean"), cfg.get("std")
     if mean is None or std is None or len(mean) != 3 or len(std) != 3:

@@ -49,8 +49,9 @@ def draw_image(class_name: str, rng: np.random.Generator, size: int = 32) -> Ima
     return Image.fromarray(arr)
 
 
-def write_image_folder(root: Path, per_class: int, *, classes=CLASSES, size: int = 32, seed: int = 0,
-                       ext: str = "png") -> Path:
+def write_image_folder(
+    root: Path, per_class: int, *, classes=CLASSES, size: int = 32, seed: int = 0, ext: str = "png"
+) -> Path:
     """``root/<class>/<class>_NN.<ext>`` with ``per_class`` images per class; returns ``root``."""
     root = Path(root)
     for k, name in enumerate(classes):
@@ -93,8 +94,17 @@ def tiny_series(image_folder, tmp_path_factory) -> Path:
     import ftdyn
 
     out = tmp_path_factory.mktemp("tiny_series") / "ckpts"
-    return ftdyn.train(image_folder, arch="resnet18", out=out, epochs=2, batch_size=8, input_size=32, seed=0,
-                       device="cpu", progress=False)
+    return ftdyn.train(
+        image_folder,
+        arch="resnet18",
+        out=out,
+        epochs=2,
+        batch_size=8,
+        input_size=32,
+        seed=0,
+        device="cpu",
+        progress=False,
+    )
 
 
 @pytest.fixture
@@ -120,7 +130,9 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def hooked_forward(model, images: np.ndarray, modules: list[str], norm: dict) -> dict[str, np.ndarray]:
+def hooked_forward(
+    model, images: np.ndarray, modules: list[str], norm: dict
+) -> dict[str, np.ndarray]:
     """Independent reference for stored activations: a plain forward pass of ``model`` (eval mode)
     on uint8 NHWC ``images`` normalized as ``(x/255 - mean)/std``, with the test's own hooks
     recording each module's last output."""
@@ -129,11 +141,15 @@ def hooked_forward(model, images: np.ndarray, modules: list[str], norm: dict) ->
     model.eval()
     outs, handles = {}, []
     for name in modules:
+
         def hook(_m, _i, o, name=name):
             outs[name] = o.detach().clone()
+
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    x = (x - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(
+        1, 3, 1, 1
+    )
     try:
         with torch.no_grad():
             model(x)

@@ -1,4 +1,5 @@
-"""The analyze stage: out-of-core results equal in-memory metrics; outputs, reuse, errors, clusters."""
+"""The analyze stage: out-of-core results equal in-memory metrics; outputs, reuse, errors,
+clusters."""
 
 from __future__ import annotations
 
@@ -13,37 +14,70 @@ from typer.testing import CliRunner
 
 import ftdyn
 import ftdyn.analysis as A
+from ftdyn import metrics as M
+from ftdyn import views as V
 from ftdyn.analysis import inputs as AI
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
 from ftdyn.analysis import tasks as AT
-from ftdyn import metrics as M
-from ftdyn import views as V
 from ftdyn.cli import app
 from ftdyn.config import AnalyzeConfig
 from ftdyn.errors import FtdynError
-from ftdyn.results import (AGREEMENT_COLUMNS, AGREEMENT_SUMMARY_COLUMNS, DISTANCE_COLUMNS, REUSABILITY_COLUMNS,
-                           open_results, validate_results)
+from ftdyn.results import (
+    AGREEMENT_COLUMNS,
+    AGREEMENT_SUMMARY_COLUMNS,
+    DISTANCE_COLUMNS,
+    REUSABILITY_COLUMNS,
+    open_results,
+    validate_results,
+)
 from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store
 
-N = 12  # images: layer "features.3" has h*w = 36 > N (Gram side for filter), "layer2.relu" 9 < N (row side)
+# images: layer "features.3" has h*w = 36 > N (Gram side for filter), "layer2.relu" 9 < N (row side)
+N = 12
 LAYERS = [LayerSpec("features.3", 4, 6, 6), LayerSpec("layer2.relu", 6, 3, 3)]
 NOISE = (0.0, 0.1, 0.3, 1.0)  # checkpoint e = source + NOISE[e] * noise
 
 
-def make_store(path, *, noise=NOISE, dead_filter=None, complete=None, model="resnet18", dataset="toy", seed=0,
-               dtype="float32", spc=5, layers=None, n=N, scale=1.0, epochs=None):
-    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e) * scale. Returns (path, data)."""
+def make_store(
+    path,
+    *,
+    noise=NOISE,
+    dead_filter=None,
+    complete=None,
+    model="resnet18",
+    dataset="toy",
+    seed=0,
+    dtype="float32",
+    spc=5,
+    layers=None,
+    n=N,
+    scale=1.0,
+    epochs=None,
+):
+    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e) * scale. Returns
+    (path, data)."""
     layers = layers or LAYERS
     rng = np.random.default_rng(seed)
     epochs = tuple(epochs or range(len(noise)))
     spec = StoreSpec(
-        architecture="resnet18", layers=layers,
-        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs],
-        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), labels=np.arange(n) % 3,
-        class_names=["a", "b", "c"], image_paths=[f"img/{i}.png" for i in range(n)], input_size=8,
-        normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype=dtype,
-        samples_per_chunk=spc, model=model, dataset=dataset)
+        architecture="resnet18",
+        layers=layers,
+        checkpoints=[
+            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs
+        ],
+        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+        labels=np.arange(n) % 3,
+        class_names=["a", "b", "c"],
+        image_paths=[f"img/{i}.png" for i in range(n)],
+        input_size=8,
+        normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
+        probe={"seed": seed},
+        dtype=dtype,
+        samples_per_chunk=spc,
+        model=model,
+        dataset=dataset,
+    )
     path = create_store(path, spec)
     writer = StoreWriter(path)
     base = {l.name: rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5 for l in layers}
@@ -72,9 +106,15 @@ def planted(tmp_path_factory):
 def expected(data, layer, view, metric, a=0, b=None, average="images", labels=None):
     """In-memory reference: the metric on the whole layer's matrices; per-filter views -> vector."""
     X, Y = data[a][layer], data[b][layer]
-    fn = {"pwsm": lambda x, y: M.pwsm(x, y, 0.0), "procrustes": M.procrustes, "cka": M.cka_distance}[metric]
+    fn = {
+        "pwsm": lambda x, y: M.pwsm(x, y, 0.0),
+        "procrustes": M.procrustes,
+        "cka": M.cka_distance,
+    }[metric]
     _, rows, cols = V.matrix_shape(view, *X.shape)
-    if rows - 1 <= 1 or (metric == "pwsm" and rows - 1 <= cols):  # degenerate (0 for any pair): left undefined
+    if rows - 1 <= 1 or (
+        metric == "pwsm" and rows - 1 <= cols
+    ):  # degenerate (0 for any pair): left undefined
         return np.full((X.shape[1],) if V.is_per_filter(view) else (), np.nan)
     if view == "map":
         vals = np.asarray(fn(V.map_(X), V.map_(Y)))  # (n, C)
@@ -89,7 +129,9 @@ def expected(data, layer, view, metric, a=0, b=None, average="images", labels=No
 @pytest.mark.parametrize("view", V.VIEWS)
 def test_results_equal_in_memory_metrics(planted, tmp_path, view):
     path, data = planted
-    ds = ftdyn.analyze(path, out=tmp_path / "r", views=view, trajectory="all", progress=False, workers=2)
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", views=view, trajectory="all", progress=False, workers=2
+    )
     validate_results(ds)
     assert list(ds["metric"].values) == ["pwsm", "procrustes", "cka"]
     assert set(ds["view"].values) == {view}
@@ -99,14 +141,25 @@ def test_results_equal_in_memory_metrics(planted, tmp_path, view):
                 want = expected(data, spec.name, view, metric, 0, e)
                 got = ds["distance"].values[0, mi, l, e]
                 if V.is_per_filter(view):
-                    np.testing.assert_allclose(ds["filter_distance"].values[0, mi, l, e, :spec.channels], want,
-                                               atol=1e-6, err_msg=f"{view} {metric} {spec.name} {e}")
+                    np.testing.assert_allclose(
+                        ds["filter_distance"].values[0, mi, l, e, : spec.channels],
+                        want,
+                        atol=1e-6,
+                        err_msg=f"{view} {metric} {spec.name} {e}",
+                    )
                     want = np.nanmean(want)
-                assert got == pytest.approx(float(want), abs=1e-6, nan_ok=True), (view, metric, spec.name, e)
+                assert got == pytest.approx(float(want), abs=1e-6, nan_ok=True), (
+                    view,
+                    metric,
+                    spec.name,
+                    e,
+                )
                 for b in range(len(NOISE)):  # every pair of checkpoints
                     pair = expected(data, spec.name, view, metric, e, b)
                     pair = np.nanmean(pair) if pair.ndim else pair
-                    assert ds["trajectory"].values[0, mi, l, e, b] == pytest.approx(float(pair), abs=1e-6, nan_ok=True)
+                    assert ds["trajectory"].values[0, mi, l, e, b] == pytest.approx(
+                        float(pair), abs=1e-6, nan_ok=True
+                    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -119,13 +172,20 @@ def test_cuda_equals_cpu(planted, tmp_path):
         gpu = ftdyn.analyze(path, out=tmp_path / f"gpu-{views}", device="cuda", **kw)
         assert cpu.attrs["device"] == "cpu" and gpu.attrs["device"].startswith("cuda")
         for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
-            np.testing.assert_allclose(gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True,
-                                       err_msg=f"{views} {var}")
+            np.testing.assert_allclose(
+                gpu[var].values,
+                cpu[var].values,
+                atol=1e-7,
+                equal_nan=True,
+                err_msg=f"{views} {var}",
+            )
     kw = dict(preset="paper-code", progress=False, workers=2)  # row-centered map metrics on the GPU
     cpu = ftdyn.analyze(path, out=tmp_path / "cpu-paper", device="cpu", **kw)
     gpu = ftdyn.analyze(path, out=tmp_path / "gpu-paper", device="cuda", **kw)
     for var in ("distance", "filter_distance", "agreement_paper_code"):
-        np.testing.assert_allclose(gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True, err_msg=var)
+        np.testing.assert_allclose(
+            gpu[var].values, cpu[var].values, atol=1e-7, equal_nan=True, err_msg=var
+        )
 
 
 def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):
@@ -133,8 +193,11 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     groups (several passes) gives the same numbers."""
     path, data = planted
     ds = ftdyn.analyze(path, out=tmp_path / "a", progress=False)
-    assert dict(zip(ds["metric"].values, ds["view"].values)) == {"pwsm": "channels", "procrustes": "filter",
-                                                                 "cka": "filter"}
+    assert dict(zip(ds["metric"].values, ds["view"].values)) == {
+        "pwsm": "channels",
+        "procrustes": "filter",
+        "cka": "filter",
+    }
     plan = json.loads(ds.attrs["plan"])
     sides = {(p["layer"], p["view"]): p["side"] for p in plan}
     assert sides[("features.3", "filter")] == "gram" and sides[("layer2.relu", "filter")] == "row"
@@ -142,17 +205,27 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 1)
     ds2 = ftdyn.analyze(path, out=tmp_path / "b", progress=False, workers=1)
     plan2 = json.loads(ds2.attrs["plan"])
-    assert max(p["gram_panels"] or 0 for p in plan2) == 3 and max(p["filter_groups"] for p in plan2) == 6
+    assert (
+        max(p["gram_panels"] or 0 for p in plan2) == 3
+        and max(p["filter_groups"] for p in plan2) == 6
+    )
     for var in ("distance", "filter_distance", "trajectory"):
         np.testing.assert_allclose(ds2[var].values, ds[var].values, atol=1e-9, equal_nan=True)
-    monkeypatch.setattr(AP, "MAX_CHECKPOINTS_PER_PASS", 2)  # reference + 2 checkpoints per pass, with bootstrap
-    ds3 = ftdyn.analyze(path, out=tmp_path / "c", progress=False, trajectory="reference", bootstrap=4)
+    monkeypatch.setattr(
+        AP, "MAX_CHECKPOINTS_PER_PASS", 2
+    )  # reference + 2 checkpoints per pass, with bootstrap
+    ds3 = ftdyn.analyze(
+        path, out=tmp_path / "c", progress=False, trajectory="reference", bootstrap=4
+    )
     assert max(p["checkpoint_passes"] or 0 for p in json.loads(ds3.attrs["plan"])) == 2
-    np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)  # arccos near 1: ~1e-8
+    np.testing.assert_allclose(
+        ds3["distance"].values, ds["distance"].values, atol=1e-7
+    )  # arccos near 1: ~1e-8
     assert np.isfinite(ds3["ci_low"].values).all()
     for e in range(len(NOISE)):
         assert ds["distance"].sel(metric="pwsm").values[0, 0, e] == pytest.approx(
-            expected(data, "features.3", "channels", "pwsm", 0, e), abs=1e-6)
+            expected(data, "features.3", "channels", "pwsm", 0, e), abs=1e-6
+        )
 
 
 def published_maps(M1, M2):
@@ -169,15 +242,28 @@ def published_maps(M1, M2):
                 continue
             A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
             proc[i, f] = np.linalg.svd(A.T @ B, compute_uv=False).sum()
-            cka[i, f] = np.linalg.norm(A.T @ B) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B))
+            cka[i, f] = np.linalg.norm(A.T @ B) ** 2 / (
+                np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B)
+            )
     return proc, cka
 
 
 def published_layer(sim, labels):
     """Per class the NaN-aware mean over its images of each filter -> (class, filter) cells;
     the layer's similarity is the NaN-aware mean over all cells. Returns (cells, 1 - layer)."""
-    cells = np.array([[np.nanmean(sim[labels == c, f]) if np.isfinite(sim[labels == c, f]).any() else np.nan
-                       for f in range(sim.shape[1])] for c in np.unique(labels)])
+    cells = np.array(
+        [
+            [
+                (
+                    np.nanmean(sim[labels == c, f])
+                    if np.isfinite(sim[labels == c, f]).any()
+                    else np.nan
+                )
+                for f in range(sim.shape[1])
+            ]
+            for c in np.unique(labels)
+        ]
+    )
     return cells, 1.0 - np.nanmean(cells)
 
 
@@ -187,7 +273,9 @@ def published_agreement(data, layers, labels, epochs):
     r = {}
     for e in epochs[1:]:
         for name in layers:
-            proc, cka = published_maps(data[0][name].astype(np.float64), data[e][name].astype(np.float64))
+            proc, cka = published_maps(
+                data[0][name].astype(np.float64), data[e][name].astype(np.float64)
+            )
             pc, cc = published_layer(proc, labels)[0], published_layer(cka, labels)[0]
             for k in range(len(pc)):
                 with np.errstate(invalid="ignore", divide="ignore"):
@@ -221,27 +309,46 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
     path, data = planted
     labels = np.arange(N) % 3
     names = [l.name for l in LAYERS]
-    for store, acts, finite_summary in ((path, data, True), (*_dead_class_maps(path, data, tmp_path), False)):
-        ds = ftdyn.analyze(store, out=tmp_path / f"p{finite_summary}", preset="paper-code", progress=False)
+    for store, acts, finite_summary in (
+        (path, data, True),
+        (*_dead_class_maps(path, data, tmp_path), False),
+    ):
+        ds = ftdyn.analyze(
+            store, out=tmp_path / f"p{finite_summary}", preset="paper-code", progress=False
+        )
         assert list(ds["metric"].values) == ["pwsm", "procrustes", "cka"]
-        assert list(ds["view"].values) == ["channels", "map", "map"] and ds.attrs["map_center"] == "rows"
+        assert (
+            list(ds["view"].values) == ["channels", "map", "map"]
+            and ds.attrs["map_center"] == "rows"
+        )
         for l, name in enumerate(names):
             for e in range(1, len(NOISE)):
-                proc, cka = published_maps(acts[0][name].astype(np.float64), acts[e][name].astype(np.float64))
+                proc, cka = published_maps(
+                    acts[0][name].astype(np.float64), acts[e][name].astype(np.float64)
+                )
                 for metric, sim in (("procrustes", proc), ("cka", cka)):
                     cells, want = published_layer(sim, labels)
                     got = ds["distance"].sel(metric=metric).values[0, l, e]
                     assert got == pytest.approx(want, abs=1e-10), (metric, name, e)
                     per_filter = 1.0 - np.nanmean(cells, axis=0)  # per filter: mean over classes
-                    np.testing.assert_allclose(ds["filter_distance"].sel(metric=metric).values[0, l, e, :len(cells[0])],
-                                               per_filter, atol=1e-10)
+                    np.testing.assert_allclose(
+                        ds["filter_distance"].sel(metric=metric).values[0, l, e, : len(cells[0])],
+                        per_filter,
+                        atol=1e-10,
+                    )
                     if metric == "procrustes":  # row vs column centering: not the same metric
-                        column = np.nanmean(np.asarray(M.procrustes(V.map_(acts[0][name]), V.map_(acts[e][name]))))
+                        column = np.nanmean(
+                            np.asarray(M.procrustes(V.map_(acts[0][name]), V.map_(acts[e][name])))
+                        )
                         assert abs(column - want) > 1e-3
         ref = published_agreement(acts, names, labels, list(range(len(NOISE))))
         got = ds["agreement_paper_code"].values[0]
         for (e, name, k), r in ref.items():
-            assert got[names.index(name), e, k] == pytest.approx(r, abs=1e-10, nan_ok=True), (e, name, k)
+            assert got[names.index(name), e, k] == pytest.approx(r, abs=1e-10, nan_ok=True), (
+                e,
+                name,
+                k,
+            )
         assert np.isnan(got[:, 0]).all()  # the reference epoch is not part of it
         summary = float(ds["agreement_paper_code_mean"].values[0])
         assert np.isfinite(summary) == finite_summary
@@ -249,11 +356,20 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
         from ftdyn import reporting
 
         html = reporting._agreement_section(ds, tmp_path / f"p{finite_summary}")
-        assert "published r(cka, procrustes)" in html and (f"{summary:.3f}" if finite_summary else "—") in html
+        assert (
+            "published r(cka, procrustes)" in html
+            and (f"{summary:.3f}" if finite_summary else "—") in html
+        )
     dead = ds["distance"].sel(metric="procrustes").values[0, 0, 2]
-    cells, _ = published_layer(published_maps(acts[0]["features.3"].astype(np.float64),
-                                              acts[2]["features.3"].astype(np.float64))[0], labels)
-    assert abs(dead - (1 - np.nanmean(np.nanmean(cells, axis=0)))) > 1e-6  # the aggregation order matters here
+    cells, _ = published_layer(
+        published_maps(
+            acts[0]["features.3"].astype(np.float64), acts[2]["features.3"].astype(np.float64)
+        )[0],
+        labels,
+    )
+    assert (
+        abs(dead - (1 - np.nanmean(np.nanmean(cells, axis=0)))) > 1e-6
+    )  # the aggregation order matters here
 
 
 def test_zero_for_identical_and_growing_with_perturbation(tmp_path):
@@ -275,7 +391,8 @@ def test_dead_filters_are_nan_and_counted(tmp_path):
     n_nan = ds["n_nan"].sel(metric="procrustes").values[0]
     assert (n_nan == 1).all()
     assert ds["distance"].sel(metric="procrustes").values[0, 1, 3] == pytest.approx(
-        np.nanmean(expected(data, "layer2.relu", "filter", "procrustes", 0, 3)), abs=1e-6)
+        np.nanmean(expected(data, "layer2.relu", "filter", "procrustes", 0, 3)), abs=1e-6
+    )
     with open(tmp_path / "r" / "distances.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["metric"] == "procrustes"]
     assert {r["n_nan"] for r in rows} == {"1"} and {r["n_filters"] for r in rows} == {"4", "6"}
@@ -285,19 +402,32 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
     path, _ = planted
     out = tmp_path / "r"
     ds = ftdyn.analyze(path, out=out, progress=False)
-    for name, cols in [("distances.csv", DISTANCE_COLUMNS), ("reusability.csv", REUSABILITY_COLUMNS),
-                       ("agreement.csv", AGREEMENT_COLUMNS), ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS)]:
+    for name, cols in [
+        ("distances.csv", DISTANCE_COLUMNS),
+        ("reusability.csv", REUSABILITY_COLUMNS),
+        ("agreement.csv", AGREEMENT_COLUMNS),
+        ("agreement_summary.csv", AGREEMENT_SUMMARY_COLUMNS),
+    ]:
         with open(out / name) as f:
             header = next(csv.reader(f))
         assert tuple(header) == cols
-    assert ",".join(DISTANCE_COLUMNS) == ("experiment,model,dataset,layer,layer_index,epoch,metric,view,value,"
-                                          "ci_low,ci_high,n_filters,n_nan")
+    assert (
+        ",".join(DISTANCE_COLUMNS)
+        == "experiment,model,dataset,layer,layer_index,epoch,metric,view,value,"
+        "ci_low,ci_high,n_filters,n_nan"
+    )
     with open(out / "distances.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 4 * 3 and all(r["ci_low"] == "" and r["ci_high"] == "" for r in rows)
     assert {r["experiment"] for r in rows} == {"resnet18/toy"}
-    r = next(r for r in rows if r["layer"] == "layer2.relu" and r["epoch"] == "2" and r["metric"] == "cka")
-    assert float(r["value"]) == pytest.approx(float(ds["distance"].sel(metric="cka").values[0, 1, 2]), abs=1e-12)
+    r = next(
+        r
+        for r in rows
+        if r["layer"] == "layer2.relu" and r["epoch"] == "2" and r["metric"] == "cka"
+    )
+    assert float(r["value"]) == pytest.approx(
+        float(ds["distance"].sel(metric="cka").values[0, 1, 2]), abs=1e-12
+    )
     with open(out / "reusability.csv") as f:
         reu = list(csv.DictReader(f))
     d = ds["distance"].values[0]
@@ -324,19 +454,36 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
     ftdyn.analyze(path, out=out, progress=False, layers=["layer2.relu"])
     stamp = (out / "results.zarr" / "zarr.json").stat().st_mtime_ns
     capsys.readouterr()
-    again = ftdyn.analyze(path, out=out, progress=False, layers=["layer2_relu"], workers=1)  # same analysis
+    again = ftdyn.analyze(
+        path, out=out, progress=False, layers=["layer2_relu"], workers=1
+    )  # same analysis
     assert "up to date" in capsys.readouterr().err
     assert (out / "results.zarr" / "zarr.json").stat().st_mtime_ns == stamp
     assert list(again["layer"].values[0]) == ["layer2.relu"]
     with pytest.raises(FtdynError, match="pass overwrite to"):
         ftdyn.analyze(path, out=out, progress=False, metrics=["cka"])
     ds = ftdyn.analyze(path, out=out, progress=False, metrics=["cka"], overwrite=True)
-    assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == ["features.3", "layer2.relu"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([".ftdyn-sets", "results.zarr", "distances.csv",
-                                                             "reusability.csv", "agreement.csv",
-                                                             "agreement_summary.csv", "relative_distances.csv",
-                                                             "probes.csv", "layer_order.csv", "convergence.csv"])
-    assert len(list((out / ".ftdyn-sets").iterdir())) == 2  # the current link and the one set: the old one is gone
+    assert list(ds["metric"].values) == ["cka"] and list(ds["layer"].values[0]) == [
+        "features.3",
+        "layer2.relu",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            ".ftdyn-sets",
+            "results.zarr",
+            "distances.csv",
+            "reusability.csv",
+            "agreement.csv",
+            "agreement_summary.csv",
+            "relative_distances.csv",
+            "probes.csv",
+            "layer_order.csv",
+            "convergence.csv",
+        ]
+    )
+    assert (
+        len(list((out / ".ftdyn-sets").iterdir())) == 2
+    )  # the current link and the one set: the old one is gone
 
 
 def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
@@ -356,10 +503,13 @@ def test_incomplete_store_and_allow_partial(tmp_path):
     path, data = make_store(tmp_path / "s.zarr", complete=lambda i, c: not (i == 2 and c == 1))
     with pytest.raises(FtdynError, match="checkpoints 2 are not fully extracted.*allow_partial"):
         ftdyn.analyze(path, out=tmp_path / "r", progress=False)
-    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, allow_partial=True, metrics=["pwsm"])
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, allow_partial=True, metrics=["pwsm"]
+    )
     assert list(ds["epoch"].values) == [0, 1, 3]
     assert ds["distance"].values[0, 0, 0, 2] == pytest.approx(
-        expected(data, "features.3", "channels", "pwsm", 0, 3), abs=1e-6)
+        expected(data, "features.3", "channels", "pwsm", 0, 3), abs=1e-6
+    )
 
 
 def test_several_stores_and_names(tmp_path):
@@ -368,17 +518,26 @@ def test_several_stores_and_names(tmp_path):
     ds = ftdyn.analyze([p1, p2], out=tmp_path / "r", progress=False, reference=0)
     assert list(ds["experiment"].values) == ["resnet18/awa2", "resnet18/fruits"]
     assert list(ds["dataset"].values) == ["awa2", "fruits"]
-    assert bool(ds["has_epoch"].values[1, 3]) is False and np.isnan(ds["distance"].values[1, :, :, 3]).all()
+    assert (
+        bool(ds["has_epoch"].values[1, 3]) is False
+        and np.isnan(ds["distance"].values[1, :, :, 3]).all()
+    )
     with open(tmp_path / "r" / "distances.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3 * (4 + 3)
     with open(tmp_path / "r" / "agreement_summary.csv") as f:
         summ = list(csv.DictReader(f))
-    assert [(r["metric_a"], r["metric_b"]) for r in summ] == [("pwsm", "procrustes"), ("pwsm", "cka"),
-                                                              ("procrustes", "cka")]
-    assert all(int(r["n"]) == 2 for r in summ)  # 2 layers of the first; the second has only 2 epochs (< 3)
-    named = ftdyn.analyze([p1, p2], out=tmp_path / "n", progress=False, experiment_names=["A", "B"],
-                          metrics=["cka"])
+    assert [(r["metric_a"], r["metric_b"]) for r in summ] == [
+        ("pwsm", "procrustes"),
+        ("pwsm", "cka"),
+        ("procrustes", "cka"),
+    ]
+    assert all(
+        int(r["n"]) == 2 for r in summ
+    )  # 2 layers of the first; the second has only 2 epochs (< 3)
+    named = ftdyn.analyze(
+        [p1, p2], out=tmp_path / "n", progress=False, experiment_names=["A", "B"], metrics=["cka"]
+    )
     assert list(named["experiment"].values) == ["A", "B"]
     with pytest.raises(FtdynError, match="distinct experiment_names"):
         ftdyn.analyze([p1, p1], out=tmp_path / "d", progress=False)
@@ -388,22 +547,37 @@ def test_local_cluster_equals_threads(planted, tmp_path):
     distributed = pytest.importorskip("distributed")
     path, _ = planted
     threaded = ftdyn.analyze(path, out=tmp_path / "t", progress=False, bootstrap=5)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
-        clustered = ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=5, scheduler=cl.scheduler_address)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cl:
+        clustered = ftdyn.analyze(
+            path, out=tmp_path / "c", progress=False, bootstrap=5, scheduler=cl.scheduler_address
+        )
     for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high", "agreement_r"):
-        np.testing.assert_allclose(clustered[var].values, threaded[var].values, atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(
+            clustered[var].values, threaded[var].values, atol=1e-12, equal_nan=True
+        )
 
 
 def test_memory_limit_parsing_and_threads(planted, tmp_path):
-    assert A.parse_memory("1GB") == 10**9 and A.parse_memory("2GiB") == 2 * 2**30 and A.parse_memory(None) is None
+    assert (
+        A.parse_memory("1GB") == 10**9
+        and A.parse_memory("2GiB") == 2 * 2**30
+        and A.parse_memory(None) is None
+    )
     with pytest.raises(FtdynError, match="^memory_limit"):
         A.parse_memory("lots")
     with pytest.raises(FtdynError, match="too small"):
         A.parse_memory("1MB")
     path, _ = planted
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, memory_limit="100MB", workers=64)
-    assert ds.attrs["memory_limit"] == 10**8 and 1 <= ds.attrs["threads"] < 64  # threads lowered to fit
-    assert all(p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8 for p in json.loads(ds.attrs["plan"]))
+    assert (
+        ds.attrs["memory_limit"] == 10**8 and 1 <= ds.attrs["threads"] < 64
+    )  # threads lowered to fit
+    assert all(
+        p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8
+        for p in json.loads(ds.attrs["plan"])
+    )
 
 
 def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
@@ -414,7 +588,9 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     import ftdyn.store as S
 
     path, _ = planted
-    monkeypatch.setattr(S, "_MIN_INNER_CHUNK_BYTES", 0)  # toy layers are small: force the inner split
+    monkeypatch.setattr(
+        S, "_MIN_INNER_CHUNK_BYTES", 0
+    )  # toy layers are small: force the inner split
     sharded, _ = make_store(tmp_path / "sharded.zarr")
     arr = zarr.open_group(str(sharded), mode="r")["features_3"]
     assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)
@@ -424,7 +600,9 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
         want = ftdyn.analyze(path, out=tmp_path / f"plain-{views}", **kw)
         got = ftdyn.analyze(sharded, out=tmp_path / f"sharded-{views}", **kw)
         for var in ("distance", "filter_distance", "trajectory"):
-            np.testing.assert_allclose(got[var].values, want[var].values, atol=1e-12, equal_nan=True)
+            np.testing.assert_allclose(
+                got[var].values, want[var].values, atol=1e-12, equal_nan=True
+            )
     src = AI.open_experiments([sharded], AnalyzeConfig())[0].layers[0][1]
     assert src.channel_block == 1 and src.decoded_fraction(2) == 0.5
 
@@ -434,11 +612,19 @@ def test_split_memory_plan_gives_the_same_results(planted, tmp_path, monkeypatch
     here with the CPU as the statistics device: same numbers, tasks sized to the host limit."""
     path, _ = planted
     kw = dict(trajectory="all", bootstrap=3, progress=False, workers=2)
-    want = {v: ftdyn.analyze(path, out=tmp_path / f"one-{v}", views=v, **kw) for v in ("channels", "filter", "map")}
+    want = {
+        v: ftdyn.analyze(path, out=tmp_path / f"one-{v}", views=v, **kw)
+        for v in ("channels", "filter", "map")
+    }
     monkeypatch.setattr(AP, "device_budget", lambda dev: 10**9)
     for view, ds in want.items():
-        got = ftdyn.analyze(path, out=tmp_path / f"split-{view}", views=view, memory_limit="100MB", **kw)
-        assert all(p["task_bytes_estimate"] * got.attrs["threads"] <= 10**8 for p in json.loads(got.attrs["plan"]))
+        got = ftdyn.analyze(
+            path, out=tmp_path / f"split-{view}", views=view, memory_limit="100MB", **kw
+        )
+        assert all(
+            p["task_bytes_estimate"] * got.attrs["threads"] <= 10**8
+            for p in json.loads(got.attrs["plan"])
+        )
         for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
             np.testing.assert_allclose(got[var].values, ds[var].values, atol=1e-9, equal_nan=True)
 
@@ -458,7 +644,9 @@ def test_plan_with_gpu_memory_reads_the_store_once():
     assert cpu.side == gpu.side == "row" and len(cpu.groups) >= 16 and cpu.task_bytes * 2 <= budget
     assert len(gpu.groups) == 1 and gpu.ckpt_groups == [[1, 2, 3]] and gpu.read_bytes == 4 * slab
     assert gpu.task_bytes * 2 <= budget  # host part only: raw chunks and decode buffers
-    with pytest.raises(FtdynError, match="GPU memory"):  # statistics of one filter exceed a tiny GPU
+    with pytest.raises(
+        FtdynError, match="GPU memory"
+    ):  # statistics of one filter exceed a tiny GPU
         AP.plan_job(args, spec, AP.Budget(budget, threads=2, device=10**6))
 
 
@@ -477,18 +665,30 @@ def test_bad_inputs_one_line(planted, tmp_path):
     out = ["--out", str(tmp_path / "r"), "--no-progress"]
     assert "not an ftdyn activation store" in _one_line_error(["analyze", str(tmp_path), *out])
     assert "no such store" in _one_line_error(["analyze", str(tmp_path / "missing.zarr"), *out])
-    assert "unknown metric 'euclid'" in _one_line_error(["analyze", str(path), "--metric", "euclid", *out])
-    assert "unknown view 'pixels'" in _one_line_error(["analyze", str(path), "--view", "pixels", *out])
+    assert "unknown metric 'euclid'" in _one_line_error(
+        ["analyze", str(path), "--metric", "euclid", *out]
+    )
+    assert "unknown view 'pixels'" in _one_line_error(
+        ["analyze", str(path), "--view", "pixels", *out]
+    )
     assert "unknown view" in _one_line_error(["analyze", str(path), "--view", "cka=pixels", *out])
-    assert "'conv9' is not a layer" in _one_line_error(["analyze", str(path), "--layer", "conv9", *out])
+    assert "'conv9' is not a layer" in _one_line_error(
+        ["analyze", str(path), "--layer", "conv9", *out]
+    )
     assert "outside [0, 1]" in _one_line_error(["analyze", str(path), "--alpha", "1.5", *out])
-    assert "epoch 7 is not in the store" in _one_line_error(["analyze", str(path), "--reference", "7", *out])
+    assert "epoch 7 is not in the store" in _one_line_error(
+        ["analyze", str(path), "--reference", "7", *out]
+    )
     assert "unknown preset" in _one_line_error(["analyze", str(path), "--preset", "paper", *out])
     assert "--memory-limit" in _one_line_error(["analyze", str(path), "--memory-limit", "x", *out])
-    assert "MPS does not support" in _one_line_error(["analyze", str(path), "--device", "mps", *out])
+    assert "MPS does not support" in _one_line_error(
+        ["analyze", str(path), "--device", "mps", *out]
+    )
     assert "not a device" in _one_line_error(["analyze", str(path), "--device", "gpu0", *out])
     if not torch.cuda.is_available():
-        assert "CUDA is not available" in _one_line_error(["analyze", str(path), "--device", "cuda", *out])
+        assert "CUDA is not available" in _one_line_error(
+            ["analyze", str(path), "--device", "cuda", *out]
+        )
     bad = tmp_path / "old.zarr"
     import shutil
 
@@ -502,15 +702,22 @@ def test_bad_inputs_one_line(planted, tmp_path):
     lone, _ = make_store(tmp_path / "lone.zarr", complete=lambda i, c: i < 1)
     assert "nothing to compare" in _one_line_error(["analyze", str(lone), "--allow-partial", *out])
     assert "--workers" in _one_line_error(["analyze", str(path), "--workers", "0", *out])
-    assert "--seed" in _one_line_error(["analyze", str(path), "--seed", "-1", "--bootstrap", "2", *out])
+    assert "--seed" in _one_line_error(
+        ["analyze", str(path), "--seed", "-1", "--bootstrap", "2", *out]
+    )
     assert "--bootstrap" in _one_line_error(["analyze", str(path), "--bootstrap", "1", *out])
-    assert "a view twice" in _one_line_error(["analyze", str(path), "--view", "cka=filter", "--view", "cka=map", *out])
-    assert "inside the input" in _one_line_error(["analyze", str(path), "--out", str(path / "results")])
+    assert "a view twice" in _one_line_error(
+        ["analyze", str(path), "--view", "cka=filter", "--view", "cka=map", *out]
+    )
+    assert "inside the input" in _one_line_error(
+        ["analyze", str(path), "--out", str(path / "results")]
+    )
     assert not (path / "results").exists()
 
 
 def test_file_system_errors_are_one_line(planted, tmp_path, monkeypatch):
-    """A disk that fills up or turns read-only mid-run is the user's to fix: one line, no traceback."""
+    """A disk that fills up or turns read-only mid-run is the user's to fix: one line, no
+    traceback."""
     import errno
 
     path, _ = planted
@@ -520,23 +727,31 @@ def test_file_system_errors_are_one_line(planted, tmp_path, monkeypatch):
 
     monkeypatch.setattr(AR, "_write", full)
     line = _one_line_error(["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress"])
-    assert "distances.csv" in line and "No space left on device" in line and "re-run the same command" in line
+    assert (
+        "distances.csv" in line
+        and "No space left on device" in line
+        and "re-run the same command" in line
+    )
 
 
 def test_damaged_stores_are_one_line(planted, tmp_path):
-    """Chunk files lost, altered or a whole array gone after extraction: one line naming the store."""
+    """Chunk files lost, altered or a whole array gone after extraction: one line naming
+    the store."""
     import shutil
 
     path, _ = planted
     out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
+
     def flip(f):
         data = bytearray(f.read_bytes())
         data[len(data) // 2] ^= 0xFF
         f.write_bytes(bytes(data))
 
-    cases = {"missing": (lambda f: f.unlink(), "chunk files of 1 finished region(s) are missing"),
-             "truncated": (lambda f: f.write_bytes(f.read_bytes()[:40]), "cannot be decoded"),
-             "flipped": (flip, "cannot be decoded")}  # caught by the chunks' CRC-32C
+    cases = {
+        "missing": (lambda f: f.unlink(), "chunk files of 1 finished region(s) are missing"),
+        "truncated": (lambda f: f.write_bytes(f.read_bytes()[:40]), "cannot be decoded"),
+        "flipped": (flip, "cannot be decoded"),
+    }  # caught by the chunks' CRC-32C
     for name, (damage, expected) in cases.items():
         bad = Path(shutil.copytree(path, tmp_path / f"{name}.zarr"))
         damage(next(f for f in sorted((bad / "features_3" / "c").rglob("*")) if f.is_file()))
@@ -553,28 +768,68 @@ def test_damaged_stores_are_one_line(planted, tmp_path):
 
 def test_cli_runs_and_reports(planted, tmp_path):
     path, _ = planted
-    result = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
-                                      "--metric", "cka", "--view", "pooled", "--name", "mine"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(path),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--metric",
+            "cka",
+            "--view",
+            "pooled",
+            "--name",
+            "mine",
+        ],
+    )
     assert result.exit_code == 0, result.output
     ds = open_results(tmp_path / "r")
     assert list(ds["experiment"].values) == ["mine"] and list(ds["view"].values) == ["pooled"]
     assert (tmp_path / "r" / "report.html").stat().st_size > 0 and "report.html" in result.output
-    again = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
-                                     "--metric", "cka", "--view", "pooled", "--name", "mine", "--no-report"])
-    assert again.exit_code == 0 and "up to date" in (again.stderr if hasattr(again, "stderr") else again.output)
+    again = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(path),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--metric",
+            "cka",
+            "--view",
+            "pooled",
+            "--name",
+            "mine",
+            "--no-report",
+        ],
+    )
+    assert again.exit_code == 0 and "up to date" in (
+        again.stderr if hasattr(again, "stderr") else again.output
+    )
 
 
 def test_degenerate_pwsm_is_flagged(planted, tmp_path, capsys, cli_console):
     """With alpha=0 and rows <= columns (flat view: 12 images x 144 columns) PWSM is 0 for any
-    checkpoints; analyze says so and leaves those values undefined instead of a silent "no change"."""
+    checkpoints; analyze says so and leaves those values undefined instead of a silent "no change".
+    """
     path, _ = planted
     ds = ftdyn.analyze([path], out=tmp_path / "r", metrics=["pwsm"], views="flat", progress=False)
     assert "degenerate" in capsys.readouterr().err
-    assert json.loads(ds.attrs["pwsm_degenerate"]) == ["resnet18/toy:features.3", "resnet18/toy:layer2.relu"]
+    assert json.loads(ds.attrs["pwsm_degenerate"]) == [
+        "resnet18/toy:features.3",
+        "resnet18/toy:layer2.relu",
+    ]
     pwsm = ds.sel(metric="pwsm")
     assert np.isnan(pwsm["distance"].values).all() and (pwsm["n_nan"].values == 1).all()
-    assert np.isnan(pwsm["trajectory"].values).all() and np.isnan(pwsm["reusability_mean"].values).all()
-    fine = ftdyn.analyze([path], out=tmp_path / "c", metrics=["pwsm"], views="channels", progress=False)
+    assert (
+        np.isnan(pwsm["trajectory"].values).all()
+        and np.isnan(pwsm["reusability_mean"].values).all()
+    )
+    fine = ftdyn.analyze(
+        [path], out=tmp_path / "c", metrics=["pwsm"], views="channels", progress=False
+    )
     assert json.loads(fine.attrs["pwsm_degenerate"]) == []
     assert (fine["distance"].sel(metric="pwsm").isel(epoch=-1).values > 0.1).all()
 
@@ -584,8 +839,12 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
     whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
     layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
     path, data = make_store(tmp_path / "s.zarr", layers=layers)
-    assert M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12  # the trap
-    ds = ftdyn.analyze(path, out=tmp_path / "m", metrics=["procrustes", "cka"], views="map", progress=False)
+    assert (
+        M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12
+    )  # the trap
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "m", metrics=["procrustes", "cka"], views="map", progress=False
+    )
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "features.3" in err and "layer2.relu" not in err
     for m in ("procrustes", "cka"):
@@ -594,7 +853,9 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
         assert np.isnan(d["distance"].values[0, 0]).all() and (d["n_nan"].values[0, 0] == 3).all()
         assert (d["distance"].values[0, 1, 1:] > 1e-3).all()  # 3 rows: a real value
     two = make_store(tmp_path / "two.zarr", n=2, spc=1)[0]
-    ds = ftdyn.analyze(two, out=tmp_path / "f", progress=False)  # default: procrustes, cka on filter
+    ds = ftdyn.analyze(
+        two, out=tmp_path / "f", progress=False
+    )  # default: procrustes, cka on filter
     for m in ("procrustes", "cka"):
         assert np.isnan(ds["distance"].sel(metric=m).values).all()
         assert (ds["n_nan"].sel(metric=m).values == np.array([4, 6])[:, None]).all()
@@ -602,10 +863,15 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
 
 
 def test_pwsm_partial_whitening_is_not_flagged(planted, tmp_path, capsys, cli_console):
-    """alpha=0.3 on the flat view (12 rows x 144 columns) is informative; only alpha=0 is degenerate."""
+    """alpha=0.3 on the flat view (12 rows x 144 columns) is informative; only alpha=0 is
+    degenerate."""
     path, data = planted
-    ds = ftdyn.analyze(path, out=tmp_path / "r", metrics=["pwsm"], views="flat", alpha=0.3, progress=False)
-    assert "warning" not in capsys.readouterr().err and json.loads(ds.attrs["pwsm_degenerate"]) == []
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", metrics=["pwsm"], views="flat", alpha=0.3, progress=False
+    )
+    assert (
+        "warning" not in capsys.readouterr().err and json.loads(ds.attrs["pwsm_degenerate"]) == []
+    )
     want = M.pwsm(V.flat(data[0]["features.3"]), V.flat(data[3]["features.3"]), 0.3)
     assert want > 0.1 and ds["distance"].values[0, 0, 0, 3] == pytest.approx(want, abs=1e-7)
 
@@ -616,7 +882,9 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     traceback, no results written."""
     import shutil
 
-    path, data = make_store(tmp_path / "s.zarr", dtype="float16", epochs=(0, 2, 5), noise=(0.0, 0.1, 0.3))
+    path, data = make_store(
+        tmp_path / "s.zarr", dtype="float16", epochs=(0, 2, 5), noise=(0.0, 0.1, 0.3)
+    )
     out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
     hot = Path(shutil.copytree(path, tmp_path / "hot.zarr"))
     rows = slice(5, 10)
@@ -625,13 +893,19 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     StoreWriter(hot).write_region(2, 1, over)
     line = _one_line_error(["analyze", str(hot), *out])
     assert "layer layer2.relu" in line and "epoch 5" in line and "samples 5-9" in line, line
-    assert "1 infinite and 0 NaN" in line and "--dtype float32" in line and "file is missing" not in line, line
+    assert (
+        "1 infinite and 0 NaN" in line
+        and "--dtype float32" in line
+        and "file is missing" not in line
+    ), line
     nan = Path(shutil.copytree(path, tmp_path / "nan.zarr"))
     bad = {k: v[rows].copy() for k, v in data[2].items()}
     bad["features.3"][2, 0] = np.nan
     StoreWriter(nan).write_region(1, 1, bad)
     line = _one_line_error(["analyze", str(nan), "--metric", "procrustes", "--view", "map", *out])
-    assert "layer features.3" in line and "epoch 2" in line and "36 NaN" in line and "diverged" in line, line
+    assert (
+        "layer features.3" in line and "epoch 2" in line and "36 NaN" in line and "diverged" in line
+    ), line
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     gone = Path(shutil.copytree(path, tmp_path / "gone.zarr"))
     (gone / "layer2_relu" / "c" / "2" / "1" / "0" / "0" / "0").unlink()
@@ -641,8 +915,11 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     exp = AI.open_experiments(path, AnalyzeConfig())[0]
     src = dict(exp.layers)["layer2.relu"]
     (path / "layer2_relu" / "c" / "2" / "1" / "0" / "0" / "0").unlink()
-    with pytest.raises(FtdynError, match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "
-                                         r"file is missing"):
+    with pytest.raises(
+        FtdynError,
+        match=r"layer2.relu \(array layer2_relu\), epoch 5, samples 5-9: the chunk "
+        r"file is missing",
+    ):
         AT.read_block(src, 2, 1)
 
 
@@ -660,8 +937,20 @@ def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_pat
     _not_a_terminal(monkeypatch)
     path, _ = planted
     out = tmp_path / "r"
-    command = [sys.executable, "-m", "ftdyn", "analyze", str(path), "--out", str(out), "--metric", "pwsm",
-               "--view", "flat", "--no-report"]
+    command = [
+        sys.executable,
+        "-m",
+        "ftdyn",
+        "analyze",
+        str(path),
+        "--out",
+        str(out),
+        "--metric",
+        "pwsm",
+        "--view",
+        "flat",
+        "--no-report",
+    ]
     log = tmp_path / "log"
     for _ in range(2):  # computed, then up to date
         with open(log, "a") as f:
@@ -669,17 +958,30 @@ def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_pat
         assert done.returncode == 0, log.read_text()
     text = log.read_text()
     lines = text.splitlines()
-    assert "\r" not in text and "\x1b" not in text and all(line.startswith("ftdyn: ") for line in lines), text
+    assert (
+        "\r" not in text
+        and "\x1b" not in text
+        and all(line.startswith("ftdyn: ") for line in lines)
+    ), text
     stages = [line for line in lines if "warning" not in line and "not converged" not in line]
     assert stages[0].startswith("ftdyn: distances computed (2 jobs, ")
     assert stages[1].startswith("ftdyn: convergence and random-init ceiling computed (")
-    assert stages[2:] == [f"ftdyn: results written to {out}",
-                          f"ftdyn: {out} is up to date (same arguments and stores; every file verified); nothing to do."]
+    assert stages[2:] == [
+        f"ftdyn: results written to {out}",
+        (
+            f"ftdyn: {out} is up to date (same arguments and stores; every file verified); nothing"
+            " to do."
+        ),
+    ]
     degenerate = [line for line in lines if line.startswith("ftdyn: warning: ")]
-    assert len(degenerate) == 2 and all("degenerate (0 whatever the checkpoints)" in line for line in degenerate)
+    assert len(degenerate) == 2 and all(
+        "degenerate (0 whatever the checkpoints)" in line for line in degenerate
+    )
 
 
-def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(planted, tmp_path, monkeypatch, caplog, capsys):
+def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(
+    planted, tmp_path, monkeypatch, caplog, capsys
+):
     """The library prints nothing itself: notes and stage lines go to the `ftdyn` loggers (seen with
     logging, silenced by level), caveats are FtdynWarnings (silenced with a warnings filter)."""
     import logging
@@ -690,17 +992,25 @@ def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(planted, tmp_pa
     _not_a_terminal(monkeypatch)
     path, _ = planted
     args = dict(metrics=["pwsm"], views="flat")
-    with caplog.at_level(logging.INFO, logger="ftdyn"), pytest.warns(FtdynWarning, match="degenerate"):
+    with (
+        caplog.at_level(logging.INFO, logger="ftdyn"),
+        pytest.warns(FtdynWarning, match="degenerate"),
+    ):
         ftdyn.analyze(path, out=tmp_path / "r", **args)
     assert [r.getMessage() for r in caplog.records][-1] == f"results written to {tmp_path / 'r'}"
     assert capsys.readouterr().err == ""
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ftdyn"), warnings.catch_warnings(record=True) as seen:
+    with (
+        caplog.at_level(logging.WARNING, logger="ftdyn"),
+        warnings.catch_warnings(record=True) as seen,
+    ):
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=FtdynWarning)
         ftdyn.analyze(path, out=tmp_path / "s", **args)
     assert caplog.records == [] and [w for w in seen if issubclass(w.category, FtdynWarning)] == []
-    assert capsys.readouterr().err == "" and json.loads(open_results(tmp_path / "s").attrs["pwsm_degenerate"])
+    assert capsys.readouterr().err == "" and json.loads(
+        open_results(tmp_path / "s").attrs["pwsm_degenerate"]
+    )
 
 
 @pytest.mark.parametrize("terminal", [False, True])
@@ -712,7 +1022,9 @@ def test_dask_progress_is_a_rich_bar_on_a_terminal_only(terminal, monkeypatch, c
     monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     with dask_progress("squares"):
-        squares = dask.compute(*[dask.delayed(lambda x: x * x)(i) for i in range(5)], scheduler="threads")
+        squares = dask.compute(
+            *[dask.delayed(lambda x: x * x)(i) for i in range(5)], scheduler="threads"
+        )
     assert squares == (0, 1, 4, 9, 16)
     err = capsys.readouterr().err
     assert ("squares" in err and "5/5" in err) if terminal else err == ""

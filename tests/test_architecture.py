@@ -17,8 +17,18 @@ PACKAGE = Path(ftdyn.__file__).parent
 
 #: Lowest first, as in the README's diagram.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"ftdyn", "ftdyn._version", "ftdyn.errors", "ftdyn.config", "ftdyn.progress", "ftdyn.devices",
-                    "ftdyn.outputs"}),
+    (
+        "foundation",
+        {
+            "ftdyn",
+            "ftdyn._version",
+            "ftdyn.errors",
+            "ftdyn.config",
+            "ftdyn.progress",
+            "ftdyn.devices",
+            "ftdyn.outputs",
+        },
+    ),
     ("model zoo", {"ftdyn.zoo_timm", "ftdyn.models", "ftdyn.receptive"}),
     ("checkpoint loading", {"ftdyn.checkpoints", "ftdyn.offline"}),
     ("data", {"ftdyn.data", "ftdyn.datasets", "ftdyn.domains"}),
@@ -53,7 +63,9 @@ def _imports(name: str) -> set[str]:
             else:
                 target = node.module or ""
             for alias in node.names:  # `from . import x` imports the module x when there is one
-                found.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target)
+                found.add(
+                    f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target
+                )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     return {m for m in found if m in MODULES and m != name}
@@ -65,21 +77,31 @@ def _layer(name: str) -> int:
         for index, (_, members) in enumerate(LAYERS):
             if candidate in members:
                 return index
-    raise AssertionError(f"{name} is in no layer of tests/test_architecture.py: place it (and in the README)")
+    raise AssertionError(
+        f"{name} is in no layer of tests/test_architecture.py: place it (and in the README)"
+    )
 
 
 def test_every_module_imports_only_its_own_or_lower_layers():
-    upward = [f"{m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})"
-              for m in sorted(MODULES) for t in sorted(_imports(m))
-              if t != "ftdyn" and _layer(t) > _layer(m)]
+    upward = [
+        f"{m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})"
+        for m in sorted(MODULES)
+        for t in sorted(_imports(m))
+        if t != "ftdyn" and _layer(t) > _layer(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_the_imports_have_no_circle():
-    # the package root re-exports the API lazily (on first attribute access), so its edges do not count
+    # the package root re-exports the API lazily (on first attribute access), so its edges do not
+    # count
     graph = {m: _imports(m) - {"ftdyn"} for m in MODULES if m != "ftdyn"}
     for name in graph:  # a package's __init__ importing its own submodules is not a circle
-        graph[name] = {t for t in graph[name] if not name.startswith(t + ".") or MODULES[t].name != "__init__.py"}
+        graph[name] = {
+            t
+            for t in graph[name]
+            if not name.startswith(t + ".") or MODULES[t].name != "__init__.py"
+        }
     try:
         tuple(TopologicalSorter(graph).static_order())
     except CycleError as exc:

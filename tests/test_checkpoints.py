@@ -67,12 +67,17 @@ def test_save_checkpoint_atomic_and_hash(tmp_path, reference):
     assert payload["epoch"] == 2 and payload["val_acc"] == 0.5
 
 
-@pytest.mark.parametrize("error, reason", [
-    (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
-    # what torch's zip writer raises when the file object stops taking bytes
-    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
-     "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
-])
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
+        # what torch's zip writer raises when the file object stops taking bytes
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598",
+        ),
+    ],
+)
 def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch, error, reason):
     target = tmp_path / "epoch_001.pt"
 
@@ -83,8 +88,11 @@ def test_save_checkpoint_failure_leaves_nothing(tmp_path, reference, monkeypatch
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(FtdynError) as info:
         ck.save_checkpoint(target, reference, epoch=1)
-    assert str(info.value) == (f"cannot write {target}: {reason}; free space or make the folder writable, then "
-                              "re-run (a stopped `ftdyn train` continues with --resume).")
+    assert (
+        str(info.value)
+        == f"cannot write {target}: {reason}; free space or make the folder writable, then "
+        "re-run (a stopped `ftdyn train` continues with --resume)."
+    )
     assert os.listdir(tmp_path) == []
 
 
@@ -99,7 +107,8 @@ def test_save_checkpoint_other_errors_stay_bugs(tmp_path, reference, monkeypatch
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    """Checkpoints and manifests are 0o666 less the umask, like any new file (mkstemp gives 0o600)."""
+    """Checkpoints and manifests are 0o666 less the umask, like any new file (mkstemp
+    gives 0o600)."""
     for umask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
         folder = tmp_path / f"umask_{umask:03o}"
         old = os.umask(umask)
@@ -136,14 +145,24 @@ def test_payload_with_optimizer_and_rng_loads_weights_only(tmp_path):
     states = ck.rng_states()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     path = tmp_path / "epoch_001.pt"
-    ck.save_checkpoint(path, model.state_dict(), epoch=1,
-                       extra={"optimizer": opt.state_dict(), "rng": states, "np_value": np.float32(1.5),
-                              "history": [{"epoch": 1, "loss": 0.25}]})
+    ck.save_checkpoint(
+        path,
+        model.state_dict(),
+        epoch=1,
+        extra={
+            "optimizer": opt.state_dict(),
+            "rng": states,
+            "np_value": np.float32(1.5),
+            "history": [{"epoch": 1, "loss": 0.25}],
+        },
+    )
     payload = ck.load_checkpoint_payload(path)  # weights_only=True inside
     assert payload["epoch"] == 1 and payload["np_value"] == 1.5
     opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
     opt2.load_state_dict(payload["optimizer"])
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     ck.set_rng_states(payload["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
@@ -161,11 +180,18 @@ def test_load_checkpoint_payload_rejects_foreign_file(tmp_path):
 
 def _manifest(**overrides) -> dict:
     manifest = {
-        "format": "ftdyn-series", "format_version": 1, "architecture": ARCH, "num_classes": 2,
-        "classes": ["a", "b"], "input_size": 32,
+        "format": "ftdyn-series",
+        "format_version": 1,
+        "architecture": ARCH,
+        "num_classes": 2,
+        "classes": ["a", "b"],
+        "input_size": 32,
         "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "epochs": [], "ftdyn_version": "0.1.0", "torch_version": torch.__version__,
-        "seed": 0, "hyperparameters": {"lr": 1e-4},
+        "epochs": [],
+        "ftdyn_version": "0.1.0",
+        "torch_version": torch.__version__,
+        "seed": 0,
+        "hyperparameters": {"lr": 1e-4},
     }
     manifest.update(overrides)
     return manifest
@@ -173,22 +199,30 @@ def _manifest(**overrides) -> dict:
 
 def test_manifest_round_trip(tmp_path):
     assert ck.read_manifest(tmp_path) is None
-    manifest = _manifest(epochs=[{"epoch": 0, "file": "epoch_000.pt", "sha256": "ab", "val_acc": 0.1}])
+    manifest = _manifest(
+        epochs=[{"epoch": 0, "file": "epoch_000.pt", "sha256": "ab", "val_acc": 0.1}]
+    )
     ck.write_manifest(tmp_path, manifest)
     assert ck.read_manifest(tmp_path) == manifest
     assert (tmp_path / "manifest.json").read_text().startswith('{\n  "format"')
     assert sorted(os.listdir(tmp_path)) == ["manifest.json"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "unreadable manifest"),
-    (json.dumps({k: v for k, v in _manifest().items() if k != "classes"}), "required key(s) classes"),
-    (json.dumps(_manifest(format="other")), "'format' is 'other'"),
-    (json.dumps(_manifest(format_version=99)), "format_version 99"),
-    (json.dumps(_manifest(normalization=[0.5])), "'normalization' must be"),
-    (json.dumps(_manifest(epochs=[{"epoch": 0}])), "epochs[0] must hold"),
-    (json.dumps([1, 2]), "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "unreadable manifest"),
+        (
+            json.dumps({k: v for k, v in _manifest().items() if k != "classes"}),
+            "required key(s) classes",
+        ),
+        (json.dumps(_manifest(format="other")), "'format' is 'other'"),
+        (json.dumps(_manifest(format_version=99)), "format_version 99"),
+        (json.dumps(_manifest(normalization=[0.5])), "'normalization' must be"),
+        (json.dumps(_manifest(epochs=[{"epoch": 0}])), "epochs[0] must hold"),
+        (json.dumps([1, 2]), "must be a JSON object"),
+    ],
+)
 def test_manifest_validation_errors(tmp_path, text, message):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(FtdynError) as info:
@@ -207,8 +241,12 @@ def _ftdyn_series(folder, epochs=3):
     entries = []
     for epoch in range(epochs):
         name = ck.checkpoint_filename(epoch)
-        digest = ck.save_checkpoint(folder / name, {"w": torch.full((2,), float(epoch))}, epoch=epoch)
-        entries.append({"epoch": epoch, "file": name, "sha256": digest, "val_loss": 1.0 / (epoch + 1)})
+        digest = ck.save_checkpoint(
+            folder / name, {"w": torch.full((2,), float(epoch))}, epoch=epoch
+        )
+        entries.append(
+            {"epoch": epoch, "file": name, "sha256": digest, "val_loss": 1.0 / (epoch + 1)}
+        )
     ck.write_manifest(folder, _manifest(epochs=entries))
 
 
@@ -224,8 +262,15 @@ def test_discover_series_from_manifest(tmp_path):
 
 def test_discover_series_detects_modified_file(tmp_path):
     _ftdyn_series(tmp_path)
-    torch.save({"format": "ftdyn-checkpoint", "format_version": 1, "epoch": 1,
-                "state_dict": {"w": torch.full((2,), 7.0)}}, tmp_path / "epoch_001.pt")
+    torch.save(
+        {
+            "format": "ftdyn-checkpoint",
+            "format_version": 1,
+            "epoch": 1,
+            "state_dict": {"w": torch.full((2,), 7.0)},
+        },
+        tmp_path / "epoch_001.pt",
+    )
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
     assert "epoch_001.pt" in str(info.value) and "changed since training" in str(info.value)
@@ -248,18 +293,37 @@ FORMATS = {
     "plain_pt": ("w.pt", lambda sd: sd),
     "plain_bin": ("pytorch_model.bin", lambda sd: sd),
     "state_dict": ("w.pth", lambda sd: {"state_dict": sd, "epoch": 4, "best_acc": 0.9}),
-    "model_state_dict": ("w.pth", lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 4}),
+    "model_state_dict": (
+        "w.pth",
+        lambda sd: {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 4},
+    ),
     "model": ("w.pth", lambda sd: {"model": sd, "epoch": 4}),
     "nested": ("w.pth", lambda sd: {"model": {"state_dict": sd}, "epoch": 4}),
     "dataparallel": ("w.pt", lambda sd: _prefixed(sd, "module.")),
     "compiled": ("w.pt", lambda sd: _prefixed(sd, "_orig_mod.")),
     "ddp_compiled": ("w.pt", lambda sd: {"state_dict": _prefixed(sd, "_orig_mod.module.")}),
-    "lightning": ("epoch=4-step=50.ckpt", lambda sd: {
-        "epoch": 4, "global_step": 50, "pytorch-lightning_version": "2.4.0",
-        "state_dict": _prefixed(sd, "model."), "optimizer_states": [], "lr_schedulers": []}),
-    "lightning_nested_compiled": ("last.ckpt", lambda sd: {
-        "epoch": 4, "global_step": 50,
-        "state_dict": {**_prefixed(sd, "net.backbone._orig_mod."), "criterion.weight": torch.ones(5)}}),
+    "lightning": (
+        "epoch=4-step=50.ckpt",
+        lambda sd: {
+            "epoch": 4,
+            "global_step": 50,
+            "pytorch-lightning_version": "2.4.0",
+            "state_dict": _prefixed(sd, "model."),
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        },
+    ),
+    "lightning_nested_compiled": (
+        "last.ckpt",
+        lambda sd: {
+            "epoch": 4,
+            "global_step": 50,
+            "state_dict": {
+                **_prefixed(sd, "net.backbone._orig_mod."),
+                "criterion.weight": torch.ones(5),
+            },
+        },
+    ),
 }
 
 
@@ -271,7 +335,11 @@ def test_every_format_loads_same_weights(tmp_path, reference, kind):
     model = _model(seed=1)
     epoch = ck.load_into_model(model, path)
     _assert_same(model, reference)
-    expected_epoch = 4 if kind not in {"plain_pt", "plain_bin", "dataparallel", "compiled", "ddp_compiled"} else None
+    expected_epoch = (
+        4
+        if kind not in {"plain_pt", "plain_bin", "dataparallel", "compiled", "ddp_compiled"}
+        else None
+    )
     assert epoch == expected_epoch
 
 
@@ -286,8 +354,11 @@ def test_legacy_serialization_loads(tmp_path, reference):
 
 def test_safetensors_loads_with_epoch_metadata(tmp_path, reference):
     path = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in _prefixed(reference, "module.").items()}, str(path),
-              metadata={"epoch": "6"})
+    save_file(
+        {k: v.contiguous() for k, v in _prefixed(reference, "module.").items()},
+        str(path),
+        metadata={"epoch": "6"},
+    )
     model = _model(seed=1)
     assert ck.load_into_model(model, path) == 6
     _assert_same(model, reference)
@@ -298,7 +369,9 @@ def test_safetensors_loads_with_epoch_metadata(tmp_path, reference):
 
 def test_ftdyn_checkpoint_loads(tmp_path, reference):
     path = tmp_path / ck.checkpoint_filename(3)
-    ck.save_checkpoint(path, reference, epoch=3, extra={"optimizer": {"state": {}, "param_groups": []}})
+    ck.save_checkpoint(
+        path, reference, epoch=3, extra={"optimizer": {"state": {}, "param_groups": []}}
+    )
     model = _model(seed=1)
     assert ck.load_into_model(model, path) == 3
     _assert_same(model, reference)
@@ -312,7 +385,11 @@ def test_pickled_module_needs_trust(tmp_path, reference):
     with pytest.raises(FtdynError) as info:
         ck.load_state_dict(path)
     message = str(info.value)
-    assert "refusing to unpickle" in message and "ShuffleNetV2" in message and "trust_checkpoint" in message
+    assert (
+        "refusing to unpickle" in message
+        and "ShuffleNetV2" in message
+        and "trust_checkpoint" in message
+    )
     target = _model(seed=2)
     assert ck.load_into_model(target, path, trust=True) == 1
     _assert_same(target, reference)
@@ -346,7 +423,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, reference, suffix)
     assert not target.exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "junk", "truncated_safetensors", "bad_header_safetensors"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "empty", "junk", "truncated_safetensors", "bad_header_safetensors"]
+)
 def test_corrupt_files(tmp_path, reference, kind):
     good = tmp_path / "good.pt"
     torch.save({"state_dict": reference, "epoch": 1}, good)
@@ -456,7 +535,11 @@ def test_order_by_stored_epoch(tmp_path):
     (tmp_path / ".hidden.pt.tmp").write_bytes(b"ignored")
     entries = ck.discover_series(tmp_path)
     # 0-based stored epochs: numbered from 1 (no file is the source model)
-    assert [(e.epoch, e.path.name) for e in entries] == [(1, "b_9.ckpt"), (2, "c.safetensors"), (3, "a_1.pth")]
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (1, "b_9.ckpt"),
+        (2, "c.safetensors"),
+        (3, "a_1.pth"),
+    ]
     assert all(e.sha256 == ck.sha256_file(e.path) and e.weights_name is None for e in entries)
 
 
@@ -476,7 +559,12 @@ def test_ambiguous_duplicate_epochs(tmp_path):
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
     message = str(info.value)
-    assert "ambiguous order" in message and "x.pt" in message and "y.pt" in message and "z.pt" not in message
+    assert (
+        "ambiguous order" in message
+        and "x.pt" in message
+        and "y.pt" in message
+        and "z.pt" not in message
+    )
 
 
 def test_ambiguous_duplicate_names(tmp_path):
@@ -510,7 +598,10 @@ def test_empty_folder(tmp_path):
     (tmp_path / "readme.md").write_text("no checkpoints")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert str(info.value) == f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors)."
+    assert (
+        str(info.value)
+        == f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors)."
+    )
     with pytest.raises(FtdynError, match="no such checkpoint folder"):
         ck.discover_series(tmp_path / "missing")
 
@@ -522,7 +613,10 @@ def test_source_weights_name(tmp_path):
     assert entries[0] == ck.CheckpointEntry(0, None, None, weights_name="IMAGENET1K_V1")
     assert entries[0].label == "torchvision:IMAGENET1K_V1"
     assert [e.epoch for e in entries] == [0, 1, 2]
-    with pytest.raises(FtdynError, match="not a weights name of resnet18|neither a file nor a weights name of resnet18"):
+    with pytest.raises(
+        FtdynError,
+        match="not a weights name of resnet18|neither a file nor a weights name of resnet18",
+    ):
         ck.discover_series(tmp_path, source="IMAGENET9K", arch="resnet18")
     with pytest.raises(FtdynError, match="no such checkpoint file"):
         ck.discover_series(tmp_path, source=str(tmp_path / "absent.pt"))
@@ -539,7 +633,8 @@ def test_source_file_shifts_zero_based_epochs(tmp_path):
     assert [e.epoch for e in entries] == [0, 1, 2, 3]
     assert entries[0].path == source and entries[0].sha256 == ck.sha256_file(source)
     assert entries[1].path.name == "epoch=0-step=10.ckpt"
-    # without a source they are numbered from 1 too, with a note: no trained file is taken for the source
+    # without a source they are numbered from 1 too, with a note: no trained file is taken for the
+    # source
     assert [e.epoch for e in ck.discover_series(series)] == [1, 2, 3]
 
 
@@ -547,7 +642,11 @@ def test_source_file_inside_folder_is_not_duplicated(tmp_path):
     for n in (0, 1, 2):
         _tiny(tmp_path / f"epoch_{n}.pt", value=n)
     entries = ck.discover_series(tmp_path, source=tmp_path / "epoch_0.pt")
-    assert [(e.epoch, e.path.name) for e in entries] == [(0, "epoch_0.pt"), (1, "epoch_1.pt"), (2, "epoch_2.pt")]
+    assert [(e.epoch, e.path.name) for e in entries] == [
+        (0, "epoch_0.pt"),
+        (1, "epoch_1.pt"),
+        (2, "epoch_2.pt"),
+    ]
 
 
 def test_load_source_weights_file_entry(tmp_path, reference):
@@ -564,21 +663,36 @@ def test_flipped_bytes_in_zip_checkpoint_are_refused(tmp_path, reference):
     torch.save({"state_dict": reference, "epoch": 1}, path)
     data = bytearray(path.read_bytes())
     middle = len(data) // 2  # inside the tensor data, which is most of the file
-    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
     path.write_bytes(bytes(data))
-    for call in (lambda: ck.load_state_dict(path), lambda: ck.read_stored_epoch(path),
-                 lambda: ck.load_state_dict(path, trust=True), lambda: ck.discover_series(tmp_path)):
+    for call in (
+        lambda: ck.load_state_dict(path),
+        lambda: ck.read_stored_epoch(path),
+        lambda: ck.load_state_dict(path, trust=True),
+        lambda: ck.discover_series(tmp_path),
+    ):
         with pytest.raises(FtdynError) as info:
             call()
         message = str(info.value)
-        assert message.startswith(f"{path}: not a readable checkpoint (damaged data: CRC check failed for ")
+        assert message.startswith(
+            f"{path}: not a readable checkpoint (damaged data: CRC check failed for "
+        )
         assert "re-download" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("epoch, expected", [
-    (3.0, 3), (2.5, None), (np.int64(3), 3), (np.int32(4), 4), (np.float64(5.0), 5), (torch.tensor(6), 6),
-    (True, None), ("7", 7),
-])
+@pytest.mark.parametrize(
+    "epoch, expected",
+    [
+        (3.0, 3),
+        (2.5, None),
+        (np.int64(3), 3),
+        (np.int32(4), 4),
+        (np.float64(5.0), 5),
+        (torch.tensor(6), 6),
+        (True, None),
+        ("7", 7),
+    ],
+)
 def test_stored_epoch_types(tmp_path, reference, epoch, expected):
     path = tmp_path / "w.pth"
     torch.save({"state_dict": reference, "epoch": epoch, "best_acc": np.float64(0.9)}, path)
@@ -599,7 +713,9 @@ def test_numpy_scalars_allowed_only_inside_checkpoint_loads(tmp_path, reference)
 def test_numpy_1_scalar_name_loads(tmp_path, reference):
     # files written under numpy 1 name the scalar constructor numpy.core.multiarray.scalar
     path = tmp_path / "old_numpy.pth"
-    torch.save({"state_dict": reference, "epoch": np.int64(3)}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": reference, "epoch": np.int64(3)}, path, _use_new_zipfile_serialization=False
+    )
     path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     assert b"numpy.core.multiarray" in path.read_bytes()
     assert ck.load_state_dict(path)[1] == 3
@@ -616,33 +732,51 @@ def _resnet18_state(seed: int) -> dict:
 def test_several_complete_copies_are_refused_until_one_is_chosen(tmp_path):
     live, ema = _resnet18_state(0), _resnet18_state(1)
     path = tmp_path / "epoch=1-step=10.ckpt"
-    torch.save({"epoch": 1, "state_dict": {**_prefixed(live, "model."), **_prefixed(ema, "ema.module.")}}, path)
+    torch.save(
+        {"epoch": 1, "state_dict": {**_prefixed(live, "model."), **_prefixed(ema, "ema.module.")}},
+        path,
+    )
     resnet = torchvision.models.resnet18(weights=None, num_classes=3)
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, arch="resnet18")
-    assert str(info.value) == (f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
-                               "(e.g. the model and its EMA or teacher); choose one with state_prefix PREFIX "
-                               "(or weights_copy ema).")
+    assert (
+        str(info.value)
+        == f"{path}: holds several complete copies of resnet18 under 'ema.module.', 'model.' "
+        "(e.g. the model and its EMA or teacher); choose one with state_prefix PREFIX "
+        "(or weights_copy ema)."
+    )
     state, _ = ck.load_state_dict(path)
     with pytest.raises(FtdynError, match="several complete copies"):
         ck.infer_num_classes(state, resnet)
-    for prefix, expected in (("model.", live), ("model", live), ("ema.module.", ema), ("ema.", ema)):
+    for prefix, expected in (
+        ("model.", live),
+        ("model", live),
+        ("ema.module.", ema),
+        ("ema.", ema),
+    ):
         ck.load_into_model(resnet, path, state_prefix=prefix)
         _assert_same(resnet, expected)
     assert ck.infer_num_classes(state, resnet, state_prefix="ema.") == 3
     with pytest.raises(FtdynError) as info:
         ck.load_into_model(resnet, path, state_prefix="teacher.")
-    assert str(info.value) == (f"{path}: no key starts with state_prefix 'teacher.' (its keys start with "
-                               "'ema.', 'model.'); pass one of those or drop state_prefix.")
+    assert (
+        str(info.value)
+        == f"{path}: no key starts with state_prefix 'teacher.' (its keys start with "
+        "'ema.', 'model.'); pass one of those or drop state_prefix."
+    )
 
 
 def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
     live = _resnet18_state(0)
     plain, lightning = tmp_path / "source.pth", tmp_path / "epoch=1.ckpt"
     torch.save(live, plain)
-    torch.save({"state_dict": {**_prefixed(live, "model."), "criterion.weight": torch.ones(3)}}, lightning)
+    torch.save(
+        {"state_dict": {**_prefixed(live, "model."), "criterion.weight": torch.ones(3)}}, lightning
+    )
     resnet = torchvision.models.resnet18(weights=None, num_classes=3)
-    ck.load_source_weights(resnet, ck.CheckpointEntry(0, plain, None), arch="resnet18", state_prefix="model.")
+    ck.load_source_weights(
+        resnet, ck.CheckpointEntry(0, plain, None), arch="resnet18", state_prefix="model."
+    )
     _assert_same(resnet, live)
     ck.load_into_model(resnet, lightning)  # one complete copy: found without a prefix, as before
     _assert_same(resnet, live)
@@ -651,15 +785,24 @@ def test_state_prefix_leaves_exact_and_single_copy_files_alone(tmp_path):
 # ------------------------------------------------------------- numbers in third-party names
 
 
-@pytest.mark.parametrize("names, epochs", [
-    (["model_ep1_acc0.91.pth", "model_ep2_acc0.87.pth", "model_ep3_acc0.95.pth"], [1, 2, 3]),
-    (["weights-0001-0.5421.pth", "weights-0002-0.4312.pth", "weights-0010-0.3999.pth"], [1, 2, 10]),
-    (["resnet50_1.pth", "resnet50_2.pth", "resnet50_3.pth"], [1, 2, 3]),
-    (["checkpoint-500.pt", "checkpoint-1000.pt"], [500, 1000]),
-    (["resnet18_E4.pt", "resnet18_e12.pt"], [4, 12]),  # markers in any case; 'e' of 'resnet' is no marker
-    (["run2_lr1e-4_Epoch=5.pt", "run2_lr1e-4_Epoch=6.pt"], [5, 6]),
-    (["run_lr1e-4_7.pt", "run_lr1e-4_8.pt"], [7, 8]),  # the learning rate is no number either
-])
+@pytest.mark.parametrize(
+    "names, epochs",
+    [
+        (["model_ep1_acc0.91.pth", "model_ep2_acc0.87.pth", "model_ep3_acc0.95.pth"], [1, 2, 3]),
+        (
+            ["weights-0001-0.5421.pth", "weights-0002-0.4312.pth", "weights-0010-0.3999.pth"],
+            [1, 2, 10],
+        ),
+        (["resnet50_1.pth", "resnet50_2.pth", "resnet50_3.pth"], [1, 2, 3]),
+        (["checkpoint-500.pt", "checkpoint-1000.pt"], [500, 1000]),
+        (
+            ["resnet18_E4.pt", "resnet18_e12.pt"],
+            [4, 12],
+        ),  # markers in any case; 'e' of 'resnet' is no marker
+        (["run2_lr1e-4_Epoch=5.pt", "run2_lr1e-4_Epoch=6.pt"], [5, 6]),
+        (["run_lr1e-4_7.pt", "run_lr1e-4_8.pt"], [7, 8]),  # the learning rate is no number either
+    ],
+)
 def test_epoch_from_file_names(tmp_path, names, epochs):
     for name in names:
         _tiny(tmp_path / name)
@@ -673,19 +816,28 @@ def test_several_varying_numbers_in_names_are_refused(tmp_path):
         _tiny(tmp_path / name)
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert str(info.value) == (f"{tmp_path}: cannot tell which number in the file names is the epoch: "
-                               "m_12_loss_035.pth, m_13_loss_030.pth, m_14_loss_030.pth; rename the files, "
-                               "e.g. epoch_3.pt.")
+    assert (
+        str(info.value) == f"{tmp_path}: cannot tell which number in the file names is the epoch: "
+        "m_12_loss_035.pth, m_13_loss_030.pth, m_14_loss_030.pth; rename the files, "
+        "e.g. epoch_3.pt."
+    )
 
 
 def test_suffixes_in_any_case_and_pth_tar(tmp_path, reference):
     _tiny(tmp_path / "epoch_1.PT")
     _tiny(tmp_path / "epoch_2.Pth")
-    torch.save({"state_dict": reference, "best_acc1": torch.tensor(0.5)}, tmp_path / "checkpoint_epoch3.pth.tar")
+    torch.save(
+        {"state_dict": reference, "best_acc1": torch.tensor(0.5)},
+        tmp_path / "checkpoint_epoch3.pth.tar",
+    )
     _tiny(tmp_path / "epoch_4.SAFETENSORS")
     entries = ck.discover_series(tmp_path)
     assert [(e.epoch, e.path.name) for e in entries] == [
-        (1, "epoch_1.PT"), (2, "epoch_2.Pth"), (3, "checkpoint_epoch3.pth.tar"), (4, "epoch_4.SAFETENSORS")]
+        (1, "epoch_1.PT"),
+        (2, "epoch_2.Pth"),
+        (3, "checkpoint_epoch3.pth.tar"),
+        (4, "epoch_4.SAFETENSORS"),
+    ]
     model = _model(seed=1)
     ck.load_into_model(model, entries[2].path)
     _assert_same(model, reference)
@@ -698,10 +850,16 @@ def test_lightning_last_and_links_are_skipped(tmp_path, capsys, cli_console):
     (tmp_path / "best.ckpt").symlink_to(tmp_path / "epoch=1-step=20.ckpt")
     entries = ck.discover_series(tmp_path)
     assert [(e.epoch, e.path.name) for e in entries] == [
-        (1, "epoch=0-step=10.ckpt"), (2, "epoch=1-step=20.ckpt"), (3, "epoch=2-step=30.ckpt")]
+        (1, "epoch=0-step=10.ckpt"),
+        (2, "epoch=1-step=20.ckpt"),
+        (3, "epoch=2-step=30.ckpt"),
+    ]
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == (f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt), last.ckpt "
-                      "(Lightning's copy of the newest checkpoint).")
+    assert (
+        err[0] == f"ftdyn: note: {tmp_path}: skipping best.ckpt (a link to epoch=1-step=20.ckpt),"
+        " last.ckpt "
+        "(Lightning's copy of the newest checkpoint)."
+    )
     assert err[1].startswith(f"ftdyn: note: {tmp_path}: epochs count from 0") and len(err) == 2
     (tmp_path / "last.ckpt").unlink()
     (tmp_path / "last.ckpt").symlink_to("epoch=2-step=30.ckpt")  # save_last="link"
@@ -712,8 +870,11 @@ def test_series_path_is_a_file(tmp_path):
     _tiny(tmp_path / "epoch_1.pth")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path / "epoch_1.pth")
-    assert str(info.value) == (f"{tmp_path / 'epoch_1.pth'}: is a file, not a checkpoint folder; pass the folder "
-                               f"holding the series (e.g. {tmp_path}).")
+    assert (
+        str(info.value)
+        == f"{tmp_path / 'epoch_1.pth'}: is a file, not a checkpoint folder; pass the folder "
+        f"holding the series (e.g. {tmp_path})."
+    )
 
 
 # ------------------------------------------------------------ Hugging Face Trainer layout
@@ -735,18 +896,27 @@ def test_hugging_face_trainer_folders(tmp_path):
     (tmp_path / "runs" / "events.out.tfevents.1").write_bytes(b"x")
     entries = ck.discover_series(tmp_path)
     assert [(e.epoch, e.label) for e in entries] == [
-        (500, "checkpoint-500/pytorch_model.bin"), (1000, "checkpoint-1000/model.safetensors"),
-        (1500, "checkpoint-1500/weights.pth")]
+        (500, "checkpoint-500/pytorch_model.bin"),
+        (1000, "checkpoint-1000/model.safetensors"),
+        (1500, "checkpoint-1500/weights.pth"),
+    ]
     assert [ck.load_state_dict(e.path)[0]["w"][0].item() for e in entries] == [1.0, 2.0, 3.0]
-    with pytest.raises(FtdynError, match=f"is one Hugging Face Trainer checkpoint; pass the folder holding all of "
-                                         f"them \\({tmp_path}\\)"):
+    with pytest.raises(
+        FtdynError,
+        match=(
+            "is one Hugging Face Trainer checkpoint; pass the folder holding all of "
+            f"them \\({tmp_path}\\)"
+        ),
+    ):
         ck.discover_series(tmp_path / "checkpoint-500")
     _tiny(tmp_path / "checkpoint-1500" / "other.pt")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert str(info.value) == (f"{tmp_path / 'checkpoint-1500'}: holds several weights files "
-                               "(checkpoint-1500/other.pt, checkpoint-1500/weights.pth); keep one per checkpoint "
-                               "folder, or name it pytorch_model.bin or model.safetensors.")
+    assert (
+        str(info.value) == f"{tmp_path / 'checkpoint-1500'}: holds several weights files "
+        "(checkpoint-1500/other.pt, checkpoint-1500/weights.pth); keep one per checkpoint "
+        "folder, or name it pytorch_model.bin or model.safetensors."
+    )
 
 
 def test_subfolders_without_weights(tmp_path):
@@ -755,6 +925,9 @@ def test_subfolders_without_weights(tmp_path):
     _tiny(tmp_path / "checkpoint-500" / "optimizer.pt")
     with pytest.raises(FtdynError) as info:
         ck.discover_series(tmp_path)
-    assert str(info.value) == (f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors); "
-                               "none of its 2 subfolders holds one either (expected e.g. "
-                               "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors).")
+    assert (
+        str(info.value)
+        == f"{tmp_path}: no checkpoint files (.pt, .pth, .pth.tar, .bin, .ckpt, .safetensors); "
+        "none of its 2 subfolders holds one either (expected e.g. "
+        "checkpoint-500/pytorch_model.bin or checkpoint-500/model.safetensors)."
+    )

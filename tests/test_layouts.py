@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import hooked_forward, write_image_folder
 from typer.testing import CliRunner
 
 from ftdyn import checkpoints as ck
@@ -27,8 +28,6 @@ from ftdyn.errors import FtdynError
 from ftdyn.extraction import parse_normalize
 from ftdyn.models import build_model, canonical_arch, default_layers
 from ftdyn.store import open_store
-
-from conftest import hooked_forward, write_image_folder
 
 timm = pytest.importorskip("timm")
 
@@ -63,8 +62,11 @@ def _copy(state: dict) -> dict:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def forward(build, state: dict, images: np.ndarray, modules: list[str], norm=IMAGENET) -> dict[str, np.ndarray]:
-    """Independent reference: ``build()`` gives the bare model, the test's own hooks record the modules."""
+def forward(
+    build, state: dict, images: np.ndarray, modules: list[str], norm=IMAGENET
+) -> dict[str, np.ndarray]:
+    """Independent reference: ``build()`` gives the bare model, the test's own hooks record the
+    modules."""
     model = build()
     model.load_state_dict(state)
     return hooked_forward(model, images, modules, norm)
@@ -79,8 +81,21 @@ def assert_stored(ds, epoch_index: int, reference: dict[str, np.ndarray]) -> Non
 
 
 def run_extract(folder: Path, probe_dir: Path, out: Path, *args: str):
-    return CliRunner().invoke(app, ["extract", str(folder), "--data", str(probe_dir), "--out", str(out),
-                                    "--input-size", str(SIZE), "--no-progress", *args])
+    return CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(folder),
+            "--data",
+            str(probe_dir),
+            "--out",
+            str(out),
+            "--input-size",
+            str(SIZE),
+            "--no-progress",
+            *args,
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- the zoo
@@ -89,20 +104,40 @@ def run_extract(folder: Path, probe_dir: Path, out: Path, *args: str):
 def test_timm_names_one_interface():
     assert canonical_arch("timm/ConvNeXt_Atto") == "timm/convnext_atto"
     assert canonical_arch("timm/resnet50.a1_in1k") == "timm/resnet50"  # a hub id with its tag
-    with pytest.raises(FtdynError, match="not a torchvision architecture but a timm one; pass arch="
-                                         "timm/convnext_atto"):
+    with pytest.raises(
+        FtdynError,
+        match="not a torchvision architecture but a timm one; pass arch=timm/convnext_atto",
+    ):
         canonical_arch("convnext_atto")
-    with pytest.raises(FtdynError, match="unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"):
+    with pytest.raises(
+        FtdynError, match="unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"
+    ):
         canonical_arch("timm/convnxt_atto")
     assert canonical_arch("resnet50") == "resnet50"  # torchvision's stays torchvision's
     model = build_model("timm/resnet26d", num_classes=5)
     assert model.fc.out_features == 5
-    # default layers: the stem activation and the stage outputs (the last activation before each downsampling)
-    assert default_layers(model, "timm/resnet26d") == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    # default layers: the stem activation and the stage outputs (the last activation before each
+    # downsampling)
+    assert default_layers(model, "timm/resnet26d") == [
+        "act1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     assert default_layers(build_model("timm/convnext_atto"), "timm/convnext_atto") == [
-        "stages.0", "stages.1", "stages.2", "stages.3"]
+        "stages.0",
+        "stages.1",
+        "stages.2",
+        "stages.3",
+    ]
     assert default_layers(build_model("timm/efficientnet_b0"), "timm/efficientnet_b0") == [
-        "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+        "blocks.0",
+        "blocks.1",
+        "blocks.2",
+        "blocks.4",
+        "blocks.6",
+    ]
 
 
 def test_layers_command_lists_both_zoos():
@@ -121,17 +156,26 @@ def test_timm_weights_under_a_torchvision_name_get_a_hint(tmp_path):
     path = tmp_path / "effnet_timm.pth"
     torch.save(timm.create_model("efficientnet_b0", num_classes=3).state_dict(), path)
     with pytest.raises(FtdynError) as info:
-        ck.load_into_model(torchvision.models.efficientnet_b0(num_classes=3), path, arch="efficientnet_b0")
+        ck.load_into_model(
+            torchvision.models.efficientnet_b0(num_classes=3), path, arch="efficientnet_b0"
+        )
     text = str(info.value)
-    assert "missing keys" in text and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
+    assert (
+        "missing keys" in text
+        and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
+    )
     model = build_model("timm/efficientnet_b0", num_classes=3)
-    ck.load_into_model(model, path, arch="timm/efficientnet_b0")  # the same file under the timm name loads
+    ck.load_into_model(
+        model, path, arch="timm/efficientnet_b0"
+    )  # the same file under the timm name loads
 
 
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 would: no waiting on the network
+    monkeypatch.setattr(
+        constants, "HF_HUB_OFFLINE", True
+    )  # as HF_HUB_OFFLINE=1 would: no waiting on the network
     with pytest.raises(FtdynError) as info:
         build_model("timm/resnet18", weights="a1_in1k")
     text = str(info.value)
@@ -144,10 +188,15 @@ def test_receptive_fields_where_fx_traces_else_not_available(capsys, cli_console
     model = build_model("timm/convnext_atto")
     fields = _receptive_fields(model, ["stages.0", "stages.3"], 64)
     assert fields["stages.0"]["jump"] == [4.0, 4.0] and fields["stages.3"]["jump"] == [32.0, 32.0]
-    model = build_model("timm/resnest14d")  # split attention: a softmax the receptive-field trace cannot follow
+    model = build_model(
+        "timm/resnest14d"
+    )  # split attention: a softmax the receptive-field trace cannot follow
     assert _receptive_fields(model, ["layer1", "layer4"], 64) == {"layer1": None, "layer4": None}
     err = capsys.readouterr().err
-    assert "receptive fields are not available for this model" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "receptive fields are not available for this model" in err
+        and len(err.strip().splitlines()) == 1
+    )
 
 
 def test_parse_normalize():
@@ -170,8 +219,12 @@ def _timm_saver_folder(folder: Path, name: str, epochs: int) -> tuple[list[dict]
     model = _timm_model(name, seed=1)
     ema = ModelEmaV3(model, decay=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    args = argparse.Namespace(model=name, lr=0.1, epochs=epochs, input_size=(3, SIZE, SIZE), mean=None)
-    saver = CheckpointSaver(model, opt, args=args, model_ema=ema, checkpoint_dir=str(folder), max_history=10)
+    args = argparse.Namespace(
+        model=name, lr=0.1, epochs=epochs, input_size=(3, SIZE, SIZE), mean=None
+    )
+    saver = CheckpointSaver(
+        model, opt, args=args, model_ema=ema, checkpoint_dir=str(folder), max_history=10
+    )
     mains, emas = [], []
     for epoch in range(epochs):  # timm counts epochs from 0
         _perturb(model, 10 + epoch)
@@ -186,23 +239,39 @@ def _timm_saver_folder(folder: Path, name: str, epochs: int) -> tuple[list[dict]
 def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
     folder = tmp_path / "output" / "train"
     mains, emas = _timm_saver_folder(folder, "convnext_atto", 3)
-    assert sorted(os.listdir(folder)) == ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar", "checkpoint-2.pth.tar",
-                                          "last.pth.tar", "model_best.pth.tar"]
-    assert os.path.samefile(folder / "model_best.pth.tar", folder / "checkpoint-1.pth.tar")  # hard links
+    assert sorted(os.listdir(folder)) == [
+        "checkpoint-0.pth.tar",
+        "checkpoint-1.pth.tar",
+        "checkpoint-2.pth.tar",
+        "last.pth.tar",
+        "model_best.pth.tar",
+    ]
+    assert os.path.samefile(
+        folder / "model_best.pth.tar", folder / "checkpoint-1.pth.tar"
+    )  # hard links
 
     out = tmp_path / "main.zarr"
     result = run_extract(folder, probe_dir, out, "--arch", "timm/convnext_atto")
     assert result.exit_code == 0, result.output
-    assert "skipping model_best.pth.tar (the same file as checkpoint-1.pth.tar), last.pth.tar (the same file " \
-           "as checkpoint-2.pth.tar)." in result.output.replace("\n", "")
-    assert "epochs count from 0" in result.output  # checkpoint-0 is after one epoch: no source in this series
+    assert (
+        "skipping model_best.pth.tar (the same file as checkpoint-1.pth.tar), last.pth.tar (the"
+        " same file as checkpoint-2.pth.tar)." in result.output.replace("\n", "")
+    )
+    assert (
+        "epochs count from 0" in result.output
+    )  # checkpoint-0 is after one epoch: no source in this series
     ds = open_store(out)
     records = ds.attrs["checkpoints"]
     assert [(c["epoch"], c["file"], c["weights"]) for c in records] == [
-        (1, "checkpoint-0.pth.tar", "state_dict"), (2, "checkpoint-1.pth.tar", "state_dict"),
-        (3, "checkpoint-2.pth.tar", "state_dict")]
+        (1, "checkpoint-0.pth.tar", "state_dict"),
+        (2, "checkpoint-1.pth.tar", "state_dict"),
+        (3, "checkpoint-2.pth.tar", "state_dict"),
+    ]
     assert ds.attrs["layers"] == ["stages.0", "stages.1", "stages.2", "stages.3"]
-    assert ds.attrs["normalization"] == IMAGENET and ds.attrs["normalization_from"] == "timm pretrained config"
+    assert (
+        ds.attrs["normalization"] == IMAGENET
+        and ds.attrs["normalization_from"] == "timm pretrained config"
+    )
     images = ds["images"].values
     build = lambda: timm.create_model("convnext_atto", num_classes=3)  # noqa: E731
     for i in (0, 2):
@@ -215,7 +284,9 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
     # the EMA copy, by --weights-copy or by its top-level key, recorded per file
     for i, flags in enumerate((["--weights-copy", "ema"], ["--state-prefix", "state_dict_ema"])):
         out = tmp_path / f"ema{i}.zarr"
-        result = run_extract(folder, probe_dir, out, "--arch", "timm/convnext_atto", "--layer", "stages.3", *flags)
+        result = run_extract(
+            folder, probe_dir, out, "--arch", "timm/convnext_atto", "--layer", "stages.3", *flags
+        )
         assert result.exit_code == 0, result.output
         ds = open_store(out)
         assert [c["weights"] for c in ds.attrs["checkpoints"]] == ["state_dict_ema"] * 3
@@ -223,22 +294,39 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
         assert ds.attrs["weights_copy"] == flags[1].replace("state_dict_ema", "main")
 
     # a copy that is not there is a one-line error, never the main weights in its place
-    for flags, expected in ((["--state-prefix", "teacher"], "no key starts with --state-prefix 'teacher'"),
-                            (["--weights-copy", "avg"], "--weights-copy: 'avg' is not one of main, ema")):
-        result = run_extract(folder, probe_dir, tmp_path / "bad.zarr", "--arch", "timm/convnext_atto", *flags)
+    for flags, expected in (
+        (["--state-prefix", "teacher"], "no key starts with --state-prefix 'teacher'"),
+        (["--weights-copy", "avg"], "--weights-copy: 'avg' is not one of main, ema"),
+    ):
+        result = run_extract(
+            folder, probe_dir, tmp_path / "bad.zarr", "--arch", "timm/convnext_atto", *flags
+        )
         assert result.exit_code == 2 and expected in result.output
-        assert len(result.output.strip().splitlines()) == 3 and "Traceback" not in result.output  # 2 notes + error
+        assert (
+            len(result.output.strip().splitlines()) == 3 and "Traceback" not in result.output
+        )  # 2 notes + error
         assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_timm_args_namespace_needs_no_trust_but_other_objects_do(tmp_path):
     path = tmp_path / "checkpoint-0.pth.tar"
     state = timm.create_model("resnet10t", num_classes=3).state_dict()
-    torch.save({"epoch": 0, "state_dict": state, "args": argparse.Namespace(model="resnet10t", lr=0.1)}, path)
+    torch.save(
+        {"epoch": 0, "state_dict": state, "args": argparse.Namespace(model="resnet10t", lr=0.1)},
+        path,
+    )
     assert ck.read_weights(path).key == "state_dict"
-    torch.save({"epoch": 0, "state_dict": state, "args": argparse.Namespace(when=datetime.date(2024, 1, 1))},
-               path)
-    with pytest.raises(FtdynError, match="refusing to unpickle; it needs datetime.date. If you trust"):
+    torch.save(
+        {
+            "epoch": 0,
+            "state_dict": state,
+            "args": argparse.Namespace(when=datetime.date(2024, 1, 1)),
+        },
+        path,
+    )
+    with pytest.raises(
+        FtdynError, match="refusing to unpickle; it needs datetime.date. If you trust"
+    ):
         ck.read_weights(path)
 
 
@@ -247,45 +335,70 @@ def test_timm_args_namespace_needs_no_trust_but_other_objects_do(tmp_path):
 
 @pytest.mark.slow
 def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
-    """references/classification/train.py: model_{epoch}.pth and checkpoint.pth (the same dict), args a
-    Namespace, model_ema an ExponentialMovingAverage (AveragedModel: module. keys and n_averaged)."""
+    """references/classification/train.py: model_{epoch}.pth and checkpoint.pth (the same dict),
+    args a
+    Namespace, model_ema an ExponentialMovingAverage (AveragedModel: module. keys and n_averaged).
+    """
     folder = tmp_path / "ref"
     folder.mkdir()
     torch.manual_seed(2)
     model = torchvision.models.resnet18(num_classes=3)
     ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.5), use_buffers=True)
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.5), use_buffers=True
+    )
     args = argparse.Namespace(model="resnet18", lr=0.1, output_dir=str(folder), model_ema=True)
     mains, emas = [], []
     for epoch in range(2):
         _perturb(model, 20 + epoch)
         ema.update_parameters(model)
-        checkpoint = {"model": model.state_dict(), "optimizer": {}, "lr_scheduler": {}, "epoch": epoch, "args": args,
-                      "model_ema": ema.state_dict()}
+        checkpoint = {
+            "model": model.state_dict(),
+            "optimizer": {},
+            "lr_scheduler": {},
+            "epoch": epoch,
+            "args": args,
+            "model_ema": ema.state_dict(),
+        }
         torch.save(checkpoint, folder / f"model_{epoch}.pth")
         torch.save(checkpoint, folder / "checkpoint.pth")
         mains.append(_copy(model.state_dict()))
         emas.append(_copy(ema.module.state_dict()))
     assert "n_averaged" in ema.state_dict() and "module.conv1.weight" in ema.state_dict()
-    for how in ({"copy": "ema"}, {"state_prefix": "model_ema"}):  # the flag, or the top-level key by name
+    for how in (
+        {"copy": "ema"},
+        {"state_prefix": "model_ema"},
+    ):  # the flag, or the top-level key by name
         weights = ck.read_weights(folder / "model_1.pth", **how)
         assert weights.key == "model_ema" and "n_averaged" in weights.state
         model = torchvision.models.resnet18(num_classes=3)
-        assert ck.load_state_into_model(model, weights.state, source="model_1.pth", state_prefix=weights.prefix) == ""
-        torch.testing.assert_close(model.state_dict()["layer4.1.conv2.weight"], emas[1]["layer4.1.conv2.weight"])
+        assert (
+            ck.load_state_into_model(
+                model, weights.state, source="model_1.pth", state_prefix=weights.prefix
+            )
+            == ""
+        )
+        torch.testing.assert_close(
+            model.state_dict()["layer4.1.conv2.weight"], emas[1]["layer4.1.conv2.weight"]
+        )
 
     out = tmp_path / "s.zarr"
-    result = run_extract(folder, probe_dir, out, "--arch", "resnet18", "--layer", "layer2", "--layer", "layer4")
+    result = run_extract(
+        folder, probe_dir, out, "--arch", "resnet18", "--layer", "layer2", "--layer", "layer4"
+    )
     assert result.exit_code == 0, result.output
     assert "skipping checkpoint.pth (a copy of epoch 1, model_1.pth)" in result.output
     ds = open_store(out)
     assert [(c["epoch"], c["file"], c["weights"]) for c in ds.attrs["checkpoints"]] == [
-        (1, "model_0.pth", "model"), (2, "model_1.pth", "model")]
+        (1, "model_0.pth", "model"),
+        (2, "model_1.pth", "model"),
+    ]
     build = lambda: torchvision.models.resnet18(num_classes=3)  # noqa: E731
     assert_stored(ds, 1, forward(build, mains[1], ds["images"].values, ["layer2", "layer4"]))
 
     out = tmp_path / "ema.zarr"
-    result = run_extract(folder, probe_dir, out, "--arch", "resnet18", "--layer", "layer4", "--weights-copy", "ema")
+    result = run_extract(
+        folder, probe_dir, out, "--arch", "resnet18", "--layer", "layer4", "--weights-copy", "ema"
+    )
     assert result.exit_code == 0, result.output
     ds = open_store(out)
     assert [c["weights"] for c in ds.attrs["checkpoints"]] == ["model_ema", "model_ema"]
@@ -303,12 +416,22 @@ def test_ftdyn_epoch_0_without_its_manifest_stays_the_source(tmp_path, capsys, c
 
 def test_ema_prefix_inside_the_state_dict_and_missing_ema(tmp_path):
     model = torchvision.models.resnet18(num_classes=3)
-    live, ema = _copy(model.state_dict()), {k: v + 1 if v.is_floating_point() else v
-                                            for k, v in model.state_dict().items()}
+    live, ema = (
+        _copy(model.state_dict()),
+        {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()},
+    )
     path = tmp_path / "epoch=1.ckpt"
-    torch.save({"epoch": 1, "state_dict": {**{f"model.{k}": v for k, v in live.items()},
-                                           **{f"ema.module.{k}": v for k, v in ema.items()},
-                                           "ema.n_averaged": torch.tensor(3)}}, path)
+    torch.save(
+        {
+            "epoch": 1,
+            "state_dict": {
+                **{f"model.{k}": v for k, v in live.items()},
+                **{f"ema.module.{k}": v for k, v in ema.items()},
+                "ema.n_averaged": torch.tensor(3),
+            },
+        },
+        path,
+    )
     weights = ck.read_weights(path, copy="ema")
     assert (weights.key, weights.prefix) == ("state_dict", "ema.module.")
     ck.load_into_model(model, path, copy="ema")
@@ -347,8 +470,14 @@ def test_lightning_model_checkpoint_folder(tmp_path, probe_dir):
     data = TensorDataset(torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0]))
     folder = tmp_path / "lightning"
     saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=folder, save_top_k=-1, save_last=True)
-    trainer = L.Trainer(max_epochs=2, callbacks=[saver], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[saver],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     module = Module()
     trainer.fit(module, DataLoader(data, batch_size=2))
     assert sorted(os.listdir(folder)) == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"]
@@ -357,8 +486,12 @@ def test_lightning_model_checkpoint_folder(tmp_path, probe_dir):
     result = run_extract(folder, probe_dir, out, "--arch", "timm/regnetx_002")
     assert result.exit_code == 0, result.output
     ds = open_store(out)
-    assert [(c["epoch"], c["file"], c["weights"], c["key_prefix"]) for c in ds.attrs["checkpoints"]] == [
-        (1, "epoch=0-step=2.ckpt", "state_dict", "model."), (2, "epoch=1-step=4.ckpt", "state_dict", "model.")]
+    assert [
+        (c["epoch"], c["file"], c["weights"], c["key_prefix"]) for c in ds.attrs["checkpoints"]
+    ] == [
+        (1, "epoch=0-step=2.ckpt", "state_dict", "model."),
+        (2, "epoch=1-step=4.ckpt", "state_dict", "model."),
+    ]
     build = lambda: timm.create_model("regnetx_002", num_classes=3)  # noqa: E731
     assert_stored(ds, 1, forward(build, module.seen[1], ds["images"].values, ["s2", "s4"]))
 
@@ -369,8 +502,12 @@ def test_accelerate_save_state_folder(tmp_path, probe_dir):
     from accelerate.utils import ProjectConfiguration
 
     project = tmp_path / "project"
-    accelerator = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(project),
-                                                                            automatic_checkpoint_naming=True))
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(
+            project_dir=str(project), automatic_checkpoint_naming=True
+        ),
+    )
     model = _timm_model("efficientnet_b0", seed=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model, opt = accelerator.prepare(model, opt)
@@ -382,20 +519,33 @@ def test_accelerate_save_state_folder(tmp_path, probe_dir):
     assert sorted(os.listdir(project / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
 
     result = run_extract(project, probe_dir, tmp_path / "x.zarr", "--arch", "timm/efficientnet_b0")
-    assert result.exit_code == 2 and f"pass {project / 'checkpoints'}" in result.output.replace("\n", "")
+    assert result.exit_code == 2 and f"pass {project / 'checkpoints'}" in result.output.replace(
+        "\n", ""
+    )
 
     out = tmp_path / "s.zarr"
-    result = run_extract(project / "checkpoints", probe_dir, out, "--arch", "timm/efficientnet_b0",
-                         "--normalize", "0.5,0.5")
+    result = run_extract(
+        project / "checkpoints",
+        probe_dir,
+        out,
+        "--arch",
+        "timm/efficientnet_b0",
+        "--normalize",
+        "0.5,0.5",
+    )
     assert result.exit_code == 0, result.output
     ds = open_store(out)
     assert [(c["epoch"], c["file"]) for c in ds.attrs["checkpoints"]] == [
-        (1, "checkpoint_0/model.safetensors"), (2, "checkpoint_1/model.safetensors")]
+        (1, "checkpoint_0/model.safetensors"),
+        (2, "checkpoint_1/model.safetensors"),
+    ]
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert ds.attrs["normalization"] == norm and ds.attrs["normalization_from"] == "--normalize"
     assert ds.attrs["layers"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
     build = lambda: timm.create_model("efficientnet_b0", num_classes=3)  # noqa: E731
-    assert_stored(ds, 1, forward(build, states[1], ds["images"].values, ["blocks.2", "blocks.6"], norm))
+    assert_stored(
+        ds, 1, forward(build, states[1], ds["images"].values, ["blocks.2", "blocks.6"], norm)
+    )
 
 
 @pytest.mark.slow
@@ -409,24 +559,54 @@ def test_timm_resnet50_with_source_and_head_change_note(tmp_path, probe_dir):
     folder = tmp_path / "ft"
     folder.mkdir()
     tuned = _timm_model("resnet50", seed=5)
-    tuned.load_state_dict({k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}, strict=False)
+    tuned.load_state_dict(
+        {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}, strict=False
+    )
     states = []
     for epoch in (1, 2):
         _perturb(tuned, 40 + epoch)
         states.append(_copy(tuned.state_dict()))
-        torch.save({"epoch": epoch, "state_dict": tuned.state_dict()}, folder / f"epoch_{epoch}.pth")
+        torch.save(
+            {"epoch": epoch, "state_dict": tuned.state_dict()}, folder / f"epoch_{epoch}.pth"
+        )
     other_head = _timm_model("resnet50", seed=6, num_classes=4)
     save_file(other_head.state_dict(), str(folder / "epoch_3.safetensors"), metadata={"epoch": "3"})
     out = tmp_path / "s.zarr"
-    result = run_extract(folder, probe_dir, out, "--arch", "timm/resnet50", "--source", str(src),
-                         "--layer", "layer3", "--layer", "layer4")
+    result = run_extract(
+        folder,
+        probe_dir,
+        out,
+        "--arch",
+        "timm/resnet50",
+        "--source",
+        str(src),
+        "--layer",
+        "layer3",
+        "--layer",
+        "layer4",
+    )
     assert result.exit_code == 0, result.output
-    assert "classifier head changes its class count inside the series (epoch 1: 3, epoch 2: 3, epoch 3: 4" \
-        in result.output.replace("\n", " ")
+    assert (
+        "classifier head changes its class count inside the series (epoch 1: 3, epoch 2: 3, epoch"
+        " 3: 4" in result.output.replace("\n", " ")
+    )
     ds = open_store(out)
     assert [c["epoch"] for c in ds.attrs["checkpoints"]] == [0, 1, 2, 3]
     images = ds["images"].values
-    assert_stored(ds, 0, forward(lambda: timm.create_model("resnet50", num_classes=10), source.state_dict(), images,
-                                 ["layer3", "layer4"]))
-    assert_stored(ds, 2, forward(lambda: timm.create_model("resnet50", num_classes=3), states[1], images,
-                                 ["layer4"]))
+    assert_stored(
+        ds,
+        0,
+        forward(
+            lambda: timm.create_model("resnet50", num_classes=10),
+            source.state_dict(),
+            images,
+            ["layer3", "layer4"],
+        ),
+    )
+    assert_stored(
+        ds,
+        2,
+        forward(
+            lambda: timm.create_model("resnet50", num_classes=3), states[1], images, ["layer4"]
+        ),
+    )

@@ -25,12 +25,18 @@ def _sklearn_accuracy(x, y, folds, ridge):
 def test_matches_sklearn_ridge_classifier(n, d, classes):
     rng = np.random.default_rng(n + d)
     y = np.arange(n) % classes
-    x = rng.normal(size=(n, d)) + 0.4 * np.sqrt(12 / d) * rng.normal(size=(classes, d))[y]  # errors happen
+    x = (
+        rng.normal(size=(n, d)) + 0.4 * np.sqrt(12 / d) * rng.normal(size=(classes, d))[y]
+    )  # errors happen
     x[:, 0] = 5.0  # a constant feature must not break the standardization
     result = linear_probe(x, y, folds=5, ridge=2.0, seed=7)
     expected = _sklearn_accuracy(x, y, stratified_folds(y, 5, 7), 2.0)
     assert result.accuracy == pytest.approx(expected, abs=1e-12)
-    assert 0 < result.accuracy < 1 and result.chance == pytest.approx(1 / classes) and result.folds == 5
+    assert (
+        0 < result.accuracy < 1
+        and result.chance == pytest.approx(1 / classes)
+        and result.folds == 5
+    )
 
 
 def test_separable_features_are_perfect_and_noise_is_near_chance():
@@ -61,4 +67,9 @@ def test_not_estimable_is_nan_with_a_reason():
     x = np.ones((6, 2))
     x[0, 0] = np.nan
     assert "non-finite" in linear_probe(x, np.array([0, 0, 0, 1, 1, 1])).reason
-    assert linear_probe(np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 0, 1, 1, 1])).folds == 3
+    assert (
+        linear_probe(
+            np.random.default_rng(0).normal(size=(6, 2)), np.array([0, 0, 0, 1, 1, 1])
+        ).folds
+        == 3
+    )

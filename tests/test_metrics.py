@@ -30,8 +30,6 @@ import ftdyn.metrics as M
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-
-
 # ------------------------------------------------------------------ references
 def ref_whiten(X, alpha, eigval_tol=1e-7):
     """netrep.utils.whiten(X, alpha, preserve_variance=True, eigval_tol=1e-7)."""
@@ -40,8 +38,11 @@ def ref_whiten(X, alpha, eigval_tol=1e-7):
     lam, V = np.linalg.eigh(X.T @ X)
     lam = np.maximum(lam, eigval_tol)
     d = alpha + (1 - alpha) * lam ** (-1 / 2)
-    new_var = np.sum((alpha ** 2) * lam + 2 * alpha * (1 - alpha) * (lam ** 0.5)
-                     + ((1 - alpha) ** 2) * np.ones_like(lam))
+    new_var = np.sum(
+        (alpha**2) * lam
+        + 2 * alpha * (1 - alpha) * (lam**0.5)
+        + ((1 - alpha) ** 2) * np.ones_like(lam)
+    )
     d *= np.sqrt(np.sum(lam) / new_var)
     Z = (V * d[None, :]) @ V.T
     return X @ Z
@@ -64,7 +65,9 @@ def ref_cos_pwsm(X, Y, alpha):
     X = np.asarray(X, np.float64) - np.mean(X, 0)
     Y = np.asarray(Y, np.float64) - np.mean(Y, 0)
     Xw, Yw = ref_whiten(X, alpha), ref_whiten(Y, alpha)
-    return np.linalg.svd(Xw.T @ Yw, compute_uv=False).sum() / (np.linalg.norm(Xw) * np.linalg.norm(Yw))
+    return np.linalg.svd(Xw.T @ Yw, compute_uv=False).sum() / (
+        np.linalg.norm(Xw) * np.linalg.norm(Yw)
+    )
 
 
 def _unit(X):
@@ -111,8 +114,11 @@ def rand_orth(rng, p):
 def rand_pair(rng, n, p, q=None, noise=0.7, offset=0.0):
     q = p if q is None else q
     X = rng.standard_normal((n, p)) + offset
-    Y = X[:, :q] @ rng.standard_normal((min(p, q), q)) if q <= p else \
-        np.concatenate([X, rng.standard_normal((n, q - p))], 1)
+    Y = (
+        X[:, :q] @ rng.standard_normal((min(p, q), q))
+        if q <= p
+        else np.concatenate([X, rng.standard_normal((n, q - p))], 1)
+    )
     return X, Y + noise * rng.standard_normal((n, q))
 
 
@@ -227,8 +233,12 @@ def test_invariances(shape, seed, scale, alpha):
 @given(shapes, seeds, st.sampled_from([0.0, 0.5, 1.0]))
 def test_symmetric_bounded_and_zero_on_identical(shape, seed, alpha):
     X, Y = rand_pair(np.random.default_rng(seed), *shape)
-    if shape[0] - 1 <= shape[1] and alpha == 0.0:  # degenerate: angle ~0, where arccos magnifies rounding
-        assert math.cos(M.pwsm(X, Y, alpha)) == pytest.approx(math.cos(M.pwsm(Y, X, alpha)), abs=1e-9)
+    if (
+        shape[0] - 1 <= shape[1] and alpha == 0.0
+    ):  # degenerate: angle ~0, where arccos magnifies rounding
+        assert math.cos(M.pwsm(X, Y, alpha)) == pytest.approx(
+            math.cos(M.pwsm(Y, X, alpha)), abs=1e-9
+        )
     else:
         assert M.pwsm(X, Y, alpha) == pytest.approx(M.pwsm(Y, X, alpha), abs=1e-7)
     assert M.procrustes(X, Y) == pytest.approx(M.procrustes(Y, X), abs=1e-10)
@@ -256,11 +266,16 @@ def test_triangle_inequality(n, p, seed, alpha):
 # --------------------------------------------------------------- stacked/batch
 def test_stacked_equals_loop_and_broadcasts():
     rng = np.random.default_rng(5)
-    for (n, p) in [(40, 6), (6, 30)]:
+    for n, p in [(40, 6), (6, 30)]:
         X = rng.standard_normal((2, 3, n, p))
         Y = X + 0.8 * rng.standard_normal((2, 3, n, p))
-        funcs = (lambda a, b: M.pwsm(a, b, 0.0), lambda a, b: M.pwsm(a, b, 0.4), M.procrustes, M.linear_cka,
-                 lambda a, b: M.linear_cka(a, b, debiased=True))
+        funcs = (
+            lambda a, b: M.pwsm(a, b, 0.0),
+            lambda a, b: M.pwsm(a, b, 0.4),
+            M.procrustes,
+            M.linear_cka,
+            lambda a, b: M.linear_cka(a, b, debiased=True),
+        )
         for f in funcs:
             out = f(X, Y)
             assert isinstance(out, np.ndarray) and out.shape == (2, 3) and out.dtype == np.float64
@@ -269,7 +284,9 @@ def test_stacked_equals_loop_and_broadcasts():
             np.testing.assert_allclose(out, loop, atol=1e-6 if n < p and f is funcs[0] else 1e-10)
         # one source matrix against a stack of checkpoints
         out = M.pwsm(X[0, 0], Y[1], 0.4)
-        np.testing.assert_allclose(out, [M.pwsm(X[0, 0], Y[1, j], 0.4) for j in range(3)], atol=1e-10)
+        np.testing.assert_allclose(
+            out, [M.pwsm(X[0, 0], Y[1, j], 0.4) for j in range(3)], atol=1e-10
+        )
 
 
 def test_torch_inputs_and_float16():
@@ -278,16 +295,24 @@ def test_torch_inputs_and_float16():
     X16, Y16 = X.astype(np.float16), Y.astype(np.float16)
     ref = M.pwsm(X16.astype(np.float64), Y16.astype(np.float64), 0.0)
     assert M.pwsm(X16, Y16, 0.0) == pytest.approx(ref, abs=1e-12)
-    assert M.pwsm(torch.from_numpy(X16), torch.from_numpy(Y16), 0.0) == pytest.approx(ref, abs=1e-12)
+    assert M.pwsm(torch.from_numpy(X16), torch.from_numpy(Y16), 0.0) == pytest.approx(
+        ref, abs=1e-12
+    )
     assert M.procrustes(torch.from_numpy(X).float(), torch.from_numpy(Y).float()) == pytest.approx(
-        M.procrustes(X.astype(np.float32).astype(np.float64), Y.astype(np.float32).astype(np.float64)), abs=1e-12)
+        M.procrustes(
+            X.astype(np.float32).astype(np.float64), Y.astype(np.float32).astype(np.float64)
+        ),
+        abs=1e-12,
+    )
     assert M.linear_cka(X.astype(np.int64), Y.astype(np.int64)) == pytest.approx(
-        ref_cka(X.astype(np.int64), Y.astype(np.int64)), abs=1e-10)
+        ref_cka(X.astype(np.int64), Y.astype(np.int64)), abs=1e-10
+    )
     # float16 rows<cols (Gram side) too
     Xw, Yw = rand_pair(rng, 8, 30, offset=2.0)
     Xw16, Yw16 = Xw.astype(np.float16), Yw.astype(np.float16)
     assert M.procrustes(Xw16, Yw16) == pytest.approx(
-        ref_procrustes(Xw16.astype(np.float64), Yw16.astype(np.float64)), abs=1e-10)
+        ref_procrustes(Xw16.astype(np.float64), Yw16.astype(np.float64)), abs=1e-10
+    )
 
 
 def test_small_distances_keep_float64_precision():
@@ -304,11 +329,15 @@ def test_small_distances_keep_float64_precision():
     # float32 input is cast to float64 before any arithmetic: same answer as the float64 cast
     X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
     d32 = M.pwsm(X32, Y32, 1.0)
-    assert d32 == pytest.approx(ref_pwsm(X32.astype(np.float64), Y32.astype(np.float64), 1.0), rel=1e-6)
+    assert d32 == pytest.approx(
+        ref_pwsm(X32.astype(np.float64), Y32.astype(np.float64), 1.0), rel=1e-6
+    )
     assert d32 > 1e-6
     # …and a float32 computation would not have resolved it (the test can fail)
     Xc, Yc = X32 - X32.mean(0), Y32 - Y32.mean(0)
-    s32 = np.linalg.svd((Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc)), compute_uv=False).sum()
+    s32 = np.linalg.svd(
+        (Xc / np.linalg.norm(Xc)).T @ (Yc / np.linalg.norm(Yc)), compute_uv=False
+    ).sum()
     assert abs(np.arccos(np.clip(s32, -1, 1)) - d32) > 0.1 * d32
 
 
@@ -322,7 +351,10 @@ def test_nan_inf_rejected():
         for f in (M.pwsm, M.procrustes, M.linear_cka, M.row_stats, M.gram_stats):
             with pytest.raises(ValueError, match=word):
                 f(X, Y)
-            with pytest.raises(ValueError, match="X contains 1 NaN and 0" if word == "NaN" else "X contains 0 NaN and 1 inf"):
+            with pytest.raises(
+                ValueError,
+                match="X contains 1 NaN and 0" if word == "NaN" else "X contains 0 NaN and 1 inf",
+            ):
                 f(Y, X)
 
 
@@ -344,8 +376,15 @@ def test_dead_inputs_give_nan_only_there(shape):
     Y = X + rng.standard_normal((6, *shape))
     X[2] = 0.0  # dead filter
     Y[4] = 3.25  # constant map: dead after centering
-    funcs = [lambda a, b: M.pwsm(a, b, 0.0), lambda a, b: M.pwsm(a, b, 0.5), lambda a, b: M.pwsm(a, b, 1.0),
-             M.procrustes, M.linear_cka, M.cka_distance, lambda a, b: M.linear_cka(a, b, debiased=True)]
+    funcs = [
+        lambda a, b: M.pwsm(a, b, 0.0),
+        lambda a, b: M.pwsm(a, b, 0.5),
+        lambda a, b: M.pwsm(a, b, 1.0),
+        M.procrustes,
+        M.linear_cka,
+        M.cka_distance,
+        lambda a, b: M.linear_cka(a, b, debiased=True),
+    ]
     for f in funcs:
         out = f(X, Y)
         assert np.isnan(out[[2, 4]]).all()
@@ -371,7 +410,9 @@ def test_zero_and_constant_columns_are_null_directions():
 def test_rank_deficient(n, p, r):
     rng = np.random.default_rng(n + p + r)
     X = rng.standard_normal((n, r)) @ rng.standard_normal((r, p)) * 10 + 3
-    Y = X @ rng.standard_normal((p, p)) + 0.1 * rng.standard_normal((n, r)) @ rng.standard_normal((r, p))
+    Y = X @ rng.standard_normal((p, p)) + 0.1 * rng.standard_normal((n, r)) @ rng.standard_normal(
+        (r, p)
+    )
     s, g = M.row_stats(X, Y), M.gram_stats(X, Y)
     for a in (0.0, 0.2, 0.6, 1.0):
         ref = ref_pwsm(X, Y, a)
@@ -401,12 +442,17 @@ def test_degenerate_shapes_documented_and_named():
     for m in ("procrustes", "cka", "pwsm"):
         assert M.degenerate_reason(m, 2, 7, alpha=0.5) is not None
         assert M.degenerate_reason(m, 3, 2, alpha=0.5) is None
-    assert M.degenerate_reason("procrustes", 2, 7, center="rows") is None  # rows centered: 2 free rows
+    assert (
+        M.degenerate_reason("procrustes", 2, 7, center="rows") is None
+    )  # rows centered: 2 free rows
     assert M.degenerate_reason("procrustes", 1, 7, center="rows") is not None
     X, Y = rand_pair(rng, 20, 30, noise=1.0)
     assert M.degenerate_reason("pwsm", 20, 30, alpha=0.0) is not None
     assert M.degenerate_reason("pwsm", 20, 30, alpha=0.3) is None
-    assert M.pwsm(X, Y, 0.3) == pytest.approx(ref_pwsm(X, Y, 0.3), abs=1e-7) and M.pwsm(X, Y, 0.3) > 0.1
+    assert (
+        M.pwsm(X, Y, 0.3) == pytest.approx(ref_pwsm(X, Y, 0.3), abs=1e-7)
+        and M.pwsm(X, Y, 0.3) > 0.1
+    )
 
 
 def test_row_centered_map_metrics_match_their_formulas():
@@ -419,7 +465,10 @@ def test_row_centered_map_metrics_match_their_formulas():
         X = rng.random((3, 2, h, w))
         Y = X + 0.4 * rng.random(X.shape)
         X[1, 0] = 2.0  # a constant map: dead
-        got_p, got_c = M.procrustes_rows(X, Y), M.cka_distance_rows(torch.from_numpy(X), torch.from_numpy(Y))
+        got_p, got_c = (
+            M.procrustes_rows(X, Y),
+            M.cka_distance_rows(torch.from_numpy(X), torch.from_numpy(Y)),
+        )
         for i in range(3):
             for f in range(2):
                 A = X[i, f] - X[i, f].mean(1, keepdims=True)
@@ -430,7 +479,9 @@ def test_row_centered_map_metrics_match_their_formulas():
                 A, B = A / np.linalg.norm(A), B / np.linalg.norm(B)
                 scale = scipy.linalg.orthogonal_procrustes(A, B)[1]
                 assert got_p[i, f] == pytest.approx(1 - scale, abs=1e-12)
-                cka = np.linalg.norm(A.T @ B) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B))
+                cka = np.linalg.norm(A.T @ B) ** 2 / (
+                    np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B)
+                )
                 assert got_c[i, f] == pytest.approx(1 - cka, abs=1e-12)
         assert abs(M.procrustes_rows(X[0, 0], Y[0, 0]) - M.procrustes(X[0, 0], Y[0, 0])) > 1e-3
 
@@ -443,7 +494,9 @@ def test_clip_binds_like_netrep():
     Y = X + 0.5 * rng.standard_normal((50, 4))
     for a in (0.0, 0.5):
         assert M.pwsm(X, Y, a) == pytest.approx(ref_pwsm(X, Y, a), abs=1e-8)
-        assert M.pwsm(X.T @ rng.standard_normal((50, 50)), Y.T @ rng.standard_normal((50, 50)), a) >= 0
+        assert (
+            M.pwsm(X.T @ rng.standard_normal((50, 50)), Y.T @ rng.standard_normal((50, 50)), a) >= 0
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -455,7 +508,9 @@ def test_cuda_matches_cpu():
         X[3] = 0
         Xc, Yc = torch.from_numpy(X).cuda(), torch.from_numpy(Y).float().cuda()
         Y32 = Y.astype(np.float32)
-        alphas = (0.0, 0.5, 1.0) if shape[1] > shape[2] else (0.5, 1.0)  # α=0 degenerate if rows<cols
+        alphas = (
+            (0.0, 0.5, 1.0) if shape[1] > shape[2] else (0.5, 1.0)
+        )  # α=0 degenerate if rows<cols
         for a in alphas:
             np.testing.assert_allclose(M.pwsm(Xc, Yc, a), M.pwsm(X, Y32, a), atol=1e-9)
         np.testing.assert_allclose(M.procrustes(Xc, Yc), M.procrustes(X, Y32), atol=1e-10)
@@ -464,8 +519,11 @@ def test_cuda_matches_cpu():
         assert s.xx.is_cuda and g.K.is_cuda and s.xx.dtype == torch.float64
         np.testing.assert_allclose(M.procrustes_from_row_stats(s), M.procrustes(X, Y32), atol=1e-9)
         np.testing.assert_allclose(M.pwsm_from_gram(g, 0.5), M.pwsm(X, Y32, 0.5), atol=1e-9)
-        np.testing.assert_allclose(M.pwsm_from_gram_eig(M.gram_eig(g.K), M.gram_eig(g.L), 1.0),
-                                   M.pwsm(X, Y32, 1.0), atol=1e-9)
+        np.testing.assert_allclose(
+            M.pwsm_from_gram_eig(M.gram_eig(g.K), M.gram_eig(g.L), 1.0),
+            M.pwsm(X, Y32, 1.0),
+            atol=1e-9,
+        )
 
 
 def test_unusual_numpy_inputs():

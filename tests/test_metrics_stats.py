@@ -15,16 +15,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_metrics import ref_cka, ref_procrustes, ref_pwsm
 
 import ftdyn.metrics as M
 from ftdyn.metrics import _linalg
 
-from test_metrics import ref_pwsm, ref_procrustes, ref_cka
-
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALPHAS = (0.0, 0.35, 1.0)
-
-
 
 
 def metrics_direct(X, Y):
@@ -32,17 +29,23 @@ def metrics_direct(X, Y):
 
 
 def metrics_rows(s):
-    return [M.pwsm_from_row_stats(s, a) for a in ALPHAS] + [M.procrustes_from_row_stats(s),
-                                                            M.cka_from_row_stats(s)]
+    return [M.pwsm_from_row_stats(s, a) for a in ALPHAS] + [
+        M.procrustes_from_row_stats(s),
+        M.cka_from_row_stats(s),
+    ]
 
 
 def metrics_gram(g):
-    return [M.pwsm_from_gram(g, a) for a in ALPHAS] + [M.procrustes_from_gram(g), M.cka_from_gram(g)]
+    return [M.pwsm_from_gram(g, a) for a in ALPHAS] + [
+        M.procrustes_from_gram(g),
+        M.cka_from_gram(g),
+    ]
 
 
 def assert_same_metrics(got, want, n, p):
     """Lists from metrics_direct/_rows/_gram agree to 1e-9; the α=0 PWSM (first entry) is
-    compared through cos θ where it is degenerate (n - 1 ≤ p: angle ~0, arccos magnifies rounding)."""
+    compared through cos θ where it is degenerate (n - 1 ≤ p: angle ~0, arccos magnifies rounding).
+    """
     for j, (a, b) in enumerate(zip(got, want)):
         if j == 0 and n - 1 <= p:
             np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
@@ -61,7 +64,7 @@ def random_tree_merge(rng, parts):
     rng.shuffle(parts)
     while len(parts) > 1:
         i = int(rng.integers(0, len(parts) - 1))
-        parts[i:i + 2] = [M.merge(parts[i], parts[i + 1])]
+        parts[i : i + 2] = [M.merge(parts[i], parts[i + 1])]
     return parts[0]
 
 
@@ -125,7 +128,8 @@ def test_gram_stats_any_column_chunking_equals_direct(seed, n, p, k):
 
 
 def test_gram_pwsm_formula_against_netrep_rank_deficient():
-    """The spectral map s = σ·d(σ²) on K's eigenvalues reproduces the netrep formula (rows < cols)."""
+    """The spectral map s = σ·d(σ²) on K's eigenvalues reproduces the netrep formula (rows
+    < cols)."""
     rng = np.random.default_rng(3)
     for n, p, r in [(10, 60, 10), (15, 40, 4), (30, 200, 12)]:
         X = rng.standard_normal((n, r)) @ rng.standard_normal((r, p)) + 2.0
@@ -135,7 +139,9 @@ def test_gram_pwsm_formula_against_netrep_rank_deficient():
             assert M.pwsm_from_gram(g, a) == pytest.approx(ref_pwsm(X, Y, a), abs=1e-7)
         assert M.procrustes_from_gram(g) == pytest.approx(ref_procrustes(X, Y), abs=1e-10)
         assert M.cka_from_gram(g) == pytest.approx(ref_cka(X, Y), abs=1e-10)
-        assert M.cka_from_gram(g, debiased=True) == pytest.approx(ref_cka(X, Y, debiased=True), abs=1e-10)
+        assert M.cka_from_gram(g, debiased=True) == pytest.approx(
+            ref_cka(X, Y, debiased=True), abs=1e-10
+        )
 
 
 def test_gram_of_one_model_and_eig_route_for_any_pair():
@@ -150,12 +156,18 @@ def test_gram_of_one_model_and_eig_route_for_any_pair():
         for j in range(4):
             g = M.GramStats(grams[i], grams[j])
             for a in (0.0, 0.5, 1.0):
-                np.testing.assert_allclose(M.pwsm_from_gram_eig(eigs[i], eigs[j], a), M.pwsm_from_gram(g, a),
-                                           atol=1e-9)
-            np.testing.assert_allclose(M.procrustes_from_gram_eig(eigs[i], eigs[j]), M.procrustes_from_gram(g),
-                                       atol=1e-12)
-            np.testing.assert_allclose(M.cka_from_gram_eig(eigs[i], eigs[j]), M.cka_from_gram(g), atol=1e-12)
-            np.testing.assert_allclose(M.procrustes_from_gram(g), M.procrustes(ckpts[i], ckpts[j]), atol=1e-12)
+                np.testing.assert_allclose(
+                    M.pwsm_from_gram_eig(eigs[i], eigs[j], a), M.pwsm_from_gram(g, a), atol=1e-9
+                )
+            np.testing.assert_allclose(
+                M.procrustes_from_gram_eig(eigs[i], eigs[j]), M.procrustes_from_gram(g), atol=1e-12
+            )
+            np.testing.assert_allclose(
+                M.cka_from_gram_eig(eigs[i], eigs[j]), M.cka_from_gram(g), atol=1e-12
+            )
+            np.testing.assert_allclose(
+                M.procrustes_from_gram(g), M.procrustes(ckpts[i], ckpts[j]), atol=1e-12
+            )
             dead = (i == 2) != (j == 2) or (i == 2 and j == 2)
             assert np.isnan(M.cka_from_gram(g)[1]) == dead
 
@@ -182,9 +194,12 @@ def test_choose_side():
 def test_debiased_feature_space_equals_gram_space():
     rng = np.random.default_rng(5)
     X, Y = data(rng, (3,), 30, 5)
-    np.testing.assert_allclose(M.linear_cka(X, Y, debiased=True), M.cka_from_gram(M.gram_stats(X, Y), True),
-                               atol=1e-12)
-    np.testing.assert_allclose(M.linear_cka(X, Y, debiased=True)[0], ref_cka(X[0], Y[0], True), atol=1e-12)
+    np.testing.assert_allclose(
+        M.linear_cka(X, Y, debiased=True), M.cka_from_gram(M.gram_stats(X, Y), True), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        M.linear_cka(X, Y, debiased=True)[0], ref_cka(X[0], Y[0], True), atol=1e-12
+    )
     assert math.isnan(M.linear_cka(X[0, :3], Y[0, :3], debiased=True))  # n < 4
 
 
@@ -209,8 +224,12 @@ def test_nuclear_norm_methods_agree_including_tiny_singular_values():
     V = np.linalg.qr(rng.standard_normal((30, 30)))[0]
     exact_zeros = np.concatenate([[1.0, 0.5, 1e-3, 1e-5], np.zeros(26)])
     tiny = np.concatenate([[1.0, 0.5], np.full(10, 1e-9), np.zeros(18)])  # below eigh's noise floor
-    A = torch.from_numpy(np.stack([(U * exact_zeros) @ V.T, rng.standard_normal((30, 30)), (U * tiny) @ V.T]))
-    ref = np.array([exact_zeros.sum(), np.linalg.svd(A[1].numpy(), compute_uv=False).sum(), tiny.sum()])
+    A = torch.from_numpy(
+        np.stack([(U * exact_zeros) @ V.T, rng.standard_normal((30, 30)), (U * tiny) @ V.T])
+    )
+    ref = np.array(
+        [exact_zeros.sum(), np.linalg.svd(A[1].numpy(), compute_uv=False).sum(), tiny.sum()]
+    )
     np.testing.assert_allclose(_linalg.nuclear_norm(A, "svd"), ref, rtol=1e-13, atol=1e-14)
     eig = _linalg.nuclear_norm(A, "eigh").numpy()
     np.testing.assert_allclose(eig[:2], ref[:2], rtol=1e-10)
@@ -220,8 +239,12 @@ def test_nuclear_norm_methods_agree_including_tiny_singular_values():
     naive = np.sqrt(np.clip(np.linalg.eigvalsh(a.T @ a), 0, None)).sum()
     assert abs(eig[2] - ref[2]) < 1e-8 < abs(naive - ref[2])
     R = torch.from_numpy(rng.standard_normal((4, 7, 3)))
-    np.testing.assert_allclose(_linalg.nuclear_norm(R, "eigh"), _linalg.nuclear_norm(R, "svd"), rtol=1e-13)
-    np.testing.assert_allclose(_linalg.nuclear_norm(R.mT, "eigh"), _linalg.nuclear_norm(R, "svd"), rtol=1e-13)
+    np.testing.assert_allclose(
+        _linalg.nuclear_norm(R, "eigh"), _linalg.nuclear_norm(R, "svd"), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        _linalg.nuclear_norm(R.mT, "eigh"), _linalg.nuclear_norm(R, "svd"), rtol=1e-13
+    )
     with pytest.raises(ValueError, match="nuclear-norm method"):
         _linalg.nuclear_norm(R, "qr")
 
@@ -234,8 +257,10 @@ def test_alpha0_cholesky_path_equals_eigh_path_with_fallback():
     s = M.row_stats(X, Y)
     core = M.stats._row_core(s)
     fast = core.pwsm(0.0)
-    slow = _linalg.nan_where(_linalg.angle(core._cos_eigh(core.Cxx, core.Cyy, core.Cxy, core.refx, core.refy, 0.0)),
-                             core.dead)
+    slow = _linalg.nan_where(
+        _linalg.angle(core._cos_eigh(core.Cxx, core.Cyy, core.Cxy, core.refx, core.refy, 0.0)),
+        core.dead,
+    )
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), atol=1e-10)
     for i in range(6):
         assert M.pwsm(X[i], Y[i], 0.0) == pytest.approx(ref_pwsm(X[i], Y[i], 0.0), abs=1e-8)
@@ -275,13 +300,14 @@ def test_merge_rejects_mismatches():
 def test_reduce_with_functools_matches():
     rng = np.random.default_rng(11)
     X, Y = data(rng, (2,), 64, 5)
-    parts = [M.row_stats(X[:, i:i + 8], Y[:, i:i + 8]) for i in range(0, 64, 8)]
+    parts = [M.row_stats(X[:, i : i + 8], Y[:, i : i + 8]) for i in range(0, 64, 8)]
     s = functools.reduce(M.merge, parts)
     np.testing.assert_allclose(metrics_rows(s), metrics_direct(X, Y), atol=1e-9)
 
 
 def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
-    """Force many row/column chunks in the direct routes (shifted accumulation, column centering)."""
+    """Force many row/column chunks in the direct routes (shifted accumulation, column
+    centering)."""
     rng = np.random.default_rng(12)
     cases = [data(rng, (3,), 70, 5, offset=4.0), data(rng, (2,), 6, 45, offset=4.0)]
     ref = [metrics_direct(X, Y) + [M.linear_cka(X, Y, debiased=True)] for X, Y in cases]
@@ -293,7 +319,9 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     assert _linalg.plan_blocks(5, 1, 3, 8 * 10) == (2, 3)  # small matrices: 2 per block
     for (X, Y), r in zip(cases, ref):
         got = metrics_direct(X, Y) + [M.linear_cka(X, Y, debiased=True)]
-        np.testing.assert_allclose(np.cos(got[0]), np.cos(r[0]), atol=1e-12)  # α=0 may be degenerate
+        np.testing.assert_allclose(
+            np.cos(got[0]), np.cos(r[0]), atol=1e-12
+        )  # α=0 may be degenerate
         for a, b in zip(got[1:], r[1:]):
             np.testing.assert_allclose(a, b, atol=1e-10)
         X = X.copy()

@@ -7,18 +7,36 @@ from typer.testing import CliRunner
 from ftdyn.checkpoints import load_state_into_model
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
-from ftdyn.models import (LayerCapture, build_model, canonical_arch, channels_last_layers, default_layers,
-                          head_name, num_classes_of)
+from ftdyn.models import (
+    LayerCapture,
+    build_model,
+    canonical_arch,
+    channels_last_layers,
+    default_layers,
+    head_name,
+    num_classes_of,
+)
 
 
-@pytest.mark.parametrize("arch, expected", [
-    ("vgg19", ["features.3", "features.8", "features.17", "features.26", "features.35"]),
-    ("resnet50", ["relu", "layer1", "layer2", "layer3", "layer4"]),
-    ("densenet121", ["features.denseblock1.denselayer6.relu2", "features.transition1.relu",
-                     "features.denseblock2.denselayer12.relu2", "features.transition2.relu",
-                     "features.denseblock3.denselayer24.relu2", "features.transition3.relu",
-                     "features.denseblock4.denselayer16.relu2"]),
-])
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ("vgg19", ["features.3", "features.8", "features.17", "features.26", "features.35"]),
+        ("resnet50", ["relu", "layer1", "layer2", "layer3", "layer4"]),
+        (
+            "densenet121",
+            [
+                "features.denseblock1.denselayer6.relu2",
+                "features.transition1.relu",
+                "features.denseblock2.denselayer12.relu2",
+                "features.transition2.relu",
+                "features.denseblock3.denselayer24.relu2",
+                "features.transition3.relu",
+                "features.denseblock4.denselayer16.relu2",
+            ],
+        ),
+    ],
+)
 def test_paper_layers(arch, expected):
     model = build_model(arch, num_classes=7)
     assert default_layers(model, arch, 64) == expected
@@ -57,14 +75,25 @@ def test_layers_command_lists_defaults_with_shapes():
     result = CliRunner().invoke(app, ["layers", "resnet18", "--input-size", "64"])
     assert result.exit_code == 0
     assert "* layer4" in result.output and "512x2x2" in result.output
-    # GoogLeNet's defaults are its top-level blocks (its ReLUs are functions, not modules): listed too
+    # GoogLeNet's defaults are its top-level blocks (its ReLUs are functions, not modules): listed
+    # too
     google = CliRunner().invoke(app, ["layers", "googlenet", "--input-size", "64"])
-    assert google.exit_code == 0 and "* inception5b" in google.output and "1024x2x2" in google.output
+    assert (
+        google.exit_code == 0 and "* inception5b" in google.output and "1024x2x2" in google.output
+    )
     bad = CliRunner().invoke(app, ["layers", "nosuchnet"])
-    assert bad.exit_code == 2 and "unknown architecture" in bad.output and "Traceback" not in bad.output
-    small = CliRunner().invoke(app, ["layers", "densenet121", "--input-size", "16"])  # too small for its poolings
+    assert (
+        bad.exit_code == 2
+        and "unknown architecture" in bad.output
+        and "Traceback" not in bad.output
+    )
+    small = CliRunner().invoke(
+        app, ["layers", "densenet121", "--input-size", "16"]
+    )  # too small for its poolings
     assert small.exit_code == 2 and "Traceback" not in small.output
-    assert small.output.startswith("ftdyn: error: --input-size 16: DenseNet cannot run on 16x16 images")
+    assert small.output.startswith(
+        "ftdyn: error: --input-size 16: DenseNet cannot run on 16x16 images"
+    )
 
 
 def test_convolutional_head_is_replaced_and_not_a_default_layer():
@@ -72,7 +101,9 @@ def test_convolutional_head_is_replaced_and_not_a_default_layer():
     checkpoint's class count, and its ReLU is not among the feature layers."""
     model = build_model("squeezenet1_0", num_classes=3).eval()
     assert head_name(model) == "classifier.1" and model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
-    assert not [name for name in default_layers(model, "squeezenet1_0", 64) if name.startswith("classifier")]
+    assert not [
+        name for name in default_layers(model, "squeezenet1_0", 64) if name.startswith("classifier")
+    ]
     five = build_model("squeezenet1_0", num_classes=5).state_dict()
     load_state_into_model(model, five, source="five.pt", adapt_head=True)
     assert num_classes_of(model) == 5
@@ -83,7 +114,9 @@ def test_channels_last_outputs_are_detected_and_transposed():
     gelu, stage = "features.1.0.block.4", "features.1"
     assert channels_last_layers(model, [gelu, stage], 64) == {gelu}
     raw = {}
-    model.get_submodule(gelu).register_forward_hook(lambda m, i, o: raw.setdefault("gelu", o.clone()))
+    model.get_submodule(gelu).register_forward_hook(
+        lambda m, i, o: raw.setdefault("gelu", o.clone())
+    )
     with LayerCapture(model, [gelu, stage], channels_last=frozenset({gelu})) as capture:
         model(torch.randn(1, 3, 64, 64))
         out = capture.pop()

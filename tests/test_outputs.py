@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_analysis import make_store
 from typer.testing import CliRunner
 
 import ftdyn
@@ -23,13 +24,21 @@ from ftdyn.cli import app
 from ftdyn.errors import FtdynError
 from ftdyn.outputs import SETS, current_set, folder_lock
 from ftdyn.results import open_results
-from test_analysis import make_store
 
 DEADLINE = 120  # seconds for one forked run; a tiny analysis takes about one
 A = {"metrics": ["pwsm"], "layers": ["layer2.relu"]}
 B = {"metrics": ["cka"], "layers": ["layer2.relu"], "overwrite": True}
-PRODUCTS = ("distances.csv", "reusability.csv", "agreement.csv", "agreement_summary.csv", "relative_distances.csv",
-            "probes.csv", "layer_order.csv", "convergence.csv", "results.zarr")
+PRODUCTS = (
+    "distances.csv",
+    "reusability.csv",
+    "agreement.csv",
+    "agreement_summary.csv",
+    "relative_distances.csv",
+    "probes.csv",
+    "layer_order.csv",
+    "convergence.csv",
+    "results.zarr",
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +141,7 @@ def _fault_at(step: str, action):
     def hook(name: str) -> None:
         if name == step:
             action()
+
     return hook
 
 
@@ -180,9 +190,13 @@ def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkey
             if swapped or layout == "set":
                 ftdyn.analyze(store, out=out, progress=False, **(B if swapped else A))
                 assert seen == [], (layout, step, "the current set must be reused as up to date")
-            ftdyn.analyze(store, out=out, progress=False, **B)  # finishes the job, cleans the leftovers
+            ftdyn.analyze(
+                store, out=out, progress=False, **B
+            )  # finishes the job, cleans the leftovers
             assert _assert_one_whole_set(out) == "cka"
-            assert len(list((out / SETS).iterdir())) == 2, list((out / SETS).iterdir())  # current + one set
+            assert len(list((out / SETS).iterdir())) == 2, list(
+                (out / SETS).iterdir()
+            )  # current + one set
             assert not list(out.glob(".*.link-*")) and not list(out.glob(".analyze-*"))
 
 
@@ -191,7 +205,11 @@ def test_tampered_or_missing_file_is_never_up_to_date(store, with_a, tmp_path, c
     damage = {
         "edited": lambda out: (out / "distances.csv").write_text("experiment,metric\nx,pwsm\n"),
         "removed": lambda out: (out / "reusability.csv").unlink(),
-        "chunk": lambda out: next(p for p in (out / "results.zarr").rglob("c/*") if p.is_file()).write_bytes(b"x"),
+        "chunk": (
+            lambda out: next(
+                p for p in (out / "results.zarr").rglob("c/*") if p.is_file()
+            ).write_bytes(b"x")
+        ),
         "added": lambda out: (out / "results.zarr" / "extra").write_text("x"),
         "manifest": lambda out: (out / SETS / "current" / "manifest.json").write_text("{"),
     }
@@ -231,6 +249,7 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
             if name == "swap":
                 os.write(ready_w, b"1")
                 os.read(go_r, 1)
+
         outputs._step = pause
         ftdyn.analyze(store, out=out, progress=False, **B)
 
@@ -243,8 +262,20 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
             os._exit(0)
     try:
         assert os.read(ready_r, 1) == b"1"
-        for cmd in (["analyze", str(store), "--out", str(out), "--metric", "procrustes", "--overwrite",
-                     "--no-progress", "--no-report"], ["report", str(out)]):
+        for cmd in (
+            [
+                "analyze",
+                str(store),
+                "--out",
+                str(out),
+                "--metric",
+                "procrustes",
+                "--overwrite",
+                "--no-progress",
+                "--no-report",
+            ],
+            ["report", str(out)],
+        ):
             result = CliRunner().invoke(app, cmd)
             assert result.exit_code == 2, result.output
             assert result.output.count("\n") == 1 and f"(PID {pid})" in result.output, result.output
@@ -252,7 +283,9 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
         os.write(go_w, b"1")
         _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    assert _assert_one_whole_set(out) == "cka"  # the first run's results, untouched by the refused ones
+    assert (
+        _assert_one_whole_set(out) == "cka"
+    )  # the first run's results, untouched by the refused ones
 
 
 def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
@@ -285,7 +318,9 @@ def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     assert which == ("pwsm" if statuses[0] == 0 else "cka")
 
 
-def test_a_copy_without_links_is_recomputed_not_trusted(store, with_a, tmp_path, capsys, cli_console):
+def test_a_copy_without_links_is_recomputed_not_trusted(
+    store, with_a, tmp_path, capsys, cli_console
+):
     """shutil.copytree (and some sync tools) turn the links into folders and files: nothing
     verifies, the same arguments recompute, and the copy becomes a proper set again."""
     base, _ = with_a["set"]
@@ -320,7 +355,9 @@ def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypa
     for step in steps:
         out = tmp_path / step.replace(" ", "_") / "r"
         shutil.copytree(base, out, symlinks=True)
-        monkeypatch.setattr(outputs, "_step", _fault_at(step, _sigkill if mode == "kill" else _interrupt))
+        monkeypatch.setattr(
+            outputs, "_step", _fault_at(step, _sigkill if mode == "kill" else _interrupt)
+        )
         if mode == "kill":
             assert _run_forked(lambda: run(out)) == -signal.SIGKILL, step
         else:
@@ -338,13 +375,23 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
     base, _ = with_a["set"]
     run = lambda out: ftdyn.report(out, stores=[])  # noqa: E731 - curves only: fast
     steps = _steps_of(run, base, tmp_path)
-    assert steps == ["fill", "manifest", "seal", "link figures", "link report.html", "swap", "delete old"]
+    assert steps == [
+        "fill",
+        "manifest",
+        "seal",
+        "link figures",
+        "link report.html",
+        "swap",
+        "delete old",
+    ]
     for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
         manifest, problem = current_set(out)
         assert problem is None and manifest is not None, (step, problem)
         has_report = {"figures", "report.html"} <= set(manifest["products"])
         assert has_report == swapped, step
-        assert (out / "report.html").is_file() == swapped and (out / "figures").exists() == swapped, step
+        assert (out / "report.html").is_file() == swapped and (
+            out / "figures"
+        ).exists() == swapped, step
         assert _assert_one_whole_set(out) == "pwsm"
         seen: list[str] = []
         monkeypatch.setattr(outputs, "_step", seen.append)
@@ -364,13 +411,16 @@ def viz_store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["kill", "interrupt"])
-def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(viz_store, tmp_path, monkeypatch, mode):
+def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
+    viz_store, tmp_path, monkeypatch, mode
+):
     from ftdyn.viz import read_index
 
     base = tmp_path / "base"
     ftdyn.visualize(viz_store, layer=0, filters=[1], samples=[0], out=base)
     old = sorted(e["file"] for e in read_index(base))
-    run = lambda out: ftdyn.visualize(viz_store, layer=1, filters=[0], samples=[1], out=out)  # noqa: E731
+    # noqa: E731
+    run = lambda out: ftdyn.visualize(viz_store, layer=1, filters=[0], samples=[1], out=out)
     steps = _steps_of(run, base, tmp_path)
     assert steps[:3] == ["fill", "manifest", "seal"] and steps[-2:] == ["swap", "delete old"]
     assert steps[3:-2] == ["link class_toy_features_8.png", "link sample_toy_features_8_s1.png"]
@@ -398,8 +448,10 @@ def test_report_refuses_to_reseal_a_tampered_set(with_a, tmp_path):
     (out / "distances.csv").write_text("experiment,metric\nx,pwsm\n")
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert "distances.csv of the current result set was changed" in result.output and "nothing was written" in \
-        result.output
+    assert (
+        "distances.csv of the current result set was changed" in result.output
+        and "nothing was written" in result.output
+    )
     assert not (out / "report.html").exists() and current_set(out)[1] is not None
 
 
@@ -412,7 +464,9 @@ def test_visualize_into_the_figures_of_a_result_set_is_refused(with_a, viz_store
     assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
     before = current_set(out)
     assert before[1] is None and (out / "figures").is_symlink()
-    result = CliRunner().invoke(app, ["visualize", str(viz_store), "--layer", "0", "--out", str(out / "figures")])
+    result = CliRunner().invoke(
+        app, ["visualize", str(viz_store), "--layer", "0", "--out", str(out / "figures")]
+    )
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert f"inside the result set of {out.resolve()}" in result.output, result.output
     assert current_set(out) == before
@@ -420,7 +474,8 @@ def test_visualize_into_the_figures_of_a_result_set_is_refused(with_a, viz_store
 
 # ------------------------------------------------------------------- one lock, disk errors
 def _hold_lock(out: Path):
-    """A forked child holding ``out``'s lock until the returned release() is called; (pid, release)."""
+    """A forked child holding ``out``'s lock until the returned release() is called; (pid,
+    release)."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -436,23 +491,30 @@ def _hold_lock(out: Path):
     def release() -> None:
         os.write(go_w, b"1")
         os.waitpid(pid, 0)
+
     return pid, release
 
 
 def test_train_and_visualize_into_a_locked_folder_are_refused_naming_the_pid(viz_store, tmp_path):
     series, figs = tmp_path / "series", tmp_path / "figs"
-    for out, cmd in ((series, ["train", str(tmp_path / "data"), "--arch", "resnet18", "--out", str(series)]),
-                     (figs, ["visualize", str(viz_store), "--layer", "0", "--out", str(figs)])):
+    for out, cmd in (
+        (series, ["train", str(tmp_path / "data"), "--arch", "resnet18", "--out", str(series)]),
+        (figs, ["visualize", str(viz_store), "--layer", "0", "--out", str(figs)]),
+    ):
         pid, release = _hold_lock(out)
         try:
             result = CliRunner().invoke(app, cmd)
         finally:
             release()
         assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-        assert f"another ftdyn run (PID {pid}) is writing to this folder" in result.output, result.output
+        assert f"another ftdyn run (PID {pid}) is writing to this folder" in result.output, (
+            result.output
+        )
 
 
-def test_disk_errors_name_the_folder_and_keep_the_old_set(store, with_a, viz_store, tmp_path, monkeypatch):
+def test_disk_errors_name_the_folder_and_keep_the_old_set(
+    store, with_a, viz_store, tmp_path, monkeypatch
+):
     """A write that fails for lack of space, quota or a read-only mount (no file name given by
     the system, as a failing write() reports it) is one line naming the folder; the previous
     set stays current and no unfinished set is left."""
@@ -462,17 +524,43 @@ def test_disk_errors_name_the_folder_and_keep_the_old_set(store, with_a, viz_sto
     out = tmp_path / "r"
     shutil.copytree(base, out, symlinks=True)
     runner = CliRunner()
-    for code, cmd in (("ENOSPC", ["report", str(out)]),
-                      ("EDQUOT", ["analyze", str(store), "--out", str(out), "--metric", "cka", "--layer",
-                                  "layer2.relu", "--overwrite", "--no-progress", "--no-report"]),
-                      ("EROFS", ["visualize", str(viz_store), "--layer", "0", "--out", str(out)])):
+    for code, cmd in (
+        ("ENOSPC", ["report", str(out)]),
+        (
+            "EDQUOT",
+            [
+                "analyze",
+                str(store),
+                "--out",
+                str(out),
+                "--metric",
+                "cka",
+                "--layer",
+                "layer2.relu",
+                "--overwrite",
+                "--no-progress",
+                "--no-report",
+            ],
+        ),
+        ("EROFS", ["visualize", str(viz_store), "--layer", "0", "--out", str(out)]),
+    ):
         number = getattr(errno, code)
-        monkeypatch.setattr(outputs, "_step", _fault_at("manifest", lambda: (_ for _ in ()).throw(
-            OSError(number, os.strerror(number)))))
+        monkeypatch.setattr(
+            outputs,
+            "_step",
+            _fault_at(
+                "manifest", lambda: (_ for _ in ()).throw(OSError(number, os.strerror(number)))
+            ),
+        )
         result = runner.invoke(app, cmd)
         errors = [line for line in result.output.splitlines() if line.startswith("ftdyn: error:")]
-        assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, (cmd, result.output)
-        assert f"--out {out.resolve()}: cannot write a file in {out.resolve()} ({os.strerror(number)})" \
-            in result.output, result.output
+        assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, (
+            cmd,
+            result.output,
+        )
+        assert (
+            f"--out {out.resolve()}: cannot write a file in {out.resolve()} ({os.strerror(number)})"
+            in result.output
+        ), result.output
         assert _assert_one_whole_set(out) == "pwsm" and not (out / "report.html").exists()
         assert not list((out / SETS).glob(".*"))

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ftdyn.receptive import (ReceptiveField, ReceptiveFieldError, image_to_map, map_to_image,
-                             receptive_fields, upsample_to_image)
+from ftdyn.receptive import (
+    ReceptiveField,
+    ReceptiveFieldError,
+    image_to_map,
+    map_to_image,
+    receptive_fields,
+    upsample_to_image,
+)
 
 VGG19_LAYERS = ["features.3", "features.8", "features.17", "features.26", "features.35"]
 
@@ -44,7 +50,11 @@ def make_positive(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         if isinstance(m, nn.MaxPool2d):
             assert m.dilation in (1, (1, 1))
-            setattr(parent, attr, nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode))
+            setattr(
+                parent,
+                attr,
+                nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode),
+            )
         elif isinstance(m, (nn.ReLU6, nn.Hardtanh)):
             setattr(parent, attr, nn.ReLU())
         elif isinstance(m, nn.ReLU):
@@ -75,8 +85,12 @@ def gradient_supports(model, layers, size, units, stop_at, call=-1):
     support fills the box. Units may count from the end (negative) or be "centre".
     """
     outs = {layer: [] for layer in layers}
-    handles = [model.get_submodule(layer).register_forward_hook(lambda m, i, o, layer=layer: outs[layer].append(o))
-               for layer in layers]
+    handles = [
+        model.get_submodule(layer).register_forward_hook(
+            lambda m, i, o, layer=layer: outs[layer].append(o)
+        )
+        for layer in layers
+    ]
 
     def stop(m, i, o):
         raise _Stop
@@ -100,7 +114,7 @@ def gradient_supports(model, layers, size, units, stop_at, call=-1):
             nz = (g[0].abs().sum(0) > 0).numpy()
             rows, cols = np.flatnonzero(nz.any(1)), np.flatnonzero(nz.any(0))
             box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-            solid = bool(nz[box[0]:box[2], box[1]:box[3]].all())
+            solid = bool(nz[box[0] : box[2], box[1] : box[3]].all())
             result[layer, (u, v)] = (box, solid, (h, w))
     return result
 
@@ -111,7 +125,8 @@ UNITS = [(0, 0), (-1, -2), "centre"]
 def check_against_gradient(model, layers, size, stop_at=None, solid=True):
     """Analytic box (clipped to the image) == bounding box of the gradient support, which is solid.
 
-    Checked for units at the first corner, near the last corner and at the centre of each layer's map.
+    Checked for units at the first corner, near the last corner and at the centre of each layer's
+    map.
     Where the field lies entirely inside the image this also checks its size and centre.
     """
     rfs = receptive_fields(model, list(layers), size)
@@ -132,8 +147,13 @@ def check_against_gradient(model, layers, size, stop_at=None, solid=True):
 
 def test_gradient_support_vgg19():
     rfs, inside = check_against_gradient(build("vgg19"), VGG19_LAYERS[:4], 64)
-    assert inside == set(VGG19_LAYERS[:3])  # relu3_4 (48 px) fits in 64 px: its size is checked exactly
-    assert rfs["features.26"].size == (116, 116)  # larger than the image: position checked via clipping
+    assert inside == set(
+        VGG19_LAYERS[:3]
+    )  # relu3_4 (48 px) fits in 64 px: its size is checked exactly
+    assert rfs["features.26"].size == (
+        116,
+        116,
+    )  # larger than the image: position checked via clipping
 
 
 def test_gradient_support_resnet18():
@@ -156,15 +176,21 @@ def test_gradient_support_resnet50_block_relu_is_block_output():
     assert rfs["layer2.0.relu"].size == (43, 43) and rfs["layer2"].size == (91, 91)
     # The check is discriminative: the FIRST call of layer1.0.relu (after the block's 1x1
     # conv1) sees only the maxpool field, not the block output's.
-    sup = gradient_supports(make_positive(model), ["layer1.0.relu"], 96, ["centre"], "layer1.0", call=0)
-    ((_, unit), (first_box, _, _)), = sup.items()
+    sup = gradient_supports(
+        make_positive(model), ["layer1.0.relu"], 96, ["centre"], "layer1.0", call=0
+    )
+    (((_, unit), (first_box, _, _)),) = sup.items()
     assert first_box[2] - first_box[0] == 11 and first_box != rfs["layer1.0.relu"].box(*unit)
 
 
 def test_gradient_support_densenet121():
-    layers = ["features.relu0", "features.denseblock1.denselayer2.relu2",
-              "features.denseblock1.denselayer6.relu2", "features.transition1.relu",
-              "features.denseblock2.denselayer1.relu2"]
+    layers = [
+        "features.relu0",
+        "features.denseblock1.denselayer2.relu2",
+        "features.denseblock1.denselayer6.relu2",
+        "features.transition1.relu",
+        "features.denseblock2.denselayer1.relu2",
+    ]
     rfs, inside = check_against_gradient(build("densenet121"), layers, 80)
     assert inside == set(layers)
     assert [rfs[n].size[0] for n in layers] == [7, 19, 51, 59, 63]
@@ -193,7 +219,8 @@ class _TwoPaths(nn.Module):
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 def test_merge_takes_union_of_paths():
-    # the union of two offset boxes is not a box (the support is L-shaped): only its bounding box is compared
+    # the union of two offset boxes is not a box (the support is L-shaped): only its bounding box is
+    # compared
     rfs, _ = check_against_gradient(_TwoPaths(), ["relu"], 16, solid=False)
     rf = rfs["relu"]
     assert rf.size == (4, 4) and rf.start == (0.5, 0.5) and rf.box(5, 5) == (4, 4, 8, 8)
@@ -218,9 +245,17 @@ def test_resnet50_and_densenet121_default_layers():
     assert [r[n].size[0] for n in r] == [7, 35, 91, 267, 427]
     assert [r[n].jump[0] for n in r] == [2, 4, 8, 16, 32]
     assert all(rf.start == (0, 0) for rf in r.values())
-    d = receptive_fields(build("densenet121"), ["features.denseblock1.denselayer6.relu2", "features.transition1.relu",
-                                                "features.transition2.relu", "features.transition3.relu",
-                                                "features.denseblock4.denselayer16.relu2"], 224)
+    d = receptive_fields(
+        build("densenet121"),
+        [
+            "features.denseblock1.denselayer6.relu2",
+            "features.transition1.relu",
+            "features.transition2.relu",
+            "features.transition3.relu",
+            "features.denseblock4.denselayer16.relu2",
+        ],
+        224,
+    )
     assert [rf.size[0] for rf in d.values()] == [51, 59, 255, 1031, 2007]
     assert [rf.jump[0] for rf in d.values()] == [4, 4, 8, 16, 32]
     assert [rf.start[0] for rf in d.values()] == [0, 0, 2, 6, 14]
@@ -294,16 +329,22 @@ def test_upsample_places_cells_at_their_centres():
 
 def test_global_context_flag_for_squeeze_excitation():
     model = build("mobilenet_v3_small")
-    rfs = receptive_fields(model, ["features.0", "features.1.block.0", "features.1", "features.2"], 64)
+    rfs = receptive_fields(
+        model, ["features.0", "features.1.block.0", "features.1", "features.2"], 64
+    )
     assert not rfs["features.0"].global_context and not rfs["features.1.block.0"].global_context
-    assert rfs["features.1"].global_context and rfs["features.2"].global_context  # SE inside features.1
+    assert (
+        rfs["features.1"].global_context and rfs["features.2"].global_context
+    )  # SE inside features.1
     assert rfs["features.1"].size == (7, 7)  # local geometry still reported
 
 
 def test_other_architectures_trace():
     r = receptive_fields(build("efficientnet_b0"), ["features.1", "features.2"], 64)
     assert r["features.2"].jump == (4, 4) and r["features.2"].global_context
-    c = receptive_fields(build("convnext_tiny"), ["features.0", "features.1"], 64)  # NHWC LayerNorm/Linear
+    c = receptive_fields(
+        build("convnext_tiny"), ["features.0", "features.1"], 64
+    )  # NHWC LayerNorm/Linear
     assert c["features.0"].size == (4, 4) and c["features.1"].size == (76, 76)
 
 
@@ -325,8 +366,10 @@ def test_unknown_layer_and_non_spatial_layers_raise():
 
 def test_vgg_adaptive_pool_is_identity_at_224_and_ends_otherwise():
     model = build("vgg11")
-    assert receptive_fields(model, ["avgpool"], 224)["avgpool"] == receptive_fields(model, ["features.20"], 224)[
-        "features.20"]
+    assert (
+        receptive_fields(model, ["avgpool"], 224)["avgpool"]
+        == receptive_fields(model, ["features.20"], 224)["features.20"]
+    )
     with pytest.raises(ValueError, match="avgpool"):
         receptive_fields(model, ["avgpool"], 80)  # 2x2 -> 7x7 is not a regular grid
 
@@ -356,7 +399,10 @@ class _DataDependent(nn.Module):
 
 def test_unsupported_op_and_untraceable_model_raise_clearly():
     model = _Interp()
-    assert receptive_fields(model, ["relu"], 32)["relu"].size == (3, 3)  # before the unsupported op: fine
+    assert receptive_fields(model, ["relu"], 32)["relu"].size == (
+        3,
+        3,
+    )  # before the unsupported op: fine
     with pytest.raises(ValueError, match="interpolate"):
         receptive_fields(model, ["conv2"], 32)
     with pytest.raises(ValueError, match=r"_DataDependent.*torch.fx"):

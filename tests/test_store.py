@@ -9,16 +9,27 @@ import zarr
 
 from ftdyn.errors import FtdynError
 from ftdyn.outputs import LOCK_FILE, folder_lock
-from ftdyn.store import (LayerSpec, StoreSpec, StoreWriter, completeness, create_store, info, layer_dims,
-                         open_store, store_layers)
+from ftdyn.store import (
+    LayerSpec,
+    StoreSpec,
+    StoreWriter,
+    completeness,
+    create_store,
+    info,
+    layer_dims,
+    open_store,
+    store_layers,
+)
 
 
 def make_spec(n=5, epochs=(0, 1, 2), spc=2, dtype="float16"):
     rng = np.random.default_rng(0)
     return StoreSpec(
         architecture="resnet18",
-        layers=[LayerSpec("layer1.0.relu", 4, 6, 6, {"size": [3, 3], "jump": [1, 1], "start": [0, 0]}),
-                LayerSpec("features.3", 8, 3, 3, None)],
+        layers=[
+            LayerSpec("layer1.0.relu", 4, 6, 6, {"size": [3, 3], "jump": [1, 1], "start": [0, 0]}),
+            LayerSpec("features.3", 8, 3, 3, None),
+        ],
         checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64} for e in epochs],
         images=rng.integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8),
         labels=np.arange(n) % 2,
@@ -37,8 +48,14 @@ def fill(writer, spec, checkpoint_index, seed):
     written = {}
     for chunk in range(writer.n_chunks):
         rows = writer.chunk_slice(chunk)
-        region = {l.name: rng.random((rows.stop - rows.start, l.channels, l.height, l.width)).astype(spec.dtype)
-                  for l in spec.layers}
+        region = {
+            l.name: (
+                rng.random((rows.stop - rows.start, l.channels, l.height, l.width)).astype(
+                    spec.dtype
+                )
+            )
+            for l in spec.layers
+        }
         writer.write_region(checkpoint_index, chunk, region)
         for k, v in region.items():
             written.setdefault(k, []).append(v)
@@ -57,7 +74,9 @@ def test_create_fill_open_roundtrip(tmp_path):
     assert ds["layer1_0_relu"].dims == layer_dims("layer1_0_relu")
     assert ds["layer1_0_relu"].data.chunks[1] == (2, 2, 1)  # chunked along samples
     for i in range(3):
-        np.testing.assert_array_equal(ds["features_3"].isel(checkpoint=i).values, expected[i]["features.3"])
+        np.testing.assert_array_equal(
+            ds["features_3"].isel(checkpoint=i).values, expected[i]["features.3"]
+        )
     np.testing.assert_array_equal(ds["images"].values, spec.images)
     assert list(ds["class"].values) == ["cat", "dog"]
     assert list(ds["label"].values) == [0, 1, 0, 1, 0]
@@ -88,9 +107,13 @@ def test_incomplete_store_is_refused_then_partial(tmp_path):
     path = create_store(tmp_path / "s.zarr", spec)
     writer = StoreWriter(path)
     fill(writer, spec, 0, seed=0)
-    writer.write_region(1, 0, {l.name: np.zeros((2, l.channels, l.height, l.width)) for l in spec.layers})
+    writer.write_region(
+        1, 0, {l.name: np.zeros((2, l.channels, l.height, l.width)) for l in spec.layers}
+    )
     assert completeness(path).tolist() == [[True] * 3, [True, False, False], [False] * 3]
-    with pytest.raises(FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*allow_partial"):
+    with pytest.raises(
+        FtdynError, match=r"checkpoints 1, 2 are not fully extracted.*allow_partial"
+    ):
         open_store(path)
     assert list(open_store(path, allow_partial=True)["checkpoint"].values) == [0]
 
@@ -102,7 +125,9 @@ def test_append_checkpoints_extends_store(tmp_path):
     first = [fill(writer, spec, i, seed=i) for i in range(2)]
     writer.append_checkpoints([{"epoch": 5, "file": "epoch_005.pt", "sha256": "1" * 64}])
     leftover = next(f for f in (path / "layer1_0_relu").rglob("*") if f.is_file())
-    leftover = leftover.with_name(leftover.name + ".5f3a9c.partial")  # a chunk write killed before its rename
+    leftover = leftover.with_name(
+        leftover.name + ".5f3a9c.partial"
+    )  # a chunk write killed before its rename
     leftover.write_bytes(b"\0" * 64)
     writer = StoreWriter(path)  # a later run reopens it
     assert not leftover.exists()
@@ -110,8 +135,12 @@ def test_append_checkpoints_extends_store(tmp_path):
     new = fill(writer, spec, 2, seed=9)
     ds = open_store(path)
     assert list(ds["checkpoint"].values) == [0, 1, 5]
-    np.testing.assert_array_equal(ds["layer1_0_relu"].isel(checkpoint=1).values, first[1]["layer1.0.relu"])
-    np.testing.assert_array_equal(ds["layer1_0_relu"].isel(checkpoint=2).values, new["layer1.0.relu"])
+    np.testing.assert_array_equal(
+        ds["layer1_0_relu"].isel(checkpoint=1).values, first[1]["layer1.0.relu"]
+    )
+    np.testing.assert_array_equal(
+        ds["layer1_0_relu"].isel(checkpoint=2).values, new["layer1.0.relu"]
+    )
     with pytest.raises(FtdynError, match="must come after epoch 5"):
         writer.append_checkpoints([{"epoch": 3, "file": "x", "sha256": "2" * 64}])
 
@@ -138,15 +167,20 @@ def test_info_reports_shapes_and_progress(tmp_path):
     path = create_store(tmp_path / "s.zarr", spec)
     fill(StoreWriter(path), spec, 0, seed=0)
     summary = info(path)
-    assert summary["layers"][0] == {"layer": "layer1.0.relu", "variable": "layer1_0_relu", "shape": [4, 6, 6],
-                                      "channel_block": 4}
+    assert summary["layers"][0] == {
+        "layer": "layer1.0.relu",
+        "variable": "layer1_0_relu",
+        "shape": [4, 6, 6],
+        "channel_block": 4,
+    }
     assert [c["complete"] for c in summary["checkpoints"]] == [True, False, False]
     assert summary["complete"] is False and summary["bytes_on_disk"] > 0
     assert not list(tmp_path.glob(".s.zarr.creating-*"))
 
 
 def test_all_finite_reads_the_exponent_bits():
-    """inf, -inf and NaN anywhere are found in float16/32/64; the extremes and subnormals are finite."""
+    """inf, -inf and NaN anywhere are found in float16/32/64; the extremes and subnormals
+    are finite."""
     from ftdyn.store import all_finite
 
     for dt in (np.float16, np.float32, np.float64):

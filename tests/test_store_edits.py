@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from test_analysis import make_store
 from typer.testing import CliRunner
 
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
 from ftdyn.store import StoreWriter, decoding, open_store
-from test_analysis import make_store
 
 
 @pytest.fixture(scope="module")
@@ -60,26 +60,49 @@ def _shape(index, value):
 
 
 EDITS = {  # name: (edit of a copy, words the one-line error must hold)
-    "checkpoints swapped": (lambda p: _meta(p, None, _attrs(_swap_checkpoints)), "not strictly increasing"),
-    "layer dtype int16": (lambda p: _meta(p, "features_3", _set("data_type", "int16")), "'features_3'"),
+    "checkpoints swapped": (
+        lambda p: _meta(p, None, _attrs(_swap_checkpoints)),
+        "not strictly increasing",
+    ),
+    "layer dtype int16": (
+        lambda p: _meta(p, "features_3", _set("data_type", "int16")),
+        "'features_3'",
+    ),
     "layer x extent 6->5": (lambda p: _meta(p, "features_3", _shape(4, 5)), "regions"),
-    "checkpoint coord [0,1,1,3]": (lambda p: _coord(p, [0, 1, 1, 3]), "coordinate 'checkpoint' is [0, 1, 1, 3]"),
+    "checkpoint coord [0,1,1,3]": (
+        lambda p: _coord(p, [0, 1, 1, 3]),
+        "coordinate 'checkpoint' is [0, 1, 1, 3]",
+    ),
     "complete huge": (lambda p: _meta(p, "complete", _shape(1, 10**12)), "'complete'"),
     "label shorter": (lambda p: _meta(p, "label", _shape(0, 11)), "'label'"),
     "label deleted": (lambda p: shutil.rmtree(p / "label"), "label missing"),
-    "fill value": (lambda p: _meta(p, "features_3", _set("fill_value", "not a number")), "unreadable metadata"),
+    "fill value": (
+        lambda p: _meta(p, "features_3", _set("fill_value", "not a number")),
+        "unreadable metadata",
+    ),
     "label flipped byte": (lambda p: _flip(p, "label"), "'label' cannot be decoded"),
     "complete flipped byte": (lambda p: _flip(p, "complete"), "'complete' cannot be decoded"),
     "checkpoint flipped byte": (lambda p: _flip(p, "checkpoint"), "'checkpoint' cannot be decoded"),
-    "samples_per_chunk": (lambda p: _meta(p, None, _attrs(lambda a: a.__setitem__("samples_per_chunk", 4))),
-                          "regions"),
-    "layers renamed": (lambda p: _meta(p, None, _attrs(lambda a: a["layers"].reverse())), "'layers'"),
-    "dimension names": (lambda p: _meta(p, "features_3", _set("dimension_names", ["a", "b", "c", "d", "e"])),
-                        "dimensions"),
-    "label out of range": (lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7),
-                           "outside the 3 classes"),
-    "epoch entry dropped": (lambda p: _meta(p, None, _attrs(lambda a: a["checkpoints"].pop())),
-                            "run the same `ftdyn extract` again"),
+    "samples_per_chunk": (
+        lambda p: _meta(p, None, _attrs(lambda a: a.__setitem__("samples_per_chunk", 4))),
+        "regions",
+    ),
+    "layers renamed": (
+        lambda p: _meta(p, None, _attrs(lambda a: a["layers"].reverse())),
+        "'layers'",
+    ),
+    "dimension names": (
+        lambda p: _meta(p, "features_3", _set("dimension_names", ["a", "b", "c", "d", "e"])),
+        "dimensions",
+    ),
+    "label out of range": (
+        lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7),
+        "outside the 3 classes",
+    ),
+    "epoch entry dropped": (
+        lambda p: _meta(p, None, _attrs(lambda a: a["checkpoints"].pop())),
+        "run the same `ftdyn extract` again",
+    ),
 }
 
 
@@ -91,8 +114,18 @@ def test_each_store_edit_is_one_line(pristine, tmp_path, edit):
     with pytest.raises(FtdynError) as err:
         open_store(path, allow_partial=True)
     assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
-    result = CliRunner().invoke(app, ["analyze", str(path), "--out", str(tmp_path / "r"), "--no-progress",
-                                      "--no-report", "--allow-partial"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(path),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+            "--no-report",
+            "--allow-partial",
+        ],
+    )
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith(f"ftdyn: error: {path}")
     assert not (tmp_path / "r").exists()  # nothing analyzed, nothing written
@@ -149,7 +182,10 @@ def test_reader_waits_for_an_extension_in_progress(pristine, tmp_path):
             group[name].resize((5, *group[name].shape[1:]))
         group["checkpoint"][4] = 4
         group["complete"][4:] = 0
-        group.attrs["checkpoints"] = [*writer.attrs["checkpoints"], {"epoch": 4, "file": "e4.pt", "sha256": "4" * 64}]
+        group.attrs["checkpoints"] = [
+            *writer.attrs["checkpoints"],
+            {"epoch": 4, "file": "e4.pt", "sha256": "4" * 64},
+        ]
     reader.join(timeout=60)
     assert not reader.is_alive()
     assert list(seen[0]["checkpoint"].values) == [0, 1, 2, 3]  # epoch 4 is not filled yet: left out

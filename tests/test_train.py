@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import CLASSES, write_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import CLASSES, write_image_folder
 from ftdyn import checkpoints as ckpt
 from ftdyn import data as D
 from ftdyn import models
@@ -58,7 +58,19 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     out = tmp_path / "ckpts"
-    args = ["train", image_folder, "--arch", "resnet18", "--epochs", 2, "--out", out, "--seed", 3, *FAST]
+    args = [
+        "train",
+        image_folder,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        2,
+        "--out",
+        out,
+        "--seed",
+        3,
+        *FAST,
+    ]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert f"checkpoint series: {out}" in result.output
@@ -70,7 +82,10 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     assert manifest["architecture"] == "resnet18"
     assert manifest["classes"] == list(CLASSES) and manifest["num_classes"] == 3
     assert manifest["input_size"] == 32
-    assert manifest["normalization"] == {"mean": list(models.IMAGENET_MEAN), "std": list(models.IMAGENET_STD)}
+    assert manifest["normalization"] == {
+        "mean": list(models.IMAGENET_MEAN),
+        "std": list(models.IMAGENET_STD),
+    }
     assert manifest["seed"] == 3
     assert manifest["hyperparameters"]["optimizer"] == "adam"
     assert manifest["hyperparameters"]["lr"] == 1e-4
@@ -91,7 +106,9 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
         assert 0.0 <= e["val_acc"] <= 1.0 and e["val_loss"] > 0
         assert e["seconds"] >= 0
         model = models.build_model("resnet18", num_classes=3)
-        assert ckpt.load_into_model(model, out / e["file"]) == e["epoch"]  # strict load of a weights_only file
+        assert (
+            ckpt.load_into_model(model, out / e["file"]) == e["epoch"]
+        )  # strict load of a weights_only file
     assert entries[0]["train_loss"] is None and entries[0]["train_acc"] is None
     for e in entries[1:]:
         assert 0.0 <= e["train_acc"] <= 1.0 and e["train_loss"] > 0
@@ -121,8 +138,10 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     (out / "epoch_001.pt").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
-    assert "ftdyn: note: --resume: epoch_001.pt changed since it was written (SHA-256 differs from manifest.json); " \
-           "redoing epoch 1 from epoch_000.pt" in result.output
+    assert (
+        "ftdyn: note: --resume: epoch_001.pt changed since it was written (SHA-256 differs from"
+        " manifest.json); redoing epoch 1 from epoch_000.pt" in result.output
+    )
     assert_same_state(state_of(out / "epoch_001.pt"), epoch1)
     assert_same_state(state_of(out / "epoch_002.pt"), epoch2)
     assert ckpt.read_manifest(out)["complete"] is True
@@ -132,15 +151,36 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     manifest = ckpt.read_manifest(out)
     manifest["epochs"] = manifest["epochs"][:1]
     ckpt.write_manifest(out, manifest)
-    assert_one_line_error(run_cli(*args, "--resume"), "--resume", "no checkpoint", "epoch_000.pt changed",
-                          "--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "manifest.json"]
+    assert_one_line_error(
+        run_cli(*args, "--resume"),
+        "--resume",
+        "no checkpoint",
+        "epoch_000.pt changed",
+        "--overwrite",
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "epoch_000.pt",
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "manifest.json",
+    ]
 
 
 def test_val_split_and_epochs_zero(flat_image_folder, tmp_path):
     out = tmp_path / "ckpts"
-    result = run_cli("train", flat_image_folder, "--arch", "resnet18", "--epochs", 0, "--val-split", 0.25,
-                     "--out", out, *FAST)
+    result = run_cli(
+        "train",
+        flat_image_folder,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        0,
+        "--val-split",
+        0.25,
+        "--out",
+        out,
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     manifest = ckpt.read_manifest(out)
     assert (manifest["dataset"]["train_size"], manifest["dataset"]["val_size"]) == (27, 9)
@@ -159,7 +199,8 @@ def test_split_is_stratified_seeded_and_probe_deterministic(flat_image_folder):
     assert probe.paths == D.select_probe(train_a, per_class=2, max_samples=5, seed=0).paths
     assert len(probe) == 5 and sorted(probe.class_counts()) == [1, 2, 2]
     assert [(lab, str(p)) for lab, p in zip(probe.labels, probe.paths)] == sorted(
-        (lab, str(p)) for lab, p in zip(probe.labels, probe.paths))
+        (lab, str(p)) for lab, p in zip(probe.labels, probe.paths)
+    )
     images = D.load_images(probe, 32)
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
 
@@ -175,13 +216,22 @@ def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
     """Run the CLI with ``args`` in a subprocess (one thread, this checkout first on the path),
     SIGKILL it as soon as ``ready()`` holds, and return its exit code; fails (never hangs) if
     it ends first or ``what`` does not appear within ``timeout`` seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(_cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    proc = subprocess.Popen(
+        _cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     deadline = time.monotonic() + timeout
     try:
         while not ready():
-            assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read().decode()}"
+            assert proc.poll() is None, (
+                f"the run ended before {what}: {proc.stderr.read().decode()}"
+            )
             assert time.monotonic() < deadline, f"hang: {what} never appeared"
             time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
@@ -195,14 +245,27 @@ def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
 
 def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     # mobilenet_v3_small has dropout, so this also checks that the global RNG is restored per epoch
-    common = ["train", image_folder, "--arch", "mobilenet_v3_small", "--epochs", 4, "--seed", 7,
-              "--lr", 1e-3, *FAST]
+    common = [
+        "train",
+        image_folder,
+        "--arch",
+        "mobilenet_v3_small",
+        "--epochs",
+        4,
+        "--seed",
+        7,
+        "--lr",
+        1e-3,
+        *FAST,
+    ]
     reference = tmp_path / "reference"
     result = run_cli(*common, "--out", reference)
     assert result.exit_code == 0, result.output
 
     killed = tmp_path / "killed"
-    code = kill_cli_when([*common, "--out", killed], (killed / "epoch_001.pt").exists, "epoch_001.pt")
+    code = kill_cli_when(
+        [*common, "--out", killed], (killed / "epoch_001.pt").exists, "epoch_001.pt"
+    )
     assert code == -signal.SIGKILL
     manifest = ckpt.read_manifest(killed)
     assert manifest is not None and manifest["complete"] is False
@@ -219,7 +282,11 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
     assert_same_state(state_of(killed / "epoch_004.pt"), state_of(reference / "epoch_004.pt"))
     for a, b in zip(resumed["epochs"], ref["epochs"]):
-        assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
+        assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (
+            b["train_loss"],
+            b["val_loss"],
+            b["val_acc"],
+        )
     assert resumed["complete"] is True
     for e in resumed["epochs"]:
         assert ckpt.sha256_file(killed / e["file"]) == e["sha256"]
@@ -231,7 +298,19 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
 
 
 def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp_path):
-    common = ["train", image_folder, "--arch", "resnet18", "--epochs", 4, "--seed", 5, "--lr", 1e-3, *FAST]
+    common = [
+        "train",
+        image_folder,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        4,
+        "--seed",
+        5,
+        "--lr",
+        1e-3,
+        *FAST,
+    ]
     reference = tmp_path / "reference"
     assert run_cli(*common, "--out", reference).exit_code == 0
     ref = ckpt.read_manifest(reference)
@@ -243,21 +322,41 @@ def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp
 
     truncated = damaged("truncated", lambda out: os.truncate(out / "epoch_004.pt", 1000))
     deleted = damaged("deleted", lambda out: [(out / f"epoch_00{e}.pt").unlink() for e in (3, 4)])
-    middle = damaged("middle", lambda out: os.truncate(out / "epoch_002.pt", 5000))  # later files intact
-    for out, note in ((truncated, "epoch_004.pt changed since it was written (SHA-256 differs from manifest.json); "
-                                  "redoing epoch 4 from epoch_003.pt"),
-                      (deleted, "epoch_003.pt is missing; redoing epochs 3-4 from epoch_002.pt"),
-                      (middle, "epoch_002.pt changed since it was written (SHA-256 differs from manifest.json); "
-                               "redoing epochs 2-4 from epoch_001.pt")):
+    middle = damaged(
+        "middle", lambda out: os.truncate(out / "epoch_002.pt", 5000)
+    )  # later files intact
+    for out, note in (
+        (
+            truncated,
+            (
+                "epoch_004.pt changed since it was written (SHA-256 differs from manifest.json); "
+                "redoing epoch 4 from epoch_003.pt"
+            ),
+        ),
+        (deleted, "epoch_003.pt is missing; redoing epochs 3-4 from epoch_002.pt"),
+        (
+            middle,
+            (
+                "epoch_002.pt changed since it was written (SHA-256 differs from manifest.json); "
+                "redoing epochs 2-4 from epoch_001.pt"
+            ),
+        ),
+    ):
         result = run_cli(*common, "--out", out, "--resume")
         assert result.exit_code == 0, result.output
-        assert [ln for ln in result.output.splitlines() if "note:" in ln] == [f"ftdyn: note: --resume: {note}"]
+        assert [ln for ln in result.output.splitlines() if "note:" in ln] == [
+            f"ftdyn: note: --resume: {note}"
+        ]
         resumed = ckpt.read_manifest(out)
         assert resumed["complete"] is True
         # bit-exact on CPU: the same files, metrics and weights as the uninterrupted run
         assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
         for a, b in zip(resumed["epochs"], ref["epochs"]):
-            assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (b["train_loss"], b["val_loss"], b["val_acc"])
+            assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (
+                b["train_loss"],
+                b["val_loss"],
+                b["val_acc"],
+            )
             assert ckpt.sha256_file(out / a["file"]) == a["sha256"]
             assert_same_state(state_of(out / a["file"]), state_of(reference / b["file"]))
 
@@ -274,7 +373,9 @@ def _break(folder: Path, name: str, content: bytes = b"this is not an image") ->
 def test_bad_data_dirs(tmp_path, image_folder_copy):
     out = tmp_path / "out"
     base = ["--arch", "resnet18", "--out", out, *FAST]
-    assert_one_line_error(run_cli("train", tmp_path / "missing", *base), "DATA_DIR", "does not exist")
+    assert_one_line_error(
+        run_cli("train", tmp_path / "missing", *base), "DATA_DIR", "does not exist"
+    )
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_cli("train", tmp_path / "empty", *base), "DATA_DIR", "empty")
 
@@ -283,7 +384,9 @@ def test_bad_data_dirs(tmp_path, image_folder_copy):
     assert_one_line_error(run_cli("train", flat, *base, "--val-split", 1.5), "--val-split")
 
     (image_folder_copy / "train" / "zebra").mkdir()
-    assert_one_line_error(run_cli("train", image_folder_copy, *base), "DATA_DIR", "zebra", "no images")
+    assert_one_line_error(
+        run_cli("train", image_folder_copy, *base), "DATA_DIR", "zebra", "no images"
+    )
     _break(image_folder_copy / "train" / "zebra", "z.png")
     assert_one_line_error(run_cli("train", image_folder_copy, *base), "zebra", "no readable images")
     shutil.rmtree(image_folder_copy / "train" / "zebra")
@@ -296,7 +399,9 @@ def test_bad_data_dirs(tmp_path, image_folder_copy):
     (only_bad / "a").mkdir(parents=True)
     _break(only_bad / "a", "1.png")
     _break(only_bad / "a", "2.jpg")
-    assert_one_line_error(run_cli("train", only_bad, *base, "--val-split", 0.5), "DATA_DIR", "none of the 2")
+    assert_one_line_error(
+        run_cli("train", only_bad, *base, "--val-split", 0.5), "DATA_DIR", "none of the 2"
+    )
     assert not out.exists()
 
 
@@ -304,11 +409,15 @@ def test_unreadable_images_are_skipped_and_counted(image_folder_copy, tmp_path):
     bad = _break(image_folder_copy / "train" / "circle", "broken.png", b"\x89PNG\r\n\x1a\n garbage")
     _break(image_folder_copy / "val" / "square", "empty.jpg", b"")
     out = tmp_path / "out"
-    result = run_cli("train", image_folder_copy, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST)
+    result = run_cli(
+        "train", image_folder_copy, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST
+    )
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     warning = [ln for ln in result.output.splitlines() if "warning:" in ln]
-    assert len(warning) == 1 and "skipped 2 unreadable images" in warning[0] and str(bad) in warning[0]
+    assert (
+        len(warning) == 1 and "skipped 2 unreadable images" in warning[0] and str(bad) in warning[0]
+    )
     manifest = ckpt.read_manifest(out)
     assert manifest["dataset"]["skipped_unreadable"] == 2
     assert (manifest["dataset"]["train_size"], manifest["dataset"]["val_size"]) == (24, 12)
@@ -321,32 +430,68 @@ def test_bad_model_arguments(image_folder, tmp_path):
 
     junk = tmp_path / "junk.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, junk)
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--weights", junk),
-                          "--weights", str(junk), "does not fit resnet18")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--weights", tmp_path / "nope.pt"),
-                          "--weights", "does not exist")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--init", junk), "--init", str(junk))
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--weights", junk),
+        "--weights",
+        str(junk),
+        "does not fit resnet18",
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--weights", tmp_path / "nope.pt"),
+        "--weights",
+        "does not exist",
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--init", junk), "--init", str(junk)
+    )
     other = tmp_path / "shufflenet.pt"
     torch.save(models.build_model("shufflenet_v2_x0_5").state_dict(), other)
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--init", other), str(other), "does not fit")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--init", tmp_path / "nope.pt"), "--init")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--weights", "IMAGENET_NOPE"), "--weights")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--optimizer", "lbfgs"), "--optimizer")
-    assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--device", "potato"), "--device")
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--init", other), str(other), "does not fit"
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--init", tmp_path / "nope.pt"), "--init"
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--weights", "IMAGENET_NOPE"), "--weights"
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--optimizer", "lbfgs"), "--optimizer"
+    )
+    assert_one_line_error(
+        run_cli("train", *base, "--arch", "resnet18", "--device", "potato"), "--device"
+    )
     if not torch.cuda.is_available():
-        assert_one_line_error(run_cli("train", *base, "--arch", "resnet18", "--device", "cuda"), "--device", "CUDA")
+        assert_one_line_error(
+            run_cli("train", *base, "--arch", "resnet18", "--device", "cuda"), "--device", "CUDA"
+        )
     assert not out.exists()
 
 
 def test_init_from_a_trained_series_checkpoint(image_folder, tmp_path):
     source = tmp_path / "source"
-    scratch = run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST)
+    scratch = run_cli(
+        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST
+    )
     assert scratch.exit_code == 0 and "randomly initialized, not pre-trained" in scratch.output
     # a 2-class target: the 3-class head of the source is adapted on load, then replaced
     target_data = write_image_folder(tmp_path / "target", 6, classes=("circle", "square"))
     out = tmp_path / "target_ckpts"
-    result = run_cli("train", target_data, "--arch", "resnet18", "--epochs", 0, "--val-split", 0.5,
-                     "--init", source / "epoch_000.pt", "--out", out, *FAST)
+    result = run_cli(
+        "train",
+        target_data,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        0,
+        "--val-split",
+        0.5,
+        "--init",
+        source / "epoch_000.pt",
+        "--out",
+        out,
+        *FAST,
+    )
     assert result.exit_code == 0 and "not pre-trained" not in result.output, result.output
     manifest = ckpt.read_manifest(out)
     assert manifest["init"]["checkpoint_sha256"] == ckpt.sha256_file(source / "epoch_000.pt")
@@ -374,8 +519,12 @@ def test_existing_output_folder(image_folder, tmp_path):
     foreign.mkdir()
     (foreign / "data.csv").write_text("1,2")
     for extra in ([], ["--overwrite"], ["--resume"]):
-        assert_one_line_error(run_cli(*args[:-len(FAST) - 2], "--out", foreign, *FAST, *extra),
-                              "--out", str(foreign), "not empty")
+        assert_one_line_error(
+            run_cli(*args[: -len(FAST) - 2], "--out", foreign, *FAST, *extra),
+            "--out",
+            str(foreign),
+            "not empty",
+        )
     assert sorted(p.name for p in foreign.iterdir()) == ["data.csv"]
 
     # --resume with a different seed on the (complete) run is refused by name
@@ -397,10 +546,18 @@ def test_input_size_the_model_cannot_take(image_folder, tmp_path):
     out = tmp_path / "out"
     base = ["train", image_folder, "--epochs", 0, "--out", out, *FAST]
     # ViT asserts its fixed 224 px; DenseNet's poolings run out of pixels below 32
-    assert_one_line_error(run_cli(*base, "--arch", "vit_b_16"), "--input-size 32", "cannot run on 32x32",
-                          "Wrong image height", "choose another --input-size")
-    assert_one_line_error(run_cli(*base, "--arch", "densenet121", "--input-size", 16), "--input-size 16",
-                          "cannot run on 16x16")
+    assert_one_line_error(
+        run_cli(*base, "--arch", "vit_b_16"),
+        "--input-size 32",
+        "cannot run on 32x32",
+        "Wrong image height",
+        "choose another --input-size",
+    )
+    assert_one_line_error(
+        run_cli(*base, "--arch", "densenet121", "--input-size", 16),
+        "--input-size 16",
+        "cannot run on 16x16",
+    )
     assert not out.exists()
 
 
@@ -408,17 +565,31 @@ def test_fewer_than_two_classes(tmp_path):
     out = tmp_path / "out"
     base = ["--arch", "resnet18", "--epochs", 1, "--out", out, *FAST]
     one = write_image_folder(tmp_path / "one", 6, classes=("circle",))
-    assert_one_line_error(run_cli("train", one, *base, "--val-split", 0.5), "DATA_DIR", str(one),
-                          "only class 'circle'", "at least 2 classes")
+    assert_one_line_error(
+        run_cli("train", one, *base, "--val-split", 0.5),
+        "DATA_DIR",
+        str(one),
+        "only class 'circle'",
+        "at least 2 classes",
+    )
     write_image_folder(tmp_path / "split" / "train", 4, classes=("square",))
     write_image_folder(tmp_path / "split" / "val", 2, classes=("square",))
-    assert_one_line_error(run_cli("train", tmp_path / "split", *base), "DATA_DIR", "training images",
-                          "only class 'square'")
+    assert_one_line_error(
+        run_cli("train", tmp_path / "split", *base),
+        "DATA_DIR",
+        "training images",
+        "only class 'square'",
+    )
     # 'square' has one image: it trains, but validation would only see 'circle'
     lopsided = write_image_folder(tmp_path / "lopsided", 4, classes=("circle",))
     write_image_folder(lopsided, 1, classes=("square",))
-    assert_one_line_error(run_cli("train", lopsided, *base, "--val-split", 0.5), "DATA_DIR", "validation images",
-                          "only class 'circle'", "--val-split")
+    assert_one_line_error(
+        run_cli("train", lopsided, *base, "--val-split", 0.5),
+        "DATA_DIR",
+        "validation images",
+        "only class 'circle'",
+        "--val-split",
+    )
     assert not out.exists()
 
 
@@ -428,16 +599,24 @@ def test_16_bit_and_float_images_train_and_rescaling_is_reported(tmp_path):
     (data / "deep").mkdir(parents=True)
     (data / "float").mkdir()
     for i in range(3):
-        Image.fromarray((rng.random((40, 40)) * 65535).astype(np.uint16)).save(data / "deep" / f"{i}.png")
+        Image.fromarray((rng.random((40, 40)) * 65535).astype(np.uint16)).save(
+            data / "deep" / f"{i}.png"
+        )
         Image.fromarray(rng.random((40, 40)).astype(np.float32)).save(data / "float" / f"{i}.tif")
-    Image.fromarray((rng.random((40, 40)) * 1e4).astype(np.float32)).save(data / "float" / "wide.tif")
+    Image.fromarray((rng.random((40, 40)) * 1e4).astype(np.float32)).save(
+        data / "float" / "wide.tif"
+    )
     out = tmp_path / "out"
-    result = run_cli("train", data, "--arch", "resnet18", "--epochs", 1, "--val-split", 0.3, "--out", out, *FAST)
+    result = run_cli(
+        "train", data, "--arch", "resnet18", "--epochs", 1, "--val-split", 0.3, "--out", out, *FAST
+    )
     assert result.exit_code == 0, result.output
     warning = [ln for ln in result.output.splitlines() if "warning:" in ln]
-    assert warning == [f"ftdyn: warning: min-max rescaled 1 32-bit/float image to 0..255, each on its own "
-                       f"(values outside 0..65535 for integers, 0..1 and 0..255 for floats; first: "
-                       f"{data / 'float' / 'wide.tif'})"]
+    assert warning == [
+        "ftdyn: warning: min-max rescaled 1 32-bit/float image to 0..255, each on its own "
+        "(values outside 0..65535 for integers, 0..1 and 0..255 for floats; first: "
+        f"{data / 'float' / 'wide.tif'})"
+    ]
     assert ckpt.read_manifest(out)["dataset"]["min_max_rescaled"] == 1
 
 
@@ -448,9 +627,16 @@ def test_full_disk_is_one_line(image_folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full_disk)
     out = tmp_path / "out"
-    result = run_cli("train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST)
+    result = run_cli(
+        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert result.output.splitlines()[-1] == (f"ftdyn: error: cannot write {out / 'epoch_000.pt'}: [Errno 28] "
-                                              "No space left on device; free space or make the folder writable, "
-                                              "then re-run (a stopped `ftdyn train` continues with --resume).")
-    assert not out.exists()  # no temp file, no manifest: the folder this run made is removed (outputs._unmake)
+    assert (
+        result.output.splitlines()[-1]
+        == f"ftdyn: error: cannot write {out / 'epoch_000.pt'}: [Errno 28] "
+        "No space left on device; free space or make the folder writable, "
+        "then re-run (a stopped `ftdyn train` continues with --resume)."
+    )
+    assert (
+        not out.exists()
+    )  # no temp file, no manifest: the folder this run made is removed (outputs._unmake)

@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from test_train import FAST, assert_same_state, kill_cli_when, run_cli, state_of
 
 from ftdyn import checkpoints as ckpt
-from test_train import FAST, assert_same_state, kill_cli_when, run_cli, state_of
 
 COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST]
 
@@ -45,7 +45,9 @@ def test_killed_while_saving_epoch_0_leaves_nothing_that_blocks(image_folder, re
 def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_path):
     out = tmp_path / "series"
     out.mkdir()
-    (out / "epoch_000.pt").write_bytes((reference / "epoch_000.pt").read_bytes())  # killed before the manifest
+    (out / "epoch_000.pt").write_bytes(
+        (reference / "epoch_000.pt").read_bytes()
+    )  # killed before the manifest
     (out / ".manifest.json.0123.tmp").write_text("{")
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
@@ -59,21 +61,28 @@ def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, t
     def started() -> bool:  # the first file of epoch 0 (its temporary, or it)
         return out.is_dir() and any(out.iterdir())
 
-    assert kill_cli_when(["train", image_folder, *COMMON, "--out", out], started, "a file of epoch 0") == -signal.SIGKILL
+    assert (
+        kill_cli_when(["train", image_folder, *COMMON, "--out", out], started, "a file of epoch 0")
+        == -signal.SIGKILL
+    )
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     _same_run(out, reference)
 
 
 @pytest.mark.parametrize("victim", ["epoch_001.pt", "manifest.json"])
-def test_full_disk_after_epoch_0_is_one_line_and_resumes(image_folder, reference, tmp_path, monkeypatch, victim):
+def test_full_disk_after_epoch_0_is_one_line_and_resumes(
+    image_folder, reference, tmp_path, monkeypatch, victim
+):
     """The disk fills when epoch 1's checkpoint, or the manifest listing it, is made final
     (the rename of its finished temporary): one line naming the file and the way on;
     --resume then ends as an uninterrupted run."""
     out, rename = tmp_path / "series", os.replace
 
     def full_disk(src, dst, *args, **kwargs):
-        if Path(dst).name == victim and (victim != "manifest.json" or (out / "epoch_001.pt").exists()):
+        if Path(dst).name == victim and (
+            victim != "manifest.json" or (out / "epoch_001.pt").exists()
+        ):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
         return rename(src, dst, *args, **kwargs)
 
@@ -81,8 +90,9 @@ def test_full_disk_after_epoch_0_is_one_line_and_resumes(image_folder, reference
     result = run_cli("train", image_folder, *COMMON, "--out", out)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert lines[-1].startswith(f"ftdyn: error: cannot write {out / victim}: [Errno {errno.ENOSPC}]") \
-        and lines[-1].endswith("continues with --resume)."), result.output
+    assert lines[-1].startswith(
+        f"ftdyn: error: cannot write {out / victim}: [Errno {errno.ENOSPC}]"
+    ) and lines[-1].endswith("continues with --resume)."), result.output
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")

@@ -12,9 +12,15 @@ from ftdyn import __version__
 from ftdyn.errors import FtdynError
 from ftdyn.receptive import ReceptiveField
 from ftdyn.results import validate_results
-from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store, open_store, store_fingerprint
-from ftdyn.viz import default_figures, read_index, visualize
-from ftdyn.viz import curves, heatmaps, patches
+from ftdyn.store import (
+    LayerSpec,
+    StoreSpec,
+    StoreWriter,
+    create_store,
+    open_store,
+    store_fingerprint,
+)
+from ftdyn.viz import curves, default_figures, heatmaps, patches, read_index, visualize
 
 # A non-square image, a non-square map and a non-square field, so that swapped
 # (h, w), square-map argmax decoding or transposed crops all show up.
@@ -22,13 +28,15 @@ IMAGE_HW = (24, 30)
 MAP_HW = (6, 15)
 RF = {"size": [9, 5], "jump": [4, 2], "start": [2, 1]}  # unit (u, v) centred at (2 + 4u, 1 + 2v)
 EPOCHS = (0, 1, 2)
-# planted argmax of filter 1: class -> epoch -> (u, v); class 1 sits on the image corner (field leaves it)
+# planted argmax of filter 1: class -> epoch -> (u, v); class 1 sits on the image corner (field
+# leaves it)
 PLANTED = {0: {0: (3, 10), 1: (1, 4), 2: (4, 12)}, 1: {0: (0, 14), 1: (5, 0), 2: (0, 14)}}
 N_PER_CLASS = 4
 
 
 def planted_activations(n, labels, epoch_index, rng):
-    """(n, 4, h, w) maps: filter 0 constant over epochs, 1 planted and moving, 2 slightly scaled, 3 dead."""
+    """(n, 4, h, w) maps: filter 0 constant over epochs, 1 planted and moving, 2 slightly
+    scaled, 3 dead."""
     h, w = MAP_HW
     base = np.random.default_rng(123).uniform(0, 0.5, size=(n, 4, h, w)).astype(np.float32)
     acts = base.copy()
@@ -47,18 +55,38 @@ def make_store(path, *, rf=RF, manifest=True, epochs=EPOCHS):
     images = rng.integers(0, 256, size=(n, *IMAGE_HW, 3), dtype=np.uint8)
     man = None
     if manifest:
-        man = {"architecture": "toy", "epochs": [
-            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64,
-             "train_loss": None if e == 0 else 1.0 / (e + 1), "train_acc": None if e == 0 else 0.5 + 0.1 * e,
-             "val_loss": 1.2 / (e + 1), "val_acc": 0.4 + 0.1 * e} for e in epochs]}
+        man = {
+            "architecture": "toy",
+            "epochs": [
+                {
+                    "epoch": e,
+                    "file": f"epoch_{e:03d}.pt",
+                    "sha256": "0" * 64,
+                    "train_loss": None if e == 0 else 1.0 / (e + 1),
+                    "train_acc": None if e == 0 else 0.5 + 0.1 * e,
+                    "val_loss": 1.2 / (e + 1),
+                    "val_acc": 0.4 + 0.1 * e,
+                }
+                for e in epochs
+            ],
+        }
     spec = StoreSpec(
-        architecture="toy", model="toynet", dataset="shapes",
+        architecture="toy",
+        model="toynet",
+        dataset="shapes",
         layers=[LayerSpec("features.3", 4, *MAP_HW, rf), LayerSpec("features.8", 4, *MAP_HW, rf)],
         checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64} for e in epochs],
-        images=images, labels=labels, class_names=["circle", "square"],
-        image_paths=[f"img/{i}.png" for i in range(n)], input_size=IMAGE_HW[0],
-        normalization={"mean": [0.5] * 3, "std": [0.5] * 3}, probe={"seed": 0}, dtype="float32",
-        samples_per_chunk=3, manifest=man)
+        images=images,
+        labels=labels,
+        class_names=["circle", "square"],
+        image_paths=[f"img/{i}.png" for i in range(n)],
+        input_size=IMAGE_HW[0],
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3},
+        probe={"seed": 0},
+        dtype="float32",
+        samples_per_chunk=3,
+        manifest=man,
+    )
     create_store(path, spec)
     writer = StoreWriter(path)
     for ci, _ in enumerate(epochs):
@@ -95,9 +123,17 @@ EXPERIMENTS = [("toynet", "shapes"), ("toynet", "fruits")]
 METRICS = [("procrustes", "channels", np.nan), ("pwsm", "channels", 0.0), ("cka", "filter", np.nan)]
 
 
-def make_results(store_paths=("", ""), *, epochs=(0, 1, 2, 3), bootstrap=200, layers=("features.3", "features.8"),
-                 experiments=EXPERIMENTS, metrics=METRICS):
-    """A small results Dataset that passes validate_results (the second experiment has one layer less)."""
+def make_results(
+    store_paths=("", ""),
+    *,
+    epochs=(0, 1, 2, 3),
+    bootstrap=200,
+    layers=("features.3", "features.8"),
+    experiments=EXPERIMENTS,
+    metrics=METRICS,
+):
+    """A small results Dataset that passes validate_results (the second experiment has one
+    layer less)."""
     E, M, L, T, Fn = len(experiments), len(metrics), len(layers), len(epochs), 4
     ep = np.asarray(epochs, dtype=float)
     dist = np.full((E, M, L, T), np.nan)
@@ -113,7 +149,9 @@ def make_results(store_paths=("", ""), *, epochs=(0, 1, 2, 3), bootstrap=200, la
                 dist[e, m, li] = f
                 traj[e, m, li] = np.abs(f[:, None] - f[None, :])
                 if metrics[m][1] == "filter":
-                    fdist[e, m, li, :, :3] = f[:, None] * np.array([0.1, 0.2, 0.9])[None]  # filter 3: dead (NaN)
+                    fdist[e, m, li, :, :3] = (
+                        f[:, None] * np.array([0.1, 0.2, 0.9])[None]
+                    )  # filter 3: dead (NaN)
     ci = 0.01 if bootstrap else np.nan
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # padding layers: mean of nothing is NaN
@@ -136,7 +174,10 @@ def make_results(store_paths=("", ""), *, epochs=(0, 1, 2, 3), bootstrap=200, la
             "reusability_mean": (("experiment", "metric"), reuse),
             "reusability_std": (("experiment", "metric"), np.full((E, M), 0.02)),
             "layer_reusability_mean": (("experiment", "metric", "layer_index"), layer_mean),
-            "layer_reusability_std": (("experiment", "metric", "layer_index"), np.full((E, M, L), 0.01)),
+            "layer_reusability_std": (
+                ("experiment", "metric", "layer_index"),
+                np.full((E, M, L), 0.01),
+            ),
             "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), r),
         },
         coords={
@@ -154,9 +195,16 @@ def make_results(store_paths=("", ""), *, epochs=(0, 1, 2, 3), bootstrap=200, la
             "filter": np.arange(Fn),
             "metric_other": [m for m, _, _ in metrics],
         },
-        attrs={"ftdyn_results_format": 1, "ftdyn_version": __version__, "reference_epoch": 0, "preset": "paper",
-               "bootstrap": bootstrap, "seed": 0, "arguments": json.dumps({"metrics": "all"}),
-               "created": "2025-01-01T00:00:00"},
+        attrs={
+            "ftdyn_results_format": 1,
+            "ftdyn_version": __version__,
+            "reference_epoch": 0,
+            "preset": "paper",
+            "bootstrap": bootstrap,
+            "seed": 0,
+            "arguments": json.dumps({"metrics": "all"}),
+            "created": "2025-01-01T00:00:00",
+        },
     )
     return validate_results(ds)
 
@@ -237,26 +285,36 @@ def test_class_based_grid_from_store_matches_planted_regions(store):
     path, images, labels = store
     ds = open_store(path)
     rf = ReceptiveField.from_dict(RF)
-    grid = patches.class_based(ds, "features_3", "features.3", rf, filters=[1], classes=[0, 1],
-                               epoch_positions=[0, 1, 2])
+    grid = patches.class_based(
+        ds, "features_3", "features.3", rf, filters=[1], classes=[0, 1], epoch_positions=[0, 1, 2]
+    )
     assert grid.crops.shape == (2, 1, 3, 9, 5, 3)
     assert grid.map_size == MAP_HW and grid.image_size == IMAGE_HW
     for cls in (0, 1):
         for e in range(3):
-            np.testing.assert_allclose(grid.crops[cls, 0, e], expected_crop(images, labels, cls, e), rtol=1e-5)
+            np.testing.assert_allclose(
+                grid.crops[cls, 0, e], expected_crop(images, labels, cls, e), rtol=1e-5
+            )
     # the deeper layer has maps x2: same crops (weights scale out)
-    grid2 = patches.class_based(ds, "features_8", "features.8", rf, filters=[1], classes=[1], epoch_positions=[1])
+    grid2 = patches.class_based(
+        ds, "features_8", "features.8", rf, filters=[1], classes=[1], epoch_positions=[1]
+    )
     np.testing.assert_allclose(grid2.crops[0, 0, 0], expected_crop(images, labels, 1, 1), rtol=1e-5)
 
 
 def test_filters_chosen_from_activations_and_from_results(store, tmp_path):
     path, _, _ = store
     ds = open_store(path)
-    chosen, why = patches.choose_filters(ds, "features_3", "features.3", 3, sample_positions=np.arange(8),
-                                         epoch_positions=[0, 2])
-    assert chosen == [1, 2, 0] and "changed most between epoch 0 and epoch 2" in why  # dead filter 3 last
+    chosen, why = patches.choose_filters(
+        ds, "features_3", "features.3", 3, sample_positions=np.arange(8), epoch_positions=[0, 2]
+    )
+    assert (
+        chosen == [1, 2, 0] and "changed most between epoch 0 and epoch 2" in why
+    )  # dead filter 3 last
     res = make_results(store_paths=(path, ""))
-    chosen, why = patches.choose_filters(ds, "features_3", "features.3", 4, results=res, experiment="toynet/shapes")
+    chosen, why = patches.choose_filters(
+        ds, "features_3", "features.3", 4, results=res, experiment="toynet/shapes"
+    )
     assert chosen == [2, 1, 0]  # filter_distance 0.9, 0.2, 0.1, NaN (dead)
     assert "cka" in why and "epoch 3" in why
 
@@ -265,14 +323,23 @@ def test_sample_based_places_the_argmax_with_the_receptive_field(store):
     path, images, labels = store
     ds = open_store(path)
     rf = ReceptiveField.from_dict(RF)
-    grid = heatmaps.sample_based(ds, "features_3", "features.3", rf, sample_position=2, filters=[1, 3],
-                                 epoch_positions=[0, 1, 2])
+    grid = heatmaps.sample_based(
+        ds,
+        "features_3",
+        "features.3",
+        rf,
+        sample_position=2,
+        filters=[1, 3],
+        epoch_positions=[0, 1, 2],
+    )
     assert grid.heat.shape == (2, 3, *IMAGE_HW) and grid.class_name == "circle"
     np.testing.assert_array_equal(grid.image, images[2])
     for e in range(3):
         peak = np.unravel_index(grid.heat[0, e].argmax(), IMAGE_HW)
         assert peak == tuple(int(c) for c in rf.center(*PLANTED[0][e]))
-    assert grid.vmax[0] == pytest.approx(1.5) and grid.vmax[1] == 1.0  # shared over epochs; dead filter -> 1
+    assert (
+        grid.vmax[0] == pytest.approx(1.5) and grid.vmax[1] == 1.0
+    )  # shared over epochs; dead filter -> 1
 
 
 def test_visualize_writes_grids_with_captions(store, tmp_path):
@@ -290,22 +357,35 @@ def test_visualize_writes_grids_with_captions(store, tmp_path):
     index = {e["file"]: e for e in read_index(out)}
     cap = index[names[0]]["caption"]
     assert "auto-chosen" in cap and "Filters 1, 2" in cap and "padded" in cap
-    assert index[names[1]]["kind"] == "sample" and "shared by all epochs" in index[names[1]]["caption"]
+    assert (
+        index[names[1]]["kind"] == "sample" and "shared by all epochs" in index[names[1]]["caption"]
+    )
     # explicit choices, by variable name / negative index
-    written = visualize(path, layer=-1, filters=[0], classes=["square"], samples=[0, 5], epochs=[0, 2], out=out)
-    assert [p.name for p in written] == ["class_toy_features_8.png", "sample_toy_features_8_s0.png",
-                                         "sample_toy_features_8_s5.png"]
-    assert "chosen by the user" in {e["file"]: e for e in read_index(out)}["class_toy_features_8.png"]["caption"]
+    written = visualize(
+        path, layer=-1, filters=[0], classes=["square"], samples=[0, 5], epochs=[0, 2], out=out
+    )
+    assert [p.name for p in written] == [
+        "class_toy_features_8.png",
+        "sample_toy_features_8_s0.png",
+        "sample_toy_features_8_s5.png",
+    ]
+    assert (
+        "chosen by the user"
+        in {e["file"]: e for e in read_index(out)}["class_toy_features_8.png"]["caption"]
+    )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"layer": "nope"}, "not a layer of this store"),
-    ({"layer": 5}, "has 2 layers"),
-    ({"layer": 0, "filters": [9]}, "has 4 filters"),
-    ({"layer": 0, "classes": ["dog"]}, "not a class"),
-    ({"layer": 0, "epochs": [7]}, "available epochs: 0, 1, 2"),
-    ({"layer": 0, "samples": [99]}, "no such sample"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layer": "nope"}, "not a layer of this store"),
+        ({"layer": 5}, "has 2 layers"),
+        ({"layer": 0, "filters": [9]}, "has 4 filters"),
+        ({"layer": 0, "classes": ["dog"]}, "not a class"),
+        ({"layer": 0, "epochs": [7]}, "available epochs: 0, 1, 2"),
+        ({"layer": 0, "samples": [99]}, "no such sample"),
+    ],
+)
 def test_visualize_user_errors(store, tmp_path, kwargs, match):
     with pytest.raises(FtdynError, match=match):
         visualize(store[0], out=tmp_path, **kwargs)
@@ -315,18 +395,25 @@ def test_visualize_checks_every_flag_before_drawing(store, tmp_path):
     from ftdyn.cli import app
 
     out = tmp_path / "figs" / "h"
-    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "features.3", "--sample", "999",
-                                      "--out", str(out)])
-    assert result.exit_code == 2 and "ftdyn: error: --sample 999: no such sample id" in result.output
+    result = CliRunner().invoke(
+        app,
+        ["visualize", str(store[0]), "--layer", "features.3", "--sample", "999", "--out", str(out)],
+    )
+    assert (
+        result.exit_code == 2 and "ftdyn: error: --sample 999: no such sample id" in result.output
+    )
     assert list(tmp_path.iterdir()) == []  # no figure, no folder
 
 
 def test_visualize_interrupted_while_drawing_leaves_no_partial_set(store, tmp_path, monkeypatch):
     out = tmp_path / "figs"
     visualize(store[0], layer=0, filters=[1], samples=[0], out=out)
+
     def files():  # the figures, the index and the lock; the result sets' folder by its listing
-        return {p.name: p.read_bytes() if not p.is_dir() else sorted(q.name for q in p.iterdir())
-                for p in out.iterdir()}
+        return {
+            p.name: p.read_bytes() if not p.is_dir() else sorted(q.name for q in p.iterdir())
+            for p in out.iterdir()
+        }
 
     before = files()
 
@@ -347,27 +434,46 @@ def test_figure_size_is_bounded(store, tmp_path, monkeypatch):
     from ftdyn.cli import app
 
     runner = CliRunner()
-    args = ["visualize", str(store[0]), "--layer", "0", "--sample", "0", "--out", str(tmp_path / "figs")]
+    args = [
+        "visualize",
+        str(store[0]),
+        "--layer",
+        "0",
+        "--sample",
+        "0",
+        "--out",
+        str(tmp_path / "figs"),
+    ]
     result = runner.invoke(app, [*args, "--n-filters", "10000"])
     assert result.exit_code == 0, result.output
-    assert "ftdyn: note: --n-filters 10000 capped at 4: layer features.3 has 4 filters" in result.output
+    assert (
+        "ftdyn: note: --n-filters 10000 capped at 4: layer features.3 has 4 filters"
+        in result.output
+    )
     assert "Filters 1, 2, 0, 3" in read_index(tmp_path / "figs")[0]["caption"]
     monkeypatch.setattr(viz, "MAX_GRID_ROWS", 4)  # 2 classes: at most 2 filters
     monkeypatch.setattr(viz, "MAX_EPOCHS", 2)
     result = runner.invoke(app, [*args, "--n-filters", "3"])
     assert result.exit_code == 0 and "capped at 2" in result.output
-    for extra, says in [(["--filter", "0", "--filter", "1", "--filter", "2"], "--filter: 3 filters with 2 classes"),
-                        (["--epoch", "0", "--epoch", "1", "--epoch", "2"], "--epoch: 3 epochs"),
-                        (["--n-filters", "0"], "--n-filters 0: must be at least 1")]:
+    for extra, says in [
+        (["--filter", "0", "--filter", "1", "--filter", "2"], "--filter: 3 filters with 2 classes"),
+        (["--epoch", "0", "--epoch", "1", "--epoch", "2"], "--epoch: 3 epochs"),
+        (["--n-filters", "0"], "--n-filters 0: must be at least 1"),
+    ]:
         result = runner.invoke(app, [*args, *extra])
-        assert result.exit_code == 2 and result.output.startswith(f"ftdyn: error: {says}"), result.output
+        assert result.exit_code == 2 and result.output.startswith(f"ftdyn: error: {says}"), (
+            result.output
+        )
     monkeypatch.setattr(viz, "MAX_GRID_ROWS", 1)
     result = runner.invoke(app, [*args, "--class", "0", "--class", "1"])
-    assert result.exit_code == 2 and result.output.startswith("ftdyn: error: --class: 2 classes"), result.output
+    assert result.exit_code == 2 and result.output.startswith("ftdyn: error: --class: 2 classes"), (
+        result.output
+    )
 
 
 def test_visualize_uses_only_results_of_this_store(store, tmp_path):
-    """--results of another store is refused; a moved copy of the analyzed store is found by its fingerprint."""
+    """--results of another store is refused; a moved copy of the analyzed store is found by its
+    fingerprint."""
     import shutil
 
     from ftdyn.cli import app
@@ -375,18 +481,37 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
 
     other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
     save_results_store(make_results(store_paths=(other, "")), tmp_path / "r_other" / "results.zarr")
-    result = CliRunner().invoke(app, ["visualize", str(store[0]), "--layer", "0", "--results",
-                                      str(tmp_path / "r_other"), "--out", str(tmp_path / "figs")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "visualize",
+            str(store[0]),
+            "--layer",
+            "0",
+            "--results",
+            str(tmp_path / "r_other"),
+            "--out",
+            str(tmp_path / "figs"),
+        ],
+    )
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert result.output.startswith(f"ftdyn: error: --results {tmp_path / 'r_other'}: the store {store[0]} is not "
-                                    f"among its experiments [toynet/shapes ({other}), toynet/fruits (no store")
+    assert result.output.startswith(
+        f"ftdyn: error: --results {tmp_path / 'r_other'}: the store {store[0]} is not "
+        f"among its experiments [toynet/shapes ({other}), toynet/fruits (no store"
+    )
     assert not (tmp_path / "figs").exists()
 
     moved = shutil.copytree(store[0], tmp_path / "moved.zarr")
     res = make_results(store_paths=(tmp_path / "gone.zarr", other))
-    res.attrs["store_fingerprints"] = json.dumps([{**store_fingerprint(store[0], open_store(store[0])),
-                                                   "path": str(tmp_path / "gone.zarr")},
-                                                  store_fingerprint(other, open_store(other))])
+    res.attrs["store_fingerprints"] = json.dumps(
+        [
+            {
+                **store_fingerprint(store[0], open_store(store[0])),
+                "path": str(tmp_path / "gone.zarr"),
+            },
+            store_fingerprint(other, open_store(other)),
+        ]
+    )
     visualize(moved, layer=0, results=res, samples=[0], out=tmp_path / "figs")
     entry = read_index(tmp_path / "figs")[0]
     assert entry["experiment"] == "toynet/shapes" and "from the results" in entry["caption"]
@@ -408,8 +533,15 @@ def test_curves_by_layer_and_trajectories_are_written(tmp_path):
     res = make_results()
     written = curves.plot_all(res, tmp_path)
     names = sorted(p.name for p in written)
-    assert {"distance_curves.png", "distance_curves.svg", "distance_by_layer.png", "distance_by_layer.svg"} <= set(names)
-    assert sum(n.startswith("trajectory_") and n.endswith(".png") for n in names) == 6  # 2 experiments x 3 metrics
+    assert {
+        "distance_curves.png",
+        "distance_curves.svg",
+        "distance_by_layer.png",
+        "distance_by_layer.svg",
+    } <= set(names)
+    assert (
+        sum(n.startswith("trajectory_") and n.endswith(".png") for n in names) == 6
+    )  # 2 experiments x 3 metrics
     for p in written:
         assert p.stat().st_size > 3000
     h, w, _ = png_shape(tmp_path / "distance_curves.png")
@@ -417,7 +549,11 @@ def test_curves_by_layer_and_trajectories_are_written(tmp_path):
     svg = (tmp_path / "distance_curves.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     mats, layers, epochs = curves.trajectory_matrices(res, "toynet/fruits", "pwsm")
-    assert mats.shape == (1, 4, 4) and [n for _, n in layers] == ["features.3"] and epochs.tolist() == [0, 1, 2, 3]
+    assert (
+        mats.shape == (1, 4, 4)
+        and [n for _, n in layers] == ["features.3"]
+        and epochs.tolist() == [0, 1, 2, 3]
+    )
     np.testing.assert_array_equal(np.diagonal(mats[0]), 0.0)
     entries = {e["file"]: e for e in read_index(tmp_path)}
     assert "bootstrap intervals" in entries["distance_curves.png"]["caption"]
@@ -442,15 +578,42 @@ def test_cli_visualize(store, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "features.3", "--filter", "1",
-                                 "--filter", "2", "--class", "circle", "--sample", "1", "--epoch", "0",
-                                 "--epoch", "2", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            str(store[0]),
+            "--layer",
+            "features.3",
+            "--filter",
+            "1",
+            "--filter",
+            "2",
+            "--class",
+            "circle",
+            "--sample",
+            "1",
+            "--epoch",
+            "0",
+            "--epoch",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert (out / "class_toy_features_3.png").is_file() and (out / "sample_toy_features_3_s1.png").is_file()
+    assert (out / "class_toy_features_3.png").is_file() and (
+        out / "sample_toy_features_3_s1.png"
+    ).is_file()
     assert str(out / "class_toy_features_3.png") in result.output
-    result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "features.99", "--out", str(out)])
+    result = runner.invoke(
+        app, ["visualize", str(store[0]), "--layer", "features.99", "--out", str(out)]
+    )
     assert result.exit_code == 2
-    assert result.output.strip().count("\n") == 0 and "ftdyn: error: --layer features.99" in result.output
+    assert (
+        result.output.strip().count("\n") == 0
+        and "ftdyn: error: --layer features.99" in result.output
+    )
 
 
 def test_cli_visualize_out_must_be_a_folder_outside_zarr_stores(store, tmp_path):
@@ -460,12 +623,17 @@ def test_cli_visualize_out_must_be_a_folder_outside_zarr_stores(store, tmp_path)
     afile.write_text("x")
     in_store = sorted(store[0].rglob("*"))
     runner = CliRunner()
-    for out, says in [(afile, f"{afile} is a file, not a folder"), (afile / "figs", f"{afile} is a file"),
-                      (store[0], f"is inside the input {store[0]}"),
-                      (store[0] / "figs", f"is inside the input {store[0]}")]:
+    for out, says in [
+        (afile, f"{afile} is a file, not a folder"),
+        (afile / "figs", f"{afile} is a file"),
+        (store[0], f"is inside the input {store[0]}"),
+        (store[0] / "figs", f"is inside the input {store[0]}"),
+    ]:
         result = runner.invoke(app, ["visualize", str(store[0]), "--layer", "0", "--out", str(out)])
         assert result.exit_code == 2, result.output
-        assert result.output.count("\n") == 1 and result.output.startswith(f"ftdyn: error: --out {out}: ")
+        assert result.output.count("\n") == 1 and result.output.startswith(
+            f"ftdyn: error: --out {out}: "
+        )
         assert says in result.output
     assert afile.read_text() == "x" and sorted(store[0].rglob("*")) == in_store
 

@@ -40,7 +40,8 @@ How each view is computed ("side", chosen per layer)
     Row side: one pass over the store; each task reads one sample chunk of the
     reference and then of each checkpoint (every chunk is read once per pass) and
     accumulates XᵀX, YᵀY, XᵀY and column sums in float64 (torch matmul); tasks are
-    tree-reduced (fan-in 4, summed in place; copied on a distributed cluster). When the statistics of all checkpoints
+    tree-reduced (fan-in 4, summed in place; copied on a distributed cluster). When the statistics
+    of all checkpoints
     do not fit a task, passes cover groups of checkpoints (the reference is re-read
     per pass) and, for per-filter views, groups of filters (each group reads only its
     channels, which decodes only their inner chunks in a sharded store, see
@@ -131,4 +132,12 @@ Modules: :mod:`~ftdyn.analysis.inputs` (stores opened as experiments),
 from ..config import METRIC_NAMES, PRESETS, parse_memory
 from .run import AnalysisPlan, analyze, execute, make_plan
 
-__all__ = ["analyze", "make_plan", "execute", "AnalysisPlan", "parse_memory", "PRESETS", "METRIC_NAMES"]
+__all__ = [
+    "analyze",
+    "make_plan",
+    "execute",
+    "AnalysisPlan",
+    "parse_memory",
+    "PRESETS",
+    "METRIC_NAMES",
+]

@@ -31,8 +31,14 @@ def _aggregate_map(vals: np.ndarray, labels: np.ndarray, how: str):
     value the NaN-aware mean over *all* (class, filter) cells (which differs from the mean
     of the per-filter values when some cells are NaN). Returns (per_filter, layer, cells)."""
     if how == "class":
-        cells = np.stack([S.nanmean(vals[:, labels == c], axis=1) for c in np.unique(labels)], axis=1)
-        return S.nanmean(cells, axis=1), S.nanmean(cells.reshape(*cells.shape[:-2], -1), axis=-1), cells
+        cells = np.stack(
+            [S.nanmean(vals[:, labels == c], axis=1) for c in np.unique(labels)], axis=1
+        )
+        return (
+            S.nanmean(cells, axis=1),
+            S.nanmean(cells.reshape(*cells.shape[:-2], -1), axis=-1),
+            cells,
+        )
     per_filter = S.nanmean(vals, axis=1)
     return per_filter, S.nanmean(per_filter, axis=-1), None
 
@@ -59,7 +65,9 @@ def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict
     return out
 
 
-def _gather(parts: list[dict], key: str, metric: str, lead: tuple[int, ...], per_filter: bool) -> np.ndarray:
+def _gather(
+    parts: list[dict], key: str, metric: str, lead: tuple[int, ...], per_filter: bool
+) -> np.ndarray:
     """One metric's ``key`` array from the results of every filter group: shape (*lead, filters),
     groups joined along filters, for per-filter views; (*lead) otherwise (a single group)."""
     if not per_filter:
@@ -75,8 +83,10 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
         exp = exps[job.exp]
         T, ref = len(exp.epochs), exp.ref
         if job.side == "row":
-            parts = [_join_ckpt_groups([next(it) for _ in job.ckpt_groups], job.ckpt_groups, T, ref)
-                     for _ in job.groups]
+            parts = [
+                _join_ckpt_groups([next(it) for _ in job.ckpt_groups], job.ckpt_groups, T, ref)
+                for _ in job.groups
+            ]
         else:
             parts = [next(it) for _ in job.groups]
         per_filter = V.is_per_filter(job.view)
@@ -85,28 +95,43 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
             if job.side == "map":
                 vals = np.concatenate([p[m] for p in parts], axis=-1)  # (P, n, C)
                 pairs = map_pairs(T, ref, job.mode)
-                per_filter_vals, layer_pair, cells = _aggregate_map(vals, exp.labels, args.map_average)
-                ref_rows = [pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref)) for t in range(T)]
+                per_filter_vals, layer_pair, cells = _aggregate_map(
+                    vals, exp.labels, args.map_average
+                )
+                ref_rows = [
+                    pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref))
+                    for t in range(T)
+                ]
                 filt = per_filter_vals[ref_rows]
                 rec["layer_value"] = layer_pair[ref_rows]
                 if cells is not None:
-                    rec["cells"] = cells[ref_rows]  # (T, classes, C): the published agreement's input
+                    rec["cells"] = cells[
+                        ref_rows
+                    ]  # (T, classes, C): the published agreement's input
                 rec["n_nan_maps"] = np.isnan(vals[ref_rows]).sum(axis=(1, 2))
                 traj = np.full((T, T), np.nan)
                 for i, (a, b) in enumerate(pairs):
                     traj[a, b] = traj[b, a] = layer_pair[i]
-                if args.bootstrap and (args.bootstrap_metrics is None or m in args.bootstrap_metrics):
+                if args.bootstrap and (
+                    args.bootstrap_metrics is None or m in args.bootstrap_metrics
+                ):
                     idx = shared_boot_indices(len(exp.labels), args, job.exp)
                     ref_vals = vals[ref_rows]  # (T, n, C)
-                    reps = np.stack([_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
-                                     for ii in idx])
+                    reps = np.stack(
+                        [
+                            _aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
+                            for ii in idx
+                        ]
+                    )
                     rec["ci"] = S.percentile_interval(reps, axis=0)
                     rec["reps"] = reps  # (N, T) layer values, paired across layers (interpret)
             else:
                 values = _gather(parts, "values", m, (T,), per_filter)
                 filt = values if per_filter else None
                 if parts[0]["traj"]:
-                    traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[0]
+                    traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[
+                        0
+                    ]
                 else:
                     traj = np.full((T, T), np.nan)
                     lv = _layer_values(values, per_filter)[0]
@@ -129,7 +154,9 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
     return out
 
 
-def _place(arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: list[int], rec: dict) -> None:
+def _place(
+    arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: list[int], rec: dict
+) -> None:
     """Put one (experiment, metric, layer) record into the result arrays at ``index``,
     its epochs at positions ``cols`` of the common epoch axis."""
     e, mi, l = index
@@ -145,18 +172,27 @@ def _place(arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: lis
         arrays["ci_low"][e, mi, l, cols], arrays["ci_high"][e, mi, l, cols] = rec["ci"]
 
 
-def _record_arrays(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
+def _record_arrays(
+    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]
+) -> dict[str, np.ndarray]:
     """The records as arrays over (experiment, metric, layer_index, epoch[, filter | epoch_other]),
     NaN (0 for counts) where an experiment has no such layer or epoch; plus ``layer`` names and
     ``has_epoch``."""
     E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
     Fmax = max([r["filter"].shape[-1] for r in recs.values() if "filter" in r] + [1])
     shape = (E, Mn, Lmax, Ep)
-    arrays = {"distance": np.full(shape, np.nan), "ci_low": np.full(shape, np.nan), "ci_high": np.full(shape, np.nan),
-              "n_nan": np.zeros(shape, dtype=np.int64), "n_nan_maps": np.zeros(shape, dtype=np.int64),
-              "n_filters": np.zeros((E, Mn, Lmax), dtype=np.int64),
-              "filter_distance": np.full(shape + (Fmax,), np.nan), "trajectory": np.full(shape + (Ep,), np.nan),
-              "layer": np.full((E, Lmax), "", dtype=object), "has_epoch": np.zeros((E, Ep), dtype=bool)}
+    arrays = {
+        "distance": np.full(shape, np.nan),
+        "ci_low": np.full(shape, np.nan),
+        "ci_high": np.full(shape, np.nan),
+        "n_nan": np.zeros(shape, dtype=np.int64),
+        "n_nan_maps": np.zeros(shape, dtype=np.int64),
+        "n_filters": np.zeros((E, Mn, Lmax), dtype=np.int64),
+        "filter_distance": np.full(shape + (Fmax,), np.nan),
+        "trajectory": np.full(shape + (Ep,), np.nan),
+        "layer": np.full((E, Lmax), "", dtype=object),
+        "has_epoch": np.zeros((E, Ep), dtype=bool),
+    }
     epos = {ep: i for i, ep in enumerate(epochs)}
     for e, exp in enumerate(exps):
         cols = [epos[ep] for ep in exp.epochs]
@@ -168,14 +204,20 @@ def _record_arrays(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epoc
     return arrays
 
 
-def _summaries(exps: list[Experiment], args: AnalyzeConfig, dist: np.ndarray, epochs: list[int]) -> dict[str, np.ndarray]:
+def _summaries(
+    exps: list[Experiment], args: AnalyzeConfig, dist: np.ndarray, epochs: list[int]
+) -> dict[str, np.ndarray]:
     """Reusability (mean ± std over epochs, per experiment and per layer) and the Pearson
     agreement between metrics, the reference epoch excluded."""
     E, Mn, Lmax = dist.shape[:3]
-    out = {"reusability_mean": np.full((E, Mn), np.nan), "reusability_std": np.full((E, Mn), np.nan),
-           "layer_reusability_mean": np.full((E, Mn, Lmax), np.nan),
-           "layer_reusability_std": np.full((E, Mn, Lmax), np.nan),
-           "agreement_r": np.full((E, Lmax, Mn, Mn), np.nan), "agreement_n": np.zeros((E, Lmax, Mn, Mn), dtype=np.int64)}
+    out = {
+        "reusability_mean": np.full((E, Mn), np.nan),
+        "reusability_std": np.full((E, Mn), np.nan),
+        "layer_reusability_mean": np.full((E, Mn, Lmax), np.nan),
+        "layer_reusability_std": np.full((E, Mn, Lmax), np.nan),
+        "agreement_r": np.full((E, Lmax, Mn, Mn), np.nan),
+        "agreement_n": np.zeros((E, Lmax, Mn, Mn), dtype=np.int64),
+    }
     keep_all = np.array([ep != args.reference for ep in epochs])
     for e, exp in enumerate(exps):
         L = len(exp.layers)
@@ -191,29 +233,49 @@ def _summaries(exps: list[Experiment], args: AnalyzeConfig, dist: np.ndarray, ep
 _LE = ("experiment", "metric", "layer_index", "epoch")
 #: (dims, description or None) of each data variable, in the order of the Dataset
 _VARIABLES = {
-    "distance": (_LE, "distance from the reference checkpoint (per-filter views: NaN-aware mean over filters)"),
+    "distance": (
+        _LE,
+        "distance from the reference checkpoint (per-filter views: NaN-aware mean over filters)",
+    ),
     "ci_low": (_LE, "bootstrap percentile interval, lower bound (NaN without bootstrap)"),
     "ci_high": (_LE, "bootstrap percentile interval, upper bound"),
     "n_filters": (("experiment", "metric", "layer_index"), None),
-    "n_nan": (_LE, "undefined values: dead filters (per-filter views), filters dead in every image (map), 1 if a "
-                   "whole-layer value is NaN"),
-    "n_nan_maps": (_LE, "map view: undefined (image, filter) maps ignored by the means; 0 for other views"),
+    "n_nan": (
+        _LE,
+        (
+            "undefined values: dead filters (per-filter views), filters dead in every image (map),"
+            " 1 if a whole-layer value is NaN"
+        ),
+    ),
+    "n_nan_maps": (
+        _LE,
+        "map view: undefined (image, filter) maps ignored by the means; 0 for other views",
+    ),
     "filter_distance": (_LE + ("filter",), None),
-    "trajectory": (_LE + ("epoch_other",), "checkpoint x checkpoint distances (NaN where not computed, see "
-                                           "attrs.plan)"),
+    "trajectory": (
+        _LE + ("epoch_other",),
+        "checkpoint x checkpoint distances (NaN where not computed, see attrs.plan)",
+    ),
     "reusability_mean": (("experiment", "metric"), None),
     "reusability_std": (("experiment", "metric"), None),
     "layer_reusability_mean": (("experiment", "metric", "layer_index"), None),
     "layer_reusability_std": (("experiment", "metric", "layer_index"), None),
     "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), None),
-    "agreement_n": (("experiment", "layer_index", "metric", "metric_other"),
-                    "epochs both curves have a finite value at (reference excluded)"),
+    "agreement_n": (
+        ("experiment", "layer_index", "metric", "metric_other"),
+        "epochs both curves have a finite value at (reference excluded)",
+    ),
     "has_epoch": (("experiment", "epoch"), "the experiment's store has this (complete) checkpoint"),
 }
 
 
-def _coords(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int], layer_names: np.ndarray,
-            n_filter_columns: int) -> dict[str, tuple]:
+def _coords(
+    exps: list[Experiment],
+    args: AnalyzeConfig,
+    epochs: list[int],
+    layer_names: np.ndarray,
+    n_filter_columns: int,
+) -> dict[str, tuple]:
     strings = lambda values: np.array(list(values), dtype=object)  # noqa: E731
     return {
         "experiment": ("experiment", strings(e.name for e in exps)),
@@ -222,7 +284,12 @@ def _coords(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int], laye
         "store": ("experiment", strings(str(e.path) for e in exps)),
         "metric": ("metric", strings(args.metrics)),
         "view": ("metric", strings(args.views[m] for m in args.metrics)),
-        "alpha": ("metric", np.array([args.alpha if m == "pwsm" else np.nan for m in args.metrics], dtype=np.float64)),
+        "alpha": (
+            "metric",
+            np.array(
+                [args.alpha if m == "pwsm" else np.nan for m in args.metrics], dtype=np.float64
+            ),
+        ),
         "layer_index": ("layer_index", np.arange(layer_names.shape[1], dtype=np.int64)),
         "layer": (("experiment", "layer_index"), layer_names),
         "epoch": ("epoch", np.array(epochs, dtype=np.int64)),
@@ -238,21 +305,28 @@ def to_dataset(exps: list[Experiment], args: AnalyzeConfig, recs: dict, attrs: d
     arrays = _record_arrays(exps, args, recs, epochs)
     arrays.update(_summaries(exps, args, arrays["distance"], epochs))
     layer_names = arrays.pop("layer")
-    data = {name: (dims, arrays[name]) if about is None else (dims, arrays[name], {"description": about})
-            for name, (dims, about) in _VARIABLES.items()}
+    data = {
+        name: (
+            (dims, arrays[name]) if about is None else (dims, arrays[name], {"description": about})
+        )
+        for name, (dims, about) in _VARIABLES.items()
+    }
     coords = _coords(exps, args, epochs, layer_names, arrays["filter_distance"].shape[-1])
     ds = xr.Dataset(data, coords=coords, attrs=attrs)
     paper = _paper_code_agreement(exps, args, recs, epochs, layer_names.shape[1])
     return ds.assign(paper) if paper else ds
 
 
-def _paper_code_agreement(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int], Lmax: int) -> dict:
+def _paper_code_agreement(
+    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int], Lmax: int
+) -> dict:
     """The published code's agreement (with ``--preset paper-code``, CKA and Procrustes on the
     map view): per (epoch, layer, class), Pearson r across filters between the two metrics'
     per-class filter values, summarized per experiment by a plain mean and std over layers,
     epochs (reference excluded) and classes — one NaN makes the summary NaN, as it did there."""
-    if args.map_average != "class" or any(m not in args.metrics or args.views[m] != "map"
-                                          for m in ("procrustes", "cka")):
+    if args.map_average != "class" or any(
+        m not in args.metrics or args.views[m] != "map" for m in ("procrustes", "cka")
+    ):
         return {}
     K = max(len(np.unique(e.labels)) for e in exps)
     E, Ep = len(exps), len(epochs)
@@ -262,20 +336,43 @@ def _paper_code_agreement(exps: list[Experiment], args: AnalyzeConfig, recs: dic
         cols = [epochs.index(ep) for ep in exp.epochs]
         k = len(np.unique(exp.labels))
         for l in range(len(exp.layers)):
-            r[e, l][np.ix_(cols, range(k))] = S.pearson_plain(recs[(e, "cka", l)]["cells"],
-                                                              recs[(e, "procrustes", l)]["cells"], axis=-1)
-        r[e, :, epochs.index(args.reference)] = np.nan  # self-comparison: rounding noise, not a correlation
-        kept = r[e, :len(exp.layers)][:, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k]
+            r[e, l][np.ix_(cols, range(k))] = S.pearson_plain(
+                recs[(e, "cka", l)]["cells"], recs[(e, "procrustes", l)]["cells"], axis=-1
+            )
+        r[e, :, epochs.index(args.reference)] = (
+            np.nan
+        )  # self-comparison: rounding noise, not a correlation
+        kept = r[e, : len(exp.layers)][
+            :, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k
+        ]
         mean[e], std[e] = (float(kept.mean()), float(kept.std())) if kept.size else (np.nan, np.nan)
     dims = ("experiment", "layer_index", "epoch", "class_index")
     return {
-        "agreement_paper_code": (dims, r, {"description": "published code: Pearson r between CKA and Procrustes "
-                                           "across filters, per (epoch, layer, class; class_index = k-th label "
-                                           "present); NaN if any filter value is NaN or a vector is constant, and at the "
-                                           "reference epoch"}),
-        "agreement_paper_code_mean": ("experiment", mean, {"description": "plain mean of agreement_paper_code over "
-                                                           "layers, epochs (reference excluded) and classes"}),
-        "agreement_paper_code_std": ("experiment", std, {"description": "plain population std, same cells"}),
+        "agreement_paper_code": (
+            dims,
+            r,
+            {
+                "description": (
+                    "published code: Pearson r between CKA and Procrustes "
+                    "across filters, per (epoch, layer, class; class_index = k-th label "
+                    "present); NaN if any filter value is NaN or a vector is constant, and at the "
+                    "reference epoch"
+                )
+            },
+        ),
+        "agreement_paper_code_mean": (
+            "experiment",
+            mean,
+            {
+                "description": (
+                    "plain mean of agreement_paper_code over "
+                    "layers, epochs (reference excluded) and classes"
+                )
+            },
+        ),
+        "agreement_paper_code_std": (
+            "experiment",
+            std,
+            {"description": "plain population std, same cells"},
+        ),
     }
-
-

@@ -13,8 +13,18 @@ from ..errors import FtdynError
 from ..progress import dask_progress, stage, track
 from .inputs import Experiment
 from .plan import Job, chunk_groups, replicate_counts, shared_boot
-from .tasks import (concat_map, gram_assemble, gram_finish, gram_panel, map_leaf, merge_acc, merge_acc_copy,
-                    row_cols, row_finish, row_leaf)
+from .tasks import (
+    concat_map,
+    gram_assemble,
+    gram_finish,
+    gram_panel,
+    map_leaf,
+    merge_acc,
+    merge_acc_copy,
+    row_cols,
+    row_finish,
+    row_leaf,
+)
 
 #: children per merge task of the tree reductions
 FAN_IN = 4
@@ -40,20 +50,45 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
                         counts = replicate_counts(args, job.units, job.exp)
                 p = row_cols(src, job.view)
                 for ci, cg in enumerate(job.ckpt_groups):
-                    # a pass over the reference and the checkpoints of group cg (all of them: cg None)
+                    # a pass over the reference and the checkpoints of group cg (all of them: cg
+                    # None)
                     pos = list(range(T)) if cg is None else [ref, *cg]
                     sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(ref)
                     ctag = f"{gtag}-{ci}"
-                    leaves = [delayed(row_leaf, pure=True)(src, grp, sub, sub_ref, job.view, fsl, job.mode,
-                                                            units, job.units, job.sub_bytes,
-                                                            dask_key_name=f"stats-{ctag}-{i}")
-                              for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
-                    merged = _tree(leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}")
-                    out = delayed(row_finish, pure=True)(merged, job.metrics, args.alpha, len(sub), sub_ref, p,
-                                                          job.mode, counts, args.bootstrap_metrics,
-                                                          tuple(i for i, t in enumerate(pos)
-                                                                if exp.epochs[t] in args.skip_replicates),
-                                                          dask_key_name=f"metrics-{ctag}")
+                    leaves = [
+                        delayed(row_leaf, pure=True)(
+                            src,
+                            grp,
+                            sub,
+                            sub_ref,
+                            job.view,
+                            fsl,
+                            job.mode,
+                            units,
+                            job.units,
+                            job.sub_bytes,
+                            dask_key_name=f"stats-{ctag}-{i}",
+                        )
+                        for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
+                    ]
+                    merged = _tree(
+                        leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}"
+                    )
+                    out = delayed(row_finish, pure=True)(
+                        merged,
+                        job.metrics,
+                        args.alpha,
+                        len(sub),
+                        sub_ref,
+                        p,
+                        job.mode,
+                        counts,
+                        args.bootstrap_metrics,
+                        tuple(
+                            i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates
+                        ),
+                        dask_key_name=f"metrics-{ctag}",
+                    )
                     job.outputs.append(out)
                     graph_outputs.append(out)
                 continue
@@ -65,19 +100,51 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
                     blocks = []
                     for pi, panel in enumerate(panels):
                         stream = list(range(panel[-1] + 1, src.n_chunks))
-                        blocks.append(delayed(gram_panel, pure=True)(src, k, job.view, fsl, panel, stream, previous,
-                                                                      dask_key_name=f"gram-{gtag}-{t}-{pi}"))
-                    Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
+                        blocks.append(
+                            delayed(gram_panel, pure=True)(
+                                src,
+                                k,
+                                job.view,
+                                fsl,
+                                panel,
+                                stream,
+                                previous,
+                                dask_key_name=f"gram-{gtag}-{t}-{pi}",
+                            )
+                        )
+                    Ks.append(
+                        delayed(gram_assemble, pure=True)(
+                            src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"
+                        )
+                    )
                 boot = shared_boot(src.n, args, job.exp) if args.bootstrap else None
-                out = delayed(gram_finish, pure=True)(job.metrics, args.alpha, ref, job.mode, boot, *Ks,
-                                                       boot_metrics=args.bootstrap_metrics,
-                                                       skip=tuple(t for t, ep in enumerate(exp.epochs)
-                                                                  if ep in args.skip_replicates),
-                                                       dask_key_name=f"metrics-{gtag}")
+                out = delayed(gram_finish, pure=True)(
+                    job.metrics,
+                    args.alpha,
+                    ref,
+                    job.mode,
+                    boot,
+                    *Ks,
+                    boot_metrics=args.bootstrap_metrics,
+                    skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
+                    dask_key_name=f"metrics-{gtag}",
+                )
             else:  # map
-                leaves = [delayed(map_leaf, pure=True)(src, grp, exp.ckpt_index, ref, job.metrics, args.alpha, fsl,
-                                                        job.mode, args.map_center, dask_key_name=f"maps-{gtag}-{i}")
-                          for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))]
+                leaves = [
+                    delayed(map_leaf, pure=True)(
+                        src,
+                        grp,
+                        exp.ckpt_index,
+                        ref,
+                        job.metrics,
+                        args.alpha,
+                        fsl,
+                        job.mode,
+                        args.map_center,
+                        dask_key_name=f"maps-{gtag}-{i}",
+                    )
+                    for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
+                ]
                 out = _tree(leaves, concat_map, f"concat-{gtag}", ordered=True)
             job.outputs.append(out)
             graph_outputs.append(out)
@@ -91,9 +158,12 @@ def _tree(items: list, combine, name: str, ordered: bool = False):
     while len(items) > 1:
         nxt = []
         for i in range(0, len(items), FAN_IN):
-            group = items[i:i + FAN_IN]
-            nxt.append(group[0] if len(group) == 1 else
-                       dask.delayed(combine, pure=True)(*group, dask_key_name=f"{name}-{level}-{i}"))
+            group = items[i : i + FAN_IN]
+            nxt.append(
+                group[0]
+                if len(group) == 1
+                else dask.delayed(combine, pure=True)(*group, dask_key_name=f"{name}-{level}-{i}")
+            )
         items, level = nxt, level + 1
     return items[0]
 
@@ -118,7 +188,9 @@ def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: st
         try:
             client = Client(scheduler, timeout="10s") if own else scheduler
         except Exception as exc:  # noqa: BLE001 - any connection failure is a user error
-            raise FtdynError(f"{arg('scheduler')}: cannot connect to {scheduler} ({type(exc).__name__}: {exc}).") from None
+            raise FtdynError(
+                f"{arg('scheduler')}: cannot connect to {scheduler} ({type(exc).__name__}: {exc})."
+            ) from None
         try:
             futures = client.compute(outputs)
             for _ in track(as_completed(futures), what, total=len(futures), enabled=progress):
@@ -134,5 +206,3 @@ def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: st
             return dask.compute(*outputs, scheduler="threads", num_workers=threads)
     finally:
         torch.set_num_threads(old)
-
-

@@ -54,18 +54,27 @@ class Source:
     width: int
     itemsize: int
     device: str = "cpu"  # where the statistics are computed: every tensor of a task lives there
-    channel_block: int = 0  # channels per inner chunk (sharded store); 0: every read decodes all channels
+    channel_block: int = (
+        0  # channels per inner chunk (sharded store); 0: every read decodes all channels
+    )
     layer: str = ""  # the module name, for messages
-    epochs: tuple[int, ...] = ()  # epoch of each position of the store's checkpoint axis, for messages
+    epochs: tuple[
+        int, ...
+    ] = ()  # epoch of each position of the store's checkpoint axis, for messages
 
     def where(self, ckpt: int, chunk: int) -> str:
         """'layer L (array V), epoch E, samples a-b': how messages name a block (never by index)."""
         rows = self.rows(chunk)
         if ckpt == BASELINE:
-            return f"layer {self.layer or self.var} (array {self.var}), random-init baseline, samples {rows.start}-{rows.stop - 1}"
+            return (
+                f"layer {self.layer or self.var} (array {self.var}), random-init baseline, samples"
+                f" {rows.start}-{rows.stop - 1}"
+            )
         epoch = self.epochs[ckpt] if ckpt < len(self.epochs) else f"#{ckpt}"
-        return (f"layer {self.layer or self.var} (array {self.var}), epoch {epoch}, "
-                f"samples {rows.start}-{rows.stop - 1}")
+        return (
+            f"layer {self.layer or self.var} (array {self.var}), epoch {epoch}, "
+            f"samples {rows.start}-{rows.stop - 1}"
+        )
 
     def decoded_fraction(self, group: int) -> float:
         """Part of a chunk decoded to read ``group`` consecutive channels (block-aligned groups)."""
@@ -103,7 +112,9 @@ class Experiment:
     probe_dir: str | None = None  # where the probe images came from (outputs must not land there)
 
 
-def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu") -> list[Experiment]:
+def open_experiments(
+    stores: Sequence, args: AnalyzeConfig, device: str = "cpu"
+) -> list[Experiment]:
     """The stores as experiments: their complete epochs and the selected layers, checked
     against ``args`` (reference epoch, layers, names)."""
     if isinstance(stores, (str, os.PathLike)):
@@ -112,8 +123,10 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
     if not stores:
         raise FtdynError("analyze: give at least one activation store.")
     if args.experiment_names is not None and len(args.experiment_names) != len(stores):
-        raise FtdynError(f"{arg('experiment_names')}: {len(args.experiment_names)} name(s) for {len(stores)} store(s); "
-                         f"give one {arg('experiment_names')} per store, in the same order.")
+        raise FtdynError(
+            f"{arg('experiment_names')}: {len(args.experiment_names)} name(s) for {len(stores)}"
+            f" store(s); give one {arg('experiment_names')} per store, in the same order."
+        )
     exps = []
     for i, path in enumerate(stores):
         if not path.exists():
@@ -123,12 +136,16 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
         all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
         if args.reference not in epochs:
             where = "is not complete" if args.reference in all_epochs else "is not in the store"
-            raise FtdynError(f"{arg('reference')}: epoch {args.reference} {where} ({path}: complete epochs "
-                             f"{', '.join(map(str, epochs))}); pass {arg('reference')} with one of them, or extract the "
-                             "source model as epoch 0 (ftdyn extract --source).")
+            raise FtdynError(
+                f"{arg('reference')}: epoch {args.reference} {where} ({path}: complete epochs"
+                f" {', '.join(map(str, epochs))}); pass {arg('reference')} with one of them, or"
+                " extract the source model as epoch 0 (ftdyn extract --source)."
+            )
         if len(epochs) < 2:
-            raise FtdynError(f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract more "
-                             "checkpoints (or finish the extraction) first.")
+            raise FtdynError(
+                f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract"
+                " more checkpoints (or finish the extraction) first."
+            )
         ckpt_index = [all_epochs.index(e) for e in epochs]
         available = store_layers(ds)
         if args.layers:
@@ -136,8 +153,10 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
             for name in args.layers:
                 match = [(m, v) for m, v in available if name in (m, v)]
                 if not match:
-                    raise FtdynError(f"{arg('layers')}: '{name}' is not a layer of {path}; it has "
-                                     f"{', '.join(m for m, _ in available)}.")
+                    raise FtdynError(
+                        f"{arg('layers')}: '{name}' is not a layer of {path}; it has "
+                        f"{', '.join(m for m, _ in available)}."
+                    )
                 chosen.append(match[0])
             order = {m: k for k, (m, _) in enumerate(available)}
             chosen = sorted(dict.fromkeys(chosen), key=lambda mv: order[mv[0]])
@@ -149,20 +168,47 @@ def open_experiments(stores: Sequence, args: AnalyzeConfig, device: str = "cpu")
         for module, var in chosen:
             _, _, c, h, w = ds[var].shape
             block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
-            layers.append((module, Source(str(path.resolve()), var, spc, n, int(c), int(h), int(w),
-                                          int(ds[var].dtype.itemsize), device, block, module,
-                                          tuple(all_epochs))))
+            layers.append(
+                (
+                    module,
+                    Source(
+                        str(path.resolve()),
+                        var,
+                        spc,
+                        n,
+                        int(c),
+                        int(h),
+                        int(w),
+                        int(ds[var].dtype.itemsize),
+                        device,
+                        block,
+                        module,
+                        tuple(all_epochs),
+                    ),
+                )
+            )
         model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
         name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
-        exps.append(Experiment(path=path, name=name, model=model, dataset=dataset, epochs=epochs,
-                               ckpt_index=ckpt_index, ref=epochs.index(args.reference),
-                               labels=np.asarray(ds["label"].values, dtype=np.int64), layers=layers,
-                               fingerprint=store_fingerprint(path, ds),
-                               probe_dir=(ds.attrs.get("probe") or {}).get("data_dir")))
+        exps.append(
+            Experiment(
+                path=path,
+                name=name,
+                model=model,
+                dataset=dataset,
+                epochs=epochs,
+                ckpt_index=ckpt_index,
+                ref=epochs.index(args.reference),
+                labels=np.asarray(ds["label"].values, dtype=np.int64),
+                layers=layers,
+                fingerprint=store_fingerprint(path, ds),
+                probe_dir=(ds.attrs.get("probe") or {}).get("data_dir"),
+            )
+        )
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
-        raise FtdynError(f"analyze: several stores are labeled '{dup[0]}'; give each a distinct {arg('experiment_names')}.")
+        raise FtdynError(
+            f"analyze: several stores are labeled '{dup[0]}'; give each a distinct"
+            f" {arg('experiment_names')}."
+        )
     return exps
-
-

@@ -52,10 +52,14 @@ CONVERGENCE_TOL = 0.05
 PROBE_FOLDS = 5
 PROBE_RIDGE = 1.0
 #: how relative values are computed (results attrs; the report prints it)
-RELATIVE_NOTE = ("relative_distance = distance / ceiling; ceiling = distance(reference, a seeded random-init "
-                 "network of the same architecture) on the same probe images, metric and view")
-NO_BASELINE_NOTE = ("no random-init baseline in {stores}: ceiling and relative_distance are NaN; add one with "
-                    "`ftdyn extract ... --random-init-baseline` (same command as before) and analyze again")
+RELATIVE_NOTE = (
+    "relative_distance = distance / ceiling; ceiling = distance(reference, a seeded random-init "
+    "network of the same architecture) on the same probe images, metric and view"
+)
+NO_BASELINE_NOTE = (
+    "no random-init baseline in {stores}: ceiling and relative_distance are NaN; add one with "
+    "`ftdyn extract ... --random-init-baseline` (same command as before) and analyze again"
+)
 
 
 # ------------------------------------------------------- ceiling and convergence
@@ -64,8 +68,16 @@ def _last(exp: Experiment) -> int:
     return max(t for t in range(len(exp.epochs)) if t != exp.ref)
 
 
-def extra_pairs(exps: list[Experiment], args: AnalyzeConfig, dev, limit: int, workers, scheduler, progress: bool,
-                degenerate: dict) -> dict:
+def extra_pairs(
+    exps: list[Experiment],
+    args: AnalyzeConfig,
+    dev,
+    limit: int,
+    workers,
+    scheduler,
+    progress: bool,
+    degenerate: dict,
+) -> dict:
     """One more run of the engine on (reference, last epoch[, random-init baseline]) per
     experiment, its replicates the nested image subsets of :data:`NESTED_FRACTIONS`:
 
@@ -80,14 +92,30 @@ def extra_pairs(exps: list[Experiment], args: AnalyzeConfig, dev, limit: int, wo
     pair = []
     for e, exp in enumerate(exps):
         pos = [exp.ref, _last(exp)]
-        pair.append(dataclasses.replace(exp, epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
-                                        ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
-                                        ref=0))
-    pargs = dataclasses.replace(args, bootstrap=len(NESTED_FRACTIONS), nested=True, trajectory="reference",
-                                bootstrap_metrics=None, skip_replicates=(BASELINE,))
+        pair.append(
+            dataclasses.replace(
+                exp,
+                epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
+                ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
+                ref=0,
+            )
+        )
+    pargs = dataclasses.replace(
+        args,
+        bootstrap=len(NESTED_FRACTIONS),
+        nested=True,
+        trajectory="reference",
+        bootstrap_metrics=None,
+        skip_replicates=(BASELINE,),
+    )
     threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
-    results = compute(build_graph(pair, pargs, jobs, inplace=scheduler is None), threads=threads,
-                      scheduler=scheduler, progress=progress, what="convergence and random-init ceiling")
+    results = compute(
+        build_graph(pair, pargs, jobs, inplace=scheduler is None),
+        threads=threads,
+        scheduler=scheduler,
+        progress=progress,
+        what="convergence and random-init ceiling",
+    )
     for (e, m, l), rec in collect(pair, pargs, jobs, list(results)).items():
         if (e, m, l) in degenerate:
             continue
@@ -96,11 +124,16 @@ def extra_pairs(exps: list[Experiment], args: AnalyzeConfig, dev, limit: int, wo
             ceiling[e, mi, l] = float(np.asarray(rec["value"])[2])
         if rec.get("reps") is not None:
             conv[e, mi, l] = np.asarray(rec["reps"])[:, 1]
-    return {"ceiling": ceiling, "convergence": conv,
-            "missing": [str(e.path) for e, b in zip(exps, base) if not b]}
+    return {
+        "ceiling": ceiling,
+        "convergence": conv,
+        "missing": [str(e.path) for e, b in zip(exps, base) if not b],
+    }
 
 
-def converged(conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_TOL) -> tuple[np.ndarray, np.ndarray]:
+def converged(
+    conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_TOL
+) -> tuple[np.ndarray, np.ndarray]:
     """(converged, images needed) from ``conv`` (..., fraction) and the images of each experiment
     (first axis). Converged: |d(all) − d(half)| / |d(all)| < ``tol``. Needed, where not: the
     estimate's error taken as c/n (the order of these estimators' bias), so the relative change
@@ -115,8 +148,11 @@ def converged(conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_T
 
 
 def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -> list[str]:
-    """"experiment:layer:metric" of the distances that have not converged."""
-    return [f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}" for e, m, l in zip(*np.nonzero(np.isfinite(need)))]
+    """ "experiment:layer:metric" of the distances that have not converged."""
+    return [
+        f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}"
+        for e, m, l in zip(*np.nonzero(np.isfinite(need)))
+    ]
 
 
 def warn_unconverged(ds: xr.Dataset) -> None:
@@ -127,11 +163,17 @@ def warn_unconverged(ds: xr.Dataset) -> None:
     if not hits:
         return
     exps = ds["experiment"].values
-    parts = [f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
-             for e, m, l in hits]
-    warnings.warn(f"probe set too small, not converged (distance at the last epoch changes by >= "
-                  f"{ds.attrs['convergence_tolerance']:.0%} from half the probe images to all): {'; '.join(parts)}. "
-                  "Extract more probe images (--per-class) for these; see convergence.csv.", ConvergenceWarning)
+    parts = [
+        f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
+        for e, m, l in hits
+    ]
+    warnings.warn(
+        "probe set too small, not converged (distance at the last epoch changes by >="
+        f" {ds.attrs['convergence_tolerance']:.0%} from half the probe images to all):"
+        f" {'; '.join(parts)}. Extract more probe images (--per-class) for these; see"
+        " convergence.csv.",
+        ConvergenceWarning,
+    )
 
 
 def relative(distance: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
@@ -161,7 +203,9 @@ def order_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
 
 
-def significance(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]) -> dict[str, np.ndarray]:
+def significance(
+    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]
+) -> dict[str, np.ndarray]:
     """``delta_ci_low/high`` and ``layer_order_p`` from the replicates kept by collect (NaN
     without bootstrap)."""
     E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
@@ -187,8 +231,11 @@ def significance(exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs
 # ---------------------------------------------------------------------- probes
 def _pooled(path, var: str, dim: str, index) -> np.ndarray:
     """(positions, images, channels) spatial means in float64, streamed chunk by chunk by Dask."""
-    arr = open_store(path, allow_partial=True)[var] if dim == "checkpoint" else \
-        open_dataset(path)[var]
+    arr = (
+        open_store(path, allow_partial=True)[var]
+        if dim == "checkpoint"
+        else open_dataset(path)[var]
+    )
     sel = arr.isel({dim: index})
     return sel.astype(np.float64).mean(dim=[sel.dims[-2], sel.dims[-1]]).values
 
@@ -205,18 +252,23 @@ def probes(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int]) -> di
         for l, (_, src) in enumerate(exp.layers):
             pooled = _pooled(exp.path, src.var, "checkpoint", [full.index(ep) for ep in exp.epochs])
             for t, ep in enumerate(exp.epochs):
-                res = linear_probe(pooled[t], exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed)
+                res = linear_probe(
+                    pooled[t], exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed
+                )
                 acc[e, l, epochs.index(ep)] = res.accuracy
                 chance[e] = res.chance
             if base:
                 feats = _pooled(exp.path, baseline_var(src.var), "random_init", [0])[0]
-                acc_rand[e, l] = linear_probe(feats, exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE,
-                                              seed=args.seed).accuracy
+                acc_rand[e, l] = linear_probe(
+                    feats, exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed
+                ).accuracy
     return {"probe_accuracy": acc, "probe_accuracy_random_init": acc_rand, "probe_chance": chance}
 
 
 # --------------------------------------------------------------------- dataset
-def interpretation(exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict) -> xr.Dataset:
+def interpretation(
+    exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict
+) -> xr.Dataset:
     """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
     :func:`extra_pairs`."""
     ceiling, missing = extra["ceiling"], extra["missing"]
@@ -227,36 +279,94 @@ def interpretation(exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, 
     E, Mn = rel.shape[:2]
     r_mean, r_std = np.full((E, Mn), np.nan), np.full((E, Mn), np.nan)
     for e, exp in enumerate(exps):
-        a, b, _, _ = S.reusability(rel[e, :, :len(exp.layers)], keep & np.isin(epochs, exp.epochs))
+        a, b, _, _ = S.reusability(rel[e, :, : len(exp.layers)], keep & np.isin(epochs, exp.epochs))
         r_mean[e], r_std[e] = a, b
     sig = significance(exps, args, recs, epochs)
     pr = probes(exps, args, epochs)
-    eml, le = ("experiment", "metric", "layer_index"), ("experiment", "metric", "layer_index", "epoch")
+    eml, le = (
+        ("experiment", "metric", "layer_index"),
+        (
+            "experiment",
+            "metric",
+            "layer_index",
+            "epoch",
+        ),
+    )
     new = {
-        "ceiling": (eml, ceiling, {"description": "distance(reference, random-init baseline); NaN without one"}),
-        "relative_distance": (le, rel, {"description": "distance / ceiling: 0 unchanged, 1 as far as an "
-                                                       "untrained network"}),
+        "ceiling": (
+            eml,
+            ceiling,
+            {"description": "distance(reference, random-init baseline); NaN without one"},
+        ),
+        "relative_distance": (
+            le,
+            rel,
+            {"description": "distance / ceiling: 0 unchanged, 1 as far as an untrained network"},
+        ),
         "relative_reusability_mean": (("experiment", "metric"), r_mean),
         "relative_reusability_std": (("experiment", "metric"), r_std),
-        "delta_ci_low": (le, sig["delta_ci_low"], {"description": "paired bootstrap 95 % interval of "
-                                                                  "distance(t) - distance(t-1), lower"}),
+        "delta_ci_low": (
+            le,
+            sig["delta_ci_low"],
+            {"description": "paired bootstrap 95 % interval of distance(t) - distance(t-1), lower"},
+        ),
         "delta_ci_high": (le, sig["delta_ci_high"]),
-        "layer_order_p": (eml + ("layer_index_other",), sig["layer_order_p"],
-                          {"description": "paired bootstrap p-value: last-epoch distances of the two layers differ"}),
-        "probe_accuracy": (("experiment", "layer_index", "epoch"), pr["probe_accuracy"],
-                           {"description": f"{PROBE_FOLDS}-fold stratified ridge-classifier accuracy on spatially "
-                                           "pooled, standardized activations"}),
-        "probe_accuracy_random_init": (("experiment", "layer_index"), pr["probe_accuracy_random_init"]),
-        "probe_chance": (("experiment",), pr["probe_chance"], {"description": "most frequent class's share"}),
-        "convergence": (eml + ("fraction",), extra["convergence"],
-                        {"description": "distance at the last epoch on nested seeded image subsets"}),
-        "converged": (eml, ok, {"description": f"|d(all) - d(half)| / |d(all)| < {CONVERGENCE_TOL}"}),
-        "images_needed": (eml, need, {"description": "images at which the change from half to all would fall "
-                                                      "below the tolerance (error ~ 1/n); NaN where converged"}),
+        "layer_order_p": (
+            eml + ("layer_index_other",),
+            sig["layer_order_p"],
+            {
+                "description": (
+                    "paired bootstrap p-value: last-epoch distances of the two layers differ"
+                )
+            },
+        ),
+        "probe_accuracy": (
+            ("experiment", "layer_index", "epoch"),
+            pr["probe_accuracy"],
+            {
+                "description": (
+                    f"{PROBE_FOLDS}-fold stratified ridge-classifier accuracy on spatially "
+                    "pooled, standardized activations"
+                )
+            },
+        ),
+        "probe_accuracy_random_init": (
+            ("experiment", "layer_index"),
+            pr["probe_accuracy_random_init"],
+        ),
+        "probe_chance": (
+            ("experiment",),
+            pr["probe_chance"],
+            {"description": "most frequent class's share"},
+        ),
+        "convergence": (
+            eml + ("fraction",),
+            extra["convergence"],
+            {"description": "distance at the last epoch on nested seeded image subsets"},
+        ),
+        "converged": (
+            eml,
+            ok,
+            {"description": f"|d(all) - d(half)| / |d(all)| < {CONVERGENCE_TOL}"},
+        ),
+        "images_needed": (
+            eml,
+            need,
+            {
+                "description": (
+                    "images at which the change from half to all would fall "
+                    "below the tolerance (error ~ 1/n); NaN where converged"
+                )
+            },
+        ),
     }
-    out = ds.assign(new).assign_coords(layer_index_other=("layer_index_other", ds["layer_index"].values),
-                                       fraction=("fraction", np.array(NESTED_FRACTIONS)))
+    out = ds.assign(new).assign_coords(
+        layer_index_other=("layer_index_other", ds["layer_index"].values),
+        fraction=("fraction", np.array(NESTED_FRACTIONS)),
+    )
     out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
     out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
-    out.attrs["relative_note"] = NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
+    out.attrs["relative_note"] = (
+        NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
+    )
     return out

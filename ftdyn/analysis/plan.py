@@ -27,19 +27,23 @@ MIN_UNITS = 8
 SUB_BLOCK_BYTES = 32 * 2**20
 #: bytes of a float64
 F8 = 8
-#: caps for tests and tuning: at most this many chunks per Gram panel / filters per group (None = by memory)
+#: caps for tests and tuning: at most this many chunks per Gram panel / filters per group (None = by
+#: memory)
 MAX_PANEL_CHUNKS: int | None = None
 MAX_FILTER_GROUP: int | None = None
 MAX_CHECKPOINTS_PER_PASS: int | None = None
-#: part of --memory-limit kept for what tasks do not estimate (thread arenas, zarr's loop, the graph)
+#: part of --memory-limit kept for what tasks do not estimate (thread arenas, zarr's loop, the
+#: graph)
 RESERVE = 128 * 2**20
-#: transient memory of one zarr chunk read, in chunks (compressed bytes, decoded buffer, output copy: measured
+#: transient memory of one zarr chunk read, in chunks (compressed bytes, decoded buffer, output
+#: copy: measured
 #: peak ≈ 2.8 chunks for one read)
 READ_OVERHEAD = 2.5
 #: per-thread rates used only to compare plans (decode + float64 conversion; float64 GEMM on CPU)
 READ_RATE = 0.3e9
 FLOP_RATE = 15e9
-#: float64 rate of one GPU on these batched problems (well under an H100's ~50 TFLOP/s peak), shared by all threads
+#: float64 rate of one GPU on these batched problems (well under an H100's ~50 TFLOP/s peak), shared
+#: by all threads
 GPU_FLOP_RATE = 5e12
 
 
@@ -55,7 +59,9 @@ class Job:
     mode: str  # all | ref
     groups: list[slice]  # filter groups (one pass each); [slice(None)] otherwise
     batch: int  # filters per group (1 for whole-layer views)
-    ckpt_groups: list = field(default_factory=lambda: [None])  # row side, reference pairs: checkpoints per pass
+    ckpt_groups: list = field(
+        default_factory=lambda: [None]
+    )  # row side, reference pairs: checkpoints per pass
     sub_bytes: int = SUB_BLOCK_BYTES  # float64 row block per matrix
     read_bytes: float = 0.0  # estimated bytes decoded (re-reads included)
     flops: float = 0.0  # estimated float64 FLOPs of the statistics
@@ -69,7 +75,9 @@ class Job:
 def chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
     n_groups = max(1, min(n_groups, n_chunks))
     bounds = np.linspace(0, n_chunks, n_groups + 1).round().astype(int)
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(n_groups) if bounds[i + 1] > bounds[i]]
+    return [
+        list(range(bounds[i], bounds[i + 1])) for i in range(n_groups) if bounds[i + 1] > bounds[i]
+    ]
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,13 @@ class Budget:
         return int(max(2**20, min(SUB_BLOCK_BYTES, self.stats // 16)))
 
     def fits(self, host: float, dev: float) -> bool:
-        """Whether a task holding ``host`` bytes of raw data and ``dev`` bytes of statistics fits."""
-        return host + dev <= self.task if self.device is None else host <= self.task and dev <= self.stats
+        """Whether a task holding ``host`` bytes of raw data and ``dev`` bytes of
+        statistics fits."""
+        return (
+            host + dev <= self.task
+            if self.device is None
+            else host <= self.task and dev <= self.stats
+        )
 
     def host_part(self, host: float, dev: float) -> int:
         """What such a task holds in host memory."""
@@ -160,7 +173,11 @@ def _widen(src: Source) -> int:
 
 
 def _groups_of(channels: int, g: int, per_filter: bool) -> list[slice]:
-    return [slice(s, min(s + g, channels)) for s in range(0, channels, g)] if per_filter else [slice(None)]
+    return (
+        [slice(s, min(s + g, channels)) for s in range(0, channels, g)]
+        if per_filter
+        else [slice(None)]
+    )
 
 
 def _plan_map(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
@@ -168,16 +185,33 @@ def _plan_map(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     src, T = spec.src, spec.epochs
     mode = "all" if config.trajectory == "all" else "ref"
     held = T if mode == "all" else 2  # raw chunks (host) and their float64 copies
-    resident = budget.host_part((held + READ_OVERHEAD) * src.chunk_bytes,
-                                held * (_widen(src) - 1) * src.chunk_bytes)
+    resident = budget.host_part(
+        (held + READ_OVERHEAD) * src.chunk_bytes, held * (_widen(src) - 1) * src.chunk_bytes
+    )
     slab = src.n * src.image_bytes
-    return Job(spec.exp, spec.layer, spec.view, config.metrics_on(spec.view), "map", mode, [slice(None)],
-               src.channels, task_bytes=resident, leaves=max(1, min(src.n_chunks, 4 * budget.threads)),
-               read_bytes=T * slab,
-               flops=len(map_pairs(T, 0, mode)) * src.n * src.channels * 30 * max(src.height, src.width) ** 3)
+    return Job(
+        spec.exp,
+        spec.layer,
+        spec.view,
+        config.metrics_on(spec.view),
+        "map",
+        mode,
+        [slice(None)],
+        src.channels,
+        task_bytes=resident,
+        leaves=max(1, min(src.n_chunks, 4 * budget.threads)),
+        read_bytes=T * slab,
+        flops=len(map_pairs(T, 0, mode))
+        * src.n
+        * src.channels
+        * 30
+        * max(src.height, src.width) ** 3,
+    )
 
 
-def _gram_modes(config: AnalyzeConfig, spec: JobSpec, metrics: list[str], cols_per_filter: int) -> list[str]:
+def _gram_modes(
+    config: AnalyzeConfig, spec: JobSpec, metrics: list[str], cols_per_filter: int
+) -> list[str]:
     """Pair modes to try, preferred first. auto: all pairs if their work (an n×n product +
     nuclear norm, ~20 n³ per filter, or n² for cka alone) is at most the work of building the
     Grams (T·n²·cols per filter)."""
@@ -185,53 +219,93 @@ def _gram_modes(config: AnalyzeConfig, spec: JobSpec, metrics: list[str], cols_p
     extra_pairs = T * (T - 1) // 2 - (T - 1)
     decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
     cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
-    return {"all": ["all"], "reference": ["ref"]}.get(config.trajectory, ["all", "ref"] if cheap else ["ref"])
+    return {"all": ["all"], "reference": ["ref"]}.get(
+        config.trajectory, ["all", "ref"] if cheap else ["ref"]
+    )
 
 
-def _gram_choice(spec: JobSpec, budget: Budget, sizes: list[int], modes: list[str], cols_per_filter: int,
-                 fixed: float, host_fixed: float) -> tuple[int, str, int, float] | None:
+def _gram_choice(
+    spec: JobSpec,
+    budget: Budget,
+    sizes: list[int],
+    modes: list[str],
+    cols_per_filter: int,
+    fixed: float,
+    host_fixed: float,
+) -> tuple[int, str, int, float] | None:
     """(filters per group, pair mode, bytes per panel chunk, room per panel task) of the first
     (largest group, preferred mode) that fits; None when none does."""
     src, T, n = spec.src, spec.epochs, spec.src.n
     for g in sizes:
         k_bytes = g * n * n * F8
-        per_chunk = src.spc * (g * cols_per_filter * F8 + g * n * F8)  # float64 panel rows + their output block
+        per_chunk = src.spc * (
+            g * cols_per_filter * F8 + g * n * F8
+        )  # float64 panel rows + their output block
         for mode in modes:
             # every checkpoint's K is a Dask result until the finishing task, which adds
             # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
             # while the panels run, the Ks built so far (+ one being assembled) sit beside them
             held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
-            room = (budget.stats_total - (T + 1) * k_bytes) // max(1, budget.threads) - fixed  # per panel task
+            room = (budget.stats_total - (T + 1) * k_bytes) // max(
+                1, budget.threads
+            ) - fixed  # per panel task
             if held <= budget.stats_total and room >= per_chunk and host_fixed <= budget.task:
                 return g, mode, per_chunk, room
     return None
 
 
-def _plan_gram(config: AnalyzeConfig, spec: JobSpec, budget: Budget, per_filter: bool, sizes: list[int]) -> Job:
+def _plan_gram(
+    config: AnalyzeConfig, spec: JobSpec, budget: Budget, per_filter: bool, sizes: list[int]
+) -> Job:
     """Gram side: each checkpoint's n×n Gram per filter, built by panels of sample chunks."""
     src, T, n, C = spec.src, spec.epochs, spec.src.n, spec.src.channels
     metrics = config.metrics_on(spec.view)
     cols_per_filter = src.height * src.width if per_filter else C * src.height * src.width
     host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
-    dev_fixed = src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block  # its float64 copy, product blocks
+    dev_fixed = (
+        src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block
+    )  # its float64 copy, product blocks
     fixed = dev_fixed + (host_fixed if budget.device is None else 0)
-    choice = _gram_choice(spec, budget, sizes, _gram_modes(config, spec, metrics, cols_per_filter),
-                          cols_per_filter, fixed, host_fixed)
+    choice = _gram_choice(
+        spec,
+        budget,
+        sizes,
+        _gram_modes(config, spec, metrics, cols_per_filter),
+        cols_per_filter,
+        fixed,
+        host_fixed,
+    )
     if choice is None:
-        raise FtdynError(f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about "
-                         f"{(T + 3) * n * n * F8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
-                         "beside its reads; raise the limit or use fewer probe images.")
+        raise FtdynError(
+            f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about "
+            f"{(T + 3) * n * n * F8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
+            "beside its reads; raise the limit or use fewer probe images."
+        )
     g, mode, per_chunk, room = choice
     k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
     panels = math.ceil(src.n_chunks / k)
     groups = _groups_of(C, g, per_filter)
     slab = src.n * src.image_bytes
     filters = C if per_filter else 1
-    return Job(spec.exp, spec.layer, spec.view, metrics, "gram", mode, groups, g, panels=panels,
-               task_bytes=budget.host_part(host_fixed, dev_fixed + k * per_chunk),
-               read_bytes=T * slab * (panels + 1) / 2 * len(groups) * (src.decoded_fraction(g) if per_filter
-                                                                         else 1.0),
-               flops=T * n * n * cols_per_filter * filters + T * 10 * n ** 3 * filters)
+    return Job(
+        spec.exp,
+        spec.layer,
+        spec.view,
+        metrics,
+        "gram",
+        mode,
+        groups,
+        g,
+        panels=panels,
+        task_bytes=budget.host_part(host_fixed, dev_fixed + k * per_chunk),
+        read_bytes=T
+        * slab
+        * (panels + 1)
+        / 2
+        * len(groups)
+        * (src.decoded_fraction(g) if per_filter else 1.0),
+        flops=T * n * n * cols_per_filter * filters + T * 10 * n**3 * filters,
+    )
 
 
 @dataclass(frozen=True)
@@ -257,9 +331,15 @@ class _RowCosts:
         all_bytes = (m * p) ** 2 * g * F8
         ref_blocks = (2 * m - 1) * block * units if (mode == "ref" or units > 1) else 0
         acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * F8
-        resident = ((m if mode == "all" else 2) + READ_OVERHEAD) * src.chunk_bytes  # + zarr's decode buffers
-        temps = 4 * sub + (all_bytes if mode == "all" else 3 * block)  # float64 views and their copies
-        finish = acc + 10 * block  # the metrics: centered/symmetrized copies, decompositions, workspace
+        resident = (
+            (m if mode == "all" else 2) + READ_OVERHEAD
+        ) * src.chunk_bytes  # + zarr's decode buffers
+        temps = 4 * sub + (
+            all_bytes if mode == "all" else 3 * block
+        )  # float64 views and their copies
+        finish = (
+            acc + 10 * block
+        )  # the metrics: centered/symmetrized copies, decompositions, workspace
         if self.budget.device is None:
             return max(resident + 2 * acc + temps, finish), 0, acc
         return resident, max(2 * acc + temps, finish), acc
@@ -269,7 +349,9 @@ class _RowCosts:
         src, others = self.spec.src, self.others
         passes = math.ceil(max(1, len(others)) / max(1, k))
         groups = math.ceil(src.channels / g) if self.per_filter else 1
-        return groups * (src.decoded_fraction(g) if self.per_filter else 1.0) * (passes + len(others))
+        return (
+            groups * (src.decoded_fraction(g) if self.per_filter else 1.0) * (passes + len(others))
+        )
 
 
 def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
@@ -277,27 +359,49 @@ def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
     bootstrapped metric (--bootstrap-metric): the others keep one accumulator instead of one
     per group of images."""
     metrics, n = config.metrics_on(spec.view), spec.src.n
-    boot = config.bootstrap and (config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics)))
-    wanted = (min(NESTED_UNITS, n) if config.nested else min(config.bootstrap_groups or MAX_UNITS, n)) if boot else 1
+    boot = config.bootstrap and (
+        config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics))
+    )
+    wanted = (
+        (min(NESTED_UNITS, n) if config.nested else min(config.bootstrap_groups or MAX_UNITS, n))
+        if boot
+        else 1
+    )
     options = [wanted]
     while options[-1] > MIN_UNITS and not config.nested:
         options.append(max(MIN_UNITS, options[-1] // 2))
     return options
 
 
-def _row_candidates(config: AnalyzeConfig, costs: _RowCosts, sizes: list[int],
-                    unit_options: list[int]) -> list[tuple[float, int, int, int, str, int]]:
+def _row_candidates(
+    config: AnalyzeConfig, costs: _RowCosts, sizes: list[int], unit_options: list[int]
+) -> list[tuple[float, int, int, int, str, int]]:
     """(reads, -units, order, filters per group, mode, checkpoints per pass), best first: the
     wanted bootstrap groups, then fewest reads, then most groups. auto: reference pairs only on
     the row side (all pairs cost ≈T/3 more)."""
     others = costs.others
-    ks = sorted({max(1, math.ceil(len(others) / q)) for q in range(1, max(1, len(others)) + 1)
-                 if math.ceil(len(others) / q) <= (MAX_CHECKPOINTS_PER_PASS or len(others) or 1)}, reverse=True)
+    ks = sorted(
+        {
+            max(1, math.ceil(len(others) / q))
+            for q in range(1, max(1, len(others)) + 1)
+            if math.ceil(len(others) / q) <= (MAX_CHECKPOINTS_PER_PASS or len(others) or 1)
+        },
+        reverse=True,
+    )
     candidates: list[tuple[float, int, int, int, str, int]] = []
     if config.trajectory == "all":
         for g in sizes:
             for units in unit_options:
-                candidates.append((costs.reads(g, len(others)) - 0.5, -units, len(candidates), g, "all", len(others)))
+                candidates.append(
+                    (
+                        costs.reads(g, len(others)) - 0.5,
+                        -units,
+                        len(candidates),
+                        g,
+                        "all",
+                        len(others),
+                    )
+                )
     else:
         for g in sizes:
             for k in ks:
@@ -306,11 +410,15 @@ def _row_candidates(config: AnalyzeConfig, costs: _RowCosts, sizes: list[int],
     return sorted(candidates, key=lambda c: (c[1] != -unit_options[0], c[0], c[1], c[2]))
 
 
-def _plan_row(config: AnalyzeConfig, spec: JobSpec, budget: Budget, costs: _RowCosts, sizes: list[int]) -> Job:
+def _plan_row(
+    config: AnalyzeConfig, spec: JobSpec, budget: Budget, costs: _RowCosts, sizes: list[int]
+) -> Job:
     """Row side: C×C (or per-filter h·w × h·w) statistics per pair, in passes over the store;
     the candidate with the fewest decoded bytes that fits."""
     best = None
-    for _, neg_units, _, g, mode, k in _row_candidates(config, costs, sizes, _unit_options(config, spec)):
+    for _, neg_units, _, g, mode, k in _row_candidates(
+        config, costs, sizes, _unit_options(config, spec)
+    ):
         host, dev, acc = costs.memory(g, mode, -neg_units, k)
         if best is None or host + dev < best[0]:
             best = (host + dev, acc)
@@ -318,27 +426,59 @@ def _plan_row(config: AnalyzeConfig, spec: JobSpec, budget: Budget, costs: _RowC
             return _row_job(config, costs, g, mode, -neg_units, k, budget.host_part(host, dev), acc)
     src = spec.src
     gpu = "" if budget.device is None else f" (and {budget.stats / 1e9:.2f} GB of GPU memory)"
-    raise FtdynError(f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about {best[0] / 1e9:.2f} GB per task "
-                     f"(chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f} MB) but "
-                     f"{budget.task / 1e9:.2f} GB{gpu} are available per thread; raise {arg('memory_limit')} or lower "
-                     f"{arg('workers')}.")
+    raise FtdynError(
+        f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about {best[0] / 1e9:.2f}"
+        f" GB per task (chunks of {src.chunk_bytes / 1e6:.0f} MB, statistics {best[1] / 1e6:.0f}"
+        f" MB) but {budget.task / 1e9:.2f} GB{gpu} are available per thread; raise"
+        f" {arg('memory_limit')} or lower {arg('workers')}."
+    )
 
 
-def _row_job(config: AnalyzeConfig, costs: _RowCosts, g: int, mode: str, units: int, k: int, task: int,
-             acc: float) -> Job:
+def _row_job(
+    config: AnalyzeConfig,
+    costs: _RowCosts,
+    g: int,
+    mode: str,
+    units: int,
+    k: int,
+    task: int,
+    acc: float,
+) -> Job:
     """The row-side job of a chosen candidate."""
     spec, budget, others = costs.spec, costs.budget, costs.others
     src, T, p, C = spec.src, spec.epochs, costs.cols, spec.src.channels
-    leaves = max(1, min(src.n_chunks, 4 * budget.threads, int(budget.stats_total // (4 * max(1, acc)))))
-    cgroups = [None] if mode == "all" else [others[i:i + k] for i in range(0, len(others), k)] or [[]]
+    leaves = max(
+        1, min(src.n_chunks, 4 * budget.threads, int(budget.stats_total // (4 * max(1, acc))))
+    )
+    cgroups = (
+        [None] if mode == "all" else [others[i : i + k] for i in range(0, len(others), k)] or [[]]
+    )
     slab = src.n * src.image_bytes
-    rows_per_byte = (src.height * src.width if spec.view == "channels" else 1) / src.image_bytes * \
-        (C if costs.per_filter else 1)
-    pairs_flops = (T * T / 2 if mode == "all" else 2 * (T - 1) + 1) * 2 * p * p * rows_per_byte * slab
-    return Job(spec.exp, spec.layer, spec.view, config.metrics_on(spec.view), "row", mode,
-               _groups_of(C, g, costs.per_filter), g, units=units, leaves=leaves, task_bytes=task,
-               ckpt_groups=cgroups, sub_bytes=budget.sub_block,
-               read_bytes=costs.reads(g, k if mode == "ref" else len(others)) * slab, flops=pairs_flops)
+    rows_per_byte = (
+        (src.height * src.width if spec.view == "channels" else 1)
+        / src.image_bytes
+        * (C if costs.per_filter else 1)
+    )
+    pairs_flops = (
+        (T * T / 2 if mode == "all" else 2 * (T - 1) + 1) * 2 * p * p * rows_per_byte * slab
+    )
+    return Job(
+        spec.exp,
+        spec.layer,
+        spec.view,
+        config.metrics_on(spec.view),
+        "row",
+        mode,
+        _groups_of(C, g, costs.per_filter),
+        g,
+        units=units,
+        leaves=leaves,
+        task_bytes=task,
+        ckpt_groups=cgroups,
+        sub_bytes=budget.sub_block,
+        read_bytes=costs.reads(g, k if mode == "ref" else len(others)) * slab,
+        flops=pairs_flops,
+    )
 
 
 #: image fractions of the convergence check's nested subsets (analysis.interpret), made of
@@ -349,8 +489,13 @@ NESTED_UNITS = 4
 
 def nested_counts(n_units: int) -> np.ndarray:
     """(fractions, n_units) 0/1 counts: the first ⌈f·U⌉ units of the seeded unit order, nested."""
-    return np.array([[1 if u < math.ceil(f * n_units) else 0 for u in range(n_units)] for f in NESTED_FRACTIONS],
-                    dtype=np.int64)
+    return np.array(
+        [
+            [1 if u < math.ceil(f * n_units) else 0 for u in range(n_units)]
+            for f in NESTED_FRACTIONS
+        ],
+        dtype=np.int64,
+    )
 
 
 def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.ndarray:
@@ -366,7 +511,9 @@ def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarra
     units at their unlimited number, min(MAX_UNITS, n): Gram-side and map views resample the
     same images."""
     n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
-    return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(args, n_units, experiment)
+    return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(
+        args, n_units, experiment
+    )
 
 
 def shared_boot_indices(n: int, args: AnalyzeConfig, experiment: int) -> list[np.ndarray]:
@@ -391,18 +538,23 @@ def device_budget(dev: torch.device) -> int | None:
     return int(0.8 * torch.cuda.get_device_properties(dev).total_memory)
 
 
-def plan_analysis(exps: list[Experiment], args: AnalyzeConfig, dev: torch.device, limit: int,
-                  workers: int | None) -> tuple[int, list[Job]]:
-    """(threads, jobs): a plan for every (experiment, layer, view) within ``limit`` bytes of host memory.
+def plan_analysis(
+    exps: list[Experiment], args: AnalyzeConfig, dev: torch.device, limit: int, workers: int | None
+) -> tuple[int, list[Job]]:
+    """(threads, jobs): a plan for every (experiment, layer, view) within ``limit`` bytes of host
+    memory.
 
     Plans for ``workers``, workers/2, ..., 1 threads (fewer threads leave more memory per task:
     fewer passes over the store) and keeps the one with the smallest estimated time.
     """
     host = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
     gpu = device_budget(dev)
-    specs = [JobSpec(e, l, src, view, len(exp.epochs), exp.ref)
-             for e, exp in enumerate(exps) for l, (_, src) in enumerate(exp.layers)
-             for view in dict.fromkeys(args.views[m] for m in args.metrics)]
+    specs = [
+        JobSpec(e, l, src, view, len(exp.epochs), exp.ref)
+        for e, exp in enumerate(exps)
+        for l, (_, src) in enumerate(exp.layers)
+        for view in dict.fromkeys(args.views[m] for m in args.metrics)
+    ]
     best, error, threads = None, None, (os.cpu_count() or 1) if workers is None else int(workers)
     while True:
         try:
@@ -425,4 +577,8 @@ def _estimated_seconds(jobs: list[Job], threads: int, dev: torch.device) -> floa
     """Decode + float64 FLOPs: on a CPU every thread computes, on CUDA they share one GPU."""
     reading = sum(j.read_bytes for j in jobs) / READ_RATE
     flops = sum(j.flops for j in jobs)
-    return (reading + flops / FLOP_RATE) / threads if dev.type == "cpu" else reading / threads + flops / GPU_FLOP_RATE
+    return (
+        (reading + flops / FLOP_RATE) / threads
+        if dev.type == "cpu"
+        else reading / threads + flops / GPU_FLOP_RATE
+    )

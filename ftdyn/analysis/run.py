@@ -30,12 +30,19 @@ from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..progress import stage
-from ..results import (RESULTS_FORMAT, RESULTS_STORE, TABLE_NAMES, open_results, save_results_store,
-                       validate_results, write_tables)
+from ..results import (
+    RESULTS_FORMAT,
+    RESULTS_STORE,
+    TABLE_NAMES,
+    open_results,
+    save_results_store,
+    validate_results,
+    write_tables,
+)
 from .collect import collect, to_dataset
 from .graph import build_graph, compute
-from .interpret import extra_pairs, interpretation, warn_unconverged
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
+from .interpret import extra_pairs, interpretation, warn_unconverged
 from .plan import Job, plan_analysis
 from .tasks import trim
 
@@ -52,7 +59,9 @@ def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, 
                 view = args.views[m]
                 _, rows, cols = V.matrix_shape(view, src.n, src.channels, src.height, src.width)
                 center = args.map_center if view == "map" and m != "pwsm" else "columns"
-                reason = M.degenerate_reason("cka" if m == DEBIASED_CKA else m, rows, cols, args.alpha, center)
+                reason = M.degenerate_reason(
+                    "cka" if m == DEBIASED_CKA else m, rows, cols, args.alpha, center
+                )
                 if m == DEBIASED_CKA and rows < 4:
                     reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
                 if reason:
@@ -60,7 +69,9 @@ def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, 
     return out
 
 
-def _warn_degenerate(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) -> dict[str, list[str]]:
+def _warn_degenerate(
+    exps: list[Experiment], args: AnalyzeConfig, degenerate: dict
+) -> dict[str, list[str]]:
     """One warning line per layer; returns {metric: ["experiment:layer", ...]} for the attrs."""
     names = {m: [] for m in args.metrics}
     layers: dict[tuple[int, int], list[str]] = {}
@@ -68,9 +79,13 @@ def _warn_degenerate(exps: list[Experiment], args: AnalyzeConfig, degenerate: di
         names[m].append(f"{exps[e].name}:{exps[e].layers[l][0]}")
         layers.setdefault((e, l), []).append(f"{m} on {args.views[m]} ({reason})")
     for (e, l), what in layers.items():
-        warnings.warn(f"{exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
-                      f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another {arg('views')}"
-                      f"{' or ' + arg('alpha', 1) if any('alpha=0' in w for w in what) else ''}.", FtdynWarning)
+        warnings.warn(
+            f"{exps[e].name} layer {exps[e].layers[l][0]}: degenerate (0 whatever the "
+            f"checkpoints): {'; '.join(what)}; left undefined (NaN). Use more probe images, another"
+            f" {arg('views')}"
+            f"{' or ' + arg('alpha', 1) if any('alpha=0' in w for w in what) else ''}.",
+            FtdynWarning,
+        )
     return names
 
 
@@ -88,9 +103,15 @@ def _analysis_key(args: AnalyzeConfig, exps: list[Experiment]) -> str:
     """The hash that decides whether saved results are up to date: the config's identity (with
     the layers as resolved), the stores' fingerprints, the results format and ftdyn's version."""
     key = args.identity()
-    key["layers"] = [[module for module, _ in e.layers] for e in exps]  # resolved: names or variables alike
-    payload = {"args": key, "stores": [e.fingerprint["sha256"] for e in exps],
-               "format": RESULTS_FORMAT, "version": __version__}
+    key["layers"] = [
+        [module for module, _ in e.layers] for e in exps
+    ]  # resolved: names or variables alike
+    payload = {
+        "args": key,
+        "stores": [e.fingerprint["sha256"] for e in exps],
+        "format": RESULTS_FORMAT,
+        "version": __version__,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -100,40 +121,57 @@ def _existing(out: Path) -> tuple[str | None, str | None]:
     manifest, problem = current_set(out)
     if manifest is not None or problem is not None:
         return (manifest or {}).get("analysis_key"), problem
-    meta = out / RESULTS_STORE / "zarr.json"  # written in place by an older ftdyn: nothing vouches for the CSVs
+    meta = (
+        out / RESULTS_STORE / "zarr.json"
+    )  # written in place by an older ftdyn: nothing vouches for the CSVs
     if out.joinpath(RESULTS_STORE).is_symlink() or not meta.is_file():
         return None, None
     try:
         key = json.loads(meta.read_text()).get("attributes", {}).get("analysis_key")
     except (OSError, ValueError, AttributeError):
         key = None
-    return key, "no manifest vouches for them: written by an older ftdyn, or copied without their links"
+    return (
+        key,
+        "no manifest vouches for them: written by an older ftdyn, or copied without their links",
+    )
 
 
 _PRODUCTS = (*TABLE_NAMES, RESULTS_STORE)
 
 
 def _write(ds: xr.Dataset, out: Path) -> None:
-    """Make ``ds`` (results.zarr and the CSV tables) the current result set of ``out`` in one step."""
+    """Make ``ds`` (results.zarr and the CSV tables) the current result set of ``out`` in
+    one step."""
+
     def fill(folder: Path) -> None:
         save_results_store(ds, folder / RESULTS_STORE)
         write_tables(ds, folder)
 
-    info = {"analysis_key": ds.attrs["analysis_key"], "arguments": json.loads(ds.attrs["arguments"]),
-            "stores": json.loads(ds.attrs["store_fingerprints"]), "ftdyn_version": __version__,
-            "created": ds.attrs["created"]}
+    info = {
+        "analysis_key": ds.attrs["analysis_key"],
+        "arguments": json.loads(ds.attrs["arguments"]),
+        "stores": json.loads(ds.attrs["store_fingerprints"]),
+        "ftdyn_version": __version__,
+        "created": ds.attrs["created"],
+    }
     write_result_set(out, fill, products=_PRODUCTS, info=info)
 
 
 def _check_machine(config: AnalyzeConfig) -> None:
-    """Refused up front: a cluster without its optional package, more memory than the machine has."""
+    """Refused up front: a cluster without its optional package, more memory than the
+    machine has."""
     if isinstance(config.scheduler, str) and importlib.util.find_spec("distributed") is None:
-        raise FtdynError(f"{arg('scheduler')}: running on a Dask cluster needs the optional package 'distributed'; install "
-                         "it with `pip install 'ftdyn[distributed]'` (or `pip install distributed`).")
+        raise FtdynError(
+            f"{arg('scheduler')}: running on a Dask cluster needs the optional package"
+            " 'distributed'; install it with `pip install 'ftdyn[distributed]'` (or `pip install"
+            " distributed`)."
+        )
     limit, total = config.memory_bytes, physical_memory()
     if limit is not None and total is not None and limit > total:
-        raise FtdynError(f"{arg('memory_limit', config.memory_limit)}: more than this machine's {total / 1e9:.1f} GB of "
-                         "memory; give at most that (default: half of it).")
+        raise FtdynError(
+            f"{arg('memory_limit', config.memory_limit)}: more than this machine's"
+            f" {total / 1e9:.1f} GB of memory; give at most that (default: half of it)."
+        )
 
 
 # ============================================================================ API
@@ -180,13 +218,24 @@ class AnalysisPlan:
     def summary(self) -> list[dict[str, Any]]:
         """One line per job, as the results record it (``attrs["plan"]``)."""
         exps, bootstrap = self.experiments, self.config.bootstrap
-        return [{"experiment": exps[j.exp].name, "layer": exps[j.exp].layers[j.layer][0], "view": j.view,
-                 "metrics": j.metrics, "side": j.side, "pairs": "all" if j.mode == "all" else "reference",
-                 "filter_groups": len(j.groups),
-                 "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
-                 "bootstrap_units": (j.units if j.side == "row" else "images") if bootstrap else None,
-                 "gram_panels": j.panels if j.side == "gram" else None,
-                 "task_bytes_estimate": int(j.task_bytes)} for j in self.jobs]
+        return [
+            {
+                "experiment": exps[j.exp].name,
+                "layer": exps[j.exp].layers[j.layer][0],
+                "view": j.view,
+                "metrics": j.metrics,
+                "side": j.side,
+                "pairs": "all" if j.mode == "all" else "reference",
+                "filter_groups": len(j.groups),
+                "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
+                "bootstrap_units": (
+                    (j.units if j.side == "row" else "images") if bootstrap else None
+                ),
+                "gram_panels": j.panels if j.side == "gram" else None,
+                "task_bytes_estimate": int(j.task_bytes),
+            }
+            for j in self.jobs
+        ]
 
 
 def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: Any) -> AnalysisPlan:
@@ -194,15 +243,29 @@ def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: An
     Reads the stores' metadata only and writes nothing."""
     config = build(AnalyzeConfig, config, **options)
     _check_machine(config)
-    dev = torch.device("cpu") if config.scheduler is not None and str(config.device).lower() == "auto" else \
-        resolve_device(config.device, float64=True)
+    dev = (
+        torch.device("cpu")
+        if config.scheduler is not None and str(config.device).lower() == "auto"
+        else resolve_device(config.device, float64=True)
+    )
     exps = open_experiments(stores, config, str(dev))
     out = Path(out)
-    check_output_folder(out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir])
+    check_output_folder(
+        out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir]
+    )
     limit = config.memory_bytes or default_memory()
     threads, jobs = plan_analysis(exps, config, dev, limit, config.workers)
-    return AnalysisPlan(config=config, experiments=exps, out=out, device=dev, memory_limit=limit, threads=threads,
-                        jobs=jobs, degenerate=_degenerate(exps, config), key=_analysis_key(config, exps))
+    return AnalysisPlan(
+        config=config,
+        experiments=exps,
+        out=out,
+        device=dev,
+        memory_limit=limit,
+        threads=threads,
+        jobs=jobs,
+        degenerate=_degenerate(exps, config),
+        key=_analysis_key(config, exps),
+    )
 
 
 def execute(plan: AnalysisPlan) -> xr.Dataset:
@@ -223,13 +286,19 @@ def _up_to_date(plan: AnalysisPlan) -> bool:
     """Whether ``plan.out`` holds these results, every file verified; refuses results of other
     arguments or stores unless ``overwrite``."""
     out = plan.out
-    remove_stale(out)  # what a killed run left: unfinished or replaced sets, older versions' temporaries
+    remove_stale(
+        out
+    )  # what a killed run left: unfinished or replaced sets, older versions' temporaries
     old, problem = _existing(out)
     if old is not None and old != plan.key and not plan.config.overwrite:
-        raise FtdynError(f"{arg('out')}: {out} holds results of other arguments or stores; pass {arg('overwrite')} to "
-                         "replace them, or choose another folder.")
+        raise FtdynError(
+            f"{arg('out')}: {out} holds results of other arguments or stores; pass"
+            f" {arg('overwrite')} to replace them, or choose another folder."
+        )
     if old == plan.key and problem is None:
-        stage(f"{out} is up to date (same arguments and stores; every file verified); nothing to do.")
+        stage(
+            f"{out} is up to date (same arguments and stores; every file verified); nothing to do."
+        )
         return True
     if problem is not None:
         log.info(f"the results in {out} cannot be reused ({problem}); computing them again.")
@@ -242,15 +311,26 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     config, exps = plan.config, plan.experiments
     degenerate_names = _warn_degenerate(exps, config, plan.degenerate)
     outputs = build_graph(exps, config, plan.jobs, inplace=config.scheduler is None)
-    results = compute(outputs, threads=plan.threads, scheduler=config.scheduler, progress=config.progress)
+    results = compute(
+        outputs, threads=plan.threads, scheduler=config.scheduler, progress=config.progress
+    )
     trim()
     if plan.device.type == "cuda":
-        torch.cuda.empty_cache()  # the statistics are gone: hand the cached blocks back to the driver
+        # the statistics are gone: hand the cached blocks back to the driver
+        torch.cuda.empty_cache()
     recs = collect(exps, config, plan.jobs, list(results))
     for e, m, l in plan.degenerate:
         _undefined(recs[(e, m, l)])
-    extra = extra_pairs(exps, config, plan.device, plan.memory_limit, config.workers, config.scheduler,
-                        config.progress, plan.degenerate)
+    extra = extra_pairs(
+        exps,
+        config,
+        plan.device,
+        plan.memory_limit,
+        config.workers,
+        config.scheduler,
+        config.progress,
+        plan.degenerate,
+    )
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
     return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
 
@@ -274,8 +354,10 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
         "analysis_key": plan.key,
         "store_fingerprints": json.dumps([e.fingerprint for e in plan.experiments]),
         "plan": json.dumps(plan.summary()),
-        **{f"{m}_degenerate": json.dumps(degenerate_names.get(m, []))
-           for m in dict.fromkeys([*M.METRICS, *config.metrics])},
+        **{
+            f"{m}_degenerate": json.dumps(degenerate_names.get(m, []))
+            for m in dict.fromkeys([*M.METRICS, *config.metrics])
+        },
         "threads": int(plan.threads),
         "device": str(plan.device),
         "memory_limit": int(plan.memory_limit),
@@ -284,4 +366,5 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
 
 
 analyze.__doc__ += "\n    Options (:class:`~ftdyn.config.AnalyzeConfig`):\n\n" + "\n".join(
-    f"    * {line}" for line in describe(AnalyzeConfig).splitlines())
+    f"    * {line}" for line in describe(AnalyzeConfig).splitlines()
+)

@@ -61,20 +61,28 @@ def nonfinite_error(src: Source, ckpt: int, chunk: int, block: np.ndarray) -> Ft
     where = f"{src.path}: {src.where(ckpt, chunk)}"
     var, index = (baseline_var(src.var), 0) if ckpt == BASELINE else (src.var, ckpt)
     if not chunk_on_disk(src.path, var, index, chunk):
-        return FtdynError(f"{where}: the chunk file is missing (removed after extraction, it reads as empty); "
-                          "the store is damaged: run the same `ftdyn extract` again to rewrite it.")
+        return FtdynError(
+            f"{where}: the chunk file is missing (removed after extraction, it reads as empty); "
+            "the store is damaged: run the same `ftdyn extract` again to rewrite it."
+        )
     finite = np.isfinite(block)
     n_inf = int(np.isinf(block).sum())
     n_nan = int(block.size - finite.sum()) - n_inf
     largest = float(np.abs(block[finite]).max()) if finite.any() else float("nan")
     if n_inf and block.dtype == np.float16:
-        cause = (f"float16 overflow, |x| > {float(np.finfo(np.float16).max):.0f}",
-                 "re-extract with --dtype float32 into a new --out")
+        cause = (
+            f"float16 overflow, |x| > {float(np.finfo(np.float16).max):.0f}",
+            "re-extract with --dtype float32 into a new --out",
+        )
     else:
-        cause = ("the network produced them: a diverged checkpoint?",
-                 "check that checkpoint and extract a series without it")
-    return FtdynError(f"{where}: holds {n_inf} infinite and {n_nan} NaN stored value(s) (largest finite "
-                      f"magnitude {largest:.4g}; {cause[0]}); distances need finite activations: {cause[1]}.")
+        cause = (
+            "the network produced them: a diverged checkpoint?",
+            "check that checkpoint and extract a series without it",
+        )
+    return FtdynError(
+        f"{where}: holds {n_inf} infinite and {n_nan} NaN stored value(s) (largest finite "
+        f"magnitude {largest:.4g}; {cause[0]}); distances need finite activations: {cause[1]}."
+    )
 
 
 # ===================================================================== accumulation
@@ -120,8 +128,18 @@ def _at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.mT, b)
 
 
-def row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: str, fsl: slice, mode: str,
-              units: np.ndarray | None, n_units: int, sub_bytes: int) -> dict:
+def row_leaf(
+    src: Source,
+    chunks: list[int],
+    ckpts: list[int],
+    ref: int,
+    view: str,
+    fsl: slice,
+    mode: str,
+    units: np.ndarray | None,
+    n_units: int,
+    sub_bytes: int,
+) -> dict:
     """Row-side statistics of a group of sample chunks (accumulated sequentially).
 
     Returns a dict of float64 tensors: ``n`` (U,), ``s`` (U, T, *batch, p) and, in
@@ -142,9 +160,13 @@ def row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: s
         """acc[key][index][..., bsl (batch), ...] += value."""
         if key not in acc:
             prefix = () if index is None else (n_units,) if isinstance(index, int) else (n_units, T)
-            shape = ((batch,) if per_filter else ()) + tuple(value.shape[1 if per_filter else 0:])
+            shape = ((batch,) if per_filter else ()) + tuple(value.shape[1 if per_filter else 0 :])
             if key == "s" and mode == "all":  # value (T, b, p) -> acc (U, T, batch, p)
-                shape = (T,) + ((batch,) if per_filter else ()) + tuple(value.shape[2 if per_filter else 1:])
+                shape = (
+                    (T,)
+                    + ((batch,) if per_filter else ())
+                    + tuple(value.shape[2 if per_filter else 1 :])
+                )
             if key == "n":
                 shape = ()
             acc[key] = torch.zeros(prefix + shape, dtype=F64, device=src.device)
@@ -182,7 +204,12 @@ def row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: s
                     G = _at_b(Z, Z)
                     add("G", None, G, bsl)
                     if bsl.start == 0:
-                        add("n", u, torch.tensor(float(Z.shape[-2]), dtype=F64, device=src.device), None)
+                        add(
+                            "n",
+                            u,
+                            torch.tensor(float(Z.shape[-2]), dtype=F64, device=src.device),
+                            None,
+                        )
                     sums = Z.sum(-2)  # (*b, T·p)
                     add("s", u, torch.movedim(sums.reshape(*sums.shape[:-1], T, p), -2, 0), bsl)
                     if n_units > 1:
@@ -197,7 +224,9 @@ def row_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, view: s
                 add("xx", u, _at_b(X, X), bsl)
                 add("s", (u, ref), X.sum(-2), bsl)
                 if bsl.start == 0:
-                    add("n", u, torch.tensor(float(X.shape[-2]), dtype=F64, device=src.device), None)
+                    add(
+                        "n", u, torch.tensor(float(X.shape[-2]), dtype=F64, device=src.device), None
+                    )
         if mode != "all":
             for t in others:
                 raw_t = read_block(src, ckpts[t], c, fsl)
@@ -232,8 +261,11 @@ def merge_acc_copy(*parts: dict) -> dict:
     return merge_acc({k: v.clone() for k, v in parts[0].items()}, *parts[1:])
 
 
-def _row_stats_of(acc: dict, a: int, b: int, ref: int, p: int, counts: np.ndarray | None = None) -> M.RowStats:
+def _row_stats_of(
+    acc: dict, a: int, b: int, ref: int, p: int, counts: np.ndarray | None = None
+) -> M.RowStats:
     """RowStats of checkpoint pair (a, b) (a = X side), totals or a bootstrap re-sum."""
+
     def tot(x):
         if counts is None:
             return x.sum(0)
@@ -302,7 +334,11 @@ def _unit_quadratics(A: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple
     Ab = torch.matmul(A, b.permute(1, 2, 0))  # (U, B, p, U): A_u b_w
     Q = torch.einsum("vbi,ubiw->buvw", a, Ab)
     at, bt = a.movedim(0, 1), b.movedim(0, 1)
-    tr = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).movedim(0, 1) if A.shape[-1] == A.shape[-2] else None
+    tr = (
+        torch.diagonal(A, dim1=-2, dim2=-1).sum(-1).movedim(0, 1)
+        if A.shape[-1] == A.shape[-2]
+        else None
+    )
     return G, Q, torch.matmul(at, at.mT), torch.matmul(bt, bt.mT), tr
 
 
@@ -312,7 +348,7 @@ def _sq_norm(quad: tuple, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     cgc = torch.einsum("nu,buv,nv->nb", c, G, c)
     cubic = torch.einsum("nu,nv,nw,buvw->nb", c, c, c, Q)
     a2, b2 = torch.einsum("nu,buv,nv->nb", c, aa, c), torch.einsum("nu,buv,nv->nb", c, bb, c)
-    return cgc - 2.0 * cubic / n + a2 * b2 / n ** 2
+    return cgc - 2.0 * cubic / n + a2 * b2 / n**2
 
 
 def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarray:
@@ -336,23 +372,30 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
     nn = n_u[:, None, None]
     a, b = s_x - nn * m_x, s_y - nn * m_y  # unit sums about the overall mean
 
-    def centered(M, sa, ma, mb, b_u):  # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
+    def centered(
+        M, sa, ma, mb, b_u
+    ):  # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
         M = M.reshape(units, -1, *M.shape[-2:])
         left = torch.stack([sa, ma.expand_as(sa)], dim=-1)  # (U, B, p, 2)
         right = torch.stack([mb.expand_as(b_u), b_u], dim=-2)  # (U, B, 2, q)
-        return torch.baddbmm(M.flatten(0, 1), left.flatten(0, 1), right.flatten(0, 1), alpha=-1.0).view(M.shape)
+        return torch.baddbmm(
+            M.flatten(0, 1), left.flatten(0, 1), right.flatten(0, 1), alpha=-1.0
+        ).view(M.shape)
 
     xx, yy = acc["xx"], acc["yy"][:, t]
-    quads = {"xy": _unit_quadratics(centered(acc["xy"][:, t], s_x, m_x, m_y, b), a, b),
-             "xx": _unit_quadratics(centered(xx, s_x, m_x, m_x, a), a, a),
-             "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b)}
+    quads = {
+        "xy": _unit_quadratics(centered(acc["xy"][:, t], s_x, m_x, m_y, b), a, b),
+        "xx": _unit_quadratics(centered(xx, s_x, m_x, m_x, a), a, a),
+        "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b),
+    }
     raw_x = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
     raw_y = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
     return _cka_of_counts(counts, n_u, quads, raw_x, raw_y).reshape(len(counts), *batch)
 
 
-def _cka_of_counts(counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: torch.Tensor,
-                   raw_y: torch.Tensor) -> np.ndarray:
+def _cka_of_counts(
+    counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: torch.Tensor, raw_y: torch.Tensor
+) -> np.ndarray:
     """(N, B) CKA distances of the replicates' unit counts (N, U), the units holding ``n_u``
     rows: ``quads`` of the pair ("xy") and of each side ("xx", "yy"), ``raw_x``/``raw_y`` (U, B)
     the units' raw traces (the dead test of :class:`ftdyn.metrics.RowStats` and Gram CKA)."""
@@ -362,33 +405,54 @@ def _cka_of_counts(counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: to
     def trace_of(quad):  # trace C(c) = Σ_u c_u tr A_u − ‖a(c)‖²/n(c), at least 0 like RowCore's
         return (c @ quad[4].T - torch.einsum("nu,buv,nv->nb", c, quad[2], c) / n).clamp(min=0.0)
 
-    dead = (trace_of(quads["xx"]) <= DEAD_RTOL * (c @ raw_x)) | (trace_of(quads["yy"]) <= DEAD_RTOL * (c @ raw_y))
-    norms = _sq_norm(quads["xx"], c, n).clamp(min=0.0).sqrt() * _sq_norm(quads["yy"], c, n).clamp(min=0.0).sqrt()
+    dead = (trace_of(quads["xx"]) <= DEAD_RTOL * (c @ raw_x)) | (
+        trace_of(quads["yy"]) <= DEAD_RTOL * (c @ raw_y)
+    )
+    norms = (
+        _sq_norm(quads["xx"], c, n).clamp(min=0.0).sqrt()
+        * _sq_norm(quads["yy"], c, n).clamp(min=0.0).sqrt()
+    )
     sim = torch.clamp(_sq_norm(quads["xy"], c, n) / norms, 0.0, 1.0)
     return (1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)).cpu().numpy()
 
 
-def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p: int, mode: str,
-                counts: np.ndarray | None, boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
+def row_finish(
+    acc: dict,
+    metrics: list[str],
+    alpha: float,
+    T: int,
+    ref: int,
+    p: int,
+    mode: str,
+    counts: np.ndarray | None,
+    boot_metrics: list[str] | None = None,
+    skip: tuple[int, ...] = (),
+) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
     (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN)."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     for m in metrics:
-        out["values"][m] = np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha)
-                                     for t in range(T)])
+        out["values"][m] = np.stack(
+            [_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha) for t in range(T)]
+        )
     if mode == "all":
         for m in metrics:
-            out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _metric_from_rows(
-                m, _row_stats_of(acc, a, b, ref, p), alpha))
+            out["traj"][m] = _trajectory(
+                out["values"][m],
+                ref,
+                lambda a, b, m=m: _metric_from_rows(m, _row_stats_of(acc, a, b, ref, p), alpha),
+            )
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
 
         def of_position(m, t):  # CKA needs no per-replicate re-summing of the statistics
             if m == "cka":
                 return _cka_replicates(acc, ref, t, counts)
-            return np.stack([_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, c), alpha) for c in counts])
+            return np.stack(
+                [_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, c), alpha) for c in counts]
+            )
 
-        for m in (metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]):
+        for m in metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]:
             reps = _replicates(out["values"][m], len(counts), ts, lambda t, m=m: of_position(m, t))
             reps[:, list(skip)] = np.nan
             out["reps"][m] = reps
@@ -396,7 +460,9 @@ def row_finish(acc: dict, metrics: list[str], alpha: float, T: int, ref: int, p:
 
 
 # ------------------------------------------------------------------------ Gram side
-def gram_panel(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], stream: list[int], after=None):
+def gram_panel(
+    src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], stream: list[int], after=None
+):
     """Rows of one checkpoint's raw Gram for the images of ``panel`` against themselves
     and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest)).
     ``after``: the previous filter group's result, only so that Dask builds one group's
@@ -420,9 +486,11 @@ def gram_assemble(n: int, *blocks) -> torch.Tensor:
     return K
 
 
-_EIG_FUNCS = {"pwsm": lambda ex, ey, alpha: M.pwsm_from_gram_eig(ex, ey, alpha),
-              "procrustes": lambda ex, ey, alpha: M.procrustes_from_gram_eig(ex, ey),
-              "cka": lambda ex, ey, alpha: 1.0 - np.asarray(M.cka_from_gram_eig(ex, ey))}
+_EIG_FUNCS = {
+    "pwsm": lambda ex, ey, alpha: M.pwsm_from_gram_eig(ex, ey, alpha),
+    "procrustes": lambda ex, ey, alpha: M.procrustes_from_gram_eig(ex, ey),
+    "cka": lambda ex, ey, alpha: 1.0 - np.asarray(M.cka_from_gram_eig(ex, ey)),
+}
 
 
 def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
@@ -430,14 +498,18 @@ def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
 
 
 def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
-    """One metric of a checkpoint pair from raw Grams (cka: O(n²), no decomposition) or decompositions."""
+    """One metric of a checkpoint pair from raw Grams (cka: O(n²), no decomposition) or
+    decompositions."""
     if metric in ("cka", DEBIASED_CKA):
-        return 1.0 - np.asarray(M.cka_from_gram(M.GramStats(Ka, Kb), debiased=metric == DEBIASED_CKA),
-                                dtype=np.float64)
+        return 1.0 - np.asarray(
+            M.cka_from_gram(M.GramStats(Ka, Kb), debiased=metric == DEBIASED_CKA), dtype=np.float64
+        )
     return _metric_from_eigs(metric, ea, eb, alpha)
 
 
-def _gram_unit_quadratics(K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _gram_unit_quadratics(
+    K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """:func:`_unit_quadratics` of the Gram side: for centered Grams K, L (B, n, n) and the
     images' unit indicator ``ind`` (n, U), the coefficients that give the weighted (resampled)
     ⟨K̃, L̃⟩ = wᵀ(K∘L)w − 2/n(c) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/n(c)², w = ind·c,
@@ -449,7 +521,9 @@ def _gram_unit_quadratics(K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor) -
     return G, Q, torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr
 
 
-def _gram_cka_replicates(K_ref: torch.Tensor, Ks: dict, units: np.ndarray, counts: np.ndarray) -> dict:
+def _gram_cka_replicates(
+    K_ref: torch.Tensor, Ks: dict, units: np.ndarray, counts: np.ndarray
+) -> dict:
     """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
     from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
     (``K[idx][:, idx]`` of :func:`ftdyn.summary.shared_indices`), O(n²·U) per checkpoint and
@@ -463,7 +537,11 @@ def _gram_cka_replicates(K_ref: torch.Tensor, Ks: dict, units: np.ndarray, count
     def prepared(K):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
         K = K.reshape(-1, n, n)
         Kc = double_center(K)
-        return Kc, _gram_unit_quadratics(Kc, Kc, ind), torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind).T
+        return (
+            Kc,
+            _gram_unit_quadratics(Kc, Kc, ind),
+            torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind).T,
+        )
 
     ref_c, ref_quad, ref_raw = prepared(K_ref)
     out = {}
@@ -474,8 +552,16 @@ def _gram_cka_replicates(K_ref: torch.Tensor, Ks: dict, units: np.ndarray, count
     return out
 
 
-def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot, *Ks,
-                boot_metrics: list[str] | None = None, skip: tuple[int, ...] = ()) -> dict:
+def gram_finish(
+    metrics: list[str],
+    alpha: float,
+    ref: int,
+    mode: str,
+    boot,
+    *Ks,
+    boot_metrics: list[str] | None = None,
+    skip: tuple[int, ...] = (),
+) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
     ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U))."""
     T = len(Ks)
@@ -498,21 +584,43 @@ def gram_finish(metrics: list[str], alpha: float, ref: int, mode: str, boot, *Ks
         out["values"][m] = np.stack(vals[m])
     if mode == "all":
         for m in metrics:
-            out["traj"][m] = _trajectory(out["values"][m], ref, lambda a, b, m=m: _gram_pair(
-                m, Ks[a], Ks[b], eigs[a], eigs[b], alpha))
+            out["traj"][m] = _trajectory(
+                out["values"][m],
+                ref,
+                lambda a, b, m=m: _gram_pair(m, Ks[a], Ks[b], eigs[a], eigs[b], alpha),
+            )
     if boot is not None and len(boot[1]):
-        out["reps"] = _gram_replicates(metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics],
-                                       out["values"], alpha, ref, boot, Ks, _replicated(T, ref, skip), skip)
+        out["reps"] = _gram_replicates(
+            metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics],
+            out["values"],
+            alpha,
+            ref,
+            boot,
+            Ks,
+            _replicated(T, ref, skip),
+            skip,
+        )
     return out
 
 
-def _gram_replicates(boot: list[str], values: dict, alpha: float, ref: int, units_counts, Ks, ts: list[int],
-                     skip: tuple[int, ...]) -> dict:
+def _gram_replicates(
+    boot: list[str],
+    values: dict,
+    alpha: float,
+    ref: int,
+    units_counts,
+    Ks,
+    ts: list[int],
+    skip: tuple[int, ...],
+) -> dict:
     """Replicates (N, T, ...) of the metrics ``boot`` at the positions ``ts`` (the point value
     elsewhere, NaN at ``skip``): CKA from unit-level coefficients, the others by resampling
     the Grams' images and decomposing them."""
     units, counts = units_counts
-    reps = {m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0) for m in boot}
+    reps = {
+        m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0)
+        for m in boot
+    }
     if "cka" in boot:
         for t, r in _gram_cka_replicates(Ks[ref], {t: Ks[t] for t in ts}, units, counts).items():
             reps["cka"][:, t] = r
@@ -553,8 +661,17 @@ def _map_function(metric: str, alpha: float, center: str):
     return lambda X, Y: info.direct(X, Y, **kw)
 
 
-def map_leaf(src: Source, chunks: list[int], ckpts: list[int], ref: int, metrics: list[str], alpha: float,
-              fsl: slice, mode: str, center: str = "columns") -> dict:
+def map_leaf(
+    src: Source,
+    chunks: list[int],
+    ckpts: list[int],
+    ref: int,
+    metrics: list[str],
+    alpha: float,
+    fsl: slice,
+    mode: str,
+    center: str = "columns",
+) -> dict:
     """Per-(image, filter) distances of the map view for a group of chunks.
 
     Returns {metric: (P, n_images, filters)} for the pairs of :func:`map_pairs`."""
@@ -592,8 +709,12 @@ def concat_map(*parts: dict) -> dict:
 
 
 def row_cols(src: Source, view: str) -> int:
-    return {"channels": src.channels, "pooled": src.channels, "flat": src.channels * src.height * src.width,
-            "filter": src.height * src.width}[view]
+    return {
+        "channels": src.channels,
+        "pooled": src.channels,
+        "flat": src.channels * src.height * src.width,
+        "filter": src.height * src.width,
+    }[view]
 
 
 def row_count(src: Source, view: str) -> int:
@@ -645,4 +766,3 @@ gram_panel = trimmed(gram_panel)
 gram_assemble = trimmed(gram_assemble)
 gram_finish = trimmed(gram_finish)
 map_leaf = trimmed(map_leaf)
-

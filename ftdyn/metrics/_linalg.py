@@ -67,15 +67,22 @@ def as_tensor(X, name: str) -> torch.Tensor:
             try:
                 t = torch.from_numpy(a)
             except (TypeError, ValueError):  # negative strides, dtypes torch lacks
-                t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64 if a.dtype.kind not in "biuf"
-                                                          else None))
+                t = torch.from_numpy(
+                    np.ascontiguousarray(
+                        a, dtype=np.float64 if a.dtype.kind not in "biuf" else None
+                    )
+                )
     if t.is_complex():
         raise ValueError(f"{name}: complex input is not supported")
-    if not (t.is_floating_point() or t.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16,
-                                                 torch.int32, torch.int64)):
+    if not (
+        t.is_floating_point()
+        or t.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    ):
         raise ValueError(f"{name}: unsupported dtype {t.dtype}")
     if t.ndim < 2:
-        raise ValueError(f"{name}: expected shape (rows, cols) or (..., rows, cols), got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name}: expected shape (rows, cols) or (..., rows, cols), got {tuple(t.shape)}"
+        )
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
     if t.shape[-1] == 0 or t.shape[-2] == 0:
@@ -97,8 +104,10 @@ def check_finite(t: torch.Tensor, name: str, sums: torch.Tensor | None = None) -
     n_nan = int(torch.isnan(t).sum())
     n_inf = int(torch.isinf(t).sum())
     if n_nan or n_inf:
-        raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} infinite value(s) out of {t.numel()}; "
-                         "similarity metrics need finite activations")
+        raise ValueError(
+            f"{name} contains {n_nan} NaN and {n_inf} infinite value(s) out of {t.numel()}; "
+            "similarity metrics need finite activations"
+        )
     if sums is not None:
         raise ValueError(f"{name}: values too large, their float64 sums overflow")
 
@@ -106,19 +115,24 @@ def check_finite(t: torch.Tensor, name: str, sums: torch.Tensor | None = None) -
 def check_pair(X: torch.Tensor, Y: torch.Tensor) -> tuple[int, ...]:
     """Same rows, same device, broadcastable batch dims; returns the batch shape."""
     if X.shape[-2] != Y.shape[-2]:
-        raise ValueError(f"X and Y must have the same number of rows (the same inputs in the same order); "
-                         f"got {X.shape[-2]} and {Y.shape[-2]} (shapes {tuple(X.shape)}, {tuple(Y.shape)})")
+        raise ValueError(
+            "X and Y must have the same number of rows (the same inputs in the same order); "
+            f"got {X.shape[-2]} and {Y.shape[-2]} (shapes {tuple(X.shape)}, {tuple(Y.shape)})"
+        )
     if X.device != Y.device:
         raise ValueError(f"X and Y are on different devices ({X.device}, {Y.device})")
     try:
         return tuple(torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2]))
     except RuntimeError:
-        raise ValueError(f"batch dimensions of X {tuple(X.shape[:-2])} and Y {tuple(Y.shape[:-2])} "
-                         "do not broadcast") from None
+        raise ValueError(
+            f"batch dimensions of X {tuple(X.shape[:-2])} and Y {tuple(Y.shape[:-2])} "
+            "do not broadcast"
+        ) from None
 
 
-def plan_blocks(b0: int, elems: int, n_units: int, bytes_per_unit: int,
-                device: torch.device | None = None) -> tuple[int, int]:
+def plan_blocks(
+    b0: int, elems: int, n_units: int, bytes_per_unit: int, device: torch.device | None = None
+) -> tuple[int, int]:
     """How to cut the work: (indices of batch dim 0 per block, units per chunk).
 
     ``b0``: size of batch dim 0, ``elems``: matrices per index of dim 0, ``n_units``: rows
@@ -154,7 +168,11 @@ def blocked(X: torch.Tensor, Y: torch.Tensor | None, fn, n_units: int, bytes_per
     X, Y are expanded (views) to their broadcast batch shape; a 2-D problem is one block.
     ``fn`` returns a tuple of tensors with the block's batch dims leading.
     """
-    bshape = tuple(X.shape[:-2]) if Y is None else tuple(torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2]))
+    bshape = (
+        tuple(X.shape[:-2])
+        if Y is None
+        else tuple(torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2]))
+    )
     Xe = X.expand(*bshape, *X.shape[-2:])
     Ye = None if Y is None else Y.expand(*bshape, *Y.shape[-2:])
     if not bshape:
@@ -162,7 +180,7 @@ def blocked(X: torch.Tensor, Y: torch.Tensor | None, fn, n_units: int, bytes_per
         Ye = None if Ye is None else Ye[None]
     b0, elems = Xe.shape[0], math.prod(Xe.shape[1:-2])
     b, c = plan_blocks(b0, elems, n_units, bytes_per_unit, X.device)
-    outs = [fn(Xe[i:i + b], None if Ye is None else Ye[i:i + b], c) for i in range(0, b0, b)]
+    outs = [fn(Xe[i : i + b], None if Ye is None else Ye[i : i + b], c) for i in range(0, b0, b)]
     res = tuple(o[0] if len(outs) == 1 else torch.cat(o, 0) for o in zip(*outs))
     return tuple(r[0] for r in res) if not bshape else res
 
@@ -233,7 +251,9 @@ def nan_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, torch.full_like(values, math.nan), values)
 
 
-def _whiten_weights(lam: torch.Tensor, alpha: float, lam_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _whiten_weights(
+    lam: torch.Tensor, alpha: float, lam_ref: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-eigendirection whitening weight d and the eigenvalue floor at 0.
 
     d = α + (1-α)·max(λ, 1e-7)^(-1/2) (netrep), 0 on the numerical null space.
@@ -330,10 +350,12 @@ class RowCore:
             def sel(t, core):
                 if t is None:
                     return None
-                return torch.broadcast_to(t, shape + tuple(t.shape[t.ndim - core:]))[bad]
+                return torch.broadcast_to(t, shape + tuple(t.shape[t.ndim - core :]))[bad]
 
             cos = cos.clone()
-            cos[bad] = self._cos_eigh(sel(Cxx, 2), sel(Cyy, 2), sel(Cxy, 2), sel(refx, 0), sel(refy, 0), 0.0)
+            cos[bad] = self._cos_eigh(
+                sel(Cxx, 2), sel(Cyy, 2), sel(Cxy, 2), sel(refx, 0), sel(refy, 0), 0.0
+            )
         return cos
 
     def pwsm(self, alpha: float) -> torch.Tensor:
@@ -360,12 +382,24 @@ class RowCore:
 
     def cka_debiased(self) -> torch.Tensor:
         if self.debiased_terms is None:
-            raise ValueError("debiased CKA needs per-row norms, which row statistics do not carry; "
-                             "use linear_cka(X, Y, debiased=True) or the Gram side (cka_from_gram)")
+            raise ValueError(
+                "debiased CKA needs per-row norms, which row statistics do not carry; "
+                "use linear_cka(X, Y, debiased=True) or the Gram side (cka_from_gram)"
+            )
         n, dxy, dxx, dyy = self.debiased_terms
         mn = torch.linalg.matrix_norm
-        return debiased_from_features(mn(self.Cxy) ** 2, mn(self.Cxx) ** 2, mn(self.Cyy) ** 2,
-                                      dxy, dxx, dyy, self.trx, self.try_, n, self.dead)
+        return debiased_from_features(
+            mn(self.Cxy) ** 2,
+            mn(self.Cxx) ** 2,
+            mn(self.Cyy) ** 2,
+            dxy,
+            dxx,
+            dyy,
+            self.trx,
+            self.try_,
+            n,
+            self.dead,
+        )
 
 
 # ---------------------------------------------------------------------- Gram core

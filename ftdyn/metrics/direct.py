@@ -41,7 +41,6 @@ Conventions
 
 from __future__ import annotations
 
-
 import torch
 
 from . import _linalg as L
@@ -91,8 +90,8 @@ def _row_core_from_data(Xt, Yt, debiased: bool = False) -> L.RowCore:
         zero = torch.zeros(Xb.shape[:-2], dtype=F64, device=Xb.device)
         dxy = dxx = dyy = zero
         for s in range(0, n, c):
-            xc, ax = _shifted(Xb[..., s:s + c, :], ax, "X", Xt)
-            yc, ay = _shifted(Yb[..., s:s + c, :], ay, "Y", Yt)
+            xc, ax = _shifted(Xb[..., s : s + c, :], ax, "X", Xt)
+            yc, ay = _shifted(Yb[..., s : s + c, :], ay, "Y", Yt)
             parts = (L.at_b(xc, xc), L.at_b(yc, yc), L.at_b(xc, yc))
             if Cxx is None:
                 Cxx, Cyy, Cxy = parts
@@ -116,7 +115,9 @@ def _row_core_from_data(Xt, Yt, debiased: bool = False) -> L.RowCore:
         rawy = L.trace(Cyy) + n * (ay * ay).sum(-1)
         return Cxx, Cyy, Cxy, rawx, rawy, dxy, dxx, dyy
 
-    Cxx, Cyy, Cxy, rawx, rawy, dxy, dxx, dyy = L.blocked(Xt, Yt, block, n, 8 * (Xt.shape[-1] + Yt.shape[-1]))
+    Cxx, Cyy, Cxy, rawx, rawy, dxy, dxx, dyy = L.blocked(
+        Xt, Yt, block, n, 8 * (Xt.shape[-1] + Yt.shape[-1])
+    )
     core = L.RowCore(Cxx, Cyy, Cxy, rawx, rawy)
     if debiased:
         core.debiased_terms = (n, dxy, dxx, dyy)
@@ -132,7 +133,7 @@ def _centered_gram(T: torch.Tensor, name: str):
         K = None
         raw = 0.0
         for a in range(0, p, c):
-            x = L.f64_copy(Tb[..., :, a:a + c])
+            x = L.f64_copy(Tb[..., :, a : a + c])
             m = x.mean(-2, keepdim=True)
             L.check_finite(T, name, m)
             xc = x.sub_(m)
@@ -178,7 +179,8 @@ def procrustes(X, Y):
 
 
 def linear_cka(X, Y, debiased: bool = False):
-    """Linear CKA *similarity* ‖ỸᵀX̃‖_F² / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F) ∈ [0, 1] (1 = same up to rotation/scale).
+    """Linear CKA *similarity* ‖ỸᵀX̃‖_F² / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F) ∈ [0, 1] (1 = same up to
+    rotation/scale).
 
     ``debiased=True``: the unbiased HSIC estimator (Song et al. 2012, as in Kornblith
     et al. 2019), better for few rows; needs rows ≥ 4 (else NaN) and may be slightly

@@ -17,14 +17,17 @@ __all__ = ["ProbeResult", "stratified_folds", "ridge_predict", "linear_probe"]
 
 @dataclass(frozen=True)
 class ProbeResult:
-    accuracy: float  #: fraction of samples classified correctly when held out; NaN when not estimable
+    accuracy: (
+        float  #: fraction of samples classified correctly when held out; NaN when not estimable
+    )
     chance: float  #: accuracy of always answering the most frequent class
     folds: int
     reason: str | None = None  #: why ``accuracy`` is NaN
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Fold index (0..k-1) of every sample: each class is shuffled (seeded) and dealt round-robin."""
+    """Fold index (0..k-1) of every sample: each class is shuffled (seeded) and dealt
+    round-robin."""
     labels = np.asarray(labels)
     folds = np.empty(len(labels), np.int64)
     rng = np.random.default_rng(int(seed))
@@ -32,12 +35,15 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         folds[members] = (offset + np.arange(len(members))) % k
-        offset += len(members)  # the next class starts where this one stopped, so fold sizes stay balanced
+        offset += len(
+            members
+        )  # the next class starts where this one stopped, so fold sizes stay balanced
     return folds
 
 
-def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: np.ndarray,
-                  ridge: float) -> np.ndarray:
+def ridge_predict(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: np.ndarray, ridge: float
+) -> np.ndarray:
     """Class predictions for ``test_x`` of a ridge classifier fitted on standardized ``train_x``."""
     mean = train_x.mean(0)
     std = train_x.std(0)
@@ -54,9 +60,11 @@ def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     return classes[np.argmax(xt @ weights + intercept, axis=1)]
 
 
-def linear_probe(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, ridge: float = 1.0,
-                 seed: int = 0) -> ProbeResult:
-    """Stratified ``folds``-fold cross-validated accuracy of a ridge classifier on ``features`` (N, D).
+def linear_probe(
+    features: np.ndarray, labels: np.ndarray, *, folds: int = 5, ridge: float = 1.0, seed: int = 0
+) -> ProbeResult:
+    """Stratified ``folds``-fold cross-validated accuracy of a ridge classifier on ``features`` (N,
+    D).
 
     Uses fewer folds when the smallest class has fewer members (at least 2); NaN with a
     reason when a class has a single sample, there is one class only, or a feature is not finite.
@@ -71,12 +79,16 @@ def linear_probe(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, ri
     if len(classes) < 2:
         return ProbeResult(float("nan"), chance, 0, "fewer than 2 classes")
     if k < 2:
-        return ProbeResult(float("nan"), chance, 0, "a class has a single sample (cross-validation needs 2)")
+        return ProbeResult(
+            float("nan"), chance, 0, "a class has a single sample (cross-validation needs 2)"
+        )
     if not np.isfinite(x).all():
         return ProbeResult(float("nan"), chance, k, "non-finite features")
     fold = stratified_folds(y, k, seed)
     correct = 0
     for f in range(k):
         held = fold == f
-        correct += int((ridge_predict(x[~held], y[~held], x[held], classes, float(ridge)) == y[held]).sum())
+        correct += int(
+            (ridge_predict(x[~held], y[~held], x[held], classes, float(ridge)) == y[held]).sum()
+        )
     return ProbeResult(correct / len(y), chance, k)

@@ -48,43 +48,51 @@ def _cka_dist_direct(X, Y):
     return _d.cka_distance(X, Y)
 
 
-METRICS: Mapping[str, MetricInfo] = MappingProxyType({
-    "pwsm": MetricInfo(
-        name="pwsm",
-        description=("Partial-whitening shape metric (Williams et al. 2021), angular form, in radians; "
-                     "alpha=0 full whitening (CCA-like, the paper's setting), alpha=1 angular Procrustes. "
-                     "netrep LinearMetric(alpha, center_columns=True, score_method='angular') convention: "
-                     "unnormalized covariance, eigenvalues clipped at 1e-7, so 0<alpha<1 depends on the "
-                     "activation scale."),
-        range="[0, pi/2] radians",
-        lower_is_more_similar=True,
-        direct=_d.pwsm,
-        from_row_stats=_s.pwsm_from_row_stats,
-        from_gram=_s.pwsm_from_gram,
-        params=MappingProxyType({"alpha": 0.0}),
-    ),
-    "procrustes": MetricInfo(
-        name="procrustes",
-        description=("Orthogonal Procrustes distance 1 - ||X^T Y||_* on centered, unit-Frobenius-norm "
-                     "matrices (Ding et al. 2021, halved to the paper's range [0, 1])."),
-        range="[0, 1]",
-        lower_is_more_similar=True,
-        direct=_d.procrustes,
-        from_row_stats=_s.procrustes_from_row_stats,
-        from_gram=_s.procrustes_from_gram,
-    ),
-    "cka": MetricInfo(
-        name="cka",
-        description=("Linear CKA *distance* 1 - CKA (Kornblith et al. 2019, biased HSIC estimator); "
-                     "registered as a distance like the others: 0 = identical up to rotation and scale. "
-                     "The similarity itself is ftdyn.metrics.linear_cka (debiased=True for few rows)."),
-        range="[0, 1]",
-        lower_is_more_similar=True,
-        direct=_cka_dist_direct,
-        from_row_stats=_cka_dist_row,
-        from_gram=_cka_dist_gram,
-    ),
-})
+METRICS: Mapping[str, MetricInfo] = MappingProxyType(
+    {
+        "pwsm": MetricInfo(
+            name="pwsm",
+            description=(
+                "Partial-whitening shape metric (Williams et al. 2021), angular form, in radians;"
+                " alpha=0 full whitening (CCA-like, the paper's setting), alpha=1 angular"
+                " Procrustes. netrep LinearMetric(alpha, center_columns=True,"
+                " score_method='angular') convention: unnormalized covariance, eigenvalues clipped"
+                " at 1e-7, so 0<alpha<1 depends on the activation scale."
+            ),
+            range="[0, pi/2] radians",
+            lower_is_more_similar=True,
+            direct=_d.pwsm,
+            from_row_stats=_s.pwsm_from_row_stats,
+            from_gram=_s.pwsm_from_gram,
+            params=MappingProxyType({"alpha": 0.0}),
+        ),
+        "procrustes": MetricInfo(
+            name="procrustes",
+            description=(
+                "Orthogonal Procrustes distance 1 - ||X^T Y||_* on centered, unit-Frobenius-norm "
+                "matrices (Ding et al. 2021, halved to the paper's range [0, 1])."
+            ),
+            range="[0, 1]",
+            lower_is_more_similar=True,
+            direct=_d.procrustes,
+            from_row_stats=_s.procrustes_from_row_stats,
+            from_gram=_s.procrustes_from_gram,
+        ),
+        "cka": MetricInfo(
+            name="cka",
+            description=(
+                "Linear CKA *distance* 1 - CKA (Kornblith et al. 2019, biased HSIC estimator); "
+                "registered as a distance like the others: 0 = identical up to rotation and scale. "
+                "The similarity itself is ftdyn.metrics.linear_cka (debiased=True for few rows)."
+            ),
+            range="[0, 1]",
+            lower_is_more_similar=True,
+            direct=_cka_dist_direct,
+            from_row_stats=_cka_dist_row,
+            from_gram=_cka_dist_gram,
+        ),
+    }
+)
 
 
 def get_metric(name: str) -> MetricInfo:
@@ -95,7 +103,9 @@ def get_metric(name: str) -> MetricInfo:
         raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}") from None
 
 
-def degenerate_reason(metric: str, rows: int, cols: int, alpha: float = 0.0, center: str = "columns") -> str | None:
+def degenerate_reason(
+    metric: str, rows: int, cols: int, alpha: float = 0.0, center: str = "columns"
+) -> str | None:
     """Why ``metric`` cannot tell *any* two (rows × cols) matrices apart, or None.
 
     Decided from the effective sample, not from the data: after centering, the
@@ -114,5 +124,8 @@ def degenerate_reason(metric: str, rows: int, cols: int, alpha: float = 0.0, cen
     if space <= 1:
         return f"{rows} row(s) per matrix: rank <= 1 after centering"
     if metric == "pwsm" and float(alpha) == 0.0 and space <= cols:
-        return f"alpha=0 with {rows} rows <= {cols} columns + 1: full whitening spans the same row space"
+        return (
+            f"alpha=0 with {rows} rows <= {cols} columns + 1: full whitening spans the same row"
+            " space"
+        )
     return None

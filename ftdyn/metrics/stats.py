@@ -52,11 +52,26 @@ from . import _linalg as L
 from ._linalg import F64, GramEig
 
 __all__ = [
-    "RowStats", "GramStats", "GramEig", "row_stats", "gram", "gram_stats", "gram_eig", "merge",
-    "pwsm_from_row_stats", "procrustes_from_row_stats", "cka_from_row_stats",
-    "pwsm_from_gram", "procrustes_from_gram", "cka_from_gram",
-    "pwsm_from_gram_eig", "procrustes_from_gram_eig", "cka_from_gram_eig",
-    "choose_side", "dead_mask", "count_dead",
+    "RowStats",
+    "GramStats",
+    "GramEig",
+    "row_stats",
+    "gram",
+    "gram_stats",
+    "gram_eig",
+    "merge",
+    "pwsm_from_row_stats",
+    "procrustes_from_row_stats",
+    "cka_from_row_stats",
+    "pwsm_from_gram",
+    "procrustes_from_gram",
+    "cka_from_gram",
+    "pwsm_from_gram_eig",
+    "procrustes_from_gram_eig",
+    "cka_from_gram_eig",
+    "choose_side",
+    "dead_mask",
+    "count_dead",
 ]
 
 Array = Any  # numpy.ndarray | torch.Tensor
@@ -125,7 +140,7 @@ def row_stats(X, Y) -> RowStats:
     def block(Xb, Yb, c):
         sx = sy = xx = yy = xy = None
         for s in range(0, n, c):
-            xc, yc = L.f64_copy(Xb[..., s:s + c, :]), L.f64_copy(Yb[..., s:s + c, :])
+            xc, yc = L.f64_copy(Xb[..., s : s + c, :]), L.f64_copy(Yb[..., s : s + c, :])
             parts = (xc.sum(-2), yc.sum(-2), L.at_b(xc, xc), L.at_b(yc, yc), L.at_b(xc, yc))
             if xx is None:
                 sx, sy, xx, yy, xy = parts
@@ -148,7 +163,7 @@ def gram(X) -> Array:
     def block(Xb, _, c):
         K = None
         for a in range(0, p, c):
-            xc = L.f64_copy(Xb[..., :, a:a + c])
+            xc = L.f64_copy(Xb[..., :, a : a + c])
             L.check_finite(Xt, "X", xc.sum((-2, -1)))
             part = L.a_bt(xc, xc)
             K = part if K is None else K + part
@@ -190,7 +205,9 @@ def _merge2(a, b):
         return RowStats(a.n + b.n, *(_add(u, v) for u, v in zip(a[1:], b[1:])))
     if isinstance(a, GramStats):
         if tuple(a.K.shape[-2:]) != tuple(b.K.shape[-2:]):
-            raise ValueError(f"Gram statistics of different row sets: {tuple(a.K.shape)} vs {tuple(b.K.shape)}")
+            raise ValueError(
+                f"Gram statistics of different row sets: {tuple(a.K.shape)} vs {tuple(b.K.shape)}"
+            )
         return GramStats(_add(a.K, b.K), _add(a.L, b.L))
     raise ValueError(f"merge expects RowStats or GramStats, got {type(a).__name__}")
 
@@ -208,8 +225,16 @@ def _row_core(s: RowStats, nuc: str = "auto") -> L.RowCore:
     Cyy = yy - sy[..., :, None] * sy[..., None, :] / n
     Cxy = xy - sx[..., :, None] * sy[..., None, :] / n
     dx, dy = torch.diagonal(xx, dim1=-2, dim2=-1), torch.diagonal(yy, dim1=-2, dim2=-1)
-    return L.RowCore(Cxx, Cyy, Cxy, dx.sum(-1), dy.sum(-1), dx.amax(-1).clamp(min=0.0),
-                     dy.amax(-1).clamp(min=0.0), nuc=nuc)
+    return L.RowCore(
+        Cxx,
+        Cyy,
+        Cxy,
+        dx.sum(-1),
+        dy.sum(-1),
+        dx.amax(-1).clamp(min=0.0),
+        dy.amax(-1).clamp(min=0.0),
+        nuc=nuc,
+    )
 
 
 def pwsm_from_row_stats(s: RowStats, alpha: float = 0.0):
@@ -234,7 +259,9 @@ def _gram_core(g: GramStats, nuc: str = "auto") -> L.GramCore:
     dev = g.K.device if isinstance(g.K, torch.Tensor) else None
     K, Lm = _t(g.K, dev), _t(g.L, dev)
     if K.shape[-1] != Lm.shape[-1] or K.shape[-1] != K.shape[-2]:
-        raise ValueError(f"K and L must be n×n with the same n, got {tuple(K.shape)}, {tuple(Lm.shape)}")
+        raise ValueError(
+            f"K and L must be n×n with the same n, got {tuple(K.shape)}, {tuple(Lm.shape)}"
+        )
     return L.GramCore(K, Lm, centered=False, nuc=nuc)
 
 
@@ -302,7 +329,7 @@ def _dead_of_matrix(X, name: str) -> torch.Tensor:
         L.check_finite(Xt, name, mx)
         cen = torch.zeros(Xb.shape[:-2], dtype=F64, device=Xb.device)
         for s in range(0, n, c):
-            xc = L.f64_copy(Xb[..., s:s + c, :]).sub_(mx[..., None, :])
+            xc = L.f64_copy(Xb[..., s : s + c, :]).sub_(mx[..., None, :])
             cen = cen + (xc * xc).sum((-2, -1))
         return (cen <= L.DEAD_RTOL * (cen + n * (mx * mx).sum(-1)),)
 

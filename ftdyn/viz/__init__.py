@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +33,33 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..config import (DEFAULT_CLASSES, DEFAULT_SAMPLES, MAX_DEFAULT_EPOCHS, MAX_EPOCHS, MAX_FILTERS, MAX_GRID_ROWS,
-                      VisualizeConfig, arg, build, default, describe)
+from ..config import (
+    DEFAULT_CLASSES,
+    DEFAULT_SAMPLES,
+    MAX_DEFAULT_EPOCHS,
+    MAX_EPOCHS,
+    MAX_FILTERS,
+    MAX_GRID_ROWS,
+    VisualizeConfig,
+    arg,
+    build,
+    default,
+    describe,
+)
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, folder_lock, update_result_set
 from ..progress import track
 
-__all__ = ["visualize", "make_plan", "execute", "FigurePlan", "default_figures", "read_index", "FIGURES_DIR",
-           "INDEX_NAME"]
+__all__ = [
+    "visualize",
+    "make_plan",
+    "execute",
+    "FigurePlan",
+    "default_figures",
+    "read_index",
+    "FIGURES_DIR",
+    "INDEX_NAME",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +84,13 @@ def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix); no timestamps in the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"Date": None} if path.suffix == ".svg" else {"Software": None} if path.suffix == ".png" else None
+    metadata = (
+        {"Date": None}
+        if path.suffix == ".svg"
+        else {"Software": None}
+        if path.suffix == ".png"
+        else None
+    )
     fig.savefig(path, dpi=dpi, metadata=metadata)
     return path
 
@@ -86,7 +111,9 @@ def read_index(folder: str | Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads(index.read_text()).get("figures", []))
     except (json.JSONDecodeError, AttributeError):
-        raise FtdynError(f"{index}: not a readable figure index; delete it and re-run `ftdyn visualize`.") from None
+        raise FtdynError(
+            f"{index}: not a readable figure index; delete it and re-run `ftdyn visualize`."
+        ) from None
 
 
 def record(folder: str | Path, entries: Iterable[dict[str, Any]]) -> None:
@@ -152,11 +179,17 @@ def figure_stem(out: Path, label: str, path: Path | None) -> str:
     """The store part of the figure file names in ``out``: the store's label, plus a short
     hash of its resolved path when ``out`` already holds figures of another store whose label
     gives the same name (``sA/s.zarr`` and ``sB/s.zarr``), so that neither overwrites the other."""
-    taken = any(e.get("kind") in ("class", "sample") and slug(e.get("store_label") or "") == slug(label)
-                and not same_path(e.get("store"), path) for e in read_index(out))
+    taken = any(
+        e.get("kind") in ("class", "sample")
+        and slug(e.get("store_label") or "") == slug(label)
+        and not same_path(e.get("store"), path)
+        for e in read_index(out)
+    )
     if not taken:
         return slug(label)
-    digest = hashlib.sha256(str(Path(path).resolve() if path is not None else "").encode()).hexdigest()[:8]
+    digest = hashlib.sha256(
+        str(Path(path).resolve() if path is not None else "").encode()
+    ).hexdigest()[:8]
     return f"{slug(label)}-{digest}"
 
 
@@ -167,31 +200,44 @@ def resolve_layer(ds, layer) -> tuple[str, str, int]:
 
     pairs = store_layers(ds)
     names = [p[0] for p in pairs]
-    if isinstance(layer, (int, np.integer)) or (isinstance(layer, str) and re.fullmatch(r"-?\d+", layer.strip())):
+    if isinstance(layer, (int, np.integer)) or (
+        isinstance(layer, str) and re.fullmatch(r"-?\d+", layer.strip())
+    ):
         i = int(layer)
         if not -len(pairs) <= i < len(pairs):
-            raise FtdynError(f"{arg('layer', layer)}: the store has {len(pairs)} layers (index 0..{len(pairs) - 1}).")
+            raise FtdynError(
+                f"{arg('layer', layer)}: the store has {len(pairs)} layers (index"
+                f" 0..{len(pairs) - 1})."
+            )
         i %= len(pairs)
         return pairs[i][0], pairs[i][1], i
     for i, (name, var) in enumerate(pairs):
         if layer in (name, var):
             return name, var, i
-    raise FtdynError(f"{arg('layer', layer)}: not a layer of this store; choose from {', '.join(names)} (or an index).")
+    raise FtdynError(
+        f"{arg('layer', layer)}: not a layer of this store; choose from {', '.join(names)} (or an"
+        " index)."
+    )
 
 
 def receptive_field_of(ds, var: str, layer: str):
-    """The layer's :class:`~ftdyn.receptive.ReceptiveField`, or FtdynError when the store has none."""
+    """The layer's :class:`~ftdyn.receptive.ReceptiveField`, or FtdynError when the store
+    has none."""
     from ..receptive import ReceptiveField
 
     rf = ds[var].attrs.get("receptive_field") or (ds.attrs.get("receptive_fields") or {}).get(layer)
     if not rf:
-        raise FtdynError(f"layer {layer}: the store has no receptive-field geometry for it (a synthetic or "
-                         "third-party store?); class- and sample-based views need it. Re-extract the store "
-                         "with `ftdyn extract`, which records it.")
+        raise FtdynError(
+            f"layer {layer}: the store has no receptive-field geometry for it (a synthetic or "
+            "third-party store?); class- and sample-based views need it. Re-extract the store "
+            "with `ftdyn extract`, which records it."
+        )
     try:
         return ReceptiveField.from_dict(rf)
     except (KeyError, TypeError, ValueError) as exc:
-        raise FtdynError(f"layer {layer}: damaged receptive-field attribute {rf!r} ({exc}).") from None
+        raise FtdynError(
+            f"layer {layer}: damaged receptive-field attribute {rf!r} ({exc})."
+        ) from None
 
 
 def resolve_classes(ds, classes) -> list[int]:
@@ -208,17 +254,23 @@ def resolve_classes(ds, classes) -> list[int]:
         elif isinstance(c, (int, np.integer)) or (isinstance(c, str) and re.fullmatch(r"\d+", c)):
             i = int(c)
             if not 0 <= i < len(names):
-                raise FtdynError(f"{arg('classes', c)}: only {len(names)} classes (0..{len(names) - 1}: "
-                                 f"{', '.join(names)}).")
+                raise FtdynError(
+                    f"{arg('classes', c)}: only {len(names)} classes (0..{len(names) - 1}: "
+                    f"{', '.join(names)})."
+                )
             out.append(i)
         else:
-            raise FtdynError(f"{arg('classes', c)}: not a class of this store; choose from {', '.join(names)}.")
+            raise FtdynError(
+                f"{arg('classes', c)}: not a class of this store; choose from {', '.join(names)}."
+            )
         if not np.any(labels == out[-1]):
             raise FtdynError(f"{arg('classes', c)}: no probe image of this class in the store.")
     out = list(dict.fromkeys(out))
     if len(out) > MAX_GRID_ROWS:
-        raise FtdynError(f"{arg('classes')}: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class x filter "
-                         "rows). Pass fewer and run visualize again for the rest.")
+        raise FtdynError(
+            f"{arg('classes')}: {len(out)} classes; one figure shows at most {MAX_GRID_ROWS} (class"
+            " x filter rows). Pass fewer and run visualize again for the rest."
+        )
     return out
 
 
@@ -228,16 +280,27 @@ def resolve_epochs(ds, epochs) -> list[int]:
     if epochs is None or len(epochs) == 0:
         if len(available) <= MAX_DEFAULT_EPOCHS:
             return list(range(len(available)))
-        return sorted(set(np.round(np.linspace(0, len(available) - 1, MAX_DEFAULT_EPOCHS)).astype(int).tolist()))
+        return sorted(
+            set(
+                np.round(np.linspace(0, len(available) - 1, MAX_DEFAULT_EPOCHS))
+                .astype(int)
+                .tolist()
+            )
+        )
     out = []
     for e in epochs:
         if int(e) not in available:
-            raise FtdynError(f"{arg('epochs', e)}: not in the store; available epochs: {', '.join(map(str, available))}.")
+            raise FtdynError(
+                f"{arg('epochs', e)}: not in the store; available epochs:"
+                f" {', '.join(map(str, available))}."
+            )
         out.append(available.index(int(e)))
     out = sorted(set(out))
     if len(out) > MAX_EPOCHS:
-        raise FtdynError(f"{arg('epochs')}: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer and run "
-                         "visualize again for the rest.")
+        raise FtdynError(
+            f"{arg('epochs')}: {len(out)} epochs; one figure shows at most {MAX_EPOCHS}. Pass fewer"
+            " and run visualize again for the rest."
+        )
     return out
 
 
@@ -291,13 +354,21 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
     from ..store import store_fingerprint
 
     mine = store_fingerprint(Path(path), ds)["sha256"]
-    return next((e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine), None)
+    return next(
+        (e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine),
+        None,
+    )
 
 
 def results_stores(results) -> str:
     """``experiment (store), ...`` of the results, for messages."""
-    return ", ".join(f"{e} ({s or 'no store recorded'})" for e, s in
-                     zip((str(x) for x in results["experiment"].values), (str(x) for x in results["store"].values)))
+    return ", ".join(
+        f"{e} ({s or 'no store recorded'})"
+        for e, s in zip(
+            (str(x) for x in results["experiment"].values),
+            (str(x) for x in results["store"].values),
+        )
+    )
 
 
 def results_layer_index(results, experiment: str, layer: str) -> int | None:
@@ -370,7 +441,9 @@ def make_plan(store, *, out, config: VisualizeConfig | None = None, **options: A
     config = build(VisualizeConfig, config, **options)
     ds, path = open_any_store(store)
     res = open_any_results(config.results)
-    out = check_out(out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p])
+    out = check_out(
+        out, inputs=[p for p in (path, (ds.attrs.get("probe") or {}).get("data_dir")) if p]
+    )
     return _plan(ds, path, res, config, out)
 
 
@@ -385,37 +458,66 @@ def _plan(ds, path: Path | None, res, config: VisualizeConfig, out: Path) -> Fig
     sample_pos = resolve_samples(ds, config.samples) if config.samples is not None else None
     experiment = match_experiment(res, ds, path)
     if res is not None and experiment is None:  # another store's distances would rank the filters
-        raise FtdynError(f"{arg('results')} {'(a Dataset)' if res is config.results else config.results}: the store "
-                         f"{path or '(a Dataset without a path)'} is not among its experiments "
-                         f"[{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave "
-                         f"{arg('results')} out.")
+        raise FtdynError(
+            f"{arg('results')} {'(a Dataset)' if res is config.results else config.results}: the"
+            f" store {path or '(a Dataset without a path)'} is not among its experiments"
+            f" [{results_stores(res)}]; give the results of `ftdyn analyze` on this store, or leave"
+            f" {arg('results')} out."
+        )
     label = store_label(ds, path)
-    context = {"store": str(path) if path is not None else None, "store_label": label, "layer": name,
-               "layer_index": index, "model": ds.attrs.get("model"), "dataset": ds.attrs.get("dataset"),
-               "experiment": experiment}
+    context = {
+        "store": str(path) if path is not None else None,
+        "store_label": label,
+        "layer": name,
+        "layer_index": index,
+        "model": ds.attrs.get("model"),
+        "dataset": ds.attrs.get("dataset"),
+        "experiment": experiment,
+    }
     stem = f"{figure_stem(out, label, path)}_{slug(var)}"
     if experiment is not None:  # stores of several experiments may share a folder name
         label = f"{experiment} ({label})"
-    return FigurePlan(ds=ds, path=path, out=out, layer=name, var=var, rf=rf, classes=class_idx, epochs=epoch_pos,
-                      filters=chosen, n_filters=n_filters, samples=sample_pos, results=res, experiment=experiment,
-                      label=label, stem=stem, context=context)
+    return FigurePlan(
+        ds=ds,
+        path=path,
+        out=out,
+        layer=name,
+        var=var,
+        rf=rf,
+        classes=class_idx,
+        epochs=epoch_pos,
+        filters=chosen,
+        n_filters=n_filters,
+        samples=sample_pos,
+        results=res,
+        experiment=experiment,
+        label=label,
+        stem=stem,
+        context=context,
+    )
 
 
-def _filter_count(config: VisualizeConfig, chosen: list[int] | None, n_classes: int, n_channels: int,
-                  layer: str) -> int:
+def _filter_count(
+    config: VisualizeConfig, chosen: list[int] | None, n_classes: int, n_channels: int, layer: str
+) -> int:
     """How many filters to choose: ``n_filters`` capped at one figure's bounds (with a note);
     explicit filters beyond them are an error."""
     limit = min(MAX_FILTERS, MAX_GRID_ROWS // n_classes)
     if chosen is not None:
         if len(chosen) > limit:
-            raise FtdynError(f"{arg('filters')}: {len(chosen)} filters with {n_classes} classes; one figure shows at most "
-                             f"{MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows. Pass fewer {arg('filters')} or "
-                             f"{arg('classes')} and run visualize again for the rest.")
+            raise FtdynError(
+                f"{arg('filters')}: {len(chosen)} filters with {n_classes} classes; one figure"
+                f" shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x filter rows."
+                f" Pass fewer {arg('filters')} or {arg('classes')} and run visualize again for the"
+                " rest."
+            )
         return len(chosen)
     if config.n_filters > min(n_channels, limit):
-        log.info(f"{arg('n_filters', config.n_filters)} capped at {min(n_channels, limit)}: layer {layer} has "
-             f"{n_channels} filters, and one figure shows at most {MAX_FILTERS} filters and {MAX_GRID_ROWS} class x "
-             "filter rows.")
+        log.info(
+            f"{arg('n_filters', config.n_filters)} capped at {min(n_channels, limit)}: layer"
+            f" {layer} has {n_channels} filters, and one figure shows at most {MAX_FILTERS} filters"
+            f" and {MAX_GRID_ROWS} class x filter rows."
+        )
         return min(n_channels, limit)
     return config.n_filters
 
@@ -458,18 +560,32 @@ def _compute_figures(plan: FigurePlan) -> _Figures:
     chosen, why = plan.filters, "filters chosen by the user"
     if chosen is None:
         class_samples = np.flatnonzero(np.isin(np.asarray(ds["label"].values), plan.classes))
-        chosen, why = patches.choose_filters(ds, var, name, plan.n_filters, results=plan.results,
-                                             experiment=plan.experiment, sample_positions=class_samples,
-                                             epoch_positions=plan.epochs)
-    grid = patches.class_based(ds, var, name, plan.rf, filters=chosen, classes=plan.classes,
-                               epoch_positions=plan.epochs)
+        chosen, why = patches.choose_filters(
+            ds,
+            var,
+            name,
+            plan.n_filters,
+            results=plan.results,
+            experiment=plan.experiment,
+            sample_positions=class_samples,
+            epoch_positions=plan.epochs,
+        )
+    grid = patches.class_based(
+        ds, var, name, plan.rf, filters=chosen, classes=plan.classes, epoch_positions=plan.epochs
+    )
     sample_pos, sample_why = plan.samples, "samples chosen by the user"
     if sample_pos is None:
         sample_pos = patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
-        sample_why = (f"auto-chosen: for each shown class (up to {DEFAULT_SAMPLES}) the probe image on which the "
-                      "shown filters respond most (sum of their map maxima at the last shown epoch)")
-    samples = [heatmaps.sample_based(ds, var, name, plan.rf, sample_position=pos, filters=chosen,
-                                     epoch_positions=plan.epochs) for pos in sample_pos]
+        sample_why = (
+            f"auto-chosen: for each shown class (up to {DEFAULT_SAMPLES}) the probe image on which"
+            " the shown filters respond most (sum of their map maxima at the last shown epoch)"
+        )
+    samples = [
+        heatmaps.sample_based(
+            ds, var, name, plan.rf, sample_position=pos, filters=chosen, epoch_positions=plan.epochs
+        )
+        for pos in sample_pos
+    ]
     return _Figures(grid=grid, samples=samples, why=why, sample_why=sample_why)
 
 
@@ -480,30 +596,61 @@ def _write_figures(plan: FigurePlan, figures: _Figures, folder: Path) -> list[di
 
     label, name, rf = plan.label, plan.layer, plan.rf
     cls_name = f"class_{plan.stem}.png"
-    patches.plot_class_grid(figures.grid, folder / cls_name,
-                            title=f"{label} · {name}: class-based receptive-field averages")
-    entries = [{**plan.context, "file": cls_name, "formats": [], "kind": "class",
-                "title": f"Class-based: {label}, layer {name}",
-                "caption": patches.caption(figures.grid, rf, why=figures.why, label=label)}]
+    patches.plot_class_grid(
+        figures.grid,
+        folder / cls_name,
+        title=f"{label} · {name}: class-based receptive-field averages",
+    )
+    entries = [
+        {
+            **plan.context,
+            "file": cls_name,
+            "formats": [],
+            "kind": "class",
+            "title": f"Class-based: {label}, layer {name}",
+            "caption": patches.caption(figures.grid, rf, why=figures.why, label=label),
+        }
+    ]
     for sgrid in figures.samples:
         sname = f"sample_{plan.stem}_s{sgrid.sample_id}.png"
-        heatmaps.plot_sample_grid(sgrid, folder / sname, title=f"{label} · {name}: sample {sgrid.sample_id} "
-                                                               f"({sgrid.class_name})")
-        entries.append({**plan.context, "file": sname, "formats": [], "kind": "sample",
-                        "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
-                        "caption": heatmaps.caption(sgrid, rf, why=figures.why, sample_why=figures.sample_why,
-                                                    label=label)})
+        heatmaps.plot_sample_grid(
+            sgrid,
+            folder / sname,
+            title=f"{label} · {name}: sample {sgrid.sample_id} ({sgrid.class_name})",
+        )
+        entries.append(
+            {
+                **plan.context,
+                "file": sname,
+                "formats": [],
+                "kind": "sample",
+                "title": f"Sample-based: {label}, layer {name}, sample {sgrid.sample_id}",
+                "caption": heatmaps.caption(
+                    sgrid, rf, why=figures.why, sample_why=figures.sample_why, label=label
+                ),
+            }
+        )
     record(folder, entries)
     return entries
 
 
 def _indexed_files(folder: Path) -> list[str]:
     """Every file the figure index of ``folder`` lists (the figure and its other formats)."""
-    return [name for e in read_index(folder) if e.get("file") for name in [e["file"], *e.get("formats", [])]]
+    return [
+        name
+        for e in read_index(folder)
+        if e.get("file")
+        for name in [e["file"], *e.get("formats", [])]
+    ]
 
 
-def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
-                    n_filters: int = default(VisualizeConfig, "n_filters")) -> list[Path]:
+def default_figures(
+    results_dir,
+    stores: Sequence[str | Path] | None,
+    out,
+    *,
+    n_filters: int = default(VisualizeConfig, "n_filters"),
+) -> list[Path]:
     """The default figure set, drawn into the folder ``out`` (the report draws it into the
     ``figures/`` of its new result set; ``out`` is written in place, not as a set).
 
@@ -515,30 +662,50 @@ def default_figures(results_dir, stores: Sequence[str | Path] | None, out, *,
     is skipped with an :class:`~ftdyn.errors.FtdynWarning` and a note in the index, so the
     rest is still made. Returns the written PNG/SVG paths.
     """
+    from ..store import decoding, store_layers
     from . import curves
     from . import interpret as interpret_figures
-    from ..store import decoding, store_layers
 
     out = Path(out)
     res = open_any_results(results_dir)
     written: list[Path] = []
     if res is not None:
         written += curves.plot_all(res, out)
-        written += interpret_figures.plot_all(res, out)  # relative curves, probes, convergence (when computed)
+        written += interpret_figures.plot_all(
+            res, out
+        )  # relative curves, probes, convergence (when computed)
     for store in track(stores or [], "class/sample figures"):
         try:
             ds, path = open_any_store(store)
             layers = [p[0] for p in store_layers(ds)]
             for layer in dict.fromkeys([layers[0], layers[-1]]):
-                plan = _plan(ds, path, res, VisualizeConfig(layer=layer, results=res, n_filters=n_filters), out)
+                plan = _plan(
+                    ds,
+                    path,
+                    res,
+                    VisualizeConfig(layer=layer, results=res, n_filters=n_filters),
+                    out,
+                )
                 with decoding(path or "store", f"layer {plan.layer}"):
-                    written += [out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)]
+                    written += [
+                        out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)
+                    ]
         except FtdynError as exc:
             warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
-            record(out, [{"file": None, "kind": "note", "store": str(store),
-                          "caption": f"No class/sample figures for {store}: {exc}"}])
+            record(
+                out,
+                [
+                    {
+                        "file": None,
+                        "kind": "note",
+                        "store": str(store),
+                        "caption": f"No class/sample figures for {store}: {exc}",
+                    }
+                ],
+            )
     return written
 
 
 visualize.__doc__ += "\n    Options (:class:`~ftdyn.config.VisualizeConfig`):\n\n" + "\n".join(
-    f"    * {line}" for line in describe(VisualizeConfig).splitlines())
+    f"    * {line}" for line in describe(VisualizeConfig).splitlines()
+)

@@ -31,8 +31,14 @@ def _legend(ax, title: str) -> None:
     """A legend right of ``ax``, when it has labeled lines (all-NaN curves, e.g. an undefined
     metric, draw none)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title=title,
-                  title_fontsize=7)
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=7,
+            frameon=False,
+            title=title,
+            title_fontsize=7,
+        )
 
 
 def as_strings(values) -> list[str]:
@@ -63,8 +69,11 @@ def layer_colors(n: int) -> np.ndarray:
 def _settings(results) -> str:
     a = results.attrs
     boot = a.get("bootstrap")
-    boot_txt = (f"shaded bands: bootstrap intervals over probe images ({boot} resamples)"
-                if boot not in (None, 0, False, "0", "none") else "no bootstrap (no intervals)")
+    boot_txt = (
+        f"shaded bands: bootstrap intervals over probe images ({boot} resamples)"
+        if boot not in (None, 0, False, "0", "none")
+        else "no bootstrap (no intervals)"
+    )
     return f"Reference epoch {a.get('reference_epoch')}; preset {a.get('preset')}; {boot_txt}."
 
 
@@ -93,12 +102,22 @@ def plot_curves(results, out: str | Path) -> list[Path]:
                 ok = np.isfinite(y)
                 if not ok.any():
                     continue
-                ax.plot(epochs[ok], y[ok], marker="o", markersize=2.5, linewidth=1.4, color=color, label=name)
+                ax.plot(
+                    epochs[ok],
+                    y[ok],
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1.4,
+                    color=color,
+                    label=name,
+                )
                 yl = np.asarray(lo.sel(layer_index=li).values, dtype=float)
                 yh = np.asarray(hi.sel(layer_index=li).values, dtype=float)
                 band = ok & np.isfinite(yl) & np.isfinite(yh)
                 if band.any():
-                    ax.fill_between(epochs[band], yl[band], yh[band], color=color, alpha=0.2, linewidth=0)
+                    ax.fill_between(
+                        epochs[band], yl[band], yh[band], color=color, alpha=0.2, linewidth=0
+                    )
             ax.grid(True, linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -112,7 +131,10 @@ def plot_curves(results, out: str | Path) -> list[Path]:
             _legend(axes[r, -1], "layer (shallow → deep)")
     fig.suptitle("Distance from the reference checkpoint during fine-tuning", fontsize=10)
     out = Path(out)
-    return [save_figure(fig, out / "distance_curves.png"), save_figure(fig, out / "distance_curves.svg")]
+    return [
+        save_figure(fig, out / "distance_curves.png"),
+        save_figure(fig, out / "distance_curves.svg"),
+    ]
 
 
 def _last_finite(values: np.ndarray) -> int | None:
@@ -149,18 +171,44 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
                     continue
                 xs.append(k if same else (k / max(len(layers) - 1, 1)))
                 ys.append(y[t])
-                los.append(float(results["ci_low"].sel(experiment=exp, metric=metric, layer_index=li).values[t]))
-                his.append(float(results["ci_high"].sel(experiment=exp, metric=metric, layer_index=li).values[t]))
+                los.append(
+                    float(
+                        results["ci_low"]
+                        .sel(experiment=exp, metric=metric, layer_index=li)
+                        .values[t]
+                    )
+                )
+                his.append(
+                    float(
+                        results["ci_high"]
+                        .sel(experiment=exp, metric=metric, layer_index=li)
+                        .values[t]
+                    )
+                )
                 last.append(int(epochs[t]))
             if not xs:
                 continue
             ep = sorted(set(last))
-            ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, color=colors[e],
-                    label=f"{exp} (epoch {'/'.join(map(str, ep))})")
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                markersize=3.5,
+                linewidth=1.5,
+                color=colors[e],
+                label=f"{exp} (epoch {'/'.join(map(str, ep))})",
+            )
             los, his = np.array(los), np.array(his)
             band = np.isfinite(los) & np.isfinite(his)
             if band.any():
-                ax.fill_between(np.array(xs)[band], los[band], his[band], color=colors[e], alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    np.array(xs)[band],
+                    los[band],
+                    his[band],
+                    color=colors[e],
+                    alpha=0.2,
+                    linewidth=0,
+                )
         ax.set_title(metric_label(results, metric), fontsize=9)
         ax.grid(True, linewidth=0.4, alpha=0.5)
         ax.tick_params(labelsize=8)
@@ -176,10 +224,15 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
     _legend(axes[-1], "experiment")
     fig.suptitle("Distance at the last epoch, by layer depth", fontsize=10)
     out = Path(out)
-    return [save_figure(fig, out / "distance_by_layer.png"), save_figure(fig, out / "distance_by_layer.svg")]
+    return [
+        save_figure(fig, out / "distance_by_layer.png"),
+        save_figure(fig, out / "distance_by_layer.svg"),
+    ]
 
 
-def trajectory_matrices(results, experiment: str, metric: str) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray]:
+def trajectory_matrices(
+    results, experiment: str, metric: str
+) -> tuple[np.ndarray, list[tuple[int, str]], np.ndarray]:
     """(matrices (L, T, T), layers, epochs) of one experiment and metric, restricted to
     the epochs that have values; layers without any value are left out."""
     t = results["trajectory"].sel(experiment=experiment, metric=metric)
@@ -197,8 +250,11 @@ def trajectory_matrices(results, experiment: str, metric: str) -> tuple[np.ndarr
     return stack[:, keep][:, :, keep], layers, epochs[keep]
 
 
-def plot_trajectory(results, experiment: str, metric: str, out: str | Path, *, svg: bool = False) -> list[Path]:
-    """The checkpoint x checkpoint matrices of every layer of one experiment and metric (PNG; + SVG if ``svg``)."""
+def plot_trajectory(
+    results, experiment: str, metric: str, out: str | Path, *, svg: bool = False
+) -> list[Path]:
+    """The checkpoint x checkpoint matrices of every layer of one experiment and metric (PNG; + SVG
+    if ``svg``)."""
     import matplotlib
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -220,7 +276,9 @@ def plot_trajectory(results, experiment: str, metric: str, out: str | Path, *, s
         if k >= L:
             ax.set_visible(False)
             continue
-        image = ax.imshow(np.ma.masked_invalid(mats[k]), cmap=cmap, norm=norm, interpolation="nearest")
+        image = ax.imshow(
+            np.ma.masked_invalid(mats[k]), cmap=cmap, norm=norm, interpolation="nearest"
+        )
         ax.set_title(layers[k][1], fontsize=8)
         ticks = np.arange(0, len(epochs), step)
         ax.set_xticks(ticks, [str(int(epochs[i])) for i in ticks], fontsize=7)
@@ -232,7 +290,10 @@ def plot_trajectory(results, experiment: str, metric: str, out: str | Path, *, s
     cb = fig.colorbar(image, ax=axes, shrink=0.8, aspect=25)
     cb.set_label("distance", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    fig.suptitle(f"{experiment}: checkpoint × checkpoint distance, {metric_label(results, metric)}", fontsize=10)
+    fig.suptitle(
+        f"{experiment}: checkpoint × checkpoint distance, {metric_label(results, metric)}",
+        fontsize=10,
+    )
     stem = f"trajectory_{slug(experiment)}_{slug(metric)}"
     paths = [save_figure(fig, Path(out) / f"{stem}.png")]
     if svg:
@@ -241,7 +302,8 @@ def plot_trajectory(results, experiment: str, metric: str, out: str | Path, *, s
 
 
 def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Path]:
-    """Curves, by-layer plot and trajectory matrices, recorded with captions in ``out/figures.json``."""
+    """Curves, by-layer plot and trajectory matrices, recorded with captions in
+    ``out/figures.json``."""
     out = Path(out)
     written: list[Path] = []
     entries = []
@@ -250,33 +312,59 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
     mdesc = "; ".join(metric_label(results, m) for m in metrics)
     paths = plot_curves(results, out)
     written += paths
-    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "curves",
-                    "title": "Distance from the reference checkpoint, per layer and epoch",
-                    "caption": (f"Each panel: the distance between every layer's activations at an epoch and at the "
-                                f"reference checkpoint, on the same probe images, for one experiment (row) and one "
-                                f"metric (column; lower = more similar). Lines: layers, coloured from shallow (dark) "
-                                f"to deep (light, {LAYER_CMAP}). Metrics: {mdesc}. {settings} Expect early layers "
-                                "to stay closer to the source than deep ones and distances to grow over epochs.")})
+    entries.append(
+        {
+            "file": paths[0].name,
+            "formats": [paths[1].name],
+            "kind": "curves",
+            "title": "Distance from the reference checkpoint, per layer and epoch",
+            "caption": (
+                "Each panel: the distance between every layer's activations at an epoch and at the"
+                " reference checkpoint, on the same probe images, for one experiment (row) and one"
+                " metric (column; lower = more similar). Lines: layers, coloured from shallow"
+                f" (dark) to deep (light, {LAYER_CMAP}). Metrics: {mdesc}. {settings} Expect early"
+                " layers to stay closer to the source than deep ones and distances to grow over"
+                " epochs."
+            ),
+        }
+    )
     paths = plot_by_layer(results, out)
     written += paths
-    entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": "by_layer",
-                    "title": "Distance at the last epoch by layer depth",
-                    "caption": (f"Per metric, the distance from the reference checkpoint at each experiment's last "
-                                f"computed epoch (named in the legend), against layer depth; one line per experiment. "
-                                f"Metrics: {mdesc}. {settings}")})
+    entries.append(
+        {
+            "file": paths[0].name,
+            "formats": [paths[1].name],
+            "kind": "by_layer",
+            "title": "Distance at the last epoch by layer depth",
+            "caption": (
+                "Per metric, the distance from the reference checkpoint at each experiment's last"
+                " computed epoch (named in the legend), against layer depth; one line per"
+                f" experiment. Metrics: {mdesc}. {settings}"
+            ),
+        }
+    )
     for exp in as_strings(results["experiment"].values):
         for metric in metrics:
             paths = plot_trajectory(results, exp, metric, out, svg=svg_matrices)
             if not paths:
                 continue
             written += paths
-            entries.append({"file": paths[0].name, "formats": [p.name for p in paths[1:]], "kind": "trajectory",
-                            "experiment": exp, "metric": metric,
-                            "title": f"Trajectory matrices: {exp}, {metric}",
-                            "caption": (f"{exp}: for every layer, the distance ({metric_label(results, metric)}) "
-                                        "between the activations of every pair of checkpoints (row epoch vs "
-                                        "column epoch; the diagonal is 0). One colour scale for all layers of the "
-                                        f"figure ({MATRIX_CMAP}, 0 to the largest value); grey = not computed. "
-                                        f"{settings}")})
+            entries.append(
+                {
+                    "file": paths[0].name,
+                    "formats": [p.name for p in paths[1:]],
+                    "kind": "trajectory",
+                    "experiment": exp,
+                    "metric": metric,
+                    "title": f"Trajectory matrices: {exp}, {metric}",
+                    "caption": (
+                        f"{exp}: for every layer, the distance ({metric_label(results, metric)}) "
+                        "between the activations of every pair of checkpoints (row epoch vs "
+                        "column epoch; the diagonal is 0). One colour scale for all layers of the "
+                        f"figure ({MATRIX_CMAP}, 0 to the largest value); grey = not computed. "
+                        f"{settings}"
+                    ),
+                }
+            )
     record(out, entries)
     return written

@@ -23,7 +23,8 @@ ALPHA = 0.6
 
 
 def upsample_maps(maps: np.ndarray, rf, image_size: tuple[int, int] | int) -> np.ndarray:
-    """Feature maps ``(..., h, w)`` -> ``(..., H, W)`` on the image pixel grid (see module docstring)."""
+    """Feature maps ``(..., h, w)`` -> ``(..., H, W)`` on the image pixel grid (see module
+    docstring)."""
     from ..receptive import upsample_to_image
 
     return upsample_to_image(np.nan_to_num(np.asarray(maps, dtype=np.float64)), rf, image_size)
@@ -56,18 +57,37 @@ class SampleGrid:
     vmax: np.ndarray
 
 
-def sample_based(ds, var: str, layer: str, rf, *, sample_position: int, filters, epoch_positions) -> SampleGrid:
+def sample_based(
+    ds, var: str, layer: str, rf, *, sample_position: int, filters, epoch_positions
+) -> SampleGrid:
     """Read one sample's maps of ``filters`` at the chosen epochs and place them on the image."""
-    arr = ds[var].isel({"checkpoint": list(epoch_positions), "sample": int(sample_position),
-                        f"{var}_channel": list(filters)}).values  # (E, F, h, w)
+    arr = (
+        ds[var]
+        .isel(
+            {
+                "checkpoint": list(epoch_positions),
+                "sample": int(sample_position),
+                f"{var}_channel": list(filters),
+            }
+        )
+        .values
+    )  # (E, F, h, w)
     maps = np.nan_to_num(np.asarray(arr, dtype=np.float32)).transpose(1, 0, 2, 3)  # (F, E, h, w)
     image = np.asarray(ds["images"].isel(sample=int(sample_position)).values)
     heat = upsample_maps(maps, rf, image.shape[:2]).astype(np.float32)
     label = int(ds["label"].values[int(sample_position)])
-    return SampleGrid(layer=layer, var=var, sample_id=int(ds["sample"].values[int(sample_position)]),
-                      class_name=str(ds["class"].values[label]), image=image, filters=list(filters),
-                      epochs=[int(ds["checkpoint"].values[p]) for p in epoch_positions], maps=maps, heat=heat,
-                      vmax=shared_scale(maps))
+    return SampleGrid(
+        layer=layer,
+        var=var,
+        sample_id=int(ds["sample"].values[int(sample_position)]),
+        class_name=str(ds["class"].values[label]),
+        image=image,
+        filters=list(filters),
+        epochs=[int(ds["checkpoint"].values[p]) for p in epoch_positions],
+        maps=maps,
+        heat=heat,
+        vmax=shared_scale(maps),
+    )
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -86,7 +106,9 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
     F, E = grid.heat.shape[:2]
     H, W = grid.image.shape[:2]
     cell = 1.7
-    fig = Figure(figsize=(0.9 + cell * (E + 1) * max(W / H, 0.5) + 0.6, 0.7 + cell * F), layout="constrained")
+    fig = Figure(
+        figsize=(0.9 + cell * (E + 1) * max(W / H, 0.5) + 0.6, 0.7 + cell * F), layout="constrained"
+    )
     axes = fig.subplots(F, E + 1, squeeze=False)
     base = grey(grid.image)
     for fi in range(F):
@@ -94,20 +116,27 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
         ax = axes[fi, 0]
         ax.imshow(grid.image, interpolation="antialiased")
         dead = not np.any(grid.maps[fi] > 0)
-        ax.set_ylabel(f"filter {grid.filters[fi]}" + ("\n(zero at every\nshown epoch)" if dead else ""), fontsize=9)
+        ax.set_ylabel(
+            f"filter {grid.filters[fi]}" + ("\n(zero at every\nshown epoch)" if dead else ""),
+            fontsize=9,
+        )
         if fi == 0:
             ax.set_title("image", fontsize=9)
         for ei in range(E):
             ax = axes[fi, ei + 1]
             ax.imshow(base, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
-            ax.imshow(grid.heat[fi, ei], cmap=cmap, norm=norm, alpha=ALPHA, interpolation="antialiased")
+            ax.imshow(
+                grid.heat[fi, ei], cmap=cmap, norm=norm, alpha=ALPHA, interpolation="antialiased"
+            )
             if fi == 0:
                 ax.set_title(epoch_label(grid.epochs[ei]), fontsize=9)
         for ax in axes[fi]:
             ax.set_xticks([])
             ax.set_yticks([])
         # the bar shows the colormap itself (opaque), not the blended overlay
-        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[fi]), shrink=0.9, pad=0.01, aspect=12)
+        cb = fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[fi]), shrink=0.9, pad=0.01, aspect=12
+        )
         cb.ax.tick_params(labelsize=7)
         cb.set_label("activation", fontsize=7)
     if title:
@@ -118,11 +147,14 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
 def caption(grid: SampleGrid, rf, *, why: str, sample_why: str, label: str) -> str:
     h, w = grid.maps.shape[2:]
     H, W = grid.image.shape[:2]
-    return (f"Sample-based view of layer {grid.layer} of {label} on probe image {grid.sample_id} (class "
-            f"{grid.class_name}). Each filter's {h}x{w} map is placed on the {H}x{W} px image with its "
-            f"receptive-field geometry (cell centres at pixel ({rf.start[0]:g}, {rf.start[1]:g}) + (u, v) x "
-            f"({rf.jump[0]:g}, {rf.jump[1]:g}); not a plain resize), interpolated bilinearly and overlaid "
-            f"({CMAP}, opacity {ALPHA}) on the grey-scale image. One colour scale per filter row, shared by all "
-            f"epochs (0 to the row's largest activation), so epochs are comparable. Rows: filters "
-            f"{', '.join(map(str, grid.filters))} ({why}); columns: the image, then epochs "
-            f"{', '.join(map(str, grid.epochs))} (epoch 0 = source model). Sample: {sample_why}.")
+    return (
+        f"Sample-based view of layer {grid.layer} of {label} on probe image {grid.sample_id} (class"
+        f" {grid.class_name}). Each filter's {h}x{w} map is placed on the {H}x{W} px image with its"
+        f" receptive-field geometry (cell centres at pixel ({rf.start[0]:g}, {rf.start[1]:g}) + (u,"
+        f" v) x ({rf.jump[0]:g}, {rf.jump[1]:g}); not a plain resize), interpolated bilinearly and"
+        f" overlaid ({CMAP}, opacity {ALPHA}) on the grey-scale image. One colour scale per filter"
+        " row, shared by all epochs (0 to the row's largest activation), so epochs are comparable."
+        f" Rows: filters {', '.join(map(str, grid.filters))} ({why}); columns: the image, then"
+        f" epochs {', '.join(map(str, grid.epochs))} (epoch 0 = source model). Sample:"
+        f" {sample_why}."
+    )

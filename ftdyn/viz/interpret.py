@@ -46,7 +46,9 @@ def plot_relative(results, out: Path) -> list[Path]:
             ax = axes[r, m]
             sel = dict(experiment=exp, metric=metric)
             for (li, name), color in zip(layers, layer_colors(len(layers))):
-                y = np.asarray(results["relative_distance"].sel(**sel, layer_index=li).values, float)
+                y = np.asarray(
+                    results["relative_distance"].sel(**sel, layer_index=li).values, float
+                )
                 lo = np.asarray(results["delta_ci_low"].sel(**sel, layer_index=li).values, float)
                 hi = np.asarray(results["delta_ci_high"].sel(**sel, layer_index=li).values, float)
                 ok = np.isfinite(y)
@@ -55,7 +57,9 @@ def plot_relative(results, out: Path) -> list[Path]:
                 ax.plot(epochs[ok], y[ok], linewidth=1.4, color=color, label=name)
                 flat = ok & np.isfinite(lo) & (lo <= 0) & (hi >= 0)
                 ax.plot(epochs[ok & ~flat], y[ok & ~flat], "o", markersize=3, color=color)
-                ax.plot(epochs[flat], y[flat], "o", markersize=4, markerfacecolor="white", color=color)
+                ax.plot(
+                    epochs[flat], y[flat], "o", markersize=4, markerfacecolor="white", color=color
+                )
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
             _integer_epochs(ax)
             ax.grid(True, linewidth=0.4, alpha=0.5)
@@ -67,7 +71,9 @@ def plot_relative(results, out: Path) -> list[Path]:
             ax.set_xlabel("epoch", fontsize=8)
         if layers:
             _legend(axes[r, -1], "layer (shallow → deep)")
-    fig.suptitle("Relative distance: 0 = unchanged, 1 = as far as an untrained network", fontsize=10)
+    fig.suptitle(
+        "Relative distance: 0 = unchanged, 1 = as far as an untrained network", fontsize=10
+    )
     return _save(fig, out, "relative_curves")
 
 
@@ -79,11 +85,23 @@ def plot_probes(results, out: Path) -> list[Path]:
         ax = axes[0, c]
         layers = experiment_layers(results, exp)
         for (li, name), color in zip(layers, layer_colors(len(layers))):
-            y = np.asarray(results["probe_accuracy"].sel(experiment=exp, layer_index=li).values, float)
+            y = np.asarray(
+                results["probe_accuracy"].sel(experiment=exp, layer_index=li).values, float
+            )
             ok = np.isfinite(y)
             if ok.any():
-                ax.plot(epochs[ok], y[ok], marker="o", markersize=2.5, linewidth=1.4, color=color, label=name)
-            rand = float(results["probe_accuracy_random_init"].sel(experiment=exp, layer_index=li).values)
+                ax.plot(
+                    epochs[ok],
+                    y[ok],
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1.4,
+                    color=color,
+                    label=name,
+                )
+            rand = float(
+                results["probe_accuracy_random_init"].sel(experiment=exp, layer_index=li).values
+            )
             if np.isfinite(rand):
                 ax.plot([epochs.min() - 0.4], [rand], "x", color=color, markersize=5)
         chance = float(results["probe_chance"].sel(experiment=exp).values)
@@ -115,7 +133,16 @@ def plot_convergence(results, out: Path) -> list[Path]:
                 if not np.isfinite(y).any():
                     continue
                 style = "-" if bool(results["converged"].sel(**sel).values) else "--"
-                ax.plot(fractions, y, style, marker="o", markersize=3, linewidth=1.3, color=color, label=name)
+                ax.plot(
+                    fractions,
+                    y,
+                    style,
+                    marker="o",
+                    markersize=3,
+                    linewidth=1.3,
+                    color=color,
+                    label=name,
+                )
             ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
             ax.grid(True, linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
@@ -126,7 +153,10 @@ def plot_convergence(results, out: Path) -> list[Path]:
                 ax.set_ylabel(f"{exp}\ndistance at the last epoch", fontsize=8)
         if layers:
             _legend(axes[r, -1], "layer (dashed: not converged)")
-    fig.suptitle("Is the probe set large enough? The last epoch's distance on 1/4, 1/2 and all images", fontsize=10)
+    fig.suptitle(
+        "Is the probe set large enough? The last epoch's distance on 1/4, 1/2 and all images",
+        fontsize=10,
+    )
     return _save(fig, out, "convergence")
 
 
@@ -138,33 +168,57 @@ def plot_all(results, out: str | Path) -> list[Path]:
     out = Path(out)
     tol = results.attrs.get("convergence_tolerance", 0.05)
     boot = results.attrs.get("bootstrap") or 0
-    relative = ("Distance from the reference divided by the distance between the reference and a randomly "
-                "initialized network of the same architecture on the same probe images, metric and view (ftdyn "
-                "extract --random-init-baseline): 0 = unchanged, 1 (dashed) = as far as a network that learned "
-                "nothing. "
-                + (f"Hollow markers: the step from the previous epoch is not distinguishable from 0 (paired "
-                   f"bootstrap, {boot} resamples of the images shared by every epoch and layer; 95 % interval "
-                   "contains 0)." if boot else "No bootstrap: steps are not tested (analyze with --bootstrap N).")
-                + f" {results.attrs.get('relative_note', '')}.")
-    probes = ("Cross-validated accuracy (stratified 5-fold by image, seeded) of a ridge classifier of the probe "
-              "images' class labels from each layer's spatially pooled, standardized activations (images × "
-              "channels). Dotted: chance (the most frequent class's share); crosses: the random-init network. "
-              "Read it beside the distance curves: a layer that drifts while its accuracy rises re-shapes its "
-              "features toward the target classes; a drifting layer whose accuracy stays flat only re-weights them.")
-    convergence = ("The distance between the reference and the last epoch on nested, seeded subsets of the probe "
-                   "images (1/4, 1/2, all; the same streamed statistics). A flat curve: the probe set is large "
-                   f"enough. Dashed: not converged (relative change from 1/2 to all >= {tol:.0%}); convergence.csv "
-                   "gives the images such a layer would need, taking the estimate's error as proportional to "
-                   "1/images.")
-    figures = ((plot_relative, "relative", "Relative distance to a random-init ceiling", relative),
-               (plot_probes, "probes", "Linear-probe accuracy per layer and epoch", probes),
-               (plot_convergence, "convergence", "Convergence of the distances with the number of probe images",
-                convergence))
+    relative = (
+        "Distance from the reference divided by the distance between the reference and a randomly"
+        " initialized network of the same architecture on the same probe images, metric and view"
+        " (ftdyn extract --random-init-baseline): 0 = unchanged, 1 (dashed) = as far as a network"
+        " that learned nothing. "
+        + (
+            "Hollow markers: the step from the previous epoch is not distinguishable from 0"
+            f" (paired bootstrap, {boot} resamples of the images shared by every epoch and layer;"
+            " 95 % interval contains 0)."
+            if boot
+            else "No bootstrap: steps are not tested (analyze with --bootstrap N)."
+        )
+        + f" {results.attrs.get('relative_note', '')}."
+    )
+    probes = (
+        "Cross-validated accuracy (stratified 5-fold by image, seeded) of a ridge classifier of the"
+        " probe images' class labels from each layer's spatially pooled, standardized activations"
+        " (images × channels). Dotted: chance (the most frequent class's share); crosses: the"
+        " random-init network. Read it beside the distance curves: a layer that drifts while its"
+        " accuracy rises re-shapes its features toward the target classes; a drifting layer whose"
+        " accuracy stays flat only re-weights them."
+    )
+    convergence = (
+        "The distance between the reference and the last epoch on nested, seeded subsets of the"
+        " probe images (1/4, 1/2, all; the same streamed statistics). A flat curve: the probe set"
+        f" is large enough. Dashed: not converged (relative change from 1/2 to all >= {tol:.0%});"
+        " convergence.csv gives the images such a layer would need, taking the estimate's error as"
+        " proportional to 1/images."
+    )
+    figures = (
+        (plot_relative, "relative", "Relative distance to a random-init ceiling", relative),
+        (plot_probes, "probes", "Linear-probe accuracy per layer and epoch", probes),
+        (
+            plot_convergence,
+            "convergence",
+            "Convergence of the distances with the number of probe images",
+            convergence,
+        ),
+    )
     written, entries = [], []
     for plot, kind, title, caption in figures:
         paths = plot(results, out)
         written += paths
-        entries.append({"file": paths[0].name, "formats": [paths[1].name], "kind": kind, "title": title,
-                        "caption": caption})
+        entries.append(
+            {
+                "file": paths[0].name,
+                "formats": [paths[1].name],
+                "kind": kind,
+                "title": title,
+                "caption": caption,
+            }
+        )
     record(out, entries)
     return written

@@ -25,7 +25,6 @@ import numpy as np
 from ..errors import FtdynError
 from . import epoch_label, results_layer_index, save_figure
 
-
 # ----------------------------------------------------------------------------- pure computation
 
 
@@ -50,8 +49,9 @@ def crop_shape(rf) -> tuple[int, int]:
     return y1 - y0, x1 - x0
 
 
-def crop_padded(image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def crop_padded(
+    image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut ``image[y0:y1, x0:x1]`` where the box may leave the image.
 
     Returns ``(crop, mask)``: crop ``(bh, bw, C)`` float64 with 0 outside the image,
@@ -66,8 +66,8 @@ def crop_padded(image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[
     mask = np.zeros((bh, bw), dtype=bool)
     iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
     if iy0 < iy1 and ix0 < ix1:
-        crop[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = image[iy0:iy1, ix0:ix1]
-        mask[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = True
+        crop[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
+        mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = True
     return crop, mask
 
 
@@ -85,7 +85,9 @@ class CropAverage:
     weight: np.ndarray
 
 
-def average_crops_at(images: np.ndarray, u: np.ndarray, v: np.ndarray, weights: np.ndarray, rf) -> CropAverage:
+def average_crops_at(
+    images: np.ndarray, u: np.ndarray, v: np.ndarray, weights: np.ndarray, rf
+) -> CropAverage:
     """Activation-weighted average of the receptive-field crops of units (u[i], v[i]) of images[i].
 
     ``images`` (n, H, W, 3); weights <= 0 or non-finite are ignored. Per pixel:
@@ -123,8 +125,17 @@ def average_crops(images: np.ndarray, maps: np.ndarray, rf) -> CropAverage:
 # ----------------------------------------------------------------------------- filter choice
 
 
-def choose_filters(ds, var: str, layer: str, n: int, *, results=None, experiment: str | None = None,
-                   sample_positions=None, epoch_positions=None) -> tuple[list[int], str]:
+def choose_filters(
+    ds,
+    var: str,
+    layer: str,
+    n: int,
+    *,
+    results=None,
+    experiment: str | None = None,
+    sample_positions=None,
+    epoch_positions=None,
+) -> tuple[list[int], str]:
     """The ``n`` filters whose distance changed most, and a sentence saying how they were chosen.
 
     With ``results`` covering this store (``experiment``) and layer, the per-filter
@@ -144,23 +155,41 @@ def choose_filters(ds, var: str, layer: str, n: int, *, results=None, experiment
             fd = results["filter_distance"].sel(experiment=experiment).sel(layer_index=li)
             ref = results.attrs.get("reference_epoch", 0)
             for metric in [str(m) for m in results["metric"].values]:
-                vals = np.asarray(fd.sel(metric=metric).values, dtype=np.float64)[:, :n_channels]  # (epoch, filter)
+                vals = np.asarray(fd.sel(metric=metric).values, dtype=np.float64)[
+                    :, :n_channels
+                ]  # (epoch, filter)
                 has = np.flatnonzero(np.isfinite(vals).any(axis=1))
                 if len(has) == 0:
                     continue
                 row = has[-1]
                 epoch = int(results["epoch"].values[row])
-                order = [int(f) for f in np.argsort(-np.nan_to_num(vals[row], nan=-np.inf), kind="stable")
-                         if np.isfinite(vals[row, f])][:n]
+                order = [
+                    int(f)
+                    for f in np.argsort(-np.nan_to_num(vals[row], nan=-np.inf), kind="stable")
+                    if np.isfinite(vals[row, f])
+                ][:n]
                 view = str(results["view"].sel(metric=metric).values)
-                return order, (f"auto-chosen: the {len(order)} filters with the largest per-filter {metric} "
-                               f"distance (view '{view}') between epoch {ref} and epoch {epoch}, from the results")
-    positions = np.arange(ds.sizes["sample"]) if sample_positions is None else np.asarray(sample_positions)
-    epoch_positions = list(range(ds.sizes["checkpoint"])) if not epoch_positions else list(epoch_positions)
+                return (
+                    order,
+                    (
+                        f"auto-chosen: the {len(order)} filters with the largest per-filter"
+                        f" {metric} distance (view '{view}') between epoch {ref} and epoch {epoch},"
+                        " from the results"
+                    ),
+                )
+    positions = (
+        np.arange(ds.sizes["sample"]) if sample_positions is None else np.asarray(sample_positions)
+    )
+    epoch_positions = (
+        list(range(ds.sizes["checkpoint"])) if not epoch_positions else list(epoch_positions)
+    )
     p0, p1 = epoch_positions[0], epoch_positions[-1]
     e0, e1 = int(ds["checkpoint"].values[p0]), int(ds["checkpoint"].values[p1])
     if p0 == p1:
-        return list(range(n)), (f"the first {n} filters (only one epoch shown, so no change to rank by)")
+        return (
+            list(range(n)),
+            f"the first {n} filters (only one epoch shown, so no change to rank by)",
+        )
     arr = ds[var].isel(checkpoint=[p0, p1], sample=positions).data.astype(np.float32)
     m0, m1 = dask.compute(arr[0].mean(axis=0), arr[1].mean(axis=0))
     m0 = np.nan_to_num(m0.reshape(n_channels, -1).astype(np.float64))
@@ -169,9 +198,14 @@ def choose_filters(ds, var: str, layer: str, n: int, *, results=None, experiment
     alive = (n0 > 0) & (n1 > 0)
     change = np.where(alive, np.linalg.norm(m1 - m0, axis=1) / np.where(alive, n0 + n1, 1.0), -1.0)
     order = [int(f) for f in np.argsort(-change, kind="stable")[:n]]
-    return order, (f"auto-chosen: the {n} filters whose mean activation map over the shown classes' images "
-                   f"changed most between epoch {e0} and epoch {e1} (relative L2 change |m1-m0|/(|m0|+|m1|); "
-                   "no per-filter distances were available from results)")
+    return (
+        order,
+        (
+            f"auto-chosen: the {n} filters whose mean activation map over the shown classes' images"
+            f" changed most between epoch {e0} and epoch {e1} (relative L2 change"
+            " |m1-m0|/(|m0|+|m1|); no per-filter distances were available from results)"
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- store -> grid
@@ -213,7 +247,17 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     positions = np.flatnonzero(np.isin(labels, classes))
     if len(positions) == 0:
         raise FtdynError("no probe image of the chosen classes in the store.")
-    arr = ds[var].isel({"checkpoint": list(epoch_positions), "sample": positions, f"{var}_channel": list(filters)}).data
+    arr = (
+        ds[var]
+        .isel(
+            {
+                "checkpoint": list(epoch_positions),
+                "sample": positions,
+                f"{var}_channel": list(filters),
+            }
+        )
+        .data
+    )
     E, N, F, h, w = arr.shape
     flat = arr.reshape(E, N, F, h * w)
     idx, peak = dask.compute(flat.argmax(axis=-1), flat.max(axis=-1))
@@ -230,20 +274,35 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
         rows = np.flatnonzero(sample_labels == c)
         for fi in range(F):
             for ei in range(E):
-                avg = average_crops_at(images[rows], u[ei, rows, fi], v[ei, rows, fi], peak[ei, rows, fi], rf)
+                avg = average_crops_at(
+                    images[rows], u[ei, rows, fi], v[ei, rows, fi], peak[ei, rows, fi], rf
+                )
                 crops[ci, fi, ei] = avg.mean
                 coverage[ci, fi, ei] = avg.coverage
                 weight[ci, fi, ei] = avg.total_weight
     names = [str(x) for x in ds["class"].values]
-    return ClassGrid(layer=layer, var=var, classes=list(classes), class_names=[names[c] for c in classes],
-                     filters=list(filters), epochs=[int(ds["checkpoint"].values[p]) for p in epoch_positions],
-                     map_size=(h, w), image_size=tuple(images.shape[1:3]), crops=crops, coverage=coverage,
-                     weight=weight, n_images=np.array([np.sum(sample_labels == c) for c in classes]), peak=peak,
-                     sample_positions=positions, sample_labels=sample_labels)
+    return ClassGrid(
+        layer=layer,
+        var=var,
+        classes=list(classes),
+        class_names=[names[c] for c in classes],
+        filters=list(filters),
+        epochs=[int(ds["checkpoint"].values[p]) for p in epoch_positions],
+        map_size=(h, w),
+        image_size=tuple(images.shape[1:3]),
+        crops=crops,
+        coverage=coverage,
+        weight=weight,
+        n_images=np.array([np.sum(sample_labels == c) for c in classes]),
+        peak=peak,
+        sample_positions=positions,
+        sample_labels=sample_labels,
+    )
 
 
 def strongest_samples(grid: ClassGrid, per_class: int = 1) -> list[int]:
-    """Store positions of, per class, the samples where the grid's filters respond most at the last epoch."""
+    """Store positions of, per class, the samples where the grid's filters respond most at the
+    last epoch."""
     score = grid.peak[-1].sum(axis=-1)  # (N,)
     out = []
     for c in grid.classes:
@@ -266,7 +325,8 @@ def checkerboard(shape: tuple[int, int], square: int | None = None) -> np.ndarra
 
 
 def crop_to_rgb(crop: np.ndarray) -> np.ndarray:
-    """A (h, w, 3) 0..255 crop with NaN holes -> displayable 0..1 RGB with a checkerboard in the holes."""
+    """A (h, w, 3) 0..255 crop with NaN holes -> displayable 0..1 RGB with a checkerboard in
+    the holes."""
     board = checkerboard(crop.shape[:2])
     rgb = np.clip(np.nan_to_num(crop, nan=0.0) / 255.0, 0.0, 1.0)
     return np.where(np.isnan(crop), board, rgb)
@@ -283,7 +343,9 @@ def display_window(coverage: np.ndarray, margin: float = 0.04) -> tuple[slice, s
         return slice(0, bh), slice(0, bw)
     ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
     my, mx = int(round(margin * bh)), int(round(margin * bw))
-    return slice(max(ys[0] - my, 0), min(ys[-1] + 1 + my, bh)), slice(max(xs[0] - mx, 0), min(xs[-1] + 1 + mx, bw))
+    return slice(max(ys[0] - my, 0), min(ys[-1] + 1 + my, bh)), slice(
+        max(xs[0] - mx, 0), min(xs[-1] + 1 + mx, bw)
+    )
 
 
 def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = None) -> Path:
@@ -307,14 +369,30 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
                 ax.set_yticks([])
                 for spine in ax.spines.values():
                     spine.set_linewidth(0.5)
-                ax.imshow(crop_to_rgb(grid.crops[ci, fi, ei][rows_w, cols_w]), interpolation="nearest")
+                ax.imshow(
+                    crop_to_rgb(grid.crops[ci, fi, ei][rows_w, cols_w]), interpolation="nearest"
+                )
                 if grid.weight[ci, fi, ei] <= 0:
-                    ax.text(0.5, 0.5, "no\nresponse", transform=ax.transAxes, ha="center", va="center",
-                            fontsize=7, color="0.2")
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no\nresponse",
+                        transform=ax.transAxes,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="0.2",
+                    )
                 if r == 0:
                     ax.set_title(epoch_label(grid.epochs[ei]), fontsize=8)
-            axes[r, 0].set_ylabel(f"{grid.class_names[ci]}\nfilter {grid.filters[fi]}", fontsize=8, rotation=0,
-                                  ha="right", va="center", labelpad=4)
+            axes[r, 0].set_ylabel(
+                f"{grid.class_names[ci]}\nfilter {grid.filters[fi]}",
+                fontsize=8,
+                rotation=0,
+                ha="right",
+                va="center",
+                labelpad=4,
+            )
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, Path(path))
@@ -326,14 +404,22 @@ def caption(grid: ClassGrid, rf, *, why: str, label: str) -> str:
     counts = ", ".join(f"{n}: {k} images" for n, k in zip(grid.class_names, grid.n_images))
     rows_w, cols_w = display_window(grid.coverage)
     shown = (rows_w.stop - rows_w.start, cols_w.stop - cols_w.start)
-    trimmed = "" if shown == (bh, bw) else (
-        f" The cells show the {shown[0]}x{shown[1]} px window of the field that holds image pixels in some cell "
-        "(the rest of the field lies outside the image in every cell).")
-    return (f"Class-based view of layer {grid.layer} of {label}. For every probe image of a class, the unit with "
-            f"the largest value of the filter's {h}x{w} map (rows x columns) at that epoch is found; the input "
-            f"region of that unit's receptive field ({bh}x{bw} px, jump {rf.jump[0]:g}x{rf.jump[1]:g} px, unit "
-            f"(0,0) centred at pixel ({rf.start[0]:g}, {rf.start[1]:g})) is cropped from the {grid.image_size[0]}x"
-            f"{grid.image_size[1]} px probe image, and the crops are averaged, each weighted by the activation at "
-            f"its maximum. Parts of a field outside the image are padded (checkerboard), never stretched.{trimmed} Rows: "
-            f"(class, filter); columns: epochs {', '.join(map(str, grid.epochs))} (epoch 0 = source model). "
-            f"Classes ({counts}). Filters {', '.join(map(str, grid.filters))}: {why}.")
+    trimmed = (
+        ""
+        if shown == (bh, bw)
+        else (
+            f" The cells show the {shown[0]}x{shown[1]} px window of the field that holds image"
+            " pixels in some cell (the rest of the field lies outside the image in every cell)."
+        )
+    )
+    return (
+        f"Class-based view of layer {grid.layer} of {label}. For every probe image of a class, the"
+        f" unit with the largest value of the filter's {h}x{w} map (rows x columns) at that epoch"
+        f" is found; the input region of that unit's receptive field ({bh}x{bw} px, jump"
+        f" {rf.jump[0]:g}x{rf.jump[1]:g} px, unit (0,0) centred at pixel ({rf.start[0]:g},"
+        f" {rf.start[1]:g})) is cropped from the {grid.image_size[0]}x{grid.image_size[1]} px probe"
+        " image, and the crops are averaged, each weighted by the activation at its maximum. Parts"
+        f" of a field outside the image are padded (checkerboard), never stretched.{trimmed} Rows:"
+        f" (class, filter); columns: epochs {', '.join(map(str, grid.epochs))} (epoch 0 = source"
+        f" model). Classes ({counts}). Filters {', '.join(map(str, grid.filters))}: {why}."
+    )
