@@ -388,3 +388,75 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
     with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):
         ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=20, bootstrap_groups=1)
+
+
+def _unit_data(n=96, units=8, filters=6, cols=6, T=3):
+    """Per-filter activations (T, n, filters, cols) with a dead filter, a constant one, one active
+    only in two images of one unit (exactly zero in every replicate that misses it) and one
+    almost zero except in three images."""
+    from ftdyn import summary as S
+
+    rng = np.random.default_rng(1)
+    unit = S.shared_units(n, units, 0, 0)
+    base = np.maximum(rng.normal(0.5, 1.0, (n, filters, cols)), 0)
+    X = np.stack([np.maximum(base + 0.4 * t * rng.normal(size=base.shape), 0) for t in range(T)])
+    X[:, :, 1] = 0.0
+    X[2, :, 2] = 1.5
+    X[:, :, 3] = 0.0
+    X[:, np.flatnonzero(unit == 3)[:2], 3] = rng.uniform(3.0, 5.0, (T, 2, cols))
+    X[:, :, 4] *= 1e-3  # tiny except in three images: the resamples that miss them cancel digits
+    X[:, np.flatnonzero(unit == 1)[:3], 4] += 50.0
+    return X, unit, S.shared_counts(units, 60, 0, 0)
+
+
+def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
+    """Row and Gram side: the O(U³) CKA replicates equal CKA of each resample computed directly,
+    also for a filter that is dead in some resamples only."""
+    import torch
+
+    from ftdyn import summary as S
+    from ftdyn.analysis import tasks as TK
+
+    X, unit, counts = _unit_data()
+    T, n, B, p = X.shape
+    Xt = torch.from_numpy(X).permute(0, 2, 1, 3)  # (T, B, n, p)
+    idx = S.shared_indices(unit, counts)
+    direct = np.array(
+        [
+            [
+                [
+                    (
+                        1 - M.linear_cka(Xt[0, f, ii].numpy(), Xt[t, f, ii].numpy())
+                        if np.ptp(Xt[0, f, ii].numpy()) and np.ptp(Xt[t, f, ii].numpy())
+                        else np.nan
+                    )
+                    for f in range(B)
+                ]
+                for t in range(T)
+            ]
+            for ii in idx
+        ]
+    )
+    # row side: per-unit statistics as row_leaf accumulates them (reference pairs)
+    acc = {
+        "n": torch.zeros(8, dtype=torch.float64),
+        "s": torch.zeros(8, T, B, p, dtype=torch.float64),
+        "xx": torch.zeros(8, B, p, p, dtype=torch.float64),
+        "xy": torch.zeros(8, T, B, p, p, dtype=torch.float64),
+        "yy": torch.zeros(8, T, B, p, p, dtype=torch.float64),
+    }
+    for u in range(8):
+        rows = torch.from_numpy(np.flatnonzero(unit == u))
+        x0 = Xt[0][:, rows]
+        acc["n"][u] = len(rows)
+        acc["xx"][u] = x0.mT @ x0
+        for t in range(T):
+            xt = Xt[t][:, rows]
+            acc["s"][u, t], acc["xy"][u, t], acc["yy"][u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
+    K = [Xt[t] @ Xt[t].mT for t in range(T)]
+    gram = TK._gram_cka_replicates(K[0], {t: K[t] for t in range(1, T)}, unit, counts)
+    for t in range(1, T):
+        row = TK._cka_replicates(acc, 0, t, counts)
+        assert np.array_equal(np.isnan(row), np.isnan(direct[:, t])) and np.isnan(row[:, 3]).any()
+        np.testing.assert_allclose(row, direct[:, t], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gram[t], direct[:, t], rtol=0, atol=1e-10)

@@ -390,30 +390,73 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
     }
     raw_x = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
     raw_y = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
-    return _cka_of_counts(counts, n_u, quads, raw_x, raw_y).reshape(len(counts), *batch)
+
+    def exact(b, filters):
+        """Replicate b re-summed at ``filters`` (the whole layer for whole-layer views)."""
+        sub = {"n": n_u, "s": acc["s"], "xx": xx, "xy": acc["xy"], "yy": acc["yy"]}
+        if batch:
+            sub = {
+                k: v if k == "n" else v.index_select(1 if k == "xx" else 2, filters)
+                for k, v in sub.items()
+            }
+        return _metric_from_rows("cka", _row_stats_of(sub, ref, t, ref, 0, counts[b]), 0.0)
+
+    return _cka_of_counts(counts, n_u, quads, raw_x, raw_y, exact).reshape(len(counts), *batch)
+
+
+#: an expanded squared norm or trace below this share of the size of its terms may have lost
+#: digits to cancellation (e.g. a filter active only in units a replicate did not draw): such
+#: (replicate, filter) values are computed directly instead
+STABLE_SHARE = 1e-4
 
 
 def _cka_of_counts(
-    counts: np.ndarray, n_u: torch.Tensor, quads: dict, raw_x: torch.Tensor, raw_y: torch.Tensor
+    counts: np.ndarray,
+    n_u: torch.Tensor,
+    quads: dict,
+    raw_x: torch.Tensor,
+    raw_y: torch.Tensor,
+    exact,
 ) -> np.ndarray:
     """(N, B) CKA distances of the replicates' unit counts (N, U), the units holding ``n_u``
     rows: ``quads`` of the pair ("xy") and of each side ("xx", "yy"), ``raw_x``/``raw_y`` (U, B)
-    the units' raw traces (the dead test of :class:`ftdyn.metrics.RowStats` and Gram CKA)."""
+    the units' raw traces (the dead test of :class:`ftdyn.metrics.RowStats` and Gram CKA).
+    ``exact(b, filters)``: the directly computed distances of replicate b at those filters
+    (a LongTensor), used where the expansion is not accurate (:data:`STABLE_SHARE`)."""
     c = torch.as_tensor(counts, dtype=F64, device=n_u.device)
     n = torch.round(c @ n_u)[:, None]
 
-    def trace_of(quad):  # trace C(c) = Σ_u c_u tr A_u − ‖a(c)‖²/n(c), at least 0 like RowCore's
-        return (c @ quad[4].T - torch.einsum("nu,buv,nv->nb", c, quad[2], c) / n).clamp(min=0.0)
+    def form(M):
+        return torch.einsum("nu,buv,nv->nb", c, M, c)
 
-    dead = (trace_of(quads["xx"]) <= DEAD_RTOL * (c @ raw_x)) | (
-        trace_of(quads["yy"]) <= DEAD_RTOL * (c @ raw_y)
-    )
-    norms = (
-        _sq_norm(quads["xx"], c, n).clamp(min=0.0).sqrt()
-        * _sq_norm(quads["yy"], c, n).clamp(min=0.0).sqrt()
-    )
-    sim = torch.clamp(_sq_norm(quads["xy"], c, n) / norms, 0.0, 1.0)
-    return (1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)).cpu().numpy()
+    def sq_norm(quad):  # (value, size of its terms)
+        unit_norms = torch.diagonal(quad[0], dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
+        size = (
+            c @ unit_norms.T
+            + (form(quad[2]).clamp(min=0.0) * form(quad[3]).clamp(min=0.0)).sqrt() / n
+        ) ** 2
+        return _sq_norm(quad, c, n), size
+
+    def trace_of(quad):  # trace C(c) = Σ_u c_u tr A_u − ‖a(c)‖²/n(c), at least 0 like RowCore's
+        a2 = form(quad[2]) / n
+        return (c @ quad[4].T - a2).clamp(min=0.0), c @ quad[4].abs().T + a2.abs()
+
+    (tx, tx_size), (ty, ty_size) = trace_of(quads["xx"]), trace_of(quads["yy"])
+    (nxx, xx_size), (nyy, yy_size), (nxy, xy_size) = (sq_norm(quads[k]) for k in ("xx", "yy", "xy"))
+    dead = (tx <= DEAD_RTOL * (c @ raw_x)) | (ty <= DEAD_RTOL * (c @ raw_y))
+    sim = torch.clamp(nxy / (nxx.clamp(min=0.0).sqrt() * nyy.clamp(min=0.0).sqrt()), 0.0, 1.0)
+    out = (1.0 - torch.where(dead, torch.full_like(sim, float("nan")), sim)).cpu().numpy()
+    unstable = (
+        (tx < STABLE_SHARE * tx_size)
+        | (ty < STABLE_SHARE * ty_size)
+        | (nxx < STABLE_SHARE * xx_size)
+        | (nyy < STABLE_SHARE * yy_size)
+        | (nxy.abs() < STABLE_SHARE * xy_size)
+    ).cpu()
+    for b in torch.nonzero(unstable.any(1)).flatten().tolist():
+        filters = torch.nonzero(unstable[b]).flatten()
+        out[b, filters.numpy()] = np.asarray(exact(b, filters.to(n_u.device))).reshape(-1)
+    return out
 
 
 def row_finish(
@@ -544,11 +587,24 @@ def _gram_cka_replicates(
         )
 
     ref_c, ref_quad, ref_raw = prepared(K_ref)
+    indices = S.shared_indices(units, counts)
     out = {}
     for t, K in Ks.items():
         Kc, quad, raw = prepared(K)
         quads = {"xy": _gram_unit_quadratics(ref_c, Kc, ind), "xx": ref_quad, "yy": quad}
-        out[t] = _cka_of_counts(counts, n_u, quads, ref_raw, raw).reshape(len(counts), *batch)
+
+        def exact(b, filters, K=K):  # the resampled Grams at those filters
+            ii = torch.from_numpy(indices[b]).to(K_ref.device)
+            pick = [
+                K_ref.reshape(-1, n, n).index_select(0, filters),
+                K.reshape(-1, n, n).index_select(0, filters),
+            ]
+            Ka, Kb = (k.index_select(-1, ii).index_select(-2, ii) for k in pick)
+            return _gram_pair("cka", Ka, Kb, None, None, 0.0)
+
+        out[t] = _cka_of_counts(counts, n_u, quads, ref_raw, raw, exact).reshape(
+            len(counts), *batch
+        )
     return out
 
 
