@@ -204,9 +204,8 @@ def main(argv=None) -> dict:
     p.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     shape = tuple(int(x) for x in a.shape.split(","))
-    if (
-        a.generate_only
-    ):  # child: keeps the parent's RSS (inherited by later children's ru_maxrss) small
+    # child: keeps the parent's RSS (inherited by later children's ru_maxrss) small
+    if a.generate_only:
         sys.path.insert(0, str(ROOT))
         print(
             "RESULT "
@@ -287,9 +286,8 @@ def main(argv=None) -> dict:
             "map": ["procrustes"],
         }
         for view in a.views.split(","):
-            shutil.rmtree(
-                tmp / f"out-{view}", ignore_errors=True
-            )  # never time an "up to date" re-run
+            # never time an "up to date" re-run
+            shutil.rmtree(tmp / f"out-{view}", ignore_errors=True)
             r = run_child(
                 ANALYZE.format(
                     root=str(ROOT),

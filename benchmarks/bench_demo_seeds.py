@@ -24,9 +24,8 @@ from ftdyn.demos import demo
 
 def run_seed(out: Path, seed: int, device: str, reuse: bool) -> dict:
     path = out / f"seed{seed}" / "results" / "findings.json"
-    if (
-        reuse and path.is_file()
-    ):  # a finished demo run of this seed, e.g. copied from an earlier measurement
+    # a finished demo run of this seed, e.g. copied from an earlier measurement
+    if reuse and path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     demo(out / f"seed{seed}", seed=seed, device=device, progress=False)

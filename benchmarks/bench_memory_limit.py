@@ -52,9 +52,8 @@ def _generate(folder: Path, size_gb: float, shape: str, samples_per_chunk: int) 
         "--samples-per-chunk",
         str(samples_per_chunk),
     ]
-    proc = subprocess.run(
-        gen, capture_output=True, text=True
-    )  # a child: keeps this process's RSS small
+    # a child: keeps this process's RSS small
+    proc = subprocess.run(gen, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"store generation failed:\n{proc.stderr[-3000:]}")
     return json.loads(

@@ -55,9 +55,8 @@ try:
     from ftdyn import outputs
     from ftdyn.outputs import SETS, current_set
 
-    if (
-        Path(outputs.__file__).parent != Path(ftdyn.__file__).parent
-    ):  # found in an installed copy, not this one
+    # found in an installed copy, not this one
+    if Path(outputs.__file__).parent != Path(ftdyn.__file__).parent:
         raise ImportError
 except ImportError:  # an ftdyn from before result sets (to count the matrix on older code)
     outputs, current_set, SETS = None, None, ".ftdyn-sets"
@@ -360,9 +359,8 @@ _register_swap_cases()
 def _concurrent(world: World) -> str:
     out = world.fresh("concurrent") / "r"
 
-    def slow() -> (
-        None
-    ):  # widen the window in which both runs write (older versions: no hook, no pause)
+    # widen the window in which both runs write (older versions: no hook, no pause)
+    def slow() -> None:
         if outputs is not None:
             outputs._step = lambda name: time.sleep(1.0) if name == "swap" else None
 
@@ -798,9 +796,8 @@ def _live_extension(world: World) -> str:
     shutil.copytree(world.store, path)
     read, write = os.pipe()
     pid = os.fork()
-    if (
-        pid == 0
-    ):  # an extension in progress: half the arrays grown, then the rest, then the attribute
+    # an extension in progress: half the arrays grown, then the rest, then the attribute
+    if pid == 0:
         with metadata_lock(path, exclusive=True):
             group = zarr.open_group(path, mode="r+", zarr_format=3)
             for name in ("features_3", "complete"):

@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        level=logging.INFO, format="%(name)s: %(message)s"
-    )  # ftdyn's notes and stage lines
+    # ftdyn's notes and stage lines
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     sys.exit(main())

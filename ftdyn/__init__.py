@@ -36,9 +36,8 @@ _API = {
     "info": "store",
 }
 
-logging.getLogger(__name__).addHandler(
-    logging.NullHandler()
-)  # notes: shown only where the caller asks
+# notes: shown only where the caller asks
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = ["__version__", "FtdynError", "FtdynWarning", *_API]
 

@@ -53,9 +53,8 @@ def user_errors(func):
         except FtdynError as exc:
             typer.echo(f"ftdyn: error: {exc}", err=True)
             raise typer.Exit(2) from None
-        except (
-            BrokenPipeError
-        ):  # the reader went away (`ftdyn info ... | head`): nothing left to say
+        # the reader went away (`ftdyn info ... | head`): nothing left to say
+        except BrokenPipeError:
             try:  # Python would report the pipe again when it flushes stdout at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             except (OSError, ValueError):  # stdout is not a file (captured)

@@ -202,9 +202,8 @@ def _draw(
     for label in range(n_classes):
         rng = np.random.default_rng([int(seed), PREPARE_VERSION, label])
         orders = [rng.permutation(np.flatnonzero(p.labels == label)) for p in pools]
-        taken = [0] * len(
-            pools
-        )  # a shared pool: val continues after train, so the two never overlap
+        # a shared pool: val continues after train, so the two never overlap
+        taken = [0] * len(pools)
         for split, n in n_per_split.items():
             k = next((i for i, p in enumerate(pools) if p.split == split), 0)
             chosen = orders[k][taken[k] : taken[k] + n]

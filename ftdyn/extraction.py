@@ -1056,9 +1056,8 @@ def make_plan(
     first = network.entries[0]  # loaded now: validates --arch before anything is written
     states: dict[int, Any] = {0: _load_state(first, loading)}
     _apply_state(network.model, first, states[0], loading)
-    if not out.exists() or (
-        out.is_dir() and not any(out.iterdir())
-    ):  # an empty folder: made for the store
+    # an empty folder: made for the store
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         store = _plan_new_store(config, series, data_dir, network, probe, loading, states)
     elif not out.is_dir():
         raise FtdynError(
@@ -1068,6 +1067,7 @@ def make_plan(
         store = _plan_existing_store(config, series, out, network, probe, loading, states)
     replays = _replays(network.entries, store.records, store.done)
     needed = {r.position for r in replays}
+    # loaded while planning, needed again
     return ExtractPlan(
         config=config,
         series=series,
@@ -1086,7 +1086,7 @@ def make_plan(
         batches=tuple(batch_plan(probe.n, store.samples_per_chunk, config.batch_size)),
         writers=default_writers() if config.writers is None else config.writers,
         states={p: s for p, s in states.items() if p in needed},
-    )  # loaded while planning, needed again
+    )
 
 
 # ------------------------------------------------------------------------ execute

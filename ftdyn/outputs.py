@@ -333,9 +333,8 @@ def write_result_set(
             _relink(out, name)
         os.symlink(new_id, pointer)
         current = sets / CURRENT
-        if (
-            current.is_dir() and not current.is_symlink()
-        ):  # a copy that turned the links into folders
+        # a copy that turned the links into folders
+        if current.is_dir() and not current.is_symlink():
             current.rename(sets / f".replaced-{uuid.uuid4().hex[:8]}-{CURRENT}")
         _step("swap")
         os.replace(pointer, sets / CURRENT)  # THE atomic step: from here on the new set is current
@@ -374,9 +373,8 @@ def update_result_set(
     def fill_all(folder: Path) -> Iterable[str]:
         for name in dict.fromkeys(kept):
             source = out / name
-            (shutil.copytree if source.is_dir() else shutil.copy2)(
-                source, folder / name
-            )  # copies: no shared inode
+            # copies: no shared inode
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)
         return fill(folder)
 
     write_result_set(out, fill_all, products=list(dict.fromkeys(kept)), info=info)

@@ -55,9 +55,8 @@ def progress_bar(enabled: bool = True):
         TimeRemainingColumn,
     )
 
-    output = Console(
-        stderr=True
-    )  # a terminal: a tty, or FORCE_COLOR / TTY_COMPATIBLE=1 (rich's test)
+    # a terminal: a tty, or FORCE_COLOR / TTY_COMPATIBLE=1 (rich's test)
+    output = Console(stderr=True)
     return Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),

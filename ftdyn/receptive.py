@@ -940,9 +940,8 @@ def _conv_function(env: _States, node, args, kwargs):
     return _conv_like(env, node, b[0], tuple(wsh[-2:]), b[2], b[3], b[4], "conv")
 
 
-def _flatten_call(
-    env: _States, node, args, kwargs
-):  # torch.flatten(input, ...), input.flatten(...)
+# torch.flatten(input, ...), input.flatten(...)
+def _flatten_call(env: _States, node, args, kwargs):
     bound = _bind(lambda input, start_dim=0, end_dim=-1: (input, start_dim, end_dim), args, kwargs)
     return _flatten(env, node, *bound)
 
@@ -1109,6 +1108,7 @@ def _propagate(
     output right after its node in ``wanted`` (its module's return: later in-place ops do not
     change what a hook copied)."""
     modules = dict(gm.named_modules())
+    # the first 4-d input is the image
     image = next(
         (
             n
@@ -1116,7 +1116,7 @@ def _propagate(
             if n.op == "placeholder" and env.shape(n) is not None and len(env.shape(n)) == 4
         ),
         None,
-    )  # the first 4-d input is the image
+    )
     at_return: dict[str, Any] = {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":

@@ -712,9 +712,8 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
             e.get("store") for e in read_index(results_dir / FIGURES_DIR)
         }
         todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
-    with folder_lock(
-        out
-    ):  # a second report (or analyze) into this folder is refused, naming this run
+    # a second report (or analyze) into this folder is refused, naming this run
+    with folder_lock(out):
         update_result_set(
             out,
             lambda folder: _write_report(
@@ -737,9 +736,8 @@ def _write_report(
     ``elsewhere``: the results folder is not ``out``, and its figures are shown too. Returns the
     names written."""
     figdir = out / FIGURES_DIR
-    default_figures(
-        res, todo, figdir
-    )  # curves and matrices always; class/sample figures for `todo`
+    # curves and matrices always; class/sample figures for `todo`
+    default_figures(res, todo, figdir)
     summaries = _store_summaries(res, store_paths)
     entries = _collect([figdir] + ([results_dir / FIGURES_DIR] if elsewhere else []))
     figs = _Figures(out, entries)

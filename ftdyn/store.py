@@ -78,9 +78,8 @@ REQUIRED_ATTRS = (
     "normalization",
     "probe",
 )
-_TARGET_CHUNK_BYTES = (
-    32 * 2**20
-)  # 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
+# 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
+_TARGET_CHUNK_BYTES = 32 * 2**20
 #: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
 #: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
 #: those; the region is still written whole (one shard), so extraction is unchanged
@@ -293,13 +292,14 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
         "chunks": (spc, *spec.images.shape[1:]),
         "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
     }
+    # a flipped byte fails its CRC on open
     for coord in (
         "checkpoint",
         "sample",
         "label",
         "image_path",
         "class",
-    ):  # a flipped byte fails its CRC on open
+    ):
         encoding[coord] = {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}
 
     ds = xr.Dataset(
@@ -812,9 +812,8 @@ class StoreWriter:
                 "an earlier epoch cannot be inserted, extract into a new store."
             )
         n_old, n_new = len(known), len(known) + len(checkpoints)
-        with metadata_lock(
-            self.path, exclusive=True
-        ):  # readers see the store before or after, never between
+        # readers see the store before or after, never between
+        with metadata_lock(self.path, exclusive=True):
             for array in [*self.arrays.values(), self.complete]:
                 array.resize((n_new, *array.shape[1:]))
             coord = self.group["checkpoint"]

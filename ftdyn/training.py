@@ -106,9 +106,8 @@ def _build_source(
 ) -> nn.Module:
     torch.manual_seed(seed)
     weights_file = _weights_file(weights)
-    if (
-        weights_file is not None
-    ):  # loaded here so that --trust-checkpoint applies and errors name the flag
+    # loaded here so that --trust-checkpoint applies and errors name the flag
+    if weights_file is not None:
         model = models.build_model(arch, weights="none")
         try:
             ckpt.load_into_model(
@@ -290,18 +289,16 @@ def _verify_resume(
         if name == "weights" and (
             weights_sha is not None or init.get("weights_sha256") is not None
         ):
-            if (
-                init.get("weights_sha256") != weights_sha
-            ):  # a weights file: same content, wherever it lies
+            # a weights file: same content, wherever it lies
+            if init.get("weights_sha256") != weights_sha:
                 raise FtdynError(
                     f"{arg('weights')}: the source weights differ from the run being resumed "
                     f"({init.get('weights')}); pass the same {arg('weights')}."
                 )
         else:
             _check_same(arg(name), recorded[name], value)
-        if (
-            name == "weights" and init.get("checkpoint_sha256") != init_sha
-        ):  # --init: by content too
+        # --init: by content too
+        if name == "weights" and init.get("checkpoint_sha256") != init_sha:
             raise FtdynError(
                 f"{arg('init')}: the initial checkpoint differs from the run being resumed "
                 f"({init.get('checkpoint') or 'none'}); pass the same {arg('init')} file."
@@ -519,9 +516,8 @@ def make_plan(
     config, init_path, weights_file = _validate(make_config(config, **options))
     device = resolve_device(config.device)
     out = Path(out).expanduser()
-    check_output_folder(
-        out, inputs=[data_dir]
-    )  # inside the data folder it would become a class folder
+    # inside the data folder it would become a class folder
+    check_output_folder(out, inputs=[data_dir])
     mode, delete, resumed = _plan_output(out, config)
     train_data, val_data = _read_data(data_dir, config)
     result = TrainPlan(
@@ -608,14 +604,12 @@ def _prepare(plan: TrainPlan) -> _Run:
         c.trust_checkpoint,
         c.state_prefix,
     )
-    models.blank_forward(
-        model, c.input_size
-    )  # a one-line --input-size error for sizes the model cannot take
+    # a one-line --input-size error for sizes the model cannot take
+    models.blank_forward(model, c.input_size)
     model.to(plan.device, memory_format=fastest_memory_format(model, plan.device))
     opt = _make_optimizer(c.optimizer, model.parameters(), c.lr)
-    norm = models.default_normalization(
-        model, c.arch
-    )  # ImageNet's, or a timm model's pretrained config
+    # ImageNet's, or a timm model's pretrained config
+    norm = models.default_normalization(model, c.arch)
     train_set = D.ImageDataset(
         plan.train_data, D.train_transform(c.input_size, c.crop_scale), seed=c.seed
     )
@@ -775,9 +769,8 @@ def _source_epoch(run: _Run, bar, live: bool) -> None:
 def _fine_tune_epoch(run: _Run, epoch: int, bar, live: bool) -> None:
     """One epoch of fine-tuning, its validation, its checkpoint."""
     c, t0 = run.plan.config, time.perf_counter()
-    torch.manual_seed(
-        D.derive_seed(c.seed, epoch, 0xD209)
-    )  # dropout etc.: depends on (seed, epoch) only
+    # dropout etc.: depends on (seed, epoch) only
+    torch.manual_seed(D.derive_seed(c.seed, epoch, 0xD209))
     loader, vloader = run.train_loader(epoch), run.val_loader()
     task = bar.add_task(f"epoch {epoch}/{c.epochs}", total=len(loader) + len(vloader))
     shared = dict(

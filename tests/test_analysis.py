@@ -112,9 +112,8 @@ def expected(data, layer, view, metric, a=0, b=None, average="images", labels=No
         "cka": M.cka_distance,
     }[metric]
     _, rows, cols = V.matrix_shape(view, *X.shape)
-    if rows - 1 <= 1 or (
-        metric == "pwsm" and rows - 1 <= cols
-    ):  # degenerate (0 for any pair): left undefined
+    # degenerate (0 for any pair): left undefined
+    if rows - 1 <= 1 or (metric == "pwsm" and rows - 1 <= cols):
         return np.full((X.shape[1],) if V.is_per_filter(view) else (), np.nan)
     if view == "map":
         vals = np.asarray(fn(V.map_(X), V.map_(Y)))  # (n, C)
@@ -211,16 +210,14 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     )
     for var in ("distance", "filter_distance", "trajectory"):
         np.testing.assert_allclose(ds2[var].values, ds[var].values, atol=1e-9, equal_nan=True)
-    monkeypatch.setattr(
-        AP, "MAX_CHECKPOINTS_PER_PASS", 2
-    )  # reference + 2 checkpoints per pass, with bootstrap
+    # reference + 2 checkpoints per pass, with bootstrap
+    monkeypatch.setattr(AP, "MAX_CHECKPOINTS_PER_PASS", 2)
     ds3 = ftdyn.analyze(
         path, out=tmp_path / "c", progress=False, trajectory="reference", bootstrap=4
     )
     assert max(p["checkpoint_passes"] or 0 for p in json.loads(ds3.attrs["plan"])) == 2
-    np.testing.assert_allclose(
-        ds3["distance"].values, ds["distance"].values, atol=1e-7
-    )  # arccos near 1: ~1e-8
+    # arccos near 1: ~1e-8
+    np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)
     assert np.isfinite(ds3["ci_low"].values).all()
     for e in range(len(NOISE)):
         assert ds["distance"].sel(metric="pwsm").values[0, 0, e] == pytest.approx(
@@ -367,9 +364,8 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
         )[0],
         labels,
     )
-    assert (
-        abs(dead - (1 - np.nanmean(np.nanmean(cells, axis=0)))) > 1e-6
-    )  # the aggregation order matters here
+    # the aggregation order matters here
+    assert abs(dead - (1 - np.nanmean(np.nanmean(cells, axis=0)))) > 1e-6
 
 
 def test_zero_for_identical_and_growing_with_perturbation(tmp_path):
@@ -454,9 +450,8 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
     ftdyn.analyze(path, out=out, progress=False, layers=["layer2.relu"])
     stamp = (out / "results.zarr" / "zarr.json").stat().st_mtime_ns
     capsys.readouterr()
-    again = ftdyn.analyze(
-        path, out=out, progress=False, layers=["layer2_relu"], workers=1
-    )  # same analysis
+    # same analysis
+    again = ftdyn.analyze(path, out=out, progress=False, layers=["layer2_relu"], workers=1)
     assert "up to date" in capsys.readouterr().err
     assert (out / "results.zarr" / "zarr.json").stat().st_mtime_ns == stamp
     assert list(again["layer"].values[0]) == ["layer2.relu"]
@@ -481,9 +476,8 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
             "convergence.csv",
         ]
     )
-    assert (
-        len(list((out / ".ftdyn-sets").iterdir())) == 2
-    )  # the current link and the one set: the old one is gone
+    # the current link and the one set: the old one is gone
+    assert len(list((out / ".ftdyn-sets").iterdir())) == 2
 
 
 def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
@@ -532,9 +526,8 @@ def test_several_stores_and_names(tmp_path):
         ("pwsm", "cka"),
         ("procrustes", "cka"),
     ]
-    assert all(
-        int(r["n"]) == 2 for r in summ
-    )  # 2 layers of the first; the second has only 2 epochs (< 3)
+    # 2 layers of the first; the second has only 2 epochs (< 3)
+    assert all(int(r["n"]) == 2 for r in summ)
     named = ftdyn.analyze(
         [p1, p2], out=tmp_path / "n", progress=False, experiment_names=["A", "B"], metrics=["cka"]
     )
@@ -571,9 +564,8 @@ def test_memory_limit_parsing_and_threads(planted, tmp_path):
         A.parse_memory("1MB")
     path, _ = planted
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, memory_limit="100MB", workers=64)
-    assert (
-        ds.attrs["memory_limit"] == 10**8 and 1 <= ds.attrs["threads"] < 64
-    )  # threads lowered to fit
+    # threads lowered to fit
+    assert ds.attrs["memory_limit"] == 10**8 and 1 <= ds.attrs["threads"] < 64
     assert all(
         p["task_bytes_estimate"] * ds.attrs["threads"] <= 10**8
         for p in json.loads(ds.attrs["plan"])
@@ -588,9 +580,8 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     import ftdyn.store as S
 
     path, _ = planted
-    monkeypatch.setattr(
-        S, "_MIN_INNER_CHUNK_BYTES", 0
-    )  # toy layers are small: force the inner split
+    # toy layers are small: force the inner split
+    monkeypatch.setattr(S, "_MIN_INNER_CHUNK_BYTES", 0)
     sharded, _ = make_store(tmp_path / "sharded.zarr")
     arr = zarr.open_group(str(sharded), mode="r")["features_3"]
     assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)
@@ -644,9 +635,8 @@ def test_plan_with_gpu_memory_reads_the_store_once():
     assert cpu.side == gpu.side == "row" and len(cpu.groups) >= 16 and cpu.task_bytes * 2 <= budget
     assert len(gpu.groups) == 1 and gpu.ckpt_groups == [[1, 2, 3]] and gpu.read_bytes == 4 * slab
     assert gpu.task_bytes * 2 <= budget  # host part only: raw chunks and decode buffers
-    with pytest.raises(
-        FtdynError, match="GPU memory"
-    ):  # statistics of one filter exceed a tiny GPU
+    # statistics of one filter exceed a tiny GPU
+    with pytest.raises(FtdynError, match="GPU memory"):
         AP.plan_job(args, spec, AP.Budget(budget, threads=2, device=10**6))
 
 
@@ -839,9 +829,8 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
     whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
     layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
     path, data = make_store(tmp_path / "s.zarr", layers=layers)
-    assert (
-        M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12
-    )  # the trap
+    # the trap
+    assert M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12
     ds = ftdyn.analyze(
         path, out=tmp_path / "m", metrics=["procrustes", "cka"], views="map", progress=False
     )
@@ -853,9 +842,8 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
         assert np.isnan(d["distance"].values[0, 0]).all() and (d["n_nan"].values[0, 0] == 3).all()
         assert (d["distance"].values[0, 1, 1:] > 1e-3).all()  # 3 rows: a real value
     two = make_store(tmp_path / "two.zarr", n=2, spc=1)[0]
-    ds = ftdyn.analyze(
-        two, out=tmp_path / "f", progress=False
-    )  # default: procrustes, cka on filter
+    # default: procrustes, cka on filter
+    ds = ftdyn.analyze(two, out=tmp_path / "f", progress=False)
     for m in ("procrustes", "cka"):
         assert np.isnan(ds["distance"].sel(metric=m).values).all()
         assert (ds["n_nan"].sel(metric=m).values == np.array([4, 6])[:, None]).all()

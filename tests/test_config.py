@@ -224,9 +224,8 @@ def test_plan_job_is_inspectable_without_reading():
     spec = AP.JobSpec(exp=0, layer=0, src=src, view="channels", epochs=3, ref=0)
     job = AP.plan_job(AnalyzeConfig(), spec, AP.Budget(host=10**9, threads=1))
     assert (job.side, job.mode, job.metrics, job.ckpt_groups) == ("row", "ref", ["pwsm"], [[1, 2]])
-    assert (
-        job.read_bytes == 3 * src.n * src.image_bytes
-    )  # the reference once, every other checkpoint once
+    # the reference once, every other checkpoint once
+    assert job.read_bytes == 3 * src.n * src.image_bytes
     everything = AP.plan_job(
         AnalyzeConfig(trajectory="all"), spec, AP.Budget(host=10**9, threads=1)
     )
@@ -250,9 +249,8 @@ def test_visualize_config_normalizes_choices():
     )
     with pytest.raises(FtdynError, match="^n_filters=0: must be at least 1"):
         VisualizeConfig(layer=0, n_filters=0)
-    assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (
-        1,
-    )  # n_filters unused then
+    # n_filters unused then
+    assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)
 
 
 def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
@@ -270,9 +268,8 @@ def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
     assert [(row["layer"], row["view"]) for row in plan.summary()] == [
         (m, "filter") for m, _ in plan.experiments[0].layers
     ]
-    assert (
-        plan.key == plan_analysis(store, out=tmp_path / "r", metrics=["cka"], workers=2).key
-    )  # not an identity field
+    # not an identity field
+    assert plan.key == plan_analysis(store, out=tmp_path / "r", metrics=["cka"], workers=2).key
     assert not (tmp_path / "r").exists()
 
     vstore, _, _ = test_viz.make_store(tmp_path / "v.zarr")

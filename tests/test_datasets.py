@@ -72,9 +72,8 @@ def test_photo_tiles_are_cut_from_their_picture(tmp_path):
     for path in (out / "train" / "astronaut").glob("*.png"):
         r, c = divmod(int(path.stem), cols)
         tile = picture[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32]
-        assert np.array_equal(
-            np.asarray(Image.open(path)), tile
-        )  # 32 px tiles at image_size 32: not resized
+        # 32 px tiles at image_size 32: not resized
+        assert np.array_equal(np.asarray(Image.open(path)), tile)
 
 
 def test_digit_files_hold_the_digit_of_their_class(tmp_path):

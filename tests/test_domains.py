@@ -192,9 +192,8 @@ def test_regenerating_replaces_and_foreign_dirs_are_refused(tmp_path):
     generate_domain(
         "dissimilar", out, n_train_per_class=1, n_val_per_class=1, image_size=24, n_classes=2
     )
-    assert (
-        len(list((out / "train").iterdir())) == 2
-    )  # no stale class folders for ImageFolder to find
+    # no stale class folders for ImageFolder to find
+    assert len(list((out / "train").iterdir())) == 2
     assert len(list((out / "train").rglob("*.png"))) == 2
     foreign = tmp_path / "mine"
     (foreign / "train" / "cats").mkdir(parents=True)
@@ -250,9 +249,8 @@ def test_generate_all(tmp_path):
 
 def test_generation_is_fast(tmp_path):
     t0 = time.perf_counter()
-    generate_all(
-        tmp_path, n_train_per_class=8, n_val_per_class=2, image_size=64, n_classes=6
-    )  # 240 images
+    # 240 images
+    generate_all(tmp_path, n_train_per_class=8, n_val_per_class=2, image_size=64, n_classes=6)
     elapsed = time.perf_counter() - t0
     # ~1 s on 2 idle cores; the bound only catches a pathological slowdown on a busy machine
     assert elapsed < 15.0, f"240 images of 64 px took {elapsed:.1f} s"
@@ -266,9 +264,8 @@ def test_dissimilar_has_white_borders_source_does_not(rendered):
         border_mean = _border_pixels(rendered[name][0].images).mean(axis=(1, 2))  # per image
         if name == "dissimilar":
             assert border_mean.min() > 240
-            assert (
-                _border_pixels(rendered[name][0].images).std(axis=1).mean() < 4
-            )  # plain, little variation
+            # plain, little variation
+            assert _border_pixels(rendered[name][0].images).std(axis=1).mean() < 4
         else:
             assert np.median(border_mean) < 200, name
             assert (border_mean < 240).mean() > 0.97, name

@@ -108,9 +108,8 @@ def test_paper_setup_runs_the_grid(paper_run, capsys):
     degenerate = {
         (r["experiment"], r["layer"]) for r in rows if r["metric"] == "pwsm" and r["value"] == ""
     }
-    assert degenerate and all(
-        r["n_nan"] == "1" for r in rows if r["value"] == ""
-    )  # toy sizes: PWSM undefined deep
+    # toy sizes: PWSM undefined deep
+    assert degenerate and all(r["n_nan"] == "1" for r in rows if r["value"] == "")
     for r in (r for r in rows if r["value"] != ""):  # epoch 0 is the reference itself
         if r["epoch"] == "0":
             assert float(r["value"]) == pytest.approx(0, abs=1e-6)
@@ -185,9 +184,8 @@ def _lightning_series(folder: Path, source_file: Path) -> None:
             f"model.{k}": (v + 0.1 * (epoch + 1) * noise[k]) if k in noise else v.clone()
             for k, v in base.items()
         }
-        state["criterion.weight"] = torch.ones(
-            3
-        )  # a loss module's buffer: outside the model, dropped
+        # a loss module's buffer: outside the model, dropped
+        state["criterion.weight"] = torch.ones(3)
         torch.save(
             {
                 "epoch": epoch,

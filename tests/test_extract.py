@@ -268,9 +268,8 @@ def test_channels_last_layers_are_stored_channel_first(tmp_path, probe_dir):
     )
     ds = open_store(out)
     layers = ds.attrs["layers"]
-    assert layers and all(
-        name.endswith("block.4") for name in layers
-    )  # the GELUs: channels-last modules
+    # the GELUs: channels-last modules
+    assert layers and all(name.endswith("block.4") for name in layers)
     ref = direct("convnext_tiny", states[0], probe_images(probe_dir, max_samples=3), layers)
     for name in layers:
         assert_close16(layer(ds, name)[0], ref[name].transpose(0, 3, 1, 2))
@@ -747,9 +746,8 @@ def test_killed_run_resumes_to_identical_store_then_extends(tmp_path, probe_dir)
         and "--codec lz4 ignored" in result.output
         and "nothing to do" in result.output
     )
-    assert (
-        len(open_store(out).attrs["runs"]) == 1
-    )  # the resumed run's record; the killed run wrote none
+    # the resumed run's record; the killed run wrote none
+    assert len(open_store(out).attrs["runs"]) == 1
 
     # incompatible calls are refused, naming what differs
     for extra, message in (
@@ -834,9 +832,8 @@ def test_resume_plan_holds_only_the_missing_regions_and_writes_nothing(tmp_path,
         progress=False,
     )
     plan = make_plan(series, **options)
-    assert (
-        not out.exists() and plan.spec is not None and plan.samples_per_chunk == 4
-    )  # 12 images: 3 chunks
+    # 12 images: 3 chunks
+    assert not out.exists() and plan.spec is not None and plan.samples_per_chunk == 4
     assert [(r.position, r.index, r.chunks) for r in plan.replays] == [
         (i, i, (0, 1, 2)) for i in range(3)
     ]
@@ -891,9 +888,8 @@ def test_resume_plan_holds_only_the_missing_regions_and_writes_nothing(tmp_path,
 def test_info_output(tmp_path, probe_dir, monkeypatch):
     import ftdyn.store
 
-    monkeypatch.setattr(
-        ftdyn.store, "_MIN_INNER_CHUNK_BYTES", 0
-    )  # split even these small layers in 16 blocks
+    # split even these small layers in 16 blocks
+    monkeypatch.setattr(ftdyn.store, "_MIN_INNER_CHUNK_BYTES", 0)
     make_series(tmp_path / "ckpts", "resnet18", 2)
     out = extract(
         tmp_path / "ckpts",
@@ -938,9 +934,8 @@ def test_float16_overflow_is_refused_never_stored(tmp_path, probe_dir):
     model = _model("resnet18")
     states = [_state(model), _drift(model, 1)]
     big = dict(states[1])
-    big["layer3.1.bn2.weight"] = (
-        big["layer3.1.bn2.weight"] * 1e6
-    )  # the block output grows past 65504
+    # the block output grows past 65504
+    big["layer3.1.bn2.weight"] = big["layer3.1.bn2.weight"] * 1e6
     states.append(big)
     _series_of(tmp_path / "ck", states)
     out = tmp_path / "s.zarr"
@@ -1045,9 +1040,8 @@ def test_random_init_baseline_is_a_seeded_fresh_model_not_an_epoch(tmp_path, pro
     ds = open_store(out)
     assert list(ds["checkpoint"].values) == [0, 1]  # not an epoch
     assert ds.attrs["random_init_baseline"]["seed"] == 7
-    torch.manual_seed(
-        7
-    )  # the documented recipe: the seed, then the architecture's default constructor
+    # the documented recipe: the seed, then the architecture's default constructor
+    torch.manual_seed(7)
     fresh = torchvision.models.get_model("resnet18", weights=None)
     ref = direct(
         "resnet18",

@@ -64,9 +64,8 @@ def test_socket_is_never_opened(folder):
 
 
 def test_symlink_loops_do_not_multiply_images(folder):
-    (folder / "circle" / "loop").symlink_to(
-        ".."
-    )  # the data folder: would pull in every class, forever
+    # the data folder: would pull in every class, forever
+    (folder / "circle" / "loop").symlink_to("..")
     (folder / "square" / "self").symlink_to(".")  # the class folder itself
     data = _scan(folder)
     assert len(data) == 3 * PER_CLASS

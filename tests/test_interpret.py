@@ -276,9 +276,8 @@ def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(
     ok = ds["converged"].values[0]  # (metric, layer)
     assert ok[:, 0].all() and not ok[0, 1] and not ok[1, 1] and ok[2, 1]
     conv = ds["convergence"].values[0]
-    np.testing.assert_allclose(
-        conv[..., -1], ds["distance"].values[0][..., -1], rtol=1e-9
-    )  # all images
+    # all images
+    np.testing.assert_allclose(conv[..., -1], ds["distance"].values[0][..., -1], rtol=1e-9)
     need = ds["images_needed"].values[0]
     assert np.isnan(need[:, 0]).all() and (need[:2, 1] > n).all()
     err = capsys.readouterr().err
@@ -378,12 +377,10 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
         path, out=tmp_path / "a", progress=False, bootstrap=20, bootstrap_groups=8, metrics=["cka"]
     )
     b = ftdyn.analyze(path, out=tmp_path / "b", progress=False, metrics=["cka"])
-    np.testing.assert_allclose(
-        a["distance"].values, b["distance"].values, atol=1e-12
-    )  # summed per group
-    assert (
-        json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"
-    )  # Gram side: resamples single images
+    # summed per group
+    np.testing.assert_allclose(a["distance"].values, b["distance"].values, atol=1e-12)
+    # Gram side: resamples single images
+    assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"
     assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 8
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
     with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):

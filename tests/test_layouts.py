@@ -165,17 +165,15 @@ def test_timm_weights_under_a_torchvision_name_get_a_hint(tmp_path):
         and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
     )
     model = build_model("timm/efficientnet_b0", num_classes=3)
-    ck.load_into_model(
-        model, path, arch="timm/efficientnet_b0"
-    )  # the same file under the timm name loads
+    # the same file under the timm name loads
+    ck.load_into_model(model, path, arch="timm/efficientnet_b0")
 
 
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(
-        constants, "HF_HUB_OFFLINE", True
-    )  # as HF_HUB_OFFLINE=1 would: no waiting on the network
+    # as HF_HUB_OFFLINE=1 would: no waiting on the network
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FtdynError) as info:
         build_model("timm/resnet18", weights="a1_in1k")
     text = str(info.value)
@@ -188,9 +186,8 @@ def test_receptive_fields_where_fx_traces_else_not_available(capsys, cli_console
     model = build_model("timm/convnext_atto")
     fields = _receptive_fields(model, ["stages.0", "stages.3"], 64)
     assert fields["stages.0"]["jump"] == [4.0, 4.0] and fields["stages.3"]["jump"] == [32.0, 32.0]
-    model = build_model(
-        "timm/resnest14d"
-    )  # split attention: a softmax the receptive-field trace cannot follow
+    # split attention: a softmax the receptive-field trace cannot follow
+    model = build_model("timm/resnest14d")
     assert _receptive_fields(model, ["layer1", "layer4"], 64) == {"layer1": None, "layer4": None}
     err = capsys.readouterr().err
     assert (
@@ -246,9 +243,8 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
         "last.pth.tar",
         "model_best.pth.tar",
     ]
-    assert os.path.samefile(
-        folder / "model_best.pth.tar", folder / "checkpoint-1.pth.tar"
-    )  # hard links
+    # hard links
+    assert os.path.samefile(folder / "model_best.pth.tar", folder / "checkpoint-1.pth.tar")
 
     out = tmp_path / "main.zarr"
     result = run_extract(folder, probe_dir, out, "--arch", "timm/convnext_atto")
@@ -257,9 +253,8 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
         "skipping model_best.pth.tar (the same file as checkpoint-1.pth.tar), last.pth.tar (the"
         " same file as checkpoint-2.pth.tar)." in result.output.replace("\n", "")
     )
-    assert (
-        "epochs count from 0" in result.output
-    )  # checkpoint-0 is after one epoch: no source in this series
+    # checkpoint-0 is after one epoch: no source in this series
+    assert "epochs count from 0" in result.output
     ds = open_store(out)
     records = ds.attrs["checkpoints"]
     assert [(c["epoch"], c["file"], c["weights"]) for c in records] == [
@@ -302,9 +297,8 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
             folder, probe_dir, tmp_path / "bad.zarr", "--arch", "timm/convnext_atto", *flags
         )
         assert result.exit_code == 2 and expected in result.output
-        assert (
-            len(result.output.strip().splitlines()) == 3 and "Traceback" not in result.output
-        )  # 2 notes + error
+        # 2 notes + error
+        assert len(result.output.strip().splitlines()) == 3 and "Traceback" not in result.output
         assert not (tmp_path / "bad.zarr").exists()
 
 
@@ -364,10 +358,11 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
         mains.append(_copy(model.state_dict()))
         emas.append(_copy(ema.module.state_dict()))
     assert "n_averaged" in ema.state_dict() and "module.conv1.weight" in ema.state_dict()
+    # the flag, or the top-level key by name
     for how in (
         {"copy": "ema"},
         {"state_prefix": "model_ema"},
-    ):  # the flag, or the top-level key by name
+    ):
         weights = ck.read_weights(folder / "model_1.pth", **how)
         assert weights.key == "model_ema" and "n_averaged" in weights.state
         model = torchvision.models.resnet18(num_classes=3)

@@ -25,9 +25,8 @@ def _sklearn_accuracy(x, y, folds, ridge):
 def test_matches_sklearn_ridge_classifier(n, d, classes):
     rng = np.random.default_rng(n + d)
     y = np.arange(n) % classes
-    x = (
-        rng.normal(size=(n, d)) + 0.4 * np.sqrt(12 / d) * rng.normal(size=(classes, d))[y]
-    )  # errors happen
+    # errors happen
+    x = rng.normal(size=(n, d)) + 0.4 * np.sqrt(12 / d) * rng.normal(size=(classes, d))[y]
     x[:, 0] = 5.0  # a constant feature must not break the standardization
     result = linear_probe(x, y, folds=5, ridge=2.0, seed=7)
     expected = _sklearn_accuracy(x, y, stratified_folds(y, 5, 7), 2.0)

@@ -11,9 +11,8 @@ def test_depthwise_networks_use_channels_last_on_cpu_only():
     assert fastest_memory_format(mobilenet, "cpu") == torch.channels_last
     assert fastest_memory_format(mobilenet, torch.device("cuda")) == torch.contiguous_format
     for arch in ("resnet18", "vgg11", "densenet121"):
-        with torch.device(
-            "meta"
-        ):  # only the module structure matters; skip initializing the weights
+        # only the module structure matters; skip initializing the weights
+        with torch.device("meta"):
             model = torchvision.models.get_model(arch, num_classes=3)
         assert fastest_memory_format(model, "cpu") == torch.contiguous_format, arch
 

@@ -233,9 +233,8 @@ def test_invariances(shape, seed, scale, alpha):
 @given(shapes, seeds, st.sampled_from([0.0, 0.5, 1.0]))
 def test_symmetric_bounded_and_zero_on_identical(shape, seed, alpha):
     X, Y = rand_pair(np.random.default_rng(seed), *shape)
-    if (
-        shape[0] - 1 <= shape[1] and alpha == 0.0
-    ):  # degenerate: angle ~0, where arccos magnifies rounding
+    # degenerate: angle ~0, where arccos magnifies rounding
+    if shape[0] - 1 <= shape[1] and alpha == 0.0:
         assert math.cos(M.pwsm(X, Y, alpha)) == pytest.approx(
             math.cos(M.pwsm(Y, X, alpha)), abs=1e-9
         )
@@ -442,9 +441,8 @@ def test_degenerate_shapes_documented_and_named():
     for m in ("procrustes", "cka", "pwsm"):
         assert M.degenerate_reason(m, 2, 7, alpha=0.5) is not None
         assert M.degenerate_reason(m, 3, 2, alpha=0.5) is None
-    assert (
-        M.degenerate_reason("procrustes", 2, 7, center="rows") is None
-    )  # rows centered: 2 free rows
+    # rows centered: 2 free rows
+    assert M.degenerate_reason("procrustes", 2, 7, center="rows") is None
     assert M.degenerate_reason("procrustes", 1, 7, center="rows") is not None
     X, Y = rand_pair(rng, 20, 30, noise=1.0)
     assert M.degenerate_reason("pwsm", 20, 30, alpha=0.0) is not None
@@ -508,9 +506,8 @@ def test_cuda_matches_cpu():
         X[3] = 0
         Xc, Yc = torch.from_numpy(X).cuda(), torch.from_numpy(Y).float().cuda()
         Y32 = Y.astype(np.float32)
-        alphas = (
-            (0.0, 0.5, 1.0) if shape[1] > shape[2] else (0.5, 1.0)
-        )  # α=0 degenerate if rows<cols
+        # α=0 degenerate if rows<cols
+        alphas = (0.0, 0.5, 1.0) if shape[1] > shape[2] else (0.5, 1.0)
         for a in alphas:
             np.testing.assert_allclose(M.pwsm(Xc, Yc, a), M.pwsm(X, Y32, a), atol=1e-9)
         np.testing.assert_allclose(M.procrustes(Xc, Yc), M.procrustes(X, Y32), atol=1e-10)

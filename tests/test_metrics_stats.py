@@ -319,9 +319,8 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     assert _linalg.plan_blocks(5, 1, 3, 8 * 10) == (2, 3)  # small matrices: 2 per block
     for (X, Y), r in zip(cases, ref):
         got = metrics_direct(X, Y) + [M.linear_cka(X, Y, debiased=True)]
-        np.testing.assert_allclose(
-            np.cos(got[0]), np.cos(r[0]), atol=1e-12
-        )  # α=0 may be degenerate
+        # α=0 may be degenerate
+        np.testing.assert_allclose(np.cos(got[0]), np.cos(r[0]), atol=1e-12)
         for a, b in zip(got[1:], r[1:]):
             np.testing.assert_allclose(a, b, atol=1e-10)
         X = X.copy()

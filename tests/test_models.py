@@ -87,9 +87,8 @@ def test_layers_command_lists_defaults_with_shapes():
         and "unknown architecture" in bad.output
         and "Traceback" not in bad.output
     )
-    small = CliRunner().invoke(
-        app, ["layers", "densenet121", "--input-size", "16"]
-    )  # too small for its poolings
+    # too small for its poolings
+    small = CliRunner().invoke(app, ["layers", "densenet121", "--input-size", "16"])
     assert small.exit_code == 2 and "Traceback" not in small.output
     assert small.output.startswith(
         "ftdyn: error: --input-size 16: DenseNet cannot run on 16x16 images"

@@ -190,13 +190,11 @@ def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkey
             if swapped or layout == "set":
                 ftdyn.analyze(store, out=out, progress=False, **(B if swapped else A))
                 assert seen == [], (layout, step, "the current set must be reused as up to date")
-            ftdyn.analyze(
-                store, out=out, progress=False, **B
-            )  # finishes the job, cleans the leftovers
+            # finishes the job, cleans the leftovers
+            ftdyn.analyze(store, out=out, progress=False, **B)
             assert _assert_one_whole_set(out) == "cka"
-            assert len(list((out / SETS).iterdir())) == 2, list(
-                (out / SETS).iterdir()
-            )  # current + one set
+            # current + one set
+            assert len(list((out / SETS).iterdir())) == 2, list((out / SETS).iterdir())
             assert not list(out.glob(".*.link-*")) and not list(out.glob(".analyze-*"))
 
 
@@ -283,9 +281,8 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
         os.write(go_w, b"1")
         _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
-    assert (
-        _assert_one_whole_set(out) == "cka"
-    )  # the first run's results, untouched by the refused ones
+    # the first run's results, untouched by the refused ones
+    assert _assert_one_whole_set(out) == "cka"
 
 
 def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):

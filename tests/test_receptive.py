@@ -147,13 +147,13 @@ def check_against_gradient(model, layers, size, stop_at=None, solid=True):
 
 def test_gradient_support_vgg19():
     rfs, inside = check_against_gradient(build("vgg19"), VGG19_LAYERS[:4], 64)
-    assert inside == set(
-        VGG19_LAYERS[:3]
-    )  # relu3_4 (48 px) fits in 64 px: its size is checked exactly
+    # relu3_4 (48 px) fits in 64 px: its size is checked exactly
+    assert inside == set(VGG19_LAYERS[:3])
+    # larger than the image: position checked via clipping
     assert rfs["features.26"].size == (
         116,
         116,
-    )  # larger than the image: position checked via clipping
+    )
 
 
 def test_gradient_support_resnet18():
@@ -333,18 +333,16 @@ def test_global_context_flag_for_squeeze_excitation():
         model, ["features.0", "features.1.block.0", "features.1", "features.2"], 64
     )
     assert not rfs["features.0"].global_context and not rfs["features.1.block.0"].global_context
-    assert (
-        rfs["features.1"].global_context and rfs["features.2"].global_context
-    )  # SE inside features.1
+    # SE inside features.1
+    assert rfs["features.1"].global_context and rfs["features.2"].global_context
     assert rfs["features.1"].size == (7, 7)  # local geometry still reported
 
 
 def test_other_architectures_trace():
     r = receptive_fields(build("efficientnet_b0"), ["features.1", "features.2"], 64)
     assert r["features.2"].jump == (4, 4) and r["features.2"].global_context
-    c = receptive_fields(
-        build("convnext_tiny"), ["features.0", "features.1"], 64
-    )  # NHWC LayerNorm/Linear
+    # NHWC LayerNorm/Linear
+    c = receptive_fields(build("convnext_tiny"), ["features.0", "features.1"], 64)
     assert c["features.0"].size == (4, 4) and c["features.1"].size == (76, 76)
 
 
@@ -399,10 +397,11 @@ class _DataDependent(nn.Module):
 
 def test_unsupported_op_and_untraceable_model_raise_clearly():
     model = _Interp()
+    # before the unsupported op: fine
     assert receptive_fields(model, ["relu"], 32)["relu"].size == (
         3,
         3,
-    )  # before the unsupported op: fine
+    )
     with pytest.raises(ValueError, match="interpolate"):
         receptive_fields(model, ["conv2"], 32)
     with pytest.raises(ValueError, match=r"_DataDependent.*torch.fx"):

@@ -176,9 +176,8 @@ def test_report_without_stores_elsewhere_via_cli(tmp_path):
     assert "No activation store was given or found" in page
     assert page.count("<figure ") == 2 + 2  # curves, by layer, 2 trajectory matrices
     assert page.count('<p class="empty">None.</p>') == 2  # no class-based, no sample-based figures
-    assert (
-        "agreement_summary.csv" not in page and "0.900" in page
-    )  # summary computed from agreement_r
+    # summary computed from agreement_r
+    assert "agreement_summary.csv" not in page and "0.900" in page
     result = runner.invoke(
         app, ["report", str(results_dir), "--store", str(tmp_path / "nope.zarr")]
     )

@@ -125,9 +125,8 @@ def test_append_checkpoints_extends_store(tmp_path):
     first = [fill(writer, spec, i, seed=i) for i in range(2)]
     writer.append_checkpoints([{"epoch": 5, "file": "epoch_005.pt", "sha256": "1" * 64}])
     leftover = next(f for f in (path / "layer1_0_relu").rglob("*") if f.is_file())
-    leftover = leftover.with_name(
-        leftover.name + ".5f3a9c.partial"
-    )  # a chunk write killed before its rename
+    # a chunk write killed before its rename
+    leftover = leftover.with_name(leftover.name + ".5f3a9c.partial")
     leftover.write_bytes(b"\0" * 64)
     writer = StoreWriter(path)  # a later run reopens it
     assert not leftover.exists()

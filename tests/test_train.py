@@ -106,9 +106,8 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
         assert 0.0 <= e["val_acc"] <= 1.0 and e["val_loss"] > 0
         assert e["seconds"] >= 0
         model = models.build_model("resnet18", num_classes=3)
-        assert (
-            ckpt.load_into_model(model, out / e["file"]) == e["epoch"]
-        )  # strict load of a weights_only file
+        # strict load of a weights_only file
+        assert ckpt.load_into_model(model, out / e["file"]) == e["epoch"]
     assert entries[0]["train_loss"] is None and entries[0]["train_acc"] is None
     for e in entries[1:]:
         assert 0.0 <= e["train_acc"] <= 1.0 and e["train_loss"] > 0
@@ -322,9 +321,8 @@ def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp
 
     truncated = damaged("truncated", lambda out: os.truncate(out / "epoch_004.pt", 1000))
     deleted = damaged("deleted", lambda out: [(out / f"epoch_00{e}.pt").unlink() for e in (3, 4)])
-    middle = damaged(
-        "middle", lambda out: os.truncate(out / "epoch_002.pt", 5000)
-    )  # later files intact
+    # later files intact
+    middle = damaged("middle", lambda out: os.truncate(out / "epoch_002.pt", 5000))
     for out, note in (
         (
             truncated,
@@ -637,6 +635,5 @@ def test_full_disk_is_one_line(image_folder, tmp_path, monkeypatch):
         "No space left on device; free space or make the folder writable, "
         "then re-run (a stopped `ftdyn train` continues with --resume)."
     )
-    assert (
-        not out.exists()
-    )  # no temp file, no manifest: the folder this run made is removed (outputs._unmake)
+    # no temp file, no manifest: the folder this run made is removed (outputs._unmake)
+    assert not out.exists()

@@ -45,9 +45,8 @@ def test_killed_while_saving_epoch_0_leaves_nothing_that_blocks(image_folder, re
 def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_path):
     out = tmp_path / "series"
     out.mkdir()
-    (out / "epoch_000.pt").write_bytes(
-        (reference / "epoch_000.pt").read_bytes()
-    )  # killed before the manifest
+    # killed before the manifest
+    (out / "epoch_000.pt").write_bytes((reference / "epoch_000.pt").read_bytes())
     (out / ".manifest.json.0123.tmp").write_text("{")
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output

@@ -26,9 +26,10 @@ def test_plan_of_a_new_run_writes_nothing(image_folder, tmp_path):
     )
     assert not out.exists()  # planning wrote nothing
     assert plan.mode == "new" and plan.delete == () and plan.resumed is None
+    # arch canonical
     assert plan.config == TrainConfig(
         arch="resnet18", epochs=3, batch_size=7, input_size=32, device="cpu", progress=False
-    )  # arch canonical
+    )
     assert plan.classes == sorted(plan.classes) and len(plan.classes) == 3
     assert (len(plan.train_data), len(plan.val_data)) == (24, 12)
     assert plan.drop_last is False  # 24 % 7 == 3

@@ -149,9 +149,8 @@ def make_results(
                 dist[e, m, li] = f
                 traj[e, m, li] = np.abs(f[:, None] - f[None, :])
                 if metrics[m][1] == "filter":
-                    fdist[e, m, li, :, :3] = (
-                        f[:, None] * np.array([0.1, 0.2, 0.9])[None]
-                    )  # filter 3: dead (NaN)
+                    # filter 3: dead (NaN)
+                    fdist[e, m, li, :, :3] = f[:, None] * np.array([0.1, 0.2, 0.9])[None]
     ci = 0.01 if bootstrap else np.nan
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # padding layers: mean of nothing is NaN
@@ -308,9 +307,8 @@ def test_filters_chosen_from_activations_and_from_results(store, tmp_path):
     chosen, why = patches.choose_filters(
         ds, "features_3", "features.3", 3, sample_positions=np.arange(8), epoch_positions=[0, 2]
     )
-    assert (
-        chosen == [1, 2, 0] and "changed most between epoch 0 and epoch 2" in why
-    )  # dead filter 3 last
+    # dead filter 3 last
+    assert chosen == [1, 2, 0] and "changed most between epoch 0 and epoch 2" in why
     res = make_results(store_paths=(path, ""))
     chosen, why = patches.choose_filters(
         ds, "features_3", "features.3", 4, results=res, experiment="toynet/shapes"
@@ -337,9 +335,8 @@ def test_sample_based_places_the_argmax_with_the_receptive_field(store):
     for e in range(3):
         peak = np.unravel_index(grid.heat[0, e].argmax(), IMAGE_HW)
         assert peak == tuple(int(c) for c in rf.center(*PLANTED[0][e]))
-    assert (
-        grid.vmax[0] == pytest.approx(1.5) and grid.vmax[1] == 1.0
-    )  # shared over epochs; dead filter -> 1
+    # shared over epochs; dead filter -> 1
+    assert grid.vmax[0] == pytest.approx(1.5) and grid.vmax[1] == 1.0
 
 
 def test_visualize_writes_grids_with_captions(store, tmp_path):
@@ -539,9 +536,8 @@ def test_curves_by_layer_and_trajectories_are_written(tmp_path):
         "distance_by_layer.png",
         "distance_by_layer.svg",
     } <= set(names)
-    assert (
-        sum(n.startswith("trajectory_") and n.endswith(".png") for n in names) == 6
-    )  # 2 experiments x 3 metrics
+    # 2 experiments x 3 metrics
+    assert sum(n.startswith("trajectory_") and n.endswith(".png") for n in names) == 6
     for p in written:
         assert p.stat().st_size > 3000
     h, w, _ = png_shape(tmp_path / "distance_curves.png")

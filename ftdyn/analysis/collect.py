@@ -339,9 +339,8 @@ def _paper_code_agreement(
             r[e, l][np.ix_(cols, range(k))] = S.pearson_plain(
                 recs[(e, "cka", l)]["cells"], recs[(e, "procrustes", l)]["cells"], axis=-1
             )
-        r[e, :, epochs.index(args.reference)] = (
-            np.nan
-        )  # self-comparison: rounding noise, not a correlation
+        # self-comparison: rounding noise, not a correlation
+        r[e, :, epochs.index(args.reference)] = np.nan
         kept = r[e, : len(exp.layers)][
             :, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k
         ]

@@ -59,9 +59,8 @@ class Job:
     mode: str  # all | ref
     groups: list[slice]  # filter groups (one pass each); [slice(None)] otherwise
     batch: int  # filters per group (1 for whole-layer views)
-    ckpt_groups: list = field(
-        default_factory=lambda: [None]
-    )  # row side, reference pairs: checkpoints per pass
+    # row side, reference pairs: checkpoints per pass
+    ckpt_groups: list = field(default_factory=lambda: [None])
     sub_bytes: int = SUB_BLOCK_BYTES  # float64 row block per matrix
     read_bytes: float = 0.0  # estimated bytes decoded (re-reads included)
     flops: float = 0.0  # estimated float64 FLOPs of the statistics
@@ -238,9 +237,8 @@ def _gram_choice(
     src, T, n = spec.src, spec.epochs, spec.src.n
     for g in sizes:
         k_bytes = g * n * n * F8
-        per_chunk = src.spc * (
-            g * cols_per_filter * F8 + g * n * F8
-        )  # float64 panel rows + their output block
+        # float64 panel rows + their output block
+        per_chunk = src.spc * (g * cols_per_filter * F8 + g * n * F8)
         for mode in modes:
             # every checkpoint's K is a Dask result until the finishing task, which adds
             # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
@@ -262,9 +260,8 @@ def _plan_gram(
     metrics = config.metrics_on(spec.view)
     cols_per_filter = src.height * src.width if per_filter else C * src.height * src.width
     host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
-    dev_fixed = (
-        src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block
-    )  # its float64 copy, product blocks
+    # its float64 copy, product blocks
+    dev_fixed = src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block
     fixed = dev_fixed + (host_fixed if budget.device is None else 0)
     choice = _gram_choice(
         spec,
@@ -334,12 +331,10 @@ class _RowCosts:
         resident = (
             (m if mode == "all" else 2) + READ_OVERHEAD
         ) * src.chunk_bytes  # + zarr's decode buffers
-        temps = 4 * sub + (
-            all_bytes if mode == "all" else 3 * block
-        )  # float64 views and their copies
-        finish = (
-            acc + 10 * block
-        )  # the metrics: centered/symmetrized copies, decompositions, workspace
+        # float64 views and their copies
+        temps = 4 * sub + (all_bytes if mode == "all" else 3 * block)
+        # the metrics: centered/symmetrized copies, decompositions, workspace
+        finish = acc + 10 * block
         if self.budget.device is None:
             return max(resident + 2 * acc + temps, finish), 0, acc
         return resident, max(2 * acc + temps, finish), acc

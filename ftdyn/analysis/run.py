@@ -121,9 +121,8 @@ def _existing(out: Path) -> tuple[str | None, str | None]:
     manifest, problem = current_set(out)
     if manifest is not None or problem is not None:
         return (manifest or {}).get("analysis_key"), problem
-    meta = (
-        out / RESULTS_STORE / "zarr.json"
-    )  # written in place by an older ftdyn: nothing vouches for the CSVs
+    # written in place by an older ftdyn: nothing vouches for the CSVs
+    meta = out / RESULTS_STORE / "zarr.json"
     if out.joinpath(RESULTS_STORE).is_symlink() or not meta.is_file():
         return None, None
     try:
@@ -286,9 +285,8 @@ def _up_to_date(plan: AnalysisPlan) -> bool:
     """Whether ``plan.out`` holds these results, every file verified; refuses results of other
     arguments or stores unless ``overwrite``."""
     out = plan.out
-    remove_stale(
-        out
-    )  # what a killed run left: unfinished or replaced sets, older versions' temporaries
+    # what a killed run left: unfinished or replaced sets, older versions' temporaries
+    remove_stale(out)
     old, problem = _existing(out)
     if old is not None and old != plan.key and not plan.config.overwrite:
         raise FtdynError(

@@ -372,9 +372,8 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
     nn = n_u[:, None, None]
     a, b = s_x - nn * m_x, s_y - nn * m_y  # unit sums about the overall mean
 
-    def centered(
-        M, sa, ma, mb, b_u
-    ):  # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
+    # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
+    def centered(M, sa, ma, mb, b_u):
         M = M.reshape(units, -1, *M.shape[-2:])
         left = torch.stack([sa, ma.expand_as(sa)], dim=-1)  # (U, B, p, 2)
         right = torch.stack([mb.expand_as(b_u), b_u], dim=-2)  # (U, B, 2, q)

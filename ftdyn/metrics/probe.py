@@ -35,9 +35,8 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         folds[members] = (offset + np.arange(len(members))) % k
-        offset += len(
-            members
-        )  # the next class starts where this one stopped, so fold sizes stay balanced
+        # the next class starts where this one stopped, so fold sizes stay balanced
+        offset += len(members)
     return folds
 
 

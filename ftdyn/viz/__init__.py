@@ -671,9 +671,8 @@ def default_figures(
     written: list[Path] = []
     if res is not None:
         written += curves.plot_all(res, out)
-        written += interpret_figures.plot_all(
-            res, out
-        )  # relative curves, probes, convergence (when computed)
+        # relative curves, probes, convergence (when computed)
+        written += interpret_figures.plot_all(res, out)
     for store in track(stores or [], "class/sample figures"):
         try:
             ds, path = open_any_store(store)

@@ -61,6 +61,7 @@ def sample_based(
     ds, var: str, layer: str, rf, *, sample_position: int, filters, epoch_positions
 ) -> SampleGrid:
     """Read one sample's maps of ``filters`` at the chosen epochs and place them on the image."""
+    # (E, F, h, w)
     arr = (
         ds[var]
         .isel(
@@ -71,7 +72,7 @@ def sample_based(
             }
         )
         .values
-    )  # (E, F, h, w)
+    )
     maps = np.nan_to_num(np.asarray(arr, dtype=np.float32)).transpose(1, 0, 2, 3)  # (F, E, h, w)
     image = np.asarray(ds["images"].isel(sample=int(sample_position)).values)
     heat = upsample_maps(maps, rf, image.shape[:2]).astype(np.float32)
