@@ -266,6 +266,35 @@ def test_alpha0_cholesky_path_equals_eigh_path_with_fallback():
         assert M.pwsm(X[i], Y[i], 0.0) == pytest.approx(ref_pwsm(X[i], Y[i], 0.0), abs=1e-8)
 
 
+@pytest.mark.parametrize("singular", [True, False])
+@pytest.mark.parametrize("kind", [np.asarray, torch.from_numpy])
+@pytest.mark.parametrize("name", ["pwsm", "procrustes", "cka"])
+def test_unbatched_row_stats_equal_the_batched_result(name, kind, singular, monkeypatch):
+    """One pair's statistics without a batch axis give a float equal bit for bit to the same
+    statistics as a batch of one (and close to the direct route), also with an exactly singular
+    covariance (a zero column: the α=0 Cholesky path fails and eigh fills the pair in). With this
+    seed, torch's single and batched products round the regular pair's PWSM differently."""
+    fallbacks = []
+    cos_eigh = _linalg.RowCore._cos_eigh
+    monkeypatch.setattr(
+        _linalg.RowCore, "_cos_eigh", lambda *a: fallbacks.append(a[1].shape) or cos_eigh(*a)
+    )
+    rng = np.random.default_rng(7)
+    X, Y = rng.normal(size=(30, 5)), rng.normal(size=(30, 4))
+    if singular:
+        X[:, 2] = 0.0
+    s = M.row_stats(kind(X), kind(Y))
+    info = M.get_metric(name)
+    kw = {"alpha": 0.0} if "alpha" in info.params else {}
+    single = info.from_row_stats(s, **kw)
+    batched = info.from_row_stats(M.RowStats(s.n, *(a[None] for a in s[1:])), **kw)
+    assert isinstance(single, float) and np.isfinite(single)
+    assert np.asarray(batched).shape == (1,) and single == float(np.asarray(batched)[0])
+    assert single == pytest.approx(info.direct(X, Y, **kw), abs=1e-9)
+    # singular pwsm: the single pair, the batch of one and the direct route each went through eigh
+    assert fallbacks == [(1, 5, 5)] * (3 if name == "pwsm" and singular else 0)
+
+
 # ------------------------------------------------------------------ registry
 def test_registry():
     assert set(M.METRICS) == {"pwsm", "procrustes", "cka"}

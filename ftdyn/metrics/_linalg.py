@@ -352,10 +352,11 @@ class RowCore:
                     return None
                 return torch.broadcast_to(t, shape + tuple(t.shape[t.ndim - core :]))[bad]
 
-            cos = cos.clone()
-            cos[bad] = self._cos_eigh(
+            fixed = self._cos_eigh(
                 sel(Cxx, 2), sel(Cyy, 2), sel(Cxy, 2), sel(refx, 0), sel(refy, 0), 0.0
             )
+            # on the flattened batch, so that one pair (0-d) takes the same path as a batch
+            cos = cos.flatten().index_put((bad.flatten(),), fixed).view(shape)
         return cos
 
     def pwsm(self, alpha: float) -> torch.Tensor:

@@ -237,19 +237,30 @@ def _row_core(s: RowStats, nuc: str = "auto") -> L.RowCore:
     )
 
 
+def _row_metric(s: RowStats, metric):
+    """``metric(core)`` of row statistics; statistics without a batch axis are evaluated as a batch
+    of one, so that a pair's value is the same whether it comes alone or in a batch (torch's batched
+    and single matrix products round differently) and every route indexes a batch axis."""
+    single = isinstance(s, RowStats) and all(a.ndim == 2 for a in (s.xx, s.yy, s.xy))
+    if single:
+        s = RowStats(s.n, *(a[None] for a in s[1:]))
+    out = metric(_row_core(s))
+    return L.finish(out[0] if single else out)
+
+
 def pwsm_from_row_stats(s: RowStats, alpha: float = 0.0):
     """PWSM angle (radians) from row statistics: Xwᵀ Yw = Z_x C_xy Z_y, ‖Xw‖² = tr(Z_x C_xx Z_x)."""
-    return L.finish(_row_core(s).pwsm(L.check_alpha(alpha)))
+    return _row_metric(s, lambda core: core.pwsm(L.check_alpha(alpha)))
 
 
 def procrustes_from_row_stats(s: RowStats):
     """1 − ‖C_xy‖_* / sqrt(tr C_xx · tr C_yy)."""
-    return L.finish(_row_core(s).procrustes())
+    return _row_metric(s, L.RowCore.procrustes)
 
 
 def cka_from_row_stats(s: RowStats):
     """Linear CKA *similarity* ‖C_xy‖_F² / (‖C_xx‖_F ‖C_yy‖_F) (biased estimator only)."""
-    return L.finish(_row_core(s).cka())
+    return _row_metric(s, L.RowCore.cka)
 
 
 # ----------------------------------------------------------- Gram-side metrics
