@@ -435,21 +435,15 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
         ]
     )
     # row side: per-unit statistics as row_leaf accumulates them (reference pairs)
-    acc = {
-        "n": torch.zeros(8, dtype=torch.float64),
-        "s": torch.zeros(8, T, B, p, dtype=torch.float64),
-        "xx": torch.zeros(8, B, p, p, dtype=torch.float64),
-        "xy": torch.zeros(8, T, B, p, p, dtype=torch.float64),
-        "yy": torch.zeros(8, T, B, p, p, dtype=torch.float64),
-    }
+    acc = TK.RowAccumulator.zeros(8, T, (B,), p, all_pairs=False, device="cpu")
     for u in range(8):
         rows = torch.from_numpy(np.flatnonzero(unit == u))
         x0 = Xt[0][:, rows]
-        acc["n"][u] = len(rows)
-        acc["xx"][u] = x0.mT @ x0
+        acc.n[u] = len(rows)
+        acc.xx[u] = x0.mT @ x0
         for t in range(T):
             xt = Xt[t][:, rows]
-            acc["s"][u, t], acc["xy"][u, t], acc["yy"][u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
+            acc.s[u, t], acc.xy[u, t], acc.yy[u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
     K = [Xt[t] @ Xt[t].mT for t in range(T)]
     gram = TK._gram_cka_replicates(K[0], {t: K[t] for t in range(1, T)}, unit, counts)
     for t in range(1, T):

@@ -14,13 +14,12 @@ from ..progress import dask_progress, stage, track
 from .inputs import Experiment
 from .plan import Job, chunk_groups, replicate_counts, shared_boot
 from .tasks import (
+    RowAccumulator,
     concat_map,
     gram_assemble,
     gram_finish,
     gram_panel,
     map_leaf,
-    merge_acc,
-    merge_acc_copy,
     row_cols,
     row_finish,
     row_leaf,
@@ -72,7 +71,9 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
                         for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
                     ]
                     merged = _tree(
-                        leaves, merge_acc if inplace else merge_acc_copy, f"merge-{ctag}"
+                        leaves,
+                        RowAccumulator.merge if inplace else RowAccumulator.merged,
+                        f"merge-{ctag}",
                     )
                     out = delayed(row_finish, pure=True)(
                         merged,

@@ -8,6 +8,7 @@ the scheduler), runs on ``Source.device`` and trims the heap when it ends.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,162 @@ def _at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.mT, b)
 
 
+@dataclass
+class RowAccumulator:
+    """Row-side float64 statistics of one filter group over some sample chunks, per bootstrap unit
+    (U units; 1 without bootstrap), so that a replicate can re-sum the units it drew.
+
+    T checkpoints (those of the pass), ``batch`` = (filters,) for the per-filter view and () for
+    whole-layer views, p columns of the view. The reference pairs ``xx``/``xy``/``yy`` pair the
+    pass's reference checkpoint X with each checkpoint Y; ``G`` holds every pair at once. Built by
+    :func:`row_leaf`, summed by :meth:`merge`, read through :meth:`row_stats`.
+    """
+
+    #: (U,) rows seen per unit
+    n: torch.Tensor
+    #: (U, T, *batch, p) column sums per unit and checkpoint
+    s: torch.Tensor
+    #: (U, *batch, p, p) XᵀX of the reference per unit (None: all pairs only, one unit)
+    xx: torch.Tensor | None = None
+    #: (U, T, *batch, p, p) XᵀY of the reference X and checkpoint Y per unit
+    xy: torch.Tensor | None = None
+    #: (U, T, *batch, p, p) YᵀY of checkpoint Y per unit
+    yy: torch.Tensor | None = None
+    #: (*batch, T·p, T·p) ZᵀZ of every checkpoint side by side, Z = [X_0 … X_T−1], all units
+    #: together (None: reference pairs only)
+    G: torch.Tensor | None = None
+
+    @classmethod
+    def zeros(
+        cls, units: int, T: int, batch: tuple[int, ...], p: int, *, all_pairs: bool, device
+    ) -> RowAccumulator:
+        """Empty statistics; the reference pairs are kept without all pairs or with several units
+        (the replicates re-sum them)."""
+
+        def zeros(*shape):
+            return torch.zeros(shape, dtype=F64, device=device)
+
+        pairs = not all_pairs or units > 1
+        return cls(
+            n=zeros(units),
+            s=zeros(units, T, *batch, p),
+            xx=zeros(units, *batch, p, p) if pairs else None,
+            xy=zeros(units, T, *batch, p, p) if pairs else None,
+            yy=zeros(units, T, *batch, p, p) if pairs else None,
+            G=zeros(*batch, T * p, T * p) if all_pairs else None,
+        )
+
+    def merge(self, *others: RowAccumulator) -> RowAccumulator:
+        """These statistics plus ``others`` (same shapes), summed into these in place (the
+        tree reduction's combine step: each partial result has exactly one consumer)."""
+        for other in others:
+            for f in fields(self):
+                mine = getattr(self, f.name)
+                if mine is not None:
+                    mine += getattr(other, f.name)
+        return self
+
+    def merged(self, *others: RowAccumulator) -> RowAccumulator:
+        """Like :meth:`merge` without touching its inputs (distributed: a task may be retried)."""
+        return self.copy().merge(*others)
+
+    def copy(self) -> RowAccumulator:
+        return RowAccumulator(
+            **{
+                f.name: None if (t := getattr(self, f.name)) is None else t.clone()
+                for f in fields(self)
+            }
+        )
+
+    def select(self, filters: torch.Tensor) -> RowAccumulator:
+        """The statistics of some filters of a per-filter view (indices on the batch axis)."""
+
+        def pick(t, dim):
+            return None if t is None else t.index_select(dim, filters)
+
+        return RowAccumulator(
+            self.n,
+            pick(self.s, 2),
+            pick(self.xx, 1),
+            pick(self.xy, 2),
+            pick(self.yy, 2),
+            pick(self.G, 0),
+        )
+
+    def row_stats(self, a: int, b: int, ref: int, counts: np.ndarray | None = None) -> M.RowStats:
+        """RowStats of checkpoint pair (a, b) (a = X side): the totals, or with ``counts`` (U,) the
+        units re-summed that many times each (a bootstrap replicate). Without all pairs or with
+        ``counts``, a must be the reference ``ref``."""
+
+        def tot(x):
+            if counts is None:
+                return x.sum(0)
+            return torch.einsum(
+                "u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x
+            )
+
+        n = int(round(float(tot(self.n))))
+        s = tot(self.s)
+        if self.G is not None and counts is None:
+            p = s.shape[-1]
+            ba, bb = slice(a * p, (a + 1) * p), slice(b * p, (b + 1) * p)
+            G = self.G
+            return M.RowStats(n, s[a], s[b], G[..., ba, ba], G[..., bb, bb], G[..., ba, bb])
+        # reference pairs only: (ref, t)
+        if a != ref:
+            raise ValueError("pair statistics without the reference need all-pairs accumulation")
+        xx = tot(self.xx)
+        if b == ref:
+            return M.RowStats(n, s[ref], s[ref], xx, xx, xx)
+        return M.RowStats(n, s[ref], s[b], xx, tot(self.yy[:, b]), tot(self.xy[:, b]))
+
+
+@dataclass(frozen=True)
+class _RowPass:
+    """How a row leaf reads and blocks the filter group ``fsl`` of ``src`` in ``view``: ``batch``
+    filters (per-filter view; None: a whole-layer view), ``units`` the bootstrap unit of every
+    image (None: one unit), float64 products of at most ``sub_bytes``."""
+
+    src: Source
+    view: str
+    fsl: slice
+    batch: int | None
+    units: np.ndarray | None
+    per_img_filter_bytes: int
+    sub_bytes: int
+
+    def read(self, ckpt: int, chunk: int) -> torch.Tensor:
+        return read_block(self.src, ckpt, chunk, self.fsl)
+
+    def blocks(self, chunk: int):
+        """(unit, images, filters, first) blocks of a chunk: images a slice or an index tensor,
+        filters a slice of the group (None for whole-layer views), first whether they are the
+        first filters of these images (which count the rows)."""
+        rows = self.src.rows(chunk)
+        n_img = rows.stop - rows.start
+        units = None if self.units is None else self.units[rows]
+        for u, sel in _unit_rows(units, n_img, self.src.device):
+            n_sel = n_img if isinstance(sel, slice) else len(sel)
+            for isl, bsl in _blocks(
+                n_sel, self.batch or 1, self.per_img_filter_bytes, self.sub_bytes
+            ):
+                imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
+                yield u, imgs, None if self.batch is None else bsl, bsl.start == 0
+
+    def matrices(self, raw: torch.Tensor, imgs, bsl: slice | None) -> torch.Tensor:
+        """float64 view of some images and filters; slices are views, so only they are copied."""
+        part = raw if bsl is None else raw[:, bsl]  # raw holds the group's channels only
+        part = part[imgs] if isinstance(imgs, slice) else part.index_select(0, imgs)
+        return V.to_matrices(self.view, part, dtype=F64)
+
+
+def _add_at(target: torch.Tensor, value: torch.Tensor, bsl: slice | None, dim: int = 0) -> None:
+    """target += value, at the filters ``bsl`` on axis ``dim`` (None: all of target)."""
+    if bsl is not None:
+        target = target[(slice(None),) * dim + (bsl,)]
+    target += value
+
+
 def row_leaf(
     src: Source,
     chunks: list[int],
@@ -139,161 +296,73 @@ def row_leaf(
     units: np.ndarray | None,
     n_units: int,
     sub_bytes: int,
-) -> dict:
-    """Row-side statistics of a group of sample chunks (accumulated sequentially).
-
-    Returns a dict of float64 tensors: ``n`` (U,), ``s`` (U, T, *batch, p) and, in
-    ``ref`` mode or with bootstrap groups, ``xx`` (U, *batch, p, p), ``xy``/``yy``
-    (U, T, *batch, p, p) (reference pairs); in ``all`` mode ``G`` (*batch, T·p, T·p).
-    """
-    T = len(ckpts)
-    per_filter = view == "filter"
-    f0 = fsl.start or 0
-    batch = ((fsl.stop or src.channels) - f0) if per_filter else 1
-    p = row_cols(src, view)
+) -> RowAccumulator:
+    """Row-side statistics of a group of sample chunks (accumulated sequentially) for the
+    checkpoints ``ckpts``: every pair (``mode`` "all") or the pairs with ``ckpts[ref]``, per
+    bootstrap unit (``units``: the unit of every image, ``n_units`` of them; None: one)."""
+    T, p = len(ckpts), row_cols(src, view)
+    batch = (fsl.stop or src.channels) - (fsl.start or 0) if view == "filter" else None
     rows_per_img = src.height * src.width if view == "channels" else 1
     n_mats = T if mode == "all" else 2
-    per_img_filter = rows_per_img * p * 8 * n_mats
-    acc: dict[str, Any] = {}
-
-    def add(key, index, value, bsl):
-        """acc[key][index][..., bsl (batch), ...] += value."""
-        if key not in acc:
-            prefix = () if index is None else (n_units,) if isinstance(index, int) else (n_units, T)
-            shape = ((batch,) if per_filter else ()) + tuple(value.shape[1 if per_filter else 0 :])
-            if key == "s" and mode == "all":  # value (T, b, p) -> acc (U, T, batch, p)
-                shape = (
-                    (T,)
-                    + ((batch,) if per_filter else ())
-                    + tuple(value.shape[2 if per_filter else 1 :])
-                )
-            if key == "n":
-                shape = ()
-            acc[key] = torch.zeros(prefix + shape, dtype=F64, device=src.device)
-        target = acc[key] if index is None else acc[key][index]
-        if per_filter and bsl is not None:
-            if key == "s" and mode == "all":
-                target[:, bsl] += value
-            else:
-                target[bsl] += value
-        else:
-            target += value
-
-    def view_of(raw, imgs, bsl):
-        """float64 view of some images and filters; slices are views, so only they are copied."""
-        part = raw[:, bsl] if per_filter else raw  # raw holds the group's channels only
-        part = part[imgs] if isinstance(imgs, slice) else part.index_select(0, imgs)
-        return V.to_matrices(view, part, dtype=F64)
-
+    rp = _RowPass(src, view, fsl, batch, units, rows_per_img * p * 8 * n_mats, sub_bytes)
+    acc = RowAccumulator.zeros(
+        n_units, T, () if batch is None else (batch,), p, all_pairs=mode == "all", device=src.device
+    )
     for c in chunks:
-        rows = src.rows(c)
-        u_of = None if units is None else units[rows]
-        n_img = rows.stop - rows.start
         if mode == "all":
-            raws = [read_block(src, k, c, fsl) for k in ckpts]
+            _add_all_pairs(acc, rp, c, ckpts, ref)
         else:
-            raws = {ref: read_block(src, ckpts[ref], c, fsl)}
-        others = [t for t in range(T) if t != ref]
-        for u, sel in _unit_rows(u_of, n_img, src.device):
-            n_sel = n_img if isinstance(sel, slice) else len(sel)
-            for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
-                imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
-                if mode == "all":
-                    mats = [view_of(r, imgs, bsl) for r in raws]
-                    Z = torch.cat(mats, dim=-1)
-                    G = _at_b(Z, Z)
-                    add("G", None, G, bsl)
-                    if bsl.start == 0:
-                        add(
-                            "n",
-                            u,
-                            torch.tensor(float(Z.shape[-2]), dtype=F64, device=src.device),
-                            None,
-                        )
-                    sums = Z.sum(-2)  # (*b, T·p)
-                    add("s", u, torch.movedim(sums.reshape(*sums.shape[:-1], T, p), -2, 0), bsl)
-                    if n_units > 1:
-                        r = slice(ref * p, (ref + 1) * p)
-                        add("xx", u, G[..., r, r], bsl)
-                        for t in range(T):
-                            b = slice(t * p, (t + 1) * p)
-                            add("xy", (u, t), G[..., r, b], bsl)
-                            add("yy", (u, t), G[..., b, b], bsl)
-                    continue
-                X = view_of(raws[ref], imgs, bsl)
-                add("xx", u, _at_b(X, X), bsl)
-                add("s", (u, ref), X.sum(-2), bsl)
-                if bsl.start == 0:
-                    add(
-                        "n", u, torch.tensor(float(X.shape[-2]), dtype=F64, device=src.device), None
-                    )
-        if mode != "all":
-            for t in others:
-                raw_t = read_block(src, ckpts[t], c, fsl)
-                for u, sel in _unit_rows(u_of, n_img, src.device):
-                    n_sel = n_img if isinstance(sel, slice) else len(sel)
-                    for isl, bsl in _blocks(n_sel, batch, per_img_filter, sub_bytes):
-                        imgs = sel[isl] if isinstance(sel, torch.Tensor) else isl
-                        X = view_of(raws[ref], imgs, bsl)
-                        Y = view_of(raw_t, imgs, bsl)
-                        add("xy", (u, t), _at_b(X, Y), bsl)
-                        add("yy", (u, t), _at_b(Y, Y), bsl)
-                        add("s", (u, t), Y.sum(-2), bsl)
-                del raw_t
-        del raws
+            _add_reference_pairs(acc, rp, c, ckpts, ref)
     return acc
 
 
-def merge_acc(*parts: dict) -> dict:
-    """Sum of accumulator dicts (associative; the tree-reduction combine step)."""
-    out = parts[0]  # summed in place: each partial result has exactly one consumer
-    for part in parts[1:]:
-        for key, value in part.items():
-            if key in out:
-                out[key] += value
-            else:
-                out[key] = value
-    return out
+def _add_all_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[int], ref: int):
+    """Add one chunk's products of every checkpoint pair (one Gram of all checkpoints side by
+    side) and, with several units, the units' reference pairs cut out of it."""
+    T, p = len(ckpts), acc.s.shape[-1]
+    raws = [rp.read(k, chunk) for k in ckpts]
+    for u, imgs, bsl, first in rp.blocks(chunk):
+        Z = torch.cat([rp.matrices(r, imgs, bsl) for r in raws], dim=-1)
+        G = _at_b(Z, Z)
+        _add_at(acc.G, G, bsl)
+        if first:
+            acc.n[u] += Z.shape[-2]
+        sums = Z.sum(-2)  # (*b, T·p)
+        _add_at(acc.s[u], torch.movedim(sums.reshape(*sums.shape[:-1], T, p), -2, 0), bsl, dim=1)
+        if acc.xx is not None:
+            r = slice(ref * p, (ref + 1) * p)
+            _add_at(acc.xx[u], G[..., r, r], bsl)
+            for t in range(T):
+                b = slice(t * p, (t + 1) * p)
+                _add_at(acc.xy[u, t], G[..., r, b], bsl)
+                _add_at(acc.yy[u, t], G[..., b, b], bsl)
 
 
-def merge_acc_copy(*parts: dict) -> dict:
-    """Like :func:`merge_acc` without touching its inputs (distributed: a task may be retried)."""
-    return merge_acc({k: v.clone() for k, v in parts[0].items()}, *parts[1:])
-
-
-def _row_stats_of(
-    acc: dict, a: int, b: int, ref: int, p: int, counts: np.ndarray | None = None
-) -> M.RowStats:
-    """RowStats of checkpoint pair (a, b) (a = X side), totals or a bootstrap re-sum."""
-
-    def tot(x):
-        if counts is None:
-            return x.sum(0)
-        return torch.einsum("u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x)
-
-    n = int(round(float(tot(acc["n"]))))
-    s = tot(acc["s"])
-    if "G" in acc and counts is None:
-        G = acc["G"]
-        ba, bb = slice(a * p, (a + 1) * p), slice(b * p, (b + 1) * p)
-        return M.RowStats(n, s[a], s[b], G[..., ba, ba], G[..., bb, bb], G[..., ba, bb])
-    # reference pairs only: (ref, t)
-    if a != ref:
-        raise ValueError("pair statistics without the reference need all-pairs accumulation")
-    xx = tot(acc["xx"])
-    if b == ref:
-        return M.RowStats(n, s[ref], s[ref], xx, xx, xx)
-    return M.RowStats(n, s[ref], s[b], xx, tot(acc["yy"][:, b]), tot(acc["xy"][:, b]))
+def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[int], ref: int):
+    """Add one chunk's products of the reference with itself and with every other checkpoint,
+    reading one other checkpoint at a time."""
+    raw_ref = rp.read(ckpts[ref], chunk)
+    for u, imgs, bsl, first in rp.blocks(chunk):
+        X = rp.matrices(raw_ref, imgs, bsl)
+        _add_at(acc.xx[u], _at_b(X, X), bsl)
+        _add_at(acc.s[u, ref], X.sum(-2), bsl)
+        if first:
+            acc.n[u] += X.shape[-2]
+    for t in range(len(ckpts)):
+        if t == ref:
+            continue
+        raw_t = rp.read(ckpts[t], chunk)
+        for u, imgs, bsl, _ in rp.blocks(chunk):
+            X, Y = rp.matrices(raw_ref, imgs, bsl), rp.matrices(raw_t, imgs, bsl)
+            _add_at(acc.xy[u, t], _at_b(X, Y), bsl)
+            _add_at(acc.yy[u, t], _at_b(Y, Y), bsl)
+            _add_at(acc.s[u, t], Y.sum(-2), bsl)
+        del raw_t
 
 
 def _metric_from_rows(metric: str, st: M.RowStats, alpha: float) -> np.ndarray:
     info = M.get_metric(metric)
     kw = {"alpha": alpha} if "alpha" in info.params else {}
-    if st.xx.ndim == 2:
-        # always pass a batch axis: ftdyn.metrics' alpha=0 fallback for singular covariances
-        # fails on un-batched statistics (expand() of an empty batch shape)
-        one = M.RowStats(st.n, *(a[None] for a in st[1:]))
-        return np.asarray(info.from_row_stats(one, **kw), dtype=np.float64).reshape(())
     return np.asarray(info.from_row_stats(st, **kw), dtype=np.float64)
 
 
@@ -351,20 +420,20 @@ def _sq_norm(quad: tuple, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return cgc - 2.0 * cubic / n + a2 * b2 / n**2
 
 
-def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarray:
+def _cka_replicates(acc: RowAccumulator, ref: int, t: int, counts: np.ndarray) -> np.ndarray:
     """CKA distance of the pair (reference, t) for every replicate's unit counts (N, U) at once.
 
     The same numbers (to rounding) as re-summing the units' statistics per replicate
-    (:func:`_row_stats_of` + :class:`ftdyn.metrics.RowStats` CKA), but the centered
+    (:meth:`RowAccumulator.row_stats` + :class:`ftdyn.metrics.RowStats` CKA), but the centered
     covariance of a resample, C(c) = Σ_u c_u A_u − a(c) b(c)ᵀ/n(c), enters CKA only through
     squared Frobenius norms, which are polynomials in c: their unit-level coefficients are
     computed once (O(U²·p²) per filter) and each replicate then costs O(U³) per filter
     instead of O(U·p²). The units' statistics are first centered at the overall mean (C is
     shift-invariant), so the expansion does not cancel the mean's large raw moments.
     """
-    n_u = acc["n"]
+    n_u = acc.n
     units = n_u.shape[0]
-    s_x, s_y = acc["s"][:, ref], acc["s"][:, t]
+    s_x, s_y = acc.s[:, ref], acc.s[:, t]
     batch = s_x.shape[1:-1]
     s_x, s_y = s_x.reshape(units, -1, s_x.shape[-1]), s_y.reshape(units, -1, s_y.shape[-1])
     total = n_u.sum()
@@ -381,9 +450,9 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
             M.flatten(0, 1), left.flatten(0, 1), right.flatten(0, 1), alpha=-1.0
         ).view(M.shape)
 
-    xx, yy = acc["xx"], acc["yy"][:, t]
+    xx, yy = acc.xx, acc.yy[:, t]
     quads = {
-        "xy": _unit_quadratics(centered(acc["xy"][:, t], s_x, m_x, m_y, b), a, b),
+        "xy": _unit_quadratics(centered(acc.xy[:, t], s_x, m_x, m_y, b), a, b),
         "xx": _unit_quadratics(centered(xx, s_x, m_x, m_x, a), a, a),
         "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b),
     }
@@ -392,13 +461,8 @@ def _cka_replicates(acc: dict, ref: int, t: int, counts: np.ndarray) -> np.ndarr
 
     def exact(b, filters):
         """Replicate b re-summed at ``filters`` (the whole layer for whole-layer views)."""
-        sub = {"n": n_u, "s": acc["s"], "xx": xx, "xy": acc["xy"], "yy": acc["yy"]}
-        if batch:
-            sub = {
-                k: v if k == "n" else v.index_select(1 if k == "xx" else 2, filters)
-                for k, v in sub.items()
-            }
-        return _metric_from_rows("cka", _row_stats_of(sub, ref, t, ref, 0, counts[b]), 0.0)
+        sub = acc.select(filters) if batch else acc
+        return _metric_from_rows("cka", sub.row_stats(ref, t, ref, counts[b]), 0.0)
 
     return _cka_of_counts(counts, n_u, quads, raw_x, raw_y, exact).reshape(len(counts), *batch)
 
@@ -459,7 +523,7 @@ def _cka_of_counts(
 
 
 def row_finish(
-    acc: dict,
+    acc: RowAccumulator,
     metrics: list[str],
     alpha: float,
     T: int,
@@ -475,14 +539,14 @@ def row_finish(
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
     for m in metrics:
         out["values"][m] = np.stack(
-            [_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p), alpha) for t in range(T)]
+            [_metric_from_rows(m, acc.row_stats(ref, t, ref), alpha) for t in range(T)]
         )
     if mode == "all":
         for m in metrics:
             out["traj"][m] = _trajectory(
                 out["values"][m],
                 ref,
-                lambda a, b, m=m: _metric_from_rows(m, _row_stats_of(acc, a, b, ref, p), alpha),
+                lambda a, b, m=m: _metric_from_rows(m, acc.row_stats(a, b, ref), alpha),
             )
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
@@ -491,7 +555,7 @@ def row_finish(
             if m == "cka":
                 return _cka_replicates(acc, ref, t, counts)
             return np.stack(
-                [_metric_from_rows(m, _row_stats_of(acc, ref, t, ref, p, c), alpha) for c in counts]
+                [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
             )
 
         for m in metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]:
