@@ -1016,3 +1016,18 @@ def test_dask_progress_is_a_rich_bar_on_a_terminal_only(terminal, monkeypatch, c
     assert squares == (0, 1, 4, 9, 16)
     err = capsys.readouterr().err
     assert ("squares" in err and "5/5" in err) if terminal else err == ""
+
+
+@pytest.mark.parametrize("view", ["filter", "flat"])
+def test_gram_panel_rows_equal_the_gram_of_the_layer(planted, view):
+    """A Gram panel (several chunks, the last one short) against the later chunks: the rows of
+    X·Xᵀ from the panel's first image on, filled in place."""
+    path, data = planted
+    src = dict(AI.open_experiments(path, AnalyzeConfig())[0].layers)["features.3"]
+    X = torch.from_numpy(np.asarray(V.to_matrices(view, data[2]["features.3"]), dtype=np.float64))
+    K = torch.matmul(X, X.mT)
+    for panel, stream in (([0, 1], [2]), ([1], [2]), ([0], [1, 2]), ([2], [])):
+        r0, block = AT.gram_panel(src, 2, view, slice(None), panel, stream)
+        r1 = src.rows(panel[-1]).stop
+        assert r0 == src.rows(panel[0]).start and block.shape[-2:] == (r1 - r0, src.n - r0)
+        torch.testing.assert_close(block, K[..., r0:r1, r0:], rtol=1e-12, atol=1e-9)

@@ -573,13 +573,25 @@ def gram_panel(
     and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest)).
     ``after``: the previous filter group's result, only so that Dask builds one group's
     Gram matrices at a time (the plan budgets one group)."""
-    P = torch.cat([_mat(read_block(src, ckpt, c, fsl), view) for c in panel], dim=-2)
-    parts = [torch.matmul(P, P.mT)]
+    # filled in place, not concatenated: a concatenation holds the panel (and the block) twice,
+    # which the plan does not budget
+    r0, r1 = src.rows(panel[0]).start, src.rows(panel[-1]).stop
+    P = None
+    for c in panel:
+        m = _mat(read_block(src, ckpt, c, fsl), view)
+        if P is None:
+            P = m.new_empty(m.shape[:-2] + (r1 - r0, m.shape[-1]))
+        rows = src.rows(c)
+        P[..., rows.start - r0 : rows.stop - r0, :] = m
+        del m
+    block = P.new_empty(P.shape[:-1] + (src.n - r0,))
+    block[..., : r1 - r0] = torch.matmul(P, P.mT)
     for c in stream:
-        Q = _mat(read_block(src, ckpt, c, fsl), view)
-        parts.append(torch.matmul(P, Q.mT))
-        del Q
-    return src.rows(panel[0]).start, torch.cat(parts, dim=-1)
+        rows = src.rows(c)
+        block[..., rows.start - r0 : rows.stop - r0] = torch.matmul(
+            P, _mat(read_block(src, ckpt, c, fsl), view).mT
+        )
+    return r0, block
 
 
 def gram_assemble(n: int, *blocks) -> torch.Tensor:
