@@ -384,6 +384,12 @@ def _replicated(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
     return [t for t in range(T) if t != ref and t not in skip]
 
 
+def _all_images(counts: np.ndarray) -> bool:
+    """Whether a replicate's unit counts take every image once (the convergence check's last
+    subset): its value is the point value, so no decomposition is repeated for it."""
+    return bool(np.all(np.asarray(counts) == 1))
+
+
 def _replicates(values: np.ndarray, n: int, ts: list[int], of_position) -> np.ndarray:
     """(n, T, ...) replicates: ``of_position(t)`` (all n of position t) at the positions ``ts``,
     the point value elsewhere (the reference; the caller blanks skipped ones)."""
@@ -555,7 +561,12 @@ def row_finish(
             if m == "cka":
                 return _cka_replicates(acc, ref, t, counts)
             return np.stack(
-                [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
+                [
+                    out["values"][m][t]
+                    if _all_images(c)
+                    else _metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha)
+                    for c in counts
+                ]
             )
 
         for m in metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]:
@@ -762,6 +773,8 @@ def _gram_replicates(
         return M.gram_eig(K) if boot_eig else None
 
     for b, idx in enumerate(S.shared_indices(units, counts) if resampled else []):
+        if _all_images(counts[b]):
+            continue  # the point value, already in reps
         ii = torch.from_numpy(idx).to(Ks[ref].device)
 
         def resample(K):
