@@ -20,7 +20,6 @@ from .tasks import (
     gram_finish,
     gram_panel,
     map_leaf,
-    row_cols,
     row_finish,
     row_leaf,
 )
@@ -36,120 +35,140 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
     graph_outputs = []
     for job in jobs:
         exp = exps[job.exp]
-        module, src = exp.layers[job.layer]
-        T, ref = len(exp.epochs), exp.ref
         tag = f"{job.exp}-{job.layer}-{job.view}"
         for gi, fsl in enumerate(job.groups):
             gtag = f"{tag}-{gi}"
             if job.side == "row":
                 if gi == 0:
-                    units = counts = None
-                    if job.units > 1:  # one resample per replicate for every job of the experiment
-                        units = S.shared_units(src.n, job.units, args.seed, job.exp)
-                        counts = replicate_counts(args, job.units, job.exp)
-                p = row_cols(src, job.view)
-                for ci, cg in enumerate(job.ckpt_groups):
-                    # a pass over the reference and the checkpoints of group cg (all of them: cg
-                    # None)
-                    pos = list(range(T)) if cg is None else [ref, *cg]
-                    sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(ref)
-                    ctag = f"{gtag}-{ci}"
-                    leaves = [
-                        delayed(row_leaf, pure=True)(
-                            src,
-                            grp,
-                            sub,
-                            sub_ref,
-                            job.view,
-                            fsl,
-                            job.mode,
-                            units,
-                            job.units,
-                            job.sub_bytes,
-                            dask_key_name=f"stats-{ctag}-{i}",
-                        )
-                        for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
-                    ]
-                    merged = _tree(
-                        leaves,
-                        RowAccumulator.merge if inplace else RowAccumulator.merged,
-                        f"merge-{ctag}",
-                    )
-                    out = delayed(row_finish, pure=True)(
-                        merged,
-                        job.metrics,
-                        args.alpha,
-                        len(sub),
-                        sub_ref,
-                        p,
-                        job.mode,
-                        counts,
-                        args.bootstrap_metrics,
-                        tuple(
-                            i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates
-                        ),
-                        dask_key_name=f"metrics-{ctag}",
-                    )
-                    job.outputs.append(out)
-                    graph_outputs.append(out)
-                continue
+                    resamples = _row_resamples(args, job, exp.layers[job.layer][1].n)
+                outs = _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace)
             elif job.side == "gram":
-                panels = chunk_groups(src.n_chunks, job.panels)
-                previous = job.outputs[-1] if job.outputs else None
-                Ks = []
-                for t, k in enumerate(exp.ckpt_index):
-                    blocks = []
-                    for pi, panel in enumerate(panels):
-                        stream = list(range(panel[-1] + 1, src.n_chunks))
-                        blocks.append(
-                            delayed(gram_panel, pure=True)(
-                                src,
-                                k,
-                                job.view,
-                                fsl,
-                                panel,
-                                stream,
-                                previous,
-                                dask_key_name=f"gram-{gtag}-{t}-{pi}",
-                            )
-                        )
-                    Ks.append(
-                        delayed(gram_assemble, pure=True)(
-                            src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"
-                        )
-                    )
-                boot = shared_boot(src.n, args, job.exp) if args.bootstrap else None
-                out = delayed(gram_finish, pure=True)(
-                    job.metrics,
-                    args.alpha,
-                    ref,
-                    job.mode,
-                    boot,
-                    *Ks,
-                    boot_metrics=args.bootstrap_metrics,
-                    skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
-                    dask_key_name=f"metrics-{gtag}",
-                )
+                outs = [_gram_output(delayed, exp, args, job, fsl, gtag)]
             else:  # map
-                leaves = [
-                    delayed(map_leaf, pure=True)(
-                        src,
-                        grp,
-                        exp.ckpt_index,
-                        ref,
-                        job.metrics,
-                        args.alpha,
-                        fsl,
-                        job.mode,
-                        args.map_center,
-                        dask_key_name=f"maps-{gtag}-{i}",
-                    )
-                    for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
-                ]
-                out = _tree(leaves, concat_map, f"concat-{gtag}", ordered=True)
-            job.outputs.append(out)
-            graph_outputs.append(out)
+                outs = [_map_output(delayed, exp, args, job, fsl, gtag)]
+            job.outputs.extend(outs)
+            graph_outputs.extend(outs)
     return graph_outputs
+
+
+def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
+    """(units, counts) of a row-side job's bootstrap; (None, None) without one."""
+    if job.units > 1:  # one resample per replicate for every job of the experiment
+        return S.shared_units(n, job.units, args.seed, job.exp), replicate_counts(
+            args, job.units, job.exp
+        )
+    return None, None
+
+
+def _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace) -> list:
+    """The metrics tasks of one filter group of a row-side job, one per checkpoint group."""
+    T, ref = len(exp.epochs), exp.ref
+    outs = []
+    for ci, cg in enumerate(job.ckpt_groups):
+        # a pass over the reference and the checkpoints of group cg (all of them: cg None)
+        pos = list(range(T)) if cg is None else [ref, *cg]
+        outs.append(
+            _row_pass(delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace)
+        )
+    return outs
+
+
+def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace):
+    """The metrics task of one pass over the checkpoints at positions ``pos`` (the reference
+    among them): tree-merged row statistics of the chunk groups, then the metrics."""
+    src = exp.layers[job.layer][1]
+    units, counts = resamples
+    sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(exp.ref)
+    leaves = [
+        delayed(row_leaf, pure=True)(
+            src,
+            grp,
+            sub,
+            sub_ref,
+            job.view,
+            fsl,
+            job.mode,
+            units,
+            job.units,
+            job.sub_bytes,
+            dask_key_name=f"stats-{ctag}-{i}",
+        )
+        for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
+    ]
+    merged = _tree(
+        leaves, RowAccumulator.merge if inplace else RowAccumulator.merged, f"merge-{ctag}"
+    )
+    return delayed(row_finish, pure=True)(
+        merged,
+        job.metrics,
+        args.alpha,
+        len(sub),
+        sub_ref,
+        job.mode,
+        counts,
+        args.bootstrap_metrics,
+        tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
+        dask_key_name=f"metrics-{ctag}",
+    )
+
+
+def _gram_output(delayed, exp, args, job, fsl, gtag):
+    """The metrics task of one filter group of a Gram-side job: per checkpoint the Gram matrix,
+    assembled from panels of rows, then the metrics of all of them."""
+    src = exp.layers[job.layer][1]
+    panels = chunk_groups(src.n_chunks, job.panels)
+    previous = job.outputs[-1] if job.outputs else None
+    Ks = []
+    for t, k in enumerate(exp.ckpt_index):
+        blocks = []
+        for pi, panel in enumerate(panels):
+            stream = list(range(panel[-1] + 1, src.n_chunks))
+            blocks.append(
+                delayed(gram_panel, pure=True)(
+                    src,
+                    k,
+                    job.view,
+                    fsl,
+                    panel,
+                    stream,
+                    previous,
+                    dask_key_name=f"gram-{gtag}-{t}-{pi}",
+                )
+            )
+        Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
+    boot = shared_boot(src.n, args, job.exp) if args.bootstrap else None
+    return delayed(gram_finish, pure=True)(
+        job.metrics,
+        args.alpha,
+        exp.ref,
+        job.mode,
+        boot,
+        *Ks,
+        boot_metrics=args.bootstrap_metrics,
+        skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
+        dask_key_name=f"metrics-{gtag}",
+    )
+
+
+def _map_output(delayed, exp, args, job, fsl, gtag):
+    """The map task of one filter group of a map job: the chunk groups' maps, concatenated."""
+    src = exp.layers[job.layer][1]
+    leaves = [
+        delayed(map_leaf, pure=True)(
+            src,
+            grp,
+            exp.ckpt_index,
+            exp.ref,
+            job.metrics,
+            args.alpha,
+            fsl,
+            job.mode,
+            args.map_center,
+            dask_key_name=f"maps-{gtag}-{i}",
+        )
+        for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
+    ]
+    return _tree(leaves, concat_map, f"concat-{gtag}", ordered=True)
 
 
 def _tree(items: list, combine, name: str, ordered: bool = False):

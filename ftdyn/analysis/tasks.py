@@ -534,7 +534,6 @@ def row_finish(
     alpha: float,
     T: int,
     ref: int,
-    p: int,
     mode: str,
     counts: np.ndarray | None,
     boot_metrics: list[str] | None = None,
