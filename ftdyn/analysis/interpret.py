@@ -275,24 +275,47 @@ def interpretation(
     ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
     epochs = [int(x) for x in ds["epoch"].values]
     rel = relative(ds["distance"].values, ceiling)
+    r_mean, r_std = _relative_reusability(exps, args, rel, epochs)
+    sig = significance(exps, args, recs, epochs)
+    pr = probes(exps, args, epochs)
+    new = {
+        **_distance_vars(ceiling, rel, r_mean, r_std, sig),
+        **_probe_vars(pr),
+        **_convergence_vars(extra["convergence"], ok, need),
+    }
+    out = ds.assign(new).assign_coords(
+        layer_index_other=("layer_index_other", ds["layer_index"].values),
+        fraction=("fraction", np.array(NESTED_FRACTIONS)),
+    )
+    out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
+    out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
+    out.attrs["relative_note"] = (
+        NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
+    )
+    return out
+
+
+def _relative_reusability(
+    exps: list[Experiment], args: AnalyzeConfig, rel: np.ndarray, epochs: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (experiment, metric) of the reusability of the relative distances, over
+    each experiment's layers and its epochs other than the reference."""
     keep = np.array([ep != args.reference for ep in epochs])
     E, Mn = rel.shape[:2]
     r_mean, r_std = np.full((E, Mn), np.nan), np.full((E, Mn), np.nan)
     for e, exp in enumerate(exps):
         a, b, _, _ = S.reusability(rel[e, :, : len(exp.layers)], keep & np.isin(epochs, exp.epochs))
         r_mean[e], r_std[e] = a, b
-    sig = significance(exps, args, recs, epochs)
-    pr = probes(exps, args, epochs)
+    return r_mean, r_std
+
+
+def _distance_vars(ceiling, rel, r_mean, r_std, sig: dict) -> dict:
+    """The dataset variables of the relative distances and of their significance."""
     eml, le = (
         ("experiment", "metric", "layer_index"),
-        (
-            "experiment",
-            "metric",
-            "layer_index",
-            "epoch",
-        ),
+        ("experiment", "metric", "layer_index", "epoch"),
     )
-    new = {
+    return {
         "ceiling": (
             eml,
             ceiling,
@@ -320,6 +343,12 @@ def interpretation(
                 )
             },
         ),
+    }
+
+
+def _probe_vars(pr: dict) -> dict:
+    """The dataset variables of the linear probes (:func:`probes`)."""
+    return {
         "probe_accuracy": (
             ("experiment", "layer_index", "epoch"),
             pr["probe_accuracy"],
@@ -339,9 +368,16 @@ def interpretation(
             pr["probe_chance"],
             {"description": "most frequent class's share"},
         ),
+    }
+
+
+def _convergence_vars(convergence, ok, need) -> dict:
+    """The dataset variables of the convergence check over nested image subsets."""
+    eml = ("experiment", "metric", "layer_index")
+    return {
         "convergence": (
             eml + ("fraction",),
-            extra["convergence"],
+            convergence,
             {"description": "distance at the last epoch on nested seeded image subsets"},
         ),
         "converged": (
@@ -360,13 +396,3 @@ def interpretation(
             },
         ),
     }
-    out = ds.assign(new).assign_coords(
-        layer_index_other=("layer_index_other", ds["layer_index"].values),
-        fraction=("fraction", np.array(NESTED_FRACTIONS)),
-    )
-    out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
-    out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
-    out.attrs["relative_note"] = (
-        NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
-    )
-    return out
