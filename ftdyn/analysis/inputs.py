@@ -127,83 +127,7 @@ def open_experiments(
             f"{arg('experiment_names')}: {len(args.experiment_names)} name(s) for {len(stores)}"
             f" store(s); give one {arg('experiment_names')} per store, in the same order."
         )
-    exps = []
-    for i, path in enumerate(stores):
-        if not path.exists():
-            raise FtdynError(f"{path}: no such store.")
-        ds = open_store(path, allow_partial=args.allow_partial)
-        epochs = [int(e) for e in ds["checkpoint"].values]
-        all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
-        if args.reference not in epochs:
-            where = "is not complete" if args.reference in all_epochs else "is not in the store"
-            raise FtdynError(
-                f"{arg('reference')}: epoch {args.reference} {where} ({path}: complete epochs"
-                f" {', '.join(map(str, epochs))}); pass {arg('reference')} with one of them, or"
-                " extract the source model as epoch 0 (ftdyn extract --source)."
-            )
-        if len(epochs) < 2:
-            raise FtdynError(
-                f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract"
-                " more checkpoints (or finish the extraction) first."
-            )
-        ckpt_index = [all_epochs.index(e) for e in epochs]
-        available = store_layers(ds)
-        if args.layers:
-            chosen = []
-            for name in args.layers:
-                match = [(m, v) for m, v in available if name in (m, v)]
-                if not match:
-                    raise FtdynError(
-                        f"{arg('layers')}: '{name}' is not a layer of {path}; it has "
-                        f"{', '.join(m for m, _ in available)}."
-                    )
-                chosen.append(match[0])
-            order = {m: k for k, (m, _) in enumerate(available)}
-            chosen = sorted(dict.fromkeys(chosen), key=lambda mv: order[mv[0]])
-        else:
-            chosen = available
-        n = int(ds.sizes["sample"])
-        spc = int(ds.attrs["samples_per_chunk"])
-        layers = []
-        for module, var in chosen:
-            _, _, c, h, w = ds[var].shape
-            block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
-            layers.append(
-                (
-                    module,
-                    Source(
-                        str(path.resolve()),
-                        var,
-                        spc,
-                        n,
-                        int(c),
-                        int(h),
-                        int(w),
-                        int(ds[var].dtype.itemsize),
-                        device,
-                        block,
-                        module,
-                        tuple(all_epochs),
-                    ),
-                )
-            )
-        model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
-        name = args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}"
-        exps.append(
-            Experiment(
-                path=path,
-                name=name,
-                model=model,
-                dataset=dataset,
-                epochs=epochs,
-                ckpt_index=ckpt_index,
-                ref=epochs.index(args.reference),
-                labels=np.asarray(ds["label"].values, dtype=np.int64),
-                layers=layers,
-                fingerprint=store_fingerprint(path, ds),
-                probe_dir=(ds.attrs.get("probe") or {}).get("data_dir"),
-            )
-        )
+    exps = [_open_experiment(path, i, args, device) for i, path in enumerate(stores)]
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
@@ -212,3 +136,83 @@ def open_experiments(
             f" {arg('experiment_names')}."
         )
     return exps
+
+
+def _open_experiment(path: Path, i: int, args: AnalyzeConfig, device: str) -> Experiment:
+    """The ``i``-th store (at ``path``) as an experiment."""
+    if not path.exists():
+        raise FtdynError(f"{path}: no such store.")
+    ds = open_store(path, allow_partial=args.allow_partial)
+    epochs, all_epochs = _complete_epochs(path, ds, args)
+    chosen = _chosen_layers(path, ds, args)
+    model, dataset = str(ds.attrs.get("model")), str(ds.attrs.get("dataset"))
+    return Experiment(
+        path=path,
+        name=args.experiment_names[i] if args.experiment_names else f"{model}/{dataset}",
+        model=model,
+        dataset=dataset,
+        epochs=epochs,
+        ckpt_index=[all_epochs.index(e) for e in epochs],
+        ref=epochs.index(args.reference),
+        labels=np.asarray(ds["label"].values, dtype=np.int64),
+        layers=[(m, _source(path, ds, m, v, all_epochs, device)) for m, v in chosen],
+        fingerprint=store_fingerprint(path, ds),
+        probe_dir=(ds.attrs.get("probe") or {}).get("data_dir"),
+    )
+
+
+def _complete_epochs(path: Path, ds, args: AnalyzeConfig) -> tuple[list[int], list[int]]:
+    """(complete epochs, all epochs) of a store, checked to hold the reference and another."""
+    epochs = [int(e) for e in ds["checkpoint"].values]
+    all_epochs = [int(c["epoch"]) for c in ds.attrs["checkpoints"]]
+    if args.reference not in epochs:
+        where = "is not complete" if args.reference in all_epochs else "is not in the store"
+        raise FtdynError(
+            f"{arg('reference')}: epoch {args.reference} {where} ({path}: complete epochs"
+            f" {', '.join(map(str, epochs))}); pass {arg('reference')} with one of them, or"
+            " extract the source model as epoch 0 (ftdyn extract --source)."
+        )
+    if len(epochs) < 2:
+        raise FtdynError(
+            f"{path}: only epoch {epochs[0]} is complete, nothing to compare it with; extract"
+            " more checkpoints (or finish the extraction) first."
+        )
+    return epochs, all_epochs
+
+
+def _chosen_layers(path: Path, ds, args: AnalyzeConfig) -> list[tuple[str, str]]:
+    """(module, variable) of the layers of ``args.layers`` (all: None), shallow -> deep."""
+    available = store_layers(ds)
+    if not args.layers:
+        return available
+    chosen = []
+    for name in args.layers:
+        match = [(m, v) for m, v in available if name in (m, v)]
+        if not match:
+            raise FtdynError(
+                f"{arg('layers')}: '{name}' is not a layer of {path}; it has "
+                f"{', '.join(m for m, _ in available)}."
+            )
+        chosen.append(match[0])
+    order = {m: k for k, (m, _) in enumerate(available)}
+    return sorted(dict.fromkeys(chosen), key=lambda mv: order[mv[0]])
+
+
+def _source(path: Path, ds, module: str, var: str, all_epochs: list[int], device: str) -> Source:
+    """The source of one layer's activations in the store."""
+    _, _, c, h, w = ds[var].shape
+    block = int((ds[var].encoding.get("chunks") or ds[var].shape)[2])
+    return Source(
+        str(path.resolve()),
+        var,
+        int(ds.attrs["samples_per_chunk"]),
+        int(ds.sizes["sample"]),
+        int(c),
+        int(h),
+        int(w),
+        int(ds[var].dtype.itemsize),
+        device,
+        block,
+        module,
+        tuple(all_epochs),
+    )
