@@ -233,23 +233,14 @@ def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
     return json.loads(json.dumps(attrs))  # fail early on anything not JSON-able
 
 
-def create_store(path: str | Path, spec: StoreSpec) -> Path:
-    """Pre-allocate a store at ``path`` (must not exist): metadata, coords and images.
-
-    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`.
-    """
+def _activation_variables(
+    spec: StoreSpec, spc: int, compressors: list
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Lazily zero activation arrays, one per layer, plus the chunk-completion flags."""
     import dask.array as da
 
-    path = Path(path)
-    if path.exists():
-        raise FtdynError(f"{path}: already exists; open it to resume, or remove it.")
-    _validate_spec(spec)
     n = len(spec.labels)
-    spc = spec.chunk_samples()
-    n_chunks = math.ceil(n / spc)
     n_ckpt = len(spec.checkpoints)
-    compressors = _compressors(spec.codec)
-
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     for index, layer in enumerate(spec.layers):
@@ -279,10 +270,17 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
             )
     data_vars[COMPLETE] = xr.Variable(
         ("checkpoint", "chunk"),
-        da.zeros((n_ckpt, n_chunks), chunks=(1, 1), dtype="uint8"),
+        da.zeros((n_ckpt, math.ceil(n / spc)), chunks=(1, 1), dtype="uint8"),
         attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"},
     )
     encoding[COMPLETE] = {"chunks": (1, 1), "compressors": [zarr.codecs.Crc32cCodec()]}
+    return data_vars, encoding
+
+
+def _store_dataset(spec: StoreSpec, spc: int) -> tuple[xr.Dataset, dict[str, Any]]:
+    """The whole store as a lazy dataset, with the zarr encoding of every variable."""
+    compressors = _compressors(spec.codec)
+    data_vars, encoding = _activation_variables(spec, spc, compressors)
     data_vars[IMAGES] = xr.Variable(
         ("sample", "image_y", "image_x", "rgb"),
         spec.images,
@@ -293,13 +291,7 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
         "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
     }
     # a flipped byte fails its CRC on open
-    for coord in (
-        "checkpoint",
-        "sample",
-        "label",
-        "image_path",
-        "class",
-    ):
+    for coord in _COORDS:
         encoding[coord] = {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}
 
     ds = xr.Dataset(
@@ -310,13 +302,27 @@ def create_store(path: str | Path, spec: StoreSpec) -> Path:
                 np.array([c["epoch"] for c in spec.checkpoints], dtype=np.int64),
                 {"description": "epoch of the checkpoint (0 = source model)"},
             ),
-            "sample": ("sample", np.arange(n, dtype=np.int64)),
+            "sample": ("sample", np.arange(len(spec.labels), dtype=np.int64)),
             "label": ("sample", np.asarray(spec.labels, dtype=np.int64)),
             "image_path": ("sample", np.array(spec.image_paths, dtype=object)),
             "class": ("class", np.array(spec.class_names, dtype=object)),
         },
         attrs=_attrs(spec, spc),
     )
+    return ds, encoding
+
+
+def create_store(path: str | Path, spec: StoreSpec) -> Path:
+    """Pre-allocate a store at ``path`` (must not exist): metadata, coords and images.
+
+    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FtdynError(f"{path}: already exists; open it to resume, or remove it.")
+    _validate_spec(spec)
+    ds, encoding = _store_dataset(spec, spec.chunk_samples())
+    # written under a temporary name and renamed, so a crash never leaves a half-made store
     tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
