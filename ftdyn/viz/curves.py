@@ -142,6 +142,68 @@ def _last_finite(values: np.ndarray) -> int | None:
     return int(idx[-1]) if len(idx) else None
 
 
+def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
+    """Per layer with any finite distance: x position, distance, CI and epoch at its last one."""
+    epochs = np.asarray(results["epoch"].values)
+    d = results["distance"].sel(experiment=exp, metric=metric)
+    xs, ys, los, his, last = [], [], [], [], []
+    for k, (li, _) in enumerate(layers):
+        y = np.asarray(d.sel(layer_index=li).values, dtype=float)
+        t = _last_finite(y)
+        if t is None:
+            continue
+        xs.append(k if same else (k / max(len(layers) - 1, 1)))
+        ys.append(y[t])
+        los.append(
+            float(results["ci_low"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
+        )
+        his.append(
+            float(results["ci_high"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
+        )
+        last.append(int(epochs[t]))
+    return xs, ys, los, his, last
+
+
+def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last) -> None:
+    """One experiment's distance-by-layer line, with its CI band where both ends are finite."""
+    ep = sorted(set(last))
+    ax.plot(
+        xs,
+        ys,
+        marker="o",
+        markersize=3.5,
+        linewidth=1.5,
+        color=color,
+        label=f"{exp} (epoch {'/'.join(map(str, ep))})",
+    )
+    los, his = np.array(los), np.array(his)
+    band = np.isfinite(los) & np.isfinite(his)
+    if band.any():
+        ax.fill_between(
+            np.array(xs)[band],
+            los[band],
+            his[band],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
+
+
+def _style_layer_panel(ax, results, metric: str, names: list[str] | None, first: bool) -> None:
+    """Title, grid and axis labels; layer names on x when all experiments share them."""
+    ax.set_title(metric_label(results, metric), fontsize=9)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.tick_params(labelsize=8)
+    if names is not None:
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("layer (shallow → deep)", fontsize=8)
+    else:
+        ax.set_xlabel("relative depth (0 = shallowest layer, 1 = deepest)", fontsize=8)
+    if first:
+        ax.set_ylabel(f"distance from epoch {results.attrs.get('reference_epoch')}", fontsize=8)
+
+
 def plot_by_layer(results, out: str | Path) -> list[Path]:
     """Distance at each experiment's last epoch vs layer depth, one panel per metric. PNG + SVG."""
     import matplotlib
@@ -149,9 +211,9 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
 
     exps = as_strings(results["experiment"].values)
     metrics = as_strings(results["metric"].values)
-    epochs = np.asarray(results["epoch"].values)
     layer_lists = {e: experiment_layers(results, e) for e in exps}
     same = len({tuple(n for _, n in v) for v in layer_lists.values()}) == 1
+    names = [n for _, n in layer_lists[exps[0]]] if same and exps else None
     colors = matplotlib.colormaps[EXPERIMENT_CMAP](np.arange(len(exps)) % 10)
     M = len(metrics)
     fig = Figure(figsize=(1.5 + 3.8 * M, 3.6 if same else 3.2), layout="constrained")
@@ -162,65 +224,10 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
             layers = layer_lists[exp]
             if not layers:
                 continue
-            d = results["distance"].sel(experiment=exp, metric=metric)
-            xs, ys, los, his, last = [], [], [], [], []
-            for k, (li, _) in enumerate(layers):
-                y = np.asarray(d.sel(layer_index=li).values, dtype=float)
-                t = _last_finite(y)
-                if t is None:
-                    continue
-                xs.append(k if same else (k / max(len(layers) - 1, 1)))
-                ys.append(y[t])
-                los.append(
-                    float(
-                        results["ci_low"]
-                        .sel(experiment=exp, metric=metric, layer_index=li)
-                        .values[t]
-                    )
-                )
-                his.append(
-                    float(
-                        results["ci_high"]
-                        .sel(experiment=exp, metric=metric, layer_index=li)
-                        .values[t]
-                    )
-                )
-                last.append(int(epochs[t]))
-            if not xs:
-                continue
-            ep = sorted(set(last))
-            ax.plot(
-                xs,
-                ys,
-                marker="o",
-                markersize=3.5,
-                linewidth=1.5,
-                color=colors[e],
-                label=f"{exp} (epoch {'/'.join(map(str, ep))})",
-            )
-            los, his = np.array(los), np.array(his)
-            band = np.isfinite(los) & np.isfinite(his)
-            if band.any():
-                ax.fill_between(
-                    np.array(xs)[band],
-                    los[band],
-                    his[band],
-                    color=colors[e],
-                    alpha=0.2,
-                    linewidth=0,
-                )
-        ax.set_title(metric_label(results, metric), fontsize=9)
-        ax.grid(True, linewidth=0.4, alpha=0.5)
-        ax.tick_params(labelsize=8)
-        if same and exps:
-            names = [n for _, n in layer_lists[exps[0]]]
-            ax.set_xticks(range(len(names)))
-            ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-            ax.set_xlabel("layer (shallow → deep)", fontsize=8)
-        else:
-            ax.set_xlabel("relative depth (0 = shallowest layer, 1 = deepest)", fontsize=8)
-        if m == 0:
-            ax.set_ylabel(f"distance from epoch {results.attrs.get('reference_epoch')}", fontsize=8)
+            points = _last_epoch_points(results, exp, metric, layers, same)
+            if points[0]:
+                _plot_layer_curve(ax, exp, colors[e], *points)
+        _style_layer_panel(ax, results, metric, names, m == 0)
     _legend(axes[-1], "experiment")
     fig.suptitle("Distance at the last epoch, by layer depth", fontsize=10)
     out = Path(out)
