@@ -656,98 +656,122 @@ def _render_scene(rng, g: _Grid, scene: str) -> tuple[np.ndarray, np.ndarray]:
 # ---- fruits (dissimilar domain) ----------------------------------------------------------------
 
 
+def _apple_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    body = np.minimum(_sd_circle(x, y, 0.7, -0.27, 0.08), _sd_circle(x, y, 0.7, 0.27, 0.08))
+    col = (
+        _hsv(j(-0.02, 0.02), j(0.7, 0.95), j(0.6, 0.85))
+        if rng.random() < 0.8
+        else _hsv(j(0.18, 0.25), j(0.6, 0.8), j(0.65, 0.85))
+    )
+    return [
+        (_sd_box(x, y, 0.05, 0.22, 0.02, -0.72), stem, "flat"),
+        (body, col, "body"),
+        (_sd_ellipse(*_rotate(x - 0.22, y + 0.78, 0.5), 0.22, 0.09), leaf, "flat"),
+    ]
+
+
+def _banana_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    body = np.maximum(_sd_circle(x, y, 1.0, 0.0, -0.25), -_sd_circle(x, y, 0.95, 0.0, -0.65))
+    col = _hsv(j(0.12, 0.15), j(0.7, 0.95), j(0.85, 1.0))
+    return [
+        (body, col, "body"),
+        (np.maximum(body, 0.86 - np.abs(x)), _hsv(0.08, 0.7, 0.3), "flat"),
+    ]
+
+
+def _grapes_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    parts = []
+    col = (
+        _hsv(j(0.75, 0.85), j(0.5, 0.8), j(0.3, 0.55))
+        if rng.random() < 0.7
+        else _hsv(j(0.2, 0.26), j(0.5, 0.7), j(0.6, 0.8))
+    )
+    parts.append((_sd_box(x, y, 0.04, 0.2, 0.0, -0.85), stem, "flat"))
+    rows = [(-0.55, 4), (-0.2, 4), (0.15, 3), (0.48, 2), (0.78, 1)]
+    for yy, n in rows:
+        for k in range(n):
+            xx = (k - (n - 1) / 2) * 0.34 + j(-0.04, 0.04)
+            parts.append(
+                (_sd_circle(x, y, 0.2, xx, yy + j(-0.04, 0.04)), col * j(0.85, 1.1), "body")
+            )
+    return parts
+
+
+def _lemon_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    col = _hsv(j(0.13, 0.16), j(0.75, 0.95), j(0.85, 1.0))
+    tips = np.minimum(_sd_ellipse(x, y, 0.2, 0.1, 0.8, 0.0), _sd_ellipse(x, y, 0.2, 0.1, -0.8, 0.0))
+    return [(_smin(_sd_ellipse(x, y, 0.85, 0.62), tips, 0.15), col, "body")]
+
+
+def _orange_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    col = _hsv(j(0.06, 0.09), j(0.85, 1.0), j(0.85, 1.0))
+    return [
+        (_sd_circle(x, y, 0.88), col, "body"),
+        (_sd_circle(x, y, 0.08, 0.0, -0.62), _hsv(0.2, 0.5, 0.4), "flat"),
+    ]
+
+
+def _pear_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    col = _hsv(j(0.17, 0.24), j(0.55, 0.8), j(0.6, 0.85))
+    body = _smin(_sd_circle(x, y, 0.6, 0.0, 0.35), _sd_circle(x, y, 0.34, 0.0, -0.34), 0.45)
+    return [(_sd_box(x, y, 0.04, 0.2, 0.04, -0.8), stem, "flat"), (body, col, "body")]
+
+
+def _cherry_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    col = _hsv(j(0.97, 1.0), j(0.8, 1.0), j(0.45, 0.75))
+    s1 = _sd_polygon(
+        x, y, np.array([[0.05, -0.9], [0.12, -0.9], [-0.3, 0.2], [-0.38, 0.2]], np.float32)
+    )
+    s2 = _sd_polygon(
+        x, y, np.array([[0.05, -0.9], [0.12, -0.9], [0.42, 0.25], [0.34, 0.25]], np.float32)
+    )
+    return [
+        (np.minimum(s1, s2), _hsv(0.2, 0.6, 0.4), "flat"),
+        (_sd_circle(x, y, 0.36, -0.36, 0.45), col, "body"),
+        (_sd_circle(x, y, 0.36, 0.4, 0.5), col * 0.9, "body"),
+    ]
+
+
+def _strawberry_parts(j, rng, x: np.ndarray, y: np.ndarray, stem, leaf) -> list:
+    col = _hsv(j(0.97, 1.01), j(0.8, 1.0), j(0.7, 0.95))
+    tri = np.array([[-0.68, -0.35], [0.68, -0.35], [0.0, 0.78]], np.float32)
+    body = _sd_polygon(x, y, tri) - 0.22
+    seeds = (
+        np.sqrt(((x * 6.5 + 0.5 * (np.floor(y * 6) % 2)) % 1 - 0.5) ** 2 + ((y * 6) % 1 - 0.5) ** 2)
+        - 0.13
+    )
+    calyx = _sd_polygon(
+        x,
+        y,
+        _star(5, 0.45, 0.15) * np.array([1.0, 0.5], np.float32)
+        + np.array([0.0, -0.55], np.float32),
+    )
+    return [
+        (body, col, "body"),
+        (np.maximum(body + 0.05, seeds), _hsv(0.14, 0.6, 0.95), "flat"),
+        (calyx, leaf, "flat"),
+    ]
+
+
+_FRUIT_PARTS = {
+    "apple": _apple_parts,
+    "banana": _banana_parts,
+    "grapes": _grapes_parts,
+    "lemon": _lemon_parts,
+    "orange": _orange_parts,
+    "pear": _pear_parts,
+    "cherry": _cherry_parts,
+    "strawberry": _strawberry_parts,
+}
+
+
 def _fruit_parts(fruit: str, rng, x: np.ndarray, y: np.ndarray):
     """[(sdf in object units, rgb, kind)] painted in order; kind in {'body', 'flat'}."""
     j = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
-    parts = []
+    # stem and leaf colours are drawn for every fruit, so each fruit's random stream is unchanged
     stem = _hsv(j(0.07, 0.1), j(0.5, 0.8), j(0.25, 0.4))
     leaf = _hsv(j(0.25, 0.33), j(0.6, 0.9), j(0.4, 0.65))
-    if fruit == "apple":
-        body = np.minimum(_sd_circle(x, y, 0.7, -0.27, 0.08), _sd_circle(x, y, 0.7, 0.27, 0.08))
-        col = (
-            _hsv(j(-0.02, 0.02), j(0.7, 0.95), j(0.6, 0.85))
-            if rng.random() < 0.8
-            else _hsv(j(0.18, 0.25), j(0.6, 0.8), j(0.65, 0.85))
-        )
-        parts += [
-            (_sd_box(x, y, 0.05, 0.22, 0.02, -0.72), stem, "flat"),
-            (body, col, "body"),
-            (_sd_ellipse(*_rotate(x - 0.22, y + 0.78, 0.5), 0.22, 0.09), leaf, "flat"),
-        ]
-    elif fruit == "banana":
-        body = np.maximum(_sd_circle(x, y, 1.0, 0.0, -0.25), -_sd_circle(x, y, 0.95, 0.0, -0.65))
-        col = _hsv(j(0.12, 0.15), j(0.7, 0.95), j(0.85, 1.0))
-        parts += [
-            (body, col, "body"),
-            (np.maximum(body, 0.86 - np.abs(x)), _hsv(0.08, 0.7, 0.3), "flat"),
-        ]
-    elif fruit == "grapes":
-        col = (
-            _hsv(j(0.75, 0.85), j(0.5, 0.8), j(0.3, 0.55))
-            if rng.random() < 0.7
-            else _hsv(j(0.2, 0.26), j(0.5, 0.7), j(0.6, 0.8))
-        )
-        parts.append((_sd_box(x, y, 0.04, 0.2, 0.0, -0.85), stem, "flat"))
-        rows = [(-0.55, 4), (-0.2, 4), (0.15, 3), (0.48, 2), (0.78, 1)]
-        for yy, n in rows:
-            for k in range(n):
-                xx = (k - (n - 1) / 2) * 0.34 + j(-0.04, 0.04)
-                parts.append(
-                    (_sd_circle(x, y, 0.2, xx, yy + j(-0.04, 0.04)), col * j(0.85, 1.1), "body")
-                )
-    elif fruit == "lemon":
-        col = _hsv(j(0.13, 0.16), j(0.75, 0.95), j(0.85, 1.0))
-        tips = np.minimum(
-            _sd_ellipse(x, y, 0.2, 0.1, 0.8, 0.0), _sd_ellipse(x, y, 0.2, 0.1, -0.8, 0.0)
-        )
-        parts.append((_smin(_sd_ellipse(x, y, 0.85, 0.62), tips, 0.15), col, "body"))
-    elif fruit == "orange":
-        col = _hsv(j(0.06, 0.09), j(0.85, 1.0), j(0.85, 1.0))
-        parts += [
-            (_sd_circle(x, y, 0.88), col, "body"),
-            (_sd_circle(x, y, 0.08, 0.0, -0.62), _hsv(0.2, 0.5, 0.4), "flat"),
-        ]
-    elif fruit == "pear":
-        col = _hsv(j(0.17, 0.24), j(0.55, 0.8), j(0.6, 0.85))
-        body = _smin(_sd_circle(x, y, 0.6, 0.0, 0.35), _sd_circle(x, y, 0.34, 0.0, -0.34), 0.45)
-        parts += [(_sd_box(x, y, 0.04, 0.2, 0.04, -0.8), stem, "flat"), (body, col, "body")]
-    elif fruit == "cherry":
-        col = _hsv(j(0.97, 1.0), j(0.8, 1.0), j(0.45, 0.75))
-        s1 = _sd_polygon(
-            x, y, np.array([[0.05, -0.9], [0.12, -0.9], [-0.3, 0.2], [-0.38, 0.2]], np.float32)
-        )
-        s2 = _sd_polygon(
-            x, y, np.array([[0.05, -0.9], [0.12, -0.9], [0.42, 0.25], [0.34, 0.25]], np.float32)
-        )
-        parts += [
-            (np.minimum(s1, s2), _hsv(0.2, 0.6, 0.4), "flat"),
-            (_sd_circle(x, y, 0.36, -0.36, 0.45), col, "body"),
-            (_sd_circle(x, y, 0.36, 0.4, 0.5), col * 0.9, "body"),
-        ]
-    elif fruit == "strawberry":
-        col = _hsv(j(0.97, 1.01), j(0.8, 1.0), j(0.7, 0.95))
-        tri = np.array([[-0.68, -0.35], [0.68, -0.35], [0.0, 0.78]], np.float32)
-        body = _sd_polygon(x, y, tri) - 0.22
-        seeds = (
-            np.sqrt(
-                ((x * 6.5 + 0.5 * (np.floor(y * 6) % 2)) % 1 - 0.5) ** 2 + ((y * 6) % 1 - 0.5) ** 2
-            )
-            - 0.13
-        )
-        calyx = _sd_polygon(
-            x,
-            y,
-            _star(5, 0.45, 0.15) * np.array([1.0, 0.5], np.float32)
-            + np.array([0.0, -0.55], np.float32),
-        )
-        parts += [
-            (body, col, "body"),
-            (np.maximum(body + 0.05, seeds), _hsv(0.14, 0.6, 0.95), "flat"),
-            (calyx, leaf, "flat"),
-        ]
-    else:  # pragma: no cover - guarded by CLASSES
-        raise KeyError(fruit)
-    return parts
+    return _FRUIT_PARTS[fruit](j, rng, x, y, stem, leaf)  # KeyError: guarded by CLASSES
 
 
 def _render_fruit(rng, g: _Grid, fruit: str) -> tuple[np.ndarray, np.ndarray]:
