@@ -860,6 +860,82 @@ def load_into_model(
     return weights.epoch
 
 
+def _adapt_head(model: nn.Module, mapped: dict[str, torch.Tensor]) -> None:
+    """Resize the model's head to the file's class count when only that count differs."""
+    weight = mapped.get(f"{head_name(model)}.weight")
+    if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
+        replace_head(model, int(weight.shape[0]))
+
+
+def _mismatch_hint(
+    model: nn.Module,
+    arch: str | None,
+    mapped: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    missing: list[str],
+    unexpected: list[str],
+    shapes: list[str],
+) -> str:
+    """What to try when the state dict does not fit: the arch, timm's twin, or the class count."""
+    twin = timm_twin(arch) if arch and (missing or unexpected) else None
+    hint = (
+        f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's {arch})"
+        if twin
+        else f"check {arg('arch')} or the file"
+    )
+    try:
+        head = head_name(model)
+        if (
+            shapes
+            and all(s.startswith(f"{head}.") for s in shapes)
+            and not missing
+            and not unexpected
+        ):
+            hint = (
+                f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]}"
+                f" classes, model: {own[f'{head}.weight'].shape[0]}); build the model with the"
+                " file's class count"
+            )
+    except FtdynError:
+        pass
+    return hint
+
+
+def _check_fits(
+    model: nn.Module,
+    mapped: dict[str, torch.Tensor],
+    *,
+    source: str,
+    name: str,
+    arch: str | None,
+    prefix: str,
+) -> dict[str, torch.Tensor]:
+    """``mapped`` completed with untracked batch-norm counters; raises if keys or shapes differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    if missing and all(k.endswith("num_batches_tracked") for k in missing):
+        mapped = {**mapped, **{k: own[k] for k in missing}}
+        missing = []
+    unexpected = [k for k in mapped if k not in own]
+    shapes = [
+        f"{k}: file {list(mapped[k].shape)} vs model {list(own[k].shape)}"
+        for k in own
+        if k in mapped and mapped[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_summary(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_summary(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_summary(shapes, 2)}")
+        hint = _mismatch_hint(model, arch, mapped, own, missing, unexpected, shapes)
+        via = f" (after stripping prefix '{prefix}')" if prefix else ""
+        raise FtdynError(f"{source}: does not fit {name}{via}: {'; '.join(parts)}; {hint}.")
+    return mapped
+
+
 def load_state_into_model(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -882,56 +958,8 @@ def load_state_into_model(
         optional_prefix=optional_prefix,
     )
     if adapt_head:
-        weight = mapped.get(f"{head_name(model)}.weight")
-        if (
-            weight is not None
-            and fits_head(model, weight)
-            and weight.shape[0] != num_classes_of(model)
-        ):
-            replace_head(model, int(weight.shape[0]))
-    own = model.state_dict()
-    missing = [k for k in own if k not in mapped]
-    if missing and all(k.endswith("num_batches_tracked") for k in missing):
-        mapped = {**mapped, **{k: own[k] for k in missing}}
-        missing = []
-    unexpected = [k for k in mapped if k not in own]
-    shapes = [
-        f"{k}: file {list(mapped[k].shape)} vs model {list(own[k].shape)}"
-        for k in own
-        if k in mapped and mapped[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_summary(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_summary(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches {_summary(shapes, 2)}")
-        twin = timm_twin(arch) if arch and (missing or unexpected) else None
-        hint = (
-            f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's"
-            f" {arch})"
-            if twin
-            else f"check {arg('arch')} or the file"
-        )
-        try:
-            head = head_name(model)
-            if (
-                shapes
-                and all(s.startswith(f"{head}.") for s in shapes)
-                and not missing
-                and not unexpected
-            ):
-                hint = (
-                    f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]}"
-                    f" classes, model: {own[f'{head}.weight'].shape[0]}); build the model with the"
-                    " file's class count"
-                )
-        except FtdynError:
-            pass
-        via = f" (after stripping prefix '{prefix}')" if prefix else ""
-        raise FtdynError(f"{source}: does not fit {name}{via}: {'; '.join(parts)}; {hint}.")
+        _adapt_head(model, mapped)
+    mapped = _check_fits(model, mapped, source=source, name=name, arch=arch, prefix=prefix)
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice
