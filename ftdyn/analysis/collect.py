@@ -75,6 +75,65 @@ def _gather(
     return np.concatenate([np.asarray(p[key][metric]).reshape(*lead, -1) for p in parts], axis=-1)
 
 
+def _job_parts(job: Job, it, T: int, ref: int) -> list:
+    """The next results of ``it`` that belong to ``job``, one per filter group."""
+    if job.side == "row":
+        return [
+            _join_ckpt_groups([next(it) for _ in job.ckpt_groups], job.ckpt_groups, T, ref)
+            for _ in job.groups
+        ]
+    return [next(it) for _ in job.groups]
+
+
+def _map_bootstrap(ref_vals: np.ndarray, exp: Experiment, args: AnalyzeConfig, exp_index: int):
+    """CI and replicates (N, T) of the layer value, resampling the shared sample indices."""
+    idx = shared_boot_indices(len(exp.labels), args, exp_index)
+    reps = np.stack(
+        [_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1] for ii in idx]
+    )
+    return S.percentile_interval(reps, axis=0), reps  # reps: paired across layers (interpret)
+
+
+def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: str, parts: list):
+    """Fill ``rec`` for a map metric; returns (per-filter values, trajectory matrix)."""
+    T, ref = len(exp.epochs), exp.ref
+    vals = np.concatenate([p[m] for p in parts], axis=-1)  # (P, n, C)
+    pairs = map_pairs(T, ref, job.mode)
+    per_filter_vals, layer_pair, cells = _aggregate_map(vals, exp.labels, args.map_average)
+    ref_rows = [
+        pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref)) for t in range(T)
+    ]
+    filt = per_filter_vals[ref_rows]
+    rec["layer_value"] = layer_pair[ref_rows]
+    if cells is not None:
+        rec["cells"] = cells[ref_rows]  # (T, classes, C): the published agreement's input
+    rec["n_nan_maps"] = np.isnan(vals[ref_rows]).sum(axis=(1, 2))
+    traj = np.full((T, T), np.nan)
+    for i, (a, b) in enumerate(pairs):
+        traj[a, b] = traj[b, a] = layer_pair[i]
+    if args.bootstrap and (args.bootstrap_metrics is None or m in args.bootstrap_metrics):
+        rec["ci"], rec["reps"] = _map_bootstrap(vals[ref_rows], exp, args, job.exp)
+    return filt, traj
+
+
+def _values_record(rec: dict, parts: list, m: str, T: int, ref: int, per_filter: bool):
+    """Fill ``rec`` for a row/pair metric; returns (per-filter values or None, values, traj)."""
+    values = _gather(parts, "values", m, (T,), per_filter)
+    filt = values if per_filter else None
+    if parts[0]["traj"]:
+        traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[0]
+    else:
+        traj = np.full((T, T), np.nan)
+        lv = _layer_values(values, per_filter)[0]
+        traj[ref, :] = lv
+        traj[:, ref] = lv
+    if m in parts[0]["reps"]:
+        reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
+        rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
+        rec["ci"] = S.percentile_interval(rec["reps"], axis=0)
+    return filt, values, traj
+
+
 def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> dict:
     """Per (experiment, metric, layer) arrays in each experiment's own epoch order."""
     out: dict[tuple[int, str, int], dict] = {}
@@ -82,65 +141,14 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
     for job in jobs:
         exp = exps[job.exp]
         T, ref = len(exp.epochs), exp.ref
-        if job.side == "row":
-            parts = [
-                _join_ckpt_groups([next(it) for _ in job.ckpt_groups], job.ckpt_groups, T, ref)
-                for _ in job.groups
-            ]
-        else:
-            parts = [next(it) for _ in job.groups]
+        parts = _job_parts(job, it, T, ref)
         per_filter = V.is_per_filter(job.view)
         for m in job.metrics:
             rec: dict[str, Any] = {"view": job.view, "side": job.side, "mode": job.mode}
             if job.side == "map":
-                vals = np.concatenate([p[m] for p in parts], axis=-1)  # (P, n, C)
-                pairs = map_pairs(T, ref, job.mode)
-                per_filter_vals, layer_pair, cells = _aggregate_map(
-                    vals, exp.labels, args.map_average
-                )
-                ref_rows = [
-                    pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref))
-                    for t in range(T)
-                ]
-                filt = per_filter_vals[ref_rows]
-                rec["layer_value"] = layer_pair[ref_rows]
-                if cells is not None:
-                    rec["cells"] = cells[
-                        ref_rows
-                    ]  # (T, classes, C): the published agreement's input
-                rec["n_nan_maps"] = np.isnan(vals[ref_rows]).sum(axis=(1, 2))
-                traj = np.full((T, T), np.nan)
-                for i, (a, b) in enumerate(pairs):
-                    traj[a, b] = traj[b, a] = layer_pair[i]
-                if args.bootstrap and (
-                    args.bootstrap_metrics is None or m in args.bootstrap_metrics
-                ):
-                    idx = shared_boot_indices(len(exp.labels), args, job.exp)
-                    ref_vals = vals[ref_rows]  # (T, n, C)
-                    reps = np.stack(
-                        [
-                            _aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1]
-                            for ii in idx
-                        ]
-                    )
-                    rec["ci"] = S.percentile_interval(reps, axis=0)
-                    rec["reps"] = reps  # (N, T) layer values, paired across layers (interpret)
+                filt, traj = _map_record(rec, exp, args, job, m, parts)
             else:
-                values = _gather(parts, "values", m, (T,), per_filter)
-                filt = values if per_filter else None
-                if parts[0]["traj"]:
-                    traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[
-                        0
-                    ]
-                else:
-                    traj = np.full((T, T), np.nan)
-                    lv = _layer_values(values, per_filter)[0]
-                    traj[ref, :] = lv
-                    traj[:, ref] = lv
-                if m in parts[0]["reps"]:
-                    reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
-                    rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
-                    rec["ci"] = S.percentile_interval(rec["reps"], axis=0)
+                filt, values, traj = _values_record(rec, parts, m, T, ref, per_filter)
             if filt is not None:
                 layer_val, n_nan = _layer_values(filt, True)
                 layer_val = rec.pop("layer_value", layer_val)
