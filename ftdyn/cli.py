@@ -10,6 +10,7 @@ Each command imports its API module inside the function, for start-up speed: ``f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -88,6 +89,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _config(config_type: type, params: dict, **renamed):
+    """``config_type`` built from a command's parameters (its ``locals()``): each parameter named
+    like a field, ``no_progress`` as ``progress``, and ``renamed`` for the flags named otherwise,
+    so the field list is written once, in the signature."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    values = {key: value for key, value in params.items() if key in names}
+    values["progress"] = not params["no_progress"]
+    return config_type(**values, **renamed)
+
+
 @app.callback()
 def main(
     version: Annotated[
@@ -137,10 +148,20 @@ def layers(
             typer.echo(f"{mark} {info.name:<50} {info.kind:<12} {shape}")
 
 
-def _extract_option(name: str, **kwargs):
+def _extract_default(name: str):
+    return default(ExtractConfig, name)
+
+
+def _option(config_type: type, name: str, *decls: str, **kwargs):
+    """The option of ``config_type``'s field ``name``: its help text comes from the config
+    (``decls``: the flag's spellings when they are not ``--field-name``)."""
+    return typer.Option(*decls, help=help_text(config_type, name), **kwargs)
+
+
+def _extract(name: str, *decls: str):
     """The `ftdyn extract` option of ExtractConfig field ``name``: its help text comes from
     the config."""
-    return typer.Option(*kwargs.pop("decls", ()), help=help_text(ExtractConfig, name), **kwargs)
+    return _option(ExtractConfig, name, *decls)
 
 
 @app.command()
@@ -168,59 +189,45 @@ def extract(
             "resumed/extended when it exists."
         ),
     ],
-    arch: Annotated[Optional[str], _extract_option("arch")] = default(ExtractConfig, "arch"),
-    source: Annotated[Optional[str], _extract_option("source")] = default(ExtractConfig, "source"),
-    layer: Annotated[Optional[list[str]], _extract_option("layers", decls=("--layer",))] = default(
-        ExtractConfig, "layers"
+    arch: Annotated[Optional[str], _extract("arch")] = _extract_default("arch"),
+    source: Annotated[Optional[str], _extract("source")] = _extract_default("source"),
+    layer: Annotated[Optional[list[str]], _extract("layers", "--layer")] = _extract_default(
+        "layers"
     ),
-    per_class: Annotated[Optional[int], _extract_option("per_class")] = default(
-        ExtractConfig, "per_class"
+    per_class: Annotated[Optional[int], _extract("per_class")] = _extract_default("per_class"),
+    max_samples: Annotated[Optional[int], _extract("max_samples")] = _extract_default(
+        "max_samples"
     ),
-    max_samples: Annotated[Optional[int], _extract_option("max_samples")] = default(
-        ExtractConfig, "max_samples"
+    seed: Annotated[int, _extract("probe_seed")] = _extract_default("probe_seed"),
+    input_size: Annotated[Optional[int], _extract("input_size")] = _extract_default("input_size"),
+    batch_size: Annotated[int, _extract("batch_size")] = _extract_default("batch_size"),
+    dtype: Annotated[str, _extract("dtype")] = _extract_default("dtype"),
+    codec: Annotated[str, _extract("codec")] = _extract_default("codec"),
+    chunk_samples: Annotated[Optional[int], _extract("samples_per_chunk")] = _extract_default(
+        "samples_per_chunk"
     ),
-    seed: Annotated[int, _extract_option("probe_seed")] = default(ExtractConfig, "probe_seed"),
-    input_size: Annotated[Optional[int], _extract_option("input_size")] = default(
-        ExtractConfig, "input_size"
-    ),
-    batch_size: Annotated[int, _extract_option("batch_size")] = default(
-        ExtractConfig, "batch_size"
-    ),
-    dtype: Annotated[str, _extract_option("dtype")] = default(ExtractConfig, "dtype"),
-    codec: Annotated[str, _extract_option("codec")] = default(ExtractConfig, "codec"),
-    chunk_samples: Annotated[Optional[int], _extract_option("samples_per_chunk")] = default(
-        ExtractConfig, "samples_per_chunk"
-    ),
-    device: Annotated[str, _extract_option("device")] = default(ExtractConfig, "device"),
+    device: Annotated[str, _extract("device")] = _extract_default("device"),
     trust_checkpoint: Annotated[
-        bool, _extract_option("trust_checkpoint", decls=("--trust-checkpoint",))
-    ] = default(ExtractConfig, "trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _extract_option("state_prefix")] = default(
-        ExtractConfig, "state_prefix"
+        bool, _extract("trust_checkpoint", "--trust-checkpoint")
+    ] = _extract_default("trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _extract("state_prefix")] = _extract_default(
+        "state_prefix"
     ),
-    weights_copy: Annotated[str, _extract_option("weights_copy")] = default(
-        ExtractConfig, "weights_copy"
+    weights_copy: Annotated[str, _extract("weights_copy")] = _extract_default("weights_copy"),
+    normalize: Annotated[Optional[str], _extract("normalize")] = _extract_default("normalize"),
+    model_name: Annotated[Optional[str], _extract("model_name")] = _extract_default("model_name"),
+    dataset_name: Annotated[Optional[str], _extract("dataset_name")] = _extract_default(
+        "dataset_name"
     ),
-    normalize: Annotated[Optional[str], _extract_option("normalize")] = default(
-        ExtractConfig, "normalize"
-    ),
-    model_name: Annotated[Optional[str], _extract_option("model_name")] = default(
-        ExtractConfig, "model_name"
-    ),
-    dataset_name: Annotated[Optional[str], _extract_option("dataset_name")] = default(
-        ExtractConfig, "dataset_name"
-    ),
-    writers: Annotated[Optional[int], _extract_option("writers")] = default(
-        ExtractConfig, "writers"
-    ),
+    writers: Annotated[Optional[int], _extract("writers")] = _extract_default("writers"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bars.")
-    ] = not default(ExtractConfig, "progress"),
+    ] = not _extract_default("progress"),
     random_init_baseline: Annotated[
-        bool, _extract_option("random_init_baseline", decls=("--random-init-baseline",))
-    ] = default(ExtractConfig, "random_init_baseline"),
-    random_init_seed: Annotated[int, _extract_option("random_init_seed")] = default(
-        ExtractConfig, "random_init_seed"
+        bool, _extract("random_init_baseline", "--random-init-baseline")
+    ] = _extract_default("random_init_baseline"),
+    random_init_seed: Annotated[int, _extract("random_init_seed")] = _extract_default(
+        "random_init_seed"
     ),
 ) -> None:
     """Replay every checkpoint of CKPTS_DIR on the probe images and store the layers' activations.
@@ -230,37 +237,14 @@ def extract(
     """
     from .extraction import extract as run_extract
 
-    config = ExtractConfig(
-        arch=arch,
-        source=source,
+    config = _config(
+        ExtractConfig,
+        locals(),
         layers=layer or None,
-        per_class=per_class,
-        max_samples=max_samples,
         probe_seed=seed,
-        input_size=input_size,
-        batch_size=batch_size,
-        dtype=dtype,
-        codec=codec,
         samples_per_chunk=chunk_samples,
-        device=device,
-        trust_checkpoint=trust_checkpoint,
-        state_prefix=state_prefix,
-        weights_copy=weights_copy,
-        normalize=normalize,
-        model_name=model_name,
-        dataset_name=dataset_name,
-        writers=writers,
-        progress=not no_progress,
-        random_init_baseline=random_init_baseline,
-        random_init_seed=random_init_seed,
     )
     run_extract(ckpts_dir, data=data, out=out, config=config)
-
-
-def _option(config_type: type, name: str, *decls: str, **kwargs):
-    """The option of ``config_type``'s field ``name``: its help text comes from the config
-    (``decls``: the flag's spellings when they are not ``--field-name``)."""
-    return typer.Option(*decls, help=help_text(config_type, name), **kwargs)
 
 
 def _analyze(name: str, *decls: str):
@@ -335,26 +319,14 @@ def analyze(
     """
     from .analysis import analyze as run_analyze
 
-    config = AnalyzeConfig(
+    config = _config(
+        AnalyzeConfig,
+        locals(),
         metrics=metric,
         views=view,
-        alpha=alpha,
-        reference=reference,
-        preset=preset,
         layers=layer,
-        bootstrap=bootstrap,
-        seed=seed,
         bootstrap_metrics=bootstrap_metric,
-        bootstrap_groups=bootstrap_groups,
         experiment_names=name,
-        trajectory=trajectory,
-        allow_partial=allow_partial,
-        memory_limit=memory_limit,
-        workers=workers,
-        device=device,
-        scheduler=scheduler,
-        overwrite=overwrite,
-        progress=not no_progress,
     )
     ds = run_analyze(stores, out=out, config=config)
     typer.echo(
@@ -494,10 +466,14 @@ def info(
         typer.echo(f"  epoch {c['epoch']:>3}  {c['file']:<{width}}  {sha:<12}  {state}")
 
 
-def _train_option(name: str, **kwargs):
+def _train_default(name: str):
+    return default(TrainConfig, name)
+
+
+def _train(name: str, *decls: str):
     """The `ftdyn train` option of TrainConfig field ``name``: its help text comes from
     the config."""
-    return typer.Option(*kwargs.pop("decls", ()), help=help_text(TrainConfig, name), **kwargs)
+    return _option(TrainConfig, name, *decls)
 
 
 @app.command()
@@ -510,42 +486,34 @@ def train(
             "DATA_DIR/val/<class>/*, or DATA_DIR/<class>/* with --val-split."
         ),
     ],
-    arch: Annotated[str, _train_option("arch")],
+    arch: Annotated[str, _train("arch")],
     out: Annotated[
         Path,
         typer.Option(
             help="Output folder for the checkpoint series (epoch_000.pt ... and manifest.json)."
         ),
     ],
-    weights: Annotated[str, _train_option("weights")] = default(TrainConfig, "weights"),
-    init: Annotated[Optional[Path], _train_option("init")] = default(TrainConfig, "init"),
-    epochs: Annotated[int, _train_option("epochs")] = default(TrainConfig, "epochs"),
-    batch_size: Annotated[int, _train_option("batch_size")] = default(TrainConfig, "batch_size"),
-    lr: Annotated[float, _train_option("lr")] = default(TrainConfig, "lr"),
-    crop_scale: Annotated[float, _train_option("crop_scale")] = default(TrainConfig, "crop_scale"),
-    optimizer: Annotated[str, _train_option("optimizer")] = default(TrainConfig, "optimizer"),
-    val_split: Annotated[Optional[float], _train_option("val_split")] = default(
-        TrainConfig, "val_split"
-    ),
-    input_size: Annotated[int, _train_option("input_size")] = default(TrainConfig, "input_size"),
-    seed: Annotated[int, _train_option("seed")] = default(TrainConfig, "seed"),
-    device: Annotated[str, _train_option("device")] = default(TrainConfig, "device"),
-    workers: Annotated[int, _train_option("num_workers")] = default(TrainConfig, "num_workers"),
-    resume: Annotated[bool, _train_option("resume", decls=("--resume",))] = default(
-        TrainConfig, "resume"
-    ),
-    overwrite: Annotated[bool, _train_option("overwrite", decls=("--overwrite",))] = default(
-        TrainConfig, "overwrite"
-    ),
+    weights: Annotated[str, _train("weights")] = _train_default("weights"),
+    init: Annotated[Optional[Path], _train("init")] = _train_default("init"),
+    epochs: Annotated[int, _train("epochs")] = _train_default("epochs"),
+    batch_size: Annotated[int, _train("batch_size")] = _train_default("batch_size"),
+    lr: Annotated[float, _train("lr")] = _train_default("lr"),
+    crop_scale: Annotated[float, _train("crop_scale")] = _train_default("crop_scale"),
+    optimizer: Annotated[str, _train("optimizer")] = _train_default("optimizer"),
+    val_split: Annotated[Optional[float], _train("val_split")] = _train_default("val_split"),
+    input_size: Annotated[int, _train("input_size")] = _train_default("input_size"),
+    seed: Annotated[int, _train("seed")] = _train_default("seed"),
+    device: Annotated[str, _train("device")] = _train_default("device"),
+    workers: Annotated[int, _train("num_workers")] = _train_default("num_workers"),
+    resume: Annotated[bool, _train("resume", "--resume")] = _train_default("resume"),
+    overwrite: Annotated[bool, _train("overwrite", "--overwrite")] = _train_default("overwrite"),
     trust_checkpoint: Annotated[
-        bool, _train_option("trust_checkpoint", decls=("--trust-checkpoint",))
-    ] = default(TrainConfig, "trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _train_option("state_prefix")] = default(
-        TrainConfig, "state_prefix"
-    ),
+        bool, _train("trust_checkpoint", "--trust-checkpoint")
+    ] = _train_default("trust_checkpoint"),
+    state_prefix: Annotated[Optional[str], _train("state_prefix")] = _train_default("state_prefix"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")
-    ] = not default(TrainConfig, "progress"),
+    ] = not _train_default("progress"),
 ) -> None:
     """Fine-tune ARCH on DATA_DIR (every layer, new head) and save one checkpoint per epoch.
 
@@ -555,26 +523,7 @@ def train(
     from .checkpoints import read_manifest
     from .training import train as run_training
 
-    config = TrainConfig(
-        arch=arch,
-        weights=weights,
-        init=init,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        val_split=val_split,
-        input_size=input_size,
-        seed=seed,
-        device=device,
-        num_workers=workers,
-        resume=resume,
-        overwrite=overwrite,
-        trust_checkpoint=trust_checkpoint,
-        progress=not no_progress,
-        crop_scale=crop_scale,
-        state_prefix=state_prefix,
-    )
+    config = _config(TrainConfig, locals(), num_workers=workers)
     folder = run_training(data_dir, out=out, config=config)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])

@@ -184,7 +184,7 @@ def demo(
     seed = check_seed(seed)
     size = SIZES["quick" if quick else "default"]
     started = time.perf_counter()
-    data, series, stores = out / "data", out / "series", out / "stores"
+    data = out / "data"
 
     def step(text: str) -> None:
         stage(f"[demo {time.perf_counter() - started:6.1f}s] {text}")
@@ -198,6 +198,46 @@ def demo(
         )
         return data
     weights = source_weights(log.info)
+    store_paths, targets_info = _train_and_extract(
+        targets, weights, out, size, seed=seed, device=device, progress=progress, step=step
+    )
+    step("analyzing the three stores together")
+    results_dir = out / ("results" if weights != "none" else "results-random-init")
+    results = analyze(
+        store_paths,
+        out=results_dir,
+        memory_limit=ANALYZE_MEMORY,
+        progress=progress,
+        bootstrap=size.bootstrap,
+        bootstrap_metrics=list(BOOTSTRAP_METRICS),
+        bootstrap_groups=BOOTSTRAP_GROUPS,
+        seed=seed,
+    )
+    step("drawing figures and writing the report")
+    page = report(results_dir, stores=store_paths)
+    table = findings(results)
+    summary = {
+        "size": asdict(size),
+        "arch": ARCH,
+        "weights": Path(weights).name if weights != "none" else "none",
+        "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 1),
+        "targets": targets_info,
+        "findings": table,
+    }
+    _add_findings(results_dir, page, summary)
+    print(format_findings(table, targets_info))
+    step(f"done; open {page}")
+    return page
+
+
+def _train_and_extract(
+    targets: dict, weights: str, out: Path, size, *, seed: int, device: str, progress: bool, step
+) -> tuple[list[Path], dict]:
+    """Fine-tune on each target and extract its store; returns the stores and, per run, the
+    accuracies and linear probes."""
+    series, stores = out / "series", out / "stores"
     common = dict(
         arch=ARCH,
         batch_size=size.batch_size,
@@ -236,45 +276,21 @@ def demo(
         )
         store_paths.append(store)
         targets_info[name] = {**target_accuracy(target_series), "linear_probe": probe_layers(store)}
+    return store_paths, targets_info
 
-    step("analyzing the three stores together")
-    results_dir = out / ("results" if weights != "none" else "results-random-init")
-    results = analyze(
-        store_paths,
-        out=results_dir,
-        memory_limit=ANALYZE_MEMORY,
-        progress=progress,
-        bootstrap=size.bootstrap,
-        bootstrap_metrics=list(BOOTSTRAP_METRICS),
-        bootstrap_groups=BOOTSTRAP_GROUPS,
-        seed=seed,
-    )
-    step("drawing figures and writing the report")
-    page = report(results_dir, stores=store_paths)
-    table = findings(results)
-    summary = {
-        "size": asdict(size),
-        "arch": ARCH,
-        "weights": Path(weights).name if weights != "none" else "none",
-        "weights_sha256": MOBILENET_V2_SHA256 if weights != "none" else None,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - started, 1),
-        "targets": targets_info,
-        "findings": table,
-    }
 
-    def add_findings(
-        folder: Path,
-    ) -> list[str]:  # a new version of the result set: findings.json, report.html
+def _add_findings(results_dir: Path, page: Path, summary: dict) -> None:
+    """Add findings.json and the findings section of report.html as a new version of the
+    result set."""
+    table, targets_info = summary["findings"], summary["targets"]
+
+    def add_findings(folder: Path) -> list[str]:
         (folder / "findings.json").write_text(json.dumps(summary, indent=2))
         add_to_report(folder / page.name, findings_html(table, targets_info))
         return ["findings.json", page.name]
 
     with folder_lock(results_dir):
         update_result_set(results_dir, add_findings)
-    print(format_findings(table, targets_info))
-    step(f"done; open {page}")
-    return page
 
 
 def target_accuracy(series: Path) -> dict:
