@@ -451,3 +451,56 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
         assert np.array_equal(np.isnan(row), np.isnan(direct[:, t])) and np.isnan(row[:, 3]).any()
         np.testing.assert_allclose(row, direct[:, t], rtol=0, atol=1e-10)
         np.testing.assert_allclose(gram[t], direct[:, t], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bootstrap", [0, 12])
+def test_convergence_subsets_equal_the_metrics_on_those_images(tmp_path, bootstrap):
+    """Every fraction of ``convergence`` is the metric computed directly on the images of its
+    nested subset: with a bootstrap the row-side subsets come from the main pass's groups (8),
+    without one from the convergence run's own (4, the first 2 kept); the Gram side (features.3:
+    36 columns > 24 images) cuts its subsets out of the Grams. The baseline is no epoch."""
+    from ftdyn.analysis.plan import nested_subsets, nested_units
+
+    rng = np.random.default_rng(11)
+    src = _acts(rng)
+    series = [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)]
+    path = make_store(tmp_path / "s.zarr", series, baseline=_acts(rng))
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, bootstrap=bootstrap, bootstrap_groups=8, seed=5
+    )
+    # the default preset: pwsm on channels, Procrustes and CKA per filter
+    metric = {"pwsm": M.pwsm, "procrustes": M.procrustes, "cka": M.cka_distance}
+    plan = {(j["layer"], j["view"]): j["side"] for j in json.loads(ds.attrs["plan"])}
+    assert set(plan.values()) == {"row", "gram"}
+    for l, layer in enumerate(LAYERS):
+        x, y = (a[layer.name].astype(np.float64) for a in (src, series[-1]))
+        for mi, m in enumerate(ds["metric"].values):
+            view = str(ds["view"].values[mi])
+            if plan[(layer.name, view)] == "gram":
+                groups = nested_units(
+                    ftdyn.config.AnalyzeConfig(bootstrap=bootstrap, bootstrap_groups=8), N
+                )
+            else:
+                groups = 8 if bootstrap else 4
+            subsets = nested_subsets(N, groups, 5, 0)
+            for f, idx in enumerate(subsets):
+                a, b = x[idx], y[idx]
+                if view == "channels":  # one (images·h·w, channels) matrix
+                    flat = lambda t: t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
+                    want = float(metric[m](flat(a), flat(b)))
+                else:  # per filter: (images, h·w), then the mean over filters
+                    want = np.mean(
+                        [
+                            float(
+                                metric[m](
+                                    a[:, c].reshape(len(idx), -1), b[:, c].reshape(len(idx), -1)
+                                )
+                            )
+                            for c in range(layer.channels)
+                        ]
+                    )
+                got = float(ds["convergence"].values[0, mi, l, f])
+                assert got == pytest.approx(want, abs=1e-8), (m, layer.name, f)
+    last = ds["distance"].values[0][..., -1]
+    np.testing.assert_array_equal(ds["convergence"].values[0][..., -1], last)
+    assert list(ds["epoch"].values) == [0, 1, 2]

@@ -11,7 +11,7 @@ from .. import summary as S
 from .. import views as V
 from ..config import AnalyzeConfig
 from .inputs import Experiment
-from .plan import Job, shared_boot_indices
+from .plan import Job, nested_subsets, nested_units, shared_boot_indices
 from .tasks import map_pairs
 
 
@@ -47,7 +47,9 @@ def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict
     """One row-side result over all T checkpoints from the passes of the checkpoint groups."""
     if groups == [None]:
         return parts[0]
-    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
+    # the convergence check's subsets come from the one pass holding the last epoch
+    nested = next((part["nested"] for part in parts if part["nested"]), {})
+    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": nested}
     for m in parts[0]["values"]:
         first = np.asarray(parts[0]["values"][m])
         vals = np.empty((T,) + first.shape[1:])
@@ -113,6 +115,15 @@ def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: st
         traj[a, b] = traj[b, a] = layer_pair[i]
     if args.bootstrap and (args.bootstrap_metrics is None or m in args.bootstrap_metrics):
         rec["ci"], rec["reps"] = _map_bootstrap(vals[ref_rows], exp, args, job.exp)
+    if exp.last is not None:
+        last = vals[ref_rows[exp.last]]  # (n, C)
+        n = len(exp.labels)
+        rec["nested"] = np.array(
+            [
+                _aggregate_map(last[None, idx], exp.labels[idx], args.map_average)[1][0]
+                for idx in nested_subsets(n, nested_units(args, n), args.seed, job.exp)
+            ]
+        )
     return filt, traj
 
 
@@ -131,7 +142,53 @@ def _values_record(rec: dict, parts: list, m: str, T: int, ref: int, per_filter:
         reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
         rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
         rec["ci"] = S.percentile_interval(rec["reps"], axis=0)
+    if m in parts[0]["nested"]:
+        rec["nested"] = _nested_values(parts, m, per_filter)
     return filt, values, traj
+
+
+def _nested_values(parts: list, m: str, per_filter: bool) -> np.ndarray:
+    """(subsets,) layer values of the convergence check's nested subsets."""
+    subsets = len(parts[0]["nested"][m])
+    return _layer_values(_gather(parts, "nested", m, (subsets,), per_filter), per_filter)[0]
+
+
+def collect_nested(exps: list[Experiment], jobs: list[Job], results: list) -> dict:
+    """{(experiment, metric, layer): (subsets,) layer values} from the results of the
+    convergence check's own run (reference and last epoch, ``point=False``)."""
+    out = {}
+    it = iter(results)
+    for job in jobs:
+        exp = exps[job.exp]
+        parts = _job_parts(job, it, len(exp.epochs), exp.ref)
+        for m in job.metrics:
+            out[(job.exp, m, job.layer)] = _nested_values(parts, m, V.is_per_filter(job.view))
+    return out
+
+
+#: the fields of a record with an epoch axis: (key, axis of the epochs); "traj" has two
+_EPOCH_AXES = {
+    "value": 0,
+    "n_nan": 0,
+    "n_nan_maps": 0,
+    "filter": 0,
+    "cells": 0,
+    "reps": 1,
+    "traj": (0, 1),
+}
+
+
+def split_baseline(rec: dict, T: int) -> float:
+    """Remove the random-init baseline, the position after the T epochs, from a record of
+    :func:`collect`; returns its distance from the reference (the ceiling)."""
+    ceiling = float(np.asarray(rec["value"])[T])
+    for key, axis in _EPOCH_AXES.items():
+        if key in rec:
+            for ax in axis if isinstance(axis, tuple) else (axis,):
+                rec[key] = np.take(rec[key], np.arange(T), axis=ax)
+    if "ci" in rec:
+        rec["ci"] = tuple(np.asarray(bound)[:T] for bound in rec["ci"])
+    return ceiling
 
 
 def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> dict:

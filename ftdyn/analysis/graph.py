@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import torch
 
 from .. import summary as S
@@ -12,7 +13,16 @@ from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
 from ..progress import dask_progress, stage, track
 from .inputs import Experiment
-from .plan import Job, chunk_groups, replicate_counts, shared_boot
+from .plan import (
+    Job,
+    chunk_groups,
+    job_nested_counts,
+    nested_groups,
+    nested_subsets,
+    nested_units,
+    replicate_counts,
+    shared_boot,
+)
 from .tasks import (
     RowAccumulator,
     concat_map,
@@ -28,14 +38,22 @@ from .tasks import (
 FAN_IN = 4
 
 
-def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], inplace: bool = True):
+def build_graph(
+    exps: list[Experiment],
+    args: AnalyzeConfig,
+    jobs: list[Job],
+    inplace: bool = True,
+    name: str = "",
+):
+    """The output task of every filter group (and checkpoint pass) of every job, in order;
+    ``name`` prefixes the task keys, so that the graphs of two runs compute together."""
     import dask
 
     delayed = dask.delayed
     graph_outputs = []
     for job in jobs:
         exp = exps[job.exp]
-        tag = f"{job.exp}-{job.layer}-{job.view}"
+        tag = f"{name}{job.exp}-{job.layer}-{job.view}"
         for gi, fsl in enumerate(job.groups):
             gtag = f"{tag}-{gi}"
             if job.side == "row":
@@ -52,12 +70,17 @@ def build_graph(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], in
 
 
 def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
-    """(units, counts) of a row-side job's bootstrap; (None, None) without one."""
-    if job.units > 1:  # one resample per replicate for every job of the experiment
-        return S.shared_units(n, job.units, args.seed, job.exp), replicate_counts(
-            args, job.units, job.exp
-        )
-    return None, None
+    """(unit of every image, bootstrap counts) of a row-side job: (None, None) without groups
+    of images, counts None without a bootstrap (groups for the convergence check alone)."""
+    if job.units == 1:
+        return None, None
+    if args.nested:  # the convergence run: images outside the kept groups are not read into any
+        groups, kept = nested_groups(n)
+        units = S.shared_units(n, groups, args.seed, job.exp)
+        return np.where(units < kept, units, -1), None
+    # one resample per replicate for every job of the experiment
+    units = S.shared_units(n, job.units, args.seed, job.exp)
+    return units, replicate_counts(args, job.units, job.exp) if args.bootstrap else None
 
 
 def _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace) -> list:
@@ -79,6 +102,7 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace):
     src = exp.layers[job.layer][1]
     units, counts = resamples
     sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(exp.ref)
+    counts_nested = job_nested_counts(args, job.units, src.n) if exp.last in pos else None
     leaves = [
         delayed(row_leaf, pure=True)(
             src,
@@ -108,6 +132,9 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace):
         counts,
         args.bootstrap_metrics,
         tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
+        # the convergence check's subsets, where the job's groups of images give them
+        None if counts_nested is None else (pos.index(exp.last), counts_nested),
+        not args.nested,
         dask_key_name=f"metrics-{ctag}",
     )
 
@@ -146,6 +173,9 @@ def _gram_output(delayed, exp, args, job, fsl, gtag):
         *Ks,
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
+        nested=None
+        if exp.last is None
+        else (exp.last, nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)),
         dask_key_name=f"metrics-{gtag}",
     )
 

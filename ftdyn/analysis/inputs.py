@@ -111,6 +111,13 @@ class Experiment:
     fingerprint: dict[str, Any]
     probe_dir: str | None = None  # where the probe images came from (outputs must not land there)
 
+    @property
+    def last(self) -> int | None:
+        """Position of the last epoch other than the reference (None without one); the
+        random-init baseline, when it is among the positions, is no epoch."""
+        others = [t for t, ep in enumerate(self.epochs) if t != self.ref and ep != BASELINE]
+        return max(others, default=None)
+
 
 def open_experiments(
     stores: Sequence, args: AnalyzeConfig, device: str = "cpu"

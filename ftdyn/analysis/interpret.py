@@ -5,14 +5,16 @@
   a seeded untrained network of the same architecture on the same images), computed by the
   same engine, views and plan as the distances (one more pair per layer).
   ``relative_distance`` = distance / ceiling: 0 = unchanged, 1 = as far as an untrained
-  network. NaN (with ``attrs["relative_note"]``) when the store has no baseline.
+  network. NaN (with ``attrs["relative_note"]``) when the store has no baseline. The baseline
+  is one more checkpoint of the main pass (:func:`with_baseline`).
 * **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
-  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first 1, 2, 4
-  of 4 seeded groups of :func:`ftdyn.summary.shared_units`, from the same streamed
-  statistics), ``converged`` when the relative change from 1/2 to all is below
-  :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning names them,
-  :func:`warn_unconverged`). Computed
-  in the same extra run as the ceiling.
+  at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first ⌈f·U⌉ of
+  U seeded groups of :func:`ftdyn.summary.shared_units`, U the bootstrap's groups where a job
+  has at least 4, else 4), from the main pass's statistics per group; only row-side jobs
+  without groups (no bootstrap of their metrics) take a second, smaller run over the reference
+  and the last epoch (:func:`convergence_plan`). ``converged`` when the relative change from
+  1/2 to all is below :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning
+  names them, :func:`warn_unconverged`).
 * **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
   evaluates every epoch and layer on that resample (:func:`ftdyn.summary.shared_resample`), so
   ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of
@@ -41,10 +43,9 @@ from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import baseline_var, has_random_init, open_dataset, open_store
-from .collect import collect
-from .graph import build_graph, compute
+from .collect import split_baseline
 from .inputs import BASELINE, Experiment
-from .plan import NESTED_FRACTIONS, plan_analysis
+from .plan import NESTED_FRACTIONS, NESTED_UNITS, Job, plan_analysis
 
 #: a distance is converged when its relative change from half the images to all is below this
 CONVERGENCE_TOL = 0.05
@@ -63,72 +64,79 @@ NO_BASELINE_NOTE = (
 
 
 # ------------------------------------------------------- ceiling and convergence
-def _last(exp: Experiment) -> int:
-    """Position of the last epoch that is not the reference."""
-    return max(t for t in range(len(exp.epochs)) if t != exp.ref)
+def with_baseline(exps: list[Experiment]) -> list[Experiment]:
+    """The experiments as the engine runs them: the store's random-init baseline, where there is
+    one, as one more checkpoint after the epochs: the ceiling is one more pair per layer of the
+    same pass (no replicates, not in the trajectory: :func:`engine_config`)."""
+    return [
+        dataclasses.replace(e, epochs=[*e.epochs, BASELINE], ckpt_index=[*e.ckpt_index, BASELINE])
+        if has_random_init(e.path)
+        else e
+        for e in exps
+    ]
 
 
-def extra_pairs(
-    exps: list[Experiment],
-    args: AnalyzeConfig,
-    dev,
-    limit: int,
-    workers,
-    scheduler,
-    progress: bool,
-    degenerate: dict,
-) -> dict:
-    """One more run of the engine on (reference, last epoch[, random-init baseline]) per
-    experiment, its replicates the nested image subsets of :data:`NESTED_FRACTIONS`:
+def engine_config(args: AnalyzeConfig) -> AnalyzeConfig:
+    """``args`` for the experiments of :func:`with_baseline`."""
+    return dataclasses.replace(args, skip_replicates=(BASELINE,))
 
-    ``ceiling`` (experiment, metric, layer): distance reference -> baseline (NaN without one);
-    ``convergence`` (experiment, metric, layer, fraction): the last epoch's distance on the
-    subsets (the last fraction is all images: the distance itself); ``missing``: stores
-    without a baseline. Degenerate (experiment, metric, layer) stay NaN."""
+
+def convergence_plan(
+    exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], dev, limit: int, workers
+) -> tuple[list[Experiment], AnalyzeConfig, int, list[Job]]:
+    """(experiments, config, threads, jobs) of the convergence check's own run, for the row-side
+    jobs of the main plan (``jobs``) whose statistics hold fewer than NESTED_UNITS groups of
+    images (no bootstrap of their metrics): the reference and the last epoch only, statistics
+    per seeded group, only the subsets' values. Every other job gives its subsets itself."""
+    only = {(j.exp, j.layer, j.view) for j in jobs if j.side == "row" and j.units < NESTED_UNITS}
+    pairs = [
+        dataclasses.replace(
+            e,
+            epochs=[e.epochs[e.ref], e.epochs[e.last]],
+            ckpt_index=[e.ckpt_index[e.ref], e.ckpt_index[e.last]],
+            ref=0,
+        )
+        for e in exps
+    ]
+    config = dataclasses.replace(
+        args, bootstrap=0, bootstrap_metrics=None, nested=True, trajectory="reference"
+    )
+    threads, conv_jobs = plan_analysis(pairs, config, dev, limit, workers, only=only)
+    return pairs, config, threads, conv_jobs
+
+
+def ceilings(exps: list[Experiment], args: AnalyzeConfig, recs: dict) -> dict:
+    """Split the baseline off the engine's records (:func:`with_baseline`): ``ceiling``
+    (experiment, metric, layer), NaN without a baseline, and ``missing``: those stores."""
     E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
     ceiling = np.full((E, Mn, Lmax), np.nan)
-    conv = np.full((E, Mn, Lmax, len(NESTED_FRACTIONS)), np.nan)
-    base = [has_random_init(e.path) for e in exps]
-    pair = []
+    missing = []
     for e, exp in enumerate(exps):
-        pos = [exp.ref, _last(exp)]
-        pair.append(
-            dataclasses.replace(
-                exp,
-                epochs=[exp.epochs[t] for t in pos] + ([BASELINE] if base[e] else []),
-                ckpt_index=[exp.ckpt_index[t] for t in pos] + ([BASELINE] if base[e] else []),
-                ref=0,
-            )
-        )
-    pargs = dataclasses.replace(
-        args,
-        bootstrap=len(NESTED_FRACTIONS),
-        nested=True,
-        trajectory="reference",
-        bootstrap_metrics=None,
-        skip_replicates=(BASELINE,),
-    )
-    threads, jobs = plan_analysis(pair, pargs, dev, limit, workers)
-    results = compute(
-        build_graph(pair, pargs, jobs, inplace=scheduler is None),
-        threads=threads,
-        scheduler=scheduler,
-        progress=progress,
-        what="convergence and random-init ceiling",
-    )
-    for (e, m, l), rec in collect(pair, pargs, jobs, list(results)).items():
+        if not has_random_init(exp.path):
+            missing.append(str(exp.path))
+            continue
+        for mi, m in enumerate(args.metrics):
+            for l in range(len(exp.layers)):
+                ceiling[e, mi, l] = split_baseline(recs[(e, m, l)], len(exp.epochs))
+    return {"ceiling": ceiling, "missing": missing}
+
+
+def convergence(
+    exps: list[Experiment], args: AnalyzeConfig, recs: dict, nested: dict, degenerate: dict
+) -> np.ndarray:
+    """``convergence`` (experiment, metric, layer, fraction): the last epoch's distance on the
+    nested subsets (from the main pass's records, else from ``nested``:
+    :func:`ftdyn.analysis.collect.collect_nested`), the distance itself at fraction 1.
+    Degenerate (experiment, metric, layer) stay NaN."""
+    E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
+    conv = np.full((E, Mn, Lmax, len(NESTED_FRACTIONS)), np.nan)
+    for (e, m, l), rec in recs.items():
         if (e, m, l) in degenerate:
             continue
         mi = args.metrics.index(m)
-        if base[e]:
-            ceiling[e, mi, l] = float(np.asarray(rec["value"])[2])
-        if rec.get("reps") is not None:
-            conv[e, mi, l] = np.asarray(rec["reps"])[:, 1]
-    return {
-        "ceiling": ceiling,
-        "convergence": conv,
-        "missing": [str(e.path) for e, b in zip(exps, base) if not b],
-    }
+        conv[e, mi, l, :-1] = rec["nested"] if "nested" in rec else nested[(e, m, l)]
+        conv[e, mi, l, -1] = rec["value"][exps[e].last]
+    return conv
 
 
 def converged(
@@ -270,7 +278,7 @@ def interpretation(
     exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict
 ) -> xr.Dataset:
     """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
-    :func:`extra_pairs`."""
+    ``ceiling`` and ``missing`` (:func:`ceilings`) and ``convergence`` (:func:`convergence`)."""
     ceiling, missing = extra["ceiling"], extra["missing"]
     ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
     epochs = [int(x) for x in ds["epoch"].values]

@@ -354,16 +354,13 @@ def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
     bootstrapped metric (--bootstrap-metric): the others keep one accumulator instead of one
     per group of images."""
     metrics, n = config.metrics_on(spec.view), spec.src.n
+    if config.nested:  # the convergence check's own run: the groups of its proper subsets
+        return [nested_groups(n)[1]]
     boot = config.bootstrap and (
         config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics))
     )
-    wanted = (
-        (min(NESTED_UNITS, n) if config.nested else min(config.bootstrap_groups or MAX_UNITS, n))
-        if boot
-        else 1
-    )
-    options = [wanted]
-    while options[-1] > MIN_UNITS and not config.nested:
+    options = [min(config.bootstrap_groups or MAX_UNITS, n) if boot else 1]
+    while options[-1] > MIN_UNITS:
         options.append(max(MIN_UNITS, options[-1] // 2))
     return options
 
@@ -476,28 +473,58 @@ def _row_job(
     )
 
 
-#: image fractions of the convergence check's nested subsets (analysis.interpret), made of
-#: NESTED_UNITS seeded groups of images (quarters: the statistics of 4 groups, not 32)
+#: image fractions of the convergence check's nested subsets (analysis.interpret): the first
+#: ⌈f·U⌉ of U seeded groups of images (:func:`ftdyn.summary.shared_units`), U at least
+#: NESTED_UNITS (the bootstrap's groups where a job has them: its statistics give the subsets)
 NESTED_FRACTIONS = (0.25, 0.5, 1.0)
 NESTED_UNITS = 4
 
 
 def nested_counts(n_units: int) -> np.ndarray:
-    """(fractions, n_units) 0/1 counts: the first ⌈f·U⌉ units of the seeded unit order, nested."""
+    """(fractions, n_units) 0/1 counts: the first ⌈f·U⌉ units of the seeded unit order, nested;
+    the proper subsets only (the last fraction, all images, is the distance itself)."""
     return np.array(
         [
             [1 if u < math.ceil(f * n_units) else 0 for u in range(n_units)]
-            for f in NESTED_FRACTIONS
+            for f in NESTED_FRACTIONS[:-1]
         ],
         dtype=np.int64,
     )
 
 
-def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.ndarray:
-    """Unit counts of every replicate: the experiment's shared bootstrap draws, or the nested
-    subsets of the convergence run."""
+def nested_groups(n: int) -> tuple[int, int]:
+    """(groups, groups kept) of the convergence check's own run: n images dealt into
+    NESTED_UNITS seeded groups, of which its proper subsets use the first ⌈f·U⌉ only (the
+    distance on all images comes from the main run)."""
+    groups = min(NESTED_UNITS, n)
+    return groups, math.ceil(NESTED_FRACTIONS[-2] * groups)
+
+
+def job_nested_counts(args: AnalyzeConfig, n_units: int, n: int) -> np.ndarray | None:
+    """The nested subsets' counts over a row-side job's ``n_units`` groups: in the convergence
+    check's own run over its kept groups (:func:`nested_groups`), in the main run over the
+    bootstrap's groups where there are at least NESTED_UNITS, else None (that job's subsets
+    come from the convergence run). ``n``: the images."""
     if args.nested:
-        return nested_counts(n_units)
+        groups, kept = nested_groups(n)
+        return nested_counts(groups)[:, :kept]
+    return nested_counts(n_units) if n_units >= NESTED_UNITS else None
+
+
+def nested_units(args: AnalyzeConfig, n: int) -> int:
+    """Groups of images of the Gram-side and map views' nested subsets: the bootstrap's
+    (:func:`shared_boot`) when there is one, else NESTED_UNITS."""
+    groups = min(args.bootstrap_groups or MAX_UNITS, n) if args.bootstrap else 0
+    return groups if groups >= NESTED_UNITS else min(NESTED_UNITS, n)
+
+
+def nested_subsets(n: int, n_units: int, seed: int, experiment: int) -> list[np.ndarray]:
+    """Image indices of the nested subsets (:func:`nested_counts`) of an experiment's n images."""
+    return S.shared_indices(S.shared_units(n, n_units, seed, experiment), nested_counts(n_units))
+
+
+def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.ndarray:
+    """Unit counts of every bootstrap replicate: the experiment's shared draws."""
     return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
@@ -505,7 +532,7 @@ def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarra
     """(unit of every image, unit counts (N, U)) of the experiment's replicates, the row side's
     units at their unlimited number, min(MAX_UNITS, n): Gram-side and map views resample the
     same images."""
-    n_units = min(NESTED_UNITS if args.nested else args.bootstrap_groups or MAX_UNITS, n)
+    n_units = min(args.bootstrap_groups or MAX_UNITS, n)
     return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(
         args, n_units, experiment
     )
@@ -534,10 +561,15 @@ def device_budget(dev: torch.device) -> int | None:
 
 
 def plan_analysis(
-    exps: list[Experiment], args: AnalyzeConfig, dev: torch.device, limit: int, workers: int | None
+    exps: list[Experiment],
+    args: AnalyzeConfig,
+    dev: torch.device,
+    limit: int,
+    workers: int | None,
+    only: set[tuple[int, int, str]] | None = None,
 ) -> tuple[int, list[Job]]:
-    """(threads, jobs): a plan for every (experiment, layer, view) within ``limit`` bytes of host
-    memory.
+    """(threads, jobs): a plan for every (experiment, layer, view) (those in ``only`` where
+    given) within ``limit`` bytes of host memory.
 
     Plans for ``workers``, workers/2, ..., 1 threads (fewer threads leave more memory per task:
     fewer passes over the store) and keeps the one with the smallest estimated time.
@@ -549,8 +581,11 @@ def plan_analysis(
         for e, exp in enumerate(exps)
         for l, (_, src) in enumerate(exp.layers)
         for view in dict.fromkeys(args.views[m] for m in args.metrics)
+        if only is None or (e, l, view) in only
     ]
     best, error, threads = None, None, (os.cpu_count() or 1) if workers is None else int(workers)
+    if not specs:
+        return threads, []
     while True:
         try:
             jobs = [plan_job(args, spec, Budget(host, threads, gpu)) for spec in specs]

@@ -39,10 +39,18 @@ from ..results import (
     validate_results,
     write_tables,
 )
-from .collect import collect, to_dataset
+from .collect import collect, collect_nested, to_dataset
 from .graph import build_graph, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
-from .interpret import extra_pairs, interpretation, warn_unconverged
+from .interpret import (
+    ceilings,
+    convergence,
+    convergence_plan,
+    engine_config,
+    interpretation,
+    warn_unconverged,
+    with_baseline,
+)
 from .plan import Job, plan_analysis
 from .tasks import trim
 
@@ -198,11 +206,23 @@ def analyze(stores, *, out, config: AnalyzeConfig | None = None, **options: Any)
 
 
 @dataclass(frozen=True)
+class EngineRun:
+    """One run of the engine: its experiments (positions as the tasks read them), its config
+    and one :class:`~ftdyn.analysis.plan.Job` per (experiment, layer, view) it computes."""
+
+    experiments: list[Experiment]
+    config: AnalyzeConfig
+    jobs: list[Job]
+
+
+@dataclass(frozen=True)
 class AnalysisPlan:
     """What :func:`execute` will do, decided before any chunk is read: the experiments, the
-    device, the memory plan (``threads`` and one :class:`~ftdyn.analysis.plan.Job` per
-    (experiment, layer, view)), the degenerate (experiment, metric, layer) and the analysis
-    ``key`` that says whether results already in ``out`` are these."""
+    device, the memory plan (``threads``; the ``main`` run: every epoch and the random-init
+    baseline, and the ``convergence`` check's run for the jobs whose statistics cannot give
+    its subsets: :func:`~ftdyn.analysis.interpret.convergence_plan`), the degenerate
+    (experiment, metric, layer) and the analysis ``key`` that says whether results already in
+    ``out`` are these."""
 
     config: AnalyzeConfig
     experiments: list[Experiment]
@@ -210,9 +230,15 @@ class AnalysisPlan:
     device: torch.device
     memory_limit: int  # bytes
     threads: int
-    jobs: list[Job]
+    main: EngineRun
+    convergence: EngineRun
     degenerate: dict[tuple[int, str, int], str]
     key: str
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The main run's jobs."""
+        return self.main.jobs
 
     def summary(self) -> list[dict[str, Any]]:
         """One line per job, as the results record it (``attrs["plan"]``)."""
@@ -253,15 +279,21 @@ def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: An
         out, inputs=[e.path for e in exps] + [e.probe_dir for e in exps if e.probe_dir]
     )
     limit = config.memory_bytes or default_memory()
-    threads, jobs = plan_analysis(exps, config, dev, limit, config.workers)
+    engine, engine_args = with_baseline(exps), engine_config(config)
+    threads, jobs = plan_analysis(engine, engine_args, dev, limit, config.workers)
+    pairs, conv_args, conv_threads, conv_jobs = convergence_plan(
+        exps, config, jobs, dev, limit, config.workers
+    )
     return AnalysisPlan(
         config=config,
         experiments=exps,
         out=out,
         device=dev,
         memory_limit=limit,
-        threads=threads,
-        jobs=jobs,
+        # the two runs compute together: at most as many tasks at once as the tighter allows
+        threads=min(threads, conv_threads),
+        main=EngineRun(engine, engine_args, jobs),
+        convergence=EngineRun(pairs, conv_args, conv_jobs),
         degenerate=_degenerate(exps, config),
         key=_analysis_key(config, exps),
     )
@@ -304,31 +336,29 @@ def _up_to_date(plan: AnalysisPlan) -> bool:
 
 
 def _compute(plan: AnalysisPlan) -> xr.Dataset:
-    """The results Dataset of ``plan``: the Dask computation, the degenerate values blanked,
-    the ceiling and convergence run, the tables and the interpretation."""
-    config, exps = plan.config, plan.experiments
+    """The results Dataset of ``plan``: both runs' Dask computation, the baseline split off as
+    the ceiling, the degenerate values blanked, the tables and the interpretation."""
+    config, exps, main, conv = plan.config, plan.experiments, plan.main, plan.convergence
     degenerate_names = _warn_degenerate(exps, config, plan.degenerate)
-    outputs = build_graph(exps, config, plan.jobs, inplace=config.scheduler is None)
+    inplace = config.scheduler is None
+    outputs = build_graph(main.experiments, main.config, main.jobs, inplace)
+    conv_outputs = build_graph(conv.experiments, conv.config, conv.jobs, inplace, name="c")
     results = compute(
-        outputs, threads=plan.threads, scheduler=config.scheduler, progress=config.progress
+        outputs + conv_outputs,
+        threads=plan.threads,
+        scheduler=config.scheduler,
+        progress=config.progress,
     )
     trim()
     if plan.device.type == "cuda":
         # the statistics are gone: hand the cached blocks back to the driver
         torch.cuda.empty_cache()
-    recs = collect(exps, config, plan.jobs, list(results))
+    recs = collect(main.experiments, main.config, main.jobs, list(results[: len(outputs)]))
+    extra = ceilings(exps, config, recs)
     for e, m, l in plan.degenerate:
         _undefined(recs[(e, m, l)])
-    extra = extra_pairs(
-        exps,
-        config,
-        plan.device,
-        plan.memory_limit,
-        config.workers,
-        config.scheduler,
-        config.progress,
-        plan.degenerate,
-    )
+    nested = collect_nested(conv.experiments, conv.jobs, list(results[len(outputs) :]))
+    extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
     return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
 

@@ -88,11 +88,12 @@ def nonfinite_error(src: Source, ckpt: int, chunk: int, block: np.ndarray) -> Ft
 
 # ===================================================================== accumulation
 def _unit_rows(units: np.ndarray | None, n_rows: int, device: str):
-    """(unit, image indices of one chunk): all images (unit 0) or one group per bootstrap unit."""
+    """(unit, image indices of one chunk): all images (unit 0) or one group per unit; images
+    of unit -1 are in none (the convergence run reads only the groups it needs)."""
     if units is None:
         yield 0, slice(0, n_rows)
         return
-    for u in np.unique(units):
+    for u in np.unique(units[units >= 0]):
         yield int(u), torch.from_numpy(np.flatnonzero(units == u)).to(device)
 
 
@@ -366,14 +367,22 @@ def _metric_from_rows(metric: str, st: M.RowStats, alpha: float) -> np.ndarray:
     return np.asarray(info.from_row_stats(st, **kw), dtype=np.float64)
 
 
-def _trajectory(reference_values: np.ndarray, ref: int, pair) -> np.ndarray:
+def _trajectory(
+    reference_values: np.ndarray, ref: int, pair, skip: tuple[int, ...] = ()
+) -> np.ndarray:
     """Symmetric checkpoint x checkpoint matrix: the reference row/column from the
-    already computed distances, every other pair from ``pair(a, b)``."""
+    already computed distances, every other pair from ``pair(a, b)``; NaN for the pairs of a
+    position in ``skip`` with another checkpoint (the random-init baseline is no epoch)."""
     T = len(reference_values)
     traj = np.full((T, T) + reference_values.shape[1:], np.nan)
     for a in range(T):
         for b in range(a, T):
-            v = reference_values[b] if a == ref else reference_values[a] if b == ref else pair(a, b)
+            if a == ref or b == ref:
+                v = reference_values[b] if a == ref else reference_values[a]
+            elif a in skip or b in skip:
+                continue
+            else:
+                v = pair(a, b)
             traj[a, b] = traj[b, a] = v
     return traj
 
@@ -382,12 +391,6 @@ def _replicated(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
     """Positions whose replicates are computed: not the reference (a checkpoint against itself:
     its replicates are its value, about 0) nor the positions in ``skip``."""
     return [t for t in range(T) if t != ref and t not in skip]
-
-
-def _all_images(counts: np.ndarray) -> bool:
-    """Whether a replicate's unit counts take every image once (the convergence check's last
-    subset): its value is the point value, so no decomposition is repeated for it."""
-    return bool(np.all(np.asarray(counts) == 1))
 
 
 def _replicates(values: np.ndarray, n: int, ts: list[int], of_position) -> np.ndarray:
@@ -538,40 +541,46 @@ def row_finish(
     counts: np.ndarray | None,
     boot_metrics: list[str] | None = None,
     skip: tuple[int, ...] = (),
+    nested: tuple[int, np.ndarray] | None = None,
+    point: bool = True,
 ) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
-    (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN)."""
-    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
-    for m in metrics:
+    (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN and out of
+    the trajectory). ``nested`` = (position, unit counts (S, U)): every metric of (reference,
+    position) on those image subsets (the convergence check), ``out["nested"]`` (S, ...).
+    ``point=False``: only the nested values (a run for the convergence check alone)."""
+    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": {}}
+    for m in metrics if point else []:
         out["values"][m] = np.stack(
             [_metric_from_rows(m, acc.row_stats(ref, t, ref), alpha) for t in range(T)]
         )
-    if mode == "all":
+    if mode == "all" and point:
         for m in metrics:
             out["traj"][m] = _trajectory(
                 out["values"][m],
                 ref,
                 lambda a, b, m=m: _metric_from_rows(m, acc.row_stats(a, b, ref), alpha),
+                skip,
             )
+
+    def of_counts(m, t, counts):  # CKA needs no per-replicate re-summing of the statistics
+        if m == "cka":
+            return _cka_replicates(acc, ref, t, counts)
+        return np.stack(
+            [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
+        )
+
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
-
-        def of_position(m, t):  # CKA needs no per-replicate re-summing of the statistics
-            if m == "cka":
-                return _cka_replicates(acc, ref, t, counts)
-            return np.stack(
-                [
-                    out["values"][m][t]
-                    if _all_images(c)
-                    else _metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha)
-                    for c in counts
-                ]
-            )
-
         for m in metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]:
-            reps = _replicates(out["values"][m], len(counts), ts, lambda t, m=m: of_position(m, t))
+            reps = _replicates(
+                out["values"][m], len(counts), ts, lambda t, m=m: of_counts(m, t, counts)
+            )
             reps[:, list(skip)] = np.nan
             out["reps"][m] = reps
+    if nested is not None:
+        for m in metrics:
+            out["nested"][m] = of_counts(m, *nested)
     return out
 
 
@@ -702,11 +711,14 @@ def gram_finish(
     *Ks,
     boot_metrics: list[str] | None = None,
     skip: tuple[int, ...] = (),
+    nested: tuple[int, list[np.ndarray]] | None = None,
 ) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
-    ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U))."""
+    ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U));
+    ``nested`` = (position, image indices of each subset): every metric of (reference,
+    position) on those subsets, ``out["nested"]`` (S, ...) (the convergence check)."""
     T = len(Ks)
-    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}}
+    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": {}}
     need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
 
     def eig(K):
@@ -729,6 +741,7 @@ def gram_finish(
                 out["values"][m],
                 ref,
                 lambda a, b, m=m: _gram_pair(m, Ks[a], Ks[b], eigs[a], eigs[b], alpha),
+                skip,
             )
     if boot is not None and len(boot[1]):
         out["reps"] = _gram_replicates(
@@ -741,7 +754,23 @@ def gram_finish(
             _replicated(T, ref, skip),
             skip,
         )
+    if nested is not None:
+        out["nested"] = _gram_subsets(metrics, alpha, Ks[ref], Ks[nested[0]], nested[1], need_eig)
     return out
+
+
+def _gram_subsets(
+    metrics: list[str], alpha: float, K_ref, K_t, subsets: list[np.ndarray], need_eig: bool
+) -> dict:
+    """{metric: (S, ...)} of the pair (K_ref, K_t) restricted to each subset of images."""
+    vals = {m: [] for m in metrics}
+    for idx in subsets:
+        ii = torch.from_numpy(np.asarray(idx)).to(K_ref.device)
+        Ka, Kb = (K.index_select(-1, ii).index_select(-2, ii) for K in (K_ref, K_t))
+        ea, eb = (M.gram_eig(Ka), M.gram_eig(Kb)) if need_eig else (None, None)
+        for m in metrics:
+            vals[m].append(_gram_pair(m, Ka, Kb, ea, eb, alpha))
+    return {m: np.stack(v) for m, v in vals.items()}
 
 
 def _gram_replicates(
@@ -772,8 +801,6 @@ def _gram_replicates(
         return M.gram_eig(K) if boot_eig else None
 
     for b, idx in enumerate(S.shared_indices(units, counts) if resampled else []):
-        if _all_images(counts[b]):
-            continue  # the point value, already in reps
         ii = torch.from_numpy(idx).to(Ks[ref].device)
 
         def resample(K):

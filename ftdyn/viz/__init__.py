@@ -80,6 +80,16 @@ def epoch_label(epoch: int) -> str:
     return "source (epoch 0)" if int(epoch) == 0 else f"epoch {int(epoch)}"
 
 
+def grid_title(title: str | None, width: float) -> tuple[str | None, float]:
+    """(title, inches it takes at the top) of a grid ``width`` inches wide: on two lines, split
+    at its " · ", where one line of 10 pt text would be wider than the figure."""
+    if not title:
+        return None, 0.3
+    if len(title) * 0.085 > width:  # ~0.085 in per character at 10 pt
+        title = title.replace(" · ", "\n", 1)
+    return title, 0.4 + 0.18 * title.count("\n") + 0.15
+
+
 def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix); no timestamps in the file."""
     path = Path(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import epoch_label, save_figure
+from . import epoch_label, grid_title, save_figure
 
 CMAP = "inferno"
 ALPHA = 0.6
@@ -106,11 +106,25 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
     cmap = matplotlib.colormaps[CMAP]
     F, E = grid.heat.shape[:2]
     H, W = grid.image.shape[:2]
-    cell = 1.7
-    fig = Figure(
-        figsize=(0.9 + cell * (E + 1) * max(W / H, 0.5) + 0.6, 0.7 + cell * F), layout="constrained"
+    cell_h, cell_w = 1.7, 1.7 * max(W / H, 0.5)
+    # fixed margins in inches instead of a constrained layout (which took a third of the
+    # report's time): labels left, titles top, one narrow colour-bar column per row right
+    left, right, bottom, bar = 0.75, 0.75, 0.1, 0.12
+    width = left + cell_w * (E + 1) + bar + right
+    title, top = grid_title(title, width)
+    height = top + cell_h * F + bottom
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=0.04,
+        hspace=0.06,
     )
-    axes = fig.subplots(F, E + 1, squeeze=False)
+    axes = fig.subplots(
+        F, E + 2, squeeze=False, gridspec_kw={"width_ratios": [cell_w] * (E + 1) + [bar]}
+    )
     base = grey(grid.image)
     for fi in range(F):
         norm = Normalize(vmin=0.0, vmax=float(grid.vmax[fi]))
@@ -131,17 +145,15 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
             )
             if fi == 0:
                 ax.set_title(epoch_label(grid.epochs[ei]), fontsize=9)
-        for ax in axes[fi]:
+        for ax in axes[fi, :-1]:
             ax.set_xticks([])
             ax.set_yticks([])
         # the bar shows the colormap itself (opaque), not the blended overlay
-        cb = fig.colorbar(
-            ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[fi]), shrink=0.9, pad=0.01, aspect=12
-        )
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=axes[fi, -1])
         cb.ax.tick_params(labelsize=7)
         cb.set_label("activation", fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return save_figure(fig, Path(path))
 
 
