@@ -6,7 +6,7 @@ baseline), runs ``ftdyn.analyze`` twice in this process, each into a fresh folde
 1. ``plain``: what ``analyze`` cost before the interpretation existed: no bootstrap, and the
    interpretation's parts of the computation switched off for this run only (the random-init
    baseline as one more checkpoint of the pass, the convergence check's own run for row-side
-   views without groups of images, and the linear probes, whose time is subtracted);
+   views without groups of images, the pooled features and the linear probes);
 2. ``interpreted``: the demo's settings, ``--bootstrap N --bootstrap-metric cka``, everything on.
 
 Prints and (``--json``) writes the seconds of each part and the ratio interpreted / plain
@@ -36,66 +36,51 @@ from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
 
 
-class Timed:
-    """Wrap ``module.name`` so that each call's wall time is added to ``self.seconds``."""
-
-    def __init__(self, module, name: str):
-        self.module, self.name, self.seconds = module, name, 0.0
-        self.original = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return self.original(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t0
-
-        setattr(module, name, wrapper)
-
-    def restore(self) -> None:
-        setattr(self.module, self.name, self.original)
-
-
 @contextlib.contextmanager
 def without_interpretation():
     """The analysis as it was before the interpretation: no baseline among the checkpoints, no
-    convergence run, NaN ceiling and convergence (patched into ``ftdyn.analysis.run`` for the
-    duration of the block)."""
+    convergence run, no pooled features nor probes; NaN in their place (patched into
+    ``ftdyn.analysis`` for the duration of the block)."""
 
     def nan(exps, args):
         layers = max(len(e.layers) for e in exps)
         return np.full((len(exps), len(args.metrics), layers, len(AP.NESTED_FRACTIONS)), np.nan)
 
-    patches = {
-        "with_baseline": lambda exps: exps,
-        "convergence_plan": lambda exps, args, *rest: (exps, args, 1 << 30, []),
-        "ceilings": lambda exps, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
-        "convergence": lambda exps, args, *rest: nan(exps, args),
-    }
-    saved = {name: getattr(AR, name) for name in patches}
+    def no_probes(exps, args, epochs, pooled):
+        layers = max(len(e.layers) for e in exps)
+        return {
+            "probe_accuracy": np.full((len(exps), layers, len(epochs)), np.nan),
+            "probe_accuracy_random_init": np.full((len(exps), layers), np.nan),
+            "probe_chance": np.full(len(exps), np.nan),
+        }
+
+    patches = [
+        (AR, "with_baseline", lambda exps: exps),
+        (AR, "convergence_plan", lambda exps, args, *rest: (exps, args, 1 << 30, [])),
+        (
+            AR,
+            "ceilings",
+            lambda exps, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
+        ),
+        (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
+        (AR, "build_pooled", lambda exps: []),
+        (AI, "probes", no_probes),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:
-        for name, func in patches.items():
-            setattr(AR, name, func)
+        for module, name, func in patches:
+            setattr(module, name, func)
         yield
     finally:
-        for name, func in saved.items():
-            setattr(AR, name, func)
+        for module, name, func in saved:
+            setattr(module, name, func)
 
 
 def run(stores: list[str], out: Path, plain: bool = False, **kw) -> dict:
-    probes = Timed(AI, "probes")
-    try:
-        with without_interpretation() if plain else contextlib.nullcontext():
-            t0 = time.perf_counter()
-            ftdyn.analyze(stores, out=out, progress=False, overwrite=True, **kw)
-            total = time.perf_counter() - t0
-    finally:
-        probes.restore()
-    return {
-        "total_s": round(total, 2),
-        "probes_s": round(probes.seconds, 2),
-        "core_s": round(total - (probes.seconds if plain else 0.0), 2),
-    }
+    with without_interpretation() if plain else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        ftdyn.analyze(stores, out=out, progress=False, overwrite=True, **kw)
+        return {"total_s": round(time.perf_counter() - t0, 2)}
 
 
 def main() -> None:
@@ -119,7 +104,7 @@ def main() -> None:
     try:
         load = os.getloadavg()
         plain = (
-            {"core_s": float("nan"), "total_s": float("nan")}
+            {"total_s": float("nan")}
             if a.skip_plain
             else run(a.stores, tmp / "plain", plain=True, memory_limit=a.memory_limit)
         )
@@ -143,7 +128,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load],
         "plain": plain,
         "interpreted": full,
-        "ratio_interpreted_over_plain": round(full["total_s"] / plain["core_s"], 2),
+        "ratio_interpreted_over_plain": round(full["total_s"] / plain["total_s"], 2),
     }
     print(json.dumps(result, indent=2))
     if a.json:

@@ -30,6 +30,7 @@ from .tasks import (
     gram_finish,
     gram_panel,
     map_leaf,
+    pooled_leaf,
     row_finish,
     row_leaf,
 )
@@ -69,6 +70,18 @@ def build_graph(
     return graph_outputs
 
 
+def build_pooled(exps: list[Experiment], name: str = "pooled") -> list:
+    """One task per (experiment, layer): its pooled features at every position
+    (:func:`~ftdyn.analysis.tasks.pooled_leaf`), computed with the engine's tasks."""
+    import dask
+
+    return [
+        dask.delayed(pooled_leaf, pure=True)(src, exp.ckpt_index, dask_key_name=f"{name}-{e}-{l}")
+        for e, exp in enumerate(exps)
+        for l, (_, src) in enumerate(exp.layers)
+    ]
+
+
 def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
     """(unit of every image, bootstrap counts) of a row-side job: (None, None) without groups
     of images, counts None without a bootstrap (groups for the convergence check alone)."""
@@ -91,14 +104,17 @@ def _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace) -> list
         # a pass over the reference and the checkpoints of group cg (all of them: cg None)
         pos = list(range(T)) if cg is None else [ref, *cg]
         outs.append(
-            _row_pass(delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace)
+            _row_pass(
+                delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace, ci == 0
+            )
         )
     return outs
 
 
-def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace):
+def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first):
     """The metrics task of one pass over the checkpoints at positions ``pos`` (the reference
-    among them): tree-merged row statistics of the chunk groups, then the metrics."""
+    among them): tree-merged row statistics of the chunk groups, then the metrics (the
+    reference against itself in the ``first`` pass only)."""
     src = exp.layers[job.layer][1]
     units, counts = resamples
     sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(exp.ref)
@@ -135,6 +151,7 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace):
         # the convergence check's subsets, where the job's groups of images give them
         None if counts_nested is None else (pos.index(exp.last), counts_nested),
         not args.nested,
+        first,
         dask_key_name=f"metrics-{ctag}",
     )
 

@@ -25,8 +25,8 @@
   (seeded) accuracy of a ridge classifier of the probe labels from the layer's spatially
   pooled activations (images × channels, standardized; :func:`ftdyn.metrics.probe.linear_probe`),
   ``probe_accuracy_random_init`` (experiment, layer_index) the same on the baseline, and
-  ``probe_chance`` (experiment): the most frequent class's share. Pooling is a Dask
-  reduction over the store's chunks (a layer is never loaded whole).
+  ``probe_chance`` (experiment): the most frequent class's share. The pooled features are
+  tasks of the main run (:func:`~ftdyn.analysis.tasks.pooled_leaf`, block by block).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .. import summary as S
 from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
-from ..store import baseline_var, has_random_init, open_dataset, open_store
+from ..store import has_random_init
 from .collect import split_baseline
 from .inputs import BASELINE, Experiment
 from .plan import NESTED_FRACTIONS, NESTED_UNITS, Job, plan_analysis
@@ -237,39 +237,30 @@ def significance(
 
 
 # ---------------------------------------------------------------------- probes
-def _pooled(path, var: str, dim: str, index) -> np.ndarray:
-    """(positions, images, channels) spatial means in float64, streamed chunk by chunk by Dask."""
-    arr = (
-        open_store(path, allow_partial=True)[var]
-        if dim == "checkpoint"
-        else open_dataset(path)[var]
-    )
-    sel = arr.isel({dim: index})
-    return sel.astype(np.float64).mean(dim=[sel.dims[-2], sel.dims[-1]]).values
-
-
-def probes(exps: list[Experiment], args: AnalyzeConfig, epochs: list[int]) -> dict[str, np.ndarray]:
-    """Linear-probe accuracy per (experiment, layer, epoch), on the baseline, and chance."""
+def probes(
+    exps: list[Experiment], args: AnalyzeConfig, epochs: list[int], pooled: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Linear-probe accuracy per (experiment, layer, epoch), on the baseline, and chance.
+    ``pooled``: per (experiment, layer) in order, the pooled features the engine computed for
+    :func:`with_baseline`'s experiments (the epochs, then the baseline where there is one)."""
     E, Lmax, Ep = len(exps), max(len(e.layers) for e in exps), len(epochs)
     acc = np.full((E, Lmax, Ep), np.nan)
     acc_rand = np.full((E, Lmax), np.nan)
     chance = np.full(E, np.nan)
+    features = iter(pooled)
+
+    def probe(x: np.ndarray, labels: np.ndarray):
+        return linear_probe(x, labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed)
+
     for e, exp in enumerate(exps):
-        base = has_random_init(exp.path)
-        full = [int(c) for c in open_store(exp.path, allow_partial=True)["checkpoint"].values]
-        for l, (_, src) in enumerate(exp.layers):
-            pooled = _pooled(exp.path, src.var, "checkpoint", [full.index(ep) for ep in exp.epochs])
+        for l in range(len(exp.layers)):
+            feats = next(features)
             for t, ep in enumerate(exp.epochs):
-                res = linear_probe(
-                    pooled[t], exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed
-                )
+                res = probe(feats[t], exp.labels)
                 acc[e, l, epochs.index(ep)] = res.accuracy
                 chance[e] = res.chance
-            if base:
-                feats = _pooled(exp.path, baseline_var(src.var), "random_init", [0])[0]
-                acc_rand[e, l] = linear_probe(
-                    feats, exp.labels, folds=PROBE_FOLDS, ridge=PROBE_RIDGE, seed=args.seed
-                ).accuracy
+            if len(feats) > len(exp.epochs):  # the baseline
+                acc_rand[e, l] = probe(feats[len(exp.epochs)], exp.labels).accuracy
     return {"probe_accuracy": acc, "probe_accuracy_random_init": acc_rand, "probe_chance": chance}
 
 
@@ -278,14 +269,15 @@ def interpretation(
     exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict
 ) -> xr.Dataset:
     """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
-    ``ceiling`` and ``missing`` (:func:`ceilings`) and ``convergence`` (:func:`convergence`)."""
+    ``ceiling`` and ``missing`` (:func:`ceilings`), ``convergence`` (:func:`convergence`) and
+    ``pooled`` (:func:`probes`)."""
     ceiling, missing = extra["ceiling"], extra["missing"]
     ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
     epochs = [int(x) for x in ds["epoch"].values]
     rel = relative(ds["distance"].values, ceiling)
     r_mean, r_std = _relative_reusability(exps, args, rel, epochs)
     sig = significance(exps, args, recs, epochs)
-    pr = probes(exps, args, epochs)
+    pr = probes(exps, args, epochs, extra["pooled"])
     new = {
         **_distance_vars(ceiling, rel, r_mean, r_std, sig),
         **_probe_vars(pr),

@@ -40,7 +40,7 @@ from ..results import (
     write_tables,
 )
 from .collect import collect, collect_nested, to_dataset
-from .graph import build_graph, compute
+from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
     ceilings,
@@ -343,8 +343,9 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     inplace = config.scheduler is None
     outputs = build_graph(main.experiments, main.config, main.jobs, inplace)
     conv_outputs = build_graph(conv.experiments, conv.config, conv.jobs, inplace, name="c")
+    pooled = build_pooled(main.experiments)
     results = compute(
-        outputs + conv_outputs,
+        outputs + conv_outputs + pooled,
         threads=plan.threads,
         scheduler=config.scheduler,
         progress=config.progress,
@@ -357,8 +358,10 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     extra = ceilings(exps, config, recs)
     for e, m, l in plan.degenerate:
         _undefined(recs[(e, m, l)])
-    nested = collect_nested(conv.experiments, conv.jobs, list(results[len(outputs) :]))
+    n_main, n_conv = len(outputs), len(conv_outputs)
+    nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
     extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
+    extra["pooled"] = list(results[n_main + n_conv :])
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
     return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
 

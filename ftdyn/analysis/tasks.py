@@ -543,17 +543,24 @@ def row_finish(
     skip: tuple[int, ...] = (),
     nested: tuple[int, np.ndarray] | None = None,
     point: bool = True,
+    ref_value: bool = True,
 ) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
     (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN and out of
     the trajectory). ``nested`` = (position, unit counts (S, U)): every metric of (reference,
     position) on those image subsets (the convergence check), ``out["nested"]`` (S, ...).
-    ``point=False``: only the nested values (a run for the convergence check alone)."""
+    ``point=False``: only the nested values (a run for the convergence check alone);
+    ``ref_value=False``: the reference against itself left NaN (a later checkpoint pass: the
+    first one gives it)."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": {}}
+
+    def value(m, t):
+        if t == ref and not ref_value:
+            return np.full(acc.s.shape[2:-1], np.nan)
+        return _metric_from_rows(m, acc.row_stats(ref, t, ref), alpha)
+
     for m in metrics if point else []:
-        out["values"][m] = np.stack(
-            [_metric_from_rows(m, acc.row_stats(ref, t, ref), alpha) for t in range(T)]
-        )
+        out["values"][m] = np.stack([value(m, t) for t in range(T)])
     if mode == "all" and point:
         for m in metrics:
             out["traj"][m] = _trajectory(
@@ -563,12 +570,13 @@ def row_finish(
                 skip,
             )
 
-    def of_counts(m, t, counts):  # CKA needs no per-replicate re-summing of the statistics
-        if m == "cka":
-            return _cka_replicates(acc, ref, t, counts)
+    def direct(m, t, counts):
         return np.stack(
             [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
         )
+
+    def of_counts(m, t, counts):  # CKA's replicates need no re-summing of the statistics
+        return _cka_replicates(acc, ref, t, counts) if m == "cka" else direct(m, t, counts)
 
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
@@ -580,7 +588,8 @@ def row_finish(
             out["reps"][m] = reps
     if nested is not None:
         for m in metrics:
-            out["nested"][m] = of_counts(m, *nested)
+            # a few subsets: CKA's expansion (of_counts) costs more than re-summing for them
+            out["nested"][m] = direct(m, *nested)
     return out
 
 
@@ -876,6 +885,19 @@ def map_pairs(T: int, ref: int, mode: str) -> list[tuple[int, int]]:
 
 def concat_map(*parts: dict) -> dict:
     return {m: np.concatenate([p[m] for p in parts], axis=1) for m in parts[0]}
+
+
+# ------------------------------------------------------------------ pooled features
+def pooled_leaf(src: Source, ckpts: list[int]) -> np.ndarray:
+    """(checkpoints, images, channels) float64 spatial means of every image (the linear probes'
+    features), read block by block like the other tasks (the means accumulate in float64
+    without a float64 copy of a block)."""
+    out = np.empty((len(ckpts), src.n, src.channels))
+    for t, ckpt in enumerate(ckpts):
+        for c in range(src.n_chunks):
+            block = read_block(src, ckpt, c).cpu().numpy()
+            out[t, src.rows(c)] = block.mean(axis=(-2, -1), dtype=np.float64)
+    return out
 
 
 def row_cols(src: Source, view: str) -> int:
