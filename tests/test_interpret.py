@@ -504,3 +504,25 @@ def test_convergence_subsets_equal_the_metrics_on_those_images(tmp_path, bootstr
     last = ds["distance"].values[0][..., -1]
     np.testing.assert_array_equal(ds["convergence"].values[0][..., -1], last)
     assert list(ds["epoch"].values) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bootstrap", [0, 12])
+def test_convergence_subset_too_small_for_the_metric_is_nan_not_a_number(tmp_path, bootstrap):
+    """PWSM with α = 0 on 40 channels: 48 images have enough rows, half or a quarter of them do
+    not (full whitening then aligns any two models): those fractions are NaN, never a distance,
+    and the layer is neither converged nor given an image count."""
+    rng = np.random.default_rng(12)
+    src = {"wide": np.maximum(rng.normal(size=(48, 40, 1, 1)) + 0.5, 0).astype("float32")}
+    path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.5)], labels=np.arange(48) % 3)
+    ds = ftdyn.analyze(
+        path,
+        out=tmp_path / "r",
+        progress=False,
+        metrics=["pwsm"],
+        views="channels",
+        bootstrap=bootstrap,
+        bootstrap_groups=8,
+    )
+    conv = ds["convergence"].values[0, 0, 0]
+    assert np.isnan(conv[:2]).all() and np.isfinite(conv[2])
+    assert not ds["converged"].values[0, 0, 0] and np.isnan(ds["images_needed"].values[0, 0, 0])

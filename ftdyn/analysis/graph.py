@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import torch
 
 from .. import summary as S
@@ -16,12 +15,14 @@ from .inputs import Experiment
 from .plan import (
     Job,
     chunk_groups,
+    convergence_units,
     job_nested_counts,
-    nested_groups,
     nested_subsets,
     nested_units,
     replicate_counts,
     shared_boot,
+    subset_sizes,
+    subsets_degenerate,
 )
 from .tasks import (
     RowAccumulator,
@@ -88,9 +89,7 @@ def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
     if job.units == 1:
         return None, None
     if args.nested:  # the convergence run: images outside the kept groups are not read into any
-        groups, kept = nested_groups(n)
-        units = S.shared_units(n, groups, args.seed, job.exp)
-        return np.where(units < kept, units, -1), None
+        return convergence_units(n, args.seed, job.exp), None
     # one resample per replicate for every job of the experiment
     units = S.shared_units(n, job.units, args.seed, job.exp)
     return units, replicate_counts(args, job.units, job.exp) if args.bootstrap else None
@@ -119,6 +118,9 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first
     units, counts = resamples
     sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(exp.ref)
     counts_nested = job_nested_counts(args, job.units, src.n) if exp.last in pos else None
+    if counts_nested is not None:
+        sizes = subset_sizes(counts_nested, units)
+        undefined = subsets_degenerate(args, src, job.metrics, sizes)
     leaves = [
         delayed(row_leaf, pure=True)(
             src,
@@ -149,7 +151,7 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first
         args.bootstrap_metrics,
         tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
         # the convergence check's subsets, where the job's groups of images give them
-        None if counts_nested is None else (pos.index(exp.last), counts_nested),
+        None if counts_nested is None else (pos.index(exp.last), counts_nested, undefined),
         not args.nested,
         first,
         dask_key_name=f"metrics-{ctag}",
@@ -190,11 +192,16 @@ def _gram_output(delayed, exp, args, job, fsl, gtag):
         *Ks,
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
-        nested=None
-        if exp.last is None
-        else (exp.last, nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)),
+        nested=None if exp.last is None else _gram_nested(exp, args, job, src),
         dask_key_name=f"metrics-{gtag}",
     )
+
+
+def _gram_nested(exp: Experiment, args: AnalyzeConfig, job: Job, src):
+    """(last epoch, image indices of each subset, (metrics, subsets) degenerate) of a Gram job."""
+    subsets = nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)
+    undefined = subsets_degenerate(args, src, job.metrics, [len(idx) for idx in subsets])
+    return exp.last, subsets, undefined
 
 
 def _map_output(delayed, exp, args, job, fsl, gtag):

@@ -45,7 +45,16 @@ from ..metrics.probe import linear_probe
 from ..store import has_random_init
 from .collect import split_baseline
 from .inputs import BASELINE, Experiment
-from .plan import NESTED_FRACTIONS, NESTED_UNITS, Job, plan_analysis
+from .plan import (
+    NESTED_FRACTIONS,
+    NESTED_UNITS,
+    Job,
+    convergence_counts,
+    convergence_units,
+    plan_analysis,
+    subset_sizes,
+    subsets_degenerate,
+)
 
 #: a distance is converged when its relative change from half the images to all is below this
 CONVERGENCE_TOL = 0.05
@@ -88,7 +97,13 @@ def convergence_plan(
     jobs of the main plan (``jobs``) whose statistics hold fewer than NESTED_UNITS groups of
     images (no bootstrap of their metrics): the reference and the last epoch only, statistics
     per seeded group, only the subsets' values. Every other job gives its subsets itself."""
-    only = {(j.exp, j.layer, j.view) for j in jobs if j.side == "row" and j.units < NESTED_UNITS}
+    only = {
+        (j.exp, j.layer, j.view)
+        for j in jobs
+        if j.side == "row"
+        and j.units < NESTED_UNITS
+        and not _subsets_degenerate(exps[j.exp], j, args).all()
+    }
     pairs = [
         dataclasses.replace(
             e,
@@ -103,6 +118,17 @@ def convergence_plan(
     )
     threads, conv_jobs = plan_analysis(pairs, config, dev, limit, workers, only=only)
     return pairs, config, threads, conv_jobs
+
+
+def _subsets_degenerate(exp: Experiment, job: Job, args: AnalyzeConfig) -> np.ndarray:
+    """(metrics, subsets) degenerate in the convergence run of ``job`` (where all are, the job
+    is not run: e.g. PWSM with α = 0 on the channels of a layer with more channels than the
+    rows of half the images)."""
+    src = exp.layers[job.layer][1]
+    units = convergence_units(src.n, args.seed, job.exp)
+    return subsets_degenerate(
+        args, src, job.metrics, subset_sizes(convergence_counts(src.n), units)
+    )
 
 
 def ceilings(exps: list[Experiment], args: AnalyzeConfig, recs: dict) -> dict:
@@ -134,7 +160,10 @@ def convergence(
         if (e, m, l) in degenerate:
             continue
         mi = args.metrics.index(m)
-        conv[e, mi, l, :-1] = rec["nested"] if "nested" in rec else nested[(e, m, l)]
+        # none where every subset is degenerate (the convergence run skipped it): NaN
+        subsets = rec["nested"] if "nested" in rec else nested.get((e, m, l))
+        if subsets is not None:
+            conv[e, mi, l, :-1] = subsets
         conv[e, mi, l, -1] = rec["value"][exps[e].last]
     return conv
 

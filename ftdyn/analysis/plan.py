@@ -17,6 +17,7 @@ import torch
 
 from .. import metrics as M
 from .. import summary as S
+from .. import views as V
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg
 from ..errors import FtdynError
 from .inputs import Experiment, Source
@@ -492,6 +493,30 @@ def nested_counts(n_units: int) -> np.ndarray:
     )
 
 
+def degenerate(args: AnalyzeConfig, src: Source, metric: str, n_images: int) -> str | None:
+    """Why ``metric`` on ``src`` in its view is 0 for any pair of checkpoints when computed on
+    ``n_images`` images (the view's matrix shape decides, :func:`ftdyn.metrics.degenerate_reason`),
+    or None."""
+    view = args.views[metric]
+    _, rows, cols = V.matrix_shape(view, n_images, src.channels, src.height, src.width)
+    center = args.map_center if view == "map" and metric != "pwsm" else "columns"
+    reason = M.degenerate_reason(
+        "cka" if metric == DEBIASED_CKA else metric, rows, cols, args.alpha, center
+    )
+    if metric == DEBIASED_CKA and rows < 4:
+        reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
+    return reason
+
+
+def subsets_degenerate(
+    args: AnalyzeConfig, src: Source, metrics: list[str], sizes: list[int]
+) -> np.ndarray:
+    """(metrics, subsets) whether each metric is degenerate on subsets of ``sizes`` images: the
+    convergence check leaves those NaN (a smaller subset can be degenerate where all images
+    are not, e.g. PWSM with α = 0 and fewer rows than columns)."""
+    return np.array([[degenerate(args, src, m, k) is not None for k in sizes] for m in metrics])
+
+
 def nested_groups(n: int) -> tuple[int, int]:
     """(groups, groups kept) of the convergence check's own run: n images dealt into
     NESTED_UNITS seeded groups, of which its proper subsets use the first ⌈f·U⌉ only (the
@@ -500,14 +525,33 @@ def nested_groups(n: int) -> tuple[int, int]:
     return groups, math.ceil(NESTED_FRACTIONS[-2] * groups)
 
 
+def convergence_units(n: int, seed: int, experiment: int) -> np.ndarray:
+    """The group of every image in the convergence check's own run (:func:`nested_groups`),
+    -1 for the images of the groups it does not need."""
+    groups, kept = nested_groups(n)
+    units = S.shared_units(n, groups, seed, experiment)
+    return np.where(units < kept, units, -1)
+
+
+def convergence_counts(n: int) -> np.ndarray:
+    """The nested subsets' counts over the kept groups of the convergence run."""
+    groups, kept = nested_groups(n)
+    return nested_counts(groups)[:, :kept]
+
+
+def subset_sizes(counts: np.ndarray, units: np.ndarray) -> list[int]:
+    """Images in each subset of unit ``counts`` (S, U), ``units`` the group of every image."""
+    per_unit = np.bincount(units[units >= 0], minlength=counts.shape[1])
+    return [int(k) for k in counts @ per_unit]
+
+
 def job_nested_counts(args: AnalyzeConfig, n_units: int, n: int) -> np.ndarray | None:
     """The nested subsets' counts over a row-side job's ``n_units`` groups: in the convergence
     check's own run over its kept groups (:func:`nested_groups`), in the main run over the
     bootstrap's groups where there are at least NESTED_UNITS, else None (that job's subsets
     come from the convergence run). ``n``: the images."""
     if args.nested:
-        groups, kept = nested_groups(n)
-        return nested_counts(groups)[:, :kept]
+        return convergence_counts(n)
     return nested_counts(n_units) if n_units >= NESTED_UNITS else None
 
 

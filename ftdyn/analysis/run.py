@@ -23,9 +23,8 @@ import torch
 import xarray as xr
 
 from .. import metrics as M
-from .. import views as V
 from .._version import __version__
-from ..config import DEBIASED_CKA, AnalyzeConfig, arg, build, describe
+from ..config import AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
@@ -51,7 +50,7 @@ from .interpret import (
     warn_unconverged,
     with_baseline,
 )
-from .plan import Job, plan_analysis
+from .plan import Job, degenerate, plan_analysis
 from .tasks import trim
 
 log = logging.getLogger(__name__)
@@ -59,19 +58,12 @@ log = logging.getLogger(__name__)
 
 def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, str, int], str]:
     """(experiment, metric, layer) -> why the metric is 0 for any pair of checkpoints there,
-    decided from each view's matrix shape (:func:`ftdyn.metrics.degenerate_reason`)."""
+    decided from each view's matrix shape (:func:`ftdyn.analysis.plan.degenerate`)."""
     out = {}
     for e, exp in enumerate(exps):
         for l, (_, src) in enumerate(exp.layers):
             for m in args.metrics:
-                view = args.views[m]
-                _, rows, cols = V.matrix_shape(view, src.n, src.channels, src.height, src.width)
-                center = args.map_center if view == "map" and m != "pwsm" else "columns"
-                reason = M.degenerate_reason(
-                    "cka" if m == DEBIASED_CKA else m, rows, cols, args.alpha, center
-                )
-                if m == DEBIASED_CKA and rows < 4:
-                    reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
+                reason = degenerate(args, src, m, src.n)
                 if reason:
                     out[(e, m, l)] = reason
     return out

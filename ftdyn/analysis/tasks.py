@@ -541,14 +541,15 @@ def row_finish(
     counts: np.ndarray | None,
     boot_metrics: list[str] | None = None,
     skip: tuple[int, ...] = (),
-    nested: tuple[int, np.ndarray] | None = None,
+    nested: tuple[int, np.ndarray, np.ndarray] | None = None,
     point: bool = True,
     ref_value: bool = True,
 ) -> dict:
     """Metrics of every (reference, checkpoint) pair, the trajectory and bootstrap replicates
     (of ``boot_metrics``, default all; not at the positions ``skip``, which stay NaN and out of
-    the trajectory). ``nested`` = (position, unit counts (S, U)): every metric of (reference,
-    position) on those image subsets (the convergence check), ``out["nested"]`` (S, ...).
+    the trajectory). ``nested`` = (position, unit counts (S, U), degenerate (metrics, S)): every
+    metric of (reference, position) on those image subsets (the convergence check), NaN where
+    degenerate, ``out["nested"]`` (S, ...).
     ``point=False``: only the nested values (a run for the convergence check alone);
     ``ref_value=False``: the reference against itself left NaN (a later checkpoint pass: the
     first one gives it)."""
@@ -587,9 +588,17 @@ def row_finish(
             reps[:, list(skip)] = np.nan
             out["reps"][m] = reps
     if nested is not None:
-        for m in metrics:
+        t, subsets, undefined = nested
+        for mi, m in enumerate(metrics):
             # a few subsets: CKA's expansion (of_counts) costs more than re-summing for them
-            out["nested"][m] = direct(m, *nested)
+            out["nested"][m] = np.stack(
+                [
+                    np.full(acc.s.shape[2:-1], np.nan)
+                    if undefined[mi, i]
+                    else direct(m, t, c[None])[0]
+                    for i, c in enumerate(subsets)
+                ]
+            )
     return out
 
 
@@ -764,21 +773,30 @@ def gram_finish(
             skip,
         )
     if nested is not None:
-        out["nested"] = _gram_subsets(metrics, alpha, Ks[ref], Ks[nested[0]], nested[1], need_eig)
+        t, subsets, undefined = nested
+        out["nested"] = _gram_subsets(metrics, alpha, Ks[ref], Ks[t], subsets, undefined, need_eig)
     return out
 
 
 def _gram_subsets(
-    metrics: list[str], alpha: float, K_ref, K_t, subsets: list[np.ndarray], need_eig: bool
+    metrics: list[str],
+    alpha: float,
+    K_ref,
+    K_t,
+    subsets: list[np.ndarray],
+    undefined: np.ndarray,
+    need_eig: bool,
 ) -> dict:
-    """{metric: (S, ...)} of the pair (K_ref, K_t) restricted to each subset of images."""
+    """{metric: (S, ...)} of the pair (K_ref, K_t) restricted to each subset of images; NaN
+    where ``undefined`` (metrics, S) says the metric is degenerate on that subset."""
     vals = {m: [] for m in metrics}
-    for idx in subsets:
+    for i, idx in enumerate(subsets):
         ii = torch.from_numpy(np.asarray(idx)).to(K_ref.device)
         Ka, Kb = (K.index_select(-1, ii).index_select(-2, ii) for K in (K_ref, K_t))
         ea, eb = (M.gram_eig(Ka), M.gram_eig(Kb)) if need_eig else (None, None)
-        for m in metrics:
-            vals[m].append(_gram_pair(m, Ka, Kb, ea, eb, alpha))
+        for mi, m in enumerate(metrics):
+            blank = np.full(K_ref.shape[:-2], np.nan)
+            vals[m].append(blank if undefined[mi, i] else _gram_pair(m, Ka, Kb, ea, eb, alpha))
     return {m: np.stack(v) for m, v in vals.items()}
 
 
