@@ -86,10 +86,10 @@ def build_pooled(exps: list[Experiment], name: str = "pooled") -> list:
 def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
     """(unit of every image, bootstrap counts) of a row-side job: (None, None) without groups
     of images, counts None without a bootstrap (groups for the convergence check alone)."""
-    if job.units == 1:
-        return None, None
     if args.nested:  # the convergence run: images outside the kept groups are not read into any
         return convergence_units(n, args.seed, job.exp), None
+    if job.units == 1:
+        return None, None
     # one resample per replicate for every job of the experiment
     units = S.shared_units(n, job.units, args.seed, job.exp)
     return units, replicate_counts(args, job.units, job.exp) if args.bootstrap else None
