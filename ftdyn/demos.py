@@ -399,9 +399,19 @@ def interpreted(results, experiment: str, metric: str, layers: list[str], epoch:
             p_ends is not None and p_ends < ALPHA_LEVEL and d[0] < d[-1]
         ),
         "steps_not_distinguishable_from_0": flat,
-        "not_converged": [
-            layer for layer, ok in zip(layers, results["converged"].sel(**sel).values) if not ok
-        ],
+        **_convergence_findings(results, sel, layers),
+    }
+
+
+def _convergence_findings(results, sel: dict, layers: list[str]) -> dict[str, list[str]]:
+    """The layers whose distance has not converged, and those where the check is undefined
+    (half the images too few for the metric, or no distance at all)."""
+    conv = results["convergence"].sel(**sel).values  # (layer, fraction)
+    checked = np.isfinite(conv[:, -2]) & np.isfinite(conv[:, -1])
+    ok = results["converged"].sel(**sel).values
+    return {
+        "not_converged": [layer for layer, c, o in zip(layers, checked, ok) if c and not o],
+        "convergence_undefined": [layer for layer, c in zip(layers, checked) if not c],
     }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ftdyn
+from ftdyn import demos
 from ftdyn import metrics as M
 from ftdyn.analysis import interpret as AI
 from ftdyn.metrics.probe import linear_probe
@@ -336,7 +337,6 @@ def test_report_shows_relative_curves_probes_convergence_and_significance(tmp_pa
 
 
 def test_demo_findings_carry_relative_drift_significance_and_convergence(tmp_path):
-    from ftdyn import demos
 
     rng = np.random.default_rng(9)
     n = 48
@@ -526,3 +526,6 @@ def test_convergence_subset_too_small_for_the_metric_is_nan_not_a_number(tmp_pat
     conv = ds["convergence"].values[0, 0, 0]
     assert np.isnan(conv[:2]).all() and np.isfinite(conv[2])
     assert not ds["converged"].values[0, 0, 0] and np.isnan(ds["images_needed"].values[0, 0, 0])
+    # the demo's findings call it undefined, not "not converged"
+    (row,) = demos.findings(ds)
+    assert row["convergence_undefined"] == ["wide"] and row["not_converged"] == []
