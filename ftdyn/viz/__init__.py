@@ -80,14 +80,37 @@ def epoch_label(epoch: int) -> str:
     return "source (epoch 0)" if int(epoch) == 0 else f"epoch {int(epoch)}"
 
 
-def grid_title(title: str | None, width: float) -> tuple[str | None, float]:
-    """(title, inches it takes at the top) of a grid ``width`` inches wide: on two lines, split
-    at its " · ", where one line of 10 pt text would be wider than the figure."""
-    if not title:
-        return None, 0.3
-    if len(title) * 0.085 > width:  # ~0.085 in per character at 10 pt
+def grid_figure(
+    body: tuple[float, float],
+    margins: tuple[float, float, float],
+    title: str | None,
+    space: tuple[float, float] = (0.06, 0.06),
+):
+    """A Figure for a grid of axes with fixed margins in inches instead of a constrained layout
+    (which took most of the drawing time of the many-axes grids): ``body`` (width, height) of
+    the axes, ``margins`` (left, right, bottom), the top sized for ``title``, which goes on two
+    lines, split at its " · ", where one line of 10 pt text would be wider than the figure;
+    ``space`` (horizontal, vertical) between the axes, a fraction of their size."""
+    from matplotlib.figure import Figure
+
+    left, right, bottom = margins
+    width = left + body[0] + right
+    if title and len(title) * 0.085 > width:  # ~0.085 in per character at 10 pt
         title = title.replace(" · ", "\n", 1)
-    return title, 0.4 + 0.18 * title.count("\n") + 0.15
+    top = 0.4 + 0.18 * title.count("\n") + 0.15 if title else 0.3
+    height = top + body[1] + bottom
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=space[0],
+        hspace=space[1],
+    )
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    return fig
 
 
 def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:

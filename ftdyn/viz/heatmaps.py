@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import epoch_label, grid_title, save_figure
+from . import epoch_label, grid_figure, save_figure
 
 CMAP = "inferno"
 ALPHA = 0.6
@@ -101,26 +101,15 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
     import matplotlib
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
     cmap = matplotlib.colormaps[CMAP]
     F, E = grid.heat.shape[:2]
     H, W = grid.image.shape[:2]
     cell_h, cell_w = 1.7, 1.7 * max(W / H, 0.5)
-    # fixed margins in inches instead of a constrained layout (which took a third of the
-    # report's time): labels left, titles top, one narrow colour-bar column per row right
-    left, right, bottom, bar = 0.75, 0.75, 0.1, 0.12
-    width = left + cell_w * (E + 1) + bar + right
-    title, top = grid_title(title, width)
-    height = top + cell_h * F + bottom
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        top=1 - top / height,
-        bottom=bottom / height,
-        wspace=0.04,
-        hspace=0.06,
+    # labels left, one narrow colour-bar column per row, its ticks and label right
+    bar = 0.12
+    fig = grid_figure(
+        (cell_w * (E + 1) + bar, cell_h * F), (0.75, 0.75, 0.1), title, space=(0.04, 0.06)
     )
     axes = fig.subplots(
         F, E + 2, squeeze=False, gridspec_kw={"width_ratios": [cell_w] * (E + 1) + [bar]}
@@ -152,8 +141,6 @@ def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = 
         cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=axes[fi, -1])
         cb.ax.tick_params(labelsize=7)
         cb.set_label("activation", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return save_figure(fig, Path(path))
 
 

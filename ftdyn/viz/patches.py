@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FtdynError
-from . import epoch_label, grid_title, results_layer_index, save_figure
+from . import epoch_label, grid_figure, results_layer_index, save_figure
 
 # ----------------------------------------------------------------------------- pure computation
 
@@ -352,27 +352,11 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
     """Draw rows = (class, filter), columns = epochs; returns the PNG path.
 
     Every cell shows the same window of the field (:func:`display_window`)."""
-    from matplotlib.figure import Figure
-
     rows_w, cols_w = display_window(grid.coverage)
     C, F, E = grid.crops.shape[:3]
     rows = C * F
     cell = 1.35 if max(rows_w.stop - rows_w.start, cols_w.stop - cols_w.start) > 16 else 1.05
-    # fixed margins in inches (row labels left, titles top), not a constrained layout, which
-    # took most of the drawing time of these many-axes grids
-    left = 1.3
-    width = left + cell * E + 0.1
-    title, top = grid_title(title, width)
-    height = top + cell * rows + 0.1
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=left / width,
-        right=1 - 0.1 / width,
-        top=1 - top / height,
-        bottom=0.1 / height,
-        wspace=0.06,
-        hspace=0.06,
-    )
+    fig = grid_figure((cell * E, cell * rows), (1.3, 0.1, 0.1), title)  # row labels left
     axes = fig.subplots(rows, E, squeeze=False)
     for ci in range(C):
         for fi in range(F):
@@ -407,8 +391,6 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
                 va="center",
                 labelpad=4,
             )
-    if title:
-        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return save_figure(fig, Path(path))
 
 
