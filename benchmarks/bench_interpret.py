@@ -64,7 +64,7 @@ def without_interpretation():
         (
             AR,
             "ceilings",
-            lambda exps, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
+            lambda exps, engine, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
         ),
         (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
         (AR, "build_pooled", lambda exps: []),

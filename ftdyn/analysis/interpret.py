@@ -131,14 +131,17 @@ def _subsets_degenerate(exp: Experiment, job: Job, args: AnalyzeConfig) -> np.nd
     )
 
 
-def ceilings(exps: list[Experiment], args: AnalyzeConfig, recs: dict) -> dict:
-    """Split the baseline off the engine's records (:func:`with_baseline`): ``ceiling``
-    (experiment, metric, layer), NaN without a baseline, and ``missing``: those stores."""
+def ceilings(
+    exps: list[Experiment], engine: list[Experiment], args: AnalyzeConfig, recs: dict
+) -> dict:
+    """Split the baseline off the records of the ``engine``'s experiments
+    (:func:`with_baseline`): ``ceiling`` (experiment, metric, layer), NaN without a baseline,
+    and ``missing``: those stores."""
     E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
     ceiling = np.full((E, Mn, Lmax), np.nan)
     missing = []
     for e, exp in enumerate(exps):
-        if not has_random_init(exp.path):
+        if BASELINE not in engine[e].epochs:
             missing.append(str(exp.path))
             continue
         for mi, m in enumerate(args.metrics):

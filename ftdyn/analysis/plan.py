@@ -360,7 +360,7 @@ def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
     boot = config.bootstrap and (
         config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics))
     )
-    options = [min(config.bootstrap_groups or MAX_UNITS, n) if boot else 1]
+    options = [boot_groups(config, n) if boot else 1]
     while options[-1] > MIN_UNITS:
         options.append(max(MIN_UNITS, options[-1] // 2))
     return options
@@ -558,7 +558,7 @@ def job_nested_counts(args: AnalyzeConfig, n_units: int, n: int) -> np.ndarray |
 def nested_units(args: AnalyzeConfig, n: int) -> int:
     """Groups of images of the Gram-side and map views' nested subsets: the bootstrap's
     (:func:`shared_boot`) when there is one, else NESTED_UNITS."""
-    groups = min(args.bootstrap_groups or MAX_UNITS, n) if args.bootstrap else 0
+    groups = boot_groups(args, n) if args.bootstrap else 0
     return groups if groups >= NESTED_UNITS else min(NESTED_UNITS, n)
 
 
@@ -572,11 +572,17 @@ def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.n
     return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
+def boot_groups(args: AnalyzeConfig, n: int) -> int:
+    """Groups of images of the bootstrap at their unlimited number (``bootstrap_groups``, else
+    MAX_UNITS), at most one per image."""
+    return min(args.bootstrap_groups or MAX_UNITS, n)
+
+
 def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarray, np.ndarray]:
     """(unit of every image, unit counts (N, U)) of the experiment's replicates, the row side's
     units at their unlimited number, min(MAX_UNITS, n): Gram-side and map views resample the
     same images."""
-    n_units = min(args.bootstrap_groups or MAX_UNITS, n)
+    n_units = boot_groups(args, n)
     return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(
         args, n_units, experiment
     )

@@ -347,7 +347,7 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
         # the statistics are gone: hand the cached blocks back to the driver
         torch.cuda.empty_cache()
     recs = collect(main.experiments, main.config, main.jobs, list(results[: len(outputs)]))
-    extra = ceilings(exps, config, recs)
+    extra = ceilings(exps, main.experiments, config, recs)
     for e, m, l in plan.degenerate:
         _undefined(recs[(e, m, l)])
     n_main, n_conv = len(outputs), len(conv_outputs)
