@@ -6,7 +6,8 @@ baseline), runs ``ftdyn.analyze`` three times in this process, each into a fresh
 1. ``plain``: what ``analyze`` cost before the interpretation existed: no bootstrap, and the
    interpretation's parts of the computation switched off for this run only (the random-init
    baseline as one more checkpoint of the pass, the convergence check's own run for row-side
-   views without groups of images, the pooled features and the linear probes);
+   views without groups of images and their groups in the main pass, the pooled features and
+   the linear probes);
 2. ``bootstrap_only``: the same with the demo's paired bootstrap (``--bootstrap N
    --bootstrap-metric cka``, 8 groups), to tell its share from the rest (the convergence
    subsets of the views with bootstrap groups are still evaluated there: they come with the
@@ -68,6 +69,7 @@ def without_interpretation():
         ),
         (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
         (AR, "build_pooled", lambda exps: []),
+        (AP, "NESTED_IN_PASS", False),
         (AI, "probes", no_probes),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]

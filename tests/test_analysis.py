@@ -628,7 +628,7 @@ def test_plan_with_gpu_memory_reads_the_store_once():
     src = AI.Source("unused.zarr", "features_26", 167, 4982, 128, 28, 28, 2)
     args = AnalyzeConfig(metrics=["procrustes", "cka"], views="filter")
     budget = 10**9 - AP.RESERVE
-    spec = AP.JobSpec(0, 0, src, "filter", epochs=4, ref=0)
+    spec = AP.JobSpec(0, 0, src, "filter", ("procrustes", "cka"), epochs=4, ref=0)
     cpu = AP.plan_job(args, spec, AP.Budget(budget, threads=2))
     gpu = AP.plan_job(args, spec, AP.Budget(budget, threads=2, device=64 * 10**9))
     slab = src.n * src.image_bytes

@@ -221,7 +221,7 @@ def test_plan_job_is_inspectable_without_reading():
     src = Source(
         "never-opened.zarr", "layer", spc=10, n=40, channels=4, height=3, width=3, itemsize=2
     )
-    spec = AP.JobSpec(exp=0, layer=0, src=src, view="channels", epochs=3, ref=0)
+    spec = AP.JobSpec(exp=0, layer=0, src=src, view="channels", metrics=("pwsm",), epochs=3, ref=0)
     job = AP.plan_job(AnalyzeConfig(), spec, AP.Budget(host=10**9, threads=1))
     assert (job.side, job.mode, job.metrics, job.ckpt_groups) == ("row", "ref", ["pwsm"], [[1, 2]])
     # the reference once, every other checkpoint once
@@ -232,7 +232,7 @@ def test_plan_job_is_inspectable_without_reading():
     assert (everything.mode, everything.ckpt_groups) == ("all", [None])
     mapped = AP.plan_job(
         AnalyzeConfig(preset="paper-code"),
-        AP.JobSpec(0, 0, src, "map", 3, 0),
+        AP.JobSpec(0, 0, src, "map", ("procrustes", "cka"), 3, 0),
         AP.Budget(host=10**9, threads=1),
     )
     assert (mapped.side, mapped.metrics) == ("map", ["procrustes", "cka"])

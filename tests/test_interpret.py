@@ -12,6 +12,7 @@ import ftdyn
 from ftdyn import demos
 from ftdyn import metrics as M
 from ftdyn.analysis import interpret as AI
+from ftdyn.analysis import plan as AP
 from ftdyn.metrics.probe import linear_probe
 from ftdyn.store import (
     LayerSpec,
@@ -445,7 +446,8 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
             xt = Xt[t][:, rows]
             acc.s[u, t], acc.xy[u, t], acc.yy[u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
     K = [Xt[t] @ Xt[t].mT for t in range(T)]
-    gram = TK._gram_cka_replicates(K[0], {t: K[t] for t in range(1, T)}, unit, counts)
+    grams = [TK._Gram(k) for k in K]
+    gram = TK._gram_cka_replicates(grams[0], {t: grams[t] for t in range(1, T)}, unit, counts)
     for t in range(1, T):
         row = TK._cka_replicates(acc, 0, t, counts)
         assert np.array_equal(np.isnan(row), np.isnan(direct[:, t])) and np.isnan(row[:, 3]).any()
@@ -453,35 +455,48 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
         np.testing.assert_allclose(gram[t], direct[:, t], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("bootstrap", [0, 12])
-def test_convergence_subsets_equal_the_metrics_on_those_images(tmp_path, bootstrap):
+@pytest.mark.parametrize("bootstrap, split", [(0, False), (12, False), (12, True)])
+def test_convergence_subsets_equal_the_metrics_on_those_images(
+    tmp_path, monkeypatch, bootstrap, split
+):
     """Every fraction of ``convergence`` is the metric computed directly on the images of its
-    nested subset: with a bootstrap the row-side subsets come from the main pass's groups (8),
-    without one from the convergence run's own (4, the first 2 kept); the Gram side (features.3:
-    36 columns > 24 images) cuts its subsets out of the Grams. The baseline is no epoch."""
+    nested subset: the row-side subsets come from the main pass's groups (the bootstrap's 8, or
+    without one the convergence check's 4 where they take no extra pass) or from the
+    convergence run's own (4, the first 2 kept); the Gram side (features.3:
+    36 columns > 24 images) cuts its subsets out of the Grams. The baseline is no epoch.
+    ``split``: CKA alone bootstrapped and filter groups of 2, so each per-filter view gets a
+    job for CKA (on the Gram side, whose Grams also give Procrustes' subsets) and one for
+    Procrustes (on the row side, no groups of images)."""
     from ftdyn.analysis.plan import nested_subsets, nested_units
 
     rng = np.random.default_rng(11)
     src = _acts(rng)
     series = [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)]
     path = make_store(tmp_path / "s.zarr", series, baseline=_acts(rng))
-    ds = ftdyn.analyze(
-        path, out=tmp_path / "r", progress=False, bootstrap=bootstrap, bootstrap_groups=8, seed=5
-    )
+    options = dict(bootstrap=bootstrap, bootstrap_groups=8)
+    if split:
+        monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
+        options["bootstrap_metrics"] = ["cka"]
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, seed=5, **options)
     # the default preset: pwsm on channels, Procrustes and CKA per filter
     metric = {"pwsm": M.pwsm, "procrustes": M.procrustes, "cka": M.cka_distance}
-    plan = {(j["layer"], j["view"]): j["side"] for j in json.loads(ds.attrs["plan"])}
-    assert set(plan.values()) == {"row", "gram"}
+    plan = {
+        (j["layer"], m): j for j in json.loads(ds.attrs["plan"]) for m in j["convergence_metrics"]
+    }
+    assert {j["side"] for j in plan.values()} == {"row", "gram"}
+    if split:  # Procrustes' subsets from CKA's Gram-side job
+        job = plan[(LAYERS[1].name, "procrustes")]
+        assert job["side"] == "gram" and job["metrics"] == ["cka"]
     for l, layer in enumerate(LAYERS):
         x, y = (a[layer.name].astype(np.float64) for a in (src, series[-1]))
         for mi, m in enumerate(ds["metric"].values):
             view = str(ds["view"].values[mi])
-            if plan[(layer.name, view)] == "gram":
-                groups = nested_units(
-                    ftdyn.config.AnalyzeConfig(bootstrap=bootstrap, bootstrap_groups=8), N
-                )
+            job = plan[(layer.name, m)]
+            if job["side"] == "gram":
+                groups = nested_units(ftdyn.config.AnalyzeConfig(**options), N)
             else:
-                groups = 8 if bootstrap else 4
+                # the main pass's groups, else the convergence run's
+                groups = job["image_groups"] if job["image_groups"] > 1 else 4
             subsets = nested_subsets(N, groups, 5, 0)
             for f, idx in enumerate(subsets):
                 a, b = x[idx], y[idx]
@@ -529,3 +544,23 @@ def test_convergence_subset_too_small_for_the_metric_is_nan_not_a_number(tmp_pat
     # the demo's findings call it undefined, not "not converged"
     (row,) = demos.findings(ds)
     assert row["convergence_undefined"] == ["wide"] and row["not_converged"] == []
+
+
+def test_bootstrapped_metrics_in_a_job_of_their_own_give_the_same_results(tmp_path, monkeypatch):
+    """Where keeping every metric's statistics per group of images would take several tasks,
+    the bootstrapped metric (CKA) gets a job of its own (here on the Gram side) and Procrustes
+    one without groups: distances, intervals, paired tests and convergence subsets are those of
+    the single job, to rounding."""
+    rng = np.random.default_rng(13)
+    src = _acts(rng)
+    path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)])
+    options = dict(bootstrap=20, bootstrap_groups=8, bootstrap_metrics=["cka"], seed=3)
+    one = ftdyn.analyze(path, out=tmp_path / "one", progress=False, **options)
+    monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
+    split = ftdyn.analyze(path, out=tmp_path / "split", progress=False, **options)
+    jobs = [(j["layer"], j["metrics"], j["side"]) for j in json.loads(split.attrs["plan"])]
+    assert (LAYERS[1].name, ["cka"], "gram") in jobs
+    assert (LAYERS[1].name, ["procrustes"], "row") in jobs
+    assert len(jobs) == len(json.loads(one.attrs["plan"])) + 1
+    for var in ("distance", "ci_low", "ci_high", "delta_ci_low", "layer_order_p", "convergence"):
+        np.testing.assert_allclose(split[var].values, one[var].values, rtol=0, atol=1e-10)

@@ -161,7 +161,7 @@ def collect_nested(exps: list[Experiment], jobs: list[Job], results: list) -> di
     for job in jobs:
         exp = exps[job.exp]
         parts = _job_parts(job, it, len(exp.epochs), exp.ref)
-        for m in job.metrics:
+        for m in job.convergence:
             out[(job.exp, m, job.layer)] = _nested_values(parts, m, V.is_per_filter(job.view))
     return out
 
@@ -194,12 +194,15 @@ def split_baseline(rec: dict, T: int) -> float:
 def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> dict:
     """Per (experiment, metric, layer) arrays in each experiment's own epoch order."""
     out: dict[tuple[int, str, int], dict] = {}
+    lent = {}  # subsets computed by the job of another metric of the same view
     it = iter(results)
     for job in jobs:
         exp = exps[job.exp]
         T, ref = len(exp.epochs), exp.ref
         parts = _job_parts(job, it, T, ref)
         per_filter = V.is_per_filter(job.view)
+        for m in set(job.convergence) - set(job.metrics):
+            lent[(job.exp, m, job.layer)] = _nested_values(parts, m, per_filter)
         for m in job.metrics:
             rec: dict[str, Any] = {"view": job.view, "side": job.side, "mode": job.mode}
             if job.side == "map":
@@ -216,6 +219,8 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
                 rec["n_filters"] = exp.layers[job.layer][1].channels
             rec["value"], rec["n_nan"], rec["traj"] = layer_val, n_nan, traj
             out[(job.exp, m, job.layer)] = rec
+    for key, nested in lent.items():
+        out[key]["nested"] = nested
     return out
 
 

@@ -55,7 +55,7 @@ def build_graph(
     graph_outputs = []
     for job in jobs:
         exp = exps[job.exp]
-        tag = f"{name}{job.exp}-{job.layer}-{job.view}"
+        tag = f"{name}{job.exp}-{job.layer}-{job.view}-{'+'.join(job.metrics)}"
         for gi, fsl in enumerate(job.groups):
             gtag = f"{tag}-{gi}"
             if job.side == "row":
@@ -198,10 +198,11 @@ def _gram_output(delayed, exp, args, job, fsl, gtag):
 
 
 def _gram_nested(exp: Experiment, args: AnalyzeConfig, job: Job, src):
-    """(last epoch, image indices of each subset, (metrics, subsets) degenerate) of a Gram job."""
+    """(last epoch, metrics, image indices of each subset, (metrics, subsets) degenerate) of a
+    Gram job."""
     subsets = nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)
-    undefined = subsets_degenerate(args, src, job.metrics, [len(idx) for idx in subsets])
-    return exp.last, subsets, undefined
+    undefined = subsets_degenerate(args, src, job.convergence, [len(idx) for idx in subsets])
+    return exp.last, job.convergence, subsets, undefined
 
 
 def _map_output(delayed, exp, args, job, fsl, gtag):

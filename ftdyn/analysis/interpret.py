@@ -97,13 +97,14 @@ def convergence_plan(
     jobs of the main plan (``jobs``) whose statistics hold fewer than NESTED_UNITS groups of
     images (no bootstrap of their metrics): the reference and the last epoch only, statistics
     per seeded group, only the subsets' values. Every other job gives its subsets itself."""
-    only = {
-        (j.exp, j.layer, j.view)
+    only = [
+        (j.exp, j.layer, j.view, tuple(j.metrics))
         for j in jobs
         if j.side == "row"
+        and j.convergence
         and j.units < NESTED_UNITS
         and not _subsets_degenerate(exps[j.exp], j, args).all()
-    }
+    ]
     pairs = [
         dataclasses.replace(
             e,

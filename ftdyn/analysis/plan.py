@@ -8,6 +8,7 @@ estimate, and compares thread counts by estimated time (the module doc of
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ class Job:
     leaves: int = 1
     task_bytes: int = 0
     outputs: list = field(default_factory=list)
+    #: the metrics of the view whose convergence subsets this job computes (None: its own)
+    convergence: list[str] | None = None
+
+    def __post_init__(self):
+        if self.convergence is None:
+            self.convergence = list(self.metrics)
 
 
 def chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
@@ -82,13 +89,15 @@ def chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One (experiment, layer, view) to plan: the layer's :class:`Source`, the number of analyzed
-    checkpoints and the position of the reference among them."""
+    """One (experiment, layer, view) and the ``metrics`` of it to plan (:func:`metric_parts`):
+    the layer's :class:`Source`, the number of analyzed checkpoints and the position of the
+    reference among them."""
 
     exp: int
     layer: int
     src: Source
     view: str
+    metrics: tuple[str, ...]
     epochs: int
     ref: int
 
@@ -143,7 +152,8 @@ def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     within ``budget`` (pure: reads nothing)."""
     if spec.view == "map":
         return _plan_map(config, spec, budget)
-    side, per_filter, cols = _side(spec, config.metrics_on(spec.view))
+    # the convergence run's groups only give subsets: they do not weigh the side
+    side, per_filter, cols = _side(spec, 1 if config.nested else job_units(config, spec))
     sizes = _filter_group_sizes(spec.src.channels if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
@@ -152,19 +162,29 @@ def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     return _plan_row(config, spec, budget, _RowCosts(spec, cols, per_filter, budget), sizes)
 
 
-def _side(spec: JobSpec, metrics: list[str]) -> tuple[str, bool, int]:
-    """(side, per-filter view, columns of one matrix) of a row- or Gram-side view."""
-    src, view = spec.src, spec.view
+def _side(spec: JobSpec, units: int) -> tuple[str, bool, int]:
+    """(side, per-filter view, columns of one matrix) of a row- or Gram-side view, whose
+    statistics hold ``units`` bootstrap groups of images."""
+    src, view, T, n = spec.src, spec.view, spec.epochs, spec.src.n
     hw = src.height * src.width
     if view in ("channels", "pooled"):
-        side, per_filter, cols = "row", False, src.channels
-    elif view == "flat":
-        side, per_filter, cols = M.choose_side(src.n, src.channels * hw), False, src.channels * hw
-    else:  # filter
-        side, per_filter, cols = M.choose_side(src.n, hw), True, hw
-    if DEBIASED_CKA in metrics:  # U-centering needs the per-image Grams
+        return "row", False, src.channels
+    per_filter = view == "filter"
+    cols = hw if per_filter else src.channels * hw
+    side = M.choose_side(n, cols)
+    if DEBIASED_CKA in spec.metrics:  # U-centering needs the per-image Grams
+        side = "gram"
+    elif units > 1 and not _decomposed(spec.metrics) and T * n * n < units * (2 * T - 1) * cols**2:
+        # CKA's replicates need no decomposition on either side: the Grams (T n×n per filter)
+        # are then cheaper than the row side's statistics per group of images (each group's
+        # XᵀX, and XᵀY and YᵀY per checkpoint)
         side = "gram"
     return side, per_filter, cols
+
+
+def _decomposed(metrics) -> bool:
+    """Whether any of ``metrics`` needs eigen- or singular values (not CKA's inner products)."""
+    return any(m not in ("cka", DEBIASED_CKA) for m in metrics)
 
 
 def _widen(src: Source) -> int:
@@ -193,7 +213,7 @@ def _plan_map(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
         spec.exp,
         spec.layer,
         spec.view,
-        config.metrics_on(spec.view),
+        list(spec.metrics),
         "map",
         mode,
         [slice(None)],
@@ -217,8 +237,7 @@ def _gram_modes(
     Grams (T·n²·cols per filter)."""
     T, n = spec.epochs, spec.src.n
     extra_pairs = T * (T - 1) // 2 - (T - 1)
-    decomposed = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
-    cheap = extra_pairs * (20 * n if decomposed else 1) <= T * cols_per_filter
+    cheap = extra_pairs * (20 * n if _decomposed(metrics) else 1) <= T * cols_per_filter
     return {"all": ["all"], "reference": ["ref"]}.get(
         config.trajectory, ["all", "ref"] if cheap else ["ref"]
     )
@@ -258,7 +277,7 @@ def _plan_gram(
 ) -> Job:
     """Gram side: each checkpoint's n×n Gram per filter, built by panels of sample chunks."""
     src, T, n, C = spec.src, spec.epochs, spec.src.n, spec.src.channels
-    metrics = config.metrics_on(spec.view)
+    metrics = list(spec.metrics)
     cols_per_filter = src.height * src.width if per_filter else C * src.height * src.width
     host_fixed = src.chunk_bytes * (1 + READ_OVERHEAD)  # a raw chunk and zarr's decode buffers
     # its float64 copy, product blocks
@@ -351,16 +370,14 @@ class _RowCosts:
 
 
 def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
-    """Bootstrap groups of images to try, most first. Replicates only for jobs with a
-    bootstrapped metric (--bootstrap-metric): the others keep one accumulator instead of one
-    per group of images."""
-    metrics, n = config.metrics_on(spec.view), spec.src.n
-    if config.nested:  # the convergence check's own run: the groups of its proper subsets
-        return [nested_groups(n)[1]]
-    boot = config.bootstrap and (
-        config.bootstrap_metrics is None or bool(set(metrics) & set(config.bootstrap_metrics))
-    )
-    options = [boot_groups(config, n) if boot else 1]
+    """Groups of images to try, most first: the bootstrap's for jobs with a bootstrapped metric
+    (--bootstrap-metric); for the others the convergence check's groups (its subsets then come
+    from the main pass) or one accumulator (then from the convergence check's own run)."""
+    options = [job_units(config, spec)]
+    if config.nested:
+        return options
+    if options == [1]:  # no bootstrap: the convergence subsets' groups, where they cost no pass
+        return [NESTED_UNITS, 1] if NESTED_IN_PASS and spec.src.n >= NESTED_UNITS else options
     while options[-1] > MIN_UNITS:
         options.append(max(MIN_UNITS, options[-1] // 2))
     return options
@@ -400,7 +417,9 @@ def _row_candidates(
             for k in ks:
                 for units in unit_options:
                     candidates.append((costs.reads(g, k), -units, len(candidates), g, "ref", k))
-    return sorted(candidates, key=lambda c: (c[1] != -unit_options[0], c[0], c[1], c[2]))
+    # the bootstrap's groups are wanted at any cost; the convergence check's only where free
+    wanted = unit_options[0] if unit_options[-1] != 1 else None
+    return sorted(candidates, key=lambda c: (wanted is not None and c[1] != -wanted, *c[:3]))
 
 
 def _plan_row(
@@ -459,7 +478,7 @@ def _row_job(
         spec.exp,
         spec.layer,
         spec.view,
-        config.metrics_on(spec.view),
+        list(spec.metrics),
         "row",
         mode,
         _groups_of(C, g, costs.per_filter),
@@ -474,6 +493,10 @@ def _row_job(
     )
 
 
+#: whether jobs without a bootstrap keep the convergence check's groups of images in their main
+#: pass where that takes no extra pass (False: their subsets always come from the convergence
+#: check's own run; benchmarks/bench_interpret.py switches it off for the plain analysis)
+NESTED_IN_PASS = True
 #: image fractions of the convergence check's nested subsets (analysis.interpret): the first
 #: ⌈f·U⌉ of U seeded groups of images (:func:`ftdyn.summary.shared_units`), U at least
 #: NESTED_UNITS (the bootstrap's groups where a job has them: its statistics give the subsets)
@@ -572,6 +595,59 @@ def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.n
     return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
+def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
+    """Groups of images a job's statistics keep, at most: the kept groups of the convergence
+    check's own run, the bootstrap's for a job with a bootstrapped metric (--bootstrap-metric),
+    else 1 (one accumulator)."""
+    n = spec.src.n
+    if config.nested:
+        return nested_groups(n)[1]
+    return boot_groups(config, n) if bootstrapped(config, spec.metrics) else 1
+
+
+def bootstrapped(config: AnalyzeConfig, metrics) -> bool:
+    """Whether a job of ``metrics`` computes bootstrap replicates (of some of them)."""
+    wanted = config.bootstrap_metrics
+    return bool(config.bootstrap) and (wanted is None or bool(set(metrics) & set(wanted)))
+
+
+def metric_parts(config: AnalyzeConfig, metrics: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """``metrics`` of one view as the bootstrapped ones (--bootstrap-metric) and the others (one
+    part where all or none are bootstrapped)."""
+    if not config.bootstrap or config.bootstrap_metrics is None:
+        return [tuple(metrics)]
+    boot = tuple(m for m in metrics if m in config.bootstrap_metrics)
+    rest = tuple(m for m in metrics if m not in boot)
+    return [part for part in (boot, rest) if part]
+
+
+def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]:
+    """The jobs of one view: one for all its metrics, or, where that is a row-side job whose
+    statistics per bootstrap group of images take more than one task (filter groups ×
+    checkpoint passes, each re-reading the store) and the bootstrapped metrics alone
+    (:func:`metric_parts`) take the Gram side (:func:`_side`), a Gram-side job for them and a
+    row-side job without groups of images for the others; the Gram-side job also gives the
+    others' convergence subsets."""
+    parts = metric_parts(config, spec.metrics)
+    try:
+        job = plan_job(config, spec, budget)
+    except FtdynError:
+        if len(parts) == 1:
+            raise
+        job = None
+    if job is not None and (
+        len(parts) == 1 or job.side != "row" or len(job.groups) * len(job.ckpt_groups) == 1
+    ):
+        return [job]
+    jobs = [plan_job(config, dataclasses.replace(spec, metrics=part), budget) for part in parts]
+    if job is not None and jobs[0].side != "gram":
+        return [job]  # the bootstrapped metrics' statistics per group would stay as large
+    # the Grams of all the images give every metric's subsets (small decompositions): the
+    # others' job needs no convergence run of its own
+    jobs[0].convergence, jobs[1].convergence = list(spec.metrics), []
+    return jobs
+
+
 def boot_groups(args: AnalyzeConfig, n: int) -> int:
     """Groups of images of the bootstrap at their unlimited number (``bootstrap_groups``, else
     MAX_UNITS), at most one per image."""
@@ -616,29 +692,28 @@ def plan_analysis(
     dev: torch.device,
     limit: int,
     workers: int | None,
-    only: set[tuple[int, int, str]] | None = None,
+    only: list[tuple[int, int, str, tuple[str, ...]]] | None = None,
 ) -> tuple[int, list[Job]]:
-    """(threads, jobs): a plan for every (experiment, layer, view) (those in ``only`` where
-    given) within ``limit`` bytes of host memory.
+    """(threads, jobs): a plan for the metrics of every (experiment, layer, view) (those in
+    ``only`` where given; :func:`plan_view`) within ``limit`` bytes of host memory.
 
     Plans for ``workers``, workers/2, ..., 1 threads (fewer threads leave more memory per task:
     fewer passes over the store) and keeps the one with the smallest estimated time.
     """
     host = max(32 * 2**20, limit - RESERVE)  # thread arenas, zarr's event loop, graph, results
     gpu = device_budget(dev)
+    keys = only if only is not None else view_keys(exps, args)
     specs = [
-        JobSpec(e, l, src, view, len(exp.epochs), exp.ref)
-        for e, exp in enumerate(exps)
-        for l, (_, src) in enumerate(exp.layers)
-        for view in dict.fromkeys(args.views[m] for m in args.metrics)
-        if only is None or (e, l, view) in only
+        JobSpec(e, l, exps[e].layers[l][1], view, metrics, len(exps[e].epochs), exps[e].ref)
+        for e, l, view, metrics in keys
     ]
     best, error, threads = None, None, (os.cpu_count() or 1) if workers is None else int(workers)
     if not specs:
         return threads, []
     while True:
         try:
-            jobs = [plan_job(args, spec, Budget(host, threads, gpu)) for spec in specs]
+            budget = Budget(host, threads, gpu)
+            jobs = [job for spec in specs for job in plan_view(args, spec, budget)]
             used = max(1, min(threads, int(host // max(1, max(j.task_bytes for j in jobs)))))
             cost = _estimated_seconds(jobs, used, dev)
             if best is None or cost < best[0] * 0.95:
@@ -651,6 +726,16 @@ def plan_analysis(
     if best is None:
         raise error
     return best[1], best[2]
+
+
+def view_keys(exps: list[Experiment], args: AnalyzeConfig) -> list[tuple[int, int, str, tuple]]:
+    """(experiment, layer, view, its metrics) of every view of an analysis, in order."""
+    return [
+        (e, l, view, tuple(args.metrics_on(view)))
+        for e, exp in enumerate(exps)
+        for l in range(len(exp.layers))
+        for view in dict.fromkeys(args.views[m] for m in args.metrics)
+    ]
 
 
 def _estimated_seconds(jobs: list[Job], threads: int, dev: torch.device) -> float:

@@ -50,7 +50,7 @@ from .interpret import (
     warn_unconverged,
     with_baseline,
 )
-from .plan import Job, degenerate, plan_analysis
+from .plan import Job, bootstrapped, degenerate, plan_analysis
 from .tasks import trim
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class AnalysisPlan:
 
     def summary(self) -> list[dict[str, Any]]:
         """One line per job, as the results record it (``attrs["plan"]``)."""
-        exps, bootstrap = self.experiments, self.config.bootstrap
+        exps = self.experiments
         return [
             {
                 "experiment": exps[j.exp].name,
@@ -246,9 +246,16 @@ class AnalysisPlan:
                 "filter_groups": len(j.groups),
                 "checkpoint_passes": len(j.ckpt_groups) if j.side == "row" else None,
                 "bootstrap_units": (
-                    (j.units if j.side == "row" else "images") if bootstrap else None
+                    (j.units if j.side == "row" else "images")
+                    if bootstrapped(self.config, j.metrics)
+                    else None
                 ),
+                # row side: the statistics' groups of images (bootstrap, convergence subsets)
+                "image_groups": j.units if j.side == "row" else None,
                 "gram_panels": j.panels if j.side == "gram" else None,
+                # the view's metrics whose convergence subsets this job gives (a row-side job
+                # without groups of images: through the convergence check's own run)
+                "convergence_metrics": j.convergence,
                 "task_bytes_estimate": int(j.task_bytes),
             }
             for j in self.jobs

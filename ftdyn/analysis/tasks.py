@@ -19,7 +19,7 @@ from .. import summary as S
 from .. import views as V
 from ..config import DEBIASED_CKA
 from ..errors import FtdynError
-from ..metrics._linalg import DEAD_RTOL, double_center
+from ..metrics._linalg import DEAD_RTOL
 from ..store import all_finite, baseline_var, chunk_on_disk, decoding
 from .inputs import BASELINE, Source
 
@@ -652,14 +652,46 @@ def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
     return np.asarray(_EIG_FUNCS[metric](ex, ey, alpha), dtype=np.float64)
 
 
-def _gram_pair(metric: str, Ka, Kb, ea, eb, alpha: float) -> np.ndarray:
-    """One metric of a checkpoint pair from raw Grams (cka: O(n²), no decomposition) or
-    decompositions."""
-    if metric in ("cka", DEBIASED_CKA):
+class _Gram:
+    """One checkpoint's raw Gram matrices K (*batch, n, n) and what the metrics need of them,
+    computed on first use and kept until :meth:`forget`: the double-centered K (CKA) and its
+    decomposition (the others)."""
+
+    def __init__(self, K: torch.Tensor):
+        self.K = K
+        self.forget()
+
+    def forget(self) -> None:
+        self._centered: M.GramCentered | None = None
+        self._eig: M.GramEig | None = None
+
+    @property
+    def centered(self) -> M.GramCentered:
+        if self._centered is None:
+            self._centered = M.gram_center(self.K)
+        return self._centered
+
+    @property
+    def eig(self) -> M.GramEig:
+        if self._eig is None:
+            self._eig = M.gram_eig(self.K)
+        return self._eig
+
+    def select(self, images: torch.Tensor) -> _Gram:
+        """The Grams of some images (an index tensor; repeats allowed: a resample)."""
+        return _Gram(self.K.index_select(-1, images).index_select(-2, images))
+
+
+def _gram_pair(metric: str, a: _Gram, b: _Gram, alpha: float) -> np.ndarray:
+    """One metric of a checkpoint pair: CKA from the centered Grams (O(n²), no decomposition),
+    debiased CKA from the raw ones, the others from the decompositions."""
+    if metric == "cka":
+        return 1.0 - np.asarray(M.cka_from_gram_centered(a.centered, b.centered), dtype=np.float64)
+    if metric == DEBIASED_CKA:
         return 1.0 - np.asarray(
-            M.cka_from_gram(M.GramStats(Ka, Kb), debiased=metric == DEBIASED_CKA), dtype=np.float64
+            M.cka_from_gram(M.GramStats(a.K, b.K), debiased=True), dtype=np.float64
         )
-    return _metric_from_eigs(metric, ea, eb, alpha)
+    return _metric_from_eigs(metric, a.eig, b.eig, alpha)
 
 
 def _gram_unit_quadratics(
@@ -676,47 +708,41 @@ def _gram_unit_quadratics(
     return G, Q, torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr
 
 
-def _gram_cka_replicates(
-    K_ref: torch.Tensor, Ks: dict, units: np.ndarray, counts: np.ndarray
-) -> dict:
+def _gram_cka_replicates(ref: _Gram, grams: dict, units: np.ndarray, counts: np.ndarray) -> dict:
     """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
     from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
     (``K[idx][:, idx]`` of :func:`ftdyn.summary.shared_indices`), O(n²·U) per checkpoint and
     O(U³) per replicate instead of O(n²) per replicate (the expansion of
     :func:`_gram_unit_quadratics` about the all-image centering, which leaves the resampled
     centering unchanged and avoids cancelling the mean's large raw moments)."""
-    n, batch = K_ref.shape[-1], K_ref.shape[:-2]
-    ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=K_ref.device, dtype=F64)
+    n, batch, dev = ref.K.shape[-1], ref.K.shape[:-2], ref.K.device
+    ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=dev, dtype=F64)
     n_u = ind.sum(0)
 
-    def prepared(K):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
-        K = K.reshape(-1, n, n)
-        Kc = double_center(K)
+    def prepared(g):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
+        Kc = g.centered.Kc.reshape(-1, n, n)
         return (
             Kc,
             _gram_unit_quadratics(Kc, Kc, ind),
-            torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind).T,
+            torch.matmul(torch.diagonal(g.K.reshape(-1, n, n), dim1=-2, dim2=-1), ind).T,
         )
 
-    ref_c, ref_quad, ref_raw = prepared(K_ref)
+    ref_c, ref_quad, ref_raw = prepared(ref)
     indices = S.shared_indices(units, counts)
     out = {}
-    for t, K in Ks.items():
-        Kc, quad, raw = prepared(K)
+    for t, g in grams.items():
+        Kc, quad, raw = prepared(g)
         quads = {"xy": _gram_unit_quadratics(ref_c, Kc, ind), "xx": ref_quad, "yy": quad}
 
-        def exact(b, filters, K=K):  # the resampled Grams at those filters
-            ii = torch.from_numpy(indices[b]).to(K_ref.device)
-            pick = [
-                K_ref.reshape(-1, n, n).index_select(0, filters),
-                K.reshape(-1, n, n).index_select(0, filters),
-            ]
-            Ka, Kb = (k.index_select(-1, ii).index_select(-2, ii) for k in pick)
-            return _gram_pair("cka", Ka, Kb, None, None, 0.0)
+        def exact(b, filters, g=g):  # the resampled Grams at those filters
+            ii = torch.from_numpy(indices[b]).to(dev)
+            pick = [_Gram(k.K.reshape(-1, n, n).index_select(0, filters)) for k in (ref, g)]
+            return _gram_pair("cka", *(k.select(ii) for k in pick), 0.0)
 
         out[t] = _cka_of_counts(counts, n_u, quads, ref_raw, raw, exact).reshape(
             len(counts), *batch
         )
+        g.forget()  # one checkpoint's centered Grams at a time, as with reference pairs
     return out
 
 
@@ -729,28 +755,22 @@ def gram_finish(
     *Ks,
     boot_metrics: list[str] | None = None,
     skip: tuple[int, ...] = (),
-    nested: tuple[int, list[np.ndarray]] | None = None,
+    nested: tuple[int, list[str], list[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Metrics of Gram-side views from every checkpoint's raw Gram matrix; replicates of
     ``boot_metrics`` (default all) for ``boot`` = (unit of every image, unit counts (N, U));
-    ``nested`` = (position, image indices of each subset): every metric of (reference,
-    position) on those subsets, ``out["nested"]`` (S, ...) (the convergence check)."""
+    ``nested`` = (position, metrics, image indices of each subset, (metrics, subsets)
+    degenerate): those metrics (the view's, not only the job's) of (reference, position) on
+    those subsets, ``out["nested"]`` (S, ...) (the convergence check)."""
     T = len(Ks)
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": {}}
-    need_eig = any(m not in ("cka", DEBIASED_CKA) for m in metrics)
-
-    def eig(K):
-        return M.gram_eig(K) if need_eig else None
-
-    e_ref = eig(Ks[ref])
-    eigs = {ref: e_ref}
+    grams = [_Gram(K) for K in Ks]
     vals = {m: [None] * T for m in metrics}
     for t in range(T):
-        e_t = e_ref if t == ref else eig(Ks[t])
-        if mode == "all":
-            eigs[t] = e_t
         for m in metrics:
-            vals[m][t] = _gram_pair(m, Ks[ref], Ks[t], e_ref, e_t, alpha)
+            vals[m][t] = _gram_pair(m, grams[ref], grams[t], alpha)
+        if mode != "all" and t != ref:  # reference pairs: one checkpoint's decomposition at a time
+            grams[t].forget()
     for m in metrics:
         out["values"][m] = np.stack(vals[m])
     if mode == "all":
@@ -758,7 +778,7 @@ def gram_finish(
             out["traj"][m] = _trajectory(
                 out["values"][m],
                 ref,
-                lambda a, b, m=m: _gram_pair(m, Ks[a], Ks[b], eigs[a], eigs[b], alpha),
+                lambda a, b, m=m: _gram_pair(m, grams[a], grams[b], alpha),
                 skip,
             )
     if boot is not None and len(boot[1]):
@@ -768,35 +788,35 @@ def gram_finish(
             alpha,
             ref,
             boot,
-            Ks,
+            grams,
             _replicated(T, ref, skip),
             skip,
         )
     if nested is not None:
-        t, subsets, undefined = nested
-        out["nested"] = _gram_subsets(metrics, alpha, Ks[ref], Ks[t], subsets, undefined, need_eig)
+        t, nested_metrics, subsets, undefined = nested
+        out["nested"] = _gram_subsets(
+            nested_metrics, alpha, grams[ref], grams[t], subsets, undefined
+        )
     return out
 
 
 def _gram_subsets(
     metrics: list[str],
     alpha: float,
-    K_ref,
-    K_t,
+    ref: _Gram,
+    other: _Gram,
     subsets: list[np.ndarray],
     undefined: np.ndarray,
-    need_eig: bool,
 ) -> dict:
-    """{metric: (S, ...)} of the pair (K_ref, K_t) restricted to each subset of images; NaN
+    """{metric: (S, ...)} of the pair (ref, other) restricted to each subset of images; NaN
     where ``undefined`` (metrics, S) says the metric is degenerate on that subset."""
     vals = {m: [] for m in metrics}
     for i, idx in enumerate(subsets):
-        ii = torch.from_numpy(np.asarray(idx)).to(K_ref.device)
-        Ka, Kb = (K.index_select(-1, ii).index_select(-2, ii) for K in (K_ref, K_t))
-        ea, eb = (M.gram_eig(Ka), M.gram_eig(Kb)) if need_eig else (None, None)
+        ii = torch.from_numpy(np.asarray(idx)).to(ref.K.device)
+        a, b = ref.select(ii), other.select(ii)
         for mi, m in enumerate(metrics):
-            blank = np.full(K_ref.shape[:-2], np.nan)
-            vals[m].append(blank if undefined[mi, i] else _gram_pair(m, Ka, Kb, ea, eb, alpha))
+            blank = np.full(ref.K.shape[:-2], np.nan)
+            vals[m].append(blank if undefined[mi, i] else _gram_pair(m, a, b, alpha))
     return {m: np.stack(v) for m, v in vals.items()}
 
 
@@ -806,40 +826,31 @@ def _gram_replicates(
     alpha: float,
     ref: int,
     units_counts,
-    Ks,
+    grams: list[_Gram],
     ts: list[int],
     skip: tuple[int, ...],
 ) -> dict:
     """Replicates (N, T, ...) of the metrics ``boot`` at the positions ``ts`` (the point value
     elsewhere, NaN at ``skip``): CKA from unit-level coefficients, the others by resampling
-    the Grams' images and decomposing them."""
+    the Grams' images (and decomposing them where the metric needs it)."""
     units, counts = units_counts
     reps = {
         m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0)
         for m in boot
     }
     if "cka" in boot:
-        for t, r in _gram_cka_replicates(Ks[ref], {t: Ks[t] for t in ts}, units, counts).items():
+        for t, r in _gram_cka_replicates(
+            grams[ref], {t: grams[t] for t in ts}, units, counts
+        ).items():
             reps["cka"][:, t] = r
     resampled = [m for m in boot if m != "cka"]
-    boot_eig = any(m != DEBIASED_CKA for m in resampled)
-
-    def boot_eig_of(K):  # replicates decompose only for the metrics that need it
-        return M.gram_eig(K) if boot_eig else None
-
     for b, idx in enumerate(S.shared_indices(units, counts) if resampled else []):
-        ii = torch.from_numpy(idx).to(Ks[ref].device)
-
-        def resample(K):
-            return K.index_select(-1, ii).index_select(-2, ii)
-
-        kb_ref = resample(Ks[ref])
-        eb_ref = boot_eig_of(kb_ref)
+        ii = torch.from_numpy(idx).to(grams[ref].K.device)
+        g_ref = grams[ref].select(ii)
         for t in ts:
-            kb_t = resample(Ks[t])
-            eb_t = boot_eig_of(kb_t)
+            g_t = grams[t].select(ii)
             for m in resampled:
-                reps[m][b, t] = _gram_pair(m, kb_ref, kb_t, eb_ref, eb_t, alpha)
+                reps[m][b, t] = _gram_pair(m, g_ref, g_t, alpha)
     for m in boot:
         reps[m][:, list(skip)] = np.nan
     return reps

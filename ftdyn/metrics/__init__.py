@@ -13,7 +13,8 @@ The same metrics from streamed sufficient statistics (README, "Metrics", **Out-o
 * Gram side (cols > rows): :class:`GramStats`, :func:`gram`, :func:`gram_stats`,
   :func:`merge`, :func:`pwsm_from_gram`, :func:`procrustes_from_gram`, :func:`cka_from_gram`;
   per-model decompositions for cheap pairs: :func:`gram_eig`, :func:`pwsm_from_gram_eig`,
-  :func:`procrustes_from_gram_eig`, :func:`cka_from_gram_eig`;
+  :func:`procrustes_from_gram_eig`, :func:`cka_from_gram_eig`; for CKA alone, one double
+  centering per model: :func:`gram_center`, :func:`cka_from_gram_centered`;
 * :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`;
   shapes where a metric is 0 for any pair: :func:`degenerate_reason`.
 
@@ -29,16 +30,19 @@ from .direct import cka_distance, linear_cka, procrustes, pwsm
 from .paper_code import ROW_CENTERED, cka_distance_rows, procrustes_rows
 from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
 from .stats import (
+    GramCentered,
     GramEig,
     GramStats,
     RowStats,
     choose_side,
     cka_from_gram,
+    cka_from_gram_centered,
     cka_from_gram_eig,
     cka_from_row_stats,
     count_dead,
     dead_mask,
     gram,
+    gram_center,
     gram_eig,
     gram_stats,
     merge,
@@ -59,6 +63,7 @@ __all__ = [
     "RowStats",
     "GramStats",
     "GramEig",
+    "GramCentered",
     "row_stats",
     "gram",
     "gram_stats",
@@ -73,6 +78,8 @@ __all__ = [
     "pwsm_from_gram_eig",
     "procrustes_from_gram_eig",
     "cka_from_gram_eig",
+    "gram_center",
+    "cka_from_gram_centered",
     "choose_side",
     "dead_mask",
     "count_dead",

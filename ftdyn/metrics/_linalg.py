@@ -427,6 +427,22 @@ def double_center(K: torch.Tensor) -> torch.Tensor:
     return sym(K - r - c + m)
 
 
+class GramCentered(NamedTuple):
+    """One model's double-centered Gram matrix, for CKA with any other checkpoint (no
+    decomposition): ``Kc`` (..., n, n) and ``dead`` (...) (the dead test of :class:`GramCore`)."""
+
+    Kc: torch.Tensor
+    dead: torch.Tensor
+    norm: torch.Tensor  # ‖K̃‖_F, once for all pairs
+
+
+def gram_centered_raw(K: torch.Tensor) -> GramCentered:
+    """:class:`GramCentered` of a raw (uncentered) Gram matrix."""
+    Kc = double_center(K)
+    dead = torch.clamp(trace(Kc), min=0.0) <= DEAD_RTOL * trace(K)
+    return GramCentered(Kc, dead, torch.linalg.matrix_norm(Kc))
+
+
 def gram_eig_centered(Kc: torch.Tensor, raw_tr: torch.Tensor, ref: torch.Tensor | None) -> GramEig:
     n = Kc.shape[-1]
     lam, U = torch.linalg.eigh(Kc)
@@ -487,11 +503,14 @@ def gram_cka_eig(ex: GramEig, ey: GramEig) -> torch.Tensor:
     return nan_where(torch.clamp(num / den, 0.0, 1.0), ex.dead | ey.dead)
 
 
-def gram_cka(Kc: torch.Tensor, Lc: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-    """Biased linear CKA ⟨K̃,L̃⟩/(‖K̃‖‖L̃‖) from double-centered Grams (no decomposition)."""
+def gram_cka(
+    Kc: torch.Tensor, Lc: torch.Tensor, dead: torch.Tensor, norms: tuple | None = None
+) -> torch.Tensor:
+    """Biased linear CKA ⟨K̃,L̃⟩/(‖K̃‖‖L̃‖) from double-centered Grams (no decomposition);
+    ``norms`` = (‖K̃‖, ‖L̃‖) where already known."""
     num = (Kc * Lc).sum((-2, -1))
-    den = torch.linalg.matrix_norm(Kc) * torch.linalg.matrix_norm(Lc)
-    return nan_where(torch.clamp(num / den, 0.0, 1.0), dead)
+    nk, nl = norms or (torch.linalg.matrix_norm(Kc), torch.linalg.matrix_norm(Lc))
+    return nan_where(torch.clamp(num / (nk * nl), 0.0, 1.0), dead)
 
 
 def u_center(K: torch.Tensor) -> torch.Tensor:

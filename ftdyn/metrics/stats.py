@@ -49,12 +49,13 @@ import numpy as np
 import torch
 
 from . import _linalg as L
-from ._linalg import F64, GramEig
+from ._linalg import F64, GramCentered, GramEig
 
 __all__ = [
     "RowStats",
     "GramStats",
     "GramEig",
+    "GramCentered",
     "row_stats",
     "gram",
     "gram_stats",
@@ -69,6 +70,8 @@ __all__ = [
     "pwsm_from_gram_eig",
     "procrustes_from_gram_eig",
     "cka_from_gram_eig",
+    "gram_center",
+    "cka_from_gram_centered",
     "choose_side",
     "dead_mask",
     "count_dead",
@@ -304,6 +307,25 @@ def gram_eig(K) -> GramEig:
         raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
     L.check_finite(Kt, "K")
     return L.gram_eig_raw(Kt)
+
+
+def gram_center(K) -> GramCentered:
+    """Double-center one model's raw Gram matrix once, for :func:`cka_from_gram_centered` with
+    any pair of checkpoints with the same rows (CKA needs no decomposition)."""
+    Kt = _t(K, K.device if isinstance(K, torch.Tensor) else None)
+    if Kt.ndim < 2 or Kt.shape[-1] != Kt.shape[-2]:
+        raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
+    L.check_finite(Kt, "K")
+    return L.gram_centered_raw(Kt)
+
+
+def cka_from_gram_centered(cx: GramCentered, cy: GramCentered):
+    """Biased linear CKA similarity of two :func:`gram_center` results: ⟨K̃, L̃⟩ / (‖K̃‖ ‖L̃‖)."""
+    if not (isinstance(cx, GramCentered) and isinstance(cy, GramCentered)):
+        raise ValueError("expected two GramCentered (from gram_center)")
+    if cx.Kc.shape[-1] != cy.Kc.shape[-1]:
+        raise ValueError(f"Grams of different row counts: {cx.Kc.shape[-1]} vs {cy.Kc.shape[-1]}")
+    return L.finish(L.gram_cka(cx.Kc, cy.Kc, cx.dead | cy.dead, (cx.norm, cy.norm)))
 
 
 def _check_eigs(ex, ey):
