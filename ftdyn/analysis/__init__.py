@@ -81,7 +81,11 @@ Bootstrap (``bootstrap=N``, percentile 95 % interval into ci_low/ci_high)
     exactly the drawn groups' images (rows/columns of the Gram matrices; per-image map
     distances). Replicate statistics are pooled per filter then averaged like the point
     estimate. ``bootstrap_metrics`` limits replicates to some metrics (jobs without one
-    keep a single accumulator). Cost: N metric evaluations per (layer, checkpoint).
+    keep a single accumulator, or the convergence check's 4 groups where that costs no
+    pass). Where a row-side view's statistics per group would take several tasks, its
+    bootstrapped metrics get a Gram-side job of their own when their Grams are smaller
+    (:func:`ftdyn.analysis.plan.plan_view`). Cost: N metric evaluations per (layer,
+    checkpoint); for CKA O(U³) per replicate from unit-level coefficients.
 
 Memory (``memory_limit=``, default 50 % of RAM; ``workers=``, default CPU count)
     The limit bounds the data and statistics held by concurrently running tasks, from

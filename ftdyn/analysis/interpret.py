@@ -10,11 +10,12 @@
 * **Convergence** ``convergence`` (experiment, metric, layer_index, fraction): the distance
   at the last epoch on nested seeded subsets of the images (1/4, 1/2, all: the first ⌈f·U⌉ of
   U seeded groups of :func:`ftdyn.summary.shared_units`, U the bootstrap's groups where a job
-  has at least 4, else 4), from the main pass's statistics per group; only row-side jobs
-  without groups (no bootstrap of their metrics) take a second, smaller run over the reference
-  and the last epoch (:func:`convergence_plan`). ``converged`` when the relative change from
-  1/2 to all is below :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise (one warning
-  names them, :func:`warn_unconverged`).
+  has at least 4, else 4), from the main pass's statistics per group (a row-side job without
+  bootstrap keeps the 4 groups where that costs no pass; a Gram-side job gives them for every
+  metric of its view); only the other row-side jobs take a second, smaller run over the
+  reference and the last epoch (:func:`convergence_plan`). ``converged`` when the relative
+  change from 1/2 to all is below :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise
+  (one warning names them, :func:`warn_unconverged`).
 * **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
   evaluates every epoch and layer on that resample (:func:`ftdyn.summary.shared_resample`), so
   ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of

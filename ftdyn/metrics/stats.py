@@ -305,7 +305,7 @@ def gram_eig(K) -> GramEig:
     Kt = _t(K, K.device if isinstance(K, torch.Tensor) else None)
     if Kt.ndim < 2 or Kt.shape[-1] != Kt.shape[-2]:
         raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
-    L.check_finite(Kt, "K")
+    L.check_finite(Kt, "K", Kt.sum((-2, -1)))  # one pass when finite
     return L.gram_eig_raw(Kt)
 
 
@@ -315,7 +315,7 @@ def gram_center(K) -> GramCentered:
     Kt = _t(K, K.device if isinstance(K, torch.Tensor) else None)
     if Kt.ndim < 2 or Kt.shape[-1] != Kt.shape[-2]:
         raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
-    L.check_finite(Kt, "K")
+    L.check_finite(Kt, "K", Kt.sum((-2, -1)))  # one pass when finite
     return L.gram_centered_raw(Kt)
 
 
