@@ -15,8 +15,8 @@ baseline), runs ``ftdyn.analyze`` three times in this process, each into a fresh
 3. ``interpreted``: the demo's settings, everything on.
 
 Prints and (``--json``) writes the wall-clock and CPU seconds of each part and the ratios
-interpreted / plain (goal ≤ 1.5). Wall-clock times on a shared machine vary: run it once when the cores are
-quiet, and report the load average printed with it.
+interpreted / plain (goal ≤ 1.5). Wall-clock times on a shared machine vary: run it when the
+cores are quiet, and report the load average printed with it.
 
     python benchmarks/bench_interpret.py demo-out/stores/*.zarr --bootstrap 100 [--json out.json]
 """
