@@ -559,9 +559,13 @@ def test_bootstrapped_metrics_in_a_job_of_their_own_give_the_same_results(tmp_pa
     one = ftdyn.analyze(path, out=tmp_path / "one", progress=False, **options)
     monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
     split = ftdyn.analyze(path, out=tmp_path / "split", progress=False, **options)
-    jobs = [(j["layer"], j["metrics"], j["side"]) for j in json.loads(split.attrs["plan"])]
-    assert (LAYERS[1].name, ["cka"], "gram") in jobs
-    assert (LAYERS[1].name, ["procrustes"], "row") in jobs
+    jobs = [
+        (j["layer"], j["metrics"], j["side"], j["image_groups"], j["convergence_metrics"])
+        for j in json.loads(split.attrs["plan"])
+    ]
+    assert (LAYERS[1].name, ["cka"], "gram", None, ["procrustes", "cka"]) in jobs
+    # Procrustes' subsets come from the Grams: its statistics keep no groups of images
+    assert (LAYERS[1].name, ["procrustes"], "row", 1, []) in jobs
     assert len(jobs) == len(json.loads(one.attrs["plan"])) + 1
     for var in ("distance", "ci_low", "ci_high", "delta_ci_low", "layer_order_p", "convergence"):
         np.testing.assert_allclose(split[var].values, one[var].values, rtol=0, atol=1e-10)

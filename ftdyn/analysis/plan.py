@@ -100,6 +100,8 @@ class JobSpec:
     metrics: tuple[str, ...]
     epochs: int
     ref: int
+    #: whether the job gives its metrics' convergence subsets (else another job of the view does)
+    subsets: bool = True
 
 
 @dataclass(frozen=True)
@@ -377,7 +379,8 @@ def _unit_options(config: AnalyzeConfig, spec: JobSpec) -> list[int]:
     if config.nested:
         return options
     if options == [1]:  # no bootstrap: the convergence subsets' groups, where they cost no pass
-        return [NESTED_UNITS, 1] if NESTED_IN_PASS and spec.src.n >= NESTED_UNITS else options
+        in_pass = NESTED_IN_PASS and spec.subsets and spec.src.n >= NESTED_UNITS
+        return [NESTED_UNITS, 1] if in_pass else options
     while options[-1] > MIN_UNITS:
         options.append(max(MIN_UNITS, options[-1] // 2))
     return options
@@ -639,13 +642,16 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
         len(parts) == 1 or job.side != "row" or len(job.groups) * len(job.ckpt_groups) == 1
     ):
         return [job]
-    jobs = [plan_job(config, dataclasses.replace(spec, metrics=part), budget) for part in parts]
-    if job is not None and jobs[0].side != "gram":
-        return [job]  # the bootstrapped metrics' statistics per group would stay as large
+    boot = plan_job(config, dataclasses.replace(spec, metrics=parts[0]), budget)
+    if boot.side != "gram":
+        if job is not None:
+            return [job]  # the bootstrapped metrics' statistics per group would stay as large
+        return [boot, plan_job(config, dataclasses.replace(spec, metrics=parts[1]), budget)]
     # the Grams of all the images give every metric's subsets (small decompositions): the
-    # others' job needs no convergence run of its own
-    jobs[0].convergence, jobs[1].convergence = list(spec.metrics), []
-    return jobs
+    # others' job keeps no groups of images and needs no convergence run of its own
+    rest = plan_job(config, dataclasses.replace(spec, metrics=parts[1], subsets=False), budget)
+    boot.convergence, rest.convergence = list(spec.metrics), []
+    return [boot, rest]
 
 
 def boot_groups(args: AnalyzeConfig, n: int) -> int:
