@@ -289,8 +289,7 @@ class RowCore:
 
     def __init__(self, Cxx, Cyy, Cxy, rawx, rawy, refx=None, refy=None, nuc="auto"):
         self.Cxx, self.Cyy, self.Cxy = sym(Cxx), sym(Cyy), Cxy
-        self.trx = torch.clamp(trace(self.Cxx), min=0.0)
-        self.try_ = torch.clamp(trace(self.Cyy), min=0.0)
+        self.trx, self.try_ = centered_trace(self.Cxx), centered_trace(self.Cyy)
         self.dead = (self.trx <= DEAD_RTOL * rawx) | (self.try_ <= DEAD_RTOL * rawy)
         self.refx, self.refy = refx, refy
         self.nuc = nuc
@@ -427,6 +426,17 @@ def double_center(K: torch.Tensor) -> torch.Tensor:
     return sym(K - r - c + m)
 
 
+def centered_trace(Kc: torch.Tensor) -> torch.Tensor:
+    """Trace of a centered covariance or Gram matrix, at least 0 (rounding can make it
+    negative)."""
+    return torch.clamp(trace(Kc), min=0.0)
+
+
+def gram_dead(Kc: torch.Tensor, raw_tr: torch.Tensor) -> torch.Tensor:
+    """Dead test of a Gram: its centered trace vanishes next to its raw one (a constant input)."""
+    return centered_trace(Kc) <= DEAD_RTOL * raw_tr
+
+
 class GramCentered(NamedTuple):
     """One model's double-centered Gram matrix, for CKA with any other checkpoint (no
     decomposition): ``Kc`` (..., n, n) and ``dead`` (...) (the dead test of :class:`GramCore`)."""
@@ -439,8 +449,7 @@ class GramCentered(NamedTuple):
 def gram_centered_raw(K: torch.Tensor) -> GramCentered:
     """:class:`GramCentered` of a raw (uncentered) Gram matrix."""
     Kc = double_center(K)
-    dead = torch.clamp(trace(Kc), min=0.0) <= DEAD_RTOL * trace(K)
-    return GramCentered(Kc, dead, torch.linalg.matrix_norm(Kc))
+    return GramCentered(Kc, gram_dead(Kc, trace(K)), torch.linalg.matrix_norm(Kc))
 
 
 def gram_eig_centered(Kc: torch.Tensor, raw_tr: torch.Tensor, ref: torch.Tensor | None) -> GramEig:
@@ -450,9 +459,7 @@ def gram_eig_centered(Kc: torch.Tensor, raw_tr: torch.Tensor, ref: torch.Tensor 
     if ref is not None:
         lam_ref = torch.maximum(lam_ref, ref)
     null = lam <= (NULL_FACTOR * n * EPS) * lam_ref[..., None]
-    tr = torch.clamp(trace(Kc), min=0.0)
-    dead = tr <= DEAD_RTOL * raw_tr
-    return GramEig(lam, U, null, tr, dead)
+    return GramEig(lam, U, null, centered_trace(Kc), gram_dead(Kc, raw_tr))
 
 
 def gram_eig_raw(K: torch.Tensor) -> GramEig:
@@ -591,9 +598,7 @@ class GramCore:
 
     @property
     def dead(self) -> torch.Tensor:
-        trK = torch.clamp(trace(self.Kc), min=0.0)
-        trL = torch.clamp(trace(self.Lc), min=0.0)
-        return (trK <= DEAD_RTOL * self.rawK) | (trL <= DEAD_RTOL * self.rawL)
+        return gram_dead(self.Kc, self.rawK) | gram_dead(self.Lc, self.rawL)
 
     def pwsm(self, alpha: float) -> torch.Tensor:
         return gram_pwsm(self.ex, self.ey, alpha, self.nuc)

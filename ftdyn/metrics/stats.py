@@ -302,21 +302,22 @@ def gram_eig(K) -> GramEig:
     :func:`cka_from_gram_eig` for any pair of checkpoints with the same rows. Fields are
     torch tensors (on K's device).
     """
-    Kt = _t(K, K.device if isinstance(K, torch.Tensor) else None)
-    if Kt.ndim < 2 or Kt.shape[-1] != Kt.shape[-2]:
-        raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
-    L.check_finite(Kt, "K", Kt.sum((-2, -1)))  # one pass when finite
-    return L.gram_eig_raw(Kt)
+    return L.gram_eig_raw(_raw_gram(K))
 
 
 def gram_center(K) -> GramCentered:
     """Double-center one model's raw Gram matrix once, for :func:`cka_from_gram_centered` with
     any pair of checkpoints with the same rows (CKA needs no decomposition)."""
+    return L.gram_centered_raw(_raw_gram(K))
+
+
+def _raw_gram(K) -> torch.Tensor:
+    """One model's raw Gram matrix (..., n, n) as a float64 tensor, checked: square, finite."""
     Kt = _t(K, K.device if isinstance(K, torch.Tensor) else None)
     if Kt.ndim < 2 or Kt.shape[-1] != Kt.shape[-2]:
         raise ValueError(f"expected a Gram matrix (..., n, n), got {tuple(Kt.shape)}")
     L.check_finite(Kt, "K", Kt.sum((-2, -1)))  # one pass when finite
-    return L.gram_centered_raw(Kt)
+    return Kt
 
 
 def cka_from_gram_centered(cx: GramCentered, cy: GramCentered):
