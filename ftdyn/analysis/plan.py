@@ -390,7 +390,8 @@ def _row_candidates(
     config: AnalyzeConfig, costs: _RowCosts, sizes: list[int], unit_options: list[int]
 ) -> list[tuple[float, int, int, int, str, int]]:
     """(reads, -units, order, filters per group, mode, checkpoints per pass), best first: the
-    wanted bootstrap groups, then fewest reads, then most groups. auto: reference pairs only on
+    job's own groups of images (:func:`job_units`), then fewest reads, then most groups (and
+    groups of images). auto: reference pairs only on
     the row side (all pairs cost ≈T/3 more)."""
     others = costs.others
     ks = sorted(
@@ -420,8 +421,9 @@ def _row_candidates(
             for k in ks:
                 for units in unit_options:
                     candidates.append((costs.reads(g, k), -units, len(candidates), g, "ref", k))
-    # the bootstrap's groups are wanted at any cost; the convergence check's only where free
-    wanted = unit_options[0] if unit_options[-1] != 1 else None
+    # the job's own groups (bootstrap, convergence run) are wanted at any cost; the convergence
+    # check's in a main pass without bootstrap (unit_options [4, 1]) only where free
+    wanted = unit_options[0] if unit_options[0] == job_units(config, costs.spec) else None
     return sorted(candidates, key=lambda c: (wanted is not None and c[1] != -wanted, *c[:3]))
 
 
@@ -617,9 +619,7 @@ def bootstrapped(config: AnalyzeConfig, metrics) -> bool:
 def metric_parts(config: AnalyzeConfig, metrics: tuple[str, ...]) -> list[tuple[str, ...]]:
     """``metrics`` of one view as the bootstrapped ones (--bootstrap-metric) and the others (one
     part where all or none are bootstrapped)."""
-    if not config.bootstrap or config.bootstrap_metrics is None:
-        return [tuple(metrics)]
-    boot = tuple(m for m in metrics if m in config.bootstrap_metrics)
+    boot = tuple(m for m in metrics if bootstrapped(config, (m,)))
     rest = tuple(m for m in metrics if m not in boot)
     return [part for part in (boot, rest) if part]
 
