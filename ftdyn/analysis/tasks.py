@@ -632,6 +632,10 @@ def gram_panel(
 
 
 def gram_assemble(n: int, *blocks) -> torch.Tensor:
+    """The raw Gram matrix (*batch, n, n) from the panels of :func:`gram_panel` (one panel of
+    all the images is the matrix itself: no copy; double centering symmetrizes it)."""
+    if len(blocks) == 1 and blocks[0][1].shape[-2] == n:
+        return blocks[0][1]
     batch = blocks[0][1].shape[:-2]
     K = torch.empty(batch + (n, n), dtype=F64, device=blocks[0][1].device)
     for r0, block in blocks:
@@ -674,7 +678,7 @@ class _Gram:
     @property
     def eig(self) -> M.GramEig:
         if self._eig is None:
-            self._eig = M.gram_eig(self.K)
+            self._eig = M.gram_eig(self.K, self.centered)  # one double centering for both
         return self._eig
 
     def select(self, images: torch.Tensor) -> _Gram:

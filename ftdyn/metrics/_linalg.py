@@ -341,22 +341,25 @@ class RowCore:
         floor_y = torch.clamp(NULL_FACTOR * q * EPS * refy_, min=EIG_CLIP) * (1 + 1e-6)
         ok = ok & (lminx >= floor_x) & (lminy >= floor_y)
         M = torch.matmul(torch.matmul(iLx, Cxy), iLy.mT)
-        cos = nuclear_norm(M, self.nuc) / math.sqrt(p * q)
-        if not bool(ok.all()):
-            bad = ~ok
-            shape = tuple(cos.shape)
+        if bool(ok.all()):
+            return nuclear_norm(M, self.nuc) / math.sqrt(p * q)
+        shape = tuple(M.shape[:-2])
+        ok = torch.broadcast_to(ok, shape)
+        # singular values only where Cholesky whitening holds (the costly part), eigh elsewhere
+        cos = torch.zeros(shape, dtype=F64, device=M.device)
+        cos[ok] = nuclear_norm(M[ok], self.nuc) / math.sqrt(p * q)
+        bad = ~ok
 
-            def sel(t, core):
-                if t is None:
-                    return None
-                return torch.broadcast_to(t, shape + tuple(t.shape[t.ndim - core :]))[bad]
+        def sel(t, core):
+            if t is None:
+                return None
+            return torch.broadcast_to(t, shape + tuple(t.shape[t.ndim - core :]))[bad]
 
-            fixed = self._cos_eigh(
-                sel(Cxx, 2), sel(Cyy, 2), sel(Cxy, 2), sel(refx, 0), sel(refy, 0), 0.0
-            )
-            # on the flattened batch, so that one pair (0-d) takes the same path as a batch
-            cos = cos.flatten().index_put((bad.flatten(),), fixed).view(shape)
-        return cos
+        fixed = self._cos_eigh(
+            sel(Cxx, 2), sel(Cyy, 2), sel(Cxy, 2), sel(refx, 0), sel(refy, 0), 0.0
+        )
+        # on the flattened batch, so that one pair (0-d) takes the same path as a batch
+        return cos.flatten().index_put((bad.flatten(),), fixed).view(shape)
 
     def pwsm(self, alpha: float) -> torch.Tensor:
         if alpha == 1.0:
@@ -419,11 +422,17 @@ class GramEig(NamedTuple):
 
 
 def double_center(K: torch.Tensor) -> torch.Tensor:
-    """H K H with H = I - 11ᵀ/n, via row/column means (H is never formed)."""
-    r = K.mean(-1, keepdim=True)
-    c = K.mean(-2, keepdim=True)
-    m = r.mean(-2, keepdim=True)
-    return sym(K - r - c + m)
+    """H sym(K) H with H = I - 11ᵀ/n, via the row means (H is never formed), exactly symmetric.
+
+    Symmetrized first, then the symmetric (r_i + r_j) − m subtracted: two n×n temporaries
+    instead of five (the Grams are large and memory-bound)."""
+    S = K + K.mT
+    S *= 0.5
+    r = S.mean(-1, keepdim=True)
+    shift = r + r.mT
+    shift -= r.mean(-2, keepdim=True)
+    S -= shift
+    return S
 
 
 def centered_trace(Kc: torch.Tensor) -> torch.Tensor:
@@ -462,9 +471,10 @@ def gram_eig_centered(Kc: torch.Tensor, raw_tr: torch.Tensor, ref: torch.Tensor 
     return GramEig(lam, U, null, centered_trace(Kc), gram_dead(Kc, raw_tr))
 
 
-def gram_eig_raw(K: torch.Tensor) -> GramEig:
-    """Eigen-decomposition of a raw (uncentered) Gram matrix after double centering."""
-    Kc = double_center(K)
+def gram_eig_raw(K: torch.Tensor, Kc: torch.Tensor | None = None) -> GramEig:
+    """Eigen-decomposition of a raw (uncentered) Gram matrix after double centering (``Kc``:
+    its double-centered form where already computed)."""
+    Kc = double_center(K) if Kc is None else Kc
     diag = torch.diagonal(K, dim1=-2, dim2=-1)
     return gram_eig_centered(Kc, diag.sum(-1), diag.amax(-1).clamp(min=0.0))
 

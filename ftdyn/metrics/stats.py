@@ -295,14 +295,20 @@ def cka_from_gram(g: GramStats, debiased: bool = False):
     return L.finish(core.cka_debiased() if debiased else core.cka())
 
 
-def gram_eig(K) -> GramEig:
+def gram_eig(K, centered: GramCentered | None = None) -> GramEig:
     """Decompose one model's raw Gram matrix once (double centering, eigh, null space).
 
     The result feeds :func:`pwsm_from_gram_eig`, :func:`procrustes_from_gram_eig` and
     :func:`cka_from_gram_eig` for any pair of checkpoints with the same rows. Fields are
-    torch tensors (on K's device).
+    torch tensors (on K's device). ``centered``: :func:`gram_center` of the same K, whose
+    double centering is then reused.
     """
-    return L.gram_eig_raw(_raw_gram(K))
+    Kt = _raw_gram(K)
+    if centered is None:
+        return L.gram_eig_raw(Kt)
+    if not isinstance(centered, GramCentered) or centered.Kc.shape != Kt.shape:
+        raise ValueError("centered: expected gram_center() of the same Gram matrix")
+    return L.gram_eig_raw(Kt, centered.Kc)
 
 
 def gram_center(K) -> GramCentered:
