@@ -6,8 +6,8 @@ baseline), runs ``ftdyn.analyze`` three times in this process, each into a fresh
 1. ``plain``: what ``analyze`` cost before the interpretation existed: no bootstrap, and the
    interpretation's parts of the computation switched off for this run only (the random-init
    baseline as one more checkpoint of the pass, the convergence check's own run for row-side
-   views without groups of images and their groups in the main pass, the pooled features and
-   the linear probes);
+   views without groups of images and their groups in the main pass, the pooled features
+   (kept by row-side leaves or read by tasks of their own) and the linear probes);
 2. ``bootstrap_only``: the same with the demo's paired bootstrap (``--bootstrap N
    --bootstrap-metric cka``, 8 groups), to tell its share from the rest (the convergence
    subsets of the views with bootstrap groups are still evaluated there: they come with the
@@ -51,6 +51,9 @@ def without_interpretation():
         layers = max(len(e.layers) for e in exps)
         return np.full((len(exps), len(args.metrics), layers, len(AP.NESTED_FRACTIONS)), np.nan)
 
+    def layers(exps):
+        return [(e, l) for e, exp in enumerate(exps) for l in range(len(exp.layers))]
+
     def no_probes(exps, args, epochs, pooled):
         layers = max(len(e.layers) for e in exps)
         return {
@@ -68,8 +71,9 @@ def without_interpretation():
             lambda exps, engine, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
         ),
         (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
-        (AR, "build_pooled", lambda exps: []),
+        (AR, "build_pooled", lambda exps, jobs: dict.fromkeys(layers(exps))),
         (AP, "NESTED_IN_PASS", False),
+        (AP, "POOLED_IN_PASS", False),
         (AI, "probes", no_probes),
     ]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]

@@ -569,3 +569,44 @@ def test_bootstrapped_metrics_in_a_job_of_their_own_give_the_same_results(tmp_pa
     assert len(jobs) == len(json.loads(one.attrs["plan"])) + 1
     for var in ("distance", "ci_low", "ci_high", "delta_ci_low", "layer_order_p", "convergence"):
         np.testing.assert_allclose(split[var].values, one[var].values, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bootstrap", [0, 12])
+def test_pooled_features_kept_while_reading_equal_the_stored_means(
+    tmp_path, monkeypatch, bootstrap
+):
+    """The probes' pooled features come from the row-side leaves as they read (over filter
+    groups, checkpoint passes, sample chunks and groups of images) and equal the spatial means
+    of the stored activations at every epoch and the baseline; a layer that no row-side job
+    reads gets them from a task of its own."""
+    rng = np.random.default_rng(21)
+    epochs = [_acts(rng, n=40)]  # more images than columns: Procrustes on the row side
+    epochs += [_drift(epochs[0], rng, 0.2 * (k + 1)) for k in range(3)]
+    base = _acts(rng, n=40, scale=2.0)
+    path = make_store(tmp_path / "s.zarr", epochs, baseline=base, spc=5)
+    monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
+    monkeypatch.setattr(AP, "MAX_CHECKPOINTS_PER_PASS", 2)
+    seen = {}
+    probes = AI.probes
+
+    def spy(exps, args, epochs, pooled):
+        seen["pooled"] = pooled
+        return probes(exps, args, epochs, pooled)
+
+    monkeypatch.setattr(AI, "probes", spy)
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, bootstrap=bootstrap, metrics=["procrustes"]
+    )
+    plan = json.loads(ds.attrs["plan"])
+    assert all(p["pooled_features"] for p in plan) and len(plan) == len(LAYERS)
+    assert max(p["filter_groups"] * p["checkpoint_passes"] for p in plan) > 2
+    for l, layer in enumerate(LAYERS):
+        want = np.stack([a[layer.name] for a in [*epochs, base]]).astype(np.float64)
+        np.testing.assert_array_equal(seen["pooled"][l], want.mean(axis=(-2, -1)))
+    # the Gram side reads whole images: its layers' features come from a task of their own
+    monkeypatch.setattr(AP, "MAX_FILTER_GROUP", None)
+    ds2 = ftdyn.analyze(path, out=tmp_path / "g", progress=False, metrics=["cka_debiased"])
+    assert not any(p["pooled_features"] for p in json.loads(ds2.attrs["plan"]))
+    for l, layer in enumerate(LAYERS):
+        want = np.stack([a[layer.name] for a in [*epochs, base]]).astype(np.float64)
+        np.testing.assert_array_equal(seen["pooled"][l], want.mean(axis=(-2, -1)))

@@ -166,6 +166,31 @@ def collect_nested(exps: list[Experiment], jobs: list[Job], results: list) -> di
     return out
 
 
+def collect_pooled(exps: list[Experiment], jobs: list[Job], results: list) -> dict:
+    """{(experiment, layer): (positions, images, channels)} float64 pooled features gathered by
+    the row-side ``jobs`` marked ``pooled`` while reading
+    (:func:`~ftdyn.analysis.tasks.row_leaf`), from their results in plan order."""
+    out = {}
+    it = iter(results)
+    for job in jobs:
+        exp = exps[job.exp]
+        passes = [
+            list(range(len(exp.epochs))) if cg is None else [exp.ref, *cg]
+            for cg in (job.ckpt_groups if job.side == "row" else [None])
+        ]
+        parts = [next(it) for _ in range(len(job.groups) * len(passes))]
+        if not job.pooled:
+            continue
+        src = exp.layers[job.layer][1]
+        feats = np.full((len(exp.epochs), src.n, src.channels), np.nan)
+        for k, part in enumerate(parts):  # filter group by filter group, each pass by pass
+            fsl, pos = job.groups[k // len(passes)], passes[k % len(passes)]
+            for (t, chunk), means in part["pooled"].items():
+                feats[pos[t], src.rows(chunk), fsl] = means
+        out[(job.exp, job.layer)] = feats
+    return out
+
+
 #: the fields of a record with an epoch axis: (key, axis of the epochs); "traj" has two
 _EPOCH_AXES = {
     "value": 0,

@@ -71,16 +71,21 @@ def build_graph(
     return graph_outputs
 
 
-def build_pooled(exps: list[Experiment], name: str = "pooled") -> list:
-    """One task per (experiment, layer): its pooled features at every position
-    (:func:`~ftdyn.analysis.tasks.pooled_leaf`), computed with the engine's tasks."""
+def build_pooled(exps: list[Experiment], jobs: list[Job], name: str = "pooled") -> dict:
+    """{(experiment, layer): task} of its pooled features at every position
+    (:func:`~ftdyn.analysis.tasks.pooled_leaf`) for the layers whose ``jobs`` do not keep them
+    while reading (:func:`~ftdyn.analysis.plan.mark_pooled`)."""
     import dask
 
-    return [
-        dask.delayed(pooled_leaf, pure=True)(src, exp.ckpt_index, dask_key_name=f"{name}-{e}-{l}")
+    kept = {(j.exp, j.layer) for j in jobs if j.pooled}
+    return {
+        (e, l): dask.delayed(pooled_leaf, pure=True)(
+            src, exp.ckpt_index, dask_key_name=f"{name}-{e}-{l}"
+        )
         for e, exp in enumerate(exps)
         for l, (_, src) in enumerate(exp.layers)
-    ]
+        if (e, l) not in kept
+    }
 
 
 def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
@@ -133,6 +138,7 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first
             units,
             job.units,
             job.sub_bytes,
+            job.pooled,
             dask_key_name=f"stats-{ctag}-{i}",
         )
         for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))

@@ -26,8 +26,10 @@
   (seeded) accuracy of a ridge classifier of the probe labels from the layer's spatially
   pooled activations (images × channels, standardized; :func:`ftdyn.metrics.probe.linear_probe`),
   ``probe_accuracy_random_init`` (experiment, layer_index) the same on the baseline, and
-  ``probe_chance`` (experiment): the most frequent class's share. The pooled features are
-  tasks of the main run (:func:`~ftdyn.analysis.tasks.pooled_leaf`, block by block).
+  ``probe_chance`` (experiment): the most frequent class's share. The pooled features come
+  from the main run: kept by a row-side job of the layer as it reads each block
+  (:func:`~ftdyn.analysis.plan.mark_pooled`), else read by a task of their own
+  (:func:`~ftdyn.analysis.tasks.pooled_leaf`).
 """
 
 from __future__ import annotations

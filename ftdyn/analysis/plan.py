@@ -73,6 +73,9 @@ class Job:
     outputs: list = field(default_factory=list)
     #: the metrics of the view whose convergence subsets this job computes (None: its own)
     convergence: list[str] | None = None
+    #: row side: its leaves also keep the spatial means of every block they read (the
+    #: linear probes' features, :func:`mark_pooled`)
+    pooled: bool = False
 
     def __post_init__(self):
         if self.convergence is None:
@@ -731,7 +734,26 @@ def plan_analysis(
         threads = max(1, threads // 2)
     if best is None:
         raise error
+    if not args.nested:
+        mark_pooled(best[2])
     return best[1], best[2]
+
+
+#: the linear probes' pooled features come from a row-side job's reads where a layer has one
+#: (the benchmark of the interpretation's cost switches this off for its plain run)
+POOLED_IN_PASS = True
+
+
+def mark_pooled(jobs: list[Job]) -> None:
+    """Let the first row-side job of each (experiment, layer) keep the spatial means of the
+    blocks it reads (every checkpoint, image and channel: its filter groups cover the
+    channels, its passes the checkpoints), so that no task re-reads the layer for them."""
+    seen = set()
+    for job in jobs:
+        key = (job.exp, job.layer)
+        if POOLED_IN_PASS and job.side == "row" and key not in seen:
+            job.pooled = True
+            seen.add(key)
 
 
 def view_keys(exps: list[Experiment], args: AnalyzeConfig) -> list[tuple[int, int, str, tuple]]:

@@ -38,7 +38,7 @@ from ..results import (
     validate_results,
     write_tables,
 )
-from .collect import collect, collect_nested, to_dataset
+from .collect import collect, collect_nested, collect_pooled, to_dataset
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
@@ -256,6 +256,8 @@ class AnalysisPlan:
                 # the view's metrics whose convergence subsets this job gives (a row-side job
                 # without groups of images: through the convergence check's own run)
                 "convergence_metrics": j.convergence,
+                # the linear probes' features kept while reading (plan.mark_pooled)
+                "pooled_features": j.pooled,
                 "task_bytes_estimate": int(j.task_bytes),
             }
             for j in self.jobs
@@ -342,9 +344,9 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     inplace = config.scheduler is None
     outputs = build_graph(main.experiments, main.config, main.jobs, inplace)
     conv_outputs = build_graph(conv.experiments, conv.config, conv.jobs, inplace, name="c")
-    pooled = build_pooled(main.experiments)
+    pooled = build_pooled(main.experiments, main.jobs)
     results = compute(
-        outputs + conv_outputs + pooled,
+        outputs + conv_outputs + list(pooled.values()),
         threads=plan.threads,
         scheduler=config.scheduler,
         progress=config.progress,
@@ -360,7 +362,11 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     n_main, n_conv = len(outputs), len(conv_outputs)
     nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
     extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
-    extra["pooled"] = list(results[n_main + n_conv :])
+    pooled = {
+        **dict(zip(pooled, results[n_main + n_conv :])),
+        **collect_pooled(main.experiments, main.jobs, list(results[:n_main])),
+    }
+    extra["pooled"] = [pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))]
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
     return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
 

@@ -154,6 +154,9 @@ class RowAccumulator:
     #: (*batch, T·p, T·p) ZᵀZ of every checkpoint side by side, Z = [X_0 … X_T−1], all units
     #: together (None: reference pairs only)
     G: torch.Tensor | None = None
+    #: {(checkpoint of the pass, sample chunk): (images, filters of the group)} float64 spatial
+    #: means of the blocks read (the linear probes' features; None: not kept)
+    pooled: dict | None = None
 
     @classmethod
     def zeros(
@@ -181,7 +184,10 @@ class RowAccumulator:
         for other in others:
             for f in fields(self):
                 mine = getattr(self, f.name)
-                if mine is not None:
+                if f.name == "pooled":
+                    if mine is not None:
+                        mine.update(other.pooled)  # other chunks: disjoint keys
+                elif mine is not None:
                     mine += getattr(other, f.name)
         return self
 
@@ -192,7 +198,9 @@ class RowAccumulator:
     def copy(self) -> RowAccumulator:
         return RowAccumulator(
             **{
-                f.name: None if (t := getattr(self, f.name)) is None else t.clone()
+                f.name: None
+                if (t := getattr(self, f.name)) is None
+                else (dict(t) if f.name == "pooled" else t.clone())
                 for f in fields(self)
             }
         )
@@ -297,10 +305,12 @@ def row_leaf(
     units: np.ndarray | None,
     n_units: int,
     sub_bytes: int,
+    pooled: bool = False,
 ) -> RowAccumulator:
     """Row-side statistics of a group of sample chunks (accumulated sequentially) for the
     checkpoints ``ckpts``: every pair (``mode`` "all") or the pairs with ``ckpts[ref]``, per
-    bootstrap unit (``units``: the unit of every image, ``n_units`` of them; None: one)."""
+    bootstrap unit (``units``: the unit of every image, ``n_units`` of them; None: one);
+    ``pooled``: also the spatial means of the blocks read (:attr:`RowAccumulator.pooled`)."""
     T, p = len(ckpts), row_cols(src, view)
     batch = (fsl.stop or src.channels) - (fsl.start or 0) if view == "filter" else None
     rows_per_img = src.height * src.width if view == "channels" else 1
@@ -309,6 +319,7 @@ def row_leaf(
     acc = RowAccumulator.zeros(
         n_units, T, () if batch is None else (batch,), p, all_pairs=mode == "all", device=src.device
     )
+    acc.pooled = {} if pooled else None
     for c in chunks:
         if mode == "all":
             _add_all_pairs(acc, rp, c, ckpts, ref)
@@ -317,11 +328,19 @@ def row_leaf(
     return acc
 
 
+def _keep_pooled(acc: RowAccumulator, t: int, chunk: int, raw: torch.Tensor) -> None:
+    """Keep the spatial means of a block read (float64 sums without a float64 copy of it)."""
+    if acc.pooled is not None:
+        acc.pooled[(t, chunk)] = _spatial_means(raw)
+
+
 def _add_all_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[int], ref: int):
     """Add one chunk's products of every checkpoint pair (one Gram of all checkpoints side by
     side) and, with several units, the units' reference pairs cut out of it."""
     T, p = len(ckpts), acc.s.shape[-1]
     raws = [rp.read(k, chunk) for k in ckpts]
+    for t, raw in enumerate(raws):
+        _keep_pooled(acc, t, chunk, raw)
     for u, imgs, bsl, first in rp.blocks(chunk):
         Z = torch.cat([rp.matrices(r, imgs, bsl) for r in raws], dim=-1)
         G = _at_b(Z, Z)
@@ -343,6 +362,7 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
     """Add one chunk's products of the reference with itself and with every other checkpoint,
     reading one other checkpoint at a time."""
     raw_ref = rp.read(ckpts[ref], chunk)
+    _keep_pooled(acc, ref, chunk, raw_ref)
     for u, imgs, bsl, first in rp.blocks(chunk):
         X = rp.matrices(raw_ref, imgs, bsl)
         _add_at(acc.xx[u], _at_b(X, X), bsl)
@@ -353,6 +373,7 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
         if t == ref:
             continue
         raw_t = rp.read(ckpts[t], chunk)
+        _keep_pooled(acc, t, chunk, raw_t)
         for u, imgs, bsl, _ in rp.blocks(chunk):
             X, Y = rp.matrices(raw_ref, imgs, bsl), rp.matrices(raw_t, imgs, bsl)
             _add_at(acc.xy[u, t], _at_b(X, Y), bsl)
@@ -552,8 +573,10 @@ def row_finish(
     degenerate, ``out["nested"]`` (S, ...).
     ``point=False``: only the nested values (a run for the convergence check alone);
     ``ref_value=False``: the reference against itself left NaN (a later checkpoint pass: the
-    first one gives it)."""
+    first one gives it). ``out["pooled"]``: the leaves' spatial means, where they kept them."""
     out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": {}}
+    if acc.pooled is not None:
+        out["pooled"] = acc.pooled
 
     def value(m, t):
         if t == ref and not ref_value:
@@ -921,15 +944,20 @@ def concat_map(*parts: dict) -> dict:
 
 
 # ------------------------------------------------------------------ pooled features
+def _spatial_means(raw: torch.Tensor) -> np.ndarray:
+    """(images, channels) float64 means over the positions of a raw block (numpy accumulates
+    in float64 through a small buffer: no float64 copy of the block)."""
+    return raw.cpu().numpy().mean(axis=(-2, -1), dtype=np.float64)
+
+
 def pooled_leaf(src: Source, ckpts: list[int]) -> np.ndarray:
     """(checkpoints, images, channels) float64 spatial means of every image (the linear probes'
-    features), read block by block like the other tasks (the means accumulate in float64
-    without a float64 copy of a block)."""
+    features) of a layer that no row-side job reads (:func:`ftdyn.analysis.plan.mark_pooled`),
+    read block by block like the other tasks."""
     out = np.empty((len(ckpts), src.n, src.channels))
     for t, ckpt in enumerate(ckpts):
         for c in range(src.n_chunks):
-            block = read_block(src, ckpt, c).cpu().numpy()
-            out[t, src.rows(c)] = block.mean(axis=(-2, -1), dtype=np.float64)
+            out[t, src.rows(c)] = _spatial_means(read_block(src, ckpt, c))
     return out
 
 
