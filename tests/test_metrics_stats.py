@@ -170,6 +170,13 @@ def test_gram_of_one_model_and_eig_route_for_any_pair():
             )
             dead = (i == 2) != (j == 2) or (i == 2 and j == 2)
             assert np.isnan(M.cka_from_gram(g)[1]) == dead
+    # a decomposition that reuses the Gram's double centering is the same decomposition
+    for K, e in zip(grams, eigs):
+        reused = M.gram_eig(K, M.gram_center(K))
+        for field in ("lam", "null", "tr", "dead"):
+            assert torch.equal(getattr(reused, field), getattr(e, field))
+    with pytest.raises(ValueError, match="centered"):
+        M.gram_eig(grams[0], M.gram_center(grams[0][:, :6, :6]))
 
 
 # ---------------------------------------------------------- sides agree
