@@ -1,7 +1,8 @@
 """Benchmark the extra cost of the interpretation (ceiling, convergence, paired bootstrap, probes).
 
 On the given stores (e.g. the demo's ``demo-out/stores/*.zarr``, extracted with a random-init
-baseline), runs ``ftdyn.analyze`` three times in this process, each into a fresh folder:
+baseline), runs ``ftdyn.analyze`` in this process, each run into a fresh folder: a warm-up,
+then per round
 
 1. ``plain``: what ``analyze`` cost before the interpretation existed: no bootstrap, and the
    interpretation's parts of the computation switched off for this run only (the random-init
@@ -15,10 +16,12 @@ baseline), runs ``ftdyn.analyze`` three times in this process, each into a fresh
 3. ``interpreted``: the demo's settings, everything on.
 
 Prints and (``--json``) writes the wall-clock and CPU seconds of each part and the ratios
-interpreted / plain (goal ≤ 1.5). Wall-clock times on a shared machine vary: run it when the
-cores are quiet, and report the load average printed with it.
+interpreted / plain (goal ≤ 1.5). The warm-up (a plain run, not measured) takes the start-up
+costs that the first analysis in a process pays. Wall-clock times on a shared machine vary: run it when the
+cores are quiet, report the load average printed with it, and use ``--repeat N`` (N rounds in
+alternating order; the ratios are the medians over the rounds, every round is kept).
 
-    python benchmarks/bench_interpret.py demo-out/stores/*.zarr --bootstrap 100 [--json out.json]
+    python benchmarks/bench_interpret.py demo-out/stores/*.zarr --repeat 3 [--json out.json]
 """
 
 from __future__ import annotations
@@ -112,40 +115,77 @@ def main() -> None:
         help="groups of images of the bootstrap (default: the demo's)",
     )
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the runs (alternating their order; the ratios' medians are reported)",
+    )
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     boot = {
         "bootstrap": a.bootstrap,
         "bootstrap_metrics": a.bootstrap_metric or list(D.BOOTSTRAP_METRICS),
         "bootstrap_groups": a.bootstrap_groups,
     }
-    times = {}
-    try:
-        load = os.getloadavg()
-        # plain; plain + the paired bootstrap alone (item 3); everything (items 1-4)
-        for name, plain, kw in [("plain", True, {}), ("bootstrap_only", True, boot)]:
-            if not a.skip_plain:
-                times[name] = run(a.stores, tmp / name, plain, memory_limit=a.memory_limit, **kw)
-                print(f"{name}:", json.dumps(times[name]), flush=True)
-        times["interpreted"] = run(a.stores, tmp / "full", memory_limit=a.memory_limit, **boot)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    plain_s = times.get("plain", {}).get("total_s", float("nan"))
+    load = os.getloadavg()
+    warm_up(a)
+    rounds = [one_round(a, boot, reverse=r % 2 == 1) for r in range(max(1, a.repeat))]
     result = {
         "stores": a.stores,
         **boot,
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load],
-        **times,
-        "ratio_interpreted_over_plain": round(times["interpreted"]["total_s"] / plain_s, 2),
-        "cpu_ratio_interpreted_over_plain": round(
-            times["interpreted"]["cpu_s"] / times.get("plain", {}).get("cpu_s", float("nan")), 2
-        ),
+        **rounds[0],
+        **summary(rounds),
     }
+    if len(rounds) > 1:
+        result["rounds"] = rounds
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
+
+
+def warm_up(a) -> None:
+    """One unmeasured plain run: the first analysis in a process also pays for opening the
+    stores' arrays (kept open), the linear-algebra libraries' start-up and the OS's file cache,
+    which would otherwise count against whichever run comes first."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
+    try:
+        run(a.stores, tmp / "warm-up", True, memory_limit=a.memory_limit)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def one_round(a, boot: dict, reverse: bool) -> dict:
+    """The times of one round: plain, plain + the paired bootstrap alone (item 3) and everything
+    (items 1-4), each into a fresh folder; in reverse order on alternate rounds, so that a host
+    whose speed drifts favours neither side."""
+    runs = [("interpreted", False, boot)]
+    if not a.skip_plain:
+        runs = [("plain", True, {}), ("bootstrap_only", True, boot), *runs]
+    times = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
+    try:
+        for name, plain, kw in reversed(runs) if reverse else runs:
+            times[name] = run(a.stores, tmp / name, plain, memory_limit=a.memory_limit, **kw)
+            print(f"{name}:", json.dumps(times[name]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: times[name] for name, _, _ in runs}
+
+
+def summary(rounds: list[dict]) -> dict:
+    """The ratios interpreted / plain (wall-clock and CPU seconds), medians over the rounds."""
+
+    def ratio(key: str) -> float:
+        values = [r["interpreted"][key] / r.get("plain", {}).get(key, np.nan) for r in rounds]
+        return round(float(np.median(values)), 2)
+
+    return {
+        "ratio_interpreted_over_plain": ratio("total_s"),
+        "cpu_ratio_interpreted_over_plain": ratio("cpu_s"),
+    }
 
 
 if __name__ == "__main__":
