@@ -170,7 +170,9 @@ def test_cuda_equals_cpu(planted, tmp_path):
         cpu = ftdyn.analyze(path, out=tmp_path / f"cpu-{views}", device="cpu", **kw)
         gpu = ftdyn.analyze(path, out=tmp_path / f"gpu-{views}", device="cuda", **kw)
         assert cpu.attrs["device"] == "cpu" and gpu.attrs["device"].startswith("cuda")
-        for var in ("distance", "filter_distance", "trajectory", "ci_low", "ci_high"):
+        # probe_accuracy: the pooled features are taken on the GPU as its row-side leaves read
+        variables = ("distance", "filter_distance", "trajectory", "ci_low", "ci_high")
+        for var in (*variables, "probe_accuracy"):
             np.testing.assert_allclose(
                 gpu[var].values,
                 cpu[var].values,

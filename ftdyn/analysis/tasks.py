@@ -945,9 +945,12 @@ def concat_map(*parts: dict) -> dict:
 
 # ------------------------------------------------------------------ pooled features
 def _spatial_means(raw: torch.Tensor) -> np.ndarray:
-    """(images, channels) float64 means over the positions of a raw block (numpy accumulates
-    in float64 through a small buffer: no float64 copy of the block)."""
-    return raw.cpu().numpy().mean(axis=(-2, -1), dtype=np.float64)
+    """(images, channels) float64 means over the positions of a raw block: on the CPU numpy
+    accumulates in float64 through a small buffer (no float64 copy of the block); on a GPU
+    they are taken there, and only they cross to the host."""
+    if raw.device.type != "cpu":
+        return torch.mean(raw, dim=(-2, -1), dtype=F64).cpu().numpy()
+    return raw.numpy().mean(axis=(-2, -1), dtype=np.float64)
 
 
 def pooled_leaf(src: Source, ckpts: list[int]) -> np.ndarray:
