@@ -329,7 +329,8 @@ def row_leaf(
 
 
 def _keep_pooled(acc: RowAccumulator, t: int, chunk: int, raw: torch.Tensor) -> None:
-    """Keep the spatial means of a block read (float64 sums without a float64 copy of it)."""
+    """Keep the spatial means of a block read (:func:`_spatial_means`), where the leaf keeps
+    them."""
     if acc.pooled is not None:
         acc.pooled[(t, chunk)] = _spatial_means(raw)
 
