@@ -215,7 +215,10 @@ def a_bt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def sym(C: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (C + C.mT)
+    """(C + Cᵀ)/2, exactly symmetric; halved in place (one temporary of C's size, not two)."""
+    S = C + C.mT
+    S *= 0.5
+    return S
 
 
 def trace(C: torch.Tensor) -> torch.Tensor:
@@ -426,8 +429,7 @@ def double_center(K: torch.Tensor) -> torch.Tensor:
 
     Symmetrized first, then the symmetric (r_i + r_j) − m subtracted: two n×n temporaries
     instead of five (the Grams are large and memory-bound)."""
-    S = K + K.mT
-    S *= 0.5
+    S = sym(K)
     r = S.mean(-1, keepdim=True)
     shift = r + r.mT
     shift -= r.mean(-2, keepdim=True)
