@@ -174,10 +174,7 @@ def collect_pooled(exps: list[Experiment], jobs: list[Job], results: list) -> di
     it = iter(results)
     for job in jobs:
         exp = exps[job.exp]
-        passes = [
-            list(range(len(exp.epochs))) if cg is None else [exp.ref, *cg]
-            for cg in (job.ckpt_groups if job.side == "row" else [None])
-        ]
+        passes = job.passes(len(exp.epochs), exp.ref)
         parts = [next(it) for _ in range(len(job.groups) * len(passes))]
         if not job.pooled:
             continue

@@ -102,17 +102,10 @@ def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
 
 def _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace) -> list:
     """The metrics tasks of one filter group of a row-side job, one per checkpoint group."""
-    T, ref = len(exp.epochs), exp.ref
-    outs = []
-    for ci, cg in enumerate(job.ckpt_groups):
-        # a pass over the reference and the checkpoints of group cg (all of them: cg None)
-        pos = list(range(T)) if cg is None else [ref, *cg]
-        outs.append(
-            _row_pass(
-                delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace, ci == 0
-            )
-        )
-    return outs
+    return [
+        _row_pass(delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace, ci == 0)
+        for ci, pos in enumerate(job.passes(len(exp.epochs), exp.ref))
+    ]
 
 
 def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first):

@@ -81,6 +81,11 @@ class Job:
         if self.convergence is None:
             self.convergence = list(self.metrics)
 
+    def passes(self, T: int, ref: int) -> list[list[int]]:
+        """The checkpoint positions of each pass over the store, of T with the reference at
+        ``ref``: the reference and a checkpoint group's positions (all of them: one pass)."""
+        return [list(range(T)) if cg is None else [ref, *cg] for cg in self.ckpt_groups]
+
 
 def chunk_groups(n_chunks: int, n_groups: int) -> list[list[int]]:
     n_groups = max(1, min(n_groups, n_chunks))
@@ -748,10 +753,12 @@ def mark_pooled(jobs: list[Job]) -> None:
     """Let the first row-side job of each (experiment, layer) keep the spatial means of the
     blocks it reads (every checkpoint, image and channel: its filter groups cover the
     channels, its passes the checkpoints), so that no task re-reads the layer for them."""
+    if not POOLED_IN_PASS:
+        return
     seen = set()
     for job in jobs:
         key = (job.exp, job.layer)
-        if POOLED_IN_PASS and job.side == "row" and key not in seen:
+        if job.side == "row" and key not in seen:
             job.pooled = True
             seen.add(key)
 
