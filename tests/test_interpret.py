@@ -593,6 +593,11 @@ def test_pooled_features_kept_while_reading_equal_the_stored_means(
         seen["pooled"] = pooled
         return probes(exps, args, epochs, pooled)
 
+    def assert_stored_means():
+        for l, layer in enumerate(LAYERS):
+            want = np.stack([a[layer.name] for a in [*epochs, base]]).astype(np.float64)
+            np.testing.assert_array_equal(seen["pooled"][l], want.mean(axis=(-2, -1)))
+
     monkeypatch.setattr(AI, "probes", spy)
     ds = ftdyn.analyze(
         path, out=tmp_path / "r", progress=False, bootstrap=bootstrap, metrics=["procrustes"]
@@ -600,13 +605,9 @@ def test_pooled_features_kept_while_reading_equal_the_stored_means(
     plan = json.loads(ds.attrs["plan"])
     assert all(p["pooled_features"] for p in plan) and len(plan) == len(LAYERS)
     assert max(p["filter_groups"] * p["checkpoint_passes"] for p in plan) > 2
-    for l, layer in enumerate(LAYERS):
-        want = np.stack([a[layer.name] for a in [*epochs, base]]).astype(np.float64)
-        np.testing.assert_array_equal(seen["pooled"][l], want.mean(axis=(-2, -1)))
+    assert_stored_means()
     # the Gram side reads whole images: its layers' features come from a task of their own
     monkeypatch.setattr(AP, "MAX_FILTER_GROUP", None)
     ds2 = ftdyn.analyze(path, out=tmp_path / "g", progress=False, metrics=["cka_debiased"])
     assert not any(p["pooled_features"] for p in json.loads(ds2.attrs["plan"]))
-    for l, layer in enumerate(LAYERS):
-        want = np.stack([a[layer.name] for a in [*epochs, base]]).astype(np.float64)
-        np.testing.assert_array_equal(seen["pooled"][l], want.mean(axis=(-2, -1)))
+    assert_stored_means()
