@@ -54,7 +54,7 @@ def without_interpretation():
         layers = max(len(e.layers) for e in exps)
         return np.full((len(exps), len(args.metrics), layers, len(AP.NESTED_FRACTIONS)), np.nan)
 
-    def layers(exps):
+    def layer_keys(exps):
         return [(e, l) for e, exp in enumerate(exps) for l in range(len(exp.layers))]
 
     def no_probes(exps, args, epochs, pooled):
@@ -74,7 +74,7 @@ def without_interpretation():
             lambda exps, engine, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
         ),
         (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
-        (AR, "build_pooled", lambda exps, jobs: dict.fromkeys(layers(exps))),
+        (AR, "build_pooled", lambda exps, jobs: dict.fromkeys(layer_keys(exps))),
         (AP, "NESTED_IN_PASS", False),
         (AP, "POOLED_IN_PASS", False),
         (AI, "probes", no_probes),
