@@ -233,6 +233,19 @@ def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
     return json.loads(json.dumps(attrs))  # fail early on anything not JSON-able
 
 
+def _activation_encoding(region: tuple[int, ...], itemsize: int, compressors: list) -> dict:
+    """Zarr encoding of an activation array written in ``region``s (1 checkpoint, sample chunk,
+    channels, height, width): one shard per region of inner chunks of :func:`channel_block`
+    channels (one plain chunk where that is all of them), a CRC-32C per chunk so that an altered
+    chunk file fails to decode instead of reading as other numbers."""
+    _, spc, channels, height, width = region
+    encoding = {"chunks": region, "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
+    block = channel_block(channels, spc, height, width, itemsize)
+    if block < channels:
+        encoding.update(chunks=(1, spc, block, height, width), shards=region)
+    return encoding
+
+
 def _activation_variables(
     spec: StoreSpec, spc: int, compressors: list
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -246,9 +259,6 @@ def _activation_variables(
     for index, layer in enumerate(spec.layers):
         shape = (n_ckpt, n, layer.channels, layer.height, layer.width)
         region = (1, spc, layer.channels, layer.height, layer.width)
-        block = channel_block(
-            layer.channels, spc, layer.height, layer.width, np.dtype(spec.dtype).itemsize
-        )
         data_vars[layer.var] = xr.Variable(
             layer_dims(layer.var),
             da.zeros(shape, chunks=region, dtype=spec.dtype),
@@ -258,16 +268,9 @@ def _activation_variables(
                 "receptive_field": json.loads(json.dumps(layer.receptive_field)),
             },
         )
-        # a CRC-32C per chunk: an altered chunk file fails to decode instead of reading as other
-        # numbers
-        encoding[layer.var] = {
-            "chunks": region,
-            "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
-        }
-        if block < layer.channels:
-            encoding[layer.var].update(
-                chunks=(1, spc, block, layer.height, layer.width), shards=region
-            )
+        encoding[layer.var] = _activation_encoding(
+            region, np.dtype(spec.dtype).itemsize, compressors
+        )
     data_vars[COMPLETE] = xr.Variable(
         ("checkpoint", "chunk"),
         da.zeros((n_ckpt, math.ceil(n / spc)), chunks=(1, 1), dtype="uint8"),
@@ -469,7 +472,8 @@ def _sample_arrays(
 
 def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, spc: int) -> None:
     """Each layer's type, dimensions, sample axis and region layout (one region = one
-    checkpoint, ``samples_per_chunk`` samples, all channels, the whole map)."""
+    checkpoint, ``samples_per_chunk`` samples, all channels, the whole map), and the same of its
+    random-init baseline where the store has one."""
     if attrs["dtype"] not in DTYPES:
         raise _damaged(
             path, f"root attribute 'dtype' is {attrs['dtype']!r}, not one of {', '.join(DTYPES)}"
@@ -477,36 +481,50 @@ def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, 
     if list(attrs["layer_variables"]) != list(attrs["layers"]):
         raise _damaged(path, "root attributes 'layers' and 'layer_variables' name different layers")
     for layer, var in attrs["layer_variables"].items():
-        array = _array(path, group, var)
-        if str(array.dtype) != attrs["dtype"]:
-            raise _damaged(
-                path,
-                f"array '{var}' (layer {layer}) is {array.dtype}, the store records"
-                f" {attrs['dtype']}",
-            )
-        dims = tuple(array.metadata.dimension_names or ())
-        if len(array.shape) != 5 or dims != layer_dims(var):
-            raise _damaged(
-                path,
-                f"array '{var}' (layer {layer}) has dimensions {dims}, expected {layer_dims(var)}",
-            )
-        if array.shape[1] != n:
-            raise _damaged(
-                path,
-                f"array '{var}' (layer {layer}) has {array.shape[1]} samples, the store has {n}",
-            )
-        region = (1, min(spc, n), *array.shape[2:])
-        outer = array.shards or array.chunks
-        if (
-            tuple(outer) != region
-            or array.shape[2] % array.chunks[2]
-            or tuple(array.chunks[3:]) != region[3:]
-        ):
-            raise _damaged(
-                path,
-                f"array '{var}' (layer {layer}) has shape {array.shape} stored in regions {outer}, "
-                f"expected regions {region} (a changed map size or channel count)",
-            )
+        array = _activation_array(path, group, var, layer, attrs["dtype"], layer_dims(var), n, spc)
+        baseline = baseline_var(var)
+        if (path / baseline / "zarr.json").is_file():
+            dims = (RANDOM_INIT_DIM, *layer_dims(var)[1:])
+            stored = _activation_array(path, group, baseline, layer, attrs["dtype"], dims, n, spc)
+            if stored.shape != (1, *array.shape[1:]):
+                raise _damaged(
+                    path,
+                    f"array '{baseline}' (random-init baseline of layer {layer}) has shape"
+                    f" {stored.shape}, expected {(1, *array.shape[1:])}",
+                )
+
+
+def _activation_array(
+    path: Path, group: zarr.Group, var: str, layer: str, dtype: str, dims: tuple, n: int, spc: int
+):
+    """One activation array's type, dimensions, sample axis and region layout, checked."""
+    array = _array(path, group, var)
+    if str(array.dtype) != dtype:
+        raise _damaged(
+            path, f"array '{var}' (layer {layer}) is {array.dtype}, the store records {dtype}"
+        )
+    found = tuple(array.metadata.dimension_names or ())
+    if len(array.shape) != 5 or found != dims:
+        raise _damaged(
+            path, f"array '{var}' (layer {layer}) has dimensions {found}, expected {dims}"
+        )
+    if array.shape[1] != n:
+        raise _damaged(
+            path, f"array '{var}' (layer {layer}) has {array.shape[1]} samples, the store has {n}"
+        )
+    region = (1, min(spc, n), *array.shape[2:])
+    outer = array.shards or array.chunks
+    if (
+        tuple(outer) != region
+        or array.shape[2] % array.chunks[2]
+        or tuple(array.chunks[3:]) != region[3:]
+    ):
+        raise _damaged(
+            path,
+            f"array '{var}' (layer {layer}) has shape {array.shape} stored in regions {outer}, "
+            f"expected regions {region} (a changed map size or channel count)",
+        )
+    return array
 
 
 def validate_layout(
@@ -896,10 +914,10 @@ def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str
             da.zeros((1, n, c, h, w), chunks=region, dtype=arr.dtype),
             attrs={"layer": layer, "random_init_of": var},
         )
-        encoding[baseline_var(var)] = {
-            "chunks": region,
-            "compressors": [*_compressors(attrs.get("codec", "zstd")), zarr.codecs.Crc32cCodec()],
-        }
+        # laid out as the checkpoints' arrays: a filter group's task decodes only its channels
+        encoding[baseline_var(var)] = _activation_encoding(
+            region, arr.dtype.itemsize, _compressors(attrs.get("codec", "zstd"))
+        )
     data_vars[RANDOM_INIT_COMPLETE] = xr.Variable(
         (RANDOM_INIT_DIM, "chunk"), da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8")
     )

@@ -88,6 +88,22 @@ def _drift(acts, rng, noise):
     }
 
 
+def test_baseline_arrays_are_laid_out_like_the_checkpoints(tmp_path):
+    """A layer large enough for inner chunks: its baseline is sharded the same way, so that a
+    filter group's task decodes only its channels of the baseline too."""
+    import zarr
+
+    rng = np.random.default_rng(0)
+    layer = [LayerSpec("big", 64, 32, 32)]
+    acts = _acts(rng, n=8, layers=layer)
+    path = make_store(tmp_path / "s.zarr", [acts, acts], baseline=_acts(rng, n=8, layers=layer))
+    group = zarr.open_group(path, mode="r")
+    var = group.attrs["layer_variables"]["big"]
+    stored, baseline = group[var], group["random_init__" + var]
+    assert stored.shards is not None and stored.chunks[2] < 64  # the case this is about
+    assert (baseline.shards, baseline.chunks) == ((1, *stored.shards[1:]), stored.chunks)
+
+
 def test_unchanged_series_is_zero_and_random_checkpoint_is_one(tmp_path):
     rng = np.random.default_rng(0)
     src, rand = _acts(rng), _acts(rng)

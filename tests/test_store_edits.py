@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
-from ftdyn.store import StoreWriter, decoding, open_store
+from ftdyn.store import (
+    StoreWriter,
+    add_random_init,
+    baseline_var,
+    decoding,
+    open_store,
+    write_random_init,
+)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +196,27 @@ def test_reader_waits_for_an_extension_in_progress(pristine, tmp_path):
     reader.join(timeout=60)
     assert not reader.is_alive()
     assert list(seen[0]["checkpoint"].values) == [0, 1, 2, 3]  # epoch 4 is not filled yet: left out
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [_shape(2, 3), _set("data_type", "int16"), _set("dimension_names", ["a", "b", "c", "d", "e"])],
+    ids=["channels", "dtype", "dimensions"],
+)
+def test_a_random_init_baseline_checks_itself_like_the_layers(pristine, tmp_path, edit):
+    """A baseline whose array disagrees with its layer is one line naming it, before any read."""
+    path = Path(shutil.copytree(pristine, tmp_path / "s.zarr"))
+    add_random_init(path, seed=0, architecture="resnet18", init="test")
+    writer = StoreWriter(path)
+    layers = zarr.open_group(path, mode="r").attrs["layer_variables"]
+    for c in range(writer.n_chunks):
+        rows = writer.chunk_slice(c)
+        arrays = {
+            layer: zarr.open_array(path / var, mode="r")[0, rows] for layer, var in layers.items()
+        }
+        write_random_init(path, c, arrays)
+    open_store(path)  # intact
+    _meta(path, baseline_var("features_3"), edit)
+    with pytest.raises(FtdynError) as err:
+        open_store(path)
+    assert "random_init__features_3" in str(err.value) and "\n" not in str(err.value)
