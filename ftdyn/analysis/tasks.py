@@ -451,26 +451,27 @@ def _sq_norm(quad: tuple, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return cgc - 2.0 * cubic / n + a2 * b2 / n**2
 
 
-def _cka_replicates(acc: RowAccumulator, ref: int, t: int, counts: np.ndarray) -> np.ndarray:
-    """CKA distance of the pair (reference, t) for every replicate's unit counts (N, U) at once.
+def _cka_replicates(acc: RowAccumulator, ref: int, ts: list[int], counts: np.ndarray) -> dict:
+    """{t: (N, *batch) CKA distances of the pair (reference, t)} for every replicate's unit
+    counts (N, U) at once.
 
     The same numbers (to rounding) as re-summing the units' statistics per replicate
     (:meth:`RowAccumulator.row_stats` + :class:`ftdyn.metrics.RowStats` CKA), but the centered
     covariance of a resample, C(c) = Σ_u c_u A_u − a(c) b(c)ᵀ/n(c), enters CKA only through
     squared Frobenius norms, which are polynomials in c: their unit-level coefficients are
-    computed once (O(U²·p²) per filter) and each replicate then costs O(U³) per filter
-    instead of O(U·p²). The units' statistics are first centered at the overall mean (C is
-    shift-invariant), so the expansion does not cancel the mean's large raw moments.
+    computed once (O(U²·p²) per filter; the reference's own once for all ``ts``) and each
+    replicate then costs O(U³) per filter instead of O(U·p²). The units' statistics are first
+    centered at the overall mean (C is shift-invariant), so the expansion does not cancel the
+    mean's large raw moments.
     """
     n_u = acc.n
-    units = n_u.shape[0]
-    s_x, s_y = acc.s[:, ref], acc.s[:, t]
-    batch = s_x.shape[1:-1]
-    s_x, s_y = s_x.reshape(units, -1, s_x.shape[-1]), s_y.reshape(units, -1, s_y.shape[-1])
-    total = n_u.sum()
-    m_x, m_y = s_x.sum(0) / total, s_y.sum(0) / total
-    nn = n_u[:, None, None]
-    a, b = s_x - nn * m_x, s_y - nn * m_y  # unit sums about the overall mean
+    units, total = n_u.shape[0], n_u.sum()
+    batch = acc.s.shape[2:-1]
+
+    def about_mean(t):  # a checkpoint's unit sums (U, B, p), overall mean, unit sums about it
+        sums = acc.s[:, t].reshape(units, -1, acc.s.shape[-1])
+        mean = sums.sum(0) / total
+        return sums, mean, sums - n_u[:, None, None] * mean
 
     # Σ_{i∈u} (x_i − m_a)(y_i − m_b)ᵀ = M − sa m_bᵀ − m_a b_uᵀ, one pass
     def centered(M, sa, ma, mb, b_u):
@@ -481,21 +482,30 @@ def _cka_replicates(acc: RowAccumulator, ref: int, t: int, counts: np.ndarray) -
             M.flatten(0, 1), left.flatten(0, 1), right.flatten(0, 1), alpha=-1.0
         ).view(M.shape)
 
-    xx, yy = acc.xx, acc.yy[:, t]
-    quads = {
-        "xy": _unit_quadratics(centered(acc.xy[:, t], s_x, m_x, m_y, b), a, b),
-        "xx": _unit_quadratics(centered(xx, s_x, m_x, m_x, a), a, a),
-        "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b),
-    }
-    raw_x = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
-    raw_y = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
+    def raw_trace(M):  # (U, B) the units' raw traces
+        return torch.diagonal(M, dim1=-2, dim2=-1).sum(-1).reshape(units, -1)
 
-    def exact(b, filters):
-        """Replicate b re-summed at ``filters`` (the whole layer for whole-layer views)."""
-        sub = acc.select(filters) if batch else acc
-        return _metric_from_rows("cka", sub.row_stats(ref, t, ref, counts[b]), 0.0)
+    s_x, m_x, a = about_mean(ref)
+    quad_xx = _unit_quadratics(centered(acc.xx, s_x, m_x, m_x, a), a, a)
+    out = {}
+    for t in ts:
+        s_y, m_y, b = about_mean(t)
+        yy = acc.yy[:, t]
+        quads = {
+            "xy": _unit_quadratics(centered(acc.xy[:, t], s_x, m_x, m_y, b), a, b),
+            "xx": quad_xx,
+            "yy": _unit_quadratics(centered(yy, s_y, m_y, m_y, b), b, b),
+        }
 
-    return _cka_of_counts(counts, n_u, quads, raw_x, raw_y, exact).reshape(len(counts), *batch)
+        def exact(replicate, filters, t=t):
+            """The replicate re-summed at ``filters`` (the whole layer for whole-layer views)."""
+            sub = acc.select(filters) if batch else acc
+            return _metric_from_rows("cka", sub.row_stats(ref, t, ref, counts[replicate]), 0.0)
+
+        out[t] = _cka_of_counts(
+            counts, n_u, quads, raw_trace(acc.xx), raw_trace(yy), exact
+        ).reshape(len(counts), *batch)
+    return out
 
 
 #: an expanded squared norm or trace below this share of the size of its terms may have lost
@@ -600,15 +610,15 @@ def row_finish(
             [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
         )
 
-    def of_counts(m, t, counts):  # CKA's replicates need no re-summing of the statistics
-        return _cka_replicates(acc, ref, t, counts) if m == "cka" else direct(m, t, counts)
+    def of_counts(m, ts, counts):  # CKA's replicates need no re-summing of the statistics
+        if m == "cka":
+            return _cka_replicates(acc, ref, ts, counts).__getitem__
+        return lambda t: direct(m, t, counts)
 
     if counts is not None and len(counts):
         ts = _replicated(T, ref, skip)
         for m in metrics if boot_metrics is None else [m for m in metrics if m in boot_metrics]:
-            reps = _replicates(
-                out["values"][m], len(counts), ts, lambda t, m=m: of_counts(m, t, counts)
-            )
+            reps = _replicates(out["values"][m], len(counts), ts, of_counts(m, ts, counts))
             reps[:, list(skip)] = np.nan
             out["reps"][m] = reps
     if nested is not None:
