@@ -487,6 +487,7 @@ def _cka_replicates(acc: RowAccumulator, ref: int, ts: list[int], counts: np.nda
 
     s_x, m_x, a = about_mean(ref)
     quad_xx = _unit_quadratics(centered(acc.xx, s_x, m_x, m_x, a), a, a)
+    raw_x = raw_trace(acc.xx)
     out = {}
     for t in ts:
         s_y, m_y, b = about_mean(t)
@@ -502,9 +503,9 @@ def _cka_replicates(acc: RowAccumulator, ref: int, ts: list[int], counts: np.nda
             sub = acc.select(filters) if batch else acc
             return _metric_from_rows("cka", sub.row_stats(ref, t, ref, counts[replicate]), 0.0)
 
-        out[t] = _cka_of_counts(
-            counts, n_u, quads, raw_trace(acc.xx), raw_trace(yy), exact
-        ).reshape(len(counts), *batch)
+        out[t] = _cka_of_counts(counts, n_u, quads, raw_x, raw_trace(yy), exact).reshape(
+            len(counts), *batch
+        )
     return out
 
 
