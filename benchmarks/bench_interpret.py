@@ -9,11 +9,15 @@ then per round
    baseline as one more checkpoint of the pass, the convergence check's own run for row-side
    views without groups of images and their groups in the main pass, the pooled features
    (kept by row-side leaves or read by tasks of their own) and the linear probes);
-2. ``bootstrap_only``: the same with the demo's paired bootstrap (``--bootstrap N
+2. ``ceiling_only``: the same with the random-init baseline (item 1's ceiling) as one more
+   checkpoint of every pass, as the interpreted run has it: the part of the cost that no plan
+   can remove (one more distance per metric and layer), ≈ 1/(T−1) more pairs on a series of
+   T checkpoints;
+3. ``bootstrap_only``: plain with the demo's paired bootstrap (``--bootstrap N
    --bootstrap-metric cka``, 8 groups), to tell its share from the rest (the convergence
    subsets of the views with bootstrap groups are still evaluated there: they come with the
    groups' statistics);
-3. ``interpreted``: the demo's settings, everything on.
+4. ``interpreted``: the demo's settings, everything on.
 
 Prints and (``--json``) writes the wall-clock and CPU seconds of each part and the ratios
 interpreted / plain (goal ≤ 1.5). The warm-up (a plain run, not measured) takes the start-up
@@ -45,10 +49,11 @@ from ftdyn.analysis import run as AR
 
 
 @contextlib.contextmanager
-def without_interpretation():
-    """The analysis as it was before the interpretation: no baseline among the checkpoints, no
-    convergence run, no pooled features nor probes; NaN in their place (patched into
-    ``ftdyn.analysis`` for the duration of the block)."""
+def without_interpretation(ceiling: bool = False):
+    """The analysis as it was before the interpretation: no baseline among the checkpoints (with
+    ``ceiling``: the baseline and its ceiling kept), no convergence run, no pooled features nor
+    probes; NaN in their place (patched into ``ftdyn.analysis`` for the duration of the
+    block)."""
 
     def nan(exps, args):
         layers = max(len(e.layers) for e in exps)
@@ -65,14 +70,17 @@ def without_interpretation():
             "probe_chance": np.full(len(exps), np.nan),
         }
 
-    patches = [
+    no_ceiling = [
         (AR, "with_baseline", lambda exps: exps),
-        (AR, "convergence_plan", lambda exps, args, *rest: (exps, args, 1 << 30, [])),
         (
             AR,
             "ceilings",
             lambda exps, engine, args, recs: {"ceiling": nan(exps, args)[..., 0], "missing": []},
         ),
+    ]
+    patches = [
+        *([] if ceiling else no_ceiling),
+        (AR, "convergence_plan", lambda exps, args, *rest: (exps, args, 1 << 30, [])),
         (AR, "convergence", lambda exps, args, *rest: nan(exps, args)),
         (AR, "build_pooled", lambda exps, jobs: dict.fromkeys(layer_keys(exps))),
         (AP, "NESTED_IN_PASS", False),
@@ -89,8 +97,14 @@ def without_interpretation():
             setattr(module, name, func)
 
 
-def run(stores: list[str], out: Path, plain: bool = False, **kw) -> dict:
-    with without_interpretation() if plain else contextlib.nullcontext():
+def run(stores: list[str], out: Path, part: str = "interpreted", **kw) -> dict:
+    """Time one analysis into ``out``: ``part`` "plain", "ceiling" (plain + the baseline's
+    ceiling) or "interpreted" (everything the options ask for)."""
+    with (
+        contextlib.nullcontext()
+        if part == "interpreted"
+        else without_interpretation(ceiling=part == "ceiling")
+    ):
         t0, c0 = time.perf_counter(), time.process_time()
         ftdyn.analyze(stores, out=out, progress=False, overwrite=True, **kw)
         # CPU seconds of all threads: less sensitive than wall time to a busy host
@@ -152,23 +166,28 @@ def warm_up(a) -> None:
     which would otherwise count against whichever run comes first."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     try:
-        run(a.stores, tmp / "warm-up", True, memory_limit=a.memory_limit)
+        run(a.stores, tmp / "warm-up", "plain", memory_limit=a.memory_limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def one_round(a, boot: dict, reverse: bool) -> dict:
-    """The times of one round: plain, plain + the paired bootstrap alone (item 3) and everything
-    (items 1-4), each into a fresh folder; in reverse order on alternate rounds, so that a host
-    whose speed drifts favours neither side."""
-    runs = [("interpreted", False, boot)]
+    """The times of one round: plain, plain + the ceiling alone (item 1's baseline), plain + the
+    paired bootstrap alone (item 3) and everything (items 1-4), each into a fresh folder; in
+    reverse order on alternate rounds, so that a host whose speed drifts favours neither side."""
+    runs = [("interpreted", "interpreted", boot)]
     if not a.skip_plain:
-        runs = [("plain", True, {}), ("bootstrap_only", True, boot), *runs]
+        runs = [
+            ("plain", "plain", {}),
+            ("ceiling_only", "ceiling", {}),
+            ("bootstrap_only", "plain", boot),
+            *runs,
+        ]
     times = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     try:
-        for name, plain, kw in reversed(runs) if reverse else runs:
-            times[name] = run(a.stores, tmp / name, plain, memory_limit=a.memory_limit, **kw)
+        for name, part, kw in reversed(runs) if reverse else runs:
+            times[name] = run(a.stores, tmp / name, part, memory_limit=a.memory_limit, **kw)
             print(f"{name}:", json.dumps(times[name]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -176,15 +195,19 @@ def one_round(a, boot: dict, reverse: bool) -> dict:
 
 
 def summary(rounds: list[dict]) -> dict:
-    """The ratios interpreted / plain (wall-clock and CPU seconds), medians over the rounds."""
+    """The ratios interpreted / plain and (the floor that no plan removes) ceiling_only / plain,
+    in wall-clock and CPU seconds, medians over the rounds."""
 
-    def ratio(key: str) -> float:
-        values = [r["interpreted"][key] / r.get("plain", {}).get(key, np.nan) for r in rounds]
+    def ratio(name: str, key: str) -> float:
+        values = [
+            r.get(name, {}).get(key, np.nan) / r.get("plain", {}).get(key, np.nan) for r in rounds
+        ]
         return round(float(np.median(values)), 2)
 
     return {
-        "ratio_interpreted_over_plain": ratio("total_s"),
-        "cpu_ratio_interpreted_over_plain": ratio("cpu_s"),
+        "ratio_interpreted_over_plain": ratio("interpreted", "total_s"),
+        "cpu_ratio_interpreted_over_plain": ratio("interpreted", "cpu_s"),
+        "cpu_ratio_ceiling_only_over_plain": ratio("ceiling_only", "cpu_s"),
     }
 
 
