@@ -439,7 +439,15 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
     lo, hi = boot["ci_low"].values[0], boot["ci_high"].values[0]
     assert np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi + 1e-12).all()
     assert (hi[:, :, 1:] > lo[:, :, 1:]).all()  # non-degenerate away from the reference
-    np.testing.assert_allclose(boot["distance"].values, ds["distance"].values, atol=1e-12)
+    # bootstrap groups re-sum the statistics in another order: the same values, except that PWSM,
+    # an arccos, resolves only √(2ε) ≈ 1.5e-8 near 0, so the reference against itself reads 0 or
+    # that (as the rounding of the order falls; it differed between CI runs)
+    np.testing.assert_allclose(
+        boot["distance"].values[..., 1:], ds["distance"].values[..., 1:], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        boot["distance"].values[..., 0], ds["distance"].values[..., 0], atol=2e-8
+    )
     again = ftdyn.analyze(path, out=tmp_path / "b2", progress=False, bootstrap=30, seed=1)
     np.testing.assert_array_equal(again["ci_low"].values[0], lo)  # seeded: reproducible
     with open(tmp_path / "b" / "distances.csv") as f:
