@@ -19,11 +19,12 @@ then per round
    groups' statistics);
 4. ``interpreted``: the demo's settings, everything on.
 
-Prints and (``--json``) writes the wall-clock and CPU seconds of each part and the ratios
-interpreted / plain (goal ≤ 1.5). The warm-up (a plain run, not measured) takes the start-up
-costs that the first analysis in a process pays. Wall-clock times on a shared machine vary: run
-it when the cores are quiet, report the load average printed with it, and use ``--repeat N``
-(N rounds in alternating order; the ratios are the medians over the rounds, every round kept).
+Prints and (``--json``) writes the wall-clock and CPU seconds of each part, the ratios
+interpreted / plain (goal ≤ 1.5) and the CPU ratio ceiling_only / plain (the floor). The
+warm-up (a plain run, not measured) takes the start-up costs that the first analysis in a
+process pays. Wall-clock times on a shared machine vary: run it when the cores are quiet,
+report the load average printed with it, and use ``--repeat N`` (N rounds in alternating
+order; the ratios are the medians over the rounds, every round kept).
 
     python benchmarks/bench_interpret.py demo-out/stores/*.zarr --repeat 3 [--json out.json]
 """
