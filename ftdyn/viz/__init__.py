@@ -9,9 +9,11 @@ Entry points (what ``ftdyn visualize`` and ``ftdyn analyze`` call):
   the results, and for each store the class- and sample-based grids of its
   shallowest and deepest layer.
 
-Modules: :mod:`.curves` (results → line plots and matrices), :mod:`.patches`
-(class-based), :mod:`.heatmaps` (sample-based). Each keeps the computation in pure
-functions that return arrays (tested on their own) and draws separately.
+Modules: :mod:`.curves` (results → line plots and matrices), :mod:`.interpret` (the
+interpretation's figures), :mod:`.patches` (class-based), :mod:`.heatmaps` (sample-based).
+Each keeps the computation in pure functions that return arrays (tested on their own) and
+draws separately; all of them build on :mod:`.figure` (grids, saving, the figure index),
+which this module imports too.
 
 Every figure written is recorded, with a caption that says what it shows and how
 it was computed, in ``figures.json`` in its folder (:func:`read_index`); the HTML
@@ -29,7 +31,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,6 +51,12 @@ from ..config import (
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import check_output_folder, folder_lock, update_result_set
 from ..progress import track
+from ..receptive import ReceptiveField
+from ..results import open_results
+from ..store import decoding, open_store, store_fingerprint, store_layers
+from . import curves, heatmaps, patches
+from . import interpret as interpret_figures
+from .figure import FIGURES_DIR, INDEX_NAME, read_index, record, slug
 
 __all__ = [
     "visualize",
@@ -63,69 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Folder under a results/report folder that holds the figures (what ``report`` reads).
-FIGURES_DIR = "figures"
-#: Index of the figures in a folder, with captions.
-INDEX_NAME = "figures.json"
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of ``text``."""
-    return re.sub(r"[^0-9A-Za-z.+-]+", "_", str(text)).strip("_.") or "x"
-
-
-def epoch_label(epoch: int) -> str:
-    return "source (epoch 0)" if int(epoch) == 0 else f"epoch {int(epoch)}"
-
-
-def grid_figure(
-    body: tuple[float, float],
-    margins: tuple[float, float, float],
-    title: str | None,
-    space: tuple[float, float] = (0.06, 0.06),
-):
-    """A Figure for a grid of axes with fixed margins in inches instead of a constrained layout
-    (which took most of the drawing time of the many-axes grids): ``body`` (width, height) of
-    the axes, ``margins`` (left, right, bottom), the top sized for ``title``, which goes on two
-    lines, split at its " · ", where one line of 10 pt text would be wider than the figure;
-    ``space`` (horizontal, vertical) between the axes, a fraction of their size."""
-    from matplotlib.figure import Figure
-
-    left, right, bottom = margins
-    width = left + body[0] + right
-    if title and len(title) * 0.085 > width:  # ~0.085 in per character at 10 pt
-        title = title.replace(" · ", "\n", 1)
-    top = 0.4 + 0.18 * title.count("\n") + 0.15 if title else 0.3
-    height = top + body[1] + bottom
-    fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(
-        left=left / width,
-        right=1 - right / width,
-        top=1 - top / height,
-        bottom=bottom / height,
-        wspace=space[0],
-        hspace=space[1],
-    )
-    if title:
-        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
-    return fig
-
-
-def save_figure(fig, path: Path, *, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` (format from the suffix); no timestamps in the file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = (
-        {"Date": None}
-        if path.suffix == ".svg"
-        else {"Software": None}
-        if path.suffix == ".png"
-        else None
-    )
-    fig.savefig(path, dpi=dpi, metadata=metadata)
-    return path
 
 
 def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
@@ -136,46 +82,6 @@ def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
     return Path(out)
 
 
-def read_index(folder: str | Path) -> list[dict[str, Any]]:
-    """Entries of ``folder/figures.json`` (``[]`` when there is none)."""
-    index = Path(folder) / INDEX_NAME
-    if not index.is_file():
-        return []
-    try:
-        return list(json.loads(index.read_text()).get("figures", []))
-    except (json.JSONDecodeError, AttributeError):
-        raise FtdynError(
-            f"{index}: not a readable figure index; delete it and re-run `ftdyn visualize`."
-        ) from None
-
-
-def record(folder: str | Path, entries: Iterable[dict[str, Any]]) -> None:
-    """Add or replace (by ``file``) entries of ``folder/figures.json``.
-
-    An entry: ``file`` (name of the PNG in ``folder``), ``formats`` (other files of
-    the same figure, e.g. the SVG), ``kind`` (curves, by_layer, trajectory, class,
-    sample, note), ``title``, ``caption``, and context (experiment, store, layer).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    current = {e.get("file") or f"note:{e.get('caption')}": e for e in read_index(folder)}
-    for e in entries:
-        current[e.get("file") or f"note:{e.get('caption')}"] = e
-    tmp = folder / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps({"figures": list(current.values())}, indent=1, default=_jsonable))
-    tmp.replace(folder / INDEX_NAME)
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
-
-
 def open_any_store(store):
     """(Dataset, path or None) from a store path or an already opened store Dataset."""
     import xarray as xr
@@ -183,7 +89,6 @@ def open_any_store(store):
     if isinstance(store, xr.Dataset):
         source = store.encoding.get("source")
         return store, (Path(source) if source else None)
-    from ..store import open_store
 
     path = Path(store)
     return open_store(path), path
@@ -195,7 +100,6 @@ def open_any_results(results):
 
     if results is None or isinstance(results, xr.Dataset):
         return results
-    from ..results import open_results
 
     return open_results(results)
 
@@ -229,7 +133,6 @@ def figure_stem(out: Path, label: str, path: Path | None) -> str:
 def resolve_layer(ds, layer) -> tuple[str, str, int]:
     """(module name, variable, index shallow->deep) of ``layer`` given as module name,
     variable name or (possibly negative) index; FtdynError listing the choices otherwise."""
-    from ..store import store_layers
 
     pairs = store_layers(ds)
     names = [p[0] for p in pairs]
@@ -256,7 +159,6 @@ def resolve_layer(ds, layer) -> tuple[str, str, int]:
 def receptive_field_of(ds, var: str, layer: str):
     """The layer's :class:`~ftdyn.receptive.ReceptiveField`, or FtdynError when the store
     has none."""
-    from ..receptive import ReceptiveField
 
     rf = ds[var].attrs.get("receptive_field") or (ds.attrs.get("receptive_fields") or {}).get(layer)
     if not rf:
@@ -384,7 +286,6 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     if len(prints) != len(exps) or not Path(path).is_dir():
         return None
-    from ..store import store_fingerprint
 
     mine = store_fingerprint(Path(path), ds)["sha256"]
     return next(
@@ -402,11 +303,6 @@ def results_stores(results) -> str:
             (str(x) for x in results["store"].values),
         )
     )
-
-
-def results_layer_index(results, experiment: str, layer: str) -> int | None:
-    names = [str(x) for x in results["layer"].sel(experiment=experiment).values]
-    return names.index(layer) if layer in names else None
 
 
 # ----------------------------------------------------------------------------- API
@@ -569,7 +465,6 @@ class _Figures:
 def execute(plan: FigurePlan) -> list[Path]:
     """Read the activations ``plan`` needs, draw the figures and make them current in ``plan.out``
     together with the figures already there (one atomic step)."""
-    from ..store import decoding
 
     entries: list[dict[str, Any]] = []
 
@@ -587,7 +482,6 @@ def execute(plan: FigurePlan) -> list[Path]:
 def _compute_figures(plan: FigurePlan) -> _Figures:
     """The grids of ``plan``: filters chosen (unless given), the class-based grid, the samples
     chosen (unless given) and their sample-based grids."""
-    from . import heatmaps, patches
 
     ds, var, name = plan.ds, plan.var, plan.layer
     chosen, why = plan.filters, "filters chosen by the user"
@@ -625,7 +519,6 @@ def _compute_figures(plan: FigurePlan) -> _Figures:
 def _write_figures(plan: FigurePlan, figures: _Figures, folder: Path) -> list[dict[str, Any]]:
     """Draw the figures into ``folder`` and record them with captions in its index; returns
     their index entries."""
-    from . import heatmaps, patches
 
     label, name, rf = plan.label, plan.layer, plan.rf
     cls_name = f"class_{plan.stem}.png"
@@ -695,9 +588,6 @@ def default_figures(
     is skipped with an :class:`~ftdyn.errors.FtdynWarning` and a note in the index, so the
     rest is still made. Returns the written PNG/SVG paths.
     """
-    from ..store import decoding, store_layers
-    from . import curves
-    from . import interpret as interpret_figures
 
     out = Path(out)
     res = open_any_results(results_dir)

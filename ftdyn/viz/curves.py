@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import record, save_figure, slug
+from .figure import record, save_figure, slug
 
 LAYER_CMAP = "viridis"
 MATRIX_CMAP = "viridis"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import epoch_label, grid_figure, save_figure
+from ..receptive import upsample_to_image
+from .figure import epoch_label, grid_figure, save_figure
 
 CMAP = "inferno"
 ALPHA = 0.6
@@ -25,7 +26,6 @@ ALPHA = 0.6
 def upsample_maps(maps: np.ndarray, rf, image_size: tuple[int, int] | int) -> np.ndarray:
     """Feature maps ``(..., h, w)`` -> ``(..., H, W)`` on the image pixel grid (see module
     docstring)."""
-    from ..receptive import upsample_to_image
 
     return upsample_to_image(np.nan_to_num(np.asarray(maps, dtype=np.float64)), rf, image_size)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import record, save_figure
 from .curves import _legend, as_strings, experiment_layers, layer_colors, metric_label
+from .figure import record, save_figure
 
 
 def _integer_epochs(ax) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FtdynError
-from . import epoch_label, grid_figure, results_layer_index, save_figure
+from .figure import epoch_label, grid_figure, results_layer_index, save_figure
 
 # ----------------------------------------------------------------------------- pure computation
 
