@@ -57,6 +57,7 @@ probes, layer order, convergence).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -278,8 +279,6 @@ def _cell(value) -> str:
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows) -> None:
-    import csv
-
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)

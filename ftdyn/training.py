@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torchvision
 from torch import nn
 
 from . import checkpoints as ckpt
@@ -839,8 +840,6 @@ def _execute_locked(plan: TrainPlan) -> Path:
 
 
 def _torchvision_version() -> str:
-    import torchvision
-
     return torchvision.__version__
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import dask
 import torch
 
 from .. import summary as S
@@ -49,8 +50,6 @@ def build_graph(
 ):
     """The output task of every filter group (and checkpoint pass) of every job, in order;
     ``name`` prefixes the task keys, so that the graphs of two runs compute together."""
-    import dask
-
     delayed = dask.delayed
     graph_outputs = []
     for job in jobs:
@@ -75,8 +74,6 @@ def build_pooled(exps: list[Experiment], jobs: list[Job], name: str = "pooled") 
     """{(experiment, layer): task} of its pooled features at every position
     (:func:`~ftdyn.analysis.tasks.pooled_leaf`) for the layers whose ``jobs`` do not keep them
     while reading (:func:`~ftdyn.analysis.plan.mark_pooled`)."""
-    import dask
-
     kept = {(j.exp, j.layer) for j in jobs if j.pooled}
     return {
         (e, l): dask.delayed(pooled_leaf, pure=True)(
@@ -226,8 +223,6 @@ def _map_output(delayed, exp, args, job, fsl, gtag):
 
 
 def _tree(items: list, combine, name: str, ordered: bool = False):
-    import dask
-
     level = 0
     while len(items) > 1:
         nxt = []
@@ -253,8 +248,6 @@ def compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str
 
 
 def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str):
-    import dask
-
     if scheduler is not None:
         from distributed import Client, as_completed
 

@@ -7,12 +7,15 @@ the scheduler), runs on ``Source.device`` and trims the heap when it ends.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
+import zarr
 
 from .. import metrics as M
 from .. import summary as S
@@ -33,8 +36,6 @@ def _array(path: str, var: str):
     key = (path, var)
     arr = _ARRAYS.get(key)
     if arr is None:
-        import zarr
-
         with _ARRAYS_LOCK:
             arr = _ARRAYS.get(key)
             if arr is None:
@@ -1004,8 +1005,6 @@ def trim() -> None:
     global _LIBC
     try:
         if _LIBC is None:
-            import ctypes
-
             _LIBC = ctypes.CDLL("libc.so.6")
         _LIBC.malloc_trim(0)
     except (OSError, AttributeError):
@@ -1014,7 +1013,6 @@ def trim() -> None:
 
 def trimmed(func):
     """Run a task, then trim the heap (see :func:`trim`); keeps the task's name and pickles."""
-    import functools
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):

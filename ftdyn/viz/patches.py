@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 
 from ..errors import FtdynError
@@ -145,8 +146,6 @@ def choose_filters(
     samples) between the first and last of ``epoch_positions``; filters that are
     all zero at either end are ranked last.
     """
-    import dask
-
     n_channels = int(ds.sizes[f"{var}_channel"])
     n = min(int(n), n_channels)
     if results is not None and experiment is not None:
@@ -241,8 +240,6 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     The argmax and max of each (epoch, sample, filter) map are reduced by Dask, so
     only those numbers and the probe images of the classes are loaded.
     """
-    import dask
-
     labels = np.asarray(ds["label"].values)
     positions = np.flatnonzero(np.isin(labels, classes))
     if len(positions) == 0:
