@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import xarray as xr
 
 from ..config import (
     DEFAULT_CLASSES,
@@ -84,23 +85,17 @@ def check_out(out: str | Path, *, what: str | None = None, inputs=()) -> Path:
 
 def open_any_store(store):
     """(Dataset, path or None) from a store path or an already opened store Dataset."""
-    import xarray as xr
-
     if isinstance(store, xr.Dataset):
         source = store.encoding.get("source")
         return store, (Path(source) if source else None)
-
     path = Path(store)
     return open_store(path), path
 
 
 def open_any_results(results):
     """A results Dataset (or None) from a results folder, results.zarr or a Dataset."""
-    import xarray as xr
-
     if results is None or isinstance(results, xr.Dataset):
         return results
-
     return open_results(results)
 
 
@@ -133,7 +128,6 @@ def figure_stem(out: Path, label: str, path: Path | None) -> str:
 def resolve_layer(ds, layer) -> tuple[str, str, int]:
     """(module name, variable, index shallow->deep) of ``layer`` given as module name,
     variable name or (possibly negative) index; FtdynError listing the choices otherwise."""
-
     pairs = store_layers(ds)
     names = [p[0] for p in pairs]
     if isinstance(layer, (int, np.integer)) or (
@@ -159,7 +153,6 @@ def resolve_layer(ds, layer) -> tuple[str, str, int]:
 def receptive_field_of(ds, var: str, layer: str):
     """The layer's :class:`~ftdyn.receptive.ReceptiveField`, or FtdynError when the store
     has none."""
-
     rf = ds[var].attrs.get("receptive_field") or (ds.attrs.get("receptive_fields") or {}).get(layer)
     if not rf:
         raise FtdynError(
@@ -465,7 +458,6 @@ class _Figures:
 def execute(plan: FigurePlan) -> list[Path]:
     """Read the activations ``plan`` needs, draw the figures and make them current in ``plan.out``
     together with the figures already there (one atomic step)."""
-
     entries: list[dict[str, Any]] = []
 
     def draw(folder: Path) -> list[str]:
@@ -482,7 +474,6 @@ def execute(plan: FigurePlan) -> list[Path]:
 def _compute_figures(plan: FigurePlan) -> _Figures:
     """The grids of ``plan``: filters chosen (unless given), the class-based grid, the samples
     chosen (unless given) and their sample-based grids."""
-
     ds, var, name = plan.ds, plan.var, plan.layer
     chosen, why = plan.filters, "filters chosen by the user"
     if chosen is None:
@@ -519,7 +510,6 @@ def _compute_figures(plan: FigurePlan) -> _Figures:
 def _write_figures(plan: FigurePlan, figures: _Figures, folder: Path) -> list[dict[str, Any]]:
     """Draw the figures into ``folder`` and record them with captions in its index; returns
     their index entries."""
-
     label, name, rf = plan.label, plan.layer, plan.rf
     cls_name = f"class_{plan.stem}.png"
     patches.plot_class_grid(
@@ -588,7 +578,6 @@ def default_figures(
     is skipped with an :class:`~ftdyn.errors.FtdynWarning` and a note in the index, so the
     rest is still made. Returns the written PNG/SVG paths.
     """
-
     out = Path(out)
     res = open_any_results(results_dir)
     written: list[Path] = []

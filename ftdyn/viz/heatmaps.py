@@ -26,7 +26,6 @@ ALPHA = 0.6
 def upsample_maps(maps: np.ndarray, rf, image_size: tuple[int, int] | int) -> np.ndarray:
     """Feature maps ``(..., h, w)`` -> ``(..., H, W)`` on the image pixel grid (see module
     docstring)."""
-
     return upsample_to_image(np.nan_to_num(np.asarray(maps, dtype=np.float64)), rf, image_size)
 
 
