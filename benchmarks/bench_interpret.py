@@ -19,12 +19,18 @@ then per round
    groups' statistics);
 4. ``interpreted``: the demo's settings, everything on.
 
+``plain`` and ``interpreted`` are also timed as the ``ftdyn analyze`` command runs them by
+default: the analysis, then ``report.html`` with its figures (``ftdyn.reporting.report``, as
+the CLI calls it; ``--no-report`` leaves it out).
+
 Prints and (``--json``) writes the wall-clock and CPU seconds of each part, the ratios
-interpreted / plain (goal ≤ 1.5) and the CPU ratio ceiling_only / plain (the floor). The
-warm-up (a plain run, not measured) takes the start-up costs that the first analysis in a
-process pays. Wall-clock times on a shared machine vary: run it when the cores are quiet,
-report the load average printed with it, and use ``--repeat N`` (N rounds in alternating
-order; the ratios are the medians over the rounds, every round kept).
+interpreted / plain of the analysis alone and of the command (analysis + report; the
+goal: ≤ 1.5× the plain ``analyze`` time), and the CPU ratio ceiling_only / plain (the floor).
+The warm-up (a plain run and its report, not measured) takes the start-up costs that the
+first analysis and the first report in a process pay. Wall-clock times on a shared machine
+vary: run it when the cores are quiet, report the load average printed with it, and use
+``--repeat N`` (N rounds in alternating order; the ratios are the medians over the rounds,
+every round kept).
 
     python benchmarks/bench_interpret.py demo-out/stores/*.zarr --repeat 3 [--json out.json]
 """
@@ -47,6 +53,7 @@ from ftdyn import demos as D
 from ftdyn.analysis import interpret as AI
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
+from ftdyn.reporting import report
 
 
 @contextlib.contextmanager
@@ -98,9 +105,12 @@ def without_interpretation(ceiling: bool = False):
             setattr(module, name, func)
 
 
-def run(stores: list[str], out: Path, part: str = "interpreted", **kw) -> dict:
+def run(
+    stores: list[str], out: Path, part: str = "interpreted", with_report: bool = False, **kw
+) -> dict:
     """Time one analysis into ``out``: ``part`` "plain", "ceiling" (plain + the baseline's
-    ceiling) or "interpreted" (everything the options ask for)."""
+    ceiling) or "interpreted" (everything the options ask for); ``with_report``: then the
+    report of its results, as ``ftdyn analyze`` writes it (``command_*``: both)."""
     with (
         contextlib.nullcontext()
         if part == "interpreted"
@@ -109,10 +119,18 @@ def run(stores: list[str], out: Path, part: str = "interpreted", **kw) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         ftdyn.analyze(stores, out=out, progress=False, overwrite=True, **kw)
         # CPU seconds of all threads: less sensitive than wall time to a busy host
-        return {
+        times = {
             "total_s": round(time.perf_counter() - t0, 2),
             "cpu_s": round(time.process_time() - c0, 2),
         }
+    if with_report:
+        t1, c1 = time.perf_counter(), time.process_time()
+        report(out, stores=stores)
+        times["report_s"] = round(time.perf_counter() - t1, 2)
+        times["report_cpu_s"] = round(time.process_time() - c1, 2)
+        times["command_s"] = round(times["total_s"] + times["report_s"], 2)
+        times["command_cpu_s"] = round(times["cpu_s"] + times["report_cpu_s"], 2)
+    return times
 
 
 def main() -> None:
@@ -130,6 +148,12 @@ def main() -> None:
         help="groups of images of the bootstrap (default: the demo's)",
     )
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="time the analysis only, not the report that `ftdyn analyze` writes after it",
+    )
     ap.add_argument(
         "--repeat",
         type=int,
@@ -162,42 +186,47 @@ def main() -> None:
 
 
 def warm_up(a) -> None:
-    """One unmeasured plain run: the first analysis in a process also pays for opening the
-    stores' arrays (kept open), the linear-algebra libraries' start-up and the OS's file cache,
-    which would otherwise count against whichever run comes first."""
+    """One unmeasured plain run (and its report): the first analysis in a process also pays for
+    opening the stores' arrays (kept open), the linear-algebra libraries' start-up and the OS's
+    file cache, the first report for matplotlib's start-up, which would otherwise count against
+    whichever run comes first."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     try:
-        run(a.stores, tmp / "warm-up", "plain", memory_limit=a.memory_limit)
+        run(a.stores, tmp / "warm-up", "plain", a.report, memory_limit=a.memory_limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def one_round(a, boot: dict, reverse: bool) -> dict:
     """The times of one round: plain, plain + the ceiling alone (item 1's baseline), plain + the
-    paired bootstrap alone (item 3) and everything (items 1-4), each into a fresh folder; in
-    reverse order on alternate rounds, so that a host whose speed drifts favours neither side."""
-    runs = [("interpreted", "interpreted", boot)]
+    paired bootstrap alone (item 3) and everything (items 1-4), each into a fresh folder (plain
+    and everything with their reports unless ``--no-report``); in reverse order on alternate
+    rounds, so that a host whose speed drifts favours neither side."""
+    runs = [("interpreted", "interpreted", a.report, boot)]
     if not a.skip_plain:
         runs = [
-            ("plain", "plain", {}),
-            ("ceiling_only", "ceiling", {}),
-            ("bootstrap_only", "plain", boot),
+            ("plain", "plain", a.report, {}),
+            ("ceiling_only", "ceiling", False, {}),
+            ("bootstrap_only", "plain", False, boot),
             *runs,
         ]
     times = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-interpret-"))
     try:
-        for name, part, kw in reversed(runs) if reverse else runs:
-            times[name] = run(a.stores, tmp / name, part, memory_limit=a.memory_limit, **kw)
+        for name, part, with_report, kw in reversed(runs) if reverse else runs:
+            times[name] = run(
+                a.stores, tmp / name, part, with_report, memory_limit=a.memory_limit, **kw
+            )
             print(f"{name}:", json.dumps(times[name]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {name: times[name] for name, _, _ in runs}
+    return {name: times[name] for name, *_ in runs}
 
 
 def summary(rounds: list[dict]) -> dict:
-    """The ratios interpreted / plain and (the floor that no plan removes) ceiling_only / plain,
-    in wall-clock and CPU seconds, medians over the rounds."""
+    """The ratios interpreted / plain (the analysis alone and, when timed, the command: analysis
+    + report) and (the floor that no plan removes) ceiling_only / plain, in wall-clock and CPU
+    seconds, medians over the rounds."""
 
     def ratio(name: str, key: str) -> float:
         values = [
@@ -205,11 +234,15 @@ def summary(rounds: list[dict]) -> dict:
         ]
         return round(float(np.median(values)), 2)
 
-    return {
+    ratios = {
         "ratio_interpreted_over_plain": ratio("interpreted", "total_s"),
         "cpu_ratio_interpreted_over_plain": ratio("interpreted", "cpu_s"),
         "cpu_ratio_ceiling_only_over_plain": ratio("ceiling_only", "cpu_s"),
     }
+    if "command_s" in rounds[0].get("plain", {}):
+        ratios["command_ratio_interpreted_over_plain"] = ratio("interpreted", "command_s")
+        ratios["command_cpu_ratio_interpreted_over_plain"] = ratio("interpreted", "command_cpu_s")
+    return ratios
 
 
 if __name__ == "__main__":
