@@ -646,37 +646,25 @@ def gram_panel(
     and every later chunk (``stream``): returns (first row, block (*batch, n_panel, n_rest)).
     ``after``: the previous filter group's result, only so that Dask builds one group's
     Gram matrices at a time (the plan budgets one group)."""
+    # filled in place, not concatenated: a concatenation holds the panel (and the block) twice,
+    # which the plan does not budget
     r0, r1 = src.rows(panel[0]).start, src.rows(panel[-1]).stop
-    P = _panel_rows(src, ckpt, view, fsl, panel, r1 - r0)
-    if not stream:  # the block is the panel's own product: no second n×n buffer
-        return r0, torch.matmul(P, P.mT)
-    block = P.new_empty(P.shape[:-1] + (src.n - r0,))
-    # products written into the block (out=): no n×n temporary beside it
-    torch.matmul(P, P.mT, out=block[..., : r1 - r0])
-    for c in stream:
-        rows = src.rows(c)
-        torch.matmul(
-            P,
-            _mat(read_block(src, ckpt, c, fsl), view).mT,
-            out=block[..., rows.start - r0 : rows.stop - r0],
-        )
-    return r0, block
-
-
-def _panel_rows(src: Source, ckpt: int, view: str, fsl: slice, panel: list[int], rows: int):
-    """The float64 matrices (*batch, rows, cols) of a panel's chunks: one chunk's own, several
-    filled in place (a concatenation would hold them twice, which the plan does not budget)."""
-    if len(panel) == 1:
-        return _mat(read_block(src, ckpt, panel[0], fsl), view)
-    r0, P = src.rows(panel[0]).start, None
+    P = None
     for c in panel:
         m = _mat(read_block(src, ckpt, c, fsl), view)
         if P is None:
-            P = m.new_empty(m.shape[:-2] + (rows, m.shape[-1]))
-        span = src.rows(c)
-        P[..., span.start - r0 : span.stop - r0, :] = m
+            P = m.new_empty(m.shape[:-2] + (r1 - r0, m.shape[-1]))
+        rows = src.rows(c)
+        P[..., rows.start - r0 : rows.stop - r0, :] = m
         del m
-    return P
+    block = P.new_empty(P.shape[:-1] + (src.n - r0,))
+    block[..., : r1 - r0] = torch.matmul(P, P.mT)
+    for c in stream:
+        rows = src.rows(c)
+        block[..., rows.start - r0 : rows.stop - r0] = torch.matmul(
+            P, _mat(read_block(src, ckpt, c, fsl), view).mT
+        )
+    return r0, block
 
 
 def gram_assemble(n: int, *blocks) -> torch.Tensor:
