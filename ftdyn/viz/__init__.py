@@ -279,7 +279,6 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     if len(prints) != len(exps) or not Path(path).is_dir():
         return None
-
     mine = store_fingerprint(Path(path), ds)["sha256"]
     return next(
         (e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine),

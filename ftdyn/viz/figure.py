@@ -117,8 +117,3 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON-able: {type(value).__name__}")
-
-
-def results_layer_index(results, experiment: str, layer: str) -> int | None:
-    names = [str(x) for x in results["layer"].sel(experiment=experiment).values]
-    return names.index(layer) if layer in names else None

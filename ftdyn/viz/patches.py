@@ -24,7 +24,8 @@ import dask
 import numpy as np
 
 from ..errors import FtdynError
-from .figure import epoch_label, grid_figure, results_layer_index, save_figure
+from .curves import experiment_layers
+from .figure import epoch_label, grid_figure, save_figure
 
 # ----------------------------------------------------------------------------- pure computation
 
@@ -149,7 +150,7 @@ def choose_filters(
     n_channels = int(ds.sizes[f"{var}_channel"])
     n = min(int(n), n_channels)
     if results is not None and experiment is not None:
-        li = results_layer_index(results, experiment, layer)
+        li = next((i for i, name in experiment_layers(results, experiment) if name == layer), None)
         if li is not None:
             fd = results["filter_distance"].sel(experiment=experiment).sel(layer_index=li)
             ref = results.attrs.get("reference_epoch", 0)
