@@ -227,6 +227,34 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
         )
 
 
+def test_procrustes_alone_keeps_the_diagonals_and_gives_the_same_numbers(planted, tmp_path):
+    """A row-side job of Procrustes alone accumulates only the diagonals of XᵀX and YᵀY (the
+    plan records it); its distances are the in-memory ones, and its bootstrap runs on them."""
+    path, data = planted
+    ds = ftdyn.analyze(
+        path,
+        out=tmp_path / "p",
+        metrics=["procrustes"],
+        views="channels",
+        bootstrap=4,
+        progress=False,
+    )
+    rows = [p for p in json.loads(ds.attrs["plan"]) if p["side"] == "row"]
+    assert rows and {p["self_products"] for p in rows} == {"diagonal"}
+    both = ftdyn.analyze(
+        path, out=tmp_path / "b", metrics=["procrustes", "cka"], views="channels", progress=False
+    )
+    assert {p["self_products"] for p in json.loads(both.attrs["plan"])} == {"full"}
+    for l, spec in enumerate(LAYERS):
+        for e in range(len(NOISE)):
+            want = expected(data, spec.name, "channels", "procrustes", 0, e)
+            assert ds["distance"].values[0, 0, l, e] == pytest.approx(float(want), abs=1e-9)
+    np.testing.assert_allclose(
+        ds["distance"].values, both["distance"].sel(metric=["procrustes"]).values, atol=1e-12
+    )
+    assert np.isfinite(ds["ci_low"].values[..., 1:]).all()
+
+
 def published_maps(M1, M2):
     """The published code's per-(image, filter) similarities, written from its formulas: each
     (h, w) map centered by its *row* means, scaled to unit Frobenius norm; Procrustes

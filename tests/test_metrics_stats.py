@@ -224,6 +224,33 @@ def test_dead_elements_in_stats():
     assert M.count_dead(M.row_stats(X, Y)) == 2
 
 
+def test_diagonal_self_products_give_procrustes_and_refuse_the_others():
+    """Row statistics holding only the diagonals of XᵀX and YᵀY: Procrustes (it needs their
+    traces) and the dead test as from the data, batched and single; PWSM and CKA refuse them."""
+    rng = np.random.default_rng(8)
+    X, Y = data(rng, (4,), 30, 5)
+    X[1] = 0.0
+    full = M.row_stats(X, Y)
+
+    def diagonals(s):
+        return s._replace(
+            xx=np.diagonal(s.xx, 0, -2, -1).copy(), yy=np.diagonal(s.yy, 0, -2, -1).copy()
+        )
+
+    diag = diagonals(full)
+    got = M.procrustes_from_row_stats(diag)
+    assert np.isnan(got[1]) and M.dead_mask(diag).tolist() == [False, True, False, False]
+    for f in (0, 2, 3):
+        assert got[f] == pytest.approx(ref_procrustes(X[f], Y[f]), abs=1e-12)
+    single = diagonals(M.row_stats(X[0], Y[0]))
+    assert M.procrustes_from_row_stats(single) == pytest.approx(got[0], abs=1e-15)
+    for metric in (M.cka_from_row_stats, lambda s: M.pwsm_from_row_stats(s, 0.5)):
+        with pytest.raises(ValueError, match="diagonals"):
+            metric(diag)
+    assert M.diagonal_self_products(["procrustes"])
+    assert not M.diagonal_self_products(["procrustes", "cka"])
+
+
 # ------------------------------------------------------- internal numerics
 def test_nuclear_norm_methods_agree_including_tiny_singular_values():
     rng = np.random.default_rng(7)

@@ -129,6 +129,7 @@ def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first
             job.units,
             job.sub_bytes,
             job.pooled,
+            job.diagonal,
             dask_key_name=f"stats-{ctag}-{i}",
         )
         for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))

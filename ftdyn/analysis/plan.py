@@ -76,6 +76,9 @@ class Job:
     #: row side: its leaves also keep the spatial means of every block they read (the
     #: linear probes' features, :func:`mark_pooled`)
     pooled: bool = False
+    #: row side, reference pairs: of the self-products XᵀX, YᵀY only their diagonals (all
+    #: that the job's metrics need, :func:`ftdyn.metrics.diagonal_self_products`)
+    diagonal: bool = False
 
     def __post_init__(self):
         if self.convergence is None:
@@ -349,6 +352,10 @@ class _RowCosts:
         """Checkpoint positions besides the reference."""
         return [t for t in range(self.spec.epochs) if t != self.spec.ref]
 
+    def diagonal(self, mode: str) -> bool:
+        """Whether the self-products are kept as their diagonals (:attr:`Job.diagonal`)."""
+        return mode == "ref" and M.diagonal_self_products(self.spec.metrics)
+
     def memory(self, g: int, mode: str, units: int, k: int) -> tuple[float, float, float]:
         """(host bytes, statistics-side bytes, accumulator bytes) of one task: g filters and k
         checkpoints (+ reference) per pass."""
@@ -356,7 +363,10 @@ class _RowCosts:
         block = g * p * p * F8
         m = T if mode == "all" else k + 1
         all_bytes = (m * p) ** 2 * g * F8
-        ref_blocks = (2 * m - 1) * block * units if (mode == "ref" or units > 1) else 0
+        # XᵀY per checkpoint (the reference's own XᵀX among them with diagonals) + XᵀX, YᵀY
+        own = g * p * F8 if self.diagonal(mode) else block
+        pairs = (m * block + m * own) if self.diagonal(mode) else (m - 1) * block + m * own
+        ref_blocks = pairs * units if (mode == "ref" or units > 1) else 0
         acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * F8
         resident = (
             (m if mode == "all" else 2) + READ_OVERHEAD
@@ -484,9 +494,10 @@ def _row_job(
         / src.image_bytes
         * (C if costs.per_filter else 1)
     )
-    pairs_flops = (
-        (T * T / 2 if mode == "all" else 2 * (T - 1) + 1) * 2 * p * p * rows_per_byte * slab
-    )
+    # products per row: all pairs; or XᵀY per checkpoint and the self-products (their
+    # diagonals: O(p) per row instead of O(p²))
+    products = T * T / 2 if mode == "all" else (T if costs.diagonal(mode) else 2 * (T - 1) + 1)
+    pairs_flops = products * 2 * p * p * rows_per_byte * slab
     return Job(
         spec.exp,
         spec.layer,
@@ -503,6 +514,7 @@ def _row_job(
         sub_bytes=budget.sub_block,
         read_bytes=costs.reads(g, k if mode == "ref" else len(others)) * slab,
         flops=pairs_flops,
+        diagonal=costs.diagonal(mode),
     )
 
 

@@ -252,6 +252,10 @@ class AnalysisPlan:
                 ),
                 # row side: the statistics' groups of images (bootstrap, convergence subsets)
                 "image_groups": j.units if j.side == "row" else None,
+                # row side: XᵀX and YᵀY whole, or their diagonals (Procrustes alone)
+                "self_products": ("diagonal" if j.diagonal else "full")
+                if j.side == "row"
+                else None,
                 "gram_panels": j.panels if j.side == "gram" else None,
                 # the view's metrics whose convergence subsets this job gives (a row-side job
                 # without groups of images: through the convergence check's own run)

@@ -146,11 +146,12 @@ class RowAccumulator:
     n: torch.Tensor
     #: (U, T, *batch, p) column sums per unit and checkpoint
     s: torch.Tensor
-    #: (U, *batch, p, p) XᵀX of the reference per unit (None: all pairs only, one unit)
+    #: (U, *batch, p, p) XᵀX of the reference per unit (None: all pairs only, one unit;
+    #: (U, *batch, p) its diagonal where the metrics need no more, :attr:`diagonal`)
     xx: torch.Tensor | None = None
     #: (U, T, *batch, p, p) XᵀY of the reference X and checkpoint Y per unit
     xy: torch.Tensor | None = None
-    #: (U, T, *batch, p, p) YᵀY of checkpoint Y per unit
+    #: (U, T, *batch, p, p) YᵀY of checkpoint Y per unit (or (U, T, *batch, p) its diagonal)
     yy: torch.Tensor | None = None
     #: (*batch, T·p, T·p) ZᵀZ of every checkpoint side by side, Z = [X_0 … X_T−1], all units
     #: together (None: reference pairs only)
@@ -161,23 +162,38 @@ class RowAccumulator:
 
     @classmethod
     def zeros(
-        cls, units: int, T: int, batch: tuple[int, ...], p: int, *, all_pairs: bool, device
+        cls,
+        units: int,
+        T: int,
+        batch: tuple[int, ...],
+        p: int,
+        *,
+        all_pairs: bool,
+        device,
+        diagonal: bool = False,
     ) -> RowAccumulator:
         """Empty statistics; the reference pairs are kept without all pairs or with several units
-        (the replicates re-sum them)."""
+        (the replicates re-sum them); ``diagonal``: of the self-products XᵀX and YᵀY only their
+        diagonals (reference pairs only)."""
 
         def zeros(*shape):
             return torch.zeros(shape, dtype=F64, device=device)
 
         pairs = not all_pairs or units > 1
+        own = (p,) if diagonal and not all_pairs else (p, p)
         return cls(
             n=zeros(units),
             s=zeros(units, T, *batch, p),
-            xx=zeros(units, *batch, p, p) if pairs else None,
+            xx=zeros(units, *batch, *own) if pairs else None,
             xy=zeros(units, T, *batch, p, p) if pairs else None,
-            yy=zeros(units, T, *batch, p, p) if pairs else None,
+            yy=zeros(units, T, *batch, *own) if pairs else None,
             G=zeros(*batch, T * p, T * p) if all_pairs else None,
         )
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether the self-products are kept as their diagonals (Procrustes needs no more)."""
+        return self.xx is not None and self.xx.ndim < self.xy.ndim - 1
 
     def merge(self, *others: RowAccumulator) -> RowAccumulator:
         """These statistics plus ``others`` (same shapes), summed into these in place (the
@@ -244,8 +260,10 @@ class RowAccumulator:
         if a != ref:
             raise ValueError("pair statistics without the reference need all-pairs accumulation")
         xx = tot(self.xx)
-        if b == ref:
-            return M.RowStats(n, s[ref], s[ref], xx, xx, xx)
+        if b == ref:  # with diagonals, the reference's own XᵀX is kept as its pair
+            return M.RowStats(
+                n, s[ref], s[ref], xx, xx, tot(self.xy[:, ref]) if self.diagonal else xx
+            )
         return M.RowStats(n, s[ref], s[b], xx, tot(self.yy[:, b]), tot(self.xy[:, b]))
 
 
@@ -307,18 +325,26 @@ def row_leaf(
     n_units: int,
     sub_bytes: int,
     pooled: bool = False,
+    diagonal: bool = False,
 ) -> RowAccumulator:
     """Row-side statistics of a group of sample chunks (accumulated sequentially) for the
     checkpoints ``ckpts``: every pair (``mode`` "all") or the pairs with ``ckpts[ref]``, per
     bootstrap unit (``units``: the unit of every image, ``n_units`` of them; None: one);
-    ``pooled``: also the spatial means of the blocks read (:attr:`RowAccumulator.pooled`)."""
+    ``pooled``: also the spatial means of the blocks read (:attr:`RowAccumulator.pooled`);
+    ``diagonal``: the self-products' diagonals only (:attr:`RowAccumulator.diagonal`)."""
     T, p = len(ckpts), row_cols(src, view)
     batch = (fsl.stop or src.channels) - (fsl.start or 0) if view == "filter" else None
     rows_per_img = src.height * src.width if view == "channels" else 1
     n_mats = T if mode == "all" else 2
     rp = _RowPass(src, view, fsl, batch, units, rows_per_img * p * 8 * n_mats, sub_bytes)
     acc = RowAccumulator.zeros(
-        n_units, T, () if batch is None else (batch,), p, all_pairs=mode == "all", device=src.device
+        n_units,
+        T,
+        () if batch is None else (batch,),
+        p,
+        all_pairs=mode == "all",
+        device=src.device,
+        diagonal=diagonal,
     )
     acc.pooled = {} if pooled else None
     for c in chunks:
@@ -360,6 +386,11 @@ def _add_all_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[in
                 _add_at(acc.yy[u, t], G[..., b, b], bsl)
 
 
+def _self_product(acc: RowAccumulator, X: torch.Tensor) -> torch.Tensor:
+    """XᵀX, or its diagonal (the columns' sums of squares) where the accumulator keeps no more."""
+    return (X * X).sum(-2) if acc.diagonal else _at_b(X, X)
+
+
 def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[int], ref: int):
     """Add one chunk's products of the reference with itself and with every other checkpoint,
     reading one other checkpoint at a time."""
@@ -367,7 +398,9 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
     _keep_pooled(acc, ref, chunk, raw_ref)
     for u, imgs, bsl, first in rp.blocks(chunk):
         X = rp.matrices(raw_ref, imgs, bsl)
-        _add_at(acc.xx[u], _at_b(X, X), bsl)
+        _add_at(acc.xx[u], _self_product(acc, X), bsl)
+        if acc.diagonal:
+            _add_at(acc.xy[u, ref], _at_b(X, X), bsl)
         _add_at(acc.s[u, ref], X.sum(-2), bsl)
         if first:
             acc.n[u] += X.shape[-2]
@@ -379,7 +412,7 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
         for u, imgs, bsl, _ in rp.blocks(chunk):
             X, Y = rp.matrices(raw_ref, imgs, bsl), rp.matrices(raw_t, imgs, bsl)
             _add_at(acc.xy[u, t], _at_b(X, Y), bsl)
-            _add_at(acc.yy[u, t], _at_b(Y, Y), bsl)
+            _add_at(acc.yy[u, t], _self_product(acc, Y), bsl)
             _add_at(acc.s[u, t], Y.sum(-2), bsl)
         del raw_t
 

@@ -28,7 +28,7 @@ Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
 from ._linalg import EIG_CLIP
 from .direct import cka_distance, linear_cka, procrustes, pwsm
 from .paper_code import ROW_CENTERED, cka_distance_rows, procrustes_rows
-from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
+from .registry import METRICS, MetricInfo, degenerate_reason, diagonal_self_products, get_metric
 from .stats import (
     GramCentered,
     GramEig,
@@ -90,5 +90,6 @@ __all__ = [
     "MetricInfo",
     "get_metric",
     "degenerate_reason",
+    "diagonal_self_products",
     "EIG_CLIP",
 ]

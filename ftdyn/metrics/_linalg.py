@@ -288,14 +288,35 @@ class RowCore:
     ``rawx``/``rawy``: raw squared Frobenius norms (for the dead test);
     ``refx``/``refy``: scale of the rounding noise in C (largest raw diagonal entry when
     C was centered from raw moments, else None -> λ_max).
+    :meth:`of_traces`: a core of the traces of Cxx and Cyy alone (Procrustes only).
     """
 
     def __init__(self, Cxx, Cyy, Cxy, rawx, rawy, refx=None, refy=None, nuc="auto"):
         self.Cxx, self.Cyy, self.Cxy = sym(Cxx), sym(Cyy), Cxy
-        self.trx, self.try_ = centered_trace(self.Cxx), centered_trace(self.Cyy)
-        self.dead = (self.trx <= DEAD_RTOL * rawx) | (self.try_ <= DEAD_RTOL * rawy)
+        self._traces(trace(self.Cxx), trace(self.Cyy), rawx, rawy)
         self.refx, self.refy = refx, refy
         self.nuc = nuc
+
+    @classmethod
+    def of_traces(cls, trx, try_, Cxy, rawx, rawy, nuc="auto") -> RowCore:
+        """A core that knows Cxx and Cyy only by their traces ``trx``/``try_``: Procrustes;
+        PWSM and CKA raise ValueError."""
+        core = cls.__new__(cls)
+        core.Cxx = core.Cyy = core.refx = core.refy = None
+        core.Cxy, core.nuc = Cxy, nuc
+        core._traces(trx, try_, rawx, rawy)
+        return core
+
+    def _traces(self, trx, try_, rawx, rawy) -> None:
+        # at least 0, like every centered trace (rounding can make it negative)
+        self.trx, self.try_ = torch.clamp(trx, min=0.0), torch.clamp(try_, min=0.0)
+        self.dead = (self.trx <= DEAD_RTOL * rawx) | (self.try_ <= DEAD_RTOL * rawy)
+
+    def _full(self, metric: str) -> None:
+        if self.Cxx is None:
+            raise ValueError(
+                f"{metric} needs the self-products XᵀX and YᵀY, not only their diagonals"
+            )
 
     # PWSM ----------------------------------------------------------------------
     def _eig(self, C, ref):
@@ -365,6 +386,7 @@ class RowCore:
         return cos.flatten().index_put((bad.flatten(),), fixed).view(shape)
 
     def pwsm(self, alpha: float) -> torch.Tensor:
+        self._full("PWSM")
         if alpha == 1.0:
             cos = nuclear_norm(self.Cxy, self.nuc) / torch.sqrt(self.trx * self.try_)
         elif alpha == 0.0:
@@ -378,6 +400,7 @@ class RowCore:
         return nan_where(torch.clamp(1.0 - sim, 0.0, 1.0), self.dead)
 
     def cka(self) -> torch.Tensor:
+        self._full("CKA")
         num = torch.linalg.matrix_norm(self.Cxy) ** 2
         den = torch.linalg.matrix_norm(self.Cxx) * torch.linalg.matrix_norm(self.Cyy)
         return nan_where(torch.clamp(num / den, 0.0, 1.0), self.dead)

@@ -17,7 +17,13 @@ from typing import Any, Callable, Mapping
 from . import direct as _d
 from . import stats as _s
 
-__all__ = ["MetricInfo", "METRICS", "get_metric", "degenerate_reason"]
+__all__ = [
+    "MetricInfo",
+    "METRICS",
+    "get_metric",
+    "degenerate_reason",
+    "diagonal_self_products",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class MetricInfo:
     from_row_stats: Callable[..., Any]
     from_gram: Callable[..., Any]
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: what ``from_row_stats`` needs of the self-products XᵀX and YᵀY: "full" matrices, or
+    #: only their "diagonal" (their traces: row statistics may then hold the diagonals alone)
+    self_products: str = "full"
 
     def __call__(self, X, Y, **params):
         """Same as ``self.direct(X, Y, **params)``."""
@@ -77,6 +86,7 @@ METRICS: Mapping[str, MetricInfo] = MappingProxyType(
             direct=_d.procrustes,
             from_row_stats=_s.procrustes_from_row_stats,
             from_gram=_s.procrustes_from_gram,
+            self_products="diagonal",
         ),
         "cka": MetricInfo(
             name="cka",
@@ -101,6 +111,12 @@ def get_metric(name: str) -> MetricInfo:
         return METRICS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}") from None
+
+
+def diagonal_self_products(metrics) -> bool:
+    """Whether the diagonals of the self-products XᵀX and YᵀY are all that ``metrics`` need of
+    them on the row side (:attr:`MetricInfo.self_products`)."""
+    return all(get_metric(m).self_products == "diagonal" for m in metrics)
 
 
 def degenerate_reason(

@@ -86,6 +86,8 @@ class RowStats(NamedTuple):
     ``n``: rows seen (int); ``sum_x`` (..., p), ``sum_y`` (..., q): column sums;
     ``xx`` = XᵀX (..., p, p), ``yy`` = YᵀY (..., q, q), ``xy`` = XᵀY (..., p, q).
     All float64, uncentered. Add two with :func:`merge`.
+    ``xx``/``yy`` may instead be the diagonals (..., p)/(..., q) of XᵀX and YᵀY: all that
+    Procrustes needs of them (their traces); PWSM and CKA then raise ValueError.
     """
 
     n: int
@@ -224,9 +226,13 @@ def _row_core(s: RowStats, nuc: str = "auto") -> L.RowCore:
     dev = s.xx.device if isinstance(s.xx, torch.Tensor) else None
     sx, sy, xx, yy, xy = (_t(a, dev) for a in s[1:])
     n = float(s.n)
+    Cxy = xy - sx[..., :, None] * sy[..., None, :] / n
+    if xx.ndim < xy.ndim:  # the self-products' diagonals only: their centered traces
+        return L.RowCore.of_traces(
+            (xx - sx * sx / n).sum(-1), (yy - sy * sy / n).sum(-1), Cxy, xx.sum(-1), yy.sum(-1)
+        )
     Cxx = xx - sx[..., :, None] * sx[..., None, :] / n
     Cyy = yy - sy[..., :, None] * sy[..., None, :] / n
-    Cxy = xy - sx[..., :, None] * sy[..., None, :] / n
     dx, dy = torch.diagonal(xx, dim1=-2, dim2=-1), torch.diagonal(yy, dim1=-2, dim2=-1)
     return L.RowCore(
         Cxx,
@@ -244,7 +250,7 @@ def _row_metric(s: RowStats, metric):
     """``metric(core)`` of row statistics; statistics without a batch axis are evaluated as a batch
     of one, so that a pair's value is the same whether it comes alone or in a batch (torch's batched
     and single matrix products round differently) and every route indexes a batch axis."""
-    single = isinstance(s, RowStats) and all(a.ndim == 2 for a in (s.xx, s.yy, s.xy))
+    single = isinstance(s, RowStats) and s.xy.ndim == 2
     if single:
         s = RowStats(s.n, *(a[None] for a in s[1:]))
     out = metric(_row_core(s))
