@@ -30,7 +30,8 @@ The warm-up (a plain run and its report, not measured) takes the start-up costs 
 first analysis and the first report in a process pay. Wall-clock times on a shared machine
 vary: run it when the cores are quiet, report the load average printed with it, and use
 ``--repeat N`` (N rounds in alternating order; the ratios are the medians over the rounds,
-every round kept).
+every round kept). Like the CLI, it asks torch for transparent huge pages
+(:func:`ftdyn.runtime.prefer_huge_pages`; ``THP_MEM_ALLOC_ENABLE=0`` in the environment: not).
 
     python benchmarks/bench_interpret.py demo-out/stores/*.zarr --repeat 3 [--json out.json]
 """
@@ -49,6 +50,10 @@ from pathlib import Path
 import numpy as np
 
 import ftdyn
+from ftdyn import runtime
+
+runtime.prefer_huge_pages()  # as the CLI does, before torch loads
+
 from ftdyn import demos as D
 from ftdyn.analysis import interpret as AI
 from ftdyn.analysis import plan as AP

@@ -31,6 +31,7 @@ from .config import (
 )
 from .errors import FtdynError
 from .progress import console
+from .runtime import prefer_huge_pages
 
 app = typer.Typer(
     name="ftdyn",
@@ -109,6 +110,7 @@ def main(
     ] = None,
 ) -> None:
     """ftdyn: what happens inside a CNN while it is fine-tuned."""
+    prefer_huge_pages()  # before any command imports torch
 
 
 @app.command()

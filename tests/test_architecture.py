@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "ftdyn.progress",
             "ftdyn.devices",
             "ftdyn.outputs",
+            "ftdyn.runtime",
         },
     ),
     ("model zoo", {"ftdyn.zoo_timm", "ftdyn.models", "ftdyn.receptive"}),

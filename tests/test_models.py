@@ -1,5 +1,7 @@
 """Model registry and layer selection: the paper's hook points and the CLI listing."""
 
+import os
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -16,6 +18,7 @@ from ftdyn.models import (
     head_name,
     num_classes_of,
 )
+from ftdyn.runtime import TORCH_HUGE_PAGES
 
 
 @pytest.mark.parametrize(
@@ -93,6 +96,17 @@ def test_layers_command_lists_defaults_with_shapes():
     assert small.output.startswith(
         "ftdyn: error: --input-size 16: DenseNet cannot run on 16x16 images"
     )
+
+
+def test_cli_asks_torch_for_huge_pages_unless_the_environment_says_otherwise(monkeypatch):
+    """Every command sets THP_MEM_ALLOC_ENABLE=1 before it imports torch (ftdyn.runtime), and
+    keeps a value the user set."""
+    monkeypatch.delenv(TORCH_HUGE_PAGES, raising=False)
+    assert CliRunner().invoke(app, ["layers", "--list"]).exit_code == 0
+    assert os.environ[TORCH_HUGE_PAGES] == "1"
+    monkeypatch.setenv(TORCH_HUGE_PAGES, "0")
+    assert CliRunner().invoke(app, ["layers", "--list"]).exit_code == 0
+    assert os.environ[TORCH_HUGE_PAGES] == "0"
 
 
 def test_convolutional_head_is_replaced_and_not_a_default_layer():
