@@ -363,9 +363,10 @@ class _RowCosts:
         block = g * p * p * F8
         m = T if mode == "all" else k + 1
         all_bytes = (m * p) ** 2 * g * F8
-        # XᵀY per checkpoint (the reference's own XᵀX among them with diagonals) + XᵀX, YᵀY
-        own = g * p * F8 if self.diagonal(mode) else block
-        pairs = (m * block + m * own) if self.diagonal(mode) else (m - 1) * block + m * own
+        # XᵀY per other checkpoint (and the reference's own XᵀX with diagonals) + XᵀX, YᵀY
+        diagonal = self.diagonal(mode)
+        own = g * p * F8 if diagonal else block
+        pairs = (m if diagonal else m - 1) * block + m * own
         ref_blocks = pairs * units if (mode == "ref" or units > 1) else 0
         acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * F8
         resident = (
