@@ -85,7 +85,7 @@ def test_full_disk_after_epoch_0_is_one_line_and_resumes(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
         return rename(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     result = run_cli("train", image_folder, *COMMON, "--out", out)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
