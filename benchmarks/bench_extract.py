@@ -196,7 +196,7 @@ def write_path_rate(store: Path, work: Path, writers: int, codec: str, regions: 
 
     import zarr
 
-    from ftdyn.store import _compressors
+    from ftdyn.store.schema import _compressors
 
     ds = ftdyn.open_store(store)
     group = zarr.open_group(work / "writepath.zarr", mode="w", zarr_format=3)

@@ -615,11 +615,11 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     filter groups decode only their channels, the numbers do not change."""
     import zarr
 
-    import ftdyn.store as S
+    from ftdyn.store import schema
 
     path, _ = planted
     # toy layers are small: force the inner split
-    monkeypatch.setattr(S, "_MIN_INNER_CHUNK_BYTES", 0)
+    monkeypatch.setattr(schema, "_MIN_INNER_CHUNK_BYTES", 0)
     sharded, _ = make_store(tmp_path / "sharded.zarr")
     arr = zarr.open_group(str(sharded), mode="r")["features_3"]
     assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)

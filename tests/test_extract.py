@@ -886,10 +886,10 @@ def test_resume_plan_holds_only_the_missing_regions_and_writes_nothing(tmp_path,
 
 
 def test_info_output(tmp_path, probe_dir, monkeypatch):
-    import ftdyn.store
+    from ftdyn.store import schema
 
     # split even these small layers in 16 blocks
-    monkeypatch.setattr(ftdyn.store, "_MIN_INNER_CHUNK_BYTES", 0)
+    monkeypatch.setattr(schema, "_MIN_INNER_CHUNK_BYTES", 0)
     make_series(tmp_path / "ckpts", "resnet18", 2)
     out = extract(
         tmp_path / "ckpts",

@@ -1,37 +1,8 @@
-"""THE activation-store schema: create, open, validate, fill by region, completeness.
-
-An activation store is a Zarr v3 group written through xarray. Layout (format 1)::
-
-    dims        checkpoint, sample, class, image_y, image_x, rgb, chunk,
-                and per layer variable V: V_channel, V_y, V_x
-    coords      checkpoint (int epoch), sample (int id), label (sample, int),
-                image_path (sample, str), class (class, str: class names)
-    data_vars   images   (sample, image_y, image_x, rgb) uint8   probe images after
-                         resize/crop, before normalization
-                V        (checkpoint, sample, V_channel, V_y, V_x) float16|float32
-                         ReLU activations of one layer; attrs: layer, layer_index,
-                         receptive_field {size, jump, start} (y, x) in input pixels
-                complete (checkpoint, chunk) uint8   1 once region (checkpoint,
-                         sample chunk) is written for every layer
-    attrs       ftdyn_store_format, ftdyn_version, architecture, model, dataset,
-                num_classes, input_size, normalization, dtype, samples_per_chunk,
-                layers (module names, shallow -> deep), layer_variables
-                {module: variable}, receptive_fields {module: {...}},
-                checkpoints [{epoch, file, sha256}], probe {...}, manifest (the
-                training manifest when the series came from ``ftdyn train``)
-    optional    the random-init baseline (``ftdyn extract --random-init-baseline``), NOT an
-                epoch: per layer ``random_init__V`` (random_init, sample, V_channel, V_y, V_x)
-                with random_init of size 1, ``random_init_complete`` (random_init, chunk)
-                uint8, and attrs ``random_init_baseline`` {seed, architecture, init}; a
-                randomly initialized model of the same architecture (seeded) on the same
-                probe images, the ceiling of relative distances (see :func:`add_random_init`)
-
-Activations are chunked (1 checkpoint, ``samples_per_chunk`` samples, all
-channels, whole maps). A region is one (checkpoint, sample-chunk) pair; a writer
-fills all layers of a region, then sets its ``complete`` mark. A chunk that was
-never written reads back as NaN, so completeness is never inferred from data.
-The store is created under a temporary name and renamed when its metadata and
-images are in place: a crash during creation leaves no half-made store.
+"""Opening an activation store and checking it against itself: the root attributes against the
+arrays' metadata, coordinates and checksummed small arrays, which regions are complete and still
+on disk, one-line errors for chunks that fail to decode, and the lock that keeps readers from
+seeing a checkpoint extension half done. Also what ``ftdyn info`` reports and the fingerprint an
+analysis records of what it read.
 """
 
 from __future__ import annotations
@@ -42,10 +13,7 @@ import json
 import math
 import os
 import re
-import shutil
-import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,293 +21,24 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ._version import __version__
-from .config import CODECS, arg
-from .config import STORE_DTYPES as DTYPES
-from .errors import FtdynError
-from .outputs import LOCK_FILE
-
-STORE_FORMAT = 1
-COMPLETE = "complete"
-IMAGES = "images"
-REQUIRED_ATTRS = (
-    "ftdyn_store_format",
-    "ftdyn_version",
-    "architecture",
-    "model",
-    "dataset",
-    "layers",
-    "layer_variables",
-    "receptive_fields",
-    "checkpoints",
-    "samples_per_chunk",
-    "dtype",
-    "input_size",
-    "normalization",
-    "probe",
+from .._version import __version__
+from ..config import STORE_DTYPES as DTYPES
+from ..config import arg
+from ..errors import FtdynError
+from ..outputs import LOCK_FILE
+from .schema import (
+    _COORDS,
+    COMPLETE,
+    IMAGES,
+    RANDOM_INIT,
+    RANDOM_INIT_COMPLETE,
+    RANDOM_INIT_DIM,
+    REQUIRED_ATTRS,
+    STORE_FORMAT,
+    baseline_var,
+    layer_dims,
+    store_layers,
 )
-# 8-64 MB per chunk: large enough for fast reads, small enough for a Dask task
-_TARGET_CHUNK_BYTES = 32 * 2**20
-#: a (checkpoint, sample chunk) region is one Zarr shard of inner chunks of about 1/16 of the
-#: channels (each ≥ 1 MB), so per-filter analyses that take a group of channels decode only
-#: those; the region is still written whole (one shard), so extraction is unchanged
-_CHANNEL_BLOCKS = 16
-_MIN_INNER_CHUNK_BYTES = 2**20
-
-
-#: the random-init baseline (module doc): attr key, dimension, completeness marks, variable prefix
-RANDOM_INIT = "random_init_baseline"
-RANDOM_INIT_DIM = "random_init"
-RANDOM_INIT_COMPLETE = "random_init_complete"
-_RANDOM_INIT_PREFIX = "random_init__"
-
-
-def baseline_var(var: str) -> str:
-    """Store variable of a layer's random-init baseline activations."""
-    return _RANDOM_INIT_PREFIX + var
-
-
-def layer_var(layer: str) -> str:
-    """Variable name of a layer: the module name with non-alphanumerics as '_'."""
-    return re.sub(r"[^0-9A-Za-z]+", "_", layer).strip("_") or "input"
-
-
-def layer_dims(var: str) -> tuple[str, str, str, str, str]:
-    """Dims of a layer variable; per-layer names because sizes differ between layers."""
-    return ("checkpoint", "sample", f"{var}_channel", f"{var}_y", f"{var}_x")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    name: str
-    channels: int
-    height: int
-    width: int
-    receptive_field: dict[str, Any] | None = None
-
-    @property
-    def var(self) -> str:
-        return layer_var(self.name)
-
-
-@dataclass
-class StoreSpec:
-    """Everything needed to pre-allocate a store; the activations come later, by region."""
-
-    architecture: str
-    layers: list[LayerSpec]
-    checkpoints: list[dict[str, Any]]  # [{epoch, file, sha256}] in epoch order
-    images: np.ndarray  # (n, H, W, 3) uint8
-    labels: np.ndarray  # (n,) int
-    class_names: list[str]
-    image_paths: list[str]
-    input_size: int
-    normalization: dict[str, list[float]]
-    probe: dict[str, Any]
-    model: str | None = None
-    dataset: str | None = None
-    num_classes: int | None = None
-    dtype: str = "float16"
-    codec: str = "zstd"
-    samples_per_chunk: int | None = None
-    manifest: dict[str, Any] | None = None
-    extra_attrs: dict[str, Any] = field(default_factory=dict)
-
-    def chunk_samples(self) -> int:
-        """Samples per chunk: the largest layer's chunk near 32 MB unless set."""
-        n = len(self.labels)
-        if self.samples_per_chunk:
-            return max(1, min(self.samples_per_chunk, n))
-        itemsize = np.dtype(self.dtype).itemsize
-        per_sample = max(l.channels * l.height * l.width for l in self.layers) * itemsize
-        return max(1, min(n, _TARGET_CHUNK_BYTES // per_sample))
-
-
-def channel_block(channels: int, samples: int, height: int, width: int, itemsize: int) -> int:
-    """Channels per inner chunk of a layer's shards (``channels``: no inner split): the
-    smallest divisor of ``channels`` (Zarr needs inner chunks to tile the shard) that is at
-    least 1/16 of them and gives inner chunks of at least 1 MB."""
-    per_channel = max(1, samples * height * width * itemsize)
-    want = max(
-        math.ceil(channels / _CHANNEL_BLOCKS), math.ceil(_MIN_INNER_CHUNK_BYTES / per_channel)
-    )
-    return next(b for b in range(min(channels, want), channels + 1) if channels % b == 0)
-
-
-def _compressors(codec: str) -> list:
-    if codec not in CODECS:
-        raise FtdynError(
-            f"{arg('codec')}: unknown codec '{codec}'; choose from {', '.join(CODECS)}."
-        )
-    # zstd clevel 1: on ResNet50 float16 ReLU maps 2.5x faster than clevel 3 (235 vs 94 MB/s per
-    # core) for a 4% larger store (ratio 1.64 vs 1.70); compression bounds extraction on a GPU
-    return [
-        zarr.codecs.BloscCodec(cname=codec, clevel=1 if codec == "zstd" else 5, shuffle="shuffle")
-    ]
-
-
-def _validate_spec(spec: StoreSpec) -> None:
-    n = len(spec.labels)
-    if spec.dtype not in DTYPES:
-        raise FtdynError(
-            f"{arg('dtype')}: '{spec.dtype}' is not supported; choose from {', '.join(DTYPES)}."
-        )
-    if (
-        spec.images.dtype != np.uint8
-        or spec.images.ndim != 4
-        or spec.images.shape[0] != n
-        or spec.images.shape[-1] != 3
-    ):
-        raise ValueError(
-            f"images must be uint8 (n, H, W, 3) with n={n}, got {spec.images.dtype}"
-            f" {spec.images.shape}"
-        )
-    if len(spec.image_paths) != n or n == 0:
-        raise ValueError("one image path and label per sample, at least one sample")
-    if not spec.layers or not spec.checkpoints:
-        raise ValueError("a store needs at least one layer and one checkpoint")
-    epochs = [c["epoch"] for c in spec.checkpoints]
-    if epochs != sorted(set(epochs)):
-        raise ValueError(f"checkpoint epochs must be unique and increasing, got {epochs}")
-    vars_ = [l.var for l in spec.layers]
-    if len(set(vars_)) != len(vars_) or {IMAGES, COMPLETE} & set(vars_):
-        raise FtdynError(
-            f"{arg('layers')}: layer names {', '.join(l.name for l in spec.layers)} collide as"
-            " store variables."
-        )
-
-
-def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
-    attrs = {
-        "ftdyn_store_format": STORE_FORMAT,
-        "ftdyn_version": __version__,
-        "architecture": spec.architecture,
-        "model": spec.model or spec.architecture,
-        "dataset": spec.dataset or "probe",
-        "num_classes": spec.num_classes,
-        "input_size": spec.input_size,
-        "normalization": spec.normalization,
-        "dtype": spec.dtype,
-        "codec": spec.codec,
-        "samples_per_chunk": samples_per_chunk,
-        "layers": [l.name for l in spec.layers],
-        "layer_variables": {l.name: l.var for l in spec.layers},
-        "receptive_fields": {l.name: l.receptive_field for l in spec.layers},
-        "checkpoints": [dict(c) for c in spec.checkpoints],
-        "probe": spec.probe,
-        "manifest": spec.manifest,
-        **spec.extra_attrs,
-    }
-    return json.loads(json.dumps(attrs))  # fail early on anything not JSON-able
-
-
-def _activation_encoding(region: tuple[int, ...], itemsize: int, compressors: list) -> dict:
-    """Zarr encoding of an activation array written in ``region``s (1 checkpoint, sample chunk,
-    channels, height, width): one shard per region of inner chunks of :func:`channel_block`
-    channels (one plain chunk where that is all of them), a CRC-32C per chunk so that an altered
-    chunk file fails to decode instead of reading as other numbers."""
-    _, spc, channels, height, width = region
-    encoding = {"chunks": region, "compressors": [*compressors, zarr.codecs.Crc32cCodec()]}
-    block = channel_block(channels, spc, height, width, itemsize)
-    if block < channels:
-        encoding.update(chunks=(1, spc, block, height, width), shards=region)
-    return encoding
-
-
-def _activation_variables(
-    spec: StoreSpec, spc: int, compressors: list
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Lazily zero activation arrays, one per layer, plus the chunk-completion flags."""
-    import dask.array as da
-
-    n = len(spec.labels)
-    n_ckpt = len(spec.checkpoints)
-    data_vars: dict[str, Any] = {}
-    encoding: dict[str, Any] = {}
-    for index, layer in enumerate(spec.layers):
-        shape = (n_ckpt, n, layer.channels, layer.height, layer.width)
-        region = (1, spc, layer.channels, layer.height, layer.width)
-        data_vars[layer.var] = xr.Variable(
-            layer_dims(layer.var),
-            da.zeros(shape, chunks=region, dtype=spec.dtype),
-            attrs={
-                "layer": layer.name,
-                "layer_index": index,
-                "receptive_field": json.loads(json.dumps(layer.receptive_field)),
-            },
-        )
-        encoding[layer.var] = _activation_encoding(
-            region, np.dtype(spec.dtype).itemsize, compressors
-        )
-    data_vars[COMPLETE] = xr.Variable(
-        ("checkpoint", "chunk"),
-        da.zeros((n_ckpt, math.ceil(n / spc)), chunks=(1, 1), dtype="uint8"),
-        attrs={"description": "1 once (checkpoint, sample chunk) is written for all layers"},
-    )
-    encoding[COMPLETE] = {"chunks": (1, 1), "compressors": [zarr.codecs.Crc32cCodec()]}
-    return data_vars, encoding
-
-
-def _store_dataset(spec: StoreSpec, spc: int) -> tuple[xr.Dataset, dict[str, Any]]:
-    """The whole store as a lazy dataset, with the zarr encoding of every variable."""
-    compressors = _compressors(spec.codec)
-    data_vars, encoding = _activation_variables(spec, spc, compressors)
-    data_vars[IMAGES] = xr.Variable(
-        ("sample", "image_y", "image_x", "rgb"),
-        spec.images,
-        attrs={"description": "probe images, RGB, after resize/crop, before normalization"},
-    )
-    encoding[IMAGES] = {
-        "chunks": (spc, *spec.images.shape[1:]),
-        "compressors": [*compressors, zarr.codecs.Crc32cCodec()],
-    }
-    # a flipped byte fails its CRC on open
-    for coord in _COORDS:
-        encoding[coord] = {"compressors": [zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()]}
-
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "checkpoint": (
-                "checkpoint",
-                np.array([c["epoch"] for c in spec.checkpoints], dtype=np.int64),
-                {"description": "epoch of the checkpoint (0 = source model)"},
-            ),
-            "sample": ("sample", np.arange(len(spec.labels), dtype=np.int64)),
-            "label": ("sample", np.asarray(spec.labels, dtype=np.int64)),
-            "image_path": ("sample", np.array(spec.image_paths, dtype=object)),
-            "class": ("class", np.array(spec.class_names, dtype=object)),
-        },
-        attrs=_attrs(spec, spc),
-    )
-    return ds, encoding
-
-
-def create_store(path: str | Path, spec: StoreSpec) -> Path:
-    """Pre-allocate a store at ``path`` (must not exist): metadata, coords and images.
-
-    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`.
-    """
-    path = Path(path)
-    if path.exists():
-        raise FtdynError(f"{path}: already exists; open it to resume, or remove it.")
-    _validate_spec(spec)
-    ds, encoding = _store_dataset(spec, spec.chunk_samples())
-    # written under a temporary name and renamed, so a crash never leaves a half-made store
-    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ds.to_zarr(
-            tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
-        )
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-_COORDS = ("checkpoint", "sample", "label", "image_path", "class")
 
 
 def _damaged(path: Path, what: str) -> FtdynError:
@@ -765,89 +464,6 @@ def open_store(path: str | Path, *, allow_partial: bool = False) -> xr.Dataset:
     return ds
 
 
-def store_layers(ds: xr.Dataset) -> list[tuple[str, str]]:
-    """(module name, variable) pairs, shallow to deep."""
-    return [(layer, ds.attrs["layer_variables"][layer]) for layer in ds.attrs["layers"]]
-
-
-class StoreWriter:
-    """Fills regions of an existing store. Safe to share between threads that
-    write different regions (each region is its own set of chunks)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        with metadata_lock(self.path, exclusive=True):  # it may undo an extension cut short
-            self.group = _open_group(self.path, mode="r+")
-        # zarr writes a chunk to '<key>.<random>.partial' and renames it; a run killed in between
-        # leaves that file behind, referenced by nothing (writers hold the store's lock, so no
-        # other run is writing one now)
-        for leftover in self.path.rglob("*.partial"):
-            leftover.unlink(missing_ok=True)
-        self.attrs = dict(self.group.attrs)
-        self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
-        self.n_samples = int(self.group["sample"].shape[0])
-        # write_empty_chunks: skip zarr's per-chunk "all fill value?" scan (slow on float16)
-        self.arrays = {
-            layer: self.group[var].with_config({"write_empty_chunks": True})
-            for layer, var in self.attrs["layer_variables"].items()
-        }
-        self.complete = self.group[COMPLETE]
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.n_samples / self.samples_per_chunk)
-
-    def chunk_slice(self, chunk: int) -> slice:
-        start = chunk * self.samples_per_chunk
-        return slice(start, min(start + self.samples_per_chunk, self.n_samples))
-
-    def done(self) -> np.ndarray:
-        """Regions written, marked complete, and still on disk (a lost file is written again)."""
-        return _regions_on_disk(self.path, self.attrs, np.asarray(self.complete[...]).astype(bool))
-
-    def write_region(
-        self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]
-    ) -> None:
-        """Write every layer of one region, then mark it complete (marks come last)."""
-        if set(activations) != set(self.arrays):
-            raise ValueError(
-                f"region needs exactly the layers {sorted(self.arrays)}, got {sorted(activations)}"
-            )
-        rows = self.chunk_slice(chunk)
-        for layer, values in activations.items():
-            target = self.arrays[layer]
-            expected = (rows.stop - rows.start, *target.shape[2:])
-            if tuple(values.shape) != expected:
-                raise ValueError(f"layer {layer}: region shape {tuple(values.shape)} != {expected}")
-            # a chunk-shaped value (leading checkpoint axis kept) is encoded as is; an integer
-            # index makes zarr copy it into a fill-value buffer first
-            target[checkpoint_index : checkpoint_index + 1, rows] = np.asarray(
-                values, dtype=target.dtype
-            )[None]
-        self.complete[checkpoint_index, chunk] = 1
-
-    def append_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
-        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete)."""
-        known = self.attrs["checkpoints"]
-        last = known[-1]["epoch"]
-        if any(c["epoch"] <= last for c in checkpoints):
-            raise FtdynError(
-                f"{self.path}: new checkpoints must come after epoch {last}; "
-                "an earlier epoch cannot be inserted, extract into a new store."
-            )
-        n_old, n_new = len(known), len(known) + len(checkpoints)
-        # readers see the store before or after, never between
-        with metadata_lock(self.path, exclusive=True):
-            for array in [*self.arrays.values(), self.complete]:
-                array.resize((n_new, *array.shape[1:]))
-            coord = self.group["checkpoint"]
-            coord.resize((n_new,))
-            coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
-            self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
-            self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
-            self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
-
-
 def has_random_init(path: str | Path) -> bool:
     """Whether the store holds a complete random-init baseline (every chunk written)."""
     group = _open_group(Path(path))
@@ -880,69 +496,6 @@ def store_fingerprint(path: str | Path, ds: xr.Dataset) -> dict[str, Any]:
         ),
         "path": str(path),
     }
-
-
-def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:
-    """Allocate the random-init baseline arrays of an existing store (module doc), once; returns
-    its (chunk,) completeness marks so an interrupted run writes only what is missing. A
-    baseline recorded with another seed is an error (it would mix two random networks)."""
-    import dask.array as da
-
-    path = Path(path)
-    group = _open_group(path, mode="r+")
-    attrs = dict(group.attrs)
-    record = {"seed": int(seed), "architecture": architecture, "init": init}
-    if RANDOM_INIT in attrs:
-        old = attrs[RANDOM_INIT]
-        if int(old.get("seed", -1)) != int(seed):
-            raise FtdynError(
-                f"{arg('random_init_seed')}: {path} already holds a random-init baseline with seed "
-                f"{old.get('seed')}; pass that seed, or extract into a new {arg('out')}."
-            )
-        return np.asarray(group[RANDOM_INIT_COMPLETE][...]).astype(bool)[0]
-    spc = int(attrs["samples_per_chunk"])
-    n = int(group["sample"].shape[0])
-    n_chunks = math.ceil(n / spc)
-    data_vars, encoding = {}, {}
-    for layer, var in attrs["layer_variables"].items():
-        arr = group[var]
-        _, _, c, h, w = arr.shape
-        region = (1, spc, c, h, w)
-        dims = (RANDOM_INIT_DIM, *layer_dims(var)[1:])
-        data_vars[baseline_var(var)] = xr.Variable(
-            dims,
-            da.zeros((1, n, c, h, w), chunks=region, dtype=arr.dtype),
-            attrs={"layer": layer, "random_init_of": var},
-        )
-        # laid out as the checkpoints' arrays: a filter group's task decodes only its channels
-        encoding[baseline_var(var)] = _activation_encoding(
-            region, arr.dtype.itemsize, _compressors(attrs.get("codec", "zstd"))
-        )
-    data_vars[RANDOM_INIT_COMPLETE] = xr.Variable(
-        (RANDOM_INIT_DIM, "chunk"), da.zeros((1, n_chunks), chunks=(1, 1), dtype="uint8")
-    )
-    encoding[RANDOM_INIT_COMPLETE] = {"chunks": (1, 1)}
-    # xarray's append mode rewrites the group's attributes with the Dataset's: pass them unchanged
-    with _lock_file_ignored():
-        xr.Dataset(data_vars, attrs=attrs).to_zarr(
-            path, mode="a", compute=False, zarr_format=3, consolidated=False, encoding=encoding
-        )
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs[RANDOM_INIT] = (
-        record  # last: marks it allocated
-    )
-    return np.zeros(n_chunks, dtype=bool)
-
-
-def write_random_init(path: str | Path, chunk: int, activations: dict[str, np.ndarray]) -> None:
-    """Write one sample chunk of every layer's baseline, then mark it complete."""
-    group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
-    attrs = dict(group.attrs)
-    spc, n = int(attrs["samples_per_chunk"]), int(group["sample"].shape[0])
-    rows = slice(chunk * spc, min((chunk + 1) * spc, n))
-    for layer, var in attrs["layer_variables"].items():
-        target = group[baseline_var(var)]
-        target[0:1, rows] = np.asarray(activations[layer], dtype=target.dtype)[None]
-    group[RANDOM_INIT_COMPLETE][0, chunk] = 1
 
 
 def dir_size(path: str | Path) -> int:
