@@ -54,7 +54,7 @@ from ftdyn import runtime
 
 runtime.prefer_huge_pages()  # as the CLI does, before torch loads
 
-from ftdyn import demos as D
+from ftdyn import demos
 from ftdyn.analysis import interpret as AI
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis import run as AR
@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument(
         "--bootstrap-groups",
         type=int,
-        default=D.BOOTSTRAP_GROUPS,
+        default=demos.BOOTSTRAP_GROUPS,
         help="groups of images of the bootstrap (default: the demo's)",
     )
     ap.add_argument("--skip-plain", action="store_true")
@@ -169,7 +169,7 @@ def main() -> None:
     a = ap.parse_args()
     boot = {
         "bootstrap": a.bootstrap,
-        "bootstrap_metrics": a.bootstrap_metric or list(D.BOOTSTRAP_METRICS),
+        "bootstrap_metrics": a.bootstrap_metric or list(demos.BOOTSTRAP_METRICS),
         "bootstrap_groups": a.bootstrap_groups,
     }
     load = os.getloadavg()

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ftdyn import demos as D
+from ftdyn.demos import pipeline
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args()
-    size = dataclasses.replace(D.SIZES["default"], epochs=a.epochs)
-    weights = D.source_weights(print)
-    stores, _ = D._train_and_extract(
+    size = dataclasses.replace(pipeline.SIZES["default"], epochs=a.epochs)
+    weights = pipeline.source_weights(print)
+    stores, _ = pipeline._train_and_extract(
         {a.data.name: a.data},
         weights,
         a.out,

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     ("model zoo", {"ftdyn.zoo_timm", "ftdyn.models", "ftdyn.receptive"}),
     ("checkpoint loading", {"ftdyn.checkpoints", "ftdyn.offline"}),
-    ("data", {"ftdyn.data", "ftdyn.datasets", "ftdyn.domains"}),
+    ("data", {"ftdyn.data"}),
     ("data contracts", {"ftdyn.store", "ftdyn.results"}),
     ("training / extraction", {"ftdyn.training", "ftdyn.extraction"}),
     ("metrics", {"ftdyn.metrics", "ftdyn.views", "ftdyn.summary"}),

