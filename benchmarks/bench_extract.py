@@ -260,7 +260,7 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ftdyn.training import resolve_device
+    from ftdyn.devices import resolve_device
 
     device = resolve_device(args.device)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ftdyn-bench-"))

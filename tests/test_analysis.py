@@ -380,9 +380,9 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
         summary = float(ds["agreement_paper_code_mean"].values[0])
         assert np.isfinite(summary) == finite_summary
         assert summary == pytest.approx(np.mean(list(ref.values())), abs=1e-10, nan_ok=True)
-        from ftdyn import reporting
+        from ftdyn.reporting import sections
 
-        html = reporting._agreement_section(ds, tmp_path / f"p{finite_summary}")
+        html = sections._agreement_section(ds, tmp_path / f"p{finite_summary}")
         assert (
             "published r(cka, procrustes)" in html
             and (f"{summary:.3f}" if finite_summary else "—") in html

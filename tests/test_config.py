@@ -6,12 +6,13 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import typer.main
 
-from ftdyn import cli, config
-from ftdyn import metrics as M
+import ftdyn
+from ftdyn import cli, config, metrics
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis.inputs import Source
 from ftdyn.config import (
@@ -205,15 +206,15 @@ def test_analyze_identity_is_the_recorded_arguments():
 
 def test_valid_names_are_defined_once():
     """The metric registry, the views and the presets agree with the config's names."""
-    assert METRIC_NAMES == (*M.METRICS, DEBIASED_CKA)
-    from ftdyn import views as V
+    assert METRIC_NAMES == (*metrics.METRICS, DEBIASED_CKA)
+    from ftdyn import views
 
-    assert V.VIEWS is VIEWS and V.check_view is config.check_view
+    assert views.VIEWS is VIEWS and views.check_view is config.check_view
     assert all(
         set(p.views) == set(METRIC_NAMES) and set(p.views.values()) <= set(VIEWS)
         for p in PRESETS.values()
     )
-    assert set(PRESETS) == set(config.get_args(config.PresetName))
+    assert set(PRESETS) == set(get_args(config.PresetName))
 
 
 def test_plan_job_is_inspectable_without_reading():
@@ -382,7 +383,7 @@ def test_one_table_maps_parameters_to_flags_per_command():
 def test_every_parameter_a_message_names_is_in_the_table():
     """A misspelt ``arg("...")`` would silently print an invented flag on the command line."""
     known = set().union(*(config.command_flags(c) for c in config.OTHER_PARAMETERS))
-    source = Path(config.__file__).parent
+    source = Path(ftdyn.__file__).parent
     named = {
         m
         for path in source.rglob("*.py")

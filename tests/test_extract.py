@@ -385,7 +385,7 @@ def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir
     """Every checkpoint is loaded once before the store is created: a file without weights in
     the middle of the series stops the run with nothing written. A file changed after the store
     was created but before any of its activations were written is taken as it is now."""
-    import ftdyn.extraction as extraction
+    from ftdyn.extraction import running
 
     model = _model("resnet18")
     folder = tmp_path / "ck"
@@ -421,7 +421,7 @@ def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extraction, "_run", interrupted)
+    monkeypatch.setattr(running, "_run", interrupted)
     assert CliRunner().invoke(app, args).exit_code == 130 and not completeness(out).any()
     monkeypatch.undo()
     states[1] = _drift(model, 99)

@@ -181,7 +181,7 @@ def test_timm_pretrained_tags_need_the_hub(monkeypatch):
 
 
 def test_receptive_fields_where_fx_traces_else_not_available(capsys, cli_console):
-    from ftdyn.extraction import _receptive_fields
+    from ftdyn.extraction.plan import _receptive_fields
 
     model = build_model("timm/convnext_atto")
     fields = _receptive_fields(model, ["stages.0", "stages.3"], 64)

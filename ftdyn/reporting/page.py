@@ -1,0 +1,334 @@
+"""The report assembled: the figures made (or reused) in ``<out>/figures``, the sections in order,
+the page with its style and Content-Security-Policy, written as one result set."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .._version import __version__
+from ..config import arg
+from ..errors import FtdynError
+from ..outputs import folder_lock, update_result_set
+from ..results import open_results
+from ..store import open_store
+from ..viz import (
+    FIGURES_DIR,
+    check_out,
+    default_figures,
+    match_experiment,
+    read_index,
+    results_stores,
+    same_path,
+)
+from ..viz.curves import as_strings
+from .sections import (
+    _accuracy_section,
+    _agreement_section,
+    _e,
+    _experiments_section,
+    _interpretation_section,
+    _method_section,
+    _reusability_section,
+    _store_summaries,
+)
+
+REPORT_NAME = "report.html"
+
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+CSS = """
+:root { --fg:#1d2330; --muted:#5b6475; --line:#d9dde5; --bg:#ffffff; --alt:#f5f7fa;
+--accent:#2b5c9e; }
+* { box-sizing: border-box; }
+body { margin:0; font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+sans-serif;
+       color:var(--fg); background:var(--bg); }
+header { background:#1f2a3c; color:#fff; padding:28px 40px 22px; }
+header h1 { margin:0 0 6px; font-size:26px; font-weight:600; }
+header p { margin:0; color:#c9d3e3; font-size:14px; }
+main { max-width:1240px; margin:0 auto; padding:10px 40px 60px; }
+nav { margin:22px 0 8px; padding:12px 18px; background:var(--alt); border:1px solid var(--line);
+border-radius:6px; }
+nav ol { margin:0; padding-left:20px; columns:2; }
+nav a { color:var(--accent); text-decoration:none; }
+section { margin-top:34px; }
+h2 { font-size:21px; border-bottom:2px solid var(--line); padding-bottom:4px; margin-bottom:12px; }
+h3 { font-size:17px; margin:22px 0 8px; }
+p.lead, p.note { color:var(--muted); margin:6px 0 12px; }
+p.note { font-size:13px; }
+table { border-collapse:collapse; margin:8px 0 14px; font-size:13.5px; }
+th, td { border:1px solid var(--line); padding:4px 10px; text-align:right; white-space:nowrap; }
+th { background:var(--alt); font-weight:600; }
+td.l, th.l { text-align:left; }
+tbody tr:nth-child(even) td { background:#fafbfc; }
+.scroll { overflow-x:auto; }
+figure { margin:14px 0 26px; padding:12px; border:1px solid var(--line); border-radius:6px;
+background:#fff; }
+figure img { display:block; max-width:100%; height:auto; margin:0 auto; }
+figcaption { margin-top:8px; font-size:13px; color:var(--muted); }
+figcaption b { color:var(--fg); }
+figcaption .files { margin-left:6px; }
+figcaption .files a { color:var(--accent); }
+details { margin:8px 0; }
+details > summary { cursor:pointer; color:var(--accent); font-weight:600; margin:6px 0; }
+pre { background:var(--alt); border:1px solid var(--line); padding:10px; font-size:12.5px;
+overflow-x:auto; }
+.empty { color:var(--muted); font-style:italic; }
+dl.settings { display:grid; grid-template-columns:max-content auto; gap:2px 16px; font-size:14px; }
+dl.settings dt { color:var(--muted); }
+dl.settings dd { margin:0; }
+footer { color:var(--muted); font-size:12.5px; text-align:center; padding:20px; border-top:1px solid
+var(--line); }
+"""
+
+
+class _Figures:
+    """Numbers figures and renders them as <figure> elements with embedded PNGs; ``entries`` are the
+    index entries (with their folders) that :meth:`block` chooses from."""
+
+    def __init__(self, out: Path, entries: list[tuple[dict[str, Any], Path]]):
+        self.out = out
+        self.entries = entries
+        self.count = 0
+        self.missing: list[str] = []
+
+    def render(self, entry: dict[str, Any], folder: Path) -> str:
+        png = folder / entry["file"]
+        if not png.is_file():
+            self.missing.append(str(png))
+            return ""
+        self.count += 1
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        links = [
+            f'<a href="{_e(Path(os.path.relpath(folder / name, self.out)).as_posix())}">'
+            f"{_e(Path(name).suffix[1:].upper())}</a>"
+            for name in [entry["file"], *entry.get("formats", [])]
+            if (folder / name).is_file()
+        ]
+        title = entry.get("title") or entry["file"]
+        return (
+            f'<figure id="fig-{self.count}"><img src="data:image/png;base64,{data}"'
+            f' alt="{_e(title)}">'
+            f"<figcaption><b>Figure {self.count}. {_e(title)}.</b> {_e(entry.get('caption', ''))}"
+            f'<span class="files">[{" · ".join(links)}]</span></figcaption></figure>'
+        )
+
+    def block(self, kind: str, group_by: str | None = None, open_first: bool = True) -> str:
+        """The figures of ``kind``, in one collapsible group per value of ``group_by``
+        when given."""
+        chosen = [(e, f) for e, f in self.entries if e.get("kind") == kind]
+        if not chosen:
+            return '<p class="empty">None.</p>'
+        if group_by is None:
+            return "".join(self.render(e, f) for e, f in chosen)
+        groups: dict[str, list] = {}
+        for e, f in chosen:
+            groups.setdefault(str(e.get(group_by) or e.get("store_label") or "other"), []).append(
+                (e, f)
+            )
+        parts = []
+        for i, (name, items) in enumerate(groups.items()):
+            opened = " open" if (open_first and i == 0) else ""
+            parts.append(
+                f"<details{opened}><summary>{_e(name)} ({len(items)}"
+                f" figure{'s' if len(items) > 1 else ''})"
+                f"</summary>{''.join(self.render(e, f) for e, f in items)}</details>"
+            )
+        return "".join(parts)
+
+
+def _collect(folders: Sequence[Path]) -> list[tuple[dict[str, Any], Path]]:
+    seen, out = set(), []
+    for folder in folders:
+        for entry in read_index(folder):
+            key = entry.get("file") or f"note:{entry.get('caption')}"
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((entry, folder))
+    return out
+
+
+def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None) -> Path:
+    """Write ``report.html`` (and its figures in ``figures/``) and return its path.
+
+    ``results_dir``: the folder of ``ftdyn analyze`` (holding results.zarr and the
+    CSV tables), or its results.zarr. ``stores``: activation stores whose manifests
+    give Table 1 and whose default class/sample figures are (re)made, each one of the
+    results' experiments; default: the stores named in the results that exist, whose
+    figures are made only when the figure index does not already have them. ``out``:
+    output folder (default ``results_dir``; not inside a Zarr store).
+    Curves and trajectory matrices are always redrawn from the results. ``figures/`` and
+    report.html join the result set of ``out`` (:mod:`ftdyn.outputs`) as its new version,
+    made current in one atomic step: a killed or interrupted report leaves the previous
+    version whole.
+    """
+    results_dir = Path(results_dir)
+    res = open_results(results_dir)
+    if (
+        results_dir / "zarr.json"
+    ).is_file():  # given results.zarr itself: the tables and figures are beside it
+        results_dir = results_dir.parent
+    out = Path(out) if out is not None else results_dir
+    check_out(out, what=arg("out", out))
+    figdir = out / FIGURES_DIR
+    if stores is not None:
+        store_paths = [Path(s) for s in stores]
+        for s in store_paths:
+            if not s.exists():
+                raise FtdynError(f"{arg('stores', s)}: no such store.")
+            if match_experiment(res, open_store(s, allow_partial=True), s) is None:
+                raise FtdynError(
+                    f"{arg('stores', s)}: not among the experiments of {results_dir}"
+                    f" [{results_stores(res)}]; give one of their stores, or run `ftdyn analyze`"
+                    " with this store first."
+                )
+        todo = store_paths
+    else:
+        store_paths = [
+            Path(s)
+            for s in dict.fromkeys(as_strings(res["store"].values))
+            if s and Path(s).exists()
+        ]
+        indexed = {e.get("store") for e in read_index(figdir)} | {
+            e.get("store") for e in read_index(results_dir / FIGURES_DIR)
+        }
+        todo = [s for s in store_paths if not any(same_path(s, i) for i in indexed)]
+    # a second report (or analyze) into this folder is refused, naming this run
+    with folder_lock(out):
+        update_result_set(
+            out,
+            lambda folder: _write_report(
+                res,
+                results_dir,
+                folder,
+                store_paths,
+                todo,
+                elsewhere=not same_path(out, results_dir),
+            ),
+            carry=[FIGURES_DIR, REPORT_NAME],
+        )
+    return out / REPORT_NAME
+
+
+def _write_report(
+    res, results_dir: Path, out: Path, store_paths: list[Path], todo: list[Path], *, elsewhere: bool
+) -> list[str]:
+    """Draw ``out/figures`` and write ``out/report.html`` (``out``: the new result set's folder);
+    ``elsewhere``: the results folder is not ``out``, and its figures are shown too. Returns the
+    names written."""
+    figdir = out / FIGURES_DIR
+    # curves and matrices always; class/sample figures for `todo`
+    default_figures(res, todo, figdir)
+    summaries = _store_summaries(res, store_paths)
+    entries = _collect([figdir] + ([results_dir / FIGURES_DIR] if elsewhere else []))
+    figs = _Figures(out, entries)
+    sections = _sections(res, results_dir, summaries, figs.block)
+    notes = _notes(res, [e for e, _ in entries if e.get("kind") == "note"], figs.missing)
+    if notes:
+        sections.insert(-1, ("notes", "Notes", f"<ul>{''.join(notes)}</ul>"))
+    page = _page(
+        res,
+        sections,
+        footer=(
+            f"Results: {_e(results_dir)} · {figs.count} figures · the PNG/SVG files are "
+            f"in {_e(Path(os.path.relpath(figdir, out)).as_posix())}/"
+        ),
+    )
+    (out / REPORT_NAME).write_text(page, encoding="utf-8")
+    return [FIGURES_DIR, REPORT_NAME]
+
+
+def _sections(
+    res, results_dir: Path, summaries: list[dict[str, Any]], block
+) -> list[tuple[str, str, str]]:
+    """(id, title, HTML) of every section in page order; ``block(kind, group_by)`` renders
+    figures."""
+    return [
+        ("experiments", "Experiments", _experiments_section(res)),
+        ("accuracy", "Table 1 · Accuracy per epoch", _accuracy_section(summaries)),
+        ("reusability", "Table 2 · Reusability", _reusability_section(res)),
+        ("agreement", "Metric agreement", _agreement_section(res, results_dir)),
+        (
+            "curves",
+            "Distance curves",
+            '<p class="lead">How far each layer moves from the reference checkpoint, epoch by'
+            " epoch.</p>" + block("curves") + block("by_layer"),
+        ),
+        (
+            "trajectories",
+            "Checkpoint × checkpoint distances",
+            '<p class="lead">Every pair of checkpoints compared, per layer: how the features'
+            " travel, not only how far from the start they end.</p>"
+            + block("trajectory", "experiment"),
+        ),
+        ("interpretation", "Interpreting the distances", _interpretation_section(res, block)),
+        (
+            "class-based",
+            "Class-based visualizations",
+            '<p class="lead">What a filter looks at for a class, and how that changes during'
+            " fine-tuning.</p>" + block("class", "experiment"),
+        ),
+        (
+            "sample-based",
+            "Sample-based visualizations",
+            '<p class="lead">Where on one image a filter responds, epoch by epoch.</p>'
+            + block("sample", "experiment"),
+        ),
+        ("method", "How these numbers were computed", _method_section(res)),
+    ]
+
+
+def _notes(res, notes: list[dict[str, Any]], missing: list[str]) -> list[str]:
+    """<li> items of the Notes section: figure notes, degenerate estimators, missing
+    figure files."""
+    degenerate = json.loads(res.attrs.get("pwsm_degenerate", "[]"))
+    others = {m: json.loads(res.attrs.get(f"{m}_degenerate", "[]")) for m in ("procrustes", "cka")}
+    items = [f"<li>{_e(n.get('caption'))}</li>" for n in notes]
+    if degenerate:
+        items.append(
+            f"<li>PWSM with α={_e(res.attrs.get('alpha'))} is degenerate where a view has too few"
+            " rows (α = 0: no more rows than columns + 1; any α: 2 rows), so the angle is 0"
+            f" whatever the checkpoints: {_e(', '.join(degenerate))}. Those PWSM values are left"
+            " undefined (NaN); more probe images avoid it.</li>"
+        )
+    for m, where in others.items():
+        if where:
+            items.append(
+                f"<li>{_e(m)} is degenerate where its view has 2 rows or fewer per matrix (rank ≤ 1"
+                f" after centering: 0 whatever the checkpoints): {_e(', '.join(where))}. Those"
+                " values are left undefined (NaN).</li>"
+            )
+    return items + [f"<li>figure file missing, left out: {_e(m)}</li>" for m in missing]
+
+
+def _page(res, sections: list[tuple[str, str, str]], *, footer: str) -> str:
+    """The whole HTML page: header, table of contents, numbered sections, ``footer`` (HTML)."""
+    exps = as_strings(res["experiment"].values)
+    created = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    toc = "".join(f'<li><a href="#{sid}">{_e(title)}</a></li>' for sid, title, _ in sections)
+    body = "".join(
+        f'<section id="{sid}"><h2>{i}. {_e(title)}</h2>{content}</section>'
+        for i, (sid, title, content) in enumerate(sections, 1)
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="ftdyn {_e(__version__)}">'
+        f"<title>ftdyn report: {_e(', '.join(exps))}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>Feature dynamics during fine-tuning</h1><p>{len(exps)} experiment"
+        f"{'s' if len(exps) != 1 else ''}: {_e(', '.join(exps))} · reference epoch "
+        f"{_e(res.attrs.get('reference_epoch'))} · preset {_e(res.attrs.get('preset'))} · generated"
+        f" {_e(created)} by "
+        f"ftdyn {_e(__version__)}</p></header>"
+        f"<main><nav><ol>{toc}</ol></nav>{body}</main>"
+        f"<footer>{footer}</footer></body></html>\n"
+    )
