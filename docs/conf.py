@@ -37,7 +37,6 @@ autodoc_typehints = "none"
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"ftdyn {__version__}"
-html_static_path = ["_static"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,

@@ -111,8 +111,7 @@ RESULTS_VARIABLES = {
     "probe_accuracy": "5-fold ridge-classifier accuracy on the pooled activations",
     "probe_accuracy_random_init": "the same on the random-init baseline",
     "probe_chance": "the most frequent class's share",
-    "convergence": "last-epoch distance on nested subsets of the images (`fraction` 0.25, "
-    "0.5, 1)",
+    "convergence": "last-epoch distance on nested subsets of the images (`fraction` 0.25, 0.5, 1)",
     "converged": "relative change from half the images to all below 5 %",
     "images_needed": "images needed at the observed rate (NaN when converged or undefined)",
 }
@@ -127,8 +126,7 @@ RESULTS_ATTRS = {
 RESULTS_TABLES = {
     "distances.csv": "one row per (experiment, layer, epoch, metric): `value` is the distance "
     "from the reference epoch, `ci_low`/`ci_high` its bootstrap interval (empty without it)",
-    "reusability.csv": "mean ± std over epochs of the layer-averaged distance: the paper's "
-    "Table 2",
+    "reusability.csv": "mean ± std over epochs of the layer-averaged distance: the paper's Table 2",
     "agreement.csv": "Pearson r of two metrics across epochs per layer (empty with fewer than "
     "3 epochs or a constant curve)",
     "agreement_summary.csv": "the same summarized over layers and experiments (population "
@@ -153,9 +151,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _mismatch(what: str, in_code, described) -> list[str]:
     """Drift between the code's names and the descriptions, one message per name."""
-    return [f"{what}: '{n}' is in the code but not described" for n in in_code if n not in described] + [
-        f"{what}: '{n}' is described but not in the code" for n in described if n not in in_code
-    ]
+    return [
+        f"{what}: '{n}' is in the code but not described" for n in in_code if n not in described
+    ] + [f"{what}: '{n}' is described but not in the code" for n in described if n not in in_code]
 
 
 def store_schema() -> tuple[str, list[str]]:
@@ -205,8 +203,12 @@ def results_schema() -> tuple[str, list[str]]:
     text += _table(
         ["name", "dims", "required", "what"],
         [
-            [f"`{n}`", ", ".join(d), "yes" if n in results.REQUIRED_VARS else "no",
-             RESULTS_VARIABLES.get(n, "")]
+            [
+                f"`{n}`",
+                ", ".join(d),
+                "yes" if n in results.REQUIRED_VARS else "no",
+                RESULTS_VARIABLES.get(n, ""),
+            ]
             for n, d in variables.items()
         ],
     )
@@ -239,16 +241,16 @@ def _flat(value) -> str:
 def benchmark_page(bench_dir: Path = ROOT / "benchmarks") -> str:
     """A section per benchmark script that writes a result file: its table, or "no results
     yet"."""
-    names = sorted(
-        p.stem for p in bench_dir.glob("*.py") if "write_result(" in p.read_text()
-    )
+    names = sorted(p.stem for p in bench_dir.glob("*.py") if "write_result(" in p.read_text())
     parts = []
     for name in names:
         parts.append(f"## `{name}`\n")
         path = bench_dir / "results" / f"{name}.json"
         if not path.is_file():
-            parts.append(f"No results yet: run `python benchmarks/{name}.py` (its docstring "
-                         "gives the options).\n")
+            parts.append(
+                f"No results yet: run `python benchmarks/{name}.py` (its docstring "
+                "gives the options).\n"
+            )
             continue
         record = json.loads(path.read_text())
         host = record.get("host", {})
