@@ -70,6 +70,7 @@ def test_benchmark_results_and_their_page(tmp_path, monkeypatch):
     (tmp_path / "bench_fast.py").write_text('write_result("bench_fast", {}, "")\n')
     (tmp_path / "bench_never_run.py").write_text('write_result("bench_never_run", {}, "")\n')
     (tmp_path / "helper.py").write_text("x = 1\n")
+    (tmp_path / "_results.py").write_text("def write_result(name, metrics, command): ...\n")
     path = results_module.write_result(
         "bench_fast",
         {"speedup": 12.5, "rows": [{"case": "early", "ours_s": 0.25}]},
@@ -85,7 +86,8 @@ def test_benchmark_results_and_their_page(tmp_path, monkeypatch):
     fast, never = text.split("## `bench_never_run`")
     assert "python benchmarks/bench_fast.py --quick" in fast
     assert "| `speedup` | 12.5 |" in fast and "| early | 0.25 |" in fast
-    assert "No results yet" in never and "helper" not in text
+    assert "No results yet" in never
+    assert "helper" not in text and "_results" not in text
 
 
 @pytest.mark.slow

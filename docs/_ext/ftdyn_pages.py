@@ -241,7 +241,12 @@ def _flat(value) -> str:
 def benchmark_page(bench_dir: Path = ROOT / "benchmarks") -> str:
     """A section per benchmark script that writes a result file: its table, or "no results
     yet"."""
-    names = sorted(p.stem for p in bench_dir.glob("*.py") if "write_result(" in p.read_text())
+    # the scripts that call the writer; _results.py (the writer itself) is not one
+    names = sorted(
+        p.stem
+        for p in bench_dir.glob("*.py")
+        if not p.name.startswith("_") and "write_result(" in p.read_text()
+    )
     parts = []
     for name in names:
         parts.append(f"## `{name}`\n")
