@@ -34,6 +34,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from _results import command_line, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -331,6 +333,7 @@ def main(argv=None) -> dict:
         if a.json:
             Path(a.json).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
+        write_result("bench_analyze", result, command_line())
         return result
     finally:
         if a.dir is None:

@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _results import command_line, write_result
+
 from ftdyn.demos import demo
 
 
@@ -84,6 +86,7 @@ def main() -> None:
     (args.out / "seeds.json").write_text(
         json.dumps({"per_seed": per_seed, "summary": summary}, indent=1)
     )
+    write_result("bench_demo_seeds", summary, command_line())
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import command_line, write_result
 
 import ftdyn
 from ftdyn import checkpoints as ck
@@ -410,6 +411,7 @@ def main(argv=None) -> dict:
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    write_result("bench_extract", result, command_line())
     return result
 
 

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import command_line, write_result
 
 import ftdyn
 from ftdyn import runtime
@@ -188,6 +189,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
+    write_result("bench_interpret", result, command_line())
 
 
 def warm_up(a) -> None:

@@ -14,6 +14,7 @@ import time
 
 import torch
 import torchvision
+from _results import command_line, write_result
 
 ARCHS = ("mobilenet_v2", "resnet18", "resnet50", "vgg11", "densenet121")
 
@@ -66,14 +67,12 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    rows = []
     for arch in args.archs:
         for fmt in (torch.contiguous_format, torch.channels_last):
-            print(
-                json.dumps(
-                    measure(arch, fmt, batch=args.batch, size=args.size, repeats=args.repeats)
-                ),
-                flush=True,
-            )
+            rows.append(measure(arch, fmt, batch=args.batch, size=args.size, repeats=args.repeats))
+            print(json.dumps(rows[-1]), flush=True)
+    write_result("bench_memory_format", {"rows": rows}, command_line())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _results import command_line, write_result  # noqa: E402 - beside this script
 from bench_analyze import ANALYZE, BASELINE, ROOT, run_child  # noqa: E402 - beside this script
 
 from ftdyn.config import parse_memory  # noqa: E402
@@ -142,6 +143,7 @@ def main(argv=None) -> dict:
     }
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2))
+    write_result("bench_memory_limit", summary, command_line())
     return summary
 
 

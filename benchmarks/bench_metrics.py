@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import command_line, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -419,18 +420,15 @@ def main(argv=None):
         " (row_stats); speedup_ceiling = baseline / stats_s: the most that ftdyn's float64 products"
         " leave room for on this device."
     )
+    summary = {
+        "device": dev_name,
+        "load_average": list(os.getloadavg()),
+        "quick": args.quick,
+        "rows": rows,
+    }
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "device": dev_name,
-                    "load_average": list(os.getloadavg()),
-                    "quick": args.quick,
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps(summary, indent=2))
+    write_result("bench_metrics", summary, command_line())
 
 
 if __name__ == "__main__":

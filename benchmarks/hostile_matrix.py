@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from _results import command_line, write_result
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -1091,6 +1092,7 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started),
     }
     print(json.dumps(summary))
+    write_result("hostile_matrix", summary, command_line())
     if opts.json:
         opts.json.write_text(json.dumps({"summary": summary, "cases": outcomes}, indent=1))
     if opts.work is None:
