@@ -1064,7 +1064,8 @@ def test_gram_panel_rows_equal_the_gram_of_the_layer(planted, view):
     X = torch.from_numpy(np.asarray(V.to_matrices(view, data[2]["features.3"]), dtype=np.float64))
     K = torch.matmul(X, X.mT)
     for panel, stream in (([0, 1], [2]), ([1], [2]), ([0], [1, 2]), ([2], [])):
-        r0, block = AT.gram_panel(src, 2, view, slice(None), panel, stream)
+        part = AT.gram_panel(AT.GramPanelRequest(src, 2, view, slice(None), panel, stream))
+        r0, block = part.first_row, part.block
         r1 = src.rows(panel[-1]).stop
         assert r0 == src.rows(panel[0]).start and block.shape[-2:] == (r1 - r0, src.n - r0)
         torch.testing.assert_close(block, K[..., r0:r1, r0:], rtol=1e-12, atol=1e-9)

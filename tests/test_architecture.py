@@ -102,3 +102,22 @@ def test_the_imports_have_no_circle():
         tuple(TopologicalSorter(graph).static_order())
     except CycleError as exc:
         raise AssertionError(f"import circle: {' -> '.join(exc.args[1])}") from None
+
+
+#: the most parameters a function of ftdyn.analysis takes (positional and keyword-only, ``self``
+#: and ``cls`` not counted): more are bundled into a request dataclass
+MAX_ANALYSIS_PARAMETERS = 8
+
+
+def test_analysis_functions_take_few_parameters():
+    crowded = []
+    for name in sorted(m for m in MODULES if m.startswith("ftdyn.analysis")):
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = node.args
+                names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+                count = len(names) - (names[:1] in (["self"], ["cls"]))
+                if count > MAX_ANALYSIS_PARAMETERS:
+                    what = getattr(node, "name", "lambda")
+                    crowded.append(f"{name}:{node.lineno} {what} takes {count} parameters")
+    assert not crowded, "\n".join(crowded)

@@ -430,7 +430,8 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
     import torch
 
     from ftdyn import summary as S
-    from ftdyn.analysis import tasks as TK
+    from ftdyn.analysis.grams import _Gram, _gram_cka_replicates
+    from ftdyn.analysis.rows import RowAccumulator, _cka_replicates
 
     X, unit, counts = _unit_data()
     T, n, B, p = X.shape
@@ -453,7 +454,7 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
         ]
     )
     # row side: per-unit statistics as row_leaf accumulates them (reference pairs)
-    acc = TK.RowAccumulator.zeros(8, T, (B,), p, all_pairs=False, device="cpu")
+    acc = RowAccumulator.zeros(8, T, (B,), p, all_pairs=False, device="cpu")
     for u in range(8):
         rows = torch.from_numpy(np.flatnonzero(unit == u))
         x0 = Xt[0][:, rows]
@@ -463,9 +464,9 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
             xt = Xt[t][:, rows]
             acc.s[u, t], acc.xy[u, t], acc.yy[u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
     K = [Xt[t] @ Xt[t].mT for t in range(T)]
-    grams = [TK._Gram(k) for k in K]
-    gram = TK._gram_cka_replicates(grams[0], {t: grams[t] for t in range(1, T)}, unit, counts)
-    rows = TK._cka_replicates(acc, 0, list(range(1, T)), counts)
+    grams = [_Gram(k) for k in K]
+    gram = _gram_cka_replicates(grams[0], {t: grams[t] for t in range(1, T)}, unit, counts)
+    rows = _cka_replicates(acc, 0, list(range(1, T)), counts)
     for t in range(1, T):
         row = rows[t]
         assert np.array_equal(np.isnan(row), np.isnan(direct[:, t])) and np.isnan(row[:, 3]).any()

@@ -127,7 +127,10 @@ same arguments on the same stores prints "up to date" and returns the saved resu
 Arguments: :class:`ftdyn.config.AnalyzeConfig` (presets, metrics, views, defaults).
 Modules: :mod:`~ftdyn.analysis.inputs` (stores opened as experiments),
 :mod:`~ftdyn.analysis.plan` (the memory planner),
-:mod:`~ftdyn.analysis.tasks` (what each Dask task computes),
+:mod:`~ftdyn.analysis.tasks` (the Dask tasks, one request in and one result out:
+:mod:`~ftdyn.analysis.reading` of the store, :mod:`~ftdyn.analysis.rows` row-side statistics,
+:mod:`~ftdyn.analysis.grams` Gram matrices, :mod:`~ftdyn.analysis.maps` the map view and pooled
+features, :mod:`~ftdyn.analysis.task_results` what the metrics tasks return),
 :mod:`~ftdyn.analysis.graph` (the graph and its scheduler),
 :mod:`~ftdyn.analysis.collect` (task results -> the results Dataset),
 :mod:`~ftdyn.analysis.run` (:func:`analyze` = ``execute(make_plan(...))``).

@@ -7,19 +7,20 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import summary as S
-from .. import views as V
 from ..config import AnalyzeConfig
+from ..summary import agreement, nanmean, pearson_plain, percentile_interval, reusability
+from ..views import is_per_filter
 from .inputs import Experiment
+from .maps import map_pairs
 from .plan import Job, nested_subsets, nested_units, shared_boot_indices
-from .tasks import map_pairs
+from .task_results import MetricsResult
 
 
 def _layer_values(values: np.ndarray, per_filter: bool) -> tuple[np.ndarray, np.ndarray]:
     """(layer value per leading index, NaN count) from values (..., filters) or (...)."""
     if not per_filter:
         return values, np.isnan(values).astype(np.int64)
-    return S.nanmean(values, axis=-1), np.isnan(values).sum(-1)
+    return nanmean(values, axis=-1), np.isnan(values).sum(-1)
 
 
 def _aggregate_map(vals: np.ndarray, labels: np.ndarray, how: str):
@@ -31,50 +32,46 @@ def _aggregate_map(vals: np.ndarray, labels: np.ndarray, how: str):
     value the NaN-aware mean over *all* (class, filter) cells (which differs from the mean
     of the per-filter values when some cells are NaN). Returns (per_filter, layer, cells)."""
     if how == "class":
-        cells = np.stack(
-            [S.nanmean(vals[:, labels == c], axis=1) for c in np.unique(labels)], axis=1
-        )
+        cells = np.stack([nanmean(vals[:, labels == c], axis=1) for c in np.unique(labels)], axis=1)
         return (
-            S.nanmean(cells, axis=1),
-            S.nanmean(cells.reshape(*cells.shape[:-2], -1), axis=-1),
+            nanmean(cells, axis=1),
+            nanmean(cells.reshape(*cells.shape[:-2], -1), axis=-1),
             cells,
         )
-    per_filter = S.nanmean(vals, axis=1)
-    return per_filter, S.nanmean(per_filter, axis=-1), None
+    per_filter = nanmean(vals, axis=1)
+    return per_filter, nanmean(per_filter, axis=-1), None
 
 
-def _join_ckpt_groups(parts: list[dict], groups: list, T: int, ref: int) -> dict:
+def _join_ckpt_groups(parts: list[MetricsResult], groups: list, T: int, ref: int) -> MetricsResult:
     """One row-side result over all T checkpoints from the passes of the checkpoint groups."""
     if groups == [None]:
         return parts[0]
     # the convergence check's subsets come from the one pass holding the last epoch
-    nested = next((part["nested"] for part in parts if part["nested"]), {})
-    out: dict[str, Any] = {"values": {}, "traj": {}, "reps": {}, "nested": nested}
-    for m in parts[0]["values"]:
-        first = np.asarray(parts[0]["values"][m])
+    nested = next((part.nested for part in parts if part.nested), {})
+    values, replicates = {}, {}
+    for m in parts[0].values:
+        first = np.asarray(parts[0].values[m])
         vals = np.empty((T,) + first.shape[1:])
         vals[ref] = first[0]
         for part, cg in zip(parts, groups):
-            vals[cg] = np.asarray(part["values"][m])[1:]
-        out["values"][m] = vals
-        if m in parts[0]["reps"]:
-            r0 = np.asarray(parts[0]["reps"][m])
+            vals[cg] = np.asarray(part.values[m])[1:]
+        values[m] = vals
+        if m in parts[0].replicates:
+            r0 = np.asarray(parts[0].replicates[m])
             reps = np.empty((r0.shape[0], T) + r0.shape[2:])
             reps[:, ref] = r0[:, 0]
             for part, cg in zip(parts, groups):
-                reps[:, cg] = np.asarray(part["reps"][m])[:, 1:]
-            out["reps"][m] = reps
-    return out
+                reps[:, cg] = np.asarray(part.replicates[m])[:, 1:]
+            replicates[m] = reps
+    return MetricsResult(values=values, replicates=replicates, nested=nested)
 
 
-def _gather(
-    parts: list[dict], key: str, metric: str, lead: tuple[int, ...], per_filter: bool
-) -> np.ndarray:
-    """One metric's ``key`` array from the results of every filter group: shape (*lead, filters),
+def _gather(arrays: list[np.ndarray], lead: tuple[int, ...], per_filter: bool) -> np.ndarray:
+    """One metric's array from the results of every filter group: shape (*lead, filters),
     groups joined along filters, for per-filter views; (*lead) otherwise (a single group)."""
     if not per_filter:
-        return np.asarray(parts[0][key][metric]).reshape(lead)
-    return np.concatenate([np.asarray(p[key][metric]).reshape(*lead, -1) for p in parts], axis=-1)
+        return np.asarray(arrays[0]).reshape(lead)
+    return np.concatenate([np.asarray(a).reshape(*lead, -1) for a in arrays], axis=-1)
 
 
 def _job_parts(job: Job, it, T: int, ref: int) -> list:
@@ -93,13 +90,13 @@ def _map_bootstrap(ref_vals: np.ndarray, exp: Experiment, args: AnalyzeConfig, e
     reps = np.stack(
         [_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1] for ii in idx]
     )
-    return S.percentile_interval(reps, axis=0), reps  # reps: paired across layers (interpret)
+    return percentile_interval(reps, axis=0), reps  # reps: paired across layers (interpret)
 
 
 def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: str, parts: list):
     """Fill ``rec`` for a map metric; returns (per-filter values, trajectory matrix)."""
     T, ref = len(exp.epochs), exp.ref
-    vals = np.concatenate([p[m] for p in parts], axis=-1)  # (P, n, C)
+    vals = np.concatenate([p.distances[m] for p in parts], axis=-1)  # (P, n, C)
     pairs = map_pairs(T, ref, job.mode)
     per_filter_vals, layer_pair, cells = _aggregate_map(vals, exp.labels, args.map_average)
     ref_rows = [
@@ -127,30 +124,36 @@ def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: st
     return filt, traj
 
 
-def _values_record(rec: dict, parts: list, m: str, T: int, ref: int, per_filter: bool):
+def _values_record(
+    rec: dict, parts: list[MetricsResult], m: str, T: int, ref: int, per_filter: bool
+):
     """Fill ``rec`` for a row/pair metric; returns (per-filter values or None, values, traj)."""
-    values = _gather(parts, "values", m, (T,), per_filter)
+    values = _gather([p.values[m] for p in parts], (T,), per_filter)
     filt = values if per_filter else None
-    if parts[0]["traj"]:
-        traj = _layer_values(_gather(parts, "traj", m, (T, T), per_filter), per_filter)[0]
+    if parts[0].trajectory:
+        traj = _layer_values(
+            _gather([p.trajectory[m] for p in parts], (T, T), per_filter), per_filter
+        )[0]
     else:
         traj = np.full((T, T), np.nan)
         lv = _layer_values(values, per_filter)[0]
         traj[ref, :] = lv
         traj[:, ref] = lv
-    if m in parts[0]["reps"]:
-        reps = _gather(parts, "reps", m, (len(parts[0]["reps"][m]), T), per_filter)
+    if m in parts[0].replicates:
+        lead = (len(parts[0].replicates[m]), T)
+        reps = _gather([p.replicates[m] for p in parts], lead, per_filter)
         rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
-        rec["ci"] = S.percentile_interval(rec["reps"], axis=0)
-    if m in parts[0]["nested"]:
+        rec["ci"] = percentile_interval(rec["reps"], axis=0)
+    if m in parts[0].nested:
         rec["nested"] = _nested_values(parts, m, per_filter)
     return filt, values, traj
 
 
-def _nested_values(parts: list, m: str, per_filter: bool) -> np.ndarray:
+def _nested_values(parts: list[MetricsResult], m: str, per_filter: bool) -> np.ndarray:
     """(subsets,) layer values of the convergence check's nested subsets."""
-    subsets = len(parts[0]["nested"][m])
-    return _layer_values(_gather(parts, "nested", m, (subsets,), per_filter), per_filter)[0]
+    subsets = len(parts[0].nested[m])
+    nested = _gather([p.nested[m] for p in parts], (subsets,), per_filter)
+    return _layer_values(nested, per_filter)[0]
 
 
 def collect_nested(exps: list[Experiment], jobs: list[Job], results: list) -> dict:
@@ -162,14 +165,14 @@ def collect_nested(exps: list[Experiment], jobs: list[Job], results: list) -> di
         exp = exps[job.exp]
         parts = _job_parts(job, it, len(exp.epochs), exp.ref)
         for m in job.convergence:
-            out[(job.exp, m, job.layer)] = _nested_values(parts, m, V.is_per_filter(job.view))
+            out[(job.exp, m, job.layer)] = _nested_values(parts, m, is_per_filter(job.view))
     return out
 
 
 def collect_pooled(exps: list[Experiment], jobs: list[Job], results: list) -> dict:
     """{(experiment, layer): (positions, images, channels)} float64 pooled features gathered by
     the row-side ``jobs`` marked ``pooled`` while reading
-    (:func:`~ftdyn.analysis.tasks.row_leaf`), from their results in plan order."""
+    (:func:`~ftdyn.analysis.rows.row_leaf`), from their results in plan order."""
     out = {}
     it = iter(results)
     for job in jobs:
@@ -182,7 +185,7 @@ def collect_pooled(exps: list[Experiment], jobs: list[Job], results: list) -> di
         feats = np.full((len(exp.epochs), src.n, src.channels), np.nan)
         for k, part in enumerate(parts):  # filter group by filter group, each pass by pass
             fsl, pos = job.groups[k // len(passes)], passes[k % len(passes)]
-            for (t, chunk), means in part["pooled"].items():
+            for (t, chunk), means in part.pooled.items():
                 feats[pos[t], src.rows(chunk), fsl] = means
         out[(job.exp, job.layer)] = feats
     return out
@@ -222,7 +225,7 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
         exp = exps[job.exp]
         T, ref = len(exp.epochs), exp.ref
         parts = _job_parts(job, it, T, ref)
-        per_filter = V.is_per_filter(job.view)
+        per_filter = is_per_filter(job.view)
         for m in set(job.convergence) - set(job.metrics):
             lent[(job.exp, m, job.layer)] = _nested_values(parts, m, per_filter)
         for m in job.metrics:
@@ -315,10 +318,10 @@ def _summaries(
         L = len(exp.layers)
         curves = dist[e, :, :L]
         keep = keep_all & np.isin(epochs, exp.epochs)
-        a, b, c, d = S.reusability(curves, keep)
+        a, b, c, d = reusability(curves, keep)
         out["reusability_mean"][e], out["reusability_std"][e] = a, b
         out["layer_reusability_mean"][e, :, :L], out["layer_reusability_std"][e, :, :L] = c, d
-        out["agreement_r"][e, :L], out["agreement_n"][e, :L] = S.agreement(curves, keep)
+        out["agreement_r"][e, :L], out["agreement_n"][e, :L] = agreement(curves, keep)
     return out
 
 
@@ -428,7 +431,7 @@ def _paper_code_agreement(
         cols = [epochs.index(ep) for ep in exp.epochs]
         k = len(np.unique(exp.labels))
         for l in range(len(exp.layers)):
-            r[e, l][np.ix_(cols, range(k))] = S.pearson_plain(
+            r[e, l][np.ix_(cols, range(k))] = pearson_plain(
                 recs[(e, "cka", l)]["cells"], recs[(e, "procrustes", l)]["cells"], axis=-1
             )
         # self-comparison: rounding noise, not a correlation

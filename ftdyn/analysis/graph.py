@@ -8,10 +8,10 @@ import time
 import dask
 import torch
 
-from .. import summary as S
 from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
 from ..progress import dask_progress, stage, track
+from ..summary import shared_units
 from .inputs import Experiment
 from .plan import (
     Job,
@@ -26,7 +26,14 @@ from .plan import (
     subsets_degenerate,
 )
 from .tasks import (
+    GramFinishRequest,
+    GramPanelRequest,
+    MapLeafRequest,
+    NestedCounts,
+    NestedImages,
     RowAccumulator,
+    RowFinishRequest,
+    RowLeafRequest,
     concat_map,
     gram_assemble,
     gram_finish,
@@ -50,7 +57,6 @@ def build_graph(
 ):
     """The output task of every filter group (and checkpoint pass) of every job, in order;
     ``name`` prefixes the task keys, so that the graphs of two runs compute together."""
-    delayed = dask.delayed
     graph_outputs = []
     for job in jobs:
         exp = exps[job.exp]
@@ -60,11 +66,11 @@ def build_graph(
             if job.side == "row":
                 if gi == 0:
                     resamples = _row_resamples(args, job, exp.layers[job.layer][1].n)
-                outs = _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace)
+                outs = _row_outputs(exp, args, job, fsl, gtag, resamples, inplace)
             elif job.side == "gram":
-                outs = [_gram_output(delayed, exp, args, job, fsl, gtag)]
+                outs = [_gram_output(exp, args, job, fsl, gtag)]
             else:  # map
-                outs = [_map_output(delayed, exp, args, job, fsl, gtag)]
+                outs = [_map_output(exp, args, job, fsl, gtag)]
             job.outputs.extend(outs)
             graph_outputs.extend(outs)
     return graph_outputs
@@ -72,7 +78,7 @@ def build_graph(
 
 def build_pooled(exps: list[Experiment], jobs: list[Job], name: str = "pooled") -> dict:
     """{(experiment, layer): task} of its pooled features at every position
-    (:func:`~ftdyn.analysis.tasks.pooled_leaf`) for the layers whose ``jobs`` do not keep them
+    (:func:`~ftdyn.analysis.maps.pooled_leaf`) for the layers whose ``jobs`` do not keep them
     while reading (:func:`~ftdyn.analysis.plan.mark_pooled`)."""
     kept = {(j.exp, j.layer) for j in jobs if j.pooled}
     return {
@@ -93,69 +99,80 @@ def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
     if job.units == 1:
         return None, None
     # one resample per replicate for every job of the experiment
-    units = S.shared_units(n, job.units, args.seed, job.exp)
+    units = shared_units(n, job.units, args.seed, job.exp)
     return units, replicate_counts(args, job.units, job.exp) if args.bootstrap else None
 
 
-def _row_outputs(delayed, exp, args, job, fsl, gtag, resamples, inplace) -> list:
-    """The metrics tasks of one filter group of a row-side job, one per checkpoint group."""
-    return [
-        _row_pass(delayed, exp, args, job, fsl, f"{gtag}-{ci}", pos, resamples, inplace, ci == 0)
-        for ci, pos in enumerate(job.passes(len(exp.epochs), exp.ref))
-    ]
+def _row_outputs(exp, args, job, fsl, gtag, resamples, inplace) -> list:
+    """The metrics tasks of one filter group of a row-side job, one per checkpoint pass (the
+    reference against itself in the first pass only): tree-merged row statistics of the chunk
+    groups, then the metrics."""
+    outputs = []
+    for ci, pos in enumerate(job.passes(len(exp.epochs), exp.ref)):
+        ctag = f"{gtag}-{ci}"
+        request = _row_finish_request(exp, args, job, pos, resamples, first=ci == 0)
+        merged = _row_statistics(exp, job, fsl, ctag, pos, resamples[0], inplace)
+        outputs.append(
+            dask.delayed(row_finish, pure=True)(request, merged, dask_key_name=f"metrics-{ctag}")
+        )
+    return outputs
 
 
-def _row_pass(delayed, exp, args, job, fsl, ctag, pos, resamples, inplace, first):
-    """The metrics task of one pass over the checkpoints at positions ``pos`` (the reference
-    among them): tree-merged row statistics of the chunk groups, then the metrics (the
-    reference against itself in the ``first`` pass only)."""
+def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinishRequest:
+    """What the metrics task of the pass over the checkpoints at positions ``pos`` computes."""
     src = exp.layers[job.layer][1]
     units, counts = resamples
-    sub, sub_ref = [exp.ckpt_index[t] for t in pos], pos.index(exp.ref)
     counts_nested = job_nested_counts(args, job.units, src.n) if exp.last in pos else None
-    if counts_nested is not None:
+    nested = None
+    if counts_nested is not None:  # the convergence check's subsets, where the groups give them
         sizes = subset_sizes(counts_nested, units)
         undefined = subsets_degenerate(args, src, job.metrics, sizes)
+        nested = NestedCounts(pos.index(exp.last), counts_nested, undefined)
+    return RowFinishRequest(
+        metrics=job.metrics,
+        alpha=args.alpha,
+        n_positions=len(pos),
+        ref=pos.index(exp.ref),
+        mode=job.mode,
+        counts=counts,
+        boot_metrics=args.bootstrap_metrics,
+        skip=tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
+        nested=nested,
+        point=not args.nested,
+        ref_value=first,
+    )
+
+
+def _row_statistics(exp, job, fsl, ctag, pos, units, inplace):
+    """The row statistics of the pass over the checkpoints at positions ``pos``: one leaf per
+    chunk group, tree-merged (in place, or into copies where a task may be retried)."""
+    src = exp.layers[job.layer][1]
     leaves = [
-        delayed(row_leaf, pure=True)(
-            src,
-            grp,
-            sub,
-            sub_ref,
-            job.view,
-            fsl,
-            job.mode,
-            units,
-            job.units,
-            job.sub_bytes,
-            job.pooled,
-            job.diagonal,
+        dask.delayed(row_leaf, pure=True)(
+            RowLeafRequest(
+                src=src,
+                chunks=grp,
+                ckpts=[exp.ckpt_index[t] for t in pos],
+                ref=pos.index(exp.ref),
+                view=job.view,
+                filters=fsl,
+                mode=job.mode,
+                units=units,
+                n_units=job.units,
+                sub_bytes=job.sub_bytes,
+                pooled=job.pooled,
+                diagonal=job.diagonal,
+            ),
             dask_key_name=f"stats-{ctag}-{i}",
         )
         for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))
     ]
-    merged = _tree(
+    return _tree(
         leaves, RowAccumulator.merge if inplace else RowAccumulator.merged, f"merge-{ctag}"
     )
-    return delayed(row_finish, pure=True)(
-        merged,
-        job.metrics,
-        args.alpha,
-        len(sub),
-        sub_ref,
-        job.mode,
-        counts,
-        args.bootstrap_metrics,
-        tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
-        # the convergence check's subsets, where the job's groups of images give them
-        None if counts_nested is None else (pos.index(exp.last), counts_nested, undefined),
-        not args.nested,
-        first,
-        dask_key_name=f"metrics-{ctag}",
-    )
 
 
-def _gram_output(delayed, exp, args, job, fsl, gtag):
+def _gram_output(exp, args, job, fsl, gtag):
     """The metrics task of one filter group of a Gram-side job: per checkpoint the Gram matrix,
     assembled from panels of rows, then the metrics of all of them."""
     src = exp.layers[job.layer][1]
@@ -163,59 +180,60 @@ def _gram_output(delayed, exp, args, job, fsl, gtag):
     previous = job.outputs[-1] if job.outputs else None
     Ks = []
     for t, k in enumerate(exp.ckpt_index):
-        blocks = []
-        for pi, panel in enumerate(panels):
-            stream = list(range(panel[-1] + 1, src.n_chunks))
-            blocks.append(
-                delayed(gram_panel, pure=True)(
-                    src,
-                    k,
-                    job.view,
-                    fsl,
-                    panel,
-                    stream,
-                    previous,
-                    dask_key_name=f"gram-{gtag}-{t}-{pi}",
-                )
+        blocks = [
+            dask.delayed(gram_panel, pure=True)(
+                GramPanelRequest(
+                    src=src,
+                    ckpt=k,
+                    view=job.view,
+                    filters=fsl,
+                    panel=panel,
+                    stream=list(range(panel[-1] + 1, src.n_chunks)),
+                ),
+                previous,
+                dask_key_name=f"gram-{gtag}-{t}-{pi}",
             )
-        Ks.append(delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}"))
-    boot = shared_boot(src.n, args, job.exp) if args.bootstrap else None
-    return delayed(gram_finish, pure=True)(
-        job.metrics,
-        args.alpha,
-        exp.ref,
-        job.mode,
-        boot,
-        *Ks,
+            for pi, panel in enumerate(panels)
+        ]
+        Ks.append(
+            dask.delayed(gram_assemble, pure=True)(src.n, *blocks, dask_key_name=f"K-{gtag}-{t}")
+        )
+    request = GramFinishRequest(
+        metrics=job.metrics,
+        alpha=args.alpha,
+        ref=exp.ref,
+        mode=job.mode,
+        boot=shared_boot(src.n, args, job.exp) if args.bootstrap else None,
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),
-        dask_key_name=f"metrics-{gtag}",
     )
+    return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")
 
 
-def _gram_nested(exp: Experiment, args: AnalyzeConfig, job: Job, src):
-    """(last epoch, metrics, image indices of each subset, (metrics, subsets) degenerate) of a
-    Gram job."""
+def _gram_nested(exp: Experiment, args: AnalyzeConfig, job: Job, src) -> NestedImages:
+    """The convergence check's image subsets of a Gram job (at the last epoch)."""
     subsets = nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)
     undefined = subsets_degenerate(args, src, job.convergence, [len(idx) for idx in subsets])
-    return exp.last, job.convergence, subsets, undefined
+    return NestedImages(exp.last, job.convergence, subsets, undefined)
 
 
-def _map_output(delayed, exp, args, job, fsl, gtag):
+def _map_output(exp, args, job, fsl, gtag):
     """The map task of one filter group of a map job: the chunk groups' maps, concatenated."""
     src = exp.layers[job.layer][1]
     leaves = [
-        delayed(map_leaf, pure=True)(
-            src,
-            grp,
-            exp.ckpt_index,
-            exp.ref,
-            job.metrics,
-            args.alpha,
-            fsl,
-            job.mode,
-            args.map_center,
+        dask.delayed(map_leaf, pure=True)(
+            MapLeafRequest(
+                src=src,
+                chunks=grp,
+                ckpts=exp.ckpt_index,
+                ref=exp.ref,
+                metrics=job.metrics,
+                alpha=args.alpha,
+                filters=fsl,
+                mode=job.mode,
+                center=args.map_center,
+            ),
             dask_key_name=f"maps-{gtag}-{i}",
         )
         for i, grp in enumerate(chunk_groups(src.n_chunks, job.leaves))

@@ -29,7 +29,7 @@
   ``probe_chance`` (experiment): the most frequent class's share. The pooled features come
   from the main run: kept by a row-side job of the layer as it reads each block
   (:func:`~ftdyn.analysis.plan.mark_pooled`), else read by a task of their own
-  (:func:`~ftdyn.analysis.tasks.pooled_leaf`).
+  (:func:`~ftdyn.analysis.maps.pooled_leaf`).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from .. import summary as S
 from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import has_random_init
+from ..summary import percentile_interval, reusability
 from .collect import split_baseline
 from .inputs import BASELINE, Experiment
 from .plan import (
@@ -234,7 +234,7 @@ def paired_deltas(reps: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np
     lo = np.full(reps.shape[1], np.nan)
     hi = lo.copy()
     if reps.shape[1] > 1:
-        lo[1:], hi[1:] = S.percentile_interval(np.diff(reps, axis=1), level, axis=0)
+        lo[1:], hi[1:] = percentile_interval(np.diff(reps, axis=1), level, axis=0)
     return lo, hi
 
 
@@ -340,7 +340,7 @@ def _relative_reusability(
     E, Mn = rel.shape[:2]
     r_mean, r_std = np.full((E, Mn), np.nan), np.full((E, Mn), np.nan)
     for e, exp in enumerate(exps):
-        a, b, _, _ = S.reusability(rel[e, :, : len(exp.layers)], keep & np.isin(epochs, exp.epochs))
+        a, b, _, _ = reusability(rel[e, :, : len(exp.layers)], keep & np.isin(epochs, exp.epochs))
         r_mean[e], r_std[e] = a, b
     return r_mean, r_std
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import metrics as M
-from .. import summary as S
-from .. import views as V
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg
 from ..errors import FtdynError
+from ..metrics.registry import degenerate_reason, diagonal_self_products
+from ..metrics.stats import choose_side
+from ..summary import shared_counts, shared_indices, shared_units
+from ..views import matrix_shape
 from .inputs import Experiment, Source
-from .tasks import map_pairs
+from .maps import map_pairs
 
 MAX_UNITS = 32
 MIN_UNITS = 8
@@ -184,7 +185,7 @@ def _side(spec: JobSpec, units: int) -> tuple[str, bool, int]:
         return "row", False, src.channels
     per_filter = view == "filter"
     cols = hw if per_filter else src.channels * hw
-    side = M.choose_side(n, cols)
+    side = choose_side(n, cols)
     if DEBIASED_CKA in spec.metrics:  # U-centering needs the per-image Grams
         side = "gram"
     elif units > 1 and not _decomposed(spec.metrics) and T * n * n < units * (2 * T - 1) * cols**2:
@@ -354,7 +355,7 @@ class _RowCosts:
 
     def diagonal(self, mode: str) -> bool:
         """Whether the self-products are kept as their diagonals (:attr:`Job.diagonal`)."""
-        return mode == "ref" and M.diagonal_self_products(self.spec.metrics)
+        return mode == "ref" and diagonal_self_products(self.spec.metrics)
 
     def memory(self, g: int, mode: str, units: int, k: int) -> tuple[float, float, float]:
         """(host bytes, statistics-side bytes, accumulator bytes) of one task: g filters and k
@@ -547,9 +548,9 @@ def degenerate(args: AnalyzeConfig, src: Source, metric: str, n_images: int) -> 
     ``n_images`` images (the view's matrix shape decides, :func:`ftdyn.metrics.degenerate_reason`),
     or None."""
     view = args.views[metric]
-    _, rows, cols = V.matrix_shape(view, n_images, src.channels, src.height, src.width)
+    _, rows, cols = matrix_shape(view, n_images, src.channels, src.height, src.width)
     center = args.map_center if view == "map" and metric != "pwsm" else "columns"
-    reason = M.degenerate_reason(
+    reason = degenerate_reason(
         "cka" if metric == DEBIASED_CKA else metric, rows, cols, args.alpha, center
     )
     if metric == DEBIASED_CKA and rows < 4:
@@ -578,7 +579,7 @@ def convergence_units(n: int, seed: int, experiment: int) -> np.ndarray:
     """The group of every image in the convergence check's own run (:func:`nested_groups`),
     -1 for the images of the groups it does not need."""
     groups, kept = nested_groups(n)
-    units = S.shared_units(n, groups, seed, experiment)
+    units = shared_units(n, groups, seed, experiment)
     return np.where(units < kept, units, -1)
 
 
@@ -613,12 +614,12 @@ def nested_units(args: AnalyzeConfig, n: int) -> int:
 
 def nested_subsets(n: int, n_units: int, seed: int, experiment: int) -> list[np.ndarray]:
     """Image indices of the nested subsets (:func:`nested_counts`) of an experiment's n images."""
-    return S.shared_indices(S.shared_units(n, n_units, seed, experiment), nested_counts(n_units))
+    return shared_indices(shared_units(n, n_units, seed, experiment), nested_counts(n_units))
 
 
 def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.ndarray:
     """Unit counts of every bootstrap replicate: the experiment's shared draws."""
-    return S.shared_counts(n_units, args.bootstrap, args.seed, experiment)
+    return shared_counts(n_units, args.bootstrap, args.seed, experiment)
 
 
 def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
@@ -686,14 +687,14 @@ def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarra
     units at their unlimited number, min(MAX_UNITS, n): Gram-side and map views resample the
     same images."""
     n_units = boot_groups(args, n)
-    return S.shared_units(n, n_units, args.seed, experiment), replicate_counts(
+    return shared_units(n, n_units, args.seed, experiment), replicate_counts(
         args, n_units, experiment
     )
 
 
 def shared_boot_indices(n: int, args: AnalyzeConfig, experiment: int) -> list[np.ndarray]:
     """Image indices of the experiment's replicates (:func:`shared_boot`)."""
-    return S.shared_indices(*shared_boot(n, args, experiment))
+    return shared_indices(*shared_boot(n, args, experiment))
 
 
 def _filter_group_sizes(c: int) -> list[int]:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .. import metrics as M
 from .._version import __version__
 from ..config import AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
+from ..metrics.registry import METRICS
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..progress import stage
 from ..results import (
@@ -51,7 +51,7 @@ from .interpret import (
     with_baseline,
 )
 from .plan import Job, bootstrapped, degenerate, plan_analysis
-from .tasks import trim
+from .reading import trim
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
         "plan": json.dumps(plan.summary()),
         **{
             f"{m}_degenerate": json.dumps(degenerate_names.get(m, []))
-            for m in dict.fromkeys([*M.METRICS, *config.metrics])
+            for m in dict.fromkeys([*METRICS, *config.metrics])
         },
         "threads": int(plan.threads),
         "device": str(plan.device),

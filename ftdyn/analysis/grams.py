@@ -1,0 +1,304 @@
+"""The Gram-side tasks: each checkpoint's raw Gram matrix built from panels of rows
+(:func:`gram_panel`, :func:`gram_assemble`), then the metrics, trajectory and bootstrap
+replicates of all checkpoints from them (:func:`gram_finish`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import DEBIASED_CKA
+from ..metrics.bootstrap import (
+    PairQuadratics,
+    cka_of_counts,
+    gram_unit_quadratics,
+    gram_unit_traces,
+)
+from ..metrics.stats import (
+    GramCentered,
+    GramEig,
+    GramStats,
+    cka_from_gram,
+    cka_from_gram_centered,
+    cka_from_gram_eig,
+    gram_center,
+    gram_eig,
+    procrustes_from_gram_eig,
+    pwsm_from_gram_eig,
+)
+from ..summary import shared_indices
+from .inputs import Source
+from .reading import F64, read_matrices, trimmed
+from .task_results import MetricsResult, replicated_positions, trajectory
+
+
+@dataclass(frozen=True)
+class GramPanelRequest:
+    """Rows of one checkpoint's raw Gram matrix (:func:`gram_panel`): the images of the sample
+    chunks ``panel`` against themselves and every later chunk (``stream``)."""
+
+    src: Source
+    #: the checkpoint (store index)
+    ckpt: int
+    view: str
+    #: the filter group
+    filters: slice
+    panel: list[int]
+    stream: list[int]
+
+
+@dataclass(frozen=True)
+class GramPanel:
+    """Rows of a raw Gram matrix from :func:`gram_panel`."""
+
+    #: the first image (row) of the panel
+    first_row: int
+    #: (*batch, images of the panel, images from the first row on)
+    block: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NestedImages:
+    """The convergence check's image subsets of a Gram-side job."""
+
+    #: position of the checkpoint compared with the reference (the last epoch)
+    position: int
+    #: the metrics to compute on them (the view's, not only the job's)
+    metrics: list[str]
+    #: the image indices of each subset
+    subsets: list[np.ndarray]
+    #: (metrics, S) whether a metric is degenerate on a subset (its value stays NaN)
+    undefined: np.ndarray
+
+
+@dataclass(frozen=True)
+class GramFinishRequest:
+    """Which metrics one Gram-side metrics task computes from every checkpoint's raw Gram
+    (:func:`gram_finish`)."""
+
+    metrics: list[str]
+    alpha: float
+    #: position of the reference
+    ref: int
+    #: "all": also the trajectory of every pair; otherwise one decomposition at a time
+    mode: str
+    #: (unit of every image, (N, U) unit counts of the replicates) (None: no bootstrap)
+    boot: tuple[np.ndarray, np.ndarray] | None
+    #: the metrics with replicates (None: all)
+    boot_metrics: list[str] | None = None
+    #: positions without replicates or trajectory (they stay NaN)
+    skip: tuple[int, ...] = ()
+    #: the convergence check's subsets (None: no check)
+    nested: NestedImages | None = None
+
+
+@trimmed
+def gram_panel(request: GramPanelRequest, after=None) -> GramPanel:
+    """Rows of one checkpoint's raw Gram for the images of the request's panel against
+    themselves and every later chunk. ``after``: the previous filter group's result, only so
+    that Dask builds one group's Gram matrices at a time (the plan budgets one group)."""
+    src, ckpt, view, fsl = request.src, request.ckpt, request.view, request.filters
+    panel = request.panel
+    # filled in place, not concatenated: a concatenation holds the panel (and the block) twice,
+    # which the plan does not budget
+    r0, r1 = src.rows(panel[0]).start, src.rows(panel[-1]).stop
+    P = None
+    for c in panel:
+        m = read_matrices(src, ckpt, c, fsl, view)
+        if P is None:
+            P = m.new_empty(m.shape[:-2] + (r1 - r0, m.shape[-1]))
+        rows = src.rows(c)
+        P[..., rows.start - r0 : rows.stop - r0, :] = m
+        del m
+    block = P.new_empty(P.shape[:-1] + (src.n - r0,))
+    block[..., : r1 - r0] = torch.matmul(P, P.mT)
+    for c in request.stream:
+        rows = src.rows(c)
+        block[..., rows.start - r0 : rows.stop - r0] = torch.matmul(
+            P, read_matrices(src, ckpt, c, fsl, view).mT
+        )
+    return GramPanel(r0, block)
+
+
+@trimmed
+def gram_assemble(n: int, *panels: GramPanel) -> torch.Tensor:
+    """The raw Gram matrix (*batch, n, n) from the panels of :func:`gram_panel` (one panel of
+    all the images is the matrix itself: no copy; double centering symmetrizes it)."""
+    if len(panels) == 1 and panels[0].block.shape[-2] == n:
+        return panels[0].block
+    batch = panels[0].block.shape[:-2]
+    K = torch.empty(batch + (n, n), dtype=F64, device=panels[0].block.device)
+    for panel in panels:
+        r0, block = panel.first_row, panel.block
+        r1 = r0 + block.shape[-2]
+        K[..., r0:r1, r0:] = block
+        K[..., r0:, r0:r1] = block.mT
+    return K
+
+
+_EIG_FUNCS = {
+    "pwsm": lambda ex, ey, alpha: pwsm_from_gram_eig(ex, ey, alpha),
+    "procrustes": lambda ex, ey, alpha: procrustes_from_gram_eig(ex, ey),
+    "cka": lambda ex, ey, alpha: 1.0 - np.asarray(cka_from_gram_eig(ex, ey)),
+}
+
+
+def _metric_from_eigs(metric: str, ex, ey, alpha: float) -> np.ndarray:
+    return np.asarray(_EIG_FUNCS[metric](ex, ey, alpha), dtype=np.float64)
+
+
+class _Gram:
+    """One checkpoint's raw Gram matrices K (*batch, n, n) and what the metrics need of them,
+    computed on first use and kept until :meth:`forget`: the double-centered K (CKA) and its
+    decomposition (the others)."""
+
+    def __init__(self, K: torch.Tensor):
+        self.K = K
+        self.forget()
+
+    def forget(self) -> None:
+        self._centered: GramCentered | None = None
+        self._eig: GramEig | None = None
+
+    @property
+    def centered(self) -> GramCentered:
+        if self._centered is None:
+            self._centered = gram_center(self.K)
+        return self._centered
+
+    @property
+    def eig(self) -> GramEig:
+        if self._eig is None:
+            self._eig = gram_eig(self.K, self.centered)  # one double centering for both
+        return self._eig
+
+    def select(self, images: torch.Tensor) -> _Gram:
+        """The Grams of some images (an index tensor; repeats allowed: a resample)."""
+        return _Gram(self.K.index_select(-1, images).index_select(-2, images))
+
+
+def _gram_pair(metric: str, a: _Gram, b: _Gram, alpha: float) -> np.ndarray:
+    """One metric of a checkpoint pair: CKA from the centered Grams (O(n²), no decomposition),
+    debiased CKA from the raw ones, the others from the decompositions."""
+    if metric == "cka":
+        return 1.0 - np.asarray(cka_from_gram_centered(a.centered, b.centered), dtype=np.float64)
+    if metric == DEBIASED_CKA:
+        return 1.0 - np.asarray(cka_from_gram(GramStats(a.K, b.K), debiased=True), dtype=np.float64)
+    return _metric_from_eigs(metric, a.eig, b.eig, alpha)
+
+
+def _gram_cka_replicates(
+    ref: _Gram, grams: dict[int, _Gram], units: np.ndarray, counts: np.ndarray
+) -> dict[int, np.ndarray]:
+    """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
+    from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
+    (``K[idx][:, idx]`` of :func:`ftdyn.summary.shared_indices`), O(n²·U) per checkpoint and
+    O(U³) per replicate instead of O(n²) per replicate (the expansion of
+    :func:`~ftdyn.metrics.bootstrap.gram_unit_quadratics` about the all-image centering, which
+    leaves the resampled centering unchanged and avoids cancelling the mean's large raw
+    moments)."""
+    n, batch, dev = ref.K.shape[-1], ref.K.shape[:-2], ref.K.device
+    ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=dev, dtype=F64)
+    n_u = ind.sum(0)
+
+    def prepared(g):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
+        Kc = g.centered.Kc.reshape(-1, n, n)
+        return Kc, gram_unit_quadratics(Kc, Kc, ind), gram_unit_traces(g.K.reshape(-1, n, n), ind)
+
+    ref_c, ref_quad, ref_raw = prepared(ref)
+    indices = shared_indices(units, counts)
+    out = {}
+    for t, g in grams.items():
+        Kc, quad, raw = prepared(g)
+        quads = PairQuadratics(xy=gram_unit_quadratics(ref_c, Kc, ind), xx=ref_quad, yy=quad)
+
+        def exact(b, filters, g=g):  # the resampled Grams at those filters
+            ii = torch.from_numpy(indices[b]).to(dev)
+            pick = [_Gram(k.K.reshape(-1, n, n).index_select(0, filters)) for k in (ref, g)]
+            return _gram_pair("cka", *(k.select(ii) for k in pick), 0.0)
+
+        out[t] = cka_of_counts(counts, n_u, quads, ref_raw, raw, exact).reshape(len(counts), *batch)
+        g.forget()  # one checkpoint's centered Grams at a time, as with reference pairs
+    return out
+
+
+@trimmed
+def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
+    """Metrics of Gram-side views from every checkpoint's raw Gram matrix ``Ks``; replicates of
+    ``boot_metrics`` (default all); with ``nested``, those metrics of (reference, position) on
+    those image subsets (the convergence check)."""
+    metrics, alpha, ref, skip = request.metrics, request.alpha, request.ref, request.skip
+    T = len(Ks)
+    traj, reps, nested = {}, {}, {}
+    grams = [_Gram(K) for K in Ks]
+    vals = {m: [None] * T for m in metrics}
+    for t in range(T):
+        for m in metrics:
+            vals[m][t] = _gram_pair(m, grams[ref], grams[t], alpha)
+        if request.mode != "all" and t != ref:  # reference pairs: one decomposition at a time
+            grams[t].forget()
+    values = {m: np.stack(vals[m]) for m in metrics}
+    if request.mode == "all":
+        for m in metrics:
+            traj[m] = trajectory(
+                values[m], ref, lambda a, b, m=m: _gram_pair(m, grams[a], grams[b], alpha), skip
+            )
+    if request.boot is not None and len(request.boot[1]):
+        reps = _gram_replicates(request, values, grams)
+    if request.nested is not None:
+        nested = _gram_subsets(request.nested, alpha, grams[ref], grams[request.nested.position])
+    return MetricsResult(values, traj, reps, nested)
+
+
+def _gram_subsets(
+    nested: NestedImages, alpha: float, ref: _Gram, other: _Gram
+) -> dict[str, np.ndarray]:
+    """{metric: (S, ...)} of the pair (ref, other) restricted to each subset of images; NaN
+    where the metric is degenerate on that subset."""
+    vals = {m: [] for m in nested.metrics}
+    for i, idx in enumerate(nested.subsets):
+        ii = torch.from_numpy(np.asarray(idx)).to(ref.K.device)
+        a, b = ref.select(ii), other.select(ii)
+        for mi, m in enumerate(nested.metrics):
+            blank = np.full(ref.K.shape[:-2], np.nan)
+            vals[m].append(blank if nested.undefined[mi, i] else _gram_pair(m, a, b, alpha))
+    return {m: np.stack(v) for m, v in vals.items()}
+
+
+def _gram_replicates(
+    request: GramFinishRequest, values: dict[str, np.ndarray], grams: list[_Gram]
+) -> dict[str, np.ndarray]:
+    """Replicates (N, T, ...) of the request's bootstrapped metrics at the replicated positions
+    (the point value elsewhere, NaN at ``skip``): CKA from unit-level coefficients, the others
+    by resampling the Grams' images (and decomposing them where the metric needs it)."""
+    metrics, ref, skip = request.metrics, request.ref, request.skip
+    boot = (
+        metrics
+        if request.boot_metrics is None
+        else [m for m in metrics if m in request.boot_metrics]
+    )
+    ts = replicated_positions(len(grams), ref, skip)
+    units, counts = request.boot
+    reps = {
+        m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0)
+        for m in boot
+    }
+    if "cka" in boot:
+        for t, r in _gram_cka_replicates(
+            grams[ref], {t: grams[t] for t in ts}, units, counts
+        ).items():
+            reps["cka"][:, t] = r
+    resampled = [m for m in boot if m != "cka"]
+    for b, idx in enumerate(shared_indices(units, counts) if resampled else []):
+        ii = torch.from_numpy(idx).to(grams[ref].K.device)
+        g_ref = grams[ref].select(ii)
+        for t in ts:
+            g_t = grams[t].select(ii)
+            for m in resampled:
+                reps[m][b, t] = _gram_pair(m, g_ref, g_t, alpha=request.alpha)
+    for m in boot:
+        reps[m][:, list(skip)] = np.nan
+    return reps

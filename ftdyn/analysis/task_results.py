@@ -1,0 +1,65 @@
+"""What a metrics task of a row- or Gram-side job returns, and how its arrays are laid out.
+
+A job's metrics task (:func:`~ftdyn.analysis.rows.row_finish`,
+:func:`~ftdyn.analysis.grams.gram_finish`) returns one :class:`MetricsResult` per filter group
+(and checkpoint pass); :mod:`ftdyn.analysis.collect` joins them into records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MetricsResult:
+    """The metrics of one filter group (and checkpoint pass) of a job, per metric name.
+
+    T positions (the checkpoints of the pass, the reference among them), ``*batch`` = (filters,)
+    for a per-filter view and () for a whole-layer view.
+    """
+
+    #: {metric: (T, *batch)} distances of every (reference, position) pair (empty: a run for
+    #: the convergence check alone)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    #: {metric: (T, T, *batch)} distances of every pair of positions (empty: reference pairs only)
+    trajectory: dict[str, np.ndarray] = field(default_factory=dict)
+    #: {metric: (N, T, *batch)} bootstrap replicates of ``values`` (metrics without: absent)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
+    #: {metric: (S, *batch)} the (reference, last epoch) distances on the convergence check's
+    #: nested image subsets (empty: not this task's)
+    nested: dict[str, np.ndarray] = field(default_factory=dict)
+    #: {(position of the pass, sample chunk): (images, filters of the group)} float64 spatial
+    #: means of the blocks read (the linear probes' features; None: not kept)
+    pooled: dict[tuple[int, int], np.ndarray] | None = None
+
+
+def trajectory(
+    reference_values: np.ndarray,
+    ref: int,
+    pair: Callable[[int, int], np.ndarray],
+    skip: tuple[int, ...] = (),
+) -> np.ndarray:
+    """Symmetric checkpoint x checkpoint matrix: the reference row/column from the
+    already computed distances, every other pair from ``pair(a, b)``; NaN for the pairs of a
+    position in ``skip`` with another checkpoint (the random-init baseline is no epoch)."""
+    T = len(reference_values)
+    traj = np.full((T, T) + reference_values.shape[1:], np.nan)
+    for a in range(T):
+        for b in range(a, T):
+            if a == ref or b == ref:
+                v = reference_values[b] if a == ref else reference_values[a]
+            elif a in skip or b in skip:
+                continue
+            else:
+                v = pair(a, b)
+            traj[a, b] = traj[b, a] = v
+    return traj
+
+
+def replicated_positions(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[int]:
+    """Positions whose replicates are computed: not the reference (a checkpoint against itself:
+    its replicates are its value, about 0) nor the positions in ``skip``."""
+    return [t for t in range(T) if t != ref and t not in skip]
