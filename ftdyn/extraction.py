@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from ._signature import takes_options
 from ._version import __version__
 from .checkpoints import (
     checkpoint_files,
@@ -1092,6 +1093,7 @@ def make_plan(
 # ------------------------------------------------------------------------ execute
 
 
+@takes_options(ExtractConfig)
 def extract(
     series: str | os.PathLike,
     *,

@@ -33,6 +33,7 @@ from torch import nn
 from . import checkpoints as ckpt
 from . import data as D
 from . import models
+from ._signature import takes_options
 from ._version import __version__
 from .config import OPTIMIZERS, TrainConfig, arg, describe
 from .devices import fastest_memory_format, resolve_device
@@ -399,6 +400,7 @@ class TrainPlan:
         return n % b == 1 and n > b
 
 
+@takes_options(TrainConfig)
 def train(
     data_dir: str | os.PathLike,
     *,

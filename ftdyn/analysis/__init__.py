@@ -133,8 +133,11 @@ Modules: :mod:`~ftdyn.analysis.inputs` (stores opened as experiments),
 :mod:`~ftdyn.analysis.run` (:func:`analyze` = ``execute(make_plan(...))``).
 """
 
-from ..config import METRIC_NAMES, PRESETS, parse_memory
+from .._signature import takes_options
+from ..config import METRIC_NAMES, PRESETS, AnalyzeConfig, parse_memory
 from .run import AnalysisPlan, analyze, execute, make_plan
+
+analyze = takes_options(AnalyzeConfig)(analyze)  # help() lists every option with its default
 
 __all__ = [
     "analyze",
