@@ -77,3 +77,39 @@ def test_the_shown_signature_is_what_the_function_accepts(tmp_path):
         signature.bind("data", out=tmp_path, arch="resnet18", epoch=1)
     with pytest.raises(TypeError, match="arch"):
         signature.bind("data", out=tmp_path)
+
+
+def test_metrics_exports_the_public_metrics_only():
+    from ftdyn import metrics
+    from ftdyn.metrics import _linalg, paper_code, registry, stats
+
+    assert sorted(metrics.__all__) == dir(metrics)
+    assert set(metrics.__all__) == {
+        "pwsm",
+        "procrustes",
+        "linear_cka",
+        "cka_distance",
+        "procrustes_rows",
+        "cka_distance_rows",
+        "degenerate_reason",
+        "get_metric",
+        "METRICS",
+        "MetricInfo",
+    }
+    assert all(callable(getattr(metrics, name)) for name in metrics.__all__ if name != "METRICS")
+    # the streamed statistics and the numerical internals live in their submodules, and the
+    # package still serves them by their former flat names
+    for module, name in [
+        (stats, "RowStats"),
+        (stats, "row_stats"),
+        (stats, "merge"),
+        (stats, "choose_side"),
+        (stats, "dead_mask"),
+        (registry, "diagonal_self_products"),
+        (paper_code, "ROW_CENTERED"),
+        (_linalg, "EIG_CLIP"),
+    ]:
+        assert name not in dir(metrics)
+        assert getattr(metrics, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        metrics.nonsense

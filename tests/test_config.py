@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from ftdyn import cli, config
-from ftdyn import metrics as M
+from ftdyn import cli, config, metrics
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis.inputs import Source
 from ftdyn.config import (
@@ -205,7 +204,7 @@ def test_analyze_identity_is_the_recorded_arguments():
 
 def test_valid_names_are_defined_once():
     """The metric registry, the views and the presets agree with the config's names."""
-    assert METRIC_NAMES == (*M.METRICS, DEBIASED_CKA)
+    assert METRIC_NAMES == (*metrics.METRICS, DEBIASED_CKA)
     from ftdyn import views as V
 
     assert V.VIEWS is VIEWS and V.check_view is config.check_view
