@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOY = [

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 import zarr
-from conftest import hooked_forward, write_image_folder
+from helpers import hooked_forward, write_image_folder
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 

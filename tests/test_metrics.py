@@ -1,15 +1,8 @@
 """ftdyn.metrics: direct metrics against independent references and properties.
 
-References written here, independent of the package code:
-
-* :func:`ref_pwsm` — netrep's ``LinearMetric(alpha, center_columns=True,
-  score_method="angular")`` transcribed (center, eigh of XᵀX, clip 1e-7, whiten with
-  the variance-preserving rescale, np.linalg.svd alignment, angle of the aligned data);
-* :func:`ref_procrustes` — ``scipy.linalg.orthogonal_procrustes`` (its ``scale`` is
-  the nuclear norm ‖X̂ᵀŶ‖_*);
-* :func:`ref_cka` — Kornblith et al.'s Gram-based code (``center_gram``/``cka``,
-  biased and debiased) transcribed;
-* the cross-library values in the README's "Metrics" section (netrep/repsim agree).
+References independent of the package code (helpers.py): :func:`ref_pwsm` (netrep
+transcribed), :func:`ref_procrustes` (scipy), :func:`ref_cka` (Kornblith et al. transcribed); and
+the cross-library values in the README's "Metrics" section (netrep/repsim agree).
 
 Statistics-based routes are in test_metrics_stats.py.
 """
@@ -22,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers import centered_unit, ref_cka, ref_cos_pwsm, ref_procrustes, ref_pwsm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,82 +23,6 @@ from ftdyn import metrics
 from ftdyn.metrics import stats
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-# ------------------------------------------------------------------ references
-def ref_whiten(X, alpha, eigval_tol=1e-7):
-    """netrep.utils.whiten(X, alpha, preserve_variance=True, eigval_tol=1e-7)."""
-    if alpha > (1 - eigval_tol):
-        return X
-    lam, V = np.linalg.eigh(X.T @ X)
-    lam = np.maximum(lam, eigval_tol)
-    d = alpha + (1 - alpha) * lam ** (-1 / 2)
-    new_var = np.sum(
-        (alpha**2) * lam
-        + 2 * alpha * (1 - alpha) * (lam**0.5)
-        + ((1 - alpha) ** 2) * np.ones_like(lam)
-    )
-    d *= np.sqrt(np.sum(lam) / new_var)
-    Z = (V * d[None, :]) @ V.T
-    return X @ Z
-
-
-def ref_pwsm(X, Y, alpha):
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    X = X - X.mean(0)
-    Y = Y - Y.mean(0)
-    Xw, Yw = ref_whiten(X, alpha), ref_whiten(Y, alpha)
-    U, _, Vt = np.linalg.svd(Xw.T @ Yw, full_matrices=False)
-    Xa, Ya = Xw @ U, Yw @ Vt.T
-    c = np.sum(Xa * Ya) / (np.linalg.norm(Xa) * np.linalg.norm(Ya))
-    return float(np.arccos(np.clip(c, -1.0, 1.0)))
-
-
-def ref_cos_pwsm(X, Y, alpha):
-    """The cosine (before arccos) of ref_pwsm: for comparisons at tiny angles."""
-    X = np.asarray(X, np.float64) - np.mean(X, 0)
-    Y = np.asarray(Y, np.float64) - np.mean(Y, 0)
-    Xw, Yw = ref_whiten(X, alpha), ref_whiten(Y, alpha)
-    return np.linalg.svd(Xw.T @ Yw, compute_uv=False).sum() / (
-        np.linalg.norm(Xw) * np.linalg.norm(Yw)
-    )
-
-
-def _unit(X):
-    X = np.asarray(X, np.float64)
-    X = X - X.mean(0)
-    return X / np.linalg.norm(X)
-
-
-def ref_procrustes(X, Y):
-    _, scale = scipy.linalg.orthogonal_procrustes(_unit(X), _unit(Y))
-    return 1.0 - scale
-
-
-def _center_gram(gram, unbiased=False):
-    gram = gram.copy()
-    if unbiased:
-        n = gram.shape[0]
-        np.fill_diagonal(gram, 0)
-        means = np.sum(gram, 0, dtype=np.float64) / (n - 2)
-        means -= np.sum(means) / (2 * (n - 1))
-        gram -= means[:, None]
-        gram -= means[None, :]
-        np.fill_diagonal(gram, 0)
-    else:
-        means = np.mean(gram, 0, dtype=np.float64)
-        means -= np.mean(means) / 2
-        gram -= means[:, None]
-        gram -= means[None, :]
-    return gram
-
-
-def ref_cka(X, Y, debiased=False):
-    X = np.asarray(X, np.float64)
-    Y = np.asarray(Y, np.float64)
-    gx, gy = _center_gram(X @ X.T, debiased), _center_gram(Y @ Y.T, debiased)
-    return gx.ravel().dot(gy.ravel()) / (np.linalg.norm(gx) * np.linalg.norm(gy))
 
 
 def rand_orth(rng, p):
@@ -197,7 +115,7 @@ seeds = st.integers(0, 2**32 - 1)
 @given(shapes, seeds)
 def test_alpha1_is_angular_procrustes(shape, seed):
     X, Y = rand_pair(np.random.default_rng(seed), *shape)
-    nuc = np.linalg.svd(_unit(X).T @ _unit(Y), compute_uv=False).sum()
+    nuc = np.linalg.svd(centered_unit(X).T @ centered_unit(Y), compute_uv=False).sum()
     assert metrics.pwsm(X, Y, 1.0) == pytest.approx(math.acos(min(1.0, nuc)), abs=1e-7)
     assert metrics.pwsm(X, Y, 1.0) == pytest.approx(
         math.acos(1 - metrics.procrustes(X, Y)), abs=1e-7

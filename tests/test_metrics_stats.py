@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import ref_cka, ref_procrustes, ref_pwsm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_metrics import ref_cka, ref_procrustes, ref_pwsm
 
 from ftdyn import metrics
 from ftdyn.metrics import _linalg, registry, stats

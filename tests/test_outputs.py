@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_analysis import make_store
+from helpers import make_figure_store, make_planted_store
 from typer.testing import CliRunner
 
 import ftdyn
@@ -43,7 +43,7 @@ PRODUCTS = (
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("outputs") / "s.zarr")[0]
+    return make_planted_store(tmp_path_factory.mktemp("outputs") / "s.zarr")[0]
 
 
 def _to_legacy(out: Path) -> None:
@@ -402,9 +402,8 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
 
 @pytest.fixture(scope="module")
 def viz_store(tmp_path_factory):
-    from test_viz import make_store as make_viz_store
 
-    return make_viz_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
+    return make_figure_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
 
 
 @pytest.mark.parametrize("mode", ["kill", "interrupt"])

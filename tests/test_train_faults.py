@@ -10,11 +10,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_train import FAST, assert_same_state, kill_cli_when, run_cli, state_of
+from helpers import FAST_TRAIN, assert_same_state, kill_cli_when, run_cli, state_of
 
 from ftdyn import checkpoints as ckpt
 
-COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST]
+COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST_TRAIN]
 
 
 @pytest.fixture(scope="module")
