@@ -7,10 +7,14 @@ import dataclasses
 import inspect
 import subprocess
 import sys
+import warnings
 
+import numpy as np
 import pytest
+import xarray as xr
 
 import ftdyn
+from ftdyn import FtdynError
 from ftdyn.config import AnalyzeConfig, ExtractConfig, TrainConfig, VisualizeConfig
 
 API = ["train", "extract", "analyze", "report", "visualize", "info", "demo"]
@@ -113,3 +117,24 @@ def test_metrics_exports_the_public_metrics_only():
         assert getattr(metrics, name) is getattr(module, name)
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         metrics.nonsense
+
+
+def test_results_zarr_opens_in_plain_xarray_without_warning(tmp_path):
+    from helpers import make_results
+
+    from ftdyn.results import open_results, save_results_store
+
+    results = make_results(store_paths=("a.zarr", "b.zarr"))
+    save_results_store(results, tmp_path / "results.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(tmp_path / "results.zarr")
+    assert set(plain.data_vars) == set(results.data_vars)
+    np.testing.assert_array_equal(plain["distance"].values, results["distance"].values)
+    # open_results still validates what it reads
+    assert open_results(tmp_path)["distance"].equals(results["distance"])
+    plain.close()
+    # from the arrays' own metadata, not the consolidated copy: damage there is seen
+    (tmp_path / "results.zarr" / "distance" / "zarr.json").write_text("{not json")
+    with pytest.raises(FtdynError, match="damaged results"):
+        open_results(tmp_path)
