@@ -893,6 +893,7 @@ def _not_a_terminal(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.slow
 def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_path, monkeypatch):
     """`ftdyn analyze ... 2> log`: one line per finished stage and each caveat once, no carriage
     returns (Dask's bar wrote thousands of updates onto one line)."""

@@ -200,6 +200,7 @@ def _lightning_series(folder: Path, source_file: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_third_party_series_as_a_script(tmp_path, toy_datasets):
     ckpts, source = tmp_path / "checkpoints", tmp_path / "source.pt"
     _lightning_series(ckpts, source)
@@ -286,6 +287,7 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["paper_setup", "third_party_series", "custom_figure"])
 def test_help(name):
     proc = subprocess.run(

@@ -682,6 +682,7 @@ def _snapshot(store: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_store_then_extends(tmp_path, probe_dir):
     series = tmp_path / "ckpts"
     states = make_series(series, "resnet18", 4)

@@ -82,6 +82,7 @@ def test_report_sections_tables_and_figures(built):
     assert not re.search(r'(src|href)="(https?:)?//', page)
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(built, tmp_path):
     exe = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
     if exe is None:

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import (
     CLASSES,
@@ -193,6 +194,7 @@ def test_split_is_stratified_seeded_and_probe_deterministic(flat_image_folder):
 # --------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     # mobilenet_v3_small has dropout, so this also checks that the global RNG is restored per epoch
     common = [

@@ -54,6 +54,7 @@ def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_
     _same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, tmp_path):
     out = tmp_path / "series"
 
