@@ -126,6 +126,7 @@ def test_cuda_equals_cpu(planted, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):
     """Defaults: pwsm/channels, procrustes+cka/filter; forcing 1-chunk Gram panels and 1-filter
     groups (several passes) gives the same numbers."""

@@ -83,6 +83,7 @@ def paper_run(toy_datasets, tmp_path_factory):
     return out, argv
 
 
+@pytest.mark.slow
 def test_paper_setup_runs_the_grid(paper_run, capsys):
     out, argv = paper_run
     results = out / "results"
@@ -141,6 +142,7 @@ def test_paper_setup_refuses_bad_datasets(tmp_path, toy_datasets, capsys):
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_custom_figure(paper_run, tmp_path, capsys):
     from PIL import Image
 
@@ -299,6 +301,7 @@ def test_help(name):
     assert proc.returncode == 0 and "--out" in proc.stdout
 
 
+@pytest.mark.slow
 def test_paper_setup_extends_a_finished_run(paper_run, tmp_path):
     """--epochs 2 on a finished 1-epoch run: training resumes, stores grow, results and report
     are redone."""

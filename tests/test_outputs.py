@@ -161,7 +161,8 @@ def test_swap_steps_cover_every_write_and_rename(with_a):
     assert steps[3:-2] == [f"{what} {p}" for p in PRODUCTS for what in ("move aside", "link")]
 
 
-@pytest.mark.parametrize("mode", [pytest.param("kill", marks=pytest.mark.slow), "interrupt"])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkeypatch, mode):
     """A run of other arguments killed or interrupted at any write or rename of the swap:
     the folder holds A's set or B's, never a mix; a re-run with the current set's arguments
@@ -366,7 +367,8 @@ def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypa
         yield step, out, steps.index(step) > steps.index("swap")
 
 
-@pytest.mark.parametrize("mode", [pytest.param("kill", marks=pytest.mark.slow), "interrupt"])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkeypatch, mode):
     """report adds figures/ and report.html to analyze's set as its new version: killed or
     interrupted anywhere, the folder holds the set without them or with all of them, verified;
@@ -408,7 +410,8 @@ def viz_store(tmp_path_factory):
     return make_figure_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
 
 
-@pytest.mark.parametrize("mode", [pytest.param("kill", marks=pytest.mark.slow), "interrupt"])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
     viz_store, tmp_path, monkeypatch, mode
 ):

@@ -279,6 +279,7 @@ def test_report_refuses_a_store_not_among_the_results(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_stores_with_the_same_folder_name_keep_their_own_figures(tmp_path):
     """sA/s.zarr and sB/s.zarr: distinct figure files, both experiments' figures in the report."""
     sa, _, _ = make_figure_store(tmp_path / "sA" / "s.zarr")

@@ -43,6 +43,7 @@ def assert_one_line_error(result, *needles):
 # ------------------------------------------------------------------------ the series
 
 
+@pytest.mark.slow
 def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     out = tmp_path / "ckpts"
     args = [
@@ -249,6 +250,7 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert_one_line_error(run_cli(*bad, "--out", killed, "--resume"), "--lr")
 
 
+@pytest.mark.slow
 def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp_path):
     common = [
         "train",
