@@ -61,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import ftdyn.metrics as M  # noqa: E402
+from ftdyn import metrics  # noqa: E402
+from ftdyn.metrics import stats  # noqa: E402
 
 
 # ------------------------------------------------------------------- baseline
@@ -125,8 +126,8 @@ def case_early(args, rows):
     X, Y = relu_pair(rng, (n_f, n, hw))
     dev = args.device
     Xd, Yd = to_dev(X, dev), to_dev(Y, dev)
-    M.pwsm(Xd[:2], Yd[:2], alpha)  # warm-up (CUDA context, cuSOLVER handles)
-    t_ours, ours = timed(lambda: M.pwsm(Xd, Yd, alpha), dev, repeat=3)
+    metrics.pwsm(Xd[:2], Yd[:2], alpha)  # warm-up (CUDA context, cuSOLVER handles)
+    t_ours, ours = timed(lambda: metrics.pwsm(Xd, Yd, alpha), dev, repeat=3)
     row = {
         "case": "early per-filter",
         "shape": f"{n_f} x ({n}x{hw})",
@@ -136,7 +137,7 @@ def case_early(args, rows):
         "ours_per_filter_s": t_ours / n_f,
     }
     if dev == "cuda":
-        t_g, _ = timed(lambda: (M.gram(Xd), M.gram(Yd)), dev, repeat=5)
+        t_g, _ = timed(lambda: (stats.gram(Xd), stats.gram(Yd)), dev, repeat=5)
         flops = 2 * 2.0 * n_f * n * n * hw
         row.update(gram_s=t_g, gram_tflops=flops / t_g / 1e12)
     if not args.skip_early_baseline:
@@ -158,8 +159,8 @@ def case_deep(args, rows):
     X, Y = relu_pair(rng, (n_f, n, hw))
     dev = args.device
     Xd, Yd = to_dev(X, dev), to_dev(Y, dev)
-    M.pwsm(Xd[:4], Yd[:4], alpha)
-    t_ours, ours = timed(lambda: M.pwsm(Xd, Yd, alpha), dev, repeat=3)
+    metrics.pwsm(Xd[:4], Yd[:4], alpha)
+    t_ours, ours = timed(lambda: metrics.pwsm(Xd, Yd, alpha), dev, repeat=3)
     k = 64 if args.quick else 256
     t_b, base = timed(lambda: [textbook_pwsm(X[i], Y[i], alpha) for i in range(k)])
     np.testing.assert_allclose(ours[:k], base, atol=1e-8)
@@ -177,7 +178,7 @@ def case_deep(args, rows):
     }
     # the float64 products alone (XᵀX, YᵀY, XᵀY and column sums of every filter): work any
     # exact method does, so baseline / stats_s bounds the speedup reachable on this device
-    t_g, _ = timed(lambda: M.row_stats(Xd, Yd), dev, repeat=3)
+    t_g, _ = timed(lambda: stats.row_stats(Xd, Yd), dev, repeat=3)
     row.update(
         stats_s=t_g,
         stats_tflops=3 * 2.0 * n_f * n * hw * hw / t_g / 1e12,
@@ -217,7 +218,7 @@ def channels_child(route, n_img, dev):
         Y[s : s + len(Z)] = np.maximum(Z + 0.3 * (Z @ W), 0)
     Xd, Yd = to_dev(X, dev), to_dev(Y, dev)
     if dev == "cuda":
-        M.pwsm(Xd[:1000], Yd[:1000])
+        metrics.pwsm(Xd[:1000], Yd[:1000])
         torch.cuda.reset_peak_memory_stats()
     before = _status_mb("VmRSS")
     if not _reset_peak_rss():
@@ -225,15 +226,15 @@ def channels_child(route, n_img, dev):
     if route == "baseline":
         t, v = timed(lambda: textbook_pwsm(X, Y, 0.0))
     elif route == "direct":
-        t, v = timed(lambda: M.pwsm(Xd, Yd, 0.0), dev)
+        t, v = timed(lambda: metrics.pwsm(Xd, Yd, 0.0), dev)
     else:  # streamed: statistics of 8192-row chunks merged pairwise, as a Dask reduction would
 
         def stream():
             s = None
             for a in range(0, rows_, 8192):
-                part = M.row_stats(Xd[a : a + 8192], Yd[a : a + 8192])
-                s = part if s is None else M.merge(s, part)
-            return M.pwsm_from_row_stats(s, 0.0)
+                part = stats.row_stats(Xd[a : a + 8192], Yd[a : a + 8192])
+                s = part if s is None else stats.merge(s, part)
+            return stats.pwsm_from_row_stats(s, 0.0)
 
         t, v = timed(stream, dev)
     out = {
@@ -244,7 +245,7 @@ def channels_child(route, n_img, dev):
     }
     if dev == "cuda" and route != "baseline":
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        t_g, _ = timed(lambda: M.row_stats(Xd, Yd), dev, repeat=5)
+        t_g, _ = timed(lambda: stats.row_stats(Xd, Yd), dev, repeat=5)
         out["stats_s"], out["stats_tflops"] = t_g, 3 * 2.0 * rows_ * cols * cols / t_g / 1e12
     print("RESULT " + json.dumps(out))
 
@@ -287,8 +288,8 @@ def case_big_gram(args, rows):
     """CUDA only: FLOP rate of the Gram step at a size where it is compute bound (flat view)."""
     n, p = 2000, 512 * 14 * 14
     X = torch.rand(n, p, device="cuda", dtype=torch.float32)
-    M.gram(X[:, :1000])
-    t, _ = timed(lambda: M.gram(X), "cuda", repeat=5)
+    stats.gram(X[:, :1000])
+    t, _ = timed(lambda: stats.gram(X), "cuda", repeat=5)
     rows.append(
         {
             "case": "Gram step, flat view",

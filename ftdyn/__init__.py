@@ -42,6 +42,12 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = ["__version__", "FtdynError", "FtdynWarning", *_API]
 
 
+def __dir__() -> list[str]:
+    # the API names, not the lazily loaded submodules and helpers, are what a notebook user
+    # should see (``dir(ftdyn)``, tab completion)
+    return list(__all__)
+
+
 def __getattr__(name: str):
     # Imported on first use (PEP 562): the API modules pull in torch, dask and xarray,
     # which would make ``import ftdyn`` and ``ftdyn --help`` take seconds.

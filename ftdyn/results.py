@@ -58,6 +58,7 @@ probes, layer order, convergence).
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,12 +237,21 @@ def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
 
 def save_results_store(ds: xr.Dataset, path: str | Path) -> None:
     """Write ``ds`` as a new Zarr v3 results store at ``path``; strings are stored as
-    variable-length (fixed-width numpy strings have no Zarr v3 specification)."""
+    variable-length (fixed-width numpy strings have no Zarr v3 specification).
+
+    The store carries consolidated metadata, so a plain ``xarray.open_zarr(path)`` (a notebook
+    user's first try) opens it without warning; it is written once and never edited, so that
+    metadata cannot go stale. :func:`open_results` reads the arrays' own metadata all the same.
+    """
     on_disk = ds.copy()
     for name, var in ds.variables.items():
         if var.dtype.kind == "U":
             on_disk[name] = var.copy(data=var.values.astype(object))
-    on_disk.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():
+        # zarr notes that consolidated metadata is not (yet) part of the v3 specification; readers
+        # without it still read the store from the arrays' own metadata
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        on_disk.to_zarr(path, mode="w-", zarr_format=3, consolidated=True)
 
 
 def open_results(path: str | Path) -> xr.Dataset:

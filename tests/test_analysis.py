@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import LAYERS, NOISE, N, make_planted_store
 from typer.testing import CliRunner
 
 import ftdyn
@@ -31,76 +32,12 @@ from ftdyn.results import (
     open_results,
     validate_results,
 )
-from ftdyn.store import LayerSpec, StoreSpec, StoreWriter, create_store
-
-# images: layer "features.3" has h*w = 36 > N (Gram side for filter), "layer2.relu" 9 < N (row side)
-N = 12
-LAYERS = [LayerSpec("features.3", 4, 6, 6), LayerSpec("layer2.relu", 6, 3, 3)]
-NOISE = (0.0, 0.1, 0.3, 1.0)  # checkpoint e = source + NOISE[e] * noise
-
-
-def make_store(
-    path,
-    *,
-    noise=NOISE,
-    dead_filter=None,
-    complete=None,
-    model="resnet18",
-    dataset="toy",
-    seed=0,
-    dtype="float32",
-    spc=5,
-    layers=None,
-    n=N,
-    scale=1.0,
-    epochs=None,
-):
-    """A planted store: activations of epoch e are relu(base + noise[e] * eps_e) * scale. Returns
-    (path, data)."""
-    layers = layers or LAYERS
-    rng = np.random.default_rng(seed)
-    epochs = tuple(epochs or range(len(noise)))
-    spec = StoreSpec(
-        architecture="resnet18",
-        layers=layers,
-        checkpoints=[
-            {"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": f"{e:064d}"} for e in epochs
-        ],
-        images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
-        labels=np.arange(n) % 3,
-        class_names=["a", "b", "c"],
-        image_paths=[f"img/{i}.png" for i in range(n)],
-        input_size=8,
-        normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
-        probe={"seed": seed},
-        dtype=dtype,
-        samples_per_chunk=spc,
-        model=model,
-        dataset=dataset,
-    )
-    path = create_store(path, spec)
-    writer = StoreWriter(path)
-    base = {l.name: rng.normal(size=(n, l.channels, l.height, l.width)) + 0.5 for l in layers}
-    data = {}
-    for i, e in enumerate(epochs):
-        acts = {}
-        for name, b in base.items():
-            a = (np.maximum(b + noise[i] * rng.normal(size=b.shape), 0) * scale).astype(dtype)
-            if dead_filter is not None:
-                a[:, dead_filter] = 0
-            acts[name] = a
-        data[e] = acts
-        for c in range(writer.n_chunks):
-            if complete is not None and not complete(i, c):
-                continue
-            rows = writer.chunk_slice(c)
-            writer.write_region(i, c, {k: v[rows] for k, v in acts.items()})
-    return path, data
+from ftdyn.store import LayerSpec, StoreWriter
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("planted") / "s.zarr")
+    return make_planted_store(tmp_path_factory.mktemp("planted") / "s.zarr")
 
 
 def expected(data, layer, view, metric, a=0, b=None, average="images", labels=None):
@@ -189,6 +126,7 @@ def test_cuda_equals_cpu(planted, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkeypatch):
     """Defaults: pwsm/channels, procrustes+cka/filter; forcing 1-chunk Gram panels and 1-filter
     groups (several passes) gives the same numbers."""
@@ -399,7 +337,7 @@ def test_paper_code_reproduces_the_published_formulas(planted, tmp_path):
 
 
 def test_zero_for_identical_and_growing_with_perturbation(tmp_path):
-    path, _ = make_store(tmp_path / "s.zarr", noise=(0.0, 0.0, 0.05, 0.2, 0.8))
+    path, _ = make_planted_store(tmp_path / "s.zarr", noise=(0.0, 0.0, 0.05, 0.2, 0.8))
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
     d = ds["distance"].values[0]  # (metric, layer, epoch)
     np.testing.assert_allclose(d[:, :, :2], 0.0, atol=1e-6)  # epoch 1 is identical to the source
@@ -410,7 +348,7 @@ def test_zero_for_identical_and_growing_with_perturbation(tmp_path):
 
 
 def test_dead_filters_are_nan_and_counted(tmp_path):
-    path, data = make_store(tmp_path / "s.zarr", dead_filter=2)
+    path, data = make_planted_store(tmp_path / "s.zarr", dead_filter=2)
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
     filt = ds["filter_distance"].sel(metric="procrustes").values[0]  # (layer, epoch, filter)
     assert np.isnan(filt[:, 1:, 2]).all() and np.isfinite(filt[0, 1:, :2]).all()
@@ -532,7 +470,9 @@ def test_interrupt_leaves_nothing_half_written(planted, tmp_path, monkeypatch):
 
 
 def test_incomplete_store_and_allow_partial(tmp_path):
-    path, data = make_store(tmp_path / "s.zarr", complete=lambda i, c: not (i == 2 and c == 1))
+    path, data = make_planted_store(
+        tmp_path / "s.zarr", complete=lambda i, c: not (i == 2 and c == 1)
+    )
     with pytest.raises(FtdynError, match="checkpoints 2 are not fully extracted.*allow_partial"):
         ftdyn.analyze(path, out=tmp_path / "r", progress=False)
     ds = ftdyn.analyze(
@@ -545,8 +485,8 @@ def test_incomplete_store_and_allow_partial(tmp_path):
 
 
 def test_several_stores_and_names(tmp_path):
-    p1, _ = make_store(tmp_path / "a.zarr", dataset="awa2", seed=1)
-    p2, _ = make_store(tmp_path / "b.zarr", noise=(0.0, 0.5, 1.0), dataset="fruits", seed=2)
+    p1, _ = make_planted_store(tmp_path / "a.zarr", dataset="awa2", seed=1)
+    p2, _ = make_planted_store(tmp_path / "b.zarr", noise=(0.0, 0.5, 1.0), dataset="fruits", seed=2)
     ds = ftdyn.analyze([p1, p2], out=tmp_path / "r", progress=False, reference=0)
     assert list(ds["experiment"].values) == ["resnet18/awa2", "resnet18/fruits"]
     assert list(ds["dataset"].values) == ["awa2", "fruits"]
@@ -620,7 +560,7 @@ def test_sharded_store_gives_the_same_results(planted, tmp_path, monkeypatch):
     path, _ = planted
     # toy layers are small: force the inner split
     monkeypatch.setattr(schema, "_MIN_INNER_CHUNK_BYTES", 0)
-    sharded, _ = make_store(tmp_path / "sharded.zarr")
+    sharded, _ = make_planted_store(tmp_path / "sharded.zarr")
     arr = zarr.open_group(str(sharded), mode="r")["features_3"]
     assert arr.shards == (1, 5, 4, 6, 6) and arr.chunks == (1, 5, 1, 6, 6)
     monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
@@ -725,9 +665,9 @@ def test_bad_inputs_one_line(planted, tmp_path):
     meta["attributes"]["ftdyn_store_format"] = 99
     (bad / "zarr.json").write_text(json.dumps(meta))
     assert "store format 99" in _one_line_error(["analyze", str(bad), *out])
-    part, _ = make_store(tmp_path / "part.zarr", complete=lambda i, c: i < 3)
+    part, _ = make_planted_store(tmp_path / "part.zarr", complete=lambda i, c: i < 3)
     assert "checkpoints 3 are not fully extracted" in _one_line_error(["analyze", str(part), *out])
-    lone, _ = make_store(tmp_path / "lone.zarr", complete=lambda i, c: i < 1)
+    lone, _ = make_planted_store(tmp_path / "lone.zarr", complete=lambda i, c: i < 1)
     assert "nothing to compare" in _one_line_error(["analyze", str(lone), "--allow-partial", *out])
     assert "--workers" in _one_line_error(["analyze", str(path), "--workers", "0", *out])
     assert "--seed" in _one_line_error(
@@ -866,7 +806,7 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
     """2-pixel-high maps (map view) and 2 images (filter view): Procrustes and CKA would be 0
     whatever the checkpoints; analyze counts them as NaN, warns once per layer, lists them."""
     layers = [LayerSpec("features.3", 3, 2, 5), LayerSpec("layer2.relu", 4, 3, 3)]
-    path, data = make_store(tmp_path / "s.zarr", layers=layers)
+    path, data = make_planted_store(tmp_path / "s.zarr", layers=layers)
     # the trap
     assert M.procrustes(V.map_(data[0]["features.3"]), V.map_(data[3]["features.3"])).max() < 1e-12
     ds = ftdyn.analyze(
@@ -879,7 +819,7 @@ def test_two_row_matrices_are_undefined_not_zero(tmp_path, capsys, cli_console):
         d = ds.sel(metric=m)
         assert np.isnan(d["distance"].values[0, 0]).all() and (d["n_nan"].values[0, 0] == 3).all()
         assert (d["distance"].values[0, 1, 1:] > 1e-3).all()  # 3 rows: a real value
-    two = make_store(tmp_path / "two.zarr", n=2, spc=1)[0]
+    two = make_planted_store(tmp_path / "two.zarr", n=2, spc=1)[0]
     # default: procrustes, cka on filter
     ds = ftdyn.analyze(two, out=tmp_path / "f", progress=False)
     for m in ("procrustes", "cka"):
@@ -908,7 +848,7 @@ def test_missing_chunk_and_stored_nonfinite_are_told_apart(tmp_path):
     traceback, no results written."""
     import shutil
 
-    path, data = make_store(
+    path, data = make_planted_store(
         tmp_path / "s.zarr", dtype="float16", epochs=(0, 2, 5), noise=(0.0, 0.1, 0.3)
     )
     out = ["--out", str(tmp_path / "r"), "--no-progress", "--no-report"]
@@ -954,6 +894,7 @@ def _not_a_terminal(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.slow
 def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_path, monkeypatch):
     """`ftdyn analyze ... 2> log`: one line per finished stage and each caveat once, no carriage
     returns (Dask's bar wrote thousands of updates onto one line)."""

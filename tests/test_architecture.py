@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "ftdyn",
             "ftdyn._version",
+            "ftdyn._signature",
             "ftdyn.errors",
             "ftdyn.config",
             "ftdyn.progress",

@@ -10,6 +10,7 @@ from typing import get_args
 
 import pytest
 import typer.main
+from helpers import make_figure_store, make_planted_store
 
 import ftdyn
 from ftdyn import cli, config, metrics
@@ -257,13 +258,10 @@ def test_visualize_config_normalizes_choices():
 def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
     """make_plan opens the stores' metadata and decides everything; nothing is computed or
     written."""
-    import test_analysis
-    import test_viz
-
     from ftdyn.analysis import make_plan as plan_analysis
     from ftdyn.viz import make_plan as plan_figures
 
-    store, _ = test_analysis.make_store(tmp_path / "s.zarr")
+    store, _ = make_planted_store(tmp_path / "s.zarr")
     plan = plan_analysis(store, out=tmp_path / "r", metrics=["cka"], memory_limit="1GB", workers=1)
     assert plan.config.metrics == ("cka",) and plan.threads == 1 and plan.memory_limit == 10**9
     assert [(row["layer"], row["view"]) for row in plan.summary()] == [
@@ -273,7 +271,7 @@ def test_analyze_and_visualize_plans_read_no_activations(tmp_path):
     assert plan.key == plan_analysis(store, out=tmp_path / "r", metrics=["cka"], workers=2).key
     assert not (tmp_path / "r").exists()
 
-    vstore, _, _ = test_viz.make_store(tmp_path / "v.zarr")
+    vstore, _, _ = make_figure_store(tmp_path / "v.zarr")
     figures = plan_figures(
         vstore, out=tmp_path / "figs", layer=-1, classes=["square"], epochs=[0, 2]
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOY = [
@@ -83,6 +83,7 @@ def paper_run(toy_datasets, tmp_path_factory):
     return out, argv
 
 
+@pytest.mark.slow
 def test_paper_setup_runs_the_grid(paper_run, capsys):
     out, argv = paper_run
     results = out / "results"
@@ -141,6 +142,7 @@ def test_paper_setup_refuses_bad_datasets(tmp_path, toy_datasets, capsys):
     assert not (tmp_path / "o").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_custom_figure(paper_run, tmp_path, capsys):
     from PIL import Image
 
@@ -200,6 +202,7 @@ def _lightning_series(folder: Path, source_file: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_third_party_series_as_a_script(tmp_path, toy_datasets):
     ckpts, source = tmp_path / "checkpoints", tmp_path / "source.pt"
     _lightning_series(ckpts, source)
@@ -286,6 +289,7 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["paper_setup", "third_party_series", "custom_figure"])
 def test_help(name):
     proc = subprocess.run(
@@ -297,6 +301,7 @@ def test_help(name):
     assert proc.returncode == 0 and "--out" in proc.stdout
 
 
+@pytest.mark.slow
 def test_paper_setup_extends_a_finished_run(paper_run, tmp_path):
     """--epochs 2 on a finished 1-epoch run: training resumes, stores grow, results and report
     are redone."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 import zarr
-from conftest import hooked_forward, write_image_folder
+from helpers import hooked_forward, write_image_folder
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -216,6 +216,7 @@ def test_resnet_block_relu_is_the_block_output(tmp_path, probe_dir):
     assert not np.allclose(layer(ds, "layer1.0.relu")[0], first_relu, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_vgg_layers_match_direct_forward(tmp_path, probe_dir):
     states = make_series(tmp_path / "ckpts", "vgg11", 1)
     layers = ["features.1", "features.4", "features.9", "features.19"]
@@ -291,6 +292,7 @@ def _prefixed(state: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in state.items()}
 
 
+@pytest.mark.slow
 def test_third_party_series_with_source(tmp_path, probe_dir):
     source = _model("resnet18", num_classes=1000, seed=5)
     torch.save(source.state_dict(), tmp_path / "imagenet_resnet18.pth")
@@ -381,6 +383,7 @@ def test_ambiguous_order_is_refused(tmp_path, probe_dir):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir, monkeypatch):
     """Every checkpoint is loaded once before the store is created: a file without weights in
     the middle of the series stops the run with nothing written. A file changed after the store
@@ -439,6 +442,7 @@ def test_unfit_checkpoint_is_refused_before_the_store_exists(tmp_path, probe_dir
         )
 
 
+@pytest.mark.slow
 def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
     """Lightning files holding the model and an EMA copy: refused in one line naming both
     prefixes, then --state-prefix chooses which copy every checkpoint loads."""
@@ -488,6 +492,7 @@ def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
         )
 
 
+@pytest.mark.slow
 def test_lost_chunk_files_are_reported_and_rewritten(tmp_path, probe_dir):
     """A region file deleted after extraction: every reader says so in one line, and the same
     extract command writes it again; an altered file is caught by its checksum."""
@@ -682,6 +687,7 @@ def _snapshot(store: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_store_then_extends(tmp_path, probe_dir):
     series = tmp_path / "ckpts"
     states = make_series(series, "resnet18", 4)
@@ -816,6 +822,7 @@ def test_earlier_checkpoint_cannot_be_inserted(tmp_path, probe_dir):
     )
 
 
+@pytest.mark.slow
 def test_resume_plan_holds_only_the_missing_regions_and_writes_nothing(tmp_path, probe_dir):
     """make_plan reads series, probe and store without writing; on a store with regions unmarked
     (a killed run) and a newer checkpoint in the series it plans exactly those regions and the
@@ -927,6 +934,7 @@ def _series_of(folder: Path, states: list[dict]) -> None:
     write_series_manifest(folder, "resnet18", entries)
 
 
+@pytest.mark.slow
 def test_float16_overflow_is_refused_never_stored(tmp_path, probe_dir):
     """A checkpoint whose layer3 exceeds float16's 65504 (a diverging run) stops float16 extraction
     in one line naming layer, epoch and the --dtype float32 fix; no region of it is marked complete,
@@ -1077,6 +1085,7 @@ def test_random_init_baseline_is_a_seeded_fresh_model_not_an_epoch(tmp_path, pro
     assert "random init: seed 7" in shown.output and "complete" in shown.output
 
 
+@pytest.mark.slow
 def test_full_disk_in_a_writer_thread_is_one_line_and_resumes(tmp_path, probe_dir, monkeypatch):
     """The disk fills while a writer thread stores a region's chunk (Zarr's file write fails):
     one line naming the file and the way on; the store keeps its finished regions and the

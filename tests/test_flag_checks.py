@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from test_analysis import make_store
+from helpers import make_planted_store
 from typer.testing import CliRunner
 
 import ftdyn
@@ -23,7 +23,7 @@ def _one_line(args) -> str:
 
 
 def test_scheduler_without_distributed_names_the_install(tmp_path, monkeypatch):
-    path, _ = make_store(tmp_path / "s.zarr")
+    path, _ = make_planted_store(tmp_path / "s.zarr")
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
@@ -46,7 +46,7 @@ def test_scheduler_without_distributed_names_the_install(tmp_path, monkeypatch):
 
 
 def test_memory_limit_above_the_machine_is_refused(tmp_path):
-    path, _ = make_store(tmp_path / "s.zarr")
+    path, _ = make_planted_store(tmp_path / "s.zarr")
     total = AR.physical_memory()
     assert total is not None
     line = _one_line(
@@ -143,7 +143,7 @@ def test_each_command_names_flags_on_the_command_line_and_parameters_in_python(
 
 
 def test_report_names_out_as_a_flag_or_a_parameter(tmp_path):
-    path, _ = make_store(tmp_path / "s.zarr")
+    path, _ = make_planted_store(tmp_path / "s.zarr")
     results = tmp_path / "r"
     ftdyn.analyze(path, out=results, metrics=["cka"], progress=False)
     blocked = tmp_path / "a_file"

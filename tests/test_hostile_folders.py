@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 from typer.testing import CliRunner
 
 from ftdyn.cli import app

@@ -268,6 +268,7 @@ def test_open_store_ignores_the_baseline_as_an_epoch(tmp_path):
         add_random_init(path, seed=4, architecture="resnet18", init="test")
 
 
+@pytest.mark.slow
 def test_convergence_flags_a_layer_with_too_few_images_for_its_columns(
     tmp_path, capsys, cli_console
 ):

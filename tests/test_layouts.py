@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import hooked_forward, write_image_folder
+from helpers import hooked_forward, write_image_folder
 from typer.testing import CliRunner
 
 from ftdyn import checkpoints as ck

@@ -13,32 +13,35 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import ref_cka, ref_procrustes, ref_pwsm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_metrics import ref_cka, ref_procrustes, ref_pwsm
 
-import ftdyn.metrics as M
-from ftdyn.metrics import _linalg
+from ftdyn import metrics
+from ftdyn.metrics import _linalg, registry, stats
 
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALPHAS = (0.0, 0.35, 1.0)
 
 
 def metrics_direct(X, Y):
-    return [M.pwsm(X, Y, a) for a in ALPHAS] + [M.procrustes(X, Y), M.linear_cka(X, Y)]
+    return [metrics.pwsm(X, Y, a) for a in ALPHAS] + [
+        metrics.procrustes(X, Y),
+        metrics.linear_cka(X, Y),
+    ]
 
 
 def metrics_rows(s):
-    return [M.pwsm_from_row_stats(s, a) for a in ALPHAS] + [
-        M.procrustes_from_row_stats(s),
-        M.cka_from_row_stats(s),
+    return [stats.pwsm_from_row_stats(s, a) for a in ALPHAS] + [
+        stats.procrustes_from_row_stats(s),
+        stats.cka_from_row_stats(s),
     ]
 
 
 def metrics_gram(g):
-    return [M.pwsm_from_gram(g, a) for a in ALPHAS] + [
-        M.procrustes_from_gram(g),
-        M.cka_from_gram(g),
+    return [stats.pwsm_from_gram(g, a) for a in ALPHAS] + [
+        stats.procrustes_from_gram(g),
+        stats.cka_from_gram(g),
     ]
 
 
@@ -64,7 +67,7 @@ def random_tree_merge(rng, parts):
     rng.shuffle(parts)
     while len(parts) > 1:
         i = int(rng.integers(0, len(parts) - 1))
-        parts[i : i + 2] = [M.merge(parts[i], parts[i + 1])]
+        parts[i : i + 2] = [stats.merge(parts[i], parts[i + 1])]
     return parts[0]
 
 
@@ -82,7 +85,7 @@ def test_row_stats_any_chunking_equals_direct(seed, n, p, k):
     rng = np.random.default_rng(seed)
     X, Y = data(rng, (3,), n, p)
     direct = metrics_direct(X, Y)
-    parts = [M.row_stats(X[:, idx], Y[:, idx]) for idx in random_splits(rng, n, k)]
+    parts = [stats.row_stats(X[:, idx], Y[:, idx]) for idx in random_splits(rng, n, k)]
     s = random_tree_merge(rng, parts)
     assert s.n == n
     assert_same_metrics(metrics_rows(s), direct, n, p)
@@ -91,19 +94,19 @@ def test_row_stats_any_chunking_equals_direct(seed, n, p, k):
 def test_row_stats_fields_and_kinds():
     rng = np.random.default_rng(1)
     X, Y = data(rng, (), 20, 4, 3)
-    s = M.row_stats(X.astype(np.float16), Y.astype(np.float32))
-    assert isinstance(s, M.RowStats) and s.n == 20
+    s = stats.row_stats(X.astype(np.float16), Y.astype(np.float32))
+    assert isinstance(s, stats.RowStats) and s.n == 20
     assert s.sum_x.shape == (4,) and s.sum_y.shape == (3,)
     assert s.xx.shape == (4, 4) and s.yy.shape == (3, 3) and s.xy.shape == (4, 3)
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in s[1:])
     X16 = X.astype(np.float16).astype(np.float64)
     np.testing.assert_allclose(s.xx, X16.T @ X16, rtol=1e-13)
     np.testing.assert_allclose(s.xy, X16.T @ Y.astype(np.float32).astype(np.float64), rtol=1e-13)
-    st_ = M.row_stats(torch.from_numpy(X), torch.from_numpy(Y))
+    st_ = stats.row_stats(torch.from_numpy(X), torch.from_numpy(Y))
     assert isinstance(st_.xx, torch.Tensor) and st_.xx.dtype == torch.float64
-    both = M.merge(s, st_)  # mixed kinds merge too
+    both = stats.merge(s, st_)  # mixed kinds merge too
     assert both.n == 40
-    assert M.pwsm_from_row_stats(st_, 0.0) == pytest.approx(M.pwsm(X, Y, 0.0), abs=1e-10)
+    assert stats.pwsm_from_row_stats(st_, 0.0) == pytest.approx(metrics.pwsm(X, Y, 0.0), abs=1e-10)
 
 
 def test_row_stats_with_large_offset():
@@ -111,7 +114,7 @@ def test_row_stats_with_large_offset():
     rng = np.random.default_rng(2)
     X, Y = data(rng, (), 500, 6, offset=0.0)
     X, Y = X + 20.0, Y + 20.0
-    s = random_tree_merge(rng, [M.row_stats(X[i], Y[i]) for i in random_splits(rng, 500, 9)])
+    s = random_tree_merge(rng, [stats.row_stats(X[i], Y[i]) for i in random_splits(rng, 500, 9)])
     np.testing.assert_allclose(metrics_rows(s), metrics_direct(X, Y), atol=1e-7)
 
 
@@ -122,7 +125,7 @@ def test_gram_stats_any_column_chunking_equals_direct(seed, n, p, k):
     rng = np.random.default_rng(seed)
     X, Y = data(rng, (2,), n, p)
     direct = metrics_direct(X, Y)
-    parts = [M.gram_stats(X[..., idx], Y[..., idx]) for idx in random_splits(rng, p, k)]
+    parts = [stats.gram_stats(X[..., idx], Y[..., idx]) for idx in random_splits(rng, p, k)]
     g = random_tree_merge(rng, parts)
     assert_same_metrics(metrics_gram(g), direct, n, p)
 
@@ -134,12 +137,12 @@ def test_gram_pwsm_formula_against_netrep_rank_deficient():
     for n, p, r in [(10, 60, 10), (15, 40, 4), (30, 200, 12)]:
         X = rng.standard_normal((n, r)) @ rng.standard_normal((r, p)) + 2.0
         Y = X @ rng.standard_normal((p, p)) * 0.1 + rng.standard_normal((n, p))
-        g = M.gram_stats(X, Y)
+        g = stats.gram_stats(X, Y)
         for a in (0.05, 0.3, 0.7, 1.0):
-            assert M.pwsm_from_gram(g, a) == pytest.approx(ref_pwsm(X, Y, a), abs=1e-7)
-        assert M.procrustes_from_gram(g) == pytest.approx(ref_procrustes(X, Y), abs=1e-10)
-        assert M.cka_from_gram(g) == pytest.approx(ref_cka(X, Y), abs=1e-10)
-        assert M.cka_from_gram(g, debiased=True) == pytest.approx(
+            assert stats.pwsm_from_gram(g, a) == pytest.approx(ref_pwsm(X, Y, a), abs=1e-7)
+        assert stats.procrustes_from_gram(g) == pytest.approx(ref_procrustes(X, Y), abs=1e-10)
+        assert stats.cka_from_gram(g) == pytest.approx(ref_cka(X, Y), abs=1e-10)
+        assert stats.cka_from_gram(g, debiased=True) == pytest.approx(
             ref_cka(X, Y, debiased=True), abs=1e-10
         )
 
@@ -150,33 +153,37 @@ def test_gram_of_one_model_and_eig_route_for_any_pair():
     for _ in range(3):  # a "series" of checkpoints, per-filter stacks of 5
         ckpts.append(np.maximum(ckpts[-1] + 0.5 * rng.standard_normal((5, 12, 50)), 0))
     ckpts[2][1] = 0.0  # a filter dies at epoch 2
-    grams = [M.gram(c) for c in ckpts]
-    eigs = [M.gram_eig(K) for K in grams]
+    grams = [stats.gram(c) for c in ckpts]
+    eigs = [stats.gram_eig(K) for K in grams]
     for i in range(4):
         for j in range(4):
-            g = M.GramStats(grams[i], grams[j])
+            g = stats.GramStats(grams[i], grams[j])
             for a in (0.0, 0.5, 1.0):
                 np.testing.assert_allclose(
-                    M.pwsm_from_gram_eig(eigs[i], eigs[j], a), M.pwsm_from_gram(g, a), atol=1e-9
+                    stats.pwsm_from_gram_eig(eigs[i], eigs[j], a),
+                    stats.pwsm_from_gram(g, a),
+                    atol=1e-9,
                 )
             np.testing.assert_allclose(
-                M.procrustes_from_gram_eig(eigs[i], eigs[j]), M.procrustes_from_gram(g), atol=1e-12
+                stats.procrustes_from_gram_eig(eigs[i], eigs[j]),
+                stats.procrustes_from_gram(g),
+                atol=1e-12,
             )
             np.testing.assert_allclose(
-                M.cka_from_gram_eig(eigs[i], eigs[j]), M.cka_from_gram(g), atol=1e-12
+                stats.cka_from_gram_eig(eigs[i], eigs[j]), stats.cka_from_gram(g), atol=1e-12
             )
             np.testing.assert_allclose(
-                M.procrustes_from_gram(g), M.procrustes(ckpts[i], ckpts[j]), atol=1e-12
+                stats.procrustes_from_gram(g), metrics.procrustes(ckpts[i], ckpts[j]), atol=1e-12
             )
             dead = (i == 2) != (j == 2) or (i == 2 and j == 2)
-            assert np.isnan(M.cka_from_gram(g)[1]) == dead
+            assert np.isnan(stats.cka_from_gram(g)[1]) == dead
     # a decomposition that reuses the Gram's double centering is the same decomposition
     for K, e in zip(grams, eigs):
-        reused = M.gram_eig(K, M.gram_center(K))
+        reused = stats.gram_eig(K, stats.gram_center(K))
         for field in ("lam", "null", "tr", "dead"):
             assert torch.equal(getattr(reused, field), getattr(e, field))
     with pytest.raises(ValueError, match="centered"):
-        M.gram_eig(grams[0], M.gram_center(grams[0][:, :6, :6]))
+        stats.gram_eig(grams[0], stats.gram_center(grams[0][:, :6, :6]))
 
 
 # ---------------------------------------------------------- sides agree
@@ -184,30 +191,32 @@ def test_gram_of_one_model_and_eig_route_for_any_pair():
 def test_row_side_and_gram_side_agree(n, p):
     rng = np.random.default_rng(n * p)
     X, Y = data(rng, (4,), n, p)
-    rows = metrics_rows(M.row_stats(X, Y))
-    grams = metrics_gram(M.gram_stats(X, Y))
+    rows = metrics_rows(stats.row_stats(X, Y))
+    grams = metrics_gram(stats.gram_stats(X, Y))
     assert_same_metrics(rows, grams, n, p)
-    assert M.choose_side(n, p) == ("row" if n >= p else "gram")
+    assert stats.choose_side(n, p) == ("row" if n >= p else "gram")
 
 
 def test_choose_side():
-    assert M.choose_side(100, 3136) == "gram"
-    assert M.choose_side(500, 49) == "row"
-    assert M.choose_side(8, 8) == "row"
+    assert stats.choose_side(100, 3136) == "gram"
+    assert stats.choose_side(500, 49) == "row"
+    assert stats.choose_side(8, 8) == "row"
     with pytest.raises(ValueError):
-        M.choose_side(0, 3)
+        stats.choose_side(0, 3)
 
 
 def test_debiased_feature_space_equals_gram_space():
     rng = np.random.default_rng(5)
     X, Y = data(rng, (3,), 30, 5)
     np.testing.assert_allclose(
-        M.linear_cka(X, Y, debiased=True), M.cka_from_gram(M.gram_stats(X, Y), True), atol=1e-12
+        metrics.linear_cka(X, Y, debiased=True),
+        stats.cka_from_gram(stats.gram_stats(X, Y), True),
+        atol=1e-12,
     )
     np.testing.assert_allclose(
-        M.linear_cka(X, Y, debiased=True)[0], ref_cka(X[0], Y[0], True), atol=1e-12
+        metrics.linear_cka(X, Y, debiased=True)[0], ref_cka(X[0], Y[0], True), atol=1e-12
     )
-    assert math.isnan(M.linear_cka(X[0, :3], Y[0, :3], debiased=True))  # n < 4
+    assert math.isnan(metrics.linear_cka(X[0, :3], Y[0, :3], debiased=True))  # n < 4
 
 
 # ----------------------------------------------------------- dead in stats
@@ -216,12 +225,12 @@ def test_dead_elements_in_stats():
     X, Y = data(rng, (4,), 30, 5)
     X[1] = 0.0
     Y[3] = 7.0
-    for vals in (metrics_rows(M.row_stats(X, Y)), metrics_gram(M.gram_stats(X, Y))):
+    for vals in (metrics_rows(stats.row_stats(X, Y)), metrics_gram(stats.gram_stats(X, Y))):
         for v in vals:
             assert np.isnan(v[[1, 3]]).all() and np.isfinite(v[[0, 2]]).all()
-    assert M.dead_mask(M.row_stats(X, Y)).tolist() == [False, True, False, True]
-    assert M.dead_mask(M.gram_stats(X, Y)).tolist() == [False, True, False, True]
-    assert M.count_dead(M.row_stats(X, Y)) == 2
+    assert stats.dead_mask(stats.row_stats(X, Y)).tolist() == [False, True, False, True]
+    assert stats.dead_mask(stats.gram_stats(X, Y)).tolist() == [False, True, False, True]
+    assert stats.count_dead(stats.row_stats(X, Y)) == 2
 
 
 def test_diagonal_self_products_give_procrustes_and_refuse_the_others():
@@ -230,7 +239,7 @@ def test_diagonal_self_products_give_procrustes_and_refuse_the_others():
     rng = np.random.default_rng(8)
     X, Y = data(rng, (4,), 30, 5)
     X[1] = 0.0
-    full = M.row_stats(X, Y)
+    full = stats.row_stats(X, Y)
 
     def diagonals(s):
         return s._replace(
@@ -238,17 +247,17 @@ def test_diagonal_self_products_give_procrustes_and_refuse_the_others():
         )
 
     diag = diagonals(full)
-    got = M.procrustes_from_row_stats(diag)
-    assert np.isnan(got[1]) and M.dead_mask(diag).tolist() == [False, True, False, False]
+    got = stats.procrustes_from_row_stats(diag)
+    assert np.isnan(got[1]) and stats.dead_mask(diag).tolist() == [False, True, False, False]
     for f in (0, 2, 3):
         assert got[f] == pytest.approx(ref_procrustes(X[f], Y[f]), abs=1e-12)
-    single = diagonals(M.row_stats(X[0], Y[0]))
-    assert M.procrustes_from_row_stats(single) == pytest.approx(got[0], abs=1e-15)
-    for metric in (M.cka_from_row_stats, lambda s: M.pwsm_from_row_stats(s, 0.5)):
+    single = diagonals(stats.row_stats(X[0], Y[0]))
+    assert stats.procrustes_from_row_stats(single) == pytest.approx(got[0], abs=1e-15)
+    for metric in (stats.cka_from_row_stats, lambda s: stats.pwsm_from_row_stats(s, 0.5)):
         with pytest.raises(ValueError, match="diagonals"):
             metric(diag)
-    assert M.diagonal_self_products(["procrustes"])
-    assert not M.diagonal_self_products(["procrustes", "cka"])
+    assert registry.diagonal_self_products(["procrustes"])
+    assert not registry.diagonal_self_products(["procrustes", "cka"])
 
 
 # ------------------------------------------------------- internal numerics
@@ -288,8 +297,8 @@ def test_alpha0_cholesky_path_equals_eigh_path_with_fallback():
     X, Y = data(rng, (6,), 50, 8)
     X[2, :, 3] = X[2, :, 0]  # rank deficient: fails the Cholesky test, goes through eigh
     Y[4, :, 5] *= 1e-6  # λ ~ 5e-11 < 1e-7: clipped -> eigh route
-    s = M.row_stats(X, Y)
-    core = M.stats._row_core(s)
+    s = stats.row_stats(X, Y)
+    core = stats._row_core(s)
     fast = core.pwsm(0.0)
     slow = _linalg.nan_where(
         _linalg.angle(core._cos_eigh(core.Cxx, core.Cyy, core.Cxy, core.refx, core.refy, 0.0)),
@@ -297,7 +306,7 @@ def test_alpha0_cholesky_path_equals_eigh_path_with_fallback():
     )
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), atol=1e-10)
     for i in range(6):
-        assert M.pwsm(X[i], Y[i], 0.0) == pytest.approx(ref_pwsm(X[i], Y[i], 0.0), abs=1e-8)
+        assert metrics.pwsm(X[i], Y[i], 0.0) == pytest.approx(ref_pwsm(X[i], Y[i], 0.0), abs=1e-8)
 
 
 @pytest.mark.parametrize("singular", [True, False])
@@ -317,11 +326,11 @@ def test_unbatched_row_stats_equal_the_batched_result(name, kind, singular, monk
     X, Y = rng.normal(size=(30, 5)), rng.normal(size=(30, 4))
     if singular:
         X[:, 2] = 0.0
-    s = M.row_stats(kind(X), kind(Y))
-    info = M.get_metric(name)
+    s = stats.row_stats(kind(X), kind(Y))
+    info = metrics.get_metric(name)
     kw = {"alpha": 0.0} if "alpha" in info.params else {}
     single = info.from_row_stats(s, **kw)
-    batched = info.from_row_stats(M.RowStats(s.n, *(a[None] for a in s[1:])), **kw)
+    batched = info.from_row_stats(stats.RowStats(s.n, *(a[None] for a in s[1:])), **kw)
     assert isinstance(single, float) and np.isfinite(single)
     assert np.asarray(batched).shape == (1,) and single == float(np.asarray(batched)[0])
     assert single == pytest.approx(info.direct(X, Y, **kw), abs=1e-9)
@@ -331,40 +340,46 @@ def test_unbatched_row_stats_equal_the_batched_result(name, kind, singular, monk
 
 # ------------------------------------------------------------------ registry
 def test_registry():
-    assert set(M.METRICS) == {"pwsm", "procrustes", "cka"}
+    assert set(metrics.METRICS) == {"pwsm", "procrustes", "cka"}
     rng = np.random.default_rng(9)
     X, Y = data(rng, (), 30, 6)
-    for name, info in M.METRICS.items():
+    for name, info in metrics.METRICS.items():
         assert info.name == name and info.lower_is_more_similar is True
         assert info.description and info.range
         d = info.direct(X, Y, **info.params)
-        assert d == pytest.approx(info.from_row_stats(M.row_stats(X, Y), **info.params), abs=1e-10)
-        assert d == pytest.approx(info.from_gram(M.gram_stats(X, Y), **info.params), abs=1e-10)
+        assert d == pytest.approx(
+            info.from_row_stats(stats.row_stats(X, Y), **info.params), abs=1e-10
+        )
+        assert d == pytest.approx(info.from_gram(stats.gram_stats(X, Y), **info.params), abs=1e-10)
         assert info(X, X, **info.params) < 1e-6 < d  # a distance: 0 on identical input
-    assert "distance" in M.get_metric("cka").description.lower()
-    assert M.get_metric("cka").direct(X, Y) == pytest.approx(1 - M.linear_cka(X, Y), abs=1e-15)
-    assert M.get_metric("pwsm").direct(X, Y, alpha=1.0) == pytest.approx(M.pwsm(X, Y, 1.0))
+    assert "distance" in metrics.get_metric("cka").description.lower()
+    assert metrics.get_metric("cka").direct(X, Y) == pytest.approx(
+        1 - metrics.linear_cka(X, Y), abs=1e-15
+    )
+    assert metrics.get_metric("pwsm").direct(X, Y, alpha=1.0) == pytest.approx(
+        metrics.pwsm(X, Y, 1.0)
+    )
     with pytest.raises(ValueError, match="unknown metric 'x'; choose from pwsm, procrustes, cka"):
-        M.get_metric("x")
+        metrics.get_metric("x")
 
 
 def test_merge_rejects_mismatches():
     rng = np.random.default_rng(10)
     X, Y = data(rng, (), 10, 3)
     with pytest.raises(ValueError, match="cannot merge"):
-        M.merge(M.row_stats(X, Y), M.gram_stats(X, Y))
+        stats.merge(stats.row_stats(X, Y), stats.gram_stats(X, Y))
     with pytest.raises(ValueError, match="different row sets"):
-        M.merge(M.gram_stats(X, Y), M.gram_stats(X[:5], Y[:5]))
-    three = M.merge(*(M.row_stats(X, Y) for _ in range(3)))
+        stats.merge(stats.gram_stats(X, Y), stats.gram_stats(X[:5], Y[:5]))
+    three = stats.merge(*(stats.row_stats(X, Y) for _ in range(3)))
     assert three.n == 30
-    np.testing.assert_allclose(M.pwsm_from_row_stats(three), M.pwsm(X, Y), atol=1e-10)
+    np.testing.assert_allclose(stats.pwsm_from_row_stats(three), metrics.pwsm(X, Y), atol=1e-10)
 
 
 def test_reduce_with_functools_matches():
     rng = np.random.default_rng(11)
     X, Y = data(rng, (2,), 64, 5)
-    parts = [M.row_stats(X[:, i : i + 8], Y[:, i : i + 8]) for i in range(0, 64, 8)]
-    s = functools.reduce(M.merge, parts)
+    parts = [stats.row_stats(X[:, i : i + 8], Y[:, i : i + 8]) for i in range(0, 64, 8)]
+    s = functools.reduce(stats.merge, parts)
     np.testing.assert_allclose(metrics_rows(s), metrics_direct(X, Y), atol=1e-9)
 
 
@@ -373,7 +388,7 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     centering)."""
     rng = np.random.default_rng(12)
     cases = [data(rng, (3,), 70, 5, offset=4.0), data(rng, (2,), 6, 45, offset=4.0)]
-    ref = [metrics_direct(X, Y) + [M.linear_cka(X, Y, debiased=True)] for X, Y in cases]
+    ref = [metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)] for X, Y in cases]
     monkeypatch.setattr(_linalg, "CHUNK_BYTES", 8 * 5 * 2 * 7)  # 7 rows / a few columns per chunk
     monkeypatch.setattr(_linalg, "CACHE_BYTES", 8 * 5 * 2 * 7)
     monkeypatch.setattr(_linalg, "MIN_CHUNK_UNITS", 1)
@@ -381,16 +396,16 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     assert _linalg.plan_blocks(2, 1, 45, 8 * 6) == (1, 11)  # Gram side: 5 column chunks
     assert _linalg.plan_blocks(5, 1, 3, 8 * 10) == (2, 3)  # small matrices: 2 per block
     for (X, Y), r in zip(cases, ref):
-        got = metrics_direct(X, Y) + [M.linear_cka(X, Y, debiased=True)]
+        got = metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)]
         # α=0 may be degenerate
         np.testing.assert_allclose(np.cos(got[0]), np.cos(r[0]), atol=1e-12)
         for a, b in zip(got[1:], r[1:]):
             np.testing.assert_allclose(a, b, atol=1e-10)
         X = X.copy()
         X[-1, -1, -1] = np.nan  # in the last chunk only
-        for f in (M.pwsm, M.row_stats, M.gram_stats, M.dead_mask):
+        for f in (metrics.pwsm, stats.row_stats, stats.gram_stats, stats.dead_mask):
             with pytest.raises(ValueError, match="X contains 1 NaN"):
                 f(X, Y)
-        got = [metrics_rows(M.row_stats(*cases[0])), metrics_gram(M.gram_stats(*cases[1]))]
+        got = [metrics_rows(stats.row_stats(*cases[0])), metrics_gram(stats.gram_stats(*cases[1]))]
         np.testing.assert_allclose(got[0][1:], ref[0][1:5], atol=1e-10)
         np.testing.assert_allclose(got[1][1:], ref[1][1:5], atol=1e-10)

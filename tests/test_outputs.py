@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_analysis import make_store
+from helpers import make_figure_store, make_planted_store
 from typer.testing import CliRunner
 
 import ftdyn
@@ -43,7 +43,7 @@ PRODUCTS = (
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("outputs") / "s.zarr")[0]
+    return make_planted_store(tmp_path_factory.mktemp("outputs") / "s.zarr")[0]
 
 
 def _to_legacy(out: Path) -> None:
@@ -161,6 +161,7 @@ def test_swap_steps_cover_every_write_and_rename(with_a):
     assert steps[3:-2] == [f"{what} {p}" for p in PRODUCTS for what in ("move aside", "link")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkeypatch, mode):
     """A run of other arguments killed or interrupted at any write or rename of the swap:
@@ -236,6 +237,7 @@ def test_stale_temporaries_of_older_versions_are_removed(store, with_a, tmp_path
     assert len(list((out / SETS).iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_path):
     out = tmp_path / "r"
     ftdyn.analyze(store, out=out, progress=False, **A)
@@ -285,6 +287,7 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
     assert _assert_one_whole_set(out) == "cka"
 
 
+@pytest.mark.slow
 def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     out = tmp_path / "r"
     with folder_lock(out):  # re-entrant in one process: analyze then report in one command
@@ -364,6 +367,7 @@ def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypa
         yield step, out, steps.index(step) > steps.index("swap")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkeypatch, mode):
     """report adds figures/ and report.html to analyze's set as its new version: killed or
@@ -402,11 +406,11 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
 
 @pytest.fixture(scope="module")
 def viz_store(tmp_path_factory):
-    from test_viz import make_store as make_viz_store
 
-    return make_viz_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
+    return make_figure_store(tmp_path_factory.mktemp("viz") / "toy.zarr")[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["kill", "interrupt"])
 def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
     viz_store, tmp_path, monkeypatch, mode
@@ -492,6 +496,7 @@ def _hold_lock(out: Path):
     return pid, release
 
 
+@pytest.mark.slow
 def test_train_and_visualize_into_a_locked_folder_are_refused_naming_the_pid(viz_store, tmp_path):
     series, figs = tmp_path / "series", tmp_path / "figs"
     for out, cmd in (

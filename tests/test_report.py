@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_viz import EXPERIMENTS, METRICS, make_results, make_store, png_shape
+from helpers import EXPERIMENTS, METRICS, make_figure_store, make_results, png_shape
 from typer.testing import CliRunner
 
 from ftdyn.reporting import CSP, report
@@ -21,7 +21,7 @@ def built(tmp_path_factory):
     """A store with a manifest, results naming it, an agreement CSV; the report built from the
     folder alone."""
     root = tmp_path_factory.mktemp("report")
-    store, _, _ = make_store(root / "toy.zarr")
+    store, _, _ = make_figure_store(root / "toy.zarr")
     results_dir = root / "results"
     save_results_store(make_results(store_paths=(store, "")), results_dir / "results.zarr")
     with (results_dir / "agreement_summary.csv").open("w", newline="") as f:
@@ -82,6 +82,7 @@ def test_report_sections_tables_and_figures(built):
     assert not re.search(r'(src|href)="(https?:)?//', page)
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(built, tmp_path):
     exe = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
     if exe is None:
@@ -217,7 +218,7 @@ def test_report_out_must_be_a_folder_outside_zarr_stores(tmp_path):
     anywhere."""
     from ftdyn.cli import app
 
-    store, _, _ = make_store(tmp_path / "toy.zarr")
+    store, _, _ = make_figure_store(tmp_path / "toy.zarr")
     results_dir = tmp_path / "results"
     save_results_store(
         make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
@@ -254,8 +255,8 @@ def test_report_out_must_be_a_folder_outside_zarr_stores(tmp_path):
 def test_report_refuses_a_store_not_among_the_results(tmp_path):
     from ftdyn.cli import app
 
-    store, _, _ = make_store(tmp_path / "toy.zarr")
-    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    store, _, _ = make_figure_store(tmp_path / "toy.zarr")
+    other, _, _ = make_figure_store(tmp_path / "other.zarr", epochs=(0, 1))
     results_dir = tmp_path / "results"
     save_results_store(
         make_results(experiments=EXPERIMENTS[:1], metrics=METRICS[:1], store_paths=(store,)),
@@ -278,10 +279,11 @@ def test_report_refuses_a_store_not_among_the_results(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_stores_with_the_same_folder_name_keep_their_own_figures(tmp_path):
     """sA/s.zarr and sB/s.zarr: distinct figure files, both experiments' figures in the report."""
-    sa, _, _ = make_store(tmp_path / "sA" / "s.zarr")
-    sb, _, _ = make_store(tmp_path / "sB" / "s.zarr", epochs=(0, 1))
+    sa, _, _ = make_figure_store(tmp_path / "sA" / "s.zarr")
+    sb, _, _ = make_figure_store(tmp_path / "sB" / "s.zarr", epochs=(0, 1))
     results_dir = tmp_path / "results"
     save_results_store(
         make_results(metrics=METRICS[:1], store_paths=(sa, sb)), results_dir / "results.zarr"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from test_analysis import make_store
+from helpers import make_planted_store
 from typer.testing import CliRunner
 
 from ftdyn.cli import app
@@ -28,7 +28,7 @@ from ftdyn.store import (
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("edits") / "s.zarr")[0]
+    return make_planted_store(tmp_path_factory.mktemp("edits") / "s.zarr")[0]
 
 
 def _meta(path: Path, name: str | None, change) -> None:

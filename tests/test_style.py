@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,11 +18,13 @@ def _ruff(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_ruff_check_is_clean():
     result = _ruff("check", "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_ruff_format_leaves_every_file_as_it_is():
     result = _ruff("format", "--check", "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr

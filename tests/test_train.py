@@ -8,28 +8,25 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from conftest import CLASSES, write_image_folder
+from helpers import (
+    CLASSES,
+    FAST_TRAIN,
+    assert_same_state,
+    kill_cli_when,
+    run_cli,
+    state_of,
+    write_image_folder,
+)
 from PIL import Image
-from typer.testing import CliRunner
 
 from ftdyn import checkpoints as ckpt
 from ftdyn import data as D
 from ftdyn import models
-from ftdyn.cli import app
-
-runner = CliRunner()
-FAST = ["--input-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress"]
-
-
-def run_cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *needles):
@@ -43,19 +40,10 @@ def assert_one_line_error(result, *needles):
         assert needle in lines[0], (needle, lines[0])
 
 
-def state_of(path: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_checkpoint_payload(path)["state_dict"]
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 # ------------------------------------------------------------------------ the series
 
 
+@pytest.mark.slow
 def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
     out = tmp_path / "ckpts"
     args = [
@@ -69,7 +57,7 @@ def test_series_manifest_hashes_epoch0_and_metrics(image_folder, tmp_path):
         out,
         "--seed",
         3,
-        *FAST,
+        *FAST_TRAIN,
     ]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
@@ -178,7 +166,7 @@ def test_val_split_and_epochs_zero(flat_image_folder, tmp_path):
         0.25,
         "--out",
         out,
-        *FAST,
+        *FAST_TRAIN,
     )
     assert result.exit_code == 0, result.output
     manifest = ckpt.read_manifest(out)
@@ -207,41 +195,7 @@ def test_split_is_stratified_seeded_and_probe_deterministic(flat_image_folder):
 # --------------------------------------------------------------- kill and resume
 
 
-def _cli_cmd(*args) -> list[str]:
-    return [sys.executable, "-c", "from ftdyn.cli import app; app()", *map(str, args)]
-
-
-def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
-    """Run the CLI with ``args`` in a subprocess (one thread, this checkout first on the path),
-    SIGKILL it as soon as ``ready()`` holds, and return its exit code; fails (never hangs) if
-    it ends first or ``what`` does not appear within ``timeout`` seconds."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
-        ),
-    }
-    proc = subprocess.Popen(
-        _cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, (
-                f"the run ended before {what}: {proc.stderr.read().decode()}"
-            )
-            assert time.monotonic() < deadline, f"hang: {what} never appeared"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-        return proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-
-
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     # mobilenet_v3_small has dropout, so this also checks that the global RNG is restored per epoch
     common = [
@@ -255,7 +209,7 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
         7,
         "--lr",
         1e-3,
-        *FAST,
+        *FAST_TRAIN,
     ]
     reference = tmp_path / "reference"
     result = run_cli(*common, "--out", reference)
@@ -296,6 +250,7 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     assert_one_line_error(run_cli(*bad, "--out", killed, "--resume"), "--lr")
 
 
+@pytest.mark.slow
 def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp_path):
     common = [
         "train",
@@ -308,7 +263,7 @@ def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp
         5,
         "--lr",
         1e-3,
-        *FAST,
+        *FAST_TRAIN,
     ]
     reference = tmp_path / "reference"
     assert run_cli(*common, "--out", reference).exit_code == 0
@@ -370,7 +325,7 @@ def _break(folder: Path, name: str, content: bytes = b"this is not an image") ->
 
 def test_bad_data_dirs(tmp_path, image_folder_copy):
     out = tmp_path / "out"
-    base = ["--arch", "resnet18", "--out", out, *FAST]
+    base = ["--arch", "resnet18", "--out", out, *FAST_TRAIN]
     assert_one_line_error(
         run_cli("train", tmp_path / "missing", *base), "DATA_DIR", "does not exist"
     )
@@ -408,7 +363,7 @@ def test_unreadable_images_are_skipped_and_counted(image_folder_copy, tmp_path):
     _break(image_folder_copy / "val" / "square", "empty.jpg", b"")
     out = tmp_path / "out"
     result = run_cli(
-        "train", image_folder_copy, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST
+        "train", image_folder_copy, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST_TRAIN
     )
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
@@ -423,7 +378,7 @@ def test_unreadable_images_are_skipped_and_counted(image_folder_copy, tmp_path):
 
 def test_bad_model_arguments(image_folder, tmp_path):
     out = tmp_path / "out"
-    base = [image_folder, "--out", out, *FAST]
+    base = [image_folder, "--out", out, *FAST_TRAIN]
     assert_one_line_error(run_cli("train", *base, "--arch", "resnet9000"), "--arch", "resnet9000")
 
     junk = tmp_path / "junk.pt"
@@ -469,7 +424,7 @@ def test_bad_model_arguments(image_folder, tmp_path):
 def test_init_from_a_trained_series_checkpoint(image_folder, tmp_path):
     source = tmp_path / "source"
     scratch = run_cli(
-        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST
+        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", source, *FAST_TRAIN
     )
     assert scratch.exit_code == 0 and "randomly initialized, not pre-trained" in scratch.output
     # a 2-class target: the 3-class head of the source is adapted on load, then replaced
@@ -488,7 +443,7 @@ def test_init_from_a_trained_series_checkpoint(image_folder, tmp_path):
         source / "epoch_000.pt",
         "--out",
         out,
-        *FAST,
+        *FAST_TRAIN,
     )
     assert result.exit_code == 0 and "not pre-trained" not in result.output, result.output
     manifest = ckpt.read_manifest(out)
@@ -500,7 +455,7 @@ def test_init_from_a_trained_series_checkpoint(image_folder, tmp_path):
 
 def test_existing_output_folder(image_folder, tmp_path):
     out = tmp_path / "out"
-    args = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST]
+    args = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST_TRAIN]
     assert run_cli(*args).exit_code == 0
     first = ckpt.read_manifest(out)["epochs"][0]["sha256"]
     assert_one_line_error(run_cli(*args), "--out", str(out), "--resume", "--overwrite")
@@ -518,7 +473,7 @@ def test_existing_output_folder(image_folder, tmp_path):
     (foreign / "data.csv").write_text("1,2")
     for extra in ([], ["--overwrite"], ["--resume"]):
         assert_one_line_error(
-            run_cli(*args[: -len(FAST) - 2], "--out", foreign, *FAST, *extra),
+            run_cli(*args[: -len(FAST_TRAIN) - 2], "--out", foreign, *FAST_TRAIN, *extra),
             "--out",
             str(foreign),
             "not empty",
@@ -531,7 +486,7 @@ def test_existing_output_folder(image_folder, tmp_path):
 
 def test_seed_out_of_numpy_range(image_folder, tmp_path):
     out = tmp_path / "out"
-    base = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST]
+    base = ["train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST_TRAIN]
     for seed in ("99999999999999999999", "4294967296", "-1"):
         assert_one_line_error(run_cli(*base, "--seed", seed), "--seed", seed, "4294967295")
     assert not out.exists()
@@ -542,7 +497,7 @@ def test_seed_out_of_numpy_range(image_folder, tmp_path):
 
 def test_input_size_the_model_cannot_take(image_folder, tmp_path):
     out = tmp_path / "out"
-    base = ["train", image_folder, "--epochs", 0, "--out", out, *FAST]
+    base = ["train", image_folder, "--epochs", 0, "--out", out, *FAST_TRAIN]
     # ViT asserts its fixed 224 px; DenseNet's poolings run out of pixels below 32
     assert_one_line_error(
         run_cli(*base, "--arch", "vit_b_16"),
@@ -561,7 +516,7 @@ def test_input_size_the_model_cannot_take(image_folder, tmp_path):
 
 def test_fewer_than_two_classes(tmp_path):
     out = tmp_path / "out"
-    base = ["--arch", "resnet18", "--epochs", 1, "--out", out, *FAST]
+    base = ["--arch", "resnet18", "--epochs", 1, "--out", out, *FAST_TRAIN]
     one = write_image_folder(tmp_path / "one", 6, classes=("circle",))
     assert_one_line_error(
         run_cli("train", one, *base, "--val-split", 0.5),
@@ -606,7 +561,17 @@ def test_16_bit_and_float_images_train_and_rescaling_is_reported(tmp_path):
     )
     out = tmp_path / "out"
     result = run_cli(
-        "train", data, "--arch", "resnet18", "--epochs", 1, "--val-split", 0.3, "--out", out, *FAST
+        "train",
+        data,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        1,
+        "--val-split",
+        0.3,
+        "--out",
+        out,
+        *FAST_TRAIN,
     )
     assert result.exit_code == 0, result.output
     warning = [ln for ln in result.output.splitlines() if "warning:" in ln]
@@ -626,7 +591,7 @@ def test_full_disk_is_one_line(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full_disk)
     out = tmp_path / "out"
     result = run_cli(
-        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST
+        "train", image_folder, "--arch", "resnet18", "--epochs", 0, "--out", out, *FAST_TRAIN
     )
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert (

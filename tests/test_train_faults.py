@@ -10,11 +10,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_train import FAST, assert_same_state, kill_cli_when, run_cli, state_of
+from helpers import FAST_TRAIN, assert_same_state, kill_cli_when, run_cli, state_of
 
 from ftdyn import checkpoints as ckpt
 
-COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST]
+COMMON = ["--arch", "resnet18", "--epochs", 1, "--seed", 3, "--lr", 1e-3, *FAST_TRAIN]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def test_resume_with_no_finished_epoch_starts_over(image_folder, reference, tmp_
     _same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_real_kill_during_the_first_epoch_then_resume(image_folder, reference, tmp_path):
     out = tmp_path / "series"
 

@@ -1,100 +1,28 @@
 """Figures: class-based crops, sample heatmaps, curves, filter choice, the visualize CLI."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
-import xarray as xr
+from helpers import (
+    IMAGE_HW,
+    MAP_HW,
+    METRICS,
+    PLANTED,
+    RF,
+    make_figure_store,
+    make_results,
+    png_shape,
+)
 from typer.testing import CliRunner
 
-from ftdyn import __version__
 from ftdyn.errors import FtdynError
 from ftdyn.receptive import ReceptiveField
-from ftdyn.results import validate_results
 from ftdyn.store import (
-    LayerSpec,
-    StoreSpec,
-    StoreWriter,
-    create_store,
     open_store,
     store_fingerprint,
 )
 from ftdyn.viz import curves, default_figures, heatmaps, patches, read_index, visualize
-
-# A non-square image, a non-square map and a non-square field, so that swapped
-# (h, w), square-map argmax decoding or transposed crops all show up.
-IMAGE_HW = (24, 30)
-MAP_HW = (6, 15)
-RF = {"size": [9, 5], "jump": [4, 2], "start": [2, 1]}  # unit (u, v) centred at (2 + 4u, 1 + 2v)
-EPOCHS = (0, 1, 2)
-# planted argmax of filter 1: class -> epoch -> (u, v); class 1 sits on the image corner (field
-# leaves it)
-PLANTED = {0: {0: (3, 10), 1: (1, 4), 2: (4, 12)}, 1: {0: (0, 14), 1: (5, 0), 2: (0, 14)}}
-N_PER_CLASS = 4
-
-
-def planted_activations(n, labels, epoch_index, rng):
-    """(n, 4, h, w) maps: filter 0 constant over epochs, 1 planted and moving, 2 slightly
-    scaled, 3 dead."""
-    h, w = MAP_HW
-    base = np.random.default_rng(123).uniform(0, 0.5, size=(n, 4, h, w)).astype(np.float32)
-    acts = base.copy()
-    acts[:, 2] *= 1.0 + 0.1 * epoch_index
-    acts[:, 3] = 0.0
-    for i in range(n):
-        u, v = PLANTED[int(labels[i])][epoch_index]
-        acts[i, 1, u, v] = 1.0 + 0.25 * i  # the weight of image i
-    return acts
-
-
-def make_store(path, *, rf=RF, manifest=True, epochs=EPOCHS):
-    n = 2 * N_PER_CLASS
-    labels = np.repeat([0, 1], N_PER_CLASS)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, *IMAGE_HW, 3), dtype=np.uint8)
-    man = None
-    if manifest:
-        man = {
-            "architecture": "toy",
-            "epochs": [
-                {
-                    "epoch": e,
-                    "file": f"epoch_{e:03d}.pt",
-                    "sha256": "0" * 64,
-                    "train_loss": None if e == 0 else 1.0 / (e + 1),
-                    "train_acc": None if e == 0 else 0.5 + 0.1 * e,
-                    "val_loss": 1.2 / (e + 1),
-                    "val_acc": 0.4 + 0.1 * e,
-                }
-                for e in epochs
-            ],
-        }
-    spec = StoreSpec(
-        architecture="toy",
-        model="toynet",
-        dataset="shapes",
-        layers=[LayerSpec("features.3", 4, *MAP_HW, rf), LayerSpec("features.8", 4, *MAP_HW, rf)],
-        checkpoints=[{"epoch": e, "file": f"epoch_{e:03d}.pt", "sha256": "0" * 64} for e in epochs],
-        images=images,
-        labels=labels,
-        class_names=["circle", "square"],
-        image_paths=[f"img/{i}.png" for i in range(n)],
-        input_size=IMAGE_HW[0],
-        normalization={"mean": [0.5] * 3, "std": [0.5] * 3},
-        probe={"seed": 0},
-        dtype="float32",
-        samples_per_chunk=3,
-        manifest=man,
-    )
-    create_store(path, spec)
-    writer = StoreWriter(path)
-    for ci, _ in enumerate(epochs):
-        acts = planted_activations(n, labels, ci, rng)
-        for chunk in range(writer.n_chunks):
-            rows = writer.chunk_slice(chunk)
-            writer.write_region(ci, chunk, {"features.3": acts[rows], "features.8": acts[rows] * 2})
-    return path, images, labels
 
 
 def expected_crop(images, labels, cls, epoch_index, weight_scale=1.0):
@@ -117,101 +45,6 @@ def expected_crop(images, labels, cls, epoch_index, weight_scale=1.0):
                     cov[dy, dx] += wgt
     with np.errstate(invalid="ignore"):
         return np.where(cov[..., None] > 0, acc / cov[..., None], np.nan)
-
-
-EXPERIMENTS = [("toynet", "shapes"), ("toynet", "fruits")]
-METRICS = [("procrustes", "channels", np.nan), ("pwsm", "channels", 0.0), ("cka", "filter", np.nan)]
-
-
-def make_results(
-    store_paths=("", ""),
-    *,
-    epochs=(0, 1, 2, 3),
-    bootstrap=200,
-    layers=("features.3", "features.8"),
-    experiments=EXPERIMENTS,
-    metrics=METRICS,
-):
-    """A small results Dataset that passes validate_results (the second experiment has one
-    layer less)."""
-    E, M, L, T, Fn = len(experiments), len(metrics), len(layers), len(epochs), 4
-    ep = np.asarray(epochs, dtype=float)
-    dist = np.full((E, M, L, T), np.nan)
-    traj = np.full((E, M, L, T, T), np.nan)
-    fdist = np.full((E, M, L, T, Fn), np.nan)
-    layer_names = np.array([list(layers), list(layers[:-1]) + [""]][:E], dtype=object)
-    for e in range(E):
-        for m in range(M):
-            for li in range(L):
-                if not layer_names[e, li]:
-                    continue
-                f = 0.05 * (li + 1) * (1 + e) * np.sqrt(ep) * (1 + 0.2 * m)
-                dist[e, m, li] = f
-                traj[e, m, li] = np.abs(f[:, None] - f[None, :])
-                if metrics[m][1] == "filter":
-                    # filter 3: dead (NaN)
-                    fdist[e, m, li, :, :3] = f[:, None] * np.array([0.1, 0.2, 0.9])[None]
-    ci = 0.01 if bootstrap else np.nan
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # padding layers: mean of nothing is NaN
-        layer_mean = np.nanmean(dist[..., 1:], axis=-1)
-        reuse = np.nanmean(layer_mean, axis=-1)
-    r = np.ones((E, L, M, M))
-    for (a, b), value in {(0, 1): 0.9, (0, 2): 0.7, (1, 2): 0.8}.items():
-        if b < M:
-            r[:, :, a, b] = r[:, :, b, a] = value
-    dims4 = ("experiment", "metric", "layer_index", "epoch")
-    ds = xr.Dataset(
-        {
-            "distance": (dims4, dist),
-            "ci_low": (dims4, dist - ci),
-            "ci_high": (dims4, dist + ci),
-            "n_filters": (("experiment", "metric", "layer_index"), np.full((E, M, L), 4)),
-            "n_nan": (dims4, np.zeros((E, M, L, T), dtype=int)),
-            "filter_distance": ((*dims4, "filter"), fdist),
-            "trajectory": ((*dims4, "epoch_other"), traj),
-            "reusability_mean": (("experiment", "metric"), reuse),
-            "reusability_std": (("experiment", "metric"), np.full((E, M), 0.02)),
-            "layer_reusability_mean": (("experiment", "metric", "layer_index"), layer_mean),
-            "layer_reusability_std": (
-                ("experiment", "metric", "layer_index"),
-                np.full((E, M, L), 0.01),
-            ),
-            "agreement_r": (("experiment", "layer_index", "metric", "metric_other"), r),
-        },
-        coords={
-            "experiment": [f"{m}/{d}" for m, d in experiments],
-            "model": ("experiment", [m for m, _ in experiments]),
-            "dataset": ("experiment", [d for _, d in experiments]),
-            "store": ("experiment", [str(s) for s in store_paths][:E]),
-            "metric": [m for m, _, _ in metrics],
-            "view": ("metric", [v for _, v, _ in metrics]),
-            "alpha": ("metric", [a for _, _, a in metrics]),
-            "layer_index": np.arange(L),
-            "layer": (("experiment", "layer_index"), layer_names.astype(str)),
-            "epoch": list(epochs),
-            "epoch_other": list(epochs),
-            "filter": np.arange(Fn),
-            "metric_other": [m for m, _, _ in metrics],
-        },
-        attrs={
-            "ftdyn_results_format": 1,
-            "ftdyn_version": __version__,
-            "reference_epoch": 0,
-            "preset": "paper",
-            "bootstrap": bootstrap,
-            "seed": 0,
-            "arguments": json.dumps({"metrics": "all"}),
-            "created": "2025-01-01T00:00:00",
-        },
-    )
-    return validate_results(ds)
-
-
-def png_shape(path):
-    import matplotlib.image
-
-    return matplotlib.image.imread(path).shape
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -277,7 +110,7 @@ def test_shared_scale_is_per_filter_across_epochs():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("store") / "toy.zarr")
+    return make_figure_store(tmp_path_factory.mktemp("store") / "toy.zarr")
 
 
 def test_class_based_grid_from_store_matches_planted_regions(store):
@@ -476,7 +309,7 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
     from ftdyn.cli import app
     from ftdyn.results import save_results_store
 
-    other, _, _ = make_store(tmp_path / "other.zarr", epochs=(0, 1))
+    other, _, _ = make_figure_store(tmp_path / "other.zarr", epochs=(0, 1))
     save_results_store(make_results(store_paths=(other, "")), tmp_path / "r_other" / "results.zarr")
     result = CliRunner().invoke(
         app,
@@ -515,7 +348,7 @@ def test_visualize_uses_only_results_of_this_store(store, tmp_path):
 
 
 def test_store_without_receptive_field_fails_clearly(tmp_path):
-    path, _, _ = make_store(tmp_path / "norf.zarr", rf=None)
+    path, _, _ = make_figure_store(tmp_path / "norf.zarr", rf=None)
     with pytest.raises(FtdynError, match="no receptive-field geometry"):
         visualize(path, layer=0, out=tmp_path / "o")
     # default_figures skips it with a note instead of failing the whole run

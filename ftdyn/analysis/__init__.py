@@ -136,8 +136,11 @@ features, :mod:`~ftdyn.analysis.task_results` what the metrics tasks return),
 :mod:`~ftdyn.analysis.run` (:func:`analyze` = ``execute(make_plan(...))``).
 """
 
-from ..config import METRIC_NAMES, PRESETS, parse_memory
+from .._signature import takes_options
+from ..config import METRIC_NAMES, PRESETS, AnalyzeConfig, parse_memory
 from .run import AnalysisPlan, analyze, execute, make_plan
+
+analyze = takes_options(AnalyzeConfig)(analyze)  # help() lists every option with its default
 
 __all__ = [
     "analyze",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .._signature import takes_options
 from .._version import __version__
 from ..config import ExtractConfig, arg, describe
 from ..errors import FtdynError, FtdynWarning
@@ -34,6 +35,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+@takes_options(ExtractConfig)
 def extract(
     series: str | os.PathLike,
     *,

@@ -1,95 +1,70 @@
-"""ftdyn.metrics: the similarity metric engine (pure numpy/torch/scipy, no I/O).
+"""ftdyn.metrics: the similarity metrics (pure numpy/torch/scipy, no I/O).
 
 Metrics (paper §3.1, Eqs. 1-2; exact definitions with the paper's typos corrected
-in the README's "Metrics" section), on matrices or stacks of matrices (..., rows, cols):
+in the README's "Metrics" section), on matrices or stacks of matrices (..., rows, cols),
+numpy or torch, all distances (lower = more similar, 0 for identical inputs) except CKA:
 
 * :func:`pwsm` (radians, netrep convention), :func:`procrustes` (∈ [0, 1]),
-  :func:`linear_cka` (similarity; ``debiased=True``), :func:`cka_distance` (1 − CKA).
+  :func:`linear_cka` (similarity; ``debiased=True``), :func:`cka_distance` (1 − CKA);
+* the published code's row-centered map metrics (``--preset paper-code``):
+  :func:`procrustes_rows`, :func:`cka_distance_rows`;
+* :func:`degenerate_reason`: the shapes where a metric is 0 for any pair;
+* by name, as ``ftdyn analyze --metric`` takes them: :data:`METRICS`, :func:`get_metric`,
+  :class:`MetricInfo`.
 
-The same metrics from streamed sufficient statistics (README, "Metrics", **Out-of-core**):
+Submodules hold the rest (README, "Metrics", **Out-of-core**):
 
-* row side (rows ≥ cols): :class:`RowStats`, :func:`row_stats`, :func:`merge`,
-  :func:`pwsm_from_row_stats`, :func:`procrustes_from_row_stats`, :func:`cka_from_row_stats`;
-* Gram side (cols > rows): :class:`GramStats`, :func:`gram`, :func:`gram_stats`,
-  :func:`merge`, :func:`pwsm_from_gram`, :func:`procrustes_from_gram`, :func:`cka_from_gram`;
-  per-model decompositions for cheap pairs: :func:`gram_eig`, :func:`pwsm_from_gram_eig`,
-  :func:`procrustes_from_gram_eig`, :func:`cka_from_gram_eig`; for CKA alone, one double
-  centering per model: :func:`gram_center`, :func:`cka_from_gram_centered`;
-* :func:`choose_side`; dead inputs (NaN results): :func:`dead_mask`, :func:`count_dead`;
-  shapes where a metric is 0 for any pair: :func:`degenerate_reason`.
-
-The published code's row-centered map metrics (``--preset paper-code``):
-:func:`procrustes_rows`, :func:`cka_distance_rows`, :data:`ROW_CENTERED`.
-
-Registry for the CLI: :data:`METRICS`, :func:`get_metric`, :class:`MetricInfo`
-(all registered metrics are distances: lower = more similar).
+* :mod:`ftdyn.metrics.stats`: the same metrics from streamed sufficient statistics: row side
+  (:class:`~ftdyn.metrics.stats.RowStats`, ``row_stats``, ``merge``, ``*_from_row_stats``),
+  Gram side (:class:`~ftdyn.metrics.stats.GramStats`, ``gram``, ``gram_stats``,
+  ``*_from_gram``; per-model decompositions ``gram_eig``, ``*_from_gram_eig``, ``gram_center``,
+  ``cka_from_gram_centered``), ``choose_side``, dead inputs (``dead_mask``, ``count_dead``);
+* :mod:`ftdyn.metrics.direct`, :mod:`ftdyn.metrics.paper_code` (``ROW_CENTERED``),
+  :mod:`ftdyn.metrics.registry` (``diagonal_self_products``), :mod:`ftdyn.metrics.probe`
+  (the linear probe), :mod:`ftdyn.metrics._linalg` (shared float64 kernels and tolerances such
+  as ``EIG_CLIP``).
 """
 
-from ._linalg import EIG_CLIP
+import importlib
+
 from .direct import cka_distance, linear_cka, procrustes, pwsm
-from .paper_code import ROW_CENTERED, cka_distance_rows, procrustes_rows
-from .registry import METRICS, MetricInfo, degenerate_reason, diagonal_self_products, get_metric
-from .stats import (
-    GramCentered,
-    GramEig,
-    GramStats,
-    RowStats,
-    choose_side,
-    cka_from_gram,
-    cka_from_gram_centered,
-    cka_from_gram_eig,
-    cka_from_row_stats,
-    count_dead,
-    dead_mask,
-    gram,
-    gram_center,
-    gram_eig,
-    gram_stats,
-    merge,
-    procrustes_from_gram,
-    procrustes_from_gram_eig,
-    procrustes_from_row_stats,
-    pwsm_from_gram,
-    pwsm_from_gram_eig,
-    pwsm_from_row_stats,
-    row_stats,
-)
+from .paper_code import cka_distance_rows, procrustes_rows
+from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
 
 __all__ = [
     "pwsm",
     "procrustes",
     "linear_cka",
     "cka_distance",
-    "RowStats",
-    "GramStats",
-    "GramEig",
-    "GramCentered",
-    "row_stats",
-    "gram",
-    "gram_stats",
-    "gram_eig",
-    "merge",
-    "pwsm_from_row_stats",
-    "procrustes_from_row_stats",
-    "cka_from_row_stats",
-    "pwsm_from_gram",
-    "procrustes_from_gram",
-    "cka_from_gram",
-    "pwsm_from_gram_eig",
-    "procrustes_from_gram_eig",
-    "cka_from_gram_eig",
-    "gram_center",
-    "cka_from_gram_centered",
-    "choose_side",
-    "dead_mask",
-    "count_dead",
     "procrustes_rows",
     "cka_distance_rows",
-    "ROW_CENTERED",
+    "degenerate_reason",
+    "get_metric",
     "METRICS",
     "MetricInfo",
-    "get_metric",
-    "degenerate_reason",
-    "diagonal_self_products",
-    "EIG_CLIP",
 ]
+
+# Names this package exported before its public API was narrowed to ``__all__``, and the submodule
+# that defines each: still served (on first use) for code written against the flat namespace.
+_SUBMODULE_NAMES = {
+    "stats": (
+        "RowStats GramStats GramEig GramCentered row_stats gram gram_stats gram_eig merge"
+        " pwsm_from_row_stats procrustes_from_row_stats cka_from_row_stats pwsm_from_gram"
+        " procrustes_from_gram cka_from_gram pwsm_from_gram_eig procrustes_from_gram_eig"
+        " cka_from_gram_eig gram_center cka_from_gram_centered choose_side dead_mask count_dead"
+    ).split(),
+    "paper_code": ["ROW_CENTERED"],
+    "registry": ["diagonal_self_products"],
+    "_linalg": ["EIG_CLIP"],
+}
+_SUBMODULE_OF = {name: module for module, names in _SUBMODULE_NAMES.items() for name in names}
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULE_OF:
+        return getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+    raise AttributeError(f"module 'ftdyn.metrics' has no attribute {name!r}")

@@ -22,7 +22,7 @@ Numerical conventions (documented once, used everywhere):
 * dead input: a matrix whose centered squared Frobenius norm is
   ``≤ DEAD_RTOL ·`` its raw squared norm (all-zero, or constant columns only) has
   no defined distance: the result is NaN for that element (never 0, never an
-  exception). :func:`ftdyn.metrics.dead_mask` reports which elements are dead.
+  exception). :func:`ftdyn.metrics.stats.dead_mask` reports which elements are dead.
 """
 
 from __future__ import annotations

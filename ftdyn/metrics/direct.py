@@ -11,7 +11,7 @@ input tensors. Returns a python float for 2-D input, else a float64 numpy array 
 the batch shape.
 
 Columns are centered (exactly, in float64) and the computation then goes through
-the smaller of the two sufficient statistics (:func:`ftdyn.metrics.choose_side`):
+the smaller of the two sufficient statistics (:func:`ftdyn.metrics.stats.choose_side`):
 p×p covariances when rows ≥ cols, n×n Gram matrices otherwise. The two routes
 agree to ~1e-12 (tested).
 
@@ -34,7 +34,7 @@ Conventions
   et al.'s squared distance).
 * ``linear_cka`` is a *similarity* (1 = identical); :func:`cka_distance` = 1 − CKA.
 * Dead input (an all-zero matrix after centering) → NaN for that element; see
-  :func:`ftdyn.metrics.dead_mask`. An all-zero *column* is not dead: it is a null
+  :func:`ftdyn.metrics.stats.dead_mask`. An all-zero *column* is not dead: it is a null
   direction and the value equals that of the matrix without the column.
 * NaN/Inf in the input raise ValueError.
 """

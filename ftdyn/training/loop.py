@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import checkpoints as ckpt
 from .. import data, models
+from .._signature import takes_options
 from .._version import __version__
 from ..config import TrainConfig, arg, describe
 from ..devices import fastest_memory_format
@@ -138,6 +139,7 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+@takes_options(TrainConfig)
 def train(
     data_dir: str | os.PathLike,
     *,

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
+from .._signature import takes_options
 from ..config import (
     DEFAULT_CLASSES,
     DEFAULT_SAMPLES,
@@ -300,6 +301,7 @@ def results_stores(results) -> str:
 # ----------------------------------------------------------------------------- API
 
 
+@takes_options(VisualizeConfig)
 def visualize(store, *, out, config: VisualizeConfig | None = None, **options: Any) -> list[Path]:
     """Class-based and sample-based figures of one layer of an activation store.
 
