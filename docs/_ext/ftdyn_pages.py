@@ -5,7 +5,8 @@
   dimensions, CSV columns), with the descriptions below. A name the code has and the
   descriptions lack (or the reverse) stops the build with a warning naming it.
 * ``_generated/benchmarks.md``: one table per benchmark script from ``benchmarks/results/``.
-* ``_generated/layers.md``: the module layers from ``tests/test_architecture.py``.
+* ``_generated/layers.md``: the module layers from ``tests/test_architecture.py``, each
+  subpackage with its submodules.
 """
 
 from __future__ import annotations
@@ -287,9 +288,21 @@ def layers_page(test_file: Path = ROOT / "tests" / "test_architecture.py") -> st
     else:
         raise RuntimeError(f"{test_file}: no LAYERS table")
     rows = [
-        [name, ", ".join(f"`{m}`" for m in sorted(members))] for name, members in reversed(layers)
+        [name, ", ".join(_with_submodules(m) for m in sorted(members))]
+        for name, members in reversed(layers)
     ]
-    return _table(["layer (top imports bottom)", "modules"], rows)
+    header = ["layer (top imports bottom)", "modules (a package's submodules in brackets)"]
+    return _table(header, rows)
+
+
+def _with_submodules(module: str) -> str:
+    """A module's table cell: a subpackage with its submodules (`ftdyn.store` (`.schema`, ...));
+    the package root alone, since its submodules are the other cells."""
+    folder = ROOT.joinpath(*module.split("."))
+    if module == "ftdyn" or not folder.is_dir():
+        return f"`{module}`"
+    names = sorted(path.stem for path in folder.glob("*.py") if path.stem != "__init__")
+    return f"`{module}` (" + ", ".join(f"`.{name}`" for name in names) + ")"
 
 
 def write_pages(out: Path = GENERATED) -> list[str]:
