@@ -59,10 +59,10 @@ from _results import command_line, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from ftdyn import metrics  # noqa: E402
-from ftdyn.metrics import stats  # noqa: E402
+from ftdyn import metrics
+from ftdyn.metrics import stats
 
 
 # ------------------------------------------------------------------- baseline

@@ -40,12 +40,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-import ftdyn  # noqa: E402
-from ftdyn.errors import FtdynError  # noqa: E402
+import ftdyn
+from ftdyn.errors import FtdynError
 
 
 def layer_range(ds, experiment: str) -> tuple[int, str, int, str]:

@@ -23,10 +23,10 @@ import math
 import os
 import random
 import stat
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class ImageFolderData:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: Sequence[int]) -> "ImageFolderData":
+    def subset(self, indices: Sequence[int]) -> ImageFolderData:
         """The samples at ``indices`` (in that order), same classes, no skipped files."""
         paths = [self.paths[i] for i in indices]
         chosen = set(paths)

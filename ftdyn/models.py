@@ -501,7 +501,7 @@ class LayerCapture:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         return self
 
     def __exit__(self, *exc) -> None:

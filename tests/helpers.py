@@ -41,7 +41,7 @@ def draw_image(class_name: str, rng: np.random.Generator, size: int = 32) -> Ima
     bg = tuple(int(v) for v in rng.integers(0, 60, 3))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
-    jitter = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
+    jitter = lambda lo, hi: int(rng.integers(lo, hi))
     if class_name == "circle":
         colour = (jitter(180, 256), jitter(0, 80), jitter(0, 80))
         r = jitter(size // 5, size // 3)

@@ -207,7 +207,7 @@ def test_analyze_identity_is_the_recorded_arguments():
 
 def test_valid_names_are_defined_once():
     """The metric registry, the views and the presets agree with the config's names."""
-    assert METRIC_NAMES == (*metrics.METRICS, DEBIASED_CKA)
+    assert (*metrics.METRICS, DEBIASED_CKA) == METRIC_NAMES
     from ftdyn import views
 
     assert views.VIEWS is VIEWS and views.check_view is config.check_view

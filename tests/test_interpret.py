@@ -521,7 +521,7 @@ def test_convergence_subsets_equal_the_metrics_on_those_images(
             for f, idx in enumerate(subsets):
                 a, b = x[idx], y[idx]
                 if view == "channels":  # one (images·h·w, channels) matrix
-                    flat = lambda t: t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
+                    flat = lambda t: t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])
                     want = float(metric[m](flat(a), flat(b)))
                 else:  # per filter: (images, h·w), then the mean over filters
                     want = np.mean(

@@ -268,7 +268,7 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
         and ds.attrs["normalization_from"] == "timm pretrained config"
     )
     images = ds["images"].values
-    build = lambda: timm.create_model("convnext_atto", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("convnext_atto", num_classes=3)
     for i in (0, 2):
         assert_stored(ds, i, forward(build, mains[i], images, ["stages.1", "stages.3"]))
 
@@ -387,7 +387,7 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
         (1, "model_0.pth", "model"),
         (2, "model_1.pth", "model"),
     ]
-    build = lambda: torchvision.models.resnet18(num_classes=3)  # noqa: E731
+    build = lambda: torchvision.models.resnet18(num_classes=3)
     assert_stored(ds, 1, forward(build, mains[1], ds["images"].values, ["layer2", "layer4"]))
 
     out = tmp_path / "ema.zarr"
@@ -487,7 +487,7 @@ def test_lightning_model_checkpoint_folder(tmp_path, probe_dir):
         (1, "epoch=0-step=2.ckpt", "state_dict", "model."),
         (2, "epoch=1-step=4.ckpt", "state_dict", "model."),
     ]
-    build = lambda: timm.create_model("regnetx_002", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("regnetx_002", num_classes=3)
     assert_stored(ds, 1, forward(build, module.seen[1], ds["images"].values, ["s2", "s4"]))
 
 
@@ -537,7 +537,7 @@ def test_accelerate_save_state_folder(tmp_path, probe_dir):
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert ds.attrs["normalization"] == norm and ds.attrs["normalization_from"] == "--normalize"
     assert ds.attrs["layers"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
-    build = lambda: timm.create_model("efficientnet_b0", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("efficientnet_b0", num_classes=3)
     assert_stored(
         ds, 1, forward(build, states[1], ds["images"].values, ["blocks.2", "blocks.6"], norm)
     )

@@ -374,7 +374,7 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
     interrupted anywhere, the folder holds the set without them or with all of them, verified;
     analyze with the same arguments stays up to date; the next report cleans the leftovers."""
     base, _ = with_a["set"]
-    run = lambda out: ftdyn.report(out, stores=[])  # noqa: E731 - curves only: fast
+    run = lambda out: ftdyn.report(out, stores=[])  # curves only: fast
     steps = _steps_of(run, base, tmp_path)
     assert steps == [
         "fill",
@@ -420,7 +420,6 @@ def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
     base = tmp_path / "base"
     ftdyn.visualize(viz_store, layer=0, filters=[1], samples=[0], out=base)
     old = sorted(e["file"] for e in read_index(base))
-    # noqa: E731
     run = lambda out: ftdyn.visualize(viz_store, layer=1, filters=[0], samples=[1], out=out)
     steps = _steps_of(run, base, tmp_path)
     assert steps[:3] == ["fill", "manifest", "seal"] and steps[-2:] == ["swap", "delete old"]

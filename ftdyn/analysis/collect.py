@@ -371,7 +371,7 @@ def _coords(
     layer_names: np.ndarray,
     n_filter_columns: int,
 ) -> dict[str, tuple]:
-    strings = lambda values: np.array(list(values), dtype=object)  # noqa: E731
+    strings = lambda values: np.array(list(values), dtype=object)
     return {
         "experiment": ("experiment", strings(e.name for e in exps)),
         "model": ("experiment", strings(e.model for e in exps)),

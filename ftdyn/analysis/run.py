@@ -401,7 +401,7 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
         "threads": int(plan.threads),
         "device": str(plan.device),
         "memory_limit": int(plan.memory_limit),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

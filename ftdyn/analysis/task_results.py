@@ -7,8 +7,8 @@ A job's metrics task (:func:`~ftdyn.analysis.rows.row_finish`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -63,7 +63,7 @@ class CheckpointEntry:
 
 def load_source_weights(
     model: nn.Module,
-    entry: "CheckpointEntry",
+    entry: CheckpointEntry,
     *,
     arch: str,
     trust: bool = False,

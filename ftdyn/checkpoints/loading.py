@@ -332,9 +332,7 @@ def _stored_epoch(obj: Any) -> int | None:
     if not isinstance(obj, dict):
         return None
     epoch = obj.get("epoch")
-    if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
-        epoch = epoch.item()
-    elif isinstance(epoch, np.generic):
+    if (isinstance(epoch, torch.Tensor) and epoch.numel() == 1) or isinstance(epoch, np.generic):
         epoch = epoch.item()
     elif isinstance(epoch, str) and epoch.strip().isdigit():
         epoch = int(epoch)

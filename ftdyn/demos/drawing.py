@@ -7,8 +7,9 @@ image depends only on that stream.
 from __future__ import annotations
 
 import colorsys
-from functools import lru_cache
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -231,7 +232,7 @@ def _shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 ALL_SHAPES = SOURCE_SHAPES + SIMILAR_SHAPES
 
 
-@lru_cache(maxsize=None)
+@cache
 def _extent(shape: str) -> float:
     """Largest distance from the origin of any point of a shape (object units)."""
     c = np.linspace(-1.5, 1.5, 241, dtype=np.float32)
@@ -630,7 +631,7 @@ _FRUIT_PARTS = {
 
 def _fruit_parts(fruit: str, rng, x: np.ndarray, y: np.ndarray):
     """[(sdf in object units, rgb, kind)] painted in order; kind in {'body', 'flat'}."""
-    j = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
+    j = lambda a, b: float(rng.uniform(a, b))
     # stem and leaf colours are drawn for every fruit, so each fruit's random stream is unchanged
     stem = _hsv(j(0.07, 0.1), j(0.5, 0.8), j(0.25, 0.4))
     leaf = _hsv(j(0.25, 0.33), j(0.6, 0.9), j(0.4, 0.65))

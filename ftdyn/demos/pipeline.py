@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -435,7 +435,7 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
         rel = r.get("relative_reusability_mean")
         lines.append(
             f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f}"
-            f" {r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10}"
+            f" {r['deepest']['distance']:8.4f} {r['early_closer_than_deep']!s:>10}"
             f" {'n/a' if p is None else f'{p:.3f}':>6}"
             f" {r['reusability_mean']:9.4f}±{r['reusability_std']:.4f}"
             f" {'n/a' if rel is None else f'{rel:.3f}':>9}"

@@ -59,7 +59,7 @@ def as_tensor(X, name: str) -> torch.Tensor:
         a = np.asarray(X)
         if a.dtype == object:
             raise ValueError(f"{name}: expected a numeric array, got dtype object")
-        if a.dtype.kind == "f" and a.dtype.itemsize > 8 or not a.dtype.isnative:
+        if (a.dtype.kind == "f" and a.dtype.itemsize > 8) or not a.dtype.isnative:
             a = a.astype(np.float64 if a.dtype.kind == "f" else a.dtype.newbyteorder("="))
         with warnings.catch_warnings():
             # read-only arrays (e.g. memory maps) are fine: inputs are never written to
