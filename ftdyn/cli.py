@@ -193,13 +193,9 @@ def extract(
     ],
     arch: Annotated[str | None, _extract("arch")] = _extract_default("arch"),
     source: Annotated[str | None, _extract("source")] = _extract_default("source"),
-    layer: Annotated[list[str] | None, _extract("layers", "--layer")] = _extract_default(
-        "layers"
-    ),
+    layer: Annotated[list[str] | None, _extract("layers", "--layer")] = _extract_default("layers"),
     per_class: Annotated[int | None, _extract("per_class")] = _extract_default("per_class"),
-    max_samples: Annotated[int | None, _extract("max_samples")] = _extract_default(
-        "max_samples"
-    ),
+    max_samples: Annotated[int | None, _extract("max_samples")] = _extract_default("max_samples"),
     seed: Annotated[int, _extract("probe_seed")] = _extract_default("probe_seed"),
     input_size: Annotated[int | None, _extract("input_size")] = _extract_default("input_size"),
     batch_size: Annotated[int, _extract("batch_size")] = _extract_default("batch_size"),

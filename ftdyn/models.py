@@ -25,6 +25,7 @@ from torch import nn
 from . import zoo_timm
 from .config import arg
 from .errors import FtdynError
+import itertools
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -417,8 +418,8 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
             f"{arg('arch', arch)}: no activation layers with spatial output found; name layers with"
             f" {arg('layers')}."
         )
-    chosen = [a.name for a, b in zip(acts, acts[1:]) if b.shape[1] < a.shape[1]]
-    return chosen + [acts[-1].name]
+    chosen = [a.name for a, b in itertools.pairwise(acts) if b.shape[1] < a.shape[1]]
+    return [*chosen, acts[-1].name]
 
 
 def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:

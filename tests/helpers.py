@@ -350,7 +350,7 @@ def make_results(
     dist = np.full((E, M, L, T), np.nan)
     traj = np.full((E, M, L, T, T), np.nan)
     fdist = np.full((E, M, L, T, Fn), np.nan)
-    layer_names = np.array([list(layers), list(layers[:-1]) + [""]][:E], dtype=object)
+    layer_names = np.array([list(layers), [*layers[:-1], ""]][:E], dtype=object)
     for e in range(E):
         for m in range(M):
             for li in range(L):

@@ -249,7 +249,7 @@ def test_visualize_config_normalizes_choices():
         (0, 2),
         4,
     )
-    with pytest.raises(FtdynError, match="^n_filters=0: must be at least 1"):
+    with pytest.raises(FtdynError, match=r"^n_filters=0: must be at least 1"):
         VisualizeConfig(layer=0, n_filters=0)
     # n_filters unused then
     assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)

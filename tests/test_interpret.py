@@ -402,7 +402,7 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
     assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"
     assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 4
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
-    with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):
+    with pytest.raises(ftdyn.FtdynError, match=r"^bootstrap_groups"):
         ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=20, bootstrap_groups=1)
 
 
@@ -435,7 +435,7 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
     from ftdyn.analysis.rows import RowAccumulator, _cka_replicates
 
     X, unit, counts = _unit_data()
-    T, n, B, p = X.shape
+    T, _n, B, p = X.shape
     Xt = torch.from_numpy(X).permute(0, 2, 1, 3)  # (T, B, n, p)
     idx = S.shared_indices(unit, counts)
     direct = np.array(

@@ -110,7 +110,7 @@ def test_timm_names_one_interface():
     ):
         canonical_arch("convnext_atto")
     with pytest.raises(
-        FtdynError, match="unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"
+        FtdynError, match=r"unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"
     ):
         canonical_arch("timm/convnxt_atto")
     assert canonical_arch("resnet50") == "resnet50"  # torchvision's stays torchvision's
@@ -200,7 +200,7 @@ def test_parse_normalize():
     assert parse_normalize("0.5,0.25") == {"mean": [0.5] * 3, "std": [0.25] * 3}
     assert parse_normalize("0.1,0.2,0.3,1,2,3") == {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}
     for bad in ("0.5", "a,b", "0.5,0", "1,2,3,4"):
-        with pytest.raises(FtdynError, match="^normalize="):
+        with pytest.raises(FtdynError, match=r"^normalize="):
             parse_normalize(bad)
 
 
@@ -319,7 +319,7 @@ def test_timm_args_namespace_needs_no_trust_but_other_objects_do(tmp_path):
         path,
     )
     with pytest.raises(
-        FtdynError, match="refusing to unpickle; it needs datetime.date. If you trust"
+        FtdynError, match=r"refusing to unpickle; it needs datetime.date. If you trust"
     ):
         ck.read_weights(path)
 
@@ -433,7 +433,7 @@ def test_ema_prefix_inside_the_state_dict_and_missing_ema(tmp_path):
     torch.testing.assert_close(model.conv1.weight, ema["conv1.weight"])
     plain = tmp_path / "plain.pth"
     torch.save(live, plain)
-    with pytest.raises(FtdynError, match="^weights_copy ema: .*plain.pth holds no EMA copy"):
+    with pytest.raises(FtdynError, match=r"^weights_copy ema: .*plain.pth holds no EMA copy"):
         ck.read_weights(plain, copy="ema")
 
 

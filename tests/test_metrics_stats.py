@@ -388,7 +388,7 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     centering)."""
     rng = np.random.default_rng(12)
     cases = [data(rng, (3,), 70, 5, offset=4.0), data(rng, (2,), 6, 45, offset=4.0)]
-    ref = [metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)] for X, Y in cases]
+    ref = [[*metrics_direct(X, Y), metrics.linear_cka(X, Y, debiased=True)] for X, Y in cases]
     monkeypatch.setattr(_linalg, "CHUNK_BYTES", 8 * 5 * 2 * 7)  # 7 rows / a few columns per chunk
     monkeypatch.setattr(_linalg, "CACHE_BYTES", 8 * 5 * 2 * 7)
     monkeypatch.setattr(_linalg, "MIN_CHUNK_UNITS", 1)
@@ -396,7 +396,7 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     assert _linalg.plan_blocks(2, 1, 45, 8 * 6) == (1, 11)  # Gram side: 5 column chunks
     assert _linalg.plan_blocks(5, 1, 3, 8 * 10) == (2, 3)  # small matrices: 2 per block
     for (X, Y), r in zip(cases, ref):
-        got = metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)]
+        got = [*metrics_direct(X, Y), metrics.linear_cka(X, Y, debiased=True)]
         # α=0 may be degenerate
         np.testing.assert_allclose(np.cos(got[0]), np.cos(r[0]), atol=1e-12)
         for a, b in zip(got[1:], r[1:]):

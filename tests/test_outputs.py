@@ -425,7 +425,7 @@ def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
     assert steps[:3] == ["fill", "manifest", "seal"] and steps[-2:] == ["swap", "delete old"]
     assert steps[3:-2] == ["link class_toy_features_8.png", "link sample_toy_features_8_s1.png"]
     for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
-        manifest, problem = current_set(out)
+        _manifest, problem = current_set(out)
         assert problem is None, (step, problem)
         files = sorted(e["file"] for e in read_index(out))
         new = [s.removeprefix("link ") for s in steps[3:-2]]

@@ -217,6 +217,7 @@ def warn_unconverged(ds: xr.Dataset) -> None:
         f" {'; '.join(parts)}. Extract more probe images (--per-class) for these; see"
         " convergence.csv.",
         ConvergenceWarning,
+        stacklevel=2,
     )
 
 
@@ -371,7 +372,7 @@ def _distance_vars(ceiling, rel, r_mean, r_std, sig: dict) -> dict:
         ),
         "delta_ci_high": (le, sig["delta_ci_high"]),
         "layer_order_p": (
-            eml + ("layer_index_other",),
+            (*eml, "layer_index_other"),
             sig["layer_order_p"],
             {
                 "description": (
@@ -412,7 +413,7 @@ def _convergence_vars(convergence, ok, need) -> dict:
     eml = ("experiment", "metric", "layer_index")
     return {
         "convergence": (
-            eml + ("fraction",),
+            (*eml, "fraction"),
             convergence,
             {"description": "distance at the last epoch on nested seeded image subsets"},
         ),

@@ -85,6 +85,7 @@ def _warn_degenerate(
             f" {arg('views')}"
             f"{' or ' + arg('alpha', 1) if any('alpha=0' in w for w in what) else ''}.",
             FtdynWarning,
+            stacklevel=2,
         )
     return names
 

@@ -46,7 +46,7 @@ def trajectory(
     already computed distances, every other pair from ``pair(a, b)``; NaN for the pairs of a
     position in ``skip`` with another checkpoint (the random-init baseline is no epoch)."""
     T = len(reference_values)
-    traj = np.full((T, T) + reference_values.shape[1:], np.nan)
+    traj = np.full((T, T, *reference_values.shape[1:]), np.nan)
     for a in range(T):
         for b in range(a, T):
             if a == ref or b == ref:

@@ -282,7 +282,7 @@ def _bg_water(rng, g: _Grid) -> np.ndarray:
     S = g.size
     deep = _hsv(rng.uniform(0.5, 0.62), rng.uniform(0.6, 0.95), rng.uniform(0.25, 0.5))
     light = _hsv(rng.uniform(0.48, 0.58), rng.uniform(0.3, 0.6), rng.uniform(0.6, 0.85))
-    xr, yr = _rotate(g.x, g.y, rng.uniform(-0.2, 0.2))
+    _xr, yr = _rotate(g.x, g.y, rng.uniform(-0.2, 0.2))
     warp = _noise(rng, S, [6, 12], [2, 3], 0.5)
     freq = rng.uniform(4, 11)
     ripple = np.sin(np.pi * freq * yr + 1.2 * warp + rng.uniform(0, 2 * np.pi))
@@ -298,7 +298,7 @@ def _bg_sand(rng, g: _Grid) -> np.ndarray:
     h = rng.uniform(0.07, 0.12)
     shadow = _hsv(h, rng.uniform(0.4, 0.6), rng.uniform(0.45, 0.65))
     lit = _hsv(h + rng.uniform(-0.01, 0.02), rng.uniform(0.2, 0.4), rng.uniform(0.8, 0.97))
-    xr, yr = _rotate(g.x, g.y, rng.uniform(0, np.pi))
+    xr, _yr = _rotate(g.x, g.y, rng.uniform(0, np.pi))
     warp = _fractal(rng, S, 1, 3)
     dunes = np.sin(np.pi * rng.uniform(1.0, 3.5) * xr + 1.5 * warp + rng.uniform(0, 2 * np.pi))
     ripples = np.sin(np.pi * rng.uniform(10, 20) * xr + 2.0 * warp)

@@ -604,7 +604,9 @@ def default_figures(
                         out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)
                     ]
         except FtdynError as exc:
-            warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
+            warnings.warn(
+                f"skipped class/sample figures for {store}: {exc}", FtdynWarning, stacklevel=2
+            )
             record(
                 out,
                 [

@@ -51,7 +51,7 @@ def metric_label(results, metric: str) -> str:
     view = str(results["view"].sel(metric=metric).values)
     alpha = float(results["alpha"].sel(metric=metric).values)
     extra = [] if math.isnan(alpha) else [f"alpha={alpha:g}"]
-    return f"{metric} ({', '.join(extra + [f'view {view}'])})"
+    return f"{metric} ({', '.join([*extra, f'view {view}'])})"
 
 
 def experiment_layers(results, experiment: str) -> list[tuple[int, str]]:

@@ -340,7 +340,7 @@ def display_window(coverage: np.ndarray, margin: float = 0.04) -> tuple[slice, s
     if not covered.any():
         return slice(0, bh), slice(0, bw)
     ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-    my, mx = int(round(margin * bh)), int(round(margin * bw))
+    my, mx = round(margin * bh), round(margin * bw)
     return slice(max(ys[0] - my, 0), min(ys[-1] + 1 + my, bh)), slice(
         max(xs[0] - mx, 0), min(xs[-1] + 1 + mx, bw)
     )
