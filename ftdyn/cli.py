@@ -10,6 +10,7 @@ Each command imports its API module inside the function, for start-up speed: ``f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -57,10 +58,10 @@ def user_errors(func):
             raise typer.Exit(2) from None
         # the reader went away (`ftdyn info ... | head`): nothing left to say
         except BrokenPipeError:
-            try:  # Python would report the pipe again when it flushes stdout at exit
+            # Python would report the pipe again when it flushes stdout at exit; a stdout that is
+            # not a file (captured) has nothing to silence
+            with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):  # stdout is not a file (captured)
-                pass
             raise typer.Exit(141) from None
         except (
             OSError

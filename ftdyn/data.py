@@ -238,9 +238,9 @@ def scan_image_folder(
             status = [_check_image(p) for p, _ in found]
     else:
         status = [False] * len(found)
-    skipped = [p for (p, _), st in zip(found, status) if st is None]
-    kept = [(p, lab) for (p, lab), st in zip(found, status) if st is not None]
-    rescaled = [p for (p, _), st in zip(found, status) if st]
+    skipped = [p for (p, _), st in zip(found, status, strict=True) if st is None]
+    kept = [(p, lab) for (p, lab), st in zip(found, status, strict=True) if st is not None]
+    rescaled = [p for (p, _), st in zip(found, status, strict=True) if st]
     if not kept:
         raise FtdynError(
             f"{flag}: none of the {len(found)} images in '{root}' can be read "

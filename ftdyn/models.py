@@ -13,6 +13,7 @@ CNN. ``LayerCapture`` records the outputs of named modules during a forward pass
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from torch import nn
 from . import zoo_timm
 from .config import arg
 from .errors import FtdynError
-import itertools
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

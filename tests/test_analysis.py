@@ -132,7 +132,7 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     groups (several passes) gives the same numbers."""
     path, data = planted
     ds = ftdyn.analyze(path, out=tmp_path / "a", progress=False)
-    assert dict(zip(ds["metric"].values, ds["view"].values)) == {
+    assert dict(zip(ds["metric"].values, ds["view"].values, strict=True)) == {
         "pwsm": "channels",
         "procrustes": "filter",
         "cka": "filter",

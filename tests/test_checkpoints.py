@@ -29,7 +29,7 @@ def _model(num_classes: int = 5, seed: int = 0) -> torch.nn.Module:
 def reference():
     model = _model()
     with torch.no_grad():  # make BatchNorm buffers non-default so they are checked too
-        for name, buf in model.named_buffers():
+        for buf in model.buffers():
             if buf.is_floating_point():
                 buf.uniform_(0.5, 1.5)
     return {k: v.clone() for k, v in model.state_dict().items()}

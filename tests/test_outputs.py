@@ -174,7 +174,9 @@ def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkey
             action = _sigkill if mode == "kill" else _interrupt
             monkeypatch.setattr(outputs, "_step", _fault_at(step, action))
             if mode == "kill":
-                status = _run_forked(lambda: ftdyn.analyze(store, out=out, progress=False, **B))
+                status = _run_forked(
+                    lambda out=out: ftdyn.analyze(store, out=out, progress=False, **B)
+                )
                 assert status == -signal.SIGKILL, (step, status)
             else:
                 with pytest.raises(KeyboardInterrupt):
@@ -290,9 +292,9 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
 @pytest.mark.slow
 def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     out = tmp_path / "r"
-    with folder_lock(out):  # re-entrant in one process: analyze then report in one command
-        with folder_lock(out):
-            pass
+    # re-entrant in one process: analyze then report in one command
+    with folder_lock(out), folder_lock(out):
+        pass
     statuses = []
     pids = []
     for args in (A, {**B, "overwrite": False}):
@@ -359,7 +361,7 @@ def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypa
             outputs, "_step", _fault_at(step, _sigkill if mode == "kill" else _interrupt)
         )
         if mode == "kill":
-            assert _run_forked(lambda: run(out)) == -signal.SIGKILL, step
+            assert _run_forked(lambda out=out: run(out)) == -signal.SIGKILL, step
         else:
             with pytest.raises(KeyboardInterrupt):
                 run(out)
@@ -550,7 +552,8 @@ def test_disk_errors_name_the_folder_and_keep_the_old_set(
             outputs,
             "_step",
             _fault_at(
-                "manifest", lambda: (_ for _ in ()).throw(OSError(number, os.strerror(number)))
+                "manifest",
+                lambda number=number: (_ for _ in ()).throw(OSError(number, os.strerror(number))),
             ),
         )
         result = runner.invoke(app, cmd)

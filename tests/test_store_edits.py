@@ -145,7 +145,7 @@ def test_images_carry_a_checksum(pristine, tmp_path):
     _flip(path, "images")
     ds = open_store(path)  # images are only read by the figures, in a decoding() block
     with pytest.raises(FtdynError, match="cannot be decoded"), decoding(path, "images"):
-        ds["images"].values
+        _ = ds["images"].values
 
 
 def test_extension_cut_short_is_named_and_undone_by_the_writer(pristine, tmp_path):

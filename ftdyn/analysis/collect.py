@@ -53,14 +53,14 @@ def _join_ckpt_groups(parts: list[MetricsResult], groups: list, T: int, ref: int
         first = np.asarray(parts[0].values[m])
         vals = np.empty((T, *first.shape[1:]))
         vals[ref] = first[0]
-        for part, cg in zip(parts, groups):
+        for part, cg in zip(parts, groups, strict=True):
             vals[cg] = np.asarray(part.values[m])[1:]
         values[m] = vals
         if m in parts[0].replicates:
             r0 = np.asarray(parts[0].replicates[m])
             reps = np.empty((r0.shape[0], T, *r0.shape[2:]))
             reps[:, ref] = r0[:, 0]
-            for part, cg in zip(parts, groups):
+            for part, cg in zip(parts, groups, strict=True):
                 reps[:, cg] = np.asarray(part.replicates[m])[:, 1:]
             replicates[m] = reps
     return MetricsResult(values=values, replicates=replicates, nested=nested)
@@ -437,7 +437,7 @@ def _paper_code_agreement(
         # self-comparison: rounding noise, not a correlation
         r[e, :, epochs.index(args.reference)] = np.nan
         kept = r[e, : len(exp.layers)][
-            :, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k
+            :, [c for c, ep in zip(cols, exp.epochs, strict=True) if ep != args.reference], :k
         ]
         mean[e], std[e] = (float(kept.mean()), float(kept.std())) if kept.size else (np.nan, np.nan)
     dims = ("experiment", "layer_index", "epoch", "class_index")

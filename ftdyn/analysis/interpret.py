@@ -195,7 +195,7 @@ def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -
     """ "experiment:layer:metric" of the distances that have not converged."""
     return [
         f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}"
-        for e, m, l in zip(*np.nonzero(np.isfinite(need)))
+        for e, m, l in zip(*np.nonzero(np.isfinite(need)), strict=True)
     ]
 
 
@@ -203,7 +203,7 @@ def warn_unconverged(ds: xr.Dataset) -> None:
     """The one warning line (after the results are written, so an error stays the only line of a
     failed run): the layers whose distance has not converged and the images they would need."""
     need, layers = ds["images_needed"].values, ds["layer"].values
-    hits = list(zip(*np.nonzero(np.isfinite(need))))
+    hits = list(zip(*np.nonzero(np.isfinite(need)), strict=True))
     if not hits:
         return
     exps = ds["experiment"].values

@@ -368,7 +368,7 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
     extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
     pooled = {
-        **dict(zip(pooled, results[n_main + n_conv :])),
+        **dict(zip(pooled, results[n_main + n_conv :], strict=True)),
         **collect_pooled(main.experiments, main.jobs, list(results[:n_main])),
     }
     extra["pooled"] = [pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))]

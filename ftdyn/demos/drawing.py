@@ -73,7 +73,7 @@ def _noise(
     """Fractal value noise (sum of smooth lattice octaves), zero mean, unit std."""
     out = np.zeros((size, size), dtype=np.float32)
     amp = 1.0
-    for gy, gx in zip(cells_y, cells_x):
+    for gy, gx in zip(cells_y, cells_x, strict=True):
         gy, gx = max(1, int(gy)), max(1, int(gx))
         lattice = rng.standard_normal((gy + 1, gx + 1)).astype(np.float32)
         out += amp * (_interp_matrix(size, gy) @ lattice @ _interp_matrix(size, gx).T)

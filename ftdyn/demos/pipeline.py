@@ -349,7 +349,7 @@ def findings(results) -> list[dict]:
                     "metric": str(metric),
                     "view": str(results["view"].sel(metric=metric).values),
                     "epoch": int(last["epoch"].values),
-                    "layers": {layer: float(v) for layer, v in zip(layers, values)},
+                    "layers": {layer: float(v) for layer, v in zip(layers, values, strict=True)},
                     "shallowest": {"layer": layers[0], "distance": float(values[0])},
                     "deepest": {"layer": layers[-1], "distance": float(values[-1])},
                     "early_closer_than_deep": bool(values[0] < values[-1]),
@@ -389,9 +389,10 @@ def interpreted(results, experiment: str, metric: str, layers: list[str], epoch:
     p_ends = _num(p[0, len(layers) - 1])
     d = results["distance"].sel(**sel, epoch=epoch).values
     return {
-        "relative": {layer: _num(v) for layer, v in zip(layers, rel)},
+        "relative": {layer: _num(v) for layer, v in zip(layers, rel, strict=True)},
         "ceiling": {
-            layer: _num(v) for layer, v in zip(layers, results["ceiling"].sel(**sel).values)
+            layer: _num(v)
+            for layer, v in zip(layers, results["ceiling"].sel(**sel).values, strict=True)
         },
         "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
         "early_closer_than_deep_p": p_ends,
@@ -410,8 +411,10 @@ def _convergence_findings(results, sel: dict, layers: list[str]) -> dict[str, li
     checked = np.isfinite(conv[:, -2]) & np.isfinite(conv[:, -1])
     ok = results["converged"].sel(**sel).values
     return {
-        "not_converged": [layer for layer, c, o in zip(layers, checked, ok) if c and not o],
-        "convergence_undefined": [layer for layer, c in zip(layers, checked) if not c],
+        "not_converged": [
+            layer for layer, c, o in zip(layers, checked, ok, strict=True) if c and not o
+        ],
+        "convergence_undefined": [layer for layer, c in zip(layers, checked, strict=True) if not c],
     }
 
 

@@ -181,7 +181,7 @@ def blocked(X: torch.Tensor, Y: torch.Tensor | None, fn, n_units: int, bytes_per
     b0, elems = Xe.shape[0], math.prod(Xe.shape[1:-2])
     b, c = plan_blocks(b0, elems, n_units, bytes_per_unit, X.device)
     outs = [fn(Xe[i : i + b], None if Ye is None else Ye[i : i + b], c) for i in range(0, b0, b)]
-    res = tuple(o[0] if len(outs) == 1 else torch.cat(o, 0) for o in zip(*outs))
+    res = tuple(o[0] if len(outs) == 1 else torch.cat(o, 0) for o in zip(*outs, strict=True))
     return tuple(r[0] for r in res) if not bshape else res
 
 

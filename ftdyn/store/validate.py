@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -39,7 +40,6 @@ from .schema import (
     layer_dims,
     store_layers,
 )
-import itertools
 
 
 def _damaged(path: Path, what: str) -> FtdynError:

@@ -272,7 +272,7 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
     if results is None or path is None:
         return None
     exps = [str(e) for e in results["experiment"].values]
-    for e, s in zip(exps, results["store"].values):
+    for e, s in zip(exps, results["store"].values, strict=True):
         if same_path(str(s), path):
             return e
     try:
@@ -283,7 +283,11 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     mine = store_fingerprint(Path(path), ds)["sha256"]
     return next(
-        (e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine),
+        (
+            e
+            for e, fp in zip(exps, prints, strict=True)
+            if isinstance(fp, dict) and fp.get("sha256") == mine
+        ),
         None,
     )
 
@@ -295,6 +299,7 @@ def results_stores(results) -> str:
         for e, s in zip(
             (str(x) for x in results["experiment"].values),
             (str(x) for x in results["store"].values),
+            strict=True,
         )
     )
 

@@ -395,7 +395,9 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
 def caption(grid: ClassGrid, rf, *, why: str, label: str) -> str:
     bh, bw = grid.crops.shape[3:5]
     h, w = grid.map_size
-    counts = ", ".join(f"{n}: {k} images" for n, k in zip(grid.class_names, grid.n_images))
+    counts = ", ".join(
+        f"{n}: {k} images" for n, k in zip(grid.class_names, grid.n_images, strict=True)
+    )
     rows_w, cols_w = display_window(grid.coverage)
     shown = (rows_w.stop - rows_w.start, cols_w.stop - cols_w.start)
     trimmed = (
