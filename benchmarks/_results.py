@@ -54,7 +54,7 @@ def write_result(name: str, metrics: dict, command: str) -> Path:
     record = {
         "name": name,
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": _commit(),
         "host": {"cpu": _cpu_model(), "cores": os.cpu_count()},
         "metrics": metrics,

@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import command_line, write_result  # noqa: E402 - beside this script
-from bench_analyze import ANALYZE, BASELINE, ROOT, run_child  # noqa: E402 - beside this script
+from _results import command_line, write_result  # beside this script
+from bench_analyze import ANALYZE, BASELINE, ROOT, run_child  # beside this script
 
-from ftdyn.config import parse_memory  # noqa: E402
+from ftdyn.config import parse_memory
 
 METRICS = {
     "channels": ["pwsm"],

@@ -59,10 +59,10 @@ from _results import command_line, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from ftdyn import metrics  # noqa: E402
-from ftdyn.metrics import stats  # noqa: E402
+from ftdyn import metrics
+from ftdyn.metrics import stats
 
 
 # ------------------------------------------------------------------- baseline
@@ -312,12 +312,12 @@ def case_micro(args, rows):
         A = torch.randn(*shape, dtype=torch.float64, device=dev, generator=g)
         C = A @ A.mT + shape[-1] * torch.eye(shape[-1], dtype=torch.float64, device=dev)
         ops = {
-            "eigh": lambda: torch.linalg.eigh(C),
-            "eigvalsh": lambda: torch.linalg.eigvalsh(C),
-            "svdvals": lambda: torch.linalg.svdvals(A),
-            "cholesky": lambda: torch.linalg.cholesky_ex(C),
-            "nuc_eigh": lambda: _linalg.nuclear_norm(A, "eigh"),
-            "nuc_svd": lambda: _linalg.nuclear_norm(A, "svd"),
+            "eigh": lambda C=C: torch.linalg.eigh(C),
+            "eigvalsh": lambda C=C: torch.linalg.eigvalsh(C),
+            "svdvals": lambda A=A: torch.linalg.svdvals(A),
+            "cholesky": lambda C=C: torch.linalg.cholesky_ex(C),
+            "nuc_eigh": lambda A=A: _linalg.nuclear_norm(A, "eigh"),
+            "nuc_svd": lambda A=A: _linalg.nuclear_norm(A, "svd"),
         }
         row = {"case": "micro", "shape": "x".join(map(str, shape)), "device": dev}
         for k, f in ops.items():
@@ -360,7 +360,11 @@ def main(argv=None):
         if args.device == "cuda"
         else f"CPU, {torch.get_num_threads()} threads"
     )
-    load = ", load average %.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
+    load = (
+        ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+        if hasattr(os, "getloadavg")
+        else ""
+    )
     load += "; " + " ".join(
         f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
     )

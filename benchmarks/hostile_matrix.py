@@ -241,7 +241,7 @@ def forked(args, before=None, deadline: float = 120.0) -> dict:
         try:
             _after_fork()
             payload = invoke(args, before)
-        except BaseException as exc:  # noqa: BLE001 - anything that escapes is a traceback
+        except BaseException as exc:  # anything that escapes is a traceback
             payload = {
                 "code": 1,
                 "output": "".join(traceback.format_exception(exc)),
@@ -305,7 +305,7 @@ def whole_set(out: Path) -> str | None:
             metrics = [
                 str(m) for m in zarr.open_group(out / "results.zarr", mode="r")["metric"][...]
             ]
-        except Exception:  # noqa: BLE001 - unreadable: no set
+        except Exception:  # unreadable: no set
             return None
         return metrics[0] if metrics_in(out) == set(metrics) else None
     manifest, problem = current_set(out)
@@ -1076,7 +1076,7 @@ def main() -> int:
                 outcome = fn(world)
         except NotApplicable:
             outcome = "n/a"
-        except Exception as exc:  # noqa: BLE001 - a broken case is reported, not hidden
+        except Exception as exc:  # a broken case is reported, not hidden
             outcome = f"case error: {type(exc).__name__}: {exc}"
         outcomes.append(
             {"case": name, "outcome": outcome, "seconds": round(time.perf_counter() - t0, 1)}

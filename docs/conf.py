@@ -7,7 +7,7 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS / "_ext"))
 sys.path.insert(0, str(DOCS.parent))
 
-from ftdyn import __version__  # noqa: E402 - after the path above
+from ftdyn import __version__  # after the path above
 
 project = "ftdyn"
 author = "the ftdyn developers"

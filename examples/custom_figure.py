@@ -40,12 +40,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-import ftdyn  # noqa: E402
-from ftdyn.errors import FtdynError  # noqa: E402
+import ftdyn
+from ftdyn.errors import FtdynError
 
 
 def layer_range(ds, experiment: str) -> tuple[int, str, int, str]:
@@ -89,7 +89,7 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
     ax = axes[0, 0]
     dist = ds["distance"].sel(metric=metric)
     epochs = ds["epoch"].values
-    for color, exp in zip(colors, experiments):
+    for color, exp in zip(colors, experiments, strict=True):
         lo, lo_name, hi, hi_name = layer_range(ds, exp)
         for index, name, style in ((lo, lo_name, "--"), (hi, hi_name, "-")):
             y = dist.sel(experiment=exp, layer_index=index).values
@@ -108,7 +108,7 @@ def draw(ds, out: Path, metric: str | None = None, hist_metric: str | None = Non
     if hist_metric:
         ax = axes[0, 1]
         fd = ds["filter_distance"].sel(metric=hist_metric)
-        for color, exp in zip(colors, experiments):
+        for color, exp in zip(colors, experiments, strict=True):
             _, _, hi, hi_name = layer_range(ds, exp)
             per_epoch = fd.sel(experiment=exp, layer_index=hi)
             has = np.isfinite(per_epoch.values).any(axis=1)

@@ -273,7 +273,7 @@ def print_reusability(ds) -> None:
             f"{ds['reusability_mean'].values[e, m]:.3f} +- {ds['reusability_std'].values[e, m]:.3f}"
             for m in range(len(metrics))
         ]
-        print(f"{str(exp):<28}" + "".join(f"{c:>20}" for c in cells))
+        print(f"{exp!s:<28}" + "".join(f"{c:>20}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 Function = TypeVar("Function", bound=Callable)
 

@@ -10,12 +10,13 @@ Each command imports its API module inside the function, for start-up speed: ``f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -57,10 +58,10 @@ def user_errors(func):
             raise typer.Exit(2) from None
         # the reader went away (`ftdyn info ... | head`): nothing left to say
         except BrokenPipeError:
-            try:  # Python would report the pipe again when it flushes stdout at exit
+            # Python would report the pipe again when it flushes stdout at exit; a stdout that is
+            # not a file (captured) has nothing to silence
+            with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):  # stdout is not a file (captured)
-                pass
             raise typer.Exit(141) from None
         except (
             OSError
@@ -103,7 +104,7 @@ def _config(config_type: type, params: dict, **renamed):
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
         ),
@@ -117,7 +118,7 @@ def main(
 @user_errors
 def layers(
     arch: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(help="Architecture name, e.g. resnet50 or timm/convnext_atto."),
     ] = None,
     input_size: Annotated[
@@ -191,37 +192,33 @@ def extract(
             "resumed/extended when it exists."
         ),
     ],
-    arch: Annotated[Optional[str], _extract("arch")] = _extract_default("arch"),
-    source: Annotated[Optional[str], _extract("source")] = _extract_default("source"),
-    layer: Annotated[Optional[list[str]], _extract("layers", "--layer")] = _extract_default(
-        "layers"
-    ),
-    per_class: Annotated[Optional[int], _extract("per_class")] = _extract_default("per_class"),
-    max_samples: Annotated[Optional[int], _extract("max_samples")] = _extract_default(
-        "max_samples"
-    ),
+    arch: Annotated[str | None, _extract("arch")] = _extract_default("arch"),
+    source: Annotated[str | None, _extract("source")] = _extract_default("source"),
+    layer: Annotated[list[str] | None, _extract("layers", "--layer")] = _extract_default("layers"),
+    per_class: Annotated[int | None, _extract("per_class")] = _extract_default("per_class"),
+    max_samples: Annotated[int | None, _extract("max_samples")] = _extract_default("max_samples"),
     seed: Annotated[int, _extract("probe_seed")] = _extract_default("probe_seed"),
-    input_size: Annotated[Optional[int], _extract("input_size")] = _extract_default("input_size"),
+    input_size: Annotated[int | None, _extract("input_size")] = _extract_default("input_size"),
     batch_size: Annotated[int, _extract("batch_size")] = _extract_default("batch_size"),
     dtype: Annotated[str, _extract("dtype")] = _extract_default("dtype"),
     codec: Annotated[str, _extract("codec")] = _extract_default("codec"),
-    chunk_samples: Annotated[Optional[int], _extract("samples_per_chunk")] = _extract_default(
+    chunk_samples: Annotated[int | None, _extract("samples_per_chunk")] = _extract_default(
         "samples_per_chunk"
     ),
     device: Annotated[str, _extract("device")] = _extract_default("device"),
     trust_checkpoint: Annotated[
         bool, _extract("trust_checkpoint", "--trust-checkpoint")
     ] = _extract_default("trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _extract("state_prefix")] = _extract_default(
+    state_prefix: Annotated[str | None, _extract("state_prefix")] = _extract_default(
         "state_prefix"
     ),
     weights_copy: Annotated[str, _extract("weights_copy")] = _extract_default("weights_copy"),
-    normalize: Annotated[Optional[str], _extract("normalize")] = _extract_default("normalize"),
-    model_name: Annotated[Optional[str], _extract("model_name")] = _extract_default("model_name"),
-    dataset_name: Annotated[Optional[str], _extract("dataset_name")] = _extract_default(
+    normalize: Annotated[str | None, _extract("normalize")] = _extract_default("normalize"),
+    model_name: Annotated[str | None, _extract("model_name")] = _extract_default("model_name"),
+    dataset_name: Annotated[str | None, _extract("dataset_name")] = _extract_default(
         "dataset_name"
     ),
-    writers: Annotated[Optional[int], _extract("writers")] = _extract_default("writers"),
+    writers: Annotated[int | None, _extract("writers")] = _extract_default("writers"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bars.")
     ] = not _extract_default("progress"),
@@ -276,31 +273,31 @@ def analyze(
             "reusability.csv, agreement.csv, agreement_summary.csv.",
         ),
     ] = Path("results"),
-    metric: Annotated[Optional[list[str]], _analyze("metrics", "--metric")] = _default("metrics"),
-    view: Annotated[Optional[list[str]], _analyze("views", "--view")] = _default("views"),
+    metric: Annotated[list[str] | None, _analyze("metrics", "--metric")] = _default("metrics"),
+    view: Annotated[list[str] | None, _analyze("views", "--view")] = _default("views"),
     alpha: Annotated[float, _analyze("alpha")] = _default("alpha"),
     reference: Annotated[int, _analyze("reference")] = _default("reference"),
     preset: Annotated[str, _analyze("preset")] = _default("preset"),
-    layer: Annotated[Optional[list[str]], _analyze("layers", "--layer")] = _default("layers"),
+    layer: Annotated[list[str] | None, _analyze("layers", "--layer")] = _default("layers"),
     bootstrap: Annotated[int, _analyze("bootstrap")] = _default("bootstrap"),
     seed: Annotated[int, _analyze("seed")] = _default("seed"),
     bootstrap_metric: Annotated[
-        Optional[list[str]], _analyze("bootstrap_metrics", "--bootstrap-metric")
+        list[str] | None, _analyze("bootstrap_metrics", "--bootstrap-metric")
     ] = _default("bootstrap_metrics"),
-    bootstrap_groups: Annotated[Optional[int], _analyze("bootstrap_groups")] = _default(
+    bootstrap_groups: Annotated[int | None, _analyze("bootstrap_groups")] = _default(
         "bootstrap_groups"
     ),
-    name: Annotated[Optional[list[str]], _analyze("experiment_names", "--name")] = _default(
+    name: Annotated[list[str] | None, _analyze("experiment_names", "--name")] = _default(
         "experiment_names"
     ),
     trajectory: Annotated[str, _analyze("trajectory")] = _default("trajectory"),
     allow_partial: Annotated[bool, _analyze("allow_partial", "--allow-partial")] = _default(
         "allow_partial"
     ),
-    memory_limit: Annotated[Optional[str], _analyze("memory_limit")] = _default("memory_limit"),
-    workers: Annotated[Optional[int], _analyze("workers")] = _default("workers"),
+    memory_limit: Annotated[str | None, _analyze("memory_limit")] = _default("memory_limit"),
+    workers: Annotated[int | None, _analyze("workers")] = _default("workers"),
     device: Annotated[str, _analyze("device")] = _default("device"),
-    scheduler: Annotated[Optional[str], _analyze("scheduler")] = _default("scheduler"),
+    scheduler: Annotated[str | None, _analyze("scheduler")] = _default("scheduler"),
     overwrite: Annotated[bool, _analyze("overwrite", "--overwrite")] = _default("overwrite"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bar.")
@@ -356,19 +353,19 @@ def visualize(
     out: Annotated[
         Path, typer.Option(help="Output folder for the PNGs and figures.json (captions).")
     ],
-    filter_: Annotated[Optional[list[int]], _visualize("filters", "--filter")] = default(
+    filter_: Annotated[list[int] | None, _visualize("filters", "--filter")] = default(
         VisualizeConfig, "filters"
     ),
-    class_: Annotated[Optional[list[str]], _visualize("classes", "--class")] = default(
+    class_: Annotated[list[str] | None, _visualize("classes", "--class")] = default(
         VisualizeConfig, "classes"
     ),
-    sample: Annotated[Optional[list[int]], _visualize("samples", "--sample")] = default(
+    sample: Annotated[list[int] | None, _visualize("samples", "--sample")] = default(
         VisualizeConfig, "samples"
     ),
-    epoch: Annotated[Optional[list[int]], _visualize("epochs", "--epoch")] = default(
+    epoch: Annotated[list[int] | None, _visualize("epochs", "--epoch")] = default(
         VisualizeConfig, "epochs"
     ),
-    results: Annotated[Optional[Path], _visualize("results")] = default(VisualizeConfig, "results"),
+    results: Annotated[Path | None, _visualize("results")] = default(VisualizeConfig, "results"),
     n_filters: Annotated[int, _visualize("n_filters")] = default(VisualizeConfig, "n_filters"),
 ) -> None:
     """Class-based (receptive-field averages) and sample-based (heatmap) figures of one layer."""
@@ -392,7 +389,7 @@ def visualize(
 def report(
     results_dir: Annotated[Path, typer.Argument(help="Results folder written by `ftdyn analyze`.")],
     store: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             "--store",
             help="Activation store (repeatable): its "
@@ -403,7 +400,7 @@ def report(
         ),
     ] = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Output folder for report.html and figures/ (default: RESULTS_DIR)."),
     ] = None,
 ) -> None:
@@ -496,13 +493,13 @@ def train(
         ),
     ],
     weights: Annotated[str, _train("weights")] = _train_default("weights"),
-    init: Annotated[Optional[Path], _train("init")] = _train_default("init"),
+    init: Annotated[Path | None, _train("init")] = _train_default("init"),
     epochs: Annotated[int, _train("epochs")] = _train_default("epochs"),
     batch_size: Annotated[int, _train("batch_size")] = _train_default("batch_size"),
     lr: Annotated[float, _train("lr")] = _train_default("lr"),
     crop_scale: Annotated[float, _train("crop_scale")] = _train_default("crop_scale"),
     optimizer: Annotated[str, _train("optimizer")] = _train_default("optimizer"),
-    val_split: Annotated[Optional[float], _train("val_split")] = _train_default("val_split"),
+    val_split: Annotated[float | None, _train("val_split")] = _train_default("val_split"),
     input_size: Annotated[int, _train("input_size")] = _train_default("input_size"),
     seed: Annotated[int, _train("seed")] = _train_default("seed"),
     device: Annotated[str, _train("device")] = _train_default("device"),
@@ -512,7 +509,7 @@ def train(
     trust_checkpoint: Annotated[
         bool, _train("trust_checkpoint", "--trust-checkpoint")
     ] = _train_default("trust_checkpoint"),
-    state_prefix: Annotated[Optional[str], _train("state_prefix")] = _train_default("state_prefix"),
+    state_prefix: Annotated[str | None, _train("state_prefix")] = _train_default("state_prefix"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bars or per-epoch lines.")
     ] = not _train_default("progress"),
@@ -529,7 +526,7 @@ def train(
     folder = run_training(data_dir, out=out, config=config)
     manifest = read_manifest(folder) or {"epochs": []}
     entries = sorted(manifest["epochs"], key=lambda e: e["epoch"])
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
     typer.echo(f"checkpoint series: {folder} ({len(entries)} checkpoints + manifest.json)")
     typer.echo(
         f"{'epoch':>5}  {'train_loss':>10}  {'train_acc':>9}  {'val_loss':>8}  {'val_acc':>7}"

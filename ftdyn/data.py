@@ -23,10 +23,10 @@ import math
 import os
 import random
 import stat
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class ImageFolderData:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, indices: Sequence[int]) -> "ImageFolderData":
+    def subset(self, indices: Sequence[int]) -> ImageFolderData:
         """The samples at ``indices`` (in that order), same classes, no skipped files."""
         paths = [self.paths[i] for i in indices]
         chosen = set(paths)
@@ -238,9 +238,9 @@ def scan_image_folder(
             status = [_check_image(p) for p, _ in found]
     else:
         status = [False] * len(found)
-    skipped = [p for (p, _), st in zip(found, status) if st is None]
-    kept = [(p, lab) for (p, lab), st in zip(found, status) if st is not None]
-    rescaled = [p for (p, _), st in zip(found, status) if st]
+    skipped = [p for (p, _), st in zip(found, status, strict=True) if st is None]
+    kept = [(p, lab) for (p, lab), st in zip(found, status, strict=True) if st is not None]
+    rescaled = [p for (p, _), st in zip(found, status, strict=True) if st]
     if not kept:
         raise FtdynError(
             f"{flag}: none of the {len(found)} images in '{root}' can be read "
@@ -405,7 +405,7 @@ def _to_uint8_chw(img: Image.Image) -> torch.Tensor:
 
 def eval_resize_size(input_size: int) -> int:
     """Shorter-side size before the centre crop: the ImageNet 256/224 ratio."""
-    return int(round(input_size * 256 / 224))
+    return round(input_size * 256 / 224)
 
 
 class EvalTransform:
@@ -427,8 +427,8 @@ class EvalTransform:
             new_w, new_h = int(self.resize * w / h), self.resize
         img = img.resize((new_w, new_h), Image.BILINEAR)
         s = self.input_size
-        top = int(round((new_h - s) / 2.0))
-        left = int(round((new_w - s) / 2.0))
+        top = round((new_h - s) / 2.0)
+        left = round((new_w - s) / 2.0)
         img = img.crop((left, top, left + s, top + s))
         return _to_uint8_chw(img)
 
@@ -469,17 +469,17 @@ class TrainTransform:
             aspect = math.exp(
                 torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item()
             )
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
                 left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
                 return left, top, w, h
         in_ratio = width / height  # fallback: central crop
         if in_ratio < min(self.ratio):
-            w, h = width, int(round(width / min(self.ratio)))
+            w, h = width, round(width / min(self.ratio))
         elif in_ratio > max(self.ratio):
-            h, w = height, int(round(height * max(self.ratio)))
+            h, w = height, round(height * max(self.ratio))
         else:
             w, h = width, height
         return (width - w) // 2, (height - h) // 2, w, h

@@ -13,6 +13,7 @@ CNN. ``LayerCapture`` records the outputs of named modules during a forward pass
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -417,8 +418,8 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
             f"{arg('arch', arch)}: no activation layers with spatial output found; name layers with"
             f" {arg('layers')}."
         )
-    chosen = [a.name for a, b in zip(acts, acts[1:]) if b.shape[1] < a.shape[1]]
-    return chosen + [acts[-1].name]
+    chosen = [a.name for a, b in itertools.pairwise(acts) if b.shape[1] < a.shape[1]]
+    return [*chosen, acts[-1].name]
 
 
 def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
@@ -501,7 +502,7 @@ class LayerCapture:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -41,8 +41,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .config import arg
 from .errors import FtdynError
@@ -305,7 +306,7 @@ def write_result_set(
     sets = out / SETS
     sets.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
     new_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
     partial, sealed = sets / f".{new_id}.partial", sets / new_id
     pointer = sets / f".{CURRENT}-{new_id}"

@@ -22,7 +22,8 @@ import contextlib
 import logging
 import sys
 import warnings
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from .errors import ConvergenceWarning, FtdynWarning
 

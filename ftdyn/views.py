@@ -121,7 +121,7 @@ def pooled(block: np.ndarray, dtype=np.float64) -> np.ndarray:
     return np.ascontiguousarray(block.mean(axis=(2, 3), dtype=np.float64), dtype=dtype)
 
 
-def filter(block: np.ndarray, dtype=np.float64) -> np.ndarray:  # noqa: A001 - the view's name
+def filter(block: np.ndarray, dtype=np.float64) -> np.ndarray:  # the view's name
     """(C, n, H·W): one matrix per filter, rows = images, cols = map positions."""
     block = _check(block)
     n, c, h, w = block.shape

@@ -41,7 +41,7 @@ def draw_image(class_name: str, rng: np.random.Generator, size: int = 32) -> Ima
     bg = tuple(int(v) for v in rng.integers(0, 60, 3))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)
-    jitter = lambda lo, hi: int(rng.integers(lo, hi))  # noqa: E731
+    jitter = lambda lo, hi: int(rng.integers(lo, hi))
     if class_name == "circle":
         colour = (jitter(180, 256), jitter(0, 80), jitter(0, 80))
         r = jitter(size // 5, size // 3)
@@ -350,7 +350,7 @@ def make_results(
     dist = np.full((E, M, L, T), np.nan)
     traj = np.full((E, M, L, T, T), np.nan)
     fdist = np.full((E, M, L, T, Fn), np.nan)
-    layer_names = np.array([list(layers), list(layers[:-1]) + [""]][:E], dtype=object)
+    layer_names = np.array([list(layers), [*layers[:-1], ""]][:E], dtype=object)
     for e in range(E):
         for m in range(M):
             for li in range(L):

@@ -132,7 +132,7 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     groups (several passes) gives the same numbers."""
     path, data = planted
     ds = ftdyn.analyze(path, out=tmp_path / "a", progress=False)
-    assert dict(zip(ds["metric"].values, ds["view"].values)) == {
+    assert dict(zip(ds["metric"].values, ds["view"].values, strict=True)) == {
         "pwsm": "channels",
         "procrustes": "filter",
         "cka": "filter",
@@ -473,7 +473,7 @@ def test_incomplete_store_and_allow_partial(tmp_path):
     path, data = make_planted_store(
         tmp_path / "s.zarr", complete=lambda i, c: not (i == 2 and c == 1)
     )
-    with pytest.raises(FtdynError, match="checkpoints 2 are not fully extracted.*allow_partial"):
+    with pytest.raises(FtdynError, match=r"checkpoints 2 are not fully extracted.*allow_partial"):
         ftdyn.analyze(path, out=tmp_path / "r", progress=False)
     ds = ftdyn.analyze(
         path, out=tmp_path / "r", progress=False, allow_partial=True, metrics=["pwsm"]
@@ -536,7 +536,7 @@ def test_memory_limit_parsing_and_threads(planted, tmp_path):
         and A.parse_memory("2GiB") == 2 * 2**30
         and A.parse_memory(None) is None
     )
-    with pytest.raises(FtdynError, match="^memory_limit"):
+    with pytest.raises(FtdynError, match=r"^memory_limit"):
         A.parse_memory("lots")
     with pytest.raises(FtdynError, match="too small"):
         A.parse_memory("1MB")

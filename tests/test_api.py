@@ -116,7 +116,7 @@ def test_metrics_exports_the_public_metrics_only():
         assert name not in dir(metrics)
         assert getattr(metrics, name) is getattr(module, name)
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
-        metrics.nonsense
+        _ = metrics.nonsense
 
 
 def test_results_zarr_opens_in_plain_xarray_without_warning(tmp_path):

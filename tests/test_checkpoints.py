@@ -29,7 +29,7 @@ def _model(num_classes: int = 5, seed: int = 0) -> torch.nn.Module:
 def reference():
     model = _model()
     with torch.no_grad():  # make BatchNorm buffers non-default so they are checked too
-        for name, buf in model.named_buffers():
+        for buf in model.buffers():
             if buf.is_floating_point():
                 buf.uniform_(0.5, 1.5)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -275,14 +275,14 @@ def test_discover_series_detects_modified_file(tmp_path):
         ck.discover_series(tmp_path)
     assert "epoch_001.pt" in str(info.value) and "changed since training" in str(info.value)
     (tmp_path / "epoch_002.pt").unlink()
-    with pytest.raises(FtdynError, match="epoch_001.pt|epoch_002.pt"):
+    with pytest.raises(FtdynError, match=r"epoch_001.pt|epoch_002.pt"):
         ck.discover_series(tmp_path)
 
 
 def test_discover_series_missing_file(tmp_path):
     _ftdyn_series(tmp_path)
     (tmp_path / "epoch_002.pt").unlink()
-    with pytest.raises(FtdynError, match="epoch_002.pt: listed in .* but missing"):
+    with pytest.raises(FtdynError, match=r"epoch_002.pt: listed in .* but missing"):
         ck.discover_series(tmp_path)
 
 
@@ -509,7 +509,7 @@ def test_head_mismatch_and_adapt_head(tmp_path, reference):
 
 
 def test_infer_num_classes_without_head(reference):
-    with pytest.raises(FtdynError, match="fc.weight"):
+    with pytest.raises(FtdynError, match=r"fc.weight"):
         ck.infer_num_classes({"x": torch.zeros(1)}, _model())
 
 
@@ -615,7 +615,7 @@ def test_source_weights_name(tmp_path):
     assert [e.epoch for e in entries] == [0, 1, 2]
     with pytest.raises(
         FtdynError,
-        match="not a weights name of resnet18|neither a file nor a weights name of resnet18",
+        match=r"not a weights name of resnet18|neither a file nor a weights name of resnet18",
     ):
         ck.discover_series(tmp_path, source="IMAGENET9K", arch="resnet18")
     with pytest.raises(FtdynError, match="no such checkpoint file"):

@@ -207,7 +207,7 @@ def test_analyze_identity_is_the_recorded_arguments():
 
 def test_valid_names_are_defined_once():
     """The metric registry, the views and the presets agree with the config's names."""
-    assert METRIC_NAMES == (*metrics.METRICS, DEBIASED_CKA)
+    assert (*metrics.METRICS, DEBIASED_CKA) == METRIC_NAMES
     from ftdyn import views
 
     assert views.VIEWS is VIEWS and views.check_view is config.check_view
@@ -249,7 +249,7 @@ def test_visualize_config_normalizes_choices():
         (0, 2),
         4,
     )
-    with pytest.raises(FtdynError, match="^n_filters=0: must be at least 1"):
+    with pytest.raises(FtdynError, match=r"^n_filters=0: must be at least 1"):
         VisualizeConfig(layer=0, n_filters=0)
     # n_filters unused then
     assert VisualizeConfig(layer=0, filters=[1], n_filters=0).filters == (1,)

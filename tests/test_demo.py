@@ -39,7 +39,7 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     assert len(report["findings"]) == 9 and all(
         len(row["layers"]) >= 3 for row in report["findings"]
     )
-    for name, info in report["targets"].items():
+    for info in report["targets"].values():
         assert info["chance"] == pytest.approx(1 / 3) and 0 <= info["val_acc"] <= 1
         assert all(0 <= p["epoch0"] <= 1 for p in info["linear_probe"].values())
         assert info["weights_sha256"] == (MOBILENET_V2_SHA256 if REAL else None)

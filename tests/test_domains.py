@@ -154,7 +154,7 @@ def test_generate_layout_counts_and_pixels(tmp_path):
     assert meta["per_class"] == {"train": 3, "val": 2} and meta["image_size"] == 32
     # the files hold exactly the in-memory rendering (PNG is lossless)
     r = render_domain("scene", 2, split="val", image_size=32, seed=1, n_classes=4)
-    for k, (img, label) in enumerate(zip(r.images, r.labels)):
+    for k, (img, label) in enumerate(zip(r.images, r.labels, strict=True)):
         on_disk = np.asarray(Image.open(out / "val" / r.classes[label] / f"{k % 2:03d}.png"))
         np.testing.assert_array_equal(on_disk, img)
 
@@ -210,7 +210,7 @@ def test_render_shapes_and_subsets_are_consistent():
     assert full.labels.tolist() == [c for c in range(8) for _ in range(3)]
     # fewer classes / fewer images: the same images, not new ones
     sub = render_domain("similar", 2, image_size=32, seed=5, n_classes=3)
-    for k, (img, label) in enumerate(zip(sub.images, sub.labels)):
+    for k, (img, label) in enumerate(zip(sub.images, sub.labels, strict=True)):
         j = full.classes.index(sub.classes[label]) * 3 + k % 2
         np.testing.assert_array_equal(img, full.images[j])
 
@@ -310,7 +310,7 @@ def test_source_label_is_in_the_object_not_the_background(rendered):
 def test_objects_stand_out_from_their_surroundings(rendered):
     images, masks = rendered["source"][0].images.astype(np.float32), rendered["source"][0].masks
     contrast = []
-    for img, m in zip(images, masks):
+    for img, m in zip(images, masks, strict=True):
         ys, xs = np.nonzero(m)
         box = np.zeros(m.shape, bool)
         box[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = True

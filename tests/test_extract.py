@@ -482,7 +482,7 @@ def test_state_prefix_picks_one_of_several_model_copies(tmp_path, probe_dir):
     assert refused.exit_code == 2 and "Traceback" not in refused.output and not out.exists()
     assert "several complete copies" in refused.output and "'ema.module.'" in refused.output
     assert "'model.'" in refused.output
-    result = CliRunner().invoke(app, args + ["--state-prefix", "model."])
+    result = CliRunner().invoke(app, [*args, "--state-prefix", "model."])
     assert result.exit_code == 0, result.output
     ds = open_store(out)
     for epoch in range(2):

@@ -402,7 +402,7 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
     assert json.loads(a.attrs["plan"])[0]["bootstrap_units"] == "images"
     assert json.loads(a.attrs["plan"])[1]["bootstrap_units"] == 4
     assert np.isfinite(a["layer_order_p"].values[0, 0, 0, 1])
-    with pytest.raises(ftdyn.FtdynError, match="^bootstrap_groups"):
+    with pytest.raises(ftdyn.FtdynError, match=r"^bootstrap_groups"):
         ftdyn.analyze(path, out=tmp_path / "c", progress=False, bootstrap=20, bootstrap_groups=1)
 
 
@@ -435,7 +435,7 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
     from ftdyn.analysis.rows import RowAccumulator, _cka_replicates
 
     X, unit, counts = _unit_data()
-    T, n, B, p = X.shape
+    T, _n, B, p = X.shape
     Xt = torch.from_numpy(X).permute(0, 2, 1, 3)  # (T, B, n, p)
     idx = S.shared_indices(unit, counts)
     direct = np.array(
@@ -521,7 +521,7 @@ def test_convergence_subsets_equal_the_metrics_on_those_images(
             for f, idx in enumerate(subsets):
                 a, b = x[idx], y[idx]
                 if view == "channels":  # one (images·h·w, channels) matrix
-                    flat = lambda t: t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
+                    flat = lambda t: t.transpose(0, 2, 3, 1).reshape(-1, t.shape[1])
                     want = float(metric[m](flat(a), flat(b)))
                 else:  # per filter: (images, h·w), then the mean over filters
                     want = np.mean(

@@ -110,7 +110,7 @@ def test_timm_names_one_interface():
     ):
         canonical_arch("convnext_atto")
     with pytest.raises(
-        FtdynError, match="unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"
+        FtdynError, match=r"unknown timm architecture 'convnxt_atto'.*timm/convnext_atto"
     ):
         canonical_arch("timm/convnxt_atto")
     assert canonical_arch("resnet50") == "resnet50"  # torchvision's stays torchvision's
@@ -200,7 +200,7 @@ def test_parse_normalize():
     assert parse_normalize("0.5,0.25") == {"mean": [0.5] * 3, "std": [0.25] * 3}
     assert parse_normalize("0.1,0.2,0.3,1,2,3") == {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}
     for bad in ("0.5", "a,b", "0.5,0", "1,2,3,4"):
-        with pytest.raises(FtdynError, match="^normalize="):
+        with pytest.raises(FtdynError, match=r"^normalize="):
             parse_normalize(bad)
 
 
@@ -268,7 +268,7 @@ def test_timm_checkpoint_saver_folder(tmp_path, probe_dir):
         and ds.attrs["normalization_from"] == "timm pretrained config"
     )
     images = ds["images"].values
-    build = lambda: timm.create_model("convnext_atto", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("convnext_atto", num_classes=3)
     for i in (0, 2):
         assert_stored(ds, i, forward(build, mains[i], images, ["stages.1", "stages.3"]))
 
@@ -319,7 +319,7 @@ def test_timm_args_namespace_needs_no_trust_but_other_objects_do(tmp_path):
         path,
     )
     with pytest.raises(
-        FtdynError, match="refusing to unpickle; it needs datetime.date. If you trust"
+        FtdynError, match=r"refusing to unpickle; it needs datetime.date. If you trust"
     ):
         ck.read_weights(path)
 
@@ -387,7 +387,7 @@ def test_torchvision_reference_folder_with_model_ema(tmp_path, probe_dir):
         (1, "model_0.pth", "model"),
         (2, "model_1.pth", "model"),
     ]
-    build = lambda: torchvision.models.resnet18(num_classes=3)  # noqa: E731
+    build = lambda: torchvision.models.resnet18(num_classes=3)
     assert_stored(ds, 1, forward(build, mains[1], ds["images"].values, ["layer2", "layer4"]))
 
     out = tmp_path / "ema.zarr"
@@ -433,7 +433,7 @@ def test_ema_prefix_inside_the_state_dict_and_missing_ema(tmp_path):
     torch.testing.assert_close(model.conv1.weight, ema["conv1.weight"])
     plain = tmp_path / "plain.pth"
     torch.save(live, plain)
-    with pytest.raises(FtdynError, match="^weights_copy ema: .*plain.pth holds no EMA copy"):
+    with pytest.raises(FtdynError, match=r"^weights_copy ema: .*plain.pth holds no EMA copy"):
         ck.read_weights(plain, copy="ema")
 
 
@@ -487,7 +487,7 @@ def test_lightning_model_checkpoint_folder(tmp_path, probe_dir):
         (1, "epoch=0-step=2.ckpt", "state_dict", "model."),
         (2, "epoch=1-step=4.ckpt", "state_dict", "model."),
     ]
-    build = lambda: timm.create_model("regnetx_002", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("regnetx_002", num_classes=3)
     assert_stored(ds, 1, forward(build, module.seen[1], ds["images"].values, ["s2", "s4"]))
 
 
@@ -537,7 +537,7 @@ def test_accelerate_save_state_folder(tmp_path, probe_dir):
     norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert ds.attrs["normalization"] == norm and ds.attrs["normalization_from"] == "--normalize"
     assert ds.attrs["layers"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
-    build = lambda: timm.create_model("efficientnet_b0", num_classes=3)  # noqa: E731
+    build = lambda: timm.create_model("efficientnet_b0", num_classes=3)
     assert_stored(
         ds, 1, forward(build, states[1], ds["images"].values, ["blocks.2", "blocks.6"], norm)
     )

@@ -49,7 +49,7 @@ def assert_same_metrics(got, want, n, p):
     """Lists from metrics_direct/_rows/_gram agree to 1e-9; the α=0 PWSM (first entry) is
     compared through cos θ where it is degenerate (n - 1 ≤ p: angle ~0, arccos magnifies rounding).
     """
-    for j, (a, b) in enumerate(zip(got, want)):
+    for j, (a, b) in enumerate(zip(got, want, strict=True)):
         if j == 0 and n - 1 <= p:
             np.testing.assert_allclose(np.cos(a), np.cos(b), atol=1e-9)
         else:
@@ -178,7 +178,7 @@ def test_gram_of_one_model_and_eig_route_for_any_pair():
             dead = (i == 2) != (j == 2) or (i == 2 and j == 2)
             assert np.isnan(stats.cka_from_gram(g)[1]) == dead
     # a decomposition that reuses the Gram's double centering is the same decomposition
-    for K, e in zip(grams, eigs):
+    for K, e in zip(grams, eigs, strict=True):
         reused = stats.gram_eig(K, stats.gram_center(K))
         for field in ("lam", "null", "tr", "dead"):
             assert torch.equal(getattr(reused, field), getattr(e, field))
@@ -388,18 +388,18 @@ def test_direct_chunked_paths_equal_one_chunk(monkeypatch):
     centering)."""
     rng = np.random.default_rng(12)
     cases = [data(rng, (3,), 70, 5, offset=4.0), data(rng, (2,), 6, 45, offset=4.0)]
-    ref = [metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)] for X, Y in cases]
+    ref = [[*metrics_direct(X, Y), metrics.linear_cka(X, Y, debiased=True)] for X, Y in cases]
     monkeypatch.setattr(_linalg, "CHUNK_BYTES", 8 * 5 * 2 * 7)  # 7 rows / a few columns per chunk
     monkeypatch.setattr(_linalg, "CACHE_BYTES", 8 * 5 * 2 * 7)
     monkeypatch.setattr(_linalg, "MIN_CHUNK_UNITS", 1)
     assert _linalg.plan_blocks(3, 1, 70, 8 * 10) == (1, 7)  # blocks of one matrix, 10 row chunks
     assert _linalg.plan_blocks(2, 1, 45, 8 * 6) == (1, 11)  # Gram side: 5 column chunks
     assert _linalg.plan_blocks(5, 1, 3, 8 * 10) == (2, 3)  # small matrices: 2 per block
-    for (X, Y), r in zip(cases, ref):
-        got = metrics_direct(X, Y) + [metrics.linear_cka(X, Y, debiased=True)]
+    for (X, Y), r in zip(cases, ref, strict=True):
+        got = [*metrics_direct(X, Y), metrics.linear_cka(X, Y, debiased=True)]
         # α=0 may be degenerate
         np.testing.assert_allclose(np.cos(got[0]), np.cos(r[0]), atol=1e-12)
-        for a, b in zip(got[1:], r[1:]):
+        for a, b in zip(got[1:], r[1:], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-10)
         X = X.copy()
         X[-1, -1, -1] = np.nan  # in the last chunk only

@@ -68,7 +68,7 @@ def test_capture_keeps_block_output_of_a_reused_relu():
 def test_unknown_names_are_one_line_errors():
     with pytest.raises(FtdynError, match="Did you mean resnet50"):
         canonical_arch("resnet5O")
-    with pytest.raises(FtdynError, match="^layers: 'layer9' is not a module"):
+    with pytest.raises(FtdynError, match=r"^layers: 'layer9' is not a module"):
         LayerCapture(build_model("resnet18"), ["layer9"])
     with pytest.raises(FtdynError, match="neither a file nor a weights name"):
         build_model("resnet18", weights="IMAGENET9K")

@@ -174,7 +174,9 @@ def test_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path, monkey
             action = _sigkill if mode == "kill" else _interrupt
             monkeypatch.setattr(outputs, "_step", _fault_at(step, action))
             if mode == "kill":
-                status = _run_forked(lambda: ftdyn.analyze(store, out=out, progress=False, **B))
+                status = _run_forked(
+                    lambda out=out: ftdyn.analyze(store, out=out, progress=False, **B)
+                )
                 assert status == -signal.SIGKILL, (step, status)
             else:
                 with pytest.raises(KeyboardInterrupt):
@@ -290,9 +292,9 @@ def test_second_run_into_a_locked_folder_is_refused_naming_the_pid(store, tmp_pa
 @pytest.mark.slow
 def test_two_concurrent_analyzes_one_wins_the_other_is_refused(store, tmp_path):
     out = tmp_path / "r"
-    with folder_lock(out):  # re-entrant in one process: analyze then report in one command
-        with folder_lock(out):
-            pass
+    # re-entrant in one process: analyze then report in one command
+    with folder_lock(out), folder_lock(out):
+        pass
     statuses = []
     pids = []
     for args in (A, {**B, "overwrite": False}):
@@ -359,7 +361,7 @@ def _fault_each_step(base: Path, steps: list[str], run, tmp_path: Path, monkeypa
             outputs, "_step", _fault_at(step, _sigkill if mode == "kill" else _interrupt)
         )
         if mode == "kill":
-            assert _run_forked(lambda: run(out)) == -signal.SIGKILL, step
+            assert _run_forked(lambda out=out: run(out)) == -signal.SIGKILL, step
         else:
             with pytest.raises(KeyboardInterrupt):
                 run(out)
@@ -374,7 +376,7 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
     interrupted anywhere, the folder holds the set without them or with all of them, verified;
     analyze with the same arguments stays up to date; the next report cleans the leftovers."""
     base, _ = with_a["set"]
-    run = lambda out: ftdyn.report(out, stores=[])  # noqa: E731 - curves only: fast
+    run = lambda out: ftdyn.report(out, stores=[])  # curves only: fast
     steps = _steps_of(run, base, tmp_path)
     assert steps == [
         "fill",
@@ -420,13 +422,12 @@ def test_visualize_fault_at_each_step_keeps_the_old_figures_or_all_new(
     base = tmp_path / "base"
     ftdyn.visualize(viz_store, layer=0, filters=[1], samples=[0], out=base)
     old = sorted(e["file"] for e in read_index(base))
-    # noqa: E731
     run = lambda out: ftdyn.visualize(viz_store, layer=1, filters=[0], samples=[1], out=out)
     steps = _steps_of(run, base, tmp_path)
     assert steps[:3] == ["fill", "manifest", "seal"] and steps[-2:] == ["swap", "delete old"]
     assert steps[3:-2] == ["link class_toy_features_8.png", "link sample_toy_features_8_s1.png"]
     for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
-        manifest, problem = current_set(out)
+        _manifest, problem = current_set(out)
         assert problem is None, (step, problem)
         files = sorted(e["file"] for e in read_index(out))
         new = [s.removeprefix("link ") for s in steps[3:-2]]
@@ -551,7 +552,8 @@ def test_disk_errors_name_the_folder_and_keep_the_old_set(
             outputs,
             "_step",
             _fault_at(
-                "manifest", lambda: (_ for _ in ()).throw(OSError(number, os.strerror(number)))
+                "manifest",
+                lambda number=number: (_ for _ in ()).throw(OSError(number, os.strerror(number))),
             ),
         )
         result = runner.invoke(app, cmd)

@@ -293,7 +293,7 @@ def test_cell_centres_of_a_stride_two_layer():
     np.testing.assert_array_equal(ys, 0.5 + 2 * np.arange(32))
     np.testing.assert_array_equal(xs, ys)
     assert (ys[7], xs[3]) == rf.center(7, 3)
-    us, vs = image_to_map(rf, 64, 64)
+    us, _vs = image_to_map(rf, 64, 64)
     np.testing.assert_allclose(np.interp(ys, np.arange(64), us), np.arange(32))
     # a plain resize (align_corners=False) puts cell u at 2u + 0.5: right for the 2x2 pool above,
     # half a pixel off for a strided conv with "same"-style padding:
@@ -318,7 +318,7 @@ def test_upsample_places_cells_at_their_centres():
     fmap[1] = np.arange(8)[:, None] * np.ones(8)  # a ramp in u
     up = upsample_to_image(fmap, rf, (32, 32))
     assert up.shape == (2, 32, 32)
-    cy, cx = rf.center(3, 5)  # (13.5, 21.5): the peak spreads over the 4 pixels around the centre
+    _cy, _cx = rf.center(3, 5)  # (13.5, 21.5): the peak spreads over the 4 pixels around the centre
     peak = np.argwhere(up[0] == up[0].max())
     assert {tuple(p) for p in peak} == {(13, 21), (13, 22), (14, 21), (14, 22)}
     np.testing.assert_allclose(up[1][:, 0], np.clip((np.arange(32) - 1.5) / 4, 0, 7))

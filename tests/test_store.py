@@ -157,7 +157,7 @@ def test_bad_paths_and_versions(tmp_path):
     meta = json.loads((path / "zarr.json").read_text())
     meta["attributes"]["ftdyn_store_format"] = 99
     (path / "zarr.json").write_text(json.dumps(meta))
-    with pytest.raises(FtdynError, match="store format 99.*Re-extract"):
+    with pytest.raises(FtdynError, match=r"store format 99.*Re-extract"):
         open_store(path)
 
 

@@ -1,5 +1,6 @@
-"""Style: ruff's lint (pyflakes, import order, lines of at most 100 characters) and its formatter,
-as configured in pyproject.toml, over the whole repository."""
+"""Style: ruff's lint (pyflakes, import order, lines of at most 100 characters, bugbear,
+pyupgrade, simplify and ruff's own rules) and its formatter, as configured in pyproject.toml,
+over the whole repository."""
 
 from __future__ import annotations
 

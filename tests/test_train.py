@@ -185,8 +185,8 @@ def test_split_is_stratified_seeded_and_probe_deterministic(flat_image_folder):
     probe = D.select_probe(train_a, per_class=2, max_samples=5, seed=0)
     assert probe.paths == D.select_probe(train_a, per_class=2, max_samples=5, seed=0).paths
     assert len(probe) == 5 and sorted(probe.class_counts()) == [1, 2, 2]
-    assert [(lab, str(p)) for lab, p in zip(probe.labels, probe.paths)] == sorted(
-        (lab, str(p)) for lab, p in zip(probe.labels, probe.paths)
+    assert [(lab, str(p)) for lab, p in zip(probe.labels, probe.paths, strict=True)] == sorted(
+        (lab, str(p)) for lab, p in zip(probe.labels, probe.paths, strict=True)
     )
     images = D.load_images(probe, 32)
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
@@ -234,7 +234,7 @@ def test_killed_run_resumes_to_identical_weights(image_folder, tmp_path):
     ref = ckpt.read_manifest(reference)
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
     assert_same_state(state_of(killed / "epoch_004.pt"), state_of(reference / "epoch_004.pt"))
-    for a, b in zip(resumed["epochs"], ref["epochs"]):
+    for a, b in zip(resumed["epochs"], ref["epochs"], strict=True):
         assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (
             b["train_loss"],
             b["val_loss"],
@@ -304,7 +304,7 @@ def test_resume_walks_back_past_damaged_or_missing_checkpoints(image_folder, tmp
         assert resumed["complete"] is True
         # bit-exact on CPU: the same files, metrics and weights as the uninterrupted run
         assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3, 4]
-        for a, b in zip(resumed["epochs"], ref["epochs"]):
+        for a, b in zip(resumed["epochs"], ref["epochs"], strict=True):
             assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (
                 b["train_loss"],
                 b["val_loss"],

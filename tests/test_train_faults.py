@@ -28,7 +28,7 @@ def reference(image_folder, tmp_path_factory):
 def _same_run(out: Path, reference: Path) -> None:
     manifest, ref = ckpt.read_manifest(out), ckpt.read_manifest(reference)
     assert manifest["complete"] is True and [e["epoch"] for e in manifest["epochs"]] == [0, 1]
-    for a, b in zip(manifest["epochs"], ref["epochs"]):
+    for a, b in zip(manifest["epochs"], ref["epochs"], strict=True):
         assert_same_state(state_of(out / a["file"]), state_of(reference / b["file"]))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 

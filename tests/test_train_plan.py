@@ -60,5 +60,5 @@ def test_plan_of_resume_and_overwrite(tiny_series, image_folder, tmp_path):
         p.name for p in series.iterdir() if p.name != ".ftdyn.lock"
     ]  # the lock file of the run that wrote it
     assert sorted(kept) == sorted(p.name for p in replaced.delete)  # untouched
-    with pytest.raises(FtdynError, match="^lr: "):
+    with pytest.raises(FtdynError, match=r"^lr: "):
         training.make_plan(image_folder, out=series, config=base, resume=True, lr=1e-3)

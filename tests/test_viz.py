@@ -151,7 +151,7 @@ def test_filters_chosen_from_activations_and_from_results(store, tmp_path):
 
 
 def test_sample_based_places_the_argmax_with_the_receptive_field(store):
-    path, images, labels = store
+    path, images, _labels = store
     ds = open_store(path)
     rf = ReceptiveField.from_dict(RF)
     grid = heatmaps.sample_based(

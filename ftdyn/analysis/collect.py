@@ -51,16 +51,16 @@ def _join_ckpt_groups(parts: list[MetricsResult], groups: list, T: int, ref: int
     values, replicates = {}, {}
     for m in parts[0].values:
         first = np.asarray(parts[0].values[m])
-        vals = np.empty((T,) + first.shape[1:])
+        vals = np.empty((T, *first.shape[1:]))
         vals[ref] = first[0]
-        for part, cg in zip(parts, groups):
+        for part, cg in zip(parts, groups, strict=True):
             vals[cg] = np.asarray(part.values[m])[1:]
         values[m] = vals
         if m in parts[0].replicates:
             r0 = np.asarray(parts[0].replicates[m])
-            reps = np.empty((r0.shape[0], T) + r0.shape[2:])
+            reps = np.empty((r0.shape[0], T, *r0.shape[2:]))
             reps[:, ref] = r0[:, 0]
-            for part, cg in zip(parts, groups):
+            for part, cg in zip(parts, groups, strict=True):
                 reps[:, cg] = np.asarray(part.replicates[m])[:, 1:]
             replicates[m] = reps
     return MetricsResult(values=values, replicates=replicates, nested=nested)
@@ -283,8 +283,8 @@ def _record_arrays(
         "n_nan": np.zeros(shape, dtype=np.int64),
         "n_nan_maps": np.zeros(shape, dtype=np.int64),
         "n_filters": np.zeros((E, Mn, Lmax), dtype=np.int64),
-        "filter_distance": np.full(shape + (Fmax,), np.nan),
-        "trajectory": np.full(shape + (Ep,), np.nan),
+        "filter_distance": np.full((*shape, Fmax), np.nan),
+        "trajectory": np.full((*shape, Ep), np.nan),
         "layer": np.full((E, Lmax), "", dtype=object),
         "has_epoch": np.zeros((E, Ep), dtype=bool),
     }
@@ -346,9 +346,9 @@ _VARIABLES = {
         _LE,
         "map view: undefined (image, filter) maps ignored by the means; 0 for other views",
     ),
-    "filter_distance": (_LE + ("filter",), None),
+    "filter_distance": ((*_LE, "filter"), None),
     "trajectory": (
-        _LE + ("epoch_other",),
+        (*_LE, "epoch_other"),
         "checkpoint x checkpoint distances (NaN where not computed, see attrs.plan)",
     ),
     "reusability_mean": (("experiment", "metric"), None),
@@ -371,7 +371,7 @@ def _coords(
     layer_names: np.ndarray,
     n_filter_columns: int,
 ) -> dict[str, tuple]:
-    strings = lambda values: np.array(list(values), dtype=object)  # noqa: E731
+    strings = lambda values: np.array(list(values), dtype=object)
     return {
         "experiment": ("experiment", strings(e.name for e in exps)),
         "model": ("experiment", strings(e.model for e in exps)),
@@ -437,7 +437,7 @@ def _paper_code_agreement(
         # self-comparison: rounding noise, not a correlation
         r[e, :, epochs.index(args.reference)] = np.nan
         kept = r[e, : len(exp.layers)][
-            :, [c for c, ep in zip(cols, exp.epochs) if ep != args.reference], :k
+            :, [c for c, ep in zip(cols, exp.epochs, strict=True) if ep != args.reference], :k
         ]
         mean[e], std[e] = (float(kept.mean()), float(kept.std())) if kept.size else (np.nan, np.nan)
     dims = ("experiment", "layer_index", "epoch", "class_index")

@@ -109,11 +109,11 @@ def gram_panel(request: GramPanelRequest, after=None) -> GramPanel:
     for c in panel:
         m = read_matrices(src, ckpt, c, fsl, view)
         if P is None:
-            P = m.new_empty(m.shape[:-2] + (r1 - r0, m.shape[-1]))
+            P = m.new_empty((*m.shape[:-2], r1 - r0, m.shape[-1]))
         rows = src.rows(c)
         P[..., rows.start - r0 : rows.stop - r0, :] = m
         del m
-    block = P.new_empty(P.shape[:-1] + (src.n - r0,))
+    block = P.new_empty((*P.shape[:-1], src.n - r0))
     block[..., : r1 - r0] = torch.matmul(P, P.mT)
     for c in request.stream:
         rows = src.rows(c)
@@ -130,7 +130,7 @@ def gram_assemble(n: int, *panels: GramPanel) -> torch.Tensor:
     if len(panels) == 1 and panels[0].block.shape[-2] == n:
         return panels[0].block
     batch = panels[0].block.shape[:-2]
-    K = torch.empty(batch + (n, n), dtype=F64, device=panels[0].block.device)
+    K = torch.empty((*batch, n, n), dtype=F64, device=panels[0].block.device)
     for panel in panels:
         r0, block = panel.first_row, panel.block
         r1 = r0 + block.shape[-2]

@@ -273,7 +273,7 @@ def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: st
         own = isinstance(scheduler, str)
         try:
             client = Client(scheduler, timeout="10s") if own else scheduler
-        except Exception as exc:  # noqa: BLE001 - any connection failure is a user error
+        except Exception as exc:  # any connection failure is a user error
             raise FtdynError(
                 f"{arg('scheduler')}: cannot connect to {scheduler} ({type(exc).__name__}: {exc})."
             ) from None

@@ -195,7 +195,7 @@ def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -
     """ "experiment:layer:metric" of the distances that have not converged."""
     return [
         f"{exps[e].name}:{exps[e].layers[l][0]}:{args.metrics[m]}"
-        for e, m, l in zip(*np.nonzero(np.isfinite(need)))
+        for e, m, l in zip(*np.nonzero(np.isfinite(need)), strict=True)
     ]
 
 
@@ -203,7 +203,7 @@ def warn_unconverged(ds: xr.Dataset) -> None:
     """The one warning line (after the results are written, so an error stays the only line of a
     failed run): the layers whose distance has not converged and the images they would need."""
     need, layers = ds["images_needed"].values, ds["layer"].values
-    hits = list(zip(*np.nonzero(np.isfinite(need))))
+    hits = list(zip(*np.nonzero(np.isfinite(need)), strict=True))
     if not hits:
         return
     exps = ds["experiment"].values
@@ -217,6 +217,7 @@ def warn_unconverged(ds: xr.Dataset) -> None:
         f" {'; '.join(parts)}. Extract more probe images (--per-class) for these; see"
         " convergence.csv.",
         ConvergenceWarning,
+        stacklevel=2,
     )
 
 
@@ -371,7 +372,7 @@ def _distance_vars(ceiling, rel, r_mean, r_std, sig: dict) -> dict:
         ),
         "delta_ci_high": (le, sig["delta_ci_high"]),
         "layer_order_p": (
-            eml + ("layer_index_other",),
+            (*eml, "layer_index_other"),
             sig["layer_order_p"],
             {
                 "description": (
@@ -412,7 +413,7 @@ def _convergence_vars(convergence, ok, need) -> dict:
     eml = ("experiment", "metric", "layer_index")
     return {
         "convergence": (
-            eml + ("fraction",),
+            (*eml, "fraction"),
             convergence,
             {"description": "distance at the last epoch on nested seeded image subsets"},
         ),

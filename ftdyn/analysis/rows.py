@@ -247,7 +247,7 @@ class RowAccumulator:
                 "u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x
             )
 
-        n = int(round(float(tot(self.n))))
+        n = round(float(tot(self.n)))
         s = tot(self.s)
         if self.G is not None and counts is None:
             p = s.shape[-1]

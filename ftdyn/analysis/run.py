@@ -85,6 +85,7 @@ def _warn_degenerate(
             f" {arg('views')}"
             f"{' or ' + arg('alpha', 1) if any('alpha=0' in w for w in what) else ''}.",
             FtdynWarning,
+            stacklevel=2,
         )
     return names
 
@@ -367,7 +368,7 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
     extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
     pooled = {
-        **dict(zip(pooled, results[n_main + n_conv :])),
+        **dict(zip(pooled, results[n_main + n_conv :], strict=True)),
         **collect_pooled(main.experiments, main.jobs, list(results[:n_main])),
     }
     extra["pooled"] = [pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))]
@@ -401,7 +402,7 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
         "threads": int(plan.threads),
         "device": str(plan.device),
         "memory_limit": int(plan.memory_limit),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -7,8 +7,8 @@ A job's metrics task (:func:`~ftdyn.analysis.rows.row_finish`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def trajectory(
     already computed distances, every other pair from ``pair(a, b)``; NaN for the pairs of a
     position in ``skip`` with another checkpoint (the random-init baseline is no epoch)."""
     T = len(reference_values)
-    traj = np.full((T, T) + reference_values.shape[1:], np.nan)
+    traj = np.full((T, T, *reference_values.shape[1:]), np.nan)
     for a in range(T):
         for b in range(a, T):
             if a == ref or b == ref:

@@ -63,7 +63,7 @@ class CheckpointEntry:
 
 def load_source_weights(
     model: nn.Module,
-    entry: "CheckpointEntry",
+    entry: CheckpointEntry,
     *,
     arch: str,
     trust: bool = False,
@@ -142,7 +142,9 @@ def _numbers_in_names(folder: Path, names: dict[Path, str]) -> dict[Path, int | 
         if marked is None and numbers:
             patterns.setdefault(pattern, []).append(p)
     for paths in patterns.values():
-        varying = sum(len(set(column)) > 1 for column in zip(*(parsed[p][1] for p in paths)))
+        varying = sum(
+            len(set(column)) > 1 for column in zip(*(parsed[p][1] for p in paths), strict=False)
+        )
         if varying > 1:
             raise FtdynError(
                 f"{folder}: cannot tell which number in the file names is the epoch: "

@@ -12,6 +12,7 @@ anything) unless ``trust=True`` (``--trust-checkpoint``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -139,10 +140,9 @@ def _safetensors_metadata(path: Path) -> dict:
 def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     """Globals a pickle would import, listed without executing anything."""
     names: list[str] = []
-    try:
+    # legacy (non-zip) files are not supported by that helper
+    with contextlib.suppress(Exception):
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # legacy (non-zip) files are not supported by that helper
-        pass
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         names += re.findall(r"Unsupported global: ([\w.]+)", str(exc))
@@ -332,9 +332,7 @@ def _stored_epoch(obj: Any) -> int | None:
     if not isinstance(obj, dict):
         return None
     epoch = obj.get("epoch")
-    if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
-        epoch = epoch.item()
-    elif isinstance(epoch, np.generic):
+    if (isinstance(epoch, torch.Tensor) and epoch.numel() == 1) or isinstance(epoch, np.generic):
         epoch = epoch.item()
     elif isinstance(epoch, str) and epoch.strip().isdigit():
         epoch = int(epoch)

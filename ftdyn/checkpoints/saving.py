@@ -85,7 +85,7 @@ def to_weights_only(obj: Any) -> Any:
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
-    if isinstance(obj, torch.dtype) or isinstance(obj, torch.device):
+    if isinstance(obj, (torch.dtype, torch.device)):
         return str(obj)
     raise TypeError(f"cannot store {type(obj).__name__} in an ftdyn checkpoint (weights_only)")
 

@@ -4,8 +4,9 @@ presets (named sets of metrics, views and map averaging)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Literal, get_args
 
 from ..errors import FtdynError
 from .base import _internal, _names, _option, arg, check_seed, default, parse_memory
@@ -296,7 +297,7 @@ class AnalyzeConfig:
         """The normalized ``bootstrap_groups`` and ``bootstrap_metrics`` (and the check of the
         debiased CKA's view, whose error users met after these)."""
         groups = self.bootstrap_groups
-        if groups is not None and not 2 <= int(groups):
+        if groups is not None and int(groups) < 2:
             raise FtdynError(
                 f"{arg('bootstrap_groups')}: at least 2 groups of images, got {groups}."
             )

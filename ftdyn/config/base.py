@@ -9,8 +9,9 @@ import contextlib
 import dataclasses
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import field
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import FtdynError
 

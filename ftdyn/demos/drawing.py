@@ -7,8 +7,9 @@ image depends only on that stream.
 from __future__ import annotations
 
 import colorsys
-from functools import lru_cache
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def _noise(
     """Fractal value noise (sum of smooth lattice octaves), zero mean, unit std."""
     out = np.zeros((size, size), dtype=np.float32)
     amp = 1.0
-    for gy, gx in zip(cells_y, cells_x):
+    for gy, gx in zip(cells_y, cells_x, strict=True):
         gy, gx = max(1, int(gy)), max(1, int(gx))
         lattice = rng.standard_normal((gy + 1, gx + 1)).astype(np.float32)
         out += amp * (_interp_matrix(size, gy) @ lattice @ _interp_matrix(size, gx).T)
@@ -231,7 +232,7 @@ def _shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 ALL_SHAPES = SOURCE_SHAPES + SIMILAR_SHAPES
 
 
-@lru_cache(maxsize=None)
+@cache
 def _extent(shape: str) -> float:
     """Largest distance from the origin of any point of a shape (object units)."""
     c = np.linspace(-1.5, 1.5, 241, dtype=np.float32)
@@ -281,7 +282,7 @@ def _bg_water(rng, g: _Grid) -> np.ndarray:
     S = g.size
     deep = _hsv(rng.uniform(0.5, 0.62), rng.uniform(0.6, 0.95), rng.uniform(0.25, 0.5))
     light = _hsv(rng.uniform(0.48, 0.58), rng.uniform(0.3, 0.6), rng.uniform(0.6, 0.85))
-    xr, yr = _rotate(g.x, g.y, rng.uniform(-0.2, 0.2))
+    _xr, yr = _rotate(g.x, g.y, rng.uniform(-0.2, 0.2))
     warp = _noise(rng, S, [6, 12], [2, 3], 0.5)
     freq = rng.uniform(4, 11)
     ripple = np.sin(np.pi * freq * yr + 1.2 * warp + rng.uniform(0, 2 * np.pi))
@@ -297,7 +298,7 @@ def _bg_sand(rng, g: _Grid) -> np.ndarray:
     h = rng.uniform(0.07, 0.12)
     shadow = _hsv(h, rng.uniform(0.4, 0.6), rng.uniform(0.45, 0.65))
     lit = _hsv(h + rng.uniform(-0.01, 0.02), rng.uniform(0.2, 0.4), rng.uniform(0.8, 0.97))
-    xr, yr = _rotate(g.x, g.y, rng.uniform(0, np.pi))
+    xr, _yr = _rotate(g.x, g.y, rng.uniform(0, np.pi))
     warp = _fractal(rng, S, 1, 3)
     dunes = np.sin(np.pi * rng.uniform(1.0, 3.5) * xr + 1.5 * warp + rng.uniform(0, 2 * np.pi))
     ripples = np.sin(np.pi * rng.uniform(10, 20) * xr + 2.0 * warp)
@@ -630,7 +631,7 @@ _FRUIT_PARTS = {
 
 def _fruit_parts(fruit: str, rng, x: np.ndarray, y: np.ndarray):
     """[(sdf in object units, rgb, kind)] painted in order; kind in {'body', 'flat'}."""
-    j = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
+    j = lambda a, b: float(rng.uniform(a, b))
     # stem and leaf colours are drawn for every fruit, so each fruit's random stream is unchanged
     stem = _hsv(j(0.07, 0.1), j(0.5, 0.8), j(0.25, 0.4))
     leaf = _hsv(j(0.25, 0.33), j(0.6, 0.9), j(0.4, 0.65))

@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -349,7 +349,7 @@ def findings(results) -> list[dict]:
                     "metric": str(metric),
                     "view": str(results["view"].sel(metric=metric).values),
                     "epoch": int(last["epoch"].values),
-                    "layers": {layer: float(v) for layer, v in zip(layers, values)},
+                    "layers": {layer: float(v) for layer, v in zip(layers, values, strict=True)},
                     "shallowest": {"layer": layers[0], "distance": float(values[0])},
                     "deepest": {"layer": layers[-1], "distance": float(values[-1])},
                     "early_closer_than_deep": bool(values[0] < values[-1]),
@@ -389,9 +389,10 @@ def interpreted(results, experiment: str, metric: str, layers: list[str], epoch:
     p_ends = _num(p[0, len(layers) - 1])
     d = results["distance"].sel(**sel, epoch=epoch).values
     return {
-        "relative": {layer: _num(v) for layer, v in zip(layers, rel)},
+        "relative": {layer: _num(v) for layer, v in zip(layers, rel, strict=True)},
         "ceiling": {
-            layer: _num(v) for layer, v in zip(layers, results["ceiling"].sel(**sel).values)
+            layer: _num(v)
+            for layer, v in zip(layers, results["ceiling"].sel(**sel).values, strict=True)
         },
         "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
         "early_closer_than_deep_p": p_ends,
@@ -410,8 +411,10 @@ def _convergence_findings(results, sel: dict, layers: list[str]) -> dict[str, li
     checked = np.isfinite(conv[:, -2]) & np.isfinite(conv[:, -1])
     ok = results["converged"].sel(**sel).values
     return {
-        "not_converged": [layer for layer, c, o in zip(layers, checked, ok) if c and not o],
-        "convergence_undefined": [layer for layer, c in zip(layers, checked) if not c],
+        "not_converged": [
+            layer for layer, c, o in zip(layers, checked, ok, strict=True) if c and not o
+        ],
+        "convergence_undefined": [layer for layer, c in zip(layers, checked, strict=True) if not c],
     }
 
 
@@ -435,7 +438,7 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
         rel = r.get("relative_reusability_mean")
         lines.append(
             f"{r['experiment']:<28} {r['metric']:<11} {r['shallowest']['distance']:8.4f}"
-            f" {r['deepest']['distance']:8.4f} {str(r['early_closer_than_deep']):>10}"
+            f" {r['deepest']['distance']:8.4f} {r['early_closer_than_deep']!s:>10}"
             f" {'n/a' if p is None else f'{p:.3f}':>6}"
             f" {r['reusability_mean']:9.4f}±{r['reusability_std']:.4f}"
             f" {'n/a' if rel is None else f'{rel:.3f}':>9}"

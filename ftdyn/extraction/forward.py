@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def _float32_peak(
                 )
                 peak = max(peak, float(capture.pop()[exc.layer].abs().amax()))
         return peak
-    except Exception:  # noqa: BLE001 - a best-effort detail of an error already being reported
+    except Exception:  # a best-effort detail of an error already being reported
         return None
 
 

@@ -118,6 +118,7 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
             f"receptive fields are not available for this model ({exc}); the store and the analysis"
             " do not need them, only class-based patches will be unavailable for this store.",
             FtdynWarning,
+            stacklevel=2,
         )
         return {name: None for name in layers}
 
@@ -309,9 +310,13 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
         data_mod.ignored_message(folder.ignored),
     ):
         if note:
-            warnings.warn(f"{arg('data')}: {note}", FtdynWarning)
+            warnings.warn(f"{arg('data')}: {note}", FtdynWarning, stacklevel=2)
     if folder.rescaled:
-        warnings.warn(f"{arg('data')}: {data_mod.rescaled_message(folder.rescaled)}", FtdynWarning)
+        warnings.warn(
+            f"{arg('data')}: {data_mod.rescaled_message(folder.rescaled)}",
+            FtdynWarning,
+            stacklevel=2,
+        )
     chosen = data_mod.select_probe(
         folder, per_class=config.per_class, max_samples=config.max_samples, seed=config.probe_seed
     )
@@ -331,6 +336,7 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
             f" series' classes ({', '.join(map(str, manifest['classes'][:5]))}...); labels are the"
             " probe folder's.",
             FtdynWarning,
+            stacklevel=2,
         )
     record = {
         "seed": config.probe_seed,

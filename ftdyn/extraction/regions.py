@@ -158,7 +158,9 @@ class _Writers:
     def raise_if_failed(self) -> None:
         if self.errors:
             exc = self.errors[0]
-            if isinstance(exc, FtdynError) or isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+            if isinstance(exc, FtdynError) or (
+                isinstance(exc, OSError) and exc.errno in DISK_ERRORS
+            ):
                 # a full disk: folder_lock's disk_errors names the file that could not be written
                 raise exc
             raise FtdynError(

@@ -104,6 +104,7 @@ def _check_store(
             f"{arg('codec', config.codec)} ignored: the existing store {out} is compressed with "
             f"{attrs.get('codec', 'zstd')}.",
             FtdynWarning,
+            stacklevel=2,
         )
 
 
@@ -147,6 +148,7 @@ def _reconcile(
             f"{arg('out', out)}: {', '.join(replaced)} changed since the store was created, before"
             " any of its activations were written; using the new file(s).",
             FtdynWarning,
+            stacklevel=2,
         )
     last = max(index)
     new = [e for e in entries if int(e.epoch) not in index]

@@ -97,6 +97,7 @@ def execute(plan: ExtractPlan) -> Path:
                 f" these on {plan.device.type}; the last bits of the values may differ between"
                 " devices.",
                 FtdynWarning,
+                stacklevel=2,
             )
         if plan.new_records:
             epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
@@ -155,7 +156,7 @@ def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, float])
         "batch_size": plan.config.batch_size,
         "writers": plan.writers,
     }
-    writer.group.attrs["runs"] = list(writer.attrs.get("runs") or []) + [run]
+    writer.group.attrs["runs"] = [*(writer.attrs.get("runs") or []), run]
     return rate
 
 

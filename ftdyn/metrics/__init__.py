@@ -47,12 +47,31 @@ __all__ = [
 # Names this package exported before its public API was narrowed to ``__all__``, and the submodule
 # that defines each: still served (on first use) for code written against the flat namespace.
 _SUBMODULE_NAMES = {
-    "stats": (
-        "RowStats GramStats GramEig GramCentered row_stats gram gram_stats gram_eig merge"
-        " pwsm_from_row_stats procrustes_from_row_stats cka_from_row_stats pwsm_from_gram"
-        " procrustes_from_gram cka_from_gram pwsm_from_gram_eig procrustes_from_gram_eig"
-        " cka_from_gram_eig gram_center cka_from_gram_centered choose_side dead_mask count_dead"
-    ).split(),
+    "stats": [
+        "RowStats",
+        "GramStats",
+        "GramEig",
+        "GramCentered",
+        "row_stats",
+        "gram",
+        "gram_stats",
+        "gram_eig",
+        "merge",
+        "pwsm_from_row_stats",
+        "procrustes_from_row_stats",
+        "cka_from_row_stats",
+        "pwsm_from_gram",
+        "procrustes_from_gram",
+        "cka_from_gram",
+        "pwsm_from_gram_eig",
+        "procrustes_from_gram_eig",
+        "cka_from_gram_eig",
+        "gram_center",
+        "cka_from_gram_centered",
+        "choose_side",
+        "dead_mask",
+        "count_dead",
+    ],
     "paper_code": ["ROW_CENTERED"],
     "registry": ["diagonal_self_products"],
     "_linalg": ["EIG_CLIP"],

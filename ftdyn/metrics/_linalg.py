@@ -59,7 +59,7 @@ def as_tensor(X, name: str) -> torch.Tensor:
         a = np.asarray(X)
         if a.dtype == object:
             raise ValueError(f"{name}: expected a numeric array, got dtype object")
-        if a.dtype.kind == "f" and a.dtype.itemsize > 8 or not a.dtype.isnative:
+        if (a.dtype.kind == "f" and a.dtype.itemsize > 8) or not a.dtype.isnative:
             a = a.astype(np.float64 if a.dtype.kind == "f" else a.dtype.newbyteorder("="))
         with warnings.catch_warnings():
             # read-only arrays (e.g. memory maps) are fine: inputs are never written to
@@ -181,7 +181,7 @@ def blocked(X: torch.Tensor, Y: torch.Tensor | None, fn, n_units: int, bytes_per
     b0, elems = Xe.shape[0], math.prod(Xe.shape[1:-2])
     b, c = plan_blocks(b0, elems, n_units, bytes_per_unit, X.device)
     outs = [fn(Xe[i : i + b], None if Ye is None else Ye[i : i + b], c) for i in range(0, b0, b)]
-    res = tuple(o[0] if len(outs) == 1 else torch.cat(o, 0) for o in zip(*outs))
+    res = tuple(o[0] if len(outs) == 1 else torch.cat(o, 0) for o in zip(*outs, strict=True))
     return tuple(r[0] for r in res) if not bshape else res
 
 

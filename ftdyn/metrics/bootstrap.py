@@ -15,7 +15,8 @@ shift-invariant), so the expansion does not cancel the mean's large raw moments
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -10,9 +10,10 @@ are passed to all three.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import direct as _d
 from . import stats as _s

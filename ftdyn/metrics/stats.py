@@ -150,7 +150,9 @@ def row_stats(X, Y) -> RowStats:
             if xx is None:
                 sx, sy, xx, yy, xy = parts
             else:
-                sx, sy, xx, yy, xy = (u + v for u, v in zip((sx, sy, xx, yy, xy), parts))
+                sx, sy, xx, yy, xy = (
+                    u + v for u, v in zip((sx, sy, xx, yy, xy), parts, strict=True)
+                )
         L.check_finite(Xt, "X", sx)
         L.check_finite(Yt, "Y", sy)
         return sx, sy, L.sym(xx), L.sym(yy), xy
@@ -207,7 +209,7 @@ def _merge2(a, b):
     if type(a) is not type(b):
         raise ValueError(f"cannot merge {type(a).__name__} with {type(b).__name__}")
     if isinstance(a, RowStats):
-        return RowStats(a.n + b.n, *(_add(u, v) for u, v in zip(a[1:], b[1:])))
+        return RowStats(a.n + b.n, *(_add(u, v) for u, v in zip(a[1:], b[1:], strict=True)))
     if isinstance(a, GramStats):
         if tuple(a.K.shape[-2:]) != tuple(b.K.shape[-2:]):
             raise ValueError(

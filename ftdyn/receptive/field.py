@@ -90,7 +90,7 @@ class ReceptiveField:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ReceptiveField":
+    def from_dict(cls, d: dict[str, Any]) -> ReceptiveField:
         return cls(
             size=tuple(d["size"]),
             jump=tuple(d["jump"]),

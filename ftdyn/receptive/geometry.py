@@ -28,7 +28,7 @@ class _Axis:
     def hi(self) -> float:  # centre of the last input pixel in unit 0's field
         return self.s + (self.r - 1) / 2
 
-    def layer(self, k: int, s: int, p: float, d: int = 1) -> "_Axis":
+    def layer(self, k: int, s: int, p: float, d: int = 1) -> _Axis:
         keff = d * (k - 1) + 1
         return _Axis(
             self.r + (keff - 1) * self.j, self.j * s, self.s + ((keff - 1) / 2 - p) * self.j
@@ -44,7 +44,7 @@ class _Geo:
     dims: tuple[int, int]
     ctx: bool = False
 
-    def with_(self, **kw) -> "_Geo":
+    def with_(self, **kw) -> _Geo:
         d = dict(y=self.y, x=self.x, dims=self.dims, ctx=self.ctx)
         d.update(kw)
         return _Geo(**d)

@@ -173,7 +173,7 @@ def _trace(model: nn.Module, arch: str, layers: list[str]) -> tuple[dict[str, An
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+    except Exception as exc:  # any tracing failure is reported the same way
         raise ReceptiveFieldError(
             f"{arch}: torch.fx cannot trace the model, so receptive fields of {layers} cannot be"
             f" computed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
@@ -201,7 +201,7 @@ def _feature_map_sizes(
     try:
         with torch.no_grad():
             rec.run(x)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ReceptiveFieldError(
             f"{arch}: forward pass at input size {input_size} failed while measuring feature maps "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

@@ -7,8 +7,9 @@ import base64
 import datetime as _dt
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .._version import __version__
 from ..config import arg

@@ -8,8 +8,9 @@ import csv
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,11 @@ def _experiments_section(res) -> str:
     for exp in as_strings(res["experiment"].values):
         layers = experiment_layers(res, exp)
         d = res["distance"].sel(experiment=exp).values
-        ep = [int(e) for e, ok in zip(res["epoch"].values, np.isfinite(d).any(axis=(0, 1))) if ok]
+        ep = [
+            int(e)
+            for e, ok in zip(res["epoch"].values, np.isfinite(d).any(axis=(0, 1)), strict=True)
+            if ok
+        ]
         rows.append(
             [
                 exp,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def _checkpoint_arrays(
         raise _damaged(
             path, "root attribute 'checkpoints' is not a list of {epoch, file, sha256}"
         ) from None
-    if not epochs or any(b <= a for a, b in zip(epochs, epochs[1:])):
+    if not epochs or any(b <= a for a, b in itertools.pairwise(epochs)):
         raise _damaged(
             path, f"root attribute 'checkpoints' lists epochs {epochs}, not strictly increasing"
         )

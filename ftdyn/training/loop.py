@@ -132,7 +132,7 @@ def _state_for_resume(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _fmt(v) -> str:

@@ -156,7 +156,7 @@ def _read_data(data_dir, config: TrainConfig) -> tuple[data.ImageFolderData, dat
         data.ignored_message(ignored),
     ):
         if note:
-            warnings.warn(note, FtdynWarning)
+            warnings.warn(note, FtdynWarning, stacklevel=2)
     _check_two_classes(train_data, val_data, data_dir, config.val_split)
     return train_data, val_data
 

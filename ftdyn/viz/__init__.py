@@ -29,9 +29,10 @@ import json
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -271,7 +272,7 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
     if results is None or path is None:
         return None
     exps = [str(e) for e in results["experiment"].values]
-    for e, s in zip(exps, results["store"].values):
+    for e, s in zip(exps, results["store"].values, strict=True):
         if same_path(str(s), path):
             return e
     try:
@@ -282,7 +283,11 @@ def match_experiment(results, ds, path: Path | None) -> str | None:
         return None
     mine = store_fingerprint(Path(path), ds)["sha256"]
     return next(
-        (e for e, fp in zip(exps, prints) if isinstance(fp, dict) and fp.get("sha256") == mine),
+        (
+            e
+            for e, fp in zip(exps, prints, strict=True)
+            if isinstance(fp, dict) and fp.get("sha256") == mine
+        ),
         None,
     )
 
@@ -294,6 +299,7 @@ def results_stores(results) -> str:
         for e, s in zip(
             (str(x) for x in results["experiment"].values),
             (str(x) for x in results["store"].values),
+            strict=True,
         )
     )
 
@@ -603,7 +609,9 @@ def default_figures(
                         out / e["file"] for e in _write_figures(plan, _compute_figures(plan), out)
                     ]
         except FtdynError as exc:
-            warnings.warn(f"skipped class/sample figures for {store}: {exc}", FtdynWarning)
+            warnings.warn(
+                f"skipped class/sample figures for {store}: {exc}", FtdynWarning, stacklevel=2
+            )
             record(
                 out,
                 [

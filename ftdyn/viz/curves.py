@@ -51,13 +51,13 @@ def metric_label(results, metric: str) -> str:
     view = str(results["view"].sel(metric=metric).values)
     alpha = float(results["alpha"].sel(metric=metric).values)
     extra = [] if math.isnan(alpha) else [f"alpha={alpha:g}"]
-    return f"{metric} ({', '.join(extra + [f'view {view}'])})"
+    return f"{metric} ({', '.join([*extra, f'view {view}'])})"
 
 
 def experiment_layers(results, experiment: str) -> list[tuple[int, str]]:
     """(layer_index, layer name) of an experiment, shallow -> deep (padding excluded)."""
     names = as_strings(results["layer"].sel(experiment=experiment).values)
-    return [(int(i), n) for i, n in zip(results["layer_index"].values, names) if n]
+    return [(int(i), n) for i, n in zip(results["layer_index"].values, names, strict=True) if n]
 
 
 def layer_colors(n: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def plot_curves(results, out: str | Path) -> list[Path]:
             d = results["distance"].sel(experiment=exp, metric=metric)
             lo = results["ci_low"].sel(experiment=exp, metric=metric)
             hi = results["ci_high"].sel(experiment=exp, metric=metric)
-            for (li, name), color in zip(layers, colors):
+            for (li, name), color in zip(layers, colors, strict=True):
                 y = np.asarray(d.sel(layer_index=li).values, dtype=float)
                 ok = np.isfinite(y)
                 if not ok.any():

@@ -45,7 +45,7 @@ def plot_relative(results, out: Path) -> list[Path]:
         for m, metric in enumerate(metrics):
             ax = axes[r, m]
             sel = dict(experiment=exp, metric=metric)
-            for (li, name), color in zip(layers, layer_colors(len(layers))):
+            for (li, name), color in zip(layers, layer_colors(len(layers)), strict=True):
                 y = np.asarray(
                     results["relative_distance"].sel(**sel, layer_index=li).values, float
                 )
@@ -84,7 +84,7 @@ def plot_probes(results, out: Path) -> list[Path]:
     for c, exp in enumerate(exps):
         ax = axes[0, c]
         layers = experiment_layers(results, exp)
-        for (li, name), color in zip(layers, layer_colors(len(layers))):
+        for (li, name), color in zip(layers, layer_colors(len(layers)), strict=True):
             y = np.asarray(
                 results["probe_accuracy"].sel(experiment=exp, layer_index=li).values, float
             )
@@ -127,7 +127,7 @@ def plot_convergence(results, out: Path) -> list[Path]:
         layers = experiment_layers(results, exp)
         for m, metric in enumerate(metrics):
             ax = axes[r, m]
-            for (li, name), color in zip(layers, layer_colors(len(layers))):
+            for (li, name), color in zip(layers, layer_colors(len(layers)), strict=True):
                 sel = dict(experiment=exp, metric=metric, layer_index=li)
                 y = np.asarray(results["convergence"].sel(**sel).values, float)
                 if not np.isfinite(y).any():

@@ -340,7 +340,7 @@ def display_window(coverage: np.ndarray, margin: float = 0.04) -> tuple[slice, s
     if not covered.any():
         return slice(0, bh), slice(0, bw)
     ys, xs = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-    my, mx = int(round(margin * bh)), int(round(margin * bw))
+    my, mx = round(margin * bh), round(margin * bw)
     return slice(max(ys[0] - my, 0), min(ys[-1] + 1 + my, bh)), slice(
         max(xs[0] - mx, 0), min(xs[-1] + 1 + mx, bw)
     )
@@ -395,7 +395,9 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
 def caption(grid: ClassGrid, rf, *, why: str, label: str) -> str:
     bh, bw = grid.crops.shape[3:5]
     h, w = grid.map_size
-    counts = ", ".join(f"{n}: {k} images" for n, k in zip(grid.class_names, grid.n_images))
+    counts = ", ".join(
+        f"{n}: {k} images" for n, k in zip(grid.class_names, grid.n_images, strict=True)
+    )
     rows_w, cols_w = display_window(grid.coverage)
     shown = (rows_w.stop - rows_w.start, cols_w.stop - cols_w.start)
     trimmed = (
