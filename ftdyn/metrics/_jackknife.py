@@ -33,7 +33,9 @@ JACKKNIFE_GROUPS = 8
 
 def check_estimator(estimator) -> str:
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}; got {estimator!r}")
+        raise ValueError(
+            f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}; got {estimator!r}"
+        )
     return estimator
 
 

@@ -165,7 +165,8 @@ def _core(X, Y, debiased: bool = False):
 
 
 def _jackknifed(plugin, X, Y, seed: int):
-    """The grouped-jackknife value of ``plugin(X, Y)`` (:func:`ftdyn.metrics.estimators.jackknife`)."""
+    """The grouped-jackknife value of ``plugin(X, Y)``
+    (:func:`ftdyn.metrics.estimators.jackknife`)."""
     return jackknife(*leave_group_out(plugin, X, Y, seed))[0]
 
 
