@@ -96,6 +96,8 @@ def test_metrics_exports_the_public_metrics_only():
         "procrustes_rows",
         "cka_distance_rows",
         "degenerate_reason",
+        "estimate",
+        "size_reliability",
         "get_metric",
         "METRICS",
         "MetricInfo",

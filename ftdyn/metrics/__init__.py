@@ -9,6 +9,11 @@ numpy or torch, all distances (lower = more similar, 0 for identical inputs) exc
 * the published code's row-centered map metrics (``--preset paper-code``):
   :func:`procrustes_rows`, :func:`cka_distance_rows`;
 * :func:`degenerate_reason`: the shapes where a metric is 0 for any pair;
+* estimators: each metric function takes ``estimator="plugin"`` (default, the published
+  conventions) or ``"corrected"`` (no bias growing with columns/rows: debiased CKA, grouped
+  jackknife for Procrustes and PWSM, ``ftdyn analyze``'s default); :func:`estimate` gives a
+  value with its jackknife interval and :func:`size_reliability` the shapes where a value
+  cannot be trusted (:mod:`ftdyn.metrics.estimators`);
 * by name, as ``ftdyn analyze --metric`` takes them: :data:`METRICS`, :func:`get_metric`,
   :class:`MetricInfo`.
 
@@ -19,6 +24,8 @@ Submodules hold the rest (README, "Metrics", **Out-of-core**):
   Gram side (:class:`~ftdyn.metrics.stats.GramStats`, ``gram``, ``gram_stats``,
   ``*_from_gram``; per-model decompositions ``gram_eig``, ``*_from_gram_eig``, ``gram_center``,
   ``cka_from_gram_centered``), ``choose_side``, dead inputs (``dead_mask``, ``count_dead``);
+* :mod:`ftdyn.metrics.estimators` (``ESTIMATORS``, ``RELIABLE_COLUMN_RATIO``, ``Estimate``,
+  ``jackknife``, ``jackknife_groups``);
 * :mod:`ftdyn.metrics.direct`, :mod:`ftdyn.metrics.paper_code` (``ROW_CENTERED``),
   :mod:`ftdyn.metrics.registry` (``diagonal_self_products``), :mod:`ftdyn.metrics.probe`
   (the linear probe), :mod:`ftdyn.metrics._linalg` (shared float64 kernels and tolerances such
@@ -28,6 +35,7 @@ Submodules hold the rest (README, "Metrics", **Out-of-core**):
 import importlib
 
 from .direct import cka_distance, linear_cka, procrustes, pwsm
+from .estimators import estimate, size_reliability
 from .paper_code import cka_distance_rows, procrustes_rows
 from .registry import METRICS, MetricInfo, degenerate_reason, get_metric
 
@@ -39,6 +47,8 @@ __all__ = [
     "procrustes_rows",
     "cka_distance_rows",
     "degenerate_reason",
+    "estimate",
+    "size_reliability",
     "get_metric",
     "METRICS",
     "MetricInfo",

@@ -37,6 +37,10 @@ Conventions
   :func:`ftdyn.metrics.stats.dead_mask`. An all-zero *column* is not dead: it is a null
   direction and the value equals that of the matrix without the column.
 * NaN/Inf in the input raise ValueError.
+* ``estimator``: every function returns the plug-in value (the published conventions above)
+  unless asked for ``"corrected"``, the estimator whose bias does not grow with columns/rows
+  (debiased CKA; grouped jackknife for Procrustes and PWSM), which ``ftdyn analyze`` uses by
+  default; :mod:`ftdyn.metrics.estimators` has the details and the intervals.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from __future__ import annotations
 import torch
 
 from . import _linalg as L
+from ._jackknife import check_estimator, jackknife, leave_group_out
 from ._linalg import F64
 from .stats import choose_side
 
@@ -159,38 +164,64 @@ def _core(X, Y, debiased: bool = False):
     return _gram_core_from_data(Xt, Yt)
 
 
-def pwsm(X, Y, alpha: float = 0.0):
+def _jackknifed(plugin, X, Y, seed: int):
+    """The grouped-jackknife value of ``plugin(X, Y)``
+    (:func:`ftdyn.metrics.estimators.jackknife`)."""
+    return jackknife(*leave_group_out(plugin, X, Y, seed))[0]
+
+
+def pwsm(X, Y, alpha: float = 0.0, estimator: str = "plugin", seed: int = 0):
     """Partial-whitening shape metric, angular form, in radians ∈ [0, π/2].
 
     α = 1: angular Procrustes (rotations only); α = 0: full whitening (CCA-like,
     invariant to invertible linear maps). netrep convention, see the module doc.
+
+    ``estimator="plugin"`` (the default here, netrep's number) or ``"corrected"``: the grouped
+    jackknife over 8 row groups (partition seeded by ``seed``), which removes the 1/rows term of
+    the bias that grows with columns/rows; ``ftdyn analyze`` defaults to ``"corrected"``. The
+    correction is usable only up to a column/row ratio
+    (:func:`ftdyn.metrics.size_reliability`).
     """
     alpha = L.check_alpha(alpha)
+    if check_estimator(estimator) == "corrected":
+        return _jackknifed(lambda A, B: pwsm(A, B, alpha), X, Y, seed)
     return L.finish(_core(X, Y).pwsm(alpha))
 
 
-def procrustes(X, Y):
+def procrustes(X, Y, estimator: str = "plugin", seed: int = 0):
     """Orthogonal Procrustes distance 1 − ‖X̂ᵀŶ‖_* ∈ [0, 1] (X̂, Ŷ centered, unit Frobenius norm).
 
     With ≤ 2 rows (rank ≤ 1 after centering) the value is 0 for any pair: see
     :func:`ftdyn.metrics.degenerate_reason`.
+
+    ``estimator="plugin"`` (the default here, Ding et al.'s number) or ``"corrected"``: the
+    grouped jackknife over 8 row groups (partition seeded by ``seed``), which removes the 1/rows
+    term of the bias that grows with columns/rows; ``ftdyn analyze`` defaults to
+    ``"corrected"``. The correction is usable only up to a column/row ratio
+    (:func:`ftdyn.metrics.size_reliability`).
     """
+    if check_estimator(estimator) == "corrected":
+        return _jackknifed(procrustes, X, Y, seed)
     return L.finish(_core(X, Y).procrustes())
 
 
-def linear_cka(X, Y, debiased: bool = False):
+def linear_cka(X, Y, debiased: bool = False, estimator: str = "plugin"):
     """Linear CKA *similarity* ‖ỸᵀX̃‖_F² / (‖X̃ᵀX̃‖_F ‖ỸᵀỸ‖_F) ∈ [0, 1] (1 = same up to
     rotation/scale).
 
-    ``debiased=True``: the unbiased HSIC estimator (Song et al. 2012, as in Kornblith
-    et al. 2019), better for few rows; needs rows ≥ 4 (else NaN) and may be slightly
-    negative. The biased estimator is 1 for any pair with ≤ 2 rows (rank ≤ 1 after
-    centering): see :func:`ftdyn.metrics.degenerate_reason`.
+    ``debiased=True``, or ``estimator="corrected"`` (the same; ``ftdyn analyze``'s default): the
+    unbiased HSIC estimator (Song et al. 2012, as in Kornblith et al. 2019), whose size bias is
+    negligible at any column/row ratio; needs rows ≥ 4 (else NaN) and may be slightly
+    negative. ``estimator="plugin"`` (the default here, Kornblith et al.'s reference number):
+    the biased estimator, 1 for any pair with ≤ 2 rows (rank ≤ 1 after centering): see
+    :func:`ftdyn.metrics.degenerate_reason`.
     """
+    debiased = bool(debiased) or check_estimator(estimator) == "corrected"
     return L.finish(_core(X, Y, debiased).cka_debiased() if debiased else _core(X, Y).cka())
 
 
-def cka_distance(X, Y, debiased: bool = False):
-    """1 − linear CKA: a dissimilarity (lower = more similar), the registry's ``cka``."""
-    v = linear_cka(X, Y, debiased)
+def cka_distance(X, Y, debiased: bool = False, estimator: str = "plugin"):
+    """1 − linear CKA: a dissimilarity (lower = more similar), the registry's ``cka``;
+    ``debiased`` and ``estimator`` as in :func:`linear_cka`."""
+    v = linear_cka(X, Y, debiased, estimator)
     return 1.0 - v

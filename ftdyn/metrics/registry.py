@@ -5,7 +5,8 @@ input (``lower_is_more_similar`` is True for all of them, so results can be
 compared and averaged without sign flips). Each entry gives the same number from
 the matrices (``direct``), from row statistics (``from_row_stats``) and from Gram
 statistics (``from_gram``); extra keyword parameters (``params``, with defaults)
-are passed to all three.
+are passed to all three. ``direct`` also takes ``estimator`` (plug-in by default;
+:mod:`ftdyn.metrics.estimators`), the statistics routes give the plug-in value.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def _cka_dist_gram(g):
     return 1.0 - _s.cka_from_gram(g)
 
 
-def _cka_dist_direct(X, Y):
-    return _d.cka_distance(X, Y)
+def _cka_dist_direct(X, Y, estimator: str = "plugin"):
+    return _d.cka_distance(X, Y, estimator=estimator)
 
 
 METRICS: Mapping[str, MetricInfo] = MappingProxyType(
@@ -92,9 +93,10 @@ METRICS: Mapping[str, MetricInfo] = MappingProxyType(
         "cka": MetricInfo(
             name="cka",
             description=(
-                "Linear CKA *distance* 1 - CKA (Kornblith et al. 2019, biased HSIC estimator); "
-                "registered as a distance like the others: 0 = identical up to rotation and scale. "
-                "The similarity itself is ftdyn.metrics.linear_cka (debiased=True for few rows)."
+                "Linear CKA *distance* 1 - CKA (Kornblith et al. 2019; plug-in: the biased HSIC"
+                " estimator, corrected: the debiased one); registered as a distance like the"
+                " others: 0 = identical up to rotation and scale. The similarity itself is"
+                " ftdyn.metrics.linear_cka."
             ),
             range="[0, 1]",
             lower_is_more_similar=True,
