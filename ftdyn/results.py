@@ -44,11 +44,18 @@ xarray Dataset, format 1::
       convergence (experiment, metric, layer_index, fraction), converged, images_needed
       (experiment, metric, layer_index), probe_accuracy (experiment, layer_index, epoch),
       probe_accuracy_random_init (experiment, layer_index), probe_chance (experiment)
+    reliability (absent in older or a plugin's results: every value then reads as reliable)
+      column_ratio (experiment, metric, layer_index) float64: columns per row of the metric's view
+      unreliable (experiment, metric, layer_index) bool: the value cannot be trusted at that shape
+      (degenerate, or above the estimator's column/row limit); figures draw it hollow and grey,
+      the report's statements skip it, the CSV tables mark it (``unreliable``, ``reason``)
     attrs     ftdyn_results_format, ftdyn_version, reference_epoch, preset,
               bootstrap, seed, arguments (JSON), created; pwsm_degenerate,
               procrustes_degenerate, cka_degenerate (JSON lists "experiment:layer"
               whose values are NaN because the view's shape makes the metric 0 for
-              any pair), map_center ("columns" | "rows")
+              any pair), map_center ("columns" | "rows"); optional, checked when present:
+              estimators ({metric: "debiased" | "jackknife" | "plugin"}), unreliable_reasons
+              ({"<experiment>/<metric>/<layer>": one-line reason})
 
 CSV tables beside it (columns are part of the contract, documented in the README):
 :data:`TABLES` (distances, reusability, agreement, agreement summary, relative distances,
@@ -58,6 +65,7 @@ probes, layer order, convergence).
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from pathlib import Path
 
@@ -83,6 +91,8 @@ DISTANCE_COLUMNS = (
     "ci_high",
     "n_filters",
     "n_nan",
+    "unreliable",
+    "reason",
 )
 REUSABILITY_COLUMNS = ("experiment", "model", "dataset", "metric", "mean", "std")
 AGREEMENT_COLUMNS = (
@@ -110,6 +120,8 @@ RELATIVE_COLUMNS = (
     "ceiling",
     "delta_ci_low",
     "delta_ci_high",
+    "unreliable",
+    "reason",
 )
 PROBE_COLUMNS = (
     "experiment",
@@ -131,6 +143,8 @@ CONVERGENCE_COLUMNS = (
     "distance",
     "converged",
     "images_needed",
+    "unreliable",
+    "reason",
 )
 LAYER_ORDER_COLUMNS = (
     "experiment",
@@ -177,7 +191,16 @@ OPTIONAL_VARS = {
     "convergence": ("experiment", "metric", "layer_index", "fraction"),
     "converged": ("experiment", "metric", "layer_index"),
     "images_needed": ("experiment", "metric", "layer_index"),
+    # reliability of a value at its view's shape; absent: every value reads as reliable
+    "column_ratio": ("experiment", "metric", "layer_index"),
+    "unreliable": ("experiment", "metric", "layer_index"),
 }
+#: dtype kinds of the optional variables that must have one ("f" float, "b" bool)
+OPTIONAL_KINDS = {"column_ratio": "f", "unreliable": "b"}
+#: the estimator of each metric, in attrs["estimators"] ({metric: one of these})
+ESTIMATORS = ("debiased", "jackknife", "plugin")
+#: optional attributes, checked when present (dicts, stored as such or as JSON text)
+OPTIONAL_ATTRS = ("estimators", "unreliable_reasons")
 REQUIRED_COORDS = (
     "experiment",
     "model",
@@ -232,7 +255,76 @@ def validate_results(ds: xr.Dataset, source: str = "results") -> xr.Dataset:
                 f"{source}: damaged results, variable '{name}' is not {dims}; re-run `ftdyn"
                 " analyze`."
             )
+        kind = OPTIONAL_KINDS.get(name)
+        if name in ds.data_vars and kind is not None and ds[name].dtype.kind != kind:
+            raise FtdynError(
+                f"{source}: damaged results, variable '{name}' is {ds[name].dtype}, not"
+                f" {'float' if kind == 'f' else 'bool'}; re-run `ftdyn analyze`."
+            )
+    unknown = set(estimators(ds, source).values()) - set(ESTIMATORS)
+    if unknown:
+        raise FtdynError(
+            f"{source}: damaged results, attribute 'estimators' names {', '.join(sorted(unknown))}"
+            f" (expected {', '.join(ESTIMATORS)}); re-run `ftdyn analyze`."
+        )
+    unreliable_reasons(ds, source)
     return ds
+
+
+def _dict_attr(ds: xr.Dataset, name: str, source: str) -> dict[str, str]:
+    """Root attribute ``name`` as a {str: str} dict (stored as a dict or as its JSON text);
+    empty when absent, FtdynError naming it when it is something else."""
+    value = ds.attrs.get(name, {})
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise FtdynError(
+            f"{source}: damaged results, attribute '{name}' is not a mapping of names to text;"
+            " re-run `ftdyn analyze`."
+        )
+    return dict(value)
+
+
+def estimators(ds: xr.Dataset, source: str = "results") -> dict[str, str]:
+    """{metric: "debiased" | "jackknife" | "plugin"} of ``attrs["estimators"]``; empty in results
+    written without it."""
+    return _dict_attr(ds, "estimators", source)
+
+
+def unreliable_reasons(ds: xr.Dataset, source: str = "results") -> dict[str, str]:
+    """{"<experiment>/<metric>/<layer>": one-line reason} of ``attrs["unreliable_reasons"]``;
+    empty in results written without it."""
+    return _dict_attr(ds, "unreliable_reasons", source)
+
+
+def unreliable(ds: xr.Dataset) -> np.ndarray:
+    """(experiment, metric, layer_index) bool: the values that cannot be trusted at their view's
+    shape; all False in results without the ``unreliable`` variable (older or a plugin's)."""
+    if "unreliable" in ds.data_vars:
+        return np.asarray(ds["unreliable"].values, dtype=bool)
+    return np.zeros((ds.sizes["experiment"], ds.sizes["metric"], ds.sizes["layer_index"]), bool)
+
+
+def unreliable_reason(ds: xr.Dataset, experiment: str, metric: str, layer: str) -> str:
+    """Why the value of (``experiment``, ``metric``, ``layer``) is unreliable, as recorded; a
+    generic reason built from ``column_ratio`` where none is."""
+    reason = unreliable_reasons(ds).get(f"{experiment}/{metric}/{layer}")
+    if reason:
+        return reason
+    if "column_ratio" in ds.data_vars:
+        names = [str(n) for n in ds["layer"].sel(experiment=experiment).values]
+        ratio = float(
+            ds["column_ratio"]
+            .sel(experiment=experiment, metric=metric, layer_index=names.index(layer))
+            .values
+        )
+        return f"{ratio:.2f} columns per row in the {ds['view'].sel(metric=metric).values} view"
+    return "unreliable at this shape"
 
 
 def save_results_store(ds: xr.Dataset, path: str | Path) -> None:
@@ -302,6 +394,21 @@ def _has_epoch(ds: xr.Dataset) -> np.ndarray:
     return np.isfinite(ds["distance"].values).any(axis=(1, 2))  # (experiment, epoch)
 
 
+def _reliability_cells(ds: xr.Dataset):
+    """A function of (experiment, metric, layer) positions giving the ``unreliable`` and
+    ``reason`` cells of a row (reason empty where the value is reliable)."""
+    mask, exps, metrics = unreliable(ds), ds["experiment"].values, ds["metric"].values
+    layers = ds["layer"].values
+
+    def cells(e: int, m: int, l: int) -> dict:
+        if not mask[e, m, l]:
+            return {"unreliable": False, "reason": ""}
+        reason = unreliable_reason(ds, str(exps[e]), str(metrics[m]), str(layers[e, l]))
+        return {"unreliable": True, "reason": reason}
+
+    return cells
+
+
 def distance_rows(ds: xr.Dataset):
     """Rows of ``distances.csv`` (dicts keyed by :data:`DISTANCE_COLUMNS`): one per
     experiment, layer, epoch of that experiment and metric; padding is skipped."""
@@ -309,6 +416,7 @@ def distance_rows(ds: xr.Dataset):
     dist, lo, hi = ds["distance"].values, ds["ci_low"].values, ds["ci_high"].values
     nf, nn = ds["n_filters"].values, ds["n_nan"].values
     layers = ds["layer"].values
+    marks = _reliability_cells(ds)
     for e, exp in enumerate(ds["experiment"].values):
         for l, index in enumerate(ds["layer_index"].values):
             if not str(layers[e, l]):
@@ -331,6 +439,7 @@ def distance_rows(ds: xr.Dataset):
                         "ci_high": float(hi[e, m, l, k]),
                         "n_filters": int(nf[e, m, l]),
                         "n_nan": int(nn[e, m, l, k]),
+                        **marks(e, m, l),
                     }
 
 
@@ -469,6 +578,7 @@ def convergence_rows(ds: xr.Dataset):
         ds["images_needed"].values,
         ds["layer"].values,
     )
+    marks = _reliability_cells(ds)
     for e, exp in enumerate(ds["experiment"].values):
         for m, metric in enumerate(ds["metric"].values):
             for l in range(layers.shape[1]):
@@ -484,6 +594,7 @@ def convergence_rows(ds: xr.Dataset):
                         "distance": float(conv[e, m, l, f]),
                         "converged": bool(ok[e, m, l]),
                         "images_needed": float(need[e, m, l]),
+                        **marks(e, m, l),
                     }
 
 

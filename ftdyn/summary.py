@@ -16,6 +16,9 @@ Pure numpy, NaN-aware, no I/O. Conventions (documented for the README):
 * **Bootstrap** — percentile intervals (2.5 %, 97.5 % for ``level=0.95``) of the
   replicate values, NaN replicates ignored; resampling weights are multinomial counts
   drawn with :func:`bootstrap_counts` (one row per replicate).
+* **Convergence** — a distance on nested subsets of the probe images has converged when its
+  change from half the images to all is within its own noise or 2 % of its scale
+  (:func:`convergence_verdict`).
 """
 
 from __future__ import annotations
@@ -184,3 +187,65 @@ def class_balanced_mean(values: np.ndarray, labels: np.ndarray, axis: int = 0) -
     classes = np.unique(labels)
     per_class = np.stack([nanmean(values[labels == c], axis=0) for c in classes])
     return nanmean(per_class, axis=0)
+
+
+#: a distance has converged when its change from half the images to all is within its noise or
+#: this share of its scale (the random-init ceiling, else the metric's range)
+CONVERGENCE_TOLERANCE = 0.02
+#: two-sided 95 % normal quantile: turns the subsets' standard error into a half-width like the
+#: bootstrap's
+_Z95 = 1.959963984540054
+
+
+def subset_noise(subsets) -> np.ndarray:
+    """95 % half-width of the all-images distance implied by nested subsets (..., fraction) at
+    1/4, 1/2 and all of the images (the last three entries).
+
+    Nested means share their images, so under sampling noise alone d(n) has variance σ²·N/n and
+    d(1/4) − 3·d(1/2) + 2·d(all) has variance 6σ²; that combination is also blind to a trend
+    c/n (the estimators' bias), so a systematic drift with the images is not taken for noise.
+    NaN where any of the three is not finite.
+    """
+    conv = np.asarray(subsets, dtype=np.float64)
+    quarter, half, full = conv[..., -3], conv[..., -2], conv[..., -1]
+    return _Z95 * np.abs(quarter - 3.0 * half + 2.0 * full) / np.sqrt(6.0)
+
+
+def convergence_verdict(
+    subsets,
+    n_images,
+    *,
+    half_width=np.nan,
+    ceiling=np.nan,
+    metric_range=1.0,
+    tolerance: float = CONVERGENCE_TOLERANCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(converged, images needed) of distances measured on nested subsets of the probe images.
+
+    ``subsets`` (..., fraction): the distance on 1/4, 1/2 and all of the images (the last three
+    entries); ``n_images`` the images of "all" (broadcast against ``subsets[..., -1]``);
+    ``half_width``: the bootstrap interval's half-width of the all-images distance, NaN where
+    there is none; ``ceiling``: the random-init ceiling, NaN where there is none;
+    ``metric_range``: the span of the metric's values.
+
+    A distance has converged when ``|d(all) − d(1/2)|`` is at most the larger of its noise
+    (``half_width`` where finite, else :func:`subset_noise`) and ``tolerance`` × its scale (the
+    ceiling where finite and positive, else ``metric_range``). Images needed, where not: the
+    change taken as ∝ 1/images (the order of these estimators' bias), so it falls within that
+    bound at images·change/bound. Both are undefined (False, NaN) where d(1/2) or d(all) is not
+    finite.
+    """
+    conv = np.asarray(subsets, dtype=np.float64)
+    half, full = conv[..., -2], conv[..., -1]
+    change = np.abs(full - half)
+    width = np.broadcast_to(np.asarray(half_width, dtype=np.float64), change.shape)
+    noise = np.where(np.isfinite(width), width, subset_noise(conv))
+    ceiling = np.broadcast_to(np.asarray(ceiling, dtype=np.float64), change.shape)
+    scale = np.where(np.isfinite(ceiling) & (ceiling > 0), ceiling, metric_range)
+    allowed = np.fmax(noise, tolerance * scale)  # fmax: a NaN noise leaves the tolerance
+    defined = np.isfinite(change)
+    ok = defined & (change <= allowed)
+    n = np.broadcast_to(np.asarray(n_images, dtype=np.float64), change.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        need = np.where(defined & ~ok, np.ceil(n * change / allowed), np.nan)
+    return ok, need

@@ -33,7 +33,12 @@ def test_schema_pages_match_code():
     for name in (*store.REQUIRED_ATTRS, store.IMAGES, store.COMPLETE, store.RANDOM_INIT):
         assert f"`{name}`" in store_text, name
     assert f"`{store.baseline_var('V')}`" in store_text
-    for name in (*results.REQUIRED_VARS, *results.OPTIONAL_VARS, *results.REQUIRED_ATTRS):
+    for name in (
+        *results.REQUIRED_VARS,
+        *results.OPTIONAL_VARS,
+        *results.REQUIRED_ATTRS,
+        *results.OPTIONAL_ATTRS,
+    ):
         assert f"`{name}`" in results_text, name
     for name in results.REQUIRED_COORDS:
         assert f"`{name}`" in results_text, name

@@ -74,7 +74,7 @@ def planted_pair(rng, A, B, rows=ROWS):
     return X, Y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bias_and_coverage(rank: str, ratio: float, name: str) -> tuple[float, float, float]:
     """(mean plug-in − truth, mean corrected − truth, share of draws whose 95 % interval holds
     the truth) over DRAWS seeded draws of ROWS rows at columns/rows = ``ratio``."""

@@ -113,8 +113,13 @@ RESULTS_VARIABLES = {
     "probe_accuracy_random_init": "the same on the random-init baseline",
     "probe_chance": "the most frequent class's share",
     "convergence": "last-epoch distance on nested subsets of the images (`fraction` 0.25, 0.5, 1)",
-    "converged": "relative change from half the images to all below 5 %",
+    "converged": "change from half the images to all within max(the bootstrap half-width, "
+    "else the subsets' noise; 2 % of the ceiling, else of the metric's range)",
     "images_needed": "images needed at the observed rate (NaN when converged or undefined)",
+    "column_ratio": "columns per row of the metric's view (filter: h·w / images; channels: "
+    "channels / (images·h·w))",
+    "unreliable": "the value cannot be trusted at that shape (degenerate, or above the "
+    "estimator's column/row limit); absent: all reliable",
 }
 RESULTS_ATTRS = {
     "ftdyn_results_format": "format number of the layout (1)",
@@ -124,9 +129,14 @@ RESULTS_ATTRS = {
     "bootstrap": "number of bootstrap replicates (0 = off)",
     "arguments": "JSON of the analysis's arguments",
 }
+RESULTS_OPTIONAL_ATTRS = {
+    "estimators": '{metric: "debiased" | "jackknife" | "plugin"}: the estimator of each metric',
+    "unreliable_reasons": '{"experiment/metric/layer": one-line reason} of the unreliable values',
+}
 RESULTS_TABLES = {
     "distances.csv": "one row per (experiment, layer, epoch, metric): `value` is the distance "
-    "from the reference epoch, `ci_low`/`ci_high` its bootstrap interval (empty without it)",
+    "from the reference epoch, `ci_low`/`ci_high` its bootstrap interval (empty without it), "
+    "`unreliable`/`reason` whether it cannot be trusted at its view's shape and why",
     "reusability.csv": "mean ± std over epochs of the layer-averaged distance: the paper's Table 2",
     "agreement.csv": "Pearson r of two metrics across epochs per layer (empty with fewer than "
     "3 epochs or a constant curve)",
@@ -195,6 +205,7 @@ def results_schema() -> tuple[str, list[str]]:
     variables = {**results.REQUIRED_VARS, **results.OPTIONAL_VARS}
     problems = _mismatch("results variable", variables, RESULTS_VARIABLES)
     problems += _mismatch("results attr", results.REQUIRED_ATTRS, RESULTS_ATTRS)
+    problems += _mismatch("results attr", results.OPTIONAL_ATTRS, RESULTS_OPTIONAL_ATTRS)
     problems += _mismatch("results table", results.TABLE_NAMES, RESULTS_TABLES)
     text = (
         f"Format {results.RESULTS_FORMAT}: `{results.RESULTS_STORE}`.\n\n"
@@ -215,9 +226,11 @@ def results_schema() -> tuple[str, list[str]]:
     )
     text += "\n**Coordinates** (required): "
     text += ", ".join(f"`{c}`" for c in results.REQUIRED_COORDS) + ".\n\n"
-    text += "**Attributes** (required):\n\n"
+    text += "**Attributes** (optional ones are checked when present):\n\n"
     text += _table(
-        ["name", "what"], [[f"`{n}`", RESULTS_ATTRS.get(n, "")] for n in results.REQUIRED_ATTRS]
+        ["name", "required", "what"],
+        [[f"`{n}`", "yes", RESULTS_ATTRS.get(n, "")] for n in results.REQUIRED_ATTRS]
+        + [[f"`{n}`", "no", RESULTS_OPTIONAL_ATTRS.get(n, "")] for n in results.OPTIONAL_ATTRS],
     )
     text += "\n**CSV tables** beside `results.zarr` (empty cell = NaN):\n\n"
     text += _table(

@@ -13,9 +13,10 @@
   has at least 4, else 4), from the main pass's statistics per group (a row-side job without
   bootstrap keeps the 4 groups where that costs no pass; a Gram-side job gives them for every
   metric of its view); only the other row-side jobs take a second, smaller run over the
-  reference and the last epoch (:func:`convergence_plan`). ``converged`` when the relative
-  change from 1/2 to all is below :data:`CONVERGENCE_TOL` and ``images_needed`` otherwise
-  (one warning names them, :func:`warn_unconverged`).
+  reference and the last epoch (:func:`convergence_plan`). ``converged`` and ``images_needed``:
+  :func:`ftdyn.summary.convergence_verdict` (the change from 1/2 to all within the bootstrap
+  half-width, else the subsets' noise, or :data:`CONVERGENCE_TOL` of the ceiling, else of the
+  metric's range); one warning line counts those that have not (:func:`warn_unconverged`).
 * **Paired significance** (``bootstrap=N``): every replicate resamples the images once and
   evaluates every epoch and layer on that resample (:func:`ftdyn.summary.shared_resample`), so
   ``delta_ci_low/high`` (experiment, metric, layer_index, epoch), the 95 % interval of
@@ -45,7 +46,7 @@ from ..config import AnalyzeConfig
 from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import has_random_init
-from ..summary import percentile_interval, reusability
+from ..summary import CONVERGENCE_TOLERANCE, convergence_verdict, percentile_interval, reusability
 from .collect import split_baseline
 from .inputs import BASELINE, Experiment
 from .plan import (
@@ -59,8 +60,10 @@ from .plan import (
     subsets_degenerate,
 )
 
-#: a distance is converged when its relative change from half the images to all is below this
-CONVERGENCE_TOL = 0.05
+#: the convergence verdict's tolerance, a share of the ceiling (else of the metric's range)
+CONVERGENCE_TOL = CONVERGENCE_TOLERANCE
+#: the span of a metric's values where it is not [0, 1] (PWSM's angle, in radians)
+METRIC_RANGE = {"pwsm": np.pi / 2}
 #: folds and ridge of the linear probes (features standardized on the training folds)
 PROBE_FOLDS = 5
 PROBE_RIDGE = 1.0
@@ -176,19 +179,29 @@ def convergence(
 
 
 def converged(
-    conv: np.ndarray, n_images: np.ndarray, tol: float = CONVERGENCE_TOL
+    conv: np.ndarray,
+    n_images,
+    *,
+    half_width=np.nan,
+    ceiling=np.nan,
+    metric_range=1.0,
+    tol: float = CONVERGENCE_TOL,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(converged, images needed) from ``conv`` (..., fraction) and the images of each experiment
-    (first axis). Converged: |d(all) − d(half)| / |d(all)| < ``tol``. Needed, where not: the
-    estimate's error taken as c/n (the order of these estimators' bias), so the relative change
-    from n/2 to n falls below ``tol`` at n·change/tol images; NaN where converged or undefined."""
-    full, half = conv[..., -1], conv[..., -2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        change = np.abs(full - half) / np.abs(full)
-    ok = np.isfinite(change) & (change < tol)
+    """(converged, images needed) from ``conv`` (experiment, ..., fraction) and the images of each
+    experiment: :func:`ftdyn.summary.convergence_verdict`, ``n_images`` along the first axis."""
     n = np.asarray(n_images, dtype=np.float64).reshape((-1,) + (1,) * (conv.ndim - 2))
-    need = np.where(np.isfinite(change) & ~ok, np.ceil(n * change / tol), np.nan)
-    return ok, need
+    return convergence_verdict(
+        conv, n, half_width=half_width, ceiling=ceiling, metric_range=metric_range, tolerance=tol
+    )
+
+
+def _last_half_width(exps: list[Experiment], ds: xr.Dataset) -> np.ndarray:
+    """(experiment, metric, layer) half-width of the bootstrap interval at each experiment's last
+    epoch (NaN without one): the noise of the convergence verdict."""
+    epochs = [int(x) for x in ds["epoch"].values]
+    cols = [epochs.index(exp.epochs[exp.last]) for exp in exps]
+    rows = np.arange(len(exps))
+    return (ds["ci_high"].values[rows, :, :, cols] - ds["ci_low"].values[rows, :, :, cols]) / 2
 
 
 def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -> list[str]:
@@ -201,21 +214,20 @@ def unconverged(exps: list[Experiment], args: AnalyzeConfig, need: np.ndarray) -
 
 def warn_unconverged(ds: xr.Dataset) -> None:
     """The one warning line (after the results are written, so an error stays the only line of a
-    failed run): the layers whose distance has not converged and the images they would need."""
-    need, layers = ds["images_needed"].values, ds["layer"].values
-    hits = list(zip(*np.nonzero(np.isfinite(need)), strict=True))
+    failed run): how many distances have not converged, at how many images, and where to look."""
+    need, checked = ds["images_needed"].values, np.isfinite(ds["convergence"].values[..., -2:])
+    hits = int(np.isfinite(need).sum())
     if not hits:
         return
-    exps = ds["experiment"].values
-    parts = [
-        f"{exps[e]} {layers[e, l]} {ds['metric'].values[m]} (~{int(need[e, m, l])} images)"
-        for e, m, l in hits
-    ]
+    images = sorted(set(json.loads(ds.attrs.get("probe_images", "[]"))))
+    at = (
+        f" at {images[0]}"
+        if len(images) == 1
+        else (f" at {images[0]}–{images[-1]}" if images else "")
+    )
     warnings.warn(
-        "probe set too small, not converged (distance at the last epoch changes by >="
-        f" {ds.attrs['convergence_tolerance']:.0%} from half the probe images to all):"
-        f" {'; '.join(parts)}. Extract more probe images (--per-class) for these; see"
-        " convergence.csv.",
+        f"{hits} of {int(checked.all(axis=-1).sum())} (experiment, metric, layer) distances not"
+        f" converged{at} images; see convergence.csv",
         ConvergenceWarning,
         stacklevel=2,
     )
@@ -309,7 +321,13 @@ def interpretation(
     ``ceiling`` and ``missing`` (:func:`ceilings`), ``convergence`` (:func:`convergence`) and
     ``pooled`` (:func:`probes`)."""
     ceiling, missing = extra["ceiling"], extra["missing"]
-    ok, need = converged(extra["convergence"], [len(e.labels) for e in exps])
+    ok, need = converged(
+        extra["convergence"],
+        [len(e.labels) for e in exps],
+        half_width=_last_half_width(exps, ds),
+        ceiling=ceiling,
+        metric_range=np.array([METRIC_RANGE.get(m, 1.0) for m in args.metrics])[:, None],
+    )
     epochs = [int(x) for x in ds["epoch"].values]
     rel = relative(ds["distance"].values, ceiling)
     r_mean, r_std = _relative_reusability(exps, args, rel, epochs)
@@ -326,6 +344,7 @@ def interpretation(
     )
     out.attrs["convergence_tolerance"] = CONVERGENCE_TOL
     out.attrs["not_converged"] = json.dumps(unconverged(exps, args, need))
+    out.attrs["probe_images"] = json.dumps([len(e.labels) for e in exps])
     out.attrs["relative_note"] = (
         NO_BASELINE_NOTE.format(stores=", ".join(missing)) if missing else RELATIVE_NOTE
     )
@@ -420,7 +439,12 @@ def _convergence_vars(convergence, ok, need) -> dict:
         "converged": (
             eml,
             ok,
-            {"description": f"|d(all) - d(half)| / |d(all)| < {CONVERGENCE_TOL}"},
+            {
+                "description": (
+                    "|d(all) - d(half)| <= max(bootstrap half-width (else the subsets' noise),"
+                    f" {CONVERGENCE_TOL} x ceiling (else x the metric's range))"
+                )
+            },
         ),
         "images_needed": (
             eml,
@@ -428,7 +452,7 @@ def _convergence_vars(convergence, ok, need) -> dict:
             {
                 "description": (
                     "images at which the change from half to all would fall "
-                    "below the tolerance (error ~ 1/n); NaN where converged"
+                    "within its bound (change ~ 1/n); NaN where converged"
                 )
             },
         ),

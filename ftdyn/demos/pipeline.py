@@ -46,8 +46,11 @@ from ..offline import MOBILENET_V2_SHA256, WEIGHTS_INSTALL, installed_weights_fi
 from ..outputs import check_output_folder, folder_lock, update_result_set
 from ..progress import stage
 from ..reporting import report
+from ..results import unreliable, unreliable_reason
 from ..store import layer_dims, open_store, store_layers
+from ..summary import reusability
 from ..training import train
+from ..viz.curves import experiment_epochs
 from .datasets import SourceMissing, prepare_dataset, source_classes
 from .domains import domain_classes, generate_domain
 
@@ -330,7 +333,12 @@ def probe_layers(store: Path, seed: int = 0) -> dict[str, dict]:
 
 
 def findings(results) -> list[dict]:
-    """Per experiment and metric: the drift of every layer at the last epoch, and reusability."""
+    """Per experiment and metric: the drift of every layer at the last epoch, and reusability.
+
+    The statements (shallowest and deepest layer, "early < deep", "increasing with depth", the
+    reusability that orders the targets) skip the layers whose value cannot be trusted at its
+    view's shape and say so in ``skipped``; ``layers`` keeps every value and ``unreliable`` names
+    the skipped ones with their reason."""
     rows = []
     for experiment in results["experiment"].values:
         for metric in results["metric"].values:
@@ -342,7 +350,16 @@ def findings(results) -> list[dict]:
                 .isel(epoch=-1)
             )
             values = last.values
-            finite = values[np.isfinite(values)]
+            odd = {
+                layers[l]: unreliable_reason(results, str(experiment), str(metric), layers[l])
+                for l in np.flatnonzero(
+                    unreliable_layer_mask(results, str(experiment), str(metric))[: len(layers)]
+                )
+            }
+            trusted = [l for l, name in enumerate(layers) if name not in odd]
+            kept = values[trusted]
+            finite = kept[np.isfinite(kept)]
+            ends = (trusted[0], trusted[-1]) if trusted else None
             rows.append(
                 {
                     "experiment": str(experiment),
@@ -350,22 +367,58 @@ def findings(results) -> list[dict]:
                     "view": str(results["view"].sel(metric=metric).values),
                     "epoch": int(last["epoch"].values),
                     "layers": {layer: float(v) for layer, v in zip(layers, values, strict=True)},
-                    "shallowest": {"layer": layers[0], "distance": float(values[0])},
-                    "deepest": {"layer": layers[-1], "distance": float(values[-1])},
-                    "early_closer_than_deep": bool(values[0] < values[-1]),
-                    "increasing_with_depth": bool(np.all(np.diff(finite) >= 0)),
-                    "reusability_mean": float(
-                        results["reusability_mean"].sel(experiment=experiment, metric=metric)
-                    ),
-                    "reusability_std": float(
-                        results["reusability_std"].sel(experiment=experiment, metric=metric)
-                    ),
+                    "unreliable": odd,
+                    "skipped": [
+                        f"{layer} skipped: unreliable ({why})" for layer, why in odd.items()
+                    ],
+                    "shallowest": _end(layers, values, ends and ends[0]),
+                    "deepest": _end(layers, values, ends and ends[1]),
+                    "early_closer_than_deep": bool(ends and values[ends[0]] < values[ends[1]]),
+                    "increasing_with_depth": bool(ends and np.all(np.diff(finite) >= 0)),
+                    **_reusability(results, str(experiment), str(metric), trusted, len(layers)),
                     **interpreted(
-                        results, str(experiment), str(metric), layers, int(last["epoch"].values)
+                        results,
+                        str(experiment),
+                        str(metric),
+                        layers,
+                        int(last["epoch"].values),
+                        ends=ends,
                     ),
                 }
             )
     return rows
+
+
+def unreliable_layer_mask(results, experiment: str, metric: str) -> np.ndarray:
+    """(layer_index,) bool: the layers whose value of ``metric`` cannot be trusted."""
+    e = [str(x) for x in results["experiment"].values].index(experiment)
+    m = [str(x) for x in results["metric"].values].index(metric)
+    return unreliable(results)[e, m]
+
+
+def _end(layers: list[str], values: np.ndarray, index: int | None) -> dict:
+    """{"layer", "distance"} of the layer at ``index`` (None: no layer can be trusted)."""
+    if index is None:
+        return {"layer": None, "distance": float("nan")}
+    return {"layer": layers[index], "distance": float(values[index])}
+
+
+def _reusability(results, experiment: str, metric: str, trusted: list[int], n_layers: int) -> dict:
+    """Reusability mean ± std of one row: the results' own, or where some layers cannot be
+    trusted the same over the others (the mean over epochs, reference excluded, of the
+    layer-averaged distance)."""
+    sel = dict(experiment=experiment, metric=metric)
+    if len(trusted) == n_layers:
+        return {
+            "reusability_mean": float(results["reusability_mean"].sel(**sel)),
+            "reusability_std": float(results["reusability_std"].sel(**sel)),
+        }
+    curves = results["distance"].sel(**sel).values[trusted]  # (layer, epoch)
+    keep = experiment_epochs(results, experiment) & (
+        results["epoch"].values != results.attrs.get("reference_epoch")
+    )
+    mean, std, _, _ = reusability(curves[None], keep)
+    return {"reusability_mean": float(mean[0]), "reusability_std": float(std[0])}
 
 
 def _num(value) -> float | None:
@@ -373,20 +426,34 @@ def _num(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def interpreted(results, experiment: str, metric: str, layers: list[str], epoch: int) -> dict:
+def interpreted(
+    results,
+    experiment: str,
+    metric: str,
+    layers: list[str],
+    epoch: int,
+    *,
+    ends: tuple[int, int] | None = (0, -1),
+) -> dict:
     """Relative drift (distance / random-init ceiling), whether "early < deep" is significant
-    (paired bootstrap), the steps not distinguishable from 0, and convergence, of one row."""
+    (paired bootstrap) between the layers at ``ends`` (the shallowest and deepest that can be
+    trusted; None: none can), the steps not distinguishable from 0, and convergence, of one
+    row."""
     sel = dict(experiment=experiment, metric=metric)
+    if ends is not None:
+        ends = tuple(range(len(layers))[i] for i in ends)
     rel = results["relative_distance"].sel(**sel, epoch=epoch).values[: len(layers)]
     p = results["layer_order_p"].sel(**sel).values
     lo, hi = results["delta_ci_low"].sel(**sel).values, results["delta_ci_high"].sel(**sel).values
     epochs = [int(e) for e in results["epoch"].values]
+    trusted = ~unreliable_layer_mask(results, experiment, metric)
     flat = [
         {"layer": layers[l], "epoch": epochs[k]}
         for l in range(len(layers))
+        if trusted[l]
         for k in np.flatnonzero(np.isfinite(lo[l]) & (lo[l] <= 0) & (hi[l] >= 0))
     ]
-    p_ends = _num(p[0, len(layers) - 1])
+    p_ends = None if ends is None else _num(p[ends])
     d = results["distance"].sel(**sel, epoch=epoch).values
     return {
         "relative": {layer: _num(v) for layer, v in zip(layers, rel, strict=True)},
@@ -397,7 +464,7 @@ def interpreted(results, experiment: str, metric: str, layers: list[str], epoch:
         "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
         "early_closer_than_deep_p": p_ends,
         "early_closer_than_deep_significant": bool(
-            p_ends is not None and p_ends < ALPHA_LEVEL and d[0] < d[-1]
+            p_ends is not None and p_ends < ALPHA_LEVEL and d[ends[0]] < d[ends[1]]
         ),
         "steps_not_distinguishable_from_0": flat,
         **_convergence_findings(results, sel, layers),
@@ -443,6 +510,7 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
             f" {r['reusability_mean']:9.4f}±{r['reusability_std']:.4f}"
             f" {'n/a' if rel is None else f'{rel:.3f}':>9}"
         )
+    lines += [f"{r['experiment']} {r['metric']}: {note}" for r in rows for note in r["skipped"]]
     for metric in dict.fromkeys(r["metric"] for r in rows):
         ranked = sorted(
             (r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"]
@@ -485,7 +553,10 @@ def findings_html(rows: list[dict], targets_info: dict) -> str:
         " layer</th><th>relative</th><th>early &lt; deep, p</th><th>reusability</th></tr>"
     )
     for r in rows:
-        drift = ", ".join(f"{layer} {d:.3f}" for layer, d in r["layers"].items())
+        drift = ", ".join(
+            f"{layer} {d:.3f}" + (" (unreliable)" if layer in r["unreliable"] else "")
+            for layer, d in r["layers"].items()
+        )
         rel = ", ".join(_pct(v) for v in r.get("relative", {}).values())
         p = r.get("early_closer_than_deep_p")
         sig = f"{r['early_closer_than_deep']} ({'n/a' if p is None else f'{p:.3f}'})"
@@ -495,6 +566,13 @@ def findings_html(rows: list[dict], targets_info: dict) -> str:
             f"{cell(reuse)}</tr>"
         )
     parts.append("</table>")
+    skipped = [f"{r['experiment']} {r['metric']}: {note}" for r in rows for note in r["skipped"]]
+    if skipped:
+        parts.append(
+            "<p>Values that cannot be trusted at their view's shape are marked (unreliable) and"
+            " left out of the statements (shallow and deep ends, early &lt; deep, reusability):"
+            "</p><ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in skipped) + "</ul>"
+        )
     return f'<section id="demo-findings">{"".join(parts)}</section>'
 
 

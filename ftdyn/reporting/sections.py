@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FtdynError
+from ..results import unreliable, unreliable_reason
 from ..store import open_store
 from ..viz import match_experiment, store_label
 from ..viz.curves import as_strings, experiment_layers
@@ -250,12 +251,14 @@ def _reusability_section(res) -> str:
         row += [_mean_std(res, "reusability", experiment=exp, metric=m) for m in metrics]
         rows.append(row)
     layer_rows = []
+    odd = {(f["experiment"], f["metric"], f["layer"]) for f in unreliable_values(res)}
     for exp in as_strings(res["experiment"].values):
         for li, name in experiment_layers(res, exp):
             layer_rows.append(
                 [exp, name]
                 + [
                     _mean_std(res, "layer_reusability", experiment=exp, metric=m, layer_index=li)
+                    + (" (unreliable)" if (exp, m, name) in odd else "")
                     for m in metrics
                 ]
             )
@@ -268,9 +271,45 @@ def _reusability_section(res) -> str:
         "the reference checkpoint. Lower = the fine-tuned features stay closer to the source's,"
         " i.e. more of "
         "the source is reused.</p>"
+        + _unreliable_note(res)
         + "<details><summary>Per layer</summary>"
         + _table(["experiment", "layer", *metrics], layer_rows, left=2)
         + "</details>"
+    )
+
+
+def unreliable_values(res) -> list[dict[str, str]]:
+    """Every (experiment, metric, layer) whose value cannot be trusted at its view's shape, with
+    the reason the results give (none in results without the ``unreliable`` variable)."""
+    mask, exps = unreliable(res), as_strings(res["experiment"].values)
+    metrics = as_strings(res["metric"].values)
+    return [
+        {
+            "experiment": exp,
+            "metric": m,
+            "layer": name,
+            "reason": unreliable_reason(res, exp, m, name),
+        }
+        for e, exp in enumerate(exps)
+        for mi, m in enumerate(metrics)
+        for li, name in experiment_layers(res, exp)
+        if mask[e, mi, li]
+    ]
+
+
+def _unreliable_note(res) -> str:
+    """The values that cannot be trusted, with their reasons (empty when there are none)."""
+    found = unreliable_values(res)
+    if not found:
+        return ""
+    items = "".join(
+        f"<li>{_e(f['experiment'])} {_e(f['metric'])} {_e(f['layer'])}: {_e(f['reason'])}</li>"
+        for f in found
+    )
+    return (
+        '<p class="note">Unreliable values (drawn grey, dashed and hollow in the figures, marked'
+        " in the tables and CSV files, left out of every statement): the metric's estimator"
+        f" cannot be trusted at the view's shape.</p><ul>{items}</ul>"
     )
 
 
@@ -279,8 +318,10 @@ ALPHA_LEVEL = 0.05
 
 
 def layer_order_findings(res) -> list[dict[str, Any]]:
-    """Every (experiment, metric, shallower layer a, deeper layer b) with a bootstrap p-value:
-    the last-epoch distances, p and whether "a moved less than b" is significant."""
+    """Every (experiment, metric, shallower layer a, deeper layer b) with a bootstrap p-value,
+    both values reliable: the last-epoch distances, p and whether "a moved less than b" is
+    significant."""
+    odd = {(f["experiment"], f["metric"], f["layer"]) for f in unreliable_values(res)}
     out = []
     for exp in as_strings(res["experiment"].values):
         layers = experiment_layers(res, exp)
@@ -294,7 +335,7 @@ def layer_order_findings(res) -> list[dict[str, Any]]:
             p = res["layer_order_p"].sel(experiment=exp, metric=m).values
             for i, (a, na) in enumerate(layers):
                 for b, nb in layers[i + 1 :]:
-                    if np.isfinite(p[a, b]):
+                    if np.isfinite(p[a, b]) and not {(exp, m, na), (exp, m, nb)} & odd:
                         out.append(
                             {
                                 "experiment": exp,
@@ -312,7 +353,8 @@ def layer_order_findings(res) -> list[dict[str, Any]]:
 
 def flat_steps(res) -> list[dict[str, Any]]:
     """(experiment, metric, layer, epoch) whose step from the previous epoch has a paired
-    interval containing 0 (not distinguishable from no change)."""
+    interval containing 0 (not distinguishable from no change); unreliable values left out."""
+    odd = {(f["experiment"], f["metric"], f["layer"]) for f in unreliable_values(res)}
     lo, hi, epochs = (
         res["delta_ci_low"],
         res["delta_ci_high"],
@@ -322,6 +364,8 @@ def flat_steps(res) -> list[dict[str, Any]]:
     for exp in as_strings(res["experiment"].values):
         for m in as_strings(res["metric"].values):
             for li, name in experiment_layers(res, exp):
+                if (exp, m, name) in odd:
+                    continue
                 a = lo.sel(experiment=exp, metric=m, layer_index=li).values
                 b = hi.sel(experiment=exp, metric=m, layer_index=li).values
                 out += [
@@ -371,7 +415,8 @@ def _interpretation_section(res, block) -> str:
             "each shared by every epoch and layer). At the last epoch, "
             f"{len(sig)} of {len(found)} 'early &lt; deep' comparisons are significant "
             f"(p &lt; {ALPHA_LEVEL}):</p><ul>{''.join(items) or '<li>none</li>'}</ul>"
-            f'<p class="note">{len(flat)} epoch step(s) are not distinguishable from 0 (their'
+            + _skipped_note(res)
+            + f'<p class="note">{len(flat)} epoch step(s) are not distinguishable from 0 (their'
             " paired 95 % "
             "interval contains 0; hollow markers in the figure).</p>"
         )
@@ -381,13 +426,38 @@ def _interpretation_section(res, block) -> str:
             " with --bootstrap N (e.g. 100).</p>"
         )
     parts += ["<h3>Linear probes</h3>", block("probes"), "<h3>Convergence</h3>"]
-    bad = json.loads(res.attrs.get("not_converged", "[]"))
-    parts.append(
-        '<p class="note">Not converged (tolerance'
-        f" {_pct(res.attrs.get('convergence_tolerance'))}): "
-        f"{_e(', '.join(bad)) if bad else 'none'}.</p>" + block("convergence")
-    )
+    parts.append(_convergence_note(res) + block("convergence"))
     return "".join(parts)
+
+
+def _skipped_note(res) -> str:
+    """Which layers the comparisons left out, and why (empty when none was)."""
+    found = unreliable_values(res)
+    if not found:
+        return ""
+    items = "".join(
+        f"<li>{_e(f['experiment'])} {_e(f['metric'])}: {_e(f['layer'])} skipped: unreliable"
+        f" ({_e(f['reason'])})</li>"
+        for f in found
+    )
+    return f'<p class="note">Left out of these comparisons:</p><ul>{items}</ul>'
+
+
+def _convergence_note(res) -> str:
+    """What the convergence verdict compares, and how many distances have not converged."""
+    need, conv = res["images_needed"].values, res["convergence"].values
+    checked = int(np.isfinite(conv[..., -2:]).all(axis=-1).sum())
+    bad = json.loads(res.attrs.get("not_converged", "[]"))
+    return (
+        '<p class="note">A distance has converged when its change from half the probe images to'
+        " all is within its own noise (the bootstrap half-width, else the spread the nested"
+        " subsets imply) or"
+        f" {_pct(res.attrs.get('convergence_tolerance'))} of the random-init ceiling (else of the"
+        f" metric's range). Not converged: {int(np.isfinite(need).sum())} of {checked} checked"
+        " (experiment, metric, layer) distances"
+        + (f" ({_e(', '.join(bad))})" if bad and len(bad) <= 10 else "")
+        + "; convergence.csv gives each one and the images it would need.</p>"
+    )
 
 
 def _read_csv(path: Path) -> list[dict[str, str]] | None:

@@ -10,6 +10,10 @@
   checkpoint x checkpoint distance matrix of every layer, one shared colour scale
   per figure.
 * :func:`plot_all` — all three, recorded with captions in ``figures.json``.
+
+A value that cannot be trusted at its view's shape (the results' ``unreliable``) is never an
+ordinary point: grey dashed segments and hollow markers (:func:`unreliable_style`), with a legend
+entry "unreliable (see report)"; a NaN is a gap.
 """
 
 from __future__ import annotations
@@ -19,26 +23,84 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import unreliable
 from .figure import record, save_figure, slug
 
 LAYER_CMAP = "viridis"
 MATRIX_CMAP = "viridis"
 EXPERIMENT_CMAP = "tab10"
 MAX_MATRIX_COLUMNS = 6
+#: how a value that cannot be trusted at its view's shape is drawn (:func:`unreliable_style`)
+UNRELIABLE_COLOR = "0.6"
+UNRELIABLE_LABEL = "unreliable (see report)"
+UNRELIABLE_GID = "unreliable"
+UNRELIABLE_NOTE = (
+    "grey dashed with hollow markers: a value that cannot be trusted at its view's shape"
+    " (degenerate, or too many columns per row for the estimator; the report says why); a gap:"
+    " no value."
+)
 
 
-def _legend(ax, title: str) -> None:
-    """A legend right of ``ax``, when it has labeled lines (all-NaN curves, e.g. an undefined
-    metric, draw none)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            fontsize=7,
-            frameon=False,
-            title=title,
-            title_fontsize=7,
+def unreliable_style(color) -> dict:
+    """Line keywords of a value that cannot be trusted at its view's shape: a grey dashed line
+    and hollow markers edged in the series' own colour, never an ordinary point."""
+    return dict(
+        color=UNRELIABLE_COLOR,
+        linestyle="--",
+        markerfacecolor="none",
+        markeredgecolor=color,
+        gid=UNRELIABLE_GID,
+    )
+
+
+def _legend(ax, title: str, others=()) -> None:
+    """A legend right of ``ax`` of the labeled lines of ``ax`` and ``others`` (one entry per
+    label, in its ordinary style where it has one), when there are any (all-NaN curves, e.g. an
+    undefined metric, draw none); plus the unreliable style's entry when one of them uses it."""
+    from matplotlib.lines import Line2D
+
+    entries: dict[str, object] = {}
+    marked = False
+    for axis in (*others, ax):
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            odd = handle.get_gid() == UNRELIABLE_GID
+            marked |= odd
+            if label not in entries or (not odd and entries[label].get_gid() == UNRELIABLE_GID):
+                entries[label] = handle
+        marked |= any(line.get_gid() == UNRELIABLE_GID for line in axis.lines)
+    if not entries:
+        return
+    handles, labels = list(entries.values()), list(entries)
+    if marked:
+        handles.append(
+            Line2D([], [], marker="o", markersize=4, **unreliable_style(UNRELIABLE_COLOR))
         )
+        labels.append(UNRELIABLE_LABEL)
+    ax.legend(
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7,
+        frameon=False,
+        title=title,
+        title_fontsize=7,
+    )
+
+
+def unreliable_layers(results, experiment: str, metric: str) -> set[int]:
+    """The layer indices whose value of ``metric`` cannot be trusted (none in results without the
+    ``unreliable`` variable)."""
+    e = as_strings(results["experiment"].values).index(experiment)
+    m = as_strings(results["metric"].values).index(metric)
+    return {int(i) for i in np.flatnonzero(unreliable(results)[e, m])}
+
+
+def experiment_epochs(results, experiment: str) -> np.ndarray:
+    """(epoch,) bool: the epochs the experiment has (any finite distance); a NaN at one of them
+    is a gap in its curves, an epoch it lacks is not."""
+    d = np.asarray(results["distance"].sel(experiment=experiment).values, dtype=float)
+    return np.isfinite(d).any(axis=(0, 1))
 
 
 def as_strings(values) -> list[str]:
@@ -79,6 +141,17 @@ def _settings(results) -> str:
 
 def plot_curves(results, out: str | Path) -> list[Path]:
     """Distance vs epoch, rows = experiments, columns = metrics, lines = layers. PNG + SVG."""
+    fig = curves_figure(results)
+    out = Path(out)
+    return [
+        save_figure(fig, out / "distance_curves.png"),
+        save_figure(fig, out / "distance_curves.svg"),
+    ]
+
+
+def curves_figure(results):
+    """The figure of :func:`plot_curves`; an unreliable layer's curve in
+    :func:`unreliable_style`, a NaN at an epoch of the experiment a gap."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -92,28 +165,31 @@ def plot_curves(results, out: str | Path) -> list[Path]:
     for r, exp in enumerate(exps):
         layers = experiment_layers(results, exp)
         colors = layer_colors(len(layers))
+        has = experiment_epochs(results, exp)
         for m, metric in enumerate(metrics):
             ax = axes[r, m]
             d = results["distance"].sel(experiment=exp, metric=metric)
             lo = results["ci_low"].sel(experiment=exp, metric=metric)
             hi = results["ci_high"].sel(experiment=exp, metric=metric)
+            odd = unreliable_layers(results, exp, metric)
             for (li, name), color in zip(layers, colors, strict=True):
                 y = np.asarray(d.sel(layer_index=li).values, dtype=float)
                 ok = np.isfinite(y)
                 if not ok.any():
                     continue
+                style = unreliable_style(color) if li in odd else dict(color=color)
                 ax.plot(
-                    epochs[ok],
-                    y[ok],
+                    epochs[has],
+                    y[has],
                     marker="o",
                     markersize=2.5,
                     linewidth=1.4,
-                    color=color,
                     label=name,
+                    **style,
                 )
                 yl = np.asarray(lo.sel(layer_index=li).values, dtype=float)
                 yh = np.asarray(hi.sel(layer_index=li).values, dtype=float)
-                band = ok & np.isfinite(yl) & np.isfinite(yh)
+                band = ok & np.isfinite(yl) & np.isfinite(yh) & (li not in odd)
                 if band.any():
                     ax.fill_between(
                         epochs[band], yl[band], yh[band], color=color, alpha=0.2, linewidth=0
@@ -128,13 +204,9 @@ def plot_curves(results, out: str | Path) -> list[Path]:
             if m == 0:
                 ax.set_ylabel(f"{exp}\ndistance from epoch {ref}", fontsize=8)
         if layers:
-            _legend(axes[r, -1], "layer (shallow → deep)")
+            _legend(axes[r, -1], "layer (shallow → deep)", others=axes[r, :-1])
     fig.suptitle("Distance from the reference checkpoint during fine-tuning", fontsize=10)
-    out = Path(out)
-    return [
-        save_figure(fig, out / "distance_curves.png"),
-        save_figure(fig, out / "distance_curves.svg"),
-    ]
+    return fig
 
 
 def _last_finite(values: np.ndarray) -> int | None:
@@ -143,16 +215,22 @@ def _last_finite(values: np.ndarray) -> int | None:
 
 
 def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
-    """Per layer with any finite distance: x position, distance, CI and epoch at its last one."""
+    """Per layer: x position, distance, CI and epoch at its last finite one (NaN, a gap in the
+    line, for a layer without any), and whether the value is unreliable."""
     epochs = np.asarray(results["epoch"].values)
     d = results["distance"].sel(experiment=exp, metric=metric)
-    xs, ys, los, his, last = [], [], [], [], []
+    odd = unreliable_layers(results, exp, metric)
+    xs, ys, los, his, last, flags = [], [], [], [], [], []
     for k, (li, _) in enumerate(layers):
         y = np.asarray(d.sel(layer_index=li).values, dtype=float)
         t = _last_finite(y)
-        if t is None:
-            continue
         xs.append(k if same else (k / max(len(layers) - 1, 1)))
+        flags.append(li in odd)
+        if t is None:
+            ys += [np.nan]
+            los += [np.nan]
+            his += [np.nan]
+            continue
         ys.append(y[t])
         los.append(
             float(results["ci_low"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
@@ -161,23 +239,36 @@ def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
             float(results["ci_high"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
         )
         last.append(int(epochs[t]))
-    return xs, ys, los, his, last
+    return xs, ys, los, his, last, flags
 
 
-def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last) -> None:
-    """One experiment's distance-by-layer line, with its CI band where both ends are finite."""
+def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last, flags) -> None:
+    """One experiment's distance-by-layer line, with its CI band where both ends are finite; an
+    unreliable layer's point hollow and the segments to it in :func:`unreliable_style`."""
     ep = sorted(set(last))
+    xs, ys, flags = np.array(xs, dtype=float), np.array(ys, dtype=float), np.array(flags)
     ax.plot(
         xs,
-        ys,
+        np.where(flags, np.nan, ys),
         marker="o",
         markersize=3.5,
         linewidth=1.5,
         color=color,
         label=f"{exp} (epoch {'/'.join(map(str, ep))})",
     )
+    for k in np.flatnonzero(flags):
+        near = slice(max(k - 1, 0), k + 2)
+        ax.plot(
+            xs[near],
+            np.where(np.arange(len(xs))[near] == k, ys[near], np.where(flags, np.nan, ys)[near]),
+            marker="o",
+            markersize=3.5,
+            linewidth=1.2,
+            markevery=[int(k - near.start)],
+            **unreliable_style(color),
+        )
     los, his = np.array(los), np.array(his)
-    band = np.isfinite(los) & np.isfinite(his)
+    band = np.isfinite(los) & np.isfinite(his) & ~flags
     if band.any():
         ax.fill_between(
             np.array(xs)[band],
@@ -206,6 +297,16 @@ def _style_layer_panel(ax, results, metric: str, names: list[str] | None, first:
 
 def plot_by_layer(results, out: str | Path) -> list[Path]:
     """Distance at each experiment's last epoch vs layer depth, one panel per metric. PNG + SVG."""
+    fig = by_layer_figure(results)
+    out = Path(out)
+    return [
+        save_figure(fig, out / "distance_by_layer.png"),
+        save_figure(fig, out / "distance_by_layer.svg"),
+    ]
+
+
+def by_layer_figure(results):
+    """The figure of :func:`plot_by_layer`."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -225,16 +326,12 @@ def plot_by_layer(results, out: str | Path) -> list[Path]:
             if not layers:
                 continue
             points = _last_epoch_points(results, exp, metric, layers, same)
-            if points[0]:
+            if np.isfinite(points[1]).any():
                 _plot_layer_curve(ax, exp, colors[e], *points)
         _style_layer_panel(ax, results, metric, names, m == 0)
-    _legend(axes[-1], "experiment")
+    _legend(axes[-1], "experiment", others=axes[:-1])
     fig.suptitle("Distance at the last epoch, by layer depth", fontsize=10)
-    out = Path(out)
-    return [
-        save_figure(fig, out / "distance_by_layer.png"),
-        save_figure(fig, out / "distance_by_layer.svg"),
-    ]
+    return fig
 
 
 def trajectory_matrices(
@@ -277,16 +374,26 @@ def plot_trajectory(
     vmax = float(np.nanmax(mats)) if np.isfinite(mats).any() else 1.0
     norm = Normalize(vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
     cmap = matplotlib.colormaps[MATRIX_CMAP].with_extremes(bad="0.85")
+    # an unreliable layer's matrix in greys, so that none of its cells reads as a value
+    grey = matplotlib.colormaps["Greys"].with_extremes(bad="0.85")
+    odd = unreliable_layers(results, experiment, metric)
     step = max(1, math.ceil(len(epochs) / 6))
     image = None
     for k, ax in enumerate(axes.flat):
         if k >= L:
             ax.set_visible(False)
             continue
-        image = ax.imshow(
-            np.ma.masked_invalid(mats[k]), cmap=cmap, norm=norm, interpolation="nearest"
+        shown = ax.imshow(
+            np.ma.masked_invalid(mats[k]),
+            cmap=grey if layers[k][0] in odd else cmap,
+            norm=norm,
+            interpolation="nearest",
         )
-        ax.set_title(layers[k][1], fontsize=8)
+        if layers[k][0] in odd:
+            ax.set_title(f"{layers[k][1]}\n{UNRELIABLE_LABEL}", fontsize=7, color="0.4")
+        else:
+            image = shown
+            ax.set_title(layers[k][1], fontsize=8)
         ticks = np.arange(0, len(epochs), step)
         ax.set_xticks(ticks, [str(int(epochs[i])) for i in ticks], fontsize=7)
         ax.set_yticks(ticks, [str(int(epochs[i])) for i in ticks], fontsize=7)
@@ -294,7 +401,7 @@ def plot_trajectory(
             ax.set_ylabel("epoch", fontsize=8)
         if k // cols == rows - 1 or k + cols >= L:
             ax.set_xlabel("epoch", fontsize=8)
-    cb = fig.colorbar(image, ax=axes, shrink=0.8, aspect=25)
+    cb = fig.colorbar(image or shown, ax=axes, shrink=0.8, aspect=25)
     cb.set_label("distance", fontsize=8)
     cb.ax.tick_params(labelsize=7)
     fig.suptitle(
@@ -329,7 +436,8 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
                 "Each panel: the distance between every layer's activations at an epoch and at the"
                 " reference checkpoint, on the same probe images, for one experiment (row) and one"
                 " metric (column; lower = more similar). Lines: layers, coloured from shallow"
-                f" (dark) to deep (light, {LAYER_CMAP}). Metrics: {mdesc}. {settings} Expect early"
+                f" (dark) to deep (light, {LAYER_CMAP}); {UNRELIABLE_NOTE} Metrics: {mdesc}."
+                f" {settings} Expect early"
                 " layers to stay closer to the source than deep ones and distances to grow over"
                 " epochs."
             ),
@@ -346,7 +454,7 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
             "caption": (
                 "Per metric, the distance from the reference checkpoint at each experiment's last"
                 " computed epoch (named in the legend), against layer depth; one line per"
-                f" experiment. Metrics: {mdesc}. {settings}"
+                f" experiment; {UNRELIABLE_NOTE} Metrics: {mdesc}. {settings}"
             ),
         }
     )
@@ -368,7 +476,9 @@ def plot_all(results, out: str | Path, *, svg_matrices: bool = False) -> list[Pa
                         f"{exp}: for every layer, the distance ({metric_label(results, metric)}) "
                         "between the activations of every pair of checkpoints (row epoch vs "
                         "column epoch; the diagonal is 0). One colour scale for all layers of the "
-                        f"figure ({MATRIX_CMAP}, 0 to the largest value); grey = not computed. "
+                        f"figure ({MATRIX_CMAP}, 0 to the largest value); grey = not computed;"
+                        " a layer whose value cannot be trusted at its view's shape in greys,"
+                        " titled unreliable. "
                         f"{settings}"
                     ),
                 }

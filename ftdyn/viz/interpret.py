@@ -7,6 +7,10 @@
   = layers; dotted: chance; crosses at the left: the random-init network's accuracy.
 * ``convergence.{png,svg}``: the last epoch's distance vs the number of probe images (nested
   subsets), rows = experiments, columns = metrics; dashed = not converged.
+
+In all three a layer whose value cannot be trusted at its view's shape (``unreliable``) is drawn
+grey and dashed with hollow markers (:func:`ftdyn.viz.curves.unreliable_style`), never as an
+ordinary line.
 """
 
 from __future__ import annotations
@@ -15,7 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .curves import _legend, as_strings, experiment_layers, layer_colors, metric_label
+from .curves import (
+    UNRELIABLE_NOTE,
+    _legend,
+    as_strings,
+    experiment_epochs,
+    experiment_layers,
+    layer_colors,
+    metric_label,
+    unreliable_layers,
+    unreliable_style,
+)
 from .figure import record, save_figure
 
 
@@ -42,9 +56,11 @@ def plot_relative(results, out: Path) -> list[Path]:
     fig, axes = _grid(len(exps), len(metrics), sharey="col")
     for r, exp in enumerate(exps):
         layers = experiment_layers(results, exp)
+        has = experiment_epochs(results, exp)
         for m, metric in enumerate(metrics):
             ax = axes[r, m]
             sel = dict(experiment=exp, metric=metric)
+            odd = unreliable_layers(results, exp, metric)
             for (li, name), color in zip(layers, layer_colors(len(layers)), strict=True):
                 y = np.asarray(
                     results["relative_distance"].sel(**sel, layer_index=li).values, float
@@ -54,7 +70,11 @@ def plot_relative(results, out: Path) -> list[Path]:
                 ok = np.isfinite(y)
                 if not ok.any():
                     continue
-                ax.plot(epochs[ok], y[ok], linewidth=1.4, color=color, label=name)
+                if li in odd:  # no step markers: a step of an untrusted value says nothing
+                    style = unreliable_style(color)
+                    ax.plot(epochs[has], y[has], marker="o", linewidth=1.2, label=name, **style)
+                    continue
+                ax.plot(epochs[has], y[has], linewidth=1.4, color=color, label=name)
                 flat = ok & np.isfinite(lo) & (lo <= 0) & (hi >= 0)
                 ax.plot(epochs[ok & ~flat], y[ok & ~flat], "o", markersize=3, color=color)
                 ax.plot(
@@ -70,7 +90,7 @@ def plot_relative(results, out: Path) -> list[Path]:
                 ax.set_ylabel(f"{exp}\ndistance / random-init ceiling", fontsize=8)
             ax.set_xlabel("epoch", fontsize=8)
         if layers:
-            _legend(axes[r, -1], "layer (shallow → deep)")
+            _legend(axes[r, -1], "layer (shallow → deep)", others=axes[r, :-1])
     fig.suptitle(
         "Relative distance: 0 = unchanged, 1 = as far as an untrained network", fontsize=10
     )
@@ -127,22 +147,18 @@ def plot_convergence(results, out: Path) -> list[Path]:
         layers = experiment_layers(results, exp)
         for m, metric in enumerate(metrics):
             ax = axes[r, m]
+            odd = unreliable_layers(results, exp, metric)
             for (li, name), color in zip(layers, layer_colors(len(layers)), strict=True):
                 sel = dict(experiment=exp, metric=metric, layer_index=li)
                 y = np.asarray(results["convergence"].sel(**sel).values, float)
                 if not np.isfinite(y).any():
                     continue
-                style = "-" if bool(results["converged"].sel(**sel).values) else "--"
-                ax.plot(
-                    fractions,
-                    y,
-                    style,
-                    marker="o",
-                    markersize=3,
-                    linewidth=1.3,
-                    color=color,
-                    label=name,
-                )
+                if li in odd:
+                    style = unreliable_style(color)
+                else:
+                    converged = bool(results["converged"].sel(**sel).values)
+                    style = dict(color=color, linestyle="-" if converged else "--")
+                ax.plot(fractions, y, marker="o", markersize=3, linewidth=1.3, label=name, **style)
             ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
             ax.grid(True, linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
@@ -152,7 +168,7 @@ def plot_convergence(results, out: Path) -> list[Path]:
             if m == 0:
                 ax.set_ylabel(f"{exp}\ndistance at the last epoch", fontsize=8)
         if layers:
-            _legend(axes[r, -1], "layer (dashed: not converged)")
+            _legend(axes[r, -1], "layer (dashed: not converged)", others=axes[r, :-1])
     fig.suptitle(
         "Is the probe set large enough? The last epoch's distance on 1/4, 1/2 and all images",
         fontsize=10,
@@ -166,7 +182,7 @@ def plot_all(results, out: str | Path) -> list[Path]:
     if "relative_distance" not in results:
         return []
     out = Path(out)
-    tol = results.attrs.get("convergence_tolerance", 0.05)
+    tol = results.attrs.get("convergence_tolerance", 0.02)
     boot = results.attrs.get("bootstrap") or 0
     relative = (
         "Distance from the reference divided by the distance between the reference and a randomly"
@@ -180,7 +196,7 @@ def plot_all(results, out: str | Path) -> list[Path]:
             if boot
             else "No bootstrap: steps are not tested (analyze with --bootstrap N)."
         )
-        + f" {results.attrs.get('relative_note', '')}."
+        + f" {results.attrs.get('relative_note', '')}. Lines: {UNRELIABLE_NOTE}"
     )
     probes = (
         "Cross-validated accuracy (stratified 5-fold by image, seeded) of a ridge classifier of the"
@@ -193,9 +209,11 @@ def plot_all(results, out: str | Path) -> list[Path]:
     convergence = (
         "The distance between the reference and the last epoch on nested, seeded subsets of the"
         " probe images (1/4, 1/2, all; the same streamed statistics). A flat curve: the probe set"
-        f" is large enough. Dashed: not converged (relative change from 1/2 to all >= {tol:.0%});"
-        " convergence.csv gives the images such a layer would need, taking the estimate's error as"
-        " proportional to 1/images."
+        " is large enough. Dashed: not converged (the change from 1/2 to all exceeds both its"
+        " noise, the bootstrap half-width or else the spread the subsets imply, and"
+        f" {tol:.0%} of the random-init ceiling, else of the metric's range); convergence.csv"
+        " gives the images such a layer would need, taking the change as proportional to"
+        f" 1/images. {UNRELIABLE_NOTE}"
     )
     figures = (
         (plot_relative, "relative", "Relative distance to a random-init ceiling", relative),
