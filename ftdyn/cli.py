@@ -281,6 +281,7 @@ def analyze(
     alpha: Annotated[float, _analyze("alpha")] = _default("alpha"),
     reference: Annotated[int, _analyze("reference")] = _default("reference"),
     preset: Annotated[str, _analyze("preset")] = _default("preset"),
+    estimator: Annotated[Optional[str], _analyze("estimator")] = _default("estimator"),
     layer: Annotated[Optional[list[str]], _analyze("layers", "--layer")] = _default("layers"),
     bootstrap: Annotated[int, _analyze("bootstrap")] = _default("bootstrap"),
     seed: Annotated[int, _analyze("seed")] = _default("seed"),
