@@ -286,6 +286,8 @@ def _jackknife(
         return {}
     groups = request.jack_groups[images]
     kept = [images[groups != g] for g in np.unique(groups)]
+    if min((len(k) for k in kept), default=0) < 3:  # rank ≤ 1 after centering: no leave-out value
+        kept = []
     left = {m: {t: [] for t in others} for m in metrics}
     for keep in kept:
         ii = torch.from_numpy(keep).to(ref.K.device)

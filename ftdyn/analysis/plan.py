@@ -639,18 +639,30 @@ def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
     return units
 
 
+#: the views whose CKA the corrected estimator takes from per-image Gram matrices (debiased); on
+#: the others (positions or pooled rows) it is the grouped jackknife, like Procrustes and PWSM
+GRAM_VIEWS = ("filter", "flat")
+
+
 def jackknifed(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
     """Those of ``metrics`` estimated by the grouped jackknife (the corrected Procrustes and
     PWSM, :mod:`ftdyn.metrics.estimators`; the map view keeps the plug-in)."""
     if config.estimator != "corrected":
         return ()
-    return tuple(m for m in metrics if m in JACKKNIFED and config.views[m] != "map")
+    return tuple(
+        m
+        for m in metrics
+        if config.views[m] != "map"
+        and (m in JACKKNIFED or (m == "cka" and config.views[m] not in GRAM_VIEWS))
+    )
 
 
 def debiased(config: AnalyzeConfig, metrics) -> bool:
     """Whether ``metrics`` hold a CKA estimated by the debiased estimator (the corrected CKA,
     computed from the per-image Gram matrices; the map view keeps the plug-in)."""
-    return config.estimator == "corrected" and "cka" in metrics and config.views["cka"] != "map"
+    return (
+        config.estimator == "corrected" and "cka" in metrics and config.views["cka"] in GRAM_VIEWS
+    )
 
 
 def estimator_names(config: AnalyzeConfig) -> dict[str, str]:
@@ -719,8 +731,13 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
 
 def boot_groups(args: AnalyzeConfig, n: int) -> int:
     """Groups of images of the bootstrap at their unlimited number (``bootstrap_groups``, else
-    MAX_UNITS), at most one per image."""
-    return min(args.bootstrap_groups or MAX_UNITS, n)
+    MAX_UNITS), at most one per image; with the corrected estimators a multiple of the
+    jackknife's groups (where there are that many), so that each jackknife group is a union of
+    bootstrap groups and the estimate does not depend on whether there is a bootstrap."""
+    groups = min(args.bootstrap_groups or MAX_UNITS, n)
+    if args.estimator == "corrected" and groups >= JACKKNIFE_GROUPS:
+        groups -= groups % JACKKNIFE_GROUPS
+    return groups
 
 
 def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarray, np.ndarray]:

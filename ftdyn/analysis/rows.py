@@ -491,6 +491,8 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
         if m not in request.jackknifed or t == ref:
             return point
         leave_out = _leave_out_counts(base, request.jack_groups)
+        if len(leave_out) and min(leave_out @ acc.n.cpu().numpy()) < 3:
+            leave_out = leave_out[:0]  # rank ≤ 1 after centering: no leave-out value
         return jackknifed(point, lambda g: plugin(m, t, leave_out[g]), len(leave_out))
 
     for m in metrics if request.point else []:
