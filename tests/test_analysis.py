@@ -429,7 +429,7 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
     np.testing.assert_allclose(
         boot["distance"].values[..., 0], ds["distance"].values[..., 0], atol=2e-8
     )
-    again = ftdyn.analyze(path, out=tmp_path / "b2", progress=False, bootstrap=30, seed=1)
+    again = ftdyn.analyze(path, out=tmp_path / "b2", progress=False, bootstrap=30)
     np.testing.assert_array_equal(again["ci_low"].values[0], lo)  # seeded: reproducible
     with open(tmp_path / "b" / "distances.csv") as f:
         assert all(r["ci_low"] != "" for r in csv.DictReader(f))
