@@ -278,6 +278,7 @@ def analyze(
     alpha: Annotated[float, _analyze("alpha")] = _default("alpha"),
     reference: Annotated[int, _analyze("reference")] = _default("reference"),
     preset: Annotated[str, _analyze("preset")] = _default("preset"),
+    estimator: Annotated[str | None, _analyze("estimator")] = _default("estimator"),
     layer: Annotated[list[str] | None, _analyze("layers", "--layer")] = _default("layers"),
     bootstrap: Annotated[int, _analyze("bootstrap")] = _default("bootstrap"),
     seed: Annotated[int, _analyze("seed")] = _default("seed"),

@@ -109,7 +109,9 @@ def test_unchanged_series_is_zero_and_random_checkpoint_is_one(tmp_path):
     src, rand = _acts(rng), _acts(rng)
     path = make_store(tmp_path / "s.zarr", [src, src, src, rand], baseline=rand)
     assert has_random_init(path)
-    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, bootstrap=20, seed=2)
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", progress=False, bootstrap=20, seed=2, estimator="plugin"
+    )
     rel = ds["relative_distance"].values[0]  # (metric, layer, epoch)
     assert np.isfinite(rel).all()
     np.testing.assert_allclose(rel[:, :, :3], 0, atol=1e-6)  # checkpoints equal to the source
@@ -396,10 +398,9 @@ def test_bootstrap_groups_are_shared_by_the_row_and_gram_sides(tmp_path):
     rng = np.random.default_rng(10)
     src = _acts(rng)
     path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)])
-    a = ftdyn.analyze(
-        path, out=tmp_path / "a", progress=False, bootstrap=20, bootstrap_groups=4, metrics=["cka"]
-    )
-    b = ftdyn.analyze(path, out=tmp_path / "b", progress=False, metrics=["cka"])
+    plugin = dict(progress=False, metrics=["cka"], estimator="plugin")
+    a = ftdyn.analyze(path, out=tmp_path / "a", bootstrap=20, bootstrap_groups=4, **plugin)
+    b = ftdyn.analyze(path, out=tmp_path / "b", **plugin)
     # summed per group
     np.testing.assert_allclose(a["distance"].values, b["distance"].values, atol=1e-12)
     # Gram side: resamples single images
@@ -497,7 +498,7 @@ def test_convergence_subsets_equal_the_metrics_on_those_images(
     src = _acts(rng)
     series = [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)]
     path = make_store(tmp_path / "s.zarr", series, baseline=_acts(rng))
-    options = dict(bootstrap=bootstrap, bootstrap_groups=8)
+    options = dict(bootstrap=bootstrap, bootstrap_groups=8, estimator="plugin")
     if split:
         monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
         options["bootstrap_metrics"] = ["cka"]
@@ -578,7 +579,9 @@ def test_bootstrapped_metrics_in_a_job_of_their_own_give_the_same_results(tmp_pa
     rng = np.random.default_rng(13)
     src = _acts(rng)
     path = make_store(tmp_path / "s.zarr", [src, _drift(src, rng, 0.3), _drift(src, rng, 0.6)])
-    options = dict(bootstrap=20, bootstrap_groups=8, bootstrap_metrics=["cka"], seed=3)
+    options = dict(
+        bootstrap=20, bootstrap_groups=8, bootstrap_metrics=["cka"], seed=3, estimator="plugin"
+    )
     one = ftdyn.analyze(path, out=tmp_path / "one", progress=False, **options)
     monkeypatch.setattr(AP, "MAX_FILTER_GROUP", 2)
     split = ftdyn.analyze(path, out=tmp_path / "split", progress=False, **options)

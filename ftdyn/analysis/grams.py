@@ -32,7 +32,7 @@ from ..metrics.stats import (
 from ..summary import shared_indices
 from .inputs import Source
 from .reading import F64, read_matrices, trimmed
-from .task_results import MetricsResult, replicated_positions, trajectory
+from .task_results import MetricsResult, jackknifed, recentred, replicated_positions, trajectory
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,16 @@ class GramFinishRequest:
     skip: tuple[int, ...] = ()
     #: the convergence check's subsets (None: no check)
     nested: NestedImages | None = None
+    #: the corrected estimators: CKA debiased, ``jackknifed`` metrics by the grouped jackknife
+    corrected: bool = False
+    #: the metrics estimated by the grouped jackknife (the corrected Procrustes and PWSM)
+    jackknifed: tuple[str, ...] = ()
+    #: (n,) the jackknife group of every image (needed with ``jackknifed``)
+    jack_groups: np.ndarray | None = None
+
+    def computed(self, metric: str) -> str:
+        """The metric as computed: the corrected CKA is the debiased one."""
+        return DEBIASED_CKA if self.corrected and metric == "cka" else metric
 
 
 @trimmed
@@ -237,34 +247,81 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
     vals = {m: [None] * T for m in metrics}
     for t in range(T):
         for m in metrics:
-            vals[m][t] = _gram_pair(m, grams[ref], grams[t], alpha)
+            vals[m][t] = _gram_pair(request.computed(m), grams[ref], grams[t], alpha)
         if request.mode != "all" and t != ref:  # reference pairs: one decomposition at a time
             grams[t].forget()
     values = {m: np.stack(vals[m]) for m in metrics}
     if request.mode == "all":
-        for m in metrics:
+        for m in metrics:  # the trajectory keeps the plug-in Procrustes and PWSM
             traj[m] = trajectory(
-                values[m], ref, lambda a, b, m=m: _gram_pair(m, grams[a], grams[b], alpha), skip
+                values[m],
+                ref,
+                lambda a, b, m=m: _gram_pair(request.computed(m), grams[a], grams[b], alpha),
+                skip,
             )
+    others = {t: grams[t] for t in range(T) if t != ref}
+    everyone = np.arange(grams[ref].K.shape[-1])
+    for m, by_t in _jackknife(request, grams[ref], others, values, everyone).items():
+        for t, v in by_t.items():
+            values[m][t] = v
     if request.boot is not None and len(request.boot[1]):
         reps = _gram_replicates(request, values, grams)
     if request.nested is not None:
-        nested = _gram_subsets(request.nested, alpha, grams[ref], grams[request.nested.position])
+        nested = _gram_subsets(request, grams[ref], grams[request.nested.position])
     return MetricsResult(values, traj, reps, nested)
 
 
-def _gram_subsets(
-    nested: NestedImages, alpha: float, ref: _Gram, other: _Gram
-) -> dict[str, np.ndarray]:
-    """{metric: (S, ...)} of the pair (ref, other) restricted to each subset of images; NaN
-    where the metric is degenerate on that subset."""
+def _jackknife(
+    request: GramFinishRequest,
+    ref: _Gram,
+    others: dict[int, _Gram],
+    plugin: dict[str, np.ndarray],
+    images: np.ndarray,
+) -> dict[str, dict[int, np.ndarray]]:
+    """{metric: {position: value}} of the request's jackknifed metrics on ``images``: the
+    grouped jackknife of the ``plugin`` values (:func:`jackknifed`) over the jackknife groups
+    those images hold; each group left out decomposes the reference once."""
+    metrics = [m for m in request.jackknifed if m in plugin]
+    if not metrics:
+        return {}
+    groups = request.jack_groups[images]
+    kept = [images[groups != g] for g in np.unique(groups)]
+    if min((len(k) for k in kept), default=0) < 3:  # rank ≤ 1 after centering: no leave-out value
+        kept = []
+    left = {m: {t: [] for t in others} for m in metrics}
+    for keep in kept:
+        ii = torch.from_numpy(keep).to(ref.K.device)
+        sub_ref = ref.select(ii)
+        for t, g in others.items():
+            sub = g.select(ii)
+            for m in metrics:
+                left[m][t].append(_gram_pair(m, sub_ref, sub, request.alpha))
+    return {
+        m: {
+            t: jackknifed(plugin[m][t], lambda k, m=m, t=t: left[m][t][k], len(kept))
+            for t in others
+        }
+        for m in metrics
+    }
+
+
+def _gram_subsets(request: GramFinishRequest, ref: _Gram, other: _Gram) -> dict[str, np.ndarray]:
+    """{metric: (S, ...)} of the pair (ref, other) restricted to each subset of images of the
+    request's convergence check; NaN where the metric is degenerate on that subset."""
+    nested = request.nested
     vals = {m: [] for m in nested.metrics}
     for i, idx in enumerate(nested.subsets):
-        ii = torch.from_numpy(np.asarray(idx)).to(ref.K.device)
+        idx = np.asarray(idx)
+        ii = torch.from_numpy(idx).to(ref.K.device)
         a, b = ref.select(ii), other.select(ii)
+        point = {
+            m: _gram_pair(request.computed(m), a, b, request.alpha)[None] for m in nested.metrics
+        }
+        corrected = _jackknife(request, ref, {0: other}, point, idx)
         for mi, m in enumerate(nested.metrics):
             blank = np.full(ref.K.shape[:-2], np.nan)
-            vals[m].append(blank if nested.undefined[mi, i] else _gram_pair(m, a, b, alpha))
+            value = corrected[m][0] if m in corrected else point[m][0]
+            vals[m].append(blank if nested.undefined[mi, i] else value)
     return {m: np.stack(v) for m, v in vals.items()}
 
 
@@ -286,19 +343,20 @@ def _gram_replicates(
         m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0)
         for m in boot
     }
-    if "cka" in boot:
+    if "cka" in boot and not request.corrected:
         for t, r in _gram_cka_replicates(
             grams[ref], {t: grams[t] for t in ts}, units, counts
         ).items():
             reps["cka"][:, t] = r
-    resampled = [m for m in boot if m != "cka"]
+    resampled = [m for m in boot if m != "cka" or request.corrected]
     for b, idx in enumerate(shared_indices(units, counts) if resampled else []):
         ii = torch.from_numpy(idx).to(grams[ref].K.device)
         g_ref = grams[ref].select(ii)
         for t in ts:
             g_t = grams[t].select(ii)
             for m in resampled:
-                reps[m][b, t] = _gram_pair(m, g_ref, g_t, alpha=request.alpha)
+                reps[m][b, t] = _gram_pair(request.computed(m), g_ref, g_t, alpha=request.alpha)
     for m in boot:
+        reps[m][:, ts] = recentred(values[m][ts], reps[m][:, ts])
         reps[m][:, list(skip)] = np.nan
     return reps

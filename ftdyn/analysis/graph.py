@@ -6,10 +6,12 @@ import os
 import time
 
 import dask
+import numpy as np
 import torch
 
 from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
+from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..progress import dask_progress, stage, track
 from ..summary import shared_units
 from .inputs import Experiment
@@ -17,6 +19,8 @@ from .plan import (
     Job,
     chunk_groups,
     convergence_units,
+    debiased,
+    jackknifed,
     job_nested_counts,
     nested_subsets,
     nested_units,
@@ -140,6 +144,8 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         nested=nested,
         point=not args.nested,
         ref_value=first,
+        jackknifed=jackknifed(args, job.metrics) if units is not None else (),
+        jack_groups=None if units is None else np.arange(job.units) % JACKKNIFE_GROUPS,
     )
 
 
@@ -207,6 +213,9 @@ def _gram_output(exp, args, job, fsl, gtag):
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),
+        corrected=debiased(args, job.metrics),
+        jackknifed=jackknifed(args, job.metrics),
+        jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, job.exp),
     )
     return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")
 

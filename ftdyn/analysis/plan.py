@@ -18,6 +18,7 @@ import torch
 
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg
 from ..errors import FtdynError
+from ..metrics.estimators import JACKKNIFE_GROUPS, JACKKNIFED
 from ..metrics.registry import degenerate_reason, diagonal_self_products
 from ..metrics.stats import choose_side
 from ..summary import shared_counts, shared_indices, shared_units
@@ -167,7 +168,9 @@ def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     if spec.view == "map":
         return _plan_map(config, spec, budget)
     # the convergence run's groups only give subsets: they do not weigh the side
-    side, per_filter, cols = _side(spec, 1 if config.nested else job_units(config, spec))
+    side, per_filter, cols = _side(
+        spec, 1 if config.nested else job_units(config, spec), debiased(config, spec.metrics)
+    )
     sizes = _filter_group_sizes(spec.src.channels if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
@@ -176,9 +179,9 @@ def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     return _plan_row(config, spec, budget, _RowCosts(spec, cols, per_filter, budget), sizes)
 
 
-def _side(spec: JobSpec, units: int) -> tuple[str, bool, int]:
+def _side(spec: JobSpec, units: int, debiased_cka: bool = False) -> tuple[str, bool, int]:
     """(side, per-filter view, columns of one matrix) of a row- or Gram-side view, whose
-    statistics hold ``units`` bootstrap groups of images."""
+    statistics hold ``units`` groups of images; ``debiased_cka``: its CKA is the debiased one."""
     src, view, T, n = spec.src, spec.view, spec.epochs, spec.src.n
     hw = src.height * src.width
     if view in ("channels", "pooled"):
@@ -186,7 +189,7 @@ def _side(spec: JobSpec, units: int) -> tuple[str, bool, int]:
     per_filter = view == "filter"
     cols = hw if per_filter else src.channels * hw
     side = choose_side(n, cols)
-    if DEBIASED_CKA in spec.metrics:  # U-centering needs the per-image Grams
+    if debiased_cka or DEBIASED_CKA in spec.metrics:  # U-centering needs the per-image Grams
         side = "gram"
     elif units > 1 and not _decomposed(spec.metrics) and T * n * n < units * (2 * T - 1) * cols**2:
         # CKA's replicates need no decomposition on either side: the Grams (T n×n per filter)
@@ -553,7 +556,7 @@ def degenerate(args: AnalyzeConfig, src: Source, metric: str, n_images: int) -> 
     reason = degenerate_reason(
         "cka" if metric == DEBIASED_CKA else metric, rows, cols, args.alpha, center
     )
-    if metric == DEBIASED_CKA and rows < 4:
+    if (metric == DEBIASED_CKA or debiased(args, (metric,))) and rows < 4:
         reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
     return reason
 
@@ -625,11 +628,54 @@ def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.n
 def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
     """Groups of images a job's statistics keep, at most: the kept groups of the convergence
     check's own run, the bootstrap's for a job with a bootstrapped metric (--bootstrap-metric),
-    else 1 (one accumulator)."""
+    at least the jackknife's groups for a job with a jackknifed metric, else 1 (one
+    accumulator)."""
     n = spec.src.n
     if config.nested:
         return nested_groups(n)[1]
-    return boot_groups(config, n) if bootstrapped(config, spec.metrics) else 1
+    units = boot_groups(config, n) if bootstrapped(config, spec.metrics) else 1
+    if jackknifed(config, spec.metrics):
+        units = max(units, min(JACKKNIFE_GROUPS, n))
+    return units
+
+
+#: the views whose CKA the corrected estimator takes from per-image Gram matrices (debiased); on
+#: the others (positions or pooled rows) it is the grouped jackknife, like Procrustes and PWSM
+GRAM_VIEWS = ("filter", "flat")
+
+
+def jackknifed(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
+    """Those of ``metrics`` estimated by the grouped jackknife (the corrected Procrustes and
+    PWSM, :mod:`ftdyn.metrics.estimators`; the map view keeps the plug-in)."""
+    if config.estimator != "corrected":
+        return ()
+    return tuple(
+        m
+        for m in metrics
+        if config.views[m] != "map"
+        and (m in JACKKNIFED or (m == "cka" and config.views[m] not in GRAM_VIEWS))
+    )
+
+
+def debiased(config: AnalyzeConfig, metrics) -> bool:
+    """Whether ``metrics`` hold a CKA estimated by the debiased estimator (the corrected CKA,
+    computed from the per-image Gram matrices; the map view keeps the plug-in)."""
+    return (
+        config.estimator == "corrected" and "cka" in metrics and config.views["cka"] in GRAM_VIEWS
+    )
+
+
+def estimator_names(config: AnalyzeConfig) -> dict[str, str]:
+    """{metric: how it is estimated}: "debiased", "jackknife" or "plugin" (the results'
+    ``estimators`` attr)."""
+    return {
+        m: "jackknife"
+        if jackknifed(config, (m,))
+        else "debiased"
+        if m == DEBIASED_CKA or debiased(config, (m,))
+        else "plugin"
+        for m in config.metrics
+    }
 
 
 def bootstrapped(config: AnalyzeConfig, metrics) -> bool:
@@ -653,6 +699,13 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
     (:func:`metric_parts`) take the Gram side (:func:`_side`), a Gram-side job for them and a
     row-side job without groups of images for the others; the Gram-side job also gives the
     others' convergence subsets."""
+    if debiased(config, spec.metrics) and len(spec.metrics) > 1:
+        # the debiased CKA needs the per-image Grams; the others may cost less on the row side
+        others = tuple(m for m in spec.metrics if m != "cka")
+        return [
+            *plan_view(config, dataclasses.replace(spec, metrics=("cka",)), budget),
+            *plan_view(config, dataclasses.replace(spec, metrics=others), budget),
+        ]
     parts = metric_parts(config, spec.metrics)
     try:
         job = plan_job(config, spec, budget)
@@ -678,8 +731,13 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
 
 def boot_groups(args: AnalyzeConfig, n: int) -> int:
     """Groups of images of the bootstrap at their unlimited number (``bootstrap_groups``, else
-    MAX_UNITS), at most one per image."""
-    return min(args.bootstrap_groups or MAX_UNITS, n)
+    MAX_UNITS), at most one per image; with the corrected estimators a multiple of the
+    jackknife's groups (where there are that many), so that each jackknife group is a union of
+    bootstrap groups and the estimate does not depend on whether there is a bootstrap."""
+    groups = min(args.bootstrap_groups or MAX_UNITS, n)
+    if args.estimator == "corrected" and groups >= JACKKNIFE_GROUPS:
+        groups -= groups % JACKKNIFE_GROUPS
+    return groups
 
 
 def shared_boot(n: int, args: AnalyzeConfig, experiment: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from ..metrics.stats import RowStats
 from ..views import to_matrices
 from .inputs import Source
 from .reading import F64, read_block, spatial_means, trimmed
-from .task_results import MetricsResult, replicated_positions, trajectory
+from .task_results import MetricsResult, jackknifed, recentred, replicated_positions, trajectory
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,10 @@ class RowFinishRequest:
     #: False: the reference against itself left NaN (a later checkpoint pass: the first one
     #: gives it)
     ref_value: bool = True
+    #: the metrics estimated by the grouped jackknife (the corrected Procrustes and PWSM)
+    jackknifed: tuple[str, ...] = ()
+    #: (U,) the jackknife group of every unit of images (needed with ``jackknifed``)
+    jack_groups: np.ndarray | None = None
 
 
 # ===================================================================== accumulation
@@ -476,37 +480,43 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
     T, counts = request.n_positions, request.counts
     values, traj, reps, nested = {}, {}, {}, {}
 
-    def value(m, t):
+    def plugin(m, t, counts=None):
+        return _metric_from_rows(m, acc.row_stats(ref, t, ref, counts), alpha)
+
+    def value(m, t, base=None):
+        """The estimate of pair (reference, t) on the units ``base`` (None: all)."""
         if t == ref and not request.ref_value:
             return np.full(acc.s.shape[2:-1], np.nan)
-        return _metric_from_rows(m, acc.row_stats(ref, t, ref), alpha)
+        point = plugin(m, t, base)
+        if m not in request.jackknifed or t == ref:
+            return point
+        leave_out = _leave_out_counts(base, request.jack_groups)
+        if len(leave_out) and min(leave_out @ acc.n.cpu().numpy()) < 3:
+            leave_out = leave_out[:0]  # rank ≤ 1 after centering: no leave-out value
+        return jackknifed(point, lambda g: plugin(m, t, leave_out[g]), len(leave_out))
 
     for m in metrics if request.point else []:
         values[m] = np.stack([value(m, t) for t in range(T)])
     if request.mode == "all" and request.point:
-        for m in metrics:
+        for m in metrics:  # the plug-in estimator: pairs without the reference have no units
             traj[m] = trajectory(
-                values[m],
+                np.stack([plugin(m, t) for t in range(T)]),
                 ref,
                 lambda a, b, m=m: _metric_from_rows(m, acc.row_stats(a, b, ref), alpha),
                 skip,
             )
 
-    def direct(m, t, counts):
-        return np.stack(
-            [_metric_from_rows(m, acc.row_stats(ref, t, ref, c), alpha) for c in counts]
-        )
-
     def of_counts(m, ts, counts):  # CKA's replicates need no re-summing of the statistics
         if m == "cka":
             return _cka_replicates(acc, ref, ts, counts).__getitem__
-        return lambda t: direct(m, t, counts)
+        return lambda t: np.stack([plugin(m, t, c) for c in counts])
 
     if counts is not None and len(counts):
         ts = replicated_positions(T, ref, skip)
         boot = request.boot_metrics
         for m in metrics if boot is None else [m for m in metrics if m in boot]:
             reps[m] = _replicates(values[m], len(counts), ts, of_counts(m, ts, counts))
+            reps[m][:, ts] = recentred(values[m][ts], reps[m][:, ts])
             reps[m][:, list(skip)] = np.nan
     if request.nested is not None:
         t, undefined = request.nested.position, request.nested.undefined
@@ -514,13 +524,19 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
             # a few subsets: CKA's expansion (of_counts) costs more than re-summing for them
             nested[m] = np.stack(
                 [
-                    np.full(acc.s.shape[2:-1], np.nan)
-                    if undefined[mi, i]
-                    else direct(m, t, c[None])[0]
+                    np.full(acc.s.shape[2:-1], np.nan) if undefined[mi, i] else value(m, t, c)
                     for i, c in enumerate(request.nested.counts)
                 ]
             )
     return MetricsResult(values, traj, reps, nested, acc.pooled)
+
+
+def _leave_out_counts(base: np.ndarray | None, groups: np.ndarray) -> np.ndarray:
+    """(G, U) unit counts: ``base`` (None: every unit once) without each of the jackknife
+    ``groups`` (the group of every unit) that it holds, one at a time."""
+    base = np.ones(len(groups), dtype=np.int64) if base is None else np.asarray(base)
+    present = np.unique(groups[base > 0])
+    return np.stack([base * (groups != g) for g in present]) if len(present) else base[:0, None]
 
 
 def row_cols(src: Source, view: str) -> int:

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 import xarray as xr
 
 from .._version import __version__
-from ..config import AnalyzeConfig, arg, build, describe
+from ..config import DEBIASED_CKA, AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
+from ..metrics.estimators import RELIABLE_COLUMN_RATIO, size_reliability
 from ..metrics.registry import METRICS
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..progress import stage
@@ -38,6 +40,7 @@ from ..results import (
     validate_results,
     write_tables,
 )
+from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
@@ -50,7 +53,7 @@ from .interpret import (
     warn_unconverged,
     with_baseline,
 )
-from .plan import Job, bootstrapped, degenerate, plan_analysis
+from .plan import Job, bootstrapped, degenerate, estimator_names, plan_analysis
 from .reading import trim
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,54 @@ def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, 
                 if reason:
                     out[(e, m, l)] = reason
     return out
+
+
+def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) -> dict:
+    """The results' ``column_ratio`` and ``unreliable`` (experiment, metric, layer_index) and the
+    ``unreliable_reasons`` attr: columns per row of each metric's view on all images, and whether
+    the value cannot be trusted there (degenerate, or above the estimator's column/row limit,
+    :func:`ftdyn.metrics.estimators.size_reliability`); one warning line counts them."""
+    n_layers = max(len(exp.layers) for exp in exps)
+    ratio = np.full((len(exps), len(args.metrics), n_layers), np.nan)
+    unreliable = np.zeros(ratio.shape, dtype=bool)
+    reasons = {}
+    for e, exp in enumerate(exps):
+        for l, (name, src) in enumerate(exp.layers):
+            for mi, m in enumerate(args.metrics):
+                _, rows, cols = matrix_shape(
+                    args.views[m], src.n, src.channels, src.height, src.width
+                )
+                ratio[e, mi, l] = cols / rows
+                reason = degenerate.get((e, m, l)) or _size_reason(args, m, rows, cols, src.n)
+                if reason:
+                    unreliable[e, mi, l] = True
+                    reasons[f"{exp.name}/{m}/{name}"] = reason
+    if reasons:
+        warnings.warn(
+            f"{len(reasons)} of {unreliable.size} (experiment, metric, layer) distances are"
+            " unreliable at this probe-set size (too many columns per image, or degenerate);"
+            " they are marked in the results and figures (results attrs 'unreliable_reasons').",
+            FtdynWarning,
+            stacklevel=2,
+        )
+    dims = ("experiment", "metric", "layer_index")
+    variables = {
+        "column_ratio": (dims, ratio, {"description": "columns per row of the metric's view"}),
+        "unreliable": (dims, unreliable, {"description": "the value cannot be trusted there"}),
+    }
+    return variables, json.dumps(reasons)
+
+
+def _size_reason(args: AnalyzeConfig, metric: str, rows: int, cols: int, images: int):
+    """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed, with the
+    probe images that would be needed where a row is not an image (the channels view)."""
+    corrected = estimator_names(args)[metric] != "plugin"
+    name = "cka" if metric == DEBIASED_CKA else metric
+    reason = size_reliability(name, rows, cols, "corrected" if corrected else "plugin", args.alpha)
+    limit = RELIABLE_COLUMN_RATIO[name] or min(v for v in RELIABLE_COLUMN_RATIO.values() if v)
+    if reason and rows != images:
+        reason += f" ({math.ceil(cols / limit / (rows / images))} probe images)"
+    return reason
 
 
 def _warn_degenerate(
@@ -373,6 +424,9 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     }
     extra["pooled"] = [pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))]
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
+    reliability, reasons = _reliability(exps, config, plan.degenerate)
+    ds = ds.assign(reliability)
+    ds.attrs["unreliable_reasons"] = reasons
     return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
 
 
@@ -391,6 +445,7 @@ def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[s
         "map_average": config.map_average,
         "map_center": config.map_center,
         "trajectory": config.trajectory,
+        "estimators": json.dumps(estimator_names(config)),
         "arguments": json.dumps(config.identity(), sort_keys=True),
         "analysis_key": plan.key,
         "store_fingerprints": json.dumps([e.fingerprint for e in plan.experiments]),

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..metrics.estimators import jackknife
+
 
 @dataclass(frozen=True)
 class MetricsResult:
@@ -63,3 +65,23 @@ def replicated_positions(T: int, ref: int, skip: tuple[int, ...] = ()) -> list[i
     """Positions whose replicates are computed: not the reference (a checkpoint against itself:
     its replicates are its value, about 0) nor the positions in ``skip``."""
     return [t for t in range(T) if t != ref and t not in skip]
+
+
+def recentred(values: np.ndarray, replicates: np.ndarray) -> np.ndarray:
+    """Bootstrap ``replicates`` (N, T, ...) moved to be centred on the point ``values`` (T, ...):
+    their spread is kept and their own mean replaced. A replicate that draws an image twice sees
+    fewer distinct images, which shifts an estimator whose bias depends on the probe-set size
+    (the plug-in ones, and the corrections a little); centring on the estimate removes that
+    shift, so an interval always surrounds its estimate."""
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(replicates, axis=0) if len(replicates) else 0.0
+    return values[None] + (replicates - mean)
+
+
+def jackknifed(plugin: np.ndarray, leave_out: Callable[[int], np.ndarray], groups: int):
+    """The grouped-jackknife value (:func:`ftdyn.metrics.estimators.jackknife`) from the
+    ``plugin`` value and ``leave_out(g)``, the value without group g of the images, for
+    ``groups`` groups; NaN with fewer than 2 groups."""
+    if groups < 2:
+        return np.full(np.shape(plugin), np.nan)
+    return jackknife(plugin, np.stack([leave_out(g) for g in range(groups)]))[0]

@@ -20,11 +20,13 @@ This package imports nothing heavy (no torch), so the CLI can use it at import t
 
 from .analyze import (
     DEBIASED_CKA,
+    ESTIMATORS,
     METRIC_NAMES,
     PRESETS,
     TRAJECTORY_MODES,
     VIEWS,
     AnalyzeConfig,
+    Estimator,
     Metric,
     Preset,
     PresetName,
@@ -102,6 +104,8 @@ __all__ = [
     "VIEWS",
     "Trajectory",
     "TRAJECTORY_MODES",
+    "ESTIMATORS",
+    "Estimator",
     "PresetName",
     "check_view",
     "Preset",

@@ -41,6 +41,14 @@ TRAJECTORY_MODES: tuple[str, ...] = get_args(Trajectory)
 PresetName = Literal["default", "paper-code"]
 
 
+Estimator = Literal["corrected", "plugin"]
+
+
+#: How a distance is estimated from the probe images (:mod:`ftdyn.metrics.estimators`):
+#: ``corrected`` (debiased CKA, grouped-jackknife Procrustes and PWSM) or ``plugin``.
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+
+
 def check_view(name: str) -> str:
     """Return ``name`` if it is a known view, else raise FtdynError."""
     if name not in VIEWS:
@@ -59,6 +67,7 @@ class Preset:
     map_average: Literal["images", "class"]
     description: str
     map_center: Literal["columns", "rows"] = "columns"  # how procrustes and cka center each map
+    estimator: Estimator = "corrected"
 
 
 PRESETS: dict[str, Preset] = {
@@ -78,6 +87,7 @@ PRESETS: dict[str, Preset] = {
         "rows centered, per class then over all (class, filter) cells; Pearson agreement "
         "across filters",
         map_center="rows",
+        estimator="plugin",
     ),
 }
 
@@ -158,6 +168,14 @@ class AnalyzeConfig:
         " mean, dead filters counted). paper-code: the published code's numbers: pwsm (alpha 0) on"
         " channels, procrustes and cka on map with rows centered, per class then over all (class,"
         " filter) cells, and its Pearson agreement across filters.",
+        identity=True,
+    )
+    estimator: Estimator | None = _option(
+        None,
+        "corrected: debiased CKA and grouped-jackknife Procrustes and PWSM, whose values do not"
+        " grow with the number of probe images (values whose columns per image exceed the"
+        " correction's limit are marked unreliable); plugin: the plug-in estimators. Default: the"
+        " preset's (default: corrected; paper-code: plugin, as published).",
         identity=True,
     )
     layers: tuple[str, ...] | None = _option(
@@ -264,7 +282,14 @@ class AnalyzeConfig:
                 f" {', '.join(TRAJECTORY_MODES)}."
             )
         views = _resolve_views(metrics, self.views, preset)
+        estimator = preset.estimator if self.estimator is None else str(self.estimator).lower()
+        if estimator not in ESTIMATORS:
+            raise FtdynError(
+                f"{arg('estimator')}: unknown estimator '{self.estimator}'; choose from"
+                f" {', '.join(ESTIMATORS)}."
+            )
         normalized = {
+            "estimator": estimator,
             "metrics": tuple(metrics),
             "views": views,
             "alpha": alpha,

@@ -40,6 +40,7 @@ __all__ = [
     "ESTIMATORS",
     "JACKKNIFE_GROUPS",
     "RELIABLE_COLUMN_RATIO",
+    "JACKKNIFED",
     "jackknife_groups",
     "jackknife",
     "size_reliability",
@@ -51,6 +52,9 @@ __all__ = [
 #: limit. Measured: the jackknifed Procrustes of the demo's filter view was stable in the number
 #: of images at columns/rows ≤ 0.4 and still grew by half from 168 to 336 images near 1.
 RELIABLE_COLUMN_RATIO = {"procrustes": 0.4, "pwsm": 0.4, "cka": None}
+#: the metrics whose corrected estimator is the grouped jackknife of the plug-in (the corrected
+#: CKA is the debiased estimator where per-image Gram matrices exist)
+JACKKNIFED = ("procrustes", "pwsm")
 #: the ratio above which a plug-in value is flagged where the correction has no limit (CKA): the
 #: plug-in is never less biased than the correction, so it shares the other metrics' limit
 _PLUGIN_COLUMN_RATIO = min(v for v in RELIABLE_COLUMN_RATIO.values() if v is not None)

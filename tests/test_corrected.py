@@ -1,0 +1,58 @@
+"""The corrected estimators in the pipeline (``estimator="corrected"``, the default) equal an
+independent computation on the same arrays: the grouped jackknife of the plug-in metric
+functions over the analysis's seeded groups of images, and the debiased CKA per filter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from helpers import NOISE, make_planted_store
+
+import ftdyn
+from ftdyn import views
+from ftdyn.metrics import linear_cka, procrustes, pwsm
+from ftdyn.metrics.estimators import JACKKNIFE_GROUPS, jackknife
+from ftdyn.summary import shared_units
+
+
+def _jackknife(metric, x, y, groups, rows_per_image=1):
+    """The grouped jackknife of ``metric`` on (rows × cols) matrices whose rows come in blocks of
+    ``rows_per_image`` per image, images in ``groups``."""
+    rows = np.repeat(groups, rows_per_image)
+    left = [metric(x[rows != g], y[rows != g]) for g in np.unique(groups)]
+    return float(jackknife(metric(x, y), np.array(left))[0])
+
+
+def test_corrected_values_are_the_jackknife_and_the_debiased_cka(tmp_path):
+    path, data = make_planted_store(tmp_path / "s.zarr")
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
+    assert json.loads(ds.attrs["estimators"]) == {
+        "pwsm": "jackknife",
+        "procrustes": "jackknife",
+        "cka": "debiased",
+    }
+    n = data[0]["features.3"].shape[0]
+    groups = shared_units(n, JACKKNIFE_GROUPS, 0, 0)
+    for last in range(1, len(NOISE)):
+        x, y = data[0]["layer2.relu"], data[last]["layer2.relu"]
+        h, w = x.shape[2:]
+        got = ds["distance"].sel(metric="pwsm").values[0, 1, last]
+        want = _jackknife(pwsm, views.channels(x), views.channels(y), groups, h * w)
+        assert abs(got - want) < 1e-9
+        got = ds["filter_distance"].sel(metric="procrustes").values[0, 1, last]
+        fx, fy = views.filter(x), views.filter(y)  # (filters, images, positions)
+        want = [_jackknife(procrustes, fx[f], fy[f], groups) for f in range(len(fx))]
+        np.testing.assert_allclose(got[: len(want)], want, atol=1e-9)
+        got = ds["filter_distance"].sel(metric="cka").values[0, 1, last]
+        want = [1 - linear_cka(fx[f], fy[f], debiased=True) for f in range(len(fx))]
+        np.testing.assert_allclose(got[: len(want)], want, atol=1e-9)
+
+
+def test_bootstrap_intervals_hold_their_estimate_and_leave_it_unchanged(tmp_path):
+    path, _ = make_planted_store(tmp_path / "s.zarr")
+    plain = ftdyn.analyze(path, out=tmp_path / "p", progress=False)
+    boot = ftdyn.analyze(path, out=tmp_path / "b", progress=False, bootstrap=20)
+    np.testing.assert_allclose(boot["distance"].values, plain["distance"].values, atol=1e-12)
+    value, lo, hi = (boot[k].values[..., 1:] for k in ("distance", "ci_low", "ci_high"))
+    assert ((lo <= value + 1e-12) & (value <= hi + 1e-12)).all()
