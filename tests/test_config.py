@@ -177,6 +177,7 @@ def test_analyze_identity_is_the_recorded_arguments():
         "alpha": 0.0,
         "reference": 0,
         "preset": "default",
+        "estimator": "corrected",
         "layers": None,
         "bootstrap": 0,
         "seed": 0,

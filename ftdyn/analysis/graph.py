@@ -14,20 +14,18 @@ from ..errors import FtdynError
 from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..progress import dask_progress, stage, track
 from ..summary import shared_units
+from .estimation import debiased, jackknifed, subsets_degenerate
 from .inputs import Experiment
 from .plan import (
     Job,
     chunk_groups,
     convergence_units,
-    debiased,
-    jackknifed,
     job_nested_counts,
     nested_subsets,
     nested_units,
     replicate_counts,
     shared_boot,
     subset_sizes,
-    subsets_degenerate,
 )
 from .tasks import (
     GramFinishRequest,

@@ -48,6 +48,7 @@ from ..metrics.probe import linear_probe
 from ..store import has_random_init
 from ..summary import CONVERGENCE_TOLERANCE, convergence_verdict, percentile_interval, reusability
 from .collect import split_baseline
+from .estimation import subsets_degenerate
 from .inputs import BASELINE, Experiment
 from .plan import (
     NESTED_FRACTIONS,
@@ -57,7 +58,6 @@ from .plan import (
     convergence_units,
     plan_analysis,
     subset_sizes,
-    subsets_degenerate,
 )
 
 #: the convergence verdict's tolerance, a share of the ceiling (else of the metric's range)

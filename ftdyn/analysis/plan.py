@@ -18,11 +18,11 @@ import torch
 
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg
 from ..errors import FtdynError
-from ..metrics.estimators import JACKKNIFE_GROUPS, JACKKNIFED
-from ..metrics.registry import degenerate_reason, diagonal_self_products
+from ..metrics.estimators import JACKKNIFE_GROUPS
+from ..metrics.registry import diagonal_self_products
 from ..metrics.stats import choose_side
 from ..summary import shared_counts, shared_indices, shared_units
-from ..views import matrix_shape
+from .estimation import debiased, jackknifed
 from .inputs import Experiment, Source
 from .maps import map_pairs
 
@@ -546,30 +546,6 @@ def nested_counts(n_units: int) -> np.ndarray:
     )
 
 
-def degenerate(args: AnalyzeConfig, src: Source, metric: str, n_images: int) -> str | None:
-    """Why ``metric`` on ``src`` in its view is 0 for any pair of checkpoints when computed on
-    ``n_images`` images (the view's matrix shape decides, :func:`ftdyn.metrics.degenerate_reason`),
-    or None."""
-    view = args.views[metric]
-    _, rows, cols = matrix_shape(view, n_images, src.channels, src.height, src.width)
-    center = args.map_center if view == "map" and metric != "pwsm" else "columns"
-    reason = degenerate_reason(
-        "cka" if metric == DEBIASED_CKA else metric, rows, cols, args.alpha, center
-    )
-    if (metric == DEBIASED_CKA or debiased(args, (metric,))) and rows < 4:
-        reason = reason or f"{rows} row(s) per matrix: debiased CKA needs at least 4"
-    return reason
-
-
-def subsets_degenerate(
-    args: AnalyzeConfig, src: Source, metrics: list[str], sizes: list[int]
-) -> np.ndarray:
-    """(metrics, subsets) whether each metric is degenerate on subsets of ``sizes`` images: the
-    convergence check leaves those NaN (a smaller subset can be degenerate where all images
-    are not, e.g. PWSM with α = 0 and fewer rows than columns)."""
-    return np.array([[degenerate(args, src, m, k) is not None for k in sizes] for m in metrics])
-
-
 def nested_groups(n: int) -> tuple[int, int]:
     """(groups, groups kept) of the convergence check's own run: n images dealt into
     NESTED_UNITS seeded groups, of which its proper subsets use the first ⌈f·U⌉ only (the
@@ -637,45 +613,6 @@ def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
     if jackknifed(config, spec.metrics):
         units = max(units, min(JACKKNIFE_GROUPS, n))
     return units
-
-
-#: the views whose CKA the corrected estimator takes from per-image Gram matrices (debiased); on
-#: the others (positions or pooled rows) it is the grouped jackknife, like Procrustes and PWSM
-GRAM_VIEWS = ("filter", "flat")
-
-
-def jackknifed(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
-    """Those of ``metrics`` estimated by the grouped jackknife (the corrected Procrustes and
-    PWSM, :mod:`ftdyn.metrics.estimators`; the map view keeps the plug-in)."""
-    if config.estimator != "corrected":
-        return ()
-    return tuple(
-        m
-        for m in metrics
-        if config.views[m] != "map"
-        and (m in JACKKNIFED or (m == "cka" and config.views[m] not in GRAM_VIEWS))
-    )
-
-
-def debiased(config: AnalyzeConfig, metrics) -> bool:
-    """Whether ``metrics`` hold a CKA estimated by the debiased estimator (the corrected CKA,
-    computed from the per-image Gram matrices; the map view keeps the plug-in)."""
-    return (
-        config.estimator == "corrected" and "cka" in metrics and config.views["cka"] in GRAM_VIEWS
-    )
-
-
-def estimator_names(config: AnalyzeConfig) -> dict[str, str]:
-    """{metric: how it is estimated}: "debiased", "jackknife" or "plugin" (the results'
-    ``estimators`` attr)."""
-    return {
-        m: "jackknife"
-        if jackknifed(config, (m,))
-        else "debiased"
-        if m == DEBIASED_CKA or debiased(config, (m,))
-        else "plugin"
-        for m in config.metrics
-    }
 
 
 def bootstrapped(config: AnalyzeConfig, metrics) -> bool:

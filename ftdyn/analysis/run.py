@@ -42,6 +42,7 @@ from ..results import (
 )
 from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
+from .estimation import degenerate, estimator_names
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
@@ -53,7 +54,7 @@ from .interpret import (
     warn_unconverged,
     with_baseline,
 )
-from .plan import Job, bootstrapped, degenerate, estimator_names, plan_analysis
+from .plan import Job, bootstrapped, plan_analysis
 from .reading import trim
 
 log = logging.getLogger(__name__)

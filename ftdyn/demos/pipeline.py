@@ -459,7 +459,9 @@ def interpreted(
         "relative": {layer: _num(v) for layer, v in zip(layers, rel, strict=True)},
         "ceiling": {
             layer: _num(v)
-            for layer, v in zip(layers, results["ceiling"].sel(**sel).values, strict=True)
+            for layer, v in zip(
+                layers, results["ceiling"].sel(**sel).values[: len(layers)], strict=True
+            )
         },
         "relative_reusability_mean": _num(results["relative_reusability_mean"].sel(**sel)),
         "early_closer_than_deep_p": p_ends,
@@ -474,9 +476,9 @@ def interpreted(
 def _convergence_findings(results, sel: dict, layers: list[str]) -> dict[str, list[str]]:
     """The layers whose distance has not converged, and those where the check is undefined
     (half the images too few for the metric, or no distance at all)."""
-    conv = results["convergence"].sel(**sel).values  # (layer, fraction)
+    conv = results["convergence"].sel(**sel).values[: len(layers)]  # (layer, fraction)
     checked = np.isfinite(conv[:, -2]) & np.isfinite(conv[:, -1])
-    ok = results["converged"].sel(**sel).values
+    ok = results["converged"].sel(**sel).values[: len(layers)]
     return {
         "not_converged": [
             layer for layer, c, o in zip(layers, checked, ok, strict=True) if c and not o
