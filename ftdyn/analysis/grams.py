@@ -343,12 +343,14 @@ def _gram_replicates(
         m: np.repeat(np.asarray(values[m], dtype=np.float64)[None], len(counts), axis=0)
         for m in boot
     }
-    if "cka" in boot and not request.corrected:
+    # CKA's replicates from unit-level coefficients (the plug-in's deviations, centred below on
+    # the estimate, debiased or not): resampling the Grams per replicate costs O(n²) each
+    if "cka" in boot:
         for t, r in _gram_cka_replicates(
             grams[ref], {t: grams[t] for t in ts}, units, counts
         ).items():
             reps["cka"][:, t] = r
-    resampled = [m for m in boot if m != "cka" or request.corrected]
+    resampled = [m for m in boot if m != "cka"]
     for b, idx in enumerate(shared_indices(units, counts) if resampled else []):
         ii = torch.from_numpy(idx).to(grams[ref].K.device)
         g_ref = grams[ref].select(ii)

@@ -7,6 +7,7 @@ A job's metrics task (:func:`~ftdyn.analysis.rows.row_finish`,
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,7 +74,8 @@ def recentred(values: np.ndarray, replicates: np.ndarray) -> np.ndarray:
     fewer distinct images, which shifts an estimator whose bias depends on the probe-set size
     (the plug-in ones, and the corrections a little); centring on the estimate removes that
     shift, so an interval always surrounds its estimate."""
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # all-NaN replicates (a dead filter) stay NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(replicates, axis=0) if len(replicates) else 0.0
     return values[None] + (replicates - mean)
 
