@@ -25,7 +25,9 @@ def _jackknife(metric, x, y, groups, rows_per_image=1):
 
 
 def test_corrected_values_are_the_jackknife_and_the_debiased_cka(tmp_path):
-    path, data = make_planted_store(tmp_path / "s.zarr")
+    """48 images: layer2.relu's filter view (9 positions) is within the jackknife's column/row
+    limit, features.3's (36 positions) beyond it, where the plug-in is kept and marked."""
+    path, data = make_planted_store(tmp_path / "s.zarr", n=48)
     ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False)
     assert json.loads(ds.attrs["estimators"]) == {
         "pwsm": "jackknife",
@@ -47,6 +49,14 @@ def test_corrected_values_are_the_jackknife_and_the_debiased_cka(tmp_path):
         got = ds["filter_distance"].sel(metric="cka").values[0, 1, last]
         want = [1 - linear_cka(fx[f], fy[f], debiased=True) for f in range(len(fx))]
         np.testing.assert_allclose(got[: len(want)], want, atol=1e-9)
+        wide_x, wide_y = views.filter(data[0]["features.3"]), views.filter(data[last]["features.3"])
+        got = ds["filter_distance"].sel(metric="procrustes").values[0, 0, last]
+        want = [procrustes(wide_x[f], wide_y[f]) for f in range(len(wide_x))]
+        np.testing.assert_allclose(got[: len(want)], want, atol=1e-9)
+    unreliable = ds["unreliable"].sel(metric="procrustes").values[0]
+    assert unreliable.tolist() == [True, False]
+    reason = json.loads(ds.attrs["unreliable_reasons"])["resnet18/toy/procrustes/features.3"]
+    assert "0.75 > 0.4" in reason and reason.endswith("the plug-in value is shown")
 
 
 def test_bootstrap_intervals_hold_their_estimate_and_leave_it_unchanged(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DEBIASED_CKA, AnalyzeConfig
-from ..metrics.estimators import JACKKNIFED
+from ..metrics.estimators import JACKKNIFED, RELIABLE_COLUMN_RATIO
 from ..metrics.registry import degenerate_reason
 from ..views import matrix_shape
 from .inputs import Source
@@ -17,9 +17,12 @@ from .inputs import Source
 GRAM_VIEWS = ("filter", "flat")
 
 
-def jackknifed(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
+def jackknifed(config: AnalyzeConfig, metrics, src: Source | None = None) -> tuple[str, ...]:
     """Those of ``metrics`` estimated by the grouped jackknife (the corrected Procrustes and
-    PWSM, :mod:`ftdyn.metrics.estimators`; the map view keeps the plug-in)."""
+    PWSM, and CKA outside :data:`GRAM_VIEWS`; :mod:`ftdyn.metrics.estimators`; the map view
+    keeps the plug-in). With ``src``, only those whose view of that layer is within the
+    jackknife's column/row limit: above it no correction holds, the value is marked unreliable
+    and the plug-in's is kept (:func:`beyond_correction`), at a ninth of the cost."""
     if config.estimator != "corrected":
         return ()
     return tuple(
@@ -27,7 +30,16 @@ def jackknifed(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
         for m in metrics
         if config.views[m] != "map"
         and (m in JACKKNIFED or (m == "cka" and config.views[m] not in GRAM_VIEWS))
+        and (src is None or not beyond_correction(config, src, m))
     )
+
+
+def beyond_correction(config: AnalyzeConfig, src: Source, metric: str) -> bool:
+    """Whether ``metric``'s view of ``src`` on all its images has more columns per row than the
+    jackknife's limit (:data:`~ftdyn.metrics.estimators.RELIABLE_COLUMN_RATIO`)."""
+    limit = RELIABLE_COLUMN_RATIO.get(metric) or min(v for v in RELIABLE_COLUMN_RATIO.values() if v)
+    _, rows, cols = matrix_shape(config.views[metric], src.n, src.channels, src.height, src.width)
+    return cols > limit * rows
 
 
 def debiased(config: AnalyzeConfig, metrics) -> bool:

@@ -142,7 +142,7 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         nested=nested,
         point=not args.nested,
         ref_value=first,
-        jackknifed=jackknifed(args, job.metrics) if units is not None else (),
+        jackknifed=jackknifed(args, job.metrics, src) if units is not None else (),
         jack_groups=None if units is None else np.arange(job.units) % JACKKNIFE_GROUPS,
     )
 
@@ -212,7 +212,7 @@ def _gram_output(exp, args, job, fsl, gtag):
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),
         corrected=debiased(args, job.metrics),
-        jackknifed=jackknifed(args, job.metrics),
+        jackknifed=jackknifed(args, job.metrics, src),
         jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, job.exp),
     )
     return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")

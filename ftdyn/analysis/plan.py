@@ -610,7 +610,7 @@ def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
     if config.nested:
         return nested_groups(n)[1]
     units = boot_groups(config, n) if bootstrapped(config, spec.metrics) else 1
-    if jackknifed(config, spec.metrics):
+    if jackknifed(config, spec.metrics, spec.src):
         units = max(units, min(JACKKNIFE_GROUPS, n))
     return units
 

@@ -112,12 +112,15 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
 def _size_reason(args: AnalyzeConfig, metric: str, rows: int, cols: int, images: int):
     """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed, with the
     probe images that would be needed where a row is not an image (the channels view)."""
-    corrected = estimator_names(args)[metric] != "plugin"
+    names = estimator_names(args)
+    corrected = names[metric] != "plugin"
     name = "cka" if metric == DEBIASED_CKA else metric
     reason = size_reliability(name, rows, cols, "corrected" if corrected else "plugin", args.alpha)
     limit = RELIABLE_COLUMN_RATIO[name] or min(v for v in RELIABLE_COLUMN_RATIO.values() if v)
     if reason and rows != images:
         reason += f" ({math.ceil(cols / limit / (rows / images))} probe images)"
+    if reason and names[metric] == "jackknife":  # beyond the correction: the plug-in is kept
+        reason += "; the plug-in value is shown"
     return reason
 
 
