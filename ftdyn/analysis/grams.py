@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..config import DEBIASED_CKA
+from ..metrics._linalg import nan_where, u_center
 from ..metrics.bootstrap import (
     PairQuadratics,
     cka_of_counts,
@@ -20,8 +21,6 @@ from ..metrics.bootstrap import (
 from ..metrics.stats import (
     GramCentered,
     GramEig,
-    GramStats,
-    cka_from_gram,
     cka_from_gram_centered,
     cka_from_gram_eig,
     gram_center,
@@ -172,6 +171,15 @@ class _Gram:
     def forget(self) -> None:
         self._centered: GramCentered | None = None
         self._eig: GramEig | None = None
+        self._u: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def u_centered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U-centered K, its squared norm): the debiased CKA's, once for all pairs."""
+        if self._u is None:
+            Ku = u_center(self.K)
+            self._u = (Ku, (Ku * Ku).sum((-2, -1)))
+        return self._u
 
     @property
     def centered(self) -> GramCentered:
@@ -196,8 +204,20 @@ def _gram_pair(metric: str, a: _Gram, b: _Gram, alpha: float) -> np.ndarray:
     if metric == "cka":
         return 1.0 - np.asarray(cka_from_gram_centered(a.centered, b.centered), dtype=np.float64)
     if metric == DEBIASED_CKA:
-        return 1.0 - np.asarray(cka_from_gram(GramStats(a.K, b.K), debiased=True), dtype=np.float64)
+        return 1.0 - _debiased_cka(a, b)
     return _metric_from_eigs(metric, a.eig, b.eig, alpha)
+
+
+def _debiased_cka(a: _Gram, b: _Gram) -> np.ndarray:
+    """Debiased linear CKA (:func:`ftdyn.metrics.linear_cka` ``debiased=True``) of two
+    checkpoints from their U-centered Grams, each centered once for all its pairs; NaN for dead
+    inputs and below 4 images."""
+    if a.K.shape[-1] < 4:
+        return np.full(a.K.shape[:-2], np.nan)
+    (Ku, kk), (Lu, ll) = a.u_centered, b.u_centered
+    value = (Ku * Lu).sum((-2, -1)) / torch.sqrt(kk * ll)
+    dead = a.centered.dead | b.centered.dead
+    return np.asarray(nan_where(value, dead).cpu(), dtype=np.float64)
 
 
 def _gram_cka_replicates(
