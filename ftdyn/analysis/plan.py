@@ -636,8 +636,8 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
     (:func:`metric_parts`) take the Gram side (:func:`_side`), a Gram-side job for them and a
     row-side job without groups of images for the others; the Gram-side job also gives the
     others' convergence subsets."""
-    if debiased(config, spec.metrics) and len(spec.metrics) > 1:
-        # the debiased CKA needs the per-image Grams; the others may cost less on the row side
+    if debiased(config, spec.metrics) and len(spec.metrics) > 1 and _side(spec, 1)[0] == "row":
+        # the debiased CKA needs the per-image Grams; the others cost less on the row side
         others = tuple(m for m in spec.metrics if m != "cka")
         return [
             *plan_view(config, dataclasses.replace(spec, metrics=("cka",)), budget),

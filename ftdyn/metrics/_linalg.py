@@ -561,12 +561,14 @@ def u_center(K: torch.Tensor) -> torch.Tensor:
     Invariant to K -> K + a1ᵀ + 1aᵀ + c11ᵀ, so raw and centered Grams give the same result.
     """
     n = K.shape[-1]
-    eye = torch.eye(n, dtype=torch.bool, device=K.device)
-    K = torch.where(eye, torch.zeros_like(K), K)
+    K = K.clone()  # one copy, then in place: these are (filters, n, n) blocks
+    K.diagonal(dim1=-2, dim2=-1).zero_()
     means = K.sum(-2) / (n - 2)
-    means = means - means.sum(-1, keepdim=True) / (2 * (n - 1))
-    K = K - means[..., :, None] - means[..., None, :]
-    return torch.where(eye, torch.zeros_like(K), K)
+    means -= means.sum(-1, keepdim=True) / (2 * (n - 1))
+    K -= means[..., :, None]
+    K -= means[..., None, :]
+    K.diagonal(dim1=-2, dim2=-1).zero_()
+    return K
 
 
 def gram_cka_debiased(K: torch.Tensor, L: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
