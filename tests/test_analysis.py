@@ -165,8 +165,11 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     # arccos near 1: ~1e-8
     np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)
     assert np.isfinite(ds3["ci_low"].values).all()
+    plugin = ftdyn.analyze(
+        path, out=tmp_path / "d", progress=False, metrics=["pwsm"], estimator="plugin"
+    )
     for e in range(len(NOISE)):
-        assert ds["distance"].sel(metric="pwsm").values[0, 0, e] == pytest.approx(
+        assert plugin["distance"].sel(metric="pwsm").values[0, 0, e] == pytest.approx(
             expected(data, "features.3", "channels", "pwsm", 0, e), abs=1e-6
         )
 
@@ -969,10 +972,11 @@ def test_analyze_into_a_log_file_writes_lines_not_progress_bars(planted, tmp_pat
             " to do."
         ),
     ]
-    degenerate = [line for line in lines if line.startswith("ftdyn: warning: ")]
-    assert len(degenerate) == 2 and all(
-        "degenerate (0 whatever the checkpoints)" in line for line in degenerate
-    )
+    warned = [line for line in lines if line.startswith("ftdyn: warning: ")]
+    degenerate = [line for line in warned if "degenerate (0 whatever the checkpoints)" in line]
+    # each caveat once: the two degenerate layers, and the count of values that cannot be trusted
+    assert len(degenerate) == 2 and len(warned) == 3
+    assert sum("distances are unreliable" in line for line in warned) == 1
 
 
 def test_a_python_caller_chooses_which_notes_and_caveats_it_sees(
