@@ -29,7 +29,7 @@ def overlap(small, large) -> tuple[int, int, int, int]:
     """(agreeing, compared, agreeing among the reliable, reliable) cells of two results."""
     counts = np.zeros(4, dtype=int)
     for metric in small["metric"].values:
-        reliable = not (
+        reliable = ~(
             small["unreliable"].sel(metric=metric).values[0]
             | large["unreliable"].sel(metric=metric).values[0]
         )
@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     options = dict(bootstrap=args.bootstrap, progress=False, overwrite=True)
     small = ftdyn.analyze(small_store, out=args.out / "small", **options)
-    large = ftdyn.analyze(
-        args.demo / "stores" / f"{args.target}.zarr", out=args.out / "all", **options
-    )
+    large_store = args.demo / "stores" / f"{args.target}.zarr"
+    large = ftdyn.analyze(large_store, out=args.out / "all", **options)
     agree, total, agree_reliable, reliable = overlap(small, large)
     metrics = {
-        "images_small": int(small.sizes.get("sample", 0)) or args.per_class * 8,
+        "images_small": int(ftdyn.open_store(small_store).sizes["sample"]),
+        "images_all": int(ftdyn.open_store(large_store).sizes["sample"]),
         "cells_agreeing": agree,
         "cells": total,
         "cells_agreeing_reliable_at_both": agree_reliable,
