@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import DEBIASED_CKA
-from ..metrics._linalg import DEAD_RTOL, nan_where, u_center
+from ..metrics._linalg import cka_u_centered, raw_gram_dead, u_center
 from ..metrics.bootstrap import (
     PairQuadratics,
     cka_of_counts,
@@ -174,13 +174,6 @@ class _Gram:
         self._u: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
-    def dead(self) -> torch.Tensor:
-        """The dead test of :func:`~ftdyn.metrics._linalg.gram_dead` without centering K: the
-        centered trace is tr K − 1ᵀK1/n."""
-        raw = self.K.diagonal(dim1=-2, dim2=-1).sum(-1)
-        return raw - self.K.sum((-2, -1)) / self.K.shape[-1] <= DEAD_RTOL * raw
-
-    @property
     def u_centered(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U-centered K, its squared norm): the debiased CKA's, once for all pairs."""
         if self._u is None:
@@ -221,9 +214,8 @@ def _debiased_cka(a: _Gram, b: _Gram) -> np.ndarray:
     inputs and below 4 images."""
     if a.K.shape[-1] < 4:
         return np.full(a.K.shape[:-2], np.nan)
-    (Ku, kk), (Lu, ll) = a.u_centered, b.u_centered
-    value = (Ku * Lu).sum((-2, -1)) / torch.sqrt(kk * ll)
-    return np.asarray(nan_where(value, a.dead | b.dead).cpu(), dtype=np.float64)
+    value = cka_u_centered(*a.u_centered, *b.u_centered, raw_gram_dead(a.K) | raw_gram_dead(b.K))
+    return np.asarray(value.cpu(), dtype=np.float64)
 
 
 def _gram_cka_replicates(

@@ -471,6 +471,12 @@ def gram_dead(Kc: torch.Tensor, raw_tr: torch.Tensor) -> torch.Tensor:
     return centered_trace(Kc) <= DEAD_RTOL * raw_tr
 
 
+def raw_gram_dead(K: torch.Tensor) -> torch.Tensor:
+    """:func:`gram_dead` of a raw Gram without centering it: tr(HKH) = tr K − 1ᵀK1/n."""
+    raw = trace(K)
+    return torch.clamp(raw - K.sum((-2, -1)) / K.shape[-1], min=0.0) <= DEAD_RTOL * raw
+
+
 class GramCentered(NamedTuple):
     """One model's double-centered Gram matrix, for CKA with any other checkpoint (no
     decomposition): ``Kc`` (..., n, n) and ``dead`` (...) (the dead test of :class:`GramCore`)."""
@@ -576,13 +582,16 @@ def gram_cka_debiased(K: torch.Tensor, L: torch.Tensor, dead: torch.Tensor) -> t
 
     Can be slightly negative (or NaN for n < 4); not clamped.
     """
-    n = K.shape[-1]
-    if n < 4:
+    if K.shape[-1] < 4:
         return torch.full(dead.shape, math.nan, dtype=F64, device=K.device)
     Ku, Lu = u_center(K), u_center(L)
-    num = (Ku * Lu).sum((-2, -1))
-    den = torch.sqrt((Ku * Ku).sum((-2, -1)) * (Lu * Lu).sum((-2, -1)))
-    return nan_where(num / den, dead)
+    return cka_u_centered(Ku, (Ku * Ku).sum((-2, -1)), Lu, (Lu * Lu).sum((-2, -1)), dead)
+
+
+def cka_u_centered(Ku, kk, Lu, ll, dead: torch.Tensor) -> torch.Tensor:
+    """Debiased linear CKA of two U-centered Grams (:func:`u_center`) and their squared norms
+    ``kk``, ``ll`` (computed once per model when it meets several others); NaN where ``dead``."""
+    return nan_where((Ku * Lu).sum((-2, -1)) / torch.sqrt(kk * ll), dead)
 
 
 def debiased_from_features(hsic_xy, hsic_xx, hsic_yy, dot_xy, dot_xx, dot_yy, nx2, ny2, n, dead):
