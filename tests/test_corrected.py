@@ -66,3 +66,18 @@ def test_bootstrap_intervals_hold_their_estimate_and_leave_it_unchanged(tmp_path
     np.testing.assert_allclose(boot["distance"].values, plain["distance"].values, atol=1e-12)
     value, lo, hi = (boot[k].values[..., 1:] for k in ("distance", "ci_low", "ci_high"))
     assert ((lo <= value + 1e-12) & (value <= hi + 1e-12)).all()
+
+
+def test_cka_jackknifed_beyond_its_limit_is_the_plug_in_and_marked(tmp_path):
+    """CKA on the pooled view takes the jackknife; with 12 images, 6 channels (0.5 columns per
+    row) exceed its limit: the plug-in value is kept and marked, 4 channels (0.33) are not."""
+    path, data = make_planted_store(tmp_path / "s.zarr")
+    ds = ftdyn.analyze(path, out=tmp_path / "r", progress=False, metrics=["cka"], views="pooled")
+    assert json.loads(ds.attrs["estimators"]) == {"cka": "jackknife"}
+    assert ds["unreliable"].values[0, 0].tolist() == [False, True]
+    reason = json.loads(ds.attrs["unreliable_reasons"])["resnet18/toy/cka/layer2.relu"]
+    assert "0.50 > 0.4" in reason and reason.endswith("the plug-in value is shown")
+    for last in range(1, len(NOISE)):
+        x, y = (views.pooled(data[e]["layer2.relu"]) for e in (0, last))
+        got = ds["distance"].values[0, 0, 1, last]
+        assert abs(got - (1 - linear_cka(x, y))) < 1e-9

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import DEBIASED_CKA, AnalyzeConfig
-from ..metrics.estimators import JACKKNIFED, RELIABLE_COLUMN_RATIO
+from ..metrics.estimators import JACKKNIFED, column_limit
 from ..metrics.registry import degenerate_reason
 from ..views import matrix_shape
 from .inputs import Source
@@ -36,10 +36,9 @@ def jackknifed(config: AnalyzeConfig, metrics, src: Source | None = None) -> tup
 
 def beyond_correction(config: AnalyzeConfig, src: Source, metric: str) -> bool:
     """Whether ``metric``'s view of ``src`` on all its images has more columns per row than the
-    jackknife's limit (:data:`~ftdyn.metrics.estimators.RELIABLE_COLUMN_RATIO`)."""
-    limit = RELIABLE_COLUMN_RATIO.get(metric) or min(v for v in RELIABLE_COLUMN_RATIO.values() if v)
+    jackknife's limit (:func:`~ftdyn.metrics.estimators.column_limit`)."""
     _, rows, cols = matrix_shape(config.views[metric], src.n, src.channels, src.height, src.width)
-    return cols > limit * rows
+    return cols > column_limit(metric) * rows
 
 
 def debiased(config: AnalyzeConfig, metrics) -> bool:

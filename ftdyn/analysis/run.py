@@ -27,7 +27,7 @@ from .._version import __version__
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
-from ..metrics.estimators import RELIABLE_COLUMN_RATIO, size_reliability
+from ..metrics.estimators import column_limit, size_reliability
 from ..metrics.registry import METRICS
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..progress import stage
@@ -82,6 +82,7 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
     ratio = np.full((len(exps), len(args.metrics), n_layers), np.nan)
     unreliable = np.zeros(ratio.shape, dtype=bool)
     reasons = {}
+    names = estimator_names(args)
     for e, exp in enumerate(exps):
         for l, (name, src) in enumerate(exp.layers):
             for mi, m in enumerate(args.metrics):
@@ -89,7 +90,9 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
                     args.views[m], src.n, src.channels, src.height, src.width
                 )
                 ratio[e, mi, l] = cols / rows
-                reason = degenerate.get((e, m, l)) or _size_reason(args, m, rows, cols, src.n)
+                reason = degenerate.get((e, m, l)) or _size_reason(
+                    args, names[m], m, (rows, cols, src.n)
+                )
                 if reason:
                     unreliable[e, mi, l] = True
                     reasons[f"{exp.name}/{m}/{name}"] = reason
@@ -109,17 +112,23 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
     return variables, json.dumps(reasons)
 
 
-def _size_reason(args: AnalyzeConfig, metric: str, rows: int, cols: int, images: int):
-    """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed, with the
-    probe images that would be needed where a row is not an image (the channels view)."""
-    names = estimator_names(args)
-    corrected = names[metric] != "plugin"
+def _size_reason(
+    args: AnalyzeConfig, estimator: str, metric: str, shape: tuple[int, int, int]
+) -> str | None:
+    """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed by
+    ``estimator`` (:func:`~ftdyn.analysis.estimation.estimator_names`) on (rows, columns) of a
+    layer of ``images`` probe images, with the images that would be needed where a row is not an
+    image (the channels view). Beyond its limit a jackknifed metric keeps the plug-in value
+    (:func:`~ftdyn.analysis.estimation.beyond_correction`), judged as one."""
+    rows, cols, images = shape
     name = "cka" if metric == DEBIASED_CKA else metric
-    reason = size_reliability(name, rows, cols, "corrected" if corrected else "plugin", args.alpha)
-    limit = RELIABLE_COLUMN_RATIO[name] or min(v for v in RELIABLE_COLUMN_RATIO.values() if v)
+    limit = column_limit(name)
+    kept_plugin = estimator == "jackknife" and cols > limit * rows
+    judged = "plugin" if estimator == "plugin" or kept_plugin else "corrected"
+    reason = size_reliability(name, rows, cols, judged, args.alpha)
     if reason and rows != images:
         reason += f" ({math.ceil(cols / limit / (rows / images))} probe images)"
-    if reason and names[metric] == "jackknife":  # beyond the correction: the plug-in is kept
+    if reason and kept_plugin:
         reason += "; the plug-in value is shown"
     return reason
 

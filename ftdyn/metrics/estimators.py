@@ -40,6 +40,7 @@ __all__ = [
     "ESTIMATORS",
     "JACKKNIFE_GROUPS",
     "RELIABLE_COLUMN_RATIO",
+    "column_limit",
     "JACKKNIFED",
     "jackknife_groups",
     "jackknife",
@@ -58,6 +59,12 @@ JACKKNIFED = ("procrustes", "pwsm")
 #: the ratio above which a plug-in value is flagged where the correction has no limit (CKA): the
 #: plug-in is never less biased than the correction, so it shares the other metrics' limit
 _PLUGIN_COLUMN_RATIO = min(v for v in RELIABLE_COLUMN_RATIO.values() if v is not None)
+
+
+def column_limit(metric: str) -> float:
+    """The columns/rows above which a value of ``metric`` depends on the number of rows unless a
+    correction without limit removes it: its jackknife's limit, else the plug-in's."""
+    return RELIABLE_COLUMN_RATIO[metric] or _PLUGIN_COLUMN_RATIO
 
 
 def size_reliability(
@@ -84,7 +91,7 @@ def size_reliability(
             f"columns/rows = {ratio:.2f} > {limit:g}: no usable size correction; about"
             f" {math.ceil(cols / limit)} rows would be needed"
         )
-    if ratio <= (limit or _PLUGIN_COLUMN_RATIO):
+    if ratio <= column_limit(metric):
         return None
     if limit is None:
         return (
