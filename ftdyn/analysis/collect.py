@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import xarray as xr
@@ -93,8 +94,64 @@ def _map_bootstrap(ref_vals: np.ndarray, exp: Experiment, args: AnalyzeConfig, e
     return percentile_interval(reps, axis=0), reps  # reps: paired across layers (interpret)
 
 
-def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: str, parts: list):
-    """Fill ``rec`` for a map metric; returns (per-filter values, trajectory matrix)."""
+@dataclass
+class Record:
+    """One (experiment, metric, layer)'s results in the experiment's own epoch order (T
+    epochs, plus the random-init baseline after them until :meth:`split_baseline`)."""
+
+    value: np.ndarray  #: (T,) layer distance from the reference
+    n_nan: np.ndarray  #: (T,) undefined filters (per-filter views) or 1 if ``value`` is NaN
+    traj: np.ndarray  #: (T, T) checkpoint x checkpoint layer distances, NaN where not computed
+    n_filters: int
+    filter: np.ndarray | None = None  #: (T, filters) per-filter distances (per-filter views)
+    n_nan_maps: np.ndarray | None = None  #: (T,) undefined (image, filter) maps (map view)
+    cells: np.ndarray | None = None  #: (T, classes, filters) per-class values (map, class mean)
+    ci: tuple[np.ndarray, np.ndarray] | None = None  #: bootstrap interval of ``value``
+    reps: np.ndarray | None = None  #: (replicates, T) bootstrap values, paired across layers
+    nested: np.ndarray | None = None  #: (subsets,) last epoch on the convergence subsets
+
+    #: the epoch axes of the array fields ("traj" has two; "ci" is a pair of (T,) arrays)
+    _EPOCH_AXES: ClassVar[dict[str, tuple[int, ...]]] = {
+        "value": (0,),
+        "n_nan": (0,),
+        "n_nan_maps": (0,),
+        "filter": (0,),
+        "cells": (0,),
+        "reps": (1,),
+        "traj": (0, 1),
+    }
+
+    def split_baseline(self, T: int) -> float:
+        """Remove the random-init baseline, the position after the T epochs; returns its
+        distance from the reference (the ceiling)."""
+        ceiling = float(self.value[T])
+        for name, axes in self._EPOCH_AXES.items():
+            array = getattr(self, name)
+            for axis in axes if array is not None else ():
+                array = np.take(array, np.arange(T), axis=axis)
+            setattr(self, name, array)
+        if self.ci is not None:
+            self.ci = (self.ci[0][:T], self.ci[1][:T])
+        return ceiling
+
+    def make_undefined(self) -> None:
+        """Blank a record whose values carry no information (NaN, counted in ``n_nan``), so
+        that a degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
+        for name in ("value", "traj", "filter", "cells"):
+            array = getattr(self, name)
+            if array is not None:
+                setattr(self, name, np.full(array.shape, np.nan))
+        if self.ci is not None:
+            self.ci = (np.full(self.ci[0].shape, np.nan), np.full(self.ci[1].shape, np.nan))
+        self.n_nan = np.full(self.n_nan.shape, self.n_filters if self.filter is not None else 1)
+
+
+def _bootstrapped(args: AnalyzeConfig, m: str) -> bool:
+    return bool(args.bootstrap) and (args.bootstrap_metrics is None or m in args.bootstrap_metrics)
+
+
+def _map_record(exp: Experiment, args: AnalyzeConfig, job: Job, m: str, parts: list) -> Record:
+    """The record of a map metric from its per-(image, filter) distances."""
     T, ref = len(exp.epochs), exp.ref
     vals = np.concatenate([p.distances[m] for p in parts], axis=-1)  # (P, n, C)
     pairs = map_pairs(T, ref, job.mode)
@@ -103,33 +160,38 @@ def _map_record(rec: dict, exp: Experiment, args: AnalyzeConfig, job: Job, m: st
         pairs.index((ref, t)) if (ref, t) in pairs else pairs.index((t, ref)) for t in range(T)
     ]
     filt = per_filter_vals[ref_rows]
-    rec["layer_value"] = layer_pair[ref_rows]
-    if cells is not None:
-        rec["cells"] = cells[ref_rows]  # (T, classes, C): the published agreement's input
-    rec["n_nan_maps"] = np.isnan(vals[ref_rows]).sum(axis=(1, 2))
     traj = np.full((T, T), np.nan)
     for i, (a, b) in enumerate(pairs):
         traj[a, b] = traj[b, a] = layer_pair[i]
-    if args.bootstrap and (args.bootstrap_metrics is None or m in args.bootstrap_metrics):
-        rec["ci"], rec["reps"] = _map_bootstrap(vals[ref_rows], exp, args, job.exp)
+    rec = Record(
+        value=layer_pair[ref_rows],
+        n_nan=_layer_values(filt, True)[1],
+        traj=traj,
+        n_filters=filt.shape[-1],
+        filter=filt,
+        n_nan_maps=np.isnan(vals[ref_rows]).sum(axis=(1, 2)),
+        # (T, classes, C): the published agreement's input
+        cells=None if cells is None else cells[ref_rows],
+    )
+    if _bootstrapped(args, m):
+        rec.ci, rec.reps = _map_bootstrap(vals[ref_rows], exp, args, job.exp)
     if exp.last is not None:
         last = vals[ref_rows[exp.last]]  # (n, C)
         n = len(exp.labels)
-        rec["nested"] = np.array(
+        rec.nested = np.array(
             [
                 _aggregate_map(last[None, idx], exp.labels[idx], args.map_average)[1][0]
                 for idx in nested_subsets(n, nested_units(args, n), args.seed, job.exp)
             ]
         )
-    return filt, traj
+    return rec
 
 
-def _values_record(
-    rec: dict, parts: list[MetricsResult], m: str, T: int, ref: int, per_filter: bool
-):
-    """Fill ``rec`` for a row/pair metric; returns (per-filter values or None, values, traj)."""
+def _values_record(parts: list[MetricsResult], m: str, exp: Experiment, job: Job) -> Record:
+    """The record of a row-side or Gram-side metric from the results of its filter groups."""
+    T, ref = len(exp.epochs), exp.ref
+    per_filter = is_per_filter(job.view)
     values = _gather([p.values[m] for p in parts], (T,), per_filter)
-    filt = values if per_filter else None
     if parts[0].trajectory:
         traj = _layer_values(
             _gather([p.trajectory[m] for p in parts], (T, T), per_filter), per_filter
@@ -139,14 +201,22 @@ def _values_record(
         lv = _layer_values(values, per_filter)[0]
         traj[ref, :] = lv
         traj[:, ref] = lv
+    value, n_nan = _layer_values(values, per_filter)
+    rec = Record(
+        value=value,
+        n_nan=n_nan,
+        traj=traj,
+        n_filters=values.shape[-1] if per_filter else exp.layers[job.layer][1].channels,
+        filter=values if per_filter else None,
+    )
     if m in parts[0].replicates:
         lead = (len(parts[0].replicates[m]), T)
         reps = _gather([p.replicates[m] for p in parts], lead, per_filter)
-        rec["reps"] = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
-        rec["ci"] = percentile_interval(rec["reps"], axis=0)
+        rec.reps = _layer_values(reps, per_filter)[0]  # (N, T), paired across layers
+        rec.ci = percentile_interval(rec.reps, axis=0)
     if m in parts[0].nested:
-        rec["nested"] = _nested_values(parts, m, per_filter)
-    return filt, values, traj
+        rec.nested = _nested_values(parts, m, per_filter)
+    return rec
 
 
 def _nested_values(parts: list[MetricsResult], m: str, per_filter: bool) -> np.ndarray:
@@ -191,34 +261,13 @@ def collect_pooled(exps: list[Experiment], jobs: list[Job], results: list) -> di
     return out
 
 
-#: the fields of a record with an epoch axis: (key, axis of the epochs); "traj" has two
-_EPOCH_AXES = {
-    "value": 0,
-    "n_nan": 0,
-    "n_nan_maps": 0,
-    "filter": 0,
-    "cells": 0,
-    "reps": 1,
-    "traj": (0, 1),
-}
+#: the records of :func:`collect`, by (experiment index, metric, layer index)
+Records = dict[tuple[int, str, int], Record]
 
 
-def split_baseline(rec: dict, T: int) -> float:
-    """Remove the random-init baseline, the position after the T epochs, from a record of
-    :func:`collect`; returns its distance from the reference (the ceiling)."""
-    ceiling = float(np.asarray(rec["value"])[T])
-    for key, axis in _EPOCH_AXES.items():
-        if key in rec:
-            for ax in axis if isinstance(axis, tuple) else (axis,):
-                rec[key] = np.take(rec[key], np.arange(T), axis=ax)
-    if "ci" in rec:
-        rec["ci"] = tuple(np.asarray(bound)[:T] for bound in rec["ci"])
-    return ceiling
-
-
-def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> dict:
-    """Per (experiment, metric, layer) arrays in each experiment's own epoch order."""
-    out: dict[tuple[int, str, int], dict] = {}
+def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], results: list) -> Records:
+    """One :class:`Record` per (experiment, metric, layer) from the task results in plan order."""
+    out: Records = {}
     lent = {}  # subsets computed by the job of another metric of the same view
     it = iter(results)
     for job in jobs:
@@ -229,52 +278,42 @@ def collect(exps: list[Experiment], args: AnalyzeConfig, jobs: list[Job], result
         for m in set(job.convergence) - set(job.metrics):
             lent[(job.exp, m, job.layer)] = _nested_values(parts, m, per_filter)
         for m in job.metrics:
-            rec: dict[str, Any] = {"view": job.view, "side": job.side, "mode": job.mode}
-            if job.side == "map":
-                filt, traj = _map_record(rec, exp, args, job, m, parts)
-            else:
-                filt, values, traj = _values_record(rec, parts, m, T, ref, per_filter)
-            if filt is not None:
-                layer_val, n_nan = _layer_values(filt, True)
-                layer_val = rec.pop("layer_value", layer_val)
-                rec["filter"] = filt
-                rec["n_filters"] = filt.shape[-1]
-            else:
-                layer_val, n_nan = _layer_values(values, False)
-                rec["n_filters"] = exp.layers[job.layer][1].channels
-            rec["value"], rec["n_nan"], rec["traj"] = layer_val, n_nan, traj
-            out[(job.exp, m, job.layer)] = rec
+            out[(job.exp, m, job.layer)] = (
+                _map_record(exp, args, job, m, parts)
+                if job.side == "map"
+                else _values_record(parts, m, exp, job)
+            )
     for key, nested in lent.items():
-        out[key]["nested"] = nested
+        out[key].nested = nested
     return out
 
 
 def _place(
-    arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: list[int], rec: dict
+    arrays: dict[str, np.ndarray], index: tuple[int, int, int], cols: list[int], rec: Record
 ) -> None:
     """Put one (experiment, metric, layer) record into the result arrays at ``index``,
     its epochs at positions ``cols`` of the common epoch axis."""
     e, mi, l = index
-    arrays["distance"][e, mi, l, cols] = rec["value"]
-    arrays["n_nan"][e, mi, l, cols] = rec["n_nan"]
-    if "n_nan_maps" in rec:
-        arrays["n_nan_maps"][e, mi, l, cols] = rec["n_nan_maps"]
-    arrays["n_filters"][e, mi, l] = rec["n_filters"]
-    if "filter" in rec:
-        arrays["filter_distance"][e, mi, l][cols, : rec["filter"].shape[-1]] = rec["filter"]
-    arrays["trajectory"][e, mi, l][np.ix_(cols, cols)] = rec["traj"]
-    if "ci" in rec:
-        arrays["ci_low"][e, mi, l, cols], arrays["ci_high"][e, mi, l, cols] = rec["ci"]
+    arrays["distance"][e, mi, l, cols] = rec.value
+    arrays["n_nan"][e, mi, l, cols] = rec.n_nan
+    if rec.n_nan_maps is not None:
+        arrays["n_nan_maps"][e, mi, l, cols] = rec.n_nan_maps
+    arrays["n_filters"][e, mi, l] = rec.n_filters
+    if rec.filter is not None:
+        arrays["filter_distance"][e, mi, l][cols, : rec.filter.shape[-1]] = rec.filter
+    arrays["trajectory"][e, mi, l][np.ix_(cols, cols)] = rec.traj
+    if rec.ci is not None:
+        arrays["ci_low"][e, mi, l, cols], arrays["ci_high"][e, mi, l, cols] = rec.ci
 
 
 def _record_arrays(
-    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]
+    exps: list[Experiment], args: AnalyzeConfig, recs: Records, epochs: list[int]
 ) -> dict[str, np.ndarray]:
     """The records as arrays over (experiment, metric, layer_index, epoch[, filter | epoch_other]),
     NaN (0 for counts) where an experiment has no such layer or epoch; plus ``layer`` names and
     ``has_epoch``."""
     E, Mn, Lmax, Ep = len(exps), len(args.metrics), max(len(e.layers) for e in exps), len(epochs)
-    Fmax = max([r["filter"].shape[-1] for r in recs.values() if "filter" in r] + [1])
+    Fmax = max([r.filter.shape[-1] for r in recs.values() if r.filter is not None] + [1])
     shape = (E, Mn, Lmax, Ep)
     arrays = {
         "distance": np.full(shape, np.nan),
@@ -394,7 +433,9 @@ def _coords(
     }
 
 
-def to_dataset(exps: list[Experiment], args: AnalyzeConfig, recs: dict, attrs: dict) -> xr.Dataset:
+def to_dataset(
+    exps: list[Experiment], args: AnalyzeConfig, recs: Records, attrs: dict
+) -> xr.Dataset:
     """The labeled results Dataset (:mod:`ftdyn.results`) from the records of :func:`collect`."""
     epochs = sorted({ep for e in exps for ep in e.epochs})
     arrays = _record_arrays(exps, args, recs, epochs)
@@ -413,7 +454,7 @@ def to_dataset(exps: list[Experiment], args: AnalyzeConfig, recs: dict, attrs: d
 
 
 def _paper_code_agreement(
-    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int], Lmax: int
+    exps: list[Experiment], args: AnalyzeConfig, recs: Records, epochs: list[int], Lmax: int
 ) -> dict:
     """The published code's agreement (with ``--preset paper-code``, CKA and Procrustes on the
     map view): per (epoch, layer, class), Pearson r across filters between the two metrics'
@@ -432,7 +473,7 @@ def _paper_code_agreement(
         k = len(np.unique(exp.labels))
         for l in range(len(exp.layers)):
             r[e, l][np.ix_(cols, range(k))] = pearson_plain(
-                recs[(e, "cka", l)]["cells"], recs[(e, "procrustes", l)]["cells"], axis=-1
+                recs[(e, "cka", l)].cells, recs[(e, "procrustes", l)].cells, axis=-1
             )
         # self-comparison: rounding noise, not a correlation
         r[e, :, epochs.index(args.reference)] = np.nan

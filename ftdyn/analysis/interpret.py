@@ -47,7 +47,7 @@ from ..errors import ConvergenceWarning
 from ..metrics.probe import linear_probe
 from ..store import has_random_init
 from ..summary import CONVERGENCE_TOLERANCE, convergence_verdict, percentile_interval, reusability
-from .collect import split_baseline
+from .collect import Records
 from .estimation import subsets_degenerate
 from .inputs import BASELINE, Experiment
 from .plan import (
@@ -139,11 +139,11 @@ def _subsets_degenerate(exp: Experiment, job: Job, args: AnalyzeConfig) -> np.nd
 
 
 def ceilings(
-    exps: list[Experiment], engine: list[Experiment], args: AnalyzeConfig, recs: dict
-) -> dict:
+    exps: list[Experiment], engine: list[Experiment], args: AnalyzeConfig, recs: Records
+) -> tuple[np.ndarray, list[str]]:
     """Split the baseline off the records of the ``engine``'s experiments
-    (:func:`with_baseline`): ``ceiling`` (experiment, metric, layer), NaN without a baseline,
-    and ``missing``: those stores."""
+    (:func:`with_baseline`): the ceiling (experiment, metric, layer), NaN without a baseline,
+    and the stores that have none."""
     E, Mn, Lmax = len(exps), len(args.metrics), max(len(e.layers) for e in exps)
     ceiling = np.full((E, Mn, Lmax), np.nan)
     missing = []
@@ -153,12 +153,22 @@ def ceilings(
             continue
         for mi, m in enumerate(args.metrics):
             for l in range(len(exp.layers)):
-                ceiling[e, mi, l] = split_baseline(recs[(e, m, l)], len(exp.epochs))
-    return {"ceiling": ceiling, "missing": missing}
+                ceiling[e, mi, l] = recs[(e, m, l)].split_baseline(len(exp.epochs))
+    return ceiling, missing
+
+
+@dataclasses.dataclass
+class Measured:
+    """What :func:`interpretation` needs beside the records and the Dataset."""
+
+    ceiling: np.ndarray  #: (experiment, metric, layer), from :func:`ceilings`
+    missing: list[str]  #: the stores without a random-init baseline
+    convergence: np.ndarray  #: (experiment, metric, layer, fraction), :func:`convergence`
+    pooled: list[np.ndarray]  #: pooled features per (experiment, layer), for :func:`probes`
 
 
 def convergence(
-    exps: list[Experiment], args: AnalyzeConfig, recs: dict, nested: dict, degenerate: dict
+    exps: list[Experiment], args: AnalyzeConfig, recs: Records, nested: dict, degenerate: dict
 ) -> np.ndarray:
     """``convergence`` (experiment, metric, layer, fraction): the last epoch's distance on the
     nested subsets (from the main pass's records, else from ``nested``:
@@ -171,10 +181,10 @@ def convergence(
             continue
         mi = args.metrics.index(m)
         # none where every subset is degenerate (the convergence run skipped it): NaN
-        subsets = rec["nested"] if "nested" in rec else nested.get((e, m, l))
+        subsets = rec.nested if rec.nested is not None else nested.get((e, m, l))
         if subsets is not None:
             conv[e, mi, l, :-1] = subsets
-        conv[e, mi, l, -1] = rec["value"][exps[e].last]
+        conv[e, mi, l, -1] = rec.value[exps[e].last]
     return conv
 
 
@@ -261,7 +271,7 @@ def order_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def significance(
-    exps: list[Experiment], args: AnalyzeConfig, recs: dict, epochs: list[int]
+    exps: list[Experiment], args: AnalyzeConfig, recs: Records, epochs: list[int]
 ) -> dict[str, np.ndarray]:
     """``delta_ci_low/high`` and ``layer_order_p`` from the replicates kept by collect (NaN
     without bootstrap)."""
@@ -273,8 +283,8 @@ def significance(
         for mi, m in enumerate(args.metrics):
             last = {}
             for l in range(len(exp.layers)):
-                reps = recs[(e, m, l)].get("reps")
-                if reps is None or not np.isfinite(recs[(e, m, l)]["value"]).any():
+                reps = recs[(e, m, l)].reps
+                if reps is None or not np.isfinite(recs[(e, m, l)].value).any():
                     continue
                 lo[e, mi, l, cols], hi[e, mi, l, cols] = paired_deltas(reps)
                 last[l] = reps[:, -1]
@@ -315,14 +325,12 @@ def probes(
 
 # --------------------------------------------------------------------- dataset
 def interpretation(
-    exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: dict, extra: dict
+    exps: list[Experiment], args: AnalyzeConfig, ds: xr.Dataset, recs: Records, extra: Measured
 ) -> xr.Dataset:
-    """``ds`` with the quantities of the module doc added (dims as named there); ``extra``:
-    ``ceiling`` and ``missing`` (:func:`ceilings`), ``convergence`` (:func:`convergence`) and
-    ``pooled`` (:func:`probes`)."""
-    ceiling, missing = extra["ceiling"], extra["missing"]
+    """``ds`` with the quantities of the module doc added (dims as named there)."""
+    ceiling, missing = extra.ceiling, extra.missing
     ok, need = converged(
-        extra["convergence"],
+        extra.convergence,
         [len(e.labels) for e in exps],
         half_width=_last_half_width(exps, ds),
         ceiling=ceiling,
@@ -332,11 +340,11 @@ def interpretation(
     rel = relative(ds["distance"].values, ceiling)
     r_mean, r_std = _relative_reusability(exps, args, rel, epochs)
     sig = significance(exps, args, recs, epochs)
-    pr = probes(exps, args, epochs, extra["pooled"])
+    pr = probes(exps, args, epochs, extra.pooled)
     new = {
         **_distance_vars(ceiling, rel, r_mean, r_std, sig),
         **_probe_vars(pr),
-        **_convergence_vars(extra["convergence"], ok, need),
+        **_convergence_vars(extra.convergence, ok, need),
     }
     out = ds.assign(new).assign_coords(
         layer_index_other=("layer_index_other", ds["layer_index"].values),

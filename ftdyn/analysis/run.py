@@ -46,6 +46,7 @@ from .estimation import degenerate, estimator_names
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
+    Measured,
     ceilings,
     convergence,
     convergence_plan,
@@ -152,15 +153,6 @@ def _warn_degenerate(
             stacklevel=2,
         )
     return names
-
-
-def _undefined(rec: dict) -> None:
-    """Blank a record whose values carry no information (NaN, counted in n_nan), so that a
-    degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
-    for key in ("value", "traj", "filter", "ci", "cells"):
-        if key in rec:
-            rec[key] = np.full(np.shape(rec[key]), np.nan)
-    rec["n_nan"] = np.full(np.shape(rec["n_nan"]), rec["n_filters"] if "filter" in rec else 1)
 
 
 # ========================================================================= output
@@ -425,17 +417,22 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
         # the statistics are gone: hand the cached blocks back to the driver
         torch.cuda.empty_cache()
     recs = collect(main.experiments, main.config, main.jobs, list(results[: len(outputs)]))
-    extra = ceilings(exps, main.experiments, config, recs)
+    ceiling, missing = ceilings(exps, main.experiments, config, recs)
     for e, m, l in plan.degenerate:
-        _undefined(recs[(e, m, l)])
+        recs[(e, m, l)].make_undefined()
     n_main, n_conv = len(outputs), len(conv_outputs)
     nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
-    extra["convergence"] = convergence(exps, config, recs, nested, plan.degenerate)
+    conv_values = convergence(exps, config, recs, nested, plan.degenerate)
     pooled = {
         **dict(zip(pooled, results[n_main + n_conv :], strict=True)),
         **collect_pooled(main.experiments, main.jobs, list(results[:n_main])),
     }
-    extra["pooled"] = [pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))]
+    extra = Measured(
+        ceiling=ceiling,
+        missing=missing,
+        convergence=conv_values,
+        pooled=[pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))],
+    )
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
     reliability, reasons = _reliability(exps, config, plan.degenerate)
     ds = ds.assign(reliability)
