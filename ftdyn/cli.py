@@ -291,6 +291,8 @@ def analyze(
     name: Annotated[list[str] | None, _analyze("experiment_names", "--name")] = _default(
         "experiment_names"
     ),
+    replicates: Annotated[list[str] | None, _analyze("replicates")] = _default("replicates"),
+    run_pairs: Annotated[str, _analyze("run_pairs")] = _default("run_pairs"),
     trajectory: Annotated[str, _analyze("trajectory")] = _default("trajectory"),
     allow_partial: Annotated[bool, _analyze("allow_partial", "--allow-partial")] = _default(
         "allow_partial"

@@ -49,6 +49,15 @@ xarray Dataset, format 1::
       unreliable (experiment, metric, layer_index) bool: the value cannot be trusted at that shape
       (degenerate, or above the estimator's column/row limit); figures draw it hollow and grey,
       the report's statements skip it, the CSV tables mark it (``unreliable``, ``reason``)
+    runs compared (:mod:`ftdyn.analysis.compare`; absent in older results)
+      run_distance, run_ci_low, run_ci_high (experiment, experiment_other, metric, layer_index,
+      epoch): distance between two runs at the same epoch (NaN: not compared); floor,
+      floor_ci_low/high (experiment, metric, layer_index, epoch): the seed floor, the mean
+      run_distance to the experiment's replicates (NaN without replicates); drift_above_floor
+      (distance − floor) and drift_above_floor_p (one-sided paired bootstrap p);
+      departure_epoch (experiment, metric, layer_index); coords experiment_other (str),
+      replicates (experiment, str: its replicate group, comma-separated, "" for none); attrs
+      run_pairs, replicate_groups (JSON), departure_note
     attrs     ftdyn_results_format, ftdyn_version, reference_epoch, preset,
               bootstrap, seed, arguments (JSON), created; pwsm_degenerate,
               procrustes_degenerate, cka_degenerate (JSON lists "experiment:layer"
@@ -157,6 +166,34 @@ LAYER_ORDER_COLUMNS = (
     "distance_other",
     "p",
 )
+FLOOR_COLUMNS = (
+    "experiment",
+    "replicates",
+    "layer",
+    "layer_index",
+    "epoch",
+    "metric",
+    "distance",
+    "floor",
+    "floor_ci_low",
+    "floor_ci_high",
+    "drift_above_floor",
+    "p",
+    "departure_epoch",
+    "unreliable",
+    "reason",
+)
+RUN_COLUMNS = (
+    "experiment",
+    "experiment_other",
+    "layer",
+    "layer_index",
+    "epoch",
+    "metric",
+    "run_distance",
+    "ci_low",
+    "ci_high",
+)
 
 REQUIRED_VARS = {
     "distance": ("experiment", "metric", "layer_index", "epoch"),
@@ -194,6 +231,16 @@ OPTIONAL_VARS = {
     # reliability of a value at its view's shape; absent: every value reads as reliable
     "column_ratio": ("experiment", "metric", "layer_index"),
     "unreliable": ("experiment", "metric", "layer_index"),
+    # runs compared (ftdyn.analysis.compare); absent in results written before it
+    "run_distance": ("experiment", "experiment_other", "metric", "layer_index", "epoch"),
+    "run_ci_low": ("experiment", "experiment_other", "metric", "layer_index", "epoch"),
+    "run_ci_high": ("experiment", "experiment_other", "metric", "layer_index", "epoch"),
+    "floor": ("experiment", "metric", "layer_index", "epoch"),
+    "floor_ci_low": ("experiment", "metric", "layer_index", "epoch"),
+    "floor_ci_high": ("experiment", "metric", "layer_index", "epoch"),
+    "drift_above_floor": ("experiment", "metric", "layer_index", "epoch"),
+    "drift_above_floor_p": ("experiment", "metric", "layer_index", "epoch"),
+    "departure_epoch": ("experiment", "metric", "layer_index"),
 }
 #: dtype kinds of the optional variables that must have one ("f" float, "b" bool)
 OPTIONAL_KINDS = {"column_ratio": "f", "unreliable": "b"}
@@ -598,7 +645,60 @@ def convergence_rows(ds: xr.Dataset):
                     }
 
 
-#: the interpretation tables, written when the results hold their variables
+def floor_rows(ds: xr.Dataset):
+    """Rows of ``floor.csv``: like distances.csv (same rows), the seed floor, the drift above it,
+    its p-value and the layer's departure epoch (no rows in results written without them)."""
+    if "floor" not in ds:
+        return
+    metrics, epochs = list(ds["metric"].values), [int(x) for x in ds["epoch"].values]
+    names = list(ds["experiment"].values)
+    for row in distance_rows(ds):
+        e, m = names.index(row["experiment"]), metrics.index(row["metric"])
+        cell = {"experiment": e, "metric": m, "layer_index": row["layer_index"]}
+        at = {**cell, "epoch": epochs.index(row["epoch"])}
+        yield {
+            **{key: row[key] for key in ("experiment", "layer", "layer_index", "epoch", "metric")},
+            "replicates": str(ds["replicates"].values[e]),
+            "distance": row["value"],
+            "floor": float(ds["floor"][at]),
+            "floor_ci_low": float(ds["floor_ci_low"][at]),
+            "floor_ci_high": float(ds["floor_ci_high"][at]),
+            "drift_above_floor": float(ds["drift_above_floor"][at]),
+            "p": float(ds["drift_above_floor_p"][at]),
+            "departure_epoch": float(ds["departure_epoch"][cell]),
+            "unreliable": row["unreliable"],
+            "reason": row["reason"],
+        }
+
+
+def run_rows(ds: xr.Dataset):
+    """Rows of ``runs.csv``: every pair of runs compared (each order once: experiment before
+    experiment_other), layer, epoch and metric (no rows in results written without them)."""
+    if "run_distance" not in ds:
+        return
+    value, low, high = (ds[k].values for k in ("run_distance", "run_ci_low", "run_ci_high"))
+    names, layers = list(ds["experiment"].values), ds["layer"].values
+    for a, b in zip(*np.nonzero(np.isfinite(value).any(axis=(2, 3, 4))), strict=True):
+        if a >= b:
+            continue
+        for l in range(layers.shape[1]):
+            for k, epoch in enumerate(ds["epoch"].values):
+                for m, metric in enumerate(ds["metric"].values):
+                    if np.isnan(value[a, b, m, l, k]) and np.isnan(value[a, b, :, l, k]).all():
+                        continue
+                    yield {
+                        "experiment": names[a],
+                        "experiment_other": names[b],
+                        "layer": layers[a, l],
+                        "layer_index": l,
+                        "epoch": int(epoch),
+                        "metric": metric,
+                        "run_distance": float(value[a, b, m, l, k]),
+                        "ci_low": float(low[a, b, m, l, k]),
+                        "ci_high": float(high[a, b, m, l, k]),
+                    }
+
+
 #: Every CSV table of a result set: (file name, columns, row builder). The analysis writes
 #: all of them, always (a quantity that was not computed, e.g. no random-init baseline in
 #: the store or no bootstrap, is an empty cell = NaN).
@@ -611,6 +711,8 @@ TABLES = (
     ("probes.csv", PROBE_COLUMNS, probe_rows),
     ("layer_order.csv", LAYER_ORDER_COLUMNS, layer_order_rows),
     ("convergence.csv", CONVERGENCE_COLUMNS, convergence_rows),
+    ("floor.csv", FLOOR_COLUMNS, floor_rows),
+    ("runs.csv", RUN_COLUMNS, run_rows),
 )
 TABLE_NAMES = tuple(name for name, _, _ in TABLES)
 

@@ -468,6 +468,8 @@ def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):
             "probes.csv",
             "layer_order.csv",
             "convergence.csv",
+            "floor.csv",
+            "runs.csv",
         ]
     )
     # the current link and the one set: the old one is gone

@@ -157,6 +157,8 @@ def test_analyze_config_resolves_the_preset_and_validates_in_one_place():
         "seed": dict(seed=-1),
         "memory_limit": dict(memory_limit="lots"),
         "workers": dict(workers=0),
+        "replicates": dict(replicates=["a"]),
+        "run_pairs": dict(run_pairs="all"),
     }
     for param, kwargs in bad.items():
         with pytest.raises(FtdynError, match=f"^{param}: "):
@@ -182,6 +184,8 @@ def test_analyze_identity_is_the_recorded_arguments():
         "bootstrap": 0,
         "seed": 0,
         "experiment_names": None,
+        "replicates": None,
+        "run_pairs": "comparable",
         "trajectory": "auto",
         "allow_partial": False,
         "map_average": "images",

@@ -31,14 +31,21 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     results = open_results(folder)
     expected = ["digits", "fashion" if fashion_mnist_dir() else "dissimilar-generated", "photos"]
     expected = expected if REAL else [f"{name}-random-init" for name in expected]
-    assert sorted(results["dataset"].values) == sorted(expected)
+    runs = [run for name in expected for run in (name, f"{name}-seed1")]  # two seeds per target
+    assert sorted(results["dataset"].values) == sorted(runs)
+    # the two seeds of a target are replicates (from their training manifests): the seed floor
+    groups = json.loads(results.attrs["replicate_groups"])
+    assert sorted(len(g) for g in groups) == [2, 2, 2]
+    assert (results["floor"].sel(metric="cka", epoch=2) > 0).all()
     assert set(results["metric"].values) == {"pwsm", "procrustes", "cka"}
     # the source model is epoch 0 of every target series: distance 0 there
     assert float(abs(results["distance"].sel(epoch=0)).max()) < 1e-6
     report = json.loads((folder / "findings.json").read_text())
-    assert len(report["findings"]) == 9 and all(
+    assert len(report["findings"]) == 18 and all(
         len(row["layers"]) >= 3 for row in report["findings"]
     )
+    cka = [row for row in report["findings"] if row["metric"] == "cka"]
+    assert all(row["replicates"] and "beyond_floor_from_epoch" in row for row in cka)
     for info in report["targets"].values():
         assert info["chance"] == pytest.approx(1 / 3) and 0 <= info["val_acc"] <= 1
         assert all(0 <= p["epoch0"] <= 1 for p in info["linear_probe"].values())
@@ -63,7 +70,9 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
         assert other.exit_code == 0, other.output
         assert "random-init MobileNetV2" in other.output
         names = json.loads((out / "results-random-init" / "findings.json").read_text())["targets"]
-        assert sorted(names) == sorted(f"{name}-random-init" for name in expected)
+        assert sorted(names) == sorted(
+            f"{name}-random-init{seed}" for name in expected for seed in ("", "-seed1")
+        )
         assert all(info["weights_sha256"] is None for info in names.values())
 
 

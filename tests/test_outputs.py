@@ -23,22 +23,12 @@ from ftdyn import outputs
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
 from ftdyn.outputs import SETS, current_set, folder_lock
-from ftdyn.results import open_results
+from ftdyn.results import TABLE_NAMES, open_results
 
 DEADLINE = 120  # seconds for one forked run; a tiny analysis takes about one
 A = {"metrics": ["pwsm"], "layers": ["layer2.relu"]}
 B = {"metrics": ["cka"], "layers": ["layer2.relu"], "overwrite": True}
-PRODUCTS = (
-    "distances.csv",
-    "reusability.csv",
-    "agreement.csv",
-    "agreement_summary.csv",
-    "relative_distances.csv",
-    "probes.csv",
-    "layer_order.csv",
-    "convergence.csv",
-    "results.zarr",
-)
+PRODUCTS = (*TABLE_NAMES, "results.zarr")
 
 
 @pytest.fixture(scope="module")

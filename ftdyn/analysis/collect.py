@@ -85,9 +85,9 @@ def _job_parts(job: Job, it, T: int, ref: int) -> list:
     return [next(it) for _ in job.groups]
 
 
-def _map_bootstrap(ref_vals: np.ndarray, exp: Experiment, args: AnalyzeConfig, exp_index: int):
+def _map_bootstrap(ref_vals: np.ndarray, exp: Experiment, args: AnalyzeConfig):
     """CI and replicates (N, T) of the layer value, resampling the shared sample indices."""
-    idx = shared_boot_indices(len(exp.labels), args, exp_index)
+    idx = shared_boot_indices(len(exp.labels), args, exp.draws)
     reps = np.stack(
         [_aggregate_map(ref_vals[:, ii], exp.labels[ii], args.map_average)[1] for ii in idx]
     )
@@ -174,14 +174,14 @@ def _map_record(exp: Experiment, args: AnalyzeConfig, job: Job, m: str, parts: l
         cells=None if cells is None else cells[ref_rows],
     )
     if _bootstrapped(args, m):
-        rec.ci, rec.reps = _map_bootstrap(vals[ref_rows], exp, args, job.exp)
+        rec.ci, rec.reps = _map_bootstrap(vals[ref_rows], exp, args)
     if exp.last is not None:
         last = vals[ref_rows[exp.last]]  # (n, C)
         n = len(exp.labels)
         rec.nested = np.array(
             [
                 _aggregate_map(last[None, idx], exp.labels[idx], args.map_average)[1][0]
-                for idx in nested_subsets(n, nested_units(args, n), args.seed, job.exp)
+                for idx in nested_subsets(n, nested_units(args, n), args.seed, exp.draws)
             ]
         )
     return rec

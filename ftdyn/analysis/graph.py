@@ -67,7 +67,7 @@ def build_graph(
             gtag = f"{tag}-{gi}"
             if job.side == "row":
                 if gi == 0:
-                    resamples = _row_resamples(args, job, exp.layers[job.layer][1].n)
+                    resamples = _row_resamples(args, job, exp)
                 outs = _row_outputs(exp, args, job, fsl, gtag, resamples, inplace)
             elif job.side == "gram":
                 outs = [_gram_output(exp, args, job, fsl, gtag)]
@@ -93,16 +93,17 @@ def build_pooled(exps: list[Experiment], jobs: list[Job], name: str = "pooled") 
     }
 
 
-def _row_resamples(args: AnalyzeConfig, job: Job, n: int):
+def _row_resamples(args: AnalyzeConfig, job: Job, exp: Experiment):
     """(unit of every image, bootstrap counts) of a row-side job: (None, None) without groups
     of images, counts None without a bootstrap (groups for the convergence check alone)."""
+    n = exp.layers[job.layer][1].n
     if args.nested:  # the convergence run: images outside the kept groups are not read into any
-        return convergence_units(n, args.seed, job.exp), None
+        return convergence_units(n, args.seed, exp.draws), None
     if job.units == 1:
         return None, None
     # one resample per replicate for every job of the experiment
-    units = shared_units(n, job.units, args.seed, job.exp)
-    return units, replicate_counts(args, job.units, job.exp) if args.bootstrap else None
+    units = shared_units(n, job.units, args.seed, exp.draws)
+    return units, replicate_counts(args, job.units, exp.draws) if args.bootstrap else None
 
 
 def _row_outputs(exp, args, job, fsl, gtag, resamples, inplace) -> list:
@@ -207,20 +208,20 @@ def _gram_output(exp, args, job, fsl, gtag):
         alpha=args.alpha,
         ref=exp.ref,
         mode=job.mode,
-        boot=shared_boot(src.n, args, job.exp) if args.bootstrap else None,
+        boot=shared_boot(src.n, args, exp.draws) if args.bootstrap else None,
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),
         corrected=debiased(args, job.metrics),
         jackknifed=jackknifed(args, job.metrics, src),
-        jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, job.exp),
+        jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, exp.draws),
     )
     return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")
 
 
 def _gram_nested(exp: Experiment, args: AnalyzeConfig, job: Job, src) -> NestedImages:
     """The convergence check's image subsets of a Gram job (at the last epoch)."""
-    subsets = nested_subsets(src.n, nested_units(args, src.n), args.seed, job.exp)
+    subsets = nested_subsets(src.n, nested_units(args, src.n), args.seed, exp.draws)
     undefined = subsets_degenerate(args, src, job.convergence, [len(idx) for idx in subsets])
     return NestedImages(exp.last, job.convergence, subsets, undefined)
 

@@ -9,6 +9,8 @@ each selected layer is described by a picklable :class:`Source` that the tasks o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..config import AnalyzeConfig, arg
 from ..errors import FtdynError
-from ..store import open_store, store_fingerprint, store_layers
+from ..store import baseline_var, open_store, store_fingerprint, store_layers
 
 #: checkpoint position that reads the store's random-init baseline instead of an epoch
 BASELINE = -1
@@ -62,6 +64,18 @@ class Source:
     epochs: tuple[
         int, ...
     ] = ()  # epoch of each position of the store's checkpoint axis, for messages
+    #: a run-vs-run comparison's checkpoints: position i is checkpoint index ``checkpoints[i][1]``
+    #: of the store at ``checkpoints[i][0]`` (same layer, images and chunking); () : ``path``'s own
+    checkpoints: tuple[tuple[str, int], ...] = ()
+
+    def locate(self, ckpt: int) -> tuple[str, str, int]:
+        """(store path, array, index on its checkpoint axis) of checkpoint position ``ckpt``."""
+        if ckpt == BASELINE:
+            return self.path, baseline_var(self.var), 0
+        if self.checkpoints:
+            path, index = self.checkpoints[ckpt]
+            return path, self.var, index
+        return self.path, self.var, ckpt
 
     def where(self, ckpt: int, chunk: int) -> str:
         """'layer L (array V), epoch E, samples a-b': how messages name a block (never by index)."""
@@ -111,6 +125,16 @@ class Experiment:
     layers: list[tuple[str, Source]]  # (module name, source), shallow -> deep
     fingerprint: dict[str, Any]
     probe_dir: str | None = None  # where the probe images came from (outputs must not land there)
+    #: the probe images' fingerprint (images, labels, classes; recorded at extraction)
+    probe: str | None = None
+    #: the random stream of the experiment's draws (bootstrap, jackknife groups, subsets): the
+    #: index of the first experiment with the same probe images, so that stores probed with the
+    #: same images draw the same resamples (paired comparisons between runs)
+    draws: int = 0
+    #: the training condition (a hash of the training manifest without the seed; None when no
+    #: `ftdyn train` manifest) and the training seed: replicates share the one, not the other
+    condition: str | None = None
+    train_seed: int | None = None
 
     @property
     def last(self) -> int | None:
@@ -136,6 +160,9 @@ def open_experiments(
             f" store(s); give one {arg('experiment_names')} per store, in the same order."
         )
     exps = [_open_experiment(path, i, args, device) for i, path in enumerate(stores)]
+    first = {}
+    for i, exp in enumerate(exps):
+        exp.draws = first.setdefault(exp.probe or i, i)
     names = [e.name for e in exps]
     dup = sorted({x for x in names if names.count(x) > 1})
     if dup:
@@ -166,7 +193,26 @@ def _open_experiment(path: Path, i: int, args: AnalyzeConfig, device: str) -> Ex
         layers=[(m, _source(path, ds, m, v, all_epochs, device)) for m, v in chosen],
         fingerprint=store_fingerprint(path, ds),
         probe_dir=(ds.attrs.get("probe") or {}).get("data_dir"),
+        probe=(ds.attrs.get("probe") or {}).get("fingerprint"),
+        condition=_training_condition(ds.attrs.get("manifest")),
+        train_seed=(ds.attrs.get("manifest") or {}).get("seed"),
     )
+
+
+#: the parts of a training manifest that are not the condition of the run
+_NOT_CONDITION = ("seed", "epochs", "complete", "created", "updated", "device")
+
+
+def _training_condition(manifest) -> str | None:
+    """A hash of what ``ftdyn train`` recorded of a run other than its seed, its progress and its
+    machine (model, data, hyperparameters, initial weights); None without a manifest."""
+    if not isinstance(manifest, dict) or manifest.get("format") != "ftdyn-series":
+        return None
+    condition = {
+        k: v for k, v in manifest.items() if k not in _NOT_CONDITION and "version" not in k
+    }
+    text = json.dumps(condition, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _complete_epochs(path: Path, ds, args: AnalyzeConfig) -> tuple[list[int], list[int]]:

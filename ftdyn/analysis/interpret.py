@@ -132,7 +132,7 @@ def _subsets_degenerate(exp: Experiment, job: Job, args: AnalyzeConfig) -> np.nd
     is not run: e.g. PWSM with α = 0 on the channels of a layer with more channels than the
     rows of half the images)."""
     src = exp.layers[job.layer][1]
-    units = convergence_units(src.n, args.seed, job.exp)
+    units = convergence_units(src.n, args.seed, exp.draws)
     return subsets_degenerate(
         args, src, job.metrics, subset_sizes(convergence_counts(src.n), units)
     )

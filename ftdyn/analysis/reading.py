@@ -17,9 +17,9 @@ import torch
 import zarr
 
 from ..errors import FtdynError
-from ..store import all_finite, baseline_var, chunk_on_disk, decoding
+from ..store import all_finite, chunk_on_disk, decoding
 from ..views import to_matrices
-from .inputs import BASELINE, Source
+from .inputs import Source
 
 F64 = torch.float64
 
@@ -45,9 +45,9 @@ def read_block(src: Source, ckpt: int, chunk: int, channels: slice = slice(None)
     filter group; in a sharded store only the inner chunks holding it are decoded.
     A block with any NaN/inf raises a one-line FtdynError (:func:`nonfinite_error`)."""
     rows = src.rows(chunk)
-    var, index = (baseline_var(src.var), 0) if ckpt == BASELINE else (src.var, ckpt)
-    with decoding(src.path, src.where(ckpt, chunk)):
-        block = np.asarray(_array(src.path, var)[index, rows, channels])
+    path, var, index = src.locate(ckpt)
+    with decoding(path, src.where(ckpt, chunk)):
+        block = np.asarray(_array(path, var)[index, rows, channels])
     if not all_finite(block):
         raise nonfinite_error(src, ckpt, chunk, block)
     return torch.from_numpy(np.ascontiguousarray(block)).to(src.device)
@@ -60,9 +60,9 @@ def read_matrices(src: Source, ckpt: int, chunk: int, channels: slice, view: str
 
 def nonfinite_error(src: Source, ckpt: int, chunk: int, block: np.ndarray) -> FtdynError:
     """Tell a chunk file that is gone (it reads as the fill value, NaN) from stored NaN/inf."""
-    where = f"{src.path}: {src.where(ckpt, chunk)}"
-    var, index = (baseline_var(src.var), 0) if ckpt == BASELINE else (src.var, ckpt)
-    if not chunk_on_disk(src.path, var, index, chunk):
+    path, var, index = src.locate(ckpt)
+    where = f"{path}: {src.where(ckpt, chunk)}"
+    if not chunk_on_disk(path, var, index, chunk):
         return FtdynError(
             f"{where}: the chunk file is missing (removed after extraction, it reads as empty); "
             "the store is damaged: run the same `ftdyn extract` again to rewrite it."

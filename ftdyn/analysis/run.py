@@ -8,6 +8,7 @@ results Dataset and its atomic write.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.util
@@ -42,6 +43,7 @@ from ..results import (
 )
 from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
+from .compare import Comparison, comparison_variables, plan_comparison
 from .estimation import degenerate, estimator_names
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
@@ -281,6 +283,9 @@ class AnalysisPlan:
     threads: int
     main: EngineRun
     convergence: EngineRun
+    #: run-vs-run distances: which runs are compared, and the engine run of their matched epochs
+    comparison: Comparison
+    runs: EngineRun
     degenerate: dict[tuple[int, str, int], str]
     key: str
 
@@ -346,16 +351,25 @@ def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: An
     pairs, conv_args, conv_threads, conv_jobs = convergence_plan(
         exps, config, jobs, dev, limit, config.workers
     )
+    comparison = plan_comparison(exps, config)
+    runs_args = dataclasses.replace(config, trajectory="reference")
+    runs_threads, runs_jobs = plan_analysis(
+        comparison.experiments, runs_args, dev, limit, config.workers
+    )
+    for job in runs_jobs:  # the linear probes read the runs' own stores
+        job.pooled = False
     return AnalysisPlan(
         config=config,
         experiments=exps,
         out=out,
         device=dev,
         memory_limit=limit,
-        # the two runs compute together: at most as many tasks at once as the tighter allows
-        threads=min(threads, conv_threads),
+        # the runs compute together: at most as many tasks at once as the tightest allows
+        threads=min(threads, conv_threads, runs_threads),
         main=EngineRun(engine, engine_args, jobs),
         convergence=EngineRun(pairs, conv_args, conv_jobs),
+        comparison=comparison,
+        runs=EngineRun(comparison.experiments, runs_args, runs_jobs),
         degenerate=_degenerate(exps, config),
         key=_analysis_key(config, exps),
     )
@@ -405,9 +419,11 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     inplace = config.scheduler is None
     outputs = build_graph(main.experiments, main.config, main.jobs, inplace)
     conv_outputs = build_graph(conv.experiments, conv.config, conv.jobs, inplace, name="c")
+    runs = plan.runs
+    runs_outputs = build_graph(runs.experiments, runs.config, runs.jobs, inplace, name="r")
     pooled = build_pooled(main.experiments, main.jobs)
     results = compute(
-        outputs + conv_outputs + list(pooled.values()),
+        outputs + conv_outputs + runs_outputs + list(pooled.values()),
         threads=plan.threads,
         scheduler=config.scheduler,
         progress=config.progress,
@@ -423,8 +439,11 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     n_main, n_conv = len(outputs), len(conv_outputs)
     nested = collect_nested(conv.experiments, conv.jobs, list(results[n_main : n_main + n_conv]))
     conv_values = convergence(exps, config, recs, nested, plan.degenerate)
+    n_runs = len(runs_outputs)
+    ours = results[n_main + n_conv : n_main + n_conv + n_runs]
+    run_recs = collect(runs.experiments, runs.config, runs.jobs, list(ours))
     pooled = {
-        **dict(zip(pooled, results[n_main + n_conv :], strict=True)),
+        **dict(zip(pooled, results[n_main + n_conv + n_runs :], strict=True)),
         **collect_pooled(main.experiments, main.jobs, list(results[:n_main])),
     }
     extra = Measured(
@@ -437,7 +456,31 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
     reliability, reasons = _reliability(exps, config, plan.degenerate)
     ds = ds.assign(reliability)
     ds.attrs["unreliable_reasons"] = reasons
-    return validate_results(interpretation(exps, config, ds, recs, extra), "analyze")
+    ds = interpretation(exps, config, ds, recs, extra)
+    return validate_results(_compared(plan, ds, recs, run_recs), "analyze")
+
+
+def _compared(plan: AnalysisPlan, ds: xr.Dataset, recs, run_recs) -> xr.Dataset:
+    """``ds`` with the run-vs-run distances, the seed floor and the departure epochs
+    (:mod:`ftdyn.analysis.compare`); the pairs of a degenerate (experiment, metric, layer) are
+    undefined like its distances."""
+    comp = plan.comparison
+    for x, (pair, _) in enumerate(comp.cells):
+        for e, m, l in plan.degenerate:
+            if e == comp.pairs[pair][0]:
+                run_recs[(x, m, l)].make_undefined()
+    epochs = [int(x) for x in ds["epoch"].values]
+    data, coords, attrs = comparison_variables(
+        plan.experiments,
+        plan.config,
+        comp,
+        (recs, run_recs),
+        np.asarray(ds["unreliable"].values, dtype=bool),
+        epochs,
+    )
+    out = ds.assign_coords(coords).assign(data)
+    out.attrs.update(attrs)
+    return out
 
 
 def _attrs(plan: AnalysisPlan, degenerate_names: dict[str, list[str]]) -> dict[str, Any]:

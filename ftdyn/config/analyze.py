@@ -41,6 +41,13 @@ TRAJECTORY_MODES: tuple[str, ...] = get_args(Trajectory)
 PresetName = Literal["default", "paper-code"]
 
 
+RunPairs = Literal["comparable", "replicates", "none"]
+
+
+#: Which pairs of runs get run-vs-run distances at matched epochs (:mod:`ftdyn.analysis.compare`).
+RUN_PAIRS: tuple[str, ...] = get_args(RunPairs)
+
+
 Estimator = Literal["corrected", "plugin"]
 
 
@@ -128,6 +135,31 @@ def _resolve_views(metrics: Sequence[str], views, preset: Preset) -> dict[str, s
     return chosen
 
 
+def _replicate_groups(groups) -> tuple[str, ...] | None:
+    """Each group of ``replicates`` as "name,name,..." (at least two distinct names, a name in
+    one group only); None for none."""
+    groups = _names(groups)
+    if groups is None:
+        return None
+    out, seen = [], set()
+    for group in groups:
+        names = [n.strip() for n in str(group).split(",") if n.strip()]
+        if len(set(names)) < 2:
+            raise FtdynError(
+                f"{arg('replicates')}: '{group}' names fewer than two experiments; give the"
+                " names of a condition's runs separated by commas, e.g. A,B."
+            )
+        twice = [n for n in names if n in seen]
+        if twice:
+            raise FtdynError(
+                f"{arg('replicates')}: '{twice[0]}' is in two groups; a run replicates one"
+                " condition."
+            )
+        seen.update(names)
+        out.append(",".join(dict.fromkeys(names)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class AnalyzeConfig:
     """Everything ``ftdyn analyze`` / :func:`ftdyn.analyze` takes besides the stores and the output
@@ -203,6 +235,21 @@ class AnalyzeConfig:
         None,
         "Experiment label per store, in order (default: model/dataset from the store).",
         flag="--name",
+        identity=True,
+    )
+    replicates: tuple[str, ...] | None = _option(
+        None,
+        "Experiments that are replicates of one condition (same data and hyperparameters, another"
+        " seed) as comma-separated names, e.g. photos-s0,photos-s1 (repeatable, one group each):"
+        " their distances from each other are the seed floor. Default: the stores whose training"
+        " manifests (written by `ftdyn train`) differ only in the seed.",
+        identity=True,
+    )
+    run_pairs: RunPairs = _option(
+        "comparable",
+        "Run-vs-run distances at matched epochs: comparable (every pair of stores with the same"
+        " probe images and layers), replicates (only within replicate groups: the seed floor), or"
+        " none (no floor either).",
         identity=True,
     )
     trajectory: Trajectory | bool = _option(
@@ -288,7 +335,13 @@ class AnalyzeConfig:
                 f"{arg('estimator')}: unknown estimator '{self.estimator}'; choose from"
                 f" {', '.join(ESTIMATORS)}."
             )
+        if self.run_pairs not in RUN_PAIRS:
+            raise FtdynError(
+                f"{arg('run_pairs')}: unknown choice '{self.run_pairs}'; choose from"
+                f" {', '.join(RUN_PAIRS)}."
+            )
         normalized = {
+            "replicates": _replicate_groups(self.replicates),
             "estimator": estimator,
             "metrics": tuple(metrics),
             "views": views,

