@@ -102,7 +102,7 @@ def write_explore(res, results_dir: Path, out: Path, plan: GalleryPlan) -> int:
     body.append(_tables_section(res, results_dir))
     body.append(_about_section(plan, rendered))
     (out / EXPLORE_NAME).write_text(_page(res, "".join(body), thumbs), encoding="utf-8")
-    log.info(f"{out / EXPLORE_NAME}: {rendered} filters in galleries, {len(thumbs.uris)} images")
+    log.info(f"{EXPLORE_NAME}: {rendered} filters in galleries, {len(thumbs.uris)} images")
     return rendered
 
 

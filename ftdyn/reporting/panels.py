@@ -27,7 +27,7 @@ from .sections import _e, _num
 #: the heatmap's colormap (perceptually uniform, readable in grey)
 HEAT_CMAP = "viridis"
 #: the curves' and histogram's drawing area in px: width, height, margins left, right, top, bottom
-CURVES_BOX = (440, 230, 46, 118, 10, 30)
+CURVES_BOX = (480, 230, 46, 158, 10, 30)
 HISTOGRAM_BOX = (440, 170, 40, 16, 10, 32)
 HISTOGRAM_BINS = 20
 UNRELIABLE_STROKE = "#999"
@@ -129,7 +129,8 @@ def heatmap(res, exp: str, e_index: int, metric: str) -> str:
         f'<div class="legend"><span>0</span><span class="ramp" style="background:linear-gradient('
         f'to right,{",".join(_hex(cmap(x)) for x in np.linspace(0, 1, 9))})"></span>'
         f'<span>{_num(top)}</span><span class="swatch unreliable"></span><span>unreliable</span>'
-        '<span class="swatch missing"></span><span>no value</span></div>'
+        f'<span class="swatch missing"></span><span>no {"relative " if what != "distance" else ""}'
+        "value</span></div>"
     )
     return (
         f'<div class="panel"><h4>{_e(metric)}: {_e(what)}</h4><div class="scroll">'
