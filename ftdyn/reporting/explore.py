@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..config import ReportConfig, arg
+from ..config import DEFAULT_CLASSES, MAX_DEFAULT_EPOCHS, ReportConfig, arg
 from ..errors import FtdynError
 from ..store import decoding, open_store
 from ..viz.curves import as_strings, experiment_layers
@@ -102,7 +102,7 @@ def write_explore(res, results_dir: Path, out: Path, plan: GalleryPlan) -> int:
     body.append(_tables_section(res, results_dir))
     body.append(_about_section(plan, rendered))
     (out / EXPLORE_NAME).write_text(_page(res, "".join(body), thumbs), encoding="utf-8")
-    log.info(f"{EXPLORE_NAME}: {rendered} filters in galleries, {len(thumbs.uris)} images")
+    log.debug(f"{EXPLORE_NAME}: {rendered} filters in galleries, {len(thumbs.uris)} images")
     return rendered
 
 
@@ -158,7 +158,7 @@ def _filter_view(res, exp: str, layer: str, plan: GalleryPlan, thumbs) -> tuple[
         with decoding(path, f"layer {layer}"):
             gallery = layer_gallery(GalleryRequest(store, layer, res, exp, plan.per_gallery))
     except FtdynError as exc:
-        log.info(f"no galleries for {exp} {layer}: {exc}")
+        log.debug(f"no galleries for {exp} {layer}: {exc}")
         parts.append(f'<p class="note">No galleries for this layer: {_e(exc)}</p>')
         return "".join(parts), 0
     view = panels.GalleryView(
@@ -211,8 +211,9 @@ def _about_section(plan: GalleryPlan, rendered: int) -> str:
     return (
         '<section id="about"><h2>About this page</h2>'
         f'<p class="note">{_e(plan.note)} {rendered} filters are shown. Class-based averages and'
-        " heatmaps are computed as by <code>ftdyn visualize</code> (the first classes, the probe"
-        " images the shown filters respond to most, up to 8 epochs evenly spaced) and stored as"
+        " heatmaps are computed as by <code>ftdyn visualize</code> (the first"
+        f" {DEFAULT_CLASSES} classes, the probe images the shown filters respond to most, up to"
+        f" {MAX_DEFAULT_EPOCHS} epochs evenly spaced) and stored as"
         " small WebP thumbnails. The static report (report.html) has every figure as PNG and"
         " SVG, with its caption.</p></section>"
     )

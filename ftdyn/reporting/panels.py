@@ -93,9 +93,9 @@ def heatmap(res, exp: str, e_index: int, metric: str) -> str:
     m = as_strings(res["metric"].values).index(metric)
     odd = unreliable(res)[e_index, m]
     layers = experiment_layers(res, exp)
-    reliable = [values[li] for li, _ in layers if not odd[li]]
-    finite = np.concatenate(reliable)[np.isfinite(np.concatenate(reliable))] if reliable else []
-    top = float(np.max(finite)) if len(finite) and np.max(finite) > 0 else 1.0
+    reliable = values[[li for li, _ in layers if not odd[li]]]
+    finite = reliable[np.isfinite(reliable)]
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     cmap = matplotlib.colormaps[HEAT_CMAP]
     epochs = [int(x) for x in res["epoch"].values]
     head = "".join(f'<th data-col="{k}">{e}</th>' for k, e in enumerate(epochs))
