@@ -24,6 +24,7 @@ from . import __version__
 from .config import (
     AnalyzeConfig,
     ExtractConfig,
+    ReportConfig,
     TrainConfig,
     VisualizeConfig,
     cli_names,
@@ -404,14 +405,29 @@ def report(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Output folder for report.html and figures/ (default: RESULTS_DIR)."),
+        typer.Option(
+            help="Output folder for report.html, explore.html and figures/ (default: RESULTS_DIR)."
+        ),
     ] = None,
+    interactive: Annotated[
+        bool, _option(ReportConfig, "interactive", "--interactive/--no-interactive")
+    ] = default(ReportConfig, "interactive"),
+    gallery_filters: Annotated[int, _option(ReportConfig, "gallery_filters")] = default(
+        ReportConfig, "gallery_filters"
+    ),
+    max_filters: Annotated[int, _option(ReportConfig, "max_filters")] = default(
+        ReportConfig, "max_filters"
+    ),
 ) -> None:
-    """Write report.html: experiments, accuracies, reusability, metric agreement, curves and
-    figures."""
+    """Write report.html (experiments, accuracies, reusability, metric agreement, curves and
+    figures) and explore.html (the same results to browse: epoch slider, layer x epoch overview,
+    per-filter galleries)."""
     from .reporting import report as run_report
 
-    typer.echo(str(run_report(results_dir, stores=store, out=out)))
+    config = ReportConfig(
+        interactive=interactive, gallery_filters=gallery_filters, max_filters=max_filters
+    )
+    typer.echo(str(run_report(results_dir, stores=store, out=out, config=config)))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -477,3 +478,170 @@ def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+# ------------------------------------------------------------------------------- a real browser
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+ARROW_KEYS = {"ArrowLeft": 37, "ArrowRight": 39}
+
+
+def chromium_path() -> str | None:
+    """The first Chromium (or Chrome) on the PATH, None when there is none."""
+    return next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+    it reads commands on its fd 3 and writes answers and events on its fd 4, NUL-separated JSON),
+    so no driver binary or package is needed. Name resolution fails for every host and every
+    request goes to a dead proxy, and the page's network is emulated offline; every console
+    message, uncaught exception, browser log entry and request is recorded (:meth:`problems`)."""
+
+    def __init__(self, exe: str, profile: Path, timeout: float = 60):
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+        self.timeout, self._buffer, self._next, self.events = timeout, b"", 0, []
+
+        def wire():  # in the child: its ends on fds 3 and 4, moved up first so neither clobbers
+            import fcntl
+
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--proxy-server=127.0.0.1:9",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,900",
+            ],
+            preexec_fn=wire,
+            close_fds=False,  # fds 3 and 4 are set up in `wire`; ours are not inheritable
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self.session = None
+
+    def send(self, method: str, **params):
+        """The result of one DevTools command (in the page's session once :meth:`open` ran)."""
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if self.session:
+            message["sessionId"] = self.session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        reply = self._wait(lambda m: m.get("id") == self._next)
+        assert "error" not in reply, f"{method}: {reply['error']}"
+        return reply.get("result", {})
+
+    def _wait(self, done):
+        import select
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                message = json.loads(raw)
+                if done(message):
+                    return message
+                if "method" in message:
+                    self.events.append(message)
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([self._in], [], [], left)[0], "browser timed out"
+            chunk = os.read(self._in, 1 << 20)
+            assert chunk, "the browser closed its pipe"
+            self._buffer += chunk
+
+    def open(self, url: str) -> None:
+        """A new tab, offline, with every recorder on, at ``url`` once it has loaded."""
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            self.send(f"{domain}.enable")
+        self.send(
+            "Network.emulateNetworkConditions",
+            offline=True,
+            latency=0,
+            downloadThroughput=0,
+            uploadThroughput=0,
+        )
+        self.send("Page.navigate", url=url)
+        self._wait(lambda m: m.get("method") == "Page.loadEventFired")
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (an exception fails the test)."""
+        result = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """A real left click (mouse events) at the middle of the element ``selector``."""
+        x, y = self.evaluate(
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+            " el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def press(self, selector: str, key: str) -> None:
+        """Focus ``selector`` and press an arrow ``key`` on the keyboard."""
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        for kind in ("rawKeyDown", "keyUp"):
+            self.send(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key=key,
+                code=key,
+                windowsVirtualKeyCode=ARROW_KEYS[key],
+            )
+
+    def problems(self) -> list[str]:
+        """Console errors and warnings, uncaught exceptions, browser log errors and warnings, and
+        requests for anything not embedded (not a data: or file: URL), recorded so far."""
+        self.evaluate("0")  # flush: the events before this answer are in
+        found = []
+        for event in self.events:
+            method, params = event["method"], event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning"):
+                found.append(f"console {params['type']}: {params['args']}")
+            elif method == "Runtime.exceptionThrown":
+                found.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+                found.append(f"log: {params['entry']['text']}")
+            elif method == "Network.requestWillBeSent":
+                url = params["request"]["url"]
+                if not url.startswith(("data:", "file:")):
+                    found.append(f"request: {url}")
+        return found
+
+    def close(self) -> None:
+        self.session = None
+        try:
+            self.send("Browser.close")
+        except AssertionError:  # closed while answering
+            pass
+        finally:
+            try:
+                self.proc.wait(timeout=30)
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+                os.close(self._in)
+                os.close(self._out)

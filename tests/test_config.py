@@ -26,6 +26,7 @@ from ftdyn.config import (
     VIEWS,
     AnalyzeConfig,
     ExtractConfig,
+    ReportConfig,
     TrainConfig,
     VisualizeConfig,
 )
@@ -39,6 +40,7 @@ CONFIGS = {
     "extract": ExtractConfig,
     "analyze": AnalyzeConfig,
     "visualize": VisualizeConfig,
+    "report": ReportConfig,
 }
 
 

@@ -11,11 +11,12 @@ Messages name a parameter with :func:`arg`: its Python name (``memory_limit``) f
 caller, its flag (``--memory-limit``) under the command line (:func:`cli_names`), looked up in
 :func:`command_flags`, the one table from parameter to flag.
 
-:class:`TrainConfig`, :class:`ExtractConfig`, :class:`AnalyzeConfig` and :class:`VisualizeConfig`.
+:class:`TrainConfig`, :class:`ExtractConfig`, :class:`AnalyzeConfig`, :class:`VisualizeConfig` and
+:class:`ReportConfig`.
 
 This package imports nothing heavy (no torch), so the CLI can use it at import time. Modules:
 :mod:`.base` (what the configs share, and parameter names in messages), then one per command:
-:mod:`.train`, :mod:`.extract`, :mod:`.analyze`, :mod:`.visualize`.
+:mod:`.train`, :mod:`.extract`, :mod:`.analyze`, :mod:`.visualize`, :mod:`.report`.
 """
 
 from .analyze import (
@@ -59,6 +60,7 @@ from .extract import (
     StoreDtype,
     WeightsCopy,
 )
+from .report import GALLERY_FILTERS, MAX_REPORT_FILTERS, ReportConfig
 from .train import OPTIMIZERS, Optimizer, TrainConfig
 from .visualize import (
     DEFAULT_CLASSES,
@@ -71,7 +73,11 @@ from .visualize import (
 )
 
 COMMAND_CONFIGS.update(
-    train=TrainConfig, extract=ExtractConfig, analyze=AnalyzeConfig, visualize=VisualizeConfig
+    train=TrainConfig,
+    extract=ExtractConfig,
+    analyze=AnalyzeConfig,
+    visualize=VisualizeConfig,
+    report=ReportConfig,
 )
 
 __all__ = [
@@ -120,4 +126,7 @@ __all__ = [
     "DEFAULT_CLASSES",
     "DEFAULT_SAMPLES",
     "VisualizeConfig",
+    "GALLERY_FILTERS",
+    "MAX_REPORT_FILTERS",
+    "ReportConfig",
 ]

@@ -18,17 +18,27 @@ and SVG files beside the report are linked for papers. No scripts, no external
 resources: a Content-Security-Policy in the page forbids loading anything that is
 not embedded.
 
-Modules: :mod:`.sections` (each section's HTML) and :mod:`.page` (:func:`report`: the figures,
-the sections in order, the page written).
+Beside it, ``<out>/explore.html`` (unless ``interactive=False``): the interactive report, one
+self-contained page with a global epoch slider, a layer x epoch overview per experiment and metric,
+per-layer filter galleries and sortable tables (:mod:`.explore`).
+
+Modules: :mod:`.style` (the style sheet and Content-Security-Policies), :mod:`.sections` (each
+section's HTML), :mod:`.panels` (the interactive page's heatmaps, curves, histograms and filter
+cards), :mod:`.explore` (the interactive page) and :mod:`.page` (:func:`report`: the figures,
+the sections in order, the pages written).
 """
 
-from .page import CSP, CSS, REPORT_NAME, report
+from .explore import EXPLORE_NAME
+from .page import REPORT_NAME, report
 from .sections import ALPHA_LEVEL, METRIC_NOTES, VIEW_NOTES, flat_steps, layer_order_findings
+from .style import CSP, CSS, EXPLORE_CSP
 
 __all__ = [
     "ALPHA_LEVEL",
     "CSP",
     "CSS",
+    "EXPLORE_CSP",
+    "EXPLORE_NAME",
     "METRIC_NOTES",
     "REPORT_NAME",
     "VIEW_NOTES",

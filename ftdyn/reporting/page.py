@@ -8,11 +8,13 @@ import datetime as _dt
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._signature import takes_options
 from .._version import __version__
-from ..config import arg
+from ..config import ReportConfig, arg, build, describe
 from ..errors import FtdynError
 from ..outputs import folder_lock, update_result_set
 from ..results import open_results
@@ -28,6 +30,7 @@ from ..viz import (
 )
 from ..viz.curves import as_strings
 from .comparison import runs_section
+from .explore import EXPLORE_NAME, plan_galleries, write_explore
 from .sections import (
     _accuracy_section,
     _agreement_section,
@@ -38,57 +41,9 @@ from .sections import (
     _reusability_section,
     _store_summaries,
 )
+from .style import CSP, CSS
 
 REPORT_NAME = "report.html"
-
-
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-CSS = """
-:root { --fg:#1d2330; --muted:#5b6475; --line:#d9dde5; --bg:#ffffff; --alt:#f5f7fa;
---accent:#2b5c9e; }
-* { box-sizing: border-box; }
-body { margin:0; font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-sans-serif;
-       color:var(--fg); background:var(--bg); }
-header { background:#1f2a3c; color:#fff; padding:28px 40px 22px; }
-header h1 { margin:0 0 6px; font-size:26px; font-weight:600; }
-header p { margin:0; color:#c9d3e3; font-size:14px; }
-main { max-width:1240px; margin:0 auto; padding:10px 40px 60px; }
-nav { margin:22px 0 8px; padding:12px 18px; background:var(--alt); border:1px solid var(--line);
-border-radius:6px; }
-nav ol { margin:0; padding-left:20px; columns:2; }
-nav a { color:var(--accent); text-decoration:none; }
-section { margin-top:34px; }
-h2 { font-size:21px; border-bottom:2px solid var(--line); padding-bottom:4px; margin-bottom:12px; }
-h3 { font-size:17px; margin:22px 0 8px; }
-p.lead, p.note { color:var(--muted); margin:6px 0 12px; }
-p.note { font-size:13px; }
-table { border-collapse:collapse; margin:8px 0 14px; font-size:13.5px; }
-th, td { border:1px solid var(--line); padding:4px 10px; text-align:right; white-space:nowrap; }
-th { background:var(--alt); font-weight:600; }
-td.l, th.l { text-align:left; }
-tbody tr:nth-child(even) td { background:#fafbfc; }
-.scroll { overflow-x:auto; }
-figure { margin:14px 0 26px; padding:12px; border:1px solid var(--line); border-radius:6px;
-background:#fff; }
-figure img { display:block; max-width:100%; height:auto; margin:0 auto; }
-figcaption { margin-top:8px; font-size:13px; color:var(--muted); }
-figcaption b { color:var(--fg); }
-figcaption .files { margin-left:6px; }
-figcaption .files a { color:var(--accent); }
-details { margin:8px 0; }
-details > summary { cursor:pointer; color:var(--accent); font-weight:600; margin:6px 0; }
-pre { background:var(--alt); border:1px solid var(--line); padding:10px; font-size:12.5px;
-overflow-x:auto; }
-.empty { color:var(--muted); font-style:italic; }
-dl.settings { display:grid; grid-template-columns:max-content auto; gap:2px 16px; font-size:14px; }
-dl.settings dt { color:var(--muted); }
-dl.settings dd { margin:0; }
-footer { color:var(--muted); font-size:12.5px; text-align:center; padding:20px; border-top:1px solid
-var(--line); }
-"""
 
 
 class _Figures:
@@ -158,7 +113,15 @@ def _collect(folders: Sequence[Path]) -> list[tuple[dict[str, Any], Path]]:
     return out
 
 
-def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None) -> Path:
+@takes_options(ReportConfig)
+def report(
+    results_dir,
+    *,
+    stores: Sequence[str | Path] | None = None,
+    out=None,
+    config: ReportConfig | None = None,
+    **options: Any,
+) -> Path:
     """Write ``report.html`` (and its figures in ``figures/``) and return its path.
 
     ``results_dir``: the folder of ``ftdyn analyze`` (holding results.zarr and the
@@ -167,11 +130,14 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     results' experiments; default: the stores named in the results that exist, whose
     figures are made only when the figure index does not already have them. ``out``:
     output folder (default ``results_dir``; not inside a Zarr store).
-    Curves and trajectory matrices are always redrawn from the results. ``figures/`` and
-    report.html join the result set of ``out`` (:mod:`ftdyn.outputs`) as its new version,
-    made current in one atomic step: a killed or interrupted report leaves the previous
-    version whole.
+    Curves and trajectory matrices are always redrawn from the results. With ``interactive``
+    (the default), ``explore.html`` is written beside it (:mod:`.explore`). The options are the
+    fields of :class:`~ftdyn.config.ReportConfig` (listed below), as keyword arguments or as
+    ``config=``. ``figures/``, report.html and explore.html join the result set of ``out``
+    (:mod:`ftdyn.outputs`) as its new version, made current in one atomic step: a killed or
+    interrupted report leaves the previous version whole.
     """
+    config = build(ReportConfig, config, **options)
     results_dir = Path(results_dir)
     res = open_results(results_dir)
     if (
@@ -211,8 +177,7 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
                 res,
                 results_dir,
                 folder,
-                store_paths,
-                todo,
+                _Inputs(store_paths, todo, config),
                 elsewhere=not same_path(out, results_dir),
             ),
             carry=[FIGURES_DIR, REPORT_NAME],
@@ -220,16 +185,30 @@ def report(results_dir, *, stores: Sequence[str | Path] | None = None, out=None)
     return out / REPORT_NAME
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What a report reads besides the results: the stores, those whose class/sample figures are
+    (re)drawn (``todo``) and the options."""
+
+    stores: list[Path]
+    todo: list[Path]
+    config: ReportConfig
+
+
 def _write_report(
-    res, results_dir: Path, out: Path, store_paths: list[Path], todo: list[Path], *, elsewhere: bool
+    res, results_dir: Path, out: Path, inputs: _Inputs, *, elsewhere: bool
 ) -> list[str]:
-    """Draw ``out/figures`` and write ``out/report.html`` (``out``: the new result set's folder);
-    ``elsewhere``: the results folder is not ``out``, and its figures are shown too. Returns the
-    names written."""
+    """Draw ``out/figures`` and write ``out/report.html`` (and ``out/explore.html``; ``out``: the
+    new result set's folder); ``elsewhere``: the results folder is not ``out``, and its figures
+    are shown too. Returns the names written."""
     figdir = out / FIGURES_DIR
     # curves and matrices always; class/sample figures for `todo`
-    default_figures(res, todo, figdir)
-    summaries = _store_summaries(res, store_paths)
+    default_figures(res, inputs.todo, figdir)
+    summaries = _store_summaries(res, inputs.stores)
+    written = [FIGURES_DIR, REPORT_NAME]
+    if inputs.config.interactive:
+        write_explore(res, results_dir, out, plan_galleries(res, summaries, inputs.config))
+        written.append(EXPLORE_NAME)
     entries = _collect([figdir] + ([results_dir / FIGURES_DIR] if elsewhere else []))
     figs = _Figures(out, entries)
     sections = _sections(res, results_dir, summaries, figs.block)
@@ -242,10 +221,15 @@ def _write_report(
         footer=(
             f"Results: {_e(results_dir)} · {figs.count} figures · the PNG/SVG files are "
             f"in {_e(Path(os.path.relpath(figdir, out)).as_posix())}/"
+            + (
+                f' · <a href="{EXPLORE_NAME}">interactive report</a>'
+                if EXPLORE_NAME in written
+                else ""
+            )
         ),
     )
     (out / REPORT_NAME).write_text(page, encoding="utf-8")
-    return [FIGURES_DIR, REPORT_NAME]
+    return written
 
 
 def _sections(
@@ -335,3 +319,8 @@ def _page(res, sections: list[tuple[str, str, str]], *, footer: str) -> str:
         f"<main><nav><ol>{toc}</ol></nav>{body}</main>"
         f"<footer>{footer}</footer></body></html>\n"
     )
+
+
+report.__doc__ += "\n    Options (:class:`~ftdyn.config.ReportConfig`):\n\n" + "\n".join(
+    f"    * {line}" for line in describe(ReportConfig).splitlines()
+)

@@ -404,17 +404,13 @@ def _interpretation_section(res, block) -> str:
         found = layer_order_findings(res)
         sig = [f for f in found if f["significant"]]
         flat = flat_steps(res)
-        items = [
-            f"<li>{_e(f['experiment'])} {_e(f['metric'])}: {_e(f['early'])} ({_num(f['d_early'])})"
-            f" &lt; {_e(f['deep'])} ({_num(f['d_deep'])}), p = {_num(f['p'])}</li>"
-            for f in sig
-        ]
         parts.append(
             f'<p class="note">Paired bootstrap ({_e(res.attrs.get("bootstrap"))} resamples of the'
             " images, "
             "each shared by every epoch and layer). At the last epoch, "
             f"{len(sig)} of {len(found)} 'early &lt; deep' comparisons are significant "
-            f"(p &lt; {ALPHA_LEVEL}):</p><ul>{''.join(items) or '<li>none</li>'}</ul>"
+            f"(p &lt; {ALPHA_LEVEL}):</p>"
+            + paired_tests_table(found)
             + _skipped_note(res)
             + f'<p class="note">{len(flat)} epoch step(s) are not distinguishable from 0 (their'
             " paired 95 % "
@@ -425,9 +421,100 @@ def _interpretation_section(res, block) -> str:
             '<p class="note">No bootstrap: epoch steps and layer orders are not tested; analyze'
             " with --bootstrap N (e.g. 100).</p>"
         )
-    parts += ["<h3>Linear probes</h3>", block("probes"), "<h3>Convergence</h3>"]
-    parts.append(_convergence_note(res) + block("convergence"))
+    parts += ["<h3>Linear probes</h3>", block("probes"), _details("Per layer", probes_table(res))]
+    parts += ["<h3>Convergence</h3>", _convergence_note(res), block("convergence")]
+    parts.append(_details("Per layer", convergence_table(res)))
     return "".join(parts)
+
+
+def _details(summary: str, content: str) -> str:
+    return f"<details><summary>{_e(summary)}</summary>{content}</details>" if content else ""
+
+
+def paired_tests_table(found: list[dict[str, Any]]) -> str:
+    """The layer-order comparisons of :func:`layer_order_findings` as a table, the significant
+    ones first, each group by p."""
+    rows = [
+        [
+            f["experiment"],
+            f["metric"],
+            f["early"],
+            f["deep"],
+            _num(f["d_early"]),
+            _num(f["d_deep"]),
+            _num(f["p"]),
+            "yes" if f["significant"] else "no",
+        ]
+        for f in sorted(found, key=lambda f: (not f["significant"], f["p"]))
+    ]
+    if not rows:
+        return (
+            '<p class="empty">No comparison: every layer pair lacks a p-value or is unreliable.</p>'
+        )
+    return _table(
+        [
+            "experiment",
+            "metric",
+            "shallower",
+            "deeper",
+            "d shallower",
+            "d deeper",
+            "p",
+            "early < deep",
+        ],
+        rows,
+        left=4,
+    )
+
+
+def probes_table(res) -> str:
+    """Linear-probe accuracy per experiment and layer: chance, random-init network, each epoch
+    (empty when the results have no probes)."""
+    if "probe_accuracy" not in res:
+        return ""
+    epochs = [int(e) for e in res["epoch"].values]
+    rows = [
+        [
+            exp,
+            name,
+            _pct(res["probe_chance"].sel(experiment=exp).values),
+            _pct(res["probe_accuracy_random_init"].sel(experiment=exp, layer_index=li).values),
+            *(_pct(v) for v in res["probe_accuracy"].sel(experiment=exp, layer_index=li).values),
+        ]
+        for exp in as_strings(res["experiment"].values)
+        for li, name in experiment_layers(res, exp)
+    ]
+    return _table(
+        ["experiment", "layer", "chance", "random init", *(f"epoch {e}" for e in epochs)],
+        rows,
+        left=2,
+    )
+
+
+def convergence_table(res) -> str:
+    """Per experiment, metric and layer: the last epoch's distance on each nested fraction of the
+    probe images, whether it has converged and the images it would need (empty without
+    convergence)."""
+    if "convergence" not in res:
+        return ""
+    odd = {(f["experiment"], f["metric"], f["layer"]) for f in unreliable_values(res)}
+    rows = []
+    for exp in as_strings(res["experiment"].values):
+        for m in as_strings(res["metric"].values):
+            for li, name in experiment_layers(res, exp):
+                at = {"experiment": exp, "metric": m, "layer_index": li}
+                conv = res["convergence"].sel(**at).values
+                verdict = "yes" if bool(res["converged"].sel(**at).values) else "no"
+                if not np.isfinite(conv[-2:]).all():
+                    verdict = "—"  # not checked: a fraction's distance is undefined
+                if (exp, m, name) in odd:
+                    verdict = "unreliable"
+                needed = _num(res["images_needed"].sel(**at).values, 0)
+                rows.append([exp, m, name, *(_num(v) for v in conv), verdict, needed])
+    fractions = [f"d at {_pct(f)}" for f in res["fraction"].values]
+    return _table(
+        ["experiment", "metric", "layer", *fractions, "converged", "images needed"], rows, left=3
+    )
 
 
 def _skipped_note(res) -> str:

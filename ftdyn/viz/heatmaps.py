@@ -95,6 +95,16 @@ def grey(image: np.ndarray) -> np.ndarray:
     return (np.asarray(image, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])) / 255.0
 
 
+def overlay_rgb(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
+    """One cell of :func:`plot_sample_grid` as an (H, W, 3) RGB array in 0..1: ``heat`` (H, W) in
+    the colormap from 0 to ``vmax``, laid with opacity :data:`ALPHA` over the grey-scale image, as
+    the figure composes its two layers."""
+    import matplotlib
+
+    colored = matplotlib.colormaps[CMAP](np.clip(np.asarray(heat) / vmax, 0.0, 1.0))[..., :3]
+    return ALPHA * colored + (1 - ALPHA) * grey(image)[..., None]
+
+
 def plot_sample_grid(grid: SampleGrid, path: str | Path, *, title: str | None = None) -> Path:
     """Rows = filters, columns = the image + epochs, one colour bar per row."""
     import matplotlib

@@ -127,18 +127,47 @@ def average_crops(images: np.ndarray, maps: np.ndarray, rf) -> CropAverage:
 # ----------------------------------------------------------------------------- filter choice
 
 
-def choose_filters(
+@dataclass(frozen=True)
+class FilterRanking:
+    """Every filter of a layer, most changed first: the first ``n_ranked`` of ``order`` ranked by
+    ``criterion`` (how, completing "the N ..."), the rest (dead at either end) after them; filters
+    without a value (undefined per-filter distance) are left out."""
+
+    order: list[int]
+    n_ranked: int
+    criterion: str
+
+    def most_changed(self, n: int) -> list[int]:
+        return self.order[:n]
+
+    def most_stable(self, n: int) -> list[int]:
+        """The ``n`` ranked filters that changed least, least first."""
+        return self.order[: self.n_ranked][::-1][:n]
+
+    def why(self, n: int) -> str:
+        """How ``n`` filters were chosen, for captions."""
+        return f"auto-chosen: the {n} {self.criterion}"
+
+
+def choose_filters(ds, var: str, layer: str, n: int, **ranking) -> tuple[list[int], str]:
+    """The ``n`` filters whose distance changed most, and a sentence saying how they were chosen
+    (``ranking``: the keyword arguments of :func:`rank_filters`)."""
+    ranked = rank_filters(ds, var, layer, **ranking)
+    chosen = ranked.most_changed(min(int(n), int(ds.sizes[f"{var}_channel"])))
+    return chosen, ranked.why(len(chosen))
+
+
+def rank_filters(
     ds,
     var: str,
     layer: str,
-    n: int,
     *,
     results=None,
     experiment: str | None = None,
     sample_positions=None,
     epoch_positions=None,
-) -> tuple[list[int], str]:
-    """The ``n`` filters whose distance changed most, and a sentence saying how they were chosen.
+) -> FilterRanking:
+    """Rank the filters of ``layer`` by how much they changed.
 
     With ``results`` covering this store (``experiment``) and layer, the per-filter
     distances ``filter_distance`` at the last epoch that has them (first metric
@@ -147,36 +176,53 @@ def choose_filters(
     samples) between the first and last of ``epoch_positions``; filters that are
     all zero at either end are ranked last.
     """
-    n_channels = int(ds.sizes[f"{var}_channel"])
-    n = min(int(n), n_channels)
     if results is not None and experiment is not None:
-        li = next((i for i, name in experiment_layers(results, experiment) if name == layer), None)
-        if li is not None:
-            fd = results["filter_distance"].sel(experiment=experiment).sel(layer_index=li)
-            ref = results.attrs.get("reference_epoch", 0)
-            for metric in [str(m) for m in results["metric"].values]:
-                vals = np.asarray(fd.sel(metric=metric).values, dtype=np.float64)[
-                    :, :n_channels
-                ]  # (epoch, filter)
-                has = np.flatnonzero(np.isfinite(vals).any(axis=1))
-                if len(has) == 0:
-                    continue
-                row = has[-1]
-                epoch = int(results["epoch"].values[row])
-                order = [
-                    int(f)
-                    for f in np.argsort(-np.nan_to_num(vals[row], nan=-np.inf), kind="stable")
-                    if np.isfinite(vals[row, f])
-                ][:n]
-                view = str(results["view"].sel(metric=metric).values)
-                return (
-                    order,
-                    (
-                        f"auto-chosen: the {len(order)} filters with the largest per-filter"
-                        f" {metric} distance (view '{view}') between epoch {ref} and epoch {epoch},"
-                        " from the results"
-                    ),
-                )
+        found = _rank_by_results(results, experiment, layer, int(ds.sizes[f"{var}_channel"]))
+        if found is not None:
+            return found
+    return _rank_by_activations(ds, var, sample_positions, epoch_positions)
+
+
+def filter_distances(results, experiment: str, layer: str):
+    """(metric, row of the epoch, (epoch, filter) distances) of the first metric with per-filter
+    distances for ``layer`` of ``experiment``, at the last epoch that has them; None when no
+    metric has them (no per-filter view)."""
+    li = next((i for i, name in experiment_layers(results, experiment) if name == layer), None)
+    if li is None:
+        return None
+    fd = results["filter_distance"].sel(experiment=experiment, layer_index=li)
+    for metric in [str(m) for m in results["metric"].values]:
+        values = np.asarray(fd.sel(metric=metric).values, dtype=np.float64)  # (epoch, filter)
+        has = np.flatnonzero(np.isfinite(values).any(axis=1))
+        if len(has):
+            return metric, int(has[-1]), values
+    return None
+
+
+def _rank_by_results(results, experiment: str, layer: str, n_channels: int):
+    found = filter_distances(results, experiment, layer)
+    if found is None:
+        return None
+    metric, row, values = found
+    last = values[row, :n_channels]
+    order = [
+        int(f)
+        for f in np.argsort(-np.nan_to_num(last, nan=-np.inf), kind="stable")
+        if np.isfinite(last[f])
+    ]
+    view = str(results["view"].sel(metric=metric).values)
+    ref = results.attrs.get("reference_epoch", 0)
+    epoch = int(results["epoch"].values[row])
+    return FilterRanking(
+        order,
+        len(order),
+        f"filters with the largest per-filter {metric} distance (view '{view}') between epoch"
+        f" {ref} and epoch {epoch}, from the results",
+    )
+
+
+def _rank_by_activations(ds, var: str, sample_positions, epoch_positions) -> FilterRanking:
+    n_channels = int(ds.sizes[f"{var}_channel"])
     positions = (
         np.arange(ds.sizes["sample"]) if sample_positions is None else np.asarray(sample_positions)
     )
@@ -186,9 +232,10 @@ def choose_filters(
     p0, p1 = epoch_positions[0], epoch_positions[-1]
     e0, e1 = int(ds["checkpoint"].values[p0]), int(ds["checkpoint"].values[p1])
     if p0 == p1:
-        return (
-            list(range(n)),
-            f"the first {n} filters (only one epoch shown, so no change to rank by)",
+        return FilterRanking(
+            list(range(n_channels)),
+            0,
+            "first filters (only one epoch shown, so no change to rank by)",
         )
     arr = ds[var].isel(checkpoint=[p0, p1], sample=positions).data.astype(np.float32)
     m0, m1 = dask.compute(arr[0].mean(axis=0), arr[1].mean(axis=0))
@@ -197,14 +244,12 @@ def choose_filters(
     n0, n1 = np.linalg.norm(m0, axis=1), np.linalg.norm(m1, axis=1)
     alive = (n0 > 0) & (n1 > 0)
     change = np.where(alive, np.linalg.norm(m1 - m0, axis=1) / np.where(alive, n0 + n1, 1.0), -1.0)
-    order = [int(f) for f in np.argsort(-change, kind="stable")[:n]]
-    return (
-        order,
-        (
-            f"auto-chosen: the {n} filters whose mean activation map over the shown classes' images"
-            f" changed most between epoch {e0} and epoch {e1} (relative L2 change"
-            " |m1-m0|/(|m0|+|m1|); no per-filter distances were available from results)"
-        ),
+    return FilterRanking(
+        [int(f) for f in np.argsort(-change, kind="stable")],
+        int(alive.sum()),
+        f"filters whose mean activation map over the shown classes' images changed most between"
+        f" epoch {e0} and epoch {e1} (relative L2 change |m1-m0|/(|m0|+|m1|); no per-filter"
+        " distances were available from results)",
     )
 
 
