@@ -36,6 +36,7 @@ from .analyze import (
 )
 from .base import (
     COMMAND_CONFIGS,
+    MIN_MEMORY_LIMIT,
     OTHER_PARAMETERS,
     SEED_LIMIT,
     arg,
@@ -58,7 +59,7 @@ from .extract import (
     StoreDtype,
     WeightsCopy,
 )
-from .train import OPTIMIZERS, Optimizer, TrainConfig
+from .train import MAX_TRAIN_EPOCHS, OPTIMIZERS, Optimizer, TrainConfig
 from .visualize import (
     DEFAULT_CLASSES,
     DEFAULT_SAMPLES,
@@ -82,6 +83,7 @@ __all__ = [
     "describe",
     "build",
     "parse_memory",
+    "MIN_MEMORY_LIMIT",
     "COMMAND_CONFIGS",
     "OTHER_PARAMETERS",
     "command_flags",
@@ -90,6 +92,7 @@ __all__ = [
     "Optimizer",
     "OPTIMIZERS",
     "TrainConfig",
+    "MAX_TRAIN_EPOCHS",
     "StoreDtype",
     "STORE_DTYPES",
     "Codec",
