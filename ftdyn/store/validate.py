@@ -37,6 +37,7 @@ from .schema import (
     REQUIRED_ATTRS,
     STORE_FORMAT,
     baseline_var,
+    checksummed_arrays,
     layer_dims,
     store_layers,
 )
@@ -244,6 +245,24 @@ def validate_layout(
     n_checkpoints = _checkpoint_arrays(path, group, attrs, repair, ignore_extension)
     n, spc = _sample_arrays(path, group, attrs, n_checkpoints)
     _layer_arrays(path, group, attrs, n, spc)
+    _checksums(path, group, attrs)
+
+
+def _checksums(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Every array of the integrity contract (:func:`~ftdyn.store.schema.checksummed_arrays`)
+    carries its CRC-32C: on the chunks themselves, or inside the shards of a sharded layer."""
+    for name in checksummed_arrays(attrs):
+        if not (path / name / "zarr.json").is_file():
+            continue  # a required array that is missing is named by _open_group
+        codecs = list(_array(path, group, name).metadata.codecs)
+        for codec in list(codecs):
+            codecs += getattr(codec, "codecs", ())  # a sharding codec: the codecs of its chunks
+        if not any(isinstance(codec, zarr.codecs.Crc32cCodec) for codec in codecs):
+            raise _damaged(
+                path,
+                f"array '{name}' carries no CRC-32C checksum, so its values cannot be verified"
+                " (a changed chunk would read as other numbers)",
+            )
 
 
 @contextlib.contextmanager
