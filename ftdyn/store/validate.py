@@ -409,6 +409,14 @@ def decoding(path: str | Path, what: str = "a chunk"):
         ) from None
 
 
+def read_images(ds: xr.Dataset, positions) -> np.ndarray:
+    """The probe images at sample ``positions`` of an opened store, decoded; a chunk of them that
+    fails to decode is one line naming the ``images`` array (not the layer a figure is drawing,
+    whose own reads are wrapped in :func:`decoding` naming it)."""
+    with decoding(ds.encoding.get("source", "store"), f"array '{IMAGES}'"):
+        return np.asarray(ds[IMAGES].isel(sample=positions).values)
+
+
 def planned_regions(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     """(root attributes, regions done as :meth:`StoreWriter.done` counts them) of the store at
     ``path``, read only, for planning a run that will write it: a checkpoint extension cut
