@@ -217,9 +217,21 @@ class StoreWriter:
             )[None]
         self.complete[checkpoint_index, chunk] = 1
 
-    def append_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
-        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete)."""
-        known = self.attrs["checkpoints"]
+    def update_attrs(self, changes: dict[str, Any]) -> None:
+        """Change root attributes in ONE metadata write: a run killed meanwhile leaves all of
+        them old or all new, never a new checkpoint list beside a stale training manifest."""
+        if changes:
+            self.group.update_attributes(changes)
+            self.attrs.update(changes)
+
+    def append_checkpoints(
+        self, checkpoints: list[dict[str, Any]], changes: dict[str, Any] | None = None
+    ) -> None:
+        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete).
+        ``changes``: other root attributes (a ``checkpoints`` list that replaces the known
+        records, the training ``manifest``), written in the same update as the grown list."""
+        changes = dict(changes or {})
+        known = changes.get("checkpoints", self.attrs["checkpoints"])
         last = known[-1]["epoch"]
         if any(c["epoch"] <= last for c in checkpoints):
             raise FtdynError(
@@ -235,8 +247,7 @@ class StoreWriter:
             coord.resize((n_new,))
             coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
             self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
-            self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
-            self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
+            self.update_attrs({**changes, "checkpoints": known + [dict(c) for c in checkpoints]})
 
 
 def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:
