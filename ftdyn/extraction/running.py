@@ -76,8 +76,6 @@ def execute(plan: ExtractPlan) -> Path:
     checkpoints whose regions are missing, record the run, add the random-init baseline."""
     started, out, config = time.perf_counter(), plan.out, plan.config
     if plan.spec is not None:
-        if out.exists():
-            out.rmdir()  # an empty folder made for the store: create the store in its place
         create_store(out, plan.spec)
     with folder_lock(out):
         writer = StoreWriter(out)
