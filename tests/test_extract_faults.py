@@ -16,7 +16,7 @@ from helpers import run_cli
 from zarr.storage import LocalStore
 
 from ftdyn import checkpoints as ck
-from ftdyn.errors import FtdynError
+from ftdyn.errors import FtdynError, FtdynWarning
 from ftdyn.extraction import execute, extract, make_plan
 from ftdyn.outputs import file_lock
 from ftdyn.store import completeness, open_store
@@ -158,3 +158,35 @@ def test_temporaries_of_a_killed_creation_are_removed_by_the_next_run(
     result = _extract_cli(tiny_series, image_folder / "val", out)
     assert result.exit_code == 0 and "nothing to do" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [neighbour.name, "s.zarr"]
+
+
+def test_links_in_a_checkpoint_folder_are_named_not_dropped_silently(
+    tiny_series, image_folder, tmp_path
+):
+    """A third-party series where ep2.pt links to /dev/zero, ep3.pt is a FIFO and ep4.pt/ep5.pt
+    link to each other: none is opened (a FIFO would wait forever), and the warning names each
+    one (extract used to write 2 of 6 checkpoints without a word)."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for epoch in (0, 1):
+        shutil.copy2(tiny_series / ck.checkpoint_filename(epoch), series / f"ep{epoch}.pt")
+    (series / "ep2.pt").symlink_to("/dev/zero")
+    os.mkfifo(series / "ep3.pt")
+    (series / "ep4.pt").symlink_to("ep5.pt")
+    (series / "ep5.pt").symlink_to("ep4.pt")
+    with pytest.warns(FtdynWarning) as caught:
+        entries = ck.discover_series(series)
+    assert [e.path.name for e in entries] == ["ep0.pt", "ep1.pt"]
+    (message,) = [str(w.message) for w in caught if "without opening" in str(w.message)]
+    assert message.startswith(f"{series}: ignored 4 entries without opening them")
+    assert "2 not a regular file (FIFO, device or socket)" in message
+    assert "2 a symlink loop" in message
+    for name in ("ep2.pt", "ep3.pt", "ep4.pt", "ep5.pt"):
+        assert str(series / name) in message
+
+    result = run_cli(
+        "extract", series, "--data", image_folder / "val", "--out", tmp_path / "s.zarr",
+        "--arch", "resnet18", "--layer", "layer1", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and str(series / "ep3.pt") in result.output
