@@ -708,6 +708,18 @@ def _flip(path: Path, name: str) -> None:
     chunk.write_bytes(bytes(data))
 
 
+def _strip_checksum(path: Path, name: str) -> None:
+    """The CRC-32C codec removed from an array's metadata, then a byte of a chunk flipped."""
+    _meta(
+        path,
+        name,
+        lambda m: m.__setitem__("codecs", [c for c in m["codecs"] if c["name"] != "crc32c"]),
+    )
+    chunk = next(f for f in sorted((path / name / "c").rglob("*")) if f.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:-4])  # the checksum no longer belongs to the chunk
+    _flip(path, name)
+
+
 def _swap_ckpts(meta) -> None:
     c = meta["attributes"]["checkpoints"]
     c[1], c[2] = c[2], c[1]
@@ -756,6 +768,7 @@ STORE_EDITS = {
     "label out of range": (
         lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7)
     ),
+    "layer checksum stripped, a byte flipped": lambda p: _strip_checksum(p, "features_3"),
     "caught mid-extension (--allow-partial)": _resize(
         ["features_3", "layer2_relu", "complete", "checkpoint"], 5
     ),
@@ -882,6 +895,9 @@ for _name, _plant in {
         lambda d: (d / "circle" / "gone.png").symlink_to(d / "nothing.png")
     ),
     "socket named s.png": lambda d: _sock(d / "stripes" / "s.png"),
+    "class folder linking to its parent zz_loopclass -> .": (
+        lambda d: (d / "zz_loopclass").symlink_to(".")
+    ),
 }.items():
     case(f"extract probe folder: {_name}")(
         lambda w, n=_name, p=_plant: _probe_case(w, n.split()[0], p)
@@ -1015,6 +1031,17 @@ _FLAG_CASES = {
         "--device",
         "cpu",
     ],
+    "train --epochs 99999999999999999999": lambda w: [
+        "train",
+        w.data,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "99999999999999999999",
+        "--out",
+        w.fresh("ep") / "s",
+        "--no-progress",
+    ],
     "train --epochs -1": lambda w: [
         "train",
         w.data,
@@ -1047,6 +1074,232 @@ def _scheduler(world: World) -> str:
         before=hide,
     )
     return verdict(res, one_line_error(res) and "pip install" in res["output"])
+
+
+@case("analyze --memory-limit 64MB (64MiB is the minimum)")
+def _memory_units(world: World) -> str:
+    res = forked(world.analyze_args(world.fresh("mb") / "r", "pwsm", "--memory-limit", "64MB"))
+    line = res.get("output", "")
+    return verdict(res, one_line_error(res) and "67108864 bytes" in line and "68MB" in line)
+
+
+# extract: the store's creation and attributes, links in the series, damaged images
+def _extract_args(world: World, series: Path, out: Path, *extra) -> list:
+    return [
+        "extract",
+        series,
+        "--data",
+        world.data / "val",
+        "--out",
+        out,
+        "--layer",
+        "layer4",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def _kill_when(condition) -> None:
+    """SIGKILL this (forked) run at the moment ``condition()`` holds."""
+    if condition():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@case("extract killed between the store's attribute writes of an extension")
+def _stale_manifest(world: World) -> str:
+    """A store extracted while the series trained (epoch 0 of 0-1), extended once it finished,
+    killed when the training manifest attribute is about to change: the re-run's store must
+    carry the series' manifest."""
+    from ftdyn import checkpoints as ck
+
+    series = world.fresh("partial") / "series"
+    series.mkdir()
+    full = ck.read_manifest(world.series)
+    partial = {**full, "epochs": full["epochs"][:1], "complete": False}
+    shutil.copy2(world.series / partial["epochs"][0]["file"], series)
+    ck.write_manifest(series, partial)
+    out = series.parent / "s.zarr"
+    assert invoke(_extract_args(world, series, out))["code"] == 0
+    for entry in full["epochs"][1:]:
+        shutil.copy2(world.series / entry["file"], series)
+    ck.write_manifest(series, full)
+
+    def kill_at_manifest() -> None:
+        update = zarr.Group.update_attributes
+
+        def hooked(group, new):
+            _kill_when(lambda: "manifest" in new and new["manifest"] != group.attrs.get("manifest"))
+            return update(group, new)
+
+        zarr.Group.update_attributes = hooked
+
+    res = forked(_extract_args(world, series, out), before=kill_at_manifest, deadline=180)
+    if res.get("hang") or res.get("traceback"):
+        return verdict(res, False)
+    again = invoke(_extract_args(world, series, out))
+    stored = zarr.open_group(out, mode="r").attrs.get("manifest")
+    return verdict(again, res.get("killed") == signal.SIGKILL and stored == full)
+
+
+@case("extract a series with links to /dev/zero, a FIFO and a link loop")
+def _series_links(world: World) -> str:
+    series = world.fresh("links") / "series"
+    series.mkdir()
+    for k, entry in enumerate(json.loads((world.series / "manifest.json").read_text())["epochs"]):
+        shutil.copy2(world.series / entry["file"], series / f"ep{k}.pt")
+    (series / "ep2.pt").symlink_to("/dev/zero")
+    os.mkfifo(series / "ep3.pt")
+    (series / "ep4.pt").symlink_to("ep5.pt")
+    (series / "ep5.pt").symlink_to("ep4.pt")
+    out = series.parent / "s.zarr"
+    res = forked(_extract_args(world, series, out, "--arch", "resnet18"), deadline=180)
+    named = all(str(series / f"ep{k}.pt") in res.get("output", "") for k in (2, 3, 4, 5))
+    return verdict(res, res.get("code") == 0 and "warning:" in res.get("output", "") and named)
+
+
+@case("two extracts creating one new store at once")
+def _racing_creation(world: World) -> str:
+    out = world.fresh("race") / "s.zarr"
+
+    def slow_creation() -> None:  # widen the window in which both create the store
+        import xarray
+
+        to_zarr = xarray.Dataset.to_zarr
+
+        def slow(ds, *args, **kwargs):
+            time.sleep(1.0)
+            return to_zarr(ds, *args, **kwargs)
+
+        xarray.Dataset.to_zarr = slow
+
+    results: list[dict] = [{}, {}]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: results.__setitem__(
+                i, forked(_extract_args(world, world.series, out), slow_creation, deadline=180)
+            )
+        )
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    worst = next((r for r in results if r.get("hang") or r.get("traceback")), None)
+    if worst is not None:
+        return verdict(worst, False)
+    again = invoke(_extract_args(world, world.series, out))
+    loser = next((r for r in results if r.get("code") != 0), None)
+    ok = (
+        loser is not None
+        and one_line_error(loser)
+        and str(out) in loser["output"]
+        and "Directory not empty" not in loser["output"]
+        and again["code"] == 0
+        and "nothing to do" in again["output"]
+    )
+    return verdict(again, ok)
+
+
+@case("disk full while extract creates its store")
+def _creation_disk_full(world: World) -> str:
+    import errno
+
+    out = world.fresh("full-store") / "s.zarr"
+
+    def full() -> None:
+        from zarr.storage import LocalStore
+
+        async def no_space(store, key, value):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        LocalStore.set = no_space
+
+    res = forked(_extract_args(world, world.series, out), before=full, deadline=180)
+    ok = (
+        one_line_error(res)
+        and f"--out {out}" in res["output"]
+        and "No space left" in res["output"]
+        and not list(out.parent.iterdir())
+    )
+    return verdict(res, ok)
+
+
+@case("extract killed while creating its store, then re-run")
+def _killed_creation(world: World) -> str:
+    out = world.fresh("killed-creation") / "s.zarr"
+
+    def kill_at_rename() -> None:
+        rename = Path.rename
+
+        def hooked(src, dst):
+            _kill_when(lambda: ".creating-" in Path(src).name)
+            return rename(src, dst)
+
+        Path.rename = hooked
+
+    res = forked(_extract_args(world, world.series, out), before=kill_at_rename, deadline=180)
+    if res.get("hang") or res.get("traceback"):
+        return verdict(res, False)
+    left = list(out.parent.glob(".s.zarr.creating-*"))
+    again = invoke(_extract_args(world, world.series, out))
+    ok = (
+        res.get("killed") == signal.SIGKILL
+        and left
+        and again["code"] == 0
+        and not list(out.parent.glob(".s.zarr.creating-*"))
+    )
+    return verdict(again, ok)
+
+
+@case("visualize a store whose images array is damaged")
+def _damaged_images(world: World) -> str:
+    path = world.fresh("images") / "s.zarr"
+    shutil.copytree(world.real_store, path)
+    _flip(path, "images")
+    res = forked(["visualize", path, "--layer", "0", "--out", path.parent / "figs"])
+    return verdict(res, one_line_error(res) and "array 'images'" in res["output"])
+
+
+@case("train with the disk full inside torch.save")
+def _train_full_disk(world: World) -> str:
+    import errno
+
+    def full() -> None:
+        import torch
+
+        save = torch.save
+
+        class FullDisk:
+            def __init__(self, fh):
+                self.fh = fh
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def __getattr__(self, name):
+                return getattr(self.fh, name)
+
+        torch.save = lambda obj, fh, **kw: save(obj, FullDisk(fh), **kw)
+
+    out = world.fresh("full-train") / "series"
+    res = forked(
+        ["train", world.data, "--arch", "resnet18", "--epochs", "1", "--input-size", "32",
+         "--device", "cpu", "--no-progress", "--out", out],
+        before=full,
+        deadline=180,
+    )  # fmt: skip
+    errors = [ln for ln in res.get("output", "").splitlines() if ln.startswith("ftdyn: error:")]
+    ok = (
+        res.get("code") == 2
+        and len(errors) == 1  # after the note that epoch 0 is randomly initialized
+        and str(out) in errors[0]
+        and "No space left" in errors[0]
+        and "inline_container" not in res["output"]
+    )
+    return verdict(res, ok)
 
 
 # -------------------------------------------------------------------------- main

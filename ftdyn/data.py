@@ -34,6 +34,7 @@ from PIL import Image
 
 from .config import SEED_LIMIT, arg, check_seed  # noqa: F401  (re-exported: D.check_seed)
 from .errors import FtdynError
+from .folders import NOT_REGULAR, entry_mode
 
 #: File suffixes read as images (the torchvision ImageFolder list), case-insensitive.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -162,10 +163,8 @@ def _class_files(folder: Path, root: Path, ignored: list[tuple[Path, str]]) -> l
                 continue
             path = Path(entry.path)
             real = Path(os.path.realpath(path)) if entry.is_symlink() else None
-            try:
-                mode = path.stat().st_mode  # follows a symlink; never opens the file
-            except OSError:
-                ignored.append((path, "a broken symlink" if real is not None else "unreadable"))
+            mode = entry_mode(path, ignored)
+            if mode is None:
                 continue
             if stat.S_ISDIR(mode):
                 if real is not None and not real.is_relative_to(top):
@@ -175,7 +174,7 @@ def _class_files(folder: Path, root: Path, ignored: list[tuple[Path, str]]) -> l
             elif not _is_image(entry.name):
                 continue
             elif not stat.S_ISREG(mode):
-                ignored.append((path, "not a regular file (FIFO, device or socket)"))
+                ignored.append((path, NOT_REGULAR))
             elif real is not None and not (real.is_relative_to(inside) or real.is_relative_to(top)):
                 ignored.append((path, "a symlink to a file outside the data folder"))
             else:
@@ -183,18 +182,28 @@ def _class_files(folder: Path, root: Path, ignored: list[tuple[Path, str]]) -> l
     return sorted(files)
 
 
-def ignored_message(ignored: Sequence[tuple[Path, str]]) -> str | None:
-    """The one-line report about entries left out unopened, or None when there were none."""
-    if not ignored:
-        return None
-    counts: dict[str, int] = {}
-    for _, why in ignored:
-        counts[why] = counts.get(why, 0) + 1
-    kinds = "; ".join(f"{n} {why}" for why, n in counts.items())
-    return (
-        f"ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} without opening them"
-        f" ({kinds}; first: {ignored[0][0]})"
-    )
+def _class_folders(root: Path, ignored: list[tuple[Path, str]]) -> list[str]:
+    """The class folders of ``root``: its non-hidden subfolders, sorted, without the links back
+    into the data folder (``zz -> .`` would file every image a second time, under a class
+    ``zz``; a link to another class folder would do the same for that class), which go to
+    ``ignored``. A link to a folder elsewhere is a class like any other."""
+    inside = root.resolve()
+    classes = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith("."):
+            continue
+        # a link that leads nowhere (broken, a loop) may have been a class folder: reported
+        mode = entry_mode(path, ignored) if path.is_symlink() else path.lstat().st_mode
+        if mode is None or not stat.S_ISDIR(mode):
+            continue
+        real = path.resolve()
+        if path.is_symlink() and inside.is_relative_to(real):
+            ignored.append((path, "a symlink to the data folder or a folder above it (a loop)"))
+        elif path.is_symlink() and real.is_relative_to(inside):
+            ignored.append((path, "a symlink to a folder inside the data folder"))
+        else:
+            classes.append(path.name)
+    return classes
 
 
 def scan_image_folder(
@@ -214,13 +223,13 @@ def scan_image_folder(
     without images, or a folder where no image is readable.
     """
     root = _check_folder(root, flag)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    ignored: list[tuple[Path, str]] = []
+    classes = _class_folders(root, ignored)
     if not classes:
         raise FtdynError(
             f"{flag}: '{root}' has no class subfolders; expected {root}/<class name>/<image files>."
         )
     found: list[tuple[Path, int]] = []
-    ignored: list[tuple[Path, str]] = []
     for label, name in enumerate(classes):
         files = _class_files(root / name, root, ignored)
         if not files:

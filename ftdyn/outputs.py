@@ -10,8 +10,8 @@ The I/O helpers every command that writes uses:
   folder (train, extract, analyze, report, visualize) is refused with one line naming
   it; the file is removed when the run ends (a killed run leaves it, harmless: the lock
   dies with the process). Inside it a full disk, a quota or a read-only file system is one line
-  naming
-  the file or folder that could not be written.
+  naming the file or folder that could not be written. :func:`file_lock` is the same lock on
+  any one file (the activation store's creation lock beside the store).
 * :func:`write_result_set`: the complete new set of results (results.zarr, the CSV
   tables, figures, report.html and ``manifest.json``, which lists the arguments and a
   SHA-256 of every file) is written into its own folder and made current by ONE
@@ -165,25 +165,42 @@ def _locked(out: Path, flag: str) -> Iterator[None]:
         return
     created = next((f for f in reversed([out, *out.parents]) if not f.exists()), None)
     out.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(out / LOCK_FILE, flag, out)
+    try:
+        with file_lock(out / LOCK_FILE, flag, out):
+            _held[out] = 1
+            try:
+                yield
+            finally:
+                del _held[out]
+    finally:  # a run that made the folder and left nothing in it leaves the folder as it found it
+        if created is not None:
+            _unmake(out, created)
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: Path, flag: str, out: Path, doing: str = "is writing to this folder"
+) -> Iterator[None]:
+    """Hold the exclusive lock (``flock``) of the file ``path`` for the block; the file holds this
+    process's PID and is removed at the end (a killed run leaves it, harmless: the lock dies with
+    the process). Held by another process: an FtdynError naming it, as ``flag out: another ftdyn
+    run (PID n) <doing>``."""
+    if fcntl is None:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    fd = _acquire(path, flag, out, doing)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        _held[out] = 1
-        try:
-            yield
-        finally:
-            del _held[out]
-            # removed while still held, so the run leaves the folder as it found it; a run that
-            # opened this file meanwhile sees it is gone once it gets the lock, and starts over
-            (out / LOCK_FILE).unlink(missing_ok=True)
-            if created is not None:
-                _unmake(out, created)
+        yield
     finally:
+        # removed while still held; a run that opened this file meanwhile sees it is gone once it
+        # gets the lock, and starts over
+        path.unlink(missing_ok=True)
         os.close(fd)  # releases the lock
 
 
-def _acquire(path: Path, flag: str, out: Path) -> int:
+def _acquire(path: Path, flag: str, out: Path, doing: str) -> int:
     """An open descriptor of ``path`` holding its exclusive lock, or an FtdynError naming the
     process that holds it. A lock taken on a file that was removed meanwhile (its holder
     finished) is dropped and taken again on the file now at ``path``."""
@@ -195,7 +212,7 @@ def _acquire(path: Path, flag: str, out: Path) -> int:
             pid = _read_pid(fd)
             os.close(fd)
             raise FtdynError(
-                f"{flag} {out}: another ftdyn run (PID {pid}) is writing to this folder; "
+                f"{flag} {out}: another ftdyn run (PID {pid}) {doing}; "
                 f"wait for it to finish or choose another {flag}."
             ) from None
         try:

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "ftdyn.progress",
             "ftdyn.devices",
             "ftdyn.outputs",
+            "ftdyn.folders",
             "ftdyn.runtime",
         },
     ),

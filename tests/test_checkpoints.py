@@ -71,10 +71,11 @@ def test_save_checkpoint_atomic_and_hash(tmp_path, reference):
     "error, reason",
     [
         (OSError(28, "No space left on device"), "[Errno 28] No space left on device"),
-        # what torch's zip writer raises when the file object stops taking bytes
+        # what torch's zip writer raises when the file object stops taking bytes without saying
+        # why (torch's internals are no reason a user can act on)
         (
             RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
-            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598",
+            "the file could not be written (a full disk, a quota or a failing drive)",
         ),
     ],
 )

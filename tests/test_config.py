@@ -11,15 +11,19 @@ from typing import get_args
 import pytest
 import typer.main
 from helpers import make_figure_store, make_planted_store
+from typer.testing import CliRunner
 
 import ftdyn
 from ftdyn import cli, config, metrics
 from ftdyn.analysis import plan as AP
 from ftdyn.analysis.inputs import Source
+from ftdyn.cli import app
 from ftdyn.config import (
     CODECS,
     DEBIASED_CKA,
+    MAX_TRAIN_EPOCHS,
     METRIC_NAMES,
+    MIN_MEMORY_LIMIT,
     OPTIMIZERS,
     PRESETS,
     STORE_DTYPES,
@@ -103,6 +107,37 @@ def test_train_config_normalizes_and_validates_in_one_place():
             TrainConfig(arch="resnet18", **kwargs)
     assert OPTIMIZERS == ("adam", "adamw", "sgd")
     assert c.replace(lr=0.5).lr == 0.5 and c.lr == 1e-3
+
+
+def test_train_epochs_have_an_upper_bound_named_by_the_flag():
+    """A typo of --epochs (an extra digit, a pasted number) would write a checkpoint per epoch
+    until the disk is full: refused up front, naming the flag and the limit."""
+    assert TrainConfig(arch="resnet18", epochs=MAX_TRAIN_EPOCHS).epochs == MAX_TRAIN_EPOCHS
+    with pytest.raises(FtdynError, match=f"^epochs: must be between 0 and {MAX_TRAIN_EPOCHS}"):
+        TrainConfig(arch="resnet18", epochs=MAX_TRAIN_EPOCHS + 1)
+    result = CliRunner().invoke(
+        app,
+        ["train", "data", "--arch", "resnet18", "--out", "o", "--epochs", "99999999999999999999"],
+    )
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("ftdyn: error: --epochs: must be between 0 and")
+
+
+def test_memory_limit_minimum_is_stated_in_the_units_it_compares():
+    """64MB is 64 * 10^6 bytes, less than the 64MiB minimum: the refusal says so in bytes and
+    names a value in either unit that passes (it said "64MB is too small; give at least 64MB")."""
+    assert config.parse_memory("64MiB") == MIN_MEMORY_LIMIT == 64 * 2**20
+    assert config.parse_memory("68MB") == 68 * 10**6
+    with pytest.raises(FtdynError) as err:
+        config.parse_memory("64MB")
+    message = str(err.value)
+    assert (
+        f"64MB (64000000 bytes) is too small; the minimum is 64MiB ({MIN_MEMORY_LIMIT} bytes)"
+        in (message)
+    )
+    assert "give at least 64MiB or 68MB" in message
+    with pytest.raises(FtdynError, match="not a finite size"):
+        config.parse_memory("inf")
 
 
 def test_recorded_identity_reads_the_fields_the_manifest_records(tmp_path):

@@ -14,7 +14,8 @@ from helpers import write_image_folder
 from typer.testing import CliRunner
 
 from ftdyn.cli import app
-from ftdyn.data import ignored_message, resolve_splits, scan_image_folder
+from ftdyn.data import resolve_splits, scan_image_folder
+from ftdyn.folders import ignored_message
 
 PER_CLASS = 4
 
@@ -74,6 +75,22 @@ def test_symlink_loops_do_not_multiply_images(folder):
         "a symlink loop",
         "a symlink to a folder outside its class folder",
     ]
+
+
+def test_class_folder_links_back_into_the_data_folder_are_no_classes(folder):
+    """``zz_loopclass -> .`` filed every image a second time under a bogus class (and a link to
+    another class folder would copy that class): such links are left out, each named."""
+    (folder / "zz_loopclass").symlink_to(".")
+    (folder / "zz_square_again").symlink_to("square")
+    data = _scan(folder)
+    assert data.classes == ["circle", "square", "stripes"]
+    assert data.class_counts() == [PER_CLASS] * 3
+    assert sorted((p.name, why) for p, why in data.ignored) == [
+        ("zz_loopclass", "a symlink to the data folder or a folder above it (a loop)"),
+        ("zz_square_again", "a symlink to a folder inside the data folder"),
+    ]
+    message = ignored_message(data.ignored)
+    assert str(folder / "zz_loopclass") in message and str(folder / "zz_square_again") in message
 
 
 def test_symlinks_followed_only_to_files_inside_the_folder(folder, tmp_path):

@@ -50,6 +50,23 @@ def _flip(path: Path, name: str) -> None:
     chunk.write_bytes(bytes(data))
 
 
+def _strip_checksum(path: Path, name: str) -> None:
+    """Remove the CRC-32C codec from array ``name`` (and from the chunks of its shards), then
+    flip a byte of a chunk: without the contract's check the changed values read back."""
+
+    def strip(codecs: list) -> list:
+        for codec in codecs:
+            if codec["name"] == "sharding_indexed":
+                codec["configuration"]["codecs"] = strip(codec["configuration"]["codecs"])
+        return [c for c in codecs if c["name"] != "crc32c"]
+
+    _meta(path, name, lambda meta: meta.__setitem__("codecs", strip(meta["codecs"])))
+    chunk = next(f for f in sorted((path / name / "c").rglob("*")) if f.is_file())
+    data = bytearray(chunk.read_bytes())
+    chunk.write_bytes(bytes(data[:-4]))  # the checksum's 4 bytes no longer belong to the chunk
+    _flip(path, name)
+
+
 def _swap_checkpoints(a):
     a["checkpoints"][1], a["checkpoints"][2] = a["checkpoints"][2], a["checkpoints"][1]
 
@@ -105,6 +122,14 @@ EDITS = {  # name: (edit of a copy, words the one-line error must hold)
     "label out of range": (
         lambda p: zarr.open_array(p / "label", mode="r+", zarr_format=3).__setitem__(0, 7),
         "outside the 3 classes",
+    ),
+    "layer checksum stripped": (
+        lambda p: _strip_checksum(p, "features_3"),
+        "array 'features_3' carries no CRC-32C checksum",
+    ),
+    "images checksum stripped": (
+        lambda p: _strip_checksum(p, "images"),
+        "array 'images' carries no CRC-32C checksum",
     ),
     "epoch entry dropped": (
         lambda p: _meta(p, None, _attrs(lambda a: a["checkpoints"].pop())),

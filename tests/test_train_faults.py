@@ -98,3 +98,36 @@ def test_full_disk_after_epoch_0_is_one_line_and_resumes(
     result = run_cli("train", image_folder, *COMMON, "--out", out, "--resume")
     assert result.exit_code == 0, result.output
     _same_run(out, reference)
+
+
+def test_full_disk_inside_torch_save_names_the_file_not_torch(image_folder, tmp_path, monkeypatch):
+    """The disk fills while torch's zip writer writes epoch 0: torch reports it as "enforce fail
+    at inline_container.cc"; the line gives the system's reason and the checkpoint's path."""
+    import torch
+
+    out, save = tmp_path / "series", torch.save
+
+    class FullDisk:
+        """The checkpoint's file, on a disk that fills after its first kilobytes."""
+
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def write(self, data) -> int:
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(torch, "save", lambda obj, fh, **kw: save(obj, FullDisk(fh), **kw))
+    result = run_cli("train", image_folder, *COMMON, "--out", out)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert lines[-1].startswith(
+        f"ftdyn: error: cannot write {out / 'epoch_000.pt'}: [Errno {errno.ENOSPC}]"
+    ), result.output
+    assert "inline_container" not in result.output and "enforce fail" not in result.output
+    assert not out.exists()  # the run made the folder and left nothing in it: it is gone

@@ -1,6 +1,8 @@
 """Figures: class-based crops, sample heatmaps, curves, filter choice, the visualize CLI."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -475,3 +477,21 @@ def test_display_window_trims_only_never_covered_padding():
     assert (rows, cols) == (slice(40, 70), slice(20, 50))
     rows, cols = patches.display_window(np.ones((1, 9, 5)))
     assert (rows, cols) == (slice(0, 9), slice(0, 5))
+
+
+def test_damaged_images_are_blamed_not_the_layer(store, tmp_path):
+    """A chunk of the ``images`` array fails its checksum: visualize's one line names that array,
+    not the intact layer it was drawing."""
+    from ftdyn.cli import app
+
+    path = Path(shutil.copytree(store[0], tmp_path / "toy.zarr"))
+    chunk = next(f for f in sorted((path / "images" / "c").rglob("*")) if f.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    result = CliRunner().invoke(
+        app, ["visualize", str(path), "--layer", "features.3", "--out", str(tmp_path / "f")]
+    )
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{path}: array 'images' cannot be decoded" in result.output, result.output
+    assert "features.3" not in result.output

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from ..config import arg
-from ..errors import FtdynError
+from ..errors import FtdynError, FtdynWarning
+from ..folders import ignored_message, regular_file
 from ..models import (
     WEIGHTS_SUFFIXES,
     canonical_arch,
@@ -207,12 +209,17 @@ _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
 
 
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored)."""
+def checkpoint_files(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The checkpoint files directly in ``folder`` (hidden files and other suffixes ignored). An
+    entry named like one that is no regular file (a link to a device, a FIFO, a broken link or a
+    link loop) is never opened and goes to ``ignored`` as (path, why)."""
+    ignored = [] if ignored is None else ignored
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and checkpoint_stem(p.name) is not None
+        if not p.name.startswith(".")
+        and checkpoint_stem(p.name) is not None
+        and regular_file(p, ignored)
     )
 
 
@@ -280,7 +287,7 @@ def _skip_epoch_copies(stored: dict[Path, int | None]) -> tuple[dict[Path, int |
     return {p: e for p, e in stored.items() if p not in dropped}, skipped
 
 
-def _subfolder_weights(folder: Path) -> list[Path]:
+def _subfolder_weights(folder: Path, ignored: list[tuple[Path, str]]) -> list[Path]:
     """One weights file per subfolder (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin``).
 
     A subfolder holding ``model.safetensors`` or ``pytorch_model.bin`` gives that file
@@ -293,7 +300,7 @@ def _subfolder_weights(folder: Path) -> list[Path]:
         preferred = [sub / name for name in _HF_WEIGHTS if (sub / name).is_file()]
         weights = preferred[:1] or [
             p
-            for p in checkpoint_files(sub)
+            for p in checkpoint_files(sub, ignored)
             if not _TRAINING_STATE.fullmatch(checkpoint_stem(p.name))
         ]
         if len(weights) > 1:
@@ -420,7 +427,11 @@ def discover_series(
                 f" model; drop {arg('source')}."
             )
         return _series_from_manifest(folder, manifest, verify)
-    files, names, skipped = _weight_files(folder)
+    ignored: list[tuple[Path, str]] = []
+    files, names, skipped = _weight_files(folder, ignored)
+    note = ignored_message(ignored)
+    if note:  # an epoch left out changes every number after it: a warning, not a note
+        warnings.warn(f"{folder}: {note}", FtdynWarning, stacklevel=2)
     src = _resolve_source(source, arch) if source is not None else None
     if src is not None and src.path is not None:
         files = _without_source(folder, files, src)
@@ -443,9 +454,12 @@ def _checked_folder(folder: Path) -> Path:
     return folder
 
 
-def _weight_files(folder: Path) -> tuple[list[Path], dict[Path, str], list[str]]:
+def _weight_files(
+    folder: Path, ignored: list[tuple[Path, str]]
+) -> tuple[list[Path], dict[Path, str], list[str]]:
     """The third-party folder's weights files, each one's name for numbering (file stem, or the
     Hugging Face subfolder's name) and the tool copies skipped; an FtdynError when there are none.
+    Entries that are no regular file go to ``ignored`` (:func:`checkpoint_files`).
     """
     if re.fullmatch(r"checkpoint-\d+", folder.name) and any(
         (folder / w).is_file() for w in _HF_WEIGHTS
@@ -454,10 +468,10 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict[Path, str], list[str]]
             f"{folder}: is one Hugging Face Trainer checkpoint; pass the folder holding all of them"
             f" ({folder.parent})."
         )
-    files, skipped = _skip_copies(folder, checkpoint_files(folder))
+    files, skipped = _skip_copies(folder, checkpoint_files(folder, ignored))
     names = {p: checkpoint_stem(p.name) for p in files}
     if not files:
-        files = _subfolder_weights(folder)
+        files = _subfolder_weights(folder, ignored)
         names = {p: p.parent.name for p in files}
     if not files:
         subfolders = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]

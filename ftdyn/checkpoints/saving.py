@@ -159,11 +159,18 @@ def _atomic_write(path: Path, write) -> None:
         if created:
             tmp.unlink(missing_ok=True)
         # torch's zip writer reports a failed write of the file object as a RuntimeError from C++
+        # ("enforce fail at inline_container.cc"), the file object's OSError (a full disk) as its
+        # context: that error is the reason, torch's internals are not
         torch_writer = isinstance(exc, RuntimeError) and (
             "inline_container" in str(exc) or "PytorchStreamWriter" in str(exc)
         )
         if isinstance(exc, OSError) or torch_writer:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
+            cause = exc if isinstance(exc, OSError) else exc.__context__
+            reason = (
+                " ".join(str(cause).split()) or type(cause).__name__
+                if isinstance(cause, OSError)
+                else "the file could not be written (a full disk, a quota or a failing drive)"
+            )
             raise FtdynError(
                 f"cannot write {path}: {reason}; free space or make the folder writable, then"
                 " re-run (a stopped `ftdyn train` continues with --resume)."

@@ -38,6 +38,7 @@ from .analyze import (
 )
 from .base import (
     COMMAND_CONFIGS,
+    MIN_MEMORY_LIMIT,
     OTHER_PARAMETERS,
     SEED_LIMIT,
     arg,
@@ -61,7 +62,7 @@ from .extract import (
     WeightsCopy,
 )
 from .report import GALLERY_FILTERS, MAX_REPORT_FILTERS, ReportConfig
-from .train import OPTIMIZERS, Optimizer, TrainConfig
+from .train import MAX_TRAIN_EPOCHS, OPTIMIZERS, Optimizer, TrainConfig
 from .visualize import (
     DEFAULT_CLASSES,
     DEFAULT_SAMPLES,
@@ -89,6 +90,7 @@ __all__ = [
     "describe",
     "build",
     "parse_memory",
+    "MIN_MEMORY_LIMIT",
     "COMMAND_CONFIGS",
     "OTHER_PARAMETERS",
     "command_flags",
@@ -97,6 +99,7 @@ __all__ = [
     "Optimizer",
     "OPTIMIZERS",
     "TrainConfig",
+    "MAX_TRAIN_EPOCHS",
     "StoreDtype",
     "STORE_DTYPES",
     "Codec",

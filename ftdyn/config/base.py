@@ -91,6 +91,10 @@ def _field(config_type: type, name: str) -> dataclasses.Field:
     raise KeyError(f"{config_type.__name__} has no field {name!r}")
 
 
+#: the smallest ``memory_limit`` in bytes (64 MiB)
+MIN_MEMORY_LIMIT = 64 * 2**20
+
+
 def parse_memory(value) -> int | None:
     """'1GB', '512MB', '2GiB', '1e9' or an int -> bytes (decimal units; *iB binary)."""
     if value is None:
@@ -125,8 +129,18 @@ def parse_memory(value) -> int | None:
             raise FtdynError(
                 f"{arg('memory_limit')}: cannot read '{value}'; write e.g. 1GB, 512MB or 2GiB."
             ) from None
-    if not math.isfinite(n) or n < 64 * 2**20:
-        raise FtdynError(f"{arg('memory_limit')}: {value} is too small; give at least 64MB.")
+    if not math.isfinite(n):
+        raise FtdynError(
+            f"{arg('memory_limit')}: '{value}' is not a finite size; write e.g. 1GB, 512MB or 2GiB."
+        )
+    if n < MIN_MEMORY_LIMIT:
+        # the minimum is binary (MiB): in bytes and in both unit systems, so that "64MB"
+        # (decimal, 61 MiB) is not refused with a minimum that reads the same
+        raise FtdynError(
+            f"{arg('memory_limit')}: {value} ({n:.0f} bytes) is too small; the minimum is 64MiB"
+            f" ({MIN_MEMORY_LIMIT} bytes): give at least 64MiB or 68MB (MB = 10^6 bytes, MiB ="
+            " 2^20 bytes)."
+        )
     return int(n)
 
 

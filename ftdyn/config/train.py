@@ -17,6 +17,10 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 #: Optimizers by name. The paper fine-tunes with Adam (lr 1e-4, batch size 196).
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
+#: The most epochs one run may train: every epoch writes a checkpoint (about 100 MB for a
+#: ResNet-50), so a typo such as an extra digit would otherwise fill the disk.
+MAX_TRAIN_EPOCHS = 10_000
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -49,7 +53,9 @@ class TrainConfig:
         "Start from this checkpoint file instead (e.g. a model pre-trained elsewhere or by "
         "`ftdyn train`); its head is replaced.",
     )
-    epochs: int = _option(10, "Number of fine-tuning epochs T (paper: 10-15).")
+    epochs: int = _option(
+        10, f"Number of fine-tuning epochs T (paper: 10-15; at most {MAX_TRAIN_EPOCHS})."
+    )
     optimizer: Optimizer = _option(
         "adam", "adam (paper), adamw or sgd (momentum 0.9).", identity=True
     )
@@ -105,8 +111,11 @@ class TrainConfig:
             raise FtdynError(
                 f"{arg('resume')} and {arg('overwrite')} exclude each other; pick one."
             )
-        if int(self.epochs) < 0:
-            raise FtdynError(f"{arg('epochs')}: must be 0 or more (got {self.epochs}).")
+        if not 0 <= int(self.epochs) <= MAX_TRAIN_EPOCHS:
+            raise FtdynError(
+                f"{arg('epochs')}: must be between 0 and {MAX_TRAIN_EPOCHS} (got {self.epochs});"
+                " each epoch writes a checkpoint."
+            )
         if int(self.batch_size) < 1:
             raise FtdynError(f"{arg('batch_size')}: must be at least 1 (got {self.batch_size}).")
         if not (float(self.lr) > 0 and math.isfinite(float(self.lr))):

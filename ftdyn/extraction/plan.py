@@ -20,6 +20,7 @@ from ..checkpoints import infer_num_classes
 from ..config import ExtractConfig, arg
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
+from ..folders import ignored_message
 from ..models import (
     LayerCapture,
     blank_forward,
@@ -307,7 +308,7 @@ def _plan_probe(data_dir: Path, config: ExtractConfig, network: Network) -> Prob
     folder = data_mod.scan_image_folder(data_dir, flag=arg("data"))
     for note in (
         data_mod.skipped_message(folder.skipped),
-        data_mod.ignored_message(folder.ignored),
+        ignored_message(folder.ignored),
     ):
         if note:
             warnings.warn(f"{arg('data')}: {note}", FtdynWarning, stacklevel=2)

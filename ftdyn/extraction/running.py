@@ -76,8 +76,6 @@ def execute(plan: ExtractPlan) -> Path:
     checkpoints whose regions are missing, record the run, add the random-init baseline."""
     started, out, config = time.perf_counter(), plan.out, plan.config
     if plan.spec is not None:
-        if out.exists():
-            out.rmdir()  # an empty folder made for the store: create the store in its place
         create_store(out, plan.spec)
     with folder_lock(out):
         writer = StoreWriter(out)
@@ -123,15 +121,19 @@ def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
             f"{arg('out', plan.out)}: another `ftdyn extract` changed this store while this one was"
             " starting; re-run the same command."
         )
+    # the records and the training manifest are derived from the series on every run and written
+    # in one update, so a run killed before it leaves nothing stale that a re-run would keep
+    changes: dict = {}
     known = [dict(r) for r in plan.records[: len(plan.stored)]]
     if known != list(plan.stored):
-        writer.group.attrs["checkpoints"] = known
-        writer.attrs["checkpoints"] = known
+        changes["checkpoints"] = known
+    manifest = plan.network.manifest
+    if manifest is not None and manifest != writer.attrs.get("manifest"):
+        changes["manifest"] = manifest
     if plan.new_records:
-        writer.append_checkpoints([dict(r) for r in plan.new_records])
-        if plan.network.manifest is not None:
-            writer.group.attrs["manifest"] = plan.network.manifest
-            writer.attrs["manifest"] = plan.network.manifest
+        writer.append_checkpoints([dict(r) for r in plan.new_records], changes)
+    else:
+        writer.update_attrs(changes)
     done = writer.done()
     replays = [
         Replay(r.position, r.index, tuple(c for c in r.chunks if not done[r.index, c]))

@@ -5,7 +5,7 @@ checkpoint on the probe images.
   once: :class:`StoreSpec`, :class:`LayerSpec`, :func:`layer_var`, :func:`layer_dims`.
 * :mod:`~ftdyn.store.validate`: :func:`open_store` (validated, Dask-backed, nothing loaded),
   :func:`validate_layout`, :func:`completeness`, :func:`decoding`, :func:`metadata_lock`,
-  :func:`info`.
+  :func:`read_images`, :func:`info`.
 * :mod:`~ftdyn.store.writing`: :func:`create_store`, :class:`StoreWriter` (fills it region by
   region) and the random-init baseline (:func:`add_random_init`, :func:`write_random_init`).
 """
@@ -38,6 +38,7 @@ from .validate import (
     open_dataset,
     open_store,
     planned_regions,
+    read_images,
     store_fingerprint,
     validate_layout,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "open_dataset",
     "open_store",
     "planned_regions",
+    "read_images",
     "store_fingerprint",
     "store_layers",
     "validate_layout",

@@ -211,6 +211,17 @@ def _activation_encoding(region: tuple[int, ...], itemsize: int, compressors: li
 _COORDS = ("checkpoint", "sample", "label", "image_path", "class")
 
 
+def checksummed_arrays(attrs: dict[str, Any]) -> list[str]:
+    """The store's integrity contract: the arrays that must carry a CRC-32C per chunk (every
+    layer and its random-init baseline, the images, the completeness marks, the coordinates),
+    so that an altered chunk file fails to decode instead of reading as other numbers. An array
+    stored without it (its metadata edited) is a damaged store, refused on open
+    (:func:`~ftdyn.store.validate.validate_layout`): its values cannot be verified."""
+    layers = list(attrs["layer_variables"].values())
+    baselines = [baseline_var(var) for var in layers] if RANDOM_INIT in attrs else []
+    return [*layers, *baselines, IMAGES, COMPLETE, *_COORDS]
+
+
 def store_layers(ds: xr.Dataset) -> list[tuple[str, str]]:
     """(module name, variable) pairs, shallow to deep."""
     return [(layer, ds.attrs["layer_variables"][layer]) for layer in ds.attrs["layers"]]

@@ -37,6 +37,7 @@ from .schema import (
     REQUIRED_ATTRS,
     STORE_FORMAT,
     baseline_var,
+    checksummed_arrays,
     layer_dims,
     store_layers,
 )
@@ -244,6 +245,24 @@ def validate_layout(
     n_checkpoints = _checkpoint_arrays(path, group, attrs, repair, ignore_extension)
     n, spc = _sample_arrays(path, group, attrs, n_checkpoints)
     _layer_arrays(path, group, attrs, n, spc)
+    _checksums(path, group, attrs)
+
+
+def _checksums(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Every array of the integrity contract (:func:`~ftdyn.store.schema.checksummed_arrays`)
+    carries its CRC-32C: on the chunks themselves, or inside the shards of a sharded layer."""
+    for name in checksummed_arrays(attrs):
+        if not (path / name / "zarr.json").is_file():
+            continue  # a required array that is missing is named by _open_group
+        codecs = list(_array(path, group, name).metadata.codecs)
+        for codec in list(codecs):
+            codecs += getattr(codec, "codecs", ())  # a sharding codec: the codecs of its chunks
+        if not any(isinstance(codec, zarr.codecs.Crc32cCodec) for codec in codecs):
+            raise _damaged(
+                path,
+                f"array '{name}' carries no CRC-32C checksum, so its values cannot be verified"
+                " (a changed chunk would read as other numbers)",
+            )
 
 
 @contextlib.contextmanager
@@ -388,6 +407,14 @@ def decoding(path: str | Path, what: str = "a chunk"):
             f"{path}: {what} cannot be decoded ({type(exc).__name__}: {detail}); the store is "
             "damaged: re-extract it into a new --out."
         ) from None
+
+
+def read_images(ds: xr.Dataset, positions) -> np.ndarray:
+    """The probe images at sample ``positions`` of an opened store, decoded; a chunk of them that
+    fails to decode is one line naming the ``images`` array (not the layer a figure is drawing,
+    whose own reads are wrapped in :func:`decoding` naming it)."""
+    with decoding(ds.encoding.get("source", "store"), f"array '{IMAGES}'"):
+        return np.asarray(ds[IMAGES].isel(sample=positions).values)
 
 
 def planned_regions(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:

@@ -6,6 +6,8 @@ random-init baseline.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import shutil
@@ -20,6 +22,7 @@ import zarr
 from ..config import STORE_DTYPES as DTYPES
 from ..config import arg
 from ..errors import FtdynError
+from ..outputs import disk_errors, file_lock
 from .schema import (
     _COORDS,
     COMPLETE,
@@ -138,27 +141,56 @@ def _store_dataset(spec: StoreSpec, spc: int) -> tuple[xr.Dataset, dict[str, Any
 
 
 def create_store(path: str | Path, spec: StoreSpec) -> Path:
-    """Pre-allocate a store at ``path`` (must not exist): metadata, coords and images.
+    """Pre-allocate a store at ``path`` (must not exist, or be an empty folder): metadata, coords
+    and images.
 
-    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`.
+    Activation arrays are allocated but empty; fill them with :class:`StoreWriter`. The store is
+    written under a temporary name and renamed, holding the creation lock of ``path``: a second
+    run creating the same store meanwhile is refused naming the first, and the temporaries of
+    creations that were killed are removed. A full disk is one line naming ``path``.
     """
     path = Path(path)
-    if path.exists():
-        raise FtdynError(f"{path}: already exists; open it to resume, or remove it.")
     _validate_spec(spec)
     ds, encoding = _store_dataset(spec, spec.chunk_samples())
-    # written under a temporary name and renamed, so a crash never leaves a half-made store
-    tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ds.to_zarr(
-            tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
-        )
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with disk_errors(path), _creation_lock(path):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder made for the store: the store takes its place
+        if path.exists():
+            raise FtdynError(
+                f"{arg('out', path)}: already exists (another run may have created it since this"
+                " one started); re-run the same command to resume it, or remove it."
+            )
+        _remove_creation_leftovers(path)
+        tmp = path.with_name(f"{_creating_prefix(path)}{uuid.uuid4().hex[:8]}")
+        try:
+            ds.to_zarr(
+                tmp, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+            )
+            tmp.rename(path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _creating_prefix(path: Path) -> str:
+    """Name prefix of the temporary folders that store ``path`` is created in."""
+    return f".{path.name}.creating-"
+
+
+def _creation_lock(path: Path):
+    """The lock of creating store ``path`` (a file beside it): one run at a time creates it."""
+    return file_lock(
+        path.with_name(f".{path.name}.creating.lock"), arg("out"), path, "is creating this store"
+    )
+
+
+def _remove_creation_leftovers(path: Path) -> None:
+    """Remove the temporary folders of creations of ``path`` cut short by a kill (an interrupted
+    one removes its own). Only under the creation lock: then no live run is writing one."""
+    for leftover in path.parent.glob(f"{glob.escape(_creating_prefix(path))}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 class StoreWriter:
@@ -174,6 +206,11 @@ class StoreWriter:
         # other run is writing one now)
         for leftover in self.path.rglob("*.partial"):
             leftover.unlink(missing_ok=True)
+        # a creation of this store killed before its rename left its temporary folder beside it;
+        # one that is still running (it will fail to rename) holds the lock: its folder stays
+        if any(self.path.parent.glob(f"{glob.escape(_creating_prefix(self.path))}*")):
+            with contextlib.suppress(FtdynError), _creation_lock(self.path):
+                _remove_creation_leftovers(self.path)
         self.attrs = dict(self.group.attrs)
         self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
         self.n_samples = int(self.group["sample"].shape[0])
@@ -217,9 +254,21 @@ class StoreWriter:
             )[None]
         self.complete[checkpoint_index, chunk] = 1
 
-    def append_checkpoints(self, checkpoints: list[dict[str, Any]]) -> None:
-        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete)."""
-        known = self.attrs["checkpoints"]
+    def update_attrs(self, changes: dict[str, Any]) -> None:
+        """Change root attributes in ONE metadata write: a run killed meanwhile leaves all of
+        them old or all new, never a new checkpoint list beside a stale training manifest."""
+        if changes:
+            self.group.update_attributes(changes)
+            self.attrs.update(changes)
+
+    def append_checkpoints(
+        self, checkpoints: list[dict[str, Any]], changes: dict[str, Any] | None = None
+    ) -> None:
+        """Grow the checkpoint dimension for new, later epochs (their regions start incomplete).
+        ``changes``: other root attributes (a ``checkpoints`` list that replaces the known
+        records, the training ``manifest``), written in the same update as the grown list."""
+        changes = dict(changes or {})
+        known = changes.get("checkpoints", self.attrs["checkpoints"])
         last = known[-1]["epoch"]
         if any(c["epoch"] <= last for c in checkpoints):
             raise FtdynError(
@@ -235,8 +284,7 @@ class StoreWriter:
             coord.resize((n_new,))
             coord[n_old:] = np.array([c["epoch"] for c in checkpoints], dtype=np.int64)
             self.complete[n_old:] = 0  # resize keeps no stale chunks, but be explicit
-            self.attrs["checkpoints"] = known + [dict(c) for c in checkpoints]
-            self.group.attrs["checkpoints"] = self.attrs["checkpoints"]
+            self.update_attrs({**changes, "checkpoints": known + [dict(c) for c in checkpoints]})
 
 
 def add_random_init(path: str | Path, *, seed: int, architecture: str, init: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from .. import data, models
 from ..config import TrainConfig, arg
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
+from ..folders import ignored_message
 from ..outputs import check_output_folder
 from .resume import _inspect_out, _verify_resume
 
@@ -153,7 +154,7 @@ def _read_data(data_dir, config: TrainConfig) -> tuple[data.ImageFolderData, dat
     for note in (
         data.skipped_message(skipped),
         data.rescaled_message(rescaled),
-        data.ignored_message(ignored),
+        ignored_message(ignored),
     ):
         if note:
             warnings.warn(note, FtdynWarning, stacklevel=2)

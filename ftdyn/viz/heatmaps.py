@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..receptive import upsample_to_image
+from ..store import read_images
 from .figure import epoch_label, grid_figure, save_figure
 
 CMAP = "inferno"
@@ -73,7 +74,7 @@ def sample_based(
         .values
     )
     maps = np.nan_to_num(np.asarray(arr, dtype=np.float32)).transpose(1, 0, 2, 3)  # (F, E, h, w)
-    image = np.asarray(ds["images"].isel(sample=int(sample_position)).values)
+    image = read_images(ds, int(sample_position))
     heat = upsample_maps(maps, rf, image.shape[:2]).astype(np.float32)
     label = int(ds["label"].values[int(sample_position)])
     return SampleGrid(

@@ -24,6 +24,7 @@ import dask
 import numpy as np
 
 from ..errors import FtdynError
+from ..store import read_images
 from .curves import experiment_layers
 from .figure import epoch_label, grid_figure, save_figure
 
@@ -306,7 +307,7 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     idx, peak = dask.compute(flat.argmax(axis=-1), flat.max(axis=-1))
     peak = np.nan_to_num(np.asarray(peak, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     u, v = np.unravel_index(np.asarray(idx), (h, w))
-    images = np.asarray(ds["images"].isel(sample=positions).values)
+    images = read_images(ds, positions)
     bh, bw = crop_shape(rf)
     C = len(classes)
     crops = np.full((C, F, E, bh, bw, 3), np.nan, dtype=np.float32)
