@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from helpers import Browser, chromium_path, make_figure_store, make_results
 from typer.testing import CliRunner
 
@@ -27,7 +28,7 @@ def _results(store: Path):
     odd[0, 1, 1] = True
     return res.assign(
         unreliable=(("experiment", "metric", "layer_index"), odd),
-        floor=(("experiment", "metric", "layer_index"), np.full((2, 3, 2), 0.004)),
+        floor=xr.full_like(res["distance"], 0.004),
     ).assign_attrs(unreliable_reasons=json.dumps({"toynet/shapes/pwsm/features.8": REASON}))
 
 

@@ -120,6 +120,18 @@ RESULTS_VARIABLES = {
     "channels / (images·h·w))",
     "unreliable": "the value cannot be trusted at that shape (degenerate, or above the "
     "estimator's column/row limit); absent: all reliable",
+    "run_distance": "run A against run B at the same epoch (stores with the same probe images; "
+    "NaN where not compared)",
+    "run_ci_low": "lower end of its bootstrap interval",
+    "run_ci_high": "upper end of its bootstrap interval",
+    "floor": "seed floor: the mean run_distance to the experiment's replicates (NaN without)",
+    "floor_ci_low": "lower end of the floor's bootstrap interval",
+    "floor_ci_high": "upper end of the floor's bootstrap interval",
+    "drift_above_floor": "distance − floor",
+    "drift_above_floor_p": "one-sided paired bootstrap p of distance ≤ floor (floor 0 without "
+    "replicates; NaN without a bootstrap of the metric)",
+    "departure_epoch": "first epoch after the reference with drift_above_floor_p < 0.05 (NaN: "
+    "none, no bootstrap, or unreliable)",
 }
 RESULTS_ATTRS = {
     "ftdyn_results_format": "format number of the layout (1)",
@@ -147,6 +159,10 @@ RESULTS_TABLES = {
     "layer_order.csv": "paired bootstrap p-value of each pair of layers' last-epoch distances",
     "convergence.csv": "last-epoch distance on nested subsets of the images, and whether it "
     "converged",
+    "floor.csv": "the rows of distances.csv with the seed floor, its interval, the drift above "
+    "it, its p-value and the layer's departure epoch",
+    "runs.csv": "one row per pair of runs compared, layer, epoch and metric: run_distance and "
+    "its interval",
 }
 
 

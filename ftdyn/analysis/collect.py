@@ -137,7 +137,7 @@ class Record:
     def make_undefined(self) -> None:
         """Blank a record whose values carry no information (NaN, counted in ``n_nan``), so
         that a degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
-        for name in ("value", "traj", "filter", "cells"):
+        for name in ("value", "traj", "filter", "cells", "reps"):
             array = getattr(self, name)
             if array is not None:
                 setattr(self, name, np.full(array.shape, np.nan))

@@ -125,13 +125,20 @@ def plan_comparison(exps: list[Experiment], args: AnalyzeConfig) -> Comparison:
     elif args.run_pairs == "replicates":
         pairs = [p for g in groups for p in itertools.combinations(sorted(g), 2)]
     else:
-        pairs = []
+        pairs, apart = [], []
         for a, b in itertools.combinations(range(len(exps)), 2):
             why = difference(exps[a], exps[b])
             if why is None:
                 pairs.append((a, b))
             else:
-                log.info(f"{exps[a].name} and {exps[b].name} are not compared run to run: {why}.")
+                apart.append(f"{exps[a].name} and {exps[b].name}: {why}")
+        if apart and pairs:
+            log.info(
+                f"run-vs-run distances: {len(pairs)} pair(s) of stores compared, {len(apart)} not"
+                " (other probe images or layers; debug log for each)"
+            )
+        for line in apart:
+            log.debug(f"not compared run to run: {line}")
     experiments, cells = [], []
     for p, (a, b) in enumerate(pairs):
         for epoch in exps[a].epochs:
