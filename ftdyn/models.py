@@ -16,7 +16,8 @@ import difflib
 import itertools
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from . import zoo_timm
 from .config import arg
 from .errors import FtdynError
+from .tokens import MapLayout, token_field, token_grid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,6 +131,10 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     name = head_name(model)
     old = model.get_submodule(name)
     if num_classes_of(model) == num_classes:
+        return model
+    if isinstance(getattr(model, "get_classifier", lambda: None)(), tuple):
+        # several heads (DeiT's class and distillation heads), all replaced the model's own way
+        model.reset_classifier(num_classes)
         return model
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -278,19 +284,19 @@ class LayerInfo:
     name: str
     kind: str
     shape: tuple[int, ...]  # (channels, height, width) for a single image
-    channels_last: bool = (
-        False  # the module returns (batch, y, x, channel); captures are transposed
-    )
+    # how the output becomes (batch, channel, y, x) when captured
+    layout: MapLayout = field(default_factory=MapLayout)
 
 
 def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[int, ...]]:
-    """Per-image shapes of the 4-D outputs of the named modules in one forward pass of a
-    blank image, in the order the modules first ran (the last call's shape is kept)."""
+    """Per-image shapes of the tensor outputs of the named modules in one forward pass of a
+    blank image, in the order the modules first ran (the last call's shape is kept); outputs
+    that are not one row per image (Swin's attention windows) are left out."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def hook(name):
         def record(_module, _inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
+            if isinstance(output, torch.Tensor) and output.dim() >= 2 and output.shape[0] == 1:
                 shapes[name] = tuple(output.shape[1:])
 
         return record
@@ -308,8 +314,15 @@ def _output_shapes(model: nn.Module, names, input_size: int) -> dict[str, tuple[
 def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
     """One eval-mode forward pass of a blank ``input_size`` image (for shapes and hooks), or a
     one-line error when the model cannot take that size (too small for its poolings, or a model
-    with a fixed input size such as ViT)."""
-    if int(input_size) < 1:
+    with a fixed input size such as BEiT)."""
+    return image_forward(model, torch.zeros(1, 3, input_size, input_size))
+
+
+def image_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """One eval-mode forward pass without gradients of ``images`` (n, 3, size, size), or the
+    one-line error of :func:`blank_forward`."""
+    input_size = int(images.shape[-1])
+    if input_size < 1:
         raise FtdynError(
             f"{arg('input_size', input_size)}: give the image size in pixels (e.g. 224)."
         )
@@ -317,7 +330,7 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
     try:
         model.eval()
         with torch.no_grad():
-            return model(torch.zeros(1, 3, input_size, input_size))
+            return model(images)
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise FtdynError(
@@ -331,34 +344,55 @@ def blank_forward(model: nn.Module, input_size: int) -> torch.Tensor:
 
 def _layouts(
     model: nn.Module, names, input_size: int
-) -> dict[str, tuple[tuple[int, int, int], bool]]:
-    """name -> ((channels, height, width), channels_last) for modules with 4-D outputs.
+) -> dict[str, tuple[tuple[int, int, int], MapLayout]]:
+    """name -> ((channel, y, x), layout) for the modules whose outputs are maps: (channel, y, x),
+    (y, x, channel), or a token model's tokens (:mod:`ftdyn.tokens`, from the model's own
+    metadata).
 
-    Some models compute in (batch, y, x, channel) (ConvNeXt's block MLPs, Swin, MaxViT), which one
-    output shape cannot tell apart from (batch, channel, y, x); a second pass 32 pixels larger
-    can: the spatial axes grow with the input (any stride up to 32), the channel axis does not.
-    A model that takes only one input size (ViT) cannot tell either way: channels first.
+    Other outputs that are (y, x, channel) (ConvNeXt's block MLPs, MaxViT), which one output
+    shape cannot tell apart from (channel, y, x), are told by a second pass 32 pixels larger:
+    the spatial axes grow with the input (any stride up to 32), the channel axis does not. A
+    model that takes only one input size cannot tell either way: channels first.
     """
     small = _output_shapes(model, names, input_size)
-    try:
-        large = _output_shapes(model, names, input_size + 32)
-    except FtdynError:
-        large = {}
-    out = {}
-    for name, (a, b, c) in small.items():
-        channels_last = name in large and large[name][2] == c and large[name][0] != a
-        out[name] = ((c, a, b), True) if channels_last else ((a, b, c), False)
+    tokens = token_grid(model, input_size)
+    out: dict[str, tuple[tuple[int, int, int], MapLayout]] = {}
+    large: dict[str, tuple[int, ...]] | None = None
+    for name, shape in small.items():
+        layout = tokens.layout(shape) if tokens is not None else None
+        if layout is None and len(shape) == 3:
+            if large is None:
+                try:
+                    large = _output_shapes(model, names, input_size + 32)
+                except FtdynError:
+                    large = {}
+            wider = large.get(name)
+            layout = MapLayout(
+                channels_last=wider is not None
+                and len(wider) == 3
+                and wider[2] == shape[2]
+                and wider[0] != shape[0]
+            )
+        if layout is not None:
+            out[name] = (map_shape(layout, shape), layout)
     return out
 
 
-def channels_last_layers(
+def layer_layouts(
     model: nn.Module, layers: list[str], input_size: int = 224
-) -> frozenset[str]:
-    """The layers among ``layers`` whose outputs are (batch, y, x, channel) (see
-    :func:`_layouts`)."""
-    return frozenset(
-        name for name, (_, last) in _layouts(model, layers, input_size).items() if last
-    )
+) -> dict[str, MapLayout]:
+    """The layout of each of ``layers`` (:func:`_layouts`); layers whose outputs are no maps (a
+    pooled vector, a class token) keep theirs as they are, and are refused when captured."""
+    found = _layouts(model, layers, input_size)
+    return {name: found[name][1] if name in found else MapLayout() for name in layers}
+
+
+def map_shape(layout: MapLayout, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The (channel, y, x) shape of an output of per-image ``shape`` laid out by ``layout``."""
+    if layout.sequence:
+        return (int(shape[1]), *layout.grid)
+    a, b, c = shape
+    return (c, a, b) if layout.channels_last else (a, b, c)
 
 
 def candidate_layers(
@@ -381,10 +415,46 @@ def candidate_layers(
         }
     modules = dict(model.named_modules())
     wanted |= {name for name in include if name in modules}
-    layouts = _layouts(model, wanted, input_size)
     return [
-        LayerInfo(n, type(modules[n]).__name__, shape, last) for n, (shape, last) in layouts.items()
+        LayerInfo(n, type(modules[n]).__name__, shape, layout)
+        for n, (shape, layout) in _layouts(model, wanted, input_size).items()
     ]
+
+
+def token_fields(
+    model: nn.Module, layouts: Mapping[str, MapLayout], input_size: int
+) -> dict[str, dict]:
+    """The receptive fields (:func:`ftdyn.tokens.token_field`) of a token model's token layers
+    among ``layouts`` (others are left out).
+
+    Whether a layer's tokens have attended to each other is measured, not guessed from names:
+    the first patch of a blank image is changed, and a layer whose other tokens change has mixed
+    tokens (it runs after an attention, or is one); one whose other tokens stay as they were
+    sees only its patch.
+    """
+    tokens = token_grid(model, input_size)
+    wanted = [name for name, layout in layouts.items() if layout.grid is not None]
+    if tokens is None or not wanted:
+        return {}
+    blank = torch.zeros(1, 3, input_size, input_size)
+    changed = blank.clone()
+    patch = changed[:, :, : tokens.patch[0], : tokens.patch[1]]
+    patch.copy_(torch.randn(patch.shape, generator=torch.Generator().manual_seed(0)))
+    with LayerCapture(model, wanted, dtype=torch.float32, layouts=layouts) as capture:
+        # one image per pass: the other tokens' arithmetic is then the same in both, bit for bit
+        image_forward(model, blank)
+        before = capture.pop()
+        image_forward(model, changed)
+        after = capture.pop()
+    fields = {}
+    for name in wanted:
+        change = (after[name] - before[name]).abs()
+        change[:, :, 0, 0] = 0  # the changed patch's own cell
+        # a block whose attention is scaled down (LayerScale 1e-5 at init) still mixes tokens
+        mixed = bool(change.amax() > 1e-7 * (float(before[name].abs().amax()) or 1.0))
+        if mixed or tokens.patchwise:
+            fields[name] = token_field(tokens, layouts[name].grid, input_size, mixed=mixed)
+    return fields
 
 
 def _is_block(name: str, module: nn.Module) -> bool:
@@ -445,12 +515,13 @@ def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
 class LayerCapture:
     """Record the outputs of named modules during forward passes.
 
-    Outputs are (batch, channel, y, x): the layers in ``channels_last``
-    (:func:`channels_last_layers`) are transposed to that order. A module called
-    several times in one forward (ResNet's block ``relu`` is called three times)
-    keeps its *last* call, which for a residual block is the
-    block output. Tensors are copied inside the hook because later in-place
-    operations (``inplace=True`` ReLUs, ``out += identity``) would otherwise change
+    Outputs are (batch, channel, y, x): each layer's output is laid out by its
+    :class:`~ftdyn.tokens.MapLayout` in ``layouts`` (:func:`layer_layouts`; (batch, y, x,
+    channel) outputs transposed, a token model's patch tokens put on their grid without the
+    prefix tokens); a layer without one is kept as it is. A module called several times in one
+    forward (ResNet's block ``relu`` is called three times) keeps its *last* call, which for a
+    residual block is the block output. Tensors are copied inside the hook because later
+    in-place operations (``inplace=True`` ReLUs, ``out += identity``) would otherwise change
     what was captured.
     """
 
@@ -459,13 +530,11 @@ class LayerCapture:
         model: nn.Module,
         layers: list[str],
         dtype: torch.dtype | None = None,
-        channels_last: frozenset[str] = frozenset(),
+        layouts: Mapping[str, MapLayout] | None = None,
     ):
         self.layers = validate_layers(model, layers)
         self.dtype = dtype
-        self.channels_last = (
-            channels_last  # layers whose (batch, y, x, channel) outputs are transposed
-        )
+        self.layouts = dict(layouts or {})
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [
             model.get_submodule(name).register_forward_hook(self._hook(name))
@@ -473,12 +542,10 @@ class LayerCapture:
         ]
 
     def _hook(self, name: str):
-        transpose = name in self.channels_last
+        layout = self.layouts.get(name, MapLayout())
 
         def record(_module, _inputs, output):
-            out = output.detach()
-            if transpose:
-                out = out.permute(0, 3, 1, 2)
+            out = layout.to_map(output.detach())
             self.outputs[name] = out.to(
                 dtype=self.dtype or output.dtype, memory_format=torch.contiguous_format, copy=True
             )

@@ -10,8 +10,10 @@ weights are given as a local file (``--weights FILE`` / ``--source FILE``).
 from __future__ import annotations
 
 import difflib
+import math
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from .config import arg
@@ -78,10 +80,10 @@ def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Modu
     timm = _timm()
     name = arch[len(PREFIX) :]
     if tag is None:
-        return timm.create_model(name, pretrained=False)
+        return _any_input_size(lambda **size: timm.create_model(name, pretrained=False, **size))
     full = name if tag.upper() == "DEFAULT" else f"{name}.{tag}"
     try:
-        return timm.create_model(full, pretrained=True)
+        return _any_input_size(lambda **size: timm.create_model(full, pretrained=True, **size))
     except (
         Exception
     ) as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
@@ -91,6 +93,20 @@ def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Modu
             f" hub and could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local"
             f" weights file with {arg(param)} FILE."
         ) from None
+
+
+def _any_input_size(build) -> nn.Module:
+    """``build()``, or for a token model built for one input size only (ViT, DeiT, EVA, Swin:
+    ``dynamic_img_size`` False) ``build(dynamic_img_size=True)``: the same weights and state dict,
+    the same outputs at the size it was built for, and any other input size too (position
+    embeddings resampled, Swin's windows padded), as fine-tuning at another size needs. Both
+    builds start from the same random state, so a seeded random init is unchanged."""
+    state = torch.random.get_rng_state()
+    model = build()
+    if getattr(model, "dynamic_img_size", None) is not False:
+        return model
+    torch.random.set_rng_state(state)
+    return build(dynamic_img_size=True)
 
 
 def normalization(model: nn.Module) -> dict[str, list[float]] | None:
@@ -103,15 +119,28 @@ def normalization(model: nn.Module) -> dict[str, list[float]] | None:
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
+#: at most this many blocks of an isotropic network (ViT) are default layers
+ISOTROPIC_LAYERS = 4
+
+
 def stage_layers(model: nn.Module) -> list[str] | None:
     """timm's ``feature_info`` modules: the stem activation and each stage's output, i.e. the last
-    activation before each downsampling (for ResNets and ConvNeXts the stage outputs)."""
+    activation before each downsampling (for ResNets and ConvNeXts the stage outputs; for Swin
+    the stage outputs). An isotropic network (ViT, DeiT, BEiT, EVA: every block on one grid)
+    lists every block there: then evenly spaced blocks up to the last, at most
+    :data:`ISOTROPIC_LAYERS`."""
     info = getattr(model, "feature_info", None)
     if not info:
         return None
     modules = dict(model.named_modules())
     try:
         layers = [str(d["module"]) for d in info]
-    except (TypeError, KeyError):
+        isotropic = len({int(d["reduction"]) for d in info}) == 1
+    except (TypeError, KeyError, ValueError):
         return None
-    return layers if layers and all(name in modules for name in layers) else None
+    if not layers or not all(name in modules for name in layers):
+        return None
+    if isotropic and len(layers) > ISOTROPIC_LAYERS:
+        step = math.ceil(len(layers) / ISOTROPIC_LAYERS)
+        return layers[::-1][::step][::-1]
+    return layers

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "ftdyn.runtime",
         },
     ),
-    ("model zoo", {"ftdyn.zoo_timm", "ftdyn.models", "ftdyn.receptive"}),
+    ("model zoo", {"ftdyn.zoo_timm", "ftdyn.tokens", "ftdyn.models", "ftdyn.receptive"}),
     ("checkpoint loading", {"ftdyn.checkpoints", "ftdyn.offline"}),
     ("data", {"ftdyn.data"}),
     ("data contracts", {"ftdyn.store", "ftdyn.results"}),

@@ -26,7 +26,7 @@ from ftdyn import checkpoints as ck
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
 from ftdyn.extraction import parse_normalize
-from ftdyn.models import build_model, canonical_arch, default_layers
+from ftdyn.models import build_model, canonical_arch, default_layers, layer_layouts
 from ftdyn.store import open_store
 
 timm = pytest.importorskip("timm")
@@ -184,11 +184,12 @@ def test_receptive_fields_where_fx_traces_else_not_available(capsys, cli_console
     from ftdyn.extraction.plan import _receptive_fields
 
     model = build_model("timm/convnext_atto")
-    fields = _receptive_fields(model, ["stages.0", "stages.3"], 64)
+    fields = _receptive_fields(model, layer_layouts(model, ["stages.0", "stages.3"], 64), 64)
     assert fields["stages.0"]["jump"] == [4.0, 4.0] and fields["stages.3"]["jump"] == [32.0, 32.0]
     # split attention: a softmax the receptive-field trace cannot follow
     model = build_model("timm/resnest14d")
-    assert _receptive_fields(model, ["layer1", "layer4"], 64) == {"layer1": None, "layer4": None}
+    layouts = layer_layouts(model, ["layer1", "layer4"], 64)
+    assert _receptive_fields(model, layouts, 64) == {"layer1": None, "layer4": None}
     err = capsys.readouterr().err
     assert (
         "receptive fields are not available for this model" in err

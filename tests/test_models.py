@@ -13,9 +13,9 @@ from ftdyn.models import (
     LayerCapture,
     build_model,
     canonical_arch,
-    channels_last_layers,
     default_layers,
     head_name,
+    layer_layouts,
     num_classes_of,
 )
 from ftdyn.runtime import TORCH_HUGE_PAGES
@@ -125,12 +125,13 @@ def test_convolutional_head_is_replaced_and_not_a_default_layer():
 def test_channels_last_outputs_are_detected_and_transposed():
     model = build_model("convnext_tiny").eval()
     gelu, stage = "features.1.0.block.4", "features.1"
-    assert channels_last_layers(model, [gelu, stage], 64) == {gelu}
+    layouts = layer_layouts(model, [gelu, stage], 64)
+    assert layouts[gelu].channels_last and not layouts[stage].channels_last
     raw = {}
     model.get_submodule(gelu).register_forward_hook(
         lambda m, i, o: raw.setdefault("gelu", o.clone())
     )
-    with LayerCapture(model, [gelu, stage], channels_last=frozenset({gelu})) as capture:
+    with LayerCapture(model, [gelu, stage], layouts=layouts) as capture:
         model(torch.randn(1, 3, 64, 64))
         out = capture.pop()
     torch.testing.assert_close(out[gelu], raw["gelu"].permute(0, 3, 1, 2))

@@ -26,7 +26,7 @@ STORE_VARIABLES = {
         "float16 (or float32)",
         "activations of one layer (the ReLU outputs for the paper's layers), always (channel, "
         "y, x); attrs `layer` (module name), `layer_index`, `receptive_field` {size, jump, "
-        "start} (y, x) in input pixels",
+        "start} (y, x) in input pixels; a token model's layer also `tokens` {grid, prefix_tokens}",
     ),
     "images": (
         "sample, image_y, image_x, rgb",
@@ -80,6 +80,9 @@ STORE_OPTIONAL_ATTRS = {
     "manifest": "the training manifest (a series from `ftdyn train`): accuracies per epoch",
     "runs": "device and speed of each extraction run",
     "random_init_baseline": "{seed, architecture, init} of the baseline, when stored",
+    "token_layers": "a token model's layers (ViT, Swin, ...): {module: {grid, prefix_tokens}}, "
+    "the patch tokens' grid (token i is cell (i // x, i % x)) and the kinds of the prefix tokens "
+    "dropped from the map (class, register, distillation)",
 }
 
 # --- the results (ftdyn.results) --------------------------------------------------------------
@@ -196,8 +199,9 @@ def store_schema() -> tuple[str, list[str]]:
     }
     problems = _mismatch("store variable", variables, STORE_VARIABLES)
     problems += _mismatch("store attr", store.REQUIRED_ATTRS, STORE_REQUIRED_ATTRS)
-    if store.RANDOM_INIT not in STORE_OPTIONAL_ATTRS:
-        problems.append(f"store attr: '{store.RANDOM_INIT}' is in the code but not described")
+    for name in (store.RANDOM_INIT, store.TOKEN_LAYERS):
+        if name not in STORE_OPTIONAL_ATTRS:
+            problems.append(f"store attr: '{name}' is in the code but not described")
     text = f"Format {store.STORE_FORMAT}.\n\n**Variables** (`V` is one layer's variable):\n\n"
     text += _table(
         ["name", "dims", "type", "what"],

@@ -33,9 +33,7 @@ def _extract_random_init(plan: ExtractPlan, writer: StoreWriter) -> None:
         model = build_model(network.arch, num_classes=writer.attrs.get("num_classes"))
     model.to(plan.device).eval()
     layers = list(network.layers)
-    capture = LayerCapture(
-        model, layers, dtype=DTYPES[plan.config.dtype], channels_last=network.channels_last
-    )
+    capture = LayerCapture(model, layers, dtype=DTYPES[plan.config.dtype], layouts=network.layouts)
     mean, std = network.normalization["mean"], network.normalization["std"]
     images, batch_size = plan.probe.images, plan.config.batch_size
     try:

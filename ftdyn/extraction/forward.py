@@ -19,6 +19,7 @@ from ..devices import fastest_memory_format
 from ..models import LayerCapture
 from ..progress import progress_bar
 from ..store import StoreWriter
+from ..tokens import MapLayout
 from .loading import _apply_state, _load_state, _Loading
 from .plan import ExtractPlan, Replay
 from .regions import Batch, NonFiniteActivations, _Writers
@@ -52,7 +53,7 @@ def _float32_peak(
     exc: NonFiniteActivations,
     images: np.ndarray,
     normalization,
-    channels_last: frozenset[str],
+    layouts: dict[str, MapLayout],
     dev: torch.device,
     batch_size: int,
 ) -> float | None:
@@ -65,9 +66,7 @@ def _float32_peak(
         model.to(dev).eval()
         peak = 0.0
         with (
-            LayerCapture(
-                model, [exc.layer], dtype=torch.float32, channels_last=channels_last
-            ) as capture,
+            LayerCapture(model, [exc.layer], dtype=torch.float32, layouts=layouts) as capture,
             torch.inference_mode(),
             full_precision(),
         ):
@@ -189,7 +188,7 @@ def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) ->
         model,
         list(network.layers),
         dtype=DTYPES[plan.config.dtype],
-        channels_last=network.channels_last,
+        layouts=network.layouts,
     )
     forward = _Forward(plan, writer, pool, capture)
     ok = False

@@ -25,15 +25,17 @@ from ..models import (
     LayerCapture,
     blank_forward,
     build_model,
-    channels_last_layers,
     default_layers,
     default_normalization,
+    layer_layouts,
     replace_head,
+    token_fields,
     validate_layers,
 )
 from ..outputs import check_output_folder
 from ..receptive import ReceptiveFieldError, receptive_fields
 from ..store import LayerSpec, StoreSpec, planned_regions
+from ..tokens import MapLayout
 from .loading import (
     _apply_state,
     _check_loadable,
@@ -94,26 +96,35 @@ def parse_normalize(text: str) -> dict[str, list[float]]:
 
 
 def _layer_shapes(
-    model: torch.nn.Module, layers: list[str], input_size: int, channels_last: frozenset[str]
+    model: torch.nn.Module, layers: list[str], input_size: int, layouts: dict[str, MapLayout]
 ) -> dict[str, tuple[int, int, int]]:
-    with LayerCapture(model, layers, channels_last=channels_last) as capture:
+    with LayerCapture(model, layers, layouts=layouts) as capture:
         blank_forward(model, input_size)
         outputs = capture.pop()
     shapes = {}
     for name, out in outputs.items():
         if out.dim() != 4:
             raise FtdynError(
-                f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, not (batch,"
-                " channel, y, x); choose a convolutional layer (see `ftdyn layers ARCH`)."
+                f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, neither a"
+                " (batch, channel, y, x) map nor a token model's patch tokens (a class token or a"
+                " pooled vector has no map); choose another layer (see `ftdyn layers ARCH`)."
             )
         shapes[name] = tuple(int(s) for s in out.shape[1:])
     return shapes
 
 
-def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, dict | None]:
+def _receptive_fields(
+    model, layouts: dict[str, MapLayout], input_size: int
+) -> dict[str, dict | None]:
+    """Each layer's receptive field: a token model's token layers from its patch geometry
+    (:func:`~ftdyn.models.token_fields`), the other layers traced (:mod:`ftdyn.receptive`)."""
+    fields: dict[str, dict | None] = token_fields(model, layouts, input_size)
+    traced = [name for name in layouts if name not in fields]
+    if not traced:
+        return fields
     try:
-        fields = receptive_fields(model, layers, input_size)
-        return {name: fields[name].to_dict() for name in layers}
+        found = receptive_fields(model, traced, input_size)
+        return {name: fields[name] if name in fields else found[name].to_dict() for name in layouts}
     except ReceptiveFieldError as exc:
         warnings.warn(
             f"receptive fields are not available for this model ({exc}); the store and the analysis"
@@ -121,7 +132,7 @@ def _receptive_fields(model, layers: list[str], input_size: int) -> dict[str, di
             FtdynWarning,
             stacklevel=2,
         )
-        return {name: None for name in layers}
+        return {name: fields.get(name) for name in layouts}
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,9 +155,7 @@ class Network:
     normalization: dict[str, list[float]]
     normalized_by: str  # where the normalization comes from (recorded in the store)
     layers: tuple[str, ...]
-    channels_last: frozenset[
-        str
-    ]  # layers whose outputs are transposed to channels-first when captured
+    layouts: dict[str, MapLayout]  # how each layer's output becomes (channel, y, x) when captured
     shapes: dict[str, tuple[int, int, int]]  # layer -> (channels, height, width)
 
 
@@ -280,8 +289,8 @@ def _plan_network(series: Path, config: ExtractConfig) -> Network:
     layers = validate_layers(
         model, list(config.layers) if config.layers else default_layers(model, arch, size)
     )
-    channels_last = channels_last_layers(model, layers, size)
-    shapes = _layer_shapes(model, layers, size, channels_last)
+    layouts = layer_layouts(model, layers, size)
+    shapes = _layer_shapes(model, layers, size, layouts)
     return Network(
         arch,
         manifest,
@@ -292,7 +301,7 @@ def _plan_network(series: Path, config: ExtractConfig) -> Network:
         normalization,
         normalized_by,
         tuple(layers),
-        channels_last,
+        layouts,
         shapes,
     )
 
@@ -386,12 +395,17 @@ def _plan_new_store(
         )
     copies = _check_loadable(model, entries, range(len(entries)), states, loading)
     records = [_entry_record(e, copies[i]) for i, e in enumerate(entries)]
-    fields = _receptive_fields(model, list(network.layers), network.input_size)
+    fields = _receptive_fields(model, network.layouts, network.input_size)
     manifest = network.manifest
     spec = StoreSpec(
         architecture=network.arch,
         layers=[
-            LayerSpec(name, *network.shapes[name], receptive_field=fields[name])
+            LayerSpec(
+                name,
+                *network.shapes[name],
+                receptive_field=fields[name],
+                tokens=network.layouts[name].tokens_record(),
+            )
             for name in network.layers
         ],
         checkpoints=records,

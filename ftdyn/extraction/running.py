@@ -179,7 +179,7 @@ def _replay(
                 exc,
                 plan.probe.images,
                 plan.network.normalization,
-                plan.network.channels_last,
+                plan.network.layouts,
                 plan.device,
                 plan.config.batch_size,
             )

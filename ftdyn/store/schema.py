@@ -11,7 +11,8 @@ An activation store is a Zarr v3 group written through xarray. Layout (format 1)
                          resize/crop, before normalization
                 V        (checkpoint, sample, V_channel, V_y, V_x) float16|float32
                          ReLU activations of one layer; attrs: layer, layer_index,
-                         receptive_field {size, jump, start} (y, x) in input pixels
+                         receptive_field {size, jump, start} (y, x) in input pixels,
+                         and for a token model's layer tokens {grid, prefix_tokens}
                 complete (checkpoint, chunk) uint8   1 once region (checkpoint,
                          sample chunk) is written for every layer
     attrs       ftdyn_store_format, ftdyn_version, architecture, model, dataset,
@@ -20,6 +21,10 @@ An activation store is a Zarr v3 group written through xarray. Layout (format 1)
                 {module: variable}, receptive_fields {module: {...}},
                 checkpoints [{epoch, file, sha256}], probe {...}, manifest (the
                 training manifest when the series came from ``ftdyn train``)
+    optional    ``token_layers`` {module: {grid, prefix_tokens}} when some layers are a token
+                model's (ViT, Swin, ...): the patch tokens' grid (= V_y, V_x; token i is cell
+                (i // V_x, i % V_x)) and the kinds of the prefix tokens dropped from the map
+                (class, register, distillation), in their order
     optional    the random-init baseline (``ftdyn extract --random-init-baseline``), NOT an
                 epoch: per layer ``random_init__V`` (random_init, sample, V_channel, V_y, V_x)
                 with random_init of size 1, ``random_init_complete`` (random_init, chunk)
@@ -87,6 +92,10 @@ RANDOM_INIT_COMPLETE = "random_init_complete"
 _RANDOM_INIT_PREFIX = "random_init__"
 
 
+#: the root attribute recording the token layers (module doc); absent when there are none
+TOKEN_LAYERS = "token_layers"
+
+
 def baseline_var(var: str) -> str:
     """Store variable of a layer's random-init baseline activations."""
     return _RANDOM_INIT_PREFIX + var
@@ -109,6 +118,7 @@ class LayerSpec:
     height: int
     width: int
     receptive_field: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None  # a token model's layer: {grid, prefix_tokens}
 
     @property
     def var(self) -> str:
@@ -192,6 +202,9 @@ def _attrs(spec: StoreSpec, samples_per_chunk: int) -> dict[str, Any]:
         "manifest": spec.manifest,
         **spec.extra_attrs,
     }
+    token_layers = {l.name: l.tokens for l in spec.layers if l.tokens is not None}
+    if token_layers:
+        attrs[TOKEN_LAYERS] = token_layers
     return json.loads(json.dumps(attrs))  # fail early on anything not JSON-able
 
 
@@ -220,6 +233,29 @@ def checksummed_arrays(attrs: dict[str, Any]) -> list[str]:
     layers = list(attrs["layer_variables"].values())
     baselines = [baseline_var(var) for var in layers] if RANDOM_INIT in attrs else []
     return [*layers, *baselines, IMAGES, COMPLETE, *_COORDS]
+
+
+def check_token_layers(attrs: dict[str, Any], map_sizes: dict[str, tuple[int, int]]) -> str | None:
+    """What is wrong with the root attribute :data:`TOKEN_LAYERS` of a store whose layers' maps
+    are ``map_sizes`` {module: (y, x)}, or None when it is absent or right."""
+    recorded = attrs.get(TOKEN_LAYERS)
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return f"root attribute '{TOKEN_LAYERS}' is not a mapping"
+    for layer, tokens in recorded.items():
+        if layer not in map_sizes:
+            return f"root attribute '{TOKEN_LAYERS}' names '{layer}', not a layer of the store"
+        grid = tokens.get("grid") if isinstance(tokens, dict) else None
+        prefix = tokens.get("prefix_tokens") if isinstance(tokens, dict) else None
+        if not isinstance(grid, list) or tuple(grid) != tuple(map_sizes[layer]):
+            return (
+                f"root attribute '{TOKEN_LAYERS}' gives layer {layer} the grid {grid}, its map is"
+                f" {list(map_sizes[layer])}"
+            )
+        if not isinstance(prefix, list) or not all(isinstance(k, str) for k in prefix):
+            return f"root attribute '{TOKEN_LAYERS}' lists no prefix-token kinds for layer {layer}"
+    return None
 
 
 def store_layers(ds: xr.Dataset) -> list[tuple[str, str]]:

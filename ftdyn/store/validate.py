@@ -37,6 +37,7 @@ from .schema import (
     REQUIRED_ATTRS,
     STORE_FORMAT,
     baseline_var,
+    check_token_layers,
     checksummed_arrays,
     layer_dims,
     store_layers,
@@ -181,8 +182,10 @@ def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, 
         )
     if list(attrs["layer_variables"]) != list(attrs["layers"]):
         raise _damaged(path, "root attributes 'layers' and 'layer_variables' name different layers")
+    map_sizes = {}
     for layer, var in attrs["layer_variables"].items():
         array = _activation_array(path, group, var, layer, attrs["dtype"], layer_dims(var), n, spc)
+        map_sizes[layer] = tuple(array.shape[3:])
         baseline = baseline_var(var)
         if (path / baseline / "zarr.json").is_file():
             dims = (RANDOM_INIT_DIM, *layer_dims(var)[1:])
@@ -193,6 +196,9 @@ def _layer_arrays(path: Path, group: zarr.Group, attrs: dict[str, Any], n: int, 
                     f"array '{baseline}' (random-init baseline of layer {layer}) has shape"
                     f" {stored.shape}, expected {(1, *array.shape[1:])}",
                 )
+    problem = check_token_layers(attrs, map_sizes)
+    if problem:
+        raise _damaged(path, problem)
 
 
 def _activation_array(

@@ -91,6 +91,7 @@ def _activation_variables(
                 "layer": layer.name,
                 "layer_index": index,
                 "receptive_field": json.loads(json.dumps(layer.receptive_field)),
+                **({} if layer.tokens is None else {"tokens": layer.tokens}),
             },
         )
         encoding[layer.var] = _activation_encoding(

@@ -438,6 +438,13 @@ def plot_class_grid(grid: ClassGrid, path: str | Path, *, title: str | None = No
     return save_figure(fig, Path(path))
 
 
+_WHOLE_IMAGE = (
+    " Every unit of this layer sees the whole image (a transformer's tokens after attention, or"
+    " globally pooled context), so each crop is the whole image placed around the unit with the"
+    " largest value: the view shows where in the image that unit sits, not what it alone sees."
+)
+
+
 def caption(grid: ClassGrid, rf, *, why: str, label: str) -> str:
     bh, bw = grid.crops.shape[3:5]
     h, w = grid.map_size
@@ -461,7 +468,8 @@ def caption(grid: ClassGrid, rf, *, why: str, label: str) -> str:
         f" {rf.jump[0]:g}x{rf.jump[1]:g} px, unit (0,0) centred at pixel ({rf.start[0]:g},"
         f" {rf.start[1]:g})) is cropped from the {grid.image_size[0]}x{grid.image_size[1]} px probe"
         " image, and the crops are averaged, each weighted by the activation at its maximum. Parts"
-        f" of a field outside the image are padded (checkerboard), never stretched.{trimmed} Rows:"
+        f" of a field outside the image are padded (checkerboard), never stretched.{trimmed}"
+        f"{_WHOLE_IMAGE if rf.global_context else ''} Rows:"
         f" (class, filter); columns: epochs {', '.join(map(str, grid.epochs))} (epoch 0 = source"
         f" model). Classes ({counts}). Filters {', '.join(map(str, grid.filters))}: {why}."
     )
