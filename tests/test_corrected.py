@@ -81,3 +81,18 @@ def test_cka_jackknifed_beyond_its_limit_is_the_plug_in_and_marked(tmp_path):
         x, y = (views.pooled(data[e]["layer2.relu"]) for e in (0, last))
         got = ds["distance"].values[0, 0, 1, last]
         assert abs(got - (1 - linear_cka(x, y))) < 1e-9
+
+
+def test_debiased_cka_is_the_same_from_row_statistics_and_from_grams(tmp_path):
+    """layer2.relu's filter view (9 positions, 30 images) takes the row side, where the debiased
+    CKA comes from the accumulated fourth moments; every pair of checkpoints (the trajectory)
+    takes the per-image Grams: the same values, intervals and convergence subsets."""
+    path, _ = make_planted_store(tmp_path / "s.zarr")
+    kw = dict(metrics=["cka", "procrustes"], layers=["layer2.relu"], bootstrap=20, progress=False)
+    rows = ftdyn.analyze(path, out=tmp_path / "rows", trajectory="reference", **kw)
+    grams = ftdyn.analyze(path, out=tmp_path / "grams", trajectory="all", **kw)
+    assert [j["side"] for j in json.loads(rows.attrs["plan"])] == ["row"]
+    assert [j["side"] for j in json.loads(grams.attrs["plan"])] == ["gram"]
+    for name in ("distance", "filter_distance", "ci_low", "ci_high", "convergence"):
+        got, want = rows[name].sel(metric="cka"), grams[name].sel(metric="cka")
+        np.testing.assert_allclose(got.values, want.values, atol=1e-12)

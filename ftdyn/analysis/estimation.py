@@ -49,6 +49,12 @@ def debiased(config: AnalyzeConfig, metrics) -> bool:
     )
 
 
+def debiased_metrics(config: AnalyzeConfig, metrics) -> tuple[str, ...]:
+    """Those of ``metrics`` that are a debiased CKA: the corrected CKA of a per-image view
+    (:func:`debiased`) and ``cka_debiased``."""
+    return tuple(m for m in metrics if m == DEBIASED_CKA or (m == "cka" and debiased(config, (m,))))
+
+
 def estimator_names(config: AnalyzeConfig) -> dict[str, str]:
     """{metric: how it is estimated}: "debiased", "jackknife" or "plugin" (the results'
     ``estimators`` attr)."""

@@ -14,7 +14,7 @@ from ..errors import FtdynError
 from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..progress import dask_progress, stage, track
 from ..summary import shared_units
-from .estimation import debiased, jackknifed, subsets_degenerate
+from .estimation import debiased, debiased_metrics, jackknifed, subsets_degenerate
 from .inputs import Experiment
 from .plan import (
     Job,
@@ -145,6 +145,7 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         ref_value=first,
         jackknifed=jackknifed(args, job.metrics, src) if units is not None else (),
         jack_groups=None if units is None else np.arange(job.units) % JACKKNIFE_GROUPS,
+        debiased=debiased_metrics(args, job.metrics),
     )
 
 
@@ -167,6 +168,7 @@ def _row_statistics(exp, job, fsl, ctag, pos, units, inplace):
                 sub_bytes=job.sub_bytes,
                 pooled=job.pooled,
                 diagonal=job.diagonal,
+                quartic=job.quartic,
             ),
             dask_key_name=f"stats-{ctag}-{i}",
         )

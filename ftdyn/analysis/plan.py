@@ -22,7 +22,7 @@ from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..metrics.registry import diagonal_self_products
 from ..metrics.stats import choose_side
 from ..summary import shared_counts, shared_indices, shared_units
-from .estimation import debiased, jackknifed
+from .estimation import debiased, debiased_metrics, jackknifed
 from .inputs import Experiment, Source
 from .maps import map_pairs
 
@@ -81,6 +81,8 @@ class Job:
     #: row side, reference pairs: of the self-products XᵀX, YᵀY only their diagonals (all
     #: that the job's metrics need, :func:`ftdyn.metrics.diagonal_self_products`)
     diagonal: bool = False
+    #: row side: the statistics also hold the debiased CKA's fourth moments
+    quartic: bool = False
 
     def __post_init__(self):
         if self.convergence is None:
@@ -167,21 +169,27 @@ def plan_job(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> Job:
     within ``budget`` (pure: reads nothing)."""
     if spec.view == "map":
         return _plan_map(config, spec, budget)
-    # the convergence run's groups only give subsets: they do not weigh the side
+    # the convergence run's groups only give subsets: they do not weigh the side; a debiased CKA
+    # of every pair (the trajectory) needs the per-image Grams
+    grams_only = debiased(config, spec.metrics) and config.trajectory == "all"
     side, per_filter, cols = _side(
-        spec, 1 if config.nested else job_units(config, spec), debiased(config, spec.metrics)
+        spec, 1 if config.nested else job_units(config, spec), grams_only
     )
     sizes = _filter_group_sizes(spec.src.channels if per_filter else 1)
     if per_filter and MAX_FILTER_GROUP:
         sizes = [g for g in sizes if g <= MAX_FILTER_GROUP] or [1]
     if side == "gram":
         return _plan_gram(config, spec, budget, per_filter, sizes)
-    return _plan_row(config, spec, budget, _RowCosts(spec, cols, per_filter, budget), sizes)
+    quartic = bool(debiased_metrics(config, spec.metrics))
+    return _plan_row(
+        config, spec, budget, _RowCosts(spec, cols, per_filter, budget, quartic), sizes
+    )
 
 
-def _side(spec: JobSpec, units: int, debiased_cka: bool = False) -> tuple[str, bool, int]:
+def _side(spec: JobSpec, units: int, grams_only: bool = False) -> tuple[str, bool, int]:
     """(side, per-filter view, columns of one matrix) of a row- or Gram-side view, whose
-    statistics hold ``units`` groups of images; ``debiased_cka``: its CKA is the debiased one."""
+    statistics hold ``units`` groups of images; ``grams_only``: its CKA is the debiased one of
+    every pair, which only the Gram side gives (the row side gives the reference pairs')."""
     src, view, T, n = spec.src, spec.view, spec.epochs, spec.src.n
     hw = src.height * src.width
     if view in ("channels", "pooled"):
@@ -189,7 +197,7 @@ def _side(spec: JobSpec, units: int, debiased_cka: bool = False) -> tuple[str, b
     per_filter = view == "filter"
     cols = hw if per_filter else src.channels * hw
     side = choose_side(n, cols)
-    if debiased_cka or DEBIASED_CKA in spec.metrics:  # U-centering needs the per-image Grams
+    if grams_only or DEBIASED_CKA in spec.metrics:  # U-centering of every pair's Grams
         side = "gram"
     elif units > 1 and not _decomposed(spec.metrics) and T * n * n < units * (2 * T - 1) * cols**2:
         # CKA's replicates need no decomposition on either side: the Grams (T n×n per filter)
@@ -350,6 +358,8 @@ class _RowCosts:
     cols: int  # columns of one matrix (p)
     per_filter: bool
     budget: Budget
+    #: the statistics also hold the debiased CKA's fourth moments (:attr:`Job.quartic`)
+    quartic: bool = False
 
     @property
     def others(self) -> list[int]:
@@ -373,6 +383,7 @@ class _RowCosts:
         pairs = (m if diagonal else m - 1) * block + m * own
         ref_blocks = pairs * units if (mode == "ref" or units > 1) else 0
         acc = ref_blocks + (all_bytes if mode == "all" else 0) + units * m * g * p * F8
+        acc += units * m * g * (2 + 3 * p) * F8 if self.quartic else 0
         resident = (
             (m if mode == "all" else 2) + READ_OVERHEAD
         ) * src.chunk_bytes  # + zarr's decode buffers
@@ -520,6 +531,7 @@ def _row_job(
         read_bytes=costs.reads(g, k if mode == "ref" else len(others)) * slab,
         flops=pairs_flops,
         diagonal=costs.diagonal(mode),
+        quartic=costs.quartic,
     )
 
 
@@ -636,13 +648,6 @@ def plan_view(config: AnalyzeConfig, spec: JobSpec, budget: Budget) -> list[Job]
     (:func:`metric_parts`) take the Gram side (:func:`_side`), a Gram-side job for them and a
     row-side job without groups of images for the others; the Gram-side job also gives the
     others' convergence subsets."""
-    if debiased(config, spec.metrics) and len(spec.metrics) > 1 and _side(spec, 1)[0] == "row":
-        # the debiased CKA needs the per-image Grams; the others cost less on the row side
-        others = tuple(m for m in spec.metrics if m != "cka")
-        return [
-            *plan_view(config, dataclasses.replace(spec, metrics=("cka",)), budget),
-            *plan_view(config, dataclasses.replace(spec, metrics=others), budget),
-        ]
     parts = metric_parts(config, spec.metrics)
     try:
         job = plan_job(config, spec, budget)

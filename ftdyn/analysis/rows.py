@@ -18,7 +18,7 @@ from ..metrics.bootstrap import (
     unit_traces,
 )
 from ..metrics.registry import get_metric
-from ..metrics.stats import RowStats
+from ..metrics.stats import FourthMoments, RowStats, cka_debiased_from_row_stats
 from ..views import to_matrices
 from .inputs import Source
 from .reading import F64, read_block, spatial_means, trimmed
@@ -49,6 +49,8 @@ class RowLeafRequest:
     pooled: bool = False
     #: keep the self-products' diagonals only (:attr:`RowAccumulator.diagonal`)
     diagonal: bool = False
+    #: also the fourth moments of the debiased CKA (:attr:`RowAccumulator.q`)
+    quartic: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ class RowFinishRequest:
     jackknifed: tuple[str, ...] = ()
     #: (U,) the jackknife group of every unit of images (needed with ``jackknifed``)
     jack_groups: np.ndarray | None = None
+    #: the metrics that are a debiased CKA (their statistics carry the fourth moments; their
+    #: replicates are the plug-in's, centred on the estimate)
+    debiased: tuple[str, ...] = ()
 
 
 # ===================================================================== accumulation
@@ -133,6 +138,13 @@ def _at_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.mT, b)
 
 
+def _total(x: torch.Tensor, counts: np.ndarray | None) -> torch.Tensor:
+    """The sum of per-unit statistics ``x`` (U, ...) over the units, each ``counts`` times."""
+    if counts is None:
+        return x.sum(0)
+    return torch.einsum("u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x)
+
+
 @dataclass
 class RowAccumulator:
     """Row-side float64 statistics of one filter group over some sample chunks, per bootstrap unit
@@ -161,6 +173,10 @@ class RowAccumulator:
     #: {(checkpoint of the pass, sample chunk): (images, filters of the group)} float64 spatial
     #: means of the blocks read (the linear probes' features; None: not kept)
     pooled: dict | None = None
+    #: (U, T, *batch, 2 + 3p) the debiased CKA's fourth moments of the pair (reference X,
+    #: checkpoint Y), a_i = ‖x_i‖², b_i = ‖y_i‖²: [Σ a b, Σ b², Σ b x, Σ a y, Σ b y] (at the
+    #: reference: X's own); None: not kept (:class:`~ftdyn.metrics.stats.FourthMoments`)
+    q: torch.Tensor | None = None
 
     @classmethod
     def zeros(
@@ -173,10 +189,11 @@ class RowAccumulator:
         all_pairs: bool,
         device,
         diagonal: bool = False,
+        quartic: bool = False,
     ) -> RowAccumulator:
         """Empty statistics; the reference pairs are kept without all pairs or with several units
         (the replicates re-sum them); ``diagonal``: of the self-products XᵀX and YᵀY only their
-        diagonals (reference pairs only)."""
+        diagonals (reference pairs only); ``quartic``: the debiased CKA's fourth moments too."""
 
         def zeros(*shape):
             return torch.zeros(shape, dtype=F64, device=device)
@@ -190,6 +207,7 @@ class RowAccumulator:
             xy=zeros(units, T, *batch, p, p) if pairs else None,
             yy=zeros(units, T, *batch, *own) if pairs else None,
             G=zeros(*batch, T * p, T * p) if all_pairs else None,
+            q=zeros(units, T, *batch, 2 + 3 * p) if quartic else None,
         )
 
     @property
@@ -237,6 +255,23 @@ class RowAccumulator:
             pick(self.xy, 2),
             pick(self.yy, 2),
             pick(self.G, 0),
+            q=pick(self.q, 2),
+        )
+
+    def fourth_moments(self, t: int, ref: int, counts: np.ndarray | None = None) -> FourthMoments:
+        """The debiased CKA's :class:`~ftdyn.metrics.stats.FourthMoments` of the pair
+        (reference, t): the totals, or the units re-summed ``counts`` (U,) times each."""
+        p = self.s.shape[-1]
+        mine = _total(self.q[:, ref], counts)
+        theirs = _total(self.q[:, t], counts)
+        return FourthMoments(
+            ab=theirs[..., 0],
+            aa=mine[..., 0],
+            bb=theirs[..., 1],
+            ax=mine[..., 2 : 2 + p],
+            bx=theirs[..., 2 : 2 + p],
+            ay=theirs[..., 2 + p : 2 + 2 * p],
+            by=theirs[..., 2 + 2 * p :],
         )
 
     def row_stats(self, a: int, b: int, ref: int, counts: np.ndarray | None = None) -> RowStats:
@@ -245,11 +280,7 @@ class RowAccumulator:
         ``counts``, a must be the reference ``ref``."""
 
         def tot(x):
-            if counts is None:
-                return x.sum(0)
-            return torch.einsum(
-                "u,u...->...", torch.as_tensor(counts, dtype=F64, device=x.device), x
-            )
+            return _total(x, counts)
 
         n = round(float(tot(self.n)))
         s = tot(self.s)
@@ -337,6 +368,7 @@ def row_leaf(request: RowLeafRequest) -> RowAccumulator:
         all_pairs=all_pairs,
         device=src.device,
         diagonal=request.diagonal,
+        quartic=request.quartic,
     )
     acc.pooled = {} if request.pooled else None
     for c in request.chunks:
@@ -376,6 +408,26 @@ def _add_all_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: list[in
                 b = slice(t * p, (t + 1) * p)
                 _add_at(acc.xy[u, t], G[..., r, b], bsl)
                 _add_at(acc.yy[u, t], G[..., b, b], bsl)
+        if acc.q is not None:
+            X = Z[..., ref * p : (ref + 1) * p]
+            for t in range(T):
+                _add_at(acc.q[u, t], _fourth(X, Z[..., t * p : (t + 1) * p]), bsl)
+
+
+def _fourth(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """One block's fourth moments of the pair (X, Y) (..., rows, p) as :attr:`RowAccumulator.q`
+    lays them out: [Σ a b, Σ b², Σ b x, Σ a y, Σ b y], a = ‖x_i‖², b = ‖y_i‖²."""
+    a, b = (X * X).sum(-1), (Y * Y).sum(-1)
+    return torch.cat(
+        [
+            (a * b).sum(-1, keepdim=True),
+            (b * b).sum(-1, keepdim=True),
+            _at_b(X, b[..., None])[..., 0],
+            _at_b(Y, a[..., None])[..., 0],
+            _at_b(Y, b[..., None])[..., 0],
+        ],
+        dim=-1,
+    )
 
 
 def _self_product(acc: RowAccumulator, X: torch.Tensor) -> torch.Tensor:
@@ -393,6 +445,8 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
         _add_at(acc.xx[u], _self_product(acc, X), bsl)
         if acc.diagonal:
             _add_at(acc.xy[u, ref], _at_b(X, X), bsl)
+        if acc.q is not None:
+            _add_at(acc.q[u, ref], _fourth(X, X), bsl)
         _add_at(acc.s[u, ref], X.sum(-2), bsl)
         if first:
             acc.n[u] += X.shape[-2]
@@ -406,6 +460,8 @@ def _add_reference_pairs(acc: RowAccumulator, rp: _RowPass, chunk: int, ckpts: l
             _add_at(acc.xy[u, t], _at_b(X, Y), bsl)
             _add_at(acc.yy[u, t], _self_product(acc, Y), bsl)
             _add_at(acc.s[u, t], Y.sum(-2), bsl)
+            if acc.q is not None:
+                _add_at(acc.q[u, t], _fourth(X, Y), bsl)
         del raw_t
 
 
@@ -481,6 +537,10 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
     values, traj, reps, nested = {}, {}, {}, {}
 
     def plugin(m, t, counts=None):
+        if m in request.debiased:  # CKA's corrected estimator: no jackknife, no plug-in
+            stats = acc.row_stats(ref, t, ref, counts)
+            moments = acc.fourth_moments(t, ref, counts)
+            return 1.0 - np.asarray(cka_debiased_from_row_stats(stats, moments), dtype=np.float64)
         return _metric_from_rows(m, acc.row_stats(ref, t, ref, counts), alpha)
 
     def value(m, t, base=None):
@@ -507,7 +567,7 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
             )
 
     def of_counts(m, ts, counts):  # CKA's replicates need no re-summing of the statistics
-        if m == "cka":
+        if m == "cka" or m in request.debiased:  # the debiased ones: centred on the estimate
             return _cka_replicates(acc, ref, ts, counts).__getitem__
         return lambda t: np.stack([plugin(m, t, c) for c in counts])
 

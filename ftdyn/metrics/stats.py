@@ -53,6 +53,8 @@ from ._linalg import F64, GramCentered, GramEig
 
 __all__ = [
     "RowStats",
+    "FourthMoments",
+    "cka_debiased_from_row_stats",
     "GramStats",
     "GramEig",
     "GramCentered",
@@ -96,6 +98,22 @@ class RowStats(NamedTuple):
     xx: Array
     yy: Array
     xy: Array
+
+
+class FourthMoments(NamedTuple):
+    """Row-side sums of a pair (X: n×p, Y: n×q) that the debiased CKA needs beyond
+    :class:`RowStats`, with a_i = ‖x_i‖², b_i = ‖y_i‖² of the raw rows, batch dims (...):
+    ``ab`` = Σ a_i b_i, ``aa`` = Σ a_i², ``bb`` = Σ b_i² (...); ``ax`` = Σ a_i x_i,
+    ``bx`` = Σ b_i x_i (..., p); ``ay`` = Σ a_i y_i, ``by`` = Σ b_i y_i (..., q). All sums over
+    rows: they add over chunks and bootstrap units like the row statistics."""
+
+    ab: Array
+    aa: Array
+    bb: Array
+    ax: Array
+    bx: Array
+    ay: Array
+    by: Array
 
 
 class GramStats(NamedTuple):
@@ -272,6 +290,49 @@ def procrustes_from_row_stats(s: RowStats):
 def cka_from_row_stats(s: RowStats):
     """Linear CKA *similarity* ‖C_xy‖_F² / (‖C_xx‖_F ‖C_yy‖_F) (biased estimator only)."""
     return _row_metric(s, L.RowCore.cka)
+
+
+def _centered_fourth(n: float, mu_x, mu_y, xy, sum_a, sum_b, ab, ay, bx) -> torch.Tensor:
+    """Σ_i ‖x_i − μ_x‖² ‖y_i − μ_y‖² from raw sums (a_i = ‖x_i‖², b_i = ‖y_i‖², xy = XᵀY):
+    the product of the two centered norms expanded about the means."""
+    mx, my = (mu_x * mu_x).sum(-1), (mu_y * mu_y).sum(-1)
+    cross = (mu_x[..., :, None] * xy * mu_y[..., None, :]).sum((-2, -1))
+    return (
+        ab
+        - 2.0 * (mu_y * ay).sum(-1)
+        - 2.0 * (mu_x * bx).sum(-1)
+        + 4.0 * cross
+        + my * sum_a
+        + mx * sum_b
+        - 3.0 * n * mx * my
+    )
+
+
+def cka_debiased_from_row_stats(s: RowStats, q: FourthMoments):
+    """Debiased linear CKA *similarity* (Kornblith et al.'s feature-space estimator, the same as
+    the U-centered Grams of :func:`cka_from_gram` ``debiased=True``) from row statistics with full
+    self-products and the pair's :class:`FourthMoments`: O(p²) per pair instead of O(n²)."""
+    single = isinstance(s, RowStats) and s.xy.ndim == 2
+    if single:
+        s = RowStats(s.n, *(a[None] for a in s[1:]))
+        q = FourthMoments(*(a[None] for a in q))
+    core = _row_core(s)
+    core._full("the debiased CKA")
+    dev = core.Cxy.device
+    n = float(s.n)
+    sx, sy, xx, yy, xy = (_t(a, dev) for a in s[1:])
+    q = FourthMoments(*(_t(a, dev) for a in q))
+    mu_x, mu_y = sx / n, sy / n
+    sum_a = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1)
+    sum_b = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1)
+    core.debiased_terms = (
+        n,
+        _centered_fourth(n, mu_x, mu_y, xy, sum_a, sum_b, q.ab, q.ay, q.bx),
+        _centered_fourth(n, mu_x, mu_x, xx, sum_a, sum_a, q.aa, q.ax, q.ax),
+        _centered_fourth(n, mu_y, mu_y, yy, sum_b, sum_b, q.bb, q.by, q.by),
+    )
+    out = core.cka_debiased()
+    return L.finish(out[0] if single else out)
 
 
 # ----------------------------------------------------------- Gram-side metrics
