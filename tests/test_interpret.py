@@ -472,7 +472,9 @@ def test_cka_replicates_from_unit_coefficients_equal_resampled_ones():
             acc.s[u, t], acc.xy[u, t], acc.yy[u, t] = xt.sum(1), x0.mT @ xt, xt.mT @ xt
     K = [Xt[t] @ Xt[t].mT for t in range(T)]
     grams = [_Gram(k) for k in K]
-    gram = _gram_cka_replicates(grams[0], {t: grams[t] for t in range(1, T)}, unit, counts)
+    # two filters at a time: the replicates are computed in parts of the filter group
+    block = 2 * K[0].shape[-1] ** 2 * K[0].element_size()
+    gram = _gram_cka_replicates(grams[0], {t: grams[t] for t in range(1, T)}, unit, counts, block)
     rows = _cka_replicates(acc, 0, list(range(1, T)), counts)
     for t in range(1, T):
         row = rows[t]

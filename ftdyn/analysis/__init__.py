@@ -92,14 +92,17 @@ Memory (``memory_limit=``, default 50 % of RAM; ``workers=``, default CPU count)
     an explicit per-task estimate: raw chunks resident (2, or T for all-pairs row
     statistics) plus ~2.5 chunks of zarr decode buffers, float64 blocks (≤ 32 MB each,
     fewer when memory is tight; counted 4× for conversion copies), accumulators (twice:
-    a running task and a partial sum waiting for its merge) and, for Gram panels, the
-    panel and its output block. For 1, 2, 4, ... ``workers`` threads the planner sizes
-    filter groups, checkpoint passes, Gram panels and bootstrap groups so one task fits
-    limit / threads, and keeps the thread count with the smallest estimated time
-    (decode bytes / 0.3 GB/s + float64 FLOPs / 15 GFLOP/s, per thread). Each task calls
-    glibc ``malloc_trim`` when it ends so freed buffers do not stay resident; 128 MB of
-    the limit are reserved for what tasks do not estimate (arenas, zarr's event loop). The
-    interpreter, torch, Dask and zarr themselves (~0.6 GB RSS here) are not counted.
+    a running task and a partial sum waiting for its merge), for Gram panels, the
+    panel and its output block, and for a Gram-side metrics task every checkpoint's Grams
+    beside its own work (:mod:`ftdyn.analysis.gram_memory`: cached decompositions, resampled
+    Grams, the bootstrap's CKA coefficients a block of filters at a time). For 1, 2, 4,
+    ... ``workers`` threads the planner sizes filter groups, checkpoint passes, Gram panels
+    and bootstrap groups so one task fits limit / threads, and keeps the thread count with
+    the smallest estimated time (decode bytes / 0.3 GB/s + float64 FLOPs / 15 GFLOP/s, per
+    thread). Each task calls glibc ``malloc_trim`` when it ends so freed buffers do not stay
+    resident; 128 MB of the limit are reserved for what tasks do not estimate (arenas, zarr's
+    event loop). The interpreter, torch, Dask and zarr themselves (~0.6 GB RSS here) are not
+    counted.
     With a ``distributed`` scheduler the cluster's threads run the same graph; the limit
     then sizes tasks and each worker's memory is the cluster's business.
 
@@ -126,7 +129,8 @@ same arguments on the same stores prints "up to date" and returns the saved resu
 
 Arguments: :class:`ftdyn.config.AnalyzeConfig` (presets, metrics, views, defaults).
 Modules: :mod:`~ftdyn.analysis.inputs` (stores opened as experiments),
-:mod:`~ftdyn.analysis.plan` (the memory planner),
+:mod:`~ftdyn.analysis.plan` (the memory planner; :mod:`~ftdyn.analysis.gram_memory` what a
+Gram-side metrics task holds),
 :mod:`~ftdyn.analysis.tasks` (the Dask tasks, one request in and one result out:
 :mod:`~ftdyn.analysis.reading` of the store, :mod:`~ftdyn.analysis.rows` row-side statistics,
 :mod:`~ftdyn.analysis.grams` Gram matrices, :mod:`~ftdyn.analysis.maps` the map view and pooled

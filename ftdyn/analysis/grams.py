@@ -86,6 +86,8 @@ class GramFinishRequest:
     mode: str
     #: (unit of every image, (N, U) unit counts of the replicates) (None: no bootstrap)
     boot: tuple[np.ndarray, np.ndarray] | None
+    #: bytes of the n × n float64 Grams of the filters whose replicates are computed together
+    block_bytes: int
     #: the metrics with replicates (None: all)
     boot_metrics: list[str] | None = None
     #: positions without replicates or trajectory (they stay NaN)
@@ -219,7 +221,7 @@ def _debiased_cka(a: _Gram, b: _Gram) -> np.ndarray:
 
 
 def _gram_cka_replicates(
-    ref: _Gram, grams: dict[int, _Gram], units: np.ndarray, counts: np.ndarray
+    ref: _Gram, grams: dict[int, _Gram], units: np.ndarray, counts: np.ndarray, block_bytes: int
 ) -> dict[int, np.ndarray]:
     """{t: (N, *batch) CKA distances of (reference, t)} for every replicate's unit counts (N, U),
     from the raw Grams: the same numbers (to rounding) as CKA of the resampled Grams
@@ -227,30 +229,37 @@ def _gram_cka_replicates(
     O(U³) per replicate instead of O(n²) per replicate (the expansion of
     :func:`~ftdyn.metrics.bootstrap.gram_unit_quadratics` about the all-image centering, which
     leaves the resampled centering unchanged and avoids cancelling the mean's large raw
-    moments)."""
+    moments). A few filters at a time, their n × n Grams at most ``block_bytes``: the centered
+    Grams and the expansion's products are temporaries of that size, not of the whole filter
+    group (as :mod:`ftdyn.analysis.gram_memory` budgets them)."""
     n, batch, dev = ref.K.shape[-1], ref.K.shape[:-2], ref.K.device
     ind = torch.from_numpy(np.eye(counts.shape[1])[units]).to(device=dev, dtype=F64)
     n_u = ind.sum(0)
+    indices = shared_indices(units, counts)
+    ref_k = ref.K.reshape(-1, n, n)
+    out = {t: np.empty((len(counts), ref_k.shape[0])) for t in grams}
 
     def prepared(g):  # (centered Gram, its own quadratics, raw traces per unit (U, B))
-        Kc = g.centered.Kc.reshape(-1, n, n)
-        return Kc, gram_unit_quadratics(Kc, Kc, ind), gram_unit_traces(g.K.reshape(-1, n, n), ind)
+        Kc = g.centered.Kc
+        return Kc, gram_unit_quadratics(Kc, Kc, ind), gram_unit_traces(g.K, ind)
 
-    ref_c, ref_quad, ref_raw = prepared(ref)
-    indices = shared_indices(units, counts)
-    out = {}
-    for t, g in grams.items():
-        Kc, quad, raw = prepared(g)
-        quads = PairQuadratics(xy=gram_unit_quadratics(ref_c, Kc, ind), xx=ref_quad, yy=quad)
+    step = max(1, block_bytes // (n * n * ref_k.element_size()))
+    for f0 in range(0, ref_k.shape[0], step):
+        part = slice(f0, f0 + step)
+        part_ref = _Gram(ref_k[part])
+        ref_c, ref_quad, ref_raw = prepared(part_ref)
+        for t, g in grams.items():
+            part_t = _Gram(g.K.reshape(-1, n, n)[part])
+            Kc, quad, raw = prepared(part_t)
+            quads = PairQuadratics(xy=gram_unit_quadratics(ref_c, Kc, ind), xx=ref_quad, yy=quad)
 
-        def exact(b, filters, g=g):  # the resampled Grams at those filters
-            ii = torch.from_numpy(indices[b]).to(dev)
-            pick = [_Gram(k.K.reshape(-1, n, n).index_select(0, filters)) for k in (ref, g)]
-            return _gram_pair("cka", *(k.select(ii) for k in pick), 0.0)
+            def exact(b, filters, pair=(part_ref, part_t)):  # the resampled Grams at those filters
+                ii = torch.from_numpy(indices[b]).to(dev)
+                pick = [_Gram(k.K.index_select(0, filters)) for k in pair]
+                return _gram_pair("cka", *(k.select(ii) for k in pick), 0.0)
 
-        out[t] = cka_of_counts(counts, n_u, quads, ref_raw, raw, exact).reshape(len(counts), *batch)
-        g.forget()  # one checkpoint's centered Grams at a time, as with reference pairs
-    return out
+            out[t][:, part] = cka_of_counts(counts, n_u, quads, ref_raw, raw, exact)
+    return {t: v.reshape(len(counts), *batch) for t, v in out.items()}
 
 
 @trimmed
@@ -277,6 +286,8 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
                 lambda a, b, m=m: _gram_pair(request.computed(m), grams[a], grams[b], alpha),
                 skip,
             )
+    for g in grams:  # what follows builds its own: the cached decompositions would sit beside it
+        g.forget()
     others = {t: grams[t] for t in range(T) if t != ref}
     everyone = np.arange(grams[ref].K.shape[-1])
     for m, by_t in _jackknife(request, grams[ref], others, values, everyone).items():
@@ -365,7 +376,7 @@ def _gram_replicates(
     # the estimate, debiased or not): resampling the Grams per replicate costs O(n²) each
     if "cka" in boot:
         for t, r in _gram_cka_replicates(
-            grams[ref], {t: grams[t] for t in ts}, units, counts
+            grams[ref], {t: grams[t] for t in ts}, units, counts, request.block_bytes
         ).items():
             reps["cka"][:, t] = r
     resampled = [m for m in boot if m != "cka"]

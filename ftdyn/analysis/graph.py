@@ -211,6 +211,7 @@ def _gram_output(exp, args, job, fsl, gtag):
         ref=exp.ref,
         mode=job.mode,
         boot=shared_boot(src.n, args, exp.draws) if args.bootstrap else None,
+        block_bytes=job.sub_bytes,
         boot_metrics=args.bootstrap_metrics,
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),

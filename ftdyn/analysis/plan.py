@@ -23,14 +23,13 @@ from ..metrics.registry import diagonal_self_products
 from ..metrics.stats import choose_side
 from ..summary import shared_counts, shared_indices, shared_units
 from .estimation import debiased, debiased_metrics, jackknifed
+from .gram_memory import F8, GramFinishCost, gram_finish_cost
 from .inputs import Experiment, Source
 from .maps import map_pairs
 
 MAX_UNITS = 32
 MIN_UNITS = 8
 SUB_BLOCK_BYTES = 32 * 2**20
-#: bytes of a float64
-F8 = 8
 #: caps for tests and tuning: at most this many chunks per Gram panel / filters per group (None = by
 #: memory)
 MAX_PANEL_CHUNKS: int | None = None
@@ -275,25 +274,24 @@ def _gram_choice(
     modes: list[str],
     cols_per_filter: int,
     fixed: float,
-    host_fixed: float,
-) -> tuple[int, str, int, float] | None:
-    """(filters per group, pair mode, bytes per panel chunk, room per panel task) of the first
-    (largest group, preferred mode) that fits; None when none does."""
-    src, T, n = spec.src, spec.epochs, spec.src.n
-    for g in sizes:
-        k_bytes = g * n * n * F8
-        # float64 panel rows + their output block
-        per_chunk = src.spc * (g * cols_per_filter * F8 + g * n * F8)
-        for mode in modes:
-            # every checkpoint's K is a Dask result until the finishing task, which adds
-            # decompositions (T of them for all pairs, 2 for reference pairs) and temporaries;
-            # while the panels run, the Ks built so far (+ one being assembled) sit beside them
-            held = T * k_bytes + (T if mode == "all" else 2) * 2 * k_bytes + 2 * k_bytes
-            room = (budget.stats_total - (T + 1) * k_bytes) // max(
-                1, budget.threads
-            ) - fixed  # per panel task
-            if held <= budget.stats_total and room >= per_chunk and host_fixed <= budget.task:
-                return g, mode, per_chunk, room
+    finish: GramFinishCost,
+) -> tuple[int, str, int, float, float] | None:
+    """(filters per group, pair mode, bytes per panel chunk, room per panel task, bytes of the
+    metrics task) of the first (preferred mode, largest group) that fits, None when none does:
+    smaller groups cost little more, so the memory limit changes the pairs computed last."""
+    src, n = spec.src, spec.src.n
+    for mode in modes:
+        for g in sizes:
+            k_bytes = g * n * n * F8
+            # float64 panel rows + their output block
+            per_chunk = src.spc * (g * cols_per_filter * F8 + g * n * F8)
+            # every checkpoint's K is a Dask result until the metrics task, which holds them all
+            # beside its own work (:mod:`.gram_memory`); while the panels run, the Ks built so
+            # far (+ one being assembled) sit beside them: both within one task's share
+            held = finish.bytes(g, n, mode)
+            room = budget.stats - (spec.epochs + 1) * k_bytes - fixed  # per panel task
+            if held <= budget.stats and room >= per_chunk:
+                return g, mode, per_chunk, room, held
     return None
 
 
@@ -308,22 +306,19 @@ def _plan_gram(
     # its float64 copy, product blocks
     dev_fixed = src.chunk_bytes * (_widen(src) - 1) + 2 * budget.sub_block
     fixed = dev_fixed + (host_fixed if budget.device is None else 0)
-    choice = _gram_choice(
-        spec,
-        budget,
-        sizes,
-        _gram_modes(config, spec, metrics, cols_per_filter),
-        cols_per_filter,
-        fixed,
-        host_fixed,
-    )
+    boot = (boot_groups(config, n), config.bootstrap) if bootstrapped(config, metrics) else None
+    finish = gram_finish_cost(config, metrics, T, boot, budget.sub_block)
+    modes = _gram_modes(config, spec, metrics, cols_per_filter)
+    choice = None
+    if host_fixed <= budget.task:
+        choice = _gram_choice(spec, budget, sizes, modes, cols_per_filter, fixed, finish)
     if choice is None:
         raise FtdynError(
             f"{arg('memory_limit')}: layer {src.var} view {spec.view} needs about "
-            f"{(T + 3) * n * n * F8 / 1e9:.1f} GB for the Gram matrices of {n} images (one filter) "
-            "beside its reads; raise the limit or use fewer probe images."
+            f"{finish.bytes(1, n, modes[-1]) / 1e9:.1f} GB per thread for the Gram matrices of {n}"
+            " images (one filter) beside its reads; raise the limit or use fewer probe images."
         )
-    g, mode, per_chunk, room = choice
+    g, mode, per_chunk, room, held = choice
     k = int(min(src.n_chunks, max(1, room // max(1, per_chunk)), MAX_PANEL_CHUNKS or src.n_chunks))
     panels = math.ceil(src.n_chunks / k)
     groups = _groups_of(C, g, per_filter)
@@ -339,7 +334,8 @@ def _plan_gram(
         groups,
         g,
         panels=panels,
-        task_bytes=budget.host_part(host_fixed, dev_fixed + k * per_chunk),
+        sub_bytes=budget.sub_block,
+        task_bytes=budget.host_part(host_fixed, max(dev_fixed + k * per_chunk, held)),
         read_bytes=T
         * slab
         * (panels + 1)

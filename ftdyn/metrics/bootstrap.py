@@ -113,9 +113,21 @@ def gram_unit_quadratics(K: torch.Tensor, L: torch.Tensor, ind: torch.Tensor) ->
     The trace is kept for a Gram with itself (``K is L``)."""
     KU, LU = torch.matmul(K, ind), torch.matmul(L, ind)  # (B, n, U)
     G = torch.matmul(ind.T, torch.matmul(K * L, ind))
-    Q = torch.einsum("iu,biv,biw->buvw", ind, KU, LU)
     tr = torch.matmul(torch.diagonal(K, dim1=-2, dim2=-1), ind) if K is L else None
-    return UnitQuadratics(G, Q, torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr)
+    return UnitQuadratics(
+        G, _unit_cubic(ind, KU, LU), torch.matmul(ind.T, KU), torch.matmul(ind.T, LU), tr
+    )
+
+
+def _unit_cubic(ind: torch.Tensor, KU: torch.Tensor, LU: torch.Tensor) -> torch.Tensor:
+    """(B, U, U, U) Σ_i ind_iu (KU)_iv (LU)_iw, one unit at a time over the images it holds: a
+    single einsum builds a (B, n, U, U) intermediate, three times the Gram matrices themselves
+    at the default 32 units and a few hundred images, and costs U times the products."""
+    parts = []
+    for u in range(ind.shape[1]):
+        rows = torch.nonzero(ind[:, u]).flatten()
+        parts.append(torch.matmul((KU[:, rows] * ind[rows, u, None]).mT, LU[:, rows]))
+    return torch.stack(parts, dim=1)
 
 
 def gram_unit_traces(K: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
