@@ -65,7 +65,9 @@ def test_bootstrap_intervals_hold_their_estimate_and_leave_it_unchanged(tmp_path
     boot = ftdyn.analyze(path, out=tmp_path / "b", progress=False, bootstrap=20)
     np.testing.assert_allclose(boot["distance"].values, plain["distance"].values, atol=1e-12)
     value, lo, hi = (boot[k].values[..., 1:] for k in ("distance", "ci_low", "ci_high"))
-    assert ((lo <= value + 1e-12) & (value <= hi + 1e-12)).all()
+    trusted = ~boot["unreliable"].values[..., None]  # the others get no interval
+    assert np.isfinite(lo[trusted & np.isfinite(value)]).all()
+    assert ((lo <= value + 1e-12) & (value <= hi + 1e-12))[trusted & np.isfinite(value)].all()
 
 
 def test_cka_jackknifed_beyond_its_limit_is_the_plug_in_and_marked(tmp_path):
@@ -96,3 +98,16 @@ def test_debiased_cka_is_the_same_from_row_statistics_and_from_grams(tmp_path):
     for name in ("distance", "filter_distance", "ci_low", "ci_high", "convergence"):
         got, want = rows[name].sel(metric="cka"), grams[name].sel(metric="cka")
         np.testing.assert_allclose(got.values, want.values, atol=1e-12)
+
+
+def test_values_that_cannot_be_trusted_get_no_interval(tmp_path):
+    """48 images: Procrustes on features.3's filter view (36 positions) is beyond the jackknife's
+    column limit and marked unreliable; it gets no bootstrap interval (NaN), layer2.relu does."""
+    path, _ = make_planted_store(tmp_path / "s.zarr", n=48)
+    ds = ftdyn.analyze(
+        path, out=tmp_path / "r", metrics=["procrustes"], bootstrap=10, progress=False
+    )
+    assert ds["unreliable"].values[0, 0].tolist() == [True, False]
+    low = ds["ci_low"].sel(metric="procrustes").values[0][:, 1:]
+    assert np.isnan(low[0]).all() and np.isfinite(low[1]).all()
+    assert np.isfinite(ds["distance"].sel(metric="procrustes").values[0][:, 1:]).all()

@@ -4,10 +4,12 @@ the shapes where a metric is degenerate (0 for any pair of checkpoints)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..config import DEBIASED_CKA, AnalyzeConfig
-from ..metrics.estimators import JACKKNIFED, column_limit
+from ..metrics.estimators import JACKKNIFED, column_limit, size_reliability
 from ..metrics.registry import degenerate_reason
 from ..views import matrix_shape
 from .inputs import Source
@@ -90,3 +92,45 @@ def subsets_degenerate(
     convergence check leaves those NaN (a smaller subset can be degenerate where all images
     are not, e.g. PWSM with α = 0 and fewer rows than columns)."""
     return np.array([[degenerate(args, src, m, k) is not None for k in sizes] for m in metrics])
+
+
+def size_reason(
+    args: AnalyzeConfig, estimator: str, metric: str, shape: tuple[int, int, int]
+) -> str | None:
+    """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed by
+    ``estimator`` (:func:`~ftdyn.analysis.estimation.estimator_names`) on (rows, columns) of a
+    layer of ``images`` probe images, with the images that would be needed where a row is not an
+    image (the channels view). Beyond its limit a jackknifed metric keeps the plug-in value
+    (:func:`~ftdyn.analysis.estimation.beyond_correction`), judged as one."""
+    rows, cols, images = shape
+    name = "cka" if metric == DEBIASED_CKA else metric
+    limit = column_limit(name)
+    kept_plugin = estimator == "jackknife" and cols > limit * rows
+    judged = "plugin" if estimator == "plugin" or kept_plugin else "corrected"
+    reason = size_reliability(name, rows, cols, judged, args.alpha)
+    if reason and rows != images:
+        reason += f" ({math.ceil(cols / limit / (rows / images))} probe images)"
+    if reason and kept_plugin:
+        reason += "; the plug-in value is shown"
+    return reason
+
+
+def untrusted(config: AnalyzeConfig, src: Source, metric: str) -> str | None:
+    """Why ``metric``'s value on all the images of ``src`` cannot be trusted: degenerate, or beyond
+    its estimator's column/row limit (:func:`size_reason`); None when it can."""
+    _, rows, cols = matrix_shape(config.views[metric], src.n, src.channels, src.height, src.width)
+    estimator = estimator_names(config)[metric]
+    return degenerate(config, src, metric, src.n) or size_reason(
+        config, estimator, metric, (rows, cols, src.n)
+    )
+
+
+def replicated(config: AnalyzeConfig, metrics, src: Source) -> list[str]:
+    """Those of ``metrics`` that get bootstrap replicates on ``src``: the bootstrapped ones
+    (``--bootstrap-metric``) whose value can be trusted. An interval around a value marked
+    unreliable would say nothing more, and such values are the costly ones (the widest views:
+    a decomposition per replicate)."""
+    wanted = config.bootstrap_metrics
+    return [
+        m for m in metrics if (wanted is None or m in wanted) and untrusted(config, src, m) is None
+    ]

@@ -14,7 +14,13 @@ from ..errors import FtdynError
 from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..progress import dask_progress, stage, track
 from ..summary import shared_units
-from .estimation import debiased, debiased_metrics, jackknifed, subsets_degenerate
+from .estimation import (
+    debiased,
+    debiased_metrics,
+    jackknifed,
+    replicated,
+    subsets_degenerate,
+)
 from .inputs import Experiment
 from .plan import (
     Job,
@@ -138,7 +144,7 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         ref=pos.index(exp.ref),
         mode=job.mode,
         counts=counts,
-        boot_metrics=args.bootstrap_metrics,
+        boot_metrics=replicated(args, job.metrics, src),
         skip=tuple(i for i, t in enumerate(pos) if exp.epochs[t] in args.skip_replicates),
         nested=nested,
         point=not args.nested,
@@ -212,7 +218,7 @@ def _gram_output(exp, args, job, fsl, gtag):
         mode=job.mode,
         boot=shared_boot(src.n, args, exp.draws) if args.bootstrap else None,
         block_bytes=job.sub_bytes,
-        boot_metrics=args.bootstrap_metrics,
+        boot_metrics=replicated(args, job.metrics, src),
         skip=tuple(t for t, ep in enumerate(exp.epochs) if ep in args.skip_replicates),
         nested=None if exp.last is None else _gram_nested(exp, args, job, src),
         corrected=debiased(args, job.metrics),

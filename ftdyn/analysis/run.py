@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ import torch
 import xarray as xr
 
 from .._version import __version__
-from ..config import DEBIASED_CKA, AnalyzeConfig, arg, build, describe
+from ..config import AnalyzeConfig, arg, build, describe
 from ..devices import resolve_device
 from ..errors import FtdynError, FtdynWarning
-from ..metrics.estimators import column_limit, size_reliability
 from ..metrics.registry import METRICS
 from ..outputs import check_output_folder, current_set, folder_lock, remove_stale, write_result_set
 from ..progress import stage
@@ -44,7 +42,7 @@ from ..results import (
 from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
 from .compare import Comparison, comparison_variables, plan_comparison
-from .estimation import degenerate, estimator_names
+from .estimation import degenerate, estimator_names, size_reason
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
@@ -93,7 +91,7 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
                     args.views[m], src.n, src.channels, src.height, src.width
                 )
                 ratio[e, mi, l] = cols / rows
-                reason = degenerate.get((e, m, l)) or _size_reason(
+                reason = degenerate.get((e, m, l)) or size_reason(
                     args, names[m], m, (rows, cols, src.n)
                 )
                 if reason:
@@ -113,27 +111,6 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
         "unreliable": (dims, unreliable, {"description": "the value cannot be trusted there"}),
     }
     return variables, json.dumps(reasons)
-
-
-def _size_reason(
-    args: AnalyzeConfig, estimator: str, metric: str, shape: tuple[int, int, int]
-) -> str | None:
-    """:func:`~ftdyn.metrics.estimators.size_reliability` of ``metric`` as analyzed by
-    ``estimator`` (:func:`~ftdyn.analysis.estimation.estimator_names`) on (rows, columns) of a
-    layer of ``images`` probe images, with the images that would be needed where a row is not an
-    image (the channels view). Beyond its limit a jackknifed metric keeps the plug-in value
-    (:func:`~ftdyn.analysis.estimation.beyond_correction`), judged as one."""
-    rows, cols, images = shape
-    name = "cka" if metric == DEBIASED_CKA else metric
-    limit = column_limit(name)
-    kept_plugin = estimator == "jackknife" and cols > limit * rows
-    judged = "plugin" if estimator == "plugin" or kept_plugin else "corrected"
-    reason = size_reliability(name, rows, cols, judged, args.alpha)
-    if reason and rows != images:
-        reason += f" ({math.ceil(cols / limit / (rows / images))} probe images)"
-    if reason and kept_plugin:
-        reason += "; the plug-in value is shown"
-    return reason
 
 
 def _warn_degenerate(
