@@ -71,3 +71,26 @@ def fastest_memory_format(
         for m in model.modules()
     )
     return torch.channels_last if depthwise else torch.contiguous_format
+
+
+#: The accelerator simulated on the CPU, in bytes of its memory (None: none). With it, the
+#: analysis plans and computes on the CPU as it would on a CUDA device: the statistics in a memory
+#: pool of their own beside --memory-limit, the device's block sizes and nuclear-norm route. Only
+#: the tests set it (:func:`simulated_device`), so that the GPU route runs on every test run on
+#: machines without one; its results must equal the CPU route's.
+SIMULATED_DEVICE_MEMORY: int | None = None
+
+
+def route(device: torch.device) -> str:
+    """The device type whose code route ``device`` takes: its own, or "cuda" for the CPU while
+    an accelerator is simulated (:data:`SIMULATED_DEVICE_MEMORY`)."""
+    if device.type == "cpu" and SIMULATED_DEVICE_MEMORY is not None:
+        return "cuda"
+    return device.type
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of the accelerator's own memory (the simulated one's on the CPU); None for none."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return SIMULATED_DEVICE_MEMORY if route(device) == "cuda" else None

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import ftdyn
 import ftdyn.analysis as A
+from ftdyn import devices
 from ftdyn import metrics as M
 from ftdyn import views as V
 from ftdyn.analysis import inputs as AI
@@ -102,6 +103,37 @@ def test_results_equal_in_memory_metrics(planted, tmp_path, view):
                     assert ds["trajectory"].values[0, mi, l, e, b] == pytest.approx(
                         float(pair), abs=1e-6, nan_ok=True
                     )
+
+
+def test_the_gpu_route_simulated_on_the_cpu_equals_the_cpu_route(planted, tmp_path, monkeypatch):
+    """What only a CUDA device takes - the statistics in a memory pool of their own beside
+    --memory-limit, the device's block sizes, the eigh route of the nuclear norm - runs on the CPU
+    with a simulated device memory, and gives the CPU route's numbers on every side."""
+    path, _ = planted
+    cpu_device = torch.device("cpu")
+    kw = dict(trajectory="all", bootstrap=3, progress=False, workers=2, memory_limit="256MB")
+    variables = ("distance", "filter_distance", "trajectory", "ci_low", "ci_high")
+    for views in ("channels", "filter", "map", "flat"):
+        cpu = ftdyn.analyze(path, out=tmp_path / f"cpu-{views}", views=views, **kw)
+        cpu_plan = AR.make_plan(path, out=tmp_path / "plan", views=views, **kw).summary()
+        with monkeypatch.context() as simulated:
+            simulated.setattr(devices, "SIMULATED_DEVICE_MEMORY", 64 * 2**20)
+            assert devices.route(cpu_device) == "cuda"
+            assert AP.device_budget(cpu_device) == int(0.8 * 64 * 2**20)
+            sim_plan = AR.make_plan(path, out=tmp_path / "plan", views=views, **kw).summary()
+            sim = ftdyn.analyze(path, out=tmp_path / f"sim-{views}", views=views, **kw)
+        # the host holds only the raw chunks, the device pool the statistics
+        host = [j["task_bytes_estimate"] for j in sim_plan]
+        assert host != [j["task_bytes_estimate"] for j in cpu_plan]
+        for var in (*variables, "probe_accuracy"):
+            np.testing.assert_allclose(
+                sim[var].values,
+                cpu[var].values,
+                atol=1e-7,  # arccos near 1: 1e-8 at the reference
+                equal_nan=True,
+                err_msg=f"{views} {var}",
+            )
+    assert devices.route(cpu_device) == "cpu"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import DEBIASED_CKA, AnalyzeConfig, arg
+from ..devices import device_memory, route
 from ..errors import FtdynError
 from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..metrics.registry import diagonal_self_products
@@ -703,11 +704,11 @@ def _filter_group_sizes(c: int) -> list[int]:
 
 
 def device_budget(dev: torch.device) -> int | None:
-    """GPU memory for the float64 blocks and statistics (80 % of the card; they are not under
-    --memory-limit), or None on the CPU, where they share the host budget."""
-    if dev.type != "cuda":
-        return None
-    return int(0.8 * torch.cuda.get_device_properties(dev).total_memory)
+    """GPU memory for the float64 blocks and statistics (80 % of the card, or of the simulated
+    one: :data:`ftdyn.devices.SIMULATED_DEVICE_MEMORY`; they are not under --memory-limit), or
+    None on the CPU, where they share the host budget."""
+    memory = device_memory(dev)
+    return None if memory is None else int(0.8 * memory)
 
 
 def plan_analysis(
@@ -789,6 +790,6 @@ def _estimated_seconds(jobs: list[Job], threads: int, dev: torch.device) -> floa
     flops = sum(j.flops for j in jobs)
     return (
         (reading + flops / FLOP_RATE) / threads
-        if dev.type == "cpu"
+        if route(dev) == "cpu"
         else reading / threads + flops / GPU_FLOP_RATE
     )

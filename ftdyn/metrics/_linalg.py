@@ -34,6 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..devices import route
+
 F64 = torch.float64
 EPS = float(np.finfo(np.float64).eps)
 EIG_CLIP = 1e-7
@@ -143,7 +145,7 @@ def plan_blocks(
     chunk keeps ≥ MIN_CHUNK_UNITS units (a GEMM with a short inner dimension runs several
     times slower) as long as that stays under CHUNK_BYTES_MAX.
     """
-    cuda = device is not None and device.type == "cuda"
+    cuda = device is not None and route(device) == "cuda"
     unit = max(1, bytes_per_unit) * max(1, elems)
     whole = unit * n_units
     if cuda:
@@ -234,7 +236,7 @@ def nuclear_norm(M: torch.Tensor, method: str = "auto") -> torch.Tensor:
     accurate to ~eps·σ_max instead of ~sqrt(eps)·σ_max.
     """
     if method == "auto":
-        method = NUCLEAR_METHOD.get(M.device.type, "svd")
+        method = NUCLEAR_METHOD.get(route(M.device), "svd")
     if method == "svd":
         return torch.linalg.svdvals(M).sum(-1)
     if method == "eigh":
