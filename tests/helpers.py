@@ -645,3 +645,11 @@ class Browser:
                     self.proc.wait()
                 os.close(self._in)
                 os.close(self._out)
+
+
+def trusted_intervals(ds, name: str = "ci_low") -> tuple[np.ndarray, np.ndarray]:
+    """(interval bound of the values that can be trusted, of those that cannot) of results
+    ``ds``: a value marked unreliable gets no bootstrap interval."""
+    values = ds[name].values
+    odd = np.broadcast_to(ds["unreliable"].values[..., None], values.shape)
+    return values[~odd], values[odd]

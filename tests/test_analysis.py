@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import LAYERS, NOISE, N, make_planted_store
+from helpers import LAYERS, NOISE, N, make_planted_store, trusted_intervals
 from typer.testing import CliRunner
 
 import ftdyn
@@ -196,7 +196,8 @@ def test_default_preset_sides_panels_and_filter_groups(planted, tmp_path, monkey
     assert max(p["checkpoint_passes"] or 0 for p in json.loads(ds3.attrs["plan"])) == 2
     # arccos near 1: ~1e-8
     np.testing.assert_allclose(ds3["distance"].values, ds["distance"].values, atol=1e-7)
-    assert np.isfinite(ds3["ci_low"].values).all()
+    trusted, untrusted = trusted_intervals(ds3)
+    assert np.isfinite(trusted).all() and np.isnan(untrusted).all()
     plugin = ftdyn.analyze(
         path, out=tmp_path / "d", progress=False, metrics=["pwsm"], estimator="plugin"
     )
@@ -237,7 +238,9 @@ def test_procrustes_alone_keeps_the_diagonals_and_gives_the_same_numbers(planted
     np.testing.assert_allclose(
         ds["distance"].values, both["distance"].sel(metric=["procrustes"]).values, atol=1e-12
     )
-    assert np.isfinite(ds["ci_low"].values[..., 1:]).all()
+    low = ds["ci_low"].values[..., 1:]
+    trusted = ~np.broadcast_to(ds["unreliable"].values[..., None], low.shape)
+    assert np.isfinite(low[trusted]).all()  # an unreliable value gets no interval
 
 
 def published_maps(M1, M2):
@@ -450,10 +453,14 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
 
     # the same seed: the same jackknife groups of images, so the same estimates
     boot = ftdyn.analyze(path, out=tmp_path / "b", progress=False, bootstrap=30)
-    lo, hi = boot["ci_low"].values[0], boot["ci_high"].values[0]
+    # the unreliable Procrustes (36 and 9 positions per filter for 30 images) gets no interval
+    odd = boot["unreliable"].values[0]
+    assert odd.tolist() == [[False, False], [True, True], [False, False]]
+    assert np.isnan(boot["ci_low"].values[0][odd]).all()
+    lo, hi = boot["ci_low"].values[0][~odd], boot["ci_high"].values[0][~odd]
     assert np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi + 1e-12).all()
-    assert (hi[:, :, 1:] > lo[:, :, 1:]).all()  # non-degenerate away from the reference
-    value = boot["distance"].values[0]
+    assert (hi[:, 1:] > lo[:, 1:]).all()  # non-degenerate away from the reference
+    value = boot["distance"].values[0][~odd]
     assert ((lo <= value + 1e-12) & (value <= hi + 1e-12)).all()  # intervals hold their estimate
     # bootstrap groups re-sum the statistics in another order: the same values, except that PWSM,
     # an arccos, resolves only √(2ε) ≈ 1.5e-8 near 0, so the reference against itself reads 0 or
@@ -465,9 +472,9 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
         boot["distance"].values[..., 0], ds["distance"].values[..., 0], atol=2e-8
     )
     again = ftdyn.analyze(path, out=tmp_path / "b2", progress=False, bootstrap=30)
-    np.testing.assert_array_equal(again["ci_low"].values[0], lo)  # seeded: reproducible
+    np.testing.assert_array_equal(again["ci_low"].values[0][~odd], lo)  # seeded: reproducible
     with open(tmp_path / "b" / "distances.csv") as f:
-        assert all(r["ci_low"] != "" for r in csv.DictReader(f))
+        assert all((r["ci_low"] != "") == (r["unreliable"] == "False") for r in csv.DictReader(f))
 
 
 def test_rerun_reuses_and_overwrite(planted, tmp_path, capsys, cli_console):

@@ -110,7 +110,9 @@ def test_paper_setup_runs_the_grid(paper_run, capsys):
         (r["experiment"], r["layer"]) for r in rows if r["metric"] == "pwsm" and r["value"] == ""
     }
     # toy sizes: PWSM undefined deep
-    assert degenerate and all(r["n_nan"] == "1" for r in rows if r["value"] == "")
+    # a NaN value: a degenerate whole-layer value, or every filter constant over the few images
+    odd = [r for r in rows if r["value"] == "" and r["n_nan"] not in ("1", r["n_filters"])]
+    assert degenerate and not odd, odd
     for r in (r for r in rows if r["value"] != ""):  # epoch 0 is the reference itself
         if r["epoch"] == "0":
             assert float(r["value"]) == pytest.approx(0, abs=1e-6)
@@ -241,7 +243,12 @@ def test_third_party_series_as_a_script(tmp_path, toy_datasets):
     for metric in ("procrustes", "cka"):
         mean = {
             k: np.mean(
-                [float(r["value"]) for r in rows if r["metric"] == metric and int(r["epoch"]) == k]
+                # a layer whose every filter is constant over the few images has no value
+                [
+                    float(r["value"])
+                    for r in rows
+                    if r["metric"] == metric and int(r["epoch"]) == k and r["value"] != ""
+                ]
             )
             for k in (0, 1, 2)
         }

@@ -374,13 +374,14 @@ def test_report_fault_at_each_step_leaves_one_whole_set(store, with_a, tmp_path,
         "seal",
         "link figures",
         "link report.html",
+        "link explore.html",
         "swap",
         "delete old",
     ]
     for step, out, swapped in _fault_each_step(base, steps, run, tmp_path, monkeypatch, mode):
         manifest, problem = current_set(out)
         assert problem is None and manifest is not None, (step, problem)
-        has_report = {"figures", "report.html"} <= set(manifest["products"])
+        has_report = {"figures", "report.html", "explore.html"} <= set(manifest["products"])
         assert has_report == swapped, step
         assert (out / "report.html").is_file() == swapped and (
             out / "figures"

@@ -596,6 +596,10 @@ def cka_u_centered(Ku, kk, Lu, ll, dead: torch.Tensor) -> torch.Tensor:
     return nan_where((Ku * Lu).sum((-2, -1)) / torch.sqrt(kk * ll), dead)
 
 
+#: relative size below which an unbiased self-similarity is rounding of its terms
+UNBIASED_RTOL = 1e-9
+
+
 def debiased_from_features(hsic_xy, hsic_xx, hsic_yy, dot_xy, dot_xx, dot_yy, nx2, ny2, n, dead):
     """Kornblith et al.'s feature-space debiased CKA from accumulated terms.
 
@@ -607,8 +611,16 @@ def debiased_from_features(hsic_xy, hsic_xx, hsic_yy, dot_xy, dot_xx, dot_yy, nx
     def helper(xty, dot, sx, sy):
         return xty - n / (n - 2.0) * dot + sx * sy / ((n - 1.0) * (n - 2.0))
 
+    def resolved(xtx, dot, s2):
+        """The unbiased self-similarity (a sum of squares, ≥ 0) where it stands above the
+        rounding of the terms it is the difference of; NaN where not (a representation nearly
+        constant over the rows: its estimate is rounding noise and could read as -1)."""
+        value = helper(xtx, dot, s2, s2)
+        scale = xtx.abs() + n / (n - 2.0) * dot.abs() + s2 * s2 / ((n - 1.0) * (n - 2.0))
+        return torch.where(value > UNBIASED_RTOL * scale, value, torch.nan)
+
     num = helper(hsic_xy, dot_xy, nx2, ny2)
-    den = torch.sqrt(helper(hsic_xx, dot_xx, nx2, nx2) * helper(hsic_yy, dot_yy, ny2, ny2))
+    den = torch.sqrt(resolved(hsic_xx, dot_xx, nx2) * resolved(hsic_yy, dot_yy, ny2))
     return nan_where(num / den, dead)
 
 

@@ -292,6 +292,10 @@ def cka_from_row_stats(s: RowStats):
     return _row_metric(s, L.RowCore.cka)
 
 
+#: relative size below which a centered fourth moment is rounding of the raw ones
+FOURTH_RTOL = 1e-9
+
+
 def _centered_fourth(n: float, mu_x, mu_y, xy, sum_a, sum_b, ab, ay, bx) -> torch.Tensor:
     """Σ_i ‖x_i − μ_x‖² ‖y_i − μ_y‖² from raw sums (a_i = ‖x_i‖², b_i = ‖y_i‖², xy = XᵀY):
     the product of the two centered norms expanded about the means."""
@@ -325,13 +329,19 @@ def cka_debiased_from_row_stats(s: RowStats, q: FourthMoments):
     mu_x, mu_y = sx / n, sy / n
     sum_a = torch.diagonal(xx, dim1=-2, dim2=-1).sum(-1)
     sum_b = torch.diagonal(yy, dim1=-2, dim2=-1).sum(-1)
+    dxx = _centered_fourth(n, mu_x, mu_x, xx, sum_a, sum_a, q.aa, q.ax, q.ax)
+    dyy = _centered_fourth(n, mu_y, mu_y, yy, sum_b, sum_b, q.bb, q.by, q.by)
     core.debiased_terms = (
         n,
         _centered_fourth(n, mu_x, mu_y, xy, sum_a, sum_b, q.ab, q.ay, q.bx),
-        _centered_fourth(n, mu_x, mu_x, xx, sum_a, sum_a, q.aa, q.ax, q.ax),
-        _centered_fourth(n, mu_y, mu_y, yy, sum_b, sum_b, q.bb, q.by, q.by),
+        dxx,
+        dyy,
     )
-    out = core.cka_debiased()
+    # the centered fourth moments come from raw ones about the mean: where they are not well
+    # above the raw ones' rounding (a representation nearly constant over the images), the
+    # estimate is rounding noise, not a value
+    unresolved = (dxx <= FOURTH_RTOL * q.aa) | (dyy <= FOURTH_RTOL * q.bb)
+    out = torch.where(unresolved, torch.nan, core.cka_debiased())
     return L.finish(out[0] if single else out)
 
 
