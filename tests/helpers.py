@@ -483,6 +483,16 @@ def kill_cli_when(args, ready, what: str, timeout: float = 120) -> int:
 # ------------------------------------------------------------------------------- a real browser
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 ARROW_KEYS = {"ArrowLeft": 37, "ArrowRight": 39}
+#: how every test starts a headless Chromium (no GPU, no sandbox, no background traffic)
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def chromium_path() -> str | None:
@@ -512,13 +522,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [
                 exe,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS_FLAGS,
                 "--host-resolver-rules=MAP * ~NOTFOUND",
                 "--proxy-server=127.0.0.1:9",
                 "--remote-debugging-pipe",

@@ -2,18 +2,23 @@
 
 import csv
 import re
-import shutil
 import subprocess
 
 import pytest
-from helpers import EXPERIMENTS, METRICS, make_figure_store, make_results, png_shape
+from helpers import (
+    EXPERIMENTS,
+    HEADLESS_FLAGS,
+    METRICS,
+    chromium_path,
+    make_figure_store,
+    make_results,
+    png_shape,
+)
 from typer.testing import CliRunner
 
 from ftdyn.reporting import CSP, report
 from ftdyn.results import save_results_store
 from ftdyn.viz import read_index
-
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,7 @@ def test_report_sections_tables_and_figures(built):
 
 @pytest.mark.slow
 def test_report_in_headless_chromium(built, tmp_path):
-    exe = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+    exe = chromium_path()
     if exe is None:
         pytest.skip(
             "chromium not installed: install it with `apt-get install -y chromium` (Debian package)"
@@ -92,13 +97,7 @@ def test_report_in_headless_chromium(built, tmp_path):
         )
     flags = [
         exe,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
