@@ -857,22 +857,7 @@ def _probe_case(world: World, name: str, plant) -> str:
     expected = sum(1 for _ in data.rglob("*.png"))
     plant(data)
     out = data.parent / "s.zarr"
-    res = forked(
-        [
-            "extract",
-            world.series,
-            "--data",
-            data,
-            "--out",
-            out,
-            "--layer",
-            "layer4",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ],
-        deadline=180,
-    )
+    res = forked(_extract_args(world, world.series, out, data=data), deadline=180)
     n = zarr.open_group(out, mode="r").attrs["probe"]["n_samples"] if out.exists() else None
     return verdict(res, res.get("code") == 0 and n == expected)
 
@@ -1084,12 +1069,13 @@ def _memory_units(world: World) -> str:
 
 
 # extract: the store's creation and attributes, links in the series, damaged images
-def _extract_args(world: World, series: Path, out: Path, *extra) -> list:
+def _extract_args(world: World, series: Path, out: Path, *extra, data: Path | None = None) -> list:
+    """``ftdyn extract`` of layer4 on the CPU, probing ``data`` (default: the world's val split)."""
     return [
         "extract",
         series,
         "--data",
-        world.data / "val",
+        data or world.data / "val",
         "--out",
         out,
         "--layer",
