@@ -42,7 +42,7 @@ from ..results import (
 from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
 from .compare import Comparison, comparison_variables, plan_comparison
-from .estimation import degenerate, estimator_names, size_reason
+from .estimation import degenerate, estimator_names, untrusted
 from .graph import build_graph, build_pooled, compute
 from .inputs import Experiment, default_memory, open_experiments, physical_memory
 from .interpret import (
@@ -74,16 +74,15 @@ def _degenerate(exps: list[Experiment], args: AnalyzeConfig) -> dict[tuple[int, 
     return out
 
 
-def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) -> dict:
+def _reliability(exps: list[Experiment], args: AnalyzeConfig) -> dict:
     """The results' ``column_ratio`` and ``unreliable`` (experiment, metric, layer_index) and the
     ``unreliable_reasons`` attr: columns per row of each metric's view on all images, and whether
-    the value cannot be trusted there (degenerate, or above the estimator's column/row limit,
-    :func:`ftdyn.metrics.estimators.size_reliability`); one warning line counts them."""
+    the value cannot be trusted there (:func:`~ftdyn.analysis.estimation.untrusted`: degenerate,
+    or above the estimator's column/row limit); one warning line counts them."""
     n_layers = max(len(exp.layers) for exp in exps)
     ratio = np.full((len(exps), len(args.metrics), n_layers), np.nan)
     unreliable = np.zeros(ratio.shape, dtype=bool)
     reasons = {}
-    names = estimator_names(args)
     for e, exp in enumerate(exps):
         for l, (name, src) in enumerate(exp.layers):
             for mi, m in enumerate(args.metrics):
@@ -91,9 +90,7 @@ def _reliability(exps: list[Experiment], args: AnalyzeConfig, degenerate: dict) 
                     args.views[m], src.n, src.channels, src.height, src.width
                 )
                 ratio[e, mi, l] = cols / rows
-                reason = degenerate.get((e, m, l)) or size_reason(
-                    args, names[m], m, (rows, cols, src.n)
-                )
+                reason = untrusted(args, src, m)
                 if reason:
                     unreliable[e, mi, l] = True
                     reasons[f"{exp.name}/{m}/{name}"] = reason
@@ -430,7 +427,7 @@ def _compute(plan: AnalysisPlan) -> xr.Dataset:
         pooled=[pooled[(e, l)] for e, exp in enumerate(exps) for l in range(len(exp.layers))],
     )
     ds = to_dataset(exps, config, recs, _attrs(plan, degenerate_names))
-    reliability, reasons = _reliability(exps, config, plan.degenerate)
+    reliability, reasons = _reliability(exps, config)
     ds = ds.assign(reliability)
     ds.attrs["unreliable_reasons"] = reasons
     ds = interpretation(exps, config, ds, recs, extra)
