@@ -652,20 +652,24 @@ def floor_rows(ds: xr.Dataset):
         return
     metrics, epochs = list(ds["metric"].values), [int(x) for x in ds["epoch"].values]
     names = list(ds["experiment"].values)
+    columns = {
+        "floor": "floor",
+        "floor_ci_low": "floor_ci_low",
+        "floor_ci_high": "floor_ci_high",
+        "drift_above_floor": "drift_above_floor",
+        "p": "drift_above_floor_p",
+    }
+    values = {column: ds[name].values for column, name in columns.items()}
+    departure, groups = ds["departure_epoch"].values, ds["replicates"].values
     for row in distance_rows(ds):
-        e, m = names.index(row["experiment"]), metrics.index(row["metric"])
-        cell = {"experiment": e, "metric": m, "layer_index": row["layer_index"]}
-        at = {**cell, "epoch": epochs.index(row["epoch"])}
+        e, m, l = names.index(row["experiment"]), metrics.index(row["metric"]), row["layer_index"]
+        k = epochs.index(row["epoch"])
         yield {
             **{key: row[key] for key in ("experiment", "layer", "layer_index", "epoch", "metric")},
-            "replicates": str(ds["replicates"].values[e]),
+            "replicates": str(groups[e]),
             "distance": row["value"],
-            "floor": float(ds["floor"][at]),
-            "floor_ci_low": float(ds["floor_ci_low"][at]),
-            "floor_ci_high": float(ds["floor_ci_high"][at]),
-            "drift_above_floor": float(ds["drift_above_floor"][at]),
-            "p": float(ds["drift_above_floor_p"][at]),
-            "departure_epoch": float(ds["departure_epoch"][cell]),
+            **{column: float(v[e, m, l, k]) for column, v in values.items()},
+            "departure_epoch": float(departure[e, m, l]),
             "unreliable": row["unreliable"],
             "reason": row["reason"],
         }
