@@ -100,6 +100,8 @@ class GramFinishRequest:
     jackknifed: tuple[str, ...] = ()
     #: (n,) the jackknife group of every image (needed with ``jackknifed``)
     jack_groups: np.ndarray | None = None
+    #: the metrics degenerate on all the images (their values are NaN, never computed)
+    undefined: tuple[str, ...] = ()
 
     def computed(self, metric: str) -> str:
         """The metric as computed: the corrected CKA is the debiased one."""
@@ -271,10 +273,17 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
     T = len(Ks)
     traj, reps, nested = {}, {}, {}
     grams = [_Gram(K) for K in Ks]
+    blank = np.full(Ks[ref].shape[:-2], np.nan)
+
+    def pair(m, a, b):  # NaN for a degenerate metric, without decomposing anything
+        if m in request.undefined:
+            return blank
+        return _gram_pair(request.computed(m), grams[a], grams[b], alpha)
+
     vals = {m: [None] * T for m in metrics}
     for t in range(T):
         for m in metrics:
-            vals[m][t] = _gram_pair(request.computed(m), grams[ref], grams[t], alpha)
+            vals[m][t] = pair(m, ref, t)
         if request.mode != "all" and t != ref:  # reference pairs: one decomposition at a time
             grams[t].forget()
     values = {m: np.stack(vals[m]) for m in metrics}
@@ -283,7 +292,7 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
             traj[m] = trajectory(
                 values[m],
                 ref,
-                lambda a, b, m=m: _gram_pair(request.computed(m), grams[a], grams[b], alpha),
+                lambda a, b, m=m: pair(m, a, b),
                 skip,
             )
     for g in grams:  # what follows builds its own: the cached decompositions would sit beside it
@@ -310,7 +319,7 @@ def _jackknife(
     """{metric: {position: value}} of the request's jackknifed metrics on ``images``: the
     grouped jackknife of the ``plugin`` values (:func:`jackknifed`) over the jackknife groups
     those images hold; each group left out decomposes the reference once."""
-    metrics = [m for m in request.jackknifed if m in plugin]
+    metrics = [m for m in request.jackknifed if m in plugin and m not in request.undefined]
     if not metrics:
         return {}
     groups = request.jack_groups[images]
@@ -343,14 +352,17 @@ def _gram_subsets(request: GramFinishRequest, ref: _Gram, other: _Gram) -> dict[
         idx = np.asarray(idx)
         ii = torch.from_numpy(idx).to(ref.K.device)
         a, b = ref.select(ii), other.select(ii)
+        blank = np.full(ref.K.shape[:-2], np.nan)
         point = {
-            m: _gram_pair(request.computed(m), a, b, request.alpha)[None] for m in nested.metrics
+            m: blank[None]
+            if nested.undefined[mi, i]
+            else _gram_pair(request.computed(m), a, b, request.alpha)[None]
+            for mi, m in enumerate(nested.metrics)
         }
-        corrected = _jackknife(request, ref, {0: other}, point, idx)
-        for mi, m in enumerate(nested.metrics):
-            blank = np.full(ref.K.shape[:-2], np.nan)
-            value = corrected[m][0] if m in corrected else point[m][0]
-            vals[m].append(blank if nested.undefined[mi, i] else value)
+        defined = {m: v for mi, (m, v) in enumerate(point.items()) if not nested.undefined[mi, i]}
+        corrected = _jackknife(request, ref, {0: other}, defined, idx)
+        for m in nested.metrics:
+            vals[m].append(corrected[m][0] if m in corrected else point[m][0])
     return {m: np.stack(v) for m, v in vals.items()}
 
 

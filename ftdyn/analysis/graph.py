@@ -17,6 +17,7 @@ from ..summary import shared_units
 from .estimation import (
     debiased,
     debiased_metrics,
+    degenerate,
     jackknifed,
     replicated,
     subsets_degenerate,
@@ -152,7 +153,14 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         jackknifed=jackknifed(args, job.metrics, src) if units is not None else (),
         jack_groups=None if units is None else np.arange(job.units) % JACKKNIFE_GROUPS,
         debiased=debiased_metrics(args, job.metrics),
+        undefined=_undefined(args, job, src),
     )
+
+
+def _undefined(args: AnalyzeConfig, job: Job, src) -> tuple[str, ...]:
+    """The job's metrics that are degenerate on all the images of ``src``: the results leave them
+    undefined, so their metrics task does not compute them."""
+    return tuple(m for m in job.metrics if degenerate(args, src, m, src.n) is not None)
 
 
 def _row_statistics(exp, job, fsl, ctag, pos, units, inplace):
@@ -224,6 +232,7 @@ def _gram_output(exp, args, job, fsl, gtag):
         corrected=debiased(args, job.metrics),
         jackknifed=jackknifed(args, job.metrics, src),
         jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, exp.draws),
+        undefined=_undefined(args, job, src),
     )
     return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")
 

@@ -97,6 +97,8 @@ class RowFinishRequest:
     #: the metrics that are a debiased CKA (their statistics carry the fourth moments; their
     #: replicates are the plug-in's, centred on the estimate)
     debiased: tuple[str, ...] = ()
+    #: the metrics degenerate on all the images (their values are NaN, never computed)
+    undefined: tuple[str, ...] = ()
 
 
 # ===================================================================== accumulation
@@ -535,8 +537,18 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
     metrics, alpha, ref, skip = request.metrics, request.alpha, request.ref, request.skip
     T, counts = request.n_positions, request.counts
     values, traj, reps, nested = {}, {}, {}, {}
+    blank = np.full(acc.s.shape[2:-1], np.nan)
+
+    def pair(m, a, b):
+        """The plug-in value of the pair (a, b); NaN for a degenerate metric: decomposing the
+        widest views to blank the result would be the costliest work of the task."""
+        if m in request.undefined:
+            return blank
+        return _metric_from_rows(m, acc.row_stats(a, b, ref), alpha)
 
     def plugin(m, t, counts=None):
+        if m in request.undefined:
+            return blank
         if m in request.debiased:  # CKA's corrected estimator: no jackknife, no plug-in
             stats = acc.row_stats(ref, t, ref, counts)
             moments = acc.fourth_moments(t, ref, counts)
@@ -546,7 +558,7 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
     def value(m, t, base=None):
         """The estimate of pair (reference, t) on the units ``base`` (None: all)."""
         if t == ref and not request.ref_value:
-            return np.full(acc.s.shape[2:-1], np.nan)
+            return blank
         point = plugin(m, t, base)
         if m not in request.jackknifed or t == ref:
             return point
@@ -562,7 +574,7 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
             traj[m] = trajectory(
                 np.stack([plugin(m, t) for t in range(T)]),
                 ref,
-                lambda a, b, m=m: _metric_from_rows(m, acc.row_stats(a, b, ref), alpha),
+                lambda a, b, m=m: pair(m, a, b),
                 skip,
             )
 
@@ -584,7 +596,7 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
             # a few subsets: CKA's expansion (of_counts) costs more than re-summing for them
             nested[m] = np.stack(
                 [
-                    np.full(acc.s.shape[2:-1], np.nan) if undefined[mi, i] else value(m, t, c)
+                    blank if undefined[mi, i] else value(m, t, c)
                     for i, c in enumerate(request.nested.counts)
                 ]
             )
