@@ -160,13 +160,111 @@ def test_timm_weights_under_a_torchvision_name_get_a_hint(tmp_path):
             torchvision.models.efficientnet_b0(num_classes=3), path, arch="efficientnet_b0"
         )
     text = str(info.value)
-    assert (
-        "missing keys" in text
-        and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
+    assert text.startswith(f"{path}: does not fit efficientnet_b0: missing keys 360 (")
+    assert text.endswith(
+        "; timm weights: they load with arch=timm/efficientnet_b0, not torchvision's"
+        " efficientnet_b0."
     )
     model = build_model("timm/efficientnet_b0", num_classes=3)
     # the same file under the timm name loads
     ck.load_into_model(model, path, arch="timm/efficientnet_b0")
+
+
+def test_other_zoo_hint_also_after_prefix_and_head_handling_and_the_other_way():
+    """The hint's model is tried as the real load is: a Lightning ``model.`` prefix stripped, a
+    head of another class count adapted (a third-party series); torchvision weights under a timm
+    name get the torchvision name."""
+    state = {f"model.{k}": v for k, v in _timm_model("efficientnet_b0", 1).state_dict().items()}
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model("efficientnet_b0"),
+            state,
+            source="f.ckpt",
+            arch="efficientnet_b0",
+            adapt_head=True,
+        )
+    assert str(info.value).endswith(
+        "timm weights: they load with arch=timm/efficientnet_b0, not torchvision's efficientnet_b0."
+    )
+    torch.manual_seed(2)
+    state = torchvision.models.efficientnet_b0(num_classes=3).state_dict()
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model("timm/efficientnet_b0"),
+            state,
+            source="f.pth",
+            arch="timm/efficientnet_b0",
+            adapt_head=True,
+        )
+    assert str(info.value).endswith(
+        "; torchvision weights: they load with arch=efficientnet_b0, not timm/efficientnet_b0."
+    )
+    # timm's and torchvision's ResNets share their key names: timm weights simply load
+    ck.load_state_into_model(
+        build_model("resnet18"),
+        _timm_model("resnet18", 3).state_dict(),
+        source="f.pth",
+        arch="resnet18",
+        adapt_head=True,
+    )
+
+
+def _hf_resnet_state() -> dict[str, torch.Tensor]:
+    """Keys as transformers' ResNetForImageClassification names them (a few, tiny)."""
+    names = [
+        "resnet.embedder.embedder.convolution.weight",
+        "resnet.embedder.embedder.normalization.weight",
+        "resnet.embedder.embedder.normalization.bias",
+        "resnet.encoder.stages.0.layers.0.layer.0.convolution.weight",
+        "classifier.1.weight",
+        "classifier.1.bias",
+    ]
+    return {name: torch.zeros(2, 2) for name in names}
+
+
+@pytest.mark.parametrize(
+    ("arch", "state", "expected"),
+    [
+        (
+            "resnet50",
+            lambda: _timm_model("resnet26d", 4).state_dict(),
+            "f.pth: does not fit resnet50: missing keys 165 (conv1.weight,"
+            " layer1.0.downsample.0.weight, layer1.0.downsample.1.bias, ...); unexpected keys 33"
+            " (conv1.0.weight, conv1.1.weight, conv1.1.bias, ...); shape mismatches 4"
+            " (layer1.0.downsample.1.weight: file [256, 64, 1, 1] vs model [256],"
+            " layer2.0.downsample.1.weight: file [512, 256, 1, 1] vs model [512], ...); the file"
+            " names 155 of the model's 320 keys; check arch or the file.",
+        ),
+        (
+            "resnet18",
+            lambda: {
+                k: v
+                for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()
+                if k != "layer4.1.bn2.running_var"
+            },
+            "f.pth: does not fit resnet18: missing keys 1 (layer4.1.bn2.running_var); the file"
+            " names 121 of the model's 122 keys; check arch or the file.",
+        ),
+        (
+            "resnet18",
+            _hf_resnet_state,
+            "f.pth: does not fit resnet18: missing keys 122 (conv1.weight, bn1.weight, bn1.bias,"
+            " ...); unexpected keys 6 (resnet.embedder.embedder.convolution.weight,"
+            " resnet.embedder.embedder.normalization.weight,"
+            " resnet.embedder.embedder.normalization.bias, ...); the file names 0 of the model's"
+            " 122 keys; check arch or the file.",
+        ),
+    ],
+    ids=["timm-resnet26d-as-resnet50", "one-key-missing", "hf-resnet-keys"],
+)
+def test_no_other_zoo_hint_when_its_model_refuses_the_keys_too(arch, state, expected):
+    """timm has resnet50 and resnet18 too, but timm/resnet50 does not take resnet26d's keys and
+    timm/resnet18 lacks the same key: the error lists what is missing and unexpected instead."""
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model(arch), state(), source="f.pth", arch=arch, adapt_head=True
+        )
+    assert str(info.value) == expected
 
 
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):
