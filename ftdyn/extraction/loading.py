@@ -142,18 +142,27 @@ def _check_loadable(
     keys, no weights at all) stops the run before anything is written, not half-way.
     Costs one more read of each file; states already in ``cache`` are reused. Returns which
     copy each gave (:func:`_apply_state`) and notes a classifier head whose class count changes
-    inside the series (the source's own head aside)."""
+    inside the series, and a source whose head has a class count none of the series' has."""
     scratch = copy.deepcopy(model)
-    copies, classes = {}, {}
+    copies, classes, source = {}, {}, None
     for pos in positions:
         state = cache[pos] if pos in cache else _load_state(entries[pos], loading)
         copies[pos] = _apply_state(scratch, entries[pos], state, loading)
-        if not _is_source(entries[pos], loading):
+        if _is_source(entries[pos], loading):
+            source = num_classes_of(scratch)
+        else:
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
         shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
         log.info(
             f"the classifier head changes its class count inside the series ({shown} classes); "
             "each checkpoint is loaded with its own head (heads are not captured)."
+        )
+    if loading.adapt_head and source is not None and classes and source not in classes.values():
+        series = ", ".join(str(n) for n in sorted(set(classes.values())))
+        log.info(
+            f"the source's classifier head has another class count than the series' (source:"
+            f" {source}, series: {series} classes); each checkpoint is loaded with its own head"
+            " (heads are not captured)."
         )
     return copies
