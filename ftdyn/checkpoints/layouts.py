@@ -166,11 +166,49 @@ def _listing(paths, folder: Path, limit: int = 6) -> str:
     )
 
 
+def _transformers_config(folder: Path) -> str | None:
+    """What ``folder/config.json`` says when it describes a Hugging Face ``transformers`` model
+    (``"architectures"`` and / or ``"model_type"``, as ``save_pretrained`` writes them), else
+    None. transformers' TimmWrapper models are timm models (their files hold timm's keys) and
+    timm's own hub ``config.json`` (``"architecture"``) is no transformers config: both None."""
+    path = folder / _HF_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    names = config.get("architectures")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    model_type = config.get("model_type")
+    model_type = model_type if isinstance(model_type, str) and model_type else None
+    if model_type == "timm_wrapper" or any(n.startswith("TimmWrapper") for n in names):
+        return None
+    said = [f"architectures {', '.join(names)}"] if names else []
+    said += [f"model_type {model_type}"] if model_type else []
+    return "; ".join(said) or None
+
+
+def check_not_transformers(folder: Path, where: str) -> None:
+    """One-line FtdynError when ``folder`` holds a Hugging Face ``transformers`` model, which
+    ftdyn cannot load (its modules are not torchvision's or timm's); ``where`` starts the line."""
+    said = _transformers_config(folder)
+    if said is not None:
+        raise FtdynError(
+            f"{where}: a Hugging Face transformers model ({_HF_CONFIG}: {said}), which ftdyn does"
+            " not load (it replays torchvision and timm models); export its weights to a"
+            f" torchvision or timm state dict and pass that model's {arg('arch')}, or fine-tune a"
+            " timm model through transformers' TimmWrapperForImageClassification, whose files load"
+            f" with {arg('arch')} timm/NAME."
+        )
+
+
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
     if looks_like_file(text):
         _check_file(path)
+        check_not_transformers(path.parent, f"{arg('source')} {path}")
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         raise FtdynError(
@@ -207,6 +245,8 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
 _LIGHTNING_LAST = re.compile(r"last(-v\d+)?\.ckpt", re.IGNORECASE)
 # Hugging Face Trainer checkpoint folders: the weights under these names, beside training state.
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# A transformers model's configuration beside its weights (save_pretrained, Trainer checkpoints).
+_HF_CONFIG = "config.json"
 # The Trainer's state beside each checkpoint's weights: "epoch" (a float) and "global_step".
 _TRAINER_STATE = "trainer_state.json"
 _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
@@ -491,8 +531,11 @@ def discover_series(
                 f" model; drop {arg('source')}."
             )
         return _series_from_manifest(folder, manifest, verify)
+    check_not_transformers(folder, str(folder))
     ignored: list[tuple[Path, str]] = []
     files, names, skipped = _weight_files(folder, ignored)
+    for sub in sorted({p.parent for p in files} - {folder}):
+        check_not_transformers(sub, str(sub))
     note = ignored_message(ignored)
     if note:  # an epoch left out changes every number after it: a warning, not a note
         warnings.warn(f"{folder}: {note}", FtdynWarning, stacklevel=2)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import (
+    check_not_transformers,
     checkpoint_files,
     discover_series,
     load_source_weights,
@@ -36,6 +37,8 @@ def _entry_record(entry, copy: dict[str, str] | None = None) -> dict[str, Any]:
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
+        if series.is_dir():  # before asking for --arch: no architecture would load it
+            check_not_transformers(series, str(series))
         if series.is_dir() and arch is None and checkpoint_files(series):
             raise FtdynError(
                 f"{arg('arch')}: {series} is not an ftdyn series (no manifest.json); name the"
