@@ -81,11 +81,24 @@ def canonical_arch(name: str, param: str = "arch") -> str:
     raise FtdynError(f"{arg(param)}: unknown architecture '{name}'.{hint}")
 
 
-def timm_twin(arch: str) -> str | None:
-    """``timm/NAME`` when timm also has a model named like torchvision's ``arch`` (a different
-    network
-    with other key names: a hint when a file does not fit), else None."""
-    return None if is_timm(arch) else zoo_timm.suggest(arch)
+def zoo_twin(arch: str) -> str | None:
+    """The other zoo's architecture of the same name: ``timm/NAME`` for torchvision's ``NAME``
+    when timm has one, torchvision's ``NAME`` for ``timm/NAME`` when torchvision has one, else
+    None. A twin may be a different network with other key names, or the same keys (ResNet):
+    :func:`~ftdyn.checkpoints.matching.load_state_into_model` suggests it only when it accepts
+    the file."""
+    if is_timm(arch):
+        name = arch[len(zoo_timm.PREFIX) :].lower()
+        return name if name in torchvision_architectures() else None
+    return zoo_timm.suggest(arch)
+
+
+def build_random(arch: str, seed: int = 0) -> nn.Module:
+    """``arch`` (canonical) with random weights drawn from ``seed``; the global RNG is left as it
+    was. No download."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _random_init(arch)
 
 
 def default_normalization(model: nn.Module, arch: str, *, origin: bool = False):

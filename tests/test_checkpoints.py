@@ -15,7 +15,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from ftdyn import checkpoints as ck
-from ftdyn.errors import FtdynError
+from ftdyn.errors import FtdynError, FtdynWarning
 
 ARCH = "shufflenet_v2_x0_5"  # small (0.35M params with 5 classes), nn.Linear head "fc"
 
@@ -918,6 +918,69 @@ def test_hugging_face_trainer_folders(tmp_path):
         "(checkpoint-1500/other.pt, checkpoint-1500/weights.pth); keep one per checkpoint "
         "folder, or name it pytorch_model.bin or model.safetensors."
     )
+
+
+def _trainer_epoch_folder(folder, step, epoch, weights="model.safetensors"):
+    """A Trainer ``checkpoint-STEP`` folder whose trainer_state.json holds ``epoch`` (omitted when
+    None), as Trainer writes it: a float, beside ``global_step``."""
+    _trainer_checkpoint(folder / f"checkpoint-{step}", weights, step)
+    state = {"global_step": step, "log_history": [], **({} if epoch is None else {"epoch": epoch})}
+    (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_trainer_folders_numbered_by_the_epoch_in_trainer_state(tmp_path, capsys, cli_console):
+    """save_strategy="epoch": the folders are named by global step, trainer_state.json holds the
+    epoch; a --source stays epoch 0."""
+    series = tmp_path / "out"
+    for step, epoch in ((2, 1.0), (4, 2.0), (6, 3.0)):
+        _trainer_epoch_folder(series, step, epoch)
+    entries = ck.discover_series(series)
+    assert [(e.epoch, e.label) for e in entries] == [
+        (1, "checkpoint-2/model.safetensors"),
+        (2, "checkpoint-4/model.safetensors"),
+        (3, "checkpoint-6/model.safetensors"),
+    ]
+    assert [ck.load_state_dict(e.path)[0]["w"][0].item() for e in entries] == [2.0, 4.0, 6.0]
+    assert capsys.readouterr().err.splitlines() == [
+        f"ftdyn: note: {series}: numbering the Hugging Face Trainer checkpoints by the epoch in"
+        " their trainer_state.json (checkpoint-2: epoch 1, checkpoint-4: epoch 2, checkpoint-6:"
+        " epoch 3)."
+    ]
+    _tiny(tmp_path / "src.pth", value=-5.0)
+    entries = ck.discover_series(series, source=tmp_path / "src.pth")
+    assert [(e.epoch, e.label) for e in entries] == [
+        (0, "src.pth"),
+        (1, "checkpoint-2/model.safetensors"),
+        (2, "checkpoint-4/model.safetensors"),
+        (3, "checkpoint-6/model.safetensors"),
+    ]
+
+
+def test_trainer_folders_saved_mid_epoch_keep_their_step_numbers(tmp_path):
+    """save_strategy="steps": fractional epochs, so the step numbers stay, with a warning; so
+    when one folder's trainer_state.json has no epoch."""
+    series = tmp_path / "out"
+    for step, epoch in ((500, 0.5), (1000, 1.0), (1500, 1.5)):
+        _trainer_epoch_folder(series, step, epoch, weights="pytorch_model.bin")
+    with pytest.warns(FtdynWarning) as caught:
+        entries = ck.discover_series(series)
+    assert [e.epoch for e in entries] == [500, 1000, 1500]
+    assert [str(w.message) for w in caught] == [
+        f"{series}: the Hugging Face Trainer checkpoints are numbered by the global step in their"
+        " folder names, not by epoch: the epochs in their trainer_state.json are not whole"
+        " numbers (checkpoint-500: 0.5, checkpoint-1500: 1.5; saved mid-epoch, e.g. with"
+        ' save_strategy="steps"); the store\'s epochs are these step numbers.'
+    ]
+    other = tmp_path / "other"
+    _trainer_epoch_folder(other, 2, 1.0)
+    _trainer_epoch_folder(other, 4, None)
+    with pytest.warns(FtdynWarning) as caught:
+        assert [e.epoch for e in ck.discover_series(other)] == [2, 4]
+    assert [str(w.message) for w in caught] == [
+        f"{other}: the Hugging Face Trainer checkpoints are numbered by the global step in their"
+        " folder names, not by epoch: checkpoint-4/model.safetensors have no epoch in"
+        " trainer_state.json; the store's epochs are these step numbers."
+    ]
 
 
 def test_subfolders_without_weights(tmp_path):

@@ -348,6 +348,11 @@ def test_third_party_series_with_source(tmp_path, probe_dir):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert (
+        "the source's classifier head has another class count than the series' (source: 1000,"
+        " series: 3 classes); each checkpoint is loaded with its own head (heads are not"
+        " captured)." in " ".join(result.output.split())
+    )
     ds = open_store(out)
     assert [(c["epoch"], c["file"]) for c in ds.attrs["checkpoints"]] == [
         (0, "imagenet_resnet18.pth"),
@@ -364,6 +369,39 @@ def test_third_party_series_with_source(tmp_path, probe_dir):
     assert_close16(layer(ds, "layer4")[0], ref0["layer4"])
     ref3 = direct("resnet18", states[2], images, ["layer2"])
     assert_close16(layer(ds, "layer2")[3], ref3["layer2"])
+
+
+def test_source_head_note_only_when_its_class_count_is_not_the_series(tmp_path, caplog):
+    """The note a head change inside the series gets, for a --source head of another class
+    count; none when the source has the series' class count."""
+    from ftdyn.extraction.loading import _check_loadable, _Loading
+    from ftdyn.models import build_model
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for epoch in (1, 2):
+        torch.save(
+            {"epoch": epoch, "state_dict": _model("mobilenet_v3_small", 3, epoch).state_dict()},
+            folder / f"epoch_{epoch}.pth",
+        )
+    loading = _Loading("mobilenet_v3_small", False, adapt_head=True, has_source=True)
+    notes = []
+    for classes in (10, 3):
+        source = tmp_path / f"src{classes}.pth"
+        torch.save(_model("mobilenet_v3_small", classes, 7).state_dict(), source)
+        entries = ck.discover_series(folder, source=source)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ftdyn"):
+            _check_loadable(build_model("mobilenet_v3_small"), entries, range(3), {}, loading)
+        notes.append([r.getMessage() for r in caplog.records])
+    assert notes == [
+        [
+            "the source's classifier head has another class count than the series' (source: 10,"
+            " series: 3 classes); each checkpoint is loaded with its own head (heads are not"
+            " captured)."
+        ],
+        [],
+    ]
 
 
 def test_ambiguous_order_is_refused(tmp_path, probe_dir):

@@ -160,13 +160,230 @@ def test_timm_weights_under_a_torchvision_name_get_a_hint(tmp_path):
             torchvision.models.efficientnet_b0(num_classes=3), path, arch="efficientnet_b0"
         )
     text = str(info.value)
-    assert (
-        "missing keys" in text
-        and "they fit timm/efficientnet_b0, not torchvision's efficientnet_b0" in text
+    assert text.startswith(f"{path}: does not fit efficientnet_b0: missing keys 360 (")
+    assert text.endswith(
+        "; timm weights: they load with arch=timm/efficientnet_b0, not torchvision's"
+        " efficientnet_b0."
     )
     model = build_model("timm/efficientnet_b0", num_classes=3)
     # the same file under the timm name loads
     ck.load_into_model(model, path, arch="timm/efficientnet_b0")
+
+
+def test_other_zoo_hint_also_after_prefix_and_head_handling_and_the_other_way():
+    """The hint's model is tried as the real load is: a Lightning ``model.`` prefix stripped, a
+    head of another class count adapted (a third-party series); torchvision weights under a timm
+    name get the torchvision name."""
+    state = {f"model.{k}": v for k, v in _timm_model("efficientnet_b0", 1).state_dict().items()}
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model("efficientnet_b0"),
+            state,
+            source="f.ckpt",
+            arch="efficientnet_b0",
+            adapt_head=True,
+        )
+    assert str(info.value).endswith(
+        "timm weights: they load with arch=timm/efficientnet_b0, not torchvision's efficientnet_b0."
+    )
+    torch.manual_seed(2)
+    state = torchvision.models.efficientnet_b0(num_classes=3).state_dict()
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model("timm/efficientnet_b0"),
+            state,
+            source="f.pth",
+            arch="timm/efficientnet_b0",
+            adapt_head=True,
+        )
+    assert str(info.value).endswith(
+        "; torchvision weights: they load with arch=efficientnet_b0, not timm/efficientnet_b0."
+    )
+    # timm's and torchvision's ResNets share their key names: timm weights simply load
+    ck.load_state_into_model(
+        build_model("resnet18"),
+        _timm_model("resnet18", 3).state_dict(),
+        source="f.pth",
+        arch="resnet18",
+        adapt_head=True,
+    )
+
+
+def _hf_resnet_state() -> dict[str, torch.Tensor]:
+    """Keys as transformers' ResNetForImageClassification names them (a few, tiny)."""
+    names = [
+        "resnet.embedder.embedder.convolution.weight",
+        "resnet.embedder.embedder.normalization.weight",
+        "resnet.embedder.embedder.normalization.bias",
+        "resnet.encoder.stages.0.layers.0.layer.0.convolution.weight",
+        "classifier.1.weight",
+        "classifier.1.bias",
+    ]
+    return {name: torch.zeros(2, 2) for name in names}
+
+
+@pytest.mark.parametrize(
+    ("arch", "state", "expected"),
+    [
+        (
+            "resnet50",
+            lambda: _timm_model("resnet26d", 4).state_dict(),
+            "f.pth: does not fit resnet50: missing keys 165 (conv1.weight,"
+            " layer1.0.downsample.0.weight, layer1.0.downsample.1.bias, ...); unexpected keys 33"
+            " (conv1.0.weight, conv1.1.weight, conv1.1.bias, ...); shape mismatches 4"
+            " (layer1.0.downsample.1.weight: file [256, 64, 1, 1] vs model [256],"
+            " layer2.0.downsample.1.weight: file [512, 256, 1, 1] vs model [512], ...); the file"
+            " names 155 of the model's 320 keys; check arch or the file.",
+        ),
+        (
+            "resnet18",
+            lambda: {
+                k: v
+                for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()
+                if k != "layer4.1.bn2.running_var"
+            },
+            "f.pth: does not fit resnet18: missing keys 1 (layer4.1.bn2.running_var); the file"
+            " names 121 of the model's 122 keys; check arch or the file.",
+        ),
+        (
+            "resnet18",
+            _hf_resnet_state,
+            "f.pth: does not fit resnet18: missing keys 122 (conv1.weight, bn1.weight, bn1.bias,"
+            " ...); unexpected keys 6 (resnet.embedder.embedder.convolution.weight,"
+            " resnet.embedder.embedder.normalization.weight,"
+            " resnet.embedder.embedder.normalization.bias, ...); the file names 0 of the model's"
+            " 122 keys; check arch or the file.",
+        ),
+    ],
+    ids=["timm-resnet26d-as-resnet50", "one-key-missing", "hf-resnet-keys"],
+)
+def test_no_other_zoo_hint_when_its_model_refuses_the_keys_too(arch, state, expected):
+    """timm has resnet50 and resnet18 too, but timm/resnet50 does not take resnet26d's keys and
+    timm/resnet18 lacks the same key: the error lists what is missing and unexpected instead."""
+    with pytest.raises(FtdynError) as info:
+        ck.load_state_into_model(
+            build_model(arch), state(), source="f.pth", arch=arch, adapt_head=True
+        )
+    assert str(info.value) == expected
+
+
+def _hf_folder(folder: Path, config: dict, state: dict, weights: str = "model.safetensors"):
+    """A folder as transformers' save_pretrained (or a Trainer checkpoint) writes it: config.json
+    beside the weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if weights.endswith(".safetensors"):
+        save_file(state, str(folder / weights), metadata={"format": "pt"})
+    else:
+        torch.save(state, folder / weights)
+
+
+HF_RESNET = {
+    "architectures": ["ResNetForImageClassification"],
+    "model_type": "resnet",
+    "depths": [2, 2, 2, 2],
+    "num_channels": 3,
+    "transformers_version": "4.46.0",
+}
+
+
+def _transformers_refusal(where: str, said: str, arch: str = "--arch") -> str:
+    return (
+        f"ftdyn: error: {where}: a Hugging Face transformers model (config.json: {said}), which"
+        " ftdyn does not load (it replays torchvision and timm models); export its weights to a"
+        f" torchvision or timm state dict and pass that model's {arch}, or fine-tune a timm model"
+        " through transformers' TimmWrapperForImageClassification, whose files load with"
+        f" {arch} timm/NAME."
+    )
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("ftdyn: error:")]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_transformers_model_folders_are_refused_in_one_line(tmp_path, probe_dir):
+    """save_pretrained output, Trainer checkpoints of a transformers model and a --source file
+    beside a transformers config.json: refused by config.json, before --arch is asked for."""
+    saved = tmp_path / "hf_resnet"
+    _hf_folder(saved, HF_RESNET, _hf_resnet_state())
+    out = tmp_path / "s.zarr"
+    line = _one_error_line(run_extract(saved, probe_dir, out))
+    assert line == _transformers_refusal(
+        str(saved), "architectures ResNetForImageClassification; model_type resnet"
+    )
+    vit = {"architectures": ["ViTForImageClassification"], "model_type": "vit"}
+    trainer = tmp_path / "trainer_out"
+    for step in (2, 4):
+        _hf_folder(
+            trainer / f"checkpoint-{step}",
+            vit,
+            {
+                "vit.embeddings.cls_token": torch.zeros(1, 1, 4),
+                "classifier.weight": torch.zeros(3, 4),
+            },
+        )
+        (trainer / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            f'{{"epoch": {step / 2}, "global_step": {step}}}'
+        )
+    line = _one_error_line(
+        run_extract(trainer, probe_dir, out, "--arch", "timm/vit_tiny_patch16_224")
+    )
+    assert line == _transformers_refusal(
+        str(trainer / "checkpoint-2"), "architectures ViTForImageClassification; model_type vit"
+    )
+    series = tmp_path / "series"
+    series.mkdir()
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), series / "epoch_1.pth")
+    source = tmp_path / "hf_source"
+    _hf_folder(source, {"model_type": "resnet"}, _hf_resnet_state(), "pytorch_model.bin")
+    line = _one_error_line(
+        run_extract(
+            series,
+            probe_dir,
+            out,
+            "--arch",
+            "resnet18",
+            "--source",
+            str(source / "pytorch_model.bin"),
+        )
+    )
+    assert line == _transformers_refusal(
+        f"--source {source / 'pytorch_model.bin'}", "model_type resnet"
+    )
+    assert not out.exists()
+
+
+def test_timm_configs_beside_the_weights_are_no_transformers_model(tmp_path):
+    """transformers' TimmWrapper saves timm's keys (config.json model_type timm_wrapper) and timm's
+    hub folders have their own config.json ("architecture"): both load as timm models."""
+    states = {n: _timm_model("resnet18", n).state_dict() for n in (0, 2, 4)}
+    wrapper = {
+        "architectures": ["TimmWrapperForImageClassification"],
+        "model_type": "timm_wrapper",
+        "architecture": "resnet18",
+        "num_labels": 3,
+    }
+    for step in (2, 4):
+        _hf_folder(tmp_path / "wrapped" / f"checkpoint-{step}", wrapper, states[step])
+    _hf_folder(tmp_path / "hub", {"architecture": "resnet18", "num_classes": 3}, states[0])
+    source = tmp_path / "hub" / "model.safetensors"  # a timm hub download as the source
+    entries = ck.discover_series(tmp_path / "wrapped", source=source)
+    assert [(e.epoch, e.label) for e in entries] == [
+        (0, "model.safetensors"),
+        (2, "checkpoint-2/model.safetensors"),
+        (4, "checkpoint-4/model.safetensors"),
+    ]
+    for entry in entries:
+        model = build_model("timm/resnet18", num_classes=3)
+        ck.load_into_model(model, entry.path, arch="timm/resnet18")
+        assert torch.equal(model.state_dict()["fc.weight"], states[entry.epoch]["fc.weight"])
 
 
 def test_timm_pretrained_tags_need_the_hub(monkeypatch):

@@ -10,12 +10,14 @@ on your own data" and "Checkpoints from elsewhere").
 * :mod:`~ftdyn.checkpoints.matching`: :func:`load_into_model` / :func:`load_state_into_model`
   match a state dict's keys to a model's and load it strictly, explaining any mismatch.
 * :mod:`~ftdyn.checkpoints.layouts`: :func:`discover_series` returns the ordered
-  :class:`CheckpointEntry` list of a folder (from its manifest, or from third-party files).
+  :class:`CheckpointEntry` list of a folder (from its manifest, or from third-party files);
+  :func:`check_not_transformers` refuses a Hugging Face ``transformers`` model folder.
 """
 
 from .layouts import (
     CHECKPOINT_SUFFIXES,
     CheckpointEntry,
+    check_not_transformers,
     checkpoint_files,
     checkpoint_stem,
     discover_series,
@@ -65,6 +67,7 @@ __all__ = [
     "SERIES_FORMAT_VERSION",
     "CheckpointEntry",
     "Weights",
+    "check_not_transformers",
     "checkpoint_filename",
     "checkpoint_files",
     "checkpoint_stem",

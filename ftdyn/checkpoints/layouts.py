@@ -8,6 +8,7 @@ Trainer, accelerate, plain files), with the series' source model as epoch 0.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -165,11 +166,49 @@ def _listing(paths, folder: Path, limit: int = 6) -> str:
     )
 
 
+def _transformers_config(folder: Path) -> str | None:
+    """What ``folder/config.json`` says when it describes a Hugging Face ``transformers`` model
+    (``"architectures"`` and / or ``"model_type"``, as ``save_pretrained`` writes them), else
+    None. transformers' TimmWrapper models are timm models (their files hold timm's keys) and
+    timm's own hub ``config.json`` (``"architecture"``) is no transformers config: both None."""
+    path = folder / _HF_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    names = config.get("architectures")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    model_type = config.get("model_type")
+    model_type = model_type if isinstance(model_type, str) and model_type else None
+    if model_type == "timm_wrapper" or any(n.startswith("TimmWrapper") for n in names):
+        return None
+    said = [f"architectures {', '.join(names)}"] if names else []
+    said += [f"model_type {model_type}"] if model_type else []
+    return "; ".join(said) or None
+
+
+def check_not_transformers(folder: Path, where: str) -> None:
+    """One-line FtdynError when ``folder`` holds a Hugging Face ``transformers`` model, which
+    ftdyn cannot load (its modules are not torchvision's or timm's); ``where`` starts the line."""
+    said = _transformers_config(folder)
+    if said is not None:
+        raise FtdynError(
+            f"{where}: a Hugging Face transformers model ({_HF_CONFIG}: {said}), which ftdyn does"
+            " not load (it replays torchvision and timm models); export its weights to a"
+            f" torchvision or timm state dict and pass that model's {arg('arch')}, or fine-tune a"
+            " timm model through transformers' TimmWrapperForImageClassification, whose files load"
+            f" with {arg('arch')} timm/NAME."
+        )
+
+
 def _resolve_source(source: str | os.PathLike, arch: str | None) -> CheckpointEntry:
     text = str(source)
     path = Path(text)
     if looks_like_file(text):
         _check_file(path)
+        check_not_transformers(path.parent, f"{arg('source')} {path}")
         return CheckpointEntry(0, path, sha256_file(path))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         raise FtdynError(
@@ -206,6 +245,10 @@ def _series_from_manifest(folder: Path, manifest: dict, verify: bool) -> list[Ch
 _LIGHTNING_LAST = re.compile(r"last(-v\d+)?\.ckpt", re.IGNORECASE)
 # Hugging Face Trainer checkpoint folders: the weights under these names, beside training state.
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# A transformers model's configuration beside its weights (save_pretrained, Trainer checkpoints).
+_HF_CONFIG = "config.json"
+# The Trainer's state beside each checkpoint's weights: "epoch" (a float) and "global_step".
+_TRAINER_STATE = "trainer_state.json"
 _TRAINING_STATE = re.compile(r"optimizer|scheduler|scaler|training_args|rng_state.*", re.IGNORECASE)
 
 
@@ -312,6 +355,65 @@ def _subfolder_weights(folder: Path, ignored: list[tuple[Path, str]]) -> list[Pa
     return found
 
 
+def _trainer_state_epoch(sub: Path) -> float | None:
+    """The ``"epoch"`` of ``sub/trainer_state.json`` (a Hugging Face Trainer checkpoint folder),
+    or None when there is no such file, it is unreadable or holds no number there."""
+    try:
+        epoch = json.loads((sub / _TRAINER_STATE).read_text(encoding="utf-8")).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+        return None
+    return float(epoch)
+
+
+def _trainer_epochs(folder: Path, stored: dict[Path, int | None]) -> dict[Path, int | None]:
+    """``stored`` with each Trainer checkpoint's epoch from its ``trainer_state.json``.
+
+    The Trainer names its folders by global step (``checkpoint-500``) even with
+    ``save_strategy="epoch"``; its ``trainer_state.json`` holds the epoch (``1.0``). When every
+    file of the series is in such a folder and every epoch there is a distinct whole number,
+    those epochs number the series (with a note). When some are fractional (saved mid-epoch,
+    ``save_strategy="steps"``), missing or repeated, the step numbers in the folder names are
+    kept, with a warning; without any epoch there, the folder names number the series as before.
+    """
+    subs = {p: p.parent for p in stored if p.parent != folder}
+    if not subs or len(subs) < len(stored):
+        return stored
+    epochs = {p: _trainer_state_epoch(sub) for p, sub in subs.items()}
+    if all(e is None for e in epochs.values()):
+        return stored
+    whole = {p: int(e) for p, e in epochs.items() if e is not None and e.is_integer() and e >= 0}
+    order = sorted(stored, key=lambda p: (epochs[p] is None, epochs[p] or 0.0, p.parent.name))
+    if len(whole) == len(stored) and len(set(whole.values())) == len(whole):
+        shown = ", ".join(f"{p.parent.name}: epoch {whole[p]}" for p in order[:3])
+        log.info(
+            f"{folder}: numbering the Hugging Face Trainer checkpoints by the epoch in their"
+            f" {_TRAINER_STATE} ({shown}{', ...' if len(order) > 3 else ''})."
+        )
+        return whole
+    fractional = [p for p in order if epochs[p] is not None and p not in whole]
+    missing = [p for p in order if epochs[p] is None]
+    if fractional:
+        why = (
+            f"the epochs in their {_TRAINER_STATE} are not whole numbers"
+            f" ({', '.join(f'{p.parent.name}: {epochs[p]:g}' for p in fractional[:3])}"
+            f"{', ...' if len(fractional) > 3 else ''}; saved mid-epoch, e.g. with"
+            ' save_strategy="steps")'
+        )
+    elif missing:
+        why = f"{_listing(missing, folder)} have no epoch in {_TRAINER_STATE}"
+    else:
+        why = f"several hold the same epoch in their {_TRAINER_STATE}"
+    warnings.warn(
+        f"{folder}: the Hugging Face Trainer checkpoints are numbered by the global step in their"
+        f" folder names, not by epoch: {why}; the store's epochs are these step numbers.",
+        FtdynWarning,
+        stacklevel=3,
+    )
+    return stored
+
+
 def _epoch_numbers(
     folder: Path, stored: dict[Path, int | None], names: dict[Path, str]
 ) -> dict[Path, int]:
@@ -396,8 +498,10 @@ def discover_series(
     ``checkpoint.pth`` when another file stores the same epoch, timm's ``recovery-*``. A folder
     without such files but with subfolders each holding one weights
     file (Hugging Face Trainer: ``checkpoint-500/pytorch_model.bin`` or
-    ``model.safetensors``, beside optimizer state) uses those, named by their folder.
-    Ordering rule:
+    ``model.safetensors``, beside optimizer state) uses those, named by their folder; the epoch in
+    each one's ``trainer_state.json`` numbers them when all are distinct whole numbers
+    (:func:`_trainer_epochs`; else the folders' step numbers, with a warning when some epoch
+    there is fractional, missing or repeated). Ordering rule:
 
     1. if *every* file stores an epoch (``"epoch"`` in the dict, or the safetensors
        metadata), those numbers are used;
@@ -427,8 +531,11 @@ def discover_series(
                 f" model; drop {arg('source')}."
             )
         return _series_from_manifest(folder, manifest, verify)
+    check_not_transformers(folder, str(folder))
     ignored: list[tuple[Path, str]] = []
     files, names, skipped = _weight_files(folder, ignored)
+    for sub in sorted({p.parent for p in files} - {folder}):
+        check_not_transformers(sub, str(sub))
     note = ignored_message(ignored)
     if note:  # an epoch left out changes every number after it: a warning, not a note
         warnings.warn(f"{folder}: {note}", FtdynWarning, stacklevel=2)
@@ -436,6 +543,7 @@ def discover_series(
     if src is not None and src.path is not None:
         files = _without_source(folder, files, src)
     stored, copies = _skip_epoch_copies({p: read_stored_epoch(p, trust=trust) for p in files})
+    stored = _trainer_epochs(folder, stored)
     if skipped + copies:
         log.info(f"{folder}: skipping {', '.join(skipped + copies)}.")
     entries = _ordered_entries(folder, stored, names, has_source=src is not None, trust=trust)

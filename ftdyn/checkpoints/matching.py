@@ -11,7 +11,10 @@ from it.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +23,13 @@ from torch import nn
 from ..config import arg
 from ..errors import FtdynError
 from ..models import (
+    build_random,
     fits_head,
     head_name,
+    is_timm,
     num_classes_of,
     replace_head,
-    timm_twin,
+    zoo_twin,
 )
 from .loading import _strip_wrappers, read_weights
 from .saving import _short
@@ -186,6 +191,65 @@ def _adapt_head(model: nn.Module, mapped: dict[str, torch.Tensor]) -> None:
         replace_head(model, int(weight.shape[0]))
 
 
+@functools.lru_cache(maxsize=2)
+def _twin_model(arch: str) -> nn.Module | None:
+    """``arch`` built once per process (random init, seed 0, no download) to try files on; None
+    when it cannot be built."""
+    try:
+        return build_random(arch).eval()
+    except Exception:  # an optional model that does not build here: no hint, not an error
+        return None
+
+
+_TWIN_LOCK = threading.Lock()  # the cached twins are tried one file at a time
+
+
+def _twin_accepts(twin: str, given: _Given, num_classes: int | None) -> bool:
+    """Whether the other zoo's ``twin`` loads the state dict strictly after the prefix and head
+    handling :func:`load_state_into_model` applies (without head adaptation, the twin gets the
+    model's class count ``num_classes``). The cached model is reused as it is: the head is set
+    from the file or ``num_classes`` each time, and the weights loaded do not matter."""
+    with _TWIN_LOCK:
+        model = _twin_model(twin)
+        if model is None:
+            return False
+        try:
+            mapped, prefix = match_keys(
+                given.state,
+                model,
+                state_prefix=given.state_prefix,
+                arch=twin,
+                optional_prefix=given.optional_prefix,
+            )
+            if given.adapt_head:
+                _adapt_head(model, mapped)
+            elif num_classes is not None:
+                replace_head(model, num_classes)
+            mapped = _check_fits(model, mapped, source="", name=twin, prefix=prefix)
+            model.load_state_dict(mapped, strict=True)
+        except (FtdynError, RuntimeError):
+            return False
+        return True
+
+
+def _class_count(model: nn.Module) -> int | None:
+    try:
+        return num_classes_of(model)
+    except FtdynError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What :func:`load_state_into_model` was given, to try the other zoo's model the same way
+    when the file does not fit."""
+
+    state: dict[str, torch.Tensor]
+    state_prefix: str | None
+    adapt_head: bool
+    optional_prefix: bool
+
+
 def _mismatch_hint(
     model: nn.Module,
     arch: str | None,
@@ -194,14 +258,10 @@ def _mismatch_hint(
     missing: list[str],
     unexpected: list[str],
     shapes: list[str],
+    given: _Given | None,
 ) -> str:
-    """What to try when the state dict does not fit: the arch, timm's twin, or the class count."""
-    twin = timm_twin(arch) if arch and (missing or unexpected) else None
-    hint = (
-        f"check {arg('arch')} or the file (timm weights? they fit {twin}, not torchvision's {arch})"
-        if twin
-        else f"check {arg('arch')} or the file"
-    )
+    """What to try when the state dict does not fit: the class count when only the head differs,
+    the other zoo's model of the same name when it accepts the file, else the arch."""
     try:
         head = head_name(model)
         if (
@@ -210,14 +270,23 @@ def _mismatch_hint(
             and not missing
             and not unexpected
         ):
-            hint = (
+            return (
                 f"only the classifier head differs (file: {mapped[f'{head}.weight'].shape[0]}"
                 f" classes, model: {own[f'{head}.weight'].shape[0]}); build the model with the"
                 " file's class count"
             )
     except FtdynError:
         pass
-    return hint
+    twin = zoo_twin(arch) if arch and given is not None and (missing or unexpected) else None
+    if twin and _twin_accepts(twin, given, _class_count(model)):
+        theirs, ours = ("timm", f"torchvision's {arch}") if is_timm(twin) else ("torchvision", arch)
+        return f"{theirs} weights: they load with {arg('arch', twin)}, not {ours}"
+    if not (missing or unexpected):
+        return f"check {arg('arch')} or the file"
+    shared = len(set(mapped) & set(own))
+    return (
+        f"the file names {shared} of the model's {len(own)} keys; check {arg('arch')} or the file"
+    )
 
 
 def _check_fits(
@@ -226,10 +295,12 @@ def _check_fits(
     *,
     source: str,
     name: str,
-    arch: str | None,
     prefix: str,
+    arch: str | None = None,
+    given: _Given | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``mapped`` completed with untracked batch-norm counters; raises if keys or shapes differ."""
+    """``mapped`` completed with untracked batch-norm counters; raises if keys or shapes differ
+    (``given``: what was loaded, to try the other zoo's model in the hint)."""
     own = model.state_dict()
     missing = [k for k in own if k not in mapped]
     if missing and all(k.endswith("num_batches_tracked") for k in missing):
@@ -249,7 +320,7 @@ def _check_fits(
             parts.append(f"unexpected keys {_summary(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches {_summary(shapes, 2)}")
-        hint = _mismatch_hint(model, arch, mapped, own, missing, unexpected, shapes)
+        hint = _mismatch_hint(model, arch, mapped, own, missing, unexpected, shapes, given)
         via = f" (after stripping prefix '{prefix}')" if prefix else ""
         raise FtdynError(f"{source}: does not fit {name}{via}: {'; '.join(parts)}; {hint}.")
     return mapped
@@ -278,7 +349,15 @@ def load_state_into_model(
     )
     if adapt_head:
         _adapt_head(model, mapped)
-    mapped = _check_fits(model, mapped, source=source, name=name, arch=arch, prefix=prefix)
+    mapped = _check_fits(
+        model,
+        mapped,
+        source=source,
+        name=name,
+        prefix=prefix,
+        arch=arch,
+        given=_Given(state, state_prefix, adapt_head, optional_prefix),
+    )
     try:
         model.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:  # pragma: no cover - caught above in practice

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import (
+    check_not_transformers,
     checkpoint_files,
     discover_series,
     load_source_weights,
@@ -36,6 +37,8 @@ def _entry_record(entry, copy: dict[str, str] | None = None) -> dict[str, Any]:
 def _resolve_series(series: Path, arch: str | None, source, trust: bool):
     manifest = read_manifest(series) if series.is_dir() else None
     if manifest is None:
+        if series.is_dir():  # before asking for --arch: no architecture would load it
+            check_not_transformers(series, str(series))
         if series.is_dir() and arch is None and checkpoint_files(series):
             raise FtdynError(
                 f"{arg('arch')}: {series} is not an ftdyn series (no manifest.json); name the"
@@ -142,18 +145,27 @@ def _check_loadable(
     keys, no weights at all) stops the run before anything is written, not half-way.
     Costs one more read of each file; states already in ``cache`` are reused. Returns which
     copy each gave (:func:`_apply_state`) and notes a classifier head whose class count changes
-    inside the series (the source's own head aside)."""
+    inside the series, and a source whose head has a class count none of the series' has."""
     scratch = copy.deepcopy(model)
-    copies, classes = {}, {}
+    copies, classes, source = {}, {}, None
     for pos in positions:
         state = cache[pos] if pos in cache else _load_state(entries[pos], loading)
         copies[pos] = _apply_state(scratch, entries[pos], state, loading)
-        if not _is_source(entries[pos], loading):
+        if _is_source(entries[pos], loading):
+            source = num_classes_of(scratch)
+        else:
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
         shown = ", ".join(f"epoch {e}: {n}" for e, n in sorted(classes.items()))
         log.info(
             f"the classifier head changes its class count inside the series ({shown} classes); "
             "each checkpoint is loaded with its own head (heads are not captured)."
+        )
+    if loading.adapt_head and source is not None and classes and source not in classes.values():
+        series = ", ".join(str(n) for n in sorted(set(classes.values())))
+        log.info(
+            f"the source's classifier head has another class count than the series' (source:"
+            f" {source}, series: {series} classes); each checkpoint is loaded with its own head"
+            " (heads are not captured)."
         )
     return copies
