@@ -4,7 +4,8 @@ Extracts a demo target's series again with fewer probe images (``--per-class``, 
 80 images for the demo's 8 classes), analyzes both stores with the default estimators and
 ``--bootstrap`` replicates of every metric, and counts the (metric, layer, epoch) whose 95 %
 intervals at the two sizes overlap: over all of them, and over those that neither size marks
-unreliable.
+unreliable. An unreliable value has no bootstrap interval; its interval here is the bias bracket
+between it and its held-out value.
 
     python benchmarks/bench_probe_size.py demo-out --target photos --per-class 10 --out size-out
 """
@@ -25,19 +26,34 @@ import ftdyn
 from ftdyn.demos.pipeline import SIZES
 
 
+def interval(results, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per (layer, epoch after the reference) of a result's first experiment: the
+    bootstrap interval of a reliable value; for an unreliable one, the span of its value, its
+    held-out value and any interval (the bias bracket of ftdyn.metrics.heldout)."""
+    at = dict(metric=metric)
+    value, low, high = (
+        results[k].sel(**at).values[0, :, 1:] for k in ("distance", "ci_low", "ci_high")
+    )
+    odd = results["unreliable"].sel(**at).values[0][:, None]
+    held = results["heldout_distance"].sel(**at).values[0, :, 1:]
+    with warnings.catch_warnings():  # all-NaN spans stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        span = np.stack([value, held, low, high])
+        low = np.where(odd, np.nanmin(span, axis=0), low)
+        high = np.where(odd, np.nanmax(span, axis=0), high)
+    return low, high
+
+
 def overlap(small, large) -> tuple[int, int, int, int]:
-    """(agreeing, compared, agreeing among the reliable, reliable) cells of two results."""
+    """(agreeing, compared, agreeing among the reliable, reliable) cells of two results: their
+    intervals (:func:`interval`) overlap."""
     counts = np.zeros(4, dtype=int)
     for metric in small["metric"].values:
         reliable = ~(
             small["unreliable"].sel(metric=metric).values[0]
             | large["unreliable"].sel(metric=metric).values[0]
         )
-        d = [
-            r[k].sel(metric=metric).values[0, :, 1:]
-            for r in (small, large)
-            for k in ("ci_low", "ci_high")
-        ]
+        d = [*interval(small, metric), *interval(large, metric)]
         both = np.isfinite(small["distance"].sel(metric=metric).values[0, :, 1:]) & np.isfinite(
             large["distance"].sel(metric=metric).values[0, :, 1:]
         )

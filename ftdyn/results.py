@@ -49,6 +49,10 @@ xarray Dataset, format 1::
       unreliable (experiment, metric, layer_index) bool: the value cannot be trusted at that shape
       (degenerate, or above the estimator's column/row limit); figures draw it hollow and grey,
       the report's statements skip it, the CSV tables mark it (``unreliable``, ``reason``)
+      heldout_distance (experiment, metric, layer_index, epoch) float64: above the limit, the
+      held-out (cross-validated) Procrustes/PWSM, biased away from 0 as the plug-in value is
+      toward it: [distance, heldout_distance] brackets the population distance; NaN elsewhere
+      (:mod:`ftdyn.metrics.heldout`); the CSV column ``heldout``
     runs compared (:mod:`ftdyn.analysis.compare`; absent in older results)
       run_distance, run_ci_low, run_ci_high (experiment, experiment_other, metric, layer_index,
       epoch): distance between two runs at the same epoch (NaN: not compared); floor,
@@ -98,6 +102,7 @@ DISTANCE_COLUMNS = (
     "value",
     "ci_low",
     "ci_high",
+    "heldout",
     "n_filters",
     "n_nan",
     "unreliable",
@@ -230,6 +235,7 @@ OPTIONAL_VARS = {
     "images_needed": ("experiment", "metric", "layer_index"),
     # reliability of a value at its view's shape; absent: every value reads as reliable
     "column_ratio": ("experiment", "metric", "layer_index"),
+    "heldout_distance": ("experiment", "metric", "layer_index", "epoch"),
     "unreliable": ("experiment", "metric", "layer_index"),
     # runs compared (ftdyn.analysis.compare); absent in results written before it
     "run_distance": ("experiment", "experiment_other", "metric", "layer_index", "epoch"),
@@ -462,6 +468,9 @@ def distance_rows(ds: xr.Dataset):
     has = _has_epoch(ds)
     dist, lo, hi = ds["distance"].values, ds["ci_low"].values, ds["ci_high"].values
     nf, nn = ds["n_filters"].values, ds["n_nan"].values
+    held = (
+        ds["heldout_distance"].values if "heldout_distance" in ds else np.full(dist.shape, np.nan)
+    )
     layers = ds["layer"].values
     marks = _reliability_cells(ds)
     for e, exp in enumerate(ds["experiment"].values):
@@ -484,6 +493,7 @@ def distance_rows(ds: xr.Dataset):
                         "value": float(dist[e, m, l, k]),
                         "ci_low": float(lo[e, m, l, k]),
                         "ci_high": float(hi[e, m, l, k]),
+                        "heldout": float(held[e, m, l, k]),
                         "n_filters": int(nf[e, m, l]),
                         "n_nan": int(nn[e, m, l, k]),
                         **marks(e, m, l),

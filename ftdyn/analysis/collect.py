@@ -49,14 +49,19 @@ def _join_ckpt_groups(parts: list[MetricsResult], groups: list, T: int, ref: int
         return parts[0]
     # the convergence check's subsets come from the one pass holding the last epoch
     nested = next((part.nested for part in parts if part.nested), {})
-    values, replicates = {}, {}
+    values, replicates, heldout = {}, {}, {}
+
+    def joined(arrays: list[np.ndarray]) -> np.ndarray:  # (T, ...) from each pass's (1 + k, ...)
+        out = np.empty((T, *np.shape(arrays[0])[1:]))
+        out[ref] = np.asarray(arrays[0])[0]
+        for array, cg in zip(arrays, groups, strict=True):
+            out[cg] = np.asarray(array)[1:]
+        return out
+
     for m in parts[0].values:
-        first = np.asarray(parts[0].values[m])
-        vals = np.empty((T, *first.shape[1:]))
-        vals[ref] = first[0]
-        for part, cg in zip(parts, groups, strict=True):
-            vals[cg] = np.asarray(part.values[m])[1:]
-        values[m] = vals
+        values[m] = joined([part.values[m] for part in parts])
+        if m in parts[0].heldout:
+            heldout[m] = joined([part.heldout[m] for part in parts])
         if m in parts[0].replicates:
             r0 = np.asarray(parts[0].replicates[m])
             reps = np.empty((r0.shape[0], T, *r0.shape[2:]))
@@ -64,7 +69,7 @@ def _join_ckpt_groups(parts: list[MetricsResult], groups: list, T: int, ref: int
             for part, cg in zip(parts, groups, strict=True):
                 reps[:, cg] = np.asarray(part.replicates[m])[:, 1:]
             replicates[m] = reps
-    return MetricsResult(values=values, replicates=replicates, nested=nested)
+    return MetricsResult(values=values, replicates=replicates, nested=nested, heldout=heldout)
 
 
 def _gather(arrays: list[np.ndarray], lead: tuple[int, ...], per_filter: bool) -> np.ndarray:
@@ -109,6 +114,7 @@ class Record:
     ci: tuple[np.ndarray, np.ndarray] | None = None  #: bootstrap interval of ``value``
     reps: np.ndarray | None = None  #: (replicates, T) bootstrap values, paired across layers
     nested: np.ndarray | None = None  #: (subsets,) last epoch on the convergence subsets
+    heldout: np.ndarray | None = None  #: (T,) held-out layer distance (beyond the limit)
 
     #: the epoch axes of the array fields ("traj" has two; "ci" is a pair of (T,) arrays)
     _EPOCH_AXES: ClassVar[dict[str, tuple[int, ...]]] = {
@@ -119,6 +125,7 @@ class Record:
         "cells": (0,),
         "reps": (1,),
         "traj": (0, 1),
+        "heldout": (0,),
     }
 
     def split_baseline(self, T: int) -> float:
@@ -137,7 +144,7 @@ class Record:
     def make_undefined(self) -> None:
         """Blank a record whose values carry no information (NaN, counted in ``n_nan``), so
         that a degenerate 0 never reads as "unchanged" or enters reusability and agreement."""
-        for name in ("value", "traj", "filter", "cells", "reps"):
+        for name in ("value", "traj", "filter", "cells", "reps", "heldout"):
             array = getattr(self, name)
             if array is not None:
                 setattr(self, name, np.full(array.shape, np.nan))
@@ -216,6 +223,10 @@ def _values_record(parts: list[MetricsResult], m: str, exp: Experiment, job: Job
         rec.ci = percentile_interval(rec.reps, axis=0)
     if m in parts[0].nested:
         rec.nested = _nested_values(parts, m, per_filter)
+    if m in parts[0].heldout:
+        rec.heldout = _layer_values(
+            _gather([p.heldout[m] for p in parts], (T,), per_filter), per_filter
+        )[0]
     return rec
 
 
@@ -304,6 +315,8 @@ def _place(
     arrays["trajectory"][e, mi, l][np.ix_(cols, cols)] = rec.traj
     if rec.ci is not None:
         arrays["ci_low"][e, mi, l, cols], arrays["ci_high"][e, mi, l, cols] = rec.ci
+    if rec.heldout is not None:
+        arrays["heldout_distance"][e, mi, l, cols] = rec.heldout
 
 
 def _record_arrays(
@@ -319,6 +332,7 @@ def _record_arrays(
         "distance": np.full(shape, np.nan),
         "ci_low": np.full(shape, np.nan),
         "ci_high": np.full(shape, np.nan),
+        "heldout_distance": np.full(shape, np.nan),
         "n_nan": np.zeros(shape, dtype=np.int64),
         "n_nan_maps": np.zeros(shape, dtype=np.int64),
         "n_filters": np.zeros((E, Mn, Lmax), dtype=np.int64),
@@ -373,6 +387,14 @@ _VARIABLES = {
     ),
     "ci_low": (_LE, "bootstrap percentile interval, lower bound (NaN without bootstrap)"),
     "ci_high": (_LE, "bootstrap percentile interval, upper bound"),
+    "heldout_distance": (
+        _LE,
+        (
+            "where the value is beyond its estimator's column/row limit (unreliable): the"
+            " held-out distance, biased away from 0 as the plug-in value is toward it, so the"
+            " two bracket the population distance; NaN elsewhere"
+        ),
+    ),
     "n_filters": (("experiment", "metric", "layer_index"), None),
     "n_nan": (
         _LE,

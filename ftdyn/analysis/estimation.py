@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import DEBIASED_CKA, AnalyzeConfig
 from ..metrics.estimators import JACKKNIFED, column_limit, size_reliability
+from ..metrics.heldout import HELDOUT_METRICS
 from ..metrics.registry import degenerate_reason
 from ..views import matrix_shape
 from .inputs import Source
@@ -33,6 +34,24 @@ def jackknifed(config: AnalyzeConfig, metrics, src: Source | None = None) -> tup
         if config.views[m] != "map"
         and (m in JACKKNIFED or (m == "cka" and config.views[m] not in GRAM_VIEWS))
         and (src is None or not beyond_correction(config, src, m))
+    )
+
+
+def heldout_metrics(config: AnalyzeConfig, metrics, src: Source) -> tuple[str, ...]:
+    """Those of ``metrics`` whose value on ``src`` is beyond its correction's limit
+    (:func:`beyond_correction`: the plug-in value is kept and marked unreliable) and that have a
+    held-out value (:mod:`ftdyn.metrics.heldout`): the other end of the plug-in's bias, reported
+    beside it. Corrected estimators only (the plug-in preset keeps the published numbers);
+    degenerate values have none."""
+    if config.estimator != "corrected":
+        return ()
+    return tuple(
+        m
+        for m in metrics
+        if m in HELDOUT_METRICS
+        and config.views[m] != "map"
+        and beyond_correction(config, src, m)
+        and degenerate(config, src, m, src.n) is None
     )
 
 

@@ -18,6 +18,7 @@ from ..metrics.bootstrap import (
     gram_unit_quadratics,
     gram_unit_traces,
 )
+from ..metrics.heldout import heldout_from_gram
 from ..metrics.stats import (
     GramCentered,
     GramEig,
@@ -102,6 +103,9 @@ class GramFinishRequest:
     jack_groups: np.ndarray | None = None
     #: the metrics degenerate on all the images (their values are NaN, never computed)
     undefined: tuple[str, ...] = ()
+    #: the metrics whose values are beyond their correction's limit: their held-out values too
+    #: (:mod:`ftdyn.metrics.heldout`, over the jackknife groups; PWSM: NaN)
+    heldout: tuple[str, ...] = ()
 
     def computed(self, metric: str) -> str:
         """The metric as computed: the corrected CKA is the debiased one."""
@@ -306,7 +310,12 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
         reps = _gram_replicates(request, values, grams)
     if request.nested is not None:
         nested = _gram_subsets(request, grams[ref], grams[request.nested.position])
-    return MetricsResult(values, traj, reps, nested)
+    heldout = {}
+    for m in request.heldout:
+        heldout[m] = np.full_like(values[m], np.nan)
+        for t in replicated_positions(T, ref, skip):
+            heldout[m][t] = heldout_from_gram(m, Ks[ref], Ks[t], request.jack_groups, alpha)
+    return MetricsResult(values, traj, reps, nested, heldout=heldout)
 
 
 def _jackknife(

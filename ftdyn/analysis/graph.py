@@ -18,6 +18,7 @@ from .estimation import (
     debiased,
     debiased_metrics,
     degenerate,
+    heldout_metrics,
     jackknifed,
     replicated,
     subsets_degenerate,
@@ -154,6 +155,7 @@ def _row_finish_request(exp, args, job, pos, resamples, first: bool) -> RowFinis
         jack_groups=None if units is None else np.arange(job.units) % JACKKNIFE_GROUPS,
         debiased=debiased_metrics(args, job.metrics),
         undefined=_undefined(args, job, src),
+        heldout=heldout_metrics(args, job.metrics, src) if units is not None else (),
     )
 
 
@@ -233,6 +235,7 @@ def _gram_output(exp, args, job, fsl, gtag):
         jackknifed=jackknifed(args, job.metrics, src),
         jack_groups=shared_units(src.n, min(JACKKNIFE_GROUPS, src.n), args.seed, exp.draws),
         undefined=_undefined(args, job, src),
+        heldout=heldout_metrics(args, job.metrics, src),
     )
     return dask.delayed(gram_finish, pure=True)(request, *Ks, dask_key_name=f"metrics-{gtag}")
 

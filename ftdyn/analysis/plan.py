@@ -23,7 +23,7 @@ from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..metrics.registry import diagonal_self_products
 from ..metrics.stats import choose_side
 from ..summary import shared_counts, shared_indices, shared_units
-from .estimation import debiased, debiased_metrics, jackknifed
+from .estimation import debiased, debiased_metrics, heldout_metrics, jackknifed
 from .gram_memory import F8, GramFinishCost, gram_finish_cost
 from .inputs import Experiment, Source
 from .maps import map_pairs
@@ -613,13 +613,15 @@ def replicate_counts(args: AnalyzeConfig, n_units: int, experiment: int) -> np.n
 def job_units(config: AnalyzeConfig, spec: JobSpec) -> int:
     """Groups of images a job's statistics keep, at most: the kept groups of the convergence
     check's own run, the bootstrap's for a job with a bootstrapped metric (--bootstrap-metric),
-    at least the jackknife's groups for a job with a jackknifed metric, else 1 (one
-    accumulator)."""
+    at least the jackknife's groups for a job with a jackknifed metric or a held-out value, else 1
+    (one accumulator)."""
     n = spec.src.n
     if config.nested:
         return nested_groups(n)[1]
     units = boot_groups(config, n) if bootstrapped(config, spec.metrics) else 1
-    if jackknifed(config, spec.metrics, spec.src):
+    if jackknifed(config, spec.metrics, spec.src) or heldout_metrics(
+        config, spec.metrics, spec.src
+    ):
         units = max(units, min(JACKKNIFE_GROUPS, n))
     return units
 

@@ -17,6 +17,7 @@ from ..metrics.bootstrap import (
     unit_quadratics,
     unit_traces,
 )
+from ..metrics.heldout import heldout_from_row_stats
 from ..metrics.registry import get_metric
 from ..metrics.stats import FourthMoments, RowStats, cka_debiased_from_row_stats
 from ..views import to_matrices
@@ -99,6 +100,9 @@ class RowFinishRequest:
     debiased: tuple[str, ...] = ()
     #: the metrics degenerate on all the images (their values are NaN, never computed)
     undefined: tuple[str, ...] = ()
+    #: the metrics whose values are beyond their correction's limit: their held-out values too
+    #: (:mod:`ftdyn.metrics.heldout`, over the jackknife groups)
+    heldout: tuple[str, ...] = ()
 
 
 # ===================================================================== accumulation
@@ -600,7 +604,21 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
                     for i, c in enumerate(request.nested.counts)
                 ]
             )
-    return MetricsResult(values, traj, reps, nested, acc.pooled)
+    heldout = {m: _heldout(request, acc, m) for m in request.heldout if m in values}
+    return MetricsResult(values, traj, reps, nested, acc.pooled, heldout)
+
+
+def _heldout(request: RowFinishRequest, acc: RowAccumulator, metric: str) -> np.ndarray:
+    """(T, *batch) held-out values of ``metric`` for the pairs (reference, t), each jackknife
+    group of images scored by the alignment fitted on the others; NaN at the reference and the
+    positions ``skip``."""
+    ref, groups = request.ref, request.jack_groups
+    out = np.full((request.n_positions, *acc.s.shape[2:-1]), np.nan)
+    folds = [(groups == g).astype(np.int64) for g in np.unique(groups)]
+    for t in replicated_positions(request.n_positions, ref, request.skip):
+        stats = [acc.row_stats(ref, t, ref, counts) for counts in folds]
+        out[t] = heldout_from_row_stats(metric, stats, request.alpha)
+    return out
 
 
 def _leave_out_counts(base: np.ndarray | None, groups: np.ndarray) -> np.ndarray:

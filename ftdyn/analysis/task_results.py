@@ -37,6 +37,9 @@ class MetricsResult:
     #: {(position of the pass, sample chunk): (images, filters of the group)} float64 spatial
     #: means of the blocks read (the linear probes' features; None: not kept)
     pooled: dict[tuple[int, int], np.ndarray] | None = None
+    #: {metric: (T, *batch)} held-out values of ``values`` beyond their correction's limit
+    #: (:mod:`ftdyn.metrics.heldout`; NaN at the reference; metrics without: absent)
+    heldout: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def trajectory(

@@ -69,7 +69,8 @@ def heat_values(res, exp: str, metric: str) -> tuple[str, np.ndarray]:
 
 
 def _cell_title(res, at: dict, layer: str, epoch: int, reason: str | None) -> str:
-    """The hover text of a heatmap cell: value, interval, relative value, ceiling, floor."""
+    """The hover text of a heatmap cell: value, interval, relative value, ceiling, floor, and
+    the held-out distance of an unreliable value."""
     lines = [
         f"{layer} · epoch {epoch}",
         f"distance {_num(_value(res, 'distance', **at))}"
@@ -80,6 +81,9 @@ def _cell_title(res, at: dict, layer: str, epoch: int, reason: str | None) -> st
             lines.append(f"{name.replace('_', ' ')} {_num(_value(res, name, **at))}")
     if reason:
         lines.append(f"unreliable: {reason}")
+    held = _value(res, "heldout_distance", **at)
+    if math.isfinite(held):
+        lines.append(f"held-out distance {_num(held)} (the value and it bracket the distance)")
     return "\n".join(lines)
 
 

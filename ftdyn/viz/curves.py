@@ -36,8 +36,9 @@ UNRELIABLE_LABEL = "unreliable (see report)"
 UNRELIABLE_GID = "unreliable"
 UNRELIABLE_NOTE = (
     "grey dashed with hollow markers: a value that cannot be trusted at its view's shape"
-    " (degenerate, or too many columns per row for the estimator; the report says why); a gap:"
-    " no value."
+    " (degenerate, or too many columns per row for the estimator; the report says why), with a"
+    " dotted bar up to its held-out value where it has one (the two bracket the population"
+    " distance); a gap: no value."
 )
 
 
@@ -51,6 +52,32 @@ def unreliable_style(color) -> dict:
         markeredgecolor=color,
         gid=UNRELIABLE_GID,
     )
+
+
+def heldout_values(results, exp: str, metric: str, layer_index: int) -> np.ndarray:
+    """(epoch,) held-out distances of one layer (NaN where it has none, and in results without
+    the ``heldout_distance`` variable)."""
+    if "heldout_distance" not in results:
+        return np.full(results.sizes["epoch"], np.nan)
+    held = results["heldout_distance"].sel(experiment=exp, metric=metric, layer_index=layer_index)
+    return np.asarray(held.values, dtype=float)
+
+
+def draw_brackets(ax, x, low, high, color) -> None:
+    """Dotted bars from each unreliable value ``low`` to its held-out value ``high`` (the bias
+    bracket of :mod:`ftdyn.metrics.heldout`), where both are finite."""
+    x, low, high = (np.asarray(a, dtype=float) for a in (x, low, high))
+    keep = np.isfinite(low) & np.isfinite(high)
+    if keep.any():
+        ax.vlines(
+            x[keep],
+            low[keep],
+            high[keep],
+            colors=color,
+            linestyles=":",
+            linewidth=1.0,
+            gid=UNRELIABLE_GID,
+        )
 
 
 def _legend(ax, title: str, others=()) -> None:
@@ -187,6 +214,9 @@ def curves_figure(results):
                     label=name,
                     **style,
                 )
+                if li in odd:
+                    held = heldout_values(results, exp, metric, li)
+                    draw_brackets(ax, epochs[has], y[has], held[has], color)
                 yl = np.asarray(lo.sel(layer_index=li).values, dtype=float)
                 yh = np.asarray(hi.sel(layer_index=li).values, dtype=float)
                 band = ok & np.isfinite(yl) & np.isfinite(yh) & (li not in odd)
@@ -220,7 +250,7 @@ def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
     epochs = np.asarray(results["epoch"].values)
     d = results["distance"].sel(experiment=exp, metric=metric)
     odd = unreliable_layers(results, exp, metric)
-    xs, ys, los, his, last, flags = [], [], [], [], [], []
+    xs, ys, los, his, last, flags, held = [], [], [], [], [], [], []
     for k, (li, _) in enumerate(layers):
         y = np.asarray(d.sel(layer_index=li).values, dtype=float)
         t = _last_finite(y)
@@ -230,8 +260,10 @@ def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
             ys += [np.nan]
             los += [np.nan]
             his += [np.nan]
+            held += [np.nan]
             continue
         ys.append(y[t])
+        held.append(heldout_values(results, exp, metric, li)[t] if li in odd else np.nan)
         los.append(
             float(results["ci_low"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
         )
@@ -239,12 +271,13 @@ def _last_epoch_points(results, exp: str, metric: str, layers, same: bool):
             float(results["ci_high"].sel(experiment=exp, metric=metric, layer_index=li).values[t])
         )
         last.append(int(epochs[t]))
-    return xs, ys, los, his, last, flags
+    return xs, ys, los, his, last, flags, held
 
 
-def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last, flags) -> None:
+def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last, flags, held) -> None:
     """One experiment's distance-by-layer line, with its CI band where both ends are finite; an
-    unreliable layer's point hollow and the segments to it in :func:`unreliable_style`."""
+    unreliable layer's point hollow, the segments to it in :func:`unreliable_style` and a bar to
+    its held-out value (:func:`draw_brackets`)."""
     ep = sorted(set(last))
     xs, ys, flags = np.array(xs, dtype=float), np.array(ys, dtype=float), np.array(flags)
     ax.plot(
@@ -267,6 +300,7 @@ def _plot_layer_curve(ax, exp: str, color, xs, ys, los, his, last, flags) -> Non
             markevery=[int(k - near.start)],
             **unreliable_style(color),
         )
+    draw_brackets(ax, xs, ys, held, color)
     los, his = np.array(los), np.array(his)
     band = np.isfinite(los) & np.isfinite(his) & ~flags
     if band.any():
