@@ -156,7 +156,9 @@ def test_killed_worker_leaves_a_store_the_next_run_finishes(series, probe, seria
     assert "--scheduler" in line and "epoch 1" in line and "re-run the same command" in line
     marks = completeness(out)
     variables = zarr.open_group(out, mode="r").attrs["layer_variables"].values()
-    assert not marks[1].any() and all(chunk_on_disk(out, v, 1, 0) for v in variables)
+    # the killed worker's region: on disk, not marked
+    written = [c for c in range(marks.shape[1]) if chunk_on_disk(out, next(iter(variables)), 1, c)]
+    assert not marks[1].any() and written
     for k, c in np.argwhere(marks):  # no region marked without its data
         assert all(chunk_on_disk(out, v, k, c) for v in variables)
     assert not zarr.open_group(out, mode="r").attrs["runs"]  # the failed run recorded none
@@ -178,7 +180,9 @@ def test_worker_error_is_the_local_runs_one_line(probe, cluster, tmp_path):
     big["layer3.1.bn2.weight"] = big["layer3.1.bn2.weight"] * 1e6
     _series_of(tmp_path / "ck", [_state(model), big])
     out = tmp_path / "s.zarr"
-    args = [tmp_path / "ck", "--data", probe, "--out", out, "--layer", "layer3", *COMMON]
+    # one writer thread: the first region refused is the first one, here and there
+    args = [tmp_path / "ck", "--data", probe, "--out", out, "--layer", "layer3", "--writers", "1"]
+    args += COMMON
     on_cluster = _one_line(_extract(*args, "--scheduler", cluster.scheduler_address))
     assert not completeness(out)[1].any()
     shutil.rmtree(out)
