@@ -220,6 +220,7 @@ def extract(
         "dataset_name"
     ),
     writers: Annotated[int | None, _extract("writers")] = _extract_default("writers"),
+    scheduler: Annotated[str | None, _extract("scheduler")] = _extract_default("scheduler"),
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress bars.")
     ] = not _extract_default("progress"),

@@ -9,10 +9,10 @@ import dask
 import numpy as np
 import torch
 
-from ..config import AnalyzeConfig, arg
-from ..errors import FtdynError
+from ..config import AnalyzeConfig
 from ..metrics.estimators import JACKKNIFE_GROUPS
 from ..progress import dask_progress, stage, track
+from ..runtime import dask_client
 from ..summary import shared_units
 from .estimation import (
     debiased,
@@ -297,23 +297,13 @@ def compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str
 
 def _compute(outputs: list, *, threads: int, scheduler, progress: bool, what: str):
     if scheduler is not None:
-        from distributed import Client, as_completed
+        from distributed import as_completed
 
-        own = isinstance(scheduler, str)
-        try:
-            client = Client(scheduler, timeout="10s") if own else scheduler
-        except Exception as exc:  # any connection failure is a user error
-            raise FtdynError(
-                f"{arg('scheduler')}: cannot connect to {scheduler} ({type(exc).__name__}: {exc})."
-            ) from None
-        try:
+        with dask_client(scheduler) as client:
             futures = client.compute(outputs)
             for _ in track(as_completed(futures), what, total=len(futures), enabled=progress):
                 pass
             return client.gather(futures)
-        finally:
-            if own:
-                client.close()
     old = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, threads)))
     try:

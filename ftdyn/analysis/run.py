@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import importlib.util
 import json
 import logging
 import warnings
@@ -39,6 +38,7 @@ from ..results import (
     validate_results,
     write_tables,
 )
+from ..runtime import require_distributed
 from ..views import matrix_shape
 from .collect import collect, collect_nested, collect_pooled, to_dataset
 from .compare import Comparison, comparison_variables, plan_comparison
@@ -192,12 +192,7 @@ def _write(ds: xr.Dataset, out: Path) -> None:
 def _check_machine(config: AnalyzeConfig) -> None:
     """Refused up front: a cluster without its optional package, more memory than the
     machine has."""
-    if isinstance(config.scheduler, str) and importlib.util.find_spec("distributed") is None:
-        raise FtdynError(
-            f"{arg('scheduler')}: running on a Dask cluster needs the optional package"
-            " 'distributed'; install it with `pip install 'ftdyn[distributed]'` (or `pip install"
-            " distributed`)."
-        )
+    require_distributed(config.scheduler)
     limit, total = config.memory_bytes, physical_memory()
     if limit is not None and total is not None and limit > total:
         raise FtdynError(

@@ -203,6 +203,13 @@ def cli_names(command: str) -> Iterator[None]:
         _cli_command = previous
 
 
+def cli_command() -> str | None:
+    """The command whose flags :func:`arg` names now (None: Python parameter names); another
+    process that reports errors for this one (a cluster's worker) names them the same way inside
+    ``cli_names(cli_command())``."""
+    return _cli_command
+
+
 def arg(param: str, value: Any = _NO_VALUE) -> str:
     """Parameter ``param`` as a message names it: ``memory_limit`` from Python, ``--memory-limit``
     under the command line; with ``value``: ``memory_limit=2GB`` / ``--memory-limit 2GB``."""

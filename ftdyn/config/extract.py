@@ -113,6 +113,11 @@ class ExtractConfig:
         None,
         "Threads compressing and writing regions (default: one per CPU core but one, 2 to 16).",
     )
+    scheduler: Any = _option(
+        None,
+        "Replay the checkpoints on an existing Dask cluster: tcp://HOST:PORT (or, from Python, a"
+        " distributed.Client); its workers read the series and write --out at the same paths.",
+    )
     progress: bool = _option(True, "Progress bars on stderr.", flag="--no-progress")
     random_init_baseline: bool = _option(
         False,

@@ -45,7 +45,8 @@ Pipeline (README "The activation store")::
 Modules: :mod:`.plan` (:func:`make_plan`: options, series, probe set, store to create or resume),
 :mod:`.loading` (checkpoints into model weights), :mod:`.resume` (an existing store checked
 against the call), :mod:`.regions` (batches, region checks, writer threads), :mod:`.forward` (the
-forward passes), :mod:`.baseline` (the random-init baseline) and :mod:`.running`
+forward passes), :mod:`.cluster` (the checkpoints replayed on a Dask cluster's workers,
+``scheduler``), :mod:`.baseline` (the random-init baseline) and :mod:`.running`
 (:func:`execute`, :func:`extract`).
 """
 

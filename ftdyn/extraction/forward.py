@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ..store import StoreWriter
 from ..tokens import MapLayout
 from .loading import _apply_state, _load_state, _Loading
 from .plan import ExtractPlan, Replay
-from .regions import Batch, NonFiniteActivations, _Writers
+from .regions import Batch, NonFiniteActivations, Passes, _Writers, default_writers
 
 #: Stored activation type -> the torch type activations are captured in.
 DTYPES = {name: getattr(torch, name) for name in STORE_DTYPES}
@@ -89,31 +90,45 @@ class _Forward:
     on the GPU while the host hands the previous one over."""
 
     def __init__(
-        self, plan: ExtractPlan, writer: StoreWriter, pool: _Writers, capture: LayerCapture
+        self,
+        passes: Passes,
+        model: torch.nn.Module,
+        images: np.ndarray,
+        device: torch.device,
+        writer: StoreWriter,
+        pool: _Writers,
+        capture: LayerCapture,
     ):
-        self.plan, self.writer, self.pool, self.capture = plan, writer, pool, capture
-        self.cuda = plan.device.type == "cuda"
-        images = torch.from_numpy(plan.probe.images).permute(0, 3, 1, 2)  # uint8 NCHW view
+        self.passes, self.model, self.device = passes, model, device
+        self.writer, self.pool, self.capture = writer, pool, capture
+        self.cuda = device.type == "cuda"
+        images = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 NCHW view
         self.images = images.contiguous().pin_memory() if self.cuda else images
         self.inflight: list = []  # CUDA: batches whose device->host copies are still running
         self.forwarded = 0
 
-    def checkpoint(self, ci: int, chunks: tuple[int, ...]) -> None:
-        """Forward the batches covering ``chunks`` and hand each finished region to the writers."""
-        dev, norm = self.plan.device, self.plan.network.normalization
+    def checkpoint(
+        self, ci: int, chunks: tuple[int, ...], stop: Callable[[], bool] | None = None
+    ) -> None:
+        """Forward the batches covering ``chunks`` and hand each finished region to the writers;
+        ``stop``: asked before each batch, True ends the checkpoint there (its regions handed
+        over so far are written, the others not)."""
+        dev, norm = self.device, self.passes.normalization
         pending = set(chunks)
         partial: dict[int, dict[str, np.ndarray]] = {}
         filled: dict[int, int] = {}
-        for batch in self.plan.batches:
+        for batch in self.passes.batches:
             if not pending.intersection(batch.chunks):
                 continue
+            if stop is not None and stop():
+                return
             with torch.inference_mode():
                 x = data_mod.normalize(
                     self.images[batch.start : batch.stop].to(dev, non_blocking=True),
                     norm["mean"],
                     norm["std"],
                 )
-                self.plan.network.model(x)
+                self.model(x)
                 outs = self.capture.pop()
                 if self.cuda:
                     host = {
@@ -146,6 +161,95 @@ class _Forward:
             _drain(self.pool, self.inflight.pop(0), self.writer)
 
 
+class Replayer:
+    """One model on its device with the layers captured, and the writer threads of one store:
+    :meth:`replay` replays regions of one checkpoint after another into the store. Made by
+    :func:`replaying`; the local extraction uses one for the whole series, a cluster's worker
+    one per checkpoint (:mod:`.cluster`)."""
+
+    def __init__(
+        self,
+        passes: Passes,
+        model: torch.nn.Module,
+        images: np.ndarray,
+        device: torch.device,
+        writer: StoreWriter,
+        on_region: Callable[[int, int], None],
+        mark: bool,
+    ):
+        self.model, self.device = model, device
+        self.memory_format = fastest_memory_format(model, device)
+        model.to(device, memory_format=self.memory_format).eval()
+        writers = default_writers() if passes.writers is None else passes.writers
+        self.pool = _Writers(writer, writers, on_region, mark=mark)
+        self.capture = LayerCapture(
+            model, list(passes.layers), dtype=DTYPES[passes.dtype], layouts=passes.layouts
+        )
+        self.forward = _Forward(passes, model, images, device, writer, self.pool, self.capture)
+
+    @property
+    def forwarded(self) -> int:
+        """Images run through the model so far."""
+        return self.forward.forwarded
+
+    def replay(
+        self,
+        replay: Replay,
+        entry,
+        state,
+        loading: _Loading,
+        *,
+        loaded: bool = False,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Replay the regions ``replay.chunks`` of checkpoint ``entry`` (its weights ``state``,
+        :func:`~.loading._load_state`; ``loaded``: the model holds them already) into the store:
+        each region is handed to the writers once its batches have run; ``stop`` as in
+        :meth:`_Forward.checkpoint`."""
+        if not loaded:
+            _apply_state(self.model, entry, state, loading)
+        # a replaced head is created on the CPU
+        self.model.to(self.device, memory_format=self.memory_format).eval()
+        self.forward.checkpoint(replay.index, replay.chunks, stop)
+
+    def finish(self) -> None:
+        """Wait for the regions in flight to be written (an error of a writer raised here)."""
+        self.forward.finish()
+        self.pool.close(cancel=False)
+        self.pool.raise_if_failed()
+
+    def close(self, ok: bool) -> None:
+        self.capture.close()
+        if not ok:
+            self.pool.close(cancel=True)  # writes already running finish; their regions stay valid
+
+
+@contextmanager
+def replaying(
+    passes: Passes,
+    model: torch.nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    writer: StoreWriter,
+    on_region: Callable[[int, int], None],
+    *,
+    mark: bool = True,
+) -> Iterator[Replayer]:
+    """A :class:`Replayer` for the block, without TF32 (:func:`full_precision`); its regions are
+    all written when the block ends without an error. ``on_region(checkpoint index, chunk)`` is
+    called (in a writer thread) for every region written; ``mark`` False leaves the completeness
+    marks to the caller."""
+    replayer = Replayer(passes, model, images, device, writer, on_region, mark)
+    ok = False
+    try:
+        with full_precision():
+            yield replayer
+            replayer.finish()
+        ok = True
+    finally:
+        replayer.close(ok)
+
+
 def _region_counter(bars, replays: tuple[Replay, ...]):
     """(the writers' callback for a finished region, the count of finished regions): the callback
     advances the region and checkpoint bars and the count."""
@@ -167,14 +271,12 @@ def _region_counter(bars, replays: tuple[Replay, ...]):
     return region_done, counts
 
 
-def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, float]:
-    """The extraction loop: checkpoints -> batches -> host arrays -> writer threads."""
-    model, network, dev = plan.network.model, plan.network, plan.device
+def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) -> dict[str, Any]:
+    """The extraction loop on this machine: checkpoints -> :meth:`Replayer.replay`, the next
+    checkpoint file read meanwhile."""
+    network = plan.network
     bars = progress_bar(plan.config.progress)
     region_done, counts = _region_counter(bars, replays)
-    memory_format = fastest_memory_format(model, dev)
-    model.to(dev, memory_format=memory_format).eval()
-    pool = _Writers(writer, plan.writers, region_done)
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftdyn-ckpt")
     prefetch: dict[int, Future] = {}
 
@@ -184,44 +286,37 @@ def _run(plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]) ->
             if pos not in plan.states and pos not in prefetch:
                 prefetch[pos] = loader.submit(_load_state, network.entries[pos], plan.loading)
 
-    capture = LayerCapture(
-        model,
-        list(network.layers),
-        dtype=DTYPES[plan.config.dtype],
-        layouts=network.layouts,
-    )
-    forward = _Forward(plan, writer, pool, capture)
-    ok = False
     t0 = time.perf_counter()
     try:
-        with bars, full_precision():
+        with (
+            bars,
+            replaying(
+                plan.passes, network.model, plan.probe.images, plan.device, writer, region_done
+            ) as replayer,
+        ):
             want(0)
             for k, replay in enumerate(replays):
                 want(k + 1)  # read the next checkpoint file while this one runs
                 pos = replay.position
                 state = plan.states.pop(pos) if pos in plan.states else prefetch.pop(pos).result()
-                if not (k == 0 and pos == 0):  # entry 0 was loaded into the model while planning
-                    _apply_state(model, network.entries[pos], state, plan.loading)
+                # entry 0 was loaded into the model while planning
+                replayer.replay(
+                    replay,
+                    network.entries[pos],
+                    state,
+                    plan.loading,
+                    loaded=k == 0 and pos == 0,
+                )
                 del state
-                model.to(
-                    dev, memory_format=memory_format
-                ).eval()  # a replaced head is created on the CPU
-                forward.checkpoint(replay.index, replay.chunks)
-            forward.finish()
-            pool.close(cancel=False)
-            pool.raise_if_failed()
-            ok = True
     finally:
-        capture.close()
-        if not ok:
-            pool.close(cancel=True)  # writes already running finish; their regions stay valid
         for future in prefetch.values():
             future.cancel()
         loader.shutdown(wait=True, cancel_futures=True)
     return {
-        "images": forward.forwarded,
+        "images": replayer.forwarded,
         "seconds": time.perf_counter() - t0,
         "regions": counts["regions"],
+        "device": str(plan.device),
     }
 
 

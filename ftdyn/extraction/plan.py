@@ -34,6 +34,7 @@ from ..models import (
 )
 from ..outputs import check_output_folder
 from ..receptive import ReceptiveFieldError, receptive_fields
+from ..runtime import require_distributed
 from ..store import LayerSpec, StoreSpec, planned_regions
 from ..tokens import MapLayout
 from .loading import (
@@ -44,7 +45,7 @@ from .loading import (
     _Loading,
     _resolve_series,
 )
-from .regions import Batch, batch_plan, default_writers
+from .regions import Batch, Passes, batch_plan, default_writers
 from .resume import _check_store, _float_normalization, _reconcile
 
 _VAL_NAMES = {"val", "valid", "validation", "test", "train", "probe"}
@@ -224,6 +225,19 @@ class ExtractPlan:
     def new_records(self) -> tuple[dict, ...]:
         """Records of the checkpoints this run appends to an existing store."""
         return self.records[len(self.stored) :]
+
+    @property
+    def passes(self) -> Passes:
+        """How the probe images go through the model into regions (:class:`Passes`)."""
+        network = self.network
+        return Passes(
+            network.layers,
+            network.layouts,
+            network.normalization,
+            self.batches,
+            self.config.dtype,
+            self.writers,
+        )
 
     def identity(self) -> dict[str, Any]:
         """The config's identity with the values the plan resolved from the series, model
@@ -484,6 +498,7 @@ def make_plan(
     ``out`` if it exists, and return what :func:`execute` will do. Writes nothing; builds the
     model and loads the checkpoints that must be checked before a store is created or extended."""
     config = make_config(config, **options)
+    require_distributed(config.scheduler)
     series, data_dir, out = Path(series), Path(data), Path(out)
     if not data_dir.exists():
         raise FtdynError(f"{arg('data')}: folder '{data_dir}' does not exist.")

@@ -37,6 +37,21 @@ class Batch:
     chunks: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Passes:
+    """How the probe images go through a model into a store's regions, whatever the model and
+    the device (picklable: a cluster's workers get it): the layers captured and how each becomes
+    (channel, y, x), the normalization, the fixed batches, the stored dtype and the writer
+    threads (None: :func:`default_writers` of the machine it runs on)."""
+
+    layers: tuple[str, ...]
+    layouts: dict
+    normalization: dict[str, list[float]]
+    batches: tuple[Batch, ...]
+    dtype: str
+    writers: int | None
+
+
 def batch_plan(n_samples: int, samples_per_chunk: int, batch_size: int) -> list[Batch]:
     """The fixed partition of ``range(n_samples)`` into batches aligned with store chunks."""
     n_chunks = math.ceil(n_samples / samples_per_chunk)
@@ -71,6 +86,12 @@ class NonFiniteActivations(FtdynError):
         self.where, self.layer, self.ci, self.rows = where, layer, ci, rows
         self.n_bad, self.largest, self.overflow = n_bad, largest, overflow
         super().__init__(self.text())
+
+    def __reduce__(self):  # crosses processes (a cluster's worker -> the driver) whole
+        return (
+            type(self),
+            (self.where, self.layer, self.ci, self.rows, self.n_bad, self.largest, self.overflow),
+        )
 
     def text(self, peak: float | None = None) -> str:
         if self.overflow:
@@ -118,16 +139,20 @@ def _check_region(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) ->
         )
 
 
-def _write_checked(writer, ci: int, chunk: int, arrays: dict[str, np.ndarray]) -> None:
+def _write_checked(
+    writer, ci: int, chunk: int, arrays: dict[str, np.ndarray], mark: bool = True
+) -> None:
     _check_region(writer, ci, chunk, arrays)
-    writer.write_region(ci, chunk, arrays)
+    writer.write_region(ci, chunk, arrays, mark=mark)
 
 
 class _Writers:
-    """Writer threads with a bounded number of regions in flight (backpressure)."""
+    """Writer threads with a bounded number of regions in flight (backpressure); ``mark``: each
+    region is marked complete once written (False: the caller marks the regions ``on_done``
+    reports)."""
 
-    def __init__(self, writer, n_threads: int, on_done):
-        self.writer = writer
+    def __init__(self, writer, n_threads: int, on_done, *, mark: bool = True):
+        self.writer, self.mark = writer, mark
         self.pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="ftdyn-writer")
         self.slots = threading.BoundedSemaphore(n_threads + 2)  # regions queued or being written
         self.on_done = on_done
@@ -138,7 +163,7 @@ class _Writers:
         self.raise_if_failed()
         self.slots.acquire()
         try:
-            future = self.pool.submit(_write_checked, self.writer, ci, chunk, arrays)
+            future = self.pool.submit(_write_checked, self.writer, ci, chunk, arrays, self.mark)
         except BaseException:
             self.slots.release()
             raise

@@ -4,6 +4,7 @@ add the random-init baseline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -18,8 +19,10 @@ from ..config import ExtractConfig, arg, describe
 from ..errors import FtdynError, FtdynWarning
 from ..outputs import folder_lock
 from ..progress import stage
+from ..runtime import dask_client
 from ..store import StoreWriter, create_store, dir_size
 from .baseline import _extract_random_init
+from .cluster import replay_on_cluster, worker_devices
 from .forward import _float32_peak, _run
 from .plan import ExtractPlan, Replay, make_plan
 from .regions import NonFiniteActivations
@@ -75,9 +78,15 @@ def execute(plan: ExtractPlan) -> Path:
     """Carry out ``plan`` (from :func:`make_plan`): create or extend the store, replay the
     checkpoints whose regions are missing, record the run, add the random-init baseline."""
     started, out, config = time.perf_counter(), plan.out, plan.config
-    if plan.spec is not None:
-        create_store(out, plan.spec)
-    with folder_lock(out):
+    with contextlib.ExitStack() as stack:
+        # connected first: an unreachable --scheduler leaves no store behind
+        client = (
+            None if config.scheduler is None else stack.enter_context(dask_client(config.scheduler))
+        )
+        if plan.spec is not None:
+            create_store(out, plan.spec)
+        # held for the whole run, a cluster's too: its workers write under this lock
+        stack.enter_context(folder_lock(out))
         writer = StoreWriter(out)
         replays = _update_store(plan, writer)
         if not replays:
@@ -88,19 +97,16 @@ def execute(plan: ExtractPlan) -> Path:
                 " samples); nothing to do."
             )
             return out
-        devices = {str(r.get("device", "")).split(":")[0] for r in writer.attrs.get("runs") or []}
-        if devices - {plan.device.type}:
-            warnings.warn(
-                f"{arg('out', out)}: earlier regions were computed on {', '.join(sorted(devices))},"
-                f" these on {plan.device.type}; the last bits of the values may differ between"
-                " devices.",
-                FtdynWarning,
-                stacklevel=2,
-            )
+        here = (
+            {plan.device.type}
+            if client is None
+            else {d.split(":")[0] for d in worker_devices(client, plan).values()}
+        )
+        _warn_devices(out, writer, here)
         if plan.new_records:
             epochs = ", ".join(f"epoch {r['epoch']}" for r in plan.new_records)
             stage(f"{out}: extending with {len(plan.new_records)} new checkpoint(s): {epochs}.")
-        stats = _replay(plan, writer, replays)
+        stats = _replay(plan, writer, replays, client)
         rate = _record_run(plan, writer, stats)
         if config.random_init_baseline:
             _extract_random_init(plan, writer)
@@ -108,9 +114,26 @@ def execute(plan: ExtractPlan) -> Path:
     stage(
         f"{out}: {stats['regions']} regions of {len(replays)} checkpoint(s) written, {plan.probe.n}"
         f" samples x {len(plan.network.layers)} layers; {human_bytes(dir_size(out))} on disk;"
-        f" {rate:.1f} images/s on {plan.device} ({elapsed:.1f} s in all)."
+        f" {rate:.1f} images/s on {stats.get('where', plan.device)} ({elapsed:.1f} s in all)."
     )
     return out
+
+
+def _warn_devices(out: Path, writer: StoreWriter, here: set[str]) -> None:
+    """A caveat when this run computes on other device types than the store's earlier runs."""
+    devices = {
+        device.split(":")[0]
+        for r in writer.attrs.get("runs") or []
+        for device in str(r.get("device", "")).split(", ")
+    }
+    if devices - here or (devices and len(here) > 1):
+        warnings.warn(
+            f"{arg('out', out)}: earlier regions were computed on {', '.join(sorted(devices))},"
+            f" these on {', '.join(sorted(here))}; the last bits of the values may differ between"
+            " devices.",
+            FtdynWarning,
+            stacklevel=3,
+        )
 
 
 def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
@@ -142,13 +165,13 @@ def _update_store(plan: ExtractPlan, writer: StoreWriter) -> tuple[Replay, ...]:
     return tuple(r for r in replays if r.chunks)
 
 
-def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, float]) -> float:
-    """Append this run's provenance (which device wrote, how fast) to the store; returns
-    images/s."""
+def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, Any]) -> float:
+    """Append this run's provenance (which device wrote, how fast; on a cluster its scheduler
+    and each worker's device and share) to the store, one record per run; returns images/s."""
     rate = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else float("nan")
     run = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": str(plan.device),
+        "device": stats["device"],
         "torch": torch.__version__,
         "ftdyn": __version__,
         "regions": stats["regions"],
@@ -156,17 +179,21 @@ def _record_run(plan: ExtractPlan, writer: StoreWriter, stats: dict[str, float])
         "seconds": round(stats["seconds"], 3),
         "images_per_s": round(rate, 2),
         "batch_size": plan.config.batch_size,
-        "writers": plan.writers,
+        "writers": plan.writers if plan.config.scheduler is None else plan.config.writers,
+        **{key: stats[key] for key in ("scheduler", "workers") if key in stats},
     }
     writer.group.attrs["runs"] = [*(writer.attrs.get("runs") or []), run]
     return rate
 
 
 def _replay(
-    plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...]
-) -> dict[str, float]:
-    """:func:`_run`, with its errors in one line that says the store keeps what was finished."""
+    plan: ExtractPlan, writer: StoreWriter, replays: tuple[Replay, ...], client=None
+) -> dict[str, Any]:
+    """:func:`_run` (on a cluster: :func:`~.cluster.replay_on_cluster`), with its errors in one
+    line that says the store keeps what was finished."""
     try:
+        if client is not None:
+            return replay_on_cluster(plan, writer, replays, client)
         return _run(plan, writer, replays)
     except NonFiniteActivations as exc:  # the same command would meet them again
         epoch = writer.attrs["checkpoints"][exc.ci]["epoch"]

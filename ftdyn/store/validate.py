@@ -291,7 +291,11 @@ def metadata_lock(path: Path, *, exclusive: bool):
         os.close(fd)
 
 
-def _open_group(path: Path, mode: str = "r", *, ignore_extension: bool = False) -> zarr.Group:
+def _open_group(
+    path: Path, mode: str = "r", *, ignore_extension: bool = False, repair: bool | None = None
+) -> zarr.Group:
+    """The store's group, its metadata checked; a writer (``mode`` "r+") repairs an extension
+    cut short unless ``repair`` is False."""
     if not (path / "zarr.json").is_file():
         raise FtdynError(
             f"{path}: not an ftdyn activation store (no zarr.json); create one with `ftdyn"
@@ -315,7 +319,8 @@ def _open_group(path: Path, mode: str = "r", *, ignore_extension: bool = False) 
             f"{path}: damaged ftdyn store, array(s) {', '.join(missing)} missing; re-extract it "
             "into a new --out."
         )
-    validate_layout(path, group, repair=mode != "r", ignore_extension=ignore_extension)
+    repair = mode != "r" if repair is None else repair
+    validate_layout(path, group, repair=repair, ignore_extension=ignore_extension)
     return group
 
 

@@ -196,12 +196,20 @@ def _remove_creation_leftovers(path: Path) -> None:
 
 class StoreWriter:
     """Fills regions of an existing store. Safe to share between threads that
-    write different regions (each region is its own set of chunks)."""
+    write different regions (each region is its own set of chunks), and between processes
+    that write different regions' activations (:meth:`check_region_chunks`): a cluster's
+    workers open it with ``tidy=False`` and leave the completeness marks to the process that
+    holds the store's lock (``write_region(..., mark=False)``, then :meth:`mark_complete`)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, tidy: bool = True):
         self.path = Path(path)
+        if not tidy:
+            # a worker of a cluster extraction: the driver opened the store (repaired, tidied) and
+            # holds its lock; another worker's chunk may be in flight, its '.partial' file kept
+            self._open(_open_group(self.path, mode="r+", repair=False))
+            return
         with metadata_lock(self.path, exclusive=True):  # it may undo an extension cut short
-            self.group = _open_group(self.path, mode="r+")
+            group = _open_group(self.path, mode="r+")
         # zarr writes a chunk to '<key>.<random>.partial' and renames it; a run killed in between
         # leaves that file behind, referenced by nothing (writers hold the store's lock, so no
         # other run is writing one now)
@@ -212,6 +220,10 @@ class StoreWriter:
         if any(self.path.parent.glob(f"{glob.escape(_creating_prefix(self.path))}*")):
             with contextlib.suppress(FtdynError), _creation_lock(self.path):
                 _remove_creation_leftovers(self.path)
+        self._open(group)
+
+    def _open(self, group: zarr.Group) -> None:
+        self.group = group
         self.attrs = dict(self.group.attrs)
         self.samples_per_chunk = int(self.attrs["samples_per_chunk"])
         self.n_samples = int(self.group["sample"].shape[0])
@@ -234,10 +246,37 @@ class StoreWriter:
         """Regions written, marked complete, and still on disk (a lost file is written again)."""
         return _regions_on_disk(self.path, self.attrs, np.asarray(self.complete[...]).astype(bool))
 
+    def check_region_chunks(self) -> None:
+        """That each region is its own chunk (its own shard, when the layer is split into channel
+        blocks) of every activation array, and its own chunk of the completeness marks: then
+        writers in different processes that write different regions never write the same file.
+        A store whose layout says otherwise is refused, naming the array."""
+        spc = self.samples_per_chunk
+        for var in self.attrs["layer_variables"].values():
+            array = self.group[var]
+            grid = tuple(array.shards or array.chunks)[:2]
+            if grid != (1, spc):
+                raise FtdynError(
+                    f"{arg('out', self.path)}: array {var} is stored in blocks of {grid[0]}"
+                    f" checkpoint(s) x {grid[1]} samples, not one region ((1, {spc})) each; several"
+                    " processes cannot write it safely: extract it without a cluster."
+                )
+        if tuple(self.complete.chunks) != (1, 1):
+            raise FtdynError(
+                f"{arg('out', self.path)}: its completeness marks are not one chunk per region;"
+                " extract it without a cluster."
+            )
+
     def write_region(
-        self, checkpoint_index: int, chunk: int, activations: dict[str, np.ndarray]
+        self,
+        checkpoint_index: int,
+        chunk: int,
+        activations: dict[str, np.ndarray],
+        *,
+        mark: bool = True,
     ) -> None:
-        """Write every layer of one region, then mark it complete (marks come last)."""
+        """Write every layer of one region, then mark it complete (marks come last; ``mark``
+        False: the caller marks it later, :meth:`mark_complete`)."""
         if set(activations) != set(self.arrays):
             raise ValueError(
                 f"region needs exactly the layers {sorted(self.arrays)}, got {sorted(activations)}"
@@ -253,7 +292,14 @@ class StoreWriter:
             target[checkpoint_index : checkpoint_index + 1, rows] = np.asarray(
                 values, dtype=target.dtype
             )[None]
-        self.complete[checkpoint_index, chunk] = 1
+        if mark:
+            self.complete[checkpoint_index, chunk] = 1
+
+    def mark_complete(self, checkpoint_index: int, chunks) -> None:
+        """Mark regions complete whose activations are all written (by this process or by a
+        cluster's worker that has reported them finished)."""
+        for chunk in chunks:
+            self.complete[checkpoint_index, int(chunk)] = 1
 
     def update_attrs(self, changes: dict[str, Any]) -> None:
         """Change root attributes in ONE metadata write: a run killed meanwhile leaves all of
