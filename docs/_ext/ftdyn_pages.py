@@ -123,6 +123,9 @@ RESULTS_VARIABLES = {
     "channels / (images·h·w))",
     "unreliable": "the value cannot be trusted at that shape (degenerate, or above the "
     "estimator's column/row limit); absent: all reliable",
+    "heldout_distance": "above the column/row limit: the held-out (cross-validated) Procrustes "
+    "or PWSM, biased away from 0 as the plug-in value is toward it, so [distance, "
+    "heldout_distance] brackets the population distance; NaN elsewhere",
     "run_distance": "run A against run B at the same epoch (stores with the same probe images; "
     "NaN where not compared)",
     "run_ci_low": "lower end of its bootstrap interval",
