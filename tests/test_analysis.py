@@ -428,7 +428,7 @@ def test_csv_columns_and_bootstrap_intervals(planted, tmp_path):
     assert (
         ",".join(DISTANCE_COLUMNS)
         == "experiment,model,dataset,layer,layer_index,epoch,metric,view,value,"
-        "ci_low,ci_high,n_filters,n_nan,unreliable,reason"
+        "ci_low,ci_high,heldout,n_filters,n_nan,unreliable,reason"
     )
     with open(out / "distances.csv") as f:
         rows = list(csv.DictReader(f))

@@ -305,6 +305,35 @@ class RowAccumulator:
             )
         return RowStats(n, s[ref], s[b], xx, tot(self.yy[:, b]), tot(self.xy[:, b]))
 
+    def reference_pairs(
+        self, ref: int, ts: list[int], counts: np.ndarray | None = None
+    ) -> RowStats:
+        """RowStats of the pairs (reference, t) for the positions ``ts`` (not the reference)
+        stacked on a first axis of the checkpoints' side, the reference's side once (it
+        broadcasts, :class:`~ftdyn.metrics.stats.RowStats`): the totals, or the units re-summed
+        ``counts`` times."""
+        if self.G is not None and counts is None:
+            pairs = [self.row_stats(ref, t, ref) for t in ts]
+            first = pairs[0]
+            return RowStats(
+                first.n,
+                first.sum_x,
+                torch.stack([p.sum_y for p in pairs]),
+                first.xx,
+                torch.stack([p.yy for p in pairs]),
+                torch.stack([p.xy for p in pairs]),
+            )
+        index = torch.as_tensor(ts, device=self.s.device)
+        s = _total(self.s, counts)
+        return RowStats(
+            round(float(_total(self.n, counts))),
+            s[ref],
+            s.index_select(0, index),
+            _total(self.xx, counts),
+            _total(self.yy.index_select(1, index), counts),
+            _total(self.xy.index_select(1, index), counts),
+        )
+
 
 @dataclass(frozen=True)
 class _RowPass:
@@ -559,24 +588,49 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
             return 1.0 - np.asarray(cka_debiased_from_row_stats(stats, moments), dtype=np.float64)
         return _metric_from_rows(m, acc.row_stats(ref, t, ref, counts), alpha)
 
-    def value(m, t, base=None):
-        """The estimate of pair (reference, t) on the units ``base`` (None: all)."""
-        if t == ref and not request.ref_value:
-            return blank
-        point = plugin(m, t, base)
-        if m not in request.jackknifed or t == ref:
+    others = [t for t in range(T) if t != ref]
+
+    def plugins(m, ts, counts=None):
+        """(len(ts), *batch) plug-in values of the pairs (reference, t ∈ ts, not the reference)
+        as one batch, so that the reference's own decompositions (PWSM's whitening) are done
+        once for all of them."""
+        if not ts:
+            return np.empty((0, *blank.shape))
+        if len(ts) < 2 or m in request.undefined or m in request.debiased:
+            return np.stack([plugin(m, t, counts) for t in ts])
+        return _metric_from_rows(m, acc.reference_pairs(ref, ts, counts), alpha)
+
+    def estimates(m, ts, base=None):
+        """(len(ts), *batch) estimates of the pairs (reference, t ∈ ts) on the units ``base``
+        (None: all)."""
+        point = plugins(m, ts, base)
+        if m not in request.jackknifed:
             return point
         leave_out = _leave_out_counts(base, request.jack_groups)
         if len(leave_out) and min(leave_out @ acc.n.cpu().numpy()) < 3:
             leave_out = leave_out[:0]  # rank ≤ 1 after centering: no leave-out value
-        return jackknifed(point, lambda g: plugin(m, t, leave_out[g]), len(leave_out))
+        return jackknifed(point, lambda g: plugins(m, ts, leave_out[g]), len(leave_out))
+
+    def at_all(m, of_others, at_ref):
+        """(T, *batch): ``of_others`` at the positions but the reference, ``at_ref`` there."""
+        out = np.empty((T, *blank.shape))
+        out[ref] = at_ref
+        if others:
+            out[others] = of_others(m, others)
+        return out
+
+    def value(m, t, base=None):
+        """The estimate of pair (reference, t) on the units ``base`` (None: all)."""
+        if t == ref:
+            return plugin(m, t, base) if request.ref_value else blank
+        return estimates(m, [t], base)[0]
 
     for m in metrics if request.point else []:
-        values[m] = np.stack([value(m, t) for t in range(T)])
+        values[m] = at_all(m, estimates, plugin(m, ref) if request.ref_value else blank)
     if request.mode == "all" and request.point:
         for m in metrics:  # the plug-in estimator: pairs without the reference have no units
             traj[m] = trajectory(
-                np.stack([plugin(m, t) for t in range(T)]),
+                at_all(m, plugins, plugin(m, ref)),
                 ref,
                 lambda a, b, m=m: pair(m, a, b),
                 skip,
@@ -585,7 +639,8 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
     def of_counts(m, ts, counts):  # CKA's replicates need no re-summing of the statistics
         if m == "cka" or m in request.debiased:  # the debiased ones: centred on the estimate
             return _cka_replicates(acc, ref, ts, counts).__getitem__
-        return lambda t: np.stack([plugin(m, t, c) for c in counts])
+        each = np.stack([plugins(m, ts, c) for c in counts])  # (N, len(ts), *batch)
+        return lambda t: each[:, ts.index(t)]
 
     if counts is not None and len(counts):
         ts = replicated_positions(T, ref, skip)

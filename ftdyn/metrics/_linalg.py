@@ -351,10 +351,10 @@ class RowCore:
         ok = (infox == 0) & (infoy == 0)
         Ix = torch.eye(p, dtype=F64, device=Cxx.device).expand_as(Cxx)
         Iy = torch.eye(q, dtype=F64, device=Cyy.device).expand_as(Cyy)
-        # failed factorizations hold garbage: replace them by I before solving
-        okx = ok[..., None, None]
-        Lx = torch.where(okx, Lx, Ix)
-        Ly = torch.where(okx, Ly, Iy)
+        # failed factorizations hold garbage: replace them by I before solving (each side in its
+        # own batch shape: a reference X broadcast against several Y is solved once)
+        Lx = torch.where((infox == 0)[..., None, None], Lx, Ix)
+        Ly = torch.where((infoy == 0)[..., None, None], Ly, Iy)
         iLx = torch.linalg.solve_triangular(Lx, Ix, upper=False)
         iLy = torch.linalg.solve_triangular(Ly, Iy, upper=False)
         lminx = 1.0 / torch.linalg.matrix_norm(iLx) ** 2
@@ -369,6 +369,8 @@ class RowCore:
         M = torch.matmul(torch.matmul(iLx, Cxy), iLy.mT)
         if bool(ok.all()):
             return nuclear_norm(M, self.nuc) / math.sqrt(p * q)
+        if not bool(ok.any()):  # eigh everywhere, each side decomposed in its own batch shape
+            return self._cos_eigh(Cxx, Cyy, Cxy, refx, refy, 0.0)
         shape = tuple(M.shape[:-2])
         ok = torch.broadcast_to(ok, shape)
         # singular values only where Cholesky whitening holds (the costly part), eigh elsewhere

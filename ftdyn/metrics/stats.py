@@ -90,6 +90,8 @@ class RowStats(NamedTuple):
     All float64, uncentered. Add two with :func:`merge`.
     ``xx``/``yy`` may instead be the diagonals (..., p)/(..., q) of XᵀX and YᵀY: all that
     Procrustes needs of them (their traces); PWSM and CKA then raise ValueError.
+    X's statistics may have fewer leading batch dims than Y's and the pair's (one reference
+    against a stack of checkpoints): they broadcast, and X's own decompositions are done once.
     """
 
     n: int
@@ -247,7 +249,7 @@ def _row_core(s: RowStats, nuc: str = "auto") -> L.RowCore:
     sx, sy, xx, yy, xy = (_t(a, dev) for a in s[1:])
     n = float(s.n)
     Cxy = xy - sx[..., :, None] * sy[..., None, :] / n
-    if xx.ndim < xy.ndim:  # the self-products' diagonals only: their centered traces
+    if xx.ndim == sx.ndim:  # the self-products' diagonals only: their centered traces
         return L.RowCore.of_traces(
             (xx - sx * sx / n).sum(-1), (yy - sy * sy / n).sum(-1), Cxy, xx.sum(-1), yy.sum(-1)
         )
