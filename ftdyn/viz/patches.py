@@ -22,6 +22,7 @@ from pathlib import Path
 
 import dask
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import FtdynError
 from ..store import read_images
@@ -100,18 +101,47 @@ def average_crops_at(
     u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
     weights = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     shape = crop_shape(rf)
-    acc = np.zeros((*shape, images.shape[-1]), dtype=np.float64)
+    acc = np.zeros((*shape, *images.shape[3:]), dtype=np.float64)
     cov = np.zeros(shape, dtype=np.float64)
-    for i in range(len(images)):
-        w = weights[i]
-        if w <= 0:
-            continue
-        crop, mask = crop_padded(images[i], rf.box(int(u[i]), int(v[i])), shape)
-        acc += w * crop
-        cov += w * mask
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(cov[..., None] > 0, acc / cov[..., None], np.nan)
+    mean = np.full(acc.shape, np.nan)
+    used = np.flatnonzero(weights > 0)
+    if len(used):
+        H, W = images.shape[1:3]
+        y0, x0 = _box_origins(rf, u[used], v[used])
+        # Only the rows and columns of the crop that some image reaches are computed: a deep
+        # layer's field is several times the image, and the rest of it stays padding.
+        r0, r1 = max(0, -int(y0.max())), min(shape[0], H - int(y0.min()))
+        c0, c1 = max(0, -int(x0.max())), min(shape[1], W - int(x0.min()))
+        if r0 < r1 and c0 < c1:
+            R, C = r1 - r0, c1 - c0
+            top, left = y0 + r0, x0 + c0  # image pixel at the window's corner, per crop
+            # pad the images once so that every crop's window lies inside, then take all the
+            # windows in one indexing step (views of the padded images, copied once)
+            pad_y = (max(0, -int(top.min())), max(0, int(top.max()) + R - H))
+            pad_x = (max(0, -int(left.min())), max(0, int(left.max()) + C - W))
+            framed = np.pad(images[used], [(0, 0), pad_y, pad_x] + [(0, 0)] * (images.ndim - 3))
+            windows = sliding_window_view(framed, (R, C), axis=(1, 2))  # (m, y, x, ..., R, C)
+            crops = windows[np.arange(len(used)), top + pad_y[0], left + pad_x[0]]
+            w = weights[used]
+            in_rows = (top[:, None] + np.arange(R) >= 0) & (top[:, None] + np.arange(R) < H)
+            in_cols = (left[:, None] + np.arange(C) >= 0) & (left[:, None] + np.arange(C) < W)
+            window = (slice(r0, r1), slice(c0, c1))
+            acc[window] = np.moveaxis(np.einsum("m,m...->...", w, crops), (-2, -1), (0, 1))
+            cov[window] = np.einsum("m,mr,mc->rc", w, in_rows, in_cols)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                part = acc[window] / cov[window][..., None]
+            mean[window] = np.where(cov[window][..., None] > 0, part, np.nan)
     return CropAverage(mean, cov, float(np.clip(weights, 0, None).sum()), u, v, weights)
+
+
+def _box_origins(rf, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners ``(y0, x0)`` of ``rf.box(u[i], v[i])`` for arrays of units; a box's row
+    depends on ``u`` alone and its column on ``v`` alone, so each distinct one is computed once."""
+    rows, row_of = np.unique(u, return_inverse=True)
+    cols, col_of = np.unique(v, return_inverse=True)
+    y0 = np.array([rf.box(int(r), 0)[0] for r in rows], dtype=np.int64)
+    x0 = np.array([rf.box(0, int(c))[1] for c in cols], dtype=np.int64)
+    return y0[row_of.reshape(u.shape)], x0[col_of.reshape(v.shape)]
 
 
 def average_crops(images: np.ndarray, maps: np.ndarray, rf) -> CropAverage:
