@@ -175,6 +175,26 @@ def test_class_based_grid_from_store_matches_planted_regions(store):
     np.testing.assert_allclose(grid2.crops[0, 0, 0], expected_crop(images, labels, 1, 1), rtol=1e-5)
 
 
+def test_class_based_grid_is_average_crops_at_per_class_filter_and_epoch(store):
+    path, images, labels = store
+    ds = open_store(path)
+    rf = ReceptiveField.from_dict({"size": [21, 17], "jump": [4, 2], "start": [2, 1]})
+    filters, classes, epochs = [0, 1, 2, 3], [1, 0], [2, 0, 1]
+    grid = patches.class_based(
+        ds, "features_3", "features.3", rf, filters=filters, classes=classes, epoch_positions=epochs
+    )
+    maps = ds["features_3"].values.astype(np.float64)  # (epoch, sample, filter, h, w)
+    for ci, cls in enumerate(classes):
+        rows = np.flatnonzero(labels == cls)
+        for fi, f in enumerate(filters):
+            for ei, e in enumerate(epochs):
+                u, v, value = patches.argmax_locations(maps[e, rows, f])
+                avg = patches.average_crops_at(images[rows], u, v, value, rf)
+                np.testing.assert_allclose(grid.crops[ci, fi, ei], avg.mean, rtol=1e-5)
+                np.testing.assert_allclose(grid.coverage[ci, fi, ei], avg.coverage, rtol=1e-5)
+                assert grid.weight[ci, fi, ei] == pytest.approx(avg.total_weight)
+
+
 def test_filters_chosen_from_activations_and_from_results(store, tmp_path):
     path, _, _ = store
     ds = open_store(path)
