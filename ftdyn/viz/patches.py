@@ -366,7 +366,7 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     E, N, F, h, w = arr.shape
     flat = arr.reshape(E, N, F, h * w)
     idx, peak = dask.compute(flat.argmax(axis=-1), flat.max(axis=-1))
-    peak = np.nan_to_num(np.asarray(peak, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = _finite(peak)
     u, v = np.unravel_index(np.asarray(idx), (h, w))
     images = read_images(ds, positions)
     bh, bw = crop_shape(rf)
