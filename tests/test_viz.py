@@ -87,6 +87,45 @@ def test_average_crops_pads_where_the_field_leaves_the_image():
     np.testing.assert_array_equal(avg.mean[2:, :3], 200.0)
 
 
+def _average_crops_one_by_one(images, u, v, weights, rf):
+    """average_crops_at's definition, one padded crop per image."""
+    shape = patches.crop_shape(rf)
+    acc, cov = np.zeros((*shape, 3)), np.zeros(shape)
+    for i, w in enumerate(weights):
+        if np.isfinite(w) and w > 0:
+            crop, mask = patches.crop_padded(images[i], rf.box(int(u[i]), int(v[i])), shape)
+            acc += w * crop
+            cov += w * mask
+    with np.errstate(invalid="ignore"):
+        return np.where(cov[..., None] > 0, acc / cov[..., None], np.nan), cov
+
+
+@pytest.mark.parametrize(
+    ("field", "holes"),
+    [
+        (RF, False),  # boxes at the border leave the image on one side
+        ({"size": [7, 4], "jump": [3, 2], "start": [1.5, 0]}, False),  # half-pixel centres
+        ({"size": [61, 75], "jump": [8, 8], "start": [3.5, 3.5]}, True),  # fields over the image
+    ],
+)
+def test_average_crops_at_equals_the_per_image_definition(field, holes):
+    rng = np.random.default_rng(7)
+    rf = ReceptiveField.from_dict(field)
+    n = 40
+    images = rng.integers(0, 256, size=(n, *IMAGE_HW, 3), dtype=np.uint8)
+    u, v = rng.integers(0, MAP_HW[0], n), rng.integers(0, MAP_HW[1], n)
+    u[:4], v[:4] = [0, 0, MAP_HW[0] - 1, MAP_HW[0] - 1], [0, MAP_HW[1] - 1, 0, MAP_HW[1] - 1]
+    weights = rng.uniform(0.1, 3.0, n)
+    weights[4:8] = [0.0, -1.0, np.nan, np.inf]  # ignored
+    avg = patches.average_crops_at(images, u, v, weights, rf)
+    mean, cov = _average_crops_one_by_one(images, u, v, weights, rf)
+    np.testing.assert_allclose(avg.coverage, cov, rtol=1e-12)
+    np.testing.assert_allclose(avg.mean, mean, rtol=1e-12)  # NaN exactly where no crop covers
+    assert np.isnan(avg.mean).any() == holes and np.isfinite(avg.mean).any()
+    none = patches.average_crops_at(images, u, v, np.zeros(n), rf)
+    assert np.isnan(none.mean).all() and not none.coverage.any() and none.total_weight == 0
+
+
 def test_upsampling_keeps_the_argmax_location():
     rf = ReceptiveField(size=(11, 11), jump=(4, 4), start=(3, 1))
     fmap = np.zeros((8, 8))
@@ -134,6 +173,26 @@ def test_class_based_grid_from_store_matches_planted_regions(store):
         ds, "features_8", "features.8", rf, filters=[1], classes=[1], epoch_positions=[1]
     )
     np.testing.assert_allclose(grid2.crops[0, 0, 0], expected_crop(images, labels, 1, 1), rtol=1e-5)
+
+
+def test_class_based_grid_is_average_crops_at_per_class_filter_and_epoch(store):
+    path, images, labels = store
+    ds = open_store(path)
+    rf = ReceptiveField.from_dict({"size": [21, 17], "jump": [4, 2], "start": [2, 1]})
+    filters, classes, epochs = [0, 1, 2, 3], [1, 0], [2, 0, 1]
+    grid = patches.class_based(
+        ds, "features_3", "features.3", rf, filters=filters, classes=classes, epoch_positions=epochs
+    )
+    maps = ds["features_3"].values.astype(np.float64)  # (epoch, sample, filter, h, w)
+    for ci, cls in enumerate(classes):
+        rows = np.flatnonzero(labels == cls)
+        for fi, f in enumerate(filters):
+            for ei, e in enumerate(epochs):
+                u, v, value = patches.argmax_locations(maps[e, rows, f])
+                avg = patches.average_crops_at(images[rows], u, v, value, rf)
+                np.testing.assert_allclose(grid.crops[ci, fi, ei], avg.mean, rtol=1e-5)
+                np.testing.assert_allclose(grid.coverage[ci, fi, ei], avg.coverage, rtol=1e-5)
+                assert grid.weight[ci, fi, ei] == pytest.approx(avg.total_weight)
 
 
 def test_filters_chosen_from_activations_and_from_results(store, tmp_path):

@@ -112,7 +112,8 @@ def layer_gallery(request: GalleryRequest) -> LayerGallery:
         )
         for p in patches.strongest_samples(grid, per_class=1)[:DEFAULT_SAMPLES]
     ]
-    cards = [_card(grid, samples, i) for i in range(len(filters))]
+    window = patches.display_window(grid.coverage)  # one scan of the (large) coverage per grid
+    cards = [_card(grid, window, samples, i) for i in range(len(filters))]
     return LayerGallery(
         layer=name,
         epochs=grid.epochs,
@@ -123,10 +124,16 @@ def layer_gallery(request: GalleryRequest) -> LayerGallery:
     )
 
 
-def _card(grid: patches.ClassGrid, samples: list[heatmaps.SampleGrid], fi: int) -> FilterCard:
+def _card(
+    grid: patches.ClassGrid,
+    window: tuple[slice, slice],
+    samples: list[heatmaps.SampleGrid],
+    fi: int,
+) -> FilterCard:
     """The thumbnails of the ``fi``-th filter of ``grid``: one row per class (its class-based
-    average, the grid's common window of the field), one per sample (its heatmap)."""
-    rows_w, cols_w = patches.display_window(grid.coverage)
+    average in ``window``, the grid's common window of the field), one per sample (its
+    heatmap)."""
+    rows_w, cols_w = window
     epochs = range(len(grid.epochs))
     rows = [
         ThumbnailRow(

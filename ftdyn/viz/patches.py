@@ -22,6 +22,7 @@ from pathlib import Path
 
 import dask
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import FtdynError
 from ..store import read_images
@@ -98,20 +99,80 @@ def average_crops_at(
     """
     images = np.asarray(images)
     u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
-    weights = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    weights = _finite(weights)
     shape = crop_shape(rf)
-    acc = np.zeros((*shape, images.shape[-1]), dtype=np.float64)
+    acc = np.zeros((*shape, *images.shape[3:]), dtype=np.float64)
     cov = np.zeros(shape, dtype=np.float64)
-    for i in range(len(images)):
-        w = weights[i]
-        if w <= 0:
-            continue
-        crop, mask = crop_padded(images[i], rf.box(int(u[i]), int(v[i])), shape)
-        acc += w * crop
-        cov += w * mask
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(cov[..., None] > 0, acc / cov[..., None], np.nan)
+    mean = np.full(acc.shape, np.nan)
+    used = np.flatnonzero(weights > 0)
+    y0, x0 = _box_origins(rf, u[used], v[used])
+    crops = _Crops(images[used], y0, x0, shape)
+    if crops.window is not None:
+        window = crops.window
+        acc[window], cov[window] = crops.sums(np.arange(len(used)), y0, x0, weights[used])
+        mean[window] = _ratio(acc[window], cov[window])
     return CropAverage(mean, cov, float(np.clip(weights, 0, None).sum()), u, v, weights)
+
+
+def _finite(values) -> np.ndarray:
+    """float64, non-finite values set to 0."""
+    return np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _ratio(acc: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """``acc / cov`` per pixel, NaN where nothing covers it."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cov[..., None] > 0, acc / cov[..., None], np.nan)
+
+
+def _box_origins(rf, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners ``(y0, x0)`` of ``rf.box(u[i], v[i])`` for arrays of units; a box's row
+    depends on ``u`` alone and its column on ``v`` alone, so each distinct one is computed once."""
+    rows, row_of = np.unique(u, return_inverse=True)
+    cols, col_of = np.unique(v, return_inverse=True)
+    y0 = np.array([rf.box(int(r), 0)[0] for r in rows], dtype=np.int64)
+    x0 = np.array([rf.box(0, int(c))[1] for c in cols], dtype=np.int64)
+    return y0[row_of.reshape(u.shape)], x0[col_of.reshape(v.shape)]
+
+
+class _Crops:
+    """Weighted sums of crops of ``shape`` with corners (``y0``, ``x0``) (any arrays) from
+    ``images`` (n, H, W, ...), restricted to ``window``: the rows and columns of the crop that
+    some of these corners bring over the image (None: none does). A deep layer's field is several
+    times the image, and outside the window every crop is padding. The images are padded once so
+    that every crop's window lies inside, and all the windows are taken in one indexing step."""
+
+    def __init__(self, images: np.ndarray, y0: np.ndarray, x0: np.ndarray, shape: tuple[int, int]):
+        self.H, self.W = images.shape[1:3]
+        self.window = None
+        if y0.size == 0:
+            return
+        r0, r1 = max(0, -int(y0.max())), min(shape[0], self.H - int(y0.min()))
+        c0, c1 = max(0, -int(x0.max())), min(shape[1], self.W - int(x0.min()))
+        if r0 >= r1 or c0 >= c1:
+            return
+        self.window = (slice(r0, r1), slice(c0, c1))
+        self.size = (r1 - r0, c1 - c0)
+        pad_y = (max(0, -(int(y0.min()) + r0)), max(0, int(y0.max()) + r1 - self.H))
+        pad_x = (max(0, -(int(x0.min()) + c0)), max(0, int(x0.max()) + c1 - self.W))
+        framed = np.pad(images, [(0, 0), pad_y, pad_x] + [(0, 0)] * (images.ndim - 3))
+        self.windows = sliding_window_view(framed, self.size, axis=(1, 2))  # (n, y, x, ..., R, C)
+        # a crop at corner (y0, x0) starts its window at (y0 + dy, x0 + dx) of the padded images
+        self.dy, self.dx = r0 + pad_y[0], c0 + pad_x[0]
+
+    def sums(
+        self, images: np.ndarray, y0: np.ndarray, x0: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(sum_i w_i crop_i, sum_i w_i [crop_i shows the image])`` in the window, ``(R, C, ...)``
+        and ``(R, C)``, over the crops of ``images`` (positions in the images given) at the
+        corners ``y0``, ``x0`` (among those given) with ``weights``."""
+        R, C = self.size
+        crops = self.windows[images, y0 + self.dy, x0 + self.dx]
+        rows = y0[:, None] + self.window[0].start + np.arange(R)  # image rows of each crop
+        cols = x0[:, None] + self.window[1].start + np.arange(C)
+        in_rows, in_cols = (rows >= 0) & (rows < self.H), (cols >= 0) & (cols < self.W)
+        acc = np.moveaxis(np.einsum("m,m...->...", weights, crops), (-2, -1), (0, 1))
+        return acc, np.einsum("m,mr,mc->rc", weights, in_rows, in_cols)
 
 
 def average_crops(images: np.ndarray, maps: np.ndarray, rf) -> CropAverage:
@@ -305,7 +366,7 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     E, N, F, h, w = arr.shape
     flat = arr.reshape(E, N, F, h * w)
     idx, peak = dask.compute(flat.argmax(axis=-1), flat.max(axis=-1))
-    peak = np.nan_to_num(np.asarray(peak, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = _finite(peak)
     u, v = np.unravel_index(np.asarray(idx), (h, w))
     images = read_images(ds, positions)
     bh, bw = crop_shape(rf)
@@ -314,16 +375,22 @@ def class_based(ds, var: str, layer: str, rf, *, filters, classes, epoch_positio
     coverage = np.zeros((C, F, E, bh, bw), dtype=np.float32)
     weight = np.zeros((C, F, E), dtype=np.float64)
     sample_labels = labels[positions]
+    y0, x0 = _box_origins(rf, u, v)  # (E, N, F) corners of the fields
+    # average_crops_at for each (class, filter, epoch), the images of a class padded once and
+    # each average written only into the window of the field that the class's crops reach
     for ci, c in enumerate(classes):
         rows = np.flatnonzero(sample_labels == c)
+        act, cy, cx = peak[:, rows], y0[:, rows], x0[:, rows]
+        sums = _Crops(images[rows], cy[act > 0], cx[act > 0], (bh, bw))
+        weight[ci] = np.clip(act, 0, None).sum(axis=1).T
         for fi in range(F):
             for ei in range(E):
-                avg = average_crops_at(
-                    images[rows], u[ei, rows, fi], v[ei, rows, fi], peak[ei, rows, fi], rf
-                )
-                crops[ci, fi, ei] = avg.mean
-                coverage[ci, fi, ei] = avg.coverage
-                weight[ci, fi, ei] = avg.total_weight
+                i = np.flatnonzero(act[ei, :, fi] > 0)
+                if sums.window is None or len(i) == 0:
+                    continue
+                acc, cov = sums.sums(i, cy[ei, i, fi], cx[ei, i, fi], act[ei, i, fi])
+                crops[ci, fi, ei][sums.window] = _ratio(acc, cov)
+                coverage[ci, fi, ei][sums.window] = cov
     names = [str(x) for x in ds["class"].values]
     return ClassGrid(
         layer=layer,
