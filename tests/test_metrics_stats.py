@@ -335,7 +335,8 @@ def test_unbatched_row_stats_equal_the_batched_result(name, kind, singular, monk
     assert np.asarray(batched).shape == (1,) and single == float(np.asarray(batched)[0])
     assert single == pytest.approx(info.direct(X, Y, **kw), abs=1e-9)
     # singular pwsm: the single pair, the batch of one and the direct route each went through eigh
-    assert fallbacks == [(1, 5, 5)] * (3 if name == "pwsm" and singular else 0)
+    assert len(fallbacks) == (3 if name == "pwsm" and singular else 0)
+    assert all(shape[-2:] == (5, 5) for shape in fallbacks)
 
 
 # ------------------------------------------------------------------ registry
