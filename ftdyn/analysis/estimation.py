@@ -43,7 +43,7 @@ def heldout_metrics(config: AnalyzeConfig, metrics, src: Source) -> tuple[str, .
     held-out value (:mod:`ftdyn.metrics.heldout`): the other end of the plug-in's bias, reported
     beside it. Corrected estimators only (the plug-in preset keeps the published numbers);
     degenerate values have none."""
-    if config.estimator != "corrected":
+    if config.estimator != "corrected" or not config.heldout:
         return ()
     return tuple(
         m

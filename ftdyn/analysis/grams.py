@@ -18,7 +18,7 @@ from ..metrics.bootstrap import (
     gram_unit_quadratics,
     gram_unit_traces,
 )
-from ..metrics.heldout import heldout_from_gram
+from ..metrics.heldout import heldout_folds, heldout_from_gram
 from ..metrics.stats import (
     GramCentered,
     GramEig,
@@ -310,11 +310,13 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
         reps = _gram_replicates(request, values, grams)
     if request.nested is not None:
         nested = _gram_subsets(request, grams[ref], grams[request.nested.position])
-    heldout = {}
+    heldout, ts = {}, replicated_positions(T, ref, skip)
     for m in request.heldout:
         heldout[m] = np.full_like(values[m], np.nan)
-        for t in replicated_positions(T, ref, skip):
-            heldout[m][t] = heldout_from_gram(m, Ks[ref], Ks[t], request.jack_groups, alpha)
+        if ts:  # the reference's decompositions once for all the checkpoints
+            folds = heldout_folds(request.jack_groups)
+            found = heldout_from_gram(m, Ks[ref], [Ks[t] for t in ts], folds, alpha)
+            heldout[m][ts] = found
     return MetricsResult(values, traj, reps, nested, heldout=heldout)
 
 

@@ -17,7 +17,7 @@ from ..metrics.bootstrap import (
     unit_quadratics,
     unit_traces,
 )
-from ..metrics.heldout import heldout_from_row_stats
+from ..metrics.heldout import heldout_folds, heldout_from_row_stats
 from ..metrics.registry import get_metric
 from ..metrics.stats import FourthMoments, RowStats, cka_debiased_from_row_stats
 from ..views import to_matrices
@@ -669,10 +669,12 @@ def _heldout(request: RowFinishRequest, acc: RowAccumulator, metric: str) -> np.
     positions ``skip``."""
     ref, groups = request.ref, request.jack_groups
     out = np.full((request.n_positions, *acc.s.shape[2:-1]), np.nan)
-    folds = [(groups == g).astype(np.int64) for g in np.unique(groups)]
-    for t in replicated_positions(request.n_positions, ref, request.skip):
-        stats = [acc.row_stats(ref, t, ref, counts) for counts in folds]
-        out[t] = heldout_from_row_stats(metric, stats, request.alpha)
+    folds = heldout_folds(groups)
+    folds = [(folds == g).astype(np.int64) for g in np.unique(folds)]
+    ts = replicated_positions(request.n_positions, ref, request.skip)
+    if ts:  # one batch: the reference's whitening once per fold for all the checkpoints
+        stats = [acc.reference_pairs(ref, ts, counts) for counts in folds]
+        out[ts] = heldout_from_row_stats(metric, stats, request.alpha)
     return out
 
 

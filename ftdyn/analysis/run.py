@@ -321,7 +321,7 @@ def make_plan(stores, *, out, config: AnalyzeConfig | None = None, **options: An
         exps, config, jobs, dev, limit, config.workers
     )
     comparison = plan_comparison(exps, config)
-    runs_args = dataclasses.replace(config, trajectory="reference")
+    runs_args = dataclasses.replace(config, trajectory="reference", heldout=False)
     runs_threads, runs_jobs = plan_analysis(
         comparison.experiments, runs_args, dev, limit, config.workers
     )

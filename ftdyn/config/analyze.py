@@ -289,6 +289,11 @@ class AnalyzeConfig:
         "Replicates are the nested image subsets of the convergence check "
         "(analysis.interpret), not bootstrap draws.",
     )
+    heldout: bool = _internal(
+        True,
+        "Held-out values beside the values beyond their correction's limit (the run-vs-run "
+        "distances, which report none, leave them out).",
+    )
     skip_replicates: tuple[int, ...] = _internal(
         (), "Epochs whose replicates are not needed (the convergence run skips its baseline)."
     )

@@ -4,13 +4,13 @@ A plug-in Procrustes or PWSM distance fits its alignment (rotation, whitening) t
 it scores, so it is biased toward 0 (the nuclear norm is convex: E‖Ĉ_xy‖_* ≥ ‖Σ_xy‖_*); the
 bias grows with columns/rows and, beyond :data:`~ftdyn.metrics.estimators.RELIABLE_COLUMN_RATIO`,
 no correction removes it. The *held-out* distance fits the alignment on all rows but one group
-and scores it on that group, for every group (K-fold cross-validation over the jackknife's row
-groups; Williams et al. 2021, "Generalized shape metrics on neural representations"). An
-alignment fitted on other rows cannot beat the population's best one on rows it has not seen
-(its expected score is ``tr(Qᵀ Σ_xy) ≤ ‖Σ_xy‖_*`` for any Q with ‖Q‖ ≤ 1), so the held-out
-distance is biased away from 0: the plug-in and held-out values bracket the population distance
-(in expectation), however many columns a row has. ``ftdyn analyze`` reports the held-out value
-beside every value beyond its estimator's limit.
+and scores it on that group, for every group (K-fold cross-validation, :data:`HELDOUT_FOLDS`
+folds of the jackknife's row groups; Williams et al. 2021, "Generalized shape metrics on neural
+representations"). An alignment fitted on other rows cannot beat the population's best one on
+rows it has not seen (its expected score is ``tr(Qᵀ Σ_xy) ≤ ‖Σ_xy‖_*`` for any Q with
+‖Q‖ ≤ 1), so the held-out distance is biased away from 0: the plug-in and held-out values
+bracket the population distance (in expectation), however many columns a row has.
+``ftdyn analyze`` reports the held-out value beside every value beyond its estimator's limit.
 
 Every fold's statistics are centred on the mean of all rows, so that the folds' cross-products
 add up to the full ones and the row side (p×p statistics) and the Gram side (n×n) give the same
@@ -35,10 +35,31 @@ from . import _linalg as L
 from ._jackknife import jackknife_groups
 from .stats import RowStats, _t
 
-__all__ = ["HELDOUT_METRICS", "heldout", "heldout_from_row_stats", "heldout_from_gram"]
+__all__ = [
+    "HELDOUT_METRICS",
+    "HELDOUT_FOLDS",
+    "heldout_folds",
+    "heldout",
+    "heldout_from_row_stats",
+    "heldout_from_gram",
+]
 
 #: the metrics with a held-out value (those whose correction has a limit)
 HELDOUT_METRICS = ("procrustes", "pwsm")
+#: folds of the held-out value: each the union of two of the jackknife's 8 row groups, so an
+#: alignment is fitted on 3/4 of the rows (8 folds fit on 7/8 and cost about 3× as much: the
+#: decompositions of the fitting rows are the held-out value's whole cost)
+HELDOUT_FOLDS = 4
+#: singular values of a fitted cross-covariance below this fraction of its largest are left
+#: unaligned (AᵀA resolves them down to about the square root of the float64 precision)
+POLAR_RTOL = 1e-6
+
+
+def heldout_folds(groups) -> np.ndarray:
+    """The held-out value's fold of every row from its jackknife group (0 … G−1): group g in fold
+    g mod :data:`HELDOUT_FOLDS` (fewer groups: the groups themselves)."""
+    groups = np.asarray(groups)
+    return groups % HELDOUT_FOLDS
 
 
 def _check_metric(metric: str, alpha: float) -> float:
@@ -48,10 +69,15 @@ def _check_metric(metric: str, alpha: float) -> float:
 
 
 def _partial_isometry(A: torch.Tensor) -> torch.Tensor:
-    """U Vᵀ of A's singular directions above its rounding (the polar factor on A's range)."""
-    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
-    floor = L.NULL_FACTOR * max(A.shape[-2:]) * L.EPS * S[..., :1]
-    return torch.matmul(U * (floor < S)[..., None, :].to(U.dtype), Vh)
+    """U Vᵀ over A's singular directions above :data:`POLAR_RTOL` of the largest (the polar
+    factor on A's range): A (AᵀA)^(-1/2) from the eigendecomposition of AᵀA, several times cheaper
+    than A's SVD; the directions it cannot resolve are the ones with almost no cross-covariance,
+    whose rotation would only score noise."""
+    lam, V = torch.linalg.eigh(L.sym(torch.matmul(A.mT, A)))
+    s = torch.sqrt(lam.clamp(min=0.0))
+    keep = s > POLAR_RTOL * s[..., -1:]
+    inverse = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+    return torch.matmul(A, torch.matmul(V * inverse[..., None, :], V.mT))
 
 
 def _inner(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -94,12 +120,14 @@ def _fold_products(folds: Sequence[RowStats]):
         )
     # the raw diagonals of all rows: their sums for the dead test, their largest entries for the
     # whitening's rounding floor (as :class:`~ftdyn.metrics._linalg.RowCore` has them)
-    dx, dy = (sum(_diag(t[i]) for t in tensors) for i in (2, 3))
+    dx, dy = (sum(_diag(t[i], t[i - 2]) for t in tensors) for i in (2, 3))
     return out, (dx.sum(-1), dy.sum(-1), dx.amax(-1).clamp(min=0.0), dy.amax(-1).clamp(min=0.0))
 
 
-def _diag(C: torch.Tensor) -> torch.Tensor:
-    return C if C.ndim == 1 or C.shape[-1] != C.shape[-2] else torch.diagonal(C, dim1=-2, dim2=-1)
+def _diag(C: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """The diagonal of a self-product C, which may be held as its diagonal already (C has the
+    column sums' dims then)."""
+    return C if C.ndim == sums.ndim else torch.diagonal(C, dim1=-2, dim2=-1)
 
 
 def heldout_from_row_stats(metric: str, folds: Sequence[RowStats], alpha: float = 0.0):
@@ -107,15 +135,15 @@ def heldout_from_row_stats(metric: str, folds: Sequence[RowStats], alpha: float 
     :class:`~ftdyn.metrics.stats.RowStats` of each of ≥ 2 folds (disjoint groups of rows that
     together are all of them): per fold, the alignment fitted on the other folds scores that
     fold. Procrustes ∈ [0, 1], PWSM in radians; NaN for dead input (as the plug-in) and where a
-    fold is empty. Batch dims (...) as the statistics'; Procrustes accepts self-product
-    diagonals."""
+    fold is empty. Batch dims (...) as the statistics' (X's may broadcast against a stack of Y's:
+    its whitening is then computed once per fold); Procrustes accepts self-product diagonals."""
     alpha = _check_metric(metric, alpha)
     if len(folds) < 2 or min(f.n for f in folds) < 1:
         raise ValueError("held-out values need at least 2 folds, each with at least one row")
     products, (rawx, rawy, refx, refy) = _fold_products(folds)
     full = [sum(p[i] for p in products) for i in range(3)]
-    trx = L.trace(full[0]) if full[0].ndim == full[2].ndim else full[0].sum(-1)
-    try_ = L.trace(full[1]) if full[1].ndim == full[2].ndim else full[1].sum(-1)
+    diagonal = np.ndim(folds[0].xx) == np.ndim(folds[0].sum_x)
+    trx, try_ = (C.sum(-1) if diagonal else L.trace(C) for C in full[:2])
     trx, try_ = trx.clamp(min=0.0), try_.clamp(min=0.0)
     dead = (trx <= L.DEAD_RTOL * rawx) | (try_ <= L.DEAD_RTOL * rawy)
     score = nx = ny = 0.0
@@ -124,7 +152,7 @@ def heldout_from_row_stats(metric: str, folds: Sequence[RowStats], alpha: float 
         if metric == "procrustes":
             score = score + _inner(_partial_isometry(fit[2]), cxy)
             continue
-        if fit[0].ndim < fit[2].ndim:
+        if diagonal:
             raise ValueError("PWSM needs the self-products XᵀX and YᵀY, not only their diagonals")
         wx, wy = _whitening(fit[0], alpha, refx), _whitening(fit[1], alpha, refy)
         q = _partial_isometry(torch.matmul(torch.matmul(wx, fit[2]), wy))
@@ -142,28 +170,42 @@ def heldout_from_gram(metric: str, K, Lg, groups, alpha: float = 0.0):
     """The held-out Procrustes from the raw Gram matrices ``K`` = XXᵀ and ``Lg`` = YYᵀ
     (..., n, n) and the fold (0 … G−1, ≥ 2 folds) of every row, ``groups`` (n,); equal to
     :func:`heldout_from_row_stats` on the same rows. PWSM: NaN (its whitening is not fitted from
-    the Grams here)."""
+    the Grams here). ``Lg`` may be a list of several Y's Grams: their values are stacked on a
+    first axis, X's decompositions done once for all of them."""
     alpha = _check_metric(metric, alpha)
-    K, Lg = _t(K), _t(Lg, K.device)
+    K = _t(K)
+    several = isinstance(Lg, list | tuple)
+    Ls = [_t(one, K.device) for one in (Lg if several else [Lg])]
     groups = np.asarray(groups)
     if len(np.unique(groups)) < 2:
         raise ValueError("held-out values need at least 2 folds")
     if metric == "pwsm":
-        return L.finish(torch.full(K.shape[:-2], float("nan"), dtype=K.dtype))
-    Kc, Lc = L.double_center(K.clone()), L.double_center(Lg.clone())
-    trx, try_ = L.centered_trace(Kc), L.centered_trace(Lc)
-    dead = (trx <= L.DEAD_RTOL * L.trace(K)) | (try_ <= L.DEAD_RTOL * L.trace(Lg))
-    score = 0.0
-    for g in np.unique(groups):
-        fit = torch.as_tensor(np.flatnonzero(groups != g), device=K.device)
-        held = torch.as_tensor(np.flatnonzero(groups == g), device=K.device)
-        px, sx, ux = _projections(Kc, fit, held)
-        py, sy, uy = _projections(Lc, fit, held)
-        # X_fitᵀY_fit = V_x (Σ_x U_xᵀ U_y Σ_y) V_yᵀ: its polar factor is V_x R V_yᵀ
-        R = _partial_isometry(sx[..., :, None] * torch.matmul(ux.mT, uy) * sy[..., None, :])
-        score = score + _inner(torch.matmul(px, R), py)
-    value = torch.clamp(1.0 - score / torch.sqrt(trx * try_), 0.0, 1.0)
-    return L.finish(L.nan_where(value, dead))
+        nan = torch.full((len(Ls), *K.shape[:-2]), float("nan"), dtype=K.dtype)
+        return L.finish(nan if several else nan[0])
+    Kc = L.double_center(K.clone())
+    trx, rawx = L.centered_trace(Kc), L.trace(K)
+    folds = [
+        tuple(
+            torch.as_tensor(np.flatnonzero(pick), device=K.device)
+            for pick in (groups != g, groups == g)
+        )
+        for g in np.unique(groups)
+    ]
+    reference = [_projections(Kc, fit, held) for fit, held in folds]
+    values = []
+    for one in Ls:
+        Lc = L.double_center(one.clone())
+        try_ = L.centered_trace(Lc)
+        score = 0.0
+        for (fit, held), (px, sx, ux) in zip(folds, reference, strict=True):
+            py, sy, uy = _projections(Lc, fit, held)
+            # X_fitᵀY_fit = V_x (Σ_x U_xᵀ U_y Σ_y) V_yᵀ: its polar factor is V_x R V_yᵀ
+            R = _partial_isometry(sx[..., :, None] * torch.matmul(ux.mT, uy) * sy[..., None, :])
+            score = score + _inner(torch.matmul(px, R), py)
+        value = torch.clamp(1.0 - score / torch.sqrt(trx * try_), 0.0, 1.0)
+        dead = (trx <= L.DEAD_RTOL * rawx) | (try_ <= L.DEAD_RTOL * L.trace(one))
+        values.append(L.nan_where(value, dead))
+    return L.finish(torch.stack(values) if several else values[0])
 
 
 def _projections(Kc: torch.Tensor, fit: torch.Tensor, held: torch.Tensor):
@@ -179,8 +221,9 @@ def _projections(Kc: torch.Tensor, fit: torch.Tensor, held: torch.Tensor):
 
 
 def heldout(metric: str, X, Y, alpha: float = 0.0, seed: int = 0):
-    """The held-out ``metric`` of ``X`` and ``Y`` ((..., rows, cols), numpy or torch) over the
-    jackknife's seeded row groups (:func:`~ftdyn.metrics.estimators.jackknife_groups`): from
+    """The held-out ``metric`` of ``X`` and ``Y`` ((..., rows, cols), numpy or torch) over
+    :data:`HELDOUT_FOLDS` folds of the jackknife's seeded row groups
+    (:func:`~ftdyn.metrics.estimators.jackknife_groups`, :func:`heldout_folds`): from
     row statistics where rows ≥ columns, else (Procrustes) from the Gram matrices."""
     _check_metric(metric, alpha)
     Xt, Yt = L.as_tensor(X, "X"), L.as_tensor(Y, "Y")
@@ -188,7 +231,7 @@ def heldout(metric: str, X, Y, alpha: float = 0.0, seed: int = 0):
     n = Xt.shape[-2]
     if n < 2:
         raise ValueError(f"held-out values need at least 2 rows, got {n}")
-    groups = jackknife_groups(n, seed=seed)
+    groups = heldout_folds(jackknife_groups(n, seed=seed))
     Xt, Yt = Xt.to(torch.float64), Yt.to(torch.float64)
     if metric == "procrustes" and n < max(Xt.shape[-1], Yt.shape[-1]):
         return heldout_from_gram(metric, Xt @ Xt.mT, Yt @ Yt.mT, groups)
