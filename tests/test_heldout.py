@@ -141,8 +141,9 @@ def test_analyze_reports_the_held_out_value_beyond_the_limit(tmp_path):
         assert abs(held[last] - want) < 1e-7  # Grams summed over chunks vs at once
         assert held[last] > ds["distance"].sel(metric="procrustes").values[0, 0, last]
     rows = ftdyn.analyze(path, out=tmp_path / "rows", trajectory="all", **kw)
+    # the alignment's weakest directions (near POLAR_RTOL) round differently on the two sides
     np.testing.assert_allclose(
-        rows["heldout_distance"].values, ds["heldout_distance"].values, atol=1e-10
+        rows["heldout_distance"].values, ds["heldout_distance"].values, atol=1e-7
     )
     with open(tmp_path / "r" / "distances.csv") as f:
         table = [r for r in csv.DictReader(f) if r["metric"] == "procrustes" and r["epoch"] != "0"]
