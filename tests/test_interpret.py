@@ -157,7 +157,8 @@ def test_distances_do_not_change_with_a_baseline(tmp_path):
         out=tmp_path / "rb",
         progress=False,
     )
-    np.testing.assert_array_equal(a["distance"].values, b["distance"].values)
+    # the baseline is one more checkpoint in the batch of pairs: the same values to rounding
+    np.testing.assert_allclose(a["distance"].values, b["distance"].values, rtol=0, atol=1e-12)
     assert np.isfinite(b["relative_distance"].values).all()
 
 
