@@ -311,12 +311,11 @@ def gram_finish(request: GramFinishRequest, *Ks: torch.Tensor) -> MetricsResult:
     if request.nested is not None:
         nested = _gram_subsets(request, grams[ref], grams[request.nested.position])
     heldout, ts = {}, replicated_positions(T, ref, skip)
+    folds = heldout_folds(request.jack_groups) if request.heldout else None
     for m in request.heldout:
         heldout[m] = np.full_like(values[m], np.nan)
         if ts:  # the reference's decompositions once for all the checkpoints
-            folds = heldout_folds(request.jack_groups)
-            found = heldout_from_gram(m, Ks[ref], [Ks[t] for t in ts], folds, alpha)
-            heldout[m][ts] = found
+            heldout[m][ts] = heldout_from_gram(m, Ks[ref], [Ks[t] for t in ts], folds, alpha)
     return MetricsResult(values, traj, reps, nested, heldout=heldout)
 
 

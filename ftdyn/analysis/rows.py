@@ -664,13 +664,13 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
 
 
 def _heldout(request: RowFinishRequest, acc: RowAccumulator, metric: str) -> np.ndarray:
-    """(T, *batch) held-out values of ``metric`` for the pairs (reference, t), each jackknife
-    group of images scored by the alignment fitted on the others; NaN at the reference and the
-    positions ``skip``."""
-    ref, groups = request.ref, request.jack_groups
+    """(T, *batch) held-out values of ``metric`` for the pairs (reference, t), each fold of
+    images (:func:`~ftdyn.metrics.heldout.heldout_folds` of the jackknife groups) scored by the
+    alignment fitted on the others; NaN at the reference and the positions ``skip``."""
+    ref = request.ref
     out = np.full((request.n_positions, *acc.s.shape[2:-1]), np.nan)
-    folds = heldout_folds(groups)
-    folds = [(folds == g).astype(np.int64) for g in np.unique(folds)]
+    fold_of_unit = heldout_folds(request.jack_groups)
+    folds = [(fold_of_unit == f).astype(np.int64) for f in np.unique(fold_of_unit)]
     ts = replicated_positions(request.n_positions, ref, request.skip)
     if ts:  # one batch: the reference's whitening once per fold for all the checkpoints
         stats = [acc.reference_pairs(ref, ts, counts) for counts in folds]

@@ -33,7 +33,7 @@ import torch
 
 from . import _linalg as L
 from ._jackknife import jackknife_groups
-from .stats import RowStats, _t
+from .stats import RowStats, _t, choose_side, gram, row_stats
 
 __all__ = [
     "HELDOUT_METRICS",
@@ -76,8 +76,12 @@ def _partial_isometry(A: torch.Tensor) -> torch.Tensor:
     lam, V = torch.linalg.eigh(L.sym(torch.matmul(A.mT, A)))
     s = torch.sqrt(lam.clamp(min=0.0))
     keep = s > POLAR_RTOL * s[..., -1:]
-    inverse = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-    return torch.matmul(A, torch.matmul(V * inverse[..., None, :], V.mT))
+    return torch.matmul(A, torch.matmul(V * _inverse_where(s, keep)[..., None, :], V.mT))
+
+
+def _inverse_where(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """1 / ``values`` where ``keep``, 0 elsewhere (no division by the values left out)."""
+    return torch.where(keep, 1.0 / torch.where(keep, values, torch.ones_like(values)), 0.0)
 
 
 def _inner(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -215,7 +219,7 @@ def _projections(Kc: torch.Tensor, fit: torch.Tensor, held: torch.Tensor):
     lam, U = torch.linalg.eigh(L.sym(K_fit))
     keep = lam > L.NULL_FACTOR * lam.shape[-1] * L.EPS * lam[..., -1:].clamp(min=0.0)
     sigma = torch.where(keep, torch.sqrt(lam.clamp(min=0.0)), torch.zeros_like(lam))
-    inv = torch.where(keep, 1.0 / torch.where(keep, sigma, torch.ones_like(sigma)), sigma)
+    inv = _inverse_where(sigma, keep)
     cross = Kc.index_select(-2, held).index_select(-1, fit)
     return torch.matmul(cross, U) * inv[..., None, :], sigma, U
 
@@ -232,12 +236,10 @@ def heldout(metric: str, X, Y, alpha: float = 0.0, seed: int = 0):
     if n < 2:
         raise ValueError(f"held-out values need at least 2 rows, got {n}")
     groups = heldout_folds(jackknife_groups(n, seed=seed))
-    Xt, Yt = Xt.to(torch.float64), Yt.to(torch.float64)
-    if metric == "procrustes" and n < max(Xt.shape[-1], Yt.shape[-1]):
-        return heldout_from_gram(metric, Xt @ Xt.mT, Yt @ Yt.mT, groups)
+    if metric == "procrustes" and choose_side(n, max(Xt.shape[-1], Yt.shape[-1])) == "gram":
+        return heldout_from_gram(metric, gram(Xt), gram(Yt), groups)
     folds = []
     for g in np.unique(groups):
         rows = torch.as_tensor(np.flatnonzero(groups == g))
-        A, B = Xt.index_select(-2, rows), Yt.index_select(-2, rows)
-        folds.append(RowStats(len(rows), A.sum(-2), B.sum(-2), A.mT @ A, B.mT @ B, A.mT @ B))
+        folds.append(row_stats(Xt.index_select(-2, rows), Yt.index_select(-2, rows)))
     return heldout_from_row_stats(metric, folds, alpha)
