@@ -629,8 +629,9 @@ def row_finish(request: RowFinishRequest, acc: RowAccumulator) -> MetricsResult:
         values[m] = at_all(m, estimates, plugin(m, ref) if request.ref_value else blank)
     if request.mode == "all" and request.point:
         for m in metrics:  # the plug-in estimator: pairs without the reference have no units
+            plain = m not in request.jackknifed and request.ref_value  # values are the plug-in's
             traj[m] = trajectory(
-                at_all(m, plugins, plugin(m, ref)),
+                values[m] if plain else at_all(m, plugins, plugin(m, ref)),
                 ref,
                 lambda a, b, m=m: pair(m, a, b),
                 skip,
