@@ -3,8 +3,8 @@
 A plug-in Procrustes or PWSM distance fits its alignment (rotation, whitening) to the same rows
 it scores, so it is biased toward 0 (the nuclear norm is convex: E‖Ĉ_xy‖_* ≥ ‖Σ_xy‖_*); the
 bias grows with columns/rows and, beyond :data:`~ftdyn.metrics.estimators.RELIABLE_COLUMN_RATIO`,
-no correction removes it. The *held-out* distance fits the alignment on all rows but one group
-and scores it on that group, for every group (K-fold cross-validation, :data:`HELDOUT_FOLDS`
+no correction removes it. The *held-out* distance fits the alignment on all rows but one fold
+and scores it on that fold, for every fold (K-fold cross-validation, :data:`HELDOUT_FOLDS`
 folds of the jackknife's row groups; Williams et al. 2021, "Generalized shape metrics on neural
 representations"). An alignment fitted on other rows cannot beat the population's best one on
 rows it has not seen (its expected score is ``tr(Qᵀ Σ_xy) ≤ ‖Σ_xy‖_*`` for any Q with
