@@ -16,6 +16,18 @@ import sys
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS_DIR.parents[1]
+
+#: runs the command as its child and prints its wall, CPU seconds and peak RSS (resource's
+#: children), so that each measured run's peak is its own and not the benchmark's
+_WRAPPER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:]).returncode
+used = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("RESULT " + json.dumps({"code": code, "seconds": time.perf_counter() - start,
+      "cpu_s": used.ru_utime + used.ru_stime, "maxrss_bytes": used.ru_maxrss * 1024}))
+"""
 
 
 def _cpu_model() -> str:
@@ -40,6 +52,20 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return found.stdout.strip() or "unknown"
+
+
+def run_measured(command: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``command`` (with this checkout first on the path) through a wrapper process; returns
+    its exit ``code``, wall ``seconds``, ``cpu_s`` and peak ``maxrss_bytes``, and the wrapper's
+    completed process (the command's stderr is its ``stderr``)."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *command], capture_output=True, text=True, env=env
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(lines[-1][len("RESULT ") :]) if lines else {"code": proc.returncode}
+    return result, proc
 
 
 def command_line() -> str:

@@ -14,28 +14,14 @@ thread count the plan used from the results (attrs ``memory_limit``, ``threads``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _results beside this script
 import xarray as xr
-from _results import command_line, write_result
-
-ROOT = Path(__file__).resolve().parents[1]
-
-#: runs the command as its child and prints its peak RSS and CPU seconds (resource's children)
-WRAPPER = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-code = subprocess.run(sys.argv[1:]).returncode
-used = resource.getrusage(resource.RUSAGE_CHILDREN)
-print("RESULT " + json.dumps({"code": code, "seconds": time.perf_counter() - start,
-      "cpu_s": used.ru_utime + used.ru_stime, "maxrss_bytes": used.ru_maxrss * 1024}))
-"""
+from _results import command_line, run_measured, write_result
 
 
 def measure(store: str, limit: str, bootstrap: int, out: Path) -> dict:
@@ -44,15 +30,7 @@ def measure(store: str, limit: str, bootstrap: int, out: Path) -> dict:
     command += ["--bootstrap", str(bootstrap)]
     if limit != "default":
         command += ["--memory-limit", limit]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, env=env
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    result = json.loads(lines[-1][len("RESULT ") :]) if lines else {"code": proc.returncode}
+    result, proc = run_measured(command)
     if result["code"] != 0:
         raise SystemExit(f"analyze failed:\n{proc.stderr[-3000:]}")
     with xr.open_zarr(out / "results.zarr") as ds:

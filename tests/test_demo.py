@@ -1,6 +1,8 @@
 """The built-in demo end to end (quick size): the README's first command in miniature."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,15 @@ from ftdyn.offline import (
 from ftdyn.results import open_results
 
 REAL = installed_weights_file() is not None
+BENCH_DEMO = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo.py"
+
+
+def _stage_seconds(output: str) -> dict[str, float]:
+    """The demo benchmark's reading of the demo's stage lines."""
+    spec = importlib.util.spec_from_file_location("bench_demo", BENCH_DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.stage_seconds(output)
 
 
 @pytest.mark.slow
@@ -29,6 +40,9 @@ def test_quick_demo_runs_the_whole_pipeline_and_resumes(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     folder = out / ("results" if REAL else "results-random-init")
     assert f"open {folder / 'report.html'}" in result.output
+    stages = _stage_seconds(result.output)  # what benchmarks/bench_demo.py times
+    assert set(stages) == {"data_s", "train_and_extract_s", "analysis_s", "report_s"}
+    assert all(seconds >= 0 for seconds in stages.values())
     results = open_results(folder)
     expected = ["digits", "fashion" if fashion_mnist_dir() else "dissimilar-generated", "photos"]
     expected = expected if REAL else [f"{name}-random-init" for name in expected]
