@@ -137,7 +137,8 @@ def layers(
     ] = False,
 ) -> None:
     """List the layers of ARCH that can be captured (defaults marked with *), with output shapes
-    channels x height x width (as stored; channels-last outputs are transposed)."""
+    channels x height x width (as stored; channels-last outputs are transposed; a token model's
+    prefix token, MODULE:class, is a 1 x 1 map)."""
     from . import models
 
     if list_archs or arch is None:
@@ -146,7 +147,8 @@ def layers(
     model = models.build_model(models.canonical_arch(arch))
     defaults = models.default_layers(model, arch, input_size)
     for info in models.candidate_layers(model, input_size, include=tuple(defaults)):
-        if all_layers or info.name in defaults:
+        # a default module's prefix tokens (ViT's class token) are listed beside it
+        if all_layers or models.split_layer(info.name)[0] in defaults:
             mark = "*" if info.name in defaults else " "
             shape = "x".join(map(str, info.shape))
             typer.echo(f"{mark} {info.name:<50} {info.kind:<12} {shape}")

@@ -27,7 +27,7 @@ from torch import nn
 from . import zoo_timm
 from .config import arg
 from .errors import FtdynError
-from .tokens import MapLayout, token_field, token_grid
+from .tokens import PREFIX_TOKEN_SEPARATOR, MapLayout, split_layer, token_field, token_grid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -395,9 +395,35 @@ def layer_layouts(
     model: nn.Module, layers: list[str], input_size: int = 224
 ) -> dict[str, MapLayout]:
     """The layout of each of ``layers`` (:func:`_layouts`); layers whose outputs are no maps (a
-    pooled vector, a class token) keep theirs as they are, and are refused when captured."""
-    found = _layouts(model, layers, input_size)
-    return {name: found[name][1] if name in found else MapLayout() for name in layers}
+    pooled vector, a class token) keep theirs as they are, and are refused when captured. A
+    ``MODULE:KIND`` layer keeps the one prefix token of that kind of the module's tokens
+    (:meth:`~ftdyn.tokens.MapLayout.keeping`); a kind the output does not have once is refused."""
+    found = _layouts(model, dict.fromkeys(split_layer(n)[0] for n in layers), input_size)
+    layouts = {}
+    for name in layers:
+        module, kind = split_layer(name)
+        layout = found[module][1] if module in found else MapLayout()
+        layouts[name] = layout if kind is None else _keeping(layout, name, kind)
+    return layouts
+
+
+def _keeping(layout: MapLayout, name: str, kind: str) -> MapLayout:
+    """``layout`` keeping its prefix token ``kind`` as layer ``name``, or a one-line error."""
+    kinds = layout.single_prefix_kinds()
+    if kind in kinds:
+        return layout.keeping(kind)
+    module = split_layer(name)[0]
+    has = (
+        f"its prefix tokens are {', '.join(layout.prefix)} (one of each kind can be kept:"
+        f" {', '.join(kinds) or 'none'})"
+        if layout.prefix
+        else "its output carries no prefix token (not a class, register or distillation token"
+        " before the patch tokens)"
+    )
+    raise FtdynError(
+        f"{arg('layers', name)}: {module} has no single '{kind}' token to keep: {has}; see"
+        " `ftdyn layers ARCH --all`."
+    )
 
 
 def map_shape(layout: MapLayout, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -416,8 +442,8 @@ def candidate_layers(
     include: tuple[str, ...] = (),
 ) -> list[LayerInfo]:
     """Activation modules and residual stages (or, with ``top_level``, the model's direct
-    children), plus the modules named in ``include``, with their (channel, y, x) output
-    shapes, in forward order."""
+    children), plus the modules named in ``include`` and the prefix tokens of their outputs
+    (``MODULE:KIND``), with their (channel, y, x) output shapes, in forward order."""
     if top_level:
         wanted = {name for name, _ in model.named_children()}
     else:
@@ -428,10 +454,19 @@ def candidate_layers(
         }
     modules = dict(model.named_modules())
     wanted |= {name for name in include if name in modules}
-    return [
-        LayerInfo(n, type(modules[n]).__name__, shape, layout)
-        for n, (shape, layout) in _layouts(model, wanted, input_size).items()
-    ]
+    found = []
+    for n, (shape, layout) in _layouts(model, wanted, input_size).items():
+        found.append(LayerInfo(n, type(modules[n]).__name__, shape, layout))
+        found += [  # an included module's prefix tokens, each a layer of its own
+            LayerInfo(
+                f"{n}{PREFIX_TOKEN_SEPARATOR}{kind}",
+                f"{kind} token",
+                (shape[0], 1, 1),
+                layout.keeping(kind),
+            )
+            for kind in (layout.single_prefix_kinds() if n in include else [])
+        ]
+    return found
 
 
 def token_fields(
@@ -462,7 +497,8 @@ def token_fields(
     fields = {}
     for name in wanted:
         change = (after[name] - before[name]).abs()
-        change[:, :, 0, 0] = 0  # the changed patch's own cell
+        if layouts[name].token is None:  # a prefix token has no cell of its own patch
+            change[:, :, 0, 0] = 0  # the changed patch's own cell
         # a block whose attention is scaled down (LayerScale 1e-5 at init) still mixes tokens
         mixed = bool(change.amax() > 1e-7 * (float(before[name].abs().amax()) or 1.0))
         if mixed or tokens.patchwise:
@@ -506,19 +542,22 @@ def default_layers(model: nn.Module, arch: str, input_size: int = 224) -> list[s
 
 
 def validate_layers(model: nn.Module, layers: list[str]) -> list[str]:
-    """Check that every name is a module of ``model``; raise a one-line FtdynError otherwise."""
+    """Check that every name is a module of ``model`` (or ``MODULE:KIND``, a prefix token of a
+    module's output, whose kind :func:`layer_layouts` checks); raise a one-line FtdynError
+    otherwise."""
     names = [n for n, _ in model.named_modules() if n]
     known = set(names)
     for layer in layers:
-        if layer not in known:
-            close = difflib.get_close_matches(layer, names, n=3)
+        module = split_layer(layer)[0]
+        if module not in known:
+            close = difflib.get_close_matches(module, names, n=3)
             hint = (
                 f" Did you mean {', '.join(close)}?"
                 if close
                 else " Run `ftdyn layers ARCH` to list them."
             )
             raise FtdynError(
-                f"{arg('layers')}: '{layer}' is not a module of {type(model).__name__}.{hint}"
+                f"{arg('layers')}: '{module}' is not a module of {type(model).__name__}.{hint}"
             )
     if len(set(layers)) != len(layers):
         raise FtdynError(f"{arg('layers')}: a layer is named twice.")
@@ -550,7 +589,7 @@ class LayerCapture:
         self.layouts = dict(layouts or {})
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = [
-            model.get_submodule(name).register_forward_hook(self._hook(name))
+            model.get_submodule(split_layer(name)[0]).register_forward_hook(self._hook(name))
             for name in self.layers
         ]
 

@@ -8,6 +8,10 @@ the prefix tokens are dropped and the patch tokens are laid out on their grid: t
 cell ``(i // W, i % W)``. Swin keeps its tokens on the grid already, channels last
 (batch, y, x, channel), and halves the grid at each stage.
 
+A prefix token can be kept as a layer of its own: ``blocks.11:class`` is the class token of
+``blocks.11``'s output as a (channel, 1, 1) map (:meth:`MapLayout.keeping`), the embedding a
+ViT's head reads.
+
 The grid, the patch size and the prefix tokens come from the model's own metadata (its patch
 embedding's ``patch_size``/``grid_size``/``dynamic_feat_size``, ``num_prefix_tokens`` and the
 class/register/distillation token parameters, timm's ``feature_info``), never from an output
@@ -26,6 +30,17 @@ from torch import nn
 
 from .receptive import ReceptiveField
 
+#: separates a token layer's module from the kind of the one prefix token kept as its own layer
+#: (``blocks.11:class``); no module name of torchvision or timm contains it
+PREFIX_TOKEN_SEPARATOR = ":"
+
+
+def split_layer(name: str) -> tuple[str, str | None]:
+    """The module of a layer name and the prefix-token kind it keeps (None: the module's map)."""
+    module, separator, kind = name.partition(PREFIX_TOKEN_SEPARATOR)
+    return module, (kind if separator else None)
+
+
 #: the prefix-token parameters of timm's token models, in the order their forward puts them
 #: before the patch tokens (ViT/EVA: class, registers; DeiT: class, distillation)
 _PREFIX_PARAMETERS = (
@@ -43,25 +58,47 @@ class MapLayout:
     transposed. ``grid``: a token model's layer: the rows and columns of its patch tokens.
     ``sequence``: the output is (batch, tokens, channel); its ``prefix`` tokens (their kinds,
     e.g. ``("class", "distillation")``) are dropped and the rest laid out on ``grid``.
+    ``token``: instead, the prefix token at this position is the map, (channel, 1, 1).
     """
 
     channels_last: bool = False
     grid: tuple[int, int] | None = None
     prefix: tuple[str, ...] = ()
     sequence: bool = False
+    token: int | None = None
 
     def to_map(self, out: torch.Tensor) -> torch.Tensor:
         """``out`` as (batch, channel, y, x) (a view where possible)."""
+        if self.token is not None:
+            return out[:, self.token, :, None, None]
         if self.sequence:
             patches = out[:, len(self.prefix) :]
             return patches.transpose(1, 2).reshape(out.shape[0], out.shape[2], *self.grid)
         return out.permute(0, 3, 1, 2) if self.channels_last else out
 
+    def single_prefix_kinds(self) -> list[str]:
+        """The kinds of prefix token this sequence layout has exactly one of: those a layer can
+        keep (:meth:`keeping`)."""
+        if not self.sequence or self.token is not None:
+            return []
+        return [kind for kind in dict.fromkeys(self.prefix) if self.prefix.count(kind) == 1]
+
+    def keeping(self, kind: str) -> MapLayout:
+        """The layout of the same output that keeps its one prefix token of ``kind`` (one of
+        :meth:`single_prefix_kinds`) as a (channel, 1, 1) map."""
+        return MapLayout(
+            grid=(1, 1), prefix=self.prefix, sequence=True, token=self.prefix.index(kind)
+        )
+
     def tokens_record(self) -> dict | None:
-        """What the store records of a token layer (None for a convolutional one)."""
+        """What the store records of a token layer (None for a convolutional one): its grid and
+        the kinds of the module's prefix tokens, and for a kept prefix token its kind."""
         if self.grid is None:
             return None
-        return {"grid": list(self.grid), "prefix_tokens": list(self.prefix)}
+        record = {"grid": list(self.grid), "prefix_tokens": list(self.prefix)}
+        if self.token is not None:
+            record["prefix_token"] = self.prefix[self.token]
+        return record
 
 
 @dataclass(frozen=True)

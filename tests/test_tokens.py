@@ -172,9 +172,10 @@ def _run(*args: str):
 
 @pytest.fixture(scope="module")
 def vit_store(vit_series, image_folder, tmp_path_factory) -> Path:
-    """The series extracted at the patch embedding, the first and the last block."""
+    """The series extracted at the patch embedding, the first and the last block, and the last
+    block's class token."""
     out = tmp_path_factory.mktemp("vit_store") / "vit.zarr"
-    layers = ["patch_embed", "blocks.0", "blocks.11"]
+    layers = ["patch_embed", "blocks.0", "blocks.11", "blocks.11:class"]
     flags = [a for layer in layers for a in ("--layer", layer)]
     _run(
         "extract", vit_series, "--data", image_folder / "val", "--out", out, "--no-progress", *flags
@@ -190,11 +191,16 @@ def test_vit_store_holds_patch_tokens_on_their_grid(vit_series, vit_store):
         "patch_embed": {"grid": [2, 2], "prefix_tokens": []},
         "blocks.0": {"grid": [2, 2], "prefix_tokens": ["class"]},
         "blocks.11": {"grid": [2, 2], "prefix_tokens": ["class"]},
+        "blocks.11:class": {"grid": [1, 1], "prefix_tokens": ["class"], "prefix_token": "class"},
     }
     assert ds["blocks_11"].attrs["tokens"] == {"grid": [2, 2], "prefix_tokens": ["class"]}
+    assert ds["blocks_11_class"].shape[2:] == (192, 1, 1)
     fields = ds.attrs["receptive_fields"]
     assert fields["patch_embed"]["size"] == [16.0, 16.0]  # its own patch
     assert fields["blocks.0"]["global_context"] and fields["blocks.0"]["size"] == [48.0, 48.0]
+    # the class token has attended to every patch: its one cell sees the whole image
+    assert fields["blocks.11:class"]["global_context"]
+    assert fields["blocks.11:class"]["size"] == [32.0, 32.0]
 
     # the store equals an independent forward pass: timm's own model, the test's own reshape
     model = timm.create_model("vit_tiny_patch16_224", num_classes=3, dynamic_img_size=True)
@@ -203,18 +209,31 @@ def test_vit_store_holds_patch_tokens_on_their_grid(vit_series, vit_store):
     expected = raw["blocks.11"][:, 1:, :].transpose(0, 2, 1).reshape(-1, 192, 2, 2)
     stored = ds["blocks_11"].values[1].astype(np.float32)
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    token = raw["blocks.11"][:, 0, :]  # the class token, before the patch tokens
+    stored = ds["blocks_11_class"].values[1, :, :, 0, 0].astype(np.float32)
+    np.testing.assert_allclose(stored, token, rtol=2e-3, atol=2e-3 * np.abs(token).max())
 
 
 @pytest.mark.slow
 def test_vit_store_analyze_and_visualize(vit_store, tmp_path):
     _run("analyze", vit_store, "--out", tmp_path / "res", "--no-progress")
     assert any((tmp_path / "res").iterdir())
-    for layer in ("patch_embed", "blocks.11"):
+    for layer in ("patch_embed", "blocks.11", "blocks.11:class"):
         _run("visualize", vit_store, "--layer", layer, "--out", tmp_path / f"figs_{layer}")
         assert any((tmp_path / f"figs_{layer}").rglob("*.png"))
 
 
-def test_a_class_token_or_pooled_layer_is_refused_in_one_line(vit_series, image_folder, tmp_path):
+@pytest.mark.parametrize(
+    "layer, says",
+    [
+        ("fc_norm", "neither a (batch, channel, y, x) map nor a token model's patch tokens"),
+        ("blocks.11:register", "blocks.11 has no single 'register' token to keep: its prefix"),
+        ("patch_embed:class", "patch_embed has no single 'class' token to keep: its output"),
+    ],
+)
+def test_a_class_token_or_pooled_layer_is_refused_in_one_line(
+    vit_series, image_folder, tmp_path, layer, says
+):
     result = CliRunner().invoke(
         app,
         [
@@ -225,15 +244,38 @@ def test_a_class_token_or_pooled_layer_is_refused_in_one_line(vit_series, image_
             "--out",
             str(tmp_path / "s.zarr"),
             "--layer",
-            "fc_norm",
+            layer,
             "--no-progress",
         ],
     )
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
-    assert "neither a (batch, channel, y, x) map nor a token model's patch tokens" in result.output
+    assert says in result.output
 
 
-def test_a_token_grid_that_disagrees_with_the_map_is_a_damaged_store(vit_store, tmp_path):
+def test_layers_lists_a_default_blocks_class_token_beside_it():
+    listed = _run("layers", "timm/vit_tiny_patch16_224", "--input-size", "32").output.splitlines()
+    block = next(i for i, line in enumerate(listed) if line.split()[1] == "blocks.11")
+    assert listed[block + 1].split() == ["blocks.11:class", "class", "token", "192x1x1"]
+
+
+@pytest.mark.parametrize(
+    "layer, record, says",
+    [
+        (
+            "blocks.0",
+            {"grid": [3, 3], "prefix_tokens": ["class"]},
+            r"the grid \[3, 3\], its map is",
+        ),
+        (
+            "blocks.11:class",
+            {"grid": [1, 1], "prefix_tokens": ["class"], "prefix_token": "register"},
+            r"the prefix token 'register', not one of its prefix tokens \['class'\]",
+        ),
+    ],
+)
+def test_a_token_record_that_disagrees_with_the_map_is_a_damaged_store(
+    vit_store, tmp_path, layer, record, says
+):
     import shutil
 
     import zarr
@@ -241,9 +283,9 @@ def test_a_token_grid_that_disagrees_with_the_map_is_a_damaged_store(vit_store, 
     copy = Path(shutil.copytree(vit_store, tmp_path / "copy.zarr"))
     group = zarr.open_group(copy, mode="r+", zarr_format=3)
     tokens = dict(group.attrs["token_layers"])
-    tokens["blocks.0"] = {"grid": [3, 3], "prefix_tokens": ["class"]}
+    tokens[layer] = record
     group.attrs["token_layers"] = tokens
-    with pytest.raises(FtdynError, match=r"gives layer blocks.0 the grid \[3, 3\], its map is"):
+    with pytest.raises(FtdynError, match=f"gives layer {layer} {says}"):
         open_store(copy)
 
 

@@ -108,7 +108,8 @@ def _layer_shapes(
             raise FtdynError(
                 f"{arg('layers', name)}: its output has shape {tuple(out.shape)}, neither a"
                 " (batch, channel, y, x) map nor a token model's patch tokens (a class token or a"
-                " pooled vector has no map); choose another layer (see `ftdyn layers ARCH`)."
+                " pooled vector has no map); choose another layer, or a block's class token as"
+                " BLOCK:class (see `ftdyn layers ARCH`)."
             )
         shapes[name] = tuple(int(s) for s in out.shape[1:])
     return shapes

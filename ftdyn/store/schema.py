@@ -17,14 +17,16 @@ An activation store is a Zarr v3 group written through xarray. Layout (format 1)
                          sample chunk) is written for every layer
     attrs       ftdyn_store_format, ftdyn_version, architecture, model, dataset,
                 num_classes, input_size, normalization, dtype, samples_per_chunk,
-                layers (module names, shallow -> deep), layer_variables
+                layers (module names, shallow -> deep; MODULE:KIND is the prefix token
+                of that kind of a token model's module), layer_variables
                 {module: variable}, receptive_fields {module: {...}},
                 checkpoints [{epoch, file, sha256}], probe {...}, manifest (the
                 training manifest when the series came from ``ftdyn train``)
     optional    ``token_layers`` {module: {grid, prefix_tokens}} when some layers are a token
                 model's (ViT, Swin, ...): the patch tokens' grid (= V_y, V_x; token i is cell
                 (i // V_x, i % V_x)) and the kinds of the prefix tokens dropped from the map
-                (class, register, distillation), in their order
+                (class, register, distillation), in their order; a MODULE:KIND layer's map is
+                that one prefix token, grid [1, 1], recorded as ``prefix_token`` KIND
     optional    the random-init baseline (``ftdyn extract --random-init-baseline``), NOT an
                 epoch: per layer ``random_init__V`` (random_init, sample, V_channel, V_y, V_x)
                 with random_init of size 1, ``random_init_complete`` (random_init, chunk)
@@ -255,6 +257,12 @@ def check_token_layers(attrs: dict[str, Any], map_sizes: dict[str, tuple[int, in
             )
         if not isinstance(prefix, list) or not all(isinstance(k, str) for k in prefix):
             return f"root attribute '{TOKEN_LAYERS}' lists no prefix-token kinds for layer {layer}"
+        kept = tokens.get("prefix_token")
+        if kept is not None and kept not in prefix:
+            return (
+                f"root attribute '{TOKEN_LAYERS}' gives layer {layer} the prefix token '{kept}',"
+                f" not one of its prefix tokens {prefix}"
+            )
     return None
 
 
