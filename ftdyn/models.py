@@ -570,7 +570,8 @@ class LayerCapture:
     Outputs are (batch, channel, y, x): each layer's output is laid out by its
     :class:`~ftdyn.tokens.MapLayout` in ``layouts`` (:func:`layer_layouts`; (batch, y, x,
     channel) outputs transposed, a token model's patch tokens put on their grid without the
-    prefix tokens); a layer without one is kept as it is. A module called several times in one
+    prefix tokens, or for a ``MODULE:KIND`` layer the module's one prefix token of that kind as a
+    1 x 1 map); a layer without one is kept as it is. A module called several times in one
     forward (ResNet's block ``relu`` is called three times) keeps its *last* call, which for a
     residual block is the block output. Tensors are copied inside the hook because later
     in-place operations (``inplace=True`` ReLUs, ``out += identity``) would otherwise change
