@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -83,7 +84,17 @@ def user_errors(func):
             )
             raise typer.Exit(130) from None
 
+    wrapper.__doc__ = _reflowed(func.__doc__)
     return wrapper
+
+
+def _reflowed(doc: str | None) -> str | None:
+    """A command's docstring with each paragraph on one line: the help screens wrap it to the
+    terminal themselves, and kept source line breaks would break its lines in odd places."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
 def _version(value: bool) -> None:
@@ -136,9 +147,10 @@ def layers(
         ),
     ] = False,
 ) -> None:
-    """List the layers of ARCH that can be captured (defaults marked with *), with output shapes
-    channels x height x width (as stored; channels-last outputs are transposed; a token model's
-    prefix token, MODULE:class, is a 1 x 1 map)."""
+    """List the layers of ARCH that can be captured (defaults marked with *) and their shapes.
+
+    Shapes are channels x height x width as stored (channels-last outputs are transposed); a
+    token model's prefix token, MODULE:class, is a 1 x 1 map."""
     from . import models
 
     if list_archs or arch is None:

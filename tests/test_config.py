@@ -82,6 +82,19 @@ def test_every_cli_default_is_the_config_default(command):
             assert param.help == config.help_text(config_type, f.name), f.name
 
 
+def test_command_help_has_one_line_per_paragraph():
+    """The help screens wrap a command's text to the terminal; a source line break left in it
+    would break a line mid-sentence (in `ftdyn --help`'s command list too)."""
+    commands = typer.main.get_command(app).commands
+    for name, command in commands.items():
+        for paragraph in command.help.split("\n\n"):
+            assert "\n" not in paragraph and paragraph == paragraph.strip(), name
+    assert commands["analyze"].help.startswith(
+        "Distances between the reference checkpoint and every checkpoint, per layer and metric,"
+        " out-of-core.\n\nAlso the checkpoint x checkpoint trajectory"
+    )
+
+
 def test_train_config_normalizes_and_validates_in_one_place():
     c = TrainConfig(arch="resnet18", lr="1e-3", epochs="3", optimizer=" SGD ", weights=None)
     assert (c.lr, c.epochs, c.optimizer, c.weights) == (1e-3, 3, "sgd", "none")
