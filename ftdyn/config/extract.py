@@ -57,7 +57,7 @@ class ExtractConfig:
     layers: tuple[str, ...] | None = _option(
         None,
         "Module to capture (repeat the option; default: the paper's "
-        "layers, see `ftdyn layers ARCH`).",
+        "layers, see `ftdyn layers ARCH`); MODULE:class keeps a token model's class token.",
         flag="--layer",
         identity=True,
     )
