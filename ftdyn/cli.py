@@ -158,12 +158,17 @@ def layers(
         return
     model = models.build_model(models.canonical_arch(arch))
     defaults = models.default_layers(model, arch, input_size)
-    for info in models.candidate_layers(model, input_size, include=tuple(defaults)):
+    listed = [
+        info
+        for info in models.candidate_layers(model, input_size, include=tuple(defaults))
         # a default module's prefix tokens (ViT's class token) are listed beside it
-        if all_layers or models.split_layer(info.name)[0] in defaults:
-            mark = "*" if info.name in defaults else " "
-            shape = "x".join(map(str, info.shape))
-            typer.echo(f"{mark} {info.name:<50} {info.kind:<12} {shape}")
+        if all_layers or models.split_layer(info.name)[0] in defaults
+    ]
+    width = max([12, *(len(info.kind) for info in listed)])
+    for info in listed:
+        mark = "*" if info.name in defaults else " "
+        shape = "x".join(map(str, info.shape))
+        typer.echo(f"{mark} {info.name:<50} {info.kind:<{width}} {shape}")
 
 
 def _extract_default(name: str):
