@@ -23,6 +23,8 @@ import pytest
 import torch
 from helpers import write_image_folder
 
+from ftdyn.store import open_store
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOY = [
     "--weights",
@@ -297,7 +299,28 @@ def test_third_party_refuses_pickled_objects_without_trust(tmp_path, toy_dataset
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["paper_setup", "third_party_series", "custom_figure"])
+def test_vit_class_token(toy_datasets, tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "vit"
+    argv = ["--data", str(toy_datasets["alpha"]), "--out", str(out)]
+    argv += ["--arch", "timm/vit_tiny_patch16_224", *TOY]
+    assert load_example("vit_class_token").main(argv) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("epoch"))
+    layers = header.split()[1:]
+    assert layers[-2:] == ["blocks.11", "blocks.11:class"] and len(layers) == 8
+    rows = {int(line.split()[0]): line.split()[1:] for line in printed.splitlines()[-3:-1]}
+    assert all(float(v) == 0 for v in rows[0])  # the source against itself
+    assert all(float(v) > 0 for v in rows[1])  # one epoch of training moved every layer
+    tokens = open_store(out / "store.zarr").attrs["token_layers"]
+    assert tokens["blocks.11:class"]["prefix_token"] == "class"
+    assert (out / "results" / "report.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["paper_setup", "third_party_series", "custom_figure", "vit_class_token"]
+)
 def test_help(name):
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), "--help"],
