@@ -80,10 +80,14 @@ def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Modu
     timm = _timm()
     name = arch[len(PREFIX) :]
     if tag is None:
-        return _any_input_size(lambda **size: timm.create_model(name, pretrained=False, **size))
+        return _with_head(
+            _any_input_size(lambda **size: timm.create_model(name, pretrained=False, **size))
+        )
     full = name if tag.upper() == "DEFAULT" else f"{name}.{tag}"
     try:
-        return _any_input_size(lambda **size: timm.create_model(full, pretrained=True, **size))
+        return _with_head(
+            _any_input_size(lambda **size: timm.create_model(full, pretrained=True, **size))
+        )
     except (
         Exception
     ) as exc:  # unknown tag, no hub access offline, broken cache: all need a local file
@@ -93,6 +97,21 @@ def create(arch: str, tag: str | None = None, param: str = "weights") -> nn.Modu
             f" hub and could not be loaded ({type(exc).__name__}: {reason}); offline, pass a local"
             f" weights file with {arg(param)} FILE."
         ) from None
+
+
+#: the class count of the head given to a model timm builds without one
+PLACEHOLDER_CLASSES = 1
+
+
+def _with_head(model: nn.Module) -> nn.Module:
+    """``model`` with a classifier head: a model whose pretrained config has none (EVA-02's
+    masked-image-modelling weights: ``num_classes`` 0, an ``Identity`` head) gets a
+    :data:`PLACEHOLDER_CLASSES` head made timm's way, which fine-tuning and loading replace by
+    one of the target's classes; without it the last ``nn.Linear`` (an MLP layer of the last
+    block) would be taken for the head."""
+    if getattr(model, "num_classes", None) == 0 and hasattr(model, "reset_classifier"):
+        model.reset_classifier(PLACEHOLDER_CLASSES)
+    return model
 
 
 def _any_input_size(build) -> nn.Module:

@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 
 from ftdyn.cli import app
 from ftdyn.errors import FtdynError
-from ftdyn.models import LayerCapture, build_model, default_layers, layer_layouts, token_fields
+from ftdyn.models import (
+    LayerCapture,
+    build_model,
+    default_layers,
+    head_name,
+    layer_layouts,
+    token_fields,
+)
 from ftdyn.store import open_store
 from ftdyn.tokens import token_grid
 
@@ -319,3 +326,32 @@ def test_swin_series_extract_and_analyze(image_folder, tmp_path):
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
     # a third-party series counts from 1 (ftdyn cannot know file 0 is the source)
     _run("analyze", out, "--out", tmp_path / "res", "--reference", "1", "--no-progress")
+
+
+def test_a_headless_eva02_gets_a_head_and_its_headless_weights_load(image_folder, tmp_path):
+    """timm builds EVA-02 (masked-image-modelling weights) without a head: ftdyn gives it one
+    (not the last block's MLP layer), and a weights file without a head loads as the source of
+    a third-party series, with one note."""
+    arch = "timm/eva02_tiny_patch14_224"
+    model = build_model(arch, num_classes=3)
+    assert head_name(model) == "head"
+    assert model.eval()(torch.zeros(1, 3, 42, 42)).shape == (1, 3)
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("eva02_tiny_patch14_224", num_classes=0, dynamic_img_size=True)
+    torch.save(backbone.state_dict(), tmp_path / "source.pth")
+    series = tmp_path / "series"
+    series.mkdir()
+    head = {"head.weight": torch.randn(3, 192), "head.bias": torch.zeros(3)}
+    torch.save({**backbone.state_dict(), **head}, series / "epoch_1.pth")
+    out = tmp_path / "s.zarr"
+    flags = ("--arch", arch, "--source", tmp_path / "source.pth", "--input-size", "42")
+    result = _run(
+        "extract", series, *flags, "--data", image_folder / "val", "--out", out,
+        "--layer", "blocks.11", "--no-progress",
+    )  # fmt: skip
+    assert result.output.count("holds no classifier head ('head')") == 1, result.output
+    assert "another class count" not in result.output
+    # the same backbone in both files: the source's weights were loaded, not left at random
+    stored = open_store(out)["blocks_11"].values
+    assert stored.shape[0] == 2 and np.array_equal(stored[0], stored[1])

@@ -12,6 +12,7 @@ from it.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from ..models import (
 )
 from .loading import _strip_wrappers, read_weights
 from .saving import _short
+
+log = logging.getLogger(__name__)
 
 _AVERAGED_COUNTER = "n_averaged"  # torch.optim.swa_utils.AveragedModel's buffer: not a model weight
 
@@ -166,7 +169,9 @@ def load_into_model(
     ``copy`` / ``state_prefix`` pick the copy of the model to read
     (:func:`~ftdyn.checkpoints.loading.read_weights`, :func:`match_keys`, e.g. ``"ema"`` or
     ``"ema.module."``). With ``adapt_head=True`` a classifier head whose class count differs from
-    the checkpoint's is replaced first (``models.replace_head``). Missing ``num_batches_tracked``
+    the checkpoint's is replaced first (``models.replace_head``), and a file without any head (a
+    backbone saved headless, EVA-02's masked-image-modelling weights) keeps the model's own head,
+    with a note. Missing ``num_batches_tracked``
     buffers (old BatchNorm checkpoints) are kept from the model. Any other mismatch raises one
     FtdynError naming the file, the architecture (``arch`` or the model's class name) and a
     summary of missing / unexpected keys and shape mismatches.
@@ -184,11 +189,26 @@ def load_into_model(
     return weights.epoch
 
 
-def _adapt_head(model: nn.Module, mapped: dict[str, torch.Tensor]) -> None:
-    """Resize the model's head to the file's class count when only that count differs."""
-    weight = mapped.get(f"{head_name(model)}.weight")
+def _adapt_head(
+    model: nn.Module, mapped: dict[str, torch.Tensor], source: str | None
+) -> dict[str, torch.Tensor]:
+    """Resize the model's head to the file's class count when only that count differs; a file
+    with no head at all gets the model's own (the hooked layers never use it), with a note
+    naming ``source`` (None: no note). Returns the state dict to load."""
+    head = head_name(model)
+    weight = mapped.get(f"{head}.weight")
     if weight is not None and fits_head(model, weight) and weight.shape[0] != num_classes_of(model):
         replace_head(model, int(weight.shape[0]))
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    if missing and all(k.startswith(f"{head}.") for k in missing) and weight is None:
+        if source is not None:
+            log.info(
+                f"{source}: the file holds no classifier head ('{head}'); the model keeps its"
+                " own, which the captured layers do not use."
+            )
+        return {**mapped, **{k: own[k] for k in missing}}
+    return mapped
 
 
 @functools.lru_cache(maxsize=2)
@@ -222,7 +242,7 @@ def _twin_accepts(twin: str, given: _Given, num_classes: int | None) -> bool:
                 optional_prefix=given.optional_prefix,
             )
             if given.adapt_head:
-                _adapt_head(model, mapped)
+                mapped = _adapt_head(model, mapped, None)
             elif num_classes is not None:
                 replace_head(model, num_classes)
             mapped = _check_fits(model, mapped, source="", name=twin, prefix=prefix)
@@ -335,8 +355,10 @@ def load_state_into_model(
     arch: str | None = None,
     state_prefix: str | None = None,
     optional_prefix: bool = False,
+    notes: bool = True,
 ) -> str:
-    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors.
+    """:func:`load_into_model` for an in-memory state dict; ``source`` names it in errors (and
+    in the note on a file without a head, unless ``notes`` is False: a file loaded again).
     Returns the key prefix that was stripped (``""`` for none)."""
     name = arch or type(model).__name__
     mapped, prefix = match_keys(
@@ -348,7 +370,7 @@ def load_state_into_model(
         optional_prefix=optional_prefix,
     )
     if adapt_head:
-        _adapt_head(model, mapped)
+        mapped = _adapt_head(model, mapped, source if notes else None)
     mapped = _check_fits(
         model,
         mapped,

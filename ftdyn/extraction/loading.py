@@ -23,7 +23,7 @@ from ..checkpoints import (
 )
 from ..config import arg
 from ..errors import FtdynError
-from ..models import canonical_arch, num_classes_of
+from ..models import canonical_arch, head_name, num_classes_of
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,13 @@ def _check_finite_weights(state, path) -> None:
             )
 
 
-def _apply_state(model, entry, weights, loading: _Loading) -> dict[str, str]:
+def _apply_state(
+    model, entry, weights, loading: _Loading, *, notes: bool = False
+) -> dict[str, str]:
     """Load an entry into ``model``; returns which copy it gave: ``{"weights": top-level key or
     "file",
-    "key_prefix": the prefix stripped from its keys}`` (recorded in the store)."""
+    "key_prefix": the prefix stripped from its keys}`` (recorded in the store). ``notes``: say
+    what loading adapted (the first load of a file, in :func:`_check_loadable`)."""
     if weights is None:
         load_source_weights(
             model,
@@ -133,6 +136,7 @@ def _apply_state(model, entry, weights, loading: _Loading) -> dict[str, str]:
         arch=loading.arch,
         state_prefix=weights.prefix,
         optional_prefix=_is_source(entry, loading),
+        notes=notes,
     )
     return {"weights": weights.key or "file", "key_prefix": prefix}
 
@@ -150,9 +154,11 @@ def _check_loadable(
     copies, classes, source = {}, {}, None
     for pos in positions:
         state = cache[pos] if pos in cache else _load_state(entries[pos], loading)
-        copies[pos] = _apply_state(scratch, entries[pos], state, loading)
+        copies[pos] = _apply_state(scratch, entries[pos], state, loading, notes=True)
         if _is_source(entries[pos], loading):
-            source = num_classes_of(scratch)
+            # a source file without a head (its own note) has no class count to compare
+            head = f"{copies[pos]['key_prefix']}{head_name(scratch)}.weight"
+            source = num_classes_of(scratch) if state is None or head in state.state else None
         else:
             classes[int(entries[pos].epoch)] = num_classes_of(scratch)
     if loading.adapt_head and len(set(classes.values())) > 1:
