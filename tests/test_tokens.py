@@ -355,3 +355,12 @@ def test_a_headless_eva02_gets_a_head_and_its_headless_weights_load(image_folder
     # the same backbone in both files: the source's weights were loaded, not left at random
     stored = open_store(out)["blocks_11"].values
     assert stored.shape[0] == 2 and np.array_equal(stored[0], stored[1])
+
+    # fine-tuning starts from the headless file too, with the target's head
+    trained = _run(
+        "train", image_folder, "--arch", arch, "--weights", tmp_path / "source.pth",
+        "--epochs", "1", "--input-size", "42", "--batch-size", "8", "--out", tmp_path / "ft",
+        "--no-progress",
+    )  # fmt: skip
+    assert trained.output.count("holds no classifier head ('head')") == 1, trained.output
+    assert (tmp_path / "ft" / "epoch_001.pt").is_file()
