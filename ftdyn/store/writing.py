@@ -293,7 +293,7 @@ class StoreWriter:
                 values, dtype=target.dtype
             )[None]
         if mark:
-            self.complete[checkpoint_index, chunk] = 1
+            self.mark_complete(checkpoint_index, [chunk])
 
     def mark_complete(self, checkpoint_index: int, chunks) -> None:
         """Mark regions complete whose activations are all written (by this process or by a
