@@ -34,9 +34,7 @@ from pathlib import Path
 import ftdyn
 from ftdyn.errors import FtdynError
 from ftdyn.models import build_model, default_layers
-
-#: what the class token of a block output is called as a layer of its own
-CLASS_TOKEN = ":class"
+from ftdyn.tokens import PREFIX_TOKEN_SEPARATOR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def layers_with_class_tokens(arch: str, input_size: int) -> list[str]:
     """The architecture's default blocks, each followed by its class token."""
     blocks = default_layers(build_model(arch), arch, input_size)
-    return [name for block in blocks for name in (block, block + CLASS_TOKEN)]
+    # the class token of a block's output is layer BLOCK:class
+    return [name for block in blocks for name in (block, f"{block}{PREFIX_TOKEN_SEPARATOR}class")]
 
 
 def run(args: argparse.Namespace) -> Path:
