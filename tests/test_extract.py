@@ -373,7 +373,8 @@ def test_third_party_series_with_source(tmp_path, probe_dir):
 
 def test_source_head_note_only_when_its_class_count_is_not_the_series(tmp_path, caplog):
     """The note a head change inside the series gets, for a --source head of another class
-    count; none when the source has the series' class count."""
+    count (also when its keys are DataParallel's ``module.`` ones); none when the source has the
+    series' class count."""
     from ftdyn.extraction.loading import _check_loadable, _Loading
     from ftdyn.models import build_model
 
@@ -386,22 +387,21 @@ def test_source_head_note_only_when_its_class_count_is_not_the_series(tmp_path, 
         )
     loading = _Loading("mobilenet_v3_small", False, adapt_head=True, has_source=True)
     notes = []
-    for classes in (10, 3):
-        source = tmp_path / f"src{classes}.pth"
-        torch.save(_model("mobilenet_v3_small", classes, 7).state_dict(), source)
+    for classes, wrapper in ((10, ""), (10, "module."), (3, "")):
+        source = tmp_path / f"src{classes}{wrapper}.pth"
+        state = _model("mobilenet_v3_small", classes, 7).state_dict()
+        torch.save({wrapper + k: v for k, v in state.items()}, source)
         entries = ck.discover_series(folder, source=source)
         caplog.clear()
         with caplog.at_level("INFO", logger="ftdyn"):
             _check_loadable(build_model("mobilenet_v3_small"), entries, range(3), {}, loading)
         notes.append([r.getMessage() for r in caplog.records])
-    assert notes == [
-        [
-            "the source's classifier head has another class count than the series' (source: 10,"
-            " series: 3 classes); each checkpoint is loaded with its own head (heads are not"
-            " captured)."
-        ],
-        [],
-    ]
+    other = (
+        "the source's classifier head has another class count than the series' (source: 10,"
+        " series: 3 classes); each checkpoint is loaded with its own head (heads are not"
+        " captured)."
+    )
+    assert notes == [[other], [other], []]
 
 
 def test_ambiguous_order_is_refused(tmp_path, probe_dir):
